@@ -1,0 +1,194 @@
+/* Internal interfaces shared by the files of lib/: names mp__*, never exported. */
+#ifndef MP_INTERNAL_H
+#define MP_INTERNAL_H
+
+#include "mp.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define MP__PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#define MP__NORETURN __attribute__((noreturn))
+
+/* ------------------------------- errors.c ------------------------------- */
+
+/* Records "fmt..." as the thread's last error and returns code, so a failure path reads
+ * `return mp__error(MP_EINVAL, "mp_x: y is NULL");`. */
+int mp__error(int code, const char *fmt, ...) MP__PRINTF(2, 3);
+
+/* Same, with the errno of a failed system call appended; returns -errno. */
+int mp__syserror(const char *fmt, ...) MP__PRINTF(1, 2);
+
+/* ------------------------------- util.c -------------------------------- */
+
+/* An absolute CLOCK_MONOTONIC deadline in nanoseconds; INT64_MAX means never. */
+int64_t mp__deadline(double timeout);
+int64_t mp__now_ns(void);
+
+/* Waits until fd has events, or the deadline passes: 1 ready, 0 timed out, -errno. */
+int mp__poll_fd(int fd, short events, int64_t deadline);
+
+/* One record on a SOCK_SEQPACKET socket, optionally with one fd (SCM_RIGHTS); returns 0 or
+ * -errno. Receiving returns the record's length (0 at end of file) and the fd or -1. */
+int mp__send_record(int sock, const void *buf, size_t len, int fd);
+ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd);
+
+/* glibc 2.36 has no wrappers for these. */
+int mp__pidfd_open(pid_t pid);
+bool mp__have_pidfd(void);
+int mp__pidfd_send_signal(int pidfd, int sig);
+
+/* ------------------------------ reduction.c ----------------------------- */
+
+#define MP__BUILD_ID_MAX 64
+
+/* A function by identity: the loaded object holding it and its offset there, valid across
+ * exec and ASLR. path is "" for the main executable. */
+typedef struct {
+  uint64_t offset;
+  uint32_t build_id_len;
+  uint8_t build_id[MP__BUILD_ID_MAX];
+  char path[4096];
+} mp__fnref_t;
+
+/* Any function pointer, for code that handles functions of every type. */
+typedef void (*mp__fn_t)(void);
+
+int mp__fnref_from_pointer(mp__fn_t fn, mp__fnref_t *ref);
+int mp__fnref_resolve(const mp__fnref_t *ref, mp__fn_t *fn);
+
+/* ------------------------------- process.c ------------------------------ */
+
+typedef enum { MP__PROC_CHILD, MP__PROC_SELF, MP__PROC_PARENT } mp__proc_kind_t;
+typedef enum { MP__CREATED, MP__STARTED, MP__ENDED } mp__proc_state_t;
+
+typedef struct mp__popen_ops_s mp__popen_ops_t;
+
+struct mp_process_s {
+  mp__proc_kind_t kind;
+  mp__proc_state_t state;
+  const mp__popen_ops_t *ops;
+  mp_target_t target;
+  void *arg;
+  size_t size;
+  char *name;
+  bool name_owned; /* false for the static names of the current and parent process */
+  char *identity; /* Python's _identity, "1:2": the default name and the child's prefix */
+  bool daemon;
+  bool die_with_parent;
+  pid_t pid;
+  int pidfd;     /* signals; for fork and spawn children also the exit sentinel */
+  int status_fd; /* forkserver: the server writes the exit status here; else -1 */
+  int exitcode;
+  pthread_mutex_t reap_lock;
+  struct mp_process_s *prev, *next; /* the registry of started, unreaped children */
+};
+
+/* What a child is told about itself and its parent. */
+typedef struct {
+  const char *name;
+  const char *identity;
+  pid_t parent_pid;  /* the process that started it */
+  pid_t real_parent; /* the process that forked it: the fork server, or parent_pid */
+  const char *parent_name;
+  bool die_with_parent;
+  int sentinel; /* without pidfds: the pipe end whose closing tells the parent we ended */
+} mp__child_info_t;
+
+/* The first code of any new child, whatever the start method: sets the current and the
+ * parent process objects, forgets the parent's children, arranges to die with the parent. */
+void mp__child_init(const mp__child_info_t *info);
+
+/* Ends a child after its target: joins or terminates its own children as Python's
+ * _exit_function does, flushes stdio, and exits with code. exec_image is true for a spawned
+ * child, whose atexit handlers are its own and run; a forked child _exits. */
+MP__NORETURN void mp__child_exit(int code, bool exec_image);
+
+/* ------------------------------- context.c ------------------------------ */
+
+struct mp__popen_ops_s {
+  const char *name;
+  /* Makes the child: sets pid, pidfd and status_fd, or returns an error. */
+  int (*launch)(mp_process_t *proc);
+  /* After the sentinel became readable: the wait status, or -EAGAIN if not yet ended. */
+  int (*collect)(mp_process_t *proc, int *wait_status);
+};
+
+/* Shared by the fork and spawn methods, whose children are ours (process.c): */
+/* makes the pipe that tells of a child's end where the kernel (or valgrind) has no pidfds,
+ * or sets both ends to -1 where it has them, */
+int mp__sentinel_open(int sentinel[2]);
+/* takes pid as the started child, watched by its sentinel pipe or by a pidfd opened now
+ * (the child is killed if that fails), */
+int mp__popen_watch(mp_process_t *proc, pid_t pid, const int sentinel[2]);
+/* kills and reaps a child whose start failed half-way, */
+void mp__popen_discard(mp_process_t *proc);
+/* and reaps an ended child without blocking. */
+int mp__popen_collect_child(mp_process_t *proc, int *wait_status);
+
+extern const mp__popen_ops_t mp__popen_fork;
+extern const mp__popen_ops_t mp__popen_spawn;
+extern const mp__popen_ops_t mp__popen_forkserver;
+
+struct mp_context_s {
+  const mp__popen_ops_t *ops;
+};
+
+/* The executable spawn and the fork server run: mp_set_executable()'s or the running one. */
+int mp__executable(char *buf, size_t cap);
+
+/* ------------------------------- spawn.c -------------------------------- */
+
+/* The environment variable that marks a fresh image as libmp's child: "<role> <fd> <ppid>". */
+#define MP__CHILD_ENV "LIBMP_CHILD"
+/* The fd numbers a spawned image finds its bootstrap socket and its sentinel at. */
+#define MP__BOOTSTRAP_FD 3
+#define MP__SENTINEL_FD 4
+
+/* Records on the bootstrap socket, parent to child then child (or server) to parent. */
+enum {
+  MP__REC_REQUEST = 1, /* parent: a chunk of the serialized request */
+  MP__REC_READY,       /* child: target resolved, argument received; value = pid */
+  MP__REC_ERROR,       /* child: could not take over; value = error code, then text */
+  MP__REC_FORKED,      /* fork server: value = pid, with the child's pidfd attached */
+  MP__REC_STATUS,      /* fork server: value = the child's wait status */
+};
+
+#define MP__RECORD_MAX 65536
+
+typedef struct {
+  uint32_t type;
+  int32_t value;
+} mp__reply_t;
+
+/* Parent side: streams the child's request over sock, then waits for READY (and, from a
+ * fork server, FORKED). Fills pid/pidfd when the server reports them. */
+int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *ref);
+int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver);
+
+/* Child side: reads the request from sock, becomes the child and never returns.
+ * real_parent is the fork server's pid, or 0 when the requesting parent made this image. */
+MP__NORETURN void mp__bootstrap_child(int sock, bool exec_image, pid_t real_parent,
+                                      int sentinel);
+
+/* posix_spawn()s exe as a libmp child of the given role ("spawn" or "forkserver") that
+ * finds sock at MP__BOOTSTRAP_FD and sentinel (if >= 0) at MP__SENTINEL_FD, with no other
+ * inherited fd and default signals. */
+int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid);
+
+/* ------------------------------ forkserver.c ---------------------------- */
+
+/* Asks this process's fork server (started on first use) to fork a child attached to sock. */
+int mp__forkserver_request(int sock);
+MP__NORETURN void mp__forkserver_main(int ctl);
+/* Stops the fork server at program exit. */
+void mp__forkserver_stop(void);
+
+/* Locks held across fork() so that a child never inherits one held by another thread;
+ * phase: 0 before fork, 1 in the parent after, 2 in the child after (which also forgets
+ * the parent's fork server). */
+void mp__context_atfork(int phase);
+void mp__forkserver_atfork(int phase);
+
+#endif /* MP_INTERNAL_H */

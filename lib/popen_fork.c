@@ -1,0 +1,48 @@
+/* The "fork" start method: the child is a fork() of the caller and calls the target. */
+#include "internal.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int fork_launch(mp_process_t *proc) {
+  /* The child can call the pointer as it is, but refuse what spawn would refuse, so that a
+   * program does not change behaviour with its start method. */
+  mp__fnref_t ref;
+  int rc = mp__fnref_from_pointer((mp__fn_t)proc->target, &ref);
+  if (rc < 0)
+    return rc;
+  mp__child_info_t info = {
+      .name = proc->name,
+      .identity = proc->identity,
+      .parent_pid = getpid(),
+      .real_parent = getpid(),
+      .parent_name = mp_current_process()->name,
+      .die_with_parent = proc->die_with_parent,
+  };
+  int sentinel[2];
+  rc = mp__sentinel_open(sentinel);
+  if (rc < 0)
+    return rc;
+  /* Flush first, or the child would write the parent's buffered output a second time. */
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) {
+    rc = mp__syserror("fork");
+    if (sentinel[0] >= 0)
+      close(sentinel[0]), close(sentinel[1]);
+    return rc;
+  }
+  if (pid == 0) {
+    if (sentinel[0] >= 0)
+      close(sentinel[0]);
+    info.sentinel = sentinel[1];
+    mp__child_init(&info);
+    mp__child_exit(proc->target(proc->arg, proc->size), false);
+  }
+  return mp__popen_watch(proc, pid, sentinel);
+}
+
+const mp__popen_ops_t mp__popen_fork = {"fork", fork_launch, mp__popen_collect_child};

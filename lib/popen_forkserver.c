@@ -1,0 +1,53 @@
+/* The "forkserver" start method: the fork server (forkserver.c) forks the child, which
+ * then takes over exactly as a spawned child does. The child is the server's, not ours:
+ * the server reports its wait status on the child's socket, which is our sentinel. */
+#include "internal.h"
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int forkserver_launch(mp_process_t *proc) {
+  mp__fnref_t ref;
+  int rc = mp__fnref_from_pointer((mp__fn_t)proc->target, &ref);
+  if (rc < 0)
+    return rc;
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    return mp__syserror("socketpair for the child");
+  rc = mp__forkserver_request(sv[1]);
+  close(sv[1]);
+  if (rc == 0)
+    rc = mp__bootstrap_send(sv[0], proc, &ref);
+  if (rc == 0)
+    rc = mp__bootstrap_await(sv[0], proc, true);
+  if (rc < 0) {
+    /* The server reaps the child; we only stop it and drop our handle on it. */
+    if (proc->pidfd >= 0) {
+      mp__pidfd_send_signal(proc->pidfd, SIGKILL);
+      close(proc->pidfd);
+    } else if (proc->pid > 0) {
+      kill(proc->pid, SIGKILL);
+    }
+    proc->pidfd = -1;
+    close(sv[0]);
+    return rc;
+  }
+  proc->status_fd = sv[0];
+  return 0;
+}
+
+static int forkserver_collect(mp_process_t *proc, int *wait_status) {
+  mp__reply_t rec;
+  ssize_t n = recv(proc->status_fd, &rec, sizeof rec, MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR))
+    return -EAGAIN;
+  if (n == (ssize_t)sizeof rec && rec.type == MP__REC_STATUS)
+    *wait_status = rec.value;
+  else
+    *wait_status = SIGKILL; /* the server died, and its children with it */
+  return 0;
+}
+
+const mp__popen_ops_t mp__popen_forkserver = {"forkserver", forkserver_launch,
+                                              forkserver_collect};

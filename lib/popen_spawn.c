@@ -1,0 +1,42 @@
+/* The "spawn" start method: a posix_spawn() of the executable, taken over before main()
+ * (spawn.c), which receives the target by identity and its argument over a socket. */
+#include "internal.h"
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int spawn_launch(mp_process_t *proc) {
+  mp__fnref_t ref;
+  int rc = mp__fnref_from_pointer((mp__fn_t)proc->target, &ref);
+  if (rc < 0)
+    return rc;
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    return mp__syserror("socketpair for the child");
+  int sentinel[2];
+  rc = mp__sentinel_open(sentinel);
+  if (rc < 0) {
+    close(sv[0]), close(sv[1]);
+    return rc;
+  }
+  pid_t pid;
+  rc = mp__spawn_image("spawn", sv[1], sentinel[1], &pid);
+  close(sv[1]);
+  if (rc == 0)
+    rc = mp__popen_watch(proc, pid, sentinel);
+  else if (sentinel[0] >= 0)
+    close(sentinel[0]), close(sentinel[1]);
+  if (rc == 0) {
+    rc = mp__bootstrap_send(sv[0], proc, &ref);
+    if (rc == 0)
+      rc = mp__bootstrap_await(sv[0], proc, false);
+    if (rc < 0)
+      mp__popen_discard(proc);
+  }
+  close(sv[0]);
+  return rc;
+}
+
+const mp__popen_ops_t mp__popen_spawn = {"spawn", spawn_launch, mp__popen_collect_child};

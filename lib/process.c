@@ -1,0 +1,638 @@
+/*
+ * Process objects: start, join, exit codes, signals, the current and parent process, the
+ * children this process has started, and what happens to them when it ends.
+ */
+#include "internal.h"
+
+#include <ctype.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static mp_process_t current = {
+    .kind = MP__PROC_SELF,
+    .state = MP__STARTED,
+    .name = "MainProcess",
+    .identity = "",
+    .pidfd = -1,
+    .status_fd = -1,
+};
+static mp_process_t parent = {.kind = MP__PROC_PARENT, .state = MP__STARTED, .pidfd = -1};
+static bool has_parent;
+/* Without pidfds: the write end of the pipe whose end of file tells our parent we ended. */
+static int own_sentinel = -1;
+
+/* The started children not yet closed, for active_children() and the exit; they stay
+ * reachable here until the program closes them. */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static mp_process_t *registry;
+static unsigned long children_created; /* the last part of a child's identity */
+
+static void registry_add(mp_process_t *proc) {
+  pthread_mutex_lock(&registry_lock);
+  proc->prev = NULL;
+  proc->next = registry;
+  if (registry)
+    registry->prev = proc;
+  registry = proc;
+  pthread_mutex_unlock(&registry_lock);
+}
+
+static void registry_remove(mp_process_t *proc) {
+  pthread_mutex_lock(&registry_lock);
+  if (proc->prev)
+    proc->prev->next = proc->next;
+  else if (registry == proc)
+    registry = proc->next;
+  if (proc->next)
+    proc->next->prev = proc->prev;
+  proc->prev = proc->next = NULL;
+  pthread_mutex_unlock(&registry_lock);
+}
+
+/* The registry's members, copied so that joining them needs no lock; caller frees. */
+static mp_process_t **registry_snapshot(size_t *count) {
+  pthread_mutex_lock(&registry_lock);
+  size_t n = 0;
+  for (mp_process_t *p = registry; p; p = p->next)
+    n++;
+  mp_process_t **list = malloc((n ? n : 1) * sizeof *list);
+  *count = 0;
+  if (list)
+    for (mp_process_t *p = registry; p; p = p->next)
+      list[(*count)++] = p;
+  pthread_mutex_unlock(&registry_lock);
+  return list;
+}
+
+/* --------------------------- ending and reaping --------------------------- */
+
+static int sentinel_of(const mp_process_t *proc) {
+  return proc->status_fd >= 0 ? proc->status_fd : proc->pidfd;
+}
+
+static int exitcode_of(int wait_status) {
+  if (WIFEXITED(wait_status))
+    return WEXITSTATUS(wait_status);
+  if (WIFSIGNALED(wait_status))
+    return -WTERMSIG(wait_status);
+  return wait_status;
+}
+
+/* Collects the child's status if it has ended: true once it has. */
+static bool try_reap(mp_process_t *proc) {
+  pthread_mutex_lock(&proc->reap_lock);
+  int wait_status;
+  if (proc->state == MP__STARTED && proc->ops->collect(proc, &wait_status) == 0) {
+    proc->exitcode = exitcode_of(wait_status);
+    if (proc->pidfd >= 0)
+      close(proc->pidfd);
+    if (proc->status_fd >= 0)
+      close(proc->status_fd);
+    proc->pidfd = proc->status_fd = -1;
+    proc->state = MP__ENDED;
+  }
+  bool ended = proc->state == MP__ENDED;
+  pthread_mutex_unlock(&proc->reap_lock);
+  return ended;
+}
+
+/* Waits for a started child to end, until deadline: 1 ended, 0 still running, or -errno. */
+static int wait_child(mp_process_t *proc, int64_t deadline) {
+  for (;;) {
+    if (proc->state == MP__ENDED)
+      return 1;
+    int ready = mp__poll_fd(sentinel_of(proc), POLLIN, deadline);
+    if (ready < 0)
+      return ready;
+    if (try_reap(proc))
+      return 1;
+    if (ready == 0)
+      return 0;
+  }
+}
+
+/* A non-blocking look: is the started child still running? */
+static bool child_running(mp_process_t *proc) {
+  return proc->state == MP__STARTED && wait_child(proc, 0) == 0;
+}
+
+int mp__popen_collect_child(mp_process_t *proc, int *wait_status) {
+  pid_t r;
+  do
+    r = waitpid(proc->pid, wait_status, WNOHANG);
+  while (r < 0 && errno == EINTR);
+  if (r == 0)
+    return -EAGAIN;
+  if (r < 0) /* someone else reaped it (waitpid(-1) in the program): the status is lost */
+    *wait_status = 0;
+  return 0;
+}
+
+int mp__sentinel_open(int sentinel[2]) {
+  sentinel[0] = sentinel[1] = -1;
+  if (mp__have_pidfd() || pipe2(sentinel, O_CLOEXEC) == 0)
+    return 0;
+  return mp__syserror("pipe for the child's sentinel");
+}
+
+int mp__popen_watch(mp_process_t *proc, pid_t pid, const int sentinel[2]) {
+  proc->pid = pid;
+  proc->pidfd = proc->status_fd = -1;
+  if (sentinel[0] >= 0) {
+    /* The child holds the only write end: end of file on ours means it has ended. */
+    close(sentinel[1]);
+    proc->status_fd = sentinel[0];
+    return 0;
+  }
+  proc->pidfd = mp__pidfd_open(pid);
+  if (proc->pidfd >= 0)
+    return 0;
+  int rc = mp__syserror("pidfd_open for child %d", (int)pid);
+  mp__popen_discard(proc);
+  return rc;
+}
+
+void mp__popen_discard(mp_process_t *proc) {
+  kill(proc->pid, SIGKILL);
+  while (waitpid(proc->pid, NULL, 0) < 0 && errno == EINTR)
+    ;
+  if (proc->pidfd >= 0)
+    close(proc->pidfd);
+  if (proc->status_fd >= 0)
+    close(proc->status_fd);
+  proc->pidfd = proc->status_fd = -1;
+  proc->pid = 0;
+}
+
+/* ------------------------ the end of this process ------------------------ */
+
+/* Python's _exit_function: terminate the daemon children, then join every child. */
+static void end_children(void) {
+  size_t count;
+  mp_process_t **children = registry_snapshot(&count);
+  if (!children)
+    return;
+  for (size_t i = 0; i < count; i++)
+    if (children[i]->daemon && child_running(children[i]))
+      mp_process_terminate(children[i]);
+  for (size_t i = 0; i < count; i++)
+    wait_child(children[i], INT64_MAX);
+  free(children);
+}
+
+static void at_exit(void) {
+  end_children();
+  mp__forkserver_stop();
+}
+
+static void before_fork(void) {
+  mp__context_atfork(0);
+  mp__forkserver_atfork(0);
+  pthread_mutex_lock(&registry_lock);
+}
+
+static void after_fork_in_parent(void) {
+  pthread_mutex_unlock(&registry_lock);
+  mp__forkserver_atfork(1);
+  mp__context_atfork(1);
+}
+
+static void after_fork_in_child(void) {
+  /* The parent's children are not this process's children, and the parent's sentinel
+   * must close when the parent ends, not when this child does. */
+  registry = NULL;
+  if (own_sentinel >= 0)
+    close(own_sentinel);
+  own_sentinel = -1;
+  pthread_mutex_unlock(&registry_lock);
+  mp__forkserver_atfork(2);
+  mp__context_atfork(2);
+}
+
+/* Prioritized, so that it runs before spawn.c's take-over of a spawned child. */
+__attribute__((constructor(101))) static void install_handlers(void) {
+  atexit(at_exit);
+  pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+}
+
+/* ---------------------------- a child's life ---------------------------- */
+
+/*
+ * A child dies with its parent through PR_SET_PDEATHSIG. The kernel sends that signal when
+ * the parent *thread* ends, not only the process: a child started from a short-lived
+ * thread would be killed while its parent process lives on. So the signal is a real-time
+ * one whose handler checks whether the parent process is really gone (the child has been
+ * reparented) before it kills the child.
+ */
+#define PARENT_DEATH_SIGNAL SIGRTMAX
+
+static pid_t watched_parent;
+
+static void on_parent_thread_exit(int sig) {
+  (void)sig;
+  if (getppid() != watched_parent)
+    kill(getpid(), SIGKILL);
+}
+
+static void die_with(pid_t real_parent) {
+  watched_parent = real_parent;
+  struct sigaction sa = {.sa_handler = on_parent_thread_exit, .sa_flags = SA_RESTART};
+  sigemptyset(&sa.sa_mask);
+  sigaction(PARENT_DEATH_SIGNAL, &sa, NULL);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, PARENT_DEATH_SIGNAL);
+  pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+  prctl(PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL);
+  /* The parent may have died before the prctl: then no signal will ever come. */
+  if (getppid() != real_parent)
+    kill(getpid(), SIGKILL);
+}
+
+static void adopt_name(mp_process_t *proc, const char *name, char *fallback) {
+  char *copy = strdup(name);
+  proc->name = copy ? copy : fallback;
+  proc->name_owned = copy != NULL;
+}
+
+void mp__child_init(const mp__child_info_t *info) {
+  /* A forked child's copies of these strings belong to handles it will never free. */
+  adopt_name(&current, info->name, "Process");
+  char *identity = strdup(info->identity);
+  current.identity = identity ? identity : "";
+  children_created = 0;
+  registry = NULL;
+  parent.pid = info->parent_pid;
+  adopt_name(&parent, info->parent_name, "MainProcess");
+  parent.pidfd = mp__pidfd_open(info->parent_pid);
+  has_parent = true;
+  own_sentinel = info->sentinel;
+  if (info->die_with_parent)
+    die_with(info->real_parent);
+}
+
+void mp__child_exit(int code, bool exec_image) {
+  if (exec_image)
+    exit(code & 0xff); /* its own atexit handlers, ours included, end its children */
+  end_children();
+  mp__forkserver_stop();
+  fflush(stdout);
+  fflush(stderr);
+  _exit(code & 0xff);
+}
+
+/* ---------------------------- the public API ---------------------------- */
+
+int mp_process_create(mp_process_t **out, mp_context_t *ctx, mp_target_t target,
+                      const void *arg, size_t size, const char *name) {
+  if (!out || !target)
+    return mp__error(MP_EINVAL, "mp_process_create: %s is NULL", out ? "target" : "proc");
+  if (!arg && size > 0)
+    return mp__error(MP_EINVAL, "mp_process_create: arg is NULL but size is %zu", size);
+  if (!ctx) {
+    int rc = mp_get_context(NULL, &ctx);
+    if (rc < 0)
+      return rc;
+  }
+  mp_process_t *proc = calloc(1, sizeof *proc);
+  if (!proc)
+    return mp__error(MP_ENOMEM, "mp_process_create: no memory for the process");
+  proc->kind = MP__PROC_CHILD;
+  proc->state = MP__CREATED;
+  proc->ops = ctx->ops;
+  proc->target = target;
+  proc->size = size;
+  proc->die_with_parent = true;
+  proc->pidfd = proc->status_fd = -1;
+  pthread_mutex_init(&proc->reap_lock, NULL);
+
+  pthread_mutex_lock(&registry_lock);
+  unsigned long number = ++children_created;
+  pthread_mutex_unlock(&registry_lock);
+  char identity[256], default_name[300];
+  snprintf(identity, sizeof identity, "%s%s%lu", current.identity,
+           *current.identity ? ":" : "", number);
+  snprintf(default_name, sizeof default_name, "Process-%s", identity);
+  proc->identity = strdup(identity);
+  proc->name = strdup(name ? name : default_name);
+  proc->name_owned = true;
+  proc->arg = size ? malloc(size) : NULL;
+  if (!proc->identity || !proc->name || (size && !proc->arg)) {
+    mp_process_close(proc);
+    return mp__error(MP_ENOMEM, "mp_process_create: no memory for a %zu-byte argument",
+                     size);
+  }
+  if (size)
+    memcpy(proc->arg, arg, size);
+  *out = proc;
+  return 0;
+}
+
+/* Checks that proc is a child handle; `what` names the caller in the message. */
+static int check_child(const mp_process_t *proc, const char *what) {
+  if (!proc)
+    return mp__error(MP_EINVAL, "%s: proc is NULL", what);
+  if (proc->kind != MP__PROC_CHILD)
+    return mp__error(MP_ENOTCHILD, "%s: the %s process is not a child of this process",
+                     what, proc->kind == MP__PROC_SELF ? "current" : "parent");
+  return 0;
+}
+
+static int check_not_started(const mp_process_t *proc, const char *what) {
+  int rc = check_child(proc, what);
+  if (rc == 0 && proc->state != MP__CREATED)
+    rc = mp__error(MP_ESTARTED, "%s: process '%s' has already been started", what,
+                   proc->name);
+  return rc;
+}
+
+static int check_started(const mp_process_t *proc, const char *what) {
+  int rc = check_child(proc, what);
+  if (rc == 0 && proc->state == MP__CREATED)
+    rc = mp__error(MP_ENOTSTARTED, "%s: process '%s' has not been started", what,
+                   proc->name);
+  return rc;
+}
+
+int mp_process_set_daemon(mp_process_t *proc, bool daemon) {
+  int rc = check_not_started(proc, "mp_process_set_daemon");
+  if (rc == 0)
+    proc->daemon = daemon;
+  return rc;
+}
+
+bool mp_process_daemon(const mp_process_t *proc) {
+  return proc && proc->daemon;
+}
+
+int mp_process_set_die_with_parent(mp_process_t *proc, bool die_with_parent) {
+  int rc = check_not_started(proc, "mp_process_set_die_with_parent");
+  if (rc == 0)
+    proc->die_with_parent = die_with_parent;
+  return rc;
+}
+
+int mp_process_set_name(mp_process_t *proc, const char *name) {
+  if (!proc || !name)
+    return mp__error(MP_EINVAL, "mp_process_set_name: %s is NULL", proc ? "name" : "proc");
+  char *copy = strdup(name);
+  if (!copy)
+    return mp__error(MP_ENOMEM, "copying a process name");
+  if (proc->name_owned)
+    free(proc->name);
+  proc->name = copy;
+  proc->name_owned = true;
+  return 0;
+}
+
+const char *mp_process_name(const mp_process_t *proc) {
+  return proc ? proc->name : NULL;
+}
+
+int mp_process_start(mp_process_t *proc) {
+  int rc = check_not_started(proc, "mp_process_start");
+  if (rc < 0)
+    return rc;
+  rc = proc->ops->launch(proc);
+  if (rc < 0) {
+    char detail[1024];
+    snprintf(detail, sizeof detail, "%s", mp_last_error());
+    return mp__error(rc, "mp_process_start (%s): %s", proc->ops->name, detail);
+  }
+  proc->state = MP__STARTED;
+  registry_add(proc);
+  return 0;
+}
+
+int mp_process_join(mp_process_t *proc, double timeout) {
+  if (proc == &parent) {
+    if (parent.pidfd < 0)
+      return mp__error(-EBADF, "mp_process_join: the parent process cannot be watched");
+    int ready = mp__poll_fd(parent.pidfd, POLLIN, mp__deadline(timeout));
+    if (ready < 0)
+      return mp__error(ready, "mp_process_join: %s", mp_strerror(ready));
+    return ready ? 0 : mp__error(MP_ETIMEDOUT, "mp_process_join: the parent still runs");
+  }
+  int rc = check_started(proc, "mp_process_join");
+  if (rc < 0)
+    return rc;
+  rc = wait_child(proc, mp__deadline(timeout));
+  if (rc < 0)
+    return mp__error(rc, "mp_process_join: %s", mp_strerror(rc));
+  if (rc == 0)
+    return mp__error(MP_ETIMEDOUT, "mp_process_join: '%s' still runs after %g s",
+                     proc->name, timeout);
+  return 0;
+}
+
+int mp_process_is_alive(mp_process_t *proc) {
+  if (!proc)
+    return mp__error(MP_EINVAL, "mp_process_is_alive: proc is NULL");
+  switch (proc->kind) {
+  case MP__PROC_SELF:
+    return 1;
+  case MP__PROC_PARENT:
+    if (parent.pidfd >= 0)
+      return mp__poll_fd(parent.pidfd, POLLIN, 0) == 0;
+    return kill(parent.pid, 0) == 0;
+  case MP__PROC_CHILD:
+    break;
+  }
+  return child_running(proc);
+}
+
+int mp_process_exitcode(mp_process_t *proc, int *exitcode) {
+  int rc = check_started(proc, "mp_process_exitcode");
+  if (rc == 0 && !exitcode)
+    rc = mp__error(MP_EINVAL, "mp_process_exitcode: exitcode is NULL");
+  if (rc < 0)
+    return rc;
+  if (child_running(proc))
+    return mp__error(MP_EALIVE, "mp_process_exitcode: '%s' still runs", proc->name);
+  *exitcode = proc->exitcode;
+  return 0;
+}
+
+static int send_signal(mp_process_t *proc, int sig, const char *what) {
+  int rc = check_started(proc, what);
+  if (rc < 0)
+    return rc;
+  pthread_mutex_lock(&proc->reap_lock);
+  /* Without a pidfd, the pid: it cannot be reused while the child is not reaped. */
+  if (proc->state == MP__STARTED &&
+      (proc->pidfd >= 0 ? mp__pidfd_send_signal(proc->pidfd, sig) : kill(proc->pid, sig)) < 0 &&
+      errno != ESRCH) /* ESRCH: it has ended, and is not reaped yet */
+    rc = mp__syserror("%s: signalling '%s'", what, proc->name);
+  pthread_mutex_unlock(&proc->reap_lock);
+  return rc;
+}
+
+int mp_process_terminate(mp_process_t *proc) {
+  return send_signal(proc, SIGTERM, "mp_process_terminate");
+}
+
+int mp_process_kill(mp_process_t *proc) {
+  return send_signal(proc, SIGKILL, "mp_process_kill");
+}
+
+int mp_process_pid(const mp_process_t *proc) {
+  if (!proc)
+    return mp__error(MP_EINVAL, "mp_process_pid: proc is NULL");
+  if (proc->kind == MP__PROC_SELF)
+    return getpid();
+  if (proc->state == MP__CREATED)
+    return mp__error(MP_ENOTSTARTED, "mp_process_pid: '%s' has not been started",
+                     proc->name);
+  return proc->pid;
+}
+
+int mp_process_sentinel(const mp_process_t *proc) {
+  if (proc == &parent)
+    return parent.pidfd >= 0 ? parent.pidfd
+                             : mp__error(-EBADF, "mp_process_sentinel: no parent pidfd");
+  int rc = check_started(proc, "mp_process_sentinel");
+  if (rc == 0 && proc->state == MP__ENDED)
+    rc = mp__error(-EBADF, "mp_process_sentinel: '%s' has been joined", proc->name);
+  return rc < 0 ? rc : sentinel_of(proc);
+}
+
+int mp_process_close(mp_process_t *proc) {
+  if (!proc || proc->kind != MP__PROC_CHILD)
+    return mp__error(MP_EINVAL, "mp_process_close: %s", proc ? "the current and the parent "
+                                                               "process are never closed"
+                                                             : "proc is NULL");
+  if (child_running(proc))
+    return mp__error(MP_EALIVE, "mp_process_close: '%s' still runs", proc->name);
+  if (proc->state == MP__ENDED)
+    registry_remove(proc);
+  pthread_mutex_destroy(&proc->reap_lock);
+  free(proc->arg);
+  free(proc->name);
+  free(proc->identity);
+  free(proc);
+  return 0;
+}
+
+mp_process_t *mp_current_process(void) {
+  current.pid = getpid();
+  return &current;
+}
+
+mp_process_t *mp_parent_process(void) {
+  return has_parent ? &parent : NULL;
+}
+
+int mp_active_children(mp_process_t **children, size_t capacity) {
+  if (!children && capacity > 0)
+    return mp__error(MP_EINVAL, "mp_active_children: children is NULL");
+  size_t count;
+  mp_process_t **list = registry_snapshot(&count);
+  if (!list)
+    return mp__error(MP_ENOMEM, "mp_active_children: no memory");
+  size_t running = 0;
+  for (size_t i = 0; i < count; i++)
+    if (child_running(list[i])) {
+      if (running < capacity)
+        children[running] = list[i];
+      running++;
+    }
+  free(list);
+  return running > INT_MAX ? INT_MAX : (int)running;
+}
+
+/* ------------------------------- cpu count ------------------------------- */
+
+/* The CPUs a quota of quota/period allows, rounded up; 0 for no limit. */
+static int quota_cpus(long long quota, long long period) {
+  if (quota <= 0 || period <= 0)
+    return 0;
+  return (int)((quota + period - 1) / period);
+}
+
+static bool read_line(const char *path, char *buf, size_t cap) {
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return false;
+  bool ok = fgets(buf, (int)cap, f) != NULL;
+  fclose(f);
+  return ok;
+}
+
+/*
+ * The tightest CPU quota of this process's cgroup and its ancestors (a limit anywhere up
+ * the tree applies), for the v2 hierarchy ("0::/path", file cpu.max holding "max 100000"
+ * or "50000 100000") or v1's cpu controller (cpu.cfs_quota_us, cpu.cfs_period_us).
+ */
+static int cgroup_cpu_limit(void) {
+  FILE *f = fopen("/proc/self/cgroup", "re");
+  if (!f)
+    return 0;
+  char line[4096];
+  int limit = 0;
+  while (fgets(line, sizeof line, f)) {
+    line[strcspn(line, "\n")] = '\0';
+    char *controllers = strchr(line, ':');
+    char *path = controllers ? strchr(controllers + 1, ':') : NULL;
+    if (!path)
+      continue;
+    *path++ = '\0';
+    controllers++;
+    bool v2 = *controllers == '\0';
+    bool v1_cpu = false;
+    char *save;
+    for (char *tok = strtok_r(controllers, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+      v1_cpu |= strcmp(tok, "cpu") == 0;
+    if (!v2 && !v1_cpu)
+      continue;
+    const char *root = v2 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/cpu";
+    if (v2 && access("/sys/fs/cgroup/cgroup.controllers", F_OK) != 0)
+      root = "/sys/fs/cgroup/unified"; /* hybrid layout: v2 mounted beside v1 */
+    for (;;) {
+      char file[8192], value[128];
+      long long quota = 0, period = 0;
+      if (v2) {
+        snprintf(file, sizeof file, "%s%s/cpu.max", root, path);
+        if (read_line(file, value, sizeof value) && isdigit((unsigned char)value[0]))
+          sscanf(value, "%lld %lld", &quota, &period);
+      } else {
+        snprintf(file, sizeof file, "%s%s/cpu.cfs_quota_us", root, path);
+        if (read_line(file, value, sizeof value))
+          quota = atoll(value);
+        snprintf(file, sizeof file, "%s%s/cpu.cfs_period_us", root, path);
+        if (read_line(file, value, sizeof value))
+          period = atoll(value);
+      }
+      int cpus = quota_cpus(quota, period);
+      if (cpus > 0 && (limit == 0 || cpus < limit))
+        limit = cpus;
+      char *slash = strrchr(path, '/');
+      if (!slash || slash[1] == '\0')
+        break;
+      slash[slash == path ? 1 : 0] = '\0';
+    }
+  }
+  fclose(f);
+  return limit;
+}
+
+int mp_cpu_count(void) {
+  int cpus = 0;
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0)
+    cpus = CPU_COUNT(&set);
+  if (cpus <= 0) {
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    cpus = online > 0 ? (int)online : 1;
+  }
+  int limit = cgroup_cpu_limit();
+  return limit > 0 && limit < cpus ? limit : cpus;
+}

@@ -1,0 +1,354 @@
+/*
+ * Starting a fresh image of the program as a libmp child, and the child's take-over.
+ *
+ * A spawned child (and the fork server) is the running executable, posix_spawn()ed with
+ * LIBMP_CHILD="<role> <fd>" in its environment. A constructor recognises it before main()
+ * runs, removes the variable (so it reaches neither the child's own children nor a program
+ * it execs) and never returns: main() does not run again in a child, so there is no guard
+ * to forget and no fork bomb when one is forgotten.
+ *
+ * The child and its parent then speak over a SOCK_SEQPACKET socket. The parent streams the
+ * request (who the child is, the target by identity, the argument bytes) in records of at
+ * most MP__RECORD_MAX bytes; the child answers with one READY or ERROR record. Records are
+ * atomic, which matters for the fork server, whose records share the socket with the
+ * child's. A child that dies before answering closes its end: the parent reads end of file
+ * and reports MP_ESPAWN instead of waiting.
+ */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define REQUEST_MAGIC 0x504d424cu /* "LBMP" */
+#define REQUEST_VERSION 1u
+
+enum { REQUEST_DIE_WITH_PARENT = 1u << 0 };
+
+typedef struct {
+  uint32_t magic;
+  uint32_t version;
+  int32_t parent_pid;
+  uint32_t flags;
+  uint64_t arg_size;
+  uint32_t name_len;
+  uint32_t identity_len;
+  uint32_t parent_name_len;
+  mp__fnref_t target;
+} request_head_t;
+
+/* --------------------------- the parent's side --------------------------- */
+
+/* Sends iov[0..n) as consecutive records of at most MP__RECORD_MAX bytes, no copy made. */
+static int send_stream(int sock, struct iovec *iov, int n) {
+  while (n > 0) {
+    struct iovec chunk[8];
+    int used = 0;
+    size_t room = MP__RECORD_MAX;
+    for (int i = 0; i < n && used < 8 && room > 0; i++) {
+      size_t take = iov[i].iov_len < room ? iov[i].iov_len : room;
+      chunk[used++] = (struct iovec){.iov_base = iov[i].iov_base, .iov_len = take};
+      room -= take;
+    }
+    struct msghdr msg = {.msg_iov = chunk, .msg_iovlen = (size_t)used};
+    ssize_t sent;
+    do
+      sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    while (sent < 0 && errno == EINTR);
+    if (sent < 0)
+      return -errno;
+    /* A SOCK_SEQPACKET record goes whole: advance past exactly what was sent. */
+    size_t done = (size_t)sent;
+    while (n > 0 && done >= iov->iov_len) {
+      done -= iov->iov_len;
+      iov++, n--;
+    }
+    if (n > 0) {
+      iov->iov_base = (char *)iov->iov_base + done;
+      iov->iov_len -= done;
+    }
+    while (n > 0 && iov->iov_len == 0)
+      iov++, n--;
+  }
+  return 0;
+}
+
+int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *ref) {
+  mp_process_t *self = mp_current_process();
+  request_head_t head;
+  memset(&head, 0, sizeof head); /* padding included: it is sent whole */
+  head.magic = REQUEST_MAGIC;
+  head.version = REQUEST_VERSION;
+  head.parent_pid = getpid();
+  head.flags = proc->die_with_parent ? REQUEST_DIE_WITH_PARENT : 0;
+  head.arg_size = proc->size;
+  head.name_len = (uint32_t)strlen(proc->name);
+  head.identity_len = (uint32_t)strlen(proc->identity);
+  head.parent_name_len = (uint32_t)strlen(self->name);
+  head.target = *ref;
+  struct iovec iov[] = {
+      {&head, sizeof head},
+      {proc->name, head.name_len},
+      {proc->identity, head.identity_len},
+      {self->name, head.parent_name_len},
+      {proc->arg, proc->size},
+  };
+  int rc = send_stream(sock, iov, (int)(sizeof iov / sizeof iov[0]));
+  if (rc == -EPIPE || rc == -ECONNRESET)
+    return mp__error(MP_ESPAWN, "the child exited before it took over");
+  return rc < 0 ? mp__error(rc, "sending the request to the child: %s", mp_strerror(rc)) : 0;
+}
+
+int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
+  bool ready = false, forked = !from_forkserver;
+  while (!ready || !forked) {
+    struct {
+      mp__reply_t head;
+      char text[1024];
+    } rec;
+    int fd = -1;
+    ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, &fd);
+    if (n < 0 && n != -ECONNRESET)
+      return mp__error((int)n, "waiting for the child: %s", mp_strerror((int)n));
+    /* A child that exits with our request unread resets the connection: also an end. */
+    if (n <= 0)
+      return mp__error(MP_ESPAWN, from_forkserver
+                                      ? "the fork server exited before the child took over"
+                                      : "the child exited before it took over: is the "
+                                        "executable a libmp program?");
+    if ((size_t)n < sizeof rec.head) {
+      if (fd >= 0)
+        close(fd);
+      return mp__error(MP_ESPAWN, "the child sent a malformed record");
+    }
+    switch (rec.head.type) {
+    case MP__REC_READY:
+      ready = true;
+      break;
+    case MP__REC_FORKED: /* with a pidfd, unless the server has no pidfds */
+      if (rec.head.value < 0)
+        return mp__error(MP_ESPAWN, "the fork server could not fork: %s",
+                         mp_strerror(rec.head.value));
+      proc->pid = rec.head.value;
+      proc->pidfd = fd;
+      forked = true;
+      break;
+    case MP__REC_ERROR:
+      rec.text[n - (ssize_t)sizeof rec.head] = '\0';
+      return mp__error(rec.head.value, "%s", rec.text);
+    case MP__REC_STATUS:
+      return mp__error(MP_ESPAWN, "the child ended (wait status %#x) before it took over",
+                       (unsigned)rec.head.value);
+    default:
+      return mp__error(MP_ESPAWN, "the child sent an unknown record %u", rec.head.type);
+    }
+  }
+  return 0;
+}
+
+/* Builds environ plus MP__CHILD_ENV=value (replacing an inherited one) in one allocation. */
+static char **child_environ(const char *value) {
+  extern char **environ;
+  size_t count = 0, prefix = strlen(MP__CHILD_ENV);
+  while (environ[count])
+    count++;
+  size_t var_len = prefix + 1 + strlen(value) + 1;
+  char **env = malloc((count + 2) * sizeof *env + var_len);
+  if (!env)
+    return NULL;
+  char *var = (char *)(env + count + 2);
+  snprintf(var, var_len, "%s=%s", MP__CHILD_ENV, value);
+  size_t out = 0;
+  env[out++] = var;
+  for (size_t i = 0; i < count; i++)
+    if (strncmp(environ[i], MP__CHILD_ENV, prefix) != 0 || environ[i][prefix] != '=')
+      env[out++] = environ[i];
+  env[out] = NULL;
+  return env;
+}
+
+/* Moves fd above the numbers the child expects its fds at, so that no dup2() of the
+ * child's file actions overwrites another, nor lands on itself (which keeps close-on-exec). */
+static int move_above_targets(int fd, int *moved) {
+  *moved = -1;
+  if (fd != MP__BOOTSTRAP_FD && fd != MP__SENTINEL_FD)
+    return fd;
+  *moved = fcntl(fd, F_DUPFD_CLOEXEC, MP__SENTINEL_FD + 1);
+  return *moved;
+}
+
+int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid) {
+  char exe[PATH_MAX];
+  int rc = mp__executable(exe, sizeof exe);
+  if (rc < 0)
+    return rc;
+  char value[64];
+  snprintf(value, sizeof value, "%s %d %d", role, MP__BOOTSTRAP_FD,
+           sentinel >= 0 ? MP__SENTINEL_FD : -1);
+  char **env = child_environ(value);
+  if (!env)
+    return mp__error(MP_ENOMEM, "building the child's environment");
+  int moved_sock, moved_sentinel = -1;
+  bool has_sentinel = sentinel >= 0;
+  sock = move_above_targets(sock, &moved_sock);
+  if (has_sentinel)
+    sentinel = move_above_targets(sentinel, &moved_sentinel);
+  if (sock < 0 || (has_sentinel && sentinel < 0)) {
+    rc = mp__syserror("moving the child's fds");
+    goto out;
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawnattr_t attr;
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawn_file_actions_init(&actions);
+  posix_spawnattr_init(&attr);
+  /* The child inherits stdin, stdout, stderr and its own fds, nothing else, and starts with
+   * default signal handling whatever the parent blocked or ignored, as a new program. */
+  posix_spawn_file_actions_adddup2(&actions, sock, MP__BOOTSTRAP_FD);
+  if (has_sentinel)
+    posix_spawn_file_actions_adddup2(&actions, sentinel, MP__SENTINEL_FD);
+  posix_spawn_file_actions_addclosefrom_np(&actions, MP__SENTINEL_FD + 1);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  char *argv[] = {program_invocation_name, NULL};
+  rc = posix_spawn(pid, exe, &actions, &attr, argv, env);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0)
+    rc = mp__error(MP_ESPAWN, "posix_spawn of %s: %s", exe, mp_strerror(-rc));
+out:
+  free(env);
+  if (moved_sock >= 0)
+    close(moved_sock);
+  if (moved_sentinel >= 0)
+    close(moved_sentinel);
+  return rc;
+}
+
+/* ---------------------------- the child's side ---------------------------- */
+
+typedef struct {
+  int sock;
+  size_t pos, len;
+  char buf[MP__RECORD_MAX];
+} stream_reader_t;
+
+static int read_exact(stream_reader_t *r, void *dst, size_t size) {
+  char *out = dst;
+  while (size > 0) {
+    if (r->pos == r->len) {
+      ssize_t n = mp__recv_record(r->sock, r->buf, sizeof r->buf, NULL);
+      if (n <= 0)
+        return n < 0 ? (int)n : -EPIPE;
+      r->pos = 0;
+      r->len = (size_t)n;
+    }
+    size_t take = r->len - r->pos < size ? r->len - r->pos : size;
+    memcpy(out, r->buf + r->pos, take);
+    r->pos += take, out += take, size -= take;
+  }
+  return 0;
+}
+
+/* A string of len bytes from the stream, NUL-terminated, or NULL. */
+static char *read_string(stream_reader_t *r, uint32_t len) {
+  char *s = malloc((size_t)len + 1);
+  if (s && read_exact(r, s, len) == 0) {
+    s[len] = '\0';
+    return s;
+  }
+  free(s);
+  return NULL;
+}
+
+static MP__NORETURN void refuse(int sock, int code) {
+  struct {
+    mp__reply_t head;
+    char text[1024];
+  } rec = {.head = {MP__REC_ERROR, code}};
+  size_t len = strlen(mp_last_error());
+  if (len > sizeof rec.text)
+    len = sizeof rec.text;
+  memcpy(rec.text, mp_last_error(), len);
+  mp__send_record(sock, &rec, sizeof rec.head + len, -1);
+  _exit(1);
+}
+
+void mp__bootstrap_child(int sock, bool exec_image, pid_t real_parent, int sentinel) {
+  stream_reader_t *reader = malloc(sizeof *reader);
+  if (!reader)
+    refuse(sock, mp__error(MP_ENOMEM, "the child could not allocate its reader"));
+  *reader = (stream_reader_t){.sock = sock};
+  request_head_t head;
+  int rc = read_exact(reader, &head, sizeof head);
+  if (rc < 0)
+    _exit(1); /* the parent is gone: nobody to answer */
+  if (head.magic != REQUEST_MAGIC || head.version != REQUEST_VERSION)
+    refuse(sock, mp__error(MP_ESPAWN, "the child speaks another libmp protocol version"));
+  char *name = read_string(reader, head.name_len);
+  char *identity = read_string(reader, head.identity_len);
+  char *parent_name = read_string(reader, head.parent_name_len);
+  void *arg = head.arg_size ? malloc(head.arg_size) : NULL;
+  if (!name || !identity || !parent_name || (head.arg_size && !arg))
+    refuse(sock, mp__error(MP_ENOMEM, "the child could not receive its %llu argument bytes",
+                           (unsigned long long)head.arg_size));
+  if (read_exact(reader, arg, head.arg_size) < 0)
+    _exit(1);
+  free(reader);
+
+  mp__fn_t target;
+  rc = mp__fnref_resolve(&head.target, &target);
+  if (rc < 0)
+    refuse(sock, rc);
+
+  mp__child_info_t info = {
+      .name = name,
+      .identity = identity,
+      .parent_pid = head.parent_pid,
+      .real_parent = real_parent ? real_parent : head.parent_pid,
+      .parent_name = parent_name,
+      .die_with_parent = head.flags & REQUEST_DIE_WITH_PARENT,
+      .sentinel = sentinel,
+  };
+  mp__child_init(&info);
+  free(name);
+  free(identity);
+  free(parent_name);
+
+  mp__reply_t ready = {MP__REC_READY, getpid()};
+  mp__send_record(sock, &ready, sizeof ready, -1);
+  close(sock);
+
+  int code = ((mp_target_t)target)(arg, (size_t)head.arg_size);
+  free(arg);
+  mp__child_exit(code, exec_image);
+}
+
+/* Runs after libmp's own prioritized constructors (process.c), before the program's main. */
+__attribute__((constructor)) static void take_over_child(void) {
+  const char *value = getenv(MP__CHILD_ENV);
+  if (!value)
+    return;
+  char role[16];
+  int fd, sentinel;
+  int parsed = sscanf(value, "%15s %d %d", role, &fd, &sentinel);
+  unsetenv(MP__CHILD_ENV);
+  if (parsed != 3)
+    return;
+  if (sentinel >= 0) /* ours: no program this child execs may hold it */
+    fcntl(sentinel, F_SETFD, FD_CLOEXEC);
+  if (strcmp(role, "spawn") == 0)
+    mp__bootstrap_child(fd, true, 0, sentinel);
+  if (strcmp(role, "forkserver") == 0)
+    mp__forkserver_main(fd);
+}

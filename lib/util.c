@@ -1,0 +1,121 @@
+/* Small system helpers: deadlines, waiting on one fd, records with fds over Unix sockets. */
+#include "internal.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+int64_t mp__now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t mp__deadline(double timeout) {
+  if (!(timeout > 0)) /* negative, zero and NaN do not block, as in Python */
+    return mp__now_ns();
+  if (timeout >= 1e9) /* 31 years: treat as MP_FOREVER */
+    return INT64_MAX;
+  return mp__now_ns() + (int64_t)(timeout * 1e9);
+}
+
+int mp__poll_fd(int fd, short events, int64_t deadline) {
+  struct pollfd pfd = {.fd = fd, .events = events};
+  for (;;) {
+    int timeout_ms = -1;
+    if (deadline != INT64_MAX) {
+      int64_t left = deadline - mp__now_ns();
+      if (left < 0)
+        left = 0;
+      /* Round up so that a wait never ends before its deadline. */
+      int64_t ms = (left + 999999) / 1000000;
+      timeout_ms = ms > INT32_MAX ? INT32_MAX : (int)ms;
+    }
+    int n = poll(&pfd, 1, timeout_ms);
+    if (n > 0)
+      return 1;
+    if (n == 0) {
+      if (deadline != INT64_MAX && mp__now_ns() >= deadline)
+        return 0;
+      continue;
+    }
+    if (errno != EINTR)
+      return -errno;
+  }
+}
+
+int mp__send_record(int sock, const void *buf, size_t len, int fd) {
+  struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+  union {
+    char space[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (fd >= 0) {
+    memset(&control, 0, sizeof control);
+    msg.msg_control = control.space;
+    msg.msg_controllen = sizeof control.space;
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
+  }
+  ssize_t n;
+  do
+    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  return n < 0 ? -errno : 0;
+}
+
+ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd) {
+  struct iovec iov = {.iov_base = buf, .iov_len = cap};
+  union {
+    char space[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  struct msghdr msg = {.msg_iov = &iov,
+                       .msg_iovlen = 1,
+                       .msg_control = control.space,
+                       .msg_controllen = sizeof control.space};
+  ssize_t n;
+  do
+    n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n < 0)
+    return -errno;
+  int received = -1;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+      memcpy(&received, CMSG_DATA(c), sizeof received);
+  if (fd)
+    *fd = received;
+  else if (received >= 0)
+    close(received);
+  if (msg.msg_flags & MSG_TRUNC)
+    return -EMSGSIZE;
+  return n;
+}
+
+int mp__pidfd_open(pid_t pid) {
+  return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+bool mp__have_pidfd(void) {
+  static int support = -1; /* benign race: every thread computes the same answer */
+  if (support < 0) {
+    int fd = mp__pidfd_open(getpid());
+    support = fd >= 0 || errno != ENOSYS;
+    if (fd >= 0)
+      close(fd);
+  }
+  return support;
+}
+
+int mp__pidfd_send_signal(int pidfd, int sig) {
+  return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}

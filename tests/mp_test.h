@@ -1,0 +1,235 @@
+/*
+ * Shared helpers of libmp's Check suites.
+ *
+ * Assertions: MP_ASSERT_OK / MP_ASSERT_ERR check a libmp return code and print its name, its
+ * text and the thread's mp_last_error() when they fail; T_ASSERT / T_INT_EQ / T_STR_EQ are
+ * plain assertions. All of them first run mp_test_cleanup(), which kills and reaps every
+ * process the test registered (T_PROC_NEW / mp_test_track / mp_test_track_pid), so a failing
+ * test does not leave children behind (Check's failure path is _exit(), which skips any
+ * teardown).
+ *
+ * Start methods: METHODS[] is indexed by the _i of tcase_add_loop_test(tc, fn, 0, 3).
+ */
+#ifndef MP_TEST_H
+#define MP_TEST_H
+
+#include <check.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mp.h"
+
+/* Failure messages are cut to their buffers on purpose. */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
+#define MP_TEST_UNUSED __attribute__((unused))
+
+static const char *const METHODS[] MP_TEST_UNUSED = {"fork", "spawn", "forkserver"};
+#define N_METHODS 3
+
+/* ------------------------------------------------------------------------------------- */
+/* Registry of what a failing test must clean up.                                          */
+
+#define MP_TEST_MAX_TRACKED 512
+static mp_process_t *mp_test_procs[MP_TEST_MAX_TRACKED] MP_TEST_UNUSED;
+static pid_t mp_test_pids[64] MP_TEST_UNUSED;
+static void (*mp_test_hook)(void) MP_TEST_UNUSED;
+
+static inline void mp_test_track(mp_process_t *p) {
+  for (size_t i = 0; i < MP_TEST_MAX_TRACKED; i++) {
+    if (mp_test_procs[i] == NULL) {
+      mp_test_procs[i] = p;
+      return;
+    }
+  }
+}
+
+static inline void mp_test_untrack(mp_process_t *p) {
+  for (size_t i = 0; i < MP_TEST_MAX_TRACKED; i++) {
+    if (mp_test_procs[i] == p) mp_test_procs[i] = NULL;
+  }
+}
+
+/* A raw pid (a grandchild, say) to SIGKILL and reap if the test fails. */
+static inline void mp_test_track_pid(pid_t pid) {
+  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++) {
+    if (mp_test_pids[i] == 0) {
+      mp_test_pids[i] = pid;
+      return;
+    }
+  }
+}
+
+/* An extra cleanup step (leaving a cgroup, say) to run if the test fails. */
+static inline void mp_test_set_hook(void (*fn)(void)) { mp_test_hook = fn; }
+
+/* Kills and reaps everything registered. Safe to call more than once. */
+static inline void mp_test_cleanup(void) {
+  for (size_t i = 0; i < MP_TEST_MAX_TRACKED; i++) {
+    mp_process_t *p = mp_test_procs[i];
+    if (p == NULL) continue;
+    mp_test_procs[i] = NULL;
+    if (mp_process_pid(p) > 0) {
+      (void)mp_process_kill(p);
+      (void)mp_process_join(p, 5.0);
+    }
+    (void)mp_process_close(p);
+  }
+  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++) {
+    if (mp_test_pids[i] > 0) {
+      (void)kill(mp_test_pids[i], SIGKILL);
+      (void)waitpid(mp_test_pids[i], NULL, WNOHANG);
+      mp_test_pids[i] = 0;
+    }
+  }
+  if (mp_test_hook != NULL) {
+    void (*fn)(void) = mp_test_hook;
+    mp_test_hook = NULL;
+    fn();
+  }
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* Assertions.                                                                             */
+
+#define T_FAIL(...)                                                                        \
+  do {                                                                                     \
+    char t_msg_[1536];                                                                     \
+    snprintf(t_msg_, sizeof t_msg_, __VA_ARGS__);                                          \
+    mp_test_cleanup();                                                                     \
+    ck_abort_msg("%s", t_msg_);                                                            \
+  } while (0)
+
+#define T_ASSERT(cond, ...)                                                                \
+  do {                                                                                     \
+    if (!(cond)) {                                                                         \
+      char t_what_[1024];                                                                  \
+      snprintf(t_what_, sizeof t_what_, __VA_ARGS__);                                      \
+      T_FAIL("assertion '%s' failed: %s (last error: \"%s\")", #cond, t_what_,             \
+             mp_last_error());                                                             \
+    }                                                                                      \
+  } while (0)
+
+#define T_INT_EQ(a, b)                                                                     \
+  do {                                                                                     \
+    long long t_a_ = (long long)(a), t_b_ = (long long)(b);                                \
+    if (t_a_ != t_b_)                                                                      \
+      T_FAIL("assertion '%s == %s' failed: %lld != %lld (last error: \"%s\")", #a, #b,     \
+             t_a_, t_b_, mp_last_error());                                                 \
+  } while (0)
+
+#define T_STR_EQ(a, b)                                                                     \
+  do {                                                                                     \
+    const char *t_a_ = (a), *t_b_ = (b);                                                   \
+    if (t_a_ == NULL || t_b_ == NULL || strcmp(t_a_, t_b_) != 0)                           \
+      T_FAIL("assertion '%s == %s' failed: \"%s\" != \"%s\"", #a, #b,                      \
+             t_a_ ? t_a_ : "(null)", t_b_ ? t_b_ : "(null)");                              \
+  } while (0)
+
+/* rc must be 0. */
+#define MP_ASSERT_OK(rc)                                                                   \
+  do {                                                                                     \
+    int t_rc_ = (rc);                                                                      \
+    if (t_rc_ != 0)                                                                        \
+      T_FAIL("%s returned %d (%s: %s), expected 0; last error: \"%s\"", #rc, t_rc_,        \
+             mp_err_name(t_rc_), mp_strerror(t_rc_), mp_last_error());                     \
+  } while (0)
+
+/* rc must be the error code err. */
+#define MP_ASSERT_ERR(rc, err)                                                             \
+  do {                                                                                     \
+    int t_rc_ = (rc), t_err_ = (err);                                                      \
+    if (t_rc_ != t_err_)                                                                   \
+      T_FAIL("%s returned %d (%s: %s), expected %d (%s); last error: \"%s\"", #rc, t_rc_,  \
+             t_rc_ < 0 ? mp_err_name(t_rc_) : "not an error",                              \
+             t_rc_ < 0 ? mp_strerror(t_rc_) : "", t_err_, mp_err_name(t_err_),              \
+             mp_last_error());                                                             \
+  } while (0)
+
+/* ------------------------------------------------------------------------------------- */
+/* Small utilities.                                                                        */
+
+static inline double mp_test_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static inline void mp_test_sleep(double seconds) {
+  struct timespec ts = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+/* The context of METHODS[i], asserting success. */
+static inline mp_context_t *mp_test_ctx(int i) {
+  mp_context_t *ctx = NULL;
+  MP_ASSERT_OK(mp_get_context(METHODS[i], &ctx));
+  T_ASSERT(ctx != NULL, "mp_get_context(%s) gave NULL", METHODS[i]);
+  return ctx;
+}
+
+/* Creates a process and registers it for cleanup. */
+#define T_PROC_NEW(pp, ctx, target, arg, size, name)                                       \
+  do {                                                                                     \
+    *(pp) = NULL;                                                                          \
+    MP_ASSERT_OK(mp_process_create((pp), (ctx), (target), (arg), (size), (name)));        \
+    T_ASSERT(*(pp) != NULL, "mp_process_create gave a NULL process");                      \
+    mp_test_track(*(pp));                                                                  \
+  } while (0)
+
+/* Closes a process and forgets it. */
+#define T_PROC_CLOSE(p)                                                                    \
+  do {                                                                                     \
+    mp_process_t *t_p_ = (p);                                                              \
+    MP_ASSERT_OK(mp_process_close(t_p_));                                                  \
+    mp_test_untrack(t_p_);                                                                 \
+  } while (0)
+
+/* Joins a process (at most timeout seconds) and returns its exit code. */
+static inline int mp_test_join_code(mp_process_t *p, double timeout) {
+  int code = 12345;
+  MP_ASSERT_OK(mp_process_join(p, timeout));
+  MP_ASSERT_OK(mp_process_exitcode(p, &code));
+  return code;
+}
+
+/*
+ * Checked setup of every test case: the test process inherits the Check runner's SIGTERM,
+ * SIGINT and SIGALRM handlers (the SIGTERM one kills the test's whole process group), and a
+ * child started with "fork" would inherit them in turn, so that terminating the child
+ * would kill the test. A program's own process has the default dispositions: restore them.
+ */
+static inline void mp_test_setup(void) {
+  signal(SIGTERM, SIG_DFL);
+  signal(SIGINT, SIG_DFL);
+  signal(SIGALRM, SIG_DFL);
+}
+
+/* A test case with the setup above and a per-test timeout (seconds), added to s. */
+static inline TCase *mp_test_tcase(Suite *s, const char *name, double timeout) {
+  TCase *tc = tcase_create(name);
+  tcase_add_checked_fixture(tc, mp_test_setup, NULL);
+  tcase_set_timeout(tc, timeout);
+  suite_add_tcase(s, tc);
+  return tc;
+}
+
+#define MP_TEST_MAIN(suite_fn)                                                             \
+  int main(void) {                                                                         \
+    SRunner *sr = srunner_create(suite_fn());                                              \
+    srunner_run_all(sr, CK_NORMAL);                                                        \
+    int failed = srunner_ntests_failed(sr);                                                \
+    srunner_free(sr);                                                                      \
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;                                      \
+  }
+
+#endif /* MP_TEST_H */

@@ -1,0 +1,1304 @@
+/*
+ * Check suite of the process layer: mp_process_t under each start method.
+ *
+ * Children report through their exit code: 0 (or the documented value) for success, a
+ * distinct number for each check that failed in the child.
+ */
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/pidfd.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include "mp_test.h"
+
+#ifndef OTHER_BUILD_PATH
+#error "OTHER_BUILD_PATH must name the other libmp program"
+#endif
+#ifndef MODULE_A_PATH
+#error "MODULE_A_PATH must name variant A of the test module"
+#endif
+#ifndef MODULE_B_PATH
+#error "MODULE_B_PATH must name variant B of the test module"
+#endif
+
+#define IS_FORK(i) (strcmp(METHODS[(i)], "fork") == 0)
+
+/* ===================================================================================== */
+/* Helpers usable in the test process and in children (no Check calls).                 */
+
+/* Appends text to a file; async-signal-safe. */
+static void append_text(const char *path, const char *text) {
+  int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return;
+  size_t len = strlen(text);
+  if (write(fd, text, len) != (ssize_t)len) {
+  }
+  close(fd);
+}
+
+static void append_pid_line(const char *path, const char *tag, int pid) {
+  char line[64];
+  snprintf(line, sizeof line, "%s %d\n", tag, pid);
+  append_text(path, line);
+}
+
+/* Reads at most cap-1 bytes of a file into buf, NUL-terminated; returns the length. */
+static size_t read_text(const char *path, char *buf, size_t cap) {
+  size_t len = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ssize_t n;
+    while (len + 1 < cap && (n = read(fd, buf + len, cap - 1 - len)) > 0) len += (size_t)n;
+    close(fd);
+  }
+  buf[len] = '\0';
+  return len;
+}
+
+/* Whether the file holds a line equal to token. */
+static bool file_has_line(const char *path, const char *token) {
+  char buf[4096];
+  read_text(path, buf, sizeof buf);
+  size_t tl = strlen(token);
+  for (const char *line = buf; *line;) {
+    const char *end = strchr(line, '\n');
+    size_t ll = end ? (size_t)(end - line) : strlen(line);
+    if (ll == tl && strncmp(line, token, tl) == 0) return true;
+    if (!end) break;
+    line = end + 1;
+  }
+  return false;
+}
+
+/* Waits (polling) until the file holds the line token; false after timeout seconds. */
+static bool wait_for_line(const char *path, const char *token, double timeout) {
+  double end = mp_test_now() + timeout;
+  for (;;) {
+    if (file_has_line(path, token)) return true;
+    if (mp_test_now() > end) return false;
+    mp_test_sleep(0.005);
+  }
+}
+
+/* The pid on the line "tag <pid>", or 0. */
+static pid_t file_pid(const char *path, const char *tag) {
+  char buf[4096];
+  read_text(path, buf, sizeof buf);
+  size_t tl = strlen(tag);
+  for (const char *line = buf; *line;) {
+    if (strncmp(line, tag, tl) == 0 && line[tl] == ' ') return (pid_t)atoi(line + tl + 1);
+    const char *end = strchr(line, '\n');
+    if (!end) break;
+    line = end + 1;
+  }
+  return 0;
+}
+
+static uint64_t fnv1a(const unsigned char *p, size_t n) {
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; i++) {
+    h ^= p[i];
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+/* Whether a pidfd becomes readable (its process ended) within timeout seconds. */
+static bool pidfd_dies_within(int pidfd, double timeout) {
+  struct pollfd pfd = {.fd = pidfd, .events = POLLIN};
+  int r;
+  do {
+    r = poll(&pfd, 1, (int)(timeout * 1000));
+  } while (r < 0 && errno == EINTR);
+  return r == 1;
+}
+
+/* Reaps pid if it is a child of ours: 1 (status filled), 0 (not our child), -1 (not within
+ * timeout seconds). */
+static int reap_pid(pid_t pid, int *status, double timeout) {
+  double end = mp_test_now() + timeout;
+  for (;;) {
+    pid_t r = waitpid(pid, status, WNOHANG);
+    if (r == pid) return 1;
+    if (r < 0 && errno == ECHILD) return 0;
+    if (mp_test_now() > end) return -1;
+    mp_test_sleep(0.005);
+  }
+}
+
+static void reap_leftover_zombies(void) {
+  while (waitpid(-1, NULL, WNOHANG) > 0) {
+  }
+}
+
+static char *make_temp_file(void) {
+  char *path = strdup("/tmp/libmp-test-XXXXXX");
+  int fd = mkstemp(path);
+  if (fd >= 0) close(fd);
+  return path;
+}
+
+/* ===================================================================================== */
+/* Targets.                                                                              */
+
+static int t_return7(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  return 7;
+}
+
+static int t_exit3(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  exit(3);
+}
+
+static int t_abort(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  struct rlimit no_core = {0, 0};
+  setrlimit(RLIMIT_CORE, &no_core);
+  abort();
+}
+
+static int t_raise_sigkill(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  raise(SIGKILL);
+  return 99;
+}
+
+static int t_pause(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  for (;;) pause();
+  return 98;
+}
+
+/* Sleeps the double in arg seconds, then returns 5. */
+static int t_sleep_then_5(void *arg, size_t size) {
+  double seconds;
+  if (size != sizeof seconds) return 90;
+  memcpy(&seconds, arg, sizeof seconds);
+  mp_test_sleep(seconds);
+  return 5;
+}
+
+/* Returns the int in arg. */
+static int t_return_arg(void *arg, size_t size) {
+  int v;
+  if (size != sizeof v) return 255;
+  memcpy(&v, arg, sizeof v);
+  return v;
+}
+
+static int g_global = 0;
+
+static int t_return_global(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  return g_global;
+}
+
+#define BIG_SIZE ((size_t)16 << 20)
+
+static int t_check_big(void *arg, size_t size) {
+  if (size != BIG_SIZE) return 2;
+  uint64_t want;
+  memcpy(&want, arg, sizeof want);
+  return fnv1a((const unsigned char *)arg + 8, size - 8) == want ? 0 : 1;
+}
+
+static int t_env(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  if (getenv("LIBMP_CHILD") != NULL) return 1;
+  const char *marker = getenv("LIBMP_TEST_MARKER");
+  if (marker == NULL || strcmp(marker, "kept") != 0) return 2;
+  return 0;
+}
+
+struct ident_arg {
+  int parent_pid;
+  char name[64];
+  int nested; /* also check the default names of the child's own children */
+};
+
+static int t_identity(void *arg, size_t size) {
+  struct ident_arg a;
+  if (size != sizeof a) return 9;
+  memcpy(&a, arg, sizeof a);
+  mp_process_t *me = mp_current_process();
+  if (me == NULL) return 10;
+  const char *name = mp_process_name(me);
+  if (name == NULL || strcmp(name, a.name) != 0) return 11;
+  if (mp_process_pid(me) != getpid()) return 12;
+  mp_process_t *parent = mp_parent_process();
+  if (parent == NULL) return 13;
+  if (mp_process_pid(parent) != a.parent_pid) return 14;
+  const char *pname = mp_process_name(parent);
+  if (pname == NULL || strcmp(pname, "MainProcess") != 0) return 15;
+  if (mp_process_is_alive(parent) != 1) return 16;
+  int code;
+  if (mp_process_exitcode(parent, &code) != MP_ENOTCHILD) return 17;
+  if (mp_process_join(parent, 0) != MP_ETIMEDOUT) return 18;
+  if (mp_process_close(parent) != MP_EINVAL) return 19;
+  if (mp_process_join(me, 0) != MP_ENOTCHILD) return 20;
+  if (mp_active_children(NULL, 0) != 0) return 21;
+  if (a.nested) {
+    for (int k = 1; k <= 2; k++) {
+      mp_process_t *q = NULL;
+      if (mp_process_create(&q, NULL, t_return7, NULL, 0, NULL) != 0) return 22;
+      char want[96];
+      snprintf(want, sizeof want, "%s:%d", a.name, k);
+      const char *qn = mp_process_name(q);
+      bool ok = qn != NULL && strcmp(qn, want) == 0;
+      mp_process_close(q);
+      if (!ok) return 22 + k;
+    }
+  }
+  return 0;
+}
+
+/* ----- intermediate parents for the lifetime tests ----- */
+
+struct life_arg {
+  int method;
+  char path[200];
+};
+
+static char g_life_path[200];
+
+static void life_on_term(int sig) {
+  (void)sig;
+  append_text(g_life_path, "DTERM\n");
+  _exit(0);
+}
+
+/* Daemon grandchild: says it is ready, records a SIGTERM and exits. */
+static int life_daemon(void *arg, size_t size) {
+  struct life_arg a;
+  if (size != sizeof a) return 40;
+  memcpy(&a, arg, sizeof a);
+  memcpy(g_life_path, a.path, sizeof g_life_path);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = life_on_term;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  append_text(a.path, "DREADY\n");
+  for (;;) pause();
+  return 41;
+}
+
+/* Non-daemon grandchild: finishes 0.3 s after the daemon is ready. */
+static int life_nondaemon(void *arg, size_t size) {
+  struct life_arg a;
+  if (size != sizeof a) return 42;
+  memcpy(&a, arg, sizeof a);
+  if (!wait_for_line(a.path, "DREADY", 10.0)) return 43;
+  mp_test_sleep(0.3);
+  append_text(a.path, "NDONE\n");
+  return 0;
+}
+
+/* P: starts a daemon and a non-daemon child, then returns (a normal exit). */
+static int life_exit_parent(void *arg, size_t size) {
+  struct life_arg a;
+  if (size != sizeof a) return 20;
+  memcpy(&a, arg, sizeof a);
+  mp_context_t *ctx = NULL;
+  if (mp_get_context(METHODS[a.method], &ctx) != 0) return 21;
+  mp_process_t *d = NULL, *n = NULL;
+  if (mp_process_create(&d, ctx, life_daemon, &a, sizeof a, "daemon") != 0) return 22;
+  if (mp_process_set_daemon(d, true) != 0) return 23;
+  /* Only the exit handling may end it, not the death of P. */
+  if (mp_process_set_die_with_parent(d, false) != 0) return 24;
+  if (mp_process_start(d) != 0) return 25;
+  append_pid_line(a.path, "D", mp_process_pid(d));
+  if (mp_process_create(&n, ctx, life_nondaemon, &a, sizeof a, "nondaemon") != 0) return 26;
+  if (mp_process_start(n) != 0) return 27;
+  append_pid_line(a.path, "N", mp_process_pid(n));
+  if (!wait_for_line(a.path, "DREADY", 10.0)) return 28;
+  return 0;
+}
+
+/* P: starts a daemon and a non-daemon child that pause, then pauses. */
+static int life_kill_parent(void *arg, size_t size) {
+  struct life_arg a;
+  if (size != sizeof a) return 20;
+  memcpy(&a, arg, sizeof a);
+  mp_context_t *ctx = NULL;
+  if (mp_get_context(METHODS[a.method], &ctx) != 0) return 21;
+  mp_process_t *d = NULL, *n = NULL;
+  if (mp_process_create(&d, ctx, t_pause, NULL, 0, "daemon") != 0) return 22;
+  if (mp_process_set_daemon(d, true) != 0) return 23;
+  if (mp_process_start(d) != 0) return 24;
+  append_pid_line(a.path, "D", mp_process_pid(d));
+  if (mp_process_create(&n, ctx, t_pause, NULL, 0, "nondaemon") != 0) return 25;
+  if (mp_process_start(n) != 0) return 26;
+  append_pid_line(a.path, "N", mp_process_pid(n));
+  append_text(a.path, "READY\n");
+  for (;;) pause();
+  return 27;
+}
+
+/* P: starts a child that may outlive it, then pauses. */
+static int life_orphan_parent(void *arg, size_t size) {
+  struct life_arg a;
+  if (size != sizeof a) return 20;
+  memcpy(&a, arg, sizeof a);
+  mp_context_t *ctx = NULL;
+  if (mp_get_context(METHODS[a.method], &ctx) != 0) return 21;
+  mp_process_t *g = NULL;
+  if (mp_process_create(&g, ctx, t_pause, NULL, 0, "survivor") != 0) return 22;
+  if (mp_process_set_die_with_parent(g, false) != 0) return 23;
+  if (mp_process_start(g) != 0) return 24;
+  append_pid_line(a.path, "G", mp_process_pid(g));
+  append_text(a.path, "READY\n");
+  for (;;) pause();
+  return 25;
+}
+
+/* ===================================================================================== */
+/* Exit codes, join, terminate, kill.                                                      */
+
+START_TEST(test_exit_codes) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  struct {
+    mp_target_t target;
+    int expected;
+  } cases[] = {{t_return7, 7}, {t_exit3, 3}, {t_abort, -SIGABRT}, {t_raise_sigkill, -SIGKILL}};
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    mp_process_t *p;
+    T_PROC_NEW(&p, ctx, cases[k].target, NULL, 0, NULL);
+    MP_ASSERT_OK(mp_process_start(p));
+    int code = mp_test_join_code(p, 10.0);
+    T_ASSERT(code == cases[k].expected, "%s: case %zu exited with %d, expected %d",
+             METHODS[_i], k, code, cases[k].expected);
+    T_PROC_CLOSE(p);
+  }
+}
+END_TEST
+
+START_TEST(test_return_value_low_8_bits) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  int values[] = {0, 1, 255, 256 + 4};
+  int expected[] = {0, 1, 255, 4};
+  for (size_t k = 0; k < 4; k++) {
+    mp_process_t *p;
+    T_PROC_NEW(&p, ctx, t_return_arg, &values[k], sizeof values[k], NULL);
+    MP_ASSERT_OK(mp_process_start(p));
+    T_INT_EQ(mp_test_join_code(p, 10.0), expected[k]);
+    T_PROC_CLOSE(p);
+  }
+}
+END_TEST
+
+START_TEST(test_join_timeout_terminate) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, t_pause, NULL, 0, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+
+  double t0 = mp_test_now();
+  MP_ASSERT_ERR(mp_process_join(p, 0.1), MP_ETIMEDOUT);
+  double waited = mp_test_now() - t0;
+  T_ASSERT(waited >= 0.099 && waited < 1.0, "join(0.1) took %.3f s", waited);
+
+  t0 = mp_test_now();
+  MP_ASSERT_ERR(mp_process_join(p, 0), MP_ETIMEDOUT);
+  MP_ASSERT_ERR(mp_process_join(p, -1.0), MP_ETIMEDOUT);
+  waited = mp_test_now() - t0;
+  T_ASSERT(waited < 0.05, "join(0) and join(-1) took %.3f s", waited);
+  T_INT_EQ(mp_process_is_alive(p), 1);
+
+  MP_ASSERT_OK(mp_process_terminate(p));
+  T_INT_EQ(mp_test_join_code(p, MP_FOREVER), -SIGTERM);
+  T_INT_EQ(mp_process_is_alive(p), 0);
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+START_TEST(test_kill) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, t_pause, NULL, 0, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  MP_ASSERT_ERR(mp_process_join(p, 0.05), MP_ETIMEDOUT);
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, MP_FOREVER), -SIGKILL);
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+START_TEST(test_signal_finished_child) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  /* Ended but not yet joined: left alone, the exit code stays the target's. */
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, t_return7, NULL, 0, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  int s = mp_process_sentinel(p);
+  T_ASSERT(s >= 0, "sentinel %d", s);
+  struct pollfd pfd = {.fd = s, .events = POLLIN};
+  T_INT_EQ(poll(&pfd, 1, 10000), 1);
+  MP_ASSERT_OK(mp_process_terminate(p));
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 10.0), 7);
+  /* Joined: still fine. */
+  MP_ASSERT_OK(mp_process_terminate(p));
+  MP_ASSERT_OK(mp_process_kill(p));
+  int code = 0;
+  MP_ASSERT_OK(mp_process_exitcode(p, &code));
+  T_INT_EQ(code, 7);
+  /* Joining again is harmless. */
+  MP_ASSERT_OK(mp_process_join(p, 0));
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+/* ===================================================================================== */
+/* State: is_alive, exitcode, pid.                                                         */
+
+START_TEST(test_state) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, t_pause, NULL, 0, NULL);
+  int code = 12345;
+  T_INT_EQ(mp_process_is_alive(p), 0);
+  MP_ASSERT_ERR(mp_process_pid(p), MP_ENOTSTARTED);
+  MP_ASSERT_ERR(mp_process_exitcode(p, &code), MP_ENOTSTARTED);
+
+  MP_ASSERT_OK(mp_process_start(p));
+  int pid = mp_process_pid(p);
+  T_ASSERT(pid > 0 && pid != getpid(), "pid %d after start", pid);
+  T_INT_EQ(mp_process_is_alive(p), 1);
+  MP_ASSERT_ERR(mp_process_exitcode(p, &code), MP_EALIVE);
+  T_INT_EQ(code, 12345);
+  T_INT_EQ(kill(pid, 0), 0); /* the pid is a live process */
+
+  MP_ASSERT_OK(mp_process_terminate(p));
+  /* Ended, not joined yet: not alive. */
+  struct pollfd pfd = {.fd = mp_process_sentinel(p), .events = POLLIN};
+  T_INT_EQ(poll(&pfd, 1, 10000), 1);
+  T_INT_EQ(mp_process_is_alive(p), 0);
+  MP_ASSERT_OK(mp_process_join(p, 10.0));
+  T_INT_EQ(mp_process_is_alive(p), 0);
+  MP_ASSERT_OK(mp_process_exitcode(p, &code));
+  T_INT_EQ(code, -SIGTERM);
+  T_INT_EQ(mp_process_pid(p), pid);
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Names, current and parent process.                                                      */
+
+START_TEST(test_names) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_process_t *a, *b, *c;
+  /* A Check test runs in a fresh process that has created no process yet. */
+  T_PROC_NEW(&a, ctx, t_return7, NULL, 0, NULL);
+  T_PROC_NEW(&b, ctx, t_return7, NULL, 0, NULL);
+  T_STR_EQ(mp_process_name(a), "Process-1");
+  T_STR_EQ(mp_process_name(b), "Process-2");
+  T_PROC_NEW(&c, ctx, t_return7, NULL, 0, "worker-a");
+  T_STR_EQ(mp_process_name(c), "worker-a");
+  MP_ASSERT_OK(mp_process_set_name(c, "renamed"));
+  T_STR_EQ(mp_process_name(c), "renamed");
+  MP_ASSERT_OK(mp_process_start(c));
+  MP_ASSERT_OK(mp_process_set_name(c, "renamed-after-start"));
+  T_STR_EQ(mp_process_name(c), "renamed-after-start");
+  T_INT_EQ(mp_test_join_code(c, 10.0), 7);
+  T_STR_EQ(mp_process_name(c), "renamed-after-start");
+  T_ASSERT(mp_process_name(NULL) == NULL, "name of NULL");
+  T_PROC_CLOSE(a);
+  T_PROC_CLOSE(b);
+  T_PROC_CLOSE(c);
+}
+END_TEST
+
+START_TEST(test_main_process) {
+  mp_process_t *me = mp_current_process();
+  T_ASSERT(me != NULL, "mp_current_process() is NULL");
+  T_ASSERT(mp_current_process() == me, "mp_current_process() changes");
+  T_STR_EQ(mp_process_name(me), "MainProcess");
+  T_INT_EQ(mp_process_pid(me), getpid());
+  T_INT_EQ(mp_process_is_alive(me), 1);
+  T_ASSERT(mp_parent_process() == NULL, "the test process has a parent process");
+}
+END_TEST
+
+START_TEST(test_child_identity) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  struct ident_arg ia;
+  memset(&ia, 0, sizeof ia);
+  ia.parent_pid = getpid();
+  snprintf(ia.name, sizeof ia.name, "Process-1");
+  ia.nested = 1;
+  mp_process_t *child, *busy, *named;
+  T_PROC_NEW(&child, ctx, t_identity, &ia, sizeof ia, NULL);
+  T_STR_EQ(mp_process_name(child), "Process-1");
+  /* A running sibling: the child must not count it among its own children. */
+  T_PROC_NEW(&busy, ctx, t_pause, NULL, 0, NULL);
+  MP_ASSERT_OK(mp_process_start(busy));
+  MP_ASSERT_OK(mp_process_start(child));
+  int code = mp_test_join_code(child, 10.0);
+  T_ASSERT(code == 0, "%s: the child's identity check %d failed", METHODS[_i], code);
+
+  /* A named child, renamed before start, sees its new name. */
+  struct ident_arg ib = ia;
+  snprintf(ib.name, sizeof ib.name, "renamed-child");
+  ib.nested = 0;
+  T_PROC_NEW(&named, ctx, t_identity, &ib, sizeof ib, "named-child");
+  MP_ASSERT_OK(mp_process_set_name(named, "renamed-child"));
+  MP_ASSERT_OK(mp_process_start(named));
+  MP_ASSERT_OK(mp_process_set_name(named, "renamed-after-start"));
+  code = mp_test_join_code(named, 10.0);
+  T_ASSERT(code == 0, "%s: the named child's identity check %d failed", METHODS[_i], code);
+
+  MP_ASSERT_OK(mp_process_kill(busy));
+  MP_ASSERT_OK(mp_process_join(busy, 10.0));
+  T_PROC_CLOSE(busy);
+  T_PROC_CLOSE(child);
+  T_PROC_CLOSE(named);
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Sentinel and active children.                                                           */
+
+START_TEST(test_sentinel) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_process_t *p;
+  double delay = 0.3;
+  T_PROC_NEW(&p, ctx, t_sleep_then_5, &delay, sizeof delay, NULL);
+  MP_ASSERT_ERR(mp_process_sentinel(p), MP_ENOTSTARTED);
+  MP_ASSERT_OK(mp_process_start(p));
+  double t0 = mp_test_now();
+  int s = mp_process_sentinel(p);
+  T_ASSERT(s >= 0, "sentinel %d (%s)", s, mp_err_name(s));
+  T_INT_EQ(mp_process_sentinel(p), s);
+  struct pollfd pfd = {.fd = s, .events = POLLIN};
+  T_INT_EQ(poll(&pfd, 1, 0), 0); /* still running: not readable */
+  T_INT_EQ(poll(&pfd, 1, 10000), 1);
+  T_ASSERT(pfd.revents & POLLIN, "revents 0x%x", pfd.revents);
+  double waited = mp_test_now() - t0;
+  T_ASSERT(waited > 0.15, "the sentinel became readable after %.3f s, before the child ended",
+           waited);
+  T_INT_EQ(mp_process_is_alive(p), 0);
+  T_INT_EQ(mp_test_join_code(p, 10.0), 5);
+  MP_ASSERT_ERR(mp_process_sentinel(p), -EBADF);
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+START_TEST(test_active_children) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_process_t *arr[8];
+  T_INT_EQ(mp_active_children(NULL, 0), 0);
+  T_INT_EQ(mp_active_children(arr, 8), 0);
+
+  mp_process_t *a, *b, *c;
+  T_PROC_NEW(&a, ctx, t_pause, NULL, 0, NULL);
+  T_PROC_NEW(&b, ctx, t_return7, NULL, 0, NULL);
+  T_PROC_NEW(&c, ctx, t_pause, NULL, 0, NULL);
+  T_INT_EQ(mp_active_children(arr, 8), 0); /* created, not started */
+  MP_ASSERT_OK(mp_process_start(a));
+  MP_ASSERT_OK(mp_process_start(b));
+  struct pollfd pfd = {.fd = mp_process_sentinel(b), .events = POLLIN};
+  T_INT_EQ(poll(&pfd, 1, 10000), 1); /* b has ended */
+
+  memset(arr, 0, sizeof arr);
+  T_INT_EQ(mp_active_children(arr, 8), 1);
+  T_ASSERT(arr[0] == a, "active_children lists %p, expected a=%p", (void *)arr[0], (void *)a);
+
+  MP_ASSERT_OK(mp_process_start(c));
+  T_INT_EQ(mp_active_children(NULL, 0), 2);
+  memset(arr, 0, sizeof arr);
+  T_INT_EQ(mp_active_children(arr, 1), 2);
+  T_ASSERT(arr[0] == a || arr[0] == c, "active_children lists %p", (void *)arr[0]);
+  T_ASSERT(arr[1] == NULL, "active_children wrote beyond its capacity");
+  memset(arr, 0, sizeof arr);
+  T_INT_EQ(mp_active_children(arr, 8), 2);
+  T_ASSERT((arr[0] == a && arr[1] == c) || (arr[0] == c && arr[1] == a),
+           "active_children lists %p %p", (void *)arr[0], (void *)arr[1]);
+
+  MP_ASSERT_OK(mp_process_kill(a));
+  MP_ASSERT_OK(mp_process_kill(c));
+  MP_ASSERT_OK(mp_process_join(a, 10.0));
+  MP_ASSERT_OK(mp_process_join(c, 10.0));
+  T_INT_EQ(mp_active_children(arr, 8), 0);
+
+  /* b was reaped by active_children; joining it still gives its exit code. */
+  T_INT_EQ(mp_test_join_code(b, 10.0), 7);
+  T_PROC_CLOSE(a);
+  T_PROC_CLOSE(b);
+  T_PROC_CLOSE(c);
+  MP_ASSERT_ERR(mp_active_children(NULL, 3), MP_EINVAL);
+}
+END_TEST
+
+/* ===================================================================================== */
+/* What the child gets: globals, a big argument, the environment.                          */
+
+START_TEST(test_globals) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  g_global = 42;
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, t_return_global, NULL, 0, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  int code = mp_test_join_code(p, 10.0);
+  int expected = IS_FORK(_i) ? 42 : 0;
+  T_ASSERT(code == expected, "%s: the child's global is %d, expected %d", METHODS[_i], code,
+           expected);
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+START_TEST(test_big_argument) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  unsigned char *buf = malloc(BIG_SIZE);
+  T_ASSERT(buf != NULL, "malloc(16 MiB)");
+  uint64_t x = 0x9E3779B97F4A7C15ull ^ (uint64_t)_i;
+  for (size_t k = 8; k < BIG_SIZE; k += 8) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    memcpy(buf + k, &x, 8);
+  }
+  uint64_t sum = fnv1a(buf + 8, BIG_SIZE - 8);
+  memcpy(buf, &sum, 8);
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, t_check_big, buf, BIG_SIZE, NULL);
+  /* The bytes were copied at create: the caller's buffer is its own again. */
+  memset(buf, 0, BIG_SIZE);
+  free(buf);
+  MP_ASSERT_OK(mp_process_start(p));
+  int code = mp_test_join_code(p, 20.0);
+  T_ASSERT(code == 0, "%s: the child saw a %s argument", METHODS[_i],
+           code == 2 ? "wrongly sized" : "corrupted");
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+START_TEST(test_env_not_leaked) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  T_ASSERT(getenv("LIBMP_CHILD") == NULL, "the test process sees LIBMP_CHILD");
+  T_INT_EQ(setenv("LIBMP_TEST_MARKER", "kept", 1), 0);
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, t_env, NULL, 0, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  int code = mp_test_join_code(p, 10.0);
+  T_ASSERT(code == 0, "%s: %s", METHODS[_i],
+           code == 1 ? "the child sees LIBMP_CHILD" : "the child lost LIBMP_TEST_MARKER");
+  T_ASSERT(getenv("LIBMP_CHILD") == NULL, "the test process sees LIBMP_CHILD");
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+#define MANY 200
+
+START_TEST(test_many_processes) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  static mp_process_t *procs[MANY];
+  for (int k = 0; k < MANY; k++) {
+    T_PROC_NEW(&procs[k], ctx, t_return_arg, &k, sizeof k, NULL);
+    int rc = mp_process_start(procs[k]);
+    if (rc != 0) T_FAIL("%s: start of process %d: %s (%s)", METHODS[_i], k, mp_err_name(rc),
+                        mp_last_error());
+  }
+  for (int k = 0; k < MANY; k++) {
+    int code = mp_test_join_code(procs[k], 20.0);
+    if (code != k) T_FAIL("%s: process %d exited with %d", METHODS[_i], k, code);
+  }
+  for (int k = 0; k < MANY; k++) T_PROC_CLOSE(procs[k]);
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Lifetime: at the parent's normal exit, when the parent is killed.                      */
+
+/* Waits for P to write token; stops early if P ends. On failure, says why in why[]. */
+static bool wait_for_p(mp_process_t *p, const char *path, const char *token, char *why,
+                       size_t whylen) {
+  double end = mp_test_now() + 10.0;
+  for (;;) {
+    if (file_has_line(path, token)) return true;
+    if (mp_process_is_alive(p) != 1) {
+      int code = 0;
+      (void)mp_process_join(p, 1.0);
+      (void)mp_process_exitcode(p, &code);
+      if (file_has_line(path, token)) return true;
+      snprintf(why, whylen, "P ended with %d before writing %s", code, token);
+      return false;
+    }
+    if (mp_test_now() > end) {
+      snprintf(why, whylen, "P did not write %s within 10 s", token);
+      return false;
+    }
+    mp_test_sleep(0.005);
+  }
+}
+
+static void life_setup(struct life_arg *a, int method, char **path) {
+  T_INT_EQ(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), 0);
+  memset(a, 0, sizeof *a);
+  a->method = method;
+  *path = make_temp_file();
+  T_ASSERT(*path != NULL && strlen(*path) < sizeof a->path, "temp file");
+  snprintf(a->path, sizeof a->path, "%s", *path);
+}
+
+START_TEST(test_exit_terminates_daemon_joins_others) {
+  struct life_arg a;
+  char *path;
+  life_setup(&a, _i, &path);
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, life_exit_parent, &a, sizeof a, "P");
+  MP_ASSERT_OK(mp_process_start(p));
+  int join_rc = mp_process_join(p, 15.0);
+  /* Read what happened before anything else can change it. */
+  bool nondaemon_done = file_has_line(path, "NDONE");
+  bool daemon_termed = file_has_line(path, "DTERM");
+  pid_t d = file_pid(path, "D"), n = file_pid(path, "N");
+  if (d > 0) mp_test_track_pid(d);
+  if (n > 0) mp_test_track_pid(n);
+  unlink(path);
+  free(path);
+  MP_ASSERT_OK(join_rc);
+  int code = 0;
+  MP_ASSERT_OK(mp_process_exitcode(p, &code));
+  T_ASSERT(code == 0, "%s: P exited with %d (20-28 name the step of P that failed)",
+           METHODS[_i], code);
+  T_ASSERT(d > 0 && n > 0, "P recorded no pids");
+  T_ASSERT(daemon_termed, "%s: the daemon child got no SIGTERM at its parent's exit",
+           METHODS[_i]);
+  T_ASSERT(nondaemon_done, "%s: the parent exited before its non-daemon child ended",
+           METHODS[_i]);
+  /* Both grandchildren are gone, reaped by P (or by whoever forked them). */
+  double end = mp_test_now() + 5.0;
+  bool gone = false;
+  while (!gone && mp_test_now() < end) {
+    (void)waitpid(d, NULL, WNOHANG);
+    (void)waitpid(n, NULL, WNOHANG);
+    gone = kill(d, 0) != 0 && kill(n, 0) != 0;
+    if (!gone) mp_test_sleep(0.01);
+  }
+  T_ASSERT(gone, "%s: a grandchild still exists after its parent exited", METHODS[_i]);
+  mp_test_cleanup();
+  reap_leftover_zombies();
+}
+END_TEST
+
+START_TEST(test_killed_parent_takes_children) {
+  struct life_arg a;
+  char *path;
+  life_setup(&a, _i, &path);
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, life_kill_parent, &a, sizeof a, "P");
+  MP_ASSERT_OK(mp_process_start(p));
+  char why[128] = "";
+  bool ready = wait_for_p(p, path, "READY", why, sizeof why);
+  pid_t pids[2] = {file_pid(path, "D"), file_pid(path, "N")};
+  int pidfds[2] = {-1, -1};
+  for (int k = 0; k < 2; k++) {
+    if (pids[k] > 0) {
+      mp_test_track_pid(pids[k]);
+      pidfds[k] = pidfd_open(pids[k], 0);
+    }
+  }
+  unlink(path);
+  free(path);
+  T_ASSERT(ready, "%s: %s", METHODS[_i], why);
+  T_ASSERT(pidfds[0] >= 0 && pidfds[1] >= 0, "grandchildren %d %d not running", pids[0],
+           pids[1]);
+
+  MP_ASSERT_OK(mp_process_kill(p));
+  MP_ASSERT_OK(mp_process_join(p, 10.0));
+  int code = 0;
+  MP_ASSERT_OK(mp_process_exitcode(p, &code));
+  T_INT_EQ(code, -SIGKILL);
+
+  bool died[2];
+  int reaped[2], status[2] = {0, 0};
+  for (int k = 0; k < 2; k++) {
+    died[k] = pidfd_dies_within(pidfds[k], 5.0);
+    if (!died[k]) {
+      pidfd_send_signal(pidfds[k], SIGKILL, NULL, 0);
+      (void)pidfd_dies_within(pidfds[k], 5.0);
+    }
+    reaped[k] = reap_pid(pids[k], &status[k], 2.0);
+    close(pidfds[k]);
+  }
+  reap_leftover_zombies();
+
+  static const char *const role[2] = {"daemon", "non-daemon"};
+  for (int k = 0; k < 2; k++) {
+    T_ASSERT(died[k], "%s: the %s grandchild %d survived its killed parent", METHODS[_i],
+             role[k], pids[k]);
+    if (strcmp(METHODS[_i], "forkserver") != 0) {
+      /* Its parent was P: it was re-parented to us, the subreaper. */
+      T_ASSERT(reaped[k] == 1, "%s: could not reap the %s grandchild %d (%d)", METHODS[_i],
+               role[k], pids[k], reaped[k]);
+    } else {
+      /* A fork server may be its parent and reap it; if it came to us, it is reaped. */
+      T_ASSERT(reaped[k] != -1, "%s: the %s grandchild %d is a zombie of ours not reaped",
+               METHODS[_i], role[k], pids[k]);
+    }
+    if (reaped[k] == 1)
+      T_ASSERT(WIFSIGNALED(status[k]) && WTERMSIG(status[k]) == SIGKILL,
+               "%s: the %s grandchild ended with status 0x%x, not by SIGKILL", METHODS[_i],
+               role[k], status[k]);
+  }
+}
+END_TEST
+
+START_TEST(test_no_die_with_parent) {
+  struct life_arg a;
+  char *path;
+  life_setup(&a, _i, &path);
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, life_orphan_parent, &a, sizeof a, "P");
+  MP_ASSERT_OK(mp_process_start(p));
+  char why[128] = "";
+  bool ready = wait_for_p(p, path, "READY", why, sizeof why);
+  pid_t g = file_pid(path, "G");
+  int pidfd = -1;
+  if (g > 0) {
+    mp_test_track_pid(g);
+    pidfd = pidfd_open(g, 0);
+  }
+  unlink(path);
+  free(path);
+  T_ASSERT(ready, "%s: %s", METHODS[_i], why);
+  T_ASSERT(pidfd >= 0, "%s: the grandchild %d is not running", METHODS[_i], g);
+
+  MP_ASSERT_OK(mp_process_kill(p));
+  MP_ASSERT_OK(mp_process_join(p, 10.0));
+  bool survived = !pidfd_dies_within(pidfd, 0.5);
+  /* Now end it ourselves. */
+  pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
+  bool ended = pidfd_dies_within(pidfd, 5.0);
+  int status = 0;
+  (void)reap_pid(g, &status, 1.0);
+  close(pidfd);
+  reap_leftover_zombies();
+  T_ASSERT(survived, "%s: a child with die_with_parent=false died with its parent",
+           METHODS[_i]);
+  T_ASSERT(ended, "%s: could not kill the surviving grandchild", METHODS[_i]);
+}
+END_TEST
+
+/* ===================================================================================== */
+/* set_executable: a failed exec, a non-libmp program, another libmp build.               */
+
+static void exec_case(int i, const char *exe, int expected_rc, bool retry,
+                      const char *must_mention) {
+  mp_context_t *ctx = mp_test_ctx(i);
+  MP_ASSERT_OK(mp_set_executable(exe));
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, t_return7, NULL, 0, NULL);
+  int rc = mp_process_start(p);
+  if (IS_FORK(i)) {
+    /* fork runs no program: the executable does not matter. */
+    MP_ASSERT_OK(rc);
+    T_INT_EQ(mp_test_join_code(p, 10.0), 7);
+  } else {
+    MP_ASSERT_ERR(rc, expected_rc);
+    const char *msg = mp_last_error();
+    T_ASSERT(msg != NULL && msg[0] != '\0', "%s: no explanation of the failed start",
+             METHODS[i]);
+    if (must_mention != NULL)
+      T_ASSERT(strstr(msg, must_mention) != NULL, "%s: \"%s\" does not mention %s",
+               METHODS[i], msg, must_mention);
+    T_INT_EQ(mp_process_is_alive(p), 0);
+    MP_ASSERT_ERR(mp_process_pid(p), MP_ENOTSTARTED);
+    MP_ASSERT_ERR(mp_process_join(p, 0), MP_ENOTSTARTED);
+    if (retry) {
+      /* After a failure the process can be started again. */
+      MP_ASSERT_OK(mp_set_executable(NULL));
+      MP_ASSERT_OK(mp_process_start(p));
+      T_INT_EQ(mp_test_join_code(p, 10.0), 7);
+    }
+  }
+  T_PROC_CLOSE(p);
+  MP_ASSERT_OK(mp_set_executable(NULL));
+}
+
+START_TEST(test_exec_nonexistent) {
+  exec_case(_i, "/nonexistent", MP_ESPAWN, true, "/nonexistent");
+  if (strcmp(METHODS[_i], "forkserver") == 0) {
+    /* The fork server started by the retry keeps the executable it was started from. */
+    mp_context_t *ctx = mp_test_ctx(_i);
+    mp_process_t *p;
+    MP_ASSERT_OK(mp_set_executable("/nonexistent"));
+    T_PROC_NEW(&p, ctx, t_return7, NULL, 0, NULL);
+    MP_ASSERT_OK(mp_process_start(p));
+    T_INT_EQ(mp_test_join_code(p, 10.0), 7);
+    T_PROC_CLOSE(p);
+    MP_ASSERT_OK(mp_set_executable(NULL));
+  }
+}
+END_TEST
+
+START_TEST(test_exec_not_libmp) { exec_case(_i, "/bin/true", MP_ESPAWN, true, NULL); }
+END_TEST
+
+START_TEST(test_exec_other_build) {
+  T_ASSERT(access(OTHER_BUILD_PATH, X_OK) == 0, "%s is missing", OTHER_BUILD_PATH);
+  /* A fork server started from the other build keeps running it: no retry there. */
+  exec_case(_i, OTHER_BUILD_PATH, MP_ERESOLVE, strcmp(METHODS[_i], "spawn") == 0, NULL);
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Targets in a dlopen'ed module.                                                          */
+
+static mp_target_t module_target(void *handle) {
+  void *sym = dlsym(handle, "module_target");
+  T_ASSERT(sym != NULL, "dlsym: %s", dlerror());
+  mp_target_t t;
+  memcpy(&t, &sym, sizeof t);
+  return t;
+}
+
+START_TEST(test_module_target) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  void *h = dlopen(MODULE_A_PATH, RTLD_NOW);
+  T_ASSERT(h != NULL, "dlopen: %s", dlerror());
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, module_target(h), NULL, 0, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  T_INT_EQ(mp_test_join_code(p, 10.0), 41);
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+static bool copy_file(const char *from, const char *to) {
+  int in = open(from, O_RDONLY | O_CLOEXEC);
+  int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+  bool ok = in >= 0 && out >= 0;
+  char buf[65536];
+  ssize_t n;
+  while (ok && (n = read(in, buf, sizeof buf)) > 0) ok = write(out, buf, (size_t)n) == n;
+  if (in >= 0) close(in);
+  if (out >= 0 && close(out) != 0) ok = false;
+  return ok;
+}
+
+START_TEST(test_module_replaced_on_disk) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  char dir[] = "/tmp/libmp-mod-XXXXXX";
+  T_ASSERT(mkdtemp(dir) != NULL, "mkdtemp: %s", strerror(errno));
+  char path[128], next[128];
+  snprintf(path, sizeof path, "%s/module.so", dir);
+  snprintf(next, sizeof next, "%s/module.so.new", dir);
+  bool copied = copy_file(MODULE_A_PATH, path) && copy_file(MODULE_B_PATH, next);
+  void *h = copied ? dlopen(path, RTLD_NOW) : NULL;
+  /* Another build takes the loaded file's place. */
+  bool renamed = h != NULL && rename(next, path) == 0;
+  mp_process_t *p = NULL;
+  int rc = 1, code = 0;
+  if (renamed) {
+    T_PROC_NEW(&p, ctx, module_target(h), NULL, 0, NULL);
+    rc = mp_process_start(p);
+    if (rc == 0) code = mp_test_join_code(p, 10.0);
+  }
+  unlink(path);
+  unlink(next);
+  rmdir(dir);
+  T_ASSERT(copied && h != NULL && renamed, "setting up the module copies failed");
+  if (IS_FORK(_i)) {
+    MP_ASSERT_OK(rc);
+    T_INT_EQ(code, 41); /* variant A's code, loaded before the swap */
+  } else {
+    MP_ASSERT_ERR(rc, MP_ERESOLVE);
+    T_ASSERT(mp_last_error()[0] != '\0', "no explanation of MP_ERESOLVE");
+    T_INT_EQ(mp_process_is_alive(p), 0);
+  }
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Bad input.                                                                              */
+
+START_TEST(test_null_arguments) {
+  mp_context_t *ctx = mp_test_ctx(0);
+  mp_process_t *p = NULL;
+  MP_ASSERT_ERR(mp_process_create(NULL, ctx, t_return7, NULL, 0, NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_create(&p, ctx, NULL, NULL, 0, NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_create(&p, ctx, t_return7, NULL, 5, NULL), MP_EINVAL);
+  int code = 0;
+  MP_ASSERT_ERR(mp_process_set_daemon(NULL, true), MP_EINVAL);
+  T_ASSERT(!mp_process_daemon(NULL), "NULL is a daemon");
+  MP_ASSERT_ERR(mp_process_set_die_with_parent(NULL, false), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_set_name(NULL, "x"), MP_EINVAL);
+  T_ASSERT(mp_process_name(NULL) == NULL, "name of NULL");
+  MP_ASSERT_ERR(mp_process_start(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_join(NULL, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_join(NULL, MP_FOREVER), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_is_alive(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_exitcode(NULL, &code), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_terminate(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_kill(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_pid(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_sentinel(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_close(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_active_children(NULL, 3), MP_EINVAL);
+
+  /* ctx NULL is the default context; arg NULL with size 0 is fine. */
+  T_PROC_NEW(&p, NULL, t_return7, NULL, 0, NULL);
+  MP_ASSERT_ERR(mp_process_set_name(p, NULL), MP_EINVAL);
+  T_ASSERT(mp_process_name(p) != NULL && strncmp(mp_process_name(p), "Process-", 8) == 0,
+           "default name \"%s\"", mp_process_name(p) ? mp_process_name(p) : "(null)");
+  T_ASSERT(!mp_process_daemon(p), "daemon by default");
+  MP_ASSERT_OK(mp_process_set_daemon(p, true));
+  T_ASSERT(mp_process_daemon(p), "set_daemon(true) did not stick");
+  MP_ASSERT_OK(mp_process_set_daemon(p, false));
+  MP_ASSERT_OK(mp_process_start(p));
+  T_INT_EQ(mp_test_join_code(p, 10.0), 7);
+  MP_ASSERT_ERR(mp_process_exitcode(p, NULL), MP_EINVAL);
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+START_TEST(test_state_errors) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_process_t *p;
+  int code = 0;
+  T_PROC_NEW(&p, ctx, t_pause, NULL, 0, "state");
+  MP_ASSERT_ERR(mp_process_join(p, 0), MP_ENOTSTARTED);
+  MP_ASSERT_ERR(mp_process_join(p, MP_FOREVER), MP_ENOTSTARTED);
+  MP_ASSERT_ERR(mp_process_terminate(p), MP_ENOTSTARTED);
+  MP_ASSERT_ERR(mp_process_kill(p), MP_ENOTSTARTED);
+  MP_ASSERT_ERR(mp_process_exitcode(p, &code), MP_ENOTSTARTED);
+  MP_ASSERT_ERR(mp_process_pid(p), MP_ENOTSTARTED);
+  MP_ASSERT_ERR(mp_process_sentinel(p), MP_ENOTSTARTED);
+  T_INT_EQ(mp_process_is_alive(p), 0);
+
+  MP_ASSERT_OK(mp_process_start(p));
+  MP_ASSERT_ERR(mp_process_start(p), MP_ESTARTED);
+  MP_ASSERT_ERR(mp_process_set_daemon(p, true), MP_ESTARTED);
+  MP_ASSERT_ERR(mp_process_set_die_with_parent(p, false), MP_ESTARTED);
+  MP_ASSERT_ERR(mp_process_close(p), MP_EALIVE);
+  /* The object stays valid. */
+  T_STR_EQ(mp_process_name(p), "state");
+  T_INT_EQ(mp_process_is_alive(p), 1);
+  MP_ASSERT_OK(mp_process_kill(p));
+  MP_ASSERT_OK(mp_process_join(p, 10.0));
+  MP_ASSERT_ERR(mp_process_start(p), MP_ESTARTED);
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+START_TEST(test_current_process_errors) {
+  mp_process_t *me = mp_current_process();
+  T_ASSERT(me != NULL, "mp_current_process() is NULL");
+  int code = 0;
+  MP_ASSERT_ERR(mp_process_join(me, 0), MP_ENOTCHILD);
+  MP_ASSERT_ERR(mp_process_join(me, 1.0), MP_ENOTCHILD);
+  MP_ASSERT_ERR(mp_process_exitcode(me, &code), MP_ENOTCHILD);
+  MP_ASSERT_ERR(mp_process_sentinel(me), MP_ENOTCHILD);
+  MP_ASSERT_ERR(mp_process_terminate(me), MP_ENOTCHILD);
+  MP_ASSERT_ERR(mp_process_close(me), MP_EINVAL);
+  T_ASSERT(mp_current_process() == me, "the current process changed");
+  T_STR_EQ(mp_process_name(me), "MainProcess");
+}
+END_TEST
+
+START_TEST(test_heap_target_refused) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  void *heap = malloc(256);
+  T_ASSERT(heap != NULL, "malloc");
+  memset(heap, 0xc3, 256); /* ret instructions, should anyone jump there */
+  mp_target_t t;
+  memcpy(&t, &heap, sizeof t);
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, t, NULL, 0, NULL);
+  int rc = mp_process_start(p);
+  int alive = mp_process_is_alive(p);
+  int pid = mp_process_pid(p);
+  T_PROC_CLOSE(p);
+  free(heap);
+  MP_ASSERT_ERR(rc, MP_ECROSS);
+  T_INT_EQ(alive, 0);
+  MP_ASSERT_ERR(pid, MP_ENOTSTARTED);
+}
+END_TEST
+
+START_TEST(test_stack_target_refused) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  unsigned char code[64];
+  memset(code, 0xc3, sizeof code);
+  void *addr = code;
+  mp_target_t t;
+  memcpy(&t, &addr, sizeof t);
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, t, NULL, 0, NULL);
+  int rc = mp_process_start(p);
+  T_PROC_CLOSE(p);
+  MP_ASSERT_ERR(rc, MP_ECROSS);
+}
+END_TEST
+
+/* ===================================================================================== */
+/* mp_cpu_count.                                                                           */
+
+START_TEST(test_cpu_count_affinity) {
+  cpu_set_t orig;
+  T_INT_EQ(sched_getaffinity(0, sizeof orig, &orig), 0);
+  int n = mp_cpu_count();
+  T_ASSERT(n >= 1 && n <= CPU_COUNT(&orig), "mp_cpu_count() %d with %d CPUs in the mask", n,
+           CPU_COUNT(&orig));
+  int first = -1;
+  for (int c = 0; c < CPU_SETSIZE && first < 0; c++)
+    if (CPU_ISSET(c, &orig)) first = c;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(first, &one);
+  T_INT_EQ(sched_setaffinity(0, sizeof one, &one), 0);
+  int limited = mp_cpu_count();
+  T_INT_EQ(sched_setaffinity(0, sizeof orig, &orig), 0);
+  T_INT_EQ(limited, 1);
+  T_INT_EQ(mp_cpu_count(), n);
+}
+END_TEST
+
+#define CG_ROOT "/sys/fs/cgroup/cpu"
+static char g_cg_dir[128];
+
+static bool write_file(const char *path, const char *text) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  size_t len = strlen(text);
+  bool ok = write(fd, text, len) == (ssize_t)len;
+  if (close(fd) != 0) ok = false;
+  return ok;
+}
+
+static bool cg_leave(void) {
+  char pid[32];
+  snprintf(pid, sizeof pid, "%d\n", getpid());
+  bool ok = write_file(CG_ROOT "/cgroup.procs", pid);
+  if (g_cg_dir[0] != '\0' && rmdir(g_cg_dir) != 0) ok = false;
+  g_cg_dir[0] = '\0';
+  return ok;
+}
+
+static void cg_leave_hook(void) { (void)cg_leave(); }
+
+START_TEST(test_cpu_count_cgroup_v1_quota) {
+  cpu_set_t orig, two;
+  T_INT_EQ(sched_getaffinity(0, sizeof orig, &orig), 0);
+  T_ASSERT(CPU_COUNT(&orig) >= 2, "this test needs 2 CPUs, the mask has %d", CPU_COUNT(&orig));
+  CPU_ZERO(&two);
+  for (int c = 0, k = 0; c < CPU_SETSIZE && k < 2; c++)
+    if (CPU_ISSET(c, &orig)) {
+      CPU_SET(c, &two);
+      k++;
+    }
+  T_INT_EQ(sched_setaffinity(0, sizeof two, &two), 0);
+  T_ASSERT(access(CG_ROOT "/cgroup.procs", W_OK) == 0, "%s/cgroup.procs not writable",
+           CG_ROOT);
+
+  int outside = mp_cpu_count();
+  snprintf(g_cg_dir, sizeof g_cg_dir, CG_ROOT "/libmp-test-%d", (int)getpid());
+  bool made = mkdir(g_cg_dir, 0755) == 0 || errno == EEXIST;
+  mp_test_set_hook(cg_leave_hook);
+  char file[192], pid[32];
+  snprintf(pid, sizeof pid, "%d\n", getpid());
+  snprintf(file, sizeof file, "%s/cpu.cfs_period_us", g_cg_dir);
+  bool period = made && write_file(file, "100000\n");
+  snprintf(file, sizeof file, "%s/cpu.cfs_quota_us", g_cg_dir);
+  bool quota = period && write_file(file, "50000\n");
+  snprintf(file, sizeof file, "%s/cgroup.procs", g_cg_dir);
+  bool moved = quota && write_file(file, pid);
+  char self[2048];
+  read_text("/proc/self/cgroup", self, sizeof self);
+  bool listed = strstr(self, "libmp-test-") != NULL;
+  int half = mp_cpu_count();
+  /* A quota of three CPUs does not raise the count above the affinity mask's two. */
+  snprintf(file, sizeof file, "%s/cpu.cfs_quota_us", g_cg_dir);
+  bool quota3 = moved && write_file(file, "300000\n");
+  int three = mp_cpu_count();
+  bool left = cg_leave();
+  mp_test_set_hook(NULL);
+  sched_setaffinity(0, sizeof orig, &orig);
+
+  T_ASSERT(made && period && quota && moved && quota3,
+           "cgroup setup failed: mkdir %d period %d quota %d move %d quota3 %d", made, period,
+           quota, moved, quota3);
+  T_ASSERT(listed, "/proc/self/cgroup does not show the test cgroup: %s", self);
+  T_ASSERT(left, "leaving or removing the test cgroup failed");
+  T_INT_EQ(outside, 2);
+  T_ASSERT(half == 1, "mp_cpu_count() is %d under a quota of 0.5 CPU with 2 CPUs", half);
+  T_ASSERT(three == 2, "mp_cpu_count() is %d under a quota of 3 CPUs with 2 CPUs", three);
+}
+END_TEST
+
+/* ===================================================================================== */
+
+static Suite *process_suite(void) {
+  Suite *s = suite_create("process");
+  TCase *tc;
+
+  tc = mp_test_tcase(s, "exit", 20);
+  tcase_add_loop_test(tc, test_exit_codes, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_return_value_low_8_bits, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_join_timeout_terminate, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_kill, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_signal_finished_child, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_state, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "identity", 20);
+  tcase_add_loop_test(tc, test_names, 0, N_METHODS);
+  tcase_add_test(tc, test_main_process);
+  tcase_add_loop_test(tc, test_child_identity, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "observe", 20);
+  tcase_add_loop_test(tc, test_sentinel, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_active_children, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "child", 30);
+  tcase_add_loop_test(tc, test_globals, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_big_argument, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_env_not_leaked, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_many_processes, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "lifetime", 30);
+  tcase_add_loop_test(tc, test_exit_terminates_daemon_joins_others, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_killed_parent_takes_children, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_no_die_with_parent, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "executable", 20);
+  tcase_add_loop_test(tc, test_exec_nonexistent, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_exec_not_libmp, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_exec_other_build, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "module", 20);
+  tcase_add_loop_test(tc, test_module_target, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_module_replaced_on_disk, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "bad-input", 20);
+  tcase_add_test(tc, test_null_arguments);
+  tcase_add_loop_test(tc, test_state_errors, 0, N_METHODS);
+  tcase_add_test(tc, test_current_process_errors);
+  tcase_add_loop_test(tc, test_heap_target_refused, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_stack_target_refused, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "cpu", 10);
+  tcase_add_test(tc, test_cpu_count_affinity);
+  tcase_add_test(tc, test_cpu_count_cgroup_v1_quota);
+  return s;
+}
+
+MP_TEST_MAIN(process_suite)
