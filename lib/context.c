@@ -114,9 +114,6 @@ int mp__executable(char *buf, size_t cap) {
   return 0;
 }
 
-void mp__context_atfork(int phase) {
-  if (phase == 0)
-    pthread_mutex_lock(&context_lock);
-  else
-    pthread_mutex_unlock(&context_lock);
+void mp__context_after_fork(void) {
+  mp__reset_lock(&context_lock);
 }

@@ -4,11 +4,14 @@
  * hold a lock) and cheaper than an exec, and children start from a clean state.
  *
  * The parent holds one control socket to its server. To start a child it makes a fresh
- * socket pair and sends one end over the control socket (SCM_RIGHTS). The server forks;
- * the child reads its request from that socket exactly as a spawned child does (spawn.c),
- * while the server sends the parent the child's pid and a pidfd for signals (FORKED), and,
- * once it has reaped the child, its wait status (STATUS). The parent keeps its end as the
- * child's sentinel: it becomes readable when the status arrives.
+ * socket pair and sends one end over the control socket (SCM_RIGHTS), then streams the
+ * request on its own end. The server reads the request and resolves the target as a
+ * spawned child does (spawn.c), then forks; the child answers READY with its pid and its
+ * own pidfd, which the parent watches and signals
+ * through. When its target returns, the child sends EXITED with its exit code just before
+ * it exits; the server, once it has reaped a child, sends STATUS with the wait status, which
+ * is what the parent reads of a child that was killed. The server stays off the path of a
+ * normal start and join: only the request passes through it.
  *
  * The server ends when the control socket reaches end of file, which happens when the
  * parent exits for any reason, killed included: no server outlives its program. Its
@@ -91,19 +94,17 @@ int mp__forkserver_request(int sock) {
 }
 
 void mp__forkserver_stop(void) {
+  if (!server_owner)
+    return; /* never started: skip the lock, which a forked child would have to copy */
   pthread_mutex_lock(&server_lock);
   stop_server();
   pthread_mutex_unlock(&server_lock);
 }
 
-void mp__forkserver_atfork(int phase) {
-  if (phase == 0) {
-    pthread_mutex_lock(&server_lock);
-    return;
-  }
-  if (phase == 2)
+void mp__forkserver_after_fork(void) {
+  mp__reset_lock(&server_lock);
+  if (server_owner)
     forget_server(); /* the child's own server starts when it first needs one */
-  pthread_mutex_unlock(&server_lock);
 }
 
 /* ------------------------------ the server ------------------------------ */
@@ -122,18 +123,22 @@ typedef struct {
   size_t count, cap;
 } server_t;
 
+/* Reads the request before forking, so the child starts with it in memory: it neither
+ * allocates nor resolves, and writes (so copies) as few pages as it can. */
 static void serve_fork(server_t *s, int sock, pid_t self, int ctl, int sigfd) {
-  if (s->count == s->cap) {
+  mp__request_t *req = NULL;
+  int rc = mp__request_read(sock, &req);
+  if (rc == 0 && s->count == s->cap) {
     size_t cap = s->cap ? 2 * s->cap : 16;
     served_child_t *children = realloc(s->children, cap * sizeof *children);
-    if (!children) {
-      close(sock); /* the parent reads end of file: the start fails, nothing is left */
-      return;
+    if (children) {
+      s->children = children;
+      s->cap = cap;
+    } else {
+      rc = mp__error(MP_ENOMEM, "the fork server has no memory for another child");
     }
-    s->children = children;
-    s->cap = cap;
   }
-  pid_t pid = fork();
+  pid_t pid = rc == 0 ? fork() : -1;
   if (pid == 0) {
     /* Keep only this child's socket, and give it the default signal state. */
     close(ctl);
@@ -144,14 +149,14 @@ static void serve_fork(server_t *s, int sock, pid_t self, int ctl, int sigfd) {
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGINT, SIG_DFL);
-    mp__bootstrap_child(sock, false, self, -1);
+    mp__request_run(req, sock, false, self, -1);
   }
-  int pidfd = pid > 0 ? mp__pidfd_open(pid) : -1;
-  mp__reply_t forked = {MP__REC_FORKED, pid > 0 ? pid : -errno};
-  mp__send_record(sock, &forked, sizeof forked, pidfd);
-  if (pidfd >= 0)
-    close(pidfd);
-  if (pid < 0) {
+  if (rc == 0 && pid < 0)
+    rc = mp__syserror("the fork server could not fork");
+  mp__request_free(req);
+  if (rc < 0) {
+    if (rc != -EPIPE)
+      mp__send_error(sock, rc);
     close(sock);
     return;
   }

@@ -34,6 +34,14 @@ int mp__poll_fd(int fd, short events, int64_t deadline);
 int mp__send_record(int sock, const void *buf, size_t len, int fd);
 ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd);
 
+/* Reinitializes a lock in a fork child, if another thread held it (or it was ever
+ * used): untouched, it is left alone, so the child does not copy its page. */
+void mp__reset_lock(pthread_mutex_t *lock);
+
+/* Flushes stdout and stderr if they hold output: before a fork, so the child does not write
+ * it again, and at a forked child's end. */
+void mp__flush_std_streams(void);
+
 /* glibc 2.36 has no wrappers for these. */
 int mp__pidfd_open(pid_t pid);
 bool mp__have_pidfd(void);
@@ -79,7 +87,8 @@ struct mp_process_s {
   bool die_with_parent;
   pid_t pid;
   int pidfd;     /* signals; for fork and spawn children also the exit sentinel */
-  int status_fd; /* forkserver: the server writes the exit status here; else -1 */
+  int status_fd; /* forkserver: the child's socket, where its exit status arrives; without
+                    pidfds: the sentinel pipe; else -1 */
   int exitcode;
   pthread_mutex_t reap_lock;
   struct mp_process_s *prev, *next; /* the registry of started, unreaped children */
@@ -94,6 +103,8 @@ typedef struct {
   const char *parent_name;
   bool die_with_parent;
   int sentinel; /* without pidfds: the pipe end whose closing tells the parent we ended */
+  int report_sock; /* forkserver: the socket to send EXITED on, else -1 */
+  bool strings_owned; /* allocated for the child (spawn), not copies of the parent's */
 } mp__child_info_t;
 
 /* The first code of any new child, whatever the start method: sets the current and the
@@ -149,10 +160,11 @@ int mp__executable(char *buf, size_t cap);
 /* Records on the bootstrap socket, parent to child then child (or server) to parent. */
 enum {
   MP__REC_REQUEST = 1, /* parent: a chunk of the serialized request */
-  MP__REC_READY,       /* child: target resolved, argument received; value = pid */
-  MP__REC_ERROR,       /* child: could not take over; value = error code, then text */
-  MP__REC_FORKED,      /* fork server: value = pid, with the child's pidfd attached */
-  MP__REC_STATUS,      /* fork server: value = the child's wait status */
+  MP__REC_READY,       /* child: target resolved, argument received; value = pid; from a
+                          forkserver child with its own pidfd attached */
+  MP__REC_ERROR,       /* child or fork server: could not start; value = code, then text */
+  MP__REC_EXITED,      /* forkserver child: its target returned; value = the exit code */
+  MP__REC_STATUS,      /* fork server: value = the reaped child's wait status */
 };
 
 #define MP__RECORD_MAX 65536
@@ -162,15 +174,26 @@ typedef struct {
   int32_t value;
 } mp__reply_t;
 
-/* Parent side: streams the child's request over sock, then waits for READY (and, from a
- * fork server, FORKED). Fills pid/pidfd when the server reports them. */
+/* Parent side: streams the child's request over sock, then waits for READY, which from a
+ * forkserver child brings its pid and pidfd. */
 int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *ref);
 int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver);
 
-/* Child side: reads the request from sock, becomes the child and never returns.
- * real_parent is the fork server's pid, or 0 when the requesting parent made this image. */
-MP__NORETURN void mp__bootstrap_child(int sock, bool exec_image, pid_t real_parent,
-                                      int sentinel);
+/* Sends the thread's last error as an ERROR record. */
+void mp__send_error(int sock, int code);
+
+/* The child's side, in a spawned image or in the fork server before it forks: reads the
+ * whole request from sock and resolves its target (-EPIPE: the parent has gone; other
+ * errors are to be sent back with mp__send_error). */
+typedef struct mp__request_s mp__request_t;
+int mp__request_read(int sock, mp__request_t **req);
+void mp__request_free(mp__request_t *req);
+
+/* Becomes the child the request describes, answers READY on sock, runs the target and
+ * exits. real_parent is the fork server's pid, or 0 when the requesting parent made this
+ * image; sentinel is the pipe end kept for the parent where there are no pidfds, or -1. */
+MP__NORETURN void mp__request_run(mp__request_t *req, int sock, bool exec_image,
+                                  pid_t real_parent, int sentinel);
 
 /* posix_spawn()s exe as a libmp child of the given role ("spawn" or "forkserver") that
  * finds sock at MP__BOOTSTRAP_FD and sentinel (if >= 0) at MP__SENTINEL_FD, with no other
@@ -185,10 +208,8 @@ MP__NORETURN void mp__forkserver_main(int ctl);
 /* Stops the fork server at program exit. */
 void mp__forkserver_stop(void);
 
-/* Locks held across fork() so that a child never inherits one held by another thread;
- * phase: 0 before fork, 1 in the parent after, 2 in the child after (which also forgets
- * the parent's fork server). */
-void mp__context_atfork(int phase);
-void mp__forkserver_atfork(int phase);
+/* In the child of a fork: forget the parent's server, free the locks. */
+void mp__context_after_fork(void);
+void mp__forkserver_after_fork(void);
 
 #endif /* MP_INTERNAL_H */

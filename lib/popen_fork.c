@@ -20,14 +20,13 @@ static int fork_launch(mp_process_t *proc) {
       .real_parent = getpid(),
       .parent_name = mp_current_process()->name,
       .die_with_parent = proc->die_with_parent,
+      .report_sock = -1,
   };
   int sentinel[2];
   rc = mp__sentinel_open(sentinel);
   if (rc < 0)
     return rc;
-  /* Flush first, or the child would write the parent's buffered output a second time. */
-  fflush(stdout);
-  fflush(stderr);
+  mp__flush_std_streams();
   pid_t pid = fork();
   if (pid < 0) {
     rc = mp__syserror("fork");

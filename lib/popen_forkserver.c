@@ -3,9 +3,13 @@
  * the server reports its wait status on the child's socket, which is our sentinel. */
 #include "internal.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+/* How long an ended child's status may take to arrive before the server is taken for dead. */
+#define STATUS_WAIT_SECONDS 5.0
 
 static int forkserver_launch(mp_process_t *proc) {
   mp__fnref_t ref;
@@ -37,12 +41,22 @@ static int forkserver_launch(mp_process_t *proc) {
   return 0;
 }
 
+/*
+ * The child's end: EXITED from the child, else STATUS from the server once it reaped it.
+ * Once the pidfd says the child ended, its status is at most one reaping away, so wait for
+ * it (a bounded while: a server that cannot answer is taken for dead) rather than report
+ * an ended child as running.
+ */
 static int forkserver_collect(mp_process_t *proc, int *wait_status) {
-  mp__reply_t rec;
-  ssize_t n = recv(proc->status_fd, &rec, sizeof rec, MSG_DONTWAIT);
-  if (n < 0 && (errno == EAGAIN || errno == EINTR))
+  if (proc->pidfd >= 0 && mp__poll_fd(proc->pidfd, POLLIN, 0) == 0)
     return -EAGAIN;
-  if (n == (ssize_t)sizeof rec && rec.type == MP__REC_STATUS)
+  mp__reply_t rec;
+  ssize_t n = -1;
+  if (mp__poll_fd(proc->status_fd, POLLIN, mp__deadline(STATUS_WAIT_SECONDS)) > 0)
+    n = recv(proc->status_fd, &rec, sizeof rec, MSG_DONTWAIT);
+  if (n == (ssize_t)sizeof rec && rec.type == MP__REC_EXITED)
+    *wait_status = (rec.value & 0xff) << 8; /* as waitpid() reports an exit(value) */
+  else if (n == (ssize_t)sizeof rec && rec.type == MP__REC_STATUS)
     *wait_status = rec.value;
   else
     *wait_status = SIGKILL; /* the server died, and its children with it */

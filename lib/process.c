@@ -17,32 +17,43 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static mp_process_t current = {
-    .kind = MP__PROC_SELF,
-    .state = MP__STARTED,
-    .name = "MainProcess",
-    .identity = "",
-    .pidfd = -1,
-    .status_fd = -1,
+/*
+ * What this process knows of itself. A forked child writes these first, and each first
+ * write to a page after fork() is a copy-on-write fault (several microseconds here): so
+ * they share one page, and a child writes nothing else it can avoid.
+ */
+static struct {
+  mp_process_t current;
+  mp_process_t parent;
+  bool has_parent;
+  pid_t watched_parent; /* the process whose death kills us, see die_with() */
+  int own_sentinel;     /* without pidfds: the pipe end that closes when we end */
+  int report_sock;      /* forkserver child: where EXITED goes */
+  unsigned long children_created; /* the last part of a child's identity */
+  mp_process_t *registry; /* started children not yet closed: see below */
+} me __attribute__((aligned(1024))) = {
+    .current = {.kind = MP__PROC_SELF,
+                .state = MP__STARTED,
+                .name = "MainProcess",
+                .identity = "",
+                .pidfd = -1,
+                .status_fd = -1},
+    .parent = {.kind = MP__PROC_PARENT, .state = MP__STARTED, .pidfd = -1, .status_fd = -1},
+    .own_sentinel = -1,
+    .report_sock = -1,
 };
-static mp_process_t parent = {.kind = MP__PROC_PARENT, .state = MP__STARTED, .pidfd = -1};
-static bool has_parent;
-/* Without pidfds: the write end of the pipe whose end of file tells our parent we ended. */
-static int own_sentinel = -1;
 
-/* The started children not yet closed, for active_children() and the exit; they stay
- * reachable here until the program closes them. */
+/* The registry holds the started children not yet closed, for active_children() and the
+ * exit; they stay reachable there until the program closes them. */
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static mp_process_t *registry;
-static unsigned long children_created; /* the last part of a child's identity */
 
 static void registry_add(mp_process_t *proc) {
   pthread_mutex_lock(&registry_lock);
   proc->prev = NULL;
-  proc->next = registry;
-  if (registry)
-    registry->prev = proc;
-  registry = proc;
+  proc->next = me.registry;
+  if (me.registry)
+    me.registry->prev = proc;
+  me.registry = proc;
   pthread_mutex_unlock(&registry_lock);
 }
 
@@ -50,8 +61,8 @@ static void registry_remove(mp_process_t *proc) {
   pthread_mutex_lock(&registry_lock);
   if (proc->prev)
     proc->prev->next = proc->next;
-  else if (registry == proc)
-    registry = proc->next;
+  else if (me.registry == proc)
+    me.registry = proc->next;
   if (proc->next)
     proc->next->prev = proc->prev;
   proc->prev = proc->next = NULL;
@@ -62,12 +73,12 @@ static void registry_remove(mp_process_t *proc) {
 static mp_process_t **registry_snapshot(size_t *count) {
   pthread_mutex_lock(&registry_lock);
   size_t n = 0;
-  for (mp_process_t *p = registry; p; p = p->next)
+  for (mp_process_t *p = me.registry; p; p = p->next)
     n++;
   mp_process_t **list = malloc((n ? n : 1) * sizeof *list);
   *count = 0;
   if (list)
-    for (mp_process_t *p = registry; p; p = p->next)
+    for (mp_process_t *p = me.registry; p; p = p->next)
       list[(*count)++] = p;
   pthread_mutex_unlock(&registry_lock);
   return list;
@@ -75,8 +86,9 @@ static mp_process_t **registry_snapshot(size_t *count) {
 
 /* --------------------------- ending and reaping --------------------------- */
 
+/* What becomes readable when the child ends: its pidfd, or the fd its status comes on. */
 static int sentinel_of(const mp_process_t *proc) {
-  return proc->status_fd >= 0 ? proc->status_fd : proc->pidfd;
+  return proc->pidfd >= 0 ? proc->pidfd : proc->status_fd;
 }
 
 static int exitcode_of(int wait_status) {
@@ -194,34 +206,32 @@ static void at_exit(void) {
   mp__forkserver_stop();
 }
 
-static void before_fork(void) {
-  mp__context_atfork(0);
-  mp__forkserver_atfork(0);
-  pthread_mutex_lock(&registry_lock);
-}
-
-static void after_fork_in_parent(void) {
-  pthread_mutex_unlock(&registry_lock);
-  mp__forkserver_atfork(1);
-  mp__context_atfork(1);
-}
-
+/*
+ * In a child of any fork(), the program's own included: forget the parent's children and
+ * its fork server, close the parent's sentinel (it must close when the parent ends, not
+ * when this child does), and free locks another thread may have held at the fork. Only a
+ * child handler, and it writes only what needs changing: see `me` above.
+ */
 static void after_fork_in_child(void) {
-  /* The parent's children are not this process's children, and the parent's sentinel
-   * must close when the parent ends, not when this child does. */
-  registry = NULL;
-  if (own_sentinel >= 0)
-    close(own_sentinel);
-  own_sentinel = -1;
-  pthread_mutex_unlock(&registry_lock);
-  mp__forkserver_atfork(2);
-  mp__context_atfork(2);
+  if (me.registry)
+    me.registry = NULL;
+  if (me.own_sentinel >= 0) {
+    close(me.own_sentinel);
+    me.own_sentinel = -1;
+  }
+  if (me.report_sock >= 0) {
+    close(me.report_sock);
+    me.report_sock = -1;
+  }
+  mp__reset_lock(&registry_lock);
+  mp__forkserver_after_fork();
+  mp__context_after_fork();
 }
 
 /* Prioritized, so that it runs before spawn.c's take-over of a spawned child. */
 __attribute__((constructor(101))) static void install_handlers(void) {
   atexit(at_exit);
-  pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+  pthread_atfork(NULL, NULL, after_fork_in_child);
 }
 
 /* ---------------------------- a child's life ---------------------------- */
@@ -235,16 +245,14 @@ __attribute__((constructor(101))) static void install_handlers(void) {
  */
 #define PARENT_DEATH_SIGNAL SIGRTMAX
 
-static pid_t watched_parent;
-
 static void on_parent_thread_exit(int sig) {
   (void)sig;
-  if (getppid() != watched_parent)
+  if (getppid() != me.watched_parent)
     kill(getpid(), SIGKILL);
 }
 
 static void die_with(pid_t real_parent) {
-  watched_parent = real_parent;
+  me.watched_parent = real_parent;
   struct sigaction sa = {.sa_handler = on_parent_thread_exit, .sa_flags = SA_RESTART};
   sigemptyset(&sa.sa_mask);
   sigaction(PARENT_DEATH_SIGNAL, &sa, NULL);
@@ -258,24 +266,21 @@ static void die_with(pid_t real_parent) {
     kill(getpid(), SIGKILL);
 }
 
-static void adopt_name(mp_process_t *proc, const char *name, char *fallback) {
-  char *copy = strdup(name);
-  proc->name = copy ? copy : fallback;
-  proc->name_owned = copy != NULL;
-}
-
 void mp__child_init(const mp__child_info_t *info) {
-  /* A forked child's copies of these strings belong to handles it will never free. */
-  adopt_name(&current, info->name, "Process");
-  char *identity = strdup(info->identity);
-  current.identity = identity ? identity : "";
-  children_created = 0;
-  registry = NULL;
-  parent.pid = info->parent_pid;
-  adopt_name(&parent, info->parent_name, "MainProcess");
-  parent.pidfd = mp__pidfd_open(info->parent_pid);
-  has_parent = true;
-  own_sentinel = info->sentinel;
+  /* The strings live as long as the child: a forked child's are its copies of the
+   * parent's, a spawned child's were allocated for it. */
+  me.current.name = (char *)info->name;
+  me.current.name_owned = info->strings_owned;
+  me.current.identity = (char *)info->identity;
+  me.children_created = 0;
+  me.registry = NULL;
+  me.parent.pid = info->parent_pid;
+  me.parent.name = (char *)info->parent_name;
+  me.parent.name_owned = info->strings_owned;
+  me.parent.pidfd = mp__pidfd_open(info->parent_pid);
+  me.has_parent = true;
+  me.own_sentinel = info->sentinel;
+  me.report_sock = info->report_sock;
   if (info->die_with_parent)
     die_with(info->real_parent);
 }
@@ -283,10 +288,14 @@ void mp__child_init(const mp__child_info_t *info) {
 void mp__child_exit(int code, bool exec_image) {
   if (exec_image)
     exit(code & 0xff); /* its own atexit handlers, ours included, end its children */
-  end_children();
+  if (me.registry)
+    end_children();
   mp__forkserver_stop();
-  fflush(stdout);
-  fflush(stderr);
+  mp__flush_std_streams();
+  if (me.report_sock >= 0) {
+    mp__reply_t exited = {MP__REC_EXITED, code & 0xff};
+    mp__send_record(me.report_sock, &exited, sizeof exited, -1);
+  }
   _exit(code & 0xff);
 }
 
@@ -316,11 +325,11 @@ int mp_process_create(mp_process_t **out, mp_context_t *ctx, mp_target_t target,
   pthread_mutex_init(&proc->reap_lock, NULL);
 
   pthread_mutex_lock(&registry_lock);
-  unsigned long number = ++children_created;
+  unsigned long number = ++me.children_created;
   pthread_mutex_unlock(&registry_lock);
   char identity[256], default_name[300];
-  snprintf(identity, sizeof identity, "%s%s%lu", current.identity,
-           *current.identity ? ":" : "", number);
+  snprintf(identity, sizeof identity, "%s%s%lu", me.current.identity,
+           *me.current.identity ? ":" : "", number);
   snprintf(default_name, sizeof default_name, "Process-%s", identity);
   proc->identity = strdup(identity);
   proc->name = strdup(name ? name : default_name);
@@ -414,10 +423,10 @@ int mp_process_start(mp_process_t *proc) {
 }
 
 int mp_process_join(mp_process_t *proc, double timeout) {
-  if (proc == &parent) {
-    if (parent.pidfd < 0)
+  if (proc == &me.parent) {
+    if (me.parent.pidfd < 0)
       return mp__error(-EBADF, "mp_process_join: the parent process cannot be watched");
-    int ready = mp__poll_fd(parent.pidfd, POLLIN, mp__deadline(timeout));
+    int ready = mp__poll_fd(me.parent.pidfd, POLLIN, mp__deadline(timeout));
     if (ready < 0)
       return mp__error(ready, "mp_process_join: %s", mp_strerror(ready));
     return ready ? 0 : mp__error(MP_ETIMEDOUT, "mp_process_join: the parent still runs");
@@ -441,9 +450,9 @@ int mp_process_is_alive(mp_process_t *proc) {
   case MP__PROC_SELF:
     return 1;
   case MP__PROC_PARENT:
-    if (parent.pidfd >= 0)
-      return mp__poll_fd(parent.pidfd, POLLIN, 0) == 0;
-    return kill(parent.pid, 0) == 0;
+    if (me.parent.pidfd >= 0)
+      return mp__poll_fd(me.parent.pidfd, POLLIN, 0) == 0;
+    return kill(me.parent.pid, 0) == 0;
   case MP__PROC_CHILD:
     break;
   }
@@ -496,8 +505,8 @@ int mp_process_pid(const mp_process_t *proc) {
 }
 
 int mp_process_sentinel(const mp_process_t *proc) {
-  if (proc == &parent)
-    return parent.pidfd >= 0 ? parent.pidfd
+  if (proc == &me.parent)
+    return me.parent.pidfd >= 0 ? me.parent.pidfd
                              : mp__error(-EBADF, "mp_process_sentinel: no parent pidfd");
   int rc = check_started(proc, "mp_process_sentinel");
   if (rc == 0 && proc->state == MP__ENDED)
@@ -523,12 +532,12 @@ int mp_process_close(mp_process_t *proc) {
 }
 
 mp_process_t *mp_current_process(void) {
-  current.pid = getpid();
-  return &current;
+  me.current.pid = getpid();
+  return &me.current;
 }
 
 mp_process_t *mp_parent_process(void) {
-  return has_parent ? &parent : NULL;
+  return me.has_parent ? &me.parent : NULL;
 }
 
 int mp_active_children(mp_process_t **children, size_t capacity) {

@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <stddef.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,8 +42,11 @@ typedef struct {
   uint32_t name_len;
   uint32_t identity_len;
   uint32_t parent_name_len;
-  mp__fnref_t target;
+  uint32_t target_path_len;
+  mp__fnref_t target; /* last: only target_path_len bytes of its path are sent */
 } request_head_t;
+
+#define REQUEST_HEAD_SENT offsetof(request_head_t, target.path)
 
 /* --------------------------- the parent's side --------------------------- */
 
@@ -92,9 +96,11 @@ int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *re
   head.name_len = (uint32_t)strlen(proc->name);
   head.identity_len = (uint32_t)strlen(proc->identity);
   head.parent_name_len = (uint32_t)strlen(self->name);
+  head.target_path_len = (uint32_t)strlen(ref->path);
   head.target = *ref;
   struct iovec iov[] = {
-      {&head, sizeof head},
+      {&head, REQUEST_HEAD_SENT},
+      {head.target.path, head.target_path_len},
       {proc->name, head.name_len},
       {proc->identity, head.identity_len},
       {self->name, head.parent_name_len},
@@ -107,50 +113,41 @@ int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *re
 }
 
 int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
-  bool ready = false, forked = !from_forkserver;
-  while (!ready || !forked) {
-    struct {
-      mp__reply_t head;
-      char text[1024];
-    } rec;
-    int fd = -1;
-    ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, &fd);
-    if (n < 0 && n != -ECONNRESET)
-      return mp__error((int)n, "waiting for the child: %s", mp_strerror((int)n));
-    /* A child that exits with our request unread resets the connection: also an end. */
-    if (n <= 0)
-      return mp__error(MP_ESPAWN, from_forkserver
-                                      ? "the fork server exited before the child took over"
-                                      : "the child exited before it took over: is the "
-                                        "executable a libmp program?");
-    if ((size_t)n < sizeof rec.head) {
-      if (fd >= 0)
-        close(fd);
-      return mp__error(MP_ESPAWN, "the child sent a malformed record");
-    }
-    switch (rec.head.type) {
-    case MP__REC_READY:
-      ready = true;
-      break;
-    case MP__REC_FORKED: /* with a pidfd, unless the server has no pidfds */
-      if (rec.head.value < 0)
-        return mp__error(MP_ESPAWN, "the fork server could not fork: %s",
-                         mp_strerror(rec.head.value));
-      proc->pid = rec.head.value;
-      proc->pidfd = fd;
-      forked = true;
-      break;
-    case MP__REC_ERROR:
-      rec.text[n - (ssize_t)sizeof rec.head] = '\0';
-      return mp__error(rec.head.value, "%s", rec.text);
-    case MP__REC_STATUS:
-      return mp__error(MP_ESPAWN, "the child ended (wait status %#x) before it took over",
-                       (unsigned)rec.head.value);
-    default:
-      return mp__error(MP_ESPAWN, "the child sent an unknown record %u", rec.head.type);
-    }
+  struct {
+    mp__reply_t head;
+    char text[1024];
+  } rec;
+  int fd = -1;
+  ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, &fd);
+  if (n < 0 && n != -ECONNRESET)
+    return mp__error((int)n, "waiting for the child: %s", mp_strerror((int)n));
+  /* A child that exits with our request unread resets the connection: also an end. */
+  if (n <= 0)
+    return mp__error(MP_ESPAWN, from_forkserver
+                                    ? "the fork server exited before the child took over"
+                                    : "the child exited before it took over: is the "
+                                      "executable a libmp program?");
+  if ((size_t)n < sizeof rec.head || (fd >= 0 && rec.head.type != MP__REC_READY)) {
+    if (fd >= 0)
+      close(fd);
+    return mp__error(MP_ESPAWN, "the child sent a malformed record");
   }
-  return 0;
+  switch (rec.head.type) {
+  case MP__REC_READY:
+    if (from_forkserver) {
+      proc->pid = rec.head.value;
+      proc->pidfd = fd; /* -1 where there are no pidfds: then signals go by pid */
+    }
+    return 0;
+  case MP__REC_ERROR:
+    rec.text[n - (ssize_t)sizeof rec.head] = '\0';
+    return mp__error(rec.head.value, "%s", rec.text);
+  case MP__REC_STATUS:
+    return mp__error(MP_ESPAWN, "the child ended (wait status %#x) before it took over",
+                     (unsigned)rec.head.value);
+  default:
+    return mp__error(MP_ESPAWN, "the child sent an unknown record %u", rec.head.type);
+  }
 }
 
 /* Builds environ plus MP__CHILD_ENV=value (replacing an inherited one) in one allocation. */
@@ -271,7 +268,7 @@ static char *read_string(stream_reader_t *r, uint32_t len) {
   return NULL;
 }
 
-static MP__NORETURN void refuse(int sock, int code) {
+void mp__send_error(int sock, int code) {
   struct {
     mp__reply_t head;
     char text[1024];
@@ -281,57 +278,109 @@ static MP__NORETURN void refuse(int sock, int code) {
     len = sizeof rec.text;
   memcpy(rec.text, mp_last_error(), len);
   mp__send_record(sock, &rec, sizeof rec.head + len, -1);
-  _exit(1);
 }
 
-void mp__bootstrap_child(int sock, bool exec_image, pid_t real_parent, int sentinel) {
-  stream_reader_t *reader = malloc(sizeof *reader);
-  if (!reader)
-    refuse(sock, mp__error(MP_ENOMEM, "the child could not allocate its reader"));
-  *reader = (stream_reader_t){.sock = sock};
+struct mp__request_s {
   request_head_t head;
-  int rc = read_exact(reader, &head, sizeof head);
-  if (rc < 0)
-    _exit(1); /* the parent is gone: nobody to answer */
-  if (head.magic != REQUEST_MAGIC || head.version != REQUEST_VERSION)
-    refuse(sock, mp__error(MP_ESPAWN, "the child speaks another libmp protocol version"));
-  char *name = read_string(reader, head.name_len);
-  char *identity = read_string(reader, head.identity_len);
-  char *parent_name = read_string(reader, head.parent_name_len);
-  void *arg = head.arg_size ? malloc(head.arg_size) : NULL;
-  if (!name || !identity || !parent_name || (head.arg_size && !arg))
-    refuse(sock, mp__error(MP_ENOMEM, "the child could not receive its %llu argument bytes",
-                           (unsigned long long)head.arg_size));
-  if (read_exact(reader, arg, head.arg_size) < 0)
-    _exit(1);
-  free(reader);
-
+  char *name, *identity, *parent_name;
+  void *arg;
   mp__fn_t target;
-  rc = mp__fnref_resolve(&head.target, &target);
-  if (rc < 0)
-    refuse(sock, rc);
+};
 
+void mp__request_free(mp__request_t *req) {
+  if (!req)
+    return;
+  free(req->name);
+  free(req->identity);
+  free(req->parent_name);
+  free(req->arg);
+  free(req);
+}
+
+/* Reads the whole request, then resolves its target; the reader's buffer is freed first. */
+static int read_request(stream_reader_t *reader, mp__request_t *req) {
+  request_head_t *head = &req->head;
+  if (read_exact(reader, head, REQUEST_HEAD_SENT) < 0)
+    return -EPIPE;
+  if (head->magic != REQUEST_MAGIC || head->version != REQUEST_VERSION ||
+      head->target_path_len >= sizeof head->target.path)
+    return mp__error(MP_ESPAWN, "the child speaks another libmp protocol version");
+  if (read_exact(reader, head->target.path, head->target_path_len) < 0)
+    return -EPIPE;
+  head->target.path[head->target_path_len] = '\0';
+  req->name = read_string(reader, head->name_len);
+  req->identity = read_string(reader, head->identity_len);
+  req->parent_name = read_string(reader, head->parent_name_len);
+  req->arg = head->arg_size ? malloc(head->arg_size) : NULL;
+  if (!req->name || !req->identity || !req->parent_name || (head->arg_size && !req->arg))
+    return mp__error(MP_ENOMEM, "the child could not receive its %llu argument bytes",
+                     (unsigned long long)head->arg_size);
+  if (read_exact(reader, req->arg, head->arg_size) < 0)
+    return -EPIPE;
+  return 0;
+}
+
+int mp__request_read(int sock, mp__request_t **out) {
+  *out = NULL;
+  mp__request_t *req = calloc(1, sizeof *req);
+  stream_reader_t *reader = malloc(sizeof *reader);
+  int rc = req && reader ? 0 : mp__error(MP_ENOMEM, "no memory to receive a request");
+  if (rc == 0) {
+    *reader = (stream_reader_t){.sock = sock};
+    rc = read_request(reader, req);
+  }
+  free(reader);
+  if (rc == 0)
+    rc = mp__fnref_resolve(&req->head.target, &req->target);
+  if (rc < 0) {
+    mp__request_free(req);
+    return rc;
+  }
+  *out = req;
+  return 0;
+}
+
+void mp__request_run(mp__request_t *req, int sock, bool exec_image, pid_t real_parent,
+                     int sentinel) {
   mp__child_info_t info = {
-      .name = name,
-      .identity = identity,
-      .parent_pid = head.parent_pid,
-      .real_parent = real_parent ? real_parent : head.parent_pid,
-      .parent_name = parent_name,
-      .die_with_parent = head.flags & REQUEST_DIE_WITH_PARENT,
+      .name = req->name,
+      .identity = req->identity,
+      .parent_pid = req->head.parent_pid,
+      .real_parent = real_parent ? real_parent : req->head.parent_pid,
+      .parent_name = req->parent_name,
+      .die_with_parent = req->head.flags & REQUEST_DIE_WITH_PARENT,
       .sentinel = sentinel,
+      .report_sock = exec_image ? -1 : sock,
+      .strings_owned = true,
   };
   mp__child_init(&info);
-  free(name);
-  free(identity);
-  free(parent_name);
 
+  /* A spawned child's parent has its pidfd; a fork server's child sends its own, so that
+   * its parent, which is not its parent for the kernel, can watch and signal it. The child
+   * sends READY itself, so that READY always comes before its EXITED. */
+  int pidfd = exec_image ? -1 : mp__pidfd_open(getpid());
   mp__reply_t ready = {MP__REC_READY, getpid()};
-  mp__send_record(sock, &ready, sizeof ready, -1);
-  close(sock);
+  mp__send_record(sock, &ready, sizeof ready, pidfd);
+  if (pidfd >= 0)
+    close(pidfd);
+  if (exec_image)
+    close(sock);
 
-  int code = ((mp_target_t)target)(arg, (size_t)head.arg_size);
-  free(arg);
+  int code = ((mp_target_t)req->target)(req->arg, (size_t)req->head.arg_size);
   mp__child_exit(code, exec_image);
+}
+
+/* A spawned child: take the request from the parent and run it, never returning. */
+static MP__NORETURN void run_spawned(int sock, int sentinel) {
+  mp__request_t *req;
+  int rc = mp__request_read(sock, &req);
+  if (rc == -EPIPE)
+    _exit(1); /* the parent is gone: nobody to answer */
+  if (rc < 0) {
+    mp__send_error(sock, rc);
+    _exit(1);
+  }
+  mp__request_run(req, sock, true, 0, sentinel);
 }
 
 /* Runs after libmp's own prioritized constructors (process.c), before the program's main. */
@@ -348,7 +397,7 @@ __attribute__((constructor)) static void take_over_child(void) {
   if (sentinel >= 0) /* ours: no program this child execs may hold it */
     fcntl(sentinel, F_SETFD, FD_CLOEXEC);
   if (strcmp(role, "spawn") == 0)
-    mp__bootstrap_child(fd, true, 0, sentinel);
+    run_spawned(fd, sentinel);
   if (strcmp(role, "forkserver") == 0)
     mp__forkserver_main(fd);
 }

@@ -3,6 +3,8 @@
 
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdio_ext.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -118,4 +120,18 @@ bool mp__have_pidfd(void) {
 
 int mp__pidfd_send_signal(int pidfd, int sig) {
   return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+void mp__reset_lock(pthread_mutex_t *lock) {
+  static const pthread_mutex_t unused = PTHREAD_MUTEX_INITIALIZER;
+  if (memcmp(lock, &unused, sizeof unused) != 0)
+    memcpy(lock, &unused, sizeof unused);
+}
+
+void mp__flush_std_streams(void) {
+  /* __fpending() reads without locking: an empty stream costs no write, so no page copy. */
+  if (__fpending(stdout))
+    fflush(stdout);
+  if (__fpending(stderr))
+    fflush(stderr);
 }
