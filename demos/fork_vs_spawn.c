@@ -45,7 +45,7 @@ static method_t methods[METHOD_COUNT] = {
     [METHOD_SPAWN] = {.name = "spawn",
                       .why = "runs the program afresh: exec, dynamic linking, start-up."},
     [METHOD_FORKSERVER] = {.name = "forkserver",
-                           .why = "a server, run once from the program, forks the child."},
+                           .why = "a server, run once from the program, forks children ahead of time."},
 };
 
 static void check(int rc, const char *call) {

@@ -22,6 +22,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -110,6 +111,13 @@ void mp__forkserver_after_fork(void) {
 /* ------------------------------ the server ------------------------------ */
 
 /*
+ * The server keeps one spare child forked in advance, blocked on the control socket. A
+ * request wakes the spare, not the server: no fork lies on the path of a start, which is
+ * what makes a forkserver start cheaper than a bare fork(). The spare tells the server it
+ * was taken (its pid and the request's socket, for the exit status) and the server forks
+ * the next spare while the taken one runs. Without a spare (fork failing), the server takes
+ * requests itself and answers each with the error.
+ *
  * The server is single-threaded and all its children are its own, so it learns of their
  * end from SIGCHLD through a signalfd, which needs no pidfd support (valgrind has none).
  */
@@ -119,54 +127,118 @@ typedef struct {
 } served_child_t;
 
 typedef struct {
+  pid_t self;
+  int ctl;      /* from the program, shared with the spare */
+  int sigfd;    /* SIGCHLD */
+  int taken[2]; /* spare to server: "I took a request" */
+  pid_t spare;  /* 0: none */
   served_child_t *children;
   size_t count, cap;
 } server_t;
 
-/* Reads the request before forking, so the child starts with it in memory: it neither
- * allocates nor resolves, and writes (so copies) as few pages as it can. */
-static void serve_fork(server_t *s, int sock, pid_t self, int ctl, int sigfd) {
-  mp__request_t *req = NULL;
+static void reset_child_state(const server_t *s) {
+  close(s->sigfd);
+  close(s->taken[0]);
+  for (size_t i = 0; i < s->count; i++)
+    close(s->children[i].sock);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  signal(SIGINT, SIG_DFL);
+}
+
+static MP__NORETURN void refuse_request(int sock, int rc) {
+  if (rc != -EPIPE) /* -EPIPE: the parent has gone, nobody to answer */
+    mp__send_error(sock, rc);
+  _exit(1);
+}
+
+/* The spare: waits for a request, reports that it took it, becomes the child. */
+static MP__NORETURN void run_spare(const server_t *s) {
+  reset_child_state(s);
+  /* The server is single-threaded: SIGKILL at its death is safe until the request says. */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != s->self)
+    _exit(0);
+  int sock = -1;
+  for (;;) {
+    char request;
+    ssize_t n = mp__recv_record(s->ctl, &request, 1, &sock, 0);
+    if (n == 0 || (n < 0 && n != -EINTR))
+      _exit(0); /* the program has gone */
+    if (sock >= 0)
+      break;
+  }
+  mp__reply_t taken = {MP__REC_READY, getpid()};
+  if (mp__send_record(s->taken[1], &taken, sizeof taken, sock) < 0)
+    _exit(1); /* the server has gone: the parent reads end of file */
+  close(s->ctl);
+  close(s->taken[1]);
+  prctl(PR_SET_PDEATHSIG, 0); /* the request decides whether the child dies with us */
+  mp__request_t *req;
   int rc = mp__request_read(sock, &req);
-  if (rc == 0 && s->count == s->cap) {
+  if (rc < 0)
+    refuse_request(sock, rc);
+  mp__request_run(req, sock, false, s->self, -1);
+}
+
+static void fork_spare(server_t *s) {
+  pid_t pid = fork();
+  if (pid == 0)
+    run_spare(s);
+  s->spare = pid > 0 ? pid : 0;
+}
+
+static bool track_child(server_t *s, pid_t pid, int sock) {
+  if (s->count == s->cap) {
     size_t cap = s->cap ? 2 * s->cap : 16;
     served_child_t *children = realloc(s->children, cap * sizeof *children);
-    if (children) {
-      s->children = children;
-      s->cap = cap;
-    } else {
-      rc = mp__error(MP_ENOMEM, "the fork server has no memory for another child");
-    }
-  }
-  pid_t pid = rc == 0 ? fork() : -1;
-  if (pid == 0) {
-    /* Keep only this child's socket, and give it the default signal state. */
-    close(ctl);
-    close(sigfd);
-    for (size_t i = 0; i < s->count; i++)
-      close(s->children[i].sock);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    signal(SIGINT, SIG_DFL);
-    mp__request_run(req, sock, false, self, -1);
-  }
-  if (rc == 0 && pid < 0)
-    rc = mp__syserror("the fork server could not fork");
-  mp__request_free(req);
-  if (rc < 0) {
-    if (rc != -EPIPE)
-      mp__send_error(sock, rc);
-    close(sock);
-    return;
+    if (!children)
+      return false;
+    s->children = children;
+    s->cap = cap;
   }
   s->children[s->count++] = (served_child_t){.pid = pid, .sock = sock};
+  return true;
+}
+
+/* Without a spare: take the request and refuse it, since forking does not work now. */
+static void refuse_without_spare(server_t *s) {
+  char request;
+  int sock = -1;
+  ssize_t n = mp__recv_record(s->ctl, &request, 1, &sock, MSG_DONTWAIT);
+  if (n == 0 || (n < 0 && n != -EAGAIN && n != -EINTR))
+    _exit(0); /* the program has gone */
+  if (sock < 0)
+    return;
+  mp__send_error(sock, mp__error(MP_ESPAWN, "the fork server cannot fork: %s",
+                                 mp_strerror(-errno)));
+  close(sock);
+}
+
+static void spare_taken(server_t *s) {
+  mp__reply_t taken;
+  int sock = -1;
+  ssize_t n = mp__recv_record(s->taken[0], &taken, sizeof taken, &sock, MSG_DONTWAIT);
+  if (n != (ssize_t)sizeof taken || sock < 0) {
+    if (sock >= 0)
+      close(sock);
+    return;
+  }
+  if (!track_child(s, taken.value, sock)) {
+    kill(taken.value, SIGKILL); /* untracked, it would never be reported: stop it now */
+    close(sock);
+  }
+  if (s->spare == taken.value)
+    s->spare = 0;
 }
 
 static void reap_served(server_t *s) {
   int status;
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    if (pid == s->spare) /* killed while idle */
+      s->spare = 0;
     for (size_t i = 0; i < s->count; i++) {
       if (s->children[i].pid != pid)
         continue;
@@ -186,32 +258,34 @@ void mp__forkserver_main(int ctl) {
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);
   sigprocmask(SIG_BLOCK, &chld, NULL);
-  int sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-  if (sigfd < 0)
+  server_t s = {.self = getpid(), .ctl = ctl};
+  s.sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (s.sigfd < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, s.taken) < 0)
     _exit(1);
-  pid_t self = getpid();
-  server_t s = {0};
-  struct pollfd fds[2] = {{.fd = ctl, .events = POLLIN}, {.fd = sigfd, .events = POLLIN}};
   for (;;) {
-    if (poll(fds, 2, -1) < 0) {
+    if (!s.spare)
+      fork_spare(&s);
+    /* With a spare, the control socket is the spare's to read: watch it for hang-up only,
+     * which comes when the program has gone. */
+    struct pollfd fds[3] = {{.fd = ctl, .events = s.spare ? POLLRDHUP : POLLIN},
+                            {.fd = s.sigfd, .events = POLLIN},
+                            {.fd = s.taken[0], .events = POLLIN}};
+    if (poll(fds, 3, -1) < 0) {
       if (errno == EINTR)
         continue;
       _exit(1);
     }
+    if (fds[2].revents)
+      spare_taken(&s);
     if (fds[1].revents) {
       struct signalfd_siginfo info;
-      while (read(sigfd, &info, sizeof info) > 0)
+      while (read(s.sigfd, &info, sizeof info) > 0)
         ;
       reap_served(&s);
     }
-    if (fds[0].revents) {
-      char request;
-      int sock = -1;
-      ssize_t n = mp__recv_record(ctl, &request, 1, &sock);
-      if (n == 0 || (n < 0 && n != -EINTR))
-        _exit(0); /* the program has gone */
-      if (sock >= 0)
-        serve_fork(&s, sock, self, ctl, sigfd);
-    }
+    if (fds[0].revents & (POLLHUP | POLLRDHUP))
+      _exit(0); /* the program has gone; the spare dies with us */
+    if (fds[0].revents & POLLIN)
+      refuse_without_spare(&s);
   }
 }

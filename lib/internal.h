@@ -30,9 +30,10 @@ int64_t mp__now_ns(void);
 int mp__poll_fd(int fd, short events, int64_t deadline);
 
 /* One record on a SOCK_SEQPACKET socket, optionally with one fd (SCM_RIGHTS); returns 0 or
- * -errno. Receiving returns the record's length (0 at end of file) and the fd or -1. */
+ * -errno. Receiving (recvmsg flags such as MSG_DONTWAIT) returns the record's length (0 at
+ * end of file) and the fd or -1. */
 int mp__send_record(int sock, const void *buf, size_t len, int fd);
-ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd);
+ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd, int flags);
 
 /* Reinitializes a lock in a fork child, if another thread held it (or it was ever
  * used): untouched, it is left alone, so the child does not copy its page. */

@@ -118,7 +118,7 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
     char text[1024];
   } rec;
   int fd = -1;
-  ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, &fd);
+  ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, &fd, 0);
   if (n < 0 && n != -ECONNRESET)
     return mp__error((int)n, "waiting for the child: %s", mp_strerror((int)n));
   /* A child that exits with our request unread resets the connection: also an end. */
@@ -244,7 +244,7 @@ static int read_exact(stream_reader_t *r, void *dst, size_t size) {
   char *out = dst;
   while (size > 0) {
     if (r->pos == r->len) {
-      ssize_t n = mp__recv_record(r->sock, r->buf, sizeof r->buf, NULL);
+      ssize_t n = mp__recv_record(r->sock, r->buf, sizeof r->buf, NULL, 0);
       if (n <= 0)
         return n < 0 ? (int)n : -EPIPE;
       r->pos = 0;
@@ -326,7 +326,9 @@ int mp__request_read(int sock, mp__request_t **out) {
   stream_reader_t *reader = malloc(sizeof *reader);
   int rc = req && reader ? 0 : mp__error(MP_ENOMEM, "no memory to receive a request");
   if (rc == 0) {
-    *reader = (stream_reader_t){.sock = sock};
+    /* Not the buffer: writing 64 KiB would fault in (or copy) every page of it. */
+    reader->sock = sock;
+    reader->pos = reader->len = 0;
     rc = read_request(reader, req);
   }
   free(reader);

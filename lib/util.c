@@ -74,7 +74,7 @@ int mp__send_record(int sock, const void *buf, size_t len, int fd) {
   return n < 0 ? -errno : 0;
 }
 
-ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd) {
+ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd, int flags) {
   struct iovec iov = {.iov_base = buf, .iov_len = cap};
   union {
     char space[CMSG_SPACE(sizeof(int))];
@@ -86,7 +86,7 @@ ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd) {
                        .msg_controllen = sizeof control.space};
   ssize_t n;
   do
-    n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | flags);
   while (n < 0 && errno == EINTR);
   if (n < 0)
     return -errno;
