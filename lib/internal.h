@@ -175,6 +175,10 @@ typedef struct {
   int32_t value;
 } mp__reply_t;
 
+/* Parent side: takes the target by identity (MP_ECROSS if it has none) and makes the
+ * socket pair to the child; sv[1] is the child's end. */
+int mp__bootstrap_open(const mp_process_t *proc, mp__fnref_t *ref, int sv[2]);
+
 /* Parent side: streams the child's request over sock, then waits for READY, which from a
  * forkserver child brings its pid and pidfd. */
 int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *ref);

@@ -13,12 +13,10 @@
 
 static int forkserver_launch(mp_process_t *proc) {
   mp__fnref_t ref;
-  int rc = mp__fnref_from_pointer((mp__fn_t)proc->target, &ref);
+  int sv[2];
+  int rc = mp__bootstrap_open(proc, &ref, sv);
   if (rc < 0)
     return rc;
-  int sv[2];
-  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
-    return mp__syserror("socketpair for the child");
   rc = mp__forkserver_request(sv[1]);
   close(sv[1]);
   if (rc == 0)
@@ -26,14 +24,8 @@ static int forkserver_launch(mp_process_t *proc) {
   if (rc == 0)
     rc = mp__bootstrap_await(sv[0], proc, true);
   if (rc < 0) {
-    /* The server reaps the child; we only stop it and drop our handle on it. */
-    if (proc->pidfd >= 0) {
-      mp__pidfd_send_signal(proc->pidfd, SIGKILL);
-      close(proc->pidfd);
-    } else if (proc->pid > 0) {
-      kill(proc->pid, SIGKILL);
-    }
-    proc->pidfd = -1;
+    /* No READY: no child runs (it refused and exits, or never was), nothing to drop but
+     * our socket; the server reaps whatever it forked. */
     close(sv[0]);
     return rc;
   }

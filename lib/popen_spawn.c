@@ -9,12 +9,10 @@
 
 static int spawn_launch(mp_process_t *proc) {
   mp__fnref_t ref;
-  int rc = mp__fnref_from_pointer((mp__fn_t)proc->target, &ref);
+  int sv[2];
+  int rc = mp__bootstrap_open(proc, &ref, sv);
   if (rc < 0)
     return rc;
-  int sv[2];
-  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
-    return mp__syserror("socketpair for the child");
   int sentinel[2];
   rc = mp__sentinel_open(sentinel);
   if (rc < 0) {

@@ -84,6 +84,15 @@ static int send_stream(int sock, struct iovec *iov, int n) {
   return 0;
 }
 
+int mp__bootstrap_open(const mp_process_t *proc, mp__fnref_t *ref, int sv[2]) {
+  int rc = mp__fnref_from_pointer((mp__fn_t)proc->target, ref);
+  if (rc < 0)
+    return rc;
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    return mp__syserror("socketpair for the child");
+  return 0;
+}
+
 int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *ref) {
   mp_process_t *self = mp_current_process();
   request_head_t head;

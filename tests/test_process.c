@@ -796,19 +796,23 @@ START_TEST(test_exit_terminates_daemon_joins_others) {
 }
 END_TEST
 
-START_TEST(test_killed_parent_takes_children) {
+/*
+ * Starts P running `target` under method `i`, waits until it wrote READY, and returns the
+ * pids of the grandchildren it names by tags[k] with a pidfd on each (tracked for cleanup).
+ */
+static mp_process_t *start_parent_of(int i, mp_target_t target, const char *const *tags,
+                                     int count, pid_t *pids, int *pidfds) {
   struct life_arg a;
   char *path;
-  life_setup(&a, _i, &path);
-  mp_context_t *ctx = mp_test_ctx(_i);
+  life_setup(&a, i, &path);
   mp_process_t *p;
-  T_PROC_NEW(&p, ctx, life_kill_parent, &a, sizeof a, "P");
+  T_PROC_NEW(&p, mp_test_ctx(i), target, &a, sizeof a, "P");
   MP_ASSERT_OK(mp_process_start(p));
   char why[128] = "";
   bool ready = wait_for_p(p, path, "READY", why, sizeof why);
-  pid_t pids[2] = {file_pid(path, "D"), file_pid(path, "N")};
-  int pidfds[2] = {-1, -1};
-  for (int k = 0; k < 2; k++) {
+  for (int k = 0; k < count; k++) {
+    pids[k] = file_pid(path, tags[k]);
+    pidfds[k] = -1;
     if (pids[k] > 0) {
       mp_test_track_pid(pids[k]);
       pidfds[k] = pidfd_open(pids[k], 0);
@@ -816,9 +820,18 @@ START_TEST(test_killed_parent_takes_children) {
   }
   unlink(path);
   free(path);
-  T_ASSERT(ready, "%s: %s", METHODS[_i], why);
-  T_ASSERT(pidfds[0] >= 0 && pidfds[1] >= 0, "grandchildren %d %d not running", pids[0],
-           pids[1]);
+  T_ASSERT(ready, "%s: %s", METHODS[i], why);
+  for (int k = 0; k < count; k++)
+    T_ASSERT(pidfds[k] >= 0, "%s: the grandchild %s (%d) is not running", METHODS[i],
+             tags[k], pids[k]);
+  return p;
+}
+
+START_TEST(test_killed_parent_takes_children) {
+  static const char *const tags[2] = {"D", "N"};
+  pid_t pids[2];
+  int pidfds[2];
+  mp_process_t *p = start_parent_of(_i, life_kill_parent, tags, 2, pids, pidfds);
 
   MP_ASSERT_OK(mp_process_kill(p));
   MP_ASSERT_OK(mp_process_join(p, 10.0));
@@ -861,25 +874,10 @@ START_TEST(test_killed_parent_takes_children) {
 END_TEST
 
 START_TEST(test_no_die_with_parent) {
-  struct life_arg a;
-  char *path;
-  life_setup(&a, _i, &path);
-  mp_context_t *ctx = mp_test_ctx(_i);
-  mp_process_t *p;
-  T_PROC_NEW(&p, ctx, life_orphan_parent, &a, sizeof a, "P");
-  MP_ASSERT_OK(mp_process_start(p));
-  char why[128] = "";
-  bool ready = wait_for_p(p, path, "READY", why, sizeof why);
-  pid_t g = file_pid(path, "G");
-  int pidfd = -1;
-  if (g > 0) {
-    mp_test_track_pid(g);
-    pidfd = pidfd_open(g, 0);
-  }
-  unlink(path);
-  free(path);
-  T_ASSERT(ready, "%s: %s", METHODS[_i], why);
-  T_ASSERT(pidfd >= 0, "%s: the grandchild %d is not running", METHODS[_i], g);
+  static const char *const tags[1] = {"G"};
+  pid_t g;
+  int pidfd;
+  mp_process_t *p = start_parent_of(_i, life_orphan_parent, tags, 1, &g, &pidfd);
 
   MP_ASSERT_OK(mp_process_kill(p));
   MP_ASSERT_OK(mp_process_join(p, 10.0));
