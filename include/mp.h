@@ -147,7 +147,8 @@ typedef int (*mp_target_t)(void *arg, size_t size);
  * ctx NULL uses the default context; arg may be NULL when size is 0; name NULL gives
  * Python's "Process-N" ("Process-1:2" for the second child of the first child). The argument
  * bytes are copied: the caller keeps ownership of arg.
- * Errors: MP_EINVAL (proc or target NULL, arg NULL with size > 0), MP_ENOMEM.
+ * Errors: MP_EINVAL (proc or target NULL, arg NULL with size > 0), MP_ENOMEM, MP_EMETHOD
+ * (ctx NULL and MP_START_METHOD names no start method).
  * Python: multiprocessing.Process(target=..., args=..., name=...).
  */
 MP_EXTERN int mp_process_create(mp_process_t **proc, mp_context_t *ctx, mp_target_t target,
@@ -194,7 +195,8 @@ MP_EXTERN int mp_process_start(mp_process_t *proc);
  * Waits for the child to end, at most timeout seconds, and reaps it. Waiting uses a process
  * file descriptor: no polling loop. Errors: MP_EINVAL, MP_ENOTSTARTED, MP_ETIMEDOUT (still
  * running), MP_ENOTCHILD (the current process). Joining the parent process
- * (mp_parent_process()) waits for it to exit. Python: Process.join(timeout).
+ * (mp_parent_process()) waits for it to exit (-EBADF where it cannot be watched: no pidfd
+ * support). Python: Process.join(timeout).
  */
 MP_EXTERN int mp_process_join(mp_process_t *proc, double timeout);
 
@@ -220,14 +222,16 @@ MP_EXTERN int mp_process_pid(const mp_process_t *proc);
 
 /*
  * A file descriptor that becomes readable when the child ends, for poll() or an event loop
- * beside other events; owned by the process object (do not close it; it is valid until the
- * child is joined). Errors: MP_EINVAL, MP_ENOTSTARTED, MP_ENOTCHILD, and -EBADF once joined.
- * Python: Process.sentinel.
+ * beside other events; owned by the process object (do not close it; it stays valid, and
+ * readable once the child ended, until mp_process_close()). Errors: MP_EINVAL,
+ * MP_ENOTSTARTED, MP_ENOTCHILD. Python: Process.sentinel.
  */
 MP_EXTERN int mp_process_sentinel(const mp_process_t *proc);
 
 /*
- * Frees a process object; a child that has ended is reaped. Errors: MP_EINVAL (NULL, or the
+ * Frees a process object and its fds; a child that has ended is reaped. An ended child
+ * that is never joined, closed or listed by mp_active_children() stays a zombie, and its
+ * object keeps two fds at most, until then or the program's exit. Errors: MP_EINVAL (NULL, or the
  * current or parent process, which are never freed) and MP_EALIVE (still running: join,
  * terminate or kill it first; the object stays valid). Python: Process.close().
  */

@@ -111,6 +111,11 @@ int mp__executable(char *buf, size_t cap) {
   if (n < 0)
     return mp__syserror("readlink /proc/self/exe");
   buf[n] = '\0';
+  /* Rebuilt or removed while running: /proc/self/exe still runs the same build. */
+  static const char deleted[] = " (deleted)";
+  size_t tail = sizeof deleted - 1;
+  if ((size_t)n > tail && strcmp(buf + n - tail, deleted) == 0)
+    snprintf(buf, cap, "/proc/self/exe");
   return 0;
 }
 

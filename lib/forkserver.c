@@ -104,7 +104,7 @@ void mp__forkserver_stop(void) {
 
 void mp__forkserver_after_fork(void) {
   mp__reset_lock(&server_lock);
-  if (server_owner)
+  if (server_owner || server_ctl >= 0) /* also a fork in the middle of start_server() */
     forget_server(); /* the child's own server starts when it first needs one */
 }
 
@@ -132,6 +132,7 @@ typedef struct {
   int sigfd;    /* SIGCHLD */
   int taken[2]; /* spare to server: "I took a request" */
   pid_t spare;  /* 0: none */
+  int fork_errno; /* why the last spare could not be forked */
   served_child_t *children;
   size_t count, cap;
 } server_t;
@@ -187,6 +188,7 @@ static void fork_spare(server_t *s) {
   if (pid == 0)
     run_spare(s);
   s->spare = pid > 0 ? pid : 0;
+  s->fork_errno = pid > 0 ? 0 : errno;
 }
 
 static bool track_child(server_t *s, pid_t pid, int sock) {
@@ -212,18 +214,19 @@ static void refuse_without_spare(server_t *s) {
   if (sock < 0)
     return;
   mp__send_error(sock, mp__error(MP_ESPAWN, "the fork server cannot fork: %s",
-                                 mp_strerror(-errno)));
+                                 mp_strerror(-s->fork_errno)));
   close(sock);
 }
 
-static void spare_taken(server_t *s) {
+/* Handles one "taken" message, if any: true if there was one. */
+static bool spare_taken(server_t *s) {
   mp__reply_t taken;
   int sock = -1;
   ssize_t n = mp__recv_record(s->taken[0], &taken, sizeof taken, &sock, MSG_DONTWAIT);
   if (n != (ssize_t)sizeof taken || sock < 0) {
     if (sock >= 0)
       close(sock);
-    return;
+    return n > 0;
   }
   if (!track_child(s, taken.value, sock)) {
     kill(taken.value, SIGKILL); /* untracked, it would never be reported: stop it now */
@@ -231,9 +234,14 @@ static void spare_taken(server_t *s) {
   }
   if (s->spare == taken.value)
     s->spare = 0;
+  return true;
 }
 
 static void reap_served(server_t *s) {
+  /* A spare sends "taken" before it can end: read every such message first, or a taken
+   * spare that already ended would be reaped as an idle one and its parent never told. */
+  while (spare_taken(s))
+    ;
   int status;
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {

@@ -152,16 +152,17 @@ int mp__executable(char *buf, size_t cap);
 
 /* ------------------------------- spawn.c -------------------------------- */
 
-/* The environment variable that marks a fresh image as libmp's child: "<role> <fd> <ppid>". */
+/* The environment variable that marks a fresh image as libmp's child:
+ * "<role> <bootstrap fd> <sentinel fd or -1>". */
 #define MP__CHILD_ENV "LIBMP_CHILD"
 /* The fd numbers a spawned image finds its bootstrap socket and its sentinel at. */
 #define MP__BOOTSTRAP_FD 3
 #define MP__SENTINEL_FD 4
 
-/* Records on the bootstrap socket, parent to child then child (or server) to parent. */
+/* Records from child (or fork server) to parent; the parent's request is a plain stream
+ * of records of at most MP__RECORD_MAX bytes. */
 enum {
-  MP__REC_REQUEST = 1, /* parent: a chunk of the serialized request */
-  MP__REC_READY,       /* child: target resolved, argument received; value = pid; from a
+  MP__REC_READY = 1,   /* child: target resolved, argument received; value = pid; from a
                           forkserver child with its own pidfd attached */
   MP__REC_ERROR,       /* child or fork server: could not start; value = code, then text */
   MP__REC_EXITED,      /* forkserver child: its target returned; value = the exit code */

@@ -104,12 +104,9 @@ static bool try_reap(mp_process_t *proc) {
   pthread_mutex_lock(&proc->reap_lock);
   int wait_status;
   if (proc->state == MP__STARTED && proc->ops->collect(proc, &wait_status) == 0) {
+    /* The fds stay open until mp_process_close(): another thread may be polling them,
+     * and the sentinel handed out must stay valid. */
     proc->exitcode = exitcode_of(wait_status);
-    if (proc->pidfd >= 0)
-      close(proc->pidfd);
-    if (proc->status_fd >= 0)
-      close(proc->status_fd);
-    proc->pidfd = proc->status_fd = -1;
     proc->state = MP__ENDED;
   }
   bool ended = proc->state == MP__ENDED;
@@ -173,15 +170,19 @@ int mp__popen_watch(mp_process_t *proc, pid_t pid, const int sentinel[2]) {
   return rc;
 }
 
-void mp__popen_discard(mp_process_t *proc) {
-  kill(proc->pid, SIGKILL);
-  while (waitpid(proc->pid, NULL, 0) < 0 && errno == EINTR)
-    ;
+static void close_handles(mp_process_t *proc) {
   if (proc->pidfd >= 0)
     close(proc->pidfd);
   if (proc->status_fd >= 0)
     close(proc->status_fd);
   proc->pidfd = proc->status_fd = -1;
+}
+
+void mp__popen_discard(mp_process_t *proc) {
+  kill(proc->pid, SIGKILL);
+  while (waitpid(proc->pid, NULL, 0) < 0 && errno == EINTR)
+    ;
+  close_handles(proc);
   proc->pid = 0;
 }
 
@@ -277,6 +278,8 @@ void mp__child_init(const mp__child_info_t *info) {
   me.parent.pid = info->parent_pid;
   me.parent.name = (char *)info->parent_name;
   me.parent.name_owned = info->strings_owned;
+  if (me.parent.pidfd >= 0) /* a forked child inherits its parent's own parent pidfd */
+    close(me.parent.pidfd);
   me.parent.pidfd = mp__pidfd_open(info->parent_pid);
   me.has_parent = true;
   me.own_sentinel = info->sentinel;
@@ -509,8 +512,6 @@ int mp_process_sentinel(const mp_process_t *proc) {
     return me.parent.pidfd >= 0 ? me.parent.pidfd
                              : mp__error(-EBADF, "mp_process_sentinel: no parent pidfd");
   int rc = check_started(proc, "mp_process_sentinel");
-  if (rc == 0 && proc->state == MP__ENDED)
-    rc = mp__error(-EBADF, "mp_process_sentinel: '%s' has been joined", proc->name);
   return rc < 0 ? rc : sentinel_of(proc);
 }
 
@@ -521,8 +522,9 @@ int mp_process_close(mp_process_t *proc) {
                                                              : "proc is NULL");
   if (child_running(proc))
     return mp__error(MP_EALIVE, "mp_process_close: '%s' still runs", proc->name);
-  if (proc->state == MP__ENDED)
+  if (proc->state != MP__CREATED)
     registry_remove(proc);
+  close_handles(proc);
   pthread_mutex_destroy(&proc->reap_lock);
   free(proc->arg);
   free(proc->name);
@@ -543,18 +545,17 @@ mp_process_t *mp_parent_process(void) {
 int mp_active_children(mp_process_t **children, size_t capacity) {
   if (!children && capacity > 0)
     return mp__error(MP_EINVAL, "mp_active_children: children is NULL");
-  size_t count;
-  mp_process_t **list = registry_snapshot(&count);
-  if (!list)
-    return mp__error(MP_ENOMEM, "mp_active_children: no memory");
+  /* Under the lock, so that no other thread frees a member meanwhile; the checks do not
+   * block (and take only each member's reap lock, never the other way round). */
   size_t running = 0;
-  for (size_t i = 0; i < count; i++)
-    if (child_running(list[i])) {
+  pthread_mutex_lock(&registry_lock);
+  for (mp_process_t *p = me.registry; p; p = p->next)
+    if (child_running(p)) {
       if (running < capacity)
-        children[running] = list[i];
+        children[running] = p;
       running++;
     }
-  free(list);
+  pthread_mutex_unlock(&registry_lock);
   return running > INT_MAX ? INT_MAX : (int)running;
 }
 

@@ -18,6 +18,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stddef.h>
 #include <spawn.h>
@@ -126,8 +127,18 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
     mp__reply_t head;
     char text[1024];
   } rec;
+  /* Watch the child too: if another thread's fork() copied the child's end of the socket,
+   * its death would not end the socket, and the wait would last as long as that copy. */
+  int child = from_forkserver ? -1 : proc->pidfd >= 0 ? proc->pidfd : proc->status_fd;
+  struct pollfd fds[2] = {{.fd = sock, .events = POLLIN}, {.fd = child, .events = POLLIN}};
+  while (poll(fds, 2, -1) < 0)
+    if (errno != EINTR)
+      return mp__syserror("waiting for the child");
   int fd = -1;
-  ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, &fd, 0);
+  /* A READY sent just before the child ended is already queued: read before judging. */
+  ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, &fd, MSG_DONTWAIT);
+  if (n == -EAGAIN)
+    n = 0; /* the child ended with nothing said */
   if (n < 0 && n != -ECONNRESET)
     return mp__error((int)n, "waiting for the child: %s", mp_strerror((int)n));
   /* A child that exits with our request unread resets the connection: also an end. */
@@ -163,7 +174,7 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
 static char **child_environ(const char *value) {
   extern char **environ;
   size_t count = 0, prefix = strlen(MP__CHILD_ENV);
-  while (environ[count])
+  while (environ && environ[count]) /* clearenv() leaves environ NULL */
     count++;
   size_t var_len = prefix + 1 + strlen(value) + 1;
   char **env = malloc((count + 2) * sizeof *env + var_len);
@@ -222,7 +233,8 @@ int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid) {
   posix_spawn_file_actions_adddup2(&actions, sock, MP__BOOTSTRAP_FD);
   if (has_sentinel)
     posix_spawn_file_actions_adddup2(&actions, sentinel, MP__SENTINEL_FD);
-  posix_spawn_file_actions_addclosefrom_np(&actions, MP__SENTINEL_FD + 1);
+  posix_spawn_file_actions_addclosefrom_np(&actions, has_sentinel ? MP__SENTINEL_FD + 1
+                                                                 : MP__BOOTSTRAP_FD + 1);
   posix_spawnattr_setsigmask(&attr, &none);
   posix_spawnattr_setsigdefault(&attr, &all);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
@@ -404,7 +416,7 @@ __attribute__((constructor)) static void take_over_child(void) {
   int parsed = sscanf(value, "%15s %d %d", role, &fd, &sentinel);
   unsetenv(MP__CHILD_ENV);
   if (parsed != 3)
-    return;
+    _exit(127); /* a child that cannot take over must not run main() either */
   if (sentinel >= 0) /* ours: no program this child execs may hold it */
     fcntl(sentinel, F_SETFD, FD_CLOEXEC);
   if (strcmp(role, "spawn") == 0)

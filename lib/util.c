@@ -111,7 +111,8 @@ bool mp__have_pidfd(void) {
   static int support = -1; /* benign race: every thread computes the same answer */
   if (support < 0) {
     int fd = mp__pidfd_open(getpid());
-    support = fd >= 0 || errno != ENOSYS;
+    /* ENOSYS: an old kernel or valgrind; EPERM: a seccomp filter that refuses it. */
+    support = fd >= 0 || (errno != ENOSYS && errno != EPERM);
     if (fd >= 0)
       close(fd);
   }

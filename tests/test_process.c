@@ -222,6 +222,25 @@ static int t_env(void *arg, size_t size) {
   return 0;
 }
 
+/* The exit code counts the child's fds that are the pipe whose identity arg holds. */
+static int t_inherited_fds(void *arg, size_t size) {
+  (void)size;
+  const struct stat *pipe_stat = arg;
+  int found = 0;
+  for (int fd = 0; fd < 256; fd++) {
+    struct stat st;
+    if (fstat(fd, &st) == 0 && st.st_dev == pipe_stat->st_dev && st.st_ino == pipe_stat->st_ino)
+      found++;
+  }
+  return found;
+}
+
+static int t_no_environment(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  return getenv("LIBMP_TEST_MARKER") == NULL && getenv("LIBMP_CHILD") == NULL ? 0 : 1;
+}
+
 struct ident_arg {
   int parent_pid;
   char name[64];
@@ -592,7 +611,10 @@ START_TEST(test_sentinel) {
            waited);
   T_INT_EQ(mp_process_is_alive(p), 0);
   T_INT_EQ(mp_test_join_code(p, 10.0), 5);
-  MP_ASSERT_ERR(mp_process_sentinel(p), -EBADF);
+  /* Joined: the sentinel stays the same open fd, readable, until the object is closed. */
+  T_INT_EQ(mp_process_sentinel(p), s);
+  T_INT_EQ(poll(&pfd, 1, 0), 1);
+  T_ASSERT(!(pfd.revents & POLLNVAL), "the sentinel was closed by the join");
   T_PROC_CLOSE(p);
 }
 END_TEST
@@ -697,6 +719,42 @@ START_TEST(test_env_not_leaked) {
   T_ASSERT(code == 0, "%s: %s", METHODS[_i],
            code == 1 ? "the child sees LIBMP_CHILD" : "the child lost LIBMP_TEST_MARKER");
   T_ASSERT(getenv("LIBMP_CHILD") == NULL, "the test process sees LIBMP_CHILD");
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+/* Python's spawn passes only the fds it must: so does libmp's spawn and forkserver, also
+ * fd 4, where a spawned child's sentinel would be when there are no pidfds. A forked child
+ * inherits every fd, as fork() does. */
+START_TEST(test_fds_not_inherited) {
+  int pipe_fds[2];
+  T_INT_EQ(pipe(pipe_fds), 0);
+  /* Inheritable (no close-on-exec) fds at 4 and 5, whatever numbers pipe() gave. */
+  int saved4 = dup(4), saved5 = dup(5);
+  T_INT_EQ(dup2(pipe_fds[0], 4), 4);
+  T_INT_EQ(dup2(pipe_fds[1], 5), 5);
+  mp_process_t *p;
+  struct stat pipe_stat;
+  T_INT_EQ(fstat(4, &pipe_stat), 0);
+  T_PROC_NEW(&p, mp_test_ctx(_i), t_inherited_fds, &pipe_stat, sizeof pipe_stat, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  int code = mp_test_join_code(p, 10.0);
+  T_PROC_CLOSE(p);
+  dup2(saved4, 4), dup2(saved5, 5);
+  close(pipe_fds[0]), close(pipe_fds[1]);
+  int expected = IS_FORK(_i) ? 4 : 0; /* forked: both ends, at their numbers and at 4, 5 */
+  T_INT_EQ(code, expected);
+}
+END_TEST
+
+/* clearenv() leaves environ NULL: starting must still work, with an empty environment. */
+START_TEST(test_cleared_environment) {
+  T_INT_EQ(setenv("LIBMP_TEST_MARKER", "gone", 1), 0);
+  T_INT_EQ(clearenv(), 0);
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(_i), t_no_environment, NULL, 0, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  T_INT_EQ(mp_test_join_code(p, 10.0), 0);
   T_PROC_CLOSE(p);
 }
 END_TEST
@@ -1270,6 +1328,8 @@ static Suite *process_suite(void) {
   tcase_add_loop_test(tc, test_globals, 0, N_METHODS);
   tcase_add_loop_test(tc, test_big_argument, 0, N_METHODS);
   tcase_add_loop_test(tc, test_env_not_leaked, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_fds_not_inherited, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_cleared_environment, 0, N_METHODS);
   tcase_add_loop_test(tc, test_many_processes, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "lifetime", 30);
