@@ -195,8 +195,7 @@ MP_EXTERN int mp_process_start(mp_process_t *proc);
  * Waits for the child to end, at most timeout seconds, and reaps it. Waiting uses a process
  * file descriptor: no polling loop. Errors: MP_EINVAL, MP_ENOTSTARTED, MP_ETIMEDOUT (still
  * running), MP_ENOTCHILD (the current process). Joining the parent process
- * (mp_parent_process()) waits for it to exit (-EBADF where it cannot be watched: no pidfd
- * support). Python: Process.join(timeout).
+ * (mp_parent_process()) waits for it to exit. Python: Process.join(timeout).
  */
 MP_EXTERN int mp_process_join(mp_process_t *proc, double timeout);
 

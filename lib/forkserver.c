@@ -237,25 +237,35 @@ static bool spare_taken(server_t *s) {
   return true;
 }
 
+static served_child_t *find_child(server_t *s, pid_t pid) {
+  for (size_t i = 0; i < s->count; i++)
+    if (s->children[i].pid == pid)
+      return &s->children[i];
+  return NULL;
+}
+
 static void reap_served(server_t *s) {
-  /* A spare sends "taken" before it can end: read every such message first, or a taken
-   * spare that already ended would be reaped as an idle one and its parent never told. */
-  while (spare_taken(s))
-    ;
   int status;
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-    if (pid == s->spare) /* killed while idle */
-      s->spare = 0;
-    for (size_t i = 0; i < s->count; i++) {
-      if (s->children[i].pid != pid)
-        continue;
-      mp__reply_t rec = {MP__REC_STATUS, status};
-      mp__send_record(s->children[i].sock, &rec, sizeof rec, -1);
-      close(s->children[i].sock);
-      s->children[i] = s->children[--s->count];
-      break;
+    served_child_t *child = find_child(s, pid);
+    if (!child) {
+      /* A spare sends "taken" before it can end, but it may have taken a request and
+       * ended since the last look: read every such message before deciding that it was
+       * an idle spare, or its parent would never be told. */
+      while (spare_taken(s))
+        ;
+      child = find_child(s, pid);
     }
+    if (!child) {
+      if (pid == s->spare) /* killed while idle */
+        s->spare = 0;
+      continue;
+    }
+    mp__reply_t rec = {MP__REC_STATUS, status};
+    mp__send_record(child->sock, &rec, sizeof rec, -1);
+    close(child->sock);
+    *child = s->children[--s->count];
   }
 }
 

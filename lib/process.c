@@ -5,7 +5,6 @@
 #include "internal.h"
 
 #include <ctype.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <sched.h>
@@ -14,7 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /*
@@ -148,9 +149,11 @@ int mp__popen_collect_child(mp_process_t *proc, int *wait_status) {
 
 int mp__sentinel_open(int sentinel[2]) {
   sentinel[0] = sentinel[1] = -1;
-  if (mp__have_pidfd() || pipe2(sentinel, O_CLOEXEC) == 0)
+  /* A socket, not a pipe: at end of file it polls readable (POLLIN), as a sentinel must;
+   * a pipe reports only POLLHUP. */
+  if (mp__have_pidfd() || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sentinel) == 0)
     return 0;
-  return mp__syserror("pipe for the child's sentinel");
+  return mp__syserror("socketpair for the child's sentinel");
 }
 
 int mp__popen_watch(mp_process_t *proc, pid_t pid, const int sentinel[2]) {
@@ -280,7 +283,7 @@ void mp__child_init(const mp__child_info_t *info) {
   me.parent.name_owned = info->strings_owned;
   if (me.parent.pidfd >= 0) /* a forked child inherits its parent's own parent pidfd */
     close(me.parent.pidfd);
-  me.parent.pidfd = mp__pidfd_open(info->parent_pid);
+  me.parent.pidfd = mp__have_pidfd() ? mp__pidfd_open(info->parent_pid) : -1;
   me.has_parent = true;
   me.own_sentinel = info->sentinel;
   me.report_sock = info->report_sock;
@@ -425,11 +428,28 @@ int mp_process_start(mp_process_t *proc) {
   return 0;
 }
 
+/*
+ * Where there are no pidfds (old kernels, valgrind) nothing can be told when an unrelated
+ * process ends: only there, look at the parent at growing intervals (1 ms to 50 ms).
+ */
+static int wait_parent_without_pidfd(int64_t deadline) {
+  for (int64_t pause_ns = 1000000;; pause_ns = pause_ns < 50000000 ? 2 * pause_ns : pause_ns) {
+    if (kill(me.parent.pid, 0) < 0 && errno == ESRCH)
+      return 1;
+    int64_t left = deadline - mp__now_ns();
+    if (left <= 0)
+      return 0;
+    int64_t nap = left < pause_ns ? left : pause_ns;
+    struct timespec ts = {.tv_sec = nap / 1000000000, .tv_nsec = nap % 1000000000};
+    nanosleep(&ts, NULL);
+  }
+}
+
 int mp_process_join(mp_process_t *proc, double timeout) {
   if (proc == &me.parent) {
-    if (me.parent.pidfd < 0)
-      return mp__error(-EBADF, "mp_process_join: the parent process cannot be watched");
-    int ready = mp__poll_fd(me.parent.pidfd, POLLIN, mp__deadline(timeout));
+    int ready = me.parent.pidfd >= 0
+                    ? mp__poll_fd(me.parent.pidfd, POLLIN, mp__deadline(timeout))
+                    : wait_parent_without_pidfd(mp__deadline(timeout));
     if (ready < 0)
       return mp__error(ready, "mp_process_join: %s", mp_strerror(ready));
     return ready ? 0 : mp__error(MP_ETIMEDOUT, "mp_process_join: the parent still runs");
@@ -479,9 +499,14 @@ static int send_signal(mp_process_t *proc, int sig, const char *what) {
   if (rc < 0)
     return rc;
   pthread_mutex_lock(&proc->reap_lock);
-  /* Without a pidfd, the pid: it cannot be reused while the child is not reaped. */
-  if (proc->state == MP__STARTED &&
-      (proc->pidfd >= 0 ? mp__pidfd_send_signal(proc->pidfd, sig) : kill(proc->pid, sig)) < 0 &&
+  /* Without a pidfd (or without pidfd_send_signal, as under valgrind), the pid: a child
+   * of ours cannot be reused before we reap it. */
+  int sent = -1;
+  if (proc->state == MP__STARTED && proc->pidfd >= 0)
+    sent = mp__pidfd_send_signal(proc->pidfd, sig);
+  if (proc->state == MP__STARTED && (proc->pidfd < 0 || (sent < 0 && errno == ENOSYS)))
+    sent = kill(proc->pid, sig);
+  if (proc->state == MP__STARTED && sent < 0 &&
       errno != ESRCH) /* ESRCH: it has ended, and is not reaped yet */
     rc = mp__syserror("%s: signalling '%s'", what, proc->name);
   pthread_mutex_unlock(&proc->reap_lock);

@@ -381,7 +381,7 @@ void mp__request_run(mp__request_t *req, int sock, bool exec_image, pid_t real_p
   /* A spawned child's parent has its pidfd; a fork server's child sends its own, so that
    * its parent, which is not its parent for the kernel, can watch and signal it. The child
    * sends READY itself, so that READY always comes before its EXITED. */
-  int pidfd = exec_image ? -1 : mp__pidfd_open(getpid());
+  int pidfd = exec_image || !mp__have_pidfd() ? -1 : mp__pidfd_open(getpid());
   mp__reply_t ready = {MP__REC_READY, getpid()};
   mp__send_record(sock, &ready, sizeof ready, pidfd);
   if (pidfd >= 0)
