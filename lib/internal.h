@@ -89,10 +89,10 @@ struct mp_process_s {
   pid_t pid;
   int pidfd;     /* signals; for fork and spawn children also the exit sentinel */
   int status_fd; /* forkserver: the child's socket, where its exit status arrives; without
-                    pidfds: the sentinel pipe; else -1 */
+                    pidfds: the sentinel socket; else -1 */
   int exitcode;
   pthread_mutex_t reap_lock;
-  struct mp_process_s *prev, *next; /* the registry of started, unreaped children */
+  struct mp_process_s *prev, *next; /* the registry of started, unclosed children */
 };
 
 /* What a child is told about itself and its parent. */
@@ -103,7 +103,7 @@ typedef struct {
   pid_t real_parent; /* the process that forked it: the fork server, or parent_pid */
   const char *parent_name;
   bool die_with_parent;
-  int sentinel; /* without pidfds: the pipe end whose closing tells the parent we ended */
+  int sentinel; /* without pidfds: the socket end whose closing tells the parent we ended */
   int report_sock; /* forkserver: the socket to send EXITED on, else -1 */
   bool strings_owned; /* allocated for the child (spawn), not copies of the parent's */
 } mp__child_info_t;
@@ -128,10 +128,10 @@ struct mp__popen_ops_s {
 };
 
 /* Shared by the fork and spawn methods, whose children are ours (process.c): */
-/* makes the pipe that tells of a child's end where the kernel (or valgrind) has no pidfds,
- * or sets both ends to -1 where it has them, */
+/* makes the socket pair that tells of a child's end where the kernel (or valgrind) has no
+ * pidfds, or sets both ends to -1 where it has them, */
 int mp__sentinel_open(int sentinel[2]);
-/* takes pid as the started child, watched by its sentinel pipe or by a pidfd opened now
+/* takes pid as the started child, watched by its sentinel or by a pidfd opened now
  * (the child is killed if that fails), */
 int mp__popen_watch(mp_process_t *proc, pid_t pid, const int sentinel[2]);
 /* kills and reaps a child whose start failed half-way, */
@@ -159,7 +159,7 @@ int mp__executable(char *buf, size_t cap);
 #define MP__BOOTSTRAP_FD 3
 #define MP__SENTINEL_FD 4
 
-/* Records from child (or fork server) to parent; the parent's request is a plain stream
+/* Records from child (or fork server) to parent, each sent whole (SOCK_SEQPACKET); the parent's request is a plain stream
  * of records of at most MP__RECORD_MAX bytes. */
 enum {
   MP__REC_READY = 1,   /* child: target resolved, argument received; value = pid; from a
@@ -180,8 +180,8 @@ typedef struct {
  * socket pair to the child; sv[1] is the child's end. */
 int mp__bootstrap_open(const mp_process_t *proc, mp__fnref_t *ref, int sv[2]);
 
-/* Parent side: streams the child's request over sock, then waits for READY, which from a
- * forkserver child brings its pid and pidfd. */
+/* Parent side: streams the child's request over sock, then waits for READY (or the
+ * child's end), which from a forkserver child brings its pid and pidfd. */
 int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *ref);
 int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver);
 
@@ -197,7 +197,7 @@ void mp__request_free(mp__request_t *req);
 
 /* Becomes the child the request describes, answers READY on sock, runs the target and
  * exits. real_parent is the fork server's pid, or 0 when the requesting parent made this
- * image; sentinel is the pipe end kept for the parent where there are no pidfds, or -1. */
+ * image; sentinel is the end kept for the parent where there are no pidfds, or -1. */
 MP__NORETURN void mp__request_run(mp__request_t *req, int sock, bool exec_image,
                                   pid_t real_parent, int sentinel);
 
@@ -208,7 +208,8 @@ int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid);
 
 /* ------------------------------ forkserver.c ---------------------------- */
 
-/* Asks this process's fork server (started on first use) to fork a child attached to sock. */
+/* Hands sock to this process's fork server (started on first use), whose spare becomes
+ * the child that reads its request from sock. */
 int mp__forkserver_request(int sock);
 MP__NORETURN void mp__forkserver_main(int ctl);
 /* Stops the fork server at program exit. */

@@ -1,6 +1,7 @@
-/* The "forkserver" start method: the fork server (forkserver.c) forks the child, which
- * then takes over exactly as a spawned child does. The child is the server's, not ours:
- * the server reports its wait status on the child's socket, which is our sentinel. */
+/* The "forkserver" start method: a spare the fork server (forkserver.c) forked in advance
+ * becomes the child and takes over exactly as a spawned child does. The child is the
+ * server's, not ours: we watch and signal it through the pidfd it sends, and its exit
+ * status arrives on its socket, from the child (EXITED) or from the server (STATUS). */
 #include "internal.h"
 
 #include <poll.h>

@@ -28,7 +28,7 @@ static struct {
   mp_process_t parent;
   bool has_parent;
   pid_t watched_parent; /* the process whose death kills us, see die_with() */
-  int own_sentinel;     /* without pidfds: the pipe end that closes when we end */
+  int own_sentinel;     /* without pidfds: the socket end that closes when we end */
   int report_sock;      /* forkserver child: where EXITED goes */
   unsigned long children_created; /* the last part of a child's identity */
   mp_process_t *registry; /* started children not yet closed: see below */
