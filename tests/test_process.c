@@ -7,6 +7,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/pidfd.h>
 #include <sys/prctl.h>
@@ -662,6 +663,76 @@ START_TEST(test_active_children) {
   T_PROC_CLOSE(b);
   T_PROC_CLOSE(c);
   MP_ASSERT_ERR(mp_active_children(NULL, 3), MP_EINVAL);
+}
+END_TEST
+
+/* Threads that join one process at once all see it end, with its exit code. */
+struct joiner {
+  mp_process_t *proc;
+  int rc;
+  int code;
+};
+
+static void *join_in_thread(void *arg) {
+  struct joiner *j = arg;
+  j->rc = mp_process_join(j->proc, 10.0);
+  if (j->rc == 0)
+    j->rc = mp_process_exitcode(j->proc, &j->code);
+  return NULL;
+}
+
+START_TEST(test_concurrent_join) {
+  double delay = 0.2;
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(_i), t_sleep_then_5, &delay, sizeof delay, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  struct joiner joiners[4];
+  pthread_t threads[4];
+  for (int k = 0; k < 4; k++) {
+    joiners[k] = (struct joiner){.proc = p, .rc = -1};
+    T_INT_EQ(pthread_create(&threads[k], NULL, join_in_thread, &joiners[k]), 0);
+  }
+  for (int k = 0; k < 4; k++)
+    pthread_join(threads[k], NULL);
+  for (int k = 0; k < 4; k++) {
+    MP_ASSERT_OK(joiners[k].rc);
+    T_INT_EQ(joiners[k].code, 5);
+  }
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+/* mp_active_children() in one thread while another starts, joins and closes processes. */
+static void *churn_processes(void *arg) {
+  mp_context_t *ctx = arg;
+  for (int k = 0; k < 30; k++) {
+    mp_process_t *p;
+    if (mp_process_create(&p, ctx, t_return7, NULL, 0, NULL) < 0)
+      return (void *)1;
+    int rc = mp_process_start(p);
+    if (rc == 0)
+      rc = mp_process_join(p, 10.0);
+    mp_process_close(p);
+    if (rc < 0)
+      return (void *)1;
+  }
+  return NULL;
+}
+
+START_TEST(test_active_children_while_closing) {
+  pthread_t churner;
+  T_INT_EQ(pthread_create(&churner, NULL, churn_processes, mp_test_ctx(_i)), 0);
+  void *failed = NULL;
+  for (;;) {
+    mp_process_t *list[4];
+    int n = mp_active_children(list, 4);
+    T_ASSERT(n >= 0 && n <= 1, "active_children gave %d", n);
+    if (pthread_tryjoin_np(churner, &failed) == 0)
+      break;
+  }
+  T_ASSERT(failed == NULL, "%s: starting, joining or closing failed in the other thread",
+           METHODS[_i]);
+  T_INT_EQ(mp_active_children(NULL, 0), 0);
 }
 END_TEST
 
@@ -1323,6 +1394,8 @@ static Suite *process_suite(void) {
   tc = mp_test_tcase(s, "observe", 20);
   tcase_add_loop_test(tc, test_sentinel, 0, N_METHODS);
   tcase_add_loop_test(tc, test_active_children, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_concurrent_join, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_active_children_while_closing, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "child", 30);
   tcase_add_loop_test(tc, test_globals, 0, N_METHODS);
