@@ -111,12 +111,13 @@ void mp__forkserver_after_fork(void) {
 /* ------------------------------ the server ------------------------------ */
 
 /*
- * The server keeps one spare child forked in advance, blocked on the control socket. A
- * request wakes the spare, not the server: no fork lies on the path of a start, which is
- * what makes a forkserver start cheaper than a bare fork(). The spare tells the server it
- * was taken (its pid and the request's socket, for the exit status) and the server forks
- * the next spare while the taken one runs. Without a spare (fork failing), the server takes
- * requests itself and answers each with the error.
+ * The server keeps two spare children forked in advance, blocked on the control socket. A
+ * request wakes a spare, not the server: no fork lies on the path of a start, which is
+ * what makes a forkserver start about as cheap as a bare fork(). The spare tells the server
+ * it was taken (its pid and the request's socket, for the exit status) and the server forks
+ * a replacement while the taken one runs; with two, back-to-back starts never wait for that
+ * fork. Without any spare (fork failing), the server takes requests itself and answers
+ * each with the error.
  *
  * The server is single-threaded and all its children are its own, so it learns of their
  * end from SIGCHLD through a signalfd, which needs no pidfd support (valgrind has none).
@@ -126,13 +127,17 @@ typedef struct {
   int sock;
 } served_child_t;
 
+/* Two: while the server forks the next, the other waits, so back-to-back starts do not
+ * wait for a fork. */
+#define SPARES 2
+
 typedef struct {
   pid_t self;
   int ctl;      /* from the program, shared with the spare */
   int sigfd;    /* SIGCHLD */
   int taken[2]; /* spare to server: "I took a request" */
-  pid_t spare;  /* 0: none */
-  int fork_errno; /* why the last spare could not be forked */
+  pid_t spares[SPARES]; /* 0: an empty place */
+  int fork_errno;       /* why the last spare could not be forked */
   served_child_t *children;
   size_t count, cap;
 } server_t;
@@ -183,12 +188,31 @@ static MP__NORETURN void run_spare(const server_t *s) {
   mp__request_run(req, sock, false, s->self, -1);
 }
 
-static void fork_spare(server_t *s) {
-  pid_t pid = fork();
-  if (pid == 0)
-    run_spare(s);
-  s->spare = pid > 0 ? pid : 0;
-  s->fork_errno = pid > 0 ? 0 : errno;
+/* Where pid is among the spares (pid 0: an empty place), or NULL. */
+static pid_t *find_spare(server_t *s, pid_t pid) {
+  for (int i = 0; i < SPARES; i++)
+    if (s->spares[i] == pid)
+      return &s->spares[i];
+  return NULL;
+}
+
+/* Forks spares into the empty places; false if there is still none at all. */
+static bool fork_spares(server_t *s) {
+  pid_t *place;
+  while ((place = find_spare(s, 0)) != NULL) {
+    pid_t pid = fork();
+    if (pid == 0)
+      run_spare(s);
+    if (pid < 0) {
+      s->fork_errno = errno;
+      break;
+    }
+    *place = pid;
+  }
+  for (int i = 0; i < SPARES; i++)
+    if (s->spares[i])
+      return true;
+  return false;
 }
 
 static bool track_child(server_t *s, pid_t pid, int sock) {
@@ -232,8 +256,9 @@ static bool spare_taken(server_t *s) {
     kill(taken.value, SIGKILL); /* untracked, it would never be reported: stop it now */
     close(sock);
   }
-  if (s->spare == taken.value)
-    s->spare = 0;
+  pid_t *spare = find_spare(s, taken.value);
+  if (spare)
+    *spare = 0;
   return true;
 }
 
@@ -258,8 +283,9 @@ static void reap_served(server_t *s) {
       child = find_child(s, pid);
     }
     if (!child) {
-      if (pid == s->spare) /* killed while idle */
-        s->spare = 0;
+      pid_t *spare = find_spare(s, pid); /* killed while idle */
+      if (spare)
+        *spare = 0;
       continue;
     }
     mp__reply_t rec = {MP__REC_STATUS, status};
@@ -281,11 +307,10 @@ void mp__forkserver_main(int ctl) {
   if (s.sigfd < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, s.taken) < 0)
     _exit(1);
   for (;;) {
-    if (!s.spare)
-      fork_spare(&s);
-    /* With a spare, the control socket is the spare's to read: watch it for hang-up only,
+    bool has_spare = fork_spares(&s);
+    /* With a spare, the control socket is the spares' to read: watch it for hang-up only,
      * which comes when the program has gone. */
-    struct pollfd fds[3] = {{.fd = ctl, .events = s.spare ? POLLRDHUP : POLLIN},
+    struct pollfd fds[3] = {{.fd = ctl, .events = has_spare ? POLLRDHUP : POLLIN},
                             {.fd = s.sigfd, .events = POLLIN},
                             {.fd = s.taken[0], .events = POLLIN}};
     if (poll(fds, 3, -1) < 0) {
