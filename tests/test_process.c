@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/pidfd.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -1304,7 +1305,7 @@ END_TEST
 static char g_cg_dir[128];
 
 static bool write_file(const char *path, const char *text) {
-  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644); /* creates only on tmpfs */
   if (fd < 0) return false;
   size_t len = strlen(text);
   bool ok = write(fd, text, len) == (ssize_t)len;
@@ -1374,6 +1375,28 @@ END_TEST
 
 /* ===================================================================================== */
 
+/*
+ * cgroup v2: in a private mount namespace (this test process only), a tmpfs over
+ * /sys/fs/cgroup holds a v2 root whose cpu.max allows half a CPU; /proc/self/cgroup has
+ * its "0::/" line on every host, v1 or v2, so mp_cpu_count() reads that file.
+ */
+START_TEST(test_cpu_count_cgroup_v2_quota) {
+  cpu_set_t two;
+  T_INT_EQ(sched_getaffinity(0, sizeof two, &two), 0);
+  T_ASSERT(CPU_COUNT(&two) >= 2, "needs 2 CPUs in the affinity mask, has %d", CPU_COUNT(&two));
+  T_INT_EQ(unshare(CLONE_NEWNS), 0);
+  T_INT_EQ(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
+  T_INT_EQ(mount("libmp-test", "/sys/fs/cgroup", "tmpfs", 0, NULL), 0);
+  T_ASSERT(write_file("/sys/fs/cgroup/cgroup.controllers", "cpu\n"), "controllers");
+  T_ASSERT(write_file("/sys/fs/cgroup/cpu.max", "50000 100000\n"), "cpu.max");
+  T_INT_EQ(mp_cpu_count(), 1);
+  T_INT_EQ(unlink("/sys/fs/cgroup/cpu.max"), 0);
+  T_ASSERT(write_file("/sys/fs/cgroup/cpu.max", "max 100000\n"), "cpu.max");
+  T_INT_EQ(mp_cpu_count(), CPU_COUNT(&two));
+  /* The mount namespace ends with this test's process. */
+}
+END_TEST
+
 static Suite *process_suite(void) {
   Suite *s = suite_create("process");
   TCase *tc;
@@ -1429,6 +1452,7 @@ static Suite *process_suite(void) {
   tc = mp_test_tcase(s, "cpu", 10);
   tcase_add_test(tc, test_cpu_count_affinity);
   tcase_add_test(tc, test_cpu_count_cgroup_v1_quota);
+  tcase_add_test(tc, test_cpu_count_cgroup_v2_quota);
   return s;
 }
 
