@@ -259,12 +259,17 @@ static void die_with(pid_t real_parent) {
   me.watched_parent = real_parent;
   struct sigaction sa = {.sa_handler = on_parent_thread_exit, .sa_flags = SA_RESTART};
   sigemptyset(&sa.sa_mask);
-  sigaction(PARENT_DEATH_SIGNAL, &sa, NULL);
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, PARENT_DEATH_SIGNAL);
-  pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-  prctl(PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL);
+  /* Where the signal cannot be had (valgrind keeps SIGRTMAX), die on any parent-thread
+   * exit rather than outlive the parent. */
+  int signal_to_die_by = SIGKILL;
+  if (sigaction(PARENT_DEATH_SIGNAL, &sa, NULL) == 0) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, PARENT_DEATH_SIGNAL);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    signal_to_die_by = PARENT_DEATH_SIGNAL;
+  }
+  prctl(PR_SET_PDEATHSIG, signal_to_die_by);
   /* The parent may have died before the prctl: then no signal will ever come. */
   if (getppid() != real_parent)
     kill(getpid(), SIGKILL);
