@@ -1,21 +1,20 @@
 /*
  * The fork server: a fresh, single-threaded image of the program, spawned on first use,
- * that forks each "forkserver" child on request. Forking there is safe (no other thread can
+ * whose forks become the "forkserver" children. Forking there is safe (no other thread can
  * hold a lock) and cheaper than an exec, and children start from a clean state.
  *
  * The parent holds one control socket to its server. To start a child it makes a fresh
- * socket pair and sends one end over the control socket (SCM_RIGHTS), then streams the
- * request on its own end. The server reads the request and resolves the target as a
- * spawned child does (spawn.c), then forks; the child answers READY with its pid and its
- * own pidfd, which the parent watches and signals
- * through. When its target returns, the child sends EXITED with its exit code just before
- * it exits; the server, once it has reaped a child, sends STATUS with the wait status, which
- * is what the parent reads of a child that was killed. The server stays off the path of a
- * normal start and join: only the request passes through it.
+ * socket pair, sends one end over the control socket (SCM_RIGHTS) and streams the request
+ * on its own end. A spare the server forked in advance takes it, reads and resolves the
+ * request as a spawned child does (spawn.c) and answers READY with its pid and its own
+ * pidfd, which the parent watches and signals through. When its target returns, the child
+ * sends EXITED with its exit code just before it exits; the server, once it has reaped a
+ * child, sends STATUS with the wait status, which is what the parent reads of a child that
+ * was killed. The server itself stays off the path of a start and a join.
  *
- * The server ends when the control socket reaches end of file, which happens when the
- * parent exits for any reason, killed included: no server outlives its program. Its
- * children then die with it unless they were started with die_with_parent false.
+ * The server ends when the control socket hangs up, which happens when the parent exits
+ * for any reason, killed included: no server outlives its program. Its children then die
+ * with it unless they were started with die_with_parent false.
  */
 #include "internal.h"
 
@@ -43,7 +42,9 @@ static void forget_server(void) {
   server_owner = 0;
 }
 
-/* Stops the server (if any) and reaps it; the lock is held. */
+/* Stops the server (if any) and reaps it; the lock is held. It has no work left that
+ * matters (its children have been joined or opted out), so SIGKILL: nothing, not even a
+ * stopped server, can make the program's exit wait. */
 static void stop_server(void) {
   if (server_owner != getpid()) {
     forget_server();
@@ -51,8 +52,11 @@ static void stop_server(void) {
   }
   pid_t pid = server_pid;
   forget_server();
-  if (pid > 0)
-    waitpid(pid, NULL, 0);
+  if (pid > 0) {
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+      ;
+  }
 }
 
 static int start_server(void) {
@@ -327,7 +331,7 @@ void mp__forkserver_main(int ctl) {
       reap_served(&s);
     }
     if (fds[0].revents & (POLLHUP | POLLRDHUP))
-      _exit(0); /* the program has gone; the spare dies with us */
+      _exit(0); /* the program has gone; the spares die with us */
     if (fds[0].revents & POLLIN)
       refuse_without_spare(&s);
   }
