@@ -182,7 +182,8 @@ int mp__bootstrap_open(const mp_process_t *proc, mp__fnref_t *ref, int sv[2]);
 
 /* Parent side: streams the child's request over sock, then waits for READY (or the
  * child's end), which from a forkserver child brings its pid and pidfd. */
-int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *ref);
+int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *ref,
+                       bool from_forkserver);
 int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver);
 
 /* Sends the thread's last error as an ERROR record. */

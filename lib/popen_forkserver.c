@@ -21,7 +21,7 @@ static int forkserver_launch(mp_process_t *proc) {
   rc = mp__forkserver_request(sv[1]);
   close(sv[1]);
   if (rc == 0)
-    rc = mp__bootstrap_send(sv[0], proc, &ref);
+    rc = mp__bootstrap_send(sv[0], proc, &ref, true);
   if (rc == 0)
     rc = mp__bootstrap_await(sv[0], proc, true);
   if (rc < 0) {

@@ -27,7 +27,7 @@ static int spawn_launch(mp_process_t *proc) {
   else if (sentinel[0] >= 0)
     close(sentinel[0]), close(sentinel[1]);
   if (rc == 0) {
-    rc = mp__bootstrap_send(sv[0], proc, &ref);
+    rc = mp__bootstrap_send(sv[0], proc, &ref, false);
     if (rc == 0)
       rc = mp__bootstrap_await(sv[0], proc, false);
     if (rc < 0)

@@ -51,8 +51,26 @@ typedef struct {
 
 /* --------------------------- the parent's side --------------------------- */
 
+/* Waits until sock is ready for events, or the child (watched through fd `child`, -1 for
+ * none) has ended: 0, or -EPIPE once the child has ended. Another thread's fork() may hold
+ * a copy of the child's end of the socket, so its death need not end the socket. */
+static int wait_for_sock_or_child(int sock, short events, int child) {
+  struct pollfd fds[2] = {{.fd = sock, .events = events}, {.fd = child, .events = POLLIN}};
+  while (poll(fds, 2, -1) < 0)
+    if (errno != EINTR)
+      return -errno;
+  return fds[0].revents || !fds[1].revents ? 0 : -EPIPE;
+}
+
+/* The fd that tells of a spawned child's end, or -1 where there is none (forkserver). */
+static int child_watch(const mp_process_t *proc, bool from_forkserver) {
+  if (from_forkserver)
+    return -1;
+  return proc->pidfd >= 0 ? proc->pidfd : proc->status_fd;
+}
+
 /* Sends iov[0..n) as consecutive records of at most MP__RECORD_MAX bytes, no copy made. */
-static int send_stream(int sock, struct iovec *iov, int n) {
+static int send_stream(int sock, struct iovec *iov, int n, int child) {
   while (n > 0) {
     struct iovec chunk[8];
     int used = 0;
@@ -63,10 +81,13 @@ static int send_stream(int sock, struct iovec *iov, int n) {
       room -= take;
     }
     struct msghdr msg = {.msg_iov = chunk, .msg_iovlen = (size_t)used};
-    ssize_t sent;
-    do
-      sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
-    while (sent < 0 && errno == EINTR);
+    ssize_t sent = sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (sent < 0 && (errno == EAGAIN || errno == EINTR)) {
+      int rc = wait_for_sock_or_child(sock, POLLOUT, child);
+      if (rc < 0)
+        return rc;
+      continue;
+    }
     if (sent < 0)
       return -errno;
     /* A SOCK_SEQPACKET record goes whole: advance past exactly what was sent. */
@@ -94,7 +115,8 @@ int mp__bootstrap_open(const mp_process_t *proc, mp__fnref_t *ref, int sv[2]) {
   return 0;
 }
 
-int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *ref) {
+int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *ref,
+                       bool from_forkserver) {
   mp_process_t *self = mp_current_process();
   request_head_t head;
   memset(&head, 0, sizeof head); /* padding included: it is sent whole */
@@ -116,7 +138,8 @@ int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *re
       {self->name, head.parent_name_len},
       {proc->arg, proc->size},
   };
-  int rc = send_stream(sock, iov, (int)(sizeof iov / sizeof iov[0]));
+  int rc = send_stream(sock, iov, (int)(sizeof iov / sizeof iov[0]),
+                       child_watch(proc, from_forkserver));
   if (rc == -EPIPE || rc == -ECONNRESET)
     return mp__error(MP_ESPAWN, "the child exited before it took over");
   return rc < 0 ? mp__error(rc, "sending the request to the child: %s", mp_strerror(rc)) : 0;
@@ -127,13 +150,9 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
     mp__reply_t head;
     char text[1024];
   } rec;
-  /* Watch the child too: if another thread's fork() copied the child's end of the socket,
-   * its death would not end the socket, and the wait would last as long as that copy. */
-  int child = from_forkserver ? -1 : proc->pidfd >= 0 ? proc->pidfd : proc->status_fd;
-  struct pollfd fds[2] = {{.fd = sock, .events = POLLIN}, {.fd = child, .events = POLLIN}};
-  while (poll(fds, 2, -1) < 0)
-    if (errno != EINTR)
-      return mp__syserror("waiting for the child");
+  int rc = wait_for_sock_or_child(sock, POLLIN, child_watch(proc, from_forkserver));
+  if (rc < 0 && rc != -EPIPE)
+    return mp__error(rc, "waiting for the child: %s", mp_strerror(rc));
   int fd = -1;
   /* A READY sent just before the child ended is already queued: read before judging. */
   ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, &fd, MSG_DONTWAIT);
