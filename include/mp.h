@@ -207,7 +207,8 @@ MP_EXTERN int mp_process_is_alive(mp_process_t *proc);
  * The exit code once the child has ended: the target's return value or the status passed
  * to exit(), or minus the signal number that killed it (-9 for SIGKILL), as Python reports.
  * Errors: MP_EINVAL, MP_ENOTSTARTED, MP_EALIVE (still running: Python's None),
- * MP_ENOTCHILD (the current or the parent process). Python: Process.exitcode.
+ * MP_ENOTCHILD (the current or the parent process), -ECHILD (it ended, but the program's
+ * own waitpid(-1) or an ignored SIGCHLD took its status). Python: Process.exitcode.
  */
 MP_EXTERN int mp_process_exitcode(mp_process_t *proc, int *exitcode);
 

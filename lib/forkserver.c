@@ -32,12 +32,15 @@
 static pthread_mutex_t server_lock = PTHREAD_MUTEX_INITIALIZER;
 static pid_t server_owner; /* the process the server serves: a forked child needs its own */
 static pid_t server_pid;
+static int server_pidfd = -1; /* to signal it even if the program reaped it (SIG_IGN) */
 static int server_ctl = -1;
 
 static void forget_server(void) {
   if (server_ctl >= 0)
     close(server_ctl);
-  server_ctl = -1;
+  if (server_pidfd >= 0)
+    close(server_pidfd);
+  server_ctl = server_pidfd = -1;
   server_pid = 0;
   server_owner = 0;
 }
@@ -51,28 +54,32 @@ static void stop_server(void) {
     return;
   }
   pid_t pid = server_pid;
-  forget_server();
-  if (pid > 0) {
+  if (server_pidfd >= 0)
+    mp__pidfd_send_signal(server_pidfd, SIGKILL);
+  else if (pid > 0)
     kill(pid, SIGKILL);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-      ;
-  }
+  forget_server();
+  while (pid > 0 && waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+    ;
 }
 
 static int start_server(void) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
     return mp__syserror("socketpair for the fork server");
+  /* Published before the spawn, so that a fork() in another thread meanwhile closes its
+   * copy (the atfork handler): a copy would keep the server from seeing us go. */
+  server_ctl = sv[0];
+  server_owner = getpid();
   pid_t pid;
   int rc = mp__spawn_image("forkserver", sv[1], -1, &pid);
   close(sv[1]);
   if (rc < 0) {
-    close(sv[0]);
+    forget_server();
     return rc;
   }
-  server_ctl = sv[0];
   server_pid = pid;
-  server_owner = getpid();
+  server_pidfd = mp__have_pidfd() ? mp__pidfd_open(pid) : -1;
   return 0;
 }
 
@@ -310,14 +317,20 @@ void mp__forkserver_main(int ctl) {
   s.sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
   if (s.sigfd < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, s.taken) < 0)
     _exit(1);
+  /* The program's end, seen directly too: a copy of its control socket held elsewhere
+   * would hide the hang-up. (Reparented already: the program is gone.) */
+  int program = mp__have_pidfd() ? mp__pidfd_open(getppid()) : -1;
+  if (getppid() == 1)
+    _exit(0);
   for (;;) {
     bool has_spare = fork_spares(&s);
     /* With a spare, the control socket is the spares' to read: watch it for hang-up only,
      * which comes when the program has gone. */
-    struct pollfd fds[3] = {{.fd = ctl, .events = has_spare ? POLLRDHUP : POLLIN},
+    struct pollfd fds[4] = {{.fd = ctl, .events = has_spare ? POLLRDHUP : POLLIN},
                             {.fd = s.sigfd, .events = POLLIN},
-                            {.fd = s.taken[0], .events = POLLIN}};
-    if (poll(fds, 3, -1) < 0) {
+                            {.fd = s.taken[0], .events = POLLIN},
+                            {.fd = program, .events = POLLIN}};
+    if (poll(fds, 4, -1) < 0) {
       if (errno == EINTR)
         continue;
       _exit(1);
@@ -330,7 +343,7 @@ void mp__forkserver_main(int ctl) {
         ;
       reap_served(&s);
     }
-    if (fds[0].revents & (POLLHUP | POLLRDHUP))
+    if (fds[0].revents & (POLLHUP | POLLRDHUP) || fds[3].revents)
       _exit(0); /* the program has gone; the spares die with us */
     if (fds[0].revents & POLLIN)
       refuse_without_spare(&s);

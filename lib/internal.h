@@ -91,6 +91,7 @@ struct mp_process_s {
   int status_fd; /* forkserver: the child's socket, where its exit status arrives; without
                     pidfds: the sentinel socket; else -1 */
   int exitcode;
+  bool status_lost; /* ended, but a waitpid() elsewhere in the program took the status */
   pthread_mutex_t reap_lock;
   struct mp_process_s *prev, *next; /* the registry of started, unclosed children */
 };
@@ -123,7 +124,8 @@ struct mp__popen_ops_s {
   const char *name;
   /* Makes the child: sets pid, pidfd and status_fd, or returns an error. */
   int (*launch)(mp_process_t *proc);
-  /* After the sentinel became readable: the wait status, or -EAGAIN if not yet ended. */
+  /* Without blocking: 0 and the wait status, -EAGAIN if not yet ended, or -ECHILD if it
+   * ended and its status is lost. */
   int (*collect)(mp_process_t *proc, int *wait_status);
 };
 
@@ -182,7 +184,7 @@ int mp__bootstrap_open(const mp_process_t *proc, mp__fnref_t *ref, int sv[2]);
 
 /* Parent side: streams the child's request over sock, then waits for READY (or the
  * child's end), which from a forkserver child brings its pid and pidfd. */
-int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *ref,
+int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref,
                        bool from_forkserver);
 int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver);
 

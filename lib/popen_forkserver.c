@@ -38,30 +38,24 @@ static int forkserver_launch(mp_process_t *proc) {
  * The child's end: EXITED from the child, else STATUS from the server once it reaped it.
  * Once the pidfd says the child ended, its status is at most one reaping away, so wait for
  * it (a bounded while: a server that cannot answer is taken for dead) rather than report
- * an ended child as running. Without a pidfd the socket is the sentinel: read it to its end
- * of file, which comes when the server has reaped the child, so that it stays readable.
+ * an ended child as running. Without a pidfd the socket itself tells. The record is only
+ * peeked at: it stays queued, so the socket stays readable, as a sentinel must.
  */
 static int forkserver_collect(mp_process_t *proc, int *wait_status) {
   bool has_pidfd = proc->pidfd >= 0;
   if (mp__poll_fd(has_pidfd ? proc->pidfd : proc->status_fd, POLLIN, 0) == 0)
     return -EAGAIN;
-  int64_t deadline = mp__deadline(STATUS_WAIT_SECONDS);
-  bool known = false;
-  *wait_status = SIGKILL; /* unless told otherwise: the server died, its children with it */
-  for (;;) {
-    mp__reply_t rec;
-    if (mp__poll_fd(proc->status_fd, POLLIN, deadline) <= 0 ||
-        recv(proc->status_fd, &rec, sizeof rec, MSG_DONTWAIT) != (ssize_t)sizeof rec)
-      break;
-    if (!known) {
-      /* The first word is the child's own: a signal that hit it between its EXITED and
-       * its end changes nothing. EXITED(value) is what waitpid() reports of exit(value). */
-      *wait_status = rec.type == MP__REC_EXITED ? (rec.value & 0xff) << 8 : rec.value;
-      known = true;
-    }
-    if (has_pidfd)
-      break;
-  }
+  mp__reply_t rec;
+  ssize_t n = -1;
+  int64_t deadline = has_pidfd ? mp__deadline(STATUS_WAIT_SECONDS) : mp__now_ns();
+  if (mp__poll_fd(proc->status_fd, POLLIN, deadline) > 0)
+    n = recv(proc->status_fd, &rec, sizeof rec, MSG_PEEK | MSG_DONTWAIT);
+  if (n != (ssize_t)sizeof rec)
+    *wait_status = SIGKILL; /* the server died, and its children with it */
+  else if (rec.type == MP__REC_EXITED)
+    *wait_status = (rec.value & 0xff) << 8; /* as waitpid() reports an exit(value) */
+  else
+    *wait_status = rec.value;
   return 0;
 }
 

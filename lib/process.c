@@ -103,11 +103,12 @@ static int exitcode_of(int wait_status) {
 /* Collects the child's status if it has ended: true once it has. */
 static bool try_reap(mp_process_t *proc) {
   pthread_mutex_lock(&proc->reap_lock);
-  int wait_status;
-  if (proc->state == MP__STARTED && proc->ops->collect(proc, &wait_status) == 0) {
+  int wait_status, rc;
+  if (proc->state == MP__STARTED && (rc = proc->ops->collect(proc, &wait_status)) != -EAGAIN) {
     /* The fds stay open until mp_process_close(): another thread may be polling them,
      * and the sentinel handed out must stay valid. */
-    proc->exitcode = exitcode_of(wait_status);
+    proc->status_lost = rc == -ECHILD;
+    proc->exitcode = proc->status_lost ? 0 : exitcode_of(wait_status);
     proc->state = MP__ENDED;
   }
   bool ended = proc->state == MP__ENDED;
@@ -115,17 +116,26 @@ static bool try_reap(mp_process_t *proc) {
   return ended;
 }
 
-/* Waits for a started child to end, until deadline: 1 ended, 0 still running, or -errno. */
+/*
+ * Waits for a started child to end, until deadline: 1 ended, 0 still running, or -errno.
+ * Without a pidfd the sentinel socket could have been copied by another thread's fork()
+ * and never end: there, also look at the child itself every 50 ms.
+ */
+#define NO_PIDFD_LOOK_NS 50000000
+
 static int wait_child(mp_process_t *proc, int64_t deadline) {
   for (;;) {
     if (proc->state == MP__ENDED)
       return 1;
-    int ready = mp__poll_fd(sentinel_of(proc), POLLIN, deadline);
+    int64_t until = deadline;
+    if (proc->pidfd < 0 && deadline - mp__now_ns() > NO_PIDFD_LOOK_NS)
+      until = mp__now_ns() + NO_PIDFD_LOOK_NS;
+    int ready = mp__poll_fd(sentinel_of(proc), POLLIN, until);
     if (ready < 0)
       return ready;
     if (try_reap(proc))
       return 1;
-    if (ready == 0)
+    if (ready == 0 && until == deadline)
       return 0;
   }
 }
@@ -143,7 +153,7 @@ int mp__popen_collect_child(mp_process_t *proc, int *wait_status) {
   if (r == 0)
     return -EAGAIN;
   if (r < 0) /* someone else reaped it (waitpid(-1) in the program): the status is lost */
-    *wait_status = 0;
+    return -ECHILD;
   return 0;
 }
 
@@ -495,6 +505,10 @@ int mp_process_exitcode(mp_process_t *proc, int *exitcode) {
     return rc;
   if (child_running(proc))
     return mp__error(MP_EALIVE, "mp_process_exitcode: '%s' still runs", proc->name);
+  if (proc->status_lost)
+    return mp__error(-ECHILD, "mp_process_exitcode: '%s' ended, but a waitpid() elsewhere "
+                              "in the program (or SIGCHLD ignored) took its exit status",
+                     proc->name);
   *exitcode = proc->exitcode;
   return 0;
 }
@@ -504,15 +518,17 @@ static int send_signal(mp_process_t *proc, int sig, const char *what) {
   if (rc < 0)
     return rc;
   pthread_mutex_lock(&proc->reap_lock);
-  /* Without a pidfd (or without pidfd_send_signal, as under valgrind), the pid: a child
-   * of ours cannot be reused before we reap it. */
-  int sent = -1;
-  if (proc->state == MP__STARTED && proc->pidfd >= 0)
+  /* Without a pidfd (or without pidfd_send_signal, as under valgrind), the pid, unless
+   * the sentinel says the child has ended: a forkserver child is reaped by the server, so
+   * its pid may be anyone's by then. */
+  bool running = proc->state == MP__STARTED &&
+                 (proc->pidfd >= 0 || mp__poll_fd(proc->status_fd, POLLIN, 0) == 0);
+  int sent = 0;
+  if (running && proc->pidfd >= 0)
     sent = mp__pidfd_send_signal(proc->pidfd, sig);
-  if (proc->state == MP__STARTED && (proc->pidfd < 0 || (sent < 0 && errno == ENOSYS)))
+  if (running && (proc->pidfd < 0 || (sent < 0 && errno == ENOSYS)))
     sent = kill(proc->pid, sig);
-  if (proc->state == MP__STARTED && sent < 0 &&
-      errno != ESRCH) /* ESRCH: it has ended, and is not reaped yet */
+  if (sent < 0 && errno != ESRCH) /* ESRCH: it has ended, and is not reaped yet */
     rc = mp__syserror("%s: signalling '%s'", what, proc->name);
   pthread_mutex_unlock(&proc->reap_lock);
   return rc;

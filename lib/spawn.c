@@ -115,7 +115,7 @@ int mp__bootstrap_open(const mp_process_t *proc, mp__fnref_t *ref, int sv[2]) {
   return 0;
 }
 
-int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *ref,
+int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref,
                        bool from_forkserver) {
   mp_process_t *self = mp_current_process();
   request_head_t head;
@@ -140,8 +140,8 @@ int mp__bootstrap_send(int sock, const mp_process_t *proc, const mp__fnref_t *re
   };
   int rc = send_stream(sock, iov, (int)(sizeof iov / sizeof iov[0]),
                        child_watch(proc, from_forkserver));
-  if (rc == -EPIPE || rc == -ECONNRESET)
-    return mp__error(MP_ESPAWN, "the child exited before it took over");
+  if (rc == -EPIPE || rc == -ECONNRESET) /* it refused early: its ERROR says why */
+    return mp__bootstrap_await(sock, proc, from_forkserver);
   return rc < 0 ? mp__error(rc, "sending the request to the child: %s", mp_strerror(rc)) : 0;
 }
 
@@ -442,4 +442,5 @@ __attribute__((constructor)) static void take_over_child(void) {
     run_spawned(fd, sentinel);
   if (strcmp(role, "forkserver") == 0)
     mp__forkserver_main(fd);
+  _exit(127);
 }

@@ -71,6 +71,8 @@ static inline void mp_test_track_pid(pid_t pid) {
 /* An extra cleanup step (leaving a cgroup, say) to run if the test fails. */
 static inline void mp_test_set_hook(void (*fn)(void)) { mp_test_hook = fn; }
 
+static inline void mp_test_sleep(double seconds);
+
 /* Kills and reaps everything registered. Safe to call more than once. */
 static inline void mp_test_cleanup(void) {
   for (size_t i = 0; i < MP_TEST_MAX_TRACKED; i++) {
@@ -86,7 +88,12 @@ static inline void mp_test_cleanup(void) {
   for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++) {
     if (mp_test_pids[i] > 0) {
       (void)kill(mp_test_pids[i], SIGKILL);
-      (void)waitpid(mp_test_pids[i], NULL, WNOHANG);
+      /* Ours to reap only if it came back to us (we are a subreaper): a short while. */
+      for (int tries = 0; tries < 100; tries++) {
+        pid_t r = waitpid(mp_test_pids[i], NULL, WNOHANG);
+        if (r != 0) break;
+        mp_test_sleep(0.01);
+      }
       mp_test_pids[i] = 0;
     }
   }
