@@ -26,7 +26,11 @@ static int spawn_launch(mp_process_t *proc) {
     rc = mp__popen_watch(proc, pid, sentinel);
   else if (sentinel[0] >= 0)
     close(sentinel[0]), close(sentinel[1]);
-  if (rc == 0) {
+  if (rc == 0 && proc->status_lost) {
+    /* Ended before it could take over, and reaped by the program: nothing left to stop. */
+    proc->status_lost = false;
+    rc = mp__error(MP_ESPAWN, "the child ended before it took over");
+  } else if (rc == 0) {
     rc = mp__bootstrap_send(sv[0], proc, &ref, false);
     if (rc == 0)
       rc = mp__bootstrap_await(sv[0], proc, false);

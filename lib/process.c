@@ -178,6 +178,12 @@ int mp__popen_watch(mp_process_t *proc, pid_t pid, const int sentinel[2]) {
   proc->pidfd = mp__pidfd_open(pid);
   if (proc->pidfd >= 0)
     return 0;
+  if (errno == ESRCH) {
+    /* Ended and already reaped by the program (SIGCHLD ignored, or its own waitpid()):
+     * started, ended, status lost; and its pid may be anyone's now, so no kill. */
+    proc->status_lost = true;
+    return 0;
+  }
   int rc = mp__syserror("pidfd_open for child %d", (int)pid);
   mp__popen_discard(proc);
   return rc;
@@ -438,7 +444,7 @@ int mp_process_start(mp_process_t *proc) {
     snprintf(detail, sizeof detail, "%s", mp_last_error());
     return mp__error(rc, "mp_process_start (%s): %s", proc->ops->name, detail);
   }
-  proc->state = MP__STARTED;
+  proc->state = proc->status_lost ? MP__ENDED : MP__STARTED;
   registry_add(proc);
   return 0;
 }
@@ -558,6 +564,9 @@ int mp_process_sentinel(const mp_process_t *proc) {
     return me.parent.pidfd >= 0 ? me.parent.pidfd
                              : mp__error(-EBADF, "mp_process_sentinel: no parent pidfd");
   int rc = check_started(proc, "mp_process_sentinel");
+  if (rc == 0 && sentinel_of(proc) < 0)
+    rc = mp__error(-ECHILD, "mp_process_sentinel: '%s' ended before it could be watched",
+                   proc->name);
   return rc < 0 ? rc : sentinel_of(proc);
 }
 
