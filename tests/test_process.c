@@ -328,24 +328,32 @@ static int life_nondaemon(void *arg, size_t size) {
   return 0;
 }
 
-/* P: starts a daemon and a non-daemon child, then returns (a normal exit). */
+/*
+ * P's grandchild: started under P's method, with the daemon and die-with-parent flags
+ * given, its pid written to P's file under tag. Returns 0 or a nonzero step number.
+ */
+static int start_grandchild(const struct life_arg *a, mp_target_t target, bool daemon,
+                            bool die_with_parent, const char *tag) {
+  mp_context_t *ctx = NULL;
+  mp_process_t *g = NULL;
+  if (mp_get_context(METHODS[a->method], &ctx) != 0) return 1;
+  if (mp_process_create(&g, ctx, target, a, sizeof *a, tag) != 0) return 2;
+  if (mp_process_set_daemon(g, daemon) != 0) return 3;
+  if (mp_process_set_die_with_parent(g, die_with_parent) != 0) return 4;
+  if (mp_process_start(g) != 0) return 5;
+  append_pid_line(a->path, tag, mp_process_pid(g));
+  return 0;
+}
+
+/* P: starts a daemon and a non-daemon child, then returns (a normal exit). Only the exit
+ * handling may end the daemon, not P's death: it does not die with P. */
 static int life_exit_parent(void *arg, size_t size) {
   struct life_arg a;
   if (size != sizeof a) return 20;
   memcpy(&a, arg, sizeof a);
-  mp_context_t *ctx = NULL;
-  if (mp_get_context(METHODS[a.method], &ctx) != 0) return 21;
-  mp_process_t *d = NULL, *n = NULL;
-  if (mp_process_create(&d, ctx, life_daemon, &a, sizeof a, "daemon") != 0) return 22;
-  if (mp_process_set_daemon(d, true) != 0) return 23;
-  /* Only the exit handling may end it, not the death of P. */
-  if (mp_process_set_die_with_parent(d, false) != 0) return 24;
-  if (mp_process_start(d) != 0) return 25;
-  append_pid_line(a.path, "D", mp_process_pid(d));
-  if (mp_process_create(&n, ctx, life_nondaemon, &a, sizeof a, "nondaemon") != 0) return 26;
-  if (mp_process_start(n) != 0) return 27;
-  append_pid_line(a.path, "N", mp_process_pid(n));
-  if (!wait_for_line(a.path, "DREADY", 10.0)) return 28;
+  if (start_grandchild(&a, life_daemon, true, false, "D") != 0) return 21;
+  if (start_grandchild(&a, life_nondaemon, false, true, "N") != 0) return 22;
+  if (!wait_for_line(a.path, "DREADY", 10.0)) return 23;
   return 0;
 }
 
@@ -354,19 +362,11 @@ static int life_kill_parent(void *arg, size_t size) {
   struct life_arg a;
   if (size != sizeof a) return 20;
   memcpy(&a, arg, sizeof a);
-  mp_context_t *ctx = NULL;
-  if (mp_get_context(METHODS[a.method], &ctx) != 0) return 21;
-  mp_process_t *d = NULL, *n = NULL;
-  if (mp_process_create(&d, ctx, t_pause, NULL, 0, "daemon") != 0) return 22;
-  if (mp_process_set_daemon(d, true) != 0) return 23;
-  if (mp_process_start(d) != 0) return 24;
-  append_pid_line(a.path, "D", mp_process_pid(d));
-  if (mp_process_create(&n, ctx, t_pause, NULL, 0, "nondaemon") != 0) return 25;
-  if (mp_process_start(n) != 0) return 26;
-  append_pid_line(a.path, "N", mp_process_pid(n));
+  if (start_grandchild(&a, t_pause, true, true, "D") != 0) return 21;
+  if (start_grandchild(&a, t_pause, false, true, "N") != 0) return 22;
   append_text(a.path, "READY\n");
   for (;;) pause();
-  return 27;
+  return 23;
 }
 
 /* P: starts a child that may outlive it, then pauses. */
@@ -374,16 +374,10 @@ static int life_orphan_parent(void *arg, size_t size) {
   struct life_arg a;
   if (size != sizeof a) return 20;
   memcpy(&a, arg, sizeof a);
-  mp_context_t *ctx = NULL;
-  if (mp_get_context(METHODS[a.method], &ctx) != 0) return 21;
-  mp_process_t *g = NULL;
-  if (mp_process_create(&g, ctx, t_pause, NULL, 0, "survivor") != 0) return 22;
-  if (mp_process_set_die_with_parent(g, false) != 0) return 23;
-  if (mp_process_start(g) != 0) return 24;
-  append_pid_line(a.path, "G", mp_process_pid(g));
+  if (start_grandchild(&a, t_pause, false, false, "G") != 0) return 21;
   append_text(a.path, "READY\n");
   for (;;) pause();
-  return 25;
+  return 22;
 }
 
 /* ===================================================================================== */
