@@ -224,7 +224,8 @@ MP_EXTERN int mp_process_pid(const mp_process_t *proc);
  * A file descriptor that becomes readable when the child ends, for poll() or an event loop
  * beside other events; owned by the process object (do not close it; it stays valid, and
  * readable once the child ended, until mp_process_close()). Errors: MP_EINVAL,
- * MP_ENOTSTARTED, MP_ENOTCHILD. Python: Process.sentinel.
+ * MP_ENOTSTARTED, MP_ENOTCHILD, -ECHILD (it ended and was reaped by the program before
+ * libmp could watch it: nothing to wait for). Python: Process.sentinel.
  */
 MP_EXTERN int mp_process_sentinel(const mp_process_t *proc);
 

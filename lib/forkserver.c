@@ -145,6 +145,7 @@ typedef struct {
 typedef struct {
   pid_t self;
   int ctl;      /* from the program, shared with the spare */
+  int program;  /* the program's pidfd, or -1 */
   int sigfd;    /* SIGCHLD */
   int taken[2]; /* spare to server: "I took a request" */
   pid_t spares[SPARES]; /* 0: an empty place */
@@ -155,6 +156,8 @@ typedef struct {
 
 static void reset_child_state(const server_t *s) {
   close(s->sigfd);
+  if (s->program >= 0) /* the program must not find its own pidfd in its children */
+    close(s->program);
   close(s->taken[0]);
   for (size_t i = 0; i < s->count; i++)
     close(s->children[i].sock);
@@ -313,13 +316,14 @@ void mp__forkserver_main(int ctl) {
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);
   sigprocmask(SIG_BLOCK, &chld, NULL);
-  server_t s = {.self = getpid(), .ctl = ctl};
+  server_t s = {.self = getpid(), .ctl = ctl, .program = -1};
   s.sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
   if (s.sigfd < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, s.taken) < 0)
     _exit(1);
   /* The program's end, seen directly too: a copy of its control socket held elsewhere
    * would hide the hang-up. (Reparented already: the program is gone.) */
-  int program = mp__have_pidfd() ? mp__pidfd_open(getppid()) : -1;
+  if (mp__have_pidfd())
+    s.program = mp__pidfd_open(getppid());
   if (getppid() == 1)
     _exit(0);
   for (;;) {
@@ -329,7 +333,7 @@ void mp__forkserver_main(int ctl) {
     struct pollfd fds[4] = {{.fd = ctl, .events = has_spare ? POLLRDHUP : POLLIN},
                             {.fd = s.sigfd, .events = POLLIN},
                             {.fd = s.taken[0], .events = POLLIN},
-                            {.fd = program, .events = POLLIN}};
+                            {.fd = s.program, .events = POLLIN}};
     if (poll(fds, 4, -1) < 0) {
       if (errno == EINTR)
         continue;
