@@ -48,7 +48,25 @@ extern "C" {
   XX(ENOTCHILD, -4006, "not a child of this process")                                       \
   XX(ECROSS, -4007, "the function cannot cross to another process")                         \
   XX(ESPAWN, -4008, "the child process failed to start")                                    \
-  XX(ERESOLVE, -4009, "the function cannot be resolved in the child")
+  XX(ERESOLVE, -4009, "the function cannot be resolved in the child")                      \
+  XX(EEXIST, -EEXIST, "the name already exists")                                            \
+  XX(ENOENT, -ENOENT, "no such name")                                                       \
+  XX(EMSGSIZE, -EMSGSIZE, "the message is too large")                                       \
+  XX(EINTR, -EINTR, "interrupted by a signal")                                              \
+  XX(ENOTPASSED, -4010, "the object was not passed to this process")                       \
+  XX(ENOTHELD, -4011, "the lock is not held by the caller")                                 \
+  XX(EEMPTY, -4012, "the queue is empty")                                                   \
+  XX(EFULL, -4013, "the queue is full")                                                     \
+  XX(ECLOSED, -4014, "the object has been closed")                                          \
+  XX(EEOF, -4015, "end of file: the other end was closed or its process died")              \
+  XX(ETOOSMALL, -4016, "the buffer is too small for the message, which was kept")           \
+  XX(EOWNERDEAD, -4017, "acquired, but its previous owner died holding it")                  \
+  XX(EBROKEN, -4018, "the barrier is broken")                                               \
+  XX(ETOOMANY, -4019, "released or marked done more times than acquired")                   \
+  XX(EWORKERDIED, -4020, "the worker running the task died")                                \
+  XX(ETASK, -4021, "the task failed")                                                       \
+  XX(ETERMINATED, -4022, "the pool was terminated")                                         \
+  XX(ENOTREADY, -4023, "the result is not ready")
 
 typedef enum {
 #define MP__ERR_ENUM(name, value, text) MP_##name = (value),

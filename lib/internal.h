@@ -5,6 +5,7 @@
 #include "mp.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -48,6 +49,21 @@ int mp__pidfd_open(pid_t pid);
 bool mp__have_pidfd(void);
 int mp__pidfd_send_signal(int pidfd, int sig);
 
+/* Futexes on a word in shared memory (never FUTEX_PRIVATE: the waiters are processes).
+ * Waits while *word == expected, until woken or the deadline (INT64_MAX: never): 0 (woken,
+ * the value differed, or a signal: callers re-check their condition) or MP_ETIMEDOUT. */
+int mp__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline);
+/* Wakes up to count waiters (INT32_MAX: all); returns how many were woken. */
+int mp__futex_wake(_Atomic uint32_t *word, int count);
+
+/* A process-shared robust mutex for short critical sections in shared memory. Locking
+ * returns 0, MP_EOWNERDEAD (locked, and made consistent again: its previous owner died in
+ * the critical section, so the caller repairs what it guards) or MP_ETIMEDOUT. Never hold
+ * one across a wait for another process: wait on a futex instead (glibc bug 21422). */
+int mp__mutex_init(pthread_mutex_t *mutex);
+int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline);
+void mp__mutex_unlock(pthread_mutex_t *mutex);
+
 /* ------------------------------ reduction.c ----------------------------- */
 
 #define MP__BUILD_ID_MAX 64
@@ -66,6 +82,47 @@ typedef void (*mp__fn_t)(void);
 
 int mp__fnref_from_pointer(mp__fn_t fn, mp__fnref_t *ref);
 int mp__fnref_resolve(const mp__fnref_t *ref, mp__fn_t *fn);
+
+/* File descriptors that cross to children by key (a connection's socket, say). An object in
+ * the arena holds the key; each process looks up its own fd for it. A child started from a
+ * process object gets exactly the fds passed to it before start, under every start method
+ * (a forked child closes the others), at whatever numbers: the keys stay the same. */
+/* Registers fd (taking ownership) under a new program-wide key. */
+int mp__fd_share(int fd, uint64_t *key);
+/* This process's fd for key, or MP_ENOTPASSED (never passed here, or closed). */
+int mp__fd_lookup(uint64_t key);
+/* Closes this process's fd for key; 0, or MP_ENOTPASSED. */
+int mp__fd_unshare(uint64_t key);
+/* The child that proc starts will have key's fd (MP_ENOTPASSED if this process has none,
+ * MP_ESTARTED after start). */
+int mp__process_pass_fd(mp_process_t *proc, uint64_t key);
+
+/* -------------------------------- heap.c -------------------------------- */
+
+/* The shared arena (Python's heap.py): one memfd mapped at the same address in every
+ * process of the program, inherited by a forked child and mapped by a spawned or
+ * forkserver child before its target runs, so a pointer into it is valid everywhere.
+ * Blocks are zeroed, 64-byte aligned and reference counted: allocating gives one reference,
+ * the last release frees the block. Allocation and release are safe from any thread of any
+ * process of the program. */
+/* NULL on failure, with mp_last_error() set (size 0 or too large, arena exhausted). */
+void *mp__shared_alloc(size_t size);
+void mp__shared_retain(void *block);
+/* Drops one reference; true if that was the last and the block is now free. */
+bool mp__shared_release(void *block);
+/* True if p lies inside this process's arena mapping: a cheap check for handles. */
+bool mp__shared_contains(const void *p);
+/* A program-wide unique number (never 0), for keys that name things across processes. */
+uint64_t mp__shared_unique(void);
+
+/* For the start methods: what a child needs to map the arena (false if there is none). */
+typedef struct {
+  uint64_t base;
+  uint64_t reserve;
+} mp__heap_map_t;
+bool mp__heap_describe(mp__heap_map_t *map, int *fd);
+/* In a new child: maps the parent's arena from fd (taking it) at the same address. */
+int mp__heap_attach(int fd, const mp__heap_map_t *map);
 
 /* ------------------------------- process.c ------------------------------ */
 
