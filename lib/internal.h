@@ -96,6 +96,12 @@ int mp__fd_unshare(uint64_t key);
 /* The child that proc starts will have key's fd (MP_ENOTPASSED if this process has none,
  * MP_ESTARTED after start). */
 int mp__process_pass_fd(mp_process_t *proc, uint64_t key);
+/* Takes fd as this process's fd for key: a child installing what its parent passed. */
+int mp__fd_adopt(uint64_t key, int fd);
+/* In a child forked by the fork start method: closes every shared fd not passed to it. */
+void mp__fd_keep_only(const uint64_t *keys, size_t n);
+/* In the child of any fork(): frees the table's lock. */
+void mp__fd_after_fork(void);
 
 /* -------------------------------- heap.c -------------------------------- */
 
@@ -107,6 +113,8 @@ int mp__process_pass_fd(mp_process_t *proc, uint64_t key);
  * process of the program. */
 /* NULL on failure, with mp_last_error() set (size 0 or too large, arena exhausted). */
 void *mp__shared_alloc(size_t size);
+/* The same, not zeroed: for buffers about to be overwritten whole. */
+void *mp__shared_alloc_raw(size_t size);
 void mp__shared_retain(void *block);
 /* Drops one reference; true if that was the last and the block is now free. */
 bool mp__shared_release(void *block);
@@ -151,6 +159,8 @@ struct mp_process_s {
   bool status_lost; /* ended, but a waitpid() elsewhere in the program took the status */
   pthread_mutex_t reap_lock;
   struct mp_process_s *prev, *next; /* the registry of started, unclosed children */
+  uint64_t *passed; /* keys of the fds the child gets (mp__process_pass_fd) */
+  size_t n_passed;
 };
 
 /* What a child is told about itself and its parent. */

@@ -39,6 +39,7 @@ static int fork_launch(mp_process_t *proc) {
       close(sentinel[0]);
     info.sentinel = sentinel[1];
     mp__child_init(&info);
+    mp__fd_keep_only(proc->passed, proc->n_passed);
     mp__child_exit(proc->target(proc->arg, proc->size), false);
   }
   return mp__popen_watch(proc, pid, sentinel);

@@ -244,6 +244,7 @@ static void after_fork_in_child(void) {
     me.report_sock = -1;
   }
   mp__reset_lock(&registry_lock);
+  mp__fd_after_fork();
   mp__forkserver_after_fork();
   mp__context_after_fork();
 }
@@ -584,7 +585,25 @@ int mp_process_close(mp_process_t *proc) {
   free(proc->arg);
   free(proc->name);
   free(proc->identity);
+  free(proc->passed);
   free(proc);
+  return 0;
+}
+
+int mp__process_pass_fd(mp_process_t *proc, uint64_t key) {
+  int rc = check_not_started(proc, "passing an fd to a child");
+  if (rc == 0)
+    rc = mp__fd_lookup(key);
+  if (rc < 0)
+    return rc;
+  for (size_t i = 0; i < proc->n_passed; i++)
+    if (proc->passed[i] == key)
+      return 0;
+  uint64_t *grown = realloc(proc->passed, (proc->n_passed + 1) * sizeof *grown);
+  if (!grown)
+    return mp__error(MP_ENOMEM, "passing an fd to a child");
+  grown[proc->n_passed++] = key;
+  proc->passed = grown;
   return 0;
 }
 

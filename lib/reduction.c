@@ -11,7 +11,9 @@
 #include <elf.h>
 #include <link.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
   /* What to look for: an address, or an object by path ("" is the executable). */
@@ -144,4 +146,93 @@ int mp__fnref_resolve(const mp__fnref_t *ref, mp__fn_t *fn) {
                      (unsigned long long)ref->offset, what);
   *fn = (mp__fn_t)(s.base + ref->offset);
   return 0;
+}
+
+/* ------------------------- fds that cross by key ------------------------- */
+
+/* This process's shared fds. Few and rarely changed: a locked array. */
+typedef struct {
+  uint64_t key;
+  int fd;
+} shared_fd_t;
+
+static struct {
+  pthread_mutex_t lock;
+  shared_fd_t *entries;
+  size_t count, capacity;
+} fds = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0};
+
+static shared_fd_t *find_fd(uint64_t key) {
+  for (size_t i = 0; i < fds.count; i++)
+    if (fds.entries[i].key == key)
+      return &fds.entries[i];
+  return NULL;
+}
+
+int mp__fd_adopt(uint64_t key, int fd) {
+  pthread_mutex_lock(&fds.lock);
+  int rc = 0;
+  if (fds.count == fds.capacity) {
+    size_t capacity = fds.capacity ? fds.capacity * 2 : 16;
+    shared_fd_t *grown = realloc(fds.entries, capacity * sizeof *grown);
+    if (grown) {
+      fds.entries = grown;
+      fds.capacity = capacity;
+    } else {
+      rc = mp__error(MP_ENOMEM, "registering a shared fd");
+    }
+  }
+  if (rc == 0)
+    fds.entries[fds.count++] = (shared_fd_t){key, fd};
+  pthread_mutex_unlock(&fds.lock);
+  return rc;
+}
+
+int mp__fd_share(int fd, uint64_t *key) {
+  *key = mp__shared_unique();
+  return mp__fd_adopt(*key, fd);
+}
+
+int mp__fd_lookup(uint64_t key) {
+  pthread_mutex_lock(&fds.lock);
+  shared_fd_t *entry = find_fd(key);
+  int fd = entry ? entry->fd : -1;
+  pthread_mutex_unlock(&fds.lock);
+  return fd >= 0 ? fd
+                 : mp__error(MP_ENOTPASSED, "this object's file descriptor was not passed to "
+                                            "this process (mp_process_pass_*)");
+}
+
+int mp__fd_unshare(uint64_t key) {
+  pthread_mutex_lock(&fds.lock);
+  shared_fd_t *entry = find_fd(key);
+  int fd = -1;
+  if (entry) {
+    fd = entry->fd;
+    *entry = fds.entries[--fds.count];
+  }
+  pthread_mutex_unlock(&fds.lock);
+  if (fd < 0)
+    return MP_ENOTPASSED;
+  close(fd);
+  return 0;
+}
+
+void mp__fd_after_fork(void) {
+  mp__reset_lock(&fds.lock);
+}
+
+void mp__fd_keep_only(const uint64_t *keys, size_t n) {
+  /* A fresh child: no other thread, and the lock was reset by the atfork handler. */
+  size_t kept = 0;
+  for (size_t i = 0; i < fds.count; i++) {
+    bool passed = false;
+    for (size_t j = 0; j < n && !passed; j++)
+      passed = keys[j] == fds.entries[i].key;
+    if (passed)
+      fds.entries[kept++] = fds.entries[i];
+    else
+      close(fds.entries[i].fd);
+  }
+  fds.count = kept;
 }

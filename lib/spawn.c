@@ -30,7 +30,7 @@
 #include <unistd.h>
 
 #define REQUEST_MAGIC 0x504d424cu /* "LBMP" */
-#define REQUEST_VERSION 1u
+#define REQUEST_VERSION 2u
 
 enum { REQUEST_DIE_WITH_PARENT = 1u << 0 };
 
@@ -44,6 +44,9 @@ typedef struct {
   uint32_t identity_len;
   uint32_t parent_name_len;
   uint32_t target_path_len;
+  uint32_t n_fds;        /* records that follow the stream, each with one fd: */
+  uint32_t has_arena;    /* first the shared arena's memfd, if there is an arena, */
+  mp__heap_map_t arena;  /* to be mapped here; then the passed fds, each with its key */
   mp__fnref_t target; /* last: only target_path_len bytes of its path are sent */
 } request_head_t;
 
@@ -138,8 +141,17 @@ int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref,
       {self->name, head.parent_name_len},
       {proc->arg, proc->size},
   };
+  int arena_fd = -1;
+  head.has_arena = mp__heap_describe(&head.arena, &arena_fd);
+  head.n_fds = (uint32_t)proc->n_passed;
   int rc = send_stream(sock, iov, (int)(sizeof iov / sizeof iov[0]),
                        child_watch(proc, from_forkserver));
+  if (rc == 0 && head.has_arena)
+    rc = mp__send_record(sock, &head.arena, sizeof head.arena, arena_fd);
+  for (size_t i = 0; rc == 0 && i < proc->n_passed; i++) {
+    int fd = mp__fd_lookup(proc->passed[i]);
+    rc = fd < 0 ? fd : mp__send_record(sock, &proc->passed[i], sizeof proc->passed[i], fd);
+  }
   if (rc == -EPIPE || rc == -ECONNRESET) /* it refused early: its ERROR says why */
     return mp__bootstrap_await(sock, proc, from_forkserver);
   return rc < 0 ? mp__error(rc, "sending the request to the child: %s", mp_strerror(rc)) : 0;
@@ -337,6 +349,32 @@ void mp__request_free(mp__request_t *req) {
   free(req);
 }
 
+/* The records after the request's stream: the arena, mapped at once, then the fds passed
+ * to this child, taken in under their keys. */
+static int receive_fds(int sock, const request_head_t *head) {
+  int rc = 0;
+  for (uint32_t i = 0; i < head->has_arena + head->n_fds; i++) {
+    union {
+      mp__heap_map_t arena;
+      uint64_t key;
+    } rec;
+    int fd = -1;
+    ssize_t n = mp__recv_record(sock, &rec, sizeof rec, &fd, 0);
+    if (n <= 0 || fd < 0) {
+      if (fd >= 0)
+        close(fd);
+      return -EPIPE;
+    }
+    if (rc < 0)
+      close(fd); /* still read the rest, so that no fd is left in the socket */
+    else if (i < head->has_arena)
+      rc = mp__heap_attach(fd, &rec.arena);
+    else
+      rc = mp__fd_adopt(rec.key, fd);
+  }
+  return rc;
+}
+
 /* Reads the whole request, then resolves its target; the reader's buffer is freed first. */
 static int read_request(stream_reader_t *reader, mp__request_t *req) {
   request_head_t *head = &req->head;
@@ -357,7 +395,7 @@ static int read_request(stream_reader_t *reader, mp__request_t *req) {
                      (unsigned long long)head->arg_size);
   if (read_exact(reader, req->arg, head->arg_size) < 0)
     return -EPIPE;
-  return 0;
+  return receive_fds(reader->sock, head);
 }
 
 int mp__request_read(int sock, mp__request_t **out) {

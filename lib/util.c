@@ -1,4 +1,5 @@
-/* Small system helpers: deadlines, waiting on one fd, records with fds over Unix sockets. */
+/* Small system helpers: deadlines, waiting on one fd, records with fds over Unix sockets,
+ * futexes and robust mutexes in shared memory. */
 #include "internal.h"
 
 #include <poll.h>
@@ -7,6 +8,7 @@
 #include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -140,4 +142,61 @@ void mp__flush_std_streams(void) {
     fflush(stdout);
   if (__fpending(stderr))
     fflush(stderr);
+}
+
+int mp__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline) {
+  struct timespec abs, *at = NULL;
+  if (deadline != INT64_MAX) {
+    abs.tv_sec = deadline / 1000000000;
+    abs.tv_nsec = deadline % 1000000000;
+    at = &abs;
+  }
+  /* FUTEX_WAIT_BITSET takes an absolute deadline, on CLOCK_MONOTONIC unless told otherwise:
+   * no drift over spurious wake-ups. */
+  long rc = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, expected, at, NULL,
+                    FUTEX_BITSET_MATCH_ANY);
+  if (rc < 0 && errno == ETIMEDOUT)
+    return MP_ETIMEDOUT;
+  return 0; /* woken, EAGAIN (the value changed) or EINTR: the caller looks again */
+}
+
+int mp__futex_wake(_Atomic uint32_t *word, int count) {
+  long rc = syscall(SYS_futex, word, FUTEX_WAKE, count, NULL, NULL, 0);
+  return rc < 0 ? 0 : (int)rc;
+}
+
+int mp__mutex_init(pthread_mutex_t *mutex) {
+  pthread_mutexattr_t attr;
+  int rc = pthread_mutexattr_init(&attr);
+  if (rc == 0)
+    rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  if (rc == 0)
+    rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  if (rc == 0)
+    rc = pthread_mutex_init(mutex, &attr);
+  pthread_mutexattr_destroy(&attr);
+  return rc ? mp__error(-rc, "initializing a process-shared mutex: %s", strerror(rc)) : 0;
+}
+
+int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline) {
+  int rc;
+  if (deadline == INT64_MAX) {
+    rc = pthread_mutex_lock(mutex);
+  } else {
+    struct timespec abs = {deadline / 1000000000, deadline % 1000000000};
+    rc = pthread_mutex_clocklock(mutex, CLOCK_MONOTONIC, &abs);
+  }
+  if (rc == EOWNERDEAD) {
+    /* The kernel's robust list told us the holder died: the mutex is ours and usable
+     * again; what it guards is for the caller to repair. */
+    pthread_mutex_consistent(mutex);
+    return MP_EOWNERDEAD;
+  }
+  if (rc == ETIMEDOUT)
+    return MP_ETIMEDOUT;
+  return rc ? mp__error(-rc, "locking a process-shared mutex: %s", strerror(rc)) : 0;
+}
+
+void mp__mutex_unlock(pthread_mutex_t *mutex) {
+  pthread_mutex_unlock(mutex);
 }

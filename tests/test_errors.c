@@ -46,8 +46,11 @@ START_TEST(test_errno_codes_keep_errno_value) {
   T_INT_EQ(MP_ETIMEDOUT, -ETIMEDOUT);
   T_INT_EQ(MP_ENOSYS, -ENOSYS);
   /* libmp's own codes sit below -4000. */
-  int own[] = {MP_EMETHOD,  MP_ECONTEXT, MP_ENOTSTARTED, MP_ESTARTED, MP_EALIVE,
-               MP_ENOTCHILD, MP_ECROSS,   MP_ESPAWN,      MP_ERESOLVE};
+  int own[] = {MP_EMETHOD,    MP_ECONTEXT, MP_ENOTSTARTED, MP_ESTARTED,  MP_EALIVE,
+               MP_ENOTCHILD,  MP_ECROSS,   MP_ESPAWN,      MP_ERESOLVE,  MP_ENOTPASSED,
+               MP_ENOTHELD,   MP_EEMPTY,   MP_EFULL,       MP_ECLOSED,   MP_EEOF,
+               MP_ETOOSMALL,  MP_EOWNERDEAD, MP_EBROKEN,   MP_ETOOMANY,  MP_EWORKERDIED,
+               MP_ETASK,      MP_ETERMINATED, MP_ENOTREADY};
   for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
     T_ASSERT(own[i] < -4000, "own code %d is not below -4000", own[i]);
 }
@@ -57,7 +60,7 @@ START_TEST(test_passed_through_errno) {
   static const struct {
     int err;
     const char *name;
-  } errs[] = {{EMFILE, "EMFILE"}, {EAGAIN, "EAGAIN"}, {ENOENT, "ENOENT"},
+  } errs[] = {{EMFILE, "EMFILE"}, {EAGAIN, "EAGAIN"}, {ENOTDIR, "ENOTDIR"},
               {EPERM, "EPERM"},   {EBADF, "EBADF"},   {ECHILD, "ECHILD"}};
   for (size_t i = 0; i < sizeof errs / sizeof errs[0]; i++) {
     T_STR_EQ(mp_err_name(-errs[i].err), errs[i].name);

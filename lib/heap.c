@@ -1,0 +1,301 @@
+/*
+ * The shared arena, Python's heap.py: every shared object of the program (queues, locks,
+ * values, the pool's rings) lives in one memfd mapped at the same address in every process.
+ *
+ * The first allocation creates the memfd and maps it MAP_SHARED over a large reserved range
+ * of address space (64 GiB by default) at a randomly chosen address in a region that the
+ * kernel's own mmap placement, the executable and ASan's shadow do not use. Only the first
+ * `size` bytes of the file exist; growing is an ftruncate, which every process sees at once
+ * because every process maps the whole range. A forked child inherits the mapping; a spawned
+ * or forkserver child receives the memfd with its start request and maps it with
+ * MAP_FIXED_NOREPLACE at the same address before its target runs (mp__heap_attach), so a
+ * pointer into the arena is the same object in every process, whatever the start method.
+ *
+ *   base                                                      base + size    base + reserve
+ *   | header: lock, free lists, bump | blocks ...  | never used  |  (beyond the file)  |
+ *
+ * Blocks are powers of two from 128 bytes, each a 64-byte header (class, reference count)
+ * then the payload; freed blocks go on their class's free list and large ones give their
+ * pages back (fallocate PUNCH_HOLE). The allocator's lock is a robust mutex: a process
+ * that dies while allocating can at worst leak the block it was taking. The memfd has no
+ * name in any filesystem, so nothing of the arena outlives the program's last process.
+ */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ARENA_MAGIC 0x414e5241504d424cull /* "LBMPARNA" */
+#define BLOCK_LIVE 0x4b4c424du            /* "MBLK" */
+#define BLOCK_FREE 0x45455246u            /* "FREE" */
+
+#define RESERVE_DEFAULT (64ull << 30)
+#define RESERVE_MIN (1ull << 30)
+#define INITIAL_SIZE (1ull << 20)
+#define GROW_GRANULE (1ull << 20)
+#define HEADER_SPACE 4096ull
+#define BLOCK_HEAD 64ull
+#define MIN_CLASS 7  /* 128-byte blocks: a 64-byte header and 64 bytes of payload */
+#define MAX_CLASS 40 /* 1 TiB: above any reserve */
+#define PUNCH_CLASS 23 /* blocks of 8 MiB and more give their pages back when freed */
+
+/* Where the arena is placed: above ASan's high shadow (which ends below 16 TiB) and far
+ * below the kernel's mmap area (just under 128 TiB), where no other mapping goes. */
+#define PLACEMENT_LOW 0x200000000000ull
+#define PLACEMENT_SLOTS 512u
+
+typedef struct {
+  uint64_t magic;
+  uint64_t reserve;
+  _Atomic uint64_t size; /* bytes of the memfd; grows, never shrinks */
+  _Atomic uint64_t unique;
+  pthread_mutex_t lock;  /* guards bump and free_head */
+  uint64_t bump;         /* offset of the first never-used byte */
+  uint64_t free_head[MAX_CLASS + 1];
+} arena_t;
+
+typedef struct {
+  uint32_t magic;
+  uint32_t cls;
+  _Atomic uint32_t refs;
+} block_t;
+
+_Static_assert(sizeof(arena_t) <= HEADER_SPACE, "the arena header fits its page");
+_Static_assert(sizeof(block_t) <= BLOCK_HEAD, "the block header fits its space");
+
+/* This process's view: inherited as is by a forked child. */
+static struct {
+  pthread_mutex_t create_lock;
+  arena_t *arena;
+  int fd;
+} heap = {PTHREAD_MUTEX_INITIALIZER, NULL, -1};
+
+static int map_at(int fd, uint64_t base, uint64_t reserve, int fixed, void **out) {
+  void *p = mmap((void *)(uintptr_t)base, reserve, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_NORESERVE | fixed, fd, 0);
+  if (p == MAP_FAILED)
+    return -errno;
+  if (fixed && p != (void *)(uintptr_t)base) { /* a kernel before 4.17 took it as a hint */
+    munmap(p, reserve);
+    return -EEXIST;
+  }
+  *out = p;
+  return 0;
+}
+
+/* Maps a new arena's memfd: at a random free slot of the placement region if possible, else
+ * where the kernel likes (valgrind, for one, allows no such address), with a smaller
+ * reserve if address space is short. */
+static int place(int fd, void **out, uint64_t *reserve_out) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  unsigned seed = (unsigned)getpid() * 2654435761u ^ (unsigned)ts.tv_nsec;
+  for (uint64_t reserve = RESERVE_DEFAULT; reserve >= RESERVE_MIN; reserve /= 4) {
+    for (int attempt = 0; attempt < 8; attempt++) {
+      uint64_t slot = rand_r(&seed) % PLACEMENT_SLOTS;
+      if (map_at(fd, PLACEMENT_LOW + slot * RESERVE_DEFAULT, reserve, MAP_FIXED_NOREPLACE,
+                 out) == 0) {
+        *reserve_out = reserve;
+        return 0;
+      }
+    }
+    if (map_at(fd, 0, reserve, 0, out) == 0) {
+      *reserve_out = reserve;
+      return 0;
+    }
+  }
+  return mp__error(MP_ENOMEM, "no address space for the shared arena");
+}
+
+static int create_arena(void) {
+  int fd = memfd_create("libmp-arena", MFD_CLOEXEC);
+  if (fd < 0)
+    return mp__syserror("memfd_create for the shared arena");
+  void *base;
+  uint64_t reserve = 0;
+  int rc = ftruncate(fd, INITIAL_SIZE) < 0 ? mp__syserror("sizing the shared arena") : 0;
+  if (rc == 0)
+    rc = place(fd, &base, &reserve);
+  if (rc < 0) {
+    close(fd);
+    return rc;
+  }
+  arena_t *arena = base;
+  arena->magic = ARENA_MAGIC;
+  arena->reserve = reserve;
+  arena->size = INITIAL_SIZE;
+  arena->bump = HEADER_SPACE;
+  rc = mp__mutex_init(&arena->lock);
+  if (rc < 0) {
+    munmap(base, reserve);
+    close(fd);
+    return rc;
+  }
+  heap.fd = fd;
+  /* Published last: mp__shared_contains() reads it without the lock. */
+  __atomic_store_n(&heap.arena, arena, __ATOMIC_RELEASE);
+  return 0;
+}
+
+static arena_t *get_arena(void) {
+  arena_t *arena = __atomic_load_n(&heap.arena, __ATOMIC_ACQUIRE);
+  if (arena)
+    return arena;
+  pthread_mutex_lock(&heap.create_lock);
+  int rc = heap.arena ? 0 : create_arena();
+  pthread_mutex_unlock(&heap.create_lock);
+  return rc < 0 ? NULL : heap.arena;
+}
+
+static block_t *block_at(arena_t *arena, uint64_t offset) {
+  return (block_t *)((char *)arena + offset);
+}
+
+/* Makes the file at least `need` bytes long, doubling so that growth is rare. */
+static int grow(arena_t *arena, uint64_t need) {
+  uint64_t size = atomic_load(&arena->size);
+  if (need <= size)
+    return 0;
+  uint64_t target = size * 2 > need ? size * 2 : need;
+  target = (target + GROW_GRANULE - 1) / GROW_GRANULE * GROW_GRANULE;
+  if (target > arena->reserve)
+    target = arena->reserve;
+  if (ftruncate(heap.fd, (off_t)target) < 0)
+    return mp__syserror("growing the shared arena to %llu bytes", (unsigned long long)target);
+  atomic_store(&arena->size, target);
+  return 0;
+}
+
+static void *allocate(size_t size, bool zeroed) {
+  if (size == 0)
+    return mp__error(MP_EINVAL, "a shared object of 0 bytes"), NULL;
+  arena_t *arena = get_arena();
+  if (!arena)
+    return NULL;
+  if (size > arena->reserve / 2)
+    return mp__error(MP_ENOMEM, "%zu bytes do not fit the shared arena (%llu reserved)", size,
+                     (unsigned long long)arena->reserve),
+           NULL;
+  uint32_t cls = MIN_CLASS;
+  while ((1ull << cls) < size + BLOCK_HEAD)
+    cls++;
+  uint64_t block_size = 1ull << cls;
+
+  int rc = mp__mutex_lock(&arena->lock, INT64_MAX);
+  if (rc < 0 && rc != MP_EOWNERDEAD)
+    return NULL;
+  /* After an owner's death the lists are still well formed: every update below is a
+   * single store once the block is taken, so the worst left behind is one lost block. */
+  uint64_t offset = arena->free_head[cls];
+  bool reused = offset != 0;
+  if (reused) {
+    arena->free_head[cls] = *(uint64_t *)((char *)block_at(arena, offset) + BLOCK_HEAD);
+  } else if (arena->bump + block_size > arena->reserve) {
+    rc = mp__error(MP_ENOMEM, "the shared arena is full (%llu bytes reserved)",
+                   (unsigned long long)arena->reserve);
+  } else if ((rc = grow(arena, arena->bump + block_size)) == 0) {
+    offset = arena->bump;
+    arena->bump += block_size;
+  }
+  mp__mutex_unlock(&arena->lock);
+  if (rc < 0 && rc != MP_EOWNERDEAD)
+    return NULL;
+
+  block_t *block = block_at(arena, offset);
+  char *payload = (char *)block + BLOCK_HEAD;
+  /* Never-used blocks are zero already (fresh file pages); a reused one held data. */
+  if (reused && zeroed)
+    memset(payload, 0, size);
+  block->cls = cls;
+  atomic_store(&block->refs, 1);
+  block->magic = BLOCK_LIVE;
+  return payload;
+}
+
+void *mp__shared_alloc(size_t size) {
+  return allocate(size, true);
+}
+
+void *mp__shared_alloc_raw(size_t size) {
+  return allocate(size, false);
+}
+
+static block_t *block_of(void *payload) {
+  return (block_t *)((char *)payload - BLOCK_HEAD);
+}
+
+void mp__shared_retain(void *payload) {
+  atomic_fetch_add(&block_of(payload)->refs, 1);
+}
+
+bool mp__shared_release(void *payload) {
+  block_t *block = block_of(payload);
+  if (atomic_fetch_sub(&block->refs, 1) != 1)
+    return false;
+  arena_t *arena = heap.arena;
+  uint64_t offset = (uint64_t)((char *)block - (char *)arena);
+  uint64_t block_size = 1ull << block->cls;
+  if (block->cls >= PUNCH_CLASS) {
+    /* Give the pages back, keeping the one that holds the header and the list link. */
+    uint64_t from = (offset + BLOCK_HEAD + sizeof(uint64_t) + 4095) & ~4095ull;
+    fallocate(heap.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)from,
+              (off_t)(offset + block_size - from));
+  }
+  block->magic = BLOCK_FREE;
+  int rc = mp__mutex_lock(&arena->lock, INT64_MAX);
+  if (rc < 0 && rc != MP_EOWNERDEAD)
+    return true; /* cannot happen without a deadline; the block would only be lost */
+  *(uint64_t *)((char *)payload) = arena->free_head[block->cls];
+  arena->free_head[block->cls] = offset;
+  mp__mutex_unlock(&arena->lock);
+  return true;
+}
+
+bool mp__shared_contains(const void *p) {
+  arena_t *arena = __atomic_load_n(&heap.arena, __ATOMIC_ACQUIRE);
+  if (!arena || !p)
+    return false;
+  const char *lo = (const char *)arena + HEADER_SPACE;
+  return (const char *)p >= lo && (const char *)p < (const char *)arena + atomic_load(&arena->size);
+}
+
+uint64_t mp__shared_unique(void) {
+  arena_t *arena = get_arena();
+  if (!arena) /* no arena: unique within this process is the best there is */
+    return ((uint64_t)getpid() << 32) | (uint64_t)mp__now_ns();
+  return atomic_fetch_add(&arena->unique, 1) + 1;
+}
+
+bool mp__heap_describe(mp__heap_map_t *map, int *fd) {
+  arena_t *arena = __atomic_load_n(&heap.arena, __ATOMIC_ACQUIRE);
+  if (!arena)
+    return false;
+  map->base = (uint64_t)(uintptr_t)arena;
+  map->reserve = arena->reserve;
+  *fd = heap.fd;
+  return true;
+}
+
+int mp__heap_attach(int fd, const mp__heap_map_t *map) {
+  if (heap.arena && (uint64_t)(uintptr_t)heap.arena == map->base) {
+    close(fd); /* a fork server that read an earlier request already maps it */
+    return 0;
+  }
+  void *base;
+  int rc = map_at(fd, map->base, map->reserve, MAP_FIXED_NOREPLACE, &base);
+  if (rc < 0) {
+    close(fd);
+    return mp__error(MP_ESPAWN,
+                     "the child cannot map the shared arena at %#llx: %s (the address is "
+                     "taken in the new image)",
+                     (unsigned long long)map->base, strerror(-rc));
+  }
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  heap.fd = fd;
+  __atomic_store_n(&heap.arena, (arena_t *)base, __ATOMIC_RELEASE);
+  return 0;
+}

@@ -1,0 +1,198 @@
+/*
+ * The shared arena and fds that cross by key: lib/heap.c and lib/reduction.c. These are
+ * internal layers that every shared object stands on, so this suite links the static
+ * library and calls them directly, under every start method.
+ */
+#include "../lib/internal.h"
+#include "mp_test.h"
+
+#include <fcntl.h>
+
+/* What a child is told: where the shared block is, and what to do. */
+typedef struct {
+  uint64_t *block;
+  size_t words;
+  uint64_t key;
+  size_t grow_bytes;
+} heap_job_t;
+
+/* Checks the parent's pattern, then answers through the same block. */
+static int child_reads_and_writes(void *arg, size_t size) {
+  heap_job_t *job = arg;
+  if (size != sizeof *job || !mp__shared_contains(job->block))
+    return 2;
+  for (size_t i = 1; i < job->words; i++)
+    if (job->block[i] != i * 3)
+      return 3;
+  job->block[0] = 0xfeed;
+  return 0;
+}
+
+START_TEST(test_block_shared_with_child) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  heap_job_t job = {.words = 100000}; /* 800 KB: most of the first megabyte */
+  job.block = mp__shared_alloc(job.words * sizeof(uint64_t));
+  T_ASSERT(job.block != NULL, "alloc: %s", mp_last_error());
+  T_ASSERT(((uintptr_t)job.block & 63) == 0, "block %p is not 64-byte aligned", (void *)job.block);
+  for (size_t i = 1; i < job.words; i++)
+    job.block[i] = i * 3;
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, child_reads_and_writes, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  T_INT_EQ(mp_test_join_code(p, 10), 0);
+  T_ASSERT(job.block[0] == 0xfeed, "the child's write is not seen: %llx",
+           (unsigned long long)job.block[0]);
+  T_PROC_CLOSE(p);
+  T_ASSERT(mp__shared_release(job.block), "the only reference did not free the block");
+}
+END_TEST
+
+/* Allocates past the arena's current size, fills it, and publishes it in block[0]. */
+static int child_grows_arena(void *arg, size_t size) {
+  (void)size;
+  heap_job_t *job = arg;
+  uint64_t *big = mp__shared_alloc(job->grow_bytes);
+  if (!big)
+    return 2;
+  big[job->grow_bytes / sizeof *big - 1] = 0xb16;
+  big[0] = 0xb16;
+  job->block[0] = (uint64_t)(uintptr_t)big;
+  return 0;
+}
+
+START_TEST(test_growth_by_child_seen_by_parent) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  heap_job_t job = {.block = mp__shared_alloc(64), .grow_bytes = 24u << 20};
+  T_ASSERT(job.block != NULL, "alloc: %s", mp_last_error());
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, child_grows_arena, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  T_INT_EQ(mp_test_join_code(p, 10), 0);
+  T_PROC_CLOSE(p);
+  uint64_t *big = (uint64_t *)(uintptr_t)job.block[0];
+  T_ASSERT(mp__shared_contains(big), "the child's block %p is outside our arena", (void *)big);
+  T_ASSERT(big[0] == 0xb16 && big[job.grow_bytes / sizeof *big - 1] == 0xb16,
+           "the child's block does not hold what it wrote");
+  /* A block of the child's is ours to free, and the memory comes back zeroed. */
+  T_ASSERT(mp__shared_release(big), "releasing the child's block");
+  uint64_t *again = mp__shared_alloc(job.grow_bytes);
+  T_ASSERT(again == big, "the freed block was not reused (%p, %p)", (void *)again, (void *)big);
+  T_ASSERT(again[0] == 0 && again[job.grow_bytes / sizeof *again - 1] == 0,
+           "a reused block is not zeroed");
+  mp__shared_release(again);
+  mp__shared_release(job.block);
+}
+END_TEST
+
+START_TEST(test_reference_counts_and_reuse) {
+  char *a = mp__shared_alloc(100);
+  T_ASSERT(a != NULL, "alloc: %s", mp_last_error());
+  memset(a, 'x', 100);
+  mp__shared_retain(a);
+  T_ASSERT(!mp__shared_release(a), "the first of two releases freed the block");
+  T_ASSERT(mp__shared_release(a), "the last release did not free the block");
+  char *b = mp__shared_alloc(90); /* the same size class */
+  T_ASSERT(b == a, "the freed block was not reused");
+  for (int i = 0; i < 90; i++)
+    T_ASSERT(b[i] == 0, "byte %d of a reused block is %d", i, b[i]);
+  char *raw = mp__shared_alloc_raw(5000);
+  T_ASSERT(raw != NULL && mp__shared_contains(raw), "raw alloc: %s", mp_last_error());
+  T_ASSERT(!mp__shared_contains(&raw), "a stack address is in the arena");
+  T_ASSERT(!mp__shared_contains(NULL), "NULL is in the arena");
+  mp__shared_release(raw);
+  mp__shared_release(b);
+}
+END_TEST
+
+START_TEST(test_bad_sizes) {
+  T_ASSERT(mp__shared_alloc(0) == NULL, "a 0-byte block was given");
+  T_STR_EQ(mp_last_error(), "a shared object of 0 bytes");
+  T_ASSERT(mp__shared_alloc(SIZE_MAX / 2) == NULL, "an impossible block was given");
+  T_ASSERT(strstr(mp_last_error(), "do not fit") != NULL, "%s", mp_last_error());
+}
+END_TEST
+
+static int child_takes_unique(void *arg, size_t size) {
+  (void)size;
+  uint64_t **slot = arg;
+  **slot = mp__shared_unique();
+  return 0;
+}
+
+START_TEST(test_unique_across_processes) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  uint64_t *seen = mp__shared_alloc(sizeof *seen);
+  uint64_t before = mp__shared_unique();
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, child_takes_unique, &seen, sizeof seen, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  T_INT_EQ(mp_test_join_code(p, 10), 0);
+  T_PROC_CLOSE(p);
+  uint64_t after = mp__shared_unique();
+  T_ASSERT(before != 0 && before < *seen && *seen < after, "%llu %llu %llu",
+           (unsigned long long)before, (unsigned long long)*seen, (unsigned long long)after);
+  mp__shared_release(seen);
+}
+END_TEST
+
+/* Writes a byte to the passed fd, and checks the unpassed key is unknown here. */
+typedef struct {
+  uint64_t passed, not_passed;
+} fd_job_t;
+
+static int child_uses_passed_fd(void *arg, size_t size) {
+  (void)size;
+  fd_job_t *job = arg;
+  if (mp__fd_lookup(job->not_passed) != MP_ENOTPASSED)
+    return 2;
+  int fd = mp__fd_lookup(job->passed);
+  if (fd < 0)
+    return 3;
+  return write(fd, "k", 1) == 1 ? 0 : 4;
+}
+
+START_TEST(test_fd_passed_by_key) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  int passed[2], other[2];
+  T_ASSERT(pipe2(passed, O_CLOEXEC) == 0 && pipe2(other, O_CLOEXEC) == 0, "pipe2");
+  fd_job_t job;
+  MP_ASSERT_OK(mp__fd_share(passed[1], &job.passed));
+  MP_ASSERT_OK(mp__fd_share(other[1], &job.not_passed));
+  T_INT_EQ(mp__fd_lookup(job.passed), passed[1]);
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, child_uses_passed_fd, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp__process_pass_fd(p, job.passed));
+  MP_ASSERT_OK(mp__process_pass_fd(p, job.passed)); /* twice is once */
+  MP_ASSERT_ERR(mp__process_pass_fd(p, 0), MP_ENOTPASSED);
+  MP_ASSERT_OK(mp_process_start(p));
+  MP_ASSERT_ERR(mp__process_pass_fd(p, job.passed), MP_ESTARTED);
+  T_INT_EQ(mp_test_join_code(p, 10), 0);
+  T_PROC_CLOSE(p);
+  MP_ASSERT_OK(mp__fd_unshare(job.passed));
+  MP_ASSERT_ERR(mp__fd_unshare(job.passed), MP_ENOTPASSED);
+  MP_ASSERT_ERR(mp__fd_lookup(job.passed), MP_ENOTPASSED);
+  char c = 0;
+  T_INT_EQ(read(passed[0], &c, 1), 1);
+  T_INT_EQ(c, 'k');
+  /* With every write end closed (ours unshared, the child's gone), the pipe ends. */
+  T_INT_EQ(read(passed[0], &c, 1), 0);
+  MP_ASSERT_OK(mp__fd_unshare(job.not_passed));
+  close(passed[0]);
+  close(other[0]);
+}
+END_TEST
+
+static Suite *heap_suite(void) {
+  Suite *s = suite_create("heap");
+  TCase *tc = mp_test_tcase(s, "arena", 20);
+  tcase_add_loop_test(tc, test_block_shared_with_child, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_growth_by_child_seen_by_parent, 0, N_METHODS);
+  tcase_add_test(tc, test_reference_counts_and_reuse);
+  tcase_add_test(tc, test_bad_sizes);
+  tcase_add_loop_test(tc, test_unique_across_processes, 0, N_METHODS);
+  tc = mp_test_tcase(s, "fds", 20);
+  tcase_add_loop_test(tc, test_fd_passed_by_key, 0, N_METHODS);
+  return s;
+}
+
+MP_TEST_MAIN(heap_suite)
