@@ -87,6 +87,17 @@ static int map_at(int fd, uint64_t base, uint64_t reserve, int fixed, void **out
   return 0;
 }
 
+/* LIBMP_ARENA_RESERVE (in GiB) bounds the arena: valgrind, for one, walks every page of a
+ * mapping and takes minutes over 64 GiB. */
+static uint64_t chosen_reserve(void) {
+  const char *text = getenv("LIBMP_ARENA_RESERVE");
+  char *end;
+  unsigned long long gib = text ? strtoull(text, &end, 10) : 0;
+  if (!text || *end || gib == 0 || gib > RESERVE_DEFAULT >> 30)
+    return RESERVE_DEFAULT;
+  return gib << 30;
+}
+
 /* Maps a new arena's memfd: at a random free slot of the placement region if possible, else
  * where the kernel likes (valgrind, for one, allows no such address), with a smaller
  * reserve if address space is short. */
@@ -94,7 +105,7 @@ static int place(int fd, void **out, uint64_t *reserve_out) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   unsigned seed = (unsigned)getpid() * 2654435761u ^ (unsigned)ts.tv_nsec;
-  for (uint64_t reserve = RESERVE_DEFAULT; reserve >= RESERVE_MIN; reserve /= 4) {
+  for (uint64_t reserve = chosen_reserve(); reserve >= RESERVE_MIN; reserve /= 4) {
     for (int attempt = 0; attempt < 8; attempt++) {
       uint64_t slot = rand_r(&seed) % PLACEMENT_SLOTS;
       if (map_at(fd, PLACEMENT_LOW + slot * RESERVE_DEFAULT, reserve, MAP_FIXED_NOREPLACE,
