@@ -278,6 +278,11 @@ MP_EXTERN int mp_active_children(mp_process_t **children, size_t capacity);
  */
 MP_EXTERN int mp_cpu_count(void);
 
+/* ============================ per-area headers ============================ */
+
+/* Each area past processes has its own header under include/mp/, included here only (each
+ * refuses to be included on its own): the user includes <mp.h>. */
+
 #ifdef __cplusplus
 }
 #endif

@@ -64,6 +64,31 @@ int mp__mutex_init(pthread_mutex_t *mutex);
 int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline);
 void mp__mutex_unlock(pthread_mutex_t *mutex);
 
+/* Objects that mp_wait() (connection.c) waits on: a connection end, a queue, a process.
+ * Each such handle begins with a uint32_t kind word (MP__KIND_*); the layer that owns a kind
+ * registers its operations, from a constructor, so mp_wait() needs no upward dependency.
+ * mp_wait() asks every object for its fd first, then for readiness (so a wake-up between the
+ * two is not lost), and polls the fds only if none is ready; after a wake-up it asks
+ * readiness again, and ready() may drain its fd then. */
+enum {
+  MP__KIND_CONNECTION = 0x4e4e4f43u, /* "CONN" */
+  MP__KIND_QUEUE = 0x45555551u,      /* "QUEU" */
+  MP__KIND_PROCESS = 0x434f5250u,    /* "PROC" */
+};
+
+typedef struct {
+  /* 1 if a call on obj would not block now (a message, end of file, an ended process, a
+   * closed object), 0 if it would, or a negative error. */
+  int (*ready)(void *obj);
+  /* An fd of this process that turns readable (POLLIN) when obj may have become ready;
+   * owned by obj. May register this process as a waiter. Negative error if none. */
+  int (*poll_fd)(void *obj);
+} mp__waitable_ops_t;
+
+void mp__waitable_register(uint32_t kind, const mp__waitable_ops_t *ops);
+/* The operations for obj's kind word, or NULL (not a waitable handle). */
+const mp__waitable_ops_t *mp__waitable_find(const void *obj);
+
 /* ------------------------------ reduction.c ----------------------------- */
 
 #define MP__BUILD_ID_MAX 64

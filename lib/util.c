@@ -200,3 +200,31 @@ int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline) {
 void mp__mutex_unlock(pthread_mutex_t *mutex) {
   pthread_mutex_unlock(mutex);
 }
+
+#define WAITABLE_KINDS 8
+
+static struct {
+  uint32_t kind;
+  const mp__waitable_ops_t *ops;
+} waitables[WAITABLE_KINDS];
+
+/* Called from constructors, before any thread of the program runs. */
+void mp__waitable_register(uint32_t kind, const mp__waitable_ops_t *ops) {
+  for (size_t i = 0; i < WAITABLE_KINDS; i++) {
+    if (waitables[i].ops == NULL || waitables[i].kind == kind) {
+      waitables[i].kind = kind;
+      waitables[i].ops = ops;
+      return;
+    }
+  }
+}
+
+const mp__waitable_ops_t *mp__waitable_find(const void *obj) {
+  if (obj == NULL)
+    return NULL;
+  uint32_t kind = *(const uint32_t *)obj;
+  for (size_t i = 0; i < WAITABLE_KINDS && waitables[i].ops; i++)
+    if (waitables[i].kind == kind)
+      return waitables[i].ops;
+  return NULL;
+}
