@@ -1,0 +1,704 @@
+/*
+ * Named shared memory, Python's shared_memory.py: segments in /dev/shm that any process
+ * attaches to by name, and the tracker that unlinks the program's segments when the
+ * program has ended, killed or not.
+ *
+ * Creating. A segment is made nameless first (O_TMPFILE in /dev/shm), given its size,
+ * registered with the tracker by inode, and only then linked under its name, which fails
+ * if the name exists (the O_EXCL of shm_open). So a process that attaches never sees a
+ * segment of 0 bytes, and a creator killed at any point leaves nothing behind: before the
+ * link there is no name, after the registration the tracker knows it.
+ *
+ * The tracker. One process per program, spawned from the executable on the first create
+ * (a fresh image: no other thread's state, none of the program's memory to copy on write)
+ * with its own session (a signal to the program's process group does not reach it) and
+ * SIGINT, SIGTERM and SIGHUP ignored. It listens on an abstract Unix socket whose name is
+ * derived from the program's shared arena (its memfd's inode and address), which every
+ * process of the program maps under every start method. So:
+ *  - a forked child inherits its parent's connection, and the tracker sees end of file on
+ *    it only when every process holding a copy has ended;
+ *  - a spawned or forkserver child connects on its own first create, finding the tracker
+ *    by its arena;
+ *  - two processes that start a tracker at once race to bind the name: the loser's tracker
+ *    exits and the loser connects to the winner.
+ * A process sends one record per create (TRACK: name, device, inode) and per unlink or
+ * keep (FORGET), with no reply. When the last connection has closed (and the starter's
+ * own libmp parent, if any, has ended too: a child started before its program had an arena
+ * has a tracker of its own), the tracker stops listening and unlinks each name it still
+ * holds whose file is still the same inode, so a name that someone else has reused since is
+ * left alone. It cannot outlive the program by more than that: it has no other reason to
+ * live.
+ */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SHM_DIR "/dev/shm"
+#define TRACKER_ROLE "shm-tracker"
+/* How long a tracker may take to start or to accept, and a record to be taken. */
+#define TRACKER_TIMEOUT_SECONDS 30.0
+#define CONNECT_ATTEMPTS 8
+#define GENERATED_ATTEMPTS 16
+
+struct mp_shared_memory_s {
+  void *buf;
+  size_t size;
+  bool tracked; /* created here, to be unlinked at the program's end */
+  uint64_t dev, ino;
+  char name[MP_SHARED_MEMORY_NAME_MAX + 1];
+};
+
+/* What crosses between the program's processes and the tracker. */
+enum { REC_ADDRESS = 1, REC_TRACK, REC_FORGET };
+enum { REPLY_OK = 'K', REPLY_LOST = 'L', REPLY_FAILED = 'E' };
+
+typedef struct {
+  uint32_t op;
+  int32_t parent; /* ADDRESS: the starter's libmp parent, to be outlived, or 0 */
+  uint64_t dev, ino;
+  char text[MP_SHARED_MEMORY_NAME_MAX + 1]; /* the name, or the address to listen on */
+} record_t;
+
+_Static_assert(sizeof(((struct sockaddr_un *)0)->sun_path) <= MP_SHARED_MEMORY_NAME_MAX,
+               "an address fits a record");
+
+/* ------------------------------- names ---------------------------------- */
+
+/* Copies a valid name, without its leading slash, into out. */
+static int check_name(const char *name, char *out, const char *what) {
+  if (!name)
+    return mp__error(MP_EINVAL, "%s: name is NULL", what);
+  if (*name == '/')
+    name++;
+  size_t len = strlen(name);
+  if (len == 0 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+    return mp__error(MP_EINVAL, "%s: '%s' is not a segment name", what, name);
+  if (strchr(name, '/'))
+    return mp__error(MP_EINVAL, "%s: a segment name holds no '/' after the first ('%s')", what,
+                     name);
+  if (len > MP_SHARED_MEMORY_NAME_MAX)
+    return mp__error(MP_EINVAL, "%s: a name of %zu bytes is longer than %d", what, len,
+                     MP_SHARED_MEMORY_NAME_MAX);
+  memcpy(out, name, len + 1);
+  return 0;
+}
+
+/* A new random name, as Python's _make_filename (whose "psm_" prefix is Python's). */
+static int generate_name(char *out) {
+  uint64_t bits;
+  if (getrandom(&bits, sizeof bits, 0) != (ssize_t)sizeof bits)
+    return mp__syserror("getrandom for a segment name");
+  snprintf(out, MP_SHARED_MEMORY_NAME_MAX + 1, "mp_%016llx", (unsigned long long)bits);
+  return 0;
+}
+
+static void path_of(const char *name, char *path, size_t cap) {
+  snprintf(path, cap, SHM_DIR "/%s", name);
+}
+
+/* ----------------------------- the tracker ------------------------------- */
+
+static MP__NORETURN void tracker_main(int first);
+
+/* ------------------------------ its clients ------------------------------ */
+
+/* This process's connection to the tracker. A forked child keeps its copy: that is what
+ * keeps the tracker waiting for it. */
+static struct {
+  pthread_mutex_t lock; /* held across every use of sock: no send on a reused fd number */
+  int sock;             /* -1: not connected */
+  pid_t child;          /* the tracker, if this process spawned it: reaped if it dies */
+} tracker = {PTHREAD_MUTEX_INITIALIZER, -1, 0};
+
+/* The tracker's address, from the program's arena (made now if there is none). */
+static int tracker_address(struct sockaddr_un *addr, socklen_t *len) {
+  (void)mp__shared_unique(); /* makes the arena */
+  mp__heap_map_t map;
+  int fd;
+  struct stat st;
+  if (!mp__heap_describe(&map, &fd))
+    return mp__error(MP_ENOMEM, "no shared arena to find the segment tracker by");
+  if (fstat(fd, &st) < 0)
+    return mp__syserror("fstat of the shared arena");
+  memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  /* Abstract (a leading NUL): nothing on disk, gone with the tracker. */
+  int n = snprintf(addr->sun_path + 1, sizeof addr->sun_path - 1,
+                   "libmp-shm-tracker-%u-%llx-%llx-%llx", (unsigned)getuid(),
+                   (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
+                   (unsigned long long)map.base);
+  *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+  return 0;
+}
+
+/* Waits for the tracker's one-byte answer: 0 (ok), -EADDRINUSE (another tracker won),
+ * -ECONNRESET (it is ending or died), MP_ETIMEDOUT or -errno. */
+static int await_reply(int sock) {
+  int ready = mp__poll_fd(sock, POLLIN, mp__deadline(TRACKER_TIMEOUT_SECONDS));
+  if (ready <= 0)
+    return mp__error(ready < 0 ? ready : MP_ETIMEDOUT, "no answer from the tracker in %g s",
+                     TRACKER_TIMEOUT_SECONDS);
+  char reply = 0;
+  ssize_t n = mp__recv_record(sock, &reply, 1, NULL, MSG_DONTWAIT);
+  if (n == 0 || n == -ECONNRESET)
+    return mp__error(-ECONNRESET, "the tracker hung up");
+  if (n < 0)
+    return mp__error((int)n, "reading the tracker's answer: %s", mp_strerror((int)n));
+  if (reply == REPLY_OK)
+    return 0;
+  return mp__error(reply == REPLY_LOST ? -EADDRINUSE : -EPROTO,
+                   reply == REPLY_LOST ? "another tracker listens there"
+                                       : "the tracker failed");
+}
+
+/* A record is taken at once unless the tracker is stopped: then fail, do not hang. */
+static void bound_sends(int sock) {
+  struct timeval tv = {.tv_sec = (time_t)TRACKER_TIMEOUT_SECONDS};
+  setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+/* A connection to a running tracker: the socket, or -ECONNREFUSED (none runs) or
+ * -ECONNRESET (it was ending). */
+static int connect_tracker(const struct sockaddr_un *addr, socklen_t len) {
+  int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (sock < 0)
+    return mp__syserror("socket for the segment tracker");
+  int rc = connect(sock, (const struct sockaddr *)addr, len) < 0
+               ? mp__syserror("connecting to the segment tracker")
+               : 0;
+  if (rc == 0)
+    rc = await_reply(sock);
+  if (rc < 0) {
+    close(sock);
+    return rc;
+  }
+  return sock;
+}
+
+static void reap_tracker(pid_t pid) {
+  while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+    ;
+}
+
+/* Spawns a tracker that listens at addr: the socket to it, or -EADDRINUSE (another one
+ * listens there now), or an error. */
+static int start_tracker(const struct sockaddr_un *addr, socklen_t len) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    return mp__syserror("socketpair for the segment tracker");
+  pid_t pid;
+  int rc = mp__spawn_image(TRACKER_ROLE, sv[1], -1, &pid);
+  close(sv[1]);
+  if (rc < 0) {
+    close(sv[0]);
+    return rc;
+  }
+  record_t rec = {.op = REC_ADDRESS};
+  mp_process_t *parent = mp_parent_process();
+  rec.parent = parent ? mp_process_pid(parent) : 0;
+  size_t addr_len = (size_t)len - offsetof(struct sockaddr_un, sun_path) - 1;
+  memcpy(rec.text, addr->sun_path + 1, addr_len);
+  rc = mp__send_record(sv[0], &rec, offsetof(record_t, text) + addr_len + 1, -1);
+  if (rc == 0)
+    rc = await_reply(sv[0]);
+  if (rc == 0) {
+    bound_sends(sv[0]);
+    tracker.child = pid;
+    return sv[0];
+  }
+  close(sv[0]); /* it exits on end of file, if it has not */
+  if (rc == MP_ETIMEDOUT)
+    kill(pid, SIGKILL);
+  reap_tracker(pid);
+  return rc;
+}
+
+/* Connects this process to its program's tracker, starting one if none runs; the lock is
+ * held. */
+static int ensure_tracker(void) {
+  if (tracker.sock >= 0)
+    return 0;
+  struct sockaddr_un addr;
+  socklen_t len = 0;
+  int rc = tracker_address(&addr, &len);
+  for (int attempt = 0; rc == 0 && attempt < CONNECT_ATTEMPTS; attempt++) {
+    int sock = connect_tracker(&addr, len);
+    if (sock == -ECONNREFUSED)
+      sock = start_tracker(&addr, len);
+    if (sock >= 0) {
+      tracker.sock = sock;
+      return 0;
+    }
+    /* Lost the race to start one, or met one that was ending: look again. */
+    if (sock != -EADDRINUSE && sock != -ECONNRESET)
+      rc = sock;
+  }
+  if (rc == 0)
+    rc = mp__error(-ECONNRESET, "every tracker met was ending");
+  char detail[512];
+  snprintf(detail, sizeof detail, "%s", mp_last_error());
+  return mp__error(rc == MP_ETIMEDOUT || rc == -ECONNRESET || rc == -EPROTO ? MP_ESPAWN : rc,
+                   "cannot reach the segment tracker: %s (%s)", mp_strerror(rc), detail);
+}
+
+static void drop_tracker(void) {
+  close(tracker.sock);
+  tracker.sock = -1;
+  if (tracker.child > 0 && waitpid(tracker.child, NULL, WNOHANG) != 0)
+    tracker.child = 0;
+}
+
+/* Sends one record about shm. start: connect (or start the tracker) if not connected;
+ * else a process without a connection has nothing to tell. */
+static int tell_tracker(uint32_t op, const mp_shared_memory_t *shm, bool start) {
+  record_t rec = {.op = op, .dev = shm->dev, .ino = shm->ino};
+  size_t name_len = strlen(shm->name);
+  memcpy(rec.text, shm->name, name_len + 1);
+  pthread_mutex_lock(&tracker.lock);
+  int rc = 0;
+  for (int attempt = 0; attempt < 2; attempt++) {
+    if (tracker.sock < 0 && !start)
+      break;
+    rc = ensure_tracker();
+    if (rc == 0)
+      rc = mp__send_record(tracker.sock, &rec, offsetof(record_t, text) + name_len + 1, -1);
+    if (rc != -EPIPE && rc != -ECONNRESET && rc != -ENOTCONN)
+      break;
+    drop_tracker(); /* it was killed: start another, once */
+  }
+  pthread_mutex_unlock(&tracker.lock);
+  if (rc == -EAGAIN || rc == -EWOULDBLOCK)
+    return mp__error(MP_ETIMEDOUT, "the segment tracker takes no records (stopped?)");
+  return rc < 0 ? mp__error(rc, "telling the segment tracker about '%s': %s", shm->name,
+                            mp_strerror(rc))
+                : 0;
+}
+
+static void after_fork_in_child(void) {
+  mp__reset_lock(&tracker.lock);
+  if (tracker.child) /* written only if set: no page copied in every forked child */
+    tracker.child = 0;
+}
+
+/* After process.c's handlers (101), before spawn.c's take-over of a spawned image, which
+ * does not know this role. */
+__attribute__((constructor(102))) static void shared_memory_init(void) {
+  pthread_atfork(NULL, NULL, after_fork_in_child);
+  const char *value = getenv(MP__CHILD_ENV);
+  int fd;
+  if (value && sscanf(value, TRACKER_ROLE " %d", &fd) == 1)
+    tracker_main(fd);
+}
+
+/* ------------------------------ the tracker ------------------------------ */
+
+typedef struct {
+  uint64_t dev, ino;
+  char *name;
+} entry_t;
+
+typedef struct {
+  int listener;
+  int parent; /* pidfd of the process to outlive, or -1 */
+  pid_t parent_pid;
+  struct pollfd *fds; /* [0] the listener, [1] the parent, then the connections */
+  size_t nfds, cap_fds;
+  entry_t *entries;
+  size_t count, cap;
+} tracker_t;
+
+static void *grow(void *array, size_t *cap, size_t size) {
+  size_t n = *cap ? 2 * *cap : 16;
+  void *grown = realloc(array, n * size);
+  if (grown)
+    *cap = n;
+  return grown;
+}
+
+static void track(tracker_t *t, const record_t *rec) {
+  if (t->count == t->cap) {
+    entry_t *grown = grow(t->entries, &t->cap, sizeof *grown);
+    if (!grown)
+      return;
+    t->entries = grown;
+  }
+  char *name = strdup(rec->text);
+  if (name)
+    t->entries[t->count++] = (entry_t){rec->dev, rec->ino, name};
+}
+
+static void forget(tracker_t *t, const record_t *rec) {
+  for (size_t i = t->count; i-- > 0;) {
+    entry_t *e = &t->entries[i];
+    if (e->dev == rec->dev && e->ino == rec->ino && strcmp(e->name, rec->text) == 0) {
+      free(e->name);
+      *e = t->entries[--t->count];
+      return;
+    }
+  }
+}
+
+/* Unlinks each name that still is the segment that was registered. */
+static void unlink_leftovers(const tracker_t *t) {
+  for (size_t i = 0; i < t->count; i++) {
+    char path[sizeof SHM_DIR + MP_SHARED_MEMORY_NAME_MAX + 1];
+    path_of(t->entries[i].name, path, sizeof path);
+    int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0)
+      continue;
+    if (fstat(fd, &st) == 0 && (uint64_t)st.st_dev == t->entries[i].dev &&
+        (uint64_t)st.st_ino == t->entries[i].ino)
+      unlink(path);
+    close(fd);
+  }
+}
+
+static void add_connection(tracker_t *t, int sock) {
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  /* Only the program's user may register: the tracker unlinks with its rights. */
+  if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.uid != getuid()) {
+    close(sock);
+    return;
+  }
+  if (t->nfds == t->cap_fds) {
+    struct pollfd *grown = grow(t->fds, &t->cap_fds, sizeof *grown);
+    if (!grown) {
+      close(sock);
+      return;
+    }
+    t->fds = grown;
+  }
+  char ok = REPLY_OK;
+  if (mp__send_record(sock, &ok, 1, -1) < 0) {
+    close(sock);
+    return;
+  }
+  t->fds[t->nfds++] = (struct pollfd){.fd = sock, .events = POLLIN};
+}
+
+static void accept_pending(tracker_t *t) {
+  int sock;
+  while ((sock = accept4(t->listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0)
+    add_connection(t, sock);
+}
+
+/* Reads what a connection has sent; false once it has closed. */
+static bool serve(tracker_t *t, int sock) {
+  for (;;) {
+    record_t rec;
+    ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, NULL, MSG_DONTWAIT);
+    if (n == -EAGAIN)
+      return true;
+    if (n <= (ssize_t)offsetof(record_t, text))
+      return false; /* end of file, an error, or a malformed record: hang up */
+    ((char *)&rec)[n] = '\0';
+    if (rec.op == REC_TRACK)
+      track(t, &rec);
+    else if (rec.op == REC_FORGET)
+      forget(t, &rec);
+  }
+}
+
+/* Whether the process to outlive has ended (0: none to outlive). Without a pidfd, by pid. */
+static bool parent_gone(tracker_t *t) {
+  if (t->parent_pid == 0)
+    return true;
+  bool gone = t->parent >= 0 ? mp__poll_fd(t->parent, POLLIN, 0) > 0
+                             : kill(t->parent_pid, 0) < 0 && errno == ESRCH;
+  if (gone) {
+    if (t->parent >= 0)
+      close(t->parent);
+    t->parent = -1;
+    t->parent_pid = 0;
+    t->fds[1].fd = -1;
+  }
+  return gone;
+}
+
+/* Listens at the address the starter sends; answers it and returns the listener, or
+ * exits. */
+static int listen_at(int first, tracker_t *t) {
+  record_t rec;
+  ssize_t n = mp__recv_record(first, &rec, sizeof rec - 1, NULL, 0);
+  if (n <= (ssize_t)offsetof(record_t, text) || rec.op != REC_ADDRESS)
+    _exit(1);
+  ((char *)&rec)[n] = '\0';
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  size_t len = strlen(rec.text);
+  if (len + 1 >= sizeof addr.sun_path)
+    _exit(1);
+  memcpy(addr.sun_path + 1, rec.text, len);
+  int listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  int rc = listener < 0 ? -errno : 0;
+  if (rc == 0 && bind(listener, (struct sockaddr *)&addr,
+                      (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len)) < 0)
+    rc = -errno;
+  if (rc == 0 && listen(listener, SOMAXCONN) < 0)
+    rc = -errno;
+  char reply = rc == 0 ? REPLY_OK : rc == -EADDRINUSE ? REPLY_LOST : REPLY_FAILED;
+  if (rc < 0) {
+    mp__send_record(first, &reply, 1, -1);
+    _exit(rc == -EADDRINUSE ? 0 : 1);
+  }
+  t->parent_pid = rec.parent;
+  t->parent = rec.parent > 0 && mp__have_pidfd() ? mp__pidfd_open(rec.parent) : -1;
+  if (rec.parent > 0 && t->parent < 0 && errno == ESRCH)
+    t->parent_pid = 0; /* it has ended already */
+  mp__send_record(first, &reply, 1, -1);
+  return listener;
+}
+
+/* How long to sleep between looks at a parent watched by pid (no pidfds). */
+#define PARENT_LOOK_MS 200
+
+static void tracker_main(int first) {
+  /* Ctrl-C, a terminal's hang-up or a kill of the process group are for the program: the
+   * tracker must stay to clean up after it. */
+  signal(SIGINT, SIG_IGN);
+  signal(SIGTERM, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);
+  setsid();
+  /* Keep no copy of the program's stdio: a reader of its output sees end of file when the
+   * program ends. */
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  for (int fd = 0; null >= 0 && fd < 3; fd++)
+    dup2(null, fd);
+  if (null > 2)
+    close(null);
+
+  tracker_t t = {0};
+  t.listener = listen_at(first, &t);
+  t.fds = grow(NULL, &t.cap_fds, sizeof *t.fds);
+  if (!t.fds)
+    _exit(1);
+  t.fds[0] = (struct pollfd){.fd = t.listener, .events = POLLIN};
+  t.fds[1] = (struct pollfd){.fd = t.parent, .events = POLLIN};
+  t.fds[2] = (struct pollfd){.fd = first, .events = POLLIN};
+  t.nfds = 3;
+  for (;;) {
+    int timeout = t.parent_pid > 0 && t.parent < 0 ? PARENT_LOOK_MS : -1;
+    if (poll(t.fds, t.nfds, timeout) < 0 && errno != EINTR)
+      break;
+    if (t.fds[0].revents)
+      accept_pending(&t);
+    if (t.fds[1].revents)
+      parent_gone(&t); /* and stop watching it */
+    for (size_t i = t.nfds; i-- > 2;) {
+      if (t.fds[i].revents && !serve(&t, t.fds[i].fd)) {
+        close(t.fds[i].fd);
+        t.fds[i] = t.fds[--t.nfds];
+      }
+    }
+    if (t.nfds > 2 || !parent_gone(&t))
+      continue;
+    accept_pending(&t); /* one that connected just now keeps it alive */
+    if (t.nfds == 2)
+      break;
+  }
+  /* Stop listening first: a process connecting now is refused and starts a new tracker. */
+  close(t.listener);
+  unlink_leftovers(&t);
+  _exit(0);
+}
+
+/* ---------------------------- the public API ---------------------------- */
+
+/* Makes the segment nameless with its size, registers it, then links it under name:
+ * 0, MP_EEXIST or an error; *fd is the open segment on success. */
+static int make_segment(mp_shared_memory_t *shm, int *fd_out) {
+  int fd = open(SHM_DIR, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return mp__syserror("mp_shared_memory_create: a nameless file in " SHM_DIR);
+  struct stat st;
+  int rc = 0;
+  if (ftruncate(fd, (off_t)shm->size) < 0)
+    rc =
+        mp__syserror("mp_shared_memory_create: sizing '%s' to %zu bytes", shm->name, shm->size);
+  else if (fstat(fd, &st) < 0)
+    rc = mp__syserror("mp_shared_memory_create: fstat");
+  if (rc == 0) {
+    shm->dev = (uint64_t)st.st_dev;
+    shm->ino = (uint64_t)st.st_ino;
+    if (shm->tracked)
+      rc = tell_tracker(REC_TRACK, shm, true);
+  }
+  if (rc == 0) {
+    char proc_path[64], path[sizeof SHM_DIR + MP_SHARED_MEMORY_NAME_MAX + 1];
+    snprintf(proc_path, sizeof proc_path, "/proc/self/fd/%d", fd);
+    path_of(shm->name, path, sizeof path);
+    /* Through /proc: linking the fd itself (AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH. */
+    if (linkat(AT_FDCWD, proc_path, AT_FDCWD, path, AT_SYMLINK_FOLLOW) < 0 &&
+        (errno != ENOENT || linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH) < 0))
+      rc = errno == EEXIST ? MP_EEXIST
+                           : mp__syserror("mp_shared_memory_create: linking '%s'", path);
+    if (rc < 0 && shm->tracked)
+      tell_tracker(REC_FORGET, shm, false);
+  }
+  if (rc < 0) {
+    close(fd);
+    return rc;
+  }
+  *fd_out = fd;
+  return 0;
+}
+
+/* Maps all of fd into shm (closing fd either way). */
+static int map_segment(mp_shared_memory_t *shm, int fd, const char *what) {
+  void *buf = mmap(NULL, shm->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int rc = buf == MAP_FAILED
+               ? mp__syserror("%s: mapping %zu bytes of '%s'", what, shm->size, shm->name)
+               : 0;
+  close(fd);
+  if (rc == -ENOMEM)
+    rc = MP_ENOMEM;
+  shm->buf = rc == 0 ? buf : NULL;
+  return rc;
+}
+
+int mp_shared_memory_create(mp_shared_memory_t **out, const char *name, size_t size,
+                            unsigned flags) {
+  static const char what[] = "mp_shared_memory_create";
+  if (!out)
+    return mp__error(MP_EINVAL, "%s: shm is NULL", what);
+  if (size == 0 || size > (size_t)PTRDIFF_MAX)
+    return mp__error(MP_EINVAL, "%s: a segment of %zu bytes", what, size);
+  if (flags & ~(unsigned)MP_SHARED_MEMORY_KEEP)
+    return mp__error(MP_EINVAL, "%s: unknown flags %#x", what, flags);
+  mp_shared_memory_t *shm = calloc(1, sizeof *shm);
+  if (!shm)
+    return mp__error(MP_ENOMEM, "%s: no memory for the handle", what);
+  shm->size = size;
+  shm->tracked = !(flags & MP_SHARED_MEMORY_KEEP);
+  int rc = name ? check_name(name, shm->name, what) : 0;
+  int fd = -1;
+  for (int attempt = 0; rc == 0; attempt++) {
+    if (!name && (rc = generate_name(shm->name)) < 0)
+      break;
+    rc = make_segment(shm, &fd);
+    if (rc != MP_EEXIST || name || attempt == GENERATED_ATTEMPTS)
+      break;
+    rc = 0; /* a generated name that exists: draw another */
+  }
+  if (rc == MP_EEXIST)
+    rc = mp__error(MP_EEXIST, "%s: a segment named '%s' exists", what, shm->name);
+  if (rc == 0 && (rc = map_segment(shm, fd, what)) < 0) {
+    char path[sizeof SHM_DIR + MP_SHARED_MEMORY_NAME_MAX + 1];
+    path_of(shm->name, path, sizeof path);
+    unlink(path);
+    if (shm->tracked)
+      tell_tracker(REC_FORGET, shm, false);
+  }
+  if (rc < 0) {
+    free(shm);
+    return rc;
+  }
+  *out = shm;
+  return 0;
+}
+
+int mp_shared_memory_attach(mp_shared_memory_t **out, const char *name) {
+  static const char what[] = "mp_shared_memory_attach";
+  if (!out)
+    return mp__error(MP_EINVAL, "%s: shm is NULL", what);
+  mp_shared_memory_t *shm = calloc(1, sizeof *shm);
+  if (!shm)
+    return mp__error(MP_ENOMEM, "%s: no memory for the handle", what);
+  int rc = check_name(name, shm->name, what);
+  int fd = -1;
+  if (rc == 0) {
+    char path[sizeof SHM_DIR + MP_SHARED_MEMORY_NAME_MAX + 1];
+    path_of(shm->name, path, sizeof path);
+    fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+      rc = errno == ENOENT
+               ? mp__error(MP_ENOENT, "%s: no segment is named '%s'", what, shm->name)
+               : mp__syserror("%s: opening '%s'", what, path);
+  }
+  struct stat st;
+  if (rc == 0 && fstat(fd, &st) < 0)
+    rc = mp__syserror("%s: fstat of '%s'", what, shm->name);
+  if (rc == 0 && (!S_ISREG(st.st_mode) || st.st_size <= 0))
+    rc = mp__error(MP_EINVAL, "%s: '%s' is %s", what, shm->name,
+                   S_ISREG(st.st_mode) ? "empty (0 bytes): nothing to map" : "not a segment");
+  if (rc == 0) {
+    shm->size = (size_t)st.st_size;
+    shm->dev = (uint64_t)st.st_dev;
+    shm->ino = (uint64_t)st.st_ino;
+    rc = map_segment(shm, fd, what);
+    fd = -1;
+  }
+  if (fd >= 0)
+    close(fd);
+  if (rc < 0) {
+    free(shm);
+    return rc;
+  }
+  *out = shm;
+  return 0;
+}
+
+void *mp_shared_memory_buf(const mp_shared_memory_t *shm) {
+  return shm ? shm->buf : NULL;
+}
+
+size_t mp_shared_memory_size(const mp_shared_memory_t *shm) {
+  return shm ? shm->size : 0;
+}
+
+const char *mp_shared_memory_name(const mp_shared_memory_t *shm) {
+  return shm ? shm->name : NULL;
+}
+
+int mp_shared_memory_unlink(mp_shared_memory_t *shm) {
+  if (!shm)
+    return mp__error(MP_EINVAL, "mp_shared_memory_unlink: shm is NULL");
+  char path[sizeof SHM_DIR + MP_SHARED_MEMORY_NAME_MAX + 1];
+  path_of(shm->name, path, sizeof path);
+  if (unlink(path) < 0)
+    return errno == ENOENT ? mp__error(MP_ENOENT,
+                                       "mp_shared_memory_unlink: '%s' is already "
+                                       "unlinked",
+                                       shm->name)
+                           : mp__syserror("mp_shared_memory_unlink: '%s'", path);
+  /* A connected process tells, whoever created it; the tracker ignores what it does not
+   * hold, and checks the inode at the end anyway. */
+  tell_tracker(REC_FORGET, shm, false);
+  shm->tracked = false;
+  return 0;
+}
+
+int mp_shared_memory_keep(mp_shared_memory_t *shm) {
+  if (!shm)
+    return mp__error(MP_EINVAL, "mp_shared_memory_keep: shm is NULL");
+  if (!shm->tracked)
+    return 0;
+  int rc = tell_tracker(REC_FORGET, shm, false);
+  if (rc == 0)
+    shm->tracked = false;
+  return rc;
+}
+
+int mp_shared_memory_close(mp_shared_memory_t *shm) {
+  if (!shm)
+    return mp__error(MP_EINVAL, "mp_shared_memory_close: shm is NULL");
+  munmap(shm->buf, shm->size);
+  free(shm);
+  return 0;
+}

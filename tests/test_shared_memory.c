@@ -1,0 +1,581 @@
+/*
+ * Check suite of named shared memory: mp_shared_memory_t under each start method, with a
+ * program of its own (shm_peer, run with posix_spawn) on the other side, and the tracker
+ * that unlinks a program's segments when it ends, killed or not.
+ *
+ * Every segment a test names starts with "mp_t<suite pid>_", so the last test can check
+ * that the suite left none in /dev/shm. Children report through their exit code: 0 for
+ * success, a distinct number for each check that failed.
+ */
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
+
+#include "mp_test.h"
+
+#ifndef SHM_PEER_PATH
+#error "SHM_PEER_PATH must name the shm_peer program"
+#endif
+
+#define PAGE 4096
+#define BOUND 10.0 /* seconds any tracker gets to clean up; generous on a loaded machine */
+
+/* ===================================================================================== */
+/* Helpers usable in the test process and in children (no Check calls).                 */
+
+static pid_t suite_pid;
+
+/* In the suite's first process; a spawned child sets its own, and never uses it. */
+__attribute__((constructor)) static void remember_suite(void) {
+  suite_pid = getpid();
+}
+
+/* "mp_t<suite pid>_<tag>_<method>": unique to this suite run, test and start method. */
+static void seg_name(char *out, size_t cap, const char *tag, int method) {
+  snprintf(out, cap, "mp_t%d_%s_%d", (int)suite_pid, tag, method);
+}
+
+static bool segment_exists(const char *name) {
+  char path[512];
+  snprintf(path, sizeof path, "/dev/shm/%s", name);
+  return access(path, F_OK) == 0;
+}
+
+/* Waits until the segment has gone (or exists, if want_exists); false after timeout. */
+static bool await_segment(const char *name, bool want_exists, double timeout) {
+  double end = mp_test_now() + timeout;
+  while (segment_exists(name) != want_exists) {
+    if (mp_test_now() > end)
+      return false;
+    mp_test_sleep(0.005);
+  }
+  return true;
+}
+
+static unsigned char pattern(size_t i, unsigned seed) {
+  return (unsigned char)(i * 31u + seed);
+}
+
+static bool has_pattern(const unsigned char *buf, size_t size, unsigned seed) {
+  for (size_t i = 0; i < size; i++)
+    if (buf[i] != pattern(i, seed))
+      return false;
+  return true;
+}
+
+static void fill_pattern(unsigned char *buf, size_t size, unsigned seed) {
+  for (size_t i = 0; i < size; i++)
+    buf[i] = pattern(i, seed);
+}
+
+/* What a child is asked to do with a segment. */
+typedef struct {
+  char name[128];
+  size_t size;
+  unsigned seed_in, seed_out;
+} job_t;
+
+/* Polls a shared word until it holds want; false after BOUND seconds. */
+static bool await_word(_Atomic uint32_t *word, uint32_t want) {
+  double end = mp_test_now() + BOUND;
+  while (atomic_load(word) != want) {
+    if (mp_test_now() > end)
+      return false;
+    mp_test_sleep(0.001);
+  }
+  return true;
+}
+
+/* ===================================================================================== */
+/* Targets.                                                                              */
+
+/* Attaches, checks size and seed_in's pattern, writes seed_out's. */
+static int attach_and_answer(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  mp_shared_memory_t *shm;
+  if (mp_shared_memory_attach(&shm, job->name) != 0)
+    return 10;
+  if (mp_shared_memory_size(shm) != job->size)
+    return 11;
+  if (strcmp(mp_shared_memory_name(shm), job->name) != 0)
+    return 12;
+  if (!has_pattern(mp_shared_memory_buf(shm), job->size, job->seed_in))
+    return 13;
+  fill_pattern(mp_shared_memory_buf(shm), job->size, job->seed_out);
+  return mp_shared_memory_close(shm) == 0 ? 0 : 14;
+}
+
+/* Creates, fills with seed_out's pattern, closes without unlinking. */
+static int create_and_leave(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  mp_shared_memory_t *shm;
+  if (mp_shared_memory_create(&shm, job->name, job->size, 0) != 0)
+    return 20;
+  fill_pattern(mp_shared_memory_buf(shm), job->size, job->seed_out);
+  return mp_shared_memory_close(shm) == 0 ? 0 : 21;
+}
+
+/* Attaches, says so in word 0, waits for the parent to unlink and write, then checks that
+ * the name has gone and that the mapping still shares the parent's writes. */
+static int watch_unlink(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  mp_shared_memory_t *shm, *again;
+  if (mp_shared_memory_attach(&shm, job->name) != 0)
+    return 30;
+  _Atomic uint32_t *word = mp_shared_memory_buf(shm);
+  unsigned char *data = (unsigned char *)mp_shared_memory_buf(shm) + 64;
+  atomic_store(word, 1);
+  if (!await_word(word, 2))
+    return 31;
+  if (mp_shared_memory_attach(&again, job->name) != MP_ENOENT)
+    return 32;
+  if (!has_pattern(data, job->size - 64, job->seed_in))
+    return 33;
+  fill_pattern(data, job->size - 64, job->seed_out);
+  atomic_store(word, 3);
+  return mp_shared_memory_close(shm) == 0 ? 0 : 34;
+}
+
+/* ===================================================================================== */
+/* The peer program.                                                                     */
+
+/* Starts shm_peer with argv (NULL-terminated, without the program), its stdout a pipe
+ * whose read end goes to *out (if out). Tracked for cleanup. */
+static pid_t run_peer(const char *const *args, int *out) {
+  char *argv[16];
+  size_t n = 0;
+  argv[n++] = (char *)SHM_PEER_PATH;
+  while (*args && n < 15)
+    argv[n++] = (char *)*args++;
+  argv[n] = NULL;
+  int pipefd[2] = {-1, -1};
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (out) {
+    T_ASSERT(pipe2(pipefd, O_CLOEXEC) == 0, "pipe2: %s", strerror(errno));
+    posix_spawn_file_actions_adddup2(&actions, pipefd[1], STDOUT_FILENO);
+  }
+  pid_t pid;
+  extern char **environ;
+  int err = posix_spawn(&pid, SHM_PEER_PATH, &actions, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&actions);
+  T_ASSERT(err == 0, "posix_spawn of %s: %s", SHM_PEER_PATH, strerror(err));
+  mp_test_track_pid(pid);
+  if (out) {
+    close(pipefd[1]);
+    *out = pipefd[0];
+  }
+  return pid;
+}
+
+/* Reaps the peer (at most BOUND seconds) and returns its exit code, or -signal. */
+static int reap_peer(pid_t pid) {
+  double end = mp_test_now() + BOUND;
+  int status;
+  pid_t r;
+  while ((r = waitpid(pid, &status, WNOHANG)) == 0 && mp_test_now() < end)
+    mp_test_sleep(0.005);
+  T_ASSERT(r == pid, "shm_peer %d did not end within %g s", (int)pid, BOUND);
+  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
+    if (mp_test_pids[i] == pid)
+      mp_test_pids[i] = 0;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+static int peer(const char *const *args) {
+  return reap_peer(run_peer(args, NULL));
+}
+
+/* ===================================================================================== */
+/* Tests.                                                                                */
+
+START_TEST(test_create_attach_close) {
+  char name[128], slashed[130];
+  seg_name(name, sizeof name, "basic", 0);
+  snprintf(slashed, sizeof slashed, "/%s", name);
+  mp_shared_memory_t *shm, *other;
+  /* A leading slash, as shm_open() takes, is allowed and not part of the name. */
+  MP_ASSERT_OK(mp_shared_memory_create(&shm, slashed, 3 * PAGE + 5, 0));
+  T_STR_EQ(mp_shared_memory_name(shm), name);
+  T_INT_EQ(mp_shared_memory_size(shm), 3 * PAGE + 5);
+  unsigned char *buf = mp_shared_memory_buf(shm);
+  for (size_t i = 0; i < 3 * PAGE + 5; i++)
+    T_ASSERT(buf[i] == 0, "byte %zu of a new segment is %d", i, buf[i]);
+  T_ASSERT(segment_exists(name), "no /dev/shm/%s", name);
+  fill_pattern(buf, 3 * PAGE + 5, 7);
+
+  MP_ASSERT_OK(mp_shared_memory_attach(&other, name));
+  T_INT_EQ(mp_shared_memory_size(other), 3 * PAGE + 5);
+  T_ASSERT(mp_shared_memory_buf(other) != buf, "a second mapping");
+  T_ASSERT(has_pattern(mp_shared_memory_buf(other), 3 * PAGE + 5, 7), "the same bytes");
+  buf[100] = 0xab;
+  T_INT_EQ(((unsigned char *)mp_shared_memory_buf(other))[100], 0xab);
+  MP_ASSERT_OK(mp_shared_memory_close(other));
+
+  /* Closing keeps the segment; unlinking removes the name. */
+  MP_ASSERT_OK(mp_shared_memory_attach(&other, slashed));
+  MP_ASSERT_OK(mp_shared_memory_unlink(other));
+  T_ASSERT(!segment_exists(name), "/dev/shm/%s after unlink", name);
+  MP_ASSERT_OK(mp_shared_memory_close(other));
+  T_INT_EQ(buf[100], 0xab);
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+}
+END_TEST
+
+START_TEST(test_generated_names) {
+  mp_shared_memory_t *a, *b;
+  MP_ASSERT_OK(mp_shared_memory_create(&a, NULL, 10, 0));
+  MP_ASSERT_OK(mp_shared_memory_create(&b, NULL, 10, MP_SHARED_MEMORY_KEEP));
+  const char *name = mp_shared_memory_name(a);
+  T_INT_EQ(strlen(name), 19);
+  T_ASSERT(strncmp(name, "mp_", 3) == 0, "generated name '%s'", name);
+  T_INT_EQ(strspn(name + 3, "0123456789abcdef"), 16);
+  T_ASSERT(strcmp(name, mp_shared_memory_name(b)) != 0, "two creates, one name %s", name);
+  T_ASSERT(segment_exists(name) && segment_exists(mp_shared_memory_name(b)), "both exist");
+  MP_ASSERT_OK(mp_shared_memory_unlink(a));
+  MP_ASSERT_OK(mp_shared_memory_unlink(b));
+  MP_ASSERT_OK(mp_shared_memory_close(a));
+  MP_ASSERT_OK(mp_shared_memory_close(b));
+}
+END_TEST
+
+START_TEST(test_exists_and_missing) {
+  char name[128], slashed[130];
+  seg_name(name, sizeof name, "exists", 0);
+  snprintf(slashed, sizeof slashed, "/%s", name);
+  mp_shared_memory_t *shm, *other = NULL;
+  MP_ASSERT_OK(mp_shared_memory_create(&shm, name, PAGE, 0));
+  MP_ASSERT_ERR(mp_shared_memory_create(&other, name, PAGE, 0), MP_EEXIST);
+  T_ASSERT(strstr(mp_last_error(), name) != NULL, "the message names it: %s", mp_last_error());
+  MP_ASSERT_ERR(mp_shared_memory_create(&other, slashed, 2 * PAGE, MP_SHARED_MEMORY_KEEP),
+                MP_EEXIST);
+  T_ASSERT(other == NULL, "no handle on failure");
+  /* The failed creates left the first segment as it was. */
+  T_INT_EQ(mp_shared_memory_size(shm), PAGE);
+  MP_ASSERT_OK(mp_shared_memory_attach(&other, name));
+  T_INT_EQ(mp_shared_memory_size(other), PAGE);
+  MP_ASSERT_OK(mp_shared_memory_close(other));
+  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+  MP_ASSERT_ERR(mp_shared_memory_unlink(shm), MP_ENOENT);
+  other = NULL;
+  MP_ASSERT_ERR(mp_shared_memory_attach(&other, name), MP_ENOENT);
+  T_ASSERT(other == NULL, "no handle on failure");
+  T_ASSERT(strstr(mp_last_error(), name) != NULL, "the message names it: %s", mp_last_error());
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+}
+END_TEST
+
+/* Created in the parent, attached in a child of each start method; the child's writes are
+ * seen by the parent. */
+START_TEST(test_parent_creates_child_attaches) {
+  job_t job = {.size = 2 * PAGE + 3, .seed_in = 3, .seed_out = 90};
+  seg_name(job.name, sizeof job.name, "p2c", _i);
+  mp_shared_memory_t *shm;
+  MP_ASSERT_OK(mp_shared_memory_create(&shm, job.name, job.size, 0));
+  fill_pattern(mp_shared_memory_buf(shm), job.size, job.seed_in);
+  mp_process_t *proc;
+  T_PROC_NEW(&proc, mp_test_ctx(_i), attach_and_answer, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(proc));
+  T_INT_EQ(mp_test_join_code(proc, BOUND), 0);
+  T_PROC_CLOSE(proc);
+  T_ASSERT(has_pattern(mp_shared_memory_buf(shm), job.size, job.seed_out), "child's writes");
+  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+}
+END_TEST
+
+/* A child creates and ends; its segment outlives it, for the parent to attach. With
+ * `first` the parent had a segment (and a tracker) before the child started. */
+static void child_creates(int method, bool parent_first) {
+  job_t job = {.size = PAGE + 1, .seed_out = 44};
+  seg_name(job.name, sizeof job.name, parent_first ? "c2p_shared" : "c2p", method);
+  mp_shared_memory_t *mine = NULL, *shm;
+  char mine_name[128];
+  seg_name(mine_name, sizeof mine_name, "c2p_mine", method);
+  if (parent_first)
+    MP_ASSERT_OK(mp_shared_memory_create(&mine, mine_name, PAGE, 0));
+  mp_process_t *proc;
+  T_PROC_NEW(&proc, mp_test_ctx(method), create_and_leave, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(proc));
+  T_INT_EQ(mp_test_join_code(proc, BOUND), 0);
+  T_PROC_CLOSE(proc);
+  MP_ASSERT_OK(mp_shared_memory_attach(&shm, job.name));
+  T_INT_EQ(mp_shared_memory_size(shm), job.size);
+  T_ASSERT(has_pattern(mp_shared_memory_buf(shm), job.size, job.seed_out), "child's bytes");
+  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+  if (mine)
+    MP_ASSERT_OK(mp_shared_memory_close(mine)); /* left to the tracker */
+}
+
+START_TEST(test_child_creates_parent_attaches) {
+  child_creates(_i, false);
+}
+END_TEST
+
+START_TEST(test_child_creates_after_parent) {
+  child_creates(_i, true);
+}
+END_TEST
+
+/* Unlinking removes the name at once, everywhere; mappings stay, and stay shared. */
+START_TEST(test_unlink_semantics) {
+  job_t job = {.size = 64 + 3 * PAGE, .seed_in = 5, .seed_out = 6};
+  seg_name(job.name, sizeof job.name, "unlink", _i);
+  mp_shared_memory_t *shm, *fresh;
+  MP_ASSERT_OK(mp_shared_memory_create(&shm, job.name, job.size, 0));
+  _Atomic uint32_t *word = mp_shared_memory_buf(shm);
+  unsigned char *data = (unsigned char *)mp_shared_memory_buf(shm) + 64;
+  mp_process_t *proc;
+  T_PROC_NEW(&proc, mp_test_ctx(_i), watch_unlink, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(proc));
+  T_ASSERT(await_word(word, 1), "the child attached");
+  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+  fill_pattern(data, job.size - 64, job.seed_in);
+  atomic_store(word, 2);
+  T_ASSERT(await_word(word, 3), "the child saw the writes after the unlink");
+  T_INT_EQ(mp_test_join_code(proc, BOUND), 0);
+  T_PROC_CLOSE(proc);
+  T_ASSERT(has_pattern(data, job.size - 64, job.seed_out), "the child's writes");
+
+  /* The name is free again: a new, different segment. */
+  MP_ASSERT_OK(mp_shared_memory_create(&fresh, job.name, PAGE, 0));
+  T_INT_EQ(((unsigned char *)mp_shared_memory_buf(fresh))[70], 0);
+  T_ASSERT(has_pattern(data, job.size - 64, job.seed_out), "the old mapping is unchanged");
+  MP_ASSERT_OK(mp_shared_memory_unlink(fresh));
+  MP_ASSERT_OK(mp_shared_memory_close(fresh));
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+}
+END_TEST
+
+/* A program that libmp did not start attaches by name to a segment that a child of each
+ * start method created, and writes to it. */
+START_TEST(test_unrelated_program_attaches) {
+  job_t job = {.size = 3 * PAGE, .seed_out = 0};
+  seg_name(job.name, sizeof job.name, "peer", _i);
+  mp_process_t *proc;
+  T_PROC_NEW(&proc, mp_test_ctx(_i), create_and_leave, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(proc));
+  T_INT_EQ(mp_test_join_code(proc, BOUND), 0);
+  T_PROC_CLOSE(proc);
+  mp_shared_memory_t *shm;
+  MP_ASSERT_OK(mp_shared_memory_attach(&shm, job.name));
+  memset(mp_shared_memory_buf(shm), 17, job.size);
+  const char *args[] = {"attach", job.name, "12288", "17", "99", NULL};
+  T_INT_EQ(peer(args), 0);
+  unsigned char *buf = mp_shared_memory_buf(shm);
+  for (size_t i = 0; i < job.size; i++)
+    T_ASSERT(buf[i] == 99, "byte %zu is %d after the peer wrote 99", i, buf[i]);
+  /* And the peer sees a missing name as missing. */
+  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+  T_INT_EQ(peer(args), 10);
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+}
+END_TEST
+
+/* A program's segments go when it ends; kept ones stay. */
+START_TEST(test_program_end_unlinks) {
+  char name[128], kept[128], kept_call[128];
+  seg_name(name, sizeof name, "ended", 0);
+  seg_name(kept, sizeof kept, "kept", 0);
+  seg_name(kept_call, sizeof kept_call, "kept_call", 0);
+  const char *plain[] = {"create", name, "5000", "8", NULL};
+  const char *keep_flag[] = {"create", kept, "5000", "9", "keep", NULL};
+  const char *keep_call[] = {"create", kept_call, "5000", "10", "keep-call", NULL};
+  T_INT_EQ(peer(plain), 0);
+  T_INT_EQ(peer(keep_flag), 0);
+  T_INT_EQ(peer(keep_call), 0);
+  T_ASSERT(await_segment(name, false, BOUND), "%s is left after its program ended", name);
+  /* The kept ones stay after the tracker has cleaned up the first (their programs ended
+   * before the check above). */
+  const char *names[] = {kept, kept_call};
+  for (int i = 0; i < 2; i++) {
+    mp_shared_memory_t *shm;
+    MP_ASSERT_OK(mp_shared_memory_attach(&shm, names[i]));
+    T_INT_EQ(mp_shared_memory_size(shm), 5000);
+    T_INT_EQ(((unsigned char *)mp_shared_memory_buf(shm))[4999], 9 + i);
+    MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+    MP_ASSERT_OK(mp_shared_memory_close(shm));
+  }
+}
+END_TEST
+
+/* keep, repeated, and on an attached handle (where there is nothing to change), leaves
+ * every handle working. Its effect at the program's end is test_program_end_unlinks'. */
+START_TEST(test_keep_in_process) {
+  char name[128];
+  seg_name(name, sizeof name, "keep_here", 0);
+  mp_shared_memory_t *shm, *other;
+  MP_ASSERT_OK(mp_shared_memory_create(&shm, name, PAGE, 0));
+  MP_ASSERT_OK(mp_shared_memory_keep(shm));
+  MP_ASSERT_OK(mp_shared_memory_keep(shm));
+  MP_ASSERT_OK(mp_shared_memory_attach(&other, name));
+  MP_ASSERT_OK(mp_shared_memory_keep(other));
+  MP_ASSERT_OK(mp_shared_memory_close(other));
+  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+}
+END_TEST
+
+/* SIGKILL a program whose root and whose child (of each start method) created segments:
+ * both are gone soon after, whichever created first. */
+static void killed_program(int method, const char *order) {
+  char prefix[128], parent_name[160], child_name[160];
+  seg_name(prefix, sizeof prefix, order, method);
+  snprintf(parent_name, sizeof parent_name, "%s_parent", prefix);
+  snprintf(child_name, sizeof child_name, "%s_child", prefix);
+  const char *args[] = {"killed", METHODS[method], prefix, order, NULL};
+  int out;
+  pid_t pid = run_peer(args, &out);
+  struct pollfd pfd = {.fd = out, .events = POLLIN};
+  T_ASSERT(poll(&pfd, 1, (int)(BOUND * 1000)) == 1, "shm_peer said nothing in %g s", BOUND);
+  char line[16] = {0};
+  T_ASSERT(read(out, line, sizeof line - 1) > 0 && strcmp(line, "ready\n") == 0,
+           "shm_peer said '%s'", line);
+  close(out);
+  T_ASSERT(segment_exists(parent_name) && segment_exists(child_name), "both created");
+  T_INT_EQ(kill(pid, SIGKILL), 0);
+  T_INT_EQ(reap_peer(pid), -SIGKILL);
+  T_ASSERT(await_segment(parent_name, false, BOUND), "%s left after SIGKILL", parent_name);
+  T_ASSERT(await_segment(child_name, false, BOUND), "%s left after SIGKILL", child_name);
+}
+
+START_TEST(test_killed_program_parent_first) {
+  killed_program(_i, "parent-first");
+}
+END_TEST
+
+START_TEST(test_killed_program_child_first) {
+  killed_program(_i, "child-first");
+}
+END_TEST
+
+/* Threads of one process create at once: one tracker starts, every segment is tracked. */
+static void *create_many(void *arg) {
+  int *failures = arg;
+  for (int i = 0; i < 20; i++) {
+    mp_shared_memory_t *shm;
+    if (mp_shared_memory_create(&shm, NULL, 100, 0) != 0 || mp_shared_memory_unlink(shm) != 0 ||
+        mp_shared_memory_close(shm) != 0)
+      (*failures)++;
+  }
+  return NULL;
+}
+
+START_TEST(test_threads) {
+  pthread_t threads[4];
+  int failures[4] = {0};
+  for (int i = 0; i < 4; i++)
+    T_INT_EQ(pthread_create(&threads[i], NULL, create_many, &failures[i]), 0);
+  for (int i = 0; i < 4; i++) {
+    pthread_join(threads[i], NULL);
+    T_INT_EQ(failures[i], 0);
+  }
+}
+END_TEST
+
+START_TEST(test_bad_input) {
+  mp_shared_memory_t *shm = NULL;
+  char name[128], too_long[300], longest[300];
+  seg_name(name, sizeof name, "bad", 0);
+  MP_ASSERT_ERR(mp_shared_memory_create(NULL, name, PAGE, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_shared_memory_create(&shm, name, 0, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_shared_memory_create(&shm, NULL, 0, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_shared_memory_create(&shm, name, SIZE_MAX, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_shared_memory_create(&shm, name, PAGE, 1u << 7), MP_EINVAL);
+  const char *bad[] = {"", "/", ".", "..", "/..", "a/b", "//a", "a/"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    MP_ASSERT_ERR(mp_shared_memory_create(&shm, bad[i], PAGE, 0), MP_EINVAL);
+    MP_ASSERT_ERR(mp_shared_memory_attach(&shm, bad[i]), MP_EINVAL);
+  }
+  memset(too_long, 'x', 256);
+  too_long[256] = '\0';
+  MP_ASSERT_ERR(mp_shared_memory_create(&shm, too_long, PAGE, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_shared_memory_attach(&shm, too_long), MP_EINVAL);
+  T_ASSERT(shm == NULL, "no handle from failed calls");
+  /* The longest name works. */
+  snprintf(longest, sizeof longest, "%s_%0*d", name, (int)(255 - strlen(name) - 1), 0);
+  T_INT_EQ(strlen(longest), 255);
+  MP_ASSERT_OK(mp_shared_memory_create(&shm, longest, PAGE, 0));
+  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+
+  MP_ASSERT_ERR(mp_shared_memory_attach(NULL, name), MP_EINVAL);
+  MP_ASSERT_ERR(mp_shared_memory_attach(&shm, NULL), MP_EINVAL);
+  /* A segment of 0 bytes, as a bare shm_open() leaves it, cannot be mapped. */
+  char path[512];
+  snprintf(path, sizeof path, "/dev/shm/%s", name);
+  int fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+  T_ASSERT(fd >= 0, "creating %s: %s", path, strerror(errno));
+  close(fd);
+  MP_ASSERT_ERR(mp_shared_memory_attach(&shm, name), MP_EINVAL);
+  unlink(path);
+
+  MP_ASSERT_ERR(mp_shared_memory_unlink(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_shared_memory_keep(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_shared_memory_close(NULL), MP_EINVAL);
+  T_ASSERT(mp_shared_memory_buf(NULL) == NULL, "buf of NULL");
+  T_INT_EQ(mp_shared_memory_size(NULL), 0);
+  T_ASSERT(mp_shared_memory_name(NULL) == NULL, "name of NULL");
+}
+END_TEST
+
+/* Last: every segment any test named is gone, once the trackers of the ended test
+ * processes have done their work. */
+START_TEST(test_no_leftovers) {
+  char prefix[64];
+  snprintf(prefix, sizeof prefix, "mp_t%d_", (int)suite_pid);
+  double end = mp_test_now() + BOUND;
+  char left[256] = "";
+  for (;;) {
+    left[0] = '\0';
+    DIR *dir = opendir("/dev/shm");
+    T_ASSERT(dir != NULL, "opendir /dev/shm: %s", strerror(errno));
+    struct dirent *d;
+    while ((d = readdir(dir)) != NULL)
+      if (strncmp(d->d_name, prefix, strlen(prefix)) == 0)
+        snprintf(left, sizeof left, "%s", d->d_name);
+    closedir(dir);
+    if (!left[0] || mp_test_now() > end)
+      break;
+    mp_test_sleep(0.01);
+  }
+  T_ASSERT(left[0] == '\0', "/dev/shm/%s was left behind", left);
+}
+END_TEST
+
+static Suite *shared_memory_suite(void) {
+  Suite *s = suite_create("shared_memory");
+  TCase *tc = mp_test_tcase(s, "basics", 20);
+  tcase_add_test(tc, test_create_attach_close);
+  tcase_add_test(tc, test_generated_names);
+  tcase_add_test(tc, test_exists_and_missing);
+  tcase_add_test(tc, test_keep_in_process);
+  tcase_add_test(tc, test_threads);
+  tcase_add_test(tc, test_bad_input);
+
+  tc = mp_test_tcase(s, "processes", 30);
+  tcase_add_loop_test(tc, test_parent_creates_child_attaches, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_child_creates_parent_attaches, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_child_creates_after_parent, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_unlink_semantics, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_unrelated_program_attaches, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "cleanup", 40);
+  tcase_add_test(tc, test_program_end_unlinks);
+  tcase_add_loop_test(tc, test_killed_program_parent_first, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_killed_program_child_first, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "leftovers", 20);
+  tcase_add_test(tc, test_no_leftovers);
+  return s;
+}
+
+MP_TEST_MAIN(shared_memory_suite)
