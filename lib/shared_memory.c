@@ -319,7 +319,10 @@ typedef struct {
   size_t nfds, cap_fds;
   entry_t *entries;
   size_t count, cap;
+  size_t prune_at; /* the count at which to drop unlinked entries */
 } tracker_t;
+
+#define PRUNE_MIN 64
 
 static void *grow(void *array, size_t *cap, size_t size) {
   size_t n = *cap ? 2 * *cap : 16;
@@ -329,7 +332,32 @@ static void *grow(void *array, size_t *cap, size_t size) {
   return grown;
 }
 
+/* Whether the name is still the segment that was registered. */
+static bool still_linked(const entry_t *e) {
+  char path[sizeof SHM_DIR + MP_SHARED_MEMORY_NAME_MAX + 1];
+  struct stat st;
+  path_of(e->name, path, sizeof path);
+  return lstat(path, &st) == 0 && (uint64_t)st.st_dev == e->dev &&
+         (uint64_t)st.st_ino == e->ino;
+}
+
+/* Drops the entries whose segment was unlinked (unlinking sends no record), each time the
+ * table has doubled since the last look: a constant cost per create, in the tracker. */
+static void prune(tracker_t *t) {
+  size_t kept = 0;
+  for (size_t i = 0; i < t->count; i++) {
+    if (still_linked(&t->entries[i]))
+      t->entries[kept++] = t->entries[i];
+    else
+      free(t->entries[i].name);
+  }
+  t->count = kept;
+  t->prune_at = 2 * kept > PRUNE_MIN ? 2 * kept : PRUNE_MIN;
+}
+
 static void track(tracker_t *t, const record_t *rec) {
+  if (t->count >= t->prune_at)
+    prune(t);
   if (t->count == t->cap) {
     entry_t *grown = grow(t->entries, &t->cap, sizeof *grown);
     if (!grown)
@@ -352,19 +380,14 @@ static void forget(tracker_t *t, const record_t *rec) {
   }
 }
 
-/* Unlinks each name that still is the segment that was registered. */
+/* Unlinks each name that still is the segment that was registered, so a name someone
+ * has reused since is left alone. */
 static void unlink_leftovers(const tracker_t *t) {
   for (size_t i = 0; i < t->count; i++) {
     char path[sizeof SHM_DIR + MP_SHARED_MEMORY_NAME_MAX + 1];
     path_of(t->entries[i].name, path, sizeof path);
-    int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0)
-      continue;
-    if (fstat(fd, &st) == 0 && (uint64_t)st.st_dev == t->entries[i].dev &&
-        (uint64_t)st.st_ino == t->entries[i].ino)
+    if (still_linked(&t->entries[i]))
       unlink(path);
-    close(fd);
   }
 }
 
@@ -464,6 +487,9 @@ static int listen_at(int first, tracker_t *t) {
   return listener;
 }
 
+/* How long the tracker stops asking for records after reading some. */
+#define QUIET_MS 1
+
 /* How long to sleep between looks at a parent watched by pid (no pidfds). */
 #define PARENT_LOOK_MS 200
 
@@ -483,7 +509,7 @@ static void tracker_main(int first) {
   if (null > 2)
     close(null);
 
-  tracker_t t = {0};
+  tracker_t t = {.prune_at = PRUNE_MIN};
   t.listener = listen_at(first, &t);
   t.fds = grow(NULL, &t.cap_fds, sizeof *t.fds);
   if (!t.fds)
@@ -492,16 +518,26 @@ static void tracker_main(int first) {
   t.fds[1] = (struct pollfd){.fd = t.parent, .events = POLLIN};
   t.fds[2] = (struct pollfd){.fd = first, .events = POLLIN};
   t.nfds = 3;
+  bool quiet = false;
   for (;;) {
-    int timeout = t.parent_pid > 0 && t.parent < 0 ? PARENT_LOOK_MS : -1;
+    /* After reading a batch, stop asking for records for a moment (a hang-up still wakes
+     * it): a record sent meanwhile wakes nobody, so a program creating many segments does
+     * not pay a wake-up of the tracker for each. */
+    for (size_t i = 2; i < t.nfds; i++)
+      t.fds[i].events = quiet ? 0 : POLLIN;
+    int timeout = quiet ? QUIET_MS : t.parent_pid > 0 && t.parent < 0 ? PARENT_LOOK_MS : -1;
     if (poll(t.fds, t.nfds, timeout) < 0 && errno != EINTR)
       break;
+    quiet = false;
     if (t.fds[0].revents)
       accept_pending(&t);
     if (t.fds[1].revents)
       parent_gone(&t); /* and stop watching it */
     for (size_t i = t.nfds; i-- > 2;) {
-      if (t.fds[i].revents && !serve(&t, t.fds[i].fd)) {
+      if (!t.fds[i].revents)
+        continue;
+      quiet = true;
+      if (!serve(&t, t.fds[i].fd)) {
         close(t.fds[i].fd);
         t.fds[i] = t.fds[--t.nfds];
       }
@@ -519,6 +555,22 @@ static void tracker_main(int first) {
 }
 
 /* ---------------------------- the public API ---------------------------- */
+
+/* Gives the nameless file fd its name; -1 and errno (EEXIST: the name is taken). Linking
+ * the fd itself (AT_EMPTY_PATH) is refused (ENOENT) before Linux 6.10 unless the process
+ * has CAP_DAC_READ_SEARCH; then through its /proc path, a slower lookup. */
+static int link_segment(int fd, const char *path) {
+  static _Atomic bool by_proc;
+  if (!atomic_load(&by_proc)) {
+    int rc = linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH);
+    if (rc == 0 || errno != ENOENT)
+      return rc;
+    atomic_store(&by_proc, true);
+  }
+  char proc_path[64];
+  snprintf(proc_path, sizeof proc_path, "/proc/self/fd/%d", fd);
+  return linkat(AT_FDCWD, proc_path, AT_FDCWD, path, AT_SYMLINK_FOLLOW);
+}
 
 /* Makes the segment nameless with its size, registers it, then links it under name:
  * 0, MP_EEXIST or an error; *fd is the open segment on success. */
@@ -540,12 +592,9 @@ static int make_segment(mp_shared_memory_t *shm, int *fd_out) {
       rc = tell_tracker(REC_TRACK, shm, true);
   }
   if (rc == 0) {
-    char proc_path[64], path[sizeof SHM_DIR + MP_SHARED_MEMORY_NAME_MAX + 1];
-    snprintf(proc_path, sizeof proc_path, "/proc/self/fd/%d", fd);
+    char path[sizeof SHM_DIR + MP_SHARED_MEMORY_NAME_MAX + 1];
     path_of(shm->name, path, sizeof path);
-    /* Through /proc: linking the fd itself (AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH. */
-    if (linkat(AT_FDCWD, proc_path, AT_FDCWD, path, AT_SYMLINK_FOLLOW) < 0 &&
-        (errno != ENOENT || linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH) < 0))
+    if (link_segment(fd, path) < 0)
       rc = errno == EEXIST ? MP_EEXIST
                            : mp__syserror("mp_shared_memory_create: linking '%s'", path);
     if (rc < 0 && shm->tracked)
@@ -677,9 +726,8 @@ int mp_shared_memory_unlink(mp_shared_memory_t *shm) {
                                        "unlinked",
                                        shm->name)
                            : mp__syserror("mp_shared_memory_unlink: '%s'", path);
-  /* A connected process tells, whoever created it; the tracker ignores what it does not
-   * hold, and checks the inode at the end anyway. */
-  tell_tracker(REC_FORGET, shm, false);
+  /* Nothing to tell the tracker: it drops names that are no longer its segments as it
+   * goes (prune()), and unlinks only those that still are. */
   shm->tracked = false;
   return 0;
 }
