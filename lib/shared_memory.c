@@ -21,13 +21,15 @@
  *    by its arena;
  *  - two processes that start a tracker at once race to bind the name: the loser's tracker
  *    exits and the loser connects to the winner.
- * A process sends one record per create (TRACK: name, device, inode) and per unlink or
- * keep (FORGET), with no reply. When the last connection has closed (and the starter's
- * own libmp parent, if any, has ended too: a child started before its program had an arena
- * has a tracker of its own), the tracker stops listening and unlinks each name it still
- * holds whose file is still the same inode, so a name that someone else has reused since is
- * left alone. It cannot outlive the program by more than that: it has no other reason to
- * live.
+ * A process sends one record per create (TRACK: name, device, inode) and per keep
+ * (FORGET), with no reply; an unlink sends nothing, the tracker drops entries whose name is
+ * gone as its table grows. It reads records in batches: after a batch it stops asking for
+ * more for a millisecond, so that a record sent meanwhile wakes nobody. When the last
+ * connection has closed (and the starter's own libmp parent, if any, has ended too: a child
+ * started before its program had an arena has a tracker of its own), the tracker stops
+ * listening and unlinks each name it still holds whose file is still the same inode, so a
+ * name that someone else has reused since is left alone. It cannot outlive the program by
+ * more than that: it has no other reason to live.
  */
 #include "internal.h"
 
