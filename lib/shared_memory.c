@@ -42,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -278,7 +279,7 @@ static int tell_tracker(uint32_t op, const mp_shared_memory_t *shm, bool start) 
     rc = ensure_tracker();
     if (rc == 0)
       rc = mp__send_record(tracker.sock, &rec, offsetof(record_t, text) + name_len + 1, -1);
-    if (rc != -EPIPE && rc != -ECONNRESET && rc != -ENOTCONN)
+    if (rc != -EPIPE && rc != -ECONNRESET && rc != -ENOTCONN && rc != -ECONNREFUSED)
       break;
     drop_tracker(); /* it was killed: start another, once */
   }
@@ -503,6 +504,7 @@ static void tracker_main(int first) {
   signal(SIGHUP, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
   setsid();
+  prctl(PR_SET_NAME, "mp-shm-tracker"); /* what ps and top show */
   /* Keep no copy of the program's stdio: a reader of its output sees end of file when the
    * program ends. */
   int null = open("/dev/null", O_RDWR | O_CLOEXEC);

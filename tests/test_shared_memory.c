@@ -481,6 +481,54 @@ START_TEST(test_threads) {
 }
 END_TEST
 
+/* The tracker this process spawned: its child, leader of a session of its own; 0 if none
+ * (yet). */
+static pid_t find_tracker(void) {
+  DIR *dir = opendir("/proc");
+  struct dirent *d;
+  pid_t found = 0;
+  while (dir && !found && (d = readdir(dir)) != NULL) {
+    char path[300], stat_line[1024];
+    snprintf(path, sizeof path, "/proc/%s/stat", d->d_name);
+    FILE *f = fopen(path, "re");
+    if (!f)
+      continue;
+    size_t n = fread(stat_line, 1, sizeof stat_line - 1, f);
+    fclose(f);
+    stat_line[n] = '\0';
+    char *after = strrchr(stat_line, ')');
+    int ppid, pgrp, session;
+    if (after && sscanf(after + 1, " %*c %d %d %d", &ppid, &pgrp, &session) == 3 &&
+        ppid == getpid() && session == atoi(d->d_name))
+      found = session;
+  }
+  if (dir)
+    closedir(dir);
+  return found;
+}
+
+/* A killed tracker is replaced at the next create; what it held is no longer tracked. */
+START_TEST(test_tracker_killed) {
+  char lost[128], next[128];
+  seg_name(lost, sizeof lost, "lost", 0);
+  seg_name(next, sizeof next, "after_kill", 0);
+  mp_shared_memory_t *a, *b;
+  MP_ASSERT_OK(mp_shared_memory_create(&a, lost, PAGE, 0));
+  pid_t tracker = find_tracker();
+  T_ASSERT(tracker > 0, "no tracker among this process's children");
+  mp_test_track_pid(tracker);
+  T_INT_EQ(kill(tracker, SIGKILL), 0);
+  T_INT_EQ(waitpid(tracker, NULL, 0), tracker);
+  MP_ASSERT_OK(mp_shared_memory_create(&b, next, PAGE, 0));
+  pid_t second = find_tracker();
+  T_ASSERT(second > 0 && second != tracker, "a new tracker (%d, was %d)", second, tracker);
+  mp_test_track_pid(second); /* killed only if the test fails */
+  MP_ASSERT_OK(mp_shared_memory_unlink(a));
+  MP_ASSERT_OK(mp_shared_memory_close(a));
+  MP_ASSERT_OK(mp_shared_memory_close(b)); /* the new tracker's, for test_no_leftovers */
+}
+END_TEST
+
 START_TEST(test_bad_input) {
   mp_shared_memory_t *shm = NULL;
   char name[128], too_long[300], longest[300];
@@ -559,6 +607,7 @@ static Suite *shared_memory_suite(void) {
   tcase_add_test(tc, test_exists_and_missing);
   tcase_add_test(tc, test_keep_in_process);
   tcase_add_test(tc, test_threads);
+  tcase_add_test(tc, test_tracker_killed);
   tcase_add_test(tc, test_bad_input);
 
   tc = mp_test_tcase(s, "processes", 30);
