@@ -6,6 +6,8 @@
  *                                           fill them with WRITE
  *   shm_peer create NAME SIZE FILL [keep|keep-call]
  *                                           create, fill, exit without unlinking
+ *   shm_peer child-create METHOD NAME SIZE FILL track|keep|keep-call
+ *                                           the same, in a child started by METHOD
  *   shm_peer killed METHOD PREFIX ORDER     create PREFIX_parent and, in a child started
  *                                           by METHOD, PREFIX_child (ORDER: parent-first or
  *                                           child-first), print "ready", wait to be killed
@@ -49,6 +51,33 @@ static int create_mode(const char *name, size_t size, int fill, const char *keep
   if (keep && strcmp(keep, "keep-call") == 0 && (rc = mp_shared_memory_keep(shm)) < 0)
     return fail(21, "keep", rc);
   return mp_shared_memory_close(shm) == 0 ? 0 : 22;
+}
+
+/* What a child-create child does: argument "NAME\0SIZE\0FILL\0HOW\0". */
+static int child_create_target(void *arg, size_t size) {
+  (void)size;
+  const char *name = arg;
+  const char *size_text = name + strlen(name) + 1;
+  const char *fill = size_text + strlen(size_text) + 1;
+  const char *how = fill + strlen(fill) + 1;
+  return create_mode(name, strtoul(size_text, NULL, 10), atoi(fill),
+                     strcmp(how, "track") == 0 ? NULL : how);
+}
+
+static int child_create_mode(char **argv) {
+  char arg[512];
+  size_t len = 0;
+  for (int i = 1; i <= 4; i++)
+    len += (size_t)snprintf(arg + len, sizeof arg - len, "%s", argv[i]) + 1;
+  mp_context_t *ctx;
+  mp_process_t *proc;
+  int rc, code;
+  if ((rc = mp_get_context(argv[0], &ctx)) < 0 ||
+      (rc = mp_process_create(&proc, ctx, child_create_target, arg, len, NULL)) < 0 ||
+      (rc = mp_process_start(proc)) < 0 || (rc = mp_process_join(proc, MP_FOREVER)) < 0 ||
+      (rc = mp_process_exitcode(proc, &code)) < 0)
+    return fail(50, "child", rc);
+  return code;
 }
 
 static int create_and_wait(const char *name) {
@@ -110,6 +139,8 @@ int main(int argc, char **argv) {
   if ((argc == 5 || argc == 6) && strcmp(argv[1], "create") == 0)
     return create_mode(argv[2], strtoul(argv[3], NULL, 10), atoi(argv[4]),
                        argc == 6 ? argv[5] : NULL);
+  if (argc == 7 && strcmp(argv[1], "child-create") == 0)
+    return child_create_mode(argv + 2);
   if (argc == 5 && strcmp(argv[1], "killed") == 0)
     return killed_mode(argv[2], argv[3], argv[4]);
   fprintf(stderr, "usage: shm_peer attach|create|killed ...\n");

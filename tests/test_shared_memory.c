@@ -121,6 +121,22 @@ static int create_and_leave(void *arg, size_t size) {
   return mp_shared_memory_close(shm) == 0 ? 0 : 21;
 }
 
+/* The name errors, seen from a child: job->name exists, job->name with "_missing" does not. */
+static int check_name_errors(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  mp_shared_memory_t *shm;
+  char missing[160];
+  snprintf(missing, sizeof missing, "%s_missing", job->name);
+  if (mp_shared_memory_create(&shm, job->name, PAGE, 0) != MP_EEXIST)
+    return 40;
+  if (mp_shared_memory_create(&shm, job->name, PAGE, MP_SHARED_MEMORY_KEEP) != MP_EEXIST)
+    return 41;
+  if (mp_shared_memory_attach(&shm, missing) != MP_ENOENT)
+    return 42;
+  return 0;
+}
+
 /* Attaches, says so in word 0, waits for the parent to unlink and write, then checks that
  * the name has gone and that the mapping still shares the parent's writes. */
 static int watch_unlink(void *arg, size_t size) {
@@ -272,6 +288,22 @@ START_TEST(test_exists_and_missing) {
 }
 END_TEST
 
+START_TEST(test_exists_and_missing_in_child) {
+  job_t job = {.size = PAGE};
+  seg_name(job.name, sizeof job.name, "exists_child", _i);
+  mp_shared_memory_t *shm;
+  MP_ASSERT_OK(mp_shared_memory_create(&shm, job.name, PAGE, 0));
+  mp_process_t *proc;
+  T_PROC_NEW(&proc, mp_test_ctx(_i), check_name_errors, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(proc));
+  T_INT_EQ(mp_test_join_code(proc, BOUND), 0);
+  T_PROC_CLOSE(proc);
+  T_INT_EQ(mp_shared_memory_size(shm), PAGE);
+  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+}
+END_TEST
+
 /* Created in the parent, attached in a child of each start method; the child's writes are
  * seen by the parent. */
 START_TEST(test_parent_creates_child_attaches) {
@@ -380,19 +412,27 @@ START_TEST(test_unrelated_program_attaches) {
 }
 END_TEST
 
-/* A program's segments go when it ends; kept ones stay. */
+/* A program's segments go when it ends, whether its first process or a child of each
+ * start method created them; kept ones stay. */
 START_TEST(test_program_end_unlinks) {
-  char name[128], kept[128], kept_call[128];
-  seg_name(name, sizeof name, "ended", 0);
-  seg_name(kept, sizeof kept, "kept", 0);
-  seg_name(kept_call, sizeof kept_call, "kept_call", 0);
+  char name[128], child_made[128], kept[128], kept_call[128];
+  seg_name(name, sizeof name, "ended", _i);
+  seg_name(child_made, sizeof child_made, "ended_child", _i);
+  seg_name(kept, sizeof kept, "kept", _i);
+  seg_name(kept_call, sizeof kept_call, "kept_call", _i);
   const char *plain[] = {"create", name, "5000", "8", NULL};
-  const char *keep_flag[] = {"create", kept, "5000", "9", "keep", NULL};
-  const char *keep_call[] = {"create", kept_call, "5000", "10", "keep-call", NULL};
+  const char *by_child[] = {"child-create", METHODS[_i], child_made, "5000", "8",
+                            "track",        NULL};
+  const char *keep_flag[] = {"child-create", METHODS[_i], kept, "5000", "9", "keep", NULL};
+  const char *keep_call[] = {"child-create", METHODS[_i], kept_call, "5000",
+                             "10",           "keep-call", NULL};
   T_INT_EQ(peer(plain), 0);
+  T_INT_EQ(peer(by_child), 0);
   T_INT_EQ(peer(keep_flag), 0);
   T_INT_EQ(peer(keep_call), 0);
   T_ASSERT(await_segment(name, false, BOUND), "%s is left after its program ended", name);
+  T_ASSERT(await_segment(child_made, false, BOUND), "%s is left after its program ended",
+           child_made);
   /* The kept ones stay after the tracker has cleaned up the first (their programs ended
    * before the check above). */
   const char *names[] = {kept, kept_call};
@@ -614,11 +654,12 @@ static Suite *shared_memory_suite(void) {
   tcase_add_loop_test(tc, test_parent_creates_child_attaches, 0, N_METHODS);
   tcase_add_loop_test(tc, test_child_creates_parent_attaches, 0, N_METHODS);
   tcase_add_loop_test(tc, test_child_creates_after_parent, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_exists_and_missing_in_child, 0, N_METHODS);
   tcase_add_loop_test(tc, test_unlink_semantics, 0, N_METHODS);
   tcase_add_loop_test(tc, test_unrelated_program_attaches, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "cleanup", 40);
-  tcase_add_test(tc, test_program_end_unlinks);
+  tcase_add_loop_test(tc, test_program_end_unlinks, 0, N_METHODS);
   tcase_add_loop_test(tc, test_killed_program_parent_first, 0, N_METHODS);
   tcase_add_loop_test(tc, test_killed_program_child_first, 0, N_METHODS);
 
