@@ -273,22 +273,27 @@ static int tell_tracker(uint32_t op, const mp_shared_memory_t *shm, bool start) 
   memcpy(rec.text, shm->name, name_len + 1);
   pthread_mutex_lock(&tracker.lock);
   int rc = 0;
-  for (int attempt = 0; attempt < 2; attempt++) {
-    if (tracker.sock < 0 && !start)
+  for (int attempt = 0; attempt < 2 && (start || tracker.sock >= 0); attempt++) {
+    if ((rc = ensure_tracker()) < 0)
+      break; /* its message says why */
+    rc = mp__send_record(tracker.sock, &rec, offsetof(record_t, text) + name_len + 1, -1);
+    bool gone = rc == -EPIPE || rc == -ECONNRESET || rc == -ENOTCONN || rc == -ECONNREFUSED;
+    if (gone)
+      drop_tracker(); /* it was killed: start another, once */
+    if (gone && !start) {
+      rc = 0; /* and nothing tracks what it held any more */
       break;
-    rc = ensure_tracker();
-    if (rc == 0)
-      rc = mp__send_record(tracker.sock, &rec, offsetof(record_t, text) + name_len + 1, -1);
-    if (rc != -EPIPE && rc != -ECONNRESET && rc != -ENOTCONN && rc != -ECONNREFUSED)
+    }
+    if (rc == -EAGAIN || rc == -EWOULDBLOCK)
+      rc = mp__error(MP_ETIMEDOUT, "the segment tracker takes no records (stopped?)");
+    else if (rc < 0 && (!gone || attempt == 1))
+      rc = mp__error(rc, "telling the segment tracker about '%s': %s", shm->name,
+                     mp_strerror(rc));
+    if (!gone)
       break;
-    drop_tracker(); /* it was killed: start another, once */
   }
   pthread_mutex_unlock(&tracker.lock);
-  if (rc == -EAGAIN || rc == -EWOULDBLOCK)
-    return mp__error(MP_ETIMEDOUT, "the segment tracker takes no records (stopped?)");
-  return rc < 0 ? mp__error(rc, "telling the segment tracker about '%s': %s", shm->name,
-                            mp_strerror(rc))
-                : 0;
+  return rc;
 }
 
 static void after_fork_in_child(void) {

@@ -47,8 +47,8 @@ enum {
  * starts its tracker (a spawn of the executable, once).
  * Errors: MP_EINVAL (shm NULL, size 0 or too large, a name that is empty, "." or "..",
  * holds another '/' or is longer than MP_SHARED_MEMORY_NAME_MAX, unknown flags), MP_EEXIST
- * (the name exists), MP_ENOMEM, MP_ESPAWN (the tracker could not start), or -errno
- * (-EACCES, -EMFILE, -ENOSPC...).
+ * (the name exists), MP_ENOMEM, MP_ESPAWN (the tracker could not start), MP_ETIMEDOUT (the
+ * tracker is stopped and took no record in 30 s), or -errno (-EACCES, -EMFILE, -ENOSPC...).
  * Python: SharedMemory(name, create=True, size=size).
  */
 MP_EXTERN int mp_shared_memory_create(mp_shared_memory_t **shm, const char *name, size_t size,
