@@ -1,0 +1,450 @@
+/*
+ * Shared values and arrays, Python's sharedctypes.py. A Value is an Array of one element:
+ * both are one arena block holding a small header and the elements, and a pointer to the
+ * lock (a block of its own, reference counted, so a lock given by the caller may guard
+ * several). The header is written once at creation; only the elements change after.
+ */
+#include "internal.h"
+
+#include <string.h>
+
+#define VALUE_MAGIC 0x554c4156u /* "VALU" */
+#define ARRAY_MAGIC 0x59415241u /* "ARAY" */
+
+typedef enum { SIGNED, UNSIGNED, FLOATING, BYTES } kind_t;
+
+typedef struct {
+  uint32_t magic;
+  kind_t kind;
+  uint32_t elem; /* bytes per element */
+  int32_t typecode;
+  size_t length;
+  mp_lock_t *lock;                   /* NULL: raw */
+  _Alignas(16) unsigned char data[]; /* 16: a long double or a struct of them fits */
+} ctypes_t;
+
+/* mp_value_t and mp_array_t stay incomplete: both point at a ctypes_t. */
+static ctypes_t *of(const void *handle, uint32_t magic) {
+  const ctypes_t *c = handle;
+  return c && c->magic == magic ? (ctypes_t *)c : NULL;
+}
+
+static const struct {
+  char code;
+  kind_t kind;
+  uint32_t size;
+} TYPECODES[] = {
+    {'b', SIGNED, sizeof(signed char)},
+    {'B', UNSIGNED, sizeof(unsigned char)},
+    {'h', SIGNED, sizeof(short)},
+    {'H', UNSIGNED, sizeof(unsigned short)},
+    {'i', SIGNED, sizeof(int)},
+    {'I', UNSIGNED, sizeof(unsigned int)},
+    {'l', SIGNED, sizeof(long)},
+    {'L', UNSIGNED, sizeof(unsigned long)},
+    {'q', SIGNED, sizeof(long long)},
+    {'Q', UNSIGNED, sizeof(unsigned long long)},
+    {'f', FLOATING, sizeof(float)},
+    {'d', FLOATING, sizeof(double)},
+    {'c', UNSIGNED, 1},
+};
+
+static int lookup(int typecode, kind_t *kind, uint32_t *size, const char *fn) {
+  if (typecode < 0) {
+    *kind = BYTES;
+    *size = (uint32_t) - (int64_t)typecode;
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof TYPECODES / sizeof TYPECODES[0]; i++) {
+    if (TYPECODES[i].code == typecode) {
+      *kind = TYPECODES[i].kind;
+      *size = TYPECODES[i].size;
+      return 0;
+    }
+  }
+  return mp__error(MP_EINVAL, "%s: unknown typecode %d ('%c'): not one of bBhHiIlLqQfdc", fn,
+                   typecode, typecode > 32 && typecode < 127 ? typecode : '?');
+}
+
+static int create(ctypes_t **out, uint32_t magic, int typecode, size_t length, const void *init,
+                  mp_lock_t *lock, bool raw, const char *fn) {
+  if (!out)
+    return mp__error(MP_EINVAL, "%s: the handle pointer is NULL", fn);
+  if (typecode == 0 || length == 0)
+    return mp__error(MP_EINVAL, "%s: %s", fn, length ? "typecode 0" : "length 0");
+  kind_t kind = BYTES;
+  uint32_t elem = 1;
+  int rc = lookup(typecode, &kind, &elem, fn);
+  if (rc < 0)
+    return rc;
+  if (lock && mp__lock_check(lock) < 0)
+    return mp__error(MP_EINVAL, "%s: the lock is not a live Lock or RLock", fn);
+  if (length > (SIZE_MAX - sizeof(ctypes_t)) / elem)
+    return mp__error(MP_ENOMEM, "%s: %zu elements of %u bytes overflow", fn, length, elem);
+  ctypes_t *c = mp__shared_alloc(sizeof *c + length * elem);
+  if (!c)
+    return MP_ENOMEM;
+  rc = raw ? 0 : lock ? mp_lock_retain(lock) : mp_rlock_create(&lock);
+  if (rc < 0) {
+    mp__shared_release(c);
+    return rc;
+  }
+  c->magic = magic;
+  c->kind = kind;
+  c->elem = elem;
+  c->typecode = typecode;
+  c->length = length;
+  c->lock = raw ? NULL : lock;
+  if (init)
+    memcpy(c->data, init, length * elem);
+  *out = c;
+  return 0;
+}
+
+/* The checked object, or NULL (with the error set). */
+static ctypes_t *checked(const void *obj, uint32_t magic, const char *fn) {
+  ctypes_t *c = of(obj, magic);
+  if (c)
+    return c;
+  mp__error(MP_EINVAL, "%s: the handle is NULL or closed", fn);
+  return NULL;
+}
+
+/* ---------------------------- the accessors ---------------------------- */
+
+/* One access: which object, which elements, and what to do with them under the lock. */
+typedef enum { GET_LONG, SET_LONG, ADD_LONG, GET_DOUBLE, SET_DOUBLE, ADD_DOUBLE } op_t;
+
+typedef struct {
+  op_t op;
+  long l;
+  double d;
+} access_t;
+
+static long load_long(const ctypes_t *c, const unsigned char *p) {
+  union {
+    int8_t i8;
+    int16_t i16;
+    int32_t i32;
+    int64_t i64;
+    uint8_t u8;
+    uint16_t u16;
+    uint32_t u32;
+    uint64_t u64;
+  } v;
+  memcpy(&v, p, c->elem);
+  bool s = c->kind == SIGNED;
+  switch (c->elem) {
+  case 1:
+    return s ? v.i8 : v.u8;
+  case 2:
+    return s ? v.i16 : v.u16;
+  case 4:
+    return s ? v.i32 : (long)v.u32;
+  default:
+    return (long)v.i64;
+  }
+}
+
+static void store_long(const ctypes_t *c, unsigned char *p, long x) {
+  /* Truncation to the element's low bytes: C's (and ctypes') conversion on two's
+   * complement, little-endian Linux. */
+  memcpy(p, &x, c->elem);
+}
+
+static double load_double(const ctypes_t *c, const unsigned char *p) {
+  if (c->elem == sizeof(float)) {
+    float f;
+    memcpy(&f, p, sizeof f);
+    return f;
+  }
+  double d;
+  memcpy(&d, p, sizeof d);
+  return d;
+}
+
+static void store_double(const ctypes_t *c, unsigned char *p, double x) {
+  if (c->elem == sizeof(float)) {
+    float f = (float)x;
+    memcpy(p, &f, sizeof f);
+  } else {
+    memcpy(p, &x, sizeof x);
+  }
+}
+
+static int lock_c(ctypes_t *c) {
+  return c->lock ? mp_lock_acquire(c->lock, MP_FOREVER) : 0;
+}
+
+static void unlock_c(ctypes_t *c) {
+  if (c->lock)
+    mp_lock_release(c->lock);
+}
+
+/* Element i of c, typed: the op's result is left in a->l or a->d. */
+static int access(ctypes_t *c, size_t i, access_t *a, const char *fn) {
+  bool wants_double = a->op >= GET_DOUBLE;
+  if ((wants_double && c->kind != FLOATING) ||
+      (!wants_double && (c->kind == FLOATING || c->kind == BYTES)))
+    return mp__error(MP_EINVAL, "%s: typecode %d holds no %s", fn, c->typecode,
+                     wants_double ? "floating point number" : "integer");
+  if (i >= c->length)
+    return mp__error(MP_EINVAL, "%s: index %zu is past the end (%zu elements)", fn, i,
+                     c->length);
+  unsigned char *p = c->data + i * c->elem;
+  int rc = lock_c(c);
+  if (rc < 0 && rc != MP_EOWNERDEAD)
+    return rc;
+  switch (a->op) {
+  case ADD_LONG:
+    a->l += load_long(c, p);
+    /* fall through */
+  case SET_LONG:
+    store_long(c, p, a->l);
+    /* fall through */
+  case GET_LONG:
+    a->l = load_long(c, p);
+    break;
+  case ADD_DOUBLE:
+    a->d += load_double(c, p);
+    /* fall through */
+  case SET_DOUBLE:
+    store_double(c, p, a->d);
+    /* fall through */
+  case GET_DOUBLE:
+    a->d = load_double(c, p);
+    break;
+  }
+  unlock_c(c);
+  return rc;
+}
+
+/* Copies elements [start, start+count) out (to_obj false) or in, under the lock. */
+static int copy(ctypes_t *c, size_t start, size_t count, void *buf, bool to_obj,
+                const char *fn) {
+  if (!buf)
+    return mp__error(MP_EINVAL, "%s: buf is NULL", fn);
+  if (start > c->length || count > c->length - start)
+    return mp__error(MP_EINVAL, "%s: elements %zu..%zu are past the end (%zu elements)", fn,
+                     start, start + count, c->length);
+  unsigned char *p = c->data + start * c->elem;
+  int rc = lock_c(c);
+  if (rc < 0 && rc != MP_EOWNERDEAD)
+    return rc;
+  if (to_obj)
+    memcpy(p, buf, count * c->elem);
+  else
+    memcpy(buf, p, count * c->elem);
+  unlock_c(c);
+  return rc;
+}
+
+static int close_c(ctypes_t *c) {
+  mp_lock_t *lock = c->lock;
+  if (mp__shared_release(c) && lock)
+    mp_lock_close(lock);
+  return 0;
+}
+
+/* ================================ Value ================================ */
+
+#define VALUE(v, fn)                                                                           \
+  ctypes_t *c = checked((v), VALUE_MAGIC, (fn));                                               \
+  if (!c)                                                                                      \
+  return MP_EINVAL
+
+int mp_value_create(mp_value_t **value, int typecode, const void *init, mp_lock_t *lock) {
+  return create((ctypes_t **)value, VALUE_MAGIC, typecode, 1, init, lock, false,
+                "mp_value_create");
+}
+
+int mp_raw_value_create(mp_value_t **value, int typecode, const void *init) {
+  return create((ctypes_t **)value, VALUE_MAGIC, typecode, 1, init, NULL, true,
+                "mp_raw_value_create");
+}
+
+mp_lock_t *mp_value_get_lock(const mp_value_t *value) {
+  ctypes_t *c = of(value, VALUE_MAGIC);
+  return c ? c->lock : NULL;
+}
+
+/* Runs one typed access of element 0 and hands its result back. */
+static int value_long(mp_value_t *value, op_t op, long x, long *out, const char *fn) {
+  VALUE(value, fn);
+  access_t a = {.op = op, .l = x};
+  int rc = access(c, 0, &a, fn);
+  if (rc >= 0 || rc == MP_EOWNERDEAD) {
+    if (out)
+      *out = a.l;
+  }
+  return rc;
+}
+
+static int value_double(mp_value_t *value, op_t op, double x, double *out, const char *fn) {
+  VALUE(value, fn);
+  access_t a = {.op = op, .d = x};
+  int rc = access(c, 0, &a, fn);
+  if (rc >= 0 || rc == MP_EOWNERDEAD) {
+    if (out)
+      *out = a.d;
+  }
+  return rc;
+}
+
+int mp_value_get_long(mp_value_t *value, long *out) {
+  if (!out)
+    return mp__error(MP_EINVAL, "mp_value_get_long: out is NULL");
+  return value_long(value, GET_LONG, 0, out, "mp_value_get_long");
+}
+
+int mp_value_set_long(mp_value_t *value, long x) {
+  return value_long(value, SET_LONG, x, NULL, "mp_value_set_long");
+}
+
+int mp_value_add_long(mp_value_t *value, long delta, long *result) {
+  return value_long(value, ADD_LONG, delta, result, "mp_value_add_long");
+}
+
+int mp_value_get_double(mp_value_t *value, double *out) {
+  if (!out)
+    return mp__error(MP_EINVAL, "mp_value_get_double: out is NULL");
+  return value_double(value, GET_DOUBLE, 0, out, "mp_value_get_double");
+}
+
+int mp_value_set_double(mp_value_t *value, double x) {
+  return value_double(value, SET_DOUBLE, x, NULL, "mp_value_set_double");
+}
+
+int mp_value_add_double(mp_value_t *value, double delta, double *result) {
+  return value_double(value, ADD_DOUBLE, delta, result, "mp_value_add_double");
+}
+
+int mp_value_read(mp_value_t *value, void *buf) {
+  VALUE(value, "mp_value_read");
+  return copy(c, 0, 1, buf, false, "mp_value_read");
+}
+
+int mp_value_write(mp_value_t *value, const void *buf) {
+  VALUE(value, "mp_value_write");
+  return copy(c, 0, 1, (void *)buf, true, "mp_value_write");
+}
+
+void *mp_value_ptr(mp_value_t *value) {
+  ctypes_t *c = of(value, VALUE_MAGIC);
+  return c ? c->data : NULL;
+}
+
+size_t mp_value_size(const mp_value_t *value) {
+  ctypes_t *c = of(value, VALUE_MAGIC);
+  return c ? c->elem : 0;
+}
+
+int mp_value_retain(mp_value_t *value) {
+  VALUE(value, "mp_value_retain");
+  mp__shared_retain(c);
+  return 0;
+}
+
+int mp_value_close(mp_value_t *value) {
+  VALUE(value, "mp_value_close");
+  return close_c(c);
+}
+
+/* ================================ Array ================================ */
+
+#define ARRAY(a, fn)                                                                           \
+  ctypes_t *c = checked((a), ARRAY_MAGIC, (fn));                                               \
+  if (!c)                                                                                      \
+  return MP_EINVAL
+
+int mp_array_create(mp_array_t **array, int typecode, size_t length, const void *init,
+                    mp_lock_t *lock) {
+  return create((ctypes_t **)array, ARRAY_MAGIC, typecode, length, init, lock, false,
+                "mp_array_create");
+}
+
+int mp_raw_array_create(mp_array_t **array, int typecode, size_t length, const void *init) {
+  return create((ctypes_t **)array, ARRAY_MAGIC, typecode, length, init, NULL, true,
+                "mp_raw_array_create");
+}
+
+mp_lock_t *mp_array_get_lock(const mp_array_t *array) {
+  ctypes_t *c = of(array, ARRAY_MAGIC);
+  return c ? c->lock : NULL;
+}
+
+size_t mp_array_length(const mp_array_t *array) {
+  ctypes_t *c = of(array, ARRAY_MAGIC);
+  return c ? c->length : 0;
+}
+
+static int array_long(mp_array_t *array, size_t i, op_t op, long x, long *out, const char *fn) {
+  ARRAY(array, fn);
+  access_t a = {.op = op, .l = x};
+  int rc = access(c, i, &a, fn);
+  if ((rc >= 0 || rc == MP_EOWNERDEAD) && out)
+    *out = a.l;
+  return rc;
+}
+
+int mp_array_get_long(mp_array_t *array, size_t i, long *out) {
+  if (!out)
+    return mp__error(MP_EINVAL, "mp_array_get_long: out is NULL");
+  return array_long(array, i, GET_LONG, 0, out, "mp_array_get_long");
+}
+
+int mp_array_set_long(mp_array_t *array, size_t i, long x) {
+  return array_long(array, i, SET_LONG, x, NULL, "mp_array_set_long");
+}
+
+int mp_array_add_long(mp_array_t *array, size_t i, long delta, long *result) {
+  return array_long(array, i, ADD_LONG, delta, result, "mp_array_add_long");
+}
+
+int mp_array_get_double(mp_array_t *array, size_t i, double *out) {
+  ARRAY(array, "mp_array_get_double");
+  if (!out)
+    return mp__error(MP_EINVAL, "mp_array_get_double: out is NULL");
+  access_t a = {.op = GET_DOUBLE};
+  int rc = access(c, i, &a, "mp_array_get_double");
+  if (rc >= 0 || rc == MP_EOWNERDEAD)
+    *out = a.d;
+  return rc;
+}
+
+int mp_array_set_double(mp_array_t *array, size_t i, double x) {
+  ARRAY(array, "mp_array_set_double");
+  access_t a = {.op = SET_DOUBLE, .d = x};
+  return access(c, i, &a, "mp_array_set_double");
+}
+
+int mp_array_read(mp_array_t *array, size_t start, size_t count, void *buf) {
+  ARRAY(array, "mp_array_read");
+  return copy(c, start, count, buf, false, "mp_array_read");
+}
+
+int mp_array_write(mp_array_t *array, size_t start, size_t count, const void *buf) {
+  ARRAY(array, "mp_array_write");
+  return copy(c, start, count, (void *)buf, true, "mp_array_write");
+}
+
+void *mp_array_ptr(mp_array_t *array) {
+  ctypes_t *c = of(array, ARRAY_MAGIC);
+  return c ? c->data : NULL;
+}
+
+size_t mp_array_size(const mp_array_t *array) {
+  ctypes_t *c = of(array, ARRAY_MAGIC);
+  return c ? c->length * c->elem : 0;
+}
+
+int mp_array_retain(mp_array_t *array) {
+  ARRAY(array, "mp_array_retain");
+  mp__shared_retain(c);
+  return 0;
+}
+
+int mp_array_close(mp_array_t *array) {
+  ARRAY(array, "mp_array_close");
+  return close_c(c);
+}
