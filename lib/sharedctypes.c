@@ -117,8 +117,10 @@ typedef enum { GET_LONG, SET_LONG, ADD_LONG, GET_DOUBLE, SET_DOUBLE, ADD_DOUBLE 
 
 typedef struct {
   op_t op;
-  long l;
+  long l; /* the operand */
   double d;
+  long *l_out; /* where the result goes, if not NULL */
+  double *d_out;
 } access_t;
 
 static long load_long(const ctypes_t *c, const unsigned char *p) {
@@ -181,9 +183,11 @@ static void unlock_c(ctypes_t *c) {
     mp_lock_release(c->lock);
 }
 
-/* Element i of c, typed: the op's result is left in a->l or a->d. */
+/* Element i of c, typed: the op's result goes to a->l_out or a->d_out. */
 static int access(ctypes_t *c, size_t i, access_t *a, const char *fn) {
   bool wants_double = a->op >= GET_DOUBLE;
+  if ((a->op == GET_LONG && !a->l_out) || (a->op == GET_DOUBLE && !a->d_out))
+    return mp__error(MP_EINVAL, "%s: out is NULL", fn);
   if ((wants_double && c->kind != FLOATING) ||
       (!wants_double && (c->kind == FLOATING || c->kind == BYTES)))
     return mp__error(MP_EINVAL, "%s: typecode %d holds no %s", fn, c->typecode,
@@ -203,7 +207,8 @@ static int access(ctypes_t *c, size_t i, access_t *a, const char *fn) {
     store_long(c, p, a->l);
     /* fall through */
   case GET_LONG:
-    a->l = load_long(c, p);
+    if (a->l_out)
+      *a->l_out = load_long(c, p);
     break;
   case ADD_DOUBLE:
     a->d += load_double(c, p);
@@ -212,7 +217,8 @@ static int access(ctypes_t *c, size_t i, access_t *a, const char *fn) {
     store_double(c, p, a->d);
     /* fall through */
   case GET_DOUBLE:
-    a->d = load_double(c, p);
+    if (a->d_out)
+      *a->d_out = load_double(c, p);
     break;
   }
   unlock_c(c);
@@ -268,55 +274,35 @@ mp_lock_t *mp_value_get_lock(const mp_value_t *value) {
   return c ? c->lock : NULL;
 }
 
-/* Runs one typed access of element 0 and hands its result back. */
-static int value_long(mp_value_t *value, op_t op, long x, long *out, const char *fn) {
+static int value_access(mp_value_t *value, access_t a, const char *fn) {
   VALUE(value, fn);
-  access_t a = {.op = op, .l = x};
-  int rc = access(c, 0, &a, fn);
-  if (rc >= 0 || rc == MP_EOWNERDEAD) {
-    if (out)
-      *out = a.l;
-  }
-  return rc;
-}
-
-static int value_double(mp_value_t *value, op_t op, double x, double *out, const char *fn) {
-  VALUE(value, fn);
-  access_t a = {.op = op, .d = x};
-  int rc = access(c, 0, &a, fn);
-  if (rc >= 0 || rc == MP_EOWNERDEAD) {
-    if (out)
-      *out = a.d;
-  }
-  return rc;
+  return access(c, 0, &a, fn);
 }
 
 int mp_value_get_long(mp_value_t *value, long *out) {
-  if (!out)
-    return mp__error(MP_EINVAL, "mp_value_get_long: out is NULL");
-  return value_long(value, GET_LONG, 0, out, "mp_value_get_long");
+  return value_access(value, (access_t){.op = GET_LONG, .l_out = out}, "mp_value_get_long");
 }
 
 int mp_value_set_long(mp_value_t *value, long x) {
-  return value_long(value, SET_LONG, x, NULL, "mp_value_set_long");
+  return value_access(value, (access_t){.op = SET_LONG, .l = x}, "mp_value_set_long");
 }
 
 int mp_value_add_long(mp_value_t *value, long delta, long *result) {
-  return value_long(value, ADD_LONG, delta, result, "mp_value_add_long");
+  return value_access(value, (access_t){.op = ADD_LONG, .l = delta, .l_out = result},
+                      "mp_value_add_long");
 }
 
 int mp_value_get_double(mp_value_t *value, double *out) {
-  if (!out)
-    return mp__error(MP_EINVAL, "mp_value_get_double: out is NULL");
-  return value_double(value, GET_DOUBLE, 0, out, "mp_value_get_double");
+  return value_access(value, (access_t){.op = GET_DOUBLE, .d_out = out}, "mp_value_get_double");
 }
 
 int mp_value_set_double(mp_value_t *value, double x) {
-  return value_double(value, SET_DOUBLE, x, NULL, "mp_value_set_double");
+  return value_access(value, (access_t){.op = SET_DOUBLE, .d = x}, "mp_value_set_double");
 }
 
 int mp_value_add_double(mp_value_t *value, double delta, double *result) {
-  return value_double(value, ADD_DOUBLE, delta, result, "mp_value_add_double");
+  return value_access(value, (access_t){.op = ADD_DOUBLE, .d = delta, .d_out = result},
+                      "mp_value_add_double");
 }
 
 int mp_value_read(mp_value_t *value, void *buf) {
@@ -378,44 +364,31 @@ size_t mp_array_length(const mp_array_t *array) {
   return c ? c->length : 0;
 }
 
-static int array_long(mp_array_t *array, size_t i, op_t op, long x, long *out, const char *fn) {
+static int array_access(mp_array_t *array, size_t i, access_t a, const char *fn) {
   ARRAY(array, fn);
-  access_t a = {.op = op, .l = x};
-  int rc = access(c, i, &a, fn);
-  if ((rc >= 0 || rc == MP_EOWNERDEAD) && out)
-    *out = a.l;
-  return rc;
+  return access(c, i, &a, fn);
 }
 
 int mp_array_get_long(mp_array_t *array, size_t i, long *out) {
-  if (!out)
-    return mp__error(MP_EINVAL, "mp_array_get_long: out is NULL");
-  return array_long(array, i, GET_LONG, 0, out, "mp_array_get_long");
+  return array_access(array, i, (access_t){.op = GET_LONG, .l_out = out}, "mp_array_get_long");
 }
 
 int mp_array_set_long(mp_array_t *array, size_t i, long x) {
-  return array_long(array, i, SET_LONG, x, NULL, "mp_array_set_long");
+  return array_access(array, i, (access_t){.op = SET_LONG, .l = x}, "mp_array_set_long");
 }
 
 int mp_array_add_long(mp_array_t *array, size_t i, long delta, long *result) {
-  return array_long(array, i, ADD_LONG, delta, result, "mp_array_add_long");
+  return array_access(array, i, (access_t){.op = ADD_LONG, .l = delta, .l_out = result},
+                      "mp_array_add_long");
 }
 
 int mp_array_get_double(mp_array_t *array, size_t i, double *out) {
-  ARRAY(array, "mp_array_get_double");
-  if (!out)
-    return mp__error(MP_EINVAL, "mp_array_get_double: out is NULL");
-  access_t a = {.op = GET_DOUBLE};
-  int rc = access(c, i, &a, "mp_array_get_double");
-  if (rc >= 0 || rc == MP_EOWNERDEAD)
-    *out = a.d;
-  return rc;
+  return array_access(array, i, (access_t){.op = GET_DOUBLE, .d_out = out},
+                      "mp_array_get_double");
 }
 
 int mp_array_set_double(mp_array_t *array, size_t i, double x) {
-  ARRAY(array, "mp_array_set_double");
-  access_t a = {.op = SET_DOUBLE, .d = x};
-  return access(c, i, &a, "mp_array_set_double");
+  return array_access(array, i, (access_t){.op = SET_DOUBLE, .d = x}, "mp_array_set_double");
 }
 
 int mp_array_read(mp_array_t *array, size_t start, size_t count, void *buf) {

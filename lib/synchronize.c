@@ -19,6 +19,7 @@
 #include "internal.h"
 
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,11 +110,22 @@ static int invalid(const char *fn) {
   return mp__error(MP_EINVAL, "%s: the handle is NULL, closed or not this kind of object", fn);
 }
 
-static void *new_object(size_t size, uint32_t magic) {
+#define NO_MUTEX SIZE_MAX
+
+/* A new zeroed object with its magic, and its robust mutex at mutex_at (or NO_MUTEX). */
+static int new_object(void *out, size_t size, uint32_t magic, size_t mutex_at) {
   uint32_t *obj = mp__shared_alloc(size);
-  if (obj)
-    *obj = magic;
-  return obj;
+  if (!obj)
+    return MP_ENOMEM;
+  int rc =
+      mutex_at == NO_MUTEX ? 0 : mp__mutex_init((pthread_mutex_t *)((char *)obj + mutex_at));
+  if (rc < 0) {
+    mp__shared_release(obj);
+    return rc;
+  }
+  *obj = magic;
+  memcpy(out, &obj, sizeof obj);
+  return 0;
 }
 
 static int retain(void *obj, uint32_t magic, const char *fn) {
@@ -143,14 +155,10 @@ struct mp_lock_s {
 static int lock_new(mp_lock_t **out, bool recursive, const char *fn) {
   if (!out)
     return mp__error(MP_EINVAL, "%s: lock is NULL", fn);
-  mp_lock_t *lock = new_object(sizeof *lock, LOCK_MAGIC);
-  if (!lock)
-    return MP_ENOMEM;
-  int rc = mp__mutex_init(&lock->mutex);
-  if (rc < 0) {
-    mp__shared_release(lock);
+  mp_lock_t *lock;
+  int rc = new_object(&lock, sizeof *lock, LOCK_MAGIC, offsetof(mp_lock_t, mutex));
+  if (rc < 0)
     return rc;
-  }
   lock->recursive = recursive;
   *out = lock;
   return 0;
@@ -347,14 +355,10 @@ static int sem_new(mp_semaphore_t **out, int value, bool bounded, const char *fn
   if (!out || value < 0)
     return mp__error(MP_EINVAL, out ? "%s: value %d is negative" : "%s: sem is NULL", fn,
                      value);
-  mp_semaphore_t *sem = new_object(sizeof *sem, SEMAPHORE_MAGIC);
-  if (!sem)
-    return MP_ENOMEM;
-  int rc = mp__mutex_init(&sem->mutex);
-  if (rc < 0) {
-    mp__shared_release(sem);
+  mp_semaphore_t *sem;
+  int rc = new_object(&sem, sizeof *sem, SEMAPHORE_MAGIC, offsetof(mp_semaphore_t, mutex));
+  if (rc < 0)
     return rc;
-  }
   sem->bounded = bounded;
   sem->initial = value;
   sem->value = value;
@@ -497,8 +501,7 @@ struct mp_event_s {
 int mp_event_create(mp_event_t **event) {
   if (!event)
     return mp__error(MP_EINVAL, "mp_event_create: event is NULL");
-  *event = new_object(sizeof **event, EVENT_MAGIC);
-  return *event ? 0 : MP_ENOMEM;
+  return new_object(event, sizeof **event, EVENT_MAGIC, NO_MUTEX);
 }
 
 int mp_event_set(mp_event_t *event) {
@@ -576,14 +579,12 @@ int mp_condition_create(mp_condition_t **out, mp_lock_t *lock) {
     return mp__error(MP_EINVAL, "mp_condition_create: cond is NULL");
   if (lock && !valid(lock, LOCK_MAGIC))
     return invalid("mp_condition_create");
-  mp_condition_t *cond = new_object(sizeof *cond, CONDITION_MAGIC);
-  if (!cond)
-    return MP_ENOMEM;
   int rc = lock ? mp_lock_retain(lock) : mp_rlock_create(&lock);
-  if (rc < 0) {
-    mp__shared_release(cond);
+  mp_condition_t *cond = NULL;
+  if (rc == 0 && (rc = new_object(&cond, sizeof *cond, CONDITION_MAGIC, NO_MUTEX)) < 0)
+    mp_lock_close(lock);
+  if (rc < 0)
     return rc;
-  }
   cond->lock = lock;
   *out = cond;
   return 0;
@@ -784,11 +785,12 @@ int mp_barrier_create(mp_barrier_t **out, int parties, mp_barrier_action_t actio
       return MP_ENOMEM;
     *ref = found;
   }
-  mp_barrier_t *b = new_object(sizeof *b, BARRIER_MAGIC);
-  if (!b) {
+  mp_barrier_t *b;
+  int rc = new_object(&b, sizeof *b, BARRIER_MAGIC, NO_MUTEX);
+  if (rc < 0) {
     if (ref)
       mp__shared_release(ref);
-    return MP_ENOMEM;
+    return rc;
   }
   b->parties = (uint32_t)parties;
   b->action = ref;

@@ -15,18 +15,6 @@ typedef struct {
   int n;
 } job_t;
 
-static mp_process_t *start(int method, mp_target_t target, job_t *job) {
-  mp_process_t *p;
-  T_PROC_NEW(&p, mp_test_ctx(method), target, job, sizeof *job, NULL);
-  MP_ASSERT_OK(mp_process_start(p));
-  return p;
-}
-
-static void join_ok(mp_process_t *p) {
-  T_INT_EQ(mp_test_join_code(p, 30), 0);
-  T_PROC_CLOSE(p);
-}
-
 /* ================================ typecodes ================================ */
 
 START_TEST(test_integer_typecodes) {
@@ -232,7 +220,7 @@ START_TEST(test_shared_with_child) {
   job_t job = {0};
   MP_ASSERT_OK(mp_array_create(&job.array, 'd', 1000, NULL, NULL));
   MP_ASSERT_OK(mp_value_create(&job.value, 'q', NULL, NULL));
-  join_ok(start(_i, child_fills_array, &job));
+  mp_test_join_ok(mp_test_start(_i, child_fills_array, &job, sizeof(job_t)), 30);
   double d;
   MP_ASSERT_OK(mp_array_get_double(job.array, 999, &d));
   T_ASSERT(d == 499.5, "%g", d);
@@ -291,9 +279,9 @@ START_TEST(test_race_processes) {
   MP_ASSERT_OK(mp_value_create(&job.value, 'l', NULL, NULL));
   mp_process_t *p[WORKERS];
   for (int k = 0; k < WORKERS; k++)
-    p[k] = start(_i, child_increments, &job);
+    p[k] = mp_test_start(_i, child_increments, &job, sizeof(job_t));
   for (int k = 0; k < WORKERS; k++)
-    join_ok(p[k]);
+    mp_test_join_ok(p[k], 30);
   check_counts(&job);
 }
 END_TEST
@@ -328,7 +316,7 @@ START_TEST(test_value_lock_holder_killed) {
   job_t job = {0};
   MP_ASSERT_OK(mp_value_create(&job.value, 'l', NULL, NULL));
   MP_ASSERT_OK(mp_event_create(&job.ready));
-  mp_process_t *p = start(_i, child_holds_value_lock, &job);
+  mp_process_t *p = mp_test_start(_i, child_holds_value_lock, &job, sizeof(job_t));
   MP_ASSERT_OK(mp_event_wait(job.ready, 20));
   MP_ASSERT_OK(mp_process_kill(p));
   T_INT_EQ(mp_test_join_code(p, 20), -SIGKILL);

@@ -20,18 +20,6 @@ typedef struct {
   int n;
 } job_t;
 
-static mp_process_t *start(int method, mp_target_t target, job_t *job) {
-  mp_process_t *p;
-  T_PROC_NEW(&p, mp_test_ctx(method), target, job, sizeof *job, NULL);
-  MP_ASSERT_OK(mp_process_start(p));
-  return p;
-}
-
-static void join_ok(mp_process_t *p) {
-  T_INT_EQ(mp_test_join_code(p, 20), 0);
-  T_PROC_CLOSE(p);
-}
-
 /* Waits at least `expected` seconds for rc to come back: runs call, checks both. */
 #define T_TAKES_AT_LEAST(call, err, expected)                                                  \
   do {                                                                                         \
@@ -134,10 +122,10 @@ START_TEST(test_lock_across_processes) {
     MP_ASSERT_OK(recursive ? mp_rlock_create(&job.lock) : mp_lock_create(&job.lock));
     MP_ASSERT_OK(mp_event_create(&job.ready));
     MP_ASSERT_OK(mp_lock_acquire(job.lock, 0));
-    mp_process_t *p = start(_i, child_tries_held_lock, &job);
+    mp_process_t *p = mp_test_start(_i, child_tries_held_lock, &job, sizeof(job_t));
     MP_ASSERT_OK(mp_event_wait(job.ready, 20));
     MP_ASSERT_OK(mp_lock_release(job.lock));
-    join_ok(p);
+    mp_test_join_ok(p, 20);
     MP_ASSERT_OK(mp_lock_acquire(job.lock, 0)); /* the child left it free */
     MP_ASSERT_OK(mp_lock_release(job.lock));
     mp_lock_close(job.lock);
@@ -185,13 +173,13 @@ START_TEST(test_mutual_exclusion) {
     MP_ASSERT_OK(recursive ? mp_rlock_create(&job.lock) : mp_lock_create(&job.lock));
     mp_process_t *p[3];
     for (int k = 0; k < 3; k++)
-      p[k] = start(_i, child_critical_sections, &job);
+      p[k] = mp_test_start(_i, child_critical_sections, &job, sizeof(job_t));
     pthread_t t;
     T_INT_EQ(pthread_create(&t, NULL, thread_critical_sections, &job), 0);
     critical_sections(&job);
     T_INT_EQ(pthread_join(t, NULL), 0);
     for (int k = 0; k < 3; k++)
-      join_ok(p[k]);
+      mp_test_join_ok(p[k], 20);
     T_INT_EQ(job.shared[1], 0);
     T_INT_EQ(job.shared[2], 5 * job.n);
     mp_lock_close(job.lock);
@@ -218,7 +206,7 @@ static int child_holds_and_hangs(void *arg, size_t size) {
 
 static void kill_holder(int method, job_t *job) {
   MP_ASSERT_OK(mp_event_create(&job->ready));
-  mp_process_t *p = start(method, child_holds_and_hangs, job);
+  mp_process_t *p = mp_test_start(method, child_holds_and_hangs, job, sizeof(job_t));
   MP_ASSERT_OK(mp_event_wait(job->ready, 20));
   MP_ASSERT_OK(mp_process_kill(p));
   T_INT_EQ(mp_test_join_code(p, 20), -SIGKILL);
@@ -256,13 +244,13 @@ START_TEST(test_lock_waiter_told_of_death) {
   MP_ASSERT_OK(mp_lock_create(&job.lock));
   MP_ASSERT_OK(mp_event_create(&job.ready));
   MP_ASSERT_OK(mp_event_create(&job.go));
-  mp_process_t *holder = start(_i, child_holds_and_hangs, &job);
+  mp_process_t *holder = mp_test_start(_i, child_holds_and_hangs, &job, sizeof(job_t));
   MP_ASSERT_OK(mp_event_wait(job.ready, 20));
-  mp_process_t *waiter = start(_i, child_waits_for_lock, &job);
+  mp_process_t *waiter = mp_test_start(_i, child_waits_for_lock, &job, sizeof(job_t));
   MP_ASSERT_OK(mp_event_wait(job.go, 20));
   mp_test_sleep(0.05);
   MP_ASSERT_OK(mp_process_kill(holder));
-  join_ok(waiter);
+  mp_test_join_ok(waiter, 20);
   T_INT_EQ(mp_test_join_code(holder, 20), -SIGKILL);
   T_PROC_CLOSE(holder);
   mp_lock_close(job.lock);
@@ -296,7 +284,7 @@ static int child_takes_permit(void *arg, size_t size) {
 START_TEST(test_semaphore_consumed_by_exit) {
   job_t job = {0};
   MP_ASSERT_OK(mp_semaphore_create(&job.sem, 1));
-  join_ok(start(_i, child_takes_permit, &job));
+  mp_test_join_ok(mp_test_start(_i, child_takes_permit, &job, sizeof(job_t)), 20);
   T_INT_EQ(mp_semaphore_value(job.sem), 0);
   T_TAKES_AT_LEAST(mp_semaphore_acquire(job.sem, 0.3), MP_ETIMEDOUT, 0.3);
   mp_semaphore_close(job.sem);
@@ -344,10 +332,10 @@ static int child_counts_permits(void *arg, size_t size) {
 START_TEST(test_semaphore_across_processes) {
   job_t job = {.n = 50};
   MP_ASSERT_OK(mp_semaphore_create(&job.sem, 0));
-  mp_process_t *p = start(_i, child_counts_permits, &job);
+  mp_process_t *p = mp_test_start(_i, child_counts_permits, &job, sizeof(job_t));
   for (int i = 0; i < job.n; i++)
     MP_ASSERT_OK(mp_semaphore_release(job.sem));
-  join_ok(p);
+  mp_test_join_ok(p, 20);
   T_INT_EQ(mp_semaphore_value(job.sem), 1);
   mp_semaphore_close(job.sem);
 }
@@ -371,13 +359,13 @@ START_TEST(test_event_across_processes) {
   job_t job = {.n = 100};
   MP_ASSERT_OK(mp_event_create(&job.go));
   MP_ASSERT_OK(mp_event_create(&job.ready));
-  mp_process_t *p = start(_i, child_event_echo, &job);
+  mp_process_t *p = mp_test_start(_i, child_event_echo, &job, sizeof(job_t));
   for (int i = 0; i < job.n; i++) {
     MP_ASSERT_OK(mp_event_set(job.go));
     MP_ASSERT_OK(mp_event_wait(job.ready, 20));
     MP_ASSERT_OK(mp_event_clear(job.ready));
   }
-  join_ok(p);
+  mp_test_join_ok(p, 20);
   mp_event_close(job.go);
   mp_event_close(job.ready);
 }
@@ -503,7 +491,7 @@ START_TEST(test_condition_producer_consumer) {
     if (!own_lock)
       MP_ASSERT_OK(mp_lock_create(&lock));
     MP_ASSERT_OK(mp_condition_create(&job.cond, lock));
-    mp_process_t *p = start(_i, child_produces, &job);
+    mp_process_t *p = mp_test_start(_i, child_produces, &job, sizeof(job_t));
     long *w = job.shared;
     for (long i = 1; i <= job.n; i++) {
       MP_ASSERT_OK(mp_condition_acquire(job.cond, 20));
@@ -513,7 +501,7 @@ START_TEST(test_condition_producer_consumer) {
       MP_ASSERT_OK(mp_condition_notify(job.cond, 1));
       MP_ASSERT_OK(mp_condition_release(job.cond));
     }
-    join_ok(p);
+    mp_test_join_ok(p, 20);
     mp_condition_close(job.cond);
     if (lock)
       mp_lock_close(lock);
@@ -615,7 +603,7 @@ START_TEST(test_barrier_rounds) {
   T_INT_EQ(mp_barrier_parties(job.barrier), parties);
   mp_process_t *p[2];
   for (int k = 0; k < 2; k++)
-    p[k] = start(_i, child_barrier_rounds, &job);
+    p[k] = mp_test_start(_i, child_barrier_rounds, &job, sizeof(job_t));
   pthread_t t;
   T_INT_EQ(pthread_create(&t, NULL, thread_barrier_rounds, &job), 0);
   T_INT_EQ(barrier_rounds(&job), 0);
@@ -623,7 +611,7 @@ START_TEST(test_barrier_rounds) {
   T_INT_EQ(pthread_join(t, &trc), 0);
   T_INT_EQ((intptr_t)trc, 0);
   for (int k = 0; k < 2; k++)
-    join_ok(p[k]);
+    mp_test_join_ok(p[k], 20);
   T_INT_EQ(job.shared[0], job.n); /* the action ran once a round */
   for (int i = 0; i < job.n * parties; i++)
     T_INT_EQ(job.shared[1 + i], 1); /* each index once a round */
@@ -647,7 +635,7 @@ START_TEST(test_barrier_abort_reset_timeout) {
   MP_ASSERT_OK(mp_barrier_create(&job.barrier, 3, NULL, NULL));
   for (int how = 0; how < 3; how++) {
     mp_event_clear(job.ready);
-    mp_process_t *p = start(_i, child_waits_at_barrier, &job);
+    mp_process_t *p = mp_test_start(_i, child_waits_at_barrier, &job, sizeof(job_t));
     MP_ASSERT_OK(mp_event_wait(job.ready, 20));
     for (int tries = 0; tries < 2000 && mp_barrier_n_waiting(job.barrier) < 1; tries++)
       mp_test_sleep(0.005);
@@ -656,16 +644,16 @@ START_TEST(test_barrier_abort_reset_timeout) {
       MP_ASSERT_OK(mp_barrier_abort(job.barrier));
       T_ASSERT(mp_barrier_broken(job.barrier), "not broken after abort");
       MP_ASSERT_ERR(mp_barrier_wait(job.barrier, 1), MP_EBROKEN);
-      join_ok(p);
+      mp_test_join_ok(p, 20);
       MP_ASSERT_OK(mp_barrier_reset(job.barrier));
     } else if (how == 1) {
       MP_ASSERT_OK(mp_barrier_reset(job.barrier)); /* its waiter breaks out */
-      join_ok(p);
+      mp_test_join_ok(p, 20);
       T_ASSERT(!mp_barrier_broken(job.barrier), "broken after reset");
     } else {
       /* Our timeout breaks the barrier for the child too, as in Python. */
       T_TAKES_AT_LEAST(mp_barrier_wait(job.barrier, 0.1), MP_EBROKEN, 0.1);
-      join_ok(p);
+      mp_test_join_ok(p, 20);
       T_ASSERT(mp_barrier_broken(job.barrier), "a timeout did not break the barrier");
       MP_ASSERT_OK(mp_barrier_reset(job.barrier));
     }
