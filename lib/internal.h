@@ -324,4 +324,11 @@ void mp__forkserver_after_fork(void);
 /* 0 if lock is a live Lock or RLock, else MP_EINVAL (no message): for sharedctypes.c. */
 int mp__lock_check(const mp_lock_t *lock);
 
+/* A Value's or Array's own RLock lives inside its block, MP__INNER_LOCK_AT bytes in, so that
+ * the lock and a small element share a cache line; its references are the block's (retaining
+ * or closing the lock retains or closes the Value). Initializes one there. */
+#define MP__INNER_LOCK_AT 64
+#define MP__INNER_LOCK_SIZE 56
+int mp__lock_init_inner(mp_lock_t *lock);
+
 #endif /* MP_INTERNAL_H */

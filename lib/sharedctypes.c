@@ -1,8 +1,8 @@
 /*
  * Shared values and arrays, Python's sharedctypes.py. A Value is an Array of one element:
- * both are one arena block holding a small header and the elements, and a pointer to the
- * lock (a block of its own, reference counted, so a lock given by the caller may guard
- * several). The header is written once at creation; only the elements change after.
+ * both are one arena block holding a small header, their own lock if they have one, and the
+ * elements; a lock given by the caller is a block of its own, reference counted, that may
+ * guard several. The header is written once at creation; only the elements change after.
  */
 #include "internal.h"
 
@@ -19,9 +19,32 @@ typedef struct {
   uint32_t elem; /* bytes per element */
   int32_t typecode;
   size_t length;
-  mp_lock_t *lock;                   /* NULL: raw */
-  _Alignas(16) unsigned char data[]; /* 16: a long double or a struct of them fits */
+  mp_lock_t *lock;  /* NULL: raw; its own RLock sits inside the block (MP__INNER_LOCK_AT) */
+  uint32_t data_at; /* where the elements start */
 } ctypes_t;
+
+/*
+ * The header has a cache line of its own: it is only read after creation, so it never moves
+ * between the contending processes' caches. A Value or Array of a typecode with its own lock
+ * keeps that RLock in the next line and the elements right after it (8-byte aligned, enough
+ * for every typecode): an increment under the lock then writes a single line. Raw elements
+ * (MP_TYPE_BYTES) start on a line of their own, 64-byte aligned for any struct, with their
+ * own lock in a separate block.
+ */
+#define HEADER 64
+#define INNER_DATA_AT (MP__INNER_LOCK_AT + MP__INNER_LOCK_SIZE)
+
+_Static_assert(sizeof(ctypes_t) <= HEADER && HEADER <= MP__INNER_LOCK_AT,
+               "the header fits its line");
+_Static_assert(INNER_DATA_AT % 8 == 0, "elements after an inner lock are aligned");
+
+static unsigned char *data_of(const ctypes_t *c) {
+  return (unsigned char *)c + c->data_at;
+}
+
+static bool inner_lock(const ctypes_t *c) {
+  return c->lock && (char *)c->lock == (char *)c + MP__INNER_LOCK_AT;
+}
 
 /* mp_value_t and mp_array_t stay incomplete: both point at a ctypes_t. */
 static ctypes_t *of(const void *handle, uint32_t magic) {
@@ -79,12 +102,19 @@ static int create(ctypes_t **out, uint32_t magic, int typecode, size_t length, c
     return rc;
   if (lock && mp__lock_check(lock) < 0)
     return mp__error(MP_EINVAL, "%s: the lock is not a live Lock or RLock", fn);
-  if (length > (SIZE_MAX - sizeof(ctypes_t)) / elem)
+  bool inner = !raw && !lock && kind != BYTES;
+  uint32_t data_at = inner ? INNER_DATA_AT : HEADER;
+  if (length > (SIZE_MAX - data_at) / elem)
     return mp__error(MP_ENOMEM, "%s: %zu elements of %u bytes overflow", fn, length, elem);
-  ctypes_t *c = mp__shared_alloc(sizeof *c + length * elem);
+  ctypes_t *c = mp__shared_alloc(data_at + length * elem);
   if (!c)
     return MP_ENOMEM;
-  rc = raw ? 0 : lock ? mp_lock_retain(lock) : mp_rlock_create(&lock);
+  if (inner) {
+    lock = (mp_lock_t *)((char *)c + MP__INNER_LOCK_AT);
+    rc = mp__lock_init_inner(lock);
+  } else if (!raw) {
+    rc = lock ? mp_lock_retain(lock) : mp_rlock_create(&lock);
+  }
   if (rc < 0) {
     mp__shared_release(c);
     return rc;
@@ -95,8 +125,9 @@ static int create(ctypes_t **out, uint32_t magic, int typecode, size_t length, c
   c->typecode = typecode;
   c->length = length;
   c->lock = raw ? NULL : lock;
+  c->data_at = data_at;
   if (init)
-    memcpy(c->data, init, length * elem);
+    memcpy(data_of(c), init, length * elem);
   *out = c;
   return 0;
 }
@@ -195,7 +226,7 @@ static int access(ctypes_t *c, size_t i, access_t *a, const char *fn) {
   if (i >= c->length)
     return mp__error(MP_EINVAL, "%s: index %zu is past the end (%zu elements)", fn, i,
                      c->length);
-  unsigned char *p = c->data + i * c->elem;
+  unsigned char *p = data_of(c) + i * c->elem;
   int rc = lock_c(c);
   if (rc < 0 && rc != MP_EOWNERDEAD)
     return rc;
@@ -233,7 +264,7 @@ static int copy(ctypes_t *c, size_t start, size_t count, void *buf, bool to_obj,
   if (start > c->length || count > c->length - start)
     return mp__error(MP_EINVAL, "%s: elements %zu..%zu are past the end (%zu elements)", fn,
                      start, start + count, c->length);
-  unsigned char *p = c->data + start * c->elem;
+  unsigned char *p = data_of(c) + start * c->elem;
   int rc = lock_c(c);
   if (rc < 0 && rc != MP_EOWNERDEAD)
     return rc;
@@ -246,7 +277,7 @@ static int copy(ctypes_t *c, size_t start, size_t count, void *buf, bool to_obj,
 }
 
 static int close_c(ctypes_t *c) {
-  mp_lock_t *lock = c->lock;
+  mp_lock_t *lock = inner_lock(c) ? NULL : c->lock;
   if (mp__shared_release(c) && lock)
     mp_lock_close(lock);
   return 0;
@@ -317,7 +348,7 @@ int mp_value_write(mp_value_t *value, const void *buf) {
 
 void *mp_value_ptr(mp_value_t *value) {
   ctypes_t *c = of(value, VALUE_MAGIC);
-  return c ? c->data : NULL;
+  return c ? data_of(c) : NULL;
 }
 
 size_t mp_value_size(const mp_value_t *value) {
@@ -403,7 +434,7 @@ int mp_array_write(mp_array_t *array, size_t start, size_t count, const void *bu
 
 void *mp_array_ptr(mp_array_t *array) {
   ctypes_t *c = of(array, ARRAY_MAGIC);
-  return c ? c->data : NULL;
+  return c ? data_of(c) : NULL;
 }
 
 size_t mp_array_size(const mp_array_t *array) {

@@ -26,6 +26,8 @@
 #include <unistd.h>
 
 #define LOCK_MAGIC 0x4b434f4cu      /* "LOCK" */
+#define RLOCK_MAGIC 0x4b434c52u     /* "RLCK" */
+#define INNER_MAGIC 0x4e4e4952u     /* "RINN": a Value's own RLock, inside its block */
 #define SEMAPHORE_MAGIC 0x414d4553u /* "SEMA" */
 #define EVENT_MAGIC 0x544e5645u     /* "EVNT" */
 #define CONDITION_MAGIC 0x444e4f43u /* "COND" */
@@ -144,32 +146,46 @@ static int release(void *obj, uint32_t magic, const char *fn) {
 
 /* ============================== Lock, RLock ============================== */
 
+/* 56 bytes, so that a Value's own lock and a small element share one cache line: the
+ * line the other contending processes take is then the only one that moves. */
 struct mp_lock_s {
-  uint32_t magic;
-  uint32_t recursive;
-  _Atomic uint64_t owner; /* the holding thread's token, 0 if free */
+  uint32_t magic;         /* also the kind: LOCK, RLOCK or INNER (an RLock) */
   uint32_t depth;         /* levels held: always 1 for a Lock */
+  _Atomic uint64_t owner; /* the holding thread's token, 0 if free */
   pthread_mutex_t mutex;
 };
 
-static int lock_new(mp_lock_t **out, bool recursive, const char *fn) {
+_Static_assert(sizeof(mp_lock_t) <= MP__INNER_LOCK_SIZE, "a lock fits its place in a Value");
+
+static bool is_lock(const mp_lock_t *lock) {
+  return lock && (lock->magic == LOCK_MAGIC || lock->magic == RLOCK_MAGIC ||
+                  lock->magic == INNER_MAGIC);
+}
+
+/* The block whose references are the lock's: a Value's for its own lock. */
+static void *lock_block(mp_lock_t *lock) {
+  return lock->magic == INNER_MAGIC ? (char *)lock - MP__INNER_LOCK_AT : (void *)lock;
+}
+
+static int lock_new(mp_lock_t **out, uint32_t magic, const char *fn) {
   if (!out)
     return mp__error(MP_EINVAL, "%s: lock is NULL", fn);
-  mp_lock_t *lock;
-  int rc = new_object(&lock, sizeof *lock, LOCK_MAGIC, offsetof(mp_lock_t, mutex));
-  if (rc < 0)
-    return rc;
-  lock->recursive = recursive;
-  *out = lock;
-  return 0;
+  return new_object(out, sizeof **out, magic, offsetof(mp_lock_t, mutex));
+}
+
+int mp__lock_init_inner(mp_lock_t *lock) {
+  int rc = mp__mutex_init(&lock->mutex);
+  if (rc == 0)
+    lock->magic = INNER_MAGIC;
+  return rc;
 }
 
 int mp_lock_create(mp_lock_t **lock) {
-  return lock_new(lock, false, "mp_lock_create");
+  return lock_new(lock, LOCK_MAGIC, "mp_lock_create");
 }
 
 int mp_rlock_create(mp_lock_t **lock) {
-  return lock_new(lock, true, "mp_rlock_create");
+  return lock_new(lock, RLOCK_MAGIC, "mp_rlock_create");
 }
 
 static bool held_by(const mp_lock_t *lock, uint64_t me) {
@@ -196,10 +212,10 @@ static uint32_t lock_drop(mp_lock_t *lock) {
 }
 
 int mp_lock_acquire(mp_lock_t *lock, double timeout) {
-  if (!valid(lock, LOCK_MAGIC))
+  if (!is_lock(lock))
     return invalid("mp_lock_acquire");
   uint64_t me = self_token();
-  if (lock->recursive && held_by(lock, me)) {
+  if (lock->magic != LOCK_MAGIC && held_by(lock, me)) {
     if (lock->depth == UINT32_MAX)
       return mp__error(MP_ETOOMANY, "mp_lock_acquire: the RLock is held 2^32-1 times");
     lock->depth++;
@@ -209,11 +225,11 @@ int mp_lock_acquire(mp_lock_t *lock, double timeout) {
 }
 
 int mp_lock_release(mp_lock_t *lock) {
-  if (!valid(lock, LOCK_MAGIC))
+  if (!is_lock(lock))
     return invalid("mp_lock_release");
   if (!held_by(lock, self_token()))
     return mp__error(MP_ENOTHELD, "mp_lock_release: the calling thread does not hold the %s",
-                     lock->recursive ? "RLock" : "Lock");
+                     lock->magic == LOCK_MAGIC ? "Lock" : "RLock");
   if (--lock->depth > 0)
     return 0;
   atomic_store_explicit(&lock->owner, 0, memory_order_relaxed);
@@ -222,20 +238,25 @@ int mp_lock_release(mp_lock_t *lock) {
 }
 
 bool mp_lock_is_owned(const mp_lock_t *lock) {
-  return valid(lock, LOCK_MAGIC) && held_by(lock, self_token());
+  return is_lock(lock) && held_by(lock, self_token());
 }
 
 int mp_lock_retain(mp_lock_t *lock) {
-  return retain(lock, LOCK_MAGIC, "mp_lock_retain");
+  if (!is_lock(lock))
+    return invalid("mp_lock_retain");
+  mp__shared_retain(lock_block(lock));
+  return 0;
 }
 
 int mp_lock_close(mp_lock_t *lock) {
-  return release(lock, LOCK_MAGIC, "mp_lock_close");
+  if (!is_lock(lock))
+    return invalid("mp_lock_close");
+  mp__shared_release(lock_block(lock));
+  return 0;
 }
 
-/* For sharedctypes.c: a Value's own lock. */
 int mp__lock_check(const mp_lock_t *lock) {
-  return valid(lock, LOCK_MAGIC) ? 0 : MP_EINVAL;
+  return is_lock(lock) ? 0 : MP_EINVAL;
 }
 
 /* ======================= Semaphore, BoundedSemaphore ======================= */
@@ -577,7 +598,7 @@ struct mp_condition_s {
 int mp_condition_create(mp_condition_t **out, mp_lock_t *lock) {
   if (!out)
     return mp__error(MP_EINVAL, "mp_condition_create: cond is NULL");
-  if (lock && !valid(lock, LOCK_MAGIC))
+  if (lock && !is_lock(lock))
     return invalid("mp_condition_create");
   int rc = lock ? mp_lock_retain(lock) : mp_rlock_create(&lock);
   mp_condition_t *cond = NULL;

@@ -341,6 +341,43 @@ START_TEST(test_semaphore_across_processes) {
 }
 END_TEST
 
+/* Threads: never more holders than permits. */
+typedef struct {
+  mp_semaphore_t *sem;
+  _Atomic int inside, violations;
+} permits_t;
+
+static void *thread_uses_permits(void *arg) {
+  permits_t *pm = arg;
+  for (int i = 0; i < 2000; i++) {
+    if (mp_semaphore_acquire(pm->sem, 20) != 0) {
+      atomic_fetch_add(&pm->violations, 1000000);
+      break;
+    }
+    if (atomic_fetch_add(&pm->inside, 1) >= 2)
+      atomic_fetch_add(&pm->violations, 1);
+    if (i % 64 == 0)
+      sched_yield();
+    atomic_fetch_sub(&pm->inside, 1);
+    mp_semaphore_release(pm->sem);
+  }
+  return NULL;
+}
+
+START_TEST(test_semaphore_threads) {
+  permits_t pm = {0};
+  MP_ASSERT_OK(mp_bounded_semaphore_create(&pm.sem, 2));
+  pthread_t t[4];
+  for (int k = 0; k < 4; k++)
+    T_INT_EQ(pthread_create(&t[k], NULL, thread_uses_permits, &pm), 0);
+  for (int k = 0; k < 4; k++)
+    T_INT_EQ(pthread_join(t[k], NULL), 0);
+  T_INT_EQ(atomic_load(&pm.violations), 0);
+  T_INT_EQ(mp_semaphore_value(pm.sem), 2);
+  mp_semaphore_close(pm.sem);
+}
+END_TEST
+
 /* ================================ Event ================================ */
 
 static int child_event_echo(void *arg, size_t size) {
@@ -405,6 +442,28 @@ START_TEST(test_event_set_then_cleared) {
   T_INT_EQ(pthread_create(&t, NULL, set_then_clear, e), 0);
   MP_ASSERT_OK(mp_event_wait(e, 20));
   T_INT_EQ(pthread_join(t, NULL), 0);
+  mp_event_close(e);
+}
+END_TEST
+
+/* One set wakes every waiting thread. */
+static void *thread_waits_for_event(void *arg) {
+  return (void *)(intptr_t)mp_event_wait(arg, 20);
+}
+
+START_TEST(test_event_wakes_all_threads) {
+  mp_event_t *e;
+  MP_ASSERT_OK(mp_event_create(&e));
+  pthread_t t[3];
+  for (int k = 0; k < 3; k++)
+    T_INT_EQ(pthread_create(&t[k], NULL, thread_waits_for_event, e), 0);
+  mp_test_sleep(0.05);
+  MP_ASSERT_OK(mp_event_set(e));
+  for (int k = 0; k < 3; k++) {
+    void *rc;
+    T_INT_EQ(pthread_join(t[k], &rc), 0);
+    MP_ASSERT_OK((int)(intptr_t)rc);
+  }
   mp_event_close(e);
 }
 END_TEST
@@ -736,10 +795,12 @@ static Suite *synchronize_suite(void) {
   tcase_add_loop_test(tc, test_semaphore_consumed_by_exit, 0, N_METHODS);
   tc = mp_test_tcase(s, "semaphore", 30);
   tcase_add_test(tc, test_semaphore_basics);
+  tcase_add_test(tc, test_semaphore_threads);
   tcase_add_loop_test(tc, test_semaphore_across_processes, 0, N_METHODS);
   tc = mp_test_tcase(s, "event", 30);
   tcase_add_test(tc, test_event_basics);
   tcase_add_test(tc, test_event_set_then_cleared);
+  tcase_add_test(tc, test_event_wakes_all_threads);
   tcase_add_loop_test(tc, test_event_across_processes, 0, N_METHODS);
   tc = mp_test_tcase(s, "condition", 30);
   tcase_add_test(tc, test_condition_misuse_and_timeout);

@@ -42,7 +42,8 @@ MP_EXTERN int mp_value_create(mp_value_t **value, int typecode, const void *init
 /* The same without a lock. Python: RawValue(typecode, value), Value(..., lock=False). */
 MP_EXTERN int mp_raw_value_create(mp_value_t **value, int typecode, const void *init);
 
-/* Its lock (owned by the value), or NULL for a raw value or a NULL handle.
+/* Its lock (owned by the value), or NULL for a raw value or a NULL handle. A Value's own
+ * lock lives inside the Value's block: retaining or closing it retains or closes the Value.
  * Python: Value.get_lock(). */
 MP_EXTERN mp_lock_t *mp_value_get_lock(const mp_value_t *value);
 
