@@ -201,7 +201,18 @@ START_TEST(test_given_lock) {
   MP_ASSERT_OK(mp_lock_release(mp_value_get_lock(v)));
   MP_ASSERT_OK(mp_value_retain(v));
   MP_ASSERT_OK(mp_value_close(v));
+  /* Its own lock serves a Condition, and a reference to it keeps the Value. */
+  mp_lock_t *own = mp_value_get_lock(v);
+  mp_condition_t *cond;
+  MP_ASSERT_OK(mp_condition_create(&cond, own));
+  MP_ASSERT_OK(mp_condition_acquire(cond, 0));
+  MP_ASSERT_ERR(mp_condition_wait(cond, 0.01), MP_ETIMEDOUT);
+  MP_ASSERT_OK(mp_condition_release(cond));
   MP_ASSERT_OK(mp_value_close(v));
+  MP_ASSERT_OK(mp_lock_acquire(own, 0));
+  T_INT_EQ(*(long *)mp_value_ptr(v), 2); /* still there */
+  MP_ASSERT_OK(mp_lock_release(own));
+  MP_ASSERT_OK(mp_condition_close(cond)); /* the last reference */
 }
 END_TEST
 
