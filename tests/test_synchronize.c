@@ -493,6 +493,34 @@ START_TEST(test_condition_misuse_and_timeout) {
 }
 END_TEST
 
+/* Takes the lock the waiter holds twice (so wait released both levels) and notifies. */
+static void *thread_notifies(void *arg) {
+  mp_condition_t *cond = arg;
+  if (mp_condition_acquire(cond, 10) != 0)
+    return (void *)1;
+  int rc = mp_condition_notify(cond, 1);
+  mp_condition_release(cond);
+  return (void *)(intptr_t)(rc != 0);
+}
+
+START_TEST(test_condition_wait_releases_rlock) {
+  mp_condition_t *cond;
+  MP_ASSERT_OK(mp_condition_create(&cond, NULL));
+  MP_ASSERT_OK(mp_condition_acquire(cond, 0));
+  MP_ASSERT_OK(mp_condition_acquire(cond, 0));
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, thread_notifies, cond), 0);
+  MP_ASSERT_OK(mp_condition_wait(cond, 20));
+  void *bad;
+  T_INT_EQ(pthread_join(t, &bad), 0);
+  T_INT_EQ((intptr_t)bad, 0);
+  MP_ASSERT_OK(mp_condition_release(cond));
+  MP_ASSERT_OK(mp_condition_release(cond));
+  MP_ASSERT_ERR(mp_condition_release(cond), MP_ENOTHELD);
+  mp_condition_close(cond);
+}
+END_TEST
+
 static bool never(void *arg) {
   (void)arg;
   return false;
@@ -806,6 +834,7 @@ static Suite *synchronize_suite(void) {
   tcase_add_test(tc, test_condition_misuse_and_timeout);
   tcase_add_test(tc, test_condition_wait_for_timeout);
   tcase_add_test(tc, test_condition_notify_counts);
+  tcase_add_test(tc, test_condition_wait_releases_rlock);
   tcase_add_loop_test(tc, test_condition_producer_consumer, 0, N_METHODS);
   tc = mp_test_tcase(s, "barrier", 30);
   tcase_add_loop_test(tc, test_barrier_rounds, 0, N_METHODS);
