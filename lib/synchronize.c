@@ -11,8 +11,8 @@
  *  - Semaphore: each process's acquired-minus-released permits are recorded in a slot by
  *    (pid, start time). A process that ends normally keeps what it took (a permit is
  *    consumed, as in Python); one that is killed holding permits has them returned by the
- *    first waiter that notices, within SLICE_NS, and the acquirers of those get
- *    MP_EOWNERDEAD.
+ *    first waiter that notices (a blocked one within SLICE_NS, one about to time out at
+ *    once), and the acquirers of those get MP_EOWNERDEAD.
  *  - Condition: a waiter killed inside wait may use up one notify; notify_all wakes the rest.
  *  - Barrier: a party that never arrives breaks it when a waiter's timeout passes.
  */
@@ -400,6 +400,7 @@ int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout) {
     return invalid("mp_semaphore_acquire");
   int64_t deadline = mp__deadline(timeout);
   proc_id_t me = self_process();
+  bool looked = false;
   for (;;) {
     int rc = sem_lock(sem);
     if (rc < 0)
@@ -429,7 +430,12 @@ int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout) {
     uint32_t seen = atomic_load(&sem->seq);
     int64_t now = mp__now_ns();
     if (now >= deadline) {
+      /* Before giving up (at once, for a timeout of 0), look for killed holders once. */
+      bool more = !looked && (sem_reclaim(sem), sem->value > 0);
+      looked = true;
       mp__mutex_unlock(&sem->mutex);
+      if (more)
+        continue;
       return mp__error(MP_ETIMEDOUT, "mp_semaphore_acquire: timed out");
     }
     atomic_fetch_add(&sem->sleepers, 1);

@@ -264,6 +264,10 @@ START_TEST(test_semaphore_holder_killed) {
   MP_ASSERT_OK(mp_bounded_semaphore_create(&job.sem, 1));
   kill_holder(_i, &job);
   T_INT_EQ(mp_semaphore_value(job.sem), 0);
+  /* An acquirer that would time out looks for dead holders first: even a timeout of 0. */
+  MP_ASSERT_ERR(mp_semaphore_acquire(job.sem, 0), MP_EOWNERDEAD);
+  MP_ASSERT_OK(mp_semaphore_release(job.sem));
+  kill_holder(_i, &job);
   /* A blocked acquirer finds the dead holder within a slice and gets its permit. */
   MP_ASSERT_ERR(mp_semaphore_acquire(job.sem, 10), MP_EOWNERDEAD);
   MP_ASSERT_OK(mp_semaphore_release(job.sem));
