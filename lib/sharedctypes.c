@@ -154,35 +154,55 @@ typedef struct {
   double *d_out;
 } access_t;
 
+/* Fixed-size copies, which the compiler turns into single loads and stores: the element may
+ * sit at any offset of a raw buffer, and the critical section stays a few instructions. */
 static long load_long(const ctypes_t *c, const unsigned char *p) {
-  union {
-    int8_t i8;
-    int16_t i16;
-    int32_t i32;
-    int64_t i64;
-    uint8_t u8;
-    uint16_t u16;
-    uint32_t u32;
-    uint64_t u64;
-  } v;
-  memcpy(&v, p, c->elem);
   bool s = c->kind == SIGNED;
   switch (c->elem) {
-  case 1:
-    return s ? v.i8 : v.u8;
-  case 2:
-    return s ? v.i16 : v.u16;
-  case 4:
-    return s ? v.i32 : (long)v.u32;
-  default:
-    return (long)v.i64;
+  case 1: {
+    uint8_t v;
+    memcpy(&v, p, sizeof v);
+    return s ? (int8_t)v : (long)v;
+  }
+  case 2: {
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return s ? (int16_t)v : (long)v;
+  }
+  case 4: {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return s ? (int32_t)v : (long)v;
+  }
+  default: {
+    int64_t v;
+    memcpy(&v, p, sizeof v);
+    return (long)v;
+  }
   }
 }
 
+/* Truncation to the element's low bytes: C's (and ctypes') conversion on two's complement. */
 static void store_long(const ctypes_t *c, unsigned char *p, long x) {
-  /* Truncation to the element's low bytes: C's (and ctypes') conversion on two's
-   * complement, little-endian Linux. */
-  memcpy(p, &x, c->elem);
+  switch (c->elem) {
+  case 1: {
+    uint8_t v = (uint8_t)x;
+    memcpy(p, &v, sizeof v);
+    break;
+  }
+  case 2: {
+    uint16_t v = (uint16_t)x;
+    memcpy(p, &v, sizeof v);
+    break;
+  }
+  case 4: {
+    uint32_t v = (uint32_t)x;
+    memcpy(p, &v, sizeof v);
+    break;
+  }
+  default:
+    memcpy(p, &x, sizeof x);
+  }
 }
 
 static double load_double(const ctypes_t *c, const unsigned char *p) {
