@@ -199,10 +199,10 @@ MP_EXTERN int mp_barrier_create(mp_barrier_t **barrier, int parties, mp_barrier_
 /*
  * Waits until parties threads have called it, at most timeout seconds. Returns the arrival
  * index (0 .. parties-1; parties-1 is the last to arrive, which ran the action). Errors:
- * MP_EBROKEN (broken or aborted, or reset while waiting, or the action failed), MP_ETIMEDOUT
- * never: a timeout breaks the barrier, for every waiter, and returns MP_EBROKEN, as in
- * Python; MP_ERESOLVE (the action cannot be found in this process: broken too), MP_EINVAL.
- * Python: Barrier.wait(timeout).
+ * MP_EBROKEN (broken or aborted, reset while waiting, the action failed, or the timeout
+ * passed: as in Python, a timeout breaks the barrier for every waiter, so there is no
+ * MP_ETIMEDOUT), MP_ERESOLVE (the action cannot be found in this process: broken too),
+ * MP_EINVAL. Python: Barrier.wait(timeout).
  */
 MP_EXTERN int mp_barrier_wait(mp_barrier_t *barrier, double timeout);
 
