@@ -755,6 +755,43 @@ START_TEST(test_barrier_abort_reset_timeout) {
 }
 END_TEST
 
+/* A party killed while it waits has arrived: the round completes without it. A party that
+ * dies before it arrives never does: the others' timeout breaks the barrier for all. */
+static int child_arrives_and_hangs(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  mp_event_set(job->ready);
+  if (mp_barrier_wait(job->barrier, MP_FOREVER) < 0)
+    return 2;
+  return 3; /* the round cannot end before the parent arrives, after killing us */
+}
+
+START_TEST(test_barrier_party_killed) {
+  job_t job = {0};
+  MP_ASSERT_OK(mp_event_create(&job.ready));
+  MP_ASSERT_OK(mp_barrier_create(&job.barrier, 2, NULL, NULL));
+  mp_process_t *p = mp_test_start(_i, child_arrives_and_hangs, &job, sizeof(job_t));
+  MP_ASSERT_OK(mp_event_wait(job.ready, 20));
+  for (int tries = 0; tries < 2000 && mp_barrier_n_waiting(job.barrier) < 1; tries++)
+    mp_test_sleep(0.005);
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 20), -SIGKILL);
+  T_PROC_CLOSE(p);
+  T_INT_EQ(mp_barrier_wait(job.barrier, 20), 1);
+  mp_barrier_close(job.barrier);
+
+  /* Three parties: one waits, the third never arrives, as one that died before it did. */
+  MP_ASSERT_OK(mp_barrier_create(&job.barrier, 3, NULL, NULL));
+  mp_event_clear(job.ready);
+  mp_process_t *waiter = mp_test_start(_i, child_waits_at_barrier, &job, sizeof(job_t));
+  MP_ASSERT_OK(mp_event_wait(job.ready, 20));
+  T_TAKES_AT_LEAST(mp_barrier_wait(job.barrier, 0.3), MP_EBROKEN, 0.3);
+  mp_test_join_ok(waiter, 20); /* it got MP_EBROKEN too */
+  mp_barrier_close(job.barrier);
+  mp_event_close(job.ready);
+}
+END_TEST
+
 START_TEST(test_barrier_misc) {
   mp_barrier_t *b;
   MP_ASSERT_OK(mp_barrier_create(&b, 1, NULL, NULL));
@@ -843,6 +880,7 @@ static Suite *synchronize_suite(void) {
   tc = mp_test_tcase(s, "barrier", 30);
   tcase_add_loop_test(tc, test_barrier_rounds, 0, N_METHODS);
   tcase_add_loop_test(tc, test_barrier_abort_reset_timeout, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_barrier_party_killed, 0, N_METHODS);
   tcase_add_test(tc, test_barrier_misc);
   tc = mp_test_tcase(s, "bad input", 10);
   tcase_add_test(tc, test_null_handles);
