@@ -69,6 +69,7 @@ void bench_pair(const bench_config_t *cfg, int default_iterations, bench_op_t li
 
 /* The groups, one per layer. */
 extern const bench_group_t bench_process_group;
+extern const bench_group_t bench_synchronize_group;
 extern const bench_group_t bench_shared_memory_group;
 
 #endif /* BENCH_H */

@@ -210,6 +210,11 @@ void mp__child_init(const mp__child_info_t *info);
  * child, whose atexit handlers are its own and run; a forked child _exits. */
 MP__NORETURN void mp__child_exit(int code, bool exec_image);
 
+/* Runs fn at every normal end of a process of the program: the main program's exit, a
+ * spawned child's exit and a forked child's end (which skips atexit). Not on a death by a
+ * signal: that is what fn may tell apart. For constructors; a few functions at most. */
+void mp__on_exit(void (*fn)(void));
+
 /* ------------------------------- context.c ------------------------------ */
 
 struct mp__popen_ops_s {
@@ -313,5 +318,17 @@ void mp__forkserver_stop(void);
 /* In the child of a fork: forget the parent's server, free the locks. */
 void mp__context_after_fork(void);
 void mp__forkserver_after_fork(void);
+
+/* ----------------------------- synchronize.c ---------------------------- */
+
+/* 0 if lock is a live Lock or RLock, else MP_EINVAL (no message): for sharedctypes.c. */
+int mp__lock_check(const mp_lock_t *lock);
+
+/* A Value's or Array's own RLock lives inside its block, MP__INNER_LOCK_AT bytes in, so that
+ * the lock and a small element share a cache line; its references are the block's (retaining
+ * or closing the lock retains or closes the Value). Initializes one there. */
+#define MP__INNER_LOCK_AT 64
+#define MP__INNER_LOCK_SIZE 56
+int mp__lock_init_inner(mp_lock_t *lock);
 
 #endif /* MP_INTERNAL_H */

@@ -221,7 +221,25 @@ static void end_children(void) {
   free(children);
 }
 
+#define EXIT_HOOKS 4
+static void (*exit_hooks[EXIT_HOOKS])(void);
+
+void mp__on_exit(void (*fn)(void)) {
+  for (size_t i = 0; i < EXIT_HOOKS; i++) {
+    if (!exit_hooks[i]) {
+      exit_hooks[i] = fn;
+      return;
+    }
+  }
+}
+
+static void run_exit_hooks(void) {
+  for (size_t i = 0; i < EXIT_HOOKS && exit_hooks[i]; i++)
+    exit_hooks[i]();
+}
+
 static void at_exit(void) {
+  run_exit_hooks();
   end_children();
   mp__forkserver_stop();
 }
@@ -316,6 +334,7 @@ void mp__child_init(const mp__child_info_t *info) {
 void mp__child_exit(int code, bool exec_image) {
   if (exec_image)
     exit(code & 0xff); /* its own atexit handlers, ours included, end its children */
+  run_exit_hooks();
   if (me.registry)
     end_children();
   mp__forkserver_stop();

@@ -209,6 +209,21 @@ static inline int mp_test_join_code(mp_process_t *p, double timeout) {
   return code;
 }
 
+/* Creates and starts a process of METHODS[method] on a copy of arg, registered for cleanup. */
+static inline mp_process_t *mp_test_start(int method, mp_target_t target, const void *arg,
+                                          size_t size) {
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(method), target, arg, size, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  return p;
+}
+
+/* Joins a process (at most timeout seconds), asserts that it exited with 0, and closes it. */
+static inline void mp_test_join_ok(mp_process_t *p, double timeout) {
+  T_INT_EQ(mp_test_join_code(p, timeout), 0);
+  T_PROC_CLOSE(p);
+}
+
 /*
  * Checked setup of every test case: the test process inherits the Check runner's SIGTERM,
  * SIGINT and SIGALRM handlers (the SIGTERM one kills the test's whole process group), and a

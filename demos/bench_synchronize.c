@@ -1,0 +1,306 @@
+/* bench rows of the synchronization layer and of Value: each against the bare robust mutex or
+ * futex ping-pong that does the same job between the same processes. */
+#include "bench.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* ================================ bare primitives ================================ */
+
+static void bare_mutex_init(pthread_mutex_t *mutex) {
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  int err = pthread_mutex_init(mutex, &attr);
+  pthread_mutexattr_destroy(&attr);
+  if (err)
+    bench_die_sys("pthread_mutex_init", err);
+}
+
+static long futex_wait(_Atomic uint32_t *word, uint32_t expected) {
+  return syscall(SYS_futex, word, FUTEX_WAIT, expected, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *word) {
+  syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+/* One half of a bare ping-pong: raise `to`, wake it, wait for `from` and lower it. */
+static void bare_ping(_Atomic uint32_t *to, _Atomic uint32_t *from) {
+  atomic_store(to, 1);
+  futex_wake(to);
+  while (atomic_load(from) == 0)
+    futex_wait(from, 0);
+  atomic_store(from, 0);
+}
+
+/* What the rows share with their helper processes: it lives in the arena. */
+typedef struct {
+  pthread_mutex_t mutex;
+  long counter;
+  /* value.incr: the batch the parent asked for and the one the helper finished, and which
+   * side it is, on a line of their own */
+  _Alignas(64) _Atomic uint32_t go;
+  _Atomic uint32_t done;
+  _Atomic int side;
+  _Alignas(64) _Atomic uint32_t ping, pong;
+  mp_lock_t *lock;
+  mp_value_t *value;
+  mp_event_t *there, *back;
+  mp_barrier_t *barrier;
+} shared_t;
+
+static shared_t *shared_new(mp_value_t **holder) {
+  int rc = mp_raw_value_create(holder, MP_TYPE_BYTES(sizeof(shared_t)), NULL);
+  if (rc < 0)
+    bench_die_mp("mp_raw_value_create", rc);
+  shared_t *s = mp_value_ptr(*holder);
+  bare_mutex_init(&s->mutex);
+  return s;
+}
+
+static mp_process_t *helper_start(mp_target_t target, shared_t *s) {
+  mp_context_t *ctx;
+  mp_process_t *proc;
+  int rc;
+  if ((rc = mp_get_context("fork", &ctx)) < 0)
+    bench_die_mp("mp_get_context", rc);
+  if ((rc = mp_process_create(&proc, ctx, target, &s, sizeof s, NULL)) < 0)
+    bench_die_mp("mp_process_create", rc);
+  if ((rc = mp_process_start(proc)) < 0)
+    bench_die_mp("mp_process_start", rc);
+  return proc;
+}
+
+/* The helpers loop until killed. */
+static void helper_stop(mp_process_t *proc) {
+  mp_process_kill(proc);
+  mp_process_join(proc, MP_FOREVER);
+  mp_process_close(proc);
+}
+
+static shared_t *helper_arg(void *arg) {
+  return *(shared_t **)arg;
+}
+
+/* ================================ lock.uncontended ================================ */
+
+static void libmp_lock_once(void *state) {
+  shared_t *s = state;
+  int rc = mp_lock_acquire(s->lock, MP_FOREVER);
+  if (rc < 0)
+    bench_die_mp("mp_lock_acquire", rc);
+  if ((rc = mp_lock_release(s->lock)) < 0)
+    bench_die_mp("mp_lock_release", rc);
+}
+
+static void bare_lock_once(void *state) {
+  shared_t *s = state;
+  int err = pthread_mutex_lock(&s->mutex);
+  if (err)
+    bench_die_sys("pthread_mutex_lock", err);
+  pthread_mutex_unlock(&s->mutex);
+}
+
+static void row_lock_uncontended(const bench_config_t *cfg, bench_result_t *result) {
+  mp_value_t *holder;
+  shared_t *s = shared_new(&holder);
+  int rc = mp_lock_create(&s->lock);
+  if (rc < 0)
+    bench_die_mp("mp_lock_create", rc);
+  bench_pair(cfg, 1000000, libmp_lock_once, bare_lock_once, s, &result->libmp,
+             &result->baseline);
+  mp_lock_close(s->lock);
+  mp_value_close(holder);
+}
+
+/* ================================ value.incr ================================ */
+
+/* One operation is a batch: the parent and the helper each make BATCH increments at the
+ * same time, so that both sides see the same contention whatever the scheduler does. */
+#define BATCH 20000
+
+enum { SIDE_LIBMP = 1, SIDE_BARE = 2 };
+
+static void increments(shared_t *s, int side) {
+  for (int i = 0; i < BATCH; i++) {
+    if (side == SIDE_BARE) {
+      pthread_mutex_lock(&s->mutex);
+      s->counter++;
+      pthread_mutex_unlock(&s->mutex);
+    } else {
+      int rc = mp_value_add_long(s->value, 1, NULL);
+      if (rc < 0)
+        bench_die_mp("mp_value_add_long", rc);
+    }
+  }
+}
+
+/* Makes a batch each time the parent moves go, then reports it in done. */
+static int helper_increments(void *arg, size_t size) {
+  (void)size;
+  shared_t *s = helper_arg(arg);
+  for (uint32_t seen = 0;;) {
+    while (atomic_load(&s->go) == seen)
+      if (futex_wait(&s->go, seen) < 0 && errno != EAGAIN && errno != EINTR)
+        return 1;
+    seen = atomic_load(&s->go);
+    increments(s, atomic_load(&s->side));
+    atomic_store(&s->done, seen);
+    futex_wake(&s->done);
+  }
+}
+
+static void batch(shared_t *s, int side) {
+  atomic_store(&s->side, side);
+  uint32_t n = atomic_load(&s->go) + 1, d;
+  atomic_store(&s->go, n);
+  futex_wake(&s->go);
+  increments(s, side);
+  while ((d = atomic_load(&s->done)) != n)
+    futex_wait(&s->done, d);
+}
+
+static void libmp_batch(void *state) {
+  batch(state, SIDE_LIBMP);
+}
+
+static void bare_batch(void *state) {
+  batch(state, SIDE_BARE);
+}
+
+static void row_value_incr(const bench_config_t *cfg, bench_result_t *result) {
+  mp_value_t *holder;
+  shared_t *s = shared_new(&holder);
+  int rc = mp_value_create(&s->value, 'l', NULL, NULL);
+  if (rc < 0)
+    bench_die_mp("mp_value_create", rc);
+  mp_process_t *helper = helper_start(helper_increments, s);
+  double libmp_ns, baseline_ns;
+  bench_pair(cfg, 10, libmp_batch, bare_batch, s, &libmp_ns, &baseline_ns);
+  result->libmp = libmp_ns / (2 * BATCH);
+  result->baseline = baseline_ns / (2 * BATCH);
+  helper_stop(helper);
+  long total;
+  mp_value_get_long(s->value, &total);
+  if (s->counter != total) { /* both sides made the same number of batches */
+    fprintf(stderr, "bench: value.incr counted %ld under libmp, %ld bare\n", total, s->counter);
+    exit(1);
+  }
+  mp_value_close(s->value);
+  mp_value_close(holder);
+}
+
+/* ================================ event.wakeup ================================ */
+
+static int helper_event_echo(void *arg, size_t size) {
+  (void)size;
+  shared_t *s = helper_arg(arg);
+  for (;;) {
+    if (mp_event_wait(s->there, MP_FOREVER) < 0)
+      return 1;
+    mp_event_clear(s->there);
+    mp_event_set(s->back);
+  }
+}
+
+static int helper_futex_echo(void *arg, size_t size) {
+  (void)size;
+  shared_t *s = helper_arg(arg);
+  for (;;) {
+    while (atomic_load(&s->ping) == 0)
+      if (futex_wait(&s->ping, 0) < 0 && errno != EAGAIN && errno != EINTR)
+        return 1;
+    atomic_store(&s->ping, 0);
+    atomic_store(&s->pong, 1);
+    futex_wake(&s->pong);
+  }
+}
+
+static void libmp_event_once(void *state) {
+  shared_t *s = state;
+  int rc = mp_event_set(s->there);
+  if (rc == 0)
+    rc = mp_event_wait(s->back, MP_FOREVER);
+  if (rc == 0)
+    rc = mp_event_clear(s->back);
+  if (rc < 0)
+    bench_die_mp("mp_event_set/wait/clear", rc);
+}
+
+static void bare_pingpong_once(void *state) {
+  shared_t *s = state;
+  bare_ping(&s->ping, &s->pong);
+}
+
+/* Each side's helper sleeps in its own primitive while the other side is timed. */
+static void run_wakeup_row(const bench_config_t *cfg, bench_result_t *result, shared_t *s,
+                           mp_target_t libmp_helper, bench_op_t libmp_op) {
+  mp_process_t *a = helper_start(libmp_helper, s);
+  mp_process_t *b = helper_start(helper_futex_echo, s);
+  double libmp_ns, baseline_ns;
+  bench_pair(cfg, 5000, libmp_op, bare_pingpong_once, s, &libmp_ns, &baseline_ns);
+  result->libmp = libmp_ns / 1e3;
+  result->baseline = baseline_ns / 1e3;
+  helper_stop(a);
+  helper_stop(b);
+}
+
+static void row_event_wakeup(const bench_config_t *cfg, bench_result_t *result) {
+  mp_value_t *holder;
+  shared_t *s = shared_new(&holder);
+  int rc = mp_event_create(&s->there);
+  if (rc == 0)
+    rc = mp_event_create(&s->back);
+  if (rc < 0)
+    bench_die_mp("mp_event_create", rc);
+  run_wakeup_row(cfg, result, s, helper_event_echo, libmp_event_once);
+  mp_event_close(s->there);
+  mp_event_close(s->back);
+  mp_value_close(holder);
+}
+
+/* ================================ barrier.round ================================ */
+
+static int helper_barrier(void *arg, size_t size) {
+  (void)size;
+  shared_t *s = helper_arg(arg);
+  for (;;)
+    if (mp_barrier_wait(s->barrier, MP_FOREVER) < 0)
+      return 1;
+}
+
+static void libmp_barrier_once(void *state) {
+  shared_t *s = state;
+  int rc = mp_barrier_wait(s->barrier, MP_FOREVER);
+  if (rc < 0)
+    bench_die_mp("mp_barrier_wait", rc);
+}
+
+static void row_barrier_round(const bench_config_t *cfg, bench_result_t *result) {
+  mp_value_t *holder;
+  shared_t *s = shared_new(&holder);
+  int rc = mp_barrier_create(&s->barrier, 2, NULL, NULL);
+  if (rc < 0)
+    bench_die_mp("mp_barrier_create", rc);
+  run_wakeup_row(cfg, result, s, helper_barrier, libmp_barrier_once);
+  mp_barrier_close(s->barrier);
+  mp_value_close(holder);
+}
+
+static const bench_row_t synchronize_rows[] = {
+    {"value.incr", "ns/op", row_value_incr},
+    {"lock.uncontended", "ns/op", row_lock_uncontended},
+    {"event.wakeup", "us/op", row_event_wakeup},
+    {"barrier.round", "us/op", row_barrier_round},
+};
+
+const bench_group_t bench_synchronize_group = BENCH_GROUP(synchronize_rows);

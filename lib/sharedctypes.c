@@ -1,0 +1,474 @@
+/*
+ * Shared values and arrays, Python's sharedctypes.py. A Value is an Array of one element:
+ * both are one arena block holding a small header, their own lock if they have one, and the
+ * elements; a lock given by the caller is a block of its own, reference counted, that may
+ * guard several. The header is written once at creation; only the elements change after.
+ */
+#include "internal.h"
+
+#include <string.h>
+
+#define VALUE_MAGIC 0x554c4156u /* "VALU" */
+#define ARRAY_MAGIC 0x59415241u /* "ARAY" */
+
+typedef enum { SIGNED, UNSIGNED, FLOATING, BYTES } kind_t;
+
+typedef struct {
+  uint32_t magic;
+  kind_t kind;
+  uint32_t elem; /* bytes per element */
+  int32_t typecode;
+  size_t length;
+  mp_lock_t *lock;  /* NULL: raw; its own RLock sits inside the block (MP__INNER_LOCK_AT) */
+  uint32_t data_at; /* where the elements start */
+} ctypes_t;
+
+/*
+ * The header has a cache line of its own: it is only read after creation, so it never moves
+ * between the contending processes' caches. A Value or Array of a typecode with its own lock
+ * keeps that RLock in the next line and the elements right after it (8-byte aligned, enough
+ * for every typecode): an increment under the lock then writes a single line. Raw elements
+ * (MP_TYPE_BYTES) start on a line of their own, 64-byte aligned for any struct, with their
+ * own lock in a separate block.
+ */
+#define HEADER 64
+#define INNER_DATA_AT (MP__INNER_LOCK_AT + MP__INNER_LOCK_SIZE)
+
+_Static_assert(sizeof(ctypes_t) <= HEADER && HEADER <= MP__INNER_LOCK_AT,
+               "the header fits its line");
+_Static_assert(INNER_DATA_AT % 8 == 0, "elements after an inner lock are aligned");
+
+static unsigned char *data_of(const ctypes_t *c) {
+  return (unsigned char *)c + c->data_at;
+}
+
+static bool inner_lock(const ctypes_t *c) {
+  return c->lock && (char *)c->lock == (char *)c + MP__INNER_LOCK_AT;
+}
+
+/* mp_value_t and mp_array_t stay incomplete: both point at a ctypes_t. */
+static ctypes_t *of(const void *handle, uint32_t magic) {
+  const ctypes_t *c = handle;
+  return c && c->magic == magic ? (ctypes_t *)c : NULL;
+}
+
+static const struct {
+  char code;
+  kind_t kind;
+  uint32_t size;
+} TYPECODES[] = {
+    {'b', SIGNED, sizeof(signed char)},
+    {'B', UNSIGNED, sizeof(unsigned char)},
+    {'h', SIGNED, sizeof(short)},
+    {'H', UNSIGNED, sizeof(unsigned short)},
+    {'i', SIGNED, sizeof(int)},
+    {'I', UNSIGNED, sizeof(unsigned int)},
+    {'l', SIGNED, sizeof(long)},
+    {'L', UNSIGNED, sizeof(unsigned long)},
+    {'q', SIGNED, sizeof(long long)},
+    {'Q', UNSIGNED, sizeof(unsigned long long)},
+    {'f', FLOATING, sizeof(float)},
+    {'d', FLOATING, sizeof(double)},
+    {'c', UNSIGNED, 1},
+};
+
+static int lookup(int typecode, kind_t *kind, uint32_t *size, const char *fn) {
+  if (typecode < 0) {
+    *kind = BYTES;
+    *size = (uint32_t) - (int64_t)typecode;
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof TYPECODES / sizeof TYPECODES[0]; i++) {
+    if (TYPECODES[i].code == typecode) {
+      *kind = TYPECODES[i].kind;
+      *size = TYPECODES[i].size;
+      return 0;
+    }
+  }
+  return mp__error(MP_EINVAL, "%s: unknown typecode %d ('%c'): not one of bBhHiIlLqQfdc", fn,
+                   typecode, typecode > 32 && typecode < 127 ? typecode : '?');
+}
+
+static int create(ctypes_t **out, uint32_t magic, int typecode, size_t length, const void *init,
+                  mp_lock_t *lock, bool raw, const char *fn) {
+  if (!out)
+    return mp__error(MP_EINVAL, "%s: the handle pointer is NULL", fn);
+  if (typecode == 0 || length == 0)
+    return mp__error(MP_EINVAL, "%s: %s", fn, length ? "typecode 0" : "length 0");
+  kind_t kind = BYTES;
+  uint32_t elem = 1;
+  int rc = lookup(typecode, &kind, &elem, fn);
+  if (rc < 0)
+    return rc;
+  if (lock && mp__lock_check(lock) < 0)
+    return mp__error(MP_EINVAL, "%s: the lock is not a live Lock or RLock", fn);
+  bool inner = !raw && !lock && kind != BYTES;
+  uint32_t data_at = inner ? INNER_DATA_AT : HEADER;
+  if (length > (SIZE_MAX - data_at) / elem)
+    return mp__error(MP_ENOMEM, "%s: %zu elements of %u bytes overflow", fn, length, elem);
+  ctypes_t *c = mp__shared_alloc(data_at + length * elem);
+  if (!c)
+    return MP_ENOMEM;
+  if (inner) {
+    lock = (mp_lock_t *)((char *)c + MP__INNER_LOCK_AT);
+    rc = mp__lock_init_inner(lock);
+  } else if (!raw) {
+    rc = lock ? mp_lock_retain(lock) : mp_rlock_create(&lock);
+  }
+  if (rc < 0) {
+    mp__shared_release(c);
+    return rc;
+  }
+  c->magic = magic;
+  c->kind = kind;
+  c->elem = elem;
+  c->typecode = typecode;
+  c->length = length;
+  c->lock = raw ? NULL : lock;
+  c->data_at = data_at;
+  if (init)
+    memcpy(data_of(c), init, length * elem);
+  *out = c;
+  return 0;
+}
+
+/* The checked object, or NULL (with the error set). */
+static ctypes_t *checked(const void *obj, uint32_t magic, const char *fn) {
+  ctypes_t *c = of(obj, magic);
+  if (c)
+    return c;
+  mp__error(MP_EINVAL, "%s: the handle is NULL or closed", fn);
+  return NULL;
+}
+
+/* ---------------------------- the accessors ---------------------------- */
+
+/* One access: which object, which elements, and what to do with them under the lock. */
+typedef enum { GET_LONG, SET_LONG, ADD_LONG, GET_DOUBLE, SET_DOUBLE, ADD_DOUBLE } op_t;
+
+typedef struct {
+  op_t op;
+  long l; /* the operand */
+  double d;
+  long *l_out; /* where the result goes, if not NULL */
+  double *d_out;
+} access_t;
+
+/* Fixed-size copies, which the compiler turns into single loads and stores: the element may
+ * sit at any offset of a raw buffer, and the critical section stays a few instructions. */
+static long load_long(const ctypes_t *c, const unsigned char *p) {
+  bool s = c->kind == SIGNED;
+  switch (c->elem) {
+  case 1: {
+    uint8_t v;
+    memcpy(&v, p, sizeof v);
+    return s ? (int8_t)v : (long)v;
+  }
+  case 2: {
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return s ? (int16_t)v : (long)v;
+  }
+  case 4: {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return s ? (int32_t)v : (long)v;
+  }
+  default: {
+    int64_t v;
+    memcpy(&v, p, sizeof v);
+    return (long)v;
+  }
+  }
+}
+
+/* Truncation to the element's low bytes: C's (and ctypes') conversion on two's complement. */
+static void store_long(const ctypes_t *c, unsigned char *p, long x) {
+  switch (c->elem) {
+  case 1: {
+    uint8_t v = (uint8_t)x;
+    memcpy(p, &v, sizeof v);
+    break;
+  }
+  case 2: {
+    uint16_t v = (uint16_t)x;
+    memcpy(p, &v, sizeof v);
+    break;
+  }
+  case 4: {
+    uint32_t v = (uint32_t)x;
+    memcpy(p, &v, sizeof v);
+    break;
+  }
+  default:
+    memcpy(p, &x, sizeof x);
+  }
+}
+
+static double load_double(const ctypes_t *c, const unsigned char *p) {
+  if (c->elem == sizeof(float)) {
+    float f;
+    memcpy(&f, p, sizeof f);
+    return f;
+  }
+  double d;
+  memcpy(&d, p, sizeof d);
+  return d;
+}
+
+static void store_double(const ctypes_t *c, unsigned char *p, double x) {
+  if (c->elem == sizeof(float)) {
+    float f = (float)x;
+    memcpy(p, &f, sizeof f);
+  } else {
+    memcpy(p, &x, sizeof x);
+  }
+}
+
+static int lock_c(ctypes_t *c) {
+  return c->lock ? mp_lock_acquire(c->lock, MP_FOREVER) : 0;
+}
+
+static void unlock_c(ctypes_t *c) {
+  if (c->lock)
+    mp_lock_release(c->lock);
+}
+
+/* Element i of c, typed: the op's result goes to a->l_out or a->d_out. */
+static int access(ctypes_t *c, size_t i, access_t *a, const char *fn) {
+  bool wants_double = a->op >= GET_DOUBLE;
+  if ((a->op == GET_LONG && !a->l_out) || (a->op == GET_DOUBLE && !a->d_out))
+    return mp__error(MP_EINVAL, "%s: out is NULL", fn);
+  if ((wants_double && c->kind != FLOATING) ||
+      (!wants_double && (c->kind == FLOATING || c->kind == BYTES)))
+    return mp__error(MP_EINVAL, "%s: typecode %d holds no %s", fn, c->typecode,
+                     wants_double ? "floating point number" : "integer");
+  if (i >= c->length)
+    return mp__error(MP_EINVAL, "%s: index %zu is past the end (%zu elements)", fn, i,
+                     c->length);
+  unsigned char *p = data_of(c) + i * c->elem;
+  int rc = lock_c(c);
+  if (rc < 0 && rc != MP_EOWNERDEAD)
+    return rc;
+  switch (a->op) {
+  case ADD_LONG:
+    a->l += load_long(c, p);
+    /* fall through */
+  case SET_LONG:
+    store_long(c, p, a->l);
+    /* fall through */
+  case GET_LONG:
+    if (a->l_out)
+      *a->l_out = load_long(c, p);
+    break;
+  case ADD_DOUBLE:
+    a->d += load_double(c, p);
+    /* fall through */
+  case SET_DOUBLE:
+    store_double(c, p, a->d);
+    /* fall through */
+  case GET_DOUBLE:
+    if (a->d_out)
+      *a->d_out = load_double(c, p);
+    break;
+  }
+  unlock_c(c);
+  return rc;
+}
+
+/* Copies elements [start, start+count) out (to_obj false) or in, under the lock. */
+static int copy(ctypes_t *c, size_t start, size_t count, void *buf, bool to_obj,
+                const char *fn) {
+  if (!buf)
+    return mp__error(MP_EINVAL, "%s: buf is NULL", fn);
+  if (start > c->length || count > c->length - start)
+    return mp__error(MP_EINVAL, "%s: elements %zu..%zu are past the end (%zu elements)", fn,
+                     start, start + count, c->length);
+  unsigned char *p = data_of(c) + start * c->elem;
+  int rc = lock_c(c);
+  if (rc < 0 && rc != MP_EOWNERDEAD)
+    return rc;
+  if (to_obj)
+    memcpy(p, buf, count * c->elem);
+  else
+    memcpy(buf, p, count * c->elem);
+  unlock_c(c);
+  return rc;
+}
+
+static int close_c(ctypes_t *c) {
+  mp_lock_t *lock = inner_lock(c) ? NULL : c->lock;
+  if (mp__shared_release(c) && lock)
+    mp_lock_close(lock);
+  return 0;
+}
+
+/* ================================ Value ================================ */
+
+#define VALUE(v, fn)                                                                           \
+  ctypes_t *c = checked((v), VALUE_MAGIC, (fn));                                               \
+  if (!c)                                                                                      \
+  return MP_EINVAL
+
+int mp_value_create(mp_value_t **value, int typecode, const void *init, mp_lock_t *lock) {
+  return create((ctypes_t **)value, VALUE_MAGIC, typecode, 1, init, lock, false,
+                "mp_value_create");
+}
+
+int mp_raw_value_create(mp_value_t **value, int typecode, const void *init) {
+  return create((ctypes_t **)value, VALUE_MAGIC, typecode, 1, init, NULL, true,
+                "mp_raw_value_create");
+}
+
+mp_lock_t *mp_value_get_lock(const mp_value_t *value) {
+  ctypes_t *c = of(value, VALUE_MAGIC);
+  return c ? c->lock : NULL;
+}
+
+static int value_access(mp_value_t *value, access_t a, const char *fn) {
+  VALUE(value, fn);
+  return access(c, 0, &a, fn);
+}
+
+int mp_value_get_long(mp_value_t *value, long *out) {
+  return value_access(value, (access_t){.op = GET_LONG, .l_out = out}, "mp_value_get_long");
+}
+
+int mp_value_set_long(mp_value_t *value, long x) {
+  return value_access(value, (access_t){.op = SET_LONG, .l = x}, "mp_value_set_long");
+}
+
+int mp_value_add_long(mp_value_t *value, long delta, long *result) {
+  return value_access(value, (access_t){.op = ADD_LONG, .l = delta, .l_out = result},
+                      "mp_value_add_long");
+}
+
+int mp_value_get_double(mp_value_t *value, double *out) {
+  return value_access(value, (access_t){.op = GET_DOUBLE, .d_out = out}, "mp_value_get_double");
+}
+
+int mp_value_set_double(mp_value_t *value, double x) {
+  return value_access(value, (access_t){.op = SET_DOUBLE, .d = x}, "mp_value_set_double");
+}
+
+int mp_value_add_double(mp_value_t *value, double delta, double *result) {
+  return value_access(value, (access_t){.op = ADD_DOUBLE, .d = delta, .d_out = result},
+                      "mp_value_add_double");
+}
+
+int mp_value_read(mp_value_t *value, void *buf) {
+  VALUE(value, "mp_value_read");
+  return copy(c, 0, 1, buf, false, "mp_value_read");
+}
+
+int mp_value_write(mp_value_t *value, const void *buf) {
+  VALUE(value, "mp_value_write");
+  return copy(c, 0, 1, (void *)buf, true, "mp_value_write");
+}
+
+void *mp_value_ptr(mp_value_t *value) {
+  ctypes_t *c = of(value, VALUE_MAGIC);
+  return c ? data_of(c) : NULL;
+}
+
+size_t mp_value_size(const mp_value_t *value) {
+  ctypes_t *c = of(value, VALUE_MAGIC);
+  return c ? c->elem : 0;
+}
+
+int mp_value_retain(mp_value_t *value) {
+  VALUE(value, "mp_value_retain");
+  mp__shared_retain(c);
+  return 0;
+}
+
+int mp_value_close(mp_value_t *value) {
+  VALUE(value, "mp_value_close");
+  return close_c(c);
+}
+
+/* ================================ Array ================================ */
+
+#define ARRAY(a, fn)                                                                           \
+  ctypes_t *c = checked((a), ARRAY_MAGIC, (fn));                                               \
+  if (!c)                                                                                      \
+  return MP_EINVAL
+
+int mp_array_create(mp_array_t **array, int typecode, size_t length, const void *init,
+                    mp_lock_t *lock) {
+  return create((ctypes_t **)array, ARRAY_MAGIC, typecode, length, init, lock, false,
+                "mp_array_create");
+}
+
+int mp_raw_array_create(mp_array_t **array, int typecode, size_t length, const void *init) {
+  return create((ctypes_t **)array, ARRAY_MAGIC, typecode, length, init, NULL, true,
+                "mp_raw_array_create");
+}
+
+mp_lock_t *mp_array_get_lock(const mp_array_t *array) {
+  ctypes_t *c = of(array, ARRAY_MAGIC);
+  return c ? c->lock : NULL;
+}
+
+size_t mp_array_length(const mp_array_t *array) {
+  ctypes_t *c = of(array, ARRAY_MAGIC);
+  return c ? c->length : 0;
+}
+
+static int array_access(mp_array_t *array, size_t i, access_t a, const char *fn) {
+  ARRAY(array, fn);
+  return access(c, i, &a, fn);
+}
+
+int mp_array_get_long(mp_array_t *array, size_t i, long *out) {
+  return array_access(array, i, (access_t){.op = GET_LONG, .l_out = out}, "mp_array_get_long");
+}
+
+int mp_array_set_long(mp_array_t *array, size_t i, long x) {
+  return array_access(array, i, (access_t){.op = SET_LONG, .l = x}, "mp_array_set_long");
+}
+
+int mp_array_add_long(mp_array_t *array, size_t i, long delta, long *result) {
+  return array_access(array, i, (access_t){.op = ADD_LONG, .l = delta, .l_out = result},
+                      "mp_array_add_long");
+}
+
+int mp_array_get_double(mp_array_t *array, size_t i, double *out) {
+  return array_access(array, i, (access_t){.op = GET_DOUBLE, .d_out = out},
+                      "mp_array_get_double");
+}
+
+int mp_array_set_double(mp_array_t *array, size_t i, double x) {
+  return array_access(array, i, (access_t){.op = SET_DOUBLE, .d = x}, "mp_array_set_double");
+}
+
+int mp_array_read(mp_array_t *array, size_t start, size_t count, void *buf) {
+  ARRAY(array, "mp_array_read");
+  return copy(c, start, count, buf, false, "mp_array_read");
+}
+
+int mp_array_write(mp_array_t *array, size_t start, size_t count, const void *buf) {
+  ARRAY(array, "mp_array_write");
+  return copy(c, start, count, (void *)buf, true, "mp_array_write");
+}
+
+void *mp_array_ptr(mp_array_t *array) {
+  ctypes_t *c = of(array, ARRAY_MAGIC);
+  return c ? data_of(c) : NULL;
+}
+
+size_t mp_array_size(const mp_array_t *array) {
+  ctypes_t *c = of(array, ARRAY_MAGIC);
+  return c ? c->length * c->elem : 0;
+}
+
+int mp_array_retain(mp_array_t *array) {
+  ARRAY(array, "mp_array_retain");
+  mp__shared_retain(c);
+  return 0;
+}
+
+int mp_array_close(mp_array_t *array) {
+  ARRAY(array, "mp_array_close");
+  return close_c(c);
+}

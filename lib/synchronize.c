@@ -1,0 +1,945 @@
+/*
+ * Synchronization primitives, Python's synchronize.py: Lock, RLock, Semaphore,
+ * BoundedSemaphore, Event, Condition, Barrier. Every object is a block of the shared arena,
+ * so a handle means the same object in every process, and every wait is a futex wait on a
+ * word of it with an absolute CLOCK_MONOTONIC deadline (never a process-shared condition
+ * variable: glibc bug 21422).
+ *
+ * What a death does to each (docs/architecture.md tells the whole story):
+ *  - Lock, RLock: a robust process-shared mutex. The kernel releases it when its holder
+ *    thread ends, and the next acquirer gets MP_EOWNERDEAD at once.
+ *  - Semaphore: each process's acquired-minus-released permits are recorded in a slot by
+ *    (pid, start time). A process that ends normally keeps what it took (a permit is
+ *    consumed, as in Python); one that is killed holding permits has them returned by the
+ *    first waiter that notices (a blocked one within SLICE_NS, one about to time out at
+ *    once), and the acquirers of those get MP_EOWNERDEAD.
+ *  - Condition: a waiter killed inside wait may use up one notify; notify_all wakes the rest.
+ *  - Barrier: a party that never arrives breaks it when a waiter's timeout passes.
+ */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define LOCK_MAGIC 0x4b434f4cu      /* "LOCK" */
+#define RLOCK_MAGIC 0x4b434c52u     /* "RLCK" */
+#define INNER_MAGIC 0x4e4e4952u     /* "RINN": a Value's own RLock, inside its block */
+#define SEMAPHORE_MAGIC 0x414d4553u /* "SEMA" */
+#define EVENT_MAGIC 0x544e5645u     /* "EVNT" */
+#define CONDITION_MAGIC 0x444e4f43u /* "COND" */
+#define BARRIER_MAGIC 0x52524142u   /* "BARR" */
+
+/* How often a blocked semaphore waiter looks for killed holders. */
+#define SLICE_NS 50000000
+
+/* ============================ who is calling ============================ */
+
+/*
+ * A thread is named by a program-wide number from the arena, taken on its first lock: unlike
+ * a TID it is never reused, so a lock whose holder died can never look held by a newcomer.
+ * A forked child's thread is another thread: the atfork handler forgets the number.
+ */
+static __thread __attribute__((tls_model("initial-exec"))) uint64_t thread_token;
+
+static uint64_t self_token(void) {
+  uint64_t token = thread_token;
+  if (__builtin_expect(token == 0, 0))
+    token = thread_token = mp__shared_unique();
+  return token;
+}
+
+/* A process is named by (pid, start time): a pid alone is reused. */
+typedef struct {
+  int32_t pid;
+  uint32_t count; /* for a semaphore slot: permits acquired and not released */
+  uint64_t start; /* clock ticks after boot, /proc/<pid>/stat field 22 */
+} proc_id_t;
+
+/* Reads pid's start time; false if it has ended (gone, or a zombie). */
+static bool proc_started(int32_t pid, uint64_t *start) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return false;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0)
+    return false;
+  buf[n] = '\0';
+  /* The name in parentheses may hold anything: the fields start after the last ')'. */
+  char *p = strrchr(buf, ')');
+  if (!p || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X')
+    return false;
+  p += 2; /* field 3, the state */
+  for (int field = 3; field < 22 && p; field++) {
+    p = strchr(p, ' ');
+    if (p)
+      p++;
+  }
+  if (!p)
+    return false;
+  *start = strtoull(p, NULL, 10);
+  return true;
+}
+
+static proc_id_t self_id;
+
+static proc_id_t self_process(void) {
+  if (self_id.pid == 0) {
+    uint64_t start = 0;
+    int32_t pid = getpid();
+    proc_started(pid, &start);
+    self_id.start = start;
+    self_id.pid = pid;
+  }
+  return self_id;
+}
+
+/* ================================ objects ================================ */
+
+/* Every handle starts with its magic word: a NULL, foreign or freed handle (the arena's
+ * free list overwrites the first word) is refused. */
+static bool valid(const void *obj, uint32_t magic) {
+  return obj && *(const uint32_t *)obj == magic;
+}
+
+static int invalid(const char *fn) {
+  return mp__error(MP_EINVAL, "%s: the handle is NULL, closed or not this kind of object", fn);
+}
+
+#define NO_MUTEX SIZE_MAX
+
+/* A new zeroed object with its magic, and its robust mutex at mutex_at (or NO_MUTEX). */
+static int new_object(void *out, size_t size, uint32_t magic, size_t mutex_at) {
+  uint32_t *obj = mp__shared_alloc(size);
+  if (!obj)
+    return MP_ENOMEM;
+  int rc =
+      mutex_at == NO_MUTEX ? 0 : mp__mutex_init((pthread_mutex_t *)((char *)obj + mutex_at));
+  if (rc < 0) {
+    mp__shared_release(obj);
+    return rc;
+  }
+  *obj = magic;
+  memcpy(out, &obj, sizeof obj);
+  return 0;
+}
+
+static int retain(void *obj, uint32_t magic, const char *fn) {
+  if (!valid(obj, magic))
+    return invalid(fn);
+  mp__shared_retain(obj);
+  return 0;
+}
+
+static int release(void *obj, uint32_t magic, const char *fn) {
+  if (!valid(obj, magic))
+    return invalid(fn);
+  mp__shared_release(obj);
+  return 0;
+}
+
+/* ============================== Lock, RLock ============================== */
+
+/* 56 bytes, so that a Value's own lock and a small element share one cache line: the
+ * line the other contending processes take is then the only one that moves. */
+struct mp_lock_s {
+  uint32_t magic;         /* also the kind: LOCK, RLOCK or INNER (an RLock) */
+  uint32_t depth;         /* levels held: always 1 for a Lock */
+  _Atomic uint64_t owner; /* the holding thread's token, 0 if free */
+  pthread_mutex_t mutex;
+};
+
+_Static_assert(sizeof(mp_lock_t) <= MP__INNER_LOCK_SIZE, "a lock fits its place in a Value");
+
+static bool is_lock(const mp_lock_t *lock) {
+  return lock && (lock->magic == LOCK_MAGIC || lock->magic == RLOCK_MAGIC ||
+                  lock->magic == INNER_MAGIC);
+}
+
+/* The block whose references are the lock's: a Value's for its own lock. */
+static void *lock_block(mp_lock_t *lock) {
+  return lock->magic == INNER_MAGIC ? (char *)lock - MP__INNER_LOCK_AT : (void *)lock;
+}
+
+static int lock_new(mp_lock_t **out, uint32_t magic, const char *fn) {
+  if (!out)
+    return mp__error(MP_EINVAL, "%s: lock is NULL", fn);
+  return new_object(out, sizeof **out, magic, offsetof(mp_lock_t, mutex));
+}
+
+int mp__lock_init_inner(mp_lock_t *lock) {
+  int rc = mp__mutex_init(&lock->mutex);
+  if (rc == 0)
+    lock->magic = INNER_MAGIC;
+  return rc;
+}
+
+int mp_lock_create(mp_lock_t **lock) {
+  return lock_new(lock, LOCK_MAGIC, "mp_lock_create");
+}
+
+int mp_rlock_create(mp_lock_t **lock) {
+  return lock_new(lock, RLOCK_MAGIC, "mp_rlock_create");
+}
+
+static bool held_by(const mp_lock_t *lock, uint64_t me) {
+  return atomic_load_explicit(&lock->owner, memory_order_relaxed) == me;
+}
+
+/* Takes the mutex and records the caller: 0, MP_EOWNERDEAD or an error. */
+static int lock_take(mp_lock_t *lock, uint64_t me, uint32_t depth, int64_t deadline) {
+  int rc = mp__mutex_lock(&lock->mutex, deadline);
+  if (rc < 0 && rc != MP_EOWNERDEAD)
+    return rc == MP_ETIMEDOUT ? mp__error(rc, "acquiring a lock: timed out") : rc;
+  atomic_store_explicit(&lock->owner, me, memory_order_relaxed);
+  lock->depth = depth;
+  return rc;
+}
+
+/* Gives the mutex up whatever its depth; returns the depth, for lock_take to restore. */
+static uint32_t lock_drop(mp_lock_t *lock) {
+  uint32_t depth = lock->depth;
+  lock->depth = 0;
+  atomic_store_explicit(&lock->owner, 0, memory_order_relaxed);
+  mp__mutex_unlock(&lock->mutex);
+  return depth;
+}
+
+int mp_lock_acquire(mp_lock_t *lock, double timeout) {
+  if (!is_lock(lock))
+    return invalid("mp_lock_acquire");
+  uint64_t me = self_token();
+  if (lock->magic != LOCK_MAGIC && held_by(lock, me)) {
+    if (lock->depth == UINT32_MAX)
+      return mp__error(MP_ETOOMANY, "mp_lock_acquire: the RLock is held 2^32-1 times");
+    lock->depth++;
+    return 0;
+  }
+  return lock_take(lock, me, 1, mp__deadline(timeout));
+}
+
+int mp_lock_release(mp_lock_t *lock) {
+  if (!is_lock(lock))
+    return invalid("mp_lock_release");
+  if (!held_by(lock, self_token()))
+    return mp__error(MP_ENOTHELD, "mp_lock_release: the calling thread does not hold the %s",
+                     lock->magic == LOCK_MAGIC ? "Lock" : "RLock");
+  if (--lock->depth > 0)
+    return 0;
+  atomic_store_explicit(&lock->owner, 0, memory_order_relaxed);
+  mp__mutex_unlock(&lock->mutex);
+  return 0;
+}
+
+bool mp_lock_is_owned(const mp_lock_t *lock) {
+  return is_lock(lock) && held_by(lock, self_token());
+}
+
+int mp_lock_retain(mp_lock_t *lock) {
+  if (!is_lock(lock))
+    return invalid("mp_lock_retain");
+  mp__shared_retain(lock_block(lock));
+  return 0;
+}
+
+int mp_lock_close(mp_lock_t *lock) {
+  if (!is_lock(lock))
+    return invalid("mp_lock_close");
+  mp__shared_release(lock_block(lock));
+  return 0;
+}
+
+int mp__lock_check(const mp_lock_t *lock) {
+  return is_lock(lock) ? 0 : MP_EINVAL;
+}
+
+/* ======================= Semaphore, BoundedSemaphore ======================= */
+
+#define HOLDER_SLOTS 32
+
+struct mp_semaphore_s {
+  uint32_t magic;
+  uint32_t bounded;
+  int32_t initial;
+  _Atomic uint32_t seq;      /* futex word: bumped whenever permits are added */
+  _Atomic uint32_t sleepers; /* waiters that may be in a futex wait on seq */
+  pthread_mutex_t mutex;     /* guards what follows; held for a few stores only */
+  int32_t value;
+  uint32_t reclaimed; /* permits returned from killed holders and not yet re-acquired */
+  /* The change under way, written before it is made: the process that locks the mutex
+   * after its holder died makes it again, so value and slots always agree. */
+  struct {
+    _Atomic uint32_t valid;
+    int32_t value;
+    uint32_t slot;
+    proc_id_t holder;
+  } redo;
+  proc_id_t holders[HOLDER_SLOTS];
+};
+
+/* The semaphores this process holds permits of, each with a reference: at a normal exit
+ * the process gives up its slots (what it took is consumed, not lost). */
+static struct {
+  pthread_mutex_t lock;
+  mp_semaphore_t **sems;
+  size_t n, cap;
+} held = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0};
+
+static void held_add(mp_semaphore_t *sem) {
+  pthread_mutex_lock(&held.lock);
+  if (held.n == held.cap) {
+    size_t cap = held.cap ? held.cap * 2 : 8;
+    mp_semaphore_t **grown = realloc(held.sems, cap * sizeof *grown);
+    if (!grown) { /* the slot is then cleared only by the process's death */
+      pthread_mutex_unlock(&held.lock);
+      return;
+    }
+    held.sems = grown;
+    held.cap = cap;
+  }
+  mp__shared_retain(sem);
+  held.sems[held.n++] = sem;
+  pthread_mutex_unlock(&held.lock);
+}
+
+static void held_remove(mp_semaphore_t *sem) {
+  pthread_mutex_lock(&held.lock);
+  for (size_t i = 0; i < held.n; i++) {
+    if (held.sems[i] == sem) {
+      held.sems[i] = held.sems[--held.n];
+      mp__shared_release(sem);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&held.lock);
+}
+
+static int sem_lock(mp_semaphore_t *sem) {
+  int rc = mp__mutex_lock(&sem->mutex, INT64_MAX);
+  if (rc == MP_EOWNERDEAD && atomic_load(&sem->redo.valid)) {
+    sem->value = sem->redo.value;
+    sem->holders[sem->redo.slot] = sem->redo.holder;
+    atomic_store(&sem->redo.valid, 0);
+  }
+  return rc == MP_EOWNERDEAD ? 0 : rc;
+}
+
+/* Sets the value and one slot as one change (see redo). */
+static void sem_commit(mp_semaphore_t *sem, int32_t value, uint32_t slot, proc_id_t holder) {
+  sem->redo.value = value;
+  sem->redo.slot = slot;
+  sem->redo.holder = holder;
+  atomic_store(&sem->redo.valid, 1);
+  sem->value = value;
+  sem->holders[slot] = holder;
+  atomic_store(&sem->redo.valid, 0);
+}
+
+/* The caller's slot, or a free one (count 0), or HOLDER_SLOTS if none. */
+static uint32_t sem_slot(const mp_semaphore_t *sem, proc_id_t me) {
+  uint32_t free_slot = HOLDER_SLOTS;
+  for (uint32_t i = 0; i < HOLDER_SLOTS; i++) {
+    if (sem->holders[i].pid == me.pid && sem->holders[i].start == me.start &&
+        sem->holders[i].count > 0)
+      return i;
+    if (sem->holders[i].count == 0 && free_slot == HOLDER_SLOTS)
+      free_slot = i;
+  }
+  return free_slot;
+}
+
+/* Returns the permits of holders that were killed. Called with the mutex held. */
+static void sem_reclaim(mp_semaphore_t *sem) {
+  uint32_t returned = 0;
+  for (uint32_t i = 0; i < HOLDER_SLOTS; i++) {
+    proc_id_t h = sem->holders[i];
+    uint64_t start;
+    if (h.count == 0 || (proc_started(h.pid, &start) && start == h.start))
+      continue;
+    sem_commit(sem, sem->value + (int32_t)h.count, i, (proc_id_t){0, 0, 0});
+    returned += h.count;
+  }
+  if (returned) {
+    sem->reclaimed += returned;
+    atomic_fetch_add(&sem->seq, 1);
+    mp__futex_wake(&sem->seq, INT32_MAX);
+  }
+}
+
+static int sem_new(mp_semaphore_t **out, int value, bool bounded, const char *fn) {
+  if (!out || value < 0)
+    return mp__error(MP_EINVAL, out ? "%s: value %d is negative" : "%s: sem is NULL", fn,
+                     value);
+  mp_semaphore_t *sem;
+  int rc = new_object(&sem, sizeof *sem, SEMAPHORE_MAGIC, offsetof(mp_semaphore_t, mutex));
+  if (rc < 0)
+    return rc;
+  sem->bounded = bounded;
+  sem->initial = value;
+  sem->value = value;
+  *out = sem;
+  return 0;
+}
+
+int mp_semaphore_create(mp_semaphore_t **sem, int value) {
+  return sem_new(sem, value, false, "mp_semaphore_create");
+}
+
+int mp_bounded_semaphore_create(mp_semaphore_t **sem, int value) {
+  return sem_new(sem, value, true, "mp_bounded_semaphore_create");
+}
+
+int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout) {
+  if (!valid(sem, SEMAPHORE_MAGIC))
+    return invalid("mp_semaphore_acquire");
+  int64_t deadline = mp__deadline(timeout);
+  proc_id_t me = self_process();
+  bool looked = false;
+  for (;;) {
+    int rc = sem_lock(sem);
+    if (rc < 0)
+      return rc;
+    if (sem->value > 0) {
+      uint32_t slot = sem_slot(sem, me);
+      bool first = false;
+      if (slot < HOLDER_SLOTS) { /* a full table leaves the permit untracked */
+        proc_id_t h = sem->holders[slot];
+        first = h.count == 0;
+        h = first ? me : h;
+        h.count++;
+        sem_commit(sem, sem->value - 1, slot, h);
+      } else {
+        sem->value--;
+      }
+      bool dead = sem->reclaimed > 0;
+      if (dead)
+        sem->reclaimed--;
+      mp__mutex_unlock(&sem->mutex);
+      if (first)
+        held_add(sem);
+      return dead ? mp__error(MP_EOWNERDEAD, "mp_semaphore_acquire: the permit was held by "
+                                             "a process that was killed")
+                  : 0;
+    }
+    uint32_t seen = atomic_load(&sem->seq);
+    int64_t now = mp__now_ns();
+    if (now >= deadline) {
+      /* Before giving up (at once, for a timeout of 0), look for killed holders once. */
+      bool more = !looked && (sem_reclaim(sem), sem->value > 0);
+      looked = true;
+      mp__mutex_unlock(&sem->mutex);
+      if (more)
+        continue;
+      return mp__error(MP_ETIMEDOUT, "mp_semaphore_acquire: timed out");
+    }
+    atomic_fetch_add(&sem->sleepers, 1);
+    mp__mutex_unlock(&sem->mutex);
+    int64_t until = deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
+    rc = mp__futex_wait(&sem->seq, seen, until);
+    atomic_fetch_sub(&sem->sleepers, 1);
+    if (rc == MP_ETIMEDOUT && until < deadline) {
+      if ((rc = sem_lock(sem)) < 0)
+        return rc;
+      sem_reclaim(sem);
+      mp__mutex_unlock(&sem->mutex);
+    }
+  }
+}
+
+int mp_semaphore_release(mp_semaphore_t *sem) {
+  if (!valid(sem, SEMAPHORE_MAGIC))
+    return invalid("mp_semaphore_release");
+  int rc = sem_lock(sem);
+  if (rc < 0)
+    return rc;
+  if ((sem->bounded && sem->value >= sem->initial) || sem->value == INT32_MAX) {
+    mp__mutex_unlock(&sem->mutex);
+    return mp__error(MP_ETOOMANY, "mp_semaphore_release: %s",
+                     sem->bounded ? "released more times than acquired"
+                                  : "the value is at INT32_MAX");
+  }
+  proc_id_t me = self_process();
+  uint32_t slot = sem_slot(sem, me);
+  proc_id_t h = slot < HOLDER_SLOTS ? sem->holders[slot] : (proc_id_t){0, 0, 0};
+  bool mine = h.count > 0; /* else released for another process: no slot changes */
+  if (mine) {
+    h.count--;
+    sem_commit(sem, sem->value + 1, slot, h);
+  } else {
+    sem->value++;
+  }
+  atomic_fetch_add(&sem->seq, 1);
+  if (atomic_load(&sem->sleepers) > 0)
+    mp__futex_wake(&sem->seq, 1);
+  mp__mutex_unlock(&sem->mutex);
+  if (mine && h.count == 0)
+    held_remove(sem);
+  return 0;
+}
+
+int mp_semaphore_value(mp_semaphore_t *sem) {
+  if (!valid(sem, SEMAPHORE_MAGIC))
+    return invalid("mp_semaphore_value");
+  return __atomic_load_n(&sem->value, __ATOMIC_RELAXED);
+}
+
+int mp_semaphore_retain(mp_semaphore_t *sem) {
+  return retain(sem, SEMAPHORE_MAGIC, "mp_semaphore_retain");
+}
+
+int mp_semaphore_close(mp_semaphore_t *sem) {
+  return release(sem, SEMAPHORE_MAGIC, "mp_semaphore_close");
+}
+
+/* A normal end: permits this process took and kept are consumed, so its slots go. */
+static void semaphores_at_exit(void) {
+  proc_id_t me = self_process();
+  pthread_mutex_lock(&held.lock);
+  for (size_t i = 0; i < held.n; i++) {
+    mp_semaphore_t *sem = held.sems[i];
+    if (sem_lock(sem) == 0) {
+      uint32_t slot = sem_slot(sem, me);
+      if (slot < HOLDER_SLOTS && sem->holders[slot].pid == me.pid)
+        sem_commit(sem, sem->value, slot, (proc_id_t){0, 0, 0});
+      mp__mutex_unlock(&sem->mutex);
+    }
+    mp__shared_release(sem);
+  }
+  held.n = 0;
+  pthread_mutex_unlock(&held.lock);
+}
+
+/* ================================ Event ================================ */
+
+struct mp_event_s {
+  uint32_t magic;
+  /* Futex word: bit 0 is the flag, the rest counts sets, so that a waiter sees that a set
+   * happened even if a clear followed before it woke. */
+  _Atomic uint32_t state;
+  _Atomic uint32_t sleepers;
+};
+
+int mp_event_create(mp_event_t **event) {
+  if (!event)
+    return mp__error(MP_EINVAL, "mp_event_create: event is NULL");
+  return new_object(event, sizeof **event, EVENT_MAGIC, NO_MUTEX);
+}
+
+int mp_event_set(mp_event_t *event) {
+  if (!valid(event, EVENT_MAGIC))
+    return invalid("mp_event_set");
+  uint32_t s = atomic_load(&event->state);
+  while (!(s & 1) && !atomic_compare_exchange_weak(&event->state, &s, (s + 2) | 1)) {
+  }
+  /* The sleeper counts itself before it reads the state, we after we change it: one of
+   * the two sees the other. */
+  if (atomic_load(&event->sleepers) > 0)
+    mp__futex_wake(&event->state, INT32_MAX);
+  return 0;
+}
+
+int mp_event_clear(mp_event_t *event) {
+  if (!valid(event, EVENT_MAGIC))
+    return invalid("mp_event_clear");
+  atomic_fetch_and(&event->state, ~1u);
+  return 0;
+}
+
+bool mp_event_is_set(const mp_event_t *event) {
+  return valid(event, EVENT_MAGIC) && (atomic_load(&((mp_event_t *)event)->state) & 1);
+}
+
+int mp_event_wait(mp_event_t *event, double timeout) {
+  if (!valid(event, EVENT_MAGIC))
+    return invalid("mp_event_wait");
+  uint32_t s = atomic_load(&event->state);
+  if (s & 1)
+    return 0;
+  int64_t deadline = mp__deadline(timeout);
+  int rc = 0;
+  bool was_set = false;
+  atomic_fetch_add(&event->sleepers, 1);
+  for (;;) {
+    /* s is a clear state: any change from it is a set. */
+    if ((was_set = atomic_load(&event->state) != s) || rc == MP_ETIMEDOUT)
+      break;
+    rc = mp__futex_wait(&event->state, s, deadline);
+  }
+  atomic_fetch_sub(&event->sleepers, 1);
+  return was_set ? 0 : mp__error(MP_ETIMEDOUT, "mp_event_wait: timed out");
+}
+
+int mp_event_retain(mp_event_t *event) {
+  return retain(event, EVENT_MAGIC, "mp_event_retain");
+}
+
+int mp_event_close(mp_event_t *event) {
+  return release(event, EVENT_MAGIC, "mp_event_close");
+}
+
+/* ================================ Condition ================================ */
+
+/*
+ * Waiters are counted, not listed. wait() counts itself as unassigned (under the lock) and
+ * sleeps on seq; notify(n) moves min(n, unassigned) from unassigned to tokens, bumps seq and
+ * wakes that many. A waiter that sees seq move takes a token if one is left and returns,
+ * else sleeps again. Only threads that were waiting when notify ran can see that seq move
+ * (a later waiter read seq after it), so a notify never wakes a later waiter, and never
+ * more than n: unassigned + tokens is always the number of waiters.
+ */
+struct mp_condition_s {
+  uint32_t magic;
+  _Atomic uint32_t seq;
+  _Atomic uint32_t unassigned;
+  _Atomic uint32_t tokens;
+  mp_lock_t *lock;
+};
+
+int mp_condition_create(mp_condition_t **out, mp_lock_t *lock) {
+  if (!out)
+    return mp__error(MP_EINVAL, "mp_condition_create: cond is NULL");
+  if (lock && !is_lock(lock))
+    return invalid("mp_condition_create");
+  int rc = lock ? mp_lock_retain(lock) : mp_rlock_create(&lock);
+  mp_condition_t *cond = NULL;
+  if (rc == 0 && (rc = new_object(&cond, sizeof *cond, CONDITION_MAGIC, NO_MUTEX)) < 0)
+    mp_lock_close(lock);
+  if (rc < 0)
+    return rc;
+  cond->lock = lock;
+  *out = cond;
+  return 0;
+}
+
+mp_lock_t *mp_condition_lock(const mp_condition_t *cond) {
+  return valid(cond, CONDITION_MAGIC) ? cond->lock : NULL;
+}
+
+int mp_condition_acquire(mp_condition_t *cond, double timeout) {
+  if (!valid(cond, CONDITION_MAGIC))
+    return invalid("mp_condition_acquire");
+  return mp_lock_acquire(cond->lock, timeout);
+}
+
+int mp_condition_release(mp_condition_t *cond) {
+  if (!valid(cond, CONDITION_MAGIC))
+    return invalid("mp_condition_release");
+  return mp_lock_release(cond->lock);
+}
+
+static bool take_token(mp_condition_t *cond) {
+  uint32_t t = atomic_load(&cond->tokens);
+  while (t > 0 && !atomic_compare_exchange_weak(&cond->tokens, &t, t - 1)) {
+  }
+  return t > 0;
+}
+
+/* Checks the handle and that the caller holds the lock. */
+static int cond_check(mp_condition_t *cond, const char *fn) {
+  if (!valid(cond, CONDITION_MAGIC))
+    return invalid(fn);
+  if (!held_by(cond->lock, self_token()))
+    return mp__error(MP_ENOTHELD, "%s: the calling thread does not hold the condition's lock",
+                     fn);
+  return 0;
+}
+
+static int cond_wait(mp_condition_t *cond, int64_t deadline) {
+  uint64_t me = self_token();
+  uint32_t seen = atomic_load(&cond->seq);
+  atomic_fetch_add(&cond->unassigned, 1);
+  uint32_t depth = lock_drop(cond->lock);
+  bool notified = false;
+  for (;;) {
+    uint32_t now = atomic_load(&cond->seq);
+    if (now != seen) {
+      if ((notified = take_token(cond)))
+        break;
+      seen = now;
+    }
+    if (mp__futex_wait(&cond->seq, seen, deadline) == MP_ETIMEDOUT)
+      break;
+  }
+  int rc = lock_take(cond->lock, me, depth, INT64_MAX);
+  if (!notified) {
+    /* Timed out; a token left now is as good as one meant for us (see above). */
+    notified = take_token(cond);
+    if (!notified && atomic_load(&cond->unassigned) > 0)
+      atomic_fetch_sub(&cond->unassigned, 1);
+  }
+  if (rc < 0)
+    return rc;
+  return notified ? 0 : mp__error(MP_ETIMEDOUT, "mp_condition_wait: timed out");
+}
+
+int mp_condition_wait(mp_condition_t *cond, double timeout) {
+  int rc = cond_check(cond, "mp_condition_wait");
+  return rc < 0 ? rc : cond_wait(cond, mp__deadline(timeout));
+}
+
+int mp_condition_wait_for(mp_condition_t *cond, mp_predicate_t predicate, void *arg,
+                          double timeout) {
+  int rc = cond_check(cond, "mp_condition_wait_for");
+  if (rc < 0)
+    return rc;
+  if (!predicate)
+    return mp__error(MP_EINVAL, "mp_condition_wait_for: predicate is NULL");
+  int64_t deadline = mp__deadline(timeout);
+  bool dead = false;
+  while (!predicate(arg)) {
+    if (mp__now_ns() >= deadline)
+      return mp__error(MP_ETIMEDOUT,
+                       "mp_condition_wait_for: timed out, the predicate is false");
+    rc = cond_wait(cond, deadline);
+    if (rc == MP_EOWNERDEAD)
+      dead = true;
+    else if (rc < 0 && rc != MP_ETIMEDOUT)
+      return rc;
+  }
+  return dead ? MP_EOWNERDEAD : 0;
+}
+
+int mp_condition_notify(mp_condition_t *cond, int n) {
+  int rc = cond_check(cond, "mp_condition_notify");
+  if (rc < 0)
+    return rc;
+  uint32_t waiting = atomic_load(&cond->unassigned);
+  uint32_t k = n < 0 ? 0 : (uint32_t)n < waiting ? (uint32_t)n : waiting;
+  if (k == 0)
+    return 0;
+  atomic_fetch_sub(&cond->unassigned, k);
+  atomic_fetch_add(&cond->tokens, k);
+  atomic_fetch_add(&cond->seq, 1);
+  mp__futex_wake(&cond->seq, (int)k);
+  return 0;
+}
+
+int mp_condition_notify_all(mp_condition_t *cond) {
+  return mp_condition_notify(cond, INT32_MAX);
+}
+
+int mp_condition_retain(mp_condition_t *cond) {
+  return retain(cond, CONDITION_MAGIC, "mp_condition_retain");
+}
+
+int mp_condition_close(mp_condition_t *cond) {
+  if (!valid(cond, CONDITION_MAGIC))
+    return invalid("mp_condition_close");
+  mp_lock_t *lock = cond->lock;
+  if (mp__shared_release(cond))
+    mp_lock_close(lock);
+  return 0;
+}
+
+/* ================================ Barrier ================================ */
+
+/*
+ * The whole state is one 64-bit word changed by compare-and-swap: the generation in the high
+ * half (the futex word: every end of a round, break or reset bumps it) and in the low half
+ * the arrivals, a sticky "broken" bit and how the previous generation ended. A waiter of
+ * generation g that wakes to g+1 reads its outcome from the same word; one that slept
+ * through more generations reads it from ended_broken, bit g % 64.
+ */
+#define BAR_COUNT 0xffffffu
+#define BAR_BROKEN (1u << 24)
+#define BAR_ENDED_BROKEN (1u << 25)
+#define BAR_MAX_PARTIES BAR_COUNT
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the generation is the high half");
+
+struct mp_barrier_s {
+  uint32_t magic;
+  uint32_t parties;
+  _Atomic uint64_t word;
+  _Atomic uint64_t ended_broken;
+  mp__fnref_t *action; /* a block of its own, or NULL */
+  void *arg;
+};
+
+static _Atomic uint32_t *gen_word(mp_barrier_t *b) {
+  return (_Atomic uint32_t *)((char *)&b->word + 4);
+}
+
+static uint32_t gen_of(uint64_t w) {
+  return (uint32_t)(w >> 32);
+}
+
+/* Ends generation gen of the word w with the given low bits; false if w changed first. */
+static bool bar_end(mp_barrier_t *b, uint64_t w, uint32_t low) {
+  uint32_t gen = gen_of(w);
+  uint64_t next = ((uint64_t)(gen + 1) << 32) | low;
+  if (!atomic_compare_exchange_strong(&b->word, &w, next))
+    return false;
+  uint64_t bit = 1ull << (gen % 64);
+  if (low & BAR_ENDED_BROKEN)
+    atomic_fetch_or(&b->ended_broken, bit);
+  else
+    atomic_fetch_and(&b->ended_broken, ~bit);
+  mp__futex_wake(gen_word(b), INT32_MAX);
+  return true;
+}
+
+/* Breaks the barrier (abort, a timeout, a failed action). */
+static void bar_break(mp_barrier_t *b) {
+  uint64_t w = atomic_load(&b->word);
+  while (!((uint32_t)w & BAR_BROKEN) && !bar_end(b, w, BAR_BROKEN | BAR_ENDED_BROKEN))
+    w = atomic_load(&b->word);
+}
+
+static int broken_error(void) {
+  return mp__error(MP_EBROKEN, "mp_barrier_wait: the barrier is broken");
+}
+
+int mp_barrier_create(mp_barrier_t **out, int parties, mp_barrier_action_t action, void *arg) {
+  if (!out || parties < 1 || parties > (int)BAR_MAX_PARTIES)
+    return mp__error(MP_EINVAL,
+                     out ? "mp_barrier_create: %d parties (1 .. 2^24-1)"
+                         : "mp_barrier_create: barrier is NULL",
+                     parties);
+  mp__fnref_t *ref = NULL;
+  if (action) {
+    mp__fnref_t found;
+    int rc = mp__fnref_from_pointer((mp__fn_t)action, &found);
+    if (rc < 0)
+      return rc;
+    if (!(ref = mp__shared_alloc(sizeof *ref)))
+      return MP_ENOMEM;
+    *ref = found;
+  }
+  mp_barrier_t *b;
+  int rc = new_object(&b, sizeof *b, BARRIER_MAGIC, NO_MUTEX);
+  if (rc < 0) {
+    if (ref)
+      mp__shared_release(ref);
+    return rc;
+  }
+  b->parties = (uint32_t)parties;
+  b->action = ref;
+  b->arg = arg;
+  *out = b;
+  return 0;
+}
+
+/* The last arrival: runs the action and releases the generation. */
+static int bar_release(mp_barrier_t *b, uint64_t w, int index) {
+  if (b->action) {
+    mp__fn_t fn;
+    int rc = mp__fnref_resolve(b->action, &fn);
+    if (rc < 0) {
+      bar_break(b);
+      return rc;
+    }
+    if (((mp_barrier_action_t)fn)(b->arg) != 0) {
+      bar_break(b);
+      return mp__error(MP_EBROKEN, "mp_barrier_wait: the action failed; the barrier is broken");
+    }
+  }
+  return bar_end(b, w, 0) ? index : broken_error();
+}
+
+int mp_barrier_wait(mp_barrier_t *b, double timeout) {
+  if (!valid(b, BARRIER_MAGIC))
+    return invalid("mp_barrier_wait");
+  int64_t deadline = INT64_MIN; /* computed when first needed: the last arrival never is */
+  uint64_t w = atomic_load(&b->word);
+  int index = -1;
+  for (;;) {
+    uint32_t low = (uint32_t)w, gen = gen_of(w);
+    if (low & BAR_BROKEN)
+      return broken_error();
+    if ((low & BAR_COUNT) < b->parties) {
+      uint64_t next = w + 1;
+      if (!atomic_compare_exchange_weak(&b->word, &w, next))
+        continue;
+      index = (int)(low & BAR_COUNT);
+      if ((uint32_t)index + 1 == b->parties)
+        return bar_release(b, next, index);
+      w = next;
+    }
+    /* Wait for this generation to end: ours, or (index < 0) the one whose action runs. */
+    if (deadline == INT64_MIN)
+      deadline = mp__deadline(timeout);
+    while (gen_of(w = atomic_load(&b->word)) == gen) {
+      if (mp__futex_wait(gen_word(b), gen, deadline) == MP_ETIMEDOUT &&
+          gen_of(w = atomic_load(&b->word)) == gen) {
+        bar_break(b);
+        return mp__error(MP_EBROKEN, "mp_barrier_wait: timed out; the barrier is broken");
+      }
+    }
+    if (index < 0)
+      continue; /* the action's round ended: now arrive */
+    bool ended_broken = gen_of(w) == gen + 1
+                            ? ((uint32_t)w & BAR_ENDED_BROKEN) != 0
+                            : (atomic_load(&b->ended_broken) >> (gen % 64)) & 1;
+    return ended_broken ? broken_error() : index;
+  }
+}
+
+int mp_barrier_abort(mp_barrier_t *b) {
+  if (!valid(b, BARRIER_MAGIC))
+    return invalid("mp_barrier_abort");
+  bar_break(b);
+  return 0;
+}
+
+int mp_barrier_reset(mp_barrier_t *b) {
+  if (!valid(b, BARRIER_MAGIC))
+    return invalid("mp_barrier_reset");
+  uint64_t w = atomic_load(&b->word);
+  /* Nothing to do for an empty, unbroken barrier; waiters of a full one (its action runs)
+   * get MP_EBROKEN, as Python's. */
+  while (((uint32_t)w & (BAR_BROKEN | BAR_COUNT)) != 0 && !bar_end(b, w, BAR_ENDED_BROKEN))
+    w = atomic_load(&b->word);
+  return 0;
+}
+
+int mp_barrier_parties(const mp_barrier_t *b) {
+  return valid(b, BARRIER_MAGIC) ? (int)b->parties : invalid("mp_barrier_parties");
+}
+
+int mp_barrier_n_waiting(const mp_barrier_t *b) {
+  if (!valid(b, BARRIER_MAGIC))
+    return invalid("mp_barrier_n_waiting");
+  uint32_t low = (uint32_t)atomic_load(&((mp_barrier_t *)b)->word);
+  return low & BAR_BROKEN ? 0 : (int)(low & BAR_COUNT);
+}
+
+bool mp_barrier_broken(const mp_barrier_t *b) {
+  return valid(b, BARRIER_MAGIC) &&
+         ((uint32_t)atomic_load(&((mp_barrier_t *)b)->word) & BAR_BROKEN);
+}
+
+int mp_barrier_retain(mp_barrier_t *b) {
+  return retain(b, BARRIER_MAGIC, "mp_barrier_retain");
+}
+
+int mp_barrier_close(mp_barrier_t *b) {
+  if (!valid(b, BARRIER_MAGIC))
+    return invalid("mp_barrier_close");
+  mp__fnref_t *action = b->action;
+  if (mp__shared_release(b) && action)
+    mp__shared_release(action);
+  return 0;
+}
+
+/* ============================== the process ============================== */
+
+/* A forked child is another process, its thread another thread. */
+static void after_fork_in_child(void) {
+  thread_token = 0;
+  self_id.pid = 0;
+  mp__reset_lock(&held.lock);
+  held.n = 0; /* the slots (and references) are the parent's */
+}
+
+/* Prioritized, so that it runs before spawn.c's take-over of a spawned child. */
+__attribute__((constructor(102))) static void install_handlers(void) {
+  pthread_atfork(NULL, NULL, after_fork_in_child);
+  mp__on_exit(semaphores_at_exit);
+}

@@ -1,0 +1,890 @@
+/*
+ * The synchronization primitives (lib/synchronize.c) through the public header: Lock, RLock,
+ * Semaphore, BoundedSemaphore, Event, Condition, Barrier, between processes of every start
+ * method and between threads; their timeouts (lower bounds only), misuse errors, and what
+ * happens when a holder is SIGKILLed.
+ */
+#include "mp_test.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* What a child is told: the objects, and a number to work with. */
+typedef struct {
+  mp_lock_t *lock;
+  mp_semaphore_t *sem;
+  mp_event_t *ready, *go;
+  mp_condition_t *cond;
+  mp_barrier_t *barrier;
+  long *shared; /* a word in the arena */
+  int n;
+} job_t;
+
+/* Waits at least `expected` seconds for rc to come back: runs call, checks both. */
+#define T_TAKES_AT_LEAST(call, err, expected)                                                  \
+  do {                                                                                         \
+    double t_t0_ = mp_test_now();                                                              \
+    MP_ASSERT_ERR((call), (err));                                                              \
+    double t_took_ = mp_test_now() - t_t0_;                                                    \
+    T_ASSERT(t_took_ >= (expected), "%s returned after %.3f s, before %.3f s", #call, t_took_, \
+             (double)(expected));                                                              \
+    T_ASSERT(t_took_ < (expected) + 10, "%s took %.3f s", #call, t_took_);                     \
+  } while (0)
+
+/* ================================ Lock, RLock ================================ */
+
+START_TEST(test_lock_basics) {
+  mp_lock_t *lock;
+  MP_ASSERT_OK(mp_lock_create(&lock));
+  MP_ASSERT_ERR(mp_lock_release(lock), MP_ENOTHELD);
+  T_ASSERT(!mp_lock_is_owned(lock), "a new lock is owned");
+  MP_ASSERT_OK(mp_lock_acquire(lock, 0));
+  T_ASSERT(mp_lock_is_owned(lock), "an acquired lock is not owned");
+  /* A Lock is not recursive: its holder waits, as in Python, and times out. */
+  MP_ASSERT_ERR(mp_lock_acquire(lock, 0), MP_ETIMEDOUT);
+  MP_ASSERT_ERR(mp_lock_acquire(lock, -1), MP_ETIMEDOUT);
+  T_TAKES_AT_LEAST(mp_lock_acquire(lock, 0.2), MP_ETIMEDOUT, 0.2);
+  MP_ASSERT_OK(mp_lock_release(lock));
+  MP_ASSERT_ERR(mp_lock_release(lock), MP_ENOTHELD);
+  MP_ASSERT_OK(mp_lock_acquire(lock, MP_FOREVER));
+  MP_ASSERT_OK(mp_lock_release(lock));
+  MP_ASSERT_OK(mp_lock_retain(lock));
+  MP_ASSERT_OK(mp_lock_close(lock));
+  MP_ASSERT_OK(mp_lock_acquire(lock, 0)); /* one reference left */
+  MP_ASSERT_OK(mp_lock_release(lock));
+  MP_ASSERT_OK(mp_lock_close(lock));
+  MP_ASSERT_ERR(mp_lock_acquire(lock, 0), MP_EINVAL); /* closed: its block is free */
+}
+END_TEST
+
+START_TEST(test_rlock_recursion) {
+  mp_lock_t *lock;
+  MP_ASSERT_OK(mp_rlock_create(&lock));
+  for (int i = 0; i < 3; i++)
+    MP_ASSERT_OK(mp_lock_acquire(lock, 0));
+  for (int i = 0; i < 3; i++) {
+    T_ASSERT(mp_lock_is_owned(lock), "released too early, at level %d", i);
+    MP_ASSERT_OK(mp_lock_release(lock));
+  }
+  T_ASSERT(!mp_lock_is_owned(lock), "still owned after every release");
+  MP_ASSERT_ERR(mp_lock_release(lock), MP_ENOTHELD);
+  MP_ASSERT_OK(mp_lock_close(lock));
+}
+END_TEST
+
+/* Another thread: the lock is held by the main thread, so it can neither take nor release
+ * it. */
+static void *other_thread_tries(void *arg) {
+  mp_lock_t *lock = arg;
+  intptr_t bad = 0;
+  if (mp_lock_acquire(lock, 0.05) != MP_ETIMEDOUT)
+    bad |= 1;
+  if (mp_lock_release(lock) != MP_ENOTHELD)
+    bad |= 2;
+  if (mp_lock_is_owned(lock))
+    bad |= 4;
+  return (void *)bad;
+}
+
+START_TEST(test_lock_owned_by_thread) {
+  for (int recursive = 0; recursive < 2; recursive++) {
+    mp_lock_t *lock;
+    MP_ASSERT_OK(recursive ? mp_rlock_create(&lock) : mp_lock_create(&lock));
+    MP_ASSERT_OK(mp_lock_acquire(lock, 0));
+    pthread_t t;
+    void *bad;
+    T_INT_EQ(pthread_create(&t, NULL, other_thread_tries, lock), 0);
+    T_INT_EQ(pthread_join(t, &bad), 0);
+    T_INT_EQ((intptr_t)bad, 0);
+    MP_ASSERT_OK(mp_lock_release(lock));
+    MP_ASSERT_OK(mp_lock_close(lock));
+  }
+}
+END_TEST
+
+static int child_tries_held_lock(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  if (mp_lock_acquire(job->lock, 0.05) != MP_ETIMEDOUT)
+    return 2;
+  if (mp_lock_release(job->lock) != MP_ENOTHELD)
+    return 3;
+  mp_event_set(job->ready);
+  /* The parent releases it now: this wait ends. */
+  if (mp_lock_acquire(job->lock, 10) != 0)
+    return 4;
+  return mp_lock_release(job->lock) == 0 ? 0 : 5;
+}
+
+START_TEST(test_lock_across_processes) {
+  for (int recursive = 0; recursive < 2; recursive++) {
+    job_t job = {0};
+    MP_ASSERT_OK(recursive ? mp_rlock_create(&job.lock) : mp_lock_create(&job.lock));
+    MP_ASSERT_OK(mp_event_create(&job.ready));
+    MP_ASSERT_OK(mp_lock_acquire(job.lock, 0));
+    mp_process_t *p = mp_test_start(_i, child_tries_held_lock, &job, sizeof(job_t));
+    MP_ASSERT_OK(mp_event_wait(job.ready, 20));
+    MP_ASSERT_OK(mp_lock_release(job.lock));
+    mp_test_join_ok(p, 20);
+    MP_ASSERT_OK(mp_lock_acquire(job.lock, 0)); /* the child left it free */
+    MP_ASSERT_OK(mp_lock_release(job.lock));
+    mp_lock_close(job.lock);
+    mp_event_close(job.ready);
+  }
+}
+END_TEST
+
+/* Mutual exclusion: inside the lock, *shared must be 0 on entry; it counts violations in
+ * shared[1] and entries in shared[2]. */
+static void critical_sections(job_t *job) {
+  volatile long *w = job->shared;
+  for (int i = 0; i < job->n; i++) {
+    mp_lock_acquire(job->lock, MP_FOREVER);
+    if (w[0] != 0)
+      w[1]++;
+    w[0] = 1;
+    for (volatile int spin = 0; spin < 50; spin++) {
+    }
+    if (i % 64 == 0)
+      sched_yield(); /* hand the core over while holding it: the others must wait */
+    w[0] = 0;
+    w[2]++;
+    mp_lock_release(job->lock);
+  }
+}
+
+static int child_critical_sections(void *arg, size_t size) {
+  (void)size;
+  critical_sections(arg);
+  return 0;
+}
+
+static void *thread_critical_sections(void *arg) {
+  critical_sections(arg);
+  return NULL;
+}
+
+START_TEST(test_mutual_exclusion) {
+  for (int recursive = 0; recursive < 2; recursive++) {
+    job_t job = {.n = 3000};
+    mp_array_t *words;
+    MP_ASSERT_OK(mp_raw_array_create(&words, 'l', 3, NULL));
+    job.shared = mp_array_ptr(words);
+    MP_ASSERT_OK(recursive ? mp_rlock_create(&job.lock) : mp_lock_create(&job.lock));
+    mp_process_t *p[3];
+    for (int k = 0; k < 3; k++)
+      p[k] = mp_test_start(_i, child_critical_sections, &job, sizeof(job_t));
+    pthread_t t;
+    T_INT_EQ(pthread_create(&t, NULL, thread_critical_sections, &job), 0);
+    critical_sections(&job);
+    T_INT_EQ(pthread_join(t, NULL), 0);
+    for (int k = 0; k < 3; k++)
+      mp_test_join_ok(p[k], 20);
+    T_INT_EQ(job.shared[1], 0);
+    T_INT_EQ(job.shared[2], 5 * job.n);
+    mp_lock_close(job.lock);
+    mp_array_close(words);
+  }
+}
+END_TEST
+
+/* ============================ a holder is killed ============================ */
+
+/* The child takes what the job names, says so, and waits to be killed. */
+static int child_holds_and_hangs(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  int rc = job->lock ? mp_lock_acquire(job->lock, 10) : mp_semaphore_acquire(job->sem, 10);
+  if (rc != 0)
+    return 2;
+  if (job->lock && job->n > 1 && mp_lock_acquire(job->lock, 0) != 0) /* RLock: twice */
+    return 3;
+  mp_event_set(job->ready);
+  for (;;)
+    pause();
+}
+
+static void kill_holder(int method, job_t *job) {
+  MP_ASSERT_OK(mp_event_create(&job->ready));
+  mp_process_t *p = mp_test_start(method, child_holds_and_hangs, job, sizeof(job_t));
+  MP_ASSERT_OK(mp_event_wait(job->ready, 20));
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 20), -SIGKILL);
+  T_PROC_CLOSE(p);
+  mp_event_close(job->ready);
+}
+
+START_TEST(test_lock_holder_killed) {
+  for (int recursive = 0; recursive < 2; recursive++) {
+    job_t job = {.n = 1 + recursive};
+    MP_ASSERT_OK(recursive ? mp_rlock_create(&job.lock) : mp_lock_create(&job.lock));
+    kill_holder(_i, &job);
+    MP_ASSERT_ERR(mp_lock_acquire(job.lock, 10), MP_EOWNERDEAD);
+    T_ASSERT(mp_lock_is_owned(job.lock), "acquired after the death, but not owned");
+    MP_ASSERT_OK(mp_lock_release(job.lock)); /* one level: the dead holder's are gone */
+    MP_ASSERT_ERR(mp_lock_release(job.lock), MP_ENOTHELD);
+    MP_ASSERT_OK(mp_lock_acquire(job.lock, 0)); /* consistent again */
+    MP_ASSERT_OK(mp_lock_release(job.lock));
+    mp_lock_close(job.lock);
+  }
+}
+END_TEST
+
+/* A holder killed while another process already waits: the waiter wakes with the news. */
+static int child_waits_for_lock(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  mp_event_set(job->go);
+  int rc = mp_lock_acquire(job->lock, 20);
+  return rc == MP_EOWNERDEAD && mp_lock_release(job->lock) == 0 ? 0 : 2;
+}
+
+START_TEST(test_lock_waiter_told_of_death) {
+  job_t job = {.n = 1};
+  MP_ASSERT_OK(mp_lock_create(&job.lock));
+  MP_ASSERT_OK(mp_event_create(&job.ready));
+  MP_ASSERT_OK(mp_event_create(&job.go));
+  mp_process_t *holder = mp_test_start(_i, child_holds_and_hangs, &job, sizeof(job_t));
+  MP_ASSERT_OK(mp_event_wait(job.ready, 20));
+  mp_process_t *waiter = mp_test_start(_i, child_waits_for_lock, &job, sizeof(job_t));
+  MP_ASSERT_OK(mp_event_wait(job.go, 20));
+  mp_test_sleep(0.05);
+  MP_ASSERT_OK(mp_process_kill(holder));
+  mp_test_join_ok(waiter, 20);
+  T_INT_EQ(mp_test_join_code(holder, 20), -SIGKILL);
+  T_PROC_CLOSE(holder);
+  mp_lock_close(job.lock);
+  mp_event_close(job.ready);
+  mp_event_close(job.go);
+}
+END_TEST
+
+START_TEST(test_semaphore_holder_killed) {
+  job_t job = {0};
+  MP_ASSERT_OK(mp_bounded_semaphore_create(&job.sem, 1));
+  kill_holder(_i, &job);
+  T_INT_EQ(mp_semaphore_value(job.sem), 0);
+  /* An acquirer that would time out looks for dead holders first: even a timeout of 0. */
+  MP_ASSERT_ERR(mp_semaphore_acquire(job.sem, 0), MP_EOWNERDEAD);
+  MP_ASSERT_OK(mp_semaphore_release(job.sem));
+  kill_holder(_i, &job);
+  /* A blocked acquirer finds the dead holder within a slice and gets its permit. */
+  MP_ASSERT_ERR(mp_semaphore_acquire(job.sem, 10), MP_EOWNERDEAD);
+  MP_ASSERT_OK(mp_semaphore_release(job.sem));
+  MP_ASSERT_ERR(mp_semaphore_release(job.sem), MP_ETOOMANY); /* returned once only */
+  MP_ASSERT_OK(mp_semaphore_acquire(job.sem, 0));
+  MP_ASSERT_OK(mp_semaphore_release(job.sem));
+  mp_semaphore_close(job.sem);
+}
+END_TEST
+
+/* A process that ends normally keeps what it acquired: a permit is consumed, not lost. */
+static int child_takes_permit(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  return mp_semaphore_acquire(job->sem, 10) == 0 ? 0 : 2;
+}
+
+START_TEST(test_semaphore_consumed_by_exit) {
+  job_t job = {0};
+  MP_ASSERT_OK(mp_semaphore_create(&job.sem, 1));
+  mp_test_join_ok(mp_test_start(_i, child_takes_permit, &job, sizeof(job_t)), 20);
+  T_INT_EQ(mp_semaphore_value(job.sem), 0);
+  T_TAKES_AT_LEAST(mp_semaphore_acquire(job.sem, 0.3), MP_ETIMEDOUT, 0.3);
+  mp_semaphore_close(job.sem);
+}
+END_TEST
+
+/* ================================ Semaphore ================================ */
+
+START_TEST(test_semaphore_basics) {
+  mp_semaphore_t *sem;
+  MP_ASSERT_OK(mp_semaphore_create(&sem, 2));
+  MP_ASSERT_OK(mp_semaphore_acquire(sem, 0));
+  MP_ASSERT_OK(mp_semaphore_acquire(sem, 0));
+  T_INT_EQ(mp_semaphore_value(sem), 0);
+  MP_ASSERT_ERR(mp_semaphore_acquire(sem, 0), MP_ETIMEDOUT);
+  MP_ASSERT_ERR(mp_semaphore_acquire(sem, -5), MP_ETIMEDOUT);
+  T_TAKES_AT_LEAST(mp_semaphore_acquire(sem, 0.2), MP_ETIMEDOUT, 0.2);
+  for (int i = 0; i < 3; i++) /* unbounded: above the initial value is fine */
+    MP_ASSERT_OK(mp_semaphore_release(sem));
+  T_INT_EQ(mp_semaphore_value(sem), 3);
+  MP_ASSERT_OK(mp_semaphore_close(sem));
+
+  MP_ASSERT_OK(mp_bounded_semaphore_create(&sem, 1));
+  MP_ASSERT_ERR(mp_semaphore_release(sem), MP_ETOOMANY);
+  MP_ASSERT_OK(mp_semaphore_acquire(sem, 0));
+  MP_ASSERT_OK(mp_semaphore_release(sem));
+  MP_ASSERT_ERR(mp_semaphore_release(sem), MP_ETOOMANY);
+  T_INT_EQ(mp_semaphore_value(sem), 1);
+  MP_ASSERT_OK(mp_semaphore_close(sem));
+  MP_ASSERT_ERR(mp_semaphore_create(&sem, -1), MP_EINVAL);
+  MP_ASSERT_ERR(mp_semaphore_create(NULL, 1), MP_EINVAL);
+}
+END_TEST
+
+/* The child takes n permits one by one as the parent gives them, then gives one back. */
+static int child_counts_permits(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  for (int i = 0; i < job->n; i++)
+    if (mp_semaphore_acquire(job->sem, 20) != 0)
+      return 2;
+  return mp_semaphore_release(job->sem) == 0 ? 0 : 3;
+}
+
+START_TEST(test_semaphore_across_processes) {
+  job_t job = {.n = 50};
+  MP_ASSERT_OK(mp_semaphore_create(&job.sem, 0));
+  mp_process_t *p = mp_test_start(_i, child_counts_permits, &job, sizeof(job_t));
+  for (int i = 0; i < job.n; i++)
+    MP_ASSERT_OK(mp_semaphore_release(job.sem));
+  mp_test_join_ok(p, 20);
+  T_INT_EQ(mp_semaphore_value(job.sem), 1);
+  mp_semaphore_close(job.sem);
+}
+END_TEST
+
+/* Threads: never more holders than permits. */
+typedef struct {
+  mp_semaphore_t *sem;
+  _Atomic int inside, violations;
+} permits_t;
+
+static void *thread_uses_permits(void *arg) {
+  permits_t *pm = arg;
+  for (int i = 0; i < 2000; i++) {
+    if (mp_semaphore_acquire(pm->sem, 20) != 0) {
+      atomic_fetch_add(&pm->violations, 1000000);
+      break;
+    }
+    if (atomic_fetch_add(&pm->inside, 1) >= 2)
+      atomic_fetch_add(&pm->violations, 1);
+    if (i % 64 == 0)
+      sched_yield();
+    atomic_fetch_sub(&pm->inside, 1);
+    mp_semaphore_release(pm->sem);
+  }
+  return NULL;
+}
+
+START_TEST(test_semaphore_threads) {
+  permits_t pm = {0};
+  MP_ASSERT_OK(mp_bounded_semaphore_create(&pm.sem, 2));
+  pthread_t t[4];
+  for (int k = 0; k < 4; k++)
+    T_INT_EQ(pthread_create(&t[k], NULL, thread_uses_permits, &pm), 0);
+  for (int k = 0; k < 4; k++)
+    T_INT_EQ(pthread_join(t[k], NULL), 0);
+  T_INT_EQ(atomic_load(&pm.violations), 0);
+  T_INT_EQ(mp_semaphore_value(pm.sem), 2);
+  mp_semaphore_close(pm.sem);
+}
+END_TEST
+
+/* ================================ Event ================================ */
+
+static int child_event_echo(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  for (int i = 0; i < job->n; i++) {
+    if (mp_event_wait(job->go, 20) != 0)
+      return 2;
+    mp_event_clear(job->go);
+    mp_event_set(job->ready);
+  }
+  return 0;
+}
+
+START_TEST(test_event_across_processes) {
+  job_t job = {.n = 100};
+  MP_ASSERT_OK(mp_event_create(&job.go));
+  MP_ASSERT_OK(mp_event_create(&job.ready));
+  mp_process_t *p = mp_test_start(_i, child_event_echo, &job, sizeof(job_t));
+  for (int i = 0; i < job.n; i++) {
+    MP_ASSERT_OK(mp_event_set(job.go));
+    MP_ASSERT_OK(mp_event_wait(job.ready, 20));
+    MP_ASSERT_OK(mp_event_clear(job.ready));
+  }
+  mp_test_join_ok(p, 20);
+  mp_event_close(job.go);
+  mp_event_close(job.ready);
+}
+END_TEST
+
+START_TEST(test_event_basics) {
+  mp_event_t *e;
+  MP_ASSERT_OK(mp_event_create(&e));
+  T_ASSERT(!mp_event_is_set(e), "a new event is set");
+  MP_ASSERT_ERR(mp_event_wait(e, 0), MP_ETIMEDOUT);
+  MP_ASSERT_ERR(mp_event_wait(e, -1), MP_ETIMEDOUT);
+  T_TAKES_AT_LEAST(mp_event_wait(e, 0.2), MP_ETIMEDOUT, 0.2);
+  MP_ASSERT_OK(mp_event_set(e));
+  MP_ASSERT_OK(mp_event_set(e));
+  T_ASSERT(mp_event_is_set(e), "not set after set");
+  MP_ASSERT_OK(mp_event_wait(e, 0));
+  MP_ASSERT_OK(mp_event_clear(e));
+  T_ASSERT(!mp_event_is_set(e), "set after clear");
+  MP_ASSERT_OK(mp_event_close(e));
+  MP_ASSERT_ERR(mp_event_create(NULL), MP_EINVAL);
+  T_ASSERT(!mp_event_is_set(NULL), "NULL is set");
+}
+END_TEST
+
+/* A set followed at once by a clear still wakes a waiter: it was set while it waited. */
+static void *set_then_clear(void *arg) {
+  mp_test_sleep(0.1);
+  mp_event_set(arg);
+  mp_event_clear(arg);
+  return NULL;
+}
+
+START_TEST(test_event_set_then_cleared) {
+  mp_event_t *e;
+  MP_ASSERT_OK(mp_event_create(&e));
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, set_then_clear, e), 0);
+  MP_ASSERT_OK(mp_event_wait(e, 20));
+  T_INT_EQ(pthread_join(t, NULL), 0);
+  mp_event_close(e);
+}
+END_TEST
+
+/* One set wakes every waiting thread. */
+static void *thread_waits_for_event(void *arg) {
+  return (void *)(intptr_t)mp_event_wait(arg, 20);
+}
+
+START_TEST(test_event_wakes_all_threads) {
+  mp_event_t *e;
+  MP_ASSERT_OK(mp_event_create(&e));
+  pthread_t t[3];
+  for (int k = 0; k < 3; k++)
+    T_INT_EQ(pthread_create(&t[k], NULL, thread_waits_for_event, e), 0);
+  mp_test_sleep(0.05);
+  MP_ASSERT_OK(mp_event_set(e));
+  for (int k = 0; k < 3; k++) {
+    void *rc;
+    T_INT_EQ(pthread_join(t[k], &rc), 0);
+    MP_ASSERT_OK((int)(intptr_t)rc);
+  }
+  mp_event_close(e);
+}
+END_TEST
+
+/* ================================ Condition ================================ */
+
+START_TEST(test_condition_misuse_and_timeout) {
+  mp_condition_t *cond;
+  MP_ASSERT_OK(mp_condition_create(&cond, NULL));
+  MP_ASSERT_ERR(mp_condition_wait(cond, 0), MP_ENOTHELD);
+  MP_ASSERT_ERR(mp_condition_notify(cond, 1), MP_ENOTHELD);
+  MP_ASSERT_ERR(mp_condition_notify_all(cond), MP_ENOTHELD);
+  MP_ASSERT_ERR(mp_condition_release(cond), MP_ENOTHELD);
+  MP_ASSERT_OK(mp_condition_acquire(cond, 0));
+  MP_ASSERT_OK(mp_condition_acquire(cond, 0)); /* its own lock is an RLock */
+  MP_ASSERT_ERR(mp_condition_wait_for(cond, NULL, NULL, 0), MP_EINVAL);
+  T_TAKES_AT_LEAST(mp_condition_wait(cond, 0.2), MP_ETIMEDOUT, 0.2);
+  T_ASSERT(mp_lock_is_owned(mp_condition_lock(cond)), "the lock is not held after wait");
+  MP_ASSERT_ERR(mp_condition_wait(cond, -1), MP_ETIMEDOUT);
+  MP_ASSERT_OK(mp_condition_notify(cond, 1)); /* nobody waits: nothing to do */
+  MP_ASSERT_OK(mp_condition_release(cond));
+  MP_ASSERT_OK(mp_condition_release(cond)); /* both levels were restored */
+  MP_ASSERT_ERR(mp_condition_release(cond), MP_ENOTHELD);
+  MP_ASSERT_OK(mp_condition_close(cond));
+  MP_ASSERT_ERR(mp_condition_create(NULL, NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_condition_wait(NULL, 0), MP_EINVAL);
+}
+END_TEST
+
+/* Takes the lock the waiter holds twice (so wait released both levels) and notifies. */
+static void *thread_notifies(void *arg) {
+  mp_condition_t *cond = arg;
+  if (mp_condition_acquire(cond, 10) != 0)
+    return (void *)1;
+  int rc = mp_condition_notify(cond, 1);
+  mp_condition_release(cond);
+  return (void *)(intptr_t)(rc != 0);
+}
+
+START_TEST(test_condition_wait_releases_rlock) {
+  mp_condition_t *cond;
+  MP_ASSERT_OK(mp_condition_create(&cond, NULL));
+  MP_ASSERT_OK(mp_condition_acquire(cond, 0));
+  MP_ASSERT_OK(mp_condition_acquire(cond, 0));
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, thread_notifies, cond), 0);
+  MP_ASSERT_OK(mp_condition_wait(cond, 20));
+  void *bad;
+  T_INT_EQ(pthread_join(t, &bad), 0);
+  T_INT_EQ((intptr_t)bad, 0);
+  MP_ASSERT_OK(mp_condition_release(cond));
+  MP_ASSERT_OK(mp_condition_release(cond));
+  MP_ASSERT_ERR(mp_condition_release(cond), MP_ENOTHELD);
+  mp_condition_close(cond);
+}
+END_TEST
+
+static bool never(void *arg) {
+  (void)arg;
+  return false;
+}
+
+START_TEST(test_condition_wait_for_timeout) {
+  mp_lock_t *lock;
+  mp_condition_t *cond;
+  MP_ASSERT_OK(mp_lock_create(&lock));
+  MP_ASSERT_OK(mp_condition_create(&cond, lock));
+  MP_ASSERT_OK(mp_lock_close(lock)); /* the condition holds its own reference */
+  T_ASSERT(mp_condition_lock(cond) == lock, "not over the given lock");
+  MP_ASSERT_OK(mp_condition_acquire(cond, 0));
+  T_TAKES_AT_LEAST(mp_condition_wait_for(cond, never, NULL, 0.2), MP_ETIMEDOUT, 0.2);
+  MP_ASSERT_OK(mp_condition_release(cond));
+  MP_ASSERT_OK(mp_condition_close(cond));
+}
+END_TEST
+
+/* Producer/consumer through a ring of 4 slots guarded by the condition:
+ * shared[0] = produced, shared[1] = consumed, shared[2..5] = the ring. */
+static bool has_item(void *arg) {
+  long *w = arg;
+  return w[0] > w[1];
+}
+
+static bool has_room(void *arg) {
+  long *w = arg;
+  return w[0] - w[1] < 4;
+}
+
+static int child_produces(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  long *w = job->shared;
+  for (long i = 1; i <= job->n; i++) {
+    mp_condition_acquire(job->cond, MP_FOREVER);
+    if (mp_condition_wait_for(job->cond, has_room, w, 20) != 0)
+      return 2;
+    w[2 + w[0] % 4] = i * 7;
+    w[0]++;
+    mp_condition_notify(job->cond, 1);
+    mp_condition_release(job->cond);
+  }
+  return 0;
+}
+
+START_TEST(test_condition_producer_consumer) {
+  for (int own_lock = 0; own_lock < 2; own_lock++) {
+    job_t job = {.n = 300};
+    mp_array_t *words;
+    MP_ASSERT_OK(mp_raw_array_create(&words, 'l', 6, NULL));
+    job.shared = mp_array_ptr(words);
+    mp_lock_t *lock = NULL;
+    if (!own_lock)
+      MP_ASSERT_OK(mp_lock_create(&lock));
+    MP_ASSERT_OK(mp_condition_create(&job.cond, lock));
+    mp_process_t *p = mp_test_start(_i, child_produces, &job, sizeof(job_t));
+    long *w = job.shared;
+    for (long i = 1; i <= job.n; i++) {
+      MP_ASSERT_OK(mp_condition_acquire(job.cond, 20));
+      MP_ASSERT_OK(mp_condition_wait_for(job.cond, has_item, w, 20));
+      T_INT_EQ(w[2 + w[1] % 4], i * 7);
+      w[1]++;
+      MP_ASSERT_OK(mp_condition_notify(job.cond, 1));
+      MP_ASSERT_OK(mp_condition_release(job.cond));
+    }
+    mp_test_join_ok(p, 20);
+    mp_condition_close(job.cond);
+    if (lock)
+      mp_lock_close(lock);
+    mp_array_close(words);
+  }
+}
+END_TEST
+
+/* notify(1) wakes one of three waiting threads, never more; notify_all the rest. */
+typedef struct {
+  mp_condition_t *cond;
+  _Atomic int waiting, woken;
+  int rc[3];
+} waiters_t;
+
+static void *thread_waits(void *arg) {
+  waiters_t *w = arg;
+  mp_condition_acquire(w->cond, MP_FOREVER);
+  int k = atomic_fetch_add(&w->waiting, 1);
+  w->rc[k] = mp_condition_wait(w->cond, 20);
+  atomic_fetch_add(&w->woken, 1);
+  mp_condition_release(w->cond);
+  return NULL;
+}
+
+START_TEST(test_condition_notify_counts) {
+  waiters_t w = {0};
+  MP_ASSERT_OK(mp_condition_create(&w.cond, NULL));
+  pthread_t t[3];
+  for (int k = 0; k < 3; k++)
+    T_INT_EQ(pthread_create(&t[k], NULL, thread_waits, &w), 0);
+  /* Once all three wait (they counted themselves under the lock, which wait releases). */
+  for (;;) {
+    MP_ASSERT_OK(mp_condition_acquire(w.cond, 20));
+    int n = atomic_load(&w.waiting);
+    if (n == 3)
+      break;
+    MP_ASSERT_OK(mp_condition_release(w.cond));
+    mp_test_sleep(0.01);
+  }
+  MP_ASSERT_OK(mp_condition_notify(w.cond, 1));
+  MP_ASSERT_OK(mp_condition_release(w.cond));
+  for (int tries = 0; tries < 2000 && atomic_load(&w.woken) < 1; tries++)
+    mp_test_sleep(0.005);
+  mp_test_sleep(0.2);
+  T_INT_EQ(atomic_load(&w.woken), 1);
+  MP_ASSERT_OK(mp_condition_acquire(w.cond, 20));
+  MP_ASSERT_OK(mp_condition_notify_all(w.cond));
+  MP_ASSERT_OK(mp_condition_release(w.cond));
+  for (int k = 0; k < 3; k++)
+    T_INT_EQ(pthread_join(t[k], NULL), 0);
+  for (int k = 0; k < 3; k++)
+    MP_ASSERT_OK(w.rc[k]);
+  mp_condition_close(w.cond);
+}
+END_TEST
+
+/* ================================ Barrier ================================ */
+
+/* The action counts rounds in the shared word it is given. */
+static int count_round(void *arg) {
+  (*(long *)arg)++;
+  return 0;
+}
+
+static int fail_action(void *arg) {
+  (void)arg;
+  return 1;
+}
+
+/* Each party records its arrival indices: shared[round * parties + index] += 1. */
+static int barrier_rounds(job_t *job) {
+  int parties = mp_barrier_parties(job->barrier);
+  for (int round = 0; round < job->n; round++) {
+    int index = mp_barrier_wait(job->barrier, 20);
+    if (index < 0 || index >= parties)
+      return 2;
+    __atomic_fetch_add(&job->shared[1 + round * parties + index], 1, __ATOMIC_SEQ_CST);
+  }
+  return 0;
+}
+
+static int child_barrier_rounds(void *arg, size_t size) {
+  (void)size;
+  return barrier_rounds(arg);
+}
+
+static void *thread_barrier_rounds(void *arg) {
+  return (void *)(intptr_t)barrier_rounds(arg);
+}
+
+START_TEST(test_barrier_rounds) {
+  job_t job = {.n = 20};
+  const int parties = 4; /* this thread, another thread, two processes */
+  mp_array_t *words;
+  MP_ASSERT_OK(mp_raw_array_create(&words, 'l', 1 + (size_t)job.n * parties, NULL));
+  job.shared = mp_array_ptr(words);
+  MP_ASSERT_OK(mp_barrier_create(&job.barrier, parties, count_round, job.shared));
+  T_INT_EQ(mp_barrier_parties(job.barrier), parties);
+  mp_process_t *p[2];
+  for (int k = 0; k < 2; k++)
+    p[k] = mp_test_start(_i, child_barrier_rounds, &job, sizeof(job_t));
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, thread_barrier_rounds, &job), 0);
+  T_INT_EQ(barrier_rounds(&job), 0);
+  void *trc;
+  T_INT_EQ(pthread_join(t, &trc), 0);
+  T_INT_EQ((intptr_t)trc, 0);
+  for (int k = 0; k < 2; k++)
+    mp_test_join_ok(p[k], 20);
+  T_INT_EQ(job.shared[0], job.n); /* the action ran once a round */
+  for (int i = 0; i < job.n * parties; i++)
+    T_INT_EQ(job.shared[1 + i], 1); /* each index once a round */
+  T_ASSERT(!mp_barrier_broken(job.barrier), "broken after clean rounds");
+  mp_barrier_close(job.barrier);
+  mp_array_close(words);
+}
+END_TEST
+
+static int child_waits_at_barrier(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  mp_event_set(job->ready);
+  return mp_barrier_wait(job->barrier, 20) == MP_EBROKEN ? 0 : 2;
+}
+
+/* A waiter of another process learns of an abort, a reset and a timeout at once. */
+START_TEST(test_barrier_abort_reset_timeout) {
+  job_t job = {0};
+  MP_ASSERT_OK(mp_event_create(&job.ready));
+  MP_ASSERT_OK(mp_barrier_create(&job.barrier, 3, NULL, NULL));
+  for (int how = 0; how < 3; how++) {
+    mp_event_clear(job.ready);
+    mp_process_t *p = mp_test_start(_i, child_waits_at_barrier, &job, sizeof(job_t));
+    MP_ASSERT_OK(mp_event_wait(job.ready, 20));
+    for (int tries = 0; tries < 2000 && mp_barrier_n_waiting(job.barrier) < 1; tries++)
+      mp_test_sleep(0.005);
+    T_INT_EQ(mp_barrier_n_waiting(job.barrier), 1);
+    if (how == 0) {
+      MP_ASSERT_OK(mp_barrier_abort(job.barrier));
+      T_ASSERT(mp_barrier_broken(job.barrier), "not broken after abort");
+      MP_ASSERT_ERR(mp_barrier_wait(job.barrier, 1), MP_EBROKEN);
+      mp_test_join_ok(p, 20);
+      MP_ASSERT_OK(mp_barrier_reset(job.barrier));
+    } else if (how == 1) {
+      MP_ASSERT_OK(mp_barrier_reset(job.barrier)); /* its waiter breaks out */
+      mp_test_join_ok(p, 20);
+      T_ASSERT(!mp_barrier_broken(job.barrier), "broken after reset");
+    } else {
+      /* Our timeout breaks the barrier for the child too, as in Python. */
+      T_TAKES_AT_LEAST(mp_barrier_wait(job.barrier, 0.1), MP_EBROKEN, 0.1);
+      mp_test_join_ok(p, 20);
+      T_ASSERT(mp_barrier_broken(job.barrier), "a timeout did not break the barrier");
+      MP_ASSERT_OK(mp_barrier_reset(job.barrier));
+    }
+    T_INT_EQ(mp_barrier_n_waiting(job.barrier), 0);
+  }
+  mp_barrier_close(job.barrier);
+  mp_event_close(job.ready);
+}
+END_TEST
+
+/* A party killed while it waits has arrived: the round completes without it. A party that
+ * dies before it arrives never does: the others' timeout breaks the barrier for all. */
+static int child_arrives_and_hangs(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  mp_event_set(job->ready);
+  if (mp_barrier_wait(job->barrier, MP_FOREVER) < 0)
+    return 2;
+  return 3; /* the round cannot end before the parent arrives, after killing us */
+}
+
+START_TEST(test_barrier_party_killed) {
+  job_t job = {0};
+  MP_ASSERT_OK(mp_event_create(&job.ready));
+  MP_ASSERT_OK(mp_barrier_create(&job.barrier, 2, NULL, NULL));
+  mp_process_t *p = mp_test_start(_i, child_arrives_and_hangs, &job, sizeof(job_t));
+  MP_ASSERT_OK(mp_event_wait(job.ready, 20));
+  for (int tries = 0; tries < 2000 && mp_barrier_n_waiting(job.barrier) < 1; tries++)
+    mp_test_sleep(0.005);
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 20), -SIGKILL);
+  T_PROC_CLOSE(p);
+  T_INT_EQ(mp_barrier_wait(job.barrier, 20), 1);
+  mp_barrier_close(job.barrier);
+
+  /* Three parties: one waits, the third never arrives, as one that died before it did. */
+  MP_ASSERT_OK(mp_barrier_create(&job.barrier, 3, NULL, NULL));
+  mp_event_clear(job.ready);
+  mp_process_t *waiter = mp_test_start(_i, child_waits_at_barrier, &job, sizeof(job_t));
+  MP_ASSERT_OK(mp_event_wait(job.ready, 20));
+  T_TAKES_AT_LEAST(mp_barrier_wait(job.barrier, 0.3), MP_EBROKEN, 0.3);
+  mp_test_join_ok(waiter, 20); /* it got MP_EBROKEN too */
+  mp_barrier_close(job.barrier);
+  mp_event_close(job.ready);
+}
+END_TEST
+
+START_TEST(test_barrier_misc) {
+  mp_barrier_t *b;
+  MP_ASSERT_OK(mp_barrier_create(&b, 1, NULL, NULL));
+  T_INT_EQ(mp_barrier_wait(b, 0), 0); /* one party: the last to arrive, at once */
+  T_INT_EQ(mp_barrier_wait(b, 0), 0);
+  MP_ASSERT_OK(mp_barrier_close(b));
+
+  MP_ASSERT_OK(mp_barrier_create(&b, 2, NULL, NULL));
+  T_TAKES_AT_LEAST(mp_barrier_wait(b, 0.2), MP_EBROKEN, 0.2);
+  T_ASSERT(mp_barrier_broken(b), "not broken after a timeout");
+  MP_ASSERT_ERR(mp_barrier_wait(b, 0.2), MP_EBROKEN);
+  MP_ASSERT_OK(mp_barrier_reset(b));
+  T_ASSERT(!mp_barrier_broken(b), "broken after reset");
+  MP_ASSERT_OK(mp_barrier_close(b));
+
+  /* A failing action breaks the barrier for every party. */
+  MP_ASSERT_OK(mp_barrier_create(&b, 1, fail_action, NULL));
+  MP_ASSERT_ERR(mp_barrier_wait(b, 1), MP_EBROKEN);
+  T_ASSERT(mp_barrier_broken(b), "a failed action did not break it");
+  MP_ASSERT_OK(mp_barrier_close(b));
+
+  MP_ASSERT_ERR(mp_barrier_create(&b, 0, NULL, NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_barrier_create(&b, -3, NULL, NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_barrier_create(NULL, 2, NULL, NULL), MP_EINVAL);
+  long on_stack = 0;
+  MP_ASSERT_ERR(mp_barrier_create(&b, 2, (mp_barrier_action_t)(uintptr_t)&on_stack, NULL),
+                MP_ECROSS);
+  MP_ASSERT_ERR(mp_barrier_wait(NULL, 0), MP_EINVAL);
+  T_INT_EQ(mp_barrier_parties(NULL), MP_EINVAL);
+  T_ASSERT(!mp_barrier_broken(NULL), "NULL is broken");
+}
+END_TEST
+
+/* ================================ bad input ================================ */
+
+START_TEST(test_null_handles) {
+  MP_ASSERT_ERR(mp_lock_create(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_rlock_create(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_lock_acquire(NULL, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_lock_release(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_lock_close(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_semaphore_acquire(NULL, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_semaphore_release(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_semaphore_value(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_event_set(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_event_wait(NULL, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_condition_notify(NULL, 1), MP_EINVAL);
+  /* A handle of another kind is refused, not misread. */
+  mp_event_t *e;
+  MP_ASSERT_OK(mp_event_create(&e));
+  MP_ASSERT_ERR(mp_lock_acquire((mp_lock_t *)e, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_semaphore_release((mp_semaphore_t *)e), MP_EINVAL);
+  MP_ASSERT_ERR(mp_condition_create(&(mp_condition_t *){NULL}, (mp_lock_t *)e), MP_EINVAL);
+  mp_event_close(e);
+}
+END_TEST
+
+static Suite *synchronize_suite(void) {
+  Suite *s = suite_create("synchronize");
+  TCase *tc = mp_test_tcase(s, "lock", 30);
+  tcase_add_test(tc, test_lock_basics);
+  tcase_add_test(tc, test_rlock_recursion);
+  tcase_add_test(tc, test_lock_owned_by_thread);
+  tcase_add_loop_test(tc, test_lock_across_processes, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_mutual_exclusion, 0, N_METHODS);
+  tc = mp_test_tcase(s, "owner death", 30);
+  tcase_add_loop_test(tc, test_lock_holder_killed, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_lock_waiter_told_of_death, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_semaphore_holder_killed, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_semaphore_consumed_by_exit, 0, N_METHODS);
+  tc = mp_test_tcase(s, "semaphore", 30);
+  tcase_add_test(tc, test_semaphore_basics);
+  tcase_add_test(tc, test_semaphore_threads);
+  tcase_add_loop_test(tc, test_semaphore_across_processes, 0, N_METHODS);
+  tc = mp_test_tcase(s, "event", 30);
+  tcase_add_test(tc, test_event_basics);
+  tcase_add_test(tc, test_event_set_then_cleared);
+  tcase_add_test(tc, test_event_wakes_all_threads);
+  tcase_add_loop_test(tc, test_event_across_processes, 0, N_METHODS);
+  tc = mp_test_tcase(s, "condition", 30);
+  tcase_add_test(tc, test_condition_misuse_and_timeout);
+  tcase_add_test(tc, test_condition_wait_for_timeout);
+  tcase_add_test(tc, test_condition_notify_counts);
+  tcase_add_test(tc, test_condition_wait_releases_rlock);
+  tcase_add_loop_test(tc, test_condition_producer_consumer, 0, N_METHODS);
+  tc = mp_test_tcase(s, "barrier", 30);
+  tcase_add_loop_test(tc, test_barrier_rounds, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_barrier_abort_reset_timeout, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_barrier_party_killed, 0, N_METHODS);
+  tcase_add_test(tc, test_barrier_misc);
+  tc = mp_test_tcase(s, "bad input", 10);
+  tcase_add_test(tc, test_null_handles);
+  return s;
+}
+
+MP_TEST_MAIN(synchronize_suite)
