@@ -293,11 +293,7 @@ START_TEST(test_exists_and_missing_in_child) {
   seg_name(job.name, sizeof job.name, "exists_child", _i);
   mp_shared_memory_t *shm;
   MP_ASSERT_OK(mp_shared_memory_create(&shm, job.name, PAGE, 0));
-  mp_process_t *proc;
-  T_PROC_NEW(&proc, mp_test_ctx(_i), check_name_errors, &job, sizeof job, NULL);
-  MP_ASSERT_OK(mp_process_start(proc));
-  T_INT_EQ(mp_test_join_code(proc, BOUND), 0);
-  T_PROC_CLOSE(proc);
+  mp_test_join_ok(mp_test_start(_i, check_name_errors, &job, sizeof job), BOUND);
   T_INT_EQ(mp_shared_memory_size(shm), PAGE);
   MP_ASSERT_OK(mp_shared_memory_unlink(shm));
   MP_ASSERT_OK(mp_shared_memory_close(shm));
@@ -312,11 +308,7 @@ START_TEST(test_parent_creates_child_attaches) {
   mp_shared_memory_t *shm;
   MP_ASSERT_OK(mp_shared_memory_create(&shm, job.name, job.size, 0));
   fill_pattern(mp_shared_memory_buf(shm), job.size, job.seed_in);
-  mp_process_t *proc;
-  T_PROC_NEW(&proc, mp_test_ctx(_i), attach_and_answer, &job, sizeof job, NULL);
-  MP_ASSERT_OK(mp_process_start(proc));
-  T_INT_EQ(mp_test_join_code(proc, BOUND), 0);
-  T_PROC_CLOSE(proc);
+  mp_test_join_ok(mp_test_start(_i, attach_and_answer, &job, sizeof job), BOUND);
   T_ASSERT(has_pattern(mp_shared_memory_buf(shm), job.size, job.seed_out), "child's writes");
   MP_ASSERT_OK(mp_shared_memory_unlink(shm));
   MP_ASSERT_OK(mp_shared_memory_close(shm));
@@ -333,11 +325,7 @@ static void child_creates(int method, bool parent_first) {
   seg_name(mine_name, sizeof mine_name, "c2p_mine", method);
   if (parent_first)
     MP_ASSERT_OK(mp_shared_memory_create(&mine, mine_name, PAGE, 0));
-  mp_process_t *proc;
-  T_PROC_NEW(&proc, mp_test_ctx(method), create_and_leave, &job, sizeof job, NULL);
-  MP_ASSERT_OK(mp_process_start(proc));
-  T_INT_EQ(mp_test_join_code(proc, BOUND), 0);
-  T_PROC_CLOSE(proc);
+  mp_test_join_ok(mp_test_start(method, create_and_leave, &job, sizeof job), BOUND);
   MP_ASSERT_OK(mp_shared_memory_attach(&shm, job.name));
   T_INT_EQ(mp_shared_memory_size(shm), job.size);
   T_ASSERT(has_pattern(mp_shared_memory_buf(shm), job.size, job.seed_out), "child's bytes");
@@ -365,16 +353,13 @@ START_TEST(test_unlink_semantics) {
   MP_ASSERT_OK(mp_shared_memory_create(&shm, job.name, job.size, 0));
   _Atomic uint32_t *word = mp_shared_memory_buf(shm);
   unsigned char *data = (unsigned char *)mp_shared_memory_buf(shm) + 64;
-  mp_process_t *proc;
-  T_PROC_NEW(&proc, mp_test_ctx(_i), watch_unlink, &job, sizeof job, NULL);
-  MP_ASSERT_OK(mp_process_start(proc));
+  mp_process_t *proc = mp_test_start(_i, watch_unlink, &job, sizeof job);
   T_ASSERT(await_word(word, 1), "the child attached");
   MP_ASSERT_OK(mp_shared_memory_unlink(shm));
   fill_pattern(data, job.size - 64, job.seed_in);
   atomic_store(word, 2);
   T_ASSERT(await_word(word, 3), "the child saw the writes after the unlink");
-  T_INT_EQ(mp_test_join_code(proc, BOUND), 0);
-  T_PROC_CLOSE(proc);
+  mp_test_join_ok(proc, BOUND);
   T_ASSERT(has_pattern(data, job.size - 64, job.seed_out), "the child's writes");
 
   /* The name is free again: a new, different segment. */
@@ -392,11 +377,7 @@ END_TEST
 START_TEST(test_unrelated_program_attaches) {
   job_t job = {.size = 3 * PAGE, .seed_out = 0};
   seg_name(job.name, sizeof job.name, "peer", _i);
-  mp_process_t *proc;
-  T_PROC_NEW(&proc, mp_test_ctx(_i), create_and_leave, &job, sizeof job, NULL);
-  MP_ASSERT_OK(mp_process_start(proc));
-  T_INT_EQ(mp_test_join_code(proc, BOUND), 0);
-  T_PROC_CLOSE(proc);
+  mp_test_join_ok(mp_test_start(_i, create_and_leave, &job, sizeof job), BOUND);
   mp_shared_memory_t *shm;
   MP_ASSERT_OK(mp_shared_memory_attach(&shm, job.name));
   memset(mp_shared_memory_buf(shm), 17, job.size);
