@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <spawn.h>
 #include <stdatomic.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 
 #include "mp_test.h"
@@ -528,6 +529,74 @@ static pid_t find_tracker(void) {
   return found;
 }
 
+/* What a racing child is told: the Event to wait on, and its segment's name. */
+typedef struct {
+  mp_event_t *go;
+  char name[128];
+} race_t;
+
+static int create_at_signal(void *arg, size_t size) {
+  (void)size;
+  race_t *race = arg;
+  mp_shared_memory_t *shm;
+  if (mp_event_wait(race->go, BOUND) != 0)
+    return 50;
+  if (mp_shared_memory_create(&shm, race->name, PAGE, 0) != 0)
+    return 51;
+  return mp_shared_memory_close(shm) == 0 ? 0 : 52;
+}
+
+static int count_trackers(void) {
+  int n = 0;
+  DIR *dir = opendir("/proc");
+  struct dirent *d;
+  while (dir && (d = readdir(dir)) != NULL) {
+    char path[300], line[512];
+    snprintf(path, sizeof path, "/proc/%s/stat", d->d_name);
+    FILE *f = fopen(path, "re");
+    if (!f)
+      continue;
+    size_t len = fread(line, 1, sizeof line - 1, f);
+    fclose(f);
+    line[len] = '\0';
+    char *after = strrchr(line, ')');
+    int ppid;
+    if (after && strstr(line, "(mp-shm-tracker)") && sscanf(after + 1, " %*c %d", &ppid) == 1 &&
+        ppid == getpid())
+      n++;
+  }
+  if (dir)
+    closedir(dir);
+  return n;
+}
+
+/* Children of one program (this test process, which has an arena from the Event but no
+ * tracker) create at once: they race to start the tracker, one wins, all are tracked by
+ * it. As a subreaper, this process adopts the orphaned tracker, so it can count it. */
+START_TEST(test_tracker_race) {
+  T_INT_EQ(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  race_t races[4];
+  mp_process_t *procs[4];
+  mp_event_t *go;
+  MP_ASSERT_OK(mp_event_create(&go));
+  for (int k = 0; k < 4; k++) {
+    char tag[32];
+    snprintf(tag, sizeof tag, "race%d", k);
+    races[k].go = go;
+    seg_name(races[k].name, sizeof races[k].name, tag, _i);
+    procs[k] = mp_test_start(_i, create_at_signal, &races[k], sizeof races[k]);
+  }
+  MP_ASSERT_OK(mp_event_set(go));
+  for (int k = 0; k < 4; k++)
+    mp_test_join_ok(procs[k], BOUND);
+  for (int k = 0; k < 4; k++)
+    T_ASSERT(segment_exists(races[k].name), "%s outlives its creator", races[k].name);
+  T_INT_EQ(count_trackers(), 1);
+  MP_ASSERT_OK(mp_event_close(go));
+  /* Left to the tracker, which ends with this process: test_no_leftovers checks. */
+}
+END_TEST
+
 /* A killed tracker is replaced at the next create; what it held is no longer tracked. */
 START_TEST(test_tracker_killed) {
   char lost[128], next[128];
@@ -643,6 +712,7 @@ static Suite *shared_memory_suite(void) {
   tcase_add_loop_test(tc, test_program_end_unlinks, 0, N_METHODS);
   tcase_add_loop_test(tc, test_killed_program_parent_first, 0, N_METHODS);
   tcase_add_loop_test(tc, test_killed_program_child_first, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_tracker_race, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "leftovers", 20);
   tcase_add_test(tc, test_no_leftovers);
