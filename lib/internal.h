@@ -376,6 +376,7 @@ typedef struct {
   _Atomic uint64_t result_len;     /* an apply's result length */
   pthread_mutex_t err_lock;        /* robust: workers record failures */
   void *parent_next;               /* the pool's list of its jobs, in the pool's process */
+  uint64_t block_size;             /* bytes of its block, which a later job may reuse */
   uint64_t states_off, input_off, output_off, errs_off, n_errs;
 } mp__job_t;
 
@@ -428,8 +429,9 @@ typedef struct {
 
 /* pool_transport.c: the parent's side. */
 /* A job for n items in chunks, not yet published (*job has one reference, the owner's; the
- * slot takes one more at publication). window 0: the whole map. */
-int mp__job_create(mp__pool_shared_t *sh, uint32_t fn, uint32_t flags, uint64_t n,
+ * slot takes one more at publication). window 0: the whole map. spare, if not NULL, is a
+ * freed job's block, reused if large enough (its pages are already in memory). */
+int mp__job_create(mp__job_t *spare, uint32_t fn, uint32_t flags, uint64_t n,
                    uint64_t item_size, uint64_t result_size, uint64_t chunksize,
                    uint32_t window, mp__job_t **job);
 void *mp__job_input(const mp__job_t *job, uint32_t chunk);
@@ -488,12 +490,13 @@ typedef struct {
   mp__pool_shared_t *sh;
   uint32_t w;        /* the worker's record; for the zygote, unused */
   uint64_t sock_key; /* the zygote's socket to the pool */
+  uint32_t start;    /* the zygote forks workers [0, start) at once */
 } mp__pool_boot_t;
 int mp__pool_worker_target(void *arg, size_t size);
 int mp__pool_zygote_main(void *arg, size_t size);
 
 /* The zygote's records on its socket: requests from the pool, reports from the zygote. */
-enum { MP__ZYGOTE_START = 1, MP__ZYGOTE_KILL, MP__ZYGOTE_STARTED, MP__ZYGOTE_EXITED };
+enum { MP__ZYGOTE_START = 1, MP__ZYGOTE_STARTED, MP__ZYGOTE_EXITED };
 typedef struct {
   uint32_t op;
   uint32_t w;

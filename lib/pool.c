@@ -37,8 +37,9 @@ typedef struct {
   int (*open)(mp_pool_t *pool);
   /* Starts worker w, from the supervisor's thread. */
   int (*start)(mp_pool_t *pool, uint32_t w);
-  /* Stops worker w at once (a thread cannot be stopped: its task runs to its end). */
-  void (*kill)(mp_pool_t *pool, uint32_t w);
+  /* Stops every worker at once (a thread cannot be stopped: its task runs to its end);
+   * their ends are reported as usual. */
+  void (*stop)(mp_pool_t *pool);
   /* Once every worker has ended: releases what open made. */
   void (*close)(mp_pool_t *pool);
 } launcher_t;
@@ -65,6 +66,7 @@ struct mp_pool_s {
   pthread_mutex_t lock;        /* function table, job list, callback list */
   uint64_t next_seq;
   mp__job_t *jobs;              /* every job not freed, linked by parent_next */
+  mp__job_t *spare;             /* a freed job's large block, for the next large job */
   mp_async_result_t *callbacks; /* results whose callbacks have not run */
   _Atomic int callback_errors;
   worker_t *workers;
@@ -123,6 +125,31 @@ static void request(mp_pool_t *pool, uint32_t what) {
 
 /* ------------------------------ job blocks ------------------------------ */
 
+/* A large block is kept for the next large job: its pages stay in memory, where a fresh block
+ * would fault each of them in again (in the parent for the input, in a worker for the
+ * output). Called with pool->lock held. */
+#define SPARE_MIN (1u << 20)
+
+static void keep_or_release(mp_pool_t *pool, mp__job_t *job) {
+  if (job->block_size >= SPARE_MIN &&
+      (!pool->spare || pool->spare->block_size < job->block_size)) {
+    mp__job_t *old = pool->spare;
+    pool->spare = job;
+    job = old;
+  }
+  if (job)
+    mp__shared_release(job);
+}
+
+/* The spare block, taken for a new job (NULL if there is none). */
+static mp__job_t *take_spare(mp_pool_t *pool) {
+  pthread_mutex_lock(&pool->lock);
+  mp__job_t *spare = pool->spare;
+  pool->spare = NULL;
+  pthread_mutex_unlock(&pool->lock);
+  return spare;
+}
+
 /* Frees the jobs nobody refers to and no worker looks at; the pinned ones wait for the
  * supervisor's timer. Called with pool->lock held. */
 static void free_unused_jobs_locked(mp_pool_t *pool) {
@@ -131,7 +158,7 @@ static void free_unused_jobs_locked(mp_pool_t *pool) {
     if (atomic_load(&job->refs) == 0 && mp__job_unpinned(pool->sh, job)) {
       *link = job->parent_next;
       pthread_mutex_destroy(&job->err_lock);
-      mp__shared_release(job);
+      keep_or_release(pool, job);
     } else {
       link = (mp__job_t **)&job->parent_next;
     }
@@ -385,9 +412,7 @@ static void close_handle(uv_handle_t *handle, void *arg) {
 }
 
 static void do_terminate(mp_pool_t *pool) {
-  for (uint32_t w = 0; w < pool->sh->n_workers; w++)
-    if (pool->workers[w].running)
-      pool->launcher->kill(pool, w);
+  pool->launcher->stop(pool);
   for_each_running_job(pool, abort_job, NULL);
   mp__pool_wake_workers(pool->sh, INT32_MAX);
   atomic_fetch_add(&pool->sh->slot_free, 1);
@@ -459,14 +484,14 @@ static void on_sentinel(uv_poll_t *handle, int status, int events) {
   worker_ended(wk->pool, wk->w, exitcode);
 }
 
-static int process_open(mp_pool_t *pool) {
+static int nothing_to_open(mp_pool_t *pool) {
   (void)pool;
   return 0;
 }
 
 static int process_start(mp_pool_t *pool, uint32_t w) {
   worker_t *wk = &pool->workers[w];
-  mp__pool_boot_t boot = {pool->sh, w, 0};
+  mp__pool_boot_t boot = {pool->sh, w, 0, 0};
   const char *method = mp_context_start_method(pool->ctx);
   char name[64];
   snprintf(name, sizeof name, "%sPoolWorker-%u",
@@ -499,24 +524,20 @@ static int process_start(mp_pool_t *pool, uint32_t w) {
   return 0;
 }
 
-static void process_kill(mp_pool_t *pool, uint32_t w) {
-  if (pool->workers[w].proc)
-    mp_process_kill(pool->workers[w].proc);
+static void process_stop(mp_pool_t *pool) {
+  for (uint32_t w = 0; w < pool->sh->n_workers; w++)
+    if (pool->workers[w].proc)
+      mp_process_kill(pool->workers[w].proc);
 }
 
-static void process_close(mp_pool_t *pool) {
+static void nothing_to_do(mp_pool_t *pool) {
   (void)pool;
 }
 
-static const launcher_t process_launcher = {process_open, process_start, process_kill,
-                                            process_close};
+static const launcher_t process_launcher = {nothing_to_open, process_start, process_stop,
+                                            nothing_to_do};
 
 /* Under "fork": the zygote forks the workers and reports their ends on its socket. */
-static void zygote_send(mp_pool_t *pool, uint32_t op, uint32_t w) {
-  mp__zygote_msg_t msg = {op, w, 0};
-  mp__send_record(pool->zygote_sock, &msg, sizeof msg, -1);
-}
-
 static void zygote_lost(mp_pool_t *pool) {
   atomic_fetch_or(&pool->sh->flags, MP__POOL_TERMINATED);
   for (uint32_t w = 0; w < pool->sh->n_workers; w++)
@@ -564,7 +585,10 @@ static int zygote_open(mp_pool_t *pool) {
     close(sv[1]);
     return rc;
   }
-  mp__pool_boot_t boot = {pool->sh, 0, key};
+  /* The zygote forks the first workers as soon as it runs, before any request. */
+  mp__pool_boot_t boot = {pool->sh, 0, key, pool->sh->n_workers};
+  for (uint32_t w = 0; w < pool->sh->n_workers; w++)
+    atomic_store(&pool->sh->workers[w].state, MP__WORKER_STARTING);
   rc = mp_process_create(&pool->zygote, pool->ctx, mp__pool_zygote_main, &boot, sizeof boot,
                          "ForkPoolZygote");
   if (rc == 0) {
@@ -582,16 +606,21 @@ static int zygote_open(mp_pool_t *pool) {
     return rc;
   }
   pool->zygote_sock = sv[0];
+  for (uint32_t w = 0; w < pool->sh->n_workers; w++)
+    pool->workers[w].running = true;
+  pool->live = pool->sh->n_workers;
   return 0;
 }
 
 static int zygote_start(mp_pool_t *pool, uint32_t w) {
-  zygote_send(pool, MP__ZYGOTE_START, w);
-  return 0;
+  mp__zygote_msg_t msg = {MP__ZYGOTE_START, w, 0};
+  return mp__send_record(pool->zygote_sock, &msg, sizeof msg, -1);
 }
 
-static void zygote_kill(mp_pool_t *pool, uint32_t w) {
-  zygote_send(pool, MP__ZYGOTE_KILL, w);
+/* End of file tells the zygote to kill and reap every worker (it reports each end), then
+ * exit. */
+static void zygote_stop(mp_pool_t *pool) {
+  shutdown(pool->zygote_sock, SHUT_WR);
 }
 
 static void zygote_close(mp_pool_t *pool) {
@@ -599,7 +628,6 @@ static void zygote_close(mp_pool_t *pool) {
     return;
   if (pool->zygote_polling && !uv_is_closing((uv_handle_t *)&pool->zygote_poll))
     uv_poll_stop(&pool->zygote_poll);
-  /* End of file tells the zygote to reap what is left and exit. */
   shutdown(pool->zygote_sock, SHUT_RDWR);
   if (mp_process_join(pool->zygote, 1.0) < 0) {
     mp_process_kill(pool->zygote);
@@ -609,7 +637,7 @@ static void zygote_close(mp_pool_t *pool) {
   pool->zygote = NULL;
 }
 
-static const launcher_t zygote_launcher = {zygote_open, zygote_start, zygote_kill,
+static const launcher_t zygote_launcher = {zygote_open, zygote_start, zygote_stop,
                                            zygote_close};
 
 /* Threads of the pool's process, for the "thread" context. */
@@ -627,13 +655,8 @@ static int thread_start(mp_pool_t *pool, uint32_t w) {
   return start_thread(&wk->thread, thread_main, wk);
 }
 
-static void thread_kill(mp_pool_t *pool, uint32_t w) {
-  (void)pool;
-  (void)w;
-}
-
-static const launcher_t thread_launcher = {process_open, thread_start, thread_kill,
-                                           process_close};
+static const launcher_t thread_launcher = {nothing_to_open, thread_start, nothing_to_do,
+                                           nothing_to_do};
 
 /* ------------------------------ the pool ------------------------------ */
 
@@ -855,6 +878,8 @@ static void free_pool(mp_pool_t *pool) {
     next = job->parent_next;
     mp__shared_release(job);
   }
+  if (pool->spare)
+    mp__shared_release(pool->spare);
   if (sh) {
     for (uint32_t i = 0; i < atomic_load(&sh->n_fns); i++)
       mp__shared_release(sh->fns[i]);
@@ -965,9 +990,14 @@ static int submit(mp_pool_t *pool, const spec_t *s, mp__job_t **out) {
   size_t chunksize = s->chunksize                    ? s->chunksize
                      : (s->flags & MP__JOB_ITERATOR) ? 1
                                                      : default_chunksize(pool, s->n);
-  mp__job_t *job;
-  rc = mp__job_create(pool->sh, fn, s->flags, s->n, s->item_size, s->result_size, chunksize,
+  mp__job_t *job, *spare = take_spare(pool);
+  rc = mp__job_create(spare, fn, s->flags, s->n, s->item_size, s->result_size, chunksize,
                       s->window, &job);
+  if (spare && job != spare) {
+    pthread_mutex_lock(&pool->lock);
+    keep_or_release(pool, spare);
+    pthread_mutex_unlock(&pool->lock);
+  }
   if (rc < 0)
     return mp__error(rc, "%s: %s", s->what, mp_last_error());
   if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
@@ -1280,8 +1310,9 @@ int mp_imap_next(mp_imap_t *it, void *result, size_t *index, double timeout) {
     return mp__error(code ? code : MP_ETERMINATED, "item %llu: %s", (unsigned long long)item,
                      msg);
   }
-  memcpy(result, (char *)mp__job_output(job, chunk) + it->item * job->result_size,
-         job->result_size);
+  if (job->result_size)
+    memcpy(result, (char *)mp__job_output(job, chunk) + it->item * job->result_size,
+           job->result_size);
   if (++it->item == mp__job_chunk_items(job, chunk))
     take_chunk(it);
   return 0;

@@ -32,10 +32,9 @@ static uint64_t align64(uint64_t x) {
   return (x + 63) & ~63ull;
 }
 
-int mp__job_create(mp__pool_shared_t *sh, uint32_t fn, uint32_t flags, uint64_t n,
+int mp__job_create(mp__job_t *spare, uint32_t fn, uint32_t flags, uint64_t n,
                    uint64_t item_size, uint64_t result_size, uint64_t chunksize,
                    uint32_t window, mp__job_t **out) {
-  (void)sh;
   uint64_t n_chunks = n ? (n + chunksize - 1) / chunksize : 0;
   if (n_chunks > UINT32_MAX / 2)
     return mp__error(MP_EINVAL, "%llu chunks: use a larger chunksize",
@@ -53,10 +52,12 @@ int mp__job_create(mp__pool_shared_t *sh, uint32_t fn, uint32_t flags, uint64_t 
   uint64_t errs_off = align64(output_off + window * per_slot_out);
   uint64_t total = errs_off + n_errs * sizeof(mp__task_error_t);
   /* Not zeroed: the input and output are overwritten whole; the rest is set here. */
-  mp__job_t *job = mp__shared_alloc_raw(total);
+  mp__job_t *job = spare && spare->block_size >= total ? spare : mp__shared_alloc_raw(total);
   if (!job)
     return MP_ENOMEM;
+  uint64_t block_size = job == spare ? spare->block_size : total;
   memset(job, 0, input_off);
+  job->block_size = block_size;
   memset((char *)job + errs_off, 0, n_errs * sizeof(mp__task_error_t));
   int rc = mp__mutex_init(&job->err_lock);
   if (rc < 0) {
@@ -154,8 +155,23 @@ static void wake_waiter(mp__job_t *job) {
     mp__futex_wake(&job->wake, INT32_MAX);
 }
 
+/* A waiter looks this many times before it sleeps: a short task's result often arrives in
+ * less time than a sleep and a wake-up take. */
+#define SPIN_LOOKS 2000
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
                  int64_t deadline) {
+  for (int i = 0; i < SPIN_LOOKS && deadline > 0; i++) {
+    if (done(job, arg))
+      return 0;
+    cpu_relax();
+  }
   for (;;) {
     uint32_t seen = atomic_load(&job->wake);
     if (done(job, arg))
@@ -212,8 +228,9 @@ bool mp__job_feed(mp__pool_shared_t *sh, mp__job_t *job, const void *items) {
   if (next >= job->window && MP__CHUNK_STATUS(atomic_load(state)) != MP__CHUNK_FREE)
     return false; /* the chunk a window earlier has not been taken yet */
   uint64_t first = (uint64_t)next * job->chunksize;
-  memcpy(mp__job_input(job, next), (const char *)items + first * job->item_size,
-         mp__job_chunk_items(job, next) * job->item_size);
+  if (job->item_size)
+    memcpy(mp__job_input(job, next), (const char *)items + first * job->item_size,
+           mp__job_chunk_items(job, next) * job->item_size);
   atomic_store(state, MP__CHUNK_STATE(next, 0, 0, MP__CHUNK_QUEUED));
   /* Fails only if the job was aborted meanwhile: then the chunk counts as aborted. */
   if (!atomic_compare_exchange_strong(&job->limit, &next, next + 1))

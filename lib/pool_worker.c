@@ -237,8 +237,8 @@ static void zygote_reap(zygote_t *z, bool block) {
   }
 }
 
-/* The zygote's loop: start and kill workers on request, report their ends; when the pool
- * closes its socket (or its process dies), kill what is left, reap it, and exit. */
+/* The zygote's loop: start workers on request, report their ends; when the pool closes or
+ * shuts down its socket (or its process dies), kill the workers, reap them, and exit. */
 int mp__pool_zygote_main(void *arg, size_t size) {
   if (size != sizeof(mp__pool_boot_t))
     return 1;
@@ -254,6 +254,8 @@ int mp__pool_zygote_main(void *arg, size_t size) {
   z.pids = calloc(z.n, sizeof *z.pids);
   if (z.sock < 0 || z.sigfd < 0 || !z.pids)
     return 1;
+  for (uint32_t w = 0; w < boot->start && w < z.n; w++)
+    zygote_start(&z, sh, w);
   for (;;) {
     struct pollfd fds[2] = {{.fd = z.sock, .events = POLLIN},
                             {.fd = z.sigfd, .events = POLLIN}};
@@ -275,8 +277,6 @@ int mp__pool_zygote_main(void *arg, size_t size) {
       break; /* end of file: the pool is gone or done */
     if (msg.op == MP__ZYGOTE_START)
       zygote_start(&z, sh, msg.w);
-    else if (msg.op == MP__ZYGOTE_KILL && msg.w < z.n && z.pids[msg.w] > 0)
-      kill(z.pids[msg.w], SIGKILL);
   }
   for (uint32_t w = 0; w < z.n; w++)
     if (z.pids[w] > 0)
