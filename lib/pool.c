@@ -282,6 +282,8 @@ static void maybe_all_ended(mp_pool_t *pool) {
   mp__futex_wake(&pool->progress, INT32_MAX);
 }
 
+static void do_terminate(mp_pool_t *pool);
+
 /* A worker has ended: fail (or requeue) what it ran, replace it if work remains. */
 static void worker_ended(mp_pool_t *pool, uint32_t w, int exitcode) {
   mp__pool_shared_t *sh = pool->sh;
@@ -302,7 +304,7 @@ static void worker_ended(mp_pool_t *pool, uint32_t w, int exitcode) {
     } else {
       /* A replacement that cannot start: no worker can, so nothing would ever run. */
       atomic_fetch_or(&sh->flags, MP__POOL_TERMINATED);
-      for_each_running_job(pool, abort_job, NULL);
+      do_terminate(pool);
     }
   } else if (state == MP__WORKER_STARTING && atomic_load(&pool->creating)) {
     char died[MP__POOL_MSG + 32];
