@@ -429,9 +429,11 @@ typedef struct {
 
 /* pool_transport.c: the parent's side. */
 /* A job for n items in chunks, not yet published (*job has one reference, the owner's; the
- * slot takes one more at publication). window 0: the whole map. spare, if not NULL, is a
- * freed job's block, reused if large enough (its pages are already in memory). */
-int mp__job_create(mp__job_t *spare, uint32_t fn, uint32_t flags, uint64_t n,
+ * slot takes one more at publication). window 0: the whole map. take(ctx, bytes) gives a
+ * freed job's block of at least that many bytes to reuse (its pages are in memory already),
+ * or NULL. */
+typedef mp__job_t *(*mp__job_spare_t)(void *ctx, uint64_t bytes);
+int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t fn, uint32_t flags, uint64_t n,
                    uint64_t item_size, uint64_t result_size, uint64_t chunksize,
                    uint32_t window, mp__job_t **job);
 void *mp__job_input(const mp__job_t *job, uint32_t chunk);
@@ -447,6 +449,8 @@ int mp__job_publish(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq, int64_t
 bool mp__job_feed(mp__pool_shared_t *sh, mp__job_t *job, const void *items);
 /* Wakes workers: n of them (INT32_MAX: all) if asleep. */
 void mp__pool_wake_workers(mp__pool_shared_t *sh, int n);
+/* Looks at ready(arg) for about ns nanoseconds (at least 64 times): true once it holds. */
+bool mp__pool_spin(bool (*ready)(const void *arg), const void *arg, int64_t ns);
 /* Waits until done(job, arg) or the deadline: 0, MP_ETIMEDOUT, MP_EINTR (a handler ran). */
 int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
                  int64_t deadline);

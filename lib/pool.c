@@ -26,6 +26,7 @@
 /* How long terminate waits for the workers' ends before it gives up on them. */
 #define TERMINATE_WAIT_NS 5000000000ll
 #define TIMER_MS 100
+#define SPARES 8
 
 typedef struct mp_pool_s mp_pool_t;
 
@@ -66,7 +67,7 @@ struct mp_pool_s {
   pthread_mutex_t lock;        /* function table, job list, callback list */
   uint64_t next_seq;
   mp__job_t *jobs;              /* every job not freed, linked by parent_next */
-  mp__job_t *spare;             /* a freed job's large block, for the next large job */
+  mp__job_t *spares[SPARES];    /* freed jobs' blocks, for the next jobs */
   mp_async_result_t *callbacks; /* results whose callbacks have not run */
   _Atomic int callback_errors;
   worker_t *workers;
@@ -125,27 +126,39 @@ static void request(mp_pool_t *pool, uint32_t what) {
 
 /* ------------------------------ job blocks ------------------------------ */
 
-/* A large block is kept for the next large job: its pages stay in memory, where a fresh block
+/* Freed blocks are kept for the next jobs: their pages stay in memory, where a fresh block
  * would fault each of them in again (in the parent for the input, in a worker for the
- * output). Called with pool->lock held. */
-#define SPARE_MIN (1u << 20)
-
+ * output), and taking one costs no allocation. Called with pool->lock held. */
 static void keep_or_release(mp_pool_t *pool, mp__job_t *job) {
-  if (job->block_size >= SPARE_MIN &&
-      (!pool->spare || pool->spare->block_size < job->block_size)) {
-    mp__job_t *old = pool->spare;
-    pool->spare = job;
+  size_t smallest = 0;
+  for (size_t i = 0; i < SPARES; i++) {
+    if (!pool->spares[i]) {
+      pool->spares[i] = job;
+      return;
+    }
+    if (pool->spares[i]->block_size < pool->spares[smallest]->block_size)
+      smallest = i;
+  }
+  if (pool->spares[smallest]->block_size < job->block_size) {
+    mp__job_t *old = pool->spares[smallest];
+    pool->spares[smallest] = job;
     job = old;
   }
-  if (job)
-    mp__shared_release(job);
+  mp__shared_release(job);
 }
 
-/* The spare block, taken for a new job (NULL if there is none). */
-static mp__job_t *take_spare(mp_pool_t *pool) {
+/* The smallest kept block of at least bytes, taken (NULL if none). */
+static mp__job_t *take_spare(void *ctx, uint64_t bytes) {
+  mp_pool_t *pool = ctx;
   pthread_mutex_lock(&pool->lock);
-  mp__job_t *spare = pool->spare;
-  pool->spare = NULL;
+  mp__job_t **best = NULL;
+  for (size_t i = 0; i < SPARES; i++)
+    if (pool->spares[i] && pool->spares[i]->block_size >= bytes &&
+        (!best || pool->spares[i]->block_size < (*best)->block_size))
+      best = &pool->spares[i];
+  mp__job_t *spare = best ? *best : NULL;
+  if (best)
+    *best = NULL;
   pthread_mutex_unlock(&pool->lock);
   return spare;
 }
@@ -171,7 +184,18 @@ static void free_unused_jobs(mp_pool_t *pool) {
   pthread_mutex_unlock(&pool->lock);
 }
 
+static bool only_ours(const void *arg) {
+  return atomic_load(&((const mp__job_t *)arg)->refs) <= 1;
+}
+
+/* The worker that completed a job drops the slot's reference a moment after it counted the
+ * last chunk. Waiting for that moment makes the last reference ours, so that no wake-up of
+ * the supervisor is needed to free the block. */
+#define SLOT_DROP_WAIT_NS 20000
+
 static void release_job(mp_pool_t *pool, mp__job_t *job) {
+  if (mp__job_complete(job))
+    mp__pool_spin(only_ours, job, SLOT_DROP_WAIT_NS);
   if (mp__job_unref(job))
     free_unused_jobs(pool);
 }
@@ -880,8 +904,9 @@ static void free_pool(mp_pool_t *pool) {
     next = job->parent_next;
     mp__shared_release(job);
   }
-  if (pool->spare)
-    mp__shared_release(pool->spare);
+  for (size_t i = 0; i < SPARES; i++)
+    if (pool->spares[i])
+      mp__shared_release(pool->spares[i]);
   if (sh) {
     for (uint32_t i = 0; i < atomic_load(&sh->n_fns); i++)
       mp__shared_release(sh->fns[i]);
@@ -992,14 +1017,9 @@ static int submit(mp_pool_t *pool, const spec_t *s, mp__job_t **out) {
   size_t chunksize = s->chunksize                    ? s->chunksize
                      : (s->flags & MP__JOB_ITERATOR) ? 1
                                                      : default_chunksize(pool, s->n);
-  mp__job_t *job, *spare = take_spare(pool);
-  rc = mp__job_create(spare, fn, s->flags, s->n, s->item_size, s->result_size, chunksize,
-                      s->window, &job);
-  if (spare && job != spare) {
-    pthread_mutex_lock(&pool->lock);
-    keep_or_release(pool, spare);
-    pthread_mutex_unlock(&pool->lock);
-  }
+  mp__job_t *job;
+  rc = mp__job_create(take_spare, pool, fn, s->flags, s->n, s->item_size, s->result_size,
+                      chunksize, s->window, &job);
   if (rc < 0)
     return mp__error(rc, "%s: %s", s->what, mp_last_error());
   if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)

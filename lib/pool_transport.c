@@ -32,7 +32,7 @@ static uint64_t align64(uint64_t x) {
   return (x + 63) & ~63ull;
 }
 
-int mp__job_create(mp__job_t *spare, uint32_t fn, uint32_t flags, uint64_t n,
+int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t fn, uint32_t flags, uint64_t n,
                    uint64_t item_size, uint64_t result_size, uint64_t chunksize,
                    uint32_t window, mp__job_t **out) {
   uint64_t n_chunks = n ? (n + chunksize - 1) / chunksize : 0;
@@ -52,10 +52,11 @@ int mp__job_create(mp__job_t *spare, uint32_t fn, uint32_t flags, uint64_t n,
   uint64_t errs_off = align64(output_off + window * per_slot_out);
   uint64_t total = errs_off + n_errs * sizeof(mp__task_error_t);
   /* Not zeroed: the input and output are overwritten whole; the rest is set here. */
-  mp__job_t *job = spare && spare->block_size >= total ? spare : mp__shared_alloc_raw(total);
+  mp__job_t *spare = take(ctx, total);
+  mp__job_t *job = spare ? spare : mp__shared_alloc_raw(total);
   if (!job)
     return MP_ENOMEM;
-  uint64_t block_size = job == spare ? spare->block_size : total;
+  uint64_t block_size = spare ? spare->block_size : total;
   memset(job, 0, input_off);
   job->block_size = block_size;
   memset((char *)job + errs_off, 0, n_errs * sizeof(mp__task_error_t));
@@ -155,23 +156,37 @@ static void wake_waiter(mp__job_t *job) {
     mp__futex_wake(&job->wake, INT32_MAX);
 }
 
-/* A waiter looks this many times before it sleeps: a short task's result often arrives in
- * less time than a sleep and a wake-up take. */
-#define SPIN_LOOKS 2000
-
-static void cpu_relax(void) {
+bool mp__pool_spin(bool (*ready)(const void *arg), const void *arg, int64_t ns) {
+  int64_t until = mp__now_ns() + ns;
+  for (unsigned i = 1;; i++) {
+    if (ready(arg))
+      return true;
 #if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
+    __builtin_ia32_pause();
 #endif
+    if (i % 64 == 0 && mp__now_ns() >= until)
+      return false;
+  }
+}
+
+typedef struct {
+  const mp__job_t *job;
+  bool (*done)(const mp__job_t *job, void *arg);
+  void *arg;
+} spin_job_t;
+
+static bool job_done(const void *arg) {
+  const spin_job_t *s = arg;
+  return s->done(s->job, s->arg);
 }
 
 int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
                  int64_t deadline) {
-  for (int i = 0; i < SPIN_LOOKS && deadline > 0; i++) {
-    if (done(job, arg))
-      return 0;
-    cpu_relax();
-  }
+  /* A short look before sleeping: the result may be there already. A longer spin costs more
+   * than it saves where the worker runs on the waiter's CPU. */
+  spin_job_t spin = {job, done, arg};
+  if (deadline > mp__now_ns() && mp__pool_spin(job_done, &spin, 0))
+    return 0;
   for (;;) {
     uint32_t seen = atomic_load(&job->wake);
     if (done(job, arg))
