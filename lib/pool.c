@@ -92,6 +92,8 @@ struct mp_pool_s {
   uv_poll_t zygote_poll;
   bool zygote_polling;
   bool joined;
+  pid_t owner;                 /* the process that made it */
+  struct mp_pool_s *next_live; /* the program's live pools, ended at exit */
 };
 
 struct mp_async_result_s {
@@ -778,6 +780,43 @@ static int check_options(const mp_pool_options_t *o, int *processes) {
   return 0;
 }
 
+/* Pools left running at exit are destroyed first, as Python's finalizer terminates them:
+ * then the process layer's exit handler, which runs after this one, finds no worker left
+ * that a supervisor thread could be closing under it. */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static mp_pool_t *live_pools;
+
+static void link_live(mp_pool_t *pool, bool add) {
+  pthread_mutex_lock(&live_lock);
+  mp_pool_t **link = &live_pools;
+  while (*link && *link != pool)
+    link = &(*link)->next_live;
+  if (add) {
+    pool->next_live = live_pools;
+    live_pools = pool;
+  } else if (*link) {
+    *link = pool->next_live;
+  }
+  pthread_mutex_unlock(&live_lock);
+}
+
+static void destroy_live_pools(void) {
+  for (;;) {
+    pthread_mutex_lock(&live_lock);
+    mp_pool_t *pool = live_pools;
+    while (pool && pool->owner != getpid()) /* a forked child's copies are not its own */
+      pool = pool->next_live;
+    pthread_mutex_unlock(&live_lock);
+    if (!pool)
+      return;
+    mp_pool_destroy(pool);
+  }
+}
+
+static void register_exit_handler(void) {
+  atexit(destroy_live_pools);
+}
+
 int mp_pool_create(mp_pool_t **out, const mp_pool_options_t *options) {
   static const mp_pool_options_t defaults = MP_POOL_OPTIONS_INIT;
   const mp_pool_options_t *o = options ? options : &defaults;
@@ -844,6 +883,10 @@ int mp_pool_create(mp_pool_t **out, const mp_pool_options_t *options) {
     mp_pool_destroy(pool);
     return mp__error(rc, "%s", msg);
   }
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, register_exit_handler);
+  pool->owner = getpid();
+  link_live(pool, true);
   *out = pool;
   return 0;
 }
@@ -929,6 +972,7 @@ static void free_pool(mp_pool_t *pool) {
 void mp_pool_destroy(mp_pool_t *pool) {
   if (!pool)
     return;
+  link_live(pool, false);
   if (!pool->joined)
     mp_pool_terminate(pool);
   if (pool->thread_started) {
