@@ -568,6 +568,21 @@ START_TEST(test_maxtasksperchild) {
 }
 END_TEST
 
+/* Two long tasks run at once, in two workers: a waking worker takes the second. */
+static int nap_then_tid(const void *arg, size_t size, void *result, size_t *result_size) {
+  nap(0.2);
+  return report_tid(arg, size, result, result_size);
+}
+
+START_TEST(test_parallel) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  int tids[2], dummy[2] = {0};
+  MP_ASSERT_OK(mp_pool_map(pool, nap_then_tid, dummy, 2, sizeof(int), tids, sizeof(int), 1));
+  T_ASSERT(tids[0] != tids[1], "both tasks ran in worker %d", tids[0]);
+  end_pool();
+}
+END_TEST
+
 /* ------------------------------ dead workers ------------------------------ */
 
 START_TEST(test_sigkill_during_map) {
@@ -843,6 +858,7 @@ static Suite *pool_suite(void) {
   tc = mp_test_tcase(s, "workers", 60);
   tcase_add_loop_test(tc, test_initializer, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_maxtasksperchild, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_parallel, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "dead", 90);
   tcase_add_loop_test(tc, test_sigkill_during_map, 0, N_PROCESS_CONTEXTS);
   tcase_add_loop_test(tc, test_segfault_and_exit, 0, N_PROCESS_CONTEXTS);
