@@ -367,7 +367,6 @@ typedef struct {
   _Atomic uint32_t limit;
   _Atomic uint32_t hint;           /* chunks below it are not queued, except retried ones */
   _Atomic uint32_t retries_queued; /* chunks queued again after their worker died */
-  _Atomic uint32_t done;           /* chunks done or failed */
   _Atomic uint32_t wake;           /* futex word, bumped when a waiter may proceed */
   _Atomic uint32_t waiters;
   _Atomic uint32_t refs;           /* the slot's, the owner's, the supervisor's callbacks' */
@@ -378,6 +377,8 @@ typedef struct {
   void *parent_next;               /* the pool's list of its jobs, in the pool's process */
   uint64_t block_size;             /* bytes of its block, which a later job may reuse */
   uint64_t states_off, input_off, output_off, errs_off, n_errs;
+  uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
+  uint32_t n_counters;
 } mp__job_t;
 
 /* A worker's record, written by the worker (and by the supervisor once it has died). */
@@ -433,9 +434,9 @@ typedef struct {
  * freed job's block of at least that many bytes to reuse (its pages are in memory already),
  * or NULL. */
 typedef mp__job_t *(*mp__job_spare_t)(void *ctx, uint64_t bytes);
-int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t fn, uint32_t flags, uint64_t n,
-                   uint64_t item_size, uint64_t result_size, uint64_t chunksize,
-                   uint32_t window, mp__job_t **job);
+int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t n_workers, uint32_t fn,
+                   uint32_t flags, uint64_t n, uint64_t item_size, uint64_t result_size,
+                   uint64_t chunksize, uint32_t window, mp__job_t **job);
 void *mp__job_input(const mp__job_t *job, uint32_t chunk);
 void *mp__job_output(const mp__job_t *job, uint32_t chunk);
 _Atomic uint64_t *mp__job_state(const mp__job_t *job, uint32_t chunk);
@@ -455,6 +456,11 @@ bool mp__pool_spin(bool (*ready)(const void *arg), const void *arg, int64_t ns);
 int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
                  int64_t deadline);
 bool mp__job_complete(const mp__job_t *job);
+uint64_t mp__job_done(const mp__job_t *job);
+/* Wakes the job's waiter; if the job is complete, frees its slot (once, whoever calls). */
+void mp__job_settle(mp__pool_shared_t *sh, mp__job_t *job, int notify_fd);
+/* Worker w died while counting its chunk: counts it if it had become DONE or FAILED. */
+void mp__job_repair_count(mp__job_t *job, uint32_t w, uint32_t chunk);
 /* Fails every chunk not done with code; the job then completes. */
 void mp__job_abort(mp__pool_shared_t *sh, mp__job_t *job, int code);
 /* The job in the slot of seq if it is still running, with the pin of record `pinner` set

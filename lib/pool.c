@@ -257,11 +257,19 @@ static void find_lost_chunk(mp_pool_t *pool, mp__job_t *job, void *arg) {
     lose_if_owned(pool, job, MP__CHUNK_OF(atomic_load(mp__job_state(job, i))), lost);
 }
 
+/* What a worker that died half-way through completing its chunk left undone. */
+static void finish_counting(mp_pool_t *pool, mp__job_t *job, void *arg) {
+  const lost_t *lost = arg;
+  mp__job_repair_count(job, lost->w, atomic_load(&pool->sh->workers[lost->w].run_chunk));
+  mp__job_settle(pool->sh, job, -1);
+}
+
 /* The chunk worker w ran when it died: its record says which, else its owner field does. */
 static void recover_chunk(mp_pool_t *pool, uint32_t w, const char *msg) {
   mp__pool_shared_t *sh = pool->sh;
   mp__worker_rec_t *rec = &sh->workers[w];
   lost_t lost = {w, msg, false};
+  for_each_running_job(pool, finish_counting, &lost);
   uint64_t run = atomic_load(&rec->run_seq);
   if (run) {
     mp__job_t *job = mp__pool_pin(sh, sh->n_workers, run - 1);
@@ -423,6 +431,7 @@ static void on_event(uv_poll_t *handle, int status, int events) {
 
 static void on_timer(uv_timer_t *handle) {
   mp_pool_t *pool = handle->data;
+  run_callbacks(pool); /* in case a worker died before it could say a job was complete */
   free_unused_jobs(pool);
   uint32_t flags = atomic_load(&pool->sh->flags);
   if ((flags & MP__POOL_TERMINATED) || atomic_load(&pool->create_rc) ||
@@ -1062,8 +1071,8 @@ static int submit(mp_pool_t *pool, const spec_t *s, mp__job_t **out) {
                      : (s->flags & MP__JOB_ITERATOR) ? 1
                                                      : default_chunksize(pool, s->n);
   mp__job_t *job;
-  rc = mp__job_create(take_spare, pool, fn, s->flags, s->n, s->item_size, s->result_size,
-                      chunksize, s->window, &job);
+  rc = mp__job_create(take_spare, pool, pool->sh->n_workers, fn, s->flags, s->n, s->item_size,
+                      s->result_size, chunksize, s->window, &job);
   if (rc < 0)
     return mp__error(rc, "%s: %s", s->what, mp_last_error());
   if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)

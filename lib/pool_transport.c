@@ -32,9 +32,9 @@ static uint64_t align64(uint64_t x) {
   return (x + 63) & ~63ull;
 }
 
-int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t fn, uint32_t flags, uint64_t n,
-                   uint64_t item_size, uint64_t result_size, uint64_t chunksize,
-                   uint32_t window, mp__job_t **out) {
+int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t n_workers, uint32_t fn,
+                   uint32_t flags, uint64_t n, uint64_t item_size, uint64_t result_size,
+                   uint64_t chunksize, uint32_t window, mp__job_t **out) {
   uint64_t n_chunks = n ? (n + chunksize - 1) / chunksize : 0;
   if (n_chunks > UINT32_MAX / 2)
     return mp__error(MP_EINVAL, "%llu chunks: use a larger chunksize",
@@ -50,7 +50,8 @@ int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t fn, uint32_t flags,
   uint64_t input_off = align64(states_off + window * sizeof(uint64_t));
   uint64_t output_off = align64(input_off + window * per_slot_in);
   uint64_t errs_off = align64(output_off + window * per_slot_out);
-  uint64_t total = errs_off + n_errs * sizeof(mp__task_error_t);
+  uint64_t done_off = align64(errs_off + n_errs * sizeof(mp__task_error_t));
+  uint64_t total = done_off + ((uint64_t)n_workers + 1) * sizeof(uint64_t);
   /* Not zeroed: the input and output are overwritten whole; the rest is set here. */
   mp__job_t *spare = take(ctx, total);
   mp__job_t *job = spare ? spare : mp__shared_alloc_raw(total);
@@ -59,7 +60,7 @@ int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t fn, uint32_t flags,
   uint64_t block_size = spare ? spare->block_size : total;
   memset(job, 0, input_off);
   job->block_size = block_size;
-  memset((char *)job + errs_off, 0, n_errs * sizeof(mp__task_error_t));
+  memset((char *)job + errs_off, 0, total - errs_off);
   int rc = mp__mutex_init(&job->err_lock);
   if (rc < 0) {
     mp__shared_release(job);
@@ -78,6 +79,8 @@ int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t fn, uint32_t flags,
   job->output_off = output_off;
   job->errs_off = errs_off;
   job->n_errs = n_errs;
+  job->done_off = done_off;
+  job->n_counters = n_workers + 1;
   for (uint64_t i = 0; i < n_errs; i++)
     mp__job_error(job, (uint32_t)i)->item = UINT64_MAX;
   if (!(flags & MP__JOB_ITERATOR)) {
@@ -110,10 +113,6 @@ mp__task_error_t *mp__job_error(const mp__job_t *job, uint32_t chunk) {
 uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk) {
   uint64_t first = (uint64_t)chunk * job->chunksize;
   return job->n - first < job->chunksize ? job->n - first : job->chunksize;
-}
-
-bool mp__job_complete(const mp__job_t *job) {
-  return atomic_load(&job->done) >= job->n_chunks;
 }
 
 bool mp__job_unref(mp__job_t *job) {
@@ -351,17 +350,36 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__job_t **job, uint32_t
 
 /* ------------------------------ completing ------------------------------ */
 
-/* Counts chunks as done; the last one completes the job and frees its slot. */
-static void count_done(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunks, int notify_fd) {
-  uint32_t done = atomic_fetch_add(&job->done, chunks) + chunks;
-  bool last = done == job->n_chunks;
+/* The chunks counted as done: each worker's counter (written by that worker alone, and by
+ * the supervisor once it has died), and the parent's. */
+uint64_t mp__job_done(const mp__job_t *job) {
+  const _Atomic uint64_t *by = (const _Atomic uint64_t *)((const char *)job + job->done_off);
+  uint64_t done = 0;
+  for (uint32_t i = 0; i < job->n_counters; i++)
+    done += atomic_load(&by[i]) >> 1;
+  return done;
+}
+
+static _Atomic uint64_t *done_by(const mp__job_t *job, uint32_t w) {
+  return (_Atomic uint64_t *)((char *)job + job->done_off) + w;
+}
+
+bool mp__job_complete(const mp__job_t *job) {
+  return mp__job_done(job) >= job->n_chunks;
+}
+
+/* After chunks were counted: wakes the waiter, and if the job is complete, frees its slot.
+ * Whoever wins the slot's compare-and-swap does that once, so the supervisor can call this
+ * for a worker that died in the middle of it. */
+void mp__job_settle(mp__pool_shared_t *sh, mp__job_t *job, int notify_fd) {
+  bool last = mp__job_complete(job);
   if (last || (job->flags & MP__JOB_WAKE_EACH))
     wake_waiter(job);
-  if (!last)
+  uint64_t seq = job->seq, active = seq << 1 | 1;
+  if (!last || !atomic_compare_exchange_strong(&sh->slots[seq % MP__POOL_SLOTS].state, &active,
+                                               seq << 1))
     return;
-  uint64_t seq = job->seq;
   bool notify = job->flags & MP__JOB_NOTIFY;
-  atomic_store(&sh->slots[seq % MP__POOL_SLOTS].state, seq << 1);
   advance_oldest(sh, seq);
   atomic_fetch_add(&sh->slot_free, 1);
   if (atomic_load(&sh->slot_waiters) > 0)
@@ -373,17 +391,42 @@ static void count_done(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunks, i
     mp__pool_notify(notify_fd);
 }
 
+/* Chunks the parent counts: lost, or aborted. */
+static void count_by_parent(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunks) {
+  atomic_fetch_add(done_by(job, job->n_counters - 1), (uint64_t)chunks << 1);
+  mp__job_settle(sh, job, -1);
+}
+
+/*
+ * A worker counts its chunk in its own counter, with bit 0 set while it is between the two:
+ * a worker killed there leaves the bit set, and the supervisor then knows from the chunk's
+ * state whether the chunk became DONE (count it) or not (it is still RUNNING, lost).
+ */
 bool mp__pool_complete(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint32_t w,
                        uint32_t status, int notify_fd) {
-  _Atomic uint64_t *state = mp__job_state(job, chunk);
-  uint64_t v = atomic_load(state);
+  _Atomic uint64_t *state = mp__job_state(job, chunk), *mine = done_by(job, w);
+  uint64_t v = atomic_load(state), count = atomic_load(mine) >> 1;
+  atomic_store(mine, count << 1 | 1);
+  bool ours = MP__CHUNK_STATUS(v) == MP__CHUNK_RUNNING && MP__CHUNK_OWNER(v) == w + 1 &&
+              atomic_compare_exchange_strong(
+                  state, &v, MP__CHUNK_STATE(chunk, MP__CHUNK_ATTEMPTS(v), w + 1, status));
+  /* Not ours: aborted, or given up for lost, and counted by whoever did that. */
+  atomic_store(mine, (count + ours) << 1);
   atomic_store(&sh->workers[w].run_seq, 0);
-  if (MP__CHUNK_STATUS(v) != MP__CHUNK_RUNNING || MP__CHUNK_OWNER(v) != w + 1 ||
-      !atomic_compare_exchange_strong(
-          state, &v, MP__CHUNK_STATE(chunk, MP__CHUNK_ATTEMPTS(v), w + 1, status)))
-    return false; /* aborted, or given up for lost: not ours to count any more */
-  count_done(sh, job, 1, notify_fd);
-  return true;
+  if (ours)
+    mp__job_settle(sh, job, notify_fd);
+  return ours;
+}
+
+void mp__job_repair_count(mp__job_t *job, uint32_t w, uint32_t chunk) {
+  _Atomic uint64_t *theirs = done_by(job, w);
+  uint64_t v = atomic_load(theirs);
+  if (!(v & 1))
+    return;
+  uint64_t st = atomic_load(mp__job_state(job, chunk));
+  bool became_final = MP__CHUNK_OF(st) == chunk && MP__CHUNK_OWNER(st) == w + 1 &&
+                      MP__CHUNK_STATUS(st) != MP__CHUNK_RUNNING;
+  atomic_store(theirs, ((v >> 1) + became_final) << 1);
 }
 
 bool mp__job_lose_chunk(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, int code,
@@ -405,7 +448,7 @@ bool mp__job_lose_chunk(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, i
   mp__job_record_error(job, chunk, (uint64_t)chunk * job->chunksize, code, msg);
   if (atomic_compare_exchange_strong(
           state, &v, MP__CHUNK_STATE(chunk, attempts, MP__CHUNK_OWNER(v), MP__CHUNK_FAILED)))
-    count_done(sh, job, 1, -1);
+    count_by_parent(sh, job, 1);
   return false;
 }
 
@@ -432,7 +475,7 @@ void mp__job_abort(mp__pool_shared_t *sh, mp__job_t *job, int code) {
     }
   }
   if (aborted)
-    count_done(sh, job, aborted, -1);
+    count_by_parent(sh, job, aborted);
   else
     wake_waiter(job);
 }
