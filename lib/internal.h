@@ -397,6 +397,8 @@ typedef struct {
   _Atomic uint64_t pin;     /* seq + 1 of the job it is looking at: not to be freed */
   _Atomic uint64_t run_seq; /* seq + 1 of the job of the chunk it runs, 0 if none */
   _Atomic uint32_t run_chunk;
+  _Atomic uint64_t idle_ticket; /* when it went idle (0: busy): the latest is woken first */
+  _Atomic uint32_t wake;        /* futex: its own, bumped to wake it */
   char error[MP__POOL_MSG];
 } mp__worker_rec_t;
 
@@ -405,7 +407,8 @@ enum { MP__POOL_CLOSED = 1u, MP__POOL_TERMINATED = 2u };
 /* What the pool's processes share. */
 typedef struct {
   _Atomic uint32_t work;  /* futex: bumped when new work may be claimable */
-  _Atomic uint32_t idle;  /* workers asleep on it */
+  _Atomic uint32_t idle;  /* workers about to sleep or asleep */
+  _Atomic uint64_t idle_tickets;
   _Atomic uint32_t slot_free; /* futex: bumped when a job's slot frees */
   _Atomic uint32_t slot_waiters;
   _Atomic uint32_t status; /* futex: bumped when a worker is ready or failed to be */
@@ -448,7 +451,8 @@ uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk);
 int mp__job_publish(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq, int64_t deadline);
 /* Iterators: feeds the next chunk if its window slot is free (true if it did). */
 bool mp__job_feed(mp__pool_shared_t *sh, mp__job_t *job, const void *items);
-/* Wakes workers: n of them (INT32_MAX: all) if asleep. */
+/* Wakes workers: n of them (INT32_MAX: all) if asleep, the most recently idle first: its
+ * cache is warm, and it may not even be asleep yet. */
 void mp__pool_wake_workers(mp__pool_shared_t *sh, int n);
 /* Looks at ready(arg) for about ns nanoseconds (at least 64 times): true once it holds. */
 bool mp__pool_spin(bool (*ready)(const void *arg), const void *arg, int64_t ns);
@@ -481,6 +485,8 @@ void mp__job_record_error(mp__job_t *job, uint32_t chunk, uint64_t item, int cod
 void mp__pool_notify(int fd);
 
 /* pool_transport.c: the worker's side. */
+/* Sleeps until woken by mp__pool_wake_workers, unless the work word moved past seen. */
+void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen);
 /* Claims the oldest queued chunk of any job for worker w: true with *job and *chunk. */
 bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__job_t **job, uint32_t *chunk);
 /* The chunk is done (status MP__CHUNK_DONE or MP__CHUNK_FAILED): counted, its waiter woken,

@@ -349,6 +349,8 @@ static void worker_ended(mp_pool_t *pool, uint32_t w, int exitcode) {
   }
   atomic_store(&rec->pin, 0);
   atomic_store(&rec->run_seq, 0);
+  if (atomic_exchange(&rec->idle_ticket, 0)) /* died idle: not to be woken again */
+    atomic_fetch_sub(&sh->idle, 1);
   atomic_store(&rec->state, MP__WORKER_EMPTY);
   free_unused_jobs(pool);
   uint32_t flags = atomic_load(&sh->flags);

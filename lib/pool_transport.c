@@ -143,10 +143,49 @@ void mp__pool_notify(int fd) {
   }
 }
 
+/* The idle worker that went idle last, taken (its ticket cleared), or -1. */
+static int64_t take_idle_worker(mp__pool_shared_t *sh) {
+  for (;;) {
+    int64_t best = -1;
+    uint64_t best_ticket = 0;
+    for (uint32_t w = 0; w < sh->n_workers; w++) {
+      uint64_t t = atomic_load(&sh->workers[w].idle_ticket);
+      if (t > best_ticket)
+        best = w, best_ticket = t;
+    }
+    if (best < 0 ||
+        atomic_compare_exchange_strong(&sh->workers[best].idle_ticket, &best_ticket, 0))
+      return best;
+  }
+}
+
 void mp__pool_wake_workers(mp__pool_shared_t *sh, int n) {
   atomic_fetch_add(&sh->work, 1);
-  if (atomic_load(&sh->idle) > 0)
-    mp__futex_wake(&sh->work, n);
+  for (int i = 0; i < n && atomic_load(&sh->idle) > 0; i++) {
+    int64_t w = take_idle_worker(sh);
+    if (w < 0)
+      return;
+    atomic_fetch_add(&sh->workers[w].wake, 1);
+    mp__futex_wake(&sh->workers[w].wake, 1);
+  }
+}
+
+/*
+ * Lost wake-ups: the worker announces itself (ticket, idle count) and then reads the work
+ * word; a submitter bumps the work word and then reads the idle count, all sequentially
+ * consistent, so either the worker sees the new work or the submitter sees the worker. The
+ * worker's own wake word, read before it announces itself, catches a wake-up that comes
+ * between its last look and its sleep.
+ */
+void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen) {
+  mp__worker_rec_t *rec = &sh->workers[w];
+  uint32_t wake = atomic_load(&rec->wake);
+  atomic_store(&rec->idle_ticket, atomic_fetch_add(&sh->idle_tickets, 1) + 1);
+  atomic_fetch_add(&sh->idle, 1);
+  if (atomic_load(&sh->work) == seen)
+    mp__futex_wait(&rec->wake, wake, INT64_MAX);
+  atomic_store(&rec->idle_ticket, 0);
+  atomic_fetch_sub(&sh->idle, 1);
 }
 
 static void wake_waiter(mp__job_t *job) {

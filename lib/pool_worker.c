@@ -159,10 +159,7 @@ int mp__pool_worker_main(mp__pool_shared_t *sh, uint32_t w) {
       set_state(wk, MP__WORKER_DONE);
       break;
     }
-    atomic_fetch_add(&sh->idle, 1);
-    if (atomic_load(&sh->work) == seen)
-      mp__futex_wait(&sh->work, seen, INT64_MAX);
-    atomic_fetch_sub(&sh->idle, 1);
+    mp__pool_idle(sh, w, seen);
   }
   free(wk);
   return code;
