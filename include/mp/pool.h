@@ -131,8 +131,10 @@ typedef struct {
 /*
  * As mp_pool_map, without waiting: *ar is the request; the items are copied before the call
  * returns; the results wait in the pool until mp_async_result_get() copies them out.
- * callbacks may be NULL. Free *ar with mp_async_result_free(). Errors: as mp_pool_map's
- * submission errors. Python: Pool.map_async(func, iterable, chunksize, callback,
+ * callbacks may be NULL. Free *ar with mp_async_result_free(). With 256 maps, applies and
+ * iterators running a submission waits until one of them completes (the pool has 256 job
+ * slots); completed ones hold no slot while they wait to be collected. Errors: as
+ * mp_pool_map's submission errors. Python: Pool.map_async(func, iterable, chunksize, callback,
  * error_callback).
  */
 MP_EXTERN int mp_pool_map_async(mp_pool_t *pool, mp_task_fn_t fn, const void *items, size_t n,
@@ -156,11 +158,10 @@ MP_EXTERN int mp_pool_starmap_async(mp_pool_t *pool, mp_task_fn_t fn, const void
                                     mp_async_result_t **ar);
 
 /*
- * Runs fn once on a copy of arg (size bytes, any size) with room for result_max bytes of
- * result, and waits. On success *result_len (if not NULL) is the result's length and the
- * result is copied to result (result_cap bytes of room: MP_ETOOSMALL if the result is
- * longer, nothing copied). Errors: those of mp_pool_map, and MP_ETOOSMALL.
- * Python: Pool.apply(func, args).
+ * Runs fn once on a copy of arg (size bytes, any size), with result_cap bytes of room for
+ * its result (any size too), and waits. On success the result is in result and
+ * *result_len (if not NULL) is its length, which the task may have made shorter than
+ * result_cap. Errors: those of mp_pool_map. Python: Pool.apply(func, args).
  */
 MP_EXTERN int mp_pool_apply(mp_pool_t *pool, mp_task_fn_t fn, const void *arg, size_t size,
                             void *result, size_t result_cap, size_t *result_len);
