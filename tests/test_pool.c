@@ -4,6 +4,7 @@
  * Each test destroys its pool, which kills and reaps every worker even when the test fails
  * half-way (the pool is also destroyed by the cleanup hook).
  */
+#include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/stat.h>
@@ -624,6 +625,99 @@ START_TEST(test_sigkill_during_map) {
 }
 END_TEST
 
+/* Workers killed from outside at random moments: each worker announces its pid with a file
+ * in the test's directory, which a killer thread reads. */
+typedef struct {
+  int x;
+  int test_pid;
+} kill_item_t;
+
+static int announce_and_square(const void *arg, size_t size, void *result,
+                               size_t *result_size) {
+  static pid_t announced;
+  const kill_item_t *item = arg;
+  (void)size;
+  (void)result_size;
+  if (announced != getpid()) {
+    announced = getpid();
+    char path[96];
+    snprintf(path, sizeof path, "/tmp/libmp-kill-%d/%d", item->test_pid, (int)announced);
+    close(open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600));
+  }
+  nap(0.00002);
+  *(int *)result = item->x * item->x;
+  return 0;
+}
+
+static char kill_dir[64];
+static _Atomic int kills_done;
+
+static void *kill_workers(void *arg) {
+  (void)arg;
+  for (int round = 0; round < 200 && kills_done < 3; round++) {
+    nap(0.02);
+    DIR *dir = opendir(kill_dir);
+    struct dirent *e;
+    while (dir && (e = readdir(dir)) != NULL) {
+      int pid = atoi(e->d_name);
+      if (pid <= 0)
+        continue;
+      kill(pid, SIGKILL);
+      char path[128];
+      snprintf(path, sizeof path, "%s/%s", kill_dir, e->d_name);
+      unlink(path);
+      kills_done++;
+      break;
+    }
+    if (dir)
+      closedir(dir);
+  }
+  return NULL;
+}
+
+START_TEST(test_external_sigkill) {
+  enum { N = 10000 };
+  static kill_item_t in[N];
+  static int out[N];
+  for (int k = 0; k < N; k++)
+    in[k] = (kill_item_t){k, (int)getpid()};
+  snprintf(kill_dir, sizeof kill_dir, "/tmp/libmp-kill-%d", (int)getpid());
+  mkdir(kill_dir, 0700);
+  kills_done = 0;
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  pthread_t killer;
+  pthread_create(&killer, NULL, kill_workers, NULL);
+  int rc = mp_pool_map(pool, announce_and_square, in, N, sizeof in[0], out, sizeof(int), 1);
+  pthread_join(killer, NULL);
+  T_ASSERT(rc == 0 || rc == MP_EWORKERDIED, "the map gave %s", mp_err_name(rc));
+  int lost = 0;
+  for (int k = 0; k < N; k++) {
+    if (out[k] != k * k) {
+      T_INT_EQ(out[k], 0);
+      lost++;
+    }
+  }
+  T_ASSERT(lost <= kills_done, "%d items lost to %d kills", lost, kills_done);
+  T_ASSERT((rc == 0) == (lost == 0), "rc %d with %d items lost", rc, lost);
+  /* The pool goes on with replacements. */
+  MP_ASSERT_OK(
+      mp_pool_map(pool, announce_and_square, in, 100, sizeof in[0], out, sizeof(int), 0));
+  T_INT_EQ(out[99], 99 * 99);
+  end_pool();
+  DIR *dir = opendir(kill_dir);
+  struct dirent *e;
+  while (dir && (e = readdir(dir)) != NULL) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/%s", kill_dir, e->d_name);
+    if (e->d_name[0] != '.')
+      unlink(path);
+  }
+  if (dir)
+    closedir(dir);
+  rmdir(kill_dir);
+}
+END_TEST
+
 START_TEST(test_segfault_and_exit) {
   mp_pool_t *pool = make_pool(_i, 2, NULL);
   int x = 5, r;
@@ -861,6 +955,7 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_parallel, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "dead", 90);
   tcase_add_loop_test(tc, test_sigkill_during_map, 0, N_PROCESS_CONTEXTS);
+  tcase_add_loop_test(tc, test_external_sigkill, 0, N_PROCESS_CONTEXTS);
   tcase_add_loop_test(tc, test_segfault_and_exit, 0, N_PROCESS_CONTEXTS);
   tcase_add_loop_test(tc, test_retries, 0, N_PROCESS_CONTEXTS);
   tc = mp_test_tcase(s, "end", 60);
