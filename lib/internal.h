@@ -454,8 +454,6 @@ bool mp__job_feed(mp__pool_shared_t *sh, mp__job_t *job, const void *items);
 /* Wakes workers: n of them (INT32_MAX: all) if asleep, the most recently idle first: its
  * cache is warm, and it may not even be asleep yet. */
 void mp__pool_wake_workers(mp__pool_shared_t *sh, int n);
-/* Looks at ready(arg) for about ns nanoseconds (at least 64 times): true once it holds. */
-bool mp__pool_spin(bool (*ready)(const void *arg), const void *arg, int64_t ns);
 /* Waits until done(job, arg) or the deadline: 0, MP_ETIMEDOUT, MP_EINTR (a handler ran). */
 int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
                  int64_t deadline);

@@ -186,18 +186,7 @@ static void free_unused_jobs(mp_pool_t *pool) {
   pthread_mutex_unlock(&pool->lock);
 }
 
-static bool only_ours(const void *arg) {
-  return atomic_load(&((const mp__job_t *)arg)->refs) <= 1;
-}
-
-/* The worker that completed a job drops the slot's reference a moment after it counted the
- * last chunk. Waiting for that moment makes the last reference ours, so that no wake-up of
- * the supervisor is needed to free the block. */
-#define SLOT_DROP_WAIT_NS 20000
-
 static void release_job(mp_pool_t *pool, mp__job_t *job) {
-  if (mp__job_complete(job))
-    mp__pool_spin(only_ours, job, SLOT_DROP_WAIT_NS);
   if (mp__job_unref(job))
     free_unused_jobs(pool);
 }

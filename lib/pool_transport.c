@@ -194,37 +194,9 @@ static void wake_waiter(mp__job_t *job) {
     mp__futex_wake(&job->wake, INT32_MAX);
 }
 
-bool mp__pool_spin(bool (*ready)(const void *arg), const void *arg, int64_t ns) {
-  int64_t until = mp__now_ns() + ns;
-  for (unsigned i = 1;; i++) {
-    if (ready(arg))
-      return true;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-    if (i % 64 == 0 && mp__now_ns() >= until)
-      return false;
-  }
-}
-
-typedef struct {
-  const mp__job_t *job;
-  bool (*done)(const mp__job_t *job, void *arg);
-  void *arg;
-} spin_job_t;
-
-static bool job_done(const void *arg) {
-  const spin_job_t *s = arg;
-  return s->done(s->job, s->arg);
-}
-
 int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
                  int64_t deadline) {
-  /* A short look before sleeping: the result may be there already. A longer spin costs more
-   * than it saves where the worker runs on the waiter's CPU. */
-  spin_job_t spin = {job, done, arg};
-  if (deadline > mp__now_ns() && mp__pool_spin(job_done, &spin, 0))
-    return 0;
+  /* No spinning first: the worker waited for often runs on the waiter's CPU. */
   for (;;) {
     uint32_t seen = atomic_load(&job->wake);
     if (done(job, arg))
@@ -409,15 +381,18 @@ bool mp__job_complete(const mp__job_t *job) {
 
 /* After chunks were counted: wakes the waiter, and if the job is complete, frees its slot.
  * Whoever wins the slot's compare-and-swap does that once, so the supervisor can call this
- * for a worker that died in the middle of it. */
+ * for a worker that died in the middle of it. The caller has the job pinned (or holds a
+ * reference): the slot's reference is dropped before the waiter is woken, so that the
+ * waiter's own release is the last one and it frees the block itself. */
 void mp__job_settle(mp__pool_shared_t *sh, mp__job_t *job, int notify_fd) {
   bool last = mp__job_complete(job);
-  if (last || (job->flags & MP__JOB_WAKE_EACH))
-    wake_waiter(job);
   uint64_t seq = job->seq, active = seq << 1 | 1;
   if (!last || !atomic_compare_exchange_strong(&sh->slots[seq % MP__POOL_SLOTS].state, &active,
-                                               seq << 1))
+                                               seq << 1)) {
+    if (last || (job->flags & MP__JOB_WAKE_EACH))
+      wake_waiter(job);
     return;
+  }
   bool notify = job->flags & MP__JOB_NOTIFY;
   advance_oldest(sh, seq);
   atomic_fetch_add(&sh->slot_free, 1);
@@ -426,7 +401,10 @@ void mp__job_settle(mp__pool_shared_t *sh, mp__job_t *job, int notify_fd) {
   if (atomic_load(&sh->flags) & MP__POOL_CLOSED)
     mp__pool_wake_workers(sh, INT32_MAX); /* idle workers may exit now */
   /* The parent frees blocks: tell it when the slot's reference was the last. */
-  if (mp__job_unref(job) || notify)
+  if (mp__job_unref(job))
+    notify = true;
+  wake_waiter(job);
+  if (notify)
     mp__pool_notify(notify_fd);
 }
 
@@ -445,6 +423,7 @@ bool mp__pool_complete(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, ui
                        uint32_t status, int notify_fd) {
   _Atomic uint64_t *state = mp__job_state(job, chunk), *mine = done_by(job, w);
   uint64_t v = atomic_load(state), count = atomic_load(mine) >> 1;
+  atomic_store(&sh->workers[w].pin, job->seq + 1); /* for settling after the last reference */
   atomic_store(mine, count << 1 | 1);
   bool ours = MP__CHUNK_STATUS(v) == MP__CHUNK_RUNNING && MP__CHUNK_OWNER(v) == w + 1 &&
               atomic_compare_exchange_strong(
@@ -454,6 +433,7 @@ bool mp__pool_complete(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, ui
   atomic_store(&sh->workers[w].run_seq, 0);
   if (ours)
     mp__job_settle(sh, job, notify_fd);
+  mp__pool_unpin(sh, w);
   return ours;
 }
 
