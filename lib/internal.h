@@ -369,7 +369,7 @@ typedef struct {
   _Atomic uint32_t retries_queued; /* chunks queued again after their worker died */
   _Atomic uint32_t wake;           /* futex word, bumped when a waiter may proceed */
   _Atomic uint32_t waiters;
-  _Atomic uint32_t refs;           /* the slot's, the owner's, the supervisor's callbacks' */
+  _Atomic uint32_t refs;           /* the slot's and the owner's */
   _Atomic uint32_t callback_done;
   _Atomic int32_t abort_code;      /* MP_ETERMINATED once the pool was terminated */
   _Atomic uint64_t result_len;     /* an apply's result length */
