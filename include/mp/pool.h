@@ -117,7 +117,8 @@ MP_EXTERN int mp_pool_map(mp_pool_t *pool, mp_task_fn_t fn, const void *items, s
  * A callback of an async result, run in the parent by the pool's supervisor thread once the
  * result is ready: `callback` when it succeeded, `error_callback` when it failed. It may call
  * mp_async_result_get(ar, ..., 0) to read the result or the error. It must not block long:
- * it holds up the other callbacks. A non-zero return is counted (mp_pool_callback_errors) and
+ * it holds up the other callbacks; it may submit work or terminate the pool, but not wait for
+ * the pool or destroy it. A non-zero return is counted (mp_pool_callback_errors) and
  * harms nothing else. Python: apply_async(callback=, error_callback=).
  */
 typedef int (*mp_result_cb_t)(mp_async_result_t *ar, void *user_data);
