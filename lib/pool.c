@@ -86,6 +86,7 @@ struct mp_pool_s {
   _Atomic bool creating;
   _Atomic int create_rc;
   char create_msg[MP__POOL_MSG];
+  char why_terminated[3 * MP__POOL_MSG]; /* "" for mp_pool_terminate() */
   /* The zygote, under "fork". */
   mp_process_t *zygote;
   int zygote_sock;
@@ -319,20 +320,21 @@ static void worker_ended(mp_pool_t *pool, uint32_t w, int exitcode) {
   bool terminated = atomic_load(&sh->flags) & MP__POOL_TERMINATED;
   char msg[MP__POOL_MSG];
   describe_end(pool, w, exitcode, msg, sizeof msg);
-  if (state == MP__WORKER_INIT_FAILED) {
-    char init_msg[MP__POOL_MSG + 32];
-    snprintf(init_msg, sizeof init_msg, "the initializer failed: %s", rec->error);
+  if (state == MP__WORKER_INIT_FAILED || state == MP__WORKER_STARTING) {
+    char init_msg[2 * MP__POOL_MSG];
+    if (state == MP__WORKER_INIT_FAILED)
+      snprintf(init_msg, sizeof init_msg, "the initializer failed: %s", rec->error);
+    else
+      snprintf(init_msg, sizeof init_msg, "%s in its initializer", msg);
     if (atomic_load(&pool->creating)) {
-      end_create(pool, MP_ETASK, init_msg);
-    } else {
-      /* A replacement that cannot start: no worker can, so nothing would ever run. */
+      end_create(pool, state == MP__WORKER_INIT_FAILED ? MP_ETASK : MP_EWORKERDIED, init_msg);
+    } else if (!terminated) {
+      /* A replacement that cannot start: none can, and Python would respawn it forever. */
+      snprintf(pool->why_terminated, sizeof pool->why_terminated,
+               ": a replacement worker could not start: %s", init_msg);
       atomic_fetch_or(&sh->flags, MP__POOL_TERMINATED);
       do_terminate(pool);
     }
-  } else if (state == MP__WORKER_STARTING && atomic_load(&pool->creating)) {
-    char died[MP__POOL_MSG + 32];
-    snprintf(died, sizeof died, "%s in its initializer", msg);
-    end_create(pool, MP_EWORKERDIED, died);
   } else if (state != MP__WORKER_RETIRED && state != MP__WORKER_DONE && !terminated) {
     recover_chunk(pool, w, msg);
   }
@@ -1214,7 +1216,8 @@ int mp_async_result_get(mp_async_result_t *ar, void *result, size_t cap, size_t 
   mp__job_t *job = ar->job;
   if (atomic_load(&job->abort_code))
     return mp__error(atomic_load(&job->abort_code),
-                     "mp_async_result_get: the pool was terminated before the work was done");
+                     "mp_async_result_get: the pool was terminated before the work was done%s",
+                     ar->pool->why_terminated);
   const mp__task_error_t *e = mp__job_error(job, 0);
   bool failed = e->item != UINT64_MAX;
   uint64_t need = ar->is_apply ? atomic_load(&job->result_len) : job->n * job->result_size;

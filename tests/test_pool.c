@@ -544,6 +544,33 @@ START_TEST(test_initializer) {
 }
 END_TEST
 
+/* Fails once the marker file named by its argument exists. */
+static int init_unless_marker(const void *arg, size_t size) {
+  (void)size;
+  return access(arg, F_OK) == 0 ? mp_task_fail("the marker is there") : 0;
+}
+
+/* A replacement whose initializer fails ends the pool instead of respawning forever. */
+START_TEST(test_replacement_initializer_fails) {
+  char marker[64];
+  snprintf(marker, sizeof marker, "/tmp/libmp-pool-init-%d", (int)getpid());
+  unlink(marker);
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.maxtasksperchild = 1;
+  o.initializer = init_unless_marker;
+  o.initargs = marker;
+  o.initargs_size = strlen(marker) + 1;
+  mp_pool_t *pool = make_pool(_i, 2, &o);
+  close(open(marker, O_CREAT | O_WRONLY | O_CLOEXEC, 0600));
+  int in[8] = {0}, out[8];
+  int rc = mp_pool_map(pool, square, in, 8, sizeof(int), out, sizeof(int), 1);
+  unlink(marker);
+  MP_ASSERT_ERR(rc, MP_ETERMINATED);
+  T_ASSERT(strstr(mp_last_error(), "the marker is there"), "message: %s", mp_last_error());
+  end_pool();
+}
+END_TEST
+
 START_TEST(test_maxtasksperchild) {
   mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
   o.maxtasksperchild = 1;
@@ -952,6 +979,7 @@ static Suite *pool_suite(void) {
   tc = mp_test_tcase(s, "workers", 60);
   tcase_add_loop_test(tc, test_initializer, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_maxtasksperchild, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_replacement_initializer_fails, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_parallel, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "dead", 90);
   tcase_add_loop_test(tc, test_sigkill_during_map, 0, N_PROCESS_CONTEXTS);
