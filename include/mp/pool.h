@@ -102,8 +102,8 @@ MP_EXTERN int mp_pool_processes(const mp_pool_t *pool);
  * The caller keeps ownership of items and results; they are read and written only during
  * the call. Blocks until every item is accounted for; a failed item fails the map with the
  * error of the first failed item (the lowest index) once the others are done; the results
- * of the items that succeeded are written, the others are zero. A failed item ends its
- * chunk, as in Python: the chunk's later items are not run.
+ * of the chunks that succeeded are written, those of a failed chunk are zero. A failed item
+ * ends its chunk, as in Python: the chunk's later items are not run.
  * Errors: MP_EINVAL (NULL, items NULL with n > 0, results NULL with n and result_size > 0),
  * MP_ECROSS, MP_ECLOSED (after close), MP_ETERMINATED, MP_ETASK, MP_EWORKERDIED, MP_EINTR
  * (a signal handler ran without SA_RESTART, Ctrl-C say: the pool is terminated), MP_ENOMEM.
