@@ -521,7 +521,10 @@ static int nothing_to_open(mp_pool_t *pool) {
 
 static int process_start(mp_pool_t *pool, uint32_t w) {
   worker_t *wk = &pool->workers[w];
-  mp__pool_boot_t boot = {pool->sh, w, 0, 0};
+  mp__pool_boot_t boot;
+  memset(&boot, 0, sizeof boot); /* sent whole: no uninitialized padding */
+  boot.sh = pool->sh;
+  boot.w = w;
   const char *method = mp_context_start_method(pool->ctx);
   char name[64];
   snprintf(name, sizeof name, "%sPoolWorker-%u",
@@ -616,7 +619,11 @@ static int zygote_open(mp_pool_t *pool) {
     return rc;
   }
   /* The zygote forks the first workers as soon as it runs, before any request. */
-  mp__pool_boot_t boot = {pool->sh, 0, key, pool->sh->n_workers};
+  mp__pool_boot_t boot;
+  memset(&boot, 0, sizeof boot);
+  boot.sh = pool->sh;
+  boot.sock_key = key;
+  boot.start = pool->sh->n_workers;
   for (uint32_t w = 0; w < pool->sh->n_workers; w++)
     atomic_store(&pool->sh->workers[w].state, MP__WORKER_STARTING);
   rc = mp_process_create(&pool->zygote, pool->ctx, mp__pool_zygote_main, &boot, sizeof boot,
