@@ -379,8 +379,10 @@ START_TEST(test_imap_bounded) {
   mp_pool_t *pool = make_pool(_i, 2, NULL);
   mp_imap_t *it;
   MP_ASSERT_OK(mp_pool_imap(pool, count_task, many, N, sizeof(int), sizeof(int), 1, &it));
-  nap(0.3);
   struct stat st;
+  for (int tries = 0; tries < 1000 && stat(path, &st) != 0; tries++)
+    nap(0.01);
+  nap(0.3); /* time for many more tasks, were they fed */
   T_ASSERT(stat(path, &st) == 0, "no task ran");
   T_ASSERT(st.st_size >= 1 && st.st_size <= 64, "%lld tasks ran while none was taken",
            (long long)st.st_size);
@@ -598,7 +600,7 @@ END_TEST
 
 /* Two long tasks run at once, in two workers: a waking worker takes the second. */
 static int nap_then_tid(const void *arg, size_t size, void *result, size_t *result_size) {
-  nap(0.2);
+  nap(0.6); /* longer than a wake-up takes on a loaded machine */
   return report_tid(arg, size, result, result_size);
 }
 
@@ -851,10 +853,15 @@ static void on_sigint(int sig) {
   (void)sig;
 }
 
+static _Atomic bool map_returned;
+
+/* Again and again, in case the first one comes before the map waits. */
 static void *send_sigint(void *arg) {
   (void)arg;
-  nap(0.2);
-  kill(getpid(), SIGINT);
+  while (!map_returned) {
+    nap(0.1);
+    kill(getpid(), SIGINT);
+  }
   return NULL;
 }
 
@@ -868,6 +875,7 @@ START_TEST(test_ctrl_c) {
   sigaddset(&block, SIGINT);
   pthread_sigmask(SIG_BLOCK, &block, &prev);
   pthread_t thread;
+  map_returned = false;
   pthread_create(&thread, NULL, send_sigint, NULL);
   pthread_sigmask(SIG_SETMASK, &prev, NULL);
   static int ms[400];
@@ -875,6 +883,7 @@ START_TEST(test_ctrl_c) {
     ms[k] = 20;
   double t0 = mp_test_now();
   int rc = mp_pool_map(pool, sleep_arg_ms, ms, 400, sizeof(int), NULL, 0, 1);
+  map_returned = true;
   pthread_join(thread, NULL);
   sigaction(SIGINT, &old, NULL);
   MP_ASSERT_ERR(rc, MP_EINTR);
