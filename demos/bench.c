@@ -64,6 +64,7 @@ static const bench_group_t *const groups[] = {
     &bench_process_group,
     &bench_synchronize_group,
     &bench_shared_memory_group,
+    &bench_pool_group,
 };
 
 #define GROUP_COUNT (sizeof groups / sizeof groups[0])

@@ -71,5 +71,6 @@ void bench_pair(const bench_config_t *cfg, int default_iterations, bench_op_t li
 extern const bench_group_t bench_process_group;
 extern const bench_group_t bench_synchronize_group;
 extern const bench_group_t bench_shared_memory_group;
+extern const bench_group_t bench_pool_group;
 
 #endif /* BENCH_H */

@@ -285,6 +285,7 @@ MP_EXTERN int mp_cpu_count(void);
 #include "mp/synchronize.h"
 #include "mp/sharedctypes.h"
 #include "mp/shared_memory.h"
+#include "mp/pool.h"
 
 #ifdef __cplusplus
 }

@@ -48,9 +48,30 @@ static mp_context_t *resolve_default(void) {
   return ctx;
 }
 
+/* "thread": not a start method (never the default, not in the list), the context of pools
+ * whose workers are threads, as Python's multiprocessing.dummy. It makes no processes. */
+static int thread_launch(mp_process_t *proc) {
+  (void)proc;
+  return mp__error(MP_EMETHOD, "the \"thread\" context starts no processes; it serves "
+                               "pools of threads (mp_pool_create)");
+}
+
+static int thread_collect(mp_process_t *proc, int *wait_status) {
+  (void)proc;
+  (void)wait_status;
+  return -ECHILD;
+}
+
+const mp__popen_ops_t mp__popen_thread = {"thread", thread_launch, thread_collect};
+static mp_context_t thread_context = {&mp__popen_thread};
+
 int mp_get_context(const char *method, mp_context_t **ctx) {
   if (!ctx)
     return mp__error(MP_EINVAL, "mp_get_context: ctx is NULL");
+  if (method && strcmp(method, "thread") == 0) {
+    *ctx = &thread_context;
+    return 0;
+  }
   mp_context_t *found = method ? find_context(method) : resolve_default();
   if (!found)
     return method ? unknown_method("mp_get_context", method) : MP_EMETHOD;

@@ -53,6 +53,9 @@ int mp__pidfd_send_signal(int pidfd, int sig);
  * Waits while *word == expected, until woken or the deadline (INT64_MAX: never): 0 (woken,
  * the value differed, or a signal: callers re-check their condition) or MP_ETIMEDOUT. */
 int mp__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline);
+/* The same, but MP_EINTR when a signal handler ran (installed without SA_RESTART): for the
+ * calls that end on Ctrl-C. */
+int mp__futex_wait_sig(_Atomic uint32_t *word, uint32_t expected, int64_t deadline);
 /* Wakes up to count waiters (INT32_MAX: all); returns how many were woken. */
 int mp__futex_wake(_Atomic uint32_t *word, int count);
 
@@ -330,5 +333,208 @@ int mp__lock_check(const mp_lock_t *lock);
 #define MP__INNER_LOCK_AT 64
 #define MP__INNER_LOCK_SIZE 56
 int mp__lock_init_inner(mp_lock_t *lock);
+
+/* --------------------------------- pool ---------------------------------- */
+
+/* The Pool (pool.c: API and supervisor; pool_transport.c: how tasks reach the workers and
+ * results come back, in the arena; pool_worker.c: the worker loop and where workers come
+ * from). docs/architecture.md, "The Pool", describes the protocol. */
+
+#define MP__POOL_SLOTS 256       /* jobs (maps, applies, iterators) in flight at once */
+#define MP__POOL_MAX_WORKERS 1024
+#define MP__POOL_MAX_FNS 256     /* distinct task functions per pool */
+#define MP__POOL_MSG 512         /* a task's failure message */
+
+/* A chunk's state word: chunk number << 32 | attempts << 24 | owner (worker + 1) << 4 |
+ * status. The owner field is the record of which worker runs the chunk. */
+enum {
+  MP__CHUNK_FREE = 0, /* iterator window slot not holding a fed chunk */
+  MP__CHUNK_QUEUED,
+  MP__CHUNK_RUNNING,
+  MP__CHUNK_DONE,
+  MP__CHUNK_FAILED,
+};
+#define MP__CHUNK_STATE(chunk, attempts, owner, status)                                     \
+  ((uint64_t)(chunk) << 32 | (uint64_t)(attempts) << 24 | (uint64_t)(owner) << 4 | (status))
+#define MP__CHUNK_OF(v) ((uint32_t)((v) >> 32))
+#define MP__CHUNK_ATTEMPTS(v) ((uint32_t)((v) >> 24) & 0xffu)
+#define MP__CHUNK_OWNER(v) ((uint32_t)((v) >> 4) & 0xfffffu)
+#define MP__CHUNK_STATUS(v) ((uint32_t)(v) & 0xfu)
+
+typedef struct {
+  uint64_t item; /* the failed item's index */
+  int32_t code;
+  char msg[MP__POOL_MSG];
+} mp__task_error_t;
+
+enum {
+  MP__JOB_ITERATOR = 1u, /* a window of chunks fed as results are taken; one error per slot */
+  MP__JOB_WAKE_EACH = 2u, /* wake the waiter at every chunk, not only at the end */
+  MP__JOB_NOTIFY = 4u,    /* tell the supervisor when it completes (callbacks) */
+};
+
+/* A job: one map, apply or iterator, one block of the arena. Chunks [0, limit) have been fed;
+ * chunk c lives in window slot c % window (window = n_chunks for a map). */
+typedef struct {
+  uint64_t seq; /* its number in the pool, which names its slot */
+  uint32_t fn;  /* index in the pool's function table */
+  uint32_t flags;
+  uint64_t n, item_size, result_size, chunksize;
+  uint32_t n_chunks, window;
+  _Atomic uint32_t limit;
+  _Atomic uint32_t hint;           /* chunks below it are not queued, except retried ones */
+  _Atomic uint32_t retries_queued; /* chunks queued again after their worker died */
+  _Atomic uint32_t wake;           /* futex word, bumped when a waiter may proceed */
+  _Atomic uint32_t waiters;
+  _Atomic uint32_t refs;           /* the slot's and the owner's */
+  _Atomic uint32_t callback_done;
+  _Atomic int32_t abort_code;      /* MP_ETERMINATED once the pool was terminated */
+  _Atomic uint64_t result_len;     /* an apply's result length */
+  pthread_mutex_t err_lock;        /* robust: workers record failures */
+  void *parent_next;               /* the pool's list of its jobs, in the pool's process */
+  uint64_t block_size;             /* bytes of its block, which a later job may reuse */
+  uint64_t states_off, input_off, output_off, errs_off, n_errs;
+  uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
+  uint32_t n_counters;
+} mp__job_t;
+
+/* A worker's record, written by the worker (and by the supervisor once it has died). */
+enum {
+  MP__WORKER_EMPTY = 0,
+  MP__WORKER_STARTING,
+  MP__WORKER_READY,
+  MP__WORKER_INIT_FAILED, /* error holds the initializer's message */
+  MP__WORKER_RETIRED,     /* exits after maxtasksperchild tasks: replace it, fail nothing */
+  MP__WORKER_DONE,        /* exits: the pool was closed and its work is done */
+};
+
+typedef struct {
+  _Atomic uint32_t state;
+  _Atomic int32_t pid;
+  _Atomic uint64_t pin;     /* seq + 1 of the job it is looking at: not to be freed */
+  _Atomic uint64_t run_seq; /* seq + 1 of the job of the chunk it runs, 0 if none */
+  _Atomic uint32_t run_chunk;
+  _Atomic uint64_t idle_ticket; /* when it went idle (0: busy): the latest is woken first */
+  _Atomic uint32_t wake;        /* futex: its own, bumped to wake it */
+  char error[MP__POOL_MSG];
+} mp__worker_rec_t;
+
+enum { MP__POOL_CLOSED = 1u, MP__POOL_TERMINATED = 2u };
+
+/* What the pool's processes share. */
+typedef struct {
+  _Atomic uint32_t work;  /* futex: bumped when new work may be claimable */
+  _Atomic uint32_t idle;  /* workers about to sleep or asleep */
+  _Atomic uint64_t idle_tickets;
+  _Atomic uint32_t slot_free; /* futex: bumped when a job's slot frees */
+  _Atomic uint32_t slot_waiters;
+  _Atomic uint32_t status; /* futex: bumped when a worker is ready or failed to be */
+  _Atomic uint32_t flags;
+  _Atomic uint64_t next_seq, oldest; /* jobs [oldest, next_seq) may be incomplete */
+  uint32_t n_workers, maxtasks, retries;
+  bool threads;         /* workers are threads of the pool's process */
+  uint64_t event_key;   /* the eventfd that wakes the supervisor, passed by key */
+  _Atomic uint32_t n_fns;
+  mp__fnref_t *fns[MP__POOL_MAX_FNS]; /* blocks of the arena */
+  mp__fn_t local_fns[MP__POOL_MAX_FNS]; /* the same, as pointers of the pool's process */
+  mp__fnref_t *init_ref;  /* NULL: no initializer */
+  mp__fn_t init_local;
+  void *initargs;
+  uint64_t initargs_size;
+  struct {
+    _Atomic uint64_t state; /* seq << 1 | active */
+    mp__job_t *job;
+  } slots[MP__POOL_SLOTS];
+  mp__worker_rec_t workers[]; /* n_workers, then one for the supervisor's pins */
+} mp__pool_shared_t;
+
+/* pool_transport.c: the parent's side. */
+/* A job for n items in chunks, not yet published (*job has one reference, the owner's; the
+ * slot takes one more at publication). window 0: the whole map. take(ctx, bytes) gives a
+ * freed job's block of at least that many bytes to reuse (its pages are in memory already),
+ * or NULL. */
+typedef mp__job_t *(*mp__job_spare_t)(void *ctx, uint64_t bytes);
+int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t n_workers, uint32_t fn,
+                   uint32_t flags, uint64_t n, uint64_t item_size, uint64_t result_size,
+                   uint64_t chunksize, uint32_t window, mp__job_t **job);
+void *mp__job_input(const mp__job_t *job, uint32_t chunk);
+void *mp__job_output(const mp__job_t *job, uint32_t chunk);
+_Atomic uint64_t *mp__job_state(const mp__job_t *job, uint32_t chunk);
+mp__task_error_t *mp__job_error(const mp__job_t *job, uint32_t chunk);
+/* The number of items of a chunk. */
+uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk);
+/* Publishes into the slot of seq (the caller reserves seqs one at a time, in order), waiting
+ * until the deadline for the slot to free. */
+int mp__job_publish(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq, int64_t deadline);
+/* Iterators: feeds the next chunk if its window slot is free (true if it did). */
+bool mp__job_feed(mp__pool_shared_t *sh, mp__job_t *job, const void *items);
+/* Wakes workers: n of them (INT32_MAX: all) if asleep, the most recently idle first: its
+ * cache is warm, and it may not even be asleep yet. */
+void mp__pool_wake_workers(mp__pool_shared_t *sh, int n);
+/* Waits until done(job, arg) or the deadline: 0, MP_ETIMEDOUT, MP_EINTR (a handler ran). */
+int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
+                 int64_t deadline);
+bool mp__job_complete(const mp__job_t *job);
+uint64_t mp__job_done(const mp__job_t *job);
+/* Wakes the job's waiter; if the job is complete, frees its slot (once, whoever calls). */
+void mp__job_settle(mp__pool_shared_t *sh, mp__job_t *job, int notify_fd);
+/* Worker w died while counting its chunk: counts it if it had become DONE or FAILED. */
+void mp__job_repair_count(mp__job_t *job, uint32_t w, uint32_t chunk);
+/* Fails every chunk not done with code; the job then completes. */
+void mp__job_abort(mp__pool_shared_t *sh, mp__job_t *job, int code);
+/* The job in the slot of seq if it is still running, with the pin of record `pinner` set
+ * (clear it with mp__pool_unpin), else NULL. */
+mp__job_t *mp__pool_pin(mp__pool_shared_t *sh, uint32_t pinner, uint64_t seq);
+void mp__pool_unpin(mp__pool_shared_t *sh, uint32_t pinner);
+/* True if no worker (nor the supervisor) has the job pinned. */
+bool mp__job_unpinned(const mp__pool_shared_t *sh, const mp__job_t *job);
+/* Drops a reference; true if it was the last (the parent then frees the block). */
+bool mp__job_unref(mp__job_t *job);
+/* The worker's chunk is lost: queued again (true) or failed with code and msg (false). */
+bool mp__job_lose_chunk(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, int code,
+                        const char *msg);
+/* Records a chunk's failure (the map keeps its lowest item's). */
+void mp__job_record_error(mp__job_t *job, uint32_t chunk, uint64_t item, int code,
+                          const char *msg);
+/* Wakes the supervisor (an eventfd write); fd is this process's eventfd. */
+void mp__pool_notify(int fd);
+
+/* pool_transport.c: the worker's side. */
+/* Sleeps until woken by mp__pool_wake_workers, unless the work word moved past seen. */
+void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen);
+/* Claims the oldest queued chunk of any job for worker w: true with *job and *chunk. */
+bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__job_t **job, uint32_t *chunk);
+/* The chunk is done (status MP__CHUNK_DONE or MP__CHUNK_FAILED): counted, its waiter woken,
+ * and if it was the job's last, the job's slot freed. false if the job was aborted first. */
+bool mp__pool_complete(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint32_t w,
+                       uint32_t status, int notify_fd);
+
+/* pool_worker.c */
+/* A worker's life: initializer, then tasks until the pool closes or it retires; returns the
+ * exit code. */
+int mp__pool_worker_main(mp__pool_shared_t *sh, uint32_t w);
+
+/* Targets of the worker processes: under spawn and forkserver each worker is an
+ * mp_process child; under fork a zygote (an mp_process child forked before the supervisor
+ * thread starts) forks them. The argument is an mp__pool_boot_t. */
+typedef struct {
+  mp__pool_shared_t *sh;
+  uint32_t w;        /* the worker's record; for the zygote, unused */
+  uint64_t sock_key; /* the zygote's socket to the pool */
+  uint32_t start;    /* the zygote forks workers [0, start) at once */
+} mp__pool_boot_t;
+int mp__pool_worker_target(void *arg, size_t size);
+int mp__pool_zygote_main(void *arg, size_t size);
+
+/* The zygote's records on its socket: requests from the pool, reports from the zygote. */
+enum { MP__ZYGOTE_START = 1, MP__ZYGOTE_STARTED, MP__ZYGOTE_EXITED };
+typedef struct {
+  uint32_t op;
+  uint32_t w;
+  int32_t value; /* STARTED: the pid, or -errno; EXITED: the wait status */
+} mp__zygote_msg_t;
+
+/* context.c: the "thread" context, which makes no processes; pools run threads for it. */
+extern const mp__popen_ops_t mp__popen_thread;
 
 #endif /* MP_INTERNAL_H */

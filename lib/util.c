@@ -145,6 +145,11 @@ void mp__flush_std_streams(void) {
 }
 
 int mp__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline) {
+  int rc = mp__futex_wait_sig(word, expected, deadline);
+  return rc == MP_EINTR ? 0 : rc;
+}
+
+int mp__futex_wait_sig(_Atomic uint32_t *word, uint32_t expected, int64_t deadline) {
   struct timespec abs, *at = NULL;
   if (deadline != INT64_MAX) {
     abs.tv_sec = deadline / 1000000000;
@@ -157,7 +162,9 @@ int mp__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline) 
                     FUTEX_BITSET_MATCH_ANY);
   if (rc < 0 && errno == ETIMEDOUT)
     return MP_ETIMEDOUT;
-  return 0; /* woken, EAGAIN (the value changed) or EINTR: the caller looks again */
+  if (rc < 0 && errno == EINTR)
+    return MP_EINTR;
+  return 0; /* woken, or EAGAIN (the value changed): the caller looks again */
 }
 
 int mp__futex_wake(_Atomic uint32_t *word, int count) {

@@ -1,0 +1,258 @@
+/*
+ * libmp: the Pool (Python's multiprocessing.Pool and multiprocessing.dummy.Pool).
+ *
+ * A pool is a handle: a set of workers (processes of a context, or threads of the "thread"
+ * context) that run tasks, and a supervisor thread that replaces the workers that die. A
+ * submitted map or apply is a request, an mp_async_result_t, whose result the caller
+ * collects.
+ *
+ * Tasks. A task function gets its argument bytes and writes its result:
+ *
+ *   static int square(const void *arg, size_t size, void *result, size_t *result_size) {
+ *     int x = *(const int *)arg;
+ *     *(int *)result = x * x;
+ *     return 0;
+ *   }
+ *
+ * On entry *result_size is the room in result (a map's result_size, an apply's
+ * result_max); an apply's task may lower it to return fewer bytes. The task returns 0, or
+ * fails by returning non-zero, with a message if it calls mp_task_fail():
+ *   return mp_task_fail("cannot take the root of %d", x);
+ * The caller then gets MP_ETASK, and mp_last_error() holds the message (Python: the task's
+ * exception re-raised by get()). A task function crosses to the workers by identity, like a
+ * process target: one outside every loaded object is refused at submission (MP_ECROSS).
+ *
+ * A worker that dies (killed, a crash, exit() in a task) fails the task it was running with
+ * MP_EWORKERDIED and a message naming the signal or the status (or the task runs again, up
+ * to options.retries times); the worker is replaced and every other task completes.
+ *
+ * Fork safety: a pool is used from the process that created it; a child sees its memory
+ * but must not call it.
+ */
+#ifndef MP_POOL_H
+#define MP_POOL_H
+
+#ifndef MP_H
+#error "include <mp.h>, not <mp/pool.h>"
+#endif
+
+/* ================================ the pool ================================ */
+
+typedef struct mp_pool_s mp_pool_t;
+typedef struct mp_async_result_s mp_async_result_t;
+typedef struct mp_imap_s mp_imap_t;
+
+/* A task: see the top of this header. Runs in a worker. */
+typedef int (*mp_task_fn_t)(const void *arg, size_t size, void *result, size_t *result_size);
+
+/* A worker's initializer, run once in each worker before its first task with its own copy
+ * of the initializer's argument bytes; non-zero (with mp_task_fail() for a message) fails
+ * the pool's creation. Python: Pool(initializer=, initargs=). */
+typedef int (*mp_initializer_t)(const void *arg, size_t size);
+
+/*
+ * Records the failure message of the running task (or initializer), printf-style, and
+ * returns MP_ETASK, so that a task fails with `return mp_task_fail(...)`. Outside a task it
+ * only returns MP_ETASK. Python: raising an exception in the task.
+ */
+MP_EXTERN int mp_task_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* The default number of workers: mp_cpu_count(). */
+#define MP_POOL_CPU_COUNT (-1)
+
+typedef struct {
+  /* Workers: MP_POOL_CPU_COUNT or 1 .. 1024 (0 is refused, as Python refuses it). */
+  int processes;
+  /* Where workers come from: a process context, or mp_get_context("thread"); NULL is the
+   * default context. */
+  mp_context_t *context;
+  mp_initializer_t initializer; /* NULL: none */
+  const void *initargs;         /* copied at creation */
+  size_t initargs_size;
+  /* A worker that has run this many tasks (chunks of a map) is replaced; 0: never. */
+  unsigned maxtasksperchild;
+  /* A task lost to a dead worker is run again up to this many times before it fails with
+   * MP_EWORKERDIED; 0: never (no Python counterpart: Python's Pool hangs there). */
+  unsigned retries;
+} mp_pool_options_t;
+
+#define MP_POOL_OPTIONS_INIT                                                                   \
+  { .processes = MP_POOL_CPU_COUNT }
+
+/*
+ * Starts a pool and waits until every worker has run its initializer. options NULL means
+ * MP_POOL_OPTIONS_INIT. Under "fork", workers are forked by a small process forked here,
+ * before the supervisor thread starts, so that no worker is ever forked from a process with
+ * other threads running (docs/architecture.md).
+ * Errors: MP_EINVAL (pool NULL, processes 0, negative or above 1024, initargs NULL with a
+ * size), MP_ECROSS (the initializer cannot cross), MP_ETASK (an initializer failed:
+ * mp_last_error() has its message), MP_EWORKERDIED (a worker died in its initializer),
+ * MP_ENOMEM, MP_EMETHOD, or a start error of mp_process_start().
+ * Python: multiprocessing.Pool(processes, initializer, initargs, maxtasksperchild, context).
+ */
+MP_EXTERN int mp_pool_create(mp_pool_t **pool, const mp_pool_options_t *options);
+
+/* The number of workers. Python: Pool._processes. */
+MP_EXTERN int mp_pool_processes(const mp_pool_t *pool);
+
+/*
+ * Maps fn over n items of item_size bytes each and stores each result (result_size bytes)
+ * at results[i]: out[i] = fn(in[i]), in order, as a for loop would. chunksize 0 takes
+ * Python's default (n / (4 * processes), rounded up); workers take chunks of that many items.
+ * The caller keeps ownership of items and results; they are read and written only during
+ * the call. Blocks until every item is accounted for; a failed item fails the map with the
+ * error of the first failed item (the lowest index) once the others are done; the results
+ * of the chunks that succeeded are written, those of a failed chunk are zero. A failed item
+ * ends its chunk, as in Python: the chunk's later items are not run.
+ * Errors: MP_EINVAL (NULL, items NULL with n > 0, results NULL with n and result_size > 0),
+ * MP_ECROSS, MP_ECLOSED (after close), MP_ETERMINATED, MP_ETASK, MP_EWORKERDIED, MP_EINTR
+ * (a signal handler ran without SA_RESTART, Ctrl-C say: the pool is terminated), MP_ENOMEM.
+ * Python: Pool.map(func, iterable, chunksize).
+ */
+MP_EXTERN int mp_pool_map(mp_pool_t *pool, mp_task_fn_t fn, const void *items, size_t n,
+                          size_t item_size, void *results, size_t result_size,
+                          size_t chunksize);
+
+/*
+ * A callback of an async result, run in the parent by the pool's supervisor thread once the
+ * result is ready: `callback` when it succeeded, `error_callback` when it failed. It may call
+ * mp_async_result_get(ar, ..., 0) to read the result or the error. It must not block long:
+ * it holds up the other callbacks; it may submit work or terminate the pool, but not wait for
+ * the pool or destroy it. A non-zero return is counted (mp_pool_callback_errors) and
+ * harms nothing else. Python: apply_async(callback=, error_callback=).
+ */
+typedef int (*mp_result_cb_t)(mp_async_result_t *ar, void *user_data);
+
+typedef struct {
+  mp_result_cb_t callback;
+  mp_result_cb_t error_callback;
+  void *user_data;
+} mp_async_callbacks_t;
+
+/*
+ * As mp_pool_map, without waiting: *ar is the request; the items are copied before the call
+ * returns; the results wait in the pool until mp_async_result_get() copies them out.
+ * callbacks may be NULL. Free *ar with mp_async_result_free(). With 256 maps, applies and
+ * iterators running a submission waits until one of them completes (the pool has 256 job
+ * slots); completed ones hold no slot while they wait to be collected. Errors: as
+ * mp_pool_map's submission errors. Python: Pool.map_async(func, iterable, chunksize, callback,
+ * error_callback).
+ */
+MP_EXTERN int mp_pool_map_async(mp_pool_t *pool, mp_task_fn_t fn, const void *items, size_t n,
+                                size_t item_size, size_t result_size, size_t chunksize,
+                                const mp_async_callbacks_t *callbacks, mp_async_result_t **ar);
+
+/*
+ * Python's starmap calls func(*args) for each tuple of args. A C tuple is a struct: pass an
+ * array of argument structs and a task that reads the fields,
+ *   typedef struct { int n; unsigned seed; } pi_args_t;
+ *   mp_pool_starmap(pool, calc_pi, args, 4, sizeof(pi_args_t), results, sizeof(double), 0);
+ * It is mp_pool_map over those structs, with the same errors. Python: Pool.starmap(),
+ * starmap_async().
+ */
+MP_EXTERN int mp_pool_starmap(mp_pool_t *pool, mp_task_fn_t fn, const void *tuples, size_t n,
+                              size_t tuple_size, void *results, size_t result_size,
+                              size_t chunksize);
+MP_EXTERN int mp_pool_starmap_async(mp_pool_t *pool, mp_task_fn_t fn, const void *tuples,
+                                    size_t n, size_t tuple_size, size_t result_size,
+                                    size_t chunksize, const mp_async_callbacks_t *callbacks,
+                                    mp_async_result_t **ar);
+
+/*
+ * Runs fn once on a copy of arg (size bytes, any size), with result_cap bytes of room for
+ * its result (any size too), and waits. On success the result is in result and
+ * *result_len (if not NULL) is its length, which the task may have made shorter than
+ * result_cap. Errors: those of mp_pool_map. Python: Pool.apply(func, args).
+ */
+MP_EXTERN int mp_pool_apply(mp_pool_t *pool, mp_task_fn_t fn, const void *arg, size_t size,
+                            void *result, size_t result_cap, size_t *result_len);
+
+/* As mp_pool_apply without waiting; arg is copied before the call returns; the task has
+ * result_max bytes of room. Python: Pool.apply_async(func, args, callback=, error_callback=).
+ */
+MP_EXTERN int mp_pool_apply_async(mp_pool_t *pool, mp_task_fn_t fn, const void *arg,
+                                  size_t size, size_t result_max,
+                                  const mp_async_callbacks_t *callbacks,
+                                  mp_async_result_t **ar);
+
+/*
+ * Ordered (imap) and unordered (imap_unordered) iterators over fn applied to n items.
+ * items stays owned by the caller and must stay valid and unchanged until
+ * mp_imap_free(): the iterator copies a bounded window of items at a time (about four
+ * chunks per worker), and feeds the next ones as results are taken, instead of consuming
+ * the whole input at once. chunksize 0 is Python's default for imap, 1.
+ * Errors: as mp_pool_map's submission errors. Python: Pool.imap(), Pool.imap_unordered().
+ */
+MP_EXTERN int mp_pool_imap(mp_pool_t *pool, mp_task_fn_t fn, const void *items, size_t n,
+                           size_t item_size, size_t result_size, size_t chunksize,
+                           mp_imap_t **it);
+MP_EXTERN int mp_pool_imap_unordered(mp_pool_t *pool, mp_task_fn_t fn, const void *items,
+                                     size_t n, size_t item_size, size_t result_size,
+                                     size_t chunksize, mp_imap_t **it);
+
+/*
+ * The next result, copied to result (result_size bytes, the iterator's), waiting at most
+ * timeout seconds; *index (if not NULL) is the item's index, which imap_unordered needs.
+ * Returns 0; MP_EEOF after the last result (Python's StopIteration); MP_ETIMEDOUT (try
+ * again); MP_ETASK or MP_EWORKERDIED for a failed item (*index set; the iteration goes on
+ * after it and the rest of its chunk, as Python's does); MP_ETERMINATED; MP_EINTR (a signal
+ * handler ran); MP_EINVAL. Python: next(it) and it.next(timeout).
+ */
+MP_EXTERN int mp_imap_next(mp_imap_t *it, void *result, size_t *index, double timeout);
+
+/* Frees an iterator; tasks it fed and that still run finish in the pool. NULL is ignored. */
+MP_EXTERN void mp_imap_free(mp_imap_t *it);
+
+/*
+ * Waits at most timeout seconds for the result and copies it out: a map's n * result_size
+ * bytes or an apply's result (result_cap bytes of room; *result_len, if not NULL, gets the
+ * length). result may be NULL with result_cap 0 to learn only the outcome. Can be called
+ * again. Returns 0; MP_ETIMEDOUT (not ready); MP_ETOOSMALL (result_cap is less than the
+ * result: *result_len says how much is needed; the result is kept); MP_ETASK,
+ * MP_EWORKERDIED (mp_last_error() has the first failed item's message); MP_ETERMINATED;
+ * MP_EINTR; MP_EINVAL. A failed map still copies the results of the items that succeeded.
+ * Python: AsyncResult.get(timeout).
+ */
+MP_EXTERN int mp_async_result_get(mp_async_result_t *ar, void *result, size_t result_cap,
+                                  size_t *result_len, double timeout);
+
+/* Waits at most timeout seconds: 0 when ready, MP_ETIMEDOUT, MP_EINTR or MP_EINVAL.
+ * Python: AsyncResult.wait(timeout). */
+MP_EXTERN int mp_async_result_wait(mp_async_result_t *ar, double timeout);
+
+/* 1 if ready (its callback has run), 0 if not, or MP_EINVAL. Python: AsyncResult.ready(). */
+MP_EXTERN int mp_async_result_ready(mp_async_result_t *ar);
+
+/* 1 if it succeeded, 0 if it failed, MP_ENOTREADY before it is ready (Python's ValueError),
+ * or MP_EINVAL. Python: AsyncResult.successful(). */
+MP_EXTERN int mp_async_result_successful(mp_async_result_t *ar);
+
+/* Frees a request; if it is still running its tasks finish in the pool and their result
+ * is dropped, and its callbacks still run. NULL is ignored. */
+MP_EXTERN void mp_async_result_free(mp_async_result_t *ar);
+
+/* How many callbacks returned non-zero so far. Errors: MP_EINVAL. */
+MP_EXTERN int mp_pool_callback_errors(const mp_pool_t *pool);
+
+/* No more tasks: submissions fail with MP_ECLOSED; workers exit once the submitted work is
+ * done. Errors: MP_EINVAL. Python: Pool.close(). */
+MP_EXTERN int mp_pool_close(mp_pool_t *pool);
+
+/*
+ * Stops every worker at once (SIGKILL; a thread worker stops after its running task) and
+ * fails the work not done with MP_ETERMINATED; waits until every worker process is reaped
+ * (within 100 ms). Errors: MP_EINVAL. Python: Pool.terminate().
+ */
+MP_EXTERN int mp_pool_terminate(mp_pool_t *pool);
+
+/* Waits at most timeout seconds for the workers to exit, after close or terminate.
+ * Errors: MP_EINVAL (pool NULL, or still running: Python's ValueError), MP_ETIMEDOUT.
+ * Python: Pool.join(). */
+MP_EXTERN int mp_pool_join(mp_pool_t *pool, double timeout);
+
+/* Terminates the pool unless it was closed and joined, then frees it, as leaving Python's
+ * `with Pool() as pool:` does. Async results and iterators must be freed first (a later
+ * call on them is undefined). NULL is ignored. */
+MP_EXTERN void mp_pool_destroy(mp_pool_t *pool);
+
+#endif /* MP_POOL_H */

@@ -1,0 +1,1009 @@
+/*
+ * Check suite of the Pool: every call under fork, spawn, forkserver and the thread context;
+ * dead workers (SIGKILL, a segfault, exit() in a task) under the three process contexts.
+ * Each test destroys its pool, which kills and reaps every worker even when the test fails
+ * half-way (the pool is also destroyed by the cleanup hook).
+ */
+#include <dirent.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/stat.h>
+
+#include "mp_test.h"
+
+static const char *const CONTEXTS[] = {"fork", "spawn", "forkserver", "thread"};
+#define N_CONTEXTS 4
+#define N_PROCESS_CONTEXTS 3
+#define IS_THREAD(i) ((i) == 3)
+
+/* The pool the running test made, destroyed by the cleanup hook if an assertion fails. */
+static mp_pool_t *test_pool;
+
+static void destroy_test_pool(void) {
+  mp_pool_destroy(test_pool);
+  test_pool = NULL;
+}
+
+static mp_pool_t *make_pool(int i, int processes, const mp_pool_options_t *extra) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  if (extra)
+    o = *extra;
+  o.processes = processes;
+  MP_ASSERT_OK(mp_get_context(CONTEXTS[i], &o.context));
+  MP_ASSERT_OK(mp_pool_create(&test_pool, &o));
+  mp_test_set_hook(destroy_test_pool);
+  return test_pool;
+}
+
+static void end_pool(void) {
+  mp_test_set_hook(NULL);
+  destroy_test_pool();
+}
+
+/* ------------------------------- tasks ------------------------------- */
+
+static int square(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)size;
+  (void)result_size;
+  int x = *(const int *)arg;
+  *(int *)result = x * x;
+  return 0;
+}
+
+static void nap(double seconds) {
+  mp_test_sleep(seconds);
+}
+
+static int slow_square(const void *arg, size_t size, void *result, size_t *result_size) {
+  nap(0.002);
+  return square(arg, size, result, result_size);
+}
+
+static int sleep_arg_ms(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)size;
+  (void)result;
+  (void)result_size;
+  nap(*(const int *)arg / 1000.0);
+  return 0;
+}
+
+static int fail_on_13(const void *arg, size_t size, void *result, size_t *result_size) {
+  int x = *(const int *)arg;
+  if (x == 13)
+    return mp_task_fail("thirteen is unlucky (%d)", x);
+  if (x == 14)
+    return 7; /* no message */
+  return square(arg, size, result, result_size);
+}
+
+static int report_tid(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)arg;
+  (void)size;
+  (void)result_size;
+  *(int *)result = (int)gettid();
+  return 0;
+}
+
+/* Python's starmap over tuples: a C tuple is a struct. */
+typedef struct {
+  int a;
+  double b;
+} pair_t;
+
+static int add_pair(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)size;
+  (void)result_size;
+  const pair_t *p = arg;
+  *(double *)result = p->a + p->b;
+  return 0;
+}
+
+/* An apply with a variable-length result: "x" repeated arg times. */
+static int repeat_x(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)size;
+  size_t n = *(const size_t *)arg;
+  if (n > *result_size)
+    return mp_task_fail("%zu bytes do not fit %zu", n, *result_size);
+  memset(result, 'x', n);
+  *result_size = n;
+  return 0;
+}
+
+static int kill_self_every_1000(const void *arg, size_t size, void *result,
+                                size_t *result_size) {
+  if (*(const int *)arg % 1000 == 7)
+    raise(SIGKILL);
+  return square(arg, size, result, result_size);
+}
+
+/* AddressSanitizer turns a segfault into an abort (abort_on_error=1). */
+#ifdef __SANITIZE_ADDRESS__
+#define SEGV_DEATH "signal 6"
+#else
+#define SEGV_DEATH "signal 11"
+#endif
+
+static int segfault(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)arg;
+  (void)size;
+  (void)result;
+  (void)result_size;
+  raise(SIGSEGV);
+  return 0;
+}
+
+static int exit_3(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)arg;
+  (void)size;
+  (void)result;
+  (void)result_size;
+  exit(3);
+}
+
+/* Dies on the first attempt only: the marker file says it has tried once. */
+static int die_once(const void *arg, size_t size, void *result, size_t *result_size) {
+  const char *marker = arg;
+  (void)size;
+  if (access(marker, F_OK) != 0) {
+    int fd = open(marker, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    close(fd);
+    raise(SIGKILL);
+  }
+  *(int *)result = 42;
+  *result_size = sizeof(int);
+  return 0;
+}
+
+static int init_value; /* set by the initializer in each worker */
+
+static int set_init_value(const void *arg, size_t size) {
+  if (size != sizeof(int))
+    return mp_task_fail("initargs of %zu bytes", size);
+  init_value = *(const int *)arg;
+  return 0;
+}
+
+static int failing_init(const void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  return mp_task_fail("no database here");
+}
+
+static int read_init_value(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)arg;
+  (void)size;
+  (void)result_size;
+  *(int *)result = init_value;
+  return 0;
+}
+
+/* ------------------------------- maps ------------------------------- */
+
+#define N_ITEMS 1000
+static int items[N_ITEMS];
+
+static void fill_items(void) {
+  for (int k = 0; k < N_ITEMS; k++)
+    items[k] = k;
+}
+
+START_TEST(test_map_chunksizes) {
+  fill_items();
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  T_INT_EQ(mp_pool_processes(pool), 2);
+  static int results[N_ITEMS];
+  size_t sizes[] = {0, 1, 7, N_ITEMS, 5 * N_ITEMS};
+  for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+    memset(results, 0xff, sizeof results);
+    MP_ASSERT_OK(
+        mp_pool_map(pool, square, items, N_ITEMS, sizeof(int), results, sizeof(int), sizes[s]));
+    for (int k = 0; k < N_ITEMS; k++)
+      T_INT_EQ(results[k], k * k);
+  }
+  /* Empty input: nothing to do, at once. */
+  MP_ASSERT_OK(mp_pool_map(pool, square, NULL, 0, sizeof(int), NULL, sizeof(int), 0));
+  end_pool();
+}
+END_TEST
+
+START_TEST(test_starmap) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  pair_t pairs[50];
+  double sums[50];
+  for (int k = 0; k < 50; k++)
+    pairs[k] = (pair_t){k, k / 2.0};
+  MP_ASSERT_OK(
+      mp_pool_starmap(pool, add_pair, pairs, 50, sizeof(pair_t), sums, sizeof(double), 0));
+  for (int k = 0; k < 50; k++)
+    T_ASSERT(sums[k] == k + k / 2.0, "sum %d is %g", k, sums[k]);
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(mp_pool_starmap_async(pool, add_pair, pairs, 50, sizeof(pair_t), sizeof(double),
+                                     3, NULL, &ar));
+  memset(sums, 0, sizeof sums);
+  MP_ASSERT_OK(mp_async_result_get(ar, sums, sizeof sums, NULL, 10));
+  T_ASSERT(sums[49] == 49 + 24.5, "last sum is %g", sums[49]);
+  mp_async_result_free(ar);
+  end_pool();
+}
+END_TEST
+
+START_TEST(test_map_async) {
+  fill_items();
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(
+      mp_pool_map_async(pool, square, items, N_ITEMS, sizeof(int), sizeof(int), 0, NULL, &ar));
+  static int results[N_ITEMS];
+  size_t len = 0;
+  MP_ASSERT_ERR(mp_async_result_get(ar, results, sizeof results - 1, &len, 10), MP_ETOOSMALL);
+  T_INT_EQ(len, sizeof results);
+  MP_ASSERT_OK(mp_async_result_wait(ar, 10));
+  T_INT_EQ(mp_async_result_ready(ar), 1);
+  T_INT_EQ(mp_async_result_successful(ar), 1);
+  MP_ASSERT_OK(mp_async_result_get(ar, results, sizeof results, &len, 0));
+  for (int k = 0; k < N_ITEMS; k++)
+    T_INT_EQ(results[k], k * k);
+  mp_async_result_free(ar);
+  end_pool();
+}
+END_TEST
+
+START_TEST(test_map_failure) {
+  fill_items();
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  static int results[N_ITEMS];
+  MP_ASSERT_ERR(mp_pool_map(pool, fail_on_13, items, 100, sizeof(int), results, sizeof(int), 1),
+                MP_ETASK);
+  T_ASSERT(strstr(mp_last_error(), "item 13: thirteen is unlucky (13)") != NULL, "message: %s",
+           mp_last_error());
+  /* The other items are accounted for: their results are there. */
+  T_INT_EQ(results[12], 144);
+  T_INT_EQ(results[99], 99 * 99);
+  T_INT_EQ(results[13], 0);
+  /* A task that fails without a message. */
+  MP_ASSERT_ERR(
+      mp_pool_map(pool, fail_on_13, items + 14, 5, sizeof(int), results, sizeof(int), 0),
+      MP_ETASK);
+  T_ASSERT(strstr(mp_last_error(), "the task returned 7") != NULL, "message: %s",
+           mp_last_error());
+  /* The pool goes on. */
+  MP_ASSERT_OK(mp_pool_map(pool, square, items, 10, sizeof(int), results, sizeof(int), 0));
+  T_INT_EQ(results[9], 81);
+  end_pool();
+}
+END_TEST
+
+/* ------------------------------- iterators ------------------------------- */
+
+START_TEST(test_imap_ordered) {
+  fill_items();
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  size_t chunksizes[] = {0, 3, 2 * N_ITEMS};
+  for (size_t s = 0; s < 3; s++) {
+    mp_imap_t *it;
+    MP_ASSERT_OK(mp_pool_imap(pool, square, items, N_ITEMS, sizeof(int), sizeof(int),
+                              chunksizes[s], &it));
+    for (int k = 0; k < N_ITEMS; k++) {
+      int r = -1;
+      size_t index = 0;
+      MP_ASSERT_OK(mp_imap_next(it, &r, &index, 10));
+      T_INT_EQ(index, k);
+      T_INT_EQ(r, k * k);
+    }
+    int r;
+    MP_ASSERT_ERR(mp_imap_next(it, &r, NULL, 1), MP_EEOF);
+    mp_imap_free(it);
+  }
+  end_pool();
+}
+END_TEST
+
+START_TEST(test_imap_unordered) {
+  fill_items();
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  mp_imap_t *it;
+  MP_ASSERT_OK(
+      mp_pool_imap_unordered(pool, slow_square, items, 200, sizeof(int), sizeof(int), 0, &it));
+  static bool seen[200];
+  memset(seen, 0, sizeof seen);
+  for (int k = 0; k < 200; k++) {
+    int r;
+    size_t index = 1000;
+    MP_ASSERT_OK(mp_imap_next(it, &r, &index, 10));
+    T_ASSERT(index < 200 && !seen[index], "index %zu twice or out of range", index);
+    seen[index] = true;
+    T_INT_EQ(r, (int)(index * index));
+  }
+  int r;
+  MP_ASSERT_ERR(mp_imap_next(it, &r, NULL, 1), MP_EEOF);
+  mp_imap_free(it);
+  /* Empty input. */
+  MP_ASSERT_OK(mp_pool_imap_unordered(pool, square, NULL, 0, sizeof(int), sizeof(int), 0, &it));
+  MP_ASSERT_ERR(mp_imap_next(it, &r, NULL, 1), MP_EEOF);
+  mp_imap_free(it);
+  end_pool();
+}
+END_TEST
+
+START_TEST(test_imap_timeout_and_failure) {
+  fill_items();
+  mp_pool_t *pool = make_pool(_i, 1, NULL);
+  int ms = 300;
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap(pool, sleep_arg_ms, &ms, 1, sizeof(int), 0, 0, &it));
+  double t0 = mp_test_now();
+  MP_ASSERT_ERR(mp_imap_next(it, NULL, NULL, 0.05), MP_ETIMEDOUT);
+  T_ASSERT(mp_test_now() - t0 >= 0.05, "timed out early");
+  MP_ASSERT_OK(mp_imap_next(it, NULL, NULL, 10));
+  mp_imap_free(it);
+  /* A failed item is reported at its place; the iteration goes on. */
+  MP_ASSERT_OK(mp_pool_imap(pool, fail_on_13, items + 10, 6, sizeof(int), sizeof(int), 1, &it));
+  for (int k = 10; k < 16; k++) {
+    int r;
+    size_t index;
+    int rc = mp_imap_next(it, &r, &index, 10);
+    T_INT_EQ(index, k - 10);
+    if (k == 13 || k == 14)
+      MP_ASSERT_ERR(rc, MP_ETASK);
+    else
+      MP_ASSERT_OK(rc);
+  }
+  mp_imap_free(it);
+  end_pool();
+}
+END_TEST
+
+/* imap keeps a bounded number of tasks in flight: each task appends a byte to a file named
+ * after its item (the test's pid), so the file's size counts the tasks that ran. */
+static int count_task(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)size;
+  (void)result_size;
+  char path[64];
+  snprintf(path, sizeof path, "/tmp/libmp-imap-%d", *(const int *)arg);
+  int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0 || write(fd, "x", 1) != 1)
+    return mp_task_fail("cannot append to %s", path);
+  close(fd);
+  *(int *)result = 1;
+  return 0;
+}
+
+START_TEST(test_imap_bounded) {
+  enum { N = 100000 };
+  static int many[N];
+  for (int k = 0; k < N; k++)
+    many[k] = (int)getpid();
+  char path[64];
+  snprintf(path, sizeof path, "/tmp/libmp-imap-%d", (int)getpid());
+  unlink(path);
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap(pool, count_task, many, N, sizeof(int), sizeof(int), 1, &it));
+  struct stat st;
+  for (int tries = 0; tries < 1000 && stat(path, &st) != 0; tries++)
+    nap(0.01);
+  nap(0.3); /* time for many more tasks, were they fed */
+  T_ASSERT(stat(path, &st) == 0, "no task ran");
+  T_ASSERT(st.st_size >= 1 && st.st_size <= 64, "%lld tasks ran while none was taken",
+           (long long)st.st_size);
+  int r = 0;
+  for (int k = 0; k < 100; k++)
+    MP_ASSERT_OK(mp_imap_next(it, &r, NULL, 10));
+  T_INT_EQ(r, 1);
+  /* Freeing it drops the chunks never fed; the pool goes on at once. */
+  mp_imap_free(it);
+  unlink(path);
+  static int results[1000];
+  fill_items();
+  MP_ASSERT_OK(mp_pool_map(pool, square, items, 1000, sizeof(int), results, sizeof(int), 0));
+  T_INT_EQ(results[999], 999 * 999);
+  end_pool();
+}
+END_TEST
+
+/* ------------------------------- apply ------------------------------- */
+
+START_TEST(test_apply) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  int x = 9, r = 0;
+  size_t len = 0;
+  MP_ASSERT_OK(mp_pool_apply(pool, square, &x, sizeof x, &r, sizeof r, &len));
+  T_INT_EQ(r, 81);
+  T_INT_EQ(len, sizeof r);
+  /* A result of any size, shorter than its room. */
+  size_t n = 100000;
+  char *buf = malloc(200000);
+  MP_ASSERT_OK(mp_pool_apply(pool, repeat_x, &n, sizeof n, buf, 200000, &len));
+  T_INT_EQ(len, 100000);
+  T_ASSERT(buf[0] == 'x' && buf[99999] == 'x', "result bytes");
+  /* The buffer too small: kept, and given with enough room. */
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(mp_pool_apply_async(pool, repeat_x, &n, sizeof n, 200000, NULL, &ar));
+  MP_ASSERT_ERR(mp_async_result_get(ar, buf, 10, &len, 10), MP_ETOOSMALL);
+  T_INT_EQ(len, 100000);
+  MP_ASSERT_OK(mp_async_result_get(ar, buf, 200000, &len, 10));
+  mp_async_result_free(ar);
+  free(buf);
+  /* A failure with its message. */
+  x = 13;
+  MP_ASSERT_ERR(mp_pool_apply(pool, fail_on_13, &x, sizeof x, &r, sizeof r, NULL), MP_ETASK);
+  T_STR_EQ(mp_last_error(), "thirteen is unlucky (13)");
+  end_pool();
+}
+END_TEST
+
+START_TEST(test_apply_async_timeouts) {
+  mp_pool_t *pool = make_pool(_i, 1, NULL);
+  int ms = 300;
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(mp_pool_apply_async(pool, sleep_arg_ms, &ms, sizeof ms, 0, NULL, &ar));
+  T_INT_EQ(mp_async_result_ready(ar), 0);
+  MP_ASSERT_ERR(mp_async_result_successful(ar), MP_ENOTREADY);
+  double t0 = mp_test_now();
+  MP_ASSERT_ERR(mp_async_result_get(ar, NULL, 0, NULL, 0.05), MP_ETIMEDOUT);
+  T_ASSERT(mp_test_now() - t0 >= 0.05, "timed out early");
+  MP_ASSERT_ERR(mp_async_result_wait(ar, 0), MP_ETIMEDOUT);
+  MP_ASSERT_OK(mp_async_result_wait(ar, 10));
+  T_INT_EQ(mp_async_result_successful(ar), 1);
+  mp_async_result_free(ar);
+  /* Many in flight at once, collected afterwards, beyond the pool's slots. */
+  enum { MANY = 600 };
+  static mp_async_result_t *ars[MANY];
+  for (int k = 0; k < MANY; k++)
+    MP_ASSERT_OK(mp_pool_apply_async(pool, square, &k, sizeof k, sizeof(int), NULL, &ars[k]));
+  for (int k = 0; k < MANY; k++) {
+    int r = -1;
+    MP_ASSERT_OK(mp_async_result_get(ars[k], &r, sizeof r, NULL, 10));
+    T_INT_EQ(r, k * k);
+    mp_async_result_free(ars[k]);
+  }
+  end_pool();
+}
+END_TEST
+
+/* ------------------------------- callbacks ------------------------------- */
+
+static _Atomic int callbacks_run, error_callbacks_run, callback_sum;
+
+static int on_result(mp_async_result_t *ar, void *user) {
+  int r = 0;
+  if (mp_async_result_get(ar, &r, sizeof r, NULL, 0) == 0)
+    callback_sum += r;
+  callbacks_run++;
+  return user ? -1 : 0; /* user data set: a failing callback */
+}
+
+static int on_error(mp_async_result_t *ar, void *user) {
+  (void)user;
+  if (mp_async_result_get(ar, NULL, 0, NULL, 0) == MP_ETASK &&
+      strstr(mp_last_error(), "thirteen"))
+    error_callbacks_run++;
+  return 0;
+}
+
+START_TEST(test_callbacks) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  callbacks_run = error_callbacks_run = callback_sum = 0;
+  int failing = 1;
+  mp_async_callbacks_t fails = {on_result, on_error, &failing};
+  mp_async_callbacks_t ok = {on_result, on_error, NULL};
+  mp_async_result_t *ar[4];
+  int x[4] = {2, 13, 3, 4};
+  MP_ASSERT_OK(
+      mp_pool_apply_async(pool, fail_on_13, &x[0], sizeof(int), sizeof(int), &fails, &ar[0]));
+  MP_ASSERT_OK(
+      mp_pool_apply_async(pool, fail_on_13, &x[1], sizeof(int), sizeof(int), &ok, &ar[1]));
+  MP_ASSERT_OK(
+      mp_pool_apply_async(pool, fail_on_13, &x[2], sizeof(int), sizeof(int), &ok, &ar[2]));
+  MP_ASSERT_OK(
+      mp_pool_map_async(pool, square, &x[3], 1, sizeof(int), sizeof(int), 0, &ok, &ar[3]));
+  for (int k = 0; k < 4; k++)
+    MP_ASSERT_OK(mp_async_result_wait(ar[k], 10));
+  /* get() after the callback: the callbacks have run once ready. */
+  T_INT_EQ(callbacks_run, 3);
+  T_INT_EQ(error_callbacks_run, 1);
+  T_INT_EQ(callback_sum, 4 + 9 + 16);
+  T_INT_EQ(mp_pool_callback_errors(pool), 1);
+  /* A result freed before its callback ran still has its callback. */
+  mp_async_result_t *early;
+  int ms = 50;
+  MP_ASSERT_OK(
+      mp_pool_apply_async(pool, sleep_arg_ms, &ms, sizeof ms, sizeof(int), &ok, &early));
+  mp_async_result_free(early);
+  for (int k = 0; k < 4; k++)
+    mp_async_result_free(ar[k]);
+  for (int tries = 0; tries < 1000 && callbacks_run < 4; tries++)
+    nap(0.01);
+  T_INT_EQ(callbacks_run, 4);
+  end_pool();
+}
+END_TEST
+
+/* ------------------------- initializer, maxtasks ------------------------- */
+
+START_TEST(test_initializer) {
+  int value = 1234;
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.initializer = set_init_value;
+  o.initargs = &value;
+  o.initargs_size = sizeof value;
+  mp_pool_t *pool = make_pool(_i, 2, &o);
+  int results[8], dummy[8] = {0};
+  MP_ASSERT_OK(
+      mp_pool_map(pool, read_init_value, dummy, 8, sizeof(int), results, sizeof(int), 1));
+  for (int k = 0; k < 8; k++)
+    T_INT_EQ(results[k], 1234);
+  end_pool();
+  /* A failing initializer fails the creation, with its message. */
+  mp_pool_options_t bad = MP_POOL_OPTIONS_INIT;
+  bad.processes = 2;
+  bad.initializer = failing_init;
+  MP_ASSERT_OK(mp_get_context(CONTEXTS[_i], &bad.context));
+  mp_pool_t *none = NULL;
+  MP_ASSERT_ERR(mp_pool_create(&none, &bad), MP_ETASK);
+  T_ASSERT(strstr(mp_last_error(), "no database here") != NULL, "message: %s", mp_last_error());
+  T_ASSERT(none == NULL, "no pool on failure");
+}
+END_TEST
+
+/* Fails once the marker file named by its argument exists. */
+static int init_unless_marker(const void *arg, size_t size) {
+  (void)size;
+  return access(arg, F_OK) == 0 ? mp_task_fail("the marker is there") : 0;
+}
+
+/* A replacement whose initializer fails ends the pool instead of respawning forever. */
+START_TEST(test_replacement_initializer_fails) {
+  char marker[64];
+  snprintf(marker, sizeof marker, "/tmp/libmp-pool-init-%d", (int)getpid());
+  unlink(marker);
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.maxtasksperchild = 1;
+  o.initializer = init_unless_marker;
+  o.initargs = marker;
+  o.initargs_size = strlen(marker) + 1;
+  mp_pool_t *pool = make_pool(_i, 2, &o);
+  close(open(marker, O_CREAT | O_WRONLY | O_CLOEXEC, 0600));
+  int in[8] = {0}, out[8];
+  int rc = mp_pool_map(pool, square, in, 8, sizeof(int), out, sizeof(int), 1);
+  unlink(marker);
+  MP_ASSERT_ERR(rc, MP_ETERMINATED);
+  T_ASSERT(strstr(mp_last_error(), "the marker is there"), "message: %s", mp_last_error());
+  end_pool();
+}
+END_TEST
+
+START_TEST(test_maxtasksperchild) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.maxtasksperchild = 1;
+  mp_pool_t *pool = make_pool(_i, 2, &o);
+  int tids[6], dummy[6] = {0};
+  MP_ASSERT_OK(mp_pool_map(pool, report_tid, dummy, 6, sizeof(int), tids, sizeof(int), 1));
+  for (int a = 0; a < 6; a++)
+    for (int b = a + 1; b < 6; b++)
+      T_ASSERT(tids[a] != tids[b], "tasks %d and %d ran in the same worker %d", a, b, tids[a]);
+  end_pool();
+  /* Without the limit, two workers run six tasks. */
+  pool = make_pool(_i, 2, NULL);
+  MP_ASSERT_OK(mp_pool_map(pool, report_tid, dummy, 6, sizeof(int), tids, sizeof(int), 1));
+  int distinct = 0;
+  for (int a = 0; a < 6; a++) {
+    bool first = true;
+    for (int b = 0; b < a; b++)
+      first &= tids[a] != tids[b];
+    distinct += first;
+  }
+  T_ASSERT(distinct <= 2, "%d workers for two", distinct);
+  end_pool();
+}
+END_TEST
+
+/* Two long tasks run at once, in two workers: a waking worker takes the second. */
+static int nap_then_tid(const void *arg, size_t size, void *result, size_t *result_size) {
+  nap(0.6); /* longer than a wake-up takes on a loaded machine */
+  return report_tid(arg, size, result, result_size);
+}
+
+START_TEST(test_parallel) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  int tids[2], dummy[2] = {0};
+  MP_ASSERT_OK(mp_pool_map(pool, nap_then_tid, dummy, 2, sizeof(int), tids, sizeof(int), 1));
+  T_ASSERT(tids[0] != tids[1], "both tasks ran in worker %d", tids[0]);
+  end_pool();
+}
+END_TEST
+
+/* ------------------------------ dead workers ------------------------------ */
+
+START_TEST(test_sigkill_during_map) {
+  enum { N = 10000 };
+  static int in[N], out[N];
+  for (int k = 0; k < N; k++)
+    in[k] = k;
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  memset(out, 0xff, sizeof out);
+  MP_ASSERT_ERR(
+      mp_pool_map(pool, kill_self_every_1000, in, N, sizeof(int), out, sizeof(int), 1),
+      MP_EWORKERDIED);
+  T_ASSERT(strstr(mp_last_error(), "item 7: worker") && strstr(mp_last_error(), "signal 9"),
+           "message: %s", mp_last_error());
+  for (int k = 0; k < N; k++)
+    T_INT_EQ(out[k], k % 1000 == 7 ? 0 : k * k);
+  /* Each lost task is reported, by imap_unordered. */
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap_unordered(pool, kill_self_every_1000, in, N, sizeof(int),
+                                      sizeof(int), 1, &it));
+  int lost = 0, good = 0;
+  for (int k = 0; k < N; k++) {
+    int r;
+    size_t index;
+    int rc = mp_imap_next(it, &r, &index, 20);
+    if (rc == MP_EWORKERDIED) {
+      T_INT_EQ(index % 1000, 7);
+      lost++;
+    } else {
+      MP_ASSERT_OK(rc);
+      T_INT_EQ(r, (int)(index * index));
+      good++;
+    }
+  }
+  T_INT_EQ(lost, 10);
+  T_INT_EQ(good, N - 10);
+  mp_imap_free(it);
+  end_pool();
+}
+END_TEST
+
+/* Workers killed from outside at random moments: each worker announces its pid with a file
+ * in the test's directory, which a killer thread reads. */
+typedef struct {
+  int x;
+  int test_pid;
+} kill_item_t;
+
+static int announce_and_square(const void *arg, size_t size, void *result,
+                               size_t *result_size) {
+  static pid_t announced;
+  const kill_item_t *item = arg;
+  (void)size;
+  (void)result_size;
+  if (announced != getpid()) {
+    announced = getpid();
+    char path[96];
+    snprintf(path, sizeof path, "/tmp/libmp-kill-%d/%d", item->test_pid, (int)announced);
+    close(open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600));
+  }
+  nap(0.00002);
+  *(int *)result = item->x * item->x;
+  return 0;
+}
+
+static char kill_dir[64];
+static _Atomic int kills_done;
+
+static void *kill_workers(void *arg) {
+  (void)arg;
+  for (int round = 0; round < 200 && kills_done < 3; round++) {
+    nap(0.02);
+    DIR *dir = opendir(kill_dir);
+    struct dirent *e;
+    while (dir && (e = readdir(dir)) != NULL) {
+      int pid = atoi(e->d_name);
+      if (pid <= 0)
+        continue;
+      kill(pid, SIGKILL);
+      char path[128];
+      snprintf(path, sizeof path, "%s/%s", kill_dir, e->d_name);
+      unlink(path);
+      kills_done++;
+      break;
+    }
+    if (dir)
+      closedir(dir);
+  }
+  return NULL;
+}
+
+START_TEST(test_external_sigkill) {
+  enum { N = 10000 };
+  static kill_item_t in[N];
+  static int out[N];
+  for (int k = 0; k < N; k++)
+    in[k] = (kill_item_t){k + 1, (int)getpid()}; /* no result is 0 unless lost */
+  snprintf(kill_dir, sizeof kill_dir, "/tmp/libmp-kill-%d", (int)getpid());
+  mkdir(kill_dir, 0700);
+  kills_done = 0;
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  pthread_t killer;
+  pthread_create(&killer, NULL, kill_workers, NULL);
+  int rc = mp_pool_map(pool, announce_and_square, in, N, sizeof in[0], out, sizeof(int), 1);
+  pthread_join(killer, NULL);
+  T_ASSERT(rc == 0 || rc == MP_EWORKERDIED, "the map gave %s", mp_err_name(rc));
+  int lost = 0;
+  for (int k = 0; k < N; k++) {
+    if (out[k] != (k + 1) * (k + 1)) {
+      T_INT_EQ(out[k], 0);
+      lost++;
+    }
+  }
+  T_ASSERT(lost <= kills_done, "%d items lost to %d kills", lost, kills_done);
+  T_ASSERT((rc == 0) == (lost == 0), "rc %d with %d items lost", rc, lost);
+  /* The pool goes on with replacements. */
+  MP_ASSERT_OK(
+      mp_pool_map(pool, announce_and_square, in, 100, sizeof in[0], out, sizeof(int), 0));
+  T_INT_EQ(out[99], 100 * 100);
+  end_pool();
+  DIR *dir = opendir(kill_dir);
+  struct dirent *e;
+  while (dir && (e = readdir(dir)) != NULL) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/%s", kill_dir, e->d_name);
+    if (e->d_name[0] != '.')
+      unlink(path);
+  }
+  if (dir)
+    closedir(dir);
+  rmdir(kill_dir);
+}
+END_TEST
+
+START_TEST(test_segfault_and_exit) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  int x = 5, r;
+  MP_ASSERT_ERR(mp_pool_apply(pool, segfault, &x, sizeof x, &r, sizeof r, NULL),
+                MP_EWORKERDIED);
+  T_ASSERT(strstr(mp_last_error(), SEGV_DEATH), "message: %s", mp_last_error());
+  MP_ASSERT_ERR(mp_pool_apply(pool, exit_3, &x, sizeof x, &r, sizeof r, NULL), MP_EWORKERDIED);
+  T_ASSERT(strstr(mp_last_error(), "exited with status 3"), "message: %s", mp_last_error());
+  /* Replaced: the pool works on. */
+  MP_ASSERT_OK(mp_pool_apply(pool, square, &x, sizeof x, &r, sizeof r, NULL));
+  T_INT_EQ(r, 25);
+  end_pool();
+}
+END_TEST
+
+START_TEST(test_retries) {
+  char marker[64];
+  snprintf(marker, sizeof marker, "/tmp/libmp-pool-retry-%d", (int)getpid());
+  unlink(marker);
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.retries = 1;
+  mp_pool_t *pool = make_pool(_i, 2, &o);
+  int r = 0;
+  MP_ASSERT_OK(mp_pool_apply(pool, die_once, marker, strlen(marker) + 1, &r, sizeof r, NULL));
+  T_INT_EQ(r, 42);
+  unlink(marker);
+  end_pool();
+}
+END_TEST
+
+/* --------------------------- ending the pool --------------------------- */
+
+static int report_pid(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)arg;
+  (void)size;
+  (void)result_size;
+  *(int *)result = getpid();
+  return 0;
+}
+
+START_TEST(test_terminate_long_map) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  int pids[2], dummy[2] = {0};
+  MP_ASSERT_OK(mp_pool_map(pool, report_pid, dummy, 2, sizeof(int), pids, sizeof(int), 1));
+  static int ms[1000];
+  for (int k = 0; k < 1000; k++)
+    ms[k] = 10;
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(mp_pool_map_async(pool, sleep_arg_ms, ms, 1000, sizeof(int), 0, 1, NULL, &ar));
+  nap(0.05);
+  double t0 = mp_test_now();
+  MP_ASSERT_OK(mp_pool_terminate(pool));
+  double took = mp_test_now() - t0;
+  T_ASSERT(took < 2.0, "terminate took %g s", took);
+  MP_ASSERT_ERR(mp_async_result_get(ar, NULL, 0, NULL, 5), MP_ETERMINATED);
+  mp_async_result_free(ar);
+  if (!IS_THREAD(_i))
+    for (int k = 0; k < 2; k++)
+      T_ASSERT(kill(pids[k], 0) < 0 && errno == ESRCH, "worker %d is left", pids[k]);
+  MP_ASSERT_ERR(mp_pool_map(pool, square, dummy, 2, sizeof(int), pids, sizeof(int), 0),
+                MP_ETERMINATED);
+  MP_ASSERT_OK(mp_pool_join(pool, 5));
+  end_pool();
+}
+END_TEST
+
+START_TEST(test_close_join) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  int ms = 100;
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(mp_pool_apply_async(pool, sleep_arg_ms, &ms, sizeof ms, 0, NULL, &ar));
+  MP_ASSERT_ERR(mp_pool_join(pool, 1), MP_EINVAL); /* still running */
+  MP_ASSERT_OK(mp_pool_close(pool));
+  int x = 2, r;
+  MP_ASSERT_ERR(mp_pool_apply(pool, square, &x, sizeof x, &r, sizeof r, NULL), MP_ECLOSED);
+  MP_ASSERT_ERR(mp_pool_map(pool, square, &x, 1, sizeof x, &r, sizeof r, 0), MP_ECLOSED);
+  mp_imap_t *it;
+  MP_ASSERT_ERR(mp_pool_imap(pool, square, &x, 1, sizeof x, sizeof r, 0, &it), MP_ECLOSED);
+  MP_ASSERT_OK(mp_pool_join(pool, 10));
+  /* The submitted work was done before the workers left. */
+  MP_ASSERT_OK(mp_async_result_get(ar, NULL, 0, NULL, 0));
+  mp_async_result_free(ar);
+  end_pool();
+}
+END_TEST
+
+START_TEST(test_destroy_without_close) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  int ms = 2000;
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(mp_pool_apply_async(pool, sleep_arg_ms, &ms, sizeof ms, 0, NULL, &ar));
+  mp_async_result_free(ar);
+  nap(0.05);
+  double t0 = mp_test_now();
+  end_pool();
+  /* A thread worker finishes its task first, as Python's ThreadPool does. */
+  T_ASSERT(mp_test_now() - t0 < (IS_THREAD(_i) ? 5.0 : 1.0), "destroy took %g s",
+           mp_test_now() - t0);
+}
+END_TEST
+
+/* Ctrl-C during a map: a handler installed without SA_RESTART interrupts the wait. */
+static void on_sigint(int sig) {
+  (void)sig;
+}
+
+static _Atomic bool map_returned;
+
+/* Again and again, in case the first one comes before the map waits. */
+static void *send_sigint(void *arg) {
+  (void)arg;
+  while (!map_returned) {
+    nap(0.1);
+    kill(getpid(), SIGINT);
+  }
+  return NULL;
+}
+
+START_TEST(test_ctrl_c) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  struct sigaction sa = {.sa_handler = on_sigint}, old;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &old);
+  sigset_t block, prev;
+  sigemptyset(&block);
+  sigaddset(&block, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &block, &prev);
+  pthread_t thread;
+  map_returned = false;
+  pthread_create(&thread, NULL, send_sigint, NULL);
+  pthread_sigmask(SIG_SETMASK, &prev, NULL);
+  static int ms[400];
+  for (int k = 0; k < 400; k++)
+    ms[k] = 20;
+  double t0 = mp_test_now();
+  int rc = mp_pool_map(pool, sleep_arg_ms, ms, 400, sizeof(int), NULL, 0, 1);
+  map_returned = true;
+  pthread_join(thread, NULL);
+  sigaction(SIGINT, &old, NULL);
+  MP_ASSERT_ERR(rc, MP_EINTR);
+  T_ASSERT(mp_test_now() - t0 < 3.0, "the map went on for %g s", mp_test_now() - t0);
+  int x = 1, r;
+  MP_ASSERT_ERR(mp_pool_apply(pool, square, &x, sizeof x, &r, sizeof r, NULL), MP_ETERMINATED);
+  end_pool();
+}
+END_TEST
+
+/* ------------------------------- bad input ------------------------------- */
+
+START_TEST(test_bad_input) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  MP_ASSERT_OK(mp_get_context(CONTEXTS[_i], &o.context));
+  mp_pool_t *none = NULL;
+  MP_ASSERT_ERR(mp_pool_create(NULL, &o), MP_EINVAL);
+  o.processes = 0;
+  MP_ASSERT_ERR(mp_pool_create(&none, &o), MP_EINVAL);
+  o.processes = -5;
+  MP_ASSERT_ERR(mp_pool_create(&none, &o), MP_EINVAL);
+  o.processes = 100000;
+  MP_ASSERT_ERR(mp_pool_create(&none, &o), MP_EINVAL);
+  o.processes = 1;
+  o.initargs_size = 4;
+  MP_ASSERT_ERR(mp_pool_create(&none, &o), MP_EINVAL);
+
+  mp_pool_t *pool = make_pool(_i, 1, NULL);
+  int x = 3, r;
+  MP_ASSERT_ERR(mp_pool_apply(pool, NULL, &x, sizeof x, &r, sizeof r, NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_pool_apply(NULL, square, &x, sizeof x, &r, sizeof r, NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_pool_map(pool, square, NULL, 3, sizeof x, &r, sizeof r, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_pool_map(pool, square, &x, 1, sizeof x, NULL, sizeof r, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_pool_map_async(pool, square, &x, 1, sizeof x, sizeof r, 0, NULL, NULL),
+                MP_EINVAL);
+  /* The result buffer too small for an apply's result. */
+  size_t n = 64, len = 0;
+  char small[8];
+  MP_ASSERT_ERR(mp_pool_apply(pool, repeat_x, &n, sizeof n, small, sizeof small, &len),
+                MP_ETASK); /* the task has only result_cap bytes of room: it says so */
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(mp_pool_apply_async(pool, repeat_x, &n, sizeof n, 64, NULL, &ar));
+  MP_ASSERT_ERR(mp_async_result_get(ar, small, sizeof small, &len, 10), MP_ETOOSMALL);
+  T_INT_EQ(len, 64);
+  mp_async_result_free(ar);
+  /* A function that cannot cross: refused at submission. */
+  void *heap_code = malloc(64);
+  MP_ASSERT_ERR(
+      mp_pool_apply(pool, (mp_task_fn_t)(uintptr_t)heap_code, &x, sizeof x, &r, sizeof r, NULL),
+      MP_ECROSS);
+  free(heap_code);
+  MP_ASSERT_ERR(mp_async_result_get(NULL, NULL, 0, NULL, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_imap_next(NULL, &r, NULL, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_pool_join(NULL, 0), MP_EINVAL);
+  end_pool();
+  mp_async_result_free(NULL);
+  mp_imap_free(NULL);
+  mp_pool_destroy(NULL);
+}
+END_TEST
+
+/* The thread context makes no processes. */
+static int noop_target(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  return 0;
+}
+
+START_TEST(test_thread_context) {
+  mp_context_t *ctx;
+  MP_ASSERT_OK(mp_get_context("thread", &ctx));
+  T_STR_EQ(mp_context_start_method(ctx), "thread");
+  MP_ASSERT_ERR(mp_set_start_method("thread", true), MP_EMETHOD);
+  mp_process_t *proc;
+  T_PROC_NEW(&proc, ctx, noop_target, NULL, 0, NULL);
+  MP_ASSERT_ERR(mp_process_start(proc), MP_EMETHOD);
+  T_PROC_CLOSE(proc);
+  /* Default options: mp_cpu_count() workers. */
+  mp_pool_t *pool;
+  MP_ASSERT_OK(mp_pool_create(&pool, NULL));
+  T_INT_EQ(mp_pool_processes(pool), mp_cpu_count());
+  mp_pool_destroy(pool);
+}
+END_TEST
+
+static Suite *pool_suite(void) {
+  Suite *s = suite_create("pool");
+  TCase *tc = mp_test_tcase(s, "map", 60);
+  tcase_add_loop_test(tc, test_map_chunksizes, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_starmap, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_map_async, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_map_failure, 0, N_CONTEXTS);
+  tc = mp_test_tcase(s, "imap", 60);
+  tcase_add_loop_test(tc, test_imap_ordered, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_imap_unordered, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_imap_timeout_and_failure, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_imap_bounded, 0, N_CONTEXTS);
+  tc = mp_test_tcase(s, "apply", 60);
+  tcase_add_loop_test(tc, test_apply, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_apply_async_timeouts, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_callbacks, 0, N_CONTEXTS);
+  tc = mp_test_tcase(s, "workers", 60);
+  tcase_add_loop_test(tc, test_initializer, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_maxtasksperchild, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_replacement_initializer_fails, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_parallel, 0, N_CONTEXTS);
+  tc = mp_test_tcase(s, "dead", 90);
+  tcase_add_loop_test(tc, test_sigkill_during_map, 0, N_PROCESS_CONTEXTS);
+  tcase_add_loop_test(tc, test_external_sigkill, 0, N_PROCESS_CONTEXTS);
+  tcase_add_loop_test(tc, test_segfault_and_exit, 0, N_PROCESS_CONTEXTS);
+  tcase_add_loop_test(tc, test_retries, 0, N_PROCESS_CONTEXTS);
+  tc = mp_test_tcase(s, "end", 60);
+  tcase_add_loop_test(tc, test_terminate_long_map, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_close_join, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_destroy_without_close, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_ctrl_c, 0, N_CONTEXTS);
+  tc = mp_test_tcase(s, "input", 30);
+  tcase_add_loop_test(tc, test_bad_input, 0, N_CONTEXTS);
+  tcase_add_test(tc, test_thread_context);
+  return s;
+}
+
+MP_TEST_MAIN(pool_suite)
