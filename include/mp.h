@@ -282,6 +282,7 @@ MP_EXTERN int mp_cpu_count(void);
 
 /* Each area past processes has its own header under include/mp/, included here only (each
  * refuses to be included on its own): the user includes <mp.h>. */
+#include "mp/queues.h"
 
 #ifdef __cplusplus
 }
