@@ -328,7 +328,8 @@ static int check_queue(const mp_queue_t *q, const char *fn) {
 }
 
 static int check_simple(const mp_simple_queue_t *sq, const char *fn) {
-  if (!is_queue(&sq->queue) || sq->queue.flavor != FLAVOR_SIMPLE)
+  const mp_queue_t *q = (const mp_queue_t *)sq;
+  if (!is_queue(q) || q->flavor != FLAVOR_SIMPLE)
     return mp__error(MP_EINVAL, "%s: not a SimpleQueue", fn);
   return 0;
 }
