@@ -71,17 +71,20 @@ typedef enum { FLAVOR_QUEUE = 1, FLAVOR_JOINABLE, FLAVOR_SIMPLE } flavor_t;
 struct mp_queue_s {
   uint32_t kind; /* MP__KIND_QUEUE, first: mp_wait() reads it */
   uint32_t flavor;
-  uint32_t cap; /* ring bytes, a power of two */
-  uint32_t inline_max;
+  uint32_t ring_max;   /* the ring grows up to this many bytes */
+  uint32_t inline_max; /* larger messages spill */
   uint64_t maxsize;
   uint64_t uid; /* tells this queue from a later one at the same address */
-  char *ring;
+  /* The ring's address (64-byte aligned, an arena block) | log2 of its bytes: one word, so
+   * that growing it commits with one store. */
+  _Atomic uint64_t ring_word;
   _Atomic uint32_t refs; /* the last release frees the ring, the blocks left, the queue */
 
   LINE pthread_mutex_t put_lock;
   _Atomic uint64_t tail;
   void *pending;         /* a spilled message's block, being filled at... */
   uint64_t pending_tail; /* ...this tail: freed if a repair finds tail still there */
+  void *pending_ring;    /* a larger ring being filled: freed if it was not installed */
   _Atomic uint32_t closed;
 
   LINE pthread_mutex_t get_lock;
@@ -122,27 +125,62 @@ static uint32_t count_of(uint64_t head, uint64_t tail) {
   return pos_msgs(tail) - pos_msgs(head);
 }
 
-static bool spills(const mp_queue_t *q, size_t len) {
-  return len > q->inline_max;
+/* The record header of a message of len bytes. */
+static uint64_t header_for(const mp_queue_t *q, size_t len) {
+  return len > q->inline_max ? len | SPILLED : len;
 }
 
-static uint32_t record_size(const mp_queue_t *q, size_t len) {
-  size_t body = spills(q, len) ? sizeof(void *) : len;
+static size_t header_len(uint64_t header) {
+  return (size_t)(header & ~SPILLED);
+}
+
+static uint32_t record_size(uint64_t header) {
+  size_t body = header & SPILLED ? sizeof(void *) : header_len(header);
   return HEADER + (uint32_t)((body + 7) & ~(size_t)7);
 }
 
-static void ring_write(mp_queue_t *q, uint32_t at, const void *src, size_t n) {
-  uint32_t off = at & (q->cap - 1);
-  size_t first = n < q->cap - off ? n : q->cap - off;
-  memcpy(q->ring + off, src, first);
-  memcpy(q->ring, (const char *)src + first, n - first);
+/* The ring as it is now: read once per locked operation (growing holds both locks). */
+typedef struct {
+  char *base;
+  uint32_t cap;
+} ring_t;
+
+static ring_t ring_of(const mp_queue_t *q) {
+  uint64_t word = atomic_load(&q->ring_word);
+  return (ring_t){(char *)(uintptr_t)(word & ~(uint64_t)63), 1u << (word & 63)};
 }
 
-static void ring_read(const mp_queue_t *q, uint32_t at, void *dst, size_t n) {
-  uint32_t off = at & (q->cap - 1);
-  size_t first = n < q->cap - off ? n : q->cap - off;
-  memcpy(dst, q->ring + off, first);
-  memcpy((char *)dst + first, q->ring, n - first);
+static uint64_t ring_word(const char *base, uint32_t cap) {
+  return (uint64_t)(uintptr_t)base | (uint64_t)__builtin_ctz(cap);
+}
+
+static void ring_write(ring_t r, uint32_t at, const void *src, size_t n) {
+  uint32_t off = at & (r.cap - 1);
+  size_t first = n < r.cap - off ? n : r.cap - off;
+  memcpy(r.base + off, src, first);
+  memcpy(r.base, (const char *)src + first, n - first);
+}
+
+static void ring_read(ring_t r, uint32_t at, void *dst, size_t n) {
+  uint32_t off = at & (r.cap - 1);
+  size_t first = n < r.cap - off ? n : r.cap - off;
+  memcpy(dst, r.base + off, first);
+  memcpy((char *)dst + first, r.base, n - first);
+}
+
+/* Copies the ring's bytes [from, from + n) to the same positions of a larger ring. */
+static void ring_move(ring_t to, ring_t from, uint32_t at, uint32_t n) {
+  while (n) {
+    uint32_t src = at & (from.cap - 1), dst = at & (to.cap - 1);
+    uint32_t chunk = n;
+    if (chunk > from.cap - src)
+      chunk = from.cap - src;
+    if (chunk > to.cap - dst)
+      chunk = to.cap - dst;
+    memcpy(to.base + dst, from.base + src, chunk);
+    at += chunk;
+    n -= chunk;
+  }
 }
 
 /* ================================ doorbells ================================ */
@@ -334,10 +372,12 @@ static int check_simple(const mp_simple_queue_t *sq, const char *fn) {
   return 0;
 }
 
+/* ring_bytes 0: the default ring, which grows; else a ring of fixed size. */
 static int create(mp_queue_t **out, flavor_t flavor, size_t maxsize, size_t ring_bytes) {
   if (!out)
     return mp__error(MP_EINVAL, "creating a queue: the handle pointer is NULL");
-  if (ring_bytes == 0)
+  bool grows = ring_bytes == 0;
+  if (grows)
     ring_bytes = RING_DEFAULT;
   if (ring_bytes > RING_MAX)
     return mp__error(MP_EINVAL, "a queue's ring of %zu bytes is above %u", ring_bytes,
@@ -361,11 +401,11 @@ static int create(mp_queue_t **out, flavor_t flavor, size_t maxsize, size_t ring
     return rc;
   }
   q->flavor = flavor;
-  q->cap = cap;
+  q->ring_max = grows ? RING_MAX : cap;
   q->inline_max = cap / 8;
   q->maxsize = maxsize;
   q->uid = mp__shared_unique();
-  q->ring = ring;
+  q->ring_word = ring_word(ring, cap);
   q->refs = 1;
   q->kind = MP__KIND_QUEUE;
   *out = q;
@@ -394,13 +434,16 @@ int mp_simple_queue_create(mp_simple_queue_t **queue) {
 
 /* ================================ locks and waits ================================ */
 
-/* Takes put_lock; after a producer died holding it, frees its uncommitted block. */
+/* Takes put_lock; after a producer died holding it, frees its uncommitted block or ring. */
 static void lock_put(mp_queue_t *q) {
-  if (mp__mutex_lock(&q->put_lock, INT64_MAX) == MP_EOWNERDEAD && q->pending) {
-    if (atomic_load(&q->tail) == q->pending_tail)
-      mp__shared_release(q->pending);
-    q->pending = NULL;
-  }
+  if (mp__mutex_lock(&q->put_lock, INT64_MAX) != MP_EOWNERDEAD)
+    return;
+  if (q->pending && atomic_load(&q->tail) == q->pending_tail)
+    mp__shared_release(q->pending);
+  q->pending = NULL;
+  if (q->pending_ring && ring_of(q).base != q->pending_ring)
+    mp__shared_release(q->pending_ring);
+  q->pending_ring = NULL;
 }
 
 /* Takes get_lock. A consumer that died holding it never moved head: nothing to repair. */
@@ -415,13 +458,17 @@ static bool has_message(mp_queue_t *q, size_t need) {
   return count_of(atomic_load(&q->head), atomic_load(&q->tail)) != 0 || atomic_load(&q->closed);
 }
 
+static bool at_maxsize(mp_queue_t *q) {
+  return q->maxsize && count_of(atomic_load(&q->head), atomic_load(&q->tail)) >= q->maxsize;
+}
+
 static bool has_room(mp_queue_t *q, size_t need) {
   uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
   if (atomic_load(&q->closed))
     return true;
-  if (q->maxsize && count_of(head, tail) >= q->maxsize)
+  if (at_maxsize(q))
     return false;
-  return q->cap - (pos_bytes(tail) - pos_bytes(head)) >= need;
+  return ring_of(q).cap - (pos_bytes(tail) - pos_bytes(head)) >= need;
 }
 
 static bool tasks_done(mp_queue_t *q, size_t need) {
@@ -473,26 +520,52 @@ static bool passed(int64_t deadline) {
 
 /* ================================ put ================================ */
 
+/*
+ * Makes room for need more bytes, where maxsize allows a message the ring's bytes do not
+ * hold, by moving the records to a ring of twice the size or more (up to ring_max), so that a
+ * queue is bounded by maxsize, as in Python, not by its first ring. The caller holds
+ * put_lock; get_lock keeps consumers out while the records move. The new ring is noted in
+ * pending_ring first and installed by one store, so a producer dying here leaves either
+ * ring whole (and at worst the old one unfreed).
+ */
+static void grow_ring(mp_queue_t *q, uint32_t need) {
+  lock_get(q);
+  ring_t old = ring_of(q);
+  uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
+  uint32_t used = pos_bytes(tail) - pos_bytes(head), cap = old.cap;
+  while (cap - used < need && cap < q->ring_max)
+    cap *= 2;
+  char *base = cap != old.cap && cap - used >= need ? mp__shared_alloc_raw(cap) : NULL;
+  if (base) { /* else room was made meanwhile, or the arena is full: wait for room */
+    q->pending_ring = base;
+    ring_move((ring_t){base, cap}, old, pos_bytes(head), used);
+    atomic_store(&q->ring_word, ring_word(base, cap));
+    q->pending_ring = NULL;
+    mp__shared_release(old.base);
+  }
+  mp__mutex_unlock(&q->get_lock);
+}
+
 /* Writes the message at tail and commits it; the caller holds put_lock and has checked the
  * room. */
 static int commit_put(mp_queue_t *q, uint64_t tail, const void *data, size_t len) {
+  ring_t r = ring_of(q);
   uint32_t at = pos_bytes(tail);
-  uint64_t header = len;
-  if (spills(q, len)) {
+  uint64_t header = header_for(q, len);
+  if (header & SPILLED) {
     void *block = mp__shared_alloc_raw(len);
     if (!block)
       return MP_ENOMEM;
     q->pending_tail = tail;
     q->pending = block;
     memcpy(block, data, len);
-    header |= SPILLED;
-    ring_write(q, at + HEADER, &block, sizeof block);
+    ring_write(r, at + HEADER, &block, sizeof block);
   } else if (len) {
-    ring_write(q, at + HEADER, data, len);
+    ring_write(r, at + HEADER, data, len);
   }
-  ring_write(q, at, &header, HEADER);
+  ring_write(r, at, &header, HEADER);
   /* The commit: one store, after every byte is in place. */
-  atomic_store(&q->tail, pos_make(pos_msgs(tail) + 1, at + record_size(q, len)));
+  atomic_store(&q->tail, pos_make(pos_msgs(tail) + 1, at + record_size(header)));
   q->pending = NULL;
   return 0;
 }
@@ -502,7 +575,7 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
     return mp__error(MP_EINVAL, "%s: data is NULL", fn);
   if (len >= LEN_MAX)
     return mp__error(MP_EMSGSIZE, "%s: a message of %zu bytes", fn, len);
-  uint32_t need = record_size(q, len);
+  uint32_t need = record_size(header_for(q, len));
   for (;;) {
     lock_put(q);
     if (atomic_load(&q->closed)) {
@@ -511,6 +584,8 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
     }
     int rc = 1;
     uint64_t tail = atomic_load(&q->tail);
+    if (!has_room(q, need) && !at_maxsize(q) && ring_of(q).cap < q->ring_max)
+      grow_ring(q, need);
     if (has_room(q, need))
       rc = commit_put(q, tail, data, len);
     mp__mutex_unlock(&q->put_lock);
@@ -561,10 +636,11 @@ static int take(mp_queue_t *q, const sink_t *out, void **spilled, const char *fn
   uint64_t head = atomic_load(&q->head);
   if (count_of(head, atomic_load(&q->tail)) == 0)
     return 1;
+  ring_t r = ring_of(q);
   uint32_t at = pos_bytes(head);
   uint64_t header;
-  ring_read(q, at, &header, HEADER);
-  size_t len = (size_t)(header & ~SPILLED);
+  ring_read(r, at, &header, HEADER);
+  size_t len = header_len(header);
   void *dst = out->buf;
   if (out->alloc) {
     dst = malloc(len ? len : 1);
@@ -576,13 +652,13 @@ static int take(mp_queue_t *q, const sink_t *out, void **spilled, const char *fn
                      out->cap);
   }
   if (header & SPILLED) {
-    ring_read(q, at + HEADER, spilled, sizeof *spilled);
+    ring_read(r, at + HEADER, spilled, sizeof *spilled);
     memcpy(dst, *spilled, len);
   } else if (len) {
-    ring_read(q, at + HEADER, dst, len);
+    ring_read(r, at + HEADER, dst, len);
   }
   /* The commit: one store, after the copy. */
-  atomic_store(&q->head, pos_make(pos_msgs(head) + 1, at + record_size(q, len)));
+  atomic_store(&q->head, pos_make(pos_msgs(head) + 1, at + record_size(header)));
   *out->len = len;
   if (out->alloc)
     *out->alloc = dst;
@@ -821,19 +897,19 @@ static int release(mp_queue_t *q) {
    * in a put (the repair of lock_put), then those of the spilled messages left. */
   lock_put(q);
   mp__mutex_unlock(&q->put_lock);
+  ring_t r = ring_of(q);
   uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
   while (count_of(head, tail) != 0) {
     uint64_t header;
-    ring_read(q, pos_bytes(head), &header, HEADER);
-    size_t len = (size_t)(header & ~SPILLED);
+    ring_read(r, pos_bytes(head), &header, HEADER);
     if (header & SPILLED) {
       void *block;
-      ring_read(q, pos_bytes(head) + HEADER, &block, sizeof block);
+      ring_read(r, pos_bytes(head) + HEADER, &block, sizeof block);
       mp__shared_release(block);
     }
-    head = pos_make(pos_msgs(head) + 1, pos_bytes(head) + record_size(q, len));
+    head = pos_make(pos_msgs(head) + 1, pos_bytes(head) + record_size(header));
   }
-  mp__shared_release(q->ring);
+  mp__shared_release(r.base);
   q->kind = 0; /* a later use of the handle fails with MP_EINVAL until the block is reused */
   mp__shared_release(q);
   return 0;

@@ -241,6 +241,24 @@ START_TEST(test_ring_bytes_bound) {
 }
 END_TEST
 
+/* A queue without maxsize takes what its first ring cannot hold: the ring grows. */
+START_TEST(test_ring_grows) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  unsigned char buf[MSG_MAX], got[MSG_MAX];
+  for (uint32_t i = 0; i < 20000; i++) /* about 6 MB */
+    MP_ASSERT_OK(mp_queue_put_nowait(q, buf, msg_make((tag_t){3, i}, buf)));
+  T_INT_EQ(mp_queue_qsize(q), 20000);
+  for (uint32_t i = 0; i < 20000; i++) {
+    size_t len = 0;
+    tag_t tag;
+    MP_ASSERT_OK(mp_queue_get_nowait(q, got, sizeof got, &len));
+    T_ASSERT(msg_valid(got, len, &tag) && tag.seq == i, "message %u is wrong", i);
+  }
+  MP_ASSERT_OK(mp_queue_release(q));
+}
+END_TEST
+
 typedef struct {
   mp_queue_t *q, *out;
   uint32_t id;
@@ -335,6 +353,28 @@ START_TEST(test_order_per_producer) {
 END_TEST
 
 /* Three producers, three consumers: every message once, checked by content. */
+/* A producer puts 6 MB that nobody takes yet, and ends: its puts never waited, and its
+ * messages stay (no feeder thread to flush); the ring grew in its process, seen here. */
+START_TEST(test_growth_across_processes) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  job_t job = {.q = q, .id = 0, .count = 20000};
+  join_ok(start_job(_i, t_producer, &job));
+  T_INT_EQ(mp_queue_qsize(q), 20000);
+  /* Consumers in two processes, while the ring grows further under a second producer. */
+  mp_queue_t *out;
+  MP_ASSERT_OK(mp_queue_create(&out, 0));
+  mp_process_t *cons = start_job(_i, t_consumer, &(job_t){.q = q, .out = out});
+  mp_process_t *prod = start_job(_i, t_producer, &(job_t){.q = q, .id = 1, .count = 20000});
+  join_ok(prod);
+  MP_ASSERT_OK(mp_queue_close(q));
+  join_ok(cons);
+  expect_tags(out, 2, 20000, true);
+  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_release(out));
+}
+END_TEST
+
 START_TEST(test_many_to_many) {
   mp_queue_t *q, *out;
   MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 16384));
@@ -897,11 +937,13 @@ static Suite *queues_suite(void) {
   tcase_add_test(tc, test_empty_and_small_buffer);
   tcase_add_test(tc, test_maxsize_full_empty_timeouts);
   tcase_add_test(tc, test_ring_bytes_bound);
+  tcase_add_test(tc, test_ring_grows);
   tcase_add_test(tc, test_threads);
   tcase_add_test(tc, test_bad_input);
 
   tc = mp_test_tcase(s, "processes", 60);
   tcase_add_loop_test(tc, test_order_per_producer, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_growth_across_processes, 0, N_METHODS);
   tcase_add_loop_test(tc, test_many_to_many, 0, N_METHODS);
   tcase_add_loop_test(tc, test_64mib_message, 0, N_METHODS);
   tcase_add_loop_test(tc, test_poison_pill, 0, N_METHODS);

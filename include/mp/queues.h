@@ -30,17 +30,20 @@ typedef struct mp_queue_s mp_queue_t;
 
 /*
  * Creates a queue holding at most maxsize messages (0: no limit on their number, as in
- * Python). The creator holds one reference (mp_queue_release()). Errors: MP_EINVAL (queue
- * NULL), MP_ENOMEM (the arena is full). Python: multiprocessing.Queue(maxsize).
+ * Python). Its ring starts at 1 MiB and grows as needed up to 64 MiB, so a put waits only
+ * for maxsize, or once the ring holds 64 MiB of records (a message larger than 128 KiB takes
+ * 16 bytes of them). The creator holds one reference (mp_queue_release()). Errors:
+ * MP_EINVAL (queue NULL), MP_ENOMEM (the arena is full). Python: multiprocessing.Queue().
  */
 MP_EXTERN int mp_queue_create(mp_queue_t **queue, size_t maxsize);
 
 /*
- * The same with a ring of ring_bytes (rounded up to a power of two, 4 KiB to 64 MiB; 0 is
- * the default, 1 MiB). The ring's bytes bound the queue as well as maxsize does: a put
- * waits while its message does not fit, also in a queue without maxsize. A message larger
- * than an eighth of the ring takes 16 bytes of the ring and a block of the arena for its
- * bytes. Errors: as mp_queue_create(), and MP_EINVAL for a ring size out of range.
+ * The same with a ring of fixed size: ring_bytes, rounded up to a power of two, 4 KiB to
+ * 64 MiB (0: mp_queue_create()'s growing ring). The ring's bytes then bound the queue as
+ * well as maxsize does: a put waits while its message does not fit, also in a queue without
+ * maxsize. A message larger than an eighth of the first ring takes 16 bytes of the ring and
+ * a block of the arena for its bytes. Errors: as mp_queue_create(), and MP_EINVAL for a ring
+ * above 64 MiB.
  */
 MP_EXTERN int mp_queue_create_sized(mp_queue_t **queue, size_t maxsize, size_t ring_bytes);
 
@@ -153,9 +156,9 @@ MP_EXTERN int mp_queue_join(mp_queue_t *queue, double timeout);
 /* ============================== SimpleQueue ============================== */
 
 /*
- * A queue without maxsize or timeouts: put waits only while the ring is full, get until a
- * message comes or the queue is closed. The same shared ring as a Queue, and the same
- * guarantees when a process dies. Python: multiprocessing.SimpleQueue.
+ * A queue without maxsize or timeouts: put waits only while the ring is full (64 MiB of
+ * records), get until a message comes or the queue is closed. The same shared ring as a Queue,
+ * and the same guarantees when a process dies. Python: multiprocessing.SimpleQueue.
  */
 typedef struct mp_simple_queue_s mp_simple_queue_t;
 
