@@ -588,6 +588,34 @@ START_TEST(test_fileno_in_parent) {
 }
 END_TEST
 
+static int t_poll_later_queue(void *arg, size_t size);
+
+/* A child polls the queue beside the parent, with a doorbell of its own (a forked child
+ * drops its copy of the parent's): a put rings both. */
+START_TEST(test_fileno_in_two_processes) {
+  mp_queue_t *q, *ctl, *back;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  MP_ASSERT_OK(mp_queue_create(&ctl, 0));
+  MP_ASSERT_OK(mp_queue_create(&back, 0));
+  int fd = mp_queue_fileno(q);
+  T_ASSERT(fd >= 0, "fileno %d", fd);
+  MP_ASSERT_OK(mp_queue_retain(q)); /* the child's reference */
+  mp_process_t *p = start_job(_i, t_poll_later_queue, &(job_t){.q = ctl, .out = back});
+  MP_ASSERT_OK(mp_queue_put(ctl, &q, sizeof q, 0));
+  char buf[16];
+  size_t len;
+  MP_ASSERT_OK(mp_queue_get(back, buf, sizeof buf, &len, 30));
+  MP_ASSERT_OK(mp_queue_put(q, "ring", 4, 0));
+  join_ok(p); /* it was woken and took the message */
+  T_INT_EQ(poll_in(fd, 5000), 1);
+  MP_ASSERT_ERR(mp_queue_get_nowait(q, buf, sizeof buf, &len), MP_EEMPTY);
+  T_INT_EQ(poll_in(fd, 50), 0);
+  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_release(ctl));
+  MP_ASSERT_OK(mp_queue_release(back));
+}
+END_TEST
+
 /* Gets a queue handle that did not exist when it started, polls its fd, takes a message. */
 static int t_poll_later_queue(void *arg, size_t size) {
   job_t *job = arg;
@@ -952,6 +980,7 @@ static Suite *queues_suite(void) {
   tc = mp_test_tcase(s, "readiness", 30);
   tcase_add_loop_test(tc, test_fileno_in_parent, 0, N_METHODS);
   tcase_add_loop_test(tc, test_fileno_in_child_for_later_queue, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_fileno_in_two_processes, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "deaths", 60);
   tcase_add_loop_test(tc, test_consumer_killed_while_blocked, 0, N_METHODS);
