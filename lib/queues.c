@@ -4,8 +4,10 @@
  * A queue is a block of the shared arena (so its handle is valid in every process) and a
  * ring of cap bytes, a power of two, in another block. The ring holds records, each an
  * 8-byte header (the message's length, and a bit saying it was spilled) and then the
- * message's bytes rounded up to 8, or, for a spilled message (larger than cap / 8), the
- * address of the arena block that holds them. A record may wrap around the ring's end.
+ * message's bytes rounded up to 8, or, for a spilled message (larger than an eighth of the
+ * first ring), the address of the arena block that holds them. A record may wrap around the
+ * ring's end. A ring made by default grows (grow_ring) when maxsize allows a message its
+ * bytes do not.
  *
  *   head                                   tail
  *    | len | bytes... | len|S | block | len | bytes ...  |      free      |
@@ -34,7 +36,7 @@
  * for a few microseconds, then counts itself in get_waiters and sleeps on put_seq; a producer
  * that commits looks at get_waiters and makes the futex call only if someone sleeps. The same
  * for producers waiting for room (put_waiters, get_seq) and for joiners of a JoinableQueue
- * (join_waiters, done). The counts and the committed words are accessed sequentially
+ * (join_waiters, join_seq). The counts and the committed words are accessed sequentially
  * consistent, so either the sleeper sees the commit or the committer sees the sleeper.
  *
  * Readiness for poll() and mp_wait(): a queue's handle reaches processes that were started
