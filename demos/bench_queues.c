@@ -133,6 +133,13 @@ static int libmp_consumer(void *arg, size_t size) {
   return 0;
 }
 
+/* The producer's wait for its consumer at the end of a batch: it yields the CPU, which the
+ * consumer may need on a loaded machine (both sides wait so). */
+static void await_count(_Atomic uint64_t *counter, uint64_t value) {
+  while (atomic_load(counter) != value)
+    sched_yield();
+}
+
 /* One operation: a batch of messages, and the wait until the consumer has taken them all,
  * so that no round is credited with messages still in the ring. */
 static void libmp_batch(void *state) {
@@ -142,17 +149,14 @@ static void libmp_batch(void *state) {
     if ((rc = mp_queue_put(s->q, s->msg, s->size, MP_FOREVER)) < 0)
       bench_die_mp("mp_queue_put", rc);
   s->sent += (uint64_t)s->batch;
-  while (atomic_load(&s->ring->libmp_consumed) != s->sent)
-    relax();
+  await_count(&s->ring->libmp_consumed, s->sent);
 }
 
 static void bare_batch(void *state) {
   queue_state_t *s = state;
   for (int i = 0; i < s->batch; i++)
     bare_put(s->ring, s->msg);
-  uint64_t sent = atomic_load_explicit(&s->ring->tail, memory_order_relaxed);
-  while (atomic_load(&s->ring->head) != sent)
-    relax();
+  await_count(&s->ring->head, atomic_load_explicit(&s->ring->tail, memory_order_relaxed));
 }
 
 /* The floor of any queue of 1 MiB messages: one copy in, one copy out. */
