@@ -661,6 +661,29 @@ START_TEST(test_fileno_in_child_for_later_queue) {
 }
 END_TEST
 
+/* Makes a doorbell for the queue and ends without releasing it. */
+static int t_poll_and_leave(void *arg, size_t size) {
+  job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  return mp_queue_fileno(job->q) >= 0 ? 0 : 2;
+}
+
+/* More processes than the queue has doorbell slots poll it and end: the slots of the dead
+ * are found (their names refuse a ring) and reused. */
+START_TEST(test_dead_pollers_dropped) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  for (int k = 0; k < 70; k++)
+    join_ok(start_job(_i, t_poll_and_leave, &(job_t){.q = q}));
+  int fd = mp_queue_fileno(q);
+  T_ASSERT(fd >= 0, "fileno after 70 dead pollers: %d", fd);
+  MP_ASSERT_OK(mp_queue_put(q, "x", 1, 0));
+  T_INT_EQ(poll_in(fd, 5000), 1);
+  MP_ASSERT_OK(mp_queue_release(q));
+}
+END_TEST
+
 /* ===================================================================================== */
 /* Deaths.                                                                                */
 
@@ -981,6 +1004,7 @@ static Suite *queues_suite(void) {
   tcase_add_loop_test(tc, test_fileno_in_parent, 0, N_METHODS);
   tcase_add_loop_test(tc, test_fileno_in_child_for_later_queue, 0, N_METHODS);
   tcase_add_loop_test(tc, test_fileno_in_two_processes, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_dead_pollers_dropped, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "deaths", 60);
   tcase_add_loop_test(tc, test_consumer_killed_while_blocked, 0, N_METHODS);
