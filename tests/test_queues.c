@@ -588,34 +588,6 @@ START_TEST(test_fileno_in_parent) {
 }
 END_TEST
 
-static int t_poll_later_queue(void *arg, size_t size);
-
-/* A child polls the queue beside the parent, with a doorbell of its own (a forked child
- * drops its copy of the parent's): a put rings both. */
-START_TEST(test_fileno_in_two_processes) {
-  mp_queue_t *q, *ctl, *back;
-  MP_ASSERT_OK(mp_queue_create(&q, 0));
-  MP_ASSERT_OK(mp_queue_create(&ctl, 0));
-  MP_ASSERT_OK(mp_queue_create(&back, 0));
-  int fd = mp_queue_fileno(q);
-  T_ASSERT(fd >= 0, "fileno %d", fd);
-  MP_ASSERT_OK(mp_queue_retain(q)); /* the child's reference */
-  mp_process_t *p = start_job(_i, t_poll_later_queue, &(job_t){.q = ctl, .out = back});
-  MP_ASSERT_OK(mp_queue_put(ctl, &q, sizeof q, 0));
-  char buf[16];
-  size_t len;
-  MP_ASSERT_OK(mp_queue_get(back, buf, sizeof buf, &len, 30));
-  MP_ASSERT_OK(mp_queue_put(q, "ring", 4, 0));
-  join_ok(p); /* it was woken and took the message */
-  T_INT_EQ(poll_in(fd, 5000), 1);
-  MP_ASSERT_ERR(mp_queue_get_nowait(q, buf, sizeof buf, &len), MP_EEMPTY);
-  T_INT_EQ(poll_in(fd, 50), 0);
-  MP_ASSERT_OK(mp_queue_release(q));
-  MP_ASSERT_OK(mp_queue_release(ctl));
-  MP_ASSERT_OK(mp_queue_release(back));
-}
-END_TEST
-
 /* Gets a queue handle that did not exist when it started, polls its fd, takes a message. */
 static int t_poll_later_queue(void *arg, size_t size) {
   job_t *job = arg;
@@ -641,23 +613,59 @@ static int t_poll_later_queue(void *arg, size_t size) {
   return mp_queue_release(later) == 0 ? 0 : 8;
 }
 
-START_TEST(test_fileno_in_child_for_later_queue) {
-  mp_queue_t *ctl, *back, *later;
-  MP_ASSERT_OK(mp_queue_create(&ctl, 0));
-  MP_ASSERT_OK(mp_queue_create(&back, 0));
-  mp_process_t *p = start_job(_i, t_poll_later_queue, &(job_t){.q = ctl, .out = back});
-  MP_ASSERT_OK(mp_queue_create(&later, 0)); /* after the child started */
-  MP_ASSERT_OK(mp_queue_retain(later));     /* the child's reference */
-  MP_ASSERT_OK(mp_queue_put(ctl, &later, sizeof later, 0));
+/* A child that polls the queue it will be handed (t_poll_later_queue), with the control
+ * queues to hand it over. */
+typedef struct {
+  mp_process_t *proc;
+  mp_queue_t *ctl, *back;
+} poller_t;
+
+static poller_t start_poller(int method) {
+  poller_t p;
+  MP_ASSERT_OK(mp_queue_create(&p.ctl, 0));
+  MP_ASSERT_OK(mp_queue_create(&p.back, 0));
+  p.proc = start_job(method, t_poll_later_queue, &(job_t){.q = p.ctl, .out = p.back});
+  return p;
+}
+
+/* Hands q to the poller (retained for it), waits until it polls, puts the message that
+ * must wake it, and joins it. */
+static void ring_poller(poller_t p, mp_queue_t *q) {
+  MP_ASSERT_OK(mp_queue_retain(q)); /* the child's reference */
+  MP_ASSERT_OK(mp_queue_put(p.ctl, &q, sizeof q, 0));
   char buf[16];
   size_t len;
-  MP_ASSERT_OK(mp_queue_get(back, buf, sizeof buf, &len, 30));
+  MP_ASSERT_OK(mp_queue_get(p.back, buf, sizeof buf, &len, 30));
   mp_test_sleep(0.05); /* let it reach poll() (either way it must see the ring) */
-  MP_ASSERT_OK(mp_queue_put(later, "ring", 4, 0));
-  join_ok(p);
+  MP_ASSERT_OK(mp_queue_put(q, "ring", 4, 0));
+  join_ok(p.proc); /* it was woken and took the message */
+  MP_ASSERT_OK(mp_queue_release(p.ctl));
+  MP_ASSERT_OK(mp_queue_release(p.back));
+}
+
+START_TEST(test_fileno_in_child_for_later_queue) {
+  poller_t p = start_poller(_i);
+  mp_queue_t *later;
+  MP_ASSERT_OK(mp_queue_create(&later, 0)); /* after the child started */
+  ring_poller(p, later);
   MP_ASSERT_OK(mp_queue_release(later));
-  MP_ASSERT_OK(mp_queue_release(ctl));
-  MP_ASSERT_OK(mp_queue_release(back));
+}
+END_TEST
+
+/* A child polls the queue beside the parent, with a doorbell of its own (a forked child
+ * drops its copy of the parent's): a put rings both. */
+START_TEST(test_fileno_in_two_processes) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  int fd = mp_queue_fileno(q);
+  T_ASSERT(fd >= 0, "fileno %d", fd);
+  ring_poller(start_poller(_i), q);
+  T_INT_EQ(poll_in(fd, 5000), 1);
+  char buf[16];
+  size_t len;
+  MP_ASSERT_ERR(mp_queue_get_nowait(q, buf, sizeof buf, &len), MP_EEMPTY);
+  T_INT_EQ(poll_in(fd, 50), 0);
+  MP_ASSERT_OK(mp_queue_release(q));
 }
 END_TEST
 
