@@ -16,6 +16,10 @@
  * A process killed in the middle of a put or a get leaves the queue consistent: every
  * message whose put returned is delivered exactly once, the dead producer's half-written
  * message is dropped, and the others carry on.
+ *
+ * Fork safety: a child made by fork() (libmp's or the program's own) uses its parent's
+ * queues through the same handles; it does not inherit its parent's readiness fds (a call of
+ * mp_queue_fileno() in the child makes its own).
  */
 #ifndef MP_QUEUES_H
 #define MP_QUEUES_H
