@@ -65,6 +65,7 @@ static const bench_group_t *const groups[] = {
     &bench_synchronize_group,
     &bench_shared_memory_group,
     &bench_pool_group,
+    &bench_queues_group,
 };
 
 #define GROUP_COUNT (sizeof groups / sizeof groups[0])

@@ -1,0 +1,253 @@
+/* bench rows of the queues layer: messages from a producer process to a consumer process
+ * through an mp_queue_t, against a bare single-producer single-consumer shared-memory ring
+ * (small messages) and against the two memcpy a message costs at the least (1 MiB). */
+#include "bench.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SMALL 64
+#define BIG ((size_t)1 << 20)
+#define BARE_SLOTS 4096
+#define SPIN_NS 20000.0
+
+/* ============================ the bare ring ============================ */
+
+/*
+ * The baseline: the least a cross-process queue of fixed 64-byte messages can do. One
+ * producer, one consumer, slots in memory both map, a head and a tail on their own cache
+ * lines. The consumer spins as long as libmp's does before it sleeps on a futex (an idle
+ * consumer that spins for ever would take the CPU from the other side's turn), and the
+ * producer wakes it only when it sleeps.
+ */
+typedef struct {
+  _Alignas(64) _Atomic uint64_t head;
+  _Alignas(64) _Atomic uint64_t tail;
+  _Alignas(64) _Atomic uint32_t seq;
+  _Atomic uint32_t sleeping;
+  _Atomic uint32_t stop;
+  _Alignas(64) _Atomic uint64_t libmp_consumed; /* what libmp's consumer has taken */
+  _Alignas(64) unsigned char slots[BARE_SLOTS][SMALL];
+} bare_ring_t;
+
+static void relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t expected) {
+  syscall(SYS_futex, word, FUTEX_WAIT, expected, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *word) {
+  syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+/* Consumer side: waits until the ring holds a message (or stop), spinning, then sleeping. */
+static bool bare_wait(bare_ring_t *r, uint64_t head) {
+  double spin_end = bench_now_ns() + SPIN_NS;
+  while (atomic_load(&r->tail) == head) {
+    if (atomic_load(&r->stop))
+      return false;
+    if (bench_now_ns() < spin_end) {
+      relax();
+      continue;
+    }
+    uint32_t seen = atomic_load(&r->seq);
+    atomic_store(&r->sleeping, 1);
+    if (atomic_load(&r->tail) == head && !atomic_load(&r->stop))
+      futex_wait(&r->seq, seen);
+    atomic_store(&r->sleeping, 0);
+  }
+  return true;
+}
+
+static int bare_consumer(void *arg, size_t size) {
+  (void)size;
+  bare_ring_t *r = *(bare_ring_t **)arg;
+  unsigned char msg[SMALL];
+  for (uint64_t head = 0;; head++) {
+    if (!bare_wait(r, head))
+      return 0;
+    memcpy(msg, r->slots[head % BARE_SLOTS], SMALL);
+    atomic_store(&r->head, head + 1);
+  }
+}
+
+static void bare_put(bare_ring_t *r, const unsigned char *msg) {
+  uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+  while (tail - atomic_load(&r->head) == BARE_SLOTS)
+    relax();
+  memcpy(r->slots[tail % BARE_SLOTS], msg, SMALL);
+  atomic_store(&r->tail, tail + 1);
+  if (atomic_load(&r->sleeping)) {
+    atomic_fetch_add(&r->seq, 1);
+    futex_wake(&r->seq);
+  }
+}
+
+static void bare_stop(bare_ring_t *r) {
+  atomic_store(&r->stop, 1);
+  atomic_fetch_add(&r->seq, 1);
+  futex_wake(&r->seq);
+}
+
+/* ============================ the rows ============================ */
+
+typedef struct {
+  mp_queue_t *q;
+  bare_ring_t *ring;
+  size_t size;   /* of a message */
+  int batch;     /* messages per timed operation */
+  uint64_t sent; /* by the libmp side, so far */
+  unsigned char *msg, *mid, *dst;
+} queue_state_t;
+
+typedef struct {
+  mp_queue_t *q;
+  bare_ring_t *ring;
+  size_t size;
+} consumer_arg_t;
+
+/* libmp's consumer: takes messages until the queue is closed, counting them. */
+static int libmp_consumer(void *arg, size_t size) {
+  (void)size;
+  consumer_arg_t *a = arg;
+  unsigned char *buf = malloc(a->size);
+  uint64_t taken = 0;
+  size_t len;
+  while (buf && mp_queue_get(a->q, buf, a->size, &len, MP_FOREVER) == 0)
+    atomic_store(&a->ring->libmp_consumed, ++taken);
+  free(buf);
+  return 0;
+}
+
+/* The producer's wait for its consumer at the end of a batch: it yields the CPU, which the
+ * consumer may need on a loaded machine (both sides wait so). */
+static void await_count(_Atomic uint64_t *counter, uint64_t value) {
+  while (atomic_load(counter) != value)
+    sched_yield();
+}
+
+/* One operation: a batch of messages, and the wait until the consumer has taken them all,
+ * so that no round is credited with messages still in the ring. */
+static void libmp_batch(void *state) {
+  queue_state_t *s = state;
+  int rc;
+  for (int i = 0; i < s->batch; i++)
+    if ((rc = mp_queue_put(s->q, s->msg, s->size, MP_FOREVER)) < 0)
+      bench_die_mp("mp_queue_put", rc);
+  s->sent += (uint64_t)s->batch;
+  await_count(&s->ring->libmp_consumed, s->sent);
+}
+
+static void bare_batch(void *state) {
+  queue_state_t *s = state;
+  for (int i = 0; i < s->batch; i++)
+    bare_put(s->ring, s->msg);
+  await_count(&s->ring->head, atomic_load_explicit(&s->ring->tail, memory_order_relaxed));
+}
+
+/* The floor of any queue of 1 MiB messages: one copy in, one copy out. */
+static void memcpy_batch(void *state) {
+  queue_state_t *s = state;
+  for (int i = 0; i < s->batch; i++) {
+    memcpy(s->mid, s->msg, s->size);
+    memcpy(s->dst, s->mid, s->size);
+    __asm__ __volatile__("" : : "r"(s->dst) : "memory"); /* the copies are used */
+  }
+}
+
+static mp_process_t *start_consumer(mp_target_t target, const void *arg, size_t size) {
+  mp_context_t *ctx;
+  mp_process_t *proc;
+  int rc;
+  if ((rc = mp_get_context("fork", &ctx)) < 0)
+    bench_die_mp("mp_get_context", rc);
+  if ((rc = mp_process_create(&proc, ctx, target, arg, size, NULL)) < 0)
+    bench_die_mp("mp_process_create", rc);
+  if ((rc = mp_process_start(proc)) < 0)
+    bench_die_mp("mp_process_start", rc);
+  return proc;
+}
+
+static void finish(mp_process_t *proc) {
+  int rc;
+  if ((rc = mp_process_join(proc, MP_FOREVER)) < 0)
+    bench_die_mp("mp_process_join", rc);
+  mp_process_close(proc);
+}
+
+/*
+ * Both rows: a consumer process for the queue (and one for the bare ring, if used), forked,
+ * an untimed batch of each side to fault everything in, then the timed rounds. Per message.
+ */
+static void run_queue_row(const bench_config_t *cfg, size_t size, int batch, bool bare_ring,
+                          int default_iterations, double unit_ns, bench_result_t *result) {
+  queue_state_t s = {.size = size, .batch = batch};
+  int rc;
+  s.ring =
+      mmap(NULL, sizeof *s.ring, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (s.ring == MAP_FAILED)
+    bench_die_sys("mmap", errno);
+  if ((rc = mp_queue_create(&s.q, 0)) < 0)
+    bench_die_mp("mp_queue_create", rc);
+  s.msg = malloc(size);
+  s.mid = malloc(size);
+  s.dst = malloc(size);
+  if (!s.msg || !s.mid || !s.dst)
+    bench_die_sys("malloc", ENOMEM);
+  memset(s.msg, 'q', size);
+  memset(s.mid, 0, size);
+  memset(s.dst, 0, size);
+
+  consumer_arg_t arg = {s.q, s.ring, size};
+  mp_process_t *libmp_side = start_consumer(libmp_consumer, &arg, sizeof arg);
+  mp_process_t *bare_side =
+      bare_ring ? start_consumer(bare_consumer, &s.ring, sizeof s.ring) : NULL;
+  bench_op_t baseline = bare_ring ? bare_batch : memcpy_batch;
+  libmp_batch(&s);
+  baseline(&s);
+  double libmp_ns, baseline_ns;
+  bench_pair(cfg, default_iterations, libmp_batch, baseline, &s, &libmp_ns, &baseline_ns);
+  result->libmp = libmp_ns / batch / unit_ns;
+  result->baseline = baseline_ns / batch / unit_ns;
+
+  mp_queue_close(s.q);
+  finish(libmp_side);
+  if (bare_side) {
+    bare_stop(s.ring);
+    finish(bare_side);
+  }
+  mp_queue_release(s.q);
+  munmap(s.ring, sizeof *s.ring);
+  free(s.msg);
+  free(s.mid);
+  free(s.dst);
+}
+
+static void row_queue_small(const bench_config_t *cfg, bench_result_t *result) {
+  run_queue_row(cfg, SMALL, 1000, true, 40, 1.0, result);
+}
+
+static void row_queue_1mib(const bench_config_t *cfg, bench_result_t *result) {
+  run_queue_row(cfg, BIG, 8, false, 10, 1e3, result);
+}
+
+static const bench_row_t queue_rows[] = {
+    {"queue.small", "ns/msg", row_queue_small},
+    {"queue.1mib", "us/msg", row_queue_1mib},
+};
+
+const bench_group_t bench_queues_group = BENCH_GROUP(queue_rows);

@@ -1,0 +1,938 @@
+/*
+ * Queues, Python's queues.py: Queue, SimpleQueue and JoinableQueue over one shared ring.
+ *
+ * A queue is a block of the shared arena (so its handle is valid in every process) and a
+ * ring of cap bytes, a power of two, in another block. The ring holds records, each an
+ * 8-byte header (the message's length, and a bit saying it was spilled) and then the
+ * message's bytes rounded up to 8, or, for a spilled message (larger than an eighth of the
+ * first ring), the address of the arena block that holds them. A record may wrap around the
+ * ring's end. A ring made by default grows (grow_ring) when maxsize allows a message its
+ * bytes do not.
+ *
+ *   head                                   tail
+ *    | len | bytes... | len|S | block | len | bytes ...  |      free      |
+ *
+ * Two 64-bit words describe the ring, each a message number (high half) and a byte position
+ * (low half), both counting up for ever modulo 2^32: tail, written by producers only, and
+ * head, written by consumers only. Each is the commit of its side, written by a single store
+ * after the copy:
+ *
+ *  - a producer takes put_lock, checks the room (maxsize messages, cap bytes), copies its
+ *    message to the ring at tail (or into a new block, noted in `pending` first), writes
+ *    the record, then stores the new tail, and unlocks;
+ *  - a consumer takes get_lock, reads the record at head, copies the message out, stores the
+ *    new head, unlocks, and frees a spilled message's block.
+ *
+ * So a process killed inside either leaves the committed words as they were before its
+ * call: the next process to take the lock is told (MP_EOWNERDEAD) and finds a consistent
+ * ring. A dead producer's half-copied bytes lie beyond tail and are overwritten; its block,
+ * if `pending` names one that tail has not reached, is freed. A dead consumer did not move
+ * head, so its message goes to the next consumer: every message whose put returned is
+ * delivered exactly once. Producers never wait for consumers inside a lock, nor consumers for
+ * producers: the locks only order one side's copies, so the ring is FIFO and one producer's
+ * messages arrive in order.
+ *
+ * Waiting is on futexes, never on a condition variable: a consumer with nothing to take spins
+ * for a few microseconds, then counts itself in get_waiters and sleeps on put_seq; a producer
+ * that commits looks at get_waiters and makes the futex call only if someone sleeps. The same
+ * for producers waiting for room (put_waiters, get_seq) and for joiners of a JoinableQueue
+ * (join_waiters, join_seq). The counts and the committed words are accessed sequentially
+ * consistent, so either the sleeper sees the commit or the committer sees the sleeper.
+ *
+ * Readiness for poll() and mp_wait(): a queue's handle reaches processes that were started
+ * before it existed, which hold none of its fds. So each process that wants to poll a queue
+ * makes its own doorbell, an AF_UNIX datagram socket bound to an abstract name made of its
+ * pid and a program-wide number, and registers the name in the queue's `bells`. A put that
+ * makes the queue non-empty, and close, send a byte to every registered doorbell; a doorbell
+ * whose process is gone refuses it (ECONNREFUSED) and is dropped. Puts look at one counter
+ * first, so a queue nobody polls pays nothing. A process clears its doorbell when it finds the
+ * queue empty, then looks again, so a put that lands in between rings it anew.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define RING_DEFAULT (1u << 20)
+#define RING_MIN (1u << 12)
+#define RING_MAX (1u << 26)
+#define HEADER 8u
+#define SPILLED (1ull << 63)
+#define LEN_MAX (1ull << 62)
+#define SPIN_NS 20000
+#define N_BELLS 64
+
+typedef enum { FLAVOR_QUEUE = 1, FLAVOR_JOINABLE, FLAVOR_SIMPLE } flavor_t;
+
+#define LINE _Alignas(64)
+
+struct mp_queue_s {
+  uint32_t kind; /* MP__KIND_QUEUE, first: mp_wait() reads it */
+  uint32_t flavor;
+  uint32_t ring_max;   /* the ring grows up to this many bytes */
+  uint32_t inline_max; /* larger messages spill */
+  uint64_t maxsize;
+  uint64_t uid; /* tells this queue from a later one at the same address */
+  /* The ring's address (64-byte aligned, an arena block) | log2 of its bytes: one word, so
+   * that growing it commits with one store. */
+  _Atomic uint64_t ring_word;
+  _Atomic uint32_t refs; /* the last release frees the ring, the blocks left, the queue */
+
+  LINE pthread_mutex_t put_lock;
+  _Atomic uint64_t tail;
+  void *pending;         /* a spilled message's block, being filled at... */
+  uint64_t pending_tail; /* ...this tail: freed if a repair finds tail still there */
+  void *pending_ring;    /* a larger ring being filled: freed if it was not installed */
+  _Atomic uint32_t closed;
+
+  LINE pthread_mutex_t get_lock;
+  _Atomic uint64_t head;
+
+  LINE _Atomic uint32_t put_seq; /* bumped when a message comes, for sleeping consumers */
+  _Atomic uint32_t get_waiters;
+  LINE _Atomic uint32_t get_seq; /* bumped when room is made, for sleeping producers */
+  _Atomic uint32_t put_waiters;
+  LINE _Atomic uint32_t done; /* JoinableQueue: tasks done, modulo 2^32 */
+  _Atomic uint32_t join_seq;  /* bumped when no task is left, for sleeping joiners */
+  _Atomic uint32_t join_waiters;
+
+  LINE _Atomic uint32_t n_bells;
+  _Atomic uint64_t bells[N_BELLS]; /* pid << 32 | number; 0: free */
+};
+
+/* SimpleQueue is the same object, typed apart so that its smaller API is what users see. */
+struct mp_simple_queue_s {
+  struct mp_queue_s queue;
+};
+
+/* ================================ positions ================================ */
+
+static uint32_t pos_msgs(uint64_t pos) {
+  return (uint32_t)(pos >> 32);
+}
+
+static uint32_t pos_bytes(uint64_t pos) {
+  return (uint32_t)pos;
+}
+
+static uint64_t pos_make(uint32_t msgs, uint32_t bytes) {
+  return (uint64_t)msgs << 32 | bytes;
+}
+
+static uint32_t count_of(uint64_t head, uint64_t tail) {
+  return pos_msgs(tail) - pos_msgs(head);
+}
+
+/* The record header of a message of len bytes. */
+static uint64_t header_for(const mp_queue_t *q, size_t len) {
+  return len > q->inline_max ? len | SPILLED : len;
+}
+
+static size_t header_len(uint64_t header) {
+  return (size_t)(header & ~SPILLED);
+}
+
+static uint32_t record_size(uint64_t header) {
+  size_t body = header & SPILLED ? sizeof(void *) : header_len(header);
+  return HEADER + (uint32_t)((body + 7) & ~(size_t)7);
+}
+
+/* The ring as it is now: read once per locked operation (growing holds both locks). */
+typedef struct {
+  char *base;
+  uint32_t cap;
+} ring_t;
+
+static ring_t ring_of(const mp_queue_t *q) {
+  uint64_t word = atomic_load(&q->ring_word);
+  return (ring_t){(char *)(uintptr_t)(word & ~(uint64_t)63), 1u << (word & 63)};
+}
+
+static uint64_t ring_word(const char *base, uint32_t cap) {
+  return (uint64_t)(uintptr_t)base | (uint64_t)__builtin_ctz(cap);
+}
+
+static void ring_write(ring_t r, uint32_t at, const void *src, size_t n) {
+  uint32_t off = at & (r.cap - 1);
+  size_t first = n < r.cap - off ? n : r.cap - off;
+  memcpy(r.base + off, src, first);
+  memcpy(r.base, (const char *)src + first, n - first);
+}
+
+static void ring_read(ring_t r, uint32_t at, void *dst, size_t n) {
+  uint32_t off = at & (r.cap - 1);
+  size_t first = n < r.cap - off ? n : r.cap - off;
+  memcpy(dst, r.base + off, first);
+  memcpy((char *)dst + first, r.base, n - first);
+}
+
+/* Copies the ring's bytes [from, from + n) to the same positions of a larger ring. */
+static void ring_move(ring_t to, ring_t from, uint32_t at, uint32_t n) {
+  while (n) {
+    uint32_t src = at & (from.cap - 1), dst = at & (to.cap - 1);
+    uint32_t chunk = n;
+    if (chunk > from.cap - src)
+      chunk = from.cap - src;
+    if (chunk > to.cap - dst)
+      chunk = to.cap - dst;
+    memcpy(to.base + dst, from.base + src, chunk);
+    at += chunk;
+    n -= chunk;
+  }
+}
+
+/* ================================ doorbells ================================ */
+
+/* This process's doorbells, one per queue it polls. A forked child closes its copies: the
+ * names belong to the parent. */
+typedef struct bell_s {
+  mp_queue_t *queue;
+  uint64_t uid;
+  uint64_t name;
+  int fd;
+  struct bell_s *next;
+} bell_t;
+
+static struct {
+  pthread_mutex_t lock;
+  bell_t *list;
+  int sender; /* an unbound datagram socket that rings other processes' doorbells */
+} local = {PTHREAD_MUTEX_INITIALIZER, NULL, -1};
+
+static socklen_t bell_address(uint64_t name, struct sockaddr_un *addr) {
+  memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  /* Abstract namespace (sun_path[0] == 0): no file, gone with the last fd. */
+  int n = snprintf(addr->sun_path + 1, sizeof addr->sun_path - 1, "libmp-queue-%u-%u",
+                   (unsigned)(name >> 32), (unsigned)name);
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+}
+
+static int sender_socket(void) {
+  int fd = __atomic_load_n(&local.sender, __ATOMIC_ACQUIRE);
+  if (fd >= 0)
+    return fd;
+  fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0)
+    return -1;
+  int expected = -1;
+  if (!__atomic_compare_exchange_n(&local.sender, &expected, fd, false, __ATOMIC_ACQ_REL,
+                                   __ATOMIC_ACQUIRE)) {
+    close(fd); /* another thread made one first */
+    return expected;
+  }
+  return fd;
+}
+
+static void unregister_bell(mp_queue_t *q, size_t slot, uint64_t name) {
+  uint64_t expected = name;
+  if (atomic_compare_exchange_strong(&q->bells[slot], &expected, 0))
+    atomic_fetch_sub(&q->n_bells, 1);
+}
+
+/* Rings every registered doorbell, dropping those whose process is gone. */
+static void ring_bells(mp_queue_t *q) {
+  if (atomic_load(&q->n_bells) == 0)
+    return;
+  int sender = sender_socket();
+  if (sender < 0)
+    return; /* no socket to ring with: pollers time out or look again, as with a lost wake */
+  for (size_t i = 0; i < N_BELLS; i++) {
+    uint64_t name = atomic_load(&q->bells[i]);
+    if (name == 0)
+      continue;
+    struct sockaddr_un addr;
+    socklen_t len = bell_address(name, &addr);
+    /* EAGAIN: its buffer is full of rings already, so it is readable: nothing lost. */
+    if (sendto(sender, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&addr, len) < 0 &&
+        (errno == ECONNREFUSED || errno == ENOENT))
+      unregister_bell(q, i, name);
+  }
+}
+
+/* This process's doorbell for q, or NULL; the caller holds local.lock. Doorbells of freed
+ * queues (another process released the last reference) are closed on the way. */
+static bell_t *find_bell_locked(mp_queue_t *q) {
+  for (bell_t **link = &local.list; *link;) {
+    bell_t *b = *link;
+    if (b->queue == q && b->uid == q->uid)
+      return b;
+    if (b->queue == q) { /* the same address, another queue */
+      *link = b->next;
+      close(b->fd);
+      free(b);
+      continue;
+    }
+    link = &b->next;
+  }
+  return NULL;
+}
+
+static void drain(int fd) {
+  char buf[64];
+  while (recv(fd, buf, sizeof buf, MSG_DONTWAIT) > 0) {
+  }
+}
+
+/* Clears this process's doorbell of q, if it has one: before it looks at an empty queue
+ * again, so that a put after that look rings it anew. */
+static void clear_bell(mp_queue_t *q) {
+  if (__atomic_load_n(&local.list, __ATOMIC_ACQUIRE) == NULL)
+    return;
+  pthread_mutex_lock(&local.lock);
+  bell_t *b = find_bell_locked(q);
+  if (b)
+    drain(b->fd);
+  pthread_mutex_unlock(&local.lock);
+}
+
+static int make_bell(mp_queue_t *q, bell_t **out) {
+  bell_t *b = calloc(1, sizeof *b);
+  if (!b)
+    return mp__error(MP_ENOMEM, "mp_queue_fileno: out of memory");
+  b->queue = q;
+  b->uid = q->uid;
+  b->name = (uint64_t)getpid() << 32 | (uint32_t)mp__shared_unique();
+  b->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  struct sockaddr_un addr;
+  socklen_t len = bell_address(b->name, &addr);
+  int rc = 0;
+  if (b->fd < 0 || bind(b->fd, (struct sockaddr *)&addr, len) < 0)
+    rc = mp__syserror("mp_queue_fileno: making this process's doorbell");
+  size_t slot = N_BELLS;
+  for (size_t i = 0; rc == 0 && i < N_BELLS && slot == N_BELLS; i++) {
+    uint64_t expected = 0;
+    if (atomic_compare_exchange_strong(&q->bells[i], &expected, b->name))
+      slot = i;
+  }
+  if (rc == 0 && slot == N_BELLS)
+    rc = mp__error(MP_ENOMEM, "mp_queue_fileno: %d processes poll this queue already", N_BELLS);
+  if (rc < 0) {
+    if (b->fd >= 0)
+      close(b->fd);
+    free(b);
+    return rc;
+  }
+  atomic_fetch_add(&q->n_bells, 1);
+  *out = b;
+  return 0;
+}
+
+static void after_fork_child(void) {
+  /* Only if there is something to forget: an untouched list costs the child no page copy. */
+  if (local.list == NULL)
+    return;
+  mp__reset_lock(&local.lock);
+  for (bell_t *b = local.list, *next; b; b = next) {
+    next = b->next;
+    close(b->fd);
+    free(b);
+  }
+  local.list = NULL;
+}
+
+/* Forgets this process's doorbell of q: unregistered and closed. */
+static void drop_bell(mp_queue_t *q) {
+  if (__atomic_load_n(&local.list, __ATOMIC_ACQUIRE) == NULL)
+    return;
+  pthread_mutex_lock(&local.lock);
+  for (bell_t **link = &local.list; *link; link = &(*link)->next) {
+    bell_t *b = *link;
+    if (b->queue == q && b->uid == q->uid) {
+      for (size_t i = 0; i < N_BELLS; i++)
+        if (atomic_load(&q->bells[i]) == b->name)
+          unregister_bell(q, i, b->name);
+      *link = b->next;
+      close(b->fd);
+      free(b);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&local.lock);
+}
+
+/* ================================ handles ================================ */
+
+static bool is_queue(const mp_queue_t *q) {
+  return q && mp__shared_contains(q) && q->kind == MP__KIND_QUEUE;
+}
+
+static int check_queue(const mp_queue_t *q, const char *fn) {
+  if (!is_queue(q) || q->flavor == FLAVOR_SIMPLE)
+    return mp__error(MP_EINVAL, "%s: not a Queue", fn);
+  return 0;
+}
+
+static int check_simple(const mp_simple_queue_t *sq, const char *fn) {
+  const mp_queue_t *q = (const mp_queue_t *)sq;
+  if (!is_queue(q) || q->flavor != FLAVOR_SIMPLE)
+    return mp__error(MP_EINVAL, "%s: not a SimpleQueue", fn);
+  return 0;
+}
+
+/* ring_bytes 0: the default ring, which grows; else a ring of fixed size. */
+static int create(mp_queue_t **out, flavor_t flavor, size_t maxsize, size_t ring_bytes) {
+  if (!out)
+    return mp__error(MP_EINVAL, "creating a queue: the handle pointer is NULL");
+  bool grows = ring_bytes == 0;
+  if (grows)
+    ring_bytes = RING_DEFAULT;
+  if (ring_bytes > RING_MAX)
+    return mp__error(MP_EINVAL, "a queue's ring of %zu bytes is above %u", ring_bytes,
+                     RING_MAX);
+  uint32_t cap = RING_MIN;
+  while (cap < ring_bytes)
+    cap *= 2;
+  mp_queue_t *q = mp__shared_alloc(sizeof *q);
+  char *ring = q ? mp__shared_alloc_raw(cap) : NULL;
+  if (!ring) {
+    if (q)
+      mp__shared_release(q);
+    return MP_ENOMEM; /* the arena said why */
+  }
+  int rc = mp__mutex_init(&q->put_lock);
+  if (rc == 0)
+    rc = mp__mutex_init(&q->get_lock);
+  if (rc < 0) {
+    mp__shared_release(ring);
+    mp__shared_release(q);
+    return rc;
+  }
+  q->flavor = flavor;
+  q->ring_max = grows ? RING_MAX : cap;
+  q->inline_max = cap / 8;
+  q->maxsize = maxsize;
+  q->uid = mp__shared_unique();
+  q->ring_word = ring_word(ring, cap);
+  q->refs = 1;
+  q->kind = MP__KIND_QUEUE;
+  *out = q;
+  return 0;
+}
+
+int mp_queue_create(mp_queue_t **queue, size_t maxsize) {
+  return create(queue, FLAVOR_QUEUE, maxsize, 0);
+}
+
+int mp_queue_create_sized(mp_queue_t **queue, size_t maxsize, size_t ring_bytes) {
+  return create(queue, FLAVOR_QUEUE, maxsize, ring_bytes);
+}
+
+int mp_joinable_queue_create(mp_queue_t **queue, size_t maxsize) {
+  return create(queue, FLAVOR_JOINABLE, maxsize, 0);
+}
+
+int mp_simple_queue_create(mp_simple_queue_t **queue) {
+  mp_queue_t *q = NULL;
+  int rc = create(queue ? &q : NULL, FLAVOR_SIMPLE, 0, 0);
+  if (rc == 0)
+    *queue = (mp_simple_queue_t *)q;
+  return rc;
+}
+
+/* ================================ locks and waits ================================ */
+
+/* Takes put_lock; after a producer died holding it, frees its uncommitted block or ring. */
+static void lock_put(mp_queue_t *q) {
+  if (mp__mutex_lock(&q->put_lock, INT64_MAX) != MP_EOWNERDEAD)
+    return;
+  if (q->pending && atomic_load(&q->tail) == q->pending_tail)
+    mp__shared_release(q->pending);
+  q->pending = NULL;
+  if (q->pending_ring && ring_of(q).base != q->pending_ring)
+    mp__shared_release(q->pending_ring);
+  q->pending_ring = NULL;
+}
+
+/* Takes get_lock. A consumer that died holding it never moved head: nothing to repair. */
+static void lock_get(mp_queue_t *q) {
+  (void)mp__mutex_lock(&q->get_lock, INT64_MAX);
+}
+
+typedef bool (*ready_fn)(mp_queue_t *q, size_t need);
+
+static bool has_message(mp_queue_t *q, size_t need) {
+  (void)need;
+  return count_of(atomic_load(&q->head), atomic_load(&q->tail)) != 0 || atomic_load(&q->closed);
+}
+
+static bool at_maxsize(mp_queue_t *q) {
+  return q->maxsize && count_of(atomic_load(&q->head), atomic_load(&q->tail)) >= q->maxsize;
+}
+
+static bool has_room(mp_queue_t *q, size_t need) {
+  uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
+  if (atomic_load(&q->closed))
+    return true;
+  if (at_maxsize(q))
+    return false;
+  return ring_of(q).cap - (pos_bytes(tail) - pos_bytes(head)) >= need;
+}
+
+static bool tasks_done(mp_queue_t *q, size_t need) {
+  (void)need;
+  return pos_msgs(atomic_load(&q->tail)) == atomic_load(&q->done);
+}
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+/*
+ * Waits until ready(q, need) or the deadline: spins a few microseconds (the other side is
+ * often about to commit), then sleeps on *seq, counted in *waiters so that the other side
+ * makes a futex call only when someone sleeps. 0 (look again) or MP_ETIMEDOUT.
+ */
+static int wait_until(mp_queue_t *q, ready_fn ready, size_t need, _Atomic uint32_t *seq,
+                      _Atomic uint32_t *waiters, int64_t deadline) {
+  int64_t spin_end = mp__now_ns() + SPIN_NS;
+  for (int i = 1;; i++) {
+    if (ready(q, need))
+      return 0;
+    cpu_relax();
+    if (i % 64 == 0 && mp__now_ns() >= spin_end)
+      break;
+  }
+  uint32_t seen = atomic_load(seq);
+  atomic_fetch_add(waiters, 1);
+  int rc = ready(q, need) ? 0 : mp__futex_wait(seq, seen, deadline);
+  atomic_fetch_sub(waiters, 1);
+  return rc;
+}
+
+/* Wakes sleepers on seq, if any. */
+static void notify(_Atomic uint32_t *seq, _Atomic uint32_t *waiters, int count) {
+  if (atomic_load(waiters) == 0)
+    return;
+  atomic_fetch_add(seq, 1);
+  mp__futex_wake(seq, count);
+}
+
+static bool passed(int64_t deadline) {
+  return deadline != INT64_MAX && mp__now_ns() >= deadline;
+}
+
+/* ================================ put ================================ */
+
+/*
+ * Makes room for need more bytes, where maxsize allows a message the ring's bytes do not
+ * hold, by moving the records to a ring of twice the size or more (up to ring_max), so that a
+ * queue is bounded by maxsize, as in Python, not by its first ring. The caller holds
+ * put_lock; get_lock keeps consumers out while the records move. The new ring is noted in
+ * pending_ring first and installed by one store, so a producer dying here leaves either
+ * ring whole (and at worst the old one unfreed).
+ */
+static void grow_ring(mp_queue_t *q, uint32_t need) {
+  lock_get(q);
+  ring_t old = ring_of(q);
+  uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
+  uint32_t used = pos_bytes(tail) - pos_bytes(head), cap = old.cap;
+  while (cap - used < need && cap < q->ring_max)
+    cap *= 2;
+  char *base = cap != old.cap && cap - used >= need ? mp__shared_alloc_raw(cap) : NULL;
+  if (base) { /* else room was made meanwhile, or the arena is full: wait for room */
+    q->pending_ring = base;
+    ring_move((ring_t){base, cap}, old, pos_bytes(head), used);
+    atomic_store(&q->ring_word, ring_word(base, cap));
+    q->pending_ring = NULL;
+    mp__shared_release(old.base);
+  }
+  mp__mutex_unlock(&q->get_lock);
+}
+
+/* Writes the message at tail and commits it; the caller holds put_lock and has checked the
+ * room. */
+static int commit_put(mp_queue_t *q, uint64_t tail, const void *data, size_t len) {
+  ring_t r = ring_of(q);
+  uint32_t at = pos_bytes(tail);
+  uint64_t header = header_for(q, len);
+  if (header & SPILLED) {
+    void *block = mp__shared_alloc_raw(len);
+    if (!block)
+      return MP_ENOMEM;
+    q->pending_tail = tail;
+    q->pending = block;
+    memcpy(block, data, len);
+    ring_write(r, at + HEADER, &block, sizeof block);
+  } else if (len) {
+    ring_write(r, at + HEADER, data, len);
+  }
+  ring_write(r, at, &header, HEADER);
+  /* The commit: one store, after every byte is in place. */
+  atomic_store(&q->tail, pos_make(pos_msgs(tail) + 1, at + record_size(header)));
+  q->pending = NULL;
+  return 0;
+}
+
+static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, const char *fn) {
+  if (!data && len)
+    return mp__error(MP_EINVAL, "%s: data is NULL", fn);
+  if (len >= LEN_MAX)
+    return mp__error(MP_EMSGSIZE, "%s: a message of %zu bytes", fn, len);
+  uint32_t need = record_size(header_for(q, len));
+  for (;;) {
+    lock_put(q);
+    if (atomic_load(&q->closed)) {
+      mp__mutex_unlock(&q->put_lock);
+      return mp__error(MP_ECLOSED, "%s: the queue is closed", fn);
+    }
+    int rc = 1;
+    uint64_t tail = atomic_load(&q->tail);
+    if (!has_room(q, need) && !at_maxsize(q) && ring_of(q).cap < q->ring_max)
+      grow_ring(q, need);
+    if (has_room(q, need))
+      rc = commit_put(q, tail, data, len);
+    mp__mutex_unlock(&q->put_lock);
+    if (rc < 0)
+      return rc;
+    if (rc == 0) {
+      notify(&q->put_seq, &q->get_waiters, 1);
+      /* Loaded after the commit: a consumer that saw the queue empty, then cleared its
+       * doorbell, looked before this put, so this put sees what it saw. */
+      if (count_of(atomic_load(&q->head), tail) == 0)
+        ring_bells(q);
+      return 0;
+    }
+    if (passed(deadline) ||
+        wait_until(q, has_room, need, &q->get_seq, &q->put_waiters, deadline) == MP_ETIMEDOUT) {
+      if (!has_room(q, need))
+        return mp__error(MP_EFULL, "%s: the queue is full", fn);
+    }
+  }
+}
+
+int mp_queue_put(mp_queue_t *queue, const void *data, size_t len, double timeout) {
+  int rc = check_queue(queue, "mp_queue_put");
+  return rc < 0 ? rc : put(queue, data, len, mp__deadline(timeout), "mp_queue_put");
+}
+
+int mp_queue_put_nowait(mp_queue_t *queue, const void *data, size_t len) {
+  return mp_queue_put(queue, data, len, 0);
+}
+
+int mp_simple_queue_put(mp_simple_queue_t *queue, const void *data, size_t len) {
+  int rc = check_simple(queue, "mp_simple_queue_put");
+  return rc < 0 ? rc : put(&queue->queue, data, len, INT64_MAX, "mp_simple_queue_put");
+}
+
+/* ================================ get ================================ */
+
+/* Where get puts the message: the caller's buffer, or one it allocates. */
+typedef struct {
+  void *buf;
+  size_t cap;
+  size_t *len;
+  void **alloc;
+} sink_t;
+
+/* Takes the message at head, if there is one; the caller holds get_lock. 1: none. */
+static int take(mp_queue_t *q, const sink_t *out, void **spilled, const char *fn) {
+  uint64_t head = atomic_load(&q->head);
+  if (count_of(head, atomic_load(&q->tail)) == 0)
+    return 1;
+  ring_t r = ring_of(q);
+  uint32_t at = pos_bytes(head);
+  uint64_t header;
+  ring_read(r, at, &header, HEADER);
+  size_t len = header_len(header);
+  void *dst = out->buf;
+  if (out->alloc) {
+    dst = malloc(len ? len : 1);
+    if (!dst)
+      return mp__error(MP_ENOMEM, "%s: no memory for a message of %zu bytes", fn, len);
+  } else if (len > out->cap) {
+    *out->len = len;
+    return mp__error(MP_ETOOSMALL, "%s: the message has %zu bytes, the buffer %zu", fn, len,
+                     out->cap);
+  }
+  if (header & SPILLED) {
+    ring_read(r, at + HEADER, spilled, sizeof *spilled);
+    memcpy(dst, *spilled, len);
+  } else if (len) {
+    ring_read(r, at + HEADER, dst, len);
+  }
+  /* The commit: one store, after the copy. */
+  atomic_store(&q->head, pos_make(pos_msgs(head) + 1, at + record_size(header)));
+  *out->len = len;
+  if (out->alloc)
+    *out->alloc = dst;
+  return 0;
+}
+
+static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *fn) {
+  if (!out->len || (!out->alloc && !out->buf && out->cap))
+    return mp__error(MP_EINVAL, "%s: NULL buffer or length", fn);
+  for (bool cleared = false;;) {
+    void *spilled = NULL;
+    lock_get(q);
+    int rc = take(q, out, &spilled, fn);
+    mp__mutex_unlock(&q->get_lock);
+    if (rc == 0) {
+      if (spilled)
+        mp__shared_release(spilled);
+      notify(&q->get_seq, &q->put_waiters, INT32_MAX);
+      return 0;
+    }
+    if (rc == MP_ETOOSMALL) /* the wake this message brought is passed on */
+      notify(&q->put_seq, &q->get_waiters, 1);
+    if (rc < 0)
+      return rc;
+    /* Empty. close() waits for the puts in progress before it sets closed: once it is set,
+     * one more look is final. */
+    if (atomic_load(&q->closed)) {
+      if (count_of(atomic_load(&q->head), atomic_load(&q->tail)) != 0)
+        continue;
+      return mp__error(MP_ECLOSED, "%s: the queue is closed and empty", fn);
+    }
+    if (!cleared) {
+      clear_bell(q);
+      cleared = true;
+      continue;
+    }
+    if (passed(deadline) ||
+        wait_until(q, has_message, 0, &q->put_seq, &q->get_waiters, deadline) == MP_ETIMEDOUT) {
+      if (!has_message(q, 0))
+        return mp__error(MP_EEMPTY, "%s: the queue is empty", fn);
+    }
+  }
+}
+
+int mp_queue_get(mp_queue_t *queue, void *buf, size_t cap, size_t *len, double timeout) {
+  int rc = check_queue(queue, "mp_queue_get");
+  sink_t out = {buf, cap, len, NULL};
+  return rc < 0 ? rc : get(queue, &out, mp__deadline(timeout), "mp_queue_get");
+}
+
+int mp_queue_get_nowait(mp_queue_t *queue, void *buf, size_t cap, size_t *len) {
+  return mp_queue_get(queue, buf, cap, len, 0);
+}
+
+int mp_queue_get_alloc(mp_queue_t *queue, void **buf, size_t *len, double timeout) {
+  int rc = check_queue(queue, "mp_queue_get_alloc");
+  if (rc == 0 && !buf)
+    rc = mp__error(MP_EINVAL, "mp_queue_get_alloc: buf is NULL");
+  sink_t out = {NULL, 0, len, buf};
+  return rc < 0 ? rc : get(queue, &out, mp__deadline(timeout), "mp_queue_get_alloc");
+}
+
+int mp_simple_queue_get(mp_simple_queue_t *queue, void *buf, size_t cap, size_t *len) {
+  int rc = check_simple(queue, "mp_simple_queue_get");
+  sink_t out = {buf, cap, len, NULL};
+  return rc < 0 ? rc : get(&queue->queue, &out, INT64_MAX, "mp_simple_queue_get");
+}
+
+int mp_simple_queue_get_alloc(mp_simple_queue_t *queue, void **buf, size_t *len) {
+  int rc = check_simple(queue, "mp_simple_queue_get_alloc");
+  if (rc == 0 && !buf)
+    rc = mp__error(MP_EINVAL, "mp_simple_queue_get_alloc: buf is NULL");
+  sink_t out = {NULL, 0, len, buf};
+  return rc < 0 ? rc : get(&queue->queue, &out, INT64_MAX, "mp_simple_queue_get_alloc");
+}
+
+/* ================================ state ================================ */
+
+static uint32_t count(mp_queue_t *q) {
+  return count_of(atomic_load(&q->head), atomic_load(&q->tail));
+}
+
+int mp_queue_qsize(mp_queue_t *queue) {
+  int rc = check_queue(queue, "mp_queue_qsize");
+  if (rc < 0)
+    return rc;
+  uint32_t n = count(queue);
+  return n > INT32_MAX ? INT32_MAX : (int)n;
+}
+
+int mp_queue_empty(mp_queue_t *queue) {
+  int rc = check_queue(queue, "mp_queue_empty");
+  return rc < 0 ? rc : count(queue) == 0;
+}
+
+int mp_simple_queue_empty(mp_simple_queue_t *queue) {
+  int rc = check_simple(queue, "mp_simple_queue_empty");
+  return rc < 0 ? rc : count(&queue->queue) == 0;
+}
+
+int mp_queue_full(mp_queue_t *queue) {
+  int rc = check_queue(queue, "mp_queue_full");
+  return rc < 0 ? rc : queue->maxsize != 0 && count(queue) >= queue->maxsize;
+}
+
+static int close_queue(mp_queue_t *q) {
+  lock_put(q); /* the puts in progress commit first */
+  atomic_store(&q->closed, 1);
+  mp__mutex_unlock(&q->put_lock);
+  notify(&q->put_seq, &q->get_waiters, INT32_MAX);
+  notify(&q->get_seq, &q->put_waiters, INT32_MAX);
+  ring_bells(q);
+  return 0;
+}
+
+int mp_queue_close(mp_queue_t *queue) {
+  int rc = check_queue(queue, "mp_queue_close");
+  return rc < 0 ? rc : close_queue(queue);
+}
+
+int mp_simple_queue_close(mp_simple_queue_t *queue) {
+  int rc = check_simple(queue, "mp_simple_queue_close");
+  return rc < 0 ? rc : close_queue(&queue->queue);
+}
+
+/* ================================ JoinableQueue ================================ */
+
+static int check_joinable(mp_queue_t *q, const char *fn) {
+  if (!is_queue(q) || q->flavor != FLAVOR_JOINABLE)
+    return mp__error(MP_EINVAL, "%s: not a JoinableQueue", fn);
+  return 0;
+}
+
+int mp_queue_task_done(mp_queue_t *queue) {
+  int rc = check_joinable(queue, "mp_queue_task_done");
+  if (rc < 0)
+    return rc;
+  /* Unfinished tasks are the messages ever put (tail's count) less those done: one source
+   * of truth, so a producer dying between its commit and a second counter cannot skew it. */
+  uint32_t done = atomic_load(&queue->done), put_count;
+  do {
+    put_count = pos_msgs(atomic_load(&queue->tail));
+    if (put_count == done)
+      return mp__error(MP_ETOOMANY, "mp_queue_task_done: called more times than items put");
+  } while (!atomic_compare_exchange_weak(&queue->done, &done, done + 1));
+  if (done + 1 == put_count)
+    notify(&queue->join_seq, &queue->join_waiters, INT32_MAX);
+  return 0;
+}
+
+int mp_queue_join(mp_queue_t *queue, double timeout) {
+  int rc = check_joinable(queue, "mp_queue_join");
+  if (rc < 0)
+    return rc;
+  int64_t deadline = mp__deadline(timeout);
+  while (!tasks_done(queue, 0)) {
+    if (passed(deadline) || wait_until(queue, tasks_done, 0, &queue->join_seq,
+                                       &queue->join_waiters, deadline) == MP_ETIMEDOUT) {
+      if (!tasks_done(queue, 0))
+        return mp__error(MP_ETIMEDOUT, "mp_queue_join: tasks are still unfinished");
+    }
+  }
+  return 0;
+}
+
+/* ================================ readiness ================================ */
+
+static int fileno_of(mp_queue_t *q) {
+  pthread_mutex_lock(&local.lock);
+  bell_t *b = find_bell_locked(q);
+  int rc = 0;
+  if (!b) {
+    rc = make_bell(q, &b);
+    if (rc == MP_ENOMEM && atomic_load(&q->n_bells) >= N_BELLS) {
+      ring_bells(q); /* the doorbells of dead processes refuse it, and make room */
+      rc = make_bell(q, &b);
+    }
+    if (rc == 0) {
+      b->next = local.list;
+      __atomic_store_n(&local.list, b, __ATOMIC_RELEASE);
+      /* Messages put before the doorbell existed rang nothing: ring it ourselves. */
+      if (has_message(q, 0))
+        ring_bells(q);
+    }
+  }
+  pthread_mutex_unlock(&local.lock);
+  return rc < 0 ? rc : b->fd;
+}
+
+int mp_queue_fileno(mp_queue_t *queue) {
+  int rc = check_queue(queue, "mp_queue_fileno");
+  return rc < 0 ? rc : fileno_of(queue);
+}
+
+int mp_simple_queue_fileno(mp_simple_queue_t *queue) {
+  int rc = check_simple(queue, "mp_simple_queue_fileno");
+  return rc < 0 ? rc : fileno_of(&queue->queue);
+}
+
+/* mp_wait(): ready when a get would not wait (a message, or closed). The doorbell is
+ * cleared before the look, so a put after it rings again. */
+static int waitable_ready(void *obj) {
+  mp_queue_t *q = obj;
+  if (!is_queue(q))
+    return mp__error(MP_EINVAL, "mp_wait: not a queue");
+  clear_bell(q);
+  return has_message(q, 0);
+}
+
+static int waitable_poll_fd(void *obj) {
+  mp_queue_t *q = obj;
+  if (!is_queue(q))
+    return mp__error(MP_EINVAL, "mp_wait: not a queue");
+  return fileno_of(q);
+}
+
+static const mp__waitable_ops_t queue_waitable = {waitable_ready, waitable_poll_fd};
+
+__attribute__((constructor)) static void queues_init(void) {
+  mp__waitable_register(MP__KIND_QUEUE, &queue_waitable);
+  pthread_atfork(NULL, NULL, after_fork_child);
+}
+
+/* ================================ lifetime ================================ */
+
+static int retain(mp_queue_t *q) {
+  atomic_fetch_add(&q->refs, 1);
+  return 0;
+}
+
+static int release(mp_queue_t *q) {
+  drop_bell(q);
+  if (atomic_fetch_sub(&q->refs, 1) != 1)
+    return 0;
+  /* The last reference: nobody else can touch it. Free the block of a producer that died
+   * in a put (the repair of lock_put), then those of the spilled messages left. */
+  lock_put(q);
+  mp__mutex_unlock(&q->put_lock);
+  ring_t r = ring_of(q);
+  uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
+  while (count_of(head, tail) != 0) {
+    uint64_t header;
+    ring_read(r, pos_bytes(head), &header, HEADER);
+    if (header & SPILLED) {
+      void *block;
+      ring_read(r, pos_bytes(head) + HEADER, &block, sizeof block);
+      mp__shared_release(block);
+    }
+    head = pos_make(pos_msgs(head) + 1, pos_bytes(head) + record_size(header));
+  }
+  mp__shared_release(r.base);
+  q->kind = 0; /* a later use of the handle fails with MP_EINVAL until the block is reused */
+  mp__shared_release(q);
+  return 0;
+}
+
+int mp_queue_retain(mp_queue_t *queue) {
+  int rc = check_queue(queue, "mp_queue_retain");
+  return rc < 0 ? rc : retain(queue);
+}
+
+int mp_queue_release(mp_queue_t *queue) {
+  int rc = check_queue(queue, "mp_queue_release");
+  return rc < 0 ? rc : release(queue);
+}
+
+int mp_simple_queue_retain(mp_simple_queue_t *queue) {
+  int rc = check_simple(queue, "mp_simple_queue_retain");
+  return rc < 0 ? rc : retain(&queue->queue);
+}
+
+int mp_simple_queue_release(mp_simple_queue_t *queue) {
+  int rc = check_simple(queue, "mp_simple_queue_release");
+  return rc < 0 ? rc : release(&queue->queue);
+}

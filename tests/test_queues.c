@@ -1,0 +1,1028 @@
+/*
+ * Check suite of the queues layer: Queue, SimpleQueue and JoinableQueue under each start
+ * method, through the public header.
+ *
+ * Children get queue handles inside their argument bytes (the arena is at the same address
+ * in every process) and report through their exit code: 0 for success, a distinct number
+ * for each check that failed in the child.
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include "mp_test.h"
+
+/* ===================================================================================== */
+/* Helpers usable in the test process and in children (no Check calls).                 */
+
+static uint64_t fnv1a(const unsigned char *p, size_t n) {
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; i++) {
+    h ^= p[i];
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+/* A message that names its producer and number and whose bytes can be checked: a header,
+ * then a length and a pattern that follow from both. */
+typedef struct {
+  uint32_t producer;
+  uint32_t seq;
+} tag_t;
+
+#define MSG_MAX 600
+
+static size_t msg_len(tag_t tag) {
+  return sizeof tag + (tag.seq * 7u + tag.producer * 13u) % (MSG_MAX - sizeof tag);
+}
+
+static size_t msg_make(tag_t tag, unsigned char *buf) {
+  size_t len = msg_len(tag);
+  memcpy(buf, &tag, sizeof tag);
+  for (size_t i = sizeof tag; i < len; i++)
+    buf[i] = (unsigned char)(tag.seq + tag.producer * 31u + i);
+  return len;
+}
+
+static bool msg_valid(const unsigned char *buf, size_t len, tag_t *tag) {
+  if (len < sizeof *tag)
+    return false;
+  memcpy(tag, buf, sizeof *tag);
+  unsigned char want[MSG_MAX];
+  return msg_len(*tag) == len && msg_make(*tag, want) == len && memcmp(want, buf, len) == 0;
+}
+
+static char *make_temp_file(void) {
+  char *path = strdup("/tmp/libmp-queue-test-XXXXXX");
+  int fd = mkstemp(path);
+  if (fd >= 0)
+    close(fd);
+  return path;
+}
+
+static bool file_nonempty(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 && st.st_size > 0;
+}
+
+static bool wait_file(const char *path, double timeout) {
+  double end = mp_test_now() + timeout;
+  while (!file_nonempty(path)) {
+    if (mp_test_now() > end)
+      return false;
+    mp_test_sleep(0.002);
+  }
+  return true;
+}
+
+/* ===================================================================================== */
+/* Targets.                                                                              */
+
+typedef struct {
+  mp_queue_t *q;
+  mp_queue_t *out;
+  uint32_t id;
+  uint32_t count;
+  char path[64];
+} job_t;
+
+/* Puts count tagged messages. */
+static int t_producer(void *arg, size_t size) {
+  job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  unsigned char buf[MSG_MAX];
+  for (uint32_t i = 0; i < job->count; i++) {
+    tag_t tag = {job->id, i};
+    if (mp_queue_put(job->q, buf, msg_make(tag, buf), MP_FOREVER) != 0)
+      return 2;
+  }
+  return 0;
+}
+
+/* Gets until the queue is closed and drained, checks each message, forwards its tag. */
+static int t_consumer(void *arg, size_t size) {
+  job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  unsigned char buf[MSG_MAX];
+  for (;;) {
+    size_t len = 0;
+    int rc = mp_queue_get(job->q, buf, sizeof buf, &len, MP_FOREVER);
+    if (rc == MP_ECLOSED)
+      return 0;
+    tag_t tag;
+    if (rc != 0)
+      return 2;
+    if (!msg_valid(buf, len, &tag))
+      return 3;
+    if (mp_queue_put(job->out, &tag, sizeof tag, MP_FOREVER) != 0)
+      return 4;
+  }
+}
+
+/* Starts a process for a job, registered for cleanup. */
+static mp_process_t *start_job(int method, mp_target_t target, const job_t *job) {
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(method), target, job, sizeof *job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  return p;
+}
+
+static void join_ok(mp_process_t *p) {
+  T_INT_EQ(mp_test_join_code(p, 30), 0);
+  T_PROC_CLOSE(p);
+}
+
+/* ===================================================================================== */
+/* One process.                                                                          */
+
+START_TEST(test_put_get_in_order) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  T_INT_EQ(mp_queue_empty(q), 1);
+  T_INT_EQ(mp_queue_full(q), 0);
+  unsigned char buf[MSG_MAX], got[MSG_MAX];
+  for (uint32_t i = 0; i < 1000; i++)
+    MP_ASSERT_OK(mp_queue_put_nowait(q, buf, msg_make((tag_t){1, i}, buf)));
+  T_INT_EQ(mp_queue_qsize(q), 1000);
+  T_INT_EQ(mp_queue_empty(q), 0);
+  for (uint32_t i = 0; i < 1000; i++) {
+    size_t len = 0;
+    tag_t tag;
+    MP_ASSERT_OK(mp_queue_get_nowait(q, got, sizeof got, &len));
+    T_ASSERT(msg_valid(got, len, &tag) && tag.seq == i, "message %u is wrong", i);
+  }
+  size_t len = 0;
+  MP_ASSERT_ERR(mp_queue_get_nowait(q, got, sizeof got, &len), MP_EEMPTY);
+  T_INT_EQ(mp_queue_qsize(q), 0);
+  MP_ASSERT_OK(mp_queue_release(q));
+}
+END_TEST
+
+/* Many laps around a small ring, so that records and messages wrap at its end. */
+START_TEST(test_wrap_around) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
+  unsigned char buf[MSG_MAX], got[MSG_MAX];
+  uint32_t put = 0, taken = 0;
+  while (taken < 5000) {
+    while (put < 5000 && mp_queue_put_nowait(q, buf, msg_make((tag_t){2, put}, buf)) == 0)
+      put++;
+    size_t len = 0;
+    tag_t tag;
+    MP_ASSERT_OK(mp_queue_get_nowait(q, got, sizeof got, &len));
+    T_ASSERT(msg_valid(got, len, &tag) && tag.seq == taken, "message %u is wrong", taken);
+    taken++;
+  }
+  MP_ASSERT_OK(mp_queue_release(q));
+}
+END_TEST
+
+START_TEST(test_empty_and_small_buffer) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  MP_ASSERT_OK(mp_queue_put(q, NULL, 0, 0)); /* Python allows empty messages: so do we */
+  MP_ASSERT_OK(mp_queue_put(q, "hello", 5, 0));
+  size_t len = 99;
+  MP_ASSERT_OK(mp_queue_get(q, NULL, 0, &len, 0));
+  T_INT_EQ(len, 0);
+  char small[3];
+  MP_ASSERT_ERR(mp_queue_get(q, small, sizeof small, &len, 0), MP_ETOOSMALL);
+  T_INT_EQ(len, 5);
+  T_INT_EQ(mp_queue_qsize(q), 1); /* kept */
+  void *whole = NULL;
+  MP_ASSERT_OK(mp_queue_get_alloc(q, &whole, &len, 0));
+  T_ASSERT(len == 5 && memcmp(whole, "hello", 5) == 0, "get_alloc gave %zu bytes", len);
+  free(whole);
+  MP_ASSERT_OK(mp_queue_release(q));
+}
+END_TEST
+
+START_TEST(test_maxsize_full_empty_timeouts) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 2));
+  MP_ASSERT_OK(mp_queue_put(q, "a", 1, 0));
+  MP_ASSERT_OK(mp_queue_put(q, "b", 1, 0));
+  T_INT_EQ(mp_queue_full(q), 1);
+  MP_ASSERT_ERR(mp_queue_put_nowait(q, "c", 1), MP_EFULL);
+  double t0 = mp_test_now();
+  MP_ASSERT_ERR(mp_queue_put(q, "c", 1, 0.1), MP_EFULL);
+  double waited = mp_test_now() - t0;
+  T_ASSERT(waited >= 0.099 && waited < 5, "put(0.1) on a full queue took %.3f s", waited);
+  char c;
+  size_t len;
+  MP_ASSERT_OK(mp_queue_get(q, &c, 1, &len, 0));
+  MP_ASSERT_OK(mp_queue_get(q, &c, 1, &len, 0));
+  T_INT_EQ(c, 'b');
+  t0 = mp_test_now();
+  MP_ASSERT_ERR(mp_queue_get(q, &c, 1, &len, 0.1), MP_EEMPTY);
+  waited = mp_test_now() - t0;
+  T_ASSERT(waited >= 0.099 && waited < 5, "get(0.1) on an empty queue took %.3f s", waited);
+  MP_ASSERT_ERR(mp_queue_get(q, &c, 1, &len, -1), MP_EEMPTY);
+  MP_ASSERT_OK(mp_queue_release(q));
+}
+END_TEST
+
+/* A ring of 4 KiB holds no more than its bytes, also without maxsize. */
+START_TEST(test_ring_bytes_bound) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
+  char block[500] = {0};
+  int n = 0;
+  while (mp_queue_put_nowait(q, block, sizeof block) == 0)
+    n++;
+  T_ASSERT(n >= 7 && n <= 8, "%d messages of 500 bytes in 4 KiB", n);
+  T_INT_EQ(mp_queue_full(q), 0); /* full() counts messages, as in Python */
+  MP_ASSERT_OK(mp_queue_release(q));
+}
+END_TEST
+
+/* A queue without maxsize takes what its first ring cannot hold: the ring grows. */
+START_TEST(test_ring_grows) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  unsigned char buf[MSG_MAX], got[MSG_MAX];
+  for (uint32_t i = 0; i < 20000; i++) /* about 6 MB */
+    MP_ASSERT_OK(mp_queue_put_nowait(q, buf, msg_make((tag_t){3, i}, buf)));
+  T_INT_EQ(mp_queue_qsize(q), 20000);
+  for (uint32_t i = 0; i < 20000; i++) {
+    size_t len = 0;
+    tag_t tag;
+    MP_ASSERT_OK(mp_queue_get_nowait(q, got, sizeof got, &len));
+    T_ASSERT(msg_valid(got, len, &tag) && tag.seq == i, "message %u is wrong", i);
+  }
+  MP_ASSERT_OK(mp_queue_release(q));
+}
+END_TEST
+
+typedef struct {
+  mp_queue_t *q, *out;
+  uint32_t id;
+} thread_job_t;
+
+static void *thread_producer(void *arg) {
+  thread_job_t *job = arg;
+  unsigned char buf[MSG_MAX];
+  for (uint32_t i = 0; i < 3000; i++)
+    if (mp_queue_put(job->q, buf, msg_make((tag_t){job->id, i}, buf), MP_FOREVER) != 0)
+      return (void *)1;
+  return NULL;
+}
+
+static void *thread_consumer(void *arg) {
+  job_t job = {.q = ((thread_job_t *)arg)->q, .out = ((thread_job_t *)arg)->out};
+  return t_consumer(&job, sizeof job) == 0 ? NULL : (void *)2;
+}
+
+/* Every tag of producers x count must come from out exactly once, then nothing more; in
+ * each producer's order if ordered (one consumer forwarded them). */
+static void expect_tags(mp_queue_t *out, uint32_t producers, uint32_t count, bool ordered) {
+  uint8_t *seen = calloc((size_t)producers * count, 1);
+  uint32_t *next = calloc(producers, sizeof *next);
+  tag_t tag;
+  size_t len;
+  for (uint32_t k = 0; k < producers * count; k++) {
+    MP_ASSERT_OK(mp_queue_get(out, &tag, sizeof tag, &len, 30));
+    T_ASSERT(len == sizeof tag && tag.producer < producers && tag.seq < count &&
+                 !seen[(size_t)tag.producer * count + tag.seq]++,
+             "tag %u/%u twice or bad", tag.producer, tag.seq);
+    T_ASSERT(!ordered || tag.seq == next[tag.producer], "producer %u: %u where %u was due",
+             tag.producer, tag.seq, next[tag.producer]);
+    next[tag.producer] = tag.seq + 1;
+  }
+  MP_ASSERT_ERR(mp_queue_get(out, &tag, sizeof tag, &len, 0.05), MP_EEMPTY);
+  free(seen);
+  free(next);
+}
+
+START_TEST(test_threads) {
+  mp_queue_t *q, *out;
+  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 8192));
+  MP_ASSERT_OK(mp_queue_create(&out, 0));
+  pthread_t prod[2], cons[2];
+  thread_job_t jobs[2] = {{q, out, 0}, {q, out, 1}};
+  for (int i = 0; i < 2; i++) {
+    T_INT_EQ(pthread_create(&prod[i], NULL, thread_producer, &jobs[i]), 0);
+    T_INT_EQ(pthread_create(&cons[i], NULL, thread_consumer, &jobs[i]), 0);
+  }
+  void *result;
+  for (int i = 0; i < 2; i++) {
+    T_INT_EQ(pthread_join(prod[i], &result), 0);
+    T_ASSERT(result == NULL, "a producer thread failed");
+  }
+  MP_ASSERT_OK(mp_queue_close(q));
+  for (int i = 0; i < 2; i++) {
+    T_INT_EQ(pthread_join(cons[i], &result), 0);
+    T_ASSERT(result == NULL, "a consumer thread failed");
+  }
+  expect_tags(out, 2, 3000, false); /* two consumers interleave their forwarding */
+  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_release(out));
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Across processes.                                                                     */
+
+/* Three producer processes, the test process consumes: each producer's order holds. */
+START_TEST(test_order_per_producer) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 16384));
+  mp_process_t *p[3];
+  for (uint32_t i = 0; i < 3; i++)
+    p[i] = start_job(_i, t_producer, &(job_t){.q = q, .id = i, .count = 2000});
+  uint32_t next[3] = {0};
+  unsigned char buf[MSG_MAX];
+  for (int k = 0; k < 6000; k++) {
+    size_t len;
+    tag_t tag;
+    MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 30));
+    T_ASSERT(msg_valid(buf, len, &tag) && tag.producer < 3, "a bad message");
+    T_ASSERT(tag.seq == next[tag.producer], "producer %u: %u where %u was due", tag.producer,
+             tag.seq, next[tag.producer]);
+    next[tag.producer]++;
+  }
+  for (int i = 0; i < 3; i++)
+    join_ok(p[i]);
+  MP_ASSERT_OK(mp_queue_release(q));
+}
+END_TEST
+
+/* Three producers, three consumers: every message once, checked by content. */
+/* A producer puts 6 MB that nobody takes yet, and ends: its puts never waited, and its
+ * messages stay (no feeder thread to flush); the ring grew in its process, seen here. */
+START_TEST(test_growth_across_processes) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  job_t job = {.q = q, .id = 0, .count = 20000};
+  join_ok(start_job(_i, t_producer, &job));
+  T_INT_EQ(mp_queue_qsize(q), 20000);
+  /* Consumers in two processes, while the ring grows further under a second producer. */
+  mp_queue_t *out;
+  MP_ASSERT_OK(mp_queue_create(&out, 0));
+  mp_process_t *cons = start_job(_i, t_consumer, &(job_t){.q = q, .out = out});
+  mp_process_t *prod = start_job(_i, t_producer, &(job_t){.q = q, .id = 1, .count = 20000});
+  join_ok(prod);
+  MP_ASSERT_OK(mp_queue_close(q));
+  join_ok(cons);
+  expect_tags(out, 2, 20000, true);
+  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_release(out));
+}
+END_TEST
+
+START_TEST(test_many_to_many) {
+  mp_queue_t *q, *out;
+  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 16384));
+  MP_ASSERT_OK(mp_queue_create(&out, 0));
+  mp_process_t *prod[3], *cons[3];
+  for (uint32_t i = 0; i < 3; i++) {
+    cons[i] = start_job(_i, t_consumer, &(job_t){.q = q, .out = out});
+    prod[i] = start_job(_i, t_producer, &(job_t){.q = q, .id = i, .count = 1500});
+  }
+  for (int i = 0; i < 3; i++)
+    join_ok(prod[i]);
+  MP_ASSERT_OK(mp_queue_close(q));
+  for (int i = 0; i < 3; i++)
+    join_ok(cons[i]);
+  expect_tags(out, 3, 1500, false);
+  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_release(out));
+}
+END_TEST
+
+#define BIG ((size_t)64 << 20)
+
+typedef struct {
+  mp_queue_t *q, *back;
+  uint64_t hash;
+} big_job_t;
+
+/* Takes the 64 MiB message, checks it, sends it back. */
+static int t_big_echo(void *arg, size_t size) {
+  big_job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  void *buf = NULL;
+  size_t len = 0;
+  if (mp_queue_get_alloc(job->q, &buf, &len, 30) != 0)
+    return 2;
+  int rc = len != BIG ? 3 : fnv1a(buf, len) != job->hash ? 4 : 0;
+  if (rc == 0 && mp_queue_put(job->back, buf, len, 30) != 0)
+    rc = 5;
+  free(buf);
+  return rc;
+}
+
+START_TEST(test_64mib_message) {
+  big_job_t job;
+  MP_ASSERT_OK(mp_queue_create_sized(&job.q, 0, 65536));
+  MP_ASSERT_OK(mp_queue_create_sized(&job.back, 0, 4096));
+  unsigned char *big = malloc(BIG);
+  T_ASSERT(big != NULL, "malloc");
+  for (size_t i = 0; i < BIG; i++)
+    big[i] = (unsigned char)(i * 2654435761u >> 13);
+  job.hash = fnv1a(big, BIG);
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(_i), t_big_echo, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  MP_ASSERT_OK(mp_queue_put(job.q, big, BIG, 30));
+  memset(big, 0, BIG);
+  size_t len = 0;
+  MP_ASSERT_ERR(mp_queue_get(job.back, big, 100, &len, 30), MP_ETOOSMALL);
+  T_INT_EQ(len, BIG);
+  MP_ASSERT_OK(mp_queue_get(job.back, big, BIG, &len, 30));
+  T_ASSERT(len == BIG && fnv1a(big, BIG) == job.hash, "the echo differs");
+  join_ok(p);
+  free(big);
+  MP_ASSERT_OK(mp_queue_release(job.q));
+  MP_ASSERT_OK(mp_queue_release(job.back));
+}
+END_TEST
+
+/* The seed lecture's producer and consumer: squares until the poison pill -1. */
+typedef struct {
+  mp_queue_t *q, *results;
+} pill_job_t;
+
+static int t_creator(void *arg, size_t size) {
+  pill_job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  const int data[] = {5, 10, 13, 4, 3, -1};
+  for (size_t i = 0; i < 6; i++)
+    if (mp_queue_put(job->q, &data[i], sizeof data[i], MP_FOREVER) != 0)
+      return 2;
+  return 0;
+}
+
+static int t_squarer(void *arg, size_t size) {
+  pill_job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  for (;;) {
+    int x;
+    size_t len;
+    if (mp_queue_get(job->q, &x, sizeof x, &len, MP_FOREVER) != 0 || len != sizeof x)
+      return 2;
+    if (x == -1) /* the poison pill */
+      return 0;
+    int square = x * x;
+    if (mp_queue_put(job->results, &square, sizeof square, MP_FOREVER) != 0)
+      return 3;
+  }
+}
+
+START_TEST(test_poison_pill) {
+  pill_job_t job;
+  MP_ASSERT_OK(mp_queue_create(&job.q, 0));
+  MP_ASSERT_OK(mp_queue_create(&job.results, 0));
+  mp_process_t *creator, *consumer;
+  T_PROC_NEW(&consumer, mp_test_ctx(_i), t_squarer, &job, sizeof job, "consumer");
+  T_PROC_NEW(&creator, mp_test_ctx(_i), t_creator, &job, sizeof job, "creator");
+  MP_ASSERT_OK(mp_process_start(consumer));
+  MP_ASSERT_OK(mp_process_start(creator));
+  /* Joining a producer whose items nobody took yet cannot hang: no feeder thread. */
+  join_ok(creator);
+  join_ok(consumer);
+  const int want[] = {25, 100, 169, 16, 9};
+  for (int i = 0; i < 5; i++) {
+    int got;
+    size_t len;
+    MP_ASSERT_OK(mp_queue_get_nowait(job.results, &got, sizeof got, &len));
+    T_INT_EQ(got, want[i]);
+  }
+  T_INT_EQ(mp_queue_empty(job.results), 1);
+  MP_ASSERT_OK(mp_queue_release(job.q));
+  MP_ASSERT_OK(mp_queue_release(job.results));
+}
+END_TEST
+
+/* Blocks in a get or a put of the queue (full with maxsize 1) until it is closed. */
+static int t_blocked_until_closed(void *arg, size_t size) {
+  job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  char c;
+  size_t len;
+  int get = mp_queue_get(job->q, &c, 1, &len, MP_FOREVER);
+  int put = mp_queue_put(job->out, "x", 1, MP_FOREVER);
+  return get == MP_ECLOSED && put == MP_ECLOSED ? 0 : 2;
+}
+
+START_TEST(test_close) {
+  mp_queue_t *q, *full;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  MP_ASSERT_OK(mp_queue_create(&full, 1));
+  MP_ASSERT_OK(mp_queue_put(full, "f", 1, 0));
+  mp_process_t *p = start_job(_i, t_blocked_until_closed, &(job_t){.q = q, .out = full});
+  MP_ASSERT_ERR(mp_process_join(p, 0.2), MP_ETIMEDOUT);
+  MP_ASSERT_OK(mp_queue_close(q));
+  MP_ASSERT_OK(mp_queue_close(full));
+  join_ok(p);
+  /* Messages put before the close are still taken; then ECLOSED, at once, forever. */
+  mp_queue_t *r;
+  MP_ASSERT_OK(mp_queue_create(&r, 0));
+  MP_ASSERT_OK(mp_queue_put(r, "1", 1, 0));
+  MP_ASSERT_OK(mp_queue_close(r));
+  MP_ASSERT_OK(mp_queue_close(r));
+  MP_ASSERT_ERR(mp_queue_put(r, "2", 1, MP_FOREVER), MP_ECLOSED);
+  char c;
+  size_t len;
+  MP_ASSERT_OK(mp_queue_get(r, &c, 1, &len, MP_FOREVER));
+  T_INT_EQ(c, '1');
+  MP_ASSERT_ERR(mp_queue_get(r, &c, 1, &len, MP_FOREVER), MP_ECLOSED);
+  MP_ASSERT_ERR(mp_queue_get_nowait(r, &c, 1, &len), MP_ECLOSED);
+  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_release(full));
+  MP_ASSERT_OK(mp_queue_release(r));
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Readiness fd.                                                                          */
+
+static int poll_in(int fd, int timeout_ms) {
+  struct pollfd pfd = {.fd = fd, .events = POLLIN};
+  int n;
+  do
+    n = poll(&pfd, 1, timeout_ms);
+  while (n < 0 && errno == EINTR);
+  return n;
+}
+
+static int t_put_one(void *arg, size_t size) {
+  job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  return mp_queue_put(job->q, "from child", 10, 10) == 0 ? 0 : 2;
+}
+
+START_TEST(test_fileno_in_parent) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  MP_ASSERT_OK(mp_queue_put(q, "early", 5, 0));
+  int fd = mp_queue_fileno(q);
+  T_ASSERT(fd >= 0, "fileno %d", fd);
+  T_INT_EQ(mp_queue_fileno(q), fd);
+  T_INT_EQ(poll_in(fd, 5000), 1); /* put before the fd existed: readable at once */
+  char buf[16];
+  size_t len;
+  MP_ASSERT_OK(mp_queue_get_nowait(q, buf, sizeof buf, &len));
+  MP_ASSERT_ERR(mp_queue_get_nowait(q, buf, sizeof buf, &len), MP_EEMPTY);
+  T_INT_EQ(poll_in(fd, 50), 0); /* the empty get cleared it */
+  mp_process_t *p = start_job(_i, t_put_one, &(job_t){.q = q});
+  T_INT_EQ(poll_in(fd, 10000), 1);
+  MP_ASSERT_OK(mp_queue_get_nowait(q, buf, sizeof buf, &len));
+  T_ASSERT(len == 10 && memcmp(buf, "from child", 10) == 0, "the child's message");
+  join_ok(p);
+  MP_ASSERT_ERR(mp_queue_get_nowait(q, buf, sizeof buf, &len), MP_EEMPTY);
+  T_INT_EQ(poll_in(fd, 50), 0);
+  MP_ASSERT_OK(mp_queue_close(q));
+  T_INT_EQ(poll_in(fd, 5000), 1);
+  MP_ASSERT_OK(mp_queue_release(q));
+}
+END_TEST
+
+/* Gets a queue handle that did not exist when it started, polls its fd, takes a message. */
+static int t_poll_later_queue(void *arg, size_t size) {
+  job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  mp_queue_t *later;
+  size_t len;
+  if (mp_queue_get(job->q, &later, sizeof later, &len, 30) != 0 || len != sizeof later)
+    return 2;
+  int fd = mp_queue_fileno(later);
+  if (fd < 0)
+    return 3;
+  if (mp_queue_put(job->out, "polling", 7, 10) != 0)
+    return 4;
+  if (poll_in(fd, 30000) != 1)
+    return 5;
+  char buf[16];
+  if (mp_queue_get_nowait(later, buf, sizeof buf, &len) != 0 || len != 4 ||
+      memcmp(buf, "ring", 4) != 0)
+    return 6;
+  if (mp_queue_get_nowait(later, buf, sizeof buf, &len) != MP_EEMPTY || poll_in(fd, 0) != 0)
+    return 7;
+  return mp_queue_release(later) == 0 ? 0 : 8;
+}
+
+/* A child that polls the queue it will be handed (t_poll_later_queue), with the control
+ * queues to hand it over. */
+typedef struct {
+  mp_process_t *proc;
+  mp_queue_t *ctl, *back;
+} poller_t;
+
+static poller_t start_poller(int method) {
+  poller_t p;
+  MP_ASSERT_OK(mp_queue_create(&p.ctl, 0));
+  MP_ASSERT_OK(mp_queue_create(&p.back, 0));
+  p.proc = start_job(method, t_poll_later_queue, &(job_t){.q = p.ctl, .out = p.back});
+  return p;
+}
+
+/* Hands q to the poller (retained for it), waits until it polls, puts the message that
+ * must wake it, and joins it. */
+static void ring_poller(poller_t p, mp_queue_t *q) {
+  MP_ASSERT_OK(mp_queue_retain(q)); /* the child's reference */
+  MP_ASSERT_OK(mp_queue_put(p.ctl, &q, sizeof q, 0));
+  char buf[16];
+  size_t len;
+  MP_ASSERT_OK(mp_queue_get(p.back, buf, sizeof buf, &len, 30));
+  mp_test_sleep(0.05); /* let it reach poll() (either way it must see the ring) */
+  MP_ASSERT_OK(mp_queue_put(q, "ring", 4, 0));
+  join_ok(p.proc); /* it was woken and took the message */
+  MP_ASSERT_OK(mp_queue_release(p.ctl));
+  MP_ASSERT_OK(mp_queue_release(p.back));
+}
+
+START_TEST(test_fileno_in_child_for_later_queue) {
+  poller_t p = start_poller(_i);
+  mp_queue_t *later;
+  MP_ASSERT_OK(mp_queue_create(&later, 0)); /* after the child started */
+  ring_poller(p, later);
+  MP_ASSERT_OK(mp_queue_release(later));
+}
+END_TEST
+
+/* A child polls the queue beside the parent, with a doorbell of its own (a forked child
+ * drops its copy of the parent's): a put rings both. */
+START_TEST(test_fileno_in_two_processes) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  int fd = mp_queue_fileno(q);
+  T_ASSERT(fd >= 0, "fileno %d", fd);
+  ring_poller(start_poller(_i), q);
+  T_INT_EQ(poll_in(fd, 5000), 1);
+  char buf[16];
+  size_t len;
+  MP_ASSERT_ERR(mp_queue_get_nowait(q, buf, sizeof buf, &len), MP_EEMPTY);
+  T_INT_EQ(poll_in(fd, 50), 0);
+  MP_ASSERT_OK(mp_queue_release(q));
+}
+END_TEST
+
+/* Makes a doorbell for the queue and ends without releasing it. */
+static int t_poll_and_leave(void *arg, size_t size) {
+  job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  return mp_queue_fileno(job->q) >= 0 ? 0 : 2;
+}
+
+/* More processes than the queue has doorbell slots poll it and end: the slots of the dead
+ * are found (their names refuse a ring) and reused. */
+START_TEST(test_dead_pollers_dropped) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  for (int k = 0; k < 70; k++)
+    join_ok(start_job(_i, t_poll_and_leave, &(job_t){.q = q}));
+  int fd = mp_queue_fileno(q);
+  T_ASSERT(fd >= 0, "fileno after 70 dead pollers: %d", fd);
+  MP_ASSERT_OK(mp_queue_put(q, "x", 1, 0));
+  T_INT_EQ(poll_in(fd, 5000), 1);
+  MP_ASSERT_OK(mp_queue_release(q));
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Deaths.                                                                                */
+
+START_TEST(test_consumer_killed_while_blocked) {
+  mp_queue_t *q, *out;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  MP_ASSERT_OK(mp_queue_create(&out, 0));
+  mp_process_t *victim = start_job(_i, t_consumer, &(job_t){.q = q, .out = out});
+  MP_ASSERT_ERR(mp_process_join(victim, 0.2), MP_ETIMEDOUT); /* blocked in get */
+  MP_ASSERT_OK(mp_process_kill(victim));
+  T_INT_EQ(mp_test_join_code(victim, 10), -SIGKILL);
+  T_PROC_CLOSE(victim);
+  mp_process_t *cons = start_job(_i, t_consumer, &(job_t){.q = q, .out = out});
+  mp_process_t *prod = start_job(_i, t_producer, &(job_t){.q = q, .id = 0, .count = 500});
+  join_ok(prod);
+  expect_tags(out, 1, 500, true);
+  MP_ASSERT_OK(mp_queue_close(q));
+  join_ok(cons);
+  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_release(out));
+}
+END_TEST
+
+/*
+ * A put or get that dies in its copy, deterministically: the message (or the receiving
+ * buffer) has a PROT_NONE page in its middle, so the copy faults there; the handler writes
+ * the job's file (so the test knows the process is inside the call, holding the lock) and
+ * waits for the SIGKILL.
+ */
+static char g_fault_path[64];
+
+static void on_fault(int sig) {
+  (void)sig;
+  int fd = open(g_fault_path, O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd >= 0) {
+    if (write(fd, "in copy\n", 8) != 8) {
+    }
+    close(fd);
+  }
+  for (;;)
+    pause();
+}
+
+/* A buffer of len bytes whose page at len / 2 cannot be touched. */
+static unsigned char *trap_buffer(size_t len) {
+  size_t page = (size_t)sysconf(_SC_PAGESIZE), span = (len + 2 * page) & ~(page - 1);
+  unsigned char *buf =
+      mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (buf == MAP_FAILED)
+    return NULL;
+  memset(buf, 'm', span);
+  if (mprotect(buf + ((len / 2) & ~(page - 1)), page, PROT_NONE) != 0)
+    return NULL;
+  return buf;
+}
+
+static int arm_fault(const char *path) {
+  memcpy(g_fault_path, path, sizeof g_fault_path);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_fault;
+  sigemptyset(&sa.sa_mask);
+  return sigaction(SIGSEGV, &sa, NULL);
+}
+
+/* Puts a good message, then dies in the copy of a second one of count bytes. */
+static int t_die_in_put(void *arg, size_t size) {
+  job_t *job = arg;
+  if (size != sizeof *job || arm_fault(job->path) != 0)
+    return 90;
+  if (mp_queue_put(job->q, "before", 6, 10) != 0)
+    return 2;
+  unsigned char *trap = trap_buffer(job->count);
+  if (!trap)
+    return 3;
+  mp_queue_put(job->q, trap, job->count, 10);
+  return 4; /* not reached: the copy faults */
+}
+
+START_TEST(test_producer_killed_mid_put) {
+  /* Inline (a quarter of the ring's eighth) and spilled (2 MiB) messages. */
+  const uint32_t sizes[] = {20000, 2u << 20};
+  for (int k = 0; k < 2; k++) {
+    mp_queue_t *q;
+    MP_ASSERT_OK(mp_queue_create(&q, 0));
+    job_t job = {.q = q, .count = sizes[k]};
+    char *path = make_temp_file();
+    snprintf(job.path, sizeof job.path, "%s", path);
+    mp_process_t *victim = start_job(_i, t_die_in_put, &job);
+    T_ASSERT(wait_file(path, 20), "the producer never reached its copy");
+    MP_ASSERT_OK(mp_process_kill(victim));
+    T_INT_EQ(mp_test_join_code(victim, 10), -SIGKILL);
+    T_PROC_CLOSE(victim);
+    /* The lock it held is recovered, its half message dropped, the others carry on. */
+    MP_ASSERT_OK(mp_queue_put(q, "after", 5, 5));
+    mp_process_t *prod = start_job(_i, t_put_one, &(job_t){.q = q});
+    join_ok(prod);
+    char buf[16];
+    size_t len;
+    MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 5));
+    T_ASSERT(len == 6 && memcmp(buf, "before", 6) == 0, "the first message");
+    MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 5));
+    T_ASSERT(len == 5 && memcmp(buf, "after", 5) == 0, "the second message");
+    MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 5));
+    T_ASSERT(len == 10 && memcmp(buf, "from child", 10) == 0, "the third message");
+    MP_ASSERT_ERR(mp_queue_get_nowait(q, buf, sizeof buf, &len), MP_EEMPTY);
+    MP_ASSERT_OK(mp_queue_release(q));
+    unlink(path);
+    free(path);
+  }
+}
+END_TEST
+
+/* Dies in the copy of a get into a buffer with a hole. */
+static int t_die_in_get(void *arg, size_t size) {
+  job_t *job = arg;
+  if (size != sizeof *job || arm_fault(job->path) != 0)
+    return 90;
+  unsigned char *trap = trap_buffer(job->count);
+  size_t len;
+  if (!trap)
+    return 3;
+  mp_queue_get(job->q, trap, job->count, &len, 10);
+  return 4;
+}
+
+START_TEST(test_consumer_killed_mid_get) {
+  const uint32_t sizes[] = {20000, 2u << 20};
+  for (int k = 0; k < 2; k++) {
+    mp_queue_t *q;
+    MP_ASSERT_OK(mp_queue_create(&q, 0));
+    unsigned char *msg = malloc(sizes[k]), *got = malloc(sizes[k]);
+    for (uint32_t i = 0; i < sizes[k]; i++)
+      msg[i] = (unsigned char)(i * 7);
+    MP_ASSERT_OK(mp_queue_put(q, msg, sizes[k], 0));
+    MP_ASSERT_OK(mp_queue_put(q, "second", 6, 0));
+    job_t job = {.q = q, .count = sizes[k]};
+    char *path = make_temp_file();
+    snprintf(job.path, sizeof job.path, "%s", path);
+    mp_process_t *victim = start_job(_i, t_die_in_get, &job);
+    T_ASSERT(wait_file(path, 20), "the consumer never reached its copy");
+    MP_ASSERT_OK(mp_process_kill(victim));
+    T_INT_EQ(mp_test_join_code(victim, 10), -SIGKILL);
+    T_PROC_CLOSE(victim);
+    /* It never returned the message: it is still first, whole. */
+    size_t len;
+    MP_ASSERT_OK(mp_queue_get(q, got, sizes[k], &len, 5));
+    T_ASSERT(len == sizes[k] && memcmp(got, msg, len) == 0, "the message was damaged");
+    MP_ASSERT_OK(mp_queue_get(q, got, sizes[k], &len, 5));
+    T_ASSERT(len == 6 && memcmp(got, "second", 6) == 0, "the second message");
+    MP_ASSERT_OK(mp_queue_release(q));
+    free(msg);
+    free(got);
+    unlink(path);
+    free(path);
+  }
+}
+END_TEST
+
+/* ===================================================================================== */
+/* JoinableQueue and SimpleQueue.                                                        */
+
+static int t_worker_done(void *arg, size_t size) {
+  job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  for (uint32_t i = 0; i < job->count; i++) {
+    int x;
+    size_t len;
+    if (mp_queue_get(job->q, &x, sizeof x, &len, 30) != 0 || x != (int)i)
+      return 2;
+    mp_test_sleep(0.01);
+    if (mp_queue_task_done(job->q) != 0)
+      return 3;
+  }
+  return 0;
+}
+
+START_TEST(test_joinable) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_joinable_queue_create(&q, 0));
+  MP_ASSERT_OK(mp_queue_join(q, 0)); /* nothing put: nothing to wait for */
+  for (int i = 0; i < 5; i++)
+    MP_ASSERT_OK(mp_queue_put(q, &i, sizeof i, 0));
+  double t0 = mp_test_now();
+  MP_ASSERT_ERR(mp_queue_join(q, 0.1), MP_ETIMEDOUT);
+  T_ASSERT(mp_test_now() - t0 >= 0.099, "join(0.1) returned early");
+  mp_process_t *p = start_job(_i, t_worker_done, &(job_t){.q = q, .count = 5});
+  MP_ASSERT_OK(mp_queue_join(q, 30));
+  T_INT_EQ(mp_queue_empty(q), 1);
+  join_ok(p);
+  MP_ASSERT_ERR(mp_queue_task_done(q), MP_ETOOMANY);
+  mp_queue_t *plain;
+  MP_ASSERT_OK(mp_queue_create(&plain, 0));
+  MP_ASSERT_ERR(mp_queue_task_done(plain), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_join(plain, 0), MP_EINVAL);
+  MP_ASSERT_OK(mp_queue_release(plain));
+  MP_ASSERT_OK(mp_queue_release(q));
+}
+END_TEST
+
+typedef struct {
+  mp_simple_queue_t *q;
+} simple_job_t;
+
+/* Echoes messages until the queue is closed. */
+static int t_simple_echo(void *arg, size_t size) {
+  simple_job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  int got = 0;
+  for (;;) {
+    char buf[32];
+    size_t len;
+    int rc = mp_simple_queue_get(job->q, buf, sizeof buf, &len);
+    if (rc == MP_ECLOSED)
+      return got == 3 ? 0 : 2;
+    if (rc != 0 || len != 5 || memcmp(buf, "simpl", 5) != 0)
+      return 3;
+    got++;
+  }
+}
+
+START_TEST(test_simple_queue) {
+  simple_job_t job;
+  MP_ASSERT_OK(mp_simple_queue_create(&job.q));
+  T_INT_EQ(mp_simple_queue_empty(job.q), 1);
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(_i), t_simple_echo, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  int fd = mp_simple_queue_fileno(job.q);
+  T_ASSERT(fd >= 0, "fileno %d", fd);
+  for (int i = 0; i < 3; i++)
+    MP_ASSERT_OK(mp_simple_queue_put(job.q, "simpl", 5));
+  MP_ASSERT_ERR(mp_process_join(p, 0.1), MP_ETIMEDOUT); /* blocked, waiting for more */
+  MP_ASSERT_OK(mp_simple_queue_close(job.q));
+  join_ok(p);
+  MP_ASSERT_ERR(mp_simple_queue_put(job.q, "x", 1), MP_ECLOSED);
+  void *buf = NULL;
+  size_t len;
+  MP_ASSERT_ERR(mp_simple_queue_get_alloc(job.q, &buf, &len), MP_ECLOSED);
+  MP_ASSERT_OK(mp_simple_queue_retain(job.q));
+  MP_ASSERT_OK(mp_simple_queue_release(job.q));
+  MP_ASSERT_OK(mp_simple_queue_release(job.q));
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Bad input.                                                                             */
+
+START_TEST(test_bad_input) {
+  MP_ASSERT_ERR(mp_queue_create(NULL, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_simple_queue_create(NULL), MP_EINVAL);
+  mp_queue_t *q;
+  MP_ASSERT_ERR(mp_queue_create_sized(&q, 0, (size_t)1 << 30), MP_EINVAL);
+  char buf[8];
+  size_t len;
+  int not_a_queue[64] = {0};
+  mp_queue_t *fake = (mp_queue_t *)not_a_queue;
+  MP_ASSERT_ERR(mp_queue_put(NULL, "x", 1, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_put(fake, "x", 1, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_get(NULL, buf, sizeof buf, &len, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_get_alloc(NULL, NULL, &len, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_qsize(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_empty(fake), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_full(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_close(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_fileno(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_retain(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_release(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_task_done(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_join(NULL, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_simple_queue_put(NULL, "x", 1), MP_EINVAL);
+  MP_ASSERT_ERR(mp_simple_queue_get(NULL, buf, 1, &len), MP_EINVAL);
+  MP_ASSERT_ERR(mp_simple_queue_empty(NULL), MP_EINVAL);
+
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  MP_ASSERT_ERR(mp_queue_put(q, NULL, 1, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_put(q, "x", (size_t)1 << 62, 0), MP_EMSGSIZE);
+  MP_ASSERT_OK(mp_queue_put(q, "x", 1, 0));
+  MP_ASSERT_ERR(mp_queue_get(q, buf, sizeof buf, NULL, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_get(q, NULL, 1, &len, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_get_alloc(q, NULL, &len, 0), MP_EINVAL);
+  T_INT_EQ(mp_queue_qsize(q), 1); /* the bad calls took nothing */
+  /* A SimpleQueue is not a Queue, and the other way round. */
+  mp_simple_queue_t *sq;
+  MP_ASSERT_OK(mp_simple_queue_create(&sq));
+  MP_ASSERT_ERR(mp_queue_put((mp_queue_t *)sq, "x", 1, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_simple_queue_put((mp_simple_queue_t *)q, "x", 1), MP_EINVAL);
+  MP_ASSERT_OK(mp_simple_queue_release(sq));
+  MP_ASSERT_OK(mp_queue_release(q));
+  /* Released: the handle is refused (until its block is reused). */
+  MP_ASSERT_ERR(mp_queue_put(q, "x", 1, 0), MP_EINVAL);
+}
+END_TEST
+
+static Suite *queues_suite(void) {
+  Suite *s = suite_create("queues");
+  TCase *tc = mp_test_tcase(s, "local", 20);
+  tcase_add_test(tc, test_put_get_in_order);
+  tcase_add_test(tc, test_wrap_around);
+  tcase_add_test(tc, test_empty_and_small_buffer);
+  tcase_add_test(tc, test_maxsize_full_empty_timeouts);
+  tcase_add_test(tc, test_ring_bytes_bound);
+  tcase_add_test(tc, test_ring_grows);
+  tcase_add_test(tc, test_threads);
+  tcase_add_test(tc, test_bad_input);
+
+  tc = mp_test_tcase(s, "processes", 60);
+  tcase_add_loop_test(tc, test_order_per_producer, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_growth_across_processes, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_many_to_many, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_64mib_message, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_poison_pill, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_close, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "readiness", 30);
+  tcase_add_loop_test(tc, test_fileno_in_parent, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_fileno_in_child_for_later_queue, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_fileno_in_two_processes, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_dead_pollers_dropped, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "deaths", 60);
+  tcase_add_loop_test(tc, test_consumer_killed_while_blocked, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_producer_killed_mid_put, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_consumer_killed_mid_get, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "flavors", 30);
+  tcase_add_loop_test(tc, test_joinable, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_simple_queue, 0, N_METHODS);
+  return s;
+}
+
+MP_TEST_MAIN(queues_suite)
