@@ -230,7 +230,7 @@ static void run_queue_row(const bench_config_t *cfg, size_t size, int batch, boo
     bare_stop(s.ring);
     finish(bare_side);
   }
-  mp_queue_release(s.q);
+  mp_queue_free(s.q);
   munmap(s.ring, sizeof *s.ring);
   free(s.msg);
   free(s.mid);

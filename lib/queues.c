@@ -891,7 +891,7 @@ static int retain(mp_queue_t *q) {
   return 0;
 }
 
-static int release(mp_queue_t *q) {
+static int drop_reference(mp_queue_t *q) {
   drop_bell(q);
   if (atomic_fetch_sub(&q->refs, 1) != 1)
     return 0;
@@ -922,9 +922,9 @@ int mp_queue_retain(mp_queue_t *queue) {
   return rc < 0 ? rc : retain(queue);
 }
 
-int mp_queue_release(mp_queue_t *queue) {
-  int rc = check_queue(queue, "mp_queue_release");
-  return rc < 0 ? rc : release(queue);
+int mp_queue_free(mp_queue_t *queue) {
+  int rc = check_queue(queue, "mp_queue_free");
+  return rc < 0 ? rc : drop_reference(queue);
 }
 
 int mp_simple_queue_retain(mp_simple_queue_t *queue) {
@@ -932,7 +932,7 @@ int mp_simple_queue_retain(mp_simple_queue_t *queue) {
   return rc < 0 ? rc : retain(&queue->queue);
 }
 
-int mp_simple_queue_release(mp_simple_queue_t *queue) {
-  int rc = check_simple(queue, "mp_simple_queue_release");
-  return rc < 0 ? rc : release(&queue->queue);
+int mp_simple_queue_free(mp_simple_queue_t *queue) {
+  int rc = check_simple(queue, "mp_simple_queue_free");
+  return rc < 0 ? rc : drop_reference(&queue->queue);
 }

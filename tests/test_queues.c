@@ -159,7 +159,7 @@ START_TEST(test_put_get_in_order) {
   size_t len = 0;
   MP_ASSERT_ERR(mp_queue_get_nowait(q, got, sizeof got, &len), MP_EEMPTY);
   T_INT_EQ(mp_queue_qsize(q), 0);
-  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
 
@@ -178,7 +178,7 @@ START_TEST(test_wrap_around) {
     T_ASSERT(msg_valid(got, len, &tag) && tag.seq == taken, "message %u is wrong", taken);
     taken++;
   }
-  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
 
@@ -198,7 +198,7 @@ START_TEST(test_empty_and_small_buffer) {
   MP_ASSERT_OK(mp_queue_get_alloc(q, &whole, &len, 0));
   T_ASSERT(len == 5 && memcmp(whole, "hello", 5) == 0, "get_alloc gave %zu bytes", len);
   free(whole);
-  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
 
@@ -223,7 +223,7 @@ START_TEST(test_maxsize_full_empty_timeouts) {
   waited = mp_test_now() - t0;
   T_ASSERT(waited >= 0.099 && waited < 5, "get(0.1) on an empty queue took %.3f s", waited);
   MP_ASSERT_ERR(mp_queue_get(q, &c, 1, &len, -1), MP_EEMPTY);
-  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
 
@@ -237,7 +237,7 @@ START_TEST(test_ring_bytes_bound) {
     n++;
   T_ASSERT(n >= 7 && n <= 8, "%d messages of 500 bytes in 4 KiB", n);
   T_INT_EQ(mp_queue_full(q), 0); /* full() counts messages, as in Python */
-  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
 
@@ -255,7 +255,7 @@ START_TEST(test_ring_grows) {
     MP_ASSERT_OK(mp_queue_get_nowait(q, got, sizeof got, &len));
     T_ASSERT(msg_valid(got, len, &tag) && tag.seq == i, "message %u is wrong", i);
   }
-  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
 
@@ -320,8 +320,8 @@ START_TEST(test_threads) {
     T_ASSERT(result == NULL, "a consumer thread failed");
   }
   expect_tags(out, 2, 3000, false); /* two consumers interleave their forwarding */
-  MP_ASSERT_OK(mp_queue_release(q));
-  MP_ASSERT_OK(mp_queue_release(out));
+  MP_ASSERT_OK(mp_queue_free(q));
+  MP_ASSERT_OK(mp_queue_free(out));
 }
 END_TEST
 
@@ -348,7 +348,7 @@ START_TEST(test_order_per_producer) {
   }
   for (int i = 0; i < 3; i++)
     join_ok(p[i]);
-  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
 
@@ -370,8 +370,8 @@ START_TEST(test_growth_across_processes) {
   MP_ASSERT_OK(mp_queue_close(q));
   join_ok(cons);
   expect_tags(out, 2, 20000, true);
-  MP_ASSERT_OK(mp_queue_release(q));
-  MP_ASSERT_OK(mp_queue_release(out));
+  MP_ASSERT_OK(mp_queue_free(q));
+  MP_ASSERT_OK(mp_queue_free(out));
 }
 END_TEST
 
@@ -390,8 +390,8 @@ START_TEST(test_many_to_many) {
   for (int i = 0; i < 3; i++)
     join_ok(cons[i]);
   expect_tags(out, 3, 1500, false);
-  MP_ASSERT_OK(mp_queue_release(q));
-  MP_ASSERT_OK(mp_queue_release(out));
+  MP_ASSERT_OK(mp_queue_free(q));
+  MP_ASSERT_OK(mp_queue_free(out));
 }
 END_TEST
 
@@ -439,8 +439,8 @@ START_TEST(test_64mib_message) {
   T_ASSERT(len == BIG && fnv1a(big, BIG) == job.hash, "the echo differs");
   join_ok(p);
   free(big);
-  MP_ASSERT_OK(mp_queue_release(job.q));
-  MP_ASSERT_OK(mp_queue_release(job.back));
+  MP_ASSERT_OK(mp_queue_free(job.q));
+  MP_ASSERT_OK(mp_queue_free(job.back));
 }
 END_TEST
 
@@ -497,8 +497,8 @@ START_TEST(test_poison_pill) {
     T_INT_EQ(got, want[i]);
   }
   T_INT_EQ(mp_queue_empty(job.results), 1);
-  MP_ASSERT_OK(mp_queue_release(job.q));
-  MP_ASSERT_OK(mp_queue_release(job.results));
+  MP_ASSERT_OK(mp_queue_free(job.q));
+  MP_ASSERT_OK(mp_queue_free(job.results));
 }
 END_TEST
 
@@ -537,9 +537,9 @@ START_TEST(test_close) {
   T_INT_EQ(c, '1');
   MP_ASSERT_ERR(mp_queue_get(r, &c, 1, &len, MP_FOREVER), MP_ECLOSED);
   MP_ASSERT_ERR(mp_queue_get_nowait(r, &c, 1, &len), MP_ECLOSED);
-  MP_ASSERT_OK(mp_queue_release(q));
-  MP_ASSERT_OK(mp_queue_release(full));
-  MP_ASSERT_OK(mp_queue_release(r));
+  MP_ASSERT_OK(mp_queue_free(q));
+  MP_ASSERT_OK(mp_queue_free(full));
+  MP_ASSERT_OK(mp_queue_free(r));
 }
 END_TEST
 
@@ -584,7 +584,7 @@ START_TEST(test_fileno_in_parent) {
   T_INT_EQ(poll_in(fd, 50), 0);
   MP_ASSERT_OK(mp_queue_close(q));
   T_INT_EQ(poll_in(fd, 5000), 1);
-  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
 
@@ -610,7 +610,7 @@ static int t_poll_later_queue(void *arg, size_t size) {
     return 6;
   if (mp_queue_get_nowait(later, buf, sizeof buf, &len) != MP_EEMPTY || poll_in(fd, 0) != 0)
     return 7;
-  return mp_queue_release(later) == 0 ? 0 : 8;
+  return mp_queue_free(later) == 0 ? 0 : 8;
 }
 
 /* A child that polls the queue it will be handed (t_poll_later_queue), with the control
@@ -639,8 +639,8 @@ static void ring_poller(poller_t p, mp_queue_t *q) {
   mp_test_sleep(0.05); /* let it reach poll() (either way it must see the ring) */
   MP_ASSERT_OK(mp_queue_put(q, "ring", 4, 0));
   join_ok(p.proc); /* it was woken and took the message */
-  MP_ASSERT_OK(mp_queue_release(p.ctl));
-  MP_ASSERT_OK(mp_queue_release(p.back));
+  MP_ASSERT_OK(mp_queue_free(p.ctl));
+  MP_ASSERT_OK(mp_queue_free(p.back));
 }
 
 START_TEST(test_fileno_in_child_for_later_queue) {
@@ -648,7 +648,7 @@ START_TEST(test_fileno_in_child_for_later_queue) {
   mp_queue_t *later;
   MP_ASSERT_OK(mp_queue_create(&later, 0)); /* after the child started */
   ring_poller(p, later);
-  MP_ASSERT_OK(mp_queue_release(later));
+  MP_ASSERT_OK(mp_queue_free(later));
 }
 END_TEST
 
@@ -665,7 +665,7 @@ START_TEST(test_fileno_in_two_processes) {
   size_t len;
   MP_ASSERT_ERR(mp_queue_get_nowait(q, buf, sizeof buf, &len), MP_EEMPTY);
   T_INT_EQ(poll_in(fd, 50), 0);
-  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
 
@@ -688,7 +688,7 @@ START_TEST(test_dead_pollers_dropped) {
   T_ASSERT(fd >= 0, "fileno after 70 dead pollers: %d", fd);
   MP_ASSERT_OK(mp_queue_put(q, "x", 1, 0));
   T_INT_EQ(poll_in(fd, 5000), 1);
-  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
 
@@ -710,8 +710,8 @@ START_TEST(test_consumer_killed_while_blocked) {
   expect_tags(out, 1, 500, true);
   MP_ASSERT_OK(mp_queue_close(q));
   join_ok(cons);
-  MP_ASSERT_OK(mp_queue_release(q));
-  MP_ASSERT_OK(mp_queue_release(out));
+  MP_ASSERT_OK(mp_queue_free(q));
+  MP_ASSERT_OK(mp_queue_free(out));
 }
 END_TEST
 
@@ -798,7 +798,7 @@ START_TEST(test_producer_killed_mid_put) {
     MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 5));
     T_ASSERT(len == 10 && memcmp(buf, "from child", 10) == 0, "the third message");
     MP_ASSERT_ERR(mp_queue_get_nowait(q, buf, sizeof buf, &len), MP_EEMPTY);
-    MP_ASSERT_OK(mp_queue_release(q));
+    MP_ASSERT_OK(mp_queue_free(q));
     unlink(path);
     free(path);
   }
@@ -842,7 +842,7 @@ START_TEST(test_consumer_killed_mid_get) {
     T_ASSERT(len == sizes[k] && memcmp(got, msg, len) == 0, "the message was damaged");
     MP_ASSERT_OK(mp_queue_get(q, got, sizes[k], &len, 5));
     T_ASSERT(len == 6 && memcmp(got, "second", 6) == 0, "the second message");
-    MP_ASSERT_OK(mp_queue_release(q));
+    MP_ASSERT_OK(mp_queue_free(q));
     free(msg);
     free(got);
     unlink(path);
@@ -888,8 +888,8 @@ START_TEST(test_joinable) {
   MP_ASSERT_OK(mp_queue_create(&plain, 0));
   MP_ASSERT_ERR(mp_queue_task_done(plain), MP_EINVAL);
   MP_ASSERT_ERR(mp_queue_join(plain, 0), MP_EINVAL);
-  MP_ASSERT_OK(mp_queue_release(plain));
-  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_queue_free(plain));
+  MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
 
@@ -934,8 +934,8 @@ START_TEST(test_simple_queue) {
   size_t len;
   MP_ASSERT_ERR(mp_simple_queue_get_alloc(job.q, &buf, &len), MP_ECLOSED);
   MP_ASSERT_OK(mp_simple_queue_retain(job.q));
-  MP_ASSERT_OK(mp_simple_queue_release(job.q));
-  MP_ASSERT_OK(mp_simple_queue_release(job.q));
+  MP_ASSERT_OK(mp_simple_queue_free(job.q));
+  MP_ASSERT_OK(mp_simple_queue_free(job.q));
 }
 END_TEST
 
@@ -961,7 +961,7 @@ START_TEST(test_bad_input) {
   MP_ASSERT_ERR(mp_queue_close(NULL), MP_EINVAL);
   MP_ASSERT_ERR(mp_queue_fileno(NULL), MP_EINVAL);
   MP_ASSERT_ERR(mp_queue_retain(NULL), MP_EINVAL);
-  MP_ASSERT_ERR(mp_queue_release(NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_queue_free(NULL), MP_EINVAL);
   MP_ASSERT_ERR(mp_queue_task_done(NULL), MP_EINVAL);
   MP_ASSERT_ERR(mp_queue_join(NULL, 0), MP_EINVAL);
   MP_ASSERT_ERR(mp_simple_queue_put(NULL, "x", 1), MP_EINVAL);
@@ -981,8 +981,8 @@ START_TEST(test_bad_input) {
   MP_ASSERT_OK(mp_simple_queue_create(&sq));
   MP_ASSERT_ERR(mp_queue_put((mp_queue_t *)sq, "x", 1, 0), MP_EINVAL);
   MP_ASSERT_ERR(mp_simple_queue_put((mp_simple_queue_t *)q, "x", 1), MP_EINVAL);
-  MP_ASSERT_OK(mp_simple_queue_release(sq));
-  MP_ASSERT_OK(mp_queue_release(q));
+  MP_ASSERT_OK(mp_simple_queue_free(sq));
+  MP_ASSERT_OK(mp_queue_free(q));
   /* Released: the handle is refused (until its block is reused). */
   MP_ASSERT_ERR(mp_queue_put(q, "x", 1, 0), MP_EINVAL);
 }

@@ -36,7 +36,7 @@ typedef struct mp_queue_s mp_queue_t;
  * Creates a queue holding at most maxsize messages (0: no limit on their number, as in
  * Python). Its ring starts at 1 MiB and grows as needed up to 64 MiB, so a put waits only
  * for maxsize, or once the ring holds 64 MiB of records (a message larger than 128 KiB takes
- * 16 bytes of them). The creator holds one reference (mp_queue_release()). Errors:
+ * 16 bytes of them). The creator holds one reference (mp_queue_free()). Errors:
  * MP_EINVAL (queue NULL), MP_ENOMEM (the arena is full). Python: multiprocessing.Queue().
  */
 MP_EXTERN int mp_queue_create(mp_queue_t **queue, size_t maxsize);
@@ -116,15 +116,15 @@ MP_EXTERN int mp_queue_close(mp_queue_t *queue);
  * at once if the queue holds messages; after it turns readable, take messages with
  * mp_queue_get_nowait() until MP_EEMPTY (or MP_ECLOSED): the get that finds the queue empty
  * clears it. Owned by the queue: do not close it; it stays valid until this process's
- * mp_queue_release(). Errors: MP_EINVAL, MP_ENOMEM (64 processes poll the queue already),
+ * mp_queue_free(). Errors: MP_EINVAL, MP_ENOMEM (64 processes poll the queue already),
  * or a socket error. Python: Queue._reader, what connection.wait() waits on.
  */
 MP_EXTERN int mp_queue_fileno(mp_queue_t *queue);
 
 /*
  * Takes one more reference, for a process that may use the queue after the process that
- * gave it the handle released its own: retain for the child before starting it, and let the
- * child release. Errors: MP_EINVAL.
+ * gave it the handle freed its own: retain for the child before starting it, and let the
+ * child free it. Errors: MP_EINVAL.
  */
 MP_EXTERN int mp_queue_retain(mp_queue_t *queue);
 
@@ -133,7 +133,7 @@ MP_EXTERN int mp_queue_retain(mp_queue_t *queue);
  * messages still in it. The handle must not be used by this process afterwards (nor by any,
  * after the last). Errors: MP_EINVAL. Python: the queue's garbage collection.
  */
-MP_EXTERN int mp_queue_release(mp_queue_t *queue);
+MP_EXTERN int mp_queue_free(mp_queue_t *queue);
 
 /* ============================= JoinableQueue ============================= */
 
@@ -192,8 +192,8 @@ MP_EXTERN int mp_simple_queue_close(mp_simple_queue_t *queue);
 /* As mp_queue_fileno(). Python: SimpleQueue._reader. */
 MP_EXTERN int mp_simple_queue_fileno(mp_simple_queue_t *queue);
 
-/* As mp_queue_retain() and mp_queue_release(). */
+/* As mp_queue_retain() and mp_queue_free(). */
 MP_EXTERN int mp_simple_queue_retain(mp_simple_queue_t *queue);
-MP_EXTERN int mp_simple_queue_release(mp_simple_queue_t *queue);
+MP_EXTERN int mp_simple_queue_free(mp_simple_queue_t *queue);
 
 #endif /* MP_QUEUES_H */
