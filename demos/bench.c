@@ -62,6 +62,7 @@ void bench_pair(const bench_config_t *cfg, int default_iterations, bench_op_t li
 /* Every group of rows, in the order they run: the layers bottom to top. */
 static const bench_group_t *const groups[] = {
     &bench_process_group,
+    &bench_connection_group,
 };
 
 #define GROUP_COUNT (sizeof groups / sizeof groups[0])

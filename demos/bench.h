@@ -69,5 +69,6 @@ void bench_pair(const bench_config_t *cfg, int default_iterations, bench_op_t li
 
 /* The groups, one per layer. */
 extern const bench_group_t bench_process_group;
+extern const bench_group_t bench_connection_group;
 
 #endif /* BENCH_H */

@@ -283,6 +283,8 @@ MP_EXTERN int mp_cpu_count(void);
 /* Each area past processes has its own header under include/mp/, included here only (each
  * refuses to be included on its own): the user includes <mp.h>. */
 
+#include "mp/connection.h"
+
 #ifdef __cplusplus
 }
 #endif
