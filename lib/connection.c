@@ -76,7 +76,7 @@ static bool open_here(const mp_conn_t *conn) {
 static int check_conn(const mp_conn_t *conn, const char *what) {
   if (!conn)
     return mp__error(MP_EINVAL, "%s: conn is NULL", what);
-  if (conn->kind != MP__KIND_CONNECTION)
+  if (*(const uint32_t *)(const void *)conn != MP__KIND_CONNECTION) /* any alignment */
     return mp__error(MP_EINVAL, "%s: %p is not a connection end", what, (const void *)conn);
   return 0;
 }
@@ -291,7 +291,8 @@ static int read_header(mp_conn_t *conn, int fd, int64_t deadline, uint64_t *leng
 static int read_payload(mp_conn_t *conn, int fd, char *dest, uint64_t length) {
   uint32_t have = buffered(conn) - (uint32_t)HEADER;
   size_t part = have < length ? have : (size_t)length;
-  memcpy(dest, conn->buf + conn->start + HEADER, part);
+  if (part > 0) /* dest may be NULL for an empty message */
+    memcpy(dest, conn->buf + conn->start + HEADER, part);
   if (part == length) {
     conn->start += (uint32_t)(HEADER + length);
     return 0;
@@ -430,7 +431,8 @@ bool mp_conn_closed(const mp_conn_t *conn) {
 /* The argument scan's pass(): a word that only looks like an end is refused here. */
 static int pass_conn(void *obj, mp_process_t *proc) {
   mp_conn_t *conn = obj;
-  if (!mp__shared_contains((char *)conn + sizeof *conn - 1) || conn->index > 1)
+  if ((uintptr_t)obj % _Alignof(mp_conn_t) != 0 ||
+      !mp__shared_contains((char *)conn + sizeof *conn - 1) || conn->index > 1)
     return mp__error(MP_EINVAL, "mp_process_pass_conn: %p is not a connection end", obj);
   if (!open_here(conn))
     return mp__error(MP_ECLOSED, "mp_process_pass_conn: the connection end is closed in this "
