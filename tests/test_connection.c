@@ -114,6 +114,13 @@ static mp_process_t *start_with_end(int i, mp_target_t target, conn_job_t *job,
   return p;
 }
 
+/* Joins the child, checks its exit code, closes it and then the test's end. */
+static void end_child(mp_process_t *p, int code, mp_conn_t *mine) {
+  T_INT_EQ(mp_test_join_code(p, 30), code);
+  T_PROC_CLOSE(p);
+  MP_ASSERT_OK(mp_conn_close(mine));
+}
+
 /* ===================================================================================== */
 /* Messages.                                                                               */
 
@@ -229,9 +236,7 @@ START_TEST(test_too_small_keeps_message) {
     T_ASSERT(got == 1 << 20 && has_pattern(msg, got, 2000 + n), "message %zu changed", n);
     free(msg);
   }
-  T_INT_EQ(mp_test_join_code(p, 10), 0);
-  T_PROC_CLOSE(p);
-  MP_ASSERT_OK(mp_conn_close(mine));
+  end_child(p, 0, mine);
 }
 END_TEST
 
@@ -327,9 +332,7 @@ START_TEST(test_peer_killed) {
   MP_ASSERT_ERR(mp_conn_send(mine, big, size), MP_EEOF);
   free(big);
   pthread_join(thread, NULL);
-  T_INT_EQ(mp_test_join_code(p, 10), -SIGKILL);
-  T_PROC_CLOSE(p);
-  MP_ASSERT_OK(mp_conn_close(mine));
+  end_child(p, -SIGKILL, mine);
 }
 END_TEST
 
@@ -360,9 +363,7 @@ START_TEST(test_peer_closes) {
   T_INT_EQ(mp_process_is_alive(p), 1);
   MP_ASSERT_ERR(mp_conn_send(mine, "x", 1), MP_EEOF);
   MP_ASSERT_OK(mp_process_kill(p));
-  T_INT_EQ(mp_test_join_code(p, 10), -SIGKILL);
-  T_PROC_CLOSE(p);
-  MP_ASSERT_OK(mp_conn_close(mine));
+  end_child(p, -SIGKILL, mine);
 }
 END_TEST
 
@@ -503,9 +504,7 @@ START_TEST(test_one_way_pipe) {
     T_ASSERT(got == 5 && has_pattern((unsigned char *)buf, 5, 4000 + n), "message %zu", n);
   }
   MP_ASSERT_ERR(mp_conn_recv(r, buf, sizeof buf, &got, 10), MP_EEOF);
-  T_INT_EQ(mp_test_join_code(p, 10), 0);
-  T_PROC_CLOSE(p);
-  MP_ASSERT_OK(mp_conn_close(r));
+  end_child(p, 0, r);
 }
 END_TEST
 
