@@ -20,10 +20,11 @@
  * again: nothing is consumed before the length is known to fit.
  *
  * Deaths. The locks are robust. A holder that dies outside a read or write of the fd leaves
- * the stream whole; one that dies inside it may have cut a message, and the end is then
- * broken for good (MP_EEOF). A peer's death closes its fds: a receive sees end of file
- * after the messages already sent, a send fails with EPIPE (SIGPIPE ignored, see
- * ignore_sigpipe()).
+ * the stream whole; one that dies inside it may have cut a message, and that stream (this
+ * end's sends and the peer's receives, or this end's receives) is then broken for good
+ * (MP_EEOF), as the next holder of the lock finds. A peer's death closes its fds: a receive
+ * sees end of file after the messages already sent, a send fails with EPIPE (SIGPIPE ignored,
+ * see ignore_sigpipe()).
  */
 #include "internal.h"
 
@@ -99,13 +100,16 @@ static int end_fd(const mp_conn_t *conn, bool sending, const char *what) {
                    sending ? "receive" : "send");
 }
 
-/* Takes an end's lock for one direction; see "Deaths" above. */
-static int lock_end(pthread_mutex_t *lock, bool *inside, _Atomic bool *broken, int64_t deadline,
-                    const char *what) {
+/* Takes an end's lock for one direction; see "Deaths" above. A cut stream breaks broken and,
+ * for a send, also_broken: its receiving end's flag. */
+static int lock_end(pthread_mutex_t *lock, bool *inside, _Atomic bool *broken,
+                    _Atomic bool *also_broken, int64_t deadline, const char *what) {
   int rc = mp__mutex_lock(lock, deadline);
   if (rc == MP_EOWNERDEAD) {
     if (*inside)
       atomic_store(broken, true);
+    if (*inside && also_broken)
+      atomic_store(also_broken, true);
     *inside = false;
     rc = 0;
   }
@@ -233,7 +237,9 @@ int mp_conn_send_bytes(mp_conn_t *conn, const void *buf, size_t len, size_t offs
     return mp__error(MP_EINVAL, "mp_conn_send: bytes [%zu, %zu + %zu) of a %zu-byte buffer%s",
                      offset, offset, size, len, buf ? "" : " at NULL");
   ignore_sigpipe();
-  int rc = lock_end(&conn->wlock, &conn->writing, &conn->wbroken, INT64_MAX, "mp_conn_send");
+  mp_conn_t *peer = conn->index ? conn - 1 : conn + 1;
+  int rc = lock_end(&conn->wlock, &conn->writing, &conn->wbroken, &peer->rbroken, INT64_MAX,
+                    "mp_conn_send");
   if (rc < 0)
     return rc;
   uint64_t header = size;
@@ -322,7 +328,8 @@ static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t
   int fd = end_fd(conn, false, "mp_conn_recv");
   if (fd < 0)
     return fd;
-  int rc = lock_end(&conn->rlock, &conn->reading, &conn->rbroken, deadline, "mp_conn_recv");
+  int rc =
+      lock_end(&conn->rlock, &conn->reading, &conn->rbroken, NULL, deadline, "mp_conn_recv");
   if (rc < 0)
     return rc; /* with its own sentence */
   uint64_t length = 0;

@@ -336,6 +336,65 @@ START_TEST(test_peer_killed) {
 }
 END_TEST
 
+/* Says it is about to send, then sends a message far larger than the pipe. */
+typedef struct {
+  mp_conn_t *conn;
+  mp_conn_t *ready;
+} big_send_job_t;
+
+static int child_sends_big(void *arg, size_t size) {
+  (void)size;
+  big_send_job_t *job = arg;
+  size_t big = 4u << 20;
+  char *buf = calloc(1, big);
+  if (!buf || mp_conn_send(job->ready, "go", 2) < 0)
+    return 2;
+  mp_conn_send(job->conn, buf, big);
+  return 3;
+}
+
+static int child_send_fails(void *arg, size_t size) {
+  (void)size;
+  conn_job_t *job = arg;
+  return mp_conn_send(job->conn, "x", 1) == MP_EEOF ? 0 : 2;
+}
+
+/* A sender killed inside a message, on an end another process shares: the stream is cut, and
+ * both the next sender and the receiver are told, though the end is still open. */
+START_TEST(test_sender_killed_mid_message) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_conn_t *a, *b, *ready_a, *ready_b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  MP_ASSERT_OK(mp_pipe(true, &ready_a, &ready_b));
+  big_send_job_t big_job = {b, ready_b};
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, child_sends_big, &big_job, sizeof big_job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  char buf[16];
+  size_t got;
+  MP_ASSERT_OK(mp_conn_recv(ready_a, buf, sizeof buf, &got, 20));
+  mp_test_sleep(0.2); /* into its send, blocked on the full pipe */
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 10), -SIGKILL);
+  T_PROC_CLOSE(p);
+  conn_job_t job = {.conn = b};
+  T_PROC_NEW(&p, ctx, child_send_fails, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  T_INT_EQ(mp_test_join_code(p, 20), 0);
+  T_PROC_CLOSE(p);
+  /* b is still open here: only the broken stream can end this receive. */
+  MP_ASSERT_ERR(mp_conn_recv(a, buf, sizeof buf, &got, 5), MP_EEOF);
+  MP_ASSERT_ERR(mp_conn_send(b, "x", 1), MP_EEOF);
+  MP_ASSERT_OK(mp_conn_send(a, "back", 4)); /* the other direction is whole */
+  MP_ASSERT_OK(mp_conn_recv(b, buf, sizeof buf, &got, 5));
+  T_INT_EQ(got, 4);
+  MP_ASSERT_OK(mp_conn_close(a));
+  MP_ASSERT_OK(mp_conn_close(b));
+  MP_ASSERT_OK(mp_conn_close(ready_a));
+  MP_ASSERT_OK(mp_conn_close(ready_b));
+}
+END_TEST
+
 /* Sends one message after a pause, closes its end, and lives on until killed. */
 static int child_closes_and_lives(void *arg, size_t size) {
   (void)size;
@@ -647,6 +706,7 @@ static Suite *connection_suite(void) {
   tcase_add_test(tc, test_close_semantics);
   tcase_add_loop_test(tc, test_peer_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_peer_closes, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_sender_killed_mid_message, 0, N_METHODS);
   tc = mp_test_tcase(s, "passing", 30);
   tcase_add_loop_test(tc, test_both_ends_to_children, 0, N_METHODS);
   tcase_add_loop_test(tc, test_shared_end_whole_messages, 0, N_METHODS);
