@@ -51,11 +51,11 @@ MP_EXTERN int mp_pipe(bool duplex, mp_conn_t **a, mp_conn_t **b);
 
 /*
  * Sends size bytes of buf as one message (0 bytes is an empty message, as Python's b"").
- * Blocks while the pipe is full, until the peer reads or goes away; never returns having
- * sent part of a message. The caller keeps buf. Errors: MP_EINVAL (conn NULL, buf NULL with
- * size > 0, a receive-only end), MP_ECLOSED (closed in this process, or never passed to it),
- * MP_EEOF (no process holds the peer end: nothing can receive). Python:
- * Connection.send_bytes(buf).
+ * Blocks while the pipe is full, until the peer reads or goes away, and returns 0 once the
+ * whole message is in the pipe. The caller keeps buf. Errors: MP_EINVAL (conn NULL, buf NULL
+ * with size > 0, a receive-only end), MP_ECLOSED (closed in this process, or never passed to
+ * it), MP_EEOF (no process holds the peer end: nothing can receive; or a process died in the
+ * middle of a message on this end). Python: Connection.send_bytes(buf).
  */
 MP_EXTERN int mp_conn_send(mp_conn_t *conn, const void *buf, size_t size);
 
