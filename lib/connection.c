@@ -480,7 +480,8 @@ static int conn_ready(void *obj) {
 
 static const mp__waitable_ops_t conn_waitable = {conn_ready, conn_poll_fd};
 
-__attribute__((constructor)) static void register_connections(void) {
+/* Prioritized: a spawned child's take-over (spawn.c) never returns to later constructors. */
+__attribute__((constructor(102))) static void register_connections(void) {
   mp__waitable_register(MP__KIND_CONNECTION, &conn_waitable);
   mp__passable_register(MP__KIND_CONNECTION, pass_conn);
 }

@@ -67,6 +67,8 @@ void mp__mutex_unlock(pthread_mutex_t *mutex);
 /* Objects that mp_wait() (connection.c) waits on: a connection end, a queue, a process.
  * Each such handle begins with a uint32_t kind word (MP__KIND_*); the layer that owns a kind
  * registers its operations, from a constructor, so mp_wait() needs no upward dependency.
+ * The constructor must be prioritized (constructor(102)): spawn.c's take-over of a spawned
+ * child runs with the unprioritized ones and never returns.
  * mp_wait() asks every object for its fd first, then for readiness (so a wake-up between the
  * two is not lost), and polls the fds only if none is ready; after a wake-up it asks
  * readiness again, and ready() may drain its fd then. */
@@ -193,7 +195,8 @@ struct mp_process_s {
 
 /* Shared objects that carry fds of their own (a connection end) reach a child when a pointer
  * to one lies, 8-byte aligned, in its argument bytes: mp_process_start() reads each such
- * word that points into the arena at a kind word registered here (from a constructor) and
+ * word that points into the arena at a kind word registered here (from a prioritized
+ * constructor, as for mp__waitable_register) and
  * calls pass(obj, proc), which passes the fds and holds the object for the child. pass()
  * must check that obj is live in this process (a word may only look like a pointer); the
  * start ignores its errors but MP_ENOMEM. */

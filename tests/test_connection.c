@@ -542,6 +542,45 @@ START_TEST(test_shared_end_whole_messages) {
 }
 END_TEST
 
+/* Waits on its end, passes it on to a grandchild of the same start method (job->id),
+ * closes its own copy, and returns the grandchild's exit code. */
+static int child_passes_on(void *arg, size_t size) {
+  (void)size;
+  conn_job_t *job = arg;
+  mp_context_t *ctx;
+  mp_process_t *p;
+  int code = -1;
+  void *objects[] = {job->conn};
+  if (mp_wait(objects, 1, 0, NULL) != 0) /* waitable kinds are known in every child */
+    return 19;
+  if (mp_get_context(METHODS[job->id], &ctx) < 0 ||
+      mp_process_create(&p, ctx, child_sends, job, sizeof *job, NULL) < 0 ||
+      mp_process_start(p) < 0)
+    return 20;
+  if (mp_conn_close(job->conn) < 0)
+    return 21;
+  if (mp_process_join(p, 20) < 0 || mp_process_exitcode(p, &code) < 0)
+    return 22;
+  mp_process_close(p);
+  return code;
+}
+
+START_TEST(test_end_passed_on_to_grandchild) {
+  conn_job_t job = {.count = 2, .size = 10, .id = _i};
+  mp_conn_t *mine;
+  mp_process_t *p = start_with_end(_i, child_passes_on, &job, &mine);
+  char buf[16];
+  size_t got;
+  for (int n = 0; n < 2; n++) {
+    MP_ASSERT_OK(mp_conn_recv(mine, buf, sizeof buf, &got, 20));
+    T_ASSERT(got == 10 && has_pattern((unsigned char *)buf, 10, (size_t)(_i * 1000 + n)),
+             "message %d from the grandchild", n);
+  }
+  MP_ASSERT_ERR(mp_conn_recv(mine, buf, sizeof buf, &got, 20), MP_EEOF);
+  end_child(p, 0, mine);
+}
+END_TEST
+
 START_TEST(test_one_way_pipe) {
   mp_conn_t *r, *w;
   MP_ASSERT_OK(mp_pipe(false, &r, &w));
@@ -711,6 +750,7 @@ static Suite *connection_suite(void) {
   tcase_add_loop_test(tc, test_both_ends_to_children, 0, N_METHODS);
   tcase_add_loop_test(tc, test_shared_end_whole_messages, 0, N_METHODS);
   tcase_add_loop_test(tc, test_one_way_pipe, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_end_passed_on_to_grandchild, 0, N_METHODS);
   tc = mp_test_tcase(s, "wait", 20);
   tcase_add_loop_test(tc, test_wait_pipes_and_processes, 0, N_METHODS);
   tcase_add_test(tc, test_wait_one_way_and_errors);
