@@ -19,16 +19,20 @@
  * A message too large for the caller's buffer stays there, header first, to be received
  * again: nothing is consumed before the length is known to fit.
  *
- * Deaths. The locks are robust. A holder that dies outside a read or write of the fd leaves
- * the stream whole; one that dies inside it may have cut a message, and that stream (this
- * end's sends and the peer's receives, or this end's receives) is then broken for good
- * (MP_EEOF), as the next holder of the lock finds. A peer's death closes its fds: a receive
+ * Deaths. The locks are robust. A holder that dies waiting for a message, or in a send of
+ * at most PIPE_BUF bytes (which a pipe takes whole or not at all), leaves the stream whole.
+ * One that dies in a larger send, or while reading a payload into its own buffer, may have
+ * cut a message: that stream (this end's sends and the peer's receives, or this end's
+ * receives) is then broken for good (MP_EEOF), as the next holder of the lock finds. A
+ * receiver killed in the instant between the kernel's copy into the buffer and the update of
+ * its bounds loses what that read took. A peer's death closes its fds: a receive
  * sees end of file after the messages already sent, a send fails with EPIPE (SIGPIPE ignored,
  * see ignore_sigpipe()).
  */
 #include "internal.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -47,7 +51,7 @@ struct mp_conn_s {
   pid_t creator;         /* the process that made the pipe: its close drops a reference */
   pthread_mutex_t rlock; /* one receiver at a time: guards the buffer and the read fd */
   pthread_mutex_t wlock; /* one sender at a time */
-  bool reading, writing; /* a holder is inside read()/write() of the fd */
+  bool reading, writing; /* a holder may have cut a message if it dies now */
   _Atomic bool rbroken, wbroken;
   _Atomic uint32_t start, end; /* buffered bytes: [start, end) of buf */
   char buf[BUFFER_SIZE] __attribute__((aligned(64)));
@@ -244,7 +248,8 @@ int mp_conn_send_bytes(mp_conn_t *conn, const void *buf, size_t len, size_t offs
     return rc;
   uint64_t header = size;
   struct iovec iov[2] = {{&header, HEADER}, {(char *)buf + offset, size}};
-  conn->writing = true;
+  /* Up to PIPE_BUF bytes a pipe takes whole or not at all. */
+  conn->writing = HEADER + size > PIPE_BUF;
   rc = write_all(fd, iov, size ? 2 : 1);
   conn->writing = false;
   mp__mutex_unlock(&conn->wlock);
@@ -281,11 +286,10 @@ static int read_header(mp_conn_t *conn, int fd, int64_t deadline, uint64_t *leng
       if (ready <= 0)
         return ready < 0 ? ready : MP_ETIMEDOUT;
     }
-    conn->reading = true;
+    /* Not flagged: a receiver killed while it waits here has taken nothing. */
     ssize_t n = read(fd, conn->buf + have, BUFFER_SIZE - have);
     if (n > 0)
       conn->end = have + (uint32_t)n;
-    conn->reading = false;
     if (n == 0)
       return MP_EEOF;
     if (n < 0 && errno != EINTR)

@@ -395,6 +395,66 @@ START_TEST(test_sender_killed_mid_message) {
 }
 END_TEST
 
+/* Receives one message and sends it back. */
+static int child_echoes_once(void *arg, size_t size) {
+  (void)size;
+  conn_job_t *job = arg;
+  char buf[16];
+  size_t got;
+  if (mp_conn_recv(job->conn, buf, sizeof buf, &got, 20) < 0)
+    return 2;
+  return mp_conn_send(job->conn, buf, got) < 0 ? 3 : 0;
+}
+
+/* A receiver killed while it waits for a message (holding the end's receive lock) takes
+ * nothing with it: the next receiver on the shared end carries on. So does the next sender
+ * after a sender killed in a small send to a full pipe. */
+START_TEST(test_killed_while_waiting_keeps_stream) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  conn_job_t job = {.conn = b};
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, child_blocks_in_recv, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  mp_test_sleep(0.3); /* into its receive */
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 10), -SIGKILL);
+  T_PROC_CLOSE(p);
+  T_PROC_NEW(&p, ctx, child_echoes_once, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  MP_ASSERT_OK(mp_conn_send(a, "again", 5));
+  char buf[16];
+  size_t got;
+  MP_ASSERT_OK(mp_conn_recv(a, buf, sizeof buf, &got, 20));
+  T_ASSERT(got == 5 && memcmp(buf, "again", 5) == 0, "the echo after the kill");
+  T_INT_EQ(mp_test_join_code(p, 20), 0);
+  T_PROC_CLOSE(p);
+
+  /* A sender blocked on the full pipe in a small send. */
+  job = (conn_job_t){.conn = b, .count = 1000000, .size = 100, .id = 5};
+  T_PROC_NEW(&p, ctx, child_sends, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  mp_test_sleep(0.3);
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 10), -SIGKILL);
+  T_PROC_CLOSE(p);
+  unsigned char msg[128];
+  size_t n = 0;
+  while (mp_conn_poll(a, 0) == 1) {
+    MP_ASSERT_OK(mp_conn_recv(a, msg, sizeof msg, &got, 0));
+    T_ASSERT(got == 100 && has_pattern(msg, 100, 5000 + n), "message %zu is cut", n);
+    n++;
+  }
+  T_ASSERT(n > 0, "the sender sent nothing");
+  MP_ASSERT_OK(mp_conn_send(b, "tail", 4));
+  MP_ASSERT_OK(mp_conn_recv(a, buf, sizeof buf, &got, 5));
+  T_ASSERT(got == 4 && memcmp(buf, "tail", 4) == 0, "the send after the kill");
+  MP_ASSERT_OK(mp_conn_close(a));
+  MP_ASSERT_OK(mp_conn_close(b));
+}
+END_TEST
+
 /* Sends one message after a pause, closes its end, and lives on until killed. */
 static int child_closes_and_lives(void *arg, size_t size) {
   (void)size;
@@ -746,6 +806,7 @@ static Suite *connection_suite(void) {
   tcase_add_loop_test(tc, test_peer_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_peer_closes, 0, N_METHODS);
   tcase_add_loop_test(tc, test_sender_killed_mid_message, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_killed_while_waiting_keeps_stream, 0, N_METHODS);
   tc = mp_test_tcase(s, "passing", 30);
   tcase_add_loop_test(tc, test_both_ends_to_children, 0, N_METHODS);
   tcase_add_loop_test(tc, test_shared_end_whole_messages, 0, N_METHODS);
