@@ -525,6 +525,10 @@ static int wait_on(void *const *objects, const mp__waitable_ops_t **ops, struct 
     if (count != 0 || mp__now_ns() >= deadline)
       return count;
     int64_t left = deadline == INT64_MAX ? -1 : (deadline - mp__now_ns() + 999999) / 1000000;
+    /* Without pidfds a process's sentinel is a socket another fork() may have copied, so
+     * that it never ends (process.c): ask again every 50 ms there, as joining does. */
+    if (!mp__have_pidfd() && (left < 0 || left > 50))
+      left = 50;
     int polled = poll(pfds, n, left > INT32_MAX ? INT32_MAX : (int)left);
     if (polled < 0 && errno != EINTR)
       return mp__syserror("mp_wait: poll");
