@@ -675,7 +675,7 @@ static int child_sends_late(void *arg, size_t size) {
   conn_job_t *job = arg;
   char buf[8];
   size_t got;
-  mp_test_sleep(0.3);
+  mp_test_sleep(0.6); /* well after the test's first wait has timed out */
   if (mp_conn_send(job->conn, "late", 4) < 0)
     return 2;
   if (mp_conn_recv(job->conn, buf, sizeof buf, &got, 20) < 0)
@@ -709,6 +709,9 @@ START_TEST(test_wait_pipes_and_processes) {
   MP_ASSERT_OK(mp_conn_send(a1, "exit", 4));
   void *just_process[] = {p};
   T_INT_EQ(mp_wait(just_process, 1, 20, NULL), 1);
+  /* A forkserver child may report its end before its fds are closed: wait for them too. */
+  void *child_pipe[] = {a1};
+  T_INT_EQ(mp_wait(child_pipe, 1, 20, NULL), 1);
   T_INT_EQ(mp_wait(objects, 3, 0, ready), 2);
   T_ASSERT(ready[0] && !ready[1] && ready[2], "not the ended child and its pipe");
   T_INT_EQ(mp_test_join_code(p, 10), 0);
