@@ -574,7 +574,12 @@ START_TEST(test_shared_end_whole_messages) {
   mp_process_t *p[SENDERS];
   conn_job_t jobs[SENDERS];
   for (int s = 0; s < SENDERS; s++) {
-    jobs[s] = (conn_job_t){.conn = b, .count = COUNT, .size = SIZE, .id = s};
+    /* Padding too is set: the argument bytes are read whole (the scan, the spawn request). */
+    memset(&jobs[s], 0, sizeof jobs[s]);
+    jobs[s].conn = b;
+    jobs[s].count = COUNT;
+    jobs[s].size = SIZE;
+    jobs[s].id = s;
     T_PROC_NEW(&p[s], ctx, child_sends, &jobs[s], sizeof jobs[s], NULL);
     MP_ASSERT_OK(mp_process_start(p[s]));
   }
