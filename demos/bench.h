@@ -73,5 +73,6 @@ extern const bench_group_t bench_synchronize_group;
 extern const bench_group_t bench_shared_memory_group;
 extern const bench_group_t bench_pool_group;
 extern const bench_group_t bench_queues_group;
+extern const bench_group_t bench_connection_group;
 
 #endif /* BENCH_H */

@@ -288,6 +288,8 @@ MP_EXTERN int mp_cpu_count(void);
 #include "mp/pool.h"
 #include "mp/queues.h"
 
+#include "mp/connection.h"
+
 #ifdef __cplusplus
 }
 #endif

@@ -70,6 +70,8 @@ void mp__mutex_unlock(pthread_mutex_t *mutex);
 /* Objects that mp_wait() (connection.c) waits on: a connection end, a queue, a process.
  * Each such handle begins with a uint32_t kind word (MP__KIND_*); the layer that owns a kind
  * registers its operations, from a constructor, so mp_wait() needs no upward dependency.
+ * The constructor must be prioritized (constructor(102)): spawn.c's take-over of a spawned
+ * child runs with the unprioritized ones and never returns.
  * mp_wait() asks every object for its fd first, then for readiness (so a wake-up between the
  * two is not lost), and polls the fds only if none is ready; after a wake-up it asks
  * readiness again, and ready() may drain its fd then. */
@@ -168,6 +170,7 @@ typedef enum { MP__CREATED, MP__STARTED, MP__ENDED } mp__proc_state_t;
 typedef struct mp__popen_ops_s mp__popen_ops_t;
 
 struct mp_process_s {
+  uint32_t object_kind; /* MP__KIND_PROCESS, first: mp_wait() takes process handles */
   mp__proc_kind_t kind;
   mp__proc_state_t state;
   const mp__popen_ops_t *ops;
@@ -189,7 +192,22 @@ struct mp_process_s {
   struct mp_process_s *prev, *next; /* the registry of started, unclosed children */
   uint64_t *passed; /* keys of the fds the child gets (mp__process_pass_fd) */
   size_t n_passed;
+  void **held; /* shared blocks kept alive for the child until it is reaped */
+  size_t n_held;
 };
+
+/* Shared objects that carry fds of their own (a connection end) reach a child when a pointer
+ * to one lies, 8-byte aligned, in its argument bytes: mp_process_start() reads each such
+ * word that points into the arena at a kind word registered here (from a prioritized
+ * constructor, as for mp__waitable_register) and
+ * calls pass(obj, proc), which passes the fds and holds the object for the child. pass()
+ * must check that obj is live in this process (a word may only look like a pointer); the
+ * start ignores its errors but MP_ENOMEM. */
+typedef int (*mp__pass_fn)(void *obj, mp_process_t *proc);
+void mp__passable_register(uint32_t kind, mp__pass_fn pass);
+/* Keeps block (a live shared block) alive for proc's child: one reference from now until
+ * the child is reaped, or the process object closed unstarted. MP_ESTARTED after start. */
+int mp__process_hold(mp_process_t *proc, void *block);
 
 /* What a child is told about itself and its parent. */
 typedef struct {

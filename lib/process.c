@@ -33,13 +33,18 @@ static struct {
   unsigned long children_created; /* the last part of a child's identity */
   mp_process_t *registry; /* started children not yet closed: see below */
 } me __attribute__((aligned(1024))) = {
-    .current = {.kind = MP__PROC_SELF,
+    .current = {.object_kind = MP__KIND_PROCESS,
+                .kind = MP__PROC_SELF,
                 .state = MP__STARTED,
                 .name = "MainProcess",
                 .identity = "",
                 .pidfd = -1,
                 .status_fd = -1},
-    .parent = {.kind = MP__PROC_PARENT, .state = MP__STARTED, .pidfd = -1, .status_fd = -1},
+    .parent = {.object_kind = MP__KIND_PROCESS,
+               .kind = MP__PROC_PARENT,
+               .state = MP__STARTED,
+               .pidfd = -1,
+               .status_fd = -1},
     .own_sentinel = -1,
     .report_sock = -1,
 };
@@ -100,6 +105,15 @@ static int exitcode_of(int wait_status) {
   return wait_status;
 }
 
+/* Drops the references held for the child: it can use the objects no more. */
+static void release_held(mp_process_t *proc) {
+  for (size_t i = 0; i < proc->n_held; i++)
+    mp__shared_release(proc->held[i]);
+  free(proc->held);
+  proc->held = NULL;
+  proc->n_held = 0;
+}
+
 /* Collects the child's status if it has ended: true once it has. */
 static bool try_reap(mp_process_t *proc) {
   pthread_mutex_lock(&proc->reap_lock);
@@ -110,6 +124,7 @@ static bool try_reap(mp_process_t *proc) {
     proc->status_lost = rc == -ECHILD;
     proc->exitcode = proc->status_lost ? 0 : exitcode_of(wait_status);
     proc->state = MP__ENDED;
+    release_held(proc);
   }
   bool ended = proc->state == MP__ENDED;
   pthread_mutex_unlock(&proc->reap_lock);
@@ -267,10 +282,27 @@ static void after_fork_in_child(void) {
   mp__context_after_fork();
 }
 
+/* mp_wait() on a process handle: ready once it has ended, woken by its sentinel. A process
+ * not started is an error; the current process never ends and has no sentinel. */
+static int process_ready(void *obj) {
+  mp_process_t *proc = obj;
+  if (proc->kind == MP__PROC_CHILD && proc->state == MP__CREATED)
+    return mp__error(MP_ENOTSTARTED, "mp_wait: process '%s' has not been started", proc->name);
+  int alive = mp_process_is_alive(proc);
+  return alive < 0 ? alive : !alive;
+}
+
+static int process_poll_fd(void *obj) {
+  return mp_process_sentinel(obj);
+}
+
+static const mp__waitable_ops_t process_waitable = {process_ready, process_poll_fd};
+
 /* Prioritized, so that it runs before spawn.c's take-over of a spawned child. */
 __attribute__((constructor(101))) static void install_handlers(void) {
   atexit(at_exit);
   pthread_atfork(NULL, NULL, after_fork_in_child);
+  mp__waitable_register(MP__KIND_PROCESS, &process_waitable);
 }
 
 /* ---------------------------- a child's life ---------------------------- */
@@ -362,6 +394,7 @@ int mp_process_create(mp_process_t **out, mp_context_t *ctx, mp_target_t target,
   mp_process_t *proc = calloc(1, sizeof *proc);
   if (!proc)
     return mp__error(MP_ENOMEM, "mp_process_create: no memory for the process");
+  proc->object_kind = MP__KIND_PROCESS;
   proc->kind = MP__PROC_CHILD;
   proc->state = MP__CREATED;
   proc->ops = ctx->ops;
@@ -454,8 +487,64 @@ const char *mp_process_name(const mp_process_t *proc) {
   return proc ? proc->name : NULL;
 }
 
+/* Kinds of shared objects that carry fds, and how to pass one (see internal.h). */
+#define PASSABLE_KINDS 8
+
+static struct {
+  uint32_t kind;
+  mp__pass_fn pass;
+} passables[PASSABLE_KINDS];
+
+/* Called from constructors, before any thread of the program runs. */
+void mp__passable_register(uint32_t kind, mp__pass_fn pass) {
+  for (size_t i = 0; i < PASSABLE_KINDS; i++) {
+    if (passables[i].pass == NULL || passables[i].kind == kind) {
+      passables[i].kind = kind;
+      passables[i].pass = pass;
+      return;
+    }
+  }
+}
+
+/*
+ * Python pickles each argument, and a connection reduces to its fd. Here the argument is
+ * raw bytes: every aligned word that points into the arena at a registered kind word is
+ * taken for a handle, and its kind's pass() checks that it is one, live in this process.
+ */
+static int pass_handles_in_arg(mp_process_t *proc) {
+  for (size_t at = 0; at + sizeof(uintptr_t) <= proc->size; at += sizeof(uintptr_t)) {
+    uintptr_t word;
+    memcpy(&word, (char *)proc->arg + at, sizeof word);
+    if (word % sizeof(uintptr_t) != 0 || !mp__shared_contains((void *)word))
+      continue;
+    uint32_t kind = *(const uint32_t *)word;
+    for (size_t i = 0; i < PASSABLE_KINDS && passables[i].pass; i++)
+      if (passables[i].kind == kind && passables[i].pass((void *)word, proc) == MP_ENOMEM)
+        return MP_ENOMEM;
+  }
+  return 0;
+}
+
+int mp__process_hold(mp_process_t *proc, void *block) {
+  int rc = check_not_started(proc, "passing a shared object to a child");
+  if (rc < 0)
+    return rc;
+  for (size_t i = 0; i < proc->n_held; i++)
+    if (proc->held[i] == block)
+      return 0;
+  void **grown = realloc(proc->held, (proc->n_held + 1) * sizeof *grown);
+  if (!grown)
+    return mp__error(MP_ENOMEM, "passing a shared object to a child");
+  mp__shared_retain(block);
+  grown[proc->n_held++] = block;
+  proc->held = grown;
+  return 0;
+}
+
 int mp_process_start(mp_process_t *proc) {
   int rc = check_not_started(proc, "mp_process_start");
+  if (rc == 0)
+    rc = pass_handles_in_arg(proc);
   if (rc < 0)
     return rc;
   rc = proc->ops->launch(proc);
@@ -600,6 +689,7 @@ int mp_process_close(mp_process_t *proc) {
   if (proc->state != MP__CREATED)
     registry_remove(proc);
   close_handles(proc);
+  release_held(proc);
   pthread_mutex_destroy(&proc->reap_lock);
   free(proc->arg);
   free(proc->name);

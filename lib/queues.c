@@ -879,7 +879,8 @@ static int waitable_poll_fd(void *obj) {
 
 static const mp__waitable_ops_t queue_waitable = {waitable_ready, waitable_poll_fd};
 
-__attribute__((constructor)) static void queues_init(void) {
+/* Prioritized: a spawned child's take-over (spawn.c) never returns to later constructors. */
+__attribute__((constructor(102))) static void queues_init(void) {
   mp__waitable_register(MP__KIND_QUEUE, &queue_waitable);
   pthread_atfork(NULL, NULL, after_fork_child);
 }

@@ -1,0 +1,564 @@
+/*
+ * Pipes and connections, Python's connection.py: framed messages over pipes, and mp_wait()
+ * over every kind of waitable handle.
+ *
+ * A pipe is one block of the shared arena holding its two ends, so a handle is a pointer
+ * that is the same object in every process. The bytes travel through kernel pipes (a duplex
+ * pipe is two of them): pipes, not a socket pair, because a round trip through a Unix socket
+ * costs about twice a pipe's here. Each end's fds cross to children by key (reduction.c);
+ * each process looks up its own fd at each call.
+ *
+ *   a message:   | length: 8 bytes, native order | payload: length bytes |
+ *
+ * A send is one writev() of header and payload under the end's send lock, so messages of any
+ * size never interleave. A receive reads into the end's buffer in the arena as much as the
+ * pipe holds (up to the buffer's size): a small message and its header arrive in one read(),
+ * and a large one's payload is read straight into the caller's buffer once the buffered part
+ * is copied. The buffer lives in the arena, not in the process, so the stream position is
+ * the same for every process that holds the end: an end can be passed on after receiving.
+ * A message too large for the caller's buffer stays there, header first, to be received
+ * again: nothing is consumed before the length is known to fit.
+ *
+ * Deaths. The locks are robust. A holder that dies waiting for a message, or in a send of
+ * at most PIPE_BUF bytes (which a pipe takes whole or not at all), leaves the stream whole.
+ * One that dies in a larger send, or while reading a payload into its own buffer, may have
+ * cut a message: that stream (this end's sends and the peer's receives, or this end's
+ * receives) is then broken for good (MP_EEOF), as the next holder of the lock finds. A
+ * receiver killed in the instant between the kernel's copy into the buffer and the update of
+ * its bounds loses what that read took. A peer's death closes its fds: a receive
+ * sees end of file after the messages already sent, a send fails with EPIPE (SIGPIPE ignored,
+ * see ignore_sigpipe()).
+ */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define HEADER sizeof(uint64_t)
+#define BUFFER_SIZE 7936 /* with the fields, two ends fill a 16 KiB arena block */
+
+struct mp_conn_s {
+  uint32_t kind;  /* MP__KIND_CONNECTION: mp_wait() and the argument scan read it */
+  uint32_t index; /* which end of its pipe, 0 or 1 */
+  uint64_t rkey;  /* the fds of this end, by key; 0 where it has none (a one-way end) */
+  uint64_t wkey;
+  pid_t creator;         /* the process that made the pipe: its close drops a reference */
+  pthread_mutex_t rlock; /* one receiver at a time: guards the buffer and the read fd */
+  pthread_mutex_t wlock; /* one sender at a time */
+  bool reading, writing; /* a holder may have cut a message if it dies now */
+  _Atomic bool rbroken, wbroken;
+  _Atomic uint32_t start, end; /* buffered bytes: [start, end) of buf */
+  char buf[BUFFER_SIZE] __attribute__((aligned(64)));
+};
+
+typedef struct {
+  struct mp_conn_s ends[2];
+} pipe_block_t;
+
+_Static_assert(sizeof(pipe_block_t) <= 16384 - 64, "a pipe fills one 16 KiB arena block");
+
+static void *pipe_of(mp_conn_t *conn) {
+  return conn - conn->index;
+}
+
+/* ------------------------------ checks ------------------------------ */
+
+/* This process's fd for key (0: none), or -1. */
+static int fd_here(uint64_t key) {
+  return key ? mp__fd_lookup(key) : -1;
+}
+
+static bool open_here(const mp_conn_t *conn) {
+  return fd_here(conn->rkey) >= 0 || fd_here(conn->wkey) >= 0;
+}
+
+static int check_conn(const mp_conn_t *conn, const char *what) {
+  if (!conn)
+    return mp__error(MP_EINVAL, "%s: conn is NULL", what);
+  if (*(const uint32_t *)(const void *)conn != MP__KIND_CONNECTION) /* any alignment */
+    return mp__error(MP_EINVAL, "%s: %p is not a connection end", what, (const void *)conn);
+  return 0;
+}
+
+/* This process's fd for one direction of conn, or the error of using it that way. */
+static int end_fd(const mp_conn_t *conn, bool sending, const char *what) {
+  int rc = check_conn(conn, what);
+  if (rc < 0)
+    return rc;
+  uint64_t key = sending ? conn->wkey : conn->rkey;
+  int fd = fd_here(key);
+  if (fd >= 0)
+    return fd;
+  if (!open_here(conn))
+    return mp__error(MP_ECLOSED,
+                     "%s: the connection end is closed in this process (or was "
+                     "never passed to it)",
+                     what);
+  return mp__error(MP_EINVAL, "%s: the connection end is %s-only", what,
+                   sending ? "receive" : "send");
+}
+
+/* Takes an end's lock for one direction; see "Deaths" above. A cut stream breaks broken and,
+ * for a send, also_broken: its receiving end's flag. */
+static int lock_end(pthread_mutex_t *lock, bool *inside, _Atomic bool *broken,
+                    _Atomic bool *also_broken, int64_t deadline, const char *what) {
+  int rc = mp__mutex_lock(lock, deadline);
+  if (rc == MP_EOWNERDEAD) {
+    if (*inside)
+      atomic_store(broken, true);
+    if (*inside && also_broken)
+      atomic_store(also_broken, true);
+    *inside = false;
+    rc = 0;
+  }
+  if (rc == MP_ETIMEDOUT)
+    return mp__error(rc, "%s: timed out waiting for another thread or process on this end",
+                     what);
+  if (rc == 0 && atomic_load(broken)) {
+    mp__mutex_unlock(lock);
+    rc = mp__error(MP_EEOF, "%s: a process died in the middle of a message on this end", what);
+  }
+  return rc;
+}
+
+/* ------------------------------ pipes ------------------------------ */
+
+static int share_fd(int fd, uint64_t *key) {
+  int rc = mp__fd_share(fd, key);
+  if (rc < 0)
+    close(fd);
+  return rc;
+}
+
+/* Sets up an end that takes rfd and wfd (-1: none); they are closed if it fails. */
+static int init_end(mp_conn_t *conn, uint32_t index, int rfd, int wfd) {
+  conn->kind = MP__KIND_CONNECTION;
+  conn->index = index;
+  conn->creator = getpid();
+  int rc = mp__mutex_init(&conn->rlock);
+  if (rc == 0)
+    rc = mp__mutex_init(&conn->wlock);
+  if (rfd >= 0)
+    rc = rc < 0 ? (close(rfd), rc) : share_fd(rfd, &conn->rkey);
+  if (wfd >= 0)
+    rc = rc < 0 ? (close(wfd), rc) : share_fd(wfd, &conn->wkey);
+  return rc;
+}
+
+static void unshare_end(const mp_conn_t *conn) {
+  if (conn->rkey)
+    mp__fd_unshare(conn->rkey);
+  if (conn->wkey)
+    mp__fd_unshare(conn->wkey);
+}
+
+int mp_pipe(bool duplex, mp_conn_t **a, mp_conn_t **b) {
+  if (!a || !b)
+    return mp__error(MP_EINVAL, "mp_pipe: %s is NULL", a ? "b" : "a");
+  int forward[2] = {-1, -1}, backward[2] = {-1, -1}; /* a to b, b to a */
+  if (pipe2(forward, O_CLOEXEC) < 0 || (duplex && pipe2(backward, O_CLOEXEC) < 0)) {
+    int rc = mp__syserror("mp_pipe: pipe2");
+    if (forward[0] >= 0)
+      close(forward[0]), close(forward[1]);
+    return rc;
+  }
+  /* Each end's (read fd, write fd). Python's Pipe(False) gives (reader, writer). */
+  int fds[2][2] = {{duplex ? backward[0] : forward[0], duplex ? forward[1] : -1},
+                   {duplex ? forward[0] : -1, duplex ? backward[1] : forward[1]}};
+  pipe_block_t *block = mp__shared_alloc(sizeof *block);
+  if (!block) {
+    for (int i = 0; i < 4; i++)
+      if (fds[i / 2][i % 2] >= 0)
+        close(fds[i / 2][i % 2]);
+    return mp__error(MP_ENOMEM, "mp_pipe: %s", mp_last_error());
+  }
+  int rc = 0;
+  for (uint32_t i = 0; i < 2; i++) {
+    int end_rc = init_end(&block->ends[i], i, fds[i][0], fds[i][1]);
+    rc = rc < 0 ? rc : end_rc;
+  }
+  if (rc < 0) {
+    unshare_end(&block->ends[0]);
+    unshare_end(&block->ends[1]);
+    mp__shared_release(block);
+    return rc;
+  }
+  mp__shared_retain(block); /* a reference for each end */
+  *a = &block->ends[0];
+  *b = &block->ends[1];
+  return 0;
+}
+
+/* ------------------------------ sending ------------------------------ */
+
+/*
+ * A send to a peer that has gone must fail, not kill: a pipe has no MSG_NOSIGNAL, and
+ * blocking the signal around each write costs two system calls per message. So the first
+ * send of each process ignores SIGPIPE, as Python does at start, unless the program chose
+ * its own disposition. A forked child inherits both the disposition and the flag.
+ */
+static void ignore_sigpipe(void) {
+  static _Atomic bool done;
+  if (atomic_load_explicit(&done, memory_order_relaxed))
+    return;
+  struct sigaction old, ignore = {.sa_handler = SIG_IGN};
+  if (sigaction(SIGPIPE, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
+      old.sa_handler == SIG_DFL)
+    sigaction(SIGPIPE, &ignore, NULL);
+  atomic_store(&done, true);
+}
+
+/* Writes all of iov, whatever the pipe takes at a time. */
+static int write_all(int fd, struct iovec *iov, int count) {
+  while (count > 0) {
+    ssize_t n = writev(fd, iov, count);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return -errno;
+    for (; count > 0 && (size_t)n >= iov->iov_len; count--, iov++)
+      n -= (ssize_t)iov->iov_len;
+    if (count > 0) {
+      iov->iov_base = (char *)iov->iov_base + n;
+      iov->iov_len -= (size_t)n;
+    }
+  }
+  return 0;
+}
+
+int mp_conn_send_bytes(mp_conn_t *conn, const void *buf, size_t len, size_t offset,
+                       size_t size) {
+  int fd = end_fd(conn, true, "mp_conn_send");
+  if (fd < 0)
+    return fd;
+  if ((!buf && len > 0) || offset > len || size > len - offset)
+    return mp__error(MP_EINVAL, "mp_conn_send: bytes [%zu, %zu + %zu) of a %zu-byte buffer%s",
+                     offset, offset, size, len, buf ? "" : " at NULL");
+  ignore_sigpipe();
+  mp_conn_t *peer = conn->index ? conn - 1 : conn + 1;
+  int rc = lock_end(&conn->wlock, &conn->writing, &conn->wbroken, &peer->rbroken, INT64_MAX,
+                    "mp_conn_send");
+  if (rc < 0)
+    return rc;
+  uint64_t header = size;
+  struct iovec iov[2] = {{&header, HEADER}, {(char *)buf + offset, size}};
+  /* Up to PIPE_BUF bytes a pipe takes whole or not at all. */
+  conn->writing = HEADER + size > PIPE_BUF;
+  rc = write_all(fd, iov, size ? 2 : 1);
+  conn->writing = false;
+  mp__mutex_unlock(&conn->wlock);
+  if (rc == -EPIPE)
+    return mp__error(MP_EEOF, "mp_conn_send: the peer end is closed in every process");
+  return rc < 0 ? mp__error(rc, "mp_conn_send: %s", mp_strerror(rc)) : 0;
+}
+
+int mp_conn_send(mp_conn_t *conn, const void *buf, size_t size) {
+  return mp_conn_send_bytes(conn, buf, size, 0, size);
+}
+
+/* ------------------------------ receiving ------------------------------ */
+
+static uint32_t buffered(const mp_conn_t *conn) {
+  return atomic_load_explicit(&conn->end, memory_order_relaxed) -
+         atomic_load_explicit(&conn->start, memory_order_relaxed);
+}
+
+/* Under the receive lock: waits for the next message's header in the buffer. */
+static int read_header(mp_conn_t *conn, int fd, int64_t deadline, uint64_t *length) {
+  for (;;) {
+    uint32_t have = buffered(conn);
+    if (have >= HEADER) {
+      memcpy(length, conn->buf + conn->start, HEADER);
+      return 0;
+    }
+    memmove(conn->buf, conn->buf + conn->start, have); /* a header's start, if any */
+    conn->start = 0;
+    conn->end = have;
+    /* Without a deadline, the read itself waits: one system call per small message. */
+    if (deadline != INT64_MAX) {
+      int ready = mp__poll_fd(fd, POLLIN, deadline);
+      if (ready <= 0)
+        return ready < 0 ? ready : MP_ETIMEDOUT;
+    }
+    /* Not flagged: a receiver killed while it waits here has taken nothing. */
+    ssize_t n = read(fd, conn->buf + have, BUFFER_SIZE - have);
+    if (n > 0)
+      conn->end = have + (uint32_t)n;
+    if (n == 0)
+      return MP_EEOF;
+    if (n < 0 && errno != EINTR)
+      return -errno;
+  }
+}
+
+/* Under the receive lock, the header read: moves the payload to dest. */
+static int read_payload(mp_conn_t *conn, int fd, char *dest, uint64_t length) {
+  uint32_t have = buffered(conn) - (uint32_t)HEADER;
+  size_t part = have < length ? have : (size_t)length;
+  if (part > 0) /* dest may be NULL for an empty message */
+    memcpy(dest, conn->buf + conn->start + HEADER, part);
+  if (part == length) {
+    conn->start += (uint32_t)(HEADER + length);
+    return 0;
+  }
+  conn->reading = true;
+  conn->start = conn->end = 0;
+  int rc = 0;
+  for (size_t got = part; rc == 0 && got < length;) {
+    ssize_t n = read(fd, dest + got, length - got);
+    if (n > 0)
+      got += (size_t)n;
+    else if (n == 0)
+      rc = MP_EEOF; /* the writer died in the middle of it */
+    else if (errno != EINTR)
+      rc = -errno;
+  }
+  if (rc < 0) /* the rest of the message is still in the pipe, or lost */
+    atomic_store(&conn->rbroken, true);
+  conn->reading = false;
+  return rc;
+}
+
+/* A receive into dest (cap bytes), or into a new buffer if alloc is not NULL. */
+static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t *size,
+                   double timeout) {
+  int64_t deadline = mp__deadline(timeout);
+  int fd = end_fd(conn, false, "mp_conn_recv");
+  if (fd < 0)
+    return fd;
+  int rc =
+      lock_end(&conn->rlock, &conn->reading, &conn->rbroken, NULL, deadline, "mp_conn_recv");
+  if (rc < 0)
+    return rc; /* with its own sentence */
+  uint64_t length = 0;
+  rc = read_header(conn, fd, deadline, &length);
+  if (rc == 0 && alloc) {
+    *alloc = length <= SIZE_MAX ? malloc(length ? (size_t)length : 1) : NULL;
+    dest = *alloc;
+    cap = (size_t)length;
+    if (!dest)
+      rc = mp__error(MP_ENOMEM,
+                     "mp_conn_recv_alloc: no memory for a message of %llu bytes "
+                     "(it was kept)",
+                     (unsigned long long)length);
+  }
+  if (rc == 0 && length > cap)
+    rc = mp__error(MP_ETOOSMALL,
+                   "mp_conn_recv: the message has %llu bytes, the buffer %zu "
+                   "(the message was kept)",
+                   (unsigned long long)length, cap);
+  if (rc == 0 || rc == MP_ETOOSMALL)
+    *size = (size_t)length;
+  if (rc == 0)
+    rc = read_payload(conn, fd, dest, length);
+  mp__mutex_unlock(&conn->rlock);
+  if (rc < 0 && alloc && dest) {
+    free(dest);
+    *alloc = NULL;
+  }
+  if (rc == MP_EEOF)
+    return mp__error(rc, "mp_conn_recv: the peer end is closed in every process");
+  if (rc == MP_ETIMEDOUT)
+    return mp__error(rc, "mp_conn_recv: no message within %g s", timeout);
+  return rc < 0 && rc != MP_ETOOSMALL && rc != MP_ENOMEM
+             ? mp__error(rc, "mp_conn_recv: %s", mp_strerror(rc))
+             : rc;
+}
+
+int mp_conn_recv_bytes(mp_conn_t *conn, void *buf, size_t len, size_t offset, size_t *size,
+                       double timeout) {
+  if (!size || (!buf && len > 0) || offset > len)
+    return mp__error(MP_EINVAL, "mp_conn_recv: %s",
+                     !size          ? "size is NULL"
+                     : offset > len ? "offset past the buffer"
+                                    : "buf is NULL");
+  return receive(conn, (char *)buf + offset, len - offset, NULL, size, timeout);
+}
+
+int mp_conn_recv(mp_conn_t *conn, void *buf, size_t cap, size_t *size, double timeout) {
+  return mp_conn_recv_bytes(conn, buf, cap, 0, size, timeout);
+}
+
+int mp_conn_recv_alloc(mp_conn_t *conn, void **buf, size_t *size, double timeout) {
+  if (!buf || !size)
+    return mp__error(MP_EINVAL, "mp_conn_recv_alloc: %s is NULL", buf ? "size" : "buf");
+  *buf = NULL;
+  return receive(conn, NULL, 0, buf, size, timeout);
+}
+
+/* 1 if a receive would not block: a whole header buffered, or the fd has news. */
+static int receive_ready(mp_conn_t *conn, int fd, int64_t deadline) {
+  if (atomic_load(&conn->rbroken) || buffered(conn) >= HEADER)
+    return 1;
+  return mp__poll_fd(fd, POLLIN, deadline);
+}
+
+int mp_conn_poll(mp_conn_t *conn, double timeout) {
+  int64_t deadline = mp__deadline(timeout);
+  int fd = end_fd(conn, false, "mp_conn_poll");
+  if (fd < 0)
+    return fd;
+  int ready = receive_ready(conn, fd, deadline);
+  return ready < 0 ? mp__error(ready, "mp_conn_poll: %s", mp_strerror(ready)) : ready;
+}
+
+/* ------------------------------ closing ------------------------------ */
+
+int mp_conn_close(mp_conn_t *conn) {
+  int rc = check_conn(conn, "mp_conn_close");
+  if (rc < 0)
+    return rc;
+  bool had_read = conn->rkey && mp__fd_unshare(conn->rkey) == 0;
+  bool had_write = conn->wkey && mp__fd_unshare(conn->wkey) == 0;
+  if (!had_read && !had_write)
+    return mp__error(MP_ECLOSED, "mp_conn_close: the connection end is closed in this process "
+                                 "(or was never passed to it)");
+  /* Children's references are their process objects', dropped when they are reaped. */
+  if (conn->creator == getpid())
+    mp__shared_release(pipe_of(conn));
+  return 0;
+}
+
+bool mp_conn_readable(const mp_conn_t *conn) {
+  return conn && conn->rkey;
+}
+
+bool mp_conn_writable(const mp_conn_t *conn) {
+  return conn && conn->wkey;
+}
+
+bool mp_conn_closed(const mp_conn_t *conn) {
+  return !conn || !open_here(conn);
+}
+
+/* ------------------------------ passing ------------------------------ */
+
+/* The argument scan's pass(): a word that only looks like an end is refused here. */
+static int pass_conn(void *obj, mp_process_t *proc) {
+  mp_conn_t *conn = obj;
+  if ((uintptr_t)obj % _Alignof(mp_conn_t) != 0 ||
+      !mp__shared_contains((char *)conn + sizeof *conn - 1) || conn->index > 1)
+    return mp__error(MP_EINVAL, "mp_process_pass_conn: %p is not a connection end", obj);
+  if (!open_here(conn))
+    return mp__error(MP_ECLOSED, "mp_process_pass_conn: the connection end is closed in this "
+                                 "process (or was never passed to it)");
+  int rc = mp__process_hold(proc, pipe_of(conn));
+  if (rc == 0 && conn->rkey)
+    rc = mp__process_pass_fd(proc, conn->rkey);
+  if (rc == 0 && conn->wkey)
+    rc = mp__process_pass_fd(proc, conn->wkey);
+  return rc;
+}
+
+int mp_process_pass_conn(mp_process_t *proc, mp_conn_t *conn) {
+  if (!proc)
+    return mp__error(MP_EINVAL, "mp_process_pass_conn: proc is NULL");
+  int rc = check_conn(conn, "mp_process_pass_conn");
+  return rc < 0 ? rc : pass_conn(conn, proc);
+}
+
+/* ------------------------------ waiting ------------------------------ */
+
+/* The fd a wait on conn polls: the read fd, or a one-way sender's write fd, which polls
+ * POLLERR once the reader has gone. */
+static int conn_poll_fd(void *obj) {
+  mp_conn_t *conn = obj;
+  return conn->rkey ? fd_here(conn->rkey) : fd_here(conn->wkey);
+}
+
+static int conn_ready(void *obj) {
+  mp_conn_t *conn = obj;
+  int fd = conn_poll_fd(conn);
+  if (fd < 0)
+    return 1; /* closed here: a call fails at once */
+  if (conn->rkey)
+    return receive_ready(conn, fd, mp__now_ns());
+  return mp__poll_fd(fd, POLLIN, mp__now_ns());
+}
+
+static const mp__waitable_ops_t conn_waitable = {conn_ready, conn_poll_fd};
+
+/* Prioritized: a spawned child's take-over (spawn.c) never returns to later constructors. */
+__attribute__((constructor(102))) static void register_connections(void) {
+  mp__waitable_register(MP__KIND_CONNECTION, &conn_waitable);
+  mp__passable_register(MP__KIND_CONNECTION, pass_conn);
+}
+
+#define WAIT_ON_STACK 16
+
+/* Asks every object whether it is ready; the number that are, or an error. */
+static int count_ready(void *const *objects, const mp__waitable_ops_t **ops, size_t n,
+                       bool *ready) {
+  int count = 0;
+  for (size_t i = 0; i < n; i++) {
+    int r = ops[i]->ready(objects[i]);
+    if (r < 0)
+      return r;
+    if (ready)
+      ready[i] = r > 0;
+    count += r > 0;
+  }
+  return count;
+}
+
+static int wait_on(void *const *objects, const mp__waitable_ops_t **ops, struct pollfd *pfds,
+                   size_t n, int64_t deadline, bool *ready) {
+  for (size_t i = 0; i < n; i++) {
+    ops[i] = mp__waitable_find(objects[i]);
+    if (!ops[i])
+      return mp__error(MP_EINVAL,
+                       "mp_wait: objects[%zu] is not a connection end, a queue or "
+                       "a process",
+                       i);
+    /* Each fd first, then readiness: what happens between the two wakes the poll. */
+    int fd = ops[i]->poll_fd(objects[i]);
+    pfds[i] = (struct pollfd){.fd = fd >= 0 ? fd : -1, .events = POLLIN};
+  }
+  for (;;) {
+    int count = count_ready(objects, ops, n, ready);
+    if (count != 0 || mp__now_ns() >= deadline)
+      return count;
+    int64_t left = deadline == INT64_MAX ? -1 : (deadline - mp__now_ns() + 999999) / 1000000;
+    /* Without pidfds a process's sentinel is a socket another fork() may have copied, so
+     * that it never ends (process.c): ask again every 50 ms there, as joining does. */
+    if (!mp__have_pidfd() && (left < 0 || left > 50))
+      left = 50;
+    int polled = poll(pfds, n, left > INT32_MAX ? INT32_MAX : (int)left);
+    if (polled < 0 && errno != EINTR)
+      return mp__syserror("mp_wait: poll");
+    for (size_t i = 0; i < n && polled > 0; i++)
+      if (pfds[i].revents & POLLNVAL) /* closed meanwhile: its ready() says so from now */
+        pfds[i].fd = -1;
+  }
+}
+
+int mp_wait(void *const *objects, size_t n, double timeout, bool *ready) {
+  int64_t deadline = mp__deadline(timeout);
+  if (!objects && n > 0)
+    return mp__error(MP_EINVAL, "mp_wait: objects is NULL");
+  if (n == 0 && deadline == INT64_MAX)
+    return mp__error(MP_EINVAL, "mp_wait: nothing to wait for, forever");
+  if (n == 0) {
+    mp__poll_fd(-1, 0, deadline); /* poll() ignores a negative fd: a sleep */
+    return 0;
+  }
+  const mp__waitable_ops_t *ops_space[WAIT_ON_STACK], **ops = ops_space;
+  struct pollfd pfd_space[WAIT_ON_STACK], *pfds = pfd_space;
+  if (n > WAIT_ON_STACK) {
+    ops = malloc(n * sizeof *ops);
+    pfds = malloc(n * sizeof *pfds);
+  }
+  int rc = ops && pfds ? wait_on(objects, ops, pfds, n, deadline, ready)
+                       : mp__error(MP_ENOMEM, "mp_wait: no memory for %zu objects", n);
+  if (n > WAIT_ON_STACK) {
+    free(ops);
+    free(pfds);
+  }
+  return rc;
+}

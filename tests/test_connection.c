@@ -1,0 +1,831 @@
+/*
+ * Check suite of the connection layer: mp_pipe, connection ends and mp_wait, under each
+ * start method.
+ *
+ * Children report through their exit code: 0 for success, a distinct number for each check
+ * that failed in the child.
+ */
+#include <pthread.h>
+
+#include "mp_test.h"
+
+/* ===================================================================================== */
+/* Helpers usable in the test process and in children (no Check calls).                 */
+
+/* Byte i of message number n: a pattern that differs by message and by offset. */
+static unsigned char pattern_byte(size_t n, size_t i) {
+  return (unsigned char)(n * 31 + i * 7 + (i >> 12));
+}
+
+static void fill_pattern(unsigned char *buf, size_t size, size_t n) {
+  for (size_t i = 0; i < size; i++)
+    buf[i] = pattern_byte(n, i);
+}
+
+static bool has_pattern(const unsigned char *buf, size_t size, size_t n) {
+  for (size_t i = 0; i < size; i++)
+    if (buf[i] != pattern_byte(n, i))
+      return false;
+  return true;
+}
+
+/* The argument most children get: one connection end, found by the argument scan. */
+typedef struct {
+  mp_conn_t *conn;
+  int count;
+  size_t size;
+  int id;
+} conn_job_t;
+
+/* Echoes every message until end of file. */
+static int child_echo(void *arg, size_t size) {
+  (void)size;
+  conn_job_t *job = arg;
+  void *msg;
+  size_t got;
+  int rc;
+  while ((rc = mp_conn_recv_alloc(job->conn, &msg, &got, MP_FOREVER)) == 0) {
+    rc = mp_conn_send(job->conn, msg, got);
+    free(msg);
+    if (rc < 0)
+      return 2;
+  }
+  return rc == MP_EEOF ? 0 : 3;
+}
+
+/* Blocks in a receive that nothing answers, until killed. */
+static int child_blocks_in_recv(void *arg, size_t size) {
+  (void)size;
+  conn_job_t *job = arg;
+  char buf[16];
+  size_t got;
+  mp_conn_recv(job->conn, buf, sizeof buf, &got, MP_FOREVER);
+  return 2;
+}
+
+/* Holds its end and never reads, until killed. */
+static int child_sleeps(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  mp_test_sleep(30);
+  return 2;
+}
+
+/* Sends job->count messages of job->size bytes with the pattern of (id, n), then returns
+ * without closing. */
+static int child_sends(void *arg, size_t size) {
+  (void)size;
+  conn_job_t *job = arg;
+  unsigned char *buf = malloc(job->size ? job->size : 1);
+  if (!buf)
+    return 2;
+  for (int n = 0; n < job->count; n++) {
+    fill_pattern(buf, job->size, (size_t)(job->id * 1000 + n));
+    if (mp_conn_send(job->conn, buf, job->size) < 0)
+      return 3;
+  }
+  free(buf);
+  return 0;
+}
+
+/* Kills a process after a delay, while the test blocks on its connection. */
+typedef struct {
+  mp_process_t *proc;
+  double delay;
+} killer_t;
+
+static void *kill_later(void *arg) {
+  killer_t *killer = arg;
+  mp_test_sleep(killer->delay);
+  mp_process_kill(killer->proc);
+  return NULL;
+}
+
+/* Starts a child that holds its end of a new pipe, and closes the test's copy of that end. */
+static mp_process_t *start_with_end(int i, mp_target_t target, conn_job_t *job,
+                                    mp_conn_t **mine) {
+  mp_conn_t *theirs;
+  mp_process_t *p;
+  MP_ASSERT_OK(mp_pipe(true, mine, &theirs));
+  job->conn = theirs;
+  T_PROC_NEW(&p, mp_test_ctx(i), target, job, sizeof *job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  MP_ASSERT_OK(mp_conn_close(theirs));
+  return p;
+}
+
+/* Joins the child, checks its exit code, closes it and then the test's end. */
+static void end_child(mp_process_t *p, int code, mp_conn_t *mine) {
+  T_INT_EQ(mp_test_join_code(p, 30), code);
+  T_PROC_CLOSE(p);
+  MP_ASSERT_OK(mp_conn_close(mine));
+}
+
+/* ===================================================================================== */
+/* Messages.                                                                               */
+
+START_TEST(test_message_sizes_through_child) {
+  /* Around the header, the pipe's atomic size, the end's buffer and the pipe's capacity, and
+   * a message of 64 MiB. */
+  static const size_t sizes[] = {0,    1,    7,     8,     4088,          4096,     4097,
+                                 7927, 7936, 20000, 65536, (1 << 20) + 3, 64u << 20};
+  conn_job_t job = {0};
+  mp_conn_t *mine;
+  mp_process_t *p = start_with_end(_i, child_echo, &job, &mine);
+  for (size_t n = 0; n < sizeof sizes / sizeof sizes[0]; n++) {
+    unsigned char *out = malloc(sizes[n] + 1);
+    T_ASSERT(out != NULL, "malloc");
+    fill_pattern(out, sizes[n], n);
+    MP_ASSERT_OK(mp_conn_send(mine, out, sizes[n]));
+    void *back;
+    size_t got = 12345;
+    MP_ASSERT_OK(mp_conn_recv_alloc(mine, &back, &got, 30));
+    T_INT_EQ(got, sizes[n]);
+    T_ASSERT(back != NULL && has_pattern(back, got, n), "message %zu of %zu bytes changed", n,
+             sizes[n]);
+    free(back);
+    free(out);
+  }
+  MP_ASSERT_OK(mp_conn_close(mine));
+  T_INT_EQ(mp_test_join_code(p, 30), 0);
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+START_TEST(test_offsets) {
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  unsigned char src[100], dst[100];
+  fill_pattern(src, sizeof src, 1);
+  /* Bytes [30, 70) of src, received at offset 10 of dst. */
+  MP_ASSERT_OK(mp_conn_send_bytes(a, src, sizeof src, 30, 40));
+  memset(dst, 0xee, sizeof dst);
+  size_t got = 0;
+  MP_ASSERT_OK(mp_conn_recv_bytes(b, dst, sizeof dst, 10, &got, 1));
+  T_INT_EQ(got, 40);
+  T_ASSERT(memcmp(dst + 10, src + 30, 40) == 0, "the bytes at the offset differ");
+  for (size_t i = 0; i < sizeof dst; i++)
+    if (i < 10 || i >= 50)
+      T_ASSERT(dst[i] == 0xee, "byte %zu outside the message changed", i);
+  /* The whole buffer up to its end, and an empty tail. */
+  MP_ASSERT_OK(mp_conn_send_bytes(a, src, sizeof src, 0, sizeof src));
+  MP_ASSERT_OK(mp_conn_send_bytes(a, src, sizeof src, sizeof src, 0));
+  MP_ASSERT_OK(mp_conn_recv(b, dst, sizeof dst, &got, 1));
+  T_ASSERT(got == sizeof src && memcmp(dst, src, sizeof src) == 0, "the whole buffer differs");
+  MP_ASSERT_OK(mp_conn_recv_bytes(b, dst, sizeof dst, sizeof dst, &got, 1));
+  T_INT_EQ(got, 0);
+  MP_ASSERT_ERR(mp_conn_send_bytes(a, src, sizeof src, 101, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_send_bytes(a, src, sizeof src, 50, 51), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_send_bytes(a, src, sizeof src, 1, SIZE_MAX), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_recv_bytes(b, dst, sizeof dst, 101, &got, 0), MP_EINVAL);
+  T_INT_EQ(mp_conn_poll(b, 0), 0); /* nothing was sent by the refused calls */
+  MP_ASSERT_OK(mp_conn_close(a));
+  MP_ASSERT_OK(mp_conn_close(b));
+}
+END_TEST
+
+START_TEST(test_empty_messages) {
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  MP_ASSERT_OK(mp_conn_send(a, NULL, 0));
+  MP_ASSERT_OK(mp_conn_send(a, "x", 1));
+  MP_ASSERT_OK(mp_conn_send(a, "", 0));
+  size_t got = 99;
+  MP_ASSERT_OK(mp_conn_recv(b, NULL, 0, &got, 1));
+  T_INT_EQ(got, 0);
+  char c = 0;
+  MP_ASSERT_ERR(mp_conn_recv(b, NULL, 0, &got, 1), MP_ETOOSMALL);
+  T_INT_EQ(got, 1);
+  MP_ASSERT_OK(mp_conn_recv(b, &c, 1, &got, 1));
+  T_ASSERT(got == 1 && c == 'x', "got %zu bytes, '%c'", got, c);
+  void *msg = NULL;
+  MP_ASSERT_OK(mp_conn_recv_alloc(b, &msg, &got, 1));
+  T_ASSERT(msg != NULL && got == 0, "an empty message gave %p and %zu bytes", msg, got);
+  free(msg);
+  MP_ASSERT_OK(mp_conn_close(a));
+  MP_ASSERT_OK(mp_conn_close(b));
+}
+END_TEST
+
+START_TEST(test_too_small_keeps_message) {
+  conn_job_t job = {.count = 1, .size = 100, .id = 1};
+  mp_conn_t *mine;
+  mp_process_t *p = start_with_end(_i, child_sends, &job, &mine);
+  unsigned char buf[128];
+  size_t got = 0;
+  MP_ASSERT_ERR(mp_conn_recv(mine, buf, 10, &got, 10), MP_ETOOSMALL);
+  T_INT_EQ(got, 100);
+  MP_ASSERT_ERR(mp_conn_recv_bytes(mine, buf, 110, 20, &got, 10), MP_ETOOSMALL);
+  T_INT_EQ(got, 100);
+  T_INT_EQ(mp_conn_poll(mine, 0), 1);
+  MP_ASSERT_OK(mp_conn_recv_bytes(mine, buf, 120, 20, &got, 10));
+  T_ASSERT(got == 100 && has_pattern(buf + 20, 100, 1000), "the kept message changed");
+  T_INT_EQ(mp_test_join_code(p, 10), 0);
+  T_PROC_CLOSE(p);
+  MP_ASSERT_ERR(mp_conn_recv(mine, buf, sizeof buf, &got, 10), MP_EEOF);
+  MP_ASSERT_OK(mp_conn_close(mine));
+
+  /* A message far larger than the end's buffer, most of it still in the pipe. */
+  job = (conn_job_t){.count = 2, .size = 1 << 20, .id = 2};
+  p = start_with_end(_i, child_sends, &job, &mine);
+  MP_ASSERT_ERR(mp_conn_recv(mine, buf, sizeof buf, &got, 10), MP_ETOOSMALL);
+  T_INT_EQ(got, 1 << 20);
+  for (size_t n = 0; n < 2; n++) {
+    void *msg;
+    MP_ASSERT_OK(mp_conn_recv_alloc(mine, &msg, &got, 10));
+    T_ASSERT(got == 1 << 20 && has_pattern(msg, got, 2000 + n), "message %zu changed", n);
+    free(msg);
+  }
+  end_child(p, 0, mine);
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Timeouts, closing, peers that end.                                                      */
+
+START_TEST(test_poll_and_recv_timeouts) {
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  T_INT_EQ(mp_conn_poll(b, 0), 0);
+  T_INT_EQ(mp_conn_poll(b, -1), 0);
+  double start = mp_test_now();
+  T_INT_EQ(mp_conn_poll(b, 0.2), 0);
+  double waited = mp_test_now() - start;
+  T_ASSERT(waited >= 0.2, "poll(0.2) returned after %.3f s", waited);
+  char buf[16];
+  size_t got;
+  start = mp_test_now();
+  MP_ASSERT_ERR(mp_conn_recv(b, buf, sizeof buf, &got, 0.2), MP_ETIMEDOUT);
+  waited = mp_test_now() - start;
+  T_ASSERT(waited >= 0.2, "recv(0.2) returned after %.3f s", waited);
+  MP_ASSERT_ERR(mp_conn_recv(b, buf, sizeof buf, &got, 0), MP_ETIMEDOUT);
+  MP_ASSERT_OK(mp_conn_send(a, "hi", 2));
+  T_INT_EQ(mp_conn_poll(b, 0), 1);
+  T_INT_EQ(mp_conn_poll(b, MP_FOREVER), 1);
+  MP_ASSERT_OK(mp_conn_recv(b, buf, sizeof buf, &got, 0));
+  T_ASSERT(got == 2 && memcmp(buf, "hi", 2) == 0, "got %zu bytes", got);
+  T_INT_EQ(mp_conn_poll(b, 0), 0);
+  T_INT_EQ(mp_conn_poll(a, 0), 0); /* the other direction is still empty */
+  MP_ASSERT_OK(mp_conn_close(a));
+  MP_ASSERT_OK(mp_conn_close(b));
+}
+END_TEST
+
+START_TEST(test_close_semantics) {
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  T_ASSERT(!mp_conn_closed(a) && !mp_conn_closed(b), "a new pipe is closed");
+  MP_ASSERT_OK(mp_conn_send(a, "one", 3));
+  MP_ASSERT_OK(mp_conn_send(a, "two", 3));
+  MP_ASSERT_OK(mp_conn_close(a));
+  T_ASSERT(mp_conn_closed(a), "a closed end is not closed");
+  char buf[16];
+  size_t got;
+  MP_ASSERT_ERR(mp_conn_send(a, "x", 1), MP_ECLOSED);
+  MP_ASSERT_ERR(mp_conn_recv(a, buf, sizeof buf, &got, 0), MP_ECLOSED);
+  MP_ASSERT_ERR(mp_conn_poll(a, 0), MP_ECLOSED);
+  MP_ASSERT_ERR(mp_conn_close(a), MP_ECLOSED);
+  /* What was sent before the close arrives, then end of file, which poll reports. */
+  MP_ASSERT_OK(mp_conn_recv(b, buf, sizeof buf, &got, 1));
+  T_ASSERT(got == 3 && memcmp(buf, "one", 3) == 0, "first message");
+  MP_ASSERT_OK(mp_conn_recv(b, buf, sizeof buf, &got, 1));
+  T_ASSERT(got == 3 && memcmp(buf, "two", 3) == 0, "second message");
+  T_INT_EQ(mp_conn_poll(b, 0), 1);
+  MP_ASSERT_ERR(mp_conn_recv(b, buf, sizeof buf, &got, 1), MP_EEOF);
+  MP_ASSERT_ERR(mp_conn_recv(b, buf, sizeof buf, &got, MP_FOREVER), MP_EEOF);
+  void *msg = &got;
+  MP_ASSERT_ERR(mp_conn_recv_alloc(b, &msg, &got, 1), MP_EEOF);
+  T_ASSERT(msg == NULL, "a failed recv_alloc left a buffer");
+  /* No SIGPIPE: a send to a closed peer fails. */
+  MP_ASSERT_ERR(mp_conn_send(b, "x", 1), MP_EEOF);
+  MP_ASSERT_OK(mp_conn_close(b));
+}
+END_TEST
+
+START_TEST(test_peer_killed) {
+  /* A receive blocked when the peer's process is killed. */
+  conn_job_t job = {0};
+  mp_conn_t *mine;
+  mp_process_t *p = start_with_end(_i, child_blocks_in_recv, &job, &mine);
+  killer_t killer = {p, 0.3};
+  pthread_t thread;
+  T_INT_EQ(pthread_create(&thread, NULL, kill_later, &killer), 0);
+  char buf[16];
+  size_t got;
+  double start = mp_test_now();
+  MP_ASSERT_ERR(mp_conn_recv(mine, buf, sizeof buf, &got, MP_FOREVER), MP_EEOF);
+  T_ASSERT(mp_test_now() - start >= 0.25, "recv ended before the kill");
+  pthread_join(thread, NULL);
+  /* Once it has ended its read end is closed too (its fds close one by one as it dies). */
+  T_INT_EQ(mp_test_join_code(p, 10), -SIGKILL);
+  MP_ASSERT_ERR(mp_conn_send(mine, "x", 1), MP_EEOF);
+  T_PROC_CLOSE(p);
+  MP_ASSERT_OK(mp_conn_close(mine));
+
+  /* A send blocked on a full pipe when the peer's process is killed. */
+  p = start_with_end(_i, child_sleeps, &job, &mine);
+  killer.proc = p;
+  T_INT_EQ(pthread_create(&thread, NULL, kill_later, &killer), 0);
+  size_t size = 4u << 20;
+  char *big = calloc(1, size);
+  T_ASSERT(big != NULL, "calloc");
+  MP_ASSERT_ERR(mp_conn_send(mine, big, size), MP_EEOF);
+  free(big);
+  pthread_join(thread, NULL);
+  end_child(p, -SIGKILL, mine);
+}
+END_TEST
+
+/* Says it is about to send, then sends a message far larger than the pipe. */
+typedef struct {
+  mp_conn_t *conn;
+  mp_conn_t *ready;
+} big_send_job_t;
+
+static int child_sends_big(void *arg, size_t size) {
+  (void)size;
+  big_send_job_t *job = arg;
+  size_t big = 4u << 20;
+  char *buf = calloc(1, big);
+  if (!buf || mp_conn_send(job->ready, "go", 2) < 0)
+    return 2;
+  mp_conn_send(job->conn, buf, big);
+  return 3;
+}
+
+static int child_send_fails(void *arg, size_t size) {
+  (void)size;
+  conn_job_t *job = arg;
+  return mp_conn_send(job->conn, "x", 1) == MP_EEOF ? 0 : 2;
+}
+
+/* A sender killed inside a message, on an end another process shares: the stream is cut, and
+ * both the next sender and the receiver are told, though the end is still open. */
+START_TEST(test_sender_killed_mid_message) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_conn_t *a, *b, *ready_a, *ready_b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  MP_ASSERT_OK(mp_pipe(true, &ready_a, &ready_b));
+  big_send_job_t big_job = {b, ready_b};
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, child_sends_big, &big_job, sizeof big_job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  char buf[16];
+  size_t got;
+  MP_ASSERT_OK(mp_conn_recv(ready_a, buf, sizeof buf, &got, 20));
+  mp_test_sleep(0.2); /* into its send, blocked on the full pipe */
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 10), -SIGKILL);
+  T_PROC_CLOSE(p);
+  conn_job_t job = {.conn = b};
+  T_PROC_NEW(&p, ctx, child_send_fails, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  T_INT_EQ(mp_test_join_code(p, 20), 0);
+  T_PROC_CLOSE(p);
+  /* b is still open here: only the broken stream can end this receive. */
+  MP_ASSERT_ERR(mp_conn_recv(a, buf, sizeof buf, &got, 5), MP_EEOF);
+  MP_ASSERT_ERR(mp_conn_send(b, "x", 1), MP_EEOF);
+  MP_ASSERT_OK(mp_conn_send(a, "back", 4)); /* the other direction is whole */
+  MP_ASSERT_OK(mp_conn_recv(b, buf, sizeof buf, &got, 5));
+  T_INT_EQ(got, 4);
+  MP_ASSERT_OK(mp_conn_close(a));
+  MP_ASSERT_OK(mp_conn_close(b));
+  MP_ASSERT_OK(mp_conn_close(ready_a));
+  MP_ASSERT_OK(mp_conn_close(ready_b));
+}
+END_TEST
+
+/* Receives one message and sends it back. */
+static int child_echoes_once(void *arg, size_t size) {
+  (void)size;
+  conn_job_t *job = arg;
+  char buf[16];
+  size_t got;
+  if (mp_conn_recv(job->conn, buf, sizeof buf, &got, 20) < 0)
+    return 2;
+  return mp_conn_send(job->conn, buf, got) < 0 ? 3 : 0;
+}
+
+/* A receiver killed while it waits for a message (holding the end's receive lock) takes
+ * nothing with it: the next receiver on the shared end carries on. So does the next sender
+ * after a sender killed in a small send to a full pipe. */
+START_TEST(test_killed_while_waiting_keeps_stream) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  conn_job_t job = {.conn = b};
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, child_blocks_in_recv, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  mp_test_sleep(0.3); /* into its receive */
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 10), -SIGKILL);
+  T_PROC_CLOSE(p);
+  T_PROC_NEW(&p, ctx, child_echoes_once, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  MP_ASSERT_OK(mp_conn_send(a, "again", 5));
+  char buf[16];
+  size_t got;
+  MP_ASSERT_OK(mp_conn_recv(a, buf, sizeof buf, &got, 20));
+  T_ASSERT(got == 5 && memcmp(buf, "again", 5) == 0, "the echo after the kill");
+  T_INT_EQ(mp_test_join_code(p, 20), 0);
+  T_PROC_CLOSE(p);
+
+  /* A sender blocked on the full pipe in a small send. */
+  job = (conn_job_t){.conn = b, .count = 1000000, .size = 100, .id = 5};
+  T_PROC_NEW(&p, ctx, child_sends, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  mp_test_sleep(0.3);
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 10), -SIGKILL);
+  T_PROC_CLOSE(p);
+  unsigned char msg[128];
+  size_t n = 0;
+  while (mp_conn_poll(a, 0) == 1) {
+    MP_ASSERT_OK(mp_conn_recv(a, msg, sizeof msg, &got, 0));
+    T_ASSERT(got == 100 && has_pattern(msg, 100, 5000 + n), "message %zu is cut", n);
+    n++;
+  }
+  T_ASSERT(n > 0, "the sender sent nothing");
+  MP_ASSERT_OK(mp_conn_send(b, "tail", 4));
+  MP_ASSERT_OK(mp_conn_recv(a, buf, sizeof buf, &got, 5));
+  T_ASSERT(got == 4 && memcmp(buf, "tail", 4) == 0, "the send after the kill");
+  MP_ASSERT_OK(mp_conn_close(a));
+  MP_ASSERT_OK(mp_conn_close(b));
+}
+END_TEST
+
+/* Sends one message after a pause, closes its end, and lives on until killed. */
+static int child_closes_and_lives(void *arg, size_t size) {
+  (void)size;
+  conn_job_t *job = arg;
+  mp_test_sleep(0.1);
+  if (mp_conn_send(job->conn, "bye", 3) < 0)
+    return 2;
+  if (mp_conn_close(job->conn) < 0)
+    return 3;
+  if (mp_conn_send(job->conn, "x", 1) != MP_ECLOSED || !mp_conn_closed(job->conn))
+    return 4;
+  mp_test_sleep(30);
+  return 5;
+}
+
+START_TEST(test_peer_closes) {
+  conn_job_t job = {0};
+  mp_conn_t *mine;
+  mp_process_t *p = start_with_end(_i, child_closes_and_lives, &job, &mine);
+  char buf[16];
+  size_t got;
+  MP_ASSERT_OK(mp_conn_recv(mine, buf, sizeof buf, &got, 10));
+  T_ASSERT(got == 3 && memcmp(buf, "bye", 3) == 0, "got %zu bytes", got);
+  MP_ASSERT_ERR(mp_conn_recv(mine, buf, sizeof buf, &got, 10), MP_EEOF);
+  T_INT_EQ(mp_process_is_alive(p), 1);
+  MP_ASSERT_ERR(mp_conn_send(mine, "x", 1), MP_EEOF);
+  MP_ASSERT_OK(mp_process_kill(p));
+  end_child(p, -SIGKILL, mine);
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Passing ends to children.                                                               */
+
+/* The end at an odd offset, where the argument scan does not look. */
+typedef struct __attribute__((packed)) {
+  uint32_t pad;
+  mp_conn_t *conn;
+} hidden_end_t;
+
+#define EXCHANGES 100
+
+static int child_asks(void *arg, size_t size) {
+  (void)size;
+  mp_conn_t *conn = ((conn_job_t *)arg)->conn;
+  for (int n = 0; n < EXCHANGES; n++) {
+    int answer = -1;
+    size_t got;
+    if (mp_conn_send(conn, &n, sizeof n) < 0)
+      return 2;
+    if (mp_conn_recv(conn, &answer, sizeof answer, &got, 10) < 0)
+      return 3;
+    if (got != sizeof answer || answer != 2 * n)
+      return 4;
+  }
+  return 0;
+}
+
+static int child_answers(void *arg, size_t size) {
+  (void)size;
+  hidden_end_t hidden;
+  memcpy(&hidden, arg, sizeof hidden);
+  int n;
+  size_t got;
+  while (mp_conn_recv(hidden.conn, &n, sizeof n, &got, 10) == 0) {
+    n *= 2;
+    if (mp_conn_send(hidden.conn, &n, sizeof n) < 0)
+      return 2;
+  }
+  return 0;
+}
+
+/* A child the end was not passed to: it is closed there. */
+static int child_without_end(void *arg, size_t size) {
+  (void)size;
+  hidden_end_t hidden;
+  memcpy(&hidden, arg, sizeof hidden);
+  if (mp_conn_send(hidden.conn, "x", 1) != MP_ECLOSED)
+    return 2;
+  return mp_conn_closed(hidden.conn) ? 0 : 3;
+}
+
+START_TEST(test_both_ends_to_children) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  conn_job_t asker = {.conn = a};
+  hidden_end_t answerer = {0, b};
+  mp_process_t *p1, *p2, *p3;
+  T_PROC_NEW(&p1, ctx, child_asks, &asker, sizeof asker, "asker");
+  T_PROC_NEW(&p2, ctx, child_answers, &answerer, sizeof answerer, "answerer");
+  T_PROC_NEW(&p3, ctx, child_without_end, &answerer, sizeof answerer, "without");
+  MP_ASSERT_OK(mp_process_pass_conn(p2, b));
+  MP_ASSERT_OK(mp_process_pass_conn(p2, b)); /* twice is once */
+  MP_ASSERT_OK(mp_process_start(p1));
+  MP_ASSERT_OK(mp_process_start(p2));
+  MP_ASSERT_OK(mp_process_start(p3));
+  MP_ASSERT_ERR(mp_process_pass_conn(p2, b), MP_ESTARTED);
+  /* The children hold the only copies now: the asker's exit is the answerer's end of file. */
+  MP_ASSERT_OK(mp_conn_close(a));
+  MP_ASSERT_OK(mp_conn_close(b));
+  T_INT_EQ(mp_test_join_code(p1, 20), 0);
+  T_INT_EQ(mp_test_join_code(p2, 20), 0);
+  T_INT_EQ(mp_test_join_code(p3, 20), 0);
+  T_PROC_CLOSE(p1);
+  T_PROC_CLOSE(p2);
+  T_PROC_CLOSE(p3);
+}
+END_TEST
+
+/* Three children share one end; each message must arrive whole and in its sender's order. */
+START_TEST(test_shared_end_whole_messages) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  enum { SENDERS = 3, COUNT = 40, SIZE = 10000 };
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  mp_process_t *p[SENDERS];
+  conn_job_t jobs[SENDERS];
+  for (int s = 0; s < SENDERS; s++) {
+    /* Padding too is set: the argument bytes are read whole (the scan, the spawn request). */
+    memset(&jobs[s], 0, sizeof jobs[s]);
+    jobs[s].conn = b;
+    jobs[s].count = COUNT;
+    jobs[s].size = SIZE;
+    jobs[s].id = s;
+    T_PROC_NEW(&p[s], ctx, child_sends, &jobs[s], sizeof jobs[s], NULL);
+    MP_ASSERT_OK(mp_process_start(p[s]));
+  }
+  MP_ASSERT_OK(mp_conn_close(b));
+  int next[SENDERS] = {0};
+  static unsigned char buf[SIZE];
+  for (int m = 0; m < SENDERS * COUNT; m++) {
+    size_t got;
+    MP_ASSERT_OK(mp_conn_recv(a, buf, sizeof buf, &got, 20));
+    T_INT_EQ(got, SIZE);
+    int s;
+    for (s = 0; s < SENDERS; s++)
+      if (next[s] < COUNT && has_pattern(buf, SIZE, (size_t)(s * 1000 + next[s])))
+        break;
+    T_ASSERT(s < SENDERS, "message %d is no sender's next message whole", m);
+    next[s]++;
+  }
+  size_t got;
+  MP_ASSERT_ERR(mp_conn_recv(a, buf, sizeof buf, &got, 20), MP_EEOF);
+  for (int s = 0; s < SENDERS; s++) {
+    T_INT_EQ(mp_test_join_code(p[s], 20), 0);
+    T_PROC_CLOSE(p[s]);
+  }
+  MP_ASSERT_OK(mp_conn_close(a));
+}
+END_TEST
+
+/* Waits on its end, passes it on to a grandchild of the same start method (job->id),
+ * closes its own copy, and returns the grandchild's exit code. */
+static int child_passes_on(void *arg, size_t size) {
+  (void)size;
+  conn_job_t *job = arg;
+  mp_context_t *ctx;
+  mp_process_t *p;
+  int code = -1;
+  void *objects[] = {job->conn};
+  if (mp_wait(objects, 1, 0, NULL) != 0) /* waitable kinds are known in every child */
+    return 19;
+  if (mp_get_context(METHODS[job->id], &ctx) < 0 ||
+      mp_process_create(&p, ctx, child_sends, job, sizeof *job, NULL) < 0 ||
+      mp_process_start(p) < 0)
+    return 20;
+  if (mp_conn_close(job->conn) < 0)
+    return 21;
+  if (mp_process_join(p, 20) < 0 || mp_process_exitcode(p, &code) < 0)
+    return 22;
+  mp_process_close(p);
+  return code;
+}
+
+START_TEST(test_end_passed_on_to_grandchild) {
+  conn_job_t job = {.count = 2, .size = 10, .id = _i};
+  mp_conn_t *mine;
+  mp_process_t *p = start_with_end(_i, child_passes_on, &job, &mine);
+  char buf[16];
+  size_t got;
+  for (int n = 0; n < 2; n++) {
+    MP_ASSERT_OK(mp_conn_recv(mine, buf, sizeof buf, &got, 20));
+    T_ASSERT(got == 10 && has_pattern((unsigned char *)buf, 10, (size_t)(_i * 1000 + n)),
+             "message %d from the grandchild", n);
+  }
+  MP_ASSERT_ERR(mp_conn_recv(mine, buf, sizeof buf, &got, 20), MP_EEOF);
+  end_child(p, 0, mine);
+}
+END_TEST
+
+START_TEST(test_one_way_pipe) {
+  mp_conn_t *r, *w;
+  MP_ASSERT_OK(mp_pipe(false, &r, &w));
+  T_ASSERT(mp_conn_readable(r) && !mp_conn_writable(r), "the first end must only receive");
+  T_ASSERT(!mp_conn_readable(w) && mp_conn_writable(w), "the second end must only send");
+  char buf[16];
+  size_t got;
+  MP_ASSERT_ERR(mp_conn_send(r, "x", 1), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_recv(w, buf, sizeof buf, &got, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_poll(w, 0), MP_EINVAL);
+  /* A child writes and returns without closing: its exit is the end of file. */
+  conn_job_t job = {.conn = w, .count = 3, .size = 5, .id = 4};
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(_i), child_sends, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  MP_ASSERT_OK(mp_conn_close(w));
+  for (size_t n = 0; n < 3; n++) {
+    MP_ASSERT_OK(mp_conn_recv(r, buf, sizeof buf, &got, 10));
+    T_ASSERT(got == 5 && has_pattern((unsigned char *)buf, 5, 4000 + n), "message %zu", n);
+  }
+  MP_ASSERT_ERR(mp_conn_recv(r, buf, sizeof buf, &got, 10), MP_EEOF);
+  end_child(p, 0, r);
+}
+END_TEST
+
+/* ===================================================================================== */
+/* mp_wait.                                                                                */
+
+/* Sends after a pause, then waits for "exit" and returns. */
+static int child_sends_late(void *arg, size_t size) {
+  (void)size;
+  conn_job_t *job = arg;
+  char buf[8];
+  size_t got;
+  mp_test_sleep(0.6); /* well after the test's first wait has timed out */
+  if (mp_conn_send(job->conn, "late", 4) < 0)
+    return 2;
+  if (mp_conn_recv(job->conn, buf, sizeof buf, &got, 20) < 0)
+    return 3;
+  return got == 4 && memcmp(buf, "exit", 4) == 0 ? 0 : 4;
+}
+
+START_TEST(test_wait_pipes_and_processes) {
+  conn_job_t job = {0};
+  mp_conn_t *a1, *a2, *b2;
+  mp_process_t *p = start_with_end(_i, child_sends_late, &job, &a1);
+  MP_ASSERT_OK(mp_pipe(true, &a2, &b2));
+  void *objects[] = {a1, a2, p};
+  bool ready[3] = {true, true, true};
+  double start = mp_test_now();
+  T_INT_EQ(mp_wait(objects, 3, 0.1, ready), 0);
+  T_ASSERT(mp_test_now() - start >= 0.1, "the wait ended before its timeout");
+  T_ASSERT(!ready[0] && !ready[1] && !ready[2], "a timed-out wait marked something ready");
+  /* The child's message. */
+  T_INT_EQ(mp_wait(objects, 3, 20, ready), 1);
+  T_ASSERT(ready[0] && !ready[1] && !ready[2], "not the child's pipe alone");
+  char buf[8];
+  size_t got;
+  MP_ASSERT_OK(mp_conn_recv(a1, buf, sizeof buf, &got, 0));
+  /* A message of our own, seen without waiting. */
+  MP_ASSERT_OK(mp_conn_send(b2, "own", 3));
+  T_INT_EQ(mp_wait(objects, 3, 0, ready), 1);
+  T_ASSERT(!ready[0] && ready[1] && !ready[2], "not our pipe alone");
+  MP_ASSERT_OK(mp_conn_recv(a2, buf, sizeof buf, &got, 0));
+  /* The child's end: its process and its pipe's end of file. */
+  MP_ASSERT_OK(mp_conn_send(a1, "exit", 4));
+  void *just_process[] = {p};
+  T_INT_EQ(mp_wait(just_process, 1, 20, NULL), 1);
+  /* A forkserver child may report its end before its fds are closed: wait for them too. */
+  void *child_pipe[] = {a1};
+  T_INT_EQ(mp_wait(child_pipe, 1, 20, NULL), 1);
+  T_INT_EQ(mp_wait(objects, 3, 0, ready), 2);
+  T_ASSERT(ready[0] && !ready[1] && ready[2], "not the ended child and its pipe");
+  T_INT_EQ(mp_test_join_code(p, 10), 0);
+  T_INT_EQ(mp_wait(objects, 3, 0, ready), 2); /* a joined process stays ready */
+  /* An end closed here is ready: a call on it fails at once. */
+  MP_ASSERT_OK(mp_conn_close(a2));
+  T_INT_EQ(mp_wait(objects, 3, 0, ready), 3);
+  MP_ASSERT_OK(mp_conn_close(b2));
+  MP_ASSERT_OK(mp_conn_close(a1));
+  T_PROC_CLOSE(p);
+}
+END_TEST
+
+START_TEST(test_wait_one_way_and_errors) {
+  mp_conn_t *r, *w;
+  MP_ASSERT_OK(mp_pipe(false, &r, &w));
+  void *sender[] = {w};
+  T_INT_EQ(mp_wait(sender, 1, 0, NULL), 0);
+  MP_ASSERT_OK(mp_conn_close(r)); /* a sender is ready once nothing can receive */
+  bool ready = false;
+  T_INT_EQ(mp_wait(sender, 1, 5, &ready), 1);
+  T_ASSERT(ready, "the sender without reader is not ready");
+  MP_ASSERT_OK(mp_conn_close(w));
+
+  double start = mp_test_now();
+  T_INT_EQ(mp_wait(NULL, 0, 0.05, NULL), 0);
+  T_ASSERT(mp_test_now() - start >= 0.05, "an empty wait did not sleep");
+  MP_ASSERT_ERR(mp_wait(NULL, 0, MP_FOREVER, NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_wait(NULL, 1, 0, NULL), MP_EINVAL);
+  uint64_t not_waitable = 0;
+  void *bad[] = {&not_waitable};
+  MP_ASSERT_ERR(mp_wait(bad, 1, 0, NULL), MP_EINVAL);
+  void *null_object[] = {NULL};
+  MP_ASSERT_ERR(mp_wait(null_object, 1, 0, NULL), MP_EINVAL);
+  mp_process_t *p;
+  T_PROC_NEW(&p, NULL, child_echo, NULL, 0, NULL);
+  void *unstarted[] = {p};
+  MP_ASSERT_ERR(mp_wait(unstarted, 1, 0, NULL), MP_ENOTSTARTED);
+  T_PROC_CLOSE(p);
+  /* The current process never ends: the wait times out. */
+  void *self[] = {mp_current_process()};
+  T_INT_EQ(mp_wait(self, 1, 0.05, NULL), 0);
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Bad input.                                                                              */
+
+START_TEST(test_bad_input) {
+  mp_conn_t *a, *b;
+  MP_ASSERT_ERR(mp_pipe(true, NULL, &b), MP_EINVAL);
+  MP_ASSERT_ERR(mp_pipe(true, &a, NULL), MP_EINVAL);
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  char buf[8];
+  size_t got;
+  void *msg;
+  MP_ASSERT_ERR(mp_conn_send(NULL, "x", 1), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_send(a, NULL, 1), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_recv(NULL, buf, sizeof buf, &got, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_recv(b, buf, sizeof buf, NULL, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_recv(b, NULL, 5, &got, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_recv_alloc(b, NULL, &got, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_recv_alloc(b, &msg, NULL, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_recv_alloc(NULL, &msg, &got, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_poll(NULL, 0), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_close(NULL), MP_EINVAL);
+  uint64_t not_a_conn[8] = {0};
+  MP_ASSERT_ERR(mp_conn_send((mp_conn_t *)not_a_conn, "x", 1), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_close((mp_conn_t *)not_a_conn), MP_EINVAL);
+  T_ASSERT(!mp_conn_readable(NULL) && !mp_conn_writable(NULL) && mp_conn_closed(NULL),
+           "NULL has properties");
+  mp_process_t *p;
+  T_PROC_NEW(&p, NULL, child_echo, NULL, 0, NULL);
+  MP_ASSERT_ERR(mp_process_pass_conn(NULL, a), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_pass_conn(p, NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_pass_conn(p, (mp_conn_t *)not_a_conn), MP_EINVAL);
+  MP_ASSERT_ERR(mp_process_pass_conn(mp_current_process(), a), MP_ENOTCHILD);
+  MP_ASSERT_OK(mp_conn_close(a));
+  MP_ASSERT_ERR(mp_process_pass_conn(p, a), MP_ECLOSED);
+  T_PROC_CLOSE(p);
+  MP_ASSERT_OK(mp_conn_close(b));
+}
+END_TEST
+
+static Suite *connection_suite(void) {
+  Suite *s = suite_create("connection");
+  TCase *tc = mp_test_tcase(s, "messages", 60);
+  tcase_add_loop_test(tc, test_message_sizes_through_child, 0, N_METHODS);
+  tcase_add_test(tc, test_offsets);
+  tcase_add_test(tc, test_empty_messages);
+  tcase_add_loop_test(tc, test_too_small_keeps_message, 0, N_METHODS);
+  tc = mp_test_tcase(s, "ends", 20);
+  tcase_add_test(tc, test_poll_and_recv_timeouts);
+  tcase_add_test(tc, test_close_semantics);
+  tcase_add_loop_test(tc, test_peer_killed, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_peer_closes, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_sender_killed_mid_message, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_killed_while_waiting_keeps_stream, 0, N_METHODS);
+  tc = mp_test_tcase(s, "passing", 30);
+  tcase_add_loop_test(tc, test_both_ends_to_children, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_shared_end_whole_messages, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_one_way_pipe, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_end_passed_on_to_grandchild, 0, N_METHODS);
+  tc = mp_test_tcase(s, "wait", 20);
+  tcase_add_loop_test(tc, test_wait_pipes_and_processes, 0, N_METHODS);
+  tcase_add_test(tc, test_wait_one_way_and_errors);
+  tc = mp_test_tcase(s, "input", 20);
+  tcase_add_test(tc, test_bad_input);
+  return s;
+}
+
+MP_TEST_MAIN(connection_suite)
