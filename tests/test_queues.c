@@ -942,6 +942,74 @@ END_TEST
 /* ===================================================================================== */
 /* Bad input.                                                                             */
 
+/* mp_wait over a queue and a connection end, in a child of each start method: the queue's
+ * kind must be known there (registered before a spawned child's take-over). */
+typedef struct {
+  mp_queue_t *q;
+  mp_conn_t *conn;
+} wait_job_t;
+
+static int t_wait_queue_then_pipe(void *arg, size_t size) {
+  wait_job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  void *objects[] = {job->q, job->conn};
+  bool ready[2];
+  if (mp_wait(objects, 2, 30, ready) != 1 || !ready[0] || ready[1])
+    return 2;
+  char buf[16];
+  size_t len;
+  if (mp_queue_get_nowait(job->q, buf, sizeof buf, &len) != 0 || len != 5)
+    return 3;
+  if (mp_conn_send(job->conn, "got q", 5) != 0)
+    return 4;
+  if (mp_wait(objects, 2, 30, ready) != 1 || ready[0] || !ready[1])
+    return 5;
+  if (mp_conn_recv(job->conn, buf, sizeof buf, &len, 0) != 0 || len != 4)
+    return 6;
+  return 0;
+}
+
+START_TEST(test_wait_mixed) {
+  mp_queue_t *q, *full;
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  MP_ASSERT_OK(mp_queue_create(&full, 0));
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  wait_job_t job = {.q = q, .conn = b};
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(_i), t_wait_queue_then_pipe, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  MP_ASSERT_OK(mp_conn_close(b)); /* the child's end: its death is then end of file here */
+
+  void *objects[] = {q, a, p, full};
+  bool ready[4];
+  double start = mp_test_now();
+  T_INT_EQ(mp_wait(objects, 3, 0.1, ready), 0);
+  T_ASSERT(mp_test_now() - start >= 0.09, "mp_wait returned early");
+  MP_ASSERT_OK(mp_queue_put(full, "x", 1, 0));
+  T_INT_EQ(mp_wait(objects, 4, 30, ready), 1);
+  T_ASSERT(ready[3] && !ready[0] && !ready[1] && !ready[2], "only the non-empty queue");
+
+  MP_ASSERT_OK(mp_queue_put(q, "queue", 5, 0));
+  void *from_child[] = {a, p};
+  T_INT_EQ(mp_wait(from_child, 2, 30, ready), 1);
+  T_ASSERT(ready[0] && !ready[1], "the child's answer, while it runs");
+  char buf[16];
+  size_t len;
+  MP_ASSERT_OK(mp_conn_recv(a, buf, sizeof buf, &len, 0));
+  T_ASSERT(len == 5 && memcmp(buf, "got q", 5) == 0, "the child saw the queue first");
+  MP_ASSERT_OK(mp_conn_send(a, "pipe", 4));
+  void *child[] = {p};
+  T_INT_EQ(mp_wait(child, 1, 30, ready), 1);
+  T_INT_EQ(mp_test_join_code(p, 30), 0);
+  T_PROC_CLOSE(p);
+  MP_ASSERT_OK(mp_conn_close(a));
+  MP_ASSERT_OK(mp_queue_free(q));
+  MP_ASSERT_OK(mp_queue_free(full));
+}
+END_TEST
+
 START_TEST(test_bad_input) {
   MP_ASSERT_ERR(mp_queue_create(NULL, 0), MP_EINVAL);
   MP_ASSERT_ERR(mp_simple_queue_create(NULL), MP_EINVAL);
@@ -1013,6 +1081,7 @@ static Suite *queues_suite(void) {
   tcase_add_loop_test(tc, test_fileno_in_child_for_later_queue, 0, N_METHODS);
   tcase_add_loop_test(tc, test_fileno_in_two_processes, 0, N_METHODS);
   tcase_add_loop_test(tc, test_dead_pollers_dropped, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_wait_mixed, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "deaths", 60);
   tcase_add_loop_test(tc, test_consumer_killed_while_blocked, 0, N_METHODS);
