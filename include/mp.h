@@ -282,13 +282,12 @@ MP_EXTERN int mp_cpu_count(void);
 
 /* Each area past processes has its own header under include/mp/, included here only (each
  * refuses to be included on its own): the user includes <mp.h>. */
+#include "mp/connection.h"
+#include "mp/queues.h"
 #include "mp/synchronize.h"
 #include "mp/sharedctypes.h"
 #include "mp/shared_memory.h"
 #include "mp/pool.h"
-#include "mp/queues.h"
-
-#include "mp/connection.h"
 
 #ifdef __cplusplus
 }
