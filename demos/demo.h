@@ -56,9 +56,11 @@ static inline double demo_now(void) {
 }
 
 /* Starts n processes of target, each with its own copy of the size bytes at
- * args + i * size, into procs[0 .. n). */
+ * args + i * size, into procs[0 .. n). stdout is flushed first: a "fork" child would
+ * otherwise inherit the text not yet written, and print it again at its exit. */
 static inline void demo_start(mp_process_t **procs, int n, mp_context_t *ctx,
                               mp_target_t target, const void *args, size_t size) {
+  fflush(stdout);
   for (int i = 0; i < n; i++) {
     CHECK(mp_process_create(&procs[i], ctx, target, (const char *)args + (size_t)i * size,
                             size, NULL));
