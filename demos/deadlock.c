@@ -89,8 +89,9 @@ int main(int argc, char **argv) {
   printf("   %d of 2 acquires timed out (%.2f s): a deadlock, detected instead of hung.\n\n",
          opposite[TIMED_OUT], demo_now() - start);
 
-  printf("2. One global order: both take A then B, %d rounds. One may wait for A, never both.\n",
-         rounds);
+  printf(
+      "2. One global order: both take A then B, %d rounds. One may wait for A, never both.\n",
+      rounds);
   int ordered[4] = {0};
   worker_args_t same[2] = {{a, b, NULL, 30, "A", "B"}, {a, b, NULL, 30, "A", "B"}};
   start = demo_now();

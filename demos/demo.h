@@ -19,7 +19,7 @@
   do {                                                                                         \
     int demo_rc_ = (call);                                                                     \
     if (demo_rc_ < 0) {                                                                        \
-      fprintf(stderr, "%s:%d: %s failed: %s (%s)\n", __FILE__, __LINE__, #call,              \
+      fprintf(stderr, "%s:%d: %s failed: %s (%s)\n", __FILE__, __LINE__, #call,                \
               mp_err_name(demo_rc_), mp_last_error());                                         \
       exit(1);                                                                                 \
     }                                                                                          \
@@ -62,8 +62,8 @@ static inline void demo_start(mp_process_t **procs, int n, mp_context_t *ctx,
                               mp_target_t target, const void *args, size_t size) {
   fflush(stdout);
   for (int i = 0; i < n; i++) {
-    CHECK(mp_process_create(&procs[i], ctx, target, (const char *)args + (size_t)i * size,
-                            size, NULL));
+    CHECK(mp_process_create(&procs[i], ctx, target, (const char *)args + (size_t)i * size, size,
+                            NULL));
     CHECK(mp_process_start(procs[i]));
   }
 }
