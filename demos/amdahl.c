@@ -24,15 +24,18 @@ typedef struct {
   uint64_t seed;
 } pi_task_t;
 
-/* Monte Carlo pi: the samples of the unit square inside the quarter disc, with a 64-bit
- * linear congruential generator (cheap, and the same in every process). */
+/* A uniform draw in [0, 1) from a 64-bit linear congruential generator: cheap, and the same
+ * in every process. */
+static double uniform(uint64_t *state) {
+  *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+  return (double)(*state >> 11) / 9007199254740992.0;
+}
+
+/* Monte Carlo pi: how many samples of the unit square fall inside the quarter disc. */
 static uint64_t count_inside(uint64_t samples, uint64_t seed) {
   uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1, inside = 0;
   for (uint64_t i = 0; i < samples; i++) {
-    state = state * 6364136223846793005ull + 1442695040888963407ull;
-    double x = (double)(state >> 11) / 9007199254740992.0;
-    state = state * 6364136223846793005ull + 1442695040888963407ull;
-    double y = (double)(state >> 11) / 9007199254740992.0;
+    double x = uniform(&state), y = uniform(&state);
     inside += x * x + y * y <= 1.0;
   }
   return inside;
@@ -62,10 +65,10 @@ static void pool_end(mp_pool_t *pool) {
   mp_pool_destroy(pool);
 }
 
-/* Runs n tasks of samples each on pool and returns pi (to show the work was done). */
+/* Runs n tasks of samples each on pool and returns their estimate of pi. */
 static double pool_pi(mp_pool_t *pool, int n, uint64_t samples) {
-  pi_task_t tasks[64];
-  uint64_t counts[64], inside = 0;
+  pi_task_t tasks[64] = {{0, 0}};
+  uint64_t counts[64] = {0}, inside = 0;
   for (int i = 0; i < n; i++)
     tasks[i] = (pi_task_t){samples, (uint64_t)i};
   CHECK(mp_pool_starmap(pool, calc_pi, tasks, (size_t)n, sizeof tasks[0], counts,
@@ -87,14 +90,15 @@ static void amdahl(mp_context_t *ctx, int cpus, int max_workers, uint64_t job_sa
          "   on a pool of n workers. Bound: 1 / (s + (1 - s) / n), s measured with n = 1;\n"
          "   with %d cores, n workers get at most min(n, %d) cores.\n",
          (unsigned long long)job_samples, 100 * serial_share, TASKS, cpus, cpus);
-  printf("   %8s %9s %9s %8s %15s\n", "workers", "time", "speed-up", "bound", "bound on cores");
+  printf("   %8s %9s %9s %8s %15s %9s\n", "workers", "time", "speed-up", "bound",
+         "bound on cores", "pi");
   for (int n = 1; n <= max_workers; n++) {
     mp_pool_t *pool = pool_new(ctx, n);
     double start = demo_now();
     volatile uint64_t sink = count_inside(serial, 99);
     double serial_time = demo_now() - start;
     (void)sink;
-    pool_pi(pool, TASKS, per_task);
+    double pi = pool_pi(pool, TASKS, per_task);
     double t = demo_now() - start;
     pool_end(pool);
     if (n == 1) {
@@ -102,8 +106,8 @@ static void amdahl(mp_context_t *ctx, int cpus, int max_workers, uint64_t job_sa
       s = serial_time / t;
     }
     int cores = n < cpus ? n : cpus;
-    printf("   %8d %8.3fs %9.2f %8.2f %15.2f\n", n, t, t1 / t, 1 / (s + (1 - s) / n),
-           1 / (s + (1 - s) / cores));
+    printf("   %8d %8.3fs %9.2f %8.2f %15.2f %9.5f\n", n, t, t1 / t, 1 / (s + (1 - s) / n),
+           1 / (s + (1 - s) / cores), pi);
   }
   printf("   (measured serial fraction s = %.2f)\n\n", s);
 }
