@@ -38,7 +38,7 @@ static int producer(void *arg, size_t size) {
     CHECK(mp_queue_put(a->queue, &item, sizeof item, 30));
     CHECK(mp_array_add_long(a->produced, (size_t)a->id, 1, NULL));
   }
-  CHECK(mp_queue_release(a->queue));
+  CHECK(mp_queue_free(a->queue));
   return 0;
 }
 
@@ -59,11 +59,11 @@ static int consumer(void *arg, size_t size) {
     if (a->joinable)
       CHECK(mp_queue_task_done(a->queue));
   }
-  CHECK(mp_queue_release(a->queue));
+  CHECK(mp_queue_free(a->queue));
   return 0;
 }
 
-/* Starts one process per role; each gets a reference to the queue, which it releases. */
+/* Starts one process per role; each gets a reference to the queue, which it frees. */
 static void start_role(mp_process_t **procs, int n, mp_context_t *ctx, mp_target_t target,
                        role_args_t base) {
   role_args_t args[PRODUCERS + CONSUMERS];
@@ -135,7 +135,7 @@ static int run(mp_context_t *ctx, int items, int joinable) {
   CHECK(mp_array_close(base.seen));
   CHECK(mp_array_close(base.produced));
   CHECK(mp_array_close(base.consumed));
-  CHECK(mp_queue_release(base.queue));
+  CHECK(mp_queue_free(base.queue));
   return wrong + failed;
 }
 
