@@ -16,8 +16,8 @@
  *    holding permits has them returned by the first waiter that notices (blocked ones
  *    within SLICE_NS, one about to time out at once), and their acquirers get
  *    MP_EOWNERDEAD. A holder counts as killed only when that is certain (see proc_alive).
- *  - Condition: a waiter killed inside wait may use up one notify (one that finds no live
- *    waiter to take it); a notify never wakes a thread that began waiting after it.
+ *  - Condition: a waiter killed inside wait may absorb one notify (one that no live waiter
+ *    took); a notify never wakes a thread that began waiting after it.
  *  - Barrier: a party that never arrives breaks it when a waiter's timeout passes.
  */
 #include "internal.h"
@@ -631,20 +631,29 @@ int mp_event_close(mp_event_t *event) {
 
 /*
  * Waiters are counted, not listed, and every count changes under the condition's lock. A
- * waiter notes seq (the notify generation, its futex word) when it starts and counts itself
- * young; notify(n) makes the young old, adds min(n, old waiters without a token) tokens,
- * bumps seq and wakes that many. A waiter takes a token (under the lock, so it is told
- * exactly) only if seq moved since it started: a token is never taken by a thread that began
- * waiting after its notify, and a timed wait that no notify followed always times out.
- * tokens <= old always, so a waiter killed inside wait leaves at most its own place and one
- * token behind: a notify that found no live old waiter is spent on it.
+ * waiter notes the generation (gen) when it starts. notify(n) starts generation g + 1 with a
+ * batch of min(n, waiters without a token) tokens, bumps seq (the futex word) and wakes that
+ * many. A token of generation g may only be taken by a waiter that started before g, and a
+ * waiter takes the oldest it may (that never strands a newer waiter): a later waiter never
+ * takes a wake-up meant for an earlier one, a timed wait that no notify followed times out,
+ * and a batch nobody alive may take (its waiters were killed) is never taken by anyone
+ * else: a killed waiter absorbs at most one notify, and only one no live waiter took. Past
+ * TOKEN_GENS batches the two oldest merge (the merged tokens then go to a wider set of
+ * waiters: an extra wake-up, never a lost one).
  */
+#define TOKEN_GENS 8
+
 struct mp_condition_s {
   uint32_t magic;
   _Atomic uint32_t seq;
-  uint32_t young;  /* waiting, and no notify since they began */
-  uint32_t old;    /* waiting, and a notify came since they began */
-  uint32_t tokens; /* notifies old waiters may take */
+  uint64_t gen;     /* notifies that made tokens */
+  uint32_t waiting; /* threads in wait, killed ones included */
+  uint32_t tokens;  /* the sum of the batches */
+  uint32_t batches; /* in use, oldest first */
+  struct {
+    uint64_t gen; /* takeable by waiters that began before it */
+    uint32_t n;
+  } batch[TOKEN_GENS];
   mp_lock_t *lock;
 };
 
@@ -690,10 +699,26 @@ static int cond_check(mp_condition_t *cond, const char *fn) {
   return 0;
 }
 
+/* Takes the oldest token a waiter that began at generation began may take; false if none. */
+static bool take_token(mp_condition_t *cond, uint64_t began) {
+  for (uint32_t i = 0; i < cond->batches; i++) {
+    if (cond->batch[i].gen <= began)
+      continue;
+    cond->tokens--;
+    if (--cond->batch[i].n == 0) {
+      cond->batches--;
+      memmove(&cond->batch[i], &cond->batch[i + 1],
+              (cond->batches - i) * sizeof cond->batch[0]);
+    }
+    return true;
+  }
+  return false;
+}
+
 static int cond_wait(mp_condition_t *cond, int64_t deadline) {
-  uint64_t me = self_token();
-  uint32_t began = atomic_load_explicit(&cond->seq, memory_order_relaxed), seen = began;
-  cond->young++;
+  uint64_t me = self_token(), began = cond->gen;
+  uint32_t seen = atomic_load_explicit(&cond->seq, memory_order_relaxed);
+  cond->waiting++;
   int dead = 0;
   for (;;) {
     uint32_t depth = lock_drop(cond->lock);
@@ -706,18 +731,10 @@ static int cond_wait(mp_condition_t *cond, int64_t deadline) {
     else if (rc < 0)
       return rc; /* cannot happen without a deadline; the counts stay as they were */
     seen = atomic_load_explicit(&cond->seq, memory_order_relaxed);
-    bool is_old = seen != began;
-    if (is_old && cond->tokens > 0) {
-      cond->tokens--;
-      cond->old--;
-      return dead;
-    }
-    if (mp__now_ns() >= deadline) {
-      if (is_old)
-        cond->old--;
-      else
-        cond->young--;
-      return dead ? dead : mp__error(MP_ETIMEDOUT, "mp_condition_wait: timed out");
+    bool notified = take_token(cond, began);
+    if (notified || mp__now_ns() >= deadline) {
+      cond->waiting--;
+      return notified || dead ? dead : mp__error(MP_ETIMEDOUT, "mp_condition_wait: timed out");
     }
   }
 }
@@ -753,15 +770,23 @@ int mp_condition_notify(mp_condition_t *cond, int n) {
   int rc = cond_check(cond, "mp_condition_notify");
   if (rc < 0)
     return rc;
-  uint32_t free = cond->old + cond->young - cond->tokens;
+  uint32_t free = cond->waiting - cond->tokens;
   uint32_t k = n < 0 ? 0 : (uint32_t)n < free ? (uint32_t)n : free;
   if (k == 0)
     return 0;
-  cond->old += cond->young;
-  cond->young = 0;
+  if (cond->batches == TOKEN_GENS) {
+    cond->batch[1].n += cond->batch[0].n;
+    cond->batches--;
+    memmove(&cond->batch[0], &cond->batch[1], cond->batches * sizeof cond->batch[0]);
+  }
+  cond->batch[cond->batches].gen = ++cond->gen;
+  cond->batch[cond->batches++].n = k;
   cond->tokens += k;
   atomic_fetch_add(&cond->seq, 1);
-  mp__futex_wake(&cond->seq, (int)k);
+  /* k sleepers for a lone batch: all may take it. With older tokens left (in transit, or
+   * of killed waiters), a waiter woken for this batch may take an older one and leave this
+   * one to a sleeper: all wake, and each takes what it may. */
+  mp__futex_wake(&cond->seq, cond->batches > 1 ? INT32_MAX : (int)k);
   return 0;
 }
 

@@ -176,8 +176,8 @@ MP_EXTERN int mp_condition_wait_for(mp_condition_t *cond, mp_predicate_t predica
 /*
  * Wakes at most n of the threads waiting now (none that start waiting later); the caller
  * holds the lock. A waiter killed inside wait counts as waiting: a notify is spent on it only
- * when no live waiter takes it, and then it may wake one extra thread at a later notify
- * (docs/api.md). Errors: MP_ENOTHELD, MP_EINVAL. Python: Condition.notify(n).
+ * when no live waiter takes it, and never passes to a later waiter (docs/api.md). Errors:
+ * MP_ENOTHELD, MP_EINVAL. Python: Condition.notify(n).
  */
 MP_EXTERN int mp_condition_notify(mp_condition_t *cond, int n);
 
