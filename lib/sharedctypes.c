@@ -93,8 +93,8 @@ static int create(ctypes_t **out, uint32_t magic, int typecode, size_t length, c
                   mp_lock_t *lock, bool raw, const char *fn) {
   if (!out)
     return mp__error(MP_EINVAL, "%s: the handle pointer is NULL", fn);
-  if (typecode == 0 || length == 0)
-    return mp__error(MP_EINVAL, "%s: %s", fn, length ? "typecode 0" : "length 0");
+  if (typecode == 0)
+    return mp__error(MP_EINVAL, "%s: typecode 0", fn);
   kind_t kind = BYTES;
   uint32_t elem = 1;
   int rc = lookup(typecode, &kind, &elem, fn);
@@ -151,6 +151,7 @@ typedef struct {
   long l; /* the operand */
   double d;
   long *l_out; /* where the result goes, if not NULL */
+  unsigned long *u_out;
   double *d_out;
 } access_t;
 
@@ -237,7 +238,7 @@ static void unlock_c(ctypes_t *c) {
 /* Element i of c, typed: the op's result goes to a->l_out or a->d_out. */
 static int access(ctypes_t *c, size_t i, access_t *a, const char *fn) {
   bool wants_double = a->op >= GET_DOUBLE;
-  if ((a->op == GET_LONG && !a->l_out) || (a->op == GET_DOUBLE && !a->d_out))
+  if ((a->op == GET_LONG && !a->l_out && !a->u_out) || (a->op == GET_DOUBLE && !a->d_out))
     return mp__error(MP_EINVAL, "%s: out is NULL", fn);
   if ((wants_double && c->kind != FLOATING) ||
       (!wants_double && (c->kind == FLOATING || c->kind == BYTES)))
@@ -251,8 +252,8 @@ static int access(ctypes_t *c, size_t i, access_t *a, const char *fn) {
   if (rc < 0 && rc != MP_EOWNERDEAD)
     return rc;
   switch (a->op) {
-  case ADD_LONG:
-    a->l += load_long(c, p);
+  case ADD_LONG: /* in unsigned arithmetic: it wraps at the element's width, as in ctypes */
+    a->l = (long)((unsigned long)a->l + (unsigned long)load_long(c, p));
     /* fall through */
   case SET_LONG:
     store_long(c, p, a->l);
@@ -260,6 +261,8 @@ static int access(ctypes_t *c, size_t i, access_t *a, const char *fn) {
   case GET_LONG:
     if (a->l_out)
       *a->l_out = load_long(c, p);
+    if (a->u_out)
+      *a->u_out = (unsigned long)load_long(c, p);
     break;
   case ADD_DOUBLE:
     a->d += load_double(c, p);
@@ -296,6 +299,22 @@ static int copy(ctypes_t *c, size_t start, size_t count, void *buf, bool to_obj,
   return rc;
 }
 
+/*
+ * The typed accessors, one set for Value and Array (which adds the index): name, the
+ * parameters, and the access they make. The unsigned ones carry the same bits through a long
+ * (C's modular conversion), so 'L' and 'Q' read back whole.
+ */
+#define UNPAREN(...) __VA_ARGS__
+#define TYPED_ACCESSORS(X)                                                                     \
+  X(get_long, (long *out), (.op = GET_LONG, .l_out = out))                                     \
+  X(set_long, (long x), (.op = SET_LONG, .l = x))                                              \
+  X(add_long, (long delta, long *result), (.op = ADD_LONG, .l = delta, .l_out = result))       \
+  X(get_ulong, (unsigned long *out), (.op = GET_LONG, .u_out = out))                           \
+  X(set_ulong, (unsigned long x), (.op = SET_LONG, .l = (long)x))                              \
+  X(get_double, (double *out), (.op = GET_DOUBLE, .d_out = out))                               \
+  X(set_double, (double x), (.op = SET_DOUBLE, .d = x))                                        \
+  X(add_double, (double delta, double *result), (.op = ADD_DOUBLE, .d = delta, .d_out = result))
+
 static int close_c(ctypes_t *c) {
   mp_lock_t *lock = inner_lock(c) ? NULL : c->lock;
   if (mp__shared_release(c) && lock)
@@ -330,31 +349,11 @@ static int value_access(mp_value_t *value, access_t a, const char *fn) {
   return access(c, 0, &a, fn);
 }
 
-int mp_value_get_long(mp_value_t *value, long *out) {
-  return value_access(value, (access_t){.op = GET_LONG, .l_out = out}, "mp_value_get_long");
-}
-
-int mp_value_set_long(mp_value_t *value, long x) {
-  return value_access(value, (access_t){.op = SET_LONG, .l = x}, "mp_value_set_long");
-}
-
-int mp_value_add_long(mp_value_t *value, long delta, long *result) {
-  return value_access(value, (access_t){.op = ADD_LONG, .l = delta, .l_out = result},
-                      "mp_value_add_long");
-}
-
-int mp_value_get_double(mp_value_t *value, double *out) {
-  return value_access(value, (access_t){.op = GET_DOUBLE, .d_out = out}, "mp_value_get_double");
-}
-
-int mp_value_set_double(mp_value_t *value, double x) {
-  return value_access(value, (access_t){.op = SET_DOUBLE, .d = x}, "mp_value_set_double");
-}
-
-int mp_value_add_double(mp_value_t *value, double delta, double *result) {
-  return value_access(value, (access_t){.op = ADD_DOUBLE, .d = delta, .d_out = result},
-                      "mp_value_add_double");
-}
+#define VALUE_ACCESSOR(name, params, fields)                                                   \
+  int mp_value_##name(mp_value_t *value, UNPAREN params) {                                     \
+    return value_access(value, (access_t){UNPAREN fields}, "mp_value_" #name);                 \
+  }
+TYPED_ACCESSORS(VALUE_ACCESSOR)
 
 int mp_value_read(mp_value_t *value, void *buf) {
   VALUE(value, "mp_value_read");
@@ -420,27 +419,11 @@ static int array_access(mp_array_t *array, size_t i, access_t a, const char *fn)
   return access(c, i, &a, fn);
 }
 
-int mp_array_get_long(mp_array_t *array, size_t i, long *out) {
-  return array_access(array, i, (access_t){.op = GET_LONG, .l_out = out}, "mp_array_get_long");
-}
-
-int mp_array_set_long(mp_array_t *array, size_t i, long x) {
-  return array_access(array, i, (access_t){.op = SET_LONG, .l = x}, "mp_array_set_long");
-}
-
-int mp_array_add_long(mp_array_t *array, size_t i, long delta, long *result) {
-  return array_access(array, i, (access_t){.op = ADD_LONG, .l = delta, .l_out = result},
-                      "mp_array_add_long");
-}
-
-int mp_array_get_double(mp_array_t *array, size_t i, double *out) {
-  return array_access(array, i, (access_t){.op = GET_DOUBLE, .d_out = out},
-                      "mp_array_get_double");
-}
-
-int mp_array_set_double(mp_array_t *array, size_t i, double x) {
-  return array_access(array, i, (access_t){.op = SET_DOUBLE, .d = x}, "mp_array_set_double");
-}
+#define ARRAY_ACCESSOR(name, params, fields)                                                   \
+  int mp_array_##name(mp_array_t *array, size_t i, UNPAREN params) {                           \
+    return array_access(array, i, (access_t){UNPAREN fields}, "mp_array_" #name);              \
+  }
+TYPED_ACCESSORS(ARRAY_ACCESSOR)
 
 int mp_array_read(mp_array_t *array, size_t start, size_t count, void *buf) {
   ARRAY(array, "mp_array_read");

@@ -8,17 +8,23 @@
  * What a death does to each (docs/architecture.md tells the whole story):
  *  - Lock, RLock: a robust process-shared mutex. The kernel releases it when its holder
  *    thread ends, and the next acquirer gets MP_EOWNERDEAD at once.
- *  - Semaphore: each process's acquired-minus-released permits are recorded in a slot by
- *    (pid, start time). A process that ends normally keeps what it took (a permit is
- *    consumed, as in Python); one that is killed holding permits has them returned by the
- *    first waiter that notices (a blocked one within SLICE_NS, one about to time out at
- *    once), and the acquirers of those get MP_EOWNERDEAD.
- *  - Condition: a waiter killed inside wait may use up one notify; notify_all wakes the rest.
+ *  - Semaphore: an acquired permit is consumed (an item counter's item is taken): a death
+ *    changes nothing.
+ *  - BoundedSemaphore (lock-like: permits are held and given back): each process's
+ *    acquired-minus-released permits are recorded in a slot by (pid, start time). A process
+ *    that ends normally keeps what it took (consumed, as in Python); one that is killed
+ *    holding permits has them returned by the first waiter that notices (blocked ones
+ *    within SLICE_NS, one about to time out at once), and their acquirers get
+ *    MP_EOWNERDEAD. A holder counts as killed only when that is certain (see proc_alive).
+ *  - Condition: a waiter killed inside wait may absorb one notify (one that no live waiter
+ *    took); a notify never wakes a thread that began waiting after it.
  *  - Barrier: a party that never arrives breaks it when a waiter's timeout passes.
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,26 +61,29 @@ static uint64_t self_token(void) {
 /* A process is named by (pid, start time): a pid alone is reused. */
 typedef struct {
   int32_t pid;
-  uint32_t count; /* for a semaphore slot: permits acquired and not released */
-  uint64_t start; /* clock ticks after boot, /proc/<pid>/stat field 22 */
+  uint32_t count; /* for a semaphore slot: permits acquired and not released (saturates) */
+  uint64_t start; /* clock ticks after boot, /proc/<pid>/stat field 22; 0 if unknown */
 } proc_id_t;
 
-/* Reads pid's start time; false if it has ended (gone, or a zombie). */
-static bool proc_started(int32_t pid, uint64_t *start) {
+/* Reads pid's start time: 0, -errno of the open or read, or -ESRCH for a zombie. */
+static int proc_start(int32_t pid, uint64_t *start) {
   char path[64], buf[1024];
   snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return false;
+    return -errno;
   ssize_t n = read(fd, buf, sizeof buf - 1);
+  int err = n < 0 ? errno : EIO;
   close(fd);
   if (n <= 0)
-    return false;
+    return -err;
   buf[n] = '\0';
   /* The name in parentheses may hold anything: the fields start after the last ')'. */
   char *p = strrchr(buf, ')');
-  if (!p || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X')
-    return false;
+  if (!p || p[1] != ' ')
+    return -EIO;
+  if (p[2] == 'Z' || p[2] == 'X')
+    return -ESRCH;
   p += 2; /* field 3, the state */
   for (int field = 3; field < 22 && p; field++) {
     p = strchr(p, ' ');
@@ -82,9 +91,26 @@ static bool proc_started(int32_t pid, uint64_t *start) {
       p++;
   }
   if (!p)
-    return false;
+    return -EIO;
   *start = strtoull(p, NULL, 10);
-  return true;
+  return 0;
+}
+
+/*
+ * False only when the process h provably ended: no such pid, a zombie, a pid now held by a
+ * process that started at another time, or (when /proc worked as h was recorded and the pid
+ * can be signalled) no /proc entry. Anything else (out of fds, no /proc, hidepid, EPERM)
+ * counts as alive: a wrong "dead" would hand its permits to a second holder.
+ */
+static bool proc_alive(proc_id_t h) {
+  int killed = kill(h.pid, 0) == 0 ? 0 : errno;
+  if (killed == ESRCH)
+    return false;
+  uint64_t start = 0;
+  int rc = proc_start(h.pid, &start);
+  if (rc == -ESRCH || (rc == -ENOENT && h.start != 0 && killed == 0))
+    return false;
+  return rc < 0 || h.start == 0 || start == h.start;
 }
 
 static proc_id_t self_id;
@@ -93,7 +119,7 @@ static proc_id_t self_process(void) {
   if (self_id.pid == 0) {
     uint64_t start = 0;
     int32_t pid = getpid();
-    proc_started(pid, &start);
+    proc_start(pid, &start); /* left 0 (unknown) if /proc cannot tell */
     self_id.start = start;
     self_id.pid = pid;
   }
@@ -271,7 +297,8 @@ struct mp_semaphore_s {
   _Atomic uint32_t sleepers; /* waiters that may be in a futex wait on seq */
   pthread_mutex_t mutex;     /* guards what follows; held for a few stores only */
   int32_t value;
-  uint32_t reclaimed; /* permits returned from killed holders and not yet re-acquired */
+  uint32_t reclaimed;      /* permits returned from killed holders and not yet re-acquired */
+  _Atomic int64_t scanned; /* when holders were last looked for (CLOCK_MONOTONIC ns) */
   /* The change under way, written before it is made: the process that locks the mutex
    * after its holder died makes it again, so value and slots always agree. */
   struct {
@@ -354,22 +381,44 @@ static uint32_t sem_slot(const mp_semaphore_t *sem, proc_id_t me) {
   return free_slot;
 }
 
-/* Returns the permits of holders that were killed. Called with the mutex held. */
-static void sem_reclaim(mp_semaphore_t *sem) {
+/*
+ * A BoundedSemaphore's permits held by killed processes go back to it (never above its
+ * initial value). The /proc reads run outside the mutex, on a copy of the slots, and the
+ * blocked waiters of all processes share one look per SLICE_NS (force: look now). True if
+ * permits came back. A plain Semaphore's acquired permits are consumed: nothing to return.
+ */
+static bool sem_reclaim(mp_semaphore_t *sem, bool force) {
+  int64_t now = mp__now_ns(), last = atomic_load(&sem->scanned);
+  if (!sem->bounded || (!force && (now - last < SLICE_NS ||
+                                   !atomic_compare_exchange_strong(&sem->scanned, &last, now))))
+    return false;
+  proc_id_t seen[HOLDER_SLOTS];
+  if (sem_lock(sem) < 0)
+    return false;
+  memcpy(seen, sem->holders, sizeof seen);
+  mp__mutex_unlock(&sem->mutex);
+  bool dead[HOLDER_SLOTS], any = false;
+  for (uint32_t i = 0; i < HOLDER_SLOTS; i++)
+    any |= dead[i] = seen[i].count > 0 && !proc_alive(seen[i]);
+  if (!any || sem_lock(sem) < 0)
+    return false;
   uint32_t returned = 0;
   for (uint32_t i = 0; i < HOLDER_SLOTS; i++) {
     proc_id_t h = sem->holders[i];
-    uint64_t start;
-    if (h.count == 0 || (proc_started(h.pid, &start) && start == h.start))
-      continue;
-    sem_commit(sem, sem->value + (int32_t)h.count, i, (proc_id_t){0, 0, 0});
-    returned += h.count;
+    if (!dead[i] || h.count == 0 || h.pid != seen[i].pid || h.start != seen[i].start)
+      continue; /* the slot changed hands meanwhile: its new holder is alive */
+    uint32_t room = (uint32_t)(sem->initial - sem->value);
+    uint32_t n = h.count < room ? h.count : room;
+    sem_commit(sem, sem->value + (int32_t)n, i, (proc_id_t){0, 0, 0});
+    returned += n;
   }
   if (returned) {
     sem->reclaimed += returned;
     atomic_fetch_add(&sem->seq, 1);
     mp__futex_wake(&sem->seq, INT32_MAX);
   }
+  mp__mutex_unlock(&sem->mutex);
+  return returned > 0;
 }
 
 static int sem_new(mp_semaphore_t **out, int value, bool bounded, const char *fn) {
@@ -406,13 +455,15 @@ int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout) {
     if (rc < 0)
       return rc;
     if (sem->value > 0) {
-      uint32_t slot = sem_slot(sem, me);
+      /* Only a BoundedSemaphore's permits are held (and given back if the holder is
+       * killed); a full table leaves the permit untracked. */
+      uint32_t slot = sem->bounded ? sem_slot(sem, me) : HOLDER_SLOTS;
       bool first = false;
-      if (slot < HOLDER_SLOTS) { /* a full table leaves the permit untracked */
+      if (slot < HOLDER_SLOTS) {
         proc_id_t h = sem->holders[slot];
         first = h.count == 0;
         h = first ? me : h;
-        h.count++;
+        h.count += h.count < UINT32_MAX; /* saturates: reclaim caps at the initial value */
         sem_commit(sem, sem->value - 1, slot, h);
       } else {
         sem->value--;
@@ -430,11 +481,9 @@ int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout) {
     uint32_t seen = atomic_load(&sem->seq);
     int64_t now = mp__now_ns();
     if (now >= deadline) {
-      /* Before giving up (at once, for a timeout of 0), look for killed holders once. */
-      bool more = !looked && (sem_reclaim(sem), sem->value > 0);
-      looked = true;
       mp__mutex_unlock(&sem->mutex);
-      if (more)
+      /* Before giving up (at once, for a timeout of 0), look for killed holders once. */
+      if (!looked && (looked = true, sem_reclaim(sem, true)))
         continue;
       return mp__error(MP_ETIMEDOUT, "mp_semaphore_acquire: timed out");
     }
@@ -443,12 +492,8 @@ int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout) {
     int64_t until = deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
     rc = mp__futex_wait(&sem->seq, seen, until);
     atomic_fetch_sub(&sem->sleepers, 1);
-    if (rc == MP_ETIMEDOUT && until < deadline) {
-      if ((rc = sem_lock(sem)) < 0)
-        return rc;
-      sem_reclaim(sem);
-      mp__mutex_unlock(&sem->mutex);
-    }
+    if (rc == MP_ETIMEDOUT && until < deadline)
+      sem_reclaim(sem, false);
   }
 }
 
@@ -464,8 +509,7 @@ int mp_semaphore_release(mp_semaphore_t *sem) {
                      sem->bounded ? "released more times than acquired"
                                   : "the value is at INT32_MAX");
   }
-  proc_id_t me = self_process();
-  uint32_t slot = sem_slot(sem, me);
+  uint32_t slot = sem->bounded ? sem_slot(sem, self_process()) : HOLDER_SLOTS;
   proc_id_t h = slot < HOLDER_SLOTS ? sem->holders[slot] : (proc_id_t){0, 0, 0};
   bool mine = h.count > 0; /* else released for another process: no slot changes */
   if (mine) {
@@ -586,18 +630,30 @@ int mp_event_close(mp_event_t *event) {
 /* ================================ Condition ================================ */
 
 /*
- * Waiters are counted, not listed. wait() counts itself as unassigned (under the lock) and
- * sleeps on seq; notify(n) moves min(n, unassigned) from unassigned to tokens, bumps seq and
- * wakes that many. A waiter that sees seq move takes a token if one is left and returns,
- * else sleeps again. Only threads that were waiting when notify ran can see that seq move
- * (a later waiter read seq after it), so a notify never wakes a later waiter, and never
- * more than n: unassigned + tokens is always the number of waiters.
+ * Waiters are counted, not listed, and every count changes under the condition's lock. A
+ * waiter notes the generation (gen) when it starts. notify(n) starts generation g + 1 with a
+ * batch of min(n, waiters without a token) tokens, bumps seq (the futex word) and wakes that
+ * many. A token of generation g may only be taken by a waiter that started before g, and a
+ * waiter takes the oldest it may (that never strands a newer waiter): a later waiter never
+ * takes a wake-up meant for an earlier one, a timed wait that no notify followed times out,
+ * and a batch nobody alive may take (its waiters were killed) is never taken by anyone
+ * else: a killed waiter absorbs at most one notify, and only one no live waiter took. Past
+ * TOKEN_GENS batches the two oldest merge (the merged tokens then go to a wider set of
+ * waiters: an extra wake-up, never a lost one).
  */
+#define TOKEN_GENS 8
+
 struct mp_condition_s {
   uint32_t magic;
   _Atomic uint32_t seq;
-  _Atomic uint32_t unassigned;
-  _Atomic uint32_t tokens;
+  uint64_t gen;     /* notifies that made tokens */
+  uint32_t waiting; /* threads in wait, killed ones included */
+  uint32_t tokens;  /* the sum of the batches */
+  uint32_t batches; /* in use, oldest first */
+  struct {
+    uint64_t gen; /* takeable by waiters that began before it */
+    uint32_t n;
+  } batch[TOKEN_GENS];
   mp_lock_t *lock;
 };
 
@@ -633,13 +689,6 @@ int mp_condition_release(mp_condition_t *cond) {
   return mp_lock_release(cond->lock);
 }
 
-static bool take_token(mp_condition_t *cond) {
-  uint32_t t = atomic_load(&cond->tokens);
-  while (t > 0 && !atomic_compare_exchange_weak(&cond->tokens, &t, t - 1)) {
-  }
-  return t > 0;
-}
-
 /* Checks the handle and that the caller holds the lock. */
 static int cond_check(mp_condition_t *cond, const char *fn) {
   if (!valid(cond, CONDITION_MAGIC))
@@ -650,32 +699,44 @@ static int cond_check(mp_condition_t *cond, const char *fn) {
   return 0;
 }
 
-static int cond_wait(mp_condition_t *cond, int64_t deadline) {
-  uint64_t me = self_token();
-  uint32_t seen = atomic_load(&cond->seq);
-  atomic_fetch_add(&cond->unassigned, 1);
-  uint32_t depth = lock_drop(cond->lock);
-  bool notified = false;
-  for (;;) {
-    uint32_t now = atomic_load(&cond->seq);
-    if (now != seen) {
-      if ((notified = take_token(cond)))
-        break;
-      seen = now;
+/* Takes the oldest token a waiter that began at generation began may take; false if none. */
+static bool take_token(mp_condition_t *cond, uint64_t began) {
+  for (uint32_t i = 0; i < cond->batches; i++) {
+    if (cond->batch[i].gen <= began)
+      continue;
+    cond->tokens--;
+    if (--cond->batch[i].n == 0) {
+      cond->batches--;
+      memmove(&cond->batch[i], &cond->batch[i + 1],
+              (cond->batches - i) * sizeof cond->batch[0]);
     }
-    if (mp__futex_wait(&cond->seq, seen, deadline) == MP_ETIMEDOUT)
-      break;
+    return true;
   }
-  int rc = lock_take(cond->lock, me, depth, INT64_MAX);
-  if (!notified) {
-    /* Timed out; a token left now is as good as one meant for us (see above). */
-    notified = take_token(cond);
-    if (!notified && atomic_load(&cond->unassigned) > 0)
-      atomic_fetch_sub(&cond->unassigned, 1);
+  return false;
+}
+
+static int cond_wait(mp_condition_t *cond, int64_t deadline) {
+  uint64_t me = self_token(), began = cond->gen;
+  uint32_t seen = atomic_load_explicit(&cond->seq, memory_order_relaxed);
+  cond->waiting++;
+  int dead = 0;
+  for (;;) {
+    uint32_t depth = lock_drop(cond->lock);
+    int rc = 0;
+    while (atomic_load(&cond->seq) == seen && rc != MP_ETIMEDOUT)
+      rc = mp__futex_wait(&cond->seq, seen, deadline);
+    rc = lock_take(cond->lock, me, depth, INT64_MAX);
+    if (rc == MP_EOWNERDEAD)
+      dead = rc;
+    else if (rc < 0)
+      return rc; /* cannot happen without a deadline; the counts stay as they were */
+    seen = atomic_load_explicit(&cond->seq, memory_order_relaxed);
+    bool notified = take_token(cond, began);
+    if (notified || mp__now_ns() >= deadline) {
+      cond->waiting--;
+      return notified || dead ? dead : mp__error(MP_ETIMEDOUT, "mp_condition_wait: timed out");
+    }
   }
-  if (rc < 0)
-    return rc;
-  return notified ? 0 : mp__error(MP_ETIMEDOUT, "mp_condition_wait: timed out");
 }
 
 int mp_condition_wait(mp_condition_t *cond, double timeout) {
@@ -709,14 +770,23 @@ int mp_condition_notify(mp_condition_t *cond, int n) {
   int rc = cond_check(cond, "mp_condition_notify");
   if (rc < 0)
     return rc;
-  uint32_t waiting = atomic_load(&cond->unassigned);
-  uint32_t k = n < 0 ? 0 : (uint32_t)n < waiting ? (uint32_t)n : waiting;
+  uint32_t free = cond->waiting - cond->tokens;
+  uint32_t k = n < 0 ? 0 : (uint32_t)n < free ? (uint32_t)n : free;
   if (k == 0)
     return 0;
-  atomic_fetch_sub(&cond->unassigned, k);
-  atomic_fetch_add(&cond->tokens, k);
+  if (cond->batches == TOKEN_GENS) {
+    cond->batch[1].n += cond->batch[0].n;
+    cond->batches--;
+    memmove(&cond->batch[0], &cond->batch[1], cond->batches * sizeof cond->batch[0]);
+  }
+  cond->batch[cond->batches].gen = ++cond->gen;
+  cond->batch[cond->batches++].n = k;
+  cond->tokens += k;
   atomic_fetch_add(&cond->seq, 1);
-  mp__futex_wake(&cond->seq, (int)k);
+  /* k sleepers for a lone batch: all may take it. With older tokens left (in transit, or
+   * of killed waiters), a waiter woken for this batch may take an older one and leave this
+   * one to a sleeper: all wake, and each takes what it may. */
+  mp__futex_wake(&cond->seq, cond->batches > 1 ? INT32_MAX : (int)k);
   return 0;
 }
 

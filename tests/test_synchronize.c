@@ -8,6 +8,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/resource.h>
 
 /* What a child is told: the objects, and a number to work with. */
 typedef struct {
@@ -295,6 +296,44 @@ START_TEST(test_semaphore_consumed_by_exit) {
 }
 END_TEST
 
+/* A plain Semaphore counts items: one taken by a consumer that is then killed is gone. */
+START_TEST(test_semaphore_item_taken_by_killed) {
+  job_t job = {0};
+  MP_ASSERT_OK(mp_semaphore_create(&job.sem, 0));
+  MP_ASSERT_OK(mp_semaphore_release(job.sem)); /* one item produced */
+  kill_holder(_i, &job);
+  MP_ASSERT_ERR(mp_semaphore_acquire(job.sem, 0), MP_ETIMEDOUT);
+  T_TAKES_AT_LEAST(mp_semaphore_acquire(job.sem, 0.2), MP_ETIMEDOUT, 0.2);
+  T_INT_EQ(mp_semaphore_value(job.sem), 0);
+  mp_semaphore_close(job.sem);
+}
+END_TEST
+
+/* A live holder whose /proc entry cannot be read (the caller is out of fds) stays a holder. */
+START_TEST(test_semaphore_holder_alive_without_fds) {
+  job_t job = {0};
+  MP_ASSERT_OK(mp_bounded_semaphore_create(&job.sem, 1));
+  MP_ASSERT_OK(mp_event_create(&job.ready));
+  mp_process_t *p = mp_test_start(_i, child_holds_and_hangs, &job, sizeof(job_t));
+  MP_ASSERT_OK(mp_event_wait(job.ready, 20));
+  struct rlimit saved, none = {0, 0};
+  T_INT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  none.rlim_max = saved.rlim_max;
+  T_INT_EQ(setrlimit(RLIMIT_NOFILE, &none), 0);
+  int at_once = mp_semaphore_acquire(job.sem, 0);
+  int blocked = mp_semaphore_acquire(job.sem, 0.2); /* looks every slice, and at the end */
+  T_INT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  MP_ASSERT_ERR(at_once, MP_ETIMEDOUT);
+  MP_ASSERT_ERR(blocked, MP_ETIMEDOUT);
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 20), -SIGKILL);
+  T_PROC_CLOSE(p);
+  MP_ASSERT_ERR(mp_semaphore_acquire(job.sem, 10), MP_EOWNERDEAD); /* now it is dead */
+  mp_event_close(job.ready);
+  mp_semaphore_close(job.sem);
+}
+END_TEST
+
 /* ================================ Semaphore ================================ */
 
 START_TEST(test_semaphore_basics) {
@@ -572,6 +611,44 @@ static int child_produces(void *arg, size_t size) {
   return 0;
 }
 
+static void *thread_produces(void *arg) {
+  return (void *)(intptr_t)child_produces(arg, 0);
+}
+
+/* Takes job->n items from child_produces, in order. */
+static void consume_items(job_t *job) {
+  long *w = job->shared;
+  for (long i = 1; i <= job->n; i++) {
+    MP_ASSERT_OK(mp_condition_acquire(job->cond, 20));
+    MP_ASSERT_OK(mp_condition_wait_for(job->cond, has_item, w, 20));
+    T_INT_EQ(w[2 + w[1] % 4], i * 7);
+    w[1]++;
+    MP_ASSERT_OK(mp_condition_notify(job->cond, 1));
+    MP_ASSERT_OK(mp_condition_release(job->cond));
+  }
+}
+
+/* The same between two threads, over a plain Lock. */
+START_TEST(test_condition_threads) {
+  job_t job = {.n = 300};
+  mp_array_t *words;
+  MP_ASSERT_OK(mp_raw_array_create(&words, 'l', 6, NULL));
+  job.shared = mp_array_ptr(words);
+  mp_lock_t *lock;
+  MP_ASSERT_OK(mp_lock_create(&lock));
+  MP_ASSERT_OK(mp_condition_create(&job.cond, lock));
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, thread_produces, &job), 0);
+  consume_items(&job);
+  void *trc;
+  T_INT_EQ(pthread_join(t, &trc), 0);
+  T_INT_EQ((intptr_t)trc, 0);
+  mp_condition_close(job.cond);
+  mp_lock_close(lock);
+  mp_array_close(words);
+}
+END_TEST
+
 START_TEST(test_condition_producer_consumer) {
   for (int own_lock = 0; own_lock < 2; own_lock++) {
     job_t job = {.n = 300};
@@ -583,15 +660,7 @@ START_TEST(test_condition_producer_consumer) {
       MP_ASSERT_OK(mp_lock_create(&lock));
     MP_ASSERT_OK(mp_condition_create(&job.cond, lock));
     mp_process_t *p = mp_test_start(_i, child_produces, &job, sizeof(job_t));
-    long *w = job.shared;
-    for (long i = 1; i <= job.n; i++) {
-      MP_ASSERT_OK(mp_condition_acquire(job.cond, 20));
-      MP_ASSERT_OK(mp_condition_wait_for(job.cond, has_item, w, 20));
-      T_INT_EQ(w[2 + w[1] % 4], i * 7);
-      w[1]++;
-      MP_ASSERT_OK(mp_condition_notify(job.cond, 1));
-      MP_ASSERT_OK(mp_condition_release(job.cond));
-    }
+    consume_items(&job);
     mp_test_join_ok(p, 20);
     mp_condition_close(job.cond);
     if (lock)
@@ -606,13 +675,14 @@ typedef struct {
   mp_condition_t *cond;
   _Atomic int waiting, woken;
   int rc[3];
+  double timeout; /* of each wait; 0: 20 s */
 } waiters_t;
 
 static void *thread_waits(void *arg) {
   waiters_t *w = arg;
   mp_condition_acquire(w->cond, MP_FOREVER);
   int k = atomic_fetch_add(&w->waiting, 1);
-  w->rc[k] = mp_condition_wait(w->cond, 20);
+  w->rc[k] = mp_condition_wait(w->cond, w->timeout > 0 ? w->timeout : 20);
   atomic_fetch_add(&w->woken, 1);
   mp_condition_release(w->cond);
   return NULL;
@@ -647,6 +717,58 @@ START_TEST(test_condition_notify_counts) {
   for (int k = 0; k < 3; k++)
     MP_ASSERT_OK(w.rc[k]);
   mp_condition_close(w.cond);
+}
+END_TEST
+
+/* A waiter killed inside wait: a notify may be spent on it, but never saved for later. */
+static int child_waits_on_condition(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  if (mp_condition_acquire(job->cond, 10) != 0)
+    return 2;
+  mp_event_set(job->ready);
+  mp_condition_wait(job->cond, 30);
+  return 3;
+}
+
+START_TEST(test_condition_waiter_killed) {
+  job_t job = {0};
+  MP_ASSERT_OK(mp_condition_create(&job.cond, NULL));
+  MP_ASSERT_OK(mp_event_create(&job.ready));
+  mp_process_t *p = mp_test_start(_i, child_waits_on_condition, &job, sizeof(job_t));
+  MP_ASSERT_OK(mp_event_wait(job.ready, 20));
+  MP_ASSERT_OK(mp_condition_acquire(job.cond, 20)); /* free once the child waits */
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 20), -SIGKILL);
+  T_PROC_CLOSE(p);
+  MP_ASSERT_OK(mp_condition_notify(job.cond, 1)); /* only the dead waiter was waiting */
+  for (int k = 0; k < 2; k++)
+    T_TAKES_AT_LEAST(mp_condition_wait(job.cond, 0.1), MP_ETIMEDOUT, 0.1);
+  MP_ASSERT_OK(mp_condition_notify_all(job.cond));
+  T_TAKES_AT_LEAST(mp_condition_wait(job.cond, 0.1), MP_ETIMEDOUT, 0.1);
+  MP_ASSERT_OK(mp_condition_release(job.cond));
+  /* Two live waiters with timeouts, one notify(1): one is notified and the other times out,
+   * although the dead waiter's absorbed notify is still there. */
+  waiters_t w = {.cond = job.cond, .timeout = 0.5};
+  pthread_t t[2];
+  for (int k = 0; k < 2; k++)
+    T_INT_EQ(pthread_create(&t[k], NULL, thread_waits, &w), 0);
+  for (;;) {
+    MP_ASSERT_OK(mp_condition_acquire(w.cond, 20));
+    if (atomic_load(&w.waiting) == 2)
+      break;
+    MP_ASSERT_OK(mp_condition_release(w.cond));
+    mp_test_sleep(0.01);
+  }
+  MP_ASSERT_OK(mp_condition_notify(w.cond, 1));
+  MP_ASSERT_OK(mp_condition_release(w.cond));
+  for (int k = 0; k < 2; k++)
+    T_INT_EQ(pthread_join(t[k], NULL), 0);
+  T_ASSERT((w.rc[0] == 0 && w.rc[1] == MP_ETIMEDOUT) ||
+               (w.rc[1] == 0 && w.rc[0] == MP_ETIMEDOUT),
+           "notify(1) with two waiters: they returned %d and %d", w.rc[0], w.rc[1]);
+  mp_event_close(job.ready);
+  mp_condition_close(job.cond);
 }
 END_TEST
 
@@ -862,6 +984,9 @@ static Suite *synchronize_suite(void) {
   tcase_add_loop_test(tc, test_lock_waiter_told_of_death, 0, N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_holder_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_consumed_by_exit, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_semaphore_item_taken_by_killed, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_semaphore_holder_alive_without_fds, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_condition_waiter_killed, 0, N_METHODS);
   tc = mp_test_tcase(s, "semaphore", 30);
   tcase_add_test(tc, test_semaphore_basics);
   tcase_add_test(tc, test_semaphore_threads);
@@ -877,6 +1002,7 @@ static Suite *synchronize_suite(void) {
   tcase_add_test(tc, test_condition_notify_counts);
   tcase_add_test(tc, test_condition_wait_releases_rlock);
   tcase_add_loop_test(tc, test_condition_producer_consumer, 0, N_METHODS);
+  tcase_add_test(tc, test_condition_threads);
   tc = mp_test_tcase(s, "barrier", 30);
   tcase_add_loop_test(tc, test_barrier_rounds, 0, N_METHODS);
   tcase_add_loop_test(tc, test_barrier_abort_reset_timeout, 0, N_METHODS);

@@ -51,12 +51,17 @@ MP_EXTERN mp_lock_t *mp_value_get_lock(const mp_value_t *value);
  * Typed access under the lock. long for the integer typecodes and 'c' (stored with C's
  * conversion, wrapping as ctypes does), double for 'f' and 'd'; add stores value + delta and
  * gives the new value in *result (may be NULL) in one hold of the lock: the "+= 1" that
- * Python needs `with v.get_lock(): v.value += 1` for. Errors: MP_EINVAL (NULL, closed, or
- * the other kind of typecode). Python: Value.value.
+ * Python needs `with v.get_lock(): v.value += 1` for. Integer addition wraps at the element's
+ * width (never undefined: it is done in unsigned arithmetic). get_long gives an 'L' or 'Q'
+ * value of 2^63 or more as a negative long: get_ulong gives it whole, set_ulong stores any
+ * unsigned long (both convert as C does, for every integer typecode). Errors: MP_EINVAL
+ * (NULL, closed, out NULL, or the other kind of typecode). Python: Value.value.
  */
 MP_EXTERN int mp_value_get_long(mp_value_t *value, long *out);
 MP_EXTERN int mp_value_set_long(mp_value_t *value, long x);
 MP_EXTERN int mp_value_add_long(mp_value_t *value, long delta, long *result);
+MP_EXTERN int mp_value_get_ulong(mp_value_t *value, unsigned long *out);
+MP_EXTERN int mp_value_set_ulong(mp_value_t *value, unsigned long x);
 MP_EXTERN int mp_value_get_double(mp_value_t *value, double *out);
 MP_EXTERN int mp_value_set_double(mp_value_t *value, double x);
 MP_EXTERN int mp_value_add_double(mp_value_t *value, double delta, double *result);
@@ -79,9 +84,9 @@ MP_EXTERN int mp_value_close(mp_value_t *value);
 typedef struct mp_array_s mp_array_t;
 
 /*
- * An Array of length (>= 1) elements of the typecode, holding a copy of init (length
- * elements; NULL: zeros), guarded by lock or, for NULL, by an RLock of its own.
- * Errors: MP_EINVAL (array NULL, an unknown typecode, length 0, a closed lock), MP_ENOMEM
+ * An Array of length (0 is allowed, as in Python) elements of the typecode, holding a copy of
+ * init (length elements; NULL: zeros), guarded by lock or, for NULL, by an RLock of its own.
+ * Errors: MP_EINVAL (array NULL, an unknown typecode, a closed lock), MP_ENOMEM
  * (too large for the arena). Python: multiprocessing.Array(typecode, init, lock=...).
  */
 MP_EXTERN int mp_array_create(mp_array_t **array, int typecode, size_t length, const void *init,
@@ -102,8 +107,11 @@ MP_EXTERN size_t mp_array_length(const mp_array_t *array);
 MP_EXTERN int mp_array_get_long(mp_array_t *array, size_t i, long *out);
 MP_EXTERN int mp_array_set_long(mp_array_t *array, size_t i, long x);
 MP_EXTERN int mp_array_add_long(mp_array_t *array, size_t i, long delta, long *result);
+MP_EXTERN int mp_array_get_ulong(mp_array_t *array, size_t i, unsigned long *out);
+MP_EXTERN int mp_array_set_ulong(mp_array_t *array, size_t i, unsigned long x);
 MP_EXTERN int mp_array_get_double(mp_array_t *array, size_t i, double *out);
 MP_EXTERN int mp_array_set_double(mp_array_t *array, size_t i, double x);
+MP_EXTERN int mp_array_add_double(mp_array_t *array, size_t i, double delta, double *result);
 
 /* Copies count elements from start out of or into buf, in one hold of the lock.
  * Errors: MP_EINVAL (NULL, or the range past the end). Python: a[start:start+count]. */

@@ -12,10 +12,10 @@
  * Every wait takes a timeout (seconds on the monotonic clock; MP_FOREVER blocks, 0 or a
  * negative timeout does not block) and returns MP_ETIMEDOUT when it passes.
  *
- * Owner death: a process killed while holding a Lock, an RLock or permits of a Semaphore does
- * not leave the others waiting forever: the next acquirer gets MP_EOWNERDEAD, which means
- * "acquired" (the object is usable again) and "what it guarded may be half updated".
- * docs/api.md says what each object promises.
+ * Owner death: a process killed while holding a Lock, an RLock or permits of a
+ * BoundedSemaphore does not leave the others waiting forever: the next acquirer gets
+ * MP_EOWNERDEAD, which means "acquired" (the object is usable again) and "what it guarded may
+ * be half updated". docs/api.md says what each object promises.
  */
 #ifndef MP_SYNCHRONIZE_H
 #define MP_SYNCHRONIZE_H
@@ -52,7 +52,9 @@ MP_EXTERN int mp_lock_acquire(mp_lock_t *lock, double timeout);
 
 /*
  * Releases one level of the lock. Errors: MP_ENOTHELD (the calling thread does not hold it:
- * unlocked, or held by another thread or process), MP_EINVAL.
+ * unlocked, or held by another thread or process; Python's Lock lets anyone release it, but
+ * the kernel watches a robust mutex's holder only, so owner death needs the holder to
+ * release: hand over with a Semaphore instead), MP_EINVAL.
  * Python: Lock.release() (ValueError when unlocked), RLock.release() (AssertionError).
  */
 MP_EXTERN int mp_lock_release(mp_lock_t *lock);
@@ -69,18 +71,25 @@ MP_EXTERN int mp_lock_close(mp_lock_t *lock);
 typedef struct mp_semaphore_s mp_semaphore_t;
 
 /*
- * A Semaphore with the given initial value (0 .. INT32_MAX). Errors: MP_EINVAL (NULL,
- * value out of range), MP_ENOMEM. Python: multiprocessing.Semaphore(value).
+ * A Semaphore with the given initial value (0 .. INT32_MAX): a counter (of items, of free
+ * places). An acquired permit is consumed, as in Python: a process that dies after taking
+ * one, even killed, does not give it back. Errors: MP_EINVAL (NULL, value out of range),
+ * MP_ENOMEM. Python: multiprocessing.Semaphore(value).
  */
 MP_EXTERN int mp_semaphore_create(mp_semaphore_t **sem, int value);
 
-/* The same, refusing a release above value. Python: multiprocessing.BoundedSemaphore(). */
+/*
+ * The same, refusing a release above value, and lock-like: its permits are held. Those of a
+ * process killed holding them (provably dead, not merely unreadable in /proc) go back to it,
+ * up to value, and their acquirers get MP_EOWNERDEAD; a normal exit keeps them, as Python.
+ * Python: multiprocessing.BoundedSemaphore(value).
+ */
 MP_EXTERN int mp_bounded_semaphore_create(mp_semaphore_t **sem, int value);
 
 /*
- * Takes one permit, waiting at most timeout seconds. Returns 0, or MP_EOWNERDEAD: acquired
- * one of the permits of a process that was killed holding them (they returned to the
- * semaphore). Errors: MP_ETIMEDOUT, MP_EINVAL. Python: Semaphore.acquire(block, timeout).
+ * Takes one permit, waiting at most timeout seconds. Returns 0, or MP_EOWNERDEAD (bounded
+ * only): acquired one of the permits of a process that was killed holding them. Errors:
+ * MP_ETIMEDOUT, MP_EINVAL. Python: Semaphore.acquire(block, timeout).
  */
 MP_EXTERN int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout);
 
@@ -147,7 +156,8 @@ MP_EXTERN int mp_condition_release(mp_condition_t *cond);
  * and reacquires the lock (without a timeout, as Python) before it returns, also on error.
  * Returns 0 when notified, or MP_EOWNERDEAD: notified or not, the lock was reacquired from a
  * holder that died. Errors: MP_ETIMEDOUT (Python returns False), MP_ENOTHELD (the caller
- * does not hold the lock; nothing waited), MP_EINVAL. Python: Condition.wait(timeout).
+ * does not hold the lock; nothing waited), MP_EINVAL. A wait that no notify followed times
+ * out, whatever waiters were killed before. Python: Condition.wait(timeout).
  */
 MP_EXTERN int mp_condition_wait(mp_condition_t *cond, double timeout);
 
@@ -165,7 +175,9 @@ MP_EXTERN int mp_condition_wait_for(mp_condition_t *cond, mp_predicate_t predica
 
 /*
  * Wakes at most n of the threads waiting now (none that start waiting later); the caller
- * holds the lock. Errors: MP_ENOTHELD, MP_EINVAL. Python: Condition.notify(n).
+ * holds the lock. A waiter killed inside wait counts as waiting: a notify is spent on it only
+ * when no live waiter takes it, and never passes to a later waiter (docs/api.md). Errors:
+ * MP_ENOTHELD, MP_EINVAL. Python: Condition.notify(n).
  */
 MP_EXTERN int mp_condition_notify(mp_condition_t *cond, int n);
 
