@@ -509,6 +509,7 @@ static int count_ready(void *const *objects, const mp__waitable_ops_t **ops, siz
 
 static int wait_on(void *const *objects, const mp__waitable_ops_t **ops, struct pollfd *pfds,
                    size_t n, int64_t deadline, bool *ready) {
+  bool queues = false;
   for (size_t i = 0; i < n; i++) {
     ops[i] = mp__waitable_find(objects[i]);
     if (!ops[i])
@@ -518,6 +519,12 @@ static int wait_on(void *const *objects, const mp__waitable_ops_t **ops, struct 
                        i);
     /* Each fd first, then readiness: what happens between the two wakes the poll. */
     int fd = ops[i]->poll_fd(objects[i]);
+    bool queue = *(const uint32_t *)objects[i] == MP__KIND_QUEUE;
+    /* A connection or process without an fd is closed or never ends, which ready() tells;
+     * a queue without a doorbell (out of fds) could never wake the poll. */
+    if (fd < 0 && queue)
+      return fd;
+    queues |= queue;
     pfds[i] = (struct pollfd){.fd = fd >= 0 ? fd : -1, .events = POLLIN};
   }
   for (;;) {
@@ -526,8 +533,9 @@ static int wait_on(void *const *objects, const mp__waitable_ops_t **ops, struct 
       return count;
     int64_t left = deadline == INT64_MAX ? -1 : (deadline - mp__now_ns() + 999999) / 1000000;
     /* Without pidfds a process's sentinel is a socket another fork() may have copied, so
-     * that it never ends (process.c): ask again every 50 ms there, as joining does. */
-    if (!mp__have_pidfd() && (left < 0 || left > 50))
+     * that it never ends (process.c): ask again every 50 ms there, as joining does. The
+     * same for a queue: a producer killed between its commit and its ring rings nothing. */
+    if ((queues || !mp__have_pidfd()) && (left < 0 || left > 50))
       left = 50;
     int polled = poll(pfds, n, left > INT32_MAX ? INT32_MAX : (int)left);
     if (polled < 0 && errno != EINTR)
