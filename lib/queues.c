@@ -924,12 +924,6 @@ static int waitable_poll_fd(void *obj) {
 
 static const mp__waitable_ops_t queue_waitable = {waitable_ready, waitable_poll_fd};
 
-/* Prioritized: a spawned child's take-over (spawn.c) never returns to later constructors. */
-__attribute__((constructor(102))) static void queues_init(void) {
-  mp__waitable_register(MP__KIND_QUEUE, &queue_waitable);
-  pthread_atfork(NULL, NULL, after_fork_child);
-}
-
 /* ================================ lifetime ================================ */
 
 static int retain(mp_queue_t *q) {
@@ -937,10 +931,10 @@ static int retain(mp_queue_t *q) {
   return 0;
 }
 
-static int drop_reference(mp_queue_t *q) {
-  drop_bell(q);
+/* Drops a reference; this process's doorbell is the caller's business. */
+static void unref(mp_queue_t *q) {
   if (atomic_fetch_sub(&q->refs, 1) != 1)
-    return 0;
+    return;
   /* The last reference: nobody else can touch it. Free the block of a producer that died
    * in a put (the repair of lock_put), then those of the spilled messages left. */
   if (lock_put(q) == 0)
@@ -960,7 +954,38 @@ static int drop_reference(mp_queue_t *q) {
   mp__shared_release(r.base);
   q->kind = 0; /* a later use of the handle fails with MP_EINVAL until the block is reused */
   mp__shared_release(q);
+}
+
+static int drop_reference(mp_queue_t *q) {
+  drop_bell(q);
+  unref(q);
   return 0;
+}
+
+static void hold_retain(void *obj) {
+  retain(obj);
+}
+
+static void hold_release(void *obj) {
+  unref(obj);
+}
+
+/* The argument scan's pass(): a child given the handle holds a reference through its
+ * process object until it is reaped, so the parent may free its own at once, as in Python.
+ * A word that only looks like a queue is refused here. */
+static int pass_queue(void *obj, mp_process_t *proc) {
+  mp_queue_t *q = obj;
+  if (!is_queue(q) || !mp__shared_contains((char *)q + sizeof *q - 1) ||
+      atomic_load(&q->refs) == 0)
+    return mp__error(MP_EINVAL, "passing a queue to a child: %p is not a queue", obj);
+  return mp__process_hold_ref(proc, q, hold_retain, hold_release);
+}
+
+/* Prioritized: a spawned child's take-over (spawn.c) never returns to later constructors. */
+__attribute__((constructor(102))) static void queues_init(void) {
+  mp__waitable_register(MP__KIND_QUEUE, &queue_waitable);
+  mp__passable_register(MP__KIND_QUEUE, pass_queue);
+  pthread_atfork(NULL, NULL, after_fork_child);
 }
 
 int mp_queue_retain(mp_queue_t *queue) {
