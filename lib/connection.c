@@ -42,6 +42,7 @@
 
 #define HEADER sizeof(uint64_t)
 #define BUFFER_SIZE 7936 /* with the fields, two ends fill a 16 KiB arena block */
+#define PAYLOAD_SLICE_MS 100
 
 struct mp_conn_s {
   uint32_t kind;  /* MP__KIND_CONNECTION: mp_wait() and the argument scan read it */
@@ -297,8 +298,21 @@ static int read_header(mp_conn_t *conn, int fd, int64_t deadline, uint64_t *leng
   }
 }
 
-/* Under the receive lock, the header read: moves the payload to dest. */
-static int read_payload(mp_conn_t *conn, int fd, char *dest, uint64_t length) {
+/* Mid-payload, with nothing to read: 1 if the message can never be completed, because its
+ * sender died holding the peer end's send lock (or a send cut it), else 0. */
+static int payload_cut(mp_conn_t *conn) {
+  mp_conn_t *sender = conn->index ? conn - 1 : conn + 1;
+  if (lock_end(&sender->wlock, &sender->writing, &sender->wbroken, &conn->rbroken, mp__now_ns(),
+               "mp_conn_recv") == 0)
+    mp__mutex_unlock(&sender->wlock); /* nobody in a send: the rest is in the pipe */
+  return atomic_load(&conn->rbroken);
+}
+
+/* Under the receive lock, the header read: moves the payload to dest, polling in slices of
+ * PAYLOAD_SLICE_MS so that a sender killed mid-message while another process holds the
+ * send end (no end of file) ends the wait, and so does the deadline. */
+static int read_payload(mp_conn_t *conn, int fd, char *dest, uint64_t length,
+                        int64_t deadline) {
   uint32_t have = buffered(conn) - (uint32_t)HEADER;
   size_t part = have < length ? have : (size_t)length;
   if (part > 0) /* dest may be NULL for an empty message */
@@ -311,6 +325,19 @@ static int read_payload(mp_conn_t *conn, int fd, char *dest, uint64_t length) {
   conn->start = conn->end = 0;
   int rc = 0;
   for (size_t got = part; rc == 0 && got < length;) {
+    int64_t now = mp__now_ns(), slice = now + PAYLOAD_SLICE_MS * 1000000ll;
+    int ready = mp__poll_fd(fd, POLLIN, slice < deadline ? slice : deadline);
+    if (ready < 0) {
+      rc = ready;
+      break;
+    }
+    if (ready == 0) {
+      if (payload_cut(conn))
+        rc = MP_EEOF;
+      else if (mp__now_ns() >= deadline)
+        rc = MP_ETIMEDOUT; /* the rest may come later: the stream is cut here for good */
+      continue;
+    }
     ssize_t n = read(fd, dest + got, length - got);
     if (n > 0)
       got += (size_t)n;
@@ -356,7 +383,7 @@ static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t
   if (rc == 0 || rc == MP_ETOOSMALL)
     *size = (size_t)length;
   if (rc == 0)
-    rc = read_payload(conn, fd, dest, length);
+    rc = read_payload(conn, fd, dest, length, deadline);
   mp__mutex_unlock(&conn->rlock);
   if (rc < 0 && alloc && dest) {
     free(dest);
@@ -364,6 +391,11 @@ static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t
   }
   if (rc == MP_EEOF)
     return mp__error(rc, "mp_conn_recv: the peer end is closed in every process");
+  if (rc == MP_ETIMEDOUT && atomic_load(&conn->rbroken))
+    return mp__error(rc,
+                     "mp_conn_recv: timed out in the middle of a message, after %g s: "
+                     "the end's receiving stream is broken from now on",
+                     timeout);
   if (rc == MP_ETIMEDOUT)
     return mp__error(rc, "mp_conn_recv: no message within %g s", timeout);
   return rc < 0 && rc != MP_ETOOSMALL && rc != MP_ENOMEM

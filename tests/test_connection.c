@@ -395,6 +395,73 @@ START_TEST(test_sender_killed_mid_message) {
 }
 END_TEST
 
+/* Starts child_sends_big on a (b stays open here too) and stops it once it is blocked in
+ * its send, so that a receive on a stops in the middle of the message. */
+static mp_process_t *start_stopped_sender(int method, big_send_job_t *job, mp_conn_t *ready) {
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(method), child_sends_big, job, sizeof *job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  char buf[16];
+  size_t got;
+  MP_ASSERT_OK(mp_conn_recv(ready, buf, sizeof buf, &got, 20));
+  mp_test_sleep(0.2); /* into its send, blocked on the full pipe */
+  T_INT_EQ(kill(mp_process_pid(p), SIGSTOP), 0);
+  return p;
+}
+
+static void close_four(mp_conn_t *a, mp_conn_t *b, mp_conn_t *c, mp_conn_t *d) {
+  MP_ASSERT_OK(mp_conn_close(a));
+  MP_ASSERT_OK(mp_conn_close(b));
+  MP_ASSERT_OK(mp_conn_close(c));
+  MP_ASSERT_OK(mp_conn_close(d));
+}
+
+/* A receive whose deadline passes in the middle of a message returns MP_ETIMEDOUT, and the
+ * stream, cut there, is broken from then on. */
+START_TEST(test_recv_timeout_mid_message) {
+  mp_conn_t *a, *b, *ready_a, *ready_b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  MP_ASSERT_OK(mp_pipe(true, &ready_a, &ready_b));
+  big_send_job_t job = {b, ready_b};
+  mp_process_t *p = start_stopped_sender(_i, &job, ready_a);
+  size_t big = 4u << 20, got;
+  char *buf = malloc(big);
+  double t0 = mp_test_now();
+  MP_ASSERT_ERR(mp_conn_recv(a, buf, big, &got, 0.3), MP_ETIMEDOUT);
+  T_ASSERT(mp_test_now() - t0 >= 0.29, "returned after %g s", mp_test_now() - t0);
+  MP_ASSERT_ERR(mp_conn_recv(a, buf, big, &got, 1), MP_EEOF);
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 10), -SIGKILL);
+  T_PROC_CLOSE(p);
+  free(buf);
+  close_four(a, b, ready_a, ready_b);
+}
+END_TEST
+
+/* A sender killed in the middle of a message while this process holds the send end too (no
+ * end of file): the receive inside the message ends with MP_EEOF, long before its timeout. */
+START_TEST(test_recv_sender_killed_in_message) {
+  mp_conn_t *a, *b, *ready_a, *ready_b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  MP_ASSERT_OK(mp_pipe(true, &ready_a, &ready_b));
+  big_send_job_t job = {b, ready_b};
+  mp_process_t *p = start_stopped_sender(_i, &job, ready_a);
+  killer_t k = {p, 0.3};
+  pthread_t killer;
+  T_INT_EQ(pthread_create(&killer, NULL, kill_later, &k), 0);
+  size_t big = 4u << 20, got;
+  char *buf = malloc(big);
+  double t0 = mp_test_now();
+  MP_ASSERT_ERR(mp_conn_recv(a, buf, big, &got, 30), MP_EEOF);
+  T_ASSERT(mp_test_now() - t0 < 20, "returned after %g s", mp_test_now() - t0);
+  pthread_join(killer, NULL);
+  T_INT_EQ(mp_test_join_code(p, 10), -SIGKILL);
+  T_PROC_CLOSE(p);
+  free(buf);
+  close_four(a, b, ready_a, ready_b);
+}
+END_TEST
+
 /* Receives one message and sends it back. */
 static int child_echoes_once(void *arg, size_t size) {
   (void)size;
@@ -815,6 +882,8 @@ static Suite *connection_suite(void) {
   tcase_add_loop_test(tc, test_peer_closes, 0, N_METHODS);
   tcase_add_loop_test(tc, test_sender_killed_mid_message, 0, N_METHODS);
   tcase_add_loop_test(tc, test_killed_while_waiting_keeps_stream, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_recv_timeout_mid_message, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_recv_sender_killed_in_message, 0, N_METHODS);
   tc = mp_test_tcase(s, "passing", 30);
   tcase_add_loop_test(tc, test_both_ends_to_children, 0, N_METHODS);
   tcase_add_loop_test(tc, test_shared_end_whole_messages, 0, N_METHODS);
