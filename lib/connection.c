@@ -82,7 +82,8 @@ static bool open_here(const mp_conn_t *conn) {
 static int check_conn(const mp_conn_t *conn, const char *what) {
   if (!conn)
     return mp__error(MP_EINVAL, "%s: conn is NULL", what);
-  if (*(const uint32_t *)(const void *)conn != MP__KIND_CONNECTION) /* any alignment */
+  if (!mp__shared_contains(conn) ||
+      *(const uint32_t *)(const void *)conn != MP__KIND_CONNECTION) /* any alignment */
     return mp__error(MP_EINVAL, "%s: %p is not a connection end", what, (const void *)conn);
   return 0;
 }
@@ -215,14 +216,15 @@ static void ignore_sigpipe(void) {
   atomic_store(&done, true);
 }
 
-/* Writes all of iov, whatever the pipe takes at a time. */
-static int write_all(int fd, struct iovec *iov, int count) {
+/* Writes all of iov, whatever the pipe takes at a time; *wrote tells whether any of it went. */
+static int write_all(int fd, struct iovec *iov, int count, bool *wrote) {
   while (count > 0) {
     ssize_t n = writev(fd, iov, count);
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0)
       return -errno;
+    *wrote = true;
     for (; count > 0 && (size_t)n >= iov->iov_len; count--, iov++)
       n -= (ssize_t)iov->iov_len;
     if (count > 0) {
@@ -251,7 +253,12 @@ int mp_conn_send_bytes(mp_conn_t *conn, const void *buf, size_t len, size_t offs
   struct iovec iov[2] = {{&header, HEADER}, {(char *)buf + offset, size}};
   /* Up to PIPE_BUF bytes a pipe takes whole or not at all. */
   conn->writing = HEADER + size > PIPE_BUF;
-  rc = write_all(fd, iov, size ? 2 : 1);
+  bool wrote = false;
+  rc = write_all(fd, iov, size ? 2 : 1, &wrote);
+  if (rc < 0 && wrote) { /* a message cut (EFAULT part-way, say): the stream is broken */
+    atomic_store(&conn->wbroken, true);
+    atomic_store(&peer->rbroken, true);
+  }
   conn->writing = false;
   mp__mutex_unlock(&conn->wlock);
   if (rc == -EPIPE)

@@ -6,6 +6,8 @@
  * that failed in the child.
  */
 #include <pthread.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 
 #include "mp_test.h"
 
@@ -462,6 +464,40 @@ START_TEST(test_recv_sender_killed_in_message) {
 }
 END_TEST
 
+/* A send that fails part-way (the buffer faults in its middle) has cut its message: both
+ * the sender's stream and the peer's receiving one say so, instead of the receiver waiting
+ * for the rest. */
+START_TEST(test_send_cut_part_way) {
+  long page = sysconf(_SC_PAGESIZE);
+  char *buf =
+      mmap(NULL, (size_t)page * 2, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  T_ASSERT(buf != MAP_FAILED, "mmap");
+  memset(buf, 'x', (size_t)page);
+  T_INT_EQ(mprotect(buf + page, (size_t)page, PROT_NONE), 0);
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  int rc = mp_conn_send(a, buf, (size_t)page * 2);
+  T_ASSERT(rc < 0, "a send through a faulting buffer returned %d", rc);
+  size_t got;
+  char small[16];
+  MP_ASSERT_ERR(mp_conn_recv(b, small, sizeof small, &got, 5), MP_EEOF);
+  MP_ASSERT_ERR(mp_conn_send(a, "x", 1), MP_EEOF);
+  MP_ASSERT_OK(mp_conn_send(b, "back", 4)); /* the other direction is whole */
+  MP_ASSERT_OK(mp_conn_recv(a, small, sizeof small, &got, 5));
+  MP_ASSERT_OK(mp_conn_close(a));
+  MP_ASSERT_OK(mp_conn_close(b));
+  munmap(buf, (size_t)page * 2);
+}
+END_TEST
+
+/* A word that says "connection" outside the arena is not one. */
+START_TEST(test_fake_conn_outside_arena) {
+  uint32_t fake[512] = {0x4e4e4f43u}; /* the kind word's value */
+  MP_ASSERT_ERR(mp_conn_close((mp_conn_t *)fake), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_send((mp_conn_t *)fake, "x", 1), MP_EINVAL);
+}
+END_TEST
+
 /* Receives one message and sends it back. */
 static int child_echoes_once(void *arg, size_t size) {
   (void)size;
@@ -797,6 +833,29 @@ START_TEST(test_wait_pipes_and_processes) {
 }
 END_TEST
 
+/* A queue whose doorbell cannot be made (out of fds) could never wake the wait: mp_wait
+ * says so instead of sleeping. */
+START_TEST(test_wait_queue_without_doorbell) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  struct rlimit old, low;
+  T_INT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+  int lowest = dup(0); /* the lowest free fd: a limit there leaves none */
+  T_ASSERT(lowest >= 0, "dup");
+  close(lowest);
+  low = old;
+  low.rlim_cur = (rlim_t)lowest;
+  T_INT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  void *objects[] = {q};
+  int rc = mp_wait(objects, 1, 0.2, NULL);
+  T_INT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+  T_INT_EQ(rc, -EMFILE);
+  void *again[] = {q};
+  T_INT_EQ(mp_wait(again, 1, 0, NULL), 0); /* with fds again, the doorbell is made */
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
 START_TEST(test_wait_one_way_and_errors) {
   mp_conn_t *r, *w;
   MP_ASSERT_OK(mp_pipe(false, &r, &w));
@@ -892,8 +951,11 @@ static Suite *connection_suite(void) {
   tc = mp_test_tcase(s, "wait", 20);
   tcase_add_loop_test(tc, test_wait_pipes_and_processes, 0, N_METHODS);
   tcase_add_test(tc, test_wait_one_way_and_errors);
+  tcase_add_test(tc, test_wait_queue_without_doorbell);
   tc = mp_test_tcase(s, "input", 20);
   tcase_add_test(tc, test_bad_input);
+  tcase_add_test(tc, test_send_cut_part_way);
+  tcase_add_test(tc, test_fake_conn_outside_arena);
   return s;
 }
 
