@@ -42,6 +42,7 @@
 
 #define HEADER sizeof(uint64_t)
 #define BUFFER_SIZE 7936 /* with the fields, two ends fill a 16 KiB arena block */
+#define PAYLOAD_SLICE_MS 100
 
 struct mp_conn_s {
   uint32_t kind;  /* MP__KIND_CONNECTION: mp_wait() and the argument scan read it */
@@ -81,7 +82,8 @@ static bool open_here(const mp_conn_t *conn) {
 static int check_conn(const mp_conn_t *conn, const char *what) {
   if (!conn)
     return mp__error(MP_EINVAL, "%s: conn is NULL", what);
-  if (*(const uint32_t *)(const void *)conn != MP__KIND_CONNECTION) /* any alignment */
+  if (!mp__shared_contains(conn) ||
+      *(const uint32_t *)(const void *)conn != MP__KIND_CONNECTION) /* any alignment */
     return mp__error(MP_EINVAL, "%s: %p is not a connection end", what, (const void *)conn);
   return 0;
 }
@@ -214,14 +216,15 @@ static void ignore_sigpipe(void) {
   atomic_store(&done, true);
 }
 
-/* Writes all of iov, whatever the pipe takes at a time. */
-static int write_all(int fd, struct iovec *iov, int count) {
+/* Writes all of iov, whatever the pipe takes at a time; *wrote tells whether any of it went. */
+static int write_all(int fd, struct iovec *iov, int count, bool *wrote) {
   while (count > 0) {
     ssize_t n = writev(fd, iov, count);
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0)
       return -errno;
+    *wrote = true;
     for (; count > 0 && (size_t)n >= iov->iov_len; count--, iov++)
       n -= (ssize_t)iov->iov_len;
     if (count > 0) {
@@ -250,7 +253,12 @@ int mp_conn_send_bytes(mp_conn_t *conn, const void *buf, size_t len, size_t offs
   struct iovec iov[2] = {{&header, HEADER}, {(char *)buf + offset, size}};
   /* Up to PIPE_BUF bytes a pipe takes whole or not at all. */
   conn->writing = HEADER + size > PIPE_BUF;
-  rc = write_all(fd, iov, size ? 2 : 1);
+  bool wrote = false;
+  rc = write_all(fd, iov, size ? 2 : 1, &wrote);
+  if (rc < 0 && wrote) { /* a message cut (EFAULT part-way, say): the stream is broken */
+    atomic_store(&conn->wbroken, true);
+    atomic_store(&peer->rbroken, true);
+  }
   conn->writing = false;
   mp__mutex_unlock(&conn->wlock);
   if (rc == -EPIPE)
@@ -297,8 +305,21 @@ static int read_header(mp_conn_t *conn, int fd, int64_t deadline, uint64_t *leng
   }
 }
 
-/* Under the receive lock, the header read: moves the payload to dest. */
-static int read_payload(mp_conn_t *conn, int fd, char *dest, uint64_t length) {
+/* Mid-payload, with nothing to read: 1 if the message can never be completed, because its
+ * sender died holding the peer end's send lock (or a send cut it), else 0. */
+static int payload_cut(mp_conn_t *conn) {
+  mp_conn_t *sender = conn->index ? conn - 1 : conn + 1;
+  if (lock_end(&sender->wlock, &sender->writing, &sender->wbroken, &conn->rbroken, mp__now_ns(),
+               "mp_conn_recv") == 0)
+    mp__mutex_unlock(&sender->wlock); /* nobody in a send: the rest is in the pipe */
+  return atomic_load(&conn->rbroken);
+}
+
+/* Under the receive lock, the header read: moves the payload to dest, polling in slices of
+ * PAYLOAD_SLICE_MS so that a sender killed mid-message while another process holds the
+ * send end (no end of file) ends the wait, and so does the deadline. */
+static int read_payload(mp_conn_t *conn, int fd, char *dest, uint64_t length,
+                        int64_t deadline) {
   uint32_t have = buffered(conn) - (uint32_t)HEADER;
   size_t part = have < length ? have : (size_t)length;
   if (part > 0) /* dest may be NULL for an empty message */
@@ -311,6 +332,19 @@ static int read_payload(mp_conn_t *conn, int fd, char *dest, uint64_t length) {
   conn->start = conn->end = 0;
   int rc = 0;
   for (size_t got = part; rc == 0 && got < length;) {
+    int64_t now = mp__now_ns(), slice = now + PAYLOAD_SLICE_MS * 1000000ll;
+    int ready = mp__poll_fd(fd, POLLIN, slice < deadline ? slice : deadline);
+    if (ready < 0) {
+      rc = ready;
+      break;
+    }
+    if (ready == 0) {
+      if (payload_cut(conn))
+        rc = MP_EEOF;
+      else if (mp__now_ns() >= deadline)
+        rc = MP_ETIMEDOUT; /* the rest may come later: the stream is cut here for good */
+      continue;
+    }
     ssize_t n = read(fd, dest + got, length - got);
     if (n > 0)
       got += (size_t)n;
@@ -356,7 +390,7 @@ static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t
   if (rc == 0 || rc == MP_ETOOSMALL)
     *size = (size_t)length;
   if (rc == 0)
-    rc = read_payload(conn, fd, dest, length);
+    rc = read_payload(conn, fd, dest, length, deadline);
   mp__mutex_unlock(&conn->rlock);
   if (rc < 0 && alloc && dest) {
     free(dest);
@@ -364,6 +398,11 @@ static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t
   }
   if (rc == MP_EEOF)
     return mp__error(rc, "mp_conn_recv: the peer end is closed in every process");
+  if (rc == MP_ETIMEDOUT && atomic_load(&conn->rbroken))
+    return mp__error(rc,
+                     "mp_conn_recv: timed out in the middle of a message, after %g s: "
+                     "the end's receiving stream is broken from now on",
+                     timeout);
   if (rc == MP_ETIMEDOUT)
     return mp__error(rc, "mp_conn_recv: no message within %g s", timeout);
   return rc < 0 && rc != MP_ETOOSMALL && rc != MP_ENOMEM
@@ -509,6 +548,7 @@ static int count_ready(void *const *objects, const mp__waitable_ops_t **ops, siz
 
 static int wait_on(void *const *objects, const mp__waitable_ops_t **ops, struct pollfd *pfds,
                    size_t n, int64_t deadline, bool *ready) {
+  bool queues = false;
   for (size_t i = 0; i < n; i++) {
     ops[i] = mp__waitable_find(objects[i]);
     if (!ops[i])
@@ -518,6 +558,12 @@ static int wait_on(void *const *objects, const mp__waitable_ops_t **ops, struct 
                        i);
     /* Each fd first, then readiness: what happens between the two wakes the poll. */
     int fd = ops[i]->poll_fd(objects[i]);
+    bool queue = *(const uint32_t *)objects[i] == MP__KIND_QUEUE;
+    /* A connection or process without an fd is closed or never ends, which ready() tells;
+     * a queue without a doorbell (out of fds) could never wake the poll. */
+    if (fd < 0 && queue)
+      return fd;
+    queues |= queue;
     pfds[i] = (struct pollfd){.fd = fd >= 0 ? fd : -1, .events = POLLIN};
   }
   for (;;) {
@@ -526,8 +572,9 @@ static int wait_on(void *const *objects, const mp__waitable_ops_t **ops, struct 
       return count;
     int64_t left = deadline == INT64_MAX ? -1 : (deadline - mp__now_ns() + 999999) / 1000000;
     /* Without pidfds a process's sentinel is a socket another fork() may have copied, so
-     * that it never ends (process.c): ask again every 50 ms there, as joining does. */
-    if (!mp__have_pidfd() && (left < 0 || left > 50))
+     * that it never ends (process.c): ask again every 50 ms there, as joining does. The
+     * same for a queue: a producer killed between its commit and its ring rings nothing. */
+    if ((queues || !mp__have_pidfd()) && (left < 0 || left > 50))
       left = 50;
     int polled = poll(pfds, n, left > INT32_MAX ? INT32_MAX : (int)left);
     if (polled < 0 && errno != EINTR)

@@ -169,6 +169,12 @@ typedef enum { MP__CREATED, MP__STARTED, MP__ENDED } mp__proc_state_t;
 
 typedef struct mp__popen_ops_s mp__popen_ops_t;
 
+/* A reference a process object holds for its child: dropped by release(obj) at the reap. */
+typedef struct {
+  void *obj;
+  void (*release)(void *obj);
+} mp__held_t;
+
 struct mp_process_s {
   uint32_t object_kind; /* MP__KIND_PROCESS, first: mp_wait() takes process handles */
   mp__proc_kind_t kind;
@@ -192,7 +198,7 @@ struct mp_process_s {
   struct mp_process_s *prev, *next; /* the registry of started, unclosed children */
   uint64_t *passed; /* keys of the fds the child gets (mp__process_pass_fd) */
   size_t n_passed;
-  void **held; /* shared blocks kept alive for the child until it is reaped */
+  mp__held_t *held; /* shared objects kept alive for the child until it is reaped */
   size_t n_held;
 };
 
@@ -208,6 +214,10 @@ void mp__passable_register(uint32_t kind, mp__pass_fn pass);
 /* Keeps block (a live shared block) alive for proc's child: one reference from now until
  * the child is reaped, or the process object closed unstarted. MP_ESTARTED after start. */
 int mp__process_hold(mp_process_t *proc, void *block);
+/* The same for an object counted by its own references: retain(obj) now (once per proc,
+ * however often obj is passed), release(obj) at the reap. */
+int mp__process_hold_ref(mp_process_t *proc, void *obj, void (*retain)(void *obj),
+                         void (*release)(void *obj));
 
 /* What a child is told about itself and its parent. */
 typedef struct {

@@ -108,7 +108,7 @@ static int exitcode_of(int wait_status) {
 /* Drops the references held for the child: it can use the objects no more. */
 static void release_held(mp_process_t *proc) {
   for (size_t i = 0; i < proc->n_held; i++)
-    mp__shared_release(proc->held[i]);
+    proc->held[i].release(proc->held[i].obj);
   free(proc->held);
   proc->held = NULL;
   proc->n_held = 0;
@@ -525,20 +525,29 @@ static int pass_handles_in_arg(mp_process_t *proc) {
   return 0;
 }
 
-int mp__process_hold(mp_process_t *proc, void *block) {
+static void release_block(void *block) {
+  mp__shared_release(block);
+}
+
+int mp__process_hold_ref(mp_process_t *proc, void *obj, void (*retain)(void *obj),
+                         void (*release)(void *obj)) {
   int rc = check_not_started(proc, "passing a shared object to a child");
   if (rc < 0)
     return rc;
   for (size_t i = 0; i < proc->n_held; i++)
-    if (proc->held[i] == block)
+    if (proc->held[i].obj == obj)
       return 0;
-  void **grown = realloc(proc->held, (proc->n_held + 1) * sizeof *grown);
+  mp__held_t *grown = realloc(proc->held, (proc->n_held + 1) * sizeof *grown);
   if (!grown)
     return mp__error(MP_ENOMEM, "passing a shared object to a child");
-  mp__shared_retain(block);
-  grown[proc->n_held++] = block;
+  retain(obj);
+  grown[proc->n_held++] = (mp__held_t){obj, release};
   proc->held = grown;
   return 0;
+}
+
+int mp__process_hold(mp_process_t *proc, void *block) {
+  return mp__process_hold_ref(proc, block, mp__shared_retain, release_block);
 }
 
 int mp_process_start(mp_process_t *proc) {

@@ -65,6 +65,7 @@
 #define LEN_MAX (1ull << 62)
 #define SPIN_NS 20000
 #define N_BELLS 64
+#define SLEEP_SLICE_NS 50000000 /* 50 ms */
 
 typedef enum { FLAVOR_QUEUE = 1, FLAVOR_JOINABLE, FLAVOR_SIMPLE } flavor_t;
 
@@ -323,10 +324,11 @@ static int make_bell(mp_queue_t *q, bell_t **out) {
 }
 
 static void after_fork_child(void) {
+  /* Always: fileno_of() holds the lock while the list is still empty. */
+  mp__reset_lock(&local.lock);
   /* Only if there is something to forget: an untouched list costs the child no page copy. */
   if (local.list == NULL)
     return;
-  mp__reset_lock(&local.lock);
   for (bell_t *b = local.list, *next; b; b = next) {
     next = b->next;
     close(b->fd);
@@ -436,21 +438,42 @@ int mp_simple_queue_create(mp_simple_queue_t **queue) {
 
 /* ================================ locks and waits ================================ */
 
-/* Takes put_lock; after a producer died holding it, frees its uncommitted block or ring. */
-static void lock_put(mp_queue_t *q) {
-  if (mp__mutex_lock(&q->put_lock, INT64_MAX) != MP_EOWNERDEAD)
-    return;
+static void notify(_Atomic uint32_t *seq, _Atomic uint32_t *waiters, int count);
+static void ring_bells(mp_queue_t *q);
+
+/* After a death in a lock: the dead process may have committed and died before its wake-up,
+ * so every sleeper and poller is woken to look again. */
+static void wake_everyone(mp_queue_t *q) {
+  notify(&q->put_seq, &q->get_waiters, INT32_MAX);
+  notify(&q->get_seq, &q->put_waiters, INT32_MAX);
+  notify(&q->join_seq, &q->join_waiters, INT32_MAX);
+  ring_bells(q);
+}
+
+/* Takes put_lock (0, or the lock's error); after a producer died holding it, frees its
+ * uncommitted block or ring. */
+static int lock_put(mp_queue_t *q) {
+  int rc = mp__mutex_lock(&q->put_lock, INT64_MAX);
+  if (rc != MP_EOWNERDEAD)
+    return rc;
   if (q->pending && atomic_load(&q->tail) == q->pending_tail)
     mp__shared_release(q->pending);
   q->pending = NULL;
   if (q->pending_ring && ring_of(q).base != q->pending_ring)
     mp__shared_release(q->pending_ring);
   q->pending_ring = NULL;
+  wake_everyone(q);
+  return 0;
 }
 
-/* Takes get_lock. A consumer that died holding it never moved head: nothing to repair. */
-static void lock_get(mp_queue_t *q) {
-  (void)mp__mutex_lock(&q->get_lock, INT64_MAX);
+/* Takes get_lock (0, or the lock's error). A consumer that died holding it never moved head,
+ * or moved it and died before waking producers: nothing to repair but the wake. */
+static int lock_get(mp_queue_t *q) {
+  int rc = mp__mutex_lock(&q->get_lock, INT64_MAX);
+  if (rc != MP_EOWNERDEAD)
+    return rc;
+  wake_everyone(q);
+  return 0;
 }
 
 typedef bool (*ready_fn)(mp_queue_t *q, size_t need);
@@ -486,10 +509,19 @@ static void cpu_relax(void) {
 #endif
 }
 
+/* Takes one off a waiter count, never below 0 (notify() may have taken it already). */
+static void leave(_Atomic uint32_t *waiters) {
+  uint32_t n = atomic_load(waiters);
+  while (n != 0 && !atomic_compare_exchange_weak(waiters, &n, n - 1)) {
+  }
+}
+
 /*
  * Waits until ready(q, need) or the deadline: spins a few microseconds (the other side is
  * often about to commit), then sleeps on *seq, counted in *waiters so that the other side
- * makes a futex call only when someone sleeps. 0 (look again) or MP_ETIMEDOUT.
+ * makes a futex call only when someone sleeps. The sleep lasts SLEEP_SLICE_NS at most: a
+ * process killed between its commit and its wake-up leaves the sleeper to find the commit
+ * by itself. 0 (look again) or MP_ETIMEDOUT.
  */
 static int wait_until(mp_queue_t *q, ready_fn ready, size_t need, _Atomic uint32_t *seq,
                       _Atomic uint32_t *waiters, int64_t deadline) {
@@ -503,17 +535,20 @@ static int wait_until(mp_queue_t *q, ready_fn ready, size_t need, _Atomic uint32
   }
   uint32_t seen = atomic_load(seq);
   atomic_fetch_add(waiters, 1);
-  int rc = ready(q, need) ? 0 : mp__futex_wait(seq, seen, deadline);
-  atomic_fetch_sub(waiters, 1);
-  return rc;
+  int64_t slice = mp__now_ns() + SLEEP_SLICE_NS;
+  int rc = ready(q, need) ? 0 : mp__futex_wait(seq, seen, slice < deadline ? slice : deadline);
+  leave(waiters);
+  return rc == MP_ETIMEDOUT && slice < deadline ? 0 : rc;
 }
 
-/* Wakes sleepers on seq, if any. */
+/* Wakes sleepers on seq, if any. A count left by a sleeper killed in its sleep would make
+ * every commit pay a futex call for ever: a wake that finds nobody takes one off. */
 static void notify(_Atomic uint32_t *seq, _Atomic uint32_t *waiters, int count) {
   if (atomic_load(waiters) == 0)
     return;
   atomic_fetch_add(seq, 1);
-  mp__futex_wake(seq, count);
+  if (mp__futex_wake(seq, count) == 0)
+    leave(waiters);
 }
 
 static bool passed(int64_t deadline) {
@@ -530,8 +565,10 @@ static bool passed(int64_t deadline) {
  * pending_ring first and installed by one store, so a producer dying here leaves either
  * ring whole (and at worst the old one unfreed).
  */
-static void grow_ring(mp_queue_t *q, uint32_t need) {
-  lock_get(q);
+static int grow_ring(mp_queue_t *q, uint32_t need) {
+  int rc = lock_get(q);
+  if (rc < 0)
+    return rc;
   ring_t old = ring_of(q);
   uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
   uint32_t used = pos_bytes(tail) - pos_bytes(head), cap = old.cap;
@@ -546,6 +583,7 @@ static void grow_ring(mp_queue_t *q, uint32_t need) {
     mp__shared_release(old.base);
   }
   mp__mutex_unlock(&q->get_lock);
+  return 0;
 }
 
 /* Writes the message at tail and commits it; the caller holds put_lock and has checked the
@@ -579,16 +617,18 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
     return mp__error(MP_EMSGSIZE, "%s: a message of %zu bytes", fn, len);
   uint32_t need = record_size(header_for(q, len));
   for (;;) {
-    lock_put(q);
+    int rc = lock_put(q);
+    if (rc < 0)
+      return rc;
     if (atomic_load(&q->closed)) {
       mp__mutex_unlock(&q->put_lock);
       return mp__error(MP_ECLOSED, "%s: the queue is closed", fn);
     }
-    int rc = 1;
+    rc = 1;
     uint64_t tail = atomic_load(&q->tail);
     if (!has_room(q, need) && !at_maxsize(q) && ring_of(q).cap < q->ring_max)
-      grow_ring(q, need);
-    if (has_room(q, need))
+      rc = grow_ring(q, need) < 0 ? MP_ENOMEM : 1; /* the lock's error said why */
+    if (rc == 1 && has_room(q, need))
       rc = commit_put(q, tail, data, len);
     mp__mutex_unlock(&q->put_lock);
     if (rc < 0)
@@ -596,8 +636,9 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
     if (rc == 0) {
       notify(&q->put_seq, &q->get_waiters, 1);
       /* Loaded after the commit: a consumer that saw the queue empty, then cleared its
-       * doorbell, looked before this put, so this put sees what it saw. */
-      if (count_of(atomic_load(&q->head), tail) == 0)
+       * doorbell, looked before this put, so this put sees what it saw. A head past the old
+       * tail (a consumer took this message already) counts as empty too. */
+      if ((int32_t)(pos_msgs(tail) - pos_msgs(atomic_load(&q->head))) <= 0)
         ring_bells(q);
       return 0;
     }
@@ -672,8 +713,10 @@ static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *f
     return mp__error(MP_EINVAL, "%s: NULL buffer or length", fn);
   for (bool cleared = false;;) {
     void *spilled = NULL;
-    lock_get(q);
-    int rc = take(q, out, &spilled, fn);
+    int rc = lock_get(q);
+    if (rc < 0)
+      return rc;
+    rc = take(q, out, &spilled, fn);
     mp__mutex_unlock(&q->get_lock);
     if (rc == 0) {
       if (spilled)
@@ -681,7 +724,7 @@ static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *f
       notify(&q->get_seq, &q->put_waiters, INT32_MAX);
       return 0;
     }
-    if (rc == MP_ETOOSMALL) /* the wake this message brought is passed on */
+    if (rc == MP_ETOOSMALL || rc == MP_ENOMEM) /* the wake this message brought is passed on */
       notify(&q->put_seq, &q->get_waiters, 1);
     if (rc < 0)
       return rc;
@@ -767,7 +810,9 @@ int mp_queue_full(mp_queue_t *queue) {
 }
 
 static int close_queue(mp_queue_t *q) {
-  lock_put(q); /* the puts in progress commit first */
+  int rc = lock_put(q); /* the puts in progress commit first */
+  if (rc < 0)
+    return rc;
   atomic_store(&q->closed, 1);
   mp__mutex_unlock(&q->put_lock);
   notify(&q->put_seq, &q->get_waiters, INT32_MAX);
@@ -879,12 +924,6 @@ static int waitable_poll_fd(void *obj) {
 
 static const mp__waitable_ops_t queue_waitable = {waitable_ready, waitable_poll_fd};
 
-/* Prioritized: a spawned child's take-over (spawn.c) never returns to later constructors. */
-__attribute__((constructor(102))) static void queues_init(void) {
-  mp__waitable_register(MP__KIND_QUEUE, &queue_waitable);
-  pthread_atfork(NULL, NULL, after_fork_child);
-}
-
 /* ================================ lifetime ================================ */
 
 static int retain(mp_queue_t *q) {
@@ -892,14 +931,14 @@ static int retain(mp_queue_t *q) {
   return 0;
 }
 
-static int drop_reference(mp_queue_t *q) {
-  drop_bell(q);
+/* Drops a reference; this process's doorbell is the caller's business. */
+static void unref(mp_queue_t *q) {
   if (atomic_fetch_sub(&q->refs, 1) != 1)
-    return 0;
+    return;
   /* The last reference: nobody else can touch it. Free the block of a producer that died
    * in a put (the repair of lock_put), then those of the spilled messages left. */
-  lock_put(q);
-  mp__mutex_unlock(&q->put_lock);
+  if (lock_put(q) == 0)
+    mp__mutex_unlock(&q->put_lock);
   ring_t r = ring_of(q);
   uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
   while (count_of(head, tail) != 0) {
@@ -915,7 +954,38 @@ static int drop_reference(mp_queue_t *q) {
   mp__shared_release(r.base);
   q->kind = 0; /* a later use of the handle fails with MP_EINVAL until the block is reused */
   mp__shared_release(q);
+}
+
+static int drop_reference(mp_queue_t *q) {
+  drop_bell(q);
+  unref(q);
   return 0;
+}
+
+static void hold_retain(void *obj) {
+  retain(obj);
+}
+
+static void hold_release(void *obj) {
+  unref(obj);
+}
+
+/* The argument scan's pass(): a child given the handle holds a reference through its
+ * process object until it is reaped, so the parent may free its own at once, as in Python.
+ * A word that only looks like a queue is refused here. */
+static int pass_queue(void *obj, mp_process_t *proc) {
+  mp_queue_t *q = obj;
+  if (!is_queue(q) || !mp__shared_contains((char *)q + sizeof *q - 1) ||
+      atomic_load(&q->refs) == 0)
+    return mp__error(MP_EINVAL, "passing a queue to a child: %p is not a queue", obj);
+  return mp__process_hold_ref(proc, q, hold_retain, hold_release);
+}
+
+/* Prioritized: a spawned child's take-over (spawn.c) never returns to later constructors. */
+__attribute__((constructor(102))) static void queues_init(void) {
+  mp__waitable_register(MP__KIND_QUEUE, &queue_waitable);
+  mp__passable_register(MP__KIND_QUEUE, pass_queue);
+  pthread_atfork(NULL, NULL, after_fork_child);
 }
 
 int mp_queue_retain(mp_queue_t *queue) {

@@ -6,6 +6,8 @@
  * that failed in the child.
  */
 #include <pthread.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 
 #include "mp_test.h"
 
@@ -395,6 +397,99 @@ START_TEST(test_sender_killed_mid_message) {
 }
 END_TEST
 
+/* Starts child_sends_big on a (b stays open here too) and stops it once it is blocked in
+ * its send, so that a receive on a stops in the middle of the message. */
+static mp_process_t *start_stopped_sender(int method, big_send_job_t *job, mp_conn_t *ready) {
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(method), child_sends_big, job, sizeof *job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  char buf[16];
+  size_t got;
+  MP_ASSERT_OK(mp_conn_recv(ready, buf, sizeof buf, &got, 20));
+  mp_test_sleep(0.2); /* into its send, blocked on the full pipe */
+  T_INT_EQ(kill(mp_process_pid(p), SIGSTOP), 0);
+  return p;
+}
+
+/* A receive in the middle of a message whose sender is stopped while this process holds the
+ * send end too (no end of file). Stopped for good: the deadline ends it with MP_ETIMEDOUT
+ * and the stream, cut there, is broken from then on. Killed at 0.3 s: MP_EEOF, long before
+ * the timeout. */
+static void receive_from_stopped_sender(int method, bool killed) {
+  mp_conn_t *a, *b, *ready_a, *ready_b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  MP_ASSERT_OK(mp_pipe(true, &ready_a, &ready_b));
+  big_send_job_t job = {b, ready_b};
+  mp_process_t *p = start_stopped_sender(method, &job, ready_a);
+  killer_t k = {p, 0.3};
+  pthread_t killer;
+  if (killed)
+    T_INT_EQ(pthread_create(&killer, NULL, kill_later, &k), 0);
+  size_t big = 4u << 20, got;
+  char *buf = malloc(big);
+  double t0 = mp_test_now();
+  MP_ASSERT_ERR(mp_conn_recv(a, buf, big, &got, killed ? 30 : 0.3),
+                killed ? MP_EEOF : MP_ETIMEDOUT);
+  double took = mp_test_now() - t0;
+  T_ASSERT(killed ? took < 20 : took >= 0.29, "returned after %g s", took);
+  MP_ASSERT_ERR(mp_conn_recv(a, buf, big, &got, 1), MP_EEOF);
+  if (killed)
+    pthread_join(killer, NULL);
+  else
+    MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 10), -SIGKILL);
+  T_PROC_CLOSE(p);
+  free(buf);
+  MP_ASSERT_OK(mp_conn_close(a));
+  MP_ASSERT_OK(mp_conn_close(b));
+  MP_ASSERT_OK(mp_conn_close(ready_a));
+  MP_ASSERT_OK(mp_conn_close(ready_b));
+}
+
+START_TEST(test_recv_timeout_mid_message) {
+  receive_from_stopped_sender(_i, false);
+}
+END_TEST
+
+START_TEST(test_recv_sender_killed_in_message) {
+  receive_from_stopped_sender(_i, true);
+}
+END_TEST
+
+/* A send that fails part-way (the buffer faults in its middle) has cut its message: both
+ * the sender's stream and the peer's receiving one say so, instead of the receiver waiting
+ * for the rest. */
+START_TEST(test_send_cut_part_way) {
+  long page = sysconf(_SC_PAGESIZE);
+  char *buf =
+      mmap(NULL, (size_t)page * 2, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  T_ASSERT(buf != MAP_FAILED, "mmap");
+  memset(buf, 'x', (size_t)page);
+  T_INT_EQ(mprotect(buf + page, (size_t)page, PROT_NONE), 0);
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  int rc = mp_conn_send(a, buf, (size_t)page * 2);
+  T_ASSERT(rc < 0, "a send through a faulting buffer returned %d", rc);
+  size_t got;
+  char small[16];
+  MP_ASSERT_ERR(mp_conn_recv(b, small, sizeof small, &got, 5), MP_EEOF);
+  MP_ASSERT_ERR(mp_conn_send(a, "x", 1), MP_EEOF);
+  MP_ASSERT_OK(mp_conn_send(b, "back", 4)); /* the other direction is whole */
+  MP_ASSERT_OK(mp_conn_recv(a, small, sizeof small, &got, 5));
+  MP_ASSERT_OK(mp_conn_close(a));
+  MP_ASSERT_OK(mp_conn_close(b));
+  munmap(buf, (size_t)page * 2);
+}
+END_TEST
+
+/* A word that says "connection" outside the arena is not one. */
+START_TEST(test_fake_conn_outside_arena) {
+  uint32_t fake[512] = {0x4e4e4f43u}; /* the kind word's value */
+  MP_ASSERT_ERR(mp_conn_close((mp_conn_t *)fake), MP_EINVAL);
+  MP_ASSERT_ERR(mp_conn_send((mp_conn_t *)fake, "x", 1), MP_EINVAL);
+}
+END_TEST
+
 /* Receives one message and sends it back. */
 static int child_echoes_once(void *arg, size_t size) {
   (void)size;
@@ -730,6 +825,29 @@ START_TEST(test_wait_pipes_and_processes) {
 }
 END_TEST
 
+/* A queue whose doorbell cannot be made (out of fds) could never wake the wait: mp_wait
+ * says so instead of sleeping. */
+START_TEST(test_wait_queue_without_doorbell) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  struct rlimit old, low;
+  T_INT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+  int lowest = dup(0); /* the lowest free fd: a limit there leaves none */
+  T_ASSERT(lowest >= 0, "dup");
+  close(lowest);
+  low = old;
+  low.rlim_cur = (rlim_t)lowest;
+  T_INT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  void *objects[] = {q};
+  int rc = mp_wait(objects, 1, 0.2, NULL);
+  T_INT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+  T_INT_EQ(rc, -EMFILE);
+  void *again[] = {q};
+  T_INT_EQ(mp_wait(again, 1, 0, NULL), 0); /* with fds again, the doorbell is made */
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
 START_TEST(test_wait_one_way_and_errors) {
   mp_conn_t *r, *w;
   MP_ASSERT_OK(mp_pipe(false, &r, &w));
@@ -815,6 +933,8 @@ static Suite *connection_suite(void) {
   tcase_add_loop_test(tc, test_peer_closes, 0, N_METHODS);
   tcase_add_loop_test(tc, test_sender_killed_mid_message, 0, N_METHODS);
   tcase_add_loop_test(tc, test_killed_while_waiting_keeps_stream, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_recv_timeout_mid_message, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_recv_sender_killed_in_message, 0, N_METHODS);
   tc = mp_test_tcase(s, "passing", 30);
   tcase_add_loop_test(tc, test_both_ends_to_children, 0, N_METHODS);
   tcase_add_loop_test(tc, test_shared_end_whole_messages, 0, N_METHODS);
@@ -823,8 +943,11 @@ static Suite *connection_suite(void) {
   tc = mp_test_tcase(s, "wait", 20);
   tcase_add_loop_test(tc, test_wait_pipes_and_processes, 0, N_METHODS);
   tcase_add_test(tc, test_wait_one_way_and_errors);
+  tcase_add_test(tc, test_wait_queue_without_doorbell);
   tc = mp_test_tcase(s, "input", 20);
   tcase_add_test(tc, test_bad_input);
+  tcase_add_test(tc, test_send_cut_part_way);
+  tcase_add_test(tc, test_fake_conn_outside_arena);
   return s;
 }
 

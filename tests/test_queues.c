@@ -939,6 +939,63 @@ START_TEST(test_simple_queue) {
 }
 END_TEST
 
+/* A parent frees its handles right after the start: the child's process object holds a
+ * reference for it until it is reaped, so the queues live on, and new queues get other
+ * blocks meanwhile. */
+typedef struct {
+  mp_queue_t *q;
+  mp_simple_queue_t *sq;
+  mp_queue_t *ctl;
+} freed_job_t;
+
+static int t_use_freed(void *arg, size_t size) {
+  freed_job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  char buf[16];
+  size_t len;
+  if (mp_queue_get(job->ctl, buf, sizeof buf, &len, 30) != 0) /* the parent has freed */
+    return 2;
+  if (mp_queue_put(job->q, "child", 5, 5) != 0 ||
+      mp_simple_queue_put(job->sq, "simple", 6) != 0)
+    return 3;
+  if (mp_queue_get(job->q, buf, sizeof buf, &len, 5) != 0 || len != 5 ||
+      memcmp(buf, "child", 5) != 0)
+    return 4;
+  if (mp_simple_queue_get(job->sq, buf, sizeof buf, &len) != 0 || len != 6 ||
+      memcmp(buf, "simple", 6) != 0)
+    return 5;
+  return 0;
+}
+
+START_TEST(test_freed_after_start) {
+  freed_job_t job;
+  MP_ASSERT_OK(mp_queue_create(&job.q, 0));
+  MP_ASSERT_OK(mp_simple_queue_create(&job.sq));
+  MP_ASSERT_OK(mp_queue_create(&job.ctl, 0));
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(_i), t_use_freed, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  MP_ASSERT_OK(mp_queue_free(job.q));
+  MP_ASSERT_OK(mp_simple_queue_free(job.sq));
+  mp_queue_t *other;
+  mp_simple_queue_t *other_sq;
+  MP_ASSERT_OK(mp_queue_create(&other, 0));
+  MP_ASSERT_OK(mp_simple_queue_create(&other_sq));
+  T_ASSERT(other != job.q && (void *)other != (void *)job.sq, "a queue's block was reused");
+  T_ASSERT((void *)other_sq != (void *)job.q && other_sq != job.sq, "a block was reused");
+  MP_ASSERT_OK(mp_queue_put(job.ctl, "go", 2, 0));
+  join_ok(p);
+  char buf[16];
+  size_t len;
+  MP_ASSERT_ERR(mp_queue_get_nowait(other, buf, sizeof buf, &len), MP_EEMPTY);
+  T_INT_EQ(mp_simple_queue_empty(other_sq), 1);
+  MP_ASSERT_OK(mp_queue_free(other));
+  MP_ASSERT_OK(mp_simple_queue_free(other_sq));
+  MP_ASSERT_OK(mp_queue_free(job.ctl));
+}
+END_TEST
+
 /* ===================================================================================== */
 /* Bad input.                                                                             */
 
@@ -1091,6 +1148,7 @@ static Suite *queues_suite(void) {
   tc = mp_test_tcase(s, "flavors", 30);
   tcase_add_loop_test(tc, test_joinable, 0, N_METHODS);
   tcase_add_loop_test(tc, test_simple_queue, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_freed_after_start, 0, N_METHODS);
   return s;
 }
 

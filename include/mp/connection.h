@@ -55,7 +55,9 @@ MP_EXTERN int mp_pipe(bool duplex, mp_conn_t **a, mp_conn_t **b);
  * whole message is in the pipe. The caller keeps buf. Errors: MP_EINVAL (conn NULL, buf NULL
  * with size > 0, a receive-only end), MP_ECLOSED (closed in this process, or never passed to
  * it), MP_EEOF (no process holds the peer end: nothing can receive; or a process died in the
- * middle of a message on this end). Python: Connection.send_bytes(buf).
+ * middle of a message on this end), or the write's error (-EFAULT...): a send that fails
+ * after part of the message went has cut it, and this end's sends and the peer's receives
+ * fail with MP_EEOF from then on. Python: Connection.send_bytes(buf).
  */
 MP_EXTERN int mp_conn_send(mp_conn_t *conn, const void *buf, size_t size);
 
@@ -68,14 +70,17 @@ MP_EXTERN int mp_conn_send_bytes(mp_conn_t *conn, const void *buf, size_t len, s
                                  size_t size);
 
 /*
- * Receives the next message into buf (cap bytes), waiting at most timeout seconds for it to
- * begin, and stores its length in *size. A message longer than cap is not received: the
+ * Receives the next message into buf (cap bytes), waiting at most timeout seconds for it,
+ * and stores its length in *size. A timeout that passes in the middle of a message (its
+ * sender stopped) fails with MP_ETIMEDOUT and cuts the stream: this end's receives fail
+ * with MP_EEOF from then on. A message longer than cap is not received: the
  * call fails with MP_ETOOSMALL, *size is the length needed, and the message is still the
  * next one to receive. Messages the peer sent before it closed are received before end of
  * file. buf stays the caller's; it may be NULL when cap is 0.
  * Errors: MP_EINVAL (conn or size NULL, buf NULL with cap > 0, a send-only end), MP_ECLOSED,
  * MP_ETIMEDOUT, MP_ETOOSMALL, MP_EEOF (no process holds the peer end and every message has
- * been received, or the peer died in the middle of a message).
+ * been received, or a sender died in the middle of a message, even while another process
+ * still holds the peer end).
  * Python: Connection.recv_bytes_into(buf), with a timeout.
  */
 MP_EXTERN int mp_conn_recv(mp_conn_t *conn, void *buf, size_t cap, size_t *size,
@@ -138,7 +143,8 @@ MP_EXTERN int mp_process_pass_conn(mp_process_t *proc, mp_conn_t *conn);
  * end, its peer has gone; an end closed here is ready), a queue (an item to get, or closed)
  * or a process handle (ready once ended). With n 0 it sleeps for timeout.
  * Errors: MP_EINVAL (objects NULL with n > 0, an object that is none of those, n 0 with
- * MP_FOREVER), MP_ENOTSTARTED (a process not started), MP_ENOMEM.
+ * MP_FOREVER), MP_ENOTSTARTED (a process not started), MP_ENOMEM, or the error of making a
+ * queue's readiness fd (-EMFILE...), without which the wait could not wake.
  * Python: multiprocessing.connection.wait(object_list, timeout).
  */
 MP_EXTERN int mp_wait(void *const *objects, size_t n, double timeout, bool *ready);

@@ -122,9 +122,10 @@ MP_EXTERN int mp_queue_close(mp_queue_t *queue);
 MP_EXTERN int mp_queue_fileno(mp_queue_t *queue);
 
 /*
- * Takes one more reference, for a process that may use the queue after the process that
- * gave it the handle freed its own: retain for the child before starting it, and let the
- * child free it. Errors: MP_EINVAL.
+ * Takes one more reference. A child given the handle in its argument bytes needs none: its
+ * process object holds one until the child is reaped, so the parent may free its own right
+ * after the start. Retain for a process that gets the handle another way (inside a message,
+ * or a shared block), and let that process free it. Errors: MP_EINVAL.
  */
 MP_EXTERN int mp_queue_retain(mp_queue_t *queue);
 
