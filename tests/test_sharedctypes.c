@@ -347,6 +347,8 @@ END_TEST
 
 static void increment(job_t *job) {
   volatile long *raw = mp_array_ptr(job->array);
+  while (raw[1] == 0) /* the gate: all start together, or a spawned worker may run alone */
+    sched_yield();
   for (int i = 0; i < job->n; i++) {
     long seen = *raw;
     sched_yield(); /* another worker runs here, and its increments are lost */
@@ -369,11 +371,12 @@ static void *thread_increments(void *arg) {
 /* Rounds of WORKERS processes of the method, or threads (method < 0). */
 static void race(int method) {
   job_t job = {.n = 3000};
-  MP_ASSERT_OK(mp_raw_array_create(&job.array, 'l', 1, NULL));
+  MP_ASSERT_OK(mp_raw_array_create(&job.array, 'l', 2, NULL)); /* the counter, the gate */
   MP_ASSERT_OK(mp_value_create(&job.value, 'l', NULL, NULL));
   long lost = 0;
   for (int round = 0; round < ROUNDS && lost == 0; round++) {
     MP_ASSERT_OK(mp_array_set_long(job.array, 0, 0));
+    MP_ASSERT_OK(mp_array_set_long(job.array, 1, 0));
     MP_ASSERT_OK(mp_value_set_long(job.value, 0));
     mp_process_t *p[WORKERS];
     pthread_t t[WORKERS];
@@ -383,6 +386,7 @@ static void race(int method) {
       else
         p[k] = mp_test_start(method, child_increments, &job, sizeof(job_t));
     }
+    MP_ASSERT_OK(mp_array_set_long(job.array, 1, 1));
     for (int k = 0; k < WORKERS; k++) {
       if (method < 0)
         T_INT_EQ(pthread_join(t[k], NULL), 0);
