@@ -9,8 +9,8 @@ static _Thread_local char last_error[1024];
 
 const char *mp_strerror(int code) {
   switch (code) {
-#define MP__ERR_TEXT(name, value, text)                                                     \
-  case MP_##name:                                                                           \
+#define MP__ERR_TEXT(name, value, text)                                                        \
+  case MP_##name:                                                                              \
     return text;
     MP_ERRNO_MAP(MP__ERR_TEXT)
 #undef MP__ERR_TEXT
@@ -25,8 +25,8 @@ const char *mp_strerror(int code) {
 
 const char *mp_err_name(int code) {
   switch (code) {
-#define MP__ERR_NAME(name, value, text)                                                     \
-  case MP_##name:                                                                           \
+#define MP__ERR_NAME(name, value, text)                                                        \
+  case MP_##name:                                                                              \
     return "MP_" #name;
     MP_ERRNO_MAP(MP__ERR_NAME)
 #undef MP__ERR_NAME
@@ -48,6 +48,20 @@ int mp__error(int code, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(last_error, sizeof last_error, fmt, ap);
   va_end(ap);
+  return code;
+}
+
+int mp__error_prefix(int code, const char *fmt, ...) {
+  /* The last error is copied out first: formatting into the buffer it is read from is
+   * undefined. */
+  char saved[sizeof last_error];
+  memcpy(saved, last_error, sizeof saved);
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(last_error, sizeof last_error, fmt, ap);
+  va_end(ap);
+  if (n >= 0 && (size_t)n < sizeof last_error)
+    snprintf(last_error + n, sizeof last_error - (size_t)n, ": %s", saved);
   return code;
 }
 
