@@ -197,6 +197,10 @@ static void wake_waiter(mp__job_t *job) {
 int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
                  const _Atomic uint32_t *interrupts, int64_t deadline) {
   uint32_t base = interrupts ? atomic_load(interrupts) : 0;
+  /* Without a timeout the kernel restarts the wait after an SA_RESTART handler, unseen;
+   * with one, any handler ends it with EINTR. */
+  if (interrupts && deadline == INT64_MAX)
+    deadline = INT64_MAX - 1;
   /* No spinning first: the worker waited for often runs on the waiter's CPU. */
   for (;;) {
     uint32_t seen = atomic_load(&job->wake);
