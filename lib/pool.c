@@ -1261,8 +1261,9 @@ static bool result_ready(const mp__job_t *job, void *arg) {
 }
 
 static int wait_result(mp_async_result_t *ar, double timeout, const char *what) {
-  int rc =
-      mp__job_wait(ar->job, result_ready, ar, watch_sigint(timeout), mp__deadline(timeout));
+  bool ready = result_ready(ar->job, ar); /* then no need to look at SIGINT's handler */
+  int rc = mp__job_wait(ar->job, result_ready, ar, ready ? NULL : watch_sigint(timeout),
+                        mp__deadline(timeout));
   if (rc == MP_ETIMEDOUT)
     return mp__error(rc, "%s: not ready after %g s", what, timeout);
   if (rc == MP_EINTR)
@@ -1426,8 +1427,9 @@ int mp_imap_next(mp_imap_t *it, void *result, size_t *index, double timeout) {
   if (it->active < 0) {
     if (it->taken == job->n_chunks)
       return MP_EEOF;
-    int rc =
-        mp__job_wait(job, iterator_can_go_on, it, watch_sigint(timeout), mp__deadline(timeout));
+    bool ready = iterator_can_go_on(job, it);
+    int rc = mp__job_wait(job, iterator_can_go_on, it, ready ? NULL : watch_sigint(timeout),
+                          mp__deadline(timeout));
     if (rc == MP_ETIMEDOUT)
       return mp__error(rc, "mp_imap_next: no result after %g s", timeout);
     if (rc == MP_EINTR)
