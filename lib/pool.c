@@ -1032,7 +1032,8 @@ void mp_pool_destroy(mp_pool_t *pool) {
 static int check_open(mp_pool_t *pool, const char *what) {
   uint32_t flags = atomic_load(&pool->sh->flags);
   if (flags & MP__POOL_TERMINATED)
-    return mp__error(MP_ETERMINATED, "%s: the pool was terminated", what);
+    return mp__error(MP_ETERMINATED, "%s: the pool was terminated%s", what,
+                     pool->why_terminated);
   if (flags & MP__POOL_CLOSED)
     return mp__error(MP_ECLOSED, "%s: the pool is closed", what);
   return 0;

@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 
@@ -836,15 +837,45 @@ START_TEST(test_replacements_cannot_start) {
 }
 END_TEST
 
-/* --------------------------- ending the pool --------------------------- */
-
+/* The worker's pid, or with a non-zero argument its parent's. */
 static int report_pid(const void *arg, size_t size, void *result, size_t *result_size) {
-  (void)arg;
   (void)size;
   (void)result_size;
-  *(int *)result = getpid();
+  *(int *)result = *(const int *)arg ? getppid() : getpid();
   return 0;
 }
+
+/* The same when the process that starts workers (the zygote, the fork server, or the pool's
+ * own process under spawn) is out of processes: RLIMIT_NPROC 0 on it, as a user other than
+ * root (for whom the limit does not apply). */
+START_TEST(test_out_of_processes) {
+  if (getuid() == 0)
+    T_ASSERT(setresgid(65534, 65534, 65534) == 0 && setresuid(65534, 65534, 65534) == 0,
+             "cannot become nobody: %s", strerror(errno));
+  mp_pool_t *pool = make_pool(_i, 1, NULL);
+  int x = 2, r, starter;
+  MP_ASSERT_OK(mp_pool_apply(pool, report_pid, &x, sizeof x, &starter, sizeof starter, NULL));
+  struct rlimit old, none;
+  T_ASSERT(prlimit(starter, RLIMIT_NPROC, NULL, &old) == 0, "prlimit: %s", strerror(errno));
+  none = (struct rlimit){0, old.rlim_max}; /* the soft limit only: it can be put back */
+  T_ASSERT(prlimit(starter, RLIMIT_NPROC, &none, NULL) == 0, "prlimit: %s", strerror(errno));
+  /* The fork server may have a spare child ready: one more death uses it up. */
+  int rc = 0;
+  for (int k = 0; k < 3 && rc != MP_ETERMINATED; k++) {
+    rc = mp_pool_apply(pool, exit_3, &x, sizeof x, &r, sizeof r, NULL);
+    T_ASSERT(rc == MP_EWORKERDIED || rc == MP_ETERMINATED, "apply gave %s", mp_err_name(rc));
+  }
+  MP_ASSERT_ERR(mp_pool_map(pool, square, &x, 1, sizeof x, &r, sizeof r, 0), MP_ETERMINATED);
+  T_ASSERT(strstr(mp_last_error(), "starts in a row failed") != NULL, "message: %s",
+           mp_last_error());
+  /* Under spawn the starter is this process, whose exit (LeakSanitizer's) needs a thread. */
+  T_ASSERT(prlimit(starter, RLIMIT_NPROC, &old, NULL) == 0 || starter != getpid(),
+           "prlimit: %s", strerror(errno));
+  end_pool();
+}
+END_TEST
+
+/* --------------------------- ending the pool --------------------------- */
 
 START_TEST(test_terminate_long_map) {
   mp_pool_t *pool = make_pool(_i, 2, NULL);
@@ -1097,6 +1128,7 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_segfault_and_exit, 0, N_PROCESS_CONTEXTS);
   tcase_add_loop_test(tc, test_retries, 0, N_PROCESS_CONTEXTS);
   tcase_add_test(tc, test_replacements_cannot_start); /* spawn: see the test */
+  tcase_add_loop_test(tc, test_out_of_processes, 0, N_PROCESS_CONTEXTS);
   tc = mp_test_tcase(s, "end", 60);
   tcase_add_loop_test(tc, test_terminate_long_map, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_close_join, 0, N_CONTEXTS);
