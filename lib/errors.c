@@ -9,8 +9,8 @@ static _Thread_local char last_error[1024];
 
 const char *mp_strerror(int code) {
   switch (code) {
-#define MP__ERR_TEXT(name, value, text)                                                        \
-  case MP_##name:                                                                              \
+#define MP__ERR_TEXT(name, value, text)                                                     \
+  case MP_##name:                                                                           \
     return text;
     MP_ERRNO_MAP(MP__ERR_TEXT)
 #undef MP__ERR_TEXT
@@ -25,8 +25,8 @@ const char *mp_strerror(int code) {
 
 const char *mp_err_name(int code) {
   switch (code) {
-#define MP__ERR_NAME(name, value, text)                                                        \
-  case MP_##name:                                                                              \
+#define MP__ERR_NAME(name, value, text)                                                     \
+  case MP_##name:                                                                           \
     return "MP_" #name;
     MP_ERRNO_MAP(MP__ERR_NAME)
 #undef MP__ERR_NAME
