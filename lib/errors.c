@@ -51,6 +51,20 @@ int mp__error(int code, const char *fmt, ...) {
   return code;
 }
 
+int mp__error_prefix(int code, const char *fmt, ...) {
+  /* The last error is copied out first: formatting into the buffer it is read from is
+   * undefined. */
+  char saved[sizeof last_error];
+  memcpy(saved, last_error, sizeof saved);
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(last_error, sizeof last_error, fmt, ap);
+  va_end(ap);
+  if (n >= 0 && (size_t)n < sizeof last_error)
+    snprintf(last_error + n, sizeof last_error - (size_t)n, ": %s", saved);
+  return code;
+}
+
 int mp__syserror(const char *fmt, ...) {
   int saved = errno;
   va_list ap;

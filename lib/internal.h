@@ -18,6 +18,10 @@
  * `return mp__error(MP_EINVAL, "mp_x: y is NULL");`. */
 int mp__error(int code, const char *fmt, ...) MP__PRINTF(2, 3);
 
+/* Records "fmt...: <the thread's last error>" and returns code: a failure passed up with
+ * the caller's context in front. */
+int mp__error_prefix(int code, const char *fmt, ...) MP__PRINTF(2, 3);
+
 /* Same, with the errno of a failed system call appended; returns -errno. */
 int mp__syserror(const char *fmt, ...) MP__PRINTF(1, 2);
 
@@ -499,9 +503,10 @@ bool mp__job_feed(mp__pool_shared_t *sh, mp__job_t *job, const void *items);
 /* Wakes workers: n of them (INT32_MAX: all) if asleep, the most recently idle first: its
  * cache is warm, and it may not even be asleep yet. */
 void mp__pool_wake_workers(mp__pool_shared_t *sh, int n);
-/* Waits until done(job, arg) or the deadline: 0, MP_ETIMEDOUT, MP_EINTR (a handler ran). */
+/* Waits until done(job, arg) or the deadline: 0 or MP_ETIMEDOUT. Signals do not end the
+ * wait, except that MP_EINTR is returned once *interrupts (if not NULL) has changed. */
 int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
-                 int64_t deadline);
+                 const _Atomic uint32_t *interrupts, int64_t deadline);
 bool mp__job_complete(const mp__job_t *job);
 uint64_t mp__job_done(const mp__job_t *job);
 /* Wakes the job's waiter; if the job is complete, frees its slot (once, whoever calls). */

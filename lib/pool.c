@@ -27,6 +27,8 @@
 #define TERMINATE_WAIT_NS 5000000000ll
 #define TIMER_MS 100
 #define SPARES 8
+/* Failed starts in a row, with no worker left, that terminate the pool. */
+#define MAX_START_FAILURES 5
 
 typedef struct mp_pool_s mp_pool_t;
 
@@ -72,6 +74,7 @@ struct mp_pool_s {
   _Atomic int callback_errors;
   worker_t *workers;
   uint32_t live;
+  uint32_t start_failures; /* in a row */
   bool launcher_closed;
   /* The supervisor. */
   pthread_t thread;
@@ -338,6 +341,8 @@ static void worker_ended(mp_pool_t *pool, uint32_t w, int exitcode) {
   } else if (state != MP__WORKER_RETIRED && state != MP__WORKER_DONE && !terminated) {
     recover_chunk(pool, w, msg);
   }
+  if (state != MP__WORKER_STARTING)
+    pool->start_failures = 0; /* it was started: starts work */
   atomic_store(&rec->pin, 0);
   atomic_store(&rec->run_seq, 0);
   if (atomic_exchange(&rec->idle_ticket, 0)) /* died idle: not to be woken again */
@@ -353,15 +358,34 @@ static void worker_ended(mp_pool_t *pool, uint32_t w, int exitcode) {
   maybe_all_ended(pool);
 }
 
+/* A worker could not be started: the timer tries again, unless no worker is left and the
+ * starts keep failing (out of processes, a broken executable), when nothing ever would run
+ * the work: the pool is terminated, as for an initializer that fails. */
+static void start_failed(mp_pool_t *pool, uint32_t w, int rc, const char *msg) {
+  atomic_store(&pool->sh->workers[w].state, MP__WORKER_EMPTY);
+  end_create(pool, rc, msg);
+  if (++pool->start_failures < MAX_START_FAILURES || pool->live > 0 ||
+      atomic_load(&pool->creating) || (atomic_load(&pool->sh->flags) & MP__POOL_TERMINATED))
+    return;
+  snprintf(pool->why_terminated, sizeof pool->why_terminated,
+           ": no worker is left and %u starts in a row failed: %s (%s)", pool->start_failures,
+           msg, mp_err_name(rc));
+  atomic_fetch_or(&pool->sh->flags, MP__POOL_TERMINATED);
+  do_terminate(pool);
+}
+
 static void start_worker(mp_pool_t *pool, uint32_t w) {
   mp__worker_rec_t *rec = &pool->sh->workers[w];
+  if (atomic_load(&pool->sh->flags) & MP__POOL_TERMINATED)
+    return; /* by the failed start of another worker, say */
   atomic_store(&rec->pid, 0);
   atomic_store(&rec->state, MP__WORKER_STARTING);
   int rc = pool->launcher->start(pool, w);
   if (rc < 0) {
-    atomic_store(&rec->state, MP__WORKER_EMPTY);
-    end_create(pool, rc, mp_last_error());
-    return; /* the timer tries again */
+    char msg[MP__POOL_MSG];
+    snprintf(msg, sizeof msg, "%s", mp_last_error());
+    start_failed(pool, w, rc, msg);
+    return;
   }
   pool->workers[w].running = true;
   pool->live++;
@@ -598,8 +622,7 @@ static void on_zygote(uv_poll_t *handle, int status, int events) {
       snprintf(text, sizeof text, "the zygote cannot fork a worker: %s", strerror(-msg.value));
       pool->workers[msg.w].running = false;
       pool->live--;
-      atomic_store(&pool->sh->workers[msg.w].state, MP__WORKER_EMPTY);
-      end_create(pool, msg.value, text);
+      start_failed(pool, msg.w, msg.value, text);
       maybe_all_ended(pool);
     } else if (msg.op == MP__ZYGOTE_EXITED) {
       worker_ended(pool, msg.w, exitcode_of(msg.value));
@@ -1009,7 +1032,8 @@ void mp_pool_destroy(mp_pool_t *pool) {
 static int check_open(mp_pool_t *pool, const char *what) {
   uint32_t flags = atomic_load(&pool->sh->flags);
   if (flags & MP__POOL_TERMINATED)
-    return mp__error(MP_ETERMINATED, "%s: the pool was terminated", what);
+    return mp__error(MP_ETERMINATED, "%s: the pool was terminated%s", what,
+                     pool->why_terminated);
   if (flags & MP__POOL_CLOSED)
     return mp__error(MP_ECLOSED, "%s: the pool is closed", what);
   return 0;
@@ -1070,11 +1094,13 @@ static int submit(mp_pool_t *pool, const spec_t *s, mp__job_t **out) {
   size_t chunksize = s->chunksize                    ? s->chunksize
                      : (s->flags & MP__JOB_ITERATOR) ? 1
                                                      : default_chunksize(pool, s->n);
+  if (chunksize > s->n) /* one chunk holds it all: no room for items that do not exist */
+    chunksize = s->n ? s->n : 1;
   mp__job_t *job;
   rc = mp__job_create(take_spare, pool, pool->sh->n_workers, fn, s->flags, s->n, s->item_size,
                       s->result_size, chunksize, s->window, &job);
   if (rc < 0)
-    return mp__error(rc, "%s: %s", s->what, mp_last_error());
+    return mp__error_prefix(rc, "%s", s->what);
   if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
     memcpy(mp__job_input(job, 0), s->items, s->n * s->item_size);
   add_job(pool, job);
@@ -1149,8 +1175,8 @@ int mp_pool_apply_async(mp_pool_t *pool, mp_task_fn_t fn, const void *arg, size_
   return make_result(pool, &s, callbacks, true, ar);
 }
 
-/* A blocking call: submit, get, free. Ctrl-C (a handler without SA_RESTART) ends the pool,
- * as leaving Python's `with Pool()` on KeyboardInterrupt does. */
+/* A blocking call: submit, get, free. Ctrl-C (SIGINT caught by a handler) ends the pool, as
+ * leaving Python's `with Pool()` on KeyboardInterrupt does. */
 static int run_sync(mp_pool_t *pool, spec_t *s, bool is_apply, void *result, size_t cap,
                     size_t *len) {
   if (!is_apply && !result && s->n && s->result_size)
@@ -1163,7 +1189,7 @@ static int run_sync(mp_pool_t *pool, spec_t *s, bool is_apply, void *result, siz
   mp_async_result_free(ar);
   if (rc == MP_EINTR) {
     mp_pool_terminate(pool);
-    return mp__error(MP_EINTR, "%s: interrupted by a signal; the pool was terminated", s->what);
+    return mp__error(MP_EINTR, "%s: interrupted by SIGINT; the pool was terminated", s->what);
   }
   return rc;
 }
@@ -1188,6 +1214,47 @@ int mp_pool_apply(mp_pool_t *pool, mp_task_fn_t fn, const void *arg, size_t size
 
 /* ---------------------------- async results ---------------------------- */
 
+/* Ctrl-C. A futex wait fails with EINTR after any handler, SA_RESTART or not, and cannot
+ * tell which signal it was; so a waiter only ends early for SIGINT, which it learns of from
+ * a counter bumped by a handler chained in front of the program's own. Under SIGINT's
+ * default disposition there is nothing to chain: the program dies, and its workers with it. */
+static _Atomic uint32_t sigints;
+static struct sigaction program_sigint; /* the handler chained to */
+static pthread_mutex_t sigint_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void count_sigint(int sig, siginfo_t *info, void *context) {
+  atomic_fetch_add(&sigints, 1);
+  if (program_sigint.sa_flags & SA_SIGINFO)
+    program_sigint.sa_sigaction(sig, info, context);
+  else if (program_sigint.sa_handler != SIG_DFL && program_sigint.sa_handler != SIG_IGN)
+    program_sigint.sa_handler(sig);
+}
+
+static bool sigint_chainable(const struct sigaction *sa) {
+  if (sa->sa_flags & SA_SIGINFO)
+    return sa->sa_sigaction != count_sigint;
+  return sa->sa_handler != SIG_DFL && sa->sa_handler != SIG_IGN;
+}
+
+/* Chains the counter in front of the program's SIGINT handler if it has one not chained yet
+ * (it may have been installed since the last wait); returns the counter, or NULL when the
+ * wait does not block. */
+static const _Atomic uint32_t *watch_sigint(double timeout) {
+  if (!(timeout > 0))
+    return NULL;
+  struct sigaction now;
+  pthread_mutex_lock(&sigint_lock);
+  if (sigaction(SIGINT, NULL, &now) == 0 && sigint_chainable(&now)) {
+    program_sigint = now;
+    struct sigaction mine = now;
+    mine.sa_sigaction = count_sigint;
+    mine.sa_flags |= SA_SIGINFO;
+    sigaction(SIGINT, &mine, NULL);
+  }
+  pthread_mutex_unlock(&sigint_lock);
+  return &sigints;
+}
+
 static bool result_ready(const mp__job_t *job, void *arg) {
   const mp_async_result_t *ar = arg;
   return mp__job_complete(job) &&
@@ -1195,11 +1262,13 @@ static bool result_ready(const mp__job_t *job, void *arg) {
 }
 
 static int wait_result(mp_async_result_t *ar, double timeout, const char *what) {
-  int rc = mp__job_wait(ar->job, result_ready, ar, mp__deadline(timeout));
+  bool ready = result_ready(ar->job, ar); /* then no need to look at SIGINT's handler */
+  int rc = mp__job_wait(ar->job, result_ready, ar, ready ? NULL : watch_sigint(timeout),
+                        mp__deadline(timeout));
   if (rc == MP_ETIMEDOUT)
     return mp__error(rc, "%s: not ready after %g s", what, timeout);
   if (rc == MP_EINTR)
-    return mp__error(rc, "%s: interrupted by a signal", what);
+    return mp__error(rc, "%s: interrupted by SIGINT", what);
   return rc;
 }
 
@@ -1359,11 +1428,13 @@ int mp_imap_next(mp_imap_t *it, void *result, size_t *index, double timeout) {
   if (it->active < 0) {
     if (it->taken == job->n_chunks)
       return MP_EEOF;
-    int rc = mp__job_wait(job, iterator_can_go_on, it, mp__deadline(timeout));
+    bool ready = iterator_can_go_on(job, it);
+    int rc = mp__job_wait(job, iterator_can_go_on, it, ready ? NULL : watch_sigint(timeout),
+                          mp__deadline(timeout));
     if (rc == MP_ETIMEDOUT)
       return mp__error(rc, "mp_imap_next: no result after %g s", timeout);
     if (rc == MP_EINTR)
-      return mp__error(rc, "mp_imap_next: interrupted by a signal");
+      return mp__error(rc, "mp_imap_next: interrupted by SIGINT");
     it->active = finished_chunk(job, it);
     if (it->active < 0)
       return mp__error(atomic_load(&job->abort_code), "mp_imap_next: the pool was terminated");

@@ -35,7 +35,7 @@ static uint64_t align64(uint64_t x) {
 int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t n_workers, uint32_t fn,
                    uint32_t flags, uint64_t n, uint64_t item_size, uint64_t result_size,
                    uint64_t chunksize, uint32_t window, mp__job_t **out) {
-  uint64_t n_chunks = n ? (n + chunksize - 1) / chunksize : 0;
+  uint64_t n_chunks = n / chunksize + (n % chunksize != 0); /* n + chunksize - 1 overflows */
   if (n_chunks > UINT32_MAX / 2)
     return mp__error(MP_EINVAL, "%llu chunks: use a larger chunksize",
                      (unsigned long long)n_chunks);
@@ -195,19 +195,25 @@ static void wake_waiter(mp__job_t *job) {
 }
 
 int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
-                 int64_t deadline) {
+                 const _Atomic uint32_t *interrupts, int64_t deadline) {
+  uint32_t base = interrupts ? atomic_load(interrupts) : 0;
+  /* Without a timeout the kernel restarts the wait after an SA_RESTART handler, unseen;
+   * with one, any handler ends it with EINTR. */
+  if (interrupts && deadline == INT64_MAX)
+    deadline = INT64_MAX - 1;
   /* No spinning first: the worker waited for often runs on the waiter's CPU. */
   for (;;) {
     uint32_t seen = atomic_load(&job->wake);
     if (done(job, arg))
       return 0;
+    if (interrupts && atomic_load(interrupts) != base)
+      return MP_EINTR;
     atomic_fetch_add(&job->waiters, 1);
+    /* A signal's EINTR only sends us round the loop, to look at the counter again. */
     int rc = done(job, arg) ? 0 : mp__futex_wait_sig(&job->wake, seen, deadline);
     atomic_fetch_sub(&job->waiters, 1);
     if (rc == MP_ETIMEDOUT)
       return done(job, arg) ? 0 : MP_ETIMEDOUT;
-    if (rc == MP_EINTR)
-      return done(job, arg) ? 0 : MP_EINTR;
   }
 }
 

@@ -7,7 +7,9 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 
 #include "mp_test.h"
 
@@ -202,6 +204,45 @@ START_TEST(test_map_chunksizes) {
   }
   /* Empty input: nothing to do, at once. */
   MP_ASSERT_OK(mp_pool_map(pool, square, NULL, 0, sizeof(int), NULL, sizeof(int), 0));
+  end_pool();
+}
+END_TEST
+
+/* A chunksize beyond the input is one chunk of it all, however large (n + chunksize - 1 does
+ * not wrap to run nothing, nor asks memory for items that do not exist). */
+START_TEST(test_huge_chunksize) {
+  fill_items();
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  int results[10];
+  size_t sizes[] = {(size_t)1 << 32, (size_t)1 << 40, SIZE_MAX};
+  for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+    memset(results, 0xff, sizeof results);
+    MP_ASSERT_OK(
+        mp_pool_map(pool, square, items, 10, sizeof(int), results, sizeof(int), sizes[s]));
+    for (int k = 0; k < 10; k++)
+      T_INT_EQ(results[k], k * k);
+    mp_imap_t *it;
+    MP_ASSERT_OK(
+        mp_pool_imap(pool, square, items, 10, sizeof(int), sizeof(int), sizes[s], &it));
+    int r, got = 0;
+    size_t index;
+    while (mp_imap_next(it, &r, &index, 10) == 0) {
+      T_INT_EQ(index, got);
+      T_INT_EQ(r, got * got);
+      got++;
+    }
+    mp_imap_free(it);
+    T_INT_EQ(got, 10);
+  }
+  end_pool();
+}
+END_TEST
+
+/* A failed submission's message is the call's name in front of the reason, intact. */
+START_TEST(test_submit_error_message) {
+  mp_pool_t *pool = make_pool(_i, 1, NULL);
+  MP_ASSERT_ERR(mp_pool_map(pool, square, NULL, (size_t)1 << 32, 0, NULL, 0, 1), MP_EINVAL);
+  T_STR_EQ(mp_last_error(), "mp_pool_map: 4294967296 chunks: use a larger chunksize");
   end_pool();
 }
 END_TEST
@@ -777,15 +818,64 @@ START_TEST(test_retries) {
 }
 END_TEST
 
-/* --------------------------- ending the pool --------------------------- */
+/* Replacements that can never start (spawn of a program that is not libmp's) end the pool
+ * once no worker is left: a map waiting forever wakes with the reason. */
+START_TEST(test_replacements_cannot_start) {
+  mp_pool_t *pool = make_pool(1, 1, NULL);
+  MP_ASSERT_OK(mp_set_executable("/bin/true"));
+  int x = 2, r;
+  MP_ASSERT_ERR(mp_pool_apply(pool, exit_3, &x, sizeof x, &r, sizeof r, NULL), MP_EWORKERDIED);
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(mp_pool_map_async(pool, square, &x, 1, sizeof x, sizeof r, 0, NULL, &ar));
+  double t0 = mp_test_now();
+  MP_ASSERT_ERR(mp_async_result_get(ar, &r, sizeof r, NULL, MP_FOREVER), MP_ETERMINATED);
+  T_ASSERT(strstr(mp_last_error(), "starts in a row failed") != NULL, "message: %s",
+           mp_last_error());
+  T_ASSERT(mp_test_now() - t0 < 10.0, "the map went on for %g s", mp_test_now() - t0);
+  mp_async_result_free(ar);
+  end_pool();
+}
+END_TEST
 
+/* The worker's pid, or with a non-zero argument its parent's. */
 static int report_pid(const void *arg, size_t size, void *result, size_t *result_size) {
-  (void)arg;
   (void)size;
   (void)result_size;
-  *(int *)result = getpid();
+  *(int *)result = *(const int *)arg ? getppid() : getpid();
   return 0;
 }
+
+/* The same when the process that starts workers (the zygote, the fork server, or the pool's
+ * own process under spawn) is out of processes: RLIMIT_NPROC 0 on it, as a user other than
+ * root (for whom the limit does not apply). */
+START_TEST(test_out_of_processes) {
+  if (getuid() == 0)
+    T_ASSERT(setresgid(65534, 65534, 65534) == 0 && setresuid(65534, 65534, 65534) == 0,
+             "cannot become nobody: %s", strerror(errno));
+  mp_pool_t *pool = make_pool(_i, 1, NULL);
+  int x = 2, r, starter;
+  MP_ASSERT_OK(mp_pool_apply(pool, report_pid, &x, sizeof x, &starter, sizeof starter, NULL));
+  struct rlimit old, none;
+  T_ASSERT(prlimit(starter, RLIMIT_NPROC, NULL, &old) == 0, "prlimit: %s", strerror(errno));
+  none = (struct rlimit){0, old.rlim_max}; /* the soft limit only: it can be put back */
+  T_ASSERT(prlimit(starter, RLIMIT_NPROC, &none, NULL) == 0, "prlimit: %s", strerror(errno));
+  /* The fork server may have a spare child ready: one more death uses it up. */
+  int rc = 0;
+  for (int k = 0; k < 3 && rc != MP_ETERMINATED; k++) {
+    rc = mp_pool_apply(pool, exit_3, &x, sizeof x, &r, sizeof r, NULL);
+    T_ASSERT(rc == MP_EWORKERDIED || rc == MP_ETERMINATED, "apply gave %s", mp_err_name(rc));
+  }
+  MP_ASSERT_ERR(mp_pool_map(pool, square, &x, 1, sizeof x, &r, sizeof r, 0), MP_ETERMINATED);
+  T_ASSERT(strstr(mp_last_error(), "starts in a row failed") != NULL, "message: %s",
+           mp_last_error());
+  /* Under spawn the starter is this process, whose exit (LeakSanitizer's) needs a thread. */
+  T_ASSERT(prlimit(starter, RLIMIT_NPROC, &old, NULL) == 0 || starter != getpid(),
+           "prlimit: %s", strerror(errno));
+  end_pool();
+}
+END_TEST
+
+/* --------------------------- ending the pool --------------------------- */
 
 START_TEST(test_terminate_long_map) {
   mp_pool_t *pool = make_pool(_i, 2, NULL);
@@ -848,7 +938,44 @@ START_TEST(test_destroy_without_close) {
 }
 END_TEST
 
-/* Ctrl-C during a map: a handler installed without SA_RESTART interrupts the wait. */
+/* Signals other than SIGINT do not end a wait, whatever their handler's flags. */
+static _Atomic int alarms;
+
+static void on_alarm(int sig) {
+  (void)sig;
+  alarms++;
+}
+
+START_TEST(test_other_signals_do_not_interrupt) {
+  mp_pool_t *pool = make_pool(_i, 1, NULL);
+  int flags[] = {SA_RESTART, 0};
+  for (int f = 0; f < 2; f++) {
+    struct sigaction sa = {.sa_handler = on_alarm, .sa_flags = flags[f]};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, NULL);
+    alarms = 0;
+    int ms = 300;
+    mp_async_result_t *ar;
+    MP_ASSERT_OK(mp_pool_apply_async(pool, sleep_arg_ms, &ms, sizeof ms, 0, NULL, &ar));
+    struct itimerval every = {{0, 20000}, {0, 20000}}, off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &every, NULL);
+    int rc = mp_async_result_get(ar, NULL, 0, NULL, 5.0);
+    setitimer(ITIMER_REAL, &off, NULL);
+    mp_async_result_free(ar);
+    MP_ASSERT_OK(rc);
+    T_ASSERT(alarms > 0, "no SIGALRM came during the wait");
+    int x = 3, r = 0;
+    setitimer(ITIMER_REAL, &every, NULL);
+    rc = mp_pool_map(pool, slow_square, &x, 1, sizeof x, &r, sizeof r, 0);
+    setitimer(ITIMER_REAL, &off, NULL);
+    MP_ASSERT_OK(rc);
+    T_INT_EQ(r, 9);
+  }
+  end_pool();
+}
+END_TEST
+
+/* Ctrl-C during a map, with a handler installed by signal() (SA_RESTART): the map ends. */
 static void on_sigint(int sig) {
   (void)sig;
 }
@@ -867,9 +994,9 @@ static void *send_sigint(void *arg) {
 
 START_TEST(test_ctrl_c) {
   mp_pool_t *pool = make_pool(_i, 2, NULL);
-  struct sigaction sa = {.sa_handler = on_sigint}, old;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, &old);
+  int pids[2], dummy[2] = {0};
+  MP_ASSERT_OK(mp_pool_map(pool, report_pid, dummy, 2, sizeof(int), pids, sizeof(int), 1));
+  void (*old)(int) = signal(SIGINT, on_sigint);
   sigset_t block, prev;
   sigemptyset(&block);
   sigaddset(&block, SIGINT);
@@ -885,9 +1012,12 @@ START_TEST(test_ctrl_c) {
   int rc = mp_pool_map(pool, sleep_arg_ms, ms, 400, sizeof(int), NULL, 0, 1);
   map_returned = true;
   pthread_join(thread, NULL);
-  sigaction(SIGINT, &old, NULL);
+  signal(SIGINT, old);
   MP_ASSERT_ERR(rc, MP_EINTR);
   T_ASSERT(mp_test_now() - t0 < 3.0, "the map went on for %g s", mp_test_now() - t0);
+  if (!IS_THREAD(_i))
+    for (int k = 0; k < 2; k++)
+      T_ASSERT(kill(pids[k], 0) < 0 && errno == ESRCH, "worker %d is left", pids[k]);
   int x = 1, r;
   MP_ASSERT_ERR(mp_pool_apply(pool, square, &x, sizeof x, &r, sizeof r, NULL), MP_ETERMINATED);
   end_pool();
@@ -976,6 +1106,8 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_starmap, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_map_async, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_map_failure, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_huge_chunksize, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_submit_error_message, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "imap", 60);
   tcase_add_loop_test(tc, test_imap_ordered, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_imap_unordered, 0, N_CONTEXTS);
@@ -995,11 +1127,14 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_external_sigkill, 0, N_PROCESS_CONTEXTS);
   tcase_add_loop_test(tc, test_segfault_and_exit, 0, N_PROCESS_CONTEXTS);
   tcase_add_loop_test(tc, test_retries, 0, N_PROCESS_CONTEXTS);
+  tcase_add_test(tc, test_replacements_cannot_start); /* spawn: see the test */
+  tcase_add_loop_test(tc, test_out_of_processes, 0, N_PROCESS_CONTEXTS);
   tc = mp_test_tcase(s, "end", 60);
   tcase_add_loop_test(tc, test_terminate_long_map, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_close_join, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_destroy_without_close, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_ctrl_c, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_other_signals_do_not_interrupt, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "input", 30);
   tcase_add_loop_test(tc, test_bad_input, 0, N_CONTEXTS);
   tcase_add_test(tc, test_thread_context);

@@ -28,6 +28,17 @@
  *
  * Fork safety: a pool is used from the process that created it; a child sees its memory
  * but must not call it.
+ *
+ * Signals: the waits of the pool (map, starmap, apply, mp_async_result_get and _wait,
+ * mp_imap_next) go on to their deadline through any signal handler, SA_RESTART or not,
+ * except SIGINT: when SIGINT is caught by a handler (sigaction or signal(), any flags) during
+ * a wait that blocks (timeout > 0), the wait returns MP_EINTR once the handler has run, and a
+ * blocking map, starmap or apply terminates the pool first. To learn of it the library
+ * chains a counting handler in front of the program's SIGINT handler, at each such wait that
+ * finds a handler not yet chained (sigaction(SIGINT, NULL, &old) then shows the library's
+ * function; the program's own still runs, with its flags). Under SIGINT's default action the
+ * program dies, and its workers with it; an ignored SIGINT does nothing. A SIGINT that
+ * arrives just as a wait is going to sleep may be missed by it.
  */
 #ifndef MP_POOL_H
 #define MP_POOL_H
@@ -81,9 +92,14 @@ typedef struct {
 
 /*
  * Starts a pool and waits until every worker has run its initializer. options NULL means
- * MP_POOL_OPTIONS_INIT. Under "fork", workers are forked by a small process forked here,
- * before the supervisor thread starts, so that no worker is ever forked from a process with
- * other threads running (docs/architecture.md).
+ * MP_POOL_OPTIONS_INIT. Under "fork", workers are forked by the pool's zygote, a small
+ * single-threaded process forked here from the calling thread before this pool's supervisor
+ * thread starts: workers and their replacements never come from a process with threads. The
+ * zygote itself is forked from the caller's process as it is then: if that has other threads
+ * (the program's own, or the supervisors and thread workers of pools created earlier), a
+ * lock another thread held at that instant stays held in the zygote and in every worker of
+ * this pool (glibc's malloc and stdio, and libmp's own locks, are made safe across fork).
+ * Create fork pools before starting threads, or use "forkserver" (docs/architecture.md).
  * Errors: MP_EINVAL (pool NULL, processes 0, negative or above 1024, initargs NULL with a
  * size), MP_ECROSS (the initializer cannot cross), MP_ETASK (an initializer failed:
  * mp_last_error() has its message), MP_EWORKERDIED (a worker died in its initializer),
@@ -98,15 +114,18 @@ MP_EXTERN int mp_pool_processes(const mp_pool_t *pool);
 /*
  * Maps fn over n items of item_size bytes each and stores each result (result_size bytes)
  * at results[i]: out[i] = fn(in[i]), in order, as a for loop would. chunksize 0 takes
- * Python's default (n / (4 * processes), rounded up); workers take chunks of that many items.
+ * Python's default (n / (4 * processes), rounded up); workers take chunks of that many items;
+ * a chunksize above n (up to SIZE_MAX) is n: the whole input is one chunk.
  * The caller keeps ownership of items and results; they are read and written only during
  * the call. Blocks until every item is accounted for; a failed item fails the map with the
  * error of the first failed item (the lowest index) once the others are done; the results
  * of the chunks that succeeded are written, those of a failed chunk are zero. A failed item
  * ends its chunk, as in Python: the chunk's later items are not run.
  * Errors: MP_EINVAL (NULL, items NULL with n > 0, results NULL with n and result_size > 0),
- * MP_ECROSS, MP_ECLOSED (after close), MP_ETERMINATED, MP_ETASK, MP_EWORKERDIED, MP_EINTR
- * (a signal handler ran without SA_RESTART, Ctrl-C say: the pool is terminated), MP_ENOMEM.
+ * MP_ECROSS, MP_ECLOSED (after close), MP_ETERMINATED (also when no worker is left and
+ * replacements keep failing to start: mp_last_error() says why), MP_ETASK, MP_EWORKERDIED,
+ * MP_EINTR (SIGINT was caught, Ctrl-C: the pool is terminated; see "Signals" above; other
+ * signals do not end it), MP_ENOMEM.
  * Python: Pool.map(func, iterable, chunksize).
  */
 MP_EXTERN int mp_pool_map(mp_pool_t *pool, mp_task_fn_t fn, const void *items, size_t n,
@@ -180,7 +199,7 @@ MP_EXTERN int mp_pool_apply_async(mp_pool_t *pool, mp_task_fn_t fn, const void *
  * items stays owned by the caller and must stay valid and unchanged until
  * mp_imap_free(): the iterator copies a bounded window of items at a time (about four
  * chunks per worker), and feeds the next ones as results are taken, instead of consuming
- * the whole input at once. chunksize 0 is Python's default for imap, 1.
+ * the whole input at once. chunksize 0 is Python's default for imap, 1; above n it is n.
  * Errors: as mp_pool_map's submission errors. Python: Pool.imap(), Pool.imap_unordered().
  */
 MP_EXTERN int mp_pool_imap(mp_pool_t *pool, mp_task_fn_t fn, const void *items, size_t n,
@@ -195,8 +214,9 @@ MP_EXTERN int mp_pool_imap_unordered(mp_pool_t *pool, mp_task_fn_t fn, const voi
  * timeout seconds; *index (if not NULL) is the item's index, which imap_unordered needs.
  * Returns 0; MP_EEOF after the last result (Python's StopIteration); MP_ETIMEDOUT (try
  * again); MP_ETASK or MP_EWORKERDIED for a failed item (*index set; the iteration goes on
- * after it and the rest of its chunk, as Python's does); MP_ETERMINATED; MP_EINTR (a signal
- * handler ran); MP_EINVAL. Python: next(it) and it.next(timeout).
+ * after it and the rest of its chunk, as Python's does); MP_ETERMINATED; MP_EINTR (SIGINT was
+ * caught: see "Signals" above; the iterator can be used again); MP_EINVAL.
+ * Python: next(it) and it.next(timeout).
  */
 MP_EXTERN int mp_imap_next(mp_imap_t *it, void *result, size_t *index, double timeout);
 
@@ -210,13 +230,13 @@ MP_EXTERN void mp_imap_free(mp_imap_t *it);
  * again. Returns 0; MP_ETIMEDOUT (not ready); MP_ETOOSMALL (result_cap is less than the
  * result: *result_len says how much is needed; the result is kept); MP_ETASK,
  * MP_EWORKERDIED (mp_last_error() has the first failed item's message); MP_ETERMINATED;
- * MP_EINTR; MP_EINVAL. A failed map still copies the results of the items that succeeded.
+ * MP_EINTR (SIGINT was caught: see "Signals" above; the pool goes on); MP_EINVAL. A failed map still copies the results of the items that succeeded.
  * Python: AsyncResult.get(timeout).
  */
 MP_EXTERN int mp_async_result_get(mp_async_result_t *ar, void *result, size_t result_cap,
                                   size_t *result_len, double timeout);
 
-/* Waits at most timeout seconds: 0 when ready, MP_ETIMEDOUT, MP_EINTR or MP_EINVAL.
+/* Waits at most timeout seconds: 0 when ready, MP_ETIMEDOUT, MP_EINTR (SIGINT) or MP_EINVAL.
  * Python: AsyncResult.wait(timeout). */
 MP_EXTERN int mp_async_result_wait(mp_async_result_t *ar, double timeout);
 
@@ -239,9 +259,12 @@ MP_EXTERN int mp_pool_callback_errors(const mp_pool_t *pool);
 MP_EXTERN int mp_pool_close(mp_pool_t *pool);
 
 /*
- * Stops every worker at once (SIGKILL; a thread worker stops after its running task) and
- * fails the work not done with MP_ETERMINATED; waits until every worker process is reaped
- * (within 100 ms). Errors: MP_EINVAL. Python: Pool.terminate().
+ * Stops every worker at once (SIGKILL) and fails the work not done with MP_ETERMINATED; waits
+ * until every worker process is reaped (within 100 ms). A thread worker (the "thread"
+ * context) cannot be stopped: it ends after its running task, and terminate waits for that,
+ * as long as the task runs (at most 5 s). Errors: MP_EINVAL; MP_ETIMEDOUT (workers still run
+ * after 5 s, a thread's long task say: the pool is terminated all the same, and join or
+ * destroy waits for them). Python: Pool.terminate().
  */
 MP_EXTERN int mp_pool_terminate(mp_pool_t *pool);
 
