@@ -178,7 +178,7 @@ int mp_pipe(bool duplex, mp_conn_t **a, mp_conn_t **b) {
     for (int i = 0; i < 4; i++)
       if (fds[i / 2][i % 2] >= 0)
         close(fds[i / 2][i % 2]);
-    return mp__error(MP_ENOMEM, "mp_pipe: %s", mp_last_error());
+    return mp__error_prefix(MP_ENOMEM, "mp_pipe");
   }
   int rc = 0;
   for (uint32_t i = 0; i < 2; i++) {
