@@ -63,6 +63,15 @@ int mp__futex_wait_sig(_Atomic uint32_t *word, uint32_t expected, int64_t deadli
 /* Wakes up to count waiters (INT32_MAX: all); returns how many were woken. */
 int mp__futex_wake(_Atomic uint32_t *word, int count);
 
+/* One step of a spin-wait: tells the CPU (and a sibling hyperthread) that we are spinning. */
+static inline void mp__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
 /* A process-shared robust mutex for short critical sections in shared memory. Locking
  * returns 0, MP_EOWNERDEAD (locked, and made consistent again: its previous owner died in
  * the critical section, so the caller repairs what it guards) or MP_ETIMEDOUT. Never hold

@@ -201,7 +201,14 @@ int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), 
    * with one, any handler ends it with EINTR. */
   if (interrupts && deadline == INT64_MAX)
     deadline = INT64_MAX - 1;
-  /* No spinning first: the worker waited for often runs on the waiter's CPU. */
+  /* A short spin first: a task that takes microseconds is done before a sleep and its
+   * wake-up would be (on an idle machine, waking a sleeping CPU costs tens of them). */
+  int64_t spin_end = mp__now_ns() + 20000;
+  for (int i = 1; !done(job, arg); i++) {
+    mp__cpu_relax();
+    if (i % 64 == 0 && mp__now_ns() >= spin_end)
+      break;
+  }
   for (;;) {
     uint32_t seen = atomic_load(&job->wake);
     if (done(job, arg))

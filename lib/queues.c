@@ -501,14 +501,6 @@ static bool tasks_done(mp_queue_t *q, size_t need) {
   return pos_msgs(atomic_load(&q->tail)) == atomic_load(&q->done);
 }
 
-static void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
 /* Takes one off a waiter count, never below 0 (notify() may have taken it already). */
 static void leave(_Atomic uint32_t *waiters) {
   uint32_t n = atomic_load(waiters);
@@ -529,7 +521,7 @@ static int wait_until(mp_queue_t *q, ready_fn ready, size_t need, _Atomic uint32
   for (int i = 1;; i++) {
     if (ready(q, need))
       return 0;
-    cpu_relax();
+    mp__cpu_relax();
     if (i % 64 == 0 && mp__now_ns() >= spin_end)
       break;
   }
