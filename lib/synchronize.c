@@ -543,6 +543,9 @@ int mp_semaphore_close(mp_semaphore_t *sem) {
 
 /* A normal end: permits this process took and kept are consumed, so its slots go. */
 static void semaphores_at_exit(void) {
+  /* The common case, with no /proc read: a process that holds none. */
+  if (__atomic_load_n(&held.n, __ATOMIC_RELAXED) == 0)
+    return;
   proc_id_t me = self_process();
   pthread_mutex_lock(&held.lock);
   for (size_t i = 0; i < held.n; i++) {
