@@ -556,14 +556,13 @@ bool mp__pool_complete(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, ui
  * exit code. */
 int mp__pool_worker_main(mp__pool_shared_t *sh, uint32_t w);
 
-/* Targets of the worker processes: under spawn and forkserver each worker is an
- * mp_process child; under fork a zygote (an mp_process child forked before the supervisor
- * thread starts) forks them. The argument is an mp__pool_boot_t. */
+/* Targets of the worker processes: each worker is an mp_process child, except under fork
+ * the replacements, which a zygote (an mp_process child forked with the first workers,
+ * before the supervisor thread starts) forks. The argument is an mp__pool_boot_t. */
 typedef struct {
   mp__pool_shared_t *sh;
   uint32_t w;        /* the worker's record; for the zygote, unused */
   uint64_t sock_key; /* the zygote's socket to the pool */
-  uint32_t start;    /* the zygote forks workers [0, start) at once */
 } mp__pool_boot_t;
 int mp__pool_worker_target(void *arg, size_t size);
 int mp__pool_zygote_main(void *arg, size_t size);

@@ -51,7 +51,7 @@ typedef struct {
   mp_pool_t *pool;
   uint32_t w;
   bool running;
-  mp_process_t *proc; /* the process launcher's */
+  mp_process_t *proc; /* a child of the pool's process (not the zygote's) */
   uv_poll_t *poll;    /* on its sentinel */
   pthread_t thread;   /* the thread launcher's */
   _Atomic bool thread_ended;
@@ -96,6 +96,7 @@ struct mp_pool_s {
   uv_poll_t zygote_poll;
   bool zygote_polling;
   bool joined;
+  bool loop_open;
   pid_t owner;                 /* the process that made it */
   struct mp_pool_s *next_live; /* the program's live pools, ended at exit */
 };
@@ -374,21 +375,30 @@ static void start_failed(mp_pool_t *pool, uint32_t w, int rc, const char *msg) {
   do_terminate(pool);
 }
 
-static void start_worker(mp_pool_t *pool, uint32_t w) {
+/* Starts worker w by start(); a failure leaves its record empty. */
+static int start_by(mp_pool_t *pool, uint32_t w, int (*start)(mp_pool_t *, uint32_t)) {
   mp__worker_rec_t *rec = &pool->sh->workers[w];
-  if (atomic_load(&pool->sh->flags) & MP__POOL_TERMINATED)
-    return; /* by the failed start of another worker, say */
   atomic_store(&rec->pid, 0);
   atomic_store(&rec->state, MP__WORKER_STARTING);
-  int rc = pool->launcher->start(pool, w);
+  int rc = start(pool, w);
+  if (rc < 0) {
+    atomic_store(&rec->state, MP__WORKER_EMPTY);
+    return rc;
+  }
+  pool->workers[w].running = true;
+  pool->live++;
+  return 0;
+}
+
+static void start_worker(mp_pool_t *pool, uint32_t w) {
+  if (atomic_load(&pool->sh->flags) & MP__POOL_TERMINATED)
+    return; /* by the failed start of another worker, say */
+  int rc = start_by(pool, w, pool->launcher->start);
   if (rc < 0) {
     char msg[MP__POOL_MSG];
     snprintf(msg, sizeof msg, "%s", mp_last_error());
     start_failed(pool, w, rc, msg);
-    return;
   }
-  pool->workers[w].running = true;
-  pool->live++;
 }
 
 /* Callbacks of completed results, in the parent, one at a time. */
@@ -543,8 +553,8 @@ static int nothing_to_open(mp_pool_t *pool) {
   return 0;
 }
 
-static int process_start(mp_pool_t *pool, uint32_t w) {
-  worker_t *wk = &pool->workers[w];
+/* Starts worker w as an mp_process child of the pool's context, not yet watched. */
+static int launch_process(mp_pool_t *pool, uint32_t w) {
   mp__pool_boot_t boot;
   memset(&boot, 0, sizeof boot); /* sent whole: no uninitialized padding */
   boot.sh = pool->sh;
@@ -552,7 +562,10 @@ static int process_start(mp_pool_t *pool, uint32_t w) {
   const char *method = mp_context_start_method(pool->ctx);
   char name[64];
   snprintf(name, sizeof name, "%sPoolWorker-%u",
-           strcmp(method, "spawn") == 0 ? "Spawn" : "ForkServer", w + 1);
+           strcmp(method, "fork") == 0    ? "Fork"
+           : strcmp(method, "spawn") == 0 ? "Spawn"
+                                          : "ForkServer",
+           w + 1);
   mp_process_t *proc;
   int rc =
       mp_process_create(&proc, pool->ctx, mp__pool_worker_target, &boot, sizeof boot, name);
@@ -564,21 +577,33 @@ static int process_start(mp_pool_t *pool, uint32_t w) {
     mp_process_close(proc);
     return rc;
   }
-  int fd = mp_process_sentinel(proc);
+  pool->workers[w].proc = proc;
+  return 0;
+}
+
+/* Watches a launched worker's sentinel from the supervisor's loop. */
+static int watch_process(mp_pool_t *pool, uint32_t w) {
+  worker_t *wk = &pool->workers[w];
+  int fd = mp_process_sentinel(wk->proc);
   wk->poll = malloc(sizeof *wk->poll);
   if (fd < 0 || !wk->poll || uv_poll_init(&pool->loop, wk->poll, fd) < 0) {
     /* Cannot be watched: do not let it run unwatched. */
     free(wk->poll);
     wk->poll = NULL;
-    mp_process_kill(proc);
-    mp_process_join(proc, MP_FOREVER);
-    mp_process_close(proc);
+    mp_process_kill(wk->proc);
+    mp_process_join(wk->proc, MP_FOREVER);
+    mp_process_close(wk->proc);
+    wk->proc = NULL;
     return mp__error(MP_ENOMEM, "cannot watch a new pool worker");
   }
-  wk->proc = proc;
   wk->poll->data = wk;
   uv_poll_start(wk->poll, UV_READABLE | UV_DISCONNECT, on_sentinel);
   return 0;
+}
+
+static int process_start(mp_pool_t *pool, uint32_t w) {
+  int rc = launch_process(pool, w);
+  return rc < 0 ? rc : watch_process(pool, w);
 }
 
 static void process_stop(mp_pool_t *pool) {
@@ -594,13 +619,22 @@ static void nothing_to_do(mp_pool_t *pool) {
 static const launcher_t process_launcher = {nothing_to_open, process_start, process_stop,
                                             nothing_to_do};
 
-/* Under "fork": the zygote forks the workers and reports their ends on its socket. */
+/* Under "fork": the first workers are the pool's own children, forked when it is created;
+ * the zygote forks the replacements and reports their ends on its socket. Without the
+ * zygote no worker could be replaced: the pool is terminated (its workers die with it). */
 static void zygote_lost(mp_pool_t *pool) {
+  bool told_to_exit = atomic_load(&pool->sh->flags) & MP__POOL_TERMINATED;
+  if (!told_to_exit)
+    snprintf(pool->why_terminated, sizeof pool->why_terminated,
+             ": its zygote died, so no worker could be replaced");
   atomic_fetch_or(&pool->sh->flags, MP__POOL_TERMINATED);
   for (uint32_t w = 0; w < pool->sh->n_workers; w++)
-    worker_ended(pool, w, -SIGKILL);
-  for_each_running_job(pool, abort_job, NULL);
-  end_create(pool, MP_EWORKERDIED, "the pool's zygote process died");
+    if (!pool->workers[w].proc)
+      worker_ended(pool, w, -SIGKILL);
+  if (!told_to_exit) {
+    end_create(pool, MP_EWORKERDIED, "the pool's zygote process died");
+    do_terminate(pool);
+  }
 }
 
 static void on_zygote(uv_poll_t *handle, int status, int events) {
@@ -630,7 +664,16 @@ static void on_zygote(uv_poll_t *handle, int status, int events) {
   }
 }
 
+/* The first workers and the zygote are forked here, before the supervisor thread starts:
+ * every worker, the replacements too, starts from the process as it was at creation. The
+ * first ones are forked by the pool's process, not by the zygote: its forks then overlap
+ * the zygote's start, and at the end they die in parallel with the zygote, not before it. */
 static int zygote_open(mp_pool_t *pool) {
+  for (uint32_t w = 0; w < pool->sh->n_workers; w++) {
+    int rc = start_by(pool, w, launch_process);
+    if (rc < 0)
+      return rc;
+  }
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
     return mp__syserror("socketpair for the pool's zygote");
@@ -641,14 +684,10 @@ static int zygote_open(mp_pool_t *pool) {
     close(sv[1]);
     return rc;
   }
-  /* The zygote forks the first workers as soon as it runs, before any request. */
   mp__pool_boot_t boot;
   memset(&boot, 0, sizeof boot);
   boot.sh = pool->sh;
   boot.sock_key = key;
-  boot.start = pool->sh->n_workers;
-  for (uint32_t w = 0; w < pool->sh->n_workers; w++)
-    atomic_store(&pool->sh->workers[w].state, MP__WORKER_STARTING);
   rc = mp_process_create(&pool->zygote, pool->ctx, mp__pool_zygote_main, &boot, sizeof boot,
                          "ForkPoolZygote");
   if (rc == 0) {
@@ -666,9 +705,6 @@ static int zygote_open(mp_pool_t *pool) {
     return rc;
   }
   pool->zygote_sock = sv[0];
-  for (uint32_t w = 0; w < pool->sh->n_workers; w++)
-    pool->workers[w].running = true;
-  pool->live = pool->sh->n_workers;
   return 0;
 }
 
@@ -677,10 +713,11 @@ static int zygote_start(mp_pool_t *pool, uint32_t w) {
   return mp__send_record(pool->zygote_sock, &msg, sizeof msg, -1);
 }
 
-/* End of file tells the zygote to kill and reap every worker (it reports each end), then
- * exit. */
+/* End of file tells the zygote to kill and reap its workers (it reports each end), then
+ * exit; the pool's own are killed here. */
 static void zygote_stop(mp_pool_t *pool) {
   shutdown(pool->zygote_sock, SHUT_WR);
+  process_stop(pool);
 }
 
 static void zygote_close(mp_pool_t *pool) {
@@ -759,6 +796,7 @@ static int await_workers(mp_pool_t *pool) {
 
 static int start_supervisor(mp_pool_t *pool) {
   int rc = uv_loop_init(&pool->loop);
+  pool->loop_open = rc == 0;
   if (rc == 0)
     rc = uv_async_init(&pool->loop, &pool->async, on_request);
   if (rc == 0)
@@ -775,6 +813,13 @@ static int start_supervisor(mp_pool_t *pool) {
   if (pool->zygote)
     uv_poll_start(&pool->zygote_poll, UV_READABLE | UV_DISCONNECT, on_zygote);
   pool->zygote_polling = pool->zygote != NULL;
+  for (uint32_t w = 0; w < pool->sh->n_workers; w++) {
+    if (pool->workers[w].proc && !pool->workers[w].poll && (rc = watch_process(pool, w)) < 0) {
+      pool->workers[w].running = false;
+      pool->live--;
+      return rc;
+    }
+  }
   rc = start_thread(&pool->thread, supervisor_main, pool);
   pool->thread_started = rc == 0;
   return rc;
@@ -1010,13 +1055,18 @@ void mp_pool_destroy(mp_pool_t *pool) {
   if (pool->thread_started) {
     request(pool, REQ_STOP);
     pthread_join(pool->thread, NULL);
-    uv_loop_close(&pool->loop);
+  } else if (pool->loop_open) { /* creation failed before the supervisor ran it */
+    uv_walk(&pool->loop, close_handle, NULL);
+    uv_run(&pool->loop, UV_RUN_DEFAULT);
   }
+  if (pool->loop_open)
+    uv_loop_close(&pool->loop);
   for (uint32_t w = 0; w < pool->sh->n_workers; w++) {
     worker_t *wk = &pool->workers[w];
     if (pool->launcher == &thread_launcher && wk->running)
       pthread_join(wk->thread, NULL);
-    if (wk->proc) { /* never started to be watched */
+    free(wk->poll); /* closed with the loop, its worker unreaped */
+    if (wk->proc) {
       mp_process_kill(wk->proc);
       mp_process_join(wk->proc, MP_FOREVER);
       mp_process_close(wk->proc);

@@ -4,9 +4,9 @@
  * maxtasksperchild tasks. The same loop runs in a worker process of any start method and in
  * a worker thread of the "thread" context.
  *
- * Under "fork", workers are forked by the zygote: a child forked by the pool's creator before
- * the supervisor thread started, single-threaded for the rest of its life, so that every
- * worker (the replacements too) is forked from the same safe state.
+ * Under "fork", the first workers are forked by the pool's creator and replacements by the
+ * zygote: a child forked with them, before the supervisor thread started, single-threaded
+ * for the rest of its life, so that every worker is forked from the same safe state.
  */
 #include "internal.h"
 
@@ -251,8 +251,6 @@ int mp__pool_zygote_main(void *arg, size_t size) {
   z.pids = calloc(z.n, sizeof *z.pids);
   if (z.sock < 0 || z.sigfd < 0 || !z.pids)
     return 1;
-  for (uint32_t w = 0; w < boot->start && w < z.n; w++)
-    zygote_start(&z, sh, w);
   for (;;) {
     struct pollfd fds[2] = {{.fd = z.sock, .events = POLLIN},
                             {.fd = z.sigfd, .events = POLLIN}};

@@ -845,15 +845,18 @@ static int report_pid(const void *arg, size_t size, void *result, size_t *result
   return 0;
 }
 
-/* The same when the process that starts workers (the zygote, the fork server, or the pool's
- * own process under spawn) is out of processes: RLIMIT_NPROC 0 on it, as a user other than
- * root (for whom the limit does not apply). */
+/* The same when the process that starts replacement workers (the zygote, the fork server,
+ * or the pool's own process under spawn) is out of processes: RLIMIT_NPROC 0 on it, as a
+ * user other than root (for whom the limit does not apply). A first death makes the worker
+ * a replacement, whose parent is that process (under fork the first workers are the pool's
+ * own children). */
 START_TEST(test_out_of_processes) {
   if (getuid() == 0)
     T_ASSERT(setresgid(65534, 65534, 65534) == 0 && setresuid(65534, 65534, 65534) == 0,
              "cannot become nobody: %s", strerror(errno));
   mp_pool_t *pool = make_pool(_i, 1, NULL);
   int x = 2, r, starter;
+  MP_ASSERT_ERR(mp_pool_apply(pool, exit_3, &x, sizeof x, &r, sizeof r, NULL), MP_EWORKERDIED);
   MP_ASSERT_OK(mp_pool_apply(pool, report_pid, &x, sizeof x, &starter, sizeof starter, NULL));
   struct rlimit old, none;
   T_ASSERT(prlimit(starter, RLIMIT_NPROC, NULL, &old) == 0, "prlimit: %s", strerror(errno));
@@ -872,6 +875,97 @@ START_TEST(test_out_of_processes) {
   T_ASSERT(prlimit(starter, RLIMIT_NPROC, &old, NULL) == 0 || starter != getpid(),
            "prlimit: %s", strerror(errno));
   end_pool();
+}
+END_TEST
+
+/* What a worker sees of the program: a global the program set before and after creating
+ * the pool, and the worker's parent. */
+static int program_mark;
+
+typedef struct {
+  int mark;
+  int parent;
+} worker_view_t;
+
+static int report_view(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)arg;
+  (void)size;
+  (void)result_size;
+  *(worker_view_t *)result = (worker_view_t){program_mark, (int)getppid()};
+  return 0;
+}
+
+/* Workers start from the program as it was at the pool's creation: under fork the first
+ * ones are the pool's own children, and a replacement, forked by the zygote, sees the same
+ * state (not the program's later one); spawn and forkserver workers start fresh. */
+START_TEST(test_workers_start_from_creation) {
+  program_mark = 1;
+  mp_pool_t *pool = make_pool(_i, 1, NULL);
+  program_mark = 2;
+  bool fork_method = strcmp(CONTEXTS[_i], "fork") == 0;
+  int expected = IS_THREAD(_i) ? 2 : fork_method ? 1 : 0, x = 0, r;
+  worker_view_t first, replacement;
+  MP_ASSERT_OK(mp_pool_apply(pool, report_view, &x, sizeof x, &first, sizeof first, NULL));
+  T_INT_EQ(first.mark, expected);
+  if (fork_method)
+    T_INT_EQ(first.parent, (int)getpid());
+  if (!IS_THREAD(_i)) {
+    MP_ASSERT_ERR(mp_pool_apply(pool, exit_3, &x, sizeof x, &r, sizeof r, NULL),
+                  MP_EWORKERDIED);
+    MP_ASSERT_OK(
+        mp_pool_apply(pool, report_view, &x, sizeof x, &replacement, sizeof replacement, NULL));
+    T_INT_EQ(replacement.mark, expected);
+    if (fork_method)
+      T_ASSERT(replacement.parent != (int)getpid() && kill(replacement.parent, 0) == 0,
+               "the replacement's parent %d is not a live zygote", replacement.parent);
+  }
+  program_mark = 0;
+  end_pool();
+}
+END_TEST
+
+/* True once pid has ended: gone, or a zombie that its new parent has not reaped yet. */
+static bool process_ended(int pid) {
+  char path[64], stat[256] = "";
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return true;
+  bool read_ok = fgets(stat, sizeof stat, f) != NULL;
+  fclose(f);
+  const char *state = strrchr(stat, ')');
+  return !read_ok || (state && state[1] == ' ' && state[2] == 'Z');
+}
+
+/* Under fork a killed zygote ends the pool (no worker could be replaced): the next map
+ * fails with the reason instead of hanging, and no worker is left. */
+START_TEST(test_zygote_killed) {
+  mp_pool_t *pool = make_pool(0, 2, NULL);
+  int x = 0, r;
+  worker_view_t views[2];
+  int zero[2] = {0, 0};
+  MP_ASSERT_OK(mp_pool_map(pool, report_view, zero, 2, sizeof(int), views, sizeof views[0], 1));
+  MP_ASSERT_ERR(mp_pool_apply(pool, exit_3, &x, sizeof x, &r, sizeof r, NULL), MP_EWORKERDIED);
+  worker_view_t replacement;
+  int pids[2];
+  do { /* until the replacement runs it: the other worker may take it first */
+    MP_ASSERT_OK(
+        mp_pool_apply(pool, report_view, &x, sizeof x, &replacement, sizeof replacement, NULL));
+  } while (replacement.parent == (int)getpid());
+  MP_ASSERT_OK(mp_pool_map(pool, report_pid, zero, 2, sizeof(int), pids, sizeof(int), 1));
+  T_ASSERT(kill(replacement.parent, SIGKILL) == 0, "kill: %s", strerror(errno));
+  int rc = 0, out[2];
+  for (double t0 = mp_test_now(); rc == 0 && mp_test_now() - t0 < 5.0; nap(0.01))
+    rc = mp_pool_map(pool, square, zero, 2, sizeof(int), out, sizeof(int), 0);
+  MP_ASSERT_ERR(rc, MP_ETERMINATED);
+  T_ASSERT(strstr(mp_last_error(), "zygote") != NULL, "message: %s", mp_last_error());
+  end_pool();
+  for (int k = 0; k < 2; k++) {
+    double t0 = mp_test_now();
+    while (!process_ended(pids[k]) && mp_test_now() - t0 < 2.0)
+      nap(0.01);
+    T_ASSERT(process_ended(pids[k]), "worker %d is left", pids[k]);
+  }
 }
 END_TEST
 
@@ -1129,6 +1223,8 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_retries, 0, N_PROCESS_CONTEXTS);
   tcase_add_test(tc, test_replacements_cannot_start); /* spawn: see the test */
   tcase_add_loop_test(tc, test_out_of_processes, 0, N_PROCESS_CONTEXTS);
+  tcase_add_loop_test(tc, test_workers_start_from_creation, 0, N_CONTEXTS);
+  tcase_add_test(tc, test_zygote_killed);
   tc = mp_test_tcase(s, "end", 60);
   tcase_add_loop_test(tc, test_terminate_long_map, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_close_join, 0, N_CONTEXTS);
