@@ -92,14 +92,15 @@ typedef struct {
 
 /*
  * Starts a pool and waits until every worker has run its initializer. options NULL means
- * MP_POOL_OPTIONS_INIT. Under "fork", workers are forked by the pool's zygote, a small
- * single-threaded process forked here from the calling thread before this pool's supervisor
- * thread starts: workers and their replacements never come from a process with threads. The
- * zygote itself is forked from the caller's process as it is then: if that has other threads
- * (the program's own, or the supervisors and thread workers of pools created earlier), a
- * lock another thread held at that instant stays held in the zygote and in every worker of
- * this pool (glibc's malloc and stdio, and libmp's own locks, are made safe across fork).
- * Create fork pools before starting threads, or use "forkserver" (docs/architecture.md).
+ * MP_POOL_OPTIONS_INIT. Under "fork", the first workers and the pool's zygote (a small
+ * single-threaded process that forks the replacement workers) are forked here, from the
+ * calling thread, before this pool's supervisor thread starts: every worker starts from the
+ * program as it was at this call, and none comes from a process with libmp's threads. If
+ * the caller's process has other threads then (the program's own, or the supervisors and
+ * thread workers of pools created earlier), a lock another thread held at that instant
+ * stays held in the workers and the zygote (glibc's malloc and stdio, and libmp's own
+ * locks, are made safe across fork). Create fork pools before starting threads, or use
+ * "forkserver" (docs/architecture.md).
  * Errors: MP_EINVAL (pool NULL, processes 0, negative or above 1024, initargs NULL with a
  * size), MP_ECROSS (the initializer cannot cross), MP_ETASK (an initializer failed:
  * mp_last_error() has its message), MP_EWORKERDIED (a worker died in its initializer),
