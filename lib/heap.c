@@ -28,6 +28,9 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef MP_HAVE_MEMCHECK
+#include <valgrind/memcheck.h>
+#endif
 
 #define ARENA_MAGIC 0x414e5241504d424cull /* "LBMPARNA" */
 #define BLOCK_LIVE 0x4b4c424du            /* "MBLK" */
@@ -39,8 +42,8 @@
 #define GROW_GRANULE (1ull << 20)
 #define HEADER_SPACE 4096ull
 #define BLOCK_HEAD 64ull
-#define MIN_CLASS 7  /* 128-byte blocks: a 64-byte header and 64 bytes of payload */
-#define MAX_CLASS 40 /* 1 TiB: above any reserve */
+#define MIN_CLASS 7    /* 128-byte blocks: a 64-byte header and 64 bytes of payload */
+#define MAX_CLASS 40   /* 1 TiB: above any reserve */
 #define PUNCH_CLASS 23 /* blocks of 8 MiB and more give their pages back when freed */
 
 /* Where the arena is placed: above ASan's high shadow (which ends below 16 TiB) and far
@@ -53,8 +56,8 @@ typedef struct {
   uint64_t reserve;
   _Atomic uint64_t size; /* bytes of the memfd; grows, never shrinks */
   _Atomic uint64_t unique;
-  pthread_mutex_t lock;  /* guards bump and free_head */
-  uint64_t bump;         /* offset of the first never-used byte */
+  pthread_mutex_t lock; /* guards bump and free_head */
+  uint64_t bump;        /* offset of the first never-used byte */
   uint64_t free_head[MAX_CLASS + 1];
 } arena_t;
 
@@ -87,15 +90,14 @@ static int map_at(int fd, uint64_t base, uint64_t reserve, int fixed, void **out
   return 0;
 }
 
-/* LIBMP_ARENA_RESERVE (in GiB) bounds the arena: valgrind, for one, walks every page of a
- * mapping and takes minutes over 64 GiB. */
-static uint64_t chosen_reserve(void) {
-  const char *text = getenv("LIBMP_ARENA_RESERVE");
-  char *end;
-  unsigned long long gib = text ? strtoull(text, &end, 10) : 0;
-  if (!text || *end || gib == 0 || gib > RESERVE_DEFAULT >> 30)
-    return RESERVE_DEFAULT;
-  return gib << 30;
+/* Under valgrind, the smallest reserve: a process that a signal kills still has memcheck's
+ * leak check read all of it (see mp__heap_before_exit). */
+static uint64_t first_reserve(void) {
+#ifdef MP_HAVE_MEMCHECK
+  if (RUNNING_ON_VALGRIND)
+    return RESERVE_MIN;
+#endif
+  return RESERVE_DEFAULT;
 }
 
 /* Maps a new arena's memfd: at a random free slot of the placement region if possible, else
@@ -105,7 +107,7 @@ static int place(int fd, void **out, uint64_t *reserve_out) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   unsigned seed = (unsigned)getpid() * 2654435761u ^ (unsigned)ts.tv_nsec;
-  for (uint64_t reserve = chosen_reserve(); reserve >= RESERVE_MIN; reserve /= 4) {
+  for (uint64_t reserve = first_reserve(); reserve >= RESERVE_MIN; reserve /= 4) {
     for (int attempt = 0; attempt < 8; attempt++) {
       uint64_t slot = rand_r(&seed) % PLACEMENT_SLOTS;
       if (map_at(fd, PLACEMENT_LOW + slot * RESERVE_DEFAULT, reserve, MAP_FIXED_NOREPLACE,
@@ -178,6 +180,10 @@ static int grow(arena_t *arena, uint64_t need) {
   if (ftruncate(heap.fd, (off_t)target) < 0)
     return mp__syserror("growing the shared arena to %llu bytes", (unsigned long long)target);
   atomic_store(&arena->size, target);
+#ifdef MP_HAVE_MEMCHECK
+  /* Addressable again, if mp__heap_before_exit() has run: a destructor allocating late. */
+  VALGRIND_MAKE_MEM_DEFINED((char *)arena + size, target - size);
+#endif
   return 0;
 }
 
@@ -271,7 +277,8 @@ bool mp__shared_contains(const void *p) {
   if (!arena || !p)
     return false;
   const char *lo = (const char *)arena + HEADER_SPACE;
-  return (const char *)p >= lo && (const char *)p < (const char *)arena + atomic_load(&arena->size);
+  return (const char *)p >= lo &&
+         (const char *)p < (const char *)arena + atomic_load(&arena->size);
 }
 
 uint64_t mp__shared_unique(void) {
@@ -279,6 +286,27 @@ uint64_t mp__shared_unique(void) {
   if (!arena) /* no arena: unique within this process is the best there is */
     return ((uint64_t)getpid() << 32) | (uint64_t)mp__now_ns();
   return atomic_fetch_add(&arena->unique, 1) + 1;
+}
+
+/* memcheck's leak check, when the process has ended, reads every page of every mapping;
+ * past the end of the arena's file each read is a SIGBUS that it recovers from page by
+ * page, for minutes over 64 GiB (seconds over the 1 GiB reserve taken under valgrind).
+ * Unaddressable memory it skips 64 KiB at a time, so that is what the reserve past the
+ * file is made, as late as the process can: in a destructor, or before a child's _exit.
+ * This process's own growth makes it addressable again (grow); another process's is not
+ * seen, so a block it adds and this process then touches would be reported. */
+void mp__heap_before_exit(void) {
+#ifdef MP_HAVE_MEMCHECK
+  arena_t *arena = heap.arena;
+  if (!arena || !RUNNING_ON_VALGRIND)
+    return;
+  uint64_t size = atomic_load(&arena->size);
+  VALGRIND_MAKE_MEM_NOACCESS((char *)arena + size, arena->reserve - size);
+#endif
+}
+
+__attribute__((destructor)) static void heap_at_exit(void) {
+  mp__heap_before_exit();
 }
 
 bool mp__heap_describe(mp__heap_map_t *map, int *fd) {

@@ -3,13 +3,13 @@
  * supervisor.
  *
  * The supervisor is one thread running a libuv loop. It starts the workers and replaces
- * those that end (watching each worker process's sentinel, or the zygote's socket under
- * "fork"), fails or requeues the task a dead worker was running, runs the callbacks of async
- * results, frees the jobs whose last reference a worker dropped, and carries out terminate.
- * It is woken by an eventfd that workers write (a job with callbacks completed, a worker
- * changed state, a job block is free) and by uv_async requests from the user's threads.
- * It is never on the path of a task: submitters publish jobs in the shared arena and wait
- * on them directly (pool_transport.c).
+ * those that end (watching each worker process's sentinel, and under "fork" the zygote's
+ * socket for the replacements it forked), fails or requeues the task a dead worker was running,
+ * runs the callbacks of async results, frees the jobs whose last reference a worker dropped,
+ * and carries out terminate. It is woken by an eventfd that workers write (a job with callbacks
+ * completed, a worker changed state, a job block is free) and by uv_async requests from the
+ * user's threads. It is never on the path of a task: submitters publish jobs in the shared
+ * arena and wait on them directly (pool_transport.c).
  */
 #include "internal.h"
 
@@ -36,7 +36,8 @@ typedef struct mp_pool_s mp_pool_t;
  * threads. An MPI launcher would be one more table. A launcher reports a worker's end with
  * worker_ended(), from the supervisor's loop. */
 typedef struct {
-  /* Once, before the supervisor starts (the zygote is forked here). */
+  /* Once, before the supervisor starts (under fork the first workers and the zygote are
+   * forked here). */
   int (*open)(mp_pool_t *pool);
   /* Starts worker w, from the supervisor's thread. */
   int (*start)(mp_pool_t *pool, uint32_t w);
@@ -530,8 +531,8 @@ static void free_handle(uv_handle_t *handle) {
   free(handle);
 }
 
-/* Processes of the spawn and forkserver contexts: mp_process children, watched by their
- * sentinels. */
+/* Workers that are mp_process children of the pool's process (all but the zygote's),
+ * watched by their sentinels. */
 static void on_sentinel(uv_poll_t *handle, int status, int events) {
   (void)status;
   (void)events;
@@ -666,8 +667,8 @@ static void on_zygote(uv_poll_t *handle, int status, int events) {
 
 /* The first workers and the zygote are forked here, before the supervisor thread starts:
  * every worker, the replacements too, starts from the process as it was at creation. The
- * first ones are forked by the pool's process, not by the zygote: its forks then overlap
- * the zygote's start, and at the end they die in parallel with the zygote, not before it. */
+ * first ones are forked by the pool's process, not by the zygote: they start while the
+ * zygote is forked, and at the end they die in parallel with it, not before it. */
 static int zygote_open(mp_pool_t *pool) {
   for (uint32_t w = 0; w < pool->sh->n_workers; w++) {
     int rc = start_by(pool, w, launch_process);

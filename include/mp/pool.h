@@ -95,7 +95,7 @@ typedef struct {
  * MP_POOL_OPTIONS_INIT. Under "fork", the first workers and the pool's zygote (a small
  * single-threaded process that forks the replacement workers) are forked here, from the
  * calling thread, before this pool's supervisor thread starts: every worker starts from the
- * program as it was at this call, and none comes from a process with libmp's threads. If
+ * program as it was at this call, and none from a process running this pool's supervisor. If
  * the caller's process has other threads then (the program's own, or the supervisors and
  * thread workers of pools created earlier), a lock another thread held at that instant
  * stays held in the workers and the zygote (glibc's malloc and stdio, and libmp's own
@@ -231,8 +231,8 @@ MP_EXTERN void mp_imap_free(mp_imap_t *it);
  * again. Returns 0; MP_ETIMEDOUT (not ready); MP_ETOOSMALL (result_cap is less than the
  * result: *result_len says how much is needed; the result is kept); MP_ETASK,
  * MP_EWORKERDIED (mp_last_error() has the first failed item's message); MP_ETERMINATED;
- * MP_EINTR (SIGINT was caught: see "Signals" above; the pool goes on); MP_EINVAL. A failed map still copies the results of the items that succeeded.
- * Python: AsyncResult.get(timeout).
+ * MP_EINTR (SIGINT was caught: see "Signals" above; the pool goes on); MP_EINVAL. A failed map
+ * still copies the results of the items that succeeded. Python: AsyncResult.get(timeout).
  */
 MP_EXTERN int mp_async_result_get(mp_async_result_t *ar, void *result, size_t result_cap,
                                   size_t *result_len, double timeout);
