@@ -28,8 +28,8 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
-#ifdef MP_HAVE_MEMCHECK
-#include <valgrind/memcheck.h>
+#ifdef MP_HAVE_VALGRIND
+#include <valgrind/valgrind.h>
 #endif
 
 #define ARENA_MAGIC 0x414e5241504d424cull /* "LBMPARNA" */
@@ -90,24 +90,29 @@ static int map_at(int fd, uint64_t base, uint64_t reserve, int fixed, void **out
   return 0;
 }
 
-/* Under valgrind, the smallest reserve: a process that a signal kills still has memcheck's
- * leak check read all of it (see mp__heap_before_exit). */
-static uint64_t first_reserve(void) {
-#ifdef MP_HAVE_MEMCHECK
-  if (RUNNING_ON_VALGRIND)
-    return RESERVE_MIN;
+/* Under valgrind the reserve is small and the file that size from the start. memcheck's
+ * leak check, when a process ends (by a signal too), reads every word of every mapping; past
+ * the end of a file each read is a SIGBUS it recovers from one word at a time, which over a
+ * reserve of gigabytes does not end. A file as large as its mapping has no such part (its
+ * pages are allocated as the check reads them, once per arena). */
+#define VALGRIND_RESERVE (512ull << 20)
+
+static bool on_valgrind(void) {
+#ifdef MP_HAVE_VALGRIND
+  return RUNNING_ON_VALGRIND;
+#else
+  return false;
 #endif
-  return RESERVE_DEFAULT;
 }
 
 /* Maps a new arena's memfd: at a random free slot of the placement region if possible, else
- * where the kernel likes (valgrind, for one, allows no such address), with a smaller
- * reserve if address space is short. */
+ * where the kernel likes (valgrind may refuse such addresses), with a smaller reserve if
+ * address space is short. *reserve_out: the reserve to try first, then the one taken. */
 static int place(int fd, void **out, uint64_t *reserve_out) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   unsigned seed = (unsigned)getpid() * 2654435761u ^ (unsigned)ts.tv_nsec;
-  for (uint64_t reserve = first_reserve(); reserve >= RESERVE_MIN; reserve /= 4) {
+  for (uint64_t reserve = *reserve_out;; reserve /= 4) {
     for (int attempt = 0; attempt < 8; attempt++) {
       uint64_t slot = rand_r(&seed) % PLACEMENT_SLOTS;
       if (map_at(fd, PLACEMENT_LOW + slot * RESERVE_DEFAULT, reserve, MAP_FIXED_NOREPLACE,
@@ -120,6 +125,8 @@ static int place(int fd, void **out, uint64_t *reserve_out) {
       *reserve_out = reserve;
       return 0;
     }
+    if (reserve / 4 < RESERVE_MIN)
+      break;
   }
   return mp__error(MP_ENOMEM, "no address space for the shared arena");
 }
@@ -129,8 +136,10 @@ static int create_arena(void) {
   if (fd < 0)
     return mp__syserror("memfd_create for the shared arena");
   void *base;
-  uint64_t reserve = 0;
-  int rc = ftruncate(fd, INITIAL_SIZE) < 0 ? mp__syserror("sizing the shared arena") : 0;
+  bool valgrind = on_valgrind();
+  uint64_t reserve = valgrind ? VALGRIND_RESERVE : RESERVE_DEFAULT;
+  uint64_t initial = valgrind ? VALGRIND_RESERVE : INITIAL_SIZE;
+  int rc = ftruncate(fd, (off_t)initial) < 0 ? mp__syserror("sizing the shared arena") : 0;
   if (rc == 0)
     rc = place(fd, &base, &reserve);
   if (rc < 0) {
@@ -140,7 +149,7 @@ static int create_arena(void) {
   arena_t *arena = base;
   arena->magic = ARENA_MAGIC;
   arena->reserve = reserve;
-  arena->size = INITIAL_SIZE;
+  arena->size = initial;
   arena->bump = HEADER_SPACE;
   rc = mp__mutex_init(&arena->lock);
   if (rc < 0) {
@@ -180,10 +189,6 @@ static int grow(arena_t *arena, uint64_t need) {
   if (ftruncate(heap.fd, (off_t)target) < 0)
     return mp__syserror("growing the shared arena to %llu bytes", (unsigned long long)target);
   atomic_store(&arena->size, target);
-#ifdef MP_HAVE_MEMCHECK
-  /* Addressable again, if mp__heap_before_exit() has run: a destructor allocating late. */
-  VALGRIND_MAKE_MEM_DEFINED((char *)arena + size, target - size);
-#endif
   return 0;
 }
 
@@ -286,27 +291,6 @@ uint64_t mp__shared_unique(void) {
   if (!arena) /* no arena: unique within this process is the best there is */
     return ((uint64_t)getpid() << 32) | (uint64_t)mp__now_ns();
   return atomic_fetch_add(&arena->unique, 1) + 1;
-}
-
-/* memcheck's leak check, when the process has ended, reads every page of every mapping;
- * past the end of the arena's file each read is a SIGBUS that it recovers from page by
- * page, for minutes over 64 GiB (seconds over the 1 GiB reserve taken under valgrind).
- * Unaddressable memory it skips 64 KiB at a time, so that is what the reserve past the
- * file is made, as late as the process can: in a destructor, or before a child's _exit.
- * This process's own growth makes it addressable again (grow); another process's is not
- * seen, so a block it adds and this process then touches would be reported. */
-void mp__heap_before_exit(void) {
-#ifdef MP_HAVE_MEMCHECK
-  arena_t *arena = heap.arena;
-  if (!arena || !RUNNING_ON_VALGRIND)
-    return;
-  uint64_t size = atomic_load(&arena->size);
-  VALGRIND_MAKE_MEM_NOACCESS((char *)arena + size, arena->reserve - size);
-#endif
-}
-
-__attribute__((destructor)) static void heap_at_exit(void) {
-  mp__heap_before_exit();
 }
 
 bool mp__heap_describe(mp__heap_map_t *map, int *fd) {

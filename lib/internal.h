@@ -174,8 +174,6 @@ typedef struct {
 bool mp__heap_describe(mp__heap_map_t *map, int *fd);
 /* In a new child: maps the parent's arena from fd (taking it) at the same address. */
 int mp__heap_attach(int fd, const mp__heap_map_t *map);
-/* Under valgrind, just before the process ends: see heap.c. */
-void mp__heap_before_exit(void);
 
 /* ------------------------------- process.c ------------------------------ */
 

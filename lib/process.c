@@ -384,7 +384,6 @@ void mp__child_exit(int code, bool exec_image) {
     mp__reply_t exited = {MP__REC_EXITED, code & 0xff};
     mp__send_record(me.report_sock, &exited, sizeof exited, -1);
   }
-  mp__heap_before_exit(); /* _exit runs no destructor */
   _exit(code & 0xff);
 }
 
