@@ -175,6 +175,15 @@ bool mp__heap_describe(mp__heap_map_t *map, int *fd);
 /* In a new child: maps the parent's arena from fd (taking it) at the same address. */
 int mp__heap_attach(int fd, const mp__heap_map_t *map);
 
+/* Bytes read or sent on purpose whatever they hold (a caller's argument bytes, a struct's
+ * padding included): defined, for memcheck. */
+#ifdef MP_HAVE_VALGRIND
+#include <valgrind/memcheck.h>
+#define MP__SCANNED(p, n) VALGRIND_MAKE_MEM_DEFINED(p, n)
+#else
+#define MP__SCANNED(p, n) ((void)(p), (void)(n))
+#endif
+
 /* ------------------------------- process.c ------------------------------ */
 
 typedef enum { MP__PROC_CHILD, MP__PROC_SELF, MP__PROC_PARENT } mp__proc_kind_t;

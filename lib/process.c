@@ -521,6 +521,7 @@ static int pass_handles_in_arg(mp_process_t *proc) {
   for (size_t at = 0; at + sizeof(uintptr_t) <= proc->size; at += sizeof(uintptr_t)) {
     uintptr_t word;
     memcpy(&word, (char *)proc->arg + at, sizeof word);
+    MP__SCANNED(&word, sizeof word); /* a struct's padding is scanned too */
     if (word % sizeof(uintptr_t) != 0 || !mp__shared_contains((void *)word))
       continue;
     uint32_t kind = *(const uint32_t *)word;

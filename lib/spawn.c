@@ -141,6 +141,8 @@ int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref,
       {self->name, head.parent_name_len},
       {proc->arg, proc->size},
   };
+  /* The caller's bytes go as they are, a struct's padding too: no value crosses an exec. */
+  MP__SCANNED(proc->arg, proc->size);
   int arena_fd = -1;
   head.has_arena = mp__heap_describe(&head.arena, &arena_fd);
   head.n_fds = (uint32_t)proc->n_passed;

@@ -118,7 +118,7 @@ static mp_process_t *start_with_end(int i, mp_target_t target, conn_job_t *job,
 
 /* Joins the child, checks its exit code, closes it and then the test's end. */
 static void end_child(mp_process_t *p, int code, mp_conn_t *mine) {
-  T_INT_EQ(mp_test_join_code(p, 30), code);
+  T_INT_EQ(mp_test_join_code(p, 30 * mp_test_slowdown()), code);
   T_PROC_CLOSE(p);
   MP_ASSERT_OK(mp_conn_close(mine));
 }
@@ -141,7 +141,7 @@ START_TEST(test_message_sizes_through_child) {
     MP_ASSERT_OK(mp_conn_send(mine, out, sizes[n]));
     void *back;
     size_t got = 12345;
-    MP_ASSERT_OK(mp_conn_recv_alloc(mine, &back, &got, 30));
+    MP_ASSERT_OK(mp_conn_recv_alloc(mine, &back, &got, 30 * mp_test_slowdown()));
     T_INT_EQ(got, sizes[n]);
     T_ASSERT(back != NULL && has_pattern(back, got, n), "message %zu of %zu bytes changed", n,
              sizes[n]);
@@ -149,7 +149,7 @@ START_TEST(test_message_sizes_through_child) {
     free(out);
   }
   MP_ASSERT_OK(mp_conn_close(mine));
-  T_INT_EQ(mp_test_join_code(p, 30), 0);
+  T_INT_EQ(mp_test_join_code(p, 30 * mp_test_slowdown()), 0);
   T_PROC_CLOSE(p);
 }
 END_TEST
