@@ -42,8 +42,8 @@
 #define GROW_GRANULE (1ull << 20)
 #define HEADER_SPACE 4096ull
 #define BLOCK_HEAD 64ull
-#define MIN_CLASS 7    /* 128-byte blocks: a 64-byte header and 64 bytes of payload */
-#define MAX_CLASS 40   /* 1 TiB: above any reserve */
+#define MIN_CLASS 7  /* 128-byte blocks: a 64-byte header and 64 bytes of payload */
+#define MAX_CLASS 40 /* 1 TiB: above any reserve */
 #define PUNCH_CLASS 23 /* blocks of 8 MiB and more give their pages back when freed */
 
 /* Where the arena is placed: above ASan's high shadow (which ends below 16 TiB) and far
@@ -56,8 +56,8 @@ typedef struct {
   uint64_t reserve;
   _Atomic uint64_t size; /* bytes of the memfd; grows, never shrinks */
   _Atomic uint64_t unique;
-  pthread_mutex_t lock; /* guards bump and free_head */
-  uint64_t bump;        /* offset of the first never-used byte */
+  pthread_mutex_t lock;  /* guards bump and free_head */
+  uint64_t bump;         /* offset of the first never-used byte */
   uint64_t free_head[MAX_CLASS + 1];
 } arena_t;
 
@@ -282,8 +282,7 @@ bool mp__shared_contains(const void *p) {
   if (!arena || !p)
     return false;
   const char *lo = (const char *)arena + HEADER_SPACE;
-  return (const char *)p >= lo &&
-         (const char *)p < (const char *)arena + atomic_load(&arena->size);
+  return (const char *)p >= lo && (const char *)p < (const char *)arena + atomic_load(&arena->size);
 }
 
 uint64_t mp__shared_unique(void) {

@@ -4,9 +4,9 @@
  *
  * The supervisor is one thread running a libuv loop. It starts the workers and replaces
  * those that end (watching each worker process's sentinel, and under "fork" the zygote's
- * socket for the replacements it forked), fails or requeues the task a dead worker was running,
- * runs the callbacks of async results, frees the jobs whose last reference a worker dropped,
- * and carries out terminate. It is woken by an eventfd that workers write (a job with callbacks
+ * socket for its replacements), fails or requeues the task a dead worker was running, runs
+ * the callbacks of async results, frees the jobs whose last reference a worker dropped, and
+ * carries out terminate. It is woken by an eventfd that workers write (a job with callbacks
  * completed, a worker changed state, a job block is free) and by uv_async requests from the
  * user's threads. It is never on the path of a task: submitters publish jobs in the shared
  * arena and wait on them directly (pool_transport.c).

@@ -27,11 +27,11 @@ static struct {
   mp_process_t current;
   mp_process_t parent;
   bool has_parent;
-  pid_t watched_parent;           /* the process whose death kills us, see die_with() */
-  int own_sentinel;               /* without pidfds: the socket end that closes when we end */
-  int report_sock;                /* forkserver child: where EXITED goes */
+  pid_t watched_parent; /* the process whose death kills us, see die_with() */
+  int own_sentinel;     /* without pidfds: the socket end that closes when we end */
+  int report_sock;      /* forkserver child: where EXITED goes */
   unsigned long children_created; /* the last part of a child's identity */
-  mp_process_t *registry;         /* started children not yet closed: see below */
+  mp_process_t *registry; /* started children not yet closed: see below */
   /* The registries of the processes this one was forked from, nearest first: copies of
    * their objects, not this process's to join or free, kept where a leak checker finds
    * them (memcheck would call them lost). */
@@ -426,7 +426,8 @@ int mp_process_create(mp_process_t **out, mp_context_t *ctx, mp_target_t target,
   proc->arg = size ? malloc(size) : NULL;
   if (!proc->identity || !proc->name || (size && !proc->arg)) {
     mp_process_close(proc);
-    return mp__error(MP_ENOMEM, "mp_process_create: no memory for a %zu-byte argument", size);
+    return mp__error(MP_ENOMEM, "mp_process_create: no memory for a %zu-byte argument",
+                     size);
   }
   if (size)
     memcpy(proc->arg, arg, size);
@@ -439,22 +440,24 @@ static int check_child(const mp_process_t *proc, const char *what) {
   if (!proc)
     return mp__error(MP_EINVAL, "%s: proc is NULL", what);
   if (proc->kind != MP__PROC_CHILD)
-    return mp__error(MP_ENOTCHILD, "%s: the %s process is not a child of this process", what,
-                     proc->kind == MP__PROC_SELF ? "current" : "parent");
+    return mp__error(MP_ENOTCHILD, "%s: the %s process is not a child of this process",
+                     what, proc->kind == MP__PROC_SELF ? "current" : "parent");
   return 0;
 }
 
 static int check_not_started(const mp_process_t *proc, const char *what) {
   int rc = check_child(proc, what);
   if (rc == 0 && proc->state != MP__CREATED)
-    rc = mp__error(MP_ESTARTED, "%s: process '%s' has already been started", what, proc->name);
+    rc = mp__error(MP_ESTARTED, "%s: process '%s' has already been started", what,
+                   proc->name);
   return rc;
 }
 
 static int check_started(const mp_process_t *proc, const char *what) {
   int rc = check_child(proc, what);
   if (rc == 0 && proc->state == MP__CREATED)
-    rc = mp__error(MP_ENOTSTARTED, "%s: process '%s' has not been started", what, proc->name);
+    rc = mp__error(MP_ENOTSTARTED, "%s: process '%s' has not been started", what,
+                   proc->name);
   return rc;
 }
 
@@ -607,8 +610,8 @@ int mp_process_join(mp_process_t *proc, double timeout) {
   if (rc < 0)
     return mp__error(rc, "mp_process_join: %s", mp_strerror(rc));
   if (rc == 0)
-    return mp__error(MP_ETIMEDOUT, "mp_process_join: '%s' still runs after %g s", proc->name,
-                     timeout);
+    return mp__error(MP_ETIMEDOUT, "mp_process_join: '%s' still runs after %g s",
+                     proc->name, timeout);
   return 0;
 }
 
@@ -637,9 +640,8 @@ int mp_process_exitcode(mp_process_t *proc, int *exitcode) {
   if (child_running(proc))
     return mp__error(MP_EALIVE, "mp_process_exitcode: '%s' still runs", proc->name);
   if (proc->status_lost)
-    return mp__error(-ECHILD,
-                     "mp_process_exitcode: '%s' ended, but a waitpid() elsewhere "
-                     "in the program (or SIGCHLD ignored) took its exit status",
+    return mp__error(-ECHILD, "mp_process_exitcode: '%s' ended, but a waitpid() elsewhere "
+                              "in the program (or SIGCHLD ignored) took its exit status",
                      proc->name);
   *exitcode = proc->exitcode;
   return 0;
@@ -680,14 +682,15 @@ int mp_process_pid(const mp_process_t *proc) {
   if (proc->kind == MP__PROC_SELF)
     return getpid();
   if (proc->state == MP__CREATED)
-    return mp__error(MP_ENOTSTARTED, "mp_process_pid: '%s' has not been started", proc->name);
+    return mp__error(MP_ENOTSTARTED, "mp_process_pid: '%s' has not been started",
+                     proc->name);
   return proc->pid;
 }
 
 int mp_process_sentinel(const mp_process_t *proc) {
   if (proc == &me.parent)
     return me.parent.pidfd >= 0 ? me.parent.pidfd
-                                : mp__error(-EBADF, "mp_process_sentinel: no parent pidfd");
+                             : mp__error(-EBADF, "mp_process_sentinel: no parent pidfd");
   int rc = check_started(proc, "mp_process_sentinel");
   if (rc == 0 && sentinel_of(proc) < 0)
     rc = mp__error(-ECHILD, "mp_process_sentinel: '%s' ended before it could be watched",
@@ -697,10 +700,9 @@ int mp_process_sentinel(const mp_process_t *proc) {
 
 int mp_process_close(mp_process_t *proc) {
   if (!proc || proc->kind != MP__PROC_CHILD)
-    return mp__error(MP_EINVAL, "mp_process_close: %s",
-                     proc ? "the current and the parent "
-                            "process are never closed"
-                          : "proc is NULL");
+    return mp__error(MP_EINVAL, "mp_process_close: %s", proc ? "the current and the parent "
+                                                               "process are never closed"
+                                                             : "proc is NULL");
   if (child_running(proc))
     return mp__error(MP_EALIVE, "mp_process_close: '%s' still runs", proc->name);
   if (proc->state != MP__CREATED)

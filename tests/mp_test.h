@@ -54,8 +54,7 @@ static inline void mp_test_track(mp_process_t *p) {
 
 static inline void mp_test_untrack(mp_process_t *p) {
   for (size_t i = 0; i < MP_TEST_MAX_TRACKED; i++) {
-    if (mp_test_procs[i] == p)
-      mp_test_procs[i] = NULL;
+    if (mp_test_procs[i] == p) mp_test_procs[i] = NULL;
   }
 }
 
@@ -70,9 +69,7 @@ static inline void mp_test_track_pid(pid_t pid) {
 }
 
 /* An extra cleanup step (leaving a cgroup, say) to run if the test fails. */
-static inline void mp_test_set_hook(void (*fn)(void)) {
-  mp_test_hook = fn;
-}
+static inline void mp_test_set_hook(void (*fn)(void)) { mp_test_hook = fn; }
 
 static inline void mp_test_sleep(double seconds);
 
@@ -80,8 +77,7 @@ static inline void mp_test_sleep(double seconds);
 static inline void mp_test_cleanup(void) {
   for (size_t i = 0; i < MP_TEST_MAX_TRACKED; i++) {
     mp_process_t *p = mp_test_procs[i];
-    if (p == NULL)
-      continue;
+    if (p == NULL) continue;
     mp_test_procs[i] = NULL;
     if (mp_process_pid(p) > 0) {
       (void)mp_process_kill(p);
@@ -95,8 +91,7 @@ static inline void mp_test_cleanup(void) {
       /* Ours to reap only if it came back to us (we are a subreaper): a short while. */
       for (int tries = 0; tries < 100; tries++) {
         pid_t r = waitpid(mp_test_pids[i], NULL, WNOHANG);
-        if (r != 0)
-          break;
+        if (r != 0) break;
         mp_test_sleep(0.01);
       }
       mp_test_pids[i] = 0;
@@ -112,58 +107,58 @@ static inline void mp_test_cleanup(void) {
 /* ------------------------------------------------------------------------------------- */
 /* Assertions.                                                                             */
 
-#define T_FAIL(...)                                                                            \
-  do {                                                                                         \
-    char t_msg_[1536];                                                                         \
-    snprintf(t_msg_, sizeof t_msg_, __VA_ARGS__);                                              \
-    mp_test_cleanup();                                                                         \
-    ck_abort_msg("%s", t_msg_);                                                                \
+#define T_FAIL(...)                                                                        \
+  do {                                                                                     \
+    char t_msg_[1536];                                                                     \
+    snprintf(t_msg_, sizeof t_msg_, __VA_ARGS__);                                          \
+    mp_test_cleanup();                                                                     \
+    ck_abort_msg("%s", t_msg_);                                                            \
   } while (0)
 
-#define T_ASSERT(cond, ...)                                                                    \
-  do {                                                                                         \
-    if (!(cond)) {                                                                             \
-      char t_what_[1024];                                                                      \
-      snprintf(t_what_, sizeof t_what_, __VA_ARGS__);                                          \
-      T_FAIL("assertion '%s' failed: %s (last error: \"%s\")", #cond, t_what_,                 \
-             mp_last_error());                                                                 \
-    }                                                                                          \
+#define T_ASSERT(cond, ...)                                                                \
+  do {                                                                                     \
+    if (!(cond)) {                                                                         \
+      char t_what_[1024];                                                                  \
+      snprintf(t_what_, sizeof t_what_, __VA_ARGS__);                                      \
+      T_FAIL("assertion '%s' failed: %s (last error: \"%s\")", #cond, t_what_,             \
+             mp_last_error());                                                             \
+    }                                                                                      \
   } while (0)
 
-#define T_INT_EQ(a, b)                                                                         \
-  do {                                                                                         \
-    long long t_a_ = (long long)(a), t_b_ = (long long)(b);                                    \
-    if (t_a_ != t_b_)                                                                          \
-      T_FAIL("assertion '%s == %s' failed: %lld != %lld (last error: \"%s\")", #a, #b, t_a_,   \
-             t_b_, mp_last_error());                                                           \
+#define T_INT_EQ(a, b)                                                                     \
+  do {                                                                                     \
+    long long t_a_ = (long long)(a), t_b_ = (long long)(b);                                \
+    if (t_a_ != t_b_)                                                                      \
+      T_FAIL("assertion '%s == %s' failed: %lld != %lld (last error: \"%s\")", #a, #b,     \
+             t_a_, t_b_, mp_last_error());                                                 \
   } while (0)
 
-#define T_STR_EQ(a, b)                                                                         \
-  do {                                                                                         \
-    const char *t_a_ = (a), *t_b_ = (b);                                                       \
-    if (t_a_ == NULL || t_b_ == NULL || strcmp(t_a_, t_b_) != 0)                               \
-      T_FAIL("assertion '%s == %s' failed: \"%s\" != \"%s\"", #a, #b, t_a_ ? t_a_ : "(null)",  \
-             t_b_ ? t_b_ : "(null)");                                                          \
+#define T_STR_EQ(a, b)                                                                     \
+  do {                                                                                     \
+    const char *t_a_ = (a), *t_b_ = (b);                                                   \
+    if (t_a_ == NULL || t_b_ == NULL || strcmp(t_a_, t_b_) != 0)                           \
+      T_FAIL("assertion '%s == %s' failed: \"%s\" != \"%s\"", #a, #b,                      \
+             t_a_ ? t_a_ : "(null)", t_b_ ? t_b_ : "(null)");                              \
   } while (0)
 
 /* rc must be 0. */
-#define MP_ASSERT_OK(rc)                                                                       \
-  do {                                                                                         \
-    int t_rc_ = (rc);                                                                          \
-    if (t_rc_ != 0)                                                                            \
-      T_FAIL("%s returned %d (%s: %s), expected 0; last error: \"%s\"", #rc, t_rc_,            \
-             mp_err_name(t_rc_), mp_strerror(t_rc_), mp_last_error());                         \
+#define MP_ASSERT_OK(rc)                                                                   \
+  do {                                                                                     \
+    int t_rc_ = (rc);                                                                      \
+    if (t_rc_ != 0)                                                                        \
+      T_FAIL("%s returned %d (%s: %s), expected 0; last error: \"%s\"", #rc, t_rc_,        \
+             mp_err_name(t_rc_), mp_strerror(t_rc_), mp_last_error());                     \
   } while (0)
 
 /* rc must be the error code err. */
-#define MP_ASSERT_ERR(rc, err)                                                                 \
-  do {                                                                                         \
-    int t_rc_ = (rc), t_err_ = (err);                                                          \
-    if (t_rc_ != t_err_)                                                                       \
-      T_FAIL("%s returned %d (%s: %s), expected %d (%s); last error: \"%s\"", #rc, t_rc_,      \
-             t_rc_ < 0 ? mp_err_name(t_rc_) : "not an error",                                  \
-             t_rc_ < 0 ? mp_strerror(t_rc_) : "", t_err_, mp_err_name(t_err_),                 \
-             mp_last_error());                                                                 \
+#define MP_ASSERT_ERR(rc, err)                                                             \
+  do {                                                                                     \
+    int t_rc_ = (rc), t_err_ = (err);                                                      \
+    if (t_rc_ != t_err_)                                                                   \
+      T_FAIL("%s returned %d (%s: %s), expected %d (%s); last error: \"%s\"", #rc, t_rc_,  \
+             t_rc_ < 0 ? mp_err_name(t_rc_) : "not an error",                              \
+             t_rc_ < 0 ? mp_strerror(t_rc_) : "", t_err_, mp_err_name(t_err_),              \
+             mp_last_error());                                                             \
   } while (0)
 
 /* ------------------------------------------------------------------------------------- */
@@ -198,20 +193,20 @@ static inline mp_context_t *mp_test_ctx(int i) {
 }
 
 /* Creates a process and registers it for cleanup. */
-#define T_PROC_NEW(pp, ctx, target, arg, size, name)                                           \
-  do {                                                                                         \
-    *(pp) = NULL;                                                                              \
-    MP_ASSERT_OK(mp_process_create((pp), (ctx), (target), (arg), (size), (name)));             \
-    T_ASSERT(*(pp) != NULL, "mp_process_create gave a NULL process");                          \
-    mp_test_track(*(pp));                                                                      \
+#define T_PROC_NEW(pp, ctx, target, arg, size, name)                                       \
+  do {                                                                                     \
+    *(pp) = NULL;                                                                          \
+    MP_ASSERT_OK(mp_process_create((pp), (ctx), (target), (arg), (size), (name)));        \
+    T_ASSERT(*(pp) != NULL, "mp_process_create gave a NULL process");                      \
+    mp_test_track(*(pp));                                                                  \
   } while (0)
 
 /* Closes a process and forgets it. */
-#define T_PROC_CLOSE(p)                                                                        \
-  do {                                                                                         \
-    mp_process_t *t_p_ = (p);                                                                  \
-    MP_ASSERT_OK(mp_process_close(t_p_));                                                      \
-    mp_test_untrack(t_p_);                                                                     \
+#define T_PROC_CLOSE(p)                                                                    \
+  do {                                                                                     \
+    mp_process_t *t_p_ = (p);                                                              \
+    MP_ASSERT_OK(mp_process_close(t_p_));                                                  \
+    mp_test_untrack(t_p_);                                                                 \
   } while (0)
 
 /* Joins a process (at most timeout seconds) and returns its exit code. */
@@ -258,13 +253,13 @@ static inline TCase *mp_test_tcase(Suite *s, const char *name, double timeout) {
   return tc;
 }
 
-#define MP_TEST_MAIN(suite_fn)                                                                 \
-  int main(void) {                                                                             \
-    SRunner *sr = srunner_create(suite_fn());                                                  \
-    srunner_run_all(sr, CK_NORMAL);                                                            \
-    int failed = srunner_ntests_failed(sr);                                                    \
-    srunner_free(sr);                                                                          \
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;                                          \
+#define MP_TEST_MAIN(suite_fn)                                                             \
+  int main(void) {                                                                         \
+    SRunner *sr = srunner_create(suite_fn());                                              \
+    srunner_run_all(sr, CK_NORMAL);                                                        \
+    int failed = srunner_ntests_failed(sr);                                                \
+    srunner_free(sr);                                                                      \
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;                                      \
   }
 
 #endif /* MP_TEST_H */
