@@ -65,6 +65,19 @@ static inline uint64_t check_next(uint64_t *state) {
   return z ^ (z >> 31);
 }
 
+/* Seconds left until deadline (a CLOCK_MONOTONIC time from check_now()), at least 0.05: a
+ * check waits for many things against one deadline, so a wrong exercise costs the
+ * deadline once, not once per thing. */
+static inline double check_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+static inline double check_left(double deadline) {
+  double left = deadline - check_now();
+  return left > 0.05 ? left : 0.05;
+}
+
 /* Joins proc within timeout seconds, or kills it; returns its exit code, and sets
  * *timed_out. Frees the process object. */
 static inline int check_join(mp_process_t *proc, double timeout, int *timed_out) {
