@@ -47,7 +47,12 @@ __attribute__((unused)) static const char *const check_all_methods[] = {"fork", 
 /* What an exercise's error code means to its author: the skeletons return MP_ENOSYS where
  * the work is still to be written. */
 static inline const char *check_why(int rc) {
-  return rc == MP_ENOSYS ? "MP_ENOSYS, the skeleton's: not written yet" : mp_err_name(rc);
+  static char text[512];
+  if (rc == MP_ENOSYS)
+    return "MP_ENOSYS, the skeleton's: not written yet";
+  snprintf(text, sizeof text, "%s%s%s", mp_err_name(rc), *mp_last_error() ? ": " : "",
+           mp_last_error());
+  return text;
 }
 
 /* A seed of this run: the answers change from run to run. */

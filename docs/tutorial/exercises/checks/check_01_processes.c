@@ -30,8 +30,7 @@ static void part(mp_context_t *ctx) {
 
   int rc = ex01_run(ctx, n, jobs, exitcodes);
   if (rc < 0)
-    check_fail("ex01_run returned %s (%s): start %d children, then join them", check_why(rc),
-               mp_last_error(), n);
+    check_fail("ex01_run returned %s: start %d children, then join them", check_why(rc), n);
   long pids[2 * EX01_MAX_CHILDREN];
   CHECK_SETUP(mp_array_read(seen, 0, 2 * (size_t)n, pids));
   int reported = 0, apart = 0;

@@ -47,7 +47,7 @@ static void part_send(mp_context_t *ctx) {
   int exitcode = -1000;
   int rc = ex02_send(ctx, &cfg, &exitcode);
   if (rc < 0)
-    check_fail("ex02_send returned %s (%s)", check_why(rc), mp_last_error());
+    check_fail("ex02_send returned %s", check_why(rc));
   else if (exitcode < 0)
     check_fail("the child died of signal %d: it followed a pointer of the parent's, which "
                "means nothing in a %s child; send the bytes themselves",

@@ -27,7 +27,7 @@ static void part(mp_context_t *ctx) {
   }
   int rc = ex05_finish(work, CONSUMERS);
   if (rc < 0)
-    check_fail("ex05_finish returned %s (%s)", check_why(rc), mp_last_error());
+    check_fail("ex05_finish returned %s", check_why(rc));
   long total = 0;
   int reported = 0;
   double deadline = check_now() + 5;

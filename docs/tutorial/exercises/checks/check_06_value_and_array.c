@@ -15,7 +15,7 @@ static void part(mp_context_t *ctx) {
   CHECK_SETUP(mp_value_create(&done, 'l', NULL, NULL));
   int rc = ex06_run(ctx, out, done, workers, seed);
   if (rc < 0)
-    check_fail("ex06_run returned %s (%s)", check_why(rc), mp_last_error());
+    check_fail("ex06_run returned %s", check_why(rc));
   long count, *got = calloc(length, sizeof *got);
   if (!got)
     exit(2);

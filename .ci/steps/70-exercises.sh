@@ -1,0 +1,43 @@
+# The tutorial's exercises (docs/tutorial/exercises): every check is real. Built from the
+# reference solutions, each exercise passes its check under every start method; built from
+# the untouched skeletons, each one's check fails. Also compiles every C example of the
+# chapters against the library. About 1.5 minutes (the skeletons' checks wait out their
+# timeouts: a deadlock, consumers without a pill).
+{ [ -d build-exercises ] || meson setup build-exercises -Dwerror=true -Ddemos=false \
+    -Dexercise_solutions=true >/dev/null; }
+meson compile -C build-exercises >/dev/null
+meson test -C build-exercises --suite exercises --print-errorlogs
+
+{ [ -d build-skeletons ] || meson setup build-skeletons -Dwerror=true -Ddemos=false >/dev/null; }
+meson compile -C build-skeletons >/dev/null
+skeletons_passed=0
+for exe in build-skeletons/docs/tutorial/exercises/ex_*; do
+  [ -x "$exe" ] && [ -f "$exe" ] || continue
+  if "$exe" >/dev/null 2>&1; then
+    echo "exercises: the untouched skeleton $(basename "$exe") passes its check"
+    skeletons_passed=$((skeletons_passed + 1))
+  fi
+done
+[ "$skeletons_passed" -eq 0 ]
+# The plain test run (the README's) must not include them.
+if meson test -C build-skeletons --list 2>/dev/null | grep -q exercises; then
+  echo "exercises: the default meson test run includes the exercises"
+  false
+fi
+
+# Every ```c block of the chapters is a whole program: compile each against the library.
+snippets=$(mktemp -d)
+for chapter in docs/tutorial/[0-9]*.md; do
+  awk -v out="$snippets/$(basename "$chapter" .md)" \
+    '/^```c$/ { n++; f = out "-" n ".c"; on = 1; next } /^```$/ { on = 0 } on { print > f }' \
+    "$chapter"
+done
+for snippet in "$snippets"/*.c; do
+  [ -f "$snippet" ] || continue
+  cc -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude "$snippet" \
+    -Lbuild-exercises/lib -lmp -lm -o "${snippet%.c}"
+done
+echo "exercises: $(ls build-exercises/docs/tutorial/exercises/ex_* | grep -vc '\.p$') checks pass" \
+  "with the solutions and fail with the skeletons; $(ls "$snippets"/*.c 2>/dev/null | wc -l)" \
+  "chapter examples compile"
+rm -rf "$snippets"
