@@ -35,14 +35,15 @@ __attribute__((format(printf, 1, 2))) static inline void check_fail(const char *
   do {                                                                                         \
     int check_rc_ = (call);                                                                    \
     if (check_rc_ < 0) {                                                                       \
-      printf("check: %s failed: %s (%s)\n", #call, mp_err_name(check_rc_), mp_last_error());  \
+      printf("check: %s failed: %s (%s)\n", #call, mp_err_name(check_rc_), mp_last_error());   \
       exit(2);                                                                                 \
     }                                                                                          \
   } while (0)
 
 /* The start methods an exercise runs under: every one, unless the command line names some
  * (./ex_05_pipes_and_queues spawn). */
-__attribute__((unused)) static const char *const check_all_methods[] = {"fork", "spawn", "forkserver", NULL};
+__attribute__((unused)) static const char *const check_all_methods[] = {"fork", "spawn",
+                                                                        "forkserver", NULL};
 
 /* What an exercise's error code means to its author: the skeletons return MP_ENOSYS where
  * the work is still to be written. */
@@ -98,7 +99,8 @@ static inline int check_join(mp_process_t *proc, double timeout, int *timed_out)
 }
 
 /* Pools also run on threads. */
-__attribute__((unused)) static const char *const check_pool_contexts[] = {"fork", "spawn", "forkserver", "thread", NULL};
+__attribute__((unused)) static const char *const check_pool_contexts[] = {
+    "fork", "spawn", "forkserver", "thread", NULL};
 
 /* Runs one part of a check, labelled (a start method, or what the part is about): part(ctx)
  * reports its failures with check_fail(). */

@@ -1,5 +1,6 @@
 /*
- * Exercise 09: a thread pool is not a process pool (docs/tutorial/09-thread-vs-process-pool.md).
+ * Exercise 09: a thread pool is not a process pool
+ * (docs/tutorial/09-thread-vs-process-pool.md).
  *
  * Each worker gets a scratch buffer from the initializer and uses it in every task. The
  * check runs this on pools of processes (fork, spawn, forkserver) and of threads.

@@ -14,7 +14,8 @@ double ex10_amdahl(double s, int n) {
   return 1;
 }
 
-double ex10_fit_overhead(const double *work, const double *seconds, size_t k, double *per_unit) {
+double ex10_fit_overhead(const double *work, const double *seconds, size_t k,
+                         double *per_unit) {
   (void)work;
   (void)seconds;
   (void)k;

@@ -41,7 +41,7 @@ int ex01_run(mp_context_t *ctx, int n, const ex01_job_t *jobs, int *exitcodes);
 /* A configuration as the parent holds it: with pointers into its own memory. */
 typedef struct {
   int seed;
-  int count;       /* numbers[0 .. count) */
+  int count; /* numbers[0 .. count) */
   const char *name;
   const int *numbers;
 } ex02_config_t;

@@ -54,8 +54,8 @@ static void part(mp_context_t *ctx) {
                  jobs[i].value, exitcodes[i], expected);
   }
   if (reported < n)
-    check_fail("%d of %d children did not call ex01_report(): every child must call it first", n - reported,
-               n);
+    check_fail("%d of %d children did not call ex01_report(): every child must call it first",
+               n - reported, n);
   if (apart)
     check_fail("%d children waited in vain for the others: start every child before you join "
                "any, so that they run at the same time",

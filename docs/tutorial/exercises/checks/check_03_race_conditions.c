@@ -55,7 +55,8 @@ static void part(mp_context_t *ctx) {
   if (left != start - COOKS * TAKES)
     check_fail("%d cooks took %d tomatoes each from %ld: %ld should be left, the count says "
                "%ld (%ld updates lost)",
-               COOKS, TAKES, start, start - COOKS * TAKES, left, left - (start - COOKS * TAKES));
+               COOKS, TAKES, start, start - COOKS * TAKES, left,
+               left - (start - COOKS * TAKES));
   CHECK_SETUP(mp_lock_close(lock));
   CHECK_SETUP(mp_value_close(tomatoes));
   CHECK_SETUP(mp_value_close(tally_value));

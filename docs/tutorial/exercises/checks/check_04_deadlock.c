@@ -73,7 +73,8 @@ static void part(mp_context_t *ctx) {
     tellers[i] = (teller_t){bank, start, route[i][0], route[i][1], amount};
     expected[route[i][0]] -= amount * TRANSFERS;
     expected[route[i][1]] += amount * TRANSFERS;
-    CHECK_SETUP(mp_process_create(&procs[i], ctx, teller, &tellers[i], sizeof tellers[i], NULL));
+    CHECK_SETUP(
+        mp_process_create(&procs[i], ctx, teller, &tellers[i], sizeof tellers[i], NULL));
     CHECK_SETUP(mp_process_start(procs[i]));
   }
   int deadlocked = 0;

@@ -49,7 +49,8 @@ static void part(mp_context_t *ctx) {
     else {
       total += sum;
       reported++;
-      if (mp_conn_poll(from[i], 0.2) == 1 && mp_conn_recv(from[i], &sum, sizeof sum, &len, 0) == 0)
+      if (mp_conn_poll(from[i], 0.2) == 1 &&
+          mp_conn_recv(from[i], &sum, sizeof sum, &len, 0) == 0)
         check_fail("consumer %d sent more than one message: send the sum once, at the end", i);
     }
   }

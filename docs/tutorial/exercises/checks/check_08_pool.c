@@ -102,8 +102,8 @@ static void part(mp_context_t *ctx) {
       check_fail("the digit sum of %ld came back as %ld, expected %ld", a.x, digits.value,
                  want_digits.value);
     if (divisors.value != want_divisors.value)
-      check_fail("the divisor count of %ld came back as %ld, expected %ld", b.x,
-                 divisors.value, want_divisors.value);
+      check_fail("the divisor count of %ld came back as %ld, expected %ld", b.x, divisors.value,
+                 want_divisors.value);
     if (!in_worker(ctx, digits.pid) || !in_worker(ctx, divisors.pid))
       check_fail("the two tasks ran in pids %d and %d, not in the pool's workers", digits.pid,
                  divisors.pid);

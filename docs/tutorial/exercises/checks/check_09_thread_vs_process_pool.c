@@ -17,8 +17,7 @@ static void part(mp_context_t *ctx) {
   o.initializer = ex09_init;
   int rc = mp_pool_create(&pool, &o);
   if (rc < 0) {
-    check_fail("the pool could not start: its initializer ex09_init failed: %s",
-               check_why(rc));
+    check_fail("the pool could not start: its initializer ex09_init failed: %s", check_why(rc));
     return;
   }
   for (int i = 0; i < N; i++)
@@ -42,7 +41,6 @@ static void part(mp_context_t *ctx) {
 }
 
 int main(int argc, char **argv) {
-  check_methods(argc, argv, check_pool_contexts, "ex09: 40 items on a pool of 4 workers",
-                part);
+  check_methods(argc, argv, check_pool_contexts, "ex09: 40 items on a pool of 4 workers", part);
   return check_done("ex_09_thread_vs_process_pool");
 }

@@ -8,7 +8,8 @@ double ex10_amdahl(double s, int n) {
   return 1 / (s + (1 - s) / n);
 }
 
-double ex10_fit_overhead(const double *work, const double *seconds, size_t k, double *per_unit) {
+double ex10_fit_overhead(const double *work, const double *seconds, size_t k,
+                         double *per_unit) {
   double mx = 0, my = 0, sxx = 0, sxy = 0;
   for (size_t i = 0; i < k; i++)
     mx += work[i] / (double)k, my += seconds[i] / (double)k;
