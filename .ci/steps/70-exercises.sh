@@ -1,8 +1,10 @@
 # The tutorial's exercises (docs/tutorial/exercises): every check is real. Built from the
 # reference solutions, each exercise passes its check under every start method; built from
 # the untouched skeletons, each one's check fails. Also compiles every C example of the
-# chapters against the library. About 1.5 minutes (the skeletons' checks wait out their
+# chapters against the library and runs it. About 2 to 3 minutes on this loaded 2-core machine
+# (two builds of the library and the exercises only; the skeletons' checks wait out their
 # timeouts: a deadlock, consumers without a pill).
+
 # Only the exercises are built (the test suites are the README run's business).
 exercises=$(sed -n "s/^    '\(ex_[0-9a-z_]*\)',$/\1/p" docs/tutorial/exercises/meson.build)
 { [ -d build-exercises ] || meson setup build-exercises -Dwerror=true -Ddemos=false \
