@@ -56,6 +56,12 @@ static inline const char *check_why(int rc) {
   return text;
 }
 
+/* Calls of a check's helper made in the check's own process. A helper that a child must
+ * call counts its calls here: in a child the count goes up in the child's copy (or, under
+ * spawn, in another program), so a count above 0 in the parent says the work was done in
+ * the parent instead. */
+__attribute__((unused)) static int check_calls_here;
+
 /* A seed of this run: the answers change from run to run. */
 static inline uint64_t check_seed(void) {
   struct timespec ts;
