@@ -27,7 +27,7 @@ typedef struct {
   unsigned value;         /* the child's work: count the bits set in it */
 } ex01_job_t;
 
-/* Check: records which process runs job (its pid and parent's pid), and waits (3 s at most)
+/* Check: records which process runs job (its pid and parent's pid), and waits (10 s at most)
  * until every child of the round has called it. Call it first thing in the child. Returns
  * 0, or MP_EBROKEN if the others did not come in time. */
 int ex01_report(const ex01_job_t *job);
@@ -168,8 +168,8 @@ int ex08_count_primes(mp_pool_t *pool, const long *numbers, size_t n, long *coun
                       int *worker_pid);
 
 /* The check's two different tasks, for task parallelism: their argument is an ex08_job_t,
- * their result an ex08_result_t. Each waits (3 s at most) for the other to run at the same
- * time, and fails if it does not. */
+ * their result an ex08_result_t. Each waits (10 s at most) for the other to run at the
+ * same time, and fails if it does not. */
 typedef struct {
   long x;
   mp_barrier_t *both;

@@ -2,7 +2,7 @@
 #include "check.h"
 
 int ex01_report(const ex01_job_t *job) {
-  int rc = mp_barrier_wait(job->together, 3);
+  int rc = mp_barrier_wait(job->together, 10);
   long me = rc < 0 ? -1 : (long)getpid();
   /* seen[2i] = the child's pid (-1: the others did not come), seen[2i+1] = the process that
    * started it (not getppid(): a forkserver child's kernel parent is the server). */

@@ -19,7 +19,7 @@ static long divisor_count(long x) {
 /* The check's two tasks meet at a 2-party Barrier: each fails unless the other runs at the
  * same time. */
 static int meet_then(const ex08_job_t *job, ex08_result_t *r, long (*compute)(long)) {
-  if (mp_barrier_wait(job->both, 3) < 0)
+  if (mp_barrier_wait(job->both, 10) < 0)
     return mp_task_fail("the other task did not run at the same time: submit both before "
                         "you wait for either");
   r->value = compute(job->x);
