@@ -3,10 +3,13 @@
  * longer message written in pieces would be. They start printing together (an Event set
  * once all of them run), so that without a lock their pieces interleave; with a Lock held
  * around the whole line, each line comes out whole (which process goes first still changes
- * from run to run). The lines go to a file first, so that the demo can count the mixed ones
- * before it shows them.
+ * from run to run). The lines go to a file that every printer opens for appending, as a
+ * shared log or terminal would be, so that the demo can count the mixed ones before it shows
+ * them. (Not the parent's stdout redirected: a forkserver child has the server's stdout.)
  */
 #include "demo.h"
+
+#include <fcntl.h>
 
 static const demo_info_t info = {
     "lock_output [fork|spawn|forkserver] [processes]",
@@ -22,11 +25,12 @@ typedef struct {
   mp_event_t *go;       /* set once every printer is running */
   mp_semaphore_t *ready; /* one release per printer that waits for go */
   int id;
+  char path[64]; /* the shared output file: its name crosses as bytes */
 } printer_args_t;
 
-static void say(const char *word) {
+static void say(int fd, const char *word) {
   size_t len = strlen(word);
-  if (write(STDOUT_FILENO, word, len) != (ssize_t)len)
+  if (write(fd, word, len) != (ssize_t)len)
     exit(1);
   usleep(1000); /* let the others run between the pieces */
 }
@@ -36,21 +40,25 @@ static int printer(void *arg, size_t size) {
   printer_args_t *a = arg;
   char number[16];
   snprintf(number, sizeof number, "(%d) ", a->id);
+  int fd = open(a->path, O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0)
+    return 1;
   CHECK(mp_semaphore_release(a->ready));
   CHECK(mp_event_wait(a->go, 30));
   if (a->lock)
     CHECK(mp_lock_acquire(a->lock, 30));
-  say("    process ");
-  say(number);
-  say(a->lock ? "holds the lock " : "has no lock ");
-  say("and says hello\n");
+  say(fd, "    process ");
+  say(fd, number);
+  say(fd, a->lock ? "holds the lock " : "has no lock ");
+  say(fd, "and says hello\n");
   if (a->lock)
     CHECK(mp_lock_release(a->lock));
+  close(fd);
   return 0;
 }
 
-/* Runs n printers with stdout sent to a file, shows what they wrote, and returns how many
- * of the n lines are not whole. */
+/* Runs n printers, shows what they wrote, and returns how many of the n lines are not
+ * whole. */
 static int run(mp_context_t *ctx, mp_lock_t *lock, int n) {
   mp_process_t *procs[64];
   printer_args_t args[64];
@@ -58,21 +66,23 @@ static int run(mp_context_t *ctx, mp_lock_t *lock, int n) {
   mp_semaphore_t *ready;
   CHECK(mp_event_create(&go));
   CHECK(mp_semaphore_create(&ready, 0));
-  for (int i = 0; i < n; i++)
-    args[i] = (printer_args_t){lock, go, ready, i};
-
-  FILE *out = tmpfile();
-  fflush(stdout);
-  int saved = dup(STDOUT_FILENO);
-  if (!out || saved < 0 || dup2(fileno(out), STDOUT_FILENO) < 0)
+  char path[64] = "/tmp/lock_output-XXXXXX";
+  int fd = mkstemp(path);
+  FILE *out = fd < 0 ? NULL : fdopen(fd, "r");
+  if (!out) {
+    perror("lock_output: a temporary file");
     exit(1);
+  }
+  for (int i = 0; i < n; i++) {
+    args[i] = (printer_args_t){lock, go, ready, i, ""};
+    memcpy(args[i].path, path, sizeof path);
+  }
   demo_start(procs, n, ctx, printer, args, sizeof args[0]);
   for (int i = 0; i < n; i++)
     CHECK(mp_semaphore_acquire(ready, 30));
   CHECK(mp_event_set(go));
   int failed = demo_join(procs, n, 60);
-  dup2(saved, STDOUT_FILENO);
-  close(saved);
+  unlink(path);
   CHECK(mp_event_close(go));
   CHECK(mp_semaphore_close(ready));
   if (failed) {

@@ -3,6 +3,7 @@
 load scripts.'/common.gp'
 set multiplot layout 1,2 title 'Overhead of a fresh Pool per call (starmap of calc\_pi)'
 set title 'Vary the work: 4 tasks of N samples'
+set key bottom right
 set logscale xy
 set format x '10^{%L}'
 set format y '%g'
@@ -19,6 +20,7 @@ set logscale x 2
 set xtics (1, 2, 4, 8, 16)
 set xrange [0.8:20]
 set title 'Vary the workers: n tasks of 10^6/n samples'
+set key top left
 set xlabel 'n'
 set yrange [0:*]
 plot data skip 1 using 4:(strcol(1) eq 'workers' && strcol(2) eq 'default' ? $6 : NaN) \
