@@ -90,7 +90,8 @@ void chart_bars(FILE *out, const char *title, const char *unit, const char *cons
     most = fmax(most, values[i]);
   fprintf(out, "\n  %s\n", title);
   for (size_t i = 0; i < n; i++) {
-    int len = most > 0 && isfinite(values[i]) ? (int)lround(values[i] / most * (WIDTH - 16)) : 0;
+    int len =
+        most > 0 && isfinite(values[i]) ? (int)lround(values[i] / most * (WIDTH - 16)) : 0;
     fprintf(out, "  %12s |", labels[i]);
     for (int c = 0; c < len; c++)
       fputc('#', out);

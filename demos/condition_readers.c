@@ -23,9 +23,9 @@ static const demo_info_t info = {
 #define READERS_MAX 2
 
 typedef struct {
-  long readers;        /* readers in (reading or waiting to) */
-  long writing;        /* writers writing now */
-  long stop;           /* set by main at the end */
+  long readers; /* readers in (reading or waiting to) */
+  long writing; /* writers writing now */
+  long stop;    /* set by main at the end */
   long torn, stuck, reads;
 } shared_t;
 

@@ -20,9 +20,9 @@ static const demo_info_t info = {
 typedef struct {
   mp_event_t *go;
   mp_barrier_t *barrier;
-  mp_array_t *woke;    /* 'd': when each worker woke, on the monotonic clock */
-  mp_array_t *phase;   /* 'l': each worker's phase */
-  mp_value_t *behind;  /* 'l': slots found behind after a Barrier */
+  mp_array_t *woke;   /* 'd': when each worker woke, on the monotonic clock */
+  mp_array_t *phase;  /* 'l': each worker's phase */
+  mp_value_t *behind; /* 'l': slots found behind after a Barrier */
   int id, workers;
 } worker_args_t;
 
@@ -92,10 +92,11 @@ int main(int argc, char **argv) {
   long n_phases, n_behind;
   CHECK(mp_value_get_long(phases, &n_phases));
   CHECK(mp_value_get_long(behind, &n_behind));
-  printf("2. Barrier(%d): %d phases; the slowest worker takes %d ms a phase, the fastest 1 ms.\n"
-         "   The action ran %ld times (once a phase); slots found behind after a Barrier: %ld.\n"
-         "   Everyone waits for the slowest at each Barrier: no phase overlaps the next.\n\n",
-         workers, PHASES, workers, n_phases, n_behind);
+  printf(
+      "2. Barrier(%d): %d phases; the slowest worker takes %d ms a phase, the fastest 1 ms.\n"
+      "   The action ran %ld times (once a phase); slots found behind after a Barrier: %ld.\n"
+      "   Everyone waits for the slowest at each Barrier: no phase overlaps the next.\n\n",
+      workers, PHASES, workers, n_phases, n_behind);
 
   CHECK(mp_event_close(go));
   CHECK(mp_barrier_close(barrier));

@@ -217,8 +217,8 @@ typedef struct {
   int fd;                  /* a file descriptor of the parent's, and its file's identity */
   dev_t dev;
   ino_t ino;
-  int copy;             /* a value sent as bytes */
-  mp_value_t *shared;   /* a handle to shared memory */
+  int copy;           /* a value sent as bytes */
+  mp_value_t *shared; /* a handle to shared memory */
 } inherit_args_t;
 
 static int report(void *arg, size_t size) {
@@ -255,8 +255,8 @@ static int part3(mp_context_t *ctxs[3]) {
          "   has a heap block holding a random number and an open file. Each child is given\n"
          "   the block's address and the descriptor's number as bytes, and 42 twice: as bytes\n"
          "   and in a shared Value.\n\n");
-  printf("   %-10s %9s %15s %12s %14s %15s\n", "method", "g_global", "pointer valid", "fd valid",
-         "main() ran", "bytes + Value");
+  printf("   %-10s %9s %15s %12s %14s %15s\n", "method", "g_global", "pointer valid",
+         "fd valid", "main() ran", "bytes + Value");
   FILE *file = tmpfile();
   uint64_t *block = malloc(sizeof *block);
   struct stat st;
@@ -290,13 +290,14 @@ static int part3(mp_context_t *ctxs[3]) {
          "   are closed, its globals hold the source's values. Give a child what it needs as\n"
          "   bytes in its argument, or as libmp objects (Value, Array, Queue, Pipe): both\n"
          "   work under every method.\n\n");
-  printf("4. No `if __name__ == \"__main__\":` guard. The line \"main() starts\" at the top was\n"
-         "   printed once, and the column \"main() ran\" says no for spawn and forkserver,\n"
-         "   although their children run this very program: libmp recognises a child before\n"
-         "   main() and runs its target instead. Python runs the main module's top level in\n"
-         "   each spawned child, hence its guard; in C with libmp there is nothing to guard.\n"
-         "   (A forked child has main()'s flag because it has a copy of the parent's memory:\n"
-         "   it did not run main() either.)\n\n");
+  printf(
+      "4. No `if __name__ == \"__main__\":` guard. The line \"main() starts\" at the top was\n"
+      "   printed once, and the column \"main() ran\" says no for spawn and forkserver,\n"
+      "   although their children run this very program: libmp recognises a child before\n"
+      "   main() and runs its target instead. Python runs the main module's top level in\n"
+      "   each spawned child, hence its guard; in C with libmp there is nothing to guard.\n"
+      "   (A forked child has main()'s flag because it has a copy of the parent's memory:\n"
+      "   it did not run main() either.)\n\n");
   return wrong;
 }
 

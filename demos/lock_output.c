@@ -21,8 +21,8 @@ static const demo_info_t info = {
     false};
 
 typedef struct {
-  mp_lock_t *lock;      /* NULL: print without one */
-  mp_event_t *go;       /* set once every printer is running */
+  mp_lock_t *lock;       /* NULL: print without one */
+  mp_event_t *go;        /* set once every printer is running */
   mp_semaphore_t *ready; /* one release per printer that waits for go */
   int id;
   char path[64]; /* the shared output file: its name crosses as bytes */

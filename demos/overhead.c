@@ -82,9 +82,10 @@ int main(int argc, char **argv) {
   static const int worker_counts[] = {1, 2, 4, 8, 16};
   enum { WORKER_POINTS = 5 };
 
-  printf("The overhead study: a fresh Pool() per call (%s, %d workers by default), each call\n"
-         "repeated %d times; times in seconds per call. Load average now: %.1f on %d cores.\n\n",
-         mp_context_start_method(ctx), cpus, repeats, demo_load(), cpus);
+  printf(
+      "The overhead study: a fresh Pool() per call (%s, %d workers by default), each call\n"
+      "repeated %d times; times in seconds per call. Load average now: %.1f on %d cores.\n\n",
+      mp_context_start_method(ctx), cpus, repeats, demo_load(), cpus);
 
   /* Study 1: N = 100, 1000, ... largest. */
   double n_values[8], mins[8], medians[8], serials[8];
@@ -104,18 +105,19 @@ int main(int argc, char **argv) {
     demo_progress("overhead", done, calls);
     printf("   %10llu %10.4f %10.4f %10.4f %10.1fx\n", (unsigned long long)n, mins[i],
            medians[i], serials[i], mins[i] / serials[i]);
-    demo_csv("work,default,%llu,4,%d,%.6f,%.6f,%.6f", (unsigned long long)n, cpus, mins[i], medians[i],
-             serials[i]);
+    demo_csv("work,default,%llu,4,%d,%.6f,%.6f,%.6f", (unsigned long long)n, cpus, mins[i],
+             medians[i], serials[i]);
   }
 
   /* The fixed cost: the smallest N's time less its own work, which is next to nothing. */
   double overhead = mins[0] - serials[0];
-  printf("\n   Fixed overhead of one Pool() call, from N = 100: %.1f ms (min), %.1f ms (median).\n"
-         "   The lecture backs out about 0.3 s for Python's Pool (4 workers, spawn): libmp's\n"
-         "   is %.0f times smaller here. Serial calc_pi does %.0f million samples a second;\n"
-         "   the lecture's Python did calc_pi(100_000) in 63.6 ms, 1.6 million a second.\n",
-         1e3 * overhead, 1e3 * (medians[0] - serials[0]), 0.3 / overhead,
-         4.0 * n_values[points - 1] / serials[points - 1] / 1e6);
+  printf(
+      "\n   Fixed overhead of one Pool() call, from N = 100: %.1f ms (min), %.1f ms (median).\n"
+      "   The lecture backs out about 0.3 s for Python's Pool (4 workers, spawn): libmp's\n"
+      "   is %.0f times smaller here. Serial calc_pi does %.0f million samples a second;\n"
+      "   the lecture's Python did calc_pi(100_000) in 63.6 ms, 1.6 million a second.\n",
+      1e3 * overhead, 1e3 * (medians[0] - serials[0]), 0.3 / overhead,
+      4.0 * n_values[points - 1] / serials[points - 1] / 1e6);
   if (points >= 2)
     printf("   From N = %.0f to %.0f the time grows %.1f times for 10 times the work (the\n"
            "   lecture saw more than 10 times from 10^6 to 10^7).\n",

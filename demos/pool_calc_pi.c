@@ -95,12 +95,13 @@ int main(int argc, char **argv) {
     wrong += samples >= 100000 && fabs(pi - M_PI) > 0.05;
     labels[rows] = names[i], secs[rows++] = seconds;
   }
-  printf("\n\"serial\" runs the tasks one after the other in this process. \"thread\" runs them\n"
-         "on %d threads of this process; the other rows on %d worker processes. A speed-up\n"
-         "near the number of free cores means the work dominates; a small one, that starting\n"
-         "the pool and moving tasks cost as much as the work (try fewer samples). Unlike\n"
-         "Python's threads, C threads run calc_pi in parallel: there is no GIL.\n",
-         workers, workers);
+  printf(
+      "\n\"serial\" runs the tasks one after the other in this process. \"thread\" runs them\n"
+      "on %d threads of this process; the other rows on %d worker processes. A speed-up\n"
+      "near the number of free cores means the work dominates; a small one, that starting\n"
+      "the pool and moving tasks cost as much as the work (try fewer samples). Unlike\n"
+      "Python's threads, C threads run calc_pi in parallel: there is no GIL.\n",
+      workers, workers);
   if (demo_opt.chart)
     chart_bars(stdout, "Seconds for the same work", "s", labels, secs, rows);
   if (wrong) {

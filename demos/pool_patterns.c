@@ -187,8 +187,8 @@ int main(int argc, char **argv) {
   printf("\n  %d tasks, the first the longest; the order in which the results come:\n", NAPS);
   for (int unordered = 0; unordered < 2; unordered++) {
     if (unordered)
-      CHECK(mp_pool_imap_unordered(pool, nap, naps, NAPS, sizeof naps[0], sizeof(long), 1,
-                                   &it));
+      CHECK(
+          mp_pool_imap_unordered(pool, nap, naps, NAPS, sizeof naps[0], sizeof(long), 1, &it));
     else
       CHECK(mp_pool_imap(pool, nap, naps, NAPS, sizeof naps[0], sizeof(long), 1, &it));
     int seen[NAPS] = {0}, k = 0, in_order = 1;
@@ -211,8 +211,9 @@ int main(int argc, char **argv) {
     if (!unordered)
       wrong += !in_order;
   }
-  printf("\n  imap waits for item 0 before it hands out item 1; imap_unordered hands out each\n"
-         "  result as soon as it is ready. Use map for data, apply_async for separate tasks.\n");
+  printf(
+      "\n  imap waits for item 0 before it hands out item 1; imap_unordered hands out each\n"
+      "  result as soon as it is ready. Use map for data, apply_async for separate tasks.\n");
 
   CHECK(mp_pool_close(pool));
   CHECK(mp_pool_join(pool, 60));

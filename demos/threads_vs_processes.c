@@ -122,10 +122,11 @@ int main(int argc, char **argv) {
   printf("   %-18s %10s %10s\n", "", "min (us)", "median (us)");
   printf("   %-18s %10.1f %10.1f\n", "thread", tus[0], tmed);
   printf("   %-18s %10.1f %10.1f\n", method, pus[0], pmed);
-  printf("   A process costs %.0f times a thread (by the min): it gets its own memory, its own\n"
-         "   file table and, under spawn, a fresh run of the program. The lecture's Python\n"
-         "   threads, unlike these, could not run calc_pi in parallel (the GIL).\n",
-         pus[0] / tus[0]);
+  printf(
+      "   A process costs %.0f times a thread (by the min): it gets its own memory, its own\n"
+      "   file table and, under spawn, a fresh run of the program. The lecture's Python\n"
+      "   threads, unlike these, could not run calc_pi in parallel (the GIL).\n",
+      pus[0] / tus[0]);
   demo_csv("kind,min_us,median_us");
   demo_csv("thread,%.2f,%.2f", tus[0], tmed);
   demo_csv("%s,%.2f,%.2f", method, pus[0], pmed);

@@ -113,8 +113,8 @@ int main(int argc, char **argv) {
   long increments = demo_count(argc, argv, 2, 100000);
   int wrong = 0;
 
-  printf("1. Typed elements, filled by %d %s children (child i writes element i).\n",
-         WORKERS, mp_context_start_method(ctx));
+  printf("1. Typed elements, filled by %d %s children (child i writes element i).\n", WORKERS,
+         mp_context_start_method(ctx));
   mp_array_t *squares, *text, *points;
   CHECK(mp_array_create(&squares, 'd', WORKERS, NULL, NULL));
   CHECK(mp_array_create(&text, 'c', 7, NULL, NULL));
