@@ -55,9 +55,7 @@ int main(int argc, char **argv) {
   demo_parse(&argc, argv, &info);
   mp_context_t *ctx = demo_context(argc, argv, &info);
   double budget = (double)demo_count(argc, argv, 2, 300) / 1000;
-  int repeats = (int)demo_count(argc, argv, 3, 5);
-  if (repeats > 32)
-    repeats = 32;
+  int repeats = (int)demo_count_at_most(argc, argv, 3, 5, 32);
   int cpus = mp_cpu_count();
   int max_workers = cpus + 2 < MAX_WORKERS ? cpus + 2 : MAX_WORKERS;
 

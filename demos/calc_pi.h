@@ -6,8 +6,7 @@
 #ifndef DEMO_CALC_PI_H
 #define DEMO_CALC_PI_H
 
-#include <stddef.h>
-#include <stdint.h>
+#include "demo.h"
 
 /* A Pool task's argument: Python's starmap tuple (N,), with a seed per task so that the
  * tasks draw different points. */
@@ -37,6 +36,44 @@ static inline int pi_task(const void *arg, size_t size, void *result, size_t *re
   const pi_task_t *t = arg;
   *(uint64_t *)result = pi_count_inside(t->samples, t->seed);
   return 0;
+}
+
+/* The estimate of pi from `tasks` tasks of `samples` each, as the lectures' submit() makes
+ * it: a fresh Pool of `workers` (MP_POOL_CPU_COUNT: the default) of ctx, one starmap with
+ * Python's default chunksize, close, join. ctx NULL runs the tasks one after the other in
+ * this process instead. *seconds: the time of all of it. */
+static inline double pi_submit(mp_context_t *ctx, int workers, int tasks, uint64_t samples,
+                               double *seconds) {
+  pi_task_t *args = calloc((size_t)tasks, sizeof *args);
+  uint64_t *inside = calloc((size_t)tasks, sizeof *inside), total = 0;
+  if (!args || !inside) {
+    fprintf(stderr, "calc_pi: no memory\n");
+    exit(1);
+  }
+  for (int i = 0; i < tasks; i++)
+    args[i] = (pi_task_t){samples, (uint64_t)i + 1};
+  double start = demo_now();
+  if (!ctx) {
+    for (int i = 0; i < tasks; i++)
+      inside[i] = pi_count_inside(args[i].samples, args[i].seed);
+  } else {
+    mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+    mp_pool_t *pool;
+    o.processes = workers;
+    o.context = ctx;
+    CHECK(mp_pool_create(&pool, &o));
+    CHECK(mp_pool_starmap(pool, pi_task, args, (size_t)tasks, sizeof args[0], inside,
+                          sizeof inside[0], 0));
+    CHECK(mp_pool_close(pool));
+    CHECK(mp_pool_join(pool, 60));
+    mp_pool_destroy(pool);
+  }
+  *seconds = demo_now() - start;
+  for (int i = 0; i < tasks; i++)
+    total += inside[i];
+  free(args);
+  free(inside);
+  return 4.0 * (double)total / ((double)samples * tasks);
 }
 
 #endif /* DEMO_CALC_PI_H */

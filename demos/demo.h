@@ -146,6 +146,12 @@ static inline long demo_count(int argc, char **argv, int i, long fallback) {
   return n;
 }
 
+/* The same, at most most: a demo's fixed tables have room for that many. */
+static inline long demo_count_at_most(int argc, char **argv, int i, long fallback, long most) {
+  long n = demo_count(argc, argv, i, fallback);
+  return n < most ? n : most;
+}
+
 static inline double demo_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -53,9 +53,7 @@ static int worker(void *arg, size_t size) {
 int main(int argc, char **argv) {
   demo_parse(&argc, argv, &info);
   mp_context_t *ctx = demo_context(argc, argv, &info);
-  int workers = (int)demo_count(argc, argv, 2, 4);
-  if (workers > 32)
-    workers = 32;
+  int workers = (int)demo_count_at_most(argc, argv, 2, 4, 32);
   worker_args_t args[32];
   mp_process_t *procs[32];
   mp_event_t *go;

@@ -110,9 +110,7 @@ static int run(mp_context_t *ctx, mp_lock_t *lock, int n) {
 int main(int argc, char **argv) {
   demo_parse(&argc, argv, &info);
   mp_context_t *ctx = demo_context(argc, argv, &info);
-  int n = (int)demo_count(argc, argv, 2, 10);
-  if (n > 64)
-    n = 64;
+  int n = (int)demo_count_at_most(argc, argv, 2, 10, 64);
   mp_lock_t *lock;
   CHECK(mp_lock_create(&lock));
   printf("%d processes (%s) print one line each, in four pieces, starting together.\n\n"

@@ -25,25 +25,7 @@ static const demo_info_t info = {
  * default), starmap of `tasks` tasks of samples each, close, join. Returns its seconds and
  * checks the pi it computes when there are enough samples to tell. */
 static double submit(mp_context_t *ctx, int workers, int tasks, uint64_t samples) {
-  pi_task_t args[16];
-  uint64_t inside[16], total = 0;
-  for (int i = 0; i < tasks; i++)
-    args[i] = (pi_task_t){samples, (uint64_t)i + 1};
-  double start = demo_now();
-  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
-  mp_pool_t *pool;
-  o.processes = workers;
-  o.context = ctx;
-  CHECK(mp_pool_create(&pool, &o));
-  CHECK(mp_pool_starmap(pool, pi_task, args, (size_t)tasks, sizeof args[0], inside,
-                        sizeof inside[0], 0));
-  CHECK(mp_pool_close(pool));
-  CHECK(mp_pool_join(pool, 60));
-  mp_pool_destroy(pool);
-  double seconds = demo_now() - start;
-  for (int i = 0; i < tasks; i++)
-    total += inside[i];
-  double pi = 4.0 * (double)total / ((double)samples * tasks);
+  double seconds, pi = pi_submit(ctx, workers, tasks, samples, &seconds);
   if (samples * (uint64_t)tasks >= 100000 && fabs(pi - M_PI) > 0.05) {
     fprintf(stderr, "overhead: a pool computed pi = %f\n", pi);
     exit(1);
@@ -73,9 +55,7 @@ int main(int argc, char **argv) {
   demo_parse(&argc, argv, &info);
   mp_context_t *ctx = demo_context(argc, argv, &info);
   long largest = demo_count(argc, argv, 2, 10000000);
-  int repeats = (int)demo_count(argc, argv, 3, 5);
-  if (repeats > 64)
-    repeats = 64;
+  int repeats = (int)demo_count_at_most(argc, argv, 3, 5, 64);
   if (largest < 100)
     largest = 100;
   int cpus = mp_cpu_count();

@@ -22,50 +22,12 @@ static const demo_info_t info = {
     "processes. Exits 1 if a row's pi is wrong.",
     true};
 
-/* pi from `workers` tasks of samples / workers each, on a pool of the context (NULL: none,
- * the tasks run one after the other in this process). */
-static double run(mp_context_t *ctx, uint64_t samples, int workers, double *seconds) {
-  pi_task_t *args = calloc((size_t)workers, sizeof *args);
-  uint64_t *counts = calloc((size_t)workers, sizeof *counts);
-  if (!args || !counts) {
-    fprintf(stderr, "pool_calc_pi: no memory\n");
-    exit(1);
-  }
-  for (int i = 0; i < workers; i++)
-    args[i] = (pi_task_t){samples / (uint64_t)workers, (uint64_t)i + 1};
-  double start = demo_now();
-  if (!ctx) {
-    for (int i = 0; i < workers; i++)
-      counts[i] = pi_count_inside(args[i].samples, args[i].seed);
-  } else {
-    mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
-    mp_pool_t *pool;
-    o.processes = workers;
-    o.context = ctx;
-    CHECK(mp_pool_create(&pool, &o));
-    CHECK(mp_pool_starmap(pool, pi_task, args, (size_t)workers, sizeof args[0], counts,
-                          sizeof counts[0], 1));
-    CHECK(mp_pool_close(pool));
-    CHECK(mp_pool_join(pool, 60));
-    mp_pool_destroy(pool);
-  }
-  *seconds = demo_now() - start;
-  uint64_t inside = 0;
-  for (int i = 0; i < workers; i++)
-    inside += counts[i];
-  free(args);
-  free(counts);
-  return 4.0 * (double)inside / (double)(samples / (uint64_t)workers * (uint64_t)workers);
-}
-
 int main(int argc, char **argv) {
   demo_parse(&argc, argv, &info);
   bool all = argc < 2 || !strcmp(argv[1], "all");
   mp_context_t *chosen = all ? NULL : demo_context(argc, argv, &info);
   uint64_t samples = (uint64_t)demo_count(argc, argv, 2, 100000000);
-  int workers = (int)demo_count(argc, argv, 3, mp_cpu_count());
-  if (workers > 1024)
-    workers = 1024;
+  int workers = (int)demo_count_at_most(argc, argv, 3, mp_cpu_count(), 1024);
   if (samples < (uint64_t)workers)
     samples = (uint64_t)workers;
   const char *names[] = {"serial", "thread", "fork", "spawn", "forkserver"};
@@ -86,7 +48,8 @@ int main(int argc, char **argv) {
       CHECK(mp_get_context(names[i], &ctx));
     else if (i > 1)
       continue;
-    double seconds, pi = run(ctx, samples, i ? workers : 1, &seconds);
+    double seconds,
+        pi = pi_submit(ctx, workers, workers, samples / (uint64_t)workers, &seconds);
     if (i == 0)
       serial = seconds;
     printf("  %-12s %10.6f %8.3fs %9.2f\n", names[i], pi, seconds, serial / seconds);

@@ -80,21 +80,18 @@ static long sum_of_squares(long n) {
   return s;
 }
 
-static int primes_task(const void *arg, size_t size, void *result, size_t *result_size) {
-  (void)size, (void)result_size;
-  *(long *)result = count_primes(*(const long *)arg);
-  return 0;
-}
+/* apply_async's task: which of the three functions, and its limit. */
+typedef struct {
+  int which;
+  long n;
+} job_t;
 
-static int collatz_task(const void *arg, size_t size, void *result, size_t *result_size) {
-  (void)size, (void)result_size;
-  *(long *)result = longest_collatz(*(const long *)arg);
-  return 0;
-}
+static long (*const jobs[3])(long) = {count_primes, longest_collatz, sum_of_squares};
 
-static int squares_task(const void *arg, size_t size, void *result, size_t *result_size) {
+static int run_job(const void *arg, size_t size, void *result, size_t *result_size) {
   (void)size, (void)result_size;
-  *(long *)result = sum_of_squares(*(const long *)arg);
+  const job_t *j = arg;
+  *(long *)result = jobs[j->which](j->n);
   return 0;
 }
 
@@ -167,13 +164,13 @@ int main(int argc, char **argv) {
   printf("Task parallelism: different tasks at the same time (apply_async).\n");
   long limit = n * 20;
   mp_async_result_t *ar[3];
-  mp_task_fn_t fns[3] = {primes_task, collatz_task, squares_task};
   const char *names[3] = {"count_primes", "longest_collatz", "sum_of_squares"};
-  long (*serial[3])(long) = {count_primes, longest_collatz, sum_of_squares};
-  for (int t = 0; t < 3; t++)
-    CHECK(mp_pool_apply_async(pool, fns[t], &limit, sizeof limit, sizeof(long), NULL, &ar[t]));
   for (int t = 0; t < 3; t++) {
-    long got, want = serial[t](limit);
+    job_t job = {t, limit};
+    CHECK(mp_pool_apply_async(pool, run_job, &job, sizeof job, sizeof(long), NULL, &ar[t]));
+  }
+  for (int t = 0; t < 3; t++) {
+    long got, want = jobs[t](limit);
     CHECK(mp_async_result_get(ar[t], &got, sizeof got, NULL, 60));
     mp_async_result_free(ar[t]);
     printf("  %-16s(%ld) = %-10ld (serially: %ld)\n", names[t], limit, got, want);

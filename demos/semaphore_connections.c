@@ -69,9 +69,7 @@ static long run(mp_context_t *ctx, mp_semaphore_t *sem, int clients, double *sec
 int main(int argc, char **argv) {
   demo_parse(&argc, argv, &info);
   mp_context_t *ctx = demo_context(argc, argv, &info);
-  int clients = (int)demo_count(argc, argv, 2, 10);
-  if (clients > 64)
-    clients = 64;
+  int clients = (int)demo_count_at_most(argc, argv, 2, 10, 64);
   int wrong = 0;
   double seconds;
 
