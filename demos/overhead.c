@@ -43,14 +43,6 @@ static void timed(mp_context_t *ctx, int workers, int tasks, uint64_t samples, i
   *min = t[0];
 }
 
-static double serial_seconds(int tasks, uint64_t samples) {
-  double start = demo_now();
-  volatile uint64_t sink = 0;
-  for (int i = 0; i < tasks; i++)
-    sink += pi_count_inside(samples, (uint64_t)i + 1);
-  return demo_now() - start;
-}
-
 int main(int argc, char **argv) {
   demo_parse(&argc, argv, &info);
   mp_context_t *ctx = demo_context(argc, argv, &info);
@@ -80,7 +72,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < points; i++) {
     uint64_t n = (uint64_t)n_values[i];
     timed(ctx, MP_POOL_CPU_COUNT, 4, n, repeats, &mins[i], &medians[i]);
-    serials[i] = serial_seconds(4, n);
+    pi_submit(NULL, 0, 4, n, &serials[i]); /* the same tasks, one after the other */
     done += repeats;
     demo_progress("overhead", done, calls);
     printf("   %10llu %10.4f %10.4f %10.4f %10.1fx\n", (unsigned long long)n, mins[i],
