@@ -3,16 +3,16 @@
 load scripts.'/common.gp'
 set multiplot layout 1,2 title 'Overhead of a fresh Pool per call (starmap of calc\_pi)'
 set title 'Vary the work: 4 tasks of N samples'
-set key bottom right
+set key bottom right font ',9' width -2
 set logscale xy
 set format x '10^{%L}'
 set format y '%g'
 set xlabel 'N samples per task'
 set ylabel 'seconds per call'
-plot data skip 1 using 3:(strcol(1) eq 'work' ? $6 : NaN) with linespoints pt 7 title 'Pool(), min', \
-     data skip 1 using 3:(strcol(1) eq 'work' ? $7 : NaN) with linespoints pt 6 title 'Pool(), median', \
-     data skip 1 using 3:(strcol(1) eq 'work' ? $8 : NaN) with linespoints pt 5 title 'serial loop', \
-     0.3 with lines dt 2 lc rgb 'grey' title "lecture: Python's Pool, about 0.3 s"
+plot data skip 1 using 3:(strcol(1) eq 'work' ? $6 : NaN) with linespoints pt 7 title 'Pool() min', \
+     data skip 1 using 3:(strcol(1) eq 'work' ? $7 : NaN) with linespoints pt 6 title 'Pool() median', \
+     data skip 1 using 3:(strcol(1) eq 'work' ? $8 : NaN) with linespoints pt 5 title 'serial', \
+     0.3 with lines dt 2 lc rgb 'grey' title "Python (lecture): 0.3 s"
 unset logscale y
 unset format x
 set format y '%g'
