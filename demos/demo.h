@@ -123,11 +123,14 @@ __attribute__((format(printf, 1, 2))) static inline void demo_csv(const char *fm
 /* The context of argv[1] ("fork", "spawn" or "forkserver"), or of the default start method
  * (mp_get_start_method(), which MP_START_METHOD sets) when there is no argv[1]. */
 static inline mp_context_t *demo_context(int argc, char **argv, const demo_info_t *info) {
-  mp_context_t *ctx;
+  mp_context_t *ctx = NULL;
   const char *method = argc > 1 ? argv[1] : NULL;
   /* "thread" is a context for pools only; these demos start processes. */
   if (mp_get_context(method, &ctx) < 0 || (method && !strcmp(method, "thread"))) {
-    fprintf(stderr, "%s: %s\nusage: %s\n", argv[0], mp_last_error(), info->usage);
+    fprintf(stderr, "%s: %s\nusage: %s\n", argv[0],
+            ctx ? "\"thread\" starts no process: it is a context for pools only"
+                : mp_last_error(),
+            info->usage);
     exit(2);
   }
   return ctx;

@@ -85,10 +85,12 @@ int main(int argc, char **argv) {
   double overhead = mins[0] - serials[0];
   printf(
       "\n   Fixed overhead of one Pool() call, from N = 100: %.1f ms (min), %.1f ms (median).\n"
-      "   The lecture backs out about 0.3 s for Python's Pool (4 workers, spawn): libmp's\n"
-      "   is %.0f times smaller here. Serial calc_pi does %.0f million samples a second;\n"
+      "   The lecture backs out about 0.3 s for Python's Pool (4 cores, spawn): %.1f times\n"
+      "   this. If that is the sum of its timeit(number=5), one Python call costs 0.06 s:\n"
+      "   %.1f times this.\n"
+      "   Serial calc_pi does %.0f million samples a second;\n"
       "   the lecture's Python did calc_pi(100_000) in 63.6 ms, 1.6 million a second.\n",
-      1e3 * overhead, 1e3 * (medians[0] - serials[0]), 0.3 / overhead,
+      1e3 * overhead, 1e3 * (medians[0] - serials[0]), 0.3 / overhead, 0.06 / overhead,
       4.0 * n_values[points - 1] / serials[points - 1] / 1e6);
   if (points >= 2)
     printf("   From N = %.0f to %.0f the time grows %.1f times for 10 times the work (the\n"
