@@ -188,11 +188,15 @@ int main(int argc, char **argv) {
   printf("%d writers and 1 or 2 readers (%s), %d reads per reader.\n\n", WRITERS,
          mp_context_start_method(ctx), rounds);
   printf("   %-40s %7s %11s %6s %6s\n", "protocol", "readers", "reads done", "torn", "stuck");
+  demo_progress("protocols", 0, 3);
   shared_t one = run(ctx, LECTURE, 1, rounds, 1);
+  demo_progress("protocols", 1, 3);
   row("1. Event + two Barriers", 1, rounds, one);
   shared_t two = run(ctx, LECTURE, 2, rounds, 1);
+  demo_progress("protocols", 2, 3);
   row("2. Event + two Barriers", 2, rounds, two);
   shared_t fixed = run(ctx, CONDITION, 2, rounds, 20);
+  demo_progress("protocols", 3, 3);
   row("3. Condition (readers in, writers out)", 2, rounds, fixed);
   printf("\n   torn: copies that changed while being taken (a writer was writing);\n"
          "   stuck: a reader waited 1 s at a Barrier (20 s for the writers in 3) and gave\n"

@@ -104,8 +104,11 @@ int main(int argc, char **argv) {
   int ordered[4] = {0};
   worker_args_t same[2] = {{a, b, NULL, 30, "A", "B"}, {a, b, NULL, 30, "A", "B"}};
   start = demo_now();
-  for (int r = 0; r < rounds; r++)
+  demo_progress("rounds", 0, rounds);
+  for (int r = 0; r < rounds; r++) {
     run(ctx, same, ordered);
+    demo_progress("rounds", r + 1, rounds);
+  }
   printf("   %d of %d processes got both locks, %d timed out (%.2f s).\n\n", ordered[GOT_BOTH],
          2 * rounds, ordered[TIMED_OUT], demo_now() - start);
 

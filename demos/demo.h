@@ -180,7 +180,9 @@ static inline void demo_progress(const char *what, long done, long total) {
       fprintf(stderr, "\r\033[K");
     visible = false;
   } else if (now - started >= 1.0 && now - shown >= 0.2) {
-    fprintf(stderr, "\r\033[K%s: %ld/%ld", what, done, total);
+    /* The cursor goes back to the start of the line: what the demo prints next (a row
+     * of its table, longer than this) writes over it. */
+    fprintf(stderr, "\r\033[K%s: %ld/%ld\r", what, done, total);
     shown = now;
     visible = true;
   }

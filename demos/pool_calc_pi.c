@@ -40,7 +40,9 @@ int main(int argc, char **argv) {
          (unsigned long long)samples, workers, workers, demo_load(), mp_cpu_count());
   printf("  %-12s %10s %9s %9s\n", "pool", "pi", "seconds", "speed-up");
   demo_csv("pool,workers,samples,seconds,speedup,pi");
+  demo_progress("pools", 0, 5);
   for (size_t i = 0; i < 5; i++) {
+    demo_progress("pools", (long)i, 5);
     mp_context_t *ctx = NULL;
     if (i == 1)
       CHECK(mp_get_context("thread", &ctx));
@@ -58,6 +60,7 @@ int main(int argc, char **argv) {
     wrong += samples >= 100000 && fabs(pi - M_PI) > 0.05;
     labels[rows] = names[i], secs[rows++] = seconds;
   }
+  demo_progress("pools", 5, 5);
   printf(
       "\n\"serial\" runs the tasks one after the other in this process. \"thread\" runs them\n"
       "on %d threads of this process; the other rows on %d worker processes. A speed-up\n"

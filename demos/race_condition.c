@@ -128,7 +128,9 @@ int main(int argc, char **argv) {
 
   int wrong = 0;
   long lost_unlocked = 0;
+  demo_progress("counters", 0, 3);
   for (int locked = 0; locked < 3; locked++) {
+    demo_progress("counters", locked, 3);
     mp_value_t *counter;
     if (locked)
       CHECK(mp_value_create(&counter, 'l', NULL, NULL));
@@ -145,6 +147,7 @@ int main(int argc, char **argv) {
     CHECK(mp_value_close(counter));
   }
 
+  demo_progress("counters", 3, 3);
   printf("\n");
   if (lost_unlocked > 0)
     printf("Without the lock %ld of %ld updates were lost (%.1f%%).\n", lost_unlocked, expected,
