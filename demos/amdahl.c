@@ -1,183 +1,149 @@
 /*
- * Amdahl's law and the cost of a pool (seeds 001 and 003).
- *
- * 1. A job is a serial part (run by the main process alone) and a parallel part split into
- *    tasks for a Pool (mp_pool_map). With a serial fraction s of the one-worker time, n
- *    workers can at best give a speed-up of 1 / (s + (1 - s) / n): the serial part does not
- *    shrink. Past the number of cores, more workers only share the same cores.
- * 2. The overhead study: calc_pi with 4 tasks of N samples each, on a fresh pool every time
- *    (as `with Pool() as pool: pool.starmap(calc_pi, ...)` does), against the serial loop.
- *    Starting workers and sending tasks is a fixed cost: for a small N it dominates and the
- *    pool is slower than the loop; for a large N it does not matter.
- * 3. A fixed amount of work split over 1, 2, ... workers, small and large: only the large one
- *    gains from more workers.
- * Times are printed, never checked: they depend on the machine and its load.
- *
- * Usage: amdahl [fork|spawn|forkserver] [milliseconds of work per run]
+ * Amdahl's law (seed 003). A job is a serial part, run by the main process alone, and a
+ * parallel part split into tasks for a Pool (mp_pool_starmap). With a serial fraction s of
+ * the one-worker time, n workers give at best a speed-up of 1 / (s + (1 - s) / n): the
+ * serial part does not shrink. Past the number of cores, more workers only share the same
+ * cores, so the bound on this machine is the law with min(n, cores). Each point is measured
+ * several times and its min (the run the machine disturbed least) is compared with the
+ * bound: a speed-up above it, or runs far apart, say the machine was busy, and the demo
+ * says so instead of printing the number as if it were the law's.
  */
+#include "calc_pi.h"
+#include "chart.h"
 #include "demo.h"
 
-#include <stdint.h>
+#include <math.h>
 
-typedef struct {
-  uint64_t samples;
-  uint64_t seed;
-} pi_task_t;
+static const demo_info_t info = {
+    "amdahl [fork|spawn|forkserver] [milliseconds] [repeats]",
+    "Amdahl's law measured: a job of `milliseconds` of calc_pi work (default 300), 20% of\n"
+    "it serial and the rest in 24 tasks on a Pool of n = 1 .. cores + 2 workers (at most\n"
+    "8), started beforehand. Each point is run `repeats` times (default 5): min and median\n"
+    "time, the speed-up of the min against n = 1, and the bounds 1 / (s + (1 - s) / n),\n"
+    "with n and with min(n, cores). A speed-up above the bound, or a median far above the\n"
+    "min (a busy machine), is flagged. Exits 1 if a pool computes a wrong pi.\n"
+    "The overhead of starting a pool is the `overhead` demo's study.",
+    true};
 
-/* A uniform draw in [0, 1) from a 64-bit linear congruential generator: cheap, and the same
- * in every process. */
-static double uniform(uint64_t *state) {
-  *state = *state * 6364136223846793005ull + 1442695040888963407ull;
-  return (double)(*state >> 11) / 9007199254740992.0;
-}
-
-/* Monte Carlo pi: how many samples of the unit square fall inside the quarter disc. */
-static uint64_t count_inside(uint64_t samples, uint64_t seed) {
-  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1, inside = 0;
-  for (uint64_t i = 0; i < samples; i++) {
-    double x = uniform(&state), y = uniform(&state);
-    inside += x * x + y * y <= 1.0;
-  }
-  return inside;
-}
-
-/* The pool task: one pi_task_t in, its count of inside samples out. */
-static int calc_pi(const void *arg, size_t size, void *result, size_t *result_size) {
-  (void)size;
-  (void)result_size;
-  const pi_task_t *t = arg;
-  *(uint64_t *)result = count_inside(t->samples, t->seed);
-  return 0;
-}
-
-static mp_pool_t *pool_new(mp_context_t *ctx, int workers) {
-  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
-  mp_pool_t *pool;
-  o.processes = workers;
-  o.context = ctx;
-  CHECK(mp_pool_create(&pool, &o));
-  return pool;
-}
-
-static void pool_end(mp_pool_t *pool) {
-  CHECK(mp_pool_close(pool));
-  CHECK(mp_pool_join(pool, 60));
-  mp_pool_destroy(pool);
-}
-
-/* Runs n tasks of samples each on pool and returns their estimate of pi. */
-static double pool_pi(mp_pool_t *pool, int n, uint64_t samples) {
-  pi_task_t tasks[64] = {{0, 0}};
-  uint64_t counts[64] = {0}, inside = 0;
-  for (int i = 0; i < n; i++)
-    tasks[i] = (pi_task_t){samples, (uint64_t)i};
-  CHECK(mp_pool_starmap(pool, calc_pi, tasks, (size_t)n, sizeof tasks[0], counts,
-                        sizeof counts[0], 1));
-  for (int i = 0; i < n; i++)
-    inside += counts[i];
-  return 4.0 * (double)inside / ((double)samples * n);
-}
-
-/* 1. The serial part runs in this process; the parallel part as TASKS tasks on a pool of
- * n workers started beforehand (its start is not part of the job). */
 #define TASKS 24
-static void amdahl(mp_context_t *ctx, int cpus, int max_workers, uint64_t job_samples) {
-  const double serial_share = 0.2;
-  uint64_t serial = (uint64_t)((double)job_samples * serial_share);
-  uint64_t per_task = (job_samples - serial) / TASKS;
-  double t1 = 0, s = serial_share;
-  printf("1. Amdahl's law: a job of %llu samples, %.0f%% of them serial, the rest in %d tasks\n"
-         "   on a pool of n workers. Bound: 1 / (s + (1 - s) / n), s measured with n = 1;\n"
-         "   with %d cores, n workers get at most min(n, %d) cores.\n",
-         (unsigned long long)job_samples, 100 * serial_share, TASKS, cpus, cpus);
-  printf("   %8s %9s %9s %8s %15s %9s\n", "workers", "time", "speed-up", "bound",
-         "bound on cores", "pi");
-  for (int n = 1; n <= max_workers; n++) {
-    mp_pool_t *pool = pool_new(ctx, n);
-    double start = demo_now();
-    volatile uint64_t sink = count_inside(serial, 99);
-    double serial_time = demo_now() - start;
-    (void)sink;
-    double pi = pool_pi(pool, TASKS, per_task);
-    double t = demo_now() - start;
-    pool_end(pool);
-    if (n == 1) {
-      t1 = t;
-      s = serial_time / t;
-    }
-    int cores = n < cpus ? n : cpus;
-    printf("   %8d %8.3fs %9.2f %8.2f %15.2f %9.5f\n", n, t, t1 / t, 1 / (s + (1 - s) / n),
-           1 / (s + (1 - s) / cores), pi);
-  }
-  printf("   (measured serial fraction s = %.2f)\n\n", s);
-}
+#define MAX_WORKERS 8
 
-/* The time of 4 tasks of samples each: on a fresh pool of workers, or serially for 0. */
-static double timed_pi(mp_context_t *ctx, int workers, int tasks, uint64_t samples) {
+/* One run of the job on pool: the serial part here, then TASKS tasks. Returns seconds. */
+static double job(mp_pool_t *pool, uint64_t serial, uint64_t per_task, double *serial_time) {
+  pi_task_t tasks[TASKS];
+  uint64_t counts[TASKS], inside = 0;
+  for (int i = 0; i < TASKS; i++)
+    tasks[i] = (pi_task_t){per_task, (uint64_t)i + 1};
   double start = demo_now();
-  if (workers == 0) {
-    volatile uint64_t sink = 0;
-    for (int i = 0; i < tasks; i++)
-      sink += count_inside(samples, (uint64_t)i);
-  } else {
-    mp_pool_t *pool = pool_new(ctx, workers);
-    pool_pi(pool, tasks, samples);
-    pool_end(pool);
+  volatile uint64_t sink = pi_count_inside(serial, 99);
+  (void)sink;
+  *serial_time = demo_now() - start;
+  CHECK(mp_pool_starmap(pool, pi_task, tasks, TASKS, sizeof tasks[0], counts, sizeof counts[0],
+                        1));
+  double seconds = demo_now() - start;
+  for (int i = 0; i < TASKS; i++)
+    inside += counts[i];
+  double pi = 4.0 * (double)inside / ((double)per_task * TASKS);
+  if (per_task * TASKS >= 100000 && fabs(pi - M_PI) > 0.05) {
+    fprintf(stderr, "amdahl: the pool computed pi = %f\n", pi);
+    exit(1);
   }
-  return demo_now() - start;
+  return seconds;
 }
 
 int main(int argc, char **argv) {
-  mp_context_t *ctx = demo_context(argc, argv, "amdahl [fork|spawn|forkserver] [milliseconds]");
+  demo_parse(&argc, argv, &info);
+  mp_context_t *ctx = demo_context(argc, argv, &info);
   double budget = (double)demo_count(argc, argv, 2, 300) / 1000;
+  int repeats = (int)demo_count_at_most(argc, argv, 3, 5, 32);
   int cpus = mp_cpu_count();
-  int max_workers = cpus + 2 < 8 ? cpus + 2 : 8;
+  int max_workers = cpus + 2 < MAX_WORKERS ? cpus + 2 : MAX_WORKERS;
 
-  /* How many samples a second this machine does, to size the runs to the budget. */
+  /* How many samples a second this machine does, to size the job to the budget. */
   double start = demo_now();
-  volatile uint64_t sink = count_inside(1000000, 1);
+  volatile uint64_t sink = pi_count_inside(1000000, 1);
   (void)sink;
   double rate = 1000000 / (demo_now() - start);
-  uint64_t budget_samples = (uint64_t)(rate * budget);
-  if (budget_samples < 1000)
-    budget_samples = 1000;
-  double load = 0;
-  FILE *f = fopen("/proc/loadavg", "r");
-  if (f) {
-    if (fscanf(f, "%lf", &load) != 1)
-      load = 0;
-    fclose(f);
+  uint64_t samples = (uint64_t)(rate * budget);
+  if (samples < 10 * TASKS)
+    samples = 10 * TASKS;
+  const double serial_share = 0.2;
+  uint64_t serial = (uint64_t)((double)samples * serial_share);
+  uint64_t per_task = (samples - serial) / TASKS;
+  double load = demo_load();
+
+  printf("Amdahl's law: a job of %llu calc_pi samples (%.0f ms here), %.0f%% of them serial,\n"
+         "the rest in %d tasks on a pool of n workers (%s), %d runs per point.\n"
+         "Bound: 1 / (s + (1 - s) / n), s measured with n = 1; with %d cores, n workers get\n"
+         "at most min(n, %d) cores. Load average now: %.1f.\n\n",
+         (unsigned long long)samples, budget * 1e3, 100 * serial_share, TASKS,
+         mp_context_start_method(ctx), repeats, cpus, cpus, load);
+  printf("  %7s %9s %9s %9s %7s %8s  %s\n", "workers", "min", "median", "speed-up", "bound",
+         "on cores", "");
+  demo_csv("workers,min_s,median_s,speedup,bound,bound_cores");
+
+  double t1 = 0, s = serial_share;
+  double xs[MAX_WORKERS], speedups[MAX_WORKERS];
+  double bx[100], by[100], bcy[100];
+  int flagged = 0;
+  demo_progress("amdahl", 0, max_workers);
+  for (int n = 1; n <= max_workers; n++) {
+    mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+    mp_pool_t *pool;
+    o.processes = n;
+    o.context = ctx;
+    CHECK(mp_pool_create(&pool, &o));
+    double t[32], serial_min = INFINITY;
+    for (int r = 0; r < repeats; r++) {
+      double st;
+      t[r] = job(pool, serial, per_task, &st);
+      serial_min = fmin(serial_min, st);
+    }
+    CHECK(mp_pool_close(pool));
+    CHECK(mp_pool_join(pool, 60));
+    mp_pool_destroy(pool);
+    double median = demo_median(t, (size_t)repeats), min = t[0]; /* sorted */
+    if (n == 1) {
+      t1 = min;
+      s = serial_min / min;
+    }
+    int cores = n < cpus ? n : cpus;
+    double speedup = t1 / min, bound = 1 / (s + (1 - s) / n);
+    double bound_cores = 1 / (s + (1 - s) / cores);
+    const char *flag = "";
+    if (speedup > bound_cores * 1.05)
+      flag = "above the bound: the n = 1 run was slowed (a busy machine)";
+    else if (repeats > 1 && median > 1.5 * min)
+      flag = "runs far apart: a busy machine";
+    flagged += *flag != '\0';
+    printf("  %7d %8.3fs %8.3fs %9.2f %7.2f %8.2f  %s\n", n, min, median, speedup, bound,
+           bound_cores, flag);
+    demo_csv("%d,%.6f,%.6f,%.4f,%.4f,%.4f", n, min, median, speedup, bound, bound_cores);
+    xs[n - 1] = n, speedups[n - 1] = speedup;
+    demo_progress("amdahl", n, max_workers);
   }
-  printf("Amdahl's law and pool overhead, pools of processes started by %s, %d cores.\n"
-         "The machine does about %.0f million samples of calc_pi a second. Its load average\n"
-         "is %.1f: other programs running take cores away, and the speed-ups with them.\n\n",
-         mp_context_start_method(ctx), cpus, rate / 1e6, load);
-
-  amdahl(ctx, cpus, max_workers, budget_samples);
-
-  printf("2. Overhead: 4 tasks of N samples, on a new pool of %d workers vs a serial loop.\n",
+  printf("  (measured serial fraction s = %.2f)\n\n", s);
+  if (flagged)
+    printf("%d point(s) flagged: other programs took cores during the runs; compare the\n"
+           "speed-ups with the bound on an idle machine (or with more repeats).\n\n",
+           flagged);
+  printf("The speed-up stays under the bound: the serial part does not shrink, and past %d\n"
+         "workers there are no more cores. The lecture's rule: if x%% of a program is\n"
+         "parallel, x%% is the most it can save.\n",
          cpus);
-  printf("   %12s %9s %9s %9s\n", "N", "serial", "pool", "speed-up");
-  for (uint64_t n = 100; n <= budget_samples / 4; n *= 10) {
-    double serial = timed_pi(ctx, 0, 4, n), pooled = timed_pi(ctx, cpus, 4, n);
-    printf("   %12llu %8.4fs %8.4fs %9.2f%s\n", (unsigned long long)n, serial, pooled,
-           serial / pooled, serial < pooled ? "  (overhead dominates)" : "");
-  }
-  printf("   With N = 100 the time of the pool is almost all overhead: that is its fixed\n"
-         "   cost, starting the workers and exchanging tasks and results.\n\n");
 
-  printf("3. The same total work split into n tasks on a new pool of n workers.\n");
-  printf("   %8s %17s %17s\n", "workers", "100k samples", "budget samples");
-  double small1 = 0, large1 = 0;
-  uint64_t large = budget_samples;
-  for (int n = 1; n <= cpus + 1 && n <= 64; n++) {
-    double small = timed_pi(ctx, n, n, 100000 / (uint64_t)n);
-    double big = timed_pi(ctx, n, n, large / (uint64_t)n);
-    if (n == 1)
-      small1 = small, large1 = big;
-    printf("   %8d %8.4fs x%7.2f %8.4fs x%7.2f\n", n, small, small1 / small, big, large1 / big);
+  if (demo_opt.chart) {
+    for (int i = 0; i < 100; i++) {
+      bx[i] = 1 + (max_workers - 1) * i / 99.0;
+      by[i] = 1 / (s + (1 - s) / bx[i]);
+      bcy[i] = 1 / (s + (1 - s) / fmin(bx[i], cpus));
+    }
+    chart_series_t series[] = {{"Amdahl's bound", '.', bx, by, 100},
+                               {"bound on the cores", ':', bx, bcy, 100},
+                               {"measured (min)", 'o', xs, speedups, (size_t)max_workers}};
+    chart_plot(stdout,
+               &(chart_t){"Speed-up against workers", "workers", "speed-up", false, false, 0},
+               series, 3);
   }
-  printf("   The small job gains little or nothing from more workers: each one costs more to\n"
-         "   start than the work it takes over. The large one gains up to the free cores.\n");
   return 0;
 }

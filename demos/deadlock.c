@@ -69,8 +69,17 @@ static void run(mp_context_t *ctx, worker_args_t args[2], int outcomes[4]) {
   }
 }
 
+static const demo_info_t info = {
+    "deadlock [fork|spawn|forkserver] [rounds]",
+    "Two processes take two Locks in opposite order (seed 003): each holds one and waits\n"
+    "for the other's, a deadlock, caught here by acquire timeouts (MP_ETIMEDOUT) instead of\n"
+    "hanging. Then both take them in one global order, `rounds` times (default 20): no\n"
+    "deadlock. Exits 1 if the deadlock or its fix did not behave so.",
+    false};
+
 int main(int argc, char **argv) {
-  mp_context_t *ctx = demo_context(argc, argv, "deadlock [fork|spawn|forkserver] [rounds]");
+  demo_parse(&argc, argv, &info);
+  mp_context_t *ctx = demo_context(argc, argv, &info);
   int rounds = (int)demo_count(argc, argv, 2, 20);
   mp_lock_t *a, *b;
   mp_barrier_t *holding;
@@ -95,8 +104,11 @@ int main(int argc, char **argv) {
   int ordered[4] = {0};
   worker_args_t same[2] = {{a, b, NULL, 30, "A", "B"}, {a, b, NULL, 30, "A", "B"}};
   start = demo_now();
-  for (int r = 0; r < rounds; r++)
+  demo_progress("rounds", 0, rounds);
+  for (int r = 0; r < rounds; r++) {
     run(ctx, same, ordered);
+    demo_progress("rounds", r + 1, rounds);
+  }
   printf("   %d of %d processes got both locks, %d timed out (%.2f s).\n\n", ordered[GOT_BOTH],
          2 * rounds, ordered[TIMED_OUT], demo_now() - start);
 

@@ -10,19 +10,24 @@
  *   2. which value of a global variable each child sees,
  *   3. that main() runs once, although spawn executes this program again for every child.
  *
- * Try it: ./build/demos/fork_vs_spawn (a few seconds).
+ * Try it: ./build/demos/fork_vs_spawn (a few seconds); --help says more.
  */
-#include <mp.h>
+#include "chart.h"
+#include "demo.h"
 
-#include <stdbool.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
+static const demo_info_t info = {
+    "fork_vs_spawn [starts]",
+    "What each start method (fork, spawn, forkserver) costs, and what a child inherits:\n"
+    "  1. `starts` starts and joins of a child that returns at once, per method (default\n"
+    "     30, the methods taking turns): first, mean and min microseconds;\n"
+    "  2. which value of a global each method's child sees;\n"
+    "  3. that main() runs once, although spawn runs this program again for each child.\n"
+    "Exits 1 if a child fails.",
+    true};
 
-/* Starts per method in part 1, interleaved so that a burst of noise hits all methods. */
-#define REPETITIONS 30
+/* Starts per method in part 1 (argv[1]), interleaved so that a burst of noise hits all
+ * methods. */
+static int g_repetitions = 30;
 
 /* 1 as the source says; main() sets it to 42 before part 2 starts any child. */
 static int g_value = 1;
@@ -47,20 +52,6 @@ static method_t methods[METHOD_COUNT] = {
     [METHOD_FORKSERVER] = {.name = "forkserver",
                            .why = "a server, run once from the program, forks children ahead of time."},
 };
-
-static void check(int rc, const char *call) {
-  if (rc < 0) {
-    fprintf(stderr, "fork_vs_spawn: %s failed: %s: %s\n", call, mp_strerror(rc),
-            mp_last_error());
-    exit(1);
-  }
-}
-
-static double now_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
 
 /* Part 1's child: nothing to do, so that only the cost of making a process is left. */
 static int return_zero(void *arg, size_t size) {
@@ -87,23 +78,23 @@ static double run_child(method_t *m, mp_target_t target, const void *arg, size_t
   mp_process_t *proc;
   int exitcode;
 
-  check(mp_process_create(&proc, m->ctx, target, arg, size, NULL), "mp_process_create");
+  CHECK(mp_process_create(&proc, m->ctx, target, arg, size, NULL));
   /* A forked child gets a copy of this process's stdio buffer too: anything not yet written
    * would be written twice, once by each process. */
   fflush(stdout);
 
-  double start = now_us();
-  check(mp_process_start(proc), "mp_process_start");
-  check(mp_process_join(proc, MP_FOREVER), "mp_process_join");
-  double elapsed = now_us() - start;
+  double start = demo_now() * 1e6;
+  CHECK(mp_process_start(proc));
+  CHECK(mp_process_join(proc, MP_FOREVER));
+  double elapsed = demo_now() * 1e6 - start;
 
   m->starts++;
-  check(mp_process_exitcode(proc, &exitcode), "mp_process_exitcode");
+  CHECK(mp_process_exitcode(proc, &exitcode));
   if (exitcode != 0) {
     fprintf(stderr, "fork_vs_spawn: a %s child exited with %d\n", m->name, exitcode);
     exit(1);
   }
-  check(mp_process_close(proc), "mp_process_close");
+  CHECK(mp_process_close(proc));
   return elapsed;
 }
 
@@ -115,14 +106,16 @@ static void part1_cost(void) {
          "   (the methods take turns). \"first\" is each method's very first start, which for\n"
          "   forkserver includes starting the server. The machine's other work only ever adds\n"
          "   time, so \"min\" is the truest cost, and the methods are compared by it.\n\n",
-         REPETITIONS);
+         g_repetitions);
 
   for (int i = 0; i < METHOD_COUNT; i++) {
     first[i] = run_child(&methods[i], return_zero, NULL, 0);
     sum[i] = 0;
     min[i] = 1e300;
   }
-  for (int rep = 0; rep < REPETITIONS; rep++) {
+  demo_progress("starts", 0, g_repetitions);
+  for (int rep = 0; rep < g_repetitions; rep++) {
+    demo_progress("starts", rep, g_repetitions);
     for (int i = 0; i < METHOD_COUNT; i++) {
       double us = run_child(&methods[i], return_zero, NULL, 0);
       sum[i] += us;
@@ -131,12 +124,21 @@ static void part1_cost(void) {
     }
   }
 
+  demo_progress("starts", g_repetitions, g_repetitions);
   printf("   %-10s  %10s  %10s  %10s  %12s\n", "method", "first (us)", "mean (us)", "min (us)",
          "min vs fork");
   for (int i = 0; i < METHOD_COUNT; i++) {
-    double mean = sum[i] / REPETITIONS;
+    double mean = sum[i] / g_repetitions;
     printf("   %-10s  %10.0f  %10.0f  %10.0f  %11.1fx\n", methods[i].name, first[i], mean,
            min[i], min[i] / min[METHOD_FORK]);
+    demo_csv("%s,%.1f,%.1f,%.1f", methods[i].name, first[i], mean, min[i]);
+  }
+  if (demo_opt.chart) {
+    const char *labels[METHOD_COUNT];
+    for (int i = 0; i < METHOD_COUNT; i++)
+      labels[i] = methods[i].name;
+    chart_bars(stdout, "Start + join of a child, min microseconds", "us", labels, min,
+               METHOD_COUNT);
   }
   printf("\n");
   for (int i = 0; i < METHOD_COUNT; i++)
@@ -177,12 +179,15 @@ static void part3_main_once(void) {
       methods[METHOD_SPAWN].starts);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
   g_main_ran = true;
+  demo_parse(&argc, argv, &info);
+  g_repetitions = (int)demo_count(argc, argv, 1, 30);
+  demo_csv("method,first_us,mean_us,min_us");
   printf("fork_vs_spawn: main() starts, in process %d.\n\n", (int)getpid());
 
   for (int i = 0; i < METHOD_COUNT; i++)
-    check(mp_get_context(methods[i].name, &methods[i].ctx), "mp_get_context");
+    CHECK(mp_get_context(methods[i].name, &methods[i].ctx));
 
   part1_cost();
   part2_globals();

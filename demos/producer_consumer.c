@@ -139,9 +139,16 @@ static int run(mp_context_t *ctx, int items, int joinable) {
   return wrong + failed;
 }
 
+static const demo_info_t info = {
+    "producer_consumer [fork|spawn|forkserver] [items]",
+    "Producers put numbered items on a Queue and consumers take them until a poison pill\n"
+    "(seed 002); then the same with a JoinableQueue (task_done, join) and no pill. `items`\n"
+    "per producer (default 2000). Exits 1 unless every item was consumed exactly once.",
+    false};
+
 int main(int argc, char **argv) {
-  mp_context_t *ctx =
-      demo_context(argc, argv, "producer_consumer [fork|spawn|forkserver] [items]");
+  demo_parse(&argc, argv, &info);
+  mp_context_t *ctx = demo_context(argc, argv, &info);
   int items = (int)demo_count(argc, argv, 2, 2000);
   printf("Producer/consumer with processes started by %s, %d items per producer.\n"
          "How the items split between consumers depends on who is free first: it changes\n"

@@ -7,8 +7,10 @@
  * makes the read-and-write one step (mp_value_add_long, or mp_value_get_lock around the
  * steps): the count is exact.
  *
- * Usage: race_condition [fork|spawn|forkserver] [increments per process]
+ * Then the unlocked counter again with 100, 1000, ... increments per process: the longer the
+ * processes overlap, the more updates are lost (the figure --csv gives to demos/plots).
  */
+#include "chart.h"
 #include "demo.h"
 
 #define PROCESSES 4
@@ -73,9 +75,43 @@ static long run(mp_context_t *ctx, mp_value_t *counter, long increments, int loc
   return got;
 }
 
+static const demo_info_t info = {
+    "race_condition [fork|spawn|forkserver] [increments]",
+    "The tomato counter (seed 000): 4 processes each add 1 to a shared counter `increments`\n"
+    "times (default 200000): on a RawValue without a lock updates are lost; with the\n"
+    "Value's lock none is. Then the unlocked counter with 100, 1000, ... increments: lost\n"
+    "updates against increments. Exits 1 if a locked count is not exact.",
+    true};
+
+/* Lost updates of the unlocked counter for 100, 1000, ... up to `increments` per process:
+ * the figure. A short run may lose none: the processes barely overlap. */
+static void sweep(mp_context_t *ctx, long increments) {
+  double x[12], y[12];
+  int n = 0;
+  printf("\nLost updates without a lock, against increments per process:\n");
+  printf("  %12s %12s %10s %8s\n", "increments", "expected", "lost", "lost %");
+  demo_csv("increments,expected,lost,lost_percent");
+  for (long inc = 100; inc <= increments && n < 12; inc *= 10) {
+    mp_value_t *counter;
+    double seconds;
+    CHECK(mp_raw_value_create(&counter, 'l', NULL));
+    long expected = PROCESSES * inc, lost = expected - run(ctx, counter, inc, 0, &seconds);
+    CHECK(mp_value_close(counter));
+    x[n] = (double)inc, y[n] = 100.0 * (double)lost / (double)expected;
+    printf("  %12ld %12ld %10ld %7.1f%%\n", inc, expected, lost, y[n]);
+    demo_csv("%ld,%ld,%ld,%.3f", inc, expected, lost, y[n]);
+    n++;
+  }
+  if (demo_opt.chart)
+    chart_plot(stdout,
+               &(chart_t){"Updates lost without a lock", "increments per process",
+                          "lost, % of all", true, false, 0},
+               &(chart_series_t){"RawValue", 'o', x, y, (size_t)n}, 1);
+}
+
 int main(int argc, char **argv) {
-  mp_context_t *ctx =
-      demo_context(argc, argv, "race_condition [fork|spawn|forkserver] [increments]");
+  demo_parse(&argc, argv, &info);
+  mp_context_t *ctx = demo_context(argc, argv, &info);
   long increments = demo_count(argc, argv, 2, 200000);
   long expected = PROCESSES * increments;
   static const char *const how[] = {
@@ -92,7 +128,9 @@ int main(int argc, char **argv) {
 
   int wrong = 0;
   long lost_unlocked = 0;
+  demo_progress("counters", 0, 3);
   for (int locked = 0; locked < 3; locked++) {
+    demo_progress("counters", locked, 3);
     mp_value_t *counter;
     if (locked)
       CHECK(mp_value_create(&counter, 'l', NULL, NULL));
@@ -109,6 +147,7 @@ int main(int argc, char **argv) {
     CHECK(mp_value_close(counter));
   }
 
+  demo_progress("counters", 3, 3);
   printf("\n");
   if (lost_unlocked > 0)
     printf("Without the lock %ld of %ld updates were lost (%.1f%%).\n", lost_unlocked, expected,
@@ -118,6 +157,7 @@ int main(int argc, char **argv) {
            "time (few increments, or one free core). A race is a matter of luck: run it\n"
            "again with more increments.\n");
   printf("The lock costs time: every update waits for the others to finish theirs.\n");
+  sweep(ctx, increments);
   if (wrong) {
     printf("FAILED: a locked counter is not exact.\n");
     return 1;
