@@ -108,6 +108,12 @@ void mp__waitable_register(uint32_t kind, const mp__waitable_ops_t *ops);
 /* The operations for obj's kind word, or NULL (not a waitable handle). */
 const mp__waitable_ops_t *mp__waitable_find(const void *obj);
 
+/* ----------------------------- connection.c ----------------------------- */
+
+/* This process's fd that conn sends on (or an error): for the frame fuzzer, which writes
+ * raw bytes where a peer's frames go. */
+int mp__conn_send_fd(const mp_conn_t *conn);
+
 /* ------------------------------ reduction.c ----------------------------- */
 
 #define MP__BUILD_ID_MAX 64

@@ -193,7 +193,8 @@ static int mismatch(const char *what, const uint8_t *mine_id, uint32_t mine_len,
 static int load_checked(const mp__fnref_t *ref) {
   if (*ref->path != '/') /* "": the executable, which is always loaded */
     return mp__error(MP_ERESOLVE, "the object path '%s' is not absolute", ref->path);
-  int fd = open(ref->path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  /* O_NONBLOCK: a FIFO named by the request must not block the child in open(). */
+  int fd = open(ref->path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (fd < 0)
     return mp__error(MP_ERESOLVE, "cannot open %s in the child: %s", ref->path,
                      strerror(errno));
