@@ -148,7 +148,8 @@ typedef struct {
 
 typedef struct {
   pid_t self;
-  pid_t program_pid; /* the process whose start-up socket ctl is (spawn.c checked it) */
+  /* The process whose start-up socket ctl is (spawn.c checked it). */
+  pid_t program_pid;
   int ctl;      /* from the program, shared with the spare */
   int program;  /* the program's pidfd, or -1 */
   int sigfd;    /* SIGCHLD */

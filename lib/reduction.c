@@ -25,7 +25,7 @@ typedef struct {
   bool visited_any;
   bool found;
   uintptr_t base;
-  const ElfW(Phdr) *phdr;     /* its program headers, to check an offset against */
+  const ElfW(Phdr) *phdr; /* its program headers, to check an offset against */
   size_t phnum;
   const char *name;
   uint32_t build_id_len;
@@ -45,8 +45,8 @@ static bool find_build_id(const uint8_t *p, size_t size, size_t align, uint8_t *
     at += sizeof note;
     if (name_size > size - at || desc_size > size - at - name_size)
       return false;
-    if (note.n_type == NT_GNU_BUILD_ID && note.n_namesz == 4 &&
-        memcmp(p + at, "GNU", 4) == 0 && note.n_descsz <= MP__BUILD_ID_MAX) {
+    if (note.n_type == NT_GNU_BUILD_ID && note.n_namesz == 4 && memcmp(p + at, "GNU", 4) == 0 &&
+        note.n_descsz <= MP__BUILD_ID_MAX) {
       *len = note.n_descsz;
       memcpy(id, p + at + name_size, note.n_descsz);
       return true;
@@ -152,7 +152,8 @@ static int file_identity(int fd, const char *path, uint64_t offset, uint8_t *id,
   ElfW(Ehdr) eh;
   ElfW(Phdr) ph[FILE_MAX_PHDRS];
   *id_len = 0;
-  if (pread(fd, &eh, sizeof eh, 0) != (ssize_t)sizeof eh || memcmp(eh.e_ident, ELFMAG, SELFMAG) ||
+  if (pread(fd, &eh, sizeof eh, 0) != (ssize_t)sizeof eh ||
+      memcmp(eh.e_ident, ELFMAG, SELFMAG) ||
       eh.e_ident[EI_CLASS] != (sizeof(void *) == 8 ? ELFCLASS64 : ELFCLASS32) ||
       eh.e_phentsize != sizeof ph[0] || eh.e_phnum == 0 || eh.e_phnum > FILE_MAX_PHDRS)
     return mp__error(MP_ERESOLVE, "%s is not an ELF object of this machine", path);

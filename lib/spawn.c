@@ -392,13 +392,13 @@ static int receive_fds(int sock, const request_head_t *head) {
 static int check_head(const request_head_t *head) {
   if (head->magic != MP__REQUEST_MAGIC || head->version != MP__REQUEST_VERSION)
     return mp__error(MP_ESPAWN, "the child speaks another libmp protocol version");
-  const char *bad = head->parent_pid <= 0                                ? "parent pid"
+  const char *bad = head->parent_pid <= 0                                  ? "parent pid"
                     : head->flags & ~(uint32_t)MP__REQUEST_DIE_WITH_PARENT ? "flags"
-                    : head->target_path_len >= sizeof head->target.path  ? "path length"
-                    : head->target.build_id_len > MP__BUILD_ID_MAX        ? "build-id length"
-                    : head->has_arena > 1                                ? "arena flag"
-                    : head->n_fds > REQUEST_MAX_FDS                      ? "fd count"
-                                                                         : NULL;
+                    : head->target_path_len >= sizeof head->target.path    ? "path length"
+                    : head->target.build_id_len > MP__BUILD_ID_MAX         ? "build-id length"
+                    : head->has_arena > 1                                  ? "arena flag"
+                    : head->n_fds > REQUEST_MAX_FDS                        ? "fd count"
+                                                                           : NULL;
   return bad ? mp__error(MP_ESPAWN, "the child refused a malformed request: its %s", bad) : 0;
 }
 

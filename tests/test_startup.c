@@ -51,11 +51,11 @@ static void drain(int fd, char *buf, size_t cap, double deadline) {
 
 /* How an image is run. */
 typedef struct {
-  const char *exe;      /* default: this test binary */
-  const char *env;      /* LIBMP_CHILD's value, or NULL */
-  int fd3;              /* what the image finds at fd 3, or -1 for nothing */
-  bool via_middle;      /* its parent is a process in between, not the test */
-  uid_t as_uid;         /* 0: ours; else run as this uid and gid */
+  const char *exe; /* default: this test binary */
+  const char *env; /* LIBMP_CHILD's value, or NULL */
+  int fd3;         /* what the image finds at fd 3, or -1 for nothing */
+  bool via_middle; /* its parent is a process in between, not the test */
+  uid_t as_uid;    /* 0: ours; else run as this uid and gid */
 } image_spec_t;
 
 static MP__NORETURN void exec_image(const image_spec_t *spec, int out, int err) {
@@ -70,8 +70,9 @@ static MP__NORETURN void exec_image(const image_spec_t *spec, int out, int err) 
   }
   if (spec->env)
     setenv(MP__CHILD_ENV, spec->env, 1);
-  if (spec->as_uid && (setgroups(0, NULL) < 0 || setresgid(spec->as_uid, spec->as_uid, spec->as_uid) < 0 ||
-                       setresuid(spec->as_uid, spec->as_uid, spec->as_uid) < 0))
+  if (spec->as_uid &&
+      (setgroups(0, NULL) < 0 || setresgid(spec->as_uid, spec->as_uid, spec->as_uid) < 0 ||
+       setresuid(spec->as_uid, spec->as_uid, spec->as_uid) < 0))
     _exit(120);
   const char *exe = spec->exe ? spec->exe : self_exe;
   execl(exe, exe, "peer", (char *)NULL);
@@ -176,8 +177,8 @@ START_TEST(test_fd3_peer_not_parent_refused) {
 END_TEST
 
 START_TEST(test_malformed_variable_refused) {
-  static const char *const values[] = {"spawn", "spawn 3", "spawn 3 -1 x", "spawn 5 -1",
-                                       "forkserver 3 4", "nothing 3 -1"};
+  static const char *const values[] = {"spawn",      "spawn 3",        "spawn 3 -1 x",
+                                       "spawn 5 -1", "forkserver 3 4", "nothing 3 -1"};
   for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
     int sv[2];
     T_ASSERT(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
@@ -383,8 +384,8 @@ START_TEST(test_secure_execution_ignores_variable) {
   for (size_t i = 0; i < 3; i++) {
     int sv[2];
     T_ASSERT(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
-    run_image(&(image_spec_t){.exe = path, .env = roles[i], .fd3 = sv[1], .as_uid = NOBODY},
-              10, &r[i]);
+    run_image(&(image_spec_t){.exe = path, .env = roles[i], .fd3 = sv[1], .as_uid = NOBODY}, 10,
+              &r[i]);
     close(sv[0]);
     close(sv[1]);
   }
