@@ -203,6 +203,70 @@ START_TEST(test_forkserver_without_ctl_exits) {
 }
 END_TEST
 
+/* A socket pair made by another process than this one, both ends received here. */
+static void foreign_socketpair(int sv[2]) {
+  int carrier[2];
+  T_ASSERT(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, carrier) == 0, "socketpair");
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork");
+  if (pid == 0) {
+    int made[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, made) < 0 ||
+        mp__send_record(carrier[1], "a", 1, made[0]) < 0 ||
+        mp__send_record(carrier[1], "b", 1, made[1]) < 0)
+      _exit(1);
+    _exit(0);
+  }
+  char c;
+  sv[0] = sv[1] = -1;
+  ssize_t n0 = mp__recv_record(carrier[0], &c, 1, &sv[0], 0);
+  ssize_t n1 = mp__recv_record(carrier[0], &c, 1, &sv[1], 0);
+  waitpid(pid, NULL, 0);
+  close(carrier[0]);
+  close(carrier[1]);
+  T_ASSERT(n0 == 1 && n1 == 1 && sv[0] >= 0 && sv[1] >= 0, "no socket pair from the helper");
+}
+
+/* A fork server's spare takes a request only on a socket made by the program that started
+ * the server: given another, it says so and exits, having read nothing from it. */
+START_TEST(test_forkserver_foreign_request_refused) {
+  int ctl[2], err[2], foreign[2];
+  T_ASSERT(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) == 0, "socketpair");
+  T_ASSERT(pipe2(err, O_CLOEXEC) == 0, "pipe");
+  foreign_socketpair(foreign);
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork");
+  if (pid == 0) {
+    dup2(err[1], 2);
+    dup2(ctl[1], 3);
+    setenv(MP__CHILD_ENV, "forkserver 3 -1", 1);
+    execl(self_exe, self_exe, "peer", (char *)NULL);
+    _exit(121);
+  }
+  mp_test_track_pid(pid);
+  close(ctl[1]);
+  close(err[1]);
+  T_ASSERT(mp__send_record(ctl[0], "F", 1, foreign[1]) == 0, "sending the request");
+  close(foreign[1]);
+  /* The spare that took it exits: its end (the only other copy) closes. */
+  struct pollfd p = {.fd = foreign[0], .events = POLLIN};
+  int ready = poll(&p, 1, (int)(10000 * mp_test_slowdown()));
+  char line[512];
+  drain(err[0], line, sizeof line, mp_test_now() + 0.5 * mp_test_slowdown());
+  close(ctl[0]); /* the server ends */
+  int status = 0;
+  waitpid(pid, &status, 0);
+  close(err[0]);
+  close(foreign[0]);
+  T_ASSERT(ready == 1 && (p.revents & POLLHUP), "the spare kept the foreign socket");
+  T_ASSERT(strstr(line, "libmp: the fork server refused a request") != NULL, "stderr: '%s'",
+           line);
+  T_INT_EQ(count_lines(line), 1);
+  T_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "server wait status %#x",
+           (unsigned)status);
+}
+END_TEST
+
 /* ----------------------- requests from the real parent ----------------------- */
 
 static int return7(void *arg, size_t size) {
@@ -514,6 +578,7 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_fd3_peer_not_parent_refused);
   tcase_add_test(tc, test_malformed_variable_refused);
   tcase_add_test(tc, test_forkserver_without_ctl_exits);
+  tcase_add_test(tc, test_forkserver_foreign_request_refused);
   tcase_add_test(tc, test_valid_request_runs);
   tcase_add_test(tc, test_malformed_requests_refused);
   tcase_add_test(tc, test_argument_claim_not_allocated);
