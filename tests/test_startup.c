@@ -393,6 +393,30 @@ START_TEST(test_malformed_requests_refused) {
   send_request(&head, "lib/evil.so", 0, &a);
   assert_refused_with(&a, "is not absolute");
 
+  /* A file that is not an ELF object, and a cut one: refused before any load. */
+  char junk[] = "/tmp/libmp-startup-junk-XXXXXX";
+  int fd = mkstemp(junk);
+  T_ASSERT(fd >= 0, "mkstemp: %s", strerror(errno));
+  char elf_head[64]; /* this binary's ELF header, without its program headers */
+  int self = open(self_exe, O_RDONLY | O_CLOEXEC);
+  bool written = self >= 0 && read(self, elf_head, sizeof elf_head) == sizeof elf_head &&
+                 write(fd, "not an object", 13) == 13;
+  if (self >= 0)
+    close(self);
+  valid_head(&head, (mp__fn_t)return7);
+  head.target_path_len = (uint32_t)strlen(junk);
+  send_request(&head, junk, 0, &a);
+  bool cut = written && ftruncate(fd, 0) == 0 &&
+             pwrite(fd, elf_head, sizeof elf_head, 0) == sizeof elf_head;
+  close(fd);
+  answer_t cut_answer;
+  if (cut)
+    send_request(&head, junk, 0, &cut_answer);
+  unlink(junk);
+  T_ASSERT(cut, "writing %s: %s", junk, strerror(errno));
+  assert_refused_with(&a, "is not an ELF object of this machine");
+  assert_refused_with(&cut_answer, "its program headers cannot be read");
+
   /* The right object and build-id, but an offset into data: no jump there. */
   void *data = some_data;
   mp__fn_t not_code;

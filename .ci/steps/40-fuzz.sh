@@ -1,7 +1,7 @@
 # The libFuzzer targets of tests/fuzz, built with clang, each run for 20 s from its seed
 # corpus (new inputs go to a scratch folder, not into the tree). A crash, a leak or a
 # sanitizer report fails CI and leaves its reproducer in the scratch folder, printed below.
-# About 2.5 minutes on 2 cores: 1.5 to build, 1 to run.
+# About 3.5 minutes on 2 loaded cores, from scratch: 2.5 to build, 1 to run.
 apt-get install -y -qq clang libclang-rt-14-dev >/dev/null
 # -Dwerror=false: the fuzz build compiles the whole library with clang, whose warnings the
 # clang build of CI judges; here what counts is what the fuzzers find.
