@@ -395,9 +395,10 @@ void mp__request_free(mp__request_t *req);
 MP__NORETURN void mp__request_run(mp__request_t *req, int sock, bool exec_image,
                                   pid_t real_parent, int sentinel);
 
-/* posix_spawn()s exe as a libmp child of the given role ("spawn" or "forkserver") that
- * finds sock at MP__BOOTSTRAP_FD and sentinel (if >= 0) at MP__SENTINEL_FD, with no other
- * inherited fd and default signals. */
+/* posix_spawn()s exe as a libmp child of the given role ("spawn", "forkserver" or
+ * "shm-tracker") that finds sock at MP__BOOTSTRAP_FD and sentinel (if >= 0) at
+ * MP__SENTINEL_FD, with no other inherited fd and default signals. MP_ESPAWN in a
+ * secure-execution process, whose fresh images would take no role. */
 int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid);
 
 /* ------------------------------ forkserver.c ---------------------------- */

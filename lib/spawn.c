@@ -217,6 +217,16 @@ static int move_above_targets(int fd, int *moved) {
 }
 
 int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid) {
+  /* A fresh image of a setuid, setgid or file-capability program is in secure-execution
+   * mode too, where it ignores LIBMP_CHILD (see "start-up" below) and would run main(). */
+  if (getauxval(AT_SECURE))
+    return mp__error(MP_ESPAWN,
+                     "this process runs in secure-execution mode (setuid, setgid or file "
+                     "capabilities): a fresh image of it takes no start-up request, so it "
+                     "cannot be a %s; the fork start method works",
+                     strcmp(role, "spawn") == 0        ? "spawned child"
+                     : strcmp(role, "forkserver") == 0 ? "fork server"
+                                                       : "segment tracker");
   char exe[PATH_MAX];
   int rc = mp__executable(exe, sizeof exe);
   if (rc < 0)

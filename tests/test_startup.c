@@ -51,11 +51,12 @@ static void drain(int fd, char *buf, size_t cap, double deadline) {
 
 /* How an image is run. */
 typedef struct {
-  const char *exe; /* default: this test binary */
-  const char *env; /* LIBMP_CHILD's value, or NULL */
-  int fd3;         /* what the image finds at fd 3, or -1 for nothing */
-  bool via_middle; /* its parent is a process in between, not the test */
-  uid_t as_uid;    /* 0: ours; else run as this uid and gid */
+  const char *exe;  /* default: this test binary */
+  const char *env;  /* LIBMP_CHILD's value, or NULL */
+  int fd3;          /* what the image finds at fd 3, or -1 for nothing */
+  bool via_middle;  /* its parent is a process in between, not the test */
+  uid_t as_uid;     /* 0: ours; else run as this uid and gid */
+  const char *mode; /* argv[1]: "peer" (NULL) or "starter" */
 } image_spec_t;
 
 static MP__NORETURN void exec_image(const image_spec_t *spec, int out, int err) {
@@ -75,7 +76,7 @@ static MP__NORETURN void exec_image(const image_spec_t *spec, int out, int err) 
        setresuid(spec->as_uid, spec->as_uid, spec->as_uid) < 0))
     _exit(120);
   const char *exe = spec->exe ? spec->exe : self_exe;
-  execl(exe, exe, "peer", (char *)NULL);
+  execl(exe, exe, spec->mode ? spec->mode : "peer", (char *)NULL);
   _exit(121);
 }
 
@@ -477,8 +478,13 @@ START_TEST(test_secure_execution_ignores_variable) {
     close(sv[0]);
     close(sv[1]);
   }
+  /* The same program starting children itself: refused, where its images would run main. */
+  image_result_t starter;
+  run_image(&(image_spec_t){.exe = path, .fd3 = -1, .as_uid = NOBODY, .mode = "starter"}, 20,
+            &starter);
   unlink(path);
   rmdir(dir);
+  T_STR_EQ(starter.out, "spawn: MP_ESPAWN\nforkserver: MP_ESPAWN\nshared memory: MP_ESPAWN\n");
   for (size_t i = 0; i < 3; i++) {
     T_ASSERT(r[i].status != -1 && WIFEXITED(r[i].status) && WEXITSTATUS(r[i].status) == 0,
              "%s: wait status %#x (stderr: %s)", roles[i], (unsigned)r[i].status, r[i].err);
@@ -587,9 +593,38 @@ static MP__NORETURN void peer_main(void) {
   _exit(0);
 }
 
+/* A start under each method but fork, and a tracked segment, from this image: in a
+ * secure-execution process each is refused, and no image of it runs main(). */
+static MP__NORETURN void starter_main(void) {
+  static const char *const methods[] = {"spawn", "forkserver"};
+  for (size_t i = 0; i < 2; i++) {
+    mp_context_t *ctx = NULL;
+    mp_process_t *p = NULL;
+    int rc = mp_get_context(methods[i], &ctx);
+    if (rc == 0)
+      rc = mp_process_create(&p, ctx, return7, NULL, 0, NULL);
+    if (rc == 0)
+      rc = mp_process_start(p);
+    printf("%s: %s\n", methods[i], mp_err_name(rc));
+    if (rc == 0)
+      mp_process_join(p, MP_FOREVER);
+  }
+  mp_shared_memory_t *shm = NULL;
+  char name[64];
+  snprintf(name, sizeof name, "libmp-startup-secure-%d", (int)getpid());
+  int rc = mp_shared_memory_create(&shm, name, 4096, 0);
+  printf("shared memory: %s\n", mp_err_name(rc));
+  if (rc == 0)
+    mp_shared_memory_unlink(shm);
+  fflush(stdout);
+  _exit(0); /* as peer_main() */
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "peer") == 0)
     peer_main();
+  if (argc > 1 && strcmp(argv[1], "starter") == 0)
+    starter_main();
   ssize_t n = readlink("/proc/self/exe", self_exe, sizeof self_exe - 1);
   if (n <= 0)
     return 1;
