@@ -106,6 +106,10 @@ static int end_fd(const mp_conn_t *conn, bool sending, const char *what) {
                    sending ? "receive" : "send");
 }
 
+int mp__conn_send_fd(const mp_conn_t *conn) {
+  return end_fd(conn, true, "mp__conn_send_fd");
+}
+
 /* Takes an end's lock for one direction; see "Deaths" above. A cut stream breaks broken and,
  * for a send, also_broken: its receiving end's flag. */
 static int lock_end(pthread_mutex_t *lock, bool *inside, _Atomic bool *broken,

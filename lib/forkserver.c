@@ -20,6 +20,7 @@
 
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -83,8 +84,11 @@ static int start_server(void) {
   return 0;
 }
 
+/* The one record the program sends on the control socket, with the child's socket. */
+#define FORK_REQUEST 'F'
+
 int mp__forkserver_request(int sock) {
-  static const char fork_request = 'F';
+  static const char fork_request = FORK_REQUEST;
   pthread_mutex_lock(&server_lock);
   int rc = 0;
   for (int attempt = 0; attempt < 2; attempt++) {
@@ -144,6 +148,8 @@ typedef struct {
 
 typedef struct {
   pid_t self;
+  /* The process whose start-up socket ctl is (spawn.c checked it). */
+  pid_t program_pid;
   int ctl;      /* from the program, shared with the spare */
   int program;  /* the program's pidfd, or -1 */
   int sigfd;    /* SIGCHLD */
@@ -184,10 +190,18 @@ static MP__NORETURN void run_spare(const server_t *s) {
   for (;;) {
     char request;
     ssize_t n = mp__recv_record(s->ctl, &request, 1, &sock, 0);
-    if (n == 0 || (n < 0 && n != -EINTR))
+    if (n == 0 || (n < 0 && n != -EINTR && n != -EMSGSIZE))
       _exit(0); /* the program has gone */
-    if (sock >= 0)
+    if (sock >= 0 && n == 1 && request == FORK_REQUEST)
       break;
+    if (sock >= 0)
+      close(sock);
+    sock = -1;
+  }
+  /* The same rule as for the server's own start-up: a request comes from the program. */
+  if (mp__check_peer(sock, s->program_pid, "a fork server request") < 0) {
+    dprintf(STDERR_FILENO, "libmp: the fork server refused a request: %s\n", mp_last_error());
+    _exit(127);
   }
   mp__reply_t taken = {MP__REC_READY, getpid()};
   if (mp__send_record(s->taken[1], &taken, sizeof taken, sock) < 0)
@@ -266,13 +280,16 @@ static bool spare_taken(server_t *s) {
       close(sock);
     return n > 0;
   }
+  pid_t *spare = find_spare(s, taken.value);
+  if (!spare || taken.value <= 0) {
+    close(sock); /* only a spare can say so, and of itself */
+    return true;
+  }
+  *spare = 0;
   if (!track_child(s, taken.value, sock)) {
     kill(taken.value, SIGKILL); /* untracked, it would never be reported: stop it now */
     close(sock);
   }
-  pid_t *spare = find_spare(s, taken.value);
-  if (spare)
-    *spare = 0;
   return true;
 }
 
@@ -316,7 +333,7 @@ void mp__forkserver_main(int ctl) {
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);
   sigprocmask(SIG_BLOCK, &chld, NULL);
-  server_t s = {.self = getpid(), .ctl = ctl, .program = -1};
+  server_t s = {.self = getpid(), .program_pid = getppid(), .ctl = ctl, .program = -1};
   s.sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
   if (s.sigfd < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, s.taken) < 0)
     _exit(1);
@@ -347,7 +364,9 @@ void mp__forkserver_main(int ctl) {
         ;
       reap_served(&s);
     }
-    if (fds[0].revents & (POLLHUP | POLLRDHUP) || fds[3].revents)
+    /* POLLNVAL too: without its control socket the server could only fork spares that
+     * die at once, for ever. */
+    if (fds[0].revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL) || fds[3].revents)
       _exit(0); /* the program has gone; the spares die with us */
     if (fds[0].revents & POLLIN)
       refuse_without_spare(&s);

@@ -6,6 +6,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -106,6 +107,12 @@ typedef struct {
 void mp__waitable_register(uint32_t kind, const mp__waitable_ops_t *ops);
 /* The operations for obj's kind word, or NULL (not a waitable handle). */
 const mp__waitable_ops_t *mp__waitable_find(const void *obj);
+
+/* ----------------------------- connection.c ----------------------------- */
+
+/* This process's fd that conn sends on (or an error): for the frame fuzzer, which writes
+ * raw bytes where a peer's frames go. */
+int mp__conn_send_fd(const mp_conn_t *conn);
 
 /* ------------------------------ reduction.c ----------------------------- */
 
@@ -307,6 +314,18 @@ int mp__executable(char *buf, size_t cap);
 /* The environment variable that marks a fresh image as libmp's child:
  * "<role> <bootstrap fd> <sentinel fd or -1>". */
 #define MP__CHILD_ENV "LIBMP_CHILD"
+
+/* The bootstrap fd of this image if it was started as a libmp child of the given role
+ * ("spawn", "forkserver", "shm-tracker"), else -1. The first constructor (spawn.c) read and
+ * removed the variable; in a secure-execution process (AT_SECURE) it was ignored, and in
+ * any other it was acted on only if its fd is a Unix socket whose peer is this process's
+ * parent with this process's uid and gid: otherwise the image wrote one line to stderr and
+ * exited 127, before main(). *sentinel (if not NULL) gets the sentinel fd or -1. */
+int mp__startup_fd(const char *role, int *sentinel);
+
+/* 0 if the Unix socket sock's peer is the process pid (0: any) with this process's real and
+ * effective uid and gid, else a negative code with a sentence. */
+int mp__check_peer(int sock, pid_t pid, const char *what);
 /* The fd numbers a spawned image finds its bootstrap socket and its sentinel at. */
 #define MP__BOOTSTRAP_FD 3
 #define MP__SENTINEL_FD 4
@@ -322,6 +341,28 @@ enum {
 };
 
 #define MP__RECORD_MAX 65536
+
+/* The head of the parent's request, sent first (up to target.path, of which only
+ * target_path_len bytes follow). */
+#define MP__REQUEST_MAGIC 0x504d424cu /* "LBMP" */
+#define MP__REQUEST_VERSION 2u
+enum { MP__REQUEST_DIE_WITH_PARENT = 1u << 0 };
+typedef struct {
+  uint32_t magic;
+  uint32_t version;
+  int32_t parent_pid;
+  uint32_t flags;
+  uint64_t arg_size;
+  uint32_t name_len;
+  uint32_t identity_len;
+  uint32_t parent_name_len;
+  uint32_t target_path_len;
+  uint32_t n_fds;       /* records that follow the stream, each with one fd: */
+  uint32_t has_arena;   /* first the shared arena's memfd, if there is an arena, */
+  mp__heap_map_t arena; /* to be mapped here; then the passed fds, each with its key */
+  mp__fnref_t target;   /* last: only target_path_len bytes of its path are sent */
+} mp__request_head_t;
+#define MP__REQUEST_HEAD_SENT offsetof(mp__request_head_t, target.path)
 
 typedef struct {
   uint32_t type;
@@ -354,9 +395,10 @@ void mp__request_free(mp__request_t *req);
 MP__NORETURN void mp__request_run(mp__request_t *req, int sock, bool exec_image,
                                   pid_t real_parent, int sentinel);
 
-/* posix_spawn()s exe as a libmp child of the given role ("spawn" or "forkserver") that
- * finds sock at MP__BOOTSTRAP_FD and sentinel (if >= 0) at MP__SENTINEL_FD, with no other
- * inherited fd and default signals. */
+/* posix_spawn()s exe as a libmp child of the given role ("spawn", "forkserver" or
+ * "shm-tracker") that finds sock at MP__BOOTSTRAP_FD and sentinel (if >= 0) at
+ * MP__SENTINEL_FD, with no other inherited fd and default signals. MP_ESPAWN in a
+ * secure-execution process, whose fresh images would take no role. */
 int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid);
 
 /* ------------------------------ forkserver.c ---------------------------- */

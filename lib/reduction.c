@@ -9,10 +9,12 @@
 
 #include <dlfcn.h>
 #include <elf.h>
+#include <fcntl.h>
 #include <link.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 typedef struct {
@@ -23,38 +25,59 @@ typedef struct {
   bool visited_any;
   bool found;
   uintptr_t base;
-  uintptr_t offset_valid_end; /* one past the highest loaded byte, relative to base */
+  const ElfW(Phdr) *phdr; /* its program headers, to check an offset against */
+  size_t phnum;
   const char *name;
   uint32_t build_id_len;
   uint8_t build_id[MP__BUILD_ID_MAX];
 } object_search_t;
 
+/* Finds the GNU build-id among the notes of one PT_NOTE segment (size bytes at p, which
+ * may come from a file: every length is checked); true if found, with id and *len set. */
+static bool find_build_id(const uint8_t *p, size_t size, size_t align, uint8_t *id,
+                          uint32_t *len) {
+  size_t at = 0;
+  while (size - at >= sizeof(ElfW(Nhdr))) {
+    ElfW(Nhdr) note;
+    memcpy(&note, p + at, sizeof note);
+    size_t name_size = ((size_t)note.n_namesz + align - 1) & ~(align - 1);
+    size_t desc_size = ((size_t)note.n_descsz + align - 1) & ~(align - 1);
+    at += sizeof note;
+    if (name_size > size - at || desc_size > size - at - name_size)
+      return false;
+    if (note.n_type == NT_GNU_BUILD_ID && note.n_namesz == 4 && memcmp(p + at, "GNU", 4) == 0 &&
+        note.n_descsz <= MP__BUILD_ID_MAX) {
+      *len = note.n_descsz;
+      memcpy(id, p + at + name_size, note.n_descsz);
+      return true;
+    }
+    at += name_size + desc_size;
+  }
+  return false;
+}
+
+static size_t note_align(const ElfW(Phdr) *ph) {
+  return ph->p_align == 8 ? 8 : 4;
+}
+
 static void read_build_id(const struct dl_phdr_info *info, object_search_t *s) {
   s->build_id_len = 0;
   for (int i = 0; i < info->dlpi_phnum; i++) {
     const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-    if (ph->p_type != PT_NOTE)
-      continue;
-    size_t align = ph->p_align == 8 ? 8 : 4;
-    const uint8_t *p = (const uint8_t *)(info->dlpi_addr + ph->p_vaddr);
-    const uint8_t *end = p + ph->p_memsz;
-    while (p + sizeof(ElfW(Nhdr)) <= end) {
-      const ElfW(Nhdr) *note = (const ElfW(Nhdr) *)p;
-      size_t name_size = (note->n_namesz + align - 1) & ~(align - 1);
-      size_t desc_size = (note->n_descsz + align - 1) & ~(align - 1);
-      const uint8_t *name = p + sizeof *note;
-      const uint8_t *desc = name + name_size;
-      if (desc + desc_size > end)
-        break;
-      if (note->n_type == NT_GNU_BUILD_ID && note->n_namesz == 4 &&
-          memcmp(name, "GNU", 4) == 0 && note->n_descsz <= MP__BUILD_ID_MAX) {
-        s->build_id_len = note->n_descsz;
-        memcpy(s->build_id, desc, note->n_descsz);
-        return;
-      }
-      p = desc + desc_size;
-    }
+    if (ph->p_type == PT_NOTE &&
+        find_build_id((const uint8_t *)(info->dlpi_addr + ph->p_vaddr), ph->p_memsz,
+                      note_align(ph), s->build_id, &s->build_id_len))
+      return;
   }
+}
+
+/* Whether offset lies in one of the object's executable segments. */
+static bool in_code(const ElfW(Phdr) *phdr, size_t phnum, uint64_t offset) {
+  for (size_t i = 0; i < phnum; i++)
+    if (phdr[i].p_type == PT_LOAD && (phdr[i].p_flags & PF_X) && offset >= phdr[i].p_vaddr &&
+        offset - phdr[i].p_vaddr < phdr[i].p_memsz)
+      return true;
+  return false;
 }
 
 static int visit_object(struct dl_phdr_info *info, size_t size, void *data) {
@@ -64,7 +87,6 @@ static int visit_object(struct dl_phdr_info *info, size_t size, void *data) {
   bool is_executable = !s->visited_any;
   s->visited_any = true;
   const char *name = is_executable ? "" : info->dlpi_name;
-  uintptr_t end = 0;
   bool holds_addr = false;
   for (int i = 0; i < info->dlpi_phnum; i++) {
     const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
@@ -73,15 +95,14 @@ static int visit_object(struct dl_phdr_info *info, size_t size, void *data) {
     uintptr_t start = info->dlpi_addr + ph->p_vaddr;
     if (s->addr >= start && s->addr < start + ph->p_memsz)
       holds_addr = true;
-    if (ph->p_vaddr + ph->p_memsz > end)
-      end = ph->p_vaddr + ph->p_memsz;
   }
   bool match = s->path ? strcmp(name, s->path) == 0 : holds_addr;
   if (!match)
     return 0;
   s->found = true;
   s->base = info->dlpi_addr;
-  s->offset_valid_end = end;
+  s->phdr = info->dlpi_phdr;
+  s->phnum = info->dlpi_phnum;
   s->name = name;
   read_build_id(info, s);
   return 1;
@@ -119,30 +140,99 @@ static void format_build_id(const uint8_t *id, uint32_t len, char *out, size_t c
     snprintf(out + 2 * i, cap - 2 * i, "%02x", id[i]);
 }
 
+/* The most program headers and note bytes read from a file: far above any real object. */
+#define FILE_MAX_PHDRS 256
+#define FILE_MAX_NOTES 65536
+
+/* Reads the build-id of the ELF file open at fd, and whether offset lies in one of its
+ * executable segments, without loading it. The file is input: every size is bounded and
+ * every read checked. 0, or MP_ERESOLVE with a sentence. */
+static int file_identity(int fd, const char *path, uint64_t offset, uint8_t *id,
+                         uint32_t *id_len) {
+  ElfW(Ehdr) eh;
+  ElfW(Phdr) ph[FILE_MAX_PHDRS];
+  *id_len = 0;
+  if (pread(fd, &eh, sizeof eh, 0) != (ssize_t)sizeof eh ||
+      memcmp(eh.e_ident, ELFMAG, SELFMAG) ||
+      eh.e_ident[EI_CLASS] != (sizeof(void *) == 8 ? ELFCLASS64 : ELFCLASS32) ||
+      eh.e_phentsize != sizeof ph[0] || eh.e_phnum == 0 || eh.e_phnum > FILE_MAX_PHDRS)
+    return mp__error(MP_ERESOLVE, "%s is not an ELF object of this machine", path);
+  size_t bytes = (size_t)eh.e_phnum * sizeof ph[0];
+  if (pread(fd, ph, bytes, (off_t)eh.e_phoff) != (ssize_t)bytes)
+    return mp__error(MP_ERESOLVE, "%s: its program headers cannot be read", path);
+  if (!in_code(ph, eh.e_phnum, offset))
+    return mp__error(MP_ERESOLVE, "offset %#llx lies in no executable segment of %s",
+                     (unsigned long long)offset, path);
+  uint8_t *notes = malloc(FILE_MAX_NOTES);
+  if (!notes)
+    return mp__error(MP_ENOMEM, "reading the build-id of %s", path);
+  for (size_t i = 0; i < eh.e_phnum && *id_len == 0; i++) {
+    if (ph[i].p_type != PT_NOTE || ph[i].p_filesz > FILE_MAX_NOTES)
+      continue;
+    ssize_t n = pread(fd, notes, (size_t)ph[i].p_filesz, (off_t)ph[i].p_offset);
+    if (n == (ssize_t)ph[i].p_filesz)
+      find_build_id(notes, (size_t)n, note_align(&ph[i]), id, id_len);
+  }
+  free(notes);
+  return 0;
+}
+
+static int mismatch(const char *what, const uint8_t *mine_id, uint32_t mine_len,
+                    const mp__fnref_t *ref) {
+  char mine[2 * MP__BUILD_ID_MAX + 1], theirs[2 * MP__BUILD_ID_MAX + 1];
+  format_build_id(mine_id, mine_len, mine, sizeof mine);
+  format_build_id(ref->build_id, ref->build_id_len, theirs, sizeof theirs);
+  return mp__error(MP_ERESOLVE,
+                   "%s is another build in the child (build-id %s) than in the parent "
+                   "(build-id %s)",
+                   what, mine, theirs);
+}
+
+/* Loads the object the parent had loaded with dlopen(), as unpickling imports, once its
+ * file is known to be the parent's build: nothing of another file runs, not even its
+ * constructors. (The in-memory check after the load covers a file replaced meanwhile.) */
+static int load_checked(const mp__fnref_t *ref) {
+  if (*ref->path != '/') /* "": the executable, which is always loaded */
+    return mp__error(MP_ERESOLVE, "the object path '%s' is not absolute", ref->path);
+  /* O_NONBLOCK: a FIFO named by the request must not block the child in open(). */
+  int fd = open(ref->path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0)
+    return mp__error(MP_ERESOLVE, "cannot open %s in the child: %s", ref->path,
+                     strerror(errno));
+  struct stat st;
+  uint8_t id[MP__BUILD_ID_MAX];
+  uint32_t id_len = 0;
+  int rc = fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)
+               ? mp__error(MP_ERESOLVE, "%s is not a regular file", ref->path)
+               : file_identity(fd, ref->path, ref->offset, id, &id_len);
+  close(fd);
+  if (rc == 0 && (id_len != ref->build_id_len || memcmp(id, ref->build_id, id_len) != 0))
+    rc = mismatch(ref->path, id, id_len, ref);
+  if (rc == 0 && !dlopen(ref->path, RTLD_NOW))
+    rc = mp__error(MP_ERESOLVE, "cannot load %s in the child: %s", ref->path, dlerror());
+  return rc;
+}
+
 int mp__fnref_resolve(const mp__fnref_t *ref, mp__fn_t *fn) {
+  /* A request is input: its lengths and its path are checked before any use. */
+  if (ref->build_id_len > MP__BUILD_ID_MAX || !memchr(ref->path, '\0', sizeof ref->path))
+    return mp__error(MP_ERESOLVE, "a malformed function reference");
   const char *what = *ref->path ? ref->path : "the executable";
   object_search_t s = {.path = ref->path};
   search_objects(&s);
   if (!s.found) {
-    /* The parent loaded it with dlopen(): load it here too, as unpickling imports. */
-    if (!dlopen(ref->path, RTLD_NOW))
-      return mp__error(MP_ERESOLVE, "cannot load %s in the child: %s", what, dlerror());
+    int rc = load_checked(ref);
+    if (rc < 0)
+      return rc;
     search_objects(&s);
     if (!s.found)
       return mp__error(MP_ERESOLVE, "%s is loaded but not found in the child", what);
   }
   if (s.build_id_len != ref->build_id_len ||
-      memcmp(s.build_id, ref->build_id, ref->build_id_len) != 0) {
-    char mine[2 * MP__BUILD_ID_MAX + 1], theirs[2 * MP__BUILD_ID_MAX + 1];
-    format_build_id(s.build_id, s.build_id_len, mine, sizeof mine);
-    format_build_id(ref->build_id, ref->build_id_len, theirs, sizeof theirs);
-    return mp__error(MP_ERESOLVE,
-                     "%s is another build in the child (build-id %s) than in the parent "
-                     "(build-id %s)",
-                     what, mine, theirs);
-  }
-  if (ref->offset >= s.offset_valid_end)
-    return mp__error(MP_ERESOLVE, "offset %#llx lies outside %s in the child",
+      memcmp(s.build_id, ref->build_id, ref->build_id_len) != 0)
+    return mismatch(what, s.build_id, s.build_id_len, ref);
+  if (!in_code(s.phdr, s.phnum, ref->offset))
+    return mp__error(MP_ERESOLVE, "offset %#llx lies in no executable segment of %s",
                      (unsigned long long)ref->offset, what);
   *fn = (mp__fn_t)(s.base + ref->offset);
   return 0;

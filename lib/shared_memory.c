@@ -183,6 +183,10 @@ static int connect_tracker(const struct sockaddr_un *addr, socklen_t len) {
   int rc = connect(sock, (const struct sockaddr *)addr, len) < 0
                ? mp__syserror("connecting to the segment tracker")
                : 0;
+  /* Anyone can bind an abstract name: a listener of another user is not our tracker, and
+   * learns no segment name (SO_PEERCRED is the listener's, fixed when it called listen). */
+  if (rc == 0)
+    rc = mp__check_peer(sock, 0, "the segment tracker");
   if (rc == 0)
     rc = await_reply(sock);
   if (rc < 0) {
@@ -302,13 +306,12 @@ static void after_fork_in_child(void) {
     tracker.child = 0;
 }
 
-/* After process.c's handlers (101), before spawn.c's take-over of a spawned image, which
- * does not know this role. */
+/* After spawn.c's check of the start-up variable (101), before its take-over of a spawned
+ * image, which does not know this role. */
 __attribute__((constructor(102))) static void shared_memory_init(void) {
   pthread_atfork(NULL, NULL, after_fork_in_child);
-  const char *value = getenv(MP__CHILD_ENV);
-  int fd;
-  if (value && sscanf(value, TRACKER_ROLE " %d", &fd) == 1)
+  int fd = mp__startup_fd(TRACKER_ROLE, NULL);
+  if (fd >= 0)
     tracker_main(fd);
 }
 

@@ -20,37 +20,19 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
-#define REQUEST_MAGIC 0x504d424cu /* "LBMP" */
-#define REQUEST_VERSION 2u
-
-enum { REQUEST_DIE_WITH_PARENT = 1u << 0 };
-
-typedef struct {
-  uint32_t magic;
-  uint32_t version;
-  int32_t parent_pid;
-  uint32_t flags;
-  uint64_t arg_size;
-  uint32_t name_len;
-  uint32_t identity_len;
-  uint32_t parent_name_len;
-  uint32_t target_path_len;
-  uint32_t n_fds;        /* records that follow the stream, each with one fd: */
-  uint32_t has_arena;    /* first the shared arena's memfd, if there is an arena, */
-  mp__heap_map_t arena;  /* to be mapped here; then the passed fds, each with its key */
-  mp__fnref_t target; /* last: only target_path_len bytes of its path are sent */
-} request_head_t;
-
-#define REQUEST_HEAD_SENT offsetof(request_head_t, target.path)
+typedef mp__request_head_t request_head_t;
+#define REQUEST_HEAD_SENT MP__REQUEST_HEAD_SENT
 
 /* --------------------------- the parent's side --------------------------- */
 
@@ -123,10 +105,10 @@ int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref,
   mp_process_t *self = mp_current_process();
   request_head_t head;
   memset(&head, 0, sizeof head); /* padding included: it is sent whole */
-  head.magic = REQUEST_MAGIC;
-  head.version = REQUEST_VERSION;
+  head.magic = MP__REQUEST_MAGIC;
+  head.version = MP__REQUEST_VERSION;
   head.parent_pid = getpid();
-  head.flags = proc->die_with_parent ? REQUEST_DIE_WITH_PARENT : 0;
+  head.flags = proc->die_with_parent ? MP__REQUEST_DIE_WITH_PARENT : 0;
   head.arg_size = proc->size;
   head.name_len = (uint32_t)strlen(proc->name);
   head.identity_len = (uint32_t)strlen(proc->identity);
@@ -235,6 +217,16 @@ static int move_above_targets(int fd, int *moved) {
 }
 
 int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid) {
+  /* A fresh image of a setuid, setgid or file-capability program is in secure-execution
+   * mode too, where it ignores LIBMP_CHILD (see "start-up" below) and would run main(). */
+  if (getauxval(AT_SECURE))
+    return mp__error(MP_ESPAWN,
+                     "this process runs in secure-execution mode (setuid, setgid or file "
+                     "capabilities): a fresh image of it takes no start-up request, so it "
+                     "cannot be a %s; the fork start method works",
+                     strcmp(role, "spawn") == 0        ? "spawned child"
+                     : strcmp(role, "forkserver") == 0 ? "fork server"
+                                                       : "segment tracker");
   char exe[PATH_MAX];
   int rc = mp__executable(exe, sizeof exe);
   if (rc < 0)
@@ -311,15 +303,41 @@ static int read_exact(stream_reader_t *r, void *dst, size_t size) {
   return 0;
 }
 
-/* A string of len bytes from the stream, NUL-terminated, or NULL. */
-static char *read_string(stream_reader_t *r, uint32_t len) {
-  char *s = malloc((size_t)len + 1);
-  if (s && read_exact(r, s, len) == 0) {
-    s[len] = '\0';
-    return s;
+/* size bytes from the stream (and `extra` zero bytes after them) in a new buffer that grows
+ * as they arrive: a request that claims more than it sends costs only what it sent. */
+static int read_alloc(stream_reader_t *r, uint64_t size, size_t extra, char **out) {
+  *out = NULL;
+  if (size > SIZE_MAX - extra)
+    return mp__error(MP_ENOMEM, "the child cannot hold %llu request bytes",
+                     (unsigned long long)size);
+  size_t total = (size_t)size + extra, cap = total < MP__RECORD_MAX ? total : MP__RECORD_MAX;
+  char *buf = malloc(cap ? cap : 1);
+  for (size_t got = 0; buf && got < size;) {
+    if (got == cap) {
+      size_t grown = cap > total / 2 ? total : 2 * cap;
+      char *bigger = realloc(buf, grown);
+      if (!bigger) {
+        free(buf);
+        buf = NULL;
+        break;
+      }
+      buf = bigger;
+      cap = grown;
+    }
+    size_t take = (cap < size ? cap : (size_t)size) - got;
+    int rc = read_exact(r, buf + got, take);
+    if (rc < 0) {
+      free(buf);
+      return -EPIPE;
+    }
+    got += take;
   }
-  free(s);
-  return NULL;
+  if (!buf)
+    return mp__error(MP_ENOMEM, "the child could not receive %llu request bytes",
+                     (unsigned long long)size);
+  memset(buf + size, 0, extra);
+  *out = buf;
+  return 0;
 }
 
 void mp__send_error(int sock, int code) {
@@ -337,7 +355,7 @@ void mp__send_error(int sock, int code) {
 struct mp__request_s {
   request_head_t head;
   char *name, *identity, *parent_name;
-  void *arg;
+  char *arg;
   mp__fn_t target;
 };
 
@@ -377,26 +395,41 @@ static int receive_fds(int sock, const request_head_t *head) {
   return rc;
 }
 
+/* The most fds a request may announce: far more than a process is passed. */
+#define REQUEST_MAX_FDS 65536
+
+/* Refuses a head that no libmp parent sends: every length is checked before it is used. */
+static int check_head(const request_head_t *head) {
+  if (head->magic != MP__REQUEST_MAGIC || head->version != MP__REQUEST_VERSION)
+    return mp__error(MP_ESPAWN, "the child speaks another libmp protocol version");
+  const char *bad = head->parent_pid <= 0                                  ? "parent pid"
+                    : head->flags & ~(uint32_t)MP__REQUEST_DIE_WITH_PARENT ? "flags"
+                    : head->target_path_len >= sizeof head->target.path    ? "path length"
+                    : head->target.build_id_len > MP__BUILD_ID_MAX         ? "build-id length"
+                    : head->has_arena > 1                                  ? "arena flag"
+                    : head->n_fds > REQUEST_MAX_FDS                        ? "fd count"
+                                                                           : NULL;
+  return bad ? mp__error(MP_ESPAWN, "the child refused a malformed request: its %s", bad) : 0;
+}
+
 /* Reads the whole request, then resolves its target; the reader's buffer is freed first. */
 static int read_request(stream_reader_t *reader, mp__request_t *req) {
   request_head_t *head = &req->head;
   if (read_exact(reader, head, REQUEST_HEAD_SENT) < 0)
     return -EPIPE;
-  if (head->magic != REQUEST_MAGIC || head->version != REQUEST_VERSION ||
-      head->target_path_len >= sizeof head->target.path)
-    return mp__error(MP_ESPAWN, "the child speaks another libmp protocol version");
+  int rc = check_head(head);
+  if (rc < 0)
+    return rc;
   if (read_exact(reader, head->target.path, head->target_path_len) < 0)
     return -EPIPE;
   head->target.path[head->target_path_len] = '\0';
-  req->name = read_string(reader, head->name_len);
-  req->identity = read_string(reader, head->identity_len);
-  req->parent_name = read_string(reader, head->parent_name_len);
-  req->arg = head->arg_size ? malloc(head->arg_size) : NULL;
-  if (!req->name || !req->identity || !req->parent_name || (head->arg_size && !req->arg))
-    return mp__error(MP_ENOMEM, "the child could not receive its %llu argument bytes",
-                     (unsigned long long)head->arg_size);
-  if (read_exact(reader, req->arg, head->arg_size) < 0)
-    return -EPIPE;
+  if (strlen(head->target.path) != head->target_path_len)
+    return mp__error(MP_ESPAWN, "the child refused a malformed request: a NUL in its path");
+  if ((rc = read_alloc(reader, head->name_len, 1, &req->name)) < 0 ||
+      (rc = read_alloc(reader, head->identity_len, 1, &req->identity)) < 0 ||
+      (rc = read_alloc(reader, head->parent_name_len, 1, &req->parent_name)) < 0 ||
+      (rc = read_alloc(reader, head->arg_size, 0, &req->arg)) < 0)
+    return rc;
   return receive_fds(reader->sock, head);
 }
 
@@ -430,7 +463,7 @@ void mp__request_run(mp__request_t *req, int sock, bool exec_image, pid_t real_p
       .parent_pid = req->head.parent_pid,
       .real_parent = real_parent ? real_parent : req->head.parent_pid,
       .parent_name = req->parent_name,
-      .die_with_parent = req->head.flags & REQUEST_DIE_WITH_PARENT,
+      .die_with_parent = req->head.flags & MP__REQUEST_DIE_WITH_PARENT,
       .sentinel = sentinel,
       .report_sock = exec_image ? -1 : sock,
       .strings_owned = true,
@@ -465,22 +498,99 @@ static MP__NORETURN void run_spawned(int sock, int sentinel) {
   mp__request_run(req, sock, true, 0, sentinel);
 }
 
-/* Runs after libmp's own prioritized constructors (process.c), before the program's main. */
-__attribute__((constructor)) static void take_over_child(void) {
+/* ------------------------------ start-up ------------------------------ */
+
+/*
+ * What starts a libmp child is input from whoever ran this image: its environment and fd 3.
+ * A setuid, setgid or file-capability program may link libmp, and its environment is its
+ * caller's, so a process in secure-execution mode (AT_SECURE) takes no role at all: the
+ * variable is removed and main() runs as usual. Any other process takes its role only from
+ * its parent: fd 3 must be a Unix socket whose peer (SO_PEERCRED, fixed when the parent
+ * made the socket pair) is the parent, with our uid and gid. An image that was told to be a
+ * child and cannot be one runs neither main() nor any target: one line, exit 127.
+ */
+static struct {
+  char role[16];
+  int fd, sentinel; /* fd -1: no role */
+} startup = {"", -1, -1};
+
+static MP__NORETURN MP__PRINTF(1, 2) void refuse_startup(const char *fmt, ...) {
+  char line[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  dprintf(STDERR_FILENO, "libmp: not starting as a child (%s=...): %s\n", MP__CHILD_ENV, line);
+  _exit(127);
+}
+
+int mp__check_peer(int sock, pid_t pid, const char *what) {
+  int domain = 0, type = 0;
+  socklen_t len = sizeof domain;
+  if (getsockopt(sock, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0)
+    return mp__syserror("%s: fd %d is not a socket", what, sock);
+  len = sizeof type;
+  if (domain != AF_UNIX || getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len) < 0 ||
+      type != SOCK_SEQPACKET)
+    return mp__error(-EPERM, "%s: fd %d is not a Unix SOCK_SEQPACKET socket", what, sock);
+  struct ucred cred;
+  len = sizeof cred;
+  if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+    return mp__syserror("%s: the credentials of fd %d's peer", what, sock);
+  if (pid && cred.pid != pid)
+    return mp__error(-EPERM, "%s: fd %d's peer is process %d, not %d", what, sock,
+                     (int)cred.pid, (int)pid);
+  if (cred.uid != getuid() || cred.uid != geteuid() || cred.gid != getgid() ||
+      cred.gid != getegid())
+    return mp__error(-EPERM, "%s: fd %d's peer runs as uid %u gid %u, not as this process",
+                     what, sock, (unsigned)cred.uid, (unsigned)cred.gid);
+  return 0;
+}
+
+/* The first constructor of all (process.c's has the same priority and does not care):
+ * nothing of libmp reads the variable before it is checked and removed. */
+__attribute__((constructor(101))) static void read_startup(void) {
   const char *value = getenv(MP__CHILD_ENV);
   if (!value)
     return;
-  char role[16];
-  int fd, sentinel;
-  int parsed = sscanf(value, "%15s %d %d", role, &fd, &sentinel);
-  unsetenv(MP__CHILD_ENV);
-  if (parsed != 3)
-    _exit(127); /* a child that cannot take over must not run main() either */
+  char role[sizeof startup.role];
+  int fd = -1, sentinel = -1, end = 0;
+  int parsed = sscanf(value, "%15s %d %d%n", role, &fd, &sentinel, &end);
+  bool well_formed = parsed == 3 && value[end] == '\0';
+  unsetenv(MP__CHILD_ENV); /* so it reaches neither our children nor a program we exec */
+  if (getauxval(AT_SECURE))
+    return; /* the caller's environment, not our parent's: ignored */
+  if (!well_formed || fd != MP__BOOTSTRAP_FD ||
+      (sentinel != -1 && (sentinel != MP__SENTINEL_FD || strcmp(role, "spawn") != 0)))
+    refuse_startup("malformed value");
+  if (mp__check_peer(fd, getppid(), "the start-up socket") < 0)
+    refuse_startup("%s", mp_last_error());
+  memcpy(startup.role, role, sizeof role);
+  startup.fd = fd;
+  startup.sentinel = sentinel;
   if (sentinel >= 0) /* ours: no program this child execs may hold it */
     fcntl(sentinel, F_SETFD, FD_CLOEXEC);
-  if (strcmp(role, "spawn") == 0)
+}
+
+int mp__startup_fd(const char *role, int *sentinel) {
+  if (startup.fd < 0 || strcmp(startup.role, role) != 0)
+    return -1;
+  if (sentinel)
+    *sentinel = startup.sentinel;
+  return startup.fd;
+}
+
+/* Runs after libmp's own prioritized constructors, before the program's main. The tracker's
+ * role was taken by shared_memory.c's constructor already. */
+__attribute__((constructor)) static void take_over_child(void) {
+  if (startup.fd < 0)
+    return;
+  int sentinel;
+  int fd = mp__startup_fd("spawn", &sentinel);
+  if (fd >= 0)
     run_spawned(fd, sentinel);
-  if (strcmp(role, "forkserver") == 0)
+  fd = mp__startup_fd("forkserver", NULL);
+  if (fd >= 0)
     mp__forkserver_main(fd);
-  _exit(127);
+  refuse_startup("unknown role '%s'", startup.role);
 }

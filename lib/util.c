@@ -113,8 +113,9 @@ int mp__pidfd_open(pid_t pid) {
 bool mp__have_pidfd(void) {
   static int support = -1; /* benign race: every thread computes the same answer */
   if (support < 0) {
-    /* LIBMP_NO_PIDFD=1 takes the path of kernels without pidfds, so tests cover it. */
-    const char *forced = getenv("LIBMP_NO_PIDFD");
+    /* LIBMP_NO_PIDFD=1 takes the path of kernels without pidfds, so tests cover it; not
+     * in a secure-execution process, whose environment is its caller's. */
+    const char *forced = secure_getenv("LIBMP_NO_PIDFD");
     if (forced && strcmp(forced, "1") == 0)
       return (support = 0);
     int fd = mp__pidfd_open(getpid());

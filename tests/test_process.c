@@ -1175,8 +1175,13 @@ START_TEST(test_module_replaced_on_disk) {
   snprintf(next, sizeof next, "%s/module.so.new", dir);
   bool copied = copy_file(MODULE_A_PATH, path) && copy_file(MODULE_B_PATH, next);
   void *h = copied ? dlopen(path, RTLD_NOW) : NULL;
-  /* Another build takes the loaded file's place. */
+  /* Another build takes the loaded file's place. A child must not even load it: its
+   * constructor (which creates the marker) would run before any check of the loaded
+   * object. */
   bool renamed = h != NULL && rename(next, path) == 0;
+  char marker[160];
+  snprintf(marker, sizeof marker, "%s/loaded", dir);
+  setenv("TEST_MODULE_MARKER", marker, 1);
   mp_process_t *p = NULL;
   int rc = 1, code = 0;
   if (renamed) {
@@ -1184,10 +1189,13 @@ START_TEST(test_module_replaced_on_disk) {
     rc = mp_process_start(p);
     if (rc == 0) code = mp_test_join_code(p, 10.0);
   }
+  unsetenv("TEST_MODULE_MARKER");
+  bool loaded = unlink(marker) == 0;
   unlink(path);
   unlink(next);
   rmdir(dir);
   T_ASSERT(copied && h != NULL && renamed, "setting up the module copies failed");
+  T_ASSERT(!loaded, "a child loaded a module of another build");
   if (IS_FORK(_i)) {
     MP_ASSERT_OK(rc);
     T_INT_EQ(code, 41); /* variant A's code, loaded before the swap */
