@@ -914,6 +914,7 @@ int mp_barrier_create(mp_barrier_t **out, int parties, mp_barrier_action_t actio
 
 /* The last arrival: runs the action and releases the generation. */
 static int bar_release(mp_barrier_t *b, uint64_t w, int index) {
+  MP__TRACE(waited, MP__TRK_BARRIER, b, 0, true); /* the last arrival: no wait */
   if (b->action) {
     mp__fn_t fn;
     int rc = mp__fnref_resolve(b->action, &fn);

@@ -59,8 +59,8 @@ enum {
   REC_CHUNK,      /* obj: the pool; v = {map, chunk | worker << 32, first, count, began};
                      kind: MP__CHUNK_DONE or MP__CHUNK_FAILED */
   REC_TASK_FAILED, /* obj: the map, str.n: the item, str.s: the message's start */
-  REC_WORKER_END,  /* obj: the pool; str.n: worker | exit code << 32; kind: replaced;
-                      str.s: why */
+  REC_WORKER_END,  /* obj: the worker's pid; str.n: worker | exit code << 32; kind:
+                      replaced; str.s: why */
   REC_MARK,        /* str.s: the label */
 };
 
@@ -352,7 +352,7 @@ void mp__trace_pool_chunk(const mp__pool_shared_t *sh, const mp__job_t *job, uin
 
 void mp__trace_pool_worker_end(const mp__pool_shared_t *sh, uint32_t w, int exitcode,
                                const char *msg, bool replaced) {
-  event_str(REC_WORKER_END, replaced, (uint64_t)(uintptr_t)sh,
+  event_str(REC_WORKER_END, replaced, (uint64_t)atomic_load(&sh->workers[w].pid),
             (int64_t)((uint64_t)w | (uint64_t)(uint32_t)exitcode << 32), msg);
 }
 
@@ -934,7 +934,7 @@ static void one_event(merge_t *m, const rec_t *r, int pid) {
              "\"pool\":\"0x%llx\",\"map\":%lld,\"chunk\":%u,\"first\":%lld,\"count\":%lld,"
              "\"worker\":%u,\"status\":\"%s\"",
              (unsigned long long)r->obj, (long long)r->u.v[0], (uint32_t)chunk_w,
-             (long long)r->u.v[2], (long long)r->u.v[3], (uint32_t)(chunk_w >> 32),
+             (long long)r->u.v[2], (long long)r->u.v[3], (uint32_t)(chunk_w >> 32) + 1,
              r->kind == MP__CHUNK_DONE ? "done" : "failed");
     emit(m, "X", "pool.chunk", label, pid, r->tid, t0, r->ts - t0, args);
     break;
@@ -949,11 +949,11 @@ static void one_event(merge_t *m, const rec_t *r, int pid) {
     uint32_t w = (uint32_t)r->u.str.n;
     int code = (int)(uint32_t)((uint64_t)r->u.str.n >> 32);
     rec_text(r, text, sizeof text);
-    snprintf(label, sizeof label, "worker %u %s%s", w, code ? "lost" : "ended",
+    snprintf(label, sizeof label, "worker %u %s%s", w + 1, code ? "lost" : "ended",
              r->kind ? ", replaced" : "");
     snprintf(args, sizeof args,
-             "\"pool\":\"0x%llx\",\"worker\":%u,\"exitcode\":%d,\"replaced\":%s,\"why\":\"%s\"",
-             (unsigned long long)r->obj, w, code, r->kind ? "true" : "false", text);
+             "\"worker\":%u,\"pid\":%lld,\"exitcode\":%d,\"replaced\":%s,\"why\":\"%s\"", w + 1,
+             (long long)r->obj, code, r->kind ? "true" : "false", text);
     emit(m, "i", "pool", label, pid, r->tid, r->ts, -1, args);
     break;
   }
@@ -1027,8 +1027,11 @@ static void write_trace(merge_t *m) {
   char label[96];
   for (size_t i = 0; i < m->n_procs; i++) {
     const proc_t *p = &m->procs[i];
+    size_t rank = 0; /* lanes in the order the processes appeared */
+    for (size_t j = 0; j < m->n_procs; j++)
+      rank += m->procs[j].first < p->first || (m->procs[j].first == p->first && j < i);
     metadata(m, "process_name", p->pid, 0, "name", process_label(p, label, sizeof label));
-    snprintf(label, sizeof label, "\"sort_index\":%zu", i);
+    snprintf(label, sizeof label, "\"sort_index\":%zu", rank);
     emit(m, "M", "__metadata", "process_sort_index", p->pid, 0, INT64_MIN, -1, label);
   }
   for (size_t i = 0; i < m->n_items; i++)
