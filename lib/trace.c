@@ -847,9 +847,11 @@ static void one_event(merge_t *m, const rec_t *r, int pid) {
   char label[160], args[400], text[3 * STR_MAX * 2];
   uint16_t type = atomic_load_explicit(&r->type, memory_order_relaxed);
   switch (type) {
-  case REC_THREAD:
-    rec_text(r, text, sizeof text);
-    metadata(m, "thread_name", pid, r->tid, "name", text[0] ? text : "thread");
+  case REC_THREAD: /* threads inherit the main one's name: the id tells them apart */
+    snprintf(label, sizeof label, "%.*s", STR_MAX, r->u.str.s);
+    if (r->tid != (uint32_t)pid)
+      snprintf(label + strlen(label), sizeof label - strlen(label), " (thread %u)", r->tid);
+    metadata(m, "thread_name", pid, r->tid, "name", label);
     break;
   case REC_ACQUIRED:
     if (r->u.v[1] < 0 && r->u.v[1] != MP_EOWNERDEAD) {
