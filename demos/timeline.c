@@ -4,8 +4,9 @@
  * then, per lock, who held it and who waited for it, how often and how long.
  *
  * Usage: timeline [--width N] FILE
- *        timeline --repair FILE    writes FILE from FILE.d (a program killed before it
- *                                  wrote its trace), then prints it
+ *        timeline --repair FILE    writes FILE from the events its placeholder points
+ *                                  to (a program killed before it wrote its trace), then
+ *                                  prints it
  *
  * It reads the files libmp writes (one event a line), not any trace-event JSON.
  */
@@ -166,8 +167,8 @@ static void read_trace(const char *path) {
   if (incomplete) {
     fprintf(stderr,
             "timeline: %s is the placeholder of a trace not written yet: the program runs, "
-            "or was killed.\nRun `timeline --repair %s` to write it from %s.d.\n",
-            path, path, path);
+            "or was killed.\nRun `timeline --repair %s` to write it from its events.\n",
+            path, path);
     exit(2);
   }
   if (!libmp) {
@@ -261,7 +262,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "timeline: %s\n", mp_last_error());
       return 1;
     }
-    printf("%s: written from %s.d\n\n", path, path);
+    printf("%s: written from the events the killed program left\n\n", path);
   }
   read_trace(path);
   double t0 = HUGE_VAL, t1 = -HUGE_VAL;

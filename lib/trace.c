@@ -1,22 +1,25 @@
 /*
  * MP_TRACE: a timeline of what every process did (docs/trace.md, include/mp/trace.h).
  *
- * Recording. Each process appends fixed-size binary records to its own file in the trace
- * directory, FILE.d/<pid>.<n>.bin, through a MAP_SHARED mapping of that file: an event is a
- * slot taken with one atomic add on a counter of this process (no lock, and nothing shared
- * with other processes), a clock read and a few stores, the type word stored last. What a
- * process wrote is in the page cache at once, so its events survive its SIGKILL, and the
- * whole program's survive the program's: nothing needs flushing, and a record cut by a
- * death keeps type 0 and is skipped. The file grows by ftruncate() in steps under a lock
- * only a thread crossing a step takes; the mapping is reserved once at its largest
- * (WINDOW_RECS records), past which events are counted as dropped.
+ * Recording. Each process writes fixed-size binary records into a ring of its own, a
+ * MAP_SHARED mapping of the file <dir>/<pid>.<n>.ring: an event takes a slot with one atomic
+ * add on the ring's counter (no lock, and nothing shared with another process), reads the
+ * clock and stores 64 bytes, the type word last. Every half ring (a block), the event that
+ * completes it appends the block to the process's log, <dir>/<pid>.<n>.bin, with one
+ * write(). The ring's pages stay mapped: a fresh page for every 64 events (a log mapped
+ * whole) costs a page fault each, many times the event itself on a virtual machine. The
+ * ring is a file so that what a process recorded survives its SIGKILL, and the whole
+ * program's: the merge reads each log and then the ring's events the log lacks; a record
+ * cut by a death keeps type 0 and is skipped. dir is in /dev/shm (tmpfs): appending there
+ * costs a fraction of a disk file's page cache, and it outlives the processes.
  *
  * Processes. The process that starts the trace (MP_TRACE, or mp_trace_start()) is its top:
- * it makes the directory and passes it on in LIBMP_TRACE_DIR to children that exec (spawn,
- * the fork server and its children); a forked child inherits the state and opens a file of
- * its own at its first event (the fork handler forgets the parent's). At its end (its
- * normal exit, or mp_trace_stop()) the top merges every file into the trace-event JSON
- * (merge below) and removes the directory.
+ * it makes the directory, names it in the placeholder it writes at the trace's path, and
+ * passes it on in LIBMP_TRACE_DIR to children that exec (spawn, the fork server and its
+ * children); a forked child inherits the state and opens files of its own at its first
+ * event (the fork handler forgets the parent's). At its end (its normal exit, or
+ * mp_trace_stop()) the top merges every file into the trace-event JSON (merge below) and
+ * removes the directory.
  *
  * Names. Shared objects live at the same address in every process, so an object is its
  * address: the merge numbers them per kind in order of first event, unless mp_set_name()
@@ -29,6 +32,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,26 +99,36 @@ static const char *const kind_names[MP__TRK_KINDS] = {
 
 /* ============================ this process's state ============================ */
 
-#define WINDOW_RECS ((uint64_t)1 << 22) /* 256 MiB of address space, reserved, not used */
-#define STEP_RECS ((uint64_t)16384)     /* the file grows 1 MiB at a time */
+#define RING_RECS ((uint64_t)8192) /* a process's ring: 512 KiB */
+#define BLOCK_RECS ((uint64_t)4096) /* copied to the log half a ring at a time */
 #define NAMES_MAX 256
-#define INTRO_RECS (2 + NAMES_MAX) /* header, process, remembered names */
 #define ENV_DIR "LIBMP_TRACE_DIR"
+
+/* A process's ring file: this header, then RING_RECS slots; event n is in slot n % RING_RECS
+ * until its block is appended to the process's log file. Both survive the process. */
+typedef struct {
+  int64_t magic;
+  _Atomic uint64_t next;    /* events taken */
+  _Atomic uint64_t flushed; /* events in the log, a multiple of BLOCK_RECS */
+  _Atomic int64_t dropped;  /* events lost to a failed write */
+  int64_t pad[4];
+} ring_head_t;
+
+_Static_assert(sizeof(ring_head_t) == sizeof(rec_t), "the header takes one slot's place");
 
 _Atomic int mp__trace_on;
 
 static struct {
-  pthread_mutex_t lock; /* opening and growing the file */
-  rec_t *base;          /* the mapping, or NULL before this process's first event */
-  _Atomic uint64_t next;  /* the next free slot */
-  _Atomic uint64_t limit; /* slots the file holds */
-  int fd;
+  pthread_mutex_t lock;       /* opening the files, appending to the log */
+  ring_head_t *_Atomic head;  /* the mapped ring file, or NULL before the first event */
+  rec_t *ring;
+  int log_fd;
   int method;
   bool top;    /* this process started the trace and writes the file */
   bool failed; /* no file could be opened: recording stays off */
   char dir[PATH_MAX];
   char path[PATH_MAX]; /* the top's trace file */
-} T = {PTHREAD_MUTEX_INITIALIZER, NULL, INTRO_RECS, 0, -1, M_MAIN, false, false, "", ""};
+} T = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, -1, M_MAIN, false, false, "", ""};
 
 static __thread uint32_t tls_tid; /* 0 until the thread's first event */
 
@@ -134,87 +148,104 @@ static void copy_str(char dst[STR_MAX], const char *src) {
   memset(dst + n, 0, STR_MAX - n);
 }
 
-static void commit(rec_t *r, int type) {
-  atomic_store_explicit(&r->type, (uint16_t)type, memory_order_release);
-}
-
-static void intro_record(rec_t *r, int type, uint64_t obj, const char *s, int64_t n) {
-  r->tid = (uint32_t)syscall(SYS_gettid);
-  r->ts = mp__now_ns();
-  r->obj = obj;
-  r->u.str.n = n;
-  copy_str(r->u.str.s, s);
-  commit(r, type);
-}
-
-/* Under T.lock: this process's file, with its header, name and the remembered names in the
- * slots kept for them. */
-static int open_file(void) {
-  char file[PATH_MAX];
-  pid_t pid = getpid();
-  int fd = -1;
-  for (int i = 0; fd < 0 && i < 1000; i++) { /* .n: a pid the system used again */
-    if ((size_t)snprintf(file, sizeof file, "%s/%d.%d.bin", T.dir, (int)pid, i) >= sizeof file)
-      return -ENAMETOOLONG;
-    fd = open(file, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0 && errno != EEXIST)
-      return -errno;
+/* Under T.lock: appends every block whose events have all been taken to the log, oldest
+ * first, waiting for the slots still being written (a few stores away). */
+static void flush_blocks(void) {
+  ring_head_t *h = T.head;
+  uint64_t from;
+  while (atomic_load(&h->next) - (from = atomic_load(&h->flushed)) >= BLOCK_RECS) {
+    rec_t *block = &T.ring[from % RING_RECS];
+    for (uint64_t j = 0; j < BLOCK_RECS; j++)
+      while (!atomic_load_explicit(&block[j].type, memory_order_acquire))
+        sched_yield();
+    size_t done = 0, size = BLOCK_RECS * sizeof(rec_t);
+    while (done < size) {
+      ssize_t n = write(T.log_fd, (char *)block + done, size - done);
+      if (n <= 0 && errno == EINTR)
+        continue;
+      if (n <= 0) { /* a full disk: the block is lost, counted */
+        atomic_fetch_add(&h->dropped, (int64_t)BLOCK_RECS);
+        break;
+      }
+      done += (size_t)n;
+    }
+    for (uint64_t j = 0; j < BLOCK_RECS; j++) /* free for the events a ring later */
+      atomic_store_explicit(&block[j].type, 0, memory_order_relaxed);
+    atomic_store_explicit(&h->flushed, from + BLOCK_RECS, memory_order_release);
   }
-  if (fd < 0)
-    return -EEXIST;
-  void *base = mmap(NULL, WINDOW_RECS * sizeof(rec_t), PROT_READ | PROT_WRITE, MAP_SHARED,
-                    fd, 0);
-  if (base == MAP_FAILED || ftruncate(fd, (off_t)(STEP_RECS * sizeof(rec_t))) < 0) {
-    int err = -errno;
-    if (base != MAP_FAILED)
-      munmap(base, WINDOW_RECS * sizeof(rec_t));
-    close(fd);
-    unlink(file);
+}
+
+/* Opens file dir/<pid>.<n><suffix> for a process: the first free n. */
+static int create_file(char *file, size_t cap, int n, const char *suffix) {
+  if ((size_t)snprintf(file, cap, "%s/%d.%d%s", T.dir, (int)getpid(), n, suffix) >= cap)
+    return -ENAMETOOLONG;
+  int fd = open(file, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  return fd >= 0 ? fd : -errno;
+}
+
+/* Under T.lock: this process's log file, starting with its header record, and its ring. */
+static int open_files(void) {
+  char log[PATH_MAX], ring[PATH_MAX];
+  int n = 0, log_fd = -EEXIST, ring_fd = -1;
+  for (; log_fd == -EEXIST && n < 1000; n++) /* .n: a pid the system used again */
+    log_fd = create_file(log, sizeof log, n, ".bin");
+  if (log_fd < 0)
+    return log_fd;
+  ring_fd = create_file(ring, sizeof ring, n - 1, ".ring");
+  size_t size = (RING_RECS + 1) * sizeof(rec_t);
+  void *map = MAP_FAILED;
+  rec_t head = {.ts = mp__now_ns(), .obj = (uint64_t)getpid()};
+  head.tid = (uint32_t)syscall(SYS_gettid);
+  head.u.v[0] = getppid();
+  head.u.v[1] = T.method;
+  head.u.v[2] = MAGIC;
+  atomic_store(&head.type, REC_HEADER);
+  int err = ring_fd < 0 ? ring_fd : 0;
+  if (!err && (ftruncate(ring_fd, (off_t)size) < 0 ||
+               (map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, ring_fd, 0)) ==
+                   MAP_FAILED ||
+               write(log_fd, &head, sizeof head) != (ssize_t)sizeof head))
+    err = -errno;
+  if (ring_fd >= 0)
+    close(ring_fd); /* the mapping keeps the file */
+  if (err) {
+    if (map != MAP_FAILED)
+      munmap(map, size);
+    close(log_fd);
+    unlink(log);
+    unlink(ring);
     return err;
   }
-  rec_t *recs = base;
-  recs[0].tid = (uint32_t)syscall(SYS_gettid);
-  recs[0].ts = mp__now_ns();
-  recs[0].obj = (uint64_t)pid;
-  recs[0].u.v[0] = getppid();
-  recs[0].u.v[1] = T.method;
-  recs[0].u.v[2] = MAGIC;
-  commit(&recs[0], REC_HEADER);
-  intro_record(&recs[1], REC_PROCESS, 0, mp_process_name(mp_current_process()), T.method);
-  pthread_mutex_lock(&names.lock);
-  for (size_t i = 0; i < names.n; i++)
-    intro_record(&recs[2 + i], REC_NAME, names.e[i].obj, names.e[i].name, 0);
-  pthread_mutex_unlock(&names.lock);
-  T.fd = fd;
-  T.base = base;
-  atomic_store_explicit(&T.limit, STEP_RECS, memory_order_release);
+  ring_head_t *h = map;
+  h->magic = MAGIC;
+  T.ring = (rec_t *)map + 1;
+  T.log_fd = log_fd;
+  atomic_store_explicit(&T.head, h, memory_order_release);
   return 0;
 }
 
-/* Slot i lies past the file's end (or there is no file yet): grows the file, or counts
- * the event as dropped. */
-static rec_t *reserve_slow(uint64_t i) {
-  rec_t *r = NULL;
+static rec_t *slot(int64_t ts);
+static void event_str(int type, int kind, uint64_t obj, int64_t n, const char *s);
+
+/* The first event of this process: its files, then its name and the names it knows. */
+static ring_head_t *open_slow(void) {
   pthread_mutex_lock(&T.lock);
-  if (!T.base && !T.failed && open_file() < 0) {
-    T.failed = true; /* say nothing: a library does not print; the merge shows the gap */
+  bool opened = !T.head && !T.failed && open_files() == 0;
+  if (!T.head && !T.failed) {
+    T.failed = true; /* say nothing: a library does not print; the trace shows the gap */
     atomic_store(&mp__trace_on, 0);
   }
-  uint64_t limit = atomic_load(&T.limit);
-  if (T.base && i >= limit && i < WINDOW_RECS) {
-    uint64_t want = (i / STEP_RECS + 1) * STEP_RECS;
-    if (ftruncate(T.fd, (off_t)(want * sizeof(rec_t))) == 0)
-      atomic_store_explicit(&T.limit, limit = want, memory_order_release);
-  }
-  if (T.base && i < limit)
-    r = &T.base[i];
-  else if (T.base)
-    atomic_fetch_add((_Atomic int64_t *)&T.base[0].u.v[3], 1);
+  ring_head_t *h = T.head;
   pthread_mutex_unlock(&T.lock);
-  return r;
+  if (opened) {
+    event_str(REC_PROCESS, 0, 0, T.method, mp_process_name(mp_current_process()));
+    pthread_mutex_lock(&names.lock);
+    for (size_t i = 0; i < names.n; i++)
+      event_str(REC_NAME, 0, names.e[i].obj, 0, names.e[i].name);
+    pthread_mutex_unlock(&names.lock);
+  }
+  return h;
 }
-
-static rec_t *slot(int64_t ts);
 
 /* The thread's first event: its id, and its name for the lane. */
 static uint32_t new_thread(void) {
@@ -226,25 +257,42 @@ static uint32_t new_thread(void) {
     r->obj = 0;
     r->u.str.n = 0;
     copy_str(r->u.str.s, name);
-    commit(r, REC_THREAD);
+    atomic_store_explicit(&r->type, REC_THREAD, memory_order_release);
   }
   return tls_tid;
 }
 
-/* A slot for an event at ts, its tid and ts filled, or NULL (dropped). */
+/* A slot for an event at ts, its tid and ts filled, or NULL (no file). commit() publishes
+ * it. */
 static rec_t *slot(int64_t ts) {
   uint32_t tid = tls_tid;
   if (__builtin_expect(tid == 0, 0))
     tid = new_thread();
-  uint64_t i = atomic_fetch_add_explicit(&T.next, 1, memory_order_relaxed);
-  rec_t *r = __builtin_expect(i < atomic_load_explicit(&T.limit, memory_order_acquire), 1)
-                 ? &T.base[i]
-                 : reserve_slow(i);
-  if (r) {
-    r->tid = tid;
-    r->ts = ts;
+  ring_head_t *h = atomic_load_explicit(&T.head, memory_order_acquire);
+  if (__builtin_expect(!h, 0) && !(h = open_slow()))
+    return NULL;
+  uint64_t i = atomic_fetch_add_explicit(&h->next, 1, memory_order_relaxed);
+  /* The ring is full only if the log writes fall behind: then this thread writes them. */
+  while (__builtin_expect(
+      i - atomic_load_explicit(&h->flushed, memory_order_acquire) >= RING_RECS, 0)) {
+    pthread_mutex_lock(&T.lock);
+    flush_blocks();
+    pthread_mutex_unlock(&T.lock);
   }
+  rec_t *r = &T.ring[i % RING_RECS];
+  r->tid = tid;
+  r->ts = ts;
   return r;
+}
+
+/* Publishes the record; the event that completes a block appends it to the log. */
+static void commit(rec_t *r, int type) {
+  atomic_store_explicit(&r->type, (uint16_t)type, memory_order_release);
+  if (__builtin_expect((uint64_t)(r - T.ring + 1) % BLOCK_RECS == 0, 0)) {
+    pthread_mutex_lock(&T.lock);
+    flush_blocks();
+    pthread_mutex_unlock(&T.lock);
+  }
 }
 
 /* An event about obj with up to three numbers. */
@@ -398,19 +446,18 @@ int mp_set_name(void *object, const char *name) {
 /* Forgets this process's file: in a forked child (the parent's is the parent's), and at
  * the end of a trace. */
 static void forget_file(void) {
-  if (T.base)
-    munmap(T.base, WINDOW_RECS * sizeof(rec_t));
-  if (T.fd >= 0)
-    close(T.fd);
-  T.base = NULL;
-  T.fd = -1;
+  if (T.head)
+    munmap(T.head, (RING_RECS + 1) * sizeof(rec_t));
+  if (T.log_fd >= 0)
+    close(T.log_fd);
+  atomic_store(&T.head, NULL);
+  T.ring = NULL;
+  T.log_fd = -1;
   T.failed = false;
-  atomic_store(&T.limit, 0);
-  atomic_store(&T.next, INTRO_RECS);
 }
 
 /* Removes what the directory holds, then the directory (ENOENT is not an error). */
-static int remove_dir(const char *dir, bool keep_dir) {
+static int remove_dir(const char *dir) {
   DIR *d = opendir(dir);
   if (!d)
     return errno == ENOENT ? 0 : -errno;
@@ -419,15 +466,28 @@ static int remove_dir(const char *dir, bool keep_dir) {
     if (e->d_name[0] != '.')
       unlinkat(dirfd(d), e->d_name, 0);
   closedir(d);
-  return keep_dir || rmdir(dir) == 0 || errno == ENOENT ? 0 : -errno;
+  return rmdir(dir) == 0 || errno == ENOENT ? 0 : -errno;
 }
 
+static void json_escape(char *out, size_t cap, const char *s);
+static int merge_dir(const char *path, const char *dir);
+
 /* The text a trace file holds until the merge writes it: valid JSON that says why it is
- * empty. */
-static const char placeholder[] =
-    "{\"traceEvents\":[],\n\"otherData\":{\"libmp_incomplete\":\"the program has not "
-    "written its trace yet (it runs, or was killed): demos/timeline --repair FILE writes "
-    "it from FILE.d\"}}\n";
+ * empty, and where the events are. */
+static int write_placeholder(const char *path, const char *dir) {
+  char esc[3 * PATH_MAX];
+  json_escape(esc, sizeof esc, dir);
+  FILE *f = fopen(path, "we");
+  if (!f)
+    return -errno;
+  fprintf(f,
+          "{\"traceEvents\":[],\n\"otherData\":{\"libmp_incomplete\":\"the program has not "
+          "written its trace yet (it runs, or was killed): demos/timeline --repair FILE "
+          "writes it from libmp_dir\",\n\"libmp_dir\":\"%s\"}}\n",
+          esc);
+  int err = ferror(f) ? -EIO : 0;
+  return fclose(f) != 0 || err ? -EIO : 0;
+}
 
 int mp_trace_start(const char *path) {
   if (!path || !*path)
@@ -440,29 +500,22 @@ int mp_trace_start(const char *path) {
   size_t cwd_len = strlen(abs);
   if (cwd_len && abs[cwd_len - 1] != '/')
     abs[cwd_len++] = '/';
-  if (cwd_len + strlen(path) + 40 >= sizeof abs) /* + ".d/<pid>.<n>.bin" */
+  if (cwd_len + strlen(path) + 40 >= sizeof abs) /* + ".XXXXXX/<pid>.<n>.ring" */
     return mp__error(MP_EINVAL, "mp_trace_start: the path is too long");
   snprintf(abs + cwd_len, sizeof abs - cwd_len, "%s", path);
-  char dir[PATH_MAX];
-  snprintf(dir, sizeof dir, "%s.d", abs);
-  if (mkdir(dir, 0700) < 0) {
-    struct stat st;
-    if (errno != EEXIST || lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode) ||
-        st.st_uid != geteuid())
-      return mp__syserror("mp_trace_start: making the directory %s", dir);
-    int rc = remove_dir(dir, true); /* a previous run's */
-    if (rc < 0)
-      return mp__error(rc, "mp_trace_start: emptying %s: %s", dir, strerror(-rc));
+  /* The events wait in memory (tmpfs), where appending costs a fraction of a disk's page
+   * cache, and which outlives the program's processes until the merge or a reboot. */
+  char dir[PATH_MAX] = "/dev/shm/libmp-trace-XXXXXX";
+  if (!mkdtemp(dir)) {
+    snprintf(dir, sizeof dir, "%s.XXXXXX", abs);
+    if (!mkdtemp(dir))
+      return mp__syserror("mp_trace_start: making a directory %s", dir);
   }
-  int fd = open(abs, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-  if (fd < 0 || write(fd, placeholder, sizeof placeholder - 1) < 0) {
-    int rc = mp__syserror("mp_trace_start: writing %s", abs);
-    if (fd >= 0)
-      close(fd);
+  int rc = write_placeholder(abs, dir);
+  if (rc < 0) {
     rmdir(dir);
-    return rc;
+    return mp__error(rc, "mp_trace_start: writing %s: %s", abs, strerror(-rc));
   }
-  close(fd);
   if (setenv(ENV_DIR, dir, 1) < 0)
     return mp__syserror("mp_trace_start: setenv");
   pthread_mutex_lock(&T.lock);
@@ -486,7 +539,41 @@ int mp_trace_stop(void) {
   forget_file();
   T.top = false;
   pthread_mutex_unlock(&T.lock);
-  return mp_trace_merge(T.path);
+  return merge_dir(T.path, T.dir);
+}
+
+/* The directory an unfinished trace file names (write_placeholder()), unescaped. */
+static int placeholder_dir(const char *path, char *dir, size_t cap) {
+  char text[4 * PATH_MAX];
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return errno == ENOENT ? mp__error(MP_ENOENT, "mp_trace_merge: no file %s", path)
+                           : mp__syserror("mp_trace_merge: opening %s", path);
+  size_t len = fread(text, 1, sizeof text - 1, f);
+  fclose(f);
+  text[len] = 0;
+  const char *p = strstr(text, "\"libmp_dir\":\"");
+  if (!p)
+    return mp__error(MP_ENOENT, "mp_trace_merge: %s is not an unfinished trace", path);
+  size_t o = 0;
+  for (p += strlen("\"libmp_dir\":\""); *p && *p != '"' && o + 1 < cap; p++) {
+    unsigned c = (unsigned char)*p;
+    if (c == '\\' && p[1] == 'u' && sscanf(p + 2, "%4x", &c) == 1)
+      p += 5;
+    else if (c == '\\' && p[1])
+      c = (unsigned char)*++p;
+    dir[o++] = (char)c;
+  }
+  dir[o] = 0;
+  return 0;
+}
+
+int mp_trace_merge(const char *path) {
+  char dir[PATH_MAX];
+  if (!path || !*path || strlen(path) + 32 >= PATH_MAX)
+    return mp__error(MP_EINVAL, "mp_trace_merge: path is NULL, empty or too long");
+  int rc = placeholder_dir(path, dir, sizeof dir);
+  return rc < 0 ? rc : merge_dir(path, dir);
 }
 
 /* ============================ the fork handler, start, end ============================ */
@@ -497,7 +584,7 @@ static void after_fork_in_child(void) {
     return; /* untouched: not even its page is copied */
   pthread_mutex_init(&T.lock, NULL);
   pthread_mutex_init(&names.lock, NULL);
-  if (T.base)
+  if (T.head)
     forget_file();
   T.top = false;
   T.method = T.method == M_SERVER ? M_FORKSERVER : M_FORK;
@@ -976,7 +1063,7 @@ static int by_time(const void *a, const void *b) {
 }
 
 /* Adds the records of one process's file (its whole contents in recs) to the merge. */
-static void add_file(merge_t *m, const rec_t *recs, size_t n) {
+static void add_file(merge_t *m, const rec_t *recs, size_t n, int64_t dropped) {
   if (n == 0 || atomic_load_explicit(&recs[0].type, memory_order_relaxed) != REC_HEADER ||
       recs[0].u.v[2] != MAGIC)
     return; /* not a trace file, or one whose process died before its header */
@@ -985,8 +1072,8 @@ static void add_file(merge_t *m, const rec_t *recs, size_t n) {
   if (!p)
     return;
   p->method = recs[0].u.v[1] >= 0 && recs[0].u.v[1] < M_COUNT ? (int)recs[0].u.v[1] : M_MAIN;
-  p->dropped += recs[0].u.v[3];
-  m->dropped += recs[0].u.v[3];
+  p->dropped += dropped;
+  m->dropped += dropped;
   for (size_t i = 1; i < n; i++) {
     if (!atomic_load_explicit(&recs[i].type, memory_order_relaxed))
       continue;
@@ -998,17 +1085,19 @@ static void add_file(merge_t *m, const rec_t *recs, size_t n) {
   }
 }
 
-/* Reads one file whole: its records, or NULL (*n = 0) if it cannot be read. */
-static rec_t *read_file(int dir_fd, const char *name, size_t *n) {
+/* Reads one file whole, with room for `extra` more records: its records, or NULL (*n = 0)
+ * if it cannot be read. */
+static rec_t *read_file(int dir_fd, const char *name, size_t extra, size_t *n) {
   *n = 0;
   int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   struct stat st;
   if (fd < 0)
     return NULL;
   size_t size = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? (size_t)st.st_size : 0;
-  size = size > WINDOW_RECS * sizeof(rec_t) ? WINDOW_RECS * sizeof(rec_t) : size;
   size -= size % sizeof(rec_t);
-  rec_t *recs = size ? malloc(size) : NULL;
+  rec_t *recs = size && size / sizeof(rec_t) <= SIZE_MAX / sizeof(rec_t) - extra
+                    ? malloc(size + extra * sizeof(rec_t))
+                    : NULL;
   size_t got = 0;
   while (recs && got < size) {
     ssize_t k = read(fd, (char *)recs + got, size - got);
@@ -1018,6 +1107,31 @@ static rec_t *read_file(int dir_fd, const char *name, size_t *n) {
   }
   close(fd);
   *n = got / sizeof(rec_t);
+  return recs;
+}
+
+/* A process's events: its log (<pid>.<n>.bin, named by log), then those of its ring that the
+ * log does not hold yet, in order; *dropped from the ring's header. NULL if none. */
+static rec_t *read_process(int dir_fd, const char *log, size_t *n, int64_t *dropped) {
+  char ring_name[NAME_MAX + 1];
+  size_t len = strlen(log) - strlen(".bin"), n_ring;
+  snprintf(ring_name, sizeof ring_name, "%.*s.ring", (int)len, log);
+  rec_t *recs = read_file(dir_fd, log, RING_RECS, n);
+  rec_t *ring = recs ? read_file(dir_fd, ring_name, 0, &n_ring) : NULL;
+  *dropped = 0;
+  if (ring && n_ring == RING_RECS + 1 && ((ring_head_t *)ring)->magic == MAGIC) {
+    const ring_head_t *h = (const ring_head_t *)ring;
+    uint64_t next = atomic_load(&h->next), logged = *n - 1; /* the log's header is no event */
+    *dropped = atomic_load(&h->dropped);
+    /* The ring holds the last RING_RECS events at most; a block the process appended just
+     * before it died is in the log and is not taken twice. */
+    for (uint64_t i = logged + RING_RECS < next ? next - RING_RECS : logged; i < next; i++) {
+      const rec_t *r = &ring[1 + i % RING_RECS];
+      if (atomic_load_explicit(&r->type, memory_order_relaxed))
+        memcpy(&recs[(*n)++], r, sizeof *r);
+    }
+  }
+  free(ring);
   return recs;
 }
 
@@ -1049,11 +1163,8 @@ static void write_trace(merge_t *m) {
           m->n_procs, m->n_items, (long long)m->dropped);
 }
 
-int mp_trace_merge(const char *path) {
-  char dir[PATH_MAX], tmp[PATH_MAX];
-  if (!path || !*path || strlen(path) + 32 >= sizeof dir)
-    return mp__error(MP_EINVAL, "mp_trace_merge: path is NULL, empty or too long");
-  snprintf(dir, sizeof dir, "%s.d", path);
+static int merge_dir(const char *path, const char *dir) {
+  char tmp[PATH_MAX];
   snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
   DIR *d = opendir(dir);
   if (!d)
@@ -1067,7 +1178,8 @@ int mp_trace_merge(const char *path) {
     size_t len = strlen(e->d_name), n;
     if (len < 5 || strcmp(e->d_name + len - 4, ".bin") != 0)
       continue;
-    rec_t *recs = read_file(dirfd(d), e->d_name, &n);
+    int64_t dropped;
+    rec_t *recs = read_process(dirfd(d), e->d_name, &n, &dropped);
     if (!recs)
       continue;
     if (!grow((void **)&files, &cap_files, n_files, sizeof *files)) {
@@ -1076,7 +1188,7 @@ int mp_trace_merge(const char *path) {
       break;
     }
     files[n_files++] = recs;
-    add_file(&m, recs, n);
+    add_file(&m, recs, n, dropped);
   }
   closedir(d);
   int rc = 0;
@@ -1101,7 +1213,7 @@ int mp_trace_merge(const char *path) {
   if (rc < 0)
     unlink(tmp);
   else
-    remove_dir(dir, false);
+    remove_dir(dir);
   for (size_t i = 0; i < n_files; i++)
     free(files[i]);
   free(files);

@@ -65,6 +65,22 @@ static int count(json_t *root, const char *ph, const char *name, bool prefix, js
   return n;
 }
 
+/* The directory an unfinished trace file names, where the events wait for the merge. */
+static void events_dir(const char *path, char *dir, size_t cap) {
+  json_t *root = load_trace(path);
+  T_INT_EQ(json_array_size(json_object_get(root, "traceEvents")), 0);
+  json_t *other = json_object_get(root, "otherData");
+  T_ASSERT(json_object_get(other, "libmp_incomplete") != NULL, "the placeholder says so");
+  snprintf(dir, cap, "%s", str_of(other, "libmp_dir"));
+  T_ASSERT(dir[0] == '/', "the placeholder names the directory: '%s'", dir);
+  json_decref(root);
+}
+
+static void assert_removed(const char *dir) {
+  struct stat st;
+  T_ASSERT(stat(dir, &st) < 0 && errno == ENOENT, "%s is removed after the merge", dir);
+}
+
 /* The label of pid's lane ("Process-1 (spawn)"), or "". */
 static const char *process_label(json_t *root, json_int_t pid) {
   json_t *events = json_object_get(root, "traceEvents"), *e;
@@ -142,6 +158,8 @@ START_TEST(test_three_methods) {
   a.rounds = 3;
   MP_ASSERT_OK(mp_trace_start(path));
   T_ASSERT(mp_trace_enabled(), "tracing is on after mp_trace_start");
+  char dir[4096];
+  events_dir(path, dir, sizeof dir);
   mp_process_t *p[N_METHODS];
   for (int m = 0; m < N_METHODS; m++)
     p[m] = mp_test_start(m, lock_rounds, &a, sizeof a);
@@ -165,10 +183,7 @@ START_TEST(test_three_methods) {
   }
   T_ASSERT(strstr(process_label(root, getpid()), "(main)") != NULL, "the tracing process");
   json_decref(root);
-  struct stat st;
-  char dir[160];
-  snprintf(dir, sizeof dir, "%s.d", path);
-  T_ASSERT(stat(dir, &st) < 0 && errno == ENOENT, "%s is removed after the merge", dir);
+  assert_removed(dir);
   unlink(path);
   lock_arg_free(&a);
 }
@@ -400,9 +415,8 @@ static void killed_program(const char *path, int method, int ready_fd) {
 }
 
 START_TEST(test_killed_program_repaired) {
-  char path[128], dir[160];
+  char path[128], dir[4096];
   trace_path(path, sizeof path, "program", _i);
-  snprintf(dir, sizeof dir, "%s.d", path);
   int fds[2];
   T_ASSERT(pipe(fds) == 0, "pipe");
   pid_t program = fork();
@@ -425,22 +439,16 @@ START_TEST(test_killed_program_repaired) {
     mp_test_sleep(0.01);
 
   /* Before the repair the file parses, and says what to do. */
-  json_t *root = load_trace(path);
-  T_INT_EQ(json_array_size(json_object_get(root, "traceEvents")), 0);
-  T_ASSERT(json_object_get(json_object_get(root, "otherData"), "libmp_incomplete") != NULL,
-           "the placeholder says the trace is incomplete");
-  json_decref(root);
-
+  events_dir(path, dir, sizeof dir);
   MP_ASSERT_OK(mp_trace_merge(path));
-  root = load_trace(path);
+  json_t *root = load_trace(path);
   T_INT_EQ(count(root, "i", "about to be killed", false, program), 1);
   T_INT_EQ(count(root, "X", "hold program lock", false, child), ROUNDS);
   T_ASSERT(strstr(process_label(root, child), "Sleeper") != NULL, "the child's lane");
   T_INT_EQ(count(root, "i", "exit", false, program), 0);
   json_decref(root);
-  struct stat st;
-  T_ASSERT(stat(dir, &st) < 0 && errno == ENOENT, "%s is removed after the repair", dir);
-  MP_ASSERT_ERR(mp_trace_merge(path), MP_ENOENT);
+  assert_removed(dir);
+  MP_ASSERT_ERR(mp_trace_merge(path), MP_ENOENT); /* a written trace is no unfinished one */
   unlink(path);
 }
 END_TEST
@@ -572,6 +580,48 @@ START_TEST(test_every_kind_named) {
 }
 END_TEST
 
+/* -------------------------- more events than a ring holds -------------------------- */
+
+#define MANY 20000 /* more than two rings of 8192: blocks go to the log, the rest stays */
+
+static int many_marks(void *arg, size_t size) {
+  (void)size;
+  mp_event_t *done = *(mp_event_t **)arg;
+  for (int i = 0; i < MANY / 2; i++)
+    mp_trace_mark("child");
+  mp_event_set(done);
+  for (;;)
+    if (pause() < 0 && errno != EINTR)
+      return 1;
+}
+
+/* Every event is kept, whether its process appended it to its log or died with it in its
+ * ring (SIGKILL). */
+START_TEST(test_many_events) {
+  char path[128];
+  trace_path(path, sizeof path, "many", _i);
+  mp_event_t *done;
+  MP_ASSERT_OK(mp_event_create(&done));
+  MP_ASSERT_OK(mp_trace_start(path));
+  mp_process_t *p = mp_test_start(_i, many_marks, &done, sizeof done);
+  for (int i = 0; i < MANY; i++)
+    MP_ASSERT_OK(mp_trace_mark("parent"));
+  MP_ASSERT_OK(mp_event_wait(done, 60));
+  int child = mp_process_pid(p);
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 30), -SIGKILL);
+  MP_ASSERT_OK(mp_trace_stop());
+  json_t *root = load_trace(path);
+  T_INT_EQ(count(root, "i", "parent", false, getpid()), MANY);
+  T_INT_EQ(count(root, "i", "child", false, child), MANY / 2);
+  T_INT_EQ(count(root, "i", "killed by signal 9", false, child), 1);
+  T_INT_EQ(json_integer_value(json_object_get(json_object_get(root, "otherData"), "dropped")), 0);
+  json_decref(root);
+  unlink(path);
+  mp_event_close(done);
+}
+END_TEST
+
 /* ------------------------------------ MP_TRACE ------------------------------------ */
 
 /* The program MP_TRACE traces: a child of the method, a lock between them. */
@@ -625,6 +675,7 @@ static Suite *trace_suite(void) {
                       N_METHODS);
   tcase_add_loop_test(mp_test_tcase(s, "kinds", 60), test_every_kind_named, 0, N_METHODS);
   tcase_add_loop_test(mp_test_tcase(s, "MP_TRACE", 60), test_env_var, 0, N_METHODS);
+  tcase_add_loop_test(mp_test_tcase(s, "many events", 120), test_many_events, 0, N_METHODS);
   return s;
 }
 

@@ -13,10 +13,11 @@
  * Children of every start method trace as long as their parent did when it started them.
  * Off (the default), an event site costs one predictable branch.
  *
- * Each process writes its events into its own file of the directory FILE.d, mapped in
- * memory: what a process recorded stays there when it is killed. A program killed before
- * the merge leaves FILE.d and a FILE that says it is incomplete; `demos/timeline --repair
- * FILE` (mp_trace_merge()) then writes FILE from what FILE.d holds.
+ * Each process writes its events into files of its own in a directory of /dev/shm, through
+ * a mapped ring: what a process recorded stays there when it is killed. Until the merge,
+ * FILE is a valid JSON file without events that names that directory; a program killed
+ * before the merge leaves both, and `demos/timeline --repair FILE` (mp_trace_merge()) then
+ * writes FILE from the directory.
  *
  * Python has no counterpart (its multiprocessing has only log_to_stderr()).
  */
@@ -33,10 +34,11 @@
 #define MP_TRACE_NAME_MAX 31
 
 /*
- * Starts recording into path (a file name; the directory path + ".d" holds the per-process
- * files until the merge, and is emptied now if a previous run left it). This process
- * writes path when it calls mp_trace_stop() or exits normally; children it starts from
- * now on record too (a running fork server only if it was started after this call).
+ * Starts recording into path (a file name, overwritten now with a placeholder that names
+ * the directory of /dev/shm where the per-process files wait; path + ".XXXXXX" where there
+ * is no /dev/shm). This process writes path when it calls mp_trace_stop() or exits
+ * normally; children it starts from now on record too (a fork server only if it was
+ * started after this call).
  * Errors: MP_EINVAL (path NULL, empty or too long, or tracing is already on in this
  * process), or the system error of creating the directory or the file.
  */
@@ -52,12 +54,13 @@ MP_EXTERN int mp_trace_start(const char *path);
 MP_EXTERN int mp_trace_stop(void);
 
 /*
- * Writes path as trace-event JSON from the per-process files in path + ".d", then removes
- * them: the repair step for a program that was killed before it wrote its trace. Safe to
- * run on a directory whose processes are all gone; the file is replaced whole (written
- * aside, then renamed), so a reader never sees half of it.
- * Errors: MP_EINVAL (path NULL or too long), MP_ENOENT (no such directory), or a system
- * error reading the directory or writing the file.
+ * Writes path as trace-event JSON from the per-process files of the directory its
+ * placeholder names, then removes them: the repair step for a program that was killed
+ * before it wrote its trace (run it once the program's processes are gone). The file is
+ * replaced whole (written aside, then renamed), so a reader never sees half of it.
+ * Errors: MP_EINVAL (path NULL or too long), MP_ENOENT (no such file, the file is not an
+ * unfinished trace, or its directory is gone), MP_ENOMEM, or a system error reading the
+ * directory or writing the file.
  */
 MP_EXTERN int mp_trace_merge(const char *path);
 
