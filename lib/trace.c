@@ -121,7 +121,7 @@ _Atomic int mp__trace_on;
 static struct {
   pthread_mutex_t lock;       /* opening the files, appending to the log */
   ring_head_t *_Atomic head;  /* the mapped ring file, or NULL before the first event */
-  rec_t *ring;
+  ring_head_t *retired;       /* a stopped trace's, still mapped: see forget_file() */
   int log_fd;
   int method;
   bool top;    /* this process started the trace and writes the file */
@@ -129,6 +129,9 @@ static struct {
   char dir[PATH_MAX];
   char path[PATH_MAX]; /* the top's trace file */
 } T = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, -1, M_MAIN, false, false, "", ""};
+
+#define RING_OF(h) ((rec_t *)((h) + 1))
+#define RING_FILE_SIZE ((RING_RECS + 1) * sizeof(rec_t))
 
 static __thread uint32_t tls_tid; /* 0 until the thread's first event */
 
@@ -148,13 +151,15 @@ static void copy_str(char dst[STR_MAX], const char *src) {
   memset(dst + n, 0, STR_MAX - n);
 }
 
-/* Under T.lock: appends every block whose events have all been taken to the log, oldest
- * first, waiting for the slots still being written (a few stores away). */
-static void flush_blocks(void) {
-  ring_head_t *h = T.head;
+/* Under T.lock, for the ring h of the running trace: appends every block whose events have
+ * all been taken to the log, oldest first, waiting for the slots still being written (a
+ * few stores away). */
+static void flush_blocks(ring_head_t *h) {
   uint64_t from;
+  if (h != T.head)
+    return; /* the trace stopped meanwhile */
   while (atomic_load(&h->next) - (from = atomic_load(&h->flushed)) >= BLOCK_RECS) {
-    rec_t *block = &T.ring[from % RING_RECS];
+    rec_t *block = &RING_OF(h)[from % RING_RECS];
     for (uint64_t j = 0; j < BLOCK_RECS; j++)
       while (!atomic_load_explicit(&block[j].type, memory_order_acquire))
         sched_yield();
@@ -192,7 +197,7 @@ static int open_files(void) {
   if (log_fd < 0)
     return log_fd;
   ring_fd = create_file(ring, sizeof ring, n - 1, ".ring");
-  size_t size = (RING_RECS + 1) * sizeof(rec_t);
+  size_t size = RING_FILE_SIZE;
   void *map = MAP_FAILED;
   rec_t head = {.ts = mp__now_ns(), .obj = (uint64_t)getpid()};
   head.tid = (uint32_t)syscall(SYS_gettid);
@@ -218,7 +223,6 @@ static int open_files(void) {
   }
   ring_head_t *h = map;
   h->magic = MAGIC;
-  T.ring = (rec_t *)map + 1;
   T.log_fd = log_fd;
   atomic_store_explicit(&T.head, h, memory_order_release);
   return 0;
@@ -247,6 +251,8 @@ static ring_head_t *open_slow(void) {
   return h;
 }
 
+static void commit(rec_t *r, int type);
+
 /* The thread's first event: its id, and its name for the lane. */
 static uint32_t new_thread(void) {
   tls_tid = (uint32_t)syscall(SYS_gettid);
@@ -257,7 +263,7 @@ static uint32_t new_thread(void) {
     r->obj = 0;
     r->u.str.n = 0;
     copy_str(r->u.str.s, name);
-    atomic_store_explicit(&r->type, REC_THREAD, memory_order_release);
+    commit(r, REC_THREAD);
   }
   return tls_tid;
 }
@@ -276,10 +282,13 @@ static rec_t *slot(int64_t ts) {
   while (__builtin_expect(
       i - atomic_load_explicit(&h->flushed, memory_order_acquire) >= RING_RECS, 0)) {
     pthread_mutex_lock(&T.lock);
-    flush_blocks();
+    bool running = h == T.head;
+    flush_blocks(h);
     pthread_mutex_unlock(&T.lock);
+    if (!running)
+      return NULL;
   }
-  rec_t *r = &T.ring[i % RING_RECS];
+  rec_t *r = &RING_OF(h)[i % RING_RECS];
   r->tid = tid;
   r->ts = ts;
   return r;
@@ -288,9 +297,10 @@ static rec_t *slot(int64_t ts) {
 /* Publishes the record; the event that completes a block appends it to the log. */
 static void commit(rec_t *r, int type) {
   atomic_store_explicit(&r->type, (uint16_t)type, memory_order_release);
-  if (__builtin_expect((uint64_t)(r - T.ring + 1) % BLOCK_RECS == 0, 0)) {
+  ring_head_t *h = atomic_load_explicit(&T.head, memory_order_relaxed);
+  if (__builtin_expect(h && (uint64_t)(r - RING_OF(h) + 1) % BLOCK_RECS == 0, 0)) {
     pthread_mutex_lock(&T.lock);
-    flush_blocks();
+    flush_blocks(h);
     pthread_mutex_unlock(&T.lock);
   }
 }
@@ -443,15 +453,22 @@ int mp_set_name(void *object, const char *name) {
   return kept ? 0 : mp__error(MP_ENOMEM, "mp_set_name: %d names are remembered already", NAMES_MAX);
 }
 
-/* Forgets this process's file: in a forked child (the parent's is the parent's), and at
- * the end of a trace. */
-static void forget_file(void) {
-  if (T.head)
-    munmap(T.head, (RING_RECS + 1) * sizeof(rec_t));
+/* Under T.lock: forgets this process's files, at the end of a trace and in a forked child
+ * (the parent's are the parent's). At the end of a trace another thread may still be in the
+ * middle of an event in the ring: it stays mapped until the next trace ends (or a fork), and
+ * its events go nowhere. */
+static void forget_file(bool in_child) {
+  ring_head_t *h = T.head;
+  atomic_store(&T.head, NULL);
+  if (T.retired)
+    munmap(T.retired, RING_FILE_SIZE);
+  T.retired = NULL;
+  if (h && in_child)
+    munmap(h, RING_FILE_SIZE);
+  else
+    T.retired = h;
   if (T.log_fd >= 0)
     close(T.log_fd);
-  atomic_store(&T.head, NULL);
-  T.ring = NULL;
   T.log_fd = -1;
   T.failed = false;
 }
@@ -519,7 +536,6 @@ int mp_trace_start(const char *path) {
   if (setenv(ENV_DIR, dir, 1) < 0)
     return mp__syserror("mp_trace_start: setenv");
   pthread_mutex_lock(&T.lock);
-  forget_file();
   memcpy(T.dir, dir, sizeof T.dir);
   memcpy(T.path, abs, sizeof T.path);
   T.top = true;
@@ -536,7 +552,7 @@ int mp_trace_stop(void) {
   atomic_store(&mp__trace_on, 0);
   unsetenv(ENV_DIR);
   pthread_mutex_lock(&T.lock);
-  forget_file();
+  forget_file(false);
   T.top = false;
   pthread_mutex_unlock(&T.lock);
   return merge_dir(T.path, T.dir);
@@ -584,8 +600,7 @@ static void after_fork_in_child(void) {
     return; /* untouched: not even its page is copied */
   pthread_mutex_init(&T.lock, NULL);
   pthread_mutex_init(&names.lock, NULL);
-  if (T.head)
-    forget_file();
+  forget_file(true);
   T.top = false;
   T.method = T.method == M_SERVER ? M_FORKSERVER : M_FORK;
   tls_tid = 0;
