@@ -51,17 +51,17 @@ enum {
   REC_ACQUIRED,   /* obj of kind acquired; v[0]: when the wait began, v[1]: 0,
                      MP_EOWNERDEAD, or the error that ended the wait (not acquired) */
   REC_RELEASED,
-  REC_WAITED,     /* v[0]: when the wait began, v[1]: 1 if it ended well */
-  REC_QUEUE_PUT,  /* v[0]: began, v[1]: bytes */
+  REC_WAITED,    /* v[0]: when the wait began, v[1]: 1 if it ended well */
+  REC_QUEUE_PUT, /* v[0]: began, v[1]: bytes */
   REC_QUEUE_GET,
-  REC_SEND,       /* v[0]: began, v[1]: bytes, v[2]: the call's result */
+  REC_SEND, /* v[0]: began, v[1]: bytes, v[2]: the call's result */
   REC_RECV,
-  REC_SHM,        /* kind: MP__TRK_SHM_*, str.n: size, str.s: the segment's name */
-  REC_START,      /* obj: the child's pid, str.n: its method, str.s: its name */
-  REC_EXIT,       /* str.n: the exit code; kind 1: not known (the top's end) */
-  REC_REAPED,     /* obj: the child's pid, v[0]: its exit code, v[1]: 1 if unknown */
-  REC_CHUNK,      /* obj: the pool; v = {map, chunk | worker << 32, first, count, began};
-                     kind: MP__CHUNK_DONE or MP__CHUNK_FAILED */
+  REC_SHM,         /* kind: MP__TRK_SHM_*, str.n: size, str.s: the segment's name */
+  REC_START,       /* obj: the child's pid, str.n: its method, str.s: its name */
+  REC_EXIT,        /* str.n: the exit code; kind 1: not known (the top's end) */
+  REC_REAPED,      /* obj: the child's pid, v[0]: its exit code, v[1]: 1 if unknown */
+  REC_CHUNK,       /* obj: the pool; v = {map, chunk | worker << 32, first, count, began};
+                      kind: MP__CHUNK_DONE or MP__CHUNK_FAILED */
   REC_TASK_FAILED, /* obj: the map, str.n: the item, str.s: the message's start */
   REC_WORKER_END,  /* obj: the worker's pid; str.n: worker | exit code << 32; kind:
                       replaced; str.s: why */
@@ -99,7 +99,7 @@ static const char *const kind_names[MP__TRK_KINDS] = {
 
 /* ============================ this process's state ============================ */
 
-#define RING_RECS ((uint64_t)8192) /* a process's ring: 512 KiB */
+#define RING_RECS ((uint64_t)8192)  /* a process's ring: 512 KiB */
 #define BLOCK_RECS ((uint64_t)4096) /* copied to the log half a ring at a time */
 #define NAMES_MAX 256
 #define ENV_DIR "LIBMP_TRACE_DIR"
@@ -119,9 +119,9 @@ _Static_assert(sizeof(ring_head_t) == sizeof(rec_t), "the header takes one slot'
 _Atomic int mp__trace_on;
 
 static struct {
-  pthread_mutex_t lock;       /* opening the files, appending to the log */
-  ring_head_t *_Atomic head;  /* the mapped ring file, or NULL before the first event */
-  ring_head_t *retired;       /* a stopped trace's, still mapped: see forget_file() */
+  pthread_mutex_t lock;      /* opening the files, appending to the log */
+  ring_head_t *_Atomic head; /* the mapped ring file, or NULL before the first event */
+  ring_head_t *retired;      /* a stopped trace's, still mapped: see forget_file() */
   int log_fd;
   int method;
   bool top;    /* this process started the trace and writes the file */
@@ -206,10 +206,10 @@ static int open_files(void) {
   head.u.v[2] = MAGIC;
   atomic_store(&head.type, REC_HEADER);
   int err = ring_fd < 0 ? ring_fd : 0;
-  if (!err && (ftruncate(ring_fd, (off_t)size) < 0 ||
-               (map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, ring_fd, 0)) ==
-                   MAP_FAILED ||
-               write(log_fd, &head, sizeof head) != (ssize_t)sizeof head))
+  if (!err &&
+      (ftruncate(ring_fd, (off_t)size) < 0 ||
+       (map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, ring_fd, 0)) == MAP_FAILED ||
+       write(log_fd, &head, sizeof head) != (ssize_t)sizeof head))
     err = -errno;
   if (ring_fd >= 0)
     close(ring_fd); /* the mapping keeps the file */
@@ -450,7 +450,8 @@ int mp_set_name(void *object, const char *name) {
     event_str(REC_NAME, 0, obj, 0, name);
     return 0;
   }
-  return kept ? 0 : mp__error(MP_ENOMEM, "mp_set_name: %d names are remembered already", NAMES_MAX);
+  return kept ? 0
+              : mp__error(MP_ENOMEM, "mp_set_name: %d names are remembered already", NAMES_MAX);
 }
 
 /* Under T.lock: forgets this process's files, at the end of a trace and in a forked child
@@ -548,7 +549,8 @@ int mp_trace_start(const char *path) {
 int mp_trace_stop(void) {
   if (!T.top || !MP__TRACING())
     return mp__error(MP_EINVAL, "mp_trace_stop: %s",
-                     T.top ? "not tracing" : "only the process that started the trace stops it");
+                     T.top ? "not tracing"
+                           : "only the process that started the trace stops it");
   atomic_store(&mp__trace_on, 0);
   unsetenv(ENV_DIR);
   pthread_mutex_lock(&T.lock);
@@ -612,7 +614,7 @@ __attribute__((constructor(101))) static void trace_init(void) {
   pthread_atfork(NULL, NULL, after_fork_in_child);
   const char *role = getenv(MP__CHILD_ENV);
   if (role)
-    T.method = strncmp(role, "spawn ", 6) == 0        ? M_SPAWN
+    T.method = strncmp(role, "spawn ", 6) == 0         ? M_SPAWN
                : strncmp(role, "forkserver ", 11) == 0 ? M_SERVER
                                                        : M_HELPER;
   /* Not for a setuid program: another user's environment must not make it write files. */
@@ -678,7 +680,8 @@ static const int64_t *map_find(const map_t *m, uint64_t a, uint64_t b, uint64_t 
 
 /* The value of key, added with value *fresh (then *fresh is true) if absent; NULL when out
  * of memory. */
-static int64_t *map_at(map_t *m, uint64_t a, uint64_t b, uint64_t c, int64_t init, bool *fresh) {
+static int64_t *map_at(map_t *m, uint64_t a, uint64_t b, uint64_t c, int64_t init,
+                       bool *fresh) {
   if (2 * (m->n + 1) > m->cap) {
     size_t cap = m->cap ? 2 * m->cap : 256;
     entry_t *e = calloc(cap, sizeof *e);
@@ -749,13 +752,13 @@ typedef struct {
   size_t n_items, cap_items;
   proc_t *procs;
   size_t n_procs, cap_procs;
-  map_t by_pid;    /* pid -> index in procs */
-  map_t names;     /* address -> index in items of its REC_NAME */
-  map_t numbers;   /* (address, kind) -> its number */
+  map_t by_pid;  /* pid -> index in procs */
+  map_t names;   /* address -> index in items of its REC_NAME */
+  map_t numbers; /* (address, kind) -> its number */
   int counts[MP__TRK_KINDS];
-  map_t lanes;     /* (pid, address, tid) -> the lane of its holds */
+  map_t lanes; /* (pid, address, tid) -> the lane of its holds */
   int64_t n_lanes;
-  hold_t *holds;   /* acquired, not yet released */
+  hold_t *holds; /* acquired, not yet released */
   size_t n_holds, cap_holds;
   int64_t dropped;
   bool oom;
@@ -764,7 +767,8 @@ typedef struct {
 static proc_t *proc_of(merge_t *m, int pid) {
   bool fresh;
   int64_t *at = map_at(&m->by_pid, (uint64_t)pid, 0, 0, (int64_t)m->n_procs, &fresh);
-  if (!at || (fresh && !grow((void **)&m->procs, &m->cap_procs, m->n_procs, sizeof *m->procs))) {
+  if (!at ||
+      (fresh && !grow((void **)&m->procs, &m->cap_procs, m->n_procs, sizeof *m->procs))) {
     m->oom = true;
     return NULL;
   }
@@ -876,8 +880,7 @@ static void learn(merge_t *m) {
       child->last = r->ts > child->last ? r->ts : child->last;
       if (type == REC_START) {
         child->start_method = r->u.str.n >= 0 && r->u.str.n < M_COUNT ? (int)r->u.str.n : 0;
-        snprintf(child->start_name, sizeof child->start_name, "%.*s", STR_MAX - 1,
-                 r->u.str.s);
+        snprintf(child->start_name, sizeof child->start_name, "%.*s", STR_MAX - 1, r->u.str.s);
       }
     }
   }
@@ -928,8 +931,7 @@ static void release(merge_t *m, const rec_t *r, int pid) {
     return;
   }
   lane_hold(m, &m->holds[found], r->ts, "held", false);
-  memmove(&m->holds[found], &m->holds[found + 1],
-          (m->n_holds - found - 1) * sizeof *m->holds);
+  memmove(&m->holds[found], &m->holds[found + 1], (m->n_holds - found - 1) * sizeof *m->holds);
   m->n_holds--;
 }
 
@@ -982,8 +984,8 @@ static void one_event(merge_t *m, const rec_t *r, int pid) {
     snprintf(args, sizeof args, ",\"bytes\":%lld,\"blocked_us\":%.3f%s%s%s",
              (long long)r->u.v[1],
              r->u.v[0] > 0 && r->u.v[0] <= r->ts ? (double)(r->ts - r->u.v[0]) / 1e3 : 0.0,
-             r->u.v[2] < 0 ? ",\"error\":\"" : "", r->u.v[2] < 0 ? mp_err_name((int)r->u.v[2]) : "",
-             r->u.v[2] < 0 ? "\"" : "");
+             r->u.v[2] < 0 ? ",\"error\":\"" : "",
+             r->u.v[2] < 0 ? mp_err_name((int)r->u.v[2]) : "", r->u.v[2] < 0 ? "\"" : "");
     span(m, r, pid, verbs[type - REC_QUEUE_PUT], type <= REC_QUEUE_GET ? "queue" : "connection",
          args);
     break;

@@ -15,12 +15,13 @@
 /* True while this process records events. */
 extern _Atomic int mp__trace_on __attribute__((visibility("hidden")));
 
-#define MP__TRACING() __builtin_expect(atomic_load_explicit(&mp__trace_on, memory_order_relaxed), 0)
+#define MP__TRACING()                                                                          \
+  __builtin_expect(atomic_load_explicit(&mp__trace_on, memory_order_relaxed), 0)
 
-#define MP__TRACE(what, ...)                                                                \
-  do {                                                                                      \
-    if (MP__TRACING())                                                                      \
-      mp__trace_##what(__VA_ARGS__);                                                        \
+#define MP__TRACE(what, ...)                                                                   \
+  do {                                                                                         \
+    if (MP__TRACING())                                                                         \
+      mp__trace_##what(__VA_ARGS__);                                                           \
   } while (0)
 
 #define MP__TRACE_CLOCK(var) const int64_t var = MP__TRACING() ? mp__now_ns() : 0

@@ -615,7 +615,8 @@ START_TEST(test_many_events) {
   T_INT_EQ(count(root, "i", "parent", false, getpid()), MANY);
   T_INT_EQ(count(root, "i", "child", false, child), MANY / 2);
   T_INT_EQ(count(root, "i", "killed by signal 9", false, child), 1);
-  T_INT_EQ(json_integer_value(json_object_get(json_object_get(root, "otherData"), "dropped")), 0);
+  T_INT_EQ(json_integer_value(json_object_get(json_object_get(root, "otherData"), "dropped")),
+           0);
   json_decref(root);
   unlink(path);
   mp_event_close(done);
@@ -630,9 +631,10 @@ static int traced_program(int method) {
   mp_context_t *ctx;
   mp_process_t *p;
   if (!mp_trace_enabled() || mp_lock_create(&a.lock) < 0 ||
-      mp_raw_value_create(&a.counter, MP_TYPE_BYTES(sizeof(long)), NULL) < 0 || mp_get_context(METHODS[method], &ctx) < 0 ||
-      mp_process_create(&p, ctx, lock_rounds, &a, sizeof a, NULL) < 0 || mp_process_start(p) < 0 ||
-      lock_rounds(&a, sizeof a) != 0 || mp_process_join(p, 30) < 0)
+      mp_raw_value_create(&a.counter, MP_TYPE_BYTES(sizeof(long)), NULL) < 0 ||
+      mp_get_context(METHODS[method], &ctx) < 0 ||
+      mp_process_create(&p, ctx, lock_rounds, &a, sizeof a, NULL) < 0 ||
+      mp_process_start(p) < 0 || lock_rounds(&a, sizeof a) != 0 || mp_process_join(p, 30) < 0)
     return 1;
   return 0; /* the trace is written at exit */
 }
