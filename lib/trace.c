@@ -89,9 +89,9 @@ typedef struct {
 _Static_assert(sizeof(rec_t) == 64, "a record is one cache line");
 
 /* How a process came to be, as its lane's label says. */
-enum { M_MAIN, M_FORK, M_SPAWN, M_FORKSERVER, M_SERVER, M_HELPER, M_THREAD, M_COUNT };
-static const char *const method_names[M_COUNT] = {
-    "main", "fork", "spawn", "forkserver", "fork server", "helper", "thread"};
+enum { M_MAIN, M_FORK, M_SPAWN, M_FORKSERVER, M_SERVER, M_HELPER, M_COUNT };
+static const char *const method_names[M_COUNT] = {"main",       "fork",        "spawn",
+                                                  "forkserver", "fork server", "helper"};
 
 static const char *const kind_names[MP__TRK_KINDS] = {
     "Object",    "Lock",  "RLock",   "Semaphore", "BoundedSemaphore",
