@@ -17,7 +17,8 @@
  * 64-byte record (time, thread, object, a 32-byte label) appended to a buffer of this
  * thread. libmp's side is a whole event through the public API, mp_trace_mark(): the call,
  * the on-flag, a slot taken with an atomic add on the process's counter, the record written
- * into the process's mapped trace file and published by its type word. */
+ * into the process's mapped ring and published by its type word, and its share of the
+ * write() that appends each half ring to the log. */
 typedef struct {
   int64_t ts;
   uint64_t tid, obj;
@@ -49,9 +50,8 @@ static void libmp_event(void *state) {
     bench_die_mp("mp_trace_mark", rc);
 }
 
-/* A trace of its own, written and removed after the row (iterations x rounds events: past
- * 4 Mi events a process drops them, and the row would time the drops). If the bench runs
- * under MP_TRACE already, its events go there. */
+/* A trace of its own, written and removed after the row. If the bench runs under MP_TRACE
+ * already, its events go there. */
 static void row_trace_event(const bench_config_t *cfg, bench_result_t *result) {
   char path[64];
   snprintf(path, sizeof path, "/tmp/libmp-bench-trace-%d.json", (int)getpid());
