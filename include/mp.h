@@ -288,6 +288,7 @@ MP_EXTERN int mp_cpu_count(void);
 #include "mp/sharedctypes.h"
 #include "mp/shared_memory.h"
 #include "mp/pool.h"
+#include "mp/trace.h"
 
 #ifdef __cplusplus
 }

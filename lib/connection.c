@@ -30,6 +30,7 @@
  * see ignore_sigpipe()).
  */
 #include "internal.h"
+#include "trace.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -241,6 +242,7 @@ static int write_all(int fd, struct iovec *iov, int count, bool *wrote) {
 
 int mp_conn_send_bytes(mp_conn_t *conn, const void *buf, size_t len, size_t offset,
                        size_t size) {
+  MP__TRACE_CLOCK(t0);
   int fd = end_fd(conn, true, "mp_conn_send");
   if (fd < 0)
     return fd;
@@ -265,6 +267,7 @@ int mp_conn_send_bytes(mp_conn_t *conn, const void *buf, size_t len, size_t offs
   }
   conn->writing = false;
   mp__mutex_unlock(&conn->wlock);
+  MP__TRACE(conn_send, conn, size, t0, rc);
   if (rc == -EPIPE)
     return mp__error(MP_EEOF, "mp_conn_send: the peer end is closed in every process");
   return rc < 0 ? mp__error(rc, "mp_conn_send: %s", mp_strerror(rc)) : 0;
@@ -367,6 +370,7 @@ static int read_payload(mp_conn_t *conn, int fd, char *dest, uint64_t length,
 static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t *size,
                    double timeout) {
   int64_t deadline = mp__deadline(timeout);
+  MP__TRACE_CLOCK(t0);
   int fd = end_fd(conn, false, "mp_conn_recv");
   if (fd < 0)
     return fd;
@@ -396,6 +400,7 @@ static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t
   if (rc == 0)
     rc = read_payload(conn, fd, dest, length, deadline);
   mp__mutex_unlock(&conn->rlock);
+  MP__TRACE(conn_recv, conn, (size_t)length, t0, rc);
   if (rc < 0 && alloc && dest) {
     free(dest);
     *alloc = NULL;

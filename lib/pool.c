@@ -12,6 +12,7 @@
  * arena and wait on them directly (pool_transport.c).
  */
 #include "internal.h"
+#include "trace.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -355,6 +356,7 @@ static void worker_ended(mp_pool_t *pool, uint32_t w, int exitcode) {
   bool wanted = !(flags & MP__POOL_TERMINATED) && !atomic_load(&pool->create_rc) &&
                 (!(flags & MP__POOL_CLOSED) || work_left(pool)) &&
                 !(atomic_load(&pool->requests) & REQ_STOP);
+  MP__TRACE(pool_worker_end, sh, w, exitcode, msg, wanted);
   if (wanted)
     start_worker(pool, w);
   maybe_all_ended(pool);

@@ -9,6 +9,7 @@
  * for the rest of its life, so that every worker is forked from the same safe state.
  */
 #include "internal.h"
+#include "trace.h"
 
 #include <poll.h>
 #include <signal.h>
@@ -59,6 +60,7 @@ static int resolve(worker_t *wk, const mp__fnref_t *ref, mp__fn_t local, mp__fn_
 }
 
 static void run_chunk(worker_t *wk, mp__job_t *job, uint32_t chunk) {
+  MP__TRACE_CLOCK(t0);
   mp__pool_shared_t *sh = wk->sh;
   uint32_t status = MP__CHUNK_DONE;
   uint64_t first = (uint64_t)chunk * job->chunksize;
@@ -89,6 +91,7 @@ static void run_chunk(worker_t *wk, mp__job_t *job, uint32_t chunk) {
   }
   if (job->n == 1)
     atomic_store(&job->result_len, len < job->result_size ? len : job->result_size);
+  MP__TRACE(pool_chunk, sh, job, chunk, wk->w, status, t0);
   mp__pool_complete(sh, job, chunk, wk->w, status, wk->notify_fd);
 }
 

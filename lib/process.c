@@ -3,6 +3,7 @@
  * children this process has started, and what happens to them when it ends.
  */
 #include "internal.h"
+#include "trace.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -130,6 +131,7 @@ static bool try_reap(mp_process_t *proc) {
     proc->status_lost = rc == -ECHILD;
     proc->exitcode = proc->status_lost ? 0 : exitcode_of(wait_status);
     proc->state = MP__ENDED;
+    MP__TRACE(process_reaped, proc);
     release_held(proc);
   }
   bool ended = proc->state == MP__ENDED;
@@ -370,9 +372,11 @@ void mp__child_init(const mp__child_info_t *info) {
   me.report_sock = info->report_sock;
   if (info->die_with_parent)
     die_with(info->real_parent);
+  MP__TRACE(process_child, info->name);
 }
 
 void mp__child_exit(int code, bool exec_image) {
+  MP__TRACE(process_exit, code);
   if (exec_image)
     exit(code & 0xff); /* its own atexit handlers, ours included, end its children */
   run_exit_hooks();
@@ -574,6 +578,7 @@ int mp_process_start(mp_process_t *proc) {
   }
   proc->state = proc->status_lost ? MP__ENDED : MP__STARTED;
   registry_add(proc);
+  MP__TRACE(process_start, proc);
   return 0;
 }
 

@@ -49,6 +49,7 @@
  * queue empty, then looks again, so a put that lands in between rings it anew.
  */
 #include "internal.h"
+#include "trace.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -608,6 +609,7 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
   if (len >= LEN_MAX)
     return mp__error(MP_EMSGSIZE, "%s: a message of %zu bytes", fn, len);
   uint32_t need = record_size(header_for(q, len));
+  MP__TRACE_CLOCK(t0);
   for (;;) {
     int rc = lock_put(q);
     if (rc < 0)
@@ -626,6 +628,7 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
     if (rc < 0)
       return rc;
     if (rc == 0) {
+      MP__TRACE(queue_put, q, len, t0);
       notify(&q->put_seq, &q->get_waiters, 1);
       /* Loaded after the commit: a consumer that saw the queue empty, then cleared its
        * doorbell, looked before this put, so this put sees what it saw. A head past the old
@@ -703,6 +706,7 @@ static int take(mp_queue_t *q, const sink_t *out, void **spilled, const char *fn
 static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *fn) {
   if (!out->len || (!out->alloc && !out->buf && out->cap))
     return mp__error(MP_EINVAL, "%s: NULL buffer or length", fn);
+  MP__TRACE_CLOCK(t0);
   for (bool cleared = false;;) {
     void *spilled = NULL;
     int rc = lock_get(q);
@@ -711,6 +715,7 @@ static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *f
     rc = take(q, out, &spilled, fn);
     mp__mutex_unlock(&q->get_lock);
     if (rc == 0) {
+      MP__TRACE(queue_get, q, *out->len, t0);
       if (spilled)
         mp__shared_release(spilled);
       notify(&q->get_seq, &q->put_waiters, INT32_MAX);

@@ -32,6 +32,7 @@
  * more than that: it has no other reason to live.
  */
 #include "internal.h"
+#include "trace.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -670,6 +671,7 @@ int mp_shared_memory_create(mp_shared_memory_t **out, const char *name, size_t s
     free(shm);
     return rc;
   }
+  MP__TRACE(shm, MP__TRK_SHM_CREATE, shm->name, shm->size);
   *out = shm;
   return 0;
 }
@@ -711,6 +713,7 @@ int mp_shared_memory_attach(mp_shared_memory_t **out, const char *name) {
     free(shm);
     return rc;
   }
+  MP__TRACE(shm, MP__TRK_SHM_ATTACH, shm->name, shm->size);
   *out = shm;
   return 0;
 }
@@ -740,6 +743,7 @@ int mp_shared_memory_unlink(mp_shared_memory_t *shm) {
                            : mp__syserror("mp_shared_memory_unlink: '%s'", path);
   /* Nothing to tell the tracker: it drops names that are no longer its segments as it
    * goes (prune()), and unlinks only those that still are. */
+  MP__TRACE(shm, MP__TRK_SHM_UNLINK, shm->name, shm->size);
   shm->tracked = false;
   return 0;
 }

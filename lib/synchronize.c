@@ -21,6 +21,7 @@
  *  - Barrier: a party that never arrives breaks it when a waiter's timeout passes.
  */
 #include "internal.h"
+#include "trace.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -220,7 +221,9 @@ static bool held_by(const mp_lock_t *lock, uint64_t me) {
 
 /* Takes the mutex and records the caller: 0, MP_EOWNERDEAD or an error. */
 static int lock_take(mp_lock_t *lock, uint64_t me, uint32_t depth, int64_t deadline) {
+  MP__TRACE_CLOCK(t0);
   int rc = mp__mutex_lock(&lock->mutex, deadline);
+  MP__TRACE(acquired, MP__TRK_LOCK + (lock->magic != LOCK_MAGIC), lock, t0, rc);
   if (rc < 0 && rc != MP_EOWNERDEAD)
     return rc == MP_ETIMEDOUT ? mp__error(rc, "acquiring a lock: timed out") : rc;
   atomic_store_explicit(&lock->owner, me, memory_order_relaxed);
@@ -230,6 +233,7 @@ static int lock_take(mp_lock_t *lock, uint64_t me, uint32_t depth, int64_t deadl
 
 /* Gives the mutex up whatever its depth; returns the depth, for lock_take to restore. */
 static uint32_t lock_drop(mp_lock_t *lock) {
+  MP__TRACE(released, MP__TRK_LOCK + (lock->magic != LOCK_MAGIC), lock);
   uint32_t depth = lock->depth;
   lock->depth = 0;
   atomic_store_explicit(&lock->owner, 0, memory_order_relaxed);
@@ -258,6 +262,7 @@ int mp_lock_release(mp_lock_t *lock) {
                      lock->magic == LOCK_MAGIC ? "Lock" : "RLock");
   if (--lock->depth > 0)
     return 0;
+  MP__TRACE(released, MP__TRK_LOCK + (lock->magic != LOCK_MAGIC), lock);
   atomic_store_explicit(&lock->owner, 0, memory_order_relaxed);
   mp__mutex_unlock(&lock->mutex);
   return 0;
@@ -448,6 +453,7 @@ int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout) {
   if (!valid(sem, SEMAPHORE_MAGIC))
     return invalid("mp_semaphore_acquire");
   int64_t deadline = mp__deadline(timeout);
+  MP__TRACE_CLOCK(t0);
   proc_id_t me = self_process();
   bool looked = false;
   for (;;) {
@@ -474,6 +480,7 @@ int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout) {
       mp__mutex_unlock(&sem->mutex);
       if (first)
         held_add(sem);
+      MP__TRACE(acquired, MP__TRK_SEMAPHORE + sem->bounded, sem, t0, 0);
       return dead ? mp__error(MP_EOWNERDEAD, "mp_semaphore_acquire: the permit was held by "
                                              "a process that was killed")
                   : 0;
@@ -485,6 +492,7 @@ int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout) {
       /* Before giving up (at once, for a timeout of 0), look for killed holders once. */
       if (!looked && (looked = true, sem_reclaim(sem, true)))
         continue;
+      MP__TRACE(acquired, MP__TRK_SEMAPHORE + sem->bounded, sem, t0, MP_ETIMEDOUT);
       return mp__error(MP_ETIMEDOUT, "mp_semaphore_acquire: timed out");
     }
     atomic_fetch_add(&sem->sleepers, 1);
@@ -524,6 +532,7 @@ int mp_semaphore_release(mp_semaphore_t *sem) {
   mp__mutex_unlock(&sem->mutex);
   if (mine && h.count == 0)
     held_remove(sem);
+  MP__TRACE(released, MP__TRK_SEMAPHORE + sem->bounded, sem);
   return 0;
 }
 
@@ -609,6 +618,7 @@ int mp_event_wait(mp_event_t *event, double timeout) {
   if (s & 1)
     return 0;
   int64_t deadline = mp__deadline(timeout);
+  MP__TRACE_CLOCK(t0);
   int rc = 0;
   bool was_set = false;
   atomic_fetch_add(&event->sleepers, 1);
@@ -619,6 +629,7 @@ int mp_event_wait(mp_event_t *event, double timeout) {
     rc = mp__futex_wait(&event->state, s, deadline);
   }
   atomic_fetch_sub(&event->sleepers, 1);
+  MP__TRACE(waited, MP__TRK_EVENT, event, t0, was_set);
   return was_set ? 0 : mp__error(MP_ETIMEDOUT, "mp_event_wait: timed out");
 }
 
@@ -719,6 +730,7 @@ static bool take_token(mp_condition_t *cond, uint64_t began) {
 }
 
 static int cond_wait(mp_condition_t *cond, int64_t deadline) {
+  MP__TRACE_CLOCK(t0);
   uint64_t me = self_token(), began = cond->gen;
   uint32_t seen = atomic_load_explicit(&cond->seq, memory_order_relaxed);
   cond->waiting++;
@@ -737,6 +749,7 @@ static int cond_wait(mp_condition_t *cond, int64_t deadline) {
     bool notified = take_token(cond, began);
     if (notified || mp__now_ns() >= deadline) {
       cond->waiting--;
+      MP__TRACE(waited, MP__TRK_CONDITION, cond, t0, notified);
       return notified || dead ? dead : mp__error(MP_ETIMEDOUT, "mp_condition_wait: timed out");
     }
   }
@@ -901,6 +914,7 @@ int mp_barrier_create(mp_barrier_t **out, int parties, mp_barrier_action_t actio
 
 /* The last arrival: runs the action and releases the generation. */
 static int bar_release(mp_barrier_t *b, uint64_t w, int index) {
+  MP__TRACE(waited, MP__TRK_BARRIER, b, 0, true); /* the last arrival: no wait */
   if (b->action) {
     mp__fn_t fn;
     int rc = mp__fnref_resolve(b->action, &fn);
@@ -920,6 +934,7 @@ int mp_barrier_wait(mp_barrier_t *b, double timeout) {
   if (!valid(b, BARRIER_MAGIC))
     return invalid("mp_barrier_wait");
   int64_t deadline = INT64_MIN; /* computed when first needed: the last arrival never is */
+  MP__TRACE_CLOCK(t0);
   uint64_t w = atomic_load(&b->word);
   int index = -1;
   for (;;) {
@@ -942,11 +957,13 @@ int mp_barrier_wait(mp_barrier_t *b, double timeout) {
       if (mp__futex_wait(gen_word(b), gen, deadline) == MP_ETIMEDOUT &&
           gen_of(w = atomic_load(&b->word)) == gen) {
         bar_break(b);
+        MP__TRACE(waited, MP__TRK_BARRIER, b, t0, false);
         return mp__error(MP_EBROKEN, "mp_barrier_wait: timed out; the barrier is broken");
       }
     }
     if (index < 0)
       continue; /* the action's round ended: now arrive */
+    MP__TRACE(waited, MP__TRK_BARRIER, b, t0, true);
     bool ended_broken = gen_of(w) == gen + 1
                             ? ((uint32_t)w & BAR_ENDED_BROKEN) != 0
                             : (atomic_load(&b->ended_broken) >> (gen % 64)) & 1;

@@ -1,0 +1,1245 @@
+/*
+ * MP_TRACE: a timeline of what every process did (docs/trace.md, include/mp/trace.h).
+ *
+ * Recording. Each process writes fixed-size binary records into a ring of its own, a
+ * MAP_SHARED mapping of the file <dir>/<pid>.<n>.ring: an event takes a slot with one atomic
+ * add on the ring's counter (no lock, and nothing shared with another process), reads the
+ * clock and stores 64 bytes, the type word last. Every half ring (a block), the event that
+ * completes it appends the block to the process's log, <dir>/<pid>.<n>.bin, with one
+ * write(). The ring's pages stay mapped: a fresh page for every 64 events (a log mapped
+ * whole) costs a page fault each, many times the event itself on a virtual machine. The
+ * ring is a file so that what a process recorded survives its SIGKILL, and the whole
+ * program's: the merge reads each log and then the ring's events the log lacks; a record
+ * cut by a death keeps type 0 and is skipped. dir is in /dev/shm (tmpfs): appending there
+ * costs a fraction of a disk file's page cache, and it outlives the processes.
+ *
+ * Processes. The process that starts the trace (MP_TRACE, or mp_trace_start()) is its top:
+ * it makes the directory, names it in the placeholder it writes at the trace's path, and
+ * passes it on in LIBMP_TRACE_DIR to children that exec (spawn, the fork server and its
+ * children); a forked child inherits the state and opens files of its own at its first
+ * event (the fork handler forgets the parent's). At its end (its normal exit, or
+ * mp_trace_stop()) the top merges every file into the trace-event JSON (merge below) and
+ * removes the directory.
+ *
+ * Names. Shared objects live at the same address in every process, so an object is its
+ * address: the merge numbers them per kind in order of first event, unless mp_set_name()
+ * recorded a name for the address.
+ */
+#include "trace.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* ================================ records ================================ */
+
+enum {
+  REC_HEADER = 1, /* record 0 of a file: obj = pid, v = {ppid, method, MAGIC, dropped} */
+  REC_PROCESS,    /* this process's name (str.s) and method (str.n) */
+  REC_THREAD,     /* this thread's name */
+  REC_NAME,       /* obj is named str.s */
+  REC_ACQUIRED,   /* obj of kind acquired; v[0]: when the wait began, v[1]: 0,
+                     MP_EOWNERDEAD, or the error that ended the wait (not acquired) */
+  REC_RELEASED,
+  REC_WAITED,    /* v[0]: when the wait began, v[1]: 1 if it ended well */
+  REC_QUEUE_PUT, /* v[0]: began, v[1]: bytes */
+  REC_QUEUE_GET,
+  REC_SEND, /* v[0]: began, v[1]: bytes, v[2]: the call's result */
+  REC_RECV,
+  REC_SHM,         /* kind: MP__TRK_SHM_*, str.n: size, str.s: the segment's name */
+  REC_START,       /* obj: the child's pid, str.n: its method, str.s: its name */
+  REC_EXIT,        /* str.n: the exit code; kind 1: not known (the top's end) */
+  REC_REAPED,      /* obj: the child's pid, v[0]: its exit code, v[1]: 1 if unknown */
+  REC_CHUNK,       /* obj: the pool; v = {map, chunk | worker << 32, first, count, began};
+                      kind: MP__CHUNK_DONE or MP__CHUNK_FAILED */
+  REC_TASK_FAILED, /* obj: the map, str.n: the item, str.s: the message's start */
+  REC_WORKER_END,  /* obj: the worker's pid; str.n: worker | exit code << 32; kind:
+                      replaced; str.s: why */
+  REC_MARK,        /* str.s: the label */
+};
+
+#define STR_MAX 32
+#define MAGIC INT64_C(0x31525452504d424c) /* "LBMPRTR1" */
+
+typedef struct {
+  _Atomic uint16_t type; /* stored last: 0 is a slot not (wholly) written */
+  uint16_t kind;
+  uint32_t tid;
+  int64_t ts; /* CLOCK_MONOTONIC, ns */
+  uint64_t obj;
+  union {
+    int64_t v[5];
+    struct {
+      int64_t n;
+      char s[STR_MAX];
+    } str;
+  } u;
+} rec_t;
+
+_Static_assert(sizeof(rec_t) == 64, "a record is one cache line");
+
+/* How a process came to be, as its lane's label says. */
+enum { M_MAIN, M_FORK, M_SPAWN, M_FORKSERVER, M_SERVER, M_HELPER, M_COUNT };
+static const char *const method_names[M_COUNT] = {"main",       "fork",        "spawn",
+                                                  "forkserver", "fork server", "helper"};
+
+static const char *const kind_names[MP__TRK_KINDS] = {
+    "Object",    "Lock",  "RLock",   "Semaphore", "BoundedSemaphore",
+    "Condition", "Event", "Barrier", "Queue",     "Connection"};
+
+/* ============================ this process's state ============================ */
+
+#define RING_RECS ((uint64_t)8192)  /* a process's ring: 512 KiB */
+#define BLOCK_RECS ((uint64_t)4096) /* copied to the log half a ring at a time */
+#define NAMES_MAX 256
+#define ENV_DIR "LIBMP_TRACE_DIR"
+
+/* A process's ring file: this header, then RING_RECS slots; event n is in slot n % RING_RECS
+ * until its block is appended to the process's log file. Both survive the process. */
+typedef struct {
+  int64_t magic;
+  _Atomic uint64_t next;    /* events taken */
+  _Atomic uint64_t flushed; /* events in the log, a multiple of BLOCK_RECS */
+  _Atomic int64_t dropped;  /* events lost to a failed write */
+  int64_t pad[4];
+} ring_head_t;
+
+_Static_assert(sizeof(ring_head_t) == sizeof(rec_t), "the header takes one slot's place");
+
+_Atomic int mp__trace_on;
+
+static struct {
+  pthread_mutex_t lock;      /* opening the files, appending to the log */
+  ring_head_t *_Atomic head; /* the mapped ring file, or NULL before the first event */
+  ring_head_t *retired;      /* a stopped trace's, still mapped: see forget_file() */
+  int log_fd;
+  int method;
+  bool top;    /* this process started the trace and writes the file */
+  bool failed; /* no file could be opened: recording stays off */
+  char dir[PATH_MAX];
+  char path[PATH_MAX]; /* the top's trace file */
+} T = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, -1, M_MAIN, false, false, "", ""};
+
+#define RING_OF(h) ((rec_t *)((h) + 1))
+#define RING_FILE_SIZE ((RING_RECS + 1) * sizeof(rec_t))
+
+static __thread uint32_t tls_tid; /* 0 until the thread's first event */
+
+/* Names given by mp_set_name(), written again into every file this process opens. */
+static struct {
+  pthread_mutex_t lock;
+  size_t n;
+  struct {
+    uint64_t obj;
+    char name[STR_MAX];
+  } e[NAMES_MAX];
+} names = {PTHREAD_MUTEX_INITIALIZER, 0, {{0, ""}}};
+
+static void copy_str(char dst[STR_MAX], const char *src) {
+  size_t n = src ? strnlen(src, STR_MAX - 1) : 0;
+  memcpy(dst, src ? src : "", n);
+  memset(dst + n, 0, STR_MAX - n);
+}
+
+/* Under T.lock, for the ring h of the running trace: appends every block whose events have
+ * all been taken to the log, oldest first, waiting for the slots still being written (a
+ * few stores away). */
+static void flush_blocks(ring_head_t *h) {
+  uint64_t from;
+  if (h != T.head)
+    return; /* the trace stopped meanwhile */
+  while (atomic_load(&h->next) - (from = atomic_load(&h->flushed)) >= BLOCK_RECS) {
+    rec_t *block = &RING_OF(h)[from % RING_RECS];
+    for (uint64_t j = 0; j < BLOCK_RECS; j++)
+      while (!atomic_load_explicit(&block[j].type, memory_order_acquire))
+        sched_yield();
+    size_t done = 0, size = BLOCK_RECS * sizeof(rec_t);
+    while (done < size) {
+      ssize_t n = write(T.log_fd, (char *)block + done, size - done);
+      if (n <= 0 && errno == EINTR)
+        continue;
+      if (n <= 0) { /* a full disk: the block is lost, counted */
+        atomic_fetch_add(&h->dropped, (int64_t)BLOCK_RECS);
+        break;
+      }
+      done += (size_t)n;
+    }
+    for (uint64_t j = 0; j < BLOCK_RECS; j++) /* free for the events a ring later */
+      atomic_store_explicit(&block[j].type, 0, memory_order_relaxed);
+    atomic_store_explicit(&h->flushed, from + BLOCK_RECS, memory_order_release);
+  }
+}
+
+/* Opens file dir/<pid>.<n><suffix> for a process: the first free n. */
+static int create_file(char *file, size_t cap, int n, const char *suffix) {
+  if ((size_t)snprintf(file, cap, "%s/%d.%d%s", T.dir, (int)getpid(), n, suffix) >= cap)
+    return -ENAMETOOLONG;
+  int fd = open(file, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  return fd >= 0 ? fd : -errno;
+}
+
+/* Under T.lock: this process's log file, starting with its header record, and its ring. */
+static int open_files(void) {
+  char log[PATH_MAX], ring[PATH_MAX];
+  int n = 0, log_fd = -EEXIST, ring_fd = -1;
+  for (; log_fd == -EEXIST && n < 1000; n++) /* .n: a pid the system used again */
+    log_fd = create_file(log, sizeof log, n, ".bin");
+  if (log_fd < 0)
+    return log_fd;
+  ring_fd = create_file(ring, sizeof ring, n - 1, ".ring");
+  size_t size = RING_FILE_SIZE;
+  void *map = MAP_FAILED;
+  rec_t head = {.ts = mp__now_ns(), .obj = (uint64_t)getpid()};
+  head.tid = (uint32_t)syscall(SYS_gettid);
+  head.u.v[0] = getppid();
+  head.u.v[1] = T.method;
+  head.u.v[2] = MAGIC;
+  atomic_store(&head.type, REC_HEADER);
+  int err = ring_fd < 0 ? ring_fd : 0;
+  if (!err &&
+      (ftruncate(ring_fd, (off_t)size) < 0 ||
+       (map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, ring_fd, 0)) == MAP_FAILED ||
+       write(log_fd, &head, sizeof head) != (ssize_t)sizeof head))
+    err = -errno;
+  if (ring_fd >= 0)
+    close(ring_fd); /* the mapping keeps the file */
+  if (err) {
+    if (map != MAP_FAILED)
+      munmap(map, size);
+    close(log_fd);
+    unlink(log);
+    unlink(ring);
+    return err;
+  }
+  ring_head_t *h = map;
+  h->magic = MAGIC;
+  T.log_fd = log_fd;
+  atomic_store_explicit(&T.head, h, memory_order_release);
+  return 0;
+}
+
+static rec_t *slot(int64_t ts);
+static void event_str(int type, int kind, uint64_t obj, int64_t n, const char *s);
+
+/* The first event of this process: its files, then its name and the names it knows. */
+static ring_head_t *open_slow(void) {
+  pthread_mutex_lock(&T.lock);
+  bool opened = !T.head && !T.failed && open_files() == 0;
+  if (!T.head && !T.failed) {
+    T.failed = true; /* say nothing: a library does not print; the trace shows the gap */
+    atomic_store(&mp__trace_on, 0);
+  }
+  ring_head_t *h = T.head;
+  pthread_mutex_unlock(&T.lock);
+  if (opened) {
+    event_str(REC_PROCESS, 0, 0, T.method, mp_process_name(mp_current_process()));
+    pthread_mutex_lock(&names.lock);
+    for (size_t i = 0; i < names.n; i++)
+      event_str(REC_NAME, 0, names.e[i].obj, 0, names.e[i].name);
+    pthread_mutex_unlock(&names.lock);
+  }
+  return h;
+}
+
+static void commit(rec_t *r, int type);
+
+/* The thread's first event: its id, and its name for the lane. */
+static uint32_t new_thread(void) {
+  tls_tid = (uint32_t)syscall(SYS_gettid);
+  rec_t *r = slot(mp__now_ns());
+  if (r) {
+    char name[STR_MAX] = "";
+    pthread_getname_np(pthread_self(), name, 16); /* the kernel keeps 16 bytes */
+    r->obj = 0;
+    r->u.str.n = 0;
+    copy_str(r->u.str.s, name);
+    commit(r, REC_THREAD);
+  }
+  return tls_tid;
+}
+
+/* A slot for an event at ts, its tid and ts filled, or NULL (no file). commit() publishes
+ * it. */
+static rec_t *slot(int64_t ts) {
+  uint32_t tid = tls_tid;
+  if (__builtin_expect(tid == 0, 0))
+    tid = new_thread();
+  ring_head_t *h = atomic_load_explicit(&T.head, memory_order_acquire);
+  if (__builtin_expect(!h, 0) && !(h = open_slow()))
+    return NULL;
+  uint64_t i = atomic_fetch_add_explicit(&h->next, 1, memory_order_relaxed);
+  /* The ring is full only if the log writes fall behind: then this thread writes them. */
+  while (__builtin_expect(
+      i - atomic_load_explicit(&h->flushed, memory_order_acquire) >= RING_RECS, 0)) {
+    pthread_mutex_lock(&T.lock);
+    bool running = h == T.head;
+    flush_blocks(h);
+    pthread_mutex_unlock(&T.lock);
+    if (!running)
+      return NULL;
+  }
+  rec_t *r = &RING_OF(h)[i % RING_RECS];
+  r->tid = tid;
+  r->ts = ts;
+  return r;
+}
+
+/* Publishes the record; the event that completes a block appends it to the log. */
+static void commit(rec_t *r, int type) {
+  atomic_store_explicit(&r->type, (uint16_t)type, memory_order_release);
+  ring_head_t *h = atomic_load_explicit(&T.head, memory_order_relaxed);
+  if (__builtin_expect(h && (uint64_t)(r - RING_OF(h) + 1) % BLOCK_RECS == 0, 0)) {
+    pthread_mutex_lock(&T.lock);
+    flush_blocks(h);
+    pthread_mutex_unlock(&T.lock);
+  }
+}
+
+/* An event about obj with up to three numbers. */
+static void event3(int type, int kind, const void *obj, int64_t a, int64_t b, int64_t c) {
+  rec_t *r = slot(mp__now_ns());
+  if (!r)
+    return;
+  r->kind = (uint16_t)kind;
+  r->obj = (uint64_t)(uintptr_t)obj;
+  r->u.v[0] = a;
+  r->u.v[1] = b;
+  r->u.v[2] = c;
+  commit(r, type);
+}
+
+/* An event with a number and a string. */
+static void event_str(int type, int kind, uint64_t obj, int64_t n, const char *s) {
+  rec_t *r = slot(mp__now_ns());
+  if (!r)
+    return;
+  r->kind = (uint16_t)kind;
+  r->obj = obj;
+  r->u.str.n = n;
+  copy_str(r->u.str.s, s);
+  commit(r, type);
+}
+
+/* ================================ event sites ================================ */
+
+void mp__trace_acquired(int kind, const void *obj, int64_t t0, int rc) {
+  event3(REC_ACQUIRED, kind, obj, t0, rc, 0);
+}
+
+void mp__trace_released(int kind, const void *obj) {
+  event3(REC_RELEASED, kind, obj, 0, 0, 0);
+}
+
+void mp__trace_waited(int kind, const void *obj, int64_t t0, bool ok) {
+  event3(REC_WAITED, kind, obj, t0, ok, 0);
+}
+
+void mp__trace_queue_put(const void *queue, size_t len, int64_t t0) {
+  event3(REC_QUEUE_PUT, MP__TRK_QUEUE, queue, t0, (int64_t)len, 0);
+}
+
+void mp__trace_queue_get(const void *queue, size_t len, int64_t t0) {
+  event3(REC_QUEUE_GET, MP__TRK_QUEUE, queue, t0, (int64_t)len, 0);
+}
+
+void mp__trace_conn_send(const void *conn, size_t len, int64_t t0, int rc) {
+  event3(REC_SEND, MP__TRK_CONNECTION, conn, t0, (int64_t)len, rc);
+}
+
+void mp__trace_conn_recv(const void *conn, size_t len, int64_t t0, int rc) {
+  event3(REC_RECV, MP__TRK_CONNECTION, conn, t0, (int64_t)len, rc);
+}
+
+void mp__trace_shm(int op, const char *name, size_t size) {
+  event_str(REC_SHM, op, 0, (int64_t)size, name);
+}
+
+static int method_of(const char *name) {
+  for (int m = 0; m < M_COUNT; m++)
+    if (name && strcmp(name, method_names[m]) == 0)
+      return m;
+  return M_MAIN;
+}
+
+void mp__trace_process_start(const mp_process_t *proc) {
+  event_str(REC_START, 0, (uint64_t)proc->pid, method_of(proc->ops->name), proc->name);
+}
+
+void mp__trace_process_child(const char *name) {
+  event_str(REC_PROCESS, 0, 0, T.method, name);
+}
+
+void mp__trace_process_exit(int code) {
+  event_str(REC_EXIT, 0, 0, code, NULL);
+}
+
+void mp__trace_process_reaped(const mp_process_t *proc) {
+  event3(REC_REAPED, 0, (const void *)(uintptr_t)proc->pid, proc->exitcode, proc->status_lost,
+         0);
+}
+
+void mp__trace_pool_chunk(const mp__pool_shared_t *sh, const mp__job_t *job, uint32_t chunk,
+                          uint32_t w, uint32_t status, int64_t t0) {
+  uint64_t first = (uint64_t)chunk * job->chunksize;
+  rec_t *r = slot(mp__now_ns());
+  if (r) {
+    r->kind = (uint16_t)status;
+    r->obj = (uint64_t)(uintptr_t)sh;
+    r->u.v[0] = (int64_t)job->seq;
+    r->u.v[1] = (int64_t)((uint64_t)chunk | (uint64_t)w << 32);
+    r->u.v[2] = (int64_t)first;
+    r->u.v[3] = (int64_t)mp__job_chunk_items(job, chunk);
+    r->u.v[4] = t0;
+    commit(r, REC_CHUNK);
+  }
+  if (status == MP__CHUNK_FAILED) {
+    const mp__task_error_t *err = mp__job_error(job, chunk);
+    event_str(REC_TASK_FAILED, 0, job->seq, (int64_t)err->item, err->msg);
+  }
+}
+
+void mp__trace_pool_worker_end(const mp__pool_shared_t *sh, uint32_t w, int exitcode,
+                               const char *msg, bool replaced) {
+  event_str(REC_WORKER_END, replaced, (uint64_t)atomic_load(&sh->workers[w].pid),
+            (int64_t)((uint64_t)w | (uint64_t)(uint32_t)exitcode << 32), msg);
+}
+
+/* ================================ the public API ================================ */
+
+bool mp_trace_enabled(void) {
+  return MP__TRACING();
+}
+
+int mp_trace_mark(const char *label) {
+  if (!label)
+    return mp__error(MP_EINVAL, "mp_trace_mark: label is NULL");
+  if (MP__TRACING())
+    event_str(REC_MARK, 0, 0, 0, label);
+  return 0;
+}
+
+int mp_set_name(void *object, const char *name) {
+  if (!object || !mp__shared_contains(object))
+    return mp__error(MP_EINVAL, "mp_set_name: the object is NULL or not a shared handle");
+  if (!name || !*name || strlen(name) > MP_TRACE_NAME_MAX)
+    return mp__error(MP_EINVAL, "mp_set_name: the name is NULL, empty or longer than %d bytes",
+                     MP_TRACE_NAME_MAX);
+  uint64_t obj = (uint64_t)(uintptr_t)object;
+  pthread_mutex_lock(&names.lock);
+  size_t i = 0;
+  while (i < names.n && names.e[i].obj != obj)
+    i++;
+  bool kept = i < NAMES_MAX;
+  if (kept) {
+    names.e[i].obj = obj;
+    copy_str(names.e[i].name, name);
+    names.n += i == names.n;
+  }
+  pthread_mutex_unlock(&names.lock);
+  if (MP__TRACING()) {
+    event_str(REC_NAME, 0, obj, 0, name);
+    return 0;
+  }
+  return kept ? 0
+              : mp__error(MP_ENOMEM, "mp_set_name: %d names are remembered already", NAMES_MAX);
+}
+
+/* Under T.lock: forgets this process's files, at the end of a trace and in a forked child
+ * (the parent's are the parent's). At the end of a trace another thread may still be in the
+ * middle of an event in the ring: it stays mapped until the next trace ends (or a fork), and
+ * its events go nowhere. */
+static void forget_file(bool in_child) {
+  ring_head_t *h = T.head;
+  atomic_store(&T.head, NULL);
+  if (T.retired)
+    munmap(T.retired, RING_FILE_SIZE);
+  T.retired = NULL;
+  if (h && in_child)
+    munmap(h, RING_FILE_SIZE);
+  else
+    T.retired = h;
+  if (T.log_fd >= 0)
+    close(T.log_fd);
+  T.log_fd = -1;
+  T.failed = false;
+}
+
+/* Removes what the directory holds, then the directory (ENOENT is not an error). */
+static int remove_dir(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d)
+    return errno == ENOENT ? 0 : -errno;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (e->d_name[0] != '.')
+      unlinkat(dirfd(d), e->d_name, 0);
+  closedir(d);
+  return rmdir(dir) == 0 || errno == ENOENT ? 0 : -errno;
+}
+
+static void json_escape(char *out, size_t cap, const char *s);
+static int merge_dir(const char *path, const char *dir);
+
+/* The text a trace file holds until the merge writes it: valid JSON that says why it is
+ * empty, and where the events are. */
+static int write_placeholder(const char *path, const char *dir) {
+  char esc[3 * PATH_MAX];
+  json_escape(esc, sizeof esc, dir);
+  FILE *f = fopen(path, "we");
+  if (!f)
+    return -errno;
+  fprintf(f,
+          "{\"traceEvents\":[],\n\"otherData\":{\"libmp_incomplete\":\"the program has not "
+          "written its trace yet (it runs, or was killed): demos/timeline --repair FILE "
+          "writes it from libmp_dir\",\n\"libmp_dir\":\"%s\"}}\n",
+          esc);
+  int err = ferror(f) ? -EIO : 0;
+  return fclose(f) != 0 || err ? -EIO : 0;
+}
+
+int mp_trace_start(const char *path) {
+  if (!path || !*path)
+    return mp__error(MP_EINVAL, "mp_trace_start: path is NULL or empty");
+  if (MP__TRACING())
+    return mp__error(MP_EINVAL, "mp_trace_start: this process traces already");
+  char abs[PATH_MAX] = "";
+  if (path[0] != '/' && !getcwd(abs, sizeof abs - 1))
+    return mp__syserror("mp_trace_start: getcwd");
+  size_t cwd_len = strlen(abs);
+  if (cwd_len && abs[cwd_len - 1] != '/')
+    abs[cwd_len++] = '/';
+  if (cwd_len + strlen(path) + 40 >= sizeof abs) /* + ".XXXXXX/<pid>.<n>.ring" */
+    return mp__error(MP_EINVAL, "mp_trace_start: the path is too long");
+  snprintf(abs + cwd_len, sizeof abs - cwd_len, "%s", path);
+  /* The events wait in memory (tmpfs), where appending costs a fraction of a disk's page
+   * cache, and which outlives the program's processes until the merge or a reboot. */
+  char dir[PATH_MAX] = "/dev/shm/libmp-trace-XXXXXX";
+  if (!mkdtemp(dir)) {
+    snprintf(dir, sizeof dir, "%s.XXXXXX", abs);
+    if (!mkdtemp(dir))
+      return mp__syserror("mp_trace_start: making a directory %s", dir);
+  }
+  int rc = write_placeholder(abs, dir);
+  if (rc < 0) {
+    rmdir(dir);
+    return mp__error(rc, "mp_trace_start: writing %s: %s", abs, strerror(-rc));
+  }
+  if (setenv(ENV_DIR, dir, 1) < 0)
+    return mp__syserror("mp_trace_start: setenv");
+  pthread_mutex_lock(&T.lock);
+  memcpy(T.dir, dir, sizeof T.dir);
+  memcpy(T.path, abs, sizeof T.path);
+  T.top = true;
+  pthread_mutex_unlock(&T.lock);
+  atomic_store(&mp__trace_on, 1);
+  mp__trace_process_child(mp_process_name(mp_current_process())); /* opens the file */
+  return 0;
+}
+
+int mp_trace_stop(void) {
+  if (!T.top || !MP__TRACING())
+    return mp__error(MP_EINVAL, "mp_trace_stop: %s",
+                     T.top ? "not tracing"
+                           : "only the process that started the trace stops it");
+  atomic_store(&mp__trace_on, 0);
+  unsetenv(ENV_DIR);
+  pthread_mutex_lock(&T.lock);
+  forget_file(false);
+  T.top = false;
+  pthread_mutex_unlock(&T.lock);
+  return merge_dir(T.path, T.dir);
+}
+
+/* The directory an unfinished trace file names (write_placeholder()), unescaped. */
+static int placeholder_dir(const char *path, char *dir, size_t cap) {
+  char text[4 * PATH_MAX];
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return errno == ENOENT ? mp__error(MP_ENOENT, "mp_trace_merge: no file %s", path)
+                           : mp__syserror("mp_trace_merge: opening %s", path);
+  size_t len = fread(text, 1, sizeof text - 1, f);
+  fclose(f);
+  text[len] = 0;
+  const char *p = strstr(text, "\"libmp_dir\":\"");
+  if (!p)
+    return mp__error(MP_ENOENT, "mp_trace_merge: %s is not an unfinished trace", path);
+  size_t o = 0;
+  for (p += strlen("\"libmp_dir\":\""); *p && *p != '"' && o + 1 < cap; p++) {
+    unsigned c = (unsigned char)*p;
+    if (c == '\\' && p[1] == 'u' && sscanf(p + 2, "%4x", &c) == 1)
+      p += 5;
+    else if (c == '\\' && p[1])
+      c = (unsigned char)*++p;
+    dir[o++] = (char)c;
+  }
+  dir[o] = 0;
+  return 0;
+}
+
+int mp_trace_merge(const char *path) {
+  char dir[PATH_MAX];
+  if (!path || !*path || strlen(path) + 32 >= PATH_MAX)
+    return mp__error(MP_EINVAL, "mp_trace_merge: path is NULL, empty or too long");
+  int rc = placeholder_dir(path, dir, sizeof dir);
+  return rc < 0 ? rc : merge_dir(path, dir);
+}
+
+/* ============================ the fork handler, start, end ============================ */
+
+/* A forked child records into a file of its own, opened at its first event. */
+static void after_fork_in_child(void) {
+  if (!MP__TRACING() && T.method != M_SERVER)
+    return; /* untouched: not even its page is copied */
+  pthread_mutex_init(&T.lock, NULL);
+  pthread_mutex_init(&names.lock, NULL);
+  forget_file(true);
+  T.top = false;
+  T.method = T.method == M_SERVER ? M_FORKSERVER : M_FORK;
+  tls_tid = 0;
+}
+
+/* Before spawn.c's take-over (it never returns) and the tracker's: every libmp image reads
+ * its role and its trace here. */
+__attribute__((constructor(101))) static void trace_init(void) {
+  pthread_atfork(NULL, NULL, after_fork_in_child);
+  const char *role = getenv(MP__CHILD_ENV);
+  if (role)
+    T.method = strncmp(role, "spawn ", 6) == 0         ? M_SPAWN
+               : strncmp(role, "forkserver ", 11) == 0 ? M_SERVER
+                                                       : M_HELPER;
+  /* Not for a setuid program: another user's environment must not make it write files. */
+  const char *dir = secure_getenv(ENV_DIR);
+  if (dir && strlen(dir) < sizeof T.dir) {
+    memcpy(T.dir, dir, strlen(dir) + 1);
+    atomic_store(&mp__trace_on, 1);
+    if (T.method == M_SERVER) /* it has no event of its own: its lane shows it ran */
+      mp__trace_process_child("ForkServer");
+    return;
+  }
+  const char *path = secure_getenv("MP_TRACE");
+  if (path && *path && !role && mp_trace_start(path) < 0)
+    fprintf(stderr, "libmp: MP_TRACE=%s: %s\n", path, mp_last_error());
+}
+
+/* The top's end: after every atexit handler (process.c's joins the children and stops the
+ * fork server), since the loader runs destructors last. */
+__attribute__((destructor)) static void trace_fini(void) {
+  if (!T.top || !MP__TRACING())
+    return;
+  event_str(REC_EXIT, 1, 0, 0, NULL); /* its exit code is not known here */
+  if (mp_trace_stop() < 0)
+    fprintf(stderr, "libmp: writing the trace %s: %s\n", T.path, mp_last_error());
+}
+
+/* ================================ the merge ================================ */
+
+/*
+ * Reads every process's file, sorts the records by time, and writes trace-event JSON, one
+ * event a line (demos/timeline reads it line by line): waits, puts, gets, sends, receives
+ * and chunks are complete ("X") events on the thread's lane; a lock's hold is an "X" event
+ * on a lane of its own per (process, object, holding thread), where holds never overlap;
+ * starts, exits, failures and marks are instant ("i") events.
+ */
+
+/* A small open-addressing map from three words to a number. */
+typedef struct {
+  uint64_t k[3];
+  int64_t v;
+  bool used;
+} entry_t;
+
+typedef struct {
+  entry_t *e;
+  size_t cap, n;
+} map_t;
+
+static size_t map_hash(uint64_t a, uint64_t b, uint64_t c) {
+  uint64_t h = (a * UINT64_C(0x9e3779b97f4a7c15)) ^ (b + UINT64_C(0xbf58476d1ce4e5b9));
+  h = (h ^ (h >> 31)) * UINT64_C(0x94d049bb133111eb) ^ c;
+  return (size_t)(h ^ (h >> 29));
+}
+
+static const int64_t *map_find(const map_t *m, uint64_t a, uint64_t b, uint64_t c) {
+  if (!m->cap)
+    return NULL;
+  for (size_t j = map_hash(a, b, c) & (m->cap - 1); m->e[j].used; j = (j + 1) & (m->cap - 1))
+    if (m->e[j].k[0] == a && m->e[j].k[1] == b && m->e[j].k[2] == c)
+      return &m->e[j].v;
+  return NULL;
+}
+
+/* The value of key, added with value *fresh (then *fresh is true) if absent; NULL when out
+ * of memory. */
+static int64_t *map_at(map_t *m, uint64_t a, uint64_t b, uint64_t c, int64_t init,
+                       bool *fresh) {
+  if (2 * (m->n + 1) > m->cap) {
+    size_t cap = m->cap ? 2 * m->cap : 256;
+    entry_t *e = calloc(cap, sizeof *e);
+    if (!e)
+      return NULL;
+    for (size_t i = 0; i < m->cap; i++) {
+      if (!m->e[i].used)
+        continue;
+      size_t j = map_hash(m->e[i].k[0], m->e[i].k[1], m->e[i].k[2]) & (cap - 1);
+      while (e[j].used)
+        j = (j + 1) & (cap - 1);
+      e[j] = m->e[i];
+    }
+    free(m->e);
+    m->e = e;
+    m->cap = cap;
+  }
+  size_t j = map_hash(a, b, c) & (m->cap - 1);
+  for (; m->e[j].used; j = (j + 1) & (m->cap - 1))
+    if (m->e[j].k[0] == a && m->e[j].k[1] == b && m->e[j].k[2] == c) {
+      *fresh = false;
+      return &m->e[j].v;
+    }
+  m->e[j] = (entry_t){{a, b, c}, init, true};
+  m->n++;
+  *fresh = true;
+  return &m->e[j].v;
+}
+
+/* Grows a vector to hold one more element: false when out of memory. */
+static bool grow(void **v, size_t *cap, size_t n, size_t size) {
+  if (n < *cap)
+    return true;
+  size_t c = *cap ? 2 * *cap : 64;
+  void *p = c <= SIZE_MAX / size ? realloc(*v, c * size) : NULL;
+  if (!p)
+    return false;
+  *v = p;
+  *cap = c;
+  return true;
+}
+
+typedef struct {
+  const rec_t *r;
+  int32_t pid;
+} item_t;
+
+typedef struct {
+  int pid;
+  int method, start_method; /* its own view; its parent's (-1 if none was recorded) */
+  char name[STR_MAX], start_name[STR_MAX];
+  int64_t first, last, dropped;
+} proc_t;
+
+typedef struct {
+  uint64_t obj;
+  int pid;
+  uint32_t tid;
+  int kind;
+  int64_t ts;
+} hold_t;
+
+typedef struct {
+  FILE *f;
+  size_t events;
+  int64_t t0;
+  item_t *items;
+  size_t n_items, cap_items;
+  proc_t *procs;
+  size_t n_procs, cap_procs;
+  map_t by_pid;  /* pid -> index in procs */
+  map_t names;   /* address -> index in items of its REC_NAME */
+  map_t numbers; /* (address, kind) -> its number */
+  int counts[MP__TRK_KINDS];
+  map_t lanes; /* (pid, address, tid) -> the lane of its holds */
+  int64_t n_lanes;
+  hold_t *holds; /* acquired, not yet released */
+  size_t n_holds, cap_holds;
+  int64_t dropped;
+  bool oom;
+} merge_t;
+
+static proc_t *proc_of(merge_t *m, int pid) {
+  bool fresh;
+  int64_t *at = map_at(&m->by_pid, (uint64_t)pid, 0, 0, (int64_t)m->n_procs, &fresh);
+  if (!at ||
+      (fresh && !grow((void **)&m->procs, &m->cap_procs, m->n_procs, sizeof *m->procs))) {
+    m->oom = true;
+    return NULL;
+  }
+  if (fresh)
+    m->procs[m->n_procs++] = (proc_t){pid, M_MAIN, -1, "", "", INT64_MAX, INT64_MIN, 0};
+  return &m->procs[*at];
+}
+
+/* s as the body of a JSON string (no quotes) into out. */
+static void json_escape(char *out, size_t cap, const char *s) {
+  size_t o = 0;
+  for (; *s && o + 7 < cap; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\')
+      o += (size_t)snprintf(out + o, cap - o, "\\%c", c);
+    else if (c < 0x20 || c >= 0x7f) /* control bytes, and bytes a cut may have split */
+      o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
+    else
+      out[o++] = (char)c;
+  }
+  out[o] = 0;
+}
+
+/* A record's string, terminated (a record's may fill its field) and escaped for JSON. */
+static void rec_text(const rec_t *r, char *out, size_t cap) {
+  char s[STR_MAX + 1];
+  memcpy(s, r->u.str.s, STR_MAX);
+  s[STR_MAX] = 0;
+  json_escape(out, cap, s);
+}
+
+/* One event line. dur < 0: none. args: the body of the args object, or NULL. */
+static void emit(merge_t *m, const char *ph, const char *cat, const char *name, int pid,
+                 int64_t tid, int64_t ts, int64_t dur, const char *args) {
+  char esc[512];
+  json_escape(esc, sizeof esc, name);
+  fprintf(m->f, "%s{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"%s\",\"pid\":%d,\"tid\":%lld",
+          m->events++ ? ",\n" : "", esc, cat, ph, pid, (long long)tid);
+  if (ts != INT64_MIN)
+    fprintf(m->f, ",\"ts\":%.3f", (double)(ts - m->t0) / 1e3);
+  if (dur >= 0)
+    fprintf(m->f, ",\"dur\":%.3f", (double)dur / 1e3);
+  if (ph[0] == 'i')
+    fputs(",\"s\":\"t\"", m->f);
+  fprintf(m->f, ",\"args\":{%s}}", args ? args : "");
+}
+
+static void metadata(merge_t *m, const char *what, int pid, int64_t tid, const char *key,
+                     const char *value) {
+  char esc[256], args[300];
+  json_escape(esc, sizeof esc, value);
+  snprintf(args, sizeof args, "\"%s\":\"%s\"", key, esc);
+  emit(m, "M", "__metadata", what, pid, tid, INT64_MIN, -1, args);
+}
+
+/* An object's name: the one given to its address, or "<Kind> <n>". */
+static void object_name(merge_t *m, uint64_t obj, int kind, char *out, size_t cap) {
+  const int64_t *named = map_find(&m->names, obj, 0, 0);
+  if (named) {
+    snprintf(out, cap, "%.*s", STR_MAX, m->items[*named].r->u.str.s);
+    return;
+  }
+  kind = kind > 0 && kind < MP__TRK_KINDS ? kind : 0;
+  bool fresh;
+  int64_t *n = map_at(&m->numbers, obj, (uint64_t)kind, 0, m->counts[kind] + 1, &fresh);
+  if (!n) {
+    m->oom = true;
+    snprintf(out, cap, "%s", kind_names[kind]);
+    return;
+  }
+  m->counts[kind] += fresh;
+  snprintf(out, cap, "%s %lld", kind_names[kind], (long long)*n);
+}
+
+static const char *process_label(const proc_t *p, char *out, size_t cap) {
+  int method = p->start_method >= 0 ? p->start_method : p->method;
+  const char *name = method == M_SERVER ? "ForkServer"
+                     : p->name[0]       ? p->name
+                     : p->start_name[0] ? p->start_name
+                                        : "process";
+  snprintf(out, cap, "%.*s (%s)", STR_MAX, name, method_names[method]);
+  return out;
+}
+
+/* The first pass: names, processes and their labels, threads. */
+static void learn(merge_t *m) {
+  for (size_t i = 0; i < m->n_items && !m->oom; i++) {
+    const rec_t *r = m->items[i].r;
+    proc_t *p = proc_of(m, m->items[i].pid);
+    if (!p)
+      return;
+    p->first = r->ts < p->first ? r->ts : p->first;
+    p->last = r->ts > p->last ? r->ts : p->last;
+    uint16_t type = atomic_load_explicit(&r->type, memory_order_relaxed);
+    bool fresh;
+    if (type == REC_NAME) {
+      int64_t *at = map_at(&m->names, r->obj, 0, 0, (int64_t)i, &fresh);
+      if (at)
+        *at = (int64_t)i; /* the latest name wins */
+      m->oom |= !at;
+    } else if (type == REC_PROCESS) {
+      snprintf(p->name, sizeof p->name, "%.*s", STR_MAX - 1, r->u.str.s);
+      p->method = r->u.str.n >= 0 && r->u.str.n < M_COUNT ? (int)r->u.str.n : M_MAIN;
+    } else if (type == REC_START || type == REC_REAPED) {
+      proc_t *child = proc_of(m, (int)r->obj);
+      if (!child)
+        return;
+      child->first = r->ts < child->first ? r->ts : child->first;
+      child->last = r->ts > child->last ? r->ts : child->last;
+      if (type == REC_START) {
+        child->start_method = r->u.str.n >= 0 && r->u.str.n < M_COUNT ? (int)r->u.str.n : 0;
+        snprintf(child->start_name, sizeof child->start_name, "%.*s", STR_MAX - 1, r->u.str.s);
+      }
+    }
+  }
+}
+
+static void lane_hold(merge_t *m, const hold_t *h, int64_t end, const char *what,
+                      bool unreleased) {
+  char name[96], label[160], args[256];
+  object_name(m, h->obj, h->kind, name, sizeof name);
+  bool fresh;
+  int64_t *lane = map_at(&m->lanes, (uint64_t)h->pid, h->obj, h->tid, 0, &fresh);
+  if (!lane) {
+    m->oom = true;
+    return;
+  }
+  if (fresh) {
+    /* Lanes number past any thread id (pid_max is at most 2^22). */
+    *lane = 1000000000 + ++m->n_lanes;
+    if (h->tid == (uint32_t)h->pid)
+      snprintf(label, sizeof label, "%s: %s", what, name);
+    else
+      snprintf(label, sizeof label, "%s: %s (thread %u)", what, name, h->tid);
+    metadata(m, "thread_name", h->pid, *lane, "name", label);
+  }
+  char esc[192];
+  json_escape(esc, sizeof esc, name);
+  snprintf(args, sizeof args, "\"object\":\"%s\",\"thread\":%u%s", esc, h->tid,
+           unreleased ? ",\"unreleased\":true" : "");
+  snprintf(label, sizeof label, "hold %s", name);
+  emit(m, "X", "lock.hold", label, h->pid, *lane, h->ts, end - h->ts, args);
+}
+
+/* A release by (pid, tid): closes that thread's latest hold of obj, else the process's
+ * (a Semaphore may be released by another thread), else it is an instant event. */
+static void release(merge_t *m, const rec_t *r, int pid) {
+  size_t found = m->n_holds;
+  for (size_t j = m->n_holds; j-- > 0 && found == m->n_holds;)
+    if (m->holds[j].obj == r->obj && m->holds[j].pid == pid && m->holds[j].tid == r->tid)
+      found = j;
+  for (size_t j = m->n_holds; j-- > 0 && found == m->n_holds;)
+    if (m->holds[j].obj == r->obj && m->holds[j].pid == pid)
+      found = j;
+  if (found == m->n_holds) {
+    char name[96], label[128];
+    object_name(m, r->obj, r->kind, name, sizeof name);
+    snprintf(label, sizeof label, "release %s", name);
+    emit(m, "i", "lock", label, pid, r->tid, r->ts, -1, NULL);
+    return;
+  }
+  lane_hold(m, &m->holds[found], r->ts, "held", false);
+  memmove(&m->holds[found], &m->holds[found + 1], (m->n_holds - found - 1) * sizeof *m->holds);
+  m->n_holds--;
+}
+
+/* A complete event from t0 (0 if the call began before tracing did) to the record. */
+static void span(merge_t *m, const rec_t *r, int pid, const char *verb, const char *cat,
+                 const char *more) {
+  char name[96], label[128], esc[192], args[320];
+  object_name(m, r->obj, r->kind, name, sizeof name);
+  snprintf(label, sizeof label, "%s %s", verb, name);
+  int64_t t0 = r->u.v[0] > 0 && r->u.v[0] <= r->ts ? r->u.v[0] : r->ts;
+  json_escape(esc, sizeof esc, name);
+  snprintf(args, sizeof args, "\"object\":\"%s\"%s", esc, more);
+  emit(m, "X", cat, label, pid, r->tid, t0, r->ts - t0, args);
+}
+
+static void one_event(merge_t *m, const rec_t *r, int pid) {
+  char label[160], args[400], text[3 * STR_MAX * 2];
+  uint16_t type = atomic_load_explicit(&r->type, memory_order_relaxed);
+  switch (type) {
+  case REC_THREAD: /* threads inherit the main one's name: the id tells them apart */
+    snprintf(label, sizeof label, "%.*s", STR_MAX, r->u.str.s);
+    if (r->tid != (uint32_t)pid)
+      snprintf(label + strlen(label), sizeof label - strlen(label), " (thread %u)", r->tid);
+    metadata(m, "thread_name", pid, r->tid, "name", label);
+    break;
+  case REC_ACQUIRED:
+    if (r->u.v[1] < 0 && r->u.v[1] != MP_EOWNERDEAD) {
+      snprintf(args, sizeof args, ",\"error\":\"%s\"", mp_err_name((int)r->u.v[1]));
+      span(m, r, pid, "wait", "lock.wait", args); /* a wait that ended without the lock */
+      break;
+    }
+    if (r->u.v[0] > 0 && r->u.v[0] <= r->ts)
+      span(m, r, pid, "wait", "lock.wait", r->u.v[1] ? ",\"owner_died\":true" : "");
+    if (grow((void **)&m->holds, &m->cap_holds, m->n_holds, sizeof *m->holds))
+      m->holds[m->n_holds++] = (hold_t){r->obj, pid, r->tid, r->kind, r->ts};
+    else
+      m->oom = true;
+    break;
+  case REC_RELEASED:
+    release(m, r, pid);
+    break;
+  case REC_WAITED:
+    span(m, r, pid, "wait", "wait", r->u.v[1] ? "" : ",\"timed_out\":true");
+    break;
+  case REC_QUEUE_PUT:
+  case REC_QUEUE_GET:
+  case REC_SEND:
+  case REC_RECV: {
+    static const char *const verbs[] = {"put", "get", "send", "recv"};
+    snprintf(args, sizeof args, ",\"bytes\":%lld,\"blocked_us\":%.3f%s%s%s",
+             (long long)r->u.v[1],
+             r->u.v[0] > 0 && r->u.v[0] <= r->ts ? (double)(r->ts - r->u.v[0]) / 1e3 : 0.0,
+             r->u.v[2] < 0 ? ",\"error\":\"" : "",
+             r->u.v[2] < 0 ? mp_err_name((int)r->u.v[2]) : "", r->u.v[2] < 0 ? "\"" : "");
+    span(m, r, pid, verbs[type - REC_QUEUE_PUT], type <= REC_QUEUE_GET ? "queue" : "connection",
+         args);
+    break;
+  }
+  case REC_SHM: {
+    static const char *const ops[] = {"shm", "shm create", "shm attach", "shm unlink"};
+    rec_text(r, text, sizeof text);
+    snprintf(label, sizeof label, "%s %.*s", ops[r->kind <= 3 ? r->kind : 0], STR_MAX,
+             r->u.str.s);
+    snprintf(args, sizeof args, "\"name\":\"%s\",\"size\":%lld", text, (long long)r->u.str.n);
+    emit(m, "i", "shared_memory", label, pid, r->tid, r->ts, -1, args);
+    break;
+  }
+  case REC_START: {
+    const char *method = method_names[r->u.str.n >= 0 && r->u.str.n < M_COUNT ? r->u.str.n : 0];
+    rec_text(r, text, sizeof text);
+    snprintf(label, sizeof label, "start %.*s", STR_MAX, r->u.str.s);
+    snprintf(args, sizeof args, "\"child\":%lld,\"name\":\"%s\",\"method\":\"%s\"",
+             (long long)r->obj, text, method);
+    emit(m, "i", "process", label, pid, r->tid, r->ts, -1, args);
+    snprintf(args, sizeof args, "\"parent\":%d,\"method\":\"%s\"", pid, method);
+    emit(m, "i", "process", "start", (int)r->obj, (int64_t)r->obj, r->ts, -1, args);
+    break;
+  }
+  case REC_EXIT:
+    if (r->kind)
+      emit(m, "i", "process", "exit", pid, r->tid, r->ts, -1, NULL);
+    else {
+      snprintf(args, sizeof args, "\"exitcode\":%lld", (long long)r->u.str.n);
+      emit(m, "i", "process", "exit", pid, r->tid, r->ts, -1, args);
+    }
+    break;
+  case REC_REAPED: {
+    int code = (int)r->u.v[0];
+    if (r->u.v[1])
+      snprintf(args, sizeof args, "\"exitcode\":null,\"by\":%d", pid);
+    else if (code < 0)
+      snprintf(args, sizeof args, "\"exitcode\":%d,\"signal\":%d,\"by\":%d", code, -code, pid);
+    else
+      snprintf(args, sizeof args, "\"exitcode\":%d,\"by\":%d", code, pid);
+    snprintf(label, sizeof label, code < 0 ? "killed by signal %d" : "ended (exit code %d)",
+             code < 0 ? -code : code);
+    emit(m, "i", "process", r->u.v[1] ? "ended" : label, (int)r->obj, (int64_t)r->obj, r->ts,
+         -1, args);
+    break;
+  }
+  case REC_CHUNK: {
+    uint64_t chunk_w = (uint64_t)r->u.v[1];
+    int64_t t0 = r->u.v[4] > 0 && r->u.v[4] <= r->ts ? r->u.v[4] : r->ts;
+    snprintf(label, sizeof label, "map %lld", (long long)r->u.v[0]);
+    snprintf(args, sizeof args,
+             "\"pool\":\"0x%llx\",\"map\":%lld,\"chunk\":%u,\"first\":%lld,\"count\":%lld,"
+             "\"worker\":%u,\"status\":\"%s\"",
+             (unsigned long long)r->obj, (long long)r->u.v[0], (uint32_t)chunk_w,
+             (long long)r->u.v[2], (long long)r->u.v[3], (uint32_t)(chunk_w >> 32) + 1,
+             r->kind == MP__CHUNK_DONE ? "done" : "failed");
+    emit(m, "X", "pool.chunk", label, pid, r->tid, t0, r->ts - t0, args);
+    break;
+  }
+  case REC_TASK_FAILED:
+    rec_text(r, text, sizeof text);
+    snprintf(args, sizeof args, "\"map\":%llu,\"item\":%lld,\"message\":\"%s\"",
+             (unsigned long long)r->obj, (long long)r->u.str.n, text);
+    emit(m, "i", "pool", "task failed", pid, r->tid, r->ts, -1, args);
+    break;
+  case REC_WORKER_END: {
+    uint32_t w = (uint32_t)r->u.str.n;
+    int code = (int)(uint32_t)((uint64_t)r->u.str.n >> 32);
+    rec_text(r, text, sizeof text);
+    snprintf(label, sizeof label, "worker %u %s%s", w + 1, code ? "lost" : "ended",
+             r->kind ? ", replaced" : "");
+    snprintf(args, sizeof args,
+             "\"worker\":%u,\"pid\":%lld,\"exitcode\":%d,\"replaced\":%s,\"why\":\"%s\"", w + 1,
+             (long long)r->obj, code, r->kind ? "true" : "false", text);
+    emit(m, "i", "pool", label, pid, r->tid, r->ts, -1, args);
+    break;
+  }
+  case REC_MARK:
+    snprintf(label, sizeof label, "%.*s", STR_MAX, r->u.str.s);
+    emit(m, "i", "mark", label, pid, r->tid, r->ts, -1, NULL);
+    break;
+  default: /* REC_PROCESS and REC_NAME were read by learn(); unknown types are skipped */
+    break;
+  }
+}
+
+static int by_time(const void *a, const void *b) {
+  const item_t *x = a, *y = b;
+  if (x->r->ts != y->r->ts)
+    return x->r->ts < y->r->ts ? -1 : 1;
+  return x->r < y->r ? -1 : x->r > y->r; /* a file's records in their order */
+}
+
+/* Adds the records of one process's file (its whole contents in recs) to the merge. */
+static void add_file(merge_t *m, const rec_t *recs, size_t n, int64_t dropped) {
+  if (n == 0 || atomic_load_explicit(&recs[0].type, memory_order_relaxed) != REC_HEADER ||
+      recs[0].u.v[2] != MAGIC)
+    return; /* not a trace file, or one whose process died before its header */
+  int pid = (int)recs[0].obj;
+  proc_t *p = proc_of(m, pid);
+  if (!p)
+    return;
+  p->method = recs[0].u.v[1] >= 0 && recs[0].u.v[1] < M_COUNT ? (int)recs[0].u.v[1] : M_MAIN;
+  p->dropped += dropped;
+  m->dropped += dropped;
+  for (size_t i = 1; i < n; i++) {
+    if (!atomic_load_explicit(&recs[i].type, memory_order_relaxed))
+      continue;
+    if (!grow((void **)&m->items, &m->cap_items, m->n_items, sizeof *m->items)) {
+      m->oom = true;
+      return;
+    }
+    m->items[m->n_items++] = (item_t){&recs[i], pid};
+  }
+}
+
+/* Reads one file whole, with room for `extra` more records: its records, or NULL (*n = 0)
+ * if it cannot be read. */
+static rec_t *read_file(int dir_fd, const char *name, size_t extra, size_t *n) {
+  *n = 0;
+  int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  struct stat st;
+  if (fd < 0)
+    return NULL;
+  size_t size = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? (size_t)st.st_size : 0;
+  size -= size % sizeof(rec_t);
+  rec_t *recs = size && size / sizeof(rec_t) <= SIZE_MAX / sizeof(rec_t) - extra
+                    ? malloc(size + extra * sizeof(rec_t))
+                    : NULL;
+  size_t got = 0;
+  while (recs && got < size) {
+    ssize_t k = read(fd, (char *)recs + got, size - got);
+    if (k <= 0)
+      break;
+    got += (size_t)k;
+  }
+  close(fd);
+  *n = got / sizeof(rec_t);
+  return recs;
+}
+
+/* A process's events: its log (<pid>.<n>.bin, named by log), then those of its ring that the
+ * log does not hold yet, in order; *dropped from the ring's header. NULL if none. */
+static rec_t *read_process(int dir_fd, const char *log, size_t *n, int64_t *dropped) {
+  char ring_name[NAME_MAX + 1];
+  size_t len = strlen(log) - strlen(".bin"), n_ring;
+  snprintf(ring_name, sizeof ring_name, "%.*s.ring", (int)len, log);
+  rec_t *recs = read_file(dir_fd, log, RING_RECS, n);
+  rec_t *ring = recs ? read_file(dir_fd, ring_name, 0, &n_ring) : NULL;
+  *dropped = 0;
+  if (ring && n_ring == RING_RECS + 1 && ((ring_head_t *)ring)->magic == MAGIC) {
+    const ring_head_t *h = (const ring_head_t *)ring;
+    uint64_t next = atomic_load(&h->next), logged = *n - 1; /* the log's header is no event */
+    *dropped = atomic_load(&h->dropped);
+    /* The ring holds the last RING_RECS events at most; a block the process appended just
+     * before it died is in the log and is not taken twice. */
+    for (uint64_t i = logged + RING_RECS < next ? next - RING_RECS : logged; i < next; i++) {
+      const rec_t *r = &ring[1 + i % RING_RECS];
+      if (atomic_load_explicit(&r->type, memory_order_relaxed))
+        memcpy(&recs[(*n)++], r, sizeof *r);
+    }
+  }
+  free(ring);
+  return recs;
+}
+
+static void write_trace(merge_t *m) {
+  qsort(m->items, m->n_items, sizeof *m->items, by_time);
+  m->t0 = m->n_items ? m->items[0].r->ts : 0;
+  learn(m);
+  fputs("{\"traceEvents\":[\n", m->f);
+  char label[96];
+  for (size_t i = 0; i < m->n_procs; i++) {
+    const proc_t *p = &m->procs[i];
+    size_t rank = 0; /* lanes in the order the processes appeared */
+    for (size_t j = 0; j < m->n_procs; j++)
+      rank += m->procs[j].first < p->first || (m->procs[j].first == p->first && j < i);
+    metadata(m, "process_name", p->pid, 0, "name", process_label(p, label, sizeof label));
+    snprintf(label, sizeof label, "\"sort_index\":%zu", rank);
+    emit(m, "M", "__metadata", "process_sort_index", p->pid, 0, INT64_MIN, -1, label);
+  }
+  for (size_t i = 0; i < m->n_items; i++)
+    one_event(m, m->items[i].r, m->items[i].pid);
+  /* Holds never released: their process ended (or was killed) holding them. */
+  for (size_t j = 0; j < m->n_holds; j++) {
+    const proc_t *p = proc_of(m, m->holds[j].pid);
+    lane_hold(m, &m->holds[j], p ? p->last : m->holds[j].ts, "held", true);
+  }
+  fprintf(m->f,
+          "\n],\n\"displayTimeUnit\":\"ms\",\n\"otherData\":{\"libmp_trace\":1,"
+          "\"processes\":%zu,\"records\":%zu,\"dropped\":%lld}}\n",
+          m->n_procs, m->n_items, (long long)m->dropped);
+}
+
+static int merge_dir(const char *path, const char *dir) {
+  char tmp[PATH_MAX];
+  snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
+  DIR *d = opendir(dir);
+  if (!d)
+    return errno == ENOENT ? mp__error(MP_ENOENT, "mp_trace_merge: no directory %s", dir)
+                           : mp__syserror("mp_trace_merge: opening %s", dir);
+  merge_t m = {0};
+  rec_t **files = NULL;
+  size_t n_files = 0, cap_files = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) && !m.oom) {
+    size_t len = strlen(e->d_name), n;
+    if (len < 5 || strcmp(e->d_name + len - 4, ".bin") != 0)
+      continue;
+    int64_t dropped;
+    rec_t *recs = read_process(dirfd(d), e->d_name, &n, &dropped);
+    if (!recs)
+      continue;
+    if (!grow((void **)&files, &cap_files, n_files, sizeof *files)) {
+      free(recs);
+      m.oom = true;
+      break;
+    }
+    files[n_files++] = recs;
+    add_file(&m, recs, n, dropped);
+  }
+  closedir(d);
+  int rc = 0;
+  int fd = m.oom ? -1 : open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (m.oom)
+    rc = mp__error(MP_ENOMEM, "mp_trace_merge: no memory for %zu records", m.n_items);
+  else if (fd < 0 || !(m.f = fdopen(fd, "w")))
+    rc = mp__syserror("mp_trace_merge: creating %s", tmp);
+  if (rc == 0) {
+    write_trace(&m);
+    bool bad = ferror(m.f);
+    if (fclose(m.f) != 0 || bad)
+      rc = mp__syserror("mp_trace_merge: writing %s", tmp);
+    else if (m.oom)
+      rc = mp__error(MP_ENOMEM, "mp_trace_merge: no memory for %zu records", m.n_items);
+    else if (rename(tmp, path) < 0)
+      rc = mp__syserror("mp_trace_merge: renaming %s to %s", tmp, path);
+    fd = -1;
+  }
+  if (fd >= 0)
+    close(fd);
+  if (rc < 0)
+    unlink(tmp);
+  else
+    remove_dir(dir);
+  for (size_t i = 0; i < n_files; i++)
+    free(files[i]);
+  free(files);
+  free(m.items);
+  free(m.procs);
+  free(m.holds);
+  free(m.by_pid.e);
+  free(m.names.e);
+  free(m.numbers.e);
+  free(m.lanes.e);
+  return rc;
+}

@@ -1,0 +1,692 @@
+/*
+ * The trace (docs/trace.md): the file is read back with a real JSON parser (jansson) and
+ * checked for what a reader of the timeline relies on, under every start method.
+ *
+ * Run with "--program PATH METHOD" (the MP_TRACE test), this binary is a small traced
+ * program instead of the suite.
+ */
+#include "mp_test.h"
+
+#include <jansson.h>
+#include <spawn.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
+
+#define ROUNDS 40
+
+/* ------------------------------- reading a trace ------------------------------- */
+
+/* A trace file of this test, different for each test and each run. */
+static void trace_path(char *buf, size_t cap, const char *what, int method) {
+  snprintf(buf, cap, "/tmp/libmp-test-trace-%d-%s-%d.json", (int)getpid(), what, method);
+}
+
+static json_t *load_trace(const char *path) {
+  json_error_t err;
+  json_t *root = json_load_file(path, 0, &err);
+  T_ASSERT(root != NULL, "%s does not parse: line %d: %s", path, err.line, err.text);
+  T_ASSERT(json_is_array(json_object_get(root, "traceEvents")), "%s has no traceEvents", path);
+  return root;
+}
+
+static const char *str_of(json_t *obj, const char *key) {
+  const char *s = json_string_value(json_object_get(obj, key));
+  return s ? s : "";
+}
+
+static json_int_t int_of(json_t *obj, const char *key) {
+  return json_integer_value(json_object_get(obj, key));
+}
+
+static double num_of(json_t *obj, const char *key) {
+  return json_number_value(json_object_get(obj, key));
+}
+
+static json_t *arg(json_t *event, const char *key) {
+  return json_object_get(json_object_get(event, "args"), key);
+}
+
+/* The event's "name" is name (or starts with it, if prefix). */
+static bool named(json_t *event, const char *name, bool prefix) {
+  const char *n = str_of(event, "name");
+  return prefix ? strncmp(n, name, strlen(name)) == 0 : strcmp(n, name) == 0;
+}
+
+/* How many events have this phase and name (NULL: any name) and pid (0: any). */
+static int count(json_t *root, const char *ph, const char *name, bool prefix, json_int_t pid) {
+  json_t *events = json_object_get(root, "traceEvents"), *e;
+  size_t i;
+  int n = 0;
+  json_array_foreach(events, i, e) {
+    if (strcmp(str_of(e, "ph"), ph) == 0 && (!name || named(e, name, prefix)) &&
+        (!pid || int_of(e, "pid") == pid))
+      n++;
+  }
+  return n;
+}
+
+/* The directory an unfinished trace file names, where the events wait for the merge. */
+static void events_dir(const char *path, char *dir, size_t cap) {
+  json_t *root = load_trace(path);
+  T_INT_EQ(json_array_size(json_object_get(root, "traceEvents")), 0);
+  json_t *other = json_object_get(root, "otherData");
+  T_ASSERT(json_object_get(other, "libmp_incomplete") != NULL, "the placeholder says so");
+  snprintf(dir, cap, "%s", str_of(other, "libmp_dir"));
+  T_ASSERT(dir[0] == '/', "the placeholder names the directory: '%s'", dir);
+  json_decref(root);
+}
+
+static void assert_removed(const char *dir) {
+  struct stat st;
+  T_ASSERT(stat(dir, &st) < 0 && errno == ENOENT, "%s is removed after the merge", dir);
+}
+
+/* The label of pid's lane ("Process-1 (spawn)"), or "". */
+static const char *process_label(json_t *root, json_int_t pid) {
+  json_t *events = json_object_get(root, "traceEvents"), *e;
+  size_t i;
+  json_array_foreach(events, i, e) {
+    if (named(e, "process_name", false) && int_of(e, "pid") == pid)
+      return json_string_value(arg(e, "name"));
+  }
+  return "";
+}
+
+/* ------------------------------- what the children do ------------------------------- */
+
+typedef struct {
+  mp_lock_t *lock;
+  mp_event_t *go;   /* NULL, or set when the rounds may begin */
+  mp_event_t *done; /* lock_then_sleep: set after the rounds */
+  mp_value_t *counter;
+  int rounds;
+} lock_arg_t;
+
+/* Takes the lock `rounds` times, adding to the counter inside. */
+static int lock_rounds(void *arg, size_t size) {
+  (void)size;
+  lock_arg_t *a = arg;
+  if (a->go && mp_event_wait(a->go, 30) < 0)
+    return 2;
+  long *counter = mp_value_ptr(a->counter);
+  for (int i = 0; i < a->rounds; i++) {
+    if (mp_lock_acquire(a->lock, 30) < 0)
+      return 3;
+    (*counter)++;
+    if (mp_lock_release(a->lock) < 0)
+      return 4;
+  }
+  return 0;
+}
+
+/* Takes the lock, then says so and sleeps until killed. */
+static int lock_then_sleep(void *arg, size_t size) {
+  lock_arg_t *a = arg;
+  int rc = lock_rounds(arg, size);
+  if (rc != 0)
+    return rc;
+  mp_event_set(a->done);
+  for (;;)
+    pause();
+}
+
+static lock_arg_t lock_arg_new(const char *name) {
+  lock_arg_t a = {.rounds = ROUNDS};
+  MP_ASSERT_OK(mp_lock_create(&a.lock));
+  MP_ASSERT_OK(mp_raw_value_create(&a.counter, MP_TYPE_BYTES(sizeof(long)), NULL));
+  MP_ASSERT_OK(mp_set_name(a.lock, name));
+  return a;
+}
+
+static void lock_arg_free(lock_arg_t *a) {
+  mp_lock_close(a->lock);
+  mp_value_close(a->counter);
+  if (a->go)
+    mp_event_close(a->go);
+  if (a->done)
+    mp_event_close(a->done);
+}
+
+/* ------------------------------------ tests ------------------------------------ */
+
+/* One child of each start method: three processes with lanes of their own, labelled with
+ * their method, each with its holds of the lock and its exit code. */
+START_TEST(test_three_methods) {
+  char path[128];
+  trace_path(path, sizeof path, "methods", 0);
+  lock_arg_t a = lock_arg_new("shared lock");
+  a.rounds = 3;
+  MP_ASSERT_OK(mp_trace_start(path));
+  T_ASSERT(mp_trace_enabled(), "tracing is on after mp_trace_start");
+  char dir[4096];
+  events_dir(path, dir, sizeof dir);
+  mp_process_t *p[N_METHODS];
+  for (int m = 0; m < N_METHODS; m++)
+    p[m] = mp_test_start(m, lock_rounds, &a, sizeof a);
+  int pids[N_METHODS];
+  for (int m = 0; m < N_METHODS; m++) {
+    pids[m] = mp_process_pid(p[m]);
+    mp_test_join_ok(p[m], 30);
+  }
+  MP_ASSERT_OK(mp_trace_stop());
+  T_ASSERT(!mp_trace_enabled(), "tracing is off after mp_trace_stop");
+  json_t *root = load_trace(path);
+  for (int m = 0; m < N_METHODS; m++) {
+    char want[64];
+    snprintf(want, sizeof want, "(%s)", METHODS[m]);
+    const char *label = process_label(root, pids[m]);
+    T_ASSERT(strstr(label, want) != NULL, "pid %d is '%s', not %s", pids[m], label, want);
+    T_INT_EQ(count(root, "X", "hold shared lock", false, pids[m]), 3);
+    T_INT_EQ(count(root, "i", "exit", false, pids[m]), 1);
+    T_INT_EQ(count(root, "i", "ended (exit code 0)", false, pids[m]), 1);
+    T_INT_EQ(count(root, "i", "start", false, pids[m]), 1);
+  }
+  T_ASSERT(strstr(process_label(root, getpid()), "(main)") != NULL, "the tracing process");
+  json_decref(root);
+  assert_removed(dir);
+  unlink(path);
+  lock_arg_free(&a);
+}
+END_TEST
+
+typedef struct {
+  double start, end;
+  json_int_t pid;
+} interval_t;
+
+static int by_start(const void *x, const void *y) {
+  const interval_t *a = x, *b = y;
+  return (a->start > b->start) - (a->start < b->start);
+}
+
+/* Three processes and the parent contend for one Lock: the holds the trace shows never
+ * overlap, there is one per acquire, and each has its wait before it. */
+START_TEST(test_lock_holds_never_overlap) {
+  char path[128];
+  trace_path(path, sizeof path, "holds", _i);
+  lock_arg_t a = lock_arg_new("counter lock");
+  MP_ASSERT_OK(mp_event_create(&a.go));
+  MP_ASSERT_OK(mp_trace_start(path));
+  mp_process_t *p[3];
+  for (int i = 0; i < 3; i++)
+    p[i] = mp_test_start(_i, lock_rounds, &a, sizeof a);
+  MP_ASSERT_OK(mp_event_set(a.go));
+  T_INT_EQ(lock_rounds(&a, sizeof a), 0);
+  for (int i = 0; i < 3; i++)
+    mp_test_join_ok(p[i], 60);
+  MP_ASSERT_OK(mp_trace_stop());
+  T_INT_EQ(*(long *)mp_value_ptr(a.counter), 4 * ROUNDS);
+
+  json_t *root = load_trace(path), *e;
+  json_t *events = json_object_get(root, "traceEvents");
+  interval_t holds[4 * ROUNDS + 1];
+  size_t n = 0, i;
+  json_array_foreach(events, i, e) {
+    if (!named(e, "hold counter lock", false))
+      continue;
+    T_ASSERT(n < 4 * ROUNDS, "more holds than acquires");
+    double ts = num_of(e, "ts");
+    holds[n++] = (interval_t){ts, ts + num_of(e, "dur"), int_of(e, "pid")};
+  }
+  T_INT_EQ(n, 4 * ROUNDS);
+  T_INT_EQ(count(root, "X", "wait counter lock", false, 0), 4 * ROUNDS);
+  qsort(holds, n, sizeof holds[0], by_start);
+  int switches = 0;
+  for (i = 1; i < n; i++) {
+    /* 1 ns of slack for the sum of two decimal microsecond values */
+    T_ASSERT(holds[i].start >= holds[i - 1].end - 0.001,
+             "hold of pid %lld at %.3f us starts before pid %lld's ends at %.3f us",
+             (long long)holds[i].pid, holds[i].start, (long long)holds[i - 1].pid,
+             holds[i - 1].end);
+    switches += holds[i].pid != holds[i - 1].pid;
+  }
+  T_ASSERT(switches >= 3, "the lock passed between processes (%d times)", switches);
+  json_decref(root);
+  unlink(path);
+  lock_arg_free(&a);
+}
+END_TEST
+
+/* ------------------------------------ the pool ------------------------------------ */
+
+#define ITEMS 100
+#define CHUNK 7
+#define CHUNKS ((ITEMS + CHUNK - 1) / CHUNK)
+
+static int square(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)size;
+  (void)result_size;
+  long v = *(const long *)arg;
+  *(long *)result = v * v;
+  return 0;
+}
+
+static const char *const POOL_METHODS[] = {"fork", "spawn", "forkserver", "thread"};
+
+static mp_pool_t *pool_new(int method, int processes, unsigned retries) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = processes;
+  o.retries = retries;
+  MP_ASSERT_OK(mp_get_context(POOL_METHODS[method], &o.context));
+  mp_pool_t *pool = NULL;
+  MP_ASSERT_OK(mp_pool_create(&pool, &o));
+  return pool;
+}
+
+/* Checks that each of the trace's maps ran each of its chunks once, with the right items,
+ * and returns how many maps there were. */
+static int check_chunks(json_t *root, int chunks, int chunksize, int items) {
+  json_t *events = json_object_get(root, "traceEvents"), *e;
+  json_int_t maps[8];
+  int seen[8][ITEMS] = {{0}}, n_maps = 0;
+  size_t i;
+  json_array_foreach(events, i, e) {
+    if (strcmp(str_of(e, "cat"), "pool.chunk") != 0)
+      continue;
+    json_int_t map = json_integer_value(arg(e, "map"));
+    int m = 0;
+    while (m < n_maps && maps[m] != map)
+      m++;
+    if (m == n_maps) {
+      T_ASSERT(n_maps < 8, "too many maps");
+      maps[n_maps++] = map;
+    }
+    json_int_t chunk = json_integer_value(arg(e, "chunk"));
+    T_ASSERT(chunk >= 0 && chunk < chunks, "chunk %lld of %d", (long long)chunk, chunks);
+    T_STR_EQ(json_string_value(arg(e, "status")), "done");
+    T_INT_EQ(json_integer_value(arg(e, "first")), chunk * chunksize);
+    json_int_t want = chunk * chunksize + chunksize <= items ? chunksize : items % chunksize;
+    T_INT_EQ(json_integer_value(arg(e, "count")), want);
+    seen[m][chunk]++;
+  }
+  for (int m = 0; m < n_maps; m++)
+    for (int c = 0; c < chunks; c++)
+      T_ASSERT(seen[m][c] == 1, "map %lld ran chunk %d %d times", (long long)maps[m], c,
+               seen[m][c]);
+  return n_maps;
+}
+
+/* Two maps of 15 chunks: each chunk of each appears once, run by a worker. */
+START_TEST(test_pool_chunks_once) {
+  char path[128];
+  trace_path(path, sizeof path, "pool", _i);
+  MP_ASSERT_OK(mp_trace_start(path));
+  mp_pool_t *pool = pool_new(_i, 3, 0);
+  long in[ITEMS], out[ITEMS];
+  for (int i = 0; i < ITEMS; i++)
+    in[i] = i;
+  for (int round = 0; round < 2; round++) {
+    MP_ASSERT_OK(mp_pool_map(pool, square, in, ITEMS, sizeof(long), out, sizeof(long), CHUNK));
+    T_INT_EQ(out[ITEMS - 1], (ITEMS - 1) * (ITEMS - 1));
+  }
+  MP_ASSERT_OK(mp_pool_close(pool));
+  MP_ASSERT_OK(mp_pool_join(pool, 60));
+  mp_pool_destroy(pool);
+  MP_ASSERT_OK(mp_trace_stop());
+  json_t *root = load_trace(path), *e;
+  T_INT_EQ(check_chunks(root, CHUNKS, CHUNK, ITEMS), 2);
+  size_t i;
+  json_array_foreach(json_object_get(root, "traceEvents"), i, e) {
+    if (strcmp(str_of(e, "cat"), "pool.chunk") != 0)
+      continue;
+    if (_i == 3) /* thread workers: a thread of this process, not its main one */
+      T_ASSERT(int_of(e, "pid") == getpid() && int_of(e, "tid") != getpid(), "thread worker");
+    else
+      T_ASSERT(int_of(e, "pid") != getpid(), "a chunk ran in the pool's process");
+  }
+  json_decref(root);
+  unlink(path);
+}
+END_TEST
+
+/* A worker that dies by SIGKILL at its fifth task: the four chunks it ran before are in the
+ * trace, with its loss, and each chunk still appears once (the lost one was run again). */
+static int kill_at_fifth(const void *arg, size_t size, void *result, size_t *result_size) {
+  static int done_here; /* per worker process */
+  _Atomic int *killed = *(_Atomic int *const *)((const char *)arg + sizeof(long));
+  if (++done_here == 5 && atomic_exchange(killed, 1) == 0)
+    raise(SIGKILL);
+  return square(arg, size, result, result_size);
+}
+
+START_TEST(test_killed_worker_events_kept) {
+  char path[128];
+  trace_path(path, sizeof path, "killed", _i);
+  mp_value_t *flag;
+  MP_ASSERT_OK(mp_raw_value_create(&flag, MP_TYPE_BYTES(sizeof(int)), NULL));
+  _Atomic int *killed = mp_value_ptr(flag);
+  MP_ASSERT_OK(mp_trace_start(path));
+  mp_pool_t *pool = pool_new(_i, 2, 1);
+  struct {
+    long v;
+    _Atomic int *killed;
+  } in[40];
+  long out[40];
+  for (int i = 0; i < 40; i++)
+    in[i].v = i, in[i].killed = killed;
+  MP_ASSERT_OK(mp_pool_map(pool, kill_at_fifth, in, 40, sizeof in[0], out, sizeof(long), 1));
+  T_INT_EQ(out[39], 39 * 39);
+  T_INT_EQ(*killed, 1);
+  MP_ASSERT_OK(mp_pool_close(pool));
+  MP_ASSERT_OK(mp_pool_join(pool, 60));
+  mp_pool_destroy(pool);
+  MP_ASSERT_OK(mp_trace_stop());
+  json_t *root = load_trace(path), *e;
+  check_chunks(root, 40, 1, 40);
+  json_int_t lost = 0;
+  size_t i;
+  json_array_foreach(json_object_get(root, "traceEvents"), i, e) {
+    /* Replaced only if work was left when the supervisor learned of it. */
+    if (named(e, "worker", true) && strstr(str_of(e, "name"), " lost")) {
+      T_ASSERT(lost == 0, "one worker was lost");
+      lost = json_integer_value(arg(e, "pid"));
+      T_INT_EQ(json_integer_value(arg(e, "exitcode")), -SIGKILL);
+    }
+  }
+  T_ASSERT(lost > 0, "the lost worker is in the trace");
+  T_INT_EQ(count(root, "X", "map", true, lost), 4);
+  T_INT_EQ(count(root, "i", "exit", false, lost), 0);
+  json_decref(root);
+  unlink(path);
+  mp_value_close(flag);
+}
+END_TEST
+
+/* ---------------------------- a program killed mid-run ---------------------------- */
+
+/* The traced program: children that take a lock and sleep, told to the test by a pipe;
+ * then it waits to be killed. */
+static void killed_program(const char *path, int method, int ready_fd) {
+  lock_arg_t a = lock_arg_new("program lock");
+  if (mp_event_create(&a.done) < 0 || mp_trace_start(path) < 0)
+    _exit(10);
+  mp_context_t *ctx;
+  mp_process_t *p;
+  if (mp_get_context(METHODS[method], &ctx) < 0 ||
+      mp_process_create(&p, ctx, lock_then_sleep, &a, sizeof a, "Sleeper") < 0 ||
+      mp_process_start(p) < 0 || mp_event_wait(a.done, 30) < 0)
+    _exit(11);
+  mp_trace_mark("about to be killed");
+  int pid = mp_process_pid(p);
+  if (write(ready_fd, &pid, sizeof pid) != (ssize_t)sizeof pid)
+    _exit(12);
+  for (;;)
+    pause();
+}
+
+START_TEST(test_killed_program_repaired) {
+  char path[128], dir[4096];
+  trace_path(path, sizeof path, "program", _i);
+  int fds[2];
+  T_ASSERT(pipe(fds) == 0, "pipe");
+  pid_t program = fork();
+  T_ASSERT(program >= 0, "fork");
+  if (program == 0) {
+    close(fds[0]);
+    killed_program(path, _i, fds[1]);
+  }
+  mp_test_track_pid(program);
+  close(fds[1]);
+  int child = 0;
+  T_INT_EQ(read(fds[0], &child, sizeof child), sizeof child);
+  close(fds[0]);
+  mp_test_track_pid(child);
+  T_ASSERT(kill(program, SIGKILL) == 0, "kill");
+  int status;
+  T_INT_EQ(waitpid(program, &status, 0), program);
+  /* Its child dies with it (die_with_parent): wait until it has gone. */
+  for (int i = 0; i < 500 && kill(child, 0) == 0; i++)
+    mp_test_sleep(0.01);
+
+  /* Before the repair the file parses, and says what to do. */
+  events_dir(path, dir, sizeof dir);
+  MP_ASSERT_OK(mp_trace_merge(path));
+  json_t *root = load_trace(path);
+  T_INT_EQ(count(root, "i", "about to be killed", false, program), 1);
+  T_INT_EQ(count(root, "X", "hold program lock", false, child), ROUNDS);
+  T_ASSERT(strstr(process_label(root, child), "Sleeper") != NULL, "the child's lane");
+  T_INT_EQ(count(root, "i", "exit", false, program), 0);
+  json_decref(root);
+  assert_removed(dir);
+  MP_ASSERT_ERR(mp_trace_merge(path), MP_ENOENT); /* a written trace is no unfinished one */
+  unlink(path);
+}
+END_TEST
+
+/* ------------------------------- every kind of event ------------------------------- */
+
+typedef struct {
+  mp_queue_t *queue;
+  mp_conn_t *conn;
+  mp_event_t *event;
+  mp_barrier_t *barrier;
+  mp_condition_t *cond;
+  mp_semaphore_t *sem;
+  mp_value_t *flag;
+  char shm_name[64];
+} kinds_arg_t;
+
+static int kinds_child(void *arg, size_t size) {
+  (void)size;
+  kinds_arg_t *a = arg;
+  char buf[64];
+  size_t len;
+  /* A wait that times out (the event is never set), then a get that waits for the put. */
+  if (mp_event_wait(a->event, 0.01) != MP_ETIMEDOUT ||
+      mp_queue_get(a->queue, buf, sizeof buf, &len, 30) < 0)
+    return 2;
+  if (mp_conn_send(a->conn, "pong", 4) < 0 || mp_barrier_wait(a->barrier, 30) < 0)
+    return 3;
+  mp_shared_memory_t *shm;
+  if (mp_shared_memory_attach(&shm, a->shm_name) < 0)
+    return 4;
+  mp_shared_memory_close(shm);
+  if (mp_semaphore_acquire(a->sem, 30) < 0 || mp_semaphore_release(a->sem) < 0)
+    return 5;
+  /* Set under the lock, which only the wait gives up: once the parent holds it after
+   * seeing 1, this child waits. */
+  if (mp_condition_acquire(a->cond, 30) < 0)
+    return 6;
+  *(_Atomic int *)mp_value_ptr(a->flag) = 1;
+  while (*(_Atomic int *)mp_value_ptr(a->flag) != 2)
+    if (mp_condition_wait(a->cond, 30) < 0)
+      return 7;
+  mp_condition_release(a->cond);
+  return 0;
+}
+
+START_TEST(test_every_kind_named) {
+  char path[128];
+  trace_path(path, sizeof path, "kinds", _i);
+  kinds_arg_t a = {0};
+  mp_conn_t *mine;
+  mp_lock_t *cond_lock;
+  MP_ASSERT_OK(mp_queue_create(&a.queue, 0));
+  MP_ASSERT_OK(mp_pipe(true, &mine, &a.conn));
+  MP_ASSERT_OK(mp_event_create(&a.event));
+  MP_ASSERT_OK(mp_barrier_create(&a.barrier, 2, NULL, NULL));
+  MP_ASSERT_OK(mp_lock_create(&cond_lock));
+  MP_ASSERT_OK(mp_condition_create(&a.cond, cond_lock));
+  MP_ASSERT_OK(mp_bounded_semaphore_create(&a.sem, 1));
+  MP_ASSERT_OK(mp_raw_value_create(&a.flag, MP_TYPE_BYTES(sizeof(int)), NULL));
+  MP_ASSERT_OK(mp_set_name(a.queue, "jobs"));
+  MP_ASSERT_OK(mp_set_name(mine, "parent end"));
+  MP_ASSERT_ERR(mp_set_name(&a, "not shared"), MP_EINVAL);
+  MP_ASSERT_ERR(mp_set_name(a.queue, "a name longer than thirty-one bytes"), MP_EINVAL);
+  snprintf(a.shm_name, sizeof a.shm_name, "libmp-trace-%d-%d", (int)getpid(), _i);
+  MP_ASSERT_OK(mp_trace_start(path));
+  MP_ASSERT_ERR(mp_trace_start(path), MP_EINVAL);
+  mp_shared_memory_t *shm;
+  MP_ASSERT_OK(mp_shared_memory_create(&shm, a.shm_name, 4096, 0));
+  mp_process_t *p = mp_test_start(_i, kinds_child, &a, sizeof a);
+  mp_test_sleep(0.2); /* the child's get blocks meanwhile */
+  MP_ASSERT_OK(mp_queue_put(a.queue, "ping", 4, 30));
+  char buf[16];
+  size_t len;
+  MP_ASSERT_OK(mp_conn_recv(mine, buf, sizeof buf, &len, 30));
+  T_ASSERT(mp_barrier_wait(a.barrier, 30) >= 0, "barrier");
+  MP_ASSERT_OK(mp_semaphore_acquire(a.sem, 30));
+  mp_test_sleep(0.02);
+  MP_ASSERT_OK(mp_semaphore_release(a.sem));
+  while (*(_Atomic int *)mp_value_ptr(a.flag) != 1)
+    mp_test_sleep(0.001);
+  MP_ASSERT_OK(mp_condition_acquire(a.cond, 30));
+  *(_Atomic int *)mp_value_ptr(a.flag) = 2;
+  MP_ASSERT_OK(mp_condition_notify_all(a.cond));
+  MP_ASSERT_OK(mp_condition_release(a.cond));
+  int child = mp_process_pid(p);
+  mp_test_join_ok(p, 30);
+  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+  MP_ASSERT_OK(mp_trace_mark("done"));
+  MP_ASSERT_OK(mp_trace_stop());
+  MP_ASSERT_ERR(mp_trace_stop(), MP_EINVAL);
+
+  json_t *root = load_trace(path), *e;
+  json_int_t me = getpid();
+  T_INT_EQ(count(root, "X", "put jobs", false, me), 1);
+  T_INT_EQ(count(root, "X", "get jobs", false, child), 1);
+  T_INT_EQ(count(root, "X", "recv parent end", false, me), 1);
+  T_INT_EQ(count(root, "X", "send Connection", true, child), 1);
+  T_INT_EQ(count(root, "X", "wait Event", true, child), 1);
+  T_INT_EQ(count(root, "X", "wait Barrier", true, 0), 2);
+  T_INT_EQ(count(root, "X", "wait Condition", true, child), 1);
+  T_INT_EQ(count(root, "X", "hold BoundedSemaphore", true, 0), 2);
+  T_INT_EQ(count(root, "i", "shm create", true, me), 1);
+  T_INT_EQ(count(root, "i", "shm attach", true, child), 1);
+  T_INT_EQ(count(root, "i", "shm unlink", true, me), 1);
+  T_INT_EQ(count(root, "i", "done", false, me), 1);
+  size_t i;
+  json_array_foreach(json_object_get(root, "traceEvents"), i, e) {
+    if (named(e, "wait Event", true))
+      T_ASSERT(json_is_true(arg(e, "timed_out")), "the Event wait timed out");
+    if (named(e, "get jobs", false)) { /* it waited for the put, 200 ms after the start */
+      T_INT_EQ(json_integer_value(arg(e, "bytes")), 4);
+      T_ASSERT(json_number_value(arg(e, "blocked_us")) > 10000, "the get blocked: %.0f us",
+               json_number_value(arg(e, "blocked_us")));
+    }
+  }
+  json_decref(root);
+  unlink(path);
+  mp_queue_free(a.queue);
+  mp_conn_close(mine);
+  mp_conn_close(a.conn);
+  mp_event_close(a.event);
+  mp_barrier_close(a.barrier);
+  mp_condition_close(a.cond);
+  mp_lock_close(cond_lock);
+  mp_semaphore_close(a.sem);
+  mp_value_close(a.flag);
+}
+END_TEST
+
+/* -------------------------- more events than a ring holds -------------------------- */
+
+#define MANY 20000 /* more than two rings of 8192: blocks go to the log, the rest stays */
+
+static int many_marks(void *arg, size_t size) {
+  (void)size;
+  mp_event_t *done = *(mp_event_t **)arg;
+  for (int i = 0; i < MANY / 2; i++)
+    mp_trace_mark("child");
+  mp_event_set(done);
+  for (;;)
+    if (pause() < 0 && errno != EINTR)
+      return 1;
+}
+
+/* Every event is kept, whether its process appended it to its log or died with it in its
+ * ring (SIGKILL). */
+START_TEST(test_many_events) {
+  char path[128];
+  trace_path(path, sizeof path, "many", _i);
+  mp_event_t *done;
+  MP_ASSERT_OK(mp_event_create(&done));
+  MP_ASSERT_OK(mp_trace_start(path));
+  mp_process_t *p = mp_test_start(_i, many_marks, &done, sizeof done);
+  for (int i = 0; i < MANY; i++)
+    MP_ASSERT_OK(mp_trace_mark("parent"));
+  MP_ASSERT_OK(mp_event_wait(done, 60));
+  int child = mp_process_pid(p);
+  MP_ASSERT_OK(mp_process_kill(p));
+  T_INT_EQ(mp_test_join_code(p, 30), -SIGKILL);
+  MP_ASSERT_OK(mp_trace_stop());
+  json_t *root = load_trace(path);
+  T_INT_EQ(count(root, "i", "parent", false, getpid()), MANY);
+  T_INT_EQ(count(root, "i", "child", false, child), MANY / 2);
+  T_INT_EQ(count(root, "i", "killed by signal 9", false, child), 1);
+  T_INT_EQ(json_integer_value(json_object_get(json_object_get(root, "otherData"), "dropped")),
+           0);
+  json_decref(root);
+  unlink(path);
+  mp_event_close(done);
+}
+END_TEST
+
+/* ------------------------------------ MP_TRACE ------------------------------------ */
+
+/* The program MP_TRACE traces: a child of the method, a lock between them. */
+static int traced_program(int method) {
+  lock_arg_t a = {.rounds = 5};
+  mp_context_t *ctx;
+  mp_process_t *p;
+  if (!mp_trace_enabled() || mp_lock_create(&a.lock) < 0 ||
+      mp_raw_value_create(&a.counter, MP_TYPE_BYTES(sizeof(long)), NULL) < 0 ||
+      mp_get_context(METHODS[method], &ctx) < 0 ||
+      mp_process_create(&p, ctx, lock_rounds, &a, sizeof a, NULL) < 0 ||
+      mp_process_start(p) < 0 || lock_rounds(&a, sizeof a) != 0 || mp_process_join(p, 30) < 0)
+    return 1;
+  return 0; /* the trace is written at exit */
+}
+
+START_TEST(test_env_var) {
+  char path[128], method[8], env[160], exe[4096];
+  trace_path(path, sizeof path, "env", _i);
+  snprintf(method, sizeof method, "%d", _i);
+  snprintf(env, sizeof env, "MP_TRACE=%s", path);
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  T_ASSERT(n > 0, "readlink");
+  exe[n] = 0;
+  char *argv[] = {exe, "--program", method, NULL};
+  char *envp[] = {env, NULL};
+  pid_t pid;
+  T_INT_EQ(posix_spawn(&pid, exe, NULL, NULL, argv, envp), 0);
+  mp_test_track_pid(pid);
+  int status;
+  T_INT_EQ(waitpid(pid, &status, 0), pid);
+  T_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the traced program failed: %#x",
+           status);
+  json_t *root = load_trace(path);
+  T_INT_EQ(count(root, "X", "hold Lock 1", false, 0), 10);
+  T_INT_EQ(count(root, "i", "exit", false, pid), 1);
+  T_ASSERT(strstr(process_label(root, pid), "MainProcess (main)") != NULL, "the top");
+  json_decref(root);
+  unlink(path);
+}
+END_TEST
+
+static Suite *trace_suite(void) {
+  Suite *s = suite_create("trace");
+  tcase_add_test(mp_test_tcase(s, "methods", 60), test_three_methods);
+  tcase_add_loop_test(mp_test_tcase(s, "holds", 60), test_lock_holds_never_overlap, 0,
+                      N_METHODS);
+  tcase_add_loop_test(mp_test_tcase(s, "pool", 120), test_pool_chunks_once, 0, 4);
+  tcase_add_loop_test(mp_test_tcase(s, "killed worker", 120), test_killed_worker_events_kept, 0,
+                      N_METHODS);
+  tcase_add_loop_test(mp_test_tcase(s, "killed program", 60), test_killed_program_repaired, 0,
+                      N_METHODS);
+  tcase_add_loop_test(mp_test_tcase(s, "kinds", 60), test_every_kind_named, 0, N_METHODS);
+  tcase_add_loop_test(mp_test_tcase(s, "MP_TRACE", 60), test_env_var, 0, N_METHODS);
+  tcase_add_loop_test(mp_test_tcase(s, "many events", 120), test_many_events, 0, N_METHODS);
+  return s;
+}
+
+int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "--program") == 0)
+    return traced_program(atoi(argv[2]));
+  SRunner *sr = srunner_create(trace_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
