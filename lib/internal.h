@@ -443,7 +443,7 @@ typedef struct {
   pthread_mutex_t err_lock;        /* robust: workers record failures */
   void *parent_next;               /* the pool's list of its jobs, in the pool's process */
   uint64_t block_size;             /* bytes of its block, which a later job may reuse */
-  uint64_t states_off, input_off, output_off, errs_off, n_errs;
+  uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
   uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
   uint32_t n_counters;
 } mp__job_t;
@@ -464,6 +464,7 @@ typedef struct {
   _Atomic uint64_t pin;     /* seq + 1 of the job it is looking at: not to be freed */
   _Atomic uint64_t run_seq; /* seq + 1 of the job of the chunk it runs, 0 if none */
   _Atomic uint32_t run_chunk;
+  _Atomic uint64_t run_item; /* the running task's index in its chunk */
   _Atomic uint64_t idle_ticket; /* when it went idle (0: busy): the latest is woken first */
   _Atomic uint32_t wake;        /* futex: its own, bumped to wake it */
   char error[MP__POOL_MSG];
@@ -504,6 +505,9 @@ typedef struct {
  * freed job's block of at least that many bytes to reuse (its pages are in memory already),
  * or NULL. */
 typedef mp__job_t *(*mp__job_spare_t)(void *ctx, uint64_t bytes);
+/* Bytes after each window slot's results, checked by the worker after each task. */
+#define MP__JOB_CANARY 8
+#define MP__JOB_CANARY_WORD 0x5d6d702d6a6f625bull /* "[boj-pm]" */
 int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t n_workers, uint32_t fn,
                    uint32_t flags, uint64_t n, uint64_t item_size, uint64_t result_size,
                    uint64_t chunksize, uint32_t window, mp__job_t **job);
@@ -541,9 +545,10 @@ void mp__pool_unpin(mp__pool_shared_t *sh, uint32_t pinner);
 bool mp__job_unpinned(const mp__pool_shared_t *sh, const mp__job_t *job);
 /* Drops a reference; true if it was the last (the parent then frees the block). */
 bool mp__job_unref(mp__job_t *job);
-/* The worker's chunk is lost: queued again (true) or failed with code and msg (false). */
-bool mp__job_lose_chunk(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, int code,
-                        const char *msg);
+/* The worker's chunk is lost: queued again (true) or failed at item with code and msg
+ * (false). */
+bool mp__job_lose_chunk(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint64_t item,
+                        int code, const char *msg);
 /* Records a chunk's failure (the map keeps its lowest item's). */
 void mp__job_record_error(mp__job_t *job, uint32_t chunk, uint64_t item, int code,
                           const char *msg);

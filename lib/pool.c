@@ -14,6 +14,7 @@
 #include "internal.h"
 
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,7 +62,11 @@ typedef struct {
 
 enum { REQ_START = 1, REQ_TERMINATE = 2, REQ_STOP = 4 };
 
+/* A live pool's first word; cleared when it is destroyed (free() overwrites it too). */
+#define POOL_MAGIC 0x5b706d2d706f6f6cull /* "loop-mp[" */
+
 struct mp_pool_s {
+  uint64_t magic;
   mp__pool_shared_t *sh;
   const launcher_t *launcher;
   mp_context_t *ctx;
@@ -89,7 +94,7 @@ struct mp_pool_s {
   _Atomic bool all_ended;
   _Atomic bool creating;
   _Atomic int create_rc;
-  char create_msg[MP__POOL_MSG];
+  char create_msg[2 * MP__POOL_MSG];
   char why_terminated[3 * MP__POOL_MSG]; /* "" for mp_pool_terminate() */
   /* The zygote, under "fork". */
   mp_process_t *zygote;
@@ -122,6 +127,16 @@ struct mp_imap_s {
   uint64_t item;       /* its next item */
   uint32_t taken;      /* chunks delivered whole */
 };
+
+/* Use after destroy is undefined, but a destroyed pool's magic word is gone: abort there
+ * rather than act on freed memory. */
+static void check_pool(const mp_pool_t *pool, const char *what) {
+  if (pool && pool->magic != POOL_MAGIC) {
+    fprintf(stderr, "libmp: %s: %p is not a live pool (used after mp_pool_destroy?)\n", what,
+            (const void *)pool);
+    abort();
+  }
+}
 
 static bool on_supervisor(const mp_pool_t *pool) {
   return pool->thread_started && pthread_equal(pthread_self(), pool->thread);
@@ -236,12 +251,17 @@ typedef struct {
   bool found;
 } lost_t;
 
-static bool lose_if_owned(mp_pool_t *pool, mp__job_t *job, uint32_t chunk, lost_t *lost) {
+/* Loses the chunk if worker w ran it; the failure names the item at `offset` in it. */
+static bool lose_if_owned(mp_pool_t *pool, mp__job_t *job, uint32_t chunk, uint64_t offset,
+                          lost_t *lost) {
   uint64_t v = atomic_load(mp__job_state(job, chunk));
   if (MP__CHUNK_OF(v) != chunk || MP__CHUNK_STATUS(v) != MP__CHUNK_RUNNING ||
       MP__CHUNK_OWNER(v) != lost->w + 1)
     return false;
-  mp__job_lose_chunk(pool->sh, job, chunk, MP_EWORKERDIED, lost->msg);
+  if (offset >= mp__job_chunk_items(job, chunk))
+    offset = 0;
+  mp__job_lose_chunk(pool->sh, job, chunk, (uint64_t)chunk * job->chunksize + offset,
+                     MP_EWORKERDIED, lost->msg);
   lost->found = true;
   return true;
 }
@@ -249,7 +269,7 @@ static bool lose_if_owned(mp_pool_t *pool, mp__job_t *job, uint32_t chunk, lost_
 static void find_lost_chunk(mp_pool_t *pool, mp__job_t *job, void *arg) {
   lost_t *lost = arg;
   for (uint32_t i = 0; i < job->window && !lost->found; i++)
-    lose_if_owned(pool, job, MP__CHUNK_OF(atomic_load(mp__job_state(job, i))), lost);
+    lose_if_owned(pool, job, MP__CHUNK_OF(atomic_load(mp__job_state(job, i))), 0, lost);
 }
 
 /* What a worker that died half-way through completing its chunk left undone. */
@@ -269,7 +289,8 @@ static void recover_chunk(mp_pool_t *pool, uint32_t w, const char *msg) {
   if (run) {
     mp__job_t *job = mp__pool_pin(sh, sh->n_workers, run - 1);
     if (job)
-      lose_if_owned(pool, job, atomic_load(&rec->run_chunk), &lost);
+      lose_if_owned(pool, job, atomic_load(&rec->run_chunk), atomic_load(&rec->run_item),
+                    &lost);
     mp__pool_unpin(sh, sh->n_workers);
   }
   if (!lost.found)
@@ -313,6 +334,42 @@ static void maybe_all_ended(mp_pool_t *pool) {
 
 static void do_terminate(mp_pool_t *pool);
 
+__attribute__((format(printf, 2, 3))) static void terminate_because(mp_pool_t *pool,
+                                                                   const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(pool->why_terminated, sizeof pool->why_terminated, fmt, ap);
+  va_end(ap);
+  atomic_fetch_or(&pool->sh->flags, MP__POOL_TERMINATED);
+  do_terminate(pool);
+}
+
+static bool any_ready(const mp_pool_t *pool) {
+  for (uint32_t w = 0; w < pool->sh->n_workers; w++)
+    if (atomic_load(&pool->sh->workers[w].state) == MP__WORKER_READY)
+      return true;
+  return false;
+}
+
+/* A worker could not be started, or died before it was ready (a lost start, not a failed
+ * initializer: a kill from outside, or out of memory): the timer tries again. Only when
+ * MAX_START_FAILURES starts in a row failed with no worker ready (out of processes, a
+ * broken executable, a worker killed at every start) does nothing ever run the work: then
+ * creation fails, or the pool is terminated, as for an initializer that fails. */
+static void start_failed(mp_pool_t *pool, uint32_t w, int rc, const char *msg) {
+  atomic_store(&pool->sh->workers[w].state, MP__WORKER_EMPTY);
+  if (++pool->start_failures < MAX_START_FAILURES ||
+      (atomic_load(&pool->sh->flags) & MP__POOL_TERMINATED))
+    return;
+  char why[2 * MP__POOL_MSG];
+  snprintf(why, sizeof why, "%u starts in a row failed, the last: %s (%s)",
+           pool->start_failures, msg, mp_err_name(rc));
+  if (atomic_load(&pool->creating))
+    end_create(pool, rc, why);
+  else if (!any_ready(pool))
+    terminate_because(pool, ": no worker is ready and %s", why);
+}
+
 /* A worker has ended: fail (or requeue) what it ran, replace it if work remains. */
 static void worker_ended(mp_pool_t *pool, uint32_t w, int exitcode) {
   mp__pool_shared_t *sh = pool->sh;
@@ -325,25 +382,22 @@ static void worker_ended(mp_pool_t *pool, uint32_t w, int exitcode) {
   bool terminated = atomic_load(&sh->flags) & MP__POOL_TERMINATED;
   char msg[MP__POOL_MSG];
   describe_end(pool, w, exitcode, msg, sizeof msg);
-  if (state == MP__WORKER_INIT_FAILED || state == MP__WORKER_STARTING) {
+  if (state == MP__WORKER_INIT_FAILED) {
     char init_msg[2 * MP__POOL_MSG];
-    if (state == MP__WORKER_INIT_FAILED)
-      snprintf(init_msg, sizeof init_msg, "the initializer failed: %s", rec->error);
-    else
-      snprintf(init_msg, sizeof init_msg, "%s in its initializer", msg);
-    if (atomic_load(&pool->creating)) {
-      end_create(pool, state == MP__WORKER_INIT_FAILED ? MP_ETASK : MP_EWORKERDIED, init_msg);
-    } else if (!terminated) {
-      /* A replacement that cannot start: none can, and Python would respawn it forever. */
-      snprintf(pool->why_terminated, sizeof pool->why_terminated,
-               ": a replacement worker could not start: %s", init_msg);
-      atomic_fetch_or(&sh->flags, MP__POOL_TERMINATED);
-      do_terminate(pool);
-    }
+    snprintf(init_msg, sizeof init_msg, "the initializer failed: %s", rec->error);
+    if (atomic_load(&pool->creating))
+      end_create(pool, MP_ETASK, init_msg);
+    else if (!terminated) /* none can start, and Python would respawn it forever */
+      terminate_because(pool, ": a replacement worker could not start: %s", init_msg);
+  } else if (state == MP__WORKER_STARTING && !terminated) {
+    char lost[MP__POOL_MSG + 32];
+    snprintf(lost, sizeof lost, "%s before it was ready", msg);
+    start_failed(pool, w, MP_EWORKERDIED, lost);
   } else if (state != MP__WORKER_RETIRED && state != MP__WORKER_DONE && !terminated) {
     recover_chunk(pool, w, msg);
   }
-  if (state != MP__WORKER_STARTING)
+  bool was_ready = state != MP__WORKER_STARTING && state != MP__WORKER_INIT_FAILED;
+  if (was_ready)
     pool->start_failures = 0; /* it was started: starts work */
   atomic_store(&rec->pin, 0);
   atomic_store(&rec->run_seq, 0);
@@ -352,28 +406,13 @@ static void worker_ended(mp_pool_t *pool, uint32_t w, int exitcode) {
   atomic_store(&rec->state, MP__WORKER_EMPTY);
   free_unused_jobs(pool);
   uint32_t flags = atomic_load(&sh->flags);
-  bool wanted = !(flags & MP__POOL_TERMINATED) && !atomic_load(&pool->create_rc) &&
+  /* A lost start is retried by the timer: at its pace, not in a loop of deaths. */
+  bool wanted = was_ready && !(flags & MP__POOL_TERMINATED) && !atomic_load(&pool->create_rc) &&
                 (!(flags & MP__POOL_CLOSED) || work_left(pool)) &&
                 !(atomic_load(&pool->requests) & REQ_STOP);
   if (wanted)
     start_worker(pool, w);
   maybe_all_ended(pool);
-}
-
-/* A worker could not be started: the timer tries again, unless no worker is left and the
- * starts keep failing (out of processes, a broken executable), when nothing ever would run
- * the work: the pool is terminated, as for an initializer that fails. */
-static void start_failed(mp_pool_t *pool, uint32_t w, int rc, const char *msg) {
-  atomic_store(&pool->sh->workers[w].state, MP__WORKER_EMPTY);
-  end_create(pool, rc, msg);
-  if (++pool->start_failures < MAX_START_FAILURES || pool->live > 0 ||
-      atomic_load(&pool->creating) || (atomic_load(&pool->sh->flags) & MP__POOL_TERMINATED))
-    return;
-  snprintf(pool->why_terminated, sizeof pool->why_terminated,
-           ": no worker is left and %u starts in a row failed: %s (%s)", pool->start_failures,
-           msg, mp_err_name(rc));
-  atomic_fetch_or(&pool->sh->flags, MP__POOL_TERMINATED);
-  do_terminate(pool);
 }
 
 /* Starts worker w by start(); a failure leaves its record empty. */
@@ -398,6 +437,7 @@ static void start_worker(mp_pool_t *pool, uint32_t w) {
   if (rc < 0) {
     char msg[MP__POOL_MSG];
     snprintf(msg, sizeof msg, "%s", mp_last_error());
+    end_create(pool, rc, msg); /* a launcher's error at creation is final */
     start_failed(pool, w, rc, msg);
   }
 }
@@ -579,6 +619,7 @@ static int launch_process(mp_pool_t *pool, uint32_t w) {
     return rc;
   }
   pool->workers[w].proc = proc;
+  atomic_store(&pool->sh->workers[w].pid, mp_process_pid(proc));
   return 0;
 }
 
@@ -657,8 +698,11 @@ static void on_zygote(uv_poll_t *handle, int status, int events) {
       snprintf(text, sizeof text, "the zygote cannot fork a worker: %s", strerror(-msg.value));
       pool->workers[msg.w].running = false;
       pool->live--;
+      end_create(pool, msg.value, text);
       start_failed(pool, msg.w, msg.value, text);
       maybe_all_ended(pool);
+    } else if (msg.op == MP__ZYGOTE_STARTED) {
+      atomic_store(&pool->sh->workers[msg.w].pid, msg.value);
     } else if (msg.op == MP__ZYGOTE_EXITED) {
       worker_ended(pool, msg.w, exitcode_of(msg.value));
     }
@@ -864,18 +908,22 @@ static int check_options(const mp_pool_options_t *o, int *processes) {
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static mp_pool_t *live_pools;
 
-static void link_live(mp_pool_t *pool, bool add) {
+/* Adds or removes a pool; false if it was to be removed and is not there (the list is
+ * read, not the pool, so that a pool destroyed twice is caught before its memory is). */
+static bool link_live(mp_pool_t *pool, bool add) {
   pthread_mutex_lock(&live_lock);
   mp_pool_t **link = &live_pools;
   while (*link && *link != pool)
     link = &(*link)->next_live;
+  bool found = *link != NULL;
   if (add) {
     pool->next_live = live_pools;
     live_pools = pool;
-  } else if (*link) {
+  } else if (found) {
     *link = pool->next_live;
   }
   pthread_mutex_unlock(&live_lock);
+  return found;
 }
 
 static void destroy_live_pools(void) {
@@ -895,6 +943,14 @@ static void register_exit_handler(void) {
   atexit(destroy_live_pools);
 }
 
+void mp_pool_options_init(mp_pool_options_t *options) {
+  static const mp_pool_options_t defaults = MP_POOL_OPTIONS_INIT;
+  if (options)
+    *options = defaults;
+}
+
+static void destroy(mp_pool_t *pool);
+
 int mp_pool_create(mp_pool_t **out, const mp_pool_options_t *options) {
   static const mp_pool_options_t defaults = MP_POOL_OPTIONS_INIT;
   const mp_pool_options_t *o = options ? options : &defaults;
@@ -909,6 +965,7 @@ int mp_pool_create(mp_pool_t **out, const mp_pool_options_t *options) {
   mp_pool_t *pool = calloc(1, sizeof *pool);
   if (!pool)
     return mp__error(MP_ENOMEM, "mp_pool_create: no memory");
+  pool->magic = POOL_MAGIC;
   pool->ctx = ctx;
   pool->event_fd = pool->zygote_sock = -1;
   pthread_mutex_init(&pool->lock, NULL);
@@ -958,7 +1015,7 @@ int mp_pool_create(mp_pool_t **out, const mp_pool_options_t *options) {
   if (rc < 0) {
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", mp_last_error());
-    mp_pool_destroy(pool);
+    destroy(pool);
     return mp__error(rc, "%s", msg);
   }
   static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -970,15 +1027,18 @@ int mp_pool_create(mp_pool_t **out, const mp_pool_options_t *options) {
 }
 
 int mp_pool_processes(const mp_pool_t *pool) {
+  check_pool(pool, "mp_pool_processes");
   return pool ? (int)pool->sh->n_workers : mp__error(MP_EINVAL, "mp_pool_processes: NULL");
 }
 
 int mp_pool_callback_errors(const mp_pool_t *pool) {
+  check_pool(pool, "mp_pool_callback_errors");
   return pool ? atomic_load(&pool->callback_errors)
               : mp__error(MP_EINVAL, "mp_pool_callback_errors: NULL");
 }
 
 int mp_pool_close(mp_pool_t *pool) {
+  check_pool(pool, "mp_pool_close");
   if (!pool)
     return mp__error(MP_EINVAL, "mp_pool_close: pool is NULL");
   atomic_fetch_or(&pool->sh->flags, MP__POOL_CLOSED);
@@ -988,6 +1048,7 @@ int mp_pool_close(mp_pool_t *pool) {
 }
 
 int mp_pool_terminate(mp_pool_t *pool) {
+  check_pool(pool, "mp_pool_terminate");
   if (!pool)
     return mp__error(MP_EINVAL, "mp_pool_terminate: pool is NULL");
   atomic_fetch_or(&pool->sh->flags, MP__POOL_TERMINATED);
@@ -1004,6 +1065,7 @@ int mp_pool_terminate(mp_pool_t *pool) {
 }
 
 int mp_pool_join(mp_pool_t *pool, double timeout) {
+  check_pool(pool, "mp_pool_join");
   if (!pool)
     return mp__error(MP_EINVAL, "mp_pool_join: pool is NULL");
   if (!(atomic_load(&pool->sh->flags) & (MP__POOL_CLOSED | MP__POOL_TERMINATED)))
@@ -1044,13 +1106,25 @@ static void free_pool(mp_pool_t *pool) {
   pthread_mutex_destroy(&pool->lock);
   pthread_mutex_destroy(&pool->submit_lock);
   free(pool->workers);
+  /* Volatile: a plain store before free() is dead to the compiler, and free() may leave the
+   * word as it was (a block merged into the top of the heap is not written). */
+  *(volatile uint64_t *)&pool->magic = 0;
   free(pool);
 }
 
 void mp_pool_destroy(mp_pool_t *pool) {
   if (!pool)
     return;
-  link_live(pool, false);
+  if (!link_live(pool, false)) {
+    fprintf(stderr, "libmp: mp_pool_destroy: %p is not a live pool (destroyed twice?)\n",
+            (void *)pool);
+    abort();
+  }
+  destroy(pool);
+}
+
+/* Ends the pool's workers and supervisor and frees it. */
+static void destroy(mp_pool_t *pool) {
   if (!pool->joined)
     mp_pool_terminate(pool);
   if (pool->thread_started) {
@@ -1132,10 +1206,16 @@ static size_t default_chunksize(const mp_pool_t *pool, size_t n) {
 }
 
 static int submit(mp_pool_t *pool, const spec_t *s, mp__job_t **out) {
+  check_pool(pool, s->what);
   if (!pool || !s->fn)
     return mp__error(MP_EINVAL, "%s: %s is NULL", s->what, pool ? "the function" : "pool");
   if (!s->items && s->n && s->item_size)
     return mp__error(MP_EINVAL, "%s: items is NULL but n is %zu", s->what, s->n);
+  size_t bytes;
+  if (__builtin_mul_overflow(s->n, s->item_size, &bytes) ||
+      __builtin_mul_overflow(s->n, s->result_size, &bytes))
+    return mp__error(MP_EINVAL, "%s: %zu items of %zu bytes with results of %zu bytes overflow",
+                     s->what, s->n, s->item_size, s->result_size);
   int rc = check_open(pool, s->what);
   uint32_t fn;
   if (rc == 0)
@@ -1173,10 +1253,12 @@ static int submit(mp_pool_t *pool, const spec_t *s, mp__job_t **out) {
   return 0;
 }
 
+/* A request for s, in *out (NULL on failure). */
 static int make_result(mp_pool_t *pool, spec_t *s, const mp_async_callbacks_t *callbacks,
                        bool is_apply, mp_async_result_t **out) {
   if (!out)
     return mp__error(MP_EINVAL, "%s: ar is NULL", s->what);
+  *out = NULL;
   mp_async_result_t *ar = calloc(1, sizeof *ar);
   if (!ar)
     return mp__error(MP_ENOMEM, "%s: no memory", s->what);
@@ -1236,6 +1318,8 @@ static int run_sync(mp_pool_t *pool, spec_t *s, bool is_apply, void *result, siz
   int rc = make_result(pool, s, NULL, is_apply, &ar);
   if (rc < 0)
     return rc;
+  if (!is_apply)
+    cap = s->n * s->result_size; /* checked by the submission */
   rc = mp_async_result_get(ar, result, cap, len, MP_FOREVER);
   mp_async_result_free(ar);
   if (rc == MP_EINTR) {
@@ -1248,13 +1332,13 @@ static int run_sync(mp_pool_t *pool, spec_t *s, bool is_apply, void *result, siz
 int mp_pool_map(mp_pool_t *pool, mp_task_fn_t fn, const void *items, size_t n, size_t item_size,
                 void *results, size_t result_size, size_t chunksize) {
   spec_t s = {"mp_pool_map", fn, items, n, item_size, result_size, chunksize, 0, 0};
-  return run_sync(pool, &s, false, results, n * result_size, NULL);
+  return run_sync(pool, &s, false, results, 0, NULL);
 }
 
 int mp_pool_starmap(mp_pool_t *pool, mp_task_fn_t fn, const void *tuples, size_t n,
                     size_t tuple_size, void *results, size_t result_size, size_t chunksize) {
   spec_t s = {"mp_pool_starmap", fn, tuples, n, tuple_size, result_size, chunksize, 0, 0};
-  return run_sync(pool, &s, false, results, n * result_size, NULL);
+  return run_sync(pool, &s, false, results, 0, NULL);
 }
 
 int mp_pool_apply(mp_pool_t *pool, mp_task_fn_t fn, const void *arg, size_t size, void *result,
@@ -1323,12 +1407,22 @@ static int wait_result(mp_async_result_t *ar, double timeout, const char *what) 
   return rc;
 }
 
-/* Zeroes the results of failed chunks, which hold whatever the block held. */
-static void zero_failed(const mp__job_t *job, char *results) {
-  for (uint32_t c = 0; c < job->n_chunks; c++)
-    if (MP__CHUNK_STATUS(atomic_load(mp__job_state(job, c))) != MP__CHUNK_DONE)
-      memset(results + (uint64_t)c * job->chunksize * job->result_size, 0,
-             mp__job_chunk_items(job, c) * job->result_size);
+/* A map's results, chunk by chunk (each window slot is followed by its canary); those of
+ * failed chunks, which hold whatever the block held, are zeroed. */
+static void copy_results(const mp__job_t *job, char *results) {
+  for (uint32_t c = 0; c < job->n_chunks; c++) {
+    char *to = results + (uint64_t)c * job->chunksize * job->result_size;
+    uint64_t bytes = mp__job_chunk_items(job, c) * job->result_size;
+    if (MP__CHUNK_STATUS(atomic_load(mp__job_state(job, c))) == MP__CHUNK_DONE)
+      memcpy(to, mp__job_output(job, c), bytes);
+    else
+      memset(to, 0, bytes);
+  }
+}
+
+/* A recorded failure's code: negative, whatever a wild write in a task left there. */
+static int task_code(const mp__task_error_t *e) {
+  return e->code < 0 ? e->code : MP_ETASK;
 }
 
 int mp_async_result_get(mp_async_result_t *ar, void *result, size_t cap, size_t *len,
@@ -1355,16 +1449,17 @@ int mp_async_result_get(mp_async_result_t *ar, void *result, size_t cap, size_t 
                      "mp_async_result_get: the result has %llu bytes, the "
                      "buffer %zu",
                      (unsigned long long)need, cap);
-  if (result && need && cap >= need && (!failed || !ar->is_apply)) {
-    memcpy(result, mp__job_output(job, 0), need);
-    if (failed)
-      zero_failed(job, result);
+  if (result && need && cap >= need) {
+    if (!ar->is_apply)
+      copy_results(job, result);
+    else if (!failed)
+      memcpy(result, mp__job_output(job, 0), need);
   }
   if (!failed)
     return 0;
   if (ar->is_apply)
-    return mp__error(e->code, "%s", e->msg);
-  return mp__error(e->code, "item %llu: %s", (unsigned long long)e->item, e->msg);
+    return mp__error(task_code(e), "%s", e->msg);
+  return mp__error(task_code(e), "item %llu: %s", (unsigned long long)e->item, e->msg);
 }
 
 int mp_async_result_wait(mp_async_result_t *ar, double timeout) {
@@ -1399,6 +1494,7 @@ void mp_async_result_free(mp_async_result_t *ar) {
 static int make_iterator(mp_pool_t *pool, spec_t *s, bool ordered, mp_imap_t **out) {
   if (!out)
     return mp__error(MP_EINVAL, "%s: it is NULL", s->what);
+  check_pool(pool, s->what);
   if (!pool)
     return mp__error(MP_EINVAL, "%s: pool is NULL", s->what);
   mp_imap_t *it = calloc(1, sizeof *it);
@@ -1498,7 +1594,7 @@ int mp_imap_next(mp_imap_t *it, void *result, size_t *index, double timeout) {
   if (index)
     *index = i;
   if (MP__CHUNK_STATUS(v) == MP__CHUNK_FAILED && (e->item == UINT64_MAX || i >= e->item)) {
-    int code = e->item == UINT64_MAX ? atomic_load(&job->abort_code) : e->code;
+    int code = e->item == UINT64_MAX ? atomic_load(&job->abort_code) : task_code(e);
     if (index && e->item != UINT64_MAX)
       *index = e->item;
     char msg[MP__POOL_MSG];

@@ -28,10 +28,27 @@
 
 /* ------------------------------- the job ------------------------------- */
 
-static uint64_t align64(uint64_t x) {
-  return (x + 63) & ~63ull;
+/* x rounded up to 64, false if that overflows. */
+static bool align64(uint64_t x, uint64_t *out) {
+  if (__builtin_add_overflow(x, 63, out))
+    return false;
+  *out &= ~63ull;
+  return true;
 }
 
+/* *at = align64(at) + count * size, and *off the aligned start: false on overflow. */
+static bool place(uint64_t *at, uint64_t count, uint64_t size, uint64_t *off) {
+  uint64_t bytes;
+  return align64(*at, off) && !__builtin_mul_overflow(count, size, &bytes) &&
+         !__builtin_add_overflow(*off, bytes, at);
+}
+
+/*
+ * The block: header | state words | error records | done counters | input | output. The
+ * output comes last, each window slot followed by a canary (MP__JOB_CANARY), so that a task
+ * that writes past its result's room is caught (pool_worker.c) and cannot reach the
+ * records the pool reads back.
+ */
 int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t n_workers, uint32_t fn,
                    uint32_t flags, uint64_t n, uint64_t item_size, uint64_t result_size,
                    uint64_t chunksize, uint32_t window, mp__job_t **out) {
@@ -41,26 +58,34 @@ int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t n_workers, uint32_t
                      (unsigned long long)n_chunks);
   if (window == 0 || window > n_chunks)
     window = (uint32_t)(n_chunks ? n_chunks : 1);
-  uint64_t per_slot_in = chunksize * item_size, per_slot_out = chunksize * result_size;
-  if ((item_size && per_slot_in / item_size != chunksize) ||
-      (result_size && per_slot_out / result_size != chunksize))
-    return mp__error(MP_EINVAL, "items of this size do not fit memory");
-  uint64_t n_errs = flags & MP__JOB_ITERATOR ? window : 1;
-  uint64_t states_off = align64(sizeof(mp__job_t));
-  uint64_t input_off = align64(states_off + window * sizeof(uint64_t));
-  uint64_t output_off = align64(input_off + window * per_slot_in);
-  uint64_t errs_off = align64(output_off + window * per_slot_out);
-  uint64_t done_off = align64(errs_off + n_errs * sizeof(mp__task_error_t));
-  uint64_t total = done_off + ((uint64_t)n_workers + 1) * sizeof(uint64_t);
+  uint64_t per_slot_in, per_slot_out, out_stride, n_errs = flags & MP__JOB_ITERATOR ? window : 1;
+  uint64_t at = sizeof(mp__job_t), states_off, errs_off, done_off, input_off, output_off;
+  if (__builtin_mul_overflow(chunksize, item_size, &per_slot_in) ||
+      __builtin_mul_overflow(chunksize, result_size, &per_slot_out) ||
+      __builtin_add_overflow(per_slot_out, MP__JOB_CANARY, &out_stride) ||
+      !place(&at, window, sizeof(uint64_t), &states_off) ||
+      !place(&at, n_errs, sizeof(mp__task_error_t), &errs_off) ||
+      !place(&at, (uint64_t)n_workers + 1, sizeof(uint64_t), &done_off) ||
+      !place(&at, window, per_slot_in, &input_off) ||
+      !place(&at, window, out_stride, &output_off))
+    return mp__error(MP_EINVAL,
+                     "%llu items of %llu bytes with results of %llu bytes, in chunks of %llu: "
+                     "the job's size overflows",
+                     (unsigned long long)n, (unsigned long long)item_size,
+                     (unsigned long long)result_size, (unsigned long long)chunksize);
+  uint64_t total = at;
+  if (total > SIZE_MAX)
+    return mp__error(MP_ENOMEM, "a job of %llu bytes does not fit the address space",
+                     (unsigned long long)total);
   /* Not zeroed: the input and output are overwritten whole; the rest is set here. */
   mp__job_t *spare = take(ctx, total);
   mp__job_t *job = spare ? spare : mp__shared_alloc_raw(total);
   if (!job)
-    return MP_ENOMEM;
+    return mp__error_prefix(MP_ENOMEM, "no room for a job of %llu bytes",
+                            (unsigned long long)total);
   uint64_t block_size = spare ? spare->block_size : total;
   memset(job, 0, input_off);
   job->block_size = block_size;
-  memset((char *)job + errs_off, 0, total - errs_off);
   int rc = mp__mutex_init(&job->err_lock);
   if (rc < 0) {
     mp__shared_release(job);
@@ -77,6 +102,7 @@ int mp__job_create(mp__job_spare_t take, void *ctx, uint32_t n_workers, uint32_t
   job->states_off = states_off;
   job->input_off = input_off;
   job->output_off = output_off;
+  job->out_stride = out_stride;
   job->errs_off = errs_off;
   job->n_errs = n_errs;
   job->done_off = done_off;
@@ -102,8 +128,7 @@ void *mp__job_input(const mp__job_t *job, uint32_t chunk) {
 }
 
 void *mp__job_output(const mp__job_t *job, uint32_t chunk) {
-  return (char *)job + job->output_off +
-         (chunk % job->window) * job->chunksize * job->result_size;
+  return (char *)job + job->output_off + (chunk % job->window) * job->out_stride;
 }
 
 mp__task_error_t *mp__job_error(const mp__job_t *job, uint32_t chunk) {
@@ -361,6 +386,7 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__job_t **job, uint32_t
       continue;
     }
     if (claim_in(j, w, chunk)) {
+      atomic_store_explicit(&rec->run_item, 0, memory_order_relaxed);
       atomic_store(&rec->run_seq, seq + 1);
       atomic_store(&rec->run_chunk, *chunk);
       mp__pool_unpin(sh, w); /* the running chunk keeps the job alive */
@@ -461,8 +487,8 @@ void mp__job_repair_count(mp__job_t *job, uint32_t w, uint32_t chunk) {
   atomic_store(theirs, ((v >> 1) + became_final) << 1);
 }
 
-bool mp__job_lose_chunk(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, int code,
-                        const char *msg) {
+bool mp__job_lose_chunk(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint64_t item,
+                        int code, const char *msg) {
   _Atomic uint64_t *state = mp__job_state(job, chunk);
   uint64_t v = atomic_load(state);
   if (MP__CHUNK_STATUS(v) != MP__CHUNK_RUNNING)
@@ -477,7 +503,7 @@ bool mp__job_lose_chunk(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, i
     }
     return false;
   }
-  mp__job_record_error(job, chunk, (uint64_t)chunk * job->chunksize, code, msg);
+  mp__job_record_error(job, chunk, item, code, msg);
   if (atomic_compare_exchange_strong(
           state, &v, MP__CHUNK_STATE(chunk, attempts, MP__CHUNK_OWNER(v), MP__CHUNK_FAILED)))
     count_by_parent(sh, job, 1);

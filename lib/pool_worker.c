@@ -27,10 +27,13 @@ static __thread char task_msg[MP__POOL_MSG];
 static __thread bool task_has_msg;
 
 int mp_task_fail(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(task_msg, sizeof task_msg, fmt ? fmt : "", ap);
-  va_end(ap);
+  task_msg[0] = '\0';
+  if (fmt) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(task_msg, sizeof task_msg, fmt, ap);
+    va_end(ap);
+  }
   task_has_msg = true;
   return MP_ETASK;
 }
@@ -74,13 +77,28 @@ static void run_chunk(worker_t *wk, mp__job_t *job, uint32_t chunk) {
   const char *in = mp__job_input(job, chunk);
   char *out = mp__job_output(job, chunk);
   uint64_t count = mp__job_chunk_items(job, chunk);
+  _Atomic uint64_t *run_item = &sh->workers[wk->w].run_item;
   size_t len = job->result_size;
   for (uint64_t i = 0; i < count; i++) {
     len = job->result_size;
     task_has_msg = false;
+    /* The canary sits just past this task's room: in the next item's result, not written
+     * yet, or in the slot's own canary after the last one. */
+    const uint64_t canary = MP__JOB_CANARY_WORD;
+    char *end = out + (i + 1) * job->result_size;
+    memcpy(end, &canary, sizeof canary);
+    atomic_store_explicit(run_item, i, memory_order_relaxed);
     int rc = fn(in + i * job->item_size, job->item_size, out + i * job->result_size, &len);
+    char buf[128];
+    if (memcmp(end, &canary, sizeof canary) != 0) {
+      snprintf(buf, sizeof buf,
+               "the task overran its result: it wrote past its %llu bytes of room",
+               (unsigned long long)job->result_size);
+      mp__job_record_error(job, chunk, first + i, MP_ETASK, buf);
+      status = MP__CHUNK_FAILED;
+      break;
+    }
     if (rc != 0) {
-      char buf[64];
       mp__job_record_error(job, chunk, first + i, MP_ETASK,
                            failure_message(rc, buf, sizeof buf));
       status = MP__CHUNK_FAILED;
