@@ -391,6 +391,7 @@ static int fork_open(const mp__launcher_config_t *config, void **state) {
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
     rc = mp__syserror("socketpair for the pool's zygote");
     process_free(l);
+    *state = NULL;
     return rc;
   }
   l->zygote_sock = sv[0];
@@ -398,6 +399,7 @@ static int fork_open(const mp__launcher_config_t *config, void **state) {
   if ((rc = mp__fd_share(sv[1], &key)) < 0) {
     close(sv[1]);
     process_free(l);
+    *state = NULL;
     return rc;
   }
   boot_t boot;
@@ -417,8 +419,10 @@ static int fork_open(const mp__launcher_config_t *config, void **state) {
     }
   }
   mp__fd_unshare(key); /* the zygote's end, ours to close now */
-  if (rc < 0)
+  if (rc < 0) {
     process_free(l);
+    *state = NULL;
+  }
   return rc;
 }
 

@@ -1,14 +1,18 @@
 /*
  * The thread launcher: workers that are threads of the pool's process, for the "thread"
  * context (Python's multiprocessing.dummy.Pool). A thread cannot be stopped: terminate
- * waits for its task to end. A worker thread that returns wakes the supervisor through a
- * uv_async of the launcher's, which joins it and reports its end.
+ * waits for its task to end. A worker thread that returns writes the launcher's eventfd,
+ * watched from the supervisor's loop, which joins it and reports its end. (An eventfd, not a
+ * uv_async: a thread that returns after the loop was closed must still have somewhere safe
+ * to write; the eventfd lives until the threads are joined.)
  */
 #include "pool_launcher.h"
 
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 typedef struct thread_launcher_s thread_launcher_t;
 
@@ -23,7 +27,8 @@ typedef struct {
 
 struct thread_launcher_s {
   mp__launcher_config_t config;
-  uv_async_t ended; /* a worker thread returned */
+  int ended_fd;     /* eventfd: a worker thread returned */
+  uv_poll_t ended;
   worker_thread_t *workers;
 };
 
@@ -42,13 +47,21 @@ static void *thread_main(void *arg) {
   worker_thread_t *wt = arg;
   wt->code = mp__pool_worker_main(wt->launcher->config.sh, wt->w, &local_how);
   atomic_store(&wt->ended, true);
-  uv_async_send(&wt->launcher->ended);
+  uint64_t one = 1;
+  if (write(wt->launcher->ended_fd, &one, sizeof one) < 0) {
+    /* EAGAIN: the counter is full, so the supervisor is woken anyway. */
+  }
   return NULL;
 }
 
 /* Joins the worker threads that returned and reports their ends. */
-static void on_ended(uv_async_t *handle) {
+static void on_ended(uv_poll_t *handle, int status, int events) {
+  (void)status;
+  (void)events;
   thread_launcher_t *l = handle->data;
+  uint64_t count;
+  while (read(l->ended_fd, &count, sizeof count) > 0)
+    ;
   for (uint32_t w = 0; w < l->config.n_workers; w++) {
     worker_thread_t *wt = &l->workers[w];
     if (wt->running && atomic_load(&wt->ended)) {
@@ -68,13 +81,20 @@ static int thread_open(const mp__launcher_config_t *config, void **state) {
     return mp__error(MP_ENOMEM, "no memory for %u worker threads", config->n_workers);
   }
   l->config = *config;
-  int rc = uv_async_init(config->loop, &l->ended, on_ended);
+  l->ended_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  int rc = l->ended_fd < 0 ? mp__syserror("eventfd for the pool's threads")
+                           : uv_poll_init(config->loop, &l->ended, l->ended_fd);
   if (rc < 0) {
+    if (l->ended_fd >= 0) {
+      close(l->ended_fd);
+      rc = mp__error(rc, "watching the pool's threads: %s", uv_strerror(rc));
+    }
     free(l->workers);
     free(l);
-    return mp__error(rc, "watching the pool's threads: %s", uv_strerror(rc));
+    return rc;
   }
   l->ended.data = l;
+  uv_poll_start(&l->ended, UV_READABLE, on_ended);
   for (uint32_t w = 0; w < config->n_workers; w++)
     l->workers[w] = (worker_thread_t){.launcher = l, .w = w};
   *state = l;
@@ -100,12 +120,13 @@ static void nothing_to_do(void *state) {
   (void)state;
 }
 
-/* The loop is closed (the async with it): threads still running finish their task. */
+/* The loop is closed (the poll with it): threads still running finish their task. */
 static void thread_free(void *state) {
   thread_launcher_t *l = state;
   for (uint32_t w = 0; w < l->config.n_workers; w++)
     if (l->workers[w].running)
       pthread_join(l->workers[w].thread, NULL);
+  close(l->ended_fd);
   free(l->workers);
   free(l);
 }
