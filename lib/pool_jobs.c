@@ -401,21 +401,21 @@ static void advance_oldest(mp__pool_shared_t *sh, uint64_t seq) {
   atomic_compare_exchange_strong(&sh->oldest, &seq, seq + 1);
 }
 
+/* Field by field: the message buffer is written only on failure (a compound literal
+ * would zero it at every claim). */
 static void task_view(mp__job_t *job, uint32_t chunk, _Atomic uint64_t *running,
                       mp__task_t *task) {
-  *task = (mp__task_t){
-      .job = job,
-      .chunk = chunk,
-      .fn = job->fn,
-      .input = job_input(job, chunk),
-      .item_size = job->item_size,
-      .output = job_output(job, chunk),
-      .result_size = job->result_size,
-      .first = (uint64_t)chunk * job->chunksize,
-      .count = mp__job_chunk_items(job, chunk),
-      .running = running,
-  };
-  task->msg[0] = '\0';
+  task->job = job;
+  task->chunk = chunk;
+  task->fn = job->fn;
+  task->input = job_input(job, chunk);
+  task->item_size = job->item_size;
+  task->output = job_output(job, chunk);
+  task->result_size = job->result_size;
+  task->first = (uint64_t)chunk * job->chunksize;
+  task->count = mp__job_chunk_items(job, chunk);
+  task->running = running;
+  task->result_len = 0;
 }
 
 bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
@@ -952,11 +952,12 @@ int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, 
     memcpy(result, job_output(job, 0), need);
   /* A map's results, chunk by chunk (each window slot is followed by its canary); those of
    * failed chunks, which hold whatever the block held, are zeroed. */
+  uint64_t per_chunk = job->chunksize * job->result_size;
   for (uint32_t c = 0; result && need && cap >= need && !is_apply && c < job->n_chunks; c++) {
-    char *to = (char *)result + (uint64_t)c * job->chunksize * job->result_size;
-    uint64_t bytes = mp__job_chunk_items(job, c) * job->result_size;
-    if (MP__CHUNK_STATUS(atomic_load(mp__job_state(job, c))) == MP__CHUNK_DONE)
-      memcpy(to, job_output(job, c), bytes);
+    char *to = (char *)result + c * per_chunk;
+    uint64_t bytes = c + 1 < job->n_chunks ? per_chunk : need - c * per_chunk;
+    if (!failed || MP__CHUNK_STATUS(atomic_load(mp__job_state(job, c))) == MP__CHUNK_DONE)
+      memcpy(to, (const char *)job + job->output_off + c * job->out_stride, bytes);
     else
       memset(to, 0, bytes);
   }

@@ -41,19 +41,20 @@ static void failure_message(int rc, char *buf, size_t cap) {
 int mp__run_task(mp__task_t *task, void *arg) {
   (void)arg;
   mp_task_fn_t fn = (mp_task_fn_t)task->call;
-  size_t room = task->result_size;
-  for (uint64_t i = 0; i < task->count; i++) {
-    size_t len = room;
+  const size_t room = task->result_size;
+  const uint64_t canary = MP__JOB_CANARY_WORD;
+  char *out = task->output;
+  const char *in = task->input;
+  size_t len = room;
+  for (uint64_t i = 0; i < task->count; i++, out += room, in += task->item_size) {
+    len = room;
     task_has_msg = false;
     /* The canary sits just past this task's room: in the next item's result, not written
      * yet, or in the slot's own canary after the last one. */
-    const uint64_t canary = MP__JOB_CANARY_WORD;
-    char *out = task->output + i * room, *end = out + room;
-    memcpy(end, &canary, sizeof canary);
+    memcpy(out + room, &canary, sizeof canary);
     atomic_store_explicit(task->running, i, memory_order_relaxed);
-    int rc = fn(task->input + i * task->item_size, task->item_size, out, &len);
-    task->result_len = len < room ? len : room;
-    if (memcmp(end, &canary, sizeof canary) != 0) {
+    int rc = fn(in, task->item_size, out, &len);
+    if (memcmp(out + room, &canary, sizeof canary) != 0) {
       snprintf(task->msg, sizeof task->msg,
                "the task overran its result: it wrote past its %zu bytes of room", room);
     } else if (rc != 0) {
@@ -64,6 +65,7 @@ int mp__run_task(mp__task_t *task, void *arg) {
     task->failed_item = task->first + i;
     return task->code = MP_ETASK;
   }
+  task->result_len = len < room ? len : room;
   return 0;
 }
 

@@ -137,8 +137,9 @@ MP_EXTERN int mp_pool_processes(const mp_pool_t *pool);
  * of the chunks that succeeded are written, those of a failed chunk are zero. A failed item
  * ends its chunk, as in Python: the chunk's later items are not run.
  * Errors: MP_EINVAL (NULL, items NULL with n > 0, results NULL with n and result_size > 0),
- * MP_ECROSS, MP_ECLOSED (after close), MP_ETERMINATED (also when no worker is left and
- * replacements keep failing to start: mp_last_error() says why), MP_ETASK, MP_EWORKERDIED,
+ * MP_ECROSS, MP_ELIMIT (a 257th distinct task function in this pool), MP_ECLOSED (after
+ * close), MP_ETERMINATED (also when no worker is ready and replacements keep failing to
+ * start: mp_last_error() says why), MP_ETASK, MP_EWORKERDIED,
  * MP_EINTR (SIGINT was caught, Ctrl-C: the pool is terminated; see "Signals" above; other
  * signals do not end it), MP_EINVAL or MP_ENOMEM at once for sizes whose products overflow
  * or that the shared arena cannot hold. A task that writes past its result's room fails
