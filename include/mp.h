@@ -66,7 +66,8 @@ extern "C" {
   XX(EWORKERDIED, -4020, "the worker running the task died")                                \
   XX(ETASK, -4021, "the task failed")                                                       \
   XX(ETERMINATED, -4022, "the pool was terminated")                                         \
-  XX(ENOTREADY, -4023, "the result is not ready")
+  XX(ENOTREADY, -4023, "the result is not ready")                                          \
+  XX(ELIMIT, -4024, "a fixed limit of the library was reached")
 
 typedef enum {
 #define MP__ERR_ENUM(name, value, text) MP_##name = (value),

@@ -61,12 +61,14 @@ enum {
   REC_EXIT,        /* str.n: the exit code; kind 1: not known (the top's end) */
   REC_REAPED,      /* obj: the child's pid, v[0]: its exit code, v[1]: 1 if unknown */
   REC_CHUNK,       /* obj: the pool; v = {map, chunk | worker << 32, first, count, began};
-                      kind: MP__CHUNK_DONE or MP__CHUNK_FAILED */
+                      kind: CHUNK_DONE or CHUNK_FAILED */
   REC_TASK_FAILED, /* obj: the map, str.n: the item, str.s: the message's start */
   REC_WORKER_END,  /* obj: the worker's pid; str.n: worker | exit code << 32; kind:
                       replaced; str.s: why */
   REC_MARK,        /* str.s: the label */
 };
+
+enum { CHUNK_DONE, CHUNK_FAILED }; /* a REC_CHUNK's kind */
 
 #define STR_MAX 32
 #define MAGIC INT64_C(0x31525452504d424c) /* "LBMPRTR1" */
@@ -388,29 +390,28 @@ void mp__trace_process_reaped(const mp_process_t *proc) {
          0);
 }
 
-void mp__trace_pool_chunk(const mp__pool_shared_t *sh, const mp__job_t *job, uint32_t chunk,
-                          uint32_t w, uint32_t status, int64_t t0) {
-  uint64_t first = (uint64_t)chunk * job->chunksize;
+void mp__trace_pool_chunk(const void *pool, uint64_t map, uint32_t chunk, uint32_t w,
+                          uint64_t first, uint64_t count, int64_t t0, int rc,
+                          uint64_t failed_item, const char *msg) {
   rec_t *r = slot(mp__now_ns());
   if (r) {
-    r->kind = (uint16_t)status;
-    r->obj = (uint64_t)(uintptr_t)sh;
-    r->u.v[0] = (int64_t)job->seq;
+    r->kind = rc == 0 ? CHUNK_DONE : CHUNK_FAILED;
+    r->obj = (uint64_t)(uintptr_t)pool;
+    r->u.v[0] = (int64_t)map;
     r->u.v[1] = (int64_t)((uint64_t)chunk | (uint64_t)w << 32);
     r->u.v[2] = (int64_t)first;
-    r->u.v[3] = (int64_t)mp__job_chunk_items(job, chunk);
+    r->u.v[3] = (int64_t)count;
     r->u.v[4] = t0;
     commit(r, REC_CHUNK);
   }
-  if (status == MP__CHUNK_FAILED) {
-    const mp__task_error_t *err = mp__job_error(job, chunk);
-    event_str(REC_TASK_FAILED, 0, job->seq, (int64_t)err->item, err->msg);
-  }
+  if (rc != 0)
+    event_str(REC_TASK_FAILED, 0, map, (int64_t)failed_item, msg);
 }
 
-void mp__trace_pool_worker_end(const mp__pool_shared_t *sh, uint32_t w, int exitcode,
+void mp__trace_pool_worker_end(const void *pool, uint32_t w, int pid, int exitcode,
                                const char *msg, bool replaced) {
-  event_str(REC_WORKER_END, replaced, (uint64_t)atomic_load(&sh->workers[w].pid),
+  (void)pool;
+  event_str(REC_WORKER_END, replaced, (uint64_t)(uint32_t)pid,
             (int64_t)((uint64_t)w | (uint64_t)(uint32_t)exitcode << 32), msg);
 }
 
@@ -1041,7 +1042,7 @@ static void one_event(merge_t *m, const rec_t *r, int pid) {
              "\"worker\":%u,\"status\":\"%s\"",
              (unsigned long long)r->obj, (long long)r->u.v[0], (uint32_t)chunk_w,
              (long long)r->u.v[2], (long long)r->u.v[3], (uint32_t)(chunk_w >> 32) + 1,
-             r->kind == MP__CHUNK_DONE ? "done" : "failed");
+             r->kind == CHUNK_DONE ? "done" : "failed");
     emit(m, "X", "pool.chunk", label, pid, r->tid, t0, r->ts - t0, args);
     break;
   }

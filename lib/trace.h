@@ -72,12 +72,15 @@ MP__TRACE_FN void mp__trace_process_child(const char *name);
 MP__TRACE_FN void mp__trace_process_exit(int code);
 MP__TRACE_FN void mp__trace_process_reaped(const mp_process_t *proc);
 
-/* pool_worker.c: worker w ran chunk of job (began at t0) with status MP__CHUNK_DONE or
- * MP__CHUNK_FAILED. pool.c: the supervisor learned that worker w ended with exitcode
- * (why: msg), and replaces it if replaced. */
-MP__TRACE_FN void mp__trace_pool_chunk(const mp__pool_shared_t *sh, const mp__job_t *job,
-                                       uint32_t chunk, uint32_t w, uint32_t status, int64_t t0);
-MP__TRACE_FN void mp__trace_pool_worker_end(const mp__pool_shared_t *sh, uint32_t w,
-                                            int exitcode, const char *msg, bool replaced);
+/* pool_worker.c: worker w of the pool whose shared block is pool ran chunk of job map,
+ * items [first, first + count), from t0 until now; rc is 0, or the chunk failed at
+ * failed_item saying msg. pool.c: the supervisor learned that worker w (pid) ended with
+ * exitcode (why: msg), and replaces it if replaced. Plain values: the job table's structs
+ * are its own (pool_jobs.h). */
+MP__TRACE_FN void mp__trace_pool_chunk(const void *pool, uint64_t map, uint32_t chunk,
+                                       uint32_t w, uint64_t first, uint64_t count, int64_t t0,
+                                       int rc, uint64_t failed_item, const char *msg);
+MP__TRACE_FN void mp__trace_pool_worker_end(const void *pool, uint32_t w, int pid, int exitcode,
+                                            const char *msg, bool replaced);
 
 #endif /* MP_TRACE_INTERNAL_H */

@@ -1211,6 +1211,279 @@ START_TEST(test_thread_context) {
 }
 END_TEST
 
+/* ---------------------------- issue 11's faults ---------------------------- */
+
+/* Announces its pid in the directory named by its argument (when that directory exists)
+ * and then naps long enough to be killed there, before its worker is ready. */
+static int announce_and_nap(const void *arg, size_t size) {
+  (void)size;
+  char path[128];
+  snprintf(path, sizeof path, "%s/%d", (const char *)arg, (int)getpid());
+  int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return 0; /* no directory: start at once */
+  close(fd);
+  nap(30);
+  return 0;
+}
+
+/* The pid announced in dir, removed from it; 0 if none came within 30 s. */
+static int announced_pid(const char *dir) {
+  for (double t0 = mp_test_now(); mp_test_now() - t0 < 30.0; nap(0.005)) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int pid = 0;
+    while (d && (e = readdir(d)) != NULL && pid <= 0)
+      pid = atoi(e->d_name);
+    if (d)
+      closedir(d);
+    if (pid > 0) {
+      char path[160];
+      snprintf(path, sizeof path, "%s/%d", dir, pid);
+      unlink(path);
+      return pid;
+    }
+  }
+  return 0;
+}
+
+/* A replacement worker SIGKILLed before it is ready is lost, not a failed initializer: it
+ * is replaced and the pool goes on (it used to end the pool, "in its initializer"). */
+START_TEST(test_starting_worker_killed) {
+  char dir[64];
+  snprintf(dir, sizeof dir, "/tmp/libmp-pool-start-%d", (int)getpid());
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.maxtasksperchild = 1; /* each task makes a replacement */
+  o.initializer = announce_and_nap;
+  o.initargs = dir;
+  o.initargs_size = strlen(dir) + 1;
+  rmdir(dir);
+  mp_pool_t *pool = make_pool(_i, 1, &o);
+  T_ASSERT(mkdir(dir, 0700) == 0, "mkdir: %s", strerror(errno));
+  int x = 3, r = 0;
+  mp_async_result_t *first, *second;
+  MP_ASSERT_OK(mp_pool_apply_async(pool, square, &x, sizeof x, sizeof r, NULL, &first));
+  MP_ASSERT_OK(mp_pool_apply_async(pool, square, &x, sizeof x, sizeof r, NULL, &second));
+  MP_ASSERT_OK(mp_async_result_get(first, &r, sizeof r, NULL, 30));
+  /* Two replacements in a row killed while they start. */
+  for (int k = 0; k < 2; k++) {
+    int pid = announced_pid(dir);
+    T_ASSERT(pid > 0, "no replacement announced itself");
+    T_ASSERT(kill(pid, SIGKILL) == 0, "kill %d: %s", pid, strerror(errno));
+  }
+  rmdir(dir); /* the next replacement starts at once */
+  r = 0;
+  MP_ASSERT_OK(mp_async_result_get(second, &r, sizeof r, NULL, 30));
+  T_INT_EQ(r, 9);
+  mp_async_result_free(first);
+  mp_async_result_free(second);
+  end_pool();
+}
+END_TEST
+
+static int kill_self_init(const void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  raise(SIGKILL);
+  return 0;
+}
+
+/* Workers that die before they are ever ready, start after start: creation fails after a
+ * few tries, naming the real pid. */
+START_TEST(test_workers_never_ready) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = 1;
+  o.initializer = kill_self_init;
+  MP_ASSERT_OK(mp_get_context(CONTEXTS[_i], &o.context));
+  mp_pool_t *pool = NULL;
+  MP_ASSERT_ERR(mp_pool_create(&pool, &o), MP_EWORKERDIED);
+  const char *msg = mp_last_error();
+  const char *pid = strstr(msg, "(pid ");
+  T_ASSERT(pid && atoi(pid + 5) > 0, "message: %s", msg);
+  T_ASSERT(strstr(msg, "in a row") && strstr(msg, "signal 9"), "message: %s", msg);
+}
+END_TEST
+
+/* Sizes whose products overflow or cannot be held fail at once with a sentence. */
+START_TEST(test_huge_sizes) {
+  mp_pool_t *pool = make_pool(_i, 1, NULL);
+  int x[4] = {1, 2, 3, 4}, r[4];
+  mp_async_result_t *ar = NULL;
+  mp_imap_t *it = NULL;
+  double t0 = mp_test_now();
+  struct {
+    size_t n, item_size, result_size, chunksize;
+  } maps[] = {
+      {SIZE_MAX, sizeof(int), sizeof(int), 0},
+      {SIZE_MAX, sizeof(int), sizeof(int), 1},
+      {SIZE_MAX, sizeof(int), sizeof(int), SIZE_MAX},
+      {SIZE_MAX / 2 + 1, 2, sizeof(int), 0},
+      {SIZE_MAX / 2 + 1, 2, sizeof(int), SIZE_MAX},
+      {4, sizeof(int), SIZE_MAX, 0},
+      {4, SIZE_MAX / 2, sizeof(int), 4},
+      {(size_t)1 << 40, 1, 1, (size_t)1 << 20},
+      {(size_t)1 << 40, 1, 1, SIZE_MAX},
+  };
+  for (size_t k = 0; k < sizeof maps / sizeof maps[0]; k++) {
+    int rc = mp_pool_map(pool, square, x, maps[k].n, maps[k].item_size, r, maps[k].result_size,
+                         maps[k].chunksize);
+    T_ASSERT(rc == MP_EINVAL || rc == MP_ENOMEM, "map %zu gave %s", k, mp_err_name(rc));
+    T_ASSERT(mp_last_error()[0], "map %zu: no message", k);
+    rc = mp_pool_map_async(pool, square, x, maps[k].n, maps[k].item_size, maps[k].result_size,
+                           maps[k].chunksize, NULL, &ar);
+    T_ASSERT(rc == MP_EINVAL || rc == MP_ENOMEM, "map_async %zu gave %s", k, mp_err_name(rc));
+    /* An iterator holds a window at a time: only overflows are refused. */
+    if (maps[k].n == (size_t)1 << 40)
+      continue;
+    rc = mp_pool_imap(pool, square, x, maps[k].n, maps[k].item_size, maps[k].result_size,
+                      maps[k].chunksize, &it);
+    T_ASSERT(rc == MP_EINVAL || rc == MP_ENOMEM, "imap %zu gave %s", k, mp_err_name(rc));
+  }
+  size_t sizes[] = {SIZE_MAX, SIZE_MAX / 2, (size_t)1 << 44};
+  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+    int rc = mp_pool_apply(pool, square, x, sizes[k], r, sizeof r, NULL);
+    T_ASSERT(rc == MP_EINVAL || rc == MP_ENOMEM, "apply size %zu gave %s", sizes[k],
+             mp_err_name(rc));
+    T_ASSERT(mp_last_error()[0], "apply: no message");
+    rc = mp_pool_apply_async(pool, square, x, sizeof x[0], sizes[k], NULL, &ar);
+    T_ASSERT(rc == MP_EINVAL || rc == MP_ENOMEM, "apply result_max %zu gave %s", sizes[k],
+             mp_err_name(rc));
+  }
+  T_ASSERT(mp_test_now() - t0 < 5.0 * mp_test_slowdown(), "refusing took %g s",
+           mp_test_now() - t0);
+  /* The pool works on. */
+  MP_ASSERT_OK(mp_pool_map(pool, square, x, 4, sizeof(int), r, sizeof(int), 0));
+  T_INT_EQ(r[3], 16);
+  end_pool();
+}
+END_TEST
+
+/* Writes 64 bytes of 'A' into a result that has room for fewer. */
+static int overrun(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)size;
+  (void)result_size;
+  if (*(const int *)arg == 2)
+    memset(result, 'A', 64);
+  else
+    *(int *)result = 1;
+  return 0;
+}
+
+/* A task that writes past its result's room fails, with a message, and no call returns a
+ * positive number (the map used to return 0x41414141). */
+START_TEST(test_result_overrun) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  int in[6] = {0, 1, 2, 3, 4, 5}, out[6];
+  for (size_t chunksize = 1; chunksize <= 6; chunksize += 5) {
+    int rc = mp_pool_map(pool, overrun, in, 6, sizeof(int), out, sizeof(int), chunksize);
+    MP_ASSERT_ERR(rc, MP_ETASK);
+    T_ASSERT(strstr(mp_last_error(), "item 2:") && strstr(mp_last_error(), "overran"),
+             "message: %s", mp_last_error());
+  }
+  int two = 2, r[2];
+  MP_ASSERT_ERR(mp_pool_apply(pool, overrun, &two, sizeof two, r, sizeof r, NULL), MP_ETASK);
+  T_ASSERT(strstr(mp_last_error(), "overran"), "message: %s", mp_last_error());
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap(pool, overrun, in, 6, sizeof(int), sizeof(int), 1, &it));
+  for (int k = 0; k < 6; k++) {
+    int v;
+    size_t index;
+    int rc = mp_imap_next(it, &v, &index, 30);
+    if (index == 2)
+      MP_ASSERT_ERR(rc, MP_ETASK);
+    else
+      MP_ASSERT_OK(rc);
+  }
+  mp_imap_free(it);
+  MP_ASSERT_OK(mp_pool_map(pool, square, in, 6, sizeof(int), out, sizeof(int), 0));
+  T_INT_EQ(out[5], 25);
+  end_pool();
+}
+END_TEST
+
+/* A worker that dies in the middle of a chunk: the message names the item it was running,
+ * not the chunk's first. */
+START_TEST(test_died_item_named) {
+  enum { N = 100 };
+  int in[N], out[N];
+  for (int k = 0; k < N; k++)
+    in[k] = k;
+  mp_pool_t *pool = make_pool(_i, 1, NULL);
+  MP_ASSERT_ERR(mp_pool_map(pool, kill_self_every_1000, in, N, sizeof(int), out, sizeof(int),
+                            N),
+                MP_EWORKERDIED);
+  T_ASSERT(strstr(mp_last_error(), "item 7: worker"), "message: %s", mp_last_error());
+  end_pool();
+}
+END_TEST
+
+/* Runs fn in a forked child whose stderr is read back: the child must die of SIGABRT with a
+ * message that holds `expect`. */
+static void expect_abort(void (*fn)(int), int i, const char *expect) {
+  int fds[2];
+  T_ASSERT(pipe(fds) == 0, "pipe: %s", strerror(errno));
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork: %s", strerror(errno));
+  if (pid == 0) {
+    dup2(fds[1], 2);
+    close(fds[0]);
+    fn(i);
+    _exit(0);
+  }
+  mp_test_track_pid(pid);
+  close(fds[1]);
+  char text[4096] = "";
+  size_t len = 0;
+  ssize_t got;
+  while ((got = read(fds[0], text + len, sizeof text - 1 - len)) > 0)
+    len += (size_t)got;
+  text[len] = 0;
+  close(fds[0]);
+  int status;
+  T_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid: %s", strerror(errno));
+  T_ASSERT(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "%s: status %#x, stderr: %s",
+           expect, status, text);
+  T_ASSERT(strstr(text, expect), "stderr: %s", text);
+}
+
+/* A pool created and destroyed, in a child of expect_abort. */
+static mp_pool_t *destroyed_pool(int i) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = 1;
+  mp_get_context(CONTEXTS[i], &o.context);
+  mp_pool_t *pool;
+  if (mp_pool_create(&pool, &o) < 0)
+    _exit(2);
+  mp_pool_destroy(pool);
+  return pool;
+}
+
+static void destroy_twice(int i) {
+  mp_pool_destroy(destroyed_pool(i));
+}
+
+static void map_after_destroy(int i) {
+  int x = 1, r;
+  mp_pool_map(destroyed_pool(i), square, &x, 1, sizeof x, &r, sizeof r, 0);
+}
+
+/* Destroying a pool twice, or using it after, aborts with the name of the call. (Under
+ * AddressSanitizer the use after destroy is its report, which names the call too.) */
+START_TEST(test_destroyed_pool) {
+  expect_abort(destroy_twice, _i, "mp_pool_destroy");
+  expect_abort(map_after_destroy, _i, "mp_pool_map");
+}
+END_TEST
+
+/* The options' initializer as a function, the form that C++ before C++20 can use. */
+START_TEST(test_options_init) {
+  mp_pool_options_t a = MP_POOL_OPTIONS_INIT, b;
+  memset(&b, 0x5a, sizeof b);
+  mp_pool_options_init(&b);
+  T_ASSERT(memcmp(&a, &b, sizeof a) == 0, "mp_pool_options_init differs from the macro");
+}
+END_TEST
+
 static Suite *pool_suite(void) {
   Suite *s = suite_create("pool");
   TCase *tc = mp_test_tcase(s, "map", 60);
@@ -1252,6 +1525,14 @@ static Suite *pool_suite(void) {
   tc = mp_test_tcase(s, "input", 30);
   tcase_add_loop_test(tc, test_bad_input, 0, N_CONTEXTS);
   tcase_add_test(tc, test_thread_context);
+  tc = mp_test_tcase(s, "faults", 90);
+  tcase_add_loop_test(tc, test_starting_worker_killed, 0, N_PROCESS_CONTEXTS);
+  tcase_add_loop_test(tc, test_workers_never_ready, 0, N_PROCESS_CONTEXTS);
+  tcase_add_loop_test(tc, test_huge_sizes, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_result_overrun, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_died_item_named, 0, N_PROCESS_CONTEXTS);
+  tcase_add_loop_test(tc, test_destroyed_pool, 0, N_CONTEXTS);
+  tcase_add_test(tc, test_options_init);
   return s;
 }
 

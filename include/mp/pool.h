@@ -23,8 +23,10 @@
  * process target: one outside every loaded object is refused at submission (MP_ECROSS).
  *
  * A worker that dies (killed, a crash, exit() in a task) fails the task it was running with
- * MP_EWORKERDIED and a message naming the signal or the status (or the task runs again, up
- * to options.retries times); the worker is replaced and every other task completes.
+ * MP_EWORKERDIED and a message naming that item and the signal or the status (or the task
+ * runs again, up to options.retries times); the worker is replaced and every other task
+ * completes. A worker that dies before it is ready is replaced too; five such starts in a
+ * row, with no worker ready, end the pool (MP_ETERMINATED, saying why).
  *
  * Fork safety: a pool is used from the process that created it; a child sees its memory
  * but must not call it.
@@ -87,8 +89,19 @@ typedef struct {
   unsigned retries;
 } mp_pool_options_t;
 
+/* The defaults: MP_POOL_CPU_COUNT workers of the default context, no initializer, no
+ * maxtasksperchild, no retries. C++ before C++20 has no designated initializers: there the
+ * macro names every field in order (or call mp_pool_options_init). */
+#ifdef __cplusplus
+#define MP_POOL_OPTIONS_INIT                                                                   \
+  { MP_POOL_CPU_COUNT, NULL, NULL, NULL, 0, 0, 0 }
+#else
 #define MP_POOL_OPTIONS_INIT                                                                   \
   { .processes = MP_POOL_CPU_COUNT }
+#endif
+
+/* Sets *options to MP_POOL_OPTIONS_INIT, from any language (NULL is ignored). */
+MP_EXTERN void mp_pool_options_init(mp_pool_options_t *options);
 
 /*
  * Starts a pool and waits until every worker has run its initializer. options NULL means
@@ -103,7 +116,8 @@ typedef struct {
  * "forkserver" (docs/architecture.md).
  * Errors: MP_EINVAL (pool NULL, processes 0, negative or above 1024, initargs NULL with a
  * size), MP_ECROSS (the initializer cannot cross), MP_ETASK (an initializer failed:
- * mp_last_error() has its message), MP_EWORKERDIED (a worker died in its initializer),
+ * mp_last_error() has its message), MP_EWORKERDIED (five starts in a row died before their
+ * worker was ready, in the initializer or killed: a single such death is only replaced),
  * MP_ENOMEM, MP_EMETHOD, or a start error of mp_process_start().
  * Python: multiprocessing.Pool(processes, initializer, initargs, maxtasksperchild, context).
  */
@@ -123,10 +137,13 @@ MP_EXTERN int mp_pool_processes(const mp_pool_t *pool);
  * of the chunks that succeeded are written, those of a failed chunk are zero. A failed item
  * ends its chunk, as in Python: the chunk's later items are not run.
  * Errors: MP_EINVAL (NULL, items NULL with n > 0, results NULL with n and result_size > 0),
- * MP_ECROSS, MP_ECLOSED (after close), MP_ETERMINATED (also when no worker is left and
- * replacements keep failing to start: mp_last_error() says why), MP_ETASK, MP_EWORKERDIED,
+ * MP_ECROSS, MP_ELIMIT (a 257th distinct task function in this pool), MP_ECLOSED (after
+ * close), MP_ETERMINATED (also when no worker is ready and replacements keep failing to
+ * start: mp_last_error() says why), MP_ETASK, MP_EWORKERDIED,
  * MP_EINTR (SIGINT was caught, Ctrl-C: the pool is terminated; see "Signals" above; other
- * signals do not end it), MP_ENOMEM.
+ * signals do not end it), MP_EINVAL or MP_ENOMEM at once for sizes whose products overflow
+ * or that the shared arena cannot hold. A task that writes past its result's room fails
+ * with MP_ETASK ("overran"), caught by a canary after each result.
  * Python: Pool.map(func, iterable, chunksize).
  */
 MP_EXTERN int mp_pool_map(mp_pool_t *pool, mp_task_fn_t fn, const void *items, size_t n,
@@ -276,7 +293,8 @@ MP_EXTERN int mp_pool_join(mp_pool_t *pool, double timeout);
 
 /* Terminates the pool unless it was closed and joined, then frees it, as leaving Python's
  * `with Pool() as pool:` does. Async results and iterators must be freed first (a later
- * call on them is undefined). NULL is ignored. */
+ * call on them is undefined). NULL is ignored. Destroying a pool twice, or calling any pool
+ * function on a destroyed pool, prints the call's name to stderr and aborts. */
 MP_EXTERN void mp_pool_destroy(mp_pool_t *pool);
 
 #endif /* MP_POOL_H */

@@ -1,0 +1,1018 @@
+/*
+ * The job table (pool_jobs.h): how tasks reach a pool's workers and results come back, and
+ * who owns what on the way. Jobs live in the shared arena, claimed
+ * and completed with atomic operations, waited on with futexes. No thread of the parent sits
+ * between a submitter and the workers: a submitter publishes a job and wakes a sleeping
+ * worker, a worker claims chunks by compare-and-swap on their state words and wakes the
+ * waiter when it is done.
+ *
+ *   slots[seq % MP__POOL_SLOTS] = {seq << 1 | active, job}    published in seq order
+ *   job: header | state word per window slot | input | output | error records
+ *
+ * A chunk's state word holds its chunk number, its owner (the worker that runs it) and its
+ * status, so it is also the record of which worker runs which task: when a worker dies, the
+ * supervisor finds the chunk whose owner it was, with no window in which a claimed chunk is
+ * recorded nowhere (the claim and the record are one compare-and-swap).
+ *
+ * A job block is freed only by the pool's process, once its last reference is gone and no
+ * worker has it pinned: a worker pins a job's sequence number (in its record) before it reads
+ * the slot, so a job that completes under a worker's eyes is not freed while the worker
+ * still looks at it (the pin and the slot's state are each stored, then the other side's
+ * read, sequentially consistent).
+ */
+#include "pool_jobs.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Freed job blocks kept for the next jobs. */
+#define SPARES 8
+
+/* The pool's side of the table, in the pool's process. */
+struct mp__jobs_s {
+  mp__pool_shared_t *sh;
+  pthread_mutex_t submit_lock; /* publication in seq order */
+  pthread_mutex_t lock;        /* the job list, the spares, the function table */
+  uint64_t next_seq;
+  mp__job_t *jobs;           /* every job not freed, linked by parent_next */
+  mp__job_t *spares[SPARES]; /* freed jobs' blocks, for the next jobs */
+};
+
+static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes);
+static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk);
+
+/* ------------------------------- the job ------------------------------- */
+
+/* x rounded up to 64, false if that overflows. */
+static bool align64(uint64_t x, uint64_t *out) {
+  if (__builtin_add_overflow(x, 63, out))
+    return false;
+  *out &= ~63ull;
+  return true;
+}
+
+/* *at = align64(at) + count * size, and *off the aligned start: false on overflow. */
+static bool place(uint64_t *at, uint64_t count, uint64_t size, uint64_t *off) {
+  uint64_t bytes;
+  return align64(*at, off) && !__builtin_mul_overflow(count, size, &bytes) &&
+         !__builtin_add_overflow(*off, bytes, at);
+}
+
+/*
+ * The block: header | state words | error records | done counters | input | output. The
+ * output comes last, each window slot followed by a canary (MP__JOB_CANARY), so that a task
+ * that writes past its result's room is caught (pool_worker.c) and cannot reach the
+ * records the pool reads back.
+ */
+static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
+                      uint64_t item_size, uint64_t result_size, uint64_t chunksize,
+                      uint32_t window, mp__job_t **out) {
+  *out = NULL;
+  uint32_t n_workers = t->sh->n_workers;
+  uint64_t n_chunks = n / chunksize + (n % chunksize != 0); /* n + chunksize - 1 overflows */
+  if (n_chunks > UINT32_MAX / 2)
+    return mp__error(MP_EINVAL, "%llu chunks: use a larger chunksize",
+                     (unsigned long long)n_chunks);
+  if (window == 0 || window > n_chunks)
+    window = (uint32_t)(n_chunks ? n_chunks : 1);
+  uint64_t per_slot_in, per_slot_out, out_stride, n_errs = flags & MP__JOB_ITERATOR ? window : 1;
+  uint64_t at = sizeof(mp__job_t), states_off, errs_off, done_off, input_off, output_off;
+  if (__builtin_mul_overflow(chunksize, item_size, &per_slot_in) ||
+      __builtin_mul_overflow(chunksize, result_size, &per_slot_out) ||
+      __builtin_add_overflow(per_slot_out, MP__JOB_CANARY, &out_stride) ||
+      !place(&at, window, sizeof(uint64_t), &states_off) ||
+      !place(&at, n_errs, sizeof(mp__task_error_t), &errs_off) ||
+      !place(&at, (uint64_t)n_workers + 1, sizeof(uint64_t), &done_off) ||
+      !place(&at, window, per_slot_in, &input_off) ||
+      !place(&at, window, out_stride, &output_off))
+    return mp__error(MP_EINVAL,
+                     "%llu items of %llu bytes with results of %llu bytes, in chunks of %llu: "
+                     "the job's size overflows",
+                     (unsigned long long)n, (unsigned long long)item_size,
+                     (unsigned long long)result_size, (unsigned long long)chunksize);
+  uint64_t total = at;
+  if (total > SIZE_MAX)
+    return mp__error(MP_ENOMEM, "a job of %llu bytes does not fit the address space",
+                     (unsigned long long)total);
+  /* Not zeroed: the input and output are overwritten whole; the rest is set here. */
+  mp__job_t *spare = take_spare(t, total);
+  mp__job_t *job = spare ? spare : mp__shared_alloc_raw(total);
+  if (!job)
+    return mp__error_prefix(MP_ENOMEM, "no room for a job of %llu bytes",
+                            (unsigned long long)total);
+  uint64_t block_size = spare ? spare->block_size : total;
+  memset(job, 0, input_off);
+  job->block_size = block_size;
+  int rc = mp__mutex_init(&job->err_lock);
+  if (rc < 0) {
+    mp__shared_release(job);
+    return rc;
+  }
+  job->fn = fn;
+  job->flags = flags;
+  job->n = n;
+  job->item_size = item_size;
+  job->result_size = result_size;
+  job->chunksize = chunksize;
+  job->n_chunks = (uint32_t)n_chunks;
+  job->window = window;
+  job->states_off = states_off;
+  job->input_off = input_off;
+  job->output_off = output_off;
+  job->out_stride = out_stride;
+  job->errs_off = errs_off;
+  job->n_errs = n_errs;
+  job->done_off = done_off;
+  job->n_counters = n_workers + 1;
+  for (uint64_t i = 0; i < n_errs; i++)
+    error_at(job, (uint32_t)i)->item = UINT64_MAX;
+  if (!(flags & MP__JOB_ITERATOR)) {
+    for (uint32_t c = 0; c < job->n_chunks; c++)
+      atomic_init(mp__job_state(job, c), MP__CHUNK_STATE(c, 0, 0, MP__CHUNK_QUEUED));
+    atomic_init(&job->limit, job->n_chunks);
+  }
+  atomic_init(&job->refs, 1);
+  *out = job;
+  return 0;
+}
+
+_Atomic uint64_t *mp__job_state(const mp__job_t *job, uint32_t chunk) {
+  return (_Atomic uint64_t *)((char *)job + job->states_off) + chunk % job->window;
+}
+
+static void *job_input(const mp__job_t *job, uint32_t chunk) {
+  return (char *)job + job->input_off + (chunk % job->window) * job->chunksize * job->item_size;
+}
+
+static void *job_output(const mp__job_t *job, uint32_t chunk) {
+  return (char *)job + job->output_off + (chunk % job->window) * job->out_stride;
+}
+
+static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk) {
+  return (mp__task_error_t *)((char *)job + job->errs_off) + chunk % job->n_errs;
+}
+
+const mp__task_error_t *mp__job_error(const mp__job_t *job, uint32_t chunk) {
+  return error_at(job, chunk);
+}
+
+uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk) {
+  uint64_t first = (uint64_t)chunk * job->chunksize;
+  return job->n - first < job->chunksize ? job->n - first : job->chunksize;
+}
+
+static bool job_unref(mp__job_t *job) {
+  return atomic_fetch_sub(&job->refs, 1) == 1;
+}
+
+static void record_error(mp__job_t *job, uint32_t chunk, uint64_t item, int code,
+                          const char *msg) {
+  mp__task_error_t *e = error_at(job, chunk);
+  /* A holder that died could only leave a half-written message: still a message. */
+  int rc = mp__mutex_lock(&job->err_lock, INT64_MAX);
+  if (rc < 0 && rc != MP_EOWNERDEAD)
+    return;
+  if ((job->flags & MP__JOB_ITERATOR) || item < e->item) {
+    e->item = item;
+    e->code = code;
+    snprintf(e->msg, sizeof e->msg, "%s", msg);
+  }
+  mp__mutex_unlock(&job->err_lock);
+}
+
+/* ------------------------------ waking up ------------------------------ */
+
+void mp__pool_notify(int fd) {
+  uint64_t one = 1;
+  if (fd >= 0 && write(fd, &one, sizeof one) < 0) {
+    /* EAGAIN: the counter is full, so the supervisor is woken anyway. */
+  }
+}
+
+/* The idle worker that went idle last, taken (its ticket cleared), or -1. */
+static int64_t take_idle_worker(mp__pool_shared_t *sh) {
+  for (;;) {
+    int64_t best = -1;
+    uint64_t best_ticket = 0;
+    for (uint32_t w = 0; w < sh->n_workers; w++) {
+      uint64_t t = atomic_load(&sh->workers[w].idle_ticket);
+      if (t > best_ticket)
+        best = w, best_ticket = t;
+    }
+    if (best < 0 ||
+        atomic_compare_exchange_strong(&sh->workers[best].idle_ticket, &best_ticket, 0))
+      return best;
+  }
+}
+
+static void wake_workers(mp__pool_shared_t *sh, int n) {
+  atomic_fetch_add(&sh->work, 1);
+  for (int i = 0; i < n && atomic_load(&sh->idle) > 0; i++) {
+    int64_t w = take_idle_worker(sh);
+    if (w < 0)
+      return;
+    atomic_fetch_add(&sh->workers[w].wake, 1);
+    mp__futex_wake(&sh->workers[w].wake, 1);
+  }
+}
+
+/*
+ * Lost wake-ups: the worker announces itself (ticket, idle count) and then reads the work
+ * word; a submitter bumps the work word and then reads the idle count, all sequentially
+ * consistent, so either the worker sees the new work or the submitter sees the worker. The
+ * worker's own wake word, read before it announces itself, catches a wake-up that comes
+ * between its last look and its sleep.
+ */
+void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen) {
+  mp__worker_rec_t *rec = &sh->workers[w];
+  uint32_t wake = atomic_load(&rec->wake);
+  atomic_store(&rec->idle_ticket, atomic_fetch_add(&sh->idle_tickets, 1) + 1);
+  atomic_fetch_add(&sh->idle, 1);
+  if (atomic_load(&sh->work) == seen)
+    mp__futex_wait(&rec->wake, wake, INT64_MAX);
+  atomic_store(&rec->idle_ticket, 0);
+  atomic_fetch_sub(&sh->idle, 1);
+}
+
+static void wake_waiter(mp__job_t *job) {
+  atomic_fetch_add(&job->wake, 1);
+  if (atomic_load(&job->waiters) > 0)
+    mp__futex_wake(&job->wake, INT32_MAX);
+}
+
+int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
+                 const _Atomic uint32_t *interrupts, int64_t deadline) {
+  uint32_t base = interrupts ? atomic_load(interrupts) : 0;
+  /* Without a timeout the kernel restarts the wait after an SA_RESTART handler, unseen;
+   * with one, any handler ends it with EINTR. */
+  if (interrupts && deadline == INT64_MAX)
+    deadline = INT64_MAX - 1;
+  /* A short spin first: a task that takes microseconds is done before a sleep and its
+   * wake-up would be (on an idle machine, waking a sleeping CPU costs tens of them). */
+  int64_t spin_end = mp__now_ns() + 20000;
+  for (int i = 1; !done(job, arg); i++) {
+    mp__cpu_relax();
+    if (i % 64 == 0 && mp__now_ns() >= spin_end)
+      break;
+  }
+  for (;;) {
+    uint32_t seen = atomic_load(&job->wake);
+    if (done(job, arg))
+      return 0;
+    if (interrupts && atomic_load(interrupts) != base)
+      return MP_EINTR;
+    atomic_fetch_add(&job->waiters, 1);
+    /* A signal's EINTR only sends us round the loop, to look at the counter again. */
+    int rc = done(job, arg) ? 0 : mp__futex_wait_sig(&job->wake, seen, deadline);
+    atomic_fetch_sub(&job->waiters, 1);
+    if (rc == MP_ETIMEDOUT)
+      return done(job, arg) ? 0 : MP_ETIMEDOUT;
+  }
+}
+
+/* ------------------------------ publishing ------------------------------ */
+
+static uint64_t slot_state(mp__pool_shared_t *sh, uint64_t seq) {
+  return atomic_load(&sh->slots[seq % MP__POOL_SLOTS].state);
+}
+
+/* The slot of seq is free once the job of seq - MP__POOL_SLOTS is complete (sequence numbers
+ * start at MP__POOL_SLOTS, so a never-used slot reads as the completed job 0..SLOTS-1). */
+static bool slot_free_for(mp__pool_shared_t *sh, uint64_t seq) {
+  uint64_t s = slot_state(sh, seq);
+  return !(s & 1) && (s >> 1) + MP__POOL_SLOTS <= seq;
+}
+
+static int job_publish(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq, int64_t deadline) {
+  for (;;) {
+    uint32_t seen = atomic_load(&sh->slot_free);
+    if (slot_free_for(sh, seq))
+      break;
+    if (atomic_load(&sh->flags) & MP__POOL_TERMINATED)
+      return mp__error(MP_ETERMINATED, "the pool was terminated");
+    atomic_fetch_add(&sh->slot_waiters, 1);
+    int rc = slot_free_for(sh, seq) ? 0 : mp__futex_wait(&sh->slot_free, seen, deadline);
+    atomic_fetch_sub(&sh->slot_waiters, 1);
+    if (rc == MP_ETIMEDOUT)
+      return mp__error(MP_ETIMEDOUT, "%d jobs are in flight", MP__POOL_SLOTS);
+  }
+  job->seq = seq;
+  atomic_fetch_add(&job->refs, 1); /* the slot's */
+  sh->slots[seq % MP__POOL_SLOTS].job = job;
+  atomic_store(&sh->slots[seq % MP__POOL_SLOTS].state, seq << 1 | 1);
+  atomic_store(&sh->next_seq, seq + 1);
+  return 0;
+}
+
+static bool job_feed(mp__pool_shared_t *sh, mp__job_t *job, const void *items) {
+  uint32_t next = atomic_load(&job->limit);
+  if (next >= job->n_chunks || atomic_load(&job->abort_code))
+    return false;
+  _Atomic uint64_t *state = mp__job_state(job, next);
+  if (next >= job->window && MP__CHUNK_STATUS(atomic_load(state)) != MP__CHUNK_FREE)
+    return false; /* the chunk a window earlier has not been taken yet */
+  uint64_t first = (uint64_t)next * job->chunksize;
+  if (job->item_size)
+    memcpy(job_input(job, next), (const char *)items + first * job->item_size,
+           mp__job_chunk_items(job, next) * job->item_size);
+  atomic_store(state, MP__CHUNK_STATE(next, 0, 0, MP__CHUNK_QUEUED));
+  /* Fails only if the job was aborted meanwhile: then the chunk counts as aborted. */
+  if (!atomic_compare_exchange_strong(&job->limit, &next, next + 1))
+    return false;
+  wake_workers(sh, 1);
+  return true;
+}
+
+/* ------------------------------- pinning ------------------------------- */
+
+static mp__job_t *pin(mp__pool_shared_t *sh, uint32_t pinner, uint64_t seq) {
+  atomic_store(&sh->workers[pinner].pin, seq + 1);
+  if (slot_state(sh, seq) != (seq << 1 | 1))
+    return NULL;
+  mp__job_t *job = sh->slots[seq % MP__POOL_SLOTS].job;
+  /* Still seq's: the pointer read between the two is seq's job. */
+  return slot_state(sh, seq) == (seq << 1 | 1) ? job : NULL;
+}
+
+static void unpin(mp__pool_shared_t *sh, uint32_t pinner) {
+  atomic_store(&sh->workers[pinner].pin, 0);
+}
+
+static bool unpinned(const mp__pool_shared_t *sh, const mp__job_t *job) {
+  for (uint32_t i = 0; i <= sh->n_workers; i++)
+    if (atomic_load(&sh->workers[i].pin) == job->seq + 1)
+      return false;
+  return true;
+}
+
+/* ------------------------------- claiming ------------------------------- */
+
+static bool claim_at(mp__job_t *job, uint32_t chunk, uint32_t w, uint64_t expected) {
+  uint64_t running =
+      MP__CHUNK_STATE(chunk, MP__CHUNK_ATTEMPTS(expected), w + 1, MP__CHUNK_RUNNING);
+  return atomic_compare_exchange_strong(mp__job_state(job, chunk), &expected, running);
+}
+
+/* Chunks queued again after a death: rare, so a scan of the window. */
+static bool claim_retried(mp__job_t *job, uint32_t w, uint32_t *chunk) {
+  uint32_t limit = atomic_load(&job->limit);
+  for (uint32_t i = 0; i < job->window; i++) {
+    uint64_t v = atomic_load((_Atomic uint64_t *)((char *)job + job->states_off) + i);
+    if (MP__CHUNK_STATUS(v) == MP__CHUNK_QUEUED && MP__CHUNK_ATTEMPTS(v) > 0 &&
+        MP__CHUNK_OF(v) < limit && claim_at(job, MP__CHUNK_OF(v), w, v)) {
+      atomic_fetch_sub(&job->retries_queued, 1);
+      *chunk = MP__CHUNK_OF(v);
+      return true;
+    }
+  }
+  return false;
+}
+
+static bool claim_in(mp__job_t *job, uint32_t w, uint32_t *chunk) {
+  if (atomic_load(&job->retries_queued) > 0 && claim_retried(job, w, chunk))
+    return true;
+  uint32_t limit = atomic_load(&job->limit);
+  uint32_t start = atomic_load(&job->hint), h = start;
+  for (; h < limit && h < job->n_chunks; h++) {
+    uint64_t v = atomic_load(mp__job_state(job, h));
+    if (MP__CHUNK_OF(v) == h && MP__CHUNK_STATUS(v) == MP__CHUNK_QUEUED &&
+        MP__CHUNK_ATTEMPTS(v) == 0 && claim_at(job, h, w, v)) {
+      /* The hint only grows: chunks below it are taken (retries are found apart). */
+      while (start <= h && !atomic_compare_exchange_weak(&job->hint, &start, h + 1))
+        ;
+      *chunk = h;
+      return true;
+    }
+  }
+  while (start < h && !atomic_compare_exchange_weak(&job->hint, &start, h))
+    ;
+  return false;
+}
+
+/* Moves oldest past completed jobs, so that workers stop looking at them. */
+static void advance_oldest(mp__pool_shared_t *sh, uint64_t seq) {
+  uint64_t s = slot_state(sh, seq);
+  if (s == (seq << 1 | 1) || (s >> 1) < seq)
+    return;
+  atomic_compare_exchange_strong(&sh->oldest, &seq, seq + 1);
+}
+
+/* Field by field: the message buffer is written only on failure (a compound literal
+ * would zero it at every claim). */
+static void task_view(mp__job_t *job, uint32_t chunk, _Atomic uint64_t *running,
+                      mp__task_t *task) {
+  task->job = job;
+  task->chunk = chunk;
+  task->fn = job->fn;
+  task->input = job_input(job, chunk);
+  task->item_size = job->item_size;
+  task->output = job_output(job, chunk);
+  task->result_size = job->result_size;
+  task->first = (uint64_t)chunk * job->chunksize;
+  task->count = mp__job_chunk_items(job, chunk);
+  task->running = running;
+  task->result_len = 0;
+}
+
+bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
+  mp__worker_rec_t *rec = &sh->workers[w];
+  uint64_t next = atomic_load(&sh->next_seq);
+  for (uint64_t seq = atomic_load(&sh->oldest); seq < next; seq++) {
+    mp__job_t *j = pin(sh, w, seq);
+    uint32_t chunk;
+    if (!j) {
+      advance_oldest(sh, seq);
+      continue;
+    }
+    if (claim_in(j, w, &chunk)) {
+      atomic_store_explicit(&rec->run_item, 0, memory_order_relaxed);
+      atomic_store(&rec->run_seq, seq + 1);
+      atomic_store(&rec->run_chunk, chunk);
+      unpin(sh, w); /* the running chunk keeps the job alive */
+      task_view(j, chunk, &rec->run_item, task);
+      return true;
+    }
+  }
+  unpin(sh, w);
+  return false;
+}
+
+/* ------------------------------ completing ------------------------------ */
+
+/* The chunks counted as done: each worker's counter (written by that worker alone, and by
+ * the supervisor once it has died), and the parent's. */
+static uint64_t job_done(const mp__job_t *job) {
+  const _Atomic uint64_t *by = (const _Atomic uint64_t *)((const char *)job + job->done_off);
+  uint64_t done = 0;
+  for (uint32_t i = 0; i < job->n_counters; i++)
+    done += atomic_load(&by[i]) >> 1;
+  return done;
+}
+
+static _Atomic uint64_t *done_by(const mp__job_t *job, uint32_t w) {
+  return (_Atomic uint64_t *)((char *)job + job->done_off) + w;
+}
+
+bool mp__job_complete(const mp__job_t *job) {
+  return job_done(job) >= job->n_chunks;
+}
+
+/* After chunks were counted: wakes the waiter, and if the job is complete, frees its slot.
+ * Whoever wins the slot's compare-and-swap does that once, so the supervisor can call this
+ * for a worker that died in the middle of it. The caller has the job pinned (or holds a
+ * reference): the slot's reference is dropped before the waiter is woken, so that the
+ * waiter's own release is the last one and it frees the block itself. */
+static void settle(mp__pool_shared_t *sh, mp__job_t *job, int notify_fd) {
+  bool last = mp__job_complete(job);
+  uint64_t seq = job->seq, active = seq << 1 | 1;
+  if (!last || !atomic_compare_exchange_strong(&sh->slots[seq % MP__POOL_SLOTS].state, &active,
+                                               seq << 1)) {
+    if (last || (job->flags & MP__JOB_WAKE_EACH))
+      wake_waiter(job);
+    return;
+  }
+  bool notify = job->flags & MP__JOB_NOTIFY;
+  advance_oldest(sh, seq);
+  atomic_fetch_add(&sh->slot_free, 1);
+  if (atomic_load(&sh->slot_waiters) > 0)
+    mp__futex_wake(&sh->slot_free, INT32_MAX);
+  if (atomic_load(&sh->flags) & MP__POOL_CLOSED)
+    wake_workers(sh, INT32_MAX); /* idle workers may exit now */
+  /* The parent frees blocks: tell it when the slot's reference was the last. */
+  if (job_unref(job))
+    notify = true;
+  wake_waiter(job);
+  if (notify)
+    mp__pool_notify(notify_fd);
+}
+
+/* Chunks the parent counts: lost, or aborted. */
+static void count_by_parent(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunks) {
+  atomic_fetch_add(done_by(job, job->n_counters - 1), (uint64_t)chunks << 1);
+  settle(sh, job, -1);
+}
+
+/*
+ * A worker counts its chunk in its own counter, with bit 0 set while it is between the two:
+ * a worker killed there leaves the bit set, and the supervisor then knows from the chunk's
+ * state whether the chunk became DONE (count it) or not (it is still RUNNING, lost).
+ */
+bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint32_t status,
+                       int notify_fd) {
+  mp__job_t *job = task->job;
+  uint32_t chunk = task->chunk;
+  _Atomic uint64_t *state = mp__job_state(job, chunk), *mine = done_by(job, w);
+  uint64_t v = atomic_load(state), count = atomic_load(mine) >> 1;
+  bool running = MP__CHUNK_STATUS(v) == MP__CHUNK_RUNNING && MP__CHUNK_OWNER(v) == w + 1;
+  /* Recorded while the chunk is still ours: a loss or an abort after this point records
+   * nothing the owner would take instead (the lowest item wins, an abort is told apart). */
+  if (running && status == MP__CHUNK_FAILED)
+    record_error(job, chunk, task->failed_item, task->code, task->msg);
+  if (running && job->n == 1)
+    atomic_store(&job->result_len, task->result_len);
+  atomic_store(&sh->workers[w].pin, job->seq + 1); /* for settling after the last reference */
+  atomic_store(mine, count << 1 | 1);
+  bool ours = running && atomic_compare_exchange_strong(
+                             state, &v,
+                             MP__CHUNK_STATE(chunk, MP__CHUNK_ATTEMPTS(v), w + 1, status));
+  /* Not ours: aborted, or given up for lost, and counted by whoever did that. */
+  atomic_store(mine, (count + ours) << 1);
+  atomic_store(&sh->workers[w].run_seq, 0);
+  if (ours)
+    settle(sh, job, notify_fd);
+  unpin(sh, w);
+  return ours;
+}
+
+static void repair_count(mp__job_t *job, uint32_t w, uint32_t chunk) {
+  _Atomic uint64_t *theirs = done_by(job, w);
+  uint64_t v = atomic_load(theirs);
+  if (!(v & 1))
+    return;
+  uint64_t st = atomic_load(mp__job_state(job, chunk));
+  bool became_final = MP__CHUNK_OF(st) == chunk && MP__CHUNK_OWNER(st) == w + 1 &&
+                      MP__CHUNK_STATUS(st) != MP__CHUNK_RUNNING;
+  atomic_store(theirs, ((v >> 1) + became_final) << 1);
+}
+
+bool mp__job_lose_chunk(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint64_t item,
+                        int code, const char *msg) {
+  _Atomic uint64_t *state = mp__job_state(job, chunk);
+  uint64_t v = atomic_load(state);
+  if (MP__CHUNK_STATUS(v) != MP__CHUNK_RUNNING)
+    return false;
+  uint32_t attempts = MP__CHUNK_ATTEMPTS(v);
+  if (attempts < sh->retries && attempts < 0xff) {
+    if (atomic_compare_exchange_strong(
+            state, &v, MP__CHUNK_STATE(chunk, attempts + 1, 0, MP__CHUNK_QUEUED))) {
+      atomic_fetch_add(&job->retries_queued, 1);
+      wake_workers(sh, 1);
+      return true;
+    }
+    return false;
+  }
+  record_error(job, chunk, item, code, msg);
+  if (atomic_compare_exchange_strong(
+          state, &v, MP__CHUNK_STATE(chunk, attempts, MP__CHUNK_OWNER(v), MP__CHUNK_FAILED)))
+    count_by_parent(sh, job, 1);
+  return false;
+}
+
+static void job_abort(mp__pool_shared_t *sh, mp__job_t *job, int code) {
+  int32_t none = 0;
+  if (!atomic_compare_exchange_strong(&job->abort_code, &none, code))
+    return;
+  /* No chunk is fed after this: the ones never fed count as aborted. */
+  uint32_t fed = atomic_exchange(&job->limit, job->n_chunks);
+  uint32_t aborted = job->n_chunks - fed;
+  _Atomic uint64_t *states = (_Atomic uint64_t *)((char *)job + job->states_off);
+  for (uint32_t i = 0; i < job->window; i++) {
+    uint64_t v = atomic_load(&states[i]);
+    for (;;) {
+      uint32_t status = MP__CHUNK_STATUS(v);
+      if (MP__CHUNK_OF(v) >= fed || (status != MP__CHUNK_QUEUED && status != MP__CHUNK_RUNNING))
+        break;
+      uint64_t failed = MP__CHUNK_STATE(MP__CHUNK_OF(v), MP__CHUNK_ATTEMPTS(v),
+                                        MP__CHUNK_OWNER(v), MP__CHUNK_FAILED);
+      if (atomic_compare_exchange_strong(&states[i], &v, failed)) {
+        aborted++;
+        break;
+      }
+    }
+  }
+  if (aborted)
+    count_by_parent(sh, job, aborted);
+  else
+    wake_waiter(job);
+}
+
+/* ------------------------------ the table ------------------------------ */
+
+int mp__jobs_create(mp__jobs_t **out, uint32_t n_workers, unsigned maxtasks, unsigned retries) {
+  mp__jobs_t *t = calloc(1, sizeof *t);
+  mp__pool_shared_t *sh =
+      mp__shared_alloc(sizeof *sh + ((size_t)n_workers + 1) * sizeof(mp__worker_rec_t));
+  if (!t || !sh) {
+    free(t);
+    if (sh)
+      mp__shared_release(sh);
+    return mp__error(MP_ENOMEM, "no memory for the job table of %u workers", n_workers);
+  }
+  pthread_mutex_init(&t->lock, NULL);
+  pthread_mutex_init(&t->submit_lock, NULL);
+  sh->n_workers = n_workers;
+  sh->maxtasks = maxtasks;
+  sh->retries = retries;
+  /* Sequence numbers start at MP__POOL_SLOTS: a never-used slot reads as complete. */
+  atomic_store(&sh->next_seq, MP__POOL_SLOTS);
+  atomic_store(&sh->oldest, MP__POOL_SLOTS);
+  t->next_seq = MP__POOL_SLOTS;
+  t->sh = sh;
+  *out = t;
+  return 0;
+}
+
+void mp__jobs_free(mp__jobs_t *t) {
+  if (!t)
+    return;
+  mp__pool_shared_t *sh = t->sh;
+  for (mp__job_t *job = t->jobs, *next; job; job = next) {
+    next = job->parent_next;
+    mp__shared_release(job);
+  }
+  for (size_t i = 0; i < SPARES; i++)
+    if (t->spares[i])
+      mp__shared_release(t->spares[i]);
+  for (uint32_t i = 0; i < atomic_load(&sh->n_fns); i++)
+    mp__shared_release(sh->fns[i]);
+  if (sh->init_ref)
+    mp__shared_release(sh->init_ref);
+  if (sh->initargs)
+    mp__shared_release(sh->initargs);
+  mp__shared_release(sh);
+  pthread_mutex_destroy(&t->lock);
+  pthread_mutex_destroy(&t->submit_lock);
+  free(t);
+}
+
+mp__pool_shared_t *mp__jobs_shared(const mp__jobs_t *t) {
+  return t->sh;
+}
+
+void mp__jobs_set_event_key(mp__jobs_t *t, uint64_t key) {
+  t->sh->event_key = key;
+}
+
+/* A function by identity, in a block of the arena. */
+static int share_fnref(mp__fn_t fn, mp__fnref_t **out) {
+  mp__fnref_t ref;
+  int rc = mp__fnref_from_pointer(fn, &ref);
+  if (rc < 0)
+    return rc;
+  if (!(*out = mp__shared_alloc(sizeof ref)))
+    return mp__error_prefix(MP_ENOMEM, "a function reference");
+  memcpy(*out, &ref, sizeof ref);
+  return 0;
+}
+
+int mp__jobs_set_initializer(mp__jobs_t *t, mp__fn_t fn, const void *args, size_t size) {
+  mp__pool_shared_t *sh = t->sh;
+  int rc = share_fnref(fn, &sh->init_ref);
+  if (rc < 0)
+    return rc;
+  if (size && !(sh->initargs = mp__shared_alloc(size)))
+    return mp__error_prefix(MP_ENOMEM, "the initializer's %zu bytes of arguments", size);
+  sh->init_local = fn;
+  if (size)
+    memcpy(sh->initargs, args, size);
+  sh->initargs_size = size;
+  return 0;
+}
+
+int mp__jobs_function(mp__jobs_t *t, mp__fn_t fn, uint32_t *index) {
+  mp__pool_shared_t *sh = t->sh;
+  pthread_mutex_lock(&t->lock);
+  uint32_t n = atomic_load(&sh->n_fns), i = 0;
+  while (i < n && sh->local_fns[i] != fn)
+    i++;
+  int rc = 0;
+  if (i == n && n == MP__POOL_MAX_FNS)
+    rc = mp__error(MP_ELIMIT, "more than %d task functions in one pool", MP__POOL_MAX_FNS);
+  else if (i == n && (rc = share_fnref(fn, &sh->fns[n])) == 0) {
+    sh->local_fns[n] = fn;
+    atomic_store(&sh->n_fns, n + 1);
+  }
+  pthread_mutex_unlock(&t->lock);
+  *index = i;
+  return rc;
+}
+
+/* Freed blocks are kept for the next jobs: their pages stay in memory, where a fresh block
+ * would fault each of them in again (in the parent for the input, in a worker for the
+ * output), and taking one costs no allocation. Called with t->lock held. */
+static void keep_or_release(mp__jobs_t *t, mp__job_t *job) {
+  size_t smallest = 0;
+  for (size_t i = 0; i < SPARES; i++) {
+    if (!t->spares[i]) {
+      t->spares[i] = job;
+      return;
+    }
+    if (t->spares[i]->block_size < t->spares[smallest]->block_size)
+      smallest = i;
+  }
+  if (t->spares[smallest]->block_size < job->block_size) {
+    mp__job_t *old = t->spares[smallest];
+    t->spares[smallest] = job;
+    job = old;
+  }
+  mp__shared_release(job);
+}
+
+/* The smallest kept block of at least bytes, taken (NULL if none). */
+static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes) {
+  pthread_mutex_lock(&t->lock);
+  mp__job_t **best = NULL;
+  for (size_t i = 0; i < SPARES; i++)
+    if (t->spares[i] && t->spares[i]->block_size >= bytes &&
+        (!best || t->spares[i]->block_size < (*best)->block_size))
+      best = &t->spares[i];
+  mp__job_t *spare = best ? *best : NULL;
+  if (best)
+    *best = NULL;
+  pthread_mutex_unlock(&t->lock);
+  return spare;
+}
+
+void mp__jobs_reclaim(mp__jobs_t *t) {
+  pthread_mutex_lock(&t->lock);
+  for (mp__job_t **link = &t->jobs; *link;) {
+    mp__job_t *job = *link;
+    if (atomic_load(&job->refs) == 0 && unpinned(t->sh, job)) {
+      *link = job->parent_next;
+      pthread_mutex_destroy(&job->err_lock);
+      keep_or_release(t, job);
+    } else {
+      link = (mp__job_t **)&job->parent_next;
+    }
+  }
+  pthread_mutex_unlock(&t->lock);
+}
+
+void mp__jobs_release(mp__jobs_t *t, mp__job_t *job) {
+  if (job_unref(job))
+    mp__jobs_reclaim(t);
+}
+
+int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__job_t **out) {
+  mp__job_t *job;
+  int rc = job_create(t, s->fn, s->flags, s->n, s->item_size, s->result_size, s->chunksize,
+                      s->window, &job);
+  if (rc < 0)
+    return rc;
+  if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
+    memcpy(job_input(job, 0), s->items, s->n * s->item_size); /* checked by job_create */
+  pthread_mutex_lock(&t->lock);
+  job->parent_next = t->jobs;
+  t->jobs = job;
+  pthread_mutex_unlock(&t->lock);
+  if (job->n_chunks > 0) {
+    pthread_mutex_lock(&t->submit_lock);
+    rc = job_publish(t->sh, job, t->next_seq, INT64_MAX);
+    if (rc == 0)
+      t->next_seq++;
+    pthread_mutex_unlock(&t->submit_lock);
+    if (rc < 0) {
+      mp__jobs_release(t, job);
+      return rc;
+    }
+    uint32_t n = t->sh->n_workers, wake = job->n_chunks < n ? job->n_chunks : n;
+    if (!(s->flags & MP__JOB_ITERATOR))
+      wake_workers(t->sh, (int)wake);
+  }
+  *out = job;
+  return 0;
+}
+
+/* Calls fn on every job still in a slot, pinned by the supervisor's record. */
+static void for_each_running_job(mp__jobs_t *t, void (*fn)(mp__jobs_t *, mp__job_t *, void *),
+                                 void *arg) {
+  mp__pool_shared_t *sh = t->sh;
+  uint64_t next = atomic_load(&sh->next_seq);
+  for (uint64_t seq = atomic_load(&sh->oldest); seq < next; seq++) {
+    mp__job_t *job = pin(sh, sh->n_workers, seq);
+    if (job)
+      fn(t, job, arg);
+  }
+  unpin(sh, sh->n_workers);
+}
+
+typedef struct {
+  uint32_t w;
+  const char *msg;
+  bool found;
+} lost_t;
+
+/* Loses the chunk if worker w ran it; the failure names the item at `offset` in it. */
+static void lose_if_owned(mp__jobs_t *t, mp__job_t *job, uint32_t chunk, uint64_t offset,
+                          lost_t *lost) {
+  uint64_t v = atomic_load(mp__job_state(job, chunk));
+  if (MP__CHUNK_OF(v) != chunk || MP__CHUNK_STATUS(v) != MP__CHUNK_RUNNING ||
+      MP__CHUNK_OWNER(v) != lost->w + 1)
+    return;
+  if (offset >= mp__job_chunk_items(job, chunk))
+    offset = 0;
+  mp__job_lose_chunk(t->sh, job, chunk, (uint64_t)chunk * job->chunksize + offset,
+                     MP_EWORKERDIED, lost->msg);
+  lost->found = true;
+}
+
+static void find_lost_chunk(mp__jobs_t *t, mp__job_t *job, void *arg) {
+  lost_t *lost = arg;
+  for (uint32_t i = 0; i < job->window && !lost->found; i++)
+    lose_if_owned(t, job, MP__CHUNK_OF(atomic_load(mp__job_state(job, i))), 0, lost);
+}
+
+/* What a worker that died half-way through completing its chunk left undone. */
+static void finish_counting(mp__jobs_t *t, mp__job_t *job, void *arg) {
+  const lost_t *lost = arg;
+  repair_count(job, lost->w, atomic_load(&t->sh->workers[lost->w].run_chunk));
+  settle(t->sh, job, -1);
+}
+
+void mp__jobs_worker_lost(mp__jobs_t *t, uint32_t w, const char *why) {
+  mp__pool_shared_t *sh = t->sh;
+  mp__worker_rec_t *rec = &sh->workers[w];
+  lost_t lost = {w, why, false};
+  for_each_running_job(t, finish_counting, &lost);
+  uint64_t run = atomic_load(&rec->run_seq);
+  if (run) {
+    mp__job_t *job = pin(sh, sh->n_workers, run - 1);
+    if (job)
+      lose_if_owned(t, job, atomic_load(&rec->run_chunk), atomic_load(&rec->run_item), &lost);
+    unpin(sh, sh->n_workers);
+  }
+  if (!lost.found)
+    for_each_running_job(t, find_lost_chunk, &lost);
+}
+
+static void abort_job(mp__jobs_t *t, mp__job_t *job, void *arg) {
+  job_abort(t->sh, job, *(const int *)arg);
+}
+
+void mp__jobs_abort_all(mp__jobs_t *t, int code) {
+  for_each_running_job(t, abort_job, &code);
+  wake_workers(t->sh, INT32_MAX);
+  atomic_fetch_add(&t->sh->slot_free, 1);
+  mp__futex_wake(&t->sh->slot_free, INT32_MAX);
+  mp__jobs_reclaim(t);
+}
+
+void mp__jobs_abort(mp__jobs_t *t, mp__job_t *job, int code) {
+  job_abort(t->sh, job, code);
+}
+
+bool mp__jobs_work_left(const mp__jobs_t *t) {
+  return atomic_load(&t->sh->oldest) < atomic_load(&t->sh->next_seq);
+}
+
+void mp__jobs_set_flag(mp__jobs_t *t, uint32_t flag) {
+  atomic_fetch_or(&t->sh->flags, flag);
+  if (flag & MP__POOL_CLOSED)
+    wake_workers(t->sh, INT32_MAX); /* idle workers may exit now */
+}
+
+uint32_t mp__jobs_flags(const mp__jobs_t *t) {
+  return atomic_load(&t->sh->flags);
+}
+
+/* ------------------------------ worker records ------------------------------ */
+
+void mp__jobs_worker_starting(mp__jobs_t *t, uint32_t w) {
+  mp__worker_rec_t *rec = &t->sh->workers[w];
+  atomic_store(&rec->pid, 0);
+  rec->error[0] = '\0';
+  atomic_store(&rec->state, MP__WORKER_STARTING);
+}
+
+void mp__jobs_worker_started(mp__jobs_t *t, uint32_t w, int pid) {
+  atomic_store(&t->sh->workers[w].pid, pid);
+}
+
+void mp__jobs_worker_gone(mp__jobs_t *t, uint32_t w) {
+  mp__worker_rec_t *rec = &t->sh->workers[w];
+  atomic_store(&rec->pin, 0);
+  atomic_store(&rec->run_seq, 0);
+  if (atomic_exchange(&rec->idle_ticket, 0)) /* died idle: not to be woken again */
+    atomic_fetch_sub(&t->sh->idle, 1);
+  atomic_store(&rec->state, MP__WORKER_EMPTY);
+}
+
+uint32_t mp__jobs_worker_state(const mp__jobs_t *t, uint32_t w) {
+  return atomic_load(&t->sh->workers[w].state);
+}
+
+int mp__jobs_worker_pid(const mp__jobs_t *t, uint32_t w) {
+  return atomic_load(&t->sh->workers[w].pid);
+}
+
+const char *mp__jobs_worker_error(const mp__jobs_t *t, uint32_t w) {
+  return t->sh->workers[w].error;
+}
+
+uint32_t mp__jobs_ready(const mp__jobs_t *t) {
+  uint32_t ready = 0;
+  for (uint32_t w = 0; w < t->sh->n_workers; w++)
+    ready += atomic_load(&t->sh->workers[w].state) == MP__WORKER_READY;
+  return ready;
+}
+
+_Atomic uint32_t *mp__jobs_status_word(mp__jobs_t *t) {
+  return &t->sh->status;
+}
+
+void mp__jobs_wake_status(mp__jobs_t *t) {
+  atomic_fetch_add(&t->sh->status, 1);
+  mp__futex_wake(&t->sh->status, INT32_MAX);
+}
+
+/* ------------------------------ results ------------------------------ */
+
+int mp__job_aborted(const mp__job_t *job) {
+  return atomic_load(&job->abort_code);
+}
+
+void mp__job_callbacks_done(mp__job_t *job) {
+  atomic_store(&job->callback_done, 1);
+  wake_waiter(job);
+}
+
+bool mp__job_callbacks_ran(const mp__job_t *job) {
+  return atomic_load(&job->callback_done);
+}
+
+/* A recorded failure's code: negative, whatever a wild write in a task left there. */
+static int task_code(const mp__task_error_t *e) {
+  return e->code < 0 ? e->code : MP_ETASK;
+}
+
+int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, size_t *len) {
+  const mp__task_error_t *e = error_at(job, 0);
+  bool failed = e->item != UINT64_MAX;
+  uint64_t need = is_apply ? atomic_load(&job->result_len) : job->n * job->result_size;
+  if (len)
+    *len = need;
+  if (result && !failed && cap < need)
+    return mp__error(MP_ETOOSMALL, "the result has %llu bytes, the buffer %zu",
+                     (unsigned long long)need, cap);
+  if (result && need && cap >= need && is_apply && !failed)
+    memcpy(result, job_output(job, 0), need);
+  /* A map's results, chunk by chunk (each window slot is followed by its canary); those of
+   * failed chunks, which hold whatever the block held, are zeroed. */
+  uint64_t per_chunk = job->chunksize * job->result_size;
+  for (uint32_t c = 0; result && need && cap >= need && !is_apply && c < job->n_chunks; c++) {
+    char *to = (char *)result + c * per_chunk;
+    uint64_t bytes = c + 1 < job->n_chunks ? per_chunk : need - c * per_chunk;
+    if (!failed || MP__CHUNK_STATUS(atomic_load(mp__job_state(job, c))) == MP__CHUNK_DONE)
+      memcpy(to, (const char *)job + job->output_off + c * job->out_stride, bytes);
+    else
+      memset(to, 0, bytes);
+  }
+  if (!failed)
+    return 0;
+  if (is_apply)
+    return mp__error(task_code(e), "%s", e->msg);
+  return mp__error(task_code(e), "item %llu: %s", (unsigned long long)e->item, e->msg);
+}
+
+static bool chunk_finished(uint64_t v) {
+  uint32_t status = MP__CHUNK_STATUS(v);
+  return status == MP__CHUNK_DONE || status == MP__CHUNK_FAILED;
+}
+
+int64_t mp__job_finished_chunk(const mp__job_t *job, bool ordered, uint32_t next) {
+  if (ordered) {
+    uint64_t v = atomic_load(mp__job_state(job, next));
+    return MP__CHUNK_OF(v) == next && chunk_finished(v) ? (int64_t)next : -1;
+  }
+  uint32_t limit = atomic_load(&job->limit);
+  for (uint32_t i = 0; i < job->window; i++) {
+    uint64_t v = atomic_load(mp__job_state(job, i));
+    if (MP__CHUNK_OF(v) < limit && chunk_finished(v))
+      return MP__CHUNK_OF(v);
+  }
+  return -1;
+}
+
+int mp__job_item(const mp__job_t *job, uint32_t chunk, uint64_t i, void *result,
+                 uint64_t *failed_item) {
+  uint64_t v = atomic_load(mp__job_state(job, chunk));
+  const mp__task_error_t *e = error_at(job, chunk);
+  if (MP__CHUNK_STATUS(v) == MP__CHUNK_FAILED && (e->item == UINT64_MAX || i >= e->item)) {
+    /* No item recorded: the chunk was aborted with the job. */
+    int abort_code = atomic_load(&job->abort_code);
+    *failed_item = e->item == UINT64_MAX ? i : e->item;
+    if (e->item == UINT64_MAX)
+      return mp__error(abort_code ? abort_code : MP_ETERMINATED, "item %llu: the pool was terminated",
+                       (unsigned long long)*failed_item);
+    return mp__error(task_code(e), "item %llu: %s", (unsigned long long)e->item, e->msg);
+  }
+  if (job->result_size)
+    memcpy(result,
+           (char *)job_output(job, chunk) + (i - (uint64_t)chunk * job->chunksize) * job->result_size,
+           job->result_size);
+  return 0;
+}
+
+bool mp__jobs_feed(mp__jobs_t *t, mp__job_t *job, const void *items) {
+  return job_feed(t->sh, job, items);
+}
+
+void mp__jobs_return_chunk(mp__jobs_t *t, mp__job_t *job, uint32_t chunk, const void *items) {
+  atomic_store(mp__job_state(job, chunk), MP__CHUNK_STATE(chunk, 0, 0, MP__CHUNK_FREE));
+  while (job_feed(t->sh, job, items))
+    ;
+}

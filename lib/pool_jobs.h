@@ -1,0 +1,264 @@
+/*
+ * The job table of a Pool: the one owner of the pool's shared block (job slots, worker
+ * records, the task functions), of the job blocks, of the spare blocks kept for reuse, of
+ * the parent's list of jobs and of their locks. Included by pool_jobs.c, pool.c and
+ * pool_worker.c only; launchers see the shared block as an opaque pointer (pool_launcher.h).
+ *
+ * Two sides, one protocol (claim, complete, lose):
+ * - the pool's process: submit a job, wait on it, take its result or its next chunk,
+ *   release it; tell the table that a worker was lost (with why) or that everything is
+ *   aborted; reclaim the blocks nobody uses;
+ * - a worker: claim a chunk (a task view: the function, the input, the count, the output),
+ *   run it, complete it (a status; a failure's message is recorded first).
+ *
+ * Ownership, at each call (nng's way of saying it):
+ * - mp__jobs_submit copies the caller's items into the job block before it returns (an
+ *   iterator's are copied a window at a time by mp__jobs_feed, from the caller's array,
+ *   which the caller keeps valid); the job block is the table's; the caller gets one
+ *   reference (the owner's) and the slot holds another until the job completes.
+ * - A claimed chunk's input and output are the claiming worker's until it completes the
+ *   chunk or the table loses it (mp__jobs_worker_lost): a completion that comes after the
+ *   loss, or after an abort, is refused (returns false) and writes nothing the pool reads.
+ * - Results are read by the owner only once the job (or, for an iterator, the chunk) is
+ *   complete; mp__job_take copies them out; the block stays the table's.
+ * - mp__jobs_release drops the owner's reference; the block is freed (or kept as a spare)
+ *   by the pool's process once no reference is left and no worker has it pinned.
+ * - The shared block and every job block are freed by mp__jobs_free, once every worker
+ *   has ended.
+ * Fields of the structs below are the table's: pool.c reads only the immutable header of a
+ * job (n, chunksize, n_chunks, window, result_size); the worker reads the function table.
+ */
+#ifndef MP_POOL_JOBS_H
+#define MP_POOL_JOBS_H
+
+#include "internal.h"
+#include "pool_launcher.h"
+
+#define MP__POOL_SLOTS 256       /* jobs (maps, applies, iterators) in flight at once */
+#define MP__POOL_MAX_WORKERS 1024
+#define MP__POOL_MAX_FNS 256     /* distinct task functions per pool */
+
+/* A chunk's state word: chunk number << 32 | attempts << 24 | owner (worker + 1) << 4 |
+ * status. The owner field is the record of which worker runs the chunk. */
+enum {
+  MP__CHUNK_FREE = 0, /* iterator window slot not holding a fed chunk */
+  MP__CHUNK_QUEUED,
+  MP__CHUNK_RUNNING,
+  MP__CHUNK_DONE,
+  MP__CHUNK_FAILED,
+};
+#define MP__CHUNK_STATE(chunk, attempts, owner, status)                                     \
+  ((uint64_t)(chunk) << 32 | (uint64_t)(attempts) << 24 | (uint64_t)(owner) << 4 | (status))
+#define MP__CHUNK_OF(v) ((uint32_t)((v) >> 32))
+#define MP__CHUNK_ATTEMPTS(v) ((uint32_t)((v) >> 24) & 0xffu)
+#define MP__CHUNK_OWNER(v) ((uint32_t)((v) >> 4) & 0xfffffu)
+#define MP__CHUNK_STATUS(v) ((uint32_t)(v) & 0xfu)
+
+typedef struct {
+  uint64_t item; /* the failed item's index */
+  int32_t code;
+  char msg[MP__POOL_MSG];
+} mp__task_error_t;
+
+enum {
+  MP__JOB_ITERATOR = 1u, /* a window of chunks fed as results are taken; one error per slot */
+  MP__JOB_WAKE_EACH = 2u, /* wake the waiter at every chunk, not only at the end */
+  MP__JOB_NOTIFY = 4u,    /* tell the supervisor when it completes (callbacks) */
+};
+
+/* A job: one map, apply or iterator, one block of the arena. Chunks [0, limit) have been fed;
+ * chunk c lives in window slot c % window (window = n_chunks for a map). */
+typedef struct {
+  uint64_t seq; /* its number in the pool, which names its slot */
+  uint32_t fn;  /* index in the pool's function table */
+  uint32_t flags;
+  uint64_t n, item_size, result_size, chunksize;
+  uint32_t n_chunks, window;
+  _Atomic uint32_t limit;
+  _Atomic uint32_t hint;           /* chunks below it are not queued, except retried ones */
+  _Atomic uint32_t retries_queued; /* chunks queued again after their worker died */
+  _Atomic uint32_t wake;           /* futex word, bumped when a waiter may proceed */
+  _Atomic uint32_t waiters;
+  _Atomic uint32_t refs;           /* the slot's and the owner's */
+  _Atomic uint32_t callback_done;
+  _Atomic int32_t abort_code;      /* MP_ETERMINATED once the pool was terminated */
+  _Atomic uint64_t result_len;     /* an apply's result length */
+  pthread_mutex_t err_lock;        /* robust: workers record failures */
+  void *parent_next;               /* the pool's list of its jobs, in the pool's process */
+  uint64_t block_size;             /* bytes of its block, which a later job may reuse */
+  uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
+  uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
+  uint32_t n_counters;
+} mp__job_t;
+
+/* A worker's record, written by the worker (and by the supervisor once it has died). */
+enum {
+  MP__WORKER_EMPTY = 0,
+  MP__WORKER_STARTING,
+  MP__WORKER_READY,
+  MP__WORKER_INIT_FAILED, /* error holds the initializer's message */
+  MP__WORKER_RETIRED,     /* exits after maxtasksperchild tasks: replace it, fail nothing */
+  MP__WORKER_DONE,        /* exits: the pool was closed and its work is done */
+};
+
+typedef struct {
+  _Atomic uint32_t state;
+  _Atomic int32_t pid;
+  _Atomic uint64_t pin;     /* seq + 1 of the job it is looking at: not to be freed */
+  _Atomic uint64_t run_seq; /* seq + 1 of the job of the chunk it runs, 0 if none */
+  _Atomic uint32_t run_chunk;
+  _Atomic uint64_t run_item; /* the running task's index in its chunk */
+  _Atomic uint64_t idle_ticket; /* when it went idle (0: busy): the latest is woken first */
+  _Atomic uint32_t wake;        /* futex: its own, bumped to wake it */
+  char error[MP__POOL_MSG];
+} mp__worker_rec_t;
+
+enum { MP__POOL_CLOSED = 1u, MP__POOL_TERMINATED = 2u };
+
+/* What the pool's processes share. */
+struct mp__pool_shared_s {
+  _Atomic uint32_t work;  /* futex: bumped when new work may be claimable */
+  _Atomic uint32_t idle;  /* workers about to sleep or asleep */
+  _Atomic uint64_t idle_tickets;
+  _Atomic uint32_t slot_free; /* futex: bumped when a job's slot frees */
+  _Atomic uint32_t slot_waiters;
+  _Atomic uint32_t status; /* futex: bumped when a worker is ready or failed to be */
+  _Atomic uint32_t flags;
+  _Atomic uint64_t next_seq, oldest; /* jobs [oldest, next_seq) may be incomplete */
+  uint32_t n_workers, maxtasks, retries;
+  uint64_t event_key;   /* the eventfd that wakes the supervisor, passed by key */
+  _Atomic uint32_t n_fns;
+  mp__fnref_t *fns[MP__POOL_MAX_FNS]; /* blocks of the arena */
+  mp__fn_t local_fns[MP__POOL_MAX_FNS]; /* the same, as pointers of the pool's process */
+  mp__fnref_t *init_ref;  /* NULL: no initializer */
+  mp__fn_t init_local;
+  void *initargs;
+  uint64_t initargs_size;
+  struct {
+    _Atomic uint64_t state; /* seq << 1 | active */
+    mp__job_t *job;
+  } slots[MP__POOL_SLOTS];
+  mp__worker_rec_t workers[]; /* n_workers, then one for the supervisor's pins */
+};
+
+/* Bytes after each window slot's results, checked by the worker after each task. */
+#define MP__JOB_CANARY 8
+#define MP__JOB_CANARY_WORD 0x5d6d702d6a6f625bull /* "[boj-pm]" */
+
+/* ------------------------------ the pool's side ------------------------------ */
+
+typedef struct mp__jobs_s mp__jobs_t;
+
+/* A table for n_workers, with its shared block. Errors: MP_ENOMEM. */
+int mp__jobs_create(mp__jobs_t **out, uint32_t n_workers, unsigned maxtasks, unsigned retries);
+/* Frees every block, the function table and the shared block: after every worker ended. */
+void mp__jobs_free(mp__jobs_t *t);
+/* The shared block, to hand to the launcher (opaque there). */
+mp__pool_shared_t *mp__jobs_shared(const mp__jobs_t *t);
+/* The eventfd that wakes the supervisor, passed to workers by key (the table keeps the key;
+ * the caller keeps the fd). */
+void mp__jobs_set_event_key(mp__jobs_t *t, uint64_t key);
+/* The initializer, by identity, and a copy of its argument bytes. Errors: MP_ECROSS,
+ * MP_ENOMEM. */
+int mp__jobs_set_initializer(mp__jobs_t *t, mp__fn_t fn, const void *args, size_t size);
+/* fn's index in the table, added on first use. Errors: MP_ELIMIT (more than
+ * MP__POOL_MAX_FNS functions), MP_ECROSS, MP_ENOMEM. */
+int mp__jobs_function(mp__jobs_t *t, mp__fn_t fn, uint32_t *index);
+
+typedef struct {
+  uint32_t fn; /* from mp__jobs_function */
+  uint32_t flags;
+  const void *items;
+  uint64_t n, item_size, result_size, chunksize;
+  uint32_t window; /* 0: the whole map */
+} mp__job_spec_t;
+/* Creates, fills and publishes a job (waiting for a free slot), and wakes workers. *job has
+ * the owner's reference. Errors: MP_EINVAL (sizes that overflow), MP_ENOMEM, MP_ETERMINATED. */
+int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *spec, mp__job_t **job);
+/* Drops the owner's reference. */
+void mp__jobs_release(mp__jobs_t *t, mp__job_t *job);
+/* Frees the blocks of jobs nobody refers to and no worker has pinned. */
+void mp__jobs_reclaim(mp__jobs_t *t);
+/* Worker w ended outside the protocol: the chunk it ran (its record says which, else the
+ * owner fields do) is queued again or failed with MP_EWORKERDIED and `why`, naming the item
+ * it ran; a count it left half-done is finished. */
+void mp__jobs_worker_lost(mp__jobs_t *t, uint32_t w, const char *why);
+/* Every chunk not done fails with code; every worker and slot waiter is woken. */
+void mp__jobs_abort_all(mp__jobs_t *t, int code);
+/* Jobs submitted and not complete. */
+bool mp__jobs_work_left(const mp__jobs_t *t);
+/* MP__POOL_CLOSED or MP__POOL_TERMINATED, set (and workers woken for close), or read. */
+void mp__jobs_set_flag(mp__jobs_t *t, uint32_t flag);
+uint32_t mp__jobs_flags(const mp__jobs_t *t);
+
+/* Worker records, written by the supervisor around a worker's life. */
+void mp__jobs_worker_starting(mp__jobs_t *t, uint32_t w);
+void mp__jobs_worker_started(mp__jobs_t *t, uint32_t w, int pid);
+/* After its end: its pins and idle ticket dropped, its record empty. */
+void mp__jobs_worker_gone(mp__jobs_t *t, uint32_t w);
+uint32_t mp__jobs_worker_state(const mp__jobs_t *t, uint32_t w);
+int mp__jobs_worker_pid(const mp__jobs_t *t, uint32_t w);
+/* Why a worker's initializer failed (MP__WORKER_INIT_FAILED), or why it exited. */
+const char *mp__jobs_worker_error(const mp__jobs_t *t, uint32_t w);
+/* Workers in state READY. */
+uint32_t mp__jobs_ready(const mp__jobs_t *t);
+/* A futex word bumped when a worker changes state (and by mp__jobs_wake_status). */
+_Atomic uint32_t *mp__jobs_status_word(mp__jobs_t *t);
+void mp__jobs_wake_status(mp__jobs_t *t);
+
+/* A job's outcome, once complete. */
+bool mp__job_complete(const mp__job_t *job);
+int mp__job_aborted(const mp__job_t *job); /* its abort code, or 0 */
+/* Waits until done(job, arg) or the deadline: 0 or MP_ETIMEDOUT. Signals do not end the
+ * wait, except that MP_EINTR is returned once *interrupts (if not NULL) has changed. */
+int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
+                 const _Atomic uint32_t *interrupts, int64_t deadline);
+/* Copies a complete job's results out (a map's chunk by chunk, a failed chunk's zeroed; an
+ * apply's result if it succeeded) and returns 0, or its first failure's code with its
+ * sentence. cap below the length: MP_ETOOSMALL, nothing copied. *len (if not NULL): the
+ * length. */
+int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, size_t *len);
+/* Callbacks: marks them run and wakes the waiter. */
+void mp__job_callbacks_done(mp__job_t *job);
+bool mp__job_callbacks_ran(const mp__job_t *job);
+/* Iterators: the chunk to deliver next (the ordered one, or any finished), or -1. */
+int64_t mp__job_finished_chunk(const mp__job_t *job, bool ordered, uint32_t next);
+/* Item i (an index in the job) of a finished chunk: 0 and its result copied, or its
+ * chunk's failure for items at or after the failed one (code, sentence, *failed_item). */
+int mp__job_item(const mp__job_t *job, uint32_t chunk, uint64_t i, void *result,
+                 uint64_t *failed_item);
+/* A delivered chunk's window slot is free: feed the next chunks from items. */
+void mp__jobs_return_chunk(mp__jobs_t *t, mp__job_t *job, uint32_t chunk, const void *items);
+/* Feeds the next chunk of an iterator if its window slot is free (true if it did). */
+bool mp__jobs_feed(mp__jobs_t *t, mp__job_t *job, const void *items);
+/* Fails every chunk of the job not done with code; the job then completes. */
+void mp__jobs_abort(mp__jobs_t *t, mp__job_t *job, int code);
+/* The number of items of a chunk. */
+uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk);
+
+/* Wakes the supervisor (an eventfd write); fd is this process's eventfd. */
+void mp__pool_notify(int fd);
+
+/* ------------------------------- a worker's side ------------------------------- */
+
+/* Sleeps until woken by new work, unless the work word moved past seen. */
+void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen);
+/* Claims the oldest queued chunk of any job for worker w: true with its task view. */
+bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task);
+/* The task's chunk is done (MP__CHUNK_DONE) or failed (MP__CHUNK_FAILED, with task->code,
+ * task->failed_item and task->msg recorded): counted, its waiter woken, and if it was the
+ * job's last, the job's slot freed. false if the chunk was lost or aborted first: then
+ * nothing is recorded. */
+bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint32_t status,
+                       int notify_fd);
+
+/* ----------------------- inside the table, for its unit test ----------------------- */
+
+/* Loses chunk of job, run by worker w, at item (see mp__jobs_worker_lost): true if queued
+ * again, false if failed (or not w's). */
+bool mp__job_lose_chunk(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint64_t item,
+                        int code, const char *msg);
+_Atomic uint64_t *mp__job_state(const mp__job_t *job, uint32_t chunk);
+const mp__task_error_t *mp__job_error(const mp__job_t *job, uint32_t chunk);
+
+#endif /* MP_POOL_JOBS_H */

@@ -1,0 +1,119 @@
+/*
+ * Where a Pool's workers come from: launchers behind one table of operations, and what a
+ * worker runs. pool.c drives a launcher through mp__launcher_ops_t and learns of its workers
+ * through the events it gave it; it never asks which launcher it has, and no launcher calls
+ * into pool.c. One launcher per worker kind: processes of a context (spawn, forkserver),
+ * fork's (the first workers forked at creation, replacements by a zygote: pool_process.c),
+ * threads (pool_thread.c). An MPI launcher would be one more table, whose workers replace
+ * the "run a task" step (mp__worker_how_t) to send the task to a rank.
+ *
+ * Ownership: the launcher owns its per-worker state (processes, sentinels, threads, the
+ * zygote) from open() to free(); the shared block it hands to workers is the job table's
+ * (opaque here) and outlives every worker; the loop is the supervisor's.
+ */
+#ifndef MP_POOL_LAUNCHER_H
+#define MP_POOL_LAUNCHER_H
+
+#include "internal.h"
+
+#include <uv.h>
+
+#define MP__POOL_MSG 512 /* a task's failure message, a worker's reason */
+
+/* The job table's shared block (pool_jobs.h): opaque to launchers. */
+typedef struct mp__pool_shared_s mp__pool_shared_t;
+
+/* --------------------------------- a task --------------------------------- */
+
+/* One claimed chunk as a worker sees it (filled in by the job table's claim). Its input and
+ * output are the worker's until it completes the chunk. */
+typedef struct {
+  void *job;      /* the job table's */
+  uint32_t chunk; /* the chunk's number in its job */
+  uint32_t fn;    /* the function's index in the pool's table */
+  mp__fn_t call;  /* the function, resolved in this worker (set before the run step) */
+  const char *input;
+  uint64_t item_size;
+  char *output;         /* count results of result_size bytes, then a canary */
+  uint64_t result_size; /* each result's room */
+  uint64_t first;       /* the chunk's first item's index in its job */
+  uint64_t count;
+  _Atomic uint64_t *running; /* where the running item's offset is recorded */
+  /* Set by the run step. */
+  uint64_t result_len; /* the last item's result length (an apply's) */
+  uint64_t failed_item;
+  int code;
+  char msg[MP__POOL_MSG];
+} mp__task_t;
+
+/* Runs the task's items in order until one fails: 0, or the failure's negative code with
+ * task->failed_item and task->msg set. mp__run_task is the local one. */
+typedef int (*mp__run_task_t)(mp__task_t *task, void *arg);
+int mp__run_task(mp__task_t *task, void *arg);
+
+/* How a worker resolves and runs its tasks. */
+typedef struct {
+  bool local;           /* a thread of the pool's process: functions are plain pointers */
+  mp__run_task_t run;   /* mp__run_task, or a remote launcher's */
+  void *run_arg;
+} mp__worker_how_t;
+
+/* A worker's life (pool_worker.c): its initializer, then tasks until the pool closes or is
+ * terminated, or it retires; returns its exit status (0, or non-zero with the reason in its
+ * record). */
+int mp__pool_worker_main(mp__pool_shared_t *sh, uint32_t w, const mp__worker_how_t *how);
+
+/* ------------------------------- launchers -------------------------------- */
+
+/* What a launcher reports, always from the supervisor's thread (or, before the supervisor
+ * runs, from the thread creating the pool). */
+typedef struct {
+  void *pool;
+  /* Worker w's pid became known (a zygote's child is known after its fork). */
+  void (*started)(void *pool, uint32_t w, int pid);
+  /* Worker w could not be started after start() returned: rc, and why. */
+  void (*start_failed)(void *pool, uint32_t w, int rc, const char *why);
+  /* Worker w ended: its exit status, or minus the signal that killed it. */
+  void (*ended)(void *pool, uint32_t w, int exitcode);
+  /* No worker can be started any more (fork's zygote died): why. Comes before the ends of
+   * the workers the launcher loses with it. */
+  void (*broken)(void *pool, const char *why);
+} mp__launcher_events_t;
+
+typedef struct {
+  uint32_t n_workers;
+  mp_context_t *ctx;
+  mp__pool_shared_t *sh; /* handed to each worker */
+  uint64_t event_key;    /* the supervisor's eventfd, passed to worker processes by key */
+  int event_fd;          /* the same, in this process */
+  uv_loop_t *loop;       /* the supervisor's: handles may be made on it, not run */
+  mp__launcher_events_t events;
+} mp__launcher_config_t;
+
+typedef struct {
+  /* Makes the launcher's state. Errors with a sentence. */
+  int (*open)(const mp__launcher_config_t *config, void **state);
+  /* Starts worker w: 0 and its pid (0 if not known yet, or a thread), or an error with a
+   * sentence. Called before watch() from the thread creating the pool (fork forks the first
+   * workers there), after it from the supervisor's. */
+  int (*start)(void *state, uint32_t w, int *pid);
+  /* The supervisor's loop is about to run: watch the workers started so far. */
+  int (*watch)(void *state);
+  /* Stops every worker at once (a thread cannot be stopped: its task runs to its end);
+   * their ends are reported as usual. */
+  void (*stop)(void *state);
+  /* Every worker has ended: releases what is not needed any more. */
+  void (*close)(void *state);
+  /* The supervisor's loop is closed: kills and reaps what is left, frees the state. */
+  void (*free)(void *state);
+} mp__launcher_ops_t;
+
+/* The launcher for a context's workers (pool_process.c). */
+const mp__launcher_ops_t *mp__pool_launcher(const mp_context_t *ctx);
+extern const mp__launcher_ops_t mp__thread_launcher;
+
+/* Runs fn in a new thread with every signal blocked: signals are for the user's threads
+ * (pool_thread.c; the supervisor's thread too). Errors with a sentence. */
+int mp__start_quiet_thread(pthread_t *thread, void *(*fn)(void *), void *arg);
+
+#endif /* MP_POOL_LAUNCHER_H */

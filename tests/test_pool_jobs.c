@@ -1,0 +1,189 @@
+/*
+ * The job table's claim / complete / lose protocol on its own (lib/pool_jobs.c), with no
+ * worker and no supervisor: this suite plays both, in one thread, through the table's API.
+ * It links the static library, as the heap suite does.
+ */
+#include "../lib/pool_jobs.h"
+#include "mp_test.h"
+
+static int identity(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)size;
+  (void)result_size;
+  *(int *)result = *(const int *)arg;
+  return 0;
+}
+
+static mp__jobs_t *table;
+
+static void free_table(void) {
+  mp__jobs_free(table);
+  table = NULL;
+}
+
+/* A table of two workers and a map of n ints in chunks of chunksize, submitted. */
+static mp__job_t *submit_map(unsigned retries, const int *items, uint64_t n,
+                             uint64_t chunksize) {
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, retries));
+  mp_test_set_hook(free_table);
+  mp__job_spec_t spec = {0, 0, items, n, sizeof(int), sizeof(int), chunksize, 0};
+  MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
+  mp__job_t *job;
+  MP_ASSERT_OK(mp__jobs_submit(table, &spec, &job));
+  return job;
+}
+
+static void end_table(mp__job_t *job) {
+  mp__jobs_release(table, job);
+  mp_test_set_hook(NULL);
+  free_table();
+}
+
+/* Claims a chunk as worker w and runs it with the table's own run step. */
+static void claim(uint32_t w, mp__task_t *task) {
+  T_ASSERT(mp__pool_claim(mp__jobs_shared(table), w, task), "worker %u claimed nothing", w);
+  task->call = (mp__fn_t)identity;
+  MP_ASSERT_OK(mp__run_task(task, NULL));
+}
+
+static bool complete(uint32_t w, mp__task_t *task) {
+  return mp__pool_complete(mp__jobs_shared(table), w, task, MP__CHUNK_DONE, -1);
+}
+
+START_TEST(test_claim_complete) {
+  int in[4] = {1, 2, 3, 4}, out[4] = {0};
+  mp__job_t *job = submit_map(0, in, 4, 2);
+  mp__task_t a, b, none;
+  claim(0, &a);
+  claim(1, &b);
+  T_INT_EQ(a.first, 0);
+  T_INT_EQ(b.first, 2);
+  T_INT_EQ(a.count, 2);
+  T_ASSERT(!mp__pool_claim(mp__jobs_shared(table), 0, &none), "a third chunk was claimed");
+  T_ASSERT(complete(0, &a) && !mp__job_complete(job), "one chunk of two completed the job");
+  T_ASSERT(complete(1, &b) && mp__job_complete(job), "the job is not complete");
+  MP_ASSERT_OK(mp__job_take(job, false, out, sizeof out, NULL));
+  for (int k = 0; k < 4; k++)
+    T_INT_EQ(out[k], in[k]);
+  end_table(job);
+}
+END_TEST
+
+/* A worker lost between claim and complete: its chunk fails, naming the item it ran, and
+ * its late completion is refused. */
+START_TEST(test_lost_between_claim_and_complete) {
+  int in[4] = {1, 2, 3, 4}, out[4];
+  mp__job_t *job = submit_map(0, in, 4, 2);
+  mp__task_t a, b;
+  claim(0, &a);
+  atomic_store(a.running, 1); /* it was running the chunk's second item */
+  mp__jobs_worker_lost(table, 0, "worker 1 was lost");
+  mp__jobs_worker_gone(table, 0);
+  T_ASSERT(!complete(0, &a), "a lost chunk's completion was taken");
+  T_ASSERT(!mp__job_complete(job), "complete with a chunk never run");
+  claim(1, &b);
+  T_ASSERT(complete(1, &b), "the other chunk's completion was refused");
+  T_ASSERT(mp__job_complete(job), "the job is not complete");
+  MP_ASSERT_ERR(mp__job_take(job, false, out, sizeof out, NULL), MP_EWORKERDIED);
+  T_STR_EQ(mp_last_error(), "item 1: worker 1 was lost");
+  T_INT_EQ(out[0], 0); /* a failed chunk's results are zero */
+  T_INT_EQ(out[3], 4);
+  end_table(job);
+}
+END_TEST
+
+/* With retries the lost chunk is queued again and another worker runs it. */
+START_TEST(test_lost_and_retried) {
+  int in[2] = {5, 6}, out[2];
+  mp__job_t *job = submit_map(1, in, 2, 2);
+  mp__task_t a, again;
+  claim(0, &a);
+  mp__jobs_worker_lost(table, 0, "worker 1 was lost");
+  mp__jobs_worker_gone(table, 0);
+  claim(1, &again);
+  T_INT_EQ(again.first, 0);
+  T_ASSERT(!complete(0, &a), "the lost worker's completion was taken");
+  T_ASSERT(complete(1, &again) && mp__job_complete(job), "the retry did not complete the job");
+  MP_ASSERT_OK(mp__job_take(job, false, out, sizeof out, NULL));
+  T_INT_EQ(out[1], 6);
+  end_table(job);
+}
+END_TEST
+
+/* A double complete counts once. */
+START_TEST(test_double_complete) {
+  int in[4] = {1, 2, 3, 4};
+  mp__job_t *job = submit_map(0, in, 4, 2);
+  mp__task_t a, b;
+  claim(0, &a);
+  T_ASSERT(complete(0, &a), "the first completion was refused");
+  T_ASSERT(!complete(0, &a), "the second completion was taken");
+  T_ASSERT(!mp__job_complete(job), "one chunk completed twice completed the job");
+  claim(1, &b);
+  T_ASSERT(complete(1, &b) && mp__job_complete(job), "the job is not complete");
+  end_table(job);
+}
+END_TEST
+
+/* A worker lost after it completed its chunk loses nothing. */
+START_TEST(test_lose_after_complete) {
+  int in[2] = {7, 8}, out[2];
+  mp__job_t *job = submit_map(0, in, 2, 1);
+  mp__task_t a, b;
+  claim(0, &a);
+  T_ASSERT(complete(0, &a), "the completion was refused");
+  mp__jobs_worker_lost(table, 0, "worker 1 was lost");
+  mp__jobs_worker_gone(table, 0);
+  claim(1, &b);
+  T_ASSERT(complete(1, &b) && mp__job_complete(job), "the job is not complete");
+  MP_ASSERT_OK(mp__job_take(job, false, out, sizeof out, NULL));
+  T_INT_EQ(out[0], 7);
+  T_INT_EQ(out[1], 8);
+  end_table(job);
+}
+END_TEST
+
+/* An abort fails what is not done; a completion after it is refused. */
+START_TEST(test_abort_then_complete) {
+  int in[2] = {7, 8};
+  mp__job_t *job = submit_map(0, in, 2, 1);
+  mp__task_t a;
+  claim(0, &a);
+  mp__jobs_abort_all(table, MP_ETERMINATED);
+  T_ASSERT(mp__job_complete(job), "an aborted job is not complete");
+  T_INT_EQ(mp__job_aborted(job), MP_ETERMINATED);
+  T_ASSERT(!complete(0, &a), "a completion after the abort was taken");
+  end_table(job);
+}
+END_TEST
+
+/* More functions than the table holds: MP_ELIMIT, with a sentence. */
+START_TEST(test_function_limit) {
+  MP_ASSERT_OK(mp__jobs_create(&table, 1, 0, 0));
+  mp_test_set_hook(free_table);
+  uint32_t index;
+  /* Addresses inside this program's code cross by identity, as functions would. */
+  uintptr_t base = (uintptr_t)identity;
+  for (uintptr_t k = 0; k < MP__POOL_MAX_FNS; k++)
+    MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)(base + k), &index));
+  MP_ASSERT_ERR(mp__jobs_function(table, (mp__fn_t)(base + MP__POOL_MAX_FNS), &index),
+                MP_ELIMIT);
+  T_ASSERT(strstr(mp_last_error(), "task functions"), "message: %s", mp_last_error());
+  mp_test_set_hook(NULL);
+  free_table();
+}
+END_TEST
+
+static Suite *pool_jobs_suite(void) {
+  Suite *s = suite_create("pool_jobs");
+  TCase *tc = mp_test_tcase(s, "protocol", 30);
+  tcase_add_test(tc, test_claim_complete);
+  tcase_add_test(tc, test_lost_between_claim_and_complete);
+  tcase_add_test(tc, test_lost_and_retried);
+  tcase_add_test(tc, test_double_complete);
+  tcase_add_test(tc, test_lose_after_complete);
+  tcase_add_test(tc, test_abort_then_complete);
+  tcase_add_test(tc, test_function_limit);
+  return s;
+}
+
+MP_TEST_MAIN(pool_jobs_suite)
