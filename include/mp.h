@@ -18,6 +18,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "mp/version.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -88,6 +90,16 @@ MP_EXTERN const char *mp_err_name(int code);
  * next failing libmp call.
  */
 MP_EXTERN const char *mp_last_error(void);
+
+/* ================================ version ================================ */
+
+/*
+ * The version of the libmp the program runs with ("0.1.0"), which may be newer than the
+ * MP_VERSION_STRING it was compiled against (<mp/version.h>: MP_VERSION_MAJOR, _MINOR,
+ * _PATCH). Never NULL; a static string. No Python counterpart (multiprocessing is versioned
+ * with the interpreter, sys.version).
+ */
+MP_EXTERN const char *mp_version(void);
 
 /* ================================ timeouts ================================ */
 

@@ -60,8 +60,11 @@ int mp__error_prefix(int code, const char *fmt, ...) {
   va_start(ap, fmt);
   int n = vsnprintf(last_error, sizeof last_error, fmt, ap);
   va_end(ap);
-  if (n >= 0 && (size_t)n < sizeof last_error)
-    snprintf(last_error + n, sizeof last_error - (size_t)n, ": %s", saved);
+  /* The cause follows, cut to the room left (a precision tells the compiler so). */
+  if (n >= 0 && (size_t)n < sizeof last_error) {
+    size_t room = sizeof last_error - (size_t)n;
+    snprintf(last_error + n, room, ": %.*s", (int)room, saved);
+  }
   return code;
 }
 

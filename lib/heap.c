@@ -135,7 +135,7 @@ static int create_arena(void) {
   int fd = memfd_create("libmp-arena", MFD_CLOEXEC);
   if (fd < 0)
     return mp__syserror("memfd_create for the shared arena");
-  void *base;
+  void *base = NULL;
   bool valgrind = on_valgrind();
   uint64_t reserve = valgrind ? VALGRIND_RESERVE : RESERVE_DEFAULT;
   uint64_t initial = valgrind ? VALGRIND_RESERVE : INITIAL_SIZE;
@@ -307,7 +307,7 @@ int mp__heap_attach(int fd, const mp__heap_map_t *map) {
     close(fd); /* a fork server that read an earlier request already maps it */
     return 0;
   }
-  void *base;
+  void *base = NULL;
   int rc = map_at(fd, map->base, map->reserve, MAP_FIXED_NOREPLACE, &base);
   if (rc < 0) {
     close(fd);

@@ -154,6 +154,17 @@ START_TEST(test_last_error_per_thread) {
 }
 END_TEST
 
+/* The macros come from meson's project version; mp_version() is the library's own. */
+START_TEST(test_version) {
+  char joined[64];
+  snprintf(joined, sizeof joined, "%d.%d.%d", MP_VERSION_MAJOR, MP_VERSION_MINOR,
+           MP_VERSION_PATCH);
+  T_STR_EQ(joined, PROJECT_VERSION);
+  T_STR_EQ(MP_VERSION_STRING, PROJECT_VERSION);
+  T_STR_EQ(mp_version(), PROJECT_VERSION);
+}
+END_TEST
+
 static Suite *errors_suite(void) {
   Suite *s = suite_create("errors");
   TCase *tc = mp_test_tcase(s, "errors", 10);
@@ -163,6 +174,7 @@ static Suite *errors_suite(void) {
   tcase_add_test(tc, test_unknown_code);
   tcase_add_test(tc, test_last_error_set_by_failure);
   tcase_add_test(tc, test_last_error_per_thread);
+  tcase_add_test(tc, test_version);
   return s;
 }
 
