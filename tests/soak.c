@@ -55,7 +55,7 @@ typedef struct {
   mp_queue_t *queue;
   _Atomic unsigned char *seen; /* MAX_INC * MAX_SEQ delivery counts, in the arena */
   int inc;                     /* a producer's incarnation */
-  int slot;                    /* a consumer's flag */
+  int slot;                    /* a consumer's flag; -1 for a producer */
   unsigned seed;
 } role_t;
 
@@ -108,21 +108,10 @@ static bool message_valid(const unsigned char *buf, size_t len, header_t *h) {
          h->sum == checksum(buf + sizeof *h, len - sizeof *h);
 }
 
-static control_t *attach_control(const role_t *role, mp_shared_memory_t **shm) {
-  if (mp_shared_memory_attach(shm, role->shm_name) != 0)
-    return NULL;
-  return mp_shared_memory_buf(*shm);
-}
-
 /* ================================ the roles ================================ */
 
-static int producer(void *arg, size_t size) {
-  role_t *role = arg;
-  mp_shared_memory_t *shm;
-  control_t *ctl = size == sizeof *role ? attach_control(role, &shm) : NULL;
-  unsigned char *msg = malloc(MSG_MAX);
-  if (!ctl || !msg)
-    return 2;
+/* A producer: puts its messages until told to stop or MAX_SEQ are in. */
+static int produce(const role_t *role, control_t *ctl, unsigned char *msg) {
   unsigned seed = role->seed;
   for (int seq = 0; seq < MAX_SEQ && !atomic_load(&ctl->stop_producers);) {
     size_t len = make_message(msg, role->inc, seq, &seed);
@@ -137,18 +126,12 @@ static int producer(void *arg, size_t size) {
     }
     atomic_store(&ctl->done[role->inc], ++seq);
   }
-  free(msg);
-  mp_shared_memory_close(shm);
   return 0;
 }
 
-static int consumer(void *arg, size_t size) {
-  role_t *role = arg;
-  mp_shared_memory_t *shm;
-  control_t *ctl = size == sizeof *role ? attach_control(role, &shm) : NULL;
-  unsigned char *buf = malloc(MSG_MAX);
-  if (!ctl || !buf)
-    return 2;
+/* A consumer: gets and records messages until told to stop and the queue is empty; its
+ * flag is up from before its get until what it got is recorded. */
+static int consume(const role_t *role, control_t *ctl, unsigned char *buf) {
   for (;;) {
     atomic_store(&ctl->in_get[role->slot], 1);
     size_t len = 0;
@@ -160,15 +143,27 @@ static int consumer(void *arg, size_t size) {
       atomic_fetch_add(&ctl->corrupt, 1);
     atomic_store(&ctl->in_get[role->slot], 0);
     if (rc == MP_EEMPTY && atomic_load(&ctl->stop_consumers))
-      break;
+      return 0;
     if (rc != 0 && rc != MP_EEMPTY) {
       fprintf(stderr, "soak: consumer: %s (%s)\n", mp_strerror(rc), mp_last_error());
       return 3;
     }
   }
+}
+
+/* A child's target: attaches the control block by name and plays its role. */
+static int play_role(void *arg, size_t size) {
+  role_t *role = arg;
+  mp_shared_memory_t *shm;
+  if (size != sizeof *role || mp_shared_memory_attach(&shm, role->shm_name) != 0)
+    return 2;
+  unsigned char *buf = malloc(MSG_MAX);
+  int code = !buf ? 2
+             : role->slot < 0 ? produce(role, mp_shared_memory_buf(shm), buf)
+                              : consume(role, mp_shared_memory_buf(shm), buf);
   free(buf);
   mp_shared_memory_close(shm);
-  return 0;
+  return code;
 }
 
 /* ================================ the run ================================ */
@@ -350,8 +345,7 @@ static bool start_child(child_t *c, bool is_producer) {
   if (is_producer)
     c->role.inc = next_inc++;
   c->role.seed = next_random(&run.seed);
-  int rc = mp_process_create(&c->proc, run.ctx, is_producer ? producer : consumer, &c->role,
-                             sizeof c->role, NULL);
+  int rc = mp_process_create(&c->proc, run.ctx, play_role, &c->role, sizeof c->role, NULL);
   if (rc == 0 && (rc = mp_process_start(c->proc)) != 0)
     mp_process_close(c->proc);
   if (rc != 0) {
@@ -422,7 +416,7 @@ static void soak_queues(double seconds, const char *shm_name) {
   child_t kids[PRODUCERS + CONSUMERS];
   bool ok = true;
   for (int i = 0; i < PRODUCERS + CONSUMERS; i++) {
-    kids[i].role = (role_t){.queue = queue, .seen = seen, .slot = i - PRODUCERS};
+    kids[i].role = (role_t){.queue = queue, .seen = seen, .slot = i < PRODUCERS ? -1 : i - PRODUCERS};
     snprintf(kids[i].role.shm_name, sizeof kids[i].role.shm_name, "%s", shm_name);
     ok = ok && start_child(&kids[i], i < PRODUCERS);
   }
