@@ -211,13 +211,15 @@ static pid_t parent_of(pid_t pid) {
   return close_paren && sscanf(close_paren + 1, " %*c %d", &ppid) == 1 ? (pid_t)ppid : 0;
 }
 
-/* Writes up to cap of this process's children to out; their number. */
-static size_t list_children(pid_t *out, size_t cap) {
+/* Writes up to cap of this process's children (grandchildren too, if deep: a fork server's
+ * or a zygote's children) to out; their number. */
+static size_t list_processes(pid_t *out, size_t cap, bool deep) {
   size_t n = 0;
   DIR *dir = opendir("/proc");
   for (struct dirent *d; dir && (d = readdir(dir));) {
-    pid_t pid = (pid_t)atoi(d->d_name);
-    if (pid > 0 && parent_of(pid) == getpid() && n < cap)
+    pid_t pid = (pid_t)atoi(d->d_name), parent = pid > 0 ? parent_of(pid) : 0;
+    bool mine = parent == getpid() || (deep && parent > 1 && parent_of(parent) == getpid());
+    if (mine && n < cap)
       out[n++] = pid;
   }
   if (dir)
@@ -225,9 +227,11 @@ static size_t list_children(pid_t *out, size_t cap) {
   return n;
 }
 
-static bool is_descendant(pid_t pid) {
-  pid_t parent = parent_of(pid);
-  return parent == getpid() || (parent > 1 && parent_of(parent) == getpid());
+static bool listed(pid_t pid, const pid_t *list, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (list[i] == pid)
+      return true;
+  return false;
 }
 
 /* ------------------------------ the pool part ------------------------------ */
@@ -251,11 +255,24 @@ static int square_plus(const void *arg, size_t size, void *result, size_t *resul
 
 /* SIGKILLs a random worker of ours that a task has named. */
 static bool kill_a_worker(_Atomic int *pids) {
+  pid_t mine[256];
+  size_t n = list_processes(mine, 256, true);
   for (int tries = 0; tries < PID_SLOTS; tries++) {
     pid_t pid = atomic_load(&pids[next_random(&run.seed) % PID_SLOTS]);
-    if (pid > 0 && is_descendant(pid) && kill(pid, SIGKILL) == 0)
+    if (pid > 0 && listed(pid, mine, n) && kill(pid, SIGKILL) == 0)
       return true;
   }
+  return false;
+}
+
+/* SIGKILLs a process of ours that is not in before: a replacement worker starting (or a
+ * fork server's new spare). */
+static bool kill_a_newcomer(const pid_t *before, size_t n_before) {
+  pid_t now_there[256];
+  size_t n = list_processes(now_there, 256, true);
+  for (size_t i = 0; i < n; i++)
+    if (!listed(now_there[i], before, n_before) && kill(now_there[i], SIGKILL) == 0)
+      return true;
   return false;
 }
 
@@ -266,7 +283,7 @@ static void soak_pool(double seconds, _Atomic int *pids) {
   mp_pool_t *pool = NULL;
   item_t items[ITEMS];
   long results[ITEMS];
-  long maps = 0, failed_maps = 0, kills = 0, wrong = 0, pools = 0;
+  long maps = 0, failed_maps = 0, kills = 0, starting_kills = 0, wrong = 0, pools = 0;
   for (double end = now() + seconds; now() < end;) {
     if (!pool) {
       int rc = mp_pool_create(&pool, &opts);
@@ -285,14 +302,25 @@ static void soak_pool(double seconds, _Atomic int *pids) {
       fail("pool: map_async: %s (%s)", mp_strerror(rc), mp_last_error());
       break;
     }
-    /* Every other map loses a worker, at a random moment of it. */
-    bool kill_one = next_random(&run.seed) % 2 == 0;
+    /* Every other map loses a worker at a random moment of it, and one time in two its
+     * replacement too, as it starts. */
+    bool kill_one = next_random(&run.seed) % 2 == 0, hunt = false;
+    pid_t before[256];
+    size_t n_before = 0;
     double map_end = now() + 60;
     while (mp_async_result_ready(ar) == 0 && now() < map_end) {
       sleep_for(0.001 + (next_random(&run.seed) % 20) / 1000.0);
-      if (kill_one && mp_async_result_ready(ar) == 0 && kill_a_worker(pids)) {
-        kills++;
-        kill_one = false;
+      if (hunt && kill_a_newcomer(before, n_before)) {
+        starting_kills++;
+        hunt = false;
+      }
+      if (kill_one && mp_async_result_ready(ar) == 0) {
+        n_before = list_processes(before, 256, true);
+        if (kill_a_worker(pids)) {
+          kills++;
+          kill_one = false;
+          hunt = next_random(&run.seed) % 2 == 0;
+        }
       }
     }
     memset(results, 0xff, sizeof results);
@@ -324,9 +352,9 @@ static void soak_pool(double seconds, _Atomic int *pids) {
   }
   if (wrong)
     fail("pool: %ld wrong results", wrong);
-  printf("soak [%s] pool: %ld maps (%ld failed by a worker's death), %ld workers killed, "
-         "%ld pools, %ld wrong results\n",
-         run.method, maps, failed_maps, kills, pools, wrong);
+  printf("soak [%s] pool: %ld maps (%ld failed by a worker's death), %ld workers killed "
+         "running and %ld starting, %ld pools, %ld wrong results\n",
+         run.method, maps, failed_maps, kills, starting_kills, pools, wrong);
 }
 
 /* ------------------------------ the queue part ------------------------------ */
@@ -501,7 +529,7 @@ static void check_leftovers(const pid_t *before, size_t n_before, int fds_before
   size_t n;
   bool extra;
   do {
-    n = list_children(now_children, 256);
+    n = list_processes(now_children, 256, false);
     extra = false;
     for (size_t i = 0; i < n; i++) {
       bool known = false;
@@ -557,7 +585,7 @@ int main(int argc, char **argv) {
   _Atomic int *pids = mp_array_ptr(pid_array);
   warm_up(shm_name, pids);
   pid_t before[256];
-  size_t n_before = list_children(before, 256);
+  size_t n_before = list_processes(before, 256, false);
   int fds_before = count_fds();
   if (strcmp(part, "all") == 0 || strcmp(part, "pool") == 0)
     soak_pool(seconds, pids);
