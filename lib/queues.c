@@ -67,11 +67,11 @@
  */
 #include "internal.h"
 
+#include <linux/filter.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/filter.h>
-#include <signal.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -86,7 +86,7 @@
 #define SPIN_NS 20000
 #define N_BELLS 64
 #define SLEEP_SLICE_NS 50000000 /* 50 ms */
-#define FREED_MAGIC 0x45455246u   /* "FREE" */
+#define FREED_MAGIC 0x45455246u /* "FREE" */
 #define N_MARKS 256
 
 typedef enum { FLAVOR_QUEUE = 1, FLAVOR_JOINABLE, FLAVOR_SIMPLE } flavor_t;

@@ -258,7 +258,8 @@ static inline void mp_test_expect_abort(void (*misuse)(void), const char *want) 
   int status = 0;
   T_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid: %s", strerror(errno));
   for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
-    if (mp_test_pids[i] == pid) mp_test_pids[i] = 0; /* reaped: not to be killed */
+    if (mp_test_pids[i] == pid)
+      mp_test_pids[i] = 0; /* reaped: not to be killed */
   T_ASSERT(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT,
            "the misuse ended with status %#x, not SIGABRT; it wrote: %s", status, text);
   T_ASSERT(strstr(text, want) != NULL, "stderr lacks \"%s\": %s", want, text);

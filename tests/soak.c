@@ -29,11 +29,11 @@
 
 #include "mp.h"
 
-#define MAX_INC 1024    /* producer incarnations in one run */
-#define MAX_SEQ 16384   /* messages per producer incarnation */
+#define MAX_INC 1024  /* producer incarnations in one run */
+#define MAX_SEQ 16384 /* messages per producer incarnation */
 #define PRODUCERS 3
 #define CONSUMERS 3
-#define RING 65536      /* messages above 8 KiB spill into arena blocks */
+#define RING 65536 /* messages above 8 KiB spill into arena blocks */
 #define MSG_MAX 40000
 #define MAGIC 0x4b414f53u /* "SOAK" */
 #define WORKERS 3
@@ -45,7 +45,7 @@
 typedef struct {
   _Atomic int stop_producers, stop_consumers;
   _Atomic long corrupt;
-  _Atomic int in_get[CONSUMERS]; /* the consumer in this slot is in a get (or recording) */
+  _Atomic int in_get[CONSUMERS];   /* the consumer in this slot is in a get (or recording) */
   _Atomic int attempting[MAX_INC]; /* the seq an incarnation is putting */
   _Atomic int done[MAX_INC];       /* how many of its puts returned 0 */
 } control_t;
@@ -158,7 +158,7 @@ static int play_role(void *arg, size_t size) {
   if (size != sizeof *role || mp_shared_memory_attach(&shm, role->shm_name) != 0)
     return 2;
   unsigned char *buf = malloc(MSG_MAX);
-  int code = !buf ? 2
+  int code = !buf             ? 2
              : role->slot < 0 ? produce(role, mp_shared_memory_buf(shm), buf)
                               : consume(role, mp_shared_memory_buf(shm), buf);
   free(buf);
@@ -444,7 +444,8 @@ static void soak_queues(double seconds, const char *shm_name) {
   child_t kids[PRODUCERS + CONSUMERS];
   bool ok = true;
   for (int i = 0; i < PRODUCERS + CONSUMERS; i++) {
-    kids[i].role = (role_t){.queue = queue, .seen = seen, .slot = i < PRODUCERS ? -1 : i - PRODUCERS};
+    kids[i].role =
+        (role_t){.queue = queue, .seen = seen, .slot = i < PRODUCERS ? -1 : i - PRODUCERS};
     snprintf(kids[i].role.shm_name, sizeof kids[i].role.shm_name, "%s", shm_name);
     ok = ok && start_child(&kids[i], i < PRODUCERS);
   }
@@ -455,8 +456,8 @@ static void soak_queues(double seconds, const char *shm_name) {
     bool is_producer = i < PRODUCERS;
     int code = 1;
     /* A producer that finished its run is replaced too. */
-    bool ended = mp_process_join(kids[i].proc, 0) == 0 &&
-                 mp_process_exitcode(kids[i].proc, &code) == 0;
+    bool ended =
+        mp_process_join(kids[i].proc, 0) == 0 && mp_process_exitcode(kids[i].proc, &code) == 0;
     if (!ended) {
       mp_process_kill(kids[i].proc);
       kills++;

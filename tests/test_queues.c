@@ -1150,8 +1150,8 @@ static void get_after_free_while_child_holds(void) {
   mp_context_t *ctx;
   mp_process_t *p;
   if (mp_queue_create(&q, 0) < 0 || mp_get_context("fork", &ctx) < 0 ||
-      mp_process_create(&p, ctx, t_return, &q, sizeof q, NULL) < 0 ||
-      mp_process_start(p) < 0 || mp_queue_free(q) < 0)
+      mp_process_create(&p, ctx, t_return, &q, sizeof q, NULL) < 0 || mp_process_start(p) < 0 ||
+      mp_queue_free(q) < 0)
     return;
   char buf[8];
   size_t len;
@@ -1250,8 +1250,9 @@ static void squat_old_names(void *arg) {
     int len = snprintf(addr.sun_path + 1, sizeof addr.sun_path - 1, "libmp-queue-%u-%u",
                        (unsigned)sq->victim, n);
     int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&addr,
-                        (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)len)) == 0)
+    if (fd >= 0 &&
+        bind(fd, (struct sockaddr *)&addr,
+             (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)len)) == 0)
       bound++;
   }
   if (write(sq->ready, &bound, sizeof bound) != (ssize_t)sizeof bound)
@@ -1317,7 +1318,8 @@ typedef struct {
 static void ring_from_outside(void *arg) {
   target_t *t = arg;
   int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
-  unsigned char msgs[5][16] = {{0}, {'x'}, {0}, {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}};
+  unsigned char msgs[5][16] = {
+      {0}, {'x'}, {0}, {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}};
   size_t lens[5] = {0, 1, 8, 8, 8};
   for (int i = 0; i < 8; i++)
     msgs[4][i] = (unsigned char)rand();

@@ -95,9 +95,9 @@ MP_EXTERN int mp_shared_memory_keep(mp_shared_memory_t *shm);
 
 /*
  * Unmaps the segment from this process and frees the handle; the segment and its name
- * stay (unlink it first to remove it). Closing twice aborts (see mp_shared_memory_buf()). Python's `shm.close(); shm.unlink()` is
- * mp_shared_memory_unlink() then mp_shared_memory_close() here.
- * Errors: MP_EINVAL (NULL). Python: shm.close().
+ * stay (unlink it first to remove it). Closing twice aborts (see mp_shared_memory_buf()).
+ * Python's `shm.close(); shm.unlink()` is mp_shared_memory_unlink() then
+ * mp_shared_memory_close() here. Errors: MP_EINVAL (NULL). Python: shm.close().
  */
 MP_EXTERN int mp_shared_memory_close(mp_shared_memory_t *shm);
 
