@@ -284,6 +284,9 @@ static void soak_pool(double seconds, _Atomic int *pids) {
   item_t items[ITEMS];
   long results[ITEMS];
   long maps = 0, failed_maps = 0, kills = 0, starting_kills = 0, wrong = 0, pools = 0;
+  bool hunt = false; /* for a process that was not there before the last kill */
+  pid_t before[256];
+  size_t n_before = 0;
   for (double end = now() + seconds; now() < end;) {
     if (!pool) {
       int rc = mp_pool_create(&pool, &opts);
@@ -303,10 +306,8 @@ static void soak_pool(double seconds, _Atomic int *pids) {
       break;
     }
     /* Every other map loses a worker at a random moment of it, and one time in two its
-     * replacement too, as it starts. */
-    bool kill_one = next_random(&run.seed) % 2 == 0, hunt = false;
-    pid_t before[256];
-    size_t n_before = 0;
+     * replacement too, as it starts (in this map or the next). */
+    bool kill_one = next_random(&run.seed) % 2 == 0;
     double map_end = now() + 60;
     while (mp_async_result_ready(ar) == 0 && now() < map_end) {
       sleep_for(0.001 + (next_random(&run.seed) % 20) / 1000.0);
