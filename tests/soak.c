@@ -388,7 +388,15 @@ static bool start_child(child_t *c, bool is_producer) {
 static bool end_child(child_t *c, bool killed) {
   int code = 0;
   if (mp_process_join(c->proc, JOIN_SECONDS) != 0) {
-    fail("queues: a child did not end in %g s (a hang)", JOIN_SECONDS);
+    pid_t pid = (pid_t)mp_process_pid(c->proc);
+    fail("queues: %s %d (%s) did not end in %g s (a hang): %s",
+         c->role.slot < 0 ? "producer" : "consumer", (int)pid,
+         killed ? "SIGKILLed" : "asked to stop", JOIN_SECONDS, mp_last_error());
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "cat /proc/%d/status | grep -E 'State|PPid'; cat /proc/%d/stack",
+             (int)pid, (int)pid);
+    if (system(cmd) != 0)
+      fprintf(stderr, "(no /proc entry)\n");
     mp_process_kill(c->proc);
     mp_process_join(c->proc, JOIN_SECONDS);
   } else if (mp_process_exitcode(c->proc, &code) == 0 && code != 0 &&
