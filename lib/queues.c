@@ -20,17 +20,25 @@
  *  - a producer takes put_lock, checks the room (maxsize messages, cap bytes), copies its
  *    message to the ring at tail (or into a new block, noted in `pending` first), writes
  *    the record, then stores the new tail, and unlocks;
- *  - a consumer takes get_lock, reads the record at head, copies the message out, stores the
- *    new head, unlocks, and frees a spilled message's block.
+ *  - a consumer takes get_lock, frees the block of the spilled message the get before it
+ *    took (`retired`), reads the record at head, copies the message out, notes a spilled
+ *    message's block in `retired`, stores the new head, and unlocks.
+ *
+ * The get's commit is its last step: what follows it (the unlock, the wake of producers
+ * waiting for room) only shortens others' waits, and a death there is repaired by the next
+ * holder of the lock (MP_EOWNERDEAD) or by the sleepers' 50 ms slices. A spilled message's
+ * block is freed lazily, by the next get, for that reason: `retired` is believed only if
+ * head reached `retired_head`, i.e. the get that noted it committed.
  *
  * So a process killed inside either leaves the committed words as they were before its
  * call: the next process to take the lock is told (MP_EOWNERDEAD) and finds a consistent
  * ring. A dead producer's half-copied bytes lie beyond tail and are overwritten; its block,
  * if `pending` names one that tail has not reached, is freed. A dead consumer did not move
  * head, so its message goes to the next consumer: every message whose put returned is
- * delivered exactly once. Producers never wait for consumers inside a lock, nor consumers for
- * producers: the locks only order one side's copies, so the ring is FIFO and one producer's
- * messages arrive in order.
+ * delivered exactly once, unless a consumer dies after its commit and before its caller has
+ * the message: the instant between the commit's store and the return. Producers never wait
+ * for consumers inside a lock, nor consumers for producers: the locks only order one side's
+ * copies, so the ring is FIFO and one producer's messages arrive in order.
  *
  * Waiting is on futexes, never on a condition variable: a consumer with nothing to take spins
  * for a few microseconds, then counts itself in get_waiters and sleeps on put_seq; a producer
@@ -41,19 +49,31 @@
  *
  * Readiness for poll() and mp_wait(): a queue's handle reaches processes that were started
  * before it existed, which hold none of its fds. So each process that wants to poll a queue
- * makes its own doorbell, an AF_UNIX datagram socket bound to an abstract name made of its
- * pid and a program-wide number, and registers the name in the queue's `bells`. A put that
- * makes the queue non-empty, and close, send a byte to every registered doorbell; a doorbell
- * whose process is gone refuses it (ECONNREFUSED) and is dropped. Puts look at one counter
- * first, so a queue nobody polls pays nothing. A process clears its doorbell when it finds the
- * queue empty, then looks again, so a put that lands in between rings it anew.
+ * makes its own doorbell, an AF_UNIX datagram socket bound to an abstract name, and registers
+ * it in one of the queue's `bells`: the name, a key and its pid. A put that makes the queue
+ * non-empty, and close, send the key to every registered doorbell; a doorbell whose process
+ * is gone refuses it (ECONNREFUSED) and is dropped. Puts look at one counter first, so a
+ * queue nobody polls pays nothing. A process clears its doorbell when it finds the queue
+ * empty, then looks again, so a put that lands in between rings it anew.
+ *
+ * Another user shares the abstract namespace (and reads its names in /proc/net/unix), so
+ * neither a name nor a datagram is trusted: the name is 64 random bits (getrandom), drawn
+ * again if taken, so it cannot be bound first; and the socket carries a socket filter that
+ * admits only a datagram holding the doorbell's key, 64 more random bits that live only in
+ * the arena (a memfd no other user can open). The kernel drops any other datagram before it
+ * is queued, so nobody outside the program can make the fd readable (see docs/architecture.md,
+ * "Endpoints"). A filter rather than SO_PASSCRED: credentials are read after poll() has
+ * already woken.
  */
 #include "internal.h"
 #include "trace.h"
 
+#include <linux/filter.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -67,6 +87,8 @@
 #define SPIN_NS 20000
 #define N_BELLS 64
 #define SLEEP_SLICE_NS 50000000 /* 50 ms */
+#define FREED_MAGIC 0x45455246u /* "FREE" */
+#define N_MARKS 256
 
 typedef enum { FLAVOR_QUEUE = 1, FLAVOR_JOINABLE, FLAVOR_SIMPLE } flavor_t;
 
@@ -83,6 +105,8 @@ struct mp_queue_s {
    * that growing it commits with one store. */
   _Atomic uint64_t ring_word;
   _Atomic uint32_t refs; /* the last release frees the ring, the blocks left, the queue */
+  _Atomic uint32_t retains; /* references ever taken after the first, modulo 2^32 */
+  _Atomic uint32_t freed;   /* FREED_MAGIC once the last reference is gone */
 
   LINE pthread_mutex_t put_lock;
   _Atomic uint64_t tail;
@@ -93,6 +117,8 @@ struct mp_queue_s {
 
   LINE pthread_mutex_t get_lock;
   _Atomic uint64_t head;
+  void *retired;         /* the block of the spilled message taken last, freed... */
+  uint64_t retired_head; /* ...by the next get if head reached this (its get committed) */
 
   LINE _Atomic uint32_t put_seq; /* bumped when a message comes, for sleeping consumers */
   _Atomic uint32_t get_waiters;
@@ -103,7 +129,11 @@ struct mp_queue_s {
   _Atomic uint32_t join_waiters;
 
   LINE _Atomic uint32_t n_bells;
-  _Atomic uint64_t bells[N_BELLS]; /* pid << 32 | number; 0: free */
+  struct {
+    _Atomic uint64_t name; /* random; 0: a free slot */
+    _Atomic uint64_t key;  /* what its filter admits: written once the slot is taken */
+    _Atomic int32_t pid;   /* its process, to drop it once that has gone */
+  } bells[N_BELLS];
 };
 
 /* SimpleQueue is the same object, typed apart so that its smaller API is what users see. */
@@ -187,6 +217,130 @@ static void ring_move(ring_t to, ring_t from, uint32_t at, uint32_t n) {
   }
 }
 
+/* ================================ misuse ================================ */
+
+/*
+ * Use after free. The handle is the same pointer in every process and other processes may
+ * still hold the queue, so "freed" is per process: each process counts the references it
+ * took (create, retain) and those its process objects hold for its children. A free that
+ * leaves this process none, and leaves the queue no reference but those holds (so none is
+ * on its way to this process from another), marks the queue in `marks`: its address, its
+ * uid, and how many retains it had seen. A later call of this process on a marked queue
+ * aborts with the call's name, unless a retain happened since (another process handing
+ * this one a reference: how a handle comes back) or another queue lives at the address now.
+ * A queue freed for good carries FREED_MAGIC until its block is reused: a call on it aborts
+ * in any process. This detects misuse; it does not make it safe: a handle whose block holds
+ * a new queue cannot be told from a live one.
+ */
+typedef struct {
+  mp_queue_t *q;
+  uint64_t uid;
+  uint32_t count; /* references of this process */
+  uint32_t holds; /* references its process objects hold for children */
+} held_t;
+
+static struct {
+  pthread_mutex_t lock;
+  held_t *held; /* the queues this process holds references to */
+  size_t n, cap;
+} mine = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0};
+
+/* Read without the lock on every call: q is stored last, after the fields it vouches for. */
+static struct {
+  _Atomic(mp_queue_t *) q;
+  _Atomic uint64_t uid;
+  _Atomic uint32_t retains;
+} marks[N_MARKS];
+
+static uint32_t unref(mp_queue_t *q);
+
+static size_t mark_slot(const mp_queue_t *q) {
+  return (size_t)(((uintptr_t)q >> 6) * 0x9e3779b97f4a7c15ull >> 56) % N_MARKS;
+}
+
+/* q's entry, added if missing (NULL if there is no memory: a miss, never a false alarm);
+ * the caller holds mine.lock. */
+static held_t *held_entry(mp_queue_t *q, bool add) {
+  for (size_t i = 0; i < mine.n; i++)
+    if (mine.held[i].q == q && mine.held[i].uid == q->uid)
+      return &mine.held[i];
+  if (!add)
+    return NULL;
+  if (mine.n == mine.cap) {
+    size_t cap = mine.cap ? 2 * mine.cap : 16;
+    held_t *grown = realloc(mine.held, cap * sizeof *grown);
+    if (!grown)
+      return NULL;
+    mine.held = grown;
+    mine.cap = cap;
+  }
+  mine.held[mine.n] = (held_t){q, q->uid, 0, 0};
+  return &mine.held[mine.n++];
+}
+
+static void held_forget(held_t *h) {
+  if (h->count == 0 && h->holds == 0)
+    *h = mine.held[--mine.n];
+}
+
+/* This process took a reference (create, retain; hold: for a child): counted, and for its
+ * own, any mark of q cleared. */
+static void took_reference(mp_queue_t *q, bool hold) {
+  pthread_mutex_lock(&mine.lock);
+  held_t *h = held_entry(q, true);
+  if (h && hold)
+    h->holds++;
+  else if (h)
+    h->count++;
+  if (!hold) {
+    mp_queue_t *expected = q;
+    atomic_compare_exchange_strong(&marks[mark_slot(q)].q, &expected, NULL);
+  }
+  pthread_mutex_unlock(&mine.lock);
+}
+
+/* Drops a reference of this process (or, hold, of a child's), marking q as above. */
+static void drop_counted(mp_queue_t *q, bool hold) {
+  pthread_mutex_lock(&mine.lock);
+  uint64_t uid = q->uid;
+  uint32_t retains = atomic_load(&q->retains);
+  held_t *h = held_entry(q, false);
+  uint32_t holds = h ? h->holds : 0;
+  bool last = !hold && (!h || h->count <= 1);
+  if (h && hold && h->holds)
+    h->holds--;
+  else if (h && !hold && h->count)
+    h->count--;
+  if (h)
+    held_forget(h);
+  uint32_t left = unref(q);
+  if (last && left == holds) {
+    size_t slot = mark_slot(q);
+    atomic_store(&marks[slot].q, NULL);
+    atomic_store(&marks[slot].uid, uid);
+    atomic_store(&marks[slot].retains, retains);
+    atomic_store(&marks[slot].q, q);
+  }
+  pthread_mutex_unlock(&mine.lock);
+}
+
+/* Aborts, naming fn, if this process uses q after it freed it (see above). freer: the free
+ * function of fn's family. */
+static void check_not_freed(const mp_queue_t *q, const char *fn, const char *freer) {
+  if (!q || !mp__shared_contains(q) || !mp__shared_contains((const char *)q + sizeof *q - 1))
+    return;
+  bool freed = q->kind != MP__KIND_QUEUE && atomic_load(&q->freed) == FREED_MAGIC;
+  size_t slot = mark_slot(q);
+  if (!freed && atomic_load(&marks[slot].q) == q)
+    freed = q->kind != MP__KIND_QUEUE ||
+            (q->uid == atomic_load(&marks[slot].uid) &&
+             atomic_load(&q->retains) == atomic_load(&marks[slot].retains));
+  if (!freed)
+    return;
+  fprintf(stderr, "libmp: %s: queue handle used after %s\n", fn, freer);
+  abort();
+}
+
 /* ================================ doorbells ================================ */
 
 /* This process's doorbells, one per queue it polls. A forked child closes its copies: the
@@ -205,13 +359,47 @@ static struct {
   int sender; /* an unbound datagram socket that rings other processes' doorbells */
 } local = {PTHREAD_MUTEX_INITIALIZER, NULL, -1};
 
+#define BELL_NAME_ATTEMPTS 8
+
 static socklen_t bell_address(uint64_t name, struct sockaddr_un *addr) {
   memset(addr, 0, sizeof *addr);
   addr->sun_family = AF_UNIX;
   /* Abstract namespace (sun_path[0] == 0): no file, gone with the last fd. */
-  int n = snprintf(addr->sun_path + 1, sizeof addr->sun_path - 1, "libmp-queue-%u-%u",
-                   (unsigned)(name >> 32), (unsigned)name);
+  int n = snprintf(addr->sun_path + 1, sizeof addr->sun_path - 1, "libmp-bell-%016llx",
+                   (unsigned long long)name);
   return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+}
+
+/* The datagram that rings a doorbell: its key, big-endian as the filter loads words. */
+static void bell_message(uint64_t key, unsigned char msg[8]) {
+  for (int i = 0; i < 8; i++)
+    msg[i] = (unsigned char)(key >> (56 - 8 * i));
+}
+
+/* Makes fd admit only datagrams of 8 bytes that are the key: the kernel drops the others
+ * before they are queued, so they never make the fd readable. */
+static int admit_only(int fd, uint64_t key) {
+  struct sock_filter code[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_LEN, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 8, 0, 5),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)(key >> 32), 0, 3),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 4),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)key, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, 8), /* keep the datagram */
+      BPF_STMT(BPF_RET | BPF_K, 0), /* drop it */
+  };
+  struct sock_fprog prog = {sizeof code / sizeof code[0], code};
+  return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog);
+}
+
+/* 64 random bits, never 0. */
+static int random_word(uint64_t *out) {
+  do {
+    if (getrandom(out, sizeof *out, 0) != (ssize_t)sizeof *out)
+      return -1;
+  } while (*out == 0);
+  return 0;
 }
 
 static int sender_socket(void) {
@@ -232,7 +420,7 @@ static int sender_socket(void) {
 
 static void unregister_bell(mp_queue_t *q, size_t slot, uint64_t name) {
   uint64_t expected = name;
-  if (atomic_compare_exchange_strong(&q->bells[slot], &expected, 0))
+  if (atomic_compare_exchange_strong(&q->bells[slot].name, &expected, 0))
     atomic_fetch_sub(&q->n_bells, 1);
 }
 
@@ -244,14 +432,30 @@ static void ring_bells(mp_queue_t *q) {
   if (sender < 0)
     return; /* no socket to ring with: pollers time out or look again, as with a lost wake */
   for (size_t i = 0; i < N_BELLS; i++) {
-    uint64_t name = atomic_load(&q->bells[i]);
+    uint64_t name = atomic_load(&q->bells[i].name);
     if (name == 0)
       continue;
+    /* A key read before its slot's new owner wrote it is dropped by the filter: that owner
+     * looks at the queue after writing it (fileno_of()), so nothing is lost. */
+    unsigned char msg[8];
+    bell_message(atomic_load(&q->bells[i].key), msg);
     struct sockaddr_un addr;
     socklen_t len = bell_address(name, &addr);
     /* EAGAIN: its buffer is full of rings already, so it is readable: nothing lost. */
-    if (sendto(sender, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&addr, len) < 0 &&
+    if (sendto(sender, msg, sizeof msg, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&addr,
+               len) < 0 &&
         (errno == ECONNREFUSED || errno == ENOENT))
+      unregister_bell(q, i, name);
+  }
+}
+
+/* Drops the doorbells of processes that have ended: where every slot is taken, including
+ * those whose name another user may have bound since, which therefore never refuse a ring. */
+static void drop_dead_bells(mp_queue_t *q) {
+  for (size_t i = 0; i < N_BELLS; i++) {
+    uint64_t name = atomic_load(&q->bells[i].name);
+    pid_t pid = atomic_load(&q->bells[i].pid);
+    if (name != 0 && pid > 0 && kill(pid, 0) < 0 && errno == ESRCH)
       unregister_bell(q, i, name);
   }
 }
@@ -292,23 +496,48 @@ static void clear_bell(mp_queue_t *q) {
   pthread_mutex_unlock(&local.lock);
 }
 
+/* A socket bound to a random name that admits only key: the fd, or -errno. */
+static int bind_bell(uint64_t key, uint64_t *name) {
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0 || admit_only(fd, key) < 0) {
+    int err = -errno;
+    if (fd >= 0)
+      close(fd);
+    return err;
+  }
+  /* A name that is taken (by chance, or bound first by someone who guessed it) is drawn
+   * again. */
+  for (int attempt = 0; attempt < BELL_NAME_ATTEMPTS; attempt++) {
+    struct sockaddr_un addr;
+    if (random_word(name) < 0)
+      break;
+    socklen_t len = bell_address(*name, &addr);
+    if (bind(fd, (struct sockaddr *)&addr, len) == 0)
+      return fd;
+    if (errno != EADDRINUSE)
+      break;
+  }
+  int err = -errno;
+  close(fd);
+  return err;
+}
+
 static int make_bell(mp_queue_t *q, bell_t **out) {
   bell_t *b = calloc(1, sizeof *b);
   if (!b)
     return mp__error(MP_ENOMEM, "mp_queue_fileno: out of memory");
   b->queue = q;
   b->uid = q->uid;
-  b->name = (uint64_t)getpid() << 32 | (uint32_t)mp__shared_unique();
-  b->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  struct sockaddr_un addr;
-  socklen_t len = bell_address(b->name, &addr);
+  uint64_t key = 0;
+  b->fd = random_word(&key) < 0 ? -errno : bind_bell(key, &b->name);
   int rc = 0;
-  if (b->fd < 0 || bind(b->fd, (struct sockaddr *)&addr, len) < 0)
-    rc = mp__syserror("mp_queue_fileno: making this process's doorbell");
+  if (b->fd < 0)
+    rc = mp__error(b->fd, "mp_queue_fileno: making this process's doorbell: %s",
+                   strerror(-b->fd));
   size_t slot = N_BELLS;
   for (size_t i = 0; rc == 0 && i < N_BELLS && slot == N_BELLS; i++) {
     uint64_t expected = 0;
-    if (atomic_compare_exchange_strong(&q->bells[i], &expected, b->name))
+    if (atomic_compare_exchange_strong(&q->bells[i].name, &expected, b->name))
       slot = i;
   }
   if (rc == 0 && slot == N_BELLS)
@@ -319,6 +548,8 @@ static int make_bell(mp_queue_t *q, bell_t **out) {
     free(b);
     return rc;
   }
+  atomic_store(&q->bells[slot].key, key);
+  atomic_store(&q->bells[slot].pid, (int32_t)getpid());
   atomic_fetch_add(&q->n_bells, 1);
   *out = b;
   return 0;
@@ -327,6 +558,7 @@ static int make_bell(mp_queue_t *q, bell_t **out) {
 static void after_fork_child(void) {
   /* Always: fileno_of() holds the lock while the list is still empty. */
   mp__reset_lock(&local.lock);
+  mp__reset_lock(&mine.lock);
   /* Only if there is something to forget: an untouched list costs the child no page copy. */
   if (local.list == NULL)
     return;
@@ -347,7 +579,7 @@ static void drop_bell(mp_queue_t *q) {
     bell_t *b = *link;
     if (b->queue == q && b->uid == q->uid) {
       for (size_t i = 0; i < N_BELLS; i++)
-        if (atomic_load(&q->bells[i]) == b->name)
+        if (atomic_load(&q->bells[i].name) == b->name)
           unregister_bell(q, i, b->name);
       *link = b->next;
       close(b->fd);
@@ -365,6 +597,7 @@ static bool is_queue(const mp_queue_t *q) {
 }
 
 static int check_queue(const mp_queue_t *q, const char *fn) {
+  check_not_freed(q, fn, "mp_queue_free");
   if (!is_queue(q) || q->flavor == FLAVOR_SIMPLE)
     return mp__error(MP_EINVAL, "%s: not a Queue", fn);
   return 0;
@@ -372,6 +605,7 @@ static int check_queue(const mp_queue_t *q, const char *fn) {
 
 static int check_simple(const mp_simple_queue_t *sq, const char *fn) {
   const mp_queue_t *q = (const mp_queue_t *)sq;
+  check_not_freed(q, fn, "mp_simple_queue_free");
   if (!is_queue(q) || q->flavor != FLAVOR_SIMPLE)
     return mp__error(MP_EINVAL, "%s: not a SimpleQueue", fn);
   return 0;
@@ -413,6 +647,7 @@ static int create(mp_queue_t **out, flavor_t flavor, size_t maxsize, size_t ring
   q->ring_word = ring_word(ring, cap);
   q->refs = 1;
   q->kind = MP__KIND_QUEUE;
+  took_reference(q, false);
   *out = q;
   return 0;
 }
@@ -669,8 +904,22 @@ typedef struct {
   void **alloc;
 } sink_t;
 
+/* Frees the block of the spilled message the last get took, if that get committed; the
+ * caller holds get_lock (or the last reference). Cleared before the release: a death in
+ * between leaks the block rather than freeing it twice. */
+static void reclaim(mp_queue_t *q) {
+  void *block = q->retired;
+  if (!block)
+    return;
+  bool committed = atomic_load(&q->head) == q->retired_head;
+  q->retired = NULL;
+  if (committed)
+    mp__shared_release(block);
+}
+
 /* Takes the message at head, if there is one; the caller holds get_lock. 1: none. */
-static int take(mp_queue_t *q, const sink_t *out, void **spilled, const char *fn) {
+static int take(mp_queue_t *q, const sink_t *out, const char *fn) {
+  reclaim(q);
   uint64_t head = atomic_load(&q->head);
   if (count_of(head, atomic_load(&q->tail)) == 0)
     return 1;
@@ -689,17 +938,21 @@ static int take(mp_queue_t *q, const sink_t *out, void **spilled, const char *fn
     return mp__error(MP_ETOOSMALL, "%s: the message has %zu bytes, the buffer %zu", fn, len,
                      out->cap);
   }
+  uint64_t next = pos_make(pos_msgs(head) + 1, at + record_size(header));
   if (header & SPILLED) {
-    ring_read(r, at + HEADER, spilled, sizeof *spilled);
-    memcpy(dst, *spilled, len);
+    void *block;
+    ring_read(r, at + HEADER, &block, sizeof block);
+    memcpy(dst, block, len);
+    q->retired_head = next;
+    q->retired = block;
   } else if (len) {
     ring_read(r, at + HEADER, dst, len);
   }
-  /* The commit: one store, after the copy. */
-  atomic_store(&q->head, pos_make(pos_msgs(head) + 1, at + record_size(header)));
   *out->len = len;
   if (out->alloc)
     *out->alloc = dst;
+  /* The commit: one store, after the copy, and the last step of the get (see the top). */
+  atomic_store(&q->head, next);
   return 0;
 }
 
@@ -708,16 +961,13 @@ static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *f
     return mp__error(MP_EINVAL, "%s: NULL buffer or length", fn);
   MP__TRACE_CLOCK(t0);
   for (bool cleared = false;;) {
-    void *spilled = NULL;
     int rc = lock_get(q);
     if (rc < 0)
       return rc;
-    rc = take(q, out, &spilled, fn);
+    rc = take(q, out, fn);
     mp__mutex_unlock(&q->get_lock);
     if (rc == 0) {
       MP__TRACE(queue_get, q, *out->len, t0);
-      if (spilled)
-        mp__shared_release(spilled);
       notify(&q->get_seq, &q->put_waiters, INT32_MAX);
       return 0;
     }
@@ -831,6 +1081,7 @@ int mp_simple_queue_close(mp_simple_queue_t *queue) {
 /* ================================ JoinableQueue ================================ */
 
 static int check_joinable(mp_queue_t *q, const char *fn) {
+  check_not_freed(q, fn, "mp_queue_free");
   if (!is_queue(q) || q->flavor != FLAVOR_JOINABLE)
     return mp__error(MP_EINVAL, "%s: not a JoinableQueue", fn);
   return 0;
@@ -878,6 +1129,7 @@ static int fileno_of(mp_queue_t *q) {
     rc = make_bell(q, &b);
     if (rc == MP_ENOMEM && atomic_load(&q->n_bells) >= N_BELLS) {
       ring_bells(q); /* the doorbells of dead processes refuse it, and make room */
+      drop_dead_bells(q);
       rc = make_bell(q, &b);
     }
     if (rc == 0) {
@@ -906,6 +1158,7 @@ int mp_simple_queue_fileno(mp_simple_queue_t *queue) {
  * cleared before the look, so a put after it rings again. */
 static int waitable_ready(void *obj) {
   mp_queue_t *q = obj;
+  check_not_freed(q, "mp_wait", "mp_queue_free");
   if (!is_queue(q))
     return mp__error(MP_EINVAL, "mp_wait: not a queue");
   clear_bell(q);
@@ -914,6 +1167,7 @@ static int waitable_ready(void *obj) {
 
 static int waitable_poll_fd(void *obj) {
   mp_queue_t *q = obj;
+  check_not_freed(q, "mp_wait", "mp_queue_free");
   if (!is_queue(q))
     return mp__error(MP_EINVAL, "mp_wait: not a queue");
   return fileno_of(q);
@@ -923,19 +1177,28 @@ static const mp__waitable_ops_t queue_waitable = {waitable_ready, waitable_poll_
 
 /* ================================ lifetime ================================ */
 
-static int retain(mp_queue_t *q) {
+static void retain(mp_queue_t *q) {
   atomic_fetch_add(&q->refs, 1);
+  atomic_fetch_add(&q->retains, 1);
+}
+
+/* This process's retain: counted as its own reference. */
+static int retain_here(mp_queue_t *q) {
+  retain(q);
+  took_reference(q, false);
   return 0;
 }
 
-/* Drops a reference; this process's doorbell is the caller's business. */
-static void unref(mp_queue_t *q) {
-  if (atomic_fetch_sub(&q->refs, 1) != 1)
-    return;
+/* Drops a reference; the number left. This process's doorbell is the caller's business. */
+static uint32_t unref(mp_queue_t *q) {
+  uint32_t left = atomic_fetch_sub(&q->refs, 1) - 1;
+  if (left != 0)
+    return left;
   /* The last reference: nobody else can touch it. Free the block of a producer that died
    * in a put (the repair of lock_put), then those of the spilled messages left. */
   if (lock_put(q) == 0)
     mp__mutex_unlock(&q->put_lock);
+  reclaim(q);
   ring_t r = ring_of(q);
   uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
   while (count_of(head, tail) != 0) {
@@ -949,22 +1212,25 @@ static void unref(mp_queue_t *q) {
     head = pos_make(pos_msgs(head) + 1, pos_bytes(head) + record_size(header));
   }
   mp__shared_release(r.base);
-  q->kind = 0; /* a later use of the handle fails with MP_EINVAL until the block is reused */
+  q->kind = 0;
+  atomic_store(&q->freed, FREED_MAGIC); /* a later use aborts until the block is reused */
   mp__shared_release(q);
+  return 0;
 }
 
 static int drop_reference(mp_queue_t *q) {
   drop_bell(q);
-  unref(q);
+  drop_counted(q, false);
   return 0;
 }
 
 static void hold_retain(void *obj) {
   retain(obj);
+  took_reference(obj, true);
 }
 
 static void hold_release(void *obj) {
-  unref(obj);
+  drop_counted(obj, true);
 }
 
 /* The argument scan's pass(): a child given the handle holds a reference through its
@@ -987,7 +1253,7 @@ __attribute__((constructor(102))) static void queues_init(void) {
 
 int mp_queue_retain(mp_queue_t *queue) {
   int rc = check_queue(queue, "mp_queue_retain");
-  return rc < 0 ? rc : retain(queue);
+  return rc < 0 ? rc : retain_here(queue);
 }
 
 int mp_queue_free(mp_queue_t *queue) {
@@ -997,7 +1263,7 @@ int mp_queue_free(mp_queue_t *queue) {
 
 int mp_simple_queue_retain(mp_simple_queue_t *queue) {
   int rc = check_simple(queue, "mp_simple_queue_retain");
-  return rc < 0 ? rc : retain(&queue->queue);
+  return rc < 0 ? rc : retain_here(&queue->queue);
 }
 
 int mp_simple_queue_free(mp_simple_queue_t *queue) {

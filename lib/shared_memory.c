@@ -59,12 +59,17 @@
 #define GENERATED_ATTEMPTS 16
 
 struct mp_shared_memory_s {
+  uint32_t magic; /* HANDLE_OPEN, HANDLE_CLOSED once closed */
   void *buf;
   size_t size;
   bool tracked; /* created here, to be unlinked at the program's end */
   uint64_t dev, ino;
   char name[MP_SHARED_MEMORY_NAME_MAX + 1];
 };
+
+#define HANDLE_OPEN 0x4d485348u   /* "HSHM" */
+#define HANDLE_CLOSED 0x44534c43u /* "CLSD" */
+#define QUARANTINE 64
 
 /* What crosses between the program's processes and the tracker. */
 enum { REC_ADDRESS = 1, REC_TRACK, REC_FORGET };
@@ -672,6 +677,7 @@ int mp_shared_memory_create(mp_shared_memory_t **out, const char *name, size_t s
     return rc;
   }
   MP__TRACE(shm, MP__TRK_SHM_CREATE, shm->name, shm->size);
+  shm->magic = HANDLE_OPEN;
   *out = shm;
   return 0;
 }
@@ -714,25 +720,55 @@ int mp_shared_memory_attach(mp_shared_memory_t **out, const char *name) {
     return rc;
   }
   MP__TRACE(shm, MP__TRK_SHM_ATTACH, shm->name, shm->size);
+  shm->magic = HANDLE_OPEN;
   *out = shm;
   return 0;
 }
 
+/*
+ * Use after close. A closed handle is not freed at once: it is marked HANDLE_CLOSED and
+ * waits in a quarantine of the last QUARANTINE closed handles, so a call on it meanwhile
+ * finds the mark (not memory that malloc has reused, nor, under ASan, poisoned) and aborts
+ * naming the call. Lock-free: a fork may come at any moment.
+ */
+static _Atomic(mp_shared_memory_t *) quarantine[QUARANTINE];
+static _Atomic uint32_t quarantine_next;
+
+static void retire_handle(mp_shared_memory_t *shm) {
+  shm->magic = HANDLE_CLOSED;
+  uint32_t slot = atomic_fetch_add(&quarantine_next, 1) % QUARANTINE;
+  free(atomic_exchange(&quarantine[slot], shm));
+}
+
+/* 0 for an open handle; MP_EINVAL for NULL or what is not a handle; aborts for a closed one. */
+static int check_handle(const mp_shared_memory_t *shm, const char *fn) {
+  if (!shm)
+    return mp__error(MP_EINVAL, "%s: shm is NULL", fn);
+  if (shm->magic == HANDLE_CLOSED) {
+    fprintf(stderr, "libmp: %s: shared memory handle used after mp_shared_memory_close\n", fn);
+    abort();
+  }
+  if (shm->magic != HANDLE_OPEN)
+    return mp__error(MP_EINVAL, "%s: %p is not a shared memory handle", fn, (const void *)shm);
+  return 0;
+}
+
 void *mp_shared_memory_buf(const mp_shared_memory_t *shm) {
-  return shm ? shm->buf : NULL;
+  return check_handle(shm, "mp_shared_memory_buf") == 0 ? shm->buf : NULL;
 }
 
 size_t mp_shared_memory_size(const mp_shared_memory_t *shm) {
-  return shm ? shm->size : 0;
+  return check_handle(shm, "mp_shared_memory_size") == 0 ? shm->size : 0;
 }
 
 const char *mp_shared_memory_name(const mp_shared_memory_t *shm) {
-  return shm ? shm->name : NULL;
+  return check_handle(shm, "mp_shared_memory_name") == 0 ? shm->name : NULL;
 }
 
 int mp_shared_memory_unlink(mp_shared_memory_t *shm) {
-  if (!shm)
-    return mp__error(MP_EINVAL, "mp_shared_memory_unlink: shm is NULL");
+  int rc = check_handle(shm, "mp_shared_memory_unlink");
+  if (rc < 0)
+    return rc;
   char path[sizeof SHM_DIR + MP_SHARED_MEMORY_NAME_MAX + 1];
   path_of(shm->name, path, sizeof path);
   if (unlink(path) < 0)
@@ -749,20 +785,20 @@ int mp_shared_memory_unlink(mp_shared_memory_t *shm) {
 }
 
 int mp_shared_memory_keep(mp_shared_memory_t *shm) {
-  if (!shm)
-    return mp__error(MP_EINVAL, "mp_shared_memory_keep: shm is NULL");
-  if (!shm->tracked)
-    return 0;
-  int rc = tell_tracker(REC_FORGET, shm, false);
+  int rc = check_handle(shm, "mp_shared_memory_keep");
+  if (rc < 0 || !shm->tracked)
+    return rc;
+  rc = tell_tracker(REC_FORGET, shm, false);
   if (rc == 0)
     shm->tracked = false;
   return rc;
 }
 
 int mp_shared_memory_close(mp_shared_memory_t *shm) {
-  if (!shm)
-    return mp__error(MP_EINVAL, "mp_shared_memory_close: shm is NULL");
+  int rc = check_handle(shm, "mp_shared_memory_close");
+  if (rc < 0)
+    return rc;
   munmap(shm->buf, shm->size);
-  free(shm);
+  retire_handle(shm);
   return 0;
 }

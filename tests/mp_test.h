@@ -234,6 +234,39 @@ static inline void mp_test_join_ok(mp_process_t *p, double timeout) {
   T_PROC_CLOSE(p);
 }
 
+/* Runs misuse() in a forked child whose stderr is a pipe, and asserts that the child died of
+ * SIGABRT after writing a line that contains want. */
+static inline void mp_test_expect_abort(void (*misuse)(void), const char *want) {
+  int out[2];
+  T_ASSERT(pipe(out) == 0, "pipe: %s", strerror(errno));
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork: %s", strerror(errno));
+  if (pid == 0) {
+    signal(SIGABRT, SIG_DFL);
+    dup2(out[1], STDERR_FILENO);
+    close(out[0]);
+    misuse();
+    _exit(0); /* not detected */
+  }
+  mp_test_track_pid(pid);
+  close(out[1]);
+  char text[4096];
+  size_t got = 0;
+  ssize_t n;
+  while (got < sizeof text - 1 && (n = read(out[0], text + got, sizeof text - 1 - got)) > 0)
+    got += (size_t)n;
+  text[got] = '\0';
+  close(out[0]);
+  int status = 0;
+  T_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid: %s", strerror(errno));
+  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
+    if (mp_test_pids[i] == pid)
+      mp_test_pids[i] = 0; /* reaped: not to be killed */
+  T_ASSERT(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT,
+           "the misuse ended with status %#x, not SIGABRT; it wrote: %s", status, text);
+  T_ASSERT(strstr(text, want) != NULL, "stderr lacks \"%s\": %s", want, text);
+}
+
 /*
  * Checked setup of every test case: the test process inherits the Check runner's SIGTERM,
  * SIGINT and SIGALRM handlers (the SIGTERM one kills the test's whole process group), and a

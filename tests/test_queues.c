@@ -9,8 +9,12 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include "mp_test.h"
 
@@ -1108,8 +1112,236 @@ START_TEST(test_bad_input) {
   MP_ASSERT_ERR(mp_simple_queue_put((mp_simple_queue_t *)q, "x", 1), MP_EINVAL);
   MP_ASSERT_OK(mp_simple_queue_free(sq));
   MP_ASSERT_OK(mp_queue_free(q));
-  /* Released: the handle is refused (until its block is reused). */
-  MP_ASSERT_ERR(mp_queue_put(q, "x", 1, 0), MP_EINVAL);
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Use after free: the call aborts, naming itself.                                       */
+
+static void put_after_last_free(void) {
+  mp_queue_t *q;
+  if (mp_queue_create(&q, 0) == 0 && mp_queue_free(q) == 0)
+    mp_queue_put(q, "x", 1, 0);
+}
+
+static void simple_free_twice(void) {
+  mp_simple_queue_t *q;
+  if (mp_simple_queue_create(&q) == 0 && mp_simple_queue_free(q) == 0)
+    mp_simple_queue_free(q);
+}
+
+static void task_done_after_free(void) {
+  mp_queue_t *q;
+  if (mp_joinable_queue_create(&q, 0) == 0 && mp_queue_put(q, "x", 1, 0) == 0 &&
+      mp_queue_free(q) == 0)
+    mp_queue_task_done(q);
+}
+
+static int t_return(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  return 0;
+}
+
+/* The queue lives on (the child's process object holds it until the child is reaped), but
+ * this process has given its own reference up. */
+static void get_after_free_while_child_holds(void) {
+  mp_queue_t *q;
+  mp_context_t *ctx;
+  mp_process_t *p;
+  if (mp_queue_create(&q, 0) < 0 || mp_get_context("fork", &ctx) < 0 ||
+      mp_process_create(&p, ctx, t_return, &q, sizeof q, NULL) < 0 || mp_process_start(p) < 0 ||
+      mp_queue_free(q) < 0)
+    return;
+  char buf[8];
+  size_t len;
+  mp_queue_get(q, buf, sizeof buf, &len, 0);
+}
+
+START_TEST(test_use_after_free_aborts) {
+  mp_test_expect_abort(put_after_last_free,
+                       "libmp: mp_queue_put: queue handle used after mp_queue_free");
+  mp_test_expect_abort(simple_free_twice, "libmp: mp_simple_queue_free: queue handle used "
+                                          "after mp_simple_queue_free");
+  mp_test_expect_abort(task_done_after_free,
+                       "libmp: mp_queue_task_done: queue handle used after mp_queue_free");
+  mp_test_expect_abort(get_after_free_while_child_holds,
+                       "libmp: mp_queue_get: queue handle used after mp_queue_free");
+}
+END_TEST
+
+/* No false alarm: a process that holds two references frees one and goes on; a handle
+ * handed back by a child that retained it for this process is this process's again. */
+static int t_hand_back(void *arg, size_t size) {
+  job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  if (mp_queue_retain(job->q) != 0) /* this process's reference, handed over below */
+    return 2;
+  return mp_queue_put(job->out, &job->q, sizeof job->q, 5) == 0 ? 0 : 3;
+}
+
+START_TEST(test_use_after_free_no_false_alarm) {
+  mp_queue_t *q, *out;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  MP_ASSERT_OK(mp_queue_create(&out, 0));
+  MP_ASSERT_OK(mp_queue_retain(q));
+  MP_ASSERT_OK(mp_queue_free(q));
+  MP_ASSERT_OK(mp_queue_put(q, "still mine", 10, 0));
+  mp_process_t *p = start_job(_i, t_hand_back, &(job_t){.q = q, .out = out});
+  MP_ASSERT_OK(mp_queue_free(q)); /* the child's process object holds one */
+  mp_queue_t *back = NULL;
+  size_t len;
+  MP_ASSERT_OK(mp_queue_get(out, &back, sizeof back, &len, 30));
+  T_ASSERT(back == q, "the child sent %p back, not %p", (void *)back, (void *)q);
+  join_ok(p);
+  char buf[16];
+  MP_ASSERT_OK(mp_queue_get(back, buf, sizeof buf, &len, 0));
+  T_ASSERT(len == 10 && memcmp(buf, "still mine", 10) == 0, "the message put before");
+  MP_ASSERT_OK(mp_queue_free(back));
+  MP_ASSERT_OK(mp_queue_free(out));
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Another local user (the suite runs as root and becomes nobody in a forked child).     */
+
+#define NOBODY 65534
+#define SQUATTED 256
+
+/* Forks a child that becomes another user and runs fn(arg); its pid, tracked. */
+static pid_t fork_as_nobody(void (*fn)(void *), void *arg) {
+  T_ASSERT(geteuid() == 0, "these tests become another user: run them as root");
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork: %s", strerror(errno));
+  if (pid == 0) {
+    if (setgid(NOBODY) != 0 || setuid(NOBODY) != 0)
+      _exit(91);
+    fn(arg);
+    _exit(0);
+  }
+  mp_test_track_pid(pid);
+  return pid;
+}
+
+static int reap_code(pid_t pid) {
+  int status = 0;
+  T_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid: %s", strerror(errno));
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+typedef struct {
+  pid_t victim;
+  int ready;
+} squat_t;
+
+/* Binds the names doorbells had before they were random (libmp-queue-<pid>-<n>, n a small
+ * program-wide counter), says how many, and stays. */
+static void squat_old_names(void *arg) {
+  squat_t *sq = arg;
+  struct rlimit lim;
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < SQUATTED + 64) {
+    lim.rlim_cur = lim.rlim_max < SQUATTED + 64 ? lim.rlim_max : SQUATTED + 64;
+    setrlimit(RLIMIT_NOFILE, &lim);
+  }
+  int bound = 0;
+  for (unsigned n = 1; n <= SQUATTED; n++) {
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int len = snprintf(addr.sun_path + 1, sizeof addr.sun_path - 1, "libmp-queue-%u-%u",
+                       (unsigned)sq->victim, n);
+    int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    if (fd >= 0 &&
+        bind(fd, (struct sockaddr *)&addr,
+             (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)len)) == 0)
+      bound++;
+  }
+  if (write(sq->ready, &bound, sizeof bound) != (ssize_t)sizeof bound)
+    _exit(92);
+  pause();
+}
+
+START_TEST(test_bell_names_not_squattable) {
+  int ready[2];
+  T_ASSERT(pipe(ready) == 0, "pipe");
+  squat_t sq = {getpid(), ready[1]};
+  pid_t squatter = fork_as_nobody(squat_old_names, &sq);
+  int bound = 0;
+  T_ASSERT(read(ready[0], &bound, sizeof bound) == (ssize_t)sizeof bound, "squatter's count");
+  T_INT_EQ(bound, SQUATTED);
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  int fd = mp_queue_fileno(q);
+  T_ASSERT(fd >= 0, "mp_queue_fileno: %s (%s)", mp_strerror(fd), mp_last_error());
+  MP_ASSERT_OK(mp_queue_put(q, "x", 1, 0));
+  T_INT_EQ(poll_in(fd, 5000), 1);
+  void *objects[] = {q};
+  T_INT_EQ(mp_wait(objects, 1, 5, NULL), 1);
+  kill(squatter, SIGKILL);
+  reap_code(squatter);
+  close(ready[0]);
+  close(ready[1]);
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
+/* The abstract name fd is bound to, from /proc/net/unix (where every user reads it). */
+static bool bound_name(int fd, struct sockaddr_un *addr, socklen_t *len) {
+  struct stat st;
+  FILE *f = fopen("/proc/net/unix", "r");
+  if (fstat(fd, &st) != 0 || !f)
+    return false;
+  char line[512];
+  bool found = false;
+  while (!found && fgets(line, sizeof line, f)) {
+    unsigned long inode;
+    char path[256];
+    if (sscanf(line, "%*s %*s %*s %*s %*s %*s %lu %255s", &inode, path) == 2 &&
+        inode == (unsigned long)st.st_ino && path[0] == '@') {
+      memset(addr, 0, sizeof *addr);
+      addr->sun_family = AF_UNIX;
+      size_t n = strlen(path + 1);
+      memcpy(addr->sun_path + 1, path + 1, n);
+      *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+      found = true;
+    }
+  }
+  fclose(f);
+  return found;
+}
+
+typedef struct {
+  struct sockaddr_un addr;
+  socklen_t len;
+} target_t;
+
+/* Sends what an attacker might: nothing, a byte, 8 bytes of zeros, of ones, random bytes. */
+static void ring_from_outside(void *arg) {
+  target_t *t = arg;
+  int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+  unsigned char msgs[5][16] = {
+      {0}, {'x'}, {0}, {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}};
+  size_t lens[5] = {0, 1, 8, 8, 8};
+  for (int i = 0; i < 8; i++)
+    msgs[4][i] = (unsigned char)rand();
+  for (int i = 0; i < 5; i++)
+    if (sendto(fd, msgs[i], lens[i], 0, (struct sockaddr *)&t->addr, t->len) < 0)
+      _exit(10 + i); /* every one must reach the socket, to be dropped there */
+}
+
+START_TEST(test_bell_ignores_other_users) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  int fd = mp_queue_fileno(q);
+  T_ASSERT(fd >= 0, "mp_queue_fileno: %s", mp_last_error());
+  target_t t;
+  T_ASSERT(bound_name(fd, &t.addr, &t.len), "the doorbell's name in /proc/net/unix");
+  T_INT_EQ(reap_code(fork_as_nobody(ring_from_outside, &t)), 0);
+  T_INT_EQ(poll_in(fd, 300), 0);
+  void *objects[] = {q};
+  T_INT_EQ(mp_wait(objects, 1, 0.2, NULL), 0);
+  MP_ASSERT_OK(mp_queue_put(q, "x", 1, 0)); /* the program's own ring still works */
+  T_INT_EQ(poll_in(fd, 5000), 1);
+  MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
 
@@ -1124,6 +1356,9 @@ static Suite *queues_suite(void) {
   tcase_add_test(tc, test_ring_grows);
   tcase_add_test(tc, test_threads);
   tcase_add_test(tc, test_bad_input);
+  tcase_add_test(tc, test_use_after_free_aborts);
+  tcase_add_test(tc, test_bell_names_not_squattable);
+  tcase_add_test(tc, test_bell_ignores_other_users);
 
   tc = mp_test_tcase(s, "processes", 60);
   tcase_add_loop_test(tc, test_order_per_producer, 0, N_METHODS);
@@ -1149,6 +1384,7 @@ static Suite *queues_suite(void) {
   tcase_add_loop_test(tc, test_joinable, 0, N_METHODS);
   tcase_add_loop_test(tc, test_simple_queue, 0, N_METHODS);
   tcase_add_loop_test(tc, test_freed_after_start, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_use_after_free_no_false_alarm, 0, N_METHODS);
   return s;
 }
 

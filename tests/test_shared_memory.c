@@ -665,6 +665,70 @@ START_TEST(test_bad_input) {
 }
 END_TEST
 
+/* ===================================================================================== */
+/* Modes and misuse.                                                                     */
+
+/* Whatever the umask, a segment is its owner's only (0600): another user can neither read
+ * it nor write it. The suite runs as root and tries as nobody. */
+START_TEST(test_segments_are_0600) {
+  char name[128], path[512];
+  seg_name(name, sizeof name, "mode", 0);
+  mode_t old = umask(0);
+  mp_shared_memory_t *named, *generated;
+  MP_ASSERT_OK(mp_shared_memory_create(&named, name, PAGE, 0));
+  MP_ASSERT_OK(mp_shared_memory_create(&generated, NULL, PAGE, 0));
+  umask(old);
+  const char *names[] = {name, mp_shared_memory_name(generated)};
+  for (int i = 0; i < 2; i++) {
+    struct stat st;
+    snprintf(path, sizeof path, "/dev/shm/%s", names[i]);
+    T_ASSERT(stat(path, &st) == 0, "stat %s: %s", path, strerror(errno));
+    T_ASSERT((st.st_mode & 07777) == 0600, "%s has mode %04o", path, st.st_mode & 07777);
+    T_ASSERT(st.st_uid == geteuid(), "%s belongs to uid %d", path, (int)st.st_uid);
+    T_ASSERT(geteuid() == 0, "this test becomes another user: run it as root");
+    pid_t pid = fork();
+    T_ASSERT(pid >= 0, "fork");
+    if (pid == 0) {
+      if (setgid(65534) != 0 || setuid(65534) != 0)
+        _exit(91);
+      _exit(open(path, O_RDONLY) < 0 && errno == EACCES ? 0 : 1);
+    }
+    int status = 0;
+    T_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid");
+    T_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "nobody opened %s (status %#x)",
+             path, status);
+  }
+  MP_ASSERT_OK(mp_shared_memory_unlink(named));
+  MP_ASSERT_OK(mp_shared_memory_unlink(generated));
+  MP_ASSERT_OK(mp_shared_memory_close(named));
+  MP_ASSERT_OK(mp_shared_memory_close(generated));
+}
+END_TEST
+
+static mp_shared_memory_t *closed_handle(void) {
+  mp_shared_memory_t *shm;
+  if (mp_shared_memory_create(&shm, NULL, PAGE, 0) < 0 || mp_shared_memory_unlink(shm) < 0 ||
+      mp_shared_memory_close(shm) < 0)
+    _exit(1);
+  return shm;
+}
+
+static void close_twice(void) {
+  mp_shared_memory_close(closed_handle());
+}
+
+static void buf_after_close(void) {
+  mp_shared_memory_buf(closed_handle());
+}
+
+START_TEST(test_use_after_close_aborts) {
+  mp_test_expect_abort(close_twice, "libmp: mp_shared_memory_close: shared memory handle "
+                                    "used after mp_shared_memory_close");
+  mp_test_expect_abort(buf_after_close, "libmp: mp_shared_memory_buf: shared memory handle "
+                                        "used after mp_shared_memory_close");
+}
+END_TEST
+
 /* Last: every segment any test named is gone, once the trackers of the ended test
  * processes have done their work. */
 START_TEST(test_no_leftovers) {
@@ -698,6 +762,8 @@ static Suite *shared_memory_suite(void) {
   tcase_add_test(tc, test_keep_in_process);
   tcase_add_test(tc, test_threads);
   tcase_add_test(tc, test_tracker_killed);
+  tcase_add_test(tc, test_segments_are_0600);
+  tcase_add_test(tc, test_use_after_close_aborts);
   tcase_add_test(tc, test_bad_input);
 
   tc = mp_test_tcase(s, "processes", 30);

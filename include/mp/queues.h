@@ -13,9 +13,18 @@
  * happen: data lost because a process exited before its feeder flushed, and a deadlock joining
  * a producer whose items nobody consumed.
  *
- * A process killed in the middle of a put or a get leaves the queue consistent: every
- * message whose put returned is delivered exactly once, the dead producer's half-written
- * message is dropped, and the others carry on.
+ * A process killed in the middle of a put or a get leaves the queue consistent, and the
+ * guarantee is exact: every message whose put returned 0 is delivered exactly once, except
+ * one whose get had committed (its last step) when its consumer died, before
+ * mp_queue_get() returned: that message went with the consumer. A put killed before it
+ * returned delivers its message once or not at all. No message is delivered twice or torn.
+ *
+ * Use after free: a call on a queue after this process's last mp_queue_free() of it (with
+ * no retain by another process since), or on a queue freed for good, prints "libmp: <call>:
+ * queue handle used after mp_queue_free" and aborts, until its block holds another queue.
+ *
+ * mp_queue_fileno()'s doorbell is another user's to neither block nor ring: its abstract
+ * name is random, and the kernel drops any datagram without its secret key.
  *
  * Fork safety: a child made by fork() (libmp's or the program's own) uses its parent's
  * queues through the same handles; it does not inherit its parent's readiness fds (a call of
@@ -132,7 +141,8 @@ MP_EXTERN int mp_queue_retain(mp_queue_t *queue);
 /*
  * Drops a reference, and this process's readiness fd; the last one frees the queue and the
  * messages still in it. The handle must not be used by this process afterwards (nor by any,
- * after the last). Errors: MP_EINVAL. Python: the queue's garbage collection.
+ * after the last): such a use (a second free included) aborts, see the top of this header.
+ * Errors: MP_EINVAL. Python: the queue's garbage collection.
  */
 MP_EXTERN int mp_queue_free(mp_queue_t *queue);
 

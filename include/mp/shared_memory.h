@@ -39,7 +39,8 @@ enum {
 };
 
 /*
- * Creates a segment of size bytes (zero-filled) and maps it. name NULL picks a new unique
+ * Creates a segment of size bytes (zero-filled) and maps it. The file is mode 0600 (never
+ * more, whatever the umask): only this user (and root) can attach. name NULL picks a new unique
  * name ("mp_" and 16 hex digits), as Python does for name=None; a given name may start with
  * one '/'. The segment appears under its name only once it has its full size, so a process
  * that attaches never sees it empty. flags: 0 or MP_SHARED_MEMORY_KEEP. The handle is the
@@ -65,7 +66,10 @@ MP_EXTERN int mp_shared_memory_create(mp_shared_memory_t **shm, const char *name
  */
 MP_EXTERN int mp_shared_memory_attach(mp_shared_memory_t **shm, const char *name);
 
-/* The mapped bytes, valid until mp_shared_memory_close(); NULL for NULL. Python: shm.buf. */
+/* The mapped bytes, valid until mp_shared_memory_close(); NULL for NULL. Python: shm.buf.
+ * This and every function below abort (SIGABRT, with "libmp: <function>: shared memory
+ * handle used after mp_shared_memory_close" on stderr) when given a handle that was closed,
+ * as long as libmp can still tell (the last 64 closed handles of the process). */
 MP_EXTERN void *mp_shared_memory_buf(const mp_shared_memory_t *shm);
 
 /* The size in bytes; 0 for NULL. Python: shm.size. */
@@ -91,9 +95,9 @@ MP_EXTERN int mp_shared_memory_keep(mp_shared_memory_t *shm);
 
 /*
  * Unmaps the segment from this process and frees the handle; the segment and its name
- * stay (unlink it first to remove it). Python's `shm.close(); shm.unlink()` is
- * mp_shared_memory_unlink() then mp_shared_memory_close() here.
- * Errors: MP_EINVAL (NULL). Python: shm.close().
+ * stay (unlink it first to remove it). Closing twice aborts (see mp_shared_memory_buf()).
+ * Python's `shm.close(); shm.unlink()` is mp_shared_memory_unlink() then
+ * mp_shared_memory_close() here. Errors: MP_EINVAL (NULL). Python: shm.close().
  */
 MP_EXTERN int mp_shared_memory_close(mp_shared_memory_t *shm);
 
