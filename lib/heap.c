@@ -47,7 +47,7 @@
 #define MAX_CLASS 40 /* 1 TiB: above any reserve */
 #define PUNCH_CLASS 23 /* blocks of 8 MiB and more give their pages back when freed */
 
-/* Where the arena is placed: [85 TiB, 85 TiB + 340 GiB), just below where the kernel loads a
+/* Where the arena is placed: [85 TiB, 85 TiB + 320 GiB), just below where the kernel loads a
  * position-independent executable (ELF_ET_DYN_BASE, 0x555555554000, plus a random offset;
  * its brk heap follows it) and far below the top-down mmap area under the stack: no other
  * mapping goes there, in any image of the program. It is application memory for every
