@@ -4,12 +4,13 @@
  *
  * The first allocation creates the memfd and maps it MAP_SHARED over a large reserved range
  * of address space (64 GiB by default) at a randomly chosen address in a region that the
- * kernel's own mmap placement, the executable and ASan's shadow do not use. Only the first
- * `size` bytes of the file exist; growing is an ftruncate, which every process sees at once
- * because every process maps the whole range. A forked child inherits the mapping; a spawned
- * or forkserver child receives the memfd with its start request and maps it with
- * MAP_FIXED_NOREPLACE at the same address before its target runs (mp__heap_attach), so a
- * pointer into the arena is the same object in every process, whatever the start method.
+ * kernel's own mmap placement and the executable do not use, and that every sanitizer
+ * counts as application memory. Only the first `size` bytes of the file exist; growing is an
+ * ftruncate, which every process sees at once because every process maps the whole range. A
+ * forked child inherits the mapping; a spawned or forkserver child receives the memfd with
+ * its start request and maps it with MAP_FIXED_NOREPLACE at the same address before its
+ * target runs (mp__heap_attach), so a pointer into the arena is the same object in every
+ * process, whatever the start method.
  *
  *   base                                                      base + size    base + reserve
  *   | header: lock, free lists, bump | blocks ...  | never used  |  (beyond the file)  |
@@ -46,10 +47,17 @@
 #define MAX_CLASS 40 /* 1 TiB: above any reserve */
 #define PUNCH_CLASS 23 /* blocks of 8 MiB and more give their pages back when freed */
 
-/* Where the arena is placed: above ASan's high shadow (which ends below 16 TiB) and far
- * below the kernel's mmap area (just under 128 TiB), where no other mapping goes. */
-#define PLACEMENT_LOW 0x200000000000ull
-#define PLACEMENT_SLOTS 512u
+/* Where the arena is placed: [85 TiB, 85 TiB + 320 GiB), just below where the kernel loads a
+ * position-independent executable (ELF_ET_DYN_BASE, 0x555555554000, plus a random offset;
+ * its brk heap follows it) and far below the top-down mmap area under the stack: no other
+ * mapping goes there, in any image of the program. It is application memory for every
+ * sanitizer, so one address serves every build: ThreadSanitizer keeps 0x550000000000 to
+ * 0x568000000000 for such executables and kills a process that maps outside its ranges,
+ * AddressSanitizer's shadow ends below 16 TiB, MemorySanitizer's app range 2 spans
+ * 0x510000000000 to 0x600000000000. The arena starts at a random GiB of the region. */
+#define PLACEMENT_LOW 0x550000000000ull
+#define PLACEMENT_HIGH 0x555000000000ull
+#define PLACEMENT_ALIGN (1ull << 30)
 
 typedef struct {
   uint64_t magic;
@@ -113,9 +121,10 @@ static int place(int fd, void **out, uint64_t *reserve_out) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   unsigned seed = (unsigned)getpid() * 2654435761u ^ (unsigned)ts.tv_nsec;
   for (uint64_t reserve = *reserve_out;; reserve /= 4) {
+    uint64_t slots = (PLACEMENT_HIGH - PLACEMENT_LOW - reserve) / PLACEMENT_ALIGN + 1;
     for (int attempt = 0; attempt < 8; attempt++) {
-      uint64_t slot = rand_r(&seed) % PLACEMENT_SLOTS;
-      if (map_at(fd, PLACEMENT_LOW + slot * RESERVE_DEFAULT, reserve, MAP_FIXED_NOREPLACE,
+      uint64_t slot = (uint64_t)rand_r(&seed) % slots;
+      if (map_at(fd, PLACEMENT_LOW + slot * PLACEMENT_ALIGN, reserve, MAP_FIXED_NOREPLACE,
                  out) == 0) {
         *reserve_out = reserve;
         return 0;

@@ -121,20 +121,33 @@ static void release_held(mp_process_t *proc) {
   proc->n_held = 0;
 }
 
+/* A child's state moves from CREATED to STARTED (mp_process_start) and to ENDED (try_reap,
+ * under reap_lock) while other threads look at it without the lock: a join's first look,
+ * is_alive, active_children, the checks of every call. So it is stored with release, after
+ * the exit code and status_lost it vouches for, and read with acquire. */
+static mp__proc_state_t state_of(const mp_process_t *proc) {
+  return __atomic_load_n(&proc->state, __ATOMIC_ACQUIRE);
+}
+
+static void set_state(mp_process_t *proc, mp__proc_state_t state) {
+  __atomic_store_n(&proc->state, state, __ATOMIC_RELEASE);
+}
+
 /* Collects the child's status if it has ended: true once it has. */
 static bool try_reap(mp_process_t *proc) {
   pthread_mutex_lock(&proc->reap_lock);
   int wait_status, rc;
-  if (proc->state == MP__STARTED && (rc = proc->ops->collect(proc, &wait_status)) != -EAGAIN) {
+  if (state_of(proc) == MP__STARTED &&
+      (rc = proc->ops->collect(proc, &wait_status)) != -EAGAIN) {
     /* The fds stay open until mp_process_close(): another thread may be polling them,
      * and the sentinel handed out must stay valid. */
     proc->status_lost = rc == -ECHILD;
     proc->exitcode = proc->status_lost ? 0 : exitcode_of(wait_status);
-    proc->state = MP__ENDED;
+    set_state(proc, MP__ENDED);
     MP__TRACE(process_reaped, proc);
     release_held(proc);
   }
-  bool ended = proc->state == MP__ENDED;
+  bool ended = state_of(proc) == MP__ENDED;
   pthread_mutex_unlock(&proc->reap_lock);
   return ended;
 }
@@ -148,7 +161,7 @@ static bool try_reap(mp_process_t *proc) {
 
 static int wait_child(mp_process_t *proc, int64_t deadline) {
   for (;;) {
-    if (proc->state == MP__ENDED)
+    if (state_of(proc) == MP__ENDED)
       return 1;
     int64_t until = deadline;
     if (proc->pidfd < 0 && deadline - mp__now_ns() > NO_PIDFD_LOOK_NS)
@@ -165,7 +178,7 @@ static int wait_child(mp_process_t *proc, int64_t deadline) {
 
 /* A non-blocking look: is the started child still running? */
 static bool child_running(mp_process_t *proc) {
-  return proc->state == MP__STARTED && wait_child(proc, 0) == 0;
+  return state_of(proc) == MP__STARTED && wait_child(proc, 0) == 0;
 }
 
 int mp__popen_collect_child(mp_process_t *proc, int *wait_status) {
@@ -297,7 +310,7 @@ static void after_fork_in_child(void) {
  * not started is an error; the current process never ends and has no sentinel. */
 static int process_ready(void *obj) {
   mp_process_t *proc = obj;
-  if (proc->kind == MP__PROC_CHILD && proc->state == MP__CREATED)
+  if (proc->kind == MP__PROC_CHILD && state_of(proc) == MP__CREATED)
     return mp__error(MP_ENOTSTARTED, "mp_wait: process '%s' has not been started", proc->name);
   int alive = mp_process_is_alive(proc);
   return alive < 0 ? alive : !alive;
@@ -451,7 +464,7 @@ static int check_child(const mp_process_t *proc, const char *what) {
 
 static int check_not_started(const mp_process_t *proc, const char *what) {
   int rc = check_child(proc, what);
-  if (rc == 0 && proc->state != MP__CREATED)
+  if (rc == 0 && state_of(proc) != MP__CREATED)
     rc = mp__error(MP_ESTARTED, "%s: process '%s' has already been started", what,
                    proc->name);
   return rc;
@@ -459,7 +472,7 @@ static int check_not_started(const mp_process_t *proc, const char *what) {
 
 static int check_started(const mp_process_t *proc, const char *what) {
   int rc = check_child(proc, what);
-  if (rc == 0 && proc->state == MP__CREATED)
+  if (rc == 0 && state_of(proc) == MP__CREATED)
     rc = mp__error(MP_ENOTSTARTED, "%s: process '%s' has not been started", what,
                    proc->name);
   return rc;
@@ -531,7 +544,11 @@ static int pass_handles_in_arg(mp_process_t *proc) {
     MP__SCANNED(&word, sizeof word); /* a struct's padding is scanned too */
     if (word % sizeof(uintptr_t) != 0 || !mp__shared_contains((void *)word))
       continue;
-    uint32_t kind = *(const uint32_t *)word;
+    /* The word may point at anything in the arena, such as a futex word that other threads
+     * and processes change as it is read: an atomic load, the only race-free read of it.
+     * Relaxed: the kind word of a real handle was written before the caller had the handle,
+     * and any other value is only compared. */
+    uint32_t kind = __atomic_load_n((const uint32_t *)word, __ATOMIC_RELAXED);
     for (size_t i = 0; i < PASSABLE_KINDS && passables[i].pass; i++)
       if (passables[i].kind == kind && passables[i].pass((void *)word, proc) == MP_ENOMEM)
         return MP_ENOMEM;
@@ -576,7 +593,7 @@ int mp_process_start(mp_process_t *proc) {
     snprintf(detail, sizeof detail, "%s", mp_last_error());
     return mp__error(rc, "mp_process_start (%s): %s", proc->ops->name, detail);
   }
-  proc->state = proc->status_lost ? MP__ENDED : MP__STARTED;
+  set_state(proc, proc->status_lost ? MP__ENDED : MP__STARTED);
   registry_add(proc);
   MP__TRACE(process_start, proc);
   return 0;
@@ -660,7 +677,7 @@ static int send_signal(mp_process_t *proc, int sig, const char *what) {
   /* Without a pidfd (or without pidfd_send_signal, as under valgrind), the pid, unless
    * the sentinel says the child has ended: a forkserver child is reaped by the server, so
    * its pid may be anyone's by then. */
-  bool running = proc->state == MP__STARTED &&
+  bool running = state_of(proc) == MP__STARTED &&
                  (proc->pidfd >= 0 || mp__poll_fd(proc->status_fd, POLLIN, 0) == 0);
   int sent = 0;
   if (running && proc->pidfd >= 0)
@@ -686,7 +703,7 @@ int mp_process_pid(const mp_process_t *proc) {
     return mp__error(MP_EINVAL, "mp_process_pid: proc is NULL");
   if (proc->kind == MP__PROC_SELF)
     return getpid();
-  if (proc->state == MP__CREATED)
+  if (state_of(proc) == MP__CREATED)
     return mp__error(MP_ENOTSTARTED, "mp_process_pid: '%s' has not been started",
                      proc->name);
   return proc->pid;
@@ -710,7 +727,7 @@ int mp_process_close(mp_process_t *proc) {
                                                              : "proc is NULL");
   if (child_running(proc))
     return mp__error(MP_EALIVE, "mp_process_close: '%s' still runs", proc->name);
-  if (proc->state != MP__CREATED)
+  if (state_of(proc) != MP__CREATED)
     registry_remove(proc);
   close_handles(proc);
   release_held(proc);

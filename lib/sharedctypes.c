@@ -155,75 +155,87 @@ typedef struct {
   double *d_out;
 } access_t;
 
-/* Fixed-size copies, which the compiler turns into single loads and stores: the element may
- * sit at any offset of a raw buffer, and the critical section stays a few instructions. */
-static long load_long(const ctypes_t *c, const unsigned char *p) {
-  bool s = c->kind == SIGNED;
+/*
+ * An element is read and written by one relaxed atomic load or store of its width (a plain
+ * move on x86, so nothing is lost under a lock): the get and the set of a raw element are
+ * then indivisible, as under Python's GIL, and no data race whatever other threads do with
+ * it. An add without a lock is still a load and a store, and loses updates as Python's does.
+ * Elements of a typed Value or Array are aligned to their width (data_at is 8-aligned).
+ */
+static uint64_t load_bits(const ctypes_t *c, const unsigned char *p) {
   switch (c->elem) {
-  case 1: {
-    uint8_t v;
-    memcpy(&v, p, sizeof v);
-    return s ? (int8_t)v : (long)v;
+  case 1:
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+  case 2:
+    return __atomic_load_n((const uint16_t *)p, __ATOMIC_RELAXED);
+  case 4:
+    return __atomic_load_n((const uint32_t *)p, __ATOMIC_RELAXED);
+  default:
+    return __atomic_load_n((const uint64_t *)p, __ATOMIC_RELAXED);
   }
-  case 2: {
-    uint16_t v;
-    memcpy(&v, p, sizeof v);
-    return s ? (int16_t)v : (long)v;
+}
+
+static void store_bits(const ctypes_t *c, unsigned char *p, uint64_t v) {
+  switch (c->elem) {
+  case 1:
+    __atomic_store_n(p, (uint8_t)v, __ATOMIC_RELAXED);
+    break;
+  case 2:
+    __atomic_store_n((uint16_t *)p, (uint16_t)v, __ATOMIC_RELAXED);
+    break;
+  case 4:
+    __atomic_store_n((uint32_t *)p, (uint32_t)v, __ATOMIC_RELAXED);
+    break;
+  default:
+    __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELAXED);
   }
-  case 4: {
-    uint32_t v;
-    memcpy(&v, p, sizeof v);
-    return s ? (int32_t)v : (long)v;
-  }
-  default: {
-    int64_t v;
-    memcpy(&v, p, sizeof v);
+}
+
+static long load_long(const ctypes_t *c, const unsigned char *p) {
+  uint64_t v = load_bits(c, p);
+  if (c->kind != SIGNED)
     return (long)v;
-  }
+  switch (c->elem) {
+  case 1:
+    return (int8_t)v;
+  case 2:
+    return (int16_t)v;
+  case 4:
+    return (int32_t)v;
+  default:
+    return (long)v;
   }
 }
 
 /* Truncation to the element's low bytes: C's (and ctypes') conversion on two's complement. */
 static void store_long(const ctypes_t *c, unsigned char *p, long x) {
-  switch (c->elem) {
-  case 1: {
-    uint8_t v = (uint8_t)x;
-    memcpy(p, &v, sizeof v);
-    break;
-  }
-  case 2: {
-    uint16_t v = (uint16_t)x;
-    memcpy(p, &v, sizeof v);
-    break;
-  }
-  case 4: {
-    uint32_t v = (uint32_t)x;
-    memcpy(p, &v, sizeof v);
-    break;
-  }
-  default:
-    memcpy(p, &x, sizeof x);
-  }
+  store_bits(c, p, (uint64_t)x);
 }
 
 static double load_double(const ctypes_t *c, const unsigned char *p) {
+  uint64_t v = load_bits(c, p);
   if (c->elem == sizeof(float)) {
+    uint32_t low = (uint32_t)v;
     float f;
-    memcpy(&f, p, sizeof f);
+    memcpy(&f, &low, sizeof f);
     return f;
   }
   double d;
-  memcpy(&d, p, sizeof d);
+  memcpy(&d, &v, sizeof d);
   return d;
 }
 
 static void store_double(const ctypes_t *c, unsigned char *p, double x) {
+  uint64_t v;
   if (c->elem == sizeof(float)) {
     float f = (float)x;
-    memcpy(p, &f, sizeof f);
+    uint32_t low;
+    memcpy(&low, &f, sizeof low);
+    v = low;
   } else {
-    memcpy(p, &x, sizeof x);
+    memcpy(&v, &x, sizeof v);
   }
+  store_bits(c, p, v);
 }
 
 static int lock_c(ctypes_t *c) {

@@ -114,17 +114,30 @@ static bool proc_alive(proc_id_t h) {
   return rc < 0 || h.start == 0 || start == h.start;
 }
 
-static proc_id_t self_id;
+/* This process's name, found at its first need by whichever thread comes first: under a
+ * lock, so that every thread gets the same start time even if one reading of /proc fails.
+ * pid is stored last (release) and read first (acquire): once it is set, start is too. */
+static struct {
+  pthread_mutex_t lock;
+  _Atomic int32_t pid; /* 0 until known; a forked child forgets it */
+  _Atomic uint64_t start;
+} self_id = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
 
 static proc_id_t self_process(void) {
-  if (self_id.pid == 0) {
-    uint64_t start = 0;
-    int32_t pid = getpid();
-    proc_start(pid, &start); /* left 0 (unknown) if /proc cannot tell */
-    self_id.start = start;
-    self_id.pid = pid;
+  proc_id_t id = {.pid = atomic_load_explicit(&self_id.pid, memory_order_acquire)};
+  if (__builtin_expect(id.pid == 0, 0)) {
+    pthread_mutex_lock(&self_id.lock);
+    if (atomic_load_explicit(&self_id.pid, memory_order_relaxed) == 0) {
+      uint64_t start = 0;
+      proc_start(getpid(), &start); /* left 0 (unknown) if /proc cannot tell */
+      atomic_store_explicit(&self_id.start, start, memory_order_relaxed);
+      atomic_store_explicit(&self_id.pid, getpid(), memory_order_release);
+    }
+    pthread_mutex_unlock(&self_id.lock);
+    id.pid = atomic_load_explicit(&self_id.pid, memory_order_relaxed);
   }
-  return self_id;
+  id.start = atomic_load_explicit(&self_id.start, memory_order_relaxed);
+  return id;
 }
 
 /* ================================ objects ================================ */
@@ -1023,7 +1036,9 @@ int mp_barrier_close(mp_barrier_t *b) {
 /* A forked child is another process, its thread another thread. */
 static void after_fork_in_child(void) {
   thread_token = 0;
-  self_id.pid = 0;
+  if (atomic_load_explicit(&self_id.pid, memory_order_relaxed) != 0)
+    atomic_store_explicit(&self_id.pid, 0, memory_order_relaxed);
+  mp__reset_lock(&self_id.lock);
   mp__reset_lock(&held.lock);
   held.n = 0; /* the slots (and references) are the parent's */
 }

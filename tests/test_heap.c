@@ -7,6 +7,11 @@
 #include "mp_test.h"
 
 #include <fcntl.h>
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#else
+#define RUNNING_ON_VALGRIND 0
+#endif
 
 /* What a child is told: where the shared block is, and what to do. */
 typedef struct {
@@ -81,6 +86,27 @@ START_TEST(test_growth_by_child_seen_by_parent) {
            "a reused block is not zeroed");
   mp__shared_release(again);
   mp__shared_release(job.block);
+}
+END_TEST
+
+/* The arena lies in [0x550000000000, 0x555000000000), below where the kernel loads the
+ * executable, which every sanitizer counts as application memory: ThreadSanitizer killed each
+ * process whose arena lay elsewhere. Under valgrind, which refuses such addresses, it lies
+ * where the kernel puts it, with valgrind's reserve. */
+START_TEST(test_arena_placement) {
+  void *block = mp__shared_alloc(64);
+  T_ASSERT(block != NULL, "alloc: %s", mp_last_error());
+  mp__heap_map_t map;
+  int fd;
+  T_ASSERT(mp__heap_describe(&map, &fd), "no arena after an allocation");
+  if (RUNNING_ON_VALGRIND)
+    T_ASSERT(map.reserve == 512ull << 20, "reserve %#llx under valgrind",
+             (unsigned long long)map.reserve);
+  else
+    T_ASSERT(map.base >= 0x550000000000ull && map.base + map.reserve <= 0x555000000000ull,
+             "the arena [%#llx, %#llx) is outside the range every sanitizer allows",
+             (unsigned long long)map.base, (unsigned long long)(map.base + map.reserve));
+  mp__shared_release(block);
 }
 END_TEST
 
@@ -187,6 +213,7 @@ static Suite *heap_suite(void) {
   TCase *tc = mp_test_tcase(s, "arena", 20);
   tcase_add_loop_test(tc, test_block_shared_with_child, 0, N_METHODS);
   tcase_add_loop_test(tc, test_growth_by_child_seen_by_parent, 0, N_METHODS);
+  tcase_add_test(tc, test_arena_placement);
   tcase_add_test(tc, test_reference_counts_and_reuse);
   tcase_add_test(tc, test_bad_sizes);
   tcase_add_loop_test(tc, test_unique_across_processes, 0, N_METHODS);
