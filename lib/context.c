@@ -34,7 +34,8 @@ static int unknown_method(const char *where, const char *method) {
 static mp_context_t *resolve_default(void) {
   pthread_mutex_lock(&context_lock);
   if (!default_context) {
-    const char *env = getenv("MP_START_METHOD");
+    /* Not in a setuid program: its caller's environment does not pick its start method. */
+    const char *env = secure_getenv("MP_START_METHOD");
     if (env && *env) {
       default_context = find_context(env);
       if (!default_context)
