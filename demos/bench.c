@@ -151,8 +151,8 @@ static bool row_selected(const bench_row_t *row, const char *only) {
 static void usage(FILE *out) {
   fprintf(out,
           "usage: bench [--csv] [--only PREFIX] [--iterations N] [--rounds N]\n"
-          "  --csv           print 'row,unit,libmp,baseline,ratio,libmp_faults,baseline_faults'\n"
-          "                  and one line per row (the fault columns: empty where not counted)\n"
+          "  --csv           print CSV: row,unit,libmp,baseline,ratio, then the page\n"
+          "                  faults per op of each side (libmp_faults,baseline_faults)\n"
           "  --only PREFIX   run only the rows whose name starts with PREFIX\n"
           "  --iterations N  operations per round and side, for every row (default: per row)\n"
           "  --rounds N      rounds per row; each side keeps its best (default: %d)\n"
@@ -230,8 +230,8 @@ int main(int argc, char **argv) {
     printf("row,unit,libmp,baseline,ratio,libmp_faults,baseline_faults\n");
   } else {
     printf("libmp and its bare baseline, interleaved over %d round%s; each side's best round.\n"
-           "ratio = libmp / baseline, lower is better. flt/op: minor page faults per op, children\n"
-           "included (mean over the rounds), for the rows that count them.\n\n",
+           "ratio = libmp / baseline, lower is better. flt/op: minor page faults per op,\n"
+           "children included (mean over the rounds), for the rows that count them.\n\n",
            cfg.rounds, cfg.rounds == 1 ? "" : "s");
     printf("%-*s  %-*s  %10s  %10s  %6s  %12s  %12s\n", name_width, "row", unit_width, "unit",
            "libmp", "baseline", "ratio", "libmp flt/op", "base flt/op");

@@ -18,7 +18,8 @@
 #include <unistd.h>
 
 #define WORKERS 2
-#define SPIN_NS 20000.0 /* what libmp's waiter spins before it sleeps (lib/pool_transport.c) */
+/* What libmp's waiter spins before it sleeps (lib/pool_transport.c). */
+#define SPIN_NS 20000.0
 /* ================================ tasks ================================ */
 
 static int square(const void *arg, size_t size, void *result, size_t *result_size) {
@@ -119,11 +120,11 @@ typedef struct {
   /* Fixed for the farm's life (set before the fork): a worker still claiming from the last
    * job draws a number past the last chunk, however late, and so claims nothing. */
   uint64_t n, chunksize;
-  _Alignas(64) _Atomic uint64_t next; /* the next chunk to claim */
-  _Alignas(64) _Atomic uint64_t done; /* items finished */
+  _Alignas(64) _Atomic uint64_t next;     /* the next chunk to claim */
+  _Alignas(64) _Atomic uint64_t done;     /* items finished */
   _Alignas(64) _Atomic uint32_t finished; /* bumped when done reaches n; the parent waits */
   _Atomic uint32_t waiting;
-  _Alignas(64) int items[]; /* the input, then the output, capacity each */
+  _Alignas(64) int items[]; /* the input, then the output, n each */
 } farm_shared_t;
 
 typedef struct {

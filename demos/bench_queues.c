@@ -26,9 +26,9 @@
  * The baseline: the least a cross-process queue of fixed-size messages can do. One
  * producer, one consumer, slots of the message's size in memory both map, a head and a tail
  * on their own cache lines; the producer copies a message in, the consumer copies it out, as
- * libmp's put and get do, each on its own CPU. The consumer spins as long as libmp's does before it sleeps on a futex (an idle
- * consumer that spins for ever would take the CPU from the other side's turn), and the
- * producer wakes it only when it sleeps.
+ * libmp's put and get do, each on its own CPU. The consumer spins as long as libmp's does
+ * before it sleeps on a futex (an idle consumer that spins for ever would take the CPU from the
+ * other side's turn), and the producer wakes it only when it sleeps.
  */
 typedef struct {
   _Alignas(64) _Atomic uint64_t head;
