@@ -28,7 +28,10 @@
  * on their own cache lines; the producer copies a message in, the consumer copies it out, as
  * libmp's put and get do, each on its own CPU. The consumer spins as long as libmp's does
  * before it sleeps on a futex (an idle consumer that spins for ever would take the CPU from the
- * other side's turn), and the producer wakes it only when it sleeps.
+ * other side's turn), and the producer wakes it only when it sleeps, once: the wake clears
+ * the flag, as libmp's notify takes the sleeper off its count when the wake finds it gone
+ * (a producer that made a futex call per message until the woken consumer ran would pay
+ * a system call a message on a loaded machine, and flatter libmp).
  */
 typedef struct {
   _Alignas(64) _Atomic uint64_t head;
@@ -101,7 +104,7 @@ static void bare_put(bare_ring_t *r, const unsigned char *msg) {
     relax();
   memcpy(slot(r, tail), msg, r->slot_size);
   atomic_store(&r->tail, tail + 1);
-  if (atomic_load(&r->sleeping)) {
+  if (atomic_exchange(&r->sleeping, 0)) {
     atomic_fetch_add(&r->seq, 1);
     futex_wake(&r->seq);
   }
