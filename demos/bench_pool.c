@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #define WORKERS 2
-/* What libmp's waiter spins before it sleeps (lib/pool_transport.c). */
+/* What libmp's waiter spins before it sleeps (mp__job_wait, lib/pool*.c). */
 #define SPIN_NS 20000.0
 
 /* ================================ tasks ================================ */
