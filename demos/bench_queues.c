@@ -104,7 +104,8 @@ static void bare_put(bare_ring_t *r, const unsigned char *msg) {
     relax();
   memcpy(slot(r, tail), msg, r->slot_size);
   atomic_store(&r->tail, tail + 1);
-  if (atomic_exchange(&r->sleeping, 0)) {
+  /* Read first: an exchange on every message would take the line from the spinning consumer. */
+  if (atomic_load(&r->sleeping) && atomic_exchange(&r->sleeping, 0)) {
     atomic_fetch_add(&r->seq, 1);
     futex_wake(&r->seq);
   }
