@@ -5,12 +5,14 @@
  */
 #include "bench.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #define DEFAULT_ROUNDS 11
@@ -36,25 +38,90 @@ double bench_now_ns(void) {
   return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
-void bench_pair(const bench_config_t *cfg, int default_iterations, bench_op_t libmp_op,
-                bench_op_t baseline_op, void *state, double *libmp_ns, double *baseline_ns) {
+/* Each side's best per-op time; and, if faults is not NULL, its mean faults per op. */
+static void run_pair(const bench_config_t *cfg, int default_iterations, bench_op_t libmp_op,
+                     bench_op_t baseline_op, void *state, double ns[2], double faults[2]) {
   int iterations = cfg->iterations > 0 ? cfg->iterations : default_iterations;
   bench_op_t ops[2] = {libmp_op, baseline_op};
-  double best[2] = {HUGE_VAL, HUGE_VAL};
+  double fault_sum[2] = {0, 0};
 
+  ns[0] = ns[1] = HUGE_VAL;
   for (int round = 0; round < cfg->rounds; round++) {
     for (int turn = 0; turn < 2; turn++) {
       int side = turn ^ (round & 1);
+      double faults_before = faults ? bench_faults() : 0;
       double start = bench_now_ns();
       for (int i = 0; i < iterations; i++)
         ops[side](state);
       double per_op = (bench_now_ns() - start) / iterations;
-      if (per_op < best[side])
-        best[side] = per_op;
+      if (faults)
+        fault_sum[side] += bench_faults() - faults_before;
+      if (per_op < ns[side])
+        ns[side] = per_op;
     }
   }
-  *libmp_ns = best[0];
-  *baseline_ns = best[1];
+  if (faults)
+    for (int side = 0; side < 2; side++)
+      faults[side] = fault_sum[side] / ((double)iterations * cfg->rounds);
+}
+
+void bench_pair(const bench_config_t *cfg, int default_iterations, bench_op_t libmp_op,
+                bench_op_t baseline_op, void *state, double *libmp_ns, double *baseline_ns) {
+  double ns[2];
+  run_pair(cfg, default_iterations, libmp_op, baseline_op, state, ns, NULL);
+  *libmp_ns = ns[0];
+  *baseline_ns = ns[1];
+}
+
+void bench_pair_faults(const bench_config_t *cfg, int default_iterations, bench_op_t libmp_op,
+                       bench_op_t baseline_op, void *state, double ns[2], double faults[2]) {
+  run_pair(cfg, default_iterations, libmp_op, baseline_op, state, ns, faults);
+}
+
+/* ================================ page faults ================================ */
+
+/* minflt + cminflt of a live process, from /proc/PID/stat (fields 10 and 11); 0 if it is
+ * gone. The command name (field 2) may hold spaces: the fields after it follow its ')'. */
+static double live_faults(const char *pid) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof path, "/proc/%s/stat", pid);
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return 0;
+  size_t len = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[len] = '\0';
+  char *p = strrchr(buf, ')');
+  unsigned long minflt = 0, cminflt = 0;
+  if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %lu %lu", &minflt, &cminflt) != 2)
+    return 0;
+  return (double)minflt + (double)cminflt;
+}
+
+double bench_faults(void) {
+  struct rusage self, children;
+  getrusage(RUSAGE_SELF, &self);
+  getrusage(RUSAGE_CHILDREN, &children);
+  double total = (double)self.ru_minflt + (double)children.ru_minflt;
+
+  /* The live children of every thread: /proc/self/task/TID/children, pids apart by spaces. */
+  DIR *tasks = opendir("/proc/self/task");
+  struct dirent *task;
+  while (tasks && (task = readdir(tasks)) != NULL) {
+    if (task->d_name[0] == '.')
+      continue;
+    char path[300], pid[32];
+    snprintf(path, sizeof path, "/proc/self/task/%s/children", task->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f)
+      continue;
+    while (fscanf(f, "%31s", pid) == 1)
+      total += live_faults(pid);
+    fclose(f);
+  }
+  if (tasks)
+    closedir(tasks);
+  return total;
 }
 
 /* ================================ the table ================================ */
@@ -85,7 +152,8 @@ static bool row_selected(const bench_row_t *row, const char *only) {
 static void usage(FILE *out) {
   fprintf(out,
           "usage: bench [--csv] [--only PREFIX] [--iterations N] [--rounds N]\n"
-          "  --csv           print 'row,unit,libmp,baseline,ratio' and one line per row\n"
+          "  --csv           print CSV: row,unit,libmp,baseline,ratio, then the page\n"
+          "                  faults per op of each side (libmp_faults,baseline_faults)\n"
           "  --only PREFIX   run only the rows whose name starts with PREFIX\n"
           "  --iterations N  operations per round and side, for every row (default: per row)\n"
           "  --rounds N      rounds per row; each side keeps its best (default: %d)\n"
@@ -160,13 +228,14 @@ int main(int argc, char **argv) {
   }
 
   if (csv) {
-    printf("row,unit,libmp,baseline,ratio\n");
+    printf("row,unit,libmp,baseline,ratio,libmp_faults,baseline_faults\n");
   } else {
     printf("libmp and its bare baseline, interleaved over %d round%s; each side's best round.\n"
-           "ratio = libmp / baseline, lower is better.\n\n",
+           "ratio = libmp / baseline, lower is better. flt/op: minor page faults per op,\n"
+           "children included (mean over the rounds), for the rows that count them.\n\n",
            cfg.rounds, cfg.rounds == 1 ? "" : "s");
-    printf("%-*s  %-*s  %10s  %10s  %6s\n", name_width, "row", unit_width, "unit", "libmp",
-           "baseline", "ratio");
+    printf("%-*s  %-*s  %10s  %10s  %6s  %12s  %12s\n", name_width, "row", unit_width, "unit",
+           "libmp", "baseline", "ratio", "libmp flt/op", "base flt/op");
   }
 
   for (size_t i = 0; i < row_count; i++) {
@@ -176,15 +245,22 @@ int main(int argc, char **argv) {
      * never holds a copy of unwritten output. */
     fflush(stdout);
 
-    bench_result_t result;
+    bench_result_t result = {0};
     all_rows[i]->run(&cfg, &result);
     double ratio = result.libmp / result.baseline;
+    /* The fault columns come after the five first, which stay what they were. */
+    char faults[2][32] = {"", ""};
+    if (result.faults) {
+      snprintf(faults[0], sizeof faults[0], "%.1f", result.libmp_faults);
+      snprintf(faults[1], sizeof faults[1], "%.1f", result.baseline_faults);
+    }
     if (csv)
-      printf("%s,%s,%.3f,%.3f,%.3f\n", all_rows[i]->name, all_rows[i]->unit, result.libmp,
-             result.baseline, ratio);
+      printf("%s,%s,%.3f,%.3f,%.3f,%s,%s\n", all_rows[i]->name, all_rows[i]->unit, result.libmp,
+             result.baseline, ratio, faults[0], faults[1]);
     else
-      printf("%-*s  %-*s  %10.2f  %10.2f  %6.2f\n", name_width, all_rows[i]->name, unit_width,
-             all_rows[i]->unit, result.libmp, result.baseline, ratio);
+      printf("%-*s  %-*s  %10.2f  %10.2f  %6.2f  %12s  %12s\n", name_width, all_rows[i]->name,
+             unit_width, all_rows[i]->unit, result.libmp, result.baseline, ratio,
+             result.faults ? faults[0] : "-", result.faults ? faults[1] : "-");
   }
   return 0;
 }

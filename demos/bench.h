@@ -29,10 +29,14 @@ typedef struct {
   int rounds;
 } bench_config_t;
 
-/* Per-op costs, in the row's unit. */
+/* Per-op costs, in the row's unit; and, for the rows that count them (faults set), the minor
+ * page faults per op of each side, its children included. */
 typedef struct {
   double libmp;
   double baseline;
+  bool faults;
+  double libmp_faults;
+  double baseline_faults;
 } bench_result_t;
 
 typedef struct {
@@ -66,6 +70,20 @@ double bench_now_ns(void);
  */
 void bench_pair(const bench_config_t *cfg, int default_iterations, bench_op_t libmp_op,
                 bench_op_t baseline_op, void *state, double *libmp_ns, double *baseline_ns);
+
+/*
+ * bench_pair, and also each side's minor page faults per op (bench_faults) averaged over all
+ * its rounds: a fault count does not drift with the load as a time does.
+ */
+void bench_pair_faults(const bench_config_t *cfg, int default_iterations, bench_op_t libmp_op,
+                       bench_op_t baseline_op, void *state, double ns[2], double faults[2]);
+
+/*
+ * The minor page faults so far of this process and of its children: those reaped
+ * (RUSAGE_CHILDREN) and those alive, with what they reaped (/proc/PID/stat), so that a
+ * forkserver's children count too. The difference of two calls is what happened between.
+ */
+double bench_faults(void);
 
 /* The groups, one per layer. */
 extern const bench_group_t bench_process_group;

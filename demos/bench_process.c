@@ -91,17 +91,19 @@ static void bare_spawn_once(void *state) {
 static void run_process_row(const bench_config_t *cfg, const char *method, bench_op_t bare_op,
                             int default_iterations, process_state_t *state,
                             bench_result_t *result) {
-  double libmp_ns, baseline_ns;
+  double ns[2], faults[2];
   int rc;
 
   if ((rc = mp_get_context(method, &state->ctx)) < 0)
     bench_die_mp("mp_get_context", rc);
   libmp_process_once(state);
   bare_op(state);
-  bench_pair(cfg, default_iterations, libmp_process_once, bare_op, state, &libmp_ns,
-             &baseline_ns);
-  result->libmp = libmp_ns / 1e3;
-  result->baseline = baseline_ns / 1e3;
+  bench_pair_faults(cfg, default_iterations, libmp_process_once, bare_op, state, ns, faults);
+  result->libmp = ns[0] / 1e3;
+  result->baseline = ns[1] / 1e3;
+  result->faults = true;
+  result->libmp_faults = faults[0];
+  result->baseline_faults = faults[1];
 }
 
 static void row_process_fork(const bench_config_t *cfg, bench_result_t *result) {

@@ -1,6 +1,6 @@
 /* bench rows of the queues layer: messages from a producer process to a consumer process
  * through an mp_queue_t, against a bare single-producer single-consumer shared-memory ring
- * (small messages) and against the two memcpy a message costs at the least (1 MiB). */
+ * between two processes, with slots of the message's size (64 bytes, 1 MiB). */
 #include "bench.h"
 
 #include <errno.h>
@@ -18,17 +18,20 @@
 
 #define SMALL 64
 #define BIG ((size_t)1 << 20)
-#define BARE_SLOTS 4096
 #define SPIN_NS 20000.0
 
 /* ============================ the bare ring ============================ */
 
 /*
- * The baseline: the least a cross-process queue of fixed 64-byte messages can do. One
- * producer, one consumer, slots in memory both map, a head and a tail on their own cache
- * lines. The consumer spins as long as libmp's does before it sleeps on a futex (an idle
- * consumer that spins for ever would take the CPU from the other side's turn), and the
- * producer wakes it only when it sleeps.
+ * The baseline: the least a cross-process queue of fixed-size messages can do. One
+ * producer, one consumer, slots of the message's size in memory both map, a head and a tail
+ * on their own cache lines; the producer copies a message in, the consumer copies it out, as
+ * libmp's put and get do, each on its own CPU. The consumer spins as long as libmp's does
+ * before it sleeps on a futex (an idle consumer that spins for ever would take the CPU from the
+ * other side's turn), and the producer wakes it only when it sleeps, once: the wake clears
+ * the flag, as libmp's notify takes the sleeper off its count when the wake finds it gone
+ * (a producer that made a futex call per message until the woken consumer ran would pay
+ * a system call a message on a loaded machine, and flatter libmp).
  */
 typedef struct {
   _Alignas(64) _Atomic uint64_t head;
@@ -37,8 +40,13 @@ typedef struct {
   _Atomic uint32_t sleeping;
   _Atomic uint32_t stop;
   _Alignas(64) _Atomic uint64_t libmp_consumed; /* what libmp's consumer has taken */
-  _Alignas(64) unsigned char slots[BARE_SLOTS][SMALL];
+  size_t slot_size, n_slots;
+  _Alignas(64) unsigned char slots[]; /* n_slots of slot_size bytes */
 } bare_ring_t;
+
+static unsigned char *slot(bare_ring_t *r, uint64_t index) {
+  return r->slots + (index % r->n_slots) * r->slot_size;
+}
 
 static void relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -76,22 +84,28 @@ static bool bare_wait(bare_ring_t *r, uint64_t head) {
 static int bare_consumer(void *arg, size_t size) {
   (void)size;
   bare_ring_t *r = *(bare_ring_t **)arg;
-  unsigned char msg[SMALL];
+  unsigned char *msg = malloc(r->slot_size);
+  if (!msg)
+    return 1;
   for (uint64_t head = 0;; head++) {
     if (!bare_wait(r, head))
-      return 0;
-    memcpy(msg, r->slots[head % BARE_SLOTS], SMALL);
+      break;
+    memcpy(msg, slot(r, head), r->slot_size);
+    __asm__ __volatile__("" : : "r"(msg) : "memory"); /* the copy is used */
     atomic_store(&r->head, head + 1);
   }
+  free(msg);
+  return 0;
 }
 
 static void bare_put(bare_ring_t *r, const unsigned char *msg) {
   uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-  while (tail - atomic_load(&r->head) == BARE_SLOTS)
+  while (tail - atomic_load(&r->head) == r->n_slots)
     relax();
-  memcpy(r->slots[tail % BARE_SLOTS], msg, SMALL);
+  memcpy(slot(r, tail), msg, r->slot_size);
   atomic_store(&r->tail, tail + 1);
-  if (atomic_load(&r->sleeping)) {
+  /* Read first: an exchange on every message would take the line from the spinning consumer. */
+  if (atomic_load(&r->sleeping) && atomic_exchange(&r->sleeping, 0)) {
     atomic_fetch_add(&r->seq, 1);
     futex_wake(&r->seq);
   }
@@ -111,7 +125,7 @@ typedef struct {
   size_t size;   /* of a message */
   int batch;     /* messages per timed operation */
   uint64_t sent; /* by the libmp side, so far */
-  unsigned char *msg, *mid, *dst;
+  unsigned char *msg;
 } queue_state_t;
 
 typedef struct {
@@ -159,16 +173,6 @@ static void bare_batch(void *state) {
   await_count(&s->ring->head, atomic_load_explicit(&s->ring->tail, memory_order_relaxed));
 }
 
-/* The floor of any queue of 1 MiB messages: one copy in, one copy out. */
-static void memcpy_batch(void *state) {
-  queue_state_t *s = state;
-  for (int i = 0; i < s->batch; i++) {
-    memcpy(s->mid, s->msg, s->size);
-    memcpy(s->dst, s->mid, s->size);
-    __asm__ __volatile__("" : : "r"(s->dst) : "memory"); /* the copies are used */
-  }
-}
-
 static mp_process_t *start_consumer(mp_target_t target, const void *arg, size_t size) {
   mp_context_t *ctx;
   mp_process_t *proc;
@@ -190,59 +194,54 @@ static void finish(mp_process_t *proc) {
 }
 
 /*
- * Both rows: a consumer process for the queue (and one for the bare ring, if used), forked,
- * an untimed batch of each side to fault everything in, then the timed rounds. Per message.
+ * Both rows: a consumer process for the queue and one for the bare ring (of n_slots slots of
+ * the message's size), forked, an untimed batch of each side to fault everything in, then the
+ * timed rounds. Per message.
  */
-static void run_queue_row(const bench_config_t *cfg, size_t size, int batch, bool bare_ring,
+static void run_queue_row(const bench_config_t *cfg, size_t size, int batch, size_t n_slots,
                           int default_iterations, double unit_ns, bench_result_t *result) {
   queue_state_t s = {.size = size, .batch = batch};
+  size_t ring_bytes = sizeof *s.ring + n_slots * size;
   int rc;
-  s.ring =
-      mmap(NULL, sizeof *s.ring, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  s.ring = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (s.ring == MAP_FAILED)
     bench_die_sys("mmap", errno);
+  s.ring->slot_size = size;
+  s.ring->n_slots = n_slots;
   if ((rc = mp_queue_create(&s.q, 0)) < 0)
     bench_die_mp("mp_queue_create", rc);
-  s.msg = malloc(size);
-  s.mid = malloc(size);
-  s.dst = malloc(size);
-  if (!s.msg || !s.mid || !s.dst)
+  if (!(s.msg = malloc(size)))
     bench_die_sys("malloc", ENOMEM);
   memset(s.msg, 'q', size);
-  memset(s.mid, 0, size);
-  memset(s.dst, 0, size);
 
   consumer_arg_t arg = {s.q, s.ring, size};
   mp_process_t *libmp_side = start_consumer(libmp_consumer, &arg, sizeof arg);
-  mp_process_t *bare_side =
-      bare_ring ? start_consumer(bare_consumer, &s.ring, sizeof s.ring) : NULL;
-  bench_op_t baseline = bare_ring ? bare_batch : memcpy_batch;
+  mp_process_t *bare_side = start_consumer(bare_consumer, &s.ring, sizeof s.ring);
   libmp_batch(&s);
-  baseline(&s);
+  bare_batch(&s);
   double libmp_ns, baseline_ns;
-  bench_pair(cfg, default_iterations, libmp_batch, baseline, &s, &libmp_ns, &baseline_ns);
+  bench_pair(cfg, default_iterations, libmp_batch, bare_batch, &s, &libmp_ns, &baseline_ns);
   result->libmp = libmp_ns / batch / unit_ns;
   result->baseline = baseline_ns / batch / unit_ns;
 
   mp_queue_close(s.q);
   finish(libmp_side);
-  if (bare_side) {
-    bare_stop(s.ring);
-    finish(bare_side);
-  }
+  bare_stop(s.ring);
+  finish(bare_side);
   mp_queue_free(s.q);
-  munmap(s.ring, sizeof *s.ring);
+  munmap(s.ring, ring_bytes);
   free(s.msg);
-  free(s.mid);
-  free(s.dst);
 }
 
+/* 64-byte messages in batches of 1000, through a ring of 4096 slots. */
 static void row_queue_small(const bench_config_t *cfg, bench_result_t *result) {
-  run_queue_row(cfg, SMALL, 1000, true, 40, 1.0, result);
+  run_queue_row(cfg, SMALL, 1000, 4096, 40, 1.0, result);
 }
 
+/* 1 MiB messages in batches of 8, through a ring of 8 slots of 1 MiB: the producer never
+ * waits for room, as libmp's (which spills large messages) does not in a batch. */
 static void row_queue_1mib(const bench_config_t *cfg, bench_result_t *result) {
-  run_queue_row(cfg, BIG, 8, false, 10, 1e3, result);
+  run_queue_row(cfg, BIG, 8, 8, 10, 1e3, result);
 }
 
 static const bench_row_t queue_rows[] = {

@@ -1,8 +1,9 @@
-/* bench rows of the synchronization layer and of Value: each against the bare robust mutex or
- * futex ping-pong that does the same job between the same processes. */
+/* bench rows of the synchronization layer and of Value: each against the bare robust mutex,
+ * futex ping-pong or futex barrier that does the same job between the same processes. */
 #include "bench.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -33,6 +34,10 @@ static void futex_wake(_Atomic uint32_t *word) {
   syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
+static void futex_wake_all(_Atomic uint32_t *word) {
+  syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
 /* One half of a bare ping-pong: raise `to`, wake it, wait for `from` and lower it. */
 static void bare_ping(_Atomic uint32_t *to, _Atomic uint32_t *from) {
   atomic_store(to, 1);
@@ -52,6 +57,7 @@ typedef struct {
   _Atomic uint32_t done;
   _Atomic int side;
   _Alignas(64) _Atomic uint32_t ping, pong;
+  _Alignas(64) _Atomic uint32_t bar_count, bar_gen; /* the bare barrier */
   mp_lock_t *lock;
   mp_value_t *value;
   mp_event_t *there, *back;
@@ -243,11 +249,12 @@ static void bare_pingpong_once(void *state) {
 
 /* Each side's helper sleeps in its own primitive while the other side is timed. */
 static void run_wakeup_row(const bench_config_t *cfg, bench_result_t *result, shared_t *s,
-                           mp_target_t libmp_helper, bench_op_t libmp_op) {
+                           mp_target_t libmp_helper, bench_op_t libmp_op,
+                           mp_target_t bare_helper, bench_op_t bare_op) {
   mp_process_t *a = helper_start(libmp_helper, s);
-  mp_process_t *b = helper_start(helper_futex_echo, s);
+  mp_process_t *b = helper_start(bare_helper, s);
   double libmp_ns, baseline_ns;
-  bench_pair(cfg, 5000, libmp_op, bare_pingpong_once, s, &libmp_ns, &baseline_ns);
+  bench_pair(cfg, 5000, libmp_op, bare_op, s, &libmp_ns, &baseline_ns);
   result->libmp = libmp_ns / 1e3;
   result->baseline = baseline_ns / 1e3;
   helper_stop(a);
@@ -262,13 +269,48 @@ static void row_event_wakeup(const bench_config_t *cfg, bench_result_t *result) 
     rc = mp_event_create(&s->back);
   if (rc < 0)
     bench_die_mp("mp_event_create", rc);
-  run_wakeup_row(cfg, result, s, helper_event_echo, libmp_event_once);
+  run_wakeup_row(cfg, result, s, helper_event_echo, libmp_event_once, helper_futex_echo,
+                 bare_pingpong_once);
   mp_event_close(s->there);
   mp_event_close(s->back);
   mp_value_close(holder);
 }
 
 /* ================================ barrier.round ================================ */
+
+/*
+ * The baseline: a bare futex barrier of 2 processes. The first arrival sleeps on the
+ * generation word; the second resets the count, starts the next generation and wakes all
+ * sleepers (as libmp's last arrival does, unconditionally): one wake-up per round, as in
+ * libmp's. With 2 parties nobody can arrive between the reset and the new generation: the
+ * other party is asleep in this one.
+ */
+static int bare_barrier_wait(shared_t *s) {
+  uint32_t gen = atomic_load(&s->bar_gen);
+  if (atomic_fetch_add(&s->bar_count, 1) == 1) {
+    atomic_store(&s->bar_count, 0);
+    atomic_fetch_add(&s->bar_gen, 1);
+    futex_wake_all(&s->bar_gen);
+    return 0;
+  }
+  while (atomic_load(&s->bar_gen) == gen)
+    if (futex_wait(&s->bar_gen, gen) < 0 && errno != EAGAIN && errno != EINTR)
+      return -1;
+  return 0;
+}
+
+static int helper_bare_barrier(void *arg, size_t size) {
+  (void)size;
+  shared_t *s = helper_arg(arg);
+  while (bare_barrier_wait(s) == 0)
+    continue;
+  return 1;
+}
+
+static void bare_barrier_once(void *state) {
+  if (bare_barrier_wait(state) < 0)
+    bench_die_sys("futex", errno);
+}
 
 static int helper_barrier(void *arg, size_t size) {
   (void)size;
@@ -291,7 +333,8 @@ static void row_barrier_round(const bench_config_t *cfg, bench_result_t *result)
   int rc = mp_barrier_create(&s->barrier, 2, NULL, NULL);
   if (rc < 0)
     bench_die_mp("mp_barrier_create", rc);
-  run_wakeup_row(cfg, result, s, helper_barrier, libmp_barrier_once);
+  run_wakeup_row(cfg, result, s, helper_barrier, libmp_barrier_once, helper_bare_barrier,
+                 bare_barrier_once);
   mp_barrier_close(s->barrier);
   mp_value_close(holder);
 }
