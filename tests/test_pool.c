@@ -156,7 +156,7 @@ static int die_once(const void *arg, size_t size, void *result, size_t *result_s
   return 0;
 }
 
-static int init_value; /* set by the initializer in each worker */
+static _Atomic int init_value; /* set by the initializer in each worker (threads too) */
 
 static int set_init_value(const void *arg, size_t size) {
   if (size != sizeof(int))
