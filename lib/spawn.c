@@ -468,8 +468,10 @@ static MP__NORETURN void run_spawned(int sock, int sentinel) {
 /* Runs after libmp's own prioritized constructors (process.c), before the program's main. */
 __attribute__((constructor)) static void take_over_child(void) {
   const char *value = getenv(MP__CHILD_ENV);
-  if (!value)
+  if (!value) {
+    mp__mpi_rank_take_over(); /* an MPI rank other than 0 serves pools (mpi_rank.c) */
     return;
+  }
   char role[16];
   int fd, sentinel;
   int parsed = sscanf(value, "%15s %d %d", role, &fd, &sentinel);
