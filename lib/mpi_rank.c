@@ -138,66 +138,89 @@ static bool grow(char **buf, size_t *cap, size_t need) {
   return true;
 }
 
-static int resolve(rank_state_t *st, const mp__fnref_t *ref, mp__fn_t *fn) {
-  if (!st->fn || memcmp(&st->ref, ref, sizeof *ref) != 0) {
+/* The message's function, resolved here (the build-id checked) or taken from the last. */
+static int resolve(rank_state_t *st, const mp__mpi_task_head_t *h, const char *path,
+                   mp__fn_t *fn) {
+  mp__fnref_t *ref = &st->ref;
+  if (!st->fn || ref->offset != h->offset || ref->build_id_len != h->build_id_len ||
+      memcmp(ref->build_id, h->build_id, sizeof ref->build_id) != 0 || strcmp(ref->path, path)) {
+    memset(ref, 0, sizeof *ref);
+    ref->offset = h->offset;
+    ref->build_id_len = h->build_id_len;
+    memcpy(ref->build_id, h->build_id, sizeof ref->build_id);
+    memcpy(ref->path, path, h->path_len);
     int rc = mp__fnref_resolve(ref, &st->fn);
     if (rc < 0) {
       st->fn = NULL;
       return rc;
     }
-    st->ref = *ref;
   }
   *fn = st->fn;
   return 0;
 }
 
-/* Runs one message (a chunk or an initializer); the reply's length. */
-static size_t run_message(rank_state_t *st, int tag, size_t len, int rank) {
-  static const char *const fail = "rank %d: %s";
-  const size_t head = MP__MPI_HEAD(mp__mpi_task_head_t), rhead = MP__MPI_HEAD(mp__mpi_reply_head_t);
-  mp__mpi_task_head_t h;
+/* Checks a task message of len bytes; its payload's offset and size, its results' size. */
+static int check_message(const rank_state_t *st, int tag, size_t len, mp__mpi_task_head_t *h,
+                         size_t *at, size_t *in_len, size_t *out_len) {
+  if (len < sizeof *h)
+    return mp__error(MP_EINVAL, "a message of %zu bytes is no task", len);
+  memcpy(h, st->in, sizeof *h);
+  if (h->path_len < 1 || h->path_len > sizeof st->ref.path ||
+      h->build_id_len > MP__BUILD_ID_MAX || len < (*at = MP__MPI_ROOM(sizeof *h + h->path_len)) ||
+      st->in[sizeof *h + h->path_len - 1] != '\0')
+    return mp__error(MP_EINVAL, "a task message with a malformed function reference");
+  *in_len = h->item_size;
+  *out_len = 0;
+  if (tag == MP__MPI_TAG_TASK && (__builtin_mul_overflow(h->count, h->item_size, in_len) ||
+                                  __builtin_mul_overflow(h->count, h->result_size, out_len)))
+    return mp__error(MP_EINVAL, "a task's sizes overflow");
+  if (*in_len != len - *at)
+    return mp__error(MP_EINVAL, "a task of %zu bytes where %zu were announced", len - *at,
+                     *in_len);
+  return 0;
+}
+
+/* Runs one message (a chunk or an initializer); the reply is st->out's bytes from the
+ * returned offset to *end. */
+static size_t run_message(rank_state_t *st, int tag, size_t len, int rank, size_t *end) {
+  mp__mpi_task_head_t h = {0};
   mp__mpi_reply_head_t r = {0};
-  size_t in_len = 0, out_len = 0;
-  int rc = 0;
+  char msg[MP__POOL_MSG] = "";
+  size_t at = 0, in_len = 0, out_len = 0, room = MP__MPI_ROOM(sizeof r + sizeof msg);
   mp__fn_t fn = NULL;
-  if (len < head) {
-    rc = mp__error(MP_EINVAL, "a message of %zu bytes is no task", len);
-  } else {
-    memcpy(&h, st->in, sizeof h);
-    h.fn.path[sizeof h.fn.path - 1] = '\0';
-    if (tag == MP__MPI_TAG_INIT ? (in_len = h.item_size, false)
-                                : __builtin_mul_overflow(h.count, h.item_size, &in_len) ||
-                                      __builtin_mul_overflow(h.count, h.result_size, &out_len))
-      rc = mp__error(MP_EINVAL, "a task's sizes overflow");
-    else if (in_len != len - head)
-      rc = mp__error(MP_EINVAL, "a task of %zu bytes where %zu were announced", len - head,
-                     in_len);
-    else if (!grow(&st->out, &st->out_cap, rhead + out_len + sizeof(uint64_t)))
-      rc = mp__error(MP_ENOMEM, "no memory for %zu bytes of results", out_len);
-    else
-      rc = resolve(st, &h.fn, &fn);
-  }
+  int rc = check_message(st, tag, len, &h, &at, &in_len, &out_len);
+  if (rc == 0 && (out_len > SIZE_MAX - room - sizeof(uint64_t) ||
+                  !grow(&st->out, &st->out_cap, room + out_len + sizeof(uint64_t))))
+    rc = mp__error(MP_ENOMEM, "no memory for %zu bytes of results", out_len);
+  if (rc == 0)
+    rc = resolve(st, &h, st->in + sizeof h, &fn);
+  /* The results go where they will be sent from once the message's length is known. */
+  char *results = st->out + room;
   if (rc < 0) {
-    snprintf(r.msg, sizeof r.msg, fail, rank, mp_last_error());
-    r.failed_item = len >= head ? h.first : 0;
+    snprintf(msg, sizeof msg, "rank %d: %s", rank, mp_last_error());
+    r.failed_item = h.first;
     out_len = 0;
   } else if (tag == MP__MPI_TAG_INIT) {
-    rc = mp__run_initializer(fn, st->in + head, in_len, NULL, r.msg);
+    rc = mp__run_initializer(fn, st->in + at, in_len, NULL, msg);
   } else {
     _Atomic uint64_t running = 0;
-    mp__task_t t = {.call = fn, .input = st->in + head, .item_size = h.item_size,
-                    .output = st->out + rhead, .result_size = h.result_size,
+    mp__task_t t = {.call = fn, .input = st->in + at, .item_size = h.item_size,
+                    .output = results, .result_size = h.result_size,
                     .first = h.first, .count = h.count, .running = &running};
     rc = mp__run_task(&t, NULL);
     r.failed_item = t.failed_item;
     r.result_len = t.result_len;
-    memcpy(r.msg, t.msg, sizeof r.msg);
+    memcpy(msg, t.msg, sizeof msg);
   }
   r.code = rc;
-  if (!st->out && !grow(&st->out, &st->out_cap, rhead))
+  r.msg_len = rc ? (uint32_t)strnlen(msg, sizeof msg - 1) + 1 : 0;
+  if (!st->out && !grow(&st->out, &st->out_cap, room))
     abort(); /* not even a reply's head: rank 0 would wait for ever */
-  memcpy(st->out, &r, sizeof r);
-  return rhead + out_len;
+  size_t start = room - MP__MPI_ROOM(sizeof r + r.msg_len);
+  memcpy(st->out + start, &r, sizeof r);
+  memcpy(st->out + start + sizeof r, msg, r.msg_len);
+  *end = room + out_len;
+  return start;
 }
 
 static MP__NORETURN void serve(void) {
@@ -225,8 +248,9 @@ static MP__NORETURN void serve(void) {
     MPI_Recv(st.in, len, MPI_BYTE, 0, status.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
     if (status.MPI_TAG == MP__MPI_TAG_STOP)
       break;
-    size_t out = run_message(&st, status.MPI_TAG, (size_t)len, rank);
-    MPI_Send(st.out, (int)out, MPI_BYTE, 0, MP__MPI_TAG_REPLY, MPI_COMM_WORLD);
+    size_t end, start = run_message(&st, status.MPI_TAG, (size_t)len, rank, &end);
+    MPI_Send(st.out + start, (int)(end - start), MPI_BYTE, 0, MP__MPI_TAG_REPLY,
+             MPI_COMM_WORLD);
   }
   free(st.in);
   free(st.out);

@@ -70,32 +70,49 @@ static int refuse_handles(const char *bytes, size_t size, const char *what) {
   return 0;
 }
 
-/* Sends head and payload to the link's rank as one message and waits for the reply, of
- * reply_len bytes. */
-static int exchange(link_t *k, int tag, const mp__mpi_task_head_t *head, const char *payload,
-                    size_t len, size_t reply_len) {
-  const size_t room = MP__MPI_HEAD(*head);
-  if (len > (size_t)INT_MAX - room || reply_len > INT_MAX)
+/* Sends a task (the head, the function's path, the payload) to the link's rank as one
+ * message and waits for the reply, with room for results_len bytes of results: 0 and the
+ * reply's head in *r, its message in msg (MP__POOL_MSG bytes), its results in *results. */
+static int exchange(link_t *k, int tag, mp__mpi_task_head_t *head, const char *payload,
+                    size_t len, size_t results_len, mp__mpi_reply_head_t *r, char *msg,
+                    const char **results) {
+  const size_t path_len = strlen(k->ref.path) + 1, at = MP__MPI_ROOM(sizeof *head + path_len);
+  const size_t reply_room = MP__MPI_ROOM(sizeof *r + MP__POOL_MSG);
+  if (len > (size_t)INT_MAX - at || results_len > (size_t)INT_MAX - reply_room)
     return mp__error(MP_ELIMIT, "a chunk of %zu bytes, or its %zu bytes of results, is more "
                                 "than one MPI message carries (2 GiB): use a smaller chunksize",
-                     len, reply_len);
-  if (!grow(&k->msg, &k->msg_cap, room + len) || !grow(&k->reply, &k->reply_cap, reply_len))
-    return mp__error(MP_ENOMEM, "no memory for a message of %zu bytes to rank %d", room + len,
+                     len, results_len);
+  if (!grow(&k->msg, &k->msg_cap, at + len) ||
+      !grow(&k->reply, &k->reply_cap, reply_room + results_len))
+    return mp__error(MP_ENOMEM, "no memory for a message of %zu bytes to rank %d", at + len,
                      k->rank);
+  head->offset = k->ref.offset;
+  head->build_id_len = k->ref.build_id_len;
+  head->path_len = (uint32_t)path_len;
+  memcpy(head->build_id, k->ref.build_id, sizeof head->build_id);
   memcpy(k->msg, head, sizeof *head);
+  memcpy(k->msg + sizeof *head, k->ref.path, path_len);
   if (len)
-    memcpy(k->msg + room, payload, len);
+    memcpy(k->msg + at, payload, len);
   MPI_Request reqs[2];
   pthread_mutex_lock(&mp__mpi_lock);
-  int rc = MPI_Irecv(k->reply, (int)reply_len, MPI_BYTE, k->rank, MP__MPI_TAG_REPLY,
-                     MPI_COMM_WORLD, &reqs[0]);
+  int rc = MPI_Irecv(k->reply, (int)(reply_room + results_len), MPI_BYTE, k->rank,
+                     MP__MPI_TAG_REPLY, MPI_COMM_WORLD, &reqs[0]);
   if (rc == MPI_SUCCESS)
-    rc = MPI_Isend(k->msg, (int)(room + len), MPI_BYTE, k->rank, tag, MPI_COMM_WORLD, &reqs[1]);
+    rc = MPI_Isend(k->msg, (int)(at + len), MPI_BYTE, k->rank, tag, MPI_COMM_WORLD, &reqs[1]);
   pthread_mutex_unlock(&mp__mpi_lock);
   if (rc != MPI_SUCCESS)
     return mp__error(MP_EWORKERDIED, "sending a task to rank %d failed (MPI error %d)", k->rank,
                      rc);
-  return mp__mpi_wait(2, reqs);
+  if ((rc = mp__mpi_wait(2, reqs)) < 0)
+    return rc;
+  memcpy(r, k->reply, sizeof *r);
+  if (r->msg_len > MP__POOL_MSG)
+    return mp__error(MP_EWORKERDIED, "rank %d sent a malformed reply", k->rank);
+  memcpy(msg, k->reply + sizeof *r, r->msg_len);
+  msg[r->msg_len ? r->msg_len - 1 : 0] = '\0';
+  *results = k->reply + MP__MPI_ROOM(sizeof *r + r->msg_len);
+  return 0;
 }
 
 static int function_ref(link_t *k, mp__fn_t fn) {
@@ -112,34 +129,31 @@ static int function_ref(link_t *k, mp__fn_t fn) {
 static int send_task(mp__task_t *task, void *arg) {
   link_t *k = arg;
   size_t in_len = 0, out_len = 0;
-  const size_t rroom = MP__MPI_HEAD(mp__mpi_reply_head_t);
   int rc = 0;
   if (__builtin_mul_overflow(task->count, task->item_size, &in_len) ||
-      __builtin_mul_overflow(task->count, task->result_size, &out_len) || out_len > SIZE_MAX - rroom)
+      __builtin_mul_overflow(task->count, task->result_size, &out_len))
     rc = mp__error(MP_ELIMIT, "a chunk's size overflows");
   if (rc == 0)
     rc = function_ref(k, task->call);
   if (rc == 0)
     rc = refuse_handles(task->input, in_len, "a task's argument");
-  mp__mpi_task_head_t head = {.fn = k->ref, .item_size = task->item_size,
-                              .result_size = task->result_size, .first = task->first,
-                              .count = task->count};
+  mp__mpi_task_head_t head = {.item_size = task->item_size, .result_size = task->result_size,
+                              .first = task->first, .count = task->count};
+  mp__mpi_reply_head_t r;
+  const char *results;
   if (rc == 0)
-    rc = exchange(k, MP__MPI_TAG_TASK, &head, task->input, in_len, rroom + out_len);
+    rc = exchange(k, MP__MPI_TAG_TASK, &head, task->input, in_len, out_len, &r, task->msg,
+                  &results);
   if (rc < 0) {
     task->failed_item = task->first;
     snprintf(task->msg, sizeof task->msg, "%s", mp_last_error());
     return task->code = rc;
   }
-  mp__mpi_reply_head_t r;
-  memcpy(&r, k->reply, sizeof r);
-  memcpy(task->output, k->reply + rroom, out_len);
+  memcpy(task->output, results, out_len);
   task->result_len = r.result_len < task->result_size ? r.result_len : task->result_size;
   if (r.code == 0)
     return 0;
   task->failed_item = r.failed_item;
-  memcpy(task->msg, r.msg, sizeof task->msg);
-  task->msg[sizeof task->msg - 1] = '\0';
   return task->code = r.code < 0 ? r.code : MP_ETASK;
 }
 
@@ -149,17 +163,15 @@ static int send_init(mp__fn_t fn, const void *args, size_t size, void *arg, char
   int rc = function_ref(k, fn);
   if (rc == 0)
     rc = refuse_handles(args, size, "the initializer's argument");
-  mp__mpi_task_head_t head = {.fn = k->ref, .item_size = size};
+  mp__mpi_task_head_t head = {.item_size = size};
+  mp__mpi_reply_head_t r;
+  const char *results;
   if (rc == 0)
-    rc = exchange(k, MP__MPI_TAG_INIT, &head, args, size, MP__MPI_HEAD(mp__mpi_reply_head_t));
+    rc = exchange(k, MP__MPI_TAG_INIT, &head, args, size, 0, &r, error, &results);
   if (rc < 0) {
     snprintf(error, MP__POOL_MSG, "%s", mp_last_error());
     return rc;
   }
-  mp__mpi_reply_head_t r;
-  memcpy(&r, k->reply, sizeof r);
-  if (r.code != 0)
-    snprintf(error, MP__POOL_MSG, "%.*s", (int)sizeof r.msg, r.msg);
   return r.code;
 }
 

@@ -23,24 +23,32 @@ enum {
   MP__MPI_TAG_STOP,     /* rank 0 -> rank: the program ends */
 };
 
+/* A task message: this head, the function's object path (path_len bytes with its NUL: one
+ * for the executable), then the items (or the initializer's bytes) at
+ * MP__MPI_ROOM(sizeof head + path_len). Small, so that a chunk of one small item goes in
+ * one eager message. */
 typedef struct {
-  mp__fnref_t fn;
+  uint64_t offset; /* the function's reference (mp__fnref_t) */
+  uint32_t build_id_len;
+  uint32_t path_len;
+  uint8_t build_id[MP__BUILD_ID_MAX];
   uint64_t item_size; /* an initializer's: its argument's size */
   uint64_t result_size;
   uint64_t first;
   uint64_t count;
 } mp__mpi_task_head_t;
 
+/* A reply: this head, a failure's message (msg_len bytes with its NUL, 0 on success), then
+ * the results at MP__MPI_ROOM(sizeof head + msg_len). */
 typedef struct {
   int32_t code; /* 0, or the task's (or initializer's) negative code */
-  uint32_t unused;
+  uint32_t msg_len;
   uint64_t failed_item;
   uint64_t result_len;
-  char msg[MP__POOL_MSG];
 } mp__mpi_reply_head_t;
 
-/* A head's room in a message: the items or results after it stay 64-byte aligned. */
-#define MP__MPI_HEAD(h) ((sizeof(h) + 63) & ~(size_t)63)
+/* Where the bytes after a head start: 64-byte aligned, as a task's items may need. */
+#define MP__MPI_ROOM(n) (((size_t)(n) + 63) & ~(size_t)63)
 
 /* Serialises MPI calls between rank 0's threads. */
 extern pthread_mutex_t mp__mpi_lock;
