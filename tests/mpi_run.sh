@@ -3,6 +3,7 @@
 #   mpi_run.sh pass PROGRAM [ARGS]: the job must succeed.
 #   mpi_run.sh dies PROGRAM [ARGS]: a rank dies; the job must end non-zero within 30 s,
 #                                   with a message naming the rank.
+#   mpi_run.sh mpmd PROGRAM ARG OTHER: PROGRAM ARG as rank 0, OTHER as ranks 1-3; must succeed.
 # Exit 77 (skipped) when mpirun is missing.
 mode=$1
 shift
@@ -12,6 +13,11 @@ if ! command -v mpirun >/dev/null 2>&1; then
 fi
 root=
 [ "$(id -u)" = 0 ] && root=--allow-run-as-root
+if [ "$mode" = mpmd ]; then
+  timeout -k 5 60 mpirun --oversubscribe $root --mca btl self,vader \
+    --mca oob_tcp_if_include lo -np 1 "$1" "$2" : -np 3 "$3"
+  exit $?
+fi
 if [ "$mode" = pass ]; then
   timeout -k 5 240 mpirun -np 4 --oversubscribe $root --mca btl self,vader \
     --mca oob_tcp_if_include lo "$@"

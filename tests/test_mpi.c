@@ -2,7 +2,8 @@
  * Check suite of the "mpi" context: the Pool's calls with MPI ranks as workers. Run under
  * mpirun -np 4 by tests/mpi_run.sh (rank 0 runs the suite, ranks 1-3 are the workers); run
  * alone, it checks that the context is refused with a sentence. `test_mpi kill` maps a task
- * that kills its rank: the job must end (mpi_run.sh checks how).
+ * that kills its rank: the job must end (mpi_run.sh checks how); `test_mpi other-build`, with
+ * tests/other_build on the other ranks, must be refused by the build-id check.
  *
  * The tests run in rank 0 itself (CK_NOFORK): MPI starts once per process, and the pool's
  * ranks serve one test's pool after another.
@@ -311,6 +312,28 @@ static int map_and_die(void) {
   return 0;
 }
 
+/* `test_mpi other-build` as rank 0 of a job whose other ranks run tests/other_build: each
+ * rank checks the build-id and refuses the task. */
+static int map_on_another_build(void) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  mp_pool_t *pool;
+  long items[30] = {0};
+  result_t results[30];
+  int rc = mp_get_context("mpi", &o.context);
+  if (rc == 0)
+    rc = mp_pool_create(&pool, &o);
+  if (rc < 0) {
+    fprintf(stderr, "FAIL: %s\n", mp_last_error());
+    return 1;
+  }
+  rc = mp_pool_map(pool, square, items, 30, sizeof(long), results, sizeof(result_t), 1);
+  bool refused = rc == MP_ERESOLVE && strstr(mp_last_error(), "another build");
+  printf("%s: the map returned %s: %s\n", refused ? "OK" : "FAIL", mp_err_name(rc),
+         mp_last_error());
+  mp_pool_destroy(pool);
+  return refused ? 0 : 1;
+}
+
 static Suite *mpi_suite(void) {
   Suite *s = suite_create("mpi");
   TCase *tc = tcase_create("mpi");
@@ -331,6 +354,8 @@ static Suite *mpi_suite(void) {
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "kill") == 0)
     return map_and_die();
+  if (argc > 1 && strcmp(argv[1], "other-build") == 0)
+    return map_on_another_build();
   SRunner *sr = srunner_create(mpi_suite());
   srunner_set_fork_status(sr, CK_NOFORK); /* MPI starts once per process */
   srunner_run_all(sr, CK_NORMAL);
