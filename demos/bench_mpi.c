@@ -108,7 +108,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n; i++)
       before[i] = cpu_seconds(pids[i]);
     usleep((useconds_t)(seconds * 1e6));
-    printf("mpi.idle rank 0: %.1f%% of a core\n", 100 * (cpu_seconds(getpid()) - mine) / seconds);
+    printf("mpi.idle rank 0: %.1f%% of a core\n",
+           100 * (cpu_seconds(getpid()) - mine) / seconds);
     for (int i = 0; i < n; i++) {
       bool seen = false;
       for (int j = 0; j < i; j++)

@@ -63,7 +63,8 @@ int main(int argc, char **argv) {
   mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
   mp_pool_t *pool;
   slice_t *slices = calloc((size_t)tasks, sizeof *slices);
-  double *serial = calloc((size_t)tasks, sizeof *serial), *pooled = calloc((size_t)tasks, sizeof *pooled);
+  double *serial = calloc((size_t)tasks, sizeof *serial),
+         *pooled = calloc((size_t)tasks, sizeof *pooled);
   if (!slices || !serial || !pooled) {
     fprintf(stderr, "mpi_calc_pi: no memory\n");
     return 1;

@@ -56,8 +56,8 @@ int main(int argc, char **argv) {
       }
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    double per = ((double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec)) /
-                 (double)n;
+    double per =
+        ((double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec)) / (double)n;
     best = per < best ? per : best;
   }
   for (int w = 1; w < size; w++)

@@ -8,11 +8,9 @@ int mp__mpi_get_context(mp_context_t **ctx) {
                                "with -Dmpi=enabled)");
 }
 
-void mp__mpi_rank_take_over(void) {
-}
+void mp__mpi_rank_take_over(void) {}
 
-const mp__launcher_ops_t *mp__mpi_launcher(const mp_context_t *ctx, int asked,
-                                           int *processes) {
+const mp__launcher_ops_t *mp__mpi_launcher(const mp_context_t *ctx, int asked, int *processes) {
   (void)ctx;
   (void)asked;
   (void)processes;

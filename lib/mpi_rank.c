@@ -60,12 +60,13 @@ int mp__mpi_wait(int n, MPI_Request *reqs) {
   for (unsigned polls = 0;; back_off(&polls)) {
     int done = 0, rc = MPI_ERR_OTHER;
     pthread_mutex_lock(&mp__mpi_lock);
-    if (!ended)
+    bool over = ended;
+    if (!over)
       rc = MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
     pthread_mutex_unlock(&mp__mpi_lock);
     if (rc != MPI_SUCCESS)
-      return ended ? mp__error(MP_ECLOSED, "MPI has ended: the program is exiting")
-                   : mpi_error(MP_EWORKERDIED, rc, "waiting for an MPI message");
+      return over ? mp__error(MP_ECLOSED, "MPI has ended: the program is exiting")
+                  : mpi_error(MP_EWORKERDIED, rc, "waiting for an MPI message");
     if (done)
       return 0;
   }
@@ -79,7 +80,7 @@ static int start_mpi(void) {
   started = true;
   if (provided < MPI_THREAD_SERIALIZED)
     return mp__error(MP_ESPAWN, "this MPI library gives no MPI_THREAD_SERIALIZED: the pool's "
-                             "threads on rank 0 need it");
+                                "threads on rank 0 need it");
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
   return 0;
 }
@@ -143,7 +144,8 @@ static int resolve(rank_state_t *st, const mp__mpi_task_head_t *h, const char *p
                    mp__fn_t *fn) {
   mp__fnref_t *ref = &st->ref;
   if (!st->fn || ref->offset != h->offset || ref->build_id_len != h->build_id_len ||
-      memcmp(ref->build_id, h->build_id, sizeof ref->build_id) != 0 || strcmp(ref->path, path)) {
+      memcmp(ref->build_id, h->build_id, sizeof ref->build_id) != 0 ||
+      strcmp(ref->path, path)) {
     memset(ref, 0, sizeof *ref);
     ref->offset = h->offset;
     ref->build_id_len = h->build_id_len;
@@ -166,7 +168,8 @@ static int check_message(const rank_state_t *st, int tag, size_t len, mp__mpi_ta
     return mp__error(MP_EINVAL, "a message of %zu bytes is no task", len);
   memcpy(h, st->in, sizeof *h);
   if (h->path_len < 1 || h->path_len > sizeof st->ref.path ||
-      h->build_id_len > MP__BUILD_ID_MAX || len < (*at = MP__MPI_ROOM(sizeof *h + h->path_len)) ||
+      h->build_id_len > MP__BUILD_ID_MAX ||
+      len < (*at = MP__MPI_ROOM(sizeof *h + h->path_len)) ||
       st->in[sizeof *h + h->path_len - 1] != '\0')
     return mp__error(MP_EINVAL, "a task message with a malformed function reference");
   *in_len = h->item_size;
@@ -204,9 +207,14 @@ static size_t run_message(rank_state_t *st, int tag, size_t len, int rank, size_
     rc = mp__run_initializer(fn, st->in + at, in_len, NULL, msg);
   } else {
     _Atomic uint64_t running = 0;
-    mp__task_t t = {.call = fn, .input = st->in + at, .item_size = h.item_size,
-                    .output = results, .result_size = h.result_size,
-                    .first = h.first, .count = h.count, .running = &running};
+    mp__task_t t = {.call = fn,
+                    .input = st->in + at,
+                    .item_size = h.item_size,
+                    .output = results,
+                    .result_size = h.result_size,
+                    .first = h.first,
+                    .count = h.count,
+                    .running = &running};
     rc = mp__run_task(&t, NULL);
     r.failed_item = t.failed_item;
     r.result_len = t.result_len;
@@ -235,8 +243,8 @@ static MP__NORETURN void serve(void) {
   for (;;) {
     MPI_Status status;
     int flag = 0;
-    for (unsigned polls = 0; MPI_Iprobe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &status) ==
-                                 MPI_SUCCESS && !flag;
+    for (unsigned polls = 0;
+         MPI_Iprobe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &status) == MPI_SUCCESS && !flag;
          back_off(&polls))
       ;
     int len = 0;

@@ -63,8 +63,9 @@ static int refuse_handles(const char *bytes, size_t size, const char *what) {
     memcpy(&word, bytes + at, sizeof word);
     MP__SCANNED(&word, sizeof word);
     if (word % sizeof(uintptr_t) == 0 && mp__shared_contains((void *)word))
-      return mp__error(MP_ECROSS, "%s holds a libmp handle (a lock, queue, Value...) at byte "
-                                  "%zu: shared memory does not reach another MPI rank",
+      return mp__error(MP_ECROSS,
+                       "%s holds a libmp handle (a lock, queue, Value...) at byte "
+                       "%zu: shared memory does not reach another MPI rank",
                        what, at);
   }
   return 0;
@@ -79,8 +80,9 @@ static int exchange(link_t *k, int tag, mp__mpi_task_head_t *head, const char *p
   const size_t path_len = strlen(k->ref.path) + 1, at = MP__MPI_ROOM(sizeof *head + path_len);
   const size_t reply_room = MP__MPI_ROOM(sizeof *r + MP__POOL_MSG);
   if (len > (size_t)INT_MAX - at || results_len > (size_t)INT_MAX - reply_room)
-    return mp__error(MP_ELIMIT, "a chunk of %zu bytes, or its %zu bytes of results, is more "
-                                "than one MPI message carries (2 GiB): use a smaller chunksize",
+    return mp__error(MP_ELIMIT,
+                     "a chunk of %zu bytes, or its %zu bytes of results, is more "
+                     "than one MPI message carries (2 GiB): use a smaller chunksize",
                      len, results_len);
   if (!grow(&k->msg, &k->msg_cap, at + len) ||
       !grow(&k->reply, &k->reply_cap, reply_room + results_len))
@@ -137,8 +139,10 @@ static int send_task(mp__task_t *task, void *arg) {
     rc = function_ref(k, task->call);
   if (rc == 0)
     rc = refuse_handles(task->input, in_len, "a task's argument");
-  mp__mpi_task_head_t head = {.item_size = task->item_size, .result_size = task->result_size,
-                              .first = task->first, .count = task->count};
+  mp__mpi_task_head_t head = {.item_size = task->item_size,
+                              .result_size = task->result_size,
+                              .first = task->first,
+                              .count = task->count};
   mp__mpi_reply_head_t r;
   const char *results;
   if (rc == 0)
@@ -208,9 +212,10 @@ static int take_ranks(mpi_launcher_t *l, int size) {
   if (rc < 0)
     return rc;
   if (w < l->n)
-    return mp__error(MP_EINVAL, "mp_pool_create: %u workers, but this MPI job has %d ranks "
-                                "besides rank 0 and %u of them are free (run it with mpirun "
-                                "-np %u or more, or ask for fewer workers)",
+    return mp__error(MP_EINVAL,
+                     "mp_pool_create: %u workers, but this MPI job has %d ranks "
+                     "besides rank 0 and %u of them are free (run it with mpirun "
+                     "-np %u or more, or ask for fewer workers)",
                      l->n, size - 1, w, l->n + 1);
   pthread_mutex_lock(&ranks_lock);
   for (w = 0; w < l->n; w++)
@@ -292,8 +297,7 @@ static const mp__launcher_ops_t mpi_launcher = {
     mpi_open, mpi_start, mpi_watch, mpi_stop, mpi_close, mpi_free,
 };
 
-const mp__launcher_ops_t *mp__mpi_launcher(const mp_context_t *ctx, int asked,
-                                           int *processes) {
+const mp__launcher_ops_t *mp__mpi_launcher(const mp_context_t *ctx, int asked, int *processes) {
   int size;
   if (ctx->ops != &mpi_popen)
     return NULL;

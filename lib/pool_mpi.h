@@ -18,9 +18,9 @@
 
 enum {
   MP__MPI_TAG_TASK = 1, /* rank 0 -> rank: a task head, then its items */
-  MP__MPI_TAG_INIT,     /* rank 0 -> rank: a task head (count 0), then the initializer's bytes */
-  MP__MPI_TAG_REPLY,    /* rank -> rank 0: a reply head, then the results */
-  MP__MPI_TAG_STOP,     /* rank 0 -> rank: the program ends */
+  MP__MPI_TAG_INIT,  /* rank 0 -> rank: a task head (count 0), then the initializer's bytes */
+  MP__MPI_TAG_REPLY, /* rank -> rank 0: a reply head, then the results */
+  MP__MPI_TAG_STOP,  /* rank 0 -> rank: the program ends */
 };
 
 /* A task message: this head, the function's object path (path_len bytes with its NUL: one

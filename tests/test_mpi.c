@@ -37,7 +37,7 @@ static mp_pool_t *make_pool(int processes, const mp_pool_options_t *extra) {
 
 typedef struct {
   long square;
-  int pid; /* the process that ran the item */
+  int pid;  /* the process that ran the item */
   int seed; /* the initializer's value on that rank */
 } result_t;
 
@@ -130,8 +130,10 @@ START_TEST(test_apply_and_callbacks) {
   mp_async_result_t *ok[8], *bad;
   long seven = 7, refused = REFUSED;
   for (int i = 0; i < 8; i++)
-    MP_ASSERT_OK(mp_pool_apply_async(pool, square, &seven, sizeof seven, sizeof r, &cbs, &ok[i]));
-  MP_ASSERT_OK(mp_pool_apply_async(pool, square, &refused, sizeof refused, sizeof r, &cbs, &bad));
+    MP_ASSERT_OK(
+        mp_pool_apply_async(pool, square, &seven, sizeof seven, sizeof r, &cbs, &ok[i]));
+  MP_ASSERT_OK(
+      mp_pool_apply_async(pool, square, &refused, sizeof refused, sizeof r, &cbs, &bad));
   for (int i = 0; i < 8; i++) {
     MP_ASSERT_OK(mp_async_result_get(ok[i], &r, sizeof r, NULL, 30));
     T_INT_EQ(r.square, 49);
@@ -169,7 +171,8 @@ START_TEST(test_imap) {
   mp_pool_t *pool = make_pool(MP_POOL_CPU_COUNT, NULL);
   long *items = numbers(N_ITEMS);
   mp_imap_t *it;
-  MP_ASSERT_OK(mp_pool_imap(pool, square, items, N_ITEMS, sizeof(long), sizeof(result_t), 1, &it));
+  MP_ASSERT_OK(
+      mp_pool_imap(pool, square, items, N_ITEMS, sizeof(long), sizeof(result_t), 1, &it));
   check_iterator(it, items, N_ITEMS, true);
   MP_ASSERT_OK(mp_pool_imap_unordered(pool, square, items, N_ITEMS, sizeof(long),
                                       sizeof(result_t), 4, &it));
@@ -188,7 +191,8 @@ START_TEST(test_initializer_runs_on_the_ranks) {
   mp_pool_t *pool = make_pool(MP_POOL_CPU_COUNT, &o);
   long *items = numbers(30);
   result_t results[30];
-  MP_ASSERT_OK(mp_pool_map(pool, square, items, 30, sizeof(long), results, sizeof(result_t), 1));
+  MP_ASSERT_OK(
+      mp_pool_map(pool, square, items, 30, sizeof(long), results, sizeof(result_t), 1));
   for (int i = 0; i < 30; i++)
     T_INT_EQ(results[i].seed, seed);
   T_INT_EQ(initialized_seed, 0); /* never on rank 0 */
@@ -215,9 +219,9 @@ START_TEST(test_failures_and_refusals) {
   long *items = numbers(N_ITEMS);
   result_t results[N_ITEMS];
   items[120] = REFUSED;
-  MP_ASSERT_ERR(mp_pool_map(pool, square, items, N_ITEMS, sizeof(long), results,
-                            sizeof(result_t), 5),
-                MP_ETASK);
+  MP_ASSERT_ERR(
+      mp_pool_map(pool, square, items, N_ITEMS, sizeof(long), results, sizeof(result_t), 5),
+      MP_ETASK);
   T_ASSERT(strstr(mp_last_error(), "item -1000 is refused"), "the rank's message");
   free(items);
 
@@ -306,8 +310,8 @@ static int map_and_die(void) {
   long items[N_ITEMS] = {0};
   result_t results[N_ITEMS];
   if (rc == 0)
-    rc = mp_pool_map(pool, kill_rank_2, items, N_ITEMS, sizeof(long), results,
-                     sizeof(result_t), 1);
+    rc = mp_pool_map(pool, kill_rank_2, items, N_ITEMS, sizeof(long), results, sizeof(result_t),
+                     1);
   fprintf(stderr, "the map returned %d (%s): the job should have ended\n", rc, mp_last_error());
   return 0;
 }
