@@ -5,7 +5,7 @@ int mp__mpi_get_context(mp_context_t **ctx) {
   (void)ctx;
   return mp__error(MP_EMETHOD, "the \"mpi\" context: this libmp was built without MPI "
                                "(install Open MPI's libopenmpi-dev and set up the build "
-                               "with -Dmpi=enabled)");
+                               "with -Dmpi=enabled, then run the program with mpirun)");
 }
 
 void mp__mpi_rank_take_over(void) {}
