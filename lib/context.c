@@ -73,6 +73,8 @@ int mp_get_context(const char *method, mp_context_t **ctx) {
     *ctx = &thread_context;
     return 0;
   }
+  if (method && strcmp(method, "mpi") == 0)
+    return mp__mpi_get_context(ctx); /* pool_mpi.c (mpi_none.c without MPI) */
   mp_context_t *found = method ? find_context(method) : resolve_default();
   if (!found)
     return method ? unknown_method("mp_get_context", method) : MP_EMETHOD;

@@ -302,6 +302,13 @@ extern const mp__popen_ops_t mp__popen_fork;
 extern const mp__popen_ops_t mp__popen_spawn;
 extern const mp__popen_ops_t mp__popen_forkserver;
 
+/* The "mpi" context (pool_mpi.c): refused with a sentence outside an MPI job's rank 0, or
+ * in a build without MPI (mpi_none.c). */
+int mp__mpi_get_context(mp_context_t **ctx);
+/* Under mpirun, a rank other than 0 serves pools and exits instead of running main
+ * (mpi_rank.c); elsewhere it returns. */
+void mp__mpi_rank_take_over(void);
+
 struct mp_context_s {
   const mp__popen_ops_t *ops;
 };

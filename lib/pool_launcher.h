@@ -51,11 +51,18 @@ typedef struct {
 typedef int (*mp__run_task_t)(mp__task_t *task, void *arg);
 int mp__run_task(mp__task_t *task, void *arg);
 
+/* Runs an initializer here: 0, or its code with its message in error (MP__POOL_MSG bytes).
+ * A remote launcher replaces it (mp__worker_how_t.init) to run it on the worker's rank. */
+typedef int (*mp__run_init_t)(mp__fn_t fn, const void *args, size_t size, void *arg,
+                              char *error);
+int mp__run_initializer(mp__fn_t fn, const void *args, size_t size, void *arg, char *error);
+
 /* How a worker resolves and runs its tasks. */
 typedef struct {
   bool local;           /* a thread of the pool's process: functions are plain pointers */
   mp__run_task_t run;   /* mp__run_task, or a remote launcher's */
   void *run_arg;
+  mp__run_init_t init;  /* NULL: mp__run_initializer (MPI: pool_mpi.c) */
 } mp__worker_how_t;
 
 /* A worker's life (pool_worker.c): its initializer, then tasks until the pool closes or is
@@ -88,6 +95,9 @@ typedef struct {
   int event_fd;          /* the same, in this process */
   uv_loop_t *loop;       /* the supervisor's: handles may be made on it, not run */
   mp__launcher_events_t events;
+  /* The thread launcher's workers: NULL, local ones; else worker w runs as hows[w] (the
+   * MPI launcher's threads, each sending its tasks to its rank; pool_mpi.c). */
+  const mp__worker_how_t *hows;
 } mp__launcher_config_t;
 
 typedef struct {
@@ -111,6 +121,11 @@ typedef struct {
 /* The launcher for a context's workers (pool_process.c). */
 const mp__launcher_ops_t *mp__pool_launcher(const mp_context_t *ctx);
 extern const mp__launcher_ops_t mp__thread_launcher;
+
+/* An MPI context's launcher, and for MP_POOL_CPU_COUNT its number of workers in *processes
+ * (one per rank but rank 0); NULL for another context (pool_mpi.c, mpi_none.c). */
+const mp__launcher_ops_t *mp__mpi_launcher(const mp_context_t *ctx, int asked,
+                                           int *processes);
 
 /* Runs fn in a new thread with every signal blocked: signals are for the user's threads
  * (pool_thread.c; the supervisor's thread too). Errors with a sentence. */

@@ -40,7 +40,7 @@ typedef struct {
   int32_t value; /* STARTED: the pid, or -errno; EXITED: the wait status */
 } zygote_msg_t;
 
-static const mp__worker_how_t process_how = {false, mp__run_task, NULL};
+static const mp__worker_how_t process_how = {false, mp__run_task, NULL, NULL};
 
 /* Ctrl-C reaches the whole process group: the pool's process decides what it ends. */
 static int run_worker(const boot_t *boot, uint32_t w) {

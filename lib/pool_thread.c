@@ -41,11 +41,13 @@ int mp__start_quiet_thread(pthread_t *thread, void *(*fn)(void *), void *arg) {
   return rc ? mp__error(-rc, "starting a pool thread: %s", strerror(rc)) : 0;
 }
 
-static const mp__worker_how_t local_how = {true, mp__run_task, NULL};
+static const mp__worker_how_t local_how = {true, mp__run_task, NULL, NULL};
 
 static void *thread_main(void *arg) {
   worker_thread_t *wt = arg;
-  wt->code = mp__pool_worker_main(wt->launcher->config.sh, wt->w, &local_how);
+  const mp__worker_how_t *hows = wt->launcher->config.hows;
+  wt->code =
+      mp__pool_worker_main(wt->launcher->config.sh, wt->w, hows ? &hows[wt->w] : &local_how);
   atomic_store(&wt->ended, true);
   uint64_t one = 1;
   if (write(wt->launcher->ended_fd, &one, sizeof one) < 0) {

@@ -130,11 +130,17 @@ static bool run_initializer(worker_t *wk) {
     snprintf(error, MP__POOL_MSG, "%s", mp_last_error());
     return false;
   }
+  mp__run_init_t init = wk->how->init ? wk->how->init : mp__run_initializer;
+  return init(fn, sh->initargs, sh->initargs_size, wk->how->run_arg, error) == 0;
+}
+
+int mp__run_initializer(mp__fn_t fn, const void *args, size_t size, void *arg, char *error) {
+  (void)arg;
   task_has_msg = false;
-  rc = ((mp_initializer_t)fn)(sh->initargs, sh->initargs_size);
+  int rc = ((mp_initializer_t)fn)(args, size);
   if (rc != 0)
     failure_message(rc, error, MP__POOL_MSG);
-  return rc == 0;
+  return rc;
 }
 
 static int serve(worker_t *wk) {

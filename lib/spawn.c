@@ -583,8 +583,10 @@ int mp__startup_fd(const char *role, int *sentinel) {
 /* Runs after libmp's own prioritized constructors, before the program's main. The tracker's
  * role was taken by shared_memory.c's constructor already. */
 __attribute__((constructor)) static void take_over_child(void) {
-  if (startup.fd < 0)
+  if (startup.fd < 0) {
+    mp__mpi_rank_take_over(); /* an MPI rank other than 0 serves pools (mpi_rank.c) */
     return;
+  }
   int sentinel;
   int fd = mp__startup_fd("spawn", &sentinel);
   if (fd >= 0)

@@ -1,0 +1,280 @@
+/*
+ * The MPI job: which rank this process is, MPI's start and end, and the life of a rank other
+ * than 0. Under mpirun every rank runs the same program; the ranks but 0 are taken over
+ * before main (spawn.c's start-up roles) and serve tasks sent by rank 0's pool until rank 0
+ * ends, then exit. Rank 0 starts MPI on first use of the "mpi" context and, at its exit,
+ * stops the other ranks and ends MPI (starting it first if the program never used it, as
+ * MPI_Init is collective and the other ranks wait in it).
+ *
+ * The environment is not trusted: a set-user-ID (AT_SECURE) process never takes a role, and
+ * Open MPI's variables must parse as a rank below the size.
+ */
+#include "pool_mpi.h"
+
+#include <limits.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <time.h>
+#include <unistd.h>
+
+pthread_mutex_t mp__mpi_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int env_rank = -1; /* from Open MPI's environment; -1: not a rank */
+static pid_t rank0_pid;
+static bool started, ended; /* under mp__mpi_lock */
+static int world_size;
+
+/* A non-negative int in the environment, or -1. */
+static int env_int(const char *name) {
+  const char *s = getenv(name);
+  if (!s || *s < '0' || *s > '9')
+    return -1;
+  char *end;
+  long v = strtol(s, &end, 10);
+  return *end || v > INT_MAX ? -1 : (int)v;
+}
+
+static int mpi_error(int code, int err, const char *what) {
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(err, text, &len) != MPI_SUCCESS)
+    snprintf(text, sizeof text, "MPI error %d", err);
+  return mp__error(code, "%s: %s", what, text);
+}
+
+/* Waits a little longer at each call: a few yields, then sleeps from 1 us to 1 ms. */
+static void back_off(unsigned *polls) {
+  if (++*polls < 16) {
+    sched_yield();
+    return;
+  }
+  unsigned shift = *polls - 16 < 10 ? *polls - 16 : 10;
+  struct timespec ts = {0, 1000L << shift};
+  nanosleep(&ts, NULL);
+}
+
+int mp__mpi_wait(int n, MPI_Request *reqs) {
+  for (unsigned polls = 0;; back_off(&polls)) {
+    int done = 0, rc = MPI_ERR_OTHER;
+    pthread_mutex_lock(&mp__mpi_lock);
+    bool over = ended;
+    if (!over)
+      rc = MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
+    pthread_mutex_unlock(&mp__mpi_lock);
+    if (rc != MPI_SUCCESS)
+      return over ? mp__error(MP_ECLOSED, "MPI has ended: the program is exiting")
+                  : mpi_error(MP_EWORKERDIED, rc, "waiting for an MPI message");
+    if (done)
+      return 0;
+  }
+}
+
+/* Starts MPI in this rank; under mp__mpi_lock on rank 0. */
+static int start_mpi(void) {
+  int provided, rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
+  if (rc != MPI_SUCCESS)
+    return mpi_error(MP_ESPAWN, rc, "MPI_Init_thread");
+  started = true;
+  if (provided < MPI_THREAD_SERIALIZED)
+    return mp__error(MP_ESPAWN, "this MPI library gives no MPI_THREAD_SERIALIZED: the pool's "
+                                "threads on rank 0 need it");
+  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+  return 0;
+}
+
+int mp__mpi_start(int *size) {
+  if (env_rank < 0)
+    return mp__error(MP_EMETHOD, "the \"mpi\" context needs an MPI job: run the program with "
+                                 "mpirun -np N (Open MPI); ranks 1 to N-1 become the pool's "
+                                 "workers");
+  if (getpid() != rank0_pid)
+    return mp__error(MP_EMETHOD, "the \"mpi\" context belongs to the process mpirun started "
+                                 "as rank 0, not to its children");
+  int rc = 0;
+  pthread_mutex_lock(&mp__mpi_lock);
+  if (ended)
+    rc = mp__error(MP_ECLOSED, "MPI has ended: the program is exiting");
+  else if (!started)
+    rc = start_mpi();
+  *size = world_size;
+  pthread_mutex_unlock(&mp__mpi_lock);
+  return rc;
+}
+
+/* Rank 0's exit: the other ranks stop, and MPI ends. */
+static void end_job(void) {
+  if (getpid() != rank0_pid)
+    return; /* a forked child of rank 0 */
+  pthread_mutex_lock(&mp__mpi_lock);
+  if (!ended && (started || start_mpi() == 0)) {
+    for (int r = 1; r < world_size; r++)
+      MPI_Send(NULL, 0, MPI_BYTE, r, MP__MPI_TAG_STOP, MPI_COMM_WORLD);
+    MPI_Finalize();
+  }
+  ended = true;
+  pthread_mutex_unlock(&mp__mpi_lock);
+}
+
+/* ------------------------------ a worker rank ------------------------------ */
+
+typedef struct {
+  char *in, *out;
+  size_t in_cap, out_cap;
+  mp__fnref_t ref; /* the last function resolved, and where */
+  mp__fn_t fn;
+} rank_state_t;
+
+static bool grow(char **buf, size_t *cap, size_t need) {
+  if (need <= *cap)
+    return true;
+  void *p = NULL;
+  if (posix_memalign(&p, 64, need) != 0)
+    return false;
+  free(*buf);
+  *buf = p;
+  *cap = need;
+  return true;
+}
+
+/* The message's function, resolved here (the build-id checked) or taken from the last. */
+static int resolve(rank_state_t *st, const mp__mpi_task_head_t *h, const char *path,
+                   mp__fn_t *fn) {
+  mp__fnref_t *ref = &st->ref;
+  if (!st->fn || ref->offset != h->offset || ref->build_id_len != h->build_id_len ||
+      memcmp(ref->build_id, h->build_id, sizeof ref->build_id) != 0 ||
+      strcmp(ref->path, path)) {
+    memset(ref, 0, sizeof *ref);
+    ref->offset = h->offset;
+    ref->build_id_len = h->build_id_len;
+    memcpy(ref->build_id, h->build_id, sizeof ref->build_id);
+    memcpy(ref->path, path, h->path_len);
+    int rc = mp__fnref_resolve(ref, &st->fn);
+    if (rc < 0) {
+      st->fn = NULL;
+      return rc;
+    }
+  }
+  *fn = st->fn;
+  return 0;
+}
+
+/* Checks a task message of len bytes; its payload's offset and size, its results' size. */
+static int check_message(const rank_state_t *st, int tag, size_t len, mp__mpi_task_head_t *h,
+                         size_t *at, size_t *in_len, size_t *out_len) {
+  if (len < sizeof *h)
+    return mp__error(MP_EINVAL, "a message of %zu bytes is no task", len);
+  memcpy(h, st->in, sizeof *h);
+  if (h->path_len < 1 || h->path_len > sizeof st->ref.path ||
+      h->build_id_len > MP__BUILD_ID_MAX ||
+      len < (*at = MP__MPI_ROOM(sizeof *h + h->path_len)) ||
+      st->in[sizeof *h + h->path_len - 1] != '\0')
+    return mp__error(MP_EINVAL, "a task message with a malformed function reference");
+  *in_len = h->item_size;
+  *out_len = 0;
+  if (tag == MP__MPI_TAG_TASK && (__builtin_mul_overflow(h->count, h->item_size, in_len) ||
+                                  __builtin_mul_overflow(h->count, h->result_size, out_len)))
+    return mp__error(MP_EINVAL, "a task's sizes overflow");
+  if (*in_len != len - *at)
+    return mp__error(MP_EINVAL, "a task of %zu bytes where %zu were announced", len - *at,
+                     *in_len);
+  return 0;
+}
+
+/* Runs one message (a chunk or an initializer); the reply is st->out's bytes from the
+ * returned offset to *end. */
+static size_t run_message(rank_state_t *st, int tag, size_t len, int rank, size_t *end) {
+  mp__mpi_task_head_t h = {0};
+  mp__mpi_reply_head_t r = {0};
+  char msg[MP__POOL_MSG] = "";
+  size_t at = 0, in_len = 0, out_len = 0, room = MP__MPI_ROOM(sizeof r + sizeof msg);
+  mp__fn_t fn = NULL;
+  int rc = check_message(st, tag, len, &h, &at, &in_len, &out_len);
+  if (rc == 0 && (out_len > SIZE_MAX - room - sizeof(uint64_t) ||
+                  !grow(&st->out, &st->out_cap, room + out_len + sizeof(uint64_t))))
+    rc = mp__error(MP_ENOMEM, "no memory for %zu bytes of results", out_len);
+  if (rc == 0)
+    rc = resolve(st, &h, st->in + sizeof h, &fn);
+  /* The results go where they will be sent from once the message's length is known. */
+  char *results = st->out + room;
+  if (rc < 0) {
+    snprintf(msg, sizeof msg, "rank %d: %s", rank, mp_last_error());
+    r.failed_item = h.first;
+    out_len = 0;
+  } else if (tag == MP__MPI_TAG_INIT) {
+    rc = mp__run_initializer(fn, st->in + at, in_len, NULL, msg);
+  } else {
+    _Atomic uint64_t running = 0;
+    mp__task_t t = {.call = fn,
+                    .input = st->in + at,
+                    .item_size = h.item_size,
+                    .output = results,
+                    .result_size = h.result_size,
+                    .first = h.first,
+                    .count = h.count,
+                    .running = &running};
+    rc = mp__run_task(&t, NULL);
+    r.failed_item = t.failed_item;
+    r.result_len = t.result_len;
+    memcpy(msg, t.msg, sizeof msg);
+  }
+  r.code = rc;
+  r.msg_len = rc ? (uint32_t)strnlen(msg, sizeof msg - 1) + 1 : 0;
+  if (!st->out && !grow(&st->out, &st->out_cap, room))
+    abort(); /* not even a reply's head: rank 0 would wait for ever */
+  size_t start = room - MP__MPI_ROOM(sizeof r + r.msg_len);
+  memcpy(st->out + start, &r, sizeof r);
+  memcpy(st->out + start + sizeof r, msg, r.msg_len);
+  *end = room + out_len;
+  return start;
+}
+
+static MP__NORETURN void serve(void) {
+  pthread_mutex_lock(&mp__mpi_lock);
+  if (start_mpi() < 0) {
+    fprintf(stderr, "libmp: rank %d: %s\n", env_rank, mp_last_error());
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  int rank;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  rank_state_t st = {0};
+  for (;;) {
+    MPI_Status status;
+    int flag = 0;
+    for (unsigned polls = 0;
+         MPI_Iprobe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &status) == MPI_SUCCESS && !flag;
+         back_off(&polls))
+      ;
+    int len = 0;
+    MPI_Get_count(&status, MPI_BYTE, &len);
+    if (len < 0 || !grow(&st.in, &st.in_cap, (size_t)len + 1)) {
+      fprintf(stderr, "libmp: rank %d: no memory for a message of %d bytes\n", rank, len);
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    MPI_Recv(st.in, len, MPI_BYTE, 0, status.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    if (status.MPI_TAG == MP__MPI_TAG_STOP)
+      break;
+    size_t end, start = run_message(&st, status.MPI_TAG, (size_t)len, rank, &end);
+    MPI_Send(st.out + start, (int)(end - start), MPI_BYTE, 0, MP__MPI_TAG_REPLY,
+             MPI_COMM_WORLD);
+  }
+  free(st.in);
+  free(st.out);
+  MPI_Finalize();
+  exit(0);
+}
+
+void mp__mpi_rank_take_over(void) {
+  if (getauxval(AT_SECURE))
+    return; /* a set-user-ID program: its environment is not its user's to trust */
+  int rank = env_int("OMPI_COMM_WORLD_RANK"), size = env_int("OMPI_COMM_WORLD_SIZE");
+  if (rank < 0 || size < 1 || rank >= size)
+    return;
+  env_rank = rank;
+  if (rank > 0)
+    serve();
+  rank0_pid = getpid();
+  atexit(end_job);
+}

@@ -1,0 +1,64 @@
+/*
+ * The MPI launcher's two sides (pool_mpi.c on rank 0, mpi_rank.c on the other ranks) and
+ * what crosses between them. Rank 0 runs main and the pool; each of its worker threads owns
+ * one other rank and, in place of running a claimed chunk, sends it there as one message
+ * and waits for one reply (mpi4py.futures' static mode). Functions cross by identity
+ * (reduction.c), so every rank runs the same executable; each rank checks the build-id.
+ *
+ * MPI is used from several threads of rank 0 one call at a time (MPI_THREAD_SERIALIZED,
+ * behind mp__mpi_lock). Waits test and sleep, with a sleep that grows, because Open MPI's
+ * blocking calls busy-poll a core.
+ */
+#ifndef MP_POOL_MPI_H
+#define MP_POOL_MPI_H
+
+#include "pool_launcher.h"
+
+#include <mpi.h>
+
+enum {
+  MP__MPI_TAG_TASK = 1, /* rank 0 -> rank: a task head, then its items */
+  MP__MPI_TAG_INIT,  /* rank 0 -> rank: a task head (count 0), then the initializer's bytes */
+  MP__MPI_TAG_REPLY, /* rank -> rank 0: a reply head, then the results */
+  MP__MPI_TAG_STOP,  /* rank 0 -> rank: the program ends */
+};
+
+/* A task message: this head, the function's object path (path_len bytes with its NUL: one
+ * for the executable), then the items (or the initializer's bytes) at
+ * MP__MPI_ROOM(sizeof head + path_len). Small, so that a chunk of one small item goes in
+ * one eager message. */
+typedef struct {
+  uint64_t offset; /* the function's reference (mp__fnref_t) */
+  uint32_t build_id_len;
+  uint32_t path_len;
+  uint8_t build_id[MP__BUILD_ID_MAX];
+  uint64_t item_size; /* an initializer's: its argument's size */
+  uint64_t result_size;
+  uint64_t first;
+  uint64_t count;
+} mp__mpi_task_head_t;
+
+/* A reply: this head, a failure's message (msg_len bytes with its NUL, 0 on success), then
+ * the results at MP__MPI_ROOM(sizeof head + msg_len). */
+typedef struct {
+  int32_t code; /* 0, or the task's (or initializer's) negative code */
+  uint32_t msg_len;
+  uint64_t failed_item;
+  uint64_t result_len;
+} mp__mpi_reply_head_t;
+
+/* Where the bytes after a head start: 64-byte aligned, as a task's items may need. */
+#define MP__MPI_ROOM(n) (((size_t)(n) + 63) & ~(size_t)63)
+
+/* Serialises MPI calls between rank 0's threads. */
+extern pthread_mutex_t mp__mpi_lock;
+
+/* Completes the n requests, testing under mp__mpi_lock and sleeping between tests with a
+ * delay that grows from none to a millisecond. Errors with a sentence. */
+int mp__mpi_wait(int n, MPI_Request *reqs);
+
+/* Rank 0: starts MPI on first use; the job's number of ranks in *size. Errors with a
+ * sentence: not under mpirun (MP_EMETHOD), MPI failed to start (MP_ESPAWN). */
+int mp__mpi_start(int *size);
+
+#endif /* MP_POOL_MPI_H */

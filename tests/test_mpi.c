@@ -1,0 +1,369 @@
+/*
+ * Check suite of the "mpi" context: the Pool's calls with MPI ranks as workers. Run under
+ * mpirun -np 4 by tests/mpi_run.sh (rank 0 runs the suite, ranks 1-3 are the workers); run
+ * alone, it checks that the context is refused with a sentence. `test_mpi kill` maps a task
+ * that kills its rank: the job must end (mpi_run.sh checks how); `test_mpi other-build`, with
+ * tests/other_build on the other ranks, must be refused by the build-id check.
+ *
+ * The tests run in rank 0 itself (CK_NOFORK): MPI starts once per process, and the pool's
+ * ranks serve one test's pool after another.
+ */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mp_test.h"
+
+#define RANKS 3 /* mpirun -np 4 */
+#define REFUSED (-1000)
+
+static mp_pool_t *test_pool;
+
+static void destroy_test_pool(void) {
+  mp_pool_destroy(test_pool);
+  test_pool = NULL;
+}
+
+static mp_pool_t *make_pool(int processes, const mp_pool_options_t *extra) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  if (extra)
+    o = *extra;
+  o.processes = processes;
+  MP_ASSERT_OK(mp_get_context("mpi", &o.context));
+  MP_ASSERT_OK(mp_pool_create(&test_pool, &o));
+  mp_test_set_hook(destroy_test_pool);
+  return test_pool;
+}
+
+typedef struct {
+  long square;
+  int pid;  /* the process that ran the item */
+  int seed; /* the initializer's value on that rank */
+} result_t;
+
+static int initialized_seed;
+
+static int set_seed(const void *arg, size_t size) {
+  if (size != sizeof(int))
+    return mp_task_fail("the initializer got %zu bytes", size);
+  memcpy(&initialized_seed, arg, sizeof initialized_seed);
+  return initialized_seed < 0 ? mp_task_fail("a negative seed %d", initialized_seed) : 0;
+}
+
+static int square(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)size;
+  long x;
+  memcpy(&x, arg, sizeof x);
+  if (x == REFUSED)
+    return mp_task_fail("item %d is refused", REFUSED);
+  result_t r = {x * x, getpid(), initialized_seed};
+  memcpy(result, &r, sizeof r);
+  *result_size = sizeof r;
+  return 0;
+}
+
+static void check_squares(const long *items, const result_t *results, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    T_INT_EQ(results[i].square, items[i] * items[i]);
+    T_ASSERT(results[i].pid != getpid(), "item %zu ran on rank 0", i);
+  }
+}
+
+#define N_ITEMS 200
+
+static long *numbers(size_t n) {
+  long *items = malloc(n * sizeof *items);
+  ck_assert_ptr_nonnull(items);
+  for (size_t i = 0; i < n; i++)
+    items[i] = (long)i - 50;
+  return items;
+}
+
+START_TEST(test_map_every_rank) {
+  mp_pool_t *pool = make_pool(MP_POOL_CPU_COUNT, NULL);
+  T_INT_EQ(mp_pool_processes(pool), RANKS);
+  long *items = numbers(N_ITEMS);
+  result_t results[N_ITEMS];
+  static const size_t chunks[] = {1, 0, 7, N_ITEMS};
+  for (size_t c = 0; c < sizeof chunks / sizeof chunks[0]; c++) {
+    memset(results, 0, sizeof results);
+    MP_ASSERT_OK(mp_pool_map(pool, square, items, N_ITEMS, sizeof(long), results,
+                             sizeof(result_t), chunks[c]));
+    check_squares(items, results, N_ITEMS);
+  }
+  MP_ASSERT_OK(mp_pool_starmap(pool, square, items, N_ITEMS, sizeof(long), results,
+                               sizeof(result_t), 3));
+  check_squares(items, results, N_ITEMS);
+  free(items);
+  MP_ASSERT_OK(mp_pool_close(pool));
+  MP_ASSERT_OK(mp_pool_join(pool, 30));
+  destroy_test_pool();
+}
+END_TEST
+
+static _Atomic int callbacks, error_callbacks;
+
+static int on_result(mp_async_result_t *ar, void *user_data) {
+  (void)user_data;
+  result_t r;
+  if (mp_async_result_get(ar, &r, sizeof r, NULL, 0) == 0 && r.square == 49)
+    atomic_fetch_add(&callbacks, 1);
+  return 0;
+}
+
+static int on_error(mp_async_result_t *ar, void *user_data) {
+  (void)user_data;
+  if (mp_async_result_get(ar, NULL, 0, NULL, 0) == MP_ETASK)
+    atomic_fetch_add(&error_callbacks, 1);
+  return 0;
+}
+
+START_TEST(test_apply_and_callbacks) {
+  mp_pool_t *pool = make_pool(2, NULL);
+  long x = 12;
+  result_t r;
+  size_t len = 0;
+  MP_ASSERT_OK(mp_pool_apply(pool, square, &x, sizeof x, &r, sizeof r, &len));
+  T_INT_EQ(r.square, 144);
+  T_INT_EQ(len, sizeof r);
+  mp_async_callbacks_t cbs = {on_result, on_error, NULL};
+  mp_async_result_t *ok[8], *bad;
+  long seven = 7, refused = REFUSED;
+  for (int i = 0; i < 8; i++)
+    MP_ASSERT_OK(
+        mp_pool_apply_async(pool, square, &seven, sizeof seven, sizeof r, &cbs, &ok[i]));
+  MP_ASSERT_OK(
+      mp_pool_apply_async(pool, square, &refused, sizeof refused, sizeof r, &cbs, &bad));
+  for (int i = 0; i < 8; i++) {
+    MP_ASSERT_OK(mp_async_result_get(ok[i], &r, sizeof r, NULL, 30));
+    T_INT_EQ(r.square, 49);
+    mp_async_result_free(ok[i]);
+  }
+  MP_ASSERT_ERR(mp_async_result_get(bad, &r, sizeof r, NULL, 30), MP_ETASK);
+  T_ASSERT(strstr(mp_last_error(), "item -1000 is refused"), "the task's message crosses");
+  mp_async_result_free(bad);
+  MP_ASSERT_OK(mp_pool_close(pool));
+  MP_ASSERT_OK(mp_pool_join(pool, 30)); /* callbacks have run once join returns */
+  T_INT_EQ(atomic_load(&callbacks), 8);
+  T_INT_EQ(atomic_load(&error_callbacks), 1);
+  destroy_test_pool();
+}
+END_TEST
+
+static void check_iterator(mp_imap_t *it, const long *items, size_t n, bool ordered) {
+  bool seen[N_ITEMS] = {0};
+  for (size_t k = 0; k < n; k++) {
+    result_t r;
+    size_t index = SIZE_MAX;
+    MP_ASSERT_OK(mp_imap_next(it, &r, &index, 30));
+    T_ASSERT(index < n && !seen[index], "index %zu once", index);
+    if (ordered)
+      T_INT_EQ(index, k);
+    seen[index] = true;
+    T_INT_EQ(r.square, items[index] * items[index]);
+  }
+  result_t r;
+  MP_ASSERT_ERR(mp_imap_next(it, &r, NULL, 30), MP_EEOF);
+  mp_imap_free(it);
+}
+
+START_TEST(test_imap) {
+  mp_pool_t *pool = make_pool(MP_POOL_CPU_COUNT, NULL);
+  long *items = numbers(N_ITEMS);
+  mp_imap_t *it;
+  MP_ASSERT_OK(
+      mp_pool_imap(pool, square, items, N_ITEMS, sizeof(long), sizeof(result_t), 1, &it));
+  check_iterator(it, items, N_ITEMS, true);
+  MP_ASSERT_OK(mp_pool_imap_unordered(pool, square, items, N_ITEMS, sizeof(long),
+                                      sizeof(result_t), 4, &it));
+  check_iterator(it, items, N_ITEMS, false);
+  free(items);
+  destroy_test_pool();
+}
+END_TEST
+
+START_TEST(test_initializer_runs_on_the_ranks) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  int seed = 4242;
+  o.initializer = set_seed;
+  o.initargs = &seed;
+  o.initargs_size = sizeof seed;
+  mp_pool_t *pool = make_pool(MP_POOL_CPU_COUNT, &o);
+  long *items = numbers(30);
+  result_t results[30];
+  MP_ASSERT_OK(
+      mp_pool_map(pool, square, items, 30, sizeof(long), results, sizeof(result_t), 1));
+  for (int i = 0; i < 30; i++)
+    T_INT_EQ(results[i].seed, seed);
+  T_INT_EQ(initialized_seed, 0); /* never on rank 0 */
+  free(items);
+  destroy_test_pool();
+
+  seed = -3;
+  mp_pool_t *failed = NULL;
+  MP_ASSERT_OK(mp_get_context("mpi", &o.context));
+  o.processes = 1;
+  MP_ASSERT_ERR(mp_pool_create(&failed, &o), MP_ETASK);
+  T_ASSERT(strstr(mp_last_error(), "a negative seed -3"), "the initializer's message");
+}
+END_TEST
+
+static int child_target(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  return 0;
+}
+
+START_TEST(test_failures_and_refusals) {
+  mp_pool_t *pool = make_pool(MP_POOL_CPU_COUNT, NULL);
+  long *items = numbers(N_ITEMS);
+  result_t results[N_ITEMS];
+  items[120] = REFUSED;
+  MP_ASSERT_ERR(
+      mp_pool_map(pool, square, items, N_ITEMS, sizeof(long), results, sizeof(result_t), 5),
+      MP_ETASK);
+  T_ASSERT(strstr(mp_last_error(), "item -1000 is refused"), "the rank's message");
+  free(items);
+
+  /* A lock's handle in the argument: shared memory does not reach another rank. */
+  mp_lock_t *lock;
+  MP_ASSERT_OK(mp_lock_create(&lock));
+  struct {
+    long x;
+    mp_lock_t *lock;
+  } arg = {3, lock};
+  result_t r;
+  int rc = mp_pool_apply(pool, square, &arg, sizeof arg, &r, sizeof r, NULL);
+  T_INT_EQ(rc, MP_ECROSS);
+  T_ASSERT(strstr(mp_last_error(), "libmp handle"), "says why");
+  mp_lock_close(lock);
+
+  /* The pool still works after both. */
+  long x = 5;
+  MP_ASSERT_OK(mp_pool_apply(pool, square, &x, sizeof x, &r, sizeof r, NULL));
+  T_INT_EQ(r.square, 25);
+  destroy_test_pool();
+
+  /* More workers than ranks. */
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = RANKS + 1;
+  MP_ASSERT_OK(mp_get_context("mpi", &o.context));
+  MP_ASSERT_ERR(mp_pool_create(&test_pool, &o), MP_EINVAL);
+  T_ASSERT(strstr(mp_last_error(), "mpirun -np 5"), "says how to run: %s", mp_last_error());
+
+  /* No processes of its own. */
+  mp_process_t *p;
+  MP_ASSERT_OK(mp_process_create(&p, o.context, child_target, NULL, 0, NULL));
+  MP_ASSERT_ERR(mp_process_start(p), MP_EMETHOD);
+  mp_process_close(p);
+}
+END_TEST
+
+static int slow_square(const void *arg, size_t size, void *result, size_t *result_size) {
+  usleep(20000);
+  return square(arg, size, result, result_size);
+}
+
+START_TEST(test_terminate) {
+  mp_pool_t *pool = make_pool(MP_POOL_CPU_COUNT, NULL);
+  long *items = numbers(300);
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(mp_pool_map_async(pool, slow_square, items, 300, sizeof(long), sizeof(result_t),
+                                 1, NULL, &ar));
+  usleep(100000);
+  MP_ASSERT_OK(mp_pool_terminate(pool));
+  MP_ASSERT_OK(mp_pool_join(pool, 30));
+  MP_ASSERT_ERR(mp_async_result_get(ar, NULL, 0, NULL, 30), MP_ETERMINATED);
+  mp_async_result_free(ar);
+  free(items);
+  destroy_test_pool();
+  /* The ranks are free for the next pool. */
+  pool = make_pool(MP_POOL_CPU_COUNT, NULL);
+  long x = 9;
+  result_t r;
+  MP_ASSERT_OK(mp_pool_apply(pool, square, &x, sizeof x, &r, sizeof r, NULL));
+  T_INT_EQ(r.square, 81);
+  destroy_test_pool();
+}
+END_TEST
+
+START_TEST(test_refused_without_mpirun) {
+  mp_context_t *ctx;
+  MP_ASSERT_ERR(mp_get_context("mpi", &ctx), MP_EMETHOD);
+  T_ASSERT(strstr(mp_last_error(), "mpirun"), "says how to run: %s", mp_last_error());
+}
+END_TEST
+
+/* `test_mpi kill`: rank 2 dies mid-map; Open MPI ends the job. */
+static int kill_rank_2(const void *arg, size_t size, void *result, size_t *result_size) {
+  if (atoi(getenv("OMPI_COMM_WORLD_RANK")) == 2)
+    raise(SIGKILL);
+  return slow_square(arg, size, result, result_size);
+}
+
+static int map_and_die(void) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  mp_pool_t *pool;
+  int rc = mp_get_context("mpi", &o.context);
+  if (rc == 0)
+    rc = mp_pool_create(&pool, &o);
+  long items[N_ITEMS] = {0};
+  result_t results[N_ITEMS];
+  if (rc == 0)
+    rc = mp_pool_map(pool, kill_rank_2, items, N_ITEMS, sizeof(long), results, sizeof(result_t),
+                     1);
+  fprintf(stderr, "the map returned %d (%s): the job should have ended\n", rc, mp_last_error());
+  return 0;
+}
+
+/* `test_mpi other-build` as rank 0 of a job whose other ranks run tests/other_build: each
+ * rank checks the build-id and refuses the task. */
+static int map_on_another_build(void) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  mp_pool_t *pool;
+  long items[30] = {0};
+  result_t results[30];
+  int rc = mp_get_context("mpi", &o.context);
+  if (rc == 0)
+    rc = mp_pool_create(&pool, &o);
+  if (rc < 0) {
+    fprintf(stderr, "FAIL: %s\n", mp_last_error());
+    return 1;
+  }
+  rc = mp_pool_map(pool, square, items, 30, sizeof(long), results, sizeof(result_t), 1);
+  bool refused = rc == MP_ERESOLVE && strstr(mp_last_error(), "another build");
+  printf("%s: the map returned %s: %s\n", refused ? "OK" : "FAIL", mp_err_name(rc),
+         mp_last_error());
+  mp_pool_destroy(pool);
+  return refused ? 0 : 1;
+}
+
+static Suite *mpi_suite(void) {
+  Suite *s = suite_create("mpi");
+  TCase *tc = tcase_create("mpi");
+  if (getenv("OMPI_COMM_WORLD_RANK")) {
+    tcase_add_test(tc, test_map_every_rank);
+    tcase_add_test(tc, test_apply_and_callbacks);
+    tcase_add_test(tc, test_imap);
+    tcase_add_test(tc, test_initializer_runs_on_the_ranks);
+    tcase_add_test(tc, test_failures_and_refusals);
+    tcase_add_test(tc, test_terminate);
+  } else {
+    tcase_add_test(tc, test_refused_without_mpirun);
+  }
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "kill") == 0)
+    return map_and_die();
+  if (argc > 1 && strcmp(argv[1], "other-build") == 0)
+    return map_on_another_build();
+  SRunner *sr = srunner_create(mpi_suite());
+  srunner_set_fork_status(sr, CK_NOFORK); /* MPI starts once per process */
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? 1 : 0;
+}
