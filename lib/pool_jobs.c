@@ -753,6 +753,7 @@ int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__job_t **out) {
                       s->window, &job);
   if (rc < 0)
     return rc;
+  job->result_cap = s->result_cap;
   if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
     memcpy(job_input(job, 0), s->items, s->n * s->item_size); /* checked by job_create */
   pthread_mutex_lock(&t->lock);
