@@ -63,7 +63,7 @@ void bench_pair(const bench_config_t *cfg, int default_iterations, bench_op_t li
 static const bench_group_t *const groups[] = {
     &bench_process_group,     &bench_connection_group,    &bench_queues_group,
     &bench_synchronize_group, &bench_shared_memory_group, &bench_pool_group,
-    &bench_trace_group,
+    &bench_trace_group,       &bench_pool_forms_group,
 };
 
 #define GROUP_COUNT (sizeof groups / sizeof groups[0])

@@ -693,6 +693,8 @@ static size_t default_chunksize(const mp_pool_t *pool, size_t n) {
   return chunksize ? chunksize : 1;
 }
 
+static void pack_items(void *dst, const void *items, uint64_t n, uint64_t slot);
+
 static int submit(mp_pool_t *pool, const spec_t *s, mp__job_t **out) {
   check_pool(pool, s->what);
   if (!pool || !s->fn)
@@ -705,8 +707,16 @@ static int submit(mp_pool_t *pool, const spec_t *s, mp__job_t **out) {
       __builtin_mul_overflow(s->n, result_slot, &bytes))
     return mp__error(MP_EINVAL, "%s: %zu items of %zu bytes with results of %zu bytes overflow",
                      s->what, s->n, s->item_size, s->result_size);
-  mp__job_spec_t spec = {0,        s->flags,  s->items, s->n, s->item_size, result_slot, 0,
-                         s->window, varsize ? s->result_size : 0};
+  mp__job_spec_t spec = {0,
+                         s->flags,
+                         s->items,
+                         s->n,
+                         s->item_size,
+                         result_slot,
+                         0,
+                         s->window,
+                         varsize ? s->result_size : 0,
+                         varsize && !(s->flags & MP__JOB_ITERATOR) ? pack_items : NULL};
   int rc = check_open(pool, s->what);
   if (rc == 0)
     rc = mp__jobs_function(pool->jobs, (mp__fn_t)s->fn, &spec.fn);
@@ -775,6 +785,14 @@ int mp_pool_apply_async(mp_pool_t *pool, mp_task_fn_t fn, const void *arg, size_
   return make_result(pool, &s, callbacks, true, ar);
 }
 
+/* The end of a blocking call: Ctrl-C terminates the pool. */
+static int end_sync(mp_pool_t *pool, const char *what, int rc) {
+  if (rc != MP_EINTR)
+    return rc;
+  mp_pool_terminate(pool);
+  return mp__error(MP_EINTR, "%s: interrupted by SIGINT; the pool was terminated", what);
+}
+
 /* A blocking call: submit, get, free. Ctrl-C (SIGINT caught by a handler) ends the pool, as
  * leaving Python's `with Pool()` on KeyboardInterrupt does. */
 static int run_sync(mp_pool_t *pool, spec_t *s, bool is_apply, void *result, size_t cap,
@@ -785,15 +803,11 @@ static int run_sync(mp_pool_t *pool, spec_t *s, bool is_apply, void *result, siz
   int rc = make_result(pool, s, NULL, is_apply, &ar);
   if (rc < 0)
     return rc;
-  if (!is_apply && !cap)
+  if (!is_apply)
     cap = s->n * s->result_size; /* checked by the submission */
   rc = mp_async_result_get(ar, result, cap, len, MP_FOREVER);
   mp_async_result_free(ar);
-  if (rc == MP_EINTR) {
-    mp_pool_terminate(pool);
-    return mp__error(MP_EINTR, "%s: interrupted by SIGINT; the pool was terminated", s->what);
-  }
-  return rc;
+  return end_sync(pool, s->what, rc);
 }
 
 int mp_pool_map(mp_pool_t *pool, mp_task_fn_t fn, const void *items, size_t n, size_t item_size,
@@ -1063,43 +1077,38 @@ static int items_max(const char *what, const mp_item_t *items, size_t n, size_t 
   return 0;
 }
 
-/* Copies items into one array of slots of the longest item's size, in *out. */
-static int pack_items(const char *what, const mp_item_t *items, size_t n, size_t *slot,
-                      char **out) {
-  size_t max, bytes;
-  int rc = items_max(what, items, n, &max);
-  if (rc < 0)
-    return rc;
-  if (!(*slot = var_slot(max)) || __builtin_mul_overflow(n, *slot, &bytes))
-    return mp__error(MP_EINVAL, "%s: %zu items of up to %zu bytes overflow", what, n, max);
-  if (!(*out = malloc(bytes ? bytes : 1)))
-    return mp__error(MP_ENOMEM, "%s: no memory for %zu bytes of items", what, bytes);
-  for (size_t i = 0; i < n; i++) {
-    uint64_t len = items[i].size;
-    memcpy(*out + i * *slot, &len, sizeof len);
+/* map_items' input, written into the job: each item's length, then its bytes. */
+static void pack_items(void *dst, const void *items, uint64_t n, uint64_t slot) {
+  const mp_item_t *item = items;
+  for (uint64_t i = 0; i < n; i++) {
+    uint64_t len = item[i].size;
+    memcpy((char *)dst + i * slot, &len, sizeof len);
     if (len)
-      memcpy(*out + i * *slot + MP__VARSIZE_HEAD, items[i].data, len);
+      memcpy((char *)dst + i * slot + MP__VARSIZE_HEAD, item[i].data, len);
   }
-  return 0;
 }
 
-/* The n results in slots, as one allocation: n mp_item_t, then their bytes. */
-static int unpack_results(const char *what, const char *slots, size_t n, size_t slot,
-                          mp_item_t **out) {
-  size_t bytes = n * sizeof(mp_item_t); /* below n * slot, which was allocated */
-  for (size_t i = 0; i < n; i++)
-    bytes += (slot_length(slots + i * slot) + 7) & ~(uint64_t)7; /* each below slot */
-  mp_item_t *r = malloc(bytes ? bytes : 1);
-  if (!r)
-    return mp__error(MP_ENOMEM, "%s: no memory for %zu bytes of results", what, bytes);
-  char *at = (char *)(r + n);
-  for (size_t i = 0; i < n; i++) {
-    r[i].size = slot_length(slots + i * slot);
-    r[i].data = at;
-    memcpy(at, slots + i * slot + MP__VARSIZE_HEAD, r[i].size);
-    at += (r[i].size + 7) & ~(size_t)7;
+/* A complete map's n results as one allocation: n mp_item_t, then their bytes. */
+static int unpack_results(const char *what, const mp__job_t *job, size_t n, mp_item_t **out) {
+  size_t bytes;
+  bool overflow = __builtin_mul_overflow(n, sizeof(mp_item_t), &bytes);
+  for (size_t i = 0; i < n && !overflow; i++) {
+    const char *r = mp__job_result(job, i);
+    overflow = __builtin_add_overflow(bytes, r ? (slot_length(r) + 7) & ~(size_t)7 : 0, &bytes);
   }
-  *out = r;
+  mp_item_t *res = overflow ? NULL : malloc(bytes ? bytes : 1);
+  if (!res)
+    return mp__error(MP_ENOMEM, "%s: no memory for the results of %zu items", what, n);
+  char *at = (char *)(res + n);
+  for (size_t i = 0; i < n; i++) {
+    const char *r = mp__job_result(job, i);
+    res[i].size = r ? slot_length(r) : 0;
+    res[i].data = at;
+    if (res[i].size)
+      memcpy(at, r + MP__VARSIZE_HEAD, res[i].size);
+    at += (res[i].size + 7) & ~(size_t)7;
+  }
+  *out = res;
   return 0;
 }
 
@@ -1110,30 +1119,27 @@ int mp_pool_map_items(mp_pool_t *pool, mp_task_fn_t fn, const mp_item_t *items, 
   if (!results)
     return mp__error(MP_EINVAL, "%s: results is NULL", what);
   *results = NULL;
-  size_t slot, result_slot = var_slot(result_max), out_bytes;
-  if (!result_slot || __builtin_mul_overflow(n, result_slot, &out_bytes))
-    return mp__error(MP_EINVAL, "%s: %zu results of up to %zu bytes overflow", what, n,
-                     result_max);
-  char *in, *out;
-  int rc = pack_items(what, items, n, &slot, &in);
+  size_t max, slot;
+  int rc = items_max(what, items, n, &max);
   if (rc < 0)
     return rc;
-  if (!(out = malloc(out_bytes ? out_bytes : 1))) {
-    free(in);
-    return mp__error(MP_ENOMEM, "%s: no memory for %zu bytes of results", what, out_bytes);
-  }
-  spec_t s = {what, fn, in, n, slot, result_max, chunksize, MP__JOB_VARSIZE, 0};
-  rc = run_sync(pool, &s, false, out, out_bytes, NULL);
-  free(in);
+  if (!(slot = var_slot(max)))
+    return mp__error(MP_EINVAL, "%s: an item of %zu bytes overflows", what, max);
+  /* The items are packed into the job, the results read from it in place. */
+  spec_t s = {what, fn, items, n, slot, result_max, chunksize, MP__JOB_VARSIZE, 0};
+  mp_async_result_t *ar;
+  if ((rc = make_result(pool, &s, NULL, false, &ar)) < 0)
+    return rc;
+  rc = mp_async_result_get(ar, NULL, 0, NULL, MP_FOREVER);
   /* A failed map still gives the results of the chunks that succeeded. */
   if (rc == 0 || rc == MP_ETASK || rc == MP_EWORKERDIED) {
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", mp_last_error());
-    int unpacked = unpack_results(what, out, n, result_slot, results);
+    int unpacked = unpack_results(what, ar->job, n, results);
     rc = unpacked < 0 ? unpacked : rc < 0 ? mp__error(rc, "%s", msg) : 0;
   }
-  free(out);
-  return rc;
+  mp_async_result_free(ar);
+  return end_sync(pool, s.what, rc);
 }
 
 /*
@@ -1364,14 +1370,17 @@ static int lazy_next(mp_imap_t *it, void *result, size_t cap, size_t *len, size_
     int rc = plain_next_item(cur, result, cap, len, &i, timeout);
     if (rc != MP_EEOF) {
       uint64_t at = lz->b[lz->cur].base + i;
-      if (index && (rc == 0 || rc == MP_ETASK || rc == MP_EWORKERDIED))
+      bool failed = rc == MP_ETASK || rc == MP_EWORKERDIED;
+      if (index && (rc == 0 || failed))
         *index = at;
+      if (!failed)
+        return rc;
       char msg[1024]; /* "item <index in the batch's job>: why" names the item in the input */
       snprintf(msg, sizeof msg, "%s", mp_last_error());
       const char *rest = strstr(msg, ": ");
-      if ((rc == MP_ETASK || rc == MP_EWORKERDIED) && !strncmp(msg, "item ", 5) && rest)
-        return mp__error(rc, "item %llu%s", (unsigned long long)at, rest);
-      return rc;
+      return !strncmp(msg, "item ", 5) && rest
+                 ? mp__error(rc, "item %llu%s", (unsigned long long)at, rest)
+                 : rc;
     }
     mp_imap_free(cur);
     lz->b[lz->cur].it = NULL;

@@ -177,6 +177,9 @@ typedef struct {
   uint64_t n, item_size, result_size, chunksize;
   uint32_t window;     /* 0: the whole map */
   uint64_t result_cap; /* MP__JOB_VARSIZE: a task's room, below result_size */
+  /* A map's input written by this instead of copied from items (NULL: copied): n slots of
+   * item_size bytes at dst, from the caller's items, during mp__jobs_submit. */
+  void (*pack)(void *dst, const void *items, uint64_t n, uint64_t item_size);
 } mp__job_spec_t;
 /* Creates, fills and publishes a job (waiting for a free slot), and wakes workers. *job has
  * the owner's reference. Errors: MP_EINVAL (sizes that overflow), MP_ENOMEM, MP_ETERMINATED. */
@@ -224,6 +227,9 @@ int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), 
  * sentence. cap below the length: MP_ETOOSMALL, nothing copied. *len (if not NULL): the
  * length. */
 int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, size_t *len);
+/* A complete map's result i, in place (the block is the table's; read it before the
+ * release), or NULL if its chunk failed. */
+const char *mp__job_result(const mp__job_t *job, uint64_t i);
 /* Callbacks: marks them run and wakes the waiter. */
 void mp__job_callbacks_done(mp__job_t *job);
 bool mp__job_callbacks_ran(const mp__job_t *job);
