@@ -92,8 +92,8 @@ static void lazy_imap(void *state) {
 static void array_imap(void *state) {
   forms_state_t *fs = state;
   mp_imap_t *it;
-  int rc = mp_pool_imap(fs->pool, echo, fs->in, fs->n, ITEM_BYTES, ITEM_BYTES, fs->chunksize,
-                        &it);
+  int rc =
+      mp_pool_imap(fs->pool, echo, fs->in, fs->n, ITEM_BYTES, ITEM_BYTES, fs->chunksize, &it);
   if (rc < 0)
     bench_die_mp("mp_pool_imap", rc);
   char result[ITEM_BYTES];

@@ -1240,7 +1240,9 @@ static int make_lazy(mp_pool_t *pool, spec_t *s, lazy_input_t in, size_t item_ma
   check_pool(pool, s->what);
   if (!pool || !s->fn || !in.source)
     return mp__error(MP_EINVAL, "%s: %s is NULL", s->what,
-                     !pool ? "pool" : !s->fn ? "the function" : "the item source");
+                     !pool    ? "pool"
+                     : !s->fn ? "the function"
+                              : "the item source");
   int rc = check_open(pool, s->what);
   if (rc < 0)
     return rc;
@@ -1328,13 +1330,15 @@ int mp_pool_imap_items_unordered(mp_pool_t *pool, mp_task_fn_t fn, const mp_item
 
 /* The next result of a plain iterator into result (cap bytes of room). */
 static int plain_next_item(mp_imap_t *it, void *result, size_t cap, size_t *len, size_t *index,
-                     double timeout) {
+                           double timeout) {
   size_t need = it->scratch ? it->job->result_cap : it->job->result_size;
   if (cap < need) { /* checked first: the result is not taken */
     if (len)
       *len = need;
-    return mp__error(MP_ETOOSMALL, "mp_imap_next_item: a result may have %zu bytes, the buffer "
-                     "%zu", need, cap);
+    return mp__error(MP_ETOOSMALL,
+                     "mp_imap_next_item: a result may have %zu bytes, the buffer "
+                     "%zu",
+                     need, cap);
   }
   if (!it->scratch) {
     if (len)

@@ -61,7 +61,7 @@ typedef struct {
 } mp__task_error_t;
 
 enum {
-  MP__JOB_ITERATOR = 1u, /* a window of chunks fed as results are taken; one error per slot */
+  MP__JOB_ITERATOR = 1u,  /* a window of chunks fed as results are taken; one error per slot */
   MP__JOB_WAKE_EACH = 2u, /* wake the waiter at every chunk, not only at the end */
   MP__JOB_NOTIFY = 4u,    /* tell the supervisor when it completes (callbacks) */
   /* Items and results of any size: each input slot and each result slot starts with its

@@ -294,12 +294,10 @@ MP_EXTERN int mp_pool_map_items(mp_pool_t *pool, mp_task_fn_t fn, const mp_item_
  * 1. Errors: as mp_pool_map_items'. Python: Pool.imap(), Pool.imap_unordered().
  */
 MP_EXTERN int mp_pool_imap_items(mp_pool_t *pool, mp_task_fn_t fn, const mp_item_t *items,
-                                 size_t n, size_t result_max, size_t chunksize,
-                                 mp_imap_t **it);
+                                 size_t n, size_t result_max, size_t chunksize, mp_imap_t **it);
 MP_EXTERN int mp_pool_imap_items_unordered(mp_pool_t *pool, mp_task_fn_t fn,
-                                           const mp_item_t *items, size_t n,
-                                           size_t result_max, size_t chunksize,
-                                           mp_imap_t **it);
+                                           const mp_item_t *items, size_t n, size_t result_max,
+                                           size_t chunksize, mp_imap_t **it);
 
 /*
  * A lazy input: called in the caller's thread (by mp_pool_imap_lazy and by
@@ -330,8 +328,8 @@ MP_EXTERN int mp_pool_imap_lazy(mp_pool_t *pool, mp_task_fn_t fn, mp_item_source
                                 size_t chunksize, mp_imap_t **it);
 MP_EXTERN int mp_pool_imap_lazy_unordered(mp_pool_t *pool, mp_task_fn_t fn,
                                           mp_item_source_t next_item, void *user_data,
-                                          size_t item_max, size_t result_max,
-                                          size_t chunksize, mp_imap_t **it);
+                                          size_t item_max, size_t result_max, size_t chunksize,
+                                          mp_imap_t **it);
 
 /*
  * The next result of any iterator, copied to result (cap bytes of room, at least the
