@@ -130,7 +130,7 @@ double bench_faults(void) {
 static const bench_group_t *const groups[] = {
     &bench_process_group,     &bench_connection_group,    &bench_queues_group,
     &bench_synchronize_group, &bench_shared_memory_group, &bench_pool_group,
-    &bench_trace_group,
+    &bench_trace_group,       &bench_pool_forms_group,
 };
 
 #define GROUP_COUNT (sizeof groups / sizeof groups[0])

@@ -93,5 +93,6 @@ extern const bench_group_t bench_pool_group;
 extern const bench_group_t bench_queues_group;
 extern const bench_group_t bench_connection_group;
 extern const bench_group_t bench_trace_group;
+extern const bench_group_t bench_pool_forms_group;
 
 #endif /* BENCH_H */

@@ -753,7 +753,10 @@ int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__job_t **out) {
                       s->window, &job);
   if (rc < 0)
     return rc;
-  if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
+  job->result_cap = s->result_cap;
+  if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size && s->pack)
+    s->pack(job_input(job, 0), s->items, s->n, s->item_size);
+  else if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
     memcpy(job_input(job, 0), s->items, s->n * s->item_size); /* checked by job_create */
   pthread_mutex_lock(&t->lock);
   job->parent_next = t->jobs;
@@ -966,6 +969,13 @@ int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, 
   if (is_apply)
     return mp__error(task_code(e), "%s", e->msg);
   return mp__error(task_code(e), "item %llu: %s", (unsigned long long)e->item, e->msg);
+}
+
+const char *mp__job_result(const mp__job_t *job, uint64_t i) {
+  uint32_t c = (uint32_t)(i / job->chunksize);
+  if (MP__CHUNK_STATUS(atomic_load(mp__job_state(job, c))) != MP__CHUNK_DONE)
+    return NULL;
+  return (const char *)job_output(job, c) + (i % job->chunksize) * job->result_size;
 }
 
 static bool chunk_finished(uint64_t v) {

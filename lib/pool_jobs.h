@@ -61,10 +61,14 @@ typedef struct {
 } mp__task_error_t;
 
 enum {
-  MP__JOB_ITERATOR = 1u, /* a window of chunks fed as results are taken; one error per slot */
+  MP__JOB_ITERATOR = 1u,  /* a window of chunks fed as results are taken; one error per slot */
   MP__JOB_WAKE_EACH = 2u, /* wake the waiter at every chunk, not only at the end */
   MP__JOB_NOTIFY = 4u,    /* tell the supervisor when it completes (callbacks) */
+  /* Items and results of any size: each input slot and each result slot starts with its
+   * length (a uint64_t), then the bytes (mp__run_task passes and records that length). */
+  MP__JOB_VARSIZE = 8u,
 };
+#define MP__VARSIZE_HEAD sizeof(uint64_t)
 
 /* A job: one map, apply or iterator, one block of the arena. Chunks [0, limit) have been fed;
  * chunk c lives in window slot c % window (window = n_chunks for a map). */
@@ -73,6 +77,7 @@ typedef struct {
   uint32_t fn;  /* index in the pool's function table */
   uint32_t flags;
   uint64_t n, item_size, result_size, chunksize;
+  uint64_t result_cap; /* MP__JOB_VARSIZE: a task's room; result_size is then its slot */
   uint32_t n_chunks, window;
   _Atomic uint32_t limit;
   _Atomic uint32_t hint;           /* chunks below it are not queued, except retried ones */
@@ -170,7 +175,11 @@ typedef struct {
   uint32_t flags;
   const void *items;
   uint64_t n, item_size, result_size, chunksize;
-  uint32_t window; /* 0: the whole map */
+  uint32_t window;     /* 0: the whole map */
+  uint64_t result_cap; /* MP__JOB_VARSIZE: a task's room, below result_size */
+  /* A map's input written by this instead of copied from items (NULL: copied): n slots of
+   * item_size bytes at dst, from the caller's items, during mp__jobs_submit. */
+  void (*pack)(void *dst, const void *items, uint64_t n, uint64_t item_size);
 } mp__job_spec_t;
 /* Creates, fills and publishes a job (waiting for a free slot), and wakes workers. *job has
  * the owner's reference. Errors: MP_EINVAL (sizes that overflow), MP_ENOMEM, MP_ETERMINATED. */
@@ -218,6 +227,9 @@ int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), 
  * sentence. cap below the length: MP_ETOOSMALL, nothing copied. *len (if not NULL): the
  * length. */
 int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, size_t *len);
+/* A complete map's result i, in place (the block is the table's; read it before the
+ * release), or NULL if its chunk failed. */
+const char *mp__job_result(const mp__job_t *job, uint64_t i);
 /* Callbacks: marks them run and wakes the waiter. */
 void mp__job_callbacks_done(mp__job_t *job);
 bool mp__job_callbacks_ran(const mp__job_t *job);

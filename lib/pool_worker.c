@@ -42,31 +42,42 @@ static void failure_message(int rc, char *buf, size_t cap) {
 int mp__run_task(mp__task_t *task, void *arg) {
   (void)arg;
   mp_task_fn_t fn = (mp_task_fn_t)task->call;
-  const size_t room = task->result_size;
+  /* A variable-size job's slots start with the length (MP__JOB_VARSIZE). */
+  const mp__job_t *job = task->job;
+  const size_t head = job->flags & MP__JOB_VARSIZE ? MP__VARSIZE_HEAD : 0;
+  const size_t room = task->result_size, cap = head ? job->result_cap : room;
   const uint64_t canary = MP__JOB_CANARY_WORD;
   char *out = task->output;
   const char *in = task->input;
-  size_t len = room;
+  size_t len = cap;
   for (uint64_t i = 0; i < task->count; i++, out += room, in += task->item_size) {
-    len = room;
+    uint64_t size = task->item_size;
+    if (head)
+      memcpy(&size, in, sizeof size);
+    len = cap;
     task_has_msg = false;
     /* The canary sits just past this task's room: in the next item's result, not written
-     * yet, or in the slot's own canary after the last one. */
-    memcpy(out + room, &canary, sizeof canary);
+     * yet, or in the slot's own canary after the last one (a variable-size slot's padding
+     * holds it at once). */
+    memcpy(out + head + cap, &canary, sizeof canary);
     atomic_store_explicit(task->running, i, memory_order_relaxed);
-    int rc = fn(in, task->item_size, out, &len);
-    if (memcmp(out + room, &canary, sizeof canary) != 0) {
+    int rc = fn(in + head, size, out + head, &len);
+    if (memcmp(out + head + cap, &canary, sizeof canary) != 0) {
       snprintf(task->msg, sizeof task->msg,
-               "the task overran its result: it wrote past its %zu bytes of room", room);
+               "the task overran its result: it wrote past its %zu bytes of room", cap);
     } else if (rc != 0) {
       failure_message(rc, task->msg, sizeof task->msg);
     } else {
+      if (head) {
+        uint64_t kept = len < cap ? len : cap;
+        memcpy(out, &kept, sizeof kept);
+      }
       continue;
     }
     task->failed_item = task->first + i;
     return task->code = MP_ETASK;
   }
-  task->result_len = len < room ? len : room;
+  task->result_len = len < cap ? len : cap;
   return 0;
 }
 

@@ -69,6 +69,12 @@ static int sleep_arg_ms(const void *arg, size_t size, void *result, size_t *resu
   return 0;
 }
 
+static int fail_only_13(const void *arg, size_t size, void *result, size_t *result_size) {
+  if (*(const int *)arg == 13)
+    return mp_task_fail("thirteen is unlucky");
+  return square(arg, size, result, result_size);
+}
+
 static int fail_on_13(const void *arg, size_t size, void *result, size_t *result_size) {
   int x = *(const int *)arg;
   if (x == 13)
@@ -794,6 +800,9 @@ START_TEST(test_segfault_and_exit) {
   MP_ASSERT_ERR(mp_pool_apply(pool, segfault, &x, sizeof x, &r, sizeof r, NULL),
                 MP_EWORKERDIED);
   T_ASSERT(strstr(mp_last_error(), SEGV_DEATH), "message: %s", mp_last_error());
+  /* The hint for a pointer of the parent's, where the worker has its own memory. */
+  bool own_memory = strcmp(CONTEXTS[_i], "fork") != 0;
+  T_INT_EQ(strstr(mp_last_error(), "pointer of the parent's") != NULL, own_memory);
   MP_ASSERT_ERR(mp_pool_apply(pool, exit_3, &x, sizeof x, &r, sizeof r, NULL), MP_EWORKERDIED);
   T_ASSERT(strstr(mp_last_error(), "exited with status 3"), "message: %s", mp_last_error());
   /* Replaced: the pool works on. */
@@ -1484,6 +1493,322 @@ START_TEST(test_options_init) {
 }
 END_TEST
 
+/* -------------------- items of any size, lazy input (issue 18) -------------------- */
+
+/* An item of any size: the decimal digits of a number; the result: its square, as an int. */
+static int square_text(const void *arg, size_t size, void *result, size_t *result_size) {
+  char text[32];
+  if (size >= sizeof text)
+    return mp_task_fail("an item of %zu bytes", size);
+  memcpy(text, arg, size);
+  text[size] = '\0';
+  int x = atoi(text);
+  if (x == 13)
+    return mp_task_fail("thirteen is unlucky (%d)", x);
+  *(int *)result = x * x;
+  *result_size = sizeof(int);
+  return 0;
+}
+
+/* The item reversed: a result as long as its item. */
+static int reverse(const void *arg, size_t size, void *result, size_t *result_size) {
+  if (size > *result_size)
+    return mp_task_fail("%zu bytes for %zu of room", size, *result_size);
+  for (size_t k = 0; k < size; k++)
+    ((char *)result)[k] = ((const char *)arg)[size - 1 - k];
+  *result_size = size;
+  return 0;
+}
+
+typedef struct {
+  long next;  /* the next number to give */
+  long limit; /* -1: endless */
+  int fail;   /* returned once next reaches limit, if non-zero */
+} counter_t;
+
+/* Numbers as text, from 0: endless, or up to limit (then MP_EEOF, or fail). */
+static int count_source(void *user_data, void *buf, size_t cap, size_t *len) {
+  counter_t *c = user_data;
+  if (c->limit >= 0 && c->next >= c->limit)
+    return c->fail ? c->fail : MP_EEOF;
+  int n = snprintf(buf, cap, "%ld", c->next++);
+  *len = (size_t)n;
+  return 0;
+}
+
+/* An endless generator stopped by the consumer: in order, the window bounded (the source
+ * runs at most a window ahead of the consumer), and the pool works on after the stop. */
+START_TEST(test_lazy_endless) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  const size_t chunksizes[] = {1, 3};
+  for (int c = 0; c < 2; c++) {
+    counter_t src = {0, -1, 0};
+    mp_imap_t *it;
+    MP_ASSERT_OK(mp_pool_imap_lazy(pool, square_text, count_source, &src, 16, sizeof(int),
+                                   chunksizes[c], &it));
+    for (long k = 0; k < 300; k++) {
+      int r = -1;
+      size_t len = 0, index = 0;
+      int rc = mp_imap_next_item(it, &r, sizeof r, &len, &index, 10);
+      T_INT_EQ(index, k);
+      if (k == 13) {
+        MP_ASSERT_ERR(rc, MP_ETASK);
+        T_ASSERT(strstr(mp_last_error(), "unlucky"), "message: %s", mp_last_error());
+        if (chunksizes[c] > 1) /* 14 ran not: its chunk ended at 13 */
+          k = 14;
+        continue;
+      }
+      MP_ASSERT_OK(rc);
+      T_INT_EQ(len, sizeof(int));
+      T_INT_EQ(r, k * k);
+      /* Two batches of 2 chunks per worker at most ahead. */
+      T_ASSERT(src.next <= k + 1 + 8 * (long)chunksizes[c] + 8 * (long)chunksizes[c],
+               "the source ran %ld items ahead of %ld", src.next, k);
+    }
+    mp_imap_free(it);
+    long stopped = src.next;
+    int r;
+    MP_ASSERT_OK(mp_pool_apply(pool, square, &(int){7}, sizeof(int), &r, sizeof r, NULL));
+    T_INT_EQ(r, 49);
+    T_INT_EQ(src.next, stopped); /* not called after the free */
+  }
+  end_pool();
+}
+END_TEST
+
+/* A finite lazy input, unordered: every index once; a source that fails gives its error
+ * after every earlier item, then MP_EEOF. */
+START_TEST(test_lazy_finite_and_failing) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  counter_t src = {0, 100, 0};
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap_lazy_unordered(pool, square_text, count_source, &src, 16,
+                                           sizeof(int), 2, &it));
+  bool seen[100] = {false};
+  int r;
+  size_t index, len;
+  for (int k = 0; k < 100; k++) { /* 13 fails; 12, before it in its chunk, is given */
+    int rc = mp_imap_next_item(it, &r, sizeof r, &len, &index, 10);
+    T_ASSERT(index < 100 && !seen[index], "index %zu twice", index);
+    seen[index] = true;
+    if (rc == MP_ETASK) {
+      T_INT_EQ(index, 13);
+      continue;
+    }
+    MP_ASSERT_OK(rc);
+    T_INT_EQ(r, (int)(index * index));
+  }
+  MP_ASSERT_ERR(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10), MP_EEOF);
+  mp_imap_free(it);
+  for (int k = 0; k < 100; k++)
+    T_ASSERT(seen[k], "index %d never came", k);
+
+  counter_t bad = {0, 10, MP_ECLOSED};
+  MP_ASSERT_OK(
+      mp_pool_imap_lazy(pool, square_text, count_source, &bad, 16, sizeof(int), 4, &it));
+  for (size_t k = 0; k < 10; k++) {
+    MP_ASSERT_OK(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10));
+    T_INT_EQ(index, k);
+  }
+  MP_ASSERT_ERR(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10), MP_ECLOSED);
+  T_INT_EQ(index, 10);
+  T_ASSERT(strstr(mp_last_error(), "source"), "message: %s", mp_last_error());
+  MP_ASSERT_ERR(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10), MP_EEOF);
+  mp_imap_free(it);
+  end_pool();
+}
+END_TEST
+
+/* A map of strings of random lengths: map_items, imap_items in order and not. */
+START_TEST(test_map_items_strings) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  enum { N = 300, MAX = 500 };
+  static char text[N][MAX];
+  mp_item_t in[N];
+  unsigned seed = 18;
+  for (int k = 0; k < N; k++) {
+    size_t len = (size_t)rand_r(&seed) % MAX;
+    for (size_t b = 0; b < len; b++)
+      text[k][b] = (char)('a' + rand_r(&seed) % 26);
+    in[k] = (mp_item_t){text[k], len};
+  }
+  const size_t chunksizes[] = {0, 1, 7};
+  for (int c = 0; c < 3; c++) {
+    mp_item_t *out = NULL;
+    MP_ASSERT_OK(mp_pool_map_items(pool, reverse, in, N, MAX, chunksizes[c], &out));
+    for (int k = 0; k < N; k++) {
+      T_INT_EQ(out[k].size, in[k].size);
+      T_ASSERT(((uintptr_t)out[k].data & 7) == 0, "result %d is not aligned", k);
+      for (size_t b = 0; b < in[k].size; b++)
+        T_ASSERT(((const char *)out[k].data)[b] == text[k][in[k].size - 1 - b],
+                 "result %d byte %zu", k, b);
+    }
+    free(out);
+  }
+  for (int ordered = 0; ordered < 2; ordered++) {
+    mp_imap_t *it;
+    MP_ASSERT_OK(ordered ? mp_pool_imap_items(pool, reverse, in, N, MAX, 3, &it)
+                         : mp_pool_imap_items_unordered(pool, reverse, in, N, MAX, 3, &it));
+    char r[MAX];
+    size_t len, index;
+    for (size_t k = 0; k < N; k++) {
+      MP_ASSERT_OK(mp_imap_next_item(it, r, sizeof r, &len, &index, 10));
+      if (ordered)
+        T_INT_EQ(index, k);
+      T_INT_EQ(len, in[index].size);
+      for (size_t b = 0; b < len; b++)
+        T_ASSERT(r[b] == text[index][len - 1 - b], "result %zu byte %zu", index, b);
+    }
+    MP_ASSERT_ERR(mp_imap_next_item(it, r, sizeof r, &len, &index, 10), MP_EEOF);
+    mp_imap_free(it);
+  }
+  /* Empty input, empty items. */
+  mp_item_t *out = NULL;
+  MP_ASSERT_OK(mp_pool_map_items(pool, reverse, NULL, 0, MAX, 0, &out));
+  free(out);
+  mp_item_t empty[2] = {{NULL, 0}, {"", 0}};
+  MP_ASSERT_OK(mp_pool_map_items(pool, reverse, empty, 2, 0, 0, &out));
+  T_INT_EQ(out[0].size, 0);
+  T_INT_EQ(out[1].size, 0);
+  free(out);
+  end_pool();
+}
+END_TEST
+
+/* imap's failed chunk, pinned for every form and chunksize: the chunk's items before the
+ * failed one come, then the failure at its index, the rest of the chunk is skipped, the
+ * next chunks come. map: the first error, a failed chunk's results zero (size 0). */
+START_TEST(test_failed_chunk) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  enum { N = 20 };
+  char text[N][4];
+  mp_item_t in[N];
+  int nums[N];
+  for (int k = 0; k < N; k++) {
+    in[k] = (mp_item_t){text[k], (size_t)snprintf(text[k], sizeof text[k], "%d", k)};
+    nums[k] = k;
+  }
+  const size_t chunksizes[] = {1, 2, 4, 5};
+  for (int c = 0; c < 4; c++) {
+    size_t cs = chunksizes[c], first = 13 / cs * cs, end = first + cs;
+    for (int form = 0; form < 2; form++) {
+      mp_imap_t *it;
+      if (form == 0)
+        MP_ASSERT_OK(
+            mp_pool_imap(pool, fail_only_13, nums, N, sizeof(int), sizeof(int), cs, &it));
+      else
+        MP_ASSERT_OK(mp_pool_imap_items(pool, square_text, in, N, sizeof(int), cs, &it));
+      for (size_t k = 0; k < N; k++) {
+        if (k > 13 && k < end)
+          continue; /* never ran, never returned */
+        int r = -1, rc;
+        size_t index = SIZE_MAX, len;
+        rc = form == 0 ? mp_imap_next(it, &r, &index, 10)
+                       : mp_imap_next_item(it, &r, sizeof r, &len, &index, 10);
+        T_INT_EQ(index, k);
+        if (k == 13) {
+          MP_ASSERT_ERR(rc, MP_ETASK);
+          T_ASSERT(strstr(mp_last_error(), "item 13"), "message: %s", mp_last_error());
+        } else {
+          MP_ASSERT_OK(rc);
+          T_INT_EQ(r, (int)(k * k));
+        }
+      }
+      int r;
+      size_t len;
+      MP_ASSERT_ERR(form == 0 ? mp_imap_next(it, &r, NULL, 10)
+                              : mp_imap_next_item(it, &r, sizeof r, &len, NULL, 10),
+                    MP_EEOF);
+      mp_imap_free(it);
+    }
+    mp_item_t *out = NULL;
+    MP_ASSERT_ERR(mp_pool_map_items(pool, square_text, in, N, sizeof(int), cs, &out), MP_ETASK);
+    T_ASSERT(strstr(mp_last_error(), "item 13"), "message: %s", mp_last_error());
+    T_ASSERT(out != NULL, "no results after a failed item");
+    for (size_t k = 0; k < N; k++) {
+      bool failed_chunk = k >= first && k < end;
+      T_INT_EQ(out[k].size, failed_chunk ? 0 : sizeof(int));
+      if (!failed_chunk)
+        T_INT_EQ(*(const int *)out[k].data, (int)(k * k));
+    }
+    free(out);
+  }
+  end_pool();
+}
+END_TEST
+
+static int bad_source(void *user_data, void *buf, size_t cap, size_t *len) {
+  (void)buf;
+  *len = cap + 1;
+  return *(const int *)user_data;
+}
+
+/* Bad input to the forms: NULL, overflowing and huge sizes, a source that lies. */
+START_TEST(test_forms_bad_input) {
+  mp_pool_t *pool = make_pool(_i, 1, NULL);
+  mp_item_t one = {"7", 1}, *out = (mp_item_t *)&one;
+  mp_imap_t *it = NULL;
+  counter_t src = {0, -1, 0};
+  MP_ASSERT_ERR(mp_pool_map_items(pool, reverse, &one, 1, 8, 0, NULL), MP_EINVAL);
+  MP_ASSERT_ERR(mp_pool_map_items(NULL, reverse, &one, 1, 8, 0, &out), MP_EINVAL);
+  T_ASSERT(out == NULL, "results not cleared on an error");
+  MP_ASSERT_ERR(mp_pool_map_items(pool, NULL, &one, 1, 8, 0, &out), MP_EINVAL);
+  MP_ASSERT_ERR(mp_pool_map_items(pool, reverse, NULL, 1, 8, 0, &out), MP_EINVAL);
+  mp_item_t holes[2] = {{"a", 1}, {NULL, 5}};
+  MP_ASSERT_ERR(mp_pool_map_items(pool, reverse, holes, 2, 8, 0, &out), MP_EINVAL);
+  T_ASSERT(strstr(mp_last_error(), "item 1"), "message: %s", mp_last_error());
+  MP_ASSERT_ERR(mp_pool_map_items(pool, reverse, &one, 1, SIZE_MAX, 0, &out), MP_EINVAL);
+  int rc = mp_pool_map_items(pool, reverse, &one, 1, (size_t)1 << 46, 0, &out);
+  T_ASSERT(rc == MP_ENOMEM, "64 TiB of results: %s", mp_err_name(rc));
+  T_ASSERT(out == NULL, "results after an error");
+  /* A task that writes past result_max fails. */
+  mp_item_t longer = {"abcdefgh", 8};
+  MP_ASSERT_ERR(mp_pool_map_items(pool, reverse, &longer, 1, 4, 0, &out), MP_ETASK);
+  free(out);
+
+  MP_ASSERT_ERR(mp_pool_imap_lazy(pool, square_text, count_source, &src, 16, 4, 0, NULL),
+                MP_EINVAL);
+  MP_ASSERT_ERR(mp_pool_imap_lazy(NULL, square_text, count_source, &src, 16, 4, 0, &it),
+                MP_EINVAL);
+  MP_ASSERT_ERR(mp_pool_imap_lazy(pool, NULL, count_source, &src, 16, 4, 0, &it), MP_EINVAL);
+  MP_ASSERT_ERR(mp_pool_imap_lazy(pool, square_text, NULL, &src, 16, 4, 0, &it), MP_EINVAL);
+  MP_ASSERT_ERR(mp_pool_imap_lazy(pool, square_text, count_source, &src, SIZE_MAX, 4, 0, &it),
+                MP_EINVAL);
+  MP_ASSERT_ERR(mp_pool_imap_lazy(pool, square_text, count_source, &src, 16, SIZE_MAX, 0, &it),
+                MP_EINVAL);
+  MP_ASSERT_ERR(
+      mp_pool_imap_lazy(pool, square_text, count_source, &src, 16, 4, SIZE_MAX / 2, &it),
+      MP_EINVAL);
+  MP_ASSERT_ERR(mp_pool_imap_items(pool, reverse, holes, 2, 8, 0, &it), MP_EINVAL);
+  T_INT_EQ(src.next, 0); /* never called */
+  /* Too small a buffer: nothing taken; mp_imap_next refuses the form. */
+  MP_ASSERT_OK(mp_pool_imap_lazy(pool, square_text, count_source, &src, 16, 4, 0, &it));
+  int r;
+  size_t len = 0, index;
+  char small[2];
+  MP_ASSERT_ERR(mp_imap_next_item(it, small, sizeof small, &len, &index, 10), MP_ETOOSMALL);
+  T_INT_EQ(len, 4);
+  MP_ASSERT_ERR(mp_imap_next_item(it, NULL, 4, &len, &index, 10), MP_EINVAL);
+  MP_ASSERT_ERR(mp_imap_next(it, &r, &index, 10), MP_EINVAL);
+  MP_ASSERT_OK(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10));
+  T_INT_EQ(index, 0);
+  T_INT_EQ(r, 0);
+  mp_imap_free(it);
+  /* A source that writes more than its room, or returns a positive value: MP_EINVAL at its
+   * place. */
+  const int returns[] = {0, 1};
+  for (int k = 0; k < 2; k++) {
+    MP_ASSERT_OK(
+        mp_pool_imap_lazy(pool, square_text, bad_source, (void *)&returns[k], 16, 4, 0, &it));
+    MP_ASSERT_ERR(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10), MP_EINVAL);
+    T_INT_EQ(index, 0);
+    MP_ASSERT_ERR(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10), MP_EEOF);
+    mp_imap_free(it);
+  }
+  end_pool();
+}
+END_TEST
+
 static Suite *pool_suite(void) {
   Suite *s = suite_create("pool");
   TCase *tc = mp_test_tcase(s, "map", 60);
@@ -1498,6 +1823,12 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_imap_unordered, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_imap_timeout_and_failure, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_imap_bounded, 0, N_CONTEXTS);
+  tc = mp_test_tcase(s, "forms", 90);
+  tcase_add_loop_test(tc, test_lazy_endless, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_lazy_finite_and_failing, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_map_items_strings, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_failed_chunk, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_forms_bad_input, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "apply", 60);
   tcase_add_loop_test(tc, test_apply, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_apply_async_timeouts, 0, N_CONTEXTS);

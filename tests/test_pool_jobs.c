@@ -25,7 +25,7 @@ static mp__job_t *submit_map(unsigned retries, const int *items, uint64_t n,
                              uint64_t chunksize) {
   MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, retries));
   mp_test_set_hook(free_table);
-  mp__job_spec_t spec = {0, 0, items, n, sizeof(int), sizeof(int), chunksize, 0};
+  mp__job_spec_t spec = {0, 0, items, n, sizeof(int), sizeof(int), chunksize, 0, 0, NULL};
   MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
   mp__job_t *job;
   MP_ASSERT_OK(mp__jobs_submit(table, &spec, &job));

@@ -1,6 +1,15 @@
 /*
  * libmp: the Pool (Python's multiprocessing.Pool and multiprocessing.dummy.Pool).
  *
+ * What crosses to a worker: bytes, and libmp handles (a Value, Array, Lock, Queue ... placed
+ * in an item works under every start method). Not the program's own pointers, file
+ * descriptors or globals: an item holding a pointer works under "fork" and "thread" (the
+ * worker shares or copies the parent's memory) but under "spawn" and "forkserver" it points
+ * at nothing in the worker, which usually dies of SIGSEGV (MP_EWORKERDIED, whose message
+ * then says so); a pointer that happens to be valid there reads the worker's own memory.
+ * Such a pointer cannot be told from other bytes in general, so it is not refused. Pass
+ * the bytes themselves: strings and buffers of any size with mp_pool_map_items.
+ *
  * A pool is a handle: a set of workers (processes of a context, or threads of the "thread"
  * context) that run tasks, and a supervisor thread that replaces the workers that die. A
  * submitted map or apply is a request, an mp_async_result_t, whose result the caller
@@ -134,8 +143,10 @@ MP_EXTERN int mp_pool_processes(const mp_pool_t *pool);
  * The caller keeps ownership of items and results; they are read and written only during
  * the call. Blocks until every item is accounted for; a failed item fails the map with the
  * error of the first failed item (the lowest index) once the others are done; the results
- * of the chunks that succeeded are written, those of a failed chunk are zero. A failed item
- * ends its chunk, as in Python: the chunk's later items are not run.
+ * of the chunks that succeeded are written, those of a failed chunk are zero. Failed chunks:
+ * a failed item ends its chunk (its later items are not run); map returns the first error,
+ * and a failed chunk's results are zero, as Python's map raises and returns none; imap
+ * loses less (see mp_imap_next).
  * Errors: MP_EINVAL (NULL, items NULL with n > 0, results NULL with n and result_size > 0),
  * MP_ECROSS, MP_ELIMIT (a 257th distinct task function in this pool), MP_ECLOSED (after
  * close), MP_ETERMINATED (also when no worker is ready and replacements keep failing to
@@ -231,14 +242,108 @@ MP_EXTERN int mp_pool_imap_unordered(mp_pool_t *pool, mp_task_fn_t fn, const voi
  * The next result, copied to result (result_size bytes, the iterator's), waiting at most
  * timeout seconds; *index (if not NULL) is the item's index, which imap_unordered needs.
  * Returns 0; MP_EEOF after the last result (Python's StopIteration); MP_ETIMEDOUT (try
- * again); MP_ETASK or MP_EWORKERDIED for a failed item (*index set; the iteration goes on
- * after it and the rest of its chunk, as Python's does); MP_ETERMINATED; MP_EINTR (SIGINT was
- * caught: see "Signals" above; the iterator can be used again); MP_EINVAL.
+ * again); MP_ETASK or MP_EWORKERDIED for a failed item (*index set); MP_ETERMINATED; MP_EINTR
+ * (SIGINT was caught: see "Signals" above; the iterator can be used again); MP_EINVAL (also
+ * for an iterator of mp_pool_imap_items or _lazy: use mp_imap_next_item).
+ * Failed chunks: a failed item ends its chunk (its later items are not run). The iteration
+ * gives the chunk's items before the failed one as results, then the failure at the failed
+ * item's index, skips the chunk's items that never ran (their indexes are never returned)
+ * and goes on with the next chunk. With chunksize 1 that is Python's behaviour (next()
+ * raises and the iterator goes on); with chunksize > 1 Python raises at the chunk's first
+ * item and ends the iteration: libmp loses less. Every imap form (array, items, lazy;
+ * ordered or not) behaves so.
  * Python: next(it) and it.next(timeout).
  */
 MP_EXTERN int mp_imap_next(mp_imap_t *it, void *result, size_t *index, double timeout);
 
-/* Frees an iterator; tasks it fed and that still run finish in the pool. NULL is ignored. */
+/* =========================== items of any size, lazy input =========================== */
+
+/* An item or a result of any size: its bytes and their number. */
+typedef struct {
+  const void *data;
+  size_t size;
+} mp_item_t;
+
+/*
+ * Maps fn over n items of any size, in order: fn gets each item's bytes and size, and has
+ * result_max bytes of room for its result, which it may make shorter (*result_size, as an
+ * apply's task does). On return *results is one allocation, the caller's, freed with a
+ * single free(*results): n mp_item_t, the i-th holding item i's result (data, 8-aligned,
+ * points inside the same allocation), then their bytes. The caller keeps items, read only
+ * during the call. Each item is sent in a slot of the longest item's size and each result
+ * in one of result_max: a few long items among many short ones cost that room for all.
+ * A failed item fails the call as mp_pool_map's does (MP_ETASK, MP_EWORKERDIED, the first
+ * failed item's message) and *results is still given: a failed chunk's results have size
+ * 0. On any other error *results is NULL (free(*results) is always right).
+ * Errors: those of mp_pool_map; MP_EINVAL (results NULL, items NULL with n > 0, an item with
+ * a size and NULL data, sizes that overflow); MP_ENOMEM. A map of strings:
+ *   mp_item_t in[3] = {{"a", 1}, {"bcd", 3}, {"", 0}}, *out;
+ *   int rc = mp_pool_map_items(pool, upper, in, 3, 16, 0, &out);
+ *   ... out[1].data, out[1].size ... free(out);
+ * Python: Pool.map(func, iterable, chunksize) over bytes or str.
+ */
+MP_EXTERN int mp_pool_map_items(mp_pool_t *pool, mp_task_fn_t fn, const mp_item_t *items,
+                                size_t n, size_t result_max, size_t chunksize,
+                                mp_item_t **results);
+
+/*
+ * Iterators over n items of any size (the caller's array of mp_item_t, kept valid and
+ * unchanged, with the bytes it points at, until mp_imap_free()), each result of at most
+ * result_max bytes, read with mp_imap_next_item(). The same bounded window as
+ * mp_pool_imap's: items are copied a batch at a time as results are taken. chunksize 0 is
+ * 1. Errors: as mp_pool_map_items'. Python: Pool.imap(), Pool.imap_unordered().
+ */
+MP_EXTERN int mp_pool_imap_items(mp_pool_t *pool, mp_task_fn_t fn, const mp_item_t *items,
+                                 size_t n, size_t result_max, size_t chunksize, mp_imap_t **it);
+MP_EXTERN int mp_pool_imap_items_unordered(mp_pool_t *pool, mp_task_fn_t fn,
+                                           const mp_item_t *items, size_t n, size_t result_max,
+                                           size_t chunksize, mp_imap_t **it);
+
+/*
+ * A lazy input: called in the caller's thread (by mp_pool_imap_lazy and by
+ * mp_imap_next_item, as results are taken) to write the next item into buf (cap bytes,
+ * the iterator's item_max) and its length into *len. Returns 0 for an item, MP_EEOF when
+ * there are no more (Python's StopIteration), or another negative MP_E* code for a failure,
+ * which mp_imap_next_item returns at its place, after every earlier item's result, and then
+ * MP_EEOF. A positive return, or *len above cap, is a failure too (MP_EINVAL). It is not
+ * called again after it returned non-zero, nor after mp_imap_free().
+ */
+typedef int (*mp_item_source_t)(void *user_data, void *buf, size_t cap, size_t *len);
+
+/*
+ * Iterators over items taken from next_item(user_data, ...) as the results are consumed:
+ * the input may be endless, or too large to hold (the lines of a file, a computed stream).
+ * Items have at most item_max bytes, results at most result_max; chunksize 0 is 1. At most
+ * the array form's window is in flight: two batches of two chunks per worker each, one
+ * being delivered, the next running; the source fills a batch when the one before it has
+ * been delivered whole (imap_unordered gives a batch's results in any order, batch after
+ * batch). The consumer may stop at any time with mp_imap_free(): the source is not called
+ * again and the batches in flight are dropped. user_data is the caller's, used until
+ * mp_imap_free(). The first batches are filled during this call. Errors: MP_EINVAL (NULL
+ * pool, fn, next_item or it; sizes that overflow), MP_ENOMEM, the submission errors of
+ * mp_pool_imap. Python: Pool.imap(func, generator), Pool.imap_unordered(func, generator).
+ */
+MP_EXTERN int mp_pool_imap_lazy(mp_pool_t *pool, mp_task_fn_t fn, mp_item_source_t next_item,
+                                void *user_data, size_t item_max, size_t result_max,
+                                size_t chunksize, mp_imap_t **it);
+MP_EXTERN int mp_pool_imap_lazy_unordered(mp_pool_t *pool, mp_task_fn_t fn,
+                                          mp_item_source_t next_item, void *user_data,
+                                          size_t item_max, size_t result_max, size_t chunksize,
+                                          mp_imap_t **it);
+
+/*
+ * The next result of any iterator, copied to result (cap bytes of room, at least the
+ * iterator's result size or result_max), its length in *len and its item's index in *index
+ * (each if not NULL), waiting at most timeout seconds. Returns as mp_imap_next() (and the
+ * same rule for failed chunks); also MP_ETOOSMALL (cap below the largest result: *len says
+ * how much room is needed, nothing is taken), and for a lazy iterator the failure of its
+ * source at its place (then MP_EEOF). Python: next(it) and it.next(timeout).
+ */
+MP_EXTERN int mp_imap_next_item(mp_imap_t *it, void *result, size_t cap, size_t *len,
+                                size_t *index, double timeout);
+
+/* Frees an iterator (of any form); tasks it fed and that still run finish in the pool, the
+ * iterator's results are dropped. NULL is ignored. */
 MP_EXTERN void mp_imap_free(mp_imap_t *it);
 
 /*
