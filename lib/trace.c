@@ -523,10 +523,10 @@ static int write_placeholder(const char *path, const char *dir) {
     return errno == ELOOP ? MP_EINVAL : -errno; /* ELOOP: a symbolic link */
   struct stat st;
   FILE *f = NULL;
-  int err = fstat(fd, &st) < 0                                   ? -errno
-            : !S_ISREG(st.st_mode) || st.st_uid != geteuid()     ? MP_EINVAL
+  int err = fstat(fd, &st) < 0                               ? -errno
+            : !S_ISREG(st.st_mode) || st.st_uid != geteuid() ? MP_EINVAL
             : ftruncate(fd, 0) < 0 || !(f = fdopen(fd, "w")) ? -errno
-                                                                 : 0;
+                                                             : 0;
   if (err) {
     close(fd);
     return err;
@@ -575,7 +575,8 @@ int mp_trace_start(const char *path) {
   if (rc < 0) {
     rmdir(dir);
     return mp__error(rc, "mp_trace_start: writing %s: %s", abs,
-                     rc == MP_EINVAL ? "a symbolic link, or not the caller's regular file" : strerror(-rc));
+                     rc == MP_EINVAL ? "a symbolic link, or not the caller's regular file"
+                                     : strerror(-rc));
   }
   if (setenv(ENV_DIR, dir, 1) < 0)
     return mp__syserror("mp_trace_start: setenv");
