@@ -6,7 +6,9 @@
  * Usage: timeline [--width N] FILE
  *        timeline --repair FILE    writes FILE from the events its placeholder points
  *                                  to (a program killed before it wrote its trace), then
- *                                  prints it
+ *                                  prints it. Only a directory libmp made for FILE, the
+ *                                  user's and private, is read and cleaned
+ *                                  (mp_trace_merge(), docs/trace.md)
  *
  * It reads the files libmp writes (one event a line), not any trace-event JSON.
  */

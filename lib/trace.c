@@ -105,6 +105,7 @@ static const char *const kind_names[MP__TRK_KINDS] = {
 #define BLOCK_RECS ((uint64_t)4096) /* copied to the log half a ring at a time */
 #define NAMES_MAX 256
 #define ENV_DIR "LIBMP_TRACE_DIR"
+#define SHM_DIR "/dev/shm/libmp-trace-" /* + mkdtemp's 6 characters */
 
 /* A process's ring file: this header, then RING_RECS slots; event n is in slot n % RING_RECS
  * until its block is appended to the process's log file. Both survive the process. */
@@ -475,37 +476,83 @@ static void forget_file(bool in_child) {
   T.failed = false;
 }
 
-/* Removes what the directory holds, then the directory (ENOENT is not an error). */
-static int remove_dir(const char *dir) {
-  DIR *d = opendir(dir);
-  if (!d)
-    return errno == ENOENT ? 0 : -errno;
+/* A file a traced process makes in the directory: <pid>.<n>.bin or <pid>.<n>.ring. */
+static bool is_process_file(const char *name) {
+  const char *p = name;
+  for (int part = 0; part < 2; part++) {
+    const char *digits = p;
+    while (*p >= '0' && *p <= '9')
+      p++;
+    if (p == digits || *p++ != '.')
+      return false;
+  }
+  return strcmp(p, "bin") == 0 || strcmp(p, "ring") == 0;
+}
+
+/* Removes the processes' files from the directory open at dir_fd, then the directory if
+ * nothing else is left in it: anything else there is not libmp's to delete. */
+static void remove_dir(int dir_fd, const char *dir) {
+  int fd = dup(dir_fd);
+  DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+  if (!d) {
+    if (fd >= 0)
+      close(fd);
+    return;
+  }
+  rewinddir(d); /* the merge read it through a descriptor that shares the offset */
   struct dirent *e;
   while ((e = readdir(d)))
-    if (e->d_name[0] != '.')
-      unlinkat(dirfd(d), e->d_name, 0);
+    if (is_process_file(e->d_name))
+      unlinkat(dir_fd, e->d_name, 0);
   closedir(d);
-  return rmdir(dir) == 0 || errno == ENOENT ? 0 : -errno;
+  rmdir(dir); /* fails, harmlessly, if something else is there */
 }
 
 static void json_escape(char *out, size_t cap, const char *s);
 static int merge_dir(const char *path, const char *dir);
 
 /* The text a trace file holds until the merge writes it: valid JSON that says why it is
- * empty, and where the events are. */
+ * empty, and where the events are. An existing trace is overwritten, as a program's output
+ * file is, but only a regular file of the caller's: never a symbolic link's target (one in a
+ * shared folder could point at any file the caller may write), nor another user's file. */
 static int write_placeholder(const char *path, const char *dir) {
   char esc[3 * PATH_MAX];
   json_escape(esc, sizeof esc, dir);
-  FILE *f = fopen(path, "we");
-  if (!f)
-    return -errno;
+  int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
+  if (fd < 0)
+    return errno == ELOOP ? MP_EINVAL : -errno; /* ELOOP: a symbolic link */
+  struct stat st;
+  FILE *f = NULL;
+  int err = fstat(fd, &st) < 0                               ? -errno
+            : !S_ISREG(st.st_mode) || st.st_uid != geteuid() ? MP_EINVAL
+            : ftruncate(fd, 0) < 0 || !(f = fdopen(fd, "w")) ? -errno
+                                                             : 0;
+  if (err) {
+    close(fd);
+    return err;
+  }
   fprintf(f,
           "{\"traceEvents\":[],\n\"otherData\":{\"libmp_incomplete\":\"the program has not "
           "written its trace yet (it runs, or was killed): demos/timeline --repair FILE "
           "writes it from libmp_dir\",\n\"libmp_dir\":\"%s\"}}\n",
           esc);
-  int err = ferror(f) ? -EIO : 0;
+  err = ferror(f) ? -EIO : 0;
   return fclose(f) != 0 || err ? -EIO : 0;
+}
+
+/* path made absolute against the working directory, with room left for the directory's
+ * suffix and a process's file name. */
+static int absolute_path(const char *what, const char *path, char abs[PATH_MAX]) {
+  abs[0] = 0;
+  if (path[0] != '/' && !getcwd(abs, PATH_MAX - 1))
+    return mp__syserror("%s: getcwd", what);
+  size_t cwd_len = strlen(abs);
+  if (cwd_len && abs[cwd_len - 1] != '/')
+    abs[cwd_len++] = '/';
+  if (cwd_len + strlen(path) + 40 >= PATH_MAX) /* + ".XXXXXX/<pid>.<n>.ring" */
+    return mp__error(MP_EINVAL, "%s: the path is too long", what);
+  snprintf(abs + cwd_len, PATH_MAX - cwd_len, "%s", path);
+  return 0;
 }
 
 int mp_trace_start(const char *path) {
@@ -513,27 +560,23 @@ int mp_trace_start(const char *path) {
     return mp__error(MP_EINVAL, "mp_trace_start: path is NULL or empty");
   if (MP__TRACING())
     return mp__error(MP_EINVAL, "mp_trace_start: this process traces already");
-  char abs[PATH_MAX] = "";
-  if (path[0] != '/' && !getcwd(abs, sizeof abs - 1))
-    return mp__syserror("mp_trace_start: getcwd");
-  size_t cwd_len = strlen(abs);
-  if (cwd_len && abs[cwd_len - 1] != '/')
-    abs[cwd_len++] = '/';
-  if (cwd_len + strlen(path) + 40 >= sizeof abs) /* + ".XXXXXX/<pid>.<n>.ring" */
-    return mp__error(MP_EINVAL, "mp_trace_start: the path is too long");
-  snprintf(abs + cwd_len, sizeof abs - cwd_len, "%s", path);
+  char abs[PATH_MAX];
+  int rc = absolute_path("mp_trace_start", path, abs);
+  if (rc < 0)
+    return rc;
   /* The events wait in memory (tmpfs), where appending costs a fraction of a disk's page
    * cache, and which outlives the program's processes until the merge or a reboot. */
-  char dir[PATH_MAX] = "/dev/shm/libmp-trace-XXXXXX";
+  char dir[PATH_MAX] = SHM_DIR "XXXXXX";
   if (!mkdtemp(dir)) {
-    snprintf(dir, sizeof dir, "%s.XXXXXX", abs);
-    if (!mkdtemp(dir))
+    if ((size_t)snprintf(dir, sizeof dir, "%s.XXXXXX", abs) >= sizeof dir || !mkdtemp(dir))
       return mp__syserror("mp_trace_start: making a directory %s", dir);
   }
-  int rc = write_placeholder(abs, dir);
+  rc = write_placeholder(abs, dir);
   if (rc < 0) {
     rmdir(dir);
-    return mp__error(rc, "mp_trace_start: writing %s: %s", abs, strerror(-rc));
+    return mp__error(rc, "mp_trace_start: writing %s: %s", abs,
+                     rc == MP_EINVAL ? "a symbolic link, or not the caller's regular file"
+                                     : strerror(-rc));
   }
   if (setenv(ENV_DIR, dir, 1) < 0)
     return mp__syserror("mp_trace_start: setenv");
@@ -588,11 +631,13 @@ static int placeholder_dir(const char *path, char *dir, size_t cap) {
 }
 
 int mp_trace_merge(const char *path) {
-  char dir[PATH_MAX];
-  if (!path || !*path || strlen(path) + 32 >= PATH_MAX)
-    return mp__error(MP_EINVAL, "mp_trace_merge: path is NULL, empty or too long");
-  int rc = placeholder_dir(path, dir, sizeof dir);
-  return rc < 0 ? rc : merge_dir(path, dir);
+  char dir[PATH_MAX], abs[PATH_MAX];
+  if (!path || !*path)
+    return mp__error(MP_EINVAL, "mp_trace_merge: path is NULL or empty");
+  int rc = absolute_path("mp_trace_merge", path, abs);
+  if (rc == 0)
+    rc = placeholder_dir(abs, dir, sizeof dir);
+  return rc < 0 ? rc : merge_dir(abs, dir);
 }
 
 /* ============================ the fork handler, start, end ============================ */
@@ -1181,13 +1226,64 @@ static void write_trace(merge_t *m) {
           m->n_procs, m->n_items, (long long)m->dropped);
 }
 
-static int merge_dir(const char *path, const char *dir) {
-  char tmp[PATH_MAX];
-  snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
-  DIR *d = opendir(dir);
-  if (!d)
+/* Whether name is what mkdtemp() made of prefix + "XXXXXX". */
+static bool made_from(const char *name, const char *prefix) {
+  size_t len = strlen(prefix);
+  if (strncmp(name, prefix, len) != 0 || strlen(name) != len + 6)
+    return false;
+  for (name += len; *name; name++)
+    if (!(*name >= '0' && *name <= '9') && !(*name >= 'a' && *name <= 'z') &&
+        !(*name >= 'A' && *name <= 'Z'))
+      return false;
+  return true;
+}
+
+/* Opens the events' directory of the trace at path (absolute), a descriptor or an error.
+ * The name comes from a file that anyone who can write it may have edited, and the merge
+ * deletes from the directory: only one mp_trace_start() makes (/dev/shm/libmp-trace-XXXXXX,
+ * or path.XXXXXX), the caller's, private (0700), is taken. */
+static int open_events_dir(const char *path, const char *dir) {
+  char beside[PATH_MAX];
+  snprintf(beside, sizeof beside, "%s.", path);
+  if (!made_from(dir, SHM_DIR) && !made_from(dir, beside))
+    return mp__error(MP_EINVAL,
+                     "mp_trace_merge: %s names %s, which is no directory libmp makes for it "
+                     "(" SHM_DIR "XXXXXX or %s.XXXXXX)",
+                     path, dir, path);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0)
     return errno == ENOENT ? mp__error(MP_ENOENT, "mp_trace_merge: no directory %s", dir)
                            : mp__syserror("mp_trace_merge: opening %s", dir);
+  struct stat st;
+  if (fstat(fd, &st) < 0) {
+    int rc = mp__syserror("mp_trace_merge: fstat %s", dir);
+    close(fd);
+    return rc;
+  }
+  if (st.st_uid != geteuid() || (st.st_mode & 07777) != 0700) {
+    close(fd);
+    return mp__error(MP_EINVAL,
+                     "mp_trace_merge: %s is not the caller's private directory (owner %d, "
+                     "mode %o; libmp makes it with owner %d, mode 700)",
+                     dir, (int)st.st_uid, (unsigned)(st.st_mode & 07777), (int)geteuid());
+  }
+  return fd;
+}
+
+static int merge_dir(const char *path, const char *dir) {
+  char tmp[PATH_MAX];
+  int dir_fd = open_events_dir(path, dir);
+  if (dir_fd < 0)
+    return dir_fd;
+  int fd = dup(dir_fd);
+  DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+  if (!d) {
+    int rc = mp__syserror("mp_trace_merge: reading %s", dir);
+    if (fd >= 0)
+      close(fd);
+    close(dir_fd);
+    return rc;
+  }
   merge_t m = {0};
   rec_t **files = NULL;
   size_t n_files = 0, cap_files = 0;
@@ -1210,10 +1306,14 @@ static int merge_dir(const char *path, const char *dir) {
   }
   closedir(d);
   int rc = 0;
-  int fd = m.oom ? -1 : open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+  /* A new file of a name nobody can guess, in the trace's folder (rename() stays there):
+   * one taken in advance in a shared folder would make its owner the trace's. */
+  snprintf(tmp, sizeof tmp, "%s.XXXXXX.tmp", path);
+  fd = m.oom ? -1 : mkostemps(tmp, 4, O_CLOEXEC);
+  bool made = fd >= 0;
   if (m.oom)
     rc = mp__error(MP_ENOMEM, "mp_trace_merge: no memory for %zu records", m.n_items);
-  else if (fd < 0 || !(m.f = fdopen(fd, "w")))
+  else if (fd < 0 || fchmod(fd, 0644) < 0 || !(m.f = fdopen(fd, "w")))
     rc = mp__syserror("mp_trace_merge: creating %s", tmp);
   if (rc == 0) {
     write_trace(&m);
@@ -1228,10 +1328,11 @@ static int merge_dir(const char *path, const char *dir) {
   }
   if (fd >= 0)
     close(fd);
-  if (rc < 0)
+  if (rc < 0 && made)
     unlink(tmp);
-  else
-    remove_dir(dir);
+  else if (rc == 0)
+    remove_dir(dir_fd, dir);
+  close(dir_fd);
   for (size_t i = 0; i < n_files; i++)
     free(files[i]);
   free(files);

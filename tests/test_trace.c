@@ -665,6 +665,116 @@ START_TEST(test_env_var) {
 }
 END_TEST
 
+/* ------------------------------- what a trace file may do ------------------------------- */
+
+static void write_text(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  T_ASSERT(f != NULL, "fopen %s: %s", path, strerror(errno));
+  fputs(text, f);
+  T_INT_EQ(fclose(f), 0);
+}
+
+/* A placeholder, as anyone who can write the trace's file may make it, naming dir. */
+static void write_placeholder_naming(const char *path, const char *dir) {
+  char text[4200];
+  snprintf(text, sizeof text, "{\"traceEvents\":[],\"otherData\":{\"libmp_dir\":\"%s\"}}", dir);
+  write_text(path, text);
+}
+
+static bool exists(const char *path) {
+  struct stat st;
+  return lstat(path, &st) == 0;
+}
+
+/* The merge deletes from the directory the file names: only from one libmp made, the
+ * caller's and private, and only the processes' files. */
+START_TEST(test_merge_only_own_dir) {
+  char path[128], victim[128], notes[256], shm[64] = "/dev/shm/libmp-trace-XXXXXX";
+  char bin[128], ring[128], link[160], shm_notes[128];
+  trace_path(path, sizeof path, "evil", 0);
+  snprintf(victim, sizeof victim, "/tmp/libmp-test-trace-%d-victim-XXXXXX", (int)getpid());
+  T_ASSERT(mkdtemp(victim) != NULL, "mkdtemp");
+  snprintf(notes, sizeof notes, "%s/notes.txt", victim);
+  write_text(notes, "x\n");
+
+  /* Any other directory. */
+  write_placeholder_naming(path, victim);
+  MP_ASSERT_ERR(mp_trace_merge(path), MP_EINVAL);
+  T_ASSERT(strstr(mp_last_error(), "no directory libmp makes") != NULL, "%s", mp_last_error());
+  T_ASSERT(exists(notes), "%s is kept", notes);
+
+  /* A symbolic link named as libmp names its directories. */
+  snprintf(link, sizeof link, "%s.abcdef", path);
+  T_INT_EQ(symlink(victim, link), 0);
+  write_placeholder_naming(path, link);
+  T_ASSERT(mp_trace_merge(path) < 0, "a symbolic link is refused");
+  T_ASSERT(exists(notes), "%s is kept", notes);
+  unlink(link);
+
+  /* libmp's kind of directory, but not private; then private: only the processes' files go. */
+  T_ASSERT(mkdtemp(shm) != NULL, "mkdtemp");
+  snprintf(shm_notes, sizeof shm_notes, "%s/notes.txt", shm);
+  snprintf(bin, sizeof bin, "%s/%d.0.bin", shm, (int)getpid());
+  snprintf(ring, sizeof ring, "%s/%d.0.ring", shm, (int)getpid());
+  write_text(shm_notes, "x\n");
+  write_text(bin, "");
+  write_text(ring, "");
+  T_INT_EQ(chmod(shm, 0755), 0);
+  write_placeholder_naming(path, shm);
+  MP_ASSERT_ERR(mp_trace_merge(path), MP_EINVAL);
+  T_ASSERT(strstr(mp_last_error(), "private") != NULL, "%s", mp_last_error());
+  T_ASSERT(exists(bin) && exists(shm_notes), "nothing is removed from %s", shm);
+  T_INT_EQ(chmod(shm, 0700), 0);
+  MP_ASSERT_OK(mp_trace_merge(path));
+  T_ASSERT(!exists(bin) && !exists(ring), "the processes' files are removed");
+  T_ASSERT(exists(shm_notes), "another file is kept, and its directory");
+
+  unlink(shm_notes);
+  rmdir(shm);
+  unlink(notes);
+  rmdir(victim);
+  unlink(path);
+}
+END_TEST
+
+/* The trace's file: a symbolic link is not followed, the caller's own file is overwritten,
+ * and the merge writes a file of its own (not one made in advance at a guessable name). */
+START_TEST(test_output_path_safe) {
+  char path[128], target[128], link[128], old_tmp[160];
+  trace_path(path, sizeof path, "output", 0);
+  trace_path(target, sizeof target, "target", 0);
+  trace_path(link, sizeof link, "link", 0);
+  write_text(target, "keep\n");
+  T_INT_EQ(symlink(target, link), 0);
+  MP_ASSERT_ERR(mp_trace_start(link), MP_EINVAL);
+  T_ASSERT(!mp_trace_enabled(), "no trace started");
+  char text[16] = "";
+  FILE *f = fopen(target, "r");
+  T_ASSERT(f && fgets(text, sizeof text, f), "read %s", target);
+  fclose(f);
+  T_STR_EQ(text, "keep\n");
+  unlink(link);
+  unlink(target);
+
+  write_text(path, "an old trace\n");
+  MP_ASSERT_OK(mp_trace_start(path));
+  MP_ASSERT_OK(mp_trace_mark("output"));
+  snprintf(old_tmp, sizeof old_tmp, "%s.%d.tmp", path, (int)getpid());
+  write_text(old_tmp, "");
+  struct stat planted, written;
+  T_INT_EQ(stat(old_tmp, &planted), 0);
+  MP_ASSERT_OK(mp_trace_stop());
+  json_t *root = load_trace(path);
+  T_INT_EQ(count(root, "i", "output", false, 0), 1);
+  json_decref(root);
+  T_INT_EQ(stat(path, &written), 0);
+  T_ASSERT(written.st_ino != planted.st_ino, "the trace is not the file made in advance");
+  T_INT_EQ(written.st_mode & 0777, 0644);
+  unlink(old_tmp);
+  unlink(path);
+}
+END_TEST
+
 static Suite *trace_suite(void) {
   Suite *s = suite_create("trace");
   tcase_add_test(mp_test_tcase(s, "methods", 60), test_three_methods);
@@ -678,6 +788,8 @@ static Suite *trace_suite(void) {
   tcase_add_loop_test(mp_test_tcase(s, "kinds", 60), test_every_kind_named, 0, N_METHODS);
   tcase_add_loop_test(mp_test_tcase(s, "MP_TRACE", 60), test_env_var, 0, N_METHODS);
   tcase_add_loop_test(mp_test_tcase(s, "many events", 120), test_many_events, 0, N_METHODS);
+  tcase_add_test(mp_test_tcase(s, "merge only own dir", 30), test_merge_only_own_dir);
+  tcase_add_test(mp_test_tcase(s, "output path", 30), test_output_path_safe);
   return s;
 }
 

@@ -39,8 +39,10 @@
  * is no /dev/shm). This process writes path when it calls mp_trace_stop() or exits
  * normally; children it starts from now on record too (a fork server only if it was
  * started after this call).
- * Errors: MP_EINVAL (path NULL, empty or too long, or tracing is already on in this
- * process), or the system error of creating the directory or the file.
+ * An existing FILE is overwritten if it is a regular file of the caller's (effective uid).
+ * Errors: MP_EINVAL (path NULL, empty or too long, tracing is already on in this process, or
+ * path is a symbolic link or not a regular file of the caller's), or the system error of
+ * creating the directory or the file.
  */
 MP_EXTERN int mp_trace_start(const char *path);
 
@@ -58,9 +60,12 @@ MP_EXTERN int mp_trace_stop(void);
  * placeholder names, then removes them: the repair step for a program that was killed
  * before it wrote its trace (run it once the program's processes are gone). The file is
  * replaced whole (written aside, then renamed), so a reader never sees half of it.
- * Errors: MP_EINVAL (path NULL or too long), MP_ENOENT (no such file, the file is not an
- * unfinished trace, or its directory is gone), MP_ENOMEM, or a system error reading the
- * directory or writing the file.
+ * The directory must be one libmp makes for path (/dev/shm/libmp-trace-XXXXXX or
+ * path.XXXXXX), not a symbolic link, owned by the caller's effective uid, of mode 0700; only
+ * its <pid>.<n>.bin and .ring files are removed, and it only if nothing else is left.
+ * Errors: MP_EINVAL (path NULL or too long; the directory named is not one of those),
+ * MP_ENOENT (no such file, the file is not an unfinished trace, or its directory is gone),
+ * MP_ENOMEM, or a system error reading the directory or writing the file.
  */
 MP_EXTERN int mp_trace_merge(const char *path);
 
