@@ -258,26 +258,26 @@ static void end_children(void) {
 }
 
 #define EXIT_HOOKS 4
-static void (*exit_hooks[EXIT_HOOKS])(void);
+static void (*exit_hooks[2][EXIT_HOOKS])(void); /* [MP__EXIT_FIRST], [MP__EXIT_LAST] */
 
-void mp__on_exit(void (*fn)(void)) {
+void mp__on_exit(void (*fn)(void), int when) {
   for (size_t i = 0; i < EXIT_HOOKS; i++) {
-    if (!exit_hooks[i]) {
-      exit_hooks[i] = fn;
+    if (!exit_hooks[when][i]) {
+      exit_hooks[when][i] = fn;
       return;
     }
   }
 }
 
-static void run_exit_hooks(void) {
-  for (size_t i = 0; i < EXIT_HOOKS && exit_hooks[i]; i++)
-    exit_hooks[i]();
+static void run_exit_hooks(int when) {
+  for (size_t i = 0; i < EXIT_HOOKS && exit_hooks[when][i]; i++)
+    exit_hooks[when][i]();
 }
 
 static void at_exit(void) {
-  run_exit_hooks();
+  run_exit_hooks(MP__EXIT_FIRST);
   end_children();
-  mp__forkserver_stop();
+  run_exit_hooks(MP__EXIT_LAST);
 }
 
 /*
@@ -302,7 +302,6 @@ static void after_fork_in_child(void) {
   }
   mp__reset_lock(&registry_lock);
   mp__fd_after_fork();
-  mp__forkserver_after_fork();
   mp__context_after_fork();
 }
 
@@ -323,7 +322,7 @@ static int process_poll_fd(void *obj) {
 static const mp__waitable_ops_t process_waitable = {process_ready, process_poll_fd};
 
 /* Prioritized, so that it runs before spawn.c's take-over of a spawned child. */
-__attribute__((constructor(101))) static void install_handlers(void) {
+__attribute__((constructor(102))) static void install_handlers(void) {
   atexit(at_exit);
   pthread_atfork(NULL, NULL, after_fork_in_child);
   mp__waitable_register(MP__KIND_PROCESS, &process_waitable);
@@ -392,10 +391,10 @@ void mp__child_exit(int code, bool exec_image) {
   MP__TRACE(process_exit, code);
   if (exec_image)
     exit(code & 0xff); /* its own atexit handlers, ours included, end its children */
-  run_exit_hooks();
+  run_exit_hooks(MP__EXIT_FIRST);
   if (me.registry)
     end_children();
-  mp__forkserver_stop();
+  run_exit_hooks(MP__EXIT_LAST);
   mp__flush_std_streams();
   if (me.report_sock >= 0) {
     mp__reply_t exited = {MP__REC_EXITED, code & 0xff};

@@ -312,13 +312,14 @@ static void after_fork_in_child(void) {
     tracker.child = 0;
 }
 
-/* After spawn.c's check of the start-up variable (101), before its take-over of a spawned
- * image, which does not know this role. */
+/* A registration of spawn.c's start-up order (step 2): see mp__role_t. */
 __attribute__((constructor(102))) static void shared_memory_init(void) {
   pthread_atfork(NULL, NULL, after_fork_in_child);
-  int fd = mp__startup_fd(TRACKER_ROLE, NULL);
-  if (fd >= 0)
-    tracker_main(fd);
+}
+
+MP__ROLE(shm_tracker, TRACKER_ROLE, "segment tracker", false) {
+  (void)sentinel_fd;
+  tracker_main(fd);
 }
 
 /* ------------------------------ the tracker ------------------------------ */

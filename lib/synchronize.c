@@ -1046,5 +1046,5 @@ static void after_fork_in_child(void) {
 /* Prioritized, so that it runs before spawn.c's take-over of a spawned child. */
 __attribute__((constructor(102))) static void install_handlers(void) {
   pthread_atfork(NULL, NULL, after_fork_in_child);
-  mp__on_exit(semaphores_at_exit);
+  mp__on_exit(semaphores_at_exit, MP__EXIT_FIRST);
 }
