@@ -343,6 +343,13 @@ typedef struct {
       &id##_role;                                                                           \
   static MP__NORETURN void id##_main(int fd, int sentinel_fd)
 
+/* The program's secret: random bits drawn at the start of its first process and handed
+ * down to every child (forked: a copy; spawned and forkserver: in the request, before the
+ * target runs). Names that only the program's processes may find are made of it (the
+ * segment tracker's abstract socket), so another local user cannot bind them first. */
+#define MP__PROGRAM_KEY_SIZE 16
+const uint8_t *mp__program_key(void);
+
 /* 0 if the Unix socket sock's peer is the process pid (0: any) with this process's real and
  * effective uid and gid, else a negative code with a sentence. */
 int mp__check_peer(int sock, pid_t pid, const char *what);
@@ -365,7 +372,7 @@ enum {
 /* The head of the parent's request, sent first (up to target.path, of which only
  * target_path_len bytes follow). */
 #define MP__REQUEST_MAGIC 0x504d424cu /* "LBMP" */
-#define MP__REQUEST_VERSION 2u
+#define MP__REQUEST_VERSION 3u
 enum { MP__REQUEST_DIE_WITH_PARENT = 1u << 0 };
 typedef struct {
   uint32_t magic;
@@ -377,6 +384,7 @@ typedef struct {
   uint32_t identity_len;
   uint32_t parent_name_len;
   uint32_t target_path_len;
+  uint8_t program_key[MP__PROGRAM_KEY_SIZE]; /* see mp__program_key */
   uint32_t n_fds;       /* records that follow the stream, each with one fd: */
   uint32_t has_arena;   /* first the shared arena's memfd, if there is an arena, */
   mp__heap_map_t arena; /* to be mapped here; then the passed fds, each with its key */

@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -117,6 +118,7 @@ int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref,
   head.parent_name_len = (uint32_t)strlen(self->name);
   head.target_path_len = (uint32_t)strlen(ref->path);
   head.target = *ref;
+  memcpy(head.program_key, mp__program_key(), sizeof head.program_key);
   struct iovec iov[] = {
       {&head, REQUEST_HEAD_SENT},
       {head.target.path, head.target_path_len},
@@ -468,8 +470,15 @@ int mp__request_read(int sock, mp__request_t **out) {
   return 0;
 }
 
+static uint8_t program_key[MP__PROGRAM_KEY_SIZE];
+
+const uint8_t *mp__program_key(void) {
+  return program_key;
+}
+
 void mp__request_run(mp__request_t *req, int sock, bool exec_image, pid_t real_parent,
                      int sentinel) {
+  memcpy(program_key, req->head.program_key, sizeof program_key);
   mp__child_info_t info = {
       .name = req->name,
       .identity = req->identity,
@@ -593,6 +602,10 @@ __attribute__((constructor(101))) static void read_startup(void) {
         fcntl(sentinel, F_SETFD, FD_CLOEXEC);
     }
   }
+  /* A child's is replaced by its parent's (mp__request_run) before any use. Without
+   * entropy yet (early boot) getrandom blocks, once, until the kernel has it. */
+  while (getrandom(program_key, sizeof program_key, 0) < 0 && errno == EINTR)
+    ;
   mp__trace_startup(startup.role ? startup.role->name : NULL);
 }
 
