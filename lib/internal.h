@@ -278,6 +278,26 @@ MP__NORETURN void mp__child_exit(int code, bool exec_image);
 enum { MP__EXIT_FIRST, MP__EXIT_LAST };
 void mp__on_exit(void (*fn)(void), int when);
 
+/* ------------------------------- signals.c ------------------------------ */
+
+/* Ctrl-C and blocking calls, the one rule (docs/api.md): a blocking call that sees SIGINT
+ * arrive, the program's handler having returned, returns MP_EINTR with a sentence.
+ * mp__sigint_watch chains a counter in front of the program's SIGINT handler, if it has one
+ * not chained yet, and returns the counter. A blocking call takes a snapshot first
+ * (mp__sigint_begin) and, each time its wait ends with EINTR, asks whether SIGINT came since
+ * (mp__sigint_arrived); a futex or poll wait with a finite deadline ends with EINTR after any
+ * handler, so an infinite one is given a finite one (INT64_MAX - 1). */
+const _Atomic uint32_t *mp__sigint_watch(void);
+typedef struct {
+  const _Atomic uint32_t *counter;
+  uint32_t base;
+} mp__sigint_t;
+void mp__sigint_begin(mp__sigint_t *s);
+bool mp__sigint_arrived(const mp__sigint_t *s);
+/* mp__poll_fd that also returns MP_EINTR once SIGINT arrived since sigint's snapshot (poll
+ * is never restarted after a handler). */
+int mp__poll_fd_sig(int fd, short events, int64_t deadline, const mp__sigint_t *sigint);
+
 /* ------------------------------- context.c ------------------------------ */
 
 struct mp__popen_ops_s {

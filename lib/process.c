@@ -159,14 +159,14 @@ static bool try_reap(mp_process_t *proc) {
  */
 #define NO_PIDFD_LOOK_NS 50000000
 
-static int wait_child(mp_process_t *proc, int64_t deadline) {
+static int wait_child(mp_process_t *proc, int64_t deadline, const mp__sigint_t *sigint) {
   for (;;) {
     if (state_of(proc) == MP__ENDED)
       return 1;
     int64_t until = deadline;
     if (proc->pidfd < 0 && deadline - mp__now_ns() > NO_PIDFD_LOOK_NS)
       until = mp__now_ns() + NO_PIDFD_LOOK_NS;
-    int ready = mp__poll_fd(sentinel_of(proc), POLLIN, until);
+    int ready = mp__poll_fd_sig(sentinel_of(proc), POLLIN, until, sigint);
     if (ready < 0)
       return ready;
     if (try_reap(proc))
@@ -178,7 +178,7 @@ static int wait_child(mp_process_t *proc, int64_t deadline) {
 
 /* A non-blocking look: is the started child still running? */
 static bool child_running(mp_process_t *proc) {
-  return state_of(proc) == MP__STARTED && wait_child(proc, 0) == 0;
+  return state_of(proc) == MP__STARTED && wait_child(proc, 0, NULL) == 0;
 }
 
 int mp__popen_collect_child(mp_process_t *proc, int *wait_status) {
@@ -253,7 +253,7 @@ static void end_children(void) {
     if (children[i]->daemon && child_running(children[i]))
       mp_process_terminate(children[i]);
   for (size_t i = 0; i < count; i++)
-    wait_child(children[i], INT64_MAX);
+    wait_child(children[i], INT64_MAX, NULL);
   free(children);
 }
 
@@ -627,7 +627,11 @@ int mp_process_join(mp_process_t *proc, double timeout) {
   int rc = check_started(proc, "mp_process_join");
   if (rc < 0)
     return rc;
-  rc = wait_child(proc, mp__deadline(timeout));
+  mp__sigint_t sigint;
+  mp__sigint_begin(&sigint);
+  rc = wait_child(proc, mp__deadline(timeout), &sigint);
+  if (rc == MP_EINTR)
+    return mp__error(rc, "mp_process_join: interrupted by SIGINT");
   if (rc < 0)
     return mp__error(rc, "mp_process_join: %s", mp_strerror(rc));
   if (rc == 0)

@@ -633,17 +633,25 @@ int mp_event_wait(mp_event_t *event, double timeout) {
   int64_t deadline = mp__deadline(timeout);
   MP__TRACE_CLOCK(t0);
   int rc = 0;
-  bool was_set = false;
+  bool was_set = false, interrupted = false;
+  mp__sigint_t sigint;
+  mp__sigint_begin(&sigint);
+  if (deadline == INT64_MAX)
+    deadline = INT64_MAX - 1; /* so that a handler ends the wait (signals.c) */
   atomic_fetch_add(&event->sleepers, 1);
   for (;;) {
     /* s is a clear state: any change from it is a set. */
-    if ((was_set = atomic_load(&event->state) != s) || rc == MP_ETIMEDOUT)
+    if ((was_set = atomic_load(&event->state) != s) || rc == MP_ETIMEDOUT || interrupted)
       break;
-    rc = mp__futex_wait(&event->state, s, deadline);
+    rc = mp__futex_wait_sig(&event->state, s, deadline);
+    interrupted = rc == MP_EINTR && mp__sigint_arrived(&sigint);
   }
   atomic_fetch_sub(&event->sleepers, 1);
   MP__TRACE(waited, MP__TRK_EVENT, event, t0, was_set);
-  return was_set ? 0 : mp__error(MP_ETIMEDOUT, "mp_event_wait: timed out");
+  if (was_set)
+    return 0;
+  return interrupted ? mp__error(MP_EINTR, "mp_event_wait: interrupted by SIGINT")
+                     : mp__error(MP_ETIMEDOUT, "mp_event_wait: timed out");
 }
 
 int mp_event_retain(mp_event_t *event) {
