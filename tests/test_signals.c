@@ -8,14 +8,18 @@
 #include <signal.h>
 #include <string.h>
 
-enum { CALL_EVENT_WAIT, CALL_JOIN, N_CALLS };
-static const char *const CALLS[] = {"mp_event_wait", "mp_process_join"};
+enum { CALL_EVENT_WAIT, CALL_JOIN, CALL_SEMAPHORE, CALL_CONDITION, CALL_BARRIER, N_CALLS };
+static const char *const CALLS[] = {"mp_event_wait", "mp_process_join", "mp_semaphore_acquire",
+                                    "mp_condition_wait", "mp_barrier_wait"};
 
 typedef struct {
   int call;
   bool handler;
   mp_event_t *never; /* never set */
   mp_event_t *ready; /* set once the handler is in place */
+  mp_semaphore_t *empty;  /* no permit */
+  mp_condition_t *cond;   /* never notified */
+  mp_barrier_t *barrier;  /* of 2 parties, the child only */
 } job_t;
 
 static void on_sigint(int sig) {
@@ -41,6 +45,16 @@ static int blocked(void *arg, size_t size) {
   int rc = 0;
   if (job->call == CALL_EVENT_WAIT) {
     rc = mp_event_wait(job->never, 30);
+  } else if (job->call == CALL_SEMAPHORE) {
+    rc = mp_semaphore_acquire(job->empty, 30);
+  } else if (job->call == CALL_CONDITION) {
+    if (mp_condition_acquire(job->cond, 10) < 0)
+      return 2;
+    rc = mp_condition_wait(job->cond, 30);
+    if (mp_condition_release(job->cond) < 0) /* held again after the interruption */
+      return 4;
+  } else if (job->call == CALL_BARRIER) {
+    rc = mp_barrier_wait(job->barrier, 30);
   } else {
     mp_process_t *child;
     mp_context_t *ctx;
@@ -71,6 +85,11 @@ static void run(int method, int call, bool handler) {
   job_t job = {.call = call, .handler = handler};
   MP_ASSERT_OK(mp_event_create(&job.never));
   MP_ASSERT_OK(mp_event_create(&job.ready));
+  MP_ASSERT_OK(mp_semaphore_create(&job.empty, 0));
+  mp_lock_t *lock;
+  MP_ASSERT_OK(mp_lock_create(&lock));
+  MP_ASSERT_OK(mp_condition_create(&job.cond, lock));
+  MP_ASSERT_OK(mp_barrier_create(&job.barrier, 2, NULL, NULL));
   mp_process_t *proc = mp_test_start(method, blocked, &job, sizeof job);
   MP_ASSERT_OK(mp_event_wait(job.ready, 30));
   double t0 = mp_test_now();
@@ -85,6 +104,9 @@ static void run(int method, int call, bool handler) {
   T_PROC_CLOSE(proc);
   MP_ASSERT_OK(mp_event_close(job.never));
   MP_ASSERT_OK(mp_event_close(job.ready));
+  MP_ASSERT_OK(mp_semaphore_close(job.empty));
+  MP_ASSERT_OK(mp_condition_close(job.cond));
+  MP_ASSERT_OK(mp_barrier_close(job.barrier));
 }
 
 START_TEST(test_handler_gives_eintr) {
