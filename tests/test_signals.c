@@ -8,9 +8,19 @@
 #include <signal.h>
 #include <string.h>
 
-enum { CALL_EVENT_WAIT, CALL_JOIN, CALL_SEMAPHORE, CALL_CONDITION, CALL_BARRIER, N_CALLS };
-static const char *const CALLS[] = {"mp_event_wait", "mp_process_join", "mp_semaphore_acquire",
-                                    "mp_condition_wait", "mp_barrier_wait"};
+enum {
+  CALL_EVENT_WAIT,
+  CALL_JOIN,
+  CALL_SEMAPHORE,
+  CALL_CONDITION,
+  CALL_BARRIER,
+  CALL_QUEUE_GET,
+  CALL_QUEUE_PUT,
+  N_CALLS
+};
+static const char *const CALLS[] = {"mp_event_wait",     "mp_process_join", "mp_semaphore_acquire",
+                                    "mp_condition_wait", "mp_barrier_wait", "mp_queue_get",
+                                    "mp_queue_put"};
 
 typedef struct {
   int call;
@@ -20,6 +30,7 @@ typedef struct {
   mp_semaphore_t *empty;  /* no permit */
   mp_condition_t *cond;   /* never notified */
   mp_barrier_t *barrier;  /* of 2 parties, the child only */
+  mp_queue_t *empty_queue, *full_queue; /* the full one: maxsize 1, one item */
 } job_t;
 
 static void on_sigint(int sig) {
@@ -55,6 +66,12 @@ static int blocked(void *arg, size_t size) {
       return 4;
   } else if (job->call == CALL_BARRIER) {
     rc = mp_barrier_wait(job->barrier, 30);
+  } else if (job->call == CALL_QUEUE_GET) {
+    char buf[8];
+    size_t len;
+    rc = mp_queue_get(job->empty_queue, buf, sizeof buf, &len, 30);
+  } else if (job->call == CALL_QUEUE_PUT) {
+    rc = mp_queue_put(job->full_queue, "x", 1, 30);
   } else {
     mp_process_t *child;
     mp_context_t *ctx;
@@ -90,6 +107,9 @@ static void run(int method, int call, bool handler) {
   MP_ASSERT_OK(mp_lock_create(&lock));
   MP_ASSERT_OK(mp_condition_create(&job.cond, lock));
   MP_ASSERT_OK(mp_barrier_create(&job.barrier, 2, NULL, NULL));
+  MP_ASSERT_OK(mp_queue_create(&job.empty_queue, 0));
+  MP_ASSERT_OK(mp_queue_create(&job.full_queue, 1));
+  MP_ASSERT_OK(mp_queue_put(job.full_queue, "x", 1, 0));
   mp_process_t *proc = mp_test_start(method, blocked, &job, sizeof job);
   MP_ASSERT_OK(mp_event_wait(job.ready, 30));
   double t0 = mp_test_now();
@@ -107,6 +127,8 @@ static void run(int method, int call, bool handler) {
   MP_ASSERT_OK(mp_semaphore_close(job.empty));
   MP_ASSERT_OK(mp_condition_close(job.cond));
   MP_ASSERT_OK(mp_barrier_close(job.barrier));
+  MP_ASSERT_OK(mp_queue_close(job.empty_queue));
+  MP_ASSERT_OK(mp_queue_close(job.full_queue));
 }
 
 START_TEST(test_handler_gives_eintr) {
