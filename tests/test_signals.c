@@ -16,21 +16,25 @@ enum {
   CALL_BARRIER,
   CALL_QUEUE_GET,
   CALL_QUEUE_PUT,
+  CALL_CONN_POLL,
+  CALL_WAIT,
   N_CALLS
 };
-static const char *const CALLS[] = {"mp_event_wait",     "mp_process_join", "mp_semaphore_acquire",
-                                    "mp_condition_wait", "mp_barrier_wait", "mp_queue_get",
-                                    "mp_queue_put"};
+static const char *const CALLS[] = {
+    "mp_event_wait",     "mp_process_join", "mp_semaphore_acquire",
+    "mp_condition_wait", "mp_barrier_wait", "mp_queue_get",
+    "mp_queue_put",      "mp_conn_poll",    "mp_wait"};
 
 typedef struct {
   int call;
   bool handler;
-  mp_event_t *never; /* never set */
-  mp_event_t *ready; /* set once the handler is in place */
-  mp_semaphore_t *empty;  /* no permit */
-  mp_condition_t *cond;   /* never notified */
-  mp_barrier_t *barrier;  /* of 2 parties, the child only */
+  mp_event_t *never;                    /* never set */
+  mp_event_t *ready;                    /* set once the handler is in place */
+  mp_semaphore_t *empty;                /* no permit */
+  mp_condition_t *cond;                 /* never notified */
+  mp_barrier_t *barrier;                /* of 2 parties, the child only */
   mp_queue_t *empty_queue, *full_queue; /* the full one: maxsize 1, one item */
+  mp_conn_t *quiet, *other;             /* a pipe on which nothing is sent */
 } job_t;
 
 static void on_sigint(int sig) {
@@ -72,6 +76,12 @@ static int blocked(void *arg, size_t size) {
     rc = mp_queue_get(job->empty_queue, buf, sizeof buf, &len, 30);
   } else if (job->call == CALL_QUEUE_PUT) {
     rc = mp_queue_put(job->full_queue, "x", 1, 30);
+  } else if (job->call == CALL_CONN_POLL) {
+    rc = mp_conn_poll(job->quiet, 30);
+  } else if (job->call == CALL_WAIT) {
+    void *objects[] = {job->quiet, job->empty_queue};
+    bool ready[2];
+    rc = mp_wait(objects, 2, 30, ready);
   } else {
     mp_process_t *child;
     mp_context_t *ctx;
@@ -110,6 +120,7 @@ static void run(int method, int call, bool handler) {
   MP_ASSERT_OK(mp_queue_create(&job.empty_queue, 0));
   MP_ASSERT_OK(mp_queue_create(&job.full_queue, 1));
   MP_ASSERT_OK(mp_queue_put(job.full_queue, "x", 1, 0));
+  MP_ASSERT_OK(mp_pipe(true, &job.quiet, &job.other));
   mp_process_t *proc = mp_test_start(method, blocked, &job, sizeof job);
   MP_ASSERT_OK(mp_event_wait(job.ready, 30));
   double t0 = mp_test_now();
@@ -129,6 +140,8 @@ static void run(int method, int call, bool handler) {
   MP_ASSERT_OK(mp_barrier_close(job.barrier));
   MP_ASSERT_OK(mp_queue_close(job.empty_queue));
   MP_ASSERT_OK(mp_queue_close(job.full_queue));
+  MP_ASSERT_OK(mp_conn_close(job.quiet));
+  MP_ASSERT_OK(mp_conn_close(job.other));
 }
 
 START_TEST(test_handler_gives_eintr) {
