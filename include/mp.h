@@ -6,6 +6,10 @@
  * negative MP_E* code on failure; mp_strerror() names a code and mp_last_error() gives the
  * sentence that explains the calling thread's last failure.
  *
+ * Ctrl-C: a blocking call returns MP_EINTR when SIGINT arrives and the program's handler
+ * returns (Python's KeyboardInterrupt); the rule and the calls it covers are in docs/api.md,
+ * "Ctrl-C and blocking calls".
+ *
  * Fork safety: every handle stays valid in a child started with the "fork" method, but a
  * child must not join, signal or close its parent's process handles: they describe the
  * parent's children, not its own (mp_active_children() is empty in a new child).

@@ -441,10 +441,10 @@ int mp_conn_recv_alloc(mp_conn_t *conn, void **buf, size_t *size, double timeout
 }
 
 /* 1 if a receive would not block: a whole header buffered, or the fd has news. */
-static int receive_ready(mp_conn_t *conn, int fd, int64_t deadline) {
+static int receive_ready(mp_conn_t *conn, int fd, int64_t deadline, const mp__sigint_t *sigint) {
   if (atomic_load(&conn->rbroken) || buffered(conn) >= HEADER)
     return 1;
-  return mp__poll_fd(fd, POLLIN, deadline);
+  return mp__poll_fd_sig(fd, POLLIN, deadline, sigint);
 }
 
 int mp_conn_poll(mp_conn_t *conn, double timeout) {
@@ -452,7 +452,11 @@ int mp_conn_poll(mp_conn_t *conn, double timeout) {
   int fd = end_fd(conn, false, "mp_conn_poll");
   if (fd < 0)
     return fd;
-  int ready = receive_ready(conn, fd, deadline);
+  mp__sigint_t sigint;
+  mp__sigint_begin(&sigint);
+  int ready = receive_ready(conn, fd, deadline, &sigint);
+  if (ready == MP_EINTR)
+    return mp__error(ready, "mp_conn_poll: interrupted by SIGINT");
   return ready < 0 ? mp__error(ready, "mp_conn_poll: %s", mp_strerror(ready)) : ready;
 }
 
@@ -526,7 +530,7 @@ static int conn_ready(void *obj) {
   if (fd < 0)
     return 1; /* closed here: a call fails at once */
   if (conn->rkey)
-    return receive_ready(conn, fd, mp__now_ns());
+    return receive_ready(conn, fd, mp__now_ns(), NULL);
   return mp__poll_fd(fd, POLLIN, mp__now_ns());
 }
 
@@ -575,10 +579,13 @@ static int wait_on(void *const *objects, const mp__waitable_ops_t **ops, struct 
     queues |= queue;
     pfds[i] = (struct pollfd){.fd = fd >= 0 ? fd : -1, .events = POLLIN};
   }
+  mp__sigint_t sigint = {NULL, 0};
   for (;;) {
     int count = count_ready(objects, ops, n, ready);
     if (count != 0 || mp__now_ns() >= deadline)
       return count;
+    if (!sigint.counter) /* at the first sleep: no system call when not blocking */
+      mp__sigint_begin(&sigint);
     int64_t left = deadline == INT64_MAX ? -1 : (deadline - mp__now_ns() + 999999) / 1000000;
     /* Without pidfds a process's sentinel is a socket another fork() may have copied, so
      * that it never ends (process.c): ask again every 50 ms there, as joining does. The
@@ -588,6 +595,8 @@ static int wait_on(void *const *objects, const mp__waitable_ops_t **ops, struct 
     int polled = poll(pfds, n, left > INT32_MAX ? INT32_MAX : (int)left);
     if (polled < 0 && errno != EINTR)
       return mp__syserror("mp_wait: poll");
+    if (polled < 0 && mp__sigint_arrived(&sigint))
+      return mp__error(MP_EINTR, "mp_wait: interrupted by SIGINT");
     for (size_t i = 0; i < n && polled > 0; i++)
       if (pfds[i].revents & POLLNVAL) /* closed meanwhile: its ready() says so from now */
         pfds[i].fd = -1;

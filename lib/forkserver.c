@@ -109,7 +109,8 @@ int mp__forkserver_request(int sock) {
   return rc;
 }
 
-void mp__forkserver_stop(void) {
+/* At the process's end, after its children were joined (they may be the server's). */
+static void stop_at_exit(void) {
   if (!server_owner)
     return; /* never started: skip the lock, which a forked child would have to copy */
   pthread_mutex_lock(&server_lock);
@@ -117,10 +118,16 @@ void mp__forkserver_stop(void) {
   pthread_mutex_unlock(&server_lock);
 }
 
-void mp__forkserver_after_fork(void) {
+static void after_fork_in_child(void) {
   mp__reset_lock(&server_lock);
   if (server_owner || server_ctl >= 0) /* also a fork in the middle of start_server() */
     forget_server(); /* the child's own server starts when it first needs one */
+}
+
+/* A registration of spawn.c's start-up order (step 2): see mp__role_t. */
+__attribute__((constructor(102))) static void install_hooks(void) {
+  mp__on_exit(stop_at_exit, MP__EXIT_LAST);
+  pthread_atfork(NULL, NULL, after_fork_in_child);
 }
 
 /* ------------------------------ the server ------------------------------ */
@@ -326,7 +333,9 @@ static void reap_served(server_t *s) {
   }
 }
 
-void mp__forkserver_main(int ctl) {
+MP__ROLE(forkserver, "forkserver", "fork server", false) {
+  (void)sentinel_fd;
+  int ctl = fd;
   /* Ctrl-C in the terminal is for the program and the children, not for the server. */
   signal(SIGINT, SIG_IGN);
   sigset_t chld;

@@ -272,8 +272,31 @@ MP__NORETURN void mp__child_exit(int code, bool exec_image);
 
 /* Runs fn at every normal end of a process of the program: the main program's exit, a
  * spawned child's exit and a forked child's end (which skips atexit). Not on a death by a
- * signal: that is what fn may tell apart. For constructors; a few functions at most. */
-void mp__on_exit(void (*fn)(void));
+ * signal: that is what fn may tell apart. MP__EXIT_FIRST hooks run before the process joins
+ * or terminates its children, MP__EXIT_LAST ones after (the fork server, which serves them).
+ * For constructors; a few functions at most. */
+enum { MP__EXIT_FIRST, MP__EXIT_LAST };
+void mp__on_exit(void (*fn)(void), int when);
+
+/* ------------------------------- signals.c ------------------------------ */
+
+/* Ctrl-C and blocking calls, the one rule (docs/api.md): a blocking call that sees SIGINT
+ * arrive, the program's handler having returned, returns MP_EINTR with a sentence.
+ * mp__sigint_watch chains a counter in front of the program's SIGINT handler, if it has one
+ * not chained yet, and returns the counter. A blocking call takes a snapshot first
+ * (mp__sigint_begin) and, each time its wait ends with EINTR, asks whether SIGINT came since
+ * (mp__sigint_arrived); a futex or poll wait with a finite deadline ends with EINTR after any
+ * handler, so an infinite one is given a finite one (INT64_MAX - 1). */
+const _Atomic uint32_t *mp__sigint_watch(void);
+typedef struct {
+  const _Atomic uint32_t *counter;
+  uint32_t base;
+} mp__sigint_t;
+void mp__sigint_begin(mp__sigint_t *s);
+bool mp__sigint_arrived(const mp__sigint_t *s);
+/* mp__poll_fd that also returns MP_EINTR once SIGINT arrived since sigint's snapshot (poll
+ * is never restarted after a handler). */
+int mp__poll_fd_sig(int fd, short events, int64_t deadline, const mp__sigint_t *sigint);
 
 /* ------------------------------- context.c ------------------------------ */
 
@@ -322,13 +345,37 @@ int mp__executable(char *buf, size_t cap);
  * "<role> <bootstrap fd> <sentinel fd or -1>". */
 #define MP__CHILD_ENV "LIBMP_CHILD"
 
-/* The bootstrap fd of this image if it was started as a libmp child of the given role
- * ("spawn", "forkserver", "shm-tracker"), else -1. The first constructor (spawn.c) read and
- * removed the variable; in a secure-execution process (AT_SECURE) it was ignored, and in
- * any other it was acted on only if its fd is a Unix socket whose peer is this process's
- * parent with this process's uid and gid: otherwise the image wrote one line to stderr and
- * exited 127, before main(). *sentinel (if not NULL) gets the sentinel fd or -1. */
-int mp__startup_fd(const char *role, int *sentinel);
+/*
+ * The roles a fresh image of the program can take, one entry each, wherever the role's code
+ * lives: MP__ROLE(name) { ... } in that file defines its main and adds it to one table (an
+ * ELF section that the linker gathers, so a role is present exactly when its file is linked
+ * and spawn.c, below every role, names none of them). spawn.c alone reads LIBMP_CHILD: in
+ * its first constructor it removes the variable, ignores it in a secure-execution process
+ * (AT_SECURE), and otherwise acts on it only if its fd is a Unix socket whose peer is this
+ * process's parent with this process's uid and gid; otherwise the image writes one line to
+ * stderr and exits 127, before main(). After libmp's prioritized constructors it runs the
+ * role's main, which never returns: fd is the bootstrap socket, sentinel the spawned child's
+ * sentinel or -1 (only the "spawn" role takes one).
+ */
+typedef struct {
+  const char *name; /* LIBMP_CHILD's first word, at most 15 bytes */
+  const char *what; /* for sentences: "spawned child" */
+  bool takes_sentinel;
+  void (*main)(int fd, int sentinel); /* never returns */
+} mp__role_t;
+#define MP__ROLE(id, role_name, description, sentinel)                                      \
+  static MP__NORETURN void id##_main(int fd, int sentinel_fd);                              \
+  static const mp__role_t id##_role = {role_name, description, sentinel, id##_main};        \
+  __attribute__((section("mp__roles"), used)) static const mp__role_t *const id##_entry =   \
+      &id##_role;                                                                           \
+  static MP__NORETURN void id##_main(int fd, int sentinel_fd)
+
+/* The program's secret: random bits drawn at the start of its first process and handed
+ * down to every child (forked: a copy; spawned and forkserver: in the request, before the
+ * target runs). Names that only the program's processes may find are made of it (the
+ * segment tracker's abstract socket), so another local user cannot bind them first. */
+#define MP__PROGRAM_KEY_SIZE 16
+const uint8_t *mp__program_key(void);
 
 /* 0 if the Unix socket sock's peer is the process pid (0: any) with this process's real and
  * effective uid and gid, else a negative code with a sentence. */
@@ -352,7 +399,7 @@ enum {
 /* The head of the parent's request, sent first (up to target.path, of which only
  * target_path_len bytes follow). */
 #define MP__REQUEST_MAGIC 0x504d424cu /* "LBMP" */
-#define MP__REQUEST_VERSION 2u
+#define MP__REQUEST_VERSION 3u
 enum { MP__REQUEST_DIE_WITH_PARENT = 1u << 0 };
 typedef struct {
   uint32_t magic;
@@ -364,6 +411,7 @@ typedef struct {
   uint32_t identity_len;
   uint32_t parent_name_len;
   uint32_t target_path_len;
+  uint8_t program_key[MP__PROGRAM_KEY_SIZE]; /* see mp__program_key */
   uint32_t n_fds;       /* records that follow the stream, each with one fd: */
   uint32_t has_arena;   /* first the shared arena's memfd, if there is an arena, */
   mp__heap_map_t arena; /* to be mapped here; then the passed fds, each with its key */
@@ -413,13 +461,9 @@ int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid);
 /* Hands sock to this process's fork server (started on first use), whose spare becomes
  * the child that reads its request from sock. */
 int mp__forkserver_request(int sock);
-MP__NORETURN void mp__forkserver_main(int ctl);
-/* Stops the fork server at program exit. */
-void mp__forkserver_stop(void);
 
-/* In the child of a fork: forget the parent's server, free the locks. */
+/* In the child of a fork: forget the parent's context choice, free its lock. */
 void mp__context_after_fork(void);
-void mp__forkserver_after_fork(void);
 
 /* ----------------------------- synchronize.c ---------------------------- */
 

@@ -831,47 +831,10 @@ int mp_pool_apply(mp_pool_t *pool, mp_task_fn_t fn, const void *arg, size_t size
 
 /* ---------------------------- async results ---------------------------- */
 
-/* Ctrl-C. A futex wait fails with EINTR after any handler, SA_RESTART or not, and cannot
- * tell which signal it was; so a waiter only ends early for SIGINT, which it learns of from
- * a counter bumped by a handler chained in front of the program's own. Under SIGINT's
- * default disposition there is nothing to chain: the program dies, and its workers with it. */
-static _Atomic uint32_t sigints;
-static struct sigaction program_sigint; /* the handler chained to */
-static pthread_mutex_t sigint_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static void count_sigint(int sig, siginfo_t *info, void *context) {
-  atomic_fetch_add(&sigints, 1);
-  if (program_sigint.sa_flags & SA_SIGINFO)
-    program_sigint.sa_sigaction(sig, info, context);
-  else if (program_sigint.sa_handler != SIG_DFL && program_sigint.sa_handler != SIG_IGN)
-    program_sigint.sa_handler(sig);
-}
-
-static bool sigint_chainable(const struct sigaction *sa) {
-  if (sa->sa_flags & SA_SIGINFO)
-    return sa->sa_sigaction != count_sigint;
-  return sa->sa_handler != SIG_DFL && sa->sa_handler != SIG_IGN;
-}
-
-/* Chains the counter in front of the program's SIGINT handler if it has one not chained yet
- * (it may have been installed since the last wait); returns the counter, or NULL when the
- * wait does not block. */
+/* Ctrl-C: the one rule of signals.c. NULL when the wait does not block. */
 static const _Atomic uint32_t *watch_sigint(double timeout) {
-  if (!(timeout > 0))
-    return NULL;
-  struct sigaction now;
-  pthread_mutex_lock(&sigint_lock);
-  if (sigaction(SIGINT, NULL, &now) == 0 && sigint_chainable(&now)) {
-    program_sigint = now;
-    struct sigaction mine = now;
-    mine.sa_sigaction = count_sigint;
-    mine.sa_flags |= SA_SIGINFO;
-    sigaction(SIGINT, &mine, NULL);
-  }
-  pthread_mutex_unlock(&sigint_lock);
-  return &sigints;
+  return timeout > 0 ? mp__sigint_watch() : NULL;
 }
-
 
 static bool result_ready(const mp__job_t *job, void *arg) {
   const mp_async_result_t *ar = arg;

@@ -159,14 +159,14 @@ static bool try_reap(mp_process_t *proc) {
  */
 #define NO_PIDFD_LOOK_NS 50000000
 
-static int wait_child(mp_process_t *proc, int64_t deadline) {
+static int wait_child(mp_process_t *proc, int64_t deadline, const mp__sigint_t *sigint) {
   for (;;) {
     if (state_of(proc) == MP__ENDED)
       return 1;
     int64_t until = deadline;
     if (proc->pidfd < 0 && deadline - mp__now_ns() > NO_PIDFD_LOOK_NS)
       until = mp__now_ns() + NO_PIDFD_LOOK_NS;
-    int ready = mp__poll_fd(sentinel_of(proc), POLLIN, until);
+    int ready = mp__poll_fd_sig(sentinel_of(proc), POLLIN, until, sigint);
     if (ready < 0)
       return ready;
     if (try_reap(proc))
@@ -178,7 +178,7 @@ static int wait_child(mp_process_t *proc, int64_t deadline) {
 
 /* A non-blocking look: is the started child still running? */
 static bool child_running(mp_process_t *proc) {
-  return state_of(proc) == MP__STARTED && wait_child(proc, 0) == 0;
+  return state_of(proc) == MP__STARTED && wait_child(proc, 0, NULL) == 0;
 }
 
 int mp__popen_collect_child(mp_process_t *proc, int *wait_status) {
@@ -253,31 +253,31 @@ static void end_children(void) {
     if (children[i]->daemon && child_running(children[i]))
       mp_process_terminate(children[i]);
   for (size_t i = 0; i < count; i++)
-    wait_child(children[i], INT64_MAX);
+    wait_child(children[i], INT64_MAX, NULL);
   free(children);
 }
 
 #define EXIT_HOOKS 4
-static void (*exit_hooks[EXIT_HOOKS])(void);
+static void (*exit_hooks[2][EXIT_HOOKS])(void); /* [MP__EXIT_FIRST], [MP__EXIT_LAST] */
 
-void mp__on_exit(void (*fn)(void)) {
+void mp__on_exit(void (*fn)(void), int when) {
   for (size_t i = 0; i < EXIT_HOOKS; i++) {
-    if (!exit_hooks[i]) {
-      exit_hooks[i] = fn;
+    if (!exit_hooks[when][i]) {
+      exit_hooks[when][i] = fn;
       return;
     }
   }
 }
 
-static void run_exit_hooks(void) {
-  for (size_t i = 0; i < EXIT_HOOKS && exit_hooks[i]; i++)
-    exit_hooks[i]();
+static void run_exit_hooks(int when) {
+  for (size_t i = 0; i < EXIT_HOOKS && exit_hooks[when][i]; i++)
+    exit_hooks[when][i]();
 }
 
 static void at_exit(void) {
-  run_exit_hooks();
+  run_exit_hooks(MP__EXIT_FIRST);
   end_children();
-  mp__forkserver_stop();
+  run_exit_hooks(MP__EXIT_LAST);
 }
 
 /*
@@ -302,7 +302,6 @@ static void after_fork_in_child(void) {
   }
   mp__reset_lock(&registry_lock);
   mp__fd_after_fork();
-  mp__forkserver_after_fork();
   mp__context_after_fork();
 }
 
@@ -323,7 +322,7 @@ static int process_poll_fd(void *obj) {
 static const mp__waitable_ops_t process_waitable = {process_ready, process_poll_fd};
 
 /* Prioritized, so that it runs before spawn.c's take-over of a spawned child. */
-__attribute__((constructor(101))) static void install_handlers(void) {
+__attribute__((constructor(102))) static void install_handlers(void) {
   atexit(at_exit);
   pthread_atfork(NULL, NULL, after_fork_in_child);
   mp__waitable_register(MP__KIND_PROCESS, &process_waitable);
@@ -392,10 +391,10 @@ void mp__child_exit(int code, bool exec_image) {
   MP__TRACE(process_exit, code);
   if (exec_image)
     exit(code & 0xff); /* its own atexit handlers, ours included, end its children */
-  run_exit_hooks();
+  run_exit_hooks(MP__EXIT_FIRST);
   if (me.registry)
     end_children();
-  mp__forkserver_stop();
+  run_exit_hooks(MP__EXIT_LAST);
   mp__flush_std_streams();
   if (me.report_sock >= 0) {
     mp__reply_t exited = {MP__REC_EXITED, code & 0xff};
@@ -628,7 +627,11 @@ int mp_process_join(mp_process_t *proc, double timeout) {
   int rc = check_started(proc, "mp_process_join");
   if (rc < 0)
     return rc;
-  rc = wait_child(proc, mp__deadline(timeout));
+  mp__sigint_t sigint;
+  mp__sigint_begin(&sigint);
+  rc = wait_child(proc, mp__deadline(timeout), &sigint);
+  if (rc == MP_EINTR)
+    return mp__error(rc, "mp_process_join: interrupted by SIGINT");
   if (rc < 0)
     return mp__error(rc, "mp_process_join: %s", mp_strerror(rc));
   if (rc == 0)

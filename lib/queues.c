@@ -749,10 +749,11 @@ static void leave(_Atomic uint32_t *waiters) {
  * often about to commit), then sleeps on *seq, counted in *waiters so that the other side
  * makes a futex call only when someone sleeps. The sleep lasts SLEEP_SLICE_NS at most: a
  * process killed between its commit and its wake-up leaves the sleeper to find the commit
- * by itself. 0 (look again) or MP_ETIMEDOUT.
+ * by itself. 0 (look again), MP_ETIMEDOUT, or MP_EINTR once SIGINT arrived (signals.c;
+ * *sigint is begun at the first sleep, so a call that does not block makes no system call).
  */
 static int wait_until(mp_queue_t *q, ready_fn ready, size_t need, _Atomic uint32_t *seq,
-                      _Atomic uint32_t *waiters, int64_t deadline) {
+                      _Atomic uint32_t *waiters, int64_t deadline, mp__sigint_t *sigint) {
   int64_t spin_end = mp__now_ns() + SPIN_NS;
   for (int i = 1;; i++) {
     if (ready(q, need))
@@ -761,11 +762,15 @@ static int wait_until(mp_queue_t *q, ready_fn ready, size_t need, _Atomic uint32
     if (i % 64 == 0 && mp__now_ns() >= spin_end)
       break;
   }
+  if (!sigint->counter)
+    mp__sigint_begin(sigint);
   uint32_t seen = atomic_load(seq);
   atomic_fetch_add(waiters, 1);
   int64_t slice = mp__now_ns() + SLEEP_SLICE_NS;
-  int rc = ready(q, need) ? 0 : mp__futex_wait(seq, seen, slice < deadline ? slice : deadline);
+  int rc = ready(q, need) ? 0 : mp__futex_wait_sig(seq, seen, slice < deadline ? slice : deadline);
   leave(waiters);
+  if (rc == MP_EINTR)
+    return mp__sigint_arrived(sigint) ? MP_EINTR : 0;
   return rc == MP_ETIMEDOUT && slice < deadline ? 0 : rc;
 }
 
@@ -845,6 +850,7 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
     return mp__error(MP_EMSGSIZE, "%s: a message of %zu bytes", fn, len);
   uint32_t need = record_size(header_for(q, len));
   MP__TRACE_CLOCK(t0);
+  mp__sigint_t sigint = {NULL, 0};
   for (;;) {
     int rc = lock_put(q);
     if (rc < 0)
@@ -872,11 +878,11 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
         ring_bells(q);
       return 0;
     }
-    if (passed(deadline) ||
-        wait_until(q, has_room, need, &q->get_seq, &q->put_waiters, deadline) == MP_ETIMEDOUT) {
-      if (!has_room(q, need))
-        return mp__error(MP_EFULL, "%s: the queue is full", fn);
-    }
+    int waited = passed(deadline) ? MP_ETIMEDOUT : wait_until(q, has_room, need, &q->get_seq, &q->put_waiters, deadline, &sigint);
+    if (waited == MP_EINTR && !has_room(q, need))
+      return mp__error(MP_EINTR, "%s: interrupted by SIGINT", fn);
+    if (waited == MP_ETIMEDOUT && !has_room(q, need))
+      return mp__error(MP_EFULL, "%s: the queue is full", fn);
   }
 }
 
@@ -960,6 +966,7 @@ static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *f
   if (!out->len || (!out->alloc && !out->buf && out->cap))
     return mp__error(MP_EINVAL, "%s: NULL buffer or length", fn);
   MP__TRACE_CLOCK(t0);
+  mp__sigint_t sigint = {NULL, 0};
   for (bool cleared = false;;) {
     int rc = lock_get(q);
     if (rc < 0)
@@ -987,11 +994,11 @@ static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *f
       cleared = true;
       continue;
     }
-    if (passed(deadline) ||
-        wait_until(q, has_message, 0, &q->put_seq, &q->get_waiters, deadline) == MP_ETIMEDOUT) {
-      if (!has_message(q, 0))
-        return mp__error(MP_EEMPTY, "%s: the queue is empty", fn);
-    }
+    int waited = passed(deadline) ? MP_ETIMEDOUT : wait_until(q, has_message, 0, &q->put_seq, &q->get_waiters, deadline, &sigint);
+    if (waited == MP_EINTR && !has_message(q, 0))
+      return mp__error(MP_EINTR, "%s: interrupted by SIGINT", fn);
+    if (waited == MP_ETIMEDOUT && !has_message(q, 0))
+      return mp__error(MP_EEMPTY, "%s: the queue is empty", fn);
   }
 }
 
@@ -1109,12 +1116,15 @@ int mp_queue_join(mp_queue_t *queue, double timeout) {
   if (rc < 0)
     return rc;
   int64_t deadline = mp__deadline(timeout);
+  mp__sigint_t sigint = {NULL, 0};
   while (!tasks_done(queue, 0)) {
-    if (passed(deadline) || wait_until(queue, tasks_done, 0, &queue->join_seq,
-                                       &queue->join_waiters, deadline) == MP_ETIMEDOUT) {
-      if (!tasks_done(queue, 0))
-        return mp__error(MP_ETIMEDOUT, "mp_queue_join: tasks are still unfinished");
-    }
+    int waited = passed(deadline) ? MP_ETIMEDOUT
+                                  : wait_until(queue, tasks_done, 0, &queue->join_seq,
+                                               &queue->join_waiters, deadline, &sigint);
+    if (waited == MP_EINTR && !tasks_done(queue, 0))
+      return mp__error(MP_EINTR, "mp_queue_join: interrupted by SIGINT");
+    if (waited == MP_ETIMEDOUT && !tasks_done(queue, 0))
+      return mp__error(MP_ETIMEDOUT, "mp_queue_join: tasks are still unfinished");
   }
   return 0;
 }

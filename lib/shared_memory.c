@@ -133,7 +133,10 @@ static struct {
   pid_t child;          /* the tracker, if this process spawned it: reaped if it dies */
 } tracker = {PTHREAD_MUTEX_INITIALIZER, -1, 0};
 
-/* The tracker's address, from the program's arena (made now if there is none). */
+/* The tracker's address, from the program's arena (made now if there is none) and its
+ * secret key. Abstract (a leading NUL): nothing on disk, gone with the tracker. The arena
+ * tells programs apart (a plain fork() of a program that then makes its own arena is
+ * another program); the key, which no other user knows, keeps it from being bound first. */
 static int tracker_address(struct sockaddr_un *addr, socklen_t *len) {
   (void)mp__shared_unique(); /* makes the arena */
   mp__heap_map_t map;
@@ -143,13 +146,18 @@ static int tracker_address(struct sockaddr_un *addr, socklen_t *len) {
     return mp__error(MP_ENOMEM, "no shared arena to find the segment tracker by");
   if (fstat(fd, &st) < 0)
     return mp__syserror("fstat of the shared arena");
+  const uint8_t *key = mp__program_key();
+  char hex[2 * MP__PROGRAM_KEY_SIZE + 1];
+  for (size_t i = 0; i < MP__PROGRAM_KEY_SIZE; i++)
+    snprintf(hex + 2 * i, 3, "%02x", key[i]);
   memset(addr, 0, sizeof *addr);
   addr->sun_family = AF_UNIX;
-  /* Abstract (a leading NUL): nothing on disk, gone with the tracker. */
   int n = snprintf(addr->sun_path + 1, sizeof addr->sun_path - 1,
-                   "libmp-shm-tracker-%u-%llx-%llx-%llx", (unsigned)getuid(),
+                   "libmp-shm-tracker-%u-%llx-%llx-%llx-%s", (unsigned)getuid(),
                    (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
-                   (unsigned long long)map.base);
+                   (unsigned long long)map.base, hex);
+  if (n < 0 || (size_t)n >= sizeof addr->sun_path - 1)
+    return mp__error(MP_EINVAL, "the segment tracker's name does not fit a socket address");
   *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
   return 0;
 }
@@ -312,13 +320,14 @@ static void after_fork_in_child(void) {
     tracker.child = 0;
 }
 
-/* After spawn.c's check of the start-up variable (101), before its take-over of a spawned
- * image, which does not know this role. */
+/* A registration of spawn.c's start-up order (step 2): see mp__role_t. */
 __attribute__((constructor(102))) static void shared_memory_init(void) {
   pthread_atfork(NULL, NULL, after_fork_in_child);
-  int fd = mp__startup_fd(TRACKER_ROLE, NULL);
-  if (fd >= 0)
-    tracker_main(fd);
+}
+
+MP__ROLE(shm_tracker, TRACKER_ROLE, "segment tracker", false) {
+  (void)sentinel_fd;
+  tracker_main(fd);
 }
 
 /* ------------------------------ the tracker ------------------------------ */
@@ -497,8 +506,11 @@ static int listen_at(int first, tracker_t *t) {
     _exit(rc == -EADDRINUSE ? 0 : 1);
   }
   t->parent_pid = rec.parent;
-  t->parent = rec.parent > 0 && mp__have_pidfd() ? mp__pidfd_open(rec.parent) : -1;
-  if (rec.parent > 0 && t->parent < 0 && errno == ESRCH)
+  t->parent = -1;
+  /* errno is looked at only after the call that sets it: a stale ESRCH would make the
+   * tracker forget a live parent. */
+  if (rec.parent > 0 && mp__have_pidfd() && (t->parent = mp__pidfd_open(rec.parent)) < 0 &&
+      errno == ESRCH)
     t->parent_pid = 0; /* it has ended already */
   mp__send_record(first, &reply, 1, -1);
   return listener;

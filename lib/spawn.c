@@ -1,11 +1,12 @@
 /*
  * Starting a fresh image of the program as a libmp child, and the child's take-over.
  *
- * A spawned child (and the fork server) is the running executable, posix_spawn()ed with
- * LIBMP_CHILD="<role> <fd>" in its environment. A constructor recognises it before main()
- * runs, removes the variable (so it reaches neither the child's own children nor a program
- * it execs) and never returns: main() does not run again in a child, so there is no guard
- * to forget and no fork bomb when one is forgotten.
+ * A spawned child (and the fork server, and the segment tracker) is the running executable,
+ * posix_spawn()ed with LIBMP_CHILD="<role> <fd> <sentinel>" in its environment. A
+ * constructor recognises it before main() runs, removes the variable (so it reaches neither
+ * the child's own children nor a program it execs) and runs the role's main (the table of
+ * roles: MP__ROLE in internal.h), which never returns: main() does not run again in a child,
+ * so there is no guard to forget and no fork bomb when one is forgotten.
  *
  * The child and its parent then speak over a SOCK_SEQPACKET socket. The parent streams the
  * request (who the child is, the target by identity, the argument bytes) in records of at
@@ -15,6 +16,7 @@
  * and reports MP_ESPAWN instead of waiting.
  */
 #include "internal.h"
+#include "trace.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -27,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -115,6 +118,7 @@ int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref,
   head.parent_name_len = (uint32_t)strlen(self->name);
   head.target_path_len = (uint32_t)strlen(ref->path);
   head.target = *ref;
+  memcpy(head.program_key, mp__program_key(), sizeof head.program_key);
   struct iovec iov[] = {
       {&head, REQUEST_HEAD_SENT},
       {head.target.path, head.target_path_len},
@@ -216,7 +220,20 @@ static int move_above_targets(int fd, int *moved) {
   return *moved;
 }
 
+/* The linker's table of start-up roles (see MP__ROLE). */
+extern const mp__role_t *const __start_mp__roles[], *const __stop_mp__roles[];
+
+static const mp__role_t *find_role(const char *name) {
+  for (const mp__role_t *const *r = __start_mp__roles; r < __stop_mp__roles; r++)
+    if (strcmp((*r)->name, name) == 0)
+      return *r;
+  return NULL;
+}
+
 int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid) {
+  const mp__role_t *known = find_role(role);
+  if (!known)
+    return mp__error(MP_EINVAL, "no start-up role '%s' is linked into this program", role);
   /* A fresh image of a setuid, setgid or file-capability program is in secure-execution
    * mode too, where it ignores LIBMP_CHILD (see "start-up" below) and would run main(). */
   if (getauxval(AT_SECURE))
@@ -224,9 +241,7 @@ int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid) {
                      "this process runs in secure-execution mode (setuid, setgid or file "
                      "capabilities): a fresh image of it takes no start-up request, so it "
                      "cannot be a %s; the fork start method works",
-                     strcmp(role, "spawn") == 0        ? "spawned child"
-                     : strcmp(role, "forkserver") == 0 ? "fork server"
-                                                       : "segment tracker");
+                     known->what);
   char exe[PATH_MAX];
   int rc = mp__executable(exe, sizeof exe);
   if (rc < 0)
@@ -455,8 +470,15 @@ int mp__request_read(int sock, mp__request_t **out) {
   return 0;
 }
 
+static uint8_t program_key[MP__PROGRAM_KEY_SIZE];
+
+const uint8_t *mp__program_key(void) {
+  return program_key;
+}
+
 void mp__request_run(mp__request_t *req, int sock, bool exec_image, pid_t real_parent,
                      int sentinel) {
+  memcpy(program_key, req->head.program_key, sizeof program_key);
   mp__child_info_t info = {
       .name = req->name,
       .identity = req->identity,
@@ -486,7 +508,8 @@ void mp__request_run(mp__request_t *req, int sock, bool exec_image, pid_t real_p
 }
 
 /* A spawned child: take the request from the parent and run it, never returning. */
-static MP__NORETURN void run_spawned(int sock, int sentinel) {
+MP__ROLE(spawned, "spawn", "spawned child", true) {
+  int sock = fd, sentinel = sentinel_fd;
   mp__request_t *req;
   int rc = mp__request_read(sock, &req);
   if (rc == -EPIPE)
@@ -510,9 +533,9 @@ static MP__NORETURN void run_spawned(int sock, int sentinel) {
  * child and cannot be one runs neither main() nor any target: one line, exit 127.
  */
 static struct {
-  char role[16];
-  int fd, sentinel; /* fd -1: no role */
-} startup = {"", -1, -1};
+  const mp__role_t *role; /* NULL: none */
+  int fd, sentinel;
+} startup = {NULL, -1, -1};
 
 static MP__NORETURN MP__PRINTF(1, 2) void refuse_startup(const char *fmt, ...) {
   char line[512];
@@ -547,52 +570,50 @@ int mp__check_peer(int sock, pid_t pid, const char *what) {
   return 0;
 }
 
-/* The first constructor of all (process.c's has the same priority and does not care):
- * nothing of libmp reads the variable before it is checked and removed. */
+/*
+ * The one order of a libmp image's start-up, whatever its role:
+ *  1. read_startup (priority 101, the first): LIBMP_CHILD is read, checked and removed,
+ *     then the trace is set up for the role (trace.c has no constructor of its own);
+ *  2. libmp's registrations (priority 102: process.c's exit and fork handlers, the kinds
+ *     of connection.c and queues.c, the fork hooks of forkserver.c and shared_memory.c);
+ *  3. take_over (no priority: after every prioritized one, before main): the role's main.
+ */
 __attribute__((constructor(101))) static void read_startup(void) {
   const char *value = getenv(MP__CHILD_ENV);
-  if (!value)
-    return;
-  char role[sizeof startup.role];
-  int fd = -1, sentinel = -1, end = 0;
-  int parsed = sscanf(value, "%15s %d %d%n", role, &fd, &sentinel, &end);
-  bool well_formed = parsed == 3 && value[end] == '\0';
-  unsetenv(MP__CHILD_ENV); /* so it reaches neither our children nor a program we exec */
-  if (getauxval(AT_SECURE))
-    return; /* the caller's environment, not our parent's: ignored */
-  if (!well_formed || fd != MP__BOOTSTRAP_FD ||
-      (sentinel != -1 && (sentinel != MP__SENTINEL_FD || strcmp(role, "spawn") != 0)))
-    refuse_startup("malformed value");
-  if (mp__check_peer(fd, getppid(), "the start-up socket") < 0)
-    refuse_startup("%s", mp_last_error());
-  memcpy(startup.role, role, sizeof role);
-  startup.fd = fd;
-  startup.sentinel = sentinel;
-  if (sentinel >= 0) /* ours: no program this child execs may hold it */
-    fcntl(sentinel, F_SETFD, FD_CLOEXEC);
+  if (value) {
+    char role[16];
+    int fd = -1, sentinel = -1, end = 0;
+    int parsed = sscanf(value, "%15s %d %d%n", role, &fd, &sentinel, &end);
+    bool well_formed = parsed == 3 && value[end] == '\0';
+    unsetenv(MP__CHILD_ENV); /* so it reaches neither our children nor a program we exec */
+    if (!getauxval(AT_SECURE)) { /* else the caller's environment, not our parent's */
+      const mp__role_t *known = well_formed ? find_role(role) : NULL;
+      if (!well_formed || fd != MP__BOOTSTRAP_FD ||
+          (sentinel != -1 && (sentinel != MP__SENTINEL_FD || !known || !known->takes_sentinel)))
+        refuse_startup("malformed value");
+      if (!known)
+        refuse_startup("unknown role '%s'", role);
+      if (mp__check_peer(fd, getppid(), "the start-up socket") < 0)
+        refuse_startup("%s", mp_last_error());
+      startup.role = known;
+      startup.fd = fd;
+      startup.sentinel = sentinel;
+      if (sentinel >= 0) /* ours: no program this child execs may hold it */
+        fcntl(sentinel, F_SETFD, FD_CLOEXEC);
+    }
+  }
+  /* A child's is replaced by its parent's (mp__request_run) before any use. Without
+   * entropy yet (early boot) getrandom blocks, once, until the kernel has it. */
+  while (getrandom(program_key, sizeof program_key, 0) < 0 && errno == EINTR)
+    ;
+  mp__trace_startup(startup.role ? startup.role->name : NULL);
 }
 
-int mp__startup_fd(const char *role, int *sentinel) {
-  if (startup.fd < 0 || strcmp(startup.role, role) != 0)
-    return -1;
-  if (sentinel)
-    *sentinel = startup.sentinel;
-  return startup.fd;
-}
-
-/* Runs after libmp's own prioritized constructors, before the program's main. The tracker's
- * role was taken by shared_memory.c's constructor already. */
-__attribute__((constructor)) static void take_over_child(void) {
-  if (startup.fd < 0) {
+__attribute__((constructor)) static void take_over(void) {
+  if (!startup.role) {
     mp__mpi_rank_take_over(); /* an MPI rank other than 0 serves pools (mpi_rank.c) */
     return;
   }
-  int sentinel;
-  int fd = mp__startup_fd("spawn", &sentinel);
-  if (fd >= 0)
-    run_spawned(fd, sentinel);
-  fd = mp__startup_fd("forkserver", NULL);
-  if (fd >= 0)
-    mp__forkserver_main(fd);
-  refuse_startup("unknown role '%s'", startup.role);
+  startup.role->main(startup.fd, startup.sentinel);
+  _exit(127); /* a role's main does not return */
 }

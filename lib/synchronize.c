@@ -469,6 +469,7 @@ int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout) {
   MP__TRACE_CLOCK(t0);
   proc_id_t me = self_process();
   bool looked = false;
+  mp__sigint_t sigint = {NULL, 0};
   for (;;) {
     int rc = sem_lock(sem);
     if (rc < 0)
@@ -508,11 +509,17 @@ int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout) {
       MP__TRACE(acquired, MP__TRK_SEMAPHORE + sem->bounded, sem, t0, MP_ETIMEDOUT);
       return mp__error(MP_ETIMEDOUT, "mp_semaphore_acquire: timed out");
     }
+    if (!sigint.counter) /* taken at the first sleep: no system call when not blocking */
+      mp__sigint_begin(&sigint);
     atomic_fetch_add(&sem->sleepers, 1);
     mp__mutex_unlock(&sem->mutex);
     int64_t until = deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
-    rc = mp__futex_wait(&sem->seq, seen, until);
+    rc = mp__futex_wait_sig(&sem->seq, seen, until);
     atomic_fetch_sub(&sem->sleepers, 1);
+    if (rc == MP_EINTR && mp__sigint_arrived(&sigint)) {
+      MP__TRACE(acquired, MP__TRK_SEMAPHORE + sem->bounded, sem, t0, MP_EINTR);
+      return mp__error(MP_EINTR, "mp_semaphore_acquire: interrupted by SIGINT");
+    }
     if (rc == MP_ETIMEDOUT && until < deadline)
       sem_reclaim(sem, false);
   }
@@ -633,17 +640,25 @@ int mp_event_wait(mp_event_t *event, double timeout) {
   int64_t deadline = mp__deadline(timeout);
   MP__TRACE_CLOCK(t0);
   int rc = 0;
-  bool was_set = false;
+  bool was_set = false, interrupted = false;
+  mp__sigint_t sigint;
+  mp__sigint_begin(&sigint);
+  if (deadline == INT64_MAX)
+    deadline = INT64_MAX - 1; /* so that a handler ends the wait (signals.c) */
   atomic_fetch_add(&event->sleepers, 1);
   for (;;) {
     /* s is a clear state: any change from it is a set. */
-    if ((was_set = atomic_load(&event->state) != s) || rc == MP_ETIMEDOUT)
+    if ((was_set = atomic_load(&event->state) != s) || rc == MP_ETIMEDOUT || interrupted)
       break;
-    rc = mp__futex_wait(&event->state, s, deadline);
+    rc = mp__futex_wait_sig(&event->state, s, deadline);
+    interrupted = rc == MP_EINTR && mp__sigint_arrived(&sigint);
   }
   atomic_fetch_sub(&event->sleepers, 1);
   MP__TRACE(waited, MP__TRK_EVENT, event, t0, was_set);
-  return was_set ? 0 : mp__error(MP_ETIMEDOUT, "mp_event_wait: timed out");
+  if (was_set)
+    return 0;
+  return interrupted ? mp__error(MP_EINTR, "mp_event_wait: interrupted by SIGINT")
+                     : mp__error(MP_ETIMEDOUT, "mp_event_wait: timed out");
 }
 
 int mp_event_retain(mp_event_t *event) {
@@ -748,11 +763,17 @@ static int cond_wait(mp_condition_t *cond, int64_t deadline) {
   uint32_t seen = atomic_load_explicit(&cond->seq, memory_order_relaxed);
   cond->waiting++;
   int dead = 0;
+  mp__sigint_t sigint;
+  mp__sigint_begin(&sigint);
+  int64_t until = deadline == INT64_MAX ? INT64_MAX - 1 : deadline; /* see signals.c */
   for (;;) {
     uint32_t depth = lock_drop(cond->lock);
     int rc = 0;
-    while (atomic_load(&cond->seq) == seen && rc != MP_ETIMEDOUT)
-      rc = mp__futex_wait(&cond->seq, seen, deadline);
+    bool interrupted = false;
+    while (atomic_load(&cond->seq) == seen && rc != MP_ETIMEDOUT && !interrupted) {
+      rc = mp__futex_wait_sig(&cond->seq, seen, until);
+      interrupted = rc == MP_EINTR && mp__sigint_arrived(&sigint);
+    }
     rc = lock_take(cond->lock, me, depth, INT64_MAX);
     if (rc == MP_EOWNERDEAD)
       dead = rc;
@@ -760,6 +781,11 @@ static int cond_wait(mp_condition_t *cond, int64_t deadline) {
       return rc; /* cannot happen without a deadline; the counts stay as they were */
     seen = atomic_load_explicit(&cond->seq, memory_order_relaxed);
     bool notified = take_token(cond, began);
+    if (interrupted && !notified) { /* the lock is held again, as Python's with-block has it */
+      cond->waiting--;
+      MP__TRACE(waited, MP__TRK_CONDITION, cond, t0, false);
+      return mp__error(MP_EINTR, "mp_condition_wait: interrupted by SIGINT");
+    }
     if (notified || mp__now_ns() >= deadline) {
       cond->waiting--;
       MP__TRACE(waited, MP__TRK_CONDITION, cond, t0, notified);
@@ -964,14 +990,23 @@ int mp_barrier_wait(mp_barrier_t *b, double timeout) {
       w = next;
     }
     /* Wait for this generation to end: ours, or (index < 0) the one whose action runs. */
-    if (deadline == INT64_MIN)
+    mp__sigint_t sigint;
+    if (deadline == INT64_MIN) {
       deadline = mp__deadline(timeout);
+      if (deadline == INT64_MAX)
+        deadline = INT64_MAX - 1; /* see signals.c */
+    }
+    mp__sigint_begin(&sigint);
     while (gen_of(w = atomic_load(&b->word)) == gen) {
-      if (mp__futex_wait(gen_word(b), gen, deadline) == MP_ETIMEDOUT &&
-          gen_of(w = atomic_load(&b->word)) == gen) {
-        bar_break(b);
+      int rc = mp__futex_wait_sig(gen_word(b), gen, deadline);
+      bool interrupted = rc == MP_EINTR && mp__sigint_arrived(&sigint);
+      if ((rc == MP_ETIMEDOUT || interrupted) && gen_of(w = atomic_load(&b->word)) == gen) {
+        bar_break(b); /* as Python's Barrier does when a wait ends by an exception */
         MP__TRACE(waited, MP__TRK_BARRIER, b, t0, false);
-        return mp__error(MP_EBROKEN, "mp_barrier_wait: timed out; the barrier is broken");
+        return interrupted ? mp__error(MP_EINTR, "mp_barrier_wait: interrupted by SIGINT; "
+                                                 "the barrier is broken")
+                           : mp__error(MP_EBROKEN,
+                                       "mp_barrier_wait: timed out; the barrier is broken");
       }
     }
     if (index < 0)
@@ -1046,5 +1081,5 @@ static void after_fork_in_child(void) {
 /* Prioritized, so that it runs before spawn.c's take-over of a spawned child. */
 __attribute__((constructor(102))) static void install_handlers(void) {
   pthread_atfork(NULL, NULL, after_fork_in_child);
-  mp__on_exit(semaphores_at_exit);
+  mp__on_exit(semaphores_at_exit, MP__EXIT_FIRST);
 }

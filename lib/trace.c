@@ -654,15 +654,14 @@ static void after_fork_in_child(void) {
   tls_tid = 0;
 }
 
-/* Before spawn.c's take-over (it never returns) and the tracker's: every libmp image reads
- * its role and its trace here. */
-__attribute__((constructor(101))) static void trace_init(void) {
+/* Called once by spawn.c's first constructor, with the role LIBMP_CHILD gave this image
+ * once it was checked (NULL: none, the program's own main runs): see "start-up" there. */
+void mp__trace_startup(const char *role) {
   pthread_atfork(NULL, NULL, after_fork_in_child);
-  const char *role = getenv(MP__CHILD_ENV);
   if (role)
-    T.method = strncmp(role, "spawn ", 6) == 0         ? M_SPAWN
-               : strncmp(role, "forkserver ", 11) == 0 ? M_SERVER
-                                                       : M_HELPER;
+    T.method = strcmp(role, "spawn") == 0        ? M_SPAWN
+               : strcmp(role, "forkserver") == 0 ? M_SERVER
+                                                 : M_HELPER;
   /* Not for a setuid program: another user's environment must not make it write files. */
   const char *dir = secure_getenv(ENV_DIR);
   if (dir && strlen(dir) < sizeof T.dir) {

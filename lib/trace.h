@@ -15,6 +15,9 @@
 /* True while this process records events. */
 extern _Atomic int mp__trace_on __attribute__((visibility("hidden")));
 
+/* The trace's start-up, from spawn.c's first constructor (role: see mp__role_t, or NULL). */
+void mp__trace_startup(const char *role);
+
 #define MP__TRACING()                                                                          \
   __builtin_expect(atomic_load_explicit(&mp__trace_on, memory_order_relaxed), 0)
 

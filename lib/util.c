@@ -43,6 +43,10 @@ int64_t mp__deadline(double timeout) {
 }
 
 int mp__poll_fd(int fd, short events, int64_t deadline) {
+  return mp__poll_fd_sig(fd, events, deadline, NULL);
+}
+
+int mp__poll_fd_sig(int fd, short events, int64_t deadline, const mp__sigint_t *sigint) {
   struct pollfd pfd = {.fd = fd, .events = events};
   for (;;) {
     int timeout_ms = -1;
@@ -64,6 +68,8 @@ int mp__poll_fd(int fd, short events, int64_t deadline) {
     }
     if (errno != EINTR)
       return -errno;
+    if (sigint && mp__sigint_arrived(sigint))
+      return MP_EINTR;
   }
 }
 

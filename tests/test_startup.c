@@ -496,8 +496,9 @@ END_TEST
 
 /* ------------------------------ the tracker ------------------------------ */
 
-/* The tracker's address for this process's arena, as shared_memory.c makes it. */
-static socklen_t tracker_address(struct sockaddr_un *addr) {
+/* The tracker's address for this process's arena, as shared_memory.c makes it (with_key)
+ * or as it made it before the program's key was in it, which anyone could compute. */
+static socklen_t tracker_address(struct sockaddr_un *addr, bool with_key) {
   (void)mp__shared_unique();
   mp__heap_map_t map;
   int fd;
@@ -509,14 +510,19 @@ static socklen_t tracker_address(struct sockaddr_un *addr) {
                    "libmp-shm-tracker-%u-%llx-%llx-%llx", (unsigned)getuid(),
                    (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
                    (unsigned long long)map.base);
+  for (int i = 0; with_key && i < MP__PROGRAM_KEY_SIZE; i++)
+    n += snprintf(addr->sun_path + 1 + n, sizeof addr->sun_path - 1 - (size_t)n,
+                  i == 0 ? "-%02x" : "%02x", mp__program_key()[i]);
   return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
 }
 
-/* Another user binds the tracker's name first and answers as a tracker would: the client
- * must see that it is not its user's, and send it no segment name. */
-START_TEST(test_tracker_of_another_user_refused) {
+/* Another user binds a tracker's name first and answers as a tracker would. With the real
+ * name (which only a process of the program can know: the test reads the key) the client
+ * must see that it is not its user's and send it no segment name; with the name anyone can
+ * compute from the arena alone, the client must not even meet it: the create works. */
+static void squat_tracker_name(bool with_key) {
   struct sockaddr_un addr;
-  socklen_t len = tracker_address(&addr);
+  socklen_t len = tracker_address(&addr, with_key);
   int report[2], stop[2];
   T_ASSERT(pipe(report) == 0 && pipe(stop) == 0, "pipe");
   pid_t pid = fork();
@@ -578,8 +584,22 @@ START_TEST(test_tracker_of_another_user_refused) {
   close(report[0]);
   waitpid(pid, NULL, 0);
   T_INT_EQ(got, 0);
+  if (!with_key) {
+    MP_ASSERT_OK(rc);
+    return;
+  }
   MP_ASSERT_ERR(rc, -EPERM);
   T_ASSERT(strstr(detail, "runs as uid 65534") != NULL, "message: %s", detail);
+}
+
+START_TEST(test_tracker_of_another_user_refused) {
+  squat_tracker_name(true);
+}
+END_TEST
+
+/* The name is unguessable: before the key was in it, this create failed with EPERM. */
+START_TEST(test_tracker_name_not_guessable) {
+  squat_tracker_name(false);
 }
 END_TEST
 
@@ -648,6 +668,7 @@ int main(int argc, char **argv) {
     tcase_set_timeout(root, 60);
     tcase_add_test(root, test_secure_execution_ignores_variable);
     tcase_add_test(root, test_tracker_of_another_user_refused);
+    tcase_add_test(root, test_tracker_name_not_guessable);
     suite_add_tcase(s, root);
   } else {
     printf("startup: not run without root: the secure-execution and other-user tests\n");
