@@ -177,6 +177,11 @@ static int check_message(const rank_state_t *st, int tag, size_t len, mp__mpi_ta
   if (tag == MP__MPI_TAG_TASK && (__builtin_mul_overflow(h->count, h->item_size, in_len) ||
                                   __builtin_mul_overflow(h->count, h->result_size, out_len)))
     return mp__error(MP_EINVAL, "a task's sizes overflow");
+  /* A task's room, and a variable-size item's or result's length head, fit in their slots. */
+  uint64_t head = h->varsize ? sizeof(uint64_t) : 0;
+  if (tag == MP__MPI_TAG_TASK && (h->result_size < head || h->result_cap > h->result_size - head ||
+                                  h->item_size < head))
+    return mp__error(MP_EINVAL, "a task message with malformed sizes");
   if (*in_len != len - *at)
     return mp__error(MP_EINVAL, "a task of %zu bytes where %zu were announced", len - *at,
                      *in_len);
@@ -212,6 +217,8 @@ static size_t run_message(rank_state_t *st, int tag, size_t len, int rank, size_
                     .item_size = h.item_size,
                     .output = results,
                     .result_size = h.result_size,
+                    .varsize = h.varsize != 0,
+                    .result_cap = h.result_cap,
                     .first = h.first,
                     .count = h.count,
                     .running = &running};

@@ -412,6 +412,8 @@ static void task_view(mp__job_t *job, uint32_t chunk, _Atomic uint64_t *running,
   task->item_size = job->item_size;
   task->output = job_output(job, chunk);
   task->result_size = job->result_size;
+  task->varsize = job->flags & MP__JOB_VARSIZE;
+  task->result_cap = task->varsize ? job->result_cap : job->result_size;
   task->first = (uint64_t)chunk * job->chunksize;
   task->count = mp__job_chunk_items(job, chunk);
   task->running = running;

@@ -35,7 +35,11 @@ typedef struct {
   const char *input;
   uint64_t item_size;
   char *output;         /* count results of result_size bytes, then a canary */
-  uint64_t result_size; /* each result's room */
+  uint64_t result_size; /* each result's slot */
+  /* A variable-size job's items and result slots start with their length (a uint64_t),
+   * and a task may write result_cap bytes of its slot; else result_cap is result_size. */
+  bool varsize;
+  uint64_t result_cap;
   uint64_t first;       /* the chunk's first item's index in its job */
   uint64_t count;
   _Atomic uint64_t *running; /* where the running item's offset is recorded */

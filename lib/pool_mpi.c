@@ -141,8 +141,10 @@ static int send_task(mp__task_t *task, void *arg) {
     rc = refuse_handles(task->input, in_len, "a task's argument");
   mp__mpi_task_head_t head = {.item_size = task->item_size,
                               .result_size = task->result_size,
+                              .result_cap = task->result_cap,
                               .first = task->first,
-                              .count = task->count};
+                              .count = task->count,
+                              .varsize = task->varsize};
   mp__mpi_reply_head_t r;
   const char *results;
   if (rc == 0)

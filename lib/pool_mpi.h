@@ -34,8 +34,10 @@ typedef struct {
   uint8_t build_id[MP__BUILD_ID_MAX];
   uint64_t item_size; /* an initializer's: its argument's size */
   uint64_t result_size;
+  uint64_t result_cap; /* as mp__task_t's */
   uint64_t first;
   uint64_t count;
+  uint32_t varsize;
 } mp__mpi_task_head_t;
 
 /* A reply: this head, a failure's message (msg_len bytes with its NUL, 0 on success), then

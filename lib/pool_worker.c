@@ -43,17 +43,19 @@ int mp__run_task(mp__task_t *task, void *arg) {
   (void)arg;
   mp_task_fn_t fn = (mp_task_fn_t)task->call;
   /* A variable-size job's slots start with the length (MP__JOB_VARSIZE). */
-  const mp__job_t *job = task->job;
-  const size_t head = job->flags & MP__JOB_VARSIZE ? MP__VARSIZE_HEAD : 0;
-  const size_t room = task->result_size, cap = head ? job->result_cap : room;
+  const size_t head = task->varsize ? MP__VARSIZE_HEAD : 0;
+  const size_t room = task->result_size, cap = task->result_cap;
   const uint64_t canary = MP__JOB_CANARY_WORD;
   char *out = task->output;
   const char *in = task->input;
   size_t len = cap;
   for (uint64_t i = 0; i < task->count; i++, out += room, in += task->item_size) {
     uint64_t size = task->item_size;
-    if (head)
+    if (head) {
       memcpy(&size, in, sizeof size);
+      if (size > task->item_size - head) /* a malformed head reads no further than its slot */
+        size = task->item_size - head;
+    }
     len = cap;
     task_has_msg = false;
     /* The canary sits just past this task's room: in the next item's result, not written
