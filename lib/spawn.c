@@ -169,12 +169,23 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
   }
   switch (rec.head.type) {
   case MP__REC_READY:
+    /* A pid of 0 or -1 would later make kill(pid) signal our group, or everyone. */
+    if (rec.head.value <= 0) {
+      if (fd >= 0)
+        close(fd);
+      return mp__error(MP_ESPAWN, "the child sent a malformed record: READY with pid %d",
+                       (int)rec.head.value);
+    }
     if (from_forkserver) {
       proc->pid = rec.head.value;
       proc->pidfd = fd; /* -1 where there are no pidfds: then signals go by pid */
     }
     return 0;
   case MP__REC_ERROR:
+    /* Only a negative code is an error: 0 would pass for success, > 0 is no MP_E* code. */
+    if (rec.head.value >= 0)
+      return mp__error(MP_ESPAWN, "the child sent a malformed record: ERROR with code %d",
+                       (int)rec.head.value);
     rec.text[n - (ssize_t)sizeof rec.head] = '\0';
     return mp__error(rec.head.value, "%s", rec.text);
   case MP__REC_STATUS:

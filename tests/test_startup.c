@@ -334,6 +334,51 @@ static void send_request(const mp__request_head_t *head, const char *path, size_
       break;
 }
 
+/* What mp__bootstrap_await makes of one crafted start-up reply (from the fork server, or
+ * from a spawned child): its code, and the pid it took. */
+static int await_reply_of(uint32_t type, int32_t value, bool from_forkserver, pid_t *pid) {
+  int sv[2];
+  T_ASSERT(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+  struct {
+    mp__reply_t head;
+    char text[8];
+  } rec = {{type, value}, "forged"};
+  T_ASSERT(send(sv[1], &rec, sizeof rec, MSG_NOSIGNAL) == (ssize_t)sizeof rec, "send");
+  close(sv[1]);
+  mp_process_t proc;
+  memset(&proc, 0, sizeof proc);
+  proc.pidfd = proc.status_fd = -1;
+  int rc = mp__bootstrap_await(sv[0], &proc, from_forkserver);
+  close(sv[0]);
+  *pid = proc.pid;
+  return rc;
+}
+
+START_TEST(test_forged_replies_refused) {
+  static const struct {
+    uint32_t type;
+    int32_t value;
+  } forged[] = {{MP__REC_ERROR, 0}, {MP__REC_ERROR, 5}, {MP__REC_READY, -1}, {MP__REC_READY, 0}};
+  for (size_t i = 0; i < sizeof forged / sizeof *forged; i++)
+    for (int server = 0; server < 2; server++) {
+      pid_t pid = 12345;
+      int rc = await_reply_of(forged[i].type, forged[i].value, server, &pid);
+      T_ASSERT(rc == MP_ESPAWN, "record %u value %d: got %d", forged[i].type, forged[i].value,
+               rc);
+      T_ASSERT(strstr(mp_last_error(), "malformed record") != NULL, "message '%s'",
+               mp_last_error());
+      T_ASSERT(pid == 0, "record %u value %d: took pid %d", forged[i].type, forged[i].value,
+               (int)pid);
+    }
+  /* The genuine ones still pass. */
+  pid_t pid = 0;
+  T_ASSERT(await_reply_of(MP__REC_ERROR, MP_ERESOLVE, true, &pid) == MP_ERESOLVE, "ERROR code");
+  T_ASSERT(strcmp(mp_last_error(), "forged") == 0, "message '%s'", mp_last_error());
+  MP_ASSERT_OK(await_reply_of(MP__REC_READY, 4242, true, &pid));
+  T_ASSERT(pid == 4242, "pid %d", (int)pid);
+}
+END_TEST
+
 /* A valid head for a target in this binary, no fds, names of 2 bytes. */
 static void valid_head(mp__request_head_t *head, mp__fn_t target) {
   memset(head, 0, sizeof *head);
@@ -641,6 +686,7 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_valid_request_runs);
   tcase_add_test(tc, test_malformed_requests_refused);
   tcase_add_test(tc, test_argument_claim_not_allocated);
+  tcase_add_test(tc, test_forged_replies_refused);
   suite_add_tcase(s, tc);
   /* Making a setuid copy owned by another user, and becoming another user, need root. */
   if (geteuid() == 0) {
