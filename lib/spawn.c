@@ -399,7 +399,9 @@ static int receive_fds(int sock, const request_head_t *head) {
     if (rc < 0)
       close(fd); /* still read the rest, so that no fd is left in the socket */
     else if (i < head->has_arena)
-      rc = mp__heap_attach(fd, &rec.arena);
+      rc = n == (ssize_t)sizeof rec.arena
+               ? mp__heap_attach(fd, &rec.arena)
+               : (close(fd), mp__error(MP_ESPAWN, "the child refused a malformed arena record"));
     else
       rc = mp__fd_adopt(rec.key, fd);
   }

@@ -15,6 +15,7 @@
 #include <grp.h>
 #include <poll.h>
 #include <sys/auxv.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -287,8 +288,10 @@ typedef struct {
   int status;
 } answer_t;
 
-static void send_request(const mp__request_head_t *head, const char *path, size_t n_arg,
-                         answer_t *a) {
+/* Sends a request and reads the answer; with arena_fd >= 0 (and has_arena in the head), the
+ * arena's record follows the stream, with that fd. */
+static void send_request_fd(const mp__request_head_t *head, const char *path, size_t n_arg,
+                            int arena_fd, answer_t *a) {
   int sv[2];
   T_ASSERT(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
   pid_t pid = fork();
@@ -312,6 +315,8 @@ static void send_request(const mp__request_head_t *head, const char *path, size_
   memset(stream + len, 'x', 8 + n_arg); /* name "xx", identity "xx", parent "xx", arg */
   len += 6 + n_arg;
   send(sv[0], stream, len, MSG_NOSIGNAL);
+  if (arena_fd >= 0)
+    mp__send_record(sv[0], &head->arena, sizeof head->arena, arena_fd);
   shutdown(sv[0], SHUT_WR); /* all there is: a child that wants more reads end of file */
   memset(a, 0, sizeof *a);
   struct pollfd p = {.fd = sv[0], .events = POLLIN};
@@ -378,6 +383,11 @@ START_TEST(test_forged_replies_refused) {
   T_ASSERT(pid == 4242, "pid %d", (int)pid);
 }
 END_TEST
+
+static void send_request(const mp__request_head_t *head, const char *path, size_t n_arg,
+                         answer_t *a) {
+  send_request_fd(head, path, n_arg, -1, a);
+}
 
 /* A valid head for a target in this binary, no fds, names of 2 bytes. */
 static void valid_head(mp__request_head_t *head, mp__fn_t target) {
@@ -475,6 +485,35 @@ END_TEST
 
 /* A request that claims a huge argument and sends little costs the child only what came:
  * it used to allocate the claim first (1 TiB: MP_ENOMEM, or the memory if it was there). */
+/* An arena the request describes is checked before and after it is mapped: a file of 0
+ * bytes (SIGBUS on first use), a range outside user space, a file that is no arena. */
+START_TEST(test_bad_arena_refused) {
+  static const struct {
+    uint64_t base, reserve, file;
+    const char *expected;
+  } cases[] = {
+      {0x551000000000ull, 1ull << 30, 0, "file size does not fit"},
+      {1ull << 47, 1ull << 30, 1 << 20, "outside user space"},
+      {0x551000000000ull, 1ull << 50, 1 << 20, "reserve is out of range"},
+      {0x551000000123ull, 1ull << 30, 1 << 20, "not page-aligned"},
+      {0x551000000000ull, 1ull << 30, 1 << 20, "header is not one"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    mp__request_head_t head;
+    valid_head(&head, (mp__fn_t)return7);
+    head.has_arena = 1;
+    head.arena.base = cases[i].base;
+    head.arena.reserve = cases[i].reserve;
+    int fd = memfd_create("not-an-arena", MFD_CLOEXEC);
+    T_ASSERT(fd >= 0 && ftruncate(fd, (off_t)cases[i].file) == 0, "memfd");
+    answer_t a;
+    send_request_fd(&head, head.target.path, 0, fd, &a);
+    close(fd);
+    assert_refused_with(&a, cases[i].expected);
+  }
+}
+END_TEST
+
 START_TEST(test_argument_claim_not_allocated) {
   mp__request_head_t head;
   valid_head(&head, (mp__fn_t)return7);
@@ -687,6 +726,7 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_malformed_requests_refused);
   tcase_add_test(tc, test_argument_claim_not_allocated);
   tcase_add_test(tc, test_forged_replies_refused);
+  tcase_add_test(tc, test_bad_arena_refused);
   suite_add_tcase(s, tc);
   /* Making a setuid copy owned by another user, and becoming another user, need root. */
   if (geteuid() == 0) {
