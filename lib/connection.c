@@ -44,6 +44,8 @@
 #define HEADER sizeof(uint64_t)
 #define BUFFER_SIZE 7936 /* with the fields, two ends fill a 16 KiB arena block */
 #define PAYLOAD_SLICE_MS 100
+/* mp_conn_recv_alloc's first buffer, at least BUFFER_SIZE (all that can be buffered). */
+#define ALLOC_START 65536
 
 struct mp_conn_s {
   uint32_t kind;  /* MP__KIND_CONNECTION: mp_wait() and the argument scan read it */
@@ -326,7 +328,7 @@ static int payload_cut(mp_conn_t *conn) {
  * PAYLOAD_SLICE_MS so that a sender killed mid-message while another process holds the
  * send end (no end of file) ends the wait, and so does the deadline. */
 static int read_payload(mp_conn_t *conn, int fd, char *dest, uint64_t length,
-                        int64_t deadline) {
+                        int64_t deadline, char **grow, size_t room) {
   uint32_t have = buffered(conn) - (uint32_t)HEADER;
   size_t part = have < length ? have : (size_t)length;
   if (part > 0) /* dest may be NULL for an empty message */
@@ -352,7 +354,22 @@ static int read_payload(mp_conn_t *conn, int fd, char *dest, uint64_t length,
         rc = MP_ETIMEDOUT; /* the rest may come later: the stream is cut here for good */
       continue;
     }
-    ssize_t n = read(fd, dest + got, length - got);
+    /* Into a buffer that grows as bytes come (from `room` bytes), so that a length claimed
+     * by the header, but never sent, takes no memory. */
+    if (grow && got == room) {
+      size_t grown = room > length / 2 ? (size_t)length : 2 * room;
+      char *bigger = realloc(dest, grown);
+      if (!bigger) {
+        rc = mp__error(MP_ENOMEM,
+                       "mp_conn_recv_alloc: no memory for a message of %llu bytes, after %zu: "
+                       "the end's receiving stream is broken from now on",
+                       (unsigned long long)length, got);
+        break;
+      }
+      *grow = dest = bigger;
+      room = grown;
+    }
+    ssize_t n = read(fd, dest + got, (grow ? room : length) - got);
     if (n > 0)
       got += (size_t)n;
     else if (n == 0)
@@ -380,8 +397,11 @@ static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t
     return rc; /* with its own sentence */
   uint64_t length = 0;
   rc = read_header(conn, fd, deadline, &length);
+  size_t room = 0;
   if (rc == 0 && alloc) {
-    *alloc = length <= SIZE_MAX ? malloc(length ? (size_t)length : 1) : NULL;
+    /* What is buffered, and at least ALLOC_START; more as the rest arrives (read_payload). */
+    room = length < ALLOC_START ? (size_t)length : ALLOC_START;
+    *alloc = length <= SIZE_MAX ? malloc(room ? room : 1) : NULL;
     dest = *alloc;
     cap = (size_t)length;
     if (!dest)
@@ -398,13 +418,13 @@ static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t
   if (rc == 0 || rc == MP_ETOOSMALL)
     *size = (size_t)length;
   if (rc == 0)
-    rc = read_payload(conn, fd, dest, length, deadline);
+    rc = read_payload(conn, fd, dest, length, deadline, alloc ? &dest : NULL, room);
   mp__mutex_unlock(&conn->rlock);
   MP__TRACE(conn_recv, conn, (size_t)length, t0, rc);
-  if (rc < 0 && alloc && dest) {
+  if (alloc)
+    *alloc = rc < 0 ? NULL : dest;
+  if (rc < 0 && alloc && dest)
     free(dest);
-    *alloc = NULL;
-  }
   if (rc == MP_EEOF)
     return mp__error(rc, "mp_conn_recv: the peer end is closed in every process");
   if (rc == MP_ETIMEDOUT && atomic_load(&conn->rbroken))

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef MP_HAVE_VALGRIND
@@ -58,6 +59,8 @@
 #define PLACEMENT_LOW 0x550000000000ull
 #define PLACEMENT_HIGH 0x555000000000ull
 #define PLACEMENT_ALIGN (1ull << 30)
+/* The end of x86-64's (and arm64's 48-bit) user address space: no arena lies beyond. */
+#define USER_SPACE_END (1ull << 47)
 
 typedef struct {
   uint64_t magic;
@@ -316,6 +319,23 @@ int mp__heap_attach(int fd, const mp__heap_map_t *map) {
     close(fd); /* a fork server that read an earlier request already maps it */
     return 0;
   }
+  /* The request comes from a socket: an arena such as create_arena makes, or nothing (a
+   * file shorter than its header would fault on first use, a wild range is no arena). */
+  struct stat st;
+  const char *bad = fstat(fd, &st) < 0 ? "fd cannot be examined"
+                    : map->reserve < VALGRIND_RESERVE || map->reserve > RESERVE_DEFAULT
+                        ? "reserve is out of range"
+                    : map->base % 4096 != 0 ? "base is not page-aligned"
+                    : map->base == 0 || map->base >= USER_SPACE_END ||
+                            map->reserve > USER_SPACE_END - map->base
+                        ? "range is outside user space"
+                    : st.st_size < (off_t)HEADER_SPACE || (uint64_t)st.st_size > map->reserve
+                        ? "file size does not fit the reserve"
+                        : NULL;
+  if (bad) {
+    close(fd);
+    return mp__error(MP_ESPAWN, "the child refused the shared arena: its %s", bad);
+  }
   void *base = NULL;
   int rc = map_at(fd, map->base, map->reserve, MAP_FIXED_NOREPLACE, &base);
   if (rc < 0) {
@@ -324,6 +344,13 @@ int mp__heap_attach(int fd, const mp__heap_map_t *map) {
                      "the child cannot map the shared arena at %#llx: %s (the address is "
                      "taken in the new image)",
                      (unsigned long long)map->base, strerror(-rc));
+  }
+  const arena_t *arena = base;
+  if (arena->magic != ARENA_MAGIC || arena->reserve != map->reserve ||
+      atomic_load(&arena->size) > map->reserve) {
+    munmap(base, map->reserve);
+    close(fd);
+    return mp__error(MP_ESPAWN, "the child refused the shared arena: its header is not one");
   }
   fcntl(fd, F_SETFD, FD_CLOEXEC);
   heap.fd = fd;

@@ -234,9 +234,12 @@ static void close_handles(mp_process_t *proc) {
 }
 
 void mp__popen_discard(mp_process_t *proc) {
-  kill(proc->pid, SIGKILL);
-  while (waitpid(proc->pid, NULL, 0) < 0 && errno == EINTR)
-    ;
+  /* pid > 0: kill(0) or kill(-1) would signal our group or every process we may. */
+  if (proc->pid > 0) {
+    kill(proc->pid, SIGKILL);
+    while (waitpid(proc->pid, NULL, 0) < 0 && errno == EINTR)
+      ;
+  }
   close_handles(proc);
   proc->pid = 0;
 }
@@ -685,7 +688,7 @@ static int send_signal(mp_process_t *proc, int sig, const char *what) {
   int sent = 0;
   if (running && proc->pidfd >= 0)
     sent = mp__pidfd_send_signal(proc->pidfd, sig);
-  if (running && (proc->pidfd < 0 || (sent < 0 && errno == ENOSYS)))
+  if (running && proc->pid > 0 && (proc->pidfd < 0 || (sent < 0 && errno == ENOSYS)))
     sent = kill(proc->pid, sig);
   if (sent < 0 && errno != ESRCH) /* ESRCH: it has ended, and is not reaped yet */
     rc = mp__syserror("%s: signalling '%s'", what, proc->name);

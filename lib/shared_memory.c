@@ -715,6 +715,14 @@ int mp_shared_memory_attach(mp_shared_memory_t **out, const char *name) {
   struct stat st;
   if (rc == 0 && fstat(fd, &st) < 0)
     rc = mp__syserror("%s: fstat of '%s'", what, shm->name);
+  /* A segment another user made (or may also open) under a name we expect is a trap:
+   * they could read, or change under us, all that we write into it. */
+  if (rc == 0 && (st.st_uid != geteuid() || (st.st_mode & 077)))
+    rc = mp__error(-EACCES,
+                   "%s: '%s' is not this user's own (owner uid %u, mode %04o; uid %u and "
+                   "no group or other permission expected): refused",
+                   what, shm->name, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777),
+                   (unsigned)geteuid());
   if (rc == 0 && (!S_ISREG(st.st_mode) || st.st_size <= 0))
     rc = mp__error(MP_EINVAL, "%s: '%s' is %s", what, shm->name,
                    S_ISREG(st.st_mode) ? "empty (0 bytes): nothing to map" : "not a segment");

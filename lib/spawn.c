@@ -173,12 +173,23 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
   }
   switch (rec.head.type) {
   case MP__REC_READY:
+    /* A pid of 0 or -1 would later make kill(pid) signal our group, or everyone. */
+    if (rec.head.value <= 0) {
+      if (fd >= 0)
+        close(fd);
+      return mp__error(MP_ESPAWN, "the child sent a malformed record: READY with pid %d",
+                       (int)rec.head.value);
+    }
     if (from_forkserver) {
       proc->pid = rec.head.value;
       proc->pidfd = fd; /* -1 where there are no pidfds: then signals go by pid */
     }
     return 0;
   case MP__REC_ERROR:
+    /* Only a negative code is an error: 0 would pass for success, > 0 is no MP_E* code. */
+    if (rec.head.value >= 0)
+      return mp__error(MP_ESPAWN, "the child sent a malformed record: ERROR with code %d",
+                       (int)rec.head.value);
     rec.text[n - (ssize_t)sizeof rec.head] = '\0';
     return mp__error(rec.head.value, "%s", rec.text);
   case MP__REC_STATUS:
@@ -403,7 +414,9 @@ static int receive_fds(int sock, const request_head_t *head) {
     if (rc < 0)
       close(fd); /* still read the rest, so that no fd is left in the socket */
     else if (i < head->has_arena)
-      rc = mp__heap_attach(fd, &rec.arena);
+      rc = n == (ssize_t)sizeof rec.arena
+               ? mp__heap_attach(fd, &rec.arena)
+               : (close(fd), mp__error(MP_ESPAWN, "the child refused a malformed arena record"));
     else
       rc = mp__fd_adopt(rec.key, fd);
   }

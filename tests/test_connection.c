@@ -5,6 +5,7 @@
  * Children report through their exit code: 0 for success, a distinct number for each check
  * that failed in the child.
  */
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -482,6 +483,70 @@ START_TEST(test_send_cut_part_way) {
 }
 END_TEST
 
+/* The fd of this process that is new since `before` (a bitmap of open fds) and open for
+ * writing only: a one-way pipe's write end. */
+static int new_write_fd(const unsigned char *before, int max) {
+  for (int fd = 0; fd < max; fd++)
+    if (!before[fd] && fcntl(fd, F_GETFL) >= 0 && (fcntl(fd, F_GETFL) & O_ACCMODE) == O_WRONLY)
+      return fd;
+  return -1;
+}
+
+/* This process's address space in bytes (VmSize), 0 if unknown. */
+static unsigned long long address_space(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  unsigned long long kib = 0;
+  char line[256];
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "VmSize: %llu kB", &kib) == 1)
+      break;
+  if (f)
+    fclose(f);
+  return kib * 1024;
+}
+
+/* A header that claims 1 TiB, then 10 bytes and the end: recv_alloc's memory follows the
+ * bytes that came, not the claim. The receiver runs in a child whose address space may
+ * grow by 1 GiB at most. */
+START_TEST(test_recv_alloc_claim_not_allocated) {
+  enum { MAX_FD = 1024 };
+  unsigned char before[MAX_FD];
+  for (int fd = 0; fd < MAX_FD; fd++)
+    before[fd] = fcntl(fd, F_GETFD) >= 0;
+  mp_conn_t *r, *w;
+  MP_ASSERT_OK(mp_pipe(false, &r, &w));
+  int wfd = new_write_fd(before, MAX_FD);
+  T_ASSERT(wfd >= 0, "no write end found");
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork");
+  if (pid == 0) {
+    close(wfd); /* the parent's close must be the end of file */
+    unsigned long long used = address_space();
+    struct rlimit lim = {used + (1ull << 30), used + (1ull << 30)};
+    if (used == 0 || setrlimit(RLIMIT_AS, &lim) != 0)
+      _exit(2);
+    void *msg = &lim;
+    size_t got = 0;
+    int rc = mp_conn_recv_alloc(r, &msg, &got, 20);
+    if (rc != MP_EEOF)
+      fprintf(stderr, "recv_alloc: %d (%s)\n", rc, mp_last_error());
+    _exit(rc == MP_EEOF && msg == NULL ? 0 : rc == MP_ENOMEM ? 3 : 4);
+  }
+  mp_test_track_pid(pid);
+  struct {
+    uint64_t length;
+    char bytes[10];
+  } __attribute__((packed)) claim = {1ull << 40, "ten bytes"};
+  T_INT_EQ(write(wfd, &claim, sizeof claim), (ssize_t)sizeof claim);
+  MP_ASSERT_OK(mp_conn_close(w));
+  int status = 0;
+  T_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid");
+  MP_ASSERT_OK(mp_conn_close(r)); /* only now: the end is shared with the child */
+  T_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+           "receiver status %#x (exit 3: MP_ENOMEM, the claim was allocated)", status);
+}
+END_TEST
+
 /* A word that says "connection" outside the arena is not one. */
 START_TEST(test_fake_conn_outside_arena) {
   uint32_t fake[512] = {0x4e4e4f43u}; /* the kind word's value */
@@ -948,6 +1013,7 @@ static Suite *connection_suite(void) {
   tcase_add_test(tc, test_bad_input);
   tcase_add_test(tc, test_send_cut_part_way);
   tcase_add_test(tc, test_fake_conn_outside_arena);
+  tcase_add_test(tc, test_recv_alloc_claim_not_allocated);
   return s;
 }
 

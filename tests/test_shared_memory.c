@@ -705,6 +705,44 @@ START_TEST(test_segments_are_0600) {
 }
 END_TEST
 
+/* A segment made by another user, or open to group or others, under a name this program
+ * expects is refused: its maker could read or change all that is written into it. */
+START_TEST(test_foreign_segment_refused) {
+  T_ASSERT(geteuid() == 0, "this test becomes another user: run it as root");
+  char name[128], path[512];
+  seg_name(name, sizeof name, "foreign", 0);
+  snprintf(path, sizeof path, "/dev/shm/%s", name);
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork");
+  if (pid == 0) {
+    if (setgid(65534) != 0 || setuid(65534) != 0)
+      _exit(91);
+    umask(0);
+    int fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0666);
+    _exit(fd >= 0 && ftruncate(fd, PAGE) == 0 ? 0 : 1);
+  }
+  int status = 0;
+  T_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid");
+  T_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "nobody made %s (status %#x)", path,
+           status);
+  mp_shared_memory_t *shm = NULL;
+  int rc = mp_shared_memory_attach(&shm, name);
+  unlink(path);
+  MP_ASSERT_ERR(rc, -EACCES);
+  T_ASSERT(strstr(mp_last_error(), "not this user's own") != NULL, "message '%s'",
+           mp_last_error());
+  T_ASSERT(shm == NULL, "a handle from a refused attach");
+  /* Our own, but open to the group: refused as well. */
+  int fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+  T_ASSERT(fd >= 0 && ftruncate(fd, PAGE) == 0 && fchmod(fd, 0660) == 0, "making %s: %s",
+           path, strerror(errno));
+  close(fd);
+  rc = mp_shared_memory_attach(&shm, name);
+  unlink(path);
+  MP_ASSERT_ERR(rc, -EACCES);
+}
+END_TEST
+
 static mp_shared_memory_t *closed_handle(void) {
   mp_shared_memory_t *shm;
   if (mp_shared_memory_create(&shm, NULL, PAGE, 0) < 0 || mp_shared_memory_unlink(shm) < 0 ||
@@ -763,6 +801,7 @@ static Suite *shared_memory_suite(void) {
   tcase_add_test(tc, test_threads);
   tcase_add_test(tc, test_tracker_killed);
   tcase_add_test(tc, test_segments_are_0600);
+  tcase_add_test(tc, test_foreign_segment_refused);
   tcase_add_test(tc, test_use_after_close_aborts);
   tcase_add_test(tc, test_bad_input);
 

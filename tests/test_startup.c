@@ -15,6 +15,7 @@
 #include <grp.h>
 #include <poll.h>
 #include <sys/auxv.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -287,8 +288,10 @@ typedef struct {
   int status;
 } answer_t;
 
-static void send_request(const mp__request_head_t *head, const char *path, size_t n_arg,
-                         answer_t *a) {
+/* Sends a request and reads the answer; with arena_fd >= 0 (and has_arena in the head), the
+ * arena's record follows the stream, with that fd. */
+static void send_request_fd(const mp__request_head_t *head, const char *path, size_t n_arg,
+                            int arena_fd, answer_t *a) {
   int sv[2];
   T_ASSERT(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
   pid_t pid = fork();
@@ -312,6 +315,8 @@ static void send_request(const mp__request_head_t *head, const char *path, size_
   memset(stream + len, 'x', 8 + n_arg); /* name "xx", identity "xx", parent "xx", arg */
   len += 6 + n_arg;
   send(sv[0], stream, len, MSG_NOSIGNAL);
+  if (arena_fd >= 0)
+    mp__send_record(sv[0], &head->arena, sizeof head->arena, arena_fd);
   shutdown(sv[0], SHUT_WR); /* all there is: a child that wants more reads end of file */
   memset(a, 0, sizeof *a);
   struct pollfd p = {.fd = sv[0], .events = POLLIN};
@@ -332,6 +337,56 @@ static void send_request(const mp__request_head_t *head, const char *path, size_
        mp_test_sleep(0.01))
     if (waitpid(pid, &a->status, WNOHANG) == pid)
       break;
+}
+
+/* What mp__bootstrap_await makes of one crafted start-up reply (from the fork server, or
+ * from a spawned child): its code, and the pid it took. */
+static int await_reply_of(uint32_t type, int32_t value, bool from_forkserver, pid_t *pid) {
+  int sv[2];
+  T_ASSERT(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+  struct {
+    mp__reply_t head;
+    char text[8];
+  } rec = {{type, value}, "forged"};
+  T_ASSERT(send(sv[1], &rec, sizeof rec, MSG_NOSIGNAL) == (ssize_t)sizeof rec, "send");
+  close(sv[1]);
+  mp_process_t proc;
+  memset(&proc, 0, sizeof proc);
+  proc.pidfd = proc.status_fd = -1;
+  int rc = mp__bootstrap_await(sv[0], &proc, from_forkserver);
+  close(sv[0]);
+  *pid = proc.pid;
+  return rc;
+}
+
+START_TEST(test_forged_replies_refused) {
+  static const struct {
+    uint32_t type;
+    int32_t value;
+  } forged[] = {{MP__REC_ERROR, 0}, {MP__REC_ERROR, 5}, {MP__REC_READY, -1}, {MP__REC_READY, 0}};
+  for (size_t i = 0; i < sizeof forged / sizeof *forged; i++)
+    for (int server = 0; server < 2; server++) {
+      pid_t pid = 12345;
+      int rc = await_reply_of(forged[i].type, forged[i].value, server, &pid);
+      T_ASSERT(rc == MP_ESPAWN, "record %u value %d: got %d", forged[i].type, forged[i].value,
+               rc);
+      T_ASSERT(strstr(mp_last_error(), "malformed record") != NULL, "message '%s'",
+               mp_last_error());
+      T_ASSERT(pid == 0, "record %u value %d: took pid %d", forged[i].type, forged[i].value,
+               (int)pid);
+    }
+  /* The genuine ones still pass. */
+  pid_t pid = 0;
+  T_ASSERT(await_reply_of(MP__REC_ERROR, MP_ERESOLVE, true, &pid) == MP_ERESOLVE, "ERROR code");
+  T_ASSERT(strcmp(mp_last_error(), "forged") == 0, "message '%s'", mp_last_error());
+  MP_ASSERT_OK(await_reply_of(MP__REC_READY, 4242, true, &pid));
+  T_ASSERT(pid == 4242, "pid %d", (int)pid);
+}
+END_TEST
+
+static void send_request(const mp__request_head_t *head, const char *path, size_t n_arg,
+                         answer_t *a) {
+  send_request_fd(head, path, n_arg, -1, a);
 }
 
 /* A valid head for a target in this binary, no fds, names of 2 bytes. */
@@ -430,6 +485,35 @@ END_TEST
 
 /* A request that claims a huge argument and sends little costs the child only what came:
  * it used to allocate the claim first (1 TiB: MP_ENOMEM, or the memory if it was there). */
+/* An arena the request describes is checked before and after it is mapped: a file of 0
+ * bytes (SIGBUS on first use), a range outside user space, a file that is no arena. */
+START_TEST(test_bad_arena_refused) {
+  static const struct {
+    uint64_t base, reserve, file;
+    const char *expected;
+  } cases[] = {
+      {0x551000000000ull, 1ull << 30, 0, "file size does not fit"},
+      {1ull << 47, 1ull << 30, 1 << 20, "outside user space"},
+      {0x551000000000ull, 1ull << 50, 1 << 20, "reserve is out of range"},
+      {0x551000000123ull, 1ull << 30, 1 << 20, "not page-aligned"},
+      {0x551000000000ull, 1ull << 30, 1 << 20, "header is not one"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    mp__request_head_t head;
+    valid_head(&head, (mp__fn_t)return7);
+    head.has_arena = 1;
+    head.arena.base = cases[i].base;
+    head.arena.reserve = cases[i].reserve;
+    int fd = memfd_create("not-an-arena", MFD_CLOEXEC);
+    T_ASSERT(fd >= 0 && ftruncate(fd, (off_t)cases[i].file) == 0, "memfd");
+    answer_t a;
+    send_request_fd(&head, head.target.path, 0, fd, &a);
+    close(fd);
+    assert_refused_with(&a, cases[i].expected);
+  }
+}
+END_TEST
+
 START_TEST(test_argument_claim_not_allocated) {
   mp__request_head_t head;
   valid_head(&head, (mp__fn_t)return7);
@@ -661,6 +745,8 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_valid_request_runs);
   tcase_add_test(tc, test_malformed_requests_refused);
   tcase_add_test(tc, test_argument_claim_not_allocated);
+  tcase_add_test(tc, test_forged_replies_refused);
+  tcase_add_test(tc, test_bad_arena_refused);
   suite_add_tcase(s, tc);
   /* Making a setuid copy owned by another user, and becoming another user, need root. */
   if (geteuid() == 0) {

@@ -98,7 +98,9 @@ MP_EXTERN int mp_conn_recv_bytes(mp_conn_t *conn, void *buf, size_t len, size_t 
 /*
  * Receives the next message into a buffer allocated with malloc(), which the caller frees
  * with free(); *buf is never NULL on success, also for an empty message. Errors as
- * mp_conn_recv() except MP_ETOOSMALL; MP_ENOMEM (the message is kept).
+ * mp_conn_recv() except MP_ETOOSMALL; MP_ENOMEM (no memory for its start: the message is
+ * kept; or for its rest: the receiving stream is broken). The buffer grows as the bytes
+ * arrive, so a length the header claims but the sender never sends takes no memory.
  * Python: Connection.recv_bytes().
  */
 MP_EXTERN int mp_conn_recv_alloc(mp_conn_t *conn, void **buf, size_t *size, double timeout);

@@ -59,9 +59,13 @@ MP_EXTERN int mp_shared_memory_create(mp_shared_memory_t **shm, const char *name
  * Attaches to the segment called name, whoever created it, and maps all of it: the size is
  * the segment's. The handle is the caller's, freed by mp_shared_memory_close(). Attaching
  * does not make this program responsible for the segment, but a process of a program whose
- * tracker runs keeps it alive while it lives.
+ * tracker runs keeps it alive while it lives. Only a segment of this user (its owner the
+ * caller's effective uid) and of no group or other permission (as create makes them) is
+ * attached: another user could pre-create a well-known name to read or change what the
+ * caller writes.
  * Errors: MP_EINVAL (shm or name NULL, a bad name as for create, a segment of 0 bytes),
- * MP_ENOENT (no segment has that name), MP_ENOMEM, or -errno (-EACCES...).
+ * MP_ENOENT (no segment has that name), -EACCES (the segment belongs to another user or has
+ * group or other permission bits; or the file cannot be opened), MP_ENOMEM, or -errno.
  * Python: SharedMemory(name).
  */
 MP_EXTERN int mp_shared_memory_attach(mp_shared_memory_t **shm, const char *name);
