@@ -179,8 +179,8 @@ static int check_message(const rank_state_t *st, int tag, size_t len, mp__mpi_ta
     return mp__error(MP_EINVAL, "a task's sizes overflow");
   /* A task's room, and a variable-size item's or result's length head, fit in their slots. */
   uint64_t head = h->varsize ? sizeof(uint64_t) : 0;
-  if (tag == MP__MPI_TAG_TASK && (h->result_size < head || h->result_cap > h->result_size - head ||
-                                  h->item_size < head))
+  if (tag == MP__MPI_TAG_TASK &&
+      (h->result_size < head || h->result_cap > h->result_size - head || h->item_size < head))
     return mp__error(MP_EINVAL, "a task message with malformed sizes");
   if (*in_len != len - *at)
     return mp__error(MP_EINVAL, "a task of %zu bytes where %zu were announced", len - *at,
