@@ -127,18 +127,6 @@ typedef struct {
   mp__fn_t fn;
 } rank_state_t;
 
-static bool grow(char **buf, size_t *cap, size_t need) {
-  if (need <= *cap)
-    return true;
-  void *p = NULL;
-  if (posix_memalign(&p, 64, need) != 0)
-    return false;
-  free(*buf);
-  *buf = p;
-  *cap = need;
-  return true;
-}
-
 /* The message's function, resolved here (the build-id checked) or taken from the last. */
 static int resolve(rank_state_t *st, const mp__mpi_task_head_t *h, const char *path,
                    mp__fn_t *fn) {
@@ -198,7 +186,7 @@ static size_t run_message(rank_state_t *st, int tag, size_t len, int rank, size_
   mp__fn_t fn = NULL;
   int rc = check_message(st, tag, len, &h, &at, &in_len, &out_len);
   if (rc == 0 && (out_len > SIZE_MAX - room - sizeof(uint64_t) ||
-                  !grow(&st->out, &st->out_cap, room + out_len + sizeof(uint64_t))))
+                  !mp__mpi_grow(&st->out, &st->out_cap, room + out_len + sizeof(uint64_t))))
     rc = mp__error(MP_ENOMEM, "no memory for %zu bytes of results", out_len);
   if (rc == 0)
     rc = resolve(st, &h, st->in + sizeof h, &fn);
@@ -229,7 +217,7 @@ static size_t run_message(rank_state_t *st, int tag, size_t len, int rank, size_
   }
   r.code = rc;
   r.msg_len = rc ? (uint32_t)strnlen(msg, sizeof msg - 1) + 1 : 0;
-  if (!st->out && !grow(&st->out, &st->out_cap, room))
+  if (!st->out && !mp__mpi_grow(&st->out, &st->out_cap, room))
     abort(); /* not even a reply's head: rank 0 would wait for ever */
   size_t start = room - MP__MPI_ROOM(sizeof r + r.msg_len);
   memcpy(st->out + start, &r, sizeof r);
@@ -256,7 +244,7 @@ static MP__NORETURN void serve(void) {
       ;
     int len = 0;
     MPI_Get_count(&status, MPI_BYTE, &len);
-    if (len < 0 || !grow(&st.in, &st.in_cap, (size_t)len + 1)) {
+    if (len < 0 || !mp__mpi_grow(&st.in, &st.in_cap, (size_t)len + 1)) {
       fprintf(stderr, "libmp: rank %d: no memory for a message of %d bytes\n", rank, len);
       MPI_Abort(MPI_COMM_WORLD, 1);
     }

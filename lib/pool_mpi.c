@@ -43,18 +43,6 @@ typedef struct {
   size_t msg_cap, reply_cap;
 } link_t;
 
-static bool grow(char **buf, size_t *cap, size_t need) {
-  if (need <= *cap)
-    return true;
-  void *p = NULL;
-  if (posix_memalign(&p, 64, need) != 0)
-    return false;
-  free(*buf);
-  *buf = p;
-  *cap = need;
-  return true;
-}
-
 /* Shared memory does not reach another machine: bytes that hold a libmp handle (an aligned
  * word pointing into the arena, as process.c finds them) do not cross. */
 static int refuse_handles(const char *bytes, size_t size, const char *what) {
@@ -84,8 +72,8 @@ static int exchange(link_t *k, int tag, mp__mpi_task_head_t *head, const char *p
                      "a chunk of %zu bytes, or its %zu bytes of results, is more "
                      "than one MPI message carries (2 GiB): use a smaller chunksize",
                      len, results_len);
-  if (!grow(&k->msg, &k->msg_cap, at + len) ||
-      !grow(&k->reply, &k->reply_cap, reply_room + results_len))
+  if (!mp__mpi_grow(&k->msg, &k->msg_cap, at + len) ||
+      !mp__mpi_grow(&k->reply, &k->reply_cap, reply_room + results_len))
     return mp__error(MP_ENOMEM, "no memory for a message of %zu bytes to rank %d", at + len,
                      k->rank);
   head->offset = k->ref.offset;

@@ -15,6 +15,7 @@
 #include "pool_launcher.h"
 
 #include <mpi.h>
+#include <stdlib.h>
 
 enum {
   MP__MPI_TAG_TASK = 1, /* rank 0 -> rank: a task head, then its items */
@@ -51,6 +52,20 @@ typedef struct {
 
 /* Where the bytes after a head start: 64-byte aligned, as a task's items may need. */
 #define MP__MPI_ROOM(n) (((size_t)(n) + 63) & ~(size_t)63)
+
+/* Makes *buf (64-byte aligned, its old bytes dropped) hold at least need bytes; false when
+ * there is no memory (*buf is then unchanged). */
+static inline bool mp__mpi_grow(char **buf, size_t *cap, size_t need) {
+  if (need <= *cap)
+    return true;
+  void *p = NULL;
+  if (posix_memalign(&p, 64, need) != 0)
+    return false;
+  free(*buf);
+  *buf = p;
+  *cap = need;
+  return true;
+}
 
 /* Serialises MPI calls between rank 0's threads. */
 extern pthread_mutex_t mp__mpi_lock;
