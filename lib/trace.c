@@ -1198,7 +1198,8 @@ static rec_t *read_process(int dir_fd, const char *log, size_t *n, int64_t *drop
 }
 
 static void write_trace(merge_t *m) {
-  qsort(m->items, m->n_items, sizeof *m->items, by_time);
+  if (m->n_items) /* items is NULL when there are none */
+    qsort(m->items, m->n_items, sizeof *m->items, by_time);
   m->t0 = m->n_items ? m->items[0].r->ts : 0;
   learn(m);
   fputs("{\"traceEvents\":[\n", m->f);
