@@ -39,7 +39,8 @@ for chapter in docs/tutorial/[0-9]*.md; do
 done
 for snippet in "$snippets"/*.c; do
   [ -f "$snippet" ] || continue
-  cc -std=gnu11 -Wall -Wextra -Wpedantic -Werror -D_GNU_SOURCE -pthread -Iinclude "$snippet" \
+  cc -std=gnu11 -Wall -Wextra -Wpedantic -Werror -D_GNU_SOURCE -pthread -Iinclude \
+    -Ibuild-exercises/include "$snippet" \
     -Lbuild-exercises/lib -lmp -lm -Wl,-rpath,"$PWD/build-exercises/lib" -o "${snippet%.c}"
   timeout 120 "${snippet%.c}" >/dev/null
 done
