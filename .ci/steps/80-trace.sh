@@ -2,6 +2,7 @@
 # installed there); here the two demos of the issue, traced, must give JSON that holds
 # events from at least two processes, at least one of them a lock or queue event, and a text
 # timeline (a trace with no events parses too: parsing alone proves nothing).
+meson compile -C build >/dev/null  # the test command builds only what the tests need, not the demos
 trace_dir=$(mktemp -d)
 for demo in deadlock producer_consumer; do
   MP_TRACE="$trace_dir/$demo.json" ./build/demos/$demo fork 3 >/dev/null
