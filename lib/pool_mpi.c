@@ -1,10 +1,14 @@
 /*
  * The "mpi" context and its launcher, on rank 0. The launcher is the thread launcher with
- * another way of working: worker w is a thread of rank 0 that owns rank w + 1 and, for each
- * chunk it claims, sends the chunk to its rank as one message and waits for one reply; its
- * initializer runs on the rank too. A rank belongs to one pool at a time.
+ * another way of working: worker w is a thread of rank 0 that owns one rank and sends each
+ * chunk it claims to its rank as one message, which answers with one reply. The thread keeps
+ * up to DEPTH chunks in flight (it claims the next ones while its rank runs one), so the
+ * rank starts its next chunk at once. Its initializer runs on the rank too. A rank belongs
+ * to one pool at a time.
  */
 #include "pool_mpi.h"
+#include "pool_jobs.h"
+#include "trace.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,12 +39,30 @@ int mp__mpi_get_context(mp_context_t **ctx) {
 
 /* ------------------------------ a worker's link ------------------------------ */
 
+/* Chunks in flight per rank: the one it runs and the next ones, already sent, so that it
+ * starts the next as soon as it replies, while its worker thread takes the reply. */
+#define DEPTH 3
+
+/* A chunk (or an initializer) sent to the rank, until its reply is taken. */
 typedef struct {
-  int rank;
-  mp__fn_t last; /* the last function sent, and its reference */
-  mp__fnref_t ref;
+  mp__task_t task;
+  size_t out_len; /* the task's results' bytes */
+  int64_t t0;     /* for the trace */
   char *msg, *reply;
   size_t msg_cap, reply_cap;
+  MPI_Request reqs[2]; /* the reply's receive, the message's send */
+} flight_t;
+
+typedef struct {
+  int rank;
+  uint32_t w;
+  mp__pool_shared_t *sh;
+  int notify_fd;
+  mp__fn_t last; /* the last function sent, and its reference */
+  mp__fnref_t ref;
+  flight_t flights[DEPTH]; /* a ring: n in flight from the oldest, head; replies come in
+                              the order of the messages (MPI does not overtake) */
+  uint32_t head, n;
 } link_t;
 
 /* Shared memory does not reach another machine: bytes that hold a libmp handle (an aligned
@@ -59,52 +81,6 @@ static int refuse_handles(const char *bytes, size_t size, const char *what) {
   return 0;
 }
 
-/* Sends a task (the head, the function's path, the payload) to the link's rank as one
- * message and waits for the reply, with room for results_len bytes of results: 0 and the
- * reply's head in *r, its message in msg (MP__POOL_MSG bytes), its results in *results. */
-static int exchange(link_t *k, int tag, mp__mpi_task_head_t *head, const char *payload,
-                    size_t len, size_t results_len, mp__mpi_reply_head_t *r, char *msg,
-                    const char **results) {
-  const size_t path_len = strlen(k->ref.path) + 1, at = MP__MPI_ROOM(sizeof *head + path_len);
-  const size_t reply_room = MP__MPI_ROOM(sizeof *r + MP__POOL_MSG);
-  if (len > (size_t)INT_MAX - at || results_len > (size_t)INT_MAX - reply_room)
-    return mp__error(MP_ELIMIT,
-                     "a chunk of %zu bytes, or its %zu bytes of results, is more "
-                     "than one MPI message carries (2 GiB): use a smaller chunksize",
-                     len, results_len);
-  if (!mp__mpi_grow(&k->msg, &k->msg_cap, at + len) ||
-      !mp__mpi_grow(&k->reply, &k->reply_cap, reply_room + results_len))
-    return mp__error(MP_ENOMEM, "no memory for a message of %zu bytes to rank %d", at + len,
-                     k->rank);
-  head->offset = k->ref.offset;
-  head->build_id_len = k->ref.build_id_len;
-  head->path_len = (uint32_t)path_len;
-  memcpy(head->build_id, k->ref.build_id, sizeof head->build_id);
-  memcpy(k->msg, head, sizeof *head);
-  memcpy(k->msg + sizeof *head, k->ref.path, path_len);
-  if (len)
-    memcpy(k->msg + at, payload, len);
-  MPI_Request reqs[2];
-  pthread_mutex_lock(&mp__mpi_lock);
-  int rc = MPI_Irecv(k->reply, (int)(reply_room + results_len), MPI_BYTE, k->rank,
-                     MP__MPI_TAG_REPLY, MPI_COMM_WORLD, &reqs[0]);
-  if (rc == MPI_SUCCESS)
-    rc = MPI_Isend(k->msg, (int)(at + len), MPI_BYTE, k->rank, tag, MPI_COMM_WORLD, &reqs[1]);
-  pthread_mutex_unlock(&mp__mpi_lock);
-  if (rc != MPI_SUCCESS)
-    return mp__error(MP_EWORKERDIED, "sending a task to rank %d failed (MPI error %d)", k->rank,
-                     rc);
-  if ((rc = mp__mpi_wait(2, reqs)) < 0)
-    return rc;
-  memcpy(r, k->reply, sizeof *r);
-  if (r->msg_len > MP__POOL_MSG)
-    return mp__error(MP_EWORKERDIED, "rank %d sent a malformed reply", k->rank);
-  memcpy(msg, k->reply + sizeof *r, r->msg_len);
-  msg[r->msg_len ? r->msg_len - 1 : 0] = '\0';
-  *results = k->reply + MP__MPI_ROOM(sizeof *r + r->msg_len);
-  return 0;
-}
-
 static int function_ref(link_t *k, mp__fn_t fn) {
   if (fn != k->last) {
     int rc = mp__fnref_from_pointer(fn, &k->ref);
@@ -115,16 +91,77 @@ static int function_ref(link_t *k, mp__fn_t fn) {
   return 0;
 }
 
-/* The run step of an MPI worker: the chunk runs on the worker's rank. */
-static int send_task(mp__task_t *task, void *arg) {
-  link_t *k = arg;
-  size_t in_len = 0, out_len = 0;
+/* Sends a message (the head, fn's path, the payload) to the link's rank and posts the
+ * receive of its reply, with room for results_len bytes of results, in the flight after the
+ * n in flight; it is then in flight. */
+static int post(link_t *k, int tag, mp__fn_t fn, mp__mpi_task_head_t *head, const char *payload,
+                size_t len, size_t results_len) {
+  flight_t *f = &k->flights[(k->head + k->n) % DEPTH];
+  int rc = function_ref(k, fn);
+  if (rc < 0)
+    return rc;
+  const size_t path_len = strlen(k->ref.path) + 1, at = MP__MPI_ROOM(sizeof *head + path_len);
+  const size_t reply_room = MP__MPI_ROOM(sizeof(mp__mpi_reply_head_t) + MP__POOL_MSG);
+  if (len > (size_t)INT_MAX - at || results_len > (size_t)INT_MAX - reply_room)
+    return mp__error(MP_ELIMIT,
+                     "a chunk of %zu bytes, or its %zu bytes of results, is more "
+                     "than one MPI message carries (2 GiB): use a smaller chunksize",
+                     len, results_len);
+  if (!mp__mpi_grow(&f->msg, &f->msg_cap, at + len) ||
+      !mp__mpi_grow(&f->reply, &f->reply_cap, reply_room + results_len))
+    return mp__error(MP_ENOMEM, "no memory for a message of %zu bytes to rank %d", at + len,
+                     k->rank);
+  head->offset = k->ref.offset;
+  head->build_id_len = k->ref.build_id_len;
+  head->path_len = (uint32_t)path_len;
+  memcpy(head->build_id, k->ref.build_id, sizeof head->build_id);
+  memcpy(f->msg, head, sizeof *head);
+  memcpy(f->msg + sizeof *head, k->ref.path, path_len);
+  if (len)
+    memcpy(f->msg + at, payload, len);
+  pthread_mutex_lock(&mp__mpi_lock);
+  rc = MPI_Irecv(f->reply, (int)(reply_room + results_len), MPI_BYTE, k->rank,
+                 MP__MPI_TAG_REPLY, MPI_COMM_WORLD, &f->reqs[0]);
+  if (rc == MPI_SUCCESS && (rc = MPI_Isend(f->msg, (int)(at + len), MPI_BYTE, k->rank, tag,
+                                           MPI_COMM_WORLD, &f->reqs[1])) != MPI_SUCCESS)
+    MPI_Cancel(&f->reqs[0]);
+  pthread_mutex_unlock(&mp__mpi_lock);
+  if (rc != MPI_SUCCESS)
+    return mp__error(MP_EWORKERDIED, "sending a task to rank %d failed (MPI error %d)", k->rank,
+                     rc);
+  k->n++;
+  return 0;
+}
+
+/* Waits for the oldest flight's reply, which is then out of flight: 0 with its head in *r,
+ * its message in msg (MP__POOL_MSG bytes), its results in *results. */
+static int take_reply(link_t *k, mp__mpi_reply_head_t *r, char *msg, const char **results) {
+  flight_t *f = &k->flights[k->head];
+  k->head = (k->head + 1) % DEPTH;
+  k->n--;
+  int rc = mp__mpi_wait(2, f->reqs);
+  if (rc < 0)
+    return rc;
+  memcpy(r, f->reply, sizeof *r);
+  if (r->msg_len > MP__POOL_MSG)
+    return mp__error(MP_EWORKERDIED, "rank %d sent a malformed reply", k->rank);
+  memcpy(msg, f->reply + sizeof *r, r->msg_len);
+  msg[r->msg_len ? r->msg_len - 1 : 0] = '\0';
+  *results = f->reply + MP__MPI_ROOM(sizeof *r + r->msg_len);
+  return 0;
+}
+
+/* Sends a chunk to the rank: it is then in flight, or failed (its code returned, with its
+ * failure recorded in *task). */
+static int post_task(link_t *k, mp__task_t *task) {
+  flight_t *f = &k->flights[(k->head + k->n) % DEPTH];
+  f->task = *task;
+  f->t0 = MP__TRACING() ? mp__now_ns() : 0;
+  size_t in_len = 0;
   int rc = 0;
   if (__builtin_mul_overflow(task->count, task->item_size, &in_len) ||
-      __builtin_mul_overflow(task->count, task->result_size, &out_len))
+      __builtin_mul_overflow(task->count, task->result_size, &f->out_len))
     rc = mp__error(MP_ELIMIT, "a chunk's size overflows");
-  if (rc == 0)
-    rc = function_ref(k, task->call);
   if (rc == 0)
     rc = refuse_handles(task->input, in_len, "a task's argument");
   mp__mpi_task_head_t head = {.item_size = task->item_size,
@@ -133,35 +170,98 @@ static int send_task(mp__task_t *task, void *arg) {
                               .first = task->first,
                               .count = task->count,
                               .varsize = task->varsize};
-  mp__mpi_reply_head_t r;
-  const char *results;
   if (rc == 0)
-    rc = exchange(k, MP__MPI_TAG_TASK, &head, task->input, in_len, out_len, &r, task->msg,
-                  &results);
+    rc = post(k, MP__MPI_TAG_TASK, task->call, &head, task->input, in_len, f->out_len);
   if (rc < 0) {
     task->failed_item = task->first;
     snprintf(task->msg, sizeof task->msg, "%s", mp_last_error());
-    return task->code = rc;
+    task->code = rc;
   }
-  memcpy(task->output, results, out_len);
-  task->result_len = r.result_len < task->result_size ? r.result_len : task->result_size;
+  return rc;
+}
+
+/* The oldest chunk in flight, finished: its results copied to its output, its outcome in
+ * *done; returns its code. */
+static int finish_task(link_t *k, mp__task_t *done) {
+  const flight_t *f = &k->flights[k->head];
+  *done = f->task;
+  mp__mpi_reply_head_t r;
+  const char *results;
+  int rc = take_reply(k, &r, done->msg, &results);
+  if (rc < 0) {
+    done->failed_item = done->first;
+    snprintf(done->msg, sizeof done->msg, "%s", mp_last_error());
+    return done->code = rc;
+  }
+  memcpy(done->output, results, f->out_len);
+  done->result_len = r.result_len < done->result_size ? r.result_len : done->result_size;
   if (r.code == 0)
     return 0;
-  task->failed_item = r.failed_item;
-  return task->code = r.code < 0 ? r.code : MP_ETASK;
+  done->failed_item = r.failed_item;
+  return done->code = r.code < 0 ? r.code : MP_ETASK;
+}
+
+/* Completes a chunk of this worker's in the job table, as pool_worker.c does its own. */
+static void complete(link_t *k, mp__task_t *task, int rc, int64_t t0) {
+  MP__TRACE(pool_chunk, k->sh, ((const mp__job_t *)task->job)->seq, task->chunk, k->w,
+            task->first, task->count, t0, rc, task->failed_item, task->msg);
+  mp__pool_complete(k->sh, k->w, task, rc == 0 ? MP__CHUNK_DONE : MP__CHUNK_FAILED,
+                    k->notify_fd);
+}
+
+/* Claims chunks of this worker's until DEPTH are in flight or none is queued, and sends
+ * them (one that cannot be sent fails at once). Not with maxtasksperchild, which counts one
+ * task per run step. */
+static void top_up(link_t *k) {
+  mp__pool_shared_t *sh = k->sh;
+  mp__task_t t;
+  while (k->n < DEPTH && !sh->maxtasks && !(atomic_load(&sh->flags) & MP__POOL_TERMINATED) &&
+         mp__pool_claim(sh, k->w, &t)) {
+    t.call = sh->local_fns[t.fn];
+    MP__TRACE_CLOCK(t0);
+    int rc = post_task(k, &t);
+    if (rc < 0)
+      complete(k, &t, rc, t0);
+  }
+}
+
+/*
+ * The run step of an MPI worker: the chunk runs on the worker's rank. While it runs, the
+ * worker claims the next chunks and sends them too (top_up), so that DEPTH are in flight;
+ * each reply is taken in turn and its chunk completed here, and more are claimed, until
+ * none is queued. The last chunk to finish is handed back in *task, which pool_worker.c
+ * completes: the step returns with nothing in flight, so the worker idles, exits or is
+ * joined only with its rank idle too.
+ */
+static int send_task(mp__task_t *task, void *arg) {
+  link_t *k = arg;
+  int rc = post_task(k, task);
+  if (rc < 0)
+    return rc;
+  for (;;) {
+    top_up(k);
+    int64_t t0 = k->flights[k->head].t0;
+    mp__task_t done;
+    rc = finish_task(k, &done);
+    if (k->n == 0) {
+      *task = done;
+      return rc;
+    }
+    complete(k, &done, rc, t0);
+  }
 }
 
 /* The initializer step of an MPI worker: it runs on the worker's rank. */
 static int send_init(mp__fn_t fn, const void *args, size_t size, void *arg, char *error) {
   link_t *k = arg;
-  int rc = function_ref(k, fn);
-  if (rc == 0)
-    rc = refuse_handles(args, size, "the initializer's argument");
+  int rc = refuse_handles(args, size, "the initializer's argument");
   mp__mpi_task_head_t head = {.item_size = size};
   mp__mpi_reply_head_t r;
   const char *results;
   if (rc == 0)
-    rc = exchange(k, MP__MPI_TAG_INIT, &head, args, size, 0, &r, error, &results);
+    rc = post(k, MP__MPI_TAG_INIT, fn, &head, args, size, 0);
+  if (rc == 0)
+    rc = take_reply(k, &r, error, &results);
   if (rc < 0) {
     snprintf(error, MP__POOL_MSG, "%s", mp_last_error());
     return rc;
@@ -215,10 +315,11 @@ static int take_ranks(mpi_launcher_t *l, int size) {
 }
 
 static void free_launcher(mpi_launcher_t *l) {
-  for (uint32_t w = 0; l->links && w < l->n; w++) {
-    free(l->links[w].msg);
-    free(l->links[w].reply);
-  }
+  for (uint32_t w = 0; l->links && w < l->n; w++)
+    for (int i = 0; i < DEPTH; i++) {
+      free(l->links[w].flights[i].msg);
+      free(l->links[w].flights[i].reply);
+    }
   free(l->links);
   free(l->hows);
   free(l);
@@ -241,8 +342,13 @@ static int mpi_open(const mp__launcher_config_t *config, void **state) {
   }
   /* Two pools never share the ranks: a rank's replies come in the order of its tasks. */
   rc = take_ranks(l, size);
-  for (uint32_t w = 0; w < l->n; w++)
-    l->hows[w] = (mp__worker_how_t){true, send_task, &l->links[w], send_init};
+  for (uint32_t w = 0; w < l->n; w++) {
+    link_t *k = &l->links[w];
+    k->w = w;
+    k->sh = config->sh;
+    k->notify_fd = config->event_fd;
+    l->hows[w] = (mp__worker_how_t){true, send_task, k, send_init};
+  }
   mp__launcher_config_t threads = *config;
   threads.hows = l->hows;
   if (rc == 0 && (rc = mp__thread_launcher.open(&threads, &l->threads)) < 0)
