@@ -2,8 +2,9 @@
 # The "mpi" context's bench rows, under mpirun on loopback, from a build folder:
 #   demos/bench_mpi.sh BUILD_DIR [ROUNDS]
 # mpi.map_chunk1: the pool's map with chunksize 1 against the bare MPI task farm
-# (demos/mpi_farm.c), same 3 worker ranks, one item in flight per rank; each side runs
-# ROUNDS jobs in turn, the best job counts (noise only adds time); the ratio is libmp / farm.
+# (demos/mpi_farm.c), same 3 worker ranks, 3 items in flight per rank (the pool's chunks in
+# flight per rank, lib/pool_mpi.c's DEPTH); each side runs ROUNDS jobs in turn, the best job
+# counts (noise only adds time); the ratio is libmp / farm.
 # mpi.idle: the CPU an idle pool's ranks use. mpi.calc_pi: demos/mpi_calc_pi's speed-up.
 # The machine's load is printed with the figures: oversubscribed ranks share its cores.
 set -e
@@ -20,7 +21,7 @@ farm=$(mktemp)
 pool=$(mktemp)
 i=0
 while [ $i -lt "$rounds" ]; do
-  run "$build/demos/mpi_farm" 5000 3 | sed -n 's/.*: \([0-9]*\) ns.*/\1/p' >>"$farm"
+  run "$build/demos/mpi_farm" 5000 3 3 | sed -n 's/.*: \([0-9]*\) ns.*/\1/p' >>"$farm"
   run "$build/demos/bench_mpi" map 5000 3 | sed -n 's/.*: \([0-9]*\) ns.*/\1/p' >>"$pool"
   i=$((i + 1))
 done

@@ -1,9 +1,11 @@
 /*
  * The baseline of the mpi.map_chunk1 row (demos/bench_mpi.sh): a bare MPI task farm, with
- * no libmp. Rank 0 hands items one at a time to ranks 1..N-1, one in flight per rank as the
- * pool has, and takes each result with a blocking MPI_Recv from any rank; the others
+ * no libmp. Rank 0 hands items one at a time to ranks 1..N-1, keeping IN_FLIGHT items in
+ * flight per rank (3, as the pool keeps chunks: lib/pool_mpi.c's DEPTH), and takes each
+ * result with a blocking MPI_Recv from any rank, sending that rank its next item; the others
  * answer with blocking calls.
- * Usage: mpirun -np N mpi_farm ITEMS ROUNDS; prints the best round's time per item in ns.
+ * Usage: mpirun -np N mpi_farm ITEMS ROUNDS [IN_FLIGHT]; prints the best round's time per
+ * item in ns.
  */
 #include <mpi.h>
 
@@ -20,6 +22,7 @@ int main(int argc, char **argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   long n = argc > 1 ? atol(argv[1]) : 20000;
   int rounds = argc > 2 ? atoi(argv[2]) : 3;
+  int in_flight = argc > 3 ? atoi(argv[3]) : 3;
   if (rank > 0) {
     for (;;) {
       long msg[2]; /* index, item */
@@ -39,10 +42,11 @@ int main(int argc, char **argv) {
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     long next = 0, done = 0;
-    for (int w = 1; w < size && next < n; w++, next++) {
-      long msg[2] = {next, next};
-      MPI_Send(msg, 2, MPI_LONG, w, TAG_ITEM, MPI_COMM_WORLD);
-    }
+    for (int k = 0; k < in_flight; k++)
+      for (int w = 1; w < size && next < n; w++, next++) {
+        long msg[2] = {next, next};
+        MPI_Send(msg, 2, MPI_LONG, w, TAG_ITEM, MPI_COMM_WORLD);
+      }
     while (done < n) {
       long msg[2];
       MPI_Status st;
@@ -67,7 +71,8 @@ int main(int argc, char **argv) {
       fprintf(stderr, "mpi_farm: a wrong result\n");
       MPI_Abort(MPI_COMM_WORLD, 1);
     }
-  printf("mpi.map_chunk1 bare farm %d ranks: %.0f ns/item\n", size - 1, best);
+  printf("mpi.map_chunk1 bare farm %d ranks, %d in flight each: %.0f ns/item\n", size - 1,
+         in_flight, best);
   free(results);
   MPI_Finalize();
   return 0;
