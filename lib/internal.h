@@ -328,9 +328,6 @@ extern const mp__popen_ops_t mp__popen_forkserver;
 /* The "mpi" context (pool_mpi.c): refused with a sentence outside an MPI job's rank 0, or
  * in a build without MPI (mpi_none.c). */
 int mp__mpi_get_context(mp_context_t **ctx);
-/* Under mpirun, a rank other than 0 serves pools and exits instead of running main
- * (mpi_rank.c); elsewhere it returns. */
-void mp__mpi_rank_take_over(void);
 
 struct mp_context_s {
   const mp__popen_ops_t *ops;
@@ -369,6 +366,18 @@ typedef struct {
   __attribute__((section("mp__roles"), used)) static const mp__role_t *const id##_entry =   \
       &id##_role;                                                                           \
   static MP__NORETURN void id##_main(int fd, int sentinel_fd)
+
+/* A take-over: what an image given no role may be instead of main's program. MP__TAKE_OVER(
+ * name) { ... } defines a function that spawn.c's last constructor calls (after libmp's
+ * prioritized ones, before main) when LIBMP_CHILD gave no role; it returns unless the process
+ * is something else (under mpirun, a rank other than 0 serves pools and exits: mpi_rank.c).
+ * One table, as the roles' (section mp__take_overs), so spawn.c names none of them. */
+typedef void (*mp__take_over_t)(void);
+#define MP__TAKE_OVER(id)                                                                      \
+  static void id(void);                                                                        \
+  __attribute__((section("mp__take_overs"), used)) static const mp__take_over_t id##_entry =   \
+      id;                                                                                      \
+  static void id(void)
 
 /* The program's secret: random bits drawn at the start of its first process and handed
  * down to every child (forked: a copy; spawned and forkserver: in the request, before the

@@ -7,12 +7,3 @@ int mp__mpi_get_context(mp_context_t **ctx) {
                                "(install Open MPI's libopenmpi-dev and set up the build "
                                "with -Dmpi=enabled, then run the program with mpirun)");
 }
-
-void mp__mpi_rank_take_over(void) {}
-
-const mp__launcher_ops_t *mp__mpi_launcher(const mp_context_t *ctx, int asked, int *processes) {
-  (void)ctx;
-  (void)asked;
-  (void)processes;
-  return NULL;
-}

@@ -261,7 +261,9 @@ static MP__NORETURN void serve(void) {
   exit(0);
 }
 
-void mp__mpi_rank_take_over(void) {
+/* Under mpirun, a rank other than 0 serves pools and exits instead of running main; rank 0
+ * ends the job at its exit. */
+MP__TAKE_OVER(mpi_rank_take_over) {
   if (getauxval(AT_SECURE))
     return; /* a set-user-ID program: its environment is not its user's to trust */
   int rank = env_int("OMPI_COMM_WORLD_RANK"), size = env_int("OMPI_COMM_WORLD_SIZE");

@@ -520,7 +520,7 @@ int mp_pool_create(mp_pool_t **out, const mp_pool_options_t *options) {
   mp_context_t *ctx = o->context;
   if (!ctx && (rc = mp_get_context(NULL, &ctx)) < 0)
     return rc;
-  const mp__launcher_ops_t *mpi = mp__mpi_launcher(ctx, o->processes, &processes);
+  const mp__launcher_ops_t *launcher = mp__pool_launcher(ctx, o->processes, &processes);
   mp_pool_t *pool = calloc(1, sizeof *pool);
   bool *running = calloc((size_t)processes, sizeof *running);
   if (!pool || !running) {
@@ -534,7 +534,7 @@ int mp_pool_create(mp_pool_t **out, const mp_pool_options_t *options) {
   pool->running = running;
   pool->n_workers = (uint32_t)processes;
   pthread_mutex_init(&pool->lock, NULL);
-  pool->launcher = mpi ? mpi : mp__pool_launcher(ctx);
+  pool->launcher = launcher;
   atomic_store(&pool->creating, true);
   rc = make_parts(pool, o);
   /* The first workers start from this thread, before the supervisor's exists (fork's are

@@ -4,8 +4,8 @@
  * through the events it gave it; it never asks which launcher it has, and no launcher calls
  * into pool.c. One launcher per worker kind: processes of a context (spawn, forkserver),
  * fork's (the first workers forked at creation, replacements by a zygote: pool_process.c),
- * threads (pool_thread.c). An MPI launcher would be one more table, whose workers replace
- * the "run a task" step (mp__worker_how_t) to send the task to a rank.
+ * threads (pool_thread.c), MPI ranks (pool_mpi.c: a thread launcher whose workers replace
+ * the "run a task" step, mp__worker_how_t, to send the task to a rank).
  *
  * Ownership: the launcher owns its per-worker state (processes, sentinels, threads, the
  * zygote) from open() to free(); the shared block it hands to workers is the job table's
@@ -122,14 +122,25 @@ typedef struct {
   void (*free)(void *state);
 } mp__launcher_ops_t;
 
-/* The launcher for a context's workers (pool_process.c). */
-const mp__launcher_ops_t *mp__pool_launcher(const mp_context_t *ctx);
-extern const mp__launcher_ops_t mp__thread_launcher;
+/* A context whose pools have a launcher of its own registers it with
+ * MP__CONTEXT_LAUNCHER(id, popen ops, launcher, cpu_count) in its file: one table (section
+ * mp__context_launchers, as MP__ROLE's), so that no other file names it (MPI's: pool_mpi.c). */
+typedef struct {
+  const mp__popen_ops_t *context; /* the context's, which it is the launcher of */
+  const mp__launcher_ops_t *launcher;
+  /* How many workers MP_POOL_CPU_COUNT means, in *processes (left as is if not known). */
+  void (*cpu_count)(int *processes);
+} mp__context_launcher_t;
+#define MP__CONTEXT_LAUNCHER(id, ...)                                                          \
+  static const mp__context_launcher_t id = {__VA_ARGS__};                                      \
+  __attribute__((section("mp__context_launchers"),                                             \
+                 used)) static const mp__context_launcher_t *const id##_entry = &id
 
-/* An MPI context's launcher, and for MP_POOL_CPU_COUNT its number of workers in *processes
- * (one per rank but rank 0); NULL for another context (pool_mpi.c, mpi_none.c). */
-const mp__launcher_ops_t *mp__mpi_launcher(const mp_context_t *ctx, int asked,
-                                           int *processes);
+/* The launcher for a context's workers: its registered one, else a process or thread
+ * launcher (pool_process.c). asked is the pool's processes option: for MP_POOL_CPU_COUNT a
+ * registered launcher may set the number of workers in *processes. */
+const mp__launcher_ops_t *mp__pool_launcher(const mp_context_t *ctx, int asked, int *processes);
+extern const mp__launcher_ops_t mp__thread_launcher;
 
 /* Runs fn in a new thread with every signal blocked: signals are for the user's threads
  * (pool_thread.c; the supervisor's thread too). Errors with a sentence. */

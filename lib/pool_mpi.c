@@ -393,11 +393,11 @@ static const mp__launcher_ops_t mpi_launcher = {
     mpi_open, mpi_start, mpi_watch, mpi_stop, mpi_close, mpi_free,
 };
 
-const mp__launcher_ops_t *mp__mpi_launcher(const mp_context_t *ctx, int asked, int *processes) {
+/* MP_POOL_CPU_COUNT: one worker per rank but rank 0. */
+static void every_rank(int *processes) {
   int size;
-  if (ctx->ops != &mpi_popen)
-    return NULL;
-  if (asked == MP_POOL_CPU_COUNT && mp__mpi_start(&size) == 0)
+  if (mp__mpi_start(&size) == 0)
     *processes = size > 1 ? size - 1 : 1; /* one rank: open() says how to run it */
-  return &mpi_launcher;
 }
+
+MP__CONTEXT_LAUNCHER(mpi_pools, &mpi_popen, &mpi_launcher, every_rank);

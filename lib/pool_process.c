@@ -479,7 +479,18 @@ static const mp__launcher_ops_t fork_launcher = {
     fork_open, fork_start, fork_watch, fork_stop, fork_close, fork_free,
 };
 
-const mp__launcher_ops_t *mp__pool_launcher(const mp_context_t *ctx) {
+extern const mp__context_launcher_t *const __start_mp__context_launchers[]
+    __attribute__((weak)),
+    *const __stop_mp__context_launchers[] __attribute__((weak));
+
+const mp__launcher_ops_t *mp__pool_launcher(const mp_context_t *ctx, int asked, int *processes) {
+  for (const mp__context_launcher_t *const *l = __start_mp__context_launchers;
+       l < __stop_mp__context_launchers; l++)
+    if ((*l)->context == ctx->ops) {
+      if (asked == MP_POOL_CPU_COUNT)
+        (*l)->cpu_count(processes);
+      return (*l)->launcher;
+    }
   return ctx->ops == &mp__popen_thread ? &mp__thread_launcher
          : ctx->ops == &mp__popen_fork ? &fork_launcher
                                        : &process_launcher;

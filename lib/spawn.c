@@ -589,7 +589,8 @@ int mp__check_peer(int sock, pid_t pid, const char *what) {
  *     then the trace is set up for the role (trace.c has no constructor of its own);
  *  2. libmp's registrations (priority 102: process.c's exit and fork handlers, the kinds
  *     of connection.c and queues.c, the fork hooks of forkserver.c and shared_memory.c);
- *  3. take_over (no priority: after every prioritized one, before main): the role's main.
+ *  3. take_over (no priority: after every prioritized one, before main): the role's main,
+ *     or with no role the take-overs (MP__TAKE_OVER), which return unless they take it.
  */
 __attribute__((constructor(101))) static void read_startup(void) {
   const char *value = getenv(MP__CHILD_ENV);
@@ -622,9 +623,14 @@ __attribute__((constructor(101))) static void read_startup(void) {
   mp__trace_startup(startup.role ? startup.role->name : NULL);
 }
 
+/* The take-overs linked in (MP__TAKE_OVER): weak, as a build may have none. */
+extern const mp__take_over_t __start_mp__take_overs[] __attribute__((weak)),
+    __stop_mp__take_overs[] __attribute__((weak));
+
 __attribute__((constructor)) static void take_over(void) {
   if (!startup.role) {
-    mp__mpi_rank_take_over(); /* an MPI rank other than 0 serves pools (mpi_rank.c) */
+    for (const mp__take_over_t *t = __start_mp__take_overs; t < __stop_mp__take_overs; t++)
+      (*t)();
     return;
   }
   startup.role->main(startup.fd, startup.sentinel);
