@@ -63,6 +63,7 @@ typedef struct {
   flight_t flights[DEPTH]; /* a ring: n in flight from the oldest, head; replies come in
                               the order of the messages (MPI does not overtake) */
   uint32_t head, n;
+  uint64_t after; /* chunks after the last one claimed, in its job */
 } link_t;
 
 /* Shared memory does not reach another machine: bytes that hold a libmp handle (an aligned
@@ -209,14 +210,20 @@ static void complete(link_t *k, mp__task_t *task, int rc, int64_t t0) {
                     k->notify_fd);
 }
 
+static void claimed(link_t *k, const mp__task_t *t) {
+  k->after = ((const mp__job_t *)t->job)->n_chunks - t->chunk - 1;
+}
+
 /* Claims chunks of this worker's until DEPTH are in flight or none is queued, and sends
- * them (one that cannot be sent fails at once). Not with maxtasksperchild, which counts one
- * task per run step. */
+ * them (one that cannot be sent fails at once). Not near a job's end (fewer chunks left
+ * than the workers would take ahead), so that the last chunks spread over the ranks as
+ * without this; nor with maxtasksperchild, which counts one task per run step. */
 static void top_up(link_t *k) {
   mp__pool_shared_t *sh = k->sh;
   mp__task_t t;
-  while (k->n < DEPTH && !sh->maxtasks && !(atomic_load(&sh->flags) & MP__POOL_TERMINATED) &&
-         mp__pool_claim(sh, k->w, &t)) {
+  while (k->n < DEPTH && k->after >= (uint64_t)sh->n_workers * DEPTH && !sh->maxtasks &&
+         !(atomic_load(&sh->flags) & MP__POOL_TERMINATED) && mp__pool_claim(sh, k->w, &t)) {
+    claimed(k, &t);
     t.call = sh->local_fns[t.fn];
     MP__TRACE_CLOCK(t0);
     int rc = post_task(k, &t);
@@ -229,12 +236,13 @@ static void top_up(link_t *k) {
  * The run step of an MPI worker: the chunk runs on the worker's rank. While it runs, the
  * worker claims the next chunks and sends them too (top_up), so that DEPTH are in flight;
  * each reply is taken in turn and its chunk completed here, and more are claimed, until
- * none is queued. The last chunk to finish is handed back in *task, which pool_worker.c
- * completes: the step returns with nothing in flight, so the worker idles, exits or is
- * joined only with its rank idle too.
+ * none is queued or the job nears its end. The last chunk to finish is handed back in *task,
+ * which pool_worker.c completes: the step returns with nothing in flight, so the worker idles,
+ * exits or is joined only with its rank idle too.
  */
 static int send_task(mp__task_t *task, void *arg) {
   link_t *k = arg;
+  claimed(k, task);
   int rc = post_task(k, task);
   if (rc < 0)
     return rc;
