@@ -124,8 +124,10 @@ static int post(link_t *k, int tag, mp__fn_t fn, mp__mpi_task_head_t *head, cons
   rc = MPI_Irecv(f->reply, (int)(reply_room + results_len), MPI_BYTE, k->rank,
                  MP__MPI_TAG_REPLY, MPI_COMM_WORLD, &f->reqs[0]);
   if (rc == MPI_SUCCESS && (rc = MPI_Isend(f->msg, (int)(at + len), MPI_BYTE, k->rank, tag,
-                                           MPI_COMM_WORLD, &f->reqs[1])) != MPI_SUCCESS)
+                                           MPI_COMM_WORLD, &f->reqs[1])) != MPI_SUCCESS) {
     MPI_Cancel(&f->reqs[0]);
+    MPI_Request_free(&f->reqs[0]);
+  }
   pthread_mutex_unlock(&mp__mpi_lock);
   if (rc != MPI_SUCCESS)
     return mp__error(MP_EWORKERDIED, "sending a task to rank %d failed (MPI error %d)", k->rank,
