@@ -68,6 +68,8 @@
 #include "internal.h"
 #include "trace.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <linux/filter.h>
 #include <signal.h>
 #include <stdio.h>
@@ -75,6 +77,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -89,6 +92,135 @@
 #define SLEEP_SLICE_NS 50000000 /* 50 ms */
 #define FREED_MAGIC 0x45455246u /* "FREE" */
 #define N_MARKS 256
+
+/* ================================ the side locks ================================ */
+
+/*
+ * Each side's lock (put_lock, get_lock) is a futex word of our own, not a robust pthread
+ * mutex: glibc's robust mutex costs about 150 instructions a lock and unlock (it links
+ * itself into the thread's robust list and out again); this one costs a compare-and-swap
+ * and an exchange. It keeps the robust mutex's guarantee another way: the word names its
+ * holder, the thread's id (low half, the futex) and the thread's start time (high half, in
+ * clock ticks since boot, from /proc), so a waiter that finds the same holder for a whole
+ * slice asks /proc whether that thread still runs. Gone, a zombie, or another thread with
+ * its id (ids are reused: pid_max may be 32768) means its holder died: the waiter takes the
+ * lock over with one compare-and-swap (so only one does) and is told MP_EOWNERDEAD, as the
+ * robust mutex would tell it. The holder's death costs the others a slice (QLOCK_SLICE_NS)
+ * at most, instead of the kernel's immediate wake: they are rare, a put or a get is fast.
+ * Without /proc (a rare chroot), kill(tid, 0) judges, and a zombie counts as alive until
+ * it is reaped.
+ */
+#define QLOCK_WAITERS 0x80000000u /* in the low half: someone sleeps on the futex */
+#define QLOCK_TID 0x3fffffffu
+#define QLOCK_SPIN 200
+#define QLOCK_SLICE_NS 10000000 /* 10 ms */
+
+typedef struct {
+  _Atomic uint64_t word; /* 0: free; else start << 32 | [QLOCK_WAITERS] | tid */
+} qlock_t;
+
+/* This thread's word as a holder: read once per thread, forgotten in a fork child. */
+static _Thread_local uint64_t me_holder;
+
+/* The state letter and start time (field 22) of /proc/<tid>/stat: 0, or -errno. */
+static int read_stat(pid_t tid, char *state, uint64_t *start) {
+  char path[48], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)tid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  int err = n < 0 ? -errno : 0;
+  close(fd);
+  if (n <= 0)
+    return n < 0 ? err : -ESRCH;
+  buf[n] = 0;
+  /* The command name, field 2, may hold spaces and parentheses: count from the last ')'. */
+  const char *p = strrchr(buf, ')');
+  if (!p || p[1] != ' ')
+    return -EINVAL;
+  *state = p[2];
+  for (int field = 3; field < 22; field++) {
+    p = strchr(p + 1, ' ');
+    if (!p)
+      return -EINVAL;
+  }
+  *start = strtoull(p + 1, NULL, 10);
+  return 0;
+}
+
+static uint64_t holder_word(void) {
+  if (me_holder)
+    return me_holder;
+  pid_t tid = (pid_t)syscall(SYS_gettid);
+  char state;
+  uint64_t start = 0;
+  if (read_stat(tid, &state, &start) < 0)
+    start = 0; /* no /proc: the liveness check falls back to kill() */
+  me_holder = (uint64_t)(uint32_t)start << 32 | ((uint32_t)tid & QLOCK_TID);
+  return me_holder;
+}
+
+/* Whether the holder that word names has died. */
+static bool holder_died(uint64_t word) {
+  pid_t tid = (pid_t)(word & QLOCK_TID);
+  char state;
+  uint64_t start;
+  int rc = read_stat(tid, &state, &start);
+  if (rc == 0)
+    return state == 'Z' || state == 'X' ||
+           ((word >> 32) != 0 && (uint32_t)start != (uint32_t)(word >> 32));
+  if (rc == -ENOENT && access("/proc/self/stat", F_OK) == 0)
+    return true;
+  return kill(tid, 0) < 0 && errno == ESRCH;
+}
+
+static _Atomic uint32_t *qlock_futex(qlock_t *l) {
+  /* The low half of the word, where the futex waits (little-endian). */
+  return (_Atomic uint32_t *)(void *)&l->word;
+}
+
+/* The contended path: spins, then sleeps in slices, taking over from a dead holder. */
+static int qlock_wait(qlock_t *l, uint64_t me) {
+  uint64_t w = atomic_load(&l->word);
+  for (int i = 0; i < QLOCK_SPIN; i++) {
+    if (w == 0 && atomic_compare_exchange_weak(&l->word, &w, me))
+      return 0;
+    mp__cpu_relax();
+    w = atomic_load(&l->word);
+  }
+  for (;;) {
+    /* Taken with the waiters bit set: others may sleep still (the woken one cannot know). */
+    if (w == 0) {
+      if (atomic_compare_exchange_weak(&l->word, &w, me | QLOCK_WAITERS))
+        return 0;
+      continue;
+    }
+    if (!(w & QLOCK_WAITERS) && !atomic_compare_exchange_weak(&l->word, &w, w | QLOCK_WAITERS))
+      continue;
+    w |= QLOCK_WAITERS;
+    int rc = mp__futex_wait(qlock_futex(l), (uint32_t)w, mp__now_ns() + QLOCK_SLICE_NS);
+    /* A holder is judged once it held the lock for a whole slice, with nobody woken. */
+    uint64_t now = atomic_load(&l->word);
+    if (rc == MP_ETIMEDOUT && now == w && holder_died(now) &&
+        atomic_compare_exchange_strong(&l->word, &now, me | QLOCK_WAITERS))
+      return MP_EOWNERDEAD;
+    w = atomic_load(&l->word);
+  }
+}
+
+/* 0, or MP_EOWNERDEAD: the lock is ours, and its holder died holding it (repair). */
+static int qlock_lock(qlock_t *l) {
+  uint64_t me = holder_word(), w = 0;
+  if (atomic_compare_exchange_strong(&l->word, &w, me))
+    return 0;
+  return qlock_wait(l, me);
+}
+
+static void qlock_unlock(qlock_t *l) {
+  if (atomic_exchange(&l->word, 0) & QLOCK_WAITERS)
+    mp__futex_wake(qlock_futex(l), 1);
+}
 
 typedef enum { FLAVOR_QUEUE = 1, FLAVOR_JOINABLE, FLAVOR_SIMPLE } flavor_t;
 
@@ -108,14 +240,14 @@ struct mp_queue_s {
   _Atomic uint32_t retains; /* references ever taken after the first, modulo 2^32 */
   _Atomic uint32_t freed;   /* FREED_MAGIC once the last reference is gone */
 
-  LINE pthread_mutex_t put_lock;
+  LINE qlock_t put_lock;
   _Atomic uint64_t tail;
   void *pending;         /* a spilled message's block, being filled at... */
   uint64_t pending_tail; /* ...this tail: freed if a repair finds tail still there */
   void *pending_ring;    /* a larger ring being filled: freed if it was not installed */
   _Atomic uint32_t closed;
 
-  LINE pthread_mutex_t get_lock;
+  LINE qlock_t get_lock;
   _Atomic uint64_t head;
   void *retired;         /* the block of the spilled message taken last, freed... */
   uint64_t retired_head; /* ...by the next get if head reached this (its get committed) */
@@ -556,6 +688,7 @@ static int make_bell(mp_queue_t *q, bell_t **out) {
 }
 
 static void after_fork_child(void) {
+  me_holder = 0; /* the child's thread has another id and start time */
   /* Always: fileno_of() holds the lock while the list is still empty. */
   mp__reset_lock(&local.lock);
   mp__reset_lock(&mine.lock);
@@ -631,14 +764,6 @@ static int create(mp_queue_t **out, flavor_t flavor, size_t maxsize, size_t ring
       mp__shared_release(q);
     return MP_ENOMEM; /* the arena said why */
   }
-  int rc = mp__mutex_init(&q->put_lock);
-  if (rc == 0)
-    rc = mp__mutex_init(&q->get_lock);
-  if (rc < 0) {
-    mp__shared_release(ring);
-    mp__shared_release(q);
-    return rc;
-  }
   q->flavor = flavor;
   q->ring_max = grows ? RING_MAX : cap;
   q->inline_max = cap / 8;
@@ -689,7 +814,7 @@ static void wake_everyone(mp_queue_t *q) {
 /* Takes put_lock (0, or the lock's error); after a producer died holding it, frees its
  * uncommitted block or ring. */
 static int lock_put(mp_queue_t *q) {
-  int rc = mp__mutex_lock(&q->put_lock, INT64_MAX);
+  int rc = qlock_lock(&q->put_lock);
   if (rc != MP_EOWNERDEAD)
     return rc;
   if (q->pending && atomic_load(&q->tail) == q->pending_tail)
@@ -705,7 +830,7 @@ static int lock_put(mp_queue_t *q) {
 /* Takes get_lock (0, or the lock's error). A consumer that died holding it never moved head,
  * or moved it and died before waking producers: nothing to repair but the wake. */
 static int lock_get(mp_queue_t *q) {
-  int rc = mp__mutex_lock(&q->get_lock, INT64_MAX);
+  int rc = qlock_lock(&q->get_lock);
   if (rc != MP_EOWNERDEAD)
     return rc;
   wake_everyone(q);
@@ -815,7 +940,7 @@ static int grow_ring(mp_queue_t *q, uint32_t need) {
     q->pending_ring = NULL;
     mp__shared_release(old.base);
   }
-  mp__mutex_unlock(&q->get_lock);
+  qlock_unlock(&q->get_lock);
   return 0;
 }
 
@@ -856,7 +981,7 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
     if (rc < 0)
       return rc;
     if (atomic_load(&q->closed)) {
-      mp__mutex_unlock(&q->put_lock);
+      qlock_unlock(&q->put_lock);
       return mp__error(MP_ECLOSED, "%s: the queue is closed", fn);
     }
     rc = 1;
@@ -865,7 +990,7 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
       rc = grow_ring(q, need) < 0 ? MP_ENOMEM : 1; /* the lock's error said why */
     if (rc == 1 && has_room(q, need))
       rc = commit_put(q, tail, data, len);
-    mp__mutex_unlock(&q->put_lock);
+    qlock_unlock(&q->put_lock);
     if (rc < 0)
       return rc;
     if (rc == 0) {
@@ -972,7 +1097,7 @@ static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *f
     if (rc < 0)
       return rc;
     rc = take(q, out, fn);
-    mp__mutex_unlock(&q->get_lock);
+    qlock_unlock(&q->get_lock);
     if (rc == 0) {
       MP__TRACE(queue_get, q, *out->len, t0);
       notify(&q->get_seq, &q->put_waiters, INT32_MAX);
@@ -1068,7 +1193,7 @@ static int close_queue(mp_queue_t *q) {
   if (rc < 0)
     return rc;
   atomic_store(&q->closed, 1);
-  mp__mutex_unlock(&q->put_lock);
+  qlock_unlock(&q->put_lock);
   notify(&q->put_seq, &q->get_waiters, INT32_MAX);
   notify(&q->get_seq, &q->put_waiters, INT32_MAX);
   ring_bells(q);
@@ -1207,7 +1332,7 @@ static uint32_t unref(mp_queue_t *q) {
   /* The last reference: nobody else can touch it. Free the block of a producer that died
    * in a put (the repair of lock_put), then those of the spilled messages left. */
   if (lock_put(q) == 0)
-    mp__mutex_unlock(&q->put_lock);
+    qlock_unlock(&q->put_lock);
   reclaim(q);
   ring_t r = ring_of(q);
   uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
