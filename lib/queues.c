@@ -150,9 +150,7 @@ static int read_stat(pid_t tid, char *state, uint64_t *start) {
   return 0;
 }
 
-static uint64_t holder_word(void) {
-  if (me_holder)
-    return me_holder;
+__attribute__((noinline, cold)) static uint64_t holder_word_slow(void) {
   pid_t tid = (pid_t)syscall(SYS_gettid);
   char state;
   uint64_t start = 0;
@@ -160,6 +158,10 @@ static uint64_t holder_word(void) {
     start = 0; /* no /proc: the liveness check falls back to kill() */
   me_holder = (uint64_t)(uint32_t)start << 32 | ((uint32_t)tid & QLOCK_TID);
   return me_holder;
+}
+
+static inline uint64_t holder_word(void) {
+  return me_holder ? me_holder : holder_word_slow();
 }
 
 /* Whether the holder that word names has died. */
@@ -182,7 +184,7 @@ static _Atomic uint32_t *qlock_futex(qlock_t *l) {
 }
 
 /* The contended path: spins, then sleeps in slices, taking over from a dead holder. */
-static int qlock_wait(qlock_t *l, uint64_t me) {
+__attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me) {
   uint64_t w = atomic_load(&l->word);
   for (int i = 0; i < QLOCK_SPIN; i++) {
     if (w == 0 && atomic_compare_exchange_weak(&l->word, &w, me))
@@ -211,14 +213,17 @@ static int qlock_wait(qlock_t *l, uint64_t me) {
 }
 
 /* 0, or MP_EOWNERDEAD: the lock is ours, and its holder died holding it (repair). */
-static int qlock_lock(qlock_t *l) {
+/* Inlined: on the path of every put and get, and small once the waits are out of line. */
+#define HOT static inline __attribute__((always_inline))
+
+HOT int qlock_lock(qlock_t *l) {
   uint64_t me = holder_word(), w = 0;
   if (atomic_compare_exchange_strong(&l->word, &w, me))
     return 0;
   return qlock_wait(l, me);
 }
 
-static void qlock_unlock(qlock_t *l) {
+HOT void qlock_unlock(qlock_t *l) {
   if (atomic_exchange(&l->word, 0) & QLOCK_WAITERS)
     mp__futex_wake(qlock_futex(l), 1);
 }
@@ -241,17 +246,23 @@ struct mp_queue_s {
   _Atomic uint32_t retains; /* references ever taken after the first, modulo 2^32 */
   _Atomic uint32_t freed;   /* FREED_MAGIC once the last reference is gone */
 
+  /* Each side's lock and private state on a line of its own, apart from the word it commits:
+   * the other side reads that word, and would otherwise pull the lock's line too. */
   LINE qlock_t put_lock;
-  _Atomic uint64_t tail;
   void *pending;         /* a spilled message's block, being filled at... */
   uint64_t pending_tail; /* ...this tail: freed if a repair finds tail still there */
   void *pending_ring;    /* a larger ring being filled: freed if it was not installed */
+  _Atomic uint64_t head_seen; /* head as producers read it last: never ahead of head */
+
+  LINE _Atomic uint64_t tail;
   _Atomic uint32_t closed;
 
   LINE qlock_t get_lock;
-  _Atomic uint64_t head;
   void *retired;         /* the block of the spilled message taken last, freed... */
   uint64_t retired_head; /* ...by the next get if head reached this (its get committed) */
+  _Atomic uint64_t tail_seen; /* tail as consumers read it last: never ahead of tail */
+
+  LINE _Atomic uint64_t head;
 
   LINE _Atomic uint32_t put_seq; /* bumped when a message comes, for sleeping consumers */
   _Atomic uint32_t get_waiters;
@@ -745,12 +756,20 @@ static bool is_queue(const mp_queue_t *q) {
   return q && mp__shared_contains(q) && q->kind == MP__KIND_QUEUE;
 }
 
+/* The last queue address found wholly inside the arena: it stays inside, since a process's
+ * arena never moves or shrinks, so its next check needs no look at the arena's bounds. */
+static _Atomic(const mp_queue_t *) known_inside;
+
 /* The common case of the checks below, on every put and get: a live queue of the flavor
  * wanted (simple or not), in the arena from its first byte to its last, not marked freed by
  * this process. Anything else takes the full path, which says what is wrong. */
-static bool plainly_live(const mp_queue_t *q, bool simple) {
-  return q && mp__shared_contains(q) && mp__shared_contains((const char *)q + sizeof *q - 1) &&
-         q->kind == MP__KIND_QUEUE && (q->flavor == FLAVOR_SIMPLE) == simple &&
+HOT bool plainly_live(const mp_queue_t *q, bool simple) {
+  if (q != atomic_load_explicit(&known_inside, memory_order_relaxed)) {
+    if (!q || !mp__shared_contains(q) || !mp__shared_contains((const char *)q + sizeof *q - 1))
+      return false;
+    atomic_store_explicit(&known_inside, q, memory_order_relaxed);
+  }
+  return q->kind == MP__KIND_QUEUE && (q->flavor == FLAVOR_SIMPLE) == simple &&
          atomic_load_explicit(&marks[mark_slot(q)].q, memory_order_relaxed) != q;
 }
 
@@ -886,6 +905,24 @@ static bool has_room(mp_queue_t *q, size_t need) {
   return ring_of(q).cap - (pos_bytes(tail) - pos_bytes(head)) >= need;
 }
 
+/* Whether need bytes and one more message fit between head and tail. */
+static bool fits(const mp_queue_t *q, uint64_t head, uint64_t tail, size_t need) {
+  if (q->maxsize && count_of(head, tail) >= q->maxsize)
+    return false;
+  return ring_of(q).cap - (pos_bytes(tail) - pos_bytes(head)) >= need;
+}
+
+/* has_room() for the holder of put_lock, with tail read: judged first by head_seen, which
+ * is older than head and so never shows more room than there is, and by head itself only if
+ * that says no. head is the consumers' line: reading it on every put would move it. */
+static bool room_locked(mp_queue_t *q, uint64_t tail, size_t need) {
+  if (fits(q, atomic_load_explicit(&q->head_seen, memory_order_relaxed), tail, need))
+    return true;
+  uint64_t head = atomic_load(&q->head);
+  atomic_store_explicit(&q->head_seen, head, memory_order_relaxed);
+  return fits(q, head, tail, need);
+}
+
 static bool tasks_done(mp_queue_t *q, size_t need) {
   (void)need;
   return pos_msgs(atomic_load(&q->tail)) == atomic_load(&q->done);
@@ -1015,10 +1052,10 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
     }
     rc = 1;
     uint64_t tail = atomic_load(&q->tail);
-    bool room = has_room(q, need);
+    bool room = room_locked(q, tail, need);
     if (!room && !at_maxsize(q) && ring_of(q).cap < q->ring_max) {
       rc = grow_ring(q, need) < 0 ? MP_ENOMEM : 1; /* the lock's error said why */
-      room = rc == 1 && has_room(q, need);
+      room = rc == 1 && room_locked(q, tail, need);
     }
     if (room)
       rc = commit_put(q, tail, data, len);
@@ -1031,7 +1068,8 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
       /* Loaded after the commit: a consumer that saw the queue empty, then cleared its
        * doorbell, looked before this put, so this put sees what it saw. A head past the old
        * tail (a consumer took this message already) counts as empty too. */
-      if ((int32_t)(pos_msgs(tail) - pos_msgs(atomic_load(&q->head))) <= 0)
+      if (atomic_load(&q->n_bells) != 0 &&
+          (int32_t)(pos_msgs(tail) - pos_msgs(atomic_load(&q->head))) <= 0)
         ring_bells(q);
       return 0;
     }
@@ -1083,9 +1121,15 @@ static void reclaim(mp_queue_t *q) {
 /* Takes the message at head, if there is one; the caller holds get_lock. 1: none. */
 static int take(mp_queue_t *q, const sink_t *out, const char *fn) {
   reclaim(q);
+  /* tail_seen first, as head_seen in a put: tail is the producers' line. */
   uint64_t head = atomic_load(&q->head);
-  if (count_of(head, atomic_load(&q->tail)) == 0)
-    return 1;
+  uint64_t tail = atomic_load_explicit(&q->tail_seen, memory_order_relaxed);
+  if ((int32_t)(pos_msgs(tail) - pos_msgs(head)) <= 0) {
+    tail = atomic_load(&q->tail);
+    atomic_store_explicit(&q->tail_seen, tail, memory_order_relaxed);
+    if (count_of(head, tail) == 0)
+      return 1;
+  }
   ring_t r = ring_of(q);
   uint32_t at = pos_bytes(head);
   uint64_t header = header_read(r, at);
