@@ -764,8 +764,10 @@ static _Atomic(const mp_queue_t *) known_inside;
  * wanted (simple or not), in the arena from its first byte to its last, not marked freed by
  * this process. Anything else takes the full path, which says what is wrong. */
 HOT bool plainly_live(const mp_queue_t *q, bool simple) {
+  if (!q)
+    return false;
   if (q != atomic_load_explicit(&known_inside, memory_order_relaxed)) {
-    if (!q || !mp__shared_contains(q) || !mp__shared_contains((const char *)q + sizeof *q - 1))
+    if (!mp__shared_contains(q) || !mp__shared_contains((const char *)q + sizeof *q - 1))
       return false;
     atomic_store_explicit(&known_inside, q, memory_order_relaxed);
   }
