@@ -775,23 +775,22 @@ HOT bool plainly_live(const mp_queue_t *q, bool simple) {
          atomic_load_explicit(&marks[mark_slot(q)].q, memory_order_relaxed) != q;
 }
 
-static int check_queue(const mp_queue_t *q, const char *fn) {
-  if (plainly_live(q, false))
-    return 0;
-  check_not_freed(q, fn, "mp_queue_free");
-  if (!is_queue(q) || q->flavor == FLAVOR_SIMPLE)
-    return mp__error(MP_EINVAL, "%s: not a Queue", fn);
+/* The full checks, which say what is wrong: the flavor wanted (simple or not). */
+__attribute__((noinline)) static int check_handle(const mp_queue_t *q, bool simple,
+                                                  const char *fn) {
+  check_not_freed(q, fn, simple ? "mp_simple_queue_free" : "mp_queue_free");
+  if (!is_queue(q) || (q->flavor == FLAVOR_SIMPLE) != simple)
+    return mp__error(MP_EINVAL, "%s: not a %s", fn, simple ? "SimpleQueue" : "Queue");
   return 0;
 }
 
-static int check_simple(const mp_simple_queue_t *sq, const char *fn) {
-  const mp_queue_t *q = (const mp_queue_t *)sq;
-  if (plainly_live(q, true))
-    return 0;
-  check_not_freed(q, fn, "mp_simple_queue_free");
-  if (!is_queue(q) || q->flavor != FLAVOR_SIMPLE)
-    return mp__error(MP_EINVAL, "%s: not a SimpleQueue", fn);
-  return 0;
+HOT int check_queue(const mp_queue_t *q, const char *fn) {
+  return plainly_live(q, false) ? 0 : check_handle(q, false, fn);
+}
+
+HOT int check_simple(const mp_simple_queue_t *sq, const char *fn) {
+  const mp_queue_t *q = (const mp_queue_t *)sq; /* NULL stays NULL */
+  return plainly_live(q, true) ? 0 : check_handle(q, true, fn);
 }
 
 /* ring_bytes 0: the default ring, which grows; else a ring of fixed size. */
