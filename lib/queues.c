@@ -119,8 +119,8 @@ typedef struct {
   _Atomic uint64_t word; /* 0: free; else start << 32 | [QLOCK_WAITERS] | tid */
 } qlock_t;
 
-/* This thread's word as a holder: read once per thread, forgotten in a fork child. */
-/* initial-exec: a plain load, not a call of __tls_get_addr on every lock. */
+/* This thread's word as a holder: read once per thread, forgotten in a fork child.
+ * initial-exec: a plain load, not a call of __tls_get_addr on every lock. */
 static _Thread_local uint64_t me_holder __attribute__((tls_model("initial-exec")));
 
 /* The state letter and start time (field 22) of /proc/<tid>/stat: 0, or -errno. */
@@ -212,10 +212,10 @@ __attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me) {
   }
 }
 
-/* 0, or MP_EOWNERDEAD: the lock is ours, and its holder died holding it (repair). */
 /* Inlined: on the path of every put and get, and small once the waits are out of line. */
 #define HOT static inline __attribute__((always_inline))
 
+/* 0, or MP_EOWNERDEAD: the lock is ours, and its holder died holding it (repair). */
 HOT int qlock_lock(qlock_t *l) {
   uint64_t me = holder_word(), w = 0;
   if (atomic_compare_exchange_strong(&l->word, &w, me))
