@@ -976,6 +976,15 @@ static void notify(_Atomic uint32_t *seq, _Atomic uint32_t *waiters, int count) 
     leave(waiters);
 }
 
+/* A put's or get's deadline is taken when it first has to wait, from its timeout, once: a
+ * call that needs no wait reads no clock. */
+#define DEADLINE_UNSET INT64_MIN
+
+static void take_deadline(double timeout, int64_t *deadline) {
+  if (*deadline == DEADLINE_UNSET)
+    *deadline = mp__deadline(timeout);
+}
+
 static bool passed(int64_t deadline) {
   return deadline != INT64_MAX && mp__now_ns() >= deadline;
 }
@@ -1035,7 +1044,7 @@ static int commit_put(mp_queue_t *q, uint64_t tail, const void *data, size_t len
   return 0;
 }
 
-static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, const char *fn) {
+static int put(mp_queue_t *q, const void *data, size_t len, double timeout, const char *fn) {
   if (!data && len)
     return mp__error(MP_EINVAL, "%s: data is NULL", fn);
   if (len >= LEN_MAX)
@@ -1043,6 +1052,7 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
   uint32_t need = record_size(header_for(q, len));
   MP__TRACE_CLOCK(t0);
   mp__sigint_t sigint = {NULL, 0};
+  int64_t deadline = DEADLINE_UNSET;
   for (;;) {
     int rc = lock_put(q);
     if (rc < 0)
@@ -1074,6 +1084,7 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
         ring_bells(q);
       return 0;
     }
+    take_deadline(timeout, &deadline);
     int waited = passed(deadline) ? MP_ETIMEDOUT : wait_until(q, has_room, need, &q->get_seq, &q->put_waiters, deadline, &sigint);
     if (waited == MP_EINTR && !has_room(q, need))
       return mp__error(MP_EINTR, "%s: interrupted by SIGINT", fn);
@@ -1084,7 +1095,7 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
 
 int mp_queue_put(mp_queue_t *queue, const void *data, size_t len, double timeout) {
   int rc = check_queue(queue, "mp_queue_put");
-  return rc < 0 ? rc : put(queue, data, len, mp__deadline(timeout), "mp_queue_put");
+  return rc < 0 ? rc : put(queue, data, len, timeout, "mp_queue_put");
 }
 
 int mp_queue_put_nowait(mp_queue_t *queue, const void *data, size_t len) {
@@ -1093,7 +1104,7 @@ int mp_queue_put_nowait(mp_queue_t *queue, const void *data, size_t len) {
 
 int mp_simple_queue_put(mp_simple_queue_t *queue, const void *data, size_t len) {
   int rc = check_simple(queue, "mp_simple_queue_put");
-  return rc < 0 ? rc : put(&queue->queue, data, len, INT64_MAX, "mp_simple_queue_put");
+  return rc < 0 ? rc : put(&queue->queue, data, len, MP_FOREVER, "mp_simple_queue_put");
 }
 
 /* ================================ get ================================ */
@@ -1163,11 +1174,12 @@ static int take(mp_queue_t *q, const sink_t *out, const char *fn) {
   return 0;
 }
 
-static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *fn) {
+static int get(mp_queue_t *q, const sink_t *out, double timeout, const char *fn) {
   if (!out->len || (!out->alloc && !out->buf && out->cap))
     return mp__error(MP_EINVAL, "%s: NULL buffer or length", fn);
   MP__TRACE_CLOCK(t0);
   mp__sigint_t sigint = {NULL, 0};
+  int64_t deadline = DEADLINE_UNSET;
   for (bool cleared = false;;) {
     int rc = lock_get(q);
     if (rc < 0)
@@ -1195,6 +1207,7 @@ static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *f
       cleared = true;
       continue;
     }
+    take_deadline(timeout, &deadline);
     int waited = passed(deadline) ? MP_ETIMEDOUT : wait_until(q, has_message, 0, &q->put_seq, &q->get_waiters, deadline, &sigint);
     if (waited == MP_EINTR && !has_message(q, 0))
       return mp__error(MP_EINTR, "%s: interrupted by SIGINT", fn);
@@ -1206,7 +1219,7 @@ static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *f
 int mp_queue_get(mp_queue_t *queue, void *buf, size_t cap, size_t *len, double timeout) {
   int rc = check_queue(queue, "mp_queue_get");
   sink_t out = {buf, cap, len, NULL};
-  return rc < 0 ? rc : get(queue, &out, mp__deadline(timeout), "mp_queue_get");
+  return rc < 0 ? rc : get(queue, &out, timeout, "mp_queue_get");
 }
 
 int mp_queue_get_nowait(mp_queue_t *queue, void *buf, size_t cap, size_t *len) {
@@ -1218,13 +1231,13 @@ int mp_queue_get_alloc(mp_queue_t *queue, void **buf, size_t *len, double timeou
   if (rc == 0 && !buf)
     rc = mp__error(MP_EINVAL, "mp_queue_get_alloc: buf is NULL");
   sink_t out = {NULL, 0, len, buf};
-  return rc < 0 ? rc : get(queue, &out, mp__deadline(timeout), "mp_queue_get_alloc");
+  return rc < 0 ? rc : get(queue, &out, timeout, "mp_queue_get_alloc");
 }
 
 int mp_simple_queue_get(mp_simple_queue_t *queue, void *buf, size_t cap, size_t *len) {
   int rc = check_simple(queue, "mp_simple_queue_get");
   sink_t out = {buf, cap, len, NULL};
-  return rc < 0 ? rc : get(&queue->queue, &out, INT64_MAX, "mp_simple_queue_get");
+  return rc < 0 ? rc : get(&queue->queue, &out, MP_FOREVER, "mp_simple_queue_get");
 }
 
 int mp_simple_queue_get_alloc(mp_simple_queue_t *queue, void **buf, size_t *len) {
@@ -1232,7 +1245,7 @@ int mp_simple_queue_get_alloc(mp_simple_queue_t *queue, void **buf, size_t *len)
   if (rc == 0 && !buf)
     rc = mp__error(MP_EINVAL, "mp_simple_queue_get_alloc: buf is NULL");
   sink_t out = {NULL, 0, len, buf};
-  return rc < 0 ? rc : get(&queue->queue, &out, INT64_MAX, "mp_simple_queue_get_alloc");
+  return rc < 0 ? rc : get(&queue->queue, &out, MP_FOREVER, "mp_simple_queue_get_alloc");
 }
 
 /* ================================ state ================================ */
