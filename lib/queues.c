@@ -68,6 +68,8 @@
 #include "internal.h"
 #include "trace.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <linux/filter.h>
 #include <signal.h>
 #include <stdio.h>
@@ -75,6 +77,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -89,6 +92,141 @@
 #define SLEEP_SLICE_NS 50000000 /* 50 ms */
 #define FREED_MAGIC 0x45455246u /* "FREE" */
 #define N_MARKS 256
+
+/* ================================ the side locks ================================ */
+
+/*
+ * Each side's lock (put_lock, get_lock) is a futex word of our own, not a robust pthread
+ * mutex: glibc's robust mutex costs about 150 instructions a lock and unlock (it links
+ * itself into the thread's robust list and out again); this one costs a compare-and-swap
+ * and an exchange. It keeps the robust mutex's guarantee another way: the word names its
+ * holder, the thread's id (low half, the futex) and the thread's start time (high half, in
+ * clock ticks since boot, from /proc), so a waiter that finds the same holder for a whole
+ * slice asks /proc whether that thread still runs. Gone, a zombie, or another thread with
+ * its id (ids are reused: pid_max may be 32768) means its holder died: the waiter takes the
+ * lock over with one compare-and-swap (so only one does) and is told MP_EOWNERDEAD, as the
+ * robust mutex would tell it. The holder's death costs the others a slice (QLOCK_SLICE_NS)
+ * at most, instead of the kernel's immediate wake: they are rare, a put or a get is fast.
+ * Without /proc (a rare chroot), kill(tid, 0) judges, and a zombie counts as alive until
+ * it is reaped.
+ */
+#define QLOCK_WAITERS 0x80000000u /* in the low half: someone sleeps on the futex */
+#define QLOCK_TID 0x3fffffffu
+#define QLOCK_SPIN 200
+#define QLOCK_SLICE_NS 10000000 /* 10 ms */
+
+typedef struct {
+  _Atomic uint64_t word; /* 0: free; else start << 32 | [QLOCK_WAITERS] | tid */
+} qlock_t;
+
+/* This thread's word as a holder: read once per thread, forgotten in a fork child.
+ * initial-exec: a plain load, not a call of __tls_get_addr on every lock. */
+static _Thread_local uint64_t me_holder __attribute__((tls_model("initial-exec")));
+
+/* The state letter and start time (field 22) of /proc/<tid>/stat: 0, or -errno. */
+static int read_stat(pid_t tid, char *state, uint64_t *start) {
+  char path[48], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)tid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  int err = n < 0 ? -errno : 0;
+  close(fd);
+  if (n <= 0)
+    return n < 0 ? err : -ESRCH;
+  buf[n] = 0;
+  /* The command name, field 2, may hold spaces and parentheses: count from the last ')'. */
+  const char *p = strrchr(buf, ')');
+  if (!p || p[1] != ' ')
+    return -EINVAL;
+  *state = p[2];
+  for (int field = 3; field < 22; field++) {
+    p = strchr(p + 1, ' ');
+    if (!p)
+      return -EINVAL;
+  }
+  *start = strtoull(p + 1, NULL, 10);
+  return 0;
+}
+
+__attribute__((noinline, cold)) static uint64_t holder_word_slow(void) {
+  pid_t tid = (pid_t)syscall(SYS_gettid);
+  char state;
+  uint64_t start = 0;
+  if (read_stat(tid, &state, &start) < 0)
+    start = 0; /* no /proc: the liveness check falls back to kill() */
+  me_holder = (uint64_t)(uint32_t)start << 32 | ((uint32_t)tid & QLOCK_TID);
+  return me_holder;
+}
+
+static inline uint64_t holder_word(void) {
+  return me_holder ? me_holder : holder_word_slow();
+}
+
+/* Whether the holder that word names has died. */
+static bool holder_died(uint64_t word) {
+  pid_t tid = (pid_t)(word & QLOCK_TID);
+  char state;
+  uint64_t start;
+  int rc = read_stat(tid, &state, &start);
+  if (rc == 0)
+    return state == 'Z' || state == 'X' ||
+           ((word >> 32) != 0 && (uint32_t)start != (uint32_t)(word >> 32));
+  if (rc == -ENOENT && access("/proc/self/stat", F_OK) == 0)
+    return true;
+  return kill(tid, 0) < 0 && errno == ESRCH;
+}
+
+static _Atomic uint32_t *qlock_futex(qlock_t *l) {
+  /* The low half of the word, where the futex waits (little-endian). */
+  return (_Atomic uint32_t *)(void *)&l->word;
+}
+
+/* The contended path: spins, then sleeps in slices, taking over from a dead holder. */
+__attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me) {
+  uint64_t w = atomic_load(&l->word);
+  for (int i = 0; i < QLOCK_SPIN; i++) {
+    if (w == 0 && atomic_compare_exchange_weak(&l->word, &w, me))
+      return 0;
+    mp__cpu_relax();
+    w = atomic_load(&l->word);
+  }
+  for (;;) {
+    /* Taken with the waiters bit set: others may sleep still (the woken one cannot know). */
+    if (w == 0) {
+      if (atomic_compare_exchange_weak(&l->word, &w, me | QLOCK_WAITERS))
+        return 0;
+      continue;
+    }
+    if (!(w & QLOCK_WAITERS) && !atomic_compare_exchange_weak(&l->word, &w, w | QLOCK_WAITERS))
+      continue;
+    w |= QLOCK_WAITERS;
+    int rc = mp__futex_wait(qlock_futex(l), (uint32_t)w, mp__now_ns() + QLOCK_SLICE_NS);
+    /* A holder is judged once it held the lock for a whole slice, with nobody woken. */
+    uint64_t now = atomic_load(&l->word);
+    if (rc == MP_ETIMEDOUT && now == w && holder_died(now) &&
+        atomic_compare_exchange_strong(&l->word, &now, me | QLOCK_WAITERS))
+      return MP_EOWNERDEAD;
+    w = atomic_load(&l->word);
+  }
+}
+
+/* Inlined: on the path of every put and get, and small once the waits are out of line. */
+#define HOT static inline __attribute__((always_inline))
+
+/* 0, or MP_EOWNERDEAD: the lock is ours, and its holder died holding it (repair). */
+HOT int qlock_lock(qlock_t *l) {
+  uint64_t me = holder_word(), w = 0;
+  if (atomic_compare_exchange_strong(&l->word, &w, me))
+    return 0;
+  return qlock_wait(l, me);
+}
+
+HOT void qlock_unlock(qlock_t *l) {
+  if (atomic_exchange(&l->word, 0) & QLOCK_WAITERS)
+    mp__futex_wake(qlock_futex(l), 1);
+}
 
 typedef enum { FLAVOR_QUEUE = 1, FLAVOR_JOINABLE, FLAVOR_SIMPLE } flavor_t;
 
@@ -108,17 +246,23 @@ struct mp_queue_s {
   _Atomic uint32_t retains; /* references ever taken after the first, modulo 2^32 */
   _Atomic uint32_t freed;   /* FREED_MAGIC once the last reference is gone */
 
-  LINE pthread_mutex_t put_lock;
-  _Atomic uint64_t tail;
+  /* Each side's lock and private state on a line of its own, apart from the word it commits:
+   * the other side reads that word, and would otherwise pull the lock's line too. */
+  LINE qlock_t put_lock;
   void *pending;         /* a spilled message's block, being filled at... */
   uint64_t pending_tail; /* ...this tail: freed if a repair finds tail still there */
   void *pending_ring;    /* a larger ring being filled: freed if it was not installed */
+  _Atomic uint64_t head_seen; /* head as producers read it last: never ahead of head */
+
+  LINE _Atomic uint64_t tail;
   _Atomic uint32_t closed;
 
-  LINE pthread_mutex_t get_lock;
-  _Atomic uint64_t head;
+  LINE qlock_t get_lock;
   void *retired;         /* the block of the spilled message taken last, freed... */
   uint64_t retired_head; /* ...by the next get if head reached this (its get committed) */
+  _Atomic uint64_t tail_seen; /* tail as consumers read it last: never ahead of tail */
+
+  LINE _Atomic uint64_t head;
 
   LINE _Atomic uint32_t put_seq; /* bumped when a message comes, for sleeping consumers */
   _Atomic uint32_t get_waiters;
@@ -188,18 +332,33 @@ static uint64_t ring_word(const char *base, uint32_t cap) {
   return (uint64_t)(uintptr_t)base | (uint64_t)__builtin_ctz(cap);
 }
 
+/* A record's bytes may wrap around the ring's end: the second copy is made only then. */
 static void ring_write(ring_t r, uint32_t at, const void *src, size_t n) {
   uint32_t off = at & (r.cap - 1);
   size_t first = n < r.cap - off ? n : r.cap - off;
   memcpy(r.base + off, src, first);
-  memcpy(r.base, (const char *)src + first, n - first);
+  if (n > first)
+    memcpy(r.base, (const char *)src + first, n - first);
 }
 
 static void ring_read(ring_t r, uint32_t at, void *dst, size_t n) {
   uint32_t off = at & (r.cap - 1);
   size_t first = n < r.cap - off ? n : r.cap - off;
   memcpy(dst, r.base + off, first);
-  memcpy((char *)dst + first, r.base, n - first);
+  if (n > first)
+    memcpy((char *)dst + first, r.base, n - first);
+}
+
+/* A header never wraps: records start at multiples of 8, and the ring's bytes are one. Its
+ * copy is a fixed 8-byte move, which the compiler makes one load or store. */
+static void header_write(ring_t r, uint32_t at, uint64_t header) {
+  memcpy(r.base + (at & (r.cap - 1)), &header, HEADER);
+}
+
+static uint64_t header_read(ring_t r, uint32_t at) {
+  uint64_t header;
+  memcpy(&header, r.base + (at & (r.cap - 1)), HEADER);
+  return header;
 }
 
 /* Copies the ring's bytes [from, from + n) to the same positions of a larger ring. */
@@ -556,6 +715,7 @@ static int make_bell(mp_queue_t *q, bell_t **out) {
 }
 
 static void after_fork_child(void) {
+  me_holder = 0; /* the child's thread has another id and start time */
   /* Always: fileno_of() holds the lock while the list is still empty. */
   mp__reset_lock(&local.lock);
   mp__reset_lock(&mine.lock);
@@ -596,19 +756,41 @@ static bool is_queue(const mp_queue_t *q) {
   return q && mp__shared_contains(q) && q->kind == MP__KIND_QUEUE;
 }
 
-static int check_queue(const mp_queue_t *q, const char *fn) {
-  check_not_freed(q, fn, "mp_queue_free");
-  if (!is_queue(q) || q->flavor == FLAVOR_SIMPLE)
-    return mp__error(MP_EINVAL, "%s: not a Queue", fn);
+/* The last queue address found wholly inside the arena: it stays inside, since a process's
+ * arena never moves or shrinks, so its next check needs no look at the arena's bounds. */
+static _Atomic(const mp_queue_t *) known_inside;
+
+/* The common case of the checks below, on every put and get: a live queue of the flavor
+ * wanted (simple or not), in the arena from its first byte to its last, not marked freed by
+ * this process. Anything else takes the full path, which says what is wrong. */
+HOT bool plainly_live(const mp_queue_t *q, bool simple) {
+  if (!q)
+    return false;
+  if (q != atomic_load_explicit(&known_inside, memory_order_relaxed)) {
+    if (!mp__shared_contains(q) || !mp__shared_contains((const char *)q + sizeof *q - 1))
+      return false;
+    atomic_store_explicit(&known_inside, q, memory_order_relaxed);
+  }
+  return q->kind == MP__KIND_QUEUE && (q->flavor == FLAVOR_SIMPLE) == simple &&
+         atomic_load_explicit(&marks[mark_slot(q)].q, memory_order_relaxed) != q;
+}
+
+/* The full checks, which say what is wrong: the flavor wanted (simple or not). */
+__attribute__((noinline)) static int check_handle(const mp_queue_t *q, bool simple,
+                                                  const char *fn) {
+  check_not_freed(q, fn, simple ? "mp_simple_queue_free" : "mp_queue_free");
+  if (!is_queue(q) || (q->flavor == FLAVOR_SIMPLE) != simple)
+    return mp__error(MP_EINVAL, "%s: not a %s", fn, simple ? "SimpleQueue" : "Queue");
   return 0;
 }
 
-static int check_simple(const mp_simple_queue_t *sq, const char *fn) {
-  const mp_queue_t *q = (const mp_queue_t *)sq;
-  check_not_freed(q, fn, "mp_simple_queue_free");
-  if (!is_queue(q) || q->flavor != FLAVOR_SIMPLE)
-    return mp__error(MP_EINVAL, "%s: not a SimpleQueue", fn);
-  return 0;
+HOT int check_queue(const mp_queue_t *q, const char *fn) {
+  return plainly_live(q, false) ? 0 : check_handle(q, false, fn);
+}
+
+HOT int check_simple(const mp_simple_queue_t *sq, const char *fn) {
+  const mp_queue_t *q = (const mp_queue_t *)sq; /* NULL stays NULL */
+  return plainly_live(q, true) ? 0 : check_handle(q, true, fn);
 }
 
 /* ring_bytes 0: the default ring, which grows; else a ring of fixed size. */
@@ -630,14 +812,6 @@ static int create(mp_queue_t **out, flavor_t flavor, size_t maxsize, size_t ring
     if (q)
       mp__shared_release(q);
     return MP_ENOMEM; /* the arena said why */
-  }
-  int rc = mp__mutex_init(&q->put_lock);
-  if (rc == 0)
-    rc = mp__mutex_init(&q->get_lock);
-  if (rc < 0) {
-    mp__shared_release(ring);
-    mp__shared_release(q);
-    return rc;
   }
   q->flavor = flavor;
   q->ring_max = grows ? RING_MAX : cap;
@@ -689,7 +863,7 @@ static void wake_everyone(mp_queue_t *q) {
 /* Takes put_lock (0, or the lock's error); after a producer died holding it, frees its
  * uncommitted block or ring. */
 static int lock_put(mp_queue_t *q) {
-  int rc = mp__mutex_lock(&q->put_lock, INT64_MAX);
+  int rc = qlock_lock(&q->put_lock);
   if (rc != MP_EOWNERDEAD)
     return rc;
   if (q->pending && atomic_load(&q->tail) == q->pending_tail)
@@ -705,7 +879,7 @@ static int lock_put(mp_queue_t *q) {
 /* Takes get_lock (0, or the lock's error). A consumer that died holding it never moved head,
  * or moved it and died before waking producers: nothing to repair but the wake. */
 static int lock_get(mp_queue_t *q) {
-  int rc = mp__mutex_lock(&q->get_lock, INT64_MAX);
+  int rc = qlock_lock(&q->get_lock);
   if (rc != MP_EOWNERDEAD)
     return rc;
   wake_everyone(q);
@@ -730,6 +904,24 @@ static bool has_room(mp_queue_t *q, size_t need) {
   if (at_maxsize(q))
     return false;
   return ring_of(q).cap - (pos_bytes(tail) - pos_bytes(head)) >= need;
+}
+
+/* Whether need bytes and one more message fit between head and tail. */
+static bool fits(const mp_queue_t *q, uint64_t head, uint64_t tail, size_t need) {
+  if (q->maxsize && count_of(head, tail) >= q->maxsize)
+    return false;
+  return ring_of(q).cap - (pos_bytes(tail) - pos_bytes(head)) >= need;
+}
+
+/* has_room() for the holder of put_lock, with tail read: judged first by head_seen, which
+ * is older than head and so never shows more room than there is, and by head itself only if
+ * that says no. head is the consumers' line: reading it on every put would move it. */
+static bool room_locked(mp_queue_t *q, uint64_t tail, size_t need) {
+  if (fits(q, atomic_load_explicit(&q->head_seen, memory_order_relaxed), tail, need))
+    return true;
+  uint64_t head = atomic_load(&q->head);
+  atomic_store_explicit(&q->head_seen, head, memory_order_relaxed);
+  return fits(q, head, tail, need);
 }
 
 static bool tasks_done(mp_queue_t *q, size_t need) {
@@ -784,6 +976,15 @@ static void notify(_Atomic uint32_t *seq, _Atomic uint32_t *waiters, int count) 
     leave(waiters);
 }
 
+/* A put's or get's deadline is taken when it first has to wait, from its timeout, once: a
+ * call that needs no wait reads no clock. */
+#define DEADLINE_UNSET INT64_MIN
+
+static void take_deadline(double timeout, int64_t *deadline) {
+  if (*deadline == DEADLINE_UNSET)
+    *deadline = mp__deadline(timeout);
+}
+
 static bool passed(int64_t deadline) {
   return deadline != INT64_MAX && mp__now_ns() >= deadline;
 }
@@ -815,7 +1016,7 @@ static int grow_ring(mp_queue_t *q, uint32_t need) {
     q->pending_ring = NULL;
     mp__shared_release(old.base);
   }
-  mp__mutex_unlock(&q->get_lock);
+  qlock_unlock(&q->get_lock);
   return 0;
 }
 
@@ -836,14 +1037,14 @@ static int commit_put(mp_queue_t *q, uint64_t tail, const void *data, size_t len
   } else if (len) {
     ring_write(r, at + HEADER, data, len);
   }
-  ring_write(r, at, &header, HEADER);
+  header_write(r, at, header);
   /* The commit: one store, after every byte is in place. */
   atomic_store(&q->tail, pos_make(pos_msgs(tail) + 1, at + record_size(header)));
   q->pending = NULL;
   return 0;
 }
 
-static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, const char *fn) {
+static int put(mp_queue_t *q, const void *data, size_t len, double timeout, const char *fn) {
   if (!data && len)
     return mp__error(MP_EINVAL, "%s: data is NULL", fn);
   if (len >= LEN_MAX)
@@ -851,21 +1052,25 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
   uint32_t need = record_size(header_for(q, len));
   MP__TRACE_CLOCK(t0);
   mp__sigint_t sigint = {NULL, 0};
+  int64_t deadline = DEADLINE_UNSET;
   for (;;) {
     int rc = lock_put(q);
     if (rc < 0)
       return rc;
     if (atomic_load(&q->closed)) {
-      mp__mutex_unlock(&q->put_lock);
+      qlock_unlock(&q->put_lock);
       return mp__error(MP_ECLOSED, "%s: the queue is closed", fn);
     }
     rc = 1;
     uint64_t tail = atomic_load(&q->tail);
-    if (!has_room(q, need) && !at_maxsize(q) && ring_of(q).cap < q->ring_max)
+    bool room = room_locked(q, tail, need);
+    if (!room && !at_maxsize(q) && ring_of(q).cap < q->ring_max) {
       rc = grow_ring(q, need) < 0 ? MP_ENOMEM : 1; /* the lock's error said why */
-    if (rc == 1 && has_room(q, need))
+      room = rc == 1 && room_locked(q, tail, need);
+    }
+    if (room)
       rc = commit_put(q, tail, data, len);
-    mp__mutex_unlock(&q->put_lock);
+    qlock_unlock(&q->put_lock);
     if (rc < 0)
       return rc;
     if (rc == 0) {
@@ -874,10 +1079,12 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
       /* Loaded after the commit: a consumer that saw the queue empty, then cleared its
        * doorbell, looked before this put, so this put sees what it saw. A head past the old
        * tail (a consumer took this message already) counts as empty too. */
-      if ((int32_t)(pos_msgs(tail) - pos_msgs(atomic_load(&q->head))) <= 0)
+      if (atomic_load(&q->n_bells) != 0 &&
+          (int32_t)(pos_msgs(tail) - pos_msgs(atomic_load(&q->head))) <= 0)
         ring_bells(q);
       return 0;
     }
+    take_deadline(timeout, &deadline);
     int waited = passed(deadline) ? MP_ETIMEDOUT : wait_until(q, has_room, need, &q->get_seq, &q->put_waiters, deadline, &sigint);
     if (waited == MP_EINTR && !has_room(q, need))
       return mp__error(MP_EINTR, "%s: interrupted by SIGINT", fn);
@@ -888,7 +1095,7 @@ static int put(mp_queue_t *q, const void *data, size_t len, int64_t deadline, co
 
 int mp_queue_put(mp_queue_t *queue, const void *data, size_t len, double timeout) {
   int rc = check_queue(queue, "mp_queue_put");
-  return rc < 0 ? rc : put(queue, data, len, mp__deadline(timeout), "mp_queue_put");
+  return rc < 0 ? rc : put(queue, data, len, timeout, "mp_queue_put");
 }
 
 int mp_queue_put_nowait(mp_queue_t *queue, const void *data, size_t len) {
@@ -897,7 +1104,7 @@ int mp_queue_put_nowait(mp_queue_t *queue, const void *data, size_t len) {
 
 int mp_simple_queue_put(mp_simple_queue_t *queue, const void *data, size_t len) {
   int rc = check_simple(queue, "mp_simple_queue_put");
-  return rc < 0 ? rc : put(&queue->queue, data, len, INT64_MAX, "mp_simple_queue_put");
+  return rc < 0 ? rc : put(&queue->queue, data, len, MP_FOREVER, "mp_simple_queue_put");
 }
 
 /* ================================ get ================================ */
@@ -926,13 +1133,18 @@ static void reclaim(mp_queue_t *q) {
 /* Takes the message at head, if there is one; the caller holds get_lock. 1: none. */
 static int take(mp_queue_t *q, const sink_t *out, const char *fn) {
   reclaim(q);
+  /* tail_seen first, as head_seen in a put: tail is the producers' line. */
   uint64_t head = atomic_load(&q->head);
-  if (count_of(head, atomic_load(&q->tail)) == 0)
-    return 1;
+  uint64_t tail = atomic_load_explicit(&q->tail_seen, memory_order_relaxed);
+  if ((int32_t)(pos_msgs(tail) - pos_msgs(head)) <= 0) {
+    tail = atomic_load(&q->tail);
+    atomic_store_explicit(&q->tail_seen, tail, memory_order_relaxed);
+    if (count_of(head, tail) == 0)
+      return 1;
+  }
   ring_t r = ring_of(q);
   uint32_t at = pos_bytes(head);
-  uint64_t header;
-  ring_read(r, at, &header, HEADER);
+  uint64_t header = header_read(r, at);
   size_t len = header_len(header);
   void *dst = out->buf;
   if (out->alloc) {
@@ -962,17 +1174,18 @@ static int take(mp_queue_t *q, const sink_t *out, const char *fn) {
   return 0;
 }
 
-static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *fn) {
+static int get(mp_queue_t *q, const sink_t *out, double timeout, const char *fn) {
   if (!out->len || (!out->alloc && !out->buf && out->cap))
     return mp__error(MP_EINVAL, "%s: NULL buffer or length", fn);
   MP__TRACE_CLOCK(t0);
   mp__sigint_t sigint = {NULL, 0};
+  int64_t deadline = DEADLINE_UNSET;
   for (bool cleared = false;;) {
     int rc = lock_get(q);
     if (rc < 0)
       return rc;
     rc = take(q, out, fn);
-    mp__mutex_unlock(&q->get_lock);
+    qlock_unlock(&q->get_lock);
     if (rc == 0) {
       MP__TRACE(queue_get, q, *out->len, t0);
       notify(&q->get_seq, &q->put_waiters, INT32_MAX);
@@ -994,6 +1207,7 @@ static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *f
       cleared = true;
       continue;
     }
+    take_deadline(timeout, &deadline);
     int waited = passed(deadline) ? MP_ETIMEDOUT : wait_until(q, has_message, 0, &q->put_seq, &q->get_waiters, deadline, &sigint);
     if (waited == MP_EINTR && !has_message(q, 0))
       return mp__error(MP_EINTR, "%s: interrupted by SIGINT", fn);
@@ -1005,7 +1219,7 @@ static int get(mp_queue_t *q, const sink_t *out, int64_t deadline, const char *f
 int mp_queue_get(mp_queue_t *queue, void *buf, size_t cap, size_t *len, double timeout) {
   int rc = check_queue(queue, "mp_queue_get");
   sink_t out = {buf, cap, len, NULL};
-  return rc < 0 ? rc : get(queue, &out, mp__deadline(timeout), "mp_queue_get");
+  return rc < 0 ? rc : get(queue, &out, timeout, "mp_queue_get");
 }
 
 int mp_queue_get_nowait(mp_queue_t *queue, void *buf, size_t cap, size_t *len) {
@@ -1017,13 +1231,13 @@ int mp_queue_get_alloc(mp_queue_t *queue, void **buf, size_t *len, double timeou
   if (rc == 0 && !buf)
     rc = mp__error(MP_EINVAL, "mp_queue_get_alloc: buf is NULL");
   sink_t out = {NULL, 0, len, buf};
-  return rc < 0 ? rc : get(queue, &out, mp__deadline(timeout), "mp_queue_get_alloc");
+  return rc < 0 ? rc : get(queue, &out, timeout, "mp_queue_get_alloc");
 }
 
 int mp_simple_queue_get(mp_simple_queue_t *queue, void *buf, size_t cap, size_t *len) {
   int rc = check_simple(queue, "mp_simple_queue_get");
   sink_t out = {buf, cap, len, NULL};
-  return rc < 0 ? rc : get(&queue->queue, &out, INT64_MAX, "mp_simple_queue_get");
+  return rc < 0 ? rc : get(&queue->queue, &out, MP_FOREVER, "mp_simple_queue_get");
 }
 
 int mp_simple_queue_get_alloc(mp_simple_queue_t *queue, void **buf, size_t *len) {
@@ -1031,7 +1245,7 @@ int mp_simple_queue_get_alloc(mp_simple_queue_t *queue, void **buf, size_t *len)
   if (rc == 0 && !buf)
     rc = mp__error(MP_EINVAL, "mp_simple_queue_get_alloc: buf is NULL");
   sink_t out = {NULL, 0, len, buf};
-  return rc < 0 ? rc : get(&queue->queue, &out, INT64_MAX, "mp_simple_queue_get_alloc");
+  return rc < 0 ? rc : get(&queue->queue, &out, MP_FOREVER, "mp_simple_queue_get_alloc");
 }
 
 /* ================================ state ================================ */
@@ -1068,7 +1282,7 @@ static int close_queue(mp_queue_t *q) {
   if (rc < 0)
     return rc;
   atomic_store(&q->closed, 1);
-  mp__mutex_unlock(&q->put_lock);
+  qlock_unlock(&q->put_lock);
   notify(&q->put_seq, &q->get_waiters, INT32_MAX);
   notify(&q->get_seq, &q->put_waiters, INT32_MAX);
   ring_bells(q);
@@ -1207,13 +1421,12 @@ static uint32_t unref(mp_queue_t *q) {
   /* The last reference: nobody else can touch it. Free the block of a producer that died
    * in a put (the repair of lock_put), then those of the spilled messages left. */
   if (lock_put(q) == 0)
-    mp__mutex_unlock(&q->put_lock);
+    qlock_unlock(&q->put_lock);
   reclaim(q);
   ring_t r = ring_of(q);
   uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
   while (count_of(head, tail) != 0) {
-    uint64_t header;
-    ring_read(r, pos_bytes(head), &header, HEADER);
+    uint64_t header = header_read(r, pos_bytes(head));
     if (header & SPILLED) {
       void *block;
       ring_read(r, pos_bytes(head) + HEADER, &block, sizeof block);

@@ -809,6 +809,57 @@ START_TEST(test_producer_killed_mid_put) {
 }
 END_TEST
 
+/* Whether process pid is a zombie: dead, not yet reaped. */
+static bool is_zombie(int pid) {
+  char path[48], buf[256];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return false;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  const char *p = strrchr(buf, ')');
+  return p && p[1] == ' ' && p[2] == 'Z';
+}
+
+/* The lock a producer held when it was killed is taken over while it is still a zombie (its
+ * thread id is still taken then): the next put does not wait for the reaping. A child of
+ * the fork server is the server's to reap, so there the put only has to be quick. */
+START_TEST(test_producer_killed_not_reaped) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  job_t job = {.q = q, .count = 20000};
+  char *path = make_temp_file();
+  snprintf(job.path, sizeof job.path, "%s", path);
+  mp_process_t *victim = start_job(_i, t_die_in_put, &job);
+  T_ASSERT(wait_file(path, 20), "the producer never reached its copy");
+  MP_ASSERT_OK(mp_process_kill(victim));
+  bool ours = strcmp(METHODS[_i], "forkserver") != 0;
+  double end = mp_test_now() + 10;
+  while (ours && !is_zombie(mp_process_pid(victim)) && mp_test_now() < end)
+    mp_test_sleep(0.001);
+  bool zombie = !ours || is_zombie(mp_process_pid(victim));
+  double t0 = mp_test_now();
+  int rc = mp_queue_put(q, "after", 5, 10);
+  double took = mp_test_now() - t0;
+  T_INT_EQ(mp_test_join_code(victim, 10), -SIGKILL);
+  T_PROC_CLOSE(victim);
+  T_ASSERT(zombie, "the killed producer never showed as a zombie");
+  MP_ASSERT_OK(rc);
+  T_ASSERT(took < 2 * mp_test_slowdown(), "the put waited %.3f s for a dead holder", took);
+  char buf[16];
+  size_t len;
+  MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 5));
+  T_ASSERT(len == 6 && memcmp(buf, "before", 6) == 0, "the first message");
+  MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 5));
+  T_ASSERT(len == 5 && memcmp(buf, "after", 5) == 0, "the second message");
+  MP_ASSERT_OK(mp_queue_free(q));
+  unlink(path);
+  free(path);
+}
+END_TEST
+
 /* Dies in the copy of a get into a buffer with a hole. */
 static int t_die_in_get(void *arg, size_t size) {
   job_t *job = arg;
@@ -1378,6 +1429,7 @@ static Suite *queues_suite(void) {
   tc = mp_test_tcase(s, "deaths", 60);
   tcase_add_loop_test(tc, test_consumer_killed_while_blocked, 0, N_METHODS);
   tcase_add_loop_test(tc, test_producer_killed_mid_put, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_producer_killed_not_reaped, 0, N_METHODS);
   tcase_add_loop_test(tc, test_consumer_killed_mid_get, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "flavors", 30);
