@@ -46,7 +46,7 @@ static void claim(uint32_t w, mp__task_t *task) {
 }
 
 static bool complete(uint32_t w, mp__task_t *task) {
-  return mp__pool_complete(mp__jobs_shared(table), w, task, MP__CHUNK_DONE, -1);
+  return mp__pool_complete(mp__jobs_shared(table), w, task, MP__CHUNK_DONE, -1, NULL);
 }
 
 START_TEST(test_claim_complete) {
