@@ -801,46 +801,61 @@ int mp__jobs_function(mp__jobs_t *t, mp__fn_t fn, uint32_t *index) {
  * Blocks of this process's destroyed pools, kept for its next pools: a program that makes a
  * pool per batch of work then maps on warm pages (a fresh block faults every page in, and
  * the arena gives blocks of 8 MiB and more back to the kernel when they are freed). The
- * KEPT largest, each of at most KEPT_MAX bytes. A block is taken only by the process that
- * kept it (its kept_by): a forked child's copy of this array names its parent's blocks,
- * which it forgets, never takes nor frees.
+ * KEPT largest, each of at most KEPT_MAX bytes. A forked child forgets them (they are its
+ * parent's), before it can take one.
  */
 #define KEPT 2
 #define KEPT_MAX ((uint64_t)64 << 20)
-static _Atomic(mp__job_t *) kept[KEPT];
+static pthread_mutex_t kept_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic(mp__job_t *) kept[KEPT]; /* written under kept_lock */
 
-static bool kept_here(const mp__job_t *job) {
-  return atomic_load(&job->kept_by) == getpid();
+/* Only what is set is written: a child of a process that never kept a block does not copy
+ * this page. */
+static void forget_kept(void) {
+  mp__reset_lock(&kept_lock);
+  for (size_t i = 0; i < KEPT; i++)
+    if (atomic_load_explicit(&kept[i], memory_order_relaxed))
+      atomic_store_explicit(&kept[i], NULL, memory_order_relaxed);
+}
+
+static void watch_forks(void) {
+  pthread_atfork(NULL, NULL, forget_kept);
 }
 
 static void keep_for_later(mp__job_t *job) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
   if (job->block_size > KEPT_MAX) {
     mp__shared_release(job);
     return;
   }
-  atomic_store(&job->kept_by, getpid());
+  pthread_once(&once, watch_forks);
+  pthread_mutex_lock(&kept_lock);
   for (size_t i = 0; job && i < KEPT; i++) {
     mp__job_t *old = atomic_load(&kept[i]);
-    if (old && kept_here(old) && old->block_size >= job->block_size)
+    if (old && old->block_size >= job->block_size)
       continue;
-    if (!atomic_compare_exchange_strong(&kept[i], &old, job))
-      continue;
-    job = old && kept_here(old) ? old : NULL; /* a larger one displaces it; try it further */
+    atomic_store(&kept[i], job);
+    job = old; /* a larger one displaced it: it may displace a smaller one further on */
   }
+  pthread_mutex_unlock(&kept_lock);
   if (job)
     mp__shared_release(job);
 }
 
 static mp__job_t *take_kept(uint64_t bytes) {
-  for (size_t i = 0; i < KEPT; i++) {
-    mp__job_t *job = atomic_load(&kept[i]);
-    if (!job || !kept_here(job) || job->block_size < bytes ||
-        !atomic_compare_exchange_strong(&kept[i], &job, NULL))
-      continue;
-    atomic_store(&job->kept_by, 0);
-    return job;
+  mp__job_t *job = NULL;
+  if (!atomic_load(&kept[0]) && !atomic_load(&kept[KEPT - 1]))
+    return NULL; /* and a process that never kept one writes nothing here */
+  pthread_mutex_lock(&kept_lock);
+  for (size_t i = 0; !job && i < KEPT; i++) {
+    job = atomic_load(&kept[i]);
+    if (job && job->block_size >= bytes)
+      atomic_store(&kept[i], NULL);
+    else
+      job = NULL;
   }
-  return NULL;
+  pthread_mutex_unlock(&kept_lock);
+  return job;
 }
 
 /* Freed blocks are kept for the next jobs: their pages stay in memory, where a fresh block

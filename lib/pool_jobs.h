@@ -100,7 +100,6 @@ typedef struct {
   void *parent_next, *parent_prev; /* the pool's list of its jobs, in the pool's process */
   _Atomic uint32_t orphaned;       /* no reference left, and not freed by whoever dropped it */
   uint64_t block_size;             /* bytes of its block, which a later job may reuse */
-  _Atomic int32_t kept_by;         /* the process keeping it for a later pool (pool_jobs.c) */
   uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
   uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
   uint32_t n_counters;
