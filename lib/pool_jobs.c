@@ -606,18 +606,25 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
   if (running && job->n == 1)
     atomic_store(&job->result_len, task->result_len);
   /* Pinned for settling after the last reference. Relaxed, as is the mark: whoever frees
-   * the block has first seen this chunk counted (the release below, or a completion that
-   * read it), and the supervisor reads the mark only once this process has ended. */
+   * the block has first seen this chunk counted (the store of the count below, or a
+   * completion that read it), and the supervisor reads the mark only once this process has
+   * ended. */
   atomic_store_explicit(&sh->workers[w].pin, job->seq + 1, memory_order_relaxed);
   atomic_store_explicit(mine, count << 1 | 1, memory_order_relaxed);
   bool ours = running && atomic_compare_exchange_strong(
                              state, &v,
                              MP__CHUNK_STATE(chunk, MP__CHUNK_ATTEMPTS(v), w + 1, status));
-  /* Not ours: aborted, or given up for lost, and counted by whoever did that. */
-  atomic_store_explicit(mine, (count + ours) << 1, memory_order_release);
+  /* Not ours: aborted, or given up for lost, and counted by whoever did that. Sequentially
+   * consistent, as the reads below: two workers completing a job's last chunks at once each
+   * store their count, then read the other's (and the hint); one at least sees it complete. */
+  atomic_store(mine, (count + ours) << 1);
   atomic_store_explicit(&sh->workers[w].run_seq, 0, memory_order_relaxed);
+  /* A map with chunks never drawn is not complete (were it aborted, this chunk would not be
+   * ours): no need to read every worker's counter, nor to wake anyone. */
+  bool undrawn = !(job->flags & (MP__JOB_ITERATOR | MP__JOB_WAKE_EACH)) &&
+                 atomic_load(&job->hint) < job->n_chunks;
   mp__job_waker_t *waker = NULL;
-  bool notify = ours && settle(sh, job, &waker);
+  bool notify = ours && !undrawn && settle(sh, job, &waker);
   /* The job is still pinned: its next chunk is claimed without a look at the job list, as
    * long as no older job is incomplete (the oldest queued chunk goes first). */
   uint32_t c;
