@@ -1064,6 +1064,10 @@ void mp__jobs_worker_lost(mp__jobs_t *t, uint32_t w, const char *why) {
   }
   if (!lost.found)
     for_each_running_job(t, find_lost_chunk, &lost);
+  /* A worker killed after it freed a job's slot but before it woke the waiter (the wake-up
+   * comes after it let go of the job) left that waiter asleep: every waiter looks again. */
+  for (size_t i = 0; i <= MP__POOL_SLOTS; i++)
+    wake(&sh->wakers[i]);
 }
 
 static void abort_job(mp__jobs_t *t, mp__job_t *job, void *arg) {
