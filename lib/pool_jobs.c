@@ -30,11 +30,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-/* Freed job blocks kept for the next jobs: enough for a stream of applies in flight, of
- * which BIG_SPARES at most of BIG_SPARE bytes or more (maps' blocks). */
-#define SPARES 64
-#define BIG_SPARES 8
-#define BIG_SPARE ((uint64_t)1 << 20)
+/* Freed job blocks kept for the next jobs, the largest SPARES; and blocks below SMALL_SPARE
+ * bytes on a stack of their own, enough for a stream of applies in flight (a stream of
+ * same-size jobs takes the top one). */
+#define SPARES 8
+#define SMALL_SPARES 64
+#define SMALL_SPARE ((uint64_t)1 << 16)
 /* Each worker's done counter on a cache line of its own: two workers completing chunks
  * side by side do not take the line from each other at every chunk. */
 #define DONE_STRIDE 64
@@ -52,6 +53,9 @@ struct mp__jobs_s {
   mp__job_t *jobs;           /* every job not freed, linked by parent_next */
   mp__job_t *spares[SPARES]; /* freed jobs' blocks, for the next jobs */
   uint64_t spare_size[SPARES]; /* their sizes: a search reads no block */
+  mp__job_t *small[SMALL_SPARES];
+  uint64_t small_size[SMALL_SPARES];
+  size_t n_small;
 };
 
 static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes);
@@ -740,6 +744,8 @@ void mp__jobs_free(mp__jobs_t *t) {
   for (size_t i = 0; i < SPARES; i++)
     if (t->spares[i])
       keep_for_later(t->spares[i]);
+  for (size_t i = 0; i < t->n_small; i++)
+    mp__shared_release(t->small[i]);
   for (uint32_t i = 0; i < atomic_load(&sh->n_fns); i++)
     mp__shared_release(sh->fns[i]);
   if (sh->init_ref)
@@ -869,20 +875,16 @@ static mp__job_t *take_kept(uint64_t bytes) {
  * would fault each of them in again (in the parent for the input, in a worker for the
  * output), and taking one costs no allocation. Called with t->lock held. */
 static void keep_or_release(mp__jobs_t *t, mp__job_t *job) {
-  size_t n_big = 0, empty = SPARES, victim = SPARES;
-  for (size_t i = 0; i < SPARES; i++)
-    n_big += t->spares[i] && t->spare_size[i] >= BIG_SPARE;
-  /* A big block past the limit may only displace a smaller big one. */
-  bool among_big = job->block_size >= BIG_SPARE && n_big >= BIG_SPARES;
-  for (size_t i = 0; i < SPARES; i++) {
-    if (!t->spares[i])
-      empty = i;
-    else if ((!among_big || t->spare_size[i] >= BIG_SPARE) &&
-             (victim == SPARES || t->spare_size[i] < t->spare_size[victim]))
-      victim = i;
+  if (job->block_size < SMALL_SPARE && t->n_small < SMALL_SPARES) {
+    t->small_size[t->n_small] = job->block_size;
+    t->small[t->n_small++] = job;
+    return;
   }
-  size_t at = !among_big && empty < SPARES ? empty : victim;
-  if (at < SPARES && (!t->spares[at] || t->spare_size[at] < job->block_size)) {
+  size_t at = 0;
+  for (size_t i = 0; i < SPARES && t->spares[at]; i++)
+    if (!t->spares[i] || t->spare_size[i] < t->spare_size[at])
+      at = i;
+  if (!t->spares[at] || t->spare_size[at] < job->block_size) {
     mp__job_t *old = t->spares[at];
     t->spares[at] = job;
     t->spare_size[at] = job->block_size;
@@ -940,6 +942,16 @@ static mp__job_t **best_spare(mp__jobs_t *t, uint64_t bytes) {
  * block instead of faulting in a fresh one. */
 static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes) {
   pthread_mutex_lock(&t->lock);
+  for (size_t i = t->n_small; bytes < SMALL_SPARE && i-- > 0;) {
+    if (t->small_size[i] < bytes)
+      continue;
+    mp__job_t *spare = t->small[i];
+    t->n_small--;
+    t->small[i] = t->small[t->n_small];
+    t->small_size[i] = t->small_size[t->n_small];
+    pthread_mutex_unlock(&t->lock);
+    return spare;
+  }
   mp__job_t **best = best_spare(t, bytes);
   if (!best && bytes >= PREFAULT_BYTES) {
     reclaim(t);
