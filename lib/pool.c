@@ -831,7 +831,6 @@ int mp_pool_apply(mp_pool_t *pool, mp_task_fn_t fn, const void *arg, size_t size
 
 /* ---------------------------- async results ---------------------------- */
 
-
 static bool result_ready(const mp__job_t *job, void *arg) {
   const mp_async_result_t *ar = arg;
   return mp__job_complete(job) &&

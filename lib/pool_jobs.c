@@ -50,8 +50,8 @@ struct mp__jobs_s {
   pthread_mutex_t submit_lock; /* publication in seq order */
   pthread_mutex_t lock;        /* the job list, the spares, the function table */
   uint64_t next_seq;
-  mp__job_t *jobs;           /* every job not freed, linked by parent_next */
-  mp__job_t *spares[SPARES]; /* freed jobs' blocks, for the next jobs */
+  mp__job_t *jobs;             /* every job not freed, linked by parent_next */
+  mp__job_t *spares[SPARES];   /* freed jobs' blocks, for the next jobs */
   uint64_t spare_size[SPARES]; /* their sizes: a search reads no block */
   mp__job_t *small[SMALL_SPARES];
   uint64_t small_size[SMALL_SPARES];
@@ -75,7 +75,8 @@ static void prefault(void *p, uint64_t len) {
   if (!atomic_load_explicit(&page, memory_order_relaxed))
     atomic_store_explicit(&page, sysconf(_SC_PAGESIZE), memory_order_relaxed);
   uintptr_t size = (uintptr_t)atomic_load_explicit(&page, memory_order_relaxed);
-  uintptr_t from = (uintptr_t)p & ~(size - 1), to = ((uintptr_t)p + len + size - 1) & ~(size - 1);
+  uintptr_t from = (uintptr_t)p & ~(size - 1),
+            to = ((uintptr_t)p + len + size - 1) & ~(size - 1);
   (void)madvise((void *)from, to - from, MADV_POPULATE_WRITE);
 }
 

@@ -115,8 +115,8 @@ static void run_chunk(worker_t *wk, mp__task_t *task, mp__task_t *next) {
     rc = wk->how->run(task, wk->how->run_arg);
   MP__TRACE(pool_chunk, sh, ((const mp__job_t *)task->job)->seq, task->chunk, wk->w,
             task->first, task->count, t0, rc, task->failed_item, task->msg);
-  mp__pool_complete(sh, wk->w, task, rc == 0 ? MP__CHUNK_DONE : MP__CHUNK_FAILED,
-                    wk->notify_fd, next);
+  mp__pool_complete(sh, wk->w, task, rc == 0 ? MP__CHUNK_DONE : MP__CHUNK_FAILED, wk->notify_fd,
+                    next);
 }
 
 static void set_state(worker_t *wk, uint32_t state) {
