@@ -831,22 +831,17 @@ int mp_pool_apply(mp_pool_t *pool, mp_task_fn_t fn, const void *arg, size_t size
 
 /* ---------------------------- async results ---------------------------- */
 
-/* Ctrl-C: the one rule of signals.c. NULL when the wait does not block. */
-static const _Atomic uint32_t *watch_sigint(double timeout) {
-  return timeout > 0 ? mp__sigint_watch() : NULL;
-}
-
 static bool result_ready(const mp__job_t *job, void *arg) {
   const mp_async_result_t *ar = arg;
   return mp__job_complete(job) &&
          (!ar->has_callbacks || mp__job_callbacks_ran(job) || on_supervisor(ar->pool));
 }
 
-/* Waits on job until can_go_on, ending early on SIGINT. */
+/* Waits on job until can_go_on, ending early on SIGINT (Ctrl-C: the one rule of signals.c,
+ * watched only by a wait that blocks, and only once it is about to sleep). */
 static int wait_job(mp__job_t *job, bool (*can_go_on)(const mp__job_t *, void *), void *arg,
                     double timeout, const char *what) {
-  bool ready = can_go_on(job, arg); /* then no need to look at SIGINT's handler */
-  int rc = mp__job_wait(job, can_go_on, arg, ready ? NULL : watch_sigint(timeout),
+  int rc = mp__job_wait(job, can_go_on, arg, timeout > 0 ? mp__sigint_watch : NULL,
                         mp__deadline(timeout));
   if (rc == MP_ETIMEDOUT)
     return mp__error(rc, "%s: not ready after %g s", what, timeout);

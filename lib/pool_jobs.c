@@ -27,10 +27,22 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
-/* Freed job blocks kept for the next jobs. */
+/* Freed job blocks kept for the next jobs, the largest SPARES; and blocks below SMALL_SPARE
+ * bytes on a stack of their own, enough for a stream of applies in flight (a stream of
+ * same-size jobs takes the top one). */
 #define SPARES 8
+#define SMALL_SPARES 64
+#define SMALL_SPARE ((uint64_t)1 << 16)
+/* Each worker's done counter on a cache line of its own: two workers completing chunks
+ * side by side do not take the line from each other at every chunk. */
+#define DONE_STRIDE 64
+/* From this many bytes on, the pages a job or a chunk writes are mapped in advance. */
+#define PREFAULT_BYTES (64 * 1024)
+/* What a worker spins, looking for new work, before it sleeps (mp__pool_idle). */
+#define IDLE_SPIN_NS 20000
 
 /* The pool's side of the table, in the pool's process. */
 struct mp__jobs_s {
@@ -38,14 +50,35 @@ struct mp__jobs_s {
   pthread_mutex_t submit_lock; /* publication in seq order */
   pthread_mutex_t lock;        /* the job list, the spares, the function table */
   uint64_t next_seq;
-  mp__job_t *jobs;           /* every job not freed, linked by parent_next */
-  mp__job_t *spares[SPARES]; /* freed jobs' blocks, for the next jobs */
+  mp__job_t *jobs;             /* every job not freed, linked by parent_next */
+  mp__job_t *spares[SPARES];   /* freed jobs' blocks, for the next jobs */
+  uint64_t spare_size[SPARES]; /* their sizes: a search reads no block */
+  mp__job_t *small[SMALL_SPARES];
+  uint64_t small_size[SMALL_SPARES];
+  size_t n_small;
 };
 
 static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes);
+static void keep_for_later(mp__job_t *job);
 static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk);
 
 /* ------------------------------- the job ------------------------------- */
+
+/* Maps the pages of [p, p + len) in this process at once, writable: one system call where
+ * the first touches would fault once per page (page tables are per process, so every
+ * process faults on every page of a shared block it has not touched yet). Only for large
+ * ranges; a kernel without MADV_POPULATE_WRITE (before 5.14) leaves the pages to fault. */
+static void prefault(void *p, uint64_t len) {
+  static _Atomic long page;
+  if (len < PREFAULT_BYTES)
+    return;
+  if (!atomic_load_explicit(&page, memory_order_relaxed))
+    atomic_store_explicit(&page, sysconf(_SC_PAGESIZE), memory_order_relaxed);
+  uintptr_t size = (uintptr_t)atomic_load_explicit(&page, memory_order_relaxed);
+  uintptr_t from = (uintptr_t)p & ~(size - 1),
+            to = ((uintptr_t)p + len + size - 1) & ~(size - 1);
+  (void)madvise((void *)from, to - from, MADV_POPULATE_WRITE);
+}
 
 /* x rounded up to 64, false if that overflows. */
 static bool align64(uint64_t x, uint64_t *out) {
@@ -86,7 +119,7 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
       __builtin_add_overflow(per_slot_out, MP__JOB_CANARY, &out_stride) ||
       !place(&at, window, sizeof(uint64_t), &states_off) ||
       !place(&at, n_errs, sizeof(mp__task_error_t), &errs_off) ||
-      !place(&at, (uint64_t)n_workers + 1, sizeof(uint64_t), &done_off) ||
+      !place(&at, (uint64_t)n_workers + 1, DONE_STRIDE, &done_off) ||
       !place(&at, window, per_slot_in, &input_off) ||
       !place(&at, window, out_stride, &output_off))
     return mp__error(MP_EINVAL,
@@ -104,9 +137,12 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   if (!job)
     return mp__error_prefix(MP_ENOMEM, "no room for a job of %llu bytes",
                             (unsigned long long)total);
+  if (!spare) /* the submitter writes its input, then reads its output */
+    prefault(job, total);
   uint64_t block_size = spare ? spare->block_size : total;
   memset(job, 0, input_off);
   job->block_size = block_size;
+  job->waker = &t->sh->wakers[MP__POOL_SLOTS]; /* until it is published, if ever */
   int rc = mp__mutex_init(&job->err_lock);
   if (rc < 0) {
     mp__shared_release(job);
@@ -229,6 +265,17 @@ static void wake_workers(mp__pool_shared_t *sh, int n) {
  */
 void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen) {
   mp__worker_rec_t *rec = &sh->workers[w];
+  /* A short spin first, before the worker counts as idle: work submitted within it (the next
+   * apply of a stream, the next map) is taken with no wake-up, and the submitter, seeing no
+   * idle worker, makes no futex call. As short as the waiter's, for the same reason. */
+  int64_t spin_end = mp__now_ns() + IDLE_SPIN_NS;
+  for (int i = 1; atomic_load(&sh->work) == seen; i++) {
+    mp__cpu_relax();
+    if (i % 64 == 0 && mp__now_ns() >= spin_end)
+      break;
+  }
+  if (atomic_load(&sh->work) != seen)
+    return;
   uint32_t wake = atomic_load(&rec->wake);
   atomic_store(&rec->idle_ticket, atomic_fetch_add(&sh->idle_tickets, 1) + 1);
   atomic_fetch_add(&sh->idle, 1);
@@ -238,37 +285,47 @@ void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen) {
   atomic_fetch_sub(&sh->idle, 1);
 }
 
+static void wake(mp__job_waker_t *waker) {
+  atomic_fetch_add(&waker->wake, 1);
+  if (atomic_load(&waker->waiters) > 0)
+    mp__futex_wake(&waker->wake, INT32_MAX);
+}
+
 static void wake_waiter(mp__job_t *job) {
-  atomic_fetch_add(&job->wake, 1);
-  if (atomic_load(&job->waiters) > 0)
-    mp__futex_wake(&job->wake, INT32_MAX);
+  wake(job->waker);
 }
 
 int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
-                 const _Atomic uint32_t *interrupts, int64_t deadline) {
+                 const _Atomic uint32_t *(*watch)(void), int64_t deadline) {
+  /* A short spin first: a task that takes microseconds is done before a sleep and its
+   * wake-up would be (on an idle machine, waking a sleeping CPU costs tens of them). */
+  int64_t spin_end = mp__now_ns() + 20000;
+  for (int i = 1; !done(job, arg); i++) {
+    if (i % 64 == 0 && mp__now_ns() >= spin_end)
+      break;
+    mp__cpu_relax();
+  }
+  if (done(job, arg))
+    return 0;
+  /* Only a wait that will sleep watches for interrupts (a system call or two, which a
+   * result ready within the spin does without). */
+  const _Atomic uint32_t *interrupts = watch ? watch() : NULL;
   uint32_t base = interrupts ? atomic_load(interrupts) : 0;
   /* Without a timeout the kernel restarts the wait after an SA_RESTART handler, unseen;
    * with one, any handler ends it with EINTR. */
   if (interrupts && deadline == INT64_MAX)
     deadline = INT64_MAX - 1;
-  /* A short spin first: a task that takes microseconds is done before a sleep and its
-   * wake-up would be (on an idle machine, waking a sleeping CPU costs tens of them). */
-  int64_t spin_end = mp__now_ns() + 20000;
-  for (int i = 1; !done(job, arg); i++) {
-    mp__cpu_relax();
-    if (i % 64 == 0 && mp__now_ns() >= spin_end)
-      break;
-  }
+  mp__job_waker_t *waker = job->waker;
   for (;;) {
-    uint32_t seen = atomic_load(&job->wake);
+    uint32_t seen = atomic_load(&waker->wake);
     if (done(job, arg))
       return 0;
     if (interrupts && atomic_load(interrupts) != base)
       return MP_EINTR;
-    atomic_fetch_add(&job->waiters, 1);
+    atomic_fetch_add(&waker->waiters, 1);
     /* A signal's EINTR only sends us round the loop, to look at the counter again. */
-    int rc = done(job, arg) ? 0 : mp__futex_wait_sig(&job->wake, seen, deadline);
-    atomic_fetch_sub(&job->waiters, 1);
+    int rc = done(job, arg) ? 0 : mp__futex_wait_sig(&waker->wake, seen, deadline);
+    atomic_fetch_sub(&waker->waiters, 1);
     if (rc == MP_ETIMEDOUT)
       return done(job, arg) ? 0 : MP_ETIMEDOUT;
   }
@@ -301,6 +358,7 @@ static int job_publish(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq, int6
       return mp__error(MP_ETIMEDOUT, "%d jobs are in flight", MP__POOL_SLOTS);
   }
   job->seq = seq;
+  job->waker = &sh->wakers[seq % MP__POOL_SLOTS];
   atomic_fetch_add(&job->refs, 1); /* the slot's */
   sh->slots[seq % MP__POOL_SLOTS].job = job;
   atomic_store(&sh->slots[seq % MP__POOL_SLOTS].state, seq << 1 | 1);
@@ -338,8 +396,9 @@ static mp__job_t *pin(mp__pool_shared_t *sh, uint32_t pinner, uint64_t seq) {
   return slot_state(sh, seq) == (seq << 1 | 1) ? job : NULL;
 }
 
+/* A release: what the pinner did with the job comes before a freer's look at the pin. */
 static void unpin(mp__pool_shared_t *sh, uint32_t pinner) {
-  atomic_store(&sh->workers[pinner].pin, 0);
+  atomic_store_explicit(&sh->workers[pinner].pin, 0, memory_order_release);
 }
 
 static bool unpinned(const mp__pool_shared_t *sh, const mp__job_t *job) {
@@ -375,6 +434,24 @@ static bool claim_retried(mp__job_t *job, uint32_t w, uint32_t *chunk) {
 static bool claim_in(mp__job_t *job, uint32_t w, uint32_t *chunk) {
   if (atomic_load(&job->retries_queued) > 0 && claim_retried(job, w, chunk))
     return true;
+  if (!(job->flags & MP__JOB_ITERATOR)) {
+    /* A map's chunks are all queued from the start: each is drawn once, in order, by a
+     * fetch-and-add on the hint, as a bare farm draws them (one read-modify-write, no scan).
+     * A drawn chunk no longer QUEUED was aborted. The hint passes n_chunks by at most one
+     * per worker looking at that moment. */
+    while (atomic_load_explicit(&job->hint, memory_order_relaxed) < job->n_chunks) {
+      uint32_t h = atomic_fetch_add(&job->hint, 1);
+      if (h >= job->n_chunks)
+        break;
+      uint64_t v = atomic_load(mp__job_state(job, h));
+      if (MP__CHUNK_STATUS(v) == MP__CHUNK_QUEUED && MP__CHUNK_ATTEMPTS(v) == 0 &&
+          claim_at(job, h, w, v)) {
+        *chunk = h;
+        return true;
+      }
+    }
+    return false;
+  }
   uint32_t limit = atomic_load(&job->limit);
   uint32_t start = atomic_load(&job->hint), h = start;
   for (; h < limit && h < job->n_chunks; h++) {
@@ -418,10 +495,21 @@ static void task_view(mp__job_t *job, uint32_t chunk, _Atomic uint64_t *running,
   task->count = mp__job_chunk_items(job, chunk);
   task->running = running;
   task->result_len = 0;
+  prefault(task->output, task->count * task->result_size); /* fits: job_create checked */
+}
+
+/* Worker w claimed chunk of job (pinned): its record names it, task is its view. */
+static void take_chunk(mp__pool_shared_t *sh, uint32_t w, mp__job_t *job, uint32_t chunk,
+                       mp__task_t *task) {
+  mp__worker_rec_t *rec = &sh->workers[w];
+  /* Read by the supervisor once this worker has ended (and by no one before): relaxed. */
+  atomic_store_explicit(&rec->run_item, 0, memory_order_relaxed);
+  atomic_store_explicit(&rec->run_seq, job->seq + 1, memory_order_relaxed);
+  atomic_store_explicit(&rec->run_chunk, chunk, memory_order_relaxed);
+  task_view(job, chunk, &rec->run_item, task);
 }
 
 bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
-  mp__worker_rec_t *rec = &sh->workers[w];
   uint64_t next = atomic_load(&sh->next_seq);
   for (uint64_t seq = atomic_load(&sh->oldest); seq < next; seq++) {
     mp__job_t *j = pin(sh, w, seq);
@@ -431,11 +519,8 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
       continue;
     }
     if (claim_in(j, w, &chunk)) {
-      atomic_store_explicit(&rec->run_item, 0, memory_order_relaxed);
-      atomic_store(&rec->run_seq, seq + 1);
-      atomic_store(&rec->run_chunk, chunk);
+      take_chunk(sh, w, j, chunk, task);
       unpin(sh, w); /* the running chunk keeps the job alive */
-      task_view(j, chunk, &rec->run_item, task);
       return true;
     }
   }
@@ -447,16 +532,15 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
 
 /* The chunks counted as done: each worker's counter (written by that worker alone, and by
  * the supervisor once it has died), and the parent's. */
-static uint64_t job_done(const mp__job_t *job) {
-  const _Atomic uint64_t *by = (const _Atomic uint64_t *)((const char *)job + job->done_off);
-  uint64_t done = 0;
-  for (uint32_t i = 0; i < job->n_counters; i++)
-    done += atomic_load(&by[i]) >> 1;
-  return done;
+static _Atomic uint64_t *done_by(const mp__job_t *job, uint32_t w) {
+  return (_Atomic uint64_t *)((char *)job + job->done_off + (uint64_t)w * DONE_STRIDE);
 }
 
-static _Atomic uint64_t *done_by(const mp__job_t *job, uint32_t w) {
-  return (_Atomic uint64_t *)((char *)job + job->done_off) + w;
+static uint64_t job_done(const mp__job_t *job) {
+  uint64_t done = 0;
+  for (uint32_t i = 0; i < job->n_counters; i++)
+    done += atomic_load(done_by(job, i)) >> 1;
+  return done;
 }
 
 bool mp__job_complete(const mp__job_t *job) {
@@ -466,16 +550,21 @@ bool mp__job_complete(const mp__job_t *job) {
 /* After chunks were counted: wakes the waiter, and if the job is complete, frees its slot.
  * Whoever wins the slot's compare-and-swap does that once, so the supervisor can call this
  * for a worker that died in the middle of it. The caller has the job pinned (or holds a
- * reference): the slot's reference is dropped before the waiter is woken, so that the
- * waiter's own release is the last one and it frees the block itself. */
-static void settle(mp__pool_shared_t *sh, mp__job_t *job, int notify_fd) {
+ * reference). The slot's reference is dropped before the waiter is woken, so that the
+ * waiter's own release is the last one and it frees the block itself; a worker (later not
+ * NULL) gets the last wake-up to make once it has unpinned the job: woken first, the waiter
+ * could run on the worker's CPU and submit the next job while the worker, preempted, still
+ * pinned this one, whose block the next job could not then reuse. Returns whether the
+ * supervisor is to be told (callbacks, or a block whose last reference this dropped), which
+ * the caller also does once it has unpinned the job. */
+static bool settle(mp__pool_shared_t *sh, mp__job_t *job, mp__job_waker_t **later) {
   bool last = mp__job_complete(job);
   uint64_t seq = job->seq, active = seq << 1 | 1;
   if (!last || !atomic_compare_exchange_strong(&sh->slots[seq % MP__POOL_SLOTS].state, &active,
                                                seq << 1)) {
     if (last || (job->flags & MP__JOB_WAKE_EACH))
       wake_waiter(job);
-    return;
+    return false;
   }
   bool notify = job->flags & MP__JOB_NOTIFY;
   advance_oldest(sh, seq);
@@ -485,17 +574,22 @@ static void settle(mp__pool_shared_t *sh, mp__job_t *job, int notify_fd) {
   if (atomic_load(&sh->flags) & MP__POOL_CLOSED)
     wake_workers(sh, INT32_MAX); /* idle workers may exit now */
   /* The parent frees blocks: tell it when the slot's reference was the last. */
-  if (job_unref(job))
+  mp__job_waker_t *waker = job->waker;
+  if (job_unref(job)) { /* still pinned: the block is not freed under us */
+    atomic_store(&job->orphaned, 1);
     notify = true;
-  wake_waiter(job);
-  if (notify)
-    mp__pool_notify(notify_fd);
+  }
+  if (later)
+    *later = waker;
+  else
+    wake(waker);
+  return notify;
 }
 
 /* Chunks the parent counts: lost, or aborted. */
 static void count_by_parent(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunks) {
   atomic_fetch_add(done_by(job, job->n_counters - 1), (uint64_t)chunks << 1);
-  settle(sh, job, -1);
+  settle(sh, job, NULL);
 }
 
 /*
@@ -504,7 +598,7 @@ static void count_by_parent(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chun
  * state whether the chunk became DONE (count it) or not (it is still RUNNING, lost).
  */
 bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint32_t status,
-                       int notify_fd) {
+                       int notify_fd, mp__task_t *next) {
   mp__job_t *job = task->job;
   uint32_t chunk = task->chunk;
   _Atomic uint64_t *state = mp__job_state(job, chunk), *mine = done_by(job, w);
@@ -516,17 +610,39 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
     record_error(job, chunk, task->failed_item, task->code, task->msg);
   if (running && job->n == 1)
     atomic_store(&job->result_len, task->result_len);
-  atomic_store(&sh->workers[w].pin, job->seq + 1); /* for settling after the last reference */
-  atomic_store(mine, count << 1 | 1);
+  /* Pinned for settling after the last reference. Relaxed, as is the mark: whoever frees
+   * the block has first seen this chunk counted (the store of the count below, or a
+   * completion that read it), and the supervisor reads the mark only once this process has
+   * ended. */
+  atomic_store_explicit(&sh->workers[w].pin, job->seq + 1, memory_order_relaxed);
+  atomic_store_explicit(mine, count << 1 | 1, memory_order_relaxed);
   bool ours = running && atomic_compare_exchange_strong(
                              state, &v,
                              MP__CHUNK_STATE(chunk, MP__CHUNK_ATTEMPTS(v), w + 1, status));
-  /* Not ours: aborted, or given up for lost, and counted by whoever did that. */
+  /* Not ours: aborted, or given up for lost, and counted by whoever did that. Sequentially
+   * consistent, as the reads below: two workers completing a job's last chunks at once each
+   * store their count, then read the other's (and the hint); one at least sees it complete. */
   atomic_store(mine, (count + ours) << 1);
-  atomic_store(&sh->workers[w].run_seq, 0);
-  if (ours)
-    settle(sh, job, notify_fd);
+  atomic_store_explicit(&sh->workers[w].run_seq, 0, memory_order_relaxed);
+  /* A map with chunks never drawn is not complete (were it aborted, this chunk would not be
+   * ours): no need to read every worker's counter, nor to wake anyone. */
+  bool undrawn = !(job->flags & (MP__JOB_ITERATOR | MP__JOB_WAKE_EACH)) &&
+                 atomic_load(&job->hint) < job->n_chunks;
+  mp__job_waker_t *waker = NULL;
+  bool notify = ours && !undrawn && settle(sh, job, &waker);
+  /* The job is still pinned: its next chunk is claimed without a look at the job list, as
+   * long as no older job is incomplete (the oldest queued chunk goes first). */
+  uint32_t c;
+  if (next) {
+    next->job = NULL;
+    if (ours && atomic_load(&sh->oldest) == job->seq && claim_in(job, w, &c))
+      take_chunk(sh, w, job, c, next);
+  }
   unpin(sh, w);
+  if (waker)
+    wake(waker);
+  if (notify)
+    mp__pool_notify(notify_fd);
   return ours;
 }
 
@@ -628,7 +744,9 @@ void mp__jobs_free(mp__jobs_t *t) {
   }
   for (size_t i = 0; i < SPARES; i++)
     if (t->spares[i])
-      mp__shared_release(t->spares[i]);
+      keep_for_later(t->spares[i]);
+  for (size_t i = 0; i < t->n_small; i++)
+    mp__shared_release(t->small[i]);
   for (uint32_t i = 0; i < atomic_load(&sh->n_fns); i++)
     mp__shared_release(sh->fns[i]);
   if (sh->init_ref)
@@ -693,60 +811,178 @@ int mp__jobs_function(mp__jobs_t *t, mp__fn_t fn, uint32_t *index) {
   return rc;
 }
 
+/*
+ * Blocks of this process's destroyed pools, kept for its next pools: a program that makes a
+ * pool per batch of work then maps on warm pages (a fresh block faults every page in, and
+ * the arena gives blocks of 8 MiB and more back to the kernel when they are freed). The
+ * KEPT largest, each of at most KEPT_MAX bytes. A forked child forgets them (they are its
+ * parent's), before it can take one.
+ */
+#define KEPT 2
+#define KEPT_MAX ((uint64_t)64 << 20)
+static pthread_mutex_t kept_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic(mp__job_t *) kept[KEPT]; /* written under kept_lock */
+
+/* Only what is set is written: a child of a process that never kept a block does not copy
+ * this page. */
+static void forget_kept(void) {
+  mp__reset_lock(&kept_lock);
+  for (size_t i = 0; i < KEPT; i++)
+    if (atomic_load_explicit(&kept[i], memory_order_relaxed))
+      atomic_store_explicit(&kept[i], NULL, memory_order_relaxed);
+}
+
+static void watch_forks(void) {
+  pthread_atfork(NULL, NULL, forget_kept);
+}
+
+static void keep_for_later(mp__job_t *job) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  if (job->block_size > KEPT_MAX) {
+    mp__shared_release(job);
+    return;
+  }
+  pthread_once(&once, watch_forks);
+  pthread_mutex_lock(&kept_lock);
+  for (size_t i = 0; job && i < KEPT; i++) {
+    mp__job_t *old = atomic_load(&kept[i]);
+    if (old && old->block_size >= job->block_size)
+      continue;
+    atomic_store(&kept[i], job);
+    job = old; /* a larger one displaced it: it may displace a smaller one further on */
+  }
+  pthread_mutex_unlock(&kept_lock);
+  if (job)
+    mp__shared_release(job);
+}
+
+static mp__job_t *take_kept(uint64_t bytes) {
+  mp__job_t *job = NULL;
+  if (!atomic_load(&kept[0]) && !atomic_load(&kept[KEPT - 1]))
+    return NULL; /* and a process that never kept one writes nothing here */
+  pthread_mutex_lock(&kept_lock);
+  for (size_t i = 0; !job && i < KEPT; i++) {
+    job = atomic_load(&kept[i]);
+    if (job && job->block_size >= bytes)
+      atomic_store(&kept[i], NULL);
+    else
+      job = NULL;
+  }
+  pthread_mutex_unlock(&kept_lock);
+  return job;
+}
+
 /* Freed blocks are kept for the next jobs: their pages stay in memory, where a fresh block
  * would fault each of them in again (in the parent for the input, in a worker for the
  * output), and taking one costs no allocation. Called with t->lock held. */
 static void keep_or_release(mp__jobs_t *t, mp__job_t *job) {
-  size_t smallest = 0;
-  for (size_t i = 0; i < SPARES; i++) {
-    if (!t->spares[i]) {
-      t->spares[i] = job;
-      return;
-    }
-    if (t->spares[i]->block_size < t->spares[smallest]->block_size)
-      smallest = i;
+  if (job->block_size < SMALL_SPARE && t->n_small < SMALL_SPARES) {
+    t->small_size[t->n_small] = job->block_size;
+    t->small[t->n_small++] = job;
+    return;
   }
-  if (t->spares[smallest]->block_size < job->block_size) {
-    mp__job_t *old = t->spares[smallest];
-    t->spares[smallest] = job;
+  size_t at = 0;
+  for (size_t i = 0; i < SPARES && t->spares[at]; i++)
+    if (!t->spares[i] || t->spare_size[i] < t->spare_size[at])
+      at = i;
+  if (!t->spares[at] || t->spare_size[at] < job->block_size) {
+    mp__job_t *old = t->spares[at];
+    t->spares[at] = job;
+    t->spare_size[at] = job->block_size;
     job = old;
   }
-  mp__shared_release(job);
+  if (job)
+    mp__shared_release(job);
 }
 
-/* The smallest kept block of at least bytes, taken (NULL if none). */
-static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes) {
-  pthread_mutex_lock(&t->lock);
+/* Called with t->lock held (as are the two below). */
+static void link_job(mp__jobs_t *t, mp__job_t *job) {
+  job->parent_prev = NULL;
+  job->parent_next = t->jobs;
+  if (t->jobs)
+    ((mp__job_t *)t->jobs)->parent_prev = job;
+  t->jobs = job;
+}
+
+/* Unlinks a job nobody refers to and no worker has pinned, and frees its block (or keeps it
+ * as a spare). */
+static void free_job(mp__jobs_t *t, mp__job_t *job) {
+  mp__job_t *prev = job->parent_prev, *next = job->parent_next;
+  if (prev)
+    prev->parent_next = next;
+  else
+    t->jobs = next;
+  if (next)
+    next->parent_prev = prev;
+  pthread_mutex_destroy(&job->err_lock);
+  keep_or_release(t, job);
+}
+
+/* Frees the orphans no worker has pinned any more. */
+static void reclaim(mp__jobs_t *t) {
+  for (mp__job_t *job = t->jobs, *next; job; job = next) {
+    next = job->parent_next;
+    if (atomic_load(&job->orphaned) && unpinned(t->sh, job))
+      free_job(t, job);
+  }
+}
+
+/* The smallest spare block of at least bytes, taken (NULL if none). */
+static mp__job_t **best_spare(mp__jobs_t *t, uint64_t bytes) {
   mp__job_t **best = NULL;
   for (size_t i = 0; i < SPARES; i++)
-    if (t->spares[i] && t->spares[i]->block_size >= bytes &&
-        (!best || t->spares[i]->block_size < (*best)->block_size))
+    if (t->spares[i] && t->spare_size[i] >= bytes &&
+        (!best || t->spare_size[i] < t->spare_size[best - t->spares]))
       best = &t->spares[i];
+  return best;
+}
+
+/* The smallest kept block of at least bytes, taken (NULL if none). A job released while its
+ * last worker still had it pinned is reclaimed here, if that worker is done with it now,
+ * rather than when the supervisor gets to it: then a stream of same-size maps reuses one
+ * block instead of faulting in a fresh one. */
+static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes) {
+  pthread_mutex_lock(&t->lock);
+  for (size_t i = t->n_small; bytes < SMALL_SPARE && i-- > 0;) {
+    if (t->small_size[i] < bytes)
+      continue;
+    mp__job_t *spare = t->small[i];
+    t->n_small--;
+    t->small[i] = t->small[t->n_small];
+    t->small_size[i] = t->small_size[t->n_small];
+    pthread_mutex_unlock(&t->lock);
+    return spare;
+  }
+  mp__job_t **best = best_spare(t, bytes);
+  if (!best && bytes >= PREFAULT_BYTES) {
+    reclaim(t);
+    best = best_spare(t, bytes);
+  }
   mp__job_t *spare = best ? *best : NULL;
   if (best)
     *best = NULL;
   pthread_mutex_unlock(&t->lock);
-  return spare;
+  return spare ? spare : take_kept(bytes);
 }
 
 void mp__jobs_reclaim(mp__jobs_t *t) {
   pthread_mutex_lock(&t->lock);
-  for (mp__job_t **link = &t->jobs; *link;) {
-    mp__job_t *job = *link;
-    if (atomic_load(&job->refs) == 0 && unpinned(t->sh, job)) {
-      *link = job->parent_next;
-      pthread_mutex_destroy(&job->err_lock);
-      keep_or_release(t, job);
-    } else {
-      link = (mp__job_t **)&job->parent_next;
-    }
-  }
+  reclaim(t);
   pthread_mutex_unlock(&t->lock);
 }
 
+/* Whoever drops a job's last reference frees it, if no worker has it pinned: the owner
+ * here, at once; else it is an orphan, freed by a later reclaim (a worker that dropped it
+ * tells the supervisor), never by two. */
 void mp__jobs_release(mp__jobs_t *t, mp__job_t *job) {
-  if (job_unref(job))
-    mp__jobs_reclaim(t);
+  if (!job_unref(job))
+    return;
+  pthread_mutex_lock(&t->lock);
+  if (unpinned(t->sh, job))
+    free_job(t, job);
+  else
+    atomic_store(&job->orphaned, 1);
+  pthread_mutex_unlock(&t->lock);
 }
 
 int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__job_t **out) {
@@ -761,8 +997,7 @@ int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__job_t **out) {
   else if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
     memcpy(job_input(job, 0), s->items, s->n * s->item_size); /* checked by job_create */
   pthread_mutex_lock(&t->lock);
-  job->parent_next = t->jobs;
-  t->jobs = job;
+  link_job(t, job);
   pthread_mutex_unlock(&t->lock);
   if (job->n_chunks > 0) {
     pthread_mutex_lock(&t->submit_lock);
@@ -825,7 +1060,7 @@ static void find_lost_chunk(mp__jobs_t *t, mp__job_t *job, void *arg) {
 static void finish_counting(mp__jobs_t *t, mp__job_t *job, void *arg) {
   const lost_t *lost = arg;
   repair_count(job, lost->w, atomic_load(&t->sh->workers[lost->w].run_chunk));
-  settle(t->sh, job, -1);
+  settle(t->sh, job, NULL);
 }
 
 void mp__jobs_worker_lost(mp__jobs_t *t, uint32_t w, const char *why) {
@@ -842,6 +1077,10 @@ void mp__jobs_worker_lost(mp__jobs_t *t, uint32_t w, const char *why) {
   }
   if (!lost.found)
     for_each_running_job(t, find_lost_chunk, &lost);
+  /* A worker killed after it freed a job's slot but before it woke the waiter (the wake-up
+   * comes after it let go of the job) left that waiter asleep: every waiter looks again. */
+  for (size_t i = 0; i <= MP__POOL_SLOTS; i++)
+    wake(&sh->wakers[i]);
 }
 
 static void abort_job(mp__jobs_t *t, mp__job_t *job, void *arg) {

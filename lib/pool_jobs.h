@@ -70,6 +70,15 @@ enum {
 };
 #define MP__VARSIZE_HEAD sizeof(uint64_t)
 
+/* Where a job's waiter sleeps: in the pool's shared block rather than the job's, so that
+ * the worker that completes a job can wake the waiter after it let go of the job's block.
+ * One per job slot, used by the slot's jobs in turn (a waiter woken for an earlier job's
+ * sake looks again and sleeps again), and one for jobs never published (no chunks). */
+typedef struct {
+  _Atomic uint32_t wake; /* futex word, bumped when a waiter may proceed */
+  _Atomic uint32_t waiters;
+} mp__job_waker_t;
+
 /* A job: one map, apply or iterator, one block of the arena. Chunks [0, limit) have been fed;
  * chunk c lives in window slot c % window (window = n_chunks for a map). */
 typedef struct {
@@ -82,14 +91,14 @@ typedef struct {
   _Atomic uint32_t limit;
   _Atomic uint32_t hint;           /* chunks below it are not queued, except retried ones */
   _Atomic uint32_t retries_queued; /* chunks queued again after their worker died */
-  _Atomic uint32_t wake;           /* futex word, bumped when a waiter may proceed */
-  _Atomic uint32_t waiters;
+  mp__job_waker_t *waker;          /* in the pool's shared block */
   _Atomic uint32_t refs;           /* the slot's and the owner's */
   _Atomic uint32_t callback_done;
   _Atomic int32_t abort_code;      /* MP_ETERMINATED once the pool was terminated */
   _Atomic uint64_t result_len;     /* an apply's result length */
   pthread_mutex_t err_lock;        /* robust: workers record failures */
-  void *parent_next;               /* the pool's list of its jobs, in the pool's process */
+  void *parent_next, *parent_prev; /* the pool's list of its jobs, in the pool's process */
+  _Atomic uint32_t orphaned;       /* no reference left, and not freed by whoever dropped it */
   uint64_t block_size;             /* bytes of its block, which a later job may reuse */
   uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
   uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
@@ -143,6 +152,7 @@ struct mp__pool_shared_s {
     _Atomic uint64_t state; /* seq << 1 | active */
     mp__job_t *job;
   } slots[MP__POOL_SLOTS];
+  mp__job_waker_t wakers[MP__POOL_SLOTS + 1]; /* by slot, then the unpublished jobs' */
   mp__worker_rec_t workers[]; /* n_workers, then one for the supervisor's pins */
 };
 
@@ -218,10 +228,11 @@ void mp__jobs_wake_status(mp__jobs_t *t);
 /* A job's outcome, once complete. */
 bool mp__job_complete(const mp__job_t *job);
 int mp__job_aborted(const mp__job_t *job); /* its abort code, or 0 */
-/* Waits until done(job, arg) or the deadline: 0 or MP_ETIMEDOUT. Signals do not end the
- * wait, except that MP_EINTR is returned once *interrupts (if not NULL) has changed. */
+/* Waits until done(job, arg) or the deadline: 0 or MP_ETIMEDOUT. It spins 20 us first;
+ * then, before it sleeps, it calls watch (if not NULL) for a counter of interrupts. Signals
+ * do not end the wait, except that MP_EINTR is returned once that counter has changed. */
 int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
-                 const _Atomic uint32_t *interrupts, int64_t deadline);
+                 const _Atomic uint32_t *(*watch)(void), int64_t deadline);
 /* Copies a complete job's results out (a map's chunk by chunk, a failed chunk's zeroed; an
  * apply's result if it succeeded) and returns 0, or its first failure's code with its
  * sentence. cap below the length: MP_ETOOSMALL, nothing copied. *len (if not NULL): the
@@ -260,9 +271,11 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task);
 /* The task's chunk is done (MP__CHUNK_DONE) or failed (MP__CHUNK_FAILED, with task->code,
  * task->failed_item and task->msg recorded): counted, its waiter woken, and if it was the
  * job's last, the job's slot freed. false if the chunk was lost or aborted first: then
- * nothing is recorded. */
+ * nothing is recorded. With next (not NULL), the same job's next queued chunk is claimed
+ * for w at once if that job is the oldest incomplete one (next->job is NULL if none was):
+ * a stream of chunks costs no look at the job list and no pin per chunk. */
 bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint32_t status,
-                       int notify_fd);
+                       int notify_fd, mp__task_t *next);
 
 /* ----------------------- inside the table, for its unit test ----------------------- */
 

@@ -99,7 +99,8 @@ static int resolve(const worker_t *wk, const mp__fnref_t *ref, mp__fn_t local, m
   return mp__fnref_resolve(ref, fn);
 }
 
-static void run_chunk(worker_t *wk, mp__task_t *task) {
+/* Runs and completes task; next (if not NULL) gets the job's next chunk, if claimed. */
+static void run_chunk(worker_t *wk, mp__task_t *task, mp__task_t *next) {
   MP__TRACE_CLOCK(t0);
   mp__pool_shared_t *sh = wk->sh;
   int rc = 0;
@@ -114,8 +115,8 @@ static void run_chunk(worker_t *wk, mp__task_t *task) {
     rc = wk->how->run(task, wk->how->run_arg);
   MP__TRACE(pool_chunk, sh, ((const mp__job_t *)task->job)->seq, task->chunk, wk->w,
             task->first, task->count, t0, rc, task->failed_item, task->msg);
-  mp__pool_complete(sh, wk->w, task, rc == 0 ? MP__CHUNK_DONE : MP__CHUNK_FAILED,
-                    wk->notify_fd);
+  mp__pool_complete(sh, wk->w, task, rc == 0 ? MP__CHUNK_DONE : MP__CHUNK_FAILED, wk->notify_fd,
+                    next);
 }
 
 static void set_state(worker_t *wk, uint32_t state) {
@@ -159,13 +160,19 @@ int mp__run_initializer(mp__fn_t fn, const void *args, size_t size, void *arg, c
 static int serve(worker_t *wk) {
   mp__pool_shared_t *sh = wk->sh;
   unsigned tasks = 0;
+  /* Two views: the chunk being run, and the one its completion may claim next. */
+  mp__task_t views[2], *task = &views[0], *next = &views[1];
+  bool claimed = false;
   for (;;) {
     uint32_t seen = atomic_load(&sh->work);
-    mp__task_t task;
-    if (mp__pool_claim(sh, wk->w, &task)) {
-      run_chunk(wk, &task);
-      if (sh->maxtasks && ++tasks >= sh->maxtasks)
+    if (claimed || mp__pool_claim(sh, wk->w, task)) {
+      bool retire = sh->maxtasks && ++tasks >= sh->maxtasks;
+      run_chunk(wk, task, retire ? NULL : next);
+      if (retire)
         return exit_because(wk, MP__WORKER_RETIRED, 0, "it ran maxtasksperchild tasks");
+      claimed = next->job != NULL;
+      mp__task_t *ran = task;
+      task = next, next = ran;
       continue;
     }
     uint32_t flags = atomic_load(&sh->flags);

@@ -46,7 +46,7 @@ static void claim(uint32_t w, mp__task_t *task) {
 }
 
 static bool complete(uint32_t w, mp__task_t *task) {
-  return mp__pool_complete(mp__jobs_shared(table), w, task, MP__CHUNK_DONE, -1);
+  return mp__pool_complete(mp__jobs_shared(table), w, task, MP__CHUNK_DONE, -1, NULL);
 }
 
 START_TEST(test_claim_complete) {
@@ -173,6 +173,119 @@ START_TEST(test_function_limit) {
 }
 END_TEST
 
+/* Another map of n ints in the same table. */
+static mp__job_t *submit_more(const int *items, uint64_t n, uint64_t chunksize) {
+  mp__job_spec_t spec = {0, 0, items, n, sizeof(int), sizeof(int), chunksize, 0, 0, NULL};
+  MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
+  mp__job_t *job;
+  MP_ASSERT_OK(mp__jobs_submit(table, &spec, &job));
+  return job;
+}
+
+/* Completes the chunk, claiming the job's next one into next; runs it if it was claimed. */
+static void complete_claim(uint32_t w, mp__task_t *task, mp__task_t *next) {
+  T_ASSERT(mp__pool_complete(mp__jobs_shared(table), w, task, MP__CHUNK_DONE, -1, next),
+           "the completion was refused");
+  if (next->job) {
+    next->call = (mp__fn_t)identity;
+    MP_ASSERT_OK(mp__run_task(next, NULL));
+  }
+}
+
+/* A completion claims the same job's next chunk, in order, until there is none. */
+START_TEST(test_completion_claims_next) {
+  int in[6] = {1, 2, 3, 4, 5, 6}, out[6] = {0};
+  mp__job_t *job = submit_map(0, in, 6, 2);
+  mp__task_t a, b;
+  claim(0, &a);
+  complete_claim(0, &a, &b);
+  T_ASSERT(b.job == job && b.chunk == 1, "chunk 1 was not claimed next");
+  complete_claim(0, &b, &a);
+  T_ASSERT(a.job == job && a.chunk == 2 && a.first == 4, "chunk 2 was not claimed next");
+  complete_claim(0, &a, &b);
+  T_ASSERT(b.job == NULL, "a chunk was claimed after the last one");
+  T_ASSERT(mp__job_complete(job), "the job is not complete");
+  MP_ASSERT_OK(mp__job_take(job, false, out, sizeof out, NULL));
+  T_INT_EQ(out[5], 6);
+  end_table(job);
+}
+END_TEST
+
+/* While an older job is incomplete, a completion claims nothing in a newer one: the oldest
+ * queued chunk goes first. */
+START_TEST(test_no_claim_past_an_older_job) {
+  int in[4] = {1, 2, 3, 4};
+  mp__job_t *older = submit_map(0, in, 1, 1), *newer = submit_more(in, 4, 2);
+  mp__task_t a, b, next;
+  claim(0, &a);
+  T_ASSERT(a.job == older, "the older job's chunk was not claimed first");
+  claim(1, &b);
+  T_ASSERT(b.job == newer, "worker 2 did not claim in the newer job");
+  complete_claim(1, &b, &next);
+  T_ASSERT(next.job == NULL, "claimed in the newer job while the older one was incomplete");
+  complete_claim(0, &a, &next);
+  T_ASSERT(next.job == NULL, "claimed in another job than the completed chunk's");
+  claim(0, &b);
+  T_ASSERT(b.job == newer && b.chunk == 1, "the newer job's second chunk was not claimed");
+  complete_claim(0, &b, &next);
+  T_ASSERT(mp__job_complete(older) && mp__job_complete(newer), "the jobs are not complete");
+  mp__jobs_release(table, newer);
+  end_table(older);
+}
+END_TEST
+
+/* A job released while a worker still had it pinned (the worker that completed it, not yet
+ * done settling) gives its block to the next job of its size once the worker let go, rather
+ * than leaving that job to fault in a fresh one. */
+START_TEST(test_pinned_job_block_reused) {
+  enum { N = 70000 }; /* 280 KB of input: a block worth keeping warm */
+  int *in = calloc(N, sizeof *in);
+  T_ASSERT(in != NULL, "no memory");
+  mp__job_t *job = submit_map(0, in, N, N / 2), *again;
+  mp__task_t a, b;
+  claim(0, &a);
+  claim(1, &b);
+  T_ASSERT(complete(0, &a) && complete(1, &b), "the completions were refused");
+  _Atomic uint64_t *pin = &mp__jobs_shared(table)->workers[1].pin;
+  atomic_store(pin, job->seq + 1);
+  mp__jobs_release(table, job);
+  atomic_store(pin, 0);
+  again = submit_more(in, N, N / 2);
+  T_ASSERT(again == job, "the next job of the same size did not reuse the block");
+  claim(0, &a);
+  claim(1, &b);
+  T_ASSERT(complete(0, &a) && complete(1, &b), "the completions were refused");
+  free(in);
+  end_table(again);
+}
+END_TEST
+
+/* A destroyed table's largest block serves the process's next table, its pages still in
+ * memory: the output of the last map is still there (a block freed to the arena, or fresh,
+ * would read zeros: the arena punches blocks of 8 MiB and more out of its file). */
+START_TEST(test_block_kept_for_next_table) {
+  enum { N = 1500000 }; /* 6 MB of input and 6 of output */
+  int *in = malloc(N * sizeof *in);
+  T_ASSERT(in != NULL, "no memory");
+  for (int i = 0; i < N; i++)
+    in[i] = i + 1;
+  mp__job_t *job = submit_map(0, in, N, N);
+  mp__task_t a;
+  claim(0, &a);
+  T_ASSERT(complete(0, &a), "the completion was refused");
+  end_table(job);
+  memset(in, 0, N * sizeof *in);
+  job = submit_map(0, in, N, N);
+  T_ASSERT(mp__pool_claim(mp__jobs_shared(table), 0, &a), "nothing to claim");
+  T_INT_EQ(((const int *)a.output)[N - 1], N);
+  a.call = (mp__fn_t)identity;
+  MP_ASSERT_OK(mp__run_task(&a, NULL));
+  T_ASSERT(complete(0, &a), "the completion was refused");
+  free(in);
+  end_table(job);
+}
+END_TEST
+
 static Suite *pool_jobs_suite(void) {
   Suite *s = suite_create("pool_jobs");
   TCase *tc = mp_test_tcase(s, "protocol", 30);
@@ -183,6 +296,10 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_lose_after_complete);
   tcase_add_test(tc, test_abort_then_complete);
   tcase_add_test(tc, test_function_limit);
+  tcase_add_test(tc, test_completion_claims_next);
+  tcase_add_test(tc, test_no_claim_past_an_older_job);
+  tcase_add_test(tc, test_pinned_job_block_reused);
+  tcase_add_test(tc, test_block_kept_for_next_table);
   return s;
 }
 
