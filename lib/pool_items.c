@@ -27,11 +27,22 @@ static int items_max(const char *what, const mp_item_t *items, size_t n, size_t 
   return 0;
 }
 
-/* A complete map's n results as one allocation: n mp_item_t, then their bytes. */
-static int unpack_results(const char *what, const mp__job_t *job, size_t n, mp_item_t **out) {
-  size_t bytes;
-  bool overflow = __builtin_mul_overflow(n, sizeof(mp_item_t), &bytes);
-  for (size_t i = 0; i < n && !overflow; i++) {
+/* Up to this many bytes, counting result_max for each result, a map's results are copied
+ * into an allocation of that size in one pass and what they leave is given back; above it
+ * they are sized first (every result read twice), so that a generous result_max does not
+ * reserve memory the results never take. */
+#define RESULTS_FIT_MAX ((size_t)256 << 20)
+
+/* A complete map's n results as one allocation: n mp_item_t, then their bytes, each
+ * rounded up to 8. */
+static int unpack_results(const char *what, const mp__job_t *job, size_t n, size_t result_max,
+                          mp_item_t **out) {
+  /* var_slot(result_max) was checked by the submission: the room is result_max rounded up. */
+  size_t each, bytes, room = var_slot(result_max) - MP__VARSIZE_HEAD;
+  bool fit = !__builtin_add_overflow(room, sizeof(mp_item_t), &each) &&
+             !__builtin_mul_overflow(n, each, &bytes) && bytes <= RESULTS_FIT_MAX;
+  bool overflow = !fit && __builtin_mul_overflow(n, sizeof(mp_item_t), &bytes);
+  for (size_t i = 0; i < n && !fit && !overflow; i++) {
     const char *r = mp__job_result(job, i);
     overflow = __builtin_add_overflow(bytes, r ? (slot_length(r) + 7) & ~(size_t)7 : 0, &bytes);
   }
@@ -41,10 +52,19 @@ static int unpack_results(const char *what, const mp__job_t *job, size_t n, mp_i
   char *at = (char *)(res + n);
   for (size_t i = 0; i < n; i++) {
     const char *r = mp__job_result(job, i);
-    res[i].size = r ? slot_length(r) : 0;
-    res[i].data = at;
+    uint64_t len = r ? slot_length(r) : 0;
+    res[i].size = len < result_max ? len : result_max; /* a length the task wrote over */
     if (res[i].size)
       memcpy(at, r + MP__VARSIZE_HEAD, res[i].size);
+    at += (res[i].size + 7) & ~(size_t)7;
+  }
+  if (fit && (size_t)(at - (char *)res) < bytes) {
+    mp_item_t *shrunk = realloc(res, (size_t)(at - (char *)res));
+    res = shrunk ? shrunk : res;
+  }
+  at = (char *)(res + n); /* the pointers last: realloc may have moved the block */
+  for (size_t i = 0; i < n; i++) {
+    res[i].data = at;
     at += (res[i].size + 7) & ~(size_t)7;
   }
   *out = res;
@@ -74,7 +94,7 @@ int mp_pool_map_items(mp_pool_t *pool, mp_task_fn_t fn, const mp_item_t *items, 
   if (rc == 0 || rc == MP_ETASK || rc == MP_EWORKERDIED) {
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", mp_last_error());
-    int unpacked = unpack_results(what, ar->job, n, results);
+    int unpacked = unpack_results(what, ar->job, n, result_max, results);
     rc = unpacked < 0 ? unpacked : rc < 0 ? mp__error(rc, "%s", msg) : 0;
   }
   mp_async_result_free(ar);
