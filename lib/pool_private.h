@@ -134,7 +134,7 @@ typedef struct {
 
 /* pool_supervisor.c, for pool.c. */
 
-/* The events pool's launcher reports to (the supervisor's). */
+/* The events the pool's launcher reports to (the supervisor's). */
 mp__launcher_events_t mp__pool_launcher_events(mp_pool_t *pool);
 /* Starts worker w; a failure is the supervisor's to handle (counted, retried, or the end of
  * creation). */
