@@ -31,7 +31,7 @@ static int items_max(const char *what, const mp_item_t *items, size_t n, size_t 
  * into an allocation of that size in one pass and what they leave is given back; above it
  * they are sized first (every result read twice), so that a generous result_max does not
  * reserve memory the results never take. */
-#define RESULTS_FIT_MAX ((size_t)256 << 20)
+#define RESULTS_FIT_MAX ((size_t)64 << 20)
 
 /* A complete map's n results as one allocation: n mp_item_t, then their bytes, each
  * rounded up to 8. */

@@ -1652,10 +1652,10 @@ START_TEST(test_map_items_strings) {
     check_reversed(in, out, N);
     free(out);
   }
-  /* Results that would take more than 256 MiB counted at result_max are sized before they
+  /* Results that would take more than 64 MiB counted at result_max are sized before they
    * are copied (below that, copied in one pass and the rest given back, as above). */
   mp_item_t *big = NULL;
-  MP_ASSERT_OK(mp_pool_map_items(pool, reverse, in, 3, (size_t)100 << 20, 1, &big));
+  MP_ASSERT_OK(mp_pool_map_items(pool, reverse, in, 3, (size_t)24 << 20, 1, &big));
   check_reversed(in, big, 3);
   free(big);
   for (int ordered = 0; ordered < 2; ordered++) {
