@@ -1,0 +1,365 @@
+/*
+ * The Pool's item forms: map and imap over items of any size (mp_item_t), and the lazy
+ * iterators, whose items come from a source called on the caller's side. Built on pool.c's
+ * submissions and iterators (pool_private.h), which never call in here: mp_imap_free frees a
+ * lazy iterator's batches through the iterator's free_lazy hook.
+ */
+#include "pool_private.h"
+
+#include <string.h>
+
+static uint64_t slot_length(const char *slot) {
+  uint64_t len;
+  memcpy(&len, slot, sizeof len);
+  return len;
+}
+
+/* Checks items and finds the longest one's size. */
+static int items_max(const char *what, const mp_item_t *items, size_t n, size_t *max) {
+  if (!items && n)
+    return mp__error(MP_EINVAL, "%s: items is NULL but n is %zu", what, n);
+  *max = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!items[i].data && items[i].size)
+      return mp__error(MP_EINVAL, "%s: item %zu has %zu bytes at NULL", what, i, items[i].size);
+    *max = items[i].size > *max ? items[i].size : *max;
+  }
+  return 0;
+}
+
+/* Up to this many bytes, counting result_max for each result, a map's results are copied
+ * into an allocation of that size in one pass and what they leave is given back; above it
+ * they are sized first (every result read twice), so that a generous result_max does not
+ * reserve memory the results never take. */
+#define RESULTS_FIT_MAX ((size_t)64 << 20)
+
+/* A complete map's n results as one allocation: n mp_item_t, then their bytes, each
+ * rounded up to 8. */
+static int unpack_results(const char *what, const mp__job_t *job, size_t n, size_t result_max,
+                          mp_item_t **out) {
+  /* var_slot(result_max) was checked by the submission: the room is result_max rounded up. */
+  size_t each, bytes, room = var_slot(result_max) - MP__VARSIZE_HEAD;
+  bool fit = !__builtin_add_overflow(room, sizeof(mp_item_t), &each) &&
+             !__builtin_mul_overflow(n, each, &bytes) && bytes <= RESULTS_FIT_MAX;
+  bool overflow = !fit && __builtin_mul_overflow(n, sizeof(mp_item_t), &bytes);
+  for (size_t i = 0; i < n && !fit && !overflow; i++) {
+    const char *r = mp__job_result(job, i);
+    overflow = __builtin_add_overflow(bytes, r ? (slot_length(r) + 7) & ~(size_t)7 : 0, &bytes);
+  }
+  mp_item_t *res = overflow ? NULL : malloc(bytes ? bytes : 1);
+  if (!res)
+    return mp__error(MP_ENOMEM, "%s: no memory for the results of %zu items", what, n);
+  char *at = (char *)(res + n);
+  for (size_t i = 0; i < n; i++) {
+    const char *r = mp__job_result(job, i);
+    uint64_t len = r ? slot_length(r) : 0;
+    res[i].size = len < result_max ? len : result_max; /* a length the task wrote over */
+    if (res[i].size)
+      memcpy(at, r + MP__VARSIZE_HEAD, res[i].size);
+    at += (res[i].size + 7) & ~(size_t)7;
+  }
+  if (fit && (size_t)(at - (char *)res) < bytes) {
+    mp_item_t *shrunk = realloc(res, (size_t)(at - (char *)res));
+    res = shrunk ? shrunk : res;
+  }
+  at = (char *)(res + n); /* the pointers last: realloc may have moved the block */
+  for (size_t i = 0; i < n; i++) {
+    res[i].data = at;
+    at += (res[i].size + 7) & ~(size_t)7;
+  }
+  *out = res;
+  return 0;
+}
+
+int mp_pool_map_items(mp_pool_t *pool, mp_task_fn_t fn, const mp_item_t *items, size_t n,
+                      size_t result_max, size_t chunksize, mp_item_t **results) {
+  const char *what = "mp_pool_map_items";
+  check_pool(pool, what);
+  if (!results)
+    return mp__error(MP_EINVAL, "%s: results is NULL", what);
+  *results = NULL;
+  size_t max = 0, slot = 0; /* set by the check below (gcc -O3 cannot see it) */
+  int rc = items_max(what, items, n, &max);
+  if (rc < 0)
+    return rc;
+  if (!(slot = var_slot(max)))
+    return mp__error(MP_EINVAL, "%s: an item of %zu bytes overflows", what, max);
+  /* The items are packed into the job, the results read from it in place. */
+  spec_t s = {what, fn, items, n, slot, result_max, chunksize, MP__JOB_VARSIZE, 0};
+  mp_async_result_t *ar;
+  if ((rc = mp__pool_make_result(pool, &s, NULL, false, &ar)) < 0)
+    return rc;
+  rc = mp_async_result_get(ar, NULL, 0, NULL, MP_FOREVER);
+  /* A failed map still gives the results of the chunks that succeeded. */
+  if (rc == 0 || rc == MP_ETASK || rc == MP_EWORKERDIED) {
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", mp_last_error());
+    int unpacked = unpack_results(what, ar->job, n, result_max, results);
+    rc = unpacked < 0 ? unpacked : rc < 0 ? mp__error(rc, "%s", msg) : 0;
+  }
+  mp_async_result_free(ar);
+  return mp__pool_end_sync(pool, s.what, rc);
+}
+
+/*
+ * A lazy iterator takes its items from a source, a batch at a time, on the caller's side:
+ * two batches of half the array form's window each are in flight, one being delivered and
+ * the next running; when the first is delivered whole its iterator is freed and the source
+ * fills a new batch behind the other. Each batch is an iterator over a job of its own.
+ */
+struct lazy_s {
+  mp_item_source_t source;
+  void *user_data;
+  spec_t spec; /* of each batch */
+  size_t item_max, batch;
+  struct {
+    mp_imap_t *it; /* NULL: no batch (the source has ended) */
+    char *buf;
+    uint64_t base; /* its first item's index */
+  } b[2];
+  unsigned cur;  /* the batch being delivered */
+  uint64_t fed;  /* items taken from the source */
+  int end;       /* 0 while the source has items; then MP_EEOF, or its error */
+  bool end_told; /* its error was returned */
+  /* mp_pool_imap_items: the source is this array. */
+  const mp_item_t *items;
+  size_t n_items, next_item;
+};
+
+static void free_lazy(lazy_t *lz) {
+  for (int j = 0; j < 2; j++) {
+    mp_imap_free(lz->b[j].it);
+    free(lz->b[j].buf);
+  }
+  free(lz);
+}
+
+/* Fills batch j from the source and starts its iterator. */
+static int lazy_fill(mp_imap_t *it, unsigned j) {
+  lazy_t *lz = it->lazy;
+  size_t count = 0;
+  while (!lz->end && count < lz->batch) {
+    char *slot = lz->b[j].buf + count * lz->spec.item_size;
+    size_t len = 0;
+    int rc = lz->source(lz->user_data, slot + MP__VARSIZE_HEAD, lz->item_max, &len);
+    if (rc == 0 && len > lz->item_max)
+      rc = mp__error(MP_EINVAL, "the item source gave %zu bytes for %zu of room", len,
+                     lz->item_max);
+    else if (rc > 0)
+      rc = mp__error(MP_EINVAL, "the item source returned %d", rc);
+    else if (rc < 0 && rc != MP_EEOF)
+      rc = mp__error(rc, "the item source failed (%s)", mp_err_name(rc));
+    if (rc != 0) {
+      lz->end = rc;
+      break;
+    }
+    uint64_t l = len;
+    memcpy(slot, &l, sizeof l);
+    count++;
+  }
+  lz->b[j].base = lz->fed;
+  lz->fed += count;
+  if (count == 0)
+    return 0;
+  spec_t s = lz->spec;
+  s.items = lz->b[j].buf;
+  s.n = count;
+  int rc = mp__pool_make_iterator(it->pool, &s, it->ordered, &lz->b[j].it);
+  if (rc < 0 && !lz->end)
+    lz->end = MP_EEOF; /* those items are lost with the pool: nothing follows the error */
+  return rc;
+}
+
+/* mp_pool_imap_items' source: the caller's array, one item after the other. */
+static int array_source(void *user_data, void *buf, size_t cap, size_t *len) {
+  lazy_t *lz = user_data;
+  (void)cap; /* the longest item's size */
+  if (lz->next_item == lz->n_items)
+    return MP_EEOF;
+  const mp_item_t *item = &lz->items[lz->next_item++];
+  if (item->size)
+    memcpy(buf, item->data, item->size);
+  *len = item->size;
+  return 0;
+}
+
+/* Where a lazy iterator's items come from: a source, or an array. */
+typedef struct {
+  mp_item_source_t source;
+  void *user_data;
+  const mp_item_t *items;
+  size_t n_items;
+} lazy_input_t;
+
+static int make_lazy(mp_pool_t *pool, spec_t *s, lazy_input_t in, size_t item_max,
+                     size_t result_max, bool ordered, mp_imap_t **out) {
+  if (!out)
+    return mp__error(MP_EINVAL, "%s: it is NULL", s->what);
+  *out = NULL;
+  check_pool(pool, s->what);
+  if (!pool || !s->fn || !in.source)
+    return mp__error(MP_EINVAL, "%s: %s is NULL", s->what,
+                     !pool    ? "pool"
+                     : !s->fn ? "the function"
+                              : "the item source");
+  int rc = mp__pool_check_open(pool, s->what);
+  if (rc < 0)
+    return rc;
+  size_t chunks = 2 * (size_t)pool->n_workers, batch, bytes;
+  s->item_size = var_slot(item_max);
+  s->result_size = result_max;
+  s->chunksize = s->chunksize ? s->chunksize : 1; /* Python's default for imap */
+  s->flags = MP__JOB_VARSIZE;
+  if (!s->item_size || !var_slot(result_max) ||
+      __builtin_mul_overflow(chunks, s->chunksize, &batch) ||
+      __builtin_mul_overflow(batch, s->item_size, &bytes))
+    return mp__error(MP_EINVAL,
+                     "%s: items of up to %zu bytes and results of up to %zu bytes, in chunks "
+                     "of %zu, overflow",
+                     s->what, item_max, result_max, s->chunksize);
+  mp_imap_t *it = calloc(1, sizeof *it);
+  lazy_t *lz = calloc(1, sizeof *lz);
+  if (it) {
+    it->lazy = lz;
+    it->free_lazy = free_lazy;
+  }
+  for (int j = 0; lz && j < 2; j++)
+    lz->b[j].buf = malloc(bytes);
+  if (!it || !lz || !lz->b[0].buf || !lz->b[1].buf) {
+    if (lz)
+      free_lazy(lz);
+    free(it);
+    return mp__error(MP_ENOMEM, "%s: no memory for two batches of %zu bytes", s->what, bytes);
+  }
+  it->pool = pool;
+  it->ordered = ordered;
+  lz->source = in.source;
+  lz->user_data = in.source == array_source ? lz : in.user_data;
+  lz->items = in.items;
+  lz->n_items = in.n_items;
+  lz->spec = *s;
+  lz->item_max = item_max;
+  lz->batch = batch;
+  if ((rc = lazy_fill(it, 0)) == 0)
+    rc = lazy_fill(it, 1);
+  if (rc < 0) {
+    mp_imap_free(it);
+    return rc;
+  }
+  *out = it;
+  return 0;
+}
+
+int mp_pool_imap_lazy(mp_pool_t *pool, mp_task_fn_t fn, mp_item_source_t next_item,
+                      void *user_data, size_t item_max, size_t result_max, size_t chunksize,
+                      mp_imap_t **it) {
+  spec_t s = {"mp_pool_imap_lazy", fn, NULL, 0, 0, 0, chunksize, 0, 0};
+  return make_lazy(pool, &s, (lazy_input_t){next_item, user_data, NULL, 0}, item_max,
+                   result_max, true, it);
+}
+
+int mp_pool_imap_lazy_unordered(mp_pool_t *pool, mp_task_fn_t fn, mp_item_source_t next_item,
+                                void *user_data, size_t item_max, size_t result_max,
+                                size_t chunksize, mp_imap_t **it) {
+  spec_t s = {"mp_pool_imap_lazy_unordered", fn, NULL, 0, 0, 0, chunksize, 0, 0};
+  return make_lazy(pool, &s, (lazy_input_t){next_item, user_data, NULL, 0}, item_max,
+                   result_max, false, it);
+}
+
+static int imap_items(mp_pool_t *pool, spec_t *s, const mp_item_t *items, size_t n,
+                      size_t result_max, bool ordered, mp_imap_t **it) {
+  size_t max = 0; /* set by the check below (gcc -O3 cannot see it) */
+  int rc = items_max(s->what, items, n, &max);
+  if (rc == 0)
+    rc = make_lazy(pool, s, (lazy_input_t){array_source, NULL, items, n}, max, result_max,
+                   ordered, it);
+  return rc;
+}
+
+int mp_pool_imap_items(mp_pool_t *pool, mp_task_fn_t fn, const mp_item_t *items, size_t n,
+                       size_t result_max, size_t chunksize, mp_imap_t **it) {
+  spec_t s = {"mp_pool_imap_items", fn, NULL, 0, 0, 0, chunksize, 0, 0};
+  return imap_items(pool, &s, items, n, result_max, true, it);
+}
+
+int mp_pool_imap_items_unordered(mp_pool_t *pool, mp_task_fn_t fn, const mp_item_t *items,
+                                 size_t n, size_t result_max, size_t chunksize,
+                                 mp_imap_t **it) {
+  spec_t s = {"mp_pool_imap_items_unordered", fn, NULL, 0, 0, 0, chunksize, 0, 0};
+  return imap_items(pool, &s, items, n, result_max, false, it);
+}
+
+/* The next result of a plain iterator into result (cap bytes of room). */
+static int plain_next_item(mp_imap_t *it, void *result, size_t cap, size_t *len, size_t *index,
+                           double timeout) {
+  size_t need = it->scratch ? it->job->result_cap : it->job->result_size;
+  if (cap < need) { /* checked first: the result is not taken */
+    if (len)
+      *len = need;
+    return mp__error(MP_ETOOSMALL,
+                     "mp_imap_next_item: a result may have %zu bytes, the buffer "
+                     "%zu",
+                     need, cap);
+  }
+  if (!it->scratch) {
+    if (len)
+      *len = need;
+    return mp__pool_next_raw(it, result, index, timeout);
+  }
+  int rc = mp__pool_next_raw(it, it->scratch, index, timeout);
+  if (rc < 0)
+    return rc;
+  uint64_t l = slot_length(it->scratch);
+  memcpy(result, it->scratch + MP__VARSIZE_HEAD, l);
+  if (len)
+    *len = l;
+  return 0;
+}
+
+/* The next result of a lazy iterator: from the batch being delivered, then the next one. */
+static int lazy_next(mp_imap_t *it, void *result, size_t cap, size_t *len, size_t *index,
+                     double timeout) {
+  lazy_t *lz = it->lazy;
+  for (;;) {
+    mp_imap_t *cur = lz->b[lz->cur].it;
+    if (!cur) { /* nothing left: the source ended before this batch */
+      if (lz->end == MP_EEOF || lz->end_told)
+        return MP_EEOF;
+      lz->end_told = true; /* its error at its place, as Python raises a generator's */
+      if (index)
+        *index = lz->fed;
+      return mp__error(lz->end, "mp_imap_next_item: item %llu: the item source failed (%s)",
+                       (unsigned long long)lz->fed, mp_err_name(lz->end));
+    }
+    size_t i = 0;
+    int rc = plain_next_item(cur, result, cap, len, &i, timeout);
+    if (rc != MP_EEOF) {
+      uint64_t at = lz->b[lz->cur].base + i;
+      bool failed = rc == MP_ETASK || rc == MP_EWORKERDIED;
+      if (index && (rc == 0 || failed))
+        *index = at;
+      if (!failed)
+        return rc;
+      char msg[1024]; /* "item <index in the batch's job>: why" names the item in the input */
+      snprintf(msg, sizeof msg, "%s", mp_last_error());
+      const char *rest = strstr(msg, ": ");
+      return !strncmp(msg, "item ", 5) && rest
+                 ? mp__error(rc, "item %llu%s", (unsigned long long)at, rest)
+                 : rc;
+    }
+    mp_imap_free(cur);
+    lz->b[lz->cur].it = NULL;
+    rc = lazy_fill(it, lz->cur); /* behind the other batch */
+    lz->cur ^= 1;
+    if (rc < 0)
+      return rc;
+  }
+}
+
+int mp_imap_next_item(mp_imap_t *it, void *result, size_t cap, size_t *len, size_t *index,
+                      double timeout) {
+  if (!it || (!result && cap))
+    return mp__error(MP_EINVAL, "mp_imap_next_item: %s is NULL", it ? "result" : "it");
+  return it->lazy ? lazy_next(it, result, cap, len, index, timeout)
+                  : plain_next_item(it, result, cap, len, index, timeout);
+}

@@ -1,0 +1,164 @@
+/*
+ * What the Pool's own files share, and no other file includes: the pool, async result and
+ * iterator structs, a submission, and the calls between the three files, which run one way:
+ *
+ *   pool_items.c (items of any size, lazy iterators)
+ *     -> pool.c (the API, submitting, async results, iterators, the Ctrl-C rule)
+ *       -> pool_supervisor.c (the workers' starts and ends, the libuv loop, terminate)
+ *
+ * and each of them -> the job table (pool_jobs.h); the supervisor -> the launcher
+ * (pool_launcher.h). Calls up the chain go through hooks the upper file sets: the
+ * supervisor runs callbacks through pool->run_callbacks, mp_imap_free frees a lazy
+ * iterator's batches through it->free_lazy.
+ */
+#ifndef MP_POOL_PRIVATE_H
+#define MP_POOL_PRIVATE_H
+
+#include "pool_jobs.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <uv.h>
+
+/* A live pool's first word; cleared when it is destroyed. */
+#define POOL_MAGIC 0x5b706d2d706f6f6cull /* "loop-mp[" */
+
+enum { REQ_TERMINATE = 1, REQ_STOP = 2 };
+
+typedef struct lazy_s lazy_t;
+
+struct mp_pool_s {
+  uint64_t magic;
+  mp__jobs_t *jobs;
+  uint32_t n_workers;
+  const mp__launcher_ops_t *launcher;
+  void *launcher_state;
+  mp_context_t *ctx;
+  int event_fd;
+  uint64_t event_key;
+  pthread_mutex_t lock;         /* the callback list */
+  mp_async_result_t *callbacks; /* results whose callbacks have not run */
+  _Atomic int callback_errors;
+  bool *running; /* by worker: started and not yet ended */
+  uint32_t live;
+  uint32_t start_failures; /* in a row */
+  bool launcher_closed;
+  /* The supervisor. It runs the callbacks of results through this hook (pool.c's), so that
+   * it calls nothing of pool.c. */
+  void (*run_callbacks)(mp_pool_t *pool);
+  pthread_t thread;
+  bool thread_started;
+  uv_loop_t loop;
+  uv_async_t async;
+  uv_poll_t event_poll;
+  uv_timer_t timer;
+  _Atomic uint32_t requests;
+  _Atomic uint32_t progress; /* futex: bumped when the workers are all gone */
+  _Atomic bool all_ended;
+  _Atomic bool creating;
+  _Atomic int create_rc;
+  char create_msg[2 * MP__POOL_MSG];
+  char why_terminated[3 * MP__POOL_MSG]; /* "" for mp_pool_terminate() */
+  bool joined;
+  bool loop_open;
+  pid_t owner;                 /* the process that made it */
+  struct mp_pool_s *next_live; /* the program's live pools, ended at exit */
+};
+
+struct mp_async_result_s {
+  mp_pool_t *pool;
+  mp__job_t *job;
+  mp_async_callbacks_t callbacks;
+  bool has_callbacks;
+  _Atomic uint32_t refs; /* the owner's, and the callback list's */
+  bool is_apply;         /* its result has the task's length, not n * result_size */
+  mp_async_result_t *next;
+};
+
+struct mp_imap_s {
+  mp_pool_t *pool;
+  mp__job_t *job; /* NULL for a lazy iterator, whose batches are iterators of their own */
+  lazy_t *lazy;
+  void (*free_lazy)(lazy_t *lz); /* pool_items.c's: mp_imap_free calls nothing there */
+  char *scratch; /* a variable-size result as the job holds it: its length, then its bytes */
+  const char *items;
+  bool ordered;
+  uint32_t next_chunk; /* ordered: the chunk to deliver next */
+  int64_t active;      /* the chunk being delivered, or -1 */
+  uint64_t item;       /* its next item */
+  uint32_t taken;      /* chunks delivered whole */
+};
+
+/* Use after destroy is undefined, but a destroyed pool's magic word is gone: abort there
+ * rather than act on freed memory. */
+static inline void check_pool(const mp_pool_t *pool, const char *what) {
+  if (pool && pool->magic != POOL_MAGIC) {
+    fprintf(stderr, "libmp: %s: %p is not a live pool (used after mp_pool_destroy?)\n", what,
+            (const void *)pool);
+    abort();
+  }
+}
+
+static inline bool on_supervisor(const mp_pool_t *pool) {
+  return pool->thread_started && pthread_equal(pthread_self(), pool->thread);
+}
+
+static inline void request(mp_pool_t *pool, uint32_t what) {
+  atomic_fetch_or(&pool->requests, what);
+  uv_async_send(&pool->async);
+}
+
+static inline bool terminated(const mp_pool_t *pool) {
+  return mp__jobs_flags(pool->jobs) & MP__POOL_TERMINATED;
+}
+
+/* A job slot for an item or a result of at most max bytes: its length, then its bytes,
+ * rounded up so that the next slot's bytes stay 8-aligned; 0 when that overflows. */
+static inline size_t var_slot(size_t max) {
+  size_t slot;
+  if (__builtin_add_overflow(max, MP__VARSIZE_HEAD + 7, &slot))
+    return 0;
+  return slot & ~(size_t)7;
+}
+
+/* A submission. With MP__JOB_VARSIZE, item_size is the slot of each item and result_size
+ * the task's room for each result (its slot is var_slot of it). */
+typedef struct {
+  const char *what;
+  mp_task_fn_t fn;
+  const void *items;
+  size_t n, item_size, result_size, chunksize;
+  uint32_t flags;
+  uint32_t window;
+} spec_t;
+
+/* pool_supervisor.c, for pool.c. */
+
+/* The events the pool's launcher reports to (the supervisor's). */
+mp__launcher_events_t mp__pool_launcher_events(mp_pool_t *pool);
+/* Starts worker w; a failure is the supervisor's to handle (counted, retried, or the end of
+ * creation). */
+void mp__pool_start_worker(mp_pool_t *pool, uint32_t w);
+/* Starts the supervisor's thread and its loop, once the first workers were started. */
+int mp__pool_start_supervisor(mp_pool_t *pool);
+/* Stops every worker and aborts every job; on the supervisor's thread. */
+void mp__pool_do_terminate(mp_pool_t *pool);
+/* Closes a handle of the loop (a uv_walk callback). */
+void mp__pool_close_handle(uv_handle_t *handle, void *arg);
+
+/* pool.c, for pool_items.c. Each returns 0 or a negative MP_E* code with a sentence. */
+
+/* MP_ETERMINATED or MP_ECLOSED, named for what, unless the pool takes work. */
+int mp__pool_check_open(mp_pool_t *pool, const char *what);
+/* A request for s, in *out (NULL on failure); the caller frees it (mp_async_result_free). */
+int mp__pool_make_result(mp_pool_t *pool, spec_t *s, const mp_async_callbacks_t *callbacks,
+                         bool is_apply, mp_async_result_t **out);
+/* The end of a blocking call with outcome rc: Ctrl-C (MP_EINTR) terminates the pool. */
+int mp__pool_end_sync(mp_pool_t *pool, const char *what, int rc);
+/* An iterator over s, in *out; the caller frees it (mp_imap_free). */
+int mp__pool_make_iterator(mp_pool_t *pool, spec_t *s, bool ordered, mp_imap_t **out);
+/* An iterator's next result as the job holds it (a variable-size one with its length
+ * first); MP_EEOF after the last. */
+int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *index, double timeout);
+
+#endif
