@@ -65,9 +65,10 @@ typedef struct {
 
 /* ------------------------------ a worker's side ------------------------------ */
 
-/* A worker's function of its latest call, and the segments it attached. Per thread: thread
- * workers resolve nothing and attach nothing, but share the process. */
-#define SEGMENT_CACHE 4
+/* A worker's function of its latest call, and the segments that call uses (its in and its
+ * out), attached on first use. Per thread: thread workers resolve nothing and attach
+ * nothing, but share the process. */
+#define SEGMENTS 2
 static __thread struct {
   uint64_t id;
   mp__fn_t fn;
@@ -75,8 +76,7 @@ static __thread struct {
 static __thread struct {
   uint64_t dev, ino;
   mp_shared_memory_t *shm;
-} segments[SEGMENT_CACHE];
-static __thread unsigned next_evicted;
+} segments[SEGMENTS];
 
 static int segment_identity(const char *name, uint64_t *dev, uint64_t *ino) {
   char path[sizeof "/dev/shm/" + MP_SHARED_MEMORY_NAME_MAX];
@@ -89,17 +89,35 @@ static int segment_identity(const char *name, uint64_t *dev, uint64_t *ino) {
   return 0;
 }
 
+/* The slot holding the span's segment, or SEGMENTS. */
+static unsigned segment_slot(const span_t *s) {
+  unsigned i = 0;
+  while (i < SEGMENTS && !(s->kind == SPAN_SEGMENT && segments[i].shm &&
+                           segments[i].dev == s->dev && segments[i].ino == s->ino))
+    i++;
+  return i;
+}
+
+/* A new call: the segments it does not use are closed, so that a worker keeps an unlinked
+ * segment's memory alive only until it runs a chunk of another call. The segments the new
+ * call shares with the last one stay mapped: no attach, no page faults again. */
+static void segments_keep_only(const span_t *in, const span_t *out) {
+  for (unsigned i = 0; i < SEGMENTS; i++) {
+    if (segments[i].shm && segment_slot(in) != i && segment_slot(out) != i) {
+      mp_shared_memory_close(segments[i].shm);
+      segments[i].shm = NULL;
+    }
+  }
+}
+
 /* This worker process's mapping of the span's segment, attached on first use. */
 static int segment_base(const span_t *s, char **base) {
   if (s->ino == 0)
     return mp_task_fail("segment '%s' was unlinked before the map: worker processes attach "
                         "to a segment by name",
                         s->name);
-  unsigned i = 0;
-  while (i < SEGMENT_CACHE &&
-         !(segments[i].shm && segments[i].dev == s->dev && segments[i].ino == s->ino))
-    i++;
-  if (i == SEGMENT_CACHE) {
+  unsigned i = segment_slot(s);
+  if (i == SEGMENTS) {
     mp_shared_memory_t *shm;
     uint64_t dev = 0, ino = 0;
     int rc = mp_shared_memory_attach(&shm, s->name);
@@ -109,7 +127,7 @@ static int segment_base(const span_t *s, char **base) {
       mp_shared_memory_close(shm);
       return mp_task_fail("segment '%s' was replaced by another of the same name", s->name);
     }
-    i = next_evicted++ % SEGMENT_CACHE;
+    i = segments[0].shm ? 1 : 0; /* segments_keep_only left this call's at most */
     if (segments[i].shm)
       mp_shared_memory_close(segments[i].shm);
     segments[i].dev = dev;
@@ -158,6 +176,7 @@ static int run_chunk(const void *arg, size_t size, void *result, size_t *result_
       if (mp__fnref_resolve(&shared->ref, &fn_cache.fn) < 0)
         return mp_task_fail("%s", mp_last_error());
       fn_cache.id = d.id;
+      segments_keep_only(&c.in, &c.out);
     }
     fn = fn_cache.fn;
   }

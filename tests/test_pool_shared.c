@@ -107,6 +107,16 @@ static void check_twice(const double *in, const double *out, size_t from, size_t
       T_FAIL("result %zu is %g, expected %g", i, out[i], 2 * in[i] + (double)i);
 }
 
+/* A segment of 2 * N doubles, the first N filled from base: in spans them, out the rest. */
+static double *make_halves(double base, mp_shared_span_t *in, mp_shared_span_t *out) {
+  mp_shared_memory_t *shm = make_segment(2 * N * sizeof(double));
+  double *x = mp_shared_memory_buf(shm);
+  fill(x, N, base);
+  *in = (mp_shared_span_t){NULL, shm, 0, sizeof(double)};
+  *out = (mp_shared_span_t){NULL, shm, N * sizeof(double), sizeof(double)};
+  return x;
+}
+
 /* ------------------------------- tests ------------------------------- */
 
 /* An Array in, another out, filled after the pool started; every chunksize shape. */
@@ -137,16 +147,15 @@ START_TEST(test_array) {
 END_TEST
 
 /* A segment created after the pool and written then: the workers read it where it is, and
- * in and out naming the same bytes reach fn as one address (no copy). Twice, and with a
- * second segment, to go through a worker's cache of attached segments. */
+ * in and out naming the same bytes reach fn as one address (no copy). Twice on each of
+ * three segments: a worker keeps a segment mapped from call to call, and closes it for a
+ * call on another. */
 START_TEST(test_segment_in_place) {
   mp_pool_t *pool = make_pool(_i, 2);
-  for (int round = 0; round < 2; round++) {
-    mp_shared_memory_t *shm = make_segment(2 * N * sizeof(double));
-    double *x = mp_shared_memory_buf(shm);
-    fill(x, N, round);
-    mp_shared_span_t in = {NULL, shm, 0, sizeof(double)};
-    mp_shared_span_t out = {NULL, shm, N * sizeof(double), sizeof(double)};
+  for (int round = 0; round < 3; round++) {
+    mp_shared_span_t in, out;
+    double *x = make_halves(round, &in, &out);
+    mp_shared_memory_t *shm = in.shm;
     for (int again = 0; again < 2; again++) {
       MP_ASSERT_OK(mp_pool_map_shared(pool, twice_plus_index, &in, &out, N, 0, NULL));
       check_twice(x, x + N, 0, N);
@@ -182,11 +191,8 @@ END_TEST
 /* A failed chunk: MP_ETASK naming its items and the task's message; the other chunks done. */
 START_TEST(test_task_fails) {
   mp_pool_t *pool = make_pool(_i, 2);
-  mp_shared_memory_t *shm = make_segment(2 * N * sizeof(double));
-  double *x = mp_shared_memory_buf(shm);
-  fill(x, N, 1);
-  mp_shared_span_t in = {NULL, shm, 0, sizeof(double)};
-  mp_shared_span_t out = {NULL, shm, N * sizeof(double), sizeof(double)};
+  mp_shared_span_t in, out;
+  double *x = make_halves(1, &in, &out);
   MP_ASSERT_ERR(mp_pool_map_shared(pool, fail_at_bad, &in, &out, N, 50, NULL), MP_ETASK);
   T_ASSERT(strstr(mp_last_error(), "mp_pool_map_shared: items [50, 100): item 70 is bad"),
            "message");
@@ -198,11 +204,8 @@ END_TEST
 /* A worker killed mid-map: MP_EWORKERDIED naming the chunk, no hang; the pool goes on. */
 START_TEST(test_worker_dies) {
   mp_pool_t *pool = make_pool(_i, 2);
-  mp_shared_memory_t *shm = make_segment(2 * N * sizeof(double));
-  double *x = mp_shared_memory_buf(shm);
-  fill(x, N, 1);
-  mp_shared_span_t in = {NULL, shm, 0, sizeof(double)};
-  mp_shared_span_t out = {NULL, shm, N * sizeof(double), sizeof(double)};
+  mp_shared_span_t in, out;
+  double *x = make_halves(1, &in, &out);
   MP_ASSERT_ERR(mp_pool_map_shared(pool, die_at_bad, &in, &out, N, 50, NULL), MP_EWORKERDIED);
   T_ASSERT(strstr(mp_last_error(), "items [50, 100): ") && strstr(mp_last_error(), "signal 9"),
            "message");
@@ -218,12 +221,10 @@ END_TEST
  * saying so); thread workers use the caller's mapping. */
 START_TEST(test_unlinked_segment) {
   mp_pool_t *pool = make_pool(_i, 1);
-  mp_shared_memory_t *shm = make_segment(2 * N * sizeof(double));
-  double *x = mp_shared_memory_buf(shm);
-  fill(x, N, 1);
+  mp_shared_span_t in, out;
+  double *x = make_halves(1, &in, &out);
+  mp_shared_memory_t *shm = in.shm;
   MP_ASSERT_OK(mp_shared_memory_unlink(shm));
-  mp_shared_span_t in = {NULL, shm, 0, sizeof(double)};
-  mp_shared_span_t out = {NULL, shm, N * sizeof(double), sizeof(double)};
   int rc = mp_pool_map_shared(pool, twice_plus_index, &in, &out, N, 0, NULL);
   if (IS_THREAD(_i)) {
     MP_ASSERT_OK(rc);

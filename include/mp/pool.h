@@ -446,9 +446,10 @@ typedef int (*mp_shared_task_fn_t)(const void *in, void *out, size_t first, size
  * call (an Array is retained for its duration); workers see what the storage holds when
  * they run (bytes written after the pool was created included), and their writes are in the
  * storage when the call returns. A segment reaches a worker process by its name: the worker
- * attaches to it on its first chunk and keeps it mapped for later calls (up to 4 segments
- * per worker), so the name must still name that segment (not unlinked, not replaced); thread
- * workers use the caller's mapping. Chunks run in any order and at the same time: chunks
+ * attaches to it on its first chunk, so the name must still name that segment (not
+ * unlinked, not replaced), and keeps it mapped as long as the calls it runs use it (the
+ * memory of a segment unlinked since stays in use until each worker has run a chunk of a
+ * call on other storage, or ended); thread workers use the caller's mapping. Chunks run in any order and at the same time: chunks
  * must not write where other chunks read.
  * Blocks until every chunk is accounted for. A failed chunk (fn returned non-zero, or its
  * worker died) fails the call with the first failed chunk's error once the others are done,
