@@ -256,7 +256,8 @@ static int span_describe(const mp_shared_span_t *span, const char *which, size_t
   return 0;
 }
 
-/* "item K: why", naming the descriptor K, becomes "mp_pool_map_shared: items [a, b): why". */
+/* A failed chunk's "item K: why", naming the descriptor K, becomes "mp_pool_map_shared:
+ * items [a, b): why"; another failure is only prefixed. */
 static int name_the_items(int rc, const call_t *c) {
   unsigned long long chunk;
   int used = 0;
@@ -319,10 +320,8 @@ int mp_pool_map_shared(mp_pool_t *pool, mp_shared_task_fn_t fn, const mp_shared_
   if (out && out->array)
     mp_array_retain(out->array);
   rc = mp_pool_map(pool, run_chunk, descs, n_chunks, sizeof *descs, NULL, 0, 1);
-  if (rc == MP_ETASK || rc == MP_EWORKERDIED)
+  if (rc < 0)
     rc = name_the_items(rc, c);
-  else if (rc < 0)
-    rc = mp__error_prefix(rc, "%s", what);
   if (in && in->array)
     mp_array_close(in->array);
   if (out && out->array)

@@ -460,8 +460,8 @@ typedef int (*mp_shared_task_fn_t)(const void *in, void *out, size_t first, size
  * end of its storage); MP_ECROSS (fn cannot cross to a worker, as mp_pool_map's); MP_ETASK
  * (fn failed; also when a worker could not reach a segment: unlinked, replaced, or its
  * attach failed, with the reason); MP_EWORKERDIED; MP_ENOMEM; and mp_pool_map's MP_ECLOSED,
- * MP_ETERMINATED, MP_ELIMIT and MP_EINTR. An "mpi" pool fails every chunk: shared memory does
- * not reach another machine.
+ * MP_ETERMINATED, MP_ELIMIT and MP_EINTR. An "mpi" pool fails every chunk with MP_ECROSS: shared
+ * memory does not reach another machine.
  * Python: none; the closest is Pool.map over the indexes of a shared array, each task reading
  * and writing it through its memoryview.
  */
