@@ -181,8 +181,8 @@ static int run_chunk(const void *arg, size_t size, void *result, size_t *result_
     fn = fn_cache.fn;
   }
   /* Read before the check: a block that a later call reuses shows another id. */
-  if (atomic_load(&shared->id) != d.id || c.chunksize == 0 ||
-      d.chunk >= (c.n + c.chunksize - 1) / c.chunksize)
+  if (atomic_load(&shared->id) != d.id || c.chunksize == 0 || d.chunk > c.n / c.chunksize ||
+      d.chunk * c.chunksize >= c.n)
     return mp_task_fail("a chunk of a map that is over");
   uint64_t first = d.chunk * c.chunksize;
   uint64_t count = c.n - first < c.chunksize ? c.n - first : c.chunksize;
