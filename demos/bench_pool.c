@@ -537,16 +537,16 @@ static void row_calc_pi(const bench_config_t *cfg, bench_result_t *result) {
 
 /*
  * A map whose items and results already live in shared memory, read and written in place:
- * 4 Mi doubles in a named segment, out[i] = 2 * in[i] + 1 into 4 Mi more of the same segment,
- * by mp_pool_map_shared in the pool's default chunks (8 of 512 Ki items), per MiB moved (read
- * and written). The baseline is a bare farm reading and writing the same segment in place:
+ * 8 Mi doubles in a named segment, out[i] = 2 * in[i] + 1 into 8 Mi more of the same segment
+ * (128 MiB in all: more than the last-level caches hold), by mp_pool_map_shared in the pool's
+ * default chunks (8 of 1 Mi items), per MiB moved (read and written). The baseline is a bare farm reading and writing the same segment in place:
  * the same WORKERS forked processes, the same chunks, claimed with an atomic fetch-add and run
  * by the same chunk function through a pointer; the parent wakes the workers and waits for
  * the last chunk, spinning as libmp's waiter does before it sleeps. Neither side copies an
  * item or a result, so both move the same bytes with the same processes and the ratio is what
  * libmp's map machinery adds where a map's time is memory bandwidth.
  */
-#define SHARED_ITEMS (4u << 20)
+#define SHARED_ITEMS (8u << 20)
 #define SHARED_MIB (2.0 * SHARED_ITEMS * sizeof(double) / (1 << 20))
 
 static int twice_plus_one(const void *in, void *out, size_t first, size_t count, void *user) {
@@ -672,11 +672,8 @@ static void row_map_shared(const bench_config_t *cfg, bench_result_t *result) {
     bare_map_inplace(&ss);
     check_twice_plus_one(&ss);
   }
-  double libmp_ns, baseline_ns;
-  bench_config_t short_cfg = *cfg;
-  if (short_cfg.rounds > 5)
-    short_cfg.rounds = 5;
-  bench_pair(&short_cfg, 5, libmp_map_shared, bare_map_inplace, &ss, &libmp_ns, &baseline_ns);
+  double ns[2], faults[2];
+  bench_pair_faults(cfg, 5, libmp_map_shared, bare_map_inplace, &ss, ns, faults);
   check_twice_plus_one(&ss);
   atomic_store(&ss.ctl->stop, 1);
   atomic_fetch_add(&ss.ctl->work, 1);
@@ -689,8 +686,11 @@ static void row_map_shared(const bench_config_t *cfg, bench_result_t *result) {
   mp_pool_destroy(ss.pool);
   mp_shared_memory_unlink(ss.shm);
   mp_shared_memory_close(ss.shm);
-  result->libmp = libmp_ns / 1e3 / SHARED_MIB;
-  result->baseline = baseline_ns / 1e3 / SHARED_MIB;
+  result->libmp = ns[0] / 1e3 / SHARED_MIB;
+  result->baseline = ns[1] / 1e3 / SHARED_MIB;
+  result->faults = true;
+  result->libmp_faults = faults[0];
+  result->baseline_faults = faults[1];
 }
 
 static const bench_row_t pool_rows[] = {
