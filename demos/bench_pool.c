@@ -539,12 +539,14 @@ static void row_calc_pi(const bench_config_t *cfg, bench_result_t *result) {
  * A map whose items and results already live in shared memory, read and written in place:
  * 8 Mi doubles in a named segment, out[i] = 2 * in[i] + 1 into 8 Mi more of the same segment
  * (128 MiB in all: more than the last-level caches hold), by mp_pool_map_shared in the pool's
- * default chunks (8 of 1 Mi items), per MiB moved (read and written). The baseline is a bare farm reading and writing the same segment in place:
- * the same WORKERS forked processes, the same chunks, claimed with an atomic fetch-add and run
- * by the same chunk function through a pointer; the parent wakes the workers and waits for
- * the last chunk, spinning as libmp's waiter does before it sleeps. Neither side copies an
- * item or a result, so both move the same bytes with the same processes and the ratio is what
- * libmp's map machinery adds where a map's time is memory bandwidth.
+ * default chunks (8 of 1 Mi items), per MiB moved (read and written). The baseline is a bare
+ * farm reading and writing the same segment in place: the same WORKERS forked processes, the
+ * same chunks, claimed with an atomic fetch-add and run by the same chunk function through a
+ * pointer; the parent wakes the workers and waits for the last chunk, spinning as libmp's
+ * waiter does before it sleeps. Neither side copies an item or a result, so both move the same
+ * bytes with the same processes and the ratio is what libmp's map machinery adds where a map's
+ * time is memory bandwidth. Page faults per map are counted on both sides: a worker's first
+ * touch of a chunk's pages is paid once, in the untimed first maps.
  */
 #define SHARED_ITEMS (8u << 20)
 #define SHARED_MIB (2.0 * SHARED_ITEMS * sizeof(double) / (1 << 20))
