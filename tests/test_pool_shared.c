@@ -239,6 +239,28 @@ START_TEST(test_unlinked_segment) {
 }
 END_TEST
 
+/* A segment unlinked after a map and another made under the same name: the workers tell
+ * them apart (by inode) and map the new one, not the one they kept. */
+START_TEST(test_same_name_new_segment) {
+  mp_pool_t *pool = make_pool(_i, 2);
+  char name[64];
+  snprintf(name, sizeof name, "mp_test_pool_shared_%d", (int)getpid());
+  for (int round = 0; round < 2; round++) {
+    MP_ASSERT_OK(mp_shared_memory_create(&test_shm, name, 2 * N * sizeof(double), 0));
+    double *x = mp_shared_memory_buf(test_shm);
+    fill(x, N, 100 * round);
+    mp_shared_span_t in = {NULL, test_shm, 0, sizeof(double)};
+    mp_shared_span_t out = {NULL, test_shm, N * sizeof(double), sizeof(double)};
+    MP_ASSERT_OK(mp_pool_map_shared(pool, twice_plus_index, &in, &out, N, 0, NULL));
+    check_twice(x, x + N, 0, N);
+    MP_ASSERT_OK(mp_shared_memory_unlink(test_shm));
+    MP_ASSERT_OK(mp_shared_memory_close(test_shm));
+    test_shm = NULL;
+  }
+  end_test();
+}
+END_TEST
+
 static int not_a_function(const void *in, void *out, size_t first, size_t count, void *user) {
   (void)in, (void)out, (void)first, (void)count, (void)user;
   return 0;
@@ -290,6 +312,7 @@ static Suite *pool_shared_suite(void) {
   tcase_add_loop_test(tc, test_segment_in_place, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_no_spans_user_handle, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_unlinked_segment, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_same_name_new_segment, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "errors", 60);
   tcase_add_loop_test(tc, test_bad_arguments, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_task_fails, 0, N_CONTEXTS);
