@@ -402,4 +402,71 @@ MP_EXTERN int mp_pool_join(mp_pool_t *pool, double timeout);
  * function on a destroyed pool, prints the call's name to stderr and aborts. */
 MP_EXTERN void mp_pool_destroy(mp_pool_t *pool);
 
+/* ======================= maps over shared memory, in place ======================= */
+
+/*
+ * Where mp_pool_map_shared finds its items or puts its results: item i is the item_size bytes
+ * at offset + i * item_size of an Array (or RawArray) or of a named segment. Exactly one of
+ * array and shm is set. No alignment is imposed: the task sees what offset and item_size give.
+ */
+typedef struct {
+  mp_array_t *array;       /* an Array or RawArray, or NULL */
+  mp_shared_memory_t *shm; /* a segment (created or attached here), or NULL */
+  size_t offset;           /* bytes from the start of the storage to item 0 */
+  size_t item_size;        /* bytes per item: the stride, 1 or more */
+} mp_shared_span_t;
+
+/*
+ * A chunk's task: count items from index first, in and out pointing at item first of the
+ * in and out spans, in place in the shared storage (NULL for a span not given), so that it
+ * loops over the chunk as over a C array:
+ *   static int twice(const void *in, void *out, size_t first, size_t count, void *user) {
+ *     for (size_t i = 0; i < count; i++)
+ *       ((double *)out)[i] = 2 * ((const double *)in)[i];
+ *     return 0;
+ *   }
+ * It returns 0, or fails the chunk by returning non-zero, with mp_task_fail() for a message.
+ * user is the caller's pointer, passed as it is: valid in every worker when it points into
+ * the shared arena (a Value, an Array, any libmp handle), or under "thread"; a pointer to the
+ * program's own memory is the parent's only under "fork" (a copy as it was at the pool's
+ * creation) and points at nothing under "spawn" and "forkserver" (see the top of this header).
+ */
+typedef int (*mp_shared_task_fn_t)(const void *in, void *out, size_t first, size_t count,
+                                   void *user);
+
+/*
+ * Maps fn over n items that already live in shared memory, in place: the workers read the
+ * items from in and write the results into out where they are, and only chunk descriptors
+ * (a chunk number) travel through the pool, so neither the parent nor the pool copies an
+ * item or a result: the bandwidth is the workers' own. fn runs once per chunk of chunksize
+ * items (0: Python's default, n / (4 * processes) rounded up; above n it is n). in and out
+ * may be NULL (fn gets NULL: a map that only writes, or only reads, or a parallel loop over
+ * the indexes with both NULL) and may name the same bytes (a transform in place).
+ * Ownership: the caller keeps the Arrays and segments and must keep them open during the
+ * call (an Array is retained for its duration); workers see what the storage holds when
+ * they run (bytes written after the pool was created included), and their writes are in the
+ * storage when the call returns. A segment reaches a worker process by its name: the worker
+ * attaches to it on its first chunk, so the name must still name that segment (not
+ * unlinked, not replaced), and keeps it mapped as long as the calls it runs use it (the
+ * memory of a segment unlinked since stays in use until each worker has run a chunk of a
+ * call on other storage, or ended); thread workers use the caller's mapping. Chunks run in any order and at the same time: chunks
+ * must not write where other chunks read.
+ * Blocks until every chunk is accounted for. A failed chunk (fn returned non-zero, or its
+ * worker died) fails the call with the first failed chunk's error once the others are done,
+ * and mp_last_error() names its items: "mp_pool_map_shared: items [a, b): <why>"; what a
+ * failed chunk wrote stays written, and what the other chunks wrote too.
+ * Errors: MP_EINVAL (pool or fn NULL; a span with both or neither of array and shm, with
+ * item_size 0, on a closed Array, or whose n items, offset included, overflow or pass the
+ * end of its storage); MP_ECROSS (fn cannot cross to a worker, as mp_pool_map's); MP_ETASK
+ * (fn failed; also when a worker could not reach a segment: unlinked, replaced, or its
+ * attach failed, with the reason); MP_EWORKERDIED; MP_ENOMEM; and mp_pool_map's MP_ECLOSED,
+ * MP_ETERMINATED, MP_ELIMIT and MP_EINTR. An "mpi" pool fails every chunk with MP_ECROSS: shared
+ * memory does not reach another machine.
+ * Python: none; the closest is Pool.map over the indexes of a shared array, each task reading
+ * and writing it through its memoryview.
+ */
+MP_EXTERN int mp_pool_map_shared(mp_pool_t *pool, mp_shared_task_fn_t fn,
+                                 const mp_shared_span_t *in, const mp_shared_span_t *out,
+                                 size_t n, size_t chunksize, void *user);
+
 #endif /* MP_POOL_H */
