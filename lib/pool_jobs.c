@@ -1197,6 +1197,10 @@ int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, 
   /* A map's results, chunk by chunk (each window slot is followed by its canary); those of
    * failed chunks, which hold whatever the block held, are zeroed. */
   uint64_t per_chunk = job->chunksize * job->result_size;
+  /* The caller's buffer may still be shared copy-on-write with the workers forked after it
+   * was written: one system call copies its pages where the copy below would fault on each. */
+  if (result && need && cap >= need && !is_apply)
+    prefault(result, need);
   for (uint32_t c = 0; result && need && cap >= need && !is_apply && c < job->n_chunks; c++) {
     char *to = (char *)result + c * per_chunk;
     uint64_t bytes = c + 1 < job->n_chunks ? per_chunk : need - c * per_chunk;
