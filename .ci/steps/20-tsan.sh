@@ -2,7 +2,8 @@
 # CC=clang). A report ends the process that made it (halt_on_error, exit code 66), so the
 # test that triggered it fails. handle_segv=0: tests kill children with SIGSEGV on purpose,
 # and TSan would catch the signal and exit 66 instead.
-# Whole suites: heap, sharedctypes, synchronize, process, connection, shared_memory. Of the
+# Whole suites: heap, sharedctypes, synchronize, process, connection, shared_memory,
+# pool_jobs, pool_shared. Of the
 # pool and the queues, the test cases that fit TSan's pace (Check's CK_RUN_CASE, one case
 # a run): left out are the pool's "dead" and "end" cases (zygote_killed can fail under
 # TSan's deferred signals, docs/architecture.md, "Under ThreadSanitizer"), its "faults" case
@@ -15,7 +16,7 @@ apt-get install -y -qq libtsan2 >/dev/null
     -Db_lundef=false >/dev/null; }
 export TSAN_OPTIONS=halt_on_error=1:handle_segv=0 CK_TIMEOUT_MULTIPLIER=4
 meson test -C build-tsan --print-errorlogs --timeout-multiplier 4 \
-  heap sharedctypes synchronize process connection shared_memory
+  heap sharedctypes synchronize process connection shared_memory pool_jobs pool_shared
 for tcase in map imap apply workers input; do
   CK_RUN_CASE=$tcase meson test -C build-tsan --print-errorlogs --timeout-multiplier 4 \
     --logbase "tsan-pool-$tcase" pool
