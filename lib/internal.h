@@ -79,6 +79,9 @@ static inline void mp__cpu_relax(void) {
  * one across a wait for another process: wait on a futex instead (glibc bug 21422). */
 int mp__mutex_init(pthread_mutex_t *mutex);
 int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline);
+/* The same, and MP_EINTR (nothing taken) when SIGINT arrives during the wait (signals.c's
+ * rule): for the locks a program waits on, Lock and RLock, a connection end's. */
+int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline);
 void mp__mutex_unlock(pthread_mutex_t *mutex);
 
 /* Objects that mp_wait() (connection.c) waits on: a connection end, a queue, a process.
@@ -292,7 +295,10 @@ typedef struct {
   const _Atomic uint32_t *counter;
   uint32_t base;
 } mp__sigint_t;
-void mp__sigint_begin(mp__sigint_t *s);
+/* True if SIGINT is caught (by the counter, in front of the program's handler): only then
+ * can the wait end by it, and a wait the kernel would restart must be made one it does not
+ * (a poll before a read). */
+bool mp__sigint_begin(mp__sigint_t *s);
 bool mp__sigint_arrived(const mp__sigint_t *s);
 /* mp__poll_fd that also returns MP_EINTR once SIGINT arrived since sigint's snapshot (poll
  * is never restarted after a handler). */
