@@ -342,8 +342,13 @@ struct mp_context_s {
   const mp__popen_ops_t *ops;
 };
 
-/* The executable spawn and the fork server run: mp_set_executable()'s or the running one. */
+/* The executable spawn and the fork server run: mp_set_executable()'s or the running one
+ * (process.c, below spawn.c). */
 int mp__executable(char *buf, size_t cap);
+/* mp_process_create's work once context.c resolved the context (process.c): contexts sit
+ * above the start methods, which sit above process.c. */
+int mp__process_create(mp_process_t **out, const mp__popen_ops_t *ops, mp_target_t target,
+                       const void *arg, size_t size, const char *name);
 
 /* ------------------------------- spawn.c -------------------------------- */
 
@@ -467,9 +472,6 @@ int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid);
 /* Hands sock to this process's fork server (started on first use), whose spare becomes
  * the child that reads its request from sock. */
 int mp__forkserver_request(int sock);
-
-/* In the child of a fork: forget the parent's context choice, free its lock. */
-void mp__context_after_fork(void);
 
 /* ----------------------------- synchronize.c ---------------------------- */
 

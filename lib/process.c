@@ -37,6 +37,7 @@ static struct {
    * their objects, not this process's to join or free, kept where a leak checker finds
    * them (memcheck would call them lost). */
   mp_process_t *inherited[6];
+  pthread_mutex_t executable_lock; /* guards executable, below */
 } me __attribute__((aligned(1024))) = {
     .current = {.object_kind = MP__KIND_PROCESS,
                 .kind = MP__PROC_SELF,
@@ -52,7 +53,10 @@ static struct {
                .status_fd = -1},
     .own_sentinel = -1,
     .report_sock = -1,
+    .executable_lock = PTHREAD_MUTEX_INITIALIZER,
 };
+
+static char executable[PATH_MAX]; /* "" means the running executable */
 
 _Static_assert(sizeof me <= 1024, "what a child writes of itself stays in one page");
 
@@ -304,8 +308,8 @@ static void after_fork_in_child(void) {
     me.report_sock = -1;
   }
   mp__reset_lock(&registry_lock);
+  mp__reset_lock(&me.executable_lock);
   mp__fd_after_fork();
-  mp__context_after_fork();
 }
 
 /* mp_wait() on a process handle: ready once it has ended, woken by its sentinel. A process
@@ -324,8 +328,13 @@ static int process_poll_fd(void *obj) {
 
 static const mp__waitable_ops_t process_waitable = {process_ready, process_poll_fd};
 
+static const char *current_name(void) {
+  return me.current.name;
+}
+
 /* Prioritized, so that it runs before spawn.c's take-over of a spawned child. */
 __attribute__((constructor(102))) static void install_handlers(void) {
+  mp__trace_name_source(current_name);
   atexit(at_exit);
   pthread_atfork(NULL, NULL, after_fork_in_child);
   mp__waitable_register(MP__KIND_PROCESS, &process_waitable);
@@ -408,24 +417,52 @@ void mp__child_exit(int code, bool exec_image) {
 
 /* ---------------------------- the public API ---------------------------- */
 
-int mp_process_create(mp_process_t **out, mp_context_t *ctx, mp_target_t target,
-                      const void *arg, size_t size, const char *name) {
+/* The executable spawn and the fork server run (spawn.c): Python keeps it in spawn.py. */
+int mp_set_executable(const char *path) {
+  if (path && (!*path || strlen(path) >= sizeof executable))
+    return mp__error(MP_EINVAL, "mp_set_executable: the path is empty or longer than %zu",
+                     sizeof executable - 1);
+  pthread_mutex_lock(&me.executable_lock);
+  snprintf(executable, sizeof executable, "%s", path ? path : "");
+  pthread_mutex_unlock(&me.executable_lock);
+  return 0;
+}
+
+int mp__executable(char *buf, size_t cap) {
+  pthread_mutex_lock(&me.executable_lock);
+  size_t len = strlen(executable);
+  if (len && len < cap)
+    memcpy(buf, executable, len + 1);
+  pthread_mutex_unlock(&me.executable_lock);
+  if (len)
+    return len < cap ? 0 : mp__error(MP_EINVAL, "executable path too long");
+  /* The path, not /proc/self/exe itself: under valgrind only the path names the program. */
+  ssize_t n = readlink("/proc/self/exe", buf, cap - 1);
+  if (n < 0)
+    return mp__syserror("readlink /proc/self/exe");
+  buf[n] = '\0';
+  /* Rebuilt or removed while running: /proc/self/exe still runs the same build. */
+  static const char deleted[] = " (deleted)";
+  size_t tail = sizeof deleted - 1;
+  if ((size_t)n > tail && strcmp(buf + n - tail, deleted) == 0)
+    snprintf(buf, cap, "/proc/self/exe");
+  return 0;
+}
+
+/* mp_process_create once context.c has resolved the context to its start method's ops. */
+int mp__process_create(mp_process_t **out, const mp__popen_ops_t *ops, mp_target_t target,
+                       const void *arg, size_t size, const char *name) {
   if (!out || !target)
     return mp__error(MP_EINVAL, "mp_process_create: %s is NULL", out ? "target" : "proc");
   if (!arg && size > 0)
     return mp__error(MP_EINVAL, "mp_process_create: arg is NULL but size is %zu", size);
-  if (!ctx) {
-    int rc = mp_get_context(NULL, &ctx);
-    if (rc < 0)
-      return rc;
-  }
   mp_process_t *proc = calloc(1, sizeof *proc);
   if (!proc)
     return mp__error(MP_ENOMEM, "mp_process_create: no memory for the process");
   proc->object_kind = MP__KIND_PROCESS;
   proc->kind = MP__PROC_CHILD;
   proc->state = MP__CREATED;
-  proc->ops = ctx->ops;
+  proc->ops = ops;
   proc->target = target;
   proc->size = size;
   proc->die_with_parent = true;

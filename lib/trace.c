@@ -133,6 +133,19 @@ static struct {
   char path[PATH_MAX]; /* the top's trace file */
 } T = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, -1, M_MAIN, false, false, "", ""};
 
+/* The current process's name, from process.c (above this file): see mp__trace_name_source. */
+static const char *(*name_source)(void);
+
+void mp__trace_name_source(const char *(*current_name)(void)) {
+  name_source = current_name;
+}
+
+static const char *process_name(void) {
+  /* Before process.c's constructor (MP_TRACE is read by spawn.c's first one) this can only
+   * be the program's main process. */
+  return name_source ? name_source() : "MainProcess";
+}
+
 #define RING_OF(h) ((rec_t *)((h) + 1))
 #define RING_FILE_SIZE ((RING_RECS + 1) * sizeof(rec_t))
 
@@ -245,7 +258,7 @@ static ring_head_t *open_slow(void) {
   ring_head_t *h = T.head;
   pthread_mutex_unlock(&T.lock);
   if (opened) {
-    event_str(REC_PROCESS, 0, 0, T.method, mp_process_name(mp_current_process()));
+    event_str(REC_PROCESS, 0, 0, T.method, process_name());
     pthread_mutex_lock(&names.lock);
     for (size_t i = 0; i < names.n; i++)
       event_str(REC_NAME, 0, names.e[i].obj, 0, names.e[i].name);
@@ -586,7 +599,7 @@ int mp_trace_start(const char *path) {
   T.top = true;
   pthread_mutex_unlock(&T.lock);
   atomic_store(&mp__trace_on, 1);
-  mp__trace_process_child(mp_process_name(mp_current_process())); /* opens the file */
+  mp__trace_process_child(process_name()); /* opens the file */
   return 0;
 }
 
