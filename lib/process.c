@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -38,6 +39,7 @@ static struct {
    * them (memcheck would call them lost). */
   mp_process_t *inherited[6];
   pthread_mutex_t executable_lock; /* guards executable, below */
+  int death_signal; /* SIGRTMAX, a libc call read once here rather than in every child */
 } me __attribute__((aligned(1024))) = {
     .current = {.object_kind = MP__KIND_PROCESS,
                 .kind = MP__PROC_SELF,
@@ -334,6 +336,7 @@ static const char *current_name(void) {
 
 /* Prioritized, so that it runs before spawn.c's take-over of a spawned child. */
 __attribute__((constructor(102))) static void install_handlers(void) {
+  me.death_signal = SIGRTMAX;
   mp__trace_name_source(current_name);
   atexit(at_exit);
   pthread_atfork(NULL, NULL, after_fork_in_child);
@@ -346,10 +349,9 @@ __attribute__((constructor(102))) static void install_handlers(void) {
  * A child dies with its parent through PR_SET_PDEATHSIG. The kernel sends that signal when
  * the parent *thread* ends, not only the process: a child started from a short-lived
  * thread would be killed while its parent process lives on. So the signal is a real-time
- * one whose handler checks whether the parent process is really gone (the child has been
- * reparented) before it kills the child.
+ * one (SIGRTMAX, me.death_signal) whose handler checks whether the parent process is really
+ * gone (the child has been reparented) before it kills the child.
  */
-#define PARENT_DEATH_SIGNAL SIGRTMAX
 
 static void on_parent_thread_exit(int sig) {
   (void)sig;
@@ -359,19 +361,19 @@ static void on_parent_thread_exit(int sig) {
 
 static void die_with(pid_t real_parent) {
   me.watched_parent = real_parent;
+  /* Every libc function a forked child calls costs it a fault on that code page: so the
+   * initializer empties sa_mask, and the unblocking and the prctl are syscall()s, whose page
+   * mp__pidfd_open takes anyway (docs/architecture.md, "Where the time goes"). */
   struct sigaction sa = {.sa_handler = on_parent_thread_exit, .sa_flags = SA_RESTART};
-  sigemptyset(&sa.sa_mask);
   /* Where the signal cannot be had (valgrind keeps SIGRTMAX), die on any parent-thread
    * exit rather than outlive the parent. */
   int signal_to_die_by = SIGKILL;
-  if (sigaction(PARENT_DEATH_SIGNAL, &sa, NULL) == 0) {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, PARENT_DEATH_SIGNAL);
-    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-    signal_to_die_by = PARENT_DEATH_SIGNAL;
+  if (sigaction(me.death_signal, &sa, NULL) == 0) {
+    uint64_t unblock = 1ull << (me.death_signal - 1);
+    syscall(SYS_rt_sigprocmask, SIG_UNBLOCK, &unblock, NULL, sizeof unblock);
+    signal_to_die_by = me.death_signal;
   }
-  prctl(PR_SET_PDEATHSIG, signal_to_die_by);
+  syscall(SYS_prctl, PR_SET_PDEATHSIG, signal_to_die_by);
   /* The parent may have died before the prctl: then no signal will ever come. */
   if (getppid() != real_parent)
     kill(getpid(), SIGKILL);

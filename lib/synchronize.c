@@ -1077,12 +1077,16 @@ int mp_barrier_close(mp_barrier_t *b) {
 
 /* A forked child is another process, its thread another thread. */
 static void after_fork_in_child(void) {
-  thread_token = 0;
+  /* Each write only if needed: a first write to a page in a child is a copy-on-write fault
+   * (the thread's TLS page, the page of held), at every fork of the program. */
+  if (thread_token)
+    thread_token = 0;
   if (atomic_load_explicit(&self_id.pid, memory_order_relaxed) != 0)
     atomic_store_explicit(&self_id.pid, 0, memory_order_relaxed);
   mp__reset_lock(&self_id.lock);
   mp__reset_lock(&held.lock);
-  held.n = 0; /* the slots (and references) are the parent's */
+  if (held.n)
+    held.n = 0; /* the slots (and references) are the parent's */
 }
 
 /* Prioritized, so that it runs before spawn.c's take-over of a spawned child. */

@@ -157,11 +157,23 @@ void mp__reset_lock(pthread_mutex_t *lock) {
     memcpy(lock, &unused, sizeof unused);
 }
 
+/* Bytes waiting in a stream's buffer, read without locking, so that an empty stream costs
+ * no write and no page copy. glibc's FILE fields are public: reading them spares a forked
+ * child the fault on __fpending's code page (docs/architecture.md, "Where the time goes"). */
+static bool pending(FILE *stream) {
+#ifdef __GLIBC__
+  if (stream->_mode > 0) /* wide-oriented: its bytes wait in the wide buffer */
+    return __fpending(stream) > 0;
+  return stream->_IO_write_ptr > stream->_IO_write_base;
+#else
+  return __fpending(stream) > 0;
+#endif
+}
+
 void mp__flush_std_streams(void) {
-  /* __fpending() reads without locking: an empty stream costs no write, so no page copy. */
-  if (__fpending(stdout))
+  if (pending(stdout))
     fflush(stdout);
-  if (__fpending(stderr))
+  if (pending(stderr))
     fflush(stderr);
 }
 
