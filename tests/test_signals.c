@@ -126,9 +126,13 @@ static int blocked(void *arg, size_t size) {
         mp_process_start(child) < 0)
       return 2;
     rc = mp_process_join(child, 30);
+    /* The sentence now: the cleanup below may be interrupted too, and then close fails. */
+    bool said = strstr(mp_last_error(), "interrupted by SIGINT") != NULL;
     mp_process_terminate(child);
-    mp_process_join(child, 10);
+    while (mp_process_join(child, 10) == MP_EINTR)
+      ;
     mp_process_close(child);
+    return rc == MP_EINTR && said ? 0 : 3;
   }
   return rc == MP_EINTR && strstr(mp_last_error(), "interrupted by SIGINT") ? 0 : 3;
 }
