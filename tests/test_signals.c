@@ -336,6 +336,63 @@ START_TEST(test_recv_finishes_message) {
 }
 END_TEST
 
+/*
+ * An interrupted lock waiter loses nothing for the others: the test holds a Lock, three
+ * children wait for it, one is interrupted, and the two others take it in turn once the
+ * test lets it go. The second is woken only if the first, having slept, kept the mutex's
+ * "waiters" flag when it took the lock (mp__mutex_lock_sig), as glibc's own lock does.
+ */
+typedef struct {
+  mp_lock_t *lock;
+  mp_event_t *ready;
+  bool interrupted; /* this waiter is the one that gets SIGINT */
+} waiter_job_t;
+
+static int lock_waiter(void *arg, size_t size) {
+  (void)size;
+  const waiter_job_t *job = arg;
+  struct sigaction sa = {.sa_handler = on_sigint};
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  mp_event_set(job->ready);
+  int rc = mp_lock_acquire(job->lock, 30);
+  if (job->interrupted)
+    return rc == MP_EINTR && !mp_lock_is_owned(job->lock) ? 0 : 3;
+  if (rc < 0)
+    return 4;
+  mp_test_sleep(0.05); /* so that the other waiter sleeps while this one holds it */
+  return mp_lock_release(job->lock) == 0 ? 0 : 5;
+}
+
+START_TEST(test_lock_waiters_after_interrupt) {
+  mp_lock_t *lock;
+  MP_ASSERT_OK(mp_lock_create(&lock));
+  MP_ASSERT_OK(mp_lock_acquire(lock, 0));
+  mp_process_t *procs[3];
+  mp_event_t *ready[3];
+  for (int i = 0; i < 3; i++) {
+    MP_ASSERT_OK(mp_event_create(&ready[i]));
+    waiter_job_t job = {lock, ready[i], i == 0};
+    procs[i] = mp_test_start(_i, lock_waiter, &job, sizeof job);
+  }
+  for (int i = 0; i < 3; i++)
+    MP_ASSERT_OK(mp_event_wait(ready[i], 30));
+  mp_test_sleep(0.1); /* all three asleep on the mutex, most likely */
+  T_INT_EQ(interrupt(procs[0]), 0);
+  double t0 = mp_test_now();
+  MP_ASSERT_OK(mp_lock_release(lock));
+  for (int i = 1; i < 3; i++)
+    T_INT_EQ(mp_test_join_code(procs[i], 10 * mp_test_slowdown()), 0);
+  T_ASSERT(mp_test_now() - t0 < 5 * mp_test_slowdown(), "the waiters took %.1f s",
+           mp_test_now() - t0);
+  for (int i = 0; i < 3; i++) {
+    T_PROC_CLOSE(procs[i]);
+    MP_ASSERT_OK(mp_event_close(ready[i]));
+  }
+  MP_ASSERT_OK(mp_lock_close(lock));
+}
+END_TEST
+
 static Suite *signals_suite(void) {
   Suite *s = suite_create("signals");
   TCase *tc = mp_test_tcase(s, "ctrl-c", 120);
@@ -343,6 +400,7 @@ static Suite *signals_suite(void) {
   tcase_add_loop_test(tc, test_restarting_handler_gives_eintr, 0, N_METHODS);
   tcase_add_loop_test(tc, test_default_kills, 0, N_METHODS);
   tcase_add_loop_test(tc, test_recv_finishes_message, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_lock_waiters_after_interrupt, 0, N_METHODS);
   return s;
 }
 
