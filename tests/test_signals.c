@@ -22,6 +22,7 @@ enum {
   CALL_WAIT,
   CALL_LOCK,        /* held by the test */
   CALL_RLOCK,       /* held by the test */
+  CALL_VALUE,       /* a Value whose lock the test holds */
   CALL_RECV,        /* nothing sent; no timeout: a read that SA_RESTART restarts */
   CALL_RECV_TIMED,  /* nothing sent; a timeout */
   CALL_RECV_LOCKED, /* another receiver (a thread of the test) holds the end */
@@ -39,6 +40,7 @@ static const char *const CALLS[] = {"mp_event_wait",
                                     "mp_wait",
                                     "mp_lock_acquire",
                                     "mp_lock_acquire (RLock)",
+                                    "mp_value_add_long",
                                     "mp_conn_recv",
                                     "mp_conn_recv (timeout)",
                                     "mp_conn_recv (end in use)",
@@ -57,6 +59,7 @@ typedef struct {
   mp_queue_t *empty_queue, *full_queue; /* the full one: maxsize 1, one item */
   mp_conn_t *quiet, *other;             /* a pipe on which nothing is sent */
   mp_lock_t *held, *rheld;              /* held by the test */
+  mp_value_t *value;                    /* its lock held by the test */
   mp_conn_t *busy, *busy_other;         /* busy: a thread of the test receives on it */
 } job_t;
 
@@ -111,6 +114,8 @@ static int blocked(void *arg, size_t size) {
     rc = mp_lock_acquire(lock, 30);
     if (mp_lock_is_owned(lock)) /* nothing taken */
       return 5;
+  } else if (job->call == CALL_VALUE) {
+    rc = mp_value_add_long(job->value, 1, NULL);
   } else if (job->call == CALL_SEND_LOCKED) {
     rc = mp_conn_send(job->busy, "x", 1);
   } else if (job->call >= CALL_RECV) {
@@ -185,6 +190,8 @@ static void run(int method, int call, int handler) {
   MP_ASSERT_OK(mp_rlock_create(&job.rheld));
   MP_ASSERT_OK(mp_lock_acquire(job.held, 0));
   MP_ASSERT_OK(mp_lock_acquire(job.rheld, 0));
+  MP_ASSERT_OK(mp_value_create(&job.value, 'l', NULL, NULL));
+  MP_ASSERT_OK(mp_lock_acquire(mp_value_get_lock(job.value), 0));
   MP_ASSERT_OK(mp_pipe(true, &job.busy, &job.busy_other));
   pthread_t receiver, sender;
   T_ASSERT(pthread_create(&receiver, NULL, busy_receiver, &job) == 0, "pthread_create");
@@ -207,6 +214,10 @@ static void run(int method, int call, int handler) {
   /* Nothing lost: the locks are still the test's, both pipes carry the next message. */
   MP_ASSERT_OK(mp_lock_release(job.held));
   MP_ASSERT_OK(mp_lock_release(job.rheld));
+  long v = -1;
+  MP_ASSERT_OK(mp_value_get_long(job.value, &v)); /* an RLock: held by this thread */
+  T_ASSERT(v == 0, "%s: the value is %ld: an interrupted add was done", CALLS[call], v);
+  MP_ASSERT_OK(mp_lock_release(mp_value_get_lock(job.value)));
   MP_ASSERT_OK(mp_conn_send(job.busy_other, "b", 1));
   void *got, *big;
   char buf[8];
@@ -233,6 +244,7 @@ static void run(int method, int call, int handler) {
   MP_ASSERT_OK(mp_conn_close(job.other));
   MP_ASSERT_OK(mp_lock_close(job.held));
   MP_ASSERT_OK(mp_lock_close(job.rheld));
+  MP_ASSERT_OK(mp_value_close(job.value));
   MP_ASSERT_OK(mp_conn_close(job.busy));
   MP_ASSERT_OK(mp_conn_close(job.busy_other));
 }
