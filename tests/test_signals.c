@@ -67,6 +67,13 @@ static void on_sigint(int sig) {
   (void)sig;
 }
 
+/* The program's own SIGINT handler, installed as a program would. */
+static void catch_sigint(void (*handler)(int), int flags) {
+  struct sigaction sa = {.sa_handler = handler, .sa_flags = flags};
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+}
+
 static int sleeper(void *arg, size_t size) {
   (void)arg, (void)size;
   sleep(60);
@@ -78,10 +85,7 @@ static int blocked(void *arg, size_t size) {
   (void)size;
   const job_t *job = arg;
   if (job->handler) {
-    struct sigaction sa = {.sa_handler = on_sigint};
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = job->handler == HANDLER_RESTART ? SA_RESTART : 0;
-    sigaction(SIGINT, &sa, NULL);
+    catch_sigint(on_sigint, job->handler == HANDLER_RESTART ? SA_RESTART : 0);
   }
   mp_event_set(job->ready);
   int rc = 0;
@@ -301,9 +305,7 @@ static int big_sender(void *arg, size_t size) {
 static int big_receiver(void *arg, size_t size) {
   (void)size;
   const big_job_t *job = arg;
-  struct sigaction sa = {.sa_handler = count_sigint};
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, NULL);
+  catch_sigint(count_sigint, 0);
   mp_event_set(job->ready);
   void *msg;
   size_t len;
@@ -363,9 +365,7 @@ typedef struct {
 static int lock_waiter(void *arg, size_t size) {
   (void)size;
   const waiter_job_t *job = arg;
-  struct sigaction sa = {.sa_handler = on_sigint};
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, NULL);
+  catch_sigint(on_sigint, 0);
   mp_event_set(job->ready);
   int rc = mp_lock_acquire(job->lock, 30);
   if (job->interrupted)
