@@ -373,7 +373,7 @@ static void die_with(pid_t real_parent) {
     syscall(SYS_rt_sigprocmask, SIG_UNBLOCK, &unblock, NULL, sizeof unblock);
     signal_to_die_by = me.death_signal;
   }
-  syscall(SYS_prctl, PR_SET_PDEATHSIG, signal_to_die_by);
+  syscall(SYS_prctl, PR_SET_PDEATHSIG, (unsigned long)signal_to_die_by); /* a long, as read */
   /* The parent may have died before the prctl: then no signal will ever come. */
   if (getppid() != real_parent)
     kill(getpid(), SIGKILL);
