@@ -114,10 +114,11 @@ int mp__conn_send_fd(const mp_conn_t *conn) {
 }
 
 /* Takes an end's lock for one direction; see "Deaths" above. A cut stream breaks broken and,
- * for a send, also_broken: its receiving end's flag. */
+ * for a send, also_broken: its receiving end's flag. A caller's wait for the lock ends with
+ * MP_EINTR on SIGINT (nothing sent or taken yet); payload_cut's look does not wait. */
 static int lock_end(pthread_mutex_t *lock, bool *inside, _Atomic bool *broken,
                     _Atomic bool *also_broken, int64_t deadline, const char *what) {
-  int rc = mp__mutex_lock(lock, deadline);
+  int rc = mp__mutex_lock_sig(lock, deadline);
   if (rc == MP_EOWNERDEAD) {
     if (*inside)
       atomic_store(broken, true);
@@ -128,6 +129,9 @@ static int lock_end(pthread_mutex_t *lock, bool *inside, _Atomic bool *broken,
   }
   if (rc == MP_ETIMEDOUT)
     return mp__error(rc, "%s: timed out waiting for another thread or process on this end",
+                     what);
+  if (rc == MP_EINTR)
+    return mp__error(rc, "%s: interrupted by SIGINT waiting for another user of this end",
                      what);
   if (rc == 0 && atomic_load(broken)) {
     mp__mutex_unlock(lock);
@@ -286,8 +290,11 @@ static uint32_t buffered(const mp_conn_t *conn) {
          atomic_load_explicit(&conn->start, memory_order_relaxed);
 }
 
-/* Under the receive lock: waits for the next message's header in the buffer. */
+/* Under the receive lock: waits for the next message's header in the buffer; MP_EINTR on
+ * SIGINT, with nothing taken (a header's start stays in the buffer, which is the stream's). */
 static int read_header(mp_conn_t *conn, int fd, int64_t deadline, uint64_t *length) {
+  mp__sigint_t sigint = {NULL, 0};
+  bool caught = false;
   for (;;) {
     uint32_t have = buffered(conn);
     if (have >= HEADER) {
@@ -297,9 +304,13 @@ static int read_header(mp_conn_t *conn, int fd, int64_t deadline, uint64_t *leng
     memmove(conn->buf, conn->buf + conn->start, have); /* a header's start, if any */
     conn->start = 0;
     conn->end = have;
-    /* Without a deadline, the read itself waits: one system call per small message. */
-    if (deadline != INT64_MAX) {
-      int ready = mp__poll_fd(fd, POLLIN, deadline);
+    if (!sigint.counter) /* about to wait: no system call for a message already here */
+      caught = mp__sigint_begin(&sigint);
+    /* Without a deadline, the read itself waits: one system call per small message. But
+     * SA_RESTART restarts a read after the handler, a poll never: so a caught SIGINT costs
+     * a poll first. */
+    if (deadline != INT64_MAX || caught) {
+      int ready = mp__poll_fd_sig(fd, POLLIN, deadline, &sigint);
       if (ready <= 0)
         return ready < 0 ? ready : MP_ETIMEDOUT;
     }
@@ -311,6 +322,8 @@ static int read_header(mp_conn_t *conn, int fd, int64_t deadline, uint64_t *leng
       return MP_EEOF;
     if (n < 0 && errno != EINTR)
       return -errno;
+    if (n < 0 && mp__sigint_arrived(&sigint))
+      return MP_EINTR; /* a handler without SA_RESTART, before the poll saw it */
   }
 }
 
@@ -434,6 +447,8 @@ static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t
                      timeout);
   if (rc == MP_ETIMEDOUT)
     return mp__error(rc, "mp_conn_recv: no message within %g s", timeout);
+  if (rc == MP_EINTR) /* from read_header: a payload is always finished */
+    return mp__error(rc, "mp_conn_recv: interrupted by SIGINT before a message came");
   return rc < 0 && rc != MP_ETOOSMALL && rc != MP_ENOMEM
              ? mp__error(rc, "mp_conn_recv: %s", mp_strerror(rc))
              : rc;

@@ -1,4 +1,5 @@
-/* Contexts: the three start methods, the program's default one, and the executable. */
+/* Contexts: the three start methods, the program's default one, and the processes created
+ * by them (mp_process_create, with process.c's mp__process_create). */
 #include "internal.h"
 
 #include <limits.h>
@@ -16,7 +17,6 @@ static const char *const method_names[] = {"fork", "spawn", "forkserver", NULL};
 
 static pthread_mutex_t context_lock = PTHREAD_MUTEX_INITIALIZER;
 static mp_context_t *default_context; /* fixed by the first set or query, as in Python */
-static char executable[PATH_MAX];     /* "" means the running executable */
 
 static mp_context_t *find_context(const char *method) {
   for (size_t i = 0; i < sizeof contexts / sizeof contexts[0]; i++)
@@ -112,37 +112,23 @@ const char *const *mp_get_all_start_methods(void) {
   return method_names;
 }
 
-int mp_set_executable(const char *path) {
-  if (path && (!*path || strlen(path) >= sizeof executable))
-    return mp__error(MP_EINVAL, "mp_set_executable: the path is empty or longer than %zu",
-                     sizeof executable - 1);
-  pthread_mutex_lock(&context_lock);
-  snprintf(executable, sizeof executable, "%s", path ? path : "");
-  pthread_mutex_unlock(&context_lock);
-  return 0;
+/* Python's multiprocessing.Process(): the default context's, unless one is given. */
+int mp_process_create(mp_process_t **out, mp_context_t *ctx, mp_target_t target,
+                      const void *arg, size_t size, const char *name) {
+  /* Resolved (and so fixed) only for a call that can succeed, as before the split. */
+  if (!ctx && out && target && (arg || size == 0)) {
+    int rc = mp_get_context(NULL, &ctx);
+    if (rc < 0)
+      return rc;
+  }
+  return mp__process_create(out, ctx ? ctx->ops : NULL, target, arg, size, name);
 }
 
-int mp__executable(char *buf, size_t cap) {
-  pthread_mutex_lock(&context_lock);
-  size_t len = strlen(executable);
-  if (len && len < cap)
-    memcpy(buf, executable, len + 1);
-  pthread_mutex_unlock(&context_lock);
-  if (len)
-    return len < cap ? 0 : mp__error(MP_EINVAL, "executable path too long");
-  /* The path, not /proc/self/exe itself: under valgrind only the path names the program. */
-  ssize_t n = readlink("/proc/self/exe", buf, cap - 1);
-  if (n < 0)
-    return mp__syserror("readlink /proc/self/exe");
-  buf[n] = '\0';
-  /* Rebuilt or removed while running: /proc/self/exe still runs the same build. */
-  static const char deleted[] = " (deleted)";
-  size_t tail = sizeof deleted - 1;
-  if ((size_t)n > tail && strcmp(buf + n - tail, deleted) == 0)
-    snprintf(buf, cap, "/proc/self/exe");
-  return 0;
-}
-
-void mp__context_after_fork(void) {
+/* In a child of any fork(): a lock another thread held at the fork is free. */
+static void after_fork_in_child(void) {
   mp__reset_lock(&context_lock);
+}
+
+__attribute__((constructor(102))) static void install_handler(void) {
+  pthread_atfork(NULL, NULL, after_fork_in_child);
 }

@@ -79,6 +79,9 @@ static inline void mp__cpu_relax(void) {
  * one across a wait for another process: wait on a futex instead (glibc bug 21422). */
 int mp__mutex_init(pthread_mutex_t *mutex);
 int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline);
+/* The same, and MP_EINTR (nothing taken) when SIGINT arrives during the wait (signals.c's
+ * rule): for the locks a program waits on, Lock and RLock, a connection end's. */
+int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline);
 void mp__mutex_unlock(pthread_mutex_t *mutex);
 
 /* Objects that mp_wait() (connection.c) waits on: a connection end, a queue, a process.
@@ -292,7 +295,10 @@ typedef struct {
   const _Atomic uint32_t *counter;
   uint32_t base;
 } mp__sigint_t;
-void mp__sigint_begin(mp__sigint_t *s);
+/* True if SIGINT is caught (by the counter, in front of the program's handler): only then
+ * can the wait end by it, and a wait the kernel would restart must be made one it does not
+ * (a poll before a read). */
+bool mp__sigint_begin(mp__sigint_t *s);
 bool mp__sigint_arrived(const mp__sigint_t *s);
 /* mp__poll_fd that also returns MP_EINTR once SIGINT arrived since sigint's snapshot (poll
  * is never restarted after a handler). */
@@ -333,8 +339,13 @@ struct mp_context_s {
   const mp__popen_ops_t *ops;
 };
 
-/* The executable spawn and the fork server run: mp_set_executable()'s or the running one. */
+/* The executable spawn and the fork server run: mp_set_executable()'s or the running one
+ * (process.c, below spawn.c). */
 int mp__executable(char *buf, size_t cap);
+/* mp_process_create's work once context.c resolved the context (process.c): contexts sit
+ * above the start methods, which sit above process.c. */
+int mp__process_create(mp_process_t **out, const mp__popen_ops_t *ops, mp_target_t target,
+                       const void *arg, size_t size, const char *name);
 
 /* ------------------------------- spawn.c -------------------------------- */
 
@@ -470,9 +481,6 @@ int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid);
 /* Hands sock to this process's fork server (started on first use), whose spare becomes
  * the child that reads its request from sock. */
 int mp__forkserver_request(int sock);
-
-/* In the child of a fork: forget the parent's context choice, free its lock. */
-void mp__context_after_fork(void);
 
 /* ----------------------------- synchronize.c ---------------------------- */
 

@@ -3,6 +3,7 @@
 
 #include <signal.h>
 #include <stdio.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -35,8 +36,8 @@ static int fork_launch(mp_process_t *proc) {
     return rc;
   }
   if (pid == 0) {
-    if (sentinel[0] >= 0)
-      close(sentinel[0]);
+    if (sentinel[0] >= 0) /* syscall()'s code page is the child's anyway (die_with) */
+      syscall(SYS_close, sentinel[0]);
     info.sentinel = sentinel[1];
     mp__child_init(&info);
     mp__fd_keep_only(proc->passed, proc->n_passed);

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,6 +38,8 @@ static struct {
    * their objects, not this process's to join or free, kept where a leak checker finds
    * them (memcheck would call them lost). */
   mp_process_t *inherited[6];
+  pthread_mutex_t executable_lock; /* guards executable, below */
+  int death_signal; /* SIGRTMAX, a libc call read once here rather than in every child */
 } me __attribute__((aligned(1024))) = {
     .current = {.object_kind = MP__KIND_PROCESS,
                 .kind = MP__PROC_SELF,
@@ -52,7 +55,10 @@ static struct {
                .status_fd = -1},
     .own_sentinel = -1,
     .report_sock = -1,
+    .executable_lock = PTHREAD_MUTEX_INITIALIZER,
 };
+
+static char executable[PATH_MAX]; /* "" means the running executable */
 
 _Static_assert(sizeof me <= 1024, "what a child writes of itself stays in one page");
 
@@ -304,8 +310,8 @@ static void after_fork_in_child(void) {
     me.report_sock = -1;
   }
   mp__reset_lock(&registry_lock);
+  mp__reset_lock(&me.executable_lock);
   mp__fd_after_fork();
-  mp__context_after_fork();
 }
 
 /* mp_wait() on a process handle: ready once it has ended, woken by its sentinel. A process
@@ -324,8 +330,14 @@ static int process_poll_fd(void *obj) {
 
 static const mp__waitable_ops_t process_waitable = {process_ready, process_poll_fd};
 
+static const char *current_name(void) {
+  return me.current.name;
+}
+
 /* Prioritized, so that it runs before spawn.c's take-over of a spawned child. */
 __attribute__((constructor(102))) static void install_handlers(void) {
+  me.death_signal = SIGRTMAX;
+  mp__trace_name_source(current_name);
   atexit(at_exit);
   pthread_atfork(NULL, NULL, after_fork_in_child);
   mp__waitable_register(MP__KIND_PROCESS, &process_waitable);
@@ -337,10 +349,9 @@ __attribute__((constructor(102))) static void install_handlers(void) {
  * A child dies with its parent through PR_SET_PDEATHSIG. The kernel sends that signal when
  * the parent *thread* ends, not only the process: a child started from a short-lived
  * thread would be killed while its parent process lives on. So the signal is a real-time
- * one whose handler checks whether the parent process is really gone (the child has been
- * reparented) before it kills the child.
+ * one (SIGRTMAX, me.death_signal) whose handler checks whether the parent process is really
+ * gone (the child has been reparented) before it kills the child.
  */
-#define PARENT_DEATH_SIGNAL SIGRTMAX
 
 static void on_parent_thread_exit(int sig) {
   (void)sig;
@@ -350,19 +361,19 @@ static void on_parent_thread_exit(int sig) {
 
 static void die_with(pid_t real_parent) {
   me.watched_parent = real_parent;
+  /* Every libc function a forked child calls costs it a fault on that code page: so the
+   * initializer empties sa_mask, and the unblocking and the prctl are syscall()s, whose page
+   * mp__pidfd_open takes anyway (docs/architecture.md, "Where the time goes"). */
   struct sigaction sa = {.sa_handler = on_parent_thread_exit, .sa_flags = SA_RESTART};
-  sigemptyset(&sa.sa_mask);
   /* Where the signal cannot be had (valgrind keeps SIGRTMAX), die on any parent-thread
    * exit rather than outlive the parent. */
   int signal_to_die_by = SIGKILL;
-  if (sigaction(PARENT_DEATH_SIGNAL, &sa, NULL) == 0) {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, PARENT_DEATH_SIGNAL);
-    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-    signal_to_die_by = PARENT_DEATH_SIGNAL;
+  if (sigaction(me.death_signal, &sa, NULL) == 0) {
+    uint64_t unblock = 1ull << (me.death_signal - 1);
+    syscall(SYS_rt_sigprocmask, SIG_UNBLOCK, &unblock, NULL, sizeof unblock);
+    signal_to_die_by = me.death_signal;
   }
-  prctl(PR_SET_PDEATHSIG, signal_to_die_by);
+  syscall(SYS_prctl, PR_SET_PDEATHSIG, (unsigned long)signal_to_die_by); /* a long, as read */
   /* The parent may have died before the prctl: then no signal will ever come. */
   if (getppid() != real_parent)
     kill(getpid(), SIGKILL);
@@ -408,24 +419,52 @@ void mp__child_exit(int code, bool exec_image) {
 
 /* ---------------------------- the public API ---------------------------- */
 
-int mp_process_create(mp_process_t **out, mp_context_t *ctx, mp_target_t target,
-                      const void *arg, size_t size, const char *name) {
+/* The executable spawn and the fork server run (spawn.c): Python keeps it in spawn.py. */
+int mp_set_executable(const char *path) {
+  if (path && (!*path || strlen(path) >= sizeof executable))
+    return mp__error(MP_EINVAL, "mp_set_executable: the path is empty or longer than %zu",
+                     sizeof executable - 1);
+  pthread_mutex_lock(&me.executable_lock);
+  snprintf(executable, sizeof executable, "%s", path ? path : "");
+  pthread_mutex_unlock(&me.executable_lock);
+  return 0;
+}
+
+int mp__executable(char *buf, size_t cap) {
+  pthread_mutex_lock(&me.executable_lock);
+  size_t len = strlen(executable);
+  if (len && len < cap)
+    memcpy(buf, executable, len + 1);
+  pthread_mutex_unlock(&me.executable_lock);
+  if (len)
+    return len < cap ? 0 : mp__error(MP_EINVAL, "executable path too long");
+  /* The path, not /proc/self/exe itself: under valgrind only the path names the program. */
+  ssize_t n = readlink("/proc/self/exe", buf, cap - 1);
+  if (n < 0)
+    return mp__syserror("readlink /proc/self/exe");
+  buf[n] = '\0';
+  /* Rebuilt or removed while running: /proc/self/exe still runs the same build. */
+  static const char deleted[] = " (deleted)";
+  size_t tail = sizeof deleted - 1;
+  if ((size_t)n > tail && strcmp(buf + n - tail, deleted) == 0)
+    snprintf(buf, cap, "/proc/self/exe");
+  return 0;
+}
+
+/* mp_process_create once context.c has resolved the context to its start method's ops. */
+int mp__process_create(mp_process_t **out, const mp__popen_ops_t *ops, mp_target_t target,
+                       const void *arg, size_t size, const char *name) {
   if (!out || !target)
     return mp__error(MP_EINVAL, "mp_process_create: %s is NULL", out ? "target" : "proc");
   if (!arg && size > 0)
     return mp__error(MP_EINVAL, "mp_process_create: arg is NULL but size is %zu", size);
-  if (!ctx) {
-    int rc = mp_get_context(NULL, &ctx);
-    if (rc < 0)
-      return rc;
-  }
   mp_process_t *proc = calloc(1, sizeof *proc);
   if (!proc)
     return mp__error(MP_ENOMEM, "mp_process_create: no memory for the process");
   proc->object_kind = MP__KIND_PROCESS;
   proc->kind = MP__PROC_CHILD;
   proc->state = MP__CREATED;
-  proc->ops = ctx->ops;
+  proc->ops = ops;
   proc->target = target;
   proc->size = size;
   proc->die_with_parent = true;

@@ -34,23 +34,36 @@ static bool sigint_chainable(const struct sigaction *sa) {
   return sa->sa_handler != SIG_DFL && sa->sa_handler != SIG_IGN;
 }
 
-const _Atomic uint32_t *mp__sigint_watch(void) {
+/* Chains the counter if needed; true if SIGINT is now caught by it (one sigaction read when
+ * nothing changed). */
+static bool watch(void) {
   struct sigaction now;
+  bool caught = false;
   pthread_mutex_lock(&sigint_lock);
-  if (sigaction(SIGINT, NULL, &now) == 0 && sigint_chainable(&now)) {
-    program_sigint = now;
-    struct sigaction mine = now;
-    mine.sa_sigaction = count_sigint;
-    mine.sa_flags |= SA_SIGINFO;
-    sigaction(SIGINT, &mine, NULL);
+  if (sigaction(SIGINT, NULL, &now) == 0) {
+    caught = (now.sa_flags & SA_SIGINFO) && now.sa_sigaction == count_sigint;
+    if (sigint_chainable(&now)) {
+      program_sigint = now;
+      struct sigaction mine = now;
+      mine.sa_sigaction = count_sigint;
+      mine.sa_flags |= SA_SIGINFO;
+      caught = sigaction(SIGINT, &mine, NULL) == 0;
+    }
   }
   pthread_mutex_unlock(&sigint_lock);
+  return caught;
+}
+
+const _Atomic uint32_t *mp__sigint_watch(void) {
+  watch();
   return &sigints;
 }
 
-void mp__sigint_begin(mp__sigint_t *s) {
-  s->counter = mp__sigint_watch();
-  s->base = atomic_load(s->counter);
+bool mp__sigint_begin(mp__sigint_t *s) {
+  bool caught = watch();
+  s->counter = &sigints;
+  s->base = atomic_load(&sigints);
+  return caught;
 }
 
 bool mp__sigint_arrived(const mp__sigint_t *s) {

@@ -232,13 +232,20 @@ static bool held_by(const mp_lock_t *lock, uint64_t me) {
   return atomic_load_explicit(&lock->owner, memory_order_relaxed) == me;
 }
 
-/* Takes the mutex and records the caller: 0, MP_EOWNERDEAD or an error. */
-static int lock_take(mp_lock_t *lock, uint64_t me, uint32_t depth, int64_t deadline) {
+/* Takes the mutex and records the caller: 0, MP_EOWNERDEAD or an error; MP_EINTR (nothing
+ * taken) if SIGINT comes while an interruptible caller waits. */
+static int lock_take(mp_lock_t *lock, uint64_t me, uint32_t depth, int64_t deadline,
+                     bool interruptible) {
   MP__TRACE_CLOCK(t0);
-  int rc = mp__mutex_lock(&lock->mutex, deadline);
+  int rc = interruptible ? mp__mutex_lock_sig(&lock->mutex, deadline)
+                         : mp__mutex_lock(&lock->mutex, deadline);
   MP__TRACE(acquired, MP__TRK_LOCK + (lock->magic != LOCK_MAGIC), lock, t0, rc);
+  if (rc == MP_ETIMEDOUT)
+    return mp__error(rc, "acquiring a lock: timed out");
+  if (rc == MP_EINTR)
+    return mp__error(rc, "acquiring a lock: interrupted by SIGINT");
   if (rc < 0 && rc != MP_EOWNERDEAD)
-    return rc == MP_ETIMEDOUT ? mp__error(rc, "acquiring a lock: timed out") : rc;
+    return rc;
   atomic_store_explicit(&lock->owner, me, memory_order_relaxed);
   lock->depth = depth;
   return rc;
@@ -264,7 +271,7 @@ int mp_lock_acquire(mp_lock_t *lock, double timeout) {
     lock->depth++;
     return 0;
   }
-  return lock_take(lock, me, 1, mp__deadline(timeout));
+  return lock_take(lock, me, 1, mp__deadline(timeout), true);
 }
 
 int mp_lock_release(mp_lock_t *lock) {
@@ -774,7 +781,7 @@ static int cond_wait(mp_condition_t *cond, int64_t deadline) {
       rc = mp__futex_wait_sig(&cond->seq, seen, until);
       interrupted = rc == MP_EINTR && mp__sigint_arrived(&sigint);
     }
-    rc = lock_take(cond->lock, me, depth, INT64_MAX);
+    rc = lock_take(cond->lock, me, depth, INT64_MAX, false); /* held again, as in Python */
     if (rc == MP_EOWNERDEAD)
       dead = rc;
     else if (rc < 0)
@@ -1070,12 +1077,16 @@ int mp_barrier_close(mp_barrier_t *b) {
 
 /* A forked child is another process, its thread another thread. */
 static void after_fork_in_child(void) {
-  thread_token = 0;
+  /* Each write only if needed: a first write to a page in a child is a copy-on-write fault
+   * (the thread's TLS page, the page of held), at every fork of the program. */
+  if (thread_token)
+    thread_token = 0;
   if (atomic_load_explicit(&self_id.pid, memory_order_relaxed) != 0)
     atomic_store_explicit(&self_id.pid, 0, memory_order_relaxed);
   mp__reset_lock(&self_id.lock);
   mp__reset_lock(&held.lock);
-  held.n = 0; /* the slots (and references) are the parent's */
+  if (held.n)
+    held.n = 0; /* the slots (and references) are the parent's */
 }
 
 /* Prioritized, so that it runs before spawn.c's take-over of a spawned child. */

@@ -133,6 +133,27 @@ static struct {
   char path[PATH_MAX]; /* the top's trace file */
 } T = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, -1, M_MAIN, false, false, "", ""};
 
+/* The current process's name, from process.c (above this file): see mp__trace_name_source. */
+static const char *(*name_source)(void);
+
+void mp__trace_name_source(const char *(*current_name)(void)) {
+  name_source = current_name;
+}
+
+/* The fork server's pid: a child it forks, untraced, keeps T.method == M_SERVER rather than
+ * write T's page in every child (see after_fork_in_child); this tells them apart. */
+static pid_t server_pid;
+
+static int method(void) {
+  return T.method == M_SERVER && getpid() != server_pid ? M_FORKSERVER : T.method;
+}
+
+static const char *process_name(void) {
+  /* Before process.c's constructor (MP_TRACE is read by spawn.c's first one) this can only
+   * be the program's main process. */
+  return name_source ? name_source() : "MainProcess";
+}
+
 #define RING_OF(h) ((rec_t *)((h) + 1))
 #define RING_FILE_SIZE ((RING_RECS + 1) * sizeof(rec_t))
 
@@ -205,7 +226,7 @@ static int open_files(void) {
   rec_t head = {.ts = mp__now_ns(), .obj = (uint64_t)getpid()};
   head.tid = (uint32_t)syscall(SYS_gettid);
   head.u.v[0] = getppid();
-  head.u.v[1] = T.method;
+  head.u.v[1] = method();
   head.u.v[2] = MAGIC;
   atomic_store(&head.type, REC_HEADER);
   int err = ring_fd < 0 ? ring_fd : 0;
@@ -245,7 +266,7 @@ static ring_head_t *open_slow(void) {
   ring_head_t *h = T.head;
   pthread_mutex_unlock(&T.lock);
   if (opened) {
-    event_str(REC_PROCESS, 0, 0, T.method, mp_process_name(mp_current_process()));
+    event_str(REC_PROCESS, 0, 0, method(), process_name());
     pthread_mutex_lock(&names.lock);
     for (size_t i = 0; i < names.n; i++)
       event_str(REC_NAME, 0, names.e[i].obj, 0, names.e[i].name);
@@ -379,7 +400,7 @@ void mp__trace_process_start(const mp_process_t *proc) {
 }
 
 void mp__trace_process_child(const char *name) {
-  event_str(REC_PROCESS, 0, 0, T.method, name);
+  event_str(REC_PROCESS, 0, 0, method(), name);
 }
 
 void mp__trace_process_exit(int code) {
@@ -586,7 +607,7 @@ int mp_trace_start(const char *path) {
   T.top = true;
   pthread_mutex_unlock(&T.lock);
   atomic_store(&mp__trace_on, 1);
-  mp__trace_process_child(mp_process_name(mp_current_process())); /* opens the file */
+  mp__trace_process_child(process_name()); /* opens the file */
   return 0;
 }
 
@@ -644,8 +665,8 @@ int mp_trace_merge(const char *path) {
 
 /* A forked child records into a file of its own, opened at its first event. */
 static void after_fork_in_child(void) {
-  if (!MP__TRACING() && T.method != M_SERVER)
-    return; /* untouched: not even its page is copied */
+  if (!MP__TRACING())
+    return; /* untouched: not even its page is copied (method() tells a server's child) */
   pthread_mutex_init(&T.lock, NULL);
   pthread_mutex_init(&names.lock, NULL);
   forget_file(true);
@@ -662,6 +683,8 @@ void mp__trace_startup(const char *role) {
     T.method = strcmp(role, "spawn") == 0        ? M_SPAWN
                : strcmp(role, "forkserver") == 0 ? M_SERVER
                                                  : M_HELPER;
+  if (T.method == M_SERVER)
+    server_pid = getpid();
   /* Not for a setuid program: another user's environment must not make it write files. */
   const char *dir = secure_getenv(ENV_DIR);
   if (dir && strlen(dir) < sizeof T.dir) {

@@ -17,6 +17,9 @@ extern _Atomic int mp__trace_on __attribute__((visibility("hidden")));
 
 /* The trace's start-up, from spawn.c's first constructor (role: see mp__role_t, or NULL). */
 void mp__trace_startup(const char *role);
+/* Tells the trace how to name the current process: process.c registers it from its
+ * constructor, so that the trace, which every layer calls, calls no layer above it. */
+void mp__trace_name_source(const char *(*current_name)(void));
 
 #define MP__TRACING()                                                                          \
   __builtin_expect(atomic_load_explicit(&mp__trace_on, memory_order_relaxed), 0)

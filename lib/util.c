@@ -157,11 +157,23 @@ void mp__reset_lock(pthread_mutex_t *lock) {
     memcpy(lock, &unused, sizeof unused);
 }
 
+/* Bytes waiting in a stream's buffer, read without locking, so that an empty stream costs
+ * no write and no page copy. glibc's FILE fields are public: reading them spares a forked
+ * child the fault on __fpending's code page (docs/architecture.md, "Where the time goes"). */
+static bool pending(FILE *stream) {
+#ifdef __GLIBC__
+  if (stream->_mode > 0) /* wide-oriented: its bytes wait in the wide buffer */
+    return __fpending(stream) > 0;
+  return stream->_IO_write_ptr > stream->_IO_write_base;
+#else
+  return __fpending(stream) > 0;
+#endif
+}
+
 void mp__flush_std_streams(void) {
-  /* __fpending() reads without locking: an empty stream costs no write, so no page copy. */
-  if (__fpending(stdout))
+  if (pending(stdout))
     fflush(stdout);
-  if (__fpending(stderr))
+  if (pending(stderr))
     fflush(stderr);
 }
 
@@ -206,6 +218,19 @@ int mp__mutex_init(pthread_mutex_t *mutex) {
   return rc ? mp__error(-rc, "initializing a process-shared mutex: %s", strerror(rc)) : 0;
 }
 
+/* 0, MP_EOWNERDEAD, MP_ETIMEDOUT or an error, from pthread_mutex_*lock's result. */
+static int mutex_outcome(pthread_mutex_t *mutex, int rc) {
+  if (rc == EOWNERDEAD) {
+    /* The kernel's robust list told us the holder died: the mutex is ours and usable
+     * again; what it guards is for the caller to repair. */
+    pthread_mutex_consistent(mutex);
+    return MP_EOWNERDEAD;
+  }
+  if (rc == ETIMEDOUT)
+    return MP_ETIMEDOUT;
+  return rc ? mp__error(-rc, "locking a process-shared mutex: %s", strerror(rc)) : 0;
+}
+
 int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline) {
   int rc;
   if (deadline == INT64_MAX) {
@@ -224,15 +249,53 @@ int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline) {
                            0);
 #endif
   }
-  if (rc == EOWNERDEAD) {
-    /* The kernel's robust list told us the holder died: the mutex is ours and usable
-     * again; what it guards is for the caller to repair. */
-    pthread_mutex_consistent(mutex);
-    return MP_EOWNERDEAD;
+  return mutex_outcome(mutex, rc);
+}
+
+int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
+#ifdef __GLIBC__
+  /*
+   * glibc's wait for a robust mutex restarts after every signal handler, so the wait is
+   * ours: pthread_mutex_trylock takes it (glibc keeps the robust list), and in between we
+   * sleep on its futex word as glibc's own waiters do (the word holds the owner's TID; a
+   * sleeper sets FUTEX_WAITERS so that the unlock, or the kernel at the owner's death,
+   * wakes one). A waiter that slept may share that flag with other sleepers: once it holds
+   * the mutex it sets the flag again (glibc's trylock clears it), so that its unlock wakes
+   * the next one, as glibc's lock does after a wait.
+   */
+  _Atomic uint32_t *word = (_Atomic uint32_t *)(void *)&mutex->__data.__lock;
+  mp__sigint_t sigint = {NULL, 0};
+  bool slept = false;
+  for (;;) {
+    int rc = pthread_mutex_trylock(mutex);
+    if (rc != EBUSY) {
+      if (slept && (rc == 0 || rc == EOWNERDEAD))
+        atomic_fetch_or(word, FUTEX_WAITERS);
+      return mutex_outcome(mutex, rc);
+    }
+    if (deadline != INT64_MAX && mp__now_ns() >= deadline)
+      return MP_ETIMEDOUT;
+    uint32_t v = atomic_load(word);
+    if (v == 0 || (v & FUTEX_OWNER_DIED))
+      continue; /* released or orphaned meanwhile: trylock again */
+    if (!(v & FUTEX_WAITERS) && !atomic_compare_exchange_strong(word, &v, v | FUTEX_WAITERS))
+      continue;
+    if (!sigint.counter) /* at the first sleep: no system call when the mutex is free */
+      mp__sigint_begin(&sigint);
+    else if (mp__sigint_arrived(&sigint))
+      return MP_EINTR; /* came while we were woken for a mutex someone else took */
+    slept = true;
+    /* A finite deadline: a futex wait with none is restarted after a handler (signals.c). */
+    rc = mp__futex_wait_sig(word, v | FUTEX_WAITERS,
+                            deadline == INT64_MAX ? INT64_MAX - 1 : deadline);
+    if (rc == MP_ETIMEDOUT)
+      return MP_ETIMEDOUT;
+    if (rc == MP_EINTR && mp__sigint_arrived(&sigint))
+      return MP_EINTR;
   }
-  if (rc == ETIMEDOUT)
-    return MP_ETIMEDOUT;
-  return rc ? mp__error(-rc, "locking a process-shared mutex: %s", strerror(rc)) : 0;
+#else
+  return mp__mutex_lock(mutex, deadline); /* another C library: not interruptible */
+#endif
 }
 
 void mp__mutex_unlock(pthread_mutex_t *mutex) {
