@@ -291,6 +291,8 @@ void mp__on_exit(void (*fn)(void), int when);
  * (mp__sigint_arrived); a futex or poll wait with a finite deadline ends with EINTR after any
  * handler, so an infinite one is given a finite one (INT64_MAX - 1). */
 const _Atomic uint32_t *mp__sigint_watch(void);
+/* The count of SIGINTs seen so far (by a counter already chained): one load. */
+uint32_t mp__sigint_count(void);
 typedef struct {
   const _Atomic uint32_t *counter;
   uint32_t base;

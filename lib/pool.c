@@ -488,7 +488,7 @@ static bool result_ready(const mp__job_t *job, void *arg) {
  * watched only by a wait that blocks, and only once it is about to sleep). */
 static int wait_job(mp__job_t *job, bool (*can_go_on)(const mp__job_t *, void *), void *arg,
                     double timeout, const char *what) {
-  int rc = mp__job_wait(job, can_go_on, arg, timeout > 0 ? mp__sigint_watch : NULL,
+  int rc = mp__job_wait(job, can_go_on, arg, timeout > 0,
                         mp__deadline(timeout));
   if (rc == MP_ETIMEDOUT)
     return mp__error(rc, "%s: not ready after %g s", what, timeout);

@@ -296,7 +296,9 @@ static void wake_waiter(mp__job_t *job) {
 }
 
 int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
-                 const _Atomic uint32_t *(*watch)(void), int64_t deadline) {
+                 bool interruptible, int64_t deadline) {
+  /* The count is read before the spin (one load), so a SIGINT during it is seen too. */
+  uint32_t base = interruptible ? mp__sigint_count() : 0;
   /* A short spin first: a task that takes microseconds is done before a sleep and its
    * wake-up would be (on an idle machine, waking a sleeping CPU costs tens of them). */
   int64_t spin_end = mp__now_ns() + 20000;
@@ -307,10 +309,9 @@ int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), 
   }
   if (done(job, arg))
     return 0;
-  /* Only a wait that will sleep watches for interrupts (a system call or two, which a
-   * result ready within the spin does without). */
-  const _Atomic uint32_t *interrupts = watch ? watch() : NULL;
-  uint32_t base = interrupts ? atomic_load(interrupts) : 0;
+  /* Only a wait that will sleep chains the counter in front of the program's handler (a
+   * system call or two, which a result ready within the spin does without). */
+  const _Atomic uint32_t *interrupts = interruptible ? mp__sigint_watch() : NULL;
   /* Without a timeout the kernel restarts the wait after an SA_RESTART handler, unseen;
    * with one, any handler ends it with EINTR. */
   if (interrupts && deadline == INT64_MAX)

@@ -229,10 +229,10 @@ void mp__jobs_wake_status(mp__jobs_t *t);
 bool mp__job_complete(const mp__job_t *job);
 int mp__job_aborted(const mp__job_t *job); /* its abort code, or 0 */
 /* Waits until done(job, arg) or the deadline: 0 or MP_ETIMEDOUT. It spins 20 us first;
- * then, before it sleeps, it calls watch (if not NULL) for a counter of interrupts. Signals
- * do not end the wait, except that MP_EINTR is returned once that counter has changed. */
+ * then it sleeps. Signals do not end the wait, except that an interruptible one returns
+ * MP_EINTR once SIGINT arrived after it began (the one rule of signals.c). */
 int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
-                 const _Atomic uint32_t *(*watch)(void), int64_t deadline);
+                 bool interruptible, int64_t deadline);
 /* Copies a complete job's results out (a map's chunk by chunk, a failed chunk's zeroed; an
  * apply's result if it succeeded) and returns 0, or its first failure's code with its
  * sentence. cap below the length: MP_ETOOSMALL, nothing copied. *len (if not NULL): the

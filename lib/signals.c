@@ -59,6 +59,10 @@ const _Atomic uint32_t *mp__sigint_watch(void) {
   return &sigints;
 }
 
+uint32_t mp__sigint_count(void) {
+  return atomic_load(&sigints);
+}
+
 bool mp__sigint_begin(mp__sigint_t *s) {
   bool caught = watch();
   s->counter = &sigints;
