@@ -31,6 +31,9 @@ int mp__syserror(const char *fmt, ...) MP__PRINTF(1, 2);
 /* An absolute CLOCK_MONOTONIC deadline in nanoseconds; INT64_MAX means never. */
 int64_t mp__deadline(double timeout);
 int64_t mp__now_ns(void);
+/* The state letter and start time (field 22, clock ticks after boot) of /proc/<pid>/stat,
+ * which also answers for a thread's id: 0, or -errno (-EIO for what cannot be parsed). */
+int mp__proc_stat(pid_t pid, char *state, uint64_t *start);
 
 /* Waits until fd has events, or the deadline passes: 1 ready, 0 timed out, -errno. */
 int mp__poll_fd(int fd, short events, int64_t deadline);

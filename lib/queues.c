@@ -123,38 +123,11 @@ typedef struct {
  * initial-exec: a plain load, not a call of __tls_get_addr on every lock. */
 static _Thread_local uint64_t me_holder __attribute__((tls_model("initial-exec")));
 
-/* The state letter and start time (field 22) of /proc/<tid>/stat: 0, or -errno. */
-static int read_stat(pid_t tid, char *state, uint64_t *start) {
-  char path[48], buf[512];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)tid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return -errno;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  int err = n < 0 ? -errno : 0;
-  close(fd);
-  if (n <= 0)
-    return n < 0 ? err : -ESRCH;
-  buf[n] = 0;
-  /* The command name, field 2, may hold spaces and parentheses: count from the last ')'. */
-  const char *p = strrchr(buf, ')');
-  if (!p || p[1] != ' ')
-    return -EINVAL;
-  *state = p[2];
-  for (int field = 3; field < 22; field++) {
-    p = strchr(p + 1, ' ');
-    if (!p)
-      return -EINVAL;
-  }
-  *start = strtoull(p + 1, NULL, 10);
-  return 0;
-}
-
 __attribute__((noinline, cold)) static uint64_t holder_word_slow(void) {
   pid_t tid = (pid_t)syscall(SYS_gettid);
   char state;
   uint64_t start = 0;
-  if (read_stat(tid, &state, &start) < 0)
+  if (mp__proc_stat(tid, &state, &start) < 0)
     start = 0; /* no /proc: the liveness check falls back to kill() */
   me_holder = (uint64_t)(uint32_t)start << 32 | ((uint32_t)tid & QLOCK_TID);
   return me_holder;
@@ -169,7 +142,7 @@ static bool holder_died(uint64_t word) {
   pid_t tid = (pid_t)(word & QLOCK_TID);
   char state;
   uint64_t start;
-  int rc = read_stat(tid, &state, &start);
+  int rc = mp__proc_stat(tid, &state, &start);
   if (rc == 0)
     return state == 'Z' || state == 'X' ||
            ((word >> 32) != 0 && (uint32_t)start != (uint32_t)(word >> 32));

@@ -68,33 +68,9 @@ typedef struct {
 
 /* Reads pid's start time: 0, -errno of the open or read, or -ESRCH for a zombie. */
 static int proc_start(int32_t pid, uint64_t *start) {
-  char path[64], buf[1024];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return -errno;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  int err = n < 0 ? errno : EIO;
-  close(fd);
-  if (n <= 0)
-    return -err;
-  buf[n] = '\0';
-  /* The name in parentheses may hold anything: the fields start after the last ')'. */
-  char *p = strrchr(buf, ')');
-  if (!p || p[1] != ' ')
-    return -EIO;
-  if (p[2] == 'Z' || p[2] == 'X')
-    return -ESRCH;
-  p += 2; /* field 3, the state */
-  for (int field = 3; field < 22 && p; field++) {
-    p = strchr(p, ' ');
-    if (p)
-      p++;
-  }
-  if (!p)
-    return -EIO;
-  *start = strtoull(p, NULL, 10);
-  return 0;
+  char state;
+  int rc = mp__proc_stat(pid, &state, start);
+  return rc == 0 && (state == 'Z' || state == 'X') ? -ESRCH : rc;
 }
 
 /*

@@ -2,6 +2,7 @@
  * futexes and robust mutexes in shared memory. */
 #include "internal.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -328,4 +329,30 @@ const mp__waitable_ops_t *mp__waitable_find(const void *obj) {
     if (waitables[i].kind == kind)
       return waitables[i].ops;
   return NULL;
+}
+
+int mp__proc_stat(pid_t pid, char *state, uint64_t *start) {
+  char path[48], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  int err = n < 0 ? -errno : 0;
+  close(fd);
+  if (n <= 0)
+    return n < 0 ? err : -EIO;
+  buf[n] = 0;
+  /* The command name, field 2, may hold spaces and parentheses: count from the last ')'. */
+  const char *p = strrchr(buf, ')');
+  if (!p || p[1] != ' ')
+    return -EIO;
+  *state = p[2];
+  for (int field = 3; field < 22; field++) {
+    p = strchr(p + 1, ' ');
+    if (!p)
+      return -EIO;
+  }
+  *start = strtoull(p + 1, NULL, 10);
+  return 0;
 }
