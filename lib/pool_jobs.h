@@ -1,8 +1,10 @@
 /*
  * The job table of a Pool: the one owner of the pool's shared block (job slots, worker
  * records, the task functions), of the job blocks, of the spare blocks kept for reuse, of
- * the parent's list of jobs and of their locks. Included by pool_jobs.c, pool.c and
- * pool_worker.c only; launchers see the shared block as an opaque pointer (pool_launcher.h).
+ * the parent's list of jobs and of their locks. Included by pool_jobs.c, the pool's own
+ * files (through pool_private.h), pool_worker.c and pool_mpi.c (whose proxy workers claim
+ * and complete chunks ahead); other launchers see the shared block as an opaque pointer
+ * (pool_launcher.h).
  *
  * Two sides, one protocol (claim, complete, lose):
  * - the pool's process: submit a job, wait on it, take its result or its next chunk,

@@ -1,8 +1,8 @@
 /*
  * Where a Pool's workers come from: launchers behind one table of operations, and what a
- * worker runs. pool.c drives a launcher through mp__launcher_ops_t and learns of its workers
- * through the events it gave it; it never asks which launcher it has, and no launcher calls
- * into pool.c. One launcher per worker kind: processes of a context (spawn, forkserver),
+ * worker runs. The pool (pool.c creates, pool_supervisor.c drives) uses a launcher through
+ * mp__launcher_ops_t and learns of its workers through the events it gave it; it never asks
+ * which launcher it has, and no launcher calls into the pool's files. One launcher per worker kind: processes of a context (spawn, forkserver),
  * fork's (the first workers forked at creation, replacements by a zygote: pool_process.c),
  * threads (pool_thread.c), MPI ranks (pool_mpi.c: a thread launcher whose workers replace
  * the "run a task" step, mp__worker_how_t, to send the task to a rank).
