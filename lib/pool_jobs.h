@@ -96,7 +96,6 @@ typedef struct {
   _Atomic uint32_t callback_done;
   _Atomic int32_t abort_code;      /* MP_ETERMINATED once the pool was terminated */
   _Atomic uint64_t result_len;     /* an apply's result length */
-  pthread_mutex_t err_lock;        /* robust: workers record failures */
   void *parent_next, *parent_prev; /* the pool's list of its jobs, in the pool's process */
   _Atomic uint32_t orphaned;       /* no reference left, and not freed by whoever dropped it */
   uint64_t block_size;             /* bytes of its block, which a later job may reuse */
@@ -138,6 +137,9 @@ struct mp__pool_shared_s {
   _Atomic uint32_t slot_waiters;
   _Atomic uint32_t status; /* futex: bumped when a worker is ready or failed to be */
   _Atomic uint32_t flags;
+  /* Robust: workers and the supervisor record failures, in any job. One for the pool
+   * rather than one per job: failures are rare, and a job then costs no mutex set-up. */
+  pthread_mutex_t err_lock;
   _Atomic uint64_t next_seq, oldest; /* jobs [oldest, next_seq) may be incomplete */
   uint32_t n_workers, maxtasks, retries;
   uint64_t event_key;   /* the eventfd that wakes the supervisor, passed by key */
