@@ -26,7 +26,8 @@
  * - The shared block and every job block are freed by mp__jobs_free, once every worker
  *   has ended.
  * Fields of the structs below are the table's: pool.c reads only the immutable header of a
- * job (n, chunksize, n_chunks, window, result_size); the worker reads the function table.
+ * job (n, chunksize, n_chunks, window, result_size) and keeps its async result in `owner`;
+ * the worker reads the function table.
  */
 #ifndef MP_POOL_JOBS_H
 #define MP_POOL_JOBS_H
@@ -79,6 +80,8 @@ typedef struct {
   _Atomic uint32_t waiters;
 } mp__job_waker_t;
 
+#define MP__JOB_OWNER_BYTES 96
+
 /* A job: one map, apply or iterator, one block of the arena. Chunks [0, limit) have been fed;
  * chunk c lives in window slot c % window (window = n_chunks for a map). */
 typedef struct {
@@ -102,6 +105,9 @@ typedef struct {
   uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
   uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
   uint32_t n_counters;
+  /* The owner's record, in the pool's process (pool.c's async result), zeroed when the job
+   * is created: it lives as long as the owner's reference, with no allocation of its own. */
+  uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
 } mp__job_t;
 
 /* A worker's record, written by the worker (and by the supervisor once it has died). */
