@@ -59,6 +59,7 @@ struct mp__jobs_s {
 };
 
 static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes);
+static void link_job(mp__jobs_t *t, mp__job_t *job);
 static void keep_for_later(mp__job_t *job);
 static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk);
 
@@ -131,16 +132,24 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   if (total > SIZE_MAX)
     return mp__error(MP_ENOMEM, "a job of %llu bytes does not fit the address space",
                      (unsigned long long)total);
-  /* Not zeroed: the input and output are overwritten whole; the rest is set here. */
+  /* Not zeroed: the input and output are overwritten whole; the rest is set here. A spare
+   * comes linked in the job list already (one hold of the lock), not orphaned. */
   mp__job_t *spare = take_spare(t, total);
   mp__job_t *job = spare ? spare : mp__shared_alloc_raw(total);
   if (!job)
     return mp__error_prefix(MP_ENOMEM, "no room for a job of %llu bytes",
                             (unsigned long long)total);
-  if (!spare) /* the submitter writes its input, then reads its output */
-    prefault(job, total);
   uint64_t block_size = spare ? spare->block_size : total;
-  memset(job, 0, input_off);
+  if (!spare) { /* the submitter writes its input, then reads its output */
+    prefault(job, total);
+    atomic_init(&job->orphaned, 0);
+    pthread_mutex_lock(&t->lock);
+    link_job(t, job);
+    pthread_mutex_unlock(&t->lock);
+  }
+  /* All but the links, which the lock's holders may be rewriting (a neighbour's unlink). */
+  size_t links = offsetof(mp__job_t, seq);
+  memset((char *)job + links, 0, input_off - links);
   job->block_size = block_size;
   job->waker = &t->sh->wakers[MP__POOL_SLOTS]; /* until it is published, if ever */
   job->fn = fn;
@@ -954,10 +963,18 @@ static mp__job_t **best_spare(mp__jobs_t *t, uint64_t bytes) {
   return best;
 }
 
-/* The smallest kept block of at least bytes, taken (NULL if none). A job released while its
- * last worker still had it pinned is reclaimed here, if that worker is done with it now,
- * rather than when the supervisor gets to it: then a stream of same-size maps reuses one
- * block instead of faulting in a fresh one. */
+/* A spare block taken for a new job, linked in the job list under the same hold of the
+ * lock: not orphaned any more, so that no reclaim frees it. */
+static mp__job_t *link_spare(mp__jobs_t *t, mp__job_t *spare) {
+  atomic_store(&spare->orphaned, 0);
+  link_job(t, spare);
+  return spare;
+}
+
+/* The smallest kept block of at least bytes, taken and linked (NULL if none). A job released
+ * while its last worker still had it pinned is reclaimed here, if that worker is done with
+ * it now, rather than when the supervisor gets to it: then a stream of same-size maps reuses
+ * one block instead of faulting in a fresh one. */
 static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes) {
   pthread_mutex_lock(&t->lock);
   for (size_t i = t->n_small; bytes < SMALL_SPARE && i-- > 0;) {
@@ -967,6 +984,7 @@ static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes) {
     t->n_small--;
     t->small[i] = t->small[t->n_small];
     t->small_size[i] = t->small_size[t->n_small];
+    link_spare(t, spare);
     pthread_mutex_unlock(&t->lock);
     return spare;
   }
@@ -975,11 +993,13 @@ static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes) {
     reclaim(t);
     best = best_spare(t, bytes);
   }
-  mp__job_t *spare = best ? *best : NULL;
+  mp__job_t *spare = best ? link_spare(t, *best) : NULL;
   if (best)
     *best = NULL;
+  if (!spare && (spare = take_kept(bytes)) != NULL)
+    link_spare(t, spare);
   pthread_mutex_unlock(&t->lock);
-  return spare ? spare : take_kept(bytes);
+  return spare;
 }
 
 void mp__jobs_reclaim(mp__jobs_t *t) {
@@ -1013,9 +1033,6 @@ int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__job_t **out) {
     s->pack(job_input(job, 0), s->items, s->n, s->item_size);
   else if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
     memcpy(job_input(job, 0), s->items, s->n * s->item_size); /* checked by job_create */
-  pthread_mutex_lock(&t->lock);
-  link_job(t, job);
-  pthread_mutex_unlock(&t->lock);
   if (job->n_chunks > 0) {
     pthread_mutex_lock(&t->submit_lock);
     rc = job_publish(t->sh, job, t->next_seq, INT64_MAX);
