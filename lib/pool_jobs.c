@@ -147,7 +147,8 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
     link_job(t, job);
     pthread_mutex_unlock(&t->lock);
   }
-  /* All but the links, which the lock's holders may be rewriting (a neighbour's unlink). */
+  /* All but the links and the orphan mark, which the lock's holders may be reading or
+   * rewriting (a reclaim, a neighbour's unlink). */
   size_t links = offsetof(mp__job_t, seq);
   memset((char *)job + links, 0, input_off - links);
   job->block_size = block_size;

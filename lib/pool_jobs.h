@@ -85,9 +85,11 @@ typedef struct {
 /* A job: one map, apply or iterator, one block of the arena. Chunks [0, limit) have been fed;
  * chunk c lives in window slot c % window (window = n_chunks for a map). */
 typedef struct {
-  /* The pool's list of its jobs, in the pool's process, under the table's lock: first, and
-   * not cleared when a spare block is reused, since the block is linked as it is taken. */
+  /* The pool's list of its jobs, in the pool's process, under the table's lock, and the
+   * orphan mark that a reclaim reads there: first, and not cleared with the rest when a
+   * spare block is reused, since the block is linked (and its mark cleared) as it is taken. */
   void *parent_next, *parent_prev;
+  _Atomic uint32_t orphaned; /* no reference left, and not freed by whoever dropped it */
   uint64_t seq; /* its number in the pool, which names its slot */
   uint32_t fn;  /* index in the pool's function table */
   uint32_t flags;
@@ -102,7 +104,6 @@ typedef struct {
   _Atomic uint32_t callback_done;
   _Atomic int32_t abort_code;      /* MP_ETERMINATED once the pool was terminated */
   _Atomic uint64_t result_len;     /* an apply's result length */
-  _Atomic uint32_t orphaned;       /* no reference left, and not freed by whoever dropped it */
   uint64_t block_size;             /* bytes of its block, which a later job may reuse */
   uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
   uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
