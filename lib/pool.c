@@ -379,23 +379,26 @@ static int submit(mp_pool_t *pool, const spec_t *s, mp__job_t **out) {
   return rc < 0 ? mp__error_prefix(rc, "%s", s->what) : 0;
 }
 
+_Static_assert(sizeof(mp_async_result_t) <= MP__JOB_OWNER_BYTES &&
+                   _Alignof(mp_async_result_t) <= _Alignof(uint64_t),
+               "an async result fits its job's owner record");
+
 /* A request for s, in *out (NULL on failure). */
 int mp__pool_make_result(mp_pool_t *pool, spec_t *s, const mp_async_callbacks_t *callbacks,
                          bool is_apply, mp_async_result_t **out) {
   if (!out)
     return mp__error(MP_EINVAL, "%s: ar is NULL", s->what);
   *out = NULL;
-  mp_async_result_t *ar = calloc(1, sizeof *ar);
-  if (!ar)
-    return mp__error(MP_ENOMEM, "%s: no memory", s->what);
   bool has_callbacks = callbacks && (callbacks->callback || callbacks->error_callback);
   if (has_callbacks)
     s->flags |= MP__JOB_NOTIFY;
-  int rc = submit(pool, s, &ar->job);
-  if (rc < 0) {
-    free(ar);
+  mp__job_t *job;
+  int rc = submit(pool, s, &job);
+  if (rc < 0)
     return rc;
-  }
+  /* In the job's block (zeroed), which the owner's reference keeps: no allocation. */
+  mp_async_result_t *ar = (mp_async_result_t *)job->owner;
+  ar->job = job;
   ar->pool = pool;
   ar->is_apply = is_apply;
   ar->has_callbacks = has_callbacks;
@@ -537,8 +540,7 @@ int mp_async_result_successful(mp_async_result_t *ar) {
 void mp_async_result_free(mp_async_result_t *ar) {
   if (!ar || atomic_fetch_sub(&ar->refs, 1) != 1)
     return;
-  mp__jobs_release(ar->pool->jobs, ar->job);
-  free(ar);
+  mp__jobs_release(ar->pool->jobs, ar->job); /* ar is in the job's block: the last use */
 }
 
 /* ------------------------------ iterators ------------------------------ */

@@ -59,6 +59,7 @@ struct mp__jobs_s {
 };
 
 static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes);
+static void link_job(mp__jobs_t *t, mp__job_t *job);
 static void keep_for_later(mp__job_t *job);
 static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk);
 
@@ -131,23 +132,27 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   if (total > SIZE_MAX)
     return mp__error(MP_ENOMEM, "a job of %llu bytes does not fit the address space",
                      (unsigned long long)total);
-  /* Not zeroed: the input and output are overwritten whole; the rest is set here. */
+  /* Not zeroed: the input and output are overwritten whole; the rest is set here. A spare
+   * comes linked in the job list already (one hold of the lock), not orphaned. */
   mp__job_t *spare = take_spare(t, total);
   mp__job_t *job = spare ? spare : mp__shared_alloc_raw(total);
   if (!job)
     return mp__error_prefix(MP_ENOMEM, "no room for a job of %llu bytes",
                             (unsigned long long)total);
-  if (!spare) /* the submitter writes its input, then reads its output */
-    prefault(job, total);
   uint64_t block_size = spare ? spare->block_size : total;
-  memset(job, 0, input_off);
+  if (!spare) { /* the submitter writes its input, then reads its output */
+    prefault(job, total);
+    atomic_init(&job->orphaned, 0);
+    pthread_mutex_lock(&t->lock);
+    link_job(t, job);
+    pthread_mutex_unlock(&t->lock);
+  }
+  /* All but the links and the orphan mark, which the lock's holders may be reading or
+   * rewriting (a reclaim, a neighbour's unlink). */
+  size_t links = offsetof(mp__job_t, seq);
+  memset((char *)job + links, 0, input_off - links);
   job->block_size = block_size;
   job->waker = &t->sh->wakers[MP__POOL_SLOTS]; /* until it is published, if ever */
-  int rc = mp__mutex_init(&job->err_lock);
-  if (rc < 0) {
-    mp__shared_release(job);
-    return rc;
-  }
   job->fn = fn;
   job->flags = flags;
   job->n = n;
@@ -205,11 +210,11 @@ static bool job_unref(mp__job_t *job) {
   return atomic_fetch_sub(&job->refs, 1) == 1;
 }
 
-static void record_error(mp__job_t *job, uint32_t chunk, uint64_t item, int code,
-                          const char *msg) {
+static void record_error(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint64_t item,
+                         int code, const char *msg) {
   mp__task_error_t *e = error_at(job, chunk);
   /* A holder that died could only leave a half-written message: still a message. */
-  int rc = mp__mutex_lock(&job->err_lock, INT64_MAX);
+  int rc = mp__mutex_lock(&sh->err_lock, INT64_MAX);
   if (rc < 0 && rc != MP_EOWNERDEAD)
     return;
   if ((job->flags & MP__JOB_ITERATOR) || item < e->item) {
@@ -217,7 +222,7 @@ static void record_error(mp__job_t *job, uint32_t chunk, uint64_t item, int code
     e->code = code;
     snprintf(e->msg, sizeof e->msg, "%s", msg);
   }
-  mp__mutex_unlock(&job->err_lock);
+  mp__mutex_unlock(&sh->err_lock);
 }
 
 /* ------------------------------ waking up ------------------------------ */
@@ -608,7 +613,7 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
   /* Recorded while the chunk is still ours: a loss or an abort after this point records
    * nothing the owner would take instead (the lowest item wins, an abort is told apart). */
   if (running && status == MP__CHUNK_FAILED)
-    record_error(job, chunk, task->failed_item, task->code, task->msg);
+    record_error(sh, job, chunk, task->failed_item, task->code, task->msg);
   if (running && job->n == 1)
     atomic_store(&job->result_len, task->result_len);
   /* Pinned for settling after the last reference. Relaxed, as is the mark: whoever frees
@@ -674,7 +679,7 @@ bool mp__job_lose_chunk(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, u
     }
     return false;
   }
-  record_error(job, chunk, item, code, msg);
+  record_error(sh, job, chunk, item, code, msg);
   if (atomic_compare_exchange_strong(
           state, &v, MP__CHUNK_STATE(chunk, attempts, MP__CHUNK_OWNER(v), MP__CHUNK_FAILED)))
     count_by_parent(sh, job, 1);
@@ -721,6 +726,12 @@ int mp__jobs_create(mp__jobs_t **out, uint32_t n_workers, unsigned maxtasks, uns
       mp__shared_release(sh);
     return mp__error(MP_ENOMEM, "no memory for the job table of %u workers", n_workers);
   }
+  int rc = mp__mutex_init(&sh->err_lock);
+  if (rc < 0) {
+    free(t);
+    mp__shared_release(sh);
+    return rc;
+  }
   pthread_mutex_init(&t->lock, NULL);
   pthread_mutex_init(&t->submit_lock, NULL);
   sh->n_workers = n_workers;
@@ -754,6 +765,7 @@ void mp__jobs_free(mp__jobs_t *t) {
     mp__shared_release(sh->init_ref);
   if (sh->initargs)
     mp__shared_release(sh->initargs);
+  pthread_mutex_destroy(&sh->err_lock);
   mp__shared_release(sh);
   pthread_mutex_destroy(&t->lock);
   pthread_mutex_destroy(&t->submit_lock);
@@ -794,8 +806,23 @@ int mp__jobs_set_initializer(mp__jobs_t *t, mp__fn_t fn, const void *args, size_
   return 0;
 }
 
+/* A function already in the table is found without the lock (every submission looks its
+ * function up): entries below n_fns are written before n_fns is raised past them, and never
+ * again. */
+static bool find_function(const mp__pool_shared_t *sh, mp__fn_t fn, uint32_t *index) {
+  uint32_t n = atomic_load(&sh->n_fns);
+  for (uint32_t i = 0; i < n; i++)
+    if (sh->local_fns[i] == fn) {
+      *index = i;
+      return true;
+    }
+  return false;
+}
+
 int mp__jobs_function(mp__jobs_t *t, mp__fn_t fn, uint32_t *index) {
   mp__pool_shared_t *sh = t->sh;
+  if (find_function(sh, fn, index))
+    return 0;
   pthread_mutex_lock(&t->lock);
   uint32_t n = atomic_load(&sh->n_fns), i = 0;
   while (i < n && sh->local_fns[i] != fn)
@@ -915,7 +942,6 @@ static void free_job(mp__jobs_t *t, mp__job_t *job) {
     t->jobs = next;
   if (next)
     next->parent_prev = prev;
-  pthread_mutex_destroy(&job->err_lock);
   keep_or_release(t, job);
 }
 
@@ -938,10 +964,18 @@ static mp__job_t **best_spare(mp__jobs_t *t, uint64_t bytes) {
   return best;
 }
 
-/* The smallest kept block of at least bytes, taken (NULL if none). A job released while its
- * last worker still had it pinned is reclaimed here, if that worker is done with it now,
- * rather than when the supervisor gets to it: then a stream of same-size maps reuses one
- * block instead of faulting in a fresh one. */
+/* A spare block taken for a new job, linked in the job list under the same hold of the
+ * lock: not orphaned any more, so that no reclaim frees it. */
+static mp__job_t *link_spare(mp__jobs_t *t, mp__job_t *spare) {
+  atomic_store(&spare->orphaned, 0);
+  link_job(t, spare);
+  return spare;
+}
+
+/* The smallest kept block of at least bytes, taken and linked (NULL if none). A job released
+ * while its last worker still had it pinned is reclaimed here, if that worker is done with
+ * it now, rather than when the supervisor gets to it: then a stream of same-size maps reuses
+ * one block instead of faulting in a fresh one. */
 static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes) {
   pthread_mutex_lock(&t->lock);
   for (size_t i = t->n_small; bytes < SMALL_SPARE && i-- > 0;) {
@@ -951,6 +985,7 @@ static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes) {
     t->n_small--;
     t->small[i] = t->small[t->n_small];
     t->small_size[i] = t->small_size[t->n_small];
+    link_spare(t, spare);
     pthread_mutex_unlock(&t->lock);
     return spare;
   }
@@ -959,11 +994,13 @@ static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes) {
     reclaim(t);
     best = best_spare(t, bytes);
   }
-  mp__job_t *spare = best ? *best : NULL;
+  mp__job_t *spare = best ? link_spare(t, *best) : NULL;
   if (best)
     *best = NULL;
+  if (!spare && (spare = take_kept(bytes)) != NULL)
+    link_spare(t, spare);
   pthread_mutex_unlock(&t->lock);
-  return spare ? spare : take_kept(bytes);
+  return spare;
 }
 
 void mp__jobs_reclaim(mp__jobs_t *t) {
@@ -997,9 +1034,6 @@ int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__job_t **out) {
     s->pack(job_input(job, 0), s->items, s->n, s->item_size);
   else if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
     memcpy(job_input(job, 0), s->items, s->n * s->item_size); /* checked by job_create */
-  pthread_mutex_lock(&t->lock);
-  link_job(t, job);
-  pthread_mutex_unlock(&t->lock);
   if (job->n_chunks > 0) {
     pthread_mutex_lock(&t->submit_lock);
     rc = job_publish(t->sh, job, t->next_seq, INT64_MAX);

@@ -28,7 +28,8 @@
  * - The shared block and every job block are freed by mp__jobs_free, once every worker
  *   has ended.
  * Fields of the structs below are the table's: pool.c reads only the immutable header of a
- * job (n, chunksize, n_chunks, window, result_size); the worker reads the function table.
+ * job (n, chunksize, n_chunks, window, result_size) and keeps its async result in `owner`;
+ * the worker reads the function table.
  */
 #ifndef MP_POOL_JOBS_H
 #define MP_POOL_JOBS_H
@@ -81,9 +82,16 @@ typedef struct {
   _Atomic uint32_t waiters;
 } mp__job_waker_t;
 
+#define MP__JOB_OWNER_BYTES 96
+
 /* A job: one map, apply or iterator, one block of the arena. Chunks [0, limit) have been fed;
  * chunk c lives in window slot c % window (window = n_chunks for a map). */
 typedef struct {
+  /* The pool's list of its jobs, in the pool's process, under the table's lock, and the
+   * orphan mark that a reclaim reads there: first, and not cleared with the rest when a
+   * spare block is reused, since the block is linked (and its mark cleared) as it is taken. */
+  void *parent_next, *parent_prev;
+  _Atomic uint32_t orphaned; /* no reference left, and not freed by whoever dropped it */
   uint64_t seq; /* its number in the pool, which names its slot */
   uint32_t fn;  /* index in the pool's function table */
   uint32_t flags;
@@ -98,13 +106,13 @@ typedef struct {
   _Atomic uint32_t callback_done;
   _Atomic int32_t abort_code;      /* MP_ETERMINATED once the pool was terminated */
   _Atomic uint64_t result_len;     /* an apply's result length */
-  pthread_mutex_t err_lock;        /* robust: workers record failures */
-  void *parent_next, *parent_prev; /* the pool's list of its jobs, in the pool's process */
-  _Atomic uint32_t orphaned;       /* no reference left, and not freed by whoever dropped it */
   uint64_t block_size;             /* bytes of its block, which a later job may reuse */
   uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
   uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
   uint32_t n_counters;
+  /* The owner's record, in the pool's process (pool.c's async result), zeroed when the job
+   * is created: it lives as long as the owner's reference, with no allocation of its own. */
+  uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
 } mp__job_t;
 
 /* A worker's record, written by the worker (and by the supervisor once it has died). */
@@ -140,6 +148,9 @@ struct mp__pool_shared_s {
   _Atomic uint32_t slot_waiters;
   _Atomic uint32_t status; /* futex: bumped when a worker is ready or failed to be */
   _Atomic uint32_t flags;
+  /* Robust: workers and the supervisor record failures, in any job. One for the pool
+   * rather than one per job: failures are rare, and a job then costs no mutex set-up. */
+  pthread_mutex_t err_lock;
   _Atomic uint64_t next_seq, oldest; /* jobs [oldest, next_seq) may be incomplete */
   uint32_t n_workers, maxtasks, retries;
   uint64_t event_key;   /* the eventfd that wakes the supervisor, passed by key */

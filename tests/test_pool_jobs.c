@@ -260,6 +260,38 @@ START_TEST(test_pinned_job_block_reused) {
 }
 END_TEST
 
+/* A small job's block, freed by a reclaim after its last worker let go of it (an orphan),
+ * is reused by the next job of its size, which takes it linked in the job list: a reclaim
+ * then must not free it again while it is in use (its orphan mark is cleared as it is
+ * taken, not later). */
+START_TEST(test_orphan_block_reused_not_reclaimed) {
+  int in[1] = {7}, out = 0;
+  mp__job_t *job = submit_map(0, in, 1, 1), *again, *third;
+  mp__task_t a;
+  claim(0, &a);
+  T_ASSERT(complete(0, &a), "the completion was refused");
+  _Atomic uint64_t *pin = &mp__jobs_shared(table)->workers[1].pin;
+  atomic_store(pin, job->seq + 1);
+  mp__jobs_release(table, job); /* pinned: an orphan */
+  atomic_store(pin, 0);
+  mp__jobs_reclaim(table);
+  again = submit_more(in, 1, 1);
+  T_ASSERT(again == job, "the next job of the same size did not reuse the block");
+  mp__jobs_reclaim(table);
+  third = submit_more(in, 1, 1);
+  T_ASSERT(third != again, "a reclaim freed a job in use, and the next job took its block");
+  claim(0, &a);
+  T_ASSERT(a.job == again, "the reused job's chunk was not claimed first");
+  T_ASSERT(complete(0, &a), "the completion was refused");
+  MP_ASSERT_OK(mp__job_take(again, false, &out, sizeof out, NULL));
+  T_INT_EQ(out, 7);
+  claim(0, &a);
+  T_ASSERT(complete(0, &a), "the completion was refused");
+  mp__jobs_release(table, third);
+  end_table(again);
+}
+END_TEST
+
 /* A destroyed table's largest block serves the process's next table, its pages still in
  * memory: the output of the last map is still there (a block freed to the arena, or fresh,
  * would read zeros: the arena punches blocks of 8 MiB and more out of its file). */
@@ -299,6 +331,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_completion_claims_next);
   tcase_add_test(tc, test_no_claim_past_an_older_job);
   tcase_add_test(tc, test_pinned_job_block_reused);
+  tcase_add_test(tc, test_orphan_block_reused_not_reclaimed);
   tcase_add_test(tc, test_block_kept_for_next_table);
   return s;
 }
