@@ -253,6 +253,9 @@ int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline) {
   return mutex_outcome(mutex, rc);
 }
 
+/* The first sleep of an interruptible wait, before the SIGINT chain is checked. */
+#define FIRST_SLEEP_NS 1000000
+
 int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
 #ifdef __GLIBC__
   /*
@@ -265,15 +268,20 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
    * the next one, as glibc's lock does after a wait.
    */
   _Atomic uint32_t *word = (_Atomic uint32_t *)(void *)&mutex->__data.__lock;
-  mp__sigint_t sigint = {NULL, 0};
-  bool slept = false;
+  /* SIGINTs are counted from here by a counter chained at an earlier wait (one load). The
+   * chain itself is checked, a system call, only at a second sleep: a holder that lets go
+   * within the first, short, sleep costs no more than glibc's own wait. */
+  uint32_t base = mp__sigint_count();
+  unsigned sleeps = 0;
   for (;;) {
     int rc = pthread_mutex_trylock(mutex);
     if (rc != EBUSY) {
-      if (slept && (rc == 0 || rc == EOWNERDEAD))
+      if (sleeps && (rc == 0 || rc == EOWNERDEAD))
         atomic_fetch_or(word, FUTEX_WAITERS);
       return mutex_outcome(mutex, rc);
     }
+    if (mp__sigint_count() != base)
+      return MP_EINTR;
     if (deadline != INT64_MAX && mp__now_ns() >= deadline)
       return MP_ETIMEDOUT;
     uint32_t v = atomic_load(word);
@@ -281,18 +289,15 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
       continue; /* released or orphaned meanwhile: trylock again */
     if (!(v & FUTEX_WAITERS) && !atomic_compare_exchange_strong(word, &v, v | FUTEX_WAITERS))
       continue;
-    if (!sigint.counter) /* at the first sleep: no system call when the mutex is free */
-      mp__sigint_begin(&sigint);
-    else if (mp__sigint_arrived(&sigint))
-      return MP_EINTR; /* came while we were woken for a mutex someone else took */
-    slept = true;
     /* A finite deadline: a futex wait with none is restarted after a handler (signals.c). */
-    rc = mp__futex_wait_sig(word, v | FUTEX_WAITERS,
-                            deadline == INT64_MAX ? INT64_MAX - 1 : deadline);
-    if (rc == MP_ETIMEDOUT)
-      return MP_ETIMEDOUT;
-    if (rc == MP_EINTR && mp__sigint_arrived(&sigint))
-      return MP_EINTR;
+    int64_t until = deadline == INT64_MAX ? INT64_MAX - 1 : deadline;
+    if (sleeps++ == 0) {
+      int64_t first_end = mp__now_ns() + FIRST_SLEEP_NS;
+      until = first_end < until ? first_end : until;
+    } else if (sleeps == 2) {
+      (void)mp__sigint_watch();
+    }
+    (void)mp__futex_wait_sig(word, v | FUTEX_WAITERS, until); /* the loop looks again */
   }
 #else
   return mp__mutex_lock(mutex, deadline); /* another C library: not interruptible */
