@@ -380,9 +380,14 @@ static bool job_feed(mp__pool_shared_t *sh, mp__job_t *job, const void *items) {
   if (next >= job->window && MP__CHUNK_STATUS(atomic_load(state)) != MP__CHUNK_FREE)
     return false; /* the chunk a window earlier has not been taken yet */
   uint64_t first = (uint64_t)next * job->chunksize;
-  if (job->item_size)
+  if (job->item_size) {
     memcpy(job_input(job, next), (const char *)items + first * job->item_size,
            mp__job_chunk_items(job, next) * job->item_size);
+    /* Sent whole, a slot's unused tail and padding too: memcheck does not see worker
+     * processes write, so bytes left undefined here would stay so when this block later
+     * holds another job's results. */
+    MP__SCANNED(job_input(job, next), mp__job_chunk_items(job, next) * job->item_size);
+  }
   atomic_store(state, MP__CHUNK_STATE(next, 0, 0, MP__CHUNK_QUEUED));
   /* Fails only if the job was aborted meanwhile: then the chunk counts as aborted. */
   if (!atomic_compare_exchange_strong(&job->limit, &next, next + 1))
@@ -1034,6 +1039,8 @@ int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__job_t **out) {
     s->pack(job_input(job, 0), s->items, s->n, s->item_size);
   else if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
     memcpy(job_input(job, 0), s->items, s->n * s->item_size); /* checked by job_create */
+  if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
+    MP__SCANNED(job_input(job, 0), s->n * s->item_size); /* as in job_feed */
   if (job->n_chunks > 0) {
     pthread_mutex_lock(&t->submit_lock);
     rc = job_publish(t->sh, job, t->next_seq, INT64_MAX);
