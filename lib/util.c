@@ -268,11 +268,11 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
    * the next one, as glibc's lock does after a wait.
    */
   _Atomic uint32_t *word = (_Atomic uint32_t *)(void *)&mutex->__data.__lock;
-  /* SIGINTs are counted from here by a counter chained at an earlier wait (one load). The
-   * chain itself is checked, a system call, only at a second sleep: a holder that lets go
-   * within the first, short, sleep costs no more than glibc's own wait. */
-  uint32_t base = mp__sigint_count();
-  unsigned sleeps = 0;
+  /* SIGINTs are counted from the first failed try by a counter chained at an earlier wait
+   * (one load). The chain itself is checked, a system call, only at a second sleep: a
+   * holder that lets go within the first, short, sleep costs no more than glibc's wait. */
+  uint32_t base = 0;
+  unsigned tries = 0, sleeps = 0;
   for (;;) {
     int rc = pthread_mutex_trylock(mutex);
     if (rc != EBUSY) {
@@ -280,7 +280,9 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
         atomic_fetch_or(word, FUTEX_WAITERS);
       return mutex_outcome(mutex, rc);
     }
-    if (mp__sigint_count() != base)
+    if (tries++ == 0)
+      base = mp__sigint_count();
+    else if (mp__sigint_count() != base)
       return MP_EINTR;
     if (deadline != INT64_MAX && mp__now_ns() >= deadline)
       return MP_ETIMEDOUT;
