@@ -106,14 +106,20 @@ static void array_imap(void *state) {
     bench_die_mp("mp_imap_next", rc);
 }
 
-static void row_imap_lazy(const bench_config_t *cfg, bench_result_t *result) {
+/* Times libmp_side against baseline over n items (chunksize 0: the pool's default), per item. */
+static void forms_row(const bench_config_t *cfg, bench_result_t *result, size_t n,
+                      size_t chunksize, void (*libmp_side)(void *), void (*baseline)(void *)) {
   forms_state_t fs = {0};
   double libmp_ns, baseline_ns;
-  forms_open(&fs, 100000, 16);
-  bench_pair(cfg, 3, lazy_imap, array_imap, &fs, &libmp_ns, &baseline_ns);
+  forms_open(&fs, n, chunksize);
+  bench_pair(cfg, 3, libmp_side, baseline, &fs, &libmp_ns, &baseline_ns);
   forms_close(&fs);
   result->libmp = libmp_ns / (double)fs.n;
   result->baseline = baseline_ns / (double)fs.n;
+}
+
+static void row_imap_lazy(const bench_config_t *cfg, bench_result_t *result) {
+  forms_row(cfg, result, 100000, 16, lazy_imap, array_imap);
 }
 
 /* ------------------------------ pool.map_varsize ------------------------------ */
@@ -141,13 +147,7 @@ static void map_fixed(void *state) {
 }
 
 static void row_map_varsize(const bench_config_t *cfg, bench_result_t *result) {
-  forms_state_t fs = {0};
-  double libmp_ns, baseline_ns;
-  forms_open(&fs, 200000, 0);
-  bench_pair(cfg, 3, map_items, map_fixed, &fs, &libmp_ns, &baseline_ns);
-  forms_close(&fs);
-  result->libmp = libmp_ns / (double)fs.n;
-  result->baseline = baseline_ns / (double)fs.n;
+  forms_row(cfg, result, 200000, 0, map_items, map_fixed);
 }
 
 static const bench_row_t pool_forms_rows[] = {
