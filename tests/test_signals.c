@@ -18,6 +18,7 @@ enum {
   CALL_BARRIER,
   CALL_QUEUE_GET,
   CALL_QUEUE_PUT,
+  CALL_QUEUE_JOIN, /* a JoinableQueue with one task never done */
   CALL_CONN_POLL,
   CALL_WAIT,
   CALL_LOCK,        /* held by the test */
@@ -36,6 +37,7 @@ static const char *const CALLS[] = {"mp_event_wait",
                                     "mp_barrier_wait",
                                     "mp_queue_get",
                                     "mp_queue_put",
+                                    "mp_queue_join",
                                     "mp_conn_poll",
                                     "mp_wait",
                                     "mp_lock_acquire",
@@ -57,6 +59,7 @@ typedef struct {
   mp_condition_t *cond;                 /* never notified */
   mp_barrier_t *barrier;                /* of 2 parties, the child only */
   mp_queue_t *empty_queue, *full_queue; /* the full one: maxsize 1, one item */
+  mp_queue_t *unfinished;               /* joinable, one task not done */
   mp_conn_t *quiet, *other;             /* a pipe on which nothing is sent */
   mp_lock_t *held, *rheld;              /* held by the test */
   mp_value_t *value;                    /* its lock held by the test */
@@ -107,6 +110,8 @@ static int blocked(void *arg, size_t size) {
     rc = mp_queue_get(job->empty_queue, buf, sizeof buf, &len, 30);
   } else if (job->call == CALL_QUEUE_PUT) {
     rc = mp_queue_put(job->full_queue, "x", 1, 30);
+  } else if (job->call == CALL_QUEUE_JOIN) {
+    rc = mp_queue_join(job->unfinished, 30);
   } else if (job->call == CALL_CONN_POLL) {
     rc = mp_conn_poll(job->quiet, 30);
   } else if (job->call == CALL_WAIT) {
@@ -188,6 +193,8 @@ static void run(int method, int call, int handler) {
   MP_ASSERT_OK(mp_queue_create(&job.empty_queue, 0));
   MP_ASSERT_OK(mp_queue_create(&job.full_queue, 1));
   MP_ASSERT_OK(mp_queue_put(job.full_queue, "x", 1, 0));
+  MP_ASSERT_OK(mp_joinable_queue_create(&job.unfinished, 0));
+  MP_ASSERT_OK(mp_queue_put(job.unfinished, "x", 1, 0));
   MP_ASSERT_OK(mp_pipe(true, &job.quiet, &job.other));
   MP_ASSERT_OK(mp_lock_create(&job.held));
   MP_ASSERT_OK(mp_rlock_create(&job.rheld));
@@ -243,6 +250,7 @@ static void run(int method, int call, int handler) {
   MP_ASSERT_OK(mp_barrier_close(job.barrier));
   MP_ASSERT_OK(mp_queue_close(job.empty_queue));
   MP_ASSERT_OK(mp_queue_close(job.full_queue));
+  MP_ASSERT_OK(mp_queue_close(job.unfinished));
   MP_ASSERT_OK(mp_conn_close(job.quiet));
   MP_ASSERT_OK(mp_conn_close(job.other));
   MP_ASSERT_OK(mp_lock_close(job.held));
