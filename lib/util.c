@@ -355,11 +355,17 @@ int mp__proc_stat(pid_t pid, char *state, uint64_t *start) {
   if (!p || p[1] != ' ')
     return -EIO;
   *state = p[2];
-  for (int field = 3; field < 22; field++) {
+  for (int field = 3; field <= 22; field++) { /* to the space before field 22 */
     p = strchr(p + 1, ' ');
     if (!p)
       return -EIO;
   }
   *start = strtoull(p + 1, NULL, 10);
   return 0;
+}
+
+size_t mp__chunksize(size_t n, size_t asked, size_t workers) {
+  size_t per = 4 * (workers ? workers : 1);
+  size_t chunksize = asked ? asked : n / per + (n % per != 0);
+  return chunksize == 0 || chunksize > n ? (n ? n : 1) : chunksize;
 }
