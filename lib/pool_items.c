@@ -33,6 +33,13 @@ static int items_max(const char *what, const mp_item_t *items, size_t n, size_t 
  * reserve memory the results never take. */
 #define RESULTS_FIT_MAX ((size_t)64 << 20)
 
+/* Result i's length as the task wrote it (0 for a failed chunk's), at most result_max. */
+static size_t result_length(const mp__job_t *job, size_t i, size_t result_max) {
+  const char *r = mp__job_result(job, i);
+  uint64_t len = r ? slot_length(r) : 0;
+  return len < result_max ? len : result_max; /* a length the task wrote over */
+}
+
 /* A complete map's n results as one allocation: n mp_item_t, then their bytes, each
  * rounded up to 8. */
 static int unpack_results(const char *what, const mp__job_t *job, size_t n, size_t result_max,
@@ -42,20 +49,20 @@ static int unpack_results(const char *what, const mp__job_t *job, size_t n, size
   bool fit = !__builtin_add_overflow(room, sizeof(mp_item_t), &each) &&
              !__builtin_mul_overflow(n, each, &bytes) && bytes <= RESULTS_FIT_MAX;
   bool overflow = !fit && __builtin_mul_overflow(n, sizeof(mp_item_t), &bytes);
-  for (size_t i = 0; i < n && !fit && !overflow; i++) {
-    const char *r = mp__job_result(job, i);
-    overflow = __builtin_add_overflow(bytes, r ? (slot_length(r) + 7) & ~(size_t)7 : 0, &bytes);
-  }
+  for (size_t i = 0; i < n && !fit && !overflow; i++)
+    overflow = __builtin_add_overflow(bytes, (result_length(job, i, result_max) + 7) & ~(size_t)7,
+                                      &bytes);
   mp_item_t *res = overflow ? NULL : malloc(bytes ? bytes : 1);
   if (!res)
     return mp__error(MP_ENOMEM, "%s: no memory for the results of %zu items", what, n);
-  char *at = (char *)(res + n);
+  char *at = (char *)(res + n), *end = (char *)res + bytes;
   for (size_t i = 0; i < n; i++) {
-    const char *r = mp__job_result(job, i);
-    uint64_t len = r ? slot_length(r) : 0;
-    res[i].size = len < result_max ? len : result_max; /* a length the task wrote over */
+    res[i].size = result_length(job, i, result_max);
+    /* Sized in the same way above; a length changed since (a wild write) gets no room. */
+    if ((size_t)(end - at) < ((res[i].size + 7) & ~(size_t)7))
+      res[i].size = 0;
     if (res[i].size)
-      memcpy(at, r + MP__VARSIZE_HEAD, res[i].size);
+      memcpy(at, mp__job_result(job, i) + MP__VARSIZE_HEAD, res[i].size);
     at += (res[i].size + 7) & ~(size_t)7;
   }
   if (fit && (size_t)(at - (char *)res) < bytes) {
