@@ -152,6 +152,8 @@ static int resolve(rank_state_t *st, const mp__mpi_task_head_t *h, const char *p
 /* Checks a task message of len bytes; its payload's offset and size, its results' size. */
 static int check_message(const rank_state_t *st, int tag, size_t len, mp__mpi_task_head_t *h,
                          size_t *at, size_t *in_len, size_t *out_len) {
+  if (tag != MP__MPI_TAG_TASK && tag != MP__MPI_TAG_INIT)
+    return mp__error(MP_EINVAL, "a message with the unknown tag %d", tag);
   if (len < sizeof *h)
     return mp__error(MP_EINVAL, "a message of %zu bytes is no task", len);
   memcpy(h, st->in, sizeof *h);
