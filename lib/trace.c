@@ -641,7 +641,8 @@ static int placeholder_dir(const char *path, char *dir, size_t cap) {
   size_t o = 0;
   for (p += strlen("\"libmp_dir\":\""); *p && *p != '"' && o + 1 < cap; p++) {
     unsigned c = (unsigned char)*p;
-    if (c == '\\' && p[1] == 'u' && sscanf(p + 2, "%4x", &c) == 1)
+    if (c == '\\' && p[1] == 'u' && strspn(p + 2, "0123456789abcdefABCDEF") >= 4 &&
+        sscanf(p + 2, "%4x", &c) == 1)
       p += 5;
     else if (c == '\\' && p[1])
       c = (unsigned char)*++p;
