@@ -183,6 +183,8 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
     if (from_forkserver) {
       proc->pid = rec.head.value;
       proc->pidfd = fd; /* -1 where there are no pidfds: then signals go by pid */
+    } else if (fd >= 0) {
+      close(fd); /* a child passes no fd: one sent anyway is not kept */
     }
     return 0;
   case MP__REC_ERROR:
@@ -418,7 +420,9 @@ static int receive_fds(int sock, const request_head_t *head) {
                ? mp__heap_attach(fd, &rec.arena)
                : (close(fd), mp__error(MP_ESPAWN, "the child refused a malformed arena record"));
     else
-      rc = mp__fd_adopt(rec.key, fd);
+      rc = n == (ssize_t)sizeof rec.key
+               ? mp__fd_adopt(rec.key, fd)
+               : (close(fd), mp__error(MP_ESPAWN, "the parent sent a malformed fd record"));
   }
   return rc;
 }
