@@ -34,6 +34,9 @@ int64_t mp__now_ns(void);
 /* The state letter and start time (field 22, clock ticks after boot) of /proc/<pid>/stat,
  * which also answers for a thread's id: 0, or -errno (-EIO for what cannot be parsed). */
 int mp__proc_stat(pid_t pid, char *state, uint64_t *start);
+/* A map's chunksize: the one asked for, or Python's default for n items over workers (0
+ * asked), and never more than n (one chunk holds it all), nor 0. */
+size_t mp__chunksize(size_t n, size_t asked, size_t workers);
 
 /* Waits until fd has events, or the deadline passes: 1 ready, 0 timed out, -errno. */
 int mp__poll_fd(int fd, short events, int64_t deadline);

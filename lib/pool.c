@@ -326,12 +326,6 @@ int mp__pool_check_open(mp_pool_t *pool, const char *what) {
   return 0;
 }
 
-static size_t default_chunksize(const mp_pool_t *pool, size_t n) {
-  size_t per = 4 * (size_t)pool->n_workers;
-  size_t chunksize = n / per + (n % per != 0);
-  return chunksize ? chunksize : 1;
-}
-
 /* map_items' input, written into the job: each item's length, then its bytes. */
 static void pack_items(void *dst, const void *items, uint64_t n, uint64_t slot) {
   const mp_item_t *item = items;
@@ -370,11 +364,8 @@ static int submit(mp_pool_t *pool, const spec_t *s, mp__job_t **out) {
     rc = mp__jobs_function(pool->jobs, (mp__fn_t)s->fn, &spec.fn);
   if (rc < 0)
     return rc;
-  spec.chunksize = s->chunksize                    ? s->chunksize
-                   : (s->flags & MP__JOB_ITERATOR) ? 1
-                                                   : default_chunksize(pool, s->n);
-  if (spec.chunksize > s->n) /* one chunk holds it all: no room for items that do not exist */
-    spec.chunksize = s->n ? s->n : 1;
+  spec.chunksize = mp__chunksize(s->n, !s->chunksize && (s->flags & MP__JOB_ITERATOR) ? 1 : s->chunksize,
+                                 pool->n_workers);
   rc = mp__jobs_submit(pool->jobs, &spec, out);
   return rc < 0 ? mp__error_prefix(rc, "%s", s->what) : 0;
 }

@@ -829,18 +829,18 @@ int mp__jobs_function(mp__jobs_t *t, mp__fn_t fn, uint32_t *index) {
   if (find_function(sh, fn, index))
     return 0;
   pthread_mutex_lock(&t->lock);
-  uint32_t n = atomic_load(&sh->n_fns), i = 0;
-  while (i < n && sh->local_fns[i] != fn)
-    i++;
   int rc = 0;
-  if (i == n && n == MP__POOL_MAX_FNS)
-    rc = mp__error(MP_ELIMIT, "more than %d task functions in one pool", MP__POOL_MAX_FNS);
-  else if (i == n && (rc = share_fnref(fn, &sh->fns[n])) == 0) {
-    sh->local_fns[n] = fn;
-    atomic_store(&sh->n_fns, n + 1);
+  if (!find_function(sh, fn, index)) { /* added meanwhile by another thread? */
+    uint32_t n = atomic_load(&sh->n_fns);
+    if (n == MP__POOL_MAX_FNS)
+      rc = mp__error(MP_ELIMIT, "more than %d task functions in one pool", MP__POOL_MAX_FNS);
+    else if ((rc = share_fnref(fn, &sh->fns[n])) == 0) {
+      sh->local_fns[n] = fn;
+      atomic_store(&sh->n_fns, n + 1);
+      *index = n;
+    }
   }
   pthread_mutex_unlock(&t->lock);
-  *index = i;
   return rc;
 }
 

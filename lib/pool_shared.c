@@ -282,12 +282,7 @@ int mp_pool_map_shared(mp_pool_t *pool, mp_shared_task_fn_t fn, const mp_shared_
     rc = span_describe(out, "out", n, &out_span);
   if (rc < 0)
     return rc;
-  if (chunksize == 0) { /* Python's default, as mp_pool_map's */
-    size_t per = 4 * (size_t)processes;
-    chunksize = n / per + (n % per != 0);
-  }
-  if (chunksize == 0 || chunksize > n)
-    chunksize = n ? n : 1;
+  chunksize = mp__chunksize(n, chunksize, (size_t)processes);
   size_t n_chunks = n / chunksize + (n % chunksize != 0), bytes;
   if (__builtin_mul_overflow(n_chunks, sizeof(chunk_desc_t), &bytes))
     return mp__error(MP_EINVAL, "%s: %zu chunks of %zu items overflow", what, n_chunks,
