@@ -487,8 +487,10 @@ int mp_conn_poll(mp_conn_t *conn, double timeout) {
   int fd = end_fd(conn, false, "mp_conn_poll");
   if (fd < 0)
     return fd;
-  mp__sigint_t sigint;
-  mp__sigint_begin(&sigint);
+  /* A poll that cannot block looks at no SIGINT handler (a system call). */
+  mp__sigint_t sigint = {NULL, 0};
+  if (timeout != 0)
+    mp__sigint_begin(&sigint);
   int ready = receive_ready(conn, fd, deadline, &sigint);
   if (ready == MP_EINTR)
     return mp__error(ready, "mp_conn_poll: interrupted by SIGINT");

@@ -881,20 +881,16 @@ static bool at_maxsize(mp_queue_t *q) {
   return q->maxsize && count_of(atomic_load(&q->head), atomic_load(&q->tail)) >= q->maxsize;
 }
 
-static bool has_room(mp_queue_t *q, size_t need) {
-  uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
-  if (atomic_load(&q->closed))
-    return true;
-  if (at_maxsize(q))
-    return false;
-  return ring_of(q).cap - (pos_bytes(tail) - pos_bytes(head)) >= need;
-}
-
 /* Whether need bytes and one more message fit between head and tail. */
 static bool fits(const mp_queue_t *q, uint64_t head, uint64_t tail, size_t need) {
   if (q->maxsize && count_of(head, tail) >= q->maxsize)
     return false;
   return ring_of(q).cap - (pos_bytes(tail) - pos_bytes(head)) >= need;
+}
+
+static bool has_room(mp_queue_t *q, size_t need) {
+  uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
+  return atomic_load(&q->closed) || fits(q, head, tail, need);
 }
 
 /* has_room() for the holder of put_lock, with tail read: judged first by head_seen, which
