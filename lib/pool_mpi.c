@@ -308,6 +308,9 @@ static int take_ranks(mpi_launcher_t *l, int size) {
   for (int r = 1; rc == 0 && r < size && w < l->n; r++)
     if (!rank_taken[r])
       l->links[w++].rank = r;
+  /* Taken under the same hold: two pools created at once never share a rank. */
+  for (uint32_t i = 0; rc == 0 && w == l->n && i < w; i++)
+    rank_taken[l->links[i].rank] = true;
   pthread_mutex_unlock(&ranks_lock);
   if (rc < 0)
     return rc;
@@ -317,10 +320,6 @@ static int take_ranks(mpi_launcher_t *l, int size) {
                      "besides rank 0 and %u of them are free (run it with mpirun "
                      "-np %u or more, or ask for fewer workers)",
                      l->n, size - 1, w, l->n + 1);
-  pthread_mutex_lock(&ranks_lock);
-  for (w = 0; w < l->n; w++)
-    rank_taken[l->links[w].rank] = true;
-  pthread_mutex_unlock(&ranks_lock);
   return 0;
 }
 
