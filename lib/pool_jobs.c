@@ -59,6 +59,7 @@ struct mp__jobs_s {
 };
 
 static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes);
+static void job_abort(mp__pool_shared_t *sh, mp__job_t *job, int code);
 static void link_job(mp__jobs_t *t, mp__job_t *job);
 static void keep_for_later(mp__job_t *job);
 static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk);
@@ -369,6 +370,11 @@ static int job_publish(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq, int6
   sh->slots[seq % MP__POOL_SLOTS].job = job;
   atomic_store(&sh->slots[seq % MP__POOL_SLOTS].state, seq << 1 | 1);
   atomic_store(&sh->next_seq, seq + 1);
+  /* A terminate whose abort scanned the slots before this one was filled does not see this
+   * job: it set the flag first, so the job is aborted here (both sides are sequentially
+   * consistent: one of them sees the other). */
+  if (atomic_load(&sh->flags) & MP__POOL_TERMINATED)
+    job_abort(sh, job, MP_ETERMINATED);
   return 0;
 }
 
