@@ -38,17 +38,26 @@ double bench_now_ns(void) {
   return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
+int bench_iterations(const bench_config_t *cfg, int default_iterations) {
+  return cfg->iterations > 0 ? cfg->iterations : default_iterations;
+}
+
+int bench_pair_side(long long op, int iterations) {
+  long long turn = op / iterations; /* two turns a round */
+  return (int)((turn & 1) ^ ((turn >> 1) & 1));
+}
+
 /* Each side's best per-op time; and, if faults is not NULL, its mean faults per op. */
 static void run_pair(const bench_config_t *cfg, int default_iterations, bench_op_t libmp_op,
                      bench_op_t baseline_op, void *state, double ns[2], double faults[2]) {
-  int iterations = cfg->iterations > 0 ? cfg->iterations : default_iterations;
+  int iterations = bench_iterations(cfg, default_iterations);
   bench_op_t ops[2] = {libmp_op, baseline_op};
   double fault_sum[2] = {0, 0};
 
   ns[0] = ns[1] = HUGE_VAL;
   for (int round = 0; round < cfg->rounds; round++) {
     for (int turn = 0; turn < 2; turn++) {
-      int side = turn ^ (round & 1);
+      int side = bench_pair_side((2LL * round + turn) * iterations, iterations);
       double faults_before = faults ? bench_faults() : 0;
       double start = bench_now_ns();
       for (int i = 0; i < iterations; i++)

@@ -71,6 +71,14 @@ double bench_now_ns(void);
 void bench_pair(const bench_config_t *cfg, int default_iterations, bench_op_t libmp_op,
                 bench_op_t baseline_op, void *state, double *libmp_ns, double *baseline_ns);
 
+/* The operations per round and side that bench_pair runs. */
+int bench_iterations(const bench_config_t *cfg, int default_iterations);
+
+/* Which side bench_pair runs as its op-th operation (from 0; 0: libmp, 1: the baseline),
+ * for `iterations` operations per round and side: a helper process that must serve the side
+ * being timed follows the same schedule. */
+int bench_pair_side(long long op, int iterations);
+
 /*
  * bench_pair, and also each side's minor page faults per op (bench_faults) averaged over all
  * its rounds: a fault count does not drift with the load as a time does.

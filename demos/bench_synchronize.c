@@ -47,8 +47,12 @@ static void bare_ping(_Atomic uint32_t *to, _Atomic uint32_t *from) {
   atomic_store(from, 0);
 }
 
+enum { SIDE_LIBMP = 1, SIDE_BARE = 2 };
+
+typedef struct shared_s shared_t;
+
 /* What the rows share with their helper processes: it lives in the arena. */
-typedef struct {
+struct shared_s {
   pthread_mutex_t mutex;
   long counter;
   /* value.incr: the batch the parent asked for and the one the helper finished, and which
@@ -62,7 +66,11 @@ typedef struct {
   mp_value_t *value;
   mp_event_t *there, *back;
   mp_barrier_t *barrier;
-} shared_t;
+  /* The wake-up rows: bench_pair's operations per round and side, and the helper's half of
+   * each side's round trip (< 0 on failure), by side. */
+  int iterations;
+  int (*half_echo[3])(shared_t *s);
+};
 
 static shared_t *shared_new(mp_value_t **holder) {
   int rc = mp_raw_value_create(holder, MP_TYPE_BYTES(sizeof(shared_t)), NULL);
@@ -134,8 +142,6 @@ static void row_lock_uncontended(const bench_config_t *cfg, bench_result_t *resu
  * same time, so that both sides see the same contention whatever the scheduler does. */
 #define BATCH 20000
 
-enum { SIDE_LIBMP = 1, SIDE_BARE = 2 };
-
 static void increments(shared_t *s, int side) {
   for (int i = 0; i < BATCH; i++) {
     if (side == SIDE_BARE) {
@@ -205,33 +211,55 @@ static void row_value_incr(const bench_config_t *cfg, bench_result_t *result) {
   mp_value_close(holder);
 }
 
+/* ============================ the wake-up rows ============================ */
+
+/*
+ * event.wakeup and barrier.round time a round trip with one helper process, which echoes
+ * whichever side bench_pair is timing, by following its schedule (bench_pair_side): both
+ * sides then wake the same process, on whatever CPU the scheduler keeps it. (With a helper
+ * per side, the ratio measured where each helper happened to run: 0.3-0.55 when spread over
+ * two CPUs, 1.04-1.09 on one.)
+ */
+static int helper_echo(void *arg, size_t size) {
+  (void)size;
+  shared_t *s = helper_arg(arg);
+  for (long long op = 0;; op++)
+    if (s->half_echo[bench_pair_side(op, s->iterations) == 0 ? SIDE_LIBMP : SIDE_BARE](s) < 0)
+      return 1;
+}
+
+static void run_wakeup_row(const bench_config_t *cfg, bench_result_t *result, shared_t *s,
+                           bench_op_t libmp_ping, bench_op_t bare_ping) {
+  const int default_iterations = 5000;
+  s->iterations = bench_iterations(cfg, default_iterations);
+  mp_process_t *helper = helper_start(helper_echo, s);
+  double libmp_ns, baseline_ns;
+  bench_pair(cfg, default_iterations, libmp_ping, bare_ping, s, &libmp_ns, &baseline_ns);
+  result->libmp = libmp_ns / 1e3;
+  result->baseline = baseline_ns / 1e3;
+  helper_stop(helper);
+}
+
 /* ================================ event.wakeup ================================ */
 
-static int helper_event_echo(void *arg, size_t size) {
-  (void)size;
-  shared_t *s = helper_arg(arg);
-  for (;;) {
-    if (mp_event_wait(s->there, MP_FOREVER) < 0)
-      return 1;
-    mp_event_clear(s->there);
-    mp_event_set(s->back);
-  }
+static int libmp_event_echo(shared_t *s) {
+  if (mp_event_wait(s->there, MP_FOREVER) < 0)
+    return -1;
+  mp_event_clear(s->there);
+  return mp_event_set(s->back);
 }
 
-static int helper_futex_echo(void *arg, size_t size) {
-  (void)size;
-  shared_t *s = helper_arg(arg);
-  for (;;) {
-    while (atomic_load(&s->ping) == 0)
-      if (futex_wait(&s->ping, 0) < 0 && errno != EAGAIN && errno != EINTR)
-        return 1;
-    atomic_store(&s->ping, 0);
-    atomic_store(&s->pong, 1);
-    futex_wake(&s->pong);
-  }
+static int bare_pingpong_echo(shared_t *s) {
+  while (atomic_load(&s->ping) == 0)
+    if (futex_wait(&s->ping, 0) < 0 && errno != EAGAIN && errno != EINTR)
+      return -1;
+  atomic_store(&s->ping, 0);
+  atomic_store(&s->pong, 1);
+  futex_wake(&s->pong);
+  return 0;
 }
 
-static void libmp_event_once(void *state) {
+static void libmp_event_ping(void *state) {
   shared_t *s = state;
   int rc = mp_event_set(s->there);
   if (rc == 0)
@@ -242,23 +270,9 @@ static void libmp_event_once(void *state) {
     bench_die_mp("mp_event_set/wait/clear", rc);
 }
 
-static void bare_pingpong_once(void *state) {
+static void bare_pingpong_ping(void *state) {
   shared_t *s = state;
   bare_ping(&s->ping, &s->pong);
-}
-
-/* Each side's helper sleeps in its own primitive while the other side is timed. */
-static void run_wakeup_row(const bench_config_t *cfg, bench_result_t *result, shared_t *s,
-                           mp_target_t libmp_helper, bench_op_t libmp_op,
-                           mp_target_t bare_helper, bench_op_t bare_op) {
-  mp_process_t *a = helper_start(libmp_helper, s);
-  mp_process_t *b = helper_start(bare_helper, s);
-  double libmp_ns, baseline_ns;
-  bench_pair(cfg, 5000, libmp_op, bare_op, s, &libmp_ns, &baseline_ns);
-  result->libmp = libmp_ns / 1e3;
-  result->baseline = baseline_ns / 1e3;
-  helper_stop(a);
-  helper_stop(b);
 }
 
 static void row_event_wakeup(const bench_config_t *cfg, bench_result_t *result) {
@@ -269,8 +283,9 @@ static void row_event_wakeup(const bench_config_t *cfg, bench_result_t *result) 
     rc = mp_event_create(&s->back);
   if (rc < 0)
     bench_die_mp("mp_event_create", rc);
-  run_wakeup_row(cfg, result, s, helper_event_echo, libmp_event_once, helper_futex_echo,
-                 bare_pingpong_once);
+  s->half_echo[SIDE_LIBMP] = libmp_event_echo;
+  s->half_echo[SIDE_BARE] = bare_pingpong_echo;
+  run_wakeup_row(cfg, result, s, libmp_event_ping, bare_pingpong_ping);
   mp_event_close(s->there);
   mp_event_close(s->back);
   mp_value_close(holder);
@@ -299,28 +314,17 @@ static int bare_barrier_wait(shared_t *s) {
   return 0;
 }
 
-static int helper_bare_barrier(void *arg, size_t size) {
-  (void)size;
-  shared_t *s = helper_arg(arg);
-  while (bare_barrier_wait(s) == 0)
-    continue;
-  return 1;
-}
-
-static void bare_barrier_once(void *state) {
+static void bare_barrier_ping(void *state) {
   if (bare_barrier_wait(state) < 0)
     bench_die_sys("futex", errno);
 }
 
-static int helper_barrier(void *arg, size_t size) {
-  (void)size;
-  shared_t *s = helper_arg(arg);
-  for (;;)
-    if (mp_barrier_wait(s->barrier, MP_FOREVER) < 0)
-      return 1;
+static int libmp_barrier_echo(shared_t *s) {
+  int rc = mp_barrier_wait(s->barrier, MP_FOREVER);
+  return rc < 0 ? rc : 0;
 }
 
-static void libmp_barrier_once(void *state) {
+static void libmp_barrier_ping(void *state) {
   shared_t *s = state;
   int rc = mp_barrier_wait(s->barrier, MP_FOREVER);
   if (rc < 0)
@@ -333,8 +337,9 @@ static void row_barrier_round(const bench_config_t *cfg, bench_result_t *result)
   int rc = mp_barrier_create(&s->barrier, 2, NULL, NULL);
   if (rc < 0)
     bench_die_mp("mp_barrier_create", rc);
-  run_wakeup_row(cfg, result, s, helper_barrier, libmp_barrier_once, helper_bare_barrier,
-                 bare_barrier_once);
+  s->half_echo[SIDE_LIBMP] = libmp_barrier_echo;
+  s->half_echo[SIDE_BARE] = bare_barrier_wait;
+  run_wakeup_row(cfg, result, s, libmp_barrier_ping, bare_barrier_ping);
   mp_barrier_close(s->barrier);
   mp_value_close(holder);
 }
