@@ -81,23 +81,6 @@ static bool bare_wait(bare_ring_t *r, uint64_t head) {
   return true;
 }
 
-static int bare_consumer(void *arg, size_t size) {
-  (void)size;
-  bare_ring_t *r = *(bare_ring_t **)arg;
-  unsigned char *msg = malloc(r->slot_size);
-  if (!msg)
-    return 1;
-  for (uint64_t head = 0;; head++) {
-    if (!bare_wait(r, head))
-      break;
-    memcpy(msg, slot(r, head), r->slot_size);
-    __asm__ __volatile__("" : : "r"(msg) : "memory"); /* the copy is used */
-    atomic_store(&r->head, head + 1);
-  }
-  free(msg);
-  return 0;
-}
-
 static void bare_put(bare_ring_t *r, const unsigned char *msg) {
   uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
   while (tail - atomic_load(&r->head) == r->n_slots)
@@ -132,17 +115,48 @@ typedef struct {
   mp_queue_t *q;
   bare_ring_t *ring;
   size_t size;
+  int batch;
+  int iterations; /* bench_pair's batches per round and side */
 } consumer_arg_t;
 
-/* libmp's consumer: takes messages until the queue is closed, counting them. */
-static int libmp_consumer(void *arg, size_t size) {
+/* Takes one message from the queue, counting it; false once the queue is closed. */
+static bool libmp_take(consumer_arg_t *a, unsigned char *buf, uint64_t *taken) {
+  size_t len;
+  if (mp_queue_get(a->q, buf, a->size, &len, MP_FOREVER) < 0)
+    return false;
+  atomic_store(&a->ring->libmp_consumed, ++*taken);
+  return true;
+}
+
+/* Takes one message from the bare ring; false once stopped. */
+static bool bare_take(bare_ring_t *r, unsigned char *buf, uint64_t *head) {
+  if (!bare_wait(r, *head))
+    return false;
+  memcpy(buf, slot(r, *head), r->slot_size);
+  __asm__ __volatile__("" : : "r"(buf) : "memory"); /* the copy is used */
+  atomic_store(&r->head, ++*head);
+  return true;
+}
+
+/*
+ * The one consumer of both sides: it takes each batch from the side being timed, following
+ * bench_pair's schedule after the two untimed batches that fault everything in (libmp's,
+ * then the ring's). Both sides thus hand their messages to the same process, wherever the
+ * scheduler keeps it. (With a consumer per side, the ratio on one CPU was 0.62-0.64: there
+ * the bare ring's consumer fell asleep far more often than libmp's.)
+ */
+static int consumer(void *arg, size_t size) {
   (void)size;
   consumer_arg_t *a = arg;
   unsigned char *buf = malloc(a->size);
-  uint64_t taken = 0;
-  size_t len;
-  while (buf && mp_queue_get(a->q, buf, a->size, &len, MP_FOREVER) == 0)
-    atomic_store(&a->ring->libmp_consumed, ++taken);
+  uint64_t taken = 0, head = 0;
+  for (long long op = 0; buf; op++) {
+    bool libmp = op < 2 ? op == 0 : bench_pair_side(op - 2, a->iterations) == 0;
+    for (int i = 0; i < a->batch; i++)
+      if (libmp ? !libmp_take(a, buf, &taken) : !bare_take(a->ring, buf, &head))
+        goto closed;
+  }
+closed:
   free(buf);
   return 0;
 }
@@ -194,8 +208,8 @@ static void finish(mp_process_t *proc) {
 }
 
 /*
- * Both rows: a consumer process for the queue and one for the bare ring (of n_slots slots of
- * the message's size), forked, an untimed batch of each side to fault everything in, then the
+ * Both rows: one consumer process for the queue and the bare ring (of n_slots slots of the
+ * message's size), forked, an untimed batch of each side to fault everything in, then the
  * timed rounds. Per message.
  */
 static void run_queue_row(const bench_config_t *cfg, size_t size, int batch, size_t n_slots,
@@ -214,9 +228,8 @@ static void run_queue_row(const bench_config_t *cfg, size_t size, int batch, siz
     bench_die_sys("malloc", ENOMEM);
   memset(s.msg, 'q', size);
 
-  consumer_arg_t arg = {s.q, s.ring, size};
-  mp_process_t *libmp_side = start_consumer(libmp_consumer, &arg, sizeof arg);
-  mp_process_t *bare_side = start_consumer(bare_consumer, &s.ring, sizeof s.ring);
+  consumer_arg_t arg = {s.q, s.ring, size, batch, bench_iterations(cfg, default_iterations)};
+  mp_process_t *consumer_proc = start_consumer(consumer, &arg, sizeof arg);
   libmp_batch(&s);
   bare_batch(&s);
   double libmp_ns, baseline_ns;
@@ -225,9 +238,8 @@ static void run_queue_row(const bench_config_t *cfg, size_t size, int batch, siz
   result->baseline = baseline_ns / batch / unit_ns;
 
   mp_queue_close(s.q);
-  finish(libmp_side);
   bare_stop(s.ring);
-  finish(bare_side);
+  finish(consumer_proc);
   mp_queue_free(s.q);
   munmap(s.ring, ring_bytes);
   free(s.msg);
