@@ -203,7 +203,11 @@ int mp_pool_create(mp_pool_t **out, const mp_pool_options_t *options) {
     mp__error(rc, "mp_pool_create: %s", pool->create_msg);
   if (rc == 0)
     rc = mp__pool_start_supervisor(pool);
-  if (rc == 0)
+  /* Only an initializer's outcome is waited for. Without one, a worker takes the first job
+   * as it starts, where a wait would put it to sleep once ready and cost a wake-up per
+   * worker (and the caller a sleep of its own); Python's Pool does not wait either. A worker
+   * lost at its start is then replaced as any other. */
+  if (rc == 0 && o->initializer)
     rc = await_workers(pool);
   atomic_store(&pool->creating, false);
   if (rc < 0) {
