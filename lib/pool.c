@@ -449,8 +449,10 @@ static int run_sync(mp_pool_t *pool, spec_t *s, bool is_apply, void *result, siz
   int rc = mp__pool_make_result(pool, s, NULL, is_apply, &ar);
   if (rc < 0)
     return rc;
-  if (!is_apply)
+  if (!is_apply) {
     cap = s->n * s->result_size; /* checked by the submission */
+    mp__jobs_prepare_results(pool->jobs, result, cap); /* while the workers work */
+  }
   rc = mp_async_result_get(ar, result, cap, len, MP_FOREVER);
   mp_async_result_free(ar);
   return mp__pool_end_sync(pool, s->what, rc);
@@ -508,6 +510,8 @@ int mp_async_result_get(mp_async_result_t *ar, void *result, size_t cap, size_t 
     return mp__error(mp__job_aborted(ar->job),
                      "mp_async_result_get: the pool was terminated before the work was done%s",
                      ar->pool->why_terminated);
+  if (!ar->is_apply && cap >= ar->job->n * ar->job->result_size)
+    mp__jobs_prepare_results(ar->pool->jobs, result, ar->job->n * ar->job->result_size);
   rc = mp__job_take(ar->job, ar->is_apply, result, cap, len);
   return rc == MP_ETOOSMALL ? mp__error_prefix(rc, "mp_async_result_get") : rc;
 }
