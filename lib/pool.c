@@ -451,7 +451,8 @@ static int run_sync(mp_pool_t *pool, spec_t *s, bool is_apply, void *result, siz
     return rc;
   if (!is_apply) {
     cap = s->n * s->result_size; /* checked by the submission */
-    mp__jobs_prepare_results(pool->jobs, result, cap); /* while the workers work */
+    /* While the workers work. */
+    mp__jobs_prepare_results(pool->jobs, result, cap);
   }
   rc = mp_async_result_get(ar, result, cap, len, MP_FOREVER);
   mp_async_result_free(ar);

@@ -115,10 +115,11 @@ MP_EXTERN void mp_pool_options_init(mp_pool_options_t *options);
 /*
  * Starts a pool; with an initializer, waits until every worker has run it. Without one it
  * returns once the workers are started, not ready (as Python's Pool): a job submitted then
- * is taken by each worker as it starts. options NULL means MP_POOL_OPTIONS_INIT. Under "fork", the first workers and the pool's zygote (a small
- * single-threaded process that forks the replacement workers) are forked here, from the
- * calling thread, before this pool's supervisor thread starts: every worker starts from the
- * program as it was at this call, and none from a process running this pool's supervisor. If
+ * is taken by each worker as it starts. options NULL means MP_POOL_OPTIONS_INIT. Under
+ * "fork", the first workers and the pool's zygote (a small single-threaded process that
+ * forks the replacement workers) are forked here, from the calling thread, before this
+ * pool's supervisor thread starts: every worker starts from the program as it was at this
+ * call, and none from a process running this pool's supervisor. If
  * the caller's process has other threads then (the program's own, or the supervisors and
  * thread workers of pools created earlier), a lock another thread held at that instant
  * stays held in the workers and the zygote (glibc's malloc and stdio, and libmp's own
