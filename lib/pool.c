@@ -203,7 +203,11 @@ int mp_pool_create(mp_pool_t **out, const mp_pool_options_t *options) {
     mp__error(rc, "mp_pool_create: %s", pool->create_msg);
   if (rc == 0)
     rc = mp__pool_start_supervisor(pool);
-  if (rc == 0)
+  /* Only an initializer's outcome is waited for. Without one, a worker takes the first job
+   * as it starts, where a wait would put it to sleep once ready and cost a wake-up per
+   * worker (and the caller a sleep of its own); Python's Pool does not wait either. A worker
+   * lost at its start is then replaced as any other. */
+  if (rc == 0 && o->initializer)
     rc = await_workers(pool);
   atomic_store(&pool->creating, false);
   if (rc < 0) {
@@ -445,8 +449,11 @@ static int run_sync(mp_pool_t *pool, spec_t *s, bool is_apply, void *result, siz
   int rc = mp__pool_make_result(pool, s, NULL, is_apply, &ar);
   if (rc < 0)
     return rc;
-  if (!is_apply)
+  if (!is_apply) {
     cap = s->n * s->result_size; /* checked by the submission */
+    /* While the workers work. */
+    mp__jobs_prepare_results(pool->jobs, result, cap);
+  }
   rc = mp_async_result_get(ar, result, cap, len, MP_FOREVER);
   mp_async_result_free(ar);
   return mp__pool_end_sync(pool, s->what, rc);
@@ -504,6 +511,8 @@ int mp_async_result_get(mp_async_result_t *ar, void *result, size_t cap, size_t 
     return mp__error(mp__job_aborted(ar->job),
                      "mp_async_result_get: the pool was terminated before the work was done%s",
                      ar->pool->why_terminated);
+  if (!ar->is_apply && cap >= ar->job->n * ar->job->result_size)
+    mp__jobs_prepare_results(ar->pool->jobs, result, ar->job->n * ar->job->result_size);
   rc = mp__job_take(ar->job, ar->is_apply, result, cap, len);
   return rc == MP_ETOOSMALL ? mp__error_prefix(rc, "mp_async_result_get") : rc;
 }

@@ -56,6 +56,11 @@ struct mp__jobs_s {
   mp__job_t *small[SMALL_SPARES];
   uint64_t small_size[SMALL_SPARES];
   size_t n_small;
+  /* The result buffer prepared last (mp__jobs_prepare_results): its pages are this
+   * process's own and writable already. Two words a racing map may tear: the worst is one
+   * buffer prepared again, or left to fault. */
+  _Atomic uintptr_t prepared_at;
+  _Atomic uint64_t prepared_len;
 };
 
 static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes);
@@ -1014,6 +1019,17 @@ static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes) {
   return spare;
 }
 
+void mp__jobs_prepare_results(mp__jobs_t *t, void *result, uint64_t len) {
+  uintptr_t at = (uintptr_t)result;
+  if (!result || len < PREFAULT_BYTES ||
+      (atomic_load_explicit(&t->prepared_at, memory_order_relaxed) == at &&
+       atomic_load_explicit(&t->prepared_len, memory_order_relaxed) >= len))
+    return;
+  prefault(result, len);
+  atomic_store_explicit(&t->prepared_at, at, memory_order_relaxed);
+  atomic_store_explicit(&t->prepared_len, len, memory_order_relaxed);
+}
+
 void mp__jobs_reclaim(mp__jobs_t *t) {
   pthread_mutex_lock(&t->lock);
   reclaim(t);
@@ -1243,12 +1259,9 @@ int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, 
   if (result && need && cap >= need && is_apply && !failed)
     memcpy(result, job_output(job, 0), need);
   /* A map's results, chunk by chunk (each window slot is followed by its canary); those of
-   * failed chunks, which hold whatever the block held, are zeroed. */
+   * failed chunks, which hold whatever the block held, are zeroed. The caller's buffer was
+   * prepared (mp__jobs_prepare_results). */
   uint64_t per_chunk = job->chunksize * job->result_size;
-  /* The caller's buffer may still be shared copy-on-write with the workers forked after it
-   * was written: one system call copies its pages where the copy below would fault on each. */
-  if (result && need && cap >= need && !is_apply)
-    prefault(result, need);
   for (uint32_t c = 0; result && need && cap >= need && !is_apply && c < job->n_chunks; c++) {
     char *to = (char *)result + c * per_chunk;
     uint64_t bytes = c + 1 < job->n_chunks ? per_chunk : need - c * per_chunk;

@@ -207,6 +207,12 @@ typedef struct {
 /* Creates, fills and publishes a job (waiting for a free slot), and wakes workers. *job has
  * the owner's reference. Errors: MP_EINVAL (sizes that overflow), MP_ENOMEM, MP_ETERMINATED. */
 int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *spec, mp__job_t **job);
+/* A map's result buffer of len bytes, which mp__job_take is to write: its pages are mapped
+ * writable now, in one system call, where the copy would fault on each (a buffer still
+ * shared copy-on-write with the workers forked after it was written, or never touched);
+ * nothing for the buffer prepared last, whose pages are this process's already. A blocking
+ * map calls it right after its submission, so that this runs while the workers work. */
+void mp__jobs_prepare_results(mp__jobs_t *t, void *result, uint64_t len);
 /* Drops the owner's reference. */
 void mp__jobs_release(mp__jobs_t *t, mp__job_t *job);
 /* Frees the blocks of jobs nobody refers to and no worker has pinned. */

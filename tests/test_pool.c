@@ -595,6 +595,60 @@ START_TEST(test_initializer) {
 }
 END_TEST
 
+/* A worker that takes START_NAP seconds to start: an initializer that naps, or under fork
+ * a child handler of fork that naps in every child while the flag is set. */
+#define START_NAP 1.0
+static volatile bool nap_in_children;
+
+static void nap_if_asked(void) {
+  if (nap_in_children)
+    nap(START_NAP);
+}
+
+static void register_nap_handler(void) {
+  pthread_atfork(NULL, NULL, nap_if_asked);
+}
+
+static int napping_init(const void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  nap(START_NAP);
+  return 0;
+}
+
+/* mp_pool_create waits for the workers only to learn how their initializer went: with an
+ * initializer it returns once each ran it; without one it returns as soon as the workers
+ * are started, and a map submitted then waits for its results instead (a worker takes it
+ * as it starts, with no sleep and wake-up in between). */
+START_TEST(test_create_waits_for_initializers_only) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, register_nap_handler);
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.initializer = napping_init;
+  double t0 = mp_test_now();
+  mp_pool_t *pool = make_pool(_i, 2, &o);
+  T_ASSERT(mp_test_now() - t0 >= START_NAP * 0.95, "created in %g s, before the initializers",
+           mp_test_now() - t0);
+  end_pool();
+  /* Under fork the workers themselves start slowly; elsewhere they only start. */
+  bool slow_start = strcmp(CONTEXTS[_i], "fork") == 0;
+  nap_in_children = slow_start;
+  t0 = mp_test_now();
+  pool = make_pool(_i, 2, NULL);
+  double created = mp_test_now() - t0;
+  nap_in_children = false;
+  if (slow_start)
+    T_ASSERT(created < START_NAP / 2, "creation waited %g s for the workers", created);
+  int items[4] = {0, 1, 2, 3}, results[4];
+  MP_ASSERT_OK(mp_pool_map(pool, square, items, 4, sizeof(int), results, sizeof(int), 0));
+  for (int k = 0; k < 4; k++)
+    T_INT_EQ(results[k], k * k);
+  if (slow_start)
+    T_ASSERT(mp_test_now() - t0 >= START_NAP * 0.95, "the map did not wait for the workers");
+  end_pool();
+}
+END_TEST
+
 /* Fails once the marker file named by its argument exists. */
 static int init_unless_marker(const void *arg, size_t size) {
   (void)size;
@@ -1848,6 +1902,7 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_callbacks, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "workers", 60);
   tcase_add_loop_test(tc, test_initializer, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_create_waits_for_initializers_only, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_maxtasksperchild, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_replacement_initializer_fails, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_parallel, 0, N_CONTEXTS);

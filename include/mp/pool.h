@@ -113,11 +113,13 @@ typedef struct {
 MP_EXTERN void mp_pool_options_init(mp_pool_options_t *options);
 
 /*
- * Starts a pool and waits until every worker has run its initializer. options NULL means
- * MP_POOL_OPTIONS_INIT. Under "fork", the first workers and the pool's zygote (a small
- * single-threaded process that forks the replacement workers) are forked here, from the
- * calling thread, before this pool's supervisor thread starts: every worker starts from the
- * program as it was at this call, and none from a process running this pool's supervisor. If
+ * Starts a pool; with an initializer, waits until every worker has run it. Without one it
+ * returns once the workers are started, not ready (as Python's Pool): a job submitted then
+ * is taken by each worker as it starts. options NULL means MP_POOL_OPTIONS_INIT. Under
+ * "fork", the first workers and the pool's zygote (a small single-threaded process that
+ * forks the replacement workers) are forked here, from the calling thread, before this
+ * pool's supervisor thread starts: every worker starts from the program as it was at this
+ * call, and none from a process running this pool's supervisor. If
  * the caller's process has other threads then (the program's own, or the supervisors and
  * thread workers of pools created earlier), a lock another thread held at that instant
  * stays held in the workers and the zygote (glibc's malloc and stdio, and libmp's own
@@ -125,8 +127,10 @@ MP_EXTERN void mp_pool_options_init(mp_pool_options_t *options);
  * "forkserver" (docs/architecture.md).
  * Errors: MP_EINVAL (pool NULL, processes 0, negative or above 1024, initargs NULL with a
  * size), MP_ECROSS (the initializer cannot cross), MP_ETASK (an initializer failed:
- * mp_last_error() has its message), MP_EWORKERDIED (five starts in a row died before their
- * worker was ready, in the initializer or killed: a single such death is only replaced),
+ * mp_last_error() has its message), MP_EWORKERDIED (with an initializer, five starts in a
+ * row died before their worker was ready, in the initializer or killed: a single such death
+ * is only replaced; without one, such a pool is terminated instead, and its calls fail with
+ * MP_ETERMINATED and that reason),
  * MP_ENOMEM, MP_EMETHOD, or a start error of mp_process_start().
  * Python: multiprocessing.Pool(processes, initializer, initargs, maxtasksperchild, context).
  */
