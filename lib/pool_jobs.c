@@ -173,8 +173,9 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   for (uint64_t i = 0; i < n_errs; i++)
     error_at(job, (uint32_t)i)->item = UINT64_MAX;
   if (!(flags & MP__JOB_ITERATOR)) {
+    _Atomic uint64_t *states = mp__job_state(job, 0);
     for (uint32_t c = 0; c < job->n_chunks; c++)
-      atomic_init(mp__job_state(job, c), MP__CHUNK_STATE(c, 0, 0, MP__CHUNK_QUEUED));
+      atomic_init(&states[c], MP__CHUNK_STATE(c, 0, 0, MP__CHUNK_QUEUED));
     atomic_init(&job->limit, job->n_chunks);
   }
   atomic_init(&job->refs, 1);
@@ -182,20 +183,27 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   return 0;
 }
 
+/* Chunk's slot in a ring of n: a map's window holds every chunk, so the division (tens of
+ * cycles, several times per chunk) is left to iterators. */
+static inline uint64_t ring_slot(uint32_t chunk, uint64_t n) {
+  return chunk < n ? chunk : chunk % n;
+}
+
 _Atomic uint64_t *mp__job_state(const mp__job_t *job, uint32_t chunk) {
-  return (_Atomic uint64_t *)((char *)job + job->states_off) + chunk % job->window;
+  return (_Atomic uint64_t *)((char *)job + job->states_off) + ring_slot(chunk, job->window);
 }
 
 static void *job_input(const mp__job_t *job, uint32_t chunk) {
-  return (char *)job + job->input_off + (chunk % job->window) * job->chunksize * job->item_size;
+  return (char *)job + job->input_off +
+         ring_slot(chunk, job->window) * job->chunksize * job->item_size;
 }
 
 static void *job_output(const mp__job_t *job, uint32_t chunk) {
-  return (char *)job + job->output_off + (chunk % job->window) * job->out_stride;
+  return (char *)job + job->output_off + ring_slot(chunk, job->window) * job->out_stride;
 }
 
 static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk) {
-  return (mp__task_error_t *)((char *)job + job->errs_off) + chunk % job->n_errs;
+  return (mp__task_error_t *)((char *)job + job->errs_off) + ring_slot(chunk, job->n_errs);
 }
 
 const mp__task_error_t *mp__job_error(const mp__job_t *job, uint32_t chunk) {
@@ -448,37 +456,40 @@ static bool claim_retried(mp__job_t *job, uint32_t w, uint32_t *chunk) {
   return false;
 }
 
-static bool claim_in(mp__job_t *job, uint32_t w, uint32_t *chunk) {
+/* A chunk of job for worker w: a retried one first, else the next never claimed. look: read
+ * the hint before a map's draw (a worker looking through the jobs); a worker that has just
+ * completed one of the map's chunks draws at once, one read-modify-write of the line. */
+static bool claim_in(mp__job_t *job, uint32_t w, uint32_t *chunk, bool look) {
   if (atomic_load(&job->retries_queued) > 0 && claim_retried(job, w, chunk))
     return true;
   if (!(job->flags & MP__JOB_ITERATOR)) {
     /* A map's chunks are all queued from the start: each is drawn once, in order, by a
      * fetch-and-add on the hint, as a bare farm draws them (one read-modify-write, no scan).
-     * A drawn chunk no longer QUEUED was aborted. The hint passes n_chunks by at most one
-     * per worker looking at that moment. */
-    while (atomic_load_explicit(&job->hint, memory_order_relaxed) < job->n_chunks) {
-      uint32_t h = atomic_fetch_add(&job->hint, 1);
+     * A chunk never drawn is QUEUED with no attempt and no owner, or it was aborted: one
+     * compare-and-swap claims it, with no read of its state first. The hint passes
+     * n_chunks by at most one per look and per completion. */
+    for (; !look || atomic_load_explicit(&job->hint, memory_order_relaxed) < job->n_chunks;
+         look = true) {
+      uint64_t h = atomic_fetch_add(&job->hint, 1);
       if (h >= job->n_chunks)
         break;
-      uint64_t v = atomic_load(mp__job_state(job, h));
-      if (MP__CHUNK_STATUS(v) == MP__CHUNK_QUEUED && MP__CHUNK_ATTEMPTS(v) == 0 &&
-          claim_at(job, h, w, v)) {
-        *chunk = h;
+      if (claim_at(job, (uint32_t)h, w, MP__CHUNK_STATE(h, 0, 0, MP__CHUNK_QUEUED))) {
+        *chunk = (uint32_t)h;
         return true;
       }
     }
     return false;
   }
   uint32_t limit = atomic_load(&job->limit);
-  uint32_t start = atomic_load(&job->hint), h = start;
+  uint64_t start = atomic_load(&job->hint), h = start;
   for (; h < limit && h < job->n_chunks; h++) {
-    uint64_t v = atomic_load(mp__job_state(job, h));
+    uint64_t v = atomic_load(mp__job_state(job, (uint32_t)h));
     if (MP__CHUNK_OF(v) == h && MP__CHUNK_STATUS(v) == MP__CHUNK_QUEUED &&
-        MP__CHUNK_ATTEMPTS(v) == 0 && claim_at(job, h, w, v)) {
+        MP__CHUNK_ATTEMPTS(v) == 0 && claim_at(job, (uint32_t)h, w, v)) {
       /* The hint only grows: chunks below it are taken (retries are found apart). */
       while (start <= h && !atomic_compare_exchange_weak(&job->hint, &start, h + 1))
         ;
-      *chunk = h;
+      *chunk = (uint32_t)h;
       return true;
     }
   }
@@ -535,7 +546,7 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
       advance_oldest(sh, seq);
       continue;
     }
-    if (claim_in(j, w, &chunk)) {
+    if (claim_in(j, w, &chunk, true)) {
       take_chunk(sh, w, j, chunk, task);
       unpin(sh, w); /* the running chunk keeps the job alive */
       return true;
@@ -641,20 +652,21 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
    * store their count, then read the other's (and the hint); one at least sees it complete. */
   atomic_store(mine, (count + ours) << 1);
   atomic_store_explicit(&sh->workers[w].run_seq, 0, memory_order_relaxed);
-  /* A map with chunks never drawn is not complete (were it aborted, this chunk would not be
-   * ours): no need to read every worker's counter, nor to wake anyone. */
-  bool undrawn = !(job->flags & (MP__JOB_ITERATOR | MP__JOB_WAKE_EACH)) &&
-                 atomic_load(&job->hint) < job->n_chunks;
-  mp__job_waker_t *waker = NULL;
-  bool notify = ours && !undrawn && settle(sh, job, &waker);
   /* The job is still pinned: its next chunk is claimed without a look at the job list, as
    * long as no older job is incomplete (the oldest queued chunk goes first). */
   uint32_t c;
-  if (next) {
+  bool again = next && ours && atomic_load(&sh->oldest) == job->seq && claim_in(job, w, &c, false);
+  if (next)
     next->job = NULL;
-    if (ours && atomic_load(&sh->oldest) == job->seq && claim_in(job, w, &c))
-      take_chunk(sh, w, job, c, next);
-  }
+  if (again)
+    take_chunk(sh, w, job, c, next);
+  /* A map of which this worker holds a chunk now, or with chunks never drawn, is not
+   * complete (were it aborted, this chunk would not be ours): no need to read every
+   * worker's counter, nor to wake anyone. */
+  bool undrawn = !(job->flags & (MP__JOB_ITERATOR | MP__JOB_WAKE_EACH)) &&
+                 (again || atomic_load(&job->hint) < job->n_chunks);
+  mp__job_waker_t *waker = NULL;
+  bool notify = ours && !undrawn && settle(sh, job, &waker);
   unpin(sh, w);
   if (waker)
     wake(waker);
@@ -1231,6 +1243,53 @@ static int task_code(const mp__task_error_t *e) {
   return e->code < 0 ? e->code : MP_ETASK;
 }
 
+/* Every chunk but the last of a map that did not fail, each slot followed by its canary:
+ * results of a few bytes (chunks of one item) are copied by a loop of fixed-size copies,
+ * where a call per chunk would cost more than the bytes. */
+static void copy_whole_chunks(char *to, const char *from, uint64_t per_chunk, uint64_t stride,
+                              uint32_t chunks) {
+  switch (per_chunk) {
+  case 4:
+    for (uint32_t c = 0; c < chunks; c++)
+      memcpy(to + (uint64_t)c * 4, from + c * stride, 4);
+    return;
+  case 8:
+    for (uint32_t c = 0; c < chunks; c++)
+      memcpy(to + (uint64_t)c * 8, from + c * stride, 8);
+    return;
+  case 16:
+    for (uint32_t c = 0; c < chunks; c++)
+      memcpy(to + (uint64_t)c * 16, from + c * stride, 16);
+    return;
+  default:
+    for (uint32_t c = 0; c < chunks; c++)
+      memcpy(to + c * per_chunk, from + c * stride, per_chunk);
+  }
+}
+
+/* A map's need bytes of results into to, chunk by chunk (each window slot is followed by its
+ * canary); those of failed chunks, which hold whatever the block held, are zeroed. */
+static void copy_results(const mp__job_t *job, char *to, uint64_t need, bool failed) {
+  uint64_t per_chunk = job->chunksize * job->result_size;
+  const char *from = (const char *)job + job->output_off;
+  /* The caller's buffer may still be shared copy-on-write with the workers forked after it
+   * was written: one system call copies its pages where the copy below would fault on each. */
+  prefault(to, need);
+  if (!failed) {
+    uint32_t last = job->n_chunks - 1;
+    copy_whole_chunks(to, from, per_chunk, job->out_stride, last);
+    memcpy(to + last * per_chunk, from + last * job->out_stride, need - last * per_chunk);
+    return;
+  }
+  for (uint32_t c = 0; c < job->n_chunks; c++) {
+    uint64_t bytes = c + 1 < job->n_chunks ? per_chunk : need - c * per_chunk;
+    if (MP__CHUNK_STATUS(atomic_load(mp__job_state(job, c))) == MP__CHUNK_DONE)
+      memcpy(to + c * per_chunk, from + c * job->out_stride, bytes);
+    else
+      memset(to + c * per_chunk, 0, bytes);
+  }
+}
+
 int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, size_t *len) {
   const mp__task_error_t *e = error_at(job, 0);
   bool failed = e->item != UINT64_MAX;
@@ -1242,21 +1301,8 @@ int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, 
                      (unsigned long long)need, cap);
   if (result && need && cap >= need && is_apply && !failed)
     memcpy(result, job_output(job, 0), need);
-  /* A map's results, chunk by chunk (each window slot is followed by its canary); those of
-   * failed chunks, which hold whatever the block held, are zeroed. */
-  uint64_t per_chunk = job->chunksize * job->result_size;
-  /* The caller's buffer may still be shared copy-on-write with the workers forked after it
-   * was written: one system call copies its pages where the copy below would fault on each. */
   if (result && need && cap >= need && !is_apply)
-    prefault(result, need);
-  for (uint32_t c = 0; result && need && cap >= need && !is_apply && c < job->n_chunks; c++) {
-    char *to = (char *)result + c * per_chunk;
-    uint64_t bytes = c + 1 < job->n_chunks ? per_chunk : need - c * per_chunk;
-    if (!failed || MP__CHUNK_STATUS(atomic_load(mp__job_state(job, c))) == MP__CHUNK_DONE)
-      memcpy(to, (const char *)job + job->output_off + c * job->out_stride, bytes);
-    else
-      memset(to, 0, bytes);
-  }
+    copy_results(job, result, need, failed);
   if (!failed)
     return 0;
   if (is_apply)

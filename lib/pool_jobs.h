@@ -99,7 +99,6 @@ typedef struct {
   uint64_t result_cap; /* MP__JOB_VARSIZE: a task's room; result_size is then its slot */
   uint32_t n_chunks, window;
   _Atomic uint32_t limit;
-  _Atomic uint32_t hint;           /* chunks below it are not queued, except retried ones */
   _Atomic uint32_t retries_queued; /* chunks queued again after their worker died */
   mp__job_waker_t *waker;          /* in the pool's shared block */
   _Atomic uint32_t refs;           /* the slot's and the owner's */
@@ -110,9 +109,14 @@ typedef struct {
   uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
   uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
   uint32_t n_counters;
+  /* Chunks below it are not queued, except retried ones. Drawn by a fetch-and-add at every
+   * claim of a map's chunk, by every worker: alone on its cache line, so that the fields
+   * each claim reads stay in every worker's cache. 64 bits: it passes n_chunks by one per
+   * look at a drawn-out map, and a completion draws without looking first. */
+  _Alignas(64) _Atomic uint64_t hint;
   /* The owner's record, in the pool's process (pool.c's async result), zeroed when the job
    * is created: it lives as long as the owner's reference, with no allocation of its own. */
-  uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
+  _Alignas(64) uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
 } mp__job_t;
 
 /* A worker's record, written by the worker (and by the supervisor once it has died). */
