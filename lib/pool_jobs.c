@@ -70,13 +70,17 @@ static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk);
  * the first touches would fault once per page (page tables are per process, so every
  * process faults on every page of a shared block it has not touched yet). Only for large
  * ranges; a kernel without MADV_POPULATE_WRITE (before 5.14) leaves the pages to fault. */
-static void prefault(void *p, uint64_t len) {
+static long page_size(void) {
   static _Atomic long page;
-  if (len < PREFAULT_BYTES)
-    return;
   if (!atomic_load_explicit(&page, memory_order_relaxed))
     atomic_store_explicit(&page, sysconf(_SC_PAGESIZE), memory_order_relaxed);
-  uintptr_t size = (uintptr_t)atomic_load_explicit(&page, memory_order_relaxed);
+  return atomic_load_explicit(&page, memory_order_relaxed);
+}
+
+static void prefault(void *p, uint64_t len) {
+  if (len < PREFAULT_BYTES)
+    return;
+  uintptr_t size = (uintptr_t)page_size();
   uintptr_t from = (uintptr_t)p & ~(size - 1),
             to = ((uintptr_t)p + len + size - 1) & ~(size - 1);
   (void)madvise((void *)from, to - from, MADV_POPULATE_WRITE);
@@ -140,7 +144,9 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   if (!job)
     return mp__error_prefix(MP_ENOMEM, "no room for a job of %llu bytes",
                             (unsigned long long)total);
-  uint64_t block_size = spare ? spare->block_size : total;
+  static _Atomic uint64_t block_ids;
+  uint64_t block_size = spare ? spare->block_size : total,
+           block_id = spare ? spare->block_id : atomic_fetch_add(&block_ids, 1) + 1;
   if (!spare) { /* the submitter writes its input, then reads its output */
     prefault(job, total);
     atomic_init(&job->orphaned, 0);
@@ -153,6 +159,7 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   size_t links = offsetof(mp__job_t, seq);
   memset((char *)job + links, 0, input_off - links);
   job->block_size = block_size;
+  job->block_id = block_id;
   job->waker = &t->sh->wakers[MP__POOL_SLOTS]; /* until it is published, if ever */
   job->fn = fn;
   job->flags = flags;
@@ -523,7 +530,49 @@ static void task_view(mp__job_t *job, uint32_t chunk, _Atomic uint64_t *running,
   task->count = mp__job_chunk_items(job, chunk);
   task->running = running;
   task->result_len = 0;
-  prefault(task->output, task->count * task->result_size); /* fits: job_create checked */
+}
+
+/* Its pages are mapped in this process after the first chunks that wrote them: mapping them
+ * again at every chunk (MADV_POPULATE_WRITE walks every page, present or not) cost as much
+ * as the chunk's items on a map of ints. */
+void mp__pool_map_output(mp__warm_t *warm, const mp__task_t *task) {
+  uint64_t len = task->count * task->result_size; /* fits: job_create checked */
+  const mp__job_t *job = task->job;
+  if (len < PREFAULT_BYTES)
+    return;
+  uintptr_t page = (uintptr_t)page_size(), base = (uintptr_t)job / page;
+  size_t e = 0;
+  while (e < MP__WARM_BLOCKS && !(warm->blocks[e].block == job && warm->blocks[e].id == job->block_id))
+    e++;
+  if (e == MP__WARM_BLOCKS) { /* a block not seen yet replaces the oldest one seen */
+    e = warm->next++ % MP__WARM_BLOCKS;
+    uint64_t pages = ((uintptr_t)job + job->block_size - 1) / page - base + 1;
+    free(warm->blocks[e].bits);
+    warm->blocks[e].bits = calloc((pages + 63) / 64, sizeof(uint64_t));
+    warm->blocks[e].block = warm->blocks[e].bits ? job : NULL;
+    warm->blocks[e].id = job->block_id;
+    if (!warm->blocks[e].bits) {
+      prefault(task->output, len);
+      return;
+    }
+  }
+  uint64_t *bits = warm->blocks[e].bits, lo = UINT64_MAX, hi = 0;
+  for (uintptr_t p = (uintptr_t)task->output / page - base,
+                 end = ((uintptr_t)task->output + len - 1) / page - base + 1;
+       p < end; p++) {
+    if (bits[p / 64] >> (p % 64) & 1)
+      continue;
+    bits[p / 64] |= 1ull << (p % 64);
+    lo = lo < p ? lo : p;
+    hi = p + 1;
+  }
+  if (lo < hi)
+    (void)madvise((void *)((base + lo) * page), (hi - lo) * page, MADV_POPULATE_WRITE);
+}
+
+void mp__warm_free(mp__warm_t *warm) {
+  for (size_t e = 0; e < MP__WARM_BLOCKS; e++)
+    free(warm->blocks[e].bits);
 }
 
 /* Worker w claimed chunk of job (pinned): its record names it, task is its view. */
@@ -1267,14 +1316,48 @@ static void copy_whole_chunks(char *to, const char *from, uint64_t per_chunk, ui
   }
 }
 
+/* Forks by this process since the first map's results were taken: a fork shares every page
+ * of the caller's buffers copy-on-write again. */
+static _Atomic uint64_t forks;
+
+static void count_fork(void) {
+  atomic_fetch_add_explicit(&forks, 1, memory_order_relaxed);
+}
+
+static void watch_result_buffers(void) {
+  pthread_atfork(NULL, count_fork, NULL);
+}
+
+/* The caller's buffer may still be shared copy-on-write with the workers forked after it
+ * was written: one system call copies its pages where the copy would fault on each. A
+ * buffer this thread's last map wrote, with no fork since, is not mapped again (that call
+ * walks every page, present or not: on a warm buffer it cost as much as the copy). At
+ * worst, a buffer unmapped and mapped again at the same place faults page by page. */
+static void map_results(char *to, uint64_t need) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  static __thread struct {
+    char *at;
+    uint64_t len, forks;
+  } warm;
+  pthread_once(&once, watch_result_buffers);
+  uint64_t now = atomic_load_explicit(&forks, memory_order_relaxed);
+  if (warm.at && warm.forks == now && to >= warm.at && need <= warm.len &&
+      (uint64_t)(to - warm.at) <= warm.len - need)
+    return;
+  prefault(to, need);
+  if (need >= PREFAULT_BYTES) {
+    warm.at = to;
+    warm.len = need;
+    warm.forks = now;
+  }
+}
+
 /* A map's need bytes of results into to, chunk by chunk (each window slot is followed by its
  * canary); those of failed chunks, which hold whatever the block held, are zeroed. */
 static void copy_results(const mp__job_t *job, char *to, uint64_t need, bool failed) {
   uint64_t per_chunk = job->chunksize * job->result_size;
   const char *from = (const char *)job + job->output_off;
-  /* The caller's buffer may still be shared copy-on-write with the workers forked after it
-   * was written: one system call copies its pages where the copy below would fault on each. */
-  prefault(to, need);
+  map_results(to, need);
   if (!failed) {
     uint32_t last = job->n_chunks - 1;
     copy_whole_chunks(to, from, per_chunk, job->out_stride, last);

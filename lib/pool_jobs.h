@@ -106,6 +106,7 @@ typedef struct {
   _Atomic int32_t abort_code;      /* MP_ETERMINATED once the pool was terminated */
   _Atomic uint64_t result_len;     /* an apply's result length */
   uint64_t block_size;             /* bytes of its block, which a later job may reuse */
+  uint64_t block_id; /* the block's, from the arena: kept when a later job reuses it */
   uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
   uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
   uint32_t n_counters;
@@ -280,6 +281,23 @@ uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk);
 void mp__pool_notify(int fd);
 
 /* ------------------------------- a worker's side ------------------------------- */
+
+/* The pages of job blocks a worker process has mapped in (its page tables are its own):
+ * the last few blocks, by address and block_id, with a bit per page. */
+#define MP__WARM_BLOCKS 4
+typedef struct {
+  struct {
+    const void *block;
+    uint64_t id;
+    uint64_t *bits;
+  } blocks[MP__WARM_BLOCKS];
+  uint32_t next; /* the entry a new block replaces */
+} mp__warm_t;
+/* Maps in, writable, the pages of task's output that this process has not mapped yet (one
+ * system call where the task's first writes would fault once per page), and records them
+ * in warm; a large output only. For a worker of its own process. */
+void mp__pool_map_output(mp__warm_t *warm, const mp__task_t *task);
+void mp__warm_free(mp__warm_t *warm);
 
 /* Sleeps until woken by new work, unless the work word moved past seen. */
 void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen);

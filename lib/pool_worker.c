@@ -110,6 +110,7 @@ typedef struct {
   int notify_fd;
   const mp__worker_how_t *how;
   mp__fn_t fns[MP__POOL_MAX_FNS]; /* resolved in this process, on first use */
+  mp__warm_t warm;                /* a process's own: threads share the pool's pages */
 } worker_t;
 
 static int resolve(const worker_t *wk, const mp__fnref_t *ref, mp__fn_t local, mp__fn_t *fn) {
@@ -132,6 +133,8 @@ static void run_chunk(worker_t *wk, mp__task_t *task, mp__task_t *next) {
     snprintf(task->msg, sizeof task->msg, "%s", mp_last_error());
   }
   task->call = wk->fns[task->fn];
+  if (rc == 0 && !wk->how->local)
+    mp__pool_map_output(&wk->warm, task);
   if (rc == 0)
     rc = wk->how->run(task, wk->how->run_arg);
   MP__TRACE(pool_chunk, sh, ((const mp__job_t *)task->job)->seq, task->chunk, wk->w,
@@ -216,6 +219,7 @@ int mp__pool_worker_main(mp__pool_shared_t *sh, uint32_t w, const mp__worker_how
   wk->notify_fd = fd >= 0 ? fd : -1;
   int code = run_initializer(wk) ? (set_state(wk, MP__WORKER_READY), serve(wk))
                                  : (set_state(wk, MP__WORKER_INIT_FAILED), 1);
+  mp__warm_free(&wk->warm);
   free(wk);
   return code;
 }
