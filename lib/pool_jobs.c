@@ -696,10 +696,8 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
   bool ours = running && atomic_compare_exchange_strong(
                              state, &v,
                              MP__CHUNK_STATE(chunk, MP__CHUNK_ATTEMPTS(v), w + 1, status));
-  /* Not ours: aborted, or given up for lost, and counted by whoever did that. Sequentially
-   * consistent, as the reads below: two workers completing a job's last chunks at once each
-   * store their count, then read the other's (and the hint); one at least sees it complete. */
-  atomic_store(mine, (count + ours) << 1);
+  /* Not ours: aborted, or given up for lost, and counted by whoever did that. */
+  atomic_store_explicit(mine, (count + ours) << 1, memory_order_release);
   atomic_store_explicit(&sh->workers[w].run_seq, 0, memory_order_relaxed);
   /* The job is still pinned: its next chunk is claimed without a look at the job list, as
    * long as no older job is incomplete (the oldest queued chunk goes first). */
@@ -709,11 +707,20 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
     next->job = NULL;
   if (again)
     take_chunk(sh, w, job, c, next);
-  /* A map of which this worker holds a chunk now, or with chunks never drawn, is not
-   * complete (were it aborted, this chunk would not be ours): no need to read every
-   * worker's counter, nor to wake anyone. */
-  bool undrawn = !(job->flags & (MP__JOB_ITERATOR | MP__JOB_WAKE_EACH)) &&
-                 (again || atomic_load(&job->hint) < job->n_chunks);
+  /* A map of which this worker holds a chunk now is not complete: no need to read every
+   * worker's counter, nor to wake anyone. Whoever settles it later sees this count: this
+   * worker's own later completion (the counter is cumulative), or whoever changes the held
+   * chunk's state (an abort, a loss: their compare-and-swap reads this claim's, after the
+   * store above). Otherwise the count is stored again, sequentially consistent as the reads
+   * below (a fence, which ThreadSanitizer does not model): two workers completing a job's
+   * last chunks at once each store their count, then read the others' and the hint, so one
+   * at least sees the job complete. A map with chunks never drawn is not complete either
+   * (were it aborted, this chunk would not be ours). */
+  bool map = !(job->flags & (MP__JOB_ITERATOR | MP__JOB_WAKE_EACH)), undrawn = map && again;
+  if (!undrawn) {
+    atomic_store(mine, (count + ours) << 1);
+    undrawn = map && atomic_load(&job->hint) < job->n_chunks;
+  }
   mp__job_waker_t *waker = NULL;
   bool notify = ours && !undrawn && settle(sh, job, &waker);
   unpin(sh, w);
