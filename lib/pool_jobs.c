@@ -1343,17 +1343,18 @@ static void watch_result_buffers(void) {
 static void map_results(char *to, uint64_t need) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   static __thread struct {
-    char *at;
+    uintptr_t at;
     uint64_t len, forks;
   } warm;
   pthread_once(&once, watch_result_buffers);
   uint64_t now = atomic_load_explicit(&forks, memory_order_relaxed);
-  if (warm.at && warm.forks == now && to >= warm.at && need <= warm.len &&
-      (uint64_t)(to - warm.at) <= warm.len - need)
+  uintptr_t at = (uintptr_t)to;
+  if (warm.at && warm.forks == now && at >= warm.at && need <= warm.len &&
+      at - warm.at <= warm.len - need)
     return;
   prefault(to, need);
   if (need >= PREFAULT_BYTES) {
-    warm.at = to;
+    warm.at = at;
     warm.len = need;
     warm.forks = now;
   }
