@@ -542,7 +542,8 @@ void mp__pool_map_output(mp__warm_t *warm, const mp__task_t *task) {
     return;
   uintptr_t page = (uintptr_t)page_size(), base = (uintptr_t)job / page;
   size_t e = 0;
-  while (e < MP__WARM_BLOCKS && !(warm->blocks[e].block == job && warm->blocks[e].id == job->block_id))
+  while (e < MP__WARM_BLOCKS &&
+         !(warm->blocks[e].block == job && warm->blocks[e].id == job->block_id))
     e++;
   if (e == MP__WARM_BLOCKS) { /* a block not seen yet replaces the oldest one seen */
     e = warm->next++ % MP__WARM_BLOCKS;
@@ -702,7 +703,8 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
   /* The job is still pinned: its next chunk is claimed without a look at the job list, as
    * long as no older job is incomplete (the oldest queued chunk goes first). */
   uint32_t c;
-  bool again = next && ours && atomic_load(&sh->oldest) == job->seq && claim_in(job, w, &c, false);
+  bool again =
+      next && ours && atomic_load(&sh->oldest) == job->seq && claim_in(job, w, &c, false);
   if (next)
     next->job = NULL;
   if (again)

@@ -62,7 +62,8 @@ static int item_failed(mp__task_t *task, uint64_t i, int rc, bool overran) {
  * nothing of the other kind. The loop reads what it needs once, into locals (a store through
  * task->running could alias the task, so its fields would be read again at every item),
  * and so is the failure flag's address. */
-__attribute__((always_inline)) static inline int run_items(mp__task_t *task, const size_t head) {
+__attribute__((always_inline)) static inline int run_items(mp__task_t *task,
+                                                           const size_t head) {
   mp_task_fn_t fn = (mp_task_fn_t)task->call;
   const size_t room = task->result_size, cap = task->result_cap, item_size = task->item_size;
   const uint64_t canary = MP__JOB_CANARY_WORD, count = task->count;

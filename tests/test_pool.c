@@ -377,8 +377,7 @@ START_TEST(test_results_after_fork) {
       T_ASSERT(out[k] == (k + round) * (k + round), "round %d: result %d is %d", round, k,
                out[k]);
   }
-  MP_ASSERT_OK(
-      mp_pool_map(pool, square, in, N / 2, sizeof(int), out + N / 4, sizeof(int), 0));
+  MP_ASSERT_OK(mp_pool_map(pool, square, in, N / 2, sizeof(int), out + N / 4, sizeof(int), 0));
   for (int k = 0; k < N / 2; k++)
     T_ASSERT(out[N / 4 + k] == (k + 2) * (k + 2), "part: result %d is %d", k, out[N / 4 + k]);
   T_INT_EQ(out[0], 4);
