@@ -452,7 +452,7 @@ static int run_sync(mp_pool_t *pool, spec_t *s, bool is_apply, void *result, siz
   if (!is_apply) {
     cap = s->n * s->result_size; /* checked by the submission */
     /* While the workers work. */
-    mp__jobs_prepare_results(pool->jobs, result, cap);
+    mp__jobs_prepare_results(result, cap);
   }
   rc = mp_async_result_get(ar, result, cap, len, MP_FOREVER);
   mp_async_result_free(ar);
@@ -512,7 +512,7 @@ int mp_async_result_get(mp_async_result_t *ar, void *result, size_t cap, size_t 
                      "mp_async_result_get: the pool was terminated before the work was done%s",
                      ar->pool->why_terminated);
   if (!ar->is_apply && cap >= ar->job->n * ar->job->result_size)
-    mp__jobs_prepare_results(ar->pool->jobs, result, ar->job->n * ar->job->result_size);
+    mp__jobs_prepare_results(result, ar->job->n * ar->job->result_size);
   rc = mp__job_take(ar->job, ar->is_apply, result, cap, len);
   return rc == MP_ETOOSMALL ? mp__error_prefix(rc, "mp_async_result_get") : rc;
 }

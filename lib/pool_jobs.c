@@ -56,11 +56,6 @@ struct mp__jobs_s {
   mp__job_t *small[SMALL_SPARES];
   uint64_t small_size[SMALL_SPARES];
   size_t n_small;
-  /* The result buffer prepared last (mp__jobs_prepare_results): its pages are this
-   * process's own and writable already. Two words a racing map may tear: the worst is one
-   * buffer prepared again, or left to fault. */
-  _Atomic uintptr_t prepared_at;
-  _Atomic uint64_t prepared_len;
 };
 
 static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes);
@@ -75,13 +70,17 @@ static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk);
  * the first touches would fault once per page (page tables are per process, so every
  * process faults on every page of a shared block it has not touched yet). Only for large
  * ranges; a kernel without MADV_POPULATE_WRITE (before 5.14) leaves the pages to fault. */
-static void prefault(void *p, uint64_t len) {
+static long page_size(void) {
   static _Atomic long page;
-  if (len < PREFAULT_BYTES)
-    return;
   if (!atomic_load_explicit(&page, memory_order_relaxed))
     atomic_store_explicit(&page, sysconf(_SC_PAGESIZE), memory_order_relaxed);
-  uintptr_t size = (uintptr_t)atomic_load_explicit(&page, memory_order_relaxed);
+  return atomic_load_explicit(&page, memory_order_relaxed);
+}
+
+static void prefault(void *p, uint64_t len) {
+  if (len < PREFAULT_BYTES)
+    return;
+  uintptr_t size = (uintptr_t)page_size();
   uintptr_t from = (uintptr_t)p & ~(size - 1),
             to = ((uintptr_t)p + len + size - 1) & ~(size - 1);
   (void)madvise((void *)from, to - from, MADV_POPULATE_WRITE);
@@ -145,7 +144,9 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   if (!job)
     return mp__error_prefix(MP_ENOMEM, "no room for a job of %llu bytes",
                             (unsigned long long)total);
-  uint64_t block_size = spare ? spare->block_size : total;
+  static _Atomic uint64_t block_ids;
+  uint64_t block_size = spare ? spare->block_size : total,
+           block_id = spare ? spare->block_id : atomic_fetch_add(&block_ids, 1) + 1;
   if (!spare) { /* the submitter writes its input, then reads its output */
     prefault(job, total);
     atomic_init(&job->orphaned, 0);
@@ -158,6 +159,7 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   size_t links = offsetof(mp__job_t, seq);
   memset((char *)job + links, 0, input_off - links);
   job->block_size = block_size;
+  job->block_id = block_id;
   job->waker = &t->sh->wakers[MP__POOL_SLOTS]; /* until it is published, if ever */
   job->fn = fn;
   job->flags = flags;
@@ -178,8 +180,9 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   for (uint64_t i = 0; i < n_errs; i++)
     error_at(job, (uint32_t)i)->item = UINT64_MAX;
   if (!(flags & MP__JOB_ITERATOR)) {
+    _Atomic uint64_t *states = mp__job_state(job, 0);
     for (uint32_t c = 0; c < job->n_chunks; c++)
-      atomic_init(mp__job_state(job, c), MP__CHUNK_STATE(c, 0, 0, MP__CHUNK_QUEUED));
+      atomic_init(&states[c], MP__CHUNK_STATE(c, 0, 0, MP__CHUNK_QUEUED));
     atomic_init(&job->limit, job->n_chunks);
   }
   atomic_init(&job->refs, 1);
@@ -187,20 +190,27 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   return 0;
 }
 
+/* Chunk's slot in a ring of n: a map's window holds every chunk, so the division (tens of
+ * cycles, several times per chunk) is left to iterators. */
+static inline uint64_t ring_slot(uint32_t chunk, uint64_t n) {
+  return chunk < n ? chunk : chunk % n;
+}
+
 _Atomic uint64_t *mp__job_state(const mp__job_t *job, uint32_t chunk) {
-  return (_Atomic uint64_t *)((char *)job + job->states_off) + chunk % job->window;
+  return (_Atomic uint64_t *)((char *)job + job->states_off) + ring_slot(chunk, job->window);
 }
 
 static void *job_input(const mp__job_t *job, uint32_t chunk) {
-  return (char *)job + job->input_off + (chunk % job->window) * job->chunksize * job->item_size;
+  return (char *)job + job->input_off +
+         ring_slot(chunk, job->window) * job->chunksize * job->item_size;
 }
 
 static void *job_output(const mp__job_t *job, uint32_t chunk) {
-  return (char *)job + job->output_off + (chunk % job->window) * job->out_stride;
+  return (char *)job + job->output_off + ring_slot(chunk, job->window) * job->out_stride;
 }
 
 static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk) {
-  return (mp__task_error_t *)((char *)job + job->errs_off) + chunk % job->n_errs;
+  return (mp__task_error_t *)((char *)job + job->errs_off) + ring_slot(chunk, job->n_errs);
 }
 
 const mp__task_error_t *mp__job_error(const mp__job_t *job, uint32_t chunk) {
@@ -453,37 +463,40 @@ static bool claim_retried(mp__job_t *job, uint32_t w, uint32_t *chunk) {
   return false;
 }
 
-static bool claim_in(mp__job_t *job, uint32_t w, uint32_t *chunk) {
+/* A chunk of job for worker w: a retried one first, else the next never claimed. look: read
+ * the hint before a map's draw (a worker looking through the jobs); a worker that has just
+ * completed one of the map's chunks draws at once, one read-modify-write of the line. */
+static bool claim_in(mp__job_t *job, uint32_t w, uint32_t *chunk, bool look) {
   if (atomic_load(&job->retries_queued) > 0 && claim_retried(job, w, chunk))
     return true;
   if (!(job->flags & MP__JOB_ITERATOR)) {
     /* A map's chunks are all queued from the start: each is drawn once, in order, by a
      * fetch-and-add on the hint, as a bare farm draws them (one read-modify-write, no scan).
-     * A drawn chunk no longer QUEUED was aborted. The hint passes n_chunks by at most one
-     * per worker looking at that moment. */
-    while (atomic_load_explicit(&job->hint, memory_order_relaxed) < job->n_chunks) {
-      uint32_t h = atomic_fetch_add(&job->hint, 1);
+     * A chunk never drawn is QUEUED with no attempt and no owner, or it was aborted: one
+     * compare-and-swap claims it, with no read of its state first. The hint passes
+     * n_chunks by at most one per look and per completion. */
+    for (; !look || atomic_load_explicit(&job->hint, memory_order_relaxed) < job->n_chunks;
+         look = true) {
+      uint64_t h = atomic_fetch_add(&job->hint, 1);
       if (h >= job->n_chunks)
         break;
-      uint64_t v = atomic_load(mp__job_state(job, h));
-      if (MP__CHUNK_STATUS(v) == MP__CHUNK_QUEUED && MP__CHUNK_ATTEMPTS(v) == 0 &&
-          claim_at(job, h, w, v)) {
-        *chunk = h;
+      if (claim_at(job, (uint32_t)h, w, MP__CHUNK_STATE(h, 0, 0, MP__CHUNK_QUEUED))) {
+        *chunk = (uint32_t)h;
         return true;
       }
     }
     return false;
   }
   uint32_t limit = atomic_load(&job->limit);
-  uint32_t start = atomic_load(&job->hint), h = start;
+  uint64_t start = atomic_load(&job->hint), h = start;
   for (; h < limit && h < job->n_chunks; h++) {
-    uint64_t v = atomic_load(mp__job_state(job, h));
+    uint64_t v = atomic_load(mp__job_state(job, (uint32_t)h));
     if (MP__CHUNK_OF(v) == h && MP__CHUNK_STATUS(v) == MP__CHUNK_QUEUED &&
-        MP__CHUNK_ATTEMPTS(v) == 0 && claim_at(job, h, w, v)) {
+        MP__CHUNK_ATTEMPTS(v) == 0 && claim_at(job, (uint32_t)h, w, v)) {
       /* The hint only grows: chunks below it are taken (retries are found apart). */
       while (start <= h && !atomic_compare_exchange_weak(&job->hint, &start, h + 1))
         ;
-      *chunk = h;
+      *chunk = (uint32_t)h;
       return true;
     }
   }
@@ -517,7 +530,50 @@ static void task_view(mp__job_t *job, uint32_t chunk, _Atomic uint64_t *running,
   task->count = mp__job_chunk_items(job, chunk);
   task->running = running;
   task->result_len = 0;
-  prefault(task->output, task->count * task->result_size); /* fits: job_create checked */
+}
+
+/* Its pages are mapped in this process after the first chunks that wrote them: mapping them
+ * again at every chunk (MADV_POPULATE_WRITE walks every page, present or not) cost as much
+ * as the chunk's items on a map of ints. */
+void mp__pool_map_output(mp__warm_t *warm, const mp__task_t *task) {
+  uint64_t len = task->count * task->result_size; /* fits: job_create checked */
+  const mp__job_t *job = task->job;
+  if (len < PREFAULT_BYTES)
+    return;
+  uintptr_t page = (uintptr_t)page_size(), base = (uintptr_t)job / page;
+  size_t e = 0;
+  while (e < MP__WARM_BLOCKS &&
+         !(warm->blocks[e].block == job && warm->blocks[e].id == job->block_id))
+    e++;
+  if (e == MP__WARM_BLOCKS) { /* a block not seen yet replaces the oldest one seen */
+    e = warm->next++ % MP__WARM_BLOCKS;
+    uint64_t pages = ((uintptr_t)job + job->block_size - 1) / page - base + 1;
+    free(warm->blocks[e].bits);
+    warm->blocks[e].bits = calloc((pages + 63) / 64, sizeof(uint64_t));
+    warm->blocks[e].block = warm->blocks[e].bits ? job : NULL;
+    warm->blocks[e].id = job->block_id;
+    if (!warm->blocks[e].bits) {
+      prefault(task->output, len);
+      return;
+    }
+  }
+  uint64_t *bits = warm->blocks[e].bits, lo = UINT64_MAX, hi = 0;
+  for (uintptr_t p = (uintptr_t)task->output / page - base,
+                 end = ((uintptr_t)task->output + len - 1) / page - base + 1;
+       p < end; p++) {
+    if (bits[p / 64] >> (p % 64) & 1)
+      continue;
+    bits[p / 64] |= 1ull << (p % 64);
+    lo = lo < p ? lo : p;
+    hi = p + 1;
+  }
+  if (lo < hi)
+    (void)madvise((void *)((base + lo) * page), (hi - lo) * page, MADV_POPULATE_WRITE);
+}
+
+void mp__warm_free(mp__warm_t *warm) {
+  for (size_t e = 0; e < MP__WARM_BLOCKS; e++)
+    free(warm->blocks[e].bits);
 }
 
 /* Worker w claimed chunk of job (pinned): its record names it, task is its view. */
@@ -540,7 +596,7 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
       advance_oldest(sh, seq);
       continue;
     }
-    if (claim_in(j, w, &chunk)) {
+    if (claim_in(j, w, &chunk, true)) {
       take_chunk(sh, w, j, chunk, task);
       unpin(sh, w); /* the running chunk keeps the job alive */
       return true;
@@ -641,25 +697,34 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
   bool ours = running && atomic_compare_exchange_strong(
                              state, &v,
                              MP__CHUNK_STATE(chunk, MP__CHUNK_ATTEMPTS(v), w + 1, status));
-  /* Not ours: aborted, or given up for lost, and counted by whoever did that. Sequentially
-   * consistent, as the reads below: two workers completing a job's last chunks at once each
-   * store their count, then read the other's (and the hint); one at least sees it complete. */
-  atomic_store(mine, (count + ours) << 1);
+  /* Not ours: aborted, or given up for lost, and counted by whoever did that. */
+  atomic_store_explicit(mine, (count + ours) << 1, memory_order_release);
   atomic_store_explicit(&sh->workers[w].run_seq, 0, memory_order_relaxed);
-  /* A map with chunks never drawn is not complete (were it aborted, this chunk would not be
-   * ours): no need to read every worker's counter, nor to wake anyone. */
-  bool undrawn = !(job->flags & (MP__JOB_ITERATOR | MP__JOB_WAKE_EACH)) &&
-                 atomic_load(&job->hint) < job->n_chunks;
-  mp__job_waker_t *waker = NULL;
-  bool notify = ours && !undrawn && settle(sh, job, &waker);
   /* The job is still pinned: its next chunk is claimed without a look at the job list, as
    * long as no older job is incomplete (the oldest queued chunk goes first). */
   uint32_t c;
-  if (next) {
+  bool again =
+      next && ours && atomic_load(&sh->oldest) == job->seq && claim_in(job, w, &c, false);
+  if (next)
     next->job = NULL;
-    if (ours && atomic_load(&sh->oldest) == job->seq && claim_in(job, w, &c))
-      take_chunk(sh, w, job, c, next);
+  if (again)
+    take_chunk(sh, w, job, c, next);
+  /* A map of which this worker holds a chunk now is not complete: no need to read every
+   * worker's counter, nor to wake anyone. Whoever settles it later sees this count: this
+   * worker's own later completion (the counter is cumulative), or whoever changes the held
+   * chunk's state (an abort, a loss: their compare-and-swap reads this claim's, after the
+   * store above). Otherwise the count is stored again, sequentially consistent as the reads
+   * below (a fence, which ThreadSanitizer does not model): two workers completing a job's
+   * last chunks at once each store their count, then read the others' and the hint, so one
+   * at least sees the job complete. A map with chunks never drawn is not complete either
+   * (were it aborted, this chunk would not be ours). */
+  bool map = !(job->flags & (MP__JOB_ITERATOR | MP__JOB_WAKE_EACH)), undrawn = map && again;
+  if (!undrawn) {
+    atomic_store(mine, (count + ours) << 1);
+    undrawn = map && atomic_load(&job->hint) < job->n_chunks;
   }
+  mp__job_waker_t *waker = NULL;
+  bool notify = ours && !undrawn && settle(sh, job, &waker);
   unpin(sh, w);
   if (waker)
     wake(waker);
@@ -1019,17 +1084,6 @@ static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes) {
   return spare;
 }
 
-void mp__jobs_prepare_results(mp__jobs_t *t, void *result, uint64_t len) {
-  uintptr_t at = (uintptr_t)result;
-  if (!result || len < PREFAULT_BYTES ||
-      (atomic_load_explicit(&t->prepared_at, memory_order_relaxed) == at &&
-       atomic_load_explicit(&t->prepared_len, memory_order_relaxed) >= len))
-    return;
-  prefault(result, len);
-  atomic_store_explicit(&t->prepared_at, at, memory_order_relaxed);
-  atomic_store_explicit(&t->prepared_len, len, memory_order_relaxed);
-}
-
 void mp__jobs_reclaim(mp__jobs_t *t) {
   pthread_mutex_lock(&t->lock);
   reclaim(t);
@@ -1247,6 +1301,87 @@ static int task_code(const mp__task_error_t *e) {
   return e->code < 0 ? e->code : MP_ETASK;
 }
 
+/* Every chunk but the last of a map that did not fail, each slot followed by its canary:
+ * results of a few bytes (chunks of one item) are copied by a loop of fixed-size copies,
+ * where a call per chunk would cost more than the bytes. */
+static void copy_whole_chunks(char *to, const char *from, uint64_t per_chunk, uint64_t stride,
+                              uint32_t chunks) {
+  switch (per_chunk) {
+  case 4:
+    for (uint32_t c = 0; c < chunks; c++)
+      memcpy(to + (uint64_t)c * 4, from + c * stride, 4);
+    return;
+  case 8:
+    for (uint32_t c = 0; c < chunks; c++)
+      memcpy(to + (uint64_t)c * 8, from + c * stride, 8);
+    return;
+  case 16:
+    for (uint32_t c = 0; c < chunks; c++)
+      memcpy(to + (uint64_t)c * 16, from + c * stride, 16);
+    return;
+  default:
+    for (uint32_t c = 0; c < chunks; c++)
+      memcpy(to + c * per_chunk, from + c * stride, per_chunk);
+  }
+}
+
+/* Forks by this process since the first map's results were taken: a fork shares every page
+ * of the caller's buffers copy-on-write again. */
+static _Atomic uint64_t forks;
+
+static void count_fork(void) {
+  atomic_fetch_add_explicit(&forks, 1, memory_order_relaxed);
+}
+
+static void watch_result_buffers(void) {
+  pthread_atfork(NULL, count_fork, NULL);
+}
+
+/* The caller's buffer may still be shared copy-on-write with the workers forked after it
+ * was written: one system call copies its pages where the copy would fault on each. A
+ * buffer this thread prepared last, with no fork since, is not mapped again (that call
+ * walks every page, present or not: on a warm buffer it cost as much as the copy). At
+ * worst, a buffer unmapped and mapped again at the same place faults page by page. */
+void mp__jobs_prepare_results(void *result, uint64_t need) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  static __thread struct {
+    uintptr_t at;
+    uint64_t len, forks;
+  } warm;
+  pthread_once(&once, watch_result_buffers);
+  uint64_t now = atomic_load_explicit(&forks, memory_order_relaxed);
+  uintptr_t at = (uintptr_t)result;
+  if (warm.at && warm.forks == now && at >= warm.at && need <= warm.len &&
+      at - warm.at <= warm.len - need)
+    return;
+  prefault(result, need);
+  if (need >= PREFAULT_BYTES) {
+    warm.at = at;
+    warm.len = need;
+    warm.forks = now;
+  }
+}
+
+/* A map's need bytes of results into to, chunk by chunk (each window slot is followed by its
+ * canary); those of failed chunks, which hold whatever the block held, are zeroed. */
+static void copy_results(const mp__job_t *job, char *to, uint64_t need, bool failed) {
+  uint64_t per_chunk = job->chunksize * job->result_size;
+  const char *from = (const char *)job + job->output_off;
+  if (!failed) {
+    uint32_t last = job->n_chunks - 1;
+    copy_whole_chunks(to, from, per_chunk, job->out_stride, last);
+    memcpy(to + last * per_chunk, from + last * job->out_stride, need - last * per_chunk);
+    return;
+  }
+  for (uint32_t c = 0; c < job->n_chunks; c++) {
+    uint64_t bytes = c + 1 < job->n_chunks ? per_chunk : need - c * per_chunk;
+    if (MP__CHUNK_STATUS(atomic_load(mp__job_state(job, c))) == MP__CHUNK_DONE)
+      memcpy(to + c * per_chunk, from + c * job->out_stride, bytes);
+    else
+      memset(to + c * per_chunk, 0, bytes);
+  }
+}
+
 int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, size_t *len) {
   const mp__task_error_t *e = error_at(job, 0);
   bool failed = e->item != UINT64_MAX;
@@ -1258,18 +1393,9 @@ int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, 
                      (unsigned long long)need, cap);
   if (result && need && cap >= need && is_apply && !failed)
     memcpy(result, job_output(job, 0), need);
-  /* A map's results, chunk by chunk (each window slot is followed by its canary); those of
-   * failed chunks, which hold whatever the block held, are zeroed. The caller's buffer was
-   * prepared (mp__jobs_prepare_results). */
-  uint64_t per_chunk = job->chunksize * job->result_size;
-  for (uint32_t c = 0; result && need && cap >= need && !is_apply && c < job->n_chunks; c++) {
-    char *to = (char *)result + c * per_chunk;
-    uint64_t bytes = c + 1 < job->n_chunks ? per_chunk : need - c * per_chunk;
-    if (!failed || MP__CHUNK_STATUS(atomic_load(mp__job_state(job, c))) == MP__CHUNK_DONE)
-      memcpy(to, (const char *)job + job->output_off + c * job->out_stride, bytes);
-    else
-      memset(to, 0, bytes);
-  }
+  /* The caller's buffer was prepared (mp__jobs_prepare_results). */
+  if (result && need && cap >= need && !is_apply)
+    copy_results(job, result, need, failed);
   if (!failed)
     return 0;
   if (is_apply)

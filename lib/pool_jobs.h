@@ -99,7 +99,6 @@ typedef struct {
   uint64_t result_cap; /* MP__JOB_VARSIZE: a task's room; result_size is then its slot */
   uint32_t n_chunks, window;
   _Atomic uint32_t limit;
-  _Atomic uint32_t hint;           /* chunks below it are not queued, except retried ones */
   _Atomic uint32_t retries_queued; /* chunks queued again after their worker died */
   mp__job_waker_t *waker;          /* in the pool's shared block */
   _Atomic uint32_t refs;           /* the slot's and the owner's */
@@ -107,12 +106,18 @@ typedef struct {
   _Atomic int32_t abort_code;      /* MP_ETERMINATED once the pool was terminated */
   _Atomic uint64_t result_len;     /* an apply's result length */
   uint64_t block_size;             /* bytes of its block, which a later job may reuse */
+  uint64_t block_id; /* the block's, from the arena: kept when a later job reuses it */
   uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
   uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
   uint32_t n_counters;
+  /* Chunks below it are not queued, except retried ones. Drawn by a fetch-and-add at every
+   * claim of a map's chunk, by every worker: alone on its cache line, so that the fields
+   * each claim reads stay in every worker's cache. 64 bits: it passes n_chunks by one per
+   * look at a drawn-out map, and a completion draws without looking first. */
+  _Alignas(64) _Atomic uint64_t hint;
   /* The owner's record, in the pool's process (pool.c's async result), zeroed when the job
    * is created: it lives as long as the owner's reference, with no allocation of its own. */
-  uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
+  _Alignas(64) uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
 } mp__job_t;
 
 /* A worker's record, written by the worker (and by the supervisor once it has died). */
@@ -210,9 +215,10 @@ int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *spec, mp__job_t **job);
 /* A map's result buffer of len bytes, which mp__job_take is to write: its pages are mapped
  * writable now, in one system call, where the copy would fault on each (a buffer still
  * shared copy-on-write with the workers forked after it was written, or never touched);
- * nothing for the buffer prepared last, whose pages are this process's already. A blocking
- * map calls it right after its submission, so that this runs while the workers work. */
-void mp__jobs_prepare_results(mp__jobs_t *t, void *result, uint64_t len);
+ * nothing for the buffer this thread prepared last with no fork since, whose pages are this
+ * process's already. A blocking map calls it right after its submission, so that this runs
+ * while the workers work. */
+void mp__jobs_prepare_results(void *result, uint64_t len);
 /* Drops the owner's reference. */
 void mp__jobs_release(mp__jobs_t *t, mp__job_t *job);
 /* Frees the blocks of jobs nobody refers to and no worker has pinned. */
@@ -282,6 +288,23 @@ uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk);
 void mp__pool_notify(int fd);
 
 /* ------------------------------- a worker's side ------------------------------- */
+
+/* The pages of job blocks a worker process has mapped in (its page tables are its own):
+ * the last few blocks, by address and block_id, with a bit per page. */
+#define MP__WARM_BLOCKS 4
+typedef struct {
+  struct {
+    const void *block;
+    uint64_t id;
+    uint64_t *bits;
+  } blocks[MP__WARM_BLOCKS];
+  uint32_t next; /* the entry a new block replaces */
+} mp__warm_t;
+/* Maps in, writable, the pages of task's output that this process has not mapped yet (one
+ * system call where the task's first writes would fault once per page), and records them
+ * in warm; a large output only. For a worker of its own process. */
+void mp__pool_map_output(mp__warm_t *warm, const mp__task_t *task);
+void mp__warm_free(mp__warm_t *warm);
 
 /* Sleeps until woken by new work, unless the work word moved past seen. */
 void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen);

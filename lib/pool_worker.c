@@ -19,6 +19,12 @@
 static __thread char task_msg[MP__POOL_MSG];
 static __thread bool task_has_msg;
 
+/* The flag's address, taken once per chunk: in a shared library each access to a
+ * thread-local variable is a call, which the compiler would repeat at every item. */
+__attribute__((noinline)) static bool *task_flag(void) {
+  return &task_has_msg;
+}
+
 int mp_task_fail(const char *fmt, ...) {
   task_msg[0] = '\0';
   if (fmt) {
@@ -39,48 +45,64 @@ static void failure_message(int rc, char *buf, size_t cap) {
     snprintf(buf, cap, "the task returned %d", rc);
 }
 
-int mp__run_task(mp__task_t *task, void *arg) {
-  (void)arg;
+/* Item i of task failed (rc), or overran its room: recorded in the task. */
+static int item_failed(mp__task_t *task, uint64_t i, int rc, bool overran) {
+  if (overran)
+    snprintf(task->msg, sizeof task->msg,
+             "the task overran its result: it wrote past its %llu bytes of room",
+             (unsigned long long)task->result_cap);
+  else
+    failure_message(rc, task->msg, sizeof task->msg);
+  task->failed_item = task->first + i;
+  return task->code = MP_ETASK;
+}
+
+/* The items of a task whose slots start with head bytes of length (MP__VARSIZE_HEAD for a
+ * variable-size job, else 0): inlined for each, so that a fixed-size item's loop tests
+ * nothing of the other kind. The loop reads what it needs once, into locals (a store through
+ * task->running could alias the task, so its fields would be read again at every item),
+ * and so is the failure flag's address. */
+__attribute__((always_inline)) static inline int run_items(mp__task_t *task,
+                                                           const size_t head) {
   mp_task_fn_t fn = (mp_task_fn_t)task->call;
-  /* A variable-size job's slots start with the length (MP__JOB_VARSIZE). */
-  const size_t head = task->varsize ? MP__VARSIZE_HEAD : 0;
-  const size_t room = task->result_size, cap = task->result_cap;
-  const uint64_t canary = MP__JOB_CANARY_WORD;
+  const size_t room = task->result_size, cap = task->result_cap, item_size = task->item_size;
+  const uint64_t canary = MP__JOB_CANARY_WORD, count = task->count;
+  _Atomic uint64_t *running = task->running;
+  bool *has_msg = task_flag();
   char *out = task->output;
   const char *in = task->input;
   size_t len = cap;
-  for (uint64_t i = 0; i < task->count; i++, out += room, in += task->item_size) {
-    uint64_t size = task->item_size;
+  for (uint64_t i = 0; i < count; i++, out += room, in += item_size) {
+    uint64_t size = item_size;
     if (head) {
       memcpy(&size, in, sizeof size);
-      if (size > task->item_size - head) /* a malformed head reads no further than its slot */
-        size = task->item_size - head;
+      if (size > item_size - head) /* a malformed head reads no further than its slot */
+        size = item_size - head;
     }
     len = cap;
-    task_has_msg = false;
+    *has_msg = false;
     /* The canary sits just past this task's room: in the next item's result, not written
      * yet, or in the slot's own canary after the last one (a variable-size slot's padding
      * holds it at once). */
     memcpy(out + head + cap, &canary, sizeof canary);
-    atomic_store_explicit(task->running, i, memory_order_relaxed);
+    atomic_store_explicit(running, i, memory_order_relaxed);
     int rc = fn(in + head, size, out + head, &len);
-    if (memcmp(out + head + cap, &canary, sizeof canary) != 0) {
-      snprintf(task->msg, sizeof task->msg,
-               "the task overran its result: it wrote past its %zu bytes of room", cap);
-    } else if (rc != 0) {
-      failure_message(rc, task->msg, sizeof task->msg);
-    } else {
-      if (head) {
-        uint64_t kept = len < cap ? len : cap;
-        memcpy(out, &kept, sizeof kept);
-      }
-      continue;
+    uint64_t after;
+    memcpy(&after, out + head + cap, sizeof after);
+    if (after != canary || rc != 0)
+      return item_failed(task, i, rc, after != canary);
+    if (head) {
+      uint64_t kept = len < cap ? len : cap;
+      memcpy(out, &kept, sizeof kept);
     }
-    task->failed_item = task->first + i;
-    return task->code = MP_ETASK;
   }
   task->result_len = len < cap ? len : cap;
   return 0;
+}
+
+int mp__run_task(mp__task_t *task, void *arg) {
+  (void)arg;
+  return task->varsize ? run_items(task, MP__VARSIZE_HEAD) : run_items(task, 0);
 }
 
 typedef struct {
@@ -89,6 +111,7 @@ typedef struct {
   int notify_fd;
   const mp__worker_how_t *how;
   mp__fn_t fns[MP__POOL_MAX_FNS]; /* resolved in this process, on first use */
+  mp__warm_t warm;                /* a process's own: threads share the pool's pages */
 } worker_t;
 
 static int resolve(const worker_t *wk, const mp__fnref_t *ref, mp__fn_t local, mp__fn_t *fn) {
@@ -111,6 +134,8 @@ static void run_chunk(worker_t *wk, mp__task_t *task, mp__task_t *next) {
     snprintf(task->msg, sizeof task->msg, "%s", mp_last_error());
   }
   task->call = wk->fns[task->fn];
+  if (rc == 0 && !wk->how->local)
+    mp__pool_map_output(&wk->warm, task);
   if (rc == 0)
     rc = wk->how->run(task, wk->how->run_arg);
   MP__TRACE(pool_chunk, sh, ((const mp__job_t *)task->job)->seq, task->chunk, wk->w,
@@ -195,6 +220,7 @@ int mp__pool_worker_main(mp__pool_shared_t *sh, uint32_t w, const mp__worker_how
   wk->notify_fd = fd >= 0 ? fd : -1;
   int code = run_initializer(wk) ? (set_state(wk, MP__WORKER_READY), serve(wk))
                                  : (set_state(wk, MP__WORKER_INIT_FAILED), 1);
+  mp__warm_free(&wk->warm);
   free(wk);
   return code;
 }

@@ -322,6 +322,69 @@ START_TEST(test_map_failure) {
 }
 END_TEST
 
+/* Leaves a message at item 3 and succeeds; fails at item 5 with no message of its own. */
+static int note_then_fail(const void *arg, size_t size, void *result, size_t *result_size) {
+  int x = *(const int *)arg;
+  if (x == 3) {
+    mp_task_fail("a note of item 3");
+    *(int *)result = x;
+    return 0;
+  }
+  if (x == 5)
+    return 7;
+  return square(arg, size, result, result_size);
+}
+
+/* A message a task left at an item that then succeeded is not a later item's, in the same
+ * chunk: every item starts with none (the worker reads the flag's address once per chunk,
+ * and clears the flag at every item). */
+START_TEST(test_stale_failure_message) {
+  fill_items();
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  int results[10];
+  MP_ASSERT_ERR(
+      mp_pool_map(pool, note_then_fail, items, 10, sizeof(int), results, sizeof(int), 10),
+      MP_ETASK);
+  T_ASSERT(strstr(mp_last_error(), "item 5: the task returned 7") &&
+               !strstr(mp_last_error(), "note"),
+           "message: %s", mp_last_error());
+  end_pool();
+}
+END_TEST
+
+/* A result buffer that a fork shares copy-on-write again after a map wrote it, then written
+ * by the next maps, whole and in part: every result lands (the parent maps a buffer's pages
+ * in at once the first time, and again only after a fork). */
+START_TEST(test_results_after_fork) {
+  enum { N = 40000 }; /* 160 KB of results: mapped in at once; 40001^2 fits an int */
+  static int in[N], out[N];
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  for (int k = 0; k < N; k++)
+    in[k] = k;
+  MP_ASSERT_OK(mp_pool_map(pool, square, in, N, sizeof(int), out, sizeof(int), 0));
+  T_INT_EQ(out[N - 1], (N - 1) * (N - 1));
+  pid_t pid = fork();
+  if (pid == 0)
+    _exit(0);
+  T_ASSERT(pid > 0, "fork: %s", strerror(errno));
+  int status;
+  T_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid: %s", strerror(errno));
+  for (int round = 1; round <= 2; round++) {
+    for (int k = 0; k < N; k++)
+      in[k] = k + round;
+    MP_ASSERT_OK(mp_pool_map(pool, square, in, N, sizeof(int), out, sizeof(int), 0));
+    for (int k = 0; k < N; k++)
+      T_ASSERT(out[k] == (k + round) * (k + round), "round %d: result %d is %d", round, k,
+               out[k]);
+  }
+  MP_ASSERT_OK(mp_pool_map(pool, square, in, N / 2, sizeof(int), out + N / 4, sizeof(int), 0));
+  for (int k = 0; k < N / 2; k++)
+    T_ASSERT(out[N / 4 + k] == (k + 2) * (k + 2), "part: result %d is %d", k, out[N / 4 + k]);
+  T_INT_EQ(out[0], 4);
+  end_pool();
+}
+END_TEST
+
 /* ------------------------------- iterators ------------------------------- */
 
 START_TEST(test_imap_ordered) {
@@ -1883,6 +1946,8 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_starmap, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_map_async, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_map_failure, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_stale_failure_message, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_results_after_fork, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_huge_chunksize, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_submit_error_message, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "imap", 60);

@@ -292,6 +292,62 @@ START_TEST(test_orphan_block_reused_not_reclaimed) {
 }
 END_TEST
 
+/* Bits set in the warm record's entry e. */
+static uint64_t warm_pages(const mp__warm_t *warm, size_t e, uint64_t words) {
+  uint64_t n = 0;
+  for (uint64_t i = 0; i < words; i++)
+    n += (uint64_t)__builtin_popcountll(warm->blocks[e].bits[i]);
+  return n;
+}
+
+/* A worker records the output pages it mapped in, per block: a chunk's pages once, the same
+ * block reused by the next job (same id) found again, a fresh block given an entry of its
+ * own. */
+START_TEST(test_output_pages_mapped_once) {
+  enum { N = 64 * 1024 }; /* 256 KB of output per chunk of N / 2 */
+  int *in = calloc(N, sizeof *in);
+  T_ASSERT(in != NULL, "no memory");
+  mp__warm_t warm = {0};
+  mp__job_t *job = submit_map(0, in, N, N / 2), *again;
+  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), id = job->block_id;
+  uintptr_t at = (uintptr_t)job;
+  uint64_t words = (((at + job->block_size - 1) / page - at / page + 1) + 63) / 64;
+  mp__task_t a, b;
+  claim(0, &a);
+  mp__pool_map_output(&warm, &a);
+  T_ASSERT(warm.blocks[0].block == job && warm.next == 1, "the block was not recorded");
+  uint64_t after_a = warm_pages(&warm, 0, words);
+  T_ASSERT(after_a >= N / 2 * sizeof(int) / page, "%llu pages recorded",
+           (unsigned long long)after_a);
+  mp__pool_map_output(&warm, &a);
+  T_INT_EQ(warm_pages(&warm, 0, words), after_a);
+  claim(1, &b);
+  mp__pool_map_output(&warm, &b);
+  T_ASSERT(warm_pages(&warm, 0, words) > after_a, "the second chunk's pages were not recorded");
+  T_ASSERT(complete(0, &a) && complete(1, &b), "the completions were refused");
+  mp__jobs_release(table, job);
+  again = submit_more(in, N, N / 2);
+  T_ASSERT(again == job && again->block_id == id, "the block was not reused with its id");
+  claim(0, &a);
+  mp__pool_map_output(&warm, &a);
+  T_ASSERT(warm.next == 1, "a reused block was given a new entry");
+  mp__job_t *fresh = submit_more(in, N, N / 2);
+  T_ASSERT(fresh->block_id != id, "a fresh block has the reused one's id");
+  claim(1, &b);
+  T_ASSERT(b.job == again, "the older job's chunk was not claimed first");
+  T_ASSERT(complete(0, &a) && complete(1, &b), "the completions were refused");
+  claim(0, &a);
+  mp__pool_map_output(&warm, &a);
+  T_ASSERT(warm.next == 2 && warm.blocks[1].block == fresh, "the fresh block has no entry");
+  claim(1, &b);
+  T_ASSERT(complete(0, &a) && complete(1, &b), "the completions were refused");
+  mp__warm_free(&warm);
+  free(in);
+  mp__jobs_release(table, fresh);
+  end_table(again);
+}
+END_TEST
+
 /* A destroyed table's largest block serves the process's next table, its pages still in
  * memory: the output of the last map is still there (a block freed to the arena, or fresh,
  * would read zeros: the arena punches blocks of 8 MiB and more out of its file). */
@@ -333,6 +389,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_pinned_job_block_reused);
   tcase_add_test(tc, test_orphan_block_reused_not_reclaimed);
   tcase_add_test(tc, test_block_kept_for_next_table);
+  tcase_add_test(tc, test_output_pages_mapped_once);
   return s;
 }
 
