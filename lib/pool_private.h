@@ -65,13 +65,17 @@ struct mp_pool_s {
   struct mp_pool_s *next_live; /* the program's live pools, ended at exit */
 };
 
+/* In its job's block (mp__job_owner), which its job reference keeps: no allocation. */
 struct mp_async_result_s {
   mp_pool_t *pool;
-  mp__job_t *job;
+  mp__job_t *job; /* with a reference, dropped when refs reaches 0 */
   mp_async_callbacks_t callbacks;
   bool has_callbacks;
+  _Atomic bool callbacks_ran;
   _Atomic uint32_t refs; /* the owner's, and the callback list's */
   bool is_apply;         /* its result has the task's length, not n * result_size */
+  bool batched;          /* an apply of a batch (MP__JOB_BATCH): its chunk is its own */
+  uint32_t chunk;
   mp_async_result_t *next;
 };
 
