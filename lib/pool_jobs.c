@@ -58,6 +58,13 @@ struct mp__jobs_s {
   pthread_mutex_t lock;        /* the job list, the spares, the function table */
   pthread_mutex_t apply_lock;  /* the open batch: taken before submit_lock and lock */
   _Atomic(mp__job_t *) batch;  /* the open batch of applies, with a reference, or NULL */
+  /* The open batch's header as appending reads it, here rather than in the block: the
+   * limit's line there is written by every claim. */
+  uint32_t batch_fn, batch_next;
+  bool batch_notify;
+  uint64_t batch_room, batch_result_max;
+  char *batch_input; /* chunk c's input at batch_input + c * (batch_room + its length) */
+  _Atomic uint64_t *batch_states;
   uint64_t next_seq;
   mp__job_t *jobs;             /* every job not freed, linked by parent_next */
   mp__job_t *spares[SPARES];   /* freed jobs' blocks, for the next jobs */
@@ -329,6 +336,8 @@ int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), 
                  bool interruptible, int64_t deadline) {
   /* The count is read before the spin (one load), so a SIGINT during it is seen too. */
   uint32_t base = interruptible ? mp__sigint_count() : 0;
+  if (done(job, arg)) /* a result already there costs no clock reading */
+    return 0;
   /* A short spin first: a task that takes microseconds is done before a sleep and its
    * wake-up would be (on an idle machine, waking a sleeping CPU costs tens of them). */
   int64_t spin_end = mp__now_ns() + 20000;
@@ -405,9 +414,10 @@ static int job_publish(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq, int6
 /* Chunk next of a fed job (an iterator's, a batch's), its input written, is queued and a
  * worker woken if one is idle: false if the job was aborted or closed meanwhile, and then
  * the chunk was counted as such. */
-static bool queue_chunk(mp__pool_shared_t *sh, mp__job_t *job, uint32_t next) {
+static bool queue_chunk(mp__pool_shared_t *sh, mp__job_t *job, _Atomic uint64_t *state,
+                        uint32_t next) {
   /* Released by the limit's compare-and-swap, which a claimer reads first. */
-  atomic_store_explicit(mp__job_state(job, next), MP__CHUNK_STATE(next, 0, 0, MP__CHUNK_QUEUED),
+  atomic_store_explicit(state, MP__CHUNK_STATE(next, 0, 0, MP__CHUNK_QUEUED),
                         memory_order_release);
   if (!atomic_compare_exchange_strong(&job->limit, &next, next + 1))
     return false;
@@ -431,7 +441,7 @@ static bool job_feed(mp__pool_shared_t *sh, mp__job_t *job, const void *items) {
      * holds another job's results. */
     MP__SCANNED(job_input(job, next), mp__job_chunk_items(job, next) * job->item_size);
   }
-  return queue_chunk(sh, job, next);
+  return queue_chunk(sh, job, state, next);
 }
 
 /* ------------------------------- pinning ------------------------------- */
@@ -1106,11 +1116,10 @@ static bool var_room(uint64_t max, uint64_t *slot) {
   return true;
 }
 
-static bool batch_takes(const mp__job_t *job, const mp__apply_spec_t *s) {
-  return job->fn == s->fn && job->result_cap == s->result_max &&
-         !(job->flags & MP__JOB_NOTIFY) == !s->notify &&
-         s->size <= job->item_size - MP__VARSIZE_HEAD &&
-         atomic_load(&job->limit) < job->n_chunks && !atomic_load(&job->abort_code);
+/* The open batch takes s (apply_lock held); one that was aborted refuses it later. */
+static bool batch_takes(const mp__jobs_t *t, const mp__apply_spec_t *s) {
+  return t->batch_fn == s->fn && t->batch_result_max == s->result_max &&
+         t->batch_notify == s->notify && s->size <= t->batch_room;
 }
 
 /* Closes the open batch (apply_lock held). */
@@ -1151,6 +1160,13 @@ static int open_batch(mp__jobs_t *t, const mp__apply_spec_t *s) {
   atomic_init(batch_refs(job), 1); /* the table's, until the batch closes */
   if ((rc = publish(t, job)) < 0)
     return rc;
+  t->batch_fn = s->fn;
+  t->batch_next = 0;
+  t->batch_notify = s->notify;
+  t->batch_room = item_slot - MP__VARSIZE_HEAD;
+  t->batch_result_max = s->result_max;
+  t->batch_input = job_input(job, 0);
+  t->batch_states = mp__job_state(job, 0);
   atomic_store(&t->batch, job); /* with the creator's reference */
   return 0;
 }
@@ -1159,19 +1175,19 @@ static int open_batch(mp__jobs_t *t, const mp__apply_spec_t *s) {
 static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **out,
                         uint32_t *chunk) {
   mp__job_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
-  uint32_t c = atomic_load(&job->limit);
-  char *in = job_input(job, c);
+  uint32_t c = t->batch_next++;
+  char *in = t->batch_input + c * (t->batch_room + MP__VARSIZE_HEAD);
   uint64_t len = s->size;
   memcpy(in, &len, sizeof len);
   if (len)
     memcpy(in + MP__VARSIZE_HEAD, s->arg, len);
-  MP__SCANNED(in, job->item_size); /* sent whole (see job_feed) */
+  MP__SCANNED(in, t->batch_room + MP__VARSIZE_HEAD); /* sent whole (see job_feed) */
   atomic_fetch_add(batch_refs(job), 1); /* the caller's; the table's is still held */
-  if (!queue_chunk(t->sh, job, c)) {
+  if (!queue_chunk(t->sh, job, t->batch_states + c, c)) {
     atomic_fetch_sub(batch_refs(job), 1);
     return mp__error(MP_ETERMINATED, "the pool was terminated");
   }
-  if (c + 1 == job->n_chunks)
+  if (c + 1 == BATCH_APPLIES)
     close_batch(t);
   *out = job;
   *chunk = c;
@@ -1189,7 +1205,7 @@ int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **out,
     rc = mp__error(MP_ETERMINATED, "the pool was terminated");
   else if (flags & MP__POOL_CLOSED)
     rc = mp__error(MP_ECLOSED, "the pool is closed");
-  else if (!batchable || !open || !batch_takes(open, s)) {
+  else if (!batchable || !open || !batch_takes(t, s)) {
     close_batch(t);
     /* A lone apply, with no work in flight, is a job of its own: it is claimed at once, and
      * a batch would only cost it a larger block. */
