@@ -322,10 +322,15 @@ void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen) {
   atomic_fetch_sub(&sh->idle, 1);
 }
 
+/* Only a waiter about to sleep needs the word bumped: it counts itself in waiters and then
+ * looks at its condition again, and whoever wakes has made the condition true before it
+ * reads waiters (both sequentially consistent), so one of the two sees the other. A chunk
+ * of a batch completed with nobody asleep then writes no line that the other workers do. */
 static void wake(mp__job_waker_t *waker) {
-  atomic_fetch_add(&waker->wake, 1);
-  if (atomic_load(&waker->waiters) > 0)
+  if (atomic_load(&waker->waiters) > 0) {
+    atomic_fetch_add(&waker->wake, 1);
     mp__futex_wake(&waker->wake, INT32_MAX);
+  }
 }
 
 static void wake_waiter(mp__job_t *job) {
@@ -617,7 +622,10 @@ bool mp__job_complete(const mp__job_t *job) {
  * supervisor is to be told (callbacks, or a block whose last reference this dropped), which
  * the caller also does once it has unpinned the job. */
 static bool settle(mp__pool_shared_t *sh, mp__job_t *job, mp__job_waker_t **later) {
-  bool last = mp__job_complete(job);
+  /* An open batch (chunks never appended yet, and not counted) cannot be complete: its
+   * workers' counters are not read at every apply. */
+  bool last = (!(job->flags & MP__JOB_BATCH) || atomic_load(&job->limit) == job->n_chunks) &&
+              mp__job_complete(job);
   uint64_t seq = job->seq, active = seq << 1 | 1;
   if (!last || !atomic_compare_exchange_strong(&sh->slots[seq % MP__POOL_SLOTS].state, &active,
                                                seq << 1)) {
