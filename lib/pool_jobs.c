@@ -1127,7 +1127,8 @@ static bool var_room(uint64_t max, uint64_t *slot) {
 /* The open batch takes s (apply_lock held); one that was aborted refuses it later. */
 static bool batch_takes(const mp__jobs_t *t, const mp__apply_spec_t *s) {
   return t->batch_fn == s->fn && t->batch_result_max == s->result_max &&
-         t->batch_notify == s->notify && s->size <= t->batch_room;
+         t->batch_notify == s->notify && s->size <= t->batch_room &&
+         t->batch_next < BATCH_APPLIES;
 }
 
 /* Closes the open batch (apply_lock held). */
@@ -1191,8 +1192,9 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **ou
     memcpy(in + MP__VARSIZE_HEAD, s->arg, len);
   MP__SCANNED(in, t->batch_room + MP__VARSIZE_HEAD); /* sent whole (see job_feed) */
   atomic_fetch_add(batch_refs(job), 1); /* the caller's; the table's is still held */
-  if (!queue_chunk(t->sh, job, t->batch_states + c, c)) {
+  if (!queue_chunk(t->sh, job, t->batch_states + c, c)) { /* aborted: it counted c */
     atomic_fetch_sub(batch_refs(job), 1);
+    close_batch(t);
     return mp__error(MP_ETERMINATED, "the pool was terminated");
   }
   if (c + 1 == BATCH_APPLIES)
