@@ -843,6 +843,76 @@ START_TEST(test_parallel) {
 }
 END_TEST
 
+/* Slow applies queued in one batch run side by side: a sleeping worker is woken for them. */
+START_TEST(test_applies_in_flight_parallel) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  mp_async_result_t *held = hold_worker(pool, 50), *ars[4];
+  int dummy = 0, tids[4];
+  double t0 = mp_test_now();
+  for (int k = 0; k < 4; k++)
+    MP_ASSERT_OK(
+        mp_pool_apply_async(pool, nap_then_tid, &dummy, sizeof dummy, sizeof(int), NULL, &ars[k]));
+  for (int k = 0; k < 4; k++) {
+    MP_ASSERT_OK(mp_async_result_get(ars[k], &tids[k], sizeof tids[k], NULL, 30));
+    mp_async_result_free(ars[k]);
+  }
+  double took = mp_test_now() - t0;
+  int others = 0;
+  for (int k = 1; k < 4; k++)
+    others += tids[k] != tids[0];
+  T_ASSERT(others == 2, "the 4 applies ran in %d workers besides the first's", others);
+  T_ASSERT(took < 2.4, "4 applies of 0.6 s on 2 workers took %g s", took);
+  mp_async_result_free(held);
+  end_pool();
+}
+END_TEST
+
+/* Threads submitting applies at once, each getting its own results. */
+typedef struct {
+  mp_pool_t *pool;
+  int base;
+  int bad; /* results that were not right */
+} submitter_t;
+
+static void *submit_applies(void *arg) {
+  submitter_t *sub = arg;
+  enum { EACH = 200 };
+  mp_async_result_t *ars[EACH];
+  int x[EACH];
+  for (int k = 0; k < EACH; k++) {
+    x[k] = sub->base + k;
+    if (mp_pool_apply_async(sub->pool, square, &x[k], sizeof x[k], sizeof(int), NULL,
+                            &ars[k]) < 0) {
+      sub->bad += EACH - k;
+      for (int j = 0; j < k; j++)
+        mp_async_result_free(ars[j]);
+      return NULL;
+    }
+  }
+  for (int k = EACH - 1; k >= 0; k--) {
+    int r = -1;
+    sub->bad += mp_async_result_get(ars[k], &r, sizeof r, NULL, 30) < 0 || r != x[k] * x[k];
+    mp_async_result_free(ars[k]);
+  }
+  return NULL;
+}
+
+START_TEST(test_applies_in_flight_threads) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  submitter_t subs[4];
+  pthread_t threads[4];
+  for (int k = 0; k < 4; k++) {
+    subs[k] = (submitter_t){pool, 1000 * k, 0};
+    T_INT_EQ(pthread_create(&threads[k], NULL, submit_applies, &subs[k]), 0);
+  }
+  for (int k = 0; k < 4; k++) {
+    pthread_join(threads[k], NULL);
+    T_INT_EQ(subs[k].bad, 0);
+  }
+  end_pool();
+}
+END_TEST
+
 /* ------------------------------ dead workers ------------------------------ */
 
 START_TEST(test_sigkill_during_map) {
@@ -2032,6 +2102,8 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_applies_in_flight_worker_dies, 0, N_PROCESS_CONTEXTS);
   tcase_add_loop_test(tc, test_applies_in_flight_end, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_applies_in_flight_callbacks, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_applies_in_flight_parallel, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_applies_in_flight_threads, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "workers", 60);
   tcase_add_loop_test(tc, test_initializer, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_maxtasksperchild, 0, N_CONTEXTS);
