@@ -322,12 +322,20 @@ void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen) {
   atomic_fetch_sub(&sh->idle, 1);
 }
 
-/* Only a waiter about to sleep needs the word bumped: it counts itself in waiters and then
+/*
+ * Only a waiter about to sleep needs the word bumped: it counts itself in waiters and then
  * looks at its condition again, and whoever wakes has made the condition true before it
  * reads waiters (both sequentially consistent), so one of the two sees the other. A chunk
- * of a batch completed with nobody asleep then writes no line that the other workers do. */
+ * of a batch completed with nobody asleep then writes no line that the other workers do.
+ * The waker takes the count (to 0) and wakes every sleeper, which counts itself again if it
+ * sleeps again; waiters never uncount themselves (one that leaves costs at most one futex
+ * call later). So the completions that follow while a woken waiter is not running yet make
+ * no futex call each, as they did when every completion found it still counted. A waiter
+ * that counts itself after the take read the word before it: either the bump comes after
+ * that read (its futex wait returns at once) or its count stands for the next wake.
+ */
 static void wake(mp__job_waker_t *waker) {
-  if (atomic_load(&waker->waiters) > 0) {
+  if (atomic_load(&waker->waiters) > 0 && atomic_exchange(&waker->waiters, 0) > 0) {
     atomic_fetch_add(&waker->wake, 1);
     mp__futex_wake(&waker->wake, INT32_MAX);
   }
@@ -370,7 +378,6 @@ int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), 
     atomic_fetch_add(&waker->waiters, 1);
     /* A signal's EINTR only sends us round the loop, to look at the counter again. */
     int rc = done(job, arg) ? 0 : mp__futex_wait_sig(&waker->wake, seen, deadline);
-    atomic_fetch_sub(&waker->waiters, 1);
     if (rc == MP_ETIMEDOUT)
       return done(job, arg) ? 0 : MP_ETIMEDOUT;
   }
