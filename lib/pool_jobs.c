@@ -1122,15 +1122,6 @@ static int publish(mp__jobs_t *t, mp__job_t *job) {
  * of a close and an abort exchanges the limit first counts those chunks.
  */
 
-/* *slot: the room of an item or result of max bytes with its length first; false if that
- * overflows. */
-static bool var_room(uint64_t max, uint64_t *slot) {
-  if (__builtin_add_overflow(max, MP__VARSIZE_HEAD + 7, slot))
-    return false;
-  *slot &= ~(uint64_t)7;
-  return true;
-}
-
 /* The open batch takes s (apply_lock held); one that was aborted refuses it later. */
 static bool batch_takes(const mp__jobs_t *t, const mp__apply_spec_t *s) {
   return t->batch_fn == s->fn && t->batch_result_max == s->result_max &&
@@ -1160,11 +1151,9 @@ void mp__jobs_close_batch(mp__jobs_t *t) {
 
 /* A new batch for applies like s, published and open (apply_lock held). */
 static int open_batch(mp__jobs_t *t, const mp__apply_spec_t *s) {
-  uint64_t item_slot, result_slot;
-  if (!var_room(s->size > BATCH_ARG_MIN ? s->size : BATCH_ARG_MIN, &item_slot) ||
-      !var_room(s->result_max, &result_slot))
-    return mp__error(MP_EINVAL, "an argument of %llu bytes with a result of %llu overflows",
-                     (unsigned long long)s->size, (unsigned long long)s->result_max);
+  /* Both at most BATCH_MAX_BYTES (mp__jobs_apply): neither overflows. */
+  uint64_t item_slot = mp__var_slot(s->size > BATCH_ARG_MIN ? s->size : BATCH_ARG_MIN),
+           result_slot = mp__var_slot(s->result_max);
   uint32_t flags = MP__JOB_BATCH | MP__JOB_ITERATOR | MP__JOB_WAKE_EACH | MP__JOB_VARSIZE |
                    (s->notify ? MP__JOB_NOTIFY : 0);
   mp__job_t *job;
@@ -1211,8 +1200,7 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **ou
   return 0;
 }
 
-int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **out,
-                   uint32_t *chunk) {
+int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **out, uint32_t *chunk) {
   bool batchable = s->size <= BATCH_MAX_BYTES && s->result_max <= BATCH_MAX_BYTES;
   int rc = 0;
   pthread_mutex_lock(&t->apply_lock);
@@ -1236,8 +1224,8 @@ int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **out,
   pthread_mutex_unlock(&t->apply_lock);
   if (rc <= 0)
     return rc;
-  mp__job_spec_t spec = {s->fn, s->notify ? MP__JOB_NOTIFY : 0, s->arg, 1, s->size,
-                         s->result_max, 1, 0, 0, NULL};
+  mp__job_spec_t spec = {
+      s->fn, s->notify ? MP__JOB_NOTIFY : 0, s->arg, 1, s->size, s->result_max, 1, 0, 0, NULL};
   *chunk = 0;
   return mp__jobs_submit(t, &spec, out);
 }

@@ -77,6 +77,15 @@ enum {
 };
 #define MP__VARSIZE_HEAD sizeof(uint64_t)
 
+/* A slot for an item or a result of at most max bytes: its length, then its bytes, rounded
+ * up so that the next slot's bytes stay 8-aligned; 0 when that overflows. */
+static inline size_t mp__var_slot(size_t max) {
+  size_t slot;
+  if (__builtin_add_overflow(max, MP__VARSIZE_HEAD + 7, &slot))
+    return 0;
+  return slot & ~(size_t)7;
+}
+
 /* Where a job's waiter sleeps: in the pool's shared block rather than the job's, so that
  * the worker that completes a job can wake the waiter after it let go of the job's block.
  * One per job slot, used by the slot's jobs in turn (a waiter woken for an earlier job's

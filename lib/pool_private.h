@@ -116,13 +116,9 @@ static inline bool terminated(const mp_pool_t *pool) {
   return mp__jobs_flags(pool->jobs) & MP__POOL_TERMINATED;
 }
 
-/* A job slot for an item or a result of at most max bytes: its length, then its bytes,
- * rounded up so that the next slot's bytes stay 8-aligned; 0 when that overflows. */
+/* A job slot for an item or a result of at most max bytes (mp__var_slot). */
 static inline size_t var_slot(size_t max) {
-  size_t slot;
-  if (__builtin_add_overflow(max, MP__VARSIZE_HEAD + 7, &slot))
-    return 0;
-  return slot & ~(size_t)7;
+  return mp__var_slot(max);
 }
 
 /* A submission. With MP__JOB_VARSIZE, item_size is the slot of each item and result_size

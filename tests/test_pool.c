@@ -620,8 +620,8 @@ START_TEST(test_applies_in_flight) {
       MP_ASSERT_OK(
           mp_pool_apply_async(pool, repeat_x, &lens[k], sizeof lens[k], 500, NULL, &ars[k]));
     else
-      MP_ASSERT_OK(mp_pool_apply_async(pool, square, &x[k], sizeof x[k], sizeof(int), NULL,
-                                       &ars[k]));
+      MP_ASSERT_OK(
+          mp_pool_apply_async(pool, square, &x[k], sizeof x[k], sizeof(int), NULL, &ars[k]));
   }
   for (int k = MANY - 1; k >= 0; k--) {
     char buf[500];
@@ -850,8 +850,8 @@ START_TEST(test_applies_in_flight_parallel) {
   int dummy = 0, tids[4];
   double t0 = mp_test_now();
   for (int k = 0; k < 4; k++)
-    MP_ASSERT_OK(
-        mp_pool_apply_async(pool, nap_then_tid, &dummy, sizeof dummy, sizeof(int), NULL, &ars[k]));
+    MP_ASSERT_OK(mp_pool_apply_async(pool, nap_then_tid, &dummy, sizeof dummy, sizeof(int),
+                                     NULL, &ars[k]));
   for (int k = 0; k < 4; k++) {
     MP_ASSERT_OK(mp_async_result_get(ars[k], &tids[k], sizeof tids[k], NULL, 30));
     mp_async_result_free(ars[k]);
@@ -881,8 +881,9 @@ static void *submit_applies(void *arg) {
   int x[EACH];
   for (int k = 0; k < EACH; k++) {
     x[k] = sub->base + k;
-    if (mp_pool_apply_async(sub->pool, square, &x[k], sizeof x[k], sizeof(int), NULL,
-                            &ars[k]) < 0) {
+    int rc =
+        mp_pool_apply_async(sub->pool, square, &x[k], sizeof x[k], sizeof(int), NULL, &ars[k]);
+    if (rc < 0) {
       sub->bad += EACH - k;
       for (int j = 0; j < k; j++)
         mp_async_result_free(ars[j]);
