@@ -106,13 +106,18 @@ void mp_pool_options_init(mp_pool_options_t *options) {
     *options = defaults;
 }
 
+/* Its job, or its chunk of a batch, is done or failed. */
+static bool result_finished(const mp_async_result_t *ar) {
+  return ar->batched ? mp__job_chunk_finished(ar->job, ar->chunk) : mp__job_complete(ar->job);
+}
+
 /* Callbacks of completed results, in the parent, one at a time. */
 static void run_callbacks(mp_pool_t *pool) {
   for (;;) {
     pthread_mutex_lock(&pool->lock);
     mp_async_result_t **link = &pool->callbacks, *ar = NULL;
     for (; *link; link = &(*link)->next) {
-      if (mp__job_complete((*link)->job)) {
+      if (result_finished(*link)) {
         ar = *link;
         *link = ar->next;
         break;
@@ -126,7 +131,8 @@ static void run_callbacks(mp_pool_t *pool) {
                                                                 : ar->callbacks.error_callback;
     if (cb && cb(ar, ar->callbacks.user_data) != 0)
       atomic_fetch_add(&pool->callback_errors, 1);
-    mp__job_callbacks_done(ar->job);
+    atomic_store(&ar->callbacks_ran, true);
+    mp__job_wake_waiter(ar->job);
     mp_async_result_free(ar); /* the list's reference */
   }
 }
@@ -341,12 +347,20 @@ static void pack_items(void *dst, const void *items, uint64_t n, uint64_t slot) 
   }
 }
 
-static int submit(mp_pool_t *pool, const spec_t *s, mp__job_t **out) {
+/* The checks of every submission: a live pool, a function, items if they have bytes. */
+static int check_submission(mp_pool_t *pool, const spec_t *s) {
   check_pool(pool, s->what);
   if (!pool || !s->fn)
     return mp__error(MP_EINVAL, "%s: %s is NULL", s->what, pool ? "the function" : "pool");
   if (!s->items && s->n && s->item_size)
     return mp__error(MP_EINVAL, "%s: items is NULL but n is %zu", s->what, s->n);
+  return 0;
+}
+
+static int submit(mp_pool_t *pool, const spec_t *s, mp__job_t **out) {
+  int rc = check_submission(pool, s);
+  if (rc < 0)
+    return rc;
   size_t bytes, varsize = s->flags & MP__JOB_VARSIZE,
                 result_slot = varsize ? var_slot(s->result_size) : s->result_size;
   if ((varsize && !result_slot) || __builtin_mul_overflow(s->n, s->item_size, &bytes) ||
@@ -363,7 +377,7 @@ static int submit(mp_pool_t *pool, const spec_t *s, mp__job_t **out) {
                          s->window,
                          varsize ? s->result_size : 0,
                          varsize && !(s->flags & MP__JOB_ITERATOR) ? pack_items : NULL};
-  int rc = mp__pool_check_open(pool, s->what);
+  rc = mp__pool_check_open(pool, s->what);
   if (rc == 0)
     rc = mp__jobs_function(pool->jobs, (mp__fn_t)s->fn, &spec.fn);
   if (rc < 0)
@@ -378,24 +392,21 @@ _Static_assert(sizeof(mp_async_result_t) <= MP__JOB_OWNER_BYTES &&
                    _Alignof(mp_async_result_t) <= _Alignof(uint64_t),
                "an async result fits its job's owner record");
 
-/* A request for s, in *out (NULL on failure). */
-int mp__pool_make_result(mp_pool_t *pool, spec_t *s, const mp_async_callbacks_t *callbacks,
-                         bool is_apply, mp_async_result_t **out) {
-  if (!out)
-    return mp__error(MP_EINVAL, "%s: ar is NULL", s->what);
-  *out = NULL;
-  bool has_callbacks = callbacks && (callbacks->callback || callbacks->error_callback);
-  if (has_callbacks)
-    s->flags |= MP__JOB_NOTIFY;
-  mp__job_t *job;
-  int rc = submit(pool, s, &job);
-  if (rc < 0)
-    return rc;
-  /* In the job's block (zeroed), which the owner's reference keeps: no allocation. */
-  mp_async_result_t *ar = (mp_async_result_t *)job->owner;
+static bool with_callbacks(const mp_async_callbacks_t *callbacks) {
+  return callbacks && (callbacks->callback || callbacks->error_callback);
+}
+
+/* The request of chunk of job (whose reference it takes over), in its owner's record
+ * (zeroed), listed for its callbacks if it has some. */
+static mp_async_result_t *make_request(mp_pool_t *pool, mp__job_t *job, uint32_t chunk,
+                                       const mp_async_callbacks_t *callbacks, bool is_apply) {
+  bool has_callbacks = with_callbacks(callbacks);
+  mp_async_result_t *ar = mp__job_owner(job, chunk);
   ar->job = job;
   ar->pool = pool;
   ar->is_apply = is_apply;
+  ar->batched = job->flags & MP__JOB_BATCH;
+  ar->chunk = chunk;
   ar->has_callbacks = has_callbacks;
   atomic_init(&ar->refs, has_callbacks ? 2 : 1);
   if (has_callbacks) {
@@ -407,9 +418,50 @@ int mp__pool_make_result(mp_pool_t *pool, spec_t *s, const mp_async_callbacks_t 
     /* It may have completed before it was listed (or be empty): look now. */
     mp__pool_notify(pool->event_fd);
   }
-  *out = ar;
+  return ar;
+}
+
+/* A request for s, in *out (NULL on failure). */
+int mp__pool_make_result(mp_pool_t *pool, spec_t *s, const mp_async_callbacks_t *callbacks,
+                         bool is_apply, mp_async_result_t **out) {
+  if (!out)
+    return mp__error(MP_EINVAL, "%s: ar is NULL", s->what);
+  *out = NULL;
+  if (with_callbacks(callbacks))
+    s->flags |= MP__JOB_NOTIFY;
+  mp__job_t *job;
+  int rc = submit(pool, s, &job);
+  if (rc < 0)
+    return rc;
+  *out = make_request(pool, job, 0, callbacks, is_apply);
   return 0;
 }
+
+/* An apply's request: a job of its own, or a chunk of the batch of applies in flight
+ * (mp__jobs_apply). */
+static int make_apply(mp_pool_t *pool, const char *what, mp_task_fn_t fn, const void *arg,
+                      size_t size, size_t result_max, const mp_async_callbacks_t *callbacks,
+                      mp_async_result_t **out) {
+  if (!out)
+    return mp__error(MP_EINVAL, "%s: ar is NULL", what);
+  *out = NULL;
+  spec_t s = {what, fn, arg, 1, size, result_max, 1, 0, 0};
+  mp__apply_spec_t spec = {0, with_callbacks(callbacks), arg, size, result_max};
+  int rc = check_submission(pool, &s);
+  if (rc == 0)
+    rc = mp__pool_check_open(pool, what);
+  if (rc == 0)
+    rc = mp__jobs_function(pool->jobs, (mp__fn_t)fn, &spec.fn);
+  if (rc < 0)
+    return rc;
+  mp__job_t *job;
+  uint32_t chunk;
+  if ((rc = mp__jobs_apply(pool->jobs, &spec, &job, &chunk)) < 0)
+    return mp__error_prefix(rc, "%s", what);
+  *out = make_request(pool, job, chunk, callbacks, true);
+  return 0;
+}
+
 int mp_pool_map_async(mp_pool_t *pool, mp_task_fn_t fn, const void *items, size_t n,
                       size_t item_size, size_t result_size, size_t chunksize,
                       const mp_async_callbacks_t *callbacks, mp_async_result_t **ar) {
@@ -427,8 +479,7 @@ int mp_pool_starmap_async(mp_pool_t *pool, mp_task_fn_t fn, const void *tuples, 
 int mp_pool_apply_async(mp_pool_t *pool, mp_task_fn_t fn, const void *arg, size_t size,
                         size_t result_max, const mp_async_callbacks_t *callbacks,
                         mp_async_result_t **ar) {
-  spec_t s = {"mp_pool_apply_async", fn, arg, 1, size, result_max, 1, 0, 0};
-  return mp__pool_make_result(pool, &s, callbacks, true, ar);
+  return make_apply(pool, "mp_pool_apply_async", fn, arg, size, result_max, callbacks, ar);
 }
 
 /* The end of a blocking call: Ctrl-C terminates the pool. */
@@ -439,50 +490,65 @@ int mp__pool_end_sync(mp_pool_t *pool, const char *what, int rc) {
   return mp__error(MP_EINTR, "%s: interrupted by SIGINT; the pool was terminated", what);
 }
 
-/* A blocking call: submit, get, free. Ctrl-C (SIGINT caught by a handler) ends the pool, as
- * leaving Python's `with Pool()` on KeyboardInterrupt does. */
-static int run_sync(mp_pool_t *pool, spec_t *s, bool is_apply, void *result, size_t cap,
-                    size_t *len) {
-  if (!is_apply && !result && s->n && s->result_size)
+/* The end of a blocking call: get, free. Ctrl-C (SIGINT caught by a handler) ends the
+ * pool, as leaving Python's `with Pool()` on KeyboardInterrupt does. */
+static int finish_sync(mp_pool_t *pool, const char *what, mp_async_result_t *ar, void *result,
+                       size_t cap, size_t *len) {
+  int rc = mp_async_result_get(ar, result, cap, len, MP_FOREVER);
+  mp_async_result_free(ar);
+  return mp__pool_end_sync(pool, what, rc);
+}
+
+/* A blocking map: submit, get, free. */
+static int run_sync(mp_pool_t *pool, spec_t *s, void *results) {
+  if (!results && s->n && s->result_size)
     return mp__error(MP_EINVAL, "%s: results is NULL", s->what);
   mp_async_result_t *ar;
-  int rc = mp__pool_make_result(pool, s, NULL, is_apply, &ar);
+  int rc = mp__pool_make_result(pool, s, NULL, false, &ar);
   if (rc < 0)
     return rc;
-  if (!is_apply) {
-    cap = s->n * s->result_size; /* checked by the submission */
-    /* While the workers work. */
-    mp__jobs_prepare_results(result, cap);
-  }
-  rc = mp_async_result_get(ar, result, cap, len, MP_FOREVER);
-  mp_async_result_free(ar);
-  return mp__pool_end_sync(pool, s->what, rc);
+  uint64_t need = s->n * s->result_size; /* checked by the submission */
+  mp__jobs_prepare_results(results, need); /* while the workers work */
+  return finish_sync(pool, s->what, ar, results, need, NULL);
 }
 
 int mp_pool_map(mp_pool_t *pool, mp_task_fn_t fn, const void *items, size_t n, size_t item_size,
                 void *results, size_t result_size, size_t chunksize) {
   spec_t s = {"mp_pool_map", fn, items, n, item_size, result_size, chunksize, 0, 0};
-  return run_sync(pool, &s, false, results, 0, NULL);
+  return run_sync(pool, &s, results);
 }
 
 int mp_pool_starmap(mp_pool_t *pool, mp_task_fn_t fn, const void *tuples, size_t n,
                     size_t tuple_size, void *results, size_t result_size, size_t chunksize) {
   spec_t s = {"mp_pool_starmap", fn, tuples, n, tuple_size, result_size, chunksize, 0, 0};
-  return run_sync(pool, &s, false, results, 0, NULL);
+  return run_sync(pool, &s, results);
 }
 
 int mp_pool_apply(mp_pool_t *pool, mp_task_fn_t fn, const void *arg, size_t size, void *result,
                   size_t result_cap, size_t *result_len) {
-  spec_t s = {"mp_pool_apply", fn, arg, 1, size, result_cap, 1, 0, 0};
-  return run_sync(pool, &s, true, result, result_cap, result_len);
+  mp_async_result_t *ar;
+  int rc = make_apply(pool, "mp_pool_apply", fn, arg, size, result_cap, NULL, &ar);
+  return rc < 0 ? rc : finish_sync(pool, "mp_pool_apply", ar, result, result_cap, result_len);
 }
 
 /* ---------------------------- async results ---------------------------- */
 
 static bool result_ready(const mp__job_t *job, void *arg) {
+  (void)job; /* ar's */
   const mp_async_result_t *ar = arg;
-  return mp__job_complete(job) &&
-         (!ar->has_callbacks || mp__job_callbacks_ran(job) || on_supervisor(ar->pool));
+  return result_finished(ar) &&
+         (!ar->has_callbacks || atomic_load(&ar->callbacks_ran) || on_supervisor(ar->pool));
+}
+
+/* A finished result's abort code (the pool was terminated before it was done), or 0. */
+static int result_aborted(const mp_async_result_t *ar) {
+  return ar->batched ? mp__job_chunk_aborted(ar->job, ar->chunk) : mp__job_aborted(ar->job);
+}
+
+static int result_take(const mp_async_result_t *ar, void *result, size_t cap, size_t *len) {
+  if (ar->batched)
+    return mp__job_take_chunk(ar->job, ar->chunk, result, cap, len);
+  return mp__job_take(ar->job, ar->is_apply, result, cap, len);
 }
 
 /* Waits on job until can_go_on, ending early on SIGINT (Ctrl-C: the one rule of signals.c,
@@ -507,13 +573,13 @@ int mp_async_result_get(mp_async_result_t *ar, void *result, size_t cap, size_t 
   int rc = wait_job(ar->job, result_ready, ar, timeout, "mp_async_result_get");
   if (rc < 0)
     return rc;
-  if (mp__job_aborted(ar->job))
-    return mp__error(mp__job_aborted(ar->job),
+  if ((rc = result_aborted(ar)) < 0)
+    return mp__error(rc,
                      "mp_async_result_get: the pool was terminated before the work was done%s",
                      ar->pool->why_terminated);
   if (!ar->is_apply && cap >= ar->job->n * ar->job->result_size)
     mp__jobs_prepare_results(result, ar->job->n * ar->job->result_size);
-  rc = mp__job_take(ar->job, ar->is_apply, result, cap, len);
+  rc = result_take(ar, result, cap, len);
   return rc == MP_ETOOSMALL ? mp__error_prefix(rc, "mp_async_result_get") : rc;
 }
 
@@ -534,7 +600,7 @@ int mp_async_result_successful(mp_async_result_t *ar) {
     return mp__error(MP_EINVAL, "mp_async_result_successful: ar is NULL");
   if (!result_ready(ar->job, ar))
     return mp__error(MP_ENOTREADY, "mp_async_result_successful: the result is not ready");
-  return !mp__job_aborted(ar->job) && mp__job_take(ar->job, ar->is_apply, NULL, 0, NULL) == 0;
+  return !result_aborted(ar) && result_take(ar, NULL, 0, NULL) == 0;
 }
 
 void mp_async_result_free(mp_async_result_t *ar) {

@@ -24,6 +24,7 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -43,12 +44,27 @@
 #define PREFAULT_BYTES (64 * 1024)
 /* What a worker spins, looking for new work, before it sleeps (mp__pool_idle). */
 #define IDLE_SPIN_NS 20000
+/* Applies one batch holds; the argument room of its chunks at the least (applies of smaller
+ * arguments share a batch); and the largest argument or result room a batch takes (larger
+ * applies are jobs of their own: their copies cost more than a job does). */
+#define BATCH_APPLIES 64
+#define BATCH_ARG_MIN 56
+#define BATCH_MAX_BYTES 1024
 
 /* The pool's side of the table, in the pool's process. */
 struct mp__jobs_s {
   mp__pool_shared_t *sh;
   pthread_mutex_t submit_lock; /* publication in seq order */
   pthread_mutex_t lock;        /* the job list, the spares, the function table */
+  pthread_mutex_t apply_lock;  /* the open batch: taken before submit_lock and lock */
+  _Atomic(mp__job_t *) batch;  /* the open batch of applies, with a reference, or NULL */
+  /* The open batch's header as appending reads it, here rather than in the block: the
+   * limit's line there is written by every claim. */
+  uint32_t batch_fn, batch_next;
+  bool batch_notify;
+  uint64_t batch_room, batch_result_max;
+  char *batch_input; /* chunk c's input at batch_input + c * (batch_room + its length) */
+  _Atomic uint64_t *batch_states;
   uint64_t next_seq;
   mp__job_t *jobs;             /* every job not freed, linked by parent_next */
   mp__job_t *spares[SPARES];   /* freed jobs' blocks, for the next jobs */
@@ -119,13 +135,15 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   if (window == 0 || window > n_chunks)
     window = (uint32_t)(n_chunks ? n_chunks : 1);
   uint64_t per_slot_in, per_slot_out, out_stride, n_errs = flags & MP__JOB_ITERATOR ? window : 1;
-  uint64_t at = sizeof(mp__job_t), states_off, errs_off, done_off, input_off, output_off;
+  uint64_t at = sizeof(mp__job_t), states_off, errs_off, done_off, owners_off, input_off,
+           output_off;
   if (__builtin_mul_overflow(chunksize, item_size, &per_slot_in) ||
       __builtin_mul_overflow(chunksize, result_size, &per_slot_out) ||
       __builtin_add_overflow(per_slot_out, MP__JOB_CANARY, &out_stride) ||
       !place(&at, window, sizeof(uint64_t), &states_off) ||
       !place(&at, n_errs, sizeof(mp__task_error_t), &errs_off) ||
       !place(&at, (uint64_t)n_workers + 1, DONE_STRIDE, &done_off) ||
+      !place(&at, flags & MP__JOB_BATCH ? window : 0, MP__JOB_OWNER_BYTES, &owners_off) ||
       !place(&at, window, per_slot_in, &input_off) ||
       !place(&at, window, out_stride, &output_off))
     return mp__error(MP_EINVAL,
@@ -157,7 +175,10 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   /* All but the links and the orphan mark, which the lock's holders may be reading or
    * rewriting (a reclaim, a neighbour's unlink). */
   size_t links = offsetof(mp__job_t, seq);
-  memset((char *)job + links, 0, input_off - links);
+  /* The error records are left out (a batch's or an iterator's are tens of KiB): only their
+   * item is read before a failure writes them whole, and it is set below. */
+  memset((char *)job + links, 0, errs_off - links);
+  memset((char *)job + done_off, 0, input_off - done_off);
   job->block_size = block_size;
   job->block_id = block_id;
   job->waker = &t->sh->wakers[MP__POOL_SLOTS]; /* until it is published, if ever */
@@ -176,6 +197,7 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   job->errs_off = errs_off;
   job->n_errs = n_errs;
   job->done_off = done_off;
+  job->owners_off = owners_off;
   job->n_counters = n_workers + 1;
   for (uint64_t i = 0; i < n_errs; i++)
     error_at(job, (uint32_t)i)->item = UINT64_MAX;
@@ -224,6 +246,13 @@ uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk) {
 
 static bool job_unref(mp__job_t *job) {
   return atomic_fetch_sub(&job->refs, 1) == 1;
+}
+
+/* A batch's references in the pool's process (the table's, its requests'), which together
+ * hold one in refs: counted apart, on a line of the owner's record that no worker reads, so
+ * that appending an apply writes no line of the header that workers write. */
+static _Atomic uint32_t *batch_refs(mp__job_t *job) {
+  return (_Atomic uint32_t *)&job->owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t) - 1];
 }
 
 static void record_error(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint64_t item,
@@ -294,6 +323,8 @@ void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen) {
     mp__cpu_relax();
     if (i % 64 == 0 && mp__now_ns() >= spin_end)
       break;
+    if (i % 64 == 0)
+      sched_yield();
   }
   if (atomic_load(&sh->work) != seen)
     return;
@@ -306,10 +337,23 @@ void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen) {
   atomic_fetch_sub(&sh->idle, 1);
 }
 
+/*
+ * Only a waiter about to sleep needs the word bumped: it counts itself in waiters and then
+ * looks at its condition again, and whoever wakes has made the condition true before it
+ * reads waiters (both sequentially consistent), so one of the two sees the other. A chunk
+ * of a batch completed with nobody asleep then writes no line that the other workers do.
+ * The waker takes the count (to 0) and wakes every sleeper, which counts itself again if it
+ * sleeps again; waiters never uncount themselves (one that leaves costs at most one futex
+ * call later). So the completions that follow while a woken waiter is not running yet make
+ * no futex call each, as they did when every completion found it still counted. A waiter
+ * that counts itself after the take read the word before it: either the bump comes after
+ * that read (its futex wait returns at once) or its count stands for the next wake.
+ */
 static void wake(mp__job_waker_t *waker) {
-  atomic_fetch_add(&waker->wake, 1);
-  if (atomic_load(&waker->waiters) > 0)
+  if (atomic_load(&waker->waiters) > 0 && atomic_exchange(&waker->waiters, 0) > 0) {
+    atomic_fetch_add(&waker->wake, 1);
     mp__futex_wake(&waker->wake, INT32_MAX);
+  }
 }
 
 static void wake_waiter(mp__job_t *job) {
@@ -320,6 +364,8 @@ int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), 
                  bool interruptible, int64_t deadline) {
   /* The count is read before the spin (one load), so a SIGINT during it is seen too. */
   uint32_t base = interruptible ? mp__sigint_count() : 0;
+  if (done(job, arg)) /* a result already there costs no clock reading */
+    return 0;
   /* A short spin first: a task that takes microseconds is done before a sleep and its
    * wake-up would be (on an idle machine, waking a sleeping CPU costs tens of them). */
   int64_t spin_end = mp__now_ns() + 20000;
@@ -347,7 +393,6 @@ int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), 
     atomic_fetch_add(&waker->waiters, 1);
     /* A signal's EINTR only sends us round the loop, to look at the counter again. */
     int rc = done(job, arg) ? 0 : mp__futex_wait_sig(&waker->wake, seen, deadline);
-    atomic_fetch_sub(&waker->waiters, 1);
     if (rc == MP_ETIMEDOUT)
       return done(job, arg) ? 0 : MP_ETIMEDOUT;
   }
@@ -393,6 +438,20 @@ static int job_publish(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq, int6
   return 0;
 }
 
+/* Chunk next of a fed job (an iterator's, a batch's), its input written, is queued and a
+ * worker woken if one is idle: false if the job was aborted or closed meanwhile, and then
+ * the chunk was counted as such. */
+static bool queue_chunk(mp__pool_shared_t *sh, mp__job_t *job, _Atomic uint64_t *state,
+                        uint32_t next) {
+  /* Released by the limit's compare-and-swap, which a claimer reads first. */
+  atomic_store_explicit(state, MP__CHUNK_STATE(next, 0, 0, MP__CHUNK_QUEUED),
+                        memory_order_release);
+  if (!atomic_compare_exchange_strong(&job->limit, &next, next + 1))
+    return false;
+  wake_workers(sh, 1);
+  return true;
+}
+
 static bool job_feed(mp__pool_shared_t *sh, mp__job_t *job, const void *items) {
   uint32_t next = atomic_load(&job->limit);
   if (next >= job->n_chunks || atomic_load(&job->abort_code))
@@ -409,12 +468,7 @@ static bool job_feed(mp__pool_shared_t *sh, mp__job_t *job, const void *items) {
      * holds another job's results. */
     MP__SCANNED(job_input(job, next), mp__job_chunk_items(job, next) * job->item_size);
   }
-  atomic_store(state, MP__CHUNK_STATE(next, 0, 0, MP__CHUNK_QUEUED));
-  /* Fails only if the job was aborted meanwhile: then the chunk counts as aborted. */
-  if (!atomic_compare_exchange_strong(&job->limit, &next, next + 1))
-    return false;
-  wake_workers(sh, 1);
-  return true;
+  return queue_chunk(sh, job, state, next);
 }
 
 /* ------------------------------- pinning ------------------------------- */
@@ -636,13 +690,17 @@ bool mp__job_complete(const mp__job_t *job) {
  * supervisor is to be told (callbacks, or a block whose last reference this dropped), which
  * the caller also does once it has unpinned the job. */
 static bool settle(mp__pool_shared_t *sh, mp__job_t *job, mp__job_waker_t **later) {
-  bool last = mp__job_complete(job);
+  /* An open batch (chunks never appended yet, and not counted) cannot be complete: its
+   * workers' counters are not read at every apply. */
+  bool last = (!(job->flags & MP__JOB_BATCH) || atomic_load(&job->limit) == job->n_chunks) &&
+              mp__job_complete(job);
   uint64_t seq = job->seq, active = seq << 1 | 1;
   if (!last || !atomic_compare_exchange_strong(&sh->slots[seq % MP__POOL_SLOTS].state, &active,
                                                seq << 1)) {
     if (last || (job->flags & MP__JOB_WAKE_EACH))
       wake_waiter(job);
-    return false;
+    /* A batch's applies each have their callbacks, run as each completes. */
+    return (job->flags & (MP__JOB_BATCH | MP__JOB_NOTIFY)) == (MP__JOB_BATCH | MP__JOB_NOTIFY);
   }
   bool notify = job->flags & MP__JOB_NOTIFY;
   advance_oldest(sh, seq);
@@ -815,6 +873,7 @@ int mp__jobs_create(mp__jobs_t **out, uint32_t n_workers, unsigned maxtasks, uns
   }
   pthread_mutex_init(&t->lock, NULL);
   pthread_mutex_init(&t->submit_lock, NULL);
+  pthread_mutex_init(&t->apply_lock, NULL);
   sh->n_workers = n_workers;
   sh->maxtasks = maxtasks;
   sh->retries = retries;
@@ -850,6 +909,7 @@ void mp__jobs_free(mp__jobs_t *t) {
   mp__shared_release(sh);
   pthread_mutex_destroy(&t->lock);
   pthread_mutex_destroy(&t->submit_lock);
+  pthread_mutex_destroy(&t->apply_lock);
   free(t);
 }
 
@@ -1094,6 +1154,8 @@ void mp__jobs_reclaim(mp__jobs_t *t) {
  * here, at once; else it is an orphan, freed by a later reclaim (a worker that dropped it
  * tells the supervisor), never by two. */
 void mp__jobs_release(mp__jobs_t *t, mp__job_t *job) {
+  if ((job->flags & MP__JOB_BATCH) && atomic_fetch_sub(batch_refs(job), 1) != 1)
+    return;
   if (!job_unref(job))
     return;
   pthread_mutex_lock(&t->lock);
@@ -1104,8 +1166,151 @@ void mp__jobs_release(mp__jobs_t *t, mp__job_t *job) {
   pthread_mutex_unlock(&t->lock);
 }
 
+/* Publishes a job in the next slot (waiting for it to free); on failure the job is
+ * released. */
+static int publish(mp__jobs_t *t, mp__job_t *job) {
+  pthread_mutex_lock(&t->submit_lock);
+  int rc = job_publish(t->sh, job, t->next_seq, INT64_MAX);
+  if (rc == 0)
+    t->next_seq++;
+  pthread_mutex_unlock(&t->submit_lock);
+  if (rc < 0)
+    mp__jobs_release(t, job);
+  return rc;
+}
+
+/* ------------------------------ applies ------------------------------ */
+
+/*
+ * Applies in flight share a batch: one job of BATCH_APPLIES chunks of one item each, fed as
+ * an iterator's window is (limit counts the chunks appended), each chunk with its own input,
+ * result, status, error record and owner's record. Appending costs a copy, a state word and
+ * the wake-up check of any fed chunk; the job block, its slot and its publication are paid
+ * once per batch. The table holds a reference on the open batch (t->batch), under
+ * apply_lock; closing it counts the chunks never appended as done by the parent (as an
+ * abort counts those never fed), so that it completes once its applies are done. Whichever
+ * of a close and an abort exchanges the limit first counts those chunks.
+ */
+
+/* The open batch takes s (apply_lock held); one that was aborted refuses it later. */
+static bool batch_takes(const mp__jobs_t *t, const mp__apply_spec_t *s) {
+  return t->batch_fn == s->fn && t->batch_result_max == s->result_max &&
+         t->batch_notify == s->notify && s->size <= t->batch_room &&
+         t->batch_next < BATCH_APPLIES;
+}
+
+/* Closes the open batch (apply_lock held). */
+static void close_batch(mp__jobs_t *t) {
+  mp__job_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
+  if (!job)
+    return;
+  atomic_store(&t->batch, NULL);
+  uint32_t fed = atomic_exchange(&job->limit, job->n_chunks);
+  if (fed < job->n_chunks)
+    count_by_parent(t->sh, job, job->n_chunks - fed);
+  mp__jobs_release(t, job); /* the table's */
+}
+
+void mp__jobs_close_batch(mp__jobs_t *t) {
+  if (!atomic_load(&t->batch))
+    return;
+  pthread_mutex_lock(&t->apply_lock);
+  close_batch(t);
+  pthread_mutex_unlock(&t->apply_lock);
+}
+
+/* A new batch for applies like s, published and open (apply_lock held). */
+static int open_batch(mp__jobs_t *t, const mp__apply_spec_t *s) {
+  /* Both at most BATCH_MAX_BYTES (mp__jobs_apply): neither overflows. */
+  uint64_t item_slot = mp__var_slot(s->size > BATCH_ARG_MIN ? s->size : BATCH_ARG_MIN),
+           result_slot = mp__var_slot(s->result_max);
+  uint32_t flags = MP__JOB_BATCH | MP__JOB_ITERATOR | MP__JOB_WAKE_EACH | MP__JOB_VARSIZE |
+                   (s->notify ? MP__JOB_NOTIFY : 0);
+  mp__job_t *job;
+  int rc = job_create(t, s->fn, flags, BATCH_APPLIES, item_slot, result_slot, 1, BATCH_APPLIES,
+                      &job);
+  if (rc < 0)
+    return rc;
+  job->result_cap = s->result_max;
+  atomic_init(batch_refs(job), 1); /* the table's, until the batch closes */
+  if ((rc = publish(t, job)) < 0)
+    return rc;
+  t->batch_fn = s->fn;
+  t->batch_next = 0;
+  t->batch_notify = s->notify;
+  t->batch_room = item_slot - MP__VARSIZE_HEAD;
+  t->batch_result_max = s->result_max;
+  t->batch_input = job_input(job, 0);
+  t->batch_states = mp__job_state(job, 0);
+  atomic_store(&t->batch, job); /* with the creator's reference */
+  return 0;
+}
+
+/* Appends s to the open batch (apply_lock held), closed once full. */
+static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **out,
+                        uint32_t *chunk) {
+  mp__job_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
+  uint32_t c = t->batch_next++;
+  char *in = t->batch_input + c * (t->batch_room + MP__VARSIZE_HEAD);
+  uint64_t len = s->size;
+  memcpy(in, &len, sizeof len);
+  if (len)
+    memcpy(in + MP__VARSIZE_HEAD, s->arg, len);
+  MP__SCANNED(in, t->batch_room + MP__VARSIZE_HEAD); /* sent whole (see job_feed) */
+  atomic_fetch_add(batch_refs(job), 1); /* the caller's; the table's is still held */
+  if (!queue_chunk(t->sh, job, t->batch_states + c, c)) { /* aborted: it counted c */
+    atomic_fetch_sub(batch_refs(job), 1);
+    close_batch(t);
+    return mp__error(MP_ETERMINATED, "the pool was terminated");
+  }
+  if (c + 1 == BATCH_APPLIES)
+    close_batch(t);
+  *out = job;
+  *chunk = c;
+  return 0;
+}
+
+int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **out, uint32_t *chunk) {
+  bool batchable = s->size <= BATCH_MAX_BYTES && s->result_max <= BATCH_MAX_BYTES;
+  int rc = 0;
+  pthread_mutex_lock(&t->apply_lock);
+  mp__job_t *open = atomic_load_explicit(&t->batch, memory_order_relaxed);
+  uint32_t flags = atomic_load(&t->sh->flags);
+  if (flags & MP__POOL_TERMINATED)
+    rc = mp__error(MP_ETERMINATED, "the pool was terminated");
+  else if (flags & MP__POOL_CLOSED)
+    rc = mp__error(MP_ECLOSED, "the pool is closed");
+  else if (!batchable || !open || !batch_takes(t, s)) {
+    close_batch(t);
+    /* A lone apply, with no work in flight, is a job of its own: it is claimed at once, and
+     * a batch would only cost it a larger block. */
+    if (!batchable || !mp__jobs_work_left(t))
+      rc = 1;
+    else
+      rc = open_batch(t, s);
+  }
+  if (rc == 0)
+    rc = append_apply(t, s, out, chunk);
+  pthread_mutex_unlock(&t->apply_lock);
+  if (rc <= 0)
+    return rc;
+  mp__job_spec_t spec = {
+      s->fn, s->notify ? MP__JOB_NOTIFY : 0, s->arg, 1, s->size, s->result_max, 1, 0, 0, NULL};
+  *chunk = 0;
+  return mp__jobs_submit(t, &spec, out);
+}
+
+void *mp__job_owner(mp__job_t *job, uint32_t chunk) {
+  if (!(job->flags & MP__JOB_BATCH))
+    return job->owner;
+  return (char *)job + job->owners_off + (uint64_t)chunk * MP__JOB_OWNER_BYTES;
+}
+
 int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__job_t **out) {
   mp__job_t *job;
+  /* Other work after a batch of applies closes it: left open, the batch would stay the
+   * oldest job, and a worker would look at it before every chunk of the jobs after it. */
+  mp__jobs_close_batch(t);
   int rc = job_create(t, s->fn, s->flags, s->n, s->item_size, s->result_size, s->chunksize,
                       s->window, &job);
   if (rc < 0)
@@ -1118,15 +1323,8 @@ int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__job_t **out) {
   if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
     MP__SCANNED(job_input(job, 0), s->n * s->item_size); /* as in job_feed */
   if (job->n_chunks > 0) {
-    pthread_mutex_lock(&t->submit_lock);
-    rc = job_publish(t->sh, job, t->next_seq, INT64_MAX);
-    if (rc == 0)
-      t->next_seq++;
-    pthread_mutex_unlock(&t->submit_lock);
-    if (rc < 0) {
-      mp__jobs_release(t, job);
+    if ((rc = publish(t, job)) < 0)
       return rc;
-    }
     uint32_t n = t->sh->n_workers, wake = job->n_chunks < n ? job->n_chunks : n;
     if (!(s->flags & MP__JOB_ITERATOR))
       wake_workers(t->sh, (int)wake);
@@ -1223,8 +1421,10 @@ bool mp__jobs_work_left(const mp__jobs_t *t) {
 
 void mp__jobs_set_flag(mp__jobs_t *t, uint32_t flag) {
   atomic_fetch_or(&t->sh->flags, flag);
-  if (flag & MP__POOL_CLOSED)
+  if (flag & MP__POOL_CLOSED) {
+    mp__jobs_close_batch(t); /* else its job never completes, and the workers never exit */
     wake_workers(t->sh, INT32_MAX); /* idle workers may exit now */
+  }
 }
 
 uint32_t mp__jobs_flags(const mp__jobs_t *t) {
@@ -1287,13 +1487,8 @@ int mp__job_aborted(const mp__job_t *job) {
   return atomic_load(&job->abort_code);
 }
 
-void mp__job_callbacks_done(mp__job_t *job) {
-  atomic_store(&job->callback_done, 1);
+void mp__job_wake_waiter(mp__job_t *job) {
   wake_waiter(job);
-}
-
-bool mp__job_callbacks_ran(const mp__job_t *job) {
-  return atomic_load(&job->callback_done);
 }
 
 /* A recorded failure's code: negative, whatever a wild write in a task left there. */
@@ -1413,6 +1608,40 @@ const char *mp__job_result(const mp__job_t *job, uint64_t i) {
 static bool chunk_finished(uint64_t v) {
   uint32_t status = MP__CHUNK_STATUS(v);
   return status == MP__CHUNK_DONE || status == MP__CHUNK_FAILED;
+}
+
+bool mp__job_chunk_finished(const mp__job_t *job, uint32_t chunk) {
+  return chunk_finished(atomic_load(mp__job_state(job, chunk)));
+}
+
+/* A failed chunk with no failure recorded was failed by an abort. */
+int mp__job_chunk_aborted(const mp__job_t *job, uint32_t chunk) {
+  if (MP__CHUNK_STATUS(atomic_load(mp__job_state(job, chunk))) != MP__CHUNK_FAILED ||
+      error_at(job, chunk)->item != UINT64_MAX)
+    return 0;
+  int code = atomic_load(&job->abort_code);
+  return code ? code : MP_ETERMINATED;
+}
+
+int mp__job_take_chunk(const mp__job_t *job, uint32_t chunk, void *result, size_t cap,
+                       size_t *len) {
+  if (len)
+    *len = 0;
+  if (MP__CHUNK_STATUS(atomic_load(mp__job_state(job, chunk))) == MP__CHUNK_FAILED)
+    return mp__error(task_code(error_at(job, chunk)), "%s", error_at(job, chunk)->msg);
+  const char *out = job_output(job, chunk);
+  uint64_t need;
+  memcpy(&need, out, sizeof need);
+  if (need > job->result_cap) /* whatever a wild task left there */
+    need = job->result_cap;
+  if (len)
+    *len = need;
+  if (result && cap < need)
+    return mp__error(MP_ETOOSMALL, "the result has %llu bytes, the buffer %zu",
+                     (unsigned long long)need, cap);
+  if (result && need)
+    memcpy(result, out + MP__VARSIZE_HEAD, need);
+  return 0;
 }
 
 int64_t mp__job_finished_chunk(const mp__job_t *job, bool ordered, uint32_t next) {

@@ -70,8 +70,21 @@ enum {
   /* Items and results of any size: each input slot and each result slot starts with its
    * length (a uint64_t), then the bytes (mp__run_task passes and records that length). */
   MP__JOB_VARSIZE = 8u,
+  /* Applies in flight, one per chunk of one item (mp__jobs_apply): each chunk has its own
+   * input, result, status, error record and owner's record, and is appended while the job
+   * runs; with MP__JOB_NOTIFY the supervisor is told at every chunk. */
+  MP__JOB_BATCH = 16u,
 };
 #define MP__VARSIZE_HEAD sizeof(uint64_t)
+
+/* A slot for an item or a result of at most max bytes: its length, then its bytes, rounded
+ * up so that the next slot's bytes stay 8-aligned; 0 when that overflows. */
+static inline size_t mp__var_slot(size_t max) {
+  size_t slot;
+  if (__builtin_add_overflow(max, MP__VARSIZE_HEAD + 7, &slot))
+    return 0;
+  return slot & ~(size_t)7;
+}
 
 /* Where a job's waiter sleeps: in the pool's shared block rather than the job's, so that
  * the worker that completes a job can wake the waiter after it let go of the job's block.
@@ -102,13 +115,13 @@ typedef struct {
   _Atomic uint32_t retries_queued; /* chunks queued again after their worker died */
   mp__job_waker_t *waker;          /* in the pool's shared block */
   _Atomic uint32_t refs;           /* the slot's and the owner's */
-  _Atomic uint32_t callback_done;
   _Atomic int32_t abort_code;      /* MP_ETERMINATED once the pool was terminated */
   _Atomic uint64_t result_len;     /* an apply's result length */
   uint64_t block_size;             /* bytes of its block, which a later job may reuse */
   uint64_t block_id; /* the block's, from the arena: kept when a later job reuses it */
   uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
   uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
+  uint64_t owners_off; /* MP__JOB_BATCH: an owner's record per chunk (mp__job_owner) */
   uint32_t n_counters;
   /* Chunks below it are not queued, except retried ones. Drawn by a fetch-and-add at every
    * claim of a map's chunk, by every worker: alone on its cache line, so that the fields
@@ -221,6 +234,38 @@ int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *spec, mp__job_t **job);
 void mp__jobs_prepare_results(void *result, uint64_t len);
 /* Drops the owner's reference. */
 void mp__jobs_release(mp__jobs_t *t, mp__job_t *job);
+
+typedef struct {
+  uint32_t fn; /* from mp__jobs_function */
+  bool notify; /* MP__JOB_NOTIFY: it has callbacks */
+  const void *arg;
+  uint64_t size, result_max;
+} mp__apply_spec_t;
+/*
+ * An apply. While no work is in flight it is a job of its own (chunk 0; its owner's record
+ * is job->owner), as mp__jobs_submit makes one. Else it is appended, as the next chunk, to
+ * the open batch (MP__JOB_BATCH) of the same function, result room and callbacks, if the
+ * batch has room for it: no job block, slot or publication of its own, and a worker is
+ * woken only if one is idle. A batch that cannot take it is closed (it completes once its
+ * chunks are done) and a new one opened. The argument is copied before it returns. *job
+ * has a reference (the caller's, for this apply alone: mp__jobs_release), *chunk its chunk.
+ * Errors: MP_EINVAL (sizes that overflow), MP_ENOMEM, MP_ECLOSED, MP_ETERMINATED.
+ */
+int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *spec, mp__job_t **job,
+                   uint32_t *chunk);
+/* Closes the open batch, if any: it takes no more applies. */
+void mp__jobs_close_batch(mp__jobs_t *t);
+/* Where the owner of chunk keeps its record (MP__JOB_OWNER_BYTES, zeroed when the chunk was
+ * appended; job->owner for a job of its own). */
+void *mp__job_owner(mp__job_t *job, uint32_t chunk);
+/* A batch's chunk is done or failed. */
+bool mp__job_chunk_finished(const mp__job_t *job, uint32_t chunk);
+/* The abort code of a finished chunk that a terminate failed, or 0. */
+int mp__job_chunk_aborted(const mp__job_t *job, uint32_t chunk);
+/* mp__job_take for a batch's finished chunk, an apply's result: 0, the task's failure, or
+ * MP_ETOOSMALL (nothing copied). */
+int mp__job_take_chunk(const mp__job_t *job, uint32_t chunk, void *result, size_t cap,
+                       size_t *len);
 /* Frees the blocks of jobs nobody refers to and no worker has pinned. */
 void mp__jobs_reclaim(mp__jobs_t *t);
 /* Worker w ended outside the protocol: the chunk it ran (its record says which, else the
@@ -231,7 +276,8 @@ void mp__jobs_worker_lost(mp__jobs_t *t, uint32_t w, const char *why);
 void mp__jobs_abort_all(mp__jobs_t *t, int code);
 /* Jobs submitted and not complete. */
 bool mp__jobs_work_left(const mp__jobs_t *t);
-/* MP__POOL_CLOSED or MP__POOL_TERMINATED, set (and workers woken for close), or read. */
+/* MP__POOL_CLOSED or MP__POOL_TERMINATED, set (and workers woken, and the open batch closed,
+ * for close), or read. */
 void mp__jobs_set_flag(mp__jobs_t *t, uint32_t flag);
 uint32_t mp__jobs_flags(const mp__jobs_t *t);
 
@@ -266,9 +312,8 @@ int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, 
 /* A complete map's result i, in place (the block is the table's; read it before the
  * release), or NULL if its chunk failed. */
 const char *mp__job_result(const mp__job_t *job, uint64_t i);
-/* Callbacks: marks them run and wakes the waiter. */
-void mp__job_callbacks_done(mp__job_t *job);
-bool mp__job_callbacks_ran(const mp__job_t *job);
+/* Wakes the job's waiters, to look again (callbacks ran). */
+void mp__job_wake_waiter(mp__job_t *job);
 /* Iterators: the chunk to deliver next (the ordered one, or any finished), or -1. */
 int64_t mp__job_finished_chunk(const mp__job_t *job, bool ordered, uint32_t next);
 /* Item i (an index in the job) of a finished chunk: 0 and its result copied, or its

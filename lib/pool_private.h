@@ -65,13 +65,17 @@ struct mp_pool_s {
   struct mp_pool_s *next_live; /* the program's live pools, ended at exit */
 };
 
+/* In its job's block (mp__job_owner), which its job reference keeps: no allocation. */
 struct mp_async_result_s {
   mp_pool_t *pool;
-  mp__job_t *job;
+  mp__job_t *job; /* with a reference, dropped when refs reaches 0 */
   mp_async_callbacks_t callbacks;
   bool has_callbacks;
+  _Atomic bool callbacks_ran;
   _Atomic uint32_t refs; /* the owner's, and the callback list's */
   bool is_apply;         /* its result has the task's length, not n * result_size */
+  bool batched;          /* an apply of a batch (MP__JOB_BATCH): its chunk is its own */
+  uint32_t chunk;
   mp_async_result_t *next;
 };
 
@@ -112,13 +116,9 @@ static inline bool terminated(const mp_pool_t *pool) {
   return mp__jobs_flags(pool->jobs) & MP__POOL_TERMINATED;
 }
 
-/* A job slot for an item or a result of at most max bytes: its length, then its bytes,
- * rounded up so that the next slot's bytes stay 8-aligned; 0 when that overflows. */
+/* A job slot for an item or a result of at most max bytes (mp__var_slot). */
 static inline size_t var_slot(size_t max) {
-  size_t slot;
-  if (__builtin_add_overflow(max, MP__VARSIZE_HEAD + 7, &slot))
-    return 0;
-  return slot & ~(size_t)7;
+  return mp__var_slot(max);
 }
 
 /* A submission. With MP__JOB_VARSIZE, item_size is the slot of each item and result_size

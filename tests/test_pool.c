@@ -631,6 +631,187 @@ START_TEST(test_callbacks) {
 }
 END_TEST
 
+/* --------------------------- applies in flight --------------------------- */
+
+/* Applies submitted while others are in flight share batches (lib/pool_jobs.c): each is its
+ * own request all the same. A slow apply first keeps the worker busy, so that those after
+ * it queue. */
+static mp_async_result_t *hold_worker(mp_pool_t *pool, int ms) {
+  static int held;
+  held = ms;
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(mp_pool_apply_async(pool, sleep_arg_ms, &held, sizeof held, 0, NULL, &ar));
+  return ar;
+}
+
+/* Many applies in flight: each result its own, taken in any order; one failure among them
+ * fails that apply alone; results of any size up to result_max; a buffer too small. */
+START_TEST(test_applies_in_flight) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  enum { MANY = 300 };
+  static mp_async_result_t *ars[MANY];
+  static int x[MANY];
+  mp_async_result_t *held = hold_worker(pool, 50);
+  for (int k = 0; k < MANY; k++) {
+    x[k] = k;
+    MP_ASSERT_OK(mp_pool_apply_async(pool, fail_only_13, &x[k], sizeof x[k], sizeof(int), NULL,
+                                     &ars[k]));
+  }
+  for (int j = 0; j < MANY; j++) {
+    int k = (j * 7) % MANY, r = -1;
+    if (k == 13) {
+      MP_ASSERT_ERR(mp_async_result_get(ars[k], &r, sizeof r, NULL, 10), MP_ETASK);
+      T_STR_EQ(mp_last_error(), "thirteen is unlucky");
+      T_INT_EQ(mp_async_result_successful(ars[k]), 0);
+    } else {
+      MP_ASSERT_OK(mp_async_result_get(ars[k], &r, sizeof r, NULL, 10));
+      T_INT_EQ(r, k * k);
+      T_INT_EQ(mp_async_result_successful(ars[k]), 1);
+    }
+    T_INT_EQ(mp_async_result_ready(ars[k]), 1);
+  }
+  for (int k = 0; k < MANY; k++)
+    mp_async_result_free(ars[k]);
+  MP_ASSERT_OK(mp_async_result_get(held, NULL, 0, NULL, 10));
+  mp_async_result_free(held);
+  /* Results of any size, and two functions in turn (each closes the other's batch). */
+  static size_t lens[MANY];
+  held = hold_worker(pool, 50);
+  for (int k = 0; k < MANY; k++) {
+    lens[k] = (size_t)(k * 37) % 500;
+    if (k % 3)
+      MP_ASSERT_OK(
+          mp_pool_apply_async(pool, repeat_x, &lens[k], sizeof lens[k], 500, NULL, &ars[k]));
+    else
+      MP_ASSERT_OK(
+          mp_pool_apply_async(pool, square, &x[k], sizeof x[k], sizeof(int), NULL, &ars[k]));
+  }
+  for (int k = MANY - 1; k >= 0; k--) {
+    char buf[500];
+    size_t len = 0;
+    if (k % 3 == 0) {
+      int r = -1;
+      MP_ASSERT_OK(mp_async_result_get(ars[k], &r, sizeof r, &len, 10));
+      T_INT_EQ(r, k * k);
+      T_INT_EQ(len, sizeof r);
+      continue;
+    }
+    if (lens[k] > 10) {
+      MP_ASSERT_ERR(mp_async_result_get(ars[k], buf, 10, &len, 10), MP_ETOOSMALL);
+      T_INT_EQ(len, lens[k]);
+    }
+    memset(buf, 0, sizeof buf);
+    MP_ASSERT_OK(mp_async_result_get(ars[k], buf, sizeof buf, &len, 10));
+    T_INT_EQ(len, lens[k]);
+    T_ASSERT(lens[k] == 0 || (buf[0] == 'x' && buf[lens[k] - 1] == 'x'), "apply %d's bytes", k);
+    T_ASSERT(buf[lens[k] % sizeof buf] == 0 || lens[k] == sizeof buf, "apply %d wrote more", k);
+  }
+  for (int k = 0; k < MANY; k++)
+    mp_async_result_free(ars[k]);
+  MP_ASSERT_OK(mp_async_result_get(held, NULL, 0, NULL, 10));
+  mp_async_result_free(held);
+  end_pool();
+}
+END_TEST
+
+/* A worker that dies on one apply of a batch fails that apply alone. */
+START_TEST(test_applies_in_flight_worker_dies) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  enum { MANY = 200 };
+  static mp_async_result_t *ars[MANY];
+  static int x[MANY];
+  mp_async_result_t *held = hold_worker(pool, 50);
+  for (int k = 0; k < MANY; k++) {
+    x[k] = k;
+    MP_ASSERT_OK(mp_pool_apply_async(pool, kill_self_every_1000, &x[k], sizeof x[k],
+                                     sizeof(int), NULL, &ars[k]));
+  }
+  for (int k = MANY - 1; k >= 0; k--) {
+    int r = -1;
+    if (k == 7) {
+      MP_ASSERT_ERR(mp_async_result_get(ars[k], &r, sizeof r, NULL, 30), MP_EWORKERDIED);
+      T_ASSERT(strstr(mp_last_error(), "signal 9"), "message: %s", mp_last_error());
+    } else {
+      MP_ASSERT_OK(mp_async_result_get(ars[k], &r, sizeof r, NULL, 30));
+      T_INT_EQ(r, k * k);
+    }
+    mp_async_result_free(ars[k]);
+  }
+  MP_ASSERT_OK(mp_async_result_get(held, NULL, 0, NULL, 10));
+  mp_async_result_free(held);
+  int r = 0;
+  MP_ASSERT_OK(mp_pool_apply(pool, square, &x[9], sizeof x[9], &r, sizeof r, NULL));
+  T_INT_EQ(r, 81);
+  end_pool();
+}
+END_TEST
+
+/* Applies queued behind a busy worker: a terminate fails them; a close lets them run, and
+ * join waits for them. */
+START_TEST(test_applies_in_flight_end) {
+  enum { MANY = 100 };
+  static mp_async_result_t *ars[MANY];
+  static int x[MANY];
+  for (int end = 0; end < 2; end++) {
+    mp_pool_t *pool = make_pool(_i, 1, NULL);
+    mp_async_result_t *held = hold_worker(pool, end == 0 ? 300 : 50);
+    for (int k = 0; k < MANY; k++) {
+      x[k] = k;
+      MP_ASSERT_OK(
+          mp_pool_apply_async(pool, square, &x[k], sizeof x[k], sizeof(int), NULL, &ars[k]));
+    }
+    if (end == 0)
+      MP_ASSERT_OK(mp_pool_terminate(pool));
+    else
+      MP_ASSERT_OK(mp_pool_close(pool));
+    if (end == 1)
+      MP_ASSERT_OK(mp_pool_join(pool, 10));
+    for (int k = 0; k < MANY; k++) {
+      int r = -1;
+      if (end == 0) {
+        MP_ASSERT_ERR(mp_async_result_get(ars[k], &r, sizeof r, NULL, 10), MP_ETERMINATED);
+        T_INT_EQ(mp_async_result_successful(ars[k]), 0);
+      } else {
+        MP_ASSERT_OK(mp_async_result_get(ars[k], &r, sizeof r, NULL, 0));
+        T_INT_EQ(r, k * k);
+      }
+      mp_async_result_free(ars[k]);
+    }
+    mp_async_result_free(held);
+    end_pool();
+  }
+}
+END_TEST
+
+/* Each apply of a batch runs its own callback once it is done, and get() after its wait
+ * finds it run. */
+START_TEST(test_applies_in_flight_callbacks) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  enum { MANY = 150 };
+  static mp_async_result_t *ars[MANY];
+  static int x[MANY];
+  callbacks_run = error_callbacks_run = callback_sum = 0;
+  mp_async_callbacks_t ok = {on_result, on_error, NULL};
+  mp_async_result_t *held = hold_worker(pool, 50);
+  int sum = 0;
+  for (int k = 0; k < MANY; k++) {
+    x[k] = k;
+    sum += k == 13 || k == 14 ? 0 : k * k;
+    MP_ASSERT_OK(
+        mp_pool_apply_async(pool, fail_on_13, &x[k], sizeof x[k], sizeof(int), &ok, &ars[k]));
+  }
+  for (int k = MANY - 1; k >= 0; k--)
+    MP_ASSERT_OK(mp_async_result_wait(ars[k], 10));
+  T_INT_EQ(callbacks_run, MANY - 2);
+  T_INT_EQ(error_callbacks_run, 1);
+  T_INT_EQ(callback_sum, sum);
+  for (int k = 0; k < MANY; k++)
+    mp_async_result_free(ars[k]);
+  mp_async_result_free(held);
+  end_pool();
+}
+END_TEST
+
 /* ------------------------- initializer, maxtasks ------------------------- */
 
 START_TEST(test_initializer) {
@@ -775,6 +956,77 @@ START_TEST(test_parallel) {
   int tids[2], dummy[2] = {0};
   MP_ASSERT_OK(mp_pool_map(pool, nap_then_tid, dummy, 2, sizeof(int), tids, sizeof(int), 1));
   T_ASSERT(tids[0] != tids[1], "both tasks ran in worker %d", tids[0]);
+  end_pool();
+}
+END_TEST
+
+/* Slow applies queued in one batch run side by side: a sleeping worker is woken for them. */
+START_TEST(test_applies_in_flight_parallel) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  mp_async_result_t *held = hold_worker(pool, 50), *ars[4];
+  int dummy = 0, tids[4];
+  double t0 = mp_test_now();
+  for (int k = 0; k < 4; k++)
+    MP_ASSERT_OK(mp_pool_apply_async(pool, nap_then_tid, &dummy, sizeof dummy, sizeof(int),
+                                     NULL, &ars[k]));
+  for (int k = 0; k < 4; k++) {
+    MP_ASSERT_OK(mp_async_result_get(ars[k], &tids[k], sizeof tids[k], NULL, 30));
+    mp_async_result_free(ars[k]);
+  }
+  double took = mp_test_now() - t0;
+  int others = 0;
+  for (int k = 1; k < 4; k++)
+    others += tids[k] != tids[0];
+  T_ASSERT(others == 2, "the 4 applies ran in %d workers besides the first's", others);
+  T_ASSERT(took < 2.4, "4 applies of 0.6 s on 2 workers took %g s", took);
+  mp_async_result_free(held);
+  end_pool();
+}
+END_TEST
+
+/* Threads submitting applies at once, each getting its own results. */
+typedef struct {
+  mp_pool_t *pool;
+  int base;
+  int bad; /* results that were not right */
+} submitter_t;
+
+static void *submit_applies(void *arg) {
+  submitter_t *sub = arg;
+  enum { EACH = 200 };
+  mp_async_result_t *ars[EACH];
+  int x[EACH];
+  for (int k = 0; k < EACH; k++) {
+    x[k] = sub->base + k;
+    int rc =
+        mp_pool_apply_async(sub->pool, square, &x[k], sizeof x[k], sizeof(int), NULL, &ars[k]);
+    if (rc < 0) {
+      sub->bad += EACH - k;
+      for (int j = 0; j < k; j++)
+        mp_async_result_free(ars[j]);
+      return NULL;
+    }
+  }
+  for (int k = EACH - 1; k >= 0; k--) {
+    int r = -1;
+    sub->bad += mp_async_result_get(ars[k], &r, sizeof r, NULL, 30) < 0 || r != x[k] * x[k];
+    mp_async_result_free(ars[k]);
+  }
+  return NULL;
+}
+
+START_TEST(test_applies_in_flight_threads) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  submitter_t subs[4];
+  pthread_t threads[4];
+  for (int k = 0; k < 4; k++) {
+    subs[k] = (submitter_t){pool, 1000 * k, 0};
+    T_INT_EQ(pthread_create(&threads[k], NULL, submit_applies, &subs[k]), 0);
+  }
+  for (int k = 0; k < 4; k++) {
+    pthread_join(threads[k], NULL);
+    T_INT_EQ(subs[k].bad, 0);
+  }
   end_pool();
 }
 END_TEST
@@ -1965,6 +2217,13 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_apply, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_apply_async_timeouts, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_callbacks, 0, N_CONTEXTS);
+  tc = mp_test_tcase(s, "in_flight", 90);
+  tcase_add_loop_test(tc, test_applies_in_flight, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_applies_in_flight_worker_dies, 0, N_PROCESS_CONTEXTS);
+  tcase_add_loop_test(tc, test_applies_in_flight_end, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_applies_in_flight_callbacks, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_applies_in_flight_parallel, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_applies_in_flight_threads, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "workers", 60);
   tcase_add_loop_test(tc, test_initializer, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_create_waits_for_initializers_only, 0, N_CONTEXTS);

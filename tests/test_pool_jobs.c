@@ -374,6 +374,122 @@ START_TEST(test_block_kept_for_next_table) {
 }
 END_TEST
 
+/* ------------------------------ batches of applies ------------------------------ */
+
+/* An apply of identity on x, by the table's own path. */
+static mp__job_t *apply(int *x, uint32_t *chunk) {
+  mp__apply_spec_t spec = {0, false, x, sizeof *x, sizeof *x};
+  MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
+  mp__job_t *job;
+  MP_ASSERT_OK(mp__jobs_apply(table, &spec, &job, chunk));
+  return job;
+}
+
+/* Worker w claims, runs and completes the oldest queued chunk: its job and chunk. */
+static void run_one(uint32_t w, mp__job_t *job, uint32_t chunk) {
+  mp__task_t task;
+  claim(w, &task);
+  T_ASSERT(task.job == job && task.chunk == chunk, "claimed chunk %u of %p, not %u of %p",
+           task.chunk, task.job, chunk, (void *)job);
+  T_ASSERT(complete(w, &task), "the completion was refused");
+}
+
+static int take_int(mp__job_t *job, uint32_t chunk) {
+  int r = -1;
+  size_t len = 0;
+  MP_ASSERT_OK(mp__job_take_chunk(job, chunk, &r, sizeof r, &len));
+  T_INT_EQ(len, sizeof r);
+  return r;
+}
+
+/* A lone apply is a job of its own; the applies after it, while it is in flight, are the
+ * chunks of one batch, each finished, taken and released on its own; a full batch closes,
+ * and the next apply opens another; a batch closed before it is full completes once its
+ * applies are done. */
+START_TEST(test_applies_share_a_batch) {
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
+  mp_test_set_hook(free_table);
+  static int x[200];
+  static mp__job_t *jobs[200];
+  uint32_t chunks[200];
+  for (int k = 0; k < 200; k++)
+    x[k] = 1000 + k;
+  jobs[0] = apply(&x[0], &chunks[0]);
+  T_ASSERT(!(jobs[0]->flags & MP__JOB_BATCH) && chunks[0] == 0, "the lone apply was batched");
+  for (int k = 1; k < 66; k++)
+    jobs[k] = apply(&x[k], &chunks[k]);
+  for (int k = 1; k < 65; k++)
+    T_ASSERT(jobs[k] == jobs[1] && chunks[k] == (uint32_t)(k - 1),
+             "apply %d: chunk %u of %p, not %d of the batch %p", k, chunks[k], (void *)jobs[k],
+             k - 1, (void *)jobs[1]);
+  T_ASSERT((jobs[1]->flags & MP__JOB_BATCH), "the applies in flight were not batched");
+  T_ASSERT(jobs[65] != jobs[1] && chunks[65] == 0, "the full batch took a 65th apply");
+  run_one(0, jobs[0], 0);
+  T_ASSERT(mp__job_complete(jobs[0]), "the lone apply is not complete");
+  run_one(1, jobs[1], 0);
+  T_ASSERT(mp__job_chunk_finished(jobs[1], 0) && !mp__job_chunk_finished(jobs[1], 1),
+           "chunks finish one by one");
+  T_INT_EQ(take_int(jobs[1], 0), 1001);
+  for (int k = 2; k < 65; k++)
+    run_one(k % 2, jobs[k], chunks[k]);
+  T_ASSERT(mp__job_complete(jobs[1]), "the full batch is not complete");
+  /* In any order. */
+  for (int k = 64; k >= 1; k--)
+    T_INT_EQ(take_int(jobs[k], chunks[k]), 1000 + k);
+  /* The open batch, closed with one apply queued, completes once it is done. */
+  T_ASSERT(!mp__job_complete(jobs[65]), "the open batch is complete");
+  mp__jobs_close_batch(table);
+  T_ASSERT(!mp__job_complete(jobs[65]), "the closed batch completed before its apply");
+  run_one(0, jobs[65], 0);
+  T_ASSERT(mp__job_complete(jobs[65]), "the closed batch is not complete");
+  T_INT_EQ(take_int(jobs[65], 0), 1065);
+  T_ASSERT(!mp__jobs_work_left(table), "work is left");
+  for (int k = 0; k < 66; k++)
+    mp__jobs_release(table, jobs[k]);
+  mp_test_set_hook(NULL);
+  free_table();
+}
+END_TEST
+
+/* In a batch, a lost apply fails alone, with MP_EWORKERDIED, and an abort fails the queued
+ * ones, not those done. */
+START_TEST(test_batch_lost_and_aborted) {
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
+  mp_test_set_hook(free_table);
+  int x[5] = {1, 2, 3, 4, 5};
+  mp__job_t *jobs[5];
+  uint32_t chunks[5];
+  for (int k = 0; k < 5; k++)
+    jobs[k] = apply(&x[k], &chunks[k]);
+  mp__job_t *batch = jobs[1];
+  run_one(0, jobs[0], 0);
+  mp__task_t lost;
+  claim(1, &lost);
+  T_ASSERT(lost.job == batch && lost.chunk == 0, "the batch's first apply was not claimed");
+  mp__jobs_worker_lost(table, 1, "worker 2 was lost");
+  mp__jobs_worker_gone(table, 1);
+  T_ASSERT(mp__job_chunk_finished(batch, 0), "the lost apply did not fail");
+  T_INT_EQ(mp__job_chunk_aborted(batch, 0), 0);
+  MP_ASSERT_ERR(mp__job_take_chunk(batch, 0, NULL, 0, NULL), MP_EWORKERDIED);
+  T_STR_EQ(mp_last_error(), "worker 2 was lost");
+  T_ASSERT(!mp__job_chunk_finished(batch, 1), "the next apply failed with the lost one");
+  run_one(0, batch, 1);
+  T_INT_EQ(take_int(batch, 1), 3);
+  mp__jobs_abort_all(table, MP_ETERMINATED);
+  for (uint32_t c = 2; c < 4; c++) {
+    T_ASSERT(mp__job_chunk_finished(batch, c), "queued apply %u was not aborted", c);
+    T_INT_EQ(mp__job_chunk_aborted(batch, c), MP_ETERMINATED);
+  }
+  T_INT_EQ(mp__job_chunk_aborted(batch, 1), 0);
+  T_INT_EQ(take_int(batch, 1), 3);
+  T_ASSERT(mp__job_complete(batch), "the aborted batch is not complete");
+  for (int k = 0; k < 5; k++)
+    mp__jobs_release(table, jobs[k]);
+  mp_test_set_hook(NULL);
+  free_table();
+}
+END_TEST
+
 static Suite *pool_jobs_suite(void) {
   Suite *s = suite_create("pool_jobs");
   TCase *tc = mp_test_tcase(s, "protocol", 30);
@@ -390,6 +506,8 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_orphan_block_reused_not_reclaimed);
   tcase_add_test(tc, test_block_kept_for_next_table);
   tcase_add_test(tc, test_output_pages_mapped_once);
+  tcase_add_test(tc, test_applies_share_a_batch);
+  tcase_add_test(tc, test_batch_lost_and_aborted);
   return s;
 }
 
