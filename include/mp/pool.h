@@ -184,9 +184,10 @@ typedef struct {
 /*
  * As mp_pool_map, without waiting: *ar is the request; the items are copied before the call
  * returns; the results wait in the pool until mp_async_result_get() copies them out.
- * callbacks may be NULL. Free *ar with mp_async_result_free(). With 256 maps, applies and
- * iterators running a submission waits until one of them completes (the pool has 256 job
- * slots); completed ones hold no slot while they wait to be collected. Errors: as
+ * callbacks may be NULL. Free *ar with mp_async_result_free(). With 256 jobs running (maps,
+ * iterators, and applies, of which those submitted while others are in flight share a job,
+ * 64 to one) a submission waits until one of them completes (the pool has 256 job slots);
+ * completed ones hold no slot while they wait to be collected. Errors: as
  * mp_pool_map's submission errors. Python: Pool.map_async(func, iterable, chunksize, callback,
  * error_callback).
  */
