@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 typedef struct {
@@ -114,15 +115,70 @@ static void search_objects(object_search_t *s) {
   dl_iterate_phdr(visit_object, s);
 }
 
-int mp__fnref_from_pointer(mp__fn_t fn, mp__fnref_t *ref) {
-  object_search_t s = {.addr = (uintptr_t)fn};
+/*
+ * The executable's code, found once: it is never unloaded, so whether a pointer lies in it
+ * can be told without dl_iterate_phdr, whose lock is a write to the loader's data (a page a
+ * parent copies after every fork: docs/architecture.md, "Where the time goes").
+ */
+static struct {
+  pthread_once_t once;
+  bool found;
+  uintptr_t base;
+  const ElfW(Phdr) *phdr;
+  size_t phnum;
+  uint32_t build_id_len;
+  uint8_t build_id[MP__BUILD_ID_MAX];
+} exe = {.once = PTHREAD_ONCE_INIT};
+
+static void find_executable(void) {
+  object_search_t s = {.path = ""};
   search_objects(&s);
-  if (!s.found)
+  exe.found = s.found;
+  exe.base = s.base;
+  exe.phdr = s.phdr;
+  exe.phnum = s.phnum;
+  exe.build_id_len = s.build_id_len;
+  memcpy(exe.build_id, s.build_id, s.build_id_len);
+}
+
+/* Where fn lies: in the executable's code (from the cache), else the loaded objects'. */
+static void search_pointer(mp__fn_t fn, object_search_t *s) {
+  pthread_once(&exe.once, find_executable);
+  uintptr_t addr = (uintptr_t)fn;
+  if (exe.found && addr >= exe.base && in_code(exe.phdr, exe.phnum, addr - exe.base)) {
+    s->found = true;
+    s->base = exe.base;
+    s->name = "";
+    s->build_id_len = exe.build_id_len;
+    memcpy(s->build_id, exe.build_id, exe.build_id_len);
+    return;
+  }
+  s->addr = addr;
+  search_objects(s);
+}
+
+/* Finds the loaded object that holds fn: 0, or MP_ECROSS where another process could not. */
+static int find_pointer(mp__fn_t fn, object_search_t *s) {
+  search_pointer(fn, s);
+  if (!s->found)
     return mp__error(MP_ECROSS, "function %p is in no loaded object (heap, stack or JIT "
                                 "memory), so another process cannot find it", (void *)(uintptr_t)fn);
-  if (strlen(s.name) >= sizeof ref->path)
+  if (strlen(s->name) >= sizeof((mp__fnref_t *)0)->path)
     return mp__error(MP_ECROSS, "the path of the object holding %p is too long",
                      (void *)(uintptr_t)fn);
+  return 0;
+}
+
+int mp__fnref_check(mp__fn_t fn) {
+  object_search_t s = {0};
+  return find_pointer(fn, &s);
+}
+
+int mp__fnref_from_pointer(mp__fn_t fn, mp__fnref_t *ref) {
+  object_search_t s = {0};
+  int rc = find_pointer(fn, &s);
+  if (rc < 0)
+    return rc;
   memset(ref, 0, sizeof *ref); /* it is sent whole: no uninitialized bytes */
   ref->offset = (uintptr_t)fn - s.base;
   ref->build_id_len = s.build_id_len;
@@ -308,11 +364,11 @@ int mp__fd_unshare(uint64_t key) {
   return 0;
 }
 
-void mp__fd_after_fork(void) {
+MP__CHILD_TEXT void mp__fd_after_fork(void) {
   mp__reset_lock(&fds.lock);
 }
 
-void mp__fd_keep_only(const uint64_t *keys, size_t n) {
+MP__CHILD_TEXT void mp__fd_keep_only(const uint64_t *keys, size_t n) {
   /* A fresh child: no other thread, and the lock was reset by the atfork handler. */
   size_t kept = 0;
   for (size_t i = 0; i < fds.count; i++) {
@@ -322,7 +378,8 @@ void mp__fd_keep_only(const uint64_t *keys, size_t n) {
     if (passed)
       fds.entries[kept++] = fds.entries[i];
     else
-      close(fds.entries[i].fd);
+      mp__raw_syscall(SYS_close, fds.entries[i].fd, 0, 0, 0);
   }
-  fds.count = kept;
+  if (fds.count != kept) /* an unchanged table is not written: its page is not copied */
+    fds.count = kept;
 }
