@@ -181,6 +181,9 @@ int mp__fnref_from_pointer(mp__fn_t fn, mp__fnref_t *ref);
 /* Whether mp__fnref_from_pointer would take fn (0 or MP_ECROSS), without making the
  * reference: a function of the executable is told without the loader's lock. */
 int mp__fnref_check(mp__fn_t fn);
+/* Finds the executable's code once, so that later lookups and resolutions of its functions
+ * need neither the loader's lock nor a walk: for the fork server, before its spares. */
+void mp__fnref_prepare(void);
 int mp__fnref_resolve(const mp__fnref_t *ref, mp__fn_t *fn);
 
 /* File descriptors that cross to children by key (a connection's socket, say). An object in

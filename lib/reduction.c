@@ -120,12 +120,19 @@ static void search_objects(object_search_t *s) {
  * can be told without dl_iterate_phdr, whose lock is a write to the loader's data (a page a
  * parent copies after every fork: docs/architecture.md, "Where the time goes").
  */
+#define EXE_CODE_RANGES 8
+
 static struct {
   pthread_once_t once;
+  bool ready; /* set last, with release: read first, so that a child calls no pthread_once */
   bool found;
   uintptr_t base;
-  const ElfW(Phdr) *phdr;
-  size_t phnum;
+  /* Its executable segments, as offsets from base: copies, not its program headers, whose
+   * page a fork server's child would otherwise read in. */
+  size_t n_code;
+  struct {
+    uint64_t start, size;
+  } code[EXE_CODE_RANGES];
   uint32_t build_id_len;
   uint8_t build_id[MP__BUILD_ID_MAX];
 } exe = {.once = PTHREAD_ONCE_INIT};
@@ -133,19 +140,40 @@ static struct {
 static void find_executable(void) {
   object_search_t s = {.path = ""};
   search_objects(&s);
+  for (size_t i = 0; s.found && i < s.phnum; i++) {
+    const ElfW(Phdr) *ph = &s.phdr[i];
+    if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
+      continue;
+    if (exe.n_code == EXE_CODE_RANGES)
+      return; /* an odd executable: looked up as any object, under the lock */
+    exe.code[exe.n_code].start = ph->p_vaddr;
+    exe.code[exe.n_code++].size = ph->p_memsz;
+  }
   exe.found = s.found;
   exe.base = s.base;
-  exe.phdr = s.phdr;
-  exe.phnum = s.phnum;
   exe.build_id_len = s.build_id_len;
   memcpy(exe.build_id, s.build_id, s.build_id_len);
+  __atomic_store_n(&exe.ready, true, __ATOMIC_RELEASE);
+}
+
+/* Whether offset lies in the executable's code (exe.found). */
+static bool in_exe_code(uint64_t offset) {
+  for (size_t i = 0; i < exe.n_code; i++)
+    if (offset >= exe.code[i].start && offset - exe.code[i].start < exe.code[i].size)
+      return true;
+  return false;
+}
+
+void mp__fnref_prepare(void) {
+  if (!__atomic_load_n(&exe.ready, __ATOMIC_ACQUIRE))
+    pthread_once(&exe.once, find_executable);
 }
 
 /* Where fn lies: in the executable's code (from the cache), else the loaded objects'. */
 static void search_pointer(mp__fn_t fn, object_search_t *s) {
-  pthread_once(&exe.once, find_executable);
+  mp__fnref_prepare();
   uintptr_t addr = (uintptr_t)fn;
-  if (exe.found && addr >= exe.base && in_code(exe.phdr, exe.phnum, addr - exe.base)) {
+  if (exe.found && addr >= exe.base && in_exe_code(addr - exe.base)) {
     s->found = true;
     s->base = exe.base;
     s->name = "";
@@ -269,11 +297,33 @@ static int load_checked(const mp__fnref_t *ref) {
   return rc;
 }
 
+/* memcmp's equality, inline: a fork server's child would fault in memcmp's code page. */
+static bool same_bytes(const uint8_t *a, const uint8_t *b, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (a[i] != b[i])
+      return false;
+  return true;
+}
+
 int mp__fnref_resolve(const mp__fnref_t *ref, mp__fn_t *fn) {
   /* A request is input: its lengths and its path are checked before any use. */
-  if (ref->build_id_len > MP__BUILD_ID_MAX || !memchr(ref->path, '\0', sizeof ref->path))
+  if (ref->build_id_len > MP__BUILD_ID_MAX ||
+      (*ref->path && !memchr(ref->path, '\0', sizeof ref->path)))
     return mp__error(MP_ERESOLVE, "a malformed function reference");
   const char *what = *ref->path ? ref->path : "the executable";
+  mp__fnref_prepare();
+  if (!*ref->path && exe.found) {
+    /* The executable, from the cache: no lock and no walk of the loaded objects, in a fork
+     * server's child (docs/architecture.md, "Where the time goes"). */
+    if (exe.build_id_len != ref->build_id_len ||
+        !same_bytes(exe.build_id, ref->build_id, ref->build_id_len))
+      return mismatch(what, exe.build_id, exe.build_id_len, ref);
+    if (!in_exe_code(ref->offset))
+      return mp__error(MP_ERESOLVE, "offset %#llx lies in no executable segment of %s",
+                       (unsigned long long)ref->offset, what);
+    *fn = (mp__fn_t)(exe.base + ref->offset);
+    return 0;
+  }
   object_search_t s = {.path = ref->path};
   search_objects(&s);
   if (!s.found) {
@@ -285,7 +335,7 @@ int mp__fnref_resolve(const mp__fnref_t *ref, mp__fn_t *fn) {
       return mp__error(MP_ERESOLVE, "%s is loaded but not found in the child", what);
   }
   if (s.build_id_len != ref->build_id_len ||
-      memcmp(s.build_id, ref->build_id, ref->build_id_len) != 0)
+      !same_bytes(s.build_id, ref->build_id, ref->build_id_len))
     return mismatch(what, s.build_id, s.build_id_len, ref);
   if (!in_code(s.phdr, s.phnum, ref->offset))
     return mp__error(MP_ERESOLVE, "offset %#llx lies in no executable segment of %s",
