@@ -102,24 +102,28 @@ static proc_slot_t *slot_take(unsigned long *number) {
   return slot;
 }
 
-/* Takes a closed child out of the registry (if it was started) and frees its object. */
-static void slot_give_back(proc_slot_t *slot, bool registered) {
-  mp_process_t *proc = &slot->proc;
-  bool in_slab = (uintptr_t)slot - (uintptr_t)me.slots < sizeof me.slots;
-  pthread_mutex_lock(&me.registry_lock);
-  if (registered) {
-    if (proc->prev)
-      proc->prev->next = proc->next;
-    else if (me.registry == proc)
-      me.registry = proc->next;
-    if (proc->next)
-      proc->next->prev = proc->prev;
-  }
-  if (in_slab)
-    me.slots_used &= ~(1u << (((uintptr_t)slot - (uintptr_t)me.slots) / sizeof *slot));
-  pthread_mutex_unlock(&me.registry_lock);
-  if (!in_slab)
+/* Frees a closed process object: its slot again, or its memory. */
+static void slot_give_back(proc_slot_t *slot) {
+  uintptr_t at = (uintptr_t)slot - (uintptr_t)me.slots;
+  if (at >= sizeof me.slots) {
     free(slot);
+    return;
+  }
+  pthread_mutex_lock(&me.registry_lock);
+  me.slots_used &= ~(1u << (at / sizeof *slot));
+  pthread_mutex_unlock(&me.registry_lock);
+}
+
+static void registry_remove(mp_process_t *proc) {
+  pthread_mutex_lock(&me.registry_lock);
+  if (proc->prev)
+    proc->prev->next = proc->next;
+  else if (me.registry == proc)
+    me.registry = proc->next;
+  if (proc->next)
+    proc->next->prev = proc->prev;
+  proc->prev = proc->next = NULL;
+  pthread_mutex_unlock(&me.registry_lock);
 }
 
 static void registry_add(mp_process_t *proc) {
@@ -879,6 +883,9 @@ int mp_process_close(mp_process_t *proc) {
                                                              : "proc is NULL");
   if (child_running(proc))
     return mp__error(MP_EALIVE, "mp_process_close: '%s' still runs", proc->name);
+  /* Out of the registry first: mp_active_children() may look at it until then. */
+  if (state_of(proc) != MP__CREATED)
+    registry_remove(proc);
   close_handles(proc);
   release_held(proc);
   pthread_mutex_destroy(&proc->reap_lock);
@@ -889,7 +896,7 @@ int mp_process_close(mp_process_t *proc) {
   if (proc->identity != slot->identity)
     free(proc->identity);
   free(proc->passed);
-  slot_give_back(slot, state_of(proc) != MP__CREATED);
+  slot_give_back(slot);
   return 0;
 }
 

@@ -897,6 +897,32 @@ END_TEST
 /* ===================================================================================== */
 /* What a start costs: the page faults a fork start adds to a bare fork().                */
 
+/* AddressSanitizer writes shadow memory beside what each side writes (about 3 pages more
+ * per start): there, a looser bound. ThreadSanitizer's runtime writes shadow and metadata
+ * for every access, 13 faults per bare fork and 37 per start: what it counts is TSan's, so
+ * the case is not built there. */
+#if defined(__SANITIZE_THREAD__)
+#define FAULTS_COUNTED 0
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define FAULTS_COUNTED 0
+#endif
+#endif
+#ifndef FAULTS_COUNTED
+#define FAULTS_COUNTED 1
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define FAULT_MARGIN 8
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FAULT_MARGIN 8
+#endif
+#endif
+#ifndef FAULT_MARGIN
+#define FAULT_MARGIN 3
+#endif
+
+#if FAULTS_COUNTED
 /* The page faults this process has taken so far, capped to an exit code. */
 static int faults_so_far(void) {
   struct rusage ru;
@@ -924,7 +950,6 @@ static long parent_faults(void) {
  * target fall. Before issue 14's cuts it added 5 in the child and 7 in the parent.
  */
 #define FAULT_ROUNDS 20
-#define FAULT_MARGIN 3
 
 START_TEST(test_fork_start_faults) {
   mp_context_t *ctx = mp_test_ctx(_i);
@@ -971,6 +996,7 @@ START_TEST(test_fork_start_faults) {
            FAULT_ROUNDS, libmp_parent, FAULT_ROUNDS, bare_parent);
 }
 END_TEST
+#endif
 
 /* ===================================================================================== */
 /* A child started from a thread: the thread's end is not its parent's death.            */
@@ -1607,8 +1633,10 @@ static Suite *process_suite(void) {
   tcase_add_loop_test(tc, test_many_processes, 0, N_METHODS);
   tcase_add_loop_test(tc, test_child_outlives_starting_thread, 0, N_METHODS);
 
+#if FAULTS_COUNTED
   tc = mp_test_tcase(s, "faults", 30);
   tcase_add_loop_test(tc, test_fork_start_faults, 0, 1); /* METHODS[0]: "fork" only */
+#endif
 
   tc = mp_test_tcase(s, "lifetime", 30);
   tcase_add_loop_test(tc, test_exit_terminates_daemon_joins_others, 0, N_METHODS);
