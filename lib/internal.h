@@ -513,7 +513,8 @@ void mp__send_error(int sock, int code);
 
 /* The child's side, in a spawned image or in the fork server before it forks: reads the
  * whole request from sock and resolves its target (-EPIPE: the parent has gone; other
- * errors are to be sent back with mp__send_error). */
+ * errors are to be sent back with mp__send_error). One call at a time in a process: its
+ * reader is static. */
 typedef struct mp__request_s mp__request_t;
 int mp__request_read(int sock, mp__request_t **req);
 void mp__request_free(mp__request_t *req);

@@ -446,7 +446,7 @@ static int check_head(const request_head_t *head) {
   return bad ? mp__error(MP_ESPAWN, "the child refused a malformed request: its %s", bad) : 0;
 }
 
-/* Reads the whole request, then resolves its target; the reader's buffer is freed first. */
+/* Reads the whole request; the caller resolves its target. */
 static int read_request(stream_reader_t *reader, mp__request_t *req) {
   request_head_t *head = &req->head;
   if (read_exact(reader, head, REQUEST_HEAD_SENT) < 0)
@@ -473,15 +473,16 @@ int mp__request_read(int sock, mp__request_t **out) {
   mp__request_t *req = malloc(sizeof *req);
   if (req)
     req->name = req->identity = req->parent_name = req->arg = NULL;
-  stream_reader_t *reader = malloc(sizeof *reader);
-  int rc = req && reader ? 0 : mp__error(MP_ENOMEM, "no memory to receive a request");
+  /* Static, not from malloc: a fork server's child would write malloc's arena and two heap
+   * pages for it, and free's errno. Its buffer is not cleared: writing 64 KiB would fault in
+   * every page of it; a request touches the pages it fills. */
+  static stream_reader_t reader;
+  int rc = req ? 0 : mp__error(MP_ENOMEM, "no memory to receive a request");
   if (rc == 0) {
-    /* Not the buffer: writing 64 KiB would fault in (or copy) every page of it. */
-    reader->sock = sock;
-    reader->pos = reader->len = 0;
-    rc = read_request(reader, req);
+    reader.sock = sock;
+    reader.pos = reader.len = 0;
+    rc = read_request(&reader, req);
   }
-  free(reader);
   if (rc == 0)
     rc = mp__fnref_resolve(&req->head.target, &req->target);
   if (rc < 0) {
