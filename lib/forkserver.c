@@ -179,6 +179,7 @@ MP__CHILD_TEXT static void reset_child_state(const server_t *s) {
     mp__raw_syscall(SYS_close, s->children[i].sock, 0, 0, 0);
   uint64_t none = 0;
   mp__raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, (long)&none, 0, sizeof none);
+#if defined(__x86_64__) || defined(__aarch64__)
   /* SIG_DFL needs no restorer: the kernel's own struct sigaction, empty mask, no flags. */
   struct {
     void (*handler)(int);
@@ -187,6 +188,9 @@ MP__CHILD_TEXT static void reset_child_state(const server_t *s) {
     uint64_t mask;
   } dfl = {.handler = SIG_DFL};
   mp__raw_syscall(SYS_rt_sigaction, SIGINT, (long)&dfl, 0, sizeof dfl.mask);
+#else
+  signal(SIGINT, SIG_DFL); /* the kernel's struct differs elsewhere */
+#endif
 }
 
 static MP__NORETURN void refuse_request(int sock, int rc) {
