@@ -29,6 +29,7 @@ typedef struct {
 } proc_slot_t;
 
 #define SLOTS 8
+#define EXIT_HOOKS 4
 
 /*
  * What this process knows of itself, and the objects of its first children. Each first
@@ -52,6 +53,9 @@ static struct {
   mp_process_t *inherited[6];
   pthread_mutex_t executable_lock; /* guards executable, below */
   int death_signal; /* SIGRTMAX, a libc call read once here rather than in every child */
+  /* mp__on_exit's hooks, [MP__EXIT_FIRST] and [MP__EXIT_LAST]: here because every child reads
+   * them at its end, and each page a child touches first costs it (shadow paging). */
+  void (*exit_hooks[2][EXIT_HOOKS])(void);
   /* Guards registry, children_created and the slots: see below. */
   pthread_mutex_t registry_lock;
   uint32_t slots_used; /* bit i: slots[i] holds a process object */
@@ -314,21 +318,19 @@ static void end_children(void) {
   free(children);
 }
 
-#define EXIT_HOOKS 4
-static void (*exit_hooks[2][EXIT_HOOKS])(void); /* [MP__EXIT_FIRST], [MP__EXIT_LAST] */
 
 void mp__on_exit(void (*fn)(void), int when) {
   for (size_t i = 0; i < EXIT_HOOKS; i++) {
-    if (!exit_hooks[when][i]) {
-      exit_hooks[when][i] = fn;
+    if (!me.exit_hooks[when][i]) {
+      me.exit_hooks[when][i] = fn;
       return;
     }
   }
 }
 
 MP__CHILD_TEXT static void run_exit_hooks(int when) {
-  for (size_t i = 0; i < EXIT_HOOKS && exit_hooks[when][i]; i++)
-    exit_hooks[when][i]();
+  for (size_t i = 0; i < EXIT_HOOKS && me.exit_hooks[when][i]; i++)
+    me.exit_hooks[when][i]();
 }
 
 static void at_exit(void) {
