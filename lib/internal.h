@@ -312,6 +312,8 @@ typedef struct {
   int sentinel; /* without pidfds: the socket end whose closing tells the parent we ended */
   int report_sock; /* forkserver: the socket to send EXITED on, else -1 */
   bool strings_owned; /* allocated for the child (spawn), not copies of the parent's */
+  /* 1 or -1: whether pidfds work, as the forking parent found (mp__have_pidfd); 0: ask */
+  signed char pidfds;
 } mp__child_info_t;
 
 /* The first code of any new child, whatever the start method: sets the current and the

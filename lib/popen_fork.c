@@ -23,6 +23,7 @@ MP__CHILD_TEXT static int fork_launch(mp_process_t *proc) {
       .parent_name = mp__current_name(),
       .die_with_parent = proc->die_with_parent,
       .report_sock = -1,
+      .pidfds = mp__have_pidfd() ? 1 : -1,
   };
   int sentinel[2];
   rc = mp__sentinel_open(sentinel);

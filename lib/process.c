@@ -484,7 +484,10 @@ MP__CHILD_TEXT void mp__child_init(const mp__child_info_t *info) {
   me.parent.name_owned = info->strings_owned;
   if (me.parent.pidfd >= 0) /* a forked child inherits its parent's own parent pidfd */
     mp__raw_syscall(SYS_close, me.parent.pidfd, 0, 0, 0);
-  me.parent.pidfd = mp__have_pidfd() ? mp__pidfd_open(info->parent_pid) : -1;
+  /* The parent's answer, when it forked us: util.c's cached one is on a page this child
+   * would otherwise touch for it alone. */
+  bool pidfds = info->pidfds ? info->pidfds > 0 : mp__have_pidfd();
+  me.parent.pidfd = pidfds ? mp__pidfd_open(info->parent_pid) : -1;
   me.has_parent = true;
   me.own_sentinel = info->sentinel;
   me.report_sock = info->report_sock;
