@@ -384,7 +384,9 @@ MP__ROLE(forkserver, "forkserver", "fork server", false) {
       spare_taken(&s);
     if (fds[1].revents) {
       struct signalfd_siginfo info;
-      while (read(s.sigfd, &info, sizeof info) > 0)
+      /* Inline: the last read fails (EAGAIN), and libc's would write errno, the server's
+       * TLS page, a page it copies again after every fork. */
+      while (mp__raw_syscall(SYS_read, s.sigfd, (long)&info, sizeof info, 0) > 0)
         ;
       reap_served(&s);
     }
