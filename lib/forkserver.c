@@ -25,6 +25,7 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -110,7 +111,7 @@ int mp__forkserver_request(int sock) {
 }
 
 /* At the process's end, after its children were joined (they may be the server's). */
-static void stop_at_exit(void) {
+MP__CHILD_TEXT static void stop_at_exit(void) {
   if (!server_owner)
     return; /* never started: skip the lock, which a forked child would have to copy */
   pthread_mutex_lock(&server_lock);
@@ -118,7 +119,7 @@ static void stop_at_exit(void) {
   pthread_mutex_unlock(&server_lock);
 }
 
-static void after_fork_in_child(void) {
+MP__CHILD_TEXT static void after_fork_in_child(void) {
   mp__reset_lock(&server_lock);
   if (server_owner || server_ctl >= 0) /* also a fork in the middle of start_server() */
     forget_server(); /* the child's own server starts when it first needs one */
@@ -167,17 +168,29 @@ typedef struct {
   size_t count, cap;
 } server_t;
 
-static void reset_child_state(const server_t *s) {
-  close(s->sigfd);
+/* What a spare runs before and while it takes a request is child code too: inline system
+ * calls (MP__CHILD_TEXT), not libc's close, sigprocmask, signal, prctl and getppid. */
+MP__CHILD_TEXT static void reset_child_state(const server_t *s) {
+  mp__raw_syscall(SYS_close, s->sigfd, 0, 0, 0);
   if (s->program >= 0) /* the program must not find its own pidfd in its children */
-    close(s->program);
-  close(s->taken[0]);
+    mp__raw_syscall(SYS_close, s->program, 0, 0, 0);
+  mp__raw_syscall(SYS_close, s->taken[0], 0, 0, 0);
   for (size_t i = 0; i < s->count; i++)
-    close(s->children[i].sock);
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, NULL);
-  signal(SIGINT, SIG_DFL);
+    mp__raw_syscall(SYS_close, s->children[i].sock, 0, 0, 0);
+  uint64_t none = 0;
+  mp__raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, (long)&none, 0, sizeof none);
+#if defined(__x86_64__) || defined(__aarch64__)
+  /* SIG_DFL needs no restorer: the kernel's own struct sigaction, empty mask, no flags. */
+  struct {
+    void (*handler)(int);
+    unsigned long flags;
+    void (*restorer)(void);
+    uint64_t mask;
+  } dfl = {.handler = SIG_DFL};
+  mp__raw_syscall(SYS_rt_sigaction, SIGINT, (long)&dfl, 0, sizeof dfl.mask);
+#else
+  signal(SIGINT, SIG_DFL); /* the kernel's struct differs elsewhere */
+#endif
 }
 
 static MP__NORETURN void refuse_request(int sock, int rc) {
@@ -187,11 +200,11 @@ static MP__NORETURN void refuse_request(int sock, int rc) {
 }
 
 /* The spare: waits for a request, reports that it took it, becomes the child. */
-static MP__NORETURN void run_spare(const server_t *s) {
+MP__CHILD_TEXT static MP__NORETURN void run_spare(const server_t *s) {
   reset_child_state(s);
   /* The server is single-threaded: SIGKILL at its death is safe until the request says. */
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != s->self)
+  mp__raw_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0);
+  if (mp__raw_syscall(SYS_getppid, 0, 0, 0, 0) != s->self)
     _exit(0);
   int sock = -1;
   for (;;) {
@@ -210,12 +223,13 @@ static MP__NORETURN void run_spare(const server_t *s) {
     dprintf(STDERR_FILENO, "libmp: the fork server refused a request: %s\n", mp_last_error());
     _exit(127);
   }
-  mp__reply_t taken = {MP__REC_READY, getpid()};
+  mp__reply_t taken = {MP__REC_READY, (int32_t)mp__raw_syscall(SYS_getpid, 0, 0, 0, 0)};
   if (mp__send_record(s->taken[1], &taken, sizeof taken, sock) < 0)
     _exit(1); /* the server has gone: the parent reads end of file */
-  close(s->ctl);
-  close(s->taken[1]);
-  prctl(PR_SET_PDEATHSIG, 0); /* the request decides whether the child dies with us */
+  mp__raw_syscall(SYS_close, s->ctl, 0, 0, 0);
+  mp__raw_syscall(SYS_close, s->taken[1], 0, 0, 0);
+  /* the request decides whether the child dies with us */
+  mp__raw_syscall(SYS_prctl, PR_SET_PDEATHSIG, 0, 0, 0);
   mp__request_t *req;
   int rc = mp__request_read(sock, &req);
   if (rc < 0)
@@ -352,6 +366,7 @@ MP__ROLE(forkserver, "forkserver", "fork server", false) {
     s.program = mp__pidfd_open(getppid());
   if (getppid() == 1)
     _exit(0);
+  mp__fnref_prepare(); /* once here, not in every child: its spares inherit the answer */
   for (;;) {
     bool has_spare = fork_spares(&s);
     /* With a spare, the control socket is the spares' to read: watch it for hang-up only,
@@ -369,7 +384,9 @@ MP__ROLE(forkserver, "forkserver", "fork server", false) {
       spare_taken(&s);
     if (fds[1].revents) {
       struct signalfd_siginfo info;
-      while (read(s.sigfd, &info, sizeof info) > 0)
+      /* Inline: the last read fails (EAGAIN), and libc's would write errno, the server's
+       * TLS page, a page it copies again after every fork. */
+      while (mp__raw_syscall(SYS_read, s.sigfd, (long)&info, sizeof info, 0) > 0)
         ;
       reap_served(&s);
     }

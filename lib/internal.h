@@ -12,6 +12,8 @@
 
 #define MP__PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
 #define MP__NORETURN __attribute__((noreturn))
+#define MP__STR(x) MP__STR_(x)
+#define MP__STR_(x) #x
 
 /* ------------------------------- errors.c ------------------------------- */
 
@@ -46,6 +48,42 @@ int mp__poll_fd(int fd, short events, int64_t deadline);
  * end of file) and the fd or -1. */
 int mp__send_record(int sock, const void *buf, size_t len, int fd);
 ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd, int flags);
+
+/*
+ * What a forked child runs before its target, and the atfork handlers every child of the
+ * program runs: each code page a child runs faults once in it (fork() does not copy the
+ * page tables of file-backed code; 14-18 us a page on a virtual machine), so this code is
+ * gathered in one section, and calls no libc function a bare child does not call: system
+ * calls are made inline (docs/architecture.md, "Where the time goes").
+ */
+#define MP__CHILD_TEXT __attribute__((section(".text.hot.mp_child")))
+
+/* syscall(), as -errno on failure: mp__raw_syscall where it has no inline form. */
+long mp__libc_syscall(long nr, long a, long b, long c, long d);
+
+/* A system call made inline: the result, or -errno (errno is not written: a write to the
+ * thread's TLS page costs a forked child a fault). */
+static inline long mp__raw_syscall(long nr, long a, long b, long c, long d) {
+#if defined(__x86_64__)
+  register long r10 __asm__("r10") = d;
+  long ret;
+  __asm__ volatile("syscall"
+                   : "=a"(ret)
+                   : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10)
+                   : "rcx", "r11", "memory");
+  return ret;
+#elif defined(__aarch64__)
+  register long x8 __asm__("x8") = nr;
+  register long x0 __asm__("x0") = a;
+  register long x1 __asm__("x1") = b;
+  register long x2 __asm__("x2") = c;
+  register long x3 __asm__("x3") = d;
+  __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3) : "memory");
+  return x0;
+#else
+  return mp__libc_syscall(nr, a, b, c, d);
+#endif
+}
 
 /* Reinitializes a lock in a fork child, if another thread held it (or it was ever
  * used): untouched, it is left alone, so the child does not copy its page. */
@@ -140,6 +178,12 @@ typedef struct {
 typedef void (*mp__fn_t)(void);
 
 int mp__fnref_from_pointer(mp__fn_t fn, mp__fnref_t *ref);
+/* Whether mp__fnref_from_pointer would take fn (0 or MP_ECROSS), without making the
+ * reference: a function of the executable is told without the loader's lock. */
+int mp__fnref_check(mp__fn_t fn);
+/* Finds the executable's code once, so that later lookups and resolutions of its functions
+ * need neither the loader's lock nor a walk: for the fork server, before its spares. */
+void mp__fnref_prepare(void);
 int mp__fnref_resolve(const mp__fnref_t *ref, mp__fn_t *fn);
 
 /* File descriptors that cross to children by key (a connection's socket, say). An object in
@@ -268,11 +312,15 @@ typedef struct {
   int sentinel; /* without pidfds: the socket end whose closing tells the parent we ended */
   int report_sock; /* forkserver: the socket to send EXITED on, else -1 */
   bool strings_owned; /* allocated for the child (spawn), not copies of the parent's */
+  /* 1 or -1: whether pidfds work, as the forking parent found (mp__have_pidfd); 0: ask */
+  signed char pidfds;
 } mp__child_info_t;
 
 /* The first code of any new child, whatever the start method: sets the current and the
  * parent process objects, forgets the parent's children, arranges to die with the parent. */
 void mp__child_init(const mp__child_info_t *info);
+/* The current process's name, as mp_current_process() has it, without asking its pid. */
+const char *mp__current_name(void);
 
 /* Ends a child after its target: joins or terminates its own children as Python's
  * _exit_function does, flushes stdio, and exits with code. exec_image is true for a spawned
@@ -467,7 +515,8 @@ void mp__send_error(int sock, int code);
 
 /* The child's side, in a spawned image or in the fork server before it forks: reads the
  * whole request from sock and resolves its target (-EPIPE: the parent has gone; other
- * errors are to be sent back with mp__send_error). */
+ * errors are to be sent back with mp__send_error). One call at a time in a process: its
+ * reader is static. */
 typedef struct mp__request_s mp__request_t;
 int mp__request_read(int sock, mp__request_t **req);
 void mp__request_free(mp__request_t *req);

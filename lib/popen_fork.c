@@ -7,21 +7,23 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int fork_launch(mp_process_t *proc) {
+/* The child returns from fork() here: its code is the child's (MP__CHILD_TEXT). */
+MP__CHILD_TEXT static int fork_launch(mp_process_t *proc) {
   /* The child can call the pointer as it is, but refuse what spawn would refuse, so that a
    * program does not change behaviour with its start method. */
-  mp__fnref_t ref;
-  int rc = mp__fnref_from_pointer((mp__fn_t)proc->target, &ref);
+  int rc = mp__fnref_check((mp__fn_t)proc->target);
   if (rc < 0)
     return rc;
+  pid_t self = getpid();
   mp__child_info_t info = {
       .name = proc->name,
       .identity = proc->identity,
-      .parent_pid = getpid(),
-      .real_parent = getpid(),
-      .parent_name = mp_current_process()->name,
+      .parent_pid = self,
+      .real_parent = self,
+      .parent_name = mp__current_name(),
       .die_with_parent = proc->die_with_parent,
       .report_sock = -1,
+      .pidfds = mp__have_pidfd() ? 1 : -1,
   };
   int sentinel[2];
   rc = mp__sentinel_open(sentinel);
@@ -36,8 +38,8 @@ static int fork_launch(mp_process_t *proc) {
     return rc;
   }
   if (pid == 0) {
-    if (sentinel[0] >= 0) /* syscall()'s code page is the child's anyway (die_with) */
-      syscall(SYS_close, sentinel[0]);
+    if (sentinel[0] >= 0)
+      mp__raw_syscall(SYS_close, sentinel[0], 0, 0, 0);
     info.sentinel = sentinel[1];
     mp__child_init(&info);
     mp__fd_keep_only(proc->passed, proc->n_passed);

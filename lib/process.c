@@ -20,10 +20,23 @@
 #include <time.h>
 #include <unistd.h>
 
+/* A process object with room for its name and identity when they are short (the default
+ * ones are): the common object then takes no malloc and no free (below). */
+typedef struct {
+  mp_process_t proc; /* first: a slot's address is its process's */
+  char name[32];
+  char identity[24];
+} proc_slot_t;
+
+#define SLOTS 8
+#define EXIT_HOOKS 4
+
 /*
- * What this process knows of itself. A forked child writes these first, and each first
- * write to a page after fork() is a copy-on-write fault (several microseconds here): so
- * they share one page, and a child writes nothing else it can avoid.
+ * What this process knows of itself, and the objects of its first children. Each first
+ * write to a page after fork() is a fault (copy-on-write, or reuse once the child has gone;
+ * 14-18 us on a virtual machine): a forked child writes these first, and the parent writes
+ * its child's object and the registry after every fork. So they share one page, and neither
+ * side writes another page it can avoid (docs/architecture.md, "Where the time goes").
  */
 static struct {
   mp_process_t current;
@@ -40,7 +53,14 @@ static struct {
   mp_process_t *inherited[6];
   pthread_mutex_t executable_lock; /* guards executable, below */
   int death_signal; /* SIGRTMAX, a libc call read once here rather than in every child */
-} me __attribute__((aligned(1024))) = {
+  /* mp__on_exit's hooks, [MP__EXIT_FIRST] and [MP__EXIT_LAST]: here because every child reads
+   * them at its end, and each page a child touches first costs it (shadow paging). */
+  void (*exit_hooks[2][EXIT_HOOKS])(void);
+  /* Guards registry, children_created and the slots: see below. */
+  pthread_mutex_t registry_lock;
+  uint32_t slots_used; /* bit i: slots[i] holds a process object */
+  proc_slot_t slots[SLOTS];
+} me __attribute__((aligned(4096))) = {
     .current = {.object_kind = MP__KIND_PROCESS,
                 .kind = MP__PROC_SELF,
                 .state = MP__STARTED,
@@ -56,28 +76,50 @@ static struct {
     .own_sentinel = -1,
     .report_sock = -1,
     .executable_lock = PTHREAD_MUTEX_INITIALIZER,
+    .registry_lock = PTHREAD_MUTEX_INITIALIZER,
 };
 
 static char executable[PATH_MAX]; /* "" means the running executable */
 
-_Static_assert(sizeof me <= 1024, "what a child writes of itself stays in one page");
+_Static_assert(sizeof me <= 4096, "what a child writes of itself stays in one page");
+_Static_assert(SLOTS <= 32, "slots_used has a bit per slot");
 
 /* The registry holds the started children not yet closed, for active_children() and the
  * exit; they stay reachable there until the program closes them. */
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+/* A zeroed process object: a free slot, else from malloc (more than SLOTS at once). A forked
+ * child keeps its parent's slots taken: the objects in them are the parent's, or were
+ * created before the fork and are the child's own copies to start or close. */
+static proc_slot_t *slot_take(unsigned long *number) {
+  proc_slot_t *slot = NULL;
+  pthread_mutex_lock(&me.registry_lock);
+  *number = ++me.children_created;
+  for (unsigned i = 0; i < SLOTS && !slot; i++) {
+    if (!(me.slots_used & (1u << i))) {
+      me.slots_used |= 1u << i;
+      slot = &me.slots[i];
+    }
+  }
+  pthread_mutex_unlock(&me.registry_lock);
+  if (!slot)
+    return calloc(1, sizeof *slot);
+  memset(slot, 0, sizeof *slot);
+  return slot;
+}
 
-static void registry_add(mp_process_t *proc) {
-  pthread_mutex_lock(&registry_lock);
-  proc->prev = NULL;
-  proc->next = me.registry;
-  if (me.registry)
-    me.registry->prev = proc;
-  me.registry = proc;
-  pthread_mutex_unlock(&registry_lock);
+/* Frees a closed process object: its slot again, or its memory. */
+static void slot_give_back(proc_slot_t *slot) {
+  uintptr_t at = (uintptr_t)slot - (uintptr_t)me.slots;
+  if (at >= sizeof me.slots) {
+    free(slot);
+    return;
+  }
+  pthread_mutex_lock(&me.registry_lock);
+  me.slots_used &= ~(1u << (at / sizeof *slot));
+  pthread_mutex_unlock(&me.registry_lock);
 }
 
 static void registry_remove(mp_process_t *proc) {
-  pthread_mutex_lock(&registry_lock);
+  pthread_mutex_lock(&me.registry_lock);
   if (proc->prev)
     proc->prev->next = proc->next;
   else if (me.registry == proc)
@@ -85,12 +127,22 @@ static void registry_remove(mp_process_t *proc) {
   if (proc->next)
     proc->next->prev = proc->prev;
   proc->prev = proc->next = NULL;
-  pthread_mutex_unlock(&registry_lock);
+  pthread_mutex_unlock(&me.registry_lock);
+}
+
+static void registry_add(mp_process_t *proc) {
+  pthread_mutex_lock(&me.registry_lock);
+  proc->prev = NULL;
+  proc->next = me.registry;
+  if (me.registry)
+    me.registry->prev = proc;
+  me.registry = proc;
+  pthread_mutex_unlock(&me.registry_lock);
 }
 
 /* The registry's members, copied so that joining them needs no lock; caller frees. */
 static mp_process_t **registry_snapshot(size_t *count) {
-  pthread_mutex_lock(&registry_lock);
+  pthread_mutex_lock(&me.registry_lock);
   size_t n = 0;
   for (mp_process_t *p = me.registry; p; p = p->next)
     n++;
@@ -99,7 +151,7 @@ static mp_process_t **registry_snapshot(size_t *count) {
   if (list)
     for (mp_process_t *p = me.registry; p; p = p->next)
       list[(*count)++] = p;
-  pthread_mutex_unlock(&registry_lock);
+  pthread_mutex_unlock(&me.registry_lock);
   return list;
 }
 
@@ -266,21 +318,19 @@ static void end_children(void) {
   free(children);
 }
 
-#define EXIT_HOOKS 4
-static void (*exit_hooks[2][EXIT_HOOKS])(void); /* [MP__EXIT_FIRST], [MP__EXIT_LAST] */
 
 void mp__on_exit(void (*fn)(void), int when) {
   for (size_t i = 0; i < EXIT_HOOKS; i++) {
-    if (!exit_hooks[when][i]) {
-      exit_hooks[when][i] = fn;
+    if (!me.exit_hooks[when][i]) {
+      me.exit_hooks[when][i] = fn;
       return;
     }
   }
 }
 
-static void run_exit_hooks(int when) {
-  for (size_t i = 0; i < EXIT_HOOKS && exit_hooks[when][i]; i++)
-    exit_hooks[when][i]();
+MP__CHILD_TEXT static void run_exit_hooks(int when) {
+  for (size_t i = 0; i < EXIT_HOOKS && me.exit_hooks[when][i]; i++)
+    me.exit_hooks[when][i]();
 }
 
 static void at_exit(void) {
@@ -295,21 +345,21 @@ static void at_exit(void) {
  * when this child does), and free locks another thread may have held at the fork. Only a
  * child handler, and it writes only what needs changing: see `me` above.
  */
-static void after_fork_in_child(void) {
+MP__CHILD_TEXT static void after_fork_in_child(void) {
   if (me.registry) {
     memmove(me.inherited + 1, me.inherited, sizeof me.inherited - sizeof me.inherited[0]);
     me.inherited[0] = me.registry;
     me.registry = NULL;
   }
   if (me.own_sentinel >= 0) {
-    close(me.own_sentinel);
+    mp__raw_syscall(SYS_close, me.own_sentinel, 0, 0, 0);
     me.own_sentinel = -1;
   }
   if (me.report_sock >= 0) {
-    close(me.report_sock);
+    mp__raw_syscall(SYS_close, me.report_sock, 0, 0, 0);
     me.report_sock = -1;
   }
-  mp__reset_lock(&registry_lock);
+  mp__reset_lock(&me.registry_lock);
   mp__reset_lock(&me.executable_lock);
   mp__fd_after_fork();
 }
@@ -330,14 +380,14 @@ static int process_poll_fd(void *obj) {
 
 static const mp__waitable_ops_t process_waitable = {process_ready, process_poll_fd};
 
-static const char *current_name(void) {
+const char *mp__current_name(void) {
   return me.current.name;
 }
 
 /* Prioritized, so that it runs before spawn.c's take-over of a spawned child. */
 __attribute__((constructor(102))) static void install_handlers(void) {
   me.death_signal = SIGRTMAX;
-  mp__trace_name_source(current_name);
+  mp__trace_name_source(mp__current_name);
   atexit(at_exit);
   pthread_atfork(NULL, NULL, after_fork_in_child);
   mp__waitable_register(MP__KIND_PROCESS, &process_waitable);
@@ -353,33 +403,75 @@ __attribute__((constructor(102))) static void install_handlers(void) {
  * gone (the child has been reparented) before it kills the child.
  */
 
-static void on_parent_thread_exit(int sig) {
-  (void)sig;
-  if (getppid() != me.watched_parent)
-    kill(getpid(), SIGKILL);
+/* Kills this process unless its parent is still `parent`: all inline system calls, as
+ * everything a forked child runs before its target (MP__CHILD_TEXT). */
+MP__CHILD_TEXT static void die_unless_parent(pid_t parent) {
+  if (mp__raw_syscall(SYS_getppid, 0, 0, 0, 0) != parent)
+    mp__raw_syscall(SYS_kill, mp__raw_syscall(SYS_getpid, 0, 0, 0, 0), SIGKILL, 0, 0);
 }
 
-static void die_with(pid_t real_parent) {
-  me.watched_parent = real_parent;
-  /* Every libc function a forked child calls costs it a fault on that code page: so the
-   * initializer empties sa_mask, and the unblocking and the prctl are syscall()s, whose page
-   * mp__pidfd_open takes anyway (docs/architecture.md, "Where the time goes"). */
+MP__CHILD_TEXT static void on_parent_thread_exit(int sig) {
+  (void)sig;
+  die_unless_parent(me.watched_parent);
+}
+
+/*
+ * The death signal's handler is installed by rt_sigaction itself, as the kernel takes it:
+ * libc's sigaction() would cost the child a fault on its code page. On x86-64 a handler
+ * returns through a restorer of its own (rt_sigreturn); elsewhere through libc's sigaction.
+ */
+#if defined(__x86_64__) || defined(__aarch64__)
+#define KERNEL_SA_RESTORER 0x04000000
+struct kernel_sigaction {
+  void (*handler)(int);
+  unsigned long flags;
+  void (*restorer)(void);
+  uint64_t mask;
+};
+#if defined(__x86_64__)
+void mp__sigreturn(void);
+__asm__(".pushsection .text.hot.mp_child,\"ax\",@progbits\n"
+        ".globl mp__sigreturn\n"
+        ".hidden mp__sigreturn\n"
+        ".type mp__sigreturn,@function\n"
+        "mp__sigreturn:\n"
+        "  movq $" MP__STR(SYS_rt_sigreturn) ", %rax\n"
+        "  syscall\n"
+        ".size mp__sigreturn, .-mp__sigreturn\n"
+        ".popsection\n");
+#endif
+
+MP__CHILD_TEXT static bool catch_death_signal(int sig) {
+  struct kernel_sigaction sa = {.handler = on_parent_thread_exit, .flags = SA_RESTART};
+#if defined(__x86_64__)
+  sa.flags |= KERNEL_SA_RESTORER;
+  sa.restorer = mp__sigreturn;
+#endif
+  return mp__raw_syscall(SYS_rt_sigaction, sig, (long)&sa, 0, sizeof sa.mask) == 0;
+}
+#else
+static bool catch_death_signal(int sig) {
   struct sigaction sa = {.sa_handler = on_parent_thread_exit, .sa_flags = SA_RESTART};
+  return sigaction(sig, &sa, NULL) == 0;
+}
+#endif
+
+MP__CHILD_TEXT static void die_with(pid_t real_parent) {
+  me.watched_parent = real_parent;
   /* Where the signal cannot be had (valgrind keeps SIGRTMAX), die on any parent-thread
    * exit rather than outlive the parent. */
   int signal_to_die_by = SIGKILL;
-  if (sigaction(me.death_signal, &sa, NULL) == 0) {
+  if (catch_death_signal(me.death_signal)) {
     uint64_t unblock = 1ull << (me.death_signal - 1);
-    syscall(SYS_rt_sigprocmask, SIG_UNBLOCK, &unblock, NULL, sizeof unblock);
+    mp__raw_syscall(SYS_rt_sigprocmask, SIG_UNBLOCK, (long)&unblock, 0, sizeof unblock);
     signal_to_die_by = me.death_signal;
   }
-  syscall(SYS_prctl, PR_SET_PDEATHSIG, (unsigned long)signal_to_die_by); /* a long, as read */
+  mp__raw_syscall(SYS_prctl, PR_SET_PDEATHSIG, signal_to_die_by, 0, 0);
   /* The parent may have died before the prctl: then no signal will ever come. */
-  if (getppid() != real_parent)
-    kill(getpid(), SIGKILL);
+  die_unless_parent(real_parent);
 }
 
-void mp__child_init(const mp__child_info_t *info) {
+MP__CHILD_TEXT void mp__child_init(const mp__child_info_t *info) {
   /* The strings live as long as the child: a forked child's are its copies of the
    * parent's, a spawned child's were allocated for it. */
   me.current.name = (char *)info->name;
@@ -391,8 +483,11 @@ void mp__child_init(const mp__child_info_t *info) {
   me.parent.name = (char *)info->parent_name;
   me.parent.name_owned = info->strings_owned;
   if (me.parent.pidfd >= 0) /* a forked child inherits its parent's own parent pidfd */
-    close(me.parent.pidfd);
-  me.parent.pidfd = mp__have_pidfd() ? mp__pidfd_open(info->parent_pid) : -1;
+    mp__raw_syscall(SYS_close, me.parent.pidfd, 0, 0, 0);
+  /* The parent's answer, when it forked us: util.c's cached one is on a page this child
+   * would otherwise touch for it alone. */
+  bool pidfds = info->pidfds ? info->pidfds > 0 : mp__have_pidfd();
+  me.parent.pidfd = pidfds ? mp__pidfd_open(info->parent_pid) : -1;
   me.has_parent = true;
   me.own_sentinel = info->sentinel;
   me.report_sock = info->report_sock;
@@ -401,7 +496,7 @@ void mp__child_init(const mp__child_info_t *info) {
   MP__TRACE(process_child, info->name);
 }
 
-void mp__child_exit(int code, bool exec_image) {
+MP__CHILD_TEXT void mp__child_exit(int code, bool exec_image) {
   MP__TRACE(process_exit, code);
   if (exec_image)
     exit(code & 0xff); /* its own atexit handlers, ours included, end its children */
@@ -451,6 +546,19 @@ int mp__executable(char *buf, size_t cap) {
   return 0;
 }
 
+/* a, b and c joined, in buf if they fit, else in a malloc'ed string (NULL: no memory).
+ * No snprintf: its frames reach a stack page deeper, one more to copy after a fork. */
+static char *join3(char *buf, size_t cap, const char *a, const char *b, const char *c) {
+  size_t la = strlen(a), lb = strlen(b), lc = strlen(c);
+  char *out = buf;
+  if (la + lb + lc >= cap && !(out = malloc(la + lb + lc + 1))) /* string lengths: no overflow */
+    return NULL;
+  memcpy(out, a, la);
+  memcpy(out + la, b, lb);
+  memcpy(out + la + lb, c, lc + 1);
+  return out;
+}
+
 /* mp_process_create once context.c has resolved the context to its start method's ops. */
 int mp__process_create(mp_process_t **out, const mp__popen_ops_t *ops, mp_target_t target,
                        const void *arg, size_t size, const char *name) {
@@ -458,9 +566,11 @@ int mp__process_create(mp_process_t **out, const mp__popen_ops_t *ops, mp_target
     return mp__error(MP_EINVAL, "mp_process_create: %s is NULL", out ? "target" : "proc");
   if (!arg && size > 0)
     return mp__error(MP_EINVAL, "mp_process_create: arg is NULL but size is %zu", size);
-  mp_process_t *proc = calloc(1, sizeof *proc);
-  if (!proc)
+  unsigned long number;
+  proc_slot_t *slot = slot_take(&number);
+  if (!slot)
     return mp__error(MP_ENOMEM, "mp_process_create: no memory for the process");
+  mp_process_t *proc = &slot->proc;
   proc->object_kind = MP__KIND_PROCESS;
   proc->kind = MP__PROC_CHILD;
   proc->state = MP__CREATED;
@@ -471,16 +581,17 @@ int mp__process_create(mp_process_t **out, const mp__popen_ops_t *ops, mp_target
   proc->pidfd = proc->status_fd = -1;
   pthread_mutex_init(&proc->reap_lock, NULL);
 
-  pthread_mutex_lock(&registry_lock);
-  unsigned long number = ++me.children_created;
-  pthread_mutex_unlock(&registry_lock);
-  char identity[256], default_name[300];
-  snprintf(identity, sizeof identity, "%s%s%lu", me.current.identity,
-           *me.current.identity ? ":" : "", number);
-  snprintf(default_name, sizeof default_name, "Process-%s", identity);
-  proc->identity = strdup(identity);
-  proc->name = strdup(name ? name : default_name);
-  proc->name_owned = true;
+  char digits[24], *d = digits + sizeof digits;
+  *--d = '\0';
+  do
+    *--d = (char)('0' + number % 10);
+  while (number /= 10);
+  proc->identity = join3(slot->identity, sizeof slot->identity, me.current.identity,
+                         *me.current.identity ? ":" : "", d);
+  if (proc->identity)
+    proc->name = name ? join3(slot->name, sizeof slot->name, name, "", "")
+                      : join3(slot->name, sizeof slot->name, "Process-", proc->identity, "");
+  proc->name_owned = proc->name != slot->name;
   proc->arg = size ? malloc(size) : NULL;
   if (!proc->identity || !proc->name || (size && !proc->arg)) {
     mp_process_close(proc);
@@ -622,6 +733,14 @@ int mp__process_hold(mp_process_t *proc, void *block) {
   return mp__process_hold_ref(proc, block, mp__shared_retain, release_block);
 }
 
+/* A failed launch's error, named after its start method. Not inlined: its buffer would
+ * push the launch's frames down the stack, onto one more page to copy after the fork. */
+__attribute__((noinline, cold)) static int start_failed(const mp_process_t *proc, int rc) {
+  char detail[1024];
+  snprintf(detail, sizeof detail, "%s", mp_last_error());
+  return mp__error(rc, "mp_process_start (%s): %s", proc->ops->name, detail);
+}
+
 int mp_process_start(mp_process_t *proc) {
   int rc = check_not_started(proc, "mp_process_start");
   if (rc == 0)
@@ -629,11 +748,8 @@ int mp_process_start(mp_process_t *proc) {
   if (rc < 0)
     return rc;
   rc = proc->ops->launch(proc);
-  if (rc < 0) {
-    char detail[1024];
-    snprintf(detail, sizeof detail, "%s", mp_last_error());
-    return mp__error(rc, "mp_process_start (%s): %s", proc->ops->name, detail);
-  }
+  if (rc < 0)
+    return start_failed(proc, rc);
   set_state(proc, proc->status_lost ? MP__ENDED : MP__STARTED);
   registry_add(proc);
   MP__TRACE(process_start, proc);
@@ -772,16 +888,20 @@ int mp_process_close(mp_process_t *proc) {
                                                              : "proc is NULL");
   if (child_running(proc))
     return mp__error(MP_EALIVE, "mp_process_close: '%s' still runs", proc->name);
+  /* Out of the registry first: mp_active_children() may look at it until then. */
   if (state_of(proc) != MP__CREATED)
     registry_remove(proc);
   close_handles(proc);
   release_held(proc);
   pthread_mutex_destroy(&proc->reap_lock);
+  proc_slot_t *slot = (proc_slot_t *)proc;
   free(proc->arg);
-  free(proc->name);
-  free(proc->identity);
+  if (proc->name_owned)
+    free(proc->name);
+  if (proc->identity != slot->identity)
+    free(proc->identity);
   free(proc->passed);
-  free(proc);
+  slot_give_back(slot);
   return 0;
 }
 
@@ -817,14 +937,14 @@ int mp_active_children(mp_process_t **children, size_t capacity) {
   /* Under the lock, so that no other thread frees a member meanwhile; the checks do not
    * block (and take only each member's reap lock, never the other way round). */
   size_t running = 0;
-  pthread_mutex_lock(&registry_lock);
+  pthread_mutex_lock(&me.registry_lock);
   for (mp_process_t *p = me.registry; p; p = p->next)
     if (child_running(p)) {
       if (running < capacity)
         children[running] = p;
       running++;
     }
-  pthread_mutex_unlock(&registry_lock);
+  pthread_mutex_unlock(&me.registry_lock);
   return running > INT_MAX ? INT_MAX : (int)running;
 }
 

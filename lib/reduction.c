@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 typedef struct {
@@ -114,15 +115,98 @@ static void search_objects(object_search_t *s) {
   dl_iterate_phdr(visit_object, s);
 }
 
-int mp__fnref_from_pointer(mp__fn_t fn, mp__fnref_t *ref) {
-  object_search_t s = {.addr = (uintptr_t)fn};
+/*
+ * The executable's code, found once: it is never unloaded, so whether a pointer lies in it
+ * can be told without dl_iterate_phdr, whose lock is a write to the loader's data (a page a
+ * parent copies after every fork: docs/architecture.md, "Where the time goes").
+ */
+#define EXE_CODE_RANGES 8
+
+static struct {
+  pthread_once_t once;
+  bool ready; /* set last, with release: read first, so that a child calls no pthread_once */
+  bool found;
+  uintptr_t base;
+  /* Its executable segments, as offsets from base: copies, not its program headers, whose
+   * page a fork server's child would otherwise read in. */
+  size_t n_code;
+  struct {
+    uint64_t start, size;
+  } code[EXE_CODE_RANGES];
+  uint32_t build_id_len;
+  uint8_t build_id[MP__BUILD_ID_MAX];
+} exe = {.once = PTHREAD_ONCE_INIT};
+
+static void find_executable(void) {
+  object_search_t s = {.path = ""};
   search_objects(&s);
-  if (!s.found)
+  for (size_t i = 0; s.found && i < s.phnum; i++) {
+    const ElfW(Phdr) *ph = &s.phdr[i];
+    if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
+      continue;
+    if (exe.n_code == EXE_CODE_RANGES)
+      return; /* an odd executable: looked up as any object, under the lock */
+    exe.code[exe.n_code].start = ph->p_vaddr;
+    exe.code[exe.n_code++].size = ph->p_memsz;
+  }
+  exe.found = s.found;
+  exe.base = s.base;
+  exe.build_id_len = s.build_id_len;
+  memcpy(exe.build_id, s.build_id, s.build_id_len);
+  __atomic_store_n(&exe.ready, true, __ATOMIC_RELEASE);
+}
+
+/* Whether offset lies in the executable's code (exe.found). */
+static bool in_exe_code(uint64_t offset) {
+  for (size_t i = 0; i < exe.n_code; i++)
+    if (offset >= exe.code[i].start && offset - exe.code[i].start < exe.code[i].size)
+      return true;
+  return false;
+}
+
+void mp__fnref_prepare(void) {
+  if (!__atomic_load_n(&exe.ready, __ATOMIC_ACQUIRE))
+    pthread_once(&exe.once, find_executable);
+}
+
+/* Where fn lies: in the executable's code (from the cache), else the loaded objects'. */
+static void search_pointer(mp__fn_t fn, object_search_t *s) {
+  mp__fnref_prepare();
+  uintptr_t addr = (uintptr_t)fn;
+  if (exe.found && addr >= exe.base && in_exe_code(addr - exe.base)) {
+    s->found = true;
+    s->base = exe.base;
+    s->name = "";
+    s->build_id_len = exe.build_id_len;
+    memcpy(s->build_id, exe.build_id, exe.build_id_len);
+    return;
+  }
+  s->addr = addr;
+  search_objects(s);
+}
+
+/* Finds the loaded object that holds fn: 0, or MP_ECROSS where another process could not. */
+static int find_pointer(mp__fn_t fn, object_search_t *s) {
+  search_pointer(fn, s);
+  if (!s->found)
     return mp__error(MP_ECROSS, "function %p is in no loaded object (heap, stack or JIT "
                                 "memory), so another process cannot find it", (void *)(uintptr_t)fn);
-  if (strlen(s.name) >= sizeof ref->path)
+  if (strlen(s->name) >= sizeof((mp__fnref_t *)0)->path)
     return mp__error(MP_ECROSS, "the path of the object holding %p is too long",
                      (void *)(uintptr_t)fn);
+  return 0;
+}
+
+int mp__fnref_check(mp__fn_t fn) {
+  object_search_t s = {0};
+  return find_pointer(fn, &s);
+}
+
+int mp__fnref_from_pointer(mp__fn_t fn, mp__fnref_t *ref) {
+  object_search_t s = {0};
+  int rc = find_pointer(fn, &s);
+  if (rc < 0)
+    return rc;
   memset(ref, 0, sizeof *ref); /* it is sent whole: no uninitialized bytes */
   ref->offset = (uintptr_t)fn - s.base;
   ref->build_id_len = s.build_id_len;
@@ -213,11 +297,33 @@ static int load_checked(const mp__fnref_t *ref) {
   return rc;
 }
 
+/* memcmp's equality, inline: a fork server's child would fault in memcmp's code page. */
+static bool same_bytes(const uint8_t *a, const uint8_t *b, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (a[i] != b[i])
+      return false;
+  return true;
+}
+
 int mp__fnref_resolve(const mp__fnref_t *ref, mp__fn_t *fn) {
   /* A request is input: its lengths and its path are checked before any use. */
-  if (ref->build_id_len > MP__BUILD_ID_MAX || !memchr(ref->path, '\0', sizeof ref->path))
+  if (ref->build_id_len > MP__BUILD_ID_MAX ||
+      (*ref->path && !memchr(ref->path, '\0', sizeof ref->path)))
     return mp__error(MP_ERESOLVE, "a malformed function reference");
   const char *what = *ref->path ? ref->path : "the executable";
+  mp__fnref_prepare();
+  if (!*ref->path && exe.found) {
+    /* The executable, from the cache: no lock and no walk of the loaded objects, in a fork
+     * server's child (docs/architecture.md, "Where the time goes"). */
+    if (exe.build_id_len != ref->build_id_len ||
+        !same_bytes(exe.build_id, ref->build_id, ref->build_id_len))
+      return mismatch(what, exe.build_id, exe.build_id_len, ref);
+    if (!in_exe_code(ref->offset))
+      return mp__error(MP_ERESOLVE, "offset %#llx lies in no executable segment of %s",
+                       (unsigned long long)ref->offset, what);
+    *fn = (mp__fn_t)(exe.base + ref->offset);
+    return 0;
+  }
   object_search_t s = {.path = ref->path};
   search_objects(&s);
   if (!s.found) {
@@ -229,7 +335,7 @@ int mp__fnref_resolve(const mp__fnref_t *ref, mp__fn_t *fn) {
       return mp__error(MP_ERESOLVE, "%s is loaded but not found in the child", what);
   }
   if (s.build_id_len != ref->build_id_len ||
-      memcmp(s.build_id, ref->build_id, ref->build_id_len) != 0)
+      !same_bytes(s.build_id, ref->build_id, ref->build_id_len))
     return mismatch(what, s.build_id, s.build_id_len, ref);
   if (!in_code(s.phdr, s.phnum, ref->offset))
     return mp__error(MP_ERESOLVE, "offset %#llx lies in no executable segment of %s",
@@ -308,11 +414,11 @@ int mp__fd_unshare(uint64_t key) {
   return 0;
 }
 
-void mp__fd_after_fork(void) {
+MP__CHILD_TEXT void mp__fd_after_fork(void) {
   mp__reset_lock(&fds.lock);
 }
 
-void mp__fd_keep_only(const uint64_t *keys, size_t n) {
+MP__CHILD_TEXT void mp__fd_keep_only(const uint64_t *keys, size_t n) {
   /* A fresh child: no other thread, and the lock was reset by the atfork handler. */
   size_t kept = 0;
   for (size_t i = 0; i < fds.count; i++) {
@@ -322,7 +428,8 @@ void mp__fd_keep_only(const uint64_t *keys, size_t n) {
     if (passed)
       fds.entries[kept++] = fds.entries[i];
     else
-      close(fds.entries[i].fd);
+      mp__raw_syscall(SYS_close, fds.entries[i].fd, 0, 0, 0);
   }
-  fds.count = kept;
+  if (fds.count != kept) /* an unchanged table is not written: its page is not copied */
+    fds.count = kept;
 }

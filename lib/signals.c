@@ -34,14 +34,23 @@ static bool sigint_chainable(const struct sigaction *sa) {
   return sa->sa_handler != SIG_DFL && sa->sa_handler != SIG_IGN;
 }
 
-/* Chains the counter if needed; true if SIGINT is now caught by it (one sigaction read when
- * nothing changed). */
+static bool counted(const struct sigaction *sa) {
+  return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == count_sigint;
+}
+
+/* Chains the counter if needed; true if SIGINT is now caught by it. When nothing changed,
+ * one sigaction read and no lock: the lock's page would be one more to copy after a fork
+ * (every join asks). */
 static bool watch(void) {
   struct sigaction now;
+  if (sigaction(SIGINT, NULL, &now) != 0)
+    return false;
+  if (!sigint_chainable(&now))
+    return counted(&now);
   bool caught = false;
   pthread_mutex_lock(&sigint_lock);
   if (sigaction(SIGINT, NULL, &now) == 0) {
-    caught = (now.sa_flags & SA_SIGINFO) && now.sa_sigaction == count_sigint;
+    caught = counted(&now);
     if (sigint_chainable(&now)) {
       program_sigint = now;
       struct sigaction mine = now;

@@ -31,6 +31,7 @@
 #include <sys/auxv.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -314,6 +315,20 @@ typedef struct {
   char buf[MP__RECORD_MAX];
 } stream_reader_t;
 
+/* A request received: one per process at a time, static (mp__request_read). */
+#define REQUEST_SMALL 512
+
+struct mp__request_s {
+  request_head_t head;
+  char *name, *identity, *parent_name;
+  char *arg;
+  mp__fn_t target;
+  /* Where the strings and a small argument go when they fit, 16-byte aligned as malloc's:
+   * a fork server's child then writes no page of malloc's. */
+  size_t small_used;
+  _Alignas(16) char small[REQUEST_SMALL];
+};
+
 static int read_exact(stream_reader_t *r, void *dst, size_t size) {
   char *out = dst;
   while (size > 0) {
@@ -333,12 +348,26 @@ static int read_exact(stream_reader_t *r, void *dst, size_t size) {
 
 /* size bytes from the stream (and `extra` zero bytes after them) in a new buffer that grows
  * as they arrive: a request that claims more than it sends costs only what it sent. */
-static int read_alloc(stream_reader_t *r, uint64_t size, size_t extra, char **out) {
+static int read_alloc(stream_reader_t *r, mp__request_t *req, uint64_t size, size_t extra,
+                      char **out) {
   *out = NULL;
   if (size > SIZE_MAX - extra)
     return mp__error(MP_ENOMEM, "the child cannot hold %llu request bytes",
                      (unsigned long long)size);
   size_t total = (size_t)size + extra, cap = total < MP__RECORD_MAX ? total : MP__RECORD_MAX;
+  size_t room = sizeof req->small - req->small_used;
+  if (total <= room) { /* all of it, in the request's own space */
+    char *buf = req->small + req->small_used;
+    req->small_used += (total + 15) & ~(size_t)15; /* the space ends 16-aligned: no overflow */
+    if (req->small_used > sizeof req->small)
+      req->small_used = sizeof req->small;
+    if (read_exact(r, buf, (size_t)size) < 0)
+      return -EPIPE;
+    for (size_t i = 0; i < extra; i++) /* not memset: its code page, in a fork server's child */
+      buf[size + i] = '\0';
+    *out = buf;
+    return 0;
+  }
   char *buf = malloc(cap ? cap : 1);
   for (size_t got = 0; buf && got < size;) {
     if (got == cap) {
@@ -363,7 +392,8 @@ static int read_alloc(stream_reader_t *r, uint64_t size, size_t extra, char **ou
   if (!buf)
     return mp__error(MP_ENOMEM, "the child could not receive %llu request bytes",
                      (unsigned long long)size);
-  memset(buf + size, 0, extra);
+  for (size_t i = 0; i < extra; i++) /* not memset: its code page, in a fork server's child */
+    buf[size + i] = '\0';
   *out = buf;
   return 0;
 }
@@ -380,21 +410,20 @@ void mp__send_error(int sock, int code) {
   mp__send_record(sock, &rec, sizeof rec.head + len, -1);
 }
 
-struct mp__request_s {
-  request_head_t head;
-  char *name, *identity, *parent_name;
-  char *arg;
-  mp__fn_t target;
-};
+
+static void free_unless_small(mp__request_t *req, char *p) {
+  if ((uintptr_t)p - (uintptr_t)req->small >= sizeof req->small)
+    free(p);
+}
 
 void mp__request_free(mp__request_t *req) {
   if (!req)
     return;
-  free(req->name);
-  free(req->identity);
-  free(req->parent_name);
-  free(req->arg);
-  free(req);
+  free_unless_small(req, req->name);
+  free_unless_small(req, req->identity);
+  free_unless_small(req, req->parent_name);
+  free_unless_small(req, req->arg);
+  req->name = req->identity = req->parent_name = req->arg = NULL;
 }
 
 /* The records after the request's stream: the arena, mapped at once, then the fds passed
@@ -444,7 +473,7 @@ static int check_head(const request_head_t *head) {
   return bad ? mp__error(MP_ESPAWN, "the child refused a malformed request: its %s", bad) : 0;
 }
 
-/* Reads the whole request, then resolves its target; the reader's buffer is freed first. */
+/* Reads the whole request; the caller resolves its target. */
 static int read_request(stream_reader_t *reader, mp__request_t *req) {
   request_head_t *head = &req->head;
   if (read_exact(reader, head, REQUEST_HEAD_SENT) < 0)
@@ -455,28 +484,31 @@ static int read_request(stream_reader_t *reader, mp__request_t *req) {
   if (read_exact(reader, head->target.path, head->target_path_len) < 0)
     return -EPIPE;
   head->target.path[head->target_path_len] = '\0';
-  if (strlen(head->target.path) != head->target_path_len)
+  if (head->target_path_len && memchr(head->target.path, '\0', head->target_path_len))
     return mp__error(MP_ESPAWN, "the child refused a malformed request: a NUL in its path");
-  if ((rc = read_alloc(reader, head->name_len, 1, &req->name)) < 0 ||
-      (rc = read_alloc(reader, head->identity_len, 1, &req->identity)) < 0 ||
-      (rc = read_alloc(reader, head->parent_name_len, 1, &req->parent_name)) < 0 ||
-      (rc = read_alloc(reader, head->arg_size, 0, &req->arg)) < 0)
+  if ((rc = read_alloc(reader, req, head->name_len, 1, &req->name)) < 0 ||
+      (rc = read_alloc(reader, req, head->identity_len, 1, &req->identity)) < 0 ||
+      (rc = read_alloc(reader, req, head->parent_name_len, 1, &req->parent_name)) < 0 ||
+      (rc = read_alloc(reader, req, head->arg_size, 0, &req->arg)) < 0)
     return rc;
   return receive_fds(reader->sock, head);
 }
 
 int mp__request_read(int sock, mp__request_t **out) {
   *out = NULL;
-  mp__request_t *req = calloc(1, sizeof *req);
-  stream_reader_t *reader = malloc(sizeof *reader);
-  int rc = req && reader ? 0 : mp__error(MP_ENOMEM, "no memory to receive a request");
-  if (rc == 0) {
-    /* Not the buffer: writing 64 KiB would fault in (or copy) every page of it. */
-    reader->sock = sock;
-    reader->pos = reader->len = 0;
-    rc = read_request(reader, req);
-  }
-  free(reader);
+  /* Static, not from malloc: a fork server's child would write malloc's arena and heap
+   * pages, and free's errno. Not cleared: the reader's 64 KiB buffer and the 4 KiB path
+   * would fault in every page; a request touches the pages it fills. */
+  static struct {
+    mp__request_t req;
+    stream_reader_t reader; /* its head beside the request's end: one page for both */
+  } in;
+  mp__request_t *req = &in.req;
+  req->name = req->identity = req->parent_name = req->arg = NULL;
+  req->small_used = 0;
+  in.reader.sock = sock;
+  in.reader.pos = in.reader.len = 0;
+  int rc = read_request(&in.reader, req);
   if (rc == 0)
     rc = mp__fnref_resolve(&req->head.target, &req->target);
   if (rc < 0) {
@@ -516,7 +548,7 @@ void mp__request_run(mp__request_t *req, int sock, bool exec_image, pid_t real_p
   mp__reply_t ready = {MP__REC_READY, getpid()};
   mp__send_record(sock, &ready, sizeof ready, pidfd);
   if (pidfd >= 0)
-    close(pidfd);
+    mp__raw_syscall(SYS_close, pidfd, 0, 0, 0); /* not libc's: a page less for the child */
   if (exec_image)
     close(sock);
 

@@ -127,11 +127,21 @@ ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd, int flags) {
   return n;
 }
 
-int mp__pidfd_open(pid_t pid) {
-  return (int)syscall(SYS_pidfd_open, pid, 0);
+long mp__libc_syscall(long nr, long a, long b, long c, long d) {
+  long r = syscall(nr, a, b, c, d);
+  return r < 0 ? -errno : r;
 }
 
-bool mp__have_pidfd(void) {
+/* Inline: a forked child opens its parent's pidfd (MP__CHILD_TEXT). */
+MP__CHILD_TEXT int mp__pidfd_open(pid_t pid) {
+  long fd = mp__raw_syscall(SYS_pidfd_open, pid, 0, 0, 0);
+  if (fd >= 0)
+    return (int)fd;
+  errno = (int)-fd;
+  return -1;
+}
+
+MP__CHILD_TEXT bool mp__have_pidfd(void) {
   static int support = -1; /* benign race: every thread computes the same answer */
   if (support < 0) {
     /* LIBMP_NO_PIDFD=1 takes the path of kernels without pidfds, so tests cover it; not
@@ -152,7 +162,7 @@ int mp__pidfd_send_signal(int pidfd, int sig) {
   return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 
-void mp__reset_lock(pthread_mutex_t *lock) {
+MP__CHILD_TEXT void mp__reset_lock(pthread_mutex_t *lock) {
   static const pthread_mutex_t unused = PTHREAD_MUTEX_INITIALIZER;
   if (memcmp(lock, &unused, sizeof unused) != 0)
     memcpy(lock, &unused, sizeof unused);
@@ -171,7 +181,7 @@ static bool pending(FILE *stream) {
 #endif
 }
 
-void mp__flush_std_streams(void) {
+MP__CHILD_TEXT void mp__flush_std_streams(void) {
   if (pending(stdout))
     fflush(stdout);
   if (pending(stderr))
