@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -38,13 +39,45 @@ static void futex_wake_all(_Atomic uint32_t *word) {
   syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-/* One half of a bare ping-pong: raise `to`, wake it, wait for `from` and lower it. */
-static void bare_ping(_Atomic uint32_t *to, _Atomic uint32_t *from) {
-  atomic_store(to, 1);
-  futex_wake(to);
-  while (atomic_load(from) == 0)
-    futex_wait(from, 0);
-  atomic_store(from, 0);
+/*
+ * What libmp's waits do between their last look at their word and their futex wait: they
+ * read SIGINT's disposition (the Ctrl-C rule, signals.c), one system call. Across CPUs that
+ * call decides most round trips on this VM: the partner's answer often lands during it, and
+ * then the wait does not sleep. Bare waiters that slept at once paid an idle vCPU's wake-up
+ * instead (round trips of 4-13 us against libmp's 1.4-1.7), which made the ratios of
+ * event.wakeup and barrier.round 0.16-0.55.
+ */
+static void as_libmp_before_sleep(void) {
+  struct sigaction old;
+  sigaction(SIGINT, NULL, &old);
+}
+
+/* A flag one process raises and another waits for. The waiter counts itself while it
+ * sleeps, so that the raiser makes a futex call only when someone sleeps, as mp_event_set
+ * does. */
+typedef struct {
+  _Alignas(64) _Atomic uint32_t word;
+  _Atomic uint32_t sleepers;
+} bare_flag_t;
+
+static void bare_raise(bare_flag_t *f) {
+  atomic_store(&f->word, 1);
+  if (atomic_load(&f->sleepers) > 0)
+    futex_wake(&f->word);
+}
+
+/* Waits until f is raised, and lowers it; -1 if the futex call fails. */
+static int bare_lower(bare_flag_t *f) {
+  while (atomic_load(&f->word) == 0) {
+    as_libmp_before_sleep();
+    atomic_fetch_add(&f->sleepers, 1);
+    long rc = atomic_load(&f->word) == 0 ? futex_wait(&f->word, 0) : 0;
+    atomic_fetch_sub(&f->sleepers, 1);
+    if (rc < 0 && errno != EAGAIN && errno != EINTR)
+      return -1;
+  }
+  atomic_store(&f->word, 0);
+  return 0;
 }
 
 enum { SIDE_LIBMP = 1, SIDE_BARE = 2 };
@@ -60,7 +93,7 @@ struct shared_s {
   _Alignas(64) _Atomic uint32_t go;
   _Atomic uint32_t done;
   _Atomic int side;
-  _Alignas(64) _Atomic uint32_t ping, pong;
+  bare_flag_t ping, pong;
   _Alignas(64) _Atomic uint32_t bar_count, bar_gen; /* the bare barrier */
   mp_lock_t *lock;
   mp_value_t *value;
@@ -250,12 +283,9 @@ static int libmp_event_echo(shared_t *s) {
 }
 
 static int bare_pingpong_echo(shared_t *s) {
-  while (atomic_load(&s->ping) == 0)
-    if (futex_wait(&s->ping, 0) < 0 && errno != EAGAIN && errno != EINTR)
-      return -1;
-  atomic_store(&s->ping, 0);
-  atomic_store(&s->pong, 1);
-  futex_wake(&s->pong);
+  if (bare_lower(&s->ping) < 0)
+    return -1;
+  bare_raise(&s->pong);
   return 0;
 }
 
@@ -272,7 +302,9 @@ static void libmp_event_ping(void *state) {
 
 static void bare_pingpong_ping(void *state) {
   shared_t *s = state;
-  bare_ping(&s->ping, &s->pong);
+  bare_raise(&s->ping);
+  if (bare_lower(&s->pong) < 0)
+    bench_die_sys("futex", errno);
 }
 
 static void row_event_wakeup(const bench_config_t *cfg, bench_result_t *result) {
@@ -308,6 +340,7 @@ static int bare_barrier_wait(shared_t *s) {
     futex_wake_all(&s->bar_gen);
     return 0;
   }
+  as_libmp_before_sleep();
   while (atomic_load(&s->bar_gen) == gen)
     if (futex_wait(&s->bar_gen, gen) < 0 && errno != EAGAIN && errno != EINTR)
       return -1;
