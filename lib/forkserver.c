@@ -177,7 +177,7 @@ MP__CHILD_TEXT static void reset_child_state(const server_t *s) {
   mp__raw_syscall(SYS_close, s->taken[0], 0, 0, 0);
   for (size_t i = 0; i < s->count; i++)
     mp__raw_syscall(SYS_close, s->children[i].sock, 0, 0, 0);
-  uint64_t none = 0;
+  mp__kernel_sigset_t none = {{0}};
   mp__raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, (long)&none, 0, sizeof none);
 #if defined(__x86_64__) || defined(__aarch64__)
   /* SIG_DFL needs no restorer: the kernel's own struct sigaction, empty mask, no flags. */

@@ -58,6 +58,20 @@ ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd, int flags);
  */
 #define MP__CHILD_TEXT __attribute__((section(".text.hot.mp_child")))
 
+/* The kernel's sigset_t, for raw rt_sigprocmask calls: 128 signals on MIPS, 64 elsewhere,
+ * in unsigned longs as the kernel numbers its bits. */
+#if defined(__mips__)
+#define MP__KERNEL_NSIG 128
+#else
+#define MP__KERNEL_NSIG 64
+#endif
+typedef struct {
+  unsigned long bits[MP__KERNEL_NSIG / 8 / sizeof(unsigned long)];
+} mp__kernel_sigset_t;
+#define MP__SIGSET_ADD(set, sig)                                                            \
+  ((set)->bits[((sig) - 1) / (8 * sizeof(unsigned long))] |=                               \
+   1ul << (((sig) - 1) % (8 * sizeof(unsigned long))))
+
 /* syscall(), as -errno on failure: mp__raw_syscall where it has no inline form. */
 long mp__libc_syscall(long nr, long a, long b, long c, long d);
 
@@ -311,7 +325,9 @@ typedef struct {
   bool die_with_parent;
   int sentinel; /* without pidfds: the socket end whose closing tells the parent we ended */
   int report_sock; /* forkserver: the socket to send EXITED on, else -1 */
-  bool strings_owned; /* allocated for the child (spawn), not copies of the parent's */
+  /* Whether name and parent_name were malloc'ed for the child (spawn's long names), which a
+   * rename frees, rather than copies of the parent's or in a request's static storage. */
+  bool name_owned, parent_name_owned;
   /* 1 or -1: whether pidfds work, as the forking parent found (mp__have_pidfd); 0: ask */
   signed char pidfds;
 } mp__child_info_t;

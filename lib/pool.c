@@ -216,6 +216,10 @@ int mp_pool_create(mp_pool_t **out, const mp_pool_options_t *options) {
   if (rc == 0 && o->initializer)
     rc = await_workers(pool);
   atomic_store(&pool->creating, false);
+  /* Without an initializer nothing waited: a launcher's error the supervisor reported
+   * meanwhile still ends creation (one it reports from now on is a running pool's). */
+  if (rc == 0 && (rc = atomic_load(&pool->create_rc)) < 0)
+    mp__error(rc, "mp_pool_create: %s", pool->create_msg);
   if (rc < 0) {
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", mp_last_error());

@@ -360,6 +360,13 @@ static void wake_waiter(mp__job_t *job) {
   wake(job->waker);
 }
 
+/* Wakes whoever sleeps on waker, counted or not: a worker killed inside wake(), between the
+ * take of the count and the bump, left a sleeper that no count names. */
+static void wake_uncounted(mp__job_waker_t *waker) {
+  atomic_fetch_add(&waker->wake, 1);
+  mp__futex_wake(&waker->wake, INT32_MAX);
+}
+
 int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
                  bool interruptible, int64_t deadline) {
   /* The count is read before the spin (one load), so a SIGINT during it is seen too. */
@@ -1291,6 +1298,12 @@ int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **out, ui
   }
   if (rc == 0)
     rc = append_apply(t, s, out, chunk);
+  /* A close that came while this apply waited for a slot to open its batch looked for an
+   * open batch before there was one (mp__jobs_close_batch does not take the lock when it
+   * sees none): this apply is taken, and the batch closed for it. The flag is set before
+   * that look, the batch stored before this one, both sequentially consistent. */
+  if (rc == 0 && (atomic_load(&t->sh->flags) & MP__POOL_CLOSED))
+    close_batch(t);
   pthread_mutex_unlock(&t->apply_lock);
   if (rc <= 0)
     return rc;
@@ -1394,9 +1407,10 @@ void mp__jobs_worker_lost(mp__jobs_t *t, uint32_t w, const char *why) {
   if (!lost.found)
     for_each_running_job(t, find_lost_chunk, &lost);
   /* A worker killed after it freed a job's slot but before it woke the waiter (the wake-up
-   * comes after it let go of the job) left that waiter asleep: every waiter looks again. */
+   * comes after it let go of the job), or in the middle of a wake-up, left that waiter
+   * asleep: every waiter looks again. */
   for (size_t i = 0; i <= MP__POOL_SLOTS; i++)
-    wake(&sh->wakers[i]);
+    wake_uncounted(&sh->wakers[i]);
 }
 
 static void abort_job(mp__jobs_t *t, mp__job_t *job, void *arg) {

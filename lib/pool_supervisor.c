@@ -102,7 +102,10 @@ static void start_failed(mp_pool_t *pool, uint32_t w, int rc, const char *msg) {
 
 static bool replacements_wanted(mp_pool_t *pool) {
   uint32_t flags = mp__jobs_flags(pool->jobs);
-  return !(flags & MP__POOL_TERMINATED) && !atomic_load(&pool->create_rc) &&
+  /* A creation error stops replacements while creation runs; one reported as creation
+   * ended (the supervisor read `creating` just before) does not stop a running pool's. */
+  bool creation_failed = atomic_load(&pool->creating) && atomic_load(&pool->create_rc);
+  return !(flags & MP__POOL_TERMINATED) && !creation_failed &&
          (!(flags & MP__POOL_CLOSED) || mp__jobs_work_left(pool->jobs)) &&
          !(atomic_load(&pool->requests) & REQ_STOP);
 }

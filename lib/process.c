@@ -462,7 +462,8 @@ MP__CHILD_TEXT static void die_with(pid_t real_parent) {
    * exit rather than outlive the parent. */
   int signal_to_die_by = SIGKILL;
   if (catch_death_signal(me.death_signal)) {
-    uint64_t unblock = 1ull << (me.death_signal - 1);
+    mp__kernel_sigset_t unblock = {{0}};
+    MP__SIGSET_ADD(&unblock, me.death_signal);
     mp__raw_syscall(SYS_rt_sigprocmask, SIG_UNBLOCK, (long)&unblock, 0, sizeof unblock);
     signal_to_die_by = me.death_signal;
   }
@@ -473,15 +474,15 @@ MP__CHILD_TEXT static void die_with(pid_t real_parent) {
 
 MP__CHILD_TEXT void mp__child_init(const mp__child_info_t *info) {
   /* The strings live as long as the child: a forked child's are its copies of the
-   * parent's, a spawned child's were allocated for it. */
+   * parent's, a spawned child's are in its request (static storage, or allocated). */
   me.current.name = (char *)info->name;
-  me.current.name_owned = info->strings_owned;
+  me.current.name_owned = info->name_owned;
   me.current.identity = (char *)info->identity;
   me.children_created = 0;
   me.registry = NULL;
   me.parent.pid = info->parent_pid;
   me.parent.name = (char *)info->parent_name;
-  me.parent.name_owned = info->strings_owned;
+  me.parent.name_owned = info->parent_name_owned;
   if (me.parent.pidfd >= 0) /* a forked child inherits its parent's own parent pidfd */
     mp__raw_syscall(SYS_close, me.parent.pidfd, 0, 0, 0);
   /* The parent's answer, when it forked us: util.c's cached one is on a page this child

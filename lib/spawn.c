@@ -411,8 +411,13 @@ void mp__send_error(int sock, int code) {
 }
 
 
+/* Whether p was allocated (read_alloc), not placed in the request's own space. */
+static bool allocated(const mp__request_t *req, const char *p) {
+  return p && (uintptr_t)p - (uintptr_t)req->small >= sizeof req->small;
+}
+
 static void free_unless_small(mp__request_t *req, char *p) {
-  if ((uintptr_t)p - (uintptr_t)req->small >= sizeof req->small)
+  if (allocated(req, p))
     free(p);
 }
 
@@ -537,7 +542,8 @@ void mp__request_run(mp__request_t *req, int sock, bool exec_image, pid_t real_p
       .die_with_parent = req->head.flags & MP__REQUEST_DIE_WITH_PARENT,
       .sentinel = sentinel,
       .report_sock = exec_image ? -1 : sock,
-      .strings_owned = true,
+      .name_owned = allocated(req, req->name),
+      .parent_name_owned = allocated(req, req->parent_name),
   };
   mp__child_init(&info);
 

@@ -783,6 +783,49 @@ START_TEST(test_applies_in_flight_end) {
 }
 END_TEST
 
+typedef struct {
+  mp_pool_t *pool;
+  mp_async_result_t *ar;
+  int rc;
+} applier_t;
+
+static void *apply_in_thread(void *arg) {
+  static int x = 7;
+  applier_t *a = arg;
+  a->rc = mp_pool_apply_async(a->pool, square, &x, sizeof x, sizeof(int), NULL, &a->ar);
+  return NULL;
+}
+
+/* A close that comes while an apply waits for a job slot to open its batch (256 jobs in
+ * flight, the oldest napping): the apply is taken and its batch closed, so the workers end
+ * and join returns. (The close once found no batch open yet, and the one opened after it
+ * stayed open: join waited for ever.) */
+START_TEST(test_close_while_a_batch_opens) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  enum { JOBS = 256 };
+  static mp_async_result_t *ars[JOBS];
+  static int ms = 300, x = 3;
+  for (int k = 0; k < JOBS; k++)
+    MP_ASSERT_OK(mp_pool_map_async(pool, k < 2 ? sleep_arg_ms : square, k < 2 ? &ms : &x, 1,
+                                   sizeof(int), k < 2 ? 0 : sizeof(int), 1, NULL, &ars[k]));
+  applier_t a = {pool, NULL, 1};
+  pthread_t thread;
+  T_INT_EQ(pthread_create(&thread, NULL, apply_in_thread, &a), 0);
+  nap(0.1); /* the applier waits for the oldest job's slot */
+  MP_ASSERT_OK(mp_pool_close(pool));
+  T_INT_EQ(pthread_join(thread, NULL), 0);
+  MP_ASSERT_OK(a.rc);
+  MP_ASSERT_OK(mp_pool_join(pool, 10));
+  int r = 0;
+  MP_ASSERT_OK(mp_async_result_get(a.ar, &r, sizeof r, NULL, 0));
+  T_INT_EQ(r, 49);
+  mp_async_result_free(a.ar);
+  for (int k = 0; k < JOBS; k++)
+    mp_async_result_free(ars[k]);
+  end_pool();
+}
+END_TEST
+
 /* Each apply of a batch runs its own callback once it is done, and get() after its wait
  * finds it run. */
 START_TEST(test_applies_in_flight_callbacks) {
@@ -2221,6 +2264,7 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_applies_in_flight, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_applies_in_flight_worker_dies, 0, N_PROCESS_CONTEXTS);
   tcase_add_loop_test(tc, test_applies_in_flight_end, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_close_while_a_batch_opens, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_applies_in_flight_callbacks, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_applies_in_flight_parallel, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_applies_in_flight_threads, 0, N_CONTEXTS);

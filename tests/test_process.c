@@ -538,6 +538,41 @@ START_TEST(test_names) {
 }
 END_TEST
 
+/* A child renames itself and its parent (Python's current_process().name = ...), then
+ * allocates: a spawned or fork-server child's names live beside its argument in its
+ * request's static storage, which a rename must not hand to free() (it did: the next
+ * allocations were placed over the argument). */
+static int t_rename_current_and_parent(void *arg, size_t size) {
+  char before[64];
+  if (size == 0 || size > sizeof before)
+    return 2;
+  memcpy(before, arg, size);
+  if (mp_process_set_name(mp_current_process(), "renamed-child") < 0 ||
+      mp_process_set_name(mp_parent_process(), "renamed-parent") < 0)
+    return 3;
+  char *blocks[16];
+  for (int i = 0; i < 16; i++)
+    if ((blocks[i] = malloc(48)) != NULL)
+      memset(blocks[i], 'x', 48);
+  int rc = memcmp(arg, before, size) != 0 ||
+           strcmp(mp_process_name(mp_current_process()), "renamed-child") != 0 ||
+           strcmp(mp_process_name(mp_parent_process()), "renamed-parent") != 0;
+  for (int i = 0; i < 16; i++)
+    free(blocks[i]);
+  return rc;
+}
+
+START_TEST(test_child_renames_itself) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  static const char payload[] = "the child's argument";
+  mp_process_t *c;
+  T_PROC_NEW(&c, ctx, t_rename_current_and_parent, payload, sizeof payload, "short");
+  MP_ASSERT_OK(mp_process_start(c));
+  T_INT_EQ(mp_test_join_code(c, 10.0), 0);
+  T_PROC_CLOSE(c);
+}
+END_TEST
+
 START_TEST(test_main_process) {
   mp_process_t *me = mp_current_process();
   T_ASSERT(me != NULL, "mp_current_process() is NULL");
@@ -1625,6 +1660,7 @@ static Suite *process_suite(void) {
 
   tc = mp_test_tcase(s, "identity", 20);
   tcase_add_loop_test(tc, test_names, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_child_renames_itself, 0, N_METHODS);
   tcase_add_test(tc, test_main_process);
   tcase_add_loop_test(tc, test_child_identity, 0, N_METHODS);
 
