@@ -1175,12 +1175,26 @@ void mp__jobs_release(mp__jobs_t *t, mp__job_t *job) {
 
 /* Publishes a job in the next slot (waiting for it to free); on failure the job is
  * released. */
+/* Publishes job in seq order, waiting for its slot. A close that comes meanwhile does not
+ * end the workers before it (the submission is counted from before its look at the flags
+ * until it is published, and workers read that count after the flags and before the
+ * sequence numbers, all sequentially consistent); one that came before refuses it. */
 static int publish(mp__jobs_t *t, mp__job_t *job) {
-  pthread_mutex_lock(&t->submit_lock);
-  int rc = job_publish(t->sh, job, t->next_seq, INT64_MAX);
-  if (rc == 0)
-    t->next_seq++;
-  pthread_mutex_unlock(&t->submit_lock);
+  mp__pool_shared_t *sh = t->sh;
+  atomic_fetch_add(&sh->submitting, 1);
+  int rc = 0;
+  if (atomic_load(&sh->flags) & MP__POOL_CLOSED)
+    rc = mp__error(MP_ECLOSED, "the pool is closed");
+  if (rc == 0) {
+    pthread_mutex_lock(&t->submit_lock);
+    rc = job_publish(sh, job, t->next_seq, INT64_MAX);
+    if (rc == 0)
+      t->next_seq++;
+    pthread_mutex_unlock(&t->submit_lock);
+  }
+  atomic_fetch_sub(&sh->submitting, 1);
+  if (atomic_load(&sh->flags) & MP__POOL_CLOSED)
+    wake_workers(sh, INT32_MAX); /* idle workers that waited for this may end now */
   if (rc < 0)
     mp__jobs_release(t, job);
   return rc;
@@ -1430,7 +1444,13 @@ void mp__jobs_abort(mp__jobs_t *t, mp__job_t *job, int code) {
 }
 
 bool mp__jobs_work_left(const mp__jobs_t *t) {
-  return atomic_load(&t->sh->oldest) < atomic_load(&t->sh->next_seq);
+  return atomic_load(&t->sh->submitting) > 0 ||
+         atomic_load(&t->sh->oldest) < atomic_load(&t->sh->next_seq);
+}
+
+bool mp__pool_closed_and_done(mp__pool_shared_t *sh) {
+  return (atomic_load(&sh->flags) & MP__POOL_CLOSED) && atomic_load(&sh->submitting) == 0 &&
+         atomic_load(&sh->oldest) >= atomic_load(&sh->next_seq);
 }
 
 void mp__jobs_set_flag(mp__jobs_t *t, uint32_t flag) {

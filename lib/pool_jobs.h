@@ -166,6 +166,9 @@ struct mp__pool_shared_s {
   _Atomic uint32_t slot_waiters;
   _Atomic uint32_t status; /* futex: bumped when a worker is ready or failed to be */
   _Atomic uint32_t flags;
+  /* Submissions between their look at the flags and their publication (a wait for a slot
+   * included): a closed pool's workers do not end while one is pending. */
+  _Atomic uint32_t submitting;
   /* Robust: workers and the supervisor record failures, in any job. One for the pool
    * rather than one per job: failures are rare, and a job then costs no mutex set-up. */
   pthread_mutex_t err_lock;
@@ -351,6 +354,8 @@ typedef struct {
 void mp__pool_map_output(mp__warm_t *warm, const mp__task_t *task);
 void mp__warm_free(mp__warm_t *warm);
 
+/* The pool is closed and every job submitted to it is done (none is pending): workers end. */
+bool mp__pool_closed_and_done(mp__pool_shared_t *sh);
 /* Sleeps until woken by new work, unless the work word moved past seen. */
 void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen);
 /* Claims the oldest queued chunk of any job for worker w: true with its task view. */

@@ -203,7 +203,7 @@ static int serve(worker_t *wk) {
     uint32_t flags = atomic_load(&sh->flags);
     if (flags & MP__POOL_TERMINATED)
       return exit_because(wk, MP__WORKER_DONE, 0, "the pool was terminated");
-    if ((flags & MP__POOL_CLOSED) && atomic_load(&sh->oldest) >= atomic_load(&sh->next_seq))
+    if (mp__pool_closed_and_done(sh))
       return exit_because(wk, MP__WORKER_DONE, 0, "the pool is closed and its work done");
     mp__pool_idle(sh, wk->w, seen);
   }

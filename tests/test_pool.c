@@ -797,9 +797,11 @@ static void *apply_in_thread(void *arg) {
 }
 
 /* A close that comes while an apply waits for a job slot to open its batch (256 jobs in
- * flight, the oldest napping): the apply is taken and its batch closed, so the workers end
- * and join returns. (The close once found no batch open yet, and the one opened after it
- * stayed open: join waited for ever.) */
+ * flight, the oldest napping): the apply is taken and runs, and its batch is closed, so the
+ * workers end once it is done and join returns. (The close once found no batch open yet, and
+ * the one opened after it stayed open: join waited for ever. And a submission waiting for a
+ * slot was not counted: workers that ran out of work ended before it was published, and its
+ * result never came.) Under a heavy load the applier may come after the close: refused. */
 START_TEST(test_close_while_a_batch_opens) {
   mp_pool_t *pool = make_pool(_i, 2, NULL);
   enum { JOBS = 256 };
@@ -814,12 +816,14 @@ START_TEST(test_close_while_a_batch_opens) {
   nap(0.1); /* the applier waits for the oldest job's slot */
   MP_ASSERT_OK(mp_pool_close(pool));
   T_INT_EQ(pthread_join(thread, NULL), 0);
-  MP_ASSERT_OK(a.rc);
+  T_ASSERT(a.rc == 0 || a.rc == MP_ECLOSED, "apply_async returned %d", a.rc);
   MP_ASSERT_OK(mp_pool_join(pool, 10));
-  int r = 0;
-  MP_ASSERT_OK(mp_async_result_get(a.ar, &r, sizeof r, NULL, 0));
-  T_INT_EQ(r, 49);
-  mp_async_result_free(a.ar);
+  if (a.rc == 0) {
+    int r = 0;
+    MP_ASSERT_OK(mp_async_result_get(a.ar, &r, sizeof r, NULL, 0));
+    T_INT_EQ(r, 49);
+    mp_async_result_free(a.ar);
+  }
   for (int k = 0; k < JOBS; k++)
     mp_async_result_free(ars[k]);
   end_pool();
