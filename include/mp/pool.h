@@ -383,7 +383,9 @@ MP_EXTERN void mp_async_result_free(mp_async_result_t *ar);
 MP_EXTERN int mp_pool_callback_errors(const mp_pool_t *pool);
 
 /* No more tasks: submissions fail with MP_ECLOSED; workers exit once the submitted work is
- * done. Errors: MP_EINVAL. Python: Pool.close(). */
+ * done. A submission another thread makes meanwhile (one waiting for a job slot, say) is
+ * either refused with MP_ECLOSED or run before the workers exit. Errors: MP_EINVAL. Python:
+ * Pool.close(). */
 MP_EXTERN int mp_pool_close(mp_pool_t *pool);
 
 /*
