@@ -431,7 +431,7 @@ static int job_publish(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq, int6
     if (rc == MP_ETIMEDOUT)
       return mp__error(MP_ETIMEDOUT, "%d jobs are in flight", MP__POOL_SLOTS);
   }
-  job->seq = seq;
+  atomic_store_explicit(&job->seq, seq, memory_order_relaxed);
   job->waker = &sh->wakers[seq % MP__POOL_SLOTS];
   atomic_fetch_add(&job->refs, 1); /* the slot's */
   sh->slots[seq % MP__POOL_SLOTS].job = job;
@@ -496,7 +496,7 @@ static void unpin(mp__pool_shared_t *sh, uint32_t pinner) {
 
 static bool unpinned(const mp__pool_shared_t *sh, const mp__job_t *job) {
   for (uint32_t i = 0; i <= sh->n_workers; i++)
-    if (atomic_load(&sh->workers[i].pin) == job->seq + 1)
+    if (atomic_load(&sh->workers[i].pin) == mp__job_seq(job) + 1)
       return false;
   return true;
 }
@@ -643,7 +643,7 @@ static void take_chunk(mp__pool_shared_t *sh, uint32_t w, mp__job_t *job, uint32
   mp__worker_rec_t *rec = &sh->workers[w];
   /* Read by the supervisor once this worker has ended (and by no one before): relaxed. */
   atomic_store_explicit(&rec->run_item, 0, memory_order_relaxed);
-  atomic_store_explicit(&rec->run_seq, job->seq + 1, memory_order_relaxed);
+  atomic_store_explicit(&rec->run_seq, mp__job_seq(job) + 1, memory_order_relaxed);
   atomic_store_explicit(&rec->run_chunk, chunk, memory_order_relaxed);
   task_view(job, chunk, &rec->run_item, task);
 }
@@ -701,7 +701,7 @@ static bool settle(mp__pool_shared_t *sh, mp__job_t *job, mp__job_waker_t **late
    * workers' counters are not read at every apply. */
   bool last = (!(job->flags & MP__JOB_BATCH) || atomic_load(&job->limit) == job->n_chunks) &&
               mp__job_complete(job);
-  uint64_t seq = job->seq, active = seq << 1 | 1;
+  uint64_t seq = mp__job_seq(job), active = seq << 1 | 1;
   if (!last || !atomic_compare_exchange_strong(&sh->slots[seq % MP__POOL_SLOTS].state, &active,
                                                seq << 1)) {
     if (last || (job->flags & MP__JOB_WAKE_EACH))
@@ -757,7 +757,7 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
    * the block has first seen this chunk counted (the store of the count below, or a
    * completion that read it), and the supervisor reads the mark only once this process has
    * ended. */
-  atomic_store_explicit(&sh->workers[w].pin, job->seq + 1, memory_order_relaxed);
+  atomic_store_explicit(&sh->workers[w].pin, mp__job_seq(job) + 1, memory_order_relaxed);
   atomic_store_explicit(mine, count << 1 | 1, memory_order_relaxed);
   bool ours = running && atomic_compare_exchange_strong(
                              state, &v,
@@ -769,7 +769,7 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
    * long as no older job is incomplete (the oldest queued chunk goes first). */
   uint32_t c;
   bool again =
-      next && ours && atomic_load(&sh->oldest) == job->seq && claim_in(job, w, &c, false);
+      next && ours && atomic_load(&sh->oldest) == mp__job_seq(job) && claim_in(job, w, &c, false);
   if (next)
     next->job = NULL;
   if (again)

@@ -105,7 +105,10 @@ typedef struct {
    * spare block is reused, since the block is linked (and its mark cleared) as it is taken. */
   void *parent_next, *parent_prev;
   _Atomic uint32_t orphaned; /* no reference left, and not freed by whoever dropped it */
-  uint64_t seq; /* its number in the pool, which names its slot */
+  /* Its number in the pool, which names its slot. Written once as it is published; atomic
+   * (relaxed) because another process's release of the job (an orphan mark, a pin) is what
+   * orders its readers, which ThreadSanitizer does not see. */
+  _Atomic uint64_t seq;
   uint32_t fn;  /* index in the pool's function table */
   uint32_t flags;
   uint64_t n, item_size, result_size, chunksize;
@@ -132,6 +135,10 @@ typedef struct {
    * is created: it lives as long as the owner's reference, with no allocation of its own. */
   _Alignas(64) uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
 } mp__job_t;
+
+static inline uint64_t mp__job_seq(const mp__job_t *job) {
+  return atomic_load_explicit(&((mp__job_t *)job)->seq, memory_order_relaxed);
+}
 
 /* A worker's record, written by the worker (and by the supervisor once it has died). */
 enum {

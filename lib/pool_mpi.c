@@ -206,7 +206,7 @@ static int finish_task(link_t *k, mp__task_t *done) {
 
 /* Completes a chunk of this worker's in the job table, as pool_worker.c does its own. */
 static void complete(link_t *k, mp__task_t *task, int rc, int64_t t0) {
-  MP__TRACE(pool_chunk, k->sh, ((const mp__job_t *)task->job)->seq, task->chunk, k->w,
+  MP__TRACE(pool_chunk, k->sh, mp__job_seq(task->job), task->chunk, k->w,
             task->first, task->count, t0, rc, task->failed_item, task->msg);
   mp__pool_complete(k->sh, k->w, task, rc == 0 ? MP__CHUNK_DONE : MP__CHUNK_FAILED,
                     k->notify_fd, NULL);

@@ -138,7 +138,7 @@ static void run_chunk(worker_t *wk, mp__task_t *task, mp__task_t *next) {
     mp__pool_map_output(&wk->warm, task);
   if (rc == 0)
     rc = wk->how->run(task, wk->how->run_arg);
-  MP__TRACE(pool_chunk, sh, ((const mp__job_t *)task->job)->seq, task->chunk, wk->w,
+  MP__TRACE(pool_chunk, sh, mp__job_seq(task->job), task->chunk, wk->w,
             task->first, task->count, t0, rc, task->failed_item, task->msg);
   mp__pool_complete(sh, wk->w, task, rc == 0 ? MP__CHUNK_DONE : MP__CHUNK_FAILED, wk->notify_fd,
                     next);
