@@ -58,6 +58,26 @@ ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd, int flags);
  */
 #define MP__CHILD_TEXT __attribute__((section(".text.hot.mp_child")))
 
+/* Under ThreadSanitizer (MP_TSAN): it sees no order that another process's atomics make,
+ * as when a worker process stands between two threads of this one (a job's creator and the
+ * supervisor that reclaims it once a worker marked it); these name such an edge, on an
+ * address, and are nothing in other builds. */
+#if defined(__SANITIZE_THREAD__)
+#define MP_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MP_TSAN 1
+#endif
+#endif
+#ifdef MP_TSAN
+#include <sanitizer/tsan_interface.h>
+#define MP__TSAN_RELEASE(addr) __tsan_release((void *)(addr))
+#define MP__TSAN_ACQUIRE(addr) __tsan_acquire((void *)(addr))
+#else
+#define MP__TSAN_RELEASE(addr) ((void)0)
+#define MP__TSAN_ACQUIRE(addr) ((void)0)
+#endif
+
 /* The kernel's sigset_t, for raw rt_sigprocmask calls: 128 signals on MIPS, 64 elsewhere,
  * in unsigned longs as the kernel numbers its bits. */
 #if defined(__mips__)

@@ -435,6 +435,8 @@ static int job_publish(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq, int6
   job->waker = &sh->wakers[seq % MP__POOL_SLOTS];
   atomic_fetch_add(&job->refs, 1); /* the slot's */
   sh->slots[seq % MP__POOL_SLOTS].job = job;
+  /* What made the job is ordered before a reclaim that finds it orphaned by a worker. */
+  MP__TSAN_RELEASE(&job->orphaned);
   atomic_store(&sh->slots[seq % MP__POOL_SLOTS].state, seq << 1 | 1);
   atomic_store(&sh->next_seq, seq + 1);
   /* A terminate whose abort scanned the slots before this one was filled does not see this
@@ -1097,7 +1099,10 @@ static void free_job(mp__jobs_t *t, mp__job_t *job) {
 static void reclaim(mp__jobs_t *t) {
   for (mp__job_t *job = t->jobs, *next; job; job = next) {
     next = job->parent_next;
-    if (atomic_load(&job->orphaned) && unpinned(t->sh, job))
+    if (!atomic_load(&job->orphaned))
+      continue;
+    MP__TSAN_ACQUIRE(&job->orphaned); /* marked, perhaps by a worker process */
+    if (unpinned(t->sh, job))
       free_job(t, job);
   }
 }

@@ -17,17 +17,8 @@
 
 /* ThreadSanitizer intercepts pthread_mutex_lock but not pthread_mutex_clocklock (neither
  * gcc 12's runtime nor clang 14's): a mutex taken so is told to it by hand, else it would
- * report the unlock that follows and miss the ordering the mutex gives. */
-#if defined(__SANITIZE_THREAD__)
-#define MP_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define MP_TSAN 1
-#endif
-#endif
-#ifdef MP_TSAN
-#include <sanitizer/tsan_interface.h>
-#endif
+ * report the unlock that follows and miss the ordering the mutex gives (MP_TSAN:
+ * internal.h). */
 
 int64_t mp__now_ns(void) {
   struct timespec ts;
