@@ -164,6 +164,8 @@ typedef struct {
   int taken[2]; /* spare to server: "I took a request" */
   pid_t spares[SPARES]; /* 0: an empty place */
   int fork_errno;       /* why the last spare could not be forked */
+  uid_t uid;            /* ours, for the requests' peers (mp__peer_ids) */
+  gid_t gid;
   served_child_t *children;
   size_t count, cap;
 } server_t;
@@ -172,8 +174,6 @@ typedef struct {
  * calls (MP__CHILD_TEXT), not libc's close, sigprocmask, signal, prctl and getppid. */
 MP__CHILD_TEXT static void reset_child_state(const server_t *s) {
   mp__raw_syscall(SYS_close, s->sigfd, 0, 0, 0);
-  if (s->program >= 0) /* the program must not find its own pidfd in its children */
-    mp__raw_syscall(SYS_close, s->program, 0, 0, 0);
   mp__raw_syscall(SYS_close, s->taken[0], 0, 0, 0);
   for (size_t i = 0; i < s->count; i++)
     mp__raw_syscall(SYS_close, s->children[i].sock, 0, 0, 0);
@@ -206,6 +206,17 @@ MP__CHILD_TEXT static MP__NORETURN void run_spare(const server_t *s) {
   mp__raw_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0);
   if (mp__raw_syscall(SYS_getppid, 0, 0, 0, 0) != s->self)
     _exit(0);
+  /* What does not depend on the request is done now, while no start waits for it: the
+   * system calls (its pid, its pidfd; the program's pidfd is the server's, kept as the
+   * child's parent's) and the first writes of the pages the child writes. */
+  pid_t self = (pid_t)mp__raw_syscall(SYS_getpid, 0, 0, 0, 0);
+  mp__spare_t spare = {.self = self,
+                       .server = s->self,
+                       .program = s->program_pid,
+                       .self_pidfd = mp__have_pidfd() ? mp__pidfd_open(self) : -1,
+                       .program_fd = s->program};
+  mp__request_prepare();
+  mp__child_prepare();
   int sock = -1;
   for (;;) {
     char request;
@@ -219,11 +230,11 @@ MP__CHILD_TEXT static MP__NORETURN void run_spare(const server_t *s) {
     sock = -1;
   }
   /* The same rule as for the server's own start-up: a request comes from the program. */
-  if (mp__check_peer(sock, s->program_pid, "a fork server request") < 0) {
+  if (mp__check_peer_as(sock, s->program_pid, s->uid, s->gid, "a fork server request") < 0) {
     dprintf(STDERR_FILENO, "libmp: the fork server refused a request: %s\n", mp_last_error());
     _exit(127);
   }
-  mp__reply_t taken = {MP__REC_READY, (int32_t)mp__raw_syscall(SYS_getpid, 0, 0, 0, 0)};
+  mp__reply_t taken = {MP__REC_READY, self};
   if (mp__send_record(s->taken[1], &taken, sizeof taken, sock) < 0)
     _exit(1); /* the server has gone: the parent reads end of file */
   mp__raw_syscall(SYS_close, s->ctl, 0, 0, 0);
@@ -234,7 +245,7 @@ MP__CHILD_TEXT static MP__NORETURN void run_spare(const server_t *s) {
   int rc = mp__request_read(sock, &req);
   if (rc < 0)
     refuse_request(sock, rc);
-  mp__request_run(req, sock, false, s->self, -1);
+  mp__request_run(req, sock, false, &spare, -1);
 }
 
 /* Where pid is among the spares (pid 0: an empty place), or NULL. */
@@ -357,6 +368,7 @@ MP__ROLE(forkserver, "forkserver", "fork server", false) {
   sigaddset(&chld, SIGCHLD);
   sigprocmask(SIG_BLOCK, &chld, NULL);
   server_t s = {.self = getpid(), .program_pid = getppid(), .ctl = ctl, .program = -1};
+  mp__peer_ids(&s.uid, &s.gid);
   s.sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
   if (s.sigfd < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, s.taken) < 0)
     _exit(1);

@@ -350,7 +350,14 @@ typedef struct {
   bool name_owned, parent_name_owned;
   /* 1 or -1: whether pidfds work, as the forking parent found (mp__have_pidfd); 0: ask */
   signed char pidfds;
+  /* > 0: a pidfd of parent_pid already open (a fork server's spare opened it before its
+   * request came), which the child keeps as its parent's; 0: open one if pidfds work. */
+  int parent_pidfd;
 } mp__child_info_t;
+
+/* A fork server's spare, before its request comes: writes the one page of process.c's that
+ * mp__child_init() writes, so that the start does not wait for its page fault. */
+void mp__child_prepare(void);
 
 /* The first code of any new child, whatever the start method: sets the current and the
  * parent process objects, forgets the parent's children, arranges to die with the parent. */
@@ -492,6 +499,11 @@ const uint8_t *mp__program_key(void);
 /* 0 if the Unix socket sock's peer is the process pid (0: any) with this process's real and
  * effective uid and gid, else a negative code with a sentence. */
 int mp__check_peer(int sock, pid_t pid, const char *what);
+/* The same with this process's ids given: uid and gid as mp__peer_ids() found them. */
+int mp__check_peer_as(int sock, pid_t pid, uid_t uid, gid_t gid, const char *what);
+/* This process's uid and gid where real and effective ones agree, else (uid_t)-1 and
+ * (gid_t)-1, which no peer matches. */
+void mp__peer_ids(uid_t *uid, gid_t *gid);
 /* The fd numbers a spawned image finds its bootstrap socket and its sentinel at. */
 #define MP__BOOTSTRAP_FD 3
 #define MP__SENTINEL_FD 4
@@ -557,11 +569,26 @@ typedef struct mp__request_s mp__request_t;
 int mp__request_read(int sock, mp__request_t **req);
 void mp__request_free(mp__request_t *req);
 
+/* What a fork server's spare made ready before its request came, off the start's path. */
+typedef struct {
+  pid_t self;
+  pid_t server;     /* its parent */
+  pid_t program;    /* the program the server serves */
+  int self_pidfd;   /* its own pidfd, sent with READY; -1 without pidfds */
+  int program_fd;   /* the program's pidfd, -1 without: the child's parent's if the request
+                       names the program as its parent, else closed */
+} mp__spare_t;
+
+/* A spare, before its request comes: writes the pages a request of a few hundred bytes
+ * writes and runs memcpy once, so that the start waits for none of their page faults. */
+void mp__request_prepare(void);
+
 /* Becomes the child the request describes, answers READY on sock, runs the target and
- * exits. real_parent is the fork server's pid, or 0 when the requesting parent made this
- * image; sentinel is the end kept for the parent where there are no pidfds, or -1. */
+ * exits. spare is what a fork server's spare prepared (the server is its real parent), or
+ * NULL when the requesting parent made this image; sentinel is the end kept for the parent
+ * where there are no pidfds, or -1. */
 MP__NORETURN void mp__request_run(mp__request_t *req, int sock, bool exec_image,
-                                  pid_t real_parent, int sentinel);
+                                  const mp__spare_t *spare, int sentinel);
 
 /* posix_spawn()s exe as a libmp child of the given role ("spawn", "forkserver" or
  * "shm-tracker") that finds sock at MP__BOOTSTRAP_FD and sentinel (if >= 0) at

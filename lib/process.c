@@ -488,13 +488,20 @@ MP__CHILD_TEXT void mp__child_init(const mp__child_info_t *info) {
   /* The parent's answer, when it forked us: util.c's cached one is on a page this child
    * would otherwise touch for it alone. */
   bool pidfds = info->pidfds ? info->pidfds > 0 : mp__have_pidfd();
-  me.parent.pidfd = pidfds ? mp__pidfd_open(info->parent_pid) : -1;
+  if (info->parent_pidfd > 0)
+    me.parent.pidfd = info->parent_pidfd;
+  else
+    me.parent.pidfd = pidfds ? mp__pidfd_open(info->parent_pid) : -1;
   me.has_parent = true;
   me.own_sentinel = info->sentinel;
   me.report_sock = info->report_sock;
   if (info->die_with_parent)
     die_with(info->real_parent);
   MP__TRACE(process_child, info->name);
+}
+
+MP__CHILD_TEXT void mp__child_prepare(void) {
+  me.children_created = 0; /* as mp__child_init() sets it */
 }
 
 MP__CHILD_TEXT void mp__child_exit(int code, bool exec_image) {

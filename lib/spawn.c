@@ -499,15 +499,17 @@ static int read_request(stream_reader_t *reader, mp__request_t *req) {
   return receive_fds(reader->sock, head);
 }
 
+/* The request received: one per process at a time. Static, not from malloc: a fork server's
+ * child would write malloc's arena and heap pages, and free's errno. Not cleared: the
+ * reader's 64 KiB buffer and the 4 KiB path would fault in every page; a request touches
+ * the pages it fills. */
+static struct {
+  mp__request_t req;
+  stream_reader_t reader; /* its head beside the request's end: one page for both */
+} in;
+
 int mp__request_read(int sock, mp__request_t **out) {
   *out = NULL;
-  /* Static, not from malloc: a fork server's child would write malloc's arena and heap
-   * pages, and free's errno. Not cleared: the reader's 64 KiB buffer and the 4 KiB path
-   * would fault in every page; a request touches the pages it fills. */
-  static struct {
-    mp__request_t req;
-    stream_reader_t reader; /* its head beside the request's end: one page for both */
-  } in;
   mp__request_t *req = &in.req;
   req->name = req->identity = req->parent_name = req->arg = NULL;
   req->small_used = 0;
@@ -530,28 +532,59 @@ const uint8_t *mp__program_key(void) {
   return program_key;
 }
 
-void mp__request_run(mp__request_t *req, int sock, bool exec_image, pid_t real_parent,
+/* Writes one byte of p's page as it is: the page is then this process's own. One write
+ * (an atomic add of 0), not a read then a write: on a page never touched, a read maps the
+ * zero page first, and the write faults again. */
+MP__CHILD_TEXT static void touch(void *p) {
+  __atomic_fetch_add((char *)p, 0, __ATOMIC_RELAXED);
+}
+
+MP__CHILD_TEXT void mp__request_prepare(void) {
+  /* The pages a small request writes: the head's (its start, and its end beside the small
+   * space and the reader's head), the first of the reader's buffer (the kernel's copy of
+   * each record), and the key. */
+  touch(&in.req.head);
+  touch(&in.req.small_used);
+  touch(in.req.small + sizeof in.req.small - 1);
+  touch(&in.reader);
+  touch(in.reader.buf);
+  touch(program_key);
+  /* read_exact's memcpy, as libc's call: its code page. The size is not a constant, so that
+   * the compiler cannot make it a move of its own. */
+  static volatile size_t one = 1;
+  memcpy(in.reader.buf, program_key, one);
+}
+
+void mp__request_run(mp__request_t *req, int sock, bool exec_image, const mp__spare_t *spare,
                      int sentinel) {
   memcpy(program_key, req->head.program_key, sizeof program_key);
+  /* The spare's pidfd of the program is its parent's only if the request says so. */
+  int parent_pidfd = spare ? spare->program_fd : -1;
+  if (parent_pidfd >= 0 && (req->head.parent_pid != spare->program || parent_pidfd == 0)) {
+    mp__raw_syscall(SYS_close, parent_pidfd, 0, 0, 0);
+    parent_pidfd = -1;
+  }
   mp__child_info_t info = {
       .name = req->name,
       .identity = req->identity,
       .parent_pid = req->head.parent_pid,
-      .real_parent = real_parent ? real_parent : req->head.parent_pid,
+      .real_parent = spare ? spare->server : req->head.parent_pid,
       .parent_name = req->parent_name,
       .die_with_parent = req->head.flags & MP__REQUEST_DIE_WITH_PARENT,
       .sentinel = sentinel,
       .report_sock = exec_image ? -1 : sock,
       .name_owned = allocated(req, req->name),
       .parent_name_owned = allocated(req, req->parent_name),
+      .parent_pidfd = parent_pidfd > 0 ? parent_pidfd : 0,
   };
   mp__child_init(&info);
 
-  /* A spawned child's parent has its pidfd; a fork server's child sends its own, so that
-   * its parent, which is not its parent for the kernel, can watch and signal it. The child
-   * sends READY itself, so that READY always comes before its EXITED. */
-  int pidfd = exec_image || !mp__have_pidfd() ? -1 : mp__pidfd_open(getpid());
-  mp__reply_t ready = {MP__REC_READY, getpid()};
+  /* A spawned child's parent has its pidfd; a fork server's child sends its own (its
+   * spare opened it), so that its parent, which is not its parent for the kernel, can
+   * watch and signal it. The child sends READY itself, so that READY always comes before
+   * its EXITED. */
+  int pidfd = spare ? spare->self_pidfd : -1;
+  mp__reply_t ready = {MP__REC_READY, spare ? spare->self : getpid()};
   mp__send_record(sock, &ready, sizeof ready, pidfd);
   if (pidfd >= 0)
     mp__raw_syscall(SYS_close, pidfd, 0, 0, 0); /* not libc's: a page less for the child */
@@ -573,7 +606,7 @@ MP__ROLE(spawned, "spawn", "spawned child", true) {
     mp__send_error(sock, rc);
     _exit(1);
   }
-  mp__request_run(req, sock, true, 0, sentinel);
+  mp__request_run(req, sock, true, NULL, sentinel);
 }
 
 /* ------------------------------ start-up ------------------------------ */
@@ -602,7 +635,19 @@ static MP__NORETURN MP__PRINTF(1, 2) void refuse_startup(const char *fmt, ...) {
   _exit(127);
 }
 
+void mp__peer_ids(uid_t *uid, gid_t *gid) {
+  *uid = getuid() == geteuid() ? getuid() : (uid_t)-1;
+  *gid = getgid() == getegid() ? getgid() : (gid_t)-1;
+}
+
 int mp__check_peer(int sock, pid_t pid, const char *what) {
+  uid_t uid;
+  gid_t gid;
+  mp__peer_ids(&uid, &gid);
+  return mp__check_peer_as(sock, pid, uid, gid, what);
+}
+
+int mp__check_peer_as(int sock, pid_t pid, uid_t uid, gid_t gid, const char *what) {
   int domain = 0, type = 0;
   socklen_t len = sizeof domain;
   if (getsockopt(sock, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0)
@@ -618,8 +663,7 @@ int mp__check_peer(int sock, pid_t pid, const char *what) {
   if (pid && cred.pid != pid)
     return mp__error(-EPERM, "%s: fd %d's peer is process %d, not %d", what, sock,
                      (int)cred.pid, (int)pid);
-  if (cred.uid != getuid() || cred.uid != geteuid() || cred.gid != getgid() ||
-      cred.gid != getegid())
+  if (uid == (uid_t)-1 || cred.uid != uid || gid == (gid_t)-1 || cred.gid != gid)
     return mp__error(-EPERM, "%s: fd %d's peer runs as uid %u gid %u, not as this process",
                      what, sock, (unsigned)cred.uid, (unsigned)cred.gid);
   return 0;
