@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -302,6 +303,50 @@ void mp__popen_discard(mp_process_t *proc) {
   proc->pid = 0;
 }
 
+/* -------------------------- the parent's pidfd -------------------------- */
+
+/*
+ * A child its parent made itself (fork, spawn) opens the parent's pidfd when first asked,
+ * not at its start: a system call, and a file to close at its end, off every start
+ * (docs/architecture.md, "Where the time goes"). The pid is still the parent's as long as
+ * the parent is ours (getppid), which is looked at after the open; a parent gone by then
+ * gets a sentinel that is ready at once, an eventfd that reads 1. A fork server's child
+ * has no such test (the server is its parent), and its spare has the pidfd already.
+ */
+#define PIDFD_LATER (-2)
+
+/* The parent's pidfd (or the eventfd of a parent gone), opened now if it was not: -1 if it
+ * cannot be (no pidfds, no fd left), and then the callers look by pid. */
+static int parent_pidfd(void) {
+  int fd = __atomic_load_n(&me.parent.pidfd, __ATOMIC_ACQUIRE);
+  if (fd != PIDFD_LATER)
+    return fd;
+  int opened = mp__pidfd_open(me.parent.pid);
+  if (opened >= 0 && getppid() != me.parent.pid) {
+    close(opened); /* the pid may be another process's by now */
+    opened = -1;
+    errno = ESRCH;
+  }
+  if (opened < 0 && errno == ESRCH)
+    opened = eventfd(1, EFD_CLOEXEC);
+  if (opened < 0)
+    return -1;
+  /* Another thread may have opened it meanwhile: one is kept. */
+  if (!__atomic_compare_exchange_n(&me.parent.pidfd, &fd, opened, false, __ATOMIC_ACQ_REL,
+                                   __ATOMIC_ACQUIRE)) {
+    close(opened);
+    return fd;
+  }
+  return opened;
+}
+
+/* Before any fork of a process whose parent's pidfd is still to open: open it now, as a
+ * child forked here could not (the pid it would look up is its grandparent's). */
+static void before_fork(void) {
+  if (__atomic_load_n(&me.parent.pidfd, __ATOMIC_RELAXED) == PIDFD_LATER)
+    parent_pidfd();
+}
+
 /* ------------------------ the end of this process ------------------------ */
 
 /* Python's _exit_function: terminate the daemon children, then join every child. */
@@ -389,7 +434,7 @@ __attribute__((constructor(102))) static void install_handlers(void) {
   me.death_signal = SIGRTMAX;
   mp__trace_name_source(mp__current_name);
   atexit(at_exit);
-  pthread_atfork(NULL, NULL, after_fork_in_child);
+  pthread_atfork(before_fork, NULL, after_fork_in_child);
   mp__waitable_register(MP__KIND_PROCESS, &process_waitable);
 }
 
@@ -490,6 +535,8 @@ MP__CHILD_TEXT void mp__child_init(const mp__child_info_t *info) {
   bool pidfds = info->pidfds ? info->pidfds > 0 : mp__have_pidfd();
   if (info->parent_pidfd > 0)
     me.parent.pidfd = info->parent_pidfd;
+  else if (pidfds && info->real_parent == info->parent_pid)
+    me.parent.pidfd = PIDFD_LATER;
   else
     me.parent.pidfd = pidfds ? mp__pidfd_open(info->parent_pid) : -1;
   me.has_parent = true;
@@ -783,9 +830,9 @@ static int wait_parent_without_pidfd(int64_t deadline) {
 
 int mp_process_join(mp_process_t *proc, double timeout) {
   if (proc == &me.parent) {
-    int ready = me.parent.pidfd >= 0
-                    ? mp__poll_fd(me.parent.pidfd, POLLIN, mp__deadline(timeout))
-                    : wait_parent_without_pidfd(mp__deadline(timeout));
+    int fd = parent_pidfd();
+    int ready = fd >= 0 ? mp__poll_fd(fd, POLLIN, mp__deadline(timeout))
+                        : wait_parent_without_pidfd(mp__deadline(timeout));
     if (ready < 0)
       return mp__error(ready, "mp_process_join: %s", mp_strerror(ready));
     return ready ? 0 : mp__error(MP_ETIMEDOUT, "mp_process_join: the parent still runs");
@@ -812,10 +859,10 @@ int mp_process_is_alive(mp_process_t *proc) {
   switch (proc->kind) {
   case MP__PROC_SELF:
     return 1;
-  case MP__PROC_PARENT:
-    if (me.parent.pidfd >= 0)
-      return mp__poll_fd(me.parent.pidfd, POLLIN, 0) == 0;
-    return kill(me.parent.pid, 0) == 0;
+  case MP__PROC_PARENT: {
+    int fd = parent_pidfd();
+    return fd >= 0 ? mp__poll_fd(fd, POLLIN, 0) == 0 : kill(me.parent.pid, 0) == 0;
+  }
   case MP__PROC_CHILD:
     break;
   }
@@ -879,9 +926,10 @@ int mp_process_pid(const mp_process_t *proc) {
 }
 
 int mp_process_sentinel(const mp_process_t *proc) {
-  if (proc == &me.parent)
-    return me.parent.pidfd >= 0 ? me.parent.pidfd
-                             : mp__error(-EBADF, "mp_process_sentinel: no parent pidfd");
+  if (proc == &me.parent) {
+    int fd = parent_pidfd();
+    return fd >= 0 ? fd : mp__error(-EBADF, "mp_process_sentinel: no parent pidfd");
+  }
   int rc = check_started(proc, "mp_process_sentinel");
   if (rc == 0 && sentinel_of(proc) < 0)
     rc = mp__error(-ECHILD, "mp_process_sentinel: '%s' ended before it could be watched",

@@ -4,6 +4,7 @@
  * Children report through their exit code: 0 (or the documented value) for success, a
  * distinct number for each check that failed in the child.
  */
+#include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -378,6 +379,98 @@ static int life_orphan_parent(void *arg, size_t size) {
   append_text(a.path, "READY\n");
   for (;;) pause();
   return 22;
+}
+
+/* The pid a pidfd refers to (its fdinfo's "Pid:" line), 0 if fd is no pidfd. */
+static pid_t pid_of_pidfd(int fd) {
+  char path[64], line[128];
+  snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+  FILE *f = fopen(path, "re");
+  pid_t pid = 0;
+  while (f && fgets(line, sizeof line, f))
+    if (strncmp(line, "Pid:", 4) == 0)
+      pid = (pid_t)atoi(line + 4);
+  if (f)
+    fclose(f);
+  return pid;
+}
+
+/* How many of this process's fds are pidfds. */
+static int count_pidfds(void) {
+  DIR *d = opendir("/proc/self/fd");
+  int n = 0;
+  for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+    char path[300], target[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+    ssize_t len = readlink(path, target, sizeof target - 1);
+    if (len > 0) {
+      target[len] = '\0';
+      n += strcmp(target, "anon_inode:[pidfd]") == 0;
+    }
+  }
+  if (d)
+    closedir(d);
+  return n;
+}
+
+struct parent_pidfd_arg {
+  pid_t parent;
+  int method;
+};
+
+/* A child's view of its parent's pidfd: a fork or spawn child opens it when first asked,
+ * a forkserver child has it from its spare; either refers to its parent, the test. */
+static int t_parent_pidfd(void *arg, size_t size) {
+  struct parent_pidfd_arg a;
+  if (size != sizeof a) return 30;
+  memcpy(&a, arg, sizeof a);
+  bool pidfds = getenv("LIBMP_NO_PIDFD") == NULL;
+  bool from_spare = strcmp(METHODS[a.method], "forkserver") == 0;
+  if (count_pidfds() != (pidfds && from_spare ? 1 : 0)) return 31;
+  mp_process_t *parent = mp_parent_process();
+  if (parent == NULL || mp_process_pid(parent) != a.parent) return 32;
+  int fd = mp_process_sentinel(parent);
+  if (!pidfds)
+    return fd == -EBADF && mp_process_is_alive(parent) == 1 ? 0 : 33;
+  if (fd < 0 || pid_of_pidfd(fd) != a.parent) return 34;
+  if (count_pidfds() != 1) return 35;
+  if (mp_process_is_alive(parent) != 1) return 36;
+  if (mp_process_join(parent, 0) != MP_ETIMEDOUT) return 37;
+  if (mp_process_sentinel(parent) != fd) return 38; /* the same, however often asked */
+  return 0;
+}
+
+/* G: waits until its parent P is dead and reaped (the test says so), and only then asks
+ * about it: P's pid may be anyone's by then, so the answer must not come from it. */
+static int t_parent_gone_first_look(void *arg, size_t size) {
+  struct life_arg a;
+  if (size != sizeof a) return 50;
+  memcpy(&a, arg, sizeof a);
+  mp_process_t *parent = mp_parent_process();
+  if (parent == NULL) return 51;
+  pid_t p = (pid_t)mp_process_pid(parent);
+  if (p <= 0) return 52;
+  append_text(a.path, "GREADY\n");
+  if (!wait_for_line(a.path, "PDEAD", 10.0)) return 53;
+  int fd = mp_process_sentinel(parent);
+  struct pollfd pfd = {.fd = fd, .events = POLLIN};
+  bool ok = mp_process_is_alive(parent) == 0 &&
+            mp_process_join(parent, 5.0) == 0 &&
+            (fd == -EBADF || (fd >= 0 && poll(&pfd, 1, 0) == 1));
+  append_text(a.path, ok ? "GONE-OK\n" : "GONE-BAD\n");
+  return 0;
+}
+
+/* P: starts G, which does not die with it, then pauses. */
+static int life_gone_parent(void *arg, size_t size) {
+  struct life_arg a;
+  if (size != sizeof a) return 20;
+  memcpy(&a, arg, sizeof a);
+  if (start_grandchild(&a, t_parent_gone_first_look, false, false, "G") != 0) return 21;
+  if (!wait_for_line(a.path, "GREADY", 10.0)) return 22;
+  append_text(a.path, "READY\n");
+  for (;;) pause();
+  return 23;
 }
 
 /* ===================================================================================== */
@@ -1266,6 +1359,51 @@ START_TEST(test_no_die_with_parent) {
 }
 END_TEST
 
+START_TEST(test_parent_pidfd) {
+  struct parent_pidfd_arg a = {getpid(), _i};
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(_i), t_parent_pidfd, &a, sizeof a, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  int code = mp_test_join_code(p, 10.0);
+  T_PROC_CLOSE(p);
+  T_ASSERT(code == 0, "%s: the child's look at its parent's pidfd failed at step %d "
+           "(31: a pidfd before it asked, 34: not its parent's)", METHODS[_i], code);
+}
+END_TEST
+
+/* A child that first asks about its parent once the parent has died is told it ended, by
+ * a sentinel that is ready. */
+START_TEST(test_parent_gone_before_first_look) {
+  static const char *const tags[1] = {"G"};
+  struct life_arg a;
+  char *path;
+  life_setup(&a, _i, &path);
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(_i), life_gone_parent, &a, sizeof a, "P");
+  MP_ASSERT_OK(mp_process_start(p));
+  char why[128] = "";
+  bool ready = wait_for_p(p, path, "READY", why, sizeof why);
+  pid_t g = file_pid(path, tags[0]);
+  if (g > 0) mp_test_track_pid(g);
+  int killed = mp_process_kill(p);
+  int joined = mp_process_join(p, 10.0);
+  append_text(path, "PDEAD\n");
+  bool answered = ready && wait_for_line(path, "GONE-OK", 10.0);
+  bool bad = file_has_line(path, "GONE-BAD");
+  int status = 0;
+  if (g > 0) (void)reap_pid(g, &status, 5.0);
+  unlink(path);
+  free(path);
+  reap_leftover_zombies();
+  MP_ASSERT_OK(killed);
+  MP_ASSERT_OK(joined);
+  T_ASSERT(ready, "%s: %s", METHODS[_i], why);
+  T_ASSERT(!bad, "%s: the orphan saw its dead parent as alive, or got no ready sentinel",
+           METHODS[_i]);
+  T_ASSERT(answered, "%s: the orphan never answered", METHODS[_i]);
+}
+END_TEST
+
 /* ===================================================================================== */
 /* set_executable: a failed exec, a non-libmp program, another libmp build.               */
 
@@ -1663,6 +1801,7 @@ static Suite *process_suite(void) {
   tcase_add_loop_test(tc, test_child_renames_itself, 0, N_METHODS);
   tcase_add_test(tc, test_main_process);
   tcase_add_loop_test(tc, test_child_identity, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_parent_pidfd, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "observe", 20);
   tcase_add_loop_test(tc, test_sentinel, 0, N_METHODS);
@@ -1690,6 +1829,7 @@ static Suite *process_suite(void) {
   tcase_add_loop_test(tc, test_exit_terminates_daemon_joins_others, 0, N_METHODS);
   tcase_add_loop_test(tc, test_killed_parent_takes_children, 0, N_METHODS);
   tcase_add_loop_test(tc, test_no_die_with_parent, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_parent_gone_before_first_look, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "executable", 20);
   tcase_add_loop_test(tc, test_exec_nonexistent, 0, N_METHODS);
