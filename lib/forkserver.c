@@ -239,8 +239,8 @@ MP__CHILD_TEXT static MP__NORETURN void run_spare(const server_t *s) {
     _exit(1); /* the server has gone: the parent reads end of file */
   mp__raw_syscall(SYS_close, s->ctl, 0, 0, 0);
   mp__raw_syscall(SYS_close, s->taken[1], 0, 0, 0);
-  /* the request decides whether the child dies with us */
-  mp__raw_syscall(SYS_prctl, PR_SET_PDEATHSIG, 0, 0, 0);
+  /* Still SIGKILL at the server's death: the request decides (mp__request_run), and with
+   * die_with_parent the child's own death signal replaces it, one system call fewer. */
   mp__request_t *req;
   int rc = mp__request_read(sock, &req);
   if (rc < 0)

@@ -46,9 +46,11 @@ static int forkserver_collect(mp_process_t *proc, int *wait_status) {
   if (mp__poll_fd(has_pidfd ? proc->pidfd : proc->status_fd, POLLIN, 0) == 0)
     return -EAGAIN;
   mp__reply_t rec;
-  ssize_t n = -1;
+  /* The child sends EXITED before it ends: it is there already, unless the child was
+   * killed, and the server's STATUS is still to come. */
+  ssize_t n = recv(proc->status_fd, &rec, sizeof rec, MSG_PEEK | MSG_DONTWAIT);
   int64_t deadline = has_pidfd ? mp__deadline(STATUS_WAIT_SECONDS) : mp__now_ns();
-  if (mp__poll_fd(proc->status_fd, POLLIN, deadline) > 0)
+  if (n < 0 && errno == EAGAIN && mp__poll_fd(proc->status_fd, POLLIN, deadline) > 0)
     n = recv(proc->status_fd, &rec, sizeof rec, MSG_PEEK | MSG_DONTWAIT);
   if (n != (ssize_t)sizeof rec)
     *wait_status = SIGKILL; /* the server died, and its children with it */

@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -111,7 +112,7 @@ int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref,
   memset(&head, 0, sizeof head); /* padding included: it is sent whole */
   head.magic = MP__REQUEST_MAGIC;
   head.version = MP__REQUEST_VERSION;
-  head.parent_pid = getpid();
+  head.parent_pid = self->pid; /* mp_current_process() has just read it */
   head.flags = proc->die_with_parent ? MP__REQUEST_DIE_WITH_PARENT : 0;
   head.arg_size = proc->size;
   head.name_len = (uint32_t)strlen(proc->name);
@@ -564,6 +565,9 @@ void mp__request_run(mp__request_t *req, int sock, bool exec_image, const mp__sp
     mp__raw_syscall(SYS_close, parent_pidfd, 0, 0, 0);
     parent_pidfd = -1;
   }
+  /* A spare still dies with the server: the request may say that it must not. */
+  if (spare && !(req->head.flags & MP__REQUEST_DIE_WITH_PARENT))
+    mp__raw_syscall(SYS_prctl, PR_SET_PDEATHSIG, 0, 0, 0);
   mp__child_info_t info = {
       .name = req->name,
       .identity = req->identity,
