@@ -1452,6 +1452,10 @@ __attribute__((constructor(102))) static void queues_init(void) {
   mp__waitable_register(MP__KIND_QUEUE, &queue_waitable);
   mp__passable_register(MP__KIND_QUEUE, pass_queue);
   pthread_atfork(NULL, NULL, after_fork_child);
+  /* Read once here, so that its page is mapped before any fork: after_fork_child reads the
+   * lock in every forked child, and on a page this process never touched that read was a
+   * page fault in each (docs/architecture.md, "Where the time goes"). */
+  (void)*(volatile const char *)&mine.lock;
 }
 
 int mp_queue_retain(mp_queue_t *queue) {
