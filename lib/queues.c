@@ -1088,8 +1088,9 @@ static int spill_block(mp_queue_t *q, size_t len, const char *fn, spill_t *out) 
     /* Ours from this store on (a wild slot is dropped, not freed: it is no block). */
     atomic_store(&q->spares_out, taken + 1);
     if (!spill_sane(spare, 0))
-      return mp__error(MP_ECORRUPT, "%s: the queue's shared memory is corrupt: a spare block "
-                                    "of %llu bytes at %p is not in the arena",
+      return mp__error(MP_ECORRUPT,
+                       "%s: the queue's shared memory is corrupt: a spare block of %llu bytes "
+                       "at %p is not in the arena",
                        fn, (unsigned long long)spare.room, spare.block);
     if (spare.room >= len) {
       *out = spare;
