@@ -385,42 +385,63 @@ static bool spill_sane(spill_t s, uint64_t len) {
          mp__shared_contains((const void *)last);
 }
 
-static bool ring_sane(ring_t r) {
-  return r.cap >= RING_MIN && r.cap <= RING_MAX && mp__shared_contains(r.base) &&
-         mp__shared_contains(r.base + r.cap - 1);
+/* The last ring found inside the arena, as its word: it stays inside (a process's arena never
+ * moves or shrinks), so a get on the same ring looks at no bounds. */
+static _Atomic uint64_t ring_known;
+
+HOT bool ring_sane(ring_t r) {
+  uint64_t word = ring_word(r.base, r.cap);
+  if (word == atomic_load_explicit(&ring_known, memory_order_relaxed))
+    return true;
+  if (r.cap < RING_MIN || r.cap > RING_MAX || !mp__shared_contains(r.base) ||
+      !mp__shared_contains(r.base + r.cap - 1))
+    return false;
+  atomic_store_explicit(&ring_known, word, memory_order_relaxed);
+  return true;
 }
 
-/* Reads the record at head, of the bytes committed up to tail, and checks it (above). */
-static int read_record(ring_t r, uint64_t head, uint64_t tail, uint64_t *header, spill_t *spill,
-                       const char *fn) {
+/* What read_record found wrong, as MP_ECORRUPT and its sentence: out of every get's way. */
+__attribute__((noinline, cold)) static int record_error(ring_t r, uint64_t head, uint64_t tail,
+                                                        const char *fn) {
   uint32_t used = pos_bytes(tail) - pos_bytes(head), at = pos_bytes(head);
+  const char *corrupt = "the queue's shared memory is corrupt";
   if (!ring_sane(r))
-    return mp__error(MP_ECORRUPT,
-                     "%s: the queue's shared memory is corrupt: its ring of %u bytes at %p is "
-                     "not in the arena",
-                     fn, r.cap, (void *)r.base);
+    return mp__error(MP_ECORRUPT, "%s: %s: its ring of %u bytes at %p is not in the arena", fn,
+                     corrupt, r.cap, (void *)r.base);
   if (used > r.cap || used < HEADER || at % 8 != 0)
+    return mp__error(MP_ECORRUPT, "%s: %s: %u bytes at %u committed in a ring of %u", fn,
+                     corrupt, used, at, r.cap);
+  uint64_t header = header_read(r, at);
+  spill_t spill;
+  ring_read(r, at + HEADER, &spill, sizeof spill);
+  if (header & SPILLED && header_len(header) < LEN_MAX && used - HEADER >= sizeof spill)
     return mp__error(MP_ECORRUPT,
-                     "%s: the queue's shared memory is corrupt: %u bytes at %u committed in a "
-                     "ring of %u",
-                     fn, used, at, r.cap);
-  *header = header_read(r, at);
-  uint64_t len = *header & ~SPILLED, body = *header & SPILLED ? sizeof *spill : len;
-  if (len >= LEN_MAX || ((body + 7) & ~(uint64_t)7) > used - HEADER)
-    return mp__error(MP_ECORRUPT,
-                     "%s: the queue's shared memory is corrupt: a record of %llu bytes where "
-                     "%u are committed",
-                     fn, (unsigned long long)len, used);
-  if (!(*header & SPILLED))
-    return 0;
-  ring_read(r, at + HEADER, spill, sizeof *spill);
-  if (!spill_sane(*spill, len))
-    return mp__error(MP_ECORRUPT,
-                     "%s: the queue's shared memory is corrupt: a message of %llu bytes "
-                     "spilled to %llu bytes at %p, not a block of the arena",
-                     fn, (unsigned long long)len, (unsigned long long)spill->room,
-                     spill->block);
-  return 0;
+                     "%s: %s: a message of %zu bytes spilled to %llu bytes at %p, not a block "
+                     "of the arena",
+                     fn, corrupt, header_len(header), (unsigned long long)spill.room,
+                     spill.block);
+  return mp__error(MP_ECORRUPT, "%s: %s: a record of %llu bytes where %u are committed", fn,
+                   corrupt, (unsigned long long)(header & ~SPILLED), used);
+}
+
+/* Reads the record at head, of the bytes committed up to tail, and checks it (above): the
+ * checks inline, since every get makes them, their sentence out of line. */
+HOT int read_record(ring_t r, uint64_t head, uint64_t tail, uint64_t *header, spill_t *spill,
+                    const char *fn) {
+  uint32_t used = pos_bytes(tail) - pos_bytes(head), at = pos_bytes(head);
+  bool sane = ring_sane(r) && used <= r.cap && used >= HEADER && at % 8 == 0;
+  uint64_t len = 0;
+  if (sane) {
+    *header = header_read(r, at);
+    len = *header & ~SPILLED;
+    uint64_t body = *header & SPILLED ? sizeof *spill : len;
+    sane = len < LEN_MAX && ((body + 7) & ~(uint64_t)7) <= used - HEADER;
+  }
+  if (sane && (*header & SPILLED)) {
+    ring_read(r, at + HEADER, spill, sizeof *spill);
+    sane = spill_sane(*spill, len);
+  }
+  return sane ? 0 : record_error(r, head, tail, fn);
 }
 
 /* Copies the ring's bytes [from, from + n) to the same positions of a larger ring. */
@@ -1204,10 +1225,8 @@ typedef struct {
 /* Keeps the block of the spilled message the last get took as a spare, or frees it, if that
  * get committed; the caller holds get_lock (or the last reference). Cleared before: a death
  * in between leaks the block rather than freeing it twice. */
-static void reclaim(mp_queue_t *q) {
+__attribute__((noinline)) static void reclaim_block(mp_queue_t *q) {
   spill_t spill = {q->retired, q->retired_room};
-  if (!spill.block)
-    return;
   bool committed = atomic_load(&q->head) == q->retired_head;
   q->retired = NULL;
   if (!committed || !spill_sane(spill, 0)) /* a wild word is no block to free */
@@ -1220,6 +1239,11 @@ static void reclaim(mp_queue_t *q) {
   q->spare[kept % N_SPARES].block = spill.block;
   q->spare[kept % N_SPARES].room = spill.room;
   atomic_store(&q->spares_in, kept + 1); /* the producers' from this store on */
+}
+
+HOT void reclaim(mp_queue_t *q) {
+  if (q->retired)
+    reclaim_block(q);
 }
 
 /* Takes the message at head, if there is one; the caller holds get_lock. 1: none. */
@@ -1236,7 +1260,7 @@ static int take(mp_queue_t *q, const sink_t *out, const char *fn) {
   }
   ring_t r = ring_of(q);
   uint32_t at = pos_bytes(head);
-  uint64_t header;
+  uint64_t header = 0; /* set by read_record (gcc cannot see it) */
   spill_t spill;
   int rc = read_record(r, head, tail, &header, &spill, fn);
   if (rc < 0)
@@ -1520,7 +1544,7 @@ static uint32_t unref(mp_queue_t *q) {
   reclaim(q);
   ring_t r = ring_of(q);
   uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
-  uint64_t header;
+  uint64_t header = 0;
   spill_t spill;
   /* A corrupt record ends the walk: the blocks it hides are lost, rather than freed wild. */
   while (count_of(head, tail) != 0 &&
