@@ -5,12 +5,12 @@
  * ring of cap bytes, a power of two, in another block. The ring holds records, each an
  * 8-byte header (the message's length, and a bit saying it was spilled) and then the
  * message's bytes rounded up to 8, or, for a spilled message (larger than an eighth of the
- * first ring), the address of the arena block that holds them. A record may wrap around the
- * ring's end. A ring made by default grows (grow_ring) when maxsize allows a message its
- * bytes do not.
+ * first ring), the address of the arena block that holds them and that block's room. A
+ * record may wrap around the ring's end. A ring made by default grows (grow_ring) when
+ * maxsize allows a message its bytes do not.
  *
- *   head                                   tail
- *    | len | bytes... | len|S | block | len | bytes ...  |      free      |
+ *   head                                          tail
+ *    | len | bytes... | len|S | block room | len | bytes ...  |      free      |
  *
  * Two 64-bit words describe the ring, each a message number (high half) and a byte position
  * (low half), both counting up for ever modulo 2^32: tail, written by producers only, and
@@ -18,16 +18,16 @@
  * after the copy:
  *
  *  - a producer takes put_lock, checks the room (maxsize messages, cap bytes), copies its
- *    message to the ring at tail (or into a new block, noted in `pending` first), writes
- *    the record, then stores the new tail, and unlocks;
- *  - a consumer takes get_lock, frees the block of the spilled message the get before it
- *    took (`retired`), reads the record at head, copies the message out, notes a spilled
- *    message's block in `retired`, stores the new head, and unlocks.
+ *    message to the ring at tail (or into a spare or new block, noted in `pending` first),
+ *    writes the record, then stores the new tail, and unlocks;
+ *  - a consumer takes get_lock, keeps as a spare (or frees) the block of the spilled message
+ *    the get before it took (`retired`), reads the record at head, copies the message out,
+ *    notes a spilled message's block in `retired`, stores the new head, and unlocks.
  *
  * The get's commit is its last step: what follows it (the unlock, the wake of producers
  * waiting for room) only shortens others' waits, and a death there is repaired by the next
  * holder of the lock (MP_EOWNERDEAD) or by the sleepers' 50 ms slices. A spilled message's
- * block is freed lazily, by the next get, for that reason: `retired` is believed only if
+ * block is kept or freed lazily, by the next get, for that reason: `retired` is believed only if
  * head reached `retired_head`, i.e. the get that noted it committed.
  *
  * So a process killed inside either leaves the committed words as they were before its
@@ -1098,6 +1098,20 @@ static int grow_ring(mp_queue_t *q, uint32_t need) {
   qlock_unlock(&q->get_lock);
   return 0;
 }
+
+/*
+ * Spare blocks. The arena hands out the block freed last, so a spill used to copy into the
+ * very block the consumer had just read: on two CPUs every line written was still in the
+ * consumer's cache and was pulled back across (1 MiB messages took 1.4 times a bare ring of
+ * slots, which writes a slot read a ring earlier). So a consumer keeps the blocks it is done
+ * with in the queue's ring of N_SPARES, and a producer takes the oldest once SPARES_KEPT
+ * wait: the block it writes was read SPARES_KEPT messages earlier, and a spill takes the
+ * arena's lock neither to allocate nor to free. Blocks above SPARE_ROOM_MAX are not kept
+ * (from 8 MiB a freed block gives its pages back), so a queue holds 16 MiB of spares at
+ * most. A block changes hands by one store of spares_in or spares_out after its slot is
+ * written or read: a process killed around it leaks the block at worst, never frees it
+ * twice.
+ */
 
 /* A block for a spilled message of len bytes, and its room: the oldest spare once
  * SPARES_KEPT wait (given back if it is too small), else a new one. The caller holds
