@@ -73,7 +73,8 @@ extern "C" {
   XX(ETASK, -4021, "the task failed")                                                       \
   XX(ETERMINATED, -4022, "the pool was terminated")                                         \
   XX(ENOTREADY, -4023, "the result is not ready")                                          \
-  XX(ELIMIT, -4024, "a fixed limit of the library was reached")
+  XX(ELIMIT, -4024, "a fixed limit of the library was reached")                            \
+  XX(ECORRUPT, -4025, "the object's shared memory is corrupt")
 
 typedef enum {
 #define MP__ERR_ENUM(name, value, text) MP_##name = (value),

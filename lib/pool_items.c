@@ -33,11 +33,39 @@ static int items_max(const char *what, const mp_item_t *items, size_t n, size_t 
  * reserve memory the results never take. */
 #define RESULTS_FIT_MAX ((size_t)64 << 20)
 
-/* Result i's length as the task wrote it (0 for a failed chunk's), at most result_max. */
-static size_t result_length(const mp__job_t *job, size_t i, size_t result_max) {
-  const char *r = mp__job_result(job, i);
+/* The results of the chunk that starts at item `first` of n: where its first result's slot is
+ * (NULL if the chunk failed) and, in *count, how many it holds. They are consecutive slots of
+ * job->result_size (mp__job_result): the chunk's state is looked at once, and no item costs a
+ * division. */
+static const char *chunk_results(const mp__job_t *job, uint64_t first, uint64_t n,
+                                 uint64_t *count) {
+  uint64_t rest = n - first;
+  *count = rest < job->chunksize ? rest : job->chunksize;
+  return mp__job_result(job, first);
+}
+
+/* The length of the result in slot r as the task wrote it (0 for a failed chunk's), at most
+ * result_max. */
+static size_t length_at(const char *r, size_t result_max) {
   uint64_t len = r ? slot_length(r) : 0;
   return len < result_max ? len : result_max; /* a length the task wrote over */
+}
+
+static size_t round8(size_t len) {
+  return (len + 7) & ~(size_t)7;
+}
+
+/* Gives back what the results left of their allocation (they take `used` bytes), moving their
+ * pointers if realloc moved the block. */
+static mp_item_t *shrink_results(mp_item_t *res, size_t n, size_t used) {
+  uintptr_t old = (uintptr_t)res;
+  mp_item_t *shrunk = realloc(res, used);
+  if (!shrunk)
+    return res;
+  if ((uintptr_t)shrunk != old)
+    for (size_t i = 0; i < n; i++)
+      shrunk[i].data = (char *)shrunk + ((uintptr_t)shrunk[i].data - old);
+  return shrunk;
 }
 
 /* A complete map's n results as one allocation: n mp_item_t, then their bytes, each
@@ -49,31 +77,31 @@ static int unpack_results(const char *what, const mp__job_t *job, size_t n, size
   bool fit = !__builtin_add_overflow(room, sizeof(mp_item_t), &each) &&
              !__builtin_mul_overflow(n, each, &bytes) && bytes <= RESULTS_FIT_MAX;
   bool overflow = !fit && __builtin_mul_overflow(n, sizeof(mp_item_t), &bytes);
-  for (size_t i = 0; i < n && !fit && !overflow; i++)
-    overflow = __builtin_add_overflow(bytes, (result_length(job, i, result_max) + 7) & ~(size_t)7,
-                                      &bytes);
+  uint64_t count, slot = job->result_size;
+  for (uint64_t first = 0; first < n && !fit && !overflow; first += count) {
+    const char *r = chunk_results(job, first, n, &count);
+    for (uint64_t k = 0; k < count && !overflow; k++, r = r ? r + slot : NULL)
+      overflow = __builtin_add_overflow(bytes, round8(length_at(r, result_max)), &bytes);
+  }
   mp_item_t *res = overflow ? NULL : malloc(bytes ? bytes : 1);
   if (!res)
     return mp__error(MP_ENOMEM, "%s: no memory for the results of %zu items", what, n);
   char *at = (char *)(res + n), *end = (char *)res + bytes;
-  for (size_t i = 0; i < n; i++) {
-    res[i].size = result_length(job, i, result_max);
-    /* Sized in the same way above; a length changed since (a wild write) gets no room. */
-    if ((size_t)(end - at) < ((res[i].size + 7) & ~(size_t)7))
-      res[i].size = 0;
-    if (res[i].size)
-      memcpy(at, mp__job_result(job, i) + MP__VARSIZE_HEAD, res[i].size);
-    at += (res[i].size + 7) & ~(size_t)7;
+  for (uint64_t first = 0; first < n; first += count) {
+    const char *r = chunk_results(job, first, n, &count);
+    for (uint64_t k = 0; k < count; k++, r = r ? r + slot : NULL) {
+      size_t len = length_at(r, result_max);
+      /* Sized in the same way above; a length changed since (a wild write) gets no room. */
+      if ((size_t)(end - at) < round8(len))
+        len = 0;
+      res[first + k] = (mp_item_t){at, len};
+      if (len)
+        memcpy(at, r + MP__VARSIZE_HEAD, len);
+      at += round8(len);
+    }
   }
-  if (fit && (size_t)(at - (char *)res) < bytes) {
-    mp_item_t *shrunk = realloc(res, (size_t)(at - (char *)res));
-    res = shrunk ? shrunk : res;
-  }
-  at = (char *)(res + n); /* the pointers last: realloc may have moved the block */
-  for (size_t i = 0; i < n; i++) {
-    res[i].data = at;
-    at += (res[i].size + 7) & ~(size_t)7;
-  }
+  if (fit && at < end)
+    res = shrink_results(res, n, (size_t)(at - (char *)res));
   *out = res;
   return 0;
 }

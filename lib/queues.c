@@ -5,12 +5,12 @@
  * ring of cap bytes, a power of two, in another block. The ring holds records, each an
  * 8-byte header (the message's length, and a bit saying it was spilled) and then the
  * message's bytes rounded up to 8, or, for a spilled message (larger than an eighth of the
- * first ring), the address of the arena block that holds them. A record may wrap around the
- * ring's end. A ring made by default grows (grow_ring) when maxsize allows a message its
- * bytes do not.
+ * first ring), the address of the arena block that holds them and that block's room. A
+ * record may wrap around the ring's end. A ring made by default grows (grow_ring) when
+ * maxsize allows a message its bytes do not.
  *
- *   head                                   tail
- *    | len | bytes... | len|S | block | len | bytes ...  |      free      |
+ *   head                                          tail
+ *    | len | bytes... | len|S | block room | len | bytes ...  |      free      |
  *
  * Two 64-bit words describe the ring, each a message number (high half) and a byte position
  * (low half), both counting up for ever modulo 2^32: tail, written by producers only, and
@@ -18,16 +18,16 @@
  * after the copy:
  *
  *  - a producer takes put_lock, checks the room (maxsize messages, cap bytes), copies its
- *    message to the ring at tail (or into a new block, noted in `pending` first), writes
- *    the record, then stores the new tail, and unlocks;
- *  - a consumer takes get_lock, frees the block of the spilled message the get before it
- *    took (`retired`), reads the record at head, copies the message out, notes a spilled
- *    message's block in `retired`, stores the new head, and unlocks.
+ *    message to the ring at tail (or into a spare or new block, noted in `pending` first),
+ *    writes the record, then stores the new tail, and unlocks;
+ *  - a consumer takes get_lock, keeps as a spare (or frees) the block of the spilled message
+ *    the get before it took (`retired`), reads the record at head, copies the message out,
+ *    notes a spilled message's block in `retired`, stores the new head, and unlocks.
  *
  * The get's commit is its last step: what follows it (the unlock, the wake of producers
  * waiting for room) only shortens others' waits, and a death there is repaired by the next
  * holder of the lock (MP_EOWNERDEAD) or by the sleepers' 50 ms slices. A spilled message's
- * block is freed lazily, by the next get, for that reason: `retired` is believed only if
+ * block is kept or freed lazily, by the next get, for that reason: `retired` is believed only if
  * head reached `retired_head`, i.e. the get that noted it committed.
  *
  * So a process killed inside either leaves the committed words as they were before its
@@ -92,6 +92,11 @@
 #define SLEEP_SLICE_NS 50000000 /* 50 ms */
 #define FREED_MAGIC 0x45455246u /* "FREE" */
 #define N_MARKS 256
+/* Spare blocks (see "spare blocks" below): a ring of this many, of which a put takes the
+ * oldest only once SPARES_KEPT wait, and only blocks of up to SPARE_ROOM_MAX bytes. */
+#define N_SPARES 4u
+#define SPARES_KEPT 4u
+#define SPARE_ROOM_MAX ((uint64_t)2 << 20)
 
 /* ================================ the side locks ================================ */
 
@@ -244,9 +249,19 @@ struct mp_queue_s {
   LINE qlock_t get_lock;
   void *retired;         /* the block of the spilled message taken last, freed... */
   uint64_t retired_head; /* ...by the next get if head reached this (its get committed) */
+  uint64_t retired_room; /* ...or kept as a spare: its room */
   _Atomic uint64_t tail_seen; /* tail as consumers read it last: never ahead of tail */
 
   LINE _Atomic uint64_t head;
+
+  /* Spare blocks: consumers add (spares_in, under get_lock), producers take the oldest
+   * (spares_out, under put_lock). */
+  LINE _Atomic uint32_t spares_in;
+  _Atomic uint32_t spares_out;
+  struct {
+    void *block;
+    uint64_t room;
+  } spare[N_SPARES];
 
   LINE _Atomic uint32_t put_seq; /* bumped when a message comes, for sleeping consumers */
   _Atomic uint32_t get_waiters;
@@ -296,8 +311,15 @@ static size_t header_len(uint64_t header) {
   return (size_t)(header & ~SPILLED);
 }
 
+/* A spilled message's record body: its block, and the block's room (the bytes it was
+ * allocated for, at least the message's), so that the block can carry a later message. */
+typedef struct {
+  void *block;
+  uint64_t room;
+} spill_t;
+
 static uint32_t record_size(uint64_t header) {
-  size_t body = header & SPILLED ? sizeof(void *) : header_len(header);
+  size_t body = header & SPILLED ? sizeof(spill_t) : header_len(header);
   return HEADER + (uint32_t)((body + 7) & ~(size_t)7);
 }
 
@@ -343,6 +365,83 @@ static uint64_t header_read(ring_t r, uint32_t at) {
   uint64_t header;
   memcpy(&header, r.base + (at & (r.cap - 1)), HEADER);
   return header;
+}
+
+/* ================================ untrusted words ================================ */
+
+/*
+ * Everything a queue holds is in the arena, which every process of the program maps and may
+ * write: a record's length, a spilled block's address, a spare's, head and tail. A get (and
+ * the last free) believes them only once they fit: the ring inside the arena, the record
+ * within the bytes committed, a block inside the arena and as large as its message. Anything
+ * else is MP_ECORRUPT, and the bytes are left as they are, so every later get says so too.
+ */
+
+/* Whether room bytes at block lie in the arena and hold len bytes. */
+static bool spill_sane(spill_t s, uint64_t len) {
+  uintptr_t first = (uintptr_t)s.block, last;
+  return s.room >= len && s.room != 0 && first % 64 == 0 &&
+         !__builtin_add_overflow(first, s.room - 1, &last) && mp__shared_contains(s.block) &&
+         mp__shared_contains((const void *)last);
+}
+
+/* The last ring found inside the arena, as its word: it stays inside (a process's arena never
+ * moves or shrinks), so a get on the same ring looks at no bounds. */
+static _Atomic uint64_t ring_known;
+
+HOT bool ring_sane(ring_t r) {
+  uint64_t word = ring_word(r.base, r.cap);
+  if (word == atomic_load_explicit(&ring_known, memory_order_relaxed))
+    return true;
+  if (r.cap < RING_MIN || r.cap > RING_MAX || !mp__shared_contains(r.base) ||
+      !mp__shared_contains(r.base + r.cap - 1))
+    return false;
+  atomic_store_explicit(&ring_known, word, memory_order_relaxed);
+  return true;
+}
+
+/* What read_record found wrong, as MP_ECORRUPT and its sentence: out of every get's way. */
+__attribute__((noinline, cold)) static int record_error(ring_t r, uint64_t head, uint64_t tail,
+                                                        const char *fn) {
+  uint32_t used = pos_bytes(tail) - pos_bytes(head), at = pos_bytes(head);
+  const char *corrupt = "the queue's shared memory is corrupt";
+  if (!ring_sane(r))
+    return mp__error(MP_ECORRUPT, "%s: %s: its ring of %u bytes at %p is not in the arena", fn,
+                     corrupt, r.cap, (void *)r.base);
+  if (used > r.cap || used < HEADER || at % 8 != 0)
+    return mp__error(MP_ECORRUPT, "%s: %s: %u bytes at %u committed in a ring of %u", fn,
+                     corrupt, used, at, r.cap);
+  uint64_t header = header_read(r, at);
+  spill_t spill;
+  ring_read(r, at + HEADER, &spill, sizeof spill);
+  if (header & SPILLED && header_len(header) < LEN_MAX && used - HEADER >= sizeof spill)
+    return mp__error(MP_ECORRUPT,
+                     "%s: %s: a message of %zu bytes spilled to %llu bytes at %p, not a block "
+                     "of the arena",
+                     fn, corrupt, header_len(header), (unsigned long long)spill.room,
+                     spill.block);
+  return mp__error(MP_ECORRUPT, "%s: %s: a record of %llu bytes where %u are committed", fn,
+                   corrupt, (unsigned long long)(header & ~SPILLED), used);
+}
+
+/* Reads the record at head, of the bytes committed up to tail, and checks it (above): the
+ * checks inline, since every get makes them, their sentence out of line. */
+HOT int read_record(ring_t r, uint64_t head, uint64_t tail, uint64_t *header, spill_t *spill,
+                    const char *fn) {
+  uint32_t used = pos_bytes(tail) - pos_bytes(head), at = pos_bytes(head);
+  bool sane = ring_sane(r) && used <= r.cap && used >= HEADER && at % 8 == 0;
+  uint64_t len = 0;
+  if (sane) {
+    *header = header_read(r, at);
+    len = *header & ~SPILLED;
+    uint64_t body = *header & SPILLED ? sizeof *spill : len;
+    sane = len < LEN_MAX && ((body + 7) & ~(uint64_t)7) <= used - HEADER;
+  }
+  if (sane && (*header & SPILLED)) {
+    ring_read(r, at + HEADER, spill, sizeof *spill);
+    sane = spill_sane(*spill, len);
+  }
+  return sane ? 0 : record_error(r, head, tail, fn);
 }
 
 /* Copies the ring's bytes [from, from + n) to the same positions of a larger ring. */
@@ -1000,20 +1099,60 @@ static int grow_ring(mp_queue_t *q, uint32_t need) {
   return 0;
 }
 
+/*
+ * Spare blocks. The arena hands out the block freed last, so a spill used to copy into the
+ * very block the consumer had just read: on two CPUs every line written was still in the
+ * consumer's cache and was pulled back across (1 MiB messages took 1.4 times a bare ring of
+ * slots, which writes a slot read a ring earlier). So a consumer keeps the blocks it is done
+ * with in the queue's ring of N_SPARES, and a producer takes the oldest once SPARES_KEPT
+ * wait: the block it writes was read SPARES_KEPT messages earlier, and a spill takes the
+ * arena's lock neither to allocate nor to free. Blocks above SPARE_ROOM_MAX are not kept
+ * (from 8 MiB a freed block gives its pages back), so a queue holds 16 MiB of spares at
+ * most. A block changes hands by one store of spares_in or spares_out after its slot is
+ * written or read: a process killed around it leaks the block at worst, never frees it
+ * twice.
+ */
+
+/* A block for a spilled message of len bytes, and its room: the oldest spare once
+ * SPARES_KEPT wait (given back if it is too small), else a new one. The caller holds
+ * put_lock. */
+static int spill_block(mp_queue_t *q, size_t len, const char *fn, spill_t *out) {
+  uint32_t taken = atomic_load_explicit(&q->spares_out, memory_order_relaxed);
+  if (atomic_load(&q->spares_in) - taken >= SPARES_KEPT) {
+    spill_t spare = {q->spare[taken % N_SPARES].block, q->spare[taken % N_SPARES].room};
+    /* Ours from this store on (a wild slot is dropped, not freed: it is no block). */
+    atomic_store(&q->spares_out, taken + 1);
+    if (!spill_sane(spare, 0))
+      return mp__error(MP_ECORRUPT,
+                       "%s: the queue's shared memory is corrupt: a spare block of %llu bytes "
+                       "at %p is not in the arena",
+                       fn, (unsigned long long)spare.room, spare.block);
+    if (spare.room >= len) {
+      *out = spare;
+      return 0;
+    }
+    mp__shared_release(spare.block);
+  }
+  *out = (spill_t){mp__shared_alloc_raw(len), len};
+  return out->block ? 0 : MP_ENOMEM; /* the arena said why */
+}
+
 /* Writes the message at tail and commits it; the caller holds put_lock and has checked the
  * room. */
-static int commit_put(mp_queue_t *q, uint64_t tail, const void *data, size_t len) {
+static int commit_put(mp_queue_t *q, uint64_t tail, const void *data, size_t len,
+                      const char *fn) {
   ring_t r = ring_of(q);
   uint32_t at = pos_bytes(tail);
   uint64_t header = header_for(q, len);
   if (header & SPILLED) {
-    void *block = mp__shared_alloc_raw(len);
-    if (!block)
-      return MP_ENOMEM;
+    spill_t spill;
+    int rc = spill_block(q, len, fn, &spill);
+    if (rc < 0)
+      return rc;
     q->pending_tail = tail;
-    q->pending = block;
-    memcpy(block, data, len);
-    ring_write(r, at + HEADER, &block, sizeof block);
+    q->pending = spill.block;
+    memcpy(spill.block, data, len);
+    ring_write(r, at + HEADER, &spill, sizeof spill);
   } else if (len) {
     ring_write(r, at + HEADER, data, len);
   }
@@ -1049,7 +1188,7 @@ static int put(mp_queue_t *q, const void *data, size_t len, double timeout, cons
       room = rc == 1 && room_locked(q, tail, need);
     }
     if (room)
-      rc = commit_put(q, tail, data, len);
+      rc = commit_put(q, tail, data, len, fn);
     qlock_unlock(&q->put_lock);
     if (rc < 0)
       return rc;
@@ -1097,17 +1236,28 @@ typedef struct {
   void **alloc;
 } sink_t;
 
-/* Frees the block of the spilled message the last get took, if that get committed; the
- * caller holds get_lock (or the last reference). Cleared before the release: a death in
- * between leaks the block rather than freeing it twice. */
-static void reclaim(mp_queue_t *q) {
-  void *block = q->retired;
-  if (!block)
-    return;
+/* Keeps the block of the spilled message the last get took as a spare, or frees it, if that
+ * get committed; the caller holds get_lock (or the last reference). Cleared before: a death
+ * in between leaks the block rather than freeing it twice. */
+__attribute__((noinline)) static void reclaim_block(mp_queue_t *q) {
+  spill_t spill = {q->retired, q->retired_room};
   bool committed = atomic_load(&q->head) == q->retired_head;
   q->retired = NULL;
-  if (committed)
-    mp__shared_release(block);
+  if (!committed || !spill_sane(spill, 0)) /* a wild word is no block to free */
+    return;
+  uint32_t kept = atomic_load_explicit(&q->spares_in, memory_order_relaxed);
+  if (spill.room > SPARE_ROOM_MAX || kept - atomic_load(&q->spares_out) >= N_SPARES) {
+    mp__shared_release(spill.block);
+    return;
+  }
+  q->spare[kept % N_SPARES].block = spill.block;
+  q->spare[kept % N_SPARES].room = spill.room;
+  atomic_store(&q->spares_in, kept + 1); /* the producers' from this store on */
+}
+
+HOT void reclaim(mp_queue_t *q) {
+  if (q->retired)
+    reclaim_block(q);
 }
 
 /* Takes the message at head, if there is one; the caller holds get_lock. 1: none. */
@@ -1124,7 +1274,11 @@ static int take(mp_queue_t *q, const sink_t *out, const char *fn) {
   }
   ring_t r = ring_of(q);
   uint32_t at = pos_bytes(head);
-  uint64_t header = header_read(r, at);
+  uint64_t header = 0; /* set by read_record (gcc cannot see it) */
+  spill_t spill;
+  int rc = read_record(r, head, tail, &header, &spill, fn);
+  if (rc < 0)
+    return rc;
   size_t len = header_len(header);
   void *dst = out->buf;
   if (out->alloc) {
@@ -1138,11 +1292,10 @@ static int take(mp_queue_t *q, const sink_t *out, const char *fn) {
   }
   uint64_t next = pos_make(pos_msgs(head) + 1, at + record_size(header));
   if (header & SPILLED) {
-    void *block;
-    ring_read(r, at + HEADER, &block, sizeof block);
-    memcpy(dst, block, len);
+    memcpy(dst, spill.block, len);
     q->retired_head = next;
-    q->retired = block;
+    q->retired_room = spill.room;
+    q->retired = spill.block;
   } else if (len) {
     ring_read(r, at + HEADER, dst, len);
   }
@@ -1405,16 +1558,23 @@ static uint32_t unref(mp_queue_t *q) {
   reclaim(q);
   ring_t r = ring_of(q);
   uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
-  while (count_of(head, tail) != 0) {
-    uint64_t header = header_read(r, pos_bytes(head));
-    if (header & SPILLED) {
-      void *block;
-      ring_read(r, pos_bytes(head) + HEADER, &block, sizeof block);
-      mp__shared_release(block);
-    }
+  uint64_t header = 0;
+  spill_t spill;
+  /* A corrupt record ends the walk: the blocks it hides are lost, rather than freed wild. */
+  while (count_of(head, tail) != 0 &&
+         read_record(r, head, tail, &header, &spill, "mp_queue_free") == 0) {
+    if (header & SPILLED)
+      mp__shared_release(spill.block);
     head = pos_make(pos_msgs(head) + 1, pos_bytes(head) + record_size(header));
   }
-  mp__shared_release(r.base);
+  uint32_t out = atomic_load(&q->spares_out), in = atomic_load(&q->spares_in);
+  for (; in - out <= N_SPARES && out != in; out++) {
+    spill_t spare = {q->spare[out % N_SPARES].block, q->spare[out % N_SPARES].room};
+    if (spill_sane(spare, 0))
+      mp__shared_release(spare.block);
+  }
+  if (ring_sane(r))
+    mp__shared_release(r.base);
   q->kind = 0;
   atomic_store(&q->freed, FREED_MAGIC); /* a later use aborts until the block is reused */
   mp__shared_release(q);

@@ -1396,6 +1396,171 @@ START_TEST(test_bell_ignores_other_users) {
 }
 END_TEST
 
+/* ===================================================================================== */
+/* Spilled messages and a ring another process wrote into.                              */
+
+/* A spilled message (over an eighth of a 4 KiB ring) whose bytes follow from its number:
+ * sizes that grow and shrink, so that a spare block is reused, or found too small. */
+#define SPILL_MAX 6000
+
+static size_t spill_make(uint32_t seq, unsigned char *buf) {
+  size_t len = 600 + (seq * 997u) % (SPILL_MAX - 600);
+  memcpy(buf, &seq, sizeof seq);
+  for (size_t i = sizeof seq; i < len; i++)
+    buf[i] = (unsigned char)(seq * 31u + i);
+  return len;
+}
+
+#define N_SPILLED 400
+
+/* Takes N_SPILLED spilled messages and checks each. */
+static int t_spill_consumer(void *arg, size_t size) {
+  job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  unsigned char buf[SPILL_MAX], want[SPILL_MAX];
+  for (uint32_t i = 0; i < N_SPILLED; i++) {
+    size_t len = 0;
+    if (mp_queue_get(job->q, buf, sizeof buf, &len, 30) != 0)
+      return 2;
+    if (len != spill_make(i, want) || memcmp(buf, want, len) != 0)
+      return 3;
+  }
+  return 0;
+}
+
+/* Spilled messages go to another process through blocks that the queue reuses (spares); the
+ * last free gives back the spares and the blocks of messages never taken. */
+START_TEST(test_spilled_blocks_reused) {
+  job_t job = {0};
+  MP_ASSERT_OK(mp_queue_create_sized(&job.q, 0, 4096));
+  mp_process_t *p = start_job(_i, t_spill_consumer, &job);
+  unsigned char buf[SPILL_MAX];
+  for (uint32_t i = 0; i < N_SPILLED; i++)
+    MP_ASSERT_OK(mp_queue_put(job.q, buf, spill_make(i, buf), 30));
+  join_ok(p);
+  for (uint32_t i = 0; i < 3; i++) /* left in the queue for its free */
+    MP_ASSERT_OK(mp_queue_put(job.q, buf, spill_make(i, buf), 30));
+  MP_ASSERT_OK(mp_queue_free(job.q));
+}
+END_TEST
+
+/* The arena as this process maps it: from its mapping in /proc/self/maps, its size from the
+ * memfd's fd. */
+static bool arena_span(unsigned char **lo, size_t *size) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  char line[512];
+  unsigned long start = 0;
+  while (f && !start && fgets(line, sizeof line, f))
+    if (strstr(line, "libmp-arena"))
+      start = strtoul(line, NULL, 16);
+  if (f)
+    fclose(f);
+  for (int fd = 0; start && fd < 1024; fd++) {
+    char path[64], target[128];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, target, sizeof target - 1);
+    struct stat st;
+    if (n <= 0)
+      continue;
+    target[n] = '\0';
+    if (strstr(target, "libmp-arena") && fstat(fd, &st) == 0) {
+      *lo = (unsigned char *)start;
+      *size = (size_t)st.st_size;
+      return true;
+    }
+  }
+  return false;
+}
+
+/* The first place in the arena where the 8-byte word is followed by the n bytes of next, or
+ * NULL. */
+static unsigned char *arena_find(uint64_t word, const void *next, size_t n) {
+  unsigned char *lo;
+  size_t size;
+  if (!arena_span(&lo, &size))
+    return NULL;
+  for (size_t at = 0; at + 8 + n <= size; at += 8)
+    if (memcmp(lo + at, &word, 8) == 0 && memcmp(lo + at + 8, next, n) == 0)
+      return lo + at;
+  return NULL;
+}
+
+#define MARK_LEN 40
+#define SPILLED_LEN 3333
+
+typedef struct {
+  mp_queue_t *inline_q, *spilled_q;
+  unsigned char mark[MARK_LEN];
+  void *block; /* where the spilled message's bytes are */
+} corrupt_job_t;
+
+/* Another process of the program writes into both rings: a length far past the ring's
+ * bytes, and a spilled block's address that is no block. */
+static int t_corrupt_rings(void *arg, size_t size) {
+  corrupt_job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  unsigned char *record = arena_find(MARK_LEN, job->mark, MARK_LEN);
+  if (!record)
+    return 2;
+  uint64_t huge = (uint64_t)1 << 30;
+  memcpy(record, &huge, sizeof huge);
+  record = arena_find(SPILLED_LEN | (uint64_t)1 << 63, &job->block, sizeof job->block);
+  if (!record)
+    return 3;
+  void *wild = (void *)(uintptr_t)64;
+  memcpy(record + 8, &wild, sizeof wild);
+  return 0;
+}
+
+/* Lengths and spilled blocks read from a ring are untrusted: written wild by another process,
+ * each get says MP_ECORRUPT with a sentence (again at the next one) rather than reading
+ * past the ring or from the wild address, and the free gives back what it can. */
+START_TEST(test_corrupt_ring) {
+  corrupt_job_t job;
+  MP_ASSERT_OK(mp_queue_create_sized(&job.inline_q, 0, 4096));
+  MP_ASSERT_OK(mp_queue_create_sized(&job.spilled_q, 0, 4096));
+  for (size_t i = 0; i < MARK_LEN; i++)
+    job.mark[i] = (unsigned char)(0xa5 ^ (i * 37) ^ getpid());
+  MP_ASSERT_OK(mp_queue_put(job.inline_q, job.mark, MARK_LEN, 10));
+  unsigned char *big = calloc(1, SPILLED_LEN);
+  T_ASSERT(big != NULL, "calloc");
+  MP_ASSERT_OK(mp_queue_put(job.spilled_q, big, SPILLED_LEN, 10));
+  free(big);
+  /* The block is found the way the child would see it: the record's next word. */
+  unsigned char *lo;
+  size_t arena_size;
+  T_ASSERT(arena_span(&lo, &arena_size), "the arena in /proc/self/maps and /proc/self/fd");
+  job.block = NULL;
+  for (size_t at = 0; at + 16 <= arena_size && !job.block; at += 8) {
+    uint64_t word = SPILLED_LEN | (uint64_t)1 << 63;
+    if (memcmp(lo + at, &word, 8) == 0)
+      memcpy(&job.block, lo + at + 8, sizeof job.block);
+  }
+  T_ASSERT(job.block != NULL, "the spilled record in the arena");
+
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(_i), t_corrupt_rings, &job, sizeof job, NULL);
+  MP_ASSERT_OK(mp_process_start(p));
+  join_ok(p);
+
+  for (int attempt = 0; attempt < 2; attempt++) {
+    void *got = NULL;
+    size_t len = 0;
+    MP_ASSERT_ERR(mp_queue_get_alloc(job.inline_q, &got, &len, 1), MP_ECORRUPT);
+    T_ASSERT(strstr(mp_last_error(), "corrupt") && strstr(mp_last_error(), "1073741824"),
+             "the sentence: %s", mp_last_error());
+    unsigned char buf[SPILLED_LEN];
+    MP_ASSERT_ERR(mp_queue_get(job.spilled_q, buf, sizeof buf, &len, 1), MP_ECORRUPT);
+    T_ASSERT(strstr(mp_last_error(), "corrupt") && strstr(mp_last_error(), "0x40"),
+             "the sentence: %s", mp_last_error());
+  }
+  MP_ASSERT_OK(mp_queue_free(job.inline_q));
+  MP_ASSERT_OK(mp_queue_free(job.spilled_q));
+}
+END_TEST
+
 static Suite *queues_suite(void) {
   Suite *s = suite_create("queues");
   TCase *tc = mp_test_tcase(s, "local", 20);
@@ -1418,6 +1583,8 @@ static Suite *queues_suite(void) {
   tcase_add_loop_test(tc, test_64mib_message, 0, N_METHODS);
   tcase_add_loop_test(tc, test_poison_pill, 0, N_METHODS);
   tcase_add_loop_test(tc, test_close, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_spilled_blocks_reused, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_corrupt_ring, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "readiness", 30);
   tcase_add_loop_test(tc, test_fileno_in_parent, 0, N_METHODS);

@@ -13,6 +13,10 @@
  * happen: data lost because a process exited before its feeder flushed, and a deadlock joining
  * a producer whose items nobody consumed.
  *
+ * A put of a message larger than an eighth of the ring fills a block of the arena; the
+ * queue keeps up to 4 such blocks of up to 2 MiB once their messages are taken, and the next
+ * spills reuse them, oldest first.
+ *
  * A process killed in the middle of a put or a get leaves the queue consistent, and the
  * guarantee is exact: every message whose put returned 0 is delivered exactly once, except
  * one whose get had committed (its last step) when its consumer died, before
@@ -81,7 +85,10 @@ MP_EXTERN int mp_queue_put_nowait(mp_queue_t *queue, const void *data, size_t le
  * len, NULL buf with cap > 0), MP_EEMPTY (none within the timeout: Python's queue.Empty),
  * MP_ETOOSMALL (the message is longer than cap: *len is its length, and it stays first in the
  * queue), MP_ECLOSED (the queue was closed and every message has been taken: no message can
- * come any more, so a get never waits in vain). Python: Queue.get(block, timeout).
+ * come any more, so a get never waits in vain), MP_ECORRUPT (the queue's shared memory holds
+ * a length or a block address that libmp did not write there, which the get does not follow:
+ * another process of the program wrote into it; every later get says so too). Python:
+ * Queue.get(block, timeout).
  */
 MP_EXTERN int mp_queue_get(mp_queue_t *queue, void *buf, size_t cap, size_t *len,
                            double timeout);
@@ -187,7 +194,7 @@ MP_EXTERN int mp_simple_queue_create(mp_simple_queue_t **queue);
 MP_EXTERN int mp_simple_queue_put(mp_simple_queue_t *queue, const void *data, size_t len);
 
 /* As mp_queue_get() without a timeout: MP_EINVAL, MP_ETOOSMALL, MP_ECLOSED (closed and
- * drained). Python: SimpleQueue.get(). */
+ * drained), MP_ECORRUPT. Python: SimpleQueue.get(). */
 MP_EXTERN int mp_simple_queue_get(mp_simple_queue_t *queue, void *buf, size_t cap, size_t *len);
 
 /* As mp_queue_get_alloc() without a timeout. */
