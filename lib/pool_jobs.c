@@ -464,7 +464,7 @@ static int job_publish(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq, int6
   atomic_store_explicit(&job->seq, seq, memory_order_relaxed);
   job->waker = &sh->wakers[seq % MP__POOL_SLOTS];
   atomic_fetch_add(&job->refs, 1); /* the slot's */
-  sh->slots[seq % MP__POOL_SLOTS].job = job;
+  atomic_store_explicit(&sh->slots[seq % MP__POOL_SLOTS].job, job, memory_order_relaxed);
   /* What made the job is ordered before a reclaim that finds it orphaned by a worker. */
   MP__TSAN_RELEASE(&job->orphaned);
   atomic_store(&sh->slots[seq % MP__POOL_SLOTS].state, seq << 1 | 1);
@@ -516,7 +516,8 @@ static mp__job_t *pin(mp__pool_shared_t *sh, uint32_t pinner, uint64_t seq) {
   atomic_store(&sh->workers[pinner].pin, seq + 1);
   if (slot_state(sh, seq) != (seq << 1 | 1))
     return NULL;
-  mp__job_t *job = sh->slots[seq % MP__POOL_SLOTS].job;
+  mp__job_t *job =
+      atomic_load_explicit(&sh->slots[seq % MP__POOL_SLOTS].job, memory_order_relaxed);
   /* Still seq's: the pointer read between the two is seq's job. */
   return slot_state(sh, seq) == (seq << 1 | 1) ? job : NULL;
 }

@@ -198,7 +198,9 @@ struct mp__pool_shared_s {
   uint64_t initargs_size;
   struct {
     _Atomic uint64_t state; /* seq << 1 | active */
-    mp__job_t *job;
+    /* Read between two reads of state (pin), which may find the slot reused meanwhile and
+     * drop what they read: atomic (relaxed), as a seqlock's data is. */
+    _Atomic(mp__job_t *) job;
   } slots[MP__POOL_SLOTS];
   mp__job_waker_t wakers[MP__POOL_SLOTS + 1]; /* by slot, then the unpublished jobs' */
   mp__worker_rec_t workers[]; /* n_workers, then one for the supervisor's pins */
