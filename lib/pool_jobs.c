@@ -64,7 +64,6 @@ struct mp__jobs_s {
   bool batch_notify;
   uint64_t batch_room, batch_result_max;
   char *batch_input; /* chunk c's input at batch_input + c * (batch_room + its length) */
-  _Atomic uint64_t *batch_states;
   uint64_t next_seq;
   mp__job_t *jobs;             /* every job not freed, linked by parent_next */
   mp__job_t *spares[SPARES];   /* freed jobs' blocks, for the next jobs */
@@ -117,6 +116,19 @@ static bool place(uint64_t *at, uint64_t count, uint64_t size, uint64_t *off) {
          !__builtin_add_overflow(*off, bytes, at);
 }
 
+/* The spread of a window's state words (mp__job_t): the least s with 8 << s >= window, for
+ * windows of 16 slots and more (a smaller one is a single apply, or a few chunks). */
+static uint32_t state_spread(uint64_t window) {
+  uint32_t s = 0;
+  if (window < 16)
+    return 0;
+  while (((uint64_t)8 << s) < window)
+    s++;
+  return s;
+}
+
+static void queue_all(mp__job_t *job);
+
 /*
  * The block: header | state words | error records | done counters | input | output. The
  * output comes last, each window slot followed by a canary (MP__JOB_CANARY), so that a task
@@ -135,12 +147,14 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   if (window == 0 || window > n_chunks)
     window = (uint32_t)(n_chunks ? n_chunks : 1);
   uint64_t per_slot_in, per_slot_out, out_stride, n_errs = flags & MP__JOB_ITERATOR ? window : 1;
+  uint32_t spread = state_spread(window);
+  uint64_t n_states = spread ? (uint64_t)8 << spread : window;
   uint64_t at = sizeof(mp__job_t), states_off, errs_off, done_off, owners_off, input_off,
            output_off;
   if (__builtin_mul_overflow(chunksize, item_size, &per_slot_in) ||
       __builtin_mul_overflow(chunksize, result_size, &per_slot_out) ||
       __builtin_add_overflow(per_slot_out, MP__JOB_CANARY, &out_stride) ||
-      !place(&at, window, sizeof(uint64_t), &states_off) ||
+      !place(&at, n_states, sizeof(uint64_t), &states_off) ||
       !place(&at, n_errs, sizeof(mp__task_error_t), &errs_off) ||
       !place(&at, (uint64_t)n_workers + 1, DONE_STRIDE, &done_off) ||
       !place(&at, flags & MP__JOB_BATCH ? window : 0, MP__JOB_OWNER_BYTES, &owners_off) ||
@@ -176,8 +190,10 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
    * rewriting (a reclaim, a neighbour's unlink). */
   size_t links = offsetof(mp__job_t, seq);
   /* The error records are left out (a batch's or an iterator's are tens of KiB): only their
-   * item is read before a failure writes them whole, and it is set below. */
-  memset((char *)job + links, 0, errs_off - links);
+   * item is read before a failure writes them whole, and it is set below. A map's state
+   * words are all written below: only an iterator's (FREE) are zeroed. */
+  memset((char *)job + links, 0,
+         (flags & MP__JOB_ITERATOR ? errs_off : states_off) - links);
   memset((char *)job + done_off, 0, input_off - done_off);
   job->block_size = block_size;
   job->block_id = block_id;
@@ -190,6 +206,7 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   job->chunksize = chunksize;
   job->n_chunks = (uint32_t)n_chunks;
   job->window = window;
+  job->spread = spread;
   job->states_off = states_off;
   job->input_off = input_off;
   job->output_off = output_off;
@@ -202,9 +219,7 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   for (uint64_t i = 0; i < n_errs; i++)
     error_at(job, (uint32_t)i)->item = UINT64_MAX;
   if (!(flags & MP__JOB_ITERATOR)) {
-    _Atomic uint64_t *states = mp__job_state(job, 0);
-    for (uint32_t c = 0; c < job->n_chunks; c++)
-      atomic_init(&states[c], MP__CHUNK_STATE(c, 0, 0, MP__CHUNK_QUEUED));
+    queue_all(job);
     atomic_init(&job->limit, job->n_chunks);
   }
   atomic_init(&job->refs, 1);
@@ -219,7 +234,22 @@ static inline uint64_t ring_slot(uint32_t chunk, uint64_t n) {
 }
 
 _Atomic uint64_t *mp__job_state(const mp__job_t *job, uint32_t chunk) {
-  return (_Atomic uint64_t *)((char *)job + job->states_off) + ring_slot(chunk, job->window);
+  uint64_t slot = ring_slot(chunk, job->window), spread = job->spread;
+  if (spread)
+    slot = (slot & ((1ull << spread) - 1)) * 8 + (slot >> spread);
+  return (_Atomic uint64_t *)((char *)job + job->states_off) + slot;
+}
+
+/* Every chunk of a map queued, its state words written in the order they lie (a spread
+ * map's line l holds chunks l, l + 2^spread, ...; a slot past the last chunk holds none). */
+static void queue_all(mp__job_t *job) {
+  _Atomic uint64_t *states = (_Atomic uint64_t *)((char *)job + job->states_off);
+  uint64_t n = job->n_chunks, lines = job->spread ? (uint64_t)1 << job->spread : n,
+           per_line = job->spread ? 8 : 1;
+  for (uint64_t l = 0; l < lines; l++, states += per_line)
+    for (uint64_t i = 0, c = l; i < per_line; i++, c += lines)
+      atomic_init(&states[i], c < n ? MP__CHUNK_STATE(c, 0, 0, MP__CHUNK_QUEUED)
+                                    : MP__CHUNK_STATE(0, 0, 0, MP__CHUNK_FREE));
 }
 
 static void *job_input(const mp__job_t *job, uint32_t chunk) {
@@ -434,7 +464,7 @@ static int job_publish(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq, int6
   atomic_store_explicit(&job->seq, seq, memory_order_relaxed);
   job->waker = &sh->wakers[seq % MP__POOL_SLOTS];
   atomic_fetch_add(&job->refs, 1); /* the slot's */
-  sh->slots[seq % MP__POOL_SLOTS].job = job;
+  atomic_store_explicit(&sh->slots[seq % MP__POOL_SLOTS].job, job, memory_order_relaxed);
   /* What made the job is ordered before a reclaim that finds it orphaned by a worker. */
   MP__TSAN_RELEASE(&job->orphaned);
   atomic_store(&sh->slots[seq % MP__POOL_SLOTS].state, seq << 1 | 1);
@@ -486,7 +516,8 @@ static mp__job_t *pin(mp__pool_shared_t *sh, uint32_t pinner, uint64_t seq) {
   atomic_store(&sh->workers[pinner].pin, seq + 1);
   if (slot_state(sh, seq) != (seq << 1 | 1))
     return NULL;
-  mp__job_t *job = sh->slots[seq % MP__POOL_SLOTS].job;
+  mp__job_t *job =
+      atomic_load_explicit(&sh->slots[seq % MP__POOL_SLOTS].job, memory_order_relaxed);
   /* Still seq's: the pointer read between the two is seq's job. */
   return slot_state(sh, seq) == (seq << 1 | 1) ? job : NULL;
 }
@@ -515,7 +546,7 @@ static bool claim_at(mp__job_t *job, uint32_t chunk, uint32_t w, uint64_t expect
 static bool claim_retried(mp__job_t *job, uint32_t w, uint32_t *chunk) {
   uint32_t limit = atomic_load(&job->limit);
   for (uint32_t i = 0; i < job->window; i++) {
-    uint64_t v = atomic_load((_Atomic uint64_t *)((char *)job + job->states_off) + i);
+    uint64_t v = atomic_load(mp__job_state(job, i));
     if (MP__CHUNK_STATUS(v) == MP__CHUNK_QUEUED && MP__CHUNK_ATTEMPTS(v) > 0 &&
         MP__CHUNK_OF(v) < limit && claim_at(job, MP__CHUNK_OF(v), w, v)) {
       atomic_fetch_sub(&job->retries_queued, 1);
@@ -841,16 +872,16 @@ static void job_abort(mp__pool_shared_t *sh, mp__job_t *job, int code) {
   /* No chunk is fed after this: the ones never fed count as aborted. */
   uint32_t fed = atomic_exchange(&job->limit, job->n_chunks);
   uint32_t aborted = job->n_chunks - fed;
-  _Atomic uint64_t *states = (_Atomic uint64_t *)((char *)job + job->states_off);
   for (uint32_t i = 0; i < job->window; i++) {
-    uint64_t v = atomic_load(&states[i]);
+    _Atomic uint64_t *state = mp__job_state(job, i);
+    uint64_t v = atomic_load(state);
     for (;;) {
       uint32_t status = MP__CHUNK_STATUS(v);
       if (MP__CHUNK_OF(v) >= fed || (status != MP__CHUNK_QUEUED && status != MP__CHUNK_RUNNING))
         break;
       uint64_t failed = MP__CHUNK_STATE(MP__CHUNK_OF(v), MP__CHUNK_ATTEMPTS(v),
                                         MP__CHUNK_OWNER(v), MP__CHUNK_FAILED);
-      if (atomic_compare_exchange_strong(&states[i], &v, failed)) {
+      if (atomic_compare_exchange_strong(state, &v, failed)) {
         aborted++;
         break;
       }
@@ -1231,6 +1262,8 @@ static void close_batch(mp__jobs_t *t) {
   if (!job)
     return;
   atomic_store(&t->batch, NULL);
+  /* The references of the applies it did not take (the table's is still held). */
+  atomic_fetch_sub(batch_refs(job), BATCH_APPLIES - t->batch_next);
   uint32_t fed = atomic_exchange(&job->limit, job->n_chunks);
   if (fed < job->n_chunks)
     count_by_parent(t->sh, job, job->n_chunks - fed);
@@ -1261,13 +1294,16 @@ static int open_batch(mp__jobs_t *t, const mp__apply_spec_t *s) {
   atomic_init(batch_refs(job), 1); /* the table's, until the batch closes */
   if ((rc = publish(t, job)) < 0)
     return rc;
+  /* And one for each apply it may take, given up at the close for those it did not take:
+   * an append then makes no read-modify-write of its own (a locked one waits for the
+   * stores before it to leave, the input's among them, which a worker may be reading). */
+  atomic_store_explicit(batch_refs(job), 1 + BATCH_APPLIES, memory_order_relaxed);
   t->batch_fn = s->fn;
   t->batch_next = 0;
   t->batch_notify = s->notify;
   t->batch_room = item_slot - MP__VARSIZE_HEAD;
   t->batch_result_max = s->result_max;
   t->batch_input = job_input(job, 0);
-  t->batch_states = mp__job_state(job, 0);
   atomic_store(&t->batch, job); /* with the creator's reference */
   return 0;
 }
@@ -1283,9 +1319,8 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **ou
   if (len)
     memcpy(in + MP__VARSIZE_HEAD, s->arg, len);
   MP__SCANNED(in, t->batch_room + MP__VARSIZE_HEAD); /* sent whole (see job_feed) */
-  atomic_fetch_add(batch_refs(job), 1); /* the caller's; the table's is still held */
-  if (!queue_chunk(t->sh, job, t->batch_states + c, c)) { /* aborted: it counted c */
-    atomic_fetch_sub(batch_refs(job), 1);
+  if (!queue_chunk(t->sh, job, mp__job_state(job, c), c)) { /* aborted: it counted c */
+    atomic_fetch_sub(batch_refs(job), 1); /* c's, which the close does not give up */
     close_batch(t);
     return mp__error(MP_ETERMINATED, "the pool was terminated");
   }

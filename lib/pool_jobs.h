@@ -114,8 +114,10 @@ typedef struct {
   uint64_t n, item_size, result_size, chunksize;
   uint64_t result_cap; /* MP__JOB_VARSIZE: a task's room; result_size is then its slot */
   uint32_t n_chunks, window;
-  _Atomic uint32_t limit;
-  _Atomic uint32_t retries_queued; /* chunks queued again after their worker died */
+  /* Window slot s's state word is at index (s & (2^spread - 1)) * 8 + (s >> spread): the
+   * slots of consecutive chunks, which different workers claim and complete side by side,
+   * are on different cache lines (8 words a line). 0: at index s (windows below 16). */
+  uint32_t spread;
   mp__job_waker_t *waker;          /* in the pool's shared block */
   _Atomic uint32_t refs;           /* the slot's and the owner's */
   _Atomic int32_t abort_code;      /* MP_ETERMINATED once the pool was terminated */
@@ -131,6 +133,11 @@ typedef struct {
    * each claim reads stay in every worker's cache. 64 bits: it passes n_chunks by one per
    * look at a drawn-out map, and a completion draws without looking first. */
   _Alignas(64) _Atomic uint64_t hint;
+  /* Written as chunks are fed (each apply of a batch), and read by every claim of a fed
+   * job: on a line of their own, so that feeding does not take the header's line, which
+   * every claim reads, from the workers. */
+  _Alignas(64) _Atomic uint32_t limit;
+  _Atomic uint32_t retries_queued; /* chunks queued again after their worker died */
   /* The owner's record, in the pool's process (pool.c's async result), zeroed when the job
    * is created: it lives as long as the owner's reference, with no allocation of its own. */
   _Alignas(64) uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
@@ -191,7 +198,9 @@ struct mp__pool_shared_s {
   uint64_t initargs_size;
   struct {
     _Atomic uint64_t state; /* seq << 1 | active */
-    mp__job_t *job;
+    /* Read between two reads of state (pin), which may find the slot reused meanwhile and
+     * drop what they read: atomic (relaxed), as a seqlock's data is. */
+    _Atomic(mp__job_t *) job;
   } slots[MP__POOL_SLOTS];
   mp__job_waker_t wakers[MP__POOL_SLOTS + 1]; /* by slot, then the unpublished jobs' */
   mp__worker_rec_t workers[]; /* n_workers, then one for the supervisor's pins */

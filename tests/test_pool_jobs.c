@@ -490,6 +490,88 @@ START_TEST(test_batch_lost_and_aborted) {
 }
 END_TEST
 
+/* A map of many chunks of one: the state words of consecutive chunks, which two workers
+ * claim and complete side by side, lie on different cache lines, each chunk's its own; a
+ * lost chunk is queued again and run, and an abort fails the rest. */
+START_TEST(test_spread_states_lost_and_aborted) {
+  enum { N = 40 };
+  int in[N], out[N];
+  for (int k = 0; k < N; k++)
+    in[k] = 100 + k;
+  mp__job_t *job = submit_map(1, in, N, 1);
+  for (uint32_t c = 0; c < N; c++) {
+    uintptr_t at = (uintptr_t)mp__job_state(job, c);
+    T_INT_EQ(MP__CHUNK_OF(atomic_load(mp__job_state(job, c))), c);
+    if (c > 0)
+      T_ASSERT(at / 64 != (uintptr_t)mp__job_state(job, c - 1) / 64,
+               "chunks %u and %u share a line", c - 1, c);
+    for (uint32_t d = 0; d < c; d++)
+      T_ASSERT(mp__job_state(job, d) != mp__job_state(job, c), "chunks %u and %u share a word",
+               d, c);
+  }
+  mp__task_t a, b;
+  for (int k = 0; k < N / 2; k++) { /* chunks 0..19, by turns */
+    claim(k % 2, &a);
+    T_INT_EQ(a.first, (uint64_t)k);
+    T_ASSERT(complete(k % 2, &a), "chunk %d's completion was refused", k);
+  }
+  claim(0, &a); /* chunk 20, lost: queued again */
+  mp__jobs_worker_lost(table, 0, "worker 1 was lost");
+  mp__jobs_worker_gone(table, 0);
+  claim(1, &b);
+  T_INT_EQ(b.first, 20);
+  T_ASSERT(complete(1, &b), "the retried chunk's completion was refused");
+  claim(1, &b); /* chunk 21, running when the abort comes */
+  T_INT_EQ(b.first, 21);
+  mp__jobs_abort_all(table, MP_ETERMINATED);
+  T_ASSERT(!complete(1, &b), "a completion after the abort was taken");
+  T_ASSERT(mp__job_complete(job), "the aborted map is not complete");
+  T_INT_EQ(mp__job_aborted(job), MP_ETERMINATED);
+  for (int k = 0; k < N; k++) {
+    const char *r = mp__job_result(job, (uint64_t)k);
+    T_ASSERT((r != NULL) == (k <= 20), "item %d's chunk: %s", k, r ? "done" : "failed");
+    if (r) {
+      memcpy(&out[k], r, sizeof out[k]);
+      T_INT_EQ(out[k], 100 + k);
+    }
+  }
+  end_table(job);
+}
+END_TEST
+
+/* A batch closed before it is full gives up the references of the applies it did not
+ * take: once its one apply is released, its block is free, and the next jobs reuse it. */
+START_TEST(test_closed_batch_block_freed) {
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
+  mp_test_set_hook(free_table);
+  int x[4] = {1, 2, 3, 4};
+  mp__job_t *jobs[4];
+  uint32_t chunks[4];
+  jobs[0] = apply(&x[0], &chunks[0]);
+  jobs[1] = apply(&x[1], &chunks[1]);
+  T_ASSERT(jobs[1]->flags & MP__JOB_BATCH, "the apply in flight was not batched");
+  mp__jobs_close_batch(table);
+  run_one(0, jobs[0], 0);
+  run_one(1, jobs[1], 0);
+  T_INT_EQ(take_int(jobs[1], 0), 2);
+  mp__jobs_release(table, jobs[0]);
+  mp__jobs_release(table, jobs[1]);
+  mp__jobs_reclaim(table);
+  jobs[2] = apply(&x[2], &chunks[2]);
+  jobs[3] = apply(&x[3], &chunks[3]);
+  T_ASSERT(jobs[2] == jobs[1] || jobs[3] == jobs[1],
+           "the closed batch's block was not freed for the next jobs");
+  mp__jobs_close_batch(table);
+  run_one(0, jobs[2], 0);
+  run_one(1, jobs[3], 0);
+  T_INT_EQ(take_int(jobs[3], 0), 4);
+  mp__jobs_release(table, jobs[2]);
+  mp__jobs_release(table, jobs[3]);
+  mp_test_set_hook(NULL);
+  free_table();
+}
+END_TEST
+
 static Suite *pool_jobs_suite(void) {
   Suite *s = suite_create("pool_jobs");
   TCase *tc = mp_test_tcase(s, "protocol", 30);
@@ -508,6 +590,8 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_output_pages_mapped_once);
   tcase_add_test(tc, test_applies_share_a_batch);
   tcase_add_test(tc, test_batch_lost_and_aborted);
+  tcase_add_test(tc, test_spread_states_lost_and_aborted);
+  tcase_add_test(tc, test_closed_batch_block_freed);
   return s;
 }
 
