@@ -490,6 +490,40 @@ START_TEST(test_batch_lost_and_aborted) {
 }
 END_TEST
 
+/* A stream of applies one at a time stays batched: once a batch closed full, the next apply
+ * opens another even with nothing in flight (it was a job of its own whenever the workers
+ * had settled the last batch before it came). */
+START_TEST(test_apply_stream_stays_batched) {
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
+  mp_test_set_hook(free_table);
+  static int x[66];
+  static mp__job_t *jobs[66];
+  uint32_t chunks[66];
+  for (int k = 0; k < 66; k++)
+    x[k] = 2000 + k;
+  jobs[0] = apply(&x[0], &chunks[0]);
+  jobs[1] = apply(&x[1], &chunks[1]); /* the first is in flight: a batch opens */
+  run_one(0, jobs[0], 0);
+  run_one(1, jobs[1], 0);
+  for (int k = 2; k < 65; k++) {
+    jobs[k] = apply(&x[k], &chunks[k]);
+    run_one(k % 2, jobs[k], chunks[k]);
+  }
+  T_ASSERT(jobs[64] == jobs[1] && mp__job_complete(jobs[1]), "the batch is not full and done");
+  T_ASSERT(!mp__jobs_work_left(table), "work is left");
+  jobs[65] = apply(&x[65], &chunks[65]);
+  T_ASSERT((jobs[65]->flags & MP__JOB_BATCH) && jobs[65] != jobs[1] && chunks[65] == 0,
+           "the apply after a full batch was not the first of a new batch");
+  run_one(0, jobs[65], 0);
+  T_INT_EQ(take_int(jobs[65], 0), 2065);
+  mp__jobs_close_batch(table);
+  for (int k = 0; k < 66; k++)
+    mp__jobs_release(table, jobs[k]);
+  mp_test_set_hook(NULL);
+  free_table();
+}
+END_TEST
+
 static Suite *pool_jobs_suite(void) {
   Suite *s = suite_create("pool_jobs");
   TCase *tc = mp_test_tcase(s, "protocol", 30);
@@ -508,6 +542,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_output_pages_mapped_once);
   tcase_add_test(tc, test_applies_share_a_batch);
   tcase_add_test(tc, test_batch_lost_and_aborted);
+  tcase_add_test(tc, test_apply_stream_stays_batched);
   return s;
 }
 
