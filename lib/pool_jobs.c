@@ -1320,7 +1320,7 @@ int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **out, ui
      * a stream of applies is batched, even one at a time, where a lone job costs three
      * times the instructions of an appended apply (its block, slot and publication).
      * Decided by the work in flight alone, an apply of such a stream was a lone job
-     * whenever the worker had settled the last one in time, a batch otherwise (3 to 20%
+     * whenever the worker had settled the last one in time, a batch otherwise (3 to 84%
      * lone in a stream of apply+get here), and the lone job's block, still referenced by
      * its worker when the waiter released it, was an orphan that the worker had to tell
      * the supervisor about (a system call and a wake-up of the supervisor's thread). */
