@@ -608,7 +608,9 @@ int mp_async_result_successful(mp_async_result_t *ar) {
 }
 
 void mp_async_result_free(mp_async_result_t *ar) {
-  if (!ar || atomic_fetch_sub(&ar->refs, 1) != 1)
+  /* A count of 1 is the caller's reference alone (the callback list drops only its own):
+   * then no read-modify-write, a locked instruction per apply. */
+  if (!ar || (atomic_load(&ar->refs) != 1 && atomic_fetch_sub(&ar->refs, 1) != 1))
     return;
   mp__jobs_release(ar->pool->jobs, ar->job); /* ar is in the job's block: the last use */
 }

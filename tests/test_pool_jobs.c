@@ -567,6 +567,46 @@ START_TEST(test_closed_batch_block_freed) {
   T_INT_EQ(take_int(jobs[3], 0), 4);
   mp__jobs_release(table, jobs[2]);
   mp__jobs_release(table, jobs[3]);
+/* A stream of applies one at a time is batched: an apply that follows an apply opens a
+ * batch even with nothing in flight (it was a job of its own whenever the workers had
+ * settled the last apply before it came), and so does one after a full batch; an apply
+ * after other work is a job of its own again. */
+START_TEST(test_apply_stream_stays_batched) {
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
+  mp_test_set_hook(free_table);
+  static int x[67];
+  static mp__job_t *jobs[67];
+  uint32_t chunks[67];
+  for (int k = 0; k < 67; k++)
+    x[k] = 2000 + k;
+  jobs[0] = apply(&x[0], &chunks[0]);
+  T_ASSERT(!(jobs[0]->flags & MP__JOB_BATCH), "the first apply was batched");
+  run_one(0, jobs[0], 0);
+  T_ASSERT(!mp__jobs_work_left(table), "work is left");
+  for (int k = 1; k < 65; k++) {
+    jobs[k] = apply(&x[k], &chunks[k]);
+    run_one(k % 2, jobs[k], chunks[k]);
+  }
+  T_ASSERT((jobs[1]->flags & MP__JOB_BATCH) && jobs[64] == jobs[1] && chunks[64] == 63,
+           "the applies after the first one were not one batch");
+  T_ASSERT(mp__job_complete(jobs[1]) && !mp__jobs_work_left(table), "the batch is not done");
+  jobs[65] = apply(&x[65], &chunks[65]);
+  T_ASSERT((jobs[65]->flags & MP__JOB_BATCH) && jobs[65] != jobs[1] && chunks[65] == 0,
+           "the apply after a full batch was not the first of a new batch");
+  run_one(0, jobs[65], 0);
+  T_INT_EQ(take_int(jobs[65], 0), 2065);
+  /* Other work closes the batch; the next apply, with nothing in flight, is alone. */
+  int item = 7;
+  mp__job_spec_t map = {jobs[0]->fn, 0, &item, 1, sizeof item, sizeof item, 1, 0, 0, NULL};
+  mp__job_t *mapped;
+  MP_ASSERT_OK(mp__jobs_submit(table, &map, &mapped));
+  run_one(1, mapped, 0);
+  jobs[66] = apply(&x[66], &chunks[66]);
+  T_ASSERT(!(jobs[66]->flags & MP__JOB_BATCH), "the apply after a map was batched");
+  run_one(0, jobs[66], 0);
+  mp__jobs_release(table, mapped);
+  for (int k = 0; k < 67; k++)
+    mp__jobs_release(table, jobs[k]);
   mp_test_set_hook(NULL);
   free_table();
 }
@@ -592,6 +632,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_batch_lost_and_aborted);
   tcase_add_test(tc, test_spread_states_lost_and_aborted);
   tcase_add_test(tc, test_closed_batch_block_freed);
+  tcase_add_test(tc, test_apply_stream_stays_batched);
   return s;
 }
 
