@@ -567,6 +567,11 @@ START_TEST(test_closed_batch_block_freed) {
   T_INT_EQ(take_int(jobs[3], 0), 4);
   mp__jobs_release(table, jobs[2]);
   mp__jobs_release(table, jobs[3]);
+  mp_test_set_hook(NULL);
+  free_table();
+}
+END_TEST
+
 /* A stream of applies one at a time is batched: an apply that follows an apply opens a
  * batch even with nothing in flight (it was a job of its own whenever the workers had
  * settled the last apply before it came), and so does one after a full batch; an apply
