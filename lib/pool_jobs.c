@@ -58,8 +58,8 @@ struct mp__jobs_s {
   pthread_mutex_t lock;        /* the job list, the spares, the function table */
   pthread_mutex_t apply_lock;  /* the open batch: taken before submit_lock and lock */
   _Atomic(mp__job_t *) batch;  /* the open batch of applies, with a reference, or NULL */
-  /* The open batch's header as appending reads it, here rather than in the block: the
-   * limit's line there is written by every claim. */
+  /* The open batch's header as appending reads it, here rather than in the block, whose
+   * lines the workers' claims read. */
   uint32_t batch_fn, batch_next;
   bool batch_notify;
   /* The last submission was an apply: the next one opens a batch if none is open. Relaxed:
@@ -521,8 +521,10 @@ static mp__job_t *pin(mp__pool_shared_t *sh, uint32_t pinner, uint64_t seq) {
   atomic_store(&sh->workers[pinner].pin, seq + 1);
   if (slot_state(sh, seq) != (seq << 1 | 1))
     return NULL;
+  /* Acquire: the second look at the state cannot be made before this read (on a weakly
+   * ordered CPU a relaxed read could see the next job's pointer after that look). */
   mp__job_t *job =
-      atomic_load_explicit(&sh->slots[seq % MP__POOL_SLOTS].job, memory_order_relaxed);
+      atomic_load_explicit(&sh->slots[seq % MP__POOL_SLOTS].job, memory_order_acquire);
   /* Still seq's: the pointer read between the two is seq's job. */
   return slot_state(sh, seq) == (seq << 1 | 1) ? job : NULL;
 }

@@ -6,6 +6,7 @@
 #include "trace.h"
 
 #include <ctype.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <sched.h>
@@ -13,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -310,12 +310,12 @@ void mp__popen_discard(mp_process_t *proc) {
  * not at its start: a system call, and a file to close at its end, off every start
  * (docs/architecture.md, "Where the time goes"). The pid is still the parent's as long as
  * the parent is ours (getppid), which is looked at after the open; a parent gone by then
- * gets a sentinel that is ready at once, an eventfd that reads 1. A fork server's child
+ * gets a sentinel that is ready at once and stays so, a pipe with no writer. A fork server's child
  * has no such test (the server is its parent), and its spare has the pidfd already.
  */
 #define PIDFD_LATER (-2)
 
-/* The parent's pidfd (or the eventfd of a parent gone), opened now if it was not: -1 if it
+/* The parent's pidfd (or the writerless pipe of a parent gone), opened now if it was not: -1 if it
  * cannot be (no pidfds, no fd left), and then the callers look by pid. */
 static int parent_pidfd(void) {
   int fd = __atomic_load_n(&me.parent.pidfd, __ATOMIC_ACQUIRE);
@@ -327,8 +327,11 @@ static int parent_pidfd(void) {
     opened = -1;
     errno = ESRCH;
   }
-  if (opened < 0 && errno == ESRCH)
-    opened = eventfd(1, EFD_CLOEXEC);
+  int ended[2];
+  if (opened < 0 && errno == ESRCH && pipe2(ended, O_CLOEXEC) == 0) {
+    close(ended[1]); /* at end of file for ever: ready whoever reads it */
+    opened = ended[0];
+  }
   if (opened < 0)
     return -1;
   /* Another thread may have opened it meanwhile: one is kept. */

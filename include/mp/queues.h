@@ -86,9 +86,10 @@ MP_EXTERN int mp_queue_put_nowait(mp_queue_t *queue, const void *data, size_t le
  * MP_ETOOSMALL (the message is longer than cap: *len is its length, and it stays first in the
  * queue), MP_ECLOSED (the queue was closed and every message has been taken: no message can
  * come any more, so a get never waits in vain), MP_ECORRUPT (the queue's shared memory holds
- * a length or a block address that libmp did not write there, which the get does not follow:
- * another process of the program wrote into it; every later get says so too). Python:
- * Queue.get(block, timeout).
+ * a length that does not fit or a block address outside the arena, which the get does not
+ * follow: another process of the program wrote into it; every later get says so too; such a
+ * process can still garble messages inside the arena, not make a get reach outside it).
+ * Python: Queue.get(block, timeout).
  */
 MP_EXTERN int mp_queue_get(mp_queue_t *queue, void *buf, size_t cap, size_t *len,
                            double timeout);
