@@ -1344,13 +1344,16 @@ int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **out, ui
   int rc = 0;
   pthread_mutex_lock(&t->apply_lock);
   mp__job_t *open = atomic_load_explicit(&t->batch, memory_order_relaxed);
-  bool stream = open || atomic_load_explicit(&t->applying, memory_order_relaxed);
+  /* Applies that cannot share the open batch (another function, size or notify) are no
+   * stream: a lone one is a job of its own rather than a batch of 64 chunks for one. */
+  bool takes = open && batch_takes(t, s);
+  bool stream = takes || (!open && atomic_load_explicit(&t->applying, memory_order_relaxed));
   uint32_t flags = atomic_load(&t->sh->flags);
   if (flags & MP__POOL_TERMINATED)
     rc = mp__error(MP_ETERMINATED, "the pool was terminated");
   else if (flags & MP__POOL_CLOSED)
     rc = mp__error(MP_ECLOSED, "the pool is closed");
-  else if (!batchable || !open || !batch_takes(t, s)) {
+  else if (!batchable || !takes) {
     close_batch(t);
     /* A lone apply, with no work in flight, is a job of its own: it is claimed at once, and
      * a batch would only cost it a larger block. One that follows an apply opens a batch:

@@ -600,6 +600,16 @@ START_TEST(test_apply_stream_stays_batched) {
            "the apply after a full batch was not the first of a new batch");
   run_one(0, jobs[65], 0);
   T_INT_EQ(take_int(jobs[65], 0), 2065);
+  /* An apply the open batch cannot take (another result size), with nothing in flight, is
+   * alone: no batch of 64 chunks for one. */
+  mp__apply_spec_t other = {0, false, &x[0], sizeof x[0], 2 * sizeof x[0]};
+  MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &other.fn));
+  mp__job_t *alone;
+  uint32_t alone_chunk;
+  MP_ASSERT_OK(mp__jobs_apply(table, &other, &alone, &alone_chunk));
+  T_ASSERT(!(alone->flags & MP__JOB_BATCH), "an apply the open batch could not take was batched");
+  run_one(1, alone, 0);
+  mp__jobs_release(table, alone);
   /* Other work closes the batch; the next apply, with nothing in flight, is alone. */
   int item = 7;
   mp__job_spec_t map = {jobs[0]->fn, 0, &item, 1, sizeof item, sizeof item, 1, 0, 0, NULL};
