@@ -607,7 +607,8 @@ START_TEST(test_apply_stream_stays_batched) {
   mp__job_t *alone;
   uint32_t alone_chunk;
   MP_ASSERT_OK(mp__jobs_apply(table, &other, &alone, &alone_chunk));
-  T_ASSERT(!(alone->flags & MP__JOB_BATCH), "an apply the open batch could not take was batched");
+  T_ASSERT(!(alone->flags & MP__JOB_BATCH),
+           "an apply the open batch could not take was batched");
   run_one(1, alone, 0);
   mp__jobs_release(table, alone);
   /* Other work closes the batch; the next apply, with nothing in flight, is alone. */
