@@ -199,7 +199,7 @@ struct mp__pool_shared_s {
   struct {
     _Atomic uint64_t state; /* seq << 1 | active */
     /* Read between two reads of state (pin), which may find the slot reused meanwhile and
-     * drop what they read: atomic (relaxed), as a seqlock's data is. */
+     * drop what they read: atomic, as a seqlock's data is (pin reads it with acquire). */
     _Atomic(mp__job_t *) job;
   } slots[MP__POOL_SLOTS];
   mp__job_waker_t wakers[MP__POOL_SLOTS + 1]; /* by slot, then the unpublished jobs' */

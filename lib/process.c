@@ -310,13 +310,14 @@ void mp__popen_discard(mp_process_t *proc) {
  * not at its start: a system call, and a file to close at its end, off every start
  * (docs/architecture.md, "Where the time goes"). The pid is still the parent's as long as
  * the parent is ours (getppid), which is looked at after the open; a parent gone by then
- * gets a sentinel that is ready at once and stays so, a pipe with no writer. A fork server's child
- * has no such test (the server is its parent), and its spare has the pidfd already.
+ * gets a sentinel that is ready at once and stays so, a pipe with no writer. A fork
+ * server's child has no such test (the server is its parent), and its spare has the pidfd
+ * already.
  */
 #define PIDFD_LATER (-2)
 
-/* The parent's pidfd (or the writerless pipe of a parent gone), opened now if it was not: -1 if it
- * cannot be (no pidfds, no fd left), and then the callers look by pid. */
+/* The parent's pidfd (or the writerless pipe of a parent gone), opened now if it was not:
+ * -1 if it cannot be (no pidfds, no fd left), and then the callers look by pid. */
 static int parent_pidfd(void) {
   int fd = __atomic_load_n(&me.parent.pidfd, __ATOMIC_ACQUIRE);
   if (fd != PIDFD_LATER)
