@@ -329,9 +329,14 @@ typedef struct {
   uint32_t cap;
 } ring_t;
 
+static ring_t ring_decode(uint64_t word) {
+  /* A wild word's shift may be 32 or more: a ring of 0 bytes then, which ring_sane refuses. */
+  uint32_t shift = (uint32_t)(word & 63);
+  return (ring_t){(char *)(uintptr_t)(word & ~(uint64_t)63), shift < 32 ? 1u << shift : 0};
+}
+
 static ring_t ring_of(const mp_queue_t *q) {
-  uint64_t word = atomic_load(&q->ring_word);
-  return (ring_t){(char *)(uintptr_t)(word & ~(uint64_t)63), 1u << (word & 63)};
+  return ring_decode(atomic_load(&q->ring_word));
 }
 
 static uint64_t ring_word(const char *base, uint32_t cap) {
@@ -377,11 +382,16 @@ static uint64_t header_read(ring_t r, uint32_t at) {
  * else is MP_ECORRUPT, and the bytes are left as they are, so every later get says so too.
  */
 
+/* Whether block may start a block of the arena (a payload starts a line). */
+static bool block_sane(const void *block) {
+  return (uintptr_t)block % 64 == 0 && mp__shared_contains(block);
+}
+
 /* Whether room bytes at block lie in the arena and hold len bytes. */
 static bool spill_sane(spill_t s, uint64_t len) {
   uintptr_t first = (uintptr_t)s.block, last;
-  return s.room >= len && s.room != 0 && first % 64 == 0 &&
-         !__builtin_add_overflow(first, s.room - 1, &last) && mp__shared_contains(s.block) &&
+  return s.room >= len && s.room != 0 && block_sane(s.block) &&
+         !__builtin_add_overflow(first, s.room - 1, &last) &&
          mp__shared_contains((const void *)last);
 }
 
@@ -949,10 +959,11 @@ static int lock_put(mp_queue_t *q) {
   int rc = qlock_lock(&q->put_lock);
   if (rc != MP_EOWNERDEAD)
     return rc;
-  if (q->pending && atomic_load(&q->tail) == q->pending_tail)
+  /* Words of the arena too: one that names no block of it is dropped, not freed. */
+  if (block_sane(q->pending) && atomic_load(&q->tail) == q->pending_tail)
     mp__shared_release(q->pending);
   q->pending = NULL;
-  if (q->pending_ring && ring_of(q).base != q->pending_ring)
+  if (block_sane(q->pending_ring) && ring_of(q).base != q->pending_ring)
     mp__shared_release(q->pending_ring);
   q->pending_ring = NULL;
   wake_everyone(q);
@@ -980,27 +991,57 @@ static bool at_maxsize(mp_queue_t *q) {
   return q->maxsize && count_of(atomic_load(&q->head), atomic_load(&q->tail)) >= q->maxsize;
 }
 
-/* Whether need bytes and one more message fit between head and tail. */
-static bool fits(const mp_queue_t *q, uint64_t head, uint64_t tail, size_t need) {
+/* Whether need bytes and one more message fit between head and tail in a ring of cap
+ * bytes. Wild words (more bytes committed than the ring holds) make no room: a put that
+ * holds the lock tells them apart (put_ring). */
+static bool fits(const mp_queue_t *q, uint64_t head, uint64_t tail, size_t need, uint32_t cap) {
   if (q->maxsize && count_of(head, tail) >= q->maxsize)
     return false;
-  return ring_of(q).cap - (pos_bytes(tail) - pos_bytes(head)) >= need;
+  uint32_t used = pos_bytes(tail) - pos_bytes(head);
+  return used <= cap && cap - used >= need;
 }
 
 static bool has_room(mp_queue_t *q, size_t need) {
   uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
-  return atomic_load(&q->closed) || fits(q, head, tail, need);
+  return atomic_load(&q->closed) || fits(q, head, tail, need, ring_of(q).cap);
 }
 
 /* has_room() for the holder of put_lock, with tail read: judged first by head_seen, which
  * is older than head and so never shows more room than there is, and by head itself only if
  * that says no. head is the consumers' line: reading it on every put would move it. */
-static bool room_locked(mp_queue_t *q, uint64_t tail, size_t need) {
-  if (fits(q, atomic_load_explicit(&q->head_seen, memory_order_relaxed), tail, need))
-    return true;
+__attribute__((noinline, cold)) static int committed_error(uint32_t used, uint32_t cap,
+                                                           const char *fn) {
+  return mp__error(MP_ECORRUPT,
+                   "%s: the queue's shared memory is corrupt: %u bytes committed in a ring of %u",
+                   fn, used, cap);
+}
+
+HOT int room_locked(mp_queue_t *q, ring_t r, uint64_t tail, size_t need, const char *fn) {
+  if (fits(q, atomic_load_explicit(&q->head_seen, memory_order_relaxed), tail, need, r.cap))
+    return 1;
   uint64_t head = atomic_load(&q->head);
   atomic_store_explicit(&q->head_seen, head, memory_order_relaxed);
-  return fits(q, head, tail, need);
+  uint32_t used = pos_bytes(tail) - pos_bytes(head);
+  if (used > r.cap) /* no room would ever come: say so rather than wait */
+    return committed_error(used, r.cap, fn);
+  return fits(q, head, tail, need, r.cap);
+}
+
+/* The ring a put writes to (put_lock held), believed as a get believes it (read_record): in
+ * the arena, and able to hold the record at all (an inline message is at most an eighth of
+ * the first ring, unless the queue's own words are wild). */
+static int put_ring(mp_queue_t *q, uint64_t header, ring_t *r, const char *fn) {
+  uint64_t word = atomic_load(&q->ring_word);
+  *r = ring_decode(word);
+  const char *corrupt = "the queue's shared memory is corrupt";
+  /* The ring known sane is told by its word, with no bounds to look at (ring_sane). */
+  if (word != atomic_load_explicit(&ring_known, memory_order_relaxed) && !ring_sane(*r))
+    return mp__error(MP_ECORRUPT, "%s: %s: its ring of %u bytes at %p is not in the arena", fn,
+                     corrupt, r->cap, (void *)r->base);
+  if (!(header & SPILLED) && header_len(header) > r->cap)
+    return mp__error(MP_ECORRUPT, "%s: %s: a message of %zu bytes kept whole in a ring of %u",
+                     fn, corrupt, header_len(header), r->cap);
+  return 0;
 }
 
 static bool tasks_done(mp_queue_t *q, size_t need) {
@@ -1078,14 +1119,14 @@ static bool passed(int64_t deadline) {
  * pending_ring first and installed by one store, so a producer dying here leaves either
  * ring whole (and at worst the old one unfreed).
  */
-static int grow_ring(mp_queue_t *q, uint32_t need) {
+static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need) {
   int rc = lock_get(q);
   if (rc < 0)
     return rc;
-  ring_t old = ring_of(q);
+  ring_t old = *ring; /* checked by put_ring: the word is not read again */
   uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
   uint32_t used = pos_bytes(tail) - pos_bytes(head), cap = old.cap;
-  while (cap - used < need && cap < q->ring_max)
+  while (used <= cap && cap - used < need && cap < q->ring_max)
     cap *= 2;
   char *base = cap != old.cap && cap - used >= need ? mp__shared_alloc_raw(cap) : NULL;
   if (base) { /* else room was made meanwhile, or the arena is full: wait for room */
@@ -1094,6 +1135,7 @@ static int grow_ring(mp_queue_t *q, uint32_t need) {
     atomic_store(&q->ring_word, ring_word(base, cap));
     q->pending_ring = NULL;
     mp__shared_release(old.base);
+    *ring = (ring_t){base, cap};
   }
   qlock_unlock(&q->get_lock);
   return 0;
@@ -1139,11 +1181,10 @@ static int spill_block(mp_queue_t *q, size_t len, const char *fn, spill_t *out) 
 
 /* Writes the message at tail and commits it; the caller holds put_lock and has checked the
  * room. */
-static int commit_put(mp_queue_t *q, uint64_t tail, const void *data, size_t len,
+static int commit_put(mp_queue_t *q, ring_t r, uint64_t tail, uint64_t header, const void *data,
                       const char *fn) {
-  ring_t r = ring_of(q);
   uint32_t at = pos_bytes(tail);
-  uint64_t header = header_for(q, len);
+  size_t len = header_len(header);
   if (header & SPILLED) {
     spill_t spill;
     int rc = spill_block(q, len, fn, &spill);
@@ -1168,7 +1209,9 @@ static int put(mp_queue_t *q, const void *data, size_t len, double timeout, cons
     return mp__error(MP_EINVAL, "%s: data is NULL", fn);
   if (len >= LEN_MAX)
     return mp__error(MP_EMSGSIZE, "%s: a message of %zu bytes", fn, len);
-  uint32_t need = record_size(header_for(q, len));
+  /* Decided once: the record sized for the room is the record written. */
+  uint64_t header = header_for(q, len);
+  uint32_t need = record_size(header);
   MP__TRACE_CLOCK(t0);
   mp__sigint_t sigint = {NULL, 0};
   int64_t deadline = DEADLINE_UNSET;
@@ -1180,15 +1223,16 @@ static int put(mp_queue_t *q, const void *data, size_t len, double timeout, cons
       qlock_unlock(&q->put_lock);
       return mp__error(MP_ECLOSED, "%s: the queue is closed", fn);
     }
-    rc = 1;
     uint64_t tail = atomic_load(&q->tail);
-    bool room = room_locked(q, tail, need);
-    if (!room && !at_maxsize(q) && ring_of(q).cap < q->ring_max) {
-      rc = grow_ring(q, need) < 0 ? MP_ENOMEM : 1; /* the lock's error said why */
-      room = rc == 1 && room_locked(q, tail, need);
-    }
-    if (room)
-      rc = commit_put(q, tail, data, len, fn);
+    ring_t r;
+    rc = put_ring(q, header, &r, fn);
+    int room = rc < 0 ? rc : room_locked(q, r, tail, need, fn);
+    if (room == 0 && !at_maxsize(q) && r.cap < q->ring_max)
+      room = grow_ring(q, &r, need) < 0 ? MP_ENOMEM /* the lock's error said why */
+                                        : room_locked(q, r, tail, need, fn);
+    rc = room < 0 ? room : 1;
+    if (room > 0)
+      rc = commit_put(q, r, tail, header, data, fn);
     qlock_unlock(&q->put_lock);
     if (rc < 0)
       return rc;

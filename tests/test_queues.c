@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -1561,6 +1562,78 @@ START_TEST(test_corrupt_ring) {
 }
 END_TEST
 
+/* A page of this process's own memory, outside the arena, that a wild ring word names. */
+static _Alignas(4096) unsigned char victim[8192];
+
+typedef struct {
+  _Atomic uint64_t *ring_word; /* in the arena: the same address in every process */
+  uint64_t forged[2];
+  uint32_t use; /* which forged word the child writes */
+} forge_job_t;
+
+/* The word of q that names its ring: a line-aligned address in the arena, with log2 of the
+ * ring's bytes (12: 4 KiB) in its low bits. */
+static _Atomic uint64_t *find_ring_word(mp_queue_t *q) {
+  unsigned char *lo;
+  size_t size;
+  if (!arena_span(&lo, &size))
+    return NULL;
+  for (size_t at = 0; at < 256; at += 8) {
+    uint64_t word;
+    memcpy(&word, (unsigned char *)q + at, sizeof word);
+    uintptr_t base = (uintptr_t)(word & ~(uint64_t)63);
+    if ((word & 63) == 12 && base >= (uintptr_t)lo && base < (uintptr_t)lo + size)
+      return (_Atomic uint64_t *)((unsigned char *)q + at);
+  }
+  return NULL;
+}
+
+/* Another process of the program writes the word forged[i] over the ring word. */
+static int t_forge_ring_word(void *arg, size_t size) {
+  const forge_job_t *job = arg;
+  if (size != sizeof *job || job->use >= 2)
+    return 90;
+  atomic_store(job->ring_word, job->forged[job->use]);
+  return 0;
+}
+
+/* The ring's word is as untrusted for a put as for a get: one naming memory outside the
+ * arena (this process's own page), or a ring of 2^40 bytes, makes the put MP_ECORRUPT with
+ * nothing written; the word put back, the queue works again. */
+START_TEST(test_corrupt_ring_word_put) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
+  MP_ASSERT_OK(mp_queue_put(q, "first", 6, 10));
+  _Atomic uint64_t *word = find_ring_word(q);
+  T_ASSERT(word != NULL, "the ring word in the queue");
+  uint64_t good = atomic_load(word);
+  memset(victim, 0, sizeof victim);
+  forge_job_t job = {word, {(uint64_t)(uintptr_t)victim | 12, (good & ~(uint64_t)63) | 40}, 0};
+  for (job.use = 0; job.use < 2; job.use++) {
+    mp_process_t *p;
+    T_PROC_NEW(&p, mp_test_ctx(_i), t_forge_ring_word, &job, sizeof job, NULL);
+    MP_ASSERT_OK(mp_process_start(p));
+    join_ok(p);
+    T_ASSERT(atomic_load(word) == job.forged[job.use], "the child forged the word");
+    MP_ASSERT_ERR(mp_queue_put(q, "WRITTEN-OUTSIDE-THE-ARENA", 26, 1), MP_ECORRUPT);
+    T_ASSERT(strstr(mp_last_error(), "corrupt") && strstr(mp_last_error(), "not in the arena"),
+             "the sentence: %s", mp_last_error());
+    MP_ASSERT_ERR(mp_queue_put_nowait(q, "again", 6), MP_ECORRUPT);
+    for (size_t b = 0; b < sizeof victim; b++)
+      T_ASSERT(victim[b] == 0, "byte %zu outside the arena was written", b);
+  }
+  atomic_store(word, good);
+  MP_ASSERT_OK(mp_queue_put(q, "second", 7, 10));
+  char buf[16];
+  size_t len = 0;
+  MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 10));
+  T_ASSERT(len == 6 && strcmp(buf, "first") == 0, "the first message kept: %zu", len);
+  MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 10));
+  T_ASSERT(len == 7 && strcmp(buf, "second") == 0, "the second message: %zu", len);
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
 static Suite *queues_suite(void) {
   Suite *s = suite_create("queues");
   TCase *tc = mp_test_tcase(s, "local", 20);
@@ -1585,6 +1658,7 @@ static Suite *queues_suite(void) {
   tcase_add_loop_test(tc, test_close, 0, N_METHODS);
   tcase_add_loop_test(tc, test_spilled_blocks_reused, 0, N_METHODS);
   tcase_add_loop_test(tc, test_corrupt_ring, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_corrupt_ring_word_put, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "readiness", 30);
   tcase_add_loop_test(tc, test_fileno_in_parent, 0, N_METHODS);

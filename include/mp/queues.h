@@ -70,7 +70,8 @@ MP_EXTERN int mp_queue_create_sized(mp_queue_t **queue, size_t maxsize, size_t r
  * data. Returns 0 once the message is in the queue. Errors: MP_EINVAL (NULL queue, NULL data
  * with len > 0, not a Queue), MP_EFULL (no room within the timeout: Python's queue.Full),
  * MP_ECLOSED (the queue was closed), MP_EMSGSIZE (len above 2^62), MP_ENOMEM (no arena block
- * for a large message). The timeout bounds the wait for room; the copy of another
+ * for a large message), MP_ECORRUPT (the queue's ring word, in shared memory, names no ring
+ * of the arena: nothing is written, and every later put says so too). The timeout bounds the wait for room; the copy of another
  * producer's message in progress is waited for (producers copy in turn), whatever the timeout.
  * Python: Queue.put(obj, block, timeout).
  */
