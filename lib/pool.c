@@ -40,8 +40,8 @@ static int await_workers(mp_pool_t *pool) {
       return mp__error(rc, "mp_pool_create: %s", pool->create_msg);
     for (uint32_t w = 0; w < pool->n_workers; w++)
       if (mp__jobs_worker_state(pool->jobs, w) == MP__WORKER_INIT_FAILED)
-        return mp__error(MP_ETASK, "mp_pool_create: the initializer failed in worker %u: %s",
-                         w + 1, mp__jobs_worker_error(pool->jobs, w));
+        return mp__error(MP_ETASK, "mp_pool_create: the initializer failed in worker %u: %.*s",
+                         w + 1, MP__POOL_MSG, mp__jobs_worker_error(pool->jobs, w));
     if (mp__jobs_ready(pool->jobs) == pool->n_workers)
       return 0;
     mp__futex_wait(status, seen, INT64_MAX);

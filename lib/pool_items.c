@@ -344,7 +344,10 @@ static int plain_next_item(mp_imap_t *it, void *result, size_t cap, size_t *len,
   int rc = mp__pool_next_raw(it, it->scratch, index, timeout);
   if (rc < 0)
     return rc;
+  /* The length is a worker's word: never more than the slot (and the caller's room). */
   uint64_t l = slot_length(it->scratch);
+  if (l > need)
+    l = need;
   memcpy(result, it->scratch + MP__VARSIZE_HEAD, l);
   if (len)
     *len = l;

@@ -1591,10 +1591,26 @@ void mp__job_wake_waiter(mp__job_t *job) {
   wake_waiter(job);
 }
 
-/* A recorded failure's code: negative, whatever a wild write in a task left there. */
+/* A recorded failure's code, one a failure can record (a task's, a function that did not
+ * resolve or that the job names wildly, a worker's death), whatever a wild write in a task
+ * left there: another would
+ * mean something else to the caller (MP_EINTR ends a blocking map's pool, MP_ETIMEDOUT looks
+ * like a wait to repeat). */
 static int task_code(const mp__task_error_t *e) {
-  return e->code < 0 ? e->code : MP_ETASK;
+  switch (e->code) {
+  case MP_ERESOLVE:
+  case MP_ECROSS:
+  case MP_ENOMEM:
+  case MP_EWORKERDIED:
+  case MP_ECORRUPT:
+    return e->code;
+  default:
+    return MP_ETASK;
+  }
 }
+
+/* A failure's message, which a worker killed while writing it may have left unterminated. */
+#define MSG_OF(e) (int)sizeof(e)->msg, (e)->msg
 
 /* Every chunk but the last of a map that did not fail, each slot followed by its canary:
  * results of a few bytes (chunks of one item) are copied by a loop of fixed-size copies,
@@ -1681,6 +1697,8 @@ int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, 
   const mp__task_error_t *e = error_at(job, 0);
   bool failed = e->item != UINT64_MAX;
   uint64_t need = is_apply ? atomic_load(&job->result_len) : job->n * job->result_size;
+  if (is_apply && need > job->result_size) /* a worker's word: no read past the slot */
+    need = job->result_size;
   if (len)
     *len = need;
   if (result && !failed && cap < need)
@@ -1694,8 +1712,8 @@ int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, 
   if (!failed)
     return 0;
   if (is_apply)
-    return mp__error(task_code(e), "%s", e->msg);
-  return mp__error(task_code(e), "item %llu: %s", (unsigned long long)e->item, e->msg);
+    return mp__error(task_code(e), "%.*s", MSG_OF(e));
+  return mp__error(task_code(e), "item %llu: %.*s", (unsigned long long)e->item, MSG_OF(e));
 }
 
 const char *mp__job_result(const mp__job_t *job, uint64_t i) {
@@ -1752,7 +1770,8 @@ int64_t mp__job_finished_chunk(const mp__job_t *job, bool ordered, uint32_t next
   uint32_t limit = atomic_load(&job->limit);
   for (uint32_t i = 0; i < job->window; i++) {
     uint64_t v = atomic_load(mp__job_state(job, i));
-    if (MP__CHUNK_OF(v) < limit && chunk_finished(v))
+    /* The chunk must be the one slot i holds: a wild word would deliver another's. */
+    if (MP__CHUNK_OF(v) < limit && chunk_finished(v) && ring_slot(MP__CHUNK_OF(v), job->window) == i)
       return MP__CHUNK_OF(v);
   }
   return -1;
@@ -1769,7 +1788,7 @@ int mp__job_item(const mp__job_t *job, uint32_t chunk, uint64_t i, void *result,
     if (e->item == UINT64_MAX)
       return mp__error(abort_code ? abort_code : MP_ETERMINATED, "item %llu: the pool was terminated",
                        (unsigned long long)*failed_item);
-    return mp__error(task_code(e), "item %llu: %s", (unsigned long long)e->item, e->msg);
+    return mp__error(task_code(e), "item %llu: %.*s", (unsigned long long)e->item, MSG_OF(e));
   }
   if (job->result_size)
     memcpy(result,

@@ -141,7 +141,7 @@ static void worker_ended(void *arg, uint32_t w, int exitcode) {
   describe_end(pool, w, exitcode, msg, sizeof msg);
   if (state == MP__WORKER_INIT_FAILED) {
     char init_msg[2 * MP__POOL_MSG];
-    snprintf(init_msg, sizeof init_msg, "the initializer failed: %s",
+    snprintf(init_msg, sizeof init_msg, "the initializer failed: %.*s", MP__POOL_MSG,
              mp__jobs_worker_error(pool->jobs, w));
     if (atomic_load(&pool->creating))
       end_create(pool, MP_ETASK, init_msg);

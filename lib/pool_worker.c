@@ -129,13 +129,17 @@ static void run_chunk(worker_t *wk, mp__task_t *task, mp__task_t *next) {
   MP__TRACE_CLOCK(t0);
   mp__pool_shared_t *sh = wk->sh;
   int rc = 0;
-  if (!wk->fns[task->fn] &&
-      (rc = resolve(wk, sh->fns[task->fn], sh->local_fns[task->fn], &wk->fns[task->fn])) < 0) {
+  if (task->fn >= MP__POOL_MAX_FNS) /* the job's word, which any process could have written */
+    rc = mp__error(MP_ECORRUPT, "the job's shared memory is corrupt: function %u of %u",
+                   (unsigned)task->fn, (unsigned)MP__POOL_MAX_FNS);
+  else if (!wk->fns[task->fn])
+    rc = resolve(wk, sh->fns[task->fn], sh->local_fns[task->fn], &wk->fns[task->fn]);
+  if (rc < 0) {
     task->code = rc;
     task->failed_item = task->first;
     snprintf(task->msg, sizeof task->msg, "%s", mp_last_error());
   }
-  task->call = wk->fns[task->fn];
+  task->call = rc == 0 ? wk->fns[task->fn] : NULL;
   if (rc == 0 && !wk->how->local)
     mp__pool_map_output(&wk->warm, task);
   if (rc == 0)

@@ -2104,6 +2104,45 @@ START_TEST(test_map_items_strings) {
 }
 END_TEST
 
+/* Copies its item; item "B" then writes a wild length, 4096, over the length word of the
+ * result before its own (results of at most 16 bytes take slots of 24: 8 for the length):
+ * what a task writing out of its bounds leaves in the job's shared memory. */
+static int copy_then_scribble(const void *arg, size_t size, void *result, size_t *result_size) {
+  memcpy(result, arg, size);
+  *result_size = size;
+  if (size == 1 && ((const char *)arg)[0] == 'B') {
+    uint64_t wild = 4096;
+    memcpy((char *)result - 32, &wild, sizeof wild);
+  }
+  return 0;
+}
+
+/* A result's length is a word of shared memory, written by a worker: the parent copies no
+ * more than the result's room, whatever it says. */
+START_TEST(test_wild_result_length) {
+  mp_pool_t *pool = make_pool(_i, 1, NULL);
+  mp_item_t in[2] = {{"A", 1}, {"B", 1}};
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap_items(pool, copy_then_scribble, in, 2, 16, 2, &it));
+  struct {
+    char result[16];
+    char after[16]; /* a copy past result would land here */
+  } buf;
+  memset(&buf, 0, sizeof buf);
+  size_t len = 0, index = 9;
+  MP_ASSERT_OK(mp_imap_next_item(it, buf.result, sizeof buf.result, &len, &index, 10));
+  T_INT_EQ(index, 0);
+  T_ASSERT(len <= sizeof buf.result, "a length of %zu for a result of at most 16 bytes", len);
+  T_ASSERT(buf.result[0] == 'A', "the result: %c", buf.result[0]);
+  for (size_t b = 0; b < sizeof buf.after; b++)
+    T_ASSERT(buf.after[b] == 0, "byte %zu past the result was written", b);
+  MP_ASSERT_OK(mp_imap_next_item(it, buf.result, sizeof buf.result, &len, &index, 10));
+  T_ASSERT(index == 1 && len == 1 && buf.result[0] == 'B', "the second result");
+  mp_imap_free(it);
+  end_pool();
+}
+END_TEST
+
 /* imap's failed chunk, pinned for every form and chunksize: the chunk's items before the
  * failed one come, then the failure at its index, the rest of the chunk is skipped, the
  * next chunks come. map: the first error, a failed chunk's results zero (size 0). */
@@ -2259,6 +2298,7 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_lazy_finite_and_failing, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_map_items_strings, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_failed_chunk, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_wild_result_length, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_forms_bad_input, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "apply", 60);
   tcase_add_loop_test(tc, test_apply, 0, N_CONTEXTS);
