@@ -289,6 +289,22 @@ bool mp__shared_release(void *payload) {
   return true;
 }
 
+bool mp__shared_is_block(const void *payload, uint64_t room) {
+  arena_t *arena = __atomic_load_n(&heap.arena, __ATOMIC_ACQUIRE);
+  uintptr_t at = (uintptr_t)payload, base = (uintptr_t)arena;
+  if (!arena || at < base + HEADER_SPACE + BLOCK_HEAD || (at - base) % 64 != 0 ||
+      at - base >= atomic_load(&arena->size))
+    return false;
+  /* Each word of the header is read once: another process may be writing it. */
+  block_t *block = block_of((void *)at);
+  uint32_t magic = __atomic_load_n(&block->magic, __ATOMIC_RELAXED),
+           cls = __atomic_load_n(&block->cls, __ATOMIC_RELAXED);
+  uint64_t offset = at - base - BLOCK_HEAD;
+  return magic == BLOCK_LIVE && cls >= MIN_CLASS && cls <= MAX_CLASS &&
+         (1ull << cls) - BLOCK_HEAD >= room &&
+         offset + (1ull << cls) <= atomic_load(&arena->size);
+}
+
 bool mp__shared_contains(const void *p) {
   arena_t *arena = __atomic_load_n(&heap.arena, __ATOMIC_ACQUIRE);
   if (!arena || !p)

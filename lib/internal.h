@@ -195,6 +195,25 @@ const mp__waitable_ops_t *mp__waitable_find(const void *obj);
  * raw bytes where a peer's frames go. */
 int mp__conn_send_fd(const mp_conn_t *conn);
 
+/* ------------------------------- queues.c ------------------------------- */
+
+/* The words of a queue that any process of the program can write and that a get, and the
+ * last free, read: for the fuzzer of the ring (tests/fuzz/fuzz_queue_ring.c), which lays
+ * its bytes over them. */
+typedef struct {
+  uint64_t ring_word; /* the ring's address | log2 of its bytes */
+  uint64_t head, tail, tail_seen;
+  void *retired; /* the block of the spilled message taken last, until the next get */
+  uint64_t retired_head, retired_room;
+  uint32_t spares_in, spares_out, closed;
+  struct {
+    void *block;
+    uint64_t room;
+  } spare[4];
+} mp__queue_words_t;
+/* Copies q's words to *read (if not NULL), then *write's (if not NULL) over them. */
+void mp__queue_words(mp_queue_t *q, mp__queue_words_t *read, const mp__queue_words_t *write);
+
 /* ------------------------------ reduction.c ----------------------------- */
 
 #define MP__BUILD_ID_MAX 64
@@ -257,6 +276,10 @@ void mp__shared_retain(void *block);
 bool mp__shared_release(void *block);
 /* True if p lies inside this process's arena mapping: a cheap check for handles. */
 bool mp__shared_contains(const void *p);
+/* True if payload is a live block's, of room bytes at least, wholly inside the arena: what
+ * an address read from the arena (another process may have written it) must be
+ * before it is released or read as a block. */
+bool mp__shared_is_block(const void *payload, uint64_t room);
 /* A program-wide unique number (never 0), for keys that name things across processes. */
 uint64_t mp__shared_unique(void);
 

@@ -56,13 +56,13 @@ static void back_off(unsigned *polls) {
   nanosleep(&ts, NULL);
 }
 
-int mp__mpi_wait(int n, MPI_Request *reqs) {
+int mp__mpi_wait(int n, MPI_Request *reqs, MPI_Status *statuses) {
   for (unsigned polls = 0;; back_off(&polls)) {
     int done = 0, rc = MPI_ERR_OTHER;
     pthread_mutex_lock(&mp__mpi_lock);
     bool over = ended;
     if (!over)
-      rc = MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
+      rc = MPI_Testall(n, reqs, &done, statuses ? statuses : MPI_STATUSES_IGNORE);
     pthread_mutex_unlock(&mp__mpi_lock);
     if (rc != MPI_SUCCESS)
       return over ? mp__error(MP_ECLOSED, "MPI has ended: the program is exiting")
@@ -149,18 +149,17 @@ static int resolve(rank_state_t *st, const mp__mpi_task_head_t *h, const char *p
   return 0;
 }
 
-/* Checks a task message of len bytes; its payload's offset and size, its results' size. */
-static int check_message(const rank_state_t *st, int tag, size_t len, mp__mpi_task_head_t *h,
-                         size_t *at, size_t *in_len, size_t *out_len) {
+int mp__mpi_task_check(const char *msg, size_t len, int tag, mp__mpi_task_head_t *h, size_t *at,
+                       size_t *in_len, size_t *out_len) {
   if (tag != MP__MPI_TAG_TASK && tag != MP__MPI_TAG_INIT)
     return mp__error(MP_EINVAL, "a message with the unknown tag %d", tag);
   if (len < sizeof *h)
     return mp__error(MP_EINVAL, "a message of %zu bytes is no task", len);
-  memcpy(h, st->in, sizeof *h);
-  if (h->path_len < 1 || h->path_len > sizeof st->ref.path ||
+  memcpy(h, msg, sizeof *h);
+  if (h->path_len < 1 || h->path_len > sizeof((mp__fnref_t *)0)->path ||
       h->build_id_len > MP__BUILD_ID_MAX ||
       len < (*at = MP__MPI_ROOM(sizeof *h + h->path_len)) ||
-      st->in[sizeof *h + h->path_len - 1] != '\0')
+      msg[sizeof *h + h->path_len - 1] != '\0')
     return mp__error(MP_EINVAL, "a task message with a malformed function reference");
   *in_len = h->item_size;
   *out_len = 0;
@@ -175,6 +174,10 @@ static int check_message(const rank_state_t *st, int tag, size_t len, mp__mpi_ta
   if (*in_len != len - *at)
     return mp__error(MP_EINVAL, "a task of %zu bytes where %zu were announced", len - *at,
                      *in_len);
+  /* The reply is one MPI message, whose count is an int. */
+  if (*out_len > (size_t)INT_MAX - MP__MPI_ROOM(sizeof(mp__mpi_reply_head_t) + MP__POOL_MSG))
+    return mp__error(MP_EINVAL, "a task's %zu bytes of results are more than one reply carries",
+                     *out_len);
   return 0;
 }
 
@@ -186,9 +189,9 @@ static size_t run_message(rank_state_t *st, int tag, size_t len, int rank, size_
   char msg[MP__POOL_MSG] = "";
   size_t at = 0, in_len = 0, out_len = 0, room = MP__MPI_ROOM(sizeof r + sizeof msg);
   mp__fn_t fn = NULL;
-  int rc = check_message(st, tag, len, &h, &at, &in_len, &out_len);
-  if (rc == 0 && (out_len > SIZE_MAX - room - sizeof(uint64_t) ||
-                  !mp__mpi_grow(&st->out, &st->out_cap, room + out_len + sizeof(uint64_t))))
+  int rc = mp__mpi_task_check(st->in, len, tag, &h, &at, &in_len, &out_len);
+  /* The canary of the last result lies past the results (mp__run_task). */
+  if (rc == 0 && !mp__mpi_grow(&st->out, &st->out_cap, room + out_len + sizeof(uint64_t)))
     rc = mp__error(MP_ENOMEM, "no memory for %zu bytes of results", out_len);
   if (rc == 0)
     rc = resolve(st, &h, st->in + sizeof h, &fn);

@@ -136,21 +136,59 @@ static int post(link_t *k, int tag, mp__fn_t fn, mp__mpi_task_head_t *head, cons
   return 0;
 }
 
-/* Waits for the oldest flight's reply, which is then out of flight: 0 with its head in *r,
- * its message in msg (MP__POOL_MSG bytes), its results in *results. */
-static int take_reply(link_t *k, mp__mpi_reply_head_t *r, char *msg, const char **results) {
+int mp__mpi_reply_check(const char *reply, size_t len, uint64_t first, uint64_t count,
+                        size_t out_len, int rank, mp__mpi_reply_head_t *r, size_t *at,
+                        size_t *results_len) {
+  const char *bad = NULL;
+  if (len < sizeof *r) {
+    bad = "shorter than a reply's head";
+  } else {
+    memcpy(r, reply, sizeof *r);
+    *at = MP__MPI_ROOM(sizeof *r + (r->msg_len <= MP__POOL_MSG ? r->msg_len : 0));
+    /* The whole results, or none when the rank refused the message before running it. */
+    *results_len = len == *at && r->code != 0 ? 0 : out_len;
+    if (r->msg_len > MP__POOL_MSG)
+      bad = "a failure's message longer than a message can be";
+    else if ((r->code == 0) != (r->msg_len == 0))
+      bad = r->code ? "a failure without its message" : "a success with a failure's message";
+    else if (r->code != 0 && count &&
+             (r->failed_item < first || r->failed_item - first >= count))
+      bad = "a failed item outside its chunk";
+    else if (len < *at || len - *at != *results_len) /* *at + out_len fits: see post() */
+      bad = "a length other than its head's and its results' together";
+  }
+  if (bad)
+    return mp__error(MP_EWORKERDIED,
+                     "rank %d sent a malformed reply of %zu bytes (%s) to a chunk of %llu "
+                     "items with %zu bytes of results",
+                     rank, len, bad, (unsigned long long)count, out_len);
+  return 0;
+}
+
+/* Waits for the oldest flight's reply, which is then out of flight, to a chunk of count items
+ * from first with out_len bytes of results: 0 with its head in *r, its message in msg
+ * (MP__POOL_MSG bytes), its results and their length in *results and *results_len. */
+static int take_reply(link_t *k, uint64_t first, uint64_t count, size_t out_len,
+                      mp__mpi_reply_head_t *r, char *msg, const char **results,
+                      size_t *results_len) {
   flight_t *f = &k->flights[k->head];
   k->head = (k->head + 1) % DEPTH;
   k->n--;
-  int rc = mp__mpi_wait(2, f->reqs);
+  MPI_Status statuses[2];
+  int len = -1, rc = mp__mpi_wait(2, f->reqs, statuses);
   if (rc < 0)
     return rc;
-  memcpy(r, f->reply, sizeof *r);
-  if (r->msg_len > MP__POOL_MSG)
-    return mp__error(MP_EWORKERDIED, "rank %d sent a malformed reply", k->rank);
+  size_t at;
+  /* A reply longer than its room ended the job already (MPI_ERR_TRUNCATE is fatal). */
+  if (MPI_Get_count(&statuses[0], MPI_BYTE, &len) != MPI_SUCCESS || len < 0)
+    len = 0;
+  rc = mp__mpi_reply_check(f->reply, (size_t)len, first, count, out_len, k->rank, r, &at,
+                           results_len);
+  if (rc < 0)
+    return rc;
   memcpy(msg, f->reply + sizeof *r, r->msg_len);
   msg[r->msg_len ? r->msg_len - 1 : 0] = '\0';
-  *results = f->reply + MP__MPI_ROOM(sizeof *r + r->msg_len);
+  *results = f->reply + at;
   return 0;
 }
 
@@ -190,13 +228,15 @@ static int finish_task(link_t *k, mp__task_t *done) {
   *done = f->task;
   mp__mpi_reply_head_t r;
   const char *results;
-  int rc = take_reply(k, &r, done->msg, &results);
+  size_t results_len;
+  int rc = take_reply(k, done->first, done->count, f->out_len, &r, done->msg, &results,
+                      &results_len);
   if (rc < 0) {
     done->failed_item = done->first;
     snprintf(done->msg, sizeof done->msg, "%s", mp_last_error());
     return done->code = rc;
   }
-  memcpy(done->output, results, f->out_len);
+  memcpy(done->output, results, results_len);
   done->result_len = r.result_len < done->result_size ? r.result_len : done->result_size;
   if (r.code == 0)
     return 0;
@@ -268,10 +308,11 @@ static int send_init(mp__fn_t fn, const void *args, size_t size, void *arg, char
   mp__mpi_task_head_t head = {.item_size = size};
   mp__mpi_reply_head_t r;
   const char *results;
+  size_t results_len;
   if (rc == 0)
     rc = post(k, MP__MPI_TAG_INIT, fn, &head, args, size, 0);
   if (rc == 0)
-    rc = take_reply(k, &r, error, &results);
+    rc = take_reply(k, 0, 0, 0, &r, error, &results, &results_len);
   if (rc < 0) {
     snprintf(error, MP__POOL_MSG, "%s", mp_last_error());
     return rc;

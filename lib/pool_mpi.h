@@ -67,12 +67,39 @@ static inline bool mp__mpi_grow(char **buf, size_t *cap, size_t need) {
   return true;
 }
 
+/*
+ * What arrives from another rank is checked before it is believed: each side reads a
+ * message only through these, with the length MPI received (MPI_Get_count). Both are pure,
+ * so that a unit test (tests/test_mpi.c) gives them forged bytes.
+ */
+
+/* A rank: checks a message of len bytes with this tag from rank 0. 0 with its head in *h,
+ * where its payload starts in *at, the payload's bytes in *in_len, the results' bytes in
+ * *out_len; MP_EINVAL with a sentence if it is no task or initializer this rank can run:
+ * an unknown tag, a short message, a malformed path or build-id, sizes that overflow or do
+ * not fit their slots, a payload longer or shorter than announced, results that no reply
+ * can carry. */
+int mp__mpi_task_check(const char *msg, size_t len, int tag, mp__mpi_task_head_t *h, size_t *at,
+                       size_t *in_len, size_t *out_len);
+
+/* Rank 0: checks a reply of len bytes from rank to a message of count items from first
+ * whose results take out_len bytes (0, 0, 0 for an initializer). 0 with its head in *r,
+ * where its results start in *at and their bytes in *results_len: out_len, or 0 for a
+ * failure the rank found before running anything. MP_EWORKERDIED with a sentence naming
+ * the rank if the rank cannot have sent it: shorter than a head, a message longer than
+ * MP__POOL_MSG or present on success, a failed item outside the chunk, a length other
+ * than the head's and the results' together. */
+int mp__mpi_reply_check(const char *reply, size_t len, uint64_t first, uint64_t count,
+                        size_t out_len, int rank, mp__mpi_reply_head_t *r, size_t *at,
+                        size_t *results_len);
+
 /* Serialises MPI calls between rank 0's threads. */
 extern pthread_mutex_t mp__mpi_lock;
 
 /* Completes the n requests, testing under mp__mpi_lock and sleeping between tests with a
- * delay that grows from none to a millisecond. Errors with a sentence. */
-int mp__mpi_wait(int n, MPI_Request *reqs);
+ * delay that grows from none to a millisecond; their statuses in statuses[n] (NULL: not
+ * kept). Errors with a sentence. */
+int mp__mpi_wait(int n, MPI_Request *reqs, MPI_Status *statuses);
 
 /* Rank 0: starts MPI on first use; the job's number of ranks in *size. Errors with a
  * sentence: not under mpirun (MP_EMETHOD), MPI failed to start (MP_ESPAWN). */

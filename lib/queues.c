@@ -329,18 +329,19 @@ typedef struct {
   uint32_t cap;
 } ring_t;
 
+/* A wild log2 of 32 or more (the word is in the arena) makes a ring of 0 bytes, which no check
+ * passes: the shift is a 64-bit one, defined for every log2 the word can hold. */
 static ring_t ring_decode(uint64_t word) {
-  /* A wild word's shift may be 32 or more: a ring of 0 bytes then, which ring_sane refuses. */
-  uint32_t shift = (uint32_t)(word & 63);
-  return (ring_t){(char *)(uintptr_t)(word & ~(uint64_t)63), shift < 32 ? 1u << shift : 0};
+  return (ring_t){(char *)(uintptr_t)(word & ~(uint64_t)63), (uint32_t)(1ull << (word & 63))};
 }
 
 static ring_t ring_of(const mp_queue_t *q) {
   return ring_decode(atomic_load(&q->ring_word));
 }
 
+/* A wild ring of 0 bytes (ring_of) gets the log2 31, which no sane ring has. */
 static uint64_t ring_word(const char *base, uint32_t cap) {
-  return (uint64_t)(uintptr_t)base | (uint64_t)__builtin_ctz(cap);
+  return (uint64_t)(uintptr_t)base | (uint64_t)__builtin_ctz(cap | 1u << 31);
 }
 
 /* A record's bytes may wrap around the ring's end: the second copy is made only then. */
@@ -382,29 +383,21 @@ static uint64_t header_read(ring_t r, uint32_t at) {
  * else is MP_ECORRUPT, and the bytes are left as they are, so every later get says so too.
  */
 
-/* Whether block may start a block of the arena (a payload starts a line). */
-static bool block_sane(const void *block) {
-  return (uintptr_t)block % 64 == 0 && mp__shared_contains(block);
-}
-
-/* Whether room bytes at block lie in the arena and hold len bytes. */
+/* Whether block is a live block of the arena of room bytes, which hold len: only such a block
+ * is read from, kept as a spare or freed (a wild address freed would corrupt the allocator). */
 static bool spill_sane(spill_t s, uint64_t len) {
-  uintptr_t first = (uintptr_t)s.block, last;
-  return s.room >= len && s.room != 0 && block_sane(s.block) &&
-         !__builtin_add_overflow(first, s.room - 1, &last) &&
-         mp__shared_contains((const void *)last);
+  return s.room >= len && s.room != 0 && mp__shared_is_block(s.block, s.room);
 }
 
-/* The last ring found inside the arena, as its word: it stays inside (a process's arena never
- * moves or shrinks), so a get on the same ring looks at no bounds. */
+/* The last ring found to be a block of the arena, as its word: it stays inside (a process's
+ * arena never moves or shrinks), so a get on the same ring looks at no bounds. */
 static _Atomic uint64_t ring_known;
 
 HOT bool ring_sane(ring_t r) {
   uint64_t word = ring_word(r.base, r.cap);
   if (word == atomic_load_explicit(&ring_known, memory_order_relaxed))
     return true;
-  if (r.cap < RING_MIN || r.cap > RING_MAX || !mp__shared_contains(r.base) ||
-      !mp__shared_contains(r.base + r.cap - 1))
+  if (r.cap < RING_MIN || r.cap > RING_MAX || !mp__shared_is_block(r.base, r.cap))
     return false;
   atomic_store_explicit(&ring_known, word, memory_order_relaxed);
   return true;
@@ -416,7 +409,8 @@ __attribute__((noinline, cold)) static int record_error(ring_t r, uint64_t head,
   uint32_t used = pos_bytes(tail) - pos_bytes(head), at = pos_bytes(head);
   const char *corrupt = "the queue's shared memory is corrupt";
   if (!ring_sane(r))
-    return mp__error(MP_ECORRUPT, "%s: %s: its ring of %u bytes at %p is not in the arena", fn,
+    return mp__error(MP_ECORRUPT,
+                     "%s: %s: its ring of %u bytes at %p is not a block of the arena", fn,
                      corrupt, r.cap, (void *)r.base);
   if (used > r.cap || used < HEADER || at % 8 != 0)
     return mp__error(MP_ECORRUPT, "%s: %s: %u bytes at %u committed in a ring of %u", fn,
@@ -960,10 +954,10 @@ static int lock_put(mp_queue_t *q) {
   if (rc != MP_EOWNERDEAD)
     return rc;
   /* Words of the arena too: one that names no block of it is dropped, not freed. */
-  if (block_sane(q->pending) && atomic_load(&q->tail) == q->pending_tail)
+  if (mp__shared_is_block(q->pending, 1) && atomic_load(&q->tail) == q->pending_tail)
     mp__shared_release(q->pending);
   q->pending = NULL;
-  if (block_sane(q->pending_ring) && ring_of(q).base != q->pending_ring)
+  if (mp__shared_is_block(q->pending_ring, 1) && ring_of(q).base != q->pending_ring)
     mp__shared_release(q->pending_ring);
   q->pending_ring = NULL;
   wake_everyone(q);
@@ -1036,7 +1030,8 @@ static int put_ring(mp_queue_t *q, uint64_t header, ring_t *r, const char *fn) {
   const char *corrupt = "the queue's shared memory is corrupt";
   /* The ring known sane is told by its word, with no bounds to look at (ring_sane). */
   if (word != atomic_load_explicit(&ring_known, memory_order_relaxed) && !ring_sane(*r))
-    return mp__error(MP_ECORRUPT, "%s: %s: its ring of %u bytes at %p is not in the arena", fn,
+    return mp__error(MP_ECORRUPT,
+                     "%s: %s: its ring of %u bytes at %p is not a block of the arena", fn,
                      corrupt, r->cap, (void *)r->base);
   if (!(header & SPILLED) && header_len(header) > r->cap)
     return mp__error(MP_ECORRUPT, "%s: %s: a message of %zu bytes kept whole in a ring of %u",
@@ -1167,7 +1162,7 @@ static int spill_block(mp_queue_t *q, size_t len, const char *fn, spill_t *out) 
     if (!spill_sane(spare, 0))
       return mp__error(MP_ECORRUPT,
                        "%s: the queue's shared memory is corrupt: a spare block of %llu bytes "
-                       "at %p is not in the arena",
+                       "at %p is not a block of the arena",
                        fn, (unsigned long long)spare.room, spare.block);
     if (spare.room >= len) {
       *out = spare;
@@ -1649,6 +1644,38 @@ static int pass_queue(void *obj, mp_process_t *proc) {
       atomic_load(&q->refs) == 0)
     return mp__error(MP_EINVAL, "passing a queue to a child: %p is not a queue", obj);
   return mp__process_hold_ref(proc, q, hold_retain, hold_release);
+}
+
+_Static_assert(sizeof((mp__queue_words_t *)0)->spare == sizeof((mp_queue_t *)0)->spare,
+               "the fuzzer's words hold every spare");
+
+void mp__queue_words(mp_queue_t *q, mp__queue_words_t *read, const mp__queue_words_t *write) {
+  if (read) {
+    read->ring_word = atomic_load(&q->ring_word);
+    read->head = atomic_load(&q->head);
+    read->tail = atomic_load(&q->tail);
+    read->tail_seen = atomic_load(&q->tail_seen);
+    read->retired = q->retired;
+    read->retired_head = q->retired_head;
+    read->retired_room = q->retired_room;
+    read->spares_in = atomic_load(&q->spares_in);
+    read->spares_out = atomic_load(&q->spares_out);
+    read->closed = atomic_load(&q->closed);
+    memcpy(read->spare, q->spare, sizeof q->spare);
+  }
+  if (write) {
+    atomic_store(&q->ring_word, write->ring_word);
+    atomic_store(&q->head, write->head);
+    atomic_store(&q->tail, write->tail);
+    atomic_store(&q->tail_seen, write->tail_seen);
+    q->retired = write->retired;
+    q->retired_head = write->retired_head;
+    q->retired_room = write->retired_room;
+    atomic_store(&q->spares_in, write->spares_in);
+    atomic_store(&q->spares_out, write->spares_out);
+    atomic_store(&q->closed, write->closed);
+    memcpy(q->spare, write->spare, sizeof q->spare);
+  }
 }
 
 /* Prioritized: a spawned child's take-over (spawn.c) never returns to later constructors. */

@@ -15,6 +15,7 @@
 #include "mp_test.h"
 
 #ifdef MP_TEST_MPI
+#include "../lib/pool_mpi.h" /* the wire's checks: this suite links the static library */
 #include <mpi.h>
 #endif
 
@@ -323,6 +324,168 @@ START_TEST(test_failures_and_refusals) {
 }
 END_TEST
 
+#ifdef MP_TEST_MPI
+/* ----------------------- what crosses between ranks, forged ----------------------- */
+
+enum { OUT_LEN = 3 * sizeof(result_t) };
+
+/* A reply as a rank sends it: the head, msg (NULL: none), then results bytes of results. */
+static size_t forge_reply(char *buf, int32_t code, const char *msg, uint64_t failed,
+                          size_t results) {
+  mp__mpi_reply_head_t r = {code, msg ? (uint32_t)strlen(msg) + 1 : 0, failed, 8};
+  memset(buf, 0x5a, MP__MPI_ROOM(sizeof r + MP__POOL_MSG) + OUT_LEN);
+  memcpy(buf, &r, sizeof r);
+  if (msg)
+    memcpy(buf + sizeof r, msg, r.msg_len);
+  return MP__MPI_ROOM(sizeof r + r.msg_len) + results;
+}
+
+/* Rank 0 believes a rank's reply only if its length is the head's and its results'. */
+START_TEST(test_reply_checked) {
+  static char buf[MP__MPI_ROOM(sizeof(mp__mpi_reply_head_t) + MP__POOL_MSG) + OUT_LEN];
+  mp__mpi_reply_head_t r;
+  size_t at, results;
+  /* Whole: a success, a failure with its results, a refusal without them. */
+  size_t len = forge_reply(buf, 0, NULL, 0, OUT_LEN);
+  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, 10, 3, OUT_LEN, 2, &r, &at, &results));
+  T_INT_EQ(at, MP__MPI_ROOM(sizeof r));
+  T_INT_EQ(results, OUT_LEN);
+  len = forge_reply(buf, MP_ETASK, "it failed", 11, OUT_LEN);
+  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, 10, 3, OUT_LEN, 2, &r, &at, &results));
+  T_INT_EQ(r.failed_item, 11);
+  T_INT_EQ(results, OUT_LEN);
+  len = forge_reply(buf, MP_ERESOLVE, "another build", 10, 0);
+  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, 10, 3, OUT_LEN, 2, &r, &at, &results));
+  T_INT_EQ(results, 0);
+  len = forge_reply(buf, 1, "an initializer's", 0, 0);
+  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, 0, 0, 0, 2, &r, &at, &results));
+
+  /* Malformed: each is refused with a sentence naming the rank. */
+  struct {
+    int32_t code;
+    const char *msg;
+    uint64_t failed;
+    size_t results;
+    long change;      /* added to the length */
+    uint32_t msg_len; /* if not 0, written over the head's */
+  } bad[] = {
+      {0, NULL, 0, OUT_LEN, -1, 0},                /* a result cut short */
+      {0, NULL, 0, 0, 0, 0},                       /* a success without its results */
+      {0, NULL, 0, OUT_LEN, 8, 0},                 /* bytes past the results */
+      {MP_ETASK, "x", 9, OUT_LEN, 0, 0},           /* a failed item before the chunk */
+      {MP_ETASK, "x", 13, OUT_LEN, 0, 0},          /* ...and after it */
+      {MP_ETASK, NULL, 10, OUT_LEN, 0, 0},         /* a failure without its message */
+      {0, "x", 10, OUT_LEN, 0, 0},                 /* a success with one */
+      {MP_ETASK, "x", 10, 0, 0, MP__POOL_MSG + 1}, /* a message longer than one can be */
+      {MP_ETASK, "x", 10, 0, -(long)MP__MPI_ROOM(sizeof r + 2) + 20, 0}, /* a head cut */
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    len = forge_reply(buf, bad[i].code, bad[i].msg, bad[i].failed, bad[i].results) +
+          (size_t)bad[i].change;
+    if (bad[i].msg_len)
+      memcpy(buf + offsetof(mp__mpi_reply_head_t, msg_len), &bad[i].msg_len, sizeof(uint32_t));
+    MP_ASSERT_ERR(mp__mpi_reply_check(buf, len, 10, 3, OUT_LEN, 2, &r, &at, &results),
+                  MP_EWORKERDIED);
+    T_ASSERT(strstr(mp_last_error(), "rank 2 sent a malformed reply"), "case %zu: %s", i,
+             mp_last_error());
+  }
+}
+END_TEST
+
+/* A task message as rank 0 sends it: head, the executable's path, count items of 8 bytes. */
+static size_t forge_task(char *buf, mp__mpi_task_head_t *h, uint64_t count) {
+  *h = (mp__mpi_task_head_t){
+      .path_len = 1, .item_size = 8, .result_size = 16, .result_cap = 16, .count = count};
+  memset(buf, 0, 1024);
+  memcpy(buf, h, sizeof *h);
+  return MP__MPI_ROOM(sizeof *h + 1) + count * 8;
+}
+
+/* A rank believes a message only if it is a task it can run and reply to. */
+START_TEST(test_task_checked) {
+  static char buf[1024];
+  mp__mpi_task_head_t h, got;
+  size_t at, in_len, out_len, len = forge_task(buf, &h, 4);
+  MP_ASSERT_OK(mp__mpi_task_check(buf, len, MP__MPI_TAG_TASK, &got, &at, &in_len, &out_len));
+  T_INT_EQ(at, MP__MPI_ROOM(sizeof h + 1));
+  T_INT_EQ(in_len, 32);
+  T_INT_EQ(out_len, 64);
+  MP_ASSERT_ERR(mp__mpi_task_check(buf, len, MP__MPI_TAG_REPLY, &got, &at, &in_len, &out_len),
+                MP_EINVAL);
+  MP_ASSERT_ERR(
+      mp__mpi_task_check(buf, sizeof h - 1, MP__MPI_TAG_TASK, &got, &at, &in_len, &out_len),
+      MP_EINVAL);
+  MP_ASSERT_ERR(
+      mp__mpi_task_check(buf, len - 1, MP__MPI_TAG_TASK, &got, &at, &in_len, &out_len),
+      MP_EINVAL);
+  MP_ASSERT_ERR(
+      mp__mpi_task_check(buf, len + 8, MP__MPI_TAG_TASK, &got, &at, &in_len, &out_len),
+      MP_EINVAL);
+  /* Each field made wrong in turn. */
+  for (int field = 0; field < 8; field++) {
+    len = forge_task(buf, &h, 4);
+    switch (field) {
+    case 0:
+      h.path_len = 0;
+      break;
+    case 1:
+      h.path_len = 5000;
+      break;
+    case 2:
+      buf[sizeof h] = 'x';
+      break; /* the path without its NUL */
+    case 3:
+      h.build_id_len = MP__BUILD_ID_MAX + 1;
+      break;
+    case 4:
+      h.count = UINT64_MAX / 4;
+      break; /* count * item_size overflows */
+    case 5:
+      h.result_cap = 17;
+      break;
+    case 6:
+      h.varsize = 1, h.item_size = 4, h.count = 8;
+      break;
+    case 7:
+      h.result_size = h.result_cap = (uint64_t)1 << 30;
+      break; /* 4 GiB of results */
+    }
+    memcpy(buf, &h, sizeof h);
+    MP_ASSERT_ERR(mp__mpi_task_check(buf, len, MP__MPI_TAG_TASK, &got, &at, &in_len, &out_len),
+                  MP_EINVAL);
+  }
+}
+END_TEST
+
+/* Runs on rank 1: sends rank 0 a reply of one head and no results before its real one. */
+static int forge_short_reply(const void *arg, size_t size, void *result, size_t *result_size) {
+  mp__mpi_reply_head_t r = {0, 0, 0, sizeof(result_t)};
+  MPI_Send(&r, sizeof r, MPI_BYTE, 0, MP__MPI_TAG_REPLY, MPI_COMM_WORLD);
+  return square(arg, size, result, result_size);
+}
+
+/* A reply shorter than its results fails its chunk with a sentence; the pool goes on. */
+START_TEST(test_short_reply_refused) {
+  mp_pool_t *pool = make_pool(1, NULL);
+  long x = 6;
+  result_t r;
+  MP_ASSERT_ERR(mp_pool_apply(pool, forge_short_reply, &x, sizeof x, &r, sizeof r, NULL),
+                MP_EWORKERDIED);
+  T_ASSERT(strstr(mp_last_error(), "rank 1 sent a malformed reply"), "%s", mp_last_error());
+  /* The rank's real reply is left over: taken here, so that the next chunk is not
+   * answered by it. */
+  char real[4096];
+  pthread_mutex_lock(&mp__mpi_lock);
+  MPI_Recv(real, sizeof real, MPI_BYTE, 1, MP__MPI_TAG_REPLY, MPI_COMM_WORLD,
+           MPI_STATUS_IGNORE);
+  pthread_mutex_unlock(&mp__mpi_lock);
+  MP_ASSERT_OK(mp_pool_apply(pool, square, &x, sizeof x, &r, sizeof r, NULL));
+  T_INT_EQ(r.square, 36);
+  destroy_test_pool();
+}
+END_TEST
+#endif
+
 static int slow_square(const void *arg, size_t size, void *result, size_t *result_size) {
   usleep(20000);
   return square(arg, size, result, result_size);
@@ -416,9 +579,16 @@ static Suite *mpi_suite(void) {
     tcase_add_test(tc, test_initializer_runs_on_the_ranks);
     tcase_add_test(tc, test_failures_and_refusals);
     tcase_add_test(tc, test_terminate);
+#ifdef MP_TEST_MPI
+    tcase_add_test(tc, test_short_reply_refused);
+#endif
   } else {
     tcase_add_test(tc, test_refused_without_mpirun);
   }
+#ifdef MP_TEST_MPI
+  tcase_add_test(tc, test_reply_checked);
+  tcase_add_test(tc, test_task_checked);
+#endif
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1616,7 +1616,8 @@ START_TEST(test_corrupt_ring_word_put) {
     join_ok(p);
     T_ASSERT(atomic_load(word) == job.forged[job.use], "the child forged the word");
     MP_ASSERT_ERR(mp_queue_put(q, "WRITTEN-OUTSIDE-THE-ARENA", 26, 1), MP_ECORRUPT);
-    T_ASSERT(strstr(mp_last_error(), "corrupt") && strstr(mp_last_error(), "not in the arena"),
+    T_ASSERT(strstr(mp_last_error(), "corrupt") &&
+                 strstr(mp_last_error(), "not a block of the arena"),
              "the sentence: %s", mp_last_error());
     MP_ASSERT_ERR(mp_queue_put_nowait(q, "again", 6), MP_ECORRUPT);
     for (size_t b = 0; b < sizeof victim; b++)
@@ -1630,6 +1631,75 @@ START_TEST(test_corrupt_ring_word_put) {
   T_ASSERT(len == 6 && strcmp(buf, "first") == 0, "the first message kept: %zu", len);
   MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 10));
   T_ASSERT(len == 7 && strcmp(buf, "second") == 0, "the second message: %zu", len);
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
+/* The 8-byte word of q's own bytes (its first 512) that equals word, or NULL. */
+static unsigned char *queue_word(mp_queue_t *q, uint64_t word) {
+  for (size_t at = 0; at < 512; at += 8)
+    if (memcmp((unsigned char *)q + at, &word, 8) == 0)
+      return (unsigned char *)q + at;
+  return NULL;
+}
+
+/* The ring's word (its address | log2 of its bytes) is untrusted too: a log2 of 32 or more
+ * (a shift past the word's width: the processor took 44 as 12) or an address inside the
+ * arena that is no ring is MP_ECORRUPT, and nothing is lost once the word is put back. */
+START_TEST(test_corrupt_ring_word) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
+  unsigned char mark[MARK_LEN];
+  for (size_t i = 0; i < MARK_LEN; i++)
+    mark[i] = (unsigned char)(0x3c ^ (i * 41) ^ getpid());
+  MP_ASSERT_OK(mp_queue_put(q, mark, MARK_LEN, 10));
+  unsigned char *ring = arena_find(MARK_LEN, mark, MARK_LEN); /* its first record */
+  T_ASSERT(ring != NULL, "the record in the arena");
+  uint64_t word = (uint64_t)(uintptr_t)ring | 12;
+  unsigned char *at = queue_word(q, word);
+  T_ASSERT(at != NULL, "the ring's word in the queue");
+  const uint64_t wild[] = {(uint64_t)(uintptr_t)ring | 44,
+                           (uint64_t)(uintptr_t)(ring + 64) | 12};
+  unsigned char got[MARK_LEN];
+  size_t len = 0;
+  for (size_t i = 0; i < sizeof wild / sizeof wild[0]; i++) {
+    memcpy(at, &wild[i], sizeof wild[i]);
+    MP_ASSERT_ERR(mp_queue_get(q, got, sizeof got, &len, 1), MP_ECORRUPT);
+    T_ASSERT(strstr(mp_last_error(), "not a block of the arena"), "the sentence: %s",
+             mp_last_error());
+  }
+  memcpy(at, &word, sizeof word);
+  MP_ASSERT_OK(mp_queue_get(q, got, sizeof got, &len, 1));
+  T_ASSERT(len == MARK_LEN && memcmp(got, mark, MARK_LEN) == 0, "the message, whole");
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
+/* A spilled record's block must be a block of the arena, not only lie inside it: a get
+ * neither reads from another address nor frees it (the arena's allocator would take its
+ * bytes for a block's header). */
+START_TEST(test_corrupt_spilled_block) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
+  unsigned char *big = calloc(1, SPILLED_LEN);
+  T_ASSERT(big != NULL, "calloc");
+  MP_ASSERT_OK(mp_queue_put(q, big, SPILLED_LEN, 10));
+  free(big);
+  unsigned char *record = arena_find(SPILLED_LEN | (uint64_t)1 << 63, "", 0);
+  T_ASSERT(record != NULL, "the spilled record in the arena");
+  unsigned char *block;
+  memcpy(&block, record + 8, sizeof block);
+  /* 64-byte aligned, inside the arena, room for the message: but inside the block. */
+  unsigned char *inside = block + 1024;
+  memcpy(record + 8, &inside, sizeof inside);
+  unsigned char buf[SPILLED_LEN];
+  size_t len = 0;
+  MP_ASSERT_ERR(mp_queue_get(q, buf, sizeof buf, &len, 1), MP_ECORRUPT);
+  T_ASSERT(strstr(mp_last_error(), "not a block of the arena"), "the sentence: %s",
+           mp_last_error());
+  memcpy(record + 8, &block, sizeof block);
+  MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 1));
+  T_INT_EQ(len, SPILLED_LEN);
   MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
@@ -1648,6 +1718,8 @@ static Suite *queues_suite(void) {
   tcase_add_test(tc, test_use_after_free_aborts);
   tcase_add_test(tc, test_bell_names_not_squattable);
   tcase_add_test(tc, test_bell_ignores_other_users);
+  tcase_add_test(tc, test_corrupt_ring_word);
+  tcase_add_test(tc, test_corrupt_spilled_block);
 
   tc = mp_test_tcase(s, "processes", 60);
   tcase_add_loop_test(tc, test_order_per_producer, 0, N_METHODS);
