@@ -688,21 +688,25 @@ static void *thread_waits(void *arg) {
   return NULL;
 }
 
+/* Starts n threads that wait on w->cond, and returns once all n wait (they counted
+ * themselves under the lock, which wait releases), with the lock held. */
+static void start_waiters(waiters_t *w, pthread_t *t, int n) {
+  for (int k = 0; k < n; k++)
+    T_INT_EQ(pthread_create(&t[k], NULL, thread_waits, w), 0);
+  for (;;) {
+    MP_ASSERT_OK(mp_condition_acquire(w->cond, 20));
+    if (atomic_load(&w->waiting) == n)
+      return;
+    MP_ASSERT_OK(mp_condition_release(w->cond));
+    mp_test_sleep(0.01);
+  }
+}
+
 START_TEST(test_condition_notify_counts) {
   waiters_t w = {0};
   MP_ASSERT_OK(mp_condition_create(&w.cond, NULL));
   pthread_t t[3];
-  for (int k = 0; k < 3; k++)
-    T_INT_EQ(pthread_create(&t[k], NULL, thread_waits, &w), 0);
-  /* Once all three wait (they counted themselves under the lock, which wait releases). */
-  for (;;) {
-    MP_ASSERT_OK(mp_condition_acquire(w.cond, 20));
-    int n = atomic_load(&w.waiting);
-    if (n == 3)
-      break;
-    MP_ASSERT_OK(mp_condition_release(w.cond));
-    mp_test_sleep(0.01);
-  }
+  start_waiters(&w, t, 3);
   MP_ASSERT_OK(mp_condition_notify(w.cond, 1));
   MP_ASSERT_OK(mp_condition_release(w.cond));
   for (int tries = 0; tries < 2000 && atomic_load(&w.woken) < 1; tries++)
@@ -754,15 +758,7 @@ START_TEST(test_condition_corrupt_batches) {
   waiters_t w = {0};
   MP_ASSERT_OK(mp_condition_create(&w.cond, NULL));
   pthread_t t[3];
-  for (int k = 0; k < 3; k++)
-    T_INT_EQ(pthread_create(&t[k], NULL, thread_waits, &w), 0);
-  for (;;) {
-    MP_ASSERT_OK(mp_condition_acquire(w.cond, 20));
-    if (atomic_load(&w.waiting) == 3)
-      break;
-    MP_ASSERT_OK(mp_condition_release(w.cond));
-    mp_test_sleep(0.01);
-  }
+  start_waiters(&w, t, 3);
   MP_ASSERT_OK(mp_condition_notify(w.cond, 1));
   MP_ASSERT_OK(mp_condition_notify(w.cond, 1));
   /* 3 waiting, 2 tokens, in 2 batches: the word after the first two is the batches. */
@@ -787,14 +783,7 @@ START_TEST(test_condition_corrupt_batches) {
   uint32_t sane = 2;
   memcpy((char *)w.cond + forge.at, &sane, sizeof sane);
   w = (waiters_t){.cond = w.cond};
-  T_INT_EQ(pthread_create(&t[0], NULL, thread_waits, &w), 0);
-  for (;;) {
-    MP_ASSERT_OK(mp_condition_acquire(w.cond, 20));
-    if (atomic_load(&w.waiting) == 1)
-      break;
-    MP_ASSERT_OK(mp_condition_release(w.cond));
-    mp_test_sleep(0.01);
-  }
+  start_waiters(&w, t, 1);
   MP_ASSERT_OK(mp_condition_notify(w.cond, 1));
   MP_ASSERT_OK(mp_condition_release(w.cond));
   T_INT_EQ(pthread_join(t[0], NULL), 0);
@@ -834,15 +823,7 @@ START_TEST(test_condition_waiter_killed) {
    * although the dead waiter's absorbed notify is still there. */
   waiters_t w = {.cond = job.cond, .timeout = 0.5};
   pthread_t t[2];
-  for (int k = 0; k < 2; k++)
-    T_INT_EQ(pthread_create(&t[k], NULL, thread_waits, &w), 0);
-  for (;;) {
-    MP_ASSERT_OK(mp_condition_acquire(w.cond, 20));
-    if (atomic_load(&w.waiting) == 2)
-      break;
-    MP_ASSERT_OK(mp_condition_release(w.cond));
-    mp_test_sleep(0.01);
-  }
+  start_waiters(&w, t, 2);
   MP_ASSERT_OK(mp_condition_notify(w.cond, 1));
   MP_ASSERT_OK(mp_condition_release(w.cond));
   for (int k = 0; k < 2; k++)
