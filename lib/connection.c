@@ -110,7 +110,9 @@ static int closed_error(const char *what) {
 /*
  * The ends of this process that a call is using (see "Closing under a call" above): only
  * those, so the list is as long as the calls in progress at once, most often 0 or 1 entry.
- * Its lock is held across each look-up of an fd and each close of one, never across a wait.
+ * Its lock is held across each look-up of an fd and each close of one, never across a wait:
+ * a futex word (0 free, 1 held, 2 held with waiters), since every call takes it twice and a
+ * pthread mutex costs ten times the instructions of a compare-and-swap here.
  */
 typedef struct {
   const mp_conn_t *conn;
@@ -119,10 +121,28 @@ typedef struct {
 } in_use_t;
 
 static struct {
-  pthread_mutex_t lock;
+  _Atomic uint32_t lock;
   in_use_t *ends;
   size_t count, capacity;
-} in_use = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0};
+} in_use = {0, NULL, 0, 0};
+
+static void lock_in_use(void) {
+  uint32_t was = 0;
+  if (atomic_compare_exchange_strong_explicit(&in_use.lock, &was, 1, memory_order_acquire,
+                                              memory_order_relaxed))
+    return;
+  if (was != 2)
+    was = atomic_exchange_explicit(&in_use.lock, 2, memory_order_acquire);
+  while (was != 0) {
+    mp__futex_wait(&in_use.lock, 2, INT64_MAX);
+    was = atomic_exchange_explicit(&in_use.lock, 2, memory_order_acquire);
+  }
+}
+
+static void unlock_in_use(void) {
+  if (atomic_exchange_explicit(&in_use.lock, 0, memory_order_release) == 2)
+    mp__futex_wake(&in_use.lock, 1);
+}
 
 static in_use_t *find_in_use(const mp_conn_t *conn) {
   for (size_t i = 0; i < in_use.count; i++)
@@ -138,15 +158,16 @@ static bool open_locked(const mp_conn_t *conn) {
 }
 
 static bool open_here(const mp_conn_t *conn) {
-  pthread_mutex_lock(&in_use.lock);
+  lock_in_use();
   bool open = open_locked(conn);
-  pthread_mutex_unlock(&in_use.lock);
+  unlock_in_use();
   return open;
 }
 
-/* Under the lock: this process's fd for one direction, or the error of using it that way. */
-static int fd_locked(const mp_conn_t *conn, bool sending, const char *what) {
-  const in_use_t *use = find_in_use(conn);
+/* Under the lock: this process's fd for one direction (use: conn's entry, or NULL), or the
+ * error of using it that way. */
+static int fd_locked(const mp_conn_t *conn, const in_use_t *use, bool sending,
+                     const char *what) {
   int fd = use && use->closed ? -1 : fd_here(sending ? conn->wkey : conn->rkey);
   if (fd >= 0)
     return fd;
@@ -162,9 +183,9 @@ static int call_begin(const mp_conn_t *conn, bool sending, const char *what) {
   int rc = check_conn(conn, what);
   if (rc < 0)
     return rc;
-  pthread_mutex_lock(&in_use.lock);
-  int fd = fd_locked(conn, sending, what);
-  in_use_t *use = fd >= 0 ? find_in_use(conn) : NULL;
+  lock_in_use();
+  in_use_t *use = find_in_use(conn);
+  int fd = fd_locked(conn, use, sending, what);
   if (fd >= 0 && !use && in_use.count == in_use.capacity) {
     size_t capacity = in_use.capacity ? 2 * in_use.capacity : 8;
     in_use_t *grown = realloc(in_use.ends, capacity * sizeof *grown);
@@ -181,7 +202,7 @@ static int call_begin(const mp_conn_t *conn, bool sending, const char *what) {
   }
   if (fd >= 0)
     use->calls++;
-  pthread_mutex_unlock(&in_use.lock);
+  unlock_in_use();
   return fd;
 }
 
@@ -202,31 +223,34 @@ static void release_here(mp_conn_t *conn) {
 /* Ends a call that call_begin() started; the last one out of an end closed meanwhile closes
  * it, and conn must not be used after. */
 static void call_end(mp_conn_t *conn) {
-  pthread_mutex_lock(&in_use.lock);
+  lock_in_use();
   in_use_t *use = find_in_use(conn);
   bool closed = --use->calls == 0 && use->closed;
   if (use->calls == 0)
     *use = in_use.ends[--in_use.count];
   if (closed)
     close_fds(conn);
-  pthread_mutex_unlock(&in_use.lock);
+  unlock_in_use();
   if (closed)
     release_here(conn);
 }
 
-/* A forked child has none of the calls of its parent's other threads. */
-static void in_use_after_fork(void) {
-  mp__reset_lock(&in_use.lock);
-  in_use.count = 0;
+/* A forked child has none of the calls of its parent's other threads. Only what needs it
+ * is written: an untouched list costs the child no page copy. */
+MP__CHILD_TEXT static void in_use_after_fork(void) {
+  if (atomic_load_explicit(&in_use.lock, memory_order_relaxed))
+    atomic_store_explicit(&in_use.lock, 0, memory_order_relaxed);
+  if (in_use.count)
+    in_use.count = 0;
 }
 
 int mp__conn_send_fd(const mp_conn_t *conn) {
   int rc = check_conn(conn, "mp__conn_send_fd");
   if (rc < 0)
     return rc;
-  pthread_mutex_lock(&in_use.lock);
-  rc = fd_locked(conn, true, "mp__conn_send_fd");
-  pthread_mutex_unlock(&in_use.lock);
+  lock_in_use();
+  rc = fd_locked(conn, find_in_use(conn), true, "mp__conn_send_fd");
+  unlock_in_use();
   return rc;
 }
 
@@ -653,14 +677,14 @@ int mp_conn_close(mp_conn_t *conn) {
   int rc = check_conn(conn, "mp_conn_close");
   if (rc < 0)
     return rc;
-  pthread_mutex_lock(&in_use.lock);
+  lock_in_use();
   in_use_t *use = find_in_use(conn);
   /* In use: the last call out closes it (call_end), so that no call holds a freed number. */
   bool closed = use ? use->closed : !close_fds(conn);
   bool deferred = use && !closed;
   if (deferred)
     use->closed = true;
-  pthread_mutex_unlock(&in_use.lock);
+  unlock_in_use();
   if (closed)
     return closed_error("mp_conn_close");
   if (!deferred)
@@ -711,10 +735,10 @@ int mp_process_pass_conn(mp_process_t *proc, mp_conn_t *conn) {
  * POLLERR once the reader has gone. */
 static int conn_poll_fd(void *obj) {
   mp_conn_t *conn = obj;
-  pthread_mutex_lock(&in_use.lock);
+  lock_in_use();
   const in_use_t *use = find_in_use(conn);
   int fd = use && use->closed ? -1 : fd_here(conn->rkey ? conn->rkey : conn->wkey);
-  pthread_mutex_unlock(&in_use.lock);
+  unlock_in_use();
   return fd;
 }
 
@@ -736,6 +760,9 @@ __attribute__((constructor(102))) static void register_connections(void) {
   mp__waitable_register(MP__KIND_CONNECTION, &conn_waitable);
   mp__passable_register(MP__KIND_CONNECTION, pass_conn);
   pthread_atfork(NULL, NULL, in_use_after_fork);
+  /* Read once here, so that its page is mapped before any fork: the handler reads it in
+   * every forked child (as queues.c does for its lock). */
+  (void)*(volatile const char *)&in_use.lock;
 }
 
 #define WAIT_ON_STACK 16
