@@ -1198,7 +1198,7 @@ static void *thread_sends_until_closed(void *arg) {
 /* Senders race a close for many rounds: each send succeeds or says MP_ECLOSED, and no
  * byte lands in a file opened right after the close. */
 START_TEST(test_close_races_sends) {
-  double until = mp_test_now() + 2;
+  double until = mp_test_now() + 2 * mp_test_slowdown();
   int rounds = 0;
   for (; rounds < 20000 && mp_test_now() < until; rounds++) {
     mp_conn_t *r, *w;
