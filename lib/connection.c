@@ -28,6 +28,17 @@
  * its bounds loses what that read took. A peer's death closes its fds: a receive
  * sees end of file after the messages already sent, a send fails with EPIPE (SIGPIPE ignored,
  * see ignore_sigpipe()).
+ *
+ * Untrusted words. The buffer's bounds live in the arena, where any process of the program
+ * can write: each receive reads them once and checks them (start <= end <= BUFFER_SIZE)
+ * before it copies a byte, and a wild pair is MP_ECORRUPT, left as it is, so that every
+ * later receive on the end says so too rather than read past the buffer.
+ *
+ * Closing under a call. An fd number is this process's: a close from another thread frees
+ * it, and the next open() may take it, so a call that had looked the number up would write
+ * into (or read from) an unrelated file. So every call that uses an fd counts itself on a
+ * list of this process's ends in use (see "in use here"), and a close of an end in use only
+ * marks it closed: the last call out closes its fds and drops the reference.
  */
 #include "internal.h"
 #include "trace.h"
@@ -78,10 +89,6 @@ static int fd_here(uint64_t key) {
   return key ? mp__fd_lookup(key) : -1;
 }
 
-static bool open_here(const mp_conn_t *conn) {
-  return fd_here(conn->rkey) >= 0 || fd_here(conn->wkey) >= 0;
-}
-
 static int check_conn(const mp_conn_t *conn, const char *what) {
   if (!conn)
     return mp__error(MP_EINVAL, "%s: conn is NULL", what);
@@ -91,26 +98,160 @@ static int check_conn(const mp_conn_t *conn, const char *what) {
   return 0;
 }
 
-/* This process's fd for one direction of conn, or the error of using it that way. */
-static int end_fd(const mp_conn_t *conn, bool sending, const char *what) {
-  int rc = check_conn(conn, what);
-  if (rc < 0)
-    return rc;
-  uint64_t key = sending ? conn->wkey : conn->rkey;
-  int fd = fd_here(key);
+static int closed_error(const char *what) {
+  return mp__error(MP_ECLOSED,
+                   "%s: the connection end is closed in this process (or was never passed "
+                   "to it)",
+                   what);
+}
+
+/* ------------------------------ in use here ------------------------------ */
+
+/*
+ * The ends of this process that a call is using (see "Closing under a call" above): only
+ * those, so the list is as long as the calls in progress at once, most often 0 or 1 entry.
+ * Its lock is held across each look-up of an fd and each close of one, never across a wait:
+ * a futex word (0 free, 1 held, 2 held with waiters), since every call takes it twice and a
+ * pthread mutex costs ten times the instructions of a compare-and-swap here.
+ */
+typedef struct {
+  const mp_conn_t *conn;
+  uint32_t calls;
+  bool closed; /* mp_conn_close() came: the last call out closes the fds */
+} in_use_t;
+
+static struct {
+  _Atomic uint32_t lock;
+  in_use_t *ends;
+  size_t count, capacity;
+} in_use = {0, NULL, 0, 0};
+
+static void lock_in_use(void) {
+  uint32_t was = 0;
+  if (atomic_compare_exchange_strong_explicit(&in_use.lock, &was, 1, memory_order_acquire,
+                                              memory_order_relaxed))
+    return;
+  if (was != 2)
+    was = atomic_exchange_explicit(&in_use.lock, 2, memory_order_acquire);
+  while (was != 0) {
+    mp__futex_wait(&in_use.lock, 2, INT64_MAX);
+    was = atomic_exchange_explicit(&in_use.lock, 2, memory_order_acquire);
+  }
+}
+
+static void unlock_in_use(void) {
+  if (atomic_exchange_explicit(&in_use.lock, 0, memory_order_release) == 2)
+    mp__futex_wake(&in_use.lock, 1);
+}
+
+static in_use_t *find_in_use(const mp_conn_t *conn) {
+  for (size_t i = 0; i < in_use.count; i++)
+    if (in_use.ends[i].conn == conn)
+      return &in_use.ends[i];
+  return NULL;
+}
+
+/* Under the lock: whether conn is open here, that is, not marked closed and with an fd. */
+static bool open_locked(const mp_conn_t *conn) {
+  const in_use_t *use = find_in_use(conn);
+  return !(use && use->closed) && (fd_here(conn->rkey) >= 0 || fd_here(conn->wkey) >= 0);
+}
+
+static bool open_here(const mp_conn_t *conn) {
+  lock_in_use();
+  bool open = open_locked(conn);
+  unlock_in_use();
+  return open;
+}
+
+/* Under the lock: this process's fd for one direction (use: conn's entry, or NULL), or the
+ * error of using it that way. */
+static int fd_locked(const mp_conn_t *conn, const in_use_t *use, bool sending,
+                     const char *what) {
+  int fd = use && use->closed ? -1 : fd_here(sending ? conn->wkey : conn->rkey);
   if (fd >= 0)
     return fd;
-  if (!open_here(conn))
-    return mp__error(MP_ECLOSED,
-                     "%s: the connection end is closed in this process (or was "
-                     "never passed to it)",
-                     what);
+  if (!open_locked(conn))
+    return closed_error(what);
   return mp__error(MP_EINVAL, "%s: the connection end is %s-only", what,
                    sending ? "receive" : "send");
 }
 
+/* Starts a call on conn: its fd for one direction, which stays this process's until
+ * call_end(), or the error. */
+static int call_begin(const mp_conn_t *conn, bool sending, const char *what) {
+  int rc = check_conn(conn, what);
+  if (rc < 0)
+    return rc;
+  lock_in_use();
+  in_use_t *use = find_in_use(conn);
+  int fd = fd_locked(conn, use, sending, what);
+  if (fd >= 0 && !use && in_use.count == in_use.capacity) {
+    size_t capacity = in_use.capacity ? 2 * in_use.capacity : 8;
+    in_use_t *grown = realloc(in_use.ends, capacity * sizeof *grown);
+    if (grown) {
+      in_use.ends = grown;
+      in_use.capacity = capacity;
+    } else {
+      fd = mp__error(MP_ENOMEM, "%s: no memory to note the call", what);
+    }
+  }
+  if (fd >= 0 && !use) {
+    use = &in_use.ends[in_use.count++];
+    *use = (in_use_t){conn, 0, false};
+  }
+  if (fd >= 0)
+    use->calls++;
+  unlock_in_use();
+  return fd;
+}
+
+/* Closes this process's fds of conn (under the lock if other threads may use it); false if
+ * it had none. */
+static bool close_fds(const mp_conn_t *conn) {
+  bool had_read = conn->rkey && mp__fd_unshare(conn->rkey) == 0;
+  bool had_write = conn->wkey && mp__fd_unshare(conn->wkey) == 0;
+  return had_read || had_write;
+}
+
+/* Children's references are their process objects', dropped when they are reaped. */
+static void release_here(mp_conn_t *conn) {
+  if (conn->creator == getpid())
+    mp__shared_release(pipe_of(conn));
+}
+
+/* Ends a call that call_begin() started; the last one out of an end closed meanwhile closes
+ * it, and conn must not be used after. */
+static void call_end(mp_conn_t *conn) {
+  lock_in_use();
+  in_use_t *use = find_in_use(conn);
+  bool closed = --use->calls == 0 && use->closed;
+  if (use->calls == 0)
+    *use = in_use.ends[--in_use.count];
+  if (closed)
+    close_fds(conn);
+  unlock_in_use();
+  if (closed)
+    release_here(conn);
+}
+
+/* A forked child has none of the calls of its parent's other threads. Only what needs it
+ * is written: an untouched list costs the child no page copy. */
+MP__CHILD_TEXT static void in_use_after_fork(void) {
+  if (atomic_load_explicit(&in_use.lock, memory_order_relaxed))
+    atomic_store_explicit(&in_use.lock, 0, memory_order_relaxed);
+  if (in_use.count)
+    in_use.count = 0;
+}
+
 int mp__conn_send_fd(const mp_conn_t *conn) {
-  return end_fd(conn, true, "mp__conn_send_fd");
+  int rc = check_conn(conn, "mp__conn_send_fd");
+  if (rc < 0)
+    return rc;
+  lock_in_use();
+  rc = fd_locked(conn, find_in_use(conn), true, "mp__conn_send_fd");
+  unlock_in_use();
+  return rc;
 }
 
 /* Takes an end's lock for one direction; see "Deaths" above. A cut stream breaks broken and,
@@ -164,13 +305,6 @@ static int init_end(mp_conn_t *conn, uint32_t index, int rfd, int wfd) {
   return rc;
 }
 
-static void unshare_end(const mp_conn_t *conn) {
-  if (conn->rkey)
-    mp__fd_unshare(conn->rkey);
-  if (conn->wkey)
-    mp__fd_unshare(conn->wkey);
-}
-
 int mp_pipe(bool duplex, mp_conn_t **a, mp_conn_t **b) {
   if (!a || !b)
     return mp__error(MP_EINVAL, "mp_pipe: %s is NULL", a ? "b" : "a");
@@ -197,8 +331,8 @@ int mp_pipe(bool duplex, mp_conn_t **a, mp_conn_t **b) {
     rc = rc < 0 ? rc : end_rc;
   }
   if (rc < 0) {
-    unshare_end(&block->ends[0]);
-    unshare_end(&block->ends[1]);
+    close_fds(&block->ends[0]);
+    close_fds(&block->ends[1]);
     mp__shared_release(block);
     return rc;
   }
@@ -249,18 +383,22 @@ static int write_all(int fd, struct iovec *iov, int count, bool *wrote) {
 int mp_conn_send_bytes(mp_conn_t *conn, const void *buf, size_t len, size_t offset,
                        size_t size) {
   MP__TRACE_CLOCK(t0);
-  int fd = end_fd(conn, true, "mp_conn_send");
+  int fd = call_begin(conn, true, "mp_conn_send");
   if (fd < 0)
     return fd;
-  if ((!buf && len > 0) || offset > len || size > len - offset)
+  if ((!buf && len > 0) || offset > len || size > len - offset) {
+    call_end(conn);
     return mp__error(MP_EINVAL, "mp_conn_send: bytes [%zu, %zu + %zu) of a %zu-byte buffer%s",
                      offset, offset, size, len, buf ? "" : " at NULL");
+  }
   ignore_sigpipe();
   mp_conn_t *peer = conn->index ? conn - 1 : conn + 1;
   int rc = lock_end(&conn->wlock, &conn->writing, &conn->wbroken, &peer->rbroken, INT64_MAX,
                     "mp_conn_send");
-  if (rc < 0)
+  if (rc < 0) {
+    call_end(conn);
     return rc;
+  }
   uint64_t header = size;
   struct iovec iov[2] = {{&header, HEADER}, {(char *)buf + offset, size}};
   /* Up to PIPE_BUF bytes a pipe takes whole or not at all. */
@@ -274,6 +412,7 @@ int mp_conn_send_bytes(mp_conn_t *conn, const void *buf, size_t len, size_t offs
   conn->writing = false;
   mp__mutex_unlock(&conn->wlock);
   MP__TRACE(conn_send, conn, size, t0, rc);
+  call_end(conn);
   if (rc == -EPIPE)
     return mp__error(MP_EEOF, "mp_conn_send: the peer end is closed in every process");
   return rc < 0 ? mp__error(rc, "mp_conn_send: %s", mp_strerror(rc)) : 0;
@@ -285,25 +424,50 @@ int mp_conn_send(mp_conn_t *conn, const void *buf, size_t size) {
 
 /* ------------------------------ receiving ------------------------------ */
 
-static uint32_t buffered(const mp_conn_t *conn) {
-  return atomic_load_explicit(&conn->end, memory_order_relaxed) -
-         atomic_load_explicit(&conn->start, memory_order_relaxed);
+/* The buffered bytes [start, end) of buf, as read once from the arena (see "Untrusted
+ * words"): a receive copies by these, not by what another process may write meanwhile. */
+typedef struct {
+  uint32_t start, end;
+} span_t;
+
+static span_t buffered(const mp_conn_t *conn) {
+  return (span_t){atomic_load_explicit(&conn->start, memory_order_relaxed),
+                  atomic_load_explicit(&conn->end, memory_order_relaxed)};
 }
 
-/* Under the receive lock: waits for the next message's header in the buffer; MP_EINTR on
- * SIGINT, with nothing taken (a header's start stays in the buffer, which is the stream's). */
-static int read_header(mp_conn_t *conn, int fd, int64_t deadline, uint64_t *length) {
+/* Under the receive lock, which orders them: relaxed is enough. */
+static void set_buffered(mp_conn_t *conn, uint32_t start, uint32_t end) {
+  atomic_store_explicit(&conn->start, start, memory_order_relaxed);
+  atomic_store_explicit(&conn->end, end, memory_order_relaxed);
+}
+
+/* Wild bounds, as MP_ECORRUPT and its sentence: out of every receive's way. */
+__attribute__((noinline, cold)) static int bounds_error(span_t have) {
+  return mp__error(MP_ECORRUPT,
+                   "mp_conn_recv: the connection's shared memory is corrupt: bytes [%u, %u) "
+                   "buffered in a buffer of %u (left as they are)",
+                   have.start, have.end, (unsigned)BUFFER_SIZE);
+}
+
+/* Under the receive lock: waits for the next message's header in the buffer and returns the
+ * buffered span, header first, in *have; MP_EINTR on SIGINT, with nothing taken (a header's
+ * start stays in the buffer, which is the stream's). */
+static int read_header(mp_conn_t *conn, int fd, int64_t deadline, uint64_t *length,
+                       span_t *have) {
   mp__sigint_t sigint = {NULL, 0};
   bool caught = false;
   for (;;) {
-    uint32_t have = buffered(conn);
-    if (have >= HEADER) {
-      memcpy(length, conn->buf + conn->start, HEADER);
+    span_t span = buffered(conn);
+    if (span.start > span.end || span.end > BUFFER_SIZE)
+      return bounds_error(span);
+    uint32_t part = span.end - span.start;
+    if (part >= HEADER) {
+      memcpy(length, conn->buf + span.start, HEADER);
+      *have = span;
       return 0;
     }
-    memmove(conn->buf, conn->buf + conn->start, have); /* a header's start, if any */
-    conn->start = 0;
-    conn->end = have;
+    memmove(conn->buf, conn->buf + span.start, part); /* a header's start, if any */
+    set_buffered(conn, 0, part);
     if (!sigint.counter) /* about to wait: no system call for a message already here */
       caught = mp__sigint_begin(&sigint);
     /* Without a deadline, the read itself waits: one system call per small message. But
@@ -315,9 +479,9 @@ static int read_header(mp_conn_t *conn, int fd, int64_t deadline, uint64_t *leng
         return ready < 0 ? ready : MP_ETIMEDOUT;
     }
     /* Not flagged: a receiver killed while it waits here has taken nothing. */
-    ssize_t n = read(fd, conn->buf + have, BUFFER_SIZE - have);
+    ssize_t n = read(fd, conn->buf + part, BUFFER_SIZE - part);
     if (n > 0)
-      conn->end = have + (uint32_t)n;
+      set_buffered(conn, 0, part + (uint32_t)n);
     if (n == 0)
       return MP_EEOF;
     if (n < 0 && errno != EINTR)
@@ -340,18 +504,18 @@ static int payload_cut(mp_conn_t *conn) {
 /* Under the receive lock, the header read: moves the payload to dest, polling in slices of
  * PAYLOAD_SLICE_MS so that a sender killed mid-message while another process holds the
  * send end (no end of file) ends the wait, and so does the deadline. */
-static int read_payload(mp_conn_t *conn, int fd, char *dest, uint64_t length,
+static int read_payload(mp_conn_t *conn, int fd, span_t have, char *dest, uint64_t length,
                         int64_t deadline, char **grow, size_t room) {
-  uint32_t have = buffered(conn) - (uint32_t)HEADER;
-  size_t part = have < length ? have : (size_t)length;
+  uint32_t body = have.end - have.start - (uint32_t)HEADER; /* checked by read_header */
+  size_t part = body < length ? body : (size_t)length;
   if (part > 0) /* dest may be NULL for an empty message */
-    memcpy(dest, conn->buf + conn->start + HEADER, part);
+    memcpy(dest, conn->buf + have.start + HEADER, part);
   if (part == length) {
-    conn->start += (uint32_t)(HEADER + length);
+    set_buffered(conn, have.start + (uint32_t)(HEADER + length), have.end);
     return 0;
   }
   conn->reading = true;
-  conn->start = conn->end = 0;
+  set_buffered(conn, 0, 0);
   int rc = 0;
   for (size_t got = part; rc == 0 && got < length;) {
     int64_t now = mp__now_ns(), slice = now + PAYLOAD_SLICE_MS * 1000000ll;
@@ -396,20 +560,18 @@ static int read_payload(mp_conn_t *conn, int fd, char *dest, uint64_t length,
   return rc;
 }
 
-/* A receive into dest (cap bytes), or into a new buffer if alloc is not NULL. */
-static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t *size,
-                   double timeout) {
+/* A receive on fd into dest (cap bytes), or into a new buffer if alloc is not NULL. */
+static int receive_on(mp_conn_t *conn, int fd, char *dest, size_t cap, void **alloc,
+                      size_t *size, double timeout) {
   int64_t deadline = mp__deadline(timeout);
   MP__TRACE_CLOCK(t0);
-  int fd = end_fd(conn, false, "mp_conn_recv");
-  if (fd < 0)
-    return fd;
   int rc =
       lock_end(&conn->rlock, &conn->reading, &conn->rbroken, NULL, deadline, "mp_conn_recv");
   if (rc < 0)
     return rc; /* with its own sentence */
   uint64_t length = 0;
-  rc = read_header(conn, fd, deadline, &length);
+  span_t have = {0, 0}; /* set by read_header (gcc cannot see it) */
+  rc = read_header(conn, fd, deadline, &length, &have);
   size_t room = 0;
   if (rc == 0 && alloc) {
     /* What is buffered, and at least ALLOC_START; more as the rest arrives (read_payload). */
@@ -431,7 +593,7 @@ static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t
   if (rc == 0 || rc == MP_ETOOSMALL)
     *size = (size_t)length;
   if (rc == 0)
-    rc = read_payload(conn, fd, dest, length, deadline, alloc ? &dest : NULL, room);
+    rc = read_payload(conn, fd, have, dest, length, deadline, alloc ? &dest : NULL, room);
   mp__mutex_unlock(&conn->rlock);
   MP__TRACE(conn_recv, conn, (size_t)length, t0, rc);
   if (alloc)
@@ -449,9 +611,19 @@ static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t
     return mp__error(rc, "mp_conn_recv: no message within %g s", timeout);
   if (rc == MP_EINTR) /* from read_header: a payload is always finished */
     return mp__error(rc, "mp_conn_recv: interrupted by SIGINT before a message came");
-  return rc < 0 && rc != MP_ETOOSMALL && rc != MP_ENOMEM
+  return rc < 0 && rc != MP_ETOOSMALL && rc != MP_ENOMEM && rc != MP_ECORRUPT
              ? mp__error(rc, "mp_conn_recv: %s", mp_strerror(rc))
              : rc;
+}
+
+static int receive(mp_conn_t *conn, char *dest, size_t cap, void **alloc, size_t *size,
+                   double timeout) {
+  int fd = call_begin(conn, false, "mp_conn_recv");
+  if (fd < 0)
+    return fd;
+  int rc = receive_on(conn, fd, dest, cap, alloc, size, timeout);
+  call_end(conn);
+  return rc;
 }
 
 int mp_conn_recv_bytes(mp_conn_t *conn, void *buf, size_t len, size_t offset, size_t *size,
@@ -477,14 +649,15 @@ int mp_conn_recv_alloc(mp_conn_t *conn, void **buf, size_t *size, double timeout
 
 /* 1 if a receive would not block: a whole header buffered, or the fd has news. */
 static int receive_ready(mp_conn_t *conn, int fd, int64_t deadline, const mp__sigint_t *sigint) {
-  if (atomic_load(&conn->rbroken) || buffered(conn) >= HEADER)
+  span_t have = buffered(conn); /* wild bounds are ready too: the receive says so */
+  if (atomic_load(&conn->rbroken) || have.end - have.start >= HEADER)
     return 1;
   return mp__poll_fd_sig(fd, POLLIN, deadline, sigint);
 }
 
 int mp_conn_poll(mp_conn_t *conn, double timeout) {
   int64_t deadline = mp__deadline(timeout);
-  int fd = end_fd(conn, false, "mp_conn_poll");
+  int fd = call_begin(conn, false, "mp_conn_poll");
   if (fd < 0)
     return fd;
   /* A poll that cannot block looks at no SIGINT handler (a system call). */
@@ -492,6 +665,7 @@ int mp_conn_poll(mp_conn_t *conn, double timeout) {
   if (timeout != 0)
     mp__sigint_begin(&sigint);
   int ready = receive_ready(conn, fd, deadline, &sigint);
+  call_end(conn);
   if (ready == MP_EINTR)
     return mp__error(ready, "mp_conn_poll: interrupted by SIGINT");
   return ready < 0 ? mp__error(ready, "mp_conn_poll: %s", mp_strerror(ready)) : ready;
@@ -503,14 +677,18 @@ int mp_conn_close(mp_conn_t *conn) {
   int rc = check_conn(conn, "mp_conn_close");
   if (rc < 0)
     return rc;
-  bool had_read = conn->rkey && mp__fd_unshare(conn->rkey) == 0;
-  bool had_write = conn->wkey && mp__fd_unshare(conn->wkey) == 0;
-  if (!had_read && !had_write)
-    return mp__error(MP_ECLOSED, "mp_conn_close: the connection end is closed in this process "
-                                 "(or was never passed to it)");
-  /* Children's references are their process objects', dropped when they are reaped. */
-  if (conn->creator == getpid())
-    mp__shared_release(pipe_of(conn));
+  lock_in_use();
+  in_use_t *use = find_in_use(conn);
+  /* In use: the last call out closes it (call_end), so that no call holds a freed number. */
+  bool closed = use ? use->closed : !close_fds(conn);
+  bool deferred = use && !closed;
+  if (deferred)
+    use->closed = true;
+  unlock_in_use();
+  if (closed)
+    return closed_error("mp_conn_close");
+  if (!deferred)
+    release_here(conn);
   return 0;
 }
 
@@ -535,8 +713,7 @@ static int pass_conn(void *obj, mp_process_t *proc) {
       !mp__shared_contains((char *)conn + sizeof *conn - 1) || conn->index > 1)
     return mp__error(MP_EINVAL, "mp_process_pass_conn: %p is not a connection end", obj);
   if (!open_here(conn))
-    return mp__error(MP_ECLOSED, "mp_process_pass_conn: the connection end is closed in this "
-                                 "process (or was never passed to it)");
+    return closed_error("mp_process_pass_conn");
   int rc = mp__process_hold(proc, pipe_of(conn));
   if (rc == 0 && conn->rkey)
     rc = mp__process_pass_fd(proc, conn->rkey);
@@ -558,17 +735,22 @@ int mp_process_pass_conn(mp_process_t *proc, mp_conn_t *conn) {
  * POLLERR once the reader has gone. */
 static int conn_poll_fd(void *obj) {
   mp_conn_t *conn = obj;
-  return conn->rkey ? fd_here(conn->rkey) : fd_here(conn->wkey);
+  lock_in_use();
+  const in_use_t *use = find_in_use(conn);
+  int fd = use && use->closed ? -1 : fd_here(conn->rkey ? conn->rkey : conn->wkey);
+  unlock_in_use();
+  return fd;
 }
 
 static int conn_ready(void *obj) {
   mp_conn_t *conn = obj;
-  int fd = conn_poll_fd(conn);
+  int fd = call_begin(conn, !conn->rkey, "mp_wait");
   if (fd < 0)
     return 1; /* closed here: a call fails at once */
-  if (conn->rkey)
-    return receive_ready(conn, fd, mp__now_ns(), NULL);
-  return mp__poll_fd(fd, POLLIN, mp__now_ns());
+  int ready = conn->rkey ? receive_ready(conn, fd, mp__now_ns(), NULL)
+                         : mp__poll_fd(fd, POLLIN, mp__now_ns());
+  call_end(conn);
+  return ready;
 }
 
 static const mp__waitable_ops_t conn_waitable = {conn_ready, conn_poll_fd};
@@ -577,6 +759,10 @@ static const mp__waitable_ops_t conn_waitable = {conn_ready, conn_poll_fd};
 __attribute__((constructor(102))) static void register_connections(void) {
   mp__waitable_register(MP__KIND_CONNECTION, &conn_waitable);
   mp__passable_register(MP__KIND_CONNECTION, pass_conn);
+  pthread_atfork(NULL, NULL, in_use_after_fork);
+  /* Read once here, so that its page is mapped before any fork: the handler reads it in
+   * every forked child (as queues.c does for its lock). */
+  (void)*(volatile const char *)&in_use.lock;
 }
 
 #define WAIT_ON_STACK 16

@@ -724,20 +724,33 @@ static int cond_check(mp_condition_t *cond, const char *fn) {
   return 0;
 }
 
-/* Takes the oldest token a waiter that began at generation began may take; false if none. */
-static bool take_token(mp_condition_t *cond, uint64_t began) {
-  for (uint32_t i = 0; i < cond->batches; i++) {
+/* A batches word past TOKEN_GENS, which only a buggy process writing into the arena makes:
+ * MP_ECORRUPT, the word left as it is, so that every later wait and notify says so too
+ * rather than move or write past the array. */
+__attribute__((noinline, cold)) static int batches_error(uint32_t batches, const char *fn) {
+  return mp__error(MP_ECORRUPT,
+                   "%s: the condition's shared memory is corrupt: %u batches of tokens in an "
+                   "array of %u (left as they are)",
+                   fn, batches, TOKEN_GENS);
+}
+
+/* Takes the oldest token a waiter that began at generation began may take: 1, or 0 if none,
+ * or MP_ECORRUPT. */
+static int take_token(mp_condition_t *cond, uint64_t began) {
+  uint32_t batches = cond->batches; /* read once: the bound checked is the bound used */
+  if (batches > TOKEN_GENS)
+    return batches_error(batches, "mp_condition_wait");
+  for (uint32_t i = 0; i < batches; i++) {
     if (cond->batch[i].gen <= began)
       continue;
     cond->tokens--;
     if (--cond->batch[i].n == 0) {
-      cond->batches--;
-      memmove(&cond->batch[i], &cond->batch[i + 1],
-              (cond->batches - i) * sizeof cond->batch[0]);
+      cond->batches = --batches;
+      memmove(&cond->batch[i], &cond->batch[i + 1], (batches - i) * sizeof cond->batch[0]);
     }
-    return true;
+    return 1;
   }
-  return false;
+  return 0;
 }
 
 static int cond_wait(mp_condition_t *cond, int64_t deadline) {
@@ -763,7 +776,13 @@ static int cond_wait(mp_condition_t *cond, int64_t deadline) {
     else if (rc < 0)
       return rc; /* cannot happen without a deadline; the counts stay as they were */
     seen = atomic_load_explicit(&cond->seq, memory_order_relaxed);
-    bool notified = take_token(cond, began);
+    int taken = take_token(cond, began);
+    if (taken < 0) { /* the lock held again, as for any error here */
+      cond->waiting--;
+      MP__TRACE(waited, MP__TRK_CONDITION, cond, t0, false);
+      return taken;
+    }
+    bool notified = taken > 0;
     if (interrupted && !notified) { /* the lock is held again, as Python's with-block has it */
       cond->waiting--;
       MP__TRACE(waited, MP__TRK_CONDITION, cond, t0, false);
@@ -812,19 +831,23 @@ int mp_condition_notify(mp_condition_t *cond, int n) {
   uint32_t k = n < 0 ? 0 : (uint32_t)n < free ? (uint32_t)n : free;
   if (k == 0)
     return 0;
-  if (cond->batches == TOKEN_GENS) {
+  uint32_t batches = cond->batches; /* read once, as in take_token() */
+  if (batches > TOKEN_GENS)
+    return batches_error(batches, "mp_condition_notify");
+  if (batches == TOKEN_GENS) {
     cond->batch[1].n += cond->batch[0].n;
-    cond->batches--;
-    memmove(&cond->batch[0], &cond->batch[1], cond->batches * sizeof cond->batch[0]);
+    batches--;
+    memmove(&cond->batch[0], &cond->batch[1], batches * sizeof cond->batch[0]);
   }
-  cond->batch[cond->batches].gen = ++cond->gen;
-  cond->batch[cond->batches++].n = k;
+  cond->batch[batches].gen = ++cond->gen;
+  cond->batch[batches++].n = k;
+  cond->batches = batches;
   cond->tokens += k;
   atomic_fetch_add(&cond->seq, 1);
   /* k sleepers for a lone batch: all may take it. With older tokens left (in transit, or
    * of killed waiters), a waiter woken for this batch may take an older one and leave this
    * one to a sleeper: all wake, and each takes what it may. */
-  mp__futex_wake(&cond->seq, cond->batches > 1 ? INT32_MAX : (int)k);
+  mp__futex_wake(&cond->seq, batches > 1 ? INT32_MAX : (int)k);
   return 0;
 }
 

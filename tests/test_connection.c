@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include "mp_test.h"
 
@@ -984,6 +985,257 @@ START_TEST(test_bad_input) {
 }
 END_TEST
 
+/* ===================================================================================== */
+/* Untrusted words and closes under a call.                                              */
+
+/* Where a buggy process writes: two words of the end's object, at offset `at`. */
+typedef struct {
+  mp_conn_t *conn;
+  size_t at;
+  uint32_t words[2];
+} bounds_job_t;
+
+static int child_writes_bounds(void *arg, size_t size) {
+  bounds_job_t *job = arg;
+  if (size != sizeof *job)
+    return 90;
+  memcpy((char *)job->conn + job->at, job->words, sizeof job->words);
+  return 0;
+}
+
+/* The offset of the receiving end's buffer bounds, found by what they hold: [18, 54) after
+ * the first of three 10-byte messages is received, [36, 54) after the second. */
+static size_t find_bounds(mp_conn_t *r) {
+  const uint32_t before[2] = {18, 54}, after[2] = {36, 54};
+  bool candidate[64] = {false};
+  char buf[16];
+  size_t got;
+  MP_ASSERT_OK(mp_conn_recv(r, buf, sizeof buf, &got, 5));
+  for (size_t i = 0; i < 64; i++)
+    candidate[i] = memcmp((char *)r + 4 * i, before, sizeof before) == 0;
+  MP_ASSERT_OK(mp_conn_recv(r, buf, sizeof buf, &got, 5));
+  size_t found = SIZE_MAX;
+  for (size_t i = 0; i < 64; i++)
+    if (candidate[i] && memcmp((char *)r + 4 * i, after, sizeof after) == 0) {
+      T_ASSERT(found == SIZE_MAX, "two places hold the buffer bounds");
+      found = 4 * i;
+    }
+  T_ASSERT(found != SIZE_MAX, "the buffer bounds in the end's object");
+  return found;
+}
+
+/* Bounds that another process wrote wild (past the buffer, start after end) are
+ * MP_ECORRUPT with a sentence at each receive, copy nothing from outside the buffer, and
+ * lose nothing: put back, the stream goes on where it was. */
+START_TEST(test_corrupt_bounds) {
+  mp_conn_t *r, *w;
+  MP_ASSERT_OK(mp_pipe(false, &r, &w));
+  for (int i = 0; i < 3; i++)
+    MP_ASSERT_OK(mp_conn_send(w, "xxxxxxxxxx", 10));
+  T_ASSERT(mp_conn_poll(r, 5) == 1, "the messages came");
+  bounds_job_t job = {r, find_bounds(r), {0, 2u << 20}};
+  const uint32_t wild[2][2] = {{0, 2u << 20}, {40, 36}};
+  for (int c = 0; c < 2; c++) {
+    memcpy(job.words, wild[c], sizeof job.words);
+    mp_test_join_ok(mp_test_start(_i, child_writes_bounds, &job, sizeof job), 30);
+    for (int attempt = 0; attempt < 2; attempt++) {
+      char buf[64];
+      size_t got = 0;
+      MP_ASSERT_ERR(mp_conn_recv(r, buf, sizeof buf, &got, 1), MP_ECORRUPT);
+      T_ASSERT(strstr(mp_last_error(), "corrupt") && got == 0, "the sentence: %s",
+               mp_last_error());
+      void *alloc = NULL;
+      MP_ASSERT_ERR(mp_conn_recv_alloc(r, &alloc, &got, 1), MP_ECORRUPT);
+      T_ASSERT(alloc == NULL, "no buffer for a corrupt receive");
+      T_INT_EQ(mp_conn_poll(r, 0), 1); /* a receive would not block: it says why */
+    }
+  }
+  const uint32_t sane[2] = {36, 54};
+  memcpy((char *)r + job.at, sane, sizeof sane);
+  MP_ASSERT_OK(mp_conn_send(w, "last", 4));
+  char buf[16];
+  size_t got;
+  MP_ASSERT_OK(mp_conn_recv(r, buf, sizeof buf, &got, 5));
+  T_ASSERT(got == 10 && memcmp(buf, "xxxxxxxxxx", 10) == 0, "the third message, kept");
+  MP_ASSERT_OK(mp_conn_recv(r, buf, sizeof buf, &got, 5));
+  T_ASSERT(got == 4 && memcmp(buf, "last", 4) == 0, "the message after");
+  MP_ASSERT_OK(mp_conn_close(r));
+  MP_ASSERT_OK(mp_conn_close(w));
+}
+END_TEST
+
+typedef struct {
+  mp_conn_t *conn;
+  const void *buf;
+  size_t size;
+  int rc;
+  char got[32];
+} call_job_t;
+
+static void *thread_sends(void *arg) {
+  call_job_t *job = arg;
+  job->rc = mp_conn_send(job->conn, job->buf, job->size);
+  return NULL;
+}
+
+static void *thread_receives(void *arg) {
+  call_job_t *job = arg;
+  job->rc = mp_conn_recv(job->conn, job->got, sizeof job->got, &job->size, MP_FOREVER);
+  return NULL;
+}
+
+#define OTHER_NUMBERS 32
+
+/* An unrelated file, under the lowest free fd numbers (the number a close just freed among
+ * them); other[0] is the file, the rest its duplicates. */
+static void open_other_file(int other[OTHER_NUMBERS], const char *content) {
+  other[0] = memfd_create("hardconn-other", MFD_CLOEXEC);
+  T_ASSERT(other[0] >= 0, "memfd_create: %s", strerror(errno));
+  size_t n = strlen(content);
+  T_ASSERT(pwrite(other[0], content, n, 0) == (ssize_t)n, "pwrite: %s", strerror(errno));
+  for (int i = 1; i < OTHER_NUMBERS; i++)
+    T_ASSERT((other[i] = dup(other[0])) >= 0, "dup: %s", strerror(errno));
+}
+
+static off_t close_other_file(int other[OTHER_NUMBERS]) {
+  struct stat st;
+  T_ASSERT(fstat(other[0], &st) == 0, "fstat: %s", strerror(errno));
+  for (int i = 0; i < OTHER_NUMBERS; i++)
+    close(other[i]);
+  return st.st_size;
+}
+
+/* A close while a send has the fd and waits for the end's lock (another send blocked on the
+ * full pipe holds it): the close returns, a later call is MP_ECLOSED, and the waiting send
+ * goes into the pipe, not into a file opened meanwhile under the freed number. */
+START_TEST(test_close_under_send) {
+  mp_conn_t *r, *w;
+  MP_ASSERT_OK(mp_pipe(false, &r, &w));
+  size_t big_size = 1 << 20;
+  unsigned char *big = malloc(big_size);
+  T_ASSERT(big != NULL, "malloc");
+  fill_pattern(big, big_size, 1);
+  call_job_t big_job = {w, big, big_size, 1, ""}, small_job = {w, "SECRET", 6, 1, ""};
+  pthread_t big_thread, small_thread;
+  T_INT_EQ(pthread_create(&big_thread, NULL, thread_sends, &big_job), 0);
+  T_INT_EQ(mp_conn_poll(r, 10), 1);
+  mp_test_sleep(0.1 * mp_test_slowdown()); /* the pipe full, the big send blocked */
+  T_INT_EQ(pthread_create(&small_thread, NULL, thread_sends, &small_job), 0);
+  mp_test_sleep(0.2 * mp_test_slowdown()); /* the small send waits for the lock */
+  MP_ASSERT_OK(mp_conn_close(w));
+  MP_ASSERT_ERR(mp_conn_send(w, "x", 1), MP_ECLOSED);
+  MP_ASSERT_ERR(mp_conn_close(w), MP_ECLOSED);
+  T_ASSERT(mp_conn_closed(w), "closed here");
+  int other[OTHER_NUMBERS];
+  open_other_file(other, "");
+  void *got = NULL;
+  size_t len = 0;
+  MP_ASSERT_OK(mp_conn_recv_alloc(r, &got, &len, 10));
+  T_ASSERT(len == big_size && has_pattern(got, len, 1), "the big message");
+  free(got);
+  free(big);
+  T_INT_EQ(pthread_join(big_thread, NULL), 0);
+  T_INT_EQ(pthread_join(small_thread, NULL), 0);
+  MP_ASSERT_OK(big_job.rc);
+  MP_ASSERT_OK(small_job.rc);
+  off_t misdirected = close_other_file(other);
+  T_ASSERT(misdirected == 0, "%lld bytes of the pipe went into an unrelated file",
+           (long long)misdirected);
+  char buf[16];
+  MP_ASSERT_OK(mp_conn_recv(r, buf, sizeof buf, &len, 10));
+  T_ASSERT(len == 6 && memcmp(buf, "SECRET", 6) == 0, "the small message in the pipe");
+  /* The last call out closed the send end: end of file. */
+  MP_ASSERT_ERR(mp_conn_recv(r, buf, sizeof buf, &len, 10), MP_EEOF);
+  MP_ASSERT_OK(mp_conn_close(r));
+}
+END_TEST
+
+/* The same for a receive that waits for the lock while another waits for a message: it
+ * reads the pipe, never a file opened under the freed number. */
+START_TEST(test_close_under_recv) {
+  mp_conn_t *r, *w;
+  MP_ASSERT_OK(mp_pipe(false, &r, &w));
+  call_job_t first = {r, NULL, 0, 1, ""}, second = {r, NULL, 0, 1, ""};
+  pthread_t first_thread, second_thread;
+  T_INT_EQ(pthread_create(&first_thread, NULL, thread_receives, &first), 0);
+  mp_test_sleep(0.1 * mp_test_slowdown()); /* in its read */
+  T_INT_EQ(pthread_create(&second_thread, NULL, thread_receives, &second), 0);
+  mp_test_sleep(0.2 * mp_test_slowdown()); /* waiting for the lock */
+  MP_ASSERT_OK(mp_conn_close(r));
+  MP_ASSERT_ERR(mp_conn_poll(r, 0), MP_ECLOSED);
+  int other[OTHER_NUMBERS];
+  /* A header of 16 and 16 bytes: a message, if read. */
+  open_other_file(other, "\x10\x00\x00\x00\x00\x00\x00\x00UNRELATED-FILE!!");
+  MP_ASSERT_OK(mp_conn_send(w, "first", 5));
+  T_INT_EQ(pthread_join(first_thread, NULL), 0);
+  MP_ASSERT_OK(first.rc);
+  T_ASSERT(first.size == 5 && memcmp(first.got, "first", 5) == 0, "the first message");
+  mp_test_sleep(0.1 * mp_test_slowdown());
+  MP_ASSERT_OK(mp_conn_send(w, "second", 6));
+  T_INT_EQ(pthread_join(second_thread, NULL), 0);
+  MP_ASSERT_OK(second.rc);
+  T_ASSERT(second.size == 6 && memcmp(second.got, "second", 6) == 0,
+           "the second receive read %zu bytes \"%.*s\", not the pipe's message", second.size,
+           (int)second.size, second.got);
+  close_other_file(other);
+  /* The last call out closed the receive end: no reader is left. */
+  MP_ASSERT_ERR(mp_conn_send(w, "x", 1), MP_EEOF);
+  MP_ASSERT_OK(mp_conn_close(w));
+}
+END_TEST
+
+#define RACE_SENDERS 3
+#define RACE_SENDS 500
+
+static void *thread_sends_until_closed(void *arg) {
+  call_job_t *job = arg;
+  job->rc = 0;
+  for (int i = 0; i < RACE_SENDS && job->rc == 0; i++)
+    job->rc = mp_conn_send(job->conn, "SECRET", 6);
+  return NULL;
+}
+
+/* Senders race a close for many rounds: each send succeeds or says MP_ECLOSED, and no
+ * byte lands in a file opened right after the close. */
+START_TEST(test_close_races_sends) {
+  double until = mp_test_now() + 2 * mp_test_slowdown();
+  int rounds = 0;
+  for (; rounds < 20000 && mp_test_now() < until; rounds++) {
+    mp_conn_t *r, *w;
+    MP_ASSERT_OK(mp_pipe(false, &r, &w));
+    call_job_t jobs[RACE_SENDERS];
+    pthread_t threads[RACE_SENDERS];
+    for (int i = 0; i < RACE_SENDERS; i++) {
+      jobs[i] = (call_job_t){w, NULL, 0, 1, ""};
+      T_INT_EQ(pthread_create(&threads[i], NULL, thread_sends_until_closed, &jobs[i]), 0);
+    }
+    for (volatile int k = 0; k < (rounds % 200) * 20; k++) {
+    }
+    MP_ASSERT_OK(mp_conn_close(w));
+    int other = memfd_create("hardconn-other", MFD_CLOEXEC);
+    T_ASSERT(other >= 0, "memfd_create: %s", strerror(errno));
+    char buf[16];
+    size_t len;
+    int rc;
+    while ((rc = mp_conn_recv(r, buf, sizeof buf, &len, 10)) == 0) /* frees blocked sends */
+      T_ASSERT(len == 6 && memcmp(buf, "SECRET", 6) == 0, "a message of the senders");
+    MP_ASSERT_ERR(rc, MP_EEOF);
+    for (int i = 0; i < RACE_SENDERS; i++) {
+      T_INT_EQ(pthread_join(threads[i], NULL), 0);
+      T_ASSERT(jobs[i].rc == 0 || jobs[i].rc == MP_ECLOSED, "a send gave %s",
+               mp_err_name(jobs[i].rc));
+    }
+    struct stat st;
+    T_ASSERT(fstat(other, &st) == 0, "fstat: %s", strerror(errno));
+    close(other);
+    T_ASSERT(st.st_size == 0, "round %d: %lld bytes of the pipe went into an unrelated file",
+             rounds, (long long)st.st_size);
+    MP_ASSERT_OK(mp_conn_close(r));
+  }
+  T_ASSERT(rounds >= 50, "only %d rounds", rounds);
+}
+END_TEST
+
 static Suite *connection_suite(void) {
   Suite *s = suite_create("connection");
   TCase *tc = mp_test_tcase(s, "messages", 60);
@@ -1014,6 +1266,11 @@ static Suite *connection_suite(void) {
   tcase_add_test(tc, test_send_cut_part_way);
   tcase_add_test(tc, test_fake_conn_outside_arena);
   tcase_add_test(tc, test_recv_alloc_claim_not_allocated);
+  tcase_add_loop_test(tc, test_corrupt_bounds, 0, N_METHODS);
+  tc = mp_test_tcase(s, "close under a call", 30);
+  tcase_add_test(tc, test_close_under_send);
+  tcase_add_test(tc, test_close_under_recv);
+  tcase_add_test(tc, test_close_races_sends);
   return s;
 }
 

@@ -688,21 +688,25 @@ static void *thread_waits(void *arg) {
   return NULL;
 }
 
+/* Starts n threads that wait on w->cond, and returns once all n wait (they counted
+ * themselves under the lock, which wait releases), with the lock held. */
+static void start_waiters(waiters_t *w, pthread_t *t, int n) {
+  for (int k = 0; k < n; k++)
+    T_INT_EQ(pthread_create(&t[k], NULL, thread_waits, w), 0);
+  for (;;) {
+    MP_ASSERT_OK(mp_condition_acquire(w->cond, 20));
+    if (atomic_load(&w->waiting) == n)
+      return;
+    MP_ASSERT_OK(mp_condition_release(w->cond));
+    mp_test_sleep(0.01);
+  }
+}
+
 START_TEST(test_condition_notify_counts) {
   waiters_t w = {0};
   MP_ASSERT_OK(mp_condition_create(&w.cond, NULL));
   pthread_t t[3];
-  for (int k = 0; k < 3; k++)
-    T_INT_EQ(pthread_create(&t[k], NULL, thread_waits, &w), 0);
-  /* Once all three wait (they counted themselves under the lock, which wait releases). */
-  for (;;) {
-    MP_ASSERT_OK(mp_condition_acquire(w.cond, 20));
-    int n = atomic_load(&w.waiting);
-    if (n == 3)
-      break;
-    MP_ASSERT_OK(mp_condition_release(w.cond));
-    mp_test_sleep(0.01);
-  }
+  start_waiters(&w, t, 3);
   MP_ASSERT_OK(mp_condition_notify(w.cond, 1));
   MP_ASSERT_OK(mp_condition_release(w.cond));
   for (int tries = 0; tries < 2000 && atomic_load(&w.woken) < 1; tries++)
@@ -716,6 +720,74 @@ START_TEST(test_condition_notify_counts) {
     T_INT_EQ(pthread_join(t[k], NULL), 0);
   for (int k = 0; k < 3; k++)
     MP_ASSERT_OK(w.rc[k]);
+  mp_condition_close(w.cond);
+}
+END_TEST
+
+/* A buggy process writes a word of a shared object: value at offset at of obj. */
+typedef struct {
+  void *obj;
+  size_t at;
+  uint32_t value;
+} forge_t;
+
+static int child_forges_word(void *arg, size_t size) {
+  forge_t *forge = arg;
+  if (size != sizeof *forge)
+    return 90;
+  memcpy((char *)forge->obj + forge->at, &forge->value, sizeof forge->value);
+  return 0;
+}
+
+/* The offset of the only place in the first 256 bytes of obj that holds these three words. */
+static size_t find_words(const void *obj, const uint32_t words[3]) {
+  size_t found = SIZE_MAX;
+  for (size_t at = 0; at + 12 <= 256; at += 4)
+    if (memcmp((const char *)obj + at, words, 12) == 0) {
+      T_ASSERT(found == SIZE_MAX, "two places hold the words");
+      found = at;
+    }
+  T_ASSERT(found != SIZE_MAX, "the words in the object");
+  return found;
+}
+
+/* The number of token batches, written wild by another process, bounds no move or write:
+ * notify and every waiter say MP_ECORRUPT with a sentence, later calls too, and the
+ * condition works again once the word is put back. */
+START_TEST(test_condition_corrupt_batches) {
+  waiters_t w = {0};
+  MP_ASSERT_OK(mp_condition_create(&w.cond, NULL));
+  pthread_t t[3];
+  start_waiters(&w, t, 3);
+  MP_ASSERT_OK(mp_condition_notify(w.cond, 1));
+  MP_ASSERT_OK(mp_condition_notify(w.cond, 1));
+  /* 3 waiting, 2 tokens, in 2 batches: the word after the first two is the batches. */
+  const uint32_t counts[3] = {3, 2, 2};
+  forge_t forge = {w.cond, find_words(w.cond, counts) + 8, 1000};
+  mp_test_join_ok(mp_test_start(_i, child_forges_word, &forge, sizeof forge), 30);
+  for (int attempt = 0; attempt < 2; attempt++) {
+    MP_ASSERT_ERR(mp_condition_notify(w.cond, 1), MP_ECORRUPT);
+    T_ASSERT(strstr(mp_last_error(), "corrupt") && strstr(mp_last_error(), "1000"),
+             "the sentence: %s", mp_last_error());
+  }
+  MP_ASSERT_OK(mp_condition_release(w.cond));
+  for (int k = 0; k < 3; k++)
+    T_INT_EQ(pthread_join(t[k], NULL), 0);
+  for (int k = 0; k < 3; k++)
+    MP_ASSERT_ERR(w.rc[k], MP_ECORRUPT);
+  MP_ASSERT_OK(mp_condition_acquire(w.cond, 20));
+  MP_ASSERT_ERR(mp_condition_wait(w.cond, 0.05), MP_ECORRUPT);
+  T_ASSERT(mp_condition_notify_all(w.cond) == MP_ECORRUPT, "notify_all");
+  MP_ASSERT_OK(mp_condition_release(w.cond));
+
+  uint32_t sane = 2;
+  memcpy((char *)w.cond + forge.at, &sane, sizeof sane);
+  w = (waiters_t){.cond = w.cond};
+  start_waiters(&w, t, 1);
+  MP_ASSERT_OK(mp_condition_notify(w.cond, 1));
+  MP_ASSERT_OK(mp_condition_release(w.cond));
+  T_INT_EQ(pthread_join(t[0], NULL), 0);
+  MP_ASSERT_OK(w.rc[0]);
   mp_condition_close(w.cond);
 }
 END_TEST
@@ -751,15 +823,7 @@ START_TEST(test_condition_waiter_killed) {
    * although the dead waiter's absorbed notify is still there. */
   waiters_t w = {.cond = job.cond, .timeout = 0.5};
   pthread_t t[2];
-  for (int k = 0; k < 2; k++)
-    T_INT_EQ(pthread_create(&t[k], NULL, thread_waits, &w), 0);
-  for (;;) {
-    MP_ASSERT_OK(mp_condition_acquire(w.cond, 20));
-    if (atomic_load(&w.waiting) == 2)
-      break;
-    MP_ASSERT_OK(mp_condition_release(w.cond));
-    mp_test_sleep(0.01);
-  }
+  start_waiters(&w, t, 2);
   MP_ASSERT_OK(mp_condition_notify(w.cond, 1));
   MP_ASSERT_OK(mp_condition_release(w.cond));
   for (int k = 0; k < 2; k++)
@@ -1003,6 +1067,7 @@ static Suite *synchronize_suite(void) {
   tcase_add_test(tc, test_condition_wait_releases_rlock);
   tcase_add_loop_test(tc, test_condition_producer_consumer, 0, N_METHODS);
   tcase_add_test(tc, test_condition_threads);
+  tcase_add_loop_test(tc, test_condition_corrupt_batches, 0, N_METHODS);
   tc = mp_test_tcase(s, "barrier", 30);
   tcase_add_loop_test(tc, test_barrier_rounds, 0, N_METHODS);
   tcase_add_loop_test(tc, test_barrier_abort_reset_timeout, 0, N_METHODS);

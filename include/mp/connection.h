@@ -23,8 +23,11 @@
  * process sets SIGPIPE to be ignored if it had its default action, as Python does at start.
  *
  * Threads and processes may share an end: whole messages are sent and received one at a
- * time per end and direction (robust locks), never interleaved. Closing an end that another
- * thread of the same process is blocked on is not supported.
+ * time per end and direction (robust locks), never interleaved. A close while other threads
+ * of the process send, receive or poll on the end returns at once: later calls answer
+ * MP_ECLOSED, and the calls in progress end as they would have (a blocked one still waits
+ * for its message or its room), the last of them closing the fds, so that none uses an fd
+ * number the close freed for another file.
  */
 #ifndef MP_CONNECTION_H
 #define MP_CONNECTION_H
@@ -80,7 +83,9 @@ MP_EXTERN int mp_conn_send_bytes(mp_conn_t *conn, const void *buf, size_t len, s
  * Errors: MP_EINVAL (conn or size NULL, buf NULL with cap > 0, a send-only end), MP_ECLOSED,
  * MP_ETIMEDOUT, MP_ETOOSMALL, MP_EEOF (no process holds the peer end and every message has
  * been received, or a sender died in the middle of a message, even while another process
- * still holds the peer end).
+ * still holds the peer end), MP_ECORRUPT (the end's buffer bounds in shared memory were
+ * written wild by a process of the program: nothing is read, and every later receive says
+ * so too).
  * Python: Connection.recv_bytes_into(buf), with a timeout.
  */
 MP_EXTERN int mp_conn_recv(mp_conn_t *conn, void *buf, size_t cap, size_t *size,
@@ -114,7 +119,8 @@ MP_EXTERN int mp_conn_poll(mp_conn_t *conn, double timeout);
 
 /*
  * Closes this process's end: its file descriptors here, and (in the process that made the
- * pipe) its reference on the object (see Lifetime above). Other processes keep theirs.
+ * pipe) its reference on the object (see Lifetime above). Other processes keep theirs. With
+ * calls of other threads in progress on the end, the last of them does it (see Threads).
  * Errors: MP_EINVAL (NULL, not a connection end), MP_ECLOSED (already closed in this
  * process, or never passed to it). Python: Connection.close().
  */

@@ -156,7 +156,8 @@ MP_EXTERN int mp_condition_release(mp_condition_t *cond);
  * and reacquires the lock (without a timeout, as Python) before it returns, also on error.
  * Returns 0 when notified, or MP_EOWNERDEAD: notified or not, the lock was reacquired from a
  * holder that died. Errors: MP_ETIMEDOUT (Python returns False), MP_ENOTHELD (the caller
- * does not hold the lock; nothing waited), MP_EINVAL. A wait that no notify followed times
+ * does not hold the lock; nothing waited), MP_EINVAL, MP_ECORRUPT (the condition's shared
+ * memory was written wild by a process of the program; the lock is held again). A wait that no notify followed times
  * out, whatever waiters were killed before. Python: Condition.wait(timeout).
  */
 MP_EXTERN int mp_condition_wait(mp_condition_t *cond, double timeout);
@@ -177,11 +178,13 @@ MP_EXTERN int mp_condition_wait_for(mp_condition_t *cond, mp_predicate_t predica
  * Wakes at most n of the threads waiting now (none that start waiting later); the caller
  * holds the lock. A waiter killed inside wait counts as waiting: a notify is spent on it only
  * when no live waiter takes it, and never passes to a later waiter (docs/api.md). Errors:
- * MP_ENOTHELD, MP_EINVAL. Python: Condition.notify(n).
+ * MP_ENOTHELD, MP_EINVAL, MP_ECORRUPT (as for a wait: nothing notified).
+ * Python: Condition.notify(n).
  */
 MP_EXTERN int mp_condition_notify(mp_condition_t *cond, int n);
 
-/* Wakes every thread waiting now. Errors: MP_ENOTHELD, MP_EINVAL. Python: notify_all(). */
+/* Wakes every thread waiting now. Errors: MP_ENOTHELD, MP_EINVAL, MP_ECORRUPT.
+ * Python: notify_all(). */
 MP_EXTERN int mp_condition_notify_all(mp_condition_t *cond);
 
 MP_EXTERN int mp_condition_retain(mp_condition_t *cond);
