@@ -18,10 +18,11 @@ static int forkserver_launch(mp_process_t *proc) {
   int rc = mp__bootstrap_open(proc, &ref, sv);
   if (rc < 0)
     return rc;
-  rc = mp__forkserver_request(sv[1]);
+  pid_t self = getpid(); /* once per start: the server's owner, the request's parent */
+  rc = mp__forkserver_request(sv[1], self);
   close(sv[1]);
   if (rc == 0)
-    rc = mp__bootstrap_send(sv[0], proc, &ref, true);
+    rc = mp__bootstrap_send(sv[0], proc, &ref, self, true);
   if (rc == 0)
     rc = mp__bootstrap_await(sv[0], proc, true);
   if (rc < 0) {
