@@ -219,8 +219,7 @@ MP__CHILD_TEXT static MP__NORETURN void run_spare(const server_t *s) {
                        .server = s->self,
                        .program = s->program_pid,
                        .self_pidfd = mp__have_pidfd() ? mp__pidfd_open(self) : -1,
-                       .program_fd = s->program,
-                       .server_fds = {-1, -1}};
+                       .program_fd = s->program};
   mp__request_prepare();
   mp__child_prepare();
   int sock = -1;

@@ -578,7 +578,8 @@ typedef struct {
   int self_pidfd;   /* its own pidfd, sent with READY; -1 without pidfds */
   int program_fd;   /* the program's pidfd, -1 without: the child's parent's if the request
                        names the program as its parent, else closed */
-  int server_fds[2]; /* the server's sockets it still holds, closed once READY is sent */
+  int server_fds[2]; /* the server's sockets it still holds, closed once READY is sent (set
+                        when it takes a request) */
 } mp__spare_t;
 
 /* A spare, before its request comes: writes the pages a request of a few hundred bytes

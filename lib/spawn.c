@@ -596,8 +596,7 @@ void mp__request_run(mp__request_t *req, int sock, bool exec_image, const mp__sp
   if (pidfd >= 0)
     mp__raw_syscall(SYS_close, pidfd, 0, 0, 0); /* not libc's: a page less for the child */
   for (int i = 0; spare && i < 2; i++) /* before the target: no program of ours holds them */
-    if (spare->server_fds[i] >= 0)
-      mp__raw_syscall(SYS_close, spare->server_fds[i], 0, 0, 0);
+    mp__raw_syscall(SYS_close, spare->server_fds[i], 0, 0, 0);
   if (exec_image)
     close(sock);
 
