@@ -310,6 +310,7 @@ struct mp_process_s {
                     pidfds: the sentinel socket; else -1 */
   int exitcode;
   bool status_lost; /* ended, but a waitpid() elsewhere in the program took the status */
+  bool end_seen;    /* a wait saw the sentinel ready, which it stays: the child has ended */
   pthread_mutex_t reap_lock;
   struct mp_process_s *prev, *next; /* the registry of started, unclosed children */
   uint64_t *passed; /* keys of the fds the child gets (mp__process_pass_fd) */
