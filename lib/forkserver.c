@@ -284,8 +284,8 @@ static bool fork_spares(server_t *s) {
 static bool track_child(server_t *s, pid_t pid, int sock) {
   if (s->count == s->cap) {
     size_t cap = 2 * s->cap;
-    served_child_t *children = realloc(s->children == s->few ? NULL : s->children,
-                                       cap * sizeof *children);
+    served_child_t *children =
+        realloc(s->children == s->few ? NULL : s->children, cap * sizeof *children);
     if (!children)
       return false;
     if (s->children == s->few)

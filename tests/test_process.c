@@ -1022,7 +1022,8 @@ START_TEST(test_many_signalled_at_once) {
     if (code != (k % 2 ? -SIGKILL : -SIGTERM))
       T_FAIL("%s: process %d ended with %d", METHODS[_i], k, code);
   }
-  for (int k = 0; k < SIGNALLED; k++) T_PROC_CLOSE(procs[k]);
+  for (int k = 0; k < SIGNALLED; k++)
+    T_PROC_CLOSE(procs[k]);
 }
 END_TEST
 
