@@ -22,10 +22,12 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -88,12 +90,12 @@ static int start_server(void) {
 /* The one record the program sends on the control socket, with the child's socket. */
 #define FORK_REQUEST 'F'
 
-int mp__forkserver_request(int sock) {
+int mp__forkserver_request(int sock, pid_t self) {
   static const char fork_request = FORK_REQUEST;
   pthread_mutex_lock(&server_lock);
   int rc = 0;
   for (int attempt = 0; attempt < 2; attempt++) {
-    if (server_owner != getpid()) {
+    if (server_owner != self) {
       forget_server();
       rc = start_server();
       if (rc < 0)
@@ -166,8 +168,11 @@ typedef struct {
   int fork_errno;       /* why the last spare could not be forked */
   uid_t uid;            /* ours, for the requests' peers (mp__peer_ids) */
   gid_t gid;
-  served_child_t *children;
+  served_child_t *children; /* `few` until more are served at once */
   size_t count, cap;
+  /* On the server's stack, beside the frames it writes after every fork anyway: a list on
+   * the heap was one more page to copy per start (docs/architecture.md). */
+  served_child_t few[8];
 } server_t;
 
 /* What a spare runs before and while it takes a request is child code too: inline system
@@ -237,8 +242,9 @@ MP__CHILD_TEXT static MP__NORETURN void run_spare(const server_t *s) {
   mp__reply_t taken = {MP__REC_READY, self};
   if (mp__send_record(s->taken[1], &taken, sizeof taken, sock) < 0)
     _exit(1); /* the server has gone: the parent reads end of file */
-  mp__raw_syscall(SYS_close, s->ctl, 0, 0, 0);
-  mp__raw_syscall(SYS_close, s->taken[1], 0, 0, 0);
+  /* The control socket and "taken" are closed after READY, which the start waits for. */
+  spare.server_fds[0] = s->ctl;
+  spare.server_fds[1] = s->taken[1];
   /* Still SIGKILL at the server's death: the request decides (mp__request_run), and with
    * die_with_parent the child's own death signal replaces it, one system call fewer. */
   mp__request_t *req;
@@ -277,10 +283,13 @@ static bool fork_spares(server_t *s) {
 
 static bool track_child(server_t *s, pid_t pid, int sock) {
   if (s->count == s->cap) {
-    size_t cap = s->cap ? 2 * s->cap : 16;
-    served_child_t *children = realloc(s->children, cap * sizeof *children);
+    size_t cap = 2 * s->cap;
+    served_child_t *children =
+        realloc(s->children == s->few ? NULL : s->children, cap * sizeof *children);
     if (!children)
       return false;
+    if (s->children == s->few)
+      memcpy(children, s->few, sizeof s->few);
     s->children = children;
     s->cap = cap;
   }
@@ -351,8 +360,14 @@ static void reap_served(server_t *s) {
         *spare = 0;
       continue;
     }
+    /* Inline: after a child that said EXITED the parent has often closed its end, and
+     * libc's sendmsg would write errno (ECONNRESET) on the TLS page, copied after every
+     * fork. */
     mp__reply_t rec = {MP__REC_STATUS, status};
-    mp__send_record(child->sock, &rec, sizeof rec, -1);
+    struct iovec iov = {.iov_base = &rec, .iov_len = sizeof rec};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    while (mp__raw_syscall(SYS_sendmsg, child->sock, (long)&msg, MSG_NOSIGNAL, 0) == -EINTR)
+      ;
     close(child->sock);
     *child = s->children[--s->count];
   }
@@ -368,6 +383,8 @@ MP__ROLE(forkserver, "forkserver", "fork server", false) {
   sigaddset(&chld, SIGCHLD);
   sigprocmask(SIG_BLOCK, &chld, NULL);
   server_t s = {.self = getpid(), .program_pid = getppid(), .ctl = ctl, .program = -1};
+  s.children = s.few;
+  s.cap = sizeof s.few / sizeof s.few[0];
   mp__peer_ids(&s.uid, &s.gid);
   s.sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
   if (s.sigfd < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, s.taken) < 0)

@@ -333,6 +333,7 @@ struct mp_process_s {
                     pidfds: the sentinel socket; else -1 */
   int exitcode;
   bool status_lost; /* ended, but a waitpid() elsewhere in the program took the status */
+  bool end_seen;    /* a wait saw the sentinel ready, which it stays: the child has ended */
   pthread_mutex_t reap_lock;
   struct mp_process_s *prev, *next; /* the registry of started, unclosed children */
   uint64_t *passed; /* keys of the fds the child gets (mp__process_pass_fd) */
@@ -575,9 +576,10 @@ typedef struct {
  * socket pair to the child; sv[1] is the child's end. */
 int mp__bootstrap_open(const mp_process_t *proc, mp__fnref_t *ref, int sv[2]);
 
-/* Parent side: streams the child's request over sock, then waits for READY (or the
- * child's end), which from a forkserver child brings its pid and pidfd. */
-int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref,
+/* Parent side: streams the child's request over sock (self: this process's pid, read by
+ * the caller), then waits for READY (or the child's end), which from a forkserver child
+ * brings its pid and pidfd. */
+int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref, pid_t self,
                        bool from_forkserver);
 int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver);
 
@@ -600,6 +602,8 @@ typedef struct {
   int self_pidfd;   /* its own pidfd, sent with READY; -1 without pidfds */
   int program_fd;   /* the program's pidfd, -1 without: the child's parent's if the request
                        names the program as its parent, else closed */
+  int server_fds[2]; /* the server's sockets it still holds, closed once READY is sent (set
+                        when it takes a request) */
 } mp__spare_t;
 
 /* A spare, before its request comes: writes the pages a request of a few hundred bytes
@@ -621,9 +625,10 @@ int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid);
 
 /* ------------------------------ forkserver.c ---------------------------- */
 
-/* Hands sock to this process's fork server (started on first use), whose spare becomes
- * the child that reads its request from sock. */
-int mp__forkserver_request(int sock);
+/* Hands sock to this process's fork server (started on first use: self, this process's
+ * pid, tells whether the server is its own), whose spare becomes the child that reads its
+ * request from sock. */
+int mp__forkserver_request(int sock, pid_t self);
 
 /* ----------------------------- synchronize.c ---------------------------- */
 

@@ -18,10 +18,11 @@ static int forkserver_launch(mp_process_t *proc) {
   int rc = mp__bootstrap_open(proc, &ref, sv);
   if (rc < 0)
     return rc;
-  rc = mp__forkserver_request(sv[1]);
+  pid_t self = getpid(); /* once per start: the server's owner, the request's parent */
+  rc = mp__forkserver_request(sv[1], self);
   close(sv[1]);
   if (rc == 0)
-    rc = mp__bootstrap_send(sv[0], proc, &ref, true);
+    rc = mp__bootstrap_send(sv[0], proc, &ref, self, true);
   if (rc == 0)
     rc = mp__bootstrap_await(sv[0], proc, true);
   if (rc < 0) {
@@ -43,7 +44,9 @@ static int forkserver_launch(mp_process_t *proc) {
  */
 static int forkserver_collect(mp_process_t *proc, int *wait_status) {
   bool has_pidfd = proc->pidfd >= 0;
-  if (mp__poll_fd(has_pidfd ? proc->pidfd : proc->status_fd, POLLIN, 0) == 0)
+  /* The same fd as the sentinel a join waits on: after its wait, no second look. */
+  if (!__atomic_load_n(&proc->end_seen, __ATOMIC_RELAXED) &&
+      mp__poll_fd(has_pidfd ? proc->pidfd : proc->status_fd, POLLIN, 0) == 0)
     return -EAGAIN;
   mp__reply_t rec;
   /* The child sends EXITED before it ends: it is there already, unless the child was

@@ -31,7 +31,7 @@ static int spawn_launch(mp_process_t *proc) {
     proc->status_lost = false;
     rc = mp__error(MP_ESPAWN, "the child ended before it took over");
   } else if (rc == 0) {
-    rc = mp__bootstrap_send(sv[0], proc, &ref, false);
+    rc = mp__bootstrap_send(sv[0], proc, &ref, getpid(), false);
     if (rc == 0)
       rc = mp__bootstrap_await(sv[0], proc, false);
     if (rc < 0)

@@ -228,6 +228,8 @@ static int wait_child(mp_process_t *proc, int64_t deadline, const mp__sigint_t *
     int ready = mp__poll_fd_sig(sentinel_of(proc), POLLIN, until, sigint);
     if (ready < 0)
       return ready;
+    if (ready > 0) /* the collect need not look again (forkserver's) */
+      __atomic_store_n(&proc->end_seen, true, __ATOMIC_RELAXED);
     if (try_reap(proc))
       return 1;
     if (ready == 0 && until == deadline)

@@ -105,19 +105,19 @@ int mp__bootstrap_open(const mp_process_t *proc, mp__fnref_t *ref, int sv[2]) {
   return 0;
 }
 
-int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref,
+int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref, pid_t self,
                        bool from_forkserver) {
-  mp_process_t *self = mp_current_process();
+  const char *parent_name = mp__current_name();
   request_head_t head;
   memset(&head, 0, sizeof head); /* padding included: it is sent whole */
   head.magic = MP__REQUEST_MAGIC;
   head.version = MP__REQUEST_VERSION;
-  head.parent_pid = self->pid; /* mp_current_process() has just read it */
+  head.parent_pid = self;
   head.flags = proc->die_with_parent ? MP__REQUEST_DIE_WITH_PARENT : 0;
   head.arg_size = proc->size;
   head.name_len = (uint32_t)strlen(proc->name);
   head.identity_len = (uint32_t)strlen(proc->identity);
-  head.parent_name_len = (uint32_t)strlen(self->name);
+  head.parent_name_len = (uint32_t)strlen(parent_name);
   head.target_path_len = (uint32_t)strlen(ref->path);
   head.target = *ref;
   memcpy(head.program_key, mp__program_key(), sizeof head.program_key);
@@ -126,7 +126,7 @@ int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref,
       {head.target.path, head.target_path_len},
       {proc->name, head.name_len},
       {proc->identity, head.identity_len},
-      {self->name, head.parent_name_len},
+      {(void *)parent_name, head.parent_name_len},
       {proc->arg, proc->size},
   };
   /* The caller's bytes go as they are, a struct's padding too: no value crosses an exec. */
@@ -152,12 +152,15 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
     mp__reply_t head;
     char text[1024];
   } rec;
-  int rc = wait_for_sock_or_child(sock, POLLIN, child_watch(proc, from_forkserver));
+  /* With nothing else to watch (a fork server's child), the read itself waits: no poll
+   * before it, one system call fewer on the start's path. */
+  int child = child_watch(proc, from_forkserver);
+  int rc = child >= 0 ? wait_for_sock_or_child(sock, POLLIN, child) : 0;
   if (rc < 0 && rc != -EPIPE)
     return mp__error(rc, "waiting for the child: %s", mp_strerror(rc));
   int fd = -1;
   /* A READY sent just before the child ended is already queued: read before judging. */
-  ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, &fd, MSG_DONTWAIT);
+  ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, &fd, child >= 0 ? MSG_DONTWAIT : 0);
   if (n == -EAGAIN)
     n = 0; /* the child ended with nothing said */
   if (n < 0 && n != -ECONNRESET)
@@ -592,6 +595,8 @@ void mp__request_run(mp__request_t *req, int sock, bool exec_image, const mp__sp
   mp__send_record(sock, &ready, sizeof ready, pidfd);
   if (pidfd >= 0)
     mp__raw_syscall(SYS_close, pidfd, 0, 0, 0); /* not libc's: a page less for the child */
+  for (int i = 0; spare && i < 2; i++) /* before the target: no program of ours holds them */
+    mp__raw_syscall(SYS_close, spare->server_fds[i], 0, 0, 0);
   if (exec_image)
     close(sock);
 

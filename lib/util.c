@@ -77,8 +77,12 @@ int mp__send_record(int sock, const void *buf, size_t len, int fd) {
     msg.msg_control = control.space;
     msg.msg_controllen = sizeof control.space;
     struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
+    /* Values the compiler cannot see: it would load the pair as a constant from .rodata,
+     * a page a fork server's spare faults on before its READY (docs/architecture.md). */
+    int level = SOL_SOCKET, type = SCM_RIGHTS;
+    __asm__("" : "+r"(level), "+r"(type));
+    cmsg->cmsg_level = level;
+    cmsg->cmsg_type = type;
     cmsg->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
   }

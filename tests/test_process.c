@@ -1003,6 +1003,30 @@ START_TEST(test_malformed_child_marker) {
 }
 END_TEST
 
+/* More children alive at once than the fork server keeps in its first list (8), ended by
+ * signals: their statuses come from the server's STATUS records, each to its own parent
+ * socket, after the list has grown. */
+#define SIGNALLED 12
+
+START_TEST(test_many_signalled_at_once) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_process_t *procs[SIGNALLED];
+  for (int k = 0; k < SIGNALLED; k++) {
+    T_PROC_NEW(&procs[k], ctx, t_pause, NULL, 0, NULL);
+    MP_ASSERT_OK(mp_process_start(procs[k]));
+  }
+  for (int k = 0; k < SIGNALLED; k++)
+    MP_ASSERT_OK(k % 2 ? mp_process_kill(procs[k]) : mp_process_terminate(procs[k]));
+  for (int k = SIGNALLED - 1; k >= 0; k--) {
+    int code = mp_test_join_code(procs[k], 20.0);
+    if (code != (k % 2 ? -SIGKILL : -SIGTERM))
+      T_FAIL("%s: process %d ended with %d", METHODS[_i], k, code);
+  }
+  for (int k = 0; k < SIGNALLED; k++)
+    T_PROC_CLOSE(procs[k]);
+}
+END_TEST
+
 #define MANY 200
 
 START_TEST(test_many_processes) {
@@ -1818,6 +1842,7 @@ static Suite *process_suite(void) {
   tcase_add_loop_test(tc, test_fds_not_inherited, 0, N_METHODS);
   tcase_add_loop_test(tc, test_cleared_environment, 0, N_METHODS);
   tcase_add_loop_test(tc, test_many_processes, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_many_signalled_at_once, 0, N_METHODS);
   tcase_add_loop_test(tc, test_child_outlives_starting_thread, 0, N_METHODS);
 
 #if FAULTS_COUNTED
