@@ -504,7 +504,8 @@ static int listen_at(int first, tracker_t *t) {
   memcpy(addr.sun_path + 1, rec.text, len);
   t->dir = open(SHM_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   int rc = t->dir < 0 ? -errno : 0;
-  int listener = rc == 0 ? socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0) : -1;
+  int listener =
+      rc == 0 ? socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0) : -1;
   if (rc == 0 && listener < 0)
     rc = -errno;
   if (rc == 0 && bind(listener, (struct sockaddr *)&addr,

@@ -9,11 +9,11 @@
  */
 #include <dirent.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <spawn.h>
 #include <stdatomic.h>
-#include <limits.h>
 #include <stddef.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
