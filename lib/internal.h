@@ -45,7 +45,8 @@ int mp__poll_fd(int fd, short events, int64_t deadline);
 
 /* One record on a SOCK_SEQPACKET socket, optionally with one fd (SCM_RIGHTS); returns 0 or
  * -errno. Receiving (recvmsg flags such as MSG_DONTWAIT) returns the record's length (0 at
- * end of file) and the fd or -1. */
+ * end of file) and the fd or -1; -EMSGSIZE for a record or fds cut off. Every other fd the
+ * peer sent (all of them with fd NULL or on an error) is closed: *fd is -1 on any error. */
 int mp__send_record(int sock, const void *buf, size_t len, int fd);
 ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd, int flags);
 

@@ -7,7 +7,14 @@
  * MPI_Init is collective and the other ranks wait in it).
  *
  * The environment is not trusted: a set-user-ID (AT_SECURE) process never takes a role, and
- * Open MPI's variables must parse as a rank below the size.
+ * Open MPI's variables must parse as a rank below the size. Only the process mpirun started
+ * takes its rank: every descendant inherits the variables (a rank's system("./tool"), a
+ * fork and exec), and a libmp program among them would otherwise act as that rank (as rank
+ * 0, end the job at its exit, stopping the real rank 0's workers). Open MPI names no process
+ * in the environment, so the taker does: RANK_MARK holds the job (PMIX_NAMESPACE), its pid
+ * and its start time; an image of the same job with another pid, or the same pid and
+ * another start time (a reused pid, another pid namespace), is a descendant. The same pid
+ * and start time is the rank itself, after an exec; another job is a new mpirun's rank.
  */
 #include "pool_mpi.h"
 
@@ -22,7 +29,10 @@
 
 pthread_mutex_t mp__mpi_lock = PTHREAD_MUTEX_INITIALIZER;
 
+#define RANK_MARK "LIBMP_MPI_RANK_TAKEN"
+
 static int env_rank = -1; /* from Open MPI's environment; -1: not a rank */
+static bool descendant;   /* Open MPI's variables are an ancestor rank's */
 static pid_t rank0_pid;
 static bool started, ended; /* under mp__mpi_lock */
 static int world_size;
@@ -86,11 +96,11 @@ static int start_mpi(void) {
 }
 
 int mp__mpi_start(int *size) {
-  if (env_rank < 0)
+  if (env_rank < 0 && !descendant)
     return mp__error(MP_EMETHOD, "the \"mpi\" context needs an MPI job: run the program with "
                                  "mpirun -np N (Open MPI); ranks 1 to N-1 become the pool's "
                                  "workers");
-  if (getpid() != rank0_pid)
+  if (descendant || getpid() != rank0_pid)
     return mp__error(MP_EMETHOD, "the \"mpi\" context belongs to the process mpirun started "
                                  "as rank 0, not to its children");
   int rc = 0;
@@ -274,6 +284,21 @@ MP__TAKE_OVER(mpi_rank_take_over) {
   int rank = env_int("OMPI_COMM_WORLD_RANK"), size = env_int("OMPI_COMM_WORLD_SIZE");
   if (rank < 0 || size < 1 || rank >= size)
     return;
+  const char *ns = getenv("PMIX_NAMESPACE");
+  char job[208], mine[256], state;
+  uint64_t start = 0; /* 0 without /proc: then the pid alone tells */
+  (void)mp__proc_stat(getpid(), &state, &start);
+  snprintf(job, sizeof job, "%.200s ", ns ? ns : "");
+  snprintf(mine, sizeof mine, "%s%d %llu", job, (int)getpid(), (unsigned long long)start);
+  const char *mark = getenv(RANK_MARK);
+  if (mark && strncmp(mark, job, strlen(job)) == 0 && strcmp(mark, mine) != 0) {
+    descendant = true;
+    return;
+  }
+  /* Before main, as spawn.c unsets LIBMP_CHILD: no thread of the program reads the
+   * environment yet. Should it fail (no memory), the rank is still taken: a rank that ran
+   * main instead would leave the job waiting for it. */
+  (void)setenv(RANK_MARK, mine, 1);
   env_rank = rank;
   if (rank > 0)
     serve();

@@ -87,22 +87,30 @@ _Static_assert(sizeof(((struct sockaddr_un *)0)->sun_path) <= MP_SHARED_MEMORY_N
 
 /* ------------------------------- names ---------------------------------- */
 
+/* Why a name (its leading slash removed) names no file directly in /dev/shm, or NULL if it
+ * does. The tracker applies it too: it unlinks what its peers name. */
+static const char *name_fault(const char *name) {
+  size_t len = strlen(name);
+  if (len == 0 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+    return "is not a segment name";
+  if (strchr(name, '/'))
+    return "holds a '/' after the first: a segment name does not";
+  if (len > MP_SHARED_MEMORY_NAME_MAX)
+    return "is longer than " MP__STR(MP_SHARED_MEMORY_NAME_MAX) " bytes";
+  return NULL;
+}
+
 /* Copies a valid name, without its leading slash, into out. */
 static int check_name(const char *name, char *out, const char *what) {
   if (!name)
     return mp__error(MP_EINVAL, "%s: name is NULL", what);
   if (*name == '/')
     name++;
-  size_t len = strlen(name);
-  if (len == 0 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
-    return mp__error(MP_EINVAL, "%s: '%s' is not a segment name", what, name);
-  if (strchr(name, '/'))
-    return mp__error(MP_EINVAL, "%s: a segment name holds no '/' after the first ('%s')", what,
-                     name);
-  if (len > MP_SHARED_MEMORY_NAME_MAX)
-    return mp__error(MP_EINVAL, "%s: a name of %zu bytes is longer than %d", what, len,
-                     MP_SHARED_MEMORY_NAME_MAX);
-  memcpy(out, name, len + 1);
+  const char *fault = name_fault(name);
+  if (fault)
+    return mp__error(MP_EINVAL, "%s: '%.64s%s' %s", what, name, strlen(name) > 64 ? "..." : "",
+                     fault);
+  memcpy(out, name, strlen(name) + 1);
   return 0;
 }
 
@@ -339,6 +347,7 @@ typedef struct {
 
 typedef struct {
   int listener;
+  int dir;    /* /dev/shm: every name is looked up and unlinked in it, never by path */
   int parent; /* pidfd of the process to outlive, or -1 */
   pid_t parent_pid;
   struct pollfd *fds; /* [0] the listener, [1] the parent, then the connections */
@@ -359,12 +368,10 @@ static void *grow(void *array, size_t *cap, size_t size) {
 }
 
 /* Whether the name is still the segment that was registered. */
-static bool still_linked(const entry_t *e) {
-  char path[sizeof SHM_DIR + MP_SHARED_MEMORY_NAME_MAX + 1];
+static bool still_linked(const tracker_t *t, const entry_t *e) {
   struct stat st;
-  path_of(e->name, path, sizeof path);
-  return lstat(path, &st) == 0 && (uint64_t)st.st_dev == e->dev &&
-         (uint64_t)st.st_ino == e->ino;
+  return fstatat(t->dir, e->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+         (uint64_t)st.st_dev == e->dev && (uint64_t)st.st_ino == e->ino;
 }
 
 /* Drops the entries whose segment was unlinked (unlinking sends no record), each time the
@@ -372,7 +379,7 @@ static bool still_linked(const entry_t *e) {
 static void prune(tracker_t *t) {
   size_t kept = 0;
   for (size_t i = 0; i < t->count; i++) {
-    if (still_linked(&t->entries[i]))
+    if (still_linked(t, &t->entries[i]))
       t->entries[kept++] = t->entries[i];
     else
       free(t->entries[i].name);
@@ -409,12 +416,9 @@ static void forget(tracker_t *t, const record_t *rec) {
 /* Unlinks each name that still is the segment that was registered, so a name someone
  * has reused since is left alone. */
 static void unlink_leftovers(const tracker_t *t) {
-  for (size_t i = 0; i < t->count; i++) {
-    char path[sizeof SHM_DIR + MP_SHARED_MEMORY_NAME_MAX + 1];
-    path_of(t->entries[i].name, path, sizeof path);
-    if (still_linked(&t->entries[i]))
-      unlink(path);
-  }
+  for (size_t i = 0; i < t->count; i++)
+    if (still_linked(t, &t->entries[i]))
+      unlinkat(t->dir, t->entries[i].name, 0);
 }
 
 static void add_connection(tracker_t *t, int sock) {
@@ -457,6 +461,11 @@ static bool serve(tracker_t *t, int sock) {
     if (n <= (ssize_t)offsetof(record_t, text))
       return false; /* end of file, an error, or a malformed record: hang up */
     ((char *)&rec)[n] = '\0';
+    /* Any process of the user may connect, one that cannot reach /dev/shm too (chrooted,
+     * sandboxed): a name is checked as the library checks it, so that no record makes the
+     * tracker unlink outside /dev/shm. Its sender is no libmp process: hang up. */
+    if (name_fault(rec.text))
+      return false;
     if (rec.op == REC_TRACK)
       track(t, &rec);
     else if (rec.op == REC_FORGET)
@@ -493,8 +502,12 @@ static int listen_at(int first, tracker_t *t) {
   if (len + 1 >= sizeof addr.sun_path)
     _exit(1);
   memcpy(addr.sun_path + 1, rec.text, len);
-  int listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  int rc = listener < 0 ? -errno : 0;
+  t->dir = open(SHM_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int rc = t->dir < 0 ? -errno : 0;
+  int listener =
+      rc == 0 ? socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0) : -1;
+  if (rc == 0 && listener < 0)
+    rc = -errno;
   if (rc == 0 && bind(listener, (struct sockaddr *)&addr,
                       (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len)) < 0)
     rc = -errno;

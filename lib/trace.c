@@ -599,6 +599,8 @@ int mp_trace_start(const char *path) {
                      rc == MP_EINVAL ? "a symbolic link, or not the caller's regular file"
                                      : strerror(-rc));
   }
+  /* In place if a trace was stopped before; else it adds a variable (the header says when
+   * that is safe). */
   if (setenv(ENV_DIR, dir, 1) < 0)
     return mp__syserror("mp_trace_start: setenv");
   pthread_mutex_lock(&T.lock);
@@ -617,7 +619,12 @@ int mp_trace_stop(void) {
                      T.top ? "not tracing"
                            : "only the process that started the trace stops it");
   atomic_store(&mp__trace_on, 0);
-  unsetenv(ENV_DIR);
+  /* Emptied, not removed: another thread's spawn may be copying environ (spawn.c's
+   * child_environ), and unsetenv() shifts the entries under it (one lost or copied twice,
+   * a NULL copied early). Replacing the value of a variable that exists is one pointer store
+   * in place (glibc keeps the old string), safe to a concurrent reader; the exit destructor
+   * stops the trace this way while the program's threads still run. */
+  setenv(ENV_DIR, "", 1);
   pthread_mutex_lock(&T.lock);
   forget_file(false);
   T.top = false;
@@ -688,7 +695,7 @@ void mp__trace_startup(const char *role) {
     server_pid = getpid();
   /* Not for a setuid program: another user's environment must not make it write files. */
   const char *dir = secure_getenv(ENV_DIR);
-  if (dir && strlen(dir) < sizeof T.dir) {
+  if (dir && *dir && strlen(dir) < sizeof T.dir) { /* empty: a trace that was stopped */
     memcpy(T.dir, dir, strlen(dir) + 1);
     atomic_store(&mp__trace_on, 1);
     if (T.method == M_SERVER) /* it has no event of its own: its lane shows it ran */

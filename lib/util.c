@@ -93,6 +93,32 @@ int mp__send_record(int sock, const void *buf, size_t len, int fd) {
   return n < 0 ? -errno : 0;
 }
 
+/* Closes every fd that the control messages hold but the caller does not take (all of them
+ * when keep is NULL); *keep gets the first, or -1. A peer chooses how many fds it sends, and
+ * the kernel installs as many as fit in the buffer (two fit in CMSG_SPACE(sizeof(int)):
+ * the padding holds the second), so each one is counted from the header's length. */
+static void take_fds(struct msghdr *msg, int *keep) {
+  if (keep)
+    *keep = -1;
+  const char *end = (const char *)msg->msg_control + msg->msg_controllen;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+      continue;
+    const unsigned char *data = CMSG_DATA(c);
+    size_t len = c->cmsg_len < CMSG_LEN(0) ? 0 : c->cmsg_len - CMSG_LEN(0);
+    if (len > (size_t)(end - (const char *)data))
+      len = (size_t)(end - (const char *)data);
+    for (size_t i = 0; i + sizeof(int) <= len; i += sizeof(int)) {
+      int fd;
+      memcpy(&fd, data + i, sizeof fd);
+      if (keep && *keep < 0)
+        *keep = fd;
+      else
+        close(fd);
+    }
+  }
+}
+
 ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd, int flags) {
   struct iovec iov = {.iov_base = buf, .iov_len = cap};
   union {
@@ -103,23 +129,18 @@ ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd, int flags) {
                        .msg_iovlen = 1,
                        .msg_control = control.space,
                        .msg_controllen = sizeof control.space};
+  if (fd)
+    *fd = -1;
   ssize_t n;
   do
     n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | flags);
   while (n < 0 && errno == EINTR);
   if (n < 0)
     return -errno;
-  int received = -1;
-  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-      memcpy(&received, CMSG_DATA(c), sizeof received);
-  if (fd)
-    *fd = received;
-  else if (received >= 0)
-    close(received);
-  if (msg.msg_flags & MSG_TRUNC)
-    return -EMSGSIZE;
-  return n;
+  /* A truncated record (or fds cut off) is refused whole: nothing it carried stays open. */
+  bool refused = msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC);
+  take_fds(&msg, refused ? NULL : fd);
+  return refused ? -EMSGSIZE : n;
 }
 
 long mp__libc_syscall(long nr, long a, long b, long c, long d) {

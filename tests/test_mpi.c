@@ -8,6 +8,7 @@
  * The tests run in rank 0 itself (CK_NOFORK): MPI starts once per process, and the pool's
  * ranks serve one test's pool after another.
  */
+#include <spawn.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -514,6 +515,63 @@ START_TEST(test_terminate) {
 }
 END_TEST
 
+/* `test_mpi descendant`, run by rank 0 with mpirun's variables inherited: a libmp program
+ * that mpirun did not start takes no rank, so the "mpi" context is refused to it and its
+ * exit does not end the job. */
+static int descendant_of_a_rank(void) {
+  mp_context_t *ctx;
+  int rc = mp_get_context("mpi", &ctx);
+  bool refused = rc == MP_EMETHOD && strstr(mp_last_error(), "not to its children");
+  if (!refused)
+    fprintf(stderr, "FAIL: the descendant got %s: %s\n", mp_err_name(rc), mp_last_error());
+  return refused ? 0 : 1;
+}
+
+/* Runs `test_mpi descendant` as system() or fork and exec would, with this process's
+ * environment: its exit code, or -1 (not started, killed, or still running after 30 s). */
+static int run_descendant(void) {
+  char *argv[] = {"test_mpi", "descendant", NULL};
+  extern char **environ;
+  pid_t pid, r;
+  if (posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ) != 0)
+    return -1;
+  int status = 0;
+  double end = mp_test_now() + 30;
+  while ((r = waitpid(pid, &status, WNOHANG)) == 0 && mp_test_now() < end)
+    mp_test_sleep(0.01);
+  if (r == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+  }
+  return r == pid && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static int descendant_task(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)arg, (void)size;
+  int code = run_descendant();
+  memcpy(result, &code, sizeof code);
+  *result_size = sizeof code;
+  return 0;
+}
+
+/* A libmp program that rank 0, or a task on a worker rank, runs ends alone, and the ranks
+ * still serve rank 0's pool after it. */
+START_TEST(test_descendant_takes_no_rank) {
+  T_INT_EQ(run_descendant(), 0);
+  mp_pool_t *pool = make_pool(MP_POOL_CPU_COUNT, NULL);
+  long x = 7;
+  result_t res;
+  MP_ASSERT_OK(mp_pool_apply(pool, square, &x, sizeof x, &res, sizeof res, NULL));
+  T_INT_EQ(res.square, 49);
+  int code = -2;
+  MP_ASSERT_OK(mp_pool_apply(pool, descendant_task, NULL, 0, &code, sizeof code, NULL));
+  T_INT_EQ(code, 0);
+  MP_ASSERT_OK(mp_pool_apply(pool, square, &x, sizeof x, &res, sizeof res, NULL));
+  T_INT_EQ(res.square, 49);
+  destroy_test_pool();
+}
+END_TEST
+
 START_TEST(test_refused_without_mpirun) {
   mp_context_t *ctx;
   MP_ASSERT_ERR(mp_get_context("mpi", &ctx), MP_EMETHOD);
@@ -582,6 +640,7 @@ static Suite *mpi_suite(void) {
 #ifdef MP_TEST_MPI
     tcase_add_test(tc, test_short_reply_refused);
 #endif
+    tcase_add_test(tc, test_descendant_takes_no_rank);
   } else {
     tcase_add_test(tc, test_refused_without_mpirun);
   }
@@ -598,6 +657,8 @@ int main(int argc, char **argv) {
     return map_and_die();
   if (argc > 1 && strcmp(argv[1], "other-build") == 0)
     return map_on_another_build();
+  if (argc > 1 && strcmp(argv[1], "descendant") == 0)
+    return descendant_of_a_rank();
   SRunner *sr = srunner_create(mpi_suite());
   srunner_set_fork_status(sr, CK_NOFORK); /* MPI starts once per process */
   srunner_run_all(sr, CK_NORMAL);

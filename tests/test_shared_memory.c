@@ -9,12 +9,16 @@
  */
 #include <dirent.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <spawn.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include "mp_test.h"
 
@@ -619,6 +623,212 @@ START_TEST(test_tracker_killed) {
 }
 END_TEST
 
+/* ===================================================================================== */
+/* What any process of the user may send the tracker.                                  */
+
+/* The tracker's record, as lib/shared_memory.c lays it out (internal: a forged record is
+ * what these tests send). */
+typedef struct {
+  uint32_t op;
+  int32_t parent;
+  uint64_t dev, ino;
+  char text[MP_SHARED_MEMORY_NAME_MAX + 1];
+} forged_t;
+enum { FORGED_TRACK = 2, FORGED_FORGET = 3 };
+
+/* A connection to the listener of the tracker `pid` (found by its sockets' inodes in
+ * /proc/net/unix, as any process of the user can), past its greeting; -1 if none. */
+static int connect_to_tracker(pid_t pid) {
+  char dir_path[64], line[512], name[256] = "";
+  snprintf(dir_path, sizeof dir_path, "/proc/%d/fd", (int)pid);
+  FILE *unix_table = fopen("/proc/net/unix", "re");
+  while (unix_table && !name[0] && fgets(line, sizeof line, unix_table)) {
+    unsigned long inode;
+    char path[256];
+    if (sscanf(line, "%*s %*s %*s %*s %*s %*s %lu %255s", &inode, path) != 2 ||
+        strncmp(path, "@libmp-shm-tracker-", 19) != 0)
+      continue;
+    char want[64];
+    snprintf(want, sizeof want, "socket:[%lu]", inode);
+    DIR *fds = opendir(dir_path);
+    struct dirent *d;
+    while (fds && (d = readdir(fds)) != NULL) {
+      char link_path[128], target[64] = "";
+      snprintf(link_path, sizeof link_path, "%s/%s", dir_path, d->d_name);
+      if (readlink(link_path, target, sizeof target - 1) > 0 && strcmp(target, want) == 0)
+        snprintf(name, sizeof name, "%s", path + 1);
+    }
+    if (fds)
+      closedir(fds);
+  }
+  if (unix_table)
+    fclose(unix_table);
+  if (!name[0])
+    return -1;
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  memcpy(addr.sun_path + 1, name, strlen(name));
+  int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  char greeting = 0;
+  if (sock < 0 ||
+      connect(sock, (struct sockaddr *)&addr,
+              (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name))) < 0 ||
+      recv(sock, &greeting, 1, 0) != 1) {
+    if (sock >= 0)
+      close(sock);
+    return -1;
+  }
+  return sock;
+}
+
+/* Sends len bytes of rec with the n fds. */
+static bool send_with_fds(int sock, const void *rec, size_t len, const int *fds, size_t n) {
+  union {
+    char space[CMSG_SPACE(4 * sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  memset(&control, 0, sizeof control);
+  struct iovec iov = {.iov_base = (void *)rec, .iov_len = len};
+  struct msghdr msg = {.msg_iov = &iov,
+                       .msg_iovlen = 1,
+                       .msg_control = control.space,
+                       .msg_controllen = CMSG_SPACE(n * sizeof(int))};
+  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(n * sizeof(int));
+  memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+  return sendmsg(sock, &msg, MSG_NOSIGNAL) == (ssize_t)len;
+}
+
+/* Fds passed to the tracker, which takes none, are all closed: two in a record (both fit
+ * the room for one), three (cut off), and with a record too long. Each record carries the
+ * write end of a pipe, so the read end sees end of file only once the tracker holds no
+ * copy. */
+START_TEST(test_tracker_closes_passed_fds) {
+  char name[128];
+  seg_name(name, sizeof name, "fds", 0);
+  mp_shared_memory_t *shm;
+  MP_ASSERT_OK(mp_shared_memory_create(&shm, name, PAGE, 0));
+  pid_t tracker = find_tracker();
+  T_ASSERT(tracker > 0, "no tracker among this process's children");
+  int pipefd[2];
+  T_INT_EQ(pipe2(pipefd, O_CLOEXEC), 0);
+  forged_t rec = {.op = FORGED_FORGET};
+  snprintf(rec.text, sizeof rec.text, "%s_none", name);
+  size_t len = offsetof(forged_t, text) + strlen(rec.text) + 1;
+  int two[] = {pipefd[0], pipefd[1]}, three[] = {pipefd[0], pipefd[1], pipefd[1]};
+  char oversized[sizeof rec + 64] = {0};
+  memcpy(oversized, &rec, sizeof rec);
+  /* One connection takes many two-fd records, then a three-fd one (and is hung up on);
+   * another an oversized record. */
+  int sock = connect_to_tracker(tracker), other = connect_to_tracker(tracker);
+  T_ASSERT(sock >= 0 && other >= 0, "cannot reach the tracker %d", (int)tracker);
+  for (int i = 0; i < 100; i++)
+    T_ASSERT(send_with_fds(sock, &rec, len, two, 2), "sendmsg: %s", strerror(errno));
+  T_ASSERT(send_with_fds(sock, &rec, len, three, 3), "sendmsg: %s", strerror(errno));
+  T_ASSERT(send_with_fds(other, oversized, sizeof oversized, two, 2), "sendmsg: %s",
+           strerror(errno));
+  close(pipefd[1]);
+  struct pollfd pfd = {.fd = pipefd[0], .events = POLLIN};
+  char byte;
+  T_ASSERT(poll(&pfd, 1, (int)(BOUND * 1000)) == 1 && read(pipefd[0], &byte, 1) == 0,
+           "the tracker still holds a passed fd after %g s", BOUND);
+  close(pipefd[0]);
+  close(sock);
+  close(other);
+  /* The tracker still serves its program. */
+  mp_shared_memory_t *again;
+  char next[128];
+  seg_name(next, sizeof next, "fds_after", 0);
+  MP_ASSERT_OK(mp_shared_memory_create(&again, next, PAGE, 0));
+  T_INT_EQ(find_tracker(), tracker);
+  MP_ASSERT_OK(mp_shared_memory_unlink(again));
+  MP_ASSERT_OK(mp_shared_memory_close(again));
+  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+}
+END_TEST
+
+/* ../ from /dev/shm to the root, as many as its real path is deep. */
+static void to_root_from_shm(char *out, size_t cap) {
+  char real[PATH_MAX];
+  out[0] = '\0';
+  if (!realpath("/dev/shm", real))
+    return;
+  for (const char *p = real; *p; p++)
+    if (*p == '/' && strlen(out) + 3 < cap)
+      strcat(out, "../");
+}
+
+/* A plain fork of the test: a program of its own, which creates a segment (starting its
+ * tracker), tells the tracker to track `victim` by a path out of /dev/shm, writes the
+ * tracker's pid to `report` and ends. */
+static int forge_escape(int report, const char *victim, const char *segment) {
+  mp_shared_memory_t *shm;
+  if (mp_shared_memory_create(&shm, segment, PAGE, 0) != 0)
+    return 60;
+  pid_t tracker = find_tracker();
+  int sock = connect_to_tracker(tracker);
+  if (sock < 0)
+    return 61;
+  struct stat st;
+  if (stat(victim, &st) != 0)
+    return 62;
+  forged_t rec = {.op = FORGED_TRACK, .dev = (uint64_t)st.st_dev, .ino = (uint64_t)st.st_ino};
+  char up[128];
+  to_root_from_shm(up, sizeof up);
+  snprintf(rec.text, sizeof rec.text, "%s%s", up, victim + 1);
+  if (send(sock, &rec, offsetof(forged_t, text) + strlen(rec.text) + 1, MSG_NOSIGNAL) < 0)
+    return 63;
+  close(sock);
+  if (write(report, &tracker, sizeof tracker) != (ssize_t)sizeof tracker)
+    return 64;
+  return mp_shared_memory_close(shm) == 0 ? 0 : 65;
+}
+
+/* A name the tracker is sent is checked there: TRACK of "../../tmp/x" with that file's
+ * device and inode leaves the file alone when the program ends, while the program's own
+ * segment goes. */
+START_TEST(test_tracker_refuses_paths) {
+  T_INT_EQ(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  char victim[128], segment[128];
+  snprintf(victim, sizeof victim, "/tmp/mp_t%d_victim", (int)getpid());
+  seg_name(segment, sizeof segment, "escape", 0);
+  int fd = open(victim, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+  T_ASSERT(fd >= 0, "creating %s: %s", victim, strerror(errno));
+  close(fd);
+  int report[2];
+  T_INT_EQ(pipe2(report, O_CLOEXEC), 0);
+  pid_t child = fork();
+  if (child == 0) {
+    close(report[0]);
+    _exit(forge_escape(report[1], victim, segment));
+  }
+  T_ASSERT(child > 0, "fork: %s", strerror(errno));
+  mp_test_track_pid(child);
+  close(report[1]);
+  pid_t tracker = 0;
+  bool told = read(report[0], &tracker, sizeof tracker) == (ssize_t)sizeof tracker;
+  close(report[0]);
+  if (told)
+    mp_test_track_pid(tracker);
+  int status = 0;
+  T_INT_EQ(waitpid(child, &status, 0), child);
+  T_ASSERT(told && WIFEXITED(status) && WEXITSTATUS(status) == 0, "the forging child: %#x",
+           status);
+  /* The program has ended: its tracker (adopted, as this process is a subreaper) ends. */
+  double end = mp_test_now() + BOUND;
+  pid_t r;
+  while ((r = waitpid(tracker, NULL, WNOHANG)) == 0 && mp_test_now() < end)
+    mp_test_sleep(0.005);
+  T_INT_EQ(r, tracker);
+  bool kept = access(victim, F_OK) == 0;
+  unlink(victim);
+  T_ASSERT(kept, "the tracker unlinked %s", victim);
+  T_ASSERT(!segment_exists(segment), "the program's own %s was left", segment);
+}
+END_TEST
+
 START_TEST(test_bad_input) {
   mp_shared_memory_t *shm = NULL;
   char name[128], too_long[300], longest[300];
@@ -804,6 +1014,8 @@ static Suite *shared_memory_suite(void) {
   tcase_add_test(tc, test_foreign_segment_refused);
   tcase_add_test(tc, test_use_after_close_aborts);
   tcase_add_test(tc, test_bad_input);
+  tcase_add_test(tc, test_tracker_closes_passed_fds);
+  tcase_add_test(tc, test_tracker_refuses_paths);
 
   tc = mp_test_tcase(s, "processes", 30);
   tcase_add_loop_test(tc, test_parent_creates_child_attaches, 0, N_METHODS);

@@ -623,6 +623,51 @@ START_TEST(test_many_events) {
 }
 END_TEST
 
+/* ------------------------------ the environment ------------------------------ */
+
+static int tracing_here(void *arg, size_t size) {
+  (void)arg, (void)size;
+  return mp_trace_enabled() ? 1 : 0;
+}
+
+/* Where LIBMP_TRACE_DIR is in environ (-1: absent), and how many variables it holds. */
+static long trace_var_at(size_t *count) {
+  extern char **environ;
+  long at = -1;
+  for (*count = 0; environ && environ[*count]; (*count)++)
+    if (strncmp(environ[*count], "LIBMP_TRACE_DIR=", 16) == 0)
+      at = (long)*count;
+  return at;
+}
+
+/* mp_trace_stop() (also run at exit, while other threads may be copying environ for a
+ * spawn) leaves environ in place: the same array, the same variables at the same places, the
+ * directory's emptied; a child started after it, of each method, does not trace; and a later
+ * start replaces the value in place too. */
+START_TEST(test_stop_keeps_environ) {
+  extern char **environ;
+  char path[128];
+  trace_path(path, sizeof path, "environ", _i);
+  MP_ASSERT_OK(mp_trace_start(path));
+  size_t count, after;
+  long at = trace_var_at(&count);
+  char **array = environ;
+  T_ASSERT(at >= 0, "mp_trace_start sets LIBMP_TRACE_DIR");
+  MP_ASSERT_OK(mp_trace_stop());
+  T_ASSERT(environ == array, "mp_trace_stop moved environ");
+  T_INT_EQ(trace_var_at(&after), at);
+  T_INT_EQ(after, count);
+  T_STR_EQ(environ[at], "LIBMP_TRACE_DIR=");
+  mp_process_t *p = mp_test_start(_i, tracing_here, NULL, 0);
+  T_INT_EQ(mp_test_join_code(p, 30), 0);
+  MP_ASSERT_OK(mp_trace_start(path));
+  T_ASSERT(environ == array, "a second mp_trace_start moved environ");
+  T_INT_EQ(trace_var_at(&after), at);
+  MP_ASSERT_OK(mp_trace_stop());
+  unlink(path);
+}
+END_TEST
+
 /* ------------------------------------ MP_TRACE ------------------------------------ */
 
 /* The program MP_TRACE traces: a child of the method, a lock between them. */
@@ -788,6 +833,7 @@ static Suite *trace_suite(void) {
   tcase_add_loop_test(mp_test_tcase(s, "kinds", 60), test_every_kind_named, 0, N_METHODS);
   tcase_add_loop_test(mp_test_tcase(s, "MP_TRACE", 60), test_env_var, 0, N_METHODS);
   tcase_add_loop_test(mp_test_tcase(s, "many events", 120), test_many_events, 0, N_METHODS);
+  tcase_add_loop_test(mp_test_tcase(s, "environ", 60), test_stop_keeps_environ, 0, N_METHODS);
   tcase_add_test(mp_test_tcase(s, "merge only own dir", 30), test_merge_only_own_dir);
   tcase_add_test(mp_test_tcase(s, "output path", 30), test_output_path_safe);
   return s;

@@ -43,6 +43,12 @@
  * Errors: MP_EINVAL (path NULL, empty or too long, tracing is already on in this process, or
  * path is a symbolic link or not a regular file of the caller's), or the system error of
  * creating the directory or the file.
+ * Thread safety: it names the directory to children in the environment variable
+ * LIBMP_TRACE_DIR (setenv()). The first call of a process adds that variable, which may move
+ * environ: call it before other threads start spawn or forkserver children or read the
+ * environment (getenv() included), or use MP_TRACE, which starts before main. Later calls,
+ * and mp_trace_stop() (which empties the variable, a child ignores it empty), only replace
+ * its value in place, safe while other threads read environ.
  */
 MP_EXTERN int mp_trace_start(const char *path);
 
