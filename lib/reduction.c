@@ -81,55 +81,13 @@ static bool in_code(const ElfW(Phdr) *phdr, size_t phnum, uint64_t offset) {
   return false;
 }
 
-/*
- * Objects that load_checked loaded. Each is loaded through the descriptor whose file was
- * checked ("/proc/self/fd/N"), so the loader names it so; it is known here by the path the
- * request gave. Slots are taken once and never freed (such objects are never unloaded); a
- * slot's base is stored last, so a reader (under the loader's lock, in visit_object) takes
- * no lock of ours.
- */
-#define LOADED_MAX 64
-
-static struct {
-  _Atomic uint32_t taken;
-  struct {
-    _Atomic uintptr_t base; /* 0 until path is written */
-    char *path;
-  } slot[LOADED_MAX];
-} loaded;
-
-static const char *loaded_name(uintptr_t base) {
-  uint32_t n = atomic_load(&loaded.taken);
-  for (uint32_t i = 0; i < n && i < LOADED_MAX; i++)
-    if (atomic_load(&loaded.slot[i].base) == base)
-      return loaded.slot[i].path;
-  return NULL;
-}
-
-static int remember_loaded(uintptr_t base, const char *path) {
-  if (loaded_name(base))
-    return 0;
-  char *copy = strdup(path);
-  uint32_t i = copy ? atomic_fetch_add(&loaded.taken, 1) : 0;
-  if (!copy || i >= LOADED_MAX) {
-    free(copy);
-    return mp__error(MP_ERESOLVE, "cannot name %s in the child: %s", path,
-                     copy ? "more than 64 objects loaded for functions" : "no memory");
-  }
-  loaded.slot[i].path = copy;
-  atomic_store(&loaded.slot[i].base, base);
-  return 0;
-}
-
 static int visit_object(struct dl_phdr_info *info, size_t size, void *data) {
   (void)size;
   object_search_t *s = data;
   /* dl_iterate_phdr reports the executable first; its name is "" or argv[0]. */
   bool is_executable = !s->visited_any;
   s->visited_any = true;
-  const char *name = is_executable ? "" : info->dlpi_name, *alias;
-  if (!is_executable && (alias = loaded_name(info->dlpi_addr)))
-    name = alias;
+  const char *name = is_executable ? "" : info->dlpi_name;
   bool holds_addr = false;
   for (int i = 0; i < info->dlpi_phnum; i++) {
     const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
@@ -316,10 +274,7 @@ static int mismatch(const char *what, const uint8_t *mine_id, uint32_t mine_len,
 
 /* Loads the object the parent had loaded with dlopen(), as unpickling imports, once its
  * file is known to be the parent's build: nothing of another file runs, not even its
- * constructors. The file loaded is the one checked: it is loaded through the descriptor
- * the check read, not by its path again, which another file may have taken meanwhile.
- * (Without /proc it is loaded by path, and the in-memory check after the load catches a
- * file replaced meanwhile, once its constructors have run.) */
+ * constructors. (The in-memory check after the load covers a file replaced meanwhile.) */
 static int load_checked(const mp__fnref_t *ref) {
   if (*ref->path != '/') /* "": the executable, which is always loaded */
     return mp__error(MP_ERESOLVE, "the object path '%s' is not absolute", ref->path);
@@ -334,18 +289,11 @@ static int load_checked(const mp__fnref_t *ref) {
   int rc = fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)
                ? mp__error(MP_ERESOLVE, "%s is not a regular file", ref->path)
                : file_identity(fd, ref->path, ref->offset, id, &id_len);
+  close(fd);
   if (rc == 0 && (id_len != ref->build_id_len || memcmp(id, ref->build_id, id_len) != 0))
     rc = mismatch(ref->path, id, id_len, ref);
-  char fd_path[32];
-  snprintf(fd_path, sizeof fd_path, "/proc/self/fd/%d", fd);
-  bool by_fd = access(fd_path, F_OK) == 0;
-  void *handle = rc == 0 ? dlopen(by_fd ? fd_path : ref->path, RTLD_NOW) : NULL;
-  struct link_map *map = NULL;
-  if (rc == 0 && !handle)
+  if (rc == 0 && !dlopen(ref->path, RTLD_NOW))
     rc = mp__error(MP_ERESOLVE, "cannot load %s in the child: %s", ref->path, dlerror());
-  else if (rc == 0 && by_fd && dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0)
-    rc = remember_loaded(map->l_addr, ref->path);
-  close(fd);
   return rc;
 }
 
