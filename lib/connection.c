@@ -188,10 +188,15 @@ static int call_begin(const mp_conn_t *conn, bool sending, const char *what) {
   int fd = fd_locked(conn, use, sending, what);
   if (fd >= 0 && !use && in_use.count == in_use.capacity) {
     size_t capacity = in_use.capacity ? 2 * in_use.capacity : 8;
-    in_use_t *grown = realloc(in_use.ends, capacity * sizeof *grown);
+    /* Not realloc: another thread's fork between its free of the old block and the store of
+     * the new one would leave the child a freed list. The new block is stored first. */
+    in_use_t *grown = malloc(capacity * sizeof *grown), *old = in_use.ends;
     if (grown) {
+      if (in_use.count)
+        memcpy(grown, old, in_use.count * sizeof *grown);
       in_use.ends = grown;
       in_use.capacity = capacity;
+      free(old);
     } else {
       fd = mp__error(MP_ENOMEM, "%s: no memory to note the call", what);
     }

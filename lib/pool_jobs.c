@@ -1603,6 +1603,8 @@ static int task_code(const mp__task_error_t *e) {
   case MP_ENOMEM:
   case MP_EWORKERDIED:
   case MP_ECORRUPT:
+  case MP_ELIMIT:  /* an MPI rank's: a chunk's size overflows */
+  case MP_ECLOSED: /* an MPI rank's: MPI has ended */
     return e->code;
   default:
     return MP_ETASK;
@@ -1746,7 +1748,7 @@ int mp__job_take_chunk(const mp__job_t *job, uint32_t chunk, void *result, size_
   if (len)
     *len = 0;
   if (MP__CHUNK_STATUS(atomic_load(mp__job_state(job, chunk))) == MP__CHUNK_FAILED)
-    return mp__error(task_code(error_at(job, chunk)), "%s", error_at(job, chunk)->msg);
+    return mp__error(task_code(error_at(job, chunk)), "%.*s", MSG_OF(error_at(job, chunk)));
   const char *out = job_output(job, chunk);
   uint64_t need;
   memcpy(&need, out, sizeof need);

@@ -755,6 +755,10 @@ static int take_token(mp_condition_t *cond, uint64_t began) {
 
 static int cond_wait(mp_condition_t *cond, int64_t deadline) {
   MP__TRACE_CLOCK(t0);
+  /* A wait that begins on a corrupt condition says so at once: no notify would end it. */
+  uint32_t batches = cond->batches;
+  if (batches > TOKEN_GENS)
+    return batches_error(batches, "mp_condition_wait");
   uint64_t me = self_token(), began = cond->gen;
   uint32_t seen = atomic_load_explicit(&cond->seq, memory_order_relaxed);
   cond->waiting++;
@@ -827,13 +831,18 @@ int mp_condition_notify(mp_condition_t *cond, int n) {
   int rc = cond_check(cond, "mp_condition_notify");
   if (rc < 0)
     return rc;
+  uint32_t batches = cond->batches; /* read once, as in take_token() */
+  if (batches > TOKEN_GENS) {
+    /* Every sleeper wakes to find the same, rather than sleep through notifies that never
+     * come. */
+    atomic_fetch_add(&cond->seq, 1);
+    mp__futex_wake(&cond->seq, INT32_MAX);
+    return batches_error(batches, "mp_condition_notify");
+  }
   uint32_t free = cond->waiting - cond->tokens;
   uint32_t k = n < 0 ? 0 : (uint32_t)n < free ? (uint32_t)n : free;
   if (k == 0)
     return 0;
-  uint32_t batches = cond->batches; /* read once, as in take_token() */
-  if (batches > TOKEN_GENS)
-    return batches_error(batches, "mp_condition_notify");
   if (batches == TOKEN_GENS) {
     cond->batch[1].n += cond->batch[0].n;
     batches--;

@@ -776,7 +776,7 @@ START_TEST(test_condition_corrupt_batches) {
   for (int k = 0; k < 3; k++)
     MP_ASSERT_ERR(w.rc[k], MP_ECORRUPT);
   MP_ASSERT_OK(mp_condition_acquire(w.cond, 20));
-  MP_ASSERT_ERR(mp_condition_wait(w.cond, 0.05), MP_ECORRUPT);
+  MP_ASSERT_ERR(mp_condition_wait(w.cond, MP_FOREVER), MP_ECORRUPT); /* at once */
   T_ASSERT(mp_condition_notify_all(w.cond) == MP_ECORRUPT, "notify_all");
   MP_ASSERT_OK(mp_condition_release(w.cond));
 
@@ -788,6 +788,18 @@ START_TEST(test_condition_corrupt_batches) {
   MP_ASSERT_OK(mp_condition_release(w.cond));
   T_INT_EQ(pthread_join(t[0], NULL), 0);
   MP_ASSERT_OK(w.rc[0]);
+
+  /* A waiter asleep with no token coming, when the word goes wild: a notify wakes it to
+   * find the same (it slept for ever before). */
+  w = (waiters_t){.cond = w.cond, .timeout = 3600}; /* longer than the test may take */
+  start_waiters(&w, t, 1);
+  uint32_t wild = 1000;
+  memcpy((char *)w.cond + forge.at, &wild, sizeof wild);
+  MP_ASSERT_ERR(mp_condition_notify(w.cond, 1), MP_ECORRUPT);
+  MP_ASSERT_OK(mp_condition_release(w.cond));
+  T_INT_EQ(pthread_join(t[0], NULL), 0);
+  MP_ASSERT_ERR(w.rc[0], MP_ECORRUPT);
+  memcpy((char *)w.cond + forge.at, &sane, sizeof sane);
   mp_condition_close(w.cond);
 }
 END_TEST

@@ -27,7 +27,9 @@
  * of the process send, receive or poll on the end returns at once: later calls answer
  * MP_ECLOSED, and the calls in progress end as they would have (a blocked one still waits
  * for its message or its room), the last of them closing the fds, so that none uses an fd
- * number the close freed for another file.
+ * number the close freed for another file. mp_wait() is not such a call: an end closed
+ * while another thread waits on it may leave that wait watching its fd number until its
+ * timeout (close the end once no thread waits on it).
  */
 #ifndef MP_CONNECTION_H
 #define MP_CONNECTION_H
