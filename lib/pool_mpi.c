@@ -178,7 +178,7 @@ static int take_reply(link_t *k, uint64_t first, uint64_t count, size_t out_len,
   int len = -1, rc = mp__mpi_wait(2, f->reqs, statuses);
   if (rc < 0)
     return rc;
-  size_t at;
+  size_t at = 0; /* set by the check when it passes */
   /* A reply longer than its room ended the job already (MPI_ERR_TRUNCATE is fatal). */
   if (MPI_Get_count(&statuses[0], MPI_BYTE, &len) != MPI_SUCCESS || len < 0)
     len = 0;
