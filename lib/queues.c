@@ -987,7 +987,7 @@ static bool at_maxsize(mp_queue_t *q) {
 
 /* Whether need bytes and one more message fit between head and tail in a ring of cap
  * bytes. Wild words (more bytes committed than the ring holds) make no room: a put that
- * holds the lock tells them apart (put_ring). */
+ * holds the lock tells them apart (room_locked). */
 static bool fits(const mp_queue_t *q, uint64_t head, uint64_t tail, size_t need, uint32_t cap) {
   if (q->maxsize && count_of(head, tail) >= q->maxsize)
     return false;
