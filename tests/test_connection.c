@@ -1133,9 +1133,9 @@ START_TEST(test_close_under_send) {
   MP_ASSERT_OK(mp_conn_recv_alloc(r, &got, &len, 10));
   T_ASSERT(len == big_size && has_pattern(got, len, 1), "the big message");
   free(got);
-  free(big);
   T_INT_EQ(pthread_join(big_thread, NULL), 0);
   T_INT_EQ(pthread_join(small_thread, NULL), 0);
+  free(big); /* only after the join: the send's writev may still be returning */
   MP_ASSERT_OK(big_job.rc);
   MP_ASSERT_OK(small_job.rc);
   off_t misdirected = close_other_file(other);
