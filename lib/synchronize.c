@@ -332,7 +332,8 @@ static void held_add(mp_semaphore_t *sem) {
     held.cap = cap;
   }
   mp__shared_retain(sem);
-  held.sems[held.n++] = sem;
+  held.sems[held.n] = sem;
+  __atomic_store_n(&held.n, held.n + 1, __ATOMIC_RELAXED); /* read unlocked at exit */
   pthread_mutex_unlock(&held.lock);
 }
 
@@ -340,7 +341,8 @@ static void held_remove(mp_semaphore_t *sem) {
   pthread_mutex_lock(&held.lock);
   for (size_t i = 0; i < held.n; i++) {
     if (held.sems[i] == sem) {
-      held.sems[i] = held.sems[--held.n];
+      held.sems[i] = held.sems[held.n - 1];
+      __atomic_store_n(&held.n, held.n - 1, __ATOMIC_RELAXED);
       mp__shared_release(sem);
       break;
     }
@@ -348,10 +350,16 @@ static void held_remove(mp_semaphore_t *sem) {
   pthread_mutex_unlock(&held.lock);
 }
 
+/* Written under the mutex but read without it (mp_semaphore_value): an atomic store, so
+ * that the read races nothing. */
+static void set_value(mp_semaphore_t *sem, int32_t value) {
+  __atomic_store_n(&sem->value, value, __ATOMIC_RELAXED);
+}
+
 static int sem_lock(mp_semaphore_t *sem) {
   int rc = mp__mutex_lock(&sem->mutex, INT64_MAX);
   if (rc == MP_EOWNERDEAD && atomic_load(&sem->redo.valid)) {
-    sem->value = sem->redo.value;
+    set_value(sem, sem->redo.value);
     sem->holders[sem->redo.slot] = sem->redo.holder;
     atomic_store(&sem->redo.valid, 0);
   }
@@ -364,7 +372,7 @@ static void sem_commit(mp_semaphore_t *sem, int32_t value, uint32_t slot, proc_i
   sem->redo.slot = slot;
   sem->redo.holder = holder;
   atomic_store(&sem->redo.valid, 1);
-  sem->value = value;
+  set_value(sem, value);
   sem->holders[slot] = holder;
   atomic_store(&sem->redo.valid, 0);
 }
@@ -469,7 +477,7 @@ int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout) {
         h.count += h.count < UINT32_MAX; /* saturates: reclaim caps at the initial value */
         sem_commit(sem, sem->value - 1, slot, h);
       } else {
-        sem->value--;
+        set_value(sem, sem->value - 1);
       }
       bool dead = sem->reclaimed > 0;
       if (dead)
@@ -527,7 +535,7 @@ int mp_semaphore_release(mp_semaphore_t *sem) {
     h.count--;
     sem_commit(sem, sem->value + 1, slot, h);
   } else {
-    sem->value++;
+    set_value(sem, sem->value + 1);
   }
   atomic_fetch_add(&sem->seq, 1);
   if (atomic_load(&sem->sleepers) > 0)
@@ -570,7 +578,7 @@ static void semaphores_at_exit(void) {
     }
     mp__shared_release(sem);
   }
-  held.n = 0;
+  __atomic_store_n(&held.n, 0, __ATOMIC_RELAXED);
   pthread_mutex_unlock(&held.lock);
 }
 
@@ -596,6 +604,10 @@ int mp_event_set(mp_event_t *event) {
   uint32_t s = atomic_load(&event->state);
   while (!(s & 1) && !atomic_compare_exchange_weak(&event->state, &s, (s + 2) | 1)) {
   }
+  /* Already set: a write all the same, so that what this setter wrote before is ordered
+   * before a waiter's return, as Python's set() (under its lock) orders it. */
+  if (s & 1)
+    atomic_fetch_add(&event->state, 0);
   /* The sleeper counts itself before it reads the state, we after we change it: one of
    * the two sees the other. */
   if (atomic_load(&event->sleepers) > 0)
