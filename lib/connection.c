@@ -178,12 +178,9 @@ static int fd_locked(const mp_conn_t *conn, const in_use_t *use, bool sending,
                    sending ? "receive" : "send");
 }
 
-/* Under the lock: conn's entry, added (no call, not closed) if it has none; NULL if there
+/* Under the lock: a new entry for conn, which has none (no call, not closed); NULL if there
  * is no memory for it. */
-static in_use_t *note_locked(const mp_conn_t *conn) {
-  in_use_t *use = find_in_use(conn);
-  if (use)
-    return use;
+static in_use_t *add_locked(const mp_conn_t *conn) {
   if (in_use.count == in_use.capacity) {
     size_t capacity = in_use.capacity ? 2 * in_use.capacity : 8;
     /* Not realloc: another thread's fork between its free of the old block and the store of
@@ -197,7 +194,7 @@ static in_use_t *note_locked(const mp_conn_t *conn) {
     in_use.capacity = capacity;
     free(old);
   }
-  use = &in_use.ends[in_use.count++];
+  in_use_t *use = &in_use.ends[in_use.count++];
   *use = (in_use_t){conn, 0, false};
   return use;
 }
@@ -211,7 +208,7 @@ static int call_begin(const mp_conn_t *conn, bool sending, const char *what) {
   lock_in_use();
   in_use_t *use = find_in_use(conn);
   int fd = fd_locked(conn, use, sending, what);
-  if (fd >= 0 && !use && !(use = note_locked(conn)))
+  if (fd >= 0 && !use && !(use = add_locked(conn)))
     fd = mp__error(MP_ENOMEM, "%s: no memory to note the call", what);
   if (fd >= 0)
     use->calls++;
@@ -415,8 +412,9 @@ static void ignore_sigpipe(void) {
   atomic_store(&done, true);
 }
 
-/* Writes all of iov, whatever the pipe takes at a time; *wrote tells whether any of it went. */
-static int write_all(int fd, struct iovec *iov, int count, bool *wrote) {
+/* Writes all of iov, whatever the pipe takes at a time; *wrote tells whether any of it went.
+ * Inlined in the send, as it was before mp__conn_write_raw() called it too. */
+static inline __attribute__((always_inline)) int write_all(int fd, struct iovec *iov, int count, bool *wrote) {
   while (count > 0) {
     ssize_t n = writev(fd, iov, count);
     if (n < 0 && errno == EINTR)
@@ -749,7 +747,7 @@ int mp_conn_close(mp_conn_t *conn) {
    * last one out closes the fds (call_end), so that none holds a freed number; else this
    * close does, after the unlock. */
   if (open && !use)
-    use = note_locked(conn);
+    use = add_locked(conn);
   if (open && use) {
     use->closed = true;
     atomic_fetch_add_explicit(&in_use.closing, 1, memory_order_relaxed);
