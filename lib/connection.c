@@ -414,7 +414,8 @@ static void ignore_sigpipe(void) {
 
 /* Writes all of iov, whatever the pipe takes at a time; *wrote tells whether any of it went.
  * Inlined in the send, as it was before mp__conn_write_raw() called it too. */
-static inline __attribute__((always_inline)) int write_all(int fd, struct iovec *iov, int count, bool *wrote) {
+static inline __attribute__((always_inline)) int write_all(int fd, struct iovec *iov, int count,
+                                                           bool *wrote) {
   while (count > 0) {
     ssize_t n = writev(fd, iov, count);
     if (n < 0 && errno == EINTR)

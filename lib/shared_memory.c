@@ -23,10 +23,11 @@
  *    exits and the loser connects to the winner.
  * A process sends one record per create (TRACK: name, with the nameless file's fd, which
  * proves the segment its own: see born_nameless()) and per keep (FORGET), with no reply;
- * an unlink sends nothing, the tracker drops entries whose name is gone as its table grows. It reads records in batches: after a batch it stops asking for
- * more for a millisecond, so that a record sent meanwhile wakes nobody. When the last
- * connection has closed (and the starter's own libmp parent, if any, has ended too: a child
- * started before its program had an arena has a tracker of its own), the tracker stops
+ * an unlink sends nothing, the tracker drops entries whose name is gone as its table grows.
+ * It reads records in batches: after a batch it stops asking for more for a millisecond,
+ * so that a record sent meanwhile wakes nobody. When the last connection has closed (and
+ * the starter's own libmp parent, if any, has ended too: a child started before its program
+ * had an arena has a tracker of its own), the tracker stops
  * listening and unlinks each name it still holds whose file is still the same inode, so a
  * name that someone else has reused since is left alone. It cannot outlive the program by
  * more than that: it has no other reason to live.

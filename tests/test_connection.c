@@ -989,40 +989,15 @@ END_TEST
 /* ===================================================================================== */
 /* Untrusted words and closes under a call.                                              */
 
-/* Where a buggy process writes: two words of the end's object, at offset `at`. */
-typedef struct {
-  mp_conn_t *conn;
-  size_t at;
-  uint32_t words[2];
-} bounds_job_t;
-
-static int child_writes_bounds(void *arg, size_t size) {
-  bounds_job_t *job = arg;
-  if (size != sizeof *job)
-    return 90;
-  memcpy((char *)job->conn + job->at, job->words, sizeof job->words);
-  return 0;
-}
-
-/* The offset of the receiving end's buffer bounds, found by what they hold: [18, 54) after
- * the first of three 10-byte messages is received, [36, 54) after the second. */
+/* The offset of the receiving end's buffer bounds, found by what they hold: [36, 54) after
+ * the first two of three 10-byte messages are received. */
 static size_t find_bounds(mp_conn_t *r) {
-  const uint32_t before[2] = {18, 54}, after[2] = {36, 54};
-  bool candidate[64] = {false};
+  const uint32_t after[2] = {36, 54};
   char buf[16];
   size_t got;
-  MP_ASSERT_OK(mp_conn_recv(r, buf, sizeof buf, &got, 5));
-  for (size_t i = 0; i < 64; i++)
-    candidate[i] = memcmp((char *)r + 4 * i, before, sizeof before) == 0;
-  MP_ASSERT_OK(mp_conn_recv(r, buf, sizeof buf, &got, 5));
-  size_t found = SIZE_MAX;
-  for (size_t i = 0; i < 64; i++)
-    if (candidate[i] && memcmp((char *)r + 4 * i, after, sizeof after) == 0) {
-      T_ASSERT(found == SIZE_MAX, "two places hold the buffer bounds");
-      found = 4 * i;
-    }
-  T_ASSERT(found != SIZE_MAX, "the buffer bounds in the end's object");
-  return found;
+  for (int i = 0; i < 2; i++)
+    MP_ASSERT_OK(mp_conn_recv(r, buf, sizeof buf, &got, 5));
+  return mp_test_find_bytes(r, 256, 4, after, sizeof after);
 }
 
 /* Bounds that another process wrote wild (past the buffer, start after end) are
@@ -1034,11 +1009,10 @@ START_TEST(test_corrupt_bounds) {
   for (int i = 0; i < 3; i++)
     MP_ASSERT_OK(mp_conn_send(w, "xxxxxxxxxx", 10));
   T_ASSERT(mp_conn_poll(r, 5) == 1, "the messages came");
-  bounds_job_t job = {r, find_bounds(r), {0, 2u << 20}};
+  size_t at = find_bounds(r);
   const uint32_t wild[2][2] = {{0, 2u << 20}, {40, 36}};
   for (int c = 0; c < 2; c++) {
-    memcpy(job.words, wild[c], sizeof job.words);
-    mp_test_join_ok(mp_test_start(_i, child_writes_bounds, &job, sizeof job), 30);
+    mp_test_forge(_i, (char *)r + at, wild[c], sizeof wild[c]);
     for (int attempt = 0; attempt < 2; attempt++) {
       char buf[64];
       size_t got = 0;
@@ -1052,7 +1026,7 @@ START_TEST(test_corrupt_bounds) {
     }
   }
   const uint32_t sane[2] = {36, 54};
-  memcpy((char *)r + job.at, sane, sizeof sane);
+  memcpy((char *)r + at, sane, sizeof sane);
   MP_ASSERT_OK(mp_conn_send(w, "last", 4));
   char buf[16];
   size_t got;
@@ -1343,9 +1317,9 @@ START_TEST(test_close_under_wait) {
     bool late = atomic_load(&job.done) < round;
     while (atomic_load(&job.done) < round) /* it ends at its timeout */
       mp_test_sleep(0.01);
-    T_ASSERT(!late, "round %d: the wait slept through the message sent after the close",
-             round);
-    T_ASSERT(job.rc[round] == 1, "round %d: the wait gave %s", round, mp_err_name(job.rc[round]));
+    T_ASSERT(!late, "round %d: the wait slept through the message sent after the close", round);
+    T_ASSERT(job.rc[round] == 1, "round %d: the wait gave %s", round,
+             mp_err_name(job.rc[round]));
     for (int i = 0; i < OTHER_NUMBERS; i++)
       close(other[i]);
     close(empty[1]);
