@@ -680,9 +680,10 @@ START_TEST(test_start_keeps_environ) {
   trace_path(path, sizeof path, "start_environ", 0);
   MP_ASSERT_OK(mp_trace_start(path));
   T_ASSERT(environ == array, "the first mp_trace_start moved environ");
-  T_ASSERT(at >= 0 && trace_var_at(&after) == at && after == count,
-           "LIBMP_TRACE_DIR was at %ld of %zu variables, now at %ld of %zu", at, count,
-           trace_var_at(&after), after);
+  long now = trace_var_at(&after);
+  T_ASSERT(at >= 0 && now == at && after == count,
+           "LIBMP_TRACE_DIR was at %ld of %zu variables, now at %ld of %zu", at, count, now,
+           after);
   MP_ASSERT_OK(mp_trace_stop());
   unlink(path);
 }
