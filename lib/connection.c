@@ -122,9 +122,10 @@ typedef struct {
 
 static struct {
   _Atomic uint32_t lock;
+  _Atomic uint32_t closing; /* entries marked closed: read without the lock at a fork */
   in_use_t *ends;
   size_t count, capacity;
-} in_use = {0, NULL, 0, 0};
+} in_use = {0, 0, NULL, 0, 0};
 
 static void lock_in_use(void) {
   uint32_t was = 0;
@@ -177,6 +178,27 @@ static int fd_locked(const mp_conn_t *conn, const in_use_t *use, bool sending,
                    sending ? "receive" : "send");
 }
 
+/* Under the lock: a new entry for conn, which has none (no call, not closed); NULL if there
+ * is no memory for it. */
+static in_use_t *add_locked(const mp_conn_t *conn) {
+  if (in_use.count == in_use.capacity) {
+    size_t capacity = in_use.capacity ? 2 * in_use.capacity : 8;
+    /* Not realloc: another thread's fork between its free of the old block and the store of
+     * the new one would leave the child a freed list. The new block is stored first. */
+    in_use_t *grown = malloc(capacity * sizeof *grown), *old = in_use.ends;
+    if (!grown)
+      return NULL;
+    if (in_use.count)
+      memcpy(grown, old, in_use.count * sizeof *grown);
+    in_use.ends = grown;
+    in_use.capacity = capacity;
+    free(old);
+  }
+  in_use_t *use = &in_use.ends[in_use.count++];
+  *use = (in_use_t){conn, 0, false};
+  return use;
+}
+
 /* Starts a call on conn: its fd for one direction, which stays this process's until
  * call_end(), or the error. */
 static int call_begin(const mp_conn_t *conn, bool sending, const char *what) {
@@ -186,33 +208,15 @@ static int call_begin(const mp_conn_t *conn, bool sending, const char *what) {
   lock_in_use();
   in_use_t *use = find_in_use(conn);
   int fd = fd_locked(conn, use, sending, what);
-  if (fd >= 0 && !use && in_use.count == in_use.capacity) {
-    size_t capacity = in_use.capacity ? 2 * in_use.capacity : 8;
-    /* Not realloc: another thread's fork between its free of the old block and the store of
-     * the new one would leave the child a freed list. The new block is stored first. */
-    in_use_t *grown = malloc(capacity * sizeof *grown), *old = in_use.ends;
-    if (grown) {
-      if (in_use.count)
-        memcpy(grown, old, in_use.count * sizeof *grown);
-      in_use.ends = grown;
-      in_use.capacity = capacity;
-      free(old);
-    } else {
-      fd = mp__error(MP_ENOMEM, "%s: no memory to note the call", what);
-    }
-  }
-  if (fd >= 0 && !use) {
-    use = &in_use.ends[in_use.count++];
-    *use = (in_use_t){conn, 0, false};
-  }
+  if (fd >= 0 && !use && !(use = add_locked(conn)))
+    fd = mp__error(MP_ENOMEM, "%s: no memory to note the call", what);
   if (fd >= 0)
     use->calls++;
   unlock_in_use();
   return fd;
 }
 
-/* Closes this process's fds of conn (under the lock if other threads may use it); false if
- * it had none. */
+/* Closes this process's fds of conn; false if it had none. */
 static bool close_fds(const mp_conn_t *conn) {
   bool had_read = conn->rkey && mp__fd_unshare(conn->rkey) == 0;
   bool had_write = conn->wkey && mp__fd_unshare(conn->wkey) == 0;
@@ -225,38 +229,80 @@ static void release_here(mp_conn_t *conn) {
     mp__shared_release(pipe_of(conn));
 }
 
+/* Closes an end whose entry says closed with no call left: outside the lock (close() may
+ * block, and is a cancellation point), while the entry keeps every new call out; then drops
+ * the entry and the reference. conn must not be used after. */
+static void finish_close(mp_conn_t *conn) {
+  close_fds(conn);
+  lock_in_use();
+  in_use_t *use = find_in_use(conn);
+  *use = in_use.ends[--in_use.count];
+  atomic_fetch_sub_explicit(&in_use.closing, 1, memory_order_relaxed);
+  unlock_in_use();
+  release_here(conn);
+}
+
 /* Ends a call that call_begin() started; the last one out of an end closed meanwhile closes
  * it, and conn must not be used after. */
 static void call_end(mp_conn_t *conn) {
   lock_in_use();
   in_use_t *use = find_in_use(conn);
-  bool closed = --use->calls == 0 && use->closed;
-  if (use->calls == 0)
+  bool closing = --use->calls == 0 && use->closed;
+  if (use->calls == 0 && !closing)
     *use = in_use.ends[--in_use.count];
-  if (closed)
-    close_fds(conn);
   unlock_in_use();
-  if (closed)
-    release_here(conn);
+  if (closing)
+    finish_close(conn);
 }
 
-/* A forked child has none of the calls of its parent's other threads. Only what needs it
- * is written: an untouched list costs the child no page copy. */
+/*
+ * A forked child has none of the calls of its parent's other threads, but the closes they
+ * deferred are the child's too: it closes those ends' fds, as if the close had finished
+ * before the fork (a peer then sees end of file once the parent's last call is out). For
+ * that the child must see the list whole, so a fork while closes are pending holds the
+ * lock across fork(); a close that comes meanwhile is one after the fork. With none
+ * pending, which is the rule, neither side writes a thing: an untouched page costs the
+ * child (and the parent) no copy.
+ */
+static _Thread_local bool fork_locked; /* this thread's fork holds the lock */
+
+static void in_use_before_fork(void) {
+  if (atomic_load(&in_use.closing)) {
+    lock_in_use();
+    fork_locked = true;
+  }
+}
+
+/* The lock held, closing cannot have changed: it tells whether to look at fork_locked. */
+static void in_use_after_fork_in_parent(void) {
+  if (atomic_load_explicit(&in_use.closing, memory_order_relaxed) && fork_locked) {
+    fork_locked = false;
+    unlock_in_use();
+  }
+}
+
+/* In a forked child, the ends whose close the parent deferred (or was finishing) lose their
+ * fds, if the list was whole at the fork. Not child text: only a child forked while a close
+ * was pending runs it. reduction.c's lock may have been held by a thread of the parent:
+ * reset first, as its own handler does. */
+__attribute__((noinline, cold)) static void forget_closed_in_child(void) {
+  if (fork_locked) {
+    fork_locked = false;
+    mp__fd_after_fork();
+    for (size_t i = 0; i < in_use.count; i++)
+      if (in_use.ends[i].closed)
+        close_fds(in_use.ends[i].conn);
+  }
+  atomic_store_explicit(&in_use.closing, 0, memory_order_relaxed);
+}
+
 MP__CHILD_TEXT static void in_use_after_fork(void) {
+  if (atomic_load_explicit(&in_use.closing, memory_order_relaxed))
+    forget_closed_in_child();
   if (atomic_load_explicit(&in_use.lock, memory_order_relaxed))
     atomic_store_explicit(&in_use.lock, 0, memory_order_relaxed);
   if (in_use.count)
     in_use.count = 0;
-}
-
-int mp__conn_send_fd(const mp_conn_t *conn) {
-  int rc = check_conn(conn, "mp__conn_send_fd");
-  if (rc < 0)
-    return rc;
-  lock_in_use();
-  rc = fd_locked(conn, find_in_use(conn), true, "mp__conn_send_fd");
-  unlock_in_use();
-  return rc;
 }
 
 /* Takes an end's lock for one direction; see "Deaths" above. A cut stream breaks broken and,
@@ -366,8 +412,10 @@ static void ignore_sigpipe(void) {
   atomic_store(&done, true);
 }
 
-/* Writes all of iov, whatever the pipe takes at a time; *wrote tells whether any of it went. */
-static int write_all(int fd, struct iovec *iov, int count, bool *wrote) {
+/* Writes all of iov, whatever the pipe takes at a time; *wrote tells whether any of it went.
+ * Inlined in the send, as it was before mp__conn_write_raw() called it too. */
+static inline __attribute__((always_inline)) int write_all(int fd, struct iovec *iov, int count,
+                                                           bool *wrote) {
   while (count > 0) {
     ssize_t n = writev(fd, iov, count);
     if (n < 0 && errno == EINTR)
@@ -425,6 +473,17 @@ int mp_conn_send_bytes(mp_conn_t *conn, const void *buf, size_t len, size_t offs
 
 int mp_conn_send(mp_conn_t *conn, const void *buf, size_t size) {
   return mp_conn_send_bytes(conn, buf, size, 0, size);
+}
+
+int mp__conn_write_raw(mp_conn_t *conn, const void *data, size_t size) {
+  int fd = call_begin(conn, true, "mp__conn_write_raw");
+  if (fd < 0)
+    return fd;
+  struct iovec iov = {(void *)data, size};
+  bool wrote = false;
+  int rc = size ? write_all(fd, &iov, 1, &wrote) : 0;
+  call_end(conn);
+  return rc < 0 ? mp__error(rc, "mp__conn_write_raw: %s", mp_strerror(rc)) : 0;
 }
 
 /* ------------------------------ receiving ------------------------------ */
@@ -684,15 +743,25 @@ int mp_conn_close(mp_conn_t *conn) {
     return rc;
   lock_in_use();
   in_use_t *use = find_in_use(conn);
-  /* In use: the last call out closes it (call_end), so that no call holds a freed number. */
-  bool closed = use ? use->closed : !close_fds(conn);
-  bool deferred = use && !closed;
-  if (deferred)
+  bool open = use ? !use->closed : open_locked(conn);
+  /* Closed from here on: an entry so marked keeps new calls out. With calls in progress, the
+   * last one out closes the fds (call_end), so that none holds a freed number; else this
+   * close does, after the unlock. */
+  if (open && !use)
+    use = add_locked(conn);
+  if (open && use) {
     use->closed = true;
+    atomic_fetch_add_explicit(&in_use.closing, 1, memory_order_relaxed);
+  }
+  bool now = open && use && use->calls == 0;
+  if (open && !use)
+    close_fds(conn); /* no memory to mark it: closed under the lock, as nothing else can */
   unlock_in_use();
-  if (closed)
+  if (!open)
     return closed_error("mp_conn_close");
-  if (!deferred)
+  if (now)
+    finish_close(conn);
+  else if (!use)
     release_here(conn);
   return 0;
 }
@@ -737,14 +806,11 @@ int mp_process_pass_conn(mp_process_t *proc, mp_conn_t *conn) {
 /* ------------------------------ waiting ------------------------------ */
 
 /* The fd a wait on conn polls: the read fd, or a one-way sender's write fd, which polls
- * POLLERR once the reader has gone. */
+ * POLLERR once the reader has gone. It begins a call, which wait_on() ends: a close
+ * meanwhile is deferred (see "Closing under a call"), so the number stays the end's. */
 static int conn_poll_fd(void *obj) {
   mp_conn_t *conn = obj;
-  lock_in_use();
-  const in_use_t *use = find_in_use(conn);
-  int fd = use && use->closed ? -1 : fd_here(conn->rkey ? conn->rkey : conn->wkey);
-  unlock_in_use();
-  return fd;
+  return call_begin(conn, !conn->rkey, "mp_wait");
 }
 
 static int conn_ready(void *obj) {
@@ -764,7 +830,7 @@ static const mp__waitable_ops_t conn_waitable = {conn_ready, conn_poll_fd};
 __attribute__((constructor(102))) static void register_connections(void) {
   mp__waitable_register(MP__KIND_CONNECTION, &conn_waitable);
   mp__passable_register(MP__KIND_CONNECTION, pass_conn);
-  pthread_atfork(NULL, NULL, in_use_after_fork);
+  pthread_atfork(in_use_before_fork, in_use_after_fork_in_parent, in_use_after_fork);
   /* Read once here, so that its page is mapped before any fork: the handler reads it in
    * every forked child (as queues.c does for its lock). */
   (void)*(volatile const char *)&in_use.lock;
@@ -772,12 +838,16 @@ __attribute__((constructor(102))) static void register_connections(void) {
 
 #define WAIT_ON_STACK 16
 
+typedef struct {
+  const mp__waitable_ops_t *ops;
+  bool call; /* a connection's call, begun by its poll_fd(), which the wait ends */
+} waited_t;
+
 /* Asks every object whether it is ready; the number that are, or an error. */
-static int count_ready(void *const *objects, const mp__waitable_ops_t **ops, size_t n,
-                       bool *ready) {
+static int count_ready(void *const *objects, const waited_t *w, size_t n, bool *ready) {
   int count = 0;
   for (size_t i = 0; i < n; i++) {
-    int r = ops[i]->ready(objects[i]);
+    int r = w[i].ops->ready(objects[i]);
     if (r < 0)
       return r;
     if (ready)
@@ -787,29 +857,37 @@ static int count_ready(void *const *objects, const mp__waitable_ops_t **ops, siz
   return count;
 }
 
-static int wait_on(void *const *objects, const mp__waitable_ops_t **ops, struct pollfd *pfds,
-                   size_t n, int64_t deadline, bool *ready) {
-  bool queues = false;
+/* Finds each object's operations and takes its fd, in w[0 .. *taken) and pfds; 0, or the
+ * error that ends the wait. */
+static int take_fds(void *const *objects, waited_t *w, struct pollfd *pfds, size_t n,
+                    size_t *taken, bool *queues) {
   for (size_t i = 0; i < n; i++) {
-    ops[i] = mp__waitable_find(objects[i]);
-    if (!ops[i])
+    w[i] = (waited_t){mp__waitable_find(objects[i]), false};
+    if (!w[i].ops)
       return mp__error(MP_EINVAL,
                        "mp_wait: objects[%zu] is not a connection end, a queue or "
                        "a process",
                        i);
     /* Each fd first, then readiness: what happens between the two wakes the poll. */
-    int fd = ops[i]->poll_fd(objects[i]);
+    int fd = w[i].ops->poll_fd(objects[i]);
+    w[i].call = fd >= 0 && w[i].ops == &conn_waitable;
+    *taken = i + 1;
     bool queue = *(const uint32_t *)objects[i] == MP__KIND_QUEUE;
     /* A connection or process without an fd is closed or never ends, which ready() tells;
      * a queue without a doorbell (out of fds) could never wake the poll. */
     if (fd < 0 && queue)
       return fd;
-    queues |= queue;
+    *queues |= queue;
     pfds[i] = (struct pollfd){.fd = fd >= 0 ? fd : -1, .events = POLLIN};
   }
+  return 0;
+}
+
+static int poll_until_ready(void *const *objects, const waited_t *w, struct pollfd *pfds,
+                            size_t n, int64_t deadline, bool queues, bool *ready) {
   mp__sigint_t sigint = {NULL, 0};
   for (;;) {
-    int count = count_ready(objects, ops, n, ready);
+    int count = count_ready(objects, w, n, ready);
     if (count != 0 || mp__now_ns() >= deadline)
       return count;
     if (!sigint.counter) /* at the first sleep: no system call when not blocking */
@@ -831,6 +909,19 @@ static int wait_on(void *const *objects, const mp__waitable_ops_t **ops, struct 
   }
 }
 
+static int wait_on(void *const *objects, waited_t *w, struct pollfd *pfds, size_t n,
+                   int64_t deadline, bool *ready) {
+  size_t taken = 0;
+  bool queues = false;
+  int rc = take_fds(objects, w, pfds, n, &taken, &queues);
+  if (rc == 0)
+    rc = poll_until_ready(objects, w, pfds, n, deadline, queues, ready);
+  for (size_t i = 0; i < taken; i++) /* after its last look at the object */
+    if (w[i].call)
+      call_end(objects[i]);
+  return rc;
+}
+
 int mp_wait(void *const *objects, size_t n, double timeout, bool *ready) {
   int64_t deadline = mp__deadline(timeout);
   if (!objects && n > 0)
@@ -841,16 +932,17 @@ int mp_wait(void *const *objects, size_t n, double timeout, bool *ready) {
     mp__poll_fd(-1, 0, deadline); /* poll() ignores a negative fd: a sleep */
     return 0;
   }
-  const mp__waitable_ops_t *ops_space[WAIT_ON_STACK], **ops = ops_space;
+  waited_t w_space[WAIT_ON_STACK], *w = w_space;
   struct pollfd pfd_space[WAIT_ON_STACK], *pfds = pfd_space;
   if (n > WAIT_ON_STACK) {
-    ops = malloc(n * sizeof *ops);
-    pfds = malloc(n * sizeof *pfds);
+    bool fits = n <= PTRDIFF_MAX / sizeof *w; /* the larger of the two */
+    w = fits ? malloc(n * sizeof *w) : NULL;
+    pfds = fits ? malloc(n * sizeof *pfds) : NULL;
   }
-  int rc = ops && pfds ? wait_on(objects, ops, pfds, n, deadline, ready)
-                       : mp__error(MP_ENOMEM, "mp_wait: no memory for %zu objects", n);
+  int rc = w && pfds ? wait_on(objects, w, pfds, n, deadline, ready)
+                     : mp__error(MP_ENOMEM, "mp_wait: no memory for %zu objects", n);
   if (n > WAIT_ON_STACK) {
-    free(ops);
+    free(w);
     free(pfds);
   }
   return rc;

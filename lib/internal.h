@@ -192,9 +192,10 @@ const mp__waitable_ops_t *mp__waitable_find(const void *obj);
 
 /* ----------------------------- connection.c ----------------------------- */
 
-/* This process's fd that conn sends on (or an error): for the frame fuzzer, which writes
- * raw bytes where a peer's frames go. */
-int mp__conn_send_fd(const mp_conn_t *conn);
+/* Writes size raw bytes where conn's frames go (no header, no send lock), inside a call as a
+ * send is, so that a close meanwhile cannot free the fd: 0 or an error. For the frame
+ * fuzzer, which writes what a peer could. */
+int mp__conn_write_raw(mp_conn_t *conn, const void *data, size_t size);
 
 /* ------------------------------- queues.c ------------------------------- */
 

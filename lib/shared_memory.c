@@ -21,12 +21,13 @@
  *    by its arena;
  *  - two processes that start a tracker at once race to bind the name: the loser's tracker
  *    exits and the loser connects to the winner.
- * A process sends one record per create (TRACK: name, device, inode) and per keep
- * (FORGET), with no reply; an unlink sends nothing, the tracker drops entries whose name is
- * gone as its table grows. It reads records in batches: after a batch it stops asking for
- * more for a millisecond, so that a record sent meanwhile wakes nobody. When the last
- * connection has closed (and the starter's own libmp parent, if any, has ended too: a child
- * started before its program had an arena has a tracker of its own), the tracker stops
+ * A process sends one record per create (TRACK: name, with the nameless file's fd, which
+ * proves the segment its own: see born_nameless()) and per keep (FORGET), with no reply;
+ * an unlink sends nothing, the tracker drops entries whose name is gone as its table grows.
+ * It reads records in batches: after a batch it stops asking for more for a millisecond,
+ * so that a record sent meanwhile wakes nobody. When the last connection has closed (and
+ * the starter's own libmp parent, if any, has ended too: a child started before its program
+ * had an arena has a tracker of its own), the tracker stops
  * listening and unlinks each name it still holds whose file is still the same inode, so a
  * name that someone else has reused since is left alone. It cannot outlive the program by
  * more than that: it has no other reason to live.
@@ -291,9 +292,9 @@ static void drop_tracker(void) {
     tracker.child = 0;
 }
 
-/* Sends one record about shm. start: connect (or start the tracker) if not connected;
- * else a process without a connection has nothing to tell. */
-static int tell_tracker(uint32_t op, const mp_shared_memory_t *shm, bool start) {
+/* Sends one record about shm, with fd (-1: none). start: connect (or start the tracker) if
+ * not connected; else a process without a connection has nothing to tell. */
+static int tell_tracker(uint32_t op, const mp_shared_memory_t *shm, int fd, bool start) {
   record_t rec = {.op = op, .dev = shm->dev, .ino = shm->ino};
   size_t name_len = strlen(shm->name);
   memcpy(rec.text, shm->name, name_len + 1);
@@ -302,7 +303,7 @@ static int tell_tracker(uint32_t op, const mp_shared_memory_t *shm, bool start) 
   for (int attempt = 0; attempt < 2 && (start || tracker.sock >= 0); attempt++) {
     if ((rc = ensure_tracker()) < 0)
       break; /* its message says why */
-    rc = mp__send_record(tracker.sock, &rec, offsetof(record_t, text) + name_len + 1, -1);
+    rc = mp__send_record(tracker.sock, &rec, offsetof(record_t, text) + name_len + 1, fd);
     bool gone = rc == -EPIPE || rc == -ECONNRESET || rc == -ENOTCONN || rc == -ECONNREFUSED;
     if (gone)
       drop_tracker(); /* it was killed: start another, once */
@@ -348,6 +349,7 @@ typedef struct {
 typedef struct {
   int listener;
   int dir;    /* /dev/shm: every name is looked up and unlinked in it, never by path */
+  uint64_t dir_dev; /* its file system's device */
   int parent; /* pidfd of the process to outlive, or -1 */
   pid_t parent_pid;
   struct pollfd *fds; /* [0] the listener, [1] the parent, then the connections */
@@ -388,18 +390,37 @@ static void prune(tracker_t *t) {
   t->prune_at = 2 * kept > PRUNE_MIN ? 2 * kept : PRUNE_MIN;
 }
 
-static void track(tracker_t *t, const record_t *rec) {
+/*
+ * Whether fd proves the segment its sender's own, and its device and inode: a file of
+ * /dev/shm opened with O_TMPFILE (open() keeps the flag in the file's status flags), that
+ * is, born nameless of that very open, as mp_shared_memory_create() makes a segment and
+ * registers it before it links it. Any name it has was then given to it by a holder of an
+ * fd of it: never a file that someone else made and named. A record's own device and
+ * inode prove nothing: any process of the user may send them, of any file it can stat.
+ */
+static bool born_nameless(const tracker_t *t, int fd, struct stat *st) {
+  int flags = fd >= 0 ? fcntl(fd, F_GETFL) : -1;
+  return flags >= 0 && (flags & O_TMPFILE) == O_TMPFILE && fstat(fd, st) == 0 &&
+         S_ISREG(st->st_mode) && (uint64_t)st->st_dev == t->dir_dev;
+}
+
+/* A TRACK: false if it is no libmp process's (no proof: hang up). */
+static bool track(tracker_t *t, const record_t *rec, int fd) {
+  struct stat st;
+  if (!born_nameless(t, fd, &st))
+    return false;
   if (t->count >= t->prune_at)
     prune(t);
   if (t->count == t->cap) {
     entry_t *grown = grow(t->entries, &t->cap, sizeof *grown);
     if (!grown)
-      return;
+      return true;
     t->entries = grown;
   }
   char *name = strdup(rec->text);
   if (name)
-    t->entries[t->count++] = (entry_t){rec->dev, rec->ino, name};
+    t->entries[t->count++] = (entry_t){(uint64_t)st.st_dev, (uint64_t)st.st_ino, name};
+  return true;
 }
 
 static void forget(tracker_t *t, const record_t *rec) {
@@ -455,21 +476,26 @@ static void accept_pending(tracker_t *t) {
 static bool serve(tracker_t *t, int sock) {
   for (;;) {
     record_t rec;
-    ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, NULL, MSG_DONTWAIT);
+    int fd = -1;
+    ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, &fd, MSG_DONTWAIT);
+    bool good = n > (ssize_t)offsetof(record_t, text);
+    if (good) {
+      ((char *)&rec)[n] = '\0';
+      /* Any process of the user may connect, one that cannot reach /dev/shm too (chrooted,
+       * sandboxed): a name is checked as the library checks it, so that no record makes the
+       * tracker unlink outside /dev/shm. Its sender is no libmp process: hang up. */
+      good = !name_fault(rec.text);
+    }
+    if (good && rec.op == REC_TRACK)
+      good = track(t, &rec, fd);
+    else if (good && rec.op == REC_FORGET)
+      forget(t, &rec);
+    if (fd >= 0)
+      close(fd);
     if (n == -EAGAIN)
       return true;
-    if (n <= (ssize_t)offsetof(record_t, text))
+    if (!good)
       return false; /* end of file, an error, or a malformed record: hang up */
-    ((char *)&rec)[n] = '\0';
-    /* Any process of the user may connect, one that cannot reach /dev/shm too (chrooted,
-     * sandboxed): a name is checked as the library checks it, so that no record makes the
-     * tracker unlink outside /dev/shm. Its sender is no libmp process: hang up. */
-    if (name_fault(rec.text))
-      return false;
-    if (rec.op == REC_TRACK)
-      track(t, &rec);
-    else if (rec.op == REC_FORGET)
-      forget(t, &rec);
   }
 }
 
@@ -503,7 +529,9 @@ static int listen_at(int first, tracker_t *t) {
     _exit(1);
   memcpy(addr.sun_path + 1, rec.text, len);
   t->dir = open(SHM_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  int rc = t->dir < 0 ? -errno : 0;
+  struct stat dir_st;
+  int rc = t->dir < 0 || fstat(t->dir, &dir_st) < 0 ? -errno : 0;
+  t->dir_dev = rc == 0 ? (uint64_t)dir_st.st_dev : 0;
   int listener =
       rc == 0 ? socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0) : -1;
   if (rc == 0 && listener < 0)
@@ -632,7 +660,7 @@ static int make_segment(mp_shared_memory_t *shm, int *fd_out) {
     shm->dev = (uint64_t)st.st_dev;
     shm->ino = (uint64_t)st.st_ino;
     if (shm->tracked)
-      rc = tell_tracker(REC_TRACK, shm, true);
+      rc = tell_tracker(REC_TRACK, shm, fd, true); /* the nameless file: its proof */
   }
   if (rc == 0) {
     char path[sizeof SHM_DIR + MP_SHARED_MEMORY_NAME_MAX + 1];
@@ -641,7 +669,7 @@ static int make_segment(mp_shared_memory_t *shm, int *fd_out) {
       rc = errno == EEXIST ? MP_EEXIST
                            : mp__syserror("mp_shared_memory_create: linking '%s'", path);
     if (rc < 0 && shm->tracked)
-      tell_tracker(REC_FORGET, shm, false);
+      tell_tracker(REC_FORGET, shm, -1, false);
   }
   if (rc < 0) {
     close(fd);
@@ -695,7 +723,7 @@ int mp_shared_memory_create(mp_shared_memory_t **out, const char *name, size_t s
     path_of(shm->name, path, sizeof path);
     unlink(path);
     if (shm->tracked)
-      tell_tracker(REC_FORGET, shm, false);
+      tell_tracker(REC_FORGET, shm, -1, false);
   }
   if (rc < 0) {
     free(shm);
@@ -821,7 +849,7 @@ int mp_shared_memory_keep(mp_shared_memory_t *shm) {
   int rc = check_handle(shm, "mp_shared_memory_keep");
   if (rc < 0 || !shm->tracked)
     return rc;
-  rc = tell_tracker(REC_FORGET, shm, false);
+  rc = tell_tracker(REC_FORGET, shm, -1, false);
   if (rc == 0)
     shm->tracked = false;
   return rc;

@@ -234,6 +234,52 @@ static inline void mp_test_join_ok(mp_process_t *p, double timeout) {
   T_PROC_CLOSE(p);
 }
 
+/* ------------------------------------------------------------------------------------- */
+/* Forged shared memory: what a buggy or hostile process of the program writes.           */
+
+#define MP_TEST_FORGE_MAX 16
+
+/* size bytes to write at `at`, an address in the arena (the same in every process). */
+typedef struct {
+  void *at;
+  size_t size;
+  unsigned char bytes[MP_TEST_FORGE_MAX];
+} mp_test_forge_t;
+
+/* A child's target: writes the job's bytes at its address. */
+MP_TEST_UNUSED static int mp_test_child_writes(void *arg, size_t size) {
+  const mp_test_forge_t *job = arg;
+  if (size != sizeof *job || job->size > MP_TEST_FORGE_MAX)
+    return 90;
+  memcpy(job->at, job->bytes, job->size);
+  return 0;
+}
+
+/* A child of METHODS[method] writes the size bytes of bytes at `at`: joined, asserted to
+ * have exited with 0, and the bytes asserted to be there. */
+static inline void mp_test_forge(int method, void *at, const void *bytes, size_t size) {
+  mp_test_forge_t job = {at, size, {0}};
+  T_ASSERT(size <= MP_TEST_FORGE_MAX, "%zu bytes to forge, at most %d", size,
+           MP_TEST_FORGE_MAX);
+  memcpy(job.bytes, bytes, size);
+  mp_test_join_ok(mp_test_start(method, mp_test_child_writes, &job, sizeof job), 30);
+  T_ASSERT(memcmp(at, bytes, size) == 0, "the child forged the bytes");
+}
+
+/* The offset, in the first span bytes of obj at multiples of step, of the only place that
+ * holds the size bytes of bytes (asserted: one, no more). */
+static inline size_t mp_test_find_bytes(const void *obj, size_t span, size_t step,
+                                        const void *bytes, size_t size) {
+  size_t found = SIZE_MAX;
+  for (size_t at = 0; at + size <= span; at += step)
+    if (memcmp((const char *)obj + at, bytes, size) == 0) {
+      T_ASSERT(found == SIZE_MAX, "two places hold the bytes: %zu and %zu", found, at);
+      found = at;
+    }
+  T_ASSERT(found != SIZE_MAX, "the bytes in the object's first %zu", span);
+  return found;
+}
+
 /* Runs misuse() in a forked child whose stderr is a pipe, and asserts that the child died of
  * SIGABRT after writing a line that contains want. */
 static inline void mp_test_expect_abort(void (*misuse)(void), const char *want) {

@@ -7,6 +7,7 @@
  */
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -988,40 +989,15 @@ END_TEST
 /* ===================================================================================== */
 /* Untrusted words and closes under a call.                                              */
 
-/* Where a buggy process writes: two words of the end's object, at offset `at`. */
-typedef struct {
-  mp_conn_t *conn;
-  size_t at;
-  uint32_t words[2];
-} bounds_job_t;
-
-static int child_writes_bounds(void *arg, size_t size) {
-  bounds_job_t *job = arg;
-  if (size != sizeof *job)
-    return 90;
-  memcpy((char *)job->conn + job->at, job->words, sizeof job->words);
-  return 0;
-}
-
-/* The offset of the receiving end's buffer bounds, found by what they hold: [18, 54) after
- * the first of three 10-byte messages is received, [36, 54) after the second. */
+/* The offset of the receiving end's buffer bounds, found by what they hold: [36, 54) after
+ * the first two of three 10-byte messages are received. */
 static size_t find_bounds(mp_conn_t *r) {
-  const uint32_t before[2] = {18, 54}, after[2] = {36, 54};
-  bool candidate[64] = {false};
+  const uint32_t after[2] = {36, 54};
   char buf[16];
   size_t got;
-  MP_ASSERT_OK(mp_conn_recv(r, buf, sizeof buf, &got, 5));
-  for (size_t i = 0; i < 64; i++)
-    candidate[i] = memcmp((char *)r + 4 * i, before, sizeof before) == 0;
-  MP_ASSERT_OK(mp_conn_recv(r, buf, sizeof buf, &got, 5));
-  size_t found = SIZE_MAX;
-  for (size_t i = 0; i < 64; i++)
-    if (candidate[i] && memcmp((char *)r + 4 * i, after, sizeof after) == 0) {
-      T_ASSERT(found == SIZE_MAX, "two places hold the buffer bounds");
-      found = 4 * i;
-    }
-  T_ASSERT(found != SIZE_MAX, "the buffer bounds in the end's object");
-  return found;
+  for (int i = 0; i < 2; i++)
+    MP_ASSERT_OK(mp_conn_recv(r, buf, sizeof buf, &got, 5));
+  return mp_test_find_bytes(r, 256, 4, after, sizeof after);
 }
 
 /* Bounds that another process wrote wild (past the buffer, start after end) are
@@ -1033,11 +1009,10 @@ START_TEST(test_corrupt_bounds) {
   for (int i = 0; i < 3; i++)
     MP_ASSERT_OK(mp_conn_send(w, "xxxxxxxxxx", 10));
   T_ASSERT(mp_conn_poll(r, 5) == 1, "the messages came");
-  bounds_job_t job = {r, find_bounds(r), {0, 2u << 20}};
+  size_t at = find_bounds(r);
   const uint32_t wild[2][2] = {{0, 2u << 20}, {40, 36}};
   for (int c = 0; c < 2; c++) {
-    memcpy(job.words, wild[c], sizeof job.words);
-    mp_test_join_ok(mp_test_start(_i, child_writes_bounds, &job, sizeof job), 30);
+    mp_test_forge(_i, (char *)r + at, wild[c], sizeof wild[c]);
     for (int attempt = 0; attempt < 2; attempt++) {
       char buf[64];
       size_t got = 0;
@@ -1051,7 +1026,7 @@ START_TEST(test_corrupt_bounds) {
     }
   }
   const uint32_t sane[2] = {36, 54};
-  memcpy((char *)r + job.at, sane, sizeof sane);
+  memcpy((char *)r + at, sane, sizeof sane);
   MP_ASSERT_OK(mp_conn_send(w, "last", 4));
   char buf[16];
   size_t got;
@@ -1236,6 +1211,127 @@ START_TEST(test_close_races_sends) {
 }
 END_TEST
 
+/* A plain fork() while a close waits for another thread's receive: the child is as after
+ * the close (the end closed there, none of its fds kept), so the peer sees end of file
+ * while the child lives, once the receive in the parent has ended. */
+START_TEST(test_deferred_close_in_forked_child) {
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  call_job_t job = {b, NULL, 0, 1, ""};
+  pthread_t thread;
+  T_INT_EQ(pthread_create(&thread, NULL, thread_receives, &job), 0);
+  mp_test_sleep(0.2 * mp_test_slowdown()); /* in its read */
+  MP_ASSERT_OK(mp_conn_close(b));          /* deferred: the receive is still in it */
+  int hold[2];                             /* the child lives until hold[1] is closed */
+  T_INT_EQ(pipe2(hold, O_CLOEXEC), 0);
+  pid_t child = fork();
+  if (child == 0) {
+    close(hold[1]);
+    int code = !mp_conn_closed(b) ? 70 : mp_conn_send(b, "x", 1) != MP_ECLOSED ? 71 : 0;
+    char byte;
+    while (read(hold[0], &byte, 1) < 0 && errno == EINTR) {
+    }
+    _exit(code);
+  }
+  T_ASSERT(child > 0, "fork: %s", strerror(errno));
+  mp_test_track_pid(child);
+  close(hold[0]);
+  MP_ASSERT_OK(mp_conn_send(a, "wake", 4));
+  T_INT_EQ(pthread_join(thread, NULL), 0);
+  MP_ASSERT_OK(job.rc);
+  char buf[16];
+  size_t len = 0;
+  int rc = mp_conn_recv(a, buf, sizeof buf, &len, 2 * mp_test_slowdown());
+  close(hold[1]);
+  int status = 0;
+  T_INT_EQ(waitpid(child, &status, 0), child);
+  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
+    if (mp_test_pids[i] == child)
+      mp_test_pids[i] = 0; /* reaped */
+  T_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+           "in the child, the end closed in the parent: status %#x", status);
+  T_ASSERT(rc == MP_EEOF, "no end of file while the forked child lives: %s (%zu bytes)",
+           mp_err_name(rc), len);
+  MP_ASSERT_OK(mp_conn_close(a));
+}
+END_TEST
+
+#define WAIT_ROUNDS 40
+#define WAIT_OTHERS 1500
+
+typedef struct {
+  void **objects;
+  _Atomic int round; /* the round the waiter is to start (-1: stop) */
+  _Atomic int done;  /* the last round whose wait returned */
+  int rc[WAIT_ROUNDS];
+} waiter_job_t;
+
+static void *thread_waits(void *arg) {
+  waiter_job_t *job = arg;
+  for (int round = 0; round < WAIT_ROUNDS; round++) {
+    while (atomic_load(&job->round) < round)
+      mp_test_sleep(0.0002);
+    job->rc[round] = mp_wait(job->objects, 1 + WAIT_OTHERS, 3 * mp_test_slowdown(), NULL);
+    atomic_store(&job->done, round);
+  }
+  return NULL;
+}
+
+/* A close while another thread is in mp_wait on the end, at any moment of the wait: the wait
+ * watches the end's own pipe until it returns, so a message sent after the close wakes it,
+ * never an unrelated file opened under the number the close would have freed. The wait's
+ * other objects (one end, many times) make the moments between its look at the end and its
+ * poll long. */
+START_TEST(test_close_under_wait) {
+  mp_conn_t *idle_r, *idle_w;
+  MP_ASSERT_OK(mp_pipe(false, &idle_r, &idle_w));
+  void **objects = malloc((1 + WAIT_OTHERS) * sizeof *objects);
+  T_ASSERT(objects != NULL, "malloc");
+  for (int i = 1; i <= WAIT_OTHERS; i++)
+    objects[i] = idle_r;
+  waiter_job_t job = {objects, -1, -1, {0}};
+  pthread_t thread;
+  T_INT_EQ(pthread_create(&thread, NULL, thread_waits, &job), 0);
+  /* How long a wait takes to reach its poll, from one that times out at once. */
+  double start = mp_test_now();
+  T_INT_EQ(mp_wait(objects + 1, WAIT_OTHERS, 0, NULL), 0);
+  double span = mp_test_now() - start;
+  for (int round = 0; round < WAIT_ROUNDS; round++) {
+    mp_conn_t *r, *w;
+    MP_ASSERT_OK(mp_pipe(false, &r, &w));
+    objects[0] = r;
+    atomic_store(&job.round, round);
+    mp_test_sleep(span * 2 * (round % 8) / 8); /* before, in and after its looks */
+    MP_ASSERT_OK(mp_conn_close(r));
+    int other[OTHER_NUMBERS]; /* a pipe that stays empty, under the freed number */
+    int empty[2];
+    T_INT_EQ(pipe2(empty, O_CLOEXEC), 0);
+    other[0] = empty[0];
+    for (int i = 1; i < OTHER_NUMBERS; i++)
+      T_ASSERT((other[i] = dup(empty[0])) >= 0, "dup: %s", strerror(errno));
+    int sent = mp_conn_send(w, "wake", 4);
+    T_ASSERT(sent == 0 || sent == MP_EEOF, "the send: %s", mp_err_name(sent));
+    double until = mp_test_now() + 2 * mp_test_slowdown();
+    while (atomic_load(&job.done) < round && mp_test_now() < until)
+      mp_test_sleep(0.001);
+    bool late = atomic_load(&job.done) < round;
+    while (atomic_load(&job.done) < round) /* it ends at its timeout */
+      mp_test_sleep(0.01);
+    T_ASSERT(!late, "round %d: the wait slept through the message sent after the close", round);
+    T_ASSERT(job.rc[round] == 1, "round %d: the wait gave %s", round,
+             mp_err_name(job.rc[round]));
+    for (int i = 0; i < OTHER_NUMBERS; i++)
+      close(other[i]);
+    close(empty[1]);
+    MP_ASSERT_OK(mp_conn_close(w));
+  }
+  T_INT_EQ(pthread_join(thread, NULL), 0);
+  free(objects);
+  MP_ASSERT_OK(mp_conn_close(idle_r));
+  MP_ASSERT_OK(mp_conn_close(idle_w));
+}
+END_TEST
+
 static Suite *connection_suite(void) {
   Suite *s = suite_create("connection");
   TCase *tc = mp_test_tcase(s, "messages", 60);
@@ -1271,6 +1367,8 @@ static Suite *connection_suite(void) {
   tcase_add_test(tc, test_close_under_send);
   tcase_add_test(tc, test_close_under_recv);
   tcase_add_test(tc, test_close_races_sends);
+  tcase_add_test(tc, test_deferred_close_in_forked_child);
+  tcase_add_test(tc, test_close_under_wait);
   return s;
 }
 

@@ -1565,36 +1565,19 @@ END_TEST
 /* A page of this process's own memory, outside the arena, that a wild ring word names. */
 static _Alignas(4096) unsigned char victim[8192];
 
-typedef struct {
-  _Atomic uint64_t *ring_word; /* in the arena: the same address in every process */
-  uint64_t forged[2];
-  uint32_t use; /* which forged word the child writes */
-} forge_job_t;
-
-/* The word of q that names its ring: a line-aligned address in the arena, with log2 of the
- * ring's bytes (12: 4 KiB) in its low bits. */
-static _Atomic uint64_t *find_ring_word(mp_queue_t *q) {
-  unsigned char *lo;
-  size_t size;
-  if (!arena_span(&lo, &size))
-    return NULL;
-  for (size_t at = 0; at < 256; at += 8) {
-    uint64_t word;
-    memcpy(&word, (unsigned char *)q + at, sizeof word);
-    uintptr_t base = (uintptr_t)(word & ~(uint64_t)63);
-    if ((word & 63) == 12 && base >= (uintptr_t)lo && base < (uintptr_t)lo + size)
-      return (_Atomic uint64_t *)((unsigned char *)q + at);
-  }
-  return NULL;
+/* A mark of MARK_LEN bytes, this process's own. */
+static void fill_mark(unsigned char mark[MARK_LEN]) {
+  for (size_t i = 0; i < MARK_LEN; i++)
+    mark[i] = (unsigned char)(0x3c ^ (i * 41) ^ getpid());
 }
 
-/* Another process of the program writes the word forged[i] over the ring word. */
-static int t_forge_ring_word(void *arg, size_t size) {
-  const forge_job_t *job = arg;
-  if (size != sizeof *job || job->use >= 2)
-    return 90;
-  atomic_store(job->ring_word, job->forged[job->use]);
-  return 0;
+/* q's ring word, once the mark is q's first record: that record's address (found in the
+ * arena) | 12, log2 of the ring's 4 KiB; its place in q's first 512 bytes, and *word. */
+static unsigned char *ring_word_at(mp_queue_t *q, const unsigned char *mark, uint64_t *word) {
+  unsigned char *ring = arena_find(MARK_LEN, mark, MARK_LEN);
+  T_ASSERT(ring != NULL, "the record in the arena");
+  *word = (uint64_t)(uintptr_t)ring | 12;
+  return (unsigned char *)q + mp_test_find_bytes(q, 512, 8, word, sizeof *word);
 }
 
 /* The ring's word is as untrusted for a put as for a get: one naming memory outside the
@@ -1603,18 +1586,15 @@ static int t_forge_ring_word(void *arg, size_t size) {
 START_TEST(test_corrupt_ring_word_put) {
   mp_queue_t *q;
   MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
-  MP_ASSERT_OK(mp_queue_put(q, "first", 6, 10));
-  _Atomic uint64_t *word = find_ring_word(q);
-  T_ASSERT(word != NULL, "the ring word in the queue");
-  uint64_t good = atomic_load(word);
+  unsigned char mark[MARK_LEN];
+  fill_mark(mark);
+  MP_ASSERT_OK(mp_queue_put(q, mark, MARK_LEN, 10));
+  uint64_t good;
+  unsigned char *word = ring_word_at(q, mark, &good);
   memset(victim, 0, sizeof victim);
-  forge_job_t job = {word, {(uint64_t)(uintptr_t)victim | 12, (good & ~(uint64_t)63) | 40}, 0};
-  for (job.use = 0; job.use < 2; job.use++) {
-    mp_process_t *p;
-    T_PROC_NEW(&p, mp_test_ctx(_i), t_forge_ring_word, &job, sizeof job, NULL);
-    MP_ASSERT_OK(mp_process_start(p));
-    join_ok(p);
-    T_ASSERT(atomic_load(word) == job.forged[job.use], "the child forged the word");
+  const uint64_t forged[] = {(uint64_t)(uintptr_t)victim | 12, (good & ~(uint64_t)63) | 40};
+  for (size_t i = 0; i < sizeof forged / sizeof forged[0]; i++) {
+    mp_test_forge(_i, word, &forged[i], sizeof forged[i]);
     MP_ASSERT_ERR(mp_queue_put(q, "WRITTEN-OUTSIDE-THE-ARENA", 26, 1), MP_ECORRUPT);
     T_ASSERT(strstr(mp_last_error(), "corrupt") &&
                  strstr(mp_last_error(), "not a block of the arena"),
@@ -1623,25 +1603,17 @@ START_TEST(test_corrupt_ring_word_put) {
     for (size_t b = 0; b < sizeof victim; b++)
       T_ASSERT(victim[b] == 0, "byte %zu outside the arena was written", b);
   }
-  atomic_store(word, good);
+  memcpy(word, &good, sizeof good);
   MP_ASSERT_OK(mp_queue_put(q, "second", 7, 10));
-  char buf[16];
+  unsigned char buf[MARK_LEN];
   size_t len = 0;
   MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 10));
-  T_ASSERT(len == 6 && strcmp(buf, "first") == 0, "the first message kept: %zu", len);
+  T_ASSERT(len == MARK_LEN && memcmp(buf, mark, MARK_LEN) == 0, "the first message kept");
   MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 10));
-  T_ASSERT(len == 7 && strcmp(buf, "second") == 0, "the second message: %zu", len);
+  T_ASSERT(len == 7 && strcmp((char *)buf, "second") == 0, "the second message: %zu", len);
   MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
-
-/* The 8-byte word of q's own bytes (its first 512) that equals word, or NULL. */
-static unsigned char *queue_word(mp_queue_t *q, uint64_t word) {
-  for (size_t at = 0; at < 512; at += 8)
-    if (memcmp((unsigned char *)q + at, &word, 8) == 0)
-      return (unsigned char *)q + at;
-  return NULL;
-}
 
 /* The ring's word (its address | log2 of its bytes) is untrusted too: a log2 of 32 or more
  * (a shift past the word's width: the processor took 44 as 12) or an address inside the
@@ -1650,14 +1622,11 @@ START_TEST(test_corrupt_ring_word) {
   mp_queue_t *q;
   MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
   unsigned char mark[MARK_LEN];
-  for (size_t i = 0; i < MARK_LEN; i++)
-    mark[i] = (unsigned char)(0x3c ^ (i * 41) ^ getpid());
+  fill_mark(mark);
   MP_ASSERT_OK(mp_queue_put(q, mark, MARK_LEN, 10));
-  unsigned char *ring = arena_find(MARK_LEN, mark, MARK_LEN); /* its first record */
-  T_ASSERT(ring != NULL, "the record in the arena");
-  uint64_t word = (uint64_t)(uintptr_t)ring | 12;
-  unsigned char *at = queue_word(q, word);
-  T_ASSERT(at != NULL, "the ring's word in the queue");
+  uint64_t word;
+  unsigned char *at = ring_word_at(q, mark, &word);
+  unsigned char *ring = (unsigned char *)(uintptr_t)(word & ~(uint64_t)63);
   const uint64_t wild[] = {(uint64_t)(uintptr_t)ring | 44,
                            (uint64_t)(uintptr_t)(ring + 64) | 12};
   unsigned char got[MARK_LEN];

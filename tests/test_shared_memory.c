@@ -761,48 +761,44 @@ static void to_root_from_shm(char *out, size_t cap) {
 }
 
 /* A plain fork of the test: a program of its own, which creates a segment (starting its
- * tracker), tells the tracker to track `victim` by a path out of /dev/shm, writes the
- * tracker's pid to `report` and ends. */
-static int forge_escape(int report, const char *victim, const char *segment) {
+ * tracker), tells the tracker to track the file `victim`, with its device and inode, under
+ * the name `sent`: once bare and once with an fd of the victim; then writes the tracker's
+ * pid to `report` and ends. */
+static int forge_track(int report, const char *victim, const char *sent, const char *segment) {
   mp_shared_memory_t *shm;
   if (mp_shared_memory_create(&shm, segment, PAGE, 0) != 0)
     return 60;
   pid_t tracker = find_tracker();
-  int sock = connect_to_tracker(tracker);
-  if (sock < 0)
+  int sock = connect_to_tracker(tracker), other = connect_to_tracker(tracker);
+  if (sock < 0 || other < 0)
     return 61;
   struct stat st;
-  if (stat(victim, &st) != 0)
+  int fd = open(victim, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || fstat(fd, &st) != 0)
     return 62;
   forged_t rec = {.op = FORGED_TRACK, .dev = (uint64_t)st.st_dev, .ino = (uint64_t)st.st_ino};
-  char up[128];
-  to_root_from_shm(up, sizeof up);
-  snprintf(rec.text, sizeof rec.text, "%s%s", up, victim + 1);
-  if (send(sock, &rec, offsetof(forged_t, text) + strlen(rec.text) + 1, MSG_NOSIGNAL) < 0)
+  snprintf(rec.text, sizeof rec.text, "%s", sent);
+  size_t len = offsetof(forged_t, text) + strlen(rec.text) + 1;
+  if (send(sock, &rec, len, MSG_NOSIGNAL) < 0 || !send_with_fds(other, &rec, len, &fd, 1))
     return 63;
+  close(fd);
   close(sock);
+  close(other);
   if (write(report, &tracker, sizeof tracker) != (ssize_t)sizeof tracker)
     return 64;
   return mp_shared_memory_close(shm) == 0 ? 0 : 65;
 }
 
-/* A name the tracker is sent is checked there: TRACK of "../../tmp/x" with that file's
- * device and inode leaves the file alone when the program ends, while the program's own
- * segment goes. */
-START_TEST(test_tracker_refuses_paths) {
+/* Runs forge_track in a program of its own and waits for its tracker to end: the victim
+ * must be left, the program's own segment gone. The victim is unlinked after. */
+static void forged_track_leaves(const char *victim, const char *sent, const char *segment) {
   T_INT_EQ(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
-  char victim[128], segment[128];
-  snprintf(victim, sizeof victim, "/tmp/mp_t%d_victim", (int)getpid());
-  seg_name(segment, sizeof segment, "escape", 0);
-  int fd = open(victim, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
-  T_ASSERT(fd >= 0, "creating %s: %s", victim, strerror(errno));
-  close(fd);
   int report[2];
   T_INT_EQ(pipe2(report, O_CLOEXEC), 0);
   pid_t child = fork();
   if (child == 0) {
     close(report[0]);
-    _exit(forge_escape(report[1], victim, segment));
+    _exit(forge_track(report[1], victim, sent, segment));
   }
   T_ASSERT(child > 0, "fork: %s", strerror(errno));
   mp_test_track_pid(child);
@@ -826,6 +822,40 @@ START_TEST(test_tracker_refuses_paths) {
   unlink(victim);
   T_ASSERT(kept, "the tracker unlinked %s", victim);
   T_ASSERT(!segment_exists(segment), "the program's own %s was left", segment);
+}
+
+/* A file made by hand, for a forged record to name. */
+static void make_victim(const char *path) {
+  int fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+  T_ASSERT(fd >= 0, "creating %s: %s", path, strerror(errno));
+  T_INT_EQ(write(fd, "victim", 6), 6);
+  close(fd);
+}
+
+/* A name the tracker is sent is checked there: TRACK of "../../tmp/x" with that file's
+ * device and inode leaves the file alone when the program ends, while the program's own
+ * segment goes. */
+START_TEST(test_tracker_refuses_paths) {
+  char victim[128], segment[128], up[128], sent[512];
+  snprintf(victim, sizeof victim, "/tmp/mp_t%d_victim", (int)getpid());
+  seg_name(segment, sizeof segment, "escape", 0);
+  make_victim(victim);
+  to_root_from_shm(up, sizeof up);
+  snprintf(sent, sizeof sent, "%s%s", up, victim + 1);
+  forged_track_leaves(victim, sent, segment);
+}
+END_TEST
+
+/* The tracker unlinks only what its clients made: a file of /dev/shm that another program
+ * made (here by hand), named by a same-user peer with its device and inode, with or without
+ * an fd of it, is left when the program ends. */
+START_TEST(test_tracker_leaves_other_files) {
+  char name[128], victim[256], segment[128];
+  seg_name(name, sizeof name, "not_ours", 0);
+  snprintf(victim, sizeof victim, "/dev/shm/%s", name);
+  seg_name(segment, sizeof segment, "forger", 0);
+  make_victim(victim);
+  forged_track_leaves(victim, name, segment);
 }
 END_TEST
 
@@ -1016,6 +1046,7 @@ static Suite *shared_memory_suite(void) {
   tcase_add_test(tc, test_bad_input);
   tcase_add_test(tc, test_tracker_closes_passed_fds);
   tcase_add_test(tc, test_tracker_refuses_paths);
+  tcase_add_test(tc, test_tracker_leaves_other_files);
 
   tc = mp_test_tcase(s, "processes", 30);
   tcase_add_loop_test(tc, test_parent_creates_child_attaches, 0, N_METHODS);

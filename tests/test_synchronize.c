@@ -724,33 +724,6 @@ START_TEST(test_condition_notify_counts) {
 }
 END_TEST
 
-/* A buggy process writes a word of a shared object: value at offset at of obj. */
-typedef struct {
-  void *obj;
-  size_t at;
-  uint32_t value;
-} forge_t;
-
-static int child_forges_word(void *arg, size_t size) {
-  forge_t *forge = arg;
-  if (size != sizeof *forge)
-    return 90;
-  memcpy((char *)forge->obj + forge->at, &forge->value, sizeof forge->value);
-  return 0;
-}
-
-/* The offset of the only place in the first 256 bytes of obj that holds these three words. */
-static size_t find_words(const void *obj, const uint32_t words[3]) {
-  size_t found = SIZE_MAX;
-  for (size_t at = 0; at + 12 <= 256; at += 4)
-    if (memcmp((const char *)obj + at, words, 12) == 0) {
-      T_ASSERT(found == SIZE_MAX, "two places hold the words");
-      found = at;
-    }
-  T_ASSERT(found != SIZE_MAX, "the words in the object");
-  return found;
-}
-
 /* The number of token batches, written wild by another process, bounds no move or write:
  * notify and every waiter say MP_ECORRUPT with a sentence, later calls too, and the
  * condition works again once the word is put back. */
@@ -763,8 +736,10 @@ START_TEST(test_condition_corrupt_batches) {
   MP_ASSERT_OK(mp_condition_notify(w.cond, 1));
   /* 3 waiting, 2 tokens, in 2 batches: the word after the first two is the batches. */
   const uint32_t counts[3] = {3, 2, 2};
-  forge_t forge = {w.cond, find_words(w.cond, counts) + 8, 1000};
-  mp_test_join_ok(mp_test_start(_i, child_forges_word, &forge, sizeof forge), 30);
+  char *batches =
+      (char *)w.cond + mp_test_find_bytes(w.cond, 256, 4, counts, sizeof counts) + 8;
+  uint32_t wild = 1000;
+  mp_test_forge(_i, batches, &wild, sizeof wild);
   for (int attempt = 0; attempt < 2; attempt++) {
     MP_ASSERT_ERR(mp_condition_notify(w.cond, 1), MP_ECORRUPT);
     T_ASSERT(strstr(mp_last_error(), "corrupt") && strstr(mp_last_error(), "1000"),
@@ -781,7 +756,7 @@ START_TEST(test_condition_corrupt_batches) {
   MP_ASSERT_OK(mp_condition_release(w.cond));
 
   uint32_t sane = 2;
-  memcpy((char *)w.cond + forge.at, &sane, sizeof sane);
+  memcpy(batches, &sane, sizeof sane);
   w = (waiters_t){.cond = w.cond};
   start_waiters(&w, t, 1);
   MP_ASSERT_OK(mp_condition_notify(w.cond, 1));
@@ -793,13 +768,12 @@ START_TEST(test_condition_corrupt_batches) {
    * find the same (it slept for ever before). */
   w = (waiters_t){.cond = w.cond, .timeout = 3600}; /* longer than the test may take */
   start_waiters(&w, t, 1);
-  uint32_t wild = 1000;
-  memcpy((char *)w.cond + forge.at, &wild, sizeof wild);
+  memcpy(batches, &wild, sizeof wild);
   MP_ASSERT_ERR(mp_condition_notify(w.cond, 1), MP_ECORRUPT);
   MP_ASSERT_OK(mp_condition_release(w.cond));
   T_INT_EQ(pthread_join(t[0], NULL), 0);
   MP_ASSERT_ERR(w.rc[0], MP_ECORRUPT);
-  memcpy((char *)w.cond + forge.at, &sane, sizeof sane);
+  memcpy(batches, &sane, sizeof sane);
   mp_condition_close(w.cond);
 }
 END_TEST

@@ -21,8 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   mp_conn_t *r, *w;
   if (mp_pipe(false, &r, &w) < 0)
     return 0;
-  int fd = mp__conn_send_fd(w);
-  bool written = fd >= 0 && (size == 0 || write(fd, data, size) == (ssize_t)size);
+  bool written = mp__conn_write_raw(w, data, size) == 0;
   mp_conn_close(w);
   for (int i = 0; written && i < 1000; i++) {
     size_t got = 0;
