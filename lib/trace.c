@@ -599,8 +599,8 @@ int mp_trace_start(const char *path) {
                      rc == MP_EINVAL ? "a symbolic link, or not the caller's regular file"
                                      : strerror(-rc));
   }
-  /* In place: the variable is there since start-up (mp__trace_startup()), unless the
-   * program removed it or cleared environ since (the header says when that is safe). */
+  /* In place if a trace was stopped before; else it adds a variable (the header says when
+   * that is safe). */
   if (setenv(ENV_DIR, dir, 1) < 0)
     return mp__syserror("mp_trace_start: setenv");
   pthread_mutex_lock(&T.lock);
@@ -693,11 +693,6 @@ void mp__trace_startup(const char *role) {
                                                  : M_HELPER;
   if (T.method == M_SERVER)
     server_pid = getpid();
-  /* The variable is there from start-up on, empty (no trace), so that mp_trace_start() only
-   * replaces its value, in place: adding it then could move environ under another thread's
-   * spawn (spawn.c's child_environ()) or getenv(). Before main, no such thread runs yet. */
-  if (!getenv(ENV_DIR))
-    setenv(ENV_DIR, "", 0);
   /* Not for a setuid program: another user's environment must not make it write files. */
   const char *dir = secure_getenv(ENV_DIR);
   if (dir && *dir && strlen(dir) < sizeof T.dir) { /* empty: a trace that was stopped */

@@ -668,27 +668,6 @@ START_TEST(test_stop_keeps_environ) {
 }
 END_TEST
 
-/* The first mp_trace_start() of a process moves no environ either: the variable is there,
- * empty, from start-up on, so that starting only replaces its value in place (a thread
- * copying environ for a spawn, or in getenv(), never reads a freed array). */
-START_TEST(test_start_keeps_environ) {
-  extern char **environ;
-  size_t count, after;
-  long at = trace_var_at(&count);
-  char **array = environ;
-  char path[128];
-  trace_path(path, sizeof path, "start_environ", 0);
-  MP_ASSERT_OK(mp_trace_start(path));
-  T_ASSERT(environ == array, "the first mp_trace_start moved environ");
-  long now = trace_var_at(&after);
-  T_ASSERT(at >= 0 && now == at && after == count,
-           "LIBMP_TRACE_DIR was at %ld of %zu variables, now at %ld of %zu", at, count, now,
-           after);
-  MP_ASSERT_OK(mp_trace_stop());
-  unlink(path);
-}
-END_TEST
-
 /* ------------------------------------ MP_TRACE ------------------------------------ */
 
 /* The program MP_TRACE traces: a child of the method, a lock between them. */
@@ -855,7 +834,6 @@ static Suite *trace_suite(void) {
   tcase_add_loop_test(mp_test_tcase(s, "MP_TRACE", 60), test_env_var, 0, N_METHODS);
   tcase_add_loop_test(mp_test_tcase(s, "many events", 120), test_many_events, 0, N_METHODS);
   tcase_add_loop_test(mp_test_tcase(s, "environ", 60), test_stop_keeps_environ, 0, N_METHODS);
-  tcase_add_test(mp_test_tcase(s, "environ at start", 30), test_start_keeps_environ);
   tcase_add_test(mp_test_tcase(s, "merge only own dir", 30), test_merge_only_own_dir);
   tcase_add_test(mp_test_tcase(s, "output path", 30), test_output_path_safe);
   return s;

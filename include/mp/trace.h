@@ -44,12 +44,11 @@
  * path is a symbolic link or not a regular file of the caller's), or the system error of
  * creating the directory or the file.
  * Thread safety: it names the directory to children in the environment variable
- * LIBMP_TRACE_DIR (setenv()). Every process of libmp has that variable from start-up on
- * (empty: no trace; a child ignores it empty), so this call and mp_trace_stop() only replace
- * its value in place, safe while other threads read environ (spawn and forkserver starts,
- * getenv()). Only a program that removed the variable or cleared environ since start-up
- * makes the call add it again, which may move environ: there, call it before other threads
- * start spawn or forkserver children or read the environment.
+ * LIBMP_TRACE_DIR (setenv()). The first call of a process adds that variable, which may move
+ * environ: call it before other threads start spawn or forkserver children or read the
+ * environment (getenv() included), or use MP_TRACE, which starts before main. Later calls,
+ * and mp_trace_stop() (which empties the variable, a child ignores it empty), only replace
+ * its value in place, safe while other threads read environ.
  */
 MP_EXTERN int mp_trace_start(const char *path);
 
