@@ -421,6 +421,27 @@ START_TEST(test_semaphore_threads) {
 }
 END_TEST
 
+/* mp_semaphore_value reads the value without the semaphore's lock while threads acquire and
+ * release: always a value the semaphore had, and (under ThreadSanitizer) no data race. */
+START_TEST(test_semaphore_value_while_used) {
+  permits_t pm = {0};
+  MP_ASSERT_OK(mp_bounded_semaphore_create(&pm.sem, 2));
+  pthread_t t[2];
+  for (int k = 0; k < 2; k++)
+    T_INT_EQ(pthread_create(&t[k], NULL, thread_uses_permits, &pm), 0);
+  int out_of_range = 0;
+  for (int i = 0; i < 20000; i++) {
+    int v = mp_semaphore_value(pm.sem);
+    out_of_range += v < 0 || v > 2;
+  }
+  for (int k = 0; k < 2; k++)
+    T_INT_EQ(pthread_join(t[k], NULL), 0);
+  T_INT_EQ(out_of_range, 0);
+  T_INT_EQ(atomic_load(&pm.violations), 0);
+  mp_semaphore_close(pm.sem);
+}
+END_TEST
+
 /* ================================ Event ================================ */
 
 static int child_event_echo(void *arg, size_t size) {
@@ -508,6 +529,36 @@ START_TEST(test_event_wakes_all_threads) {
     MP_ASSERT_OK((int)(intptr_t)rc);
   }
   mp_event_close(e);
+}
+END_TEST
+
+typedef struct {
+  mp_event_t *event;
+  int data; /* written before the set, read after the wait */
+} setter_t;
+
+static void *thread_writes_then_sets(void *arg) {
+  setter_t *st = arg;
+  st->data = 42;
+  mp_event_set(st->event);
+  return NULL;
+}
+
+/* A set on an event already set still orders the setter's writes before a later waiter's
+ * return, as Python's set() does under its lock (ThreadSanitizer reports the read of data
+ * otherwise: nothing but the sleep would order it). */
+START_TEST(test_event_set_twice_orders) {
+  mp_event_t *event;
+  MP_ASSERT_OK(mp_event_create(&event));
+  MP_ASSERT_OK(mp_event_set(event));
+  setter_t st = {event, 0};
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, thread_writes_then_sets, &st), 0);
+  mp_test_sleep(0.2 * mp_test_slowdown()); /* its set done, on the event already set */
+  MP_ASSERT_OK(mp_event_wait(event, 5));
+  T_INT_EQ(st.data, 42);
+  T_INT_EQ(pthread_join(t, NULL), 0);
+  mp_event_close(event);
 }
 END_TEST
 
@@ -1040,11 +1091,13 @@ static Suite *synchronize_suite(void) {
   tc = mp_test_tcase(s, "semaphore", 30);
   tcase_add_test(tc, test_semaphore_basics);
   tcase_add_test(tc, test_semaphore_threads);
+  tcase_add_test(tc, test_semaphore_value_while_used);
   tcase_add_loop_test(tc, test_semaphore_across_processes, 0, N_METHODS);
   tc = mp_test_tcase(s, "event", 30);
   tcase_add_test(tc, test_event_basics);
   tcase_add_test(tc, test_event_set_then_cleared);
   tcase_add_test(tc, test_event_wakes_all_threads);
+  tcase_add_test(tc, test_event_set_twice_orders);
   tcase_add_loop_test(tc, test_event_across_processes, 0, N_METHODS);
   tc = mp_test_tcase(s, "condition", 30);
   tcase_add_test(tc, test_condition_misuse_and_timeout);
