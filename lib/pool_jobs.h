@@ -108,6 +108,10 @@ typedef struct {
  * process reads its header from its own record instead). Chunks [0, limit) have been fed;
  * chunk c lives in window slot c % window (window = n_chunks for a map). */
 typedef struct {
+  /* What only a worker's warm pages go by (mp__pool_map_output), first: the words that a
+   * task overrunning the block before this one reaches first. */
+  uint64_t block_size; /* bytes of its block */
+  uint64_t block_id;   /* the block's, from the arena: kept when a later job reuses it */
   /* Its number in the pool, which names its slot. Written once as it is published; atomic
    * (relaxed) because another process's release of the job (a pin) is what orders its
    * readers, which ThreadSanitizer does not see. */
@@ -126,8 +130,6 @@ typedef struct {
    * record (mp__jobrec_t). */
   _Atomic uint32_t refs;
   _Atomic uint64_t result_len;     /* an apply's result length */
-  uint64_t block_size;             /* bytes of its block (a worker's warm pages) */
-  uint64_t block_id; /* the block's, from the arena: kept when a later job reuses it */
   uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
   uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
   uint32_t n_counters;
