@@ -1692,8 +1692,12 @@ int mp__jobs_worker_pid(const mp__jobs_t *t, uint32_t w) {
   return atomic_load(&t->sh->workers[w].pid);
 }
 
+/* A copy, terminated: the worker's record is its to write, and may end without a NUL. */
 const char *mp__jobs_worker_error(const mp__jobs_t *t, uint32_t w) {
-  return t->sh->workers[w].error;
+  static __thread char copy[MP__POOL_MSG];
+  memcpy(copy, t->sh->workers[w].error, sizeof copy);
+  copy[sizeof copy - 1] = '\0';
+  return copy;
 }
 
 uint32_t mp__jobs_ready(const mp__jobs_t *t) {

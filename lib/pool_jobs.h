@@ -337,7 +337,8 @@ void mp__jobs_worker_started(mp__jobs_t *t, uint32_t w, int pid);
 void mp__jobs_worker_gone(mp__jobs_t *t, uint32_t w);
 uint32_t mp__jobs_worker_state(const mp__jobs_t *t, uint32_t w);
 int mp__jobs_worker_pid(const mp__jobs_t *t, uint32_t w);
-/* Why a worker's initializer failed (MP__WORKER_INIT_FAILED), or why it exited. */
+/* Why a worker's initializer failed (MP__WORKER_INIT_FAILED), or why it exited: a copy,
+ * terminated, valid in the calling thread until its next call. */
 const char *mp__jobs_worker_error(const mp__jobs_t *t, uint32_t w);
 /* Workers in state READY. */
 uint32_t mp__jobs_ready(const mp__jobs_t *t);
