@@ -224,7 +224,8 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   r->n_counters = job->n_counters = n_workers + 1;
   job->block_size = r->block_size;
   job->block_id = block_id;
-  r->waker = &t->sh->wakers[MP__POOL_SLOTS]; /* until it is published, if ever */
+  /* Until it is published, if ever. */
+  atomic_store_explicit(&r->waker, &t->sh->wakers[MP__POOL_SLOTS], memory_order_relaxed);
   atomic_init(&r->refs, 1);
   atomic_init(&r->abort_code, 0);
   r->fed = 0;
@@ -250,6 +251,7 @@ static inline uint64_t ring_slot(uint32_t chunk, uint64_t n) {
 static inline _Atomic uint64_t *state_in(const void *states, uint64_t window, uint64_t spread,
                                          uint32_t chunk) {
   uint64_t slot = ring_slot(chunk, window);
+  spread &= 63; /* a worker's wild word makes a wrong slot, not a shift past 64 bits */
   if (spread)
     slot = (slot & ((1ull << spread) - 1)) * 8 + (slot >> spread);
   return (_Atomic uint64_t *)states + slot;
@@ -463,7 +465,7 @@ int mp__job_wait(mp__jobrec_t *job, bool (*done)(const mp__jobrec_t *job, void *
    * with one, any handler ends it with EINTR. */
   if (interrupts && deadline == INT64_MAX)
     deadline = INT64_MAX - 1;
-  mp__job_waker_t *waker = job->waker;
+  mp__job_waker_t *waker = atomic_load_explicit(&job->waker, memory_order_relaxed);
   for (;;) {
     uint32_t seen = atomic_load(&waker->wake);
     if (done(job, arg))
@@ -507,8 +509,8 @@ static int job_publish(mp__jobs_t *t, mp__jobrec_t *r, uint64_t seq, int64_t dea
       return mp__error(MP_ETIMEDOUT, "%d jobs are in flight", MP__POOL_SLOTS);
   }
   atomic_store_explicit(&job->seq, seq, memory_order_relaxed);
-  r->seq = seq;
-  r->waker = waker_of(sh, seq);
+  atomic_store_explicit(&r->seq, seq, memory_order_relaxed);
+  atomic_store_explicit(&r->waker, waker_of(sh, seq), memory_order_relaxed);
   atomic_fetch_add(&job->refs, 1); /* the slot's */
   atomic_store_explicit(&sh->slots[seq % MP__POOL_SLOTS].job, job, memory_order_relaxed);
   atomic_store(&sh->slots[seq % MP__POOL_SLOTS].state, seq << 1 | 1);
@@ -588,10 +590,11 @@ static void unpin(mp__pool_shared_t *sh, uint32_t pinner) {
  * wild pin or slot state keeps a block (a leak) or frees one that a worker still writes
  * (its own job's loss), never one that the pool's process still reads. */
 static bool unused(const mp__jobs_t *t, const mp__jobrec_t *r) {
-  if (r->seq && slot_state(t->sh, r->seq) == (r->seq << 1 | 1))
+  uint64_t seq = mp__jobrec_seq(r);
+  if (seq && slot_state(t->sh, seq) == (seq << 1 | 1))
     return false;
-  for (uint32_t i = 0; r->seq && i <= t->n_workers; i++)
-    if (atomic_load(&t->sh->workers[i].pin) == r->seq + 1)
+  for (uint32_t i = 0; seq && i <= t->n_workers; i++)
+    if (atomic_load(&t->sh->workers[i].pin) == seq + 1)
       return false;
   return true;
 }
@@ -846,7 +849,7 @@ static bool settle(mp__pool_shared_t *sh, mp__job_t *job, mp__job_waker_t **late
 static void settle_rec(mp__jobs_t *t, mp__jobrec_t *r) {
   bool last = (!(r->flags & MP__JOB_BATCH) || atomic_load(&r->blk->limit) == r->n_chunks) &&
               mp__job_complete(r);
-  settle_as(t->sh, t->n_workers, r->blk, r->seq, r->flags, last, NULL);
+  settle_as(t->sh, t->n_workers, r->blk, mp__jobrec_seq(r), r->flags, last, NULL);
 }
 
 /* Chunks the parent counts: lost, or aborted. */
@@ -980,7 +983,7 @@ static void job_abort(mp__jobs_t *t, mp__jobrec_t *job, int code) {
   if (aborted)
     count_by_parent(t, job, aborted);
   else
-    wake(job->waker);
+    wake(atomic_load_explicit(&job->waker, memory_order_relaxed));
 }
 
 /* ------------------------------ the table ------------------------------ */
@@ -1226,7 +1229,7 @@ static mp__jobrec_t *take_record(mp__jobs_t *t, mp__job_t *blk, bool batch) {
   }
   r->blk = blk;
   r->orphaned = false; /* before it is linked: no reclaim frees it while it is made */
-  r->seq = 0;
+  atomic_store_explicit(&r->seq, 0, memory_order_relaxed);
   r->prev = NULL;
   r->next = t->jobs;
   if (t->jobs)
@@ -1555,9 +1558,11 @@ int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__jobrec_t **out) 
 static void for_each_running_job(mp__jobs_t *t,
                                  void (*fn)(mp__jobs_t *, mp__jobrec_t *, void *), void *arg) {
   pthread_mutex_lock(&t->lock);
-  for (mp__jobrec_t *r = t->jobs; r; r = r->next)
-    if (r->seq && slot_state(t->sh, r->seq) == (r->seq << 1 | 1))
+  for (mp__jobrec_t *r = t->jobs; r; r = r->next) {
+    uint64_t seq = mp__jobrec_seq(r);
+    if (seq && slot_state(t->sh, seq) == (seq << 1 | 1))
       fn(t, r, arg);
+  }
   pthread_mutex_unlock(&t->lock);
 }
 
@@ -1586,7 +1591,7 @@ static void lose_if_owned(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, uint
 /* The chunk the worker's record names, if that is its job's. */
 static void lose_recorded_chunk(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
   lost_t *lost = arg;
-  if (!lost->found && job->seq + 1 == lost->run_seq)
+  if (!lost->found && mp__jobrec_seq(job) + 1 == lost->run_seq)
     lose_if_owned(t, job, lost->run_chunk, lost->run_item, lost);
 }
 
@@ -1723,7 +1728,7 @@ int mp__job_aborted(const mp__jobrec_t *job) {
 }
 
 void mp__job_wake_waiter(mp__jobrec_t *job) {
-  wake(job->waker);
+  wake(atomic_load_explicit(&job->waker, memory_order_relaxed));
 }
 
 /* A recorded failure's code, one a failure can record (a task's, a function that did not

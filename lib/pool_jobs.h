@@ -160,8 +160,10 @@ struct mp__jobrec_s {
   uint32_t n_chunks, window, spread, n_counters;
   uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs, done_off;
   uint64_t block_size;
-  uint64_t seq;            /* 0 until it is published */
-  mp__job_waker_t *waker;  /* in the pool's shared block */
+  /* Written as it is published (0 until then), read by the supervisor: atomic, relaxed
+   * (mp__jobrec_seq; the slot's state orders the rest). */
+  _Atomic uint64_t seq;
+  _Atomic(mp__job_waker_t *) waker; /* in the pool's shared block */
   /* The owner's reference; a batch's: the table's and one for each apply it may take. */
   _Atomic uint32_t refs;
   _Atomic int32_t abort_code; /* MP_ETERMINATED once the pool was terminated */
@@ -174,6 +176,10 @@ struct mp__jobrec_s {
 
 static inline uint64_t mp__job_seq(const mp__job_t *job) {
   return atomic_load_explicit(&((mp__job_t *)job)->seq, memory_order_relaxed);
+}
+
+static inline uint64_t mp__jobrec_seq(const mp__jobrec_t *job) {
+  return atomic_load_explicit(&((mp__jobrec_t *)job)->seq, memory_order_relaxed);
 }
 
 /* A worker's record, written by the worker (and by the supervisor once it has died). */

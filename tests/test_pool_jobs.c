@@ -247,7 +247,7 @@ START_TEST(test_pinned_job_block_reused) {
   claim(1, &b);
   T_ASSERT(complete(0, &a) && complete(1, &b), "the completions were refused");
   _Atomic uint64_t *pin = &mp__jobs_shared(table)->workers[1].pin;
-  atomic_store(pin, job->seq + 1);
+  atomic_store(pin, mp__jobrec_seq(job) + 1);
   mp__job_t *blk = job->blk;
   mp__jobs_release(table, job);
   atomic_store(pin, 0);
@@ -272,7 +272,7 @@ START_TEST(test_orphan_block_reused_not_reclaimed) {
   claim(0, &a);
   T_ASSERT(complete(0, &a), "the completion was refused");
   _Atomic uint64_t *pin = &mp__jobs_shared(table)->workers[1].pin;
-  atomic_store(pin, job->seq + 1);
+  atomic_store(pin, mp__jobrec_seq(job) + 1);
   mp__job_t *blk = job->blk;
   mp__jobs_release(table, job); /* pinned: an orphan */
   atomic_store(pin, 0);
