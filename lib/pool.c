@@ -361,7 +361,7 @@ static int check_submission(mp_pool_t *pool, const spec_t *s) {
   return 0;
 }
 
-static int submit(mp_pool_t *pool, const spec_t *s, mp__job_t **out) {
+static int submit(mp_pool_t *pool, const spec_t *s, mp__jobrec_t **out) {
   int rc = check_submission(pool, s);
   if (rc < 0)
     return rc;
@@ -402,7 +402,7 @@ static bool with_callbacks(const mp_async_callbacks_t *callbacks) {
 
 /* The request of chunk of job (whose reference it takes over), in its owner's record
  * (zeroed), listed for its callbacks if it has some. */
-static mp_async_result_t *make_request(mp_pool_t *pool, mp__job_t *job, uint32_t chunk,
+static mp_async_result_t *make_request(mp_pool_t *pool, mp__jobrec_t *job, uint32_t chunk,
                                        const mp_async_callbacks_t *callbacks, bool is_apply) {
   bool has_callbacks = with_callbacks(callbacks);
   mp_async_result_t *ar = mp__job_owner(job, chunk);
@@ -433,7 +433,7 @@ int mp__pool_make_result(mp_pool_t *pool, spec_t *s, const mp_async_callbacks_t 
   *out = NULL;
   if (with_callbacks(callbacks))
     s->flags |= MP__JOB_NOTIFY;
-  mp__job_t *job;
+  mp__jobrec_t *job;
   int rc = submit(pool, s, &job);
   if (rc < 0)
     return rc;
@@ -458,7 +458,7 @@ static int make_apply(mp_pool_t *pool, const char *what, mp_task_fn_t fn, const 
     rc = mp__jobs_function(pool->jobs, (mp__fn_t)fn, &spec.fn);
   if (rc < 0)
     return rc;
-  mp__job_t *job;
+  mp__jobrec_t *job;
   uint32_t chunk;
   if ((rc = mp__jobs_apply(pool->jobs, &spec, &job, &chunk)) < 0)
     return mp__error_prefix(rc, "%s", what);
@@ -537,7 +537,7 @@ int mp_pool_apply(mp_pool_t *pool, mp_task_fn_t fn, const void *arg, size_t size
 
 /* ---------------------------- async results ---------------------------- */
 
-static bool result_ready(const mp__job_t *job, void *arg) {
+static bool result_ready(const mp__jobrec_t *job, void *arg) {
   (void)job; /* ar's */
   const mp_async_result_t *ar = arg;
   return result_finished(ar) &&
@@ -557,7 +557,7 @@ static int result_take(const mp_async_result_t *ar, void *result, size_t cap, si
 
 /* Waits on job until can_go_on, ending early on SIGINT (Ctrl-C: the one rule of signals.c,
  * watched only by a wait that blocks, and only once it is about to sleep). */
-static int wait_job(mp__job_t *job, bool (*can_go_on)(const mp__job_t *, void *), void *arg,
+static int wait_job(mp__jobrec_t *job, bool (*can_go_on)(const mp__jobrec_t *, void *), void *arg,
                     double timeout, const char *what) {
   int rc = mp__job_wait(job, can_go_on, arg, timeout > 0,
                         mp__deadline(timeout));
@@ -612,7 +612,7 @@ void mp_async_result_free(mp_async_result_t *ar) {
    * then no read-modify-write, a locked instruction per apply. */
   if (!ar || (atomic_load(&ar->refs) != 1 && atomic_fetch_sub(&ar->refs, 1) != 1))
     return;
-  mp__jobs_release(ar->pool->jobs, ar->job); /* ar is in the job's block: the last use */
+  mp__jobs_release(ar->pool->jobs, ar->job); /* ar is in the job's record: the last use */
 }
 
 /* ------------------------------ iterators ------------------------------ */
@@ -663,7 +663,7 @@ int mp_pool_imap_unordered(mp_pool_t *pool, mp_task_fn_t fn, const void *items, 
   return mp__pool_make_iterator(pool, &s, false, it);
 }
 
-static bool iterator_can_go_on(const mp__job_t *job, void *arg) {
+static bool iterator_can_go_on(const mp__jobrec_t *job, void *arg) {
   const mp_imap_t *it = arg;
   return mp__job_finished_chunk(job, it->ordered, it->next_chunk) >= 0 ||
          mp__job_aborted(job);
@@ -680,7 +680,7 @@ static void take_chunk(mp_imap_t *it) {
 
 /* The next result as the job holds it (a variable-size one with its length first). */
 int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *index, double timeout) {
-  mp__job_t *job = it->job;
+  mp__jobrec_t *job = it->job;
   if (it->active < 0) {
     if (it->taken == job->n_chunks)
       return MP_EEOF;
@@ -703,7 +703,7 @@ int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *index, double timeout
     take_chunk(it); /* the rest of a failed chunk never ran */
     return rc;
   }
-  if (++it->item == mp__job_chunk_items(job, chunk))
+  if (++it->item == mp__job_items(job, chunk))
     take_chunk(it);
   return 0;
 }

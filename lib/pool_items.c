@@ -37,7 +37,7 @@ static int items_max(const char *what, const mp_item_t *items, size_t n, size_t 
  * (NULL if the chunk failed) and, in *count, how many it holds. They are consecutive slots of
  * job->result_size (mp__job_result): the chunk's state is looked at once, and no item costs a
  * division. */
-static const char *chunk_results(const mp__job_t *job, uint64_t first, uint64_t n,
+static const char *chunk_results(const mp__jobrec_t *job, uint64_t first, uint64_t n,
                                  uint64_t *count) {
   uint64_t rest = n - first;
   *count = rest < job->chunksize ? rest : job->chunksize;
@@ -70,7 +70,7 @@ static mp_item_t *shrink_results(mp_item_t *res, size_t n, size_t used) {
 
 /* A complete map's n results as one allocation: n mp_item_t, then their bytes, each
  * rounded up to 8. */
-static int unpack_results(const char *what, const mp__job_t *job, size_t n, size_t result_max,
+static int unpack_results(const char *what, const mp__jobrec_t *job, size_t n, size_t result_max,
                           mp_item_t **out) {
   /* var_slot(result_max) was checked by the submission: the room is result_max rounded up. */
   size_t each, bytes, room = var_slot(result_max) - MP__VARSIZE_HEAD;

@@ -57,7 +57,7 @@ struct mp__jobs_s {
   pthread_mutex_t submit_lock; /* publication in seq order */
   pthread_mutex_t lock;        /* the job list, the spares, the function table */
   pthread_mutex_t apply_lock;  /* the open batch: taken before submit_lock and lock */
-  _Atomic(mp__job_t *) batch;  /* the open batch of applies, with a reference, or NULL */
+  _Atomic(mp__jobrec_t *) batch; /* the open batch of applies, with a reference, or NULL */
   /* The open batch's header as appending reads it, here rather than in the block, whose
    * lines the workers' claims read. */
   uint32_t batch_fn, batch_next;
@@ -68,7 +68,9 @@ struct mp__jobs_s {
   uint64_t batch_room, batch_result_max;
   char *batch_input; /* chunk c's input at batch_input + c * (batch_room + its length) */
   uint64_t next_seq;
-  mp__job_t *jobs;             /* every job not freed, linked by parent_next */
+  uint32_t n_workers, retries; /* the shared block's, which a worker may rewrite */
+  mp__jobrec_t *jobs;          /* the records of every job not freed */
+  mp__jobrec_t *free_recs;     /* records for the next jobs (linked by next) */
   mp__job_t *spares[SPARES];   /* freed jobs' blocks, for the next jobs */
   uint64_t spare_size[SPARES]; /* their sizes: a search reads no block */
   mp__job_t *small[SMALL_SPARES];
@@ -76,11 +78,12 @@ struct mp__jobs_s {
   size_t n_small;
 };
 
-static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes);
-static void job_abort(mp__pool_shared_t *sh, mp__job_t *job, int code);
-static void link_job(mp__jobs_t *t, mp__job_t *job);
-static void keep_for_later(mp__job_t *job);
+static mp__jobrec_t *take_spare(mp__jobs_t *t, uint64_t bytes, bool batch);
+static mp__jobrec_t *take_record(mp__jobs_t *t, mp__job_t *blk, bool batch);
+static void job_abort(mp__jobs_t *t, mp__jobrec_t *job, int code);
+static void keep_for_later(mp__job_t *job, uint64_t size);
 static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk);
+static mp__task_error_t *rec_error(const mp__jobrec_t *r, uint32_t chunk);
 
 /* ------------------------------- the job ------------------------------- */
 
@@ -130,7 +133,7 @@ static uint32_t state_spread(uint64_t window) {
   return s;
 }
 
-static void queue_all(mp__job_t *job);
+static void queue_all(mp__jobrec_t *r);
 
 /*
  * The block: header | state words | error records | done counters | input | output. The
@@ -140,9 +143,9 @@ static void queue_all(mp__job_t *job);
  */
 static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
                       uint64_t item_size, uint64_t result_size, uint64_t chunksize,
-                      uint32_t window, mp__job_t **out) {
+                      uint32_t window, mp__jobrec_t **out) {
   *out = NULL;
-  uint32_t n_workers = t->sh->n_workers;
+  uint32_t n_workers = t->n_workers;
   uint64_t n_chunks = n / chunksize + (n % chunksize != 0); /* n + chunksize - 1 overflows */
   if (n_chunks > UINT32_MAX / 2)
     return mp__error(MP_EINVAL, "%llu chunks: use a larger chunksize",
@@ -152,15 +155,13 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   uint64_t per_slot_in, per_slot_out, out_stride, n_errs = flags & MP__JOB_ITERATOR ? window : 1;
   uint32_t spread = state_spread(window);
   uint64_t n_states = spread ? (uint64_t)8 << spread : window;
-  uint64_t at = sizeof(mp__job_t), states_off, errs_off, done_off, owners_off, input_off,
-           output_off;
+  uint64_t at = sizeof(mp__job_t), states_off, errs_off, done_off, input_off, output_off;
   if (__builtin_mul_overflow(chunksize, item_size, &per_slot_in) ||
       __builtin_mul_overflow(chunksize, result_size, &per_slot_out) ||
       __builtin_add_overflow(per_slot_out, MP__JOB_CANARY, &out_stride) ||
       !place(&at, n_states, sizeof(uint64_t), &states_off) ||
       !place(&at, n_errs, sizeof(mp__task_error_t), &errs_off) ||
       !place(&at, (uint64_t)n_workers + 1, DONE_STRIDE, &done_off) ||
-      !place(&at, flags & MP__JOB_BATCH ? window : 0, MP__JOB_OWNER_BYTES, &owners_off) ||
       !place(&at, window, per_slot_in, &input_off) ||
       !place(&at, window, out_stride, &output_off))
     return mp__error(MP_EINVAL,
@@ -173,62 +174,70 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
     return mp__error(MP_ENOMEM, "a job of %llu bytes does not fit the address space",
                      (unsigned long long)total);
   /* Not zeroed: the input and output are overwritten whole; the rest is set here. A spare
-   * comes linked in the job list already (one hold of the lock), not orphaned. */
-  mp__job_t *spare = take_spare(t, total);
-  mp__job_t *job = spare ? spare : mp__shared_alloc_raw(total);
-  if (!job)
-    return mp__error_prefix(MP_ENOMEM, "no room for a job of %llu bytes",
-                            (unsigned long long)total);
-  static _Atomic uint64_t block_ids;
-  uint64_t block_size = spare ? spare->block_size : total,
-           block_id = spare ? spare->block_id : atomic_fetch_add(&block_ids, 1) + 1;
-  if (!spare) { /* the submitter writes its input, then reads its output */
-    prefault(job, total);
-    atomic_init(&job->orphaned, 0);
-    pthread_mutex_lock(&t->lock);
-    link_job(t, job);
-    pthread_mutex_unlock(&t->lock);
+   * comes with its record, linked in the job list already (one hold of the lock). */
+  bool batch = flags & MP__JOB_BATCH;
+  mp__jobrec_t *r = take_spare(t, total, batch);
+  bool fresh = !r;
+  if (fresh) {
+    mp__job_t *blk = mp__shared_alloc_raw(total);
+    if (blk) { /* the submitter writes its input, then reads its output */
+      prefault(blk, total);
+      pthread_mutex_lock(&t->lock);
+      r = take_record(t, blk, batch);
+      if (r)
+        r->block_size = total;
+      pthread_mutex_unlock(&t->lock);
+      if (!r)
+        mp__shared_release(blk);
+    }
+    if (!r)
+      return mp__error_prefix(MP_ENOMEM, "no room for a job of %llu bytes",
+                              (unsigned long long)total);
   }
-  /* All but the links and the orphan mark, which the lock's holders may be reading or
-   * rewriting (a reclaim, a neighbour's unlink). */
-  size_t links = offsetof(mp__job_t, seq);
+  mp__job_t *job = r->blk;
+  static _Atomic uint64_t block_ids;
+  /* A reused block keeps its id (a worker's warm pages are by id); a wild one only costs
+   * that worker faults. */
+  uint64_t block_id = fresh ? atomic_fetch_add(&block_ids, 1) + 1 : job->block_id;
   /* The error records are left out (a batch's or an iterator's are tens of KiB): only their
    * item is read before a failure writes them whole, and it is set below. A map's state
    * words are all written below: only an iterator's (FREE) are zeroed. */
-  memset((char *)job + links, 0,
-         (flags & MP__JOB_ITERATOR ? errs_off : states_off) - links);
-  /* A batch's owner records are zeroed one by one as its applies are appended: zeroing 64
-   * of them here (6 KiB) cost more than the rest of an apply's submission. */
-  memset((char *)job + done_off, 0, owners_off - done_off);
-  job->block_size = block_size;
+  memset(job, 0, flags & MP__JOB_ITERATOR ? errs_off : states_off);
+  memset((char *)job + done_off, 0, input_off - done_off);
+  r->fn = job->fn = fn;
+  r->flags = job->flags = flags;
+  r->n = job->n = n;
+  r->item_size = job->item_size = item_size;
+  r->result_size = job->result_size = result_size;
+  r->chunksize = job->chunksize = chunksize;
+  r->result_cap = 0;
+  r->n_chunks = job->n_chunks = (uint32_t)n_chunks;
+  r->window = job->window = window;
+  r->spread = job->spread = spread;
+  r->states_off = job->states_off = states_off;
+  r->input_off = job->input_off = input_off;
+  r->output_off = job->output_off = output_off;
+  r->out_stride = job->out_stride = out_stride;
+  r->errs_off = job->errs_off = errs_off;
+  r->n_errs = job->n_errs = n_errs;
+  r->done_off = job->done_off = done_off;
+  r->n_counters = job->n_counters = n_workers + 1;
+  job->block_size = r->block_size;
   job->block_id = block_id;
-  job->waker = &t->sh->wakers[MP__POOL_SLOTS]; /* until it is published, if ever */
-  job->fn = fn;
-  job->flags = flags;
-  job->n = n;
-  job->item_size = item_size;
-  job->result_size = result_size;
-  job->chunksize = chunksize;
-  job->n_chunks = (uint32_t)n_chunks;
-  job->window = window;
-  job->spread = spread;
-  job->states_off = states_off;
-  job->input_off = input_off;
-  job->output_off = output_off;
-  job->out_stride = out_stride;
-  job->errs_off = errs_off;
-  job->n_errs = n_errs;
-  job->done_off = done_off;
-  job->owners_off = owners_off;
-  job->n_counters = n_workers + 1;
+  /* Until it is published, if ever. */
+  atomic_store_explicit(&r->waker, &t->sh->wakers[MP__POOL_SLOTS], memory_order_relaxed);
+  atomic_init(&r->refs, 1);
+  atomic_init(&r->abort_code, 0);
+  r->fed = 0;
+  memset(r->owner, 0, sizeof r->owner);
   for (uint64_t i = 0; i < n_errs; i++)
-    error_at(job, (uint32_t)i)->item = UINT64_MAX;
+    rec_error(r, (uint32_t)i)->item = UINT64_MAX;
   if (!(flags & MP__JOB_ITERATOR)) {
-    queue_all(job);
-    atomic_init(&job->limit, job->n_chunks);
+    queue_all(r);
+    atomic_init(&job->limit, r->n_chunks);
   }
   atomic_init(&job->refs, 1);
-  *out = job;
+  *out = r;
   return 0;
 }
 
@@ -238,19 +247,43 @@ static inline uint64_t ring_slot(uint32_t chunk, uint64_t n) {
   return chunk < n ? chunk : chunk % n;
 }
 
-_Atomic uint64_t *mp__job_state(const mp__job_t *job, uint32_t chunk) {
-  uint64_t slot = ring_slot(chunk, job->window), spread = job->spread;
+/* Chunk's state word among those at states, of a window laid out by spread. */
+static inline _Atomic uint64_t *state_in(const void *states, uint64_t window, uint64_t spread,
+                                         uint32_t chunk) {
+  uint64_t slot = ring_slot(chunk, window);
+  spread &= 63; /* a worker's wild word makes a wrong slot, not a shift past 64 bits */
   if (spread)
     slot = (slot & ((1ull << spread) - 1)) * 8 + (slot >> spread);
-  return (_Atomic uint64_t *)((char *)job + job->states_off) + slot;
+  return (_Atomic uint64_t *)states + slot;
+}
+
+_Atomic uint64_t *mp__job_state(const mp__job_t *job, uint32_t chunk) {
+  return state_in((const char *)job + job->states_off, job->window, job->spread, chunk);
+}
+
+/* The pool's process's accessors: the same layout, by the header of the job's record. */
+static _Atomic uint64_t *rec_state(const mp__jobrec_t *r, uint32_t chunk) {
+  return state_in((const char *)r->blk + r->states_off, r->window, r->spread, chunk);
+}
+
+static void *rec_input(const mp__jobrec_t *r, uint32_t chunk) {
+  return (char *)r->blk + r->input_off + ring_slot(chunk, r->window) * r->chunksize * r->item_size;
+}
+
+static void *rec_output(const mp__jobrec_t *r, uint32_t chunk) {
+  return (char *)r->blk + r->output_off + ring_slot(chunk, r->window) * r->out_stride;
+}
+
+static mp__task_error_t *rec_error(const mp__jobrec_t *r, uint32_t chunk) {
+  return (mp__task_error_t *)((char *)r->blk + r->errs_off) + ring_slot(chunk, r->n_errs);
 }
 
 /* Every chunk of a map queued, its state words written in the order they lie (a spread
  * map's line l holds chunks l, l + 2^spread, ...; a slot past the last chunk holds none). */
-static void queue_all(mp__job_t *job) {
-  _Atomic uint64_t *states = (_Atomic uint64_t *)((char *)job + job->states_off);
-  uint64_t n = job->n_chunks, lines = job->spread ? (uint64_t)1 << job->spread : n,
-           per_line = job->spread ? 8 : 1;
+static void queue_all(mp__jobrec_t *r) {
+  _Atomic uint64_t *states = (_Atomic uint64_t *)((char *)r->blk + r->states_off);
+  uint64_t n = r->n_chunks, lines = r->spread ? (uint64_t)1 << r->spread : n,
+           per_line = r->spread ? 8 : 1;
   for (uint64_t l = 0; l < lines; l++, states += per_line)
     for (uint64_t i = 0, c = l; i < per_line; i++, c += lines)
       atomic_init(&states[i], c < n ? MP__CHUNK_STATE(c, 0, 0, MP__CHUNK_QUEUED)
@@ -270,39 +303,44 @@ static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk) {
   return (mp__task_error_t *)((char *)job + job->errs_off) + ring_slot(chunk, job->n_errs);
 }
 
-const mp__task_error_t *mp__job_error(const mp__job_t *job, uint32_t chunk) {
-  return error_at(job, chunk);
+/* The items of chunk, of a job of n items in chunks of chunksize (none past the last). */
+static inline uint64_t items_of(uint64_t n, uint64_t chunksize, uint32_t chunk) {
+  uint64_t first = (uint64_t)chunk * chunksize;
+  if (first >= n)
+    return 0;
+  return n - first < chunksize ? n - first : chunksize;
 }
 
 uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk) {
-  uint64_t first = (uint64_t)chunk * job->chunksize;
-  return job->n - first < job->chunksize ? job->n - first : job->chunksize;
+  return items_of(job->n, job->chunksize, chunk);
+}
+
+uint64_t mp__job_items(const mp__jobrec_t *job, uint32_t chunk) {
+  return items_of(job->n, job->chunksize, chunk);
 }
 
 static bool job_unref(mp__job_t *job) {
   return atomic_fetch_sub(&job->refs, 1) == 1;
 }
 
-/* A batch's references in the pool's process (the table's, its requests'), which together
- * hold one in refs: counted apart, on a line of the owner's record that no worker reads, so
- * that appending an apply writes no line of the header that workers write. */
-static _Atomic uint32_t *batch_refs(mp__job_t *job) {
-  return (_Atomic uint32_t *)&job->owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t) - 1];
-}
-
-static void record_error(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint64_t item,
-                         int code, const char *msg) {
-  mp__task_error_t *e = error_at(job, chunk);
+/* A failure in record e of a job (an iterator's keeps each; a map's its lowest item). */
+static void record_error_in(mp__pool_shared_t *sh, mp__task_error_t *e, bool iterator,
+                            uint64_t item, int code, const char *msg) {
   /* A holder that died could only leave a half-written message: still a message. */
   int rc = mp__mutex_lock(&sh->err_lock, INT64_MAX);
   if (rc < 0 && rc != MP_EOWNERDEAD)
     return;
-  if ((job->flags & MP__JOB_ITERATOR) || item < e->item) {
+  if (iterator || item < e->item) {
     e->item = item;
     e->code = code;
     snprintf(e->msg, sizeof e->msg, "%s", msg);
   }
   mp__mutex_unlock(&sh->err_lock);
+}
+
+static void record_error(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint64_t item,
+                         int code, const char *msg) {
+  record_error_in(sh, error_at(job, chunk), job->flags & MP__JOB_ITERATOR, item, code, msg);
 }
 
 /* ------------------------------ waking up ------------------------------ */
@@ -315,11 +353,11 @@ void mp__pool_notify(int fd) {
 }
 
 /* The idle worker that went idle last, taken (its ticket cleared), or -1. */
-static int64_t take_idle_worker(mp__pool_shared_t *sh) {
+static int64_t take_idle_worker(mp__pool_shared_t *sh, uint32_t n_workers) {
   for (;;) {
     int64_t best = -1;
     uint64_t best_ticket = 0;
-    for (uint32_t w = 0; w < sh->n_workers; w++) {
+    for (uint32_t w = 0; w < n_workers; w++) {
       uint64_t t = atomic_load(&sh->workers[w].idle_ticket);
       if (t > best_ticket)
         best = w, best_ticket = t;
@@ -330,10 +368,11 @@ static int64_t take_idle_worker(mp__pool_shared_t *sh) {
   }
 }
 
-static void wake_workers(mp__pool_shared_t *sh, int n) {
+/* n_workers: the table's, in the pool's process (the shared block's may be wild). */
+static void wake_workers(mp__pool_shared_t *sh, uint32_t n_workers, int n) {
   atomic_fetch_add(&sh->work, 1);
   for (int i = 0; i < n && atomic_load(&sh->idle) > 0; i++) {
-    int64_t w = take_idle_worker(sh);
+    int64_t w = take_idle_worker(sh, n_workers);
     if (w < 0)
       return;
     atomic_fetch_add(&sh->workers[w].wake, 1);
@@ -391,8 +430,9 @@ static void wake(mp__job_waker_t *waker) {
   }
 }
 
-static void wake_waiter(mp__job_t *job) {
-  wake(job->waker);
+/* The waker of the job of seq (0: never published), in the pool's shared block. */
+static mp__job_waker_t *waker_of(mp__pool_shared_t *sh, uint64_t seq) {
+  return &sh->wakers[seq ? seq % MP__POOL_SLOTS : MP__POOL_SLOTS];
 }
 
 /* Wakes whoever sleeps on waker, counted or not: a worker killed inside wake(), between the
@@ -402,7 +442,7 @@ static void wake_uncounted(mp__job_waker_t *waker) {
   mp__futex_wake(&waker->wake, INT32_MAX);
 }
 
-int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
+int mp__job_wait(mp__jobrec_t *job, bool (*done)(const mp__jobrec_t *job, void *arg), void *arg,
                  bool interruptible, int64_t deadline) {
   /* The count is read before the spin (one load), so a SIGINT during it is seen too. */
   uint32_t base = interruptible ? mp__sigint_count() : 0;
@@ -425,7 +465,7 @@ int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), 
    * with one, any handler ends it with EINTR. */
   if (interrupts && deadline == INT64_MAX)
     deadline = INT64_MAX - 1;
-  mp__job_waker_t *waker = job->waker;
+  mp__job_waker_t *waker = atomic_load_explicit(&job->waker, memory_order_relaxed);
   for (;;) {
     uint32_t seen = atomic_load(&waker->wake);
     if (done(job, arg))
@@ -453,7 +493,9 @@ static bool slot_free_for(mp__pool_shared_t *sh, uint64_t seq) {
   return !(s & 1) && (s >> 1) + MP__POOL_SLOTS <= seq;
 }
 
-static int job_publish(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq, int64_t deadline) {
+static int job_publish(mp__jobs_t *t, mp__jobrec_t *r, uint64_t seq, int64_t deadline) {
+  mp__pool_shared_t *sh = t->sh;
+  mp__job_t *job = r->blk;
   for (;;) {
     uint32_t seen = atomic_load(&sh->slot_free);
     if (slot_free_for(sh, seq))
@@ -467,52 +509,61 @@ static int job_publish(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq, int6
       return mp__error(MP_ETIMEDOUT, "%d jobs are in flight", MP__POOL_SLOTS);
   }
   atomic_store_explicit(&job->seq, seq, memory_order_relaxed);
-  job->waker = &sh->wakers[seq % MP__POOL_SLOTS];
+  atomic_store_explicit(&r->seq, seq, memory_order_relaxed);
+  atomic_store_explicit(&r->waker, waker_of(sh, seq), memory_order_relaxed);
   atomic_fetch_add(&job->refs, 1); /* the slot's */
   atomic_store_explicit(&sh->slots[seq % MP__POOL_SLOTS].job, job, memory_order_relaxed);
-  /* What made the job is ordered before a reclaim that finds it orphaned by a worker. */
-  MP__TSAN_RELEASE(&job->orphaned);
   atomic_store(&sh->slots[seq % MP__POOL_SLOTS].state, seq << 1 | 1);
   atomic_store(&sh->next_seq, seq + 1);
   /* A terminate whose abort scanned the slots before this one was filled does not see this
    * job: it set the flag first, so the job is aborted here (both sides are sequentially
    * consistent: one of them sees the other). */
   if (atomic_load(&sh->flags) & MP__POOL_TERMINATED)
-    job_abort(sh, job, MP_ETERMINATED);
+    job_abort(t, r, MP_ETERMINATED);
   return 0;
 }
 
 /* Chunk next of a fed job (an iterator's, a batch's), its input written, is queued and a
  * worker woken if one is idle: false if the job was aborted or closed meanwhile, and then
  * the chunk was counted as such. */
-static bool queue_chunk(mp__pool_shared_t *sh, mp__job_t *job, _Atomic uint64_t *state,
+static bool queue_chunk(mp__jobs_t *t, mp__job_t *job, _Atomic uint64_t *state,
                         uint32_t next) {
   /* Released by the limit's compare-and-swap, which a claimer reads first. */
   atomic_store_explicit(state, MP__CHUNK_STATE(next, 0, 0, MP__CHUNK_QUEUED),
                         memory_order_release);
   if (!atomic_compare_exchange_strong(&job->limit, &next, next + 1))
     return false;
-  wake_workers(sh, 1);
+  wake_workers(t->sh, t->n_workers, 1);
   return true;
 }
 
-static bool job_feed(mp__pool_shared_t *sh, mp__job_t *job, const void *items) {
-  uint32_t next = atomic_load(&job->limit);
+/* Chunks are fed by the iterator's owner, one thread: its record counts them (the block's
+ * limit, a worker's to write, only tells the workers). */
+static bool job_feed(mp__jobs_t *t, mp__jobrec_t *job, const void *items) {
+  uint32_t next = job->fed;
   if (next >= job->n_chunks || atomic_load(&job->abort_code))
     return false;
-  _Atomic uint64_t *state = mp__job_state(job, next);
+  _Atomic uint64_t *state = rec_state(job, next);
   if (next >= job->window && MP__CHUNK_STATUS(atomic_load(state)) != MP__CHUNK_FREE)
     return false; /* the chunk a window earlier has not been taken yet */
   uint64_t first = (uint64_t)next * job->chunksize;
   if (job->item_size) {
-    memcpy(job_input(job, next), (const char *)items + first * job->item_size,
-           mp__job_chunk_items(job, next) * job->item_size);
+    memcpy(rec_input(job, next), (const char *)items + first * job->item_size,
+           mp__job_items(job, next) * job->item_size);
     /* Sent whole, a slot's unused tail and padding too: memcheck does not see worker
      * processes write, so bytes left undefined here would stay so when this block later
      * holds another job's results. */
-    MP__SCANNED(job_input(job, next), mp__job_chunk_items(job, next) * job->item_size);
+    MP__SCANNED(rec_input(job, next), mp__job_items(job, next) * job->item_size);
   }
-  return queue_chunk(sh, job, state, next);
+  if (!queue_chunk(t, job->blk, state, next)) {
+    /* Not aborted, a limit that moved is a worker's wild write: fail the job rather than
+     * wait for a chunk nobody will run. */
+    if (!atomic_load(&job->abort_code))
+      job_abort(t, job, MP_ECORRUPT);
+    return false;
+  }
+  job->fed = next + 1;
+  return true;
 }
 
 /* ------------------------------- pinning ------------------------------- */
@@ -534,9 +585,16 @@ static void unpin(mp__pool_shared_t *sh, uint32_t pinner) {
   atomic_store_explicit(&sh->workers[pinner].pin, 0, memory_order_release);
 }
 
-static bool unpinned(const mp__pool_shared_t *sh, const mp__job_t *job) {
-  for (uint32_t i = 0; i <= sh->n_workers; i++)
-    if (atomic_load(&sh->workers[i].pin) == mp__job_seq(job) + 1)
+/* No worker (nor the supervisor) has the job pinned, and its slot let go of it: its block
+ * is the pool's process's alone. By the record's seq and the table's count of workers: a
+ * wild pin or slot state keeps a block (a leak) or frees one that a worker still writes
+ * (its own job's loss), never one that the pool's process still reads. */
+static bool unused(const mp__jobs_t *t, const mp__jobrec_t *r) {
+  uint64_t seq = mp__jobrec_seq(r);
+  if (seq && slot_state(t->sh, seq) == (seq << 1 | 1))
+    return false;
+  for (uint32_t i = 0; seq && i <= t->n_workers; i++)
+    if (atomic_load(&t->sh->workers[i].pin) == seq + 1)
       return false;
   return true;
 }
@@ -711,19 +769,33 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
 
 /* The chunks counted as done: each worker's counter (written by that worker alone, and by
  * the supervisor once it has died), and the parent's. */
-static _Atomic uint64_t *done_by(const mp__job_t *job, uint32_t w) {
-  return (_Atomic uint64_t *)((char *)job + job->done_off + (uint64_t)w * DONE_STRIDE);
+static _Atomic uint64_t *counter_at(const void *counters, uint32_t w) {
+  return (_Atomic uint64_t *)((const char *)counters + (uint64_t)w * DONE_STRIDE);
 }
 
-static uint64_t job_done(const mp__job_t *job) {
+static _Atomic uint64_t *done_by(const mp__job_t *job, uint32_t w) {
+  return counter_at((const char *)job + job->done_off, w);
+}
+
+static _Atomic uint64_t *rec_done_by(const mp__jobrec_t *r, uint32_t w) {
+  return counter_at((const char *)r->blk + r->done_off, w);
+}
+
+/* The chunks counted in n counters at counters. A wild count makes a job look complete or
+ * not, which its results then say. */
+static uint64_t count_done(const void *counters, uint32_t n) {
   uint64_t done = 0;
-  for (uint32_t i = 0; i < job->n_counters; i++)
-    done += atomic_load(done_by(job, i)) >> 1;
+  for (uint32_t i = 0; i < n; i++)
+    done += atomic_load(counter_at(counters, i)) >> 1;
   return done;
 }
 
-bool mp__job_complete(const mp__job_t *job) {
-  return job_done(job) >= job->n_chunks;
+static uint64_t job_done(const mp__job_t *job) {
+  return count_done((const char *)job + job->done_off, job->n_counters);
+}
+
+bool mp__job_complete(const mp__jobrec_t *job) {
+  return count_done((const char *)job->blk + job->done_off, job->n_counters) >= job->n_chunks;
 }
 
 /* After chunks were counted: wakes the waiter, and if the job is complete, frees its slot.
@@ -736,32 +808,28 @@ bool mp__job_complete(const mp__job_t *job) {
  * pinned this one, whose block the next job could not then reuse. Returns whether the
  * supervisor is to be told (callbacks, or a block whose last reference this dropped), which
  * the caller also does once it has unpinned the job. */
-static bool settle(mp__pool_shared_t *sh, mp__job_t *job, mp__job_waker_t **later) {
-  /* An open batch (chunks never appended yet, and not counted) cannot be complete: its
-   * workers' counters are not read at every apply. */
-  bool last = (!(job->flags & MP__JOB_BATCH) || atomic_load(&job->limit) == job->n_chunks) &&
-              mp__job_complete(job);
-  uint64_t seq = mp__job_seq(job), active = seq << 1 | 1;
+static bool settle_as(mp__pool_shared_t *sh, uint32_t n_workers, mp__job_t *job, uint64_t seq,
+                      uint32_t flags, bool last, mp__job_waker_t **later) {
+  uint64_t active = seq << 1 | 1;
   if (!last || !atomic_compare_exchange_strong(&sh->slots[seq % MP__POOL_SLOTS].state, &active,
                                                seq << 1)) {
-    if (last || (job->flags & MP__JOB_WAKE_EACH))
-      wake_waiter(job);
+    if (last || (flags & MP__JOB_WAKE_EACH))
+      wake(waker_of(sh, seq));
     /* A batch's applies each have their callbacks, run as each completes. */
-    return (job->flags & (MP__JOB_BATCH | MP__JOB_NOTIFY)) == (MP__JOB_BATCH | MP__JOB_NOTIFY);
+    return (flags & (MP__JOB_BATCH | MP__JOB_NOTIFY)) == (MP__JOB_BATCH | MP__JOB_NOTIFY);
   }
-  bool notify = job->flags & MP__JOB_NOTIFY;
+  bool notify = flags & MP__JOB_NOTIFY;
   advance_oldest(sh, seq);
   atomic_fetch_add(&sh->slot_free, 1);
   if (atomic_load(&sh->slot_waiters) > 0)
     mp__futex_wake(&sh->slot_free, INT32_MAX);
   if (atomic_load(&sh->flags) & MP__POOL_CLOSED)
-    wake_workers(sh, INT32_MAX); /* idle workers may exit now */
-  /* The parent frees blocks: tell it when the slot's reference was the last. */
-  mp__job_waker_t *waker = job->waker;
-  if (job_unref(job)) { /* still pinned: the block is not freed under us */
-    atomic_store(&job->orphaned, 1);
+    wake_workers(sh, n_workers, INT32_MAX); /* idle workers may exit now */
+  /* The parent frees blocks: tell it when the slot's reference was the last (the job still
+   * pinned: the block is not freed under us). */
+  mp__job_waker_t *waker = waker_of(sh, seq);
+  if (job_unref(job))
     notify = true;
-  }
   if (later)
     *later = waker;
   else
@@ -769,10 +837,25 @@ static bool settle(mp__pool_shared_t *sh, mp__job_t *job, mp__job_waker_t **late
   return notify;
 }
 
+/* settle_as for a worker, by the block's header. An open batch (chunks never appended yet,
+ * and not counted) cannot be complete: its workers' counters are not read at every apply. */
+static bool settle(mp__pool_shared_t *sh, mp__job_t *job, mp__job_waker_t **later) {
+  bool last = (!(job->flags & MP__JOB_BATCH) || atomic_load(&job->limit) == job->n_chunks) &&
+              job_done(job) >= job->n_chunks;
+  return settle_as(sh, sh->n_workers, job, mp__job_seq(job), job->flags, last, later);
+}
+
+/* settle_as for the pool's process, by the job's record. */
+static void settle_rec(mp__jobs_t *t, mp__jobrec_t *r) {
+  bool last = (!(r->flags & MP__JOB_BATCH) || atomic_load(&r->blk->limit) == r->n_chunks) &&
+              mp__job_complete(r);
+  settle_as(t->sh, t->n_workers, r->blk, mp__jobrec_seq(r), r->flags, last, NULL);
+}
+
 /* Chunks the parent counts: lost, or aborted. */
-static void count_by_parent(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunks) {
-  atomic_fetch_add(done_by(job, job->n_counters - 1), (uint64_t)chunks << 1);
-  settle(sh, job, NULL);
+static void count_by_parent(mp__jobs_t *t, mp__jobrec_t *r, uint32_t chunks) {
+  atomic_fetch_add(rec_done_by(r, r->n_counters - 1), (uint64_t)chunks << 1);
+  settle_rec(t, r);
 }
 
 /*
@@ -838,49 +921,52 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
   return ours;
 }
 
-static void repair_count(mp__job_t *job, uint32_t w, uint32_t chunk) {
-  _Atomic uint64_t *theirs = done_by(job, w);
+static void repair_count(mp__jobrec_t *job, uint32_t w, uint32_t chunk) {
+  _Atomic uint64_t *theirs = rec_done_by(job, w);
   uint64_t v = atomic_load(theirs);
   if (!(v & 1))
     return;
-  uint64_t st = atomic_load(mp__job_state(job, chunk));
+  uint64_t st = atomic_load(rec_state(job, chunk));
   bool became_final = MP__CHUNK_OF(st) == chunk && MP__CHUNK_OWNER(st) == w + 1 &&
                       MP__CHUNK_STATUS(st) != MP__CHUNK_RUNNING;
   atomic_store(theirs, ((v >> 1) + became_final) << 1);
 }
 
-bool mp__job_lose_chunk(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint64_t item,
+bool mp__job_lose_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, uint64_t item,
                         int code, const char *msg) {
-  _Atomic uint64_t *state = mp__job_state(job, chunk);
+  _Atomic uint64_t *state = rec_state(job, chunk);
   uint64_t v = atomic_load(state);
   if (MP__CHUNK_STATUS(v) != MP__CHUNK_RUNNING)
     return false;
   uint32_t attempts = MP__CHUNK_ATTEMPTS(v);
-  if (attempts < sh->retries && attempts < 0xff) {
+  if (attempts < t->retries && attempts < 0xff) {
     if (atomic_compare_exchange_strong(
             state, &v, MP__CHUNK_STATE(chunk, attempts + 1, 0, MP__CHUNK_QUEUED))) {
-      atomic_fetch_add(&job->retries_queued, 1);
-      wake_workers(sh, 1);
+      atomic_fetch_add(&job->blk->retries_queued, 1);
+      wake_workers(t->sh, t->n_workers, 1);
       return true;
     }
     return false;
   }
-  record_error(sh, job, chunk, item, code, msg);
+  record_error_in(t->sh, rec_error(job, chunk), job->flags & MP__JOB_ITERATOR, item, code, msg);
   if (atomic_compare_exchange_strong(
           state, &v, MP__CHUNK_STATE(chunk, attempts, MP__CHUNK_OWNER(v), MP__CHUNK_FAILED)))
-    count_by_parent(sh, job, 1);
+    count_by_parent(t, job, 1);
   return false;
 }
 
-static void job_abort(mp__pool_shared_t *sh, mp__job_t *job, int code) {
+static void job_abort(mp__jobs_t *t, mp__jobrec_t *job, int code) {
   int32_t none = 0;
   if (!atomic_compare_exchange_strong(&job->abort_code, &none, code))
     return;
-  /* No chunk is fed after this: the ones never fed count as aborted. */
-  uint32_t fed = atomic_exchange(&job->limit, job->n_chunks);
+  /* No chunk is fed after this: the ones never fed count as aborted (a wild limit only
+   * miscounts this job). */
+  uint32_t fed = atomic_exchange(&job->blk->limit, job->n_chunks);
+  if (fed > job->n_chunks)
+    fed = job->n_chunks;
   uint32_t aborted = job->n_chunks - fed;
   for (uint32_t i = 0; i < job->window; i++) {
-    _Atomic uint64_t *state = mp__job_state(job, i);
+    _Atomic uint64_t *state = rec_state(job, i);
     uint64_t v = atomic_load(state);
     for (;;) {
       uint32_t status = MP__CHUNK_STATUS(v);
@@ -895,9 +981,9 @@ static void job_abort(mp__pool_shared_t *sh, mp__job_t *job, int code) {
     }
   }
   if (aborted)
-    count_by_parent(sh, job, aborted);
+    count_by_parent(t, job, aborted);
   else
-    wake_waiter(job);
+    wake(atomic_load_explicit(&job->waker, memory_order_relaxed));
 }
 
 /* ------------------------------ the table ------------------------------ */
@@ -924,6 +1010,8 @@ int mp__jobs_create(mp__jobs_t **out, uint32_t n_workers, unsigned maxtasks, uns
   sh->n_workers = n_workers;
   sh->maxtasks = maxtasks;
   sh->retries = retries;
+  t->n_workers = n_workers;
+  t->retries = retries;
   /* Sequence numbers start at MP__POOL_SLOTS: a never-used slot reads as complete. */
   atomic_store(&sh->next_seq, MP__POOL_SLOTS);
   atomic_store(&sh->oldest, MP__POOL_SLOTS);
@@ -937,13 +1025,20 @@ void mp__jobs_free(mp__jobs_t *t) {
   if (!t)
     return;
   mp__pool_shared_t *sh = t->sh;
-  for (mp__job_t *job = t->jobs, *next; job; job = next) {
-    next = job->parent_next;
-    mp__shared_release(job);
+  for (mp__jobrec_t *r = t->jobs, *next; r; r = next) {
+    next = r->next;
+    mp__shared_release(r->blk);
+    free(r->owners);
+    free(r);
+  }
+  for (mp__jobrec_t *r = t->free_recs, *next; r; r = next) {
+    next = r->next;
+    free(r->owners);
+    free(r);
   }
   for (size_t i = 0; i < SPARES; i++)
     if (t->spares[i])
-      keep_for_later(t->spares[i]);
+      keep_for_later(t->spares[i], t->spare_size[i]);
   for (size_t i = 0; i < t->n_small; i++)
     mp__shared_release(t->small[i]);
   for (uint32_t i = 0; i < atomic_load(&sh->n_fns); i++)
@@ -1038,6 +1133,7 @@ int mp__jobs_function(mp__jobs_t *t, mp__fn_t fn, uint32_t *index) {
 #define KEPT_MAX ((uint64_t)64 << 20)
 static pthread_mutex_t kept_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic(mp__job_t *) kept[KEPT]; /* written under kept_lock */
+static uint64_t kept_size[KEPT];        /* their sizes (a block's word is a worker's) */
 
 /* Only what is set is written: a child of a process that never kept a block does not copy
  * this page. */
@@ -1052,9 +1148,9 @@ static void watch_forks(void) {
   pthread_atfork(NULL, NULL, forget_kept);
 }
 
-static void keep_for_later(mp__job_t *job) {
+static void keep_for_later(mp__job_t *job, uint64_t size) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
-  if (job->block_size > KEPT_MAX) {
+  if (size > KEPT_MAX) {
     mp__shared_release(job);
     return;
   }
@@ -1062,24 +1158,28 @@ static void keep_for_later(mp__job_t *job) {
   pthread_mutex_lock(&kept_lock);
   for (size_t i = 0; job && i < KEPT; i++) {
     mp__job_t *old = atomic_load(&kept[i]);
-    if (old && old->block_size >= job->block_size)
+    uint64_t old_size = kept_size[i];
+    if (old && old_size >= size)
       continue;
     atomic_store(&kept[i], job);
+    kept_size[i] = size;
     job = old; /* a larger one displaced it: it may displace a smaller one further on */
+    size = old_size;
   }
   pthread_mutex_unlock(&kept_lock);
   if (job)
     mp__shared_release(job);
 }
 
-static mp__job_t *take_kept(uint64_t bytes) {
+static mp__job_t *take_kept(uint64_t bytes, uint64_t *size) {
   mp__job_t *job = NULL;
   if (!atomic_load(&kept[0]) && !atomic_load(&kept[KEPT - 1]))
     return NULL; /* and a process that never kept one writes nothing here */
   pthread_mutex_lock(&kept_lock);
   for (size_t i = 0; !job && i < KEPT; i++) {
     job = atomic_load(&kept[i]);
-    if (job && job->block_size >= bytes)
+    *size = kept_size[i];
+    if (job && *size >= bytes)
       atomic_store(&kept[i], NULL);
     else
       job = NULL;
@@ -1091,9 +1191,9 @@ static mp__job_t *take_kept(uint64_t bytes) {
 /* Freed blocks are kept for the next jobs: their pages stay in memory, where a fresh block
  * would fault each of them in again (in the parent for the input, in a worker for the
  * output), and taking one costs no allocation. Called with t->lock held. */
-static void keep_or_release(mp__jobs_t *t, mp__job_t *job) {
-  if (job->block_size < SMALL_SPARE && t->n_small < SMALL_SPARES) {
-    t->small_size[t->n_small] = job->block_size;
+static void keep_or_release(mp__jobs_t *t, mp__job_t *job, uint64_t size) {
+  if (size < SMALL_SPARE && t->n_small < SMALL_SPARES) {
+    t->small_size[t->n_small] = size;
     t->small[t->n_small++] = job;
     return;
   }
@@ -1101,47 +1201,63 @@ static void keep_or_release(mp__jobs_t *t, mp__job_t *job) {
   for (size_t i = 0; i < SPARES && t->spares[at]; i++)
     if (!t->spares[i] || t->spare_size[i] < t->spare_size[at])
       at = i;
-  if (!t->spares[at] || t->spare_size[at] < job->block_size) {
+  if (!t->spares[at] || t->spare_size[at] < size) {
     mp__job_t *old = t->spares[at];
     t->spares[at] = job;
-    t->spare_size[at] = job->block_size;
+    t->spare_size[at] = size;
     job = old;
   }
   if (job)
     mp__shared_release(job);
 }
 
-/* Called with t->lock held (as are the two below). */
-static void link_job(mp__jobs_t *t, mp__job_t *job) {
-  job->parent_prev = NULL;
-  job->parent_next = t->jobs;
-  if (t->jobs)
-    ((mp__job_t *)t->jobs)->parent_prev = job;
-  t->jobs = job;
-}
-
-/* Unlinks a job nobody refers to and no worker has pinned, and frees its block (or keeps it
- * as a spare). */
-static void free_job(mp__jobs_t *t, mp__job_t *job) {
-  mp__job_t *prev = job->parent_prev, *next = job->parent_next;
-  if (prev)
-    prev->parent_next = next;
+/* A record for blk, from the free list or new, linked in the job list (NULL: no memory).
+ * A batch's comes with room for its owners' records, which it keeps when it is freed.
+ * Called with t->lock held (as are the three below). */
+static mp__jobrec_t *take_record(mp__jobs_t *t, mp__job_t *blk, bool batch) {
+  mp__jobrec_t *r = t->free_recs;
+  if (r)
+    t->free_recs = r->next;
+  else if (posix_memalign((void **)&r, 64, sizeof *r) == 0)
+    r->owners = NULL;
   else
-    t->jobs = next;
-  if (next)
-    next->parent_prev = prev;
-  keep_or_release(t, job);
+    return NULL;
+  if (batch && !r->owners && !(r->owners = malloc((size_t)BATCH_APPLIES * MP__JOB_OWNER_BYTES))) {
+    r->next = t->free_recs;
+    t->free_recs = r;
+    return NULL;
+  }
+  r->blk = blk;
+  r->orphaned = false; /* before it is linked: no reclaim frees it while it is made */
+  atomic_store_explicit(&r->seq, 0, memory_order_relaxed);
+  r->prev = NULL;
+  r->next = t->jobs;
+  if (t->jobs)
+    t->jobs->prev = r;
+  t->jobs = r;
+  return r;
 }
 
-/* Frees the orphans no worker has pinned any more. */
+/* Unlinks a job nobody refers to and no worker has pinned, frees its block (or keeps it as a
+ * spare) and gives its record back. */
+static void free_job(mp__jobs_t *t, mp__jobrec_t *r) {
+  if (r->prev)
+    r->prev->next = r->next;
+  else
+    t->jobs = r->next;
+  if (r->next)
+    r->next->prev = r->prev;
+  keep_or_release(t, r->blk, r->block_size);
+  r->next = t->free_recs;
+  t->free_recs = r;
+}
+
+/* Frees the orphans that nothing uses any more. */
 static void reclaim(mp__jobs_t *t) {
-  for (mp__job_t *job = t->jobs, *next; job; job = next) {
-    next = job->parent_next;
-    if (!atomic_load(&job->orphaned))
-      continue;
-    MP__TSAN_ACQUIRE(&job->orphaned); /* marked, perhaps by a worker process */
-    if (unpinned(t->sh, job))
-      free_job(t, job);
+  for (mp__jobrec_t *r = t->jobs, *next; r; r = next) {
+    next = r->next;
+    if (r->orphaned && unused(t, r))
+      free_job(t, r);
   }
 }
 
@@ -1155,43 +1271,54 @@ static mp__job_t **best_spare(mp__jobs_t *t, uint64_t bytes) {
   return best;
 }
 
-/* A spare block taken for a new job, linked in the job list under the same hold of the
- * lock: not orphaned any more, so that no reclaim frees it. */
-static mp__job_t *link_spare(mp__jobs_t *t, mp__job_t *spare) {
-  atomic_store(&spare->orphaned, 0);
-  link_job(t, spare);
-  return spare;
+/* A spare block taken for a new job, with a record linked in the job list under the same
+ * hold of the lock (NULL, and the block kept, if there is no record). */
+static mp__jobrec_t *link_spare(mp__jobs_t *t, mp__job_t *spare, uint64_t size, bool batch) {
+  mp__jobrec_t *r = take_record(t, spare, batch);
+  if (!r) {
+    keep_or_release(t, spare, size);
+    return NULL;
+  }
+  r->block_size = size;
+  return r;
 }
 
-/* The smallest kept block of at least bytes, taken and linked (NULL if none). A job released
- * while its last worker still had it pinned is reclaimed here, if that worker is done with
- * it now, rather than when the supervisor gets to it: then a stream of same-size maps reuses
- * one block instead of faulting in a fresh one. */
-static mp__job_t *take_spare(mp__jobs_t *t, uint64_t bytes) {
+/* The smallest kept block of at least bytes, taken with its record (NULL if none). A job
+ * released while its last worker still had it pinned is reclaimed here, if that worker is
+ * done with it now, rather than when the supervisor gets to it: then a stream of same-size
+ * maps reuses one block instead of faulting in a fresh one. */
+static mp__jobrec_t *take_spare(mp__jobs_t *t, uint64_t bytes, bool batch) {
   pthread_mutex_lock(&t->lock);
   for (size_t i = t->n_small; bytes < SMALL_SPARE && i-- > 0;) {
     if (t->small_size[i] < bytes)
       continue;
     mp__job_t *spare = t->small[i];
+    uint64_t size = t->small_size[i];
     t->n_small--;
     t->small[i] = t->small[t->n_small];
     t->small_size[i] = t->small_size[t->n_small];
-    link_spare(t, spare);
+    mp__jobrec_t *r = link_spare(t, spare, size, batch);
     pthread_mutex_unlock(&t->lock);
-    return spare;
+    return r;
   }
   mp__job_t **best = best_spare(t, bytes);
   if (!best && bytes >= PREFAULT_BYTES) {
     reclaim(t);
     best = best_spare(t, bytes);
   }
-  mp__job_t *spare = best ? link_spare(t, *best) : NULL;
-  if (best)
+  mp__jobrec_t *r = NULL;
+  if (best) {
+    mp__job_t *spare = *best;
     *best = NULL;
-  if (!spare && (spare = take_kept(bytes)) != NULL)
-    link_spare(t, spare);
+    r = link_spare(t, spare, t->spare_size[best - t->spares], batch);
+  } else {
+    uint64_t size;
+    mp__job_t *spare = take_kept(bytes, &size);
+    if (spare)
+      r = link_spare(t, spare, size, batch);
+  }
   pthread_mutex_unlock(&t->lock);
-  return spare;
+  return r;
 }
 
 void mp__jobs_reclaim(mp__jobs_t *t) {
@@ -1200,29 +1327,27 @@ void mp__jobs_reclaim(mp__jobs_t *t) {
   pthread_mutex_unlock(&t->lock);
 }
 
-/* Whoever drops a job's last reference frees it, if no worker has it pinned: the owner
- * here, at once; else it is an orphan, freed by a later reclaim (a worker that dropped it
- * tells the supervisor), never by two. */
-void mp__jobs_release(mp__jobs_t *t, mp__job_t *job) {
-  if ((job->flags & MP__JOB_BATCH) && atomic_fetch_sub(batch_refs(job), 1) != 1)
+/* Whoever drops a job's last reference in the pool's process frees it if nothing uses it
+ * (its slot, a worker's pin); else it is an orphan, freed by a later reclaim (the worker that
+ * lets go of it last tells the supervisor). The owner's references are counted in the
+ * record: the block's count only tells that worker. */
+void mp__jobs_release(mp__jobs_t *t, mp__jobrec_t *job) {
+  if ((job->flags & MP__JOB_BATCH) && atomic_fetch_sub(&job->refs, 1) != 1)
     return;
-  if (!job_unref(job))
-    return;
+  job_unref(job->blk);
   pthread_mutex_lock(&t->lock);
-  if (unpinned(t->sh, job))
+  if (unused(t, job))
     free_job(t, job);
   else
-    atomic_store(&job->orphaned, 1);
+    job->orphaned = true;
   pthread_mutex_unlock(&t->lock);
 }
 
-/* Publishes a job in the next slot (waiting for it to free); on failure the job is
- * released. */
 /* Publishes job in seq order, waiting for its slot. A close that comes meanwhile does not
  * end the workers before it (the submission is counted from before its look at the flags
  * until it is published, and workers read that count after the flags and before the
  * sequence numbers, all sequentially consistent); one that came before refuses it. */
-static int publish(mp__jobs_t *t, mp__job_t *job) {
+static int publish(mp__jobs_t *t, mp__jobrec_t *job) {
   mp__pool_shared_t *sh = t->sh;
   atomic_fetch_add(&sh->submitting, 1);
   int rc = 0;
@@ -1230,14 +1355,14 @@ static int publish(mp__jobs_t *t, mp__job_t *job) {
     rc = mp__error(MP_ECLOSED, "the pool is closed");
   if (rc == 0) {
     pthread_mutex_lock(&t->submit_lock);
-    rc = job_publish(sh, job, t->next_seq, INT64_MAX);
+    rc = job_publish(t, job, t->next_seq, INT64_MAX);
     if (rc == 0)
       t->next_seq++;
     pthread_mutex_unlock(&t->submit_lock);
   }
   atomic_fetch_sub(&sh->submitting, 1);
   if (atomic_load(&sh->flags) & MP__POOL_CLOSED)
-    wake_workers(sh, INT32_MAX); /* idle workers that waited for this may end now */
+    wake_workers(sh, t->n_workers, INT32_MAX); /* idle workers that waited for this may end now */
   if (rc < 0)
     mp__jobs_release(t, job);
   return rc;
@@ -1265,15 +1390,15 @@ static bool batch_takes(const mp__jobs_t *t, const mp__apply_spec_t *s) {
 
 /* Closes the open batch (apply_lock held). */
 static void close_batch(mp__jobs_t *t) {
-  mp__job_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
+  mp__jobrec_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
   if (!job)
     return;
   atomic_store(&t->batch, NULL);
   /* The references of the applies it did not take (the table's is still held). */
-  atomic_fetch_sub(batch_refs(job), BATCH_APPLIES - t->batch_next);
-  uint32_t fed = atomic_exchange(&job->limit, job->n_chunks);
+  atomic_fetch_sub(&job->refs, BATCH_APPLIES - t->batch_next);
+  uint32_t fed = atomic_exchange(&job->blk->limit, job->n_chunks);
   if (fed < job->n_chunks)
-    count_by_parent(t->sh, job, job->n_chunks - fed);
+    count_by_parent(t, job, job->n_chunks - fed);
   mp__jobs_release(t, job); /* the table's */
 }
 
@@ -1292,33 +1417,33 @@ static int open_batch(mp__jobs_t *t, const mp__apply_spec_t *s) {
            result_slot = mp__var_slot(s->result_max);
   uint32_t flags = MP__JOB_BATCH | MP__JOB_ITERATOR | MP__JOB_WAKE_EACH | MP__JOB_VARSIZE |
                    (s->notify ? MP__JOB_NOTIFY : 0);
-  mp__job_t *job;
+  mp__jobrec_t *job;
   int rc = job_create(t, s->fn, flags, BATCH_APPLIES, item_slot, result_slot, 1, BATCH_APPLIES,
                       &job);
   if (rc < 0)
     return rc;
-  job->result_cap = s->result_max;
-  atomic_init(batch_refs(job), 1); /* the table's, until the batch closes */
+  job->result_cap = job->blk->result_cap = s->result_max;
+  /* job->refs: the table's, until the batch closes */
   if ((rc = publish(t, job)) < 0)
     return rc;
   /* And one for each apply it may take, given up at the close for those it did not take:
    * an append then makes no read-modify-write of its own (a locked one waits for the
    * stores before it to leave, the input's among them, which a worker may be reading). */
-  atomic_store_explicit(batch_refs(job), 1 + BATCH_APPLIES, memory_order_relaxed);
+  atomic_store_explicit(&job->refs, 1 + BATCH_APPLIES, memory_order_relaxed);
   t->batch_fn = s->fn;
   t->batch_next = 0;
   t->batch_notify = s->notify;
   t->batch_room = item_slot - MP__VARSIZE_HEAD;
   t->batch_result_max = s->result_max;
-  t->batch_input = job_input(job, 0);
+  t->batch_input = rec_input(job, 0);
   atomic_store(&t->batch, job); /* with the creator's reference */
   return 0;
 }
 
 /* Appends s to the open batch (apply_lock held), closed once full. */
-static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **out,
+static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t **out,
                         uint32_t *chunk) {
-  mp__job_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
+  mp__jobrec_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
   uint32_t c = t->batch_next++;
   char *in = t->batch_input + c * (t->batch_room + MP__VARSIZE_HEAD);
   uint64_t len = s->size;
@@ -1327,8 +1452,8 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **ou
     memcpy(in + MP__VARSIZE_HEAD, s->arg, len);
   MP__SCANNED(in, t->batch_room + MP__VARSIZE_HEAD); /* sent whole (see job_feed) */
   memset(mp__job_owner(job, c), 0, MP__JOB_OWNER_BYTES);
-  if (!queue_chunk(t->sh, job, mp__job_state(job, c), c)) { /* aborted: it counted c */
-    atomic_fetch_sub(batch_refs(job), 1); /* c's, which the close does not give up */
+  if (!queue_chunk(t, job->blk, rec_state(job, c), c)) { /* aborted: it counted c */
+    atomic_fetch_sub(&job->refs, 1); /* c's, which the close does not give up */
     close_batch(t);
     return mp__error(MP_ETERMINATED, "the pool was terminated");
   }
@@ -1339,11 +1464,12 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **ou
   return 0;
 }
 
-int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **out, uint32_t *chunk) {
+int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t **out,
+                   uint32_t *chunk) {
   bool batchable = s->size <= BATCH_MAX_BYTES && s->result_max <= BATCH_MAX_BYTES;
   int rc = 0;
   pthread_mutex_lock(&t->apply_lock);
-  mp__job_t *open = atomic_load_explicit(&t->batch, memory_order_relaxed);
+  mp__jobrec_t *open = atomic_load_explicit(&t->batch, memory_order_relaxed);
   /* Applies that cannot share the open batch (another function, size or notify) are no
    * stream: a lone one is a job of its own rather than a batch of 64 chunks for one. */
   bool takes = open && batch_takes(t, s);
@@ -1392,14 +1518,14 @@ int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__job_t **out, ui
   return rc;
 }
 
-void *mp__job_owner(mp__job_t *job, uint32_t chunk) {
+void *mp__job_owner(mp__jobrec_t *job, uint32_t chunk) {
   if (!(job->flags & MP__JOB_BATCH))
     return job->owner;
-  return (char *)job + job->owners_off + (uint64_t)chunk * MP__JOB_OWNER_BYTES;
+  return (char *)job->owners + (uint64_t)(chunk % BATCH_APPLIES) * MP__JOB_OWNER_BYTES;
 }
 
-int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__job_t **out) {
-  mp__job_t *job;
+int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__jobrec_t **out) {
+  mp__jobrec_t *job;
   /* Other work after a batch of applies closes it: left open, the batch would stay the
    * oldest job, and a worker would look at it before every chunk of the jobs after it. */
   mp__jobs_close_batch(t);
@@ -1408,82 +1534,92 @@ int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__job_t **out) {
                       s->window, &job);
   if (rc < 0)
     return rc;
-  job->result_cap = s->result_cap;
+  job->result_cap = job->blk->result_cap = s->result_cap;
   if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size && s->pack)
-    s->pack(job_input(job, 0), s->items, s->n, s->item_size);
+    s->pack(rec_input(job, 0), s->items, s->n, s->item_size);
   else if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
-    memcpy(job_input(job, 0), s->items, s->n * s->item_size); /* checked by job_create */
+    memcpy(rec_input(job, 0), s->items, s->n * s->item_size); /* checked by job_create */
   if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
-    MP__SCANNED(job_input(job, 0), s->n * s->item_size); /* as in job_feed */
+    MP__SCANNED(rec_input(job, 0), s->n * s->item_size); /* as in job_feed */
   if (job->n_chunks > 0) {
     if ((rc = publish(t, job)) < 0)
       return rc;
-    uint32_t n = t->sh->n_workers, wake = job->n_chunks < n ? job->n_chunks : n;
+    uint32_t n = t->n_workers, wake = job->n_chunks < n ? job->n_chunks : n;
     if (!(s->flags & MP__JOB_ITERATOR))
-      wake_workers(t->sh, (int)wake);
+      wake_workers(t->sh, t->n_workers, (int)wake);
   }
   *out = job;
   return 0;
 }
 
-/* Calls fn on every job still in a slot, pinned by the supervisor's record. */
-static void for_each_running_job(mp__jobs_t *t, void (*fn)(mp__jobs_t *, mp__job_t *, void *),
-                                 void *arg) {
-  mp__pool_shared_t *sh = t->sh;
-  uint64_t next = atomic_load(&sh->next_seq);
-  for (uint64_t seq = atomic_load(&sh->oldest); seq < next; seq++) {
-    mp__job_t *job = pin(sh, sh->n_workers, seq);
-    if (job)
-      fn(t, job, arg);
+/* Calls fn on every job still in a slot, by the table's records and under its lock, so that
+ * none is freed meanwhile: the slots' words (and the sequence numbers) are the workers' to
+ * write, and no pointer in them is followed. */
+static void for_each_running_job(mp__jobs_t *t,
+                                 void (*fn)(mp__jobs_t *, mp__jobrec_t *, void *), void *arg) {
+  pthread_mutex_lock(&t->lock);
+  for (mp__jobrec_t *r = t->jobs; r; r = r->next) {
+    uint64_t seq = mp__jobrec_seq(r);
+    if (seq && slot_state(t->sh, seq) == (seq << 1 | 1))
+      fn(t, r, arg);
   }
-  unpin(sh, sh->n_workers);
+  pthread_mutex_unlock(&t->lock);
 }
 
 typedef struct {
   uint32_t w;
   const char *msg;
   bool found;
+  uint64_t run_seq, run_item; /* the worker's record, as it was when it was found dead */
+  uint32_t run_chunk;
 } lost_t;
 
 /* Loses the chunk if worker w ran it; the failure names the item at `offset` in it. */
-static void lose_if_owned(mp__jobs_t *t, mp__job_t *job, uint32_t chunk, uint64_t offset,
+static void lose_if_owned(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, uint64_t offset,
                           lost_t *lost) {
-  uint64_t v = atomic_load(mp__job_state(job, chunk));
+  uint64_t v = atomic_load(rec_state(job, chunk));
   if (MP__CHUNK_OF(v) != chunk || MP__CHUNK_STATUS(v) != MP__CHUNK_RUNNING ||
       MP__CHUNK_OWNER(v) != lost->w + 1)
     return;
-  if (offset >= mp__job_chunk_items(job, chunk))
+  if (offset >= mp__job_items(job, chunk))
     offset = 0;
-  mp__job_lose_chunk(t->sh, job, chunk, (uint64_t)chunk * job->chunksize + offset,
-                     MP_EWORKERDIED, lost->msg);
+  mp__job_lose_chunk(t, job, chunk, (uint64_t)chunk * job->chunksize + offset, MP_EWORKERDIED,
+                     lost->msg);
   lost->found = true;
 }
 
-static void find_lost_chunk(mp__jobs_t *t, mp__job_t *job, void *arg) {
+/* The chunk the worker's record names, if that is its job's. */
+static void lose_recorded_chunk(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
+  lost_t *lost = arg;
+  if (!lost->found && mp__jobrec_seq(job) + 1 == lost->run_seq)
+    lose_if_owned(t, job, lost->run_chunk, lost->run_item, lost);
+}
+
+static void find_lost_chunk(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
   lost_t *lost = arg;
   for (uint32_t i = 0; i < job->window && !lost->found; i++)
-    lose_if_owned(t, job, MP__CHUNK_OF(atomic_load(mp__job_state(job, i))), 0, lost);
+    lose_if_owned(t, job, MP__CHUNK_OF(atomic_load(rec_state(job, i))), 0, lost);
 }
 
 /* What a worker that died half-way through completing its chunk left undone. */
-static void finish_counting(mp__jobs_t *t, mp__job_t *job, void *arg) {
+static void finish_counting(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
   const lost_t *lost = arg;
-  repair_count(job, lost->w, atomic_load(&t->sh->workers[lost->w].run_chunk));
-  settle(t->sh, job, NULL);
+  repair_count(job, lost->w, lost->run_chunk);
+  settle_rec(t, job);
 }
 
 void mp__jobs_worker_lost(mp__jobs_t *t, uint32_t w, const char *why) {
   mp__pool_shared_t *sh = t->sh;
   mp__worker_rec_t *rec = &sh->workers[w];
-  lost_t lost = {w, why, false};
+  lost_t lost = {w,
+                 why,
+                 false,
+                 atomic_load(&rec->run_seq),
+                 atomic_load(&rec->run_item),
+                 atomic_load(&rec->run_chunk)};
   for_each_running_job(t, finish_counting, &lost);
-  uint64_t run = atomic_load(&rec->run_seq);
-  if (run) {
-    mp__job_t *job = pin(sh, sh->n_workers, run - 1);
-    if (job)
-      lose_if_owned(t, job, atomic_load(&rec->run_chunk), atomic_load(&rec->run_item), &lost);
-    unpin(sh, sh->n_workers);
-  }
+  if (lost.run_seq)
+    for_each_running_job(t, lose_recorded_chunk, &lost);
   if (!lost.found)
     for_each_running_job(t, find_lost_chunk, &lost);
   /* A worker killed after it freed a job's slot but before it woke the waiter (the wake-up
@@ -1493,20 +1629,20 @@ void mp__jobs_worker_lost(mp__jobs_t *t, uint32_t w, const char *why) {
     wake_uncounted(&sh->wakers[i]);
 }
 
-static void abort_job(mp__jobs_t *t, mp__job_t *job, void *arg) {
-  job_abort(t->sh, job, *(const int *)arg);
+static void abort_job(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
+  job_abort(t, job, *(const int *)arg);
 }
 
 void mp__jobs_abort_all(mp__jobs_t *t, int code) {
   for_each_running_job(t, abort_job, &code);
-  wake_workers(t->sh, INT32_MAX);
+  wake_workers(t->sh, t->n_workers, INT32_MAX);
   atomic_fetch_add(&t->sh->slot_free, 1);
   mp__futex_wake(&t->sh->slot_free, INT32_MAX);
   mp__jobs_reclaim(t);
 }
 
-void mp__jobs_abort(mp__jobs_t *t, mp__job_t *job, int code) {
-  job_abort(t->sh, job, code);
+void mp__jobs_abort(mp__jobs_t *t, mp__jobrec_t *job, int code) {
+  job_abort(t, job, code);
 }
 
 bool mp__jobs_work_left(const mp__jobs_t *t) {
@@ -1523,7 +1659,7 @@ void mp__jobs_set_flag(mp__jobs_t *t, uint32_t flag) {
   atomic_fetch_or(&t->sh->flags, flag);
   if (flag & MP__POOL_CLOSED) {
     mp__jobs_close_batch(t); /* else its job never completes, and the workers never exit */
-    wake_workers(t->sh, INT32_MAX); /* idle workers may exit now */
+    wake_workers(t->sh, t->n_workers, INT32_MAX); /* idle workers may exit now */
   }
 }
 
@@ -1561,13 +1697,17 @@ int mp__jobs_worker_pid(const mp__jobs_t *t, uint32_t w) {
   return atomic_load(&t->sh->workers[w].pid);
 }
 
+/* A copy, terminated: the worker's record is its to write, and may end without a NUL. */
 const char *mp__jobs_worker_error(const mp__jobs_t *t, uint32_t w) {
-  return t->sh->workers[w].error;
+  static __thread char copy[MP__POOL_MSG];
+  memcpy(copy, t->sh->workers[w].error, sizeof copy);
+  copy[sizeof copy - 1] = '\0';
+  return copy;
 }
 
 uint32_t mp__jobs_ready(const mp__jobs_t *t) {
   uint32_t ready = 0;
-  for (uint32_t w = 0; w < t->sh->n_workers; w++)
+  for (uint32_t w = 0; w < t->n_workers; w++)
     ready += atomic_load(&t->sh->workers[w].state) == MP__WORKER_READY;
   return ready;
 }
@@ -1583,12 +1723,12 @@ void mp__jobs_wake_status(mp__jobs_t *t) {
 
 /* ------------------------------ results ------------------------------ */
 
-int mp__job_aborted(const mp__job_t *job) {
+int mp__job_aborted(const mp__jobrec_t *job) {
   return atomic_load(&job->abort_code);
 }
 
-void mp__job_wake_waiter(mp__job_t *job) {
-  wake_waiter(job);
+void mp__job_wake_waiter(mp__jobrec_t *job) {
+  wake(atomic_load_explicit(&job->waker, memory_order_relaxed));
 }
 
 /* A recorded failure's code, one a failure can record (a task's, a function that did not
@@ -1677,9 +1817,9 @@ void mp__jobs_prepare_results(void *result, uint64_t need) {
 
 /* A map's need bytes of results into to, chunk by chunk (each window slot is followed by its
  * canary); those of failed chunks, which hold whatever the block held, are zeroed. */
-static void copy_results(const mp__job_t *job, char *to, uint64_t need, bool failed) {
+static void copy_results(const mp__jobrec_t *job, char *to, uint64_t need, bool failed) {
   uint64_t per_chunk = job->chunksize * job->result_size;
-  const char *from = (const char *)job + job->output_off;
+  const char *from = (const char *)job->blk + job->output_off;
   if (!failed) {
     uint32_t last = job->n_chunks - 1;
     copy_whole_chunks(to, from, per_chunk, job->out_stride, last);
@@ -1688,17 +1828,17 @@ static void copy_results(const mp__job_t *job, char *to, uint64_t need, bool fai
   }
   for (uint32_t c = 0; c < job->n_chunks; c++) {
     uint64_t bytes = c + 1 < job->n_chunks ? per_chunk : need - c * per_chunk;
-    if (MP__CHUNK_STATUS(atomic_load(mp__job_state(job, c))) == MP__CHUNK_DONE)
+    if (MP__CHUNK_STATUS(atomic_load(rec_state(job, c))) == MP__CHUNK_DONE)
       memcpy(to + c * per_chunk, from + c * job->out_stride, bytes);
     else
       memset(to + c * per_chunk, 0, bytes);
   }
 }
 
-int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, size_t *len) {
-  const mp__task_error_t *e = error_at(job, 0);
+int mp__job_take(const mp__jobrec_t *job, bool is_apply, void *result, size_t cap, size_t *len) {
+  const mp__task_error_t *e = rec_error(job, 0);
   bool failed = e->item != UINT64_MAX;
-  uint64_t need = is_apply ? atomic_load(&job->result_len) : job->n * job->result_size;
+  uint64_t need = is_apply ? atomic_load(&job->blk->result_len) : job->n * job->result_size;
   if (is_apply && need > job->result_size) /* a worker's word: no read past the slot */
     need = job->result_size;
   if (len)
@@ -1707,7 +1847,7 @@ int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, 
     return mp__error(MP_ETOOSMALL, "the result has %llu bytes, the buffer %zu",
                      (unsigned long long)need, cap);
   if (result && need && cap >= need && is_apply && !failed)
-    memcpy(result, job_output(job, 0), need);
+    memcpy(result, rec_output(job, 0), need);
   /* The caller's buffer was prepared (mp__jobs_prepare_results). */
   if (result && need && cap >= need && !is_apply)
     copy_results(job, result, need, failed);
@@ -1718,11 +1858,11 @@ int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, 
   return mp__error(task_code(e), "item %llu: %.*s", (unsigned long long)e->item, MSG_OF(e));
 }
 
-const char *mp__job_result(const mp__job_t *job, uint64_t i) {
+const char *mp__job_result(const mp__jobrec_t *job, uint64_t i) {
   uint32_t c = (uint32_t)(i / job->chunksize);
-  if (MP__CHUNK_STATUS(atomic_load(mp__job_state(job, c))) != MP__CHUNK_DONE)
+  if (MP__CHUNK_STATUS(atomic_load(rec_state(job, c))) != MP__CHUNK_DONE)
     return NULL;
-  return (const char *)job_output(job, c) + (i % job->chunksize) * job->result_size;
+  return (const char *)rec_output(job, c) + (i % job->chunksize) * job->result_size;
 }
 
 static bool chunk_finished(uint64_t v) {
@@ -1730,26 +1870,26 @@ static bool chunk_finished(uint64_t v) {
   return status == MP__CHUNK_DONE || status == MP__CHUNK_FAILED;
 }
 
-bool mp__job_chunk_finished(const mp__job_t *job, uint32_t chunk) {
-  return chunk_finished(atomic_load(mp__job_state(job, chunk)));
+bool mp__job_chunk_finished(const mp__jobrec_t *job, uint32_t chunk) {
+  return chunk_finished(atomic_load(rec_state(job, chunk)));
 }
 
 /* A failed chunk with no failure recorded was failed by an abort. */
-int mp__job_chunk_aborted(const mp__job_t *job, uint32_t chunk) {
-  if (MP__CHUNK_STATUS(atomic_load(mp__job_state(job, chunk))) != MP__CHUNK_FAILED ||
-      error_at(job, chunk)->item != UINT64_MAX)
+int mp__job_chunk_aborted(const mp__jobrec_t *job, uint32_t chunk) {
+  if (MP__CHUNK_STATUS(atomic_load(rec_state(job, chunk))) != MP__CHUNK_FAILED ||
+      rec_error(job, chunk)->item != UINT64_MAX)
     return 0;
   int code = atomic_load(&job->abort_code);
   return code ? code : MP_ETERMINATED;
 }
 
-int mp__job_take_chunk(const mp__job_t *job, uint32_t chunk, void *result, size_t cap,
+int mp__job_take_chunk(const mp__jobrec_t *job, uint32_t chunk, void *result, size_t cap,
                        size_t *len) {
   if (len)
     *len = 0;
-  if (MP__CHUNK_STATUS(atomic_load(mp__job_state(job, chunk))) == MP__CHUNK_FAILED)
-    return mp__error(task_code(error_at(job, chunk)), "%.*s", MSG_OF(error_at(job, chunk)));
-  const char *out = job_output(job, chunk);
+  if (MP__CHUNK_STATUS(atomic_load(rec_state(job, chunk))) == MP__CHUNK_FAILED)
+    return mp__error(task_code(rec_error(job, chunk)), "%.*s", MSG_OF(rec_error(job, chunk)));
+  const char *out = rec_output(job, chunk);
   uint64_t need;
   memcpy(&need, out, sizeof need);
   if (need > job->result_cap) /* whatever a wild task left there */
@@ -1764,14 +1904,14 @@ int mp__job_take_chunk(const mp__job_t *job, uint32_t chunk, void *result, size_
   return 0;
 }
 
-int64_t mp__job_finished_chunk(const mp__job_t *job, bool ordered, uint32_t next) {
+int64_t mp__job_finished_chunk(const mp__jobrec_t *job, bool ordered, uint32_t next) {
   if (ordered) {
-    uint64_t v = atomic_load(mp__job_state(job, next));
+    uint64_t v = atomic_load(rec_state(job, next));
     return MP__CHUNK_OF(v) == next && chunk_finished(v) ? (int64_t)next : -1;
   }
-  uint32_t limit = atomic_load(&job->limit);
+  uint32_t limit = job->fed;
   for (uint32_t i = 0; i < job->window; i++) {
-    uint64_t v = atomic_load(mp__job_state(job, i));
+    uint64_t v = atomic_load(rec_state(job, i));
     /* The chunk must be the one slot i holds: a wild word would deliver another's. */
     if (MP__CHUNK_OF(v) < limit && chunk_finished(v) && ring_slot(MP__CHUNK_OF(v), job->window) == i)
       return MP__CHUNK_OF(v);
@@ -1779,10 +1919,10 @@ int64_t mp__job_finished_chunk(const mp__job_t *job, bool ordered, uint32_t next
   return -1;
 }
 
-int mp__job_item(const mp__job_t *job, uint32_t chunk, uint64_t i, void *result,
+int mp__job_item(const mp__jobrec_t *job, uint32_t chunk, uint64_t i, void *result,
                  uint64_t *failed_item) {
-  uint64_t v = atomic_load(mp__job_state(job, chunk));
-  const mp__task_error_t *e = error_at(job, chunk);
+  uint64_t v = atomic_load(rec_state(job, chunk));
+  const mp__task_error_t *e = rec_error(job, chunk);
   if (MP__CHUNK_STATUS(v) == MP__CHUNK_FAILED && (e->item == UINT64_MAX || i >= e->item)) {
     /* No item recorded: the chunk was aborted with the job. */
     int abort_code = atomic_load(&job->abort_code);
@@ -1794,17 +1934,17 @@ int mp__job_item(const mp__job_t *job, uint32_t chunk, uint64_t i, void *result,
   }
   if (job->result_size)
     memcpy(result,
-           (char *)job_output(job, chunk) + (i - (uint64_t)chunk * job->chunksize) * job->result_size,
+           (char *)rec_output(job, chunk) + (i - (uint64_t)chunk * job->chunksize) * job->result_size,
            job->result_size);
   return 0;
 }
 
-bool mp__jobs_feed(mp__jobs_t *t, mp__job_t *job, const void *items) {
-  return job_feed(t->sh, job, items);
+bool mp__jobs_feed(mp__jobs_t *t, mp__jobrec_t *job, const void *items) {
+  return job_feed(t, job, items);
 }
 
-void mp__jobs_return_chunk(mp__jobs_t *t, mp__job_t *job, uint32_t chunk, const void *items) {
-  atomic_store(mp__job_state(job, chunk), MP__CHUNK_STATE(chunk, 0, 0, MP__CHUNK_FREE));
-  while (job_feed(t->sh, job, items))
+void mp__jobs_return_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, const void *items) {
+  atomic_store(rec_state(job, chunk), MP__CHUNK_STATE(chunk, 0, 0, MP__CHUNK_FREE));
+  while (job_feed(t, job, items))
     ;
 }

@@ -27,9 +27,16 @@
  *   by the pool's process once no reference is left and no worker has it pinned.
  * - The shared block and every job block are freed by mp__jobs_free, once every worker
  *   has ended.
- * Fields of the structs below are the table's: pool.c reads only the immutable header of a
- * job (n, chunksize, n_chunks, window, result_size) and keeps its async result in `owner`;
- * the worker reads the function table.
+ * Fields of the structs below are the table's. Every word of the shared blocks is a
+ * worker's to write (a task may write out of its bounds): the pool's process decides by
+ * nothing it reads there but its own copies. Each job has a record of the pool's process
+ * (mp__jobrec_t, in its private memory, from a free list of the table's): the header the
+ * table made, which every bound it reads by comes from, the references that decide who frees
+ * the block, the table's list of its jobs and the owners' records (pool.c's async results,
+ * with their callbacks). pool.c reads the record's header (n, chunksize, n_chunks,
+ * result_size) and keeps its async results in mp__job_owner; the worker reads the block's
+ * header and the function table. A wild word of a block fails its job (MP_ECORRUPT,
+ * MP_EWORKERDIED, a wrong result) or leaks its block, never more.
  */
 #ifndef MP_POOL_JOBS_H
 #define MP_POOL_JOBS_H
@@ -97,17 +104,17 @@ typedef struct {
 
 #define MP__JOB_OWNER_BYTES 96
 
-/* A job: one map, apply or iterator, one block of the arena. Chunks [0, limit) have been fed;
+/* A job: one map, apply or iterator, one block of the arena, as workers see it (the pool's
+ * process reads its header from its own record instead). Chunks [0, limit) have been fed;
  * chunk c lives in window slot c % window (window = n_chunks for a map). */
 typedef struct {
-  /* The pool's list of its jobs, in the pool's process, under the table's lock, and the
-   * orphan mark that a reclaim reads there: first, and not cleared with the rest when a
-   * spare block is reused, since the block is linked (and its mark cleared) as it is taken. */
-  void *parent_next, *parent_prev;
-  _Atomic uint32_t orphaned; /* no reference left, and not freed by whoever dropped it */
+  /* What only a worker's warm pages go by (mp__pool_map_output), first: the words that a
+   * task overrunning the block before this one reaches first. */
+  uint64_t block_size; /* bytes of its block */
+  uint64_t block_id;   /* the block's, from the arena: kept when a later job reuses it */
   /* Its number in the pool, which names its slot. Written once as it is published; atomic
-   * (relaxed) because another process's release of the job (an orphan mark, a pin) is what
-   * orders its readers, which ThreadSanitizer does not see. */
+   * (relaxed) because another process's release of the job (a pin) is what orders its
+   * readers, which ThreadSanitizer does not see. */
   _Atomic uint64_t seq;
   uint32_t fn;  /* index in the pool's function table */
   uint32_t flags;
@@ -118,15 +125,13 @@ typedef struct {
    * slots of consecutive chunks, which different workers claim and complete side by side,
    * are on different cache lines (8 words a line). 0: at index s (windows below 16). */
   uint32_t spread;
-  mp__job_waker_t *waker;          /* in the pool's shared block */
-  _Atomic uint32_t refs;           /* the slot's and the owner's */
-  _Atomic int32_t abort_code;      /* MP_ETERMINATED once the pool was terminated */
+  /* The slot's and the owner's: the worker that drops the last one tells the supervisor,
+   * whose reclaim then frees the block. Only that hint: the pool's process decides by its
+   * record (mp__jobrec_t). */
+  _Atomic uint32_t refs;
   _Atomic uint64_t result_len;     /* an apply's result length */
-  uint64_t block_size;             /* bytes of its block, which a later job may reuse */
-  uint64_t block_id; /* the block's, from the arena: kept when a later job reuses it */
   uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
   uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
-  uint64_t owners_off; /* MP__JOB_BATCH: an owner's record per chunk (mp__job_owner) */
   uint32_t n_counters;
   /* Chunks below it are not queued, except retried ones. Drawn by a fetch-and-add at every
    * claim of a map's chunk, by every worker: alone on its cache line, so that the fields
@@ -138,13 +143,43 @@ typedef struct {
    * every claim reads, from the workers. */
   _Alignas(64) _Atomic uint32_t limit;
   _Atomic uint32_t retries_queued; /* chunks queued again after their worker died */
-  /* The owner's record, in the pool's process (pool.c's async result), zeroed when the job
-   * is created: it lives as long as the owner's reference, with no allocation of its own. */
-  _Alignas(64) uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
 } mp__job_t;
+
+/* The pool's process's record of a job, in its own memory, out of every worker's reach: the
+ * header as the table made it (the fields of mp__job_t of the same names, which the block
+ * holds for the workers), the owner's references, the list, the owners' records. Taken
+ * from the table's free list (no allocation per job, a batch's owner records kept with
+ * it); given back when the block is freed. */
+typedef struct mp__jobrec_s mp__jobrec_t;
+struct mp__jobrec_s {
+  mp__job_t *blk;
+  mp__jobrec_t *next, *prev; /* the table's list of its jobs (its free list: next), under
+                              * the table's lock */
+  uint32_t fn, flags;
+  uint64_t n, item_size, result_size, chunksize, result_cap;
+  uint32_t n_chunks, window, spread, n_counters;
+  uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs, done_off;
+  uint64_t block_size;
+  /* Written as it is published (0 until then), read by the supervisor: atomic, relaxed
+   * (mp__jobrec_seq; the slot's state orders the rest). */
+  _Atomic uint64_t seq;
+  _Atomic(mp__job_waker_t *) waker; /* in the pool's shared block */
+  /* The owner's reference; a batch's: the table's and one for each apply it may take. */
+  _Atomic uint32_t refs;
+  _Atomic int32_t abort_code; /* MP_ETERMINATED once the pool was terminated */
+  uint32_t fed;   /* an iterator's chunks fed: the ones it may deliver (its owner's thread) */
+  bool orphaned;  /* released while its slot or a worker still had it: reclaim frees it */
+  void *owners;   /* a batch's owner records (BATCH_APPLIES of them), kept with the record */
+  /* A job of its own's owner record (pool.c's async result), zeroed when it is created. */
+  _Alignas(64) uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
+};
 
 static inline uint64_t mp__job_seq(const mp__job_t *job) {
   return atomic_load_explicit(&((mp__job_t *)job)->seq, memory_order_relaxed);
+}
+
+static inline uint64_t mp__jobrec_seq(const mp__jobrec_t *job) {
+  return atomic_load_explicit(&((mp__jobrec_t *)job)->seq, memory_order_relaxed);
 }
 
 /* A worker's record, written by the worker (and by the supervisor once it has died). */
@@ -243,7 +278,7 @@ typedef struct {
 } mp__job_spec_t;
 /* Creates, fills and publishes a job (waiting for a free slot), and wakes workers. *job has
  * the owner's reference. Errors: MP_EINVAL (sizes that overflow), MP_ENOMEM, MP_ETERMINATED. */
-int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *spec, mp__job_t **job);
+int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *spec, mp__jobrec_t **job);
 /* A map's result buffer of len bytes, which mp__job_take is to write: its pages are mapped
  * writable now, in one system call, where the copy would fault on each (a buffer still
  * shared copy-on-write with the workers forked after it was written, or never touched);
@@ -252,7 +287,7 @@ int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *spec, mp__job_t **job);
  * while the workers work. */
 void mp__jobs_prepare_results(void *result, uint64_t len);
 /* Drops the owner's reference. */
-void mp__jobs_release(mp__jobs_t *t, mp__job_t *job);
+void mp__jobs_release(mp__jobs_t *t, mp__jobrec_t *job);
 
 typedef struct {
   uint32_t fn; /* from mp__jobs_function */
@@ -270,20 +305,21 @@ typedef struct {
  * has a reference (the caller's, for this apply alone: mp__jobs_release), *chunk its chunk.
  * Errors: MP_EINVAL (sizes that overflow), MP_ENOMEM, MP_ECLOSED, MP_ETERMINATED.
  */
-int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *spec, mp__job_t **job,
+int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *spec, mp__jobrec_t **job,
                    uint32_t *chunk);
 /* Closes the open batch, if any: it takes no more applies. */
 void mp__jobs_close_batch(mp__jobs_t *t);
 /* Where the owner of chunk keeps its record (MP__JOB_OWNER_BYTES, zeroed when the chunk was
- * appended; job->owner for a job of its own). */
-void *mp__job_owner(mp__job_t *job, uint32_t chunk);
+ * appended; job->owner for a job of its own): in the job's record, out of the workers'
+ * reach. */
+void *mp__job_owner(mp__jobrec_t *job, uint32_t chunk);
 /* A batch's chunk is done or failed. */
-bool mp__job_chunk_finished(const mp__job_t *job, uint32_t chunk);
+bool mp__job_chunk_finished(const mp__jobrec_t *job, uint32_t chunk);
 /* The abort code of a finished chunk that a terminate failed, or 0. */
-int mp__job_chunk_aborted(const mp__job_t *job, uint32_t chunk);
+int mp__job_chunk_aborted(const mp__jobrec_t *job, uint32_t chunk);
 /* mp__job_take for a batch's finished chunk, an apply's result: 0, the task's failure, or
  * MP_ETOOSMALL (nothing copied). */
-int mp__job_take_chunk(const mp__job_t *job, uint32_t chunk, void *result, size_t cap,
+int mp__job_take_chunk(const mp__jobrec_t *job, uint32_t chunk, void *result, size_t cap,
                        size_t *len);
 /* Frees the blocks of jobs nobody refers to and no worker has pinned. */
 void mp__jobs_reclaim(mp__jobs_t *t);
@@ -307,7 +343,8 @@ void mp__jobs_worker_started(mp__jobs_t *t, uint32_t w, int pid);
 void mp__jobs_worker_gone(mp__jobs_t *t, uint32_t w);
 uint32_t mp__jobs_worker_state(const mp__jobs_t *t, uint32_t w);
 int mp__jobs_worker_pid(const mp__jobs_t *t, uint32_t w);
-/* Why a worker's initializer failed (MP__WORKER_INIT_FAILED), or why it exited. */
+/* Why a worker's initializer failed (MP__WORKER_INIT_FAILED), or why it exited: a copy,
+ * terminated, valid in the calling thread until its next call. */
 const char *mp__jobs_worker_error(const mp__jobs_t *t, uint32_t w);
 /* Workers in state READY. */
 uint32_t mp__jobs_ready(const mp__jobs_t *t);
@@ -316,36 +353,37 @@ _Atomic uint32_t *mp__jobs_status_word(mp__jobs_t *t);
 void mp__jobs_wake_status(mp__jobs_t *t);
 
 /* A job's outcome, once complete. */
-bool mp__job_complete(const mp__job_t *job);
-int mp__job_aborted(const mp__job_t *job); /* its abort code, or 0 */
+bool mp__job_complete(const mp__jobrec_t *job);
+int mp__job_aborted(const mp__jobrec_t *job); /* its abort code, or 0 */
 /* Waits until done(job, arg) or the deadline: 0 or MP_ETIMEDOUT. It spins 20 us first;
  * then it sleeps. Signals do not end the wait, except that an interruptible one returns
  * MP_EINTR once SIGINT arrived after it began (the one rule of signals.c). */
-int mp__job_wait(mp__job_t *job, bool (*done)(const mp__job_t *job, void *arg), void *arg,
+int mp__job_wait(mp__jobrec_t *job, bool (*done)(const mp__jobrec_t *job, void *arg), void *arg,
                  bool interruptible, int64_t deadline);
 /* Copies a complete job's results out (a map's chunk by chunk, a failed chunk's zeroed; an
  * apply's result if it succeeded) and returns 0, or its first failure's code with its
  * sentence. cap below the length: MP_ETOOSMALL, nothing copied. *len (if not NULL): the
  * length. */
-int mp__job_take(const mp__job_t *job, bool is_apply, void *result, size_t cap, size_t *len);
+int mp__job_take(const mp__jobrec_t *job, bool is_apply, void *result, size_t cap, size_t *len);
 /* A complete map's result i, in place (the block is the table's; read it before the
  * release), or NULL if its chunk failed. */
-const char *mp__job_result(const mp__job_t *job, uint64_t i);
+const char *mp__job_result(const mp__jobrec_t *job, uint64_t i);
 /* Wakes the job's waiters, to look again (callbacks ran). */
-void mp__job_wake_waiter(mp__job_t *job);
+void mp__job_wake_waiter(mp__jobrec_t *job);
 /* Iterators: the chunk to deliver next (the ordered one, or any finished), or -1. */
-int64_t mp__job_finished_chunk(const mp__job_t *job, bool ordered, uint32_t next);
+int64_t mp__job_finished_chunk(const mp__jobrec_t *job, bool ordered, uint32_t next);
 /* Item i (an index in the job) of a finished chunk: 0 and its result copied, or its
  * chunk's failure for items at or after the failed one (code, sentence, *failed_item). */
-int mp__job_item(const mp__job_t *job, uint32_t chunk, uint64_t i, void *result,
+int mp__job_item(const mp__jobrec_t *job, uint32_t chunk, uint64_t i, void *result,
                  uint64_t *failed_item);
 /* A delivered chunk's window slot is free: feed the next chunks from items. */
-void mp__jobs_return_chunk(mp__jobs_t *t, mp__job_t *job, uint32_t chunk, const void *items);
+void mp__jobs_return_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, const void *items);
 /* Feeds the next chunk of an iterator if its window slot is free (true if it did). */
-bool mp__jobs_feed(mp__jobs_t *t, mp__job_t *job, const void *items);
+bool mp__jobs_feed(mp__jobs_t *t, mp__jobrec_t *job, const void *items);
 /* Fails every chunk of the job not done with code; the job then completes. */
-void mp__jobs_abort(mp__jobs_t *t, mp__job_t *job, int code);
-/* The number of items of a chunk. */
+void mp__jobs_abort(mp__jobs_t *t, mp__jobrec_t *job, int code);
+/* The number of items of a chunk: by the record, and (for a worker) by the block. */
+uint64_t mp__job_items(const mp__jobrec_t *job, uint32_t chunk);
 uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk);
 
 /* Wakes the supervisor (an eventfd write); fd is this process's eventfd. */
@@ -389,9 +427,8 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
 
 /* Loses chunk of job, run by worker w, at item (see mp__jobs_worker_lost): true if queued
  * again, false if failed (or not w's). */
-bool mp__job_lose_chunk(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint64_t item,
+bool mp__job_lose_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, uint64_t item,
                         int code, const char *msg);
 _Atomic uint64_t *mp__job_state(const mp__job_t *job, uint32_t chunk);
-const mp__task_error_t *mp__job_error(const mp__job_t *job, uint32_t chunk);
 
 #endif /* MP_POOL_JOBS_H */

@@ -65,10 +65,11 @@ struct mp_pool_s {
   struct mp_pool_s *next_live; /* the program's live pools, ended at exit */
 };
 
-/* In its job's block (mp__job_owner), which its job reference keeps: no allocation. */
+/* In its job's record (mp__job_owner), in the pool's process's memory, which its job
+ * reference keeps: no allocation, and no worker can write it. */
 struct mp_async_result_s {
   mp_pool_t *pool;
-  mp__job_t *job; /* with a reference, dropped when refs reaches 0 */
+  mp__jobrec_t *job; /* with a reference, dropped when refs reaches 0 */
   mp_async_callbacks_t callbacks;
   bool has_callbacks;
   _Atomic bool callbacks_ran;
@@ -81,7 +82,7 @@ struct mp_async_result_s {
 
 struct mp_imap_s {
   mp_pool_t *pool;
-  mp__job_t *job; /* NULL for a lazy iterator, whose batches are iterators of their own */
+  mp__jobrec_t *job; /* NULL for a lazy iterator, whose batches are iterators of their own */
   lazy_t *lazy;
   void (*free_lazy)(lazy_t *lz); /* pool_items.c's: mp_imap_free calls nothing there */
   char *scratch; /* a variable-size result as the job holds it: its length, then its bytes */

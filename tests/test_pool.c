@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -2277,6 +2278,250 @@ START_TEST(test_forms_bad_input) {
 }
 END_TEST
 
+/* ------------------------- forged job blocks ------------------------- */
+
+/* A task that rewrites the words of its own job's block before its argument: everything the
+ * pool's process acts on (the async results and their callbacks, the list of its jobs, the
+ * header it copies results by) must be out of its reach, or checked. The task finds its
+ * job's header by the words it knows the pool wrote there (n, item size, result size,
+ * chunksize, in that order); the block starts on the 64-byte line that holds them. */
+enum { FORGE_CALLBACKS = 1, FORGE_LINKS, FORGE_HEADER };
+
+typedef struct {
+  /* The header's words, in the other order: an earlier item of a map holds them too. */
+  uint64_t chunksize, result_size, item_size, n;
+  uint64_t what;
+  uint64_t legit[2]; /* FORGE_CALLBACKS: words to replace (the parent's callbacks) */
+  uint64_t forged;   /* what is written instead (an address of the parent's) */
+  uint64_t go;       /* a raw value ('q') the task waits to be 1 for, if not 0 */
+} forge_t;
+
+#define FORGE_WILD 0x0000100000001000ull /* 4096 in each half, far past any block */
+#define WORD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define SET_WORD(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+
+static _Atomic int forged_ran, legit_ran;
+
+/* What a forged callback would run: it records that it ran. */
+static int forged_callback(mp_async_result_t *ar, void *user_data) {
+  (void)ar;
+  (void)user_data;
+  atomic_fetch_add(&forged_ran, 1);
+  return 0;
+}
+
+static int legit_callback(mp_async_result_t *ar, void *user_data) {
+  (void)ar;
+  (void)user_data;
+  atomic_fetch_add(&legit_ran, 1);
+  return 0;
+}
+
+/* Its result: the words it replaced (FORGE_CALLBACKS), or -1 if it found no header. */
+static int forge(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)size;
+  (void)result_size;
+  forge_t f;
+  memcpy(&f, arg, sizeof f);
+  for (double end = mp_test_now() + 10; f.go && mp_test_now() < end;) {
+    long go = 0;
+    if (mp_value_get_long((mp_value_t *)(uintptr_t)f.go, &go) == 0 && go == 1)
+      break;
+    mp_test_sleep(0.001);
+  }
+  /* Words the pool's process writes too, whose races are the point: relaxed atomics, so
+   * that ThreadSanitizer sees no data race in a thread worker. */
+  uint64_t *at = (uint64_t *)((uintptr_t)arg & ~(uintptr_t)7), *hdr = NULL;
+  for (size_t back = 4; back < 8192 && !hdr; back++)
+    if (WORD(at - back) == f.n && WORD(at + 1 - back) == f.item_size &&
+        WORD(at + 2 - back) == f.result_size && WORD(at + 3 - back) == f.chunksize)
+      hdr = at - back;
+  int found = -1;
+  if (hdr) {
+    uint64_t *block = (uint64_t *)((uintptr_t)hdr & ~(uintptr_t)63);
+    found = 0;
+    if (f.what == FORGE_CALLBACKS)
+      for (uint64_t *w = block; w < at; w++)
+        if (WORD(w) == f.legit[0] || WORD(w) == f.legit[1])
+          SET_WORD(w, f.forged), found++;
+    if (f.what == FORGE_LINKS)
+      SET_WORD(block, f.forged), SET_WORD(block + 1, f.forged);
+    if (f.what == FORGE_HEADER)
+      for (size_t k = 0; k < 22; k++)
+        SET_WORD(hdr + k, FORGE_WILD);
+  }
+  if (result)
+    memcpy(result, &found, sizeof found);
+  if (result_size)
+    *result_size = sizeof found;
+  return 0;
+}
+
+/* The task's description of a job of n forge_t items with results of result_size. */
+static forge_t forge_job(uint64_t what, uint64_t n, uint64_t result_size, mp_value_t *go) {
+  forge_t f = {1, result_size, sizeof(forge_t), n, what, {0, 0}, 0, (uint64_t)(uintptr_t)go};
+  return f;
+}
+
+/* A batch's slots start with a length and are rounded to 8 (docs/architecture.md). */
+static uint64_t var_slot_of(uint64_t max) {
+  return (max + 8 + 7) & ~(uint64_t)7;
+}
+
+static mp_value_t *go_flag(void) {
+  mp_value_t *go;
+  long zero = 0;
+  MP_ASSERT_OK(mp_raw_value_create(&go, 'q', &zero));
+  return go;
+}
+
+/* The async result's callbacks, in a lone apply's job, an apply of a batch and a map: the
+ * supervisor calls the ones it was given, never what a task wrote over them. */
+START_TEST(test_forged_callbacks) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  mp_value_t *go = go_flag();
+  mp_async_callbacks_t cbs = {legit_callback, legit_callback, NULL};
+  atomic_store(&forged_ran, 0);
+  atomic_store(&legit_ran, 0);
+  for (int form = 0; form < 3; form++) {
+    MP_ASSERT_OK(mp_value_set_long(go, 0));
+    /* form 0: the first apply, a job of its own; 1: applies after an apply share a batch;
+     * 2: a map. */
+    forge_t f = form == 2 ? forge_job(FORGE_CALLBACKS, 1, sizeof(int), go)
+                          : forge_job(FORGE_CALLBACKS, 1, 100, go);
+    if (form == 1) {
+      f.n = 64; /* a batch's: 64 applies, of slots with their length first */
+      f.item_size = var_slot_of(sizeof f);
+      f.result_size = var_slot_of(100);
+    }
+    f.legit[0] = f.legit[1] = (uint64_t)(uintptr_t)legit_callback;
+    f.forged = (uint64_t)(uintptr_t)forged_callback;
+    mp_async_result_t *ar, *other = NULL;
+    int found = -2;
+    forge_t looks = f; /* an apply of the same batch (the same function, sizes, callbacks) */
+    looks.what = 0;
+    if (form == 1)
+      MP_ASSERT_OK(mp_pool_apply_async(pool, forge, &looks, sizeof looks, 100, &cbs, &other));
+    if (form < 2)
+      MP_ASSERT_OK(mp_pool_apply_async(pool, forge, &f, sizeof f, 100, &cbs, &ar));
+    else
+      MP_ASSERT_OK(
+          mp_pool_map_async(pool, forge, &f, 1, sizeof f, sizeof found, 1, &cbs, &ar));
+    MP_ASSERT_OK(mp_value_set_long(go, 1)); /* the callbacks are in place now */
+    MP_ASSERT_OK(mp_async_result_get(ar, &found, sizeof found, NULL, 10));
+    MP_ASSERT_OK(mp_async_result_wait(ar, 10)); /* its callback ran */
+    T_ASSERT(found >= 0, "form %d: the task did not find its job's header", form);
+    mp_async_result_free(ar);
+    if (other) {
+      MP_ASSERT_OK(mp_async_result_wait(other, 10));
+      mp_async_result_free(other);
+    }
+    T_INT_EQ(atomic_load(&forged_ran), 0);
+    T_INT_EQ(atomic_load(&legit_ran), form == 0 ? 1 : form == 1 ? 3 : 4);
+  }
+  mp_value_close(go);
+  end_pool();
+}
+END_TEST
+
+/* The parent's list of its jobs: a task that writes an address of the parent's where the
+ * links were does not make the parent write there. */
+START_TEST(test_forged_links) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  static uint64_t decoy[8];
+  memset(decoy, 0, sizeof decoy);
+  for (int k = 0; k < 3; k++) {
+    forge_t f = forge_job(FORGE_LINKS, 1, sizeof(int), NULL);
+    f.forged = (uint64_t)(uintptr_t)decoy;
+    int found = -2;
+    MP_ASSERT_OK(mp_pool_map(pool, forge, &f, 1, sizeof f, &found, sizeof found, 1));
+    T_ASSERT(found == 0, "the task did not find its job's header");
+  }
+  int x[4] = {1, 2, 3, 4}, r[4];
+  MP_ASSERT_OK(mp_pool_map(pool, square, x, 4, sizeof(int), r, sizeof(int), 1));
+  T_ASSERT(r[0] == 1 && r[3] == 16, "a map after the forged ones");
+  end_pool();
+  for (size_t k = 0; k < 8; k++)
+    T_ASSERT(decoy[k] == 0, "word %zu of the decoy was written: %#llx", k,
+             (unsigned long long)decoy[k]);
+}
+END_TEST
+
+/* The header the parent bounds by: n, sizes, chunk counts, window and offsets rewritten
+ * while the job runs, in a map, an imap, a lone apply and an apply of a batch. The worker
+ * that reads them back may die of it (its chunk fails with MP_EWORKERDIED); the parent
+ * copies nothing out of bounds and the pool goes on. */
+static void forged_header(int ctx, int form) {
+  mp_pool_t *pool = make_pool(ctx, 1, NULL);
+  forge_t f = forge_job(FORGE_HEADER, 1, form < 2 ? sizeof(int) : 100, NULL);
+  struct {
+    int r[1];
+    char after[64];
+  } out;
+  memset(&out, 0, sizeof out);
+  int rc;
+  mp_async_result_t *ar, *first = NULL;
+  if (form == 0) {
+    rc = mp_pool_map(pool, forge, &f, 1, sizeof f, out.r, sizeof(int), 1);
+  } else if (form == 1) {
+    mp_imap_t *it;
+    MP_ASSERT_OK(mp_pool_imap(pool, forge, &f, 1, sizeof f, sizeof(int), 1, &it));
+    rc = mp_imap_next(it, out.r, NULL, 10);
+    if (rc == 0)
+      MP_ASSERT_ERR(mp_imap_next(it, out.r, NULL, 10), MP_EEOF);
+    mp_imap_free(it);
+  } else {
+    if (form == 3) {
+      /* An apply after an apply opens a batch: 64 slots with their length first. The
+       * batch's first apply forges nothing. */
+      int r = -2;
+      forge_t looks = f;
+      looks.what = 0;
+      char buf[100];
+      MP_ASSERT_OK(mp_pool_apply(pool, forge, &looks, sizeof looks, buf, sizeof buf, NULL));
+      memcpy(&r, buf, sizeof r);
+      T_ASSERT(r == 0, "the lone apply did not find its header");
+      f.n = looks.n = 64;
+      f.item_size = looks.item_size = var_slot_of(sizeof f);
+      f.result_size = looks.result_size = var_slot_of(100);
+      MP_ASSERT_OK(mp_pool_apply_async(pool, forge, &looks, sizeof looks, 100, NULL, &first));
+      MP_ASSERT_OK(mp_async_result_get(first, &r, sizeof r, NULL, 10));
+      T_ASSERT(r == 0, "the batch's first apply did not find its header");
+    }
+    MP_ASSERT_OK(mp_pool_apply_async(pool, forge, &f, sizeof f, 100, NULL, &ar));
+    rc = mp_async_result_get(ar, out.r, sizeof out.r, NULL, 10);
+    mp_async_result_free(ar);
+    mp_async_result_free(first);
+  }
+  T_ASSERT(rc == 0 || rc == MP_EWORKERDIED, "form %d: %s", form, mp_strerror(rc));
+  for (size_t b = 0; b < sizeof out.after; b++)
+    T_ASSERT(out.after[b] == 0, "byte %zu past the result was written", b);
+  int xs[4] = {1, 2, 3, 4}, rs[4];
+  MP_ASSERT_OK(mp_pool_map(pool, square, xs, 4, sizeof(int), rs, sizeof(int), 1));
+  T_ASSERT(rs[0] == 1 && rs[3] == 16, "a map after the forged job");
+  end_pool();
+}
+
+START_TEST(test_forged_header_map) {
+  forged_header(_i, 0);
+}
+END_TEST
+
+START_TEST(test_forged_header_imap) {
+  forged_header(_i, 1);
+}
+END_TEST
+
+START_TEST(test_forged_header_apply) {
+  forged_header(_i, 2);
+}
+END_TEST
+
+START_TEST(test_forged_header_batch) {
+  forged_header(_i, 3);
+}
+END_TEST
+
 static Suite *pool_suite(void) {
   Suite *s = suite_create("pool");
   TCase *tc = mp_test_tcase(s, "map", 60);
@@ -2344,6 +2589,15 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_died_item_named, 0, N_PROCESS_CONTEXTS);
   tcase_add_loop_test(tc, test_destroyed_pool, 0, N_CONTEXTS);
   tcase_add_test(tc, test_options_init);
+  /* Forged job blocks: a header rewritten kills the worker that reads it, which under the
+   * thread context is the pool's own process. */
+  tc = mp_test_tcase(s, "forged", 90);
+  tcase_add_loop_test(tc, test_forged_callbacks, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_forged_links, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_forged_header_map, 0, N_PROCESS_CONTEXTS);
+  tcase_add_loop_test(tc, test_forged_header_imap, 0, N_PROCESS_CONTEXTS);
+  tcase_add_loop_test(tc, test_forged_header_apply, 0, N_PROCESS_CONTEXTS);
+  tcase_add_loop_test(tc, test_forged_header_batch, 0, N_PROCESS_CONTEXTS);
   return s;
 }
 

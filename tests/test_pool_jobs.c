@@ -21,18 +21,18 @@ static void free_table(void) {
 }
 
 /* A table of two workers and a map of n ints in chunks of chunksize, submitted. */
-static mp__job_t *submit_map(unsigned retries, const int *items, uint64_t n,
+static mp__jobrec_t *submit_map(unsigned retries, const int *items, uint64_t n,
                              uint64_t chunksize) {
   MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, retries));
   mp_test_set_hook(free_table);
   mp__job_spec_t spec = {0, 0, items, n, sizeof(int), sizeof(int), chunksize, 0, 0, NULL};
   MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
-  mp__job_t *job;
+  mp__jobrec_t *job;
   MP_ASSERT_OK(mp__jobs_submit(table, &spec, &job));
   return job;
 }
 
-static void end_table(mp__job_t *job) {
+static void end_table(mp__jobrec_t *job) {
   mp__jobs_release(table, job);
   mp_test_set_hook(NULL);
   free_table();
@@ -51,7 +51,7 @@ static bool complete(uint32_t w, mp__task_t *task) {
 
 START_TEST(test_claim_complete) {
   int in[4] = {1, 2, 3, 4}, out[4] = {0};
-  mp__job_t *job = submit_map(0, in, 4, 2);
+  mp__jobrec_t *job = submit_map(0, in, 4, 2);
   mp__task_t a, b, none;
   claim(0, &a);
   claim(1, &b);
@@ -72,7 +72,7 @@ END_TEST
  * its late completion is refused. */
 START_TEST(test_lost_between_claim_and_complete) {
   int in[4] = {1, 2, 3, 4}, out[4];
-  mp__job_t *job = submit_map(0, in, 4, 2);
+  mp__jobrec_t *job = submit_map(0, in, 4, 2);
   mp__task_t a, b;
   claim(0, &a);
   atomic_store(a.running, 1); /* it was running the chunk's second item */
@@ -94,7 +94,7 @@ END_TEST
 /* With retries the lost chunk is queued again and another worker runs it. */
 START_TEST(test_lost_and_retried) {
   int in[2] = {5, 6}, out[2];
-  mp__job_t *job = submit_map(1, in, 2, 2);
+  mp__jobrec_t *job = submit_map(1, in, 2, 2);
   mp__task_t a, again;
   claim(0, &a);
   mp__jobs_worker_lost(table, 0, "worker 1 was lost");
@@ -112,7 +112,7 @@ END_TEST
 /* A double complete counts once. */
 START_TEST(test_double_complete) {
   int in[4] = {1, 2, 3, 4};
-  mp__job_t *job = submit_map(0, in, 4, 2);
+  mp__jobrec_t *job = submit_map(0, in, 4, 2);
   mp__task_t a, b;
   claim(0, &a);
   T_ASSERT(complete(0, &a), "the first completion was refused");
@@ -127,7 +127,7 @@ END_TEST
 /* A worker lost after it completed its chunk loses nothing. */
 START_TEST(test_lose_after_complete) {
   int in[2] = {7, 8}, out[2];
-  mp__job_t *job = submit_map(0, in, 2, 1);
+  mp__jobrec_t *job = submit_map(0, in, 2, 1);
   mp__task_t a, b;
   claim(0, &a);
   T_ASSERT(complete(0, &a), "the completion was refused");
@@ -145,7 +145,7 @@ END_TEST
 /* An abort fails what is not done; a completion after it is refused. */
 START_TEST(test_abort_then_complete) {
   int in[2] = {7, 8};
-  mp__job_t *job = submit_map(0, in, 2, 1);
+  mp__jobrec_t *job = submit_map(0, in, 2, 1);
   mp__task_t a;
   claim(0, &a);
   mp__jobs_abort_all(table, MP_ETERMINATED);
@@ -174,10 +174,10 @@ START_TEST(test_function_limit) {
 END_TEST
 
 /* Another map of n ints in the same table. */
-static mp__job_t *submit_more(const int *items, uint64_t n, uint64_t chunksize) {
+static mp__jobrec_t *submit_more(const int *items, uint64_t n, uint64_t chunksize) {
   mp__job_spec_t spec = {0, 0, items, n, sizeof(int), sizeof(int), chunksize, 0, 0, NULL};
   MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
-  mp__job_t *job;
+  mp__jobrec_t *job;
   MP_ASSERT_OK(mp__jobs_submit(table, &spec, &job));
   return job;
 }
@@ -195,13 +195,13 @@ static void complete_claim(uint32_t w, mp__task_t *task, mp__task_t *next) {
 /* A completion claims the same job's next chunk, in order, until there is none. */
 START_TEST(test_completion_claims_next) {
   int in[6] = {1, 2, 3, 4, 5, 6}, out[6] = {0};
-  mp__job_t *job = submit_map(0, in, 6, 2);
+  mp__jobrec_t *job = submit_map(0, in, 6, 2);
   mp__task_t a, b;
   claim(0, &a);
   complete_claim(0, &a, &b);
-  T_ASSERT(b.job == job && b.chunk == 1, "chunk 1 was not claimed next");
+  T_ASSERT(b.job == job->blk && b.chunk == 1, "chunk 1 was not claimed next");
   complete_claim(0, &b, &a);
-  T_ASSERT(a.job == job && a.chunk == 2 && a.first == 4, "chunk 2 was not claimed next");
+  T_ASSERT(a.job == job->blk && a.chunk == 2 && a.first == 4, "chunk 2 was not claimed next");
   complete_claim(0, &a, &b);
   T_ASSERT(b.job == NULL, "a chunk was claimed after the last one");
   T_ASSERT(mp__job_complete(job), "the job is not complete");
@@ -215,18 +215,18 @@ END_TEST
  * queued chunk goes first. */
 START_TEST(test_no_claim_past_an_older_job) {
   int in[4] = {1, 2, 3, 4};
-  mp__job_t *older = submit_map(0, in, 1, 1), *newer = submit_more(in, 4, 2);
+  mp__jobrec_t *older = submit_map(0, in, 1, 1), *newer = submit_more(in, 4, 2);
   mp__task_t a, b, next;
   claim(0, &a);
-  T_ASSERT(a.job == older, "the older job's chunk was not claimed first");
+  T_ASSERT(a.job == older->blk, "the older job's chunk was not claimed first");
   claim(1, &b);
-  T_ASSERT(b.job == newer, "worker 2 did not claim in the newer job");
+  T_ASSERT(b.job == newer->blk, "worker 2 did not claim in the newer job");
   complete_claim(1, &b, &next);
   T_ASSERT(next.job == NULL, "claimed in the newer job while the older one was incomplete");
   complete_claim(0, &a, &next);
   T_ASSERT(next.job == NULL, "claimed in another job than the completed chunk's");
   claim(0, &b);
-  T_ASSERT(b.job == newer && b.chunk == 1, "the newer job's second chunk was not claimed");
+  T_ASSERT(b.job == newer->blk && b.chunk == 1, "the newer job's second chunk was not claimed");
   complete_claim(0, &b, &next);
   T_ASSERT(mp__job_complete(older) && mp__job_complete(newer), "the jobs are not complete");
   mp__jobs_release(table, newer);
@@ -241,17 +241,18 @@ START_TEST(test_pinned_job_block_reused) {
   enum { N = 70000 }; /* 280 KB of input: a block worth keeping warm */
   int *in = calloc(N, sizeof *in);
   T_ASSERT(in != NULL, "no memory");
-  mp__job_t *job = submit_map(0, in, N, N / 2), *again;
+  mp__jobrec_t *job = submit_map(0, in, N, N / 2), *again;
   mp__task_t a, b;
   claim(0, &a);
   claim(1, &b);
   T_ASSERT(complete(0, &a) && complete(1, &b), "the completions were refused");
   _Atomic uint64_t *pin = &mp__jobs_shared(table)->workers[1].pin;
-  atomic_store(pin, atomic_load(&job->seq) + 1);
+  atomic_store(pin, mp__jobrec_seq(job) + 1);
+  mp__job_t *blk = job->blk;
   mp__jobs_release(table, job);
   atomic_store(pin, 0);
   again = submit_more(in, N, N / 2);
-  T_ASSERT(again == job, "the next job of the same size did not reuse the block");
+  T_ASSERT(again->blk == blk, "the next job of the same size did not reuse the block");
   claim(0, &a);
   claim(1, &b);
   T_ASSERT(complete(0, &a) && complete(1, &b), "the completions were refused");
@@ -266,22 +267,23 @@ END_TEST
  * taken, not later). */
 START_TEST(test_orphan_block_reused_not_reclaimed) {
   int in[1] = {7}, out = 0;
-  mp__job_t *job = submit_map(0, in, 1, 1), *again, *third;
+  mp__jobrec_t *job = submit_map(0, in, 1, 1), *again, *third;
   mp__task_t a;
   claim(0, &a);
   T_ASSERT(complete(0, &a), "the completion was refused");
   _Atomic uint64_t *pin = &mp__jobs_shared(table)->workers[1].pin;
-  atomic_store(pin, atomic_load(&job->seq) + 1);
+  atomic_store(pin, mp__jobrec_seq(job) + 1);
+  mp__job_t *blk = job->blk;
   mp__jobs_release(table, job); /* pinned: an orphan */
   atomic_store(pin, 0);
   mp__jobs_reclaim(table);
   again = submit_more(in, 1, 1);
-  T_ASSERT(again == job, "the next job of the same size did not reuse the block");
+  T_ASSERT(again->blk == blk, "the next job of the same size did not reuse the block");
   mp__jobs_reclaim(table);
   third = submit_more(in, 1, 1);
-  T_ASSERT(third != again, "a reclaim freed a job in use, and the next job took its block");
+  T_ASSERT(third->blk != again->blk, "a reclaim freed a job in use, and the next job took its block");
   claim(0, &a);
-  T_ASSERT(a.job == again, "the reused job's chunk was not claimed first");
+  T_ASSERT(a.job == again->blk, "the reused job's chunk was not claimed first");
   T_ASSERT(complete(0, &a), "the completion was refused");
   MP_ASSERT_OK(mp__job_take(again, false, &out, sizeof out, NULL));
   T_INT_EQ(out, 7);
@@ -308,14 +310,14 @@ START_TEST(test_output_pages_mapped_once) {
   int *in = calloc(N, sizeof *in);
   T_ASSERT(in != NULL, "no memory");
   mp__warm_t warm = {0};
-  mp__job_t *job = submit_map(0, in, N, N / 2), *again;
-  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), id = job->block_id;
-  uintptr_t at = (uintptr_t)job;
+  mp__jobrec_t *job = submit_map(0, in, N, N / 2), *again;
+  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), id = job->blk->block_id;
+  uintptr_t at = (uintptr_t)job->blk;
   uint64_t words = (((at + job->block_size - 1) / page - at / page + 1) + 63) / 64;
   mp__task_t a, b;
   claim(0, &a);
   mp__pool_map_output(&warm, &a);
-  T_ASSERT(warm.blocks[0].block == job && warm.next == 1, "the block was not recorded");
+  T_ASSERT(warm.blocks[0].block == job->blk && warm.next == 1, "the block was not recorded");
   uint64_t after_a = warm_pages(&warm, 0, words);
   T_ASSERT(after_a >= N / 2 * sizeof(int) / page, "%llu pages recorded",
            (unsigned long long)after_a);
@@ -325,20 +327,21 @@ START_TEST(test_output_pages_mapped_once) {
   mp__pool_map_output(&warm, &b);
   T_ASSERT(warm_pages(&warm, 0, words) > after_a, "the second chunk's pages were not recorded");
   T_ASSERT(complete(0, &a) && complete(1, &b), "the completions were refused");
+  mp__job_t *blk = job->blk;
   mp__jobs_release(table, job);
   again = submit_more(in, N, N / 2);
-  T_ASSERT(again == job && again->block_id == id, "the block was not reused with its id");
+  T_ASSERT(again->blk == blk && again->blk->block_id == id, "the block was not reused with its id");
   claim(0, &a);
   mp__pool_map_output(&warm, &a);
   T_ASSERT(warm.next == 1, "a reused block was given a new entry");
-  mp__job_t *fresh = submit_more(in, N, N / 2);
-  T_ASSERT(fresh->block_id != id, "a fresh block has the reused one's id");
+  mp__jobrec_t *fresh = submit_more(in, N, N / 2);
+  T_ASSERT(fresh->blk->block_id != id, "a fresh block has the reused one's id");
   claim(1, &b);
-  T_ASSERT(b.job == again, "the older job's chunk was not claimed first");
+  T_ASSERT(b.job == again->blk, "the older job's chunk was not claimed first");
   T_ASSERT(complete(0, &a) && complete(1, &b), "the completions were refused");
   claim(0, &a);
   mp__pool_map_output(&warm, &a);
-  T_ASSERT(warm.next == 2 && warm.blocks[1].block == fresh, "the fresh block has no entry");
+  T_ASSERT(warm.next == 2 && warm.blocks[1].block == fresh->blk, "the fresh block has no entry");
   claim(1, &b);
   T_ASSERT(complete(0, &a) && complete(1, &b), "the completions were refused");
   mp__warm_free(&warm);
@@ -357,7 +360,7 @@ START_TEST(test_block_kept_for_next_table) {
   T_ASSERT(in != NULL, "no memory");
   for (int i = 0; i < N; i++)
     in[i] = i + 1;
-  mp__job_t *job = submit_map(0, in, N, N);
+  mp__jobrec_t *job = submit_map(0, in, N, N);
   mp__task_t a;
   claim(0, &a);
   T_ASSERT(complete(0, &a), "the completion was refused");
@@ -377,24 +380,24 @@ END_TEST
 /* ------------------------------ batches of applies ------------------------------ */
 
 /* An apply of identity on x, by the table's own path. */
-static mp__job_t *apply(int *x, uint32_t *chunk) {
+static mp__jobrec_t *apply(int *x, uint32_t *chunk) {
   mp__apply_spec_t spec = {0, false, x, sizeof *x, sizeof *x};
   MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
-  mp__job_t *job;
+  mp__jobrec_t *job;
   MP_ASSERT_OK(mp__jobs_apply(table, &spec, &job, chunk));
   return job;
 }
 
 /* Worker w claims, runs and completes the oldest queued chunk: its job and chunk. */
-static void run_one(uint32_t w, mp__job_t *job, uint32_t chunk) {
+static void run_one(uint32_t w, mp__jobrec_t *job, uint32_t chunk) {
   mp__task_t task;
   claim(w, &task);
-  T_ASSERT(task.job == job && task.chunk == chunk, "claimed chunk %u of %p, not %u of %p",
+  T_ASSERT(task.job == job->blk && task.chunk == chunk, "claimed chunk %u of %p, not %u of %p",
            task.chunk, task.job, chunk, (void *)job);
   T_ASSERT(complete(w, &task), "the completion was refused");
 }
 
-static int take_int(mp__job_t *job, uint32_t chunk) {
+static int take_int(mp__jobrec_t *job, uint32_t chunk) {
   int r = -1;
   size_t len = 0;
   MP_ASSERT_OK(mp__job_take_chunk(job, chunk, &r, sizeof r, &len));
@@ -410,7 +413,7 @@ START_TEST(test_applies_share_a_batch) {
   MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
   mp_test_set_hook(free_table);
   static int x[200];
-  static mp__job_t *jobs[200];
+  static mp__jobrec_t *jobs[200];
   uint32_t chunks[200];
   for (int k = 0; k < 200; k++)
     x[k] = 1000 + k;
@@ -457,15 +460,15 @@ START_TEST(test_batch_lost_and_aborted) {
   MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
   mp_test_set_hook(free_table);
   int x[5] = {1, 2, 3, 4, 5};
-  mp__job_t *jobs[5];
+  mp__jobrec_t *jobs[5];
   uint32_t chunks[5];
   for (int k = 0; k < 5; k++)
     jobs[k] = apply(&x[k], &chunks[k]);
-  mp__job_t *batch = jobs[1];
+  mp__jobrec_t *batch = jobs[1];
   run_one(0, jobs[0], 0);
   mp__task_t lost;
   claim(1, &lost);
-  T_ASSERT(lost.job == batch && lost.chunk == 0, "the batch's first apply was not claimed");
+  T_ASSERT(lost.job == batch->blk && lost.chunk == 0, "the batch's first apply was not claimed");
   mp__jobs_worker_lost(table, 1, "worker 2 was lost");
   mp__jobs_worker_gone(table, 1);
   T_ASSERT(mp__job_chunk_finished(batch, 0), "the lost apply did not fail");
@@ -498,15 +501,15 @@ START_TEST(test_spread_states_lost_and_aborted) {
   int in[N], out[N];
   for (int k = 0; k < N; k++)
     in[k] = 100 + k;
-  mp__job_t *job = submit_map(1, in, N, 1);
+  mp__jobrec_t *job = submit_map(1, in, N, 1);
   for (uint32_t c = 0; c < N; c++) {
-    uintptr_t at = (uintptr_t)mp__job_state(job, c);
-    T_INT_EQ(MP__CHUNK_OF(atomic_load(mp__job_state(job, c))), c);
+    uintptr_t at = (uintptr_t)mp__job_state(job->blk, c);
+    T_INT_EQ(MP__CHUNK_OF(atomic_load(mp__job_state(job->blk, c))), c);
     if (c > 0)
-      T_ASSERT(at / 64 != (uintptr_t)mp__job_state(job, c - 1) / 64,
+      T_ASSERT(at / 64 != (uintptr_t)mp__job_state(job->blk, c - 1) / 64,
                "chunks %u and %u share a line", c - 1, c);
     for (uint32_t d = 0; d < c; d++)
-      T_ASSERT(mp__job_state(job, d) != mp__job_state(job, c), "chunks %u and %u share a word",
+      T_ASSERT(mp__job_state(job->blk, d) != mp__job_state(job->blk, c), "chunks %u and %u share a word",
                d, c);
   }
   mp__task_t a, b;
@@ -545,7 +548,7 @@ START_TEST(test_closed_batch_block_freed) {
   MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
   mp_test_set_hook(free_table);
   int x[4] = {1, 2, 3, 4};
-  mp__job_t *jobs[4];
+  mp__jobrec_t *jobs[4];
   uint32_t chunks[4];
   jobs[0] = apply(&x[0], &chunks[0]);
   jobs[1] = apply(&x[1], &chunks[1]);
@@ -580,7 +583,7 @@ START_TEST(test_apply_stream_stays_batched) {
   MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
   mp_test_set_hook(free_table);
   static int x[67];
-  static mp__job_t *jobs[67];
+  static mp__jobrec_t *jobs[67];
   uint32_t chunks[67];
   for (int k = 0; k < 67; k++)
     x[k] = 2000 + k;
@@ -604,7 +607,7 @@ START_TEST(test_apply_stream_stays_batched) {
    * alone: no batch of 64 chunks for one. */
   mp__apply_spec_t other = {0, false, &x[0], sizeof x[0], 2 * sizeof x[0]};
   MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &other.fn));
-  mp__job_t *alone;
+  mp__jobrec_t *alone;
   uint32_t alone_chunk;
   MP_ASSERT_OK(mp__jobs_apply(table, &other, &alone, &alone_chunk));
   T_ASSERT(!(alone->flags & MP__JOB_BATCH),
@@ -614,7 +617,7 @@ START_TEST(test_apply_stream_stays_batched) {
   /* Other work closes the batch; the next apply, with nothing in flight, is alone. */
   int item = 7;
   mp__job_spec_t map = {jobs[0]->fn, 0, &item, 1, sizeof item, sizeof item, 1, 0, 0, NULL};
-  mp__job_t *mapped;
+  mp__jobrec_t *mapped;
   MP_ASSERT_OK(mp__jobs_submit(table, &map, &mapped));
   run_one(1, mapped, 0);
   jobs[66] = apply(&x[66], &chunks[66]);
