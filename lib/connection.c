@@ -806,11 +806,14 @@ int mp_process_pass_conn(mp_process_t *proc, mp_conn_t *conn) {
 /* ------------------------------ waiting ------------------------------ */
 
 /* The fd a wait on conn polls: the read fd, or a one-way sender's write fd, which polls
- * POLLERR once the reader has gone. It begins a call, which wait_on() ends: a close
- * meanwhile is deferred (see "Closing under a call"), so the number stays the end's. */
+ * POLLERR once the reader has gone. */
 static int conn_poll_fd(void *obj) {
   mp_conn_t *conn = obj;
-  return call_begin(conn, !conn->rkey, "mp_wait");
+  lock_in_use();
+  const in_use_t *use = find_in_use(conn);
+  int fd = use && use->closed ? -1 : fd_here(conn->rkey ? conn->rkey : conn->wkey);
+  unlock_in_use();
+  return fd;
 }
 
 static int conn_ready(void *obj) {
@@ -838,16 +841,12 @@ __attribute__((constructor(102))) static void register_connections(void) {
 
 #define WAIT_ON_STACK 16
 
-typedef struct {
-  const mp__waitable_ops_t *ops;
-  bool call; /* a connection's call, begun by its poll_fd(), which the wait ends */
-} waited_t;
-
 /* Asks every object whether it is ready; the number that are, or an error. */
-static int count_ready(void *const *objects, const waited_t *w, size_t n, bool *ready) {
+static int count_ready(void *const *objects, const mp__waitable_ops_t **ops, size_t n,
+                       bool *ready) {
   int count = 0;
   for (size_t i = 0; i < n; i++) {
-    int r = w[i].ops->ready(objects[i]);
+    int r = ops[i]->ready(objects[i]);
     if (r < 0)
       return r;
     if (ready)
@@ -857,37 +856,29 @@ static int count_ready(void *const *objects, const waited_t *w, size_t n, bool *
   return count;
 }
 
-/* Finds each object's operations and takes its fd, in w[0 .. *taken) and pfds; 0, or the
- * error that ends the wait. */
-static int take_fds(void *const *objects, waited_t *w, struct pollfd *pfds, size_t n,
-                    size_t *taken, bool *queues) {
+static int wait_on(void *const *objects, const mp__waitable_ops_t **ops, struct pollfd *pfds,
+                   size_t n, int64_t deadline, bool *ready) {
+  bool queues = false;
   for (size_t i = 0; i < n; i++) {
-    w[i] = (waited_t){mp__waitable_find(objects[i]), false};
-    if (!w[i].ops)
+    ops[i] = mp__waitable_find(objects[i]);
+    if (!ops[i])
       return mp__error(MP_EINVAL,
                        "mp_wait: objects[%zu] is not a connection end, a queue or "
                        "a process",
                        i);
     /* Each fd first, then readiness: what happens between the two wakes the poll. */
-    int fd = w[i].ops->poll_fd(objects[i]);
-    w[i].call = fd >= 0 && w[i].ops == &conn_waitable;
-    *taken = i + 1;
+    int fd = ops[i]->poll_fd(objects[i]);
     bool queue = *(const uint32_t *)objects[i] == MP__KIND_QUEUE;
     /* A connection or process without an fd is closed or never ends, which ready() tells;
      * a queue without a doorbell (out of fds) could never wake the poll. */
     if (fd < 0 && queue)
       return fd;
-    *queues |= queue;
+    queues |= queue;
     pfds[i] = (struct pollfd){.fd = fd >= 0 ? fd : -1, .events = POLLIN};
   }
-  return 0;
-}
-
-static int poll_until_ready(void *const *objects, const waited_t *w, struct pollfd *pfds,
-                            size_t n, int64_t deadline, bool queues, bool *ready) {
   mp__sigint_t sigint = {NULL, 0};
   for (;;) {
-    int count = count_ready(objects, w, n, ready);
+    int count = count_ready(objects, ops, n, ready);
     if (count != 0 || mp__now_ns() >= deadline)
       return count;
     if (!sigint.counter) /* at the first sleep: no system call when not blocking */
@@ -909,19 +900,6 @@ static int poll_until_ready(void *const *objects, const waited_t *w, struct poll
   }
 }
 
-static int wait_on(void *const *objects, waited_t *w, struct pollfd *pfds, size_t n,
-                   int64_t deadline, bool *ready) {
-  size_t taken = 0;
-  bool queues = false;
-  int rc = take_fds(objects, w, pfds, n, &taken, &queues);
-  if (rc == 0)
-    rc = poll_until_ready(objects, w, pfds, n, deadline, queues, ready);
-  for (size_t i = 0; i < taken; i++) /* after its last look at the object */
-    if (w[i].call)
-      call_end(objects[i]);
-  return rc;
-}
-
 int mp_wait(void *const *objects, size_t n, double timeout, bool *ready) {
   int64_t deadline = mp__deadline(timeout);
   if (!objects && n > 0)
@@ -932,17 +910,17 @@ int mp_wait(void *const *objects, size_t n, double timeout, bool *ready) {
     mp__poll_fd(-1, 0, deadline); /* poll() ignores a negative fd: a sleep */
     return 0;
   }
-  waited_t w_space[WAIT_ON_STACK], *w = w_space;
+  const mp__waitable_ops_t *ops_space[WAIT_ON_STACK], **ops = ops_space;
   struct pollfd pfd_space[WAIT_ON_STACK], *pfds = pfd_space;
   if (n > WAIT_ON_STACK) {
-    bool fits = n <= PTRDIFF_MAX / sizeof *w; /* the larger of the two */
-    w = fits ? malloc(n * sizeof *w) : NULL;
+    bool fits = n <= PTRDIFF_MAX / sizeof *pfds; /* the larger of the two */
+    ops = fits ? malloc(n * sizeof *ops) : NULL;
     pfds = fits ? malloc(n * sizeof *pfds) : NULL;
   }
-  int rc = w && pfds ? wait_on(objects, w, pfds, n, deadline, ready)
-                     : mp__error(MP_ENOMEM, "mp_wait: no memory for %zu objects", n);
+  int rc = ops && pfds ? wait_on(objects, ops, pfds, n, deadline, ready)
+                       : mp__error(MP_ENOMEM, "mp_wait: no memory for %zu objects", n);
   if (n > WAIT_ON_STACK) {
-    free(w);
+    free(ops);
     free(pfds);
   }
   return rc;

@@ -24,11 +24,13 @@
  *
  * Threads and processes may share an end: whole messages are sent and received one at a
  * time per end and direction (robust locks), never interleaved. A close while other threads
- * of the process send, receive, poll or mp_wait() on the end returns at once: later calls
- * answer MP_ECLOSED, and the calls in progress end as they would have (a blocked one still
- * waits for its message or its room; a wait, until it wakes, then counting the end ready),
- * the last of them closing the fds, so that none uses an fd number the close freed for
- * another file. Until then the end's fds are open, so its peer sees no end of file yet. A
+ * of the process send, receive or poll on the end returns at once: later calls answer
+ * MP_ECLOSED, and the calls in progress end as they would have (a blocked one still waits
+ * for its message or its room), the last of them closing the fds, so that none uses an fd
+ * number the close freed for another file. Until then the end's fds are open, so its peer
+ * sees no end of file yet. mp_wait() is not such a call, so that a close under a wait
+ * forever still ends the peer: the fds close at once, and the wait may watch the freed
+ * number until it wakes or times out (close the end once no thread waits on it). A
  * child forked (by fork() or the "fork" start method) while such a close is pending has the
  * end closed, as if the close had finished first.
  */
