@@ -69,6 +69,14 @@ struct mp__jobs_s {
   char *batch_input; /* chunk c's input at batch_input + c * (batch_room + its length) */
   uint64_t next_seq;
   uint32_t n_workers, retries; /* the shared block's, which a worker may rewrite */
+  /* The function table and the initializer as this process made them: the shared block's
+   * copies are for the workers, which may rewrite them, so the look-ups, the bounds and the
+   * frees here read only these. n_fns is read without the lock (find_function). */
+  _Atomic uint32_t n_fns;
+  mp__fn_t fns[MP__POOL_MAX_FNS];
+  mp__fnref_t *fn_refs[MP__POOL_MAX_FNS];
+  mp__fnref_t *init_ref;
+  void *initargs;
   mp__jobrec_t *jobs;          /* the records of every job not freed */
   mp__jobrec_t *free_recs;     /* records for the next jobs (linked by next) */
   mp__job_t *spares[SPARES];   /* freed jobs' blocks, for the next jobs */
@@ -1041,12 +1049,12 @@ void mp__jobs_free(mp__jobs_t *t) {
       keep_for_later(t->spares[i], t->spare_size[i]);
   for (size_t i = 0; i < t->n_small; i++)
     mp__shared_release(t->small[i]);
-  for (uint32_t i = 0; i < atomic_load(&sh->n_fns); i++)
-    mp__shared_release(sh->fns[i]);
-  if (sh->init_ref)
-    mp__shared_release(sh->init_ref);
-  if (sh->initargs)
-    mp__shared_release(sh->initargs);
+  for (uint32_t i = 0; i < atomic_load(&t->n_fns); i++)
+    mp__shared_release(t->fn_refs[i]);
+  if (t->init_ref)
+    mp__shared_release(t->init_ref);
+  if (t->initargs)
+    mp__shared_release(t->initargs);
   pthread_mutex_destroy(&sh->err_lock);
   mp__shared_release(sh);
   pthread_mutex_destroy(&t->lock);
@@ -1077,11 +1085,13 @@ static int share_fnref(mp__fn_t fn, mp__fnref_t **out) {
 
 int mp__jobs_set_initializer(mp__jobs_t *t, mp__fn_t fn, const void *args, size_t size) {
   mp__pool_shared_t *sh = t->sh;
-  int rc = share_fnref(fn, &sh->init_ref);
+  int rc = share_fnref(fn, &t->init_ref);
   if (rc < 0)
     return rc;
-  if (size && !(sh->initargs = mp__shared_alloc(size)))
+  sh->init_ref = t->init_ref;
+  if (size && !(t->initargs = mp__shared_alloc(size)))
     return mp__error_prefix(MP_ENOMEM, "the initializer's %zu bytes of arguments", size);
+  sh->initargs = t->initargs;
   sh->init_local = fn;
   if (size)
     memcpy(sh->initargs, args, size);
@@ -1092,10 +1102,10 @@ int mp__jobs_set_initializer(mp__jobs_t *t, mp__fn_t fn, const void *args, size_
 /* A function already in the table is found without the lock (every submission looks its
  * function up): entries below n_fns are written before n_fns is raised past them, and never
  * again. */
-static bool find_function(const mp__pool_shared_t *sh, mp__fn_t fn, uint32_t *index) {
-  uint32_t n = atomic_load(&sh->n_fns);
+static bool find_function(mp__jobs_t *t, mp__fn_t fn, uint32_t *index) {
+  uint32_t n = atomic_load(&t->n_fns);
   for (uint32_t i = 0; i < n; i++)
-    if (sh->local_fns[i] == fn) {
+    if (t->fns[i] == fn) {
       *index = i;
       return true;
     }
@@ -1104,17 +1114,19 @@ static bool find_function(const mp__pool_shared_t *sh, mp__fn_t fn, uint32_t *in
 
 int mp__jobs_function(mp__jobs_t *t, mp__fn_t fn, uint32_t *index) {
   mp__pool_shared_t *sh = t->sh;
-  if (find_function(sh, fn, index))
+  if (find_function(t, fn, index))
     return 0;
   pthread_mutex_lock(&t->lock);
   int rc = 0;
-  if (!find_function(sh, fn, index)) { /* added meanwhile by another thread? */
-    uint32_t n = atomic_load(&sh->n_fns);
+  if (!find_function(t, fn, index)) { /* added meanwhile by another thread? */
+    uint32_t n = atomic_load(&t->n_fns);
     if (n == MP__POOL_MAX_FNS)
       rc = mp__error(MP_ELIMIT, "more than %d task functions in one pool", MP__POOL_MAX_FNS);
-    else if ((rc = share_fnref(fn, &sh->fns[n])) == 0) {
+    else if ((rc = share_fnref(fn, &t->fn_refs[n])) == 0) {
+      t->fns[n] = fn;
+      sh->fns[n] = t->fn_refs[n];
       sh->local_fns[n] = fn;
-      atomic_store(&sh->n_fns, n + 1);
+      atomic_store(&t->n_fns, n + 1);
       *index = n;
     }
   }

@@ -224,7 +224,6 @@ struct mp__pool_shared_s {
   _Atomic uint64_t next_seq, oldest; /* jobs [oldest, next_seq) may be incomplete */
   uint32_t n_workers, maxtasks, retries;
   uint64_t event_key;   /* the eventfd that wakes the supervisor, passed by key */
-  _Atomic uint32_t n_fns;
   mp__fnref_t *fns[MP__POOL_MAX_FNS]; /* blocks of the arena */
   mp__fn_t local_fns[MP__POOL_MAX_FNS]; /* the same, as pointers of the pool's process */
   mp__fnref_t *init_ref;  /* NULL: no initializer */

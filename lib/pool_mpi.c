@@ -266,7 +266,7 @@ static void top_up(link_t *k) {
   while (k->n < DEPTH && k->after >= (uint64_t)sh->n_workers * DEPTH && !sh->maxtasks &&
          !(atomic_load(&sh->flags) & MP__POOL_TERMINATED) && mp__pool_claim(sh, k->w, &t)) {
     claimed(k, &t);
-    t.call = sh->local_fns[t.fn];
+    t.call = t.fn < MP__POOL_MAX_FNS ? sh->local_fns[t.fn] : NULL; /* a shared word */
     MP__TRACE_CLOCK(t0);
     int rc = post_task(k, &t);
     if (rc < 0)

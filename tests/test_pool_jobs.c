@@ -173,6 +173,35 @@ START_TEST(test_function_limit) {
 }
 END_TEST
 
+static int other_fn(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)arg, (void)size, (void)result, (void)result_size;
+  return 0;
+}
+
+/* A worker rewrites the shared copy of the function table (as any process sharing the pool's
+ * block could): the pool's process still finds its functions, adds new ones at its own next
+ * index, and frees only the references it made. */
+START_TEST(test_function_table_forged) {
+  MP_ASSERT_OK(mp__jobs_create(&table, 1, 0, 0));
+  mp_test_set_hook(free_table);
+  uint32_t index;
+  MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &index));
+  T_INT_EQ(index, 0);
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  sh->local_fns[0] = (mp__fn_t)other_fn;
+  sh->fns[0] = (mp__fnref_t *)(uintptr_t)0x1000; /* freed, it would crash */
+  sh->fns[1] = (mp__fnref_t *)(uintptr_t)0x2000;
+  MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &index));
+  T_INT_EQ(index, 0);
+  MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)other_fn, &index));
+  T_INT_EQ(index, 1);
+  T_ASSERT(sh->local_fns[1] == (mp__fn_t)other_fn && sh->fns[1] != sh->fns[0],
+           "the workers' copy of the new entry");
+  mp_test_set_hook(NULL);
+  free_table();
+}
+END_TEST
+
 /* Another map of n ints in the same table. */
 static mp__jobrec_t *submit_more(const int *items, uint64_t n, uint64_t chunksize) {
   mp__job_spec_t spec = {0, 0, items, n, sizeof(int), sizeof(int), chunksize, 0, 0, NULL};
@@ -641,6 +670,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_lose_after_complete);
   tcase_add_test(tc, test_abort_then_complete);
   tcase_add_test(tc, test_function_limit);
+  tcase_add_test(tc, test_function_table_forged);
   tcase_add_test(tc, test_completion_claims_next);
   tcase_add_test(tc, test_no_claim_past_an_older_job);
   tcase_add_test(tc, test_pinned_job_block_reused);
