@@ -1565,19 +1565,19 @@ END_TEST
 /* A page of this process's own memory, outside the arena, that a wild ring word names. */
 static _Alignas(4096) unsigned char victim[8192];
 
-/* A mark of MARK_LEN bytes, this process's own. */
-static void fill_mark(unsigned char mark[MARK_LEN]) {
+/* A queue with a 4 KiB ring whose first record is a mark of this process's own, and its
+ * ring word: that record's address (found in the arena) | 12, log2 of the ring's bytes; the
+ * word's place in the queue's first 512 bytes, and *word. */
+static unsigned char *marked_queue(mp_queue_t **q, unsigned char mark[MARK_LEN],
+                                   uint64_t *word) {
+  MP_ASSERT_OK(mp_queue_create_sized(q, 0, 4096));
   for (size_t i = 0; i < MARK_LEN; i++)
     mark[i] = (unsigned char)(0x3c ^ (i * 41) ^ getpid());
-}
-
-/* q's ring word, once the mark is q's first record: that record's address (found in the
- * arena) | 12, log2 of the ring's 4 KiB; its place in q's first 512 bytes, and *word. */
-static unsigned char *ring_word_at(mp_queue_t *q, const unsigned char *mark, uint64_t *word) {
+  MP_ASSERT_OK(mp_queue_put(*q, mark, MARK_LEN, 10));
   unsigned char *ring = arena_find(MARK_LEN, mark, MARK_LEN);
   T_ASSERT(ring != NULL, "the record in the arena");
   *word = (uint64_t)(uintptr_t)ring | 12;
-  return (unsigned char *)q + mp_test_find_bytes(q, 512, 8, word, sizeof *word);
+  return (unsigned char *)*q + mp_test_find_bytes(*q, 512, 8, word, sizeof *word);
 }
 
 /* The ring's word is as untrusted for a put as for a get: one naming memory outside the
@@ -1585,12 +1585,9 @@ static unsigned char *ring_word_at(mp_queue_t *q, const unsigned char *mark, uin
  * nothing written; the word put back, the queue works again. */
 START_TEST(test_corrupt_ring_word_put) {
   mp_queue_t *q;
-  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
   unsigned char mark[MARK_LEN];
-  fill_mark(mark);
-  MP_ASSERT_OK(mp_queue_put(q, mark, MARK_LEN, 10));
   uint64_t good;
-  unsigned char *word = ring_word_at(q, mark, &good);
+  unsigned char *word = marked_queue(&q, mark, &good);
   memset(victim, 0, sizeof victim);
   const uint64_t forged[] = {(uint64_t)(uintptr_t)victim | 12, (good & ~(uint64_t)63) | 40};
   for (size_t i = 0; i < sizeof forged / sizeof forged[0]; i++) {
@@ -1620,12 +1617,9 @@ END_TEST
  * arena that is no ring is MP_ECORRUPT, and nothing is lost once the word is put back. */
 START_TEST(test_corrupt_ring_word) {
   mp_queue_t *q;
-  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
   unsigned char mark[MARK_LEN];
-  fill_mark(mark);
-  MP_ASSERT_OK(mp_queue_put(q, mark, MARK_LEN, 10));
   uint64_t word;
-  unsigned char *at = ring_word_at(q, mark, &word);
+  unsigned char *at = marked_queue(&q, mark, &word);
   unsigned char *ring = (unsigned char *)(uintptr_t)(word & ~(uint64_t)63);
   const uint64_t wild[] = {(uint64_t)(uintptr_t)ring | 44,
                            (uint64_t)(uintptr_t)(ring + 64) | 12};
