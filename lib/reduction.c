@@ -350,6 +350,7 @@ int mp__fnref_resolve(const mp__fnref_t *ref, mp__fn_t *fn) {
 typedef struct {
   uint64_t key;
   int fd;
+  bool closed; /* mp__fd_retire: its object is closed here, the fd waits for a call in it */
 } shared_fd_t;
 
 static struct {
@@ -379,7 +380,7 @@ int mp__fd_adopt(uint64_t key, int fd) {
     }
   }
   if (rc == 0)
-    fds.entries[fds.count++] = (shared_fd_t){key, fd};
+    fds.entries[fds.count++] = (shared_fd_t){key, fd, false};
   pthread_mutex_unlock(&fds.lock);
   return rc;
 }
@@ -392,26 +393,50 @@ int mp__fd_share(int fd, uint64_t *key) {
 int mp__fd_lookup(uint64_t key) {
   pthread_mutex_lock(&fds.lock);
   shared_fd_t *entry = find_fd(key);
-  int fd = entry ? entry->fd : -1;
+  int fd = !entry ? MP_ENOTPASSED : entry->closed ? MP_ECLOSED : entry->fd;
   pthread_mutex_unlock(&fds.lock);
+  if (fd == MP_ECLOSED)
+    return mp__error(MP_ECLOSED, "this object is closed in this process (the close waits "
+                                 "for a call still in it)");
   return fd >= 0 ? fd
                  : mp__error(MP_ENOTPASSED, "this object's file descriptor was not passed to "
                                             "this process (mp_process_pass_*)");
 }
 
+void mp__fd_retire(uint64_t key) {
+  pthread_mutex_lock(&fds.lock);
+  shared_fd_t *entry = find_fd(key);
+  if (entry)
+    entry->closed = true;
+  pthread_mutex_unlock(&fds.lock);
+}
+
+void (*mp__fd_unshare_hook)(void);
+
 int mp__fd_unshare(uint64_t key) {
   pthread_mutex_lock(&fds.lock);
   shared_fd_t *entry = find_fd(key);
-  int fd = -1;
+  int fd = entry ? entry->fd : -1;
   if (entry) {
-    fd = entry->fd;
-    *entry = fds.entries[--fds.count];
+    fds.count--;
+    if (mp__fd_unshare_hook) /* tests: the table is half-updated here */
+      mp__fd_unshare_hook();
+    *entry = fds.entries[fds.count];
+    /* Under the lock, which a fork holds while a connection's close is pending: a child
+     * forked then has both the entry and the fd, or neither. A raw close: no cancellation
+     * point with the lock held. */
+    mp__raw_syscall(SYS_close, fd, 0, 0, 0);
   }
   pthread_mutex_unlock(&fds.lock);
-  if (fd < 0)
-    return MP_ENOTPASSED;
-  close(fd);
-  return 0;
+  return fd < 0 ? MP_ENOTPASSED : 0;
+}
+
+void mp__fd_lock(void) {
+  pthread_mutex_lock(&fds.lock);
+}
+
+void mp__fd_unlock(void) {
+  pthread_mutex_unlock(&fds.lock);
 }
 
 MP__CHILD_TEXT void mp__fd_after_fork(void) {
