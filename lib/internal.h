@@ -251,7 +251,7 @@ int mp__fd_share(int fd, uint64_t *key);
  * MP_ECLOSED (retired). */
 int mp__fd_lookup(uint64_t key);
 /* Marks key's fd closed here while a call still uses it, until mp__fd_unshare: look-ups
- * (a start sending it to a child) answer MP_ECLOSED. */
+ * (a start sending it to a child) answer MP_ECLOSED, and a forked child closes it. */
 void mp__fd_retire(uint64_t key);
 /* Closes this process's fd for key, and drops it from the table under the table's lock;
  * 0, or MP_ENOTPASSED. */

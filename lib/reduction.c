@@ -350,8 +350,13 @@ int mp__fnref_resolve(const mp__fnref_t *ref, mp__fn_t *fn) {
 typedef struct {
   uint64_t key;
   int fd;
-  bool closed; /* mp__fd_retire: its object is closed here, the fd waits for a call in it */
 } shared_fd_t;
+
+/* A retired entry's key (mp__fd_retire) has this bit too, which no key from the arena's
+ * counter has: a look-up, on the path of every call, misses such an entry at no cost, and
+ * a forked child closes it as not passed. (A wild key with the bit only turns an
+ * MP_ENOTPASSED into MP_ECLOSED.) */
+#define RETIRED (UINT64_C(1) << 63)
 
 static struct {
   pthread_mutex_t lock;
@@ -380,7 +385,7 @@ int mp__fd_adopt(uint64_t key, int fd) {
     }
   }
   if (rc == 0)
-    fds.entries[fds.count++] = (shared_fd_t){key, fd, false};
+    fds.entries[fds.count++] = (shared_fd_t){key, fd};
   pthread_mutex_unlock(&fds.lock);
   return rc;
 }
@@ -393,21 +398,22 @@ int mp__fd_share(int fd, uint64_t *key) {
 int mp__fd_lookup(uint64_t key) {
   pthread_mutex_lock(&fds.lock);
   shared_fd_t *entry = find_fd(key);
-  int fd = !entry ? MP_ENOTPASSED : entry->closed ? MP_ECLOSED : entry->fd;
+  int fd = entry ? entry->fd : find_fd(key | RETIRED) ? MP_ECLOSED : MP_ENOTPASSED;
   pthread_mutex_unlock(&fds.lock);
-  if (fd == MP_ECLOSED)
-    return mp__error(MP_ECLOSED, "this object is closed in this process (the close waits "
-                                 "for a call still in it)");
-  return fd >= 0 ? fd
-                 : mp__error(MP_ENOTPASSED, "this object's file descriptor was not passed to "
-                                            "this process (mp_process_pass_*)");
+  if (fd >= 0)
+    return fd;
+  return fd == MP_ECLOSED
+             ? mp__error(fd, "this object is closed in this process (the close waits for a "
+                             "call still in it)")
+             : mp__error(fd, "this object's file descriptor was not passed to this process "
+                             "(mp_process_pass_*)");
 }
 
 void mp__fd_retire(uint64_t key) {
   pthread_mutex_lock(&fds.lock);
   shared_fd_t *entry = find_fd(key);
   if (entry)
-    entry->closed = true;
+    entry->key |= RETIRED;
   pthread_mutex_unlock(&fds.lock);
 }
 
@@ -416,6 +422,8 @@ void (*mp__fd_unshare_hook)(void);
 int mp__fd_unshare(uint64_t key) {
   pthread_mutex_lock(&fds.lock);
   shared_fd_t *entry = find_fd(key);
+  if (!entry)
+    entry = find_fd(key | RETIRED);
   int fd = entry ? entry->fd : -1;
   if (entry) {
     fds.count--;
