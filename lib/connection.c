@@ -223,6 +223,16 @@ static bool close_fds(const mp_conn_t *conn) {
   return had_read || had_write;
 }
 
+/* Marks the fds of conn, whose close waits for its calls, closed in reduction.c's table: a
+ * start that was to send them to a child refuses (MP_ECLOSED), as Python's pickling of a
+ * closed Connection does. */
+static void retire_fds(const mp_conn_t *conn) {
+  if (conn->rkey)
+    mp__fd_retire(conn->rkey);
+  if (conn->wkey)
+    mp__fd_retire(conn->wkey);
+}
+
 /* Children's references are their process objects', dropped when they are reaped. */
 static void release_here(mp_conn_t *conn) {
   if (conn->creator == getpid())
@@ -269,6 +279,10 @@ static _Thread_local bool fork_locked; /* this thread's fork holds the lock */
 static void in_use_before_fork(void) {
   if (atomic_load(&in_use.closing)) {
     lock_in_use();
+    /* And reduction.c's table, which the child walks: another thread's unshare (a pending
+     * close finishing) is then never half done in the child. Taken second, as every path
+     * that holds both takes it (a look-up under the list's lock). */
+    mp__fd_lock();
     fork_locked = true;
   }
 }
@@ -277,14 +291,15 @@ static void in_use_before_fork(void) {
 static void in_use_after_fork_in_parent(void) {
   if (atomic_load_explicit(&in_use.closing, memory_order_relaxed) && fork_locked) {
     fork_locked = false;
+    mp__fd_unlock();
     unlock_in_use();
   }
 }
 
 /* In a forked child, the ends whose close the parent deferred (or was finishing) lose their
  * fds, if the list was whole at the fork. Not child text: only a child forked while a close
- * was pending runs it. reduction.c's lock may have been held by a thread of the parent:
- * reset first, as its own handler does. */
+ * was pending runs it. reduction.c's lock, held by the fork, is reset first, as its own
+ * handler does. */
 __attribute__((noinline, cold)) static void forget_closed_in_child(void) {
   if (fork_locked) {
     fork_locked = false;
@@ -754,6 +769,8 @@ int mp_conn_close(mp_conn_t *conn) {
     atomic_fetch_add_explicit(&in_use.closing, 1, memory_order_relaxed);
   }
   bool now = open && use && use->calls == 0;
+  if (open && use && !now)
+    retire_fds(conn);
   if (open && !use)
     close_fds(conn); /* no memory to mark it: closed under the lock, as nothing else can */
   unlock_in_use();

@@ -247,10 +247,22 @@ int mp__fnref_resolve(const mp__fnref_t *ref, mp__fn_t *fn);
  * (a forked child closes the others), at whatever numbers: the keys stay the same. */
 /* Registers fd (taking ownership) under a new program-wide key. */
 int mp__fd_share(int fd, uint64_t *key);
-/* This process's fd for key, or MP_ENOTPASSED (never passed here, or closed). */
+/* This process's fd for key, or MP_ENOTPASSED (never passed here, or closed), or
+ * MP_ECLOSED (retired). */
 int mp__fd_lookup(uint64_t key);
-/* Closes this process's fd for key; 0, or MP_ENOTPASSED. */
+/* Marks key's fd closed here while a call still uses it, until mp__fd_unshare: look-ups
+ * (a start sending it to a child) answer MP_ECLOSED, and a forked child closes it. */
+void mp__fd_retire(uint64_t key);
+/* Closes this process's fd for key, and drops it from the table under the table's lock;
+ * 0, or MP_ENOTPASSED. */
 int mp__fd_unshare(uint64_t key);
+/* Tests only (NULL otherwise): called inside mp__fd_unshare, the table half-updated under
+ * its lock, where a fork must not land. */
+extern void (*mp__fd_unshare_hook)(void);
+/* The table's lock, held across a fork while a connection's close is pending
+ * (connection.c: taken after its list's lock). */
+void mp__fd_lock(void);
+void mp__fd_unlock(void);
 /* The child that proc starts will have key's fd (MP_ENOTPASSED if this process has none,
  * MP_ESTARTED after start). */
 int mp__process_pass_fd(mp_process_t *proc, uint64_t key);

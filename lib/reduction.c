@@ -352,6 +352,12 @@ typedef struct {
   int fd;
 } shared_fd_t;
 
+/* A retired entry's key (mp__fd_retire) has this bit too, which no key from the arena's
+ * counter has: a look-up, on the path of every call, misses such an entry at no cost, and
+ * a forked child closes it as not passed. (A wild key with the bit only turns an
+ * MP_ENOTPASSED into MP_ECLOSED.) */
+#define RETIRED (UINT64_C(1) << 63)
+
 static struct {
   pthread_mutex_t lock;
   shared_fd_t *entries;
@@ -392,26 +398,53 @@ int mp__fd_share(int fd, uint64_t *key) {
 int mp__fd_lookup(uint64_t key) {
   pthread_mutex_lock(&fds.lock);
   shared_fd_t *entry = find_fd(key);
-  int fd = entry ? entry->fd : -1;
+  int fd = entry ? entry->fd : find_fd(key | RETIRED) ? MP_ECLOSED : MP_ENOTPASSED;
   pthread_mutex_unlock(&fds.lock);
-  return fd >= 0 ? fd
-                 : mp__error(MP_ENOTPASSED, "this object's file descriptor was not passed to "
-                                            "this process (mp_process_pass_*)");
+  if (fd >= 0)
+    return fd;
+  return fd == MP_ECLOSED
+             ? mp__error(fd, "this object is closed in this process (the close waits for a "
+                             "call still in it)")
+             : mp__error(fd, "this object's file descriptor was not passed to this process "
+                             "(mp_process_pass_*)");
 }
+
+void mp__fd_retire(uint64_t key) {
+  pthread_mutex_lock(&fds.lock);
+  shared_fd_t *entry = find_fd(key);
+  if (entry)
+    entry->key |= RETIRED;
+  pthread_mutex_unlock(&fds.lock);
+}
+
+void (*mp__fd_unshare_hook)(void);
 
 int mp__fd_unshare(uint64_t key) {
   pthread_mutex_lock(&fds.lock);
   shared_fd_t *entry = find_fd(key);
-  int fd = -1;
+  if (!entry)
+    entry = find_fd(key | RETIRED);
+  int fd = entry ? entry->fd : -1;
   if (entry) {
-    fd = entry->fd;
-    *entry = fds.entries[--fds.count];
+    fds.count--;
+    if (mp__fd_unshare_hook) /* tests: the table is half-updated here */
+      mp__fd_unshare_hook();
+    *entry = fds.entries[fds.count];
+    /* Under the lock, which a fork holds while a connection's close is pending: a child
+     * forked then has both the entry and the fd, or neither. A raw close: no cancellation
+     * point with the lock held. */
+    mp__raw_syscall(SYS_close, fd, 0, 0, 0);
   }
   pthread_mutex_unlock(&fds.lock);
-  if (fd < 0)
-    return MP_ENOTPASSED;
-  close(fd);
-  return 0;
+  return fd < 0 ? MP_ENOTPASSED : 0;
+}
+
+void mp__fd_lock(void) {
+  pthread_mutex_lock(&fds.lock);
+}
+
+void mp__fd_unlock(void) {
+  pthread_mutex_unlock(&fds.lock);
 }
 
 MP__CHILD_TEXT void mp__fd_after_fork(void) {

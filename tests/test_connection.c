@@ -1259,6 +1259,48 @@ START_TEST(test_deferred_close_in_forked_child) {
 }
 END_TEST
 
+/* The end given by mp_process_pass_conn, hidden from the argument scan (one past it). */
+static int child_has_end_closed(void *arg, size_t size) {
+  (void)size;
+  mp_conn_t *end = (mp_conn_t *)(*(uintptr_t *)arg - 1);
+  return mp_conn_closed(end) ? 0 : 70;
+}
+
+/* An end passed to a child, then closed while another thread receives on it (the close
+ * waits for the receive): a spawn or forkserver start refuses it (MP_ECLOSED, as Python's
+ * pickling of a closed Connection), with no child and nothing of the end lost; a forked
+ * child has it closed, as after Python's fork. Either way no child holds its fds: the peer
+ * sees end of file once the receive is out. */
+START_TEST(test_start_with_end_closed_under_call) {
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  uintptr_t hidden = (uintptr_t)b + 1;
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(_i), child_has_end_closed, &hidden, sizeof hidden, NULL);
+  MP_ASSERT_OK(mp_process_pass_conn(p, b));
+  call_job_t job = {b, NULL, 0, 1, ""};
+  pthread_t thread;
+  T_INT_EQ(pthread_create(&thread, NULL, thread_receives, &job), 0);
+  mp_test_sleep(0.2 * mp_test_slowdown()); /* in its read */
+  MP_ASSERT_OK(mp_conn_close(b));          /* pending */
+  if (_i == 0) {
+    MP_ASSERT_OK(mp_process_start(p));
+    T_INT_EQ(mp_test_join_code(p, 30 * mp_test_slowdown()), 0);
+  } else {
+    MP_ASSERT_ERR(mp_process_start(p), MP_ECLOSED);
+  }
+  T_PROC_CLOSE(p);
+  MP_ASSERT_OK(mp_conn_send(a, "wake", 4));
+  T_INT_EQ(pthread_join(thread, NULL), 0);
+  MP_ASSERT_OK(job.rc);
+  T_INT_EQ(job.size, 4);
+  char buf[8];
+  size_t len;
+  MP_ASSERT_ERR(mp_conn_recv(a, buf, sizeof buf, &len, 5 * mp_test_slowdown()), MP_EEOF);
+  MP_ASSERT_OK(mp_conn_close(a));
+}
+END_TEST
+
 typedef struct {
   mp_conn_t *end;
   int rc;
@@ -1331,6 +1373,7 @@ static Suite *connection_suite(void) {
   tcase_add_test(tc, test_close_under_recv);
   tcase_add_test(tc, test_close_races_sends);
   tcase_add_test(tc, test_deferred_close_in_forked_child);
+  tcase_add_loop_test(tc, test_start_with_end_closed_under_call, 0, N_METHODS);
   tcase_add_test(tc, test_close_under_wait);
   return s;
 }

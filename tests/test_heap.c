@@ -7,6 +7,8 @@
 #include "mp_test.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <semaphore.h>
 #if __has_include(<valgrind/valgrind.h>)
 #include <valgrind/valgrind.h>
 #else
@@ -208,6 +210,166 @@ START_TEST(test_fd_passed_by_key) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------------------------- */
+/* A fork that lands inside mp__fd_unshare, while a connection's close is pending.          */
+
+/* Lives until the test closes hold[1] (its own copy closed first). */
+typedef struct {
+  int hold[2];
+} hold_job_t;
+
+static int child_holds(void *arg, size_t size) {
+  (void)size;
+  hold_job_t *job = arg;
+  close(job->hold[1]);
+  char byte;
+  while (read(job->hold[0], &byte, 1) < 0 && errno == EINTR) {
+  }
+  return 0;
+}
+
+/* Another thread forks (a plain fork() of a child_holds, or a start of proc) when the
+ * unshare's hook wakes it. */
+static struct {
+  sem_t go, forked;
+  hold_job_t job;
+  mp_process_t *proc;
+  pid_t pid;
+  int rc;
+} forker;
+
+static void *forker_main(void *arg) {
+  (void)arg;
+  while (sem_wait(&forker.go) < 0 && errno == EINTR) {
+  }
+  if (forker.proc) {
+    forker.rc = mp_process_start(forker.proc);
+  } else {
+    forker.pid = fork();
+    if (forker.pid == 0)
+      _exit(child_holds(&forker.job, sizeof forker.job));
+  }
+  sem_post(&forker.forked);
+  return NULL;
+}
+
+/* The hook, once: inside the unshare, the table half-updated, the forker forks. It waits
+ * for the fork at most a second: a fork that waits for the table's lock, as it must, comes
+ * after the unshare instead. */
+static void fork_inside_unshare(void) {
+  mp__fd_unshare_hook = NULL;
+  sem_post(&forker.go);
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += (time_t)mp_test_slowdown();
+  while (sem_timedwait(&forker.forked, &until) < 0 && errno == EINTR) {
+  }
+}
+
+/* Arms the hook and the forker: a start of the fork method, or a plain fork(); the caller
+ * then unshares. */
+static pthread_t arm_forker(bool start) {
+  T_INT_EQ(sem_init(&forker.go, 0, 0), 0);
+  T_INT_EQ(sem_init(&forker.forked, 0, 0), 0);
+  T_INT_EQ(pipe2(forker.job.hold, O_CLOEXEC), 0);
+  forker.proc = NULL;
+  if (start)
+    T_PROC_NEW(&forker.proc, mp_test_ctx(0), child_holds, &forker.job, sizeof forker.job,
+               NULL);
+  forker.pid = -1;
+  forker.rc = 0;
+  pthread_t thread;
+  T_INT_EQ(pthread_create(&thread, NULL, forker_main, NULL), 0);
+  mp__fd_unshare_hook = fork_inside_unshare;
+  return thread;
+}
+
+/* Joins the forker: its child runs. */
+static void join_forker(pthread_t thread) {
+  T_INT_EQ(pthread_join(thread, NULL), 0);
+  if (forker.pid > 0)
+    mp_test_track_pid(forker.pid);
+  T_ASSERT(forker.proc || forker.pid > 0, "fork: %s", strerror(errno));
+  MP_ASSERT_OK(forker.rc);
+}
+
+/* Lets the forker's child go, then judges the reader's receive, taken while it lived: it
+ * must have seen end of file. */
+static void release_forker(int rc) {
+  close(forker.job.hold[0]);
+  close(forker.job.hold[1]);
+  if (forker.proc) {
+    T_INT_EQ(mp_test_join_code(forker.proc, 10), 0);
+    T_PROC_CLOSE(forker.proc);
+  } else {
+    T_INT_EQ(waitpid(forker.pid, NULL, 0), forker.pid);
+    for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
+      if (mp_test_pids[i] == forker.pid)
+        mp_test_pids[i] = 0; /* reaped */
+  }
+  sem_destroy(&forker.go);
+  sem_destroy(&forker.forked);
+  T_ASSERT(rc == MP_EEOF, "the reader saw no end of file while the forked child lived: %s",
+           mp_err_name(rc));
+}
+
+typedef struct {
+  mp_conn_t *conn;
+  int rc;
+} recv_job_t;
+
+static void *thread_receives(void *arg) {
+  recv_job_t *job = arg;
+  char buf[8];
+  size_t len;
+  job->rc = mp_conn_recv(job->conn, buf, sizeof buf, &len, MP_FOREVER);
+  return NULL;
+}
+
+/* A plain fork() while a close waits for a receive on end x, landing while another thread
+ * is inside the unshare of another pipe's fd, the table half-updated (x's last fd, the
+ * table's last entry, outside it for a moment). The child must see the table whole: it
+ * closes x's fds as after the close, so that x's peer sees end of file while it lives. */
+START_TEST(test_plain_fork_inside_unshare_close_pending) {
+  mp_conn_t *y0, *y1, *peer, *x;
+  MP_ASSERT_OK(mp_pipe(true, &y0, &y1));
+  MP_ASSERT_OK(mp_pipe(true, &peer, &x));
+  recv_job_t receiver = {x, 1};
+  pthread_t receiving;
+  T_INT_EQ(pthread_create(&receiving, NULL, thread_receives, &receiver), 0);
+  mp_test_sleep(0.2 * mp_test_slowdown()); /* in its read */
+  MP_ASSERT_OK(mp_conn_close(x));          /* pending: the receive is in it */
+  pthread_t thread = arm_forker(false);
+  MP_ASSERT_OK(mp_conn_close(y0)); /* the fork lands in its first unshare */
+  join_forker(thread);
+  MP_ASSERT_OK(mp_conn_send(peer, "wake", 4));
+  T_INT_EQ(pthread_join(receiving, NULL), 0);
+  MP_ASSERT_OK(receiver.rc);
+  char buf[8];
+  size_t len;
+  release_forker(mp_conn_recv(peer, buf, sizeof buf, &len, 2 * mp_test_slowdown()));
+  MP_ASSERT_OK(mp_conn_close(peer));
+  MP_ASSERT_OK(mp_conn_close(y1));
+}
+END_TEST
+
+/* A child of the fork start method forked while another thread is inside the unshare of a
+ * pipe's write end (the table's last entry), closed with no call in it: the child has that
+ * fd and its entry both or neither, never an fd it does not know of and cannot close, so
+ * the reader sees end of file while the child lives. (Only a forked child inherits fds.) */
+START_TEST(test_fork_start_inside_unshare) {
+  mp_conn_t *r, *w;
+  MP_ASSERT_OK(mp_pipe(false, &r, &w));
+  pthread_t thread = arm_forker(true);
+  MP_ASSERT_OK(mp_conn_close(w));
+  join_forker(thread);
+  char buf[8];
+  size_t len;
+  release_forker(mp_conn_recv(r, buf, sizeof buf, &len, 2 * mp_test_slowdown()));
+  MP_ASSERT_OK(mp_conn_close(r));
+}
+END_TEST
+
 static Suite *heap_suite(void) {
   Suite *s = suite_create("heap");
   TCase *tc = mp_test_tcase(s, "arena", 20);
@@ -219,6 +381,8 @@ static Suite *heap_suite(void) {
   tcase_add_loop_test(tc, test_unique_across_processes, 0, N_METHODS);
   tc = mp_test_tcase(s, "fds", 20);
   tcase_add_loop_test(tc, test_fd_passed_by_key, 0, N_METHODS);
+  tcase_add_test(tc, test_plain_fork_inside_unshare_close_pending);
+  tcase_add_test(tc, test_fork_start_inside_unshare);
   return s;
 }
 
