@@ -488,6 +488,8 @@ int mp__job_wait(mp__jobrec_t *job, bool (*done)(const mp__jobrec_t *job, void *
   }
 }
 
+void (*mp__pool_race_hook)(int point, mp__job_t *job);
+
 /* ------------------------------ publishing ------------------------------ */
 
 static uint64_t slot_state(mp__pool_shared_t *sh, uint64_t seq) {
@@ -536,9 +538,12 @@ static int job_publish(mp__jobs_t *t, mp__jobrec_t *r, uint64_t seq, int64_t dea
  * the chunk was counted as such. */
 static bool queue_chunk(mp__jobs_t *t, mp__job_t *job, _Atomic uint64_t *state,
                         uint32_t next) {
-  /* Released by the limit's compare-and-swap, which a claimer reads first. */
+  /* Released by the limit's compare-and-swap, which a claimer reads first. A swap that fails
+   * (a close or an abort marked the limit first, counting this chunk as never fed) leaves
+   * the chunk QUEUED, past the marked limit, where no claim looks (claim_in). */
   atomic_store_explicit(state, MP__CHUNK_STATE(next, 0, 0, MP__CHUNK_QUEUED),
                         memory_order_release);
+  MP__RACE_POINT(MP__RACE_QUEUED, job);
   if (!atomic_compare_exchange_strong(&job->limit, &next, next + 1))
     return false;
   wake_workers(t->sh, t->n_workers, 1);
@@ -617,7 +622,7 @@ static bool claim_at(mp__job_t *job, uint32_t chunk, uint32_t w, uint64_t expect
 
 /* Chunks queued again after a death: rare, so a scan of the window. */
 static bool claim_retried(mp__job_t *job, uint32_t w, uint32_t *chunk) {
-  uint32_t limit = atomic_load(&job->limit);
+  uint32_t limit = atomic_load(&job->limit) & ~MP__LIMIT_CLOSED;
   for (uint32_t i = 0; i < job->window; i++) {
     uint64_t v = atomic_load(mp__job_state(job, i));
     if (MP__CHUNK_STATUS(v) == MP__CHUNK_QUEUED && MP__CHUNK_ATTEMPTS(v) > 0 &&
@@ -654,7 +659,9 @@ static bool claim_in(mp__job_t *job, uint32_t w, uint32_t *chunk, bool look) {
     }
     return false;
   }
-  uint32_t limit = atomic_load(&job->limit);
+  /* The chunks fed, also once the limit is closed: a chunk left QUEUED past them by a feed
+   * that lost to a close or an abort was counted by that, and is nobody's to run. */
+  uint32_t limit = atomic_load(&job->limit) & ~MP__LIMIT_CLOSED;
   uint64_t start = atomic_load(&job->hint), h = start;
   for (; h < limit && h < job->n_chunks; h++) {
     uint64_t v = atomic_load(mp__job_state(job, (uint32_t)h));
@@ -763,6 +770,7 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
       advance_oldest(sh, seq);
       continue;
     }
+    MP__RACE_POINT(MP__RACE_PINNED, j);
     if (claim_in(j, w, &chunk, true)) {
       take_chunk(sh, w, j, chunk, task);
       unpin(sh, w); /* the running chunk keeps the job alive */
@@ -802,8 +810,12 @@ static uint64_t job_done(const mp__job_t *job) {
   return count_done((const char *)job + job->done_off, job->n_counters);
 }
 
+uint64_t mp__job_counted(const mp__jobrec_t *job) {
+  return count_done((const char *)job->blk + job->done_off, job->n_counters);
+}
+
 bool mp__job_complete(const mp__jobrec_t *job) {
-  return count_done((const char *)job->blk + job->done_off, job->n_counters) >= job->n_chunks;
+  return mp__job_counted(job) >= job->n_chunks;
 }
 
 /* After chunks were counted: wakes the waiter, and if the job is complete, frees its slot.
@@ -848,14 +860,14 @@ static bool settle_as(mp__pool_shared_t *sh, uint32_t n_workers, mp__job_t *job,
 /* settle_as for a worker, by the block's header. An open batch (chunks never appended yet,
  * and not counted) cannot be complete: its workers' counters are not read at every apply. */
 static bool settle(mp__pool_shared_t *sh, mp__job_t *job, mp__job_waker_t **later) {
-  bool last = (!(job->flags & MP__JOB_BATCH) || atomic_load(&job->limit) == job->n_chunks) &&
+  bool last = (!(job->flags & MP__JOB_BATCH) || atomic_load(&job->limit) >= job->n_chunks) &&
               job_done(job) >= job->n_chunks;
   return settle_as(sh, sh->n_workers, job, mp__job_seq(job), job->flags, last, later);
 }
 
 /* settle_as for the pool's process, by the job's record. */
 static void settle_rec(mp__jobs_t *t, mp__jobrec_t *r) {
-  bool last = (!(r->flags & MP__JOB_BATCH) || atomic_load(&r->blk->limit) == r->n_chunks) &&
+  bool last = (!(r->flags & MP__JOB_BATCH) || atomic_load(&r->blk->limit) >= r->n_chunks) &&
               mp__job_complete(r);
   settle_as(t->sh, t->n_workers, r->blk, mp__jobrec_seq(r), r->flags, last, NULL);
 }
@@ -864,6 +876,23 @@ static void settle_rec(mp__jobs_t *t, mp__jobrec_t *r) {
 static void count_by_parent(mp__jobs_t *t, mp__jobrec_t *r, uint32_t chunks) {
   atomic_fetch_add(rec_done_by(r, r->n_counters - 1), (uint64_t)chunks << 1);
   settle_rec(t, r);
+}
+
+/*
+ * No chunk of a fed job is fed after this (a close of a batch, an abort): its limit is
+ * marked closed, keeping the count of chunks fed, which *fed gets. Returns the chunks never
+ * fed, for the caller to count, if this call closed it (0 if a close or an abort did
+ * first). A feed's swap then fails, and a chunk it had stored QUEUED stays past the chunks
+ * fed, where no claim looks: set to n_chunks instead, the limit let a worker that had pinned
+ * the job before an abort claim and count that chunk, which the abort had counted as never
+ * fed (review, stop 16).
+ */
+static uint32_t close_limit(const mp__jobrec_t *job, uint32_t *fed) {
+  uint32_t old = atomic_fetch_or(&job->blk->limit, MP__LIMIT_CLOSED);
+  *fed = old & ~MP__LIMIT_CLOSED;
+  if (*fed > job->n_chunks)
+    *fed = job->n_chunks;
+  return old & MP__LIMIT_CLOSED ? 0 : job->n_chunks - *fed;
 }
 
 /*
@@ -967,12 +996,10 @@ static void job_abort(mp__jobs_t *t, mp__jobrec_t *job, int code) {
   int32_t none = 0;
   if (!atomic_compare_exchange_strong(&job->abort_code, &none, code))
     return;
-  /* No chunk is fed after this: the ones never fed count as aborted (a wild limit only
-   * miscounts this job). */
-  uint32_t fed = atomic_exchange(&job->blk->limit, job->n_chunks);
-  if (fed > job->n_chunks)
-    fed = job->n_chunks;
-  uint32_t aborted = job->n_chunks - fed;
+  /* No chunk is fed after this: the ones never fed count as aborted, unless a close counted
+   * them already (a wild limit only miscounts this job). */
+  uint32_t fed;
+  uint32_t aborted = close_limit(job, &fed);
   for (uint32_t i = 0; i < job->window; i++) {
     _Atomic uint64_t *state = rec_state(job, i);
     uint64_t v = atomic_load(state);
@@ -1390,7 +1417,7 @@ static int publish(mp__jobs_t *t, mp__jobrec_t *job) {
  * once per batch. The table holds a reference on the open batch (t->batch), under
  * apply_lock; closing it counts the chunks never appended as done by the parent (as an
  * abort counts those never fed), so that it completes once its applies are done. Whichever
- * of a close and an abort exchanges the limit first counts those chunks.
+ * of a close and an abort marks the limit closed first counts those chunks (close_limit).
  */
 
 /* The open batch takes s (apply_lock held); one that was aborted refuses it later. */
@@ -1408,9 +1435,9 @@ static void close_batch(mp__jobs_t *t) {
   atomic_store(&t->batch, NULL);
   /* The references of the applies it did not take (the table's is still held). */
   atomic_fetch_sub(&job->refs, BATCH_APPLIES - t->batch_next);
-  uint32_t fed = atomic_exchange(&job->blk->limit, job->n_chunks);
-  if (fed < job->n_chunks)
-    count_by_parent(t, job, job->n_chunks - fed);
+  uint32_t fed, never_fed = close_limit(job, &fed);
+  if (never_fed)
+    count_by_parent(t, job, never_fed);
   mp__jobs_release(t, job); /* the table's */
 }
 

@@ -104,6 +104,10 @@ typedef struct {
 
 #define MP__JOB_OWNER_BYTES 96
 
+/* A fed job's limit once no chunk is fed any more: above every count of chunks (at most
+ * UINT32_MAX / 2, job_create), so a feed's compare-and-swap fails and a count stays. */
+#define MP__LIMIT_CLOSED 0x80000000u
+
 /* A job: one map, apply or iterator, one block of the arena, as workers see it (the pool's
  * process reads its header from its own record instead). Chunks [0, limit) have been fed;
  * chunk c lives in window slot c % window (window = n_chunks for a map). */
@@ -140,7 +144,8 @@ typedef struct {
   _Alignas(64) _Atomic uint64_t hint;
   /* Written as chunks are fed (each apply of a batch), and read by every claim of a fed
    * job: on a line of their own, so that feeding does not take the header's line, which
-   * every claim reads, from the workers. */
+   * every claim reads, from the workers. MP__LIMIT_CLOSED once a close or an abort ended
+   * the feeding (the low bits still count the chunks fed). */
   _Alignas(64) _Atomic uint32_t limit;
   _Atomic uint32_t retries_queued; /* chunks queued again after their worker died */
 } mp__job_t;
@@ -423,6 +428,22 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
                        int notify_fd, mp__task_t *next);
 
 /* ----------------------- inside the table, for its unit test ----------------------- */
+
+/* Points of races that a unit test plays out in one thread: hook, when not NULL (a test
+ * sets it; the library never does), runs there with the job's block. A load and a branch
+ * not taken otherwise, and only where a job is looked at or fed, not per chunk of a run. */
+enum {
+  MP__RACE_QUEUED, /* a feed stored its chunk QUEUED, before its swap of the limit */
+  MP__RACE_PINNED, /* a claim pinned a job, before it claims in it */
+};
+extern void (*mp__pool_race_hook)(int point, mp__job_t *job);
+#define MP__RACE_POINT(point, job)                                                             \
+  do {                                                                                         \
+    if (__builtin_expect(mp__pool_race_hook != NULL, 0))                                       \
+      mp__pool_race_hook(point, job);                                                          \
+  } while (0)
+/* The chunks counted done or failed. */
+uint64_t mp__job_counted(const mp__jobrec_t *job);
 
 /* Loses chunk of job, run by worker w, at item (see mp__jobs_worker_lost): true if queued
  * again, false if failed (or not w's). */

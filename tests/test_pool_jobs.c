@@ -660,6 +660,105 @@ START_TEST(test_apply_stream_stays_batched) {
 }
 END_TEST
 
+/* ------------------------- an abort racing a feed ------------------------- */
+
+/* The race the hook plays (mp__pool_race_hook), in one thread: a feed has stored its chunk
+ * QUEUED and not yet swapped the limit; worker 0 then pins the job being fed, and the pool
+ * is terminated (the abort counts the chunk as never fed) before the worker claims in it. */
+static struct {
+  int stage; /* 1: armed; 2: the feed's chunk is QUEUED; 3: aborted */
+  mp__job_t *fed;
+  bool claimed;
+  mp__task_t task;
+} race;
+
+static void race_hook(int point, mp__job_t *job) {
+  if (point == MP__RACE_QUEUED && race.stage == 1) {
+    race.stage = 2;
+    race.fed = job;
+    race.claimed = mp__pool_claim(mp__jobs_shared(table), 0, &race.task);
+  } else if (point == MP__RACE_PINNED && race.stage == 2 && job == race.fed) {
+    race.stage = 3;
+    mp__jobs_abort_all(table, MP_ETERMINATED);
+  }
+}
+
+static void unhook(void) {
+  mp__pool_race_hook = NULL;
+  free_table();
+}
+
+static void arm_race(void) {
+  memset(&race, 0, sizeof race);
+  race.stage = 1;
+  mp__pool_race_hook = race_hook;
+  mp_test_set_hook(unhook);
+}
+
+/* The race played out; job counted each of its chunks once, and no worker claimed the chunk
+ * the abort counted (before the fix it did, and its completion was counted again). */
+static void check_race(mp__jobrec_t *job) {
+  mp__pool_race_hook = NULL;
+  T_INT_EQ(race.stage, 3);
+  if (race.claimed) { /* run and completed as a worker would */
+    race.task.call = (mp__fn_t)identity;
+    MP_ASSERT_OK(mp__run_task(&race.task, NULL));
+    complete(0, &race.task);
+  }
+  T_ASSERT(mp__job_counted(job) == job->n_chunks, "%llu chunks counted of %u",
+           (unsigned long long)mp__job_counted(job), job->n_chunks);
+  T_ASSERT(!race.claimed, "worker 1 claimed chunk %u, which the abort counted as never fed",
+           race.task.chunk);
+  T_INT_EQ(mp__job_aborted(job), MP_ETERMINATED);
+}
+
+/* An iterator's feed loses its limit's swap to an abort. */
+START_TEST(test_abort_racing_a_feed) {
+  int in[4] = {1, 2, 3, 4};
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
+  arm_race();
+  mp__job_spec_t spec = {0, MP__JOB_ITERATOR, in, 4, sizeof(int), sizeof(int), 1, 2, 0, NULL};
+  MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
+  mp__jobrec_t *job;
+  MP_ASSERT_OK(mp__jobs_submit(table, &spec, &job));
+  T_ASSERT(!mp__jobs_feed(table, job, in), "a chunk was fed after the abort");
+  check_race(job);
+  T_ASSERT(mp__job_complete(job), "the aborted iterator is not complete");
+  T_ASSERT(!mp__jobs_work_left(table), "work is left");
+  mp__jobs_release(table, job);
+  mp_test_set_hook(NULL);
+  unhook();
+}
+END_TEST
+
+/* The second apply of a batch loses its limit's swap to an abort. */
+START_TEST(test_abort_racing_an_apply) {
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
+  mp_test_set_hook(free_table);
+  int x[3] = {1, 2, 3};
+  mp__jobrec_t *jobs[2];
+  uint32_t chunks[2];
+  jobs[0] = apply(&x[0], &chunks[0]);
+  run_one(0, jobs[0], 0);
+  jobs[1] = apply(&x[1], &chunks[1]); /* after an apply: the first chunk of a batch */
+  T_ASSERT((jobs[1]->flags & MP__JOB_BATCH) && chunks[1] == 0,
+           "the second apply was not batched");
+  arm_race();
+  mp__apply_spec_t spec = {jobs[1]->fn, false, &x[2], sizeof x[2], sizeof x[2]};
+  mp__jobrec_t *job;
+  uint32_t chunk;
+  MP_ASSERT_ERR(mp__jobs_apply(table, &spec, &job, &chunk), MP_ETERMINATED);
+  T_ASSERT(race.fed == jobs[1]->blk, "the race was not played on the batch");
+  check_race(jobs[1]);
+  T_INT_EQ(mp__job_chunk_aborted(jobs[1], 0), MP_ETERMINATED);
+  T_ASSERT(!mp__jobs_work_left(table), "work is left");
+  mp__jobs_release(table, jobs[0]);
+  mp__jobs_release(table, jobs[1]);
+  mp_test_set_hook(NULL);
+  unhook();
+}
+END_TEST
+
 static Suite *pool_jobs_suite(void) {
   Suite *s = suite_create("pool_jobs");
   TCase *tc = mp_test_tcase(s, "protocol", 30);
@@ -682,6 +781,8 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_spread_states_lost_and_aborted);
   tcase_add_test(tc, test_closed_batch_block_freed);
   tcase_add_test(tc, test_apply_stream_stays_batched);
+  tcase_add_test(tc, test_abort_racing_a_feed);
+  tcase_add_test(tc, test_abort_racing_an_apply);
   return s;
 }
 
