@@ -240,6 +240,7 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   memset(r->owner, 0, sizeof r->owner);
   for (uint64_t i = 0; i < n_errs; i++)
     rec_error(r, (uint32_t)i)->item = UINT64_MAX;
+  r->lost.item = UINT64_MAX;
   if (!(flags & MP__JOB_ITERATOR)) {
     queue_all(r);
     atomic_init(&job->limit, r->n_chunks);
@@ -332,23 +333,25 @@ static bool job_unref(mp__job_t *job) {
 }
 
 /* A failure in record e of a job (an iterator's keeps each; a map's its lowest item). */
-static void record_error_in(mp__pool_shared_t *sh, mp__task_error_t *e, bool iterator,
-                            uint64_t item, int code, const char *msg) {
-  /* A holder that died could only leave a half-written message: still a message. */
-  int rc = mp__mutex_lock(&sh->err_lock, INT64_MAX);
-  if (rc < 0 && rc != MP_EOWNERDEAD)
-    return;
+static void write_error(mp__task_error_t *e, bool iterator, uint64_t item, int code,
+                        const char *msg) {
   if (iterator || item < e->item) {
     e->item = item;
     e->code = code;
     snprintf(e->msg, sizeof e->msg, "%s", msg);
   }
-  mp__mutex_unlock(&sh->err_lock);
 }
 
+/* A worker's failure, under the pool's error lock: the workers failing chunks of one map at
+ * once write its one record. */
 static void record_error(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint64_t item,
                          int code, const char *msg) {
-  record_error_in(sh, error_at(job, chunk), job->flags & MP__JOB_ITERATOR, item, code, msg);
+  /* A holder that died could only leave a half-written message: still a message. */
+  int rc = mp__mutex_lock(&sh->err_lock, INT64_MAX);
+  if (rc < 0 && rc != MP_EOWNERDEAD)
+    return;
+  write_error(error_at(job, chunk), job->flags & MP__JOB_ITERATOR, item, code, msg);
+  mp__mutex_unlock(&sh->err_lock);
 }
 
 /* ------------------------------ waking up ------------------------------ */
@@ -985,10 +988,21 @@ bool mp__job_lose_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, uint64
     }
     return false;
   }
-  record_error_in(t->sh, rec_error(job, chunk), job->flags & MP__JOB_ITERATOR, item, code, msg);
-  if (atomic_compare_exchange_strong(
+  /* Not under the error lock, which a worker stopped or hostile may hold for ever (the
+   * supervisor waited there, replacing no worker and failing no job). A chunk's own record
+   * (an iterator's, a batch's) has no other writer while its runner is dead: written before
+   * the chunk fails, as a worker does. A map's one record is the live workers': the parent
+   * keeps its own (job->lost), written once the chunk is failed and before it is counted,
+   * which mp__job_take reads with the block's. */
+  bool own_record = job->flags & MP__JOB_ITERATOR;
+  if (own_record)
+    write_error(rec_error(job, chunk), true, item, code, msg);
+  if (!atomic_compare_exchange_strong(
           state, &v, MP__CHUNK_STATE(chunk, attempts, MP__CHUNK_OWNER(v), MP__CHUNK_FAILED)))
-    count_by_parent(t, job, 1);
+    return false;
+  if (!own_record)
+    write_error(&job->lost, false, item, code, msg);
+  count_by_parent(t, job, 1);
   return false;
 }
 
@@ -1875,7 +1889,10 @@ static void copy_results(const mp__jobrec_t *job, char *to, uint64_t need, bool 
 }
 
 int mp__job_take(const mp__jobrec_t *job, bool is_apply, void *result, size_t cap, size_t *len) {
+  /* The lowest item's failure: the workers' record, or the parent's of its losses. */
   const mp__task_error_t *e = rec_error(job, 0);
+  if (job->lost.item < e->item)
+    e = &job->lost;
   bool failed = e->item != UINT64_MAX;
   uint64_t need = is_apply ? atomic_load(&job->blk->result_len) : job->n * job->result_size;
   if (is_apply && need > job->result_size) /* a worker's word: no read past the slot */

@@ -174,6 +174,10 @@ struct mp__jobrec_s {
   _Atomic int32_t abort_code; /* MP_ETERMINATED once the pool was terminated */
   uint32_t fed;   /* an iterator's chunks fed: the ones it may deliver (its owner's thread) */
   bool orphaned;  /* released while its slot or a worker still had it: reclaim frees it */
+  /* A map's (or a lone apply's) failures that the pool's process recorded (its chunks lost
+   * with their workers), out of the workers' reach and off their error lock: the lowest
+   * item's, or none (item UINT64_MAX). */
+  mp__task_error_t lost;
   void *owners;   /* a batch's owner records (BATCH_APPLIES of them), kept with the record */
   /* A job of its own's owner record (pool.c's async result), zeroed when it is created. */
   _Alignas(64) uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
@@ -223,8 +227,10 @@ struct mp__pool_shared_s {
   /* Submissions between their look at the flags and their publication (a wait for a slot
    * included): a closed pool's workers do not end while one is pending. */
   _Atomic uint32_t submitting;
-  /* Robust: workers and the supervisor record failures, in any job. One for the pool
-   * rather than one per job: failures are rare, and a job then costs no mutex set-up. */
+  /* Robust: workers record failures, in any job. One for the pool rather than one per job:
+   * failures are rare, and a job then costs no mutex set-up. The pool's process never takes
+   * it (a worker may hold it for ever): it records its losses without it
+   * (mp__job_lose_chunk). */
   pthread_mutex_t err_lock;
   _Atomic uint64_t next_seq, oldest; /* jobs [oldest, next_seq) may be incomplete */
   uint32_t n_workers, maxtasks, retries;

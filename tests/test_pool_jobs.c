@@ -1,10 +1,13 @@
 /*
  * The job table's claim / complete / lose protocol on its own (lib/pool_jobs.c), with no
- * worker and no supervisor: this suite plays both, in one thread, through the table's API.
- * It links the static library, as the heap suite does.
+ * worker and no supervisor: this suite plays both, in one thread, through the table's API
+ * (and races through its race hook). It links the static library, as the heap suite does,
+ * which also lets its last case reach a real pool's shared block.
  */
-#include "../lib/pool_jobs.h"
+#include "../lib/pool_private.h"
 #include "mp_test.h"
+
+#include <pthread.h>
 
 static int identity(const void *arg, size_t size, void *result, size_t *result_size) {
   (void)size;
@@ -759,6 +762,88 @@ START_TEST(test_abort_racing_an_apply) {
 }
 END_TEST
 
+/* ------------------ a loss while another process holds the error lock ------------------ */
+
+/* A pool of this library (linked statically, so that the test reaches its shared block),
+ * destroyed by the cleanup hook if an assertion fails. */
+static mp_pool_t *lock_pool;
+
+static void destroy_lock_pool(void) {
+  mp_pool_destroy(lock_pool);
+  lock_pool = NULL;
+}
+
+/* Takes the pool's error lock, as a worker recording a failure does, and stops there. */
+static int hold_and_stop(void *arg, size_t size) {
+  pthread_mutex_t *lock;
+  if (size != sizeof lock)
+    return 90;
+  memcpy(&lock, arg, sizeof lock);
+  if (pthread_mutex_lock(lock) != 0)
+    return 91;
+  raise(SIGSTOP);
+  return 0;
+}
+
+static int die_at_7(const void *arg, size_t size, void *result, size_t *result_size) {
+  if (*(const int *)arg == 7)
+    raise(SIGKILL);
+  return identity(arg, size, result, result_size);
+}
+
+/* The supervisor records a worker's loss with no wait on a lock a worker can hold: while a
+ * process of the pool's kind holds the error lock, stopped, a worker killed in a map fails
+ * the map with MP_EWORKERDIED at once, and one killed in an imap fails that item (before,
+ * the supervisor waited on the lock for ever: no result, no replacement). */
+START_TEST(test_loss_while_the_error_lock_is_held) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = 2;
+  o.context = mp_test_ctx(_i);
+  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
+  mp_test_set_hook(destroy_lock_pool);
+  pthread_mutex_t *lock = &mp__jobs_shared(lock_pool->jobs)->err_lock;
+  mp_process_t *holder = mp_test_start(_i, hold_and_stop, &lock, sizeof lock);
+  double until = mp_test_now() + 30;
+  int rc;
+  while ((rc = pthread_mutex_trylock(lock)) == 0 && mp_test_now() < until) {
+    pthread_mutex_unlock(lock); /* not taken yet */
+    mp_test_sleep(0.005);
+  }
+  T_INT_EQ(rc, EBUSY);
+  int in[10], out[10];
+  for (int k = 0; k < 10; k++)
+    in[k] = k;
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(
+      mp_pool_map_async(lock_pool, die_at_7, in, 10, sizeof(int), sizeof(int), 1, NULL, &ar));
+  /* Freed after the checks: its release takes the table's lock, which a supervisor waiting
+   * on the error lock holds. */
+  MP_ASSERT_ERR(mp_async_result_get(ar, out, sizeof out, NULL, 10), MP_EWORKERDIED);
+  T_ASSERT(strstr(mp_last_error(), "item 7: worker"), "message: %s", mp_last_error());
+  mp_async_result_free(ar);
+  T_INT_EQ(out[9], 9);
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap(lock_pool, die_at_7, in, 10, sizeof(int), sizeof(int), 1, &it));
+  for (int k = 0; k < 10; k++) {
+    int r = -1;
+    size_t index;
+    rc = mp_imap_next(it, &r, &index, 10);
+    if (k == 7)
+      MP_ASSERT_ERR(rc, MP_EWORKERDIED);
+    else
+      MP_ASSERT_OK(rc);
+    T_INT_EQ(index, (size_t)k);
+  }
+  mp_imap_free(it);
+  T_ASSERT(pthread_mutex_trylock(lock) == EBUSY, "the holder let go of the lock");
+  MP_ASSERT_OK(mp_process_kill(holder));
+  MP_ASSERT_OK(mp_process_join(holder, 10));
+  T_PROC_CLOSE(holder);
+  mp_test_set_hook(NULL);
+  destroy_lock_pool();
+}
+END_TEST
+
 static Suite *pool_jobs_suite(void) {
   Suite *s = suite_create("pool_jobs");
   TCase *tc = mp_test_tcase(s, "protocol", 30);
@@ -783,6 +868,8 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_apply_stream_stays_batched);
   tcase_add_test(tc, test_abort_racing_a_feed);
   tcase_add_test(tc, test_abort_racing_an_apply);
+  tc = mp_test_tcase(s, "pool", 60);
+  tcase_add_loop_test(tc, test_loss_while_the_error_lock_is_held, 0, N_METHODS);
   return s;
 }
 
