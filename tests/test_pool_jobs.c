@@ -450,14 +450,15 @@ START_TEST(test_applies_share_a_batch) {
   for (int k = 0; k < 200; k++)
     x[k] = 1000 + k;
   jobs[0] = apply(&x[0], &chunks[0]);
-  T_ASSERT(!(jobs[0]->flags & MP__JOB_BATCH) && chunks[0] == 0, "the lone apply was batched");
+  T_ASSERT(!(jobs[0]->head.flags & MP__JOB_BATCH) && chunks[0] == 0,
+           "the lone apply was batched");
   for (int k = 1; k < 66; k++)
     jobs[k] = apply(&x[k], &chunks[k]);
   for (int k = 1; k < 65; k++)
     T_ASSERT(jobs[k] == jobs[1] && chunks[k] == (uint32_t)(k - 1),
              "apply %d: chunk %u of %p, not %d of the batch %p", k, chunks[k], (void *)jobs[k],
              k - 1, (void *)jobs[1]);
-  T_ASSERT((jobs[1]->flags & MP__JOB_BATCH), "the applies in flight were not batched");
+  T_ASSERT((jobs[1]->head.flags & MP__JOB_BATCH), "the applies in flight were not batched");
   T_ASSERT(jobs[65] != jobs[1] && chunks[65] == 0, "the full batch took a 65th apply");
   run_one(0, jobs[0], 0);
   T_ASSERT(mp__job_complete(jobs[0]), "the lone apply is not complete");
@@ -584,7 +585,7 @@ START_TEST(test_closed_batch_block_freed) {
   uint32_t chunks[4];
   jobs[0] = apply(&x[0], &chunks[0]);
   jobs[1] = apply(&x[1], &chunks[1]);
-  T_ASSERT(jobs[1]->flags & MP__JOB_BATCH, "the apply in flight was not batched");
+  T_ASSERT(jobs[1]->head.flags & MP__JOB_BATCH, "the apply in flight was not batched");
   mp__jobs_close_batch(table);
   run_one(0, jobs[0], 0);
   run_one(1, jobs[1], 0);
@@ -620,18 +621,18 @@ START_TEST(test_apply_stream_stays_batched) {
   for (int k = 0; k < 67; k++)
     x[k] = 2000 + k;
   jobs[0] = apply(&x[0], &chunks[0]);
-  T_ASSERT(!(jobs[0]->flags & MP__JOB_BATCH), "the first apply was batched");
+  T_ASSERT(!(jobs[0]->head.flags & MP__JOB_BATCH), "the first apply was batched");
   run_one(0, jobs[0], 0);
   T_ASSERT(!mp__jobs_work_left(table), "work is left");
   for (int k = 1; k < 65; k++) {
     jobs[k] = apply(&x[k], &chunks[k]);
     run_one(k % 2, jobs[k], chunks[k]);
   }
-  T_ASSERT((jobs[1]->flags & MP__JOB_BATCH) && jobs[64] == jobs[1] && chunks[64] == 63,
+  T_ASSERT((jobs[1]->head.flags & MP__JOB_BATCH) && jobs[64] == jobs[1] && chunks[64] == 63,
            "the applies after the first one were not one batch");
   T_ASSERT(mp__job_complete(jobs[1]) && !mp__jobs_work_left(table), "the batch is not done");
   jobs[65] = apply(&x[65], &chunks[65]);
-  T_ASSERT((jobs[65]->flags & MP__JOB_BATCH) && jobs[65] != jobs[1] && chunks[65] == 0,
+  T_ASSERT((jobs[65]->head.flags & MP__JOB_BATCH) && jobs[65] != jobs[1] && chunks[65] == 0,
            "the apply after a full batch was not the first of a new batch");
   run_one(0, jobs[65], 0);
   T_INT_EQ(take_int(jobs[65], 0), 2065);
@@ -642,18 +643,18 @@ START_TEST(test_apply_stream_stays_batched) {
   mp__jobrec_t *alone;
   uint32_t alone_chunk;
   MP_ASSERT_OK(mp__jobs_apply(table, &other, &alone, &alone_chunk));
-  T_ASSERT(!(alone->flags & MP__JOB_BATCH),
+  T_ASSERT(!(alone->head.flags & MP__JOB_BATCH),
            "an apply the open batch could not take was batched");
   run_one(1, alone, 0);
   mp__jobs_release(table, alone);
   /* Other work closes the batch; the next apply, with nothing in flight, is alone. */
   int item = 7;
-  mp__job_spec_t map = {jobs[0]->fn, 0, &item, 1, sizeof item, sizeof item, 1, 0, 0, NULL};
+  mp__job_spec_t map = {jobs[0]->head.fn, 0, &item, 1, sizeof item, sizeof item, 1, 0, 0, NULL};
   mp__jobrec_t *mapped;
   MP_ASSERT_OK(mp__jobs_submit(table, &map, &mapped));
   run_one(1, mapped, 0);
   jobs[66] = apply(&x[66], &chunks[66]);
-  T_ASSERT(!(jobs[66]->flags & MP__JOB_BATCH), "the apply after a map was batched");
+  T_ASSERT(!(jobs[66]->head.flags & MP__JOB_BATCH), "the apply after a map was batched");
   run_one(0, jobs[66], 0);
   mp__jobs_release(table, mapped);
   for (int k = 0; k < 67; k++)
@@ -708,8 +709,8 @@ static void check_race(mp__jobrec_t *job) {
     MP_ASSERT_OK(mp__run_task(&race.task, NULL));
     complete(0, &race.task);
   }
-  T_ASSERT(mp__job_counted(job) == job->n_chunks, "%llu chunks counted of %u",
-           (unsigned long long)mp__job_counted(job), job->n_chunks);
+  T_ASSERT(mp__job_counted(job) == job->head.n_chunks, "%llu chunks counted of %u",
+           (unsigned long long)mp__job_counted(job), job->head.n_chunks);
   T_ASSERT(!race.claimed, "worker 1 claimed chunk %u, which the abort counted as never fed",
            race.task.chunk);
   T_INT_EQ(mp__job_aborted(job), MP_ETERMINATED);
@@ -744,10 +745,10 @@ START_TEST(test_abort_racing_an_apply) {
   jobs[0] = apply(&x[0], &chunks[0]);
   run_one(0, jobs[0], 0);
   jobs[1] = apply(&x[1], &chunks[1]); /* after an apply: the first chunk of a batch */
-  T_ASSERT((jobs[1]->flags & MP__JOB_BATCH) && chunks[1] == 0,
+  T_ASSERT((jobs[1]->head.flags & MP__JOB_BATCH) && chunks[1] == 0,
            "the second apply was not batched");
   arm_race();
-  mp__apply_spec_t spec = {jobs[1]->fn, false, &x[2], sizeof x[2], sizeof x[2]};
+  mp__apply_spec_t spec = {jobs[1]->head.fn, false, &x[2], sizeof x[2], sizeof x[2]};
   mp__jobrec_t *job;
   uint32_t chunk;
   MP_ASSERT_ERR(mp__jobs_apply(table, &spec, &job, &chunk), MP_ETERMINATED);
