@@ -409,7 +409,7 @@ static mp_async_result_t *make_request(mp_pool_t *pool, mp__jobrec_t *job, uint3
   ar->job = job;
   ar->pool = pool;
   ar->is_apply = is_apply;
-  ar->batched = job->flags & MP__JOB_BATCH;
+  ar->batched = job->head.flags & MP__JOB_BATCH;
   ar->chunk = chunk;
   ar->has_callbacks = has_callbacks;
   atomic_init(&ar->refs, has_callbacks ? 2 : 1);
@@ -581,8 +581,8 @@ int mp_async_result_get(mp_async_result_t *ar, void *result, size_t cap, size_t 
     return mp__error(rc,
                      "mp_async_result_get: the pool was terminated before the work was done%s",
                      ar->pool->why_terminated);
-  if (!ar->is_apply && cap >= ar->job->n * ar->job->result_size)
-    mp__jobs_prepare_results(result, ar->job->n * ar->job->result_size);
+  if (!ar->is_apply && cap >= ar->job->head.n * ar->job->head.result_size)
+    mp__jobs_prepare_results(result, ar->job->head.n * ar->job->head.result_size);
   rc = result_take(ar, result, cap, len);
   return rc == MP_ETOOSMALL ? mp__error_prefix(rc, "mp_async_result_get") : rc;
 }
@@ -682,7 +682,7 @@ static void take_chunk(mp_imap_t *it) {
 int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *index, double timeout) {
   mp__jobrec_t *job = it->job;
   if (it->active < 0) {
-    if (it->taken == job->n_chunks)
+    if (it->taken == job->head.n_chunks)
       return MP_EEOF;
     int rc = wait_job(job, iterator_can_go_on, it, timeout, "mp_imap_next");
     if (rc < 0)
@@ -693,7 +693,7 @@ int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *index, double timeout
     it->item = 0;
   }
   uint32_t chunk = (uint32_t)it->active;
-  uint64_t i = (uint64_t)chunk * job->chunksize + it->item, failed;
+  uint64_t i = (uint64_t)chunk * job->head.chunksize + it->item, failed;
   if (index)
     *index = i;
   int rc = mp__job_item(job, chunk, i, result, &failed);
@@ -712,7 +712,7 @@ int mp_imap_next(mp_imap_t *it, void *result, size_t *index, double timeout) {
   if (it && !it->job)
     return mp__error(MP_EINVAL, "mp_imap_next: an iterator of items of any size: use "
                                 "mp_imap_next_item");
-  if (!it || (!result && it->job->result_size))
+  if (!it || (!result && it->job->head.result_size))
     return mp__error(MP_EINVAL, "mp_imap_next: %s is NULL", it ? "result" : "it");
   if (it->scratch)
     return mp__error(MP_EINVAL, "mp_imap_next: results of any size: use mp_imap_next_item");

@@ -35,12 +35,12 @@ static int items_max(const char *what, const mp_item_t *items, size_t n, size_t 
 
 /* The results of the chunk that starts at item `first` of n: where its first result's slot is
  * (NULL if the chunk failed) and, in *count, how many it holds. They are consecutive slots of
- * job->result_size (mp__job_result): the chunk's state is looked at once, and no item costs a
- * division. */
+ * job->head.result_size (mp__job_result): the chunk's state is looked at once, and no item
+ * costs a division. */
 static const char *chunk_results(const mp__jobrec_t *job, uint64_t first, uint64_t n,
                                  uint64_t *count) {
   uint64_t rest = n - first;
-  *count = rest < job->chunksize ? rest : job->chunksize;
+  *count = rest < job->head.chunksize ? rest : job->head.chunksize;
   return mp__job_result(job, first);
 }
 
@@ -77,7 +77,7 @@ static int unpack_results(const char *what, const mp__jobrec_t *job, size_t n, s
   bool fit = !__builtin_add_overflow(room, sizeof(mp_item_t), &each) &&
              !__builtin_mul_overflow(n, each, &bytes) && bytes <= RESULTS_FIT_MAX;
   bool overflow = !fit && __builtin_mul_overflow(n, sizeof(mp_item_t), &bytes);
-  uint64_t count, slot = job->result_size;
+  uint64_t count, slot = job->head.result_size;
   for (uint64_t first = 0; first < n && !fit && !overflow; first += count) {
     const char *r = chunk_results(job, first, n, &count);
     for (uint64_t k = 0; k < count && !overflow; k++, r = r ? r + slot : NULL)
@@ -327,7 +327,7 @@ int mp_pool_imap_items_unordered(mp_pool_t *pool, mp_task_fn_t fn, const mp_item
 /* The next result of a plain iterator into result (cap bytes of room). */
 static int plain_next_item(mp_imap_t *it, void *result, size_t cap, size_t *len, size_t *index,
                            double timeout) {
-  size_t need = it->scratch ? it->job->result_cap : it->job->result_size;
+  size_t need = it->scratch ? it->job->head.result_cap : it->job->head.result_size;
   if (cap < need) { /* checked first: the result is not taken */
     if (len)
       *len = need;

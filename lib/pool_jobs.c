@@ -151,7 +151,7 @@ static void queue_all(mp__jobrec_t *r);
  */
 static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
                       uint64_t item_size, uint64_t result_size, uint64_t chunksize,
-                      uint32_t window, mp__jobrec_t **out) {
+                      uint64_t result_cap, uint32_t window, mp__jobrec_t **out) {
   *out = NULL;
   uint32_t n_workers = t->n_workers;
   uint64_t n_chunks = n / chunksize + (n % chunksize != 0); /* n + chunksize - 1 overflows */
@@ -212,24 +212,14 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
    * words are all written below: only an iterator's (FREE) are zeroed. */
   memset(job, 0, flags & MP__JOB_ITERATOR ? errs_off : states_off);
   memset((char *)job + done_off, 0, input_off - done_off);
-  r->fn = job->fn = fn;
-  r->flags = job->flags = flags;
-  r->n = job->n = n;
-  r->item_size = job->item_size = item_size;
-  r->result_size = job->result_size = result_size;
-  r->chunksize = job->chunksize = chunksize;
-  r->result_cap = 0;
-  r->n_chunks = job->n_chunks = (uint32_t)n_chunks;
-  r->window = job->window = window;
-  r->spread = job->spread = spread;
-  r->states_off = job->states_off = states_off;
-  r->input_off = job->input_off = input_off;
-  r->output_off = job->output_off = output_off;
-  r->out_stride = job->out_stride = out_stride;
-  r->errs_off = job->errs_off = errs_off;
-  r->n_errs = job->n_errs = n_errs;
-  r->done_off = job->done_off = done_off;
-  r->n_counters = job->n_counters = n_workers + 1;
+  uint32_t chunks = (uint32_t)n_chunks; /* at most UINT32_MAX / 2: checked above */
+  mp__job_head_t head = {
+      fn,         flags,      n,          item_size, result_size,   chunksize,
+      result_cap, chunks,     window,     spread,    n_workers + 1, states_off,
+      input_off,  output_off, out_stride, errs_off,  n_errs,        done_off};
+  /* Two assignments: the record's is not read back from the block, a worker's to write. */
+  r->head = head;
+  job->head = head;
   job->block_size = r->block_size;
   job->block_id = block_id;
   /* Until it is published, if ever. */
@@ -240,9 +230,10 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   memset(r->owner, 0, sizeof r->owner);
   for (uint64_t i = 0; i < n_errs; i++)
     rec_error(r, (uint32_t)i)->item = UINT64_MAX;
+  r->lost.item = UINT64_MAX;
   if (!(flags & MP__JOB_ITERATOR)) {
     queue_all(r);
-    atomic_init(&job->limit, r->n_chunks);
+    atomic_init(&job->limit, r->head.n_chunks);
   }
   atomic_init(&job->refs, 1);
   *out = r;
@@ -266,32 +257,37 @@ static inline _Atomic uint64_t *state_in(const void *states, uint64_t window, ui
 }
 
 _Atomic uint64_t *mp__job_state(const mp__job_t *job, uint32_t chunk) {
-  return state_in((const char *)job + job->states_off, job->window, job->spread, chunk);
+  return state_in((const char *)job + job->head.states_off, job->head.window, job->head.spread,
+                  chunk);
 }
 
 /* The pool's process's accessors: the same layout, by the header of the job's record. */
 static _Atomic uint64_t *rec_state(const mp__jobrec_t *r, uint32_t chunk) {
-  return state_in((const char *)r->blk + r->states_off, r->window, r->spread, chunk);
+  return state_in((const char *)r->blk + r->head.states_off, r->head.window, r->head.spread,
+                  chunk);
 }
 
 static void *rec_input(const mp__jobrec_t *r, uint32_t chunk) {
-  return (char *)r->blk + r->input_off + ring_slot(chunk, r->window) * r->chunksize * r->item_size;
+  return (char *)r->blk + r->head.input_off +
+         ring_slot(chunk, r->head.window) * r->head.chunksize * r->head.item_size;
 }
 
 static void *rec_output(const mp__jobrec_t *r, uint32_t chunk) {
-  return (char *)r->blk + r->output_off + ring_slot(chunk, r->window) * r->out_stride;
+  return (char *)r->blk + r->head.output_off +
+         ring_slot(chunk, r->head.window) * r->head.out_stride;
 }
 
 static mp__task_error_t *rec_error(const mp__jobrec_t *r, uint32_t chunk) {
-  return (mp__task_error_t *)((char *)r->blk + r->errs_off) + ring_slot(chunk, r->n_errs);
+  return (mp__task_error_t *)((char *)r->blk + r->head.errs_off) +
+         ring_slot(chunk, r->head.n_errs);
 }
 
 /* Every chunk of a map queued, its state words written in the order they lie (a spread
  * map's line l holds chunks l, l + 2^spread, ...; a slot past the last chunk holds none). */
 static void queue_all(mp__jobrec_t *r) {
-  _Atomic uint64_t *states = (_Atomic uint64_t *)((char *)r->blk + r->states_off);
-  uint64_t n = r->n_chunks, lines = r->spread ? (uint64_t)1 << r->spread : n,
-           per_line = r->spread ? 8 : 1;
+  _Atomic uint64_t *states = (_Atomic uint64_t *)((char *)r->blk + r->head.states_off);
+  uint64_t n = r->head.n_chunks, lines = r->head.spread ? (uint64_t)1 << r->head.spread : n,
+           per_line = r->head.spread ? 8 : 1;
   for (uint64_t l = 0; l < lines; l++, states += per_line)
     for (uint64_t i = 0, c = l; i < per_line; i++, c += lines)
       atomic_init(&states[i], c < n ? MP__CHUNK_STATE(c, 0, 0, MP__CHUNK_QUEUED)
@@ -299,16 +295,18 @@ static void queue_all(mp__jobrec_t *r) {
 }
 
 static void *job_input(const mp__job_t *job, uint32_t chunk) {
-  return (char *)job + job->input_off +
-         ring_slot(chunk, job->window) * job->chunksize * job->item_size;
+  return (char *)job + job->head.input_off +
+         ring_slot(chunk, job->head.window) * job->head.chunksize * job->head.item_size;
 }
 
 static void *job_output(const mp__job_t *job, uint32_t chunk) {
-  return (char *)job + job->output_off + ring_slot(chunk, job->window) * job->out_stride;
+  return (char *)job + job->head.output_off +
+         ring_slot(chunk, job->head.window) * job->head.out_stride;
 }
 
 static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk) {
-  return (mp__task_error_t *)((char *)job + job->errs_off) + ring_slot(chunk, job->n_errs);
+  return (mp__task_error_t *)((char *)job + job->head.errs_off) +
+         ring_slot(chunk, job->head.n_errs);
 }
 
 /* The items of chunk, of a job of n items in chunks of chunksize (none past the last). */
@@ -320,11 +318,11 @@ static inline uint64_t items_of(uint64_t n, uint64_t chunksize, uint32_t chunk) 
 }
 
 uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk) {
-  return items_of(job->n, job->chunksize, chunk);
+  return items_of(job->head.n, job->head.chunksize, chunk);
 }
 
 uint64_t mp__job_items(const mp__jobrec_t *job, uint32_t chunk) {
-  return items_of(job->n, job->chunksize, chunk);
+  return items_of(job->head.n, job->head.chunksize, chunk);
 }
 
 static bool job_unref(mp__job_t *job) {
@@ -332,23 +330,25 @@ static bool job_unref(mp__job_t *job) {
 }
 
 /* A failure in record e of a job (an iterator's keeps each; a map's its lowest item). */
-static void record_error_in(mp__pool_shared_t *sh, mp__task_error_t *e, bool iterator,
-                            uint64_t item, int code, const char *msg) {
-  /* A holder that died could only leave a half-written message: still a message. */
-  int rc = mp__mutex_lock(&sh->err_lock, INT64_MAX);
-  if (rc < 0 && rc != MP_EOWNERDEAD)
-    return;
+static void write_error(mp__task_error_t *e, bool iterator, uint64_t item, int code,
+                        const char *msg) {
   if (iterator || item < e->item) {
     e->item = item;
     e->code = code;
     snprintf(e->msg, sizeof e->msg, "%s", msg);
   }
-  mp__mutex_unlock(&sh->err_lock);
 }
 
+/* A worker's failure, under the pool's error lock: the workers failing chunks of one map at
+ * once write its one record. */
 static void record_error(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint64_t item,
                          int code, const char *msg) {
-  record_error_in(sh, error_at(job, chunk), job->flags & MP__JOB_ITERATOR, item, code, msg);
+  /* A holder that died could only leave a half-written message: still a message. */
+  int rc = mp__mutex_lock(&sh->err_lock, INT64_MAX);
+  if (rc < 0 && rc != MP_EOWNERDEAD)
+    return;
+  write_error(error_at(job, chunk), job->head.flags & MP__JOB_ITERATOR, item, code, msg);
+  mp__mutex_unlock(&sh->err_lock);
 }
 
 /* ------------------------------ waking up ------------------------------ */
@@ -488,6 +488,8 @@ int mp__job_wait(mp__jobrec_t *job, bool (*done)(const mp__jobrec_t *job, void *
   }
 }
 
+void (*mp__pool_race_hook)(int point, mp__job_t *job);
+
 /* ------------------------------ publishing ------------------------------ */
 
 static uint64_t slot_state(mp__pool_shared_t *sh, uint64_t seq) {
@@ -536,9 +538,12 @@ static int job_publish(mp__jobs_t *t, mp__jobrec_t *r, uint64_t seq, int64_t dea
  * the chunk was counted as such. */
 static bool queue_chunk(mp__jobs_t *t, mp__job_t *job, _Atomic uint64_t *state,
                         uint32_t next) {
-  /* Released by the limit's compare-and-swap, which a claimer reads first. */
+  /* Released by the limit's compare-and-swap, which a claimer reads first. A swap that fails
+   * (a close or an abort marked the limit first, counting this chunk as never fed) leaves
+   * the chunk QUEUED, past the marked limit, where no claim looks (claim_in). */
   atomic_store_explicit(state, MP__CHUNK_STATE(next, 0, 0, MP__CHUNK_QUEUED),
                         memory_order_release);
+  MP__RACE_POINT(MP__RACE_QUEUED, job);
   if (!atomic_compare_exchange_strong(&job->limit, &next, next + 1))
     return false;
   wake_workers(t->sh, t->n_workers, 1);
@@ -549,19 +554,19 @@ static bool queue_chunk(mp__jobs_t *t, mp__job_t *job, _Atomic uint64_t *state,
  * limit, a worker's to write, only tells the workers). */
 static bool job_feed(mp__jobs_t *t, mp__jobrec_t *job, const void *items) {
   uint32_t next = job->fed;
-  if (next >= job->n_chunks || atomic_load(&job->abort_code))
+  if (next >= job->head.n_chunks || atomic_load(&job->abort_code))
     return false;
   _Atomic uint64_t *state = rec_state(job, next);
-  if (next >= job->window && MP__CHUNK_STATUS(atomic_load(state)) != MP__CHUNK_FREE)
+  if (next >= job->head.window && MP__CHUNK_STATUS(atomic_load(state)) != MP__CHUNK_FREE)
     return false; /* the chunk a window earlier has not been taken yet */
-  uint64_t first = (uint64_t)next * job->chunksize;
-  if (job->item_size) {
-    memcpy(rec_input(job, next), (const char *)items + first * job->item_size,
-           mp__job_items(job, next) * job->item_size);
+  uint64_t first = (uint64_t)next * job->head.chunksize;
+  if (job->head.item_size) {
+    memcpy(rec_input(job, next), (const char *)items + first * job->head.item_size,
+           mp__job_items(job, next) * job->head.item_size);
     /* Sent whole, a slot's unused tail and padding too: memcheck does not see worker
      * processes write, so bytes left undefined here would stay so when this block later
      * holds another job's results. */
-    MP__SCANNED(rec_input(job, next), mp__job_items(job, next) * job->item_size);
+    MP__SCANNED(rec_input(job, next), mp__job_items(job, next) * job->head.item_size);
   }
   if (!queue_chunk(t, job->blk, state, next)) {
     /* Not aborted, a limit that moved is a worker's wild write: fail the job rather than
@@ -617,8 +622,8 @@ static bool claim_at(mp__job_t *job, uint32_t chunk, uint32_t w, uint64_t expect
 
 /* Chunks queued again after a death: rare, so a scan of the window. */
 static bool claim_retried(mp__job_t *job, uint32_t w, uint32_t *chunk) {
-  uint32_t limit = atomic_load(&job->limit);
-  for (uint32_t i = 0; i < job->window; i++) {
+  uint32_t limit = atomic_load(&job->limit) & ~MP__LIMIT_CLOSED;
+  for (uint32_t i = 0; i < job->head.window; i++) {
     uint64_t v = atomic_load(mp__job_state(job, i));
     if (MP__CHUNK_STATUS(v) == MP__CHUNK_QUEUED && MP__CHUNK_ATTEMPTS(v) > 0 &&
         MP__CHUNK_OF(v) < limit && claim_at(job, MP__CHUNK_OF(v), w, v)) {
@@ -636,16 +641,16 @@ static bool claim_retried(mp__job_t *job, uint32_t w, uint32_t *chunk) {
 static bool claim_in(mp__job_t *job, uint32_t w, uint32_t *chunk, bool look) {
   if (atomic_load(&job->retries_queued) > 0 && claim_retried(job, w, chunk))
     return true;
-  if (!(job->flags & MP__JOB_ITERATOR)) {
+  if (!(job->head.flags & MP__JOB_ITERATOR)) {
     /* A map's chunks are all queued from the start: each is drawn once, in order, by a
      * fetch-and-add on the hint, as a bare farm draws them (one read-modify-write, no scan).
      * A chunk never drawn is QUEUED with no attempt and no owner, or it was aborted: one
      * compare-and-swap claims it, with no read of its state first. The hint passes
      * n_chunks by at most one per look and per completion. */
-    for (; !look || atomic_load_explicit(&job->hint, memory_order_relaxed) < job->n_chunks;
+    for (; !look || atomic_load_explicit(&job->hint, memory_order_relaxed) < job->head.n_chunks;
          look = true) {
       uint64_t h = atomic_fetch_add(&job->hint, 1);
-      if (h >= job->n_chunks)
+      if (h >= job->head.n_chunks)
         break;
       if (claim_at(job, (uint32_t)h, w, MP__CHUNK_STATE(h, 0, 0, MP__CHUNK_QUEUED))) {
         *chunk = (uint32_t)h;
@@ -654,9 +659,11 @@ static bool claim_in(mp__job_t *job, uint32_t w, uint32_t *chunk, bool look) {
     }
     return false;
   }
-  uint32_t limit = atomic_load(&job->limit);
+  /* The chunks fed, also once the limit is closed: a chunk left QUEUED past them by a feed
+   * that lost to a close or an abort was counted by that, and is nobody's to run. */
+  uint32_t limit = atomic_load(&job->limit) & ~MP__LIMIT_CLOSED;
   uint64_t start = atomic_load(&job->hint), h = start;
-  for (; h < limit && h < job->n_chunks; h++) {
+  for (; h < limit && h < job->head.n_chunks; h++) {
     uint64_t v = atomic_load(mp__job_state(job, (uint32_t)h));
     if (MP__CHUNK_OF(v) == h && MP__CHUNK_STATUS(v) == MP__CHUNK_QUEUED &&
         MP__CHUNK_ATTEMPTS(v) == 0 && claim_at(job, (uint32_t)h, w, v)) {
@@ -686,14 +693,14 @@ static void task_view(mp__job_t *job, uint32_t chunk, _Atomic uint64_t *running,
                       mp__task_t *task) {
   task->job = job;
   task->chunk = chunk;
-  task->fn = job->fn;
+  task->fn = job->head.fn;
   task->input = job_input(job, chunk);
-  task->item_size = job->item_size;
+  task->item_size = job->head.item_size;
   task->output = job_output(job, chunk);
-  task->result_size = job->result_size;
-  task->varsize = job->flags & MP__JOB_VARSIZE;
-  task->result_cap = task->varsize ? job->result_cap : job->result_size;
-  task->first = (uint64_t)chunk * job->chunksize;
+  task->result_size = job->head.result_size;
+  task->varsize = job->head.flags & MP__JOB_VARSIZE;
+  task->result_cap = task->varsize ? job->head.result_cap : job->head.result_size;
+  task->first = (uint64_t)chunk * job->head.chunksize;
   task->count = mp__job_chunk_items(job, chunk);
   task->running = running;
   task->result_len = 0;
@@ -763,6 +770,7 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
       advance_oldest(sh, seq);
       continue;
     }
+    MP__RACE_POINT(MP__RACE_PINNED, j);
     if (claim_in(j, w, &chunk, true)) {
       take_chunk(sh, w, j, chunk, task);
       unpin(sh, w); /* the running chunk keeps the job alive */
@@ -782,11 +790,11 @@ static _Atomic uint64_t *counter_at(const void *counters, uint32_t w) {
 }
 
 static _Atomic uint64_t *done_by(const mp__job_t *job, uint32_t w) {
-  return counter_at((const char *)job + job->done_off, w);
+  return counter_at((const char *)job + job->head.done_off, w);
 }
 
 static _Atomic uint64_t *rec_done_by(const mp__jobrec_t *r, uint32_t w) {
-  return counter_at((const char *)r->blk + r->done_off, w);
+  return counter_at((const char *)r->blk + r->head.done_off, w);
 }
 
 /* The chunks counted in n counters at counters. A wild count makes a job look complete or
@@ -799,11 +807,15 @@ static uint64_t count_done(const void *counters, uint32_t n) {
 }
 
 static uint64_t job_done(const mp__job_t *job) {
-  return count_done((const char *)job + job->done_off, job->n_counters);
+  return count_done((const char *)job + job->head.done_off, job->head.n_counters);
+}
+
+uint64_t mp__job_counted(const mp__jobrec_t *job) {
+  return count_done((const char *)job->blk + job->head.done_off, job->head.n_counters);
 }
 
 bool mp__job_complete(const mp__jobrec_t *job) {
-  return count_done((const char *)job->blk + job->done_off, job->n_counters) >= job->n_chunks;
+  return mp__job_counted(job) >= job->head.n_chunks;
 }
 
 /* After chunks were counted: wakes the waiter, and if the job is complete, frees its slot.
@@ -848,22 +860,41 @@ static bool settle_as(mp__pool_shared_t *sh, uint32_t n_workers, mp__job_t *job,
 /* settle_as for a worker, by the block's header. An open batch (chunks never appended yet,
  * and not counted) cannot be complete: its workers' counters are not read at every apply. */
 static bool settle(mp__pool_shared_t *sh, mp__job_t *job, mp__job_waker_t **later) {
-  bool last = (!(job->flags & MP__JOB_BATCH) || atomic_load(&job->limit) == job->n_chunks) &&
-              job_done(job) >= job->n_chunks;
-  return settle_as(sh, sh->n_workers, job, mp__job_seq(job), job->flags, last, later);
+  bool last =
+      (!(job->head.flags & MP__JOB_BATCH) || atomic_load(&job->limit) >= job->head.n_chunks) &&
+      job_done(job) >= job->head.n_chunks;
+  return settle_as(sh, sh->n_workers, job, mp__job_seq(job), job->head.flags, last, later);
 }
 
 /* settle_as for the pool's process, by the job's record. */
 static void settle_rec(mp__jobs_t *t, mp__jobrec_t *r) {
-  bool last = (!(r->flags & MP__JOB_BATCH) || atomic_load(&r->blk->limit) == r->n_chunks) &&
-              mp__job_complete(r);
-  settle_as(t->sh, t->n_workers, r->blk, mp__jobrec_seq(r), r->flags, last, NULL);
+  bool last =
+      (!(r->head.flags & MP__JOB_BATCH) || atomic_load(&r->blk->limit) >= r->head.n_chunks) &&
+      mp__job_complete(r);
+  settle_as(t->sh, t->n_workers, r->blk, mp__jobrec_seq(r), r->head.flags, last, NULL);
 }
 
 /* Chunks the parent counts: lost, or aborted. */
 static void count_by_parent(mp__jobs_t *t, mp__jobrec_t *r, uint32_t chunks) {
-  atomic_fetch_add(rec_done_by(r, r->n_counters - 1), (uint64_t)chunks << 1);
+  atomic_fetch_add(rec_done_by(r, r->head.n_counters - 1), (uint64_t)chunks << 1);
   settle_rec(t, r);
+}
+
+/*
+ * No chunk of a fed job is fed after this (a close of a batch, an abort): its limit is
+ * marked closed, keeping the count of chunks fed, which *fed gets. Returns the chunks never
+ * fed, for the caller to count, if this call closed it (0 if a close or an abort did
+ * first). A feed's swap then fails, and a chunk it had stored QUEUED stays past the chunks
+ * fed, where no claim looks: set to n_chunks instead, the limit let a worker that had pinned
+ * the job before an abort claim and count that chunk, which the abort had counted as never
+ * fed (review, stop 16).
+ */
+static uint32_t close_limit(const mp__jobrec_t *job, uint32_t *fed) {
+  uint32_t old = atomic_fetch_or(&job->blk->limit, MP__LIMIT_CLOSED);
+  *fed = old & ~MP__LIMIT_CLOSED;
+  if (*fed > job->head.n_chunks)
+    *fed = job->head.n_chunks;
+  return old & MP__LIMIT_CLOSED ? 0 : job->head.n_chunks - *fed;
 }
 
 /*
@@ -882,7 +913,7 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
    * nothing the owner would take instead (the lowest item wins, an abort is told apart). */
   if (running && status == MP__CHUNK_FAILED)
     record_error(sh, job, chunk, task->failed_item, task->code, task->msg);
-  if (running && job->n == 1)
+  if (running && job->head.n == 1)
     atomic_store(&job->result_len, task->result_len);
   /* Pinned for settling after the last reference. Relaxed, as is the mark: whoever frees
    * the block has first seen this chunk counted (the store of the count below, or a
@@ -914,10 +945,11 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
    * last chunks at once each store their count, then read the others' and the hint, so one
    * at least sees the job complete. A map with chunks never drawn is not complete either
    * (were it aborted, this chunk would not be ours). */
-  bool map = !(job->flags & (MP__JOB_ITERATOR | MP__JOB_WAKE_EACH)), undrawn = map && again;
+  bool map = !(job->head.flags & (MP__JOB_ITERATOR | MP__JOB_WAKE_EACH)),
+       undrawn = map && again;
   if (!undrawn) {
     atomic_store(mine, (count + ours) << 1);
-    undrawn = map && atomic_load(&job->hint) < job->n_chunks;
+    undrawn = map && atomic_load(&job->hint) < job->head.n_chunks;
   }
   mp__job_waker_t *waker = NULL;
   bool notify = ours && !undrawn && settle(sh, job, &waker);
@@ -956,10 +988,21 @@ bool mp__job_lose_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, uint64
     }
     return false;
   }
-  record_error_in(t->sh, rec_error(job, chunk), job->flags & MP__JOB_ITERATOR, item, code, msg);
-  if (atomic_compare_exchange_strong(
+  /* Not under the error lock, which a worker stopped or hostile may hold for ever (the
+   * supervisor waited there, replacing no worker and failing no job). A chunk's own record
+   * (an iterator's, a batch's) has no other writer while its runner is dead: written before
+   * the chunk fails, as a worker does. A map's one record is the live workers': the parent
+   * keeps its own (job->lost), written once the chunk is failed and before it is counted,
+   * which mp__job_take reads with the block's. */
+  bool own_record = job->head.flags & MP__JOB_ITERATOR;
+  if (own_record)
+    write_error(rec_error(job, chunk), true, item, code, msg);
+  if (!atomic_compare_exchange_strong(
           state, &v, MP__CHUNK_STATE(chunk, attempts, MP__CHUNK_OWNER(v), MP__CHUNK_FAILED)))
-    count_by_parent(t, job, 1);
+    return false;
+  if (!own_record)
+    write_error(&job->lost, false, item, code, msg);
+  count_by_parent(t, job, 1);
   return false;
 }
 
@@ -967,13 +1010,11 @@ static void job_abort(mp__jobs_t *t, mp__jobrec_t *job, int code) {
   int32_t none = 0;
   if (!atomic_compare_exchange_strong(&job->abort_code, &none, code))
     return;
-  /* No chunk is fed after this: the ones never fed count as aborted (a wild limit only
-   * miscounts this job). */
-  uint32_t fed = atomic_exchange(&job->blk->limit, job->n_chunks);
-  if (fed > job->n_chunks)
-    fed = job->n_chunks;
-  uint32_t aborted = job->n_chunks - fed;
-  for (uint32_t i = 0; i < job->window; i++) {
+  /* No chunk is fed after this: the ones never fed count as aborted, unless a close counted
+   * them already (a wild limit only miscounts this job). */
+  uint32_t fed;
+  uint32_t aborted = close_limit(job, &fed);
+  for (uint32_t i = 0; i < job->head.window; i++) {
     _Atomic uint64_t *state = rec_state(job, i);
     uint64_t v = atomic_load(state);
     for (;;) {
@@ -1344,7 +1385,7 @@ void mp__jobs_reclaim(mp__jobs_t *t) {
  * lets go of it last tells the supervisor). The owner's references are counted in the
  * record: the block's count only tells that worker. */
 void mp__jobs_release(mp__jobs_t *t, mp__jobrec_t *job) {
-  if ((job->flags & MP__JOB_BATCH) && atomic_fetch_sub(&job->refs, 1) != 1)
+  if ((job->head.flags & MP__JOB_BATCH) && atomic_fetch_sub(&job->refs, 1) != 1)
     return;
   job_unref(job->blk);
   pthread_mutex_lock(&t->lock);
@@ -1390,7 +1431,7 @@ static int publish(mp__jobs_t *t, mp__jobrec_t *job) {
  * once per batch. The table holds a reference on the open batch (t->batch), under
  * apply_lock; closing it counts the chunks never appended as done by the parent (as an
  * abort counts those never fed), so that it completes once its applies are done. Whichever
- * of a close and an abort exchanges the limit first counts those chunks.
+ * of a close and an abort marks the limit closed first counts those chunks (close_limit).
  */
 
 /* The open batch takes s (apply_lock held); one that was aborted refuses it later. */
@@ -1408,9 +1449,9 @@ static void close_batch(mp__jobs_t *t) {
   atomic_store(&t->batch, NULL);
   /* The references of the applies it did not take (the table's is still held). */
   atomic_fetch_sub(&job->refs, BATCH_APPLIES - t->batch_next);
-  uint32_t fed = atomic_exchange(&job->blk->limit, job->n_chunks);
-  if (fed < job->n_chunks)
-    count_by_parent(t, job, job->n_chunks - fed);
+  uint32_t fed, never_fed = close_limit(job, &fed);
+  if (never_fed)
+    count_by_parent(t, job, never_fed);
   mp__jobs_release(t, job); /* the table's */
 }
 
@@ -1430,11 +1471,10 @@ static int open_batch(mp__jobs_t *t, const mp__apply_spec_t *s) {
   uint32_t flags = MP__JOB_BATCH | MP__JOB_ITERATOR | MP__JOB_WAKE_EACH | MP__JOB_VARSIZE |
                    (s->notify ? MP__JOB_NOTIFY : 0);
   mp__jobrec_t *job;
-  int rc = job_create(t, s->fn, flags, BATCH_APPLIES, item_slot, result_slot, 1, BATCH_APPLIES,
-                      &job);
+  int rc = job_create(t, s->fn, flags, BATCH_APPLIES, item_slot, result_slot, 1, s->result_max,
+                      BATCH_APPLIES, &job);
   if (rc < 0)
     return rc;
-  job->result_cap = job->blk->result_cap = s->result_max;
   /* job->refs: the table's, until the batch closes */
   if ((rc = publish(t, job)) < 0)
     return rc;
@@ -1531,7 +1571,7 @@ int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t **out,
 }
 
 void *mp__job_owner(mp__jobrec_t *job, uint32_t chunk) {
-  if (!(job->flags & MP__JOB_BATCH))
+  if (!(job->head.flags & MP__JOB_BATCH))
     return job->owner;
   return (char *)job->owners + (uint64_t)(chunk % BATCH_APPLIES) * MP__JOB_OWNER_BYTES;
 }
@@ -1543,20 +1583,19 @@ int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__jobrec_t **out) 
   mp__jobs_close_batch(t);
   atomic_store_explicit(&t->applying, false, memory_order_relaxed);
   int rc = job_create(t, s->fn, s->flags, s->n, s->item_size, s->result_size, s->chunksize,
-                      s->window, &job);
+                      s->result_cap, s->window, &job);
   if (rc < 0)
     return rc;
-  job->result_cap = job->blk->result_cap = s->result_cap;
   if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size && s->pack)
     s->pack(rec_input(job, 0), s->items, s->n, s->item_size);
   else if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
     memcpy(rec_input(job, 0), s->items, s->n * s->item_size); /* checked by job_create */
   if (!(s->flags & MP__JOB_ITERATOR) && s->n && s->item_size)
     MP__SCANNED(rec_input(job, 0), s->n * s->item_size); /* as in job_feed */
-  if (job->n_chunks > 0) {
+  if (job->head.n_chunks > 0) {
     if ((rc = publish(t, job)) < 0)
       return rc;
-    uint32_t n = t->n_workers, wake = job->n_chunks < n ? job->n_chunks : n;
+    uint32_t n = t->n_workers, wake = job->head.n_chunks < n ? job->head.n_chunks : n;
     if (!(s->flags & MP__JOB_ITERATOR))
       wake_workers(t->sh, t->n_workers, (int)wake);
   }
@@ -1595,8 +1634,8 @@ static void lose_if_owned(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, uint
     return;
   if (offset >= mp__job_items(job, chunk))
     offset = 0;
-  mp__job_lose_chunk(t, job, chunk, (uint64_t)chunk * job->chunksize + offset, MP_EWORKERDIED,
-                     lost->msg);
+  mp__job_lose_chunk(t, job, chunk, (uint64_t)chunk * job->head.chunksize + offset,
+                     MP_EWORKERDIED, lost->msg);
   lost->found = true;
 }
 
@@ -1609,7 +1648,7 @@ static void lose_recorded_chunk(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
 
 static void find_lost_chunk(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
   lost_t *lost = arg;
-  for (uint32_t i = 0; i < job->window && !lost->found; i++)
+  for (uint32_t i = 0; i < job->head.window && !lost->found; i++)
     lose_if_owned(t, job, MP__CHUNK_OF(atomic_load(rec_state(job, i))), 0, lost);
 }
 
@@ -1830,29 +1869,33 @@ void mp__jobs_prepare_results(void *result, uint64_t need) {
 /* A map's need bytes of results into to, chunk by chunk (each window slot is followed by its
  * canary); those of failed chunks, which hold whatever the block held, are zeroed. */
 static void copy_results(const mp__jobrec_t *job, char *to, uint64_t need, bool failed) {
-  uint64_t per_chunk = job->chunksize * job->result_size;
-  const char *from = (const char *)job->blk + job->output_off;
+  uint64_t per_chunk = job->head.chunksize * job->head.result_size;
+  const char *from = (const char *)job->blk + job->head.output_off;
   if (!failed) {
-    uint32_t last = job->n_chunks - 1;
-    copy_whole_chunks(to, from, per_chunk, job->out_stride, last);
-    memcpy(to + last * per_chunk, from + last * job->out_stride, need - last * per_chunk);
+    uint32_t last = job->head.n_chunks - 1;
+    copy_whole_chunks(to, from, per_chunk, job->head.out_stride, last);
+    memcpy(to + last * per_chunk, from + last * job->head.out_stride, need - last * per_chunk);
     return;
   }
-  for (uint32_t c = 0; c < job->n_chunks; c++) {
-    uint64_t bytes = c + 1 < job->n_chunks ? per_chunk : need - c * per_chunk;
+  for (uint32_t c = 0; c < job->head.n_chunks; c++) {
+    uint64_t bytes = c + 1 < job->head.n_chunks ? per_chunk : need - c * per_chunk;
     if (MP__CHUNK_STATUS(atomic_load(rec_state(job, c))) == MP__CHUNK_DONE)
-      memcpy(to + c * per_chunk, from + c * job->out_stride, bytes);
+      memcpy(to + c * per_chunk, from + c * job->head.out_stride, bytes);
     else
       memset(to + c * per_chunk, 0, bytes);
   }
 }
 
 int mp__job_take(const mp__jobrec_t *job, bool is_apply, void *result, size_t cap, size_t *len) {
+  /* The lowest item's failure: the workers' record, or the parent's of its losses. */
   const mp__task_error_t *e = rec_error(job, 0);
+  if (job->lost.item < e->item)
+    e = &job->lost;
   bool failed = e->item != UINT64_MAX;
-  uint64_t need = is_apply ? atomic_load(&job->blk->result_len) : job->n * job->result_size;
-  if (is_apply && need > job->result_size) /* a worker's word: no read past the slot */
-    need = job->result_size;
+  uint64_t need =
+      is_apply ? atomic_load(&job->blk->result_len) : job->head.n * job->head.result_size;
+  if (is_apply && need > job->head.result_size) /* a worker's word: no read past the slot */
+    need = job->head.result_size;
   if (len)
     *len = need;
   if (result && !failed && cap < need)
@@ -1871,10 +1914,10 @@ int mp__job_take(const mp__jobrec_t *job, bool is_apply, void *result, size_t ca
 }
 
 const char *mp__job_result(const mp__jobrec_t *job, uint64_t i) {
-  uint32_t c = (uint32_t)(i / job->chunksize);
+  uint32_t c = (uint32_t)(i / job->head.chunksize);
   if (MP__CHUNK_STATUS(atomic_load(rec_state(job, c))) != MP__CHUNK_DONE)
     return NULL;
-  return (const char *)rec_output(job, c) + (i % job->chunksize) * job->result_size;
+  return (const char *)rec_output(job, c) + (i % job->head.chunksize) * job->head.result_size;
 }
 
 static bool chunk_finished(uint64_t v) {
@@ -1904,8 +1947,8 @@ int mp__job_take_chunk(const mp__jobrec_t *job, uint32_t chunk, void *result, si
   const char *out = rec_output(job, chunk);
   uint64_t need;
   memcpy(&need, out, sizeof need);
-  if (need > job->result_cap) /* whatever a wild task left there */
-    need = job->result_cap;
+  if (need > job->head.result_cap) /* whatever a wild task left there */
+    need = job->head.result_cap;
   if (len)
     *len = need;
   if (result && cap < need)
@@ -1922,10 +1965,11 @@ int64_t mp__job_finished_chunk(const mp__jobrec_t *job, bool ordered, uint32_t n
     return MP__CHUNK_OF(v) == next && chunk_finished(v) ? (int64_t)next : -1;
   }
   uint32_t limit = job->fed;
-  for (uint32_t i = 0; i < job->window; i++) {
+  for (uint32_t i = 0; i < job->head.window; i++) {
     uint64_t v = atomic_load(rec_state(job, i));
     /* The chunk must be the one slot i holds: a wild word would deliver another's. */
-    if (MP__CHUNK_OF(v) < limit && chunk_finished(v) && ring_slot(MP__CHUNK_OF(v), job->window) == i)
+    if (MP__CHUNK_OF(v) < limit && chunk_finished(v) &&
+        ring_slot(MP__CHUNK_OF(v), job->head.window) == i)
       return MP__CHUNK_OF(v);
   }
   return -1;
@@ -1944,10 +1988,11 @@ int mp__job_item(const mp__jobrec_t *job, uint32_t chunk, uint64_t i, void *resu
                        (unsigned long long)*failed_item);
     return mp__error(task_code(e), "item %llu: %.*s", (unsigned long long)e->item, MSG_OF(e));
   }
-  if (job->result_size)
+  if (job->head.result_size)
     memcpy(result,
-           (char *)rec_output(job, chunk) + (i - (uint64_t)chunk * job->chunksize) * job->result_size,
-           job->result_size);
+           (char *)rec_output(job, chunk) +
+               (i - (uint64_t)chunk * job->head.chunksize) * job->head.result_size,
+           job->head.result_size);
   return 0;
 }
 

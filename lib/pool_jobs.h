@@ -33,9 +33,9 @@
  * (mp__jobrec_t, in its private memory, from a free list of the table's): the header the
  * table made, which every bound it reads by comes from, the references that decide who frees
  * the block, the table's list of its jobs and the owners' records (pool.c's async results,
- * with their callbacks). pool.c reads the record's header (n, chunksize, n_chunks,
- * result_size) and keeps its async results in mp__job_owner; the worker reads the block's
- * header and the function table. A wild word of a block fails its job (MP_ECORRUPT,
+ * with their callbacks). pool.c reads the record's header (head: n, chunksize,
+ * n_chunks, result_size) and keeps its async results in mp__job_owner; the worker reads the
+ * block's header and the function table. A wild word of a block fails its job (MP_ECORRUPT,
  * MP_EWORKERDIED, a wrong result) or leaks its block, never more.
  */
 #ifndef MP_POOL_JOBS_H
@@ -104,6 +104,27 @@ typedef struct {
 
 #define MP__JOB_OWNER_BYTES 96
 
+/* A fed job's limit once no chunk is fed any more: above every count of chunks (at most
+ * UINT32_MAX / 2, job_create), so a feed's compare-and-swap fails and a count stays. */
+#define MP__LIMIT_CLOSED 0x80000000u
+
+/* A job's header: its function, sizes, chunks and layout, as job_create made it, once, for
+ * the parent's record (which the pool's process reads) and the block (which workers read). */
+typedef struct {
+  uint32_t fn; /* index in the pool's function table */
+  uint32_t flags;
+  uint64_t n, item_size, result_size, chunksize;
+  uint64_t result_cap; /* MP__JOB_VARSIZE: a task's room; result_size is then its slot */
+  uint32_t n_chunks, window;
+  /* Window slot s's state word is at index (s & (2^spread - 1)) * 8 + (s >> spread): the
+   * slots of consecutive chunks, which different workers claim and complete side by side,
+   * are on different cache lines (8 words a line). 0: at index s (windows below 16). */
+  uint32_t spread;
+  uint32_t n_counters; /* done counters: one per worker, then the parent's */
+  uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
+  uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
+} mp__job_head_t;
+
 /* A job: one map, apply or iterator, one block of the arena, as workers see it (the pool's
  * process reads its header from its own record instead). Chunks [0, limit) have been fed;
  * chunk c lives in window slot c % window (window = n_chunks for a map). */
@@ -116,23 +137,12 @@ typedef struct {
    * (relaxed) because another process's release of the job (a pin) is what orders its
    * readers, which ThreadSanitizer does not see. */
   _Atomic uint64_t seq;
-  uint32_t fn;  /* index in the pool's function table */
-  uint32_t flags;
-  uint64_t n, item_size, result_size, chunksize;
-  uint64_t result_cap; /* MP__JOB_VARSIZE: a task's room; result_size is then its slot */
-  uint32_t n_chunks, window;
-  /* Window slot s's state word is at index (s & (2^spread - 1)) * 8 + (s >> spread): the
-   * slots of consecutive chunks, which different workers claim and complete side by side,
-   * are on different cache lines (8 words a line). 0: at index s (windows below 16). */
-  uint32_t spread;
+  mp__job_head_t head;
   /* The slot's and the owner's: the worker that drops the last one tells the supervisor,
    * whose reclaim then frees the block. Only that hint: the pool's process decides by its
    * record (mp__jobrec_t). */
   _Atomic uint32_t refs;
-  _Atomic uint64_t result_len;     /* an apply's result length */
-  uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
-  uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
-  uint32_t n_counters;
+  _Atomic uint64_t result_len; /* an apply's result length */
   /* Chunks below it are not queued, except retried ones. Drawn by a fetch-and-add at every
    * claim of a map's chunk, by every worker: alone on its cache line, so that the fields
    * each claim reads stay in every worker's cache. 64 bits: it passes n_chunks by one per
@@ -140,14 +150,15 @@ typedef struct {
   _Alignas(64) _Atomic uint64_t hint;
   /* Written as chunks are fed (each apply of a batch), and read by every claim of a fed
    * job: on a line of their own, so that feeding does not take the header's line, which
-   * every claim reads, from the workers. */
+   * every claim reads, from the workers. MP__LIMIT_CLOSED once a close or an abort ended
+   * the feeding (the low bits still count the chunks fed). */
   _Alignas(64) _Atomic uint32_t limit;
   _Atomic uint32_t retries_queued; /* chunks queued again after their worker died */
 } mp__job_t;
 
 /* The pool's process's record of a job, in its own memory, out of every worker's reach: the
- * header as the table made it (the fields of mp__job_t of the same names, which the block
- * holds for the workers), the owner's references, the list, the owners' records. Taken
+ * header as the table made it (head, a copy of which the block holds for the workers), the
+ * owner's references, the list, the owners' records. Taken
  * from the table's free list (no allocation per job, a batch's owner records kept with
  * it); given back when the block is freed. */
 typedef struct mp__jobrec_s mp__jobrec_t;
@@ -155,10 +166,7 @@ struct mp__jobrec_s {
   mp__job_t *blk;
   mp__jobrec_t *next, *prev; /* the table's list of its jobs (its free list: next), under
                               * the table's lock */
-  uint32_t fn, flags;
-  uint64_t n, item_size, result_size, chunksize, result_cap;
-  uint32_t n_chunks, window, spread, n_counters;
-  uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs, done_off;
+  mp__job_head_t head;
   uint64_t block_size;
   /* Written as it is published (0 until then), read by the supervisor: atomic, relaxed
    * (mp__jobrec_seq; the slot's state orders the rest). */
@@ -169,6 +177,10 @@ struct mp__jobrec_s {
   _Atomic int32_t abort_code; /* MP_ETERMINATED once the pool was terminated */
   uint32_t fed;   /* an iterator's chunks fed: the ones it may deliver (its owner's thread) */
   bool orphaned;  /* released while its slot or a worker still had it: reclaim frees it */
+  /* A map's (or a lone apply's) failures that the pool's process recorded (its chunks lost
+   * with their workers), out of the workers' reach and off their error lock: the lowest
+   * item's, or none (item UINT64_MAX). */
+  mp__task_error_t lost;
   void *owners;   /* a batch's owner records (BATCH_APPLIES of them), kept with the record */
   /* A job of its own's owner record (pool.c's async result), zeroed when it is created. */
   _Alignas(64) uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
@@ -218,8 +230,10 @@ struct mp__pool_shared_s {
   /* Submissions between their look at the flags and their publication (a wait for a slot
    * included): a closed pool's workers do not end while one is pending. */
   _Atomic uint32_t submitting;
-  /* Robust: workers and the supervisor record failures, in any job. One for the pool
-   * rather than one per job: failures are rare, and a job then costs no mutex set-up. */
+  /* Robust: workers record failures, in any job. One for the pool rather than one per job:
+   * failures are rare, and a job then costs no mutex set-up. The pool's process never takes
+   * it (a worker may hold it for ever): it records its losses without it
+   * (mp__job_lose_chunk). */
   pthread_mutex_t err_lock;
   _Atomic uint64_t next_seq, oldest; /* jobs [oldest, next_seq) may be incomplete */
   uint32_t n_workers, maxtasks, retries;
@@ -423,6 +437,22 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
                        int notify_fd, mp__task_t *next);
 
 /* ----------------------- inside the table, for its unit test ----------------------- */
+
+/* Points of races that a unit test plays out in one thread: hook, when not NULL (a test
+ * sets it; the library never does), runs there with the job's block. A load and a branch
+ * not taken otherwise, and only where a job is looked at or fed, not per chunk of a run. */
+enum {
+  MP__RACE_QUEUED, /* a feed stored its chunk QUEUED, before its swap of the limit */
+  MP__RACE_PINNED, /* a claim pinned a job, before it claims in it */
+};
+extern void (*mp__pool_race_hook)(int point, mp__job_t *job);
+#define MP__RACE_POINT(point, job)                                                             \
+  do {                                                                                         \
+    if (__builtin_expect(mp__pool_race_hook != NULL, 0))                                       \
+      mp__pool_race_hook(point, job);                                                          \
+  } while (0)
+/* The chunks counted done or failed. */
+uint64_t mp__job_counted(const mp__jobrec_t *job);
 
 /* Loses chunk of job, run by worker w, at item (see mp__jobs_worker_lost): true if queued
  * again, false if failed (or not w's). */

@@ -253,7 +253,7 @@ static void complete(link_t *k, mp__task_t *task, int rc, int64_t t0) {
 }
 
 static void claimed(link_t *k, const mp__task_t *t) {
-  k->after = ((const mp__job_t *)t->job)->n_chunks - t->chunk - 1;
+  k->after = ((const mp__job_t *)t->job)->head.n_chunks - t->chunk - 1;
 }
 
 /* Claims chunks of this worker's until DEPTH are in flight or none is queued, and sends

@@ -1,10 +1,13 @@
 /*
  * The job table's claim / complete / lose protocol on its own (lib/pool_jobs.c), with no
- * worker and no supervisor: this suite plays both, in one thread, through the table's API.
- * It links the static library, as the heap suite does.
+ * worker and no supervisor: this suite plays both, in one thread, through the table's API
+ * (and races through its race hook). It links the static library, as the heap suite does,
+ * which also lets its last case reach a real pool's shared block.
  */
-#include "../lib/pool_jobs.h"
+#include "../lib/pool_private.h"
 #include "mp_test.h"
+
+#include <pthread.h>
 
 static int identity(const void *arg, size_t size, void *result, size_t *result_size) {
   (void)size;
@@ -447,14 +450,15 @@ START_TEST(test_applies_share_a_batch) {
   for (int k = 0; k < 200; k++)
     x[k] = 1000 + k;
   jobs[0] = apply(&x[0], &chunks[0]);
-  T_ASSERT(!(jobs[0]->flags & MP__JOB_BATCH) && chunks[0] == 0, "the lone apply was batched");
+  T_ASSERT(!(jobs[0]->head.flags & MP__JOB_BATCH) && chunks[0] == 0,
+           "the lone apply was batched");
   for (int k = 1; k < 66; k++)
     jobs[k] = apply(&x[k], &chunks[k]);
   for (int k = 1; k < 65; k++)
     T_ASSERT(jobs[k] == jobs[1] && chunks[k] == (uint32_t)(k - 1),
              "apply %d: chunk %u of %p, not %d of the batch %p", k, chunks[k], (void *)jobs[k],
              k - 1, (void *)jobs[1]);
-  T_ASSERT((jobs[1]->flags & MP__JOB_BATCH), "the applies in flight were not batched");
+  T_ASSERT((jobs[1]->head.flags & MP__JOB_BATCH), "the applies in flight were not batched");
   T_ASSERT(jobs[65] != jobs[1] && chunks[65] == 0, "the full batch took a 65th apply");
   run_one(0, jobs[0], 0);
   T_ASSERT(mp__job_complete(jobs[0]), "the lone apply is not complete");
@@ -581,7 +585,7 @@ START_TEST(test_closed_batch_block_freed) {
   uint32_t chunks[4];
   jobs[0] = apply(&x[0], &chunks[0]);
   jobs[1] = apply(&x[1], &chunks[1]);
-  T_ASSERT(jobs[1]->flags & MP__JOB_BATCH, "the apply in flight was not batched");
+  T_ASSERT(jobs[1]->head.flags & MP__JOB_BATCH, "the apply in flight was not batched");
   mp__jobs_close_batch(table);
   run_one(0, jobs[0], 0);
   run_one(1, jobs[1], 0);
@@ -617,18 +621,18 @@ START_TEST(test_apply_stream_stays_batched) {
   for (int k = 0; k < 67; k++)
     x[k] = 2000 + k;
   jobs[0] = apply(&x[0], &chunks[0]);
-  T_ASSERT(!(jobs[0]->flags & MP__JOB_BATCH), "the first apply was batched");
+  T_ASSERT(!(jobs[0]->head.flags & MP__JOB_BATCH), "the first apply was batched");
   run_one(0, jobs[0], 0);
   T_ASSERT(!mp__jobs_work_left(table), "work is left");
   for (int k = 1; k < 65; k++) {
     jobs[k] = apply(&x[k], &chunks[k]);
     run_one(k % 2, jobs[k], chunks[k]);
   }
-  T_ASSERT((jobs[1]->flags & MP__JOB_BATCH) && jobs[64] == jobs[1] && chunks[64] == 63,
+  T_ASSERT((jobs[1]->head.flags & MP__JOB_BATCH) && jobs[64] == jobs[1] && chunks[64] == 63,
            "the applies after the first one were not one batch");
   T_ASSERT(mp__job_complete(jobs[1]) && !mp__jobs_work_left(table), "the batch is not done");
   jobs[65] = apply(&x[65], &chunks[65]);
-  T_ASSERT((jobs[65]->flags & MP__JOB_BATCH) && jobs[65] != jobs[1] && chunks[65] == 0,
+  T_ASSERT((jobs[65]->head.flags & MP__JOB_BATCH) && jobs[65] != jobs[1] && chunks[65] == 0,
            "the apply after a full batch was not the first of a new batch");
   run_one(0, jobs[65], 0);
   T_INT_EQ(take_int(jobs[65], 0), 2065);
@@ -639,24 +643,205 @@ START_TEST(test_apply_stream_stays_batched) {
   mp__jobrec_t *alone;
   uint32_t alone_chunk;
   MP_ASSERT_OK(mp__jobs_apply(table, &other, &alone, &alone_chunk));
-  T_ASSERT(!(alone->flags & MP__JOB_BATCH),
+  T_ASSERT(!(alone->head.flags & MP__JOB_BATCH),
            "an apply the open batch could not take was batched");
   run_one(1, alone, 0);
   mp__jobs_release(table, alone);
   /* Other work closes the batch; the next apply, with nothing in flight, is alone. */
   int item = 7;
-  mp__job_spec_t map = {jobs[0]->fn, 0, &item, 1, sizeof item, sizeof item, 1, 0, 0, NULL};
+  mp__job_spec_t map = {jobs[0]->head.fn, 0, &item, 1, sizeof item, sizeof item, 1, 0, 0, NULL};
   mp__jobrec_t *mapped;
   MP_ASSERT_OK(mp__jobs_submit(table, &map, &mapped));
   run_one(1, mapped, 0);
   jobs[66] = apply(&x[66], &chunks[66]);
-  T_ASSERT(!(jobs[66]->flags & MP__JOB_BATCH), "the apply after a map was batched");
+  T_ASSERT(!(jobs[66]->head.flags & MP__JOB_BATCH), "the apply after a map was batched");
   run_one(0, jobs[66], 0);
   mp__jobs_release(table, mapped);
   for (int k = 0; k < 67; k++)
     mp__jobs_release(table, jobs[k]);
   mp_test_set_hook(NULL);
   free_table();
+}
+END_TEST
+
+/* ------------------------- an abort racing a feed ------------------------- */
+
+/* The race the hook plays (mp__pool_race_hook), in one thread: a feed has stored its chunk
+ * QUEUED and not yet swapped the limit; worker 0 then pins the job being fed, and the pool
+ * is terminated (the abort counts the chunk as never fed) before the worker claims in it. */
+static struct {
+  int stage; /* 1: armed; 2: the feed's chunk is QUEUED; 3: aborted */
+  mp__job_t *fed;
+  bool claimed;
+  mp__task_t task;
+} race;
+
+static void race_hook(int point, mp__job_t *job) {
+  if (point == MP__RACE_QUEUED && race.stage == 1) {
+    race.stage = 2;
+    race.fed = job;
+    race.claimed = mp__pool_claim(mp__jobs_shared(table), 0, &race.task);
+  } else if (point == MP__RACE_PINNED && race.stage == 2 && job == race.fed) {
+    race.stage = 3;
+    mp__jobs_abort_all(table, MP_ETERMINATED);
+  }
+}
+
+static void unhook(void) {
+  mp__pool_race_hook = NULL;
+  free_table();
+}
+
+static void arm_race(void) {
+  memset(&race, 0, sizeof race);
+  race.stage = 1;
+  mp__pool_race_hook = race_hook;
+  mp_test_set_hook(unhook);
+}
+
+/* The race played out; job counted each of its chunks once, and no worker claimed the chunk
+ * the abort counted (before the fix it did, and its completion was counted again). */
+static void check_race(mp__jobrec_t *job) {
+  mp__pool_race_hook = NULL;
+  T_INT_EQ(race.stage, 3);
+  if (race.claimed) { /* run and completed as a worker would */
+    race.task.call = (mp__fn_t)identity;
+    MP_ASSERT_OK(mp__run_task(&race.task, NULL));
+    complete(0, &race.task);
+  }
+  T_ASSERT(mp__job_counted(job) == job->head.n_chunks, "%llu chunks counted of %u",
+           (unsigned long long)mp__job_counted(job), job->head.n_chunks);
+  T_ASSERT(!race.claimed, "worker 1 claimed chunk %u, which the abort counted as never fed",
+           race.task.chunk);
+  T_INT_EQ(mp__job_aborted(job), MP_ETERMINATED);
+}
+
+/* An iterator's feed loses its limit's swap to an abort. */
+START_TEST(test_abort_racing_a_feed) {
+  int in[4] = {1, 2, 3, 4};
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
+  arm_race();
+  mp__job_spec_t spec = {0, MP__JOB_ITERATOR, in, 4, sizeof(int), sizeof(int), 1, 2, 0, NULL};
+  MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
+  mp__jobrec_t *job;
+  MP_ASSERT_OK(mp__jobs_submit(table, &spec, &job));
+  T_ASSERT(!mp__jobs_feed(table, job, in), "a chunk was fed after the abort");
+  check_race(job);
+  T_ASSERT(mp__job_complete(job), "the aborted iterator is not complete");
+  T_ASSERT(!mp__jobs_work_left(table), "work is left");
+  mp__jobs_release(table, job);
+  mp_test_set_hook(NULL);
+  unhook();
+}
+END_TEST
+
+/* The second apply of a batch loses its limit's swap to an abort. */
+START_TEST(test_abort_racing_an_apply) {
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
+  mp_test_set_hook(free_table);
+  int x[3] = {1, 2, 3};
+  mp__jobrec_t *jobs[2];
+  uint32_t chunks[2];
+  jobs[0] = apply(&x[0], &chunks[0]);
+  run_one(0, jobs[0], 0);
+  jobs[1] = apply(&x[1], &chunks[1]); /* after an apply: the first chunk of a batch */
+  T_ASSERT((jobs[1]->head.flags & MP__JOB_BATCH) && chunks[1] == 0,
+           "the second apply was not batched");
+  arm_race();
+  mp__apply_spec_t spec = {jobs[1]->head.fn, false, &x[2], sizeof x[2], sizeof x[2]};
+  mp__jobrec_t *job;
+  uint32_t chunk;
+  MP_ASSERT_ERR(mp__jobs_apply(table, &spec, &job, &chunk), MP_ETERMINATED);
+  T_ASSERT(race.fed == jobs[1]->blk, "the race was not played on the batch");
+  check_race(jobs[1]);
+  T_INT_EQ(mp__job_chunk_aborted(jobs[1], 0), MP_ETERMINATED);
+  T_ASSERT(!mp__jobs_work_left(table), "work is left");
+  mp__jobs_release(table, jobs[0]);
+  mp__jobs_release(table, jobs[1]);
+  mp_test_set_hook(NULL);
+  unhook();
+}
+END_TEST
+
+/* ------------------ a loss while another process holds the error lock ------------------ */
+
+/* A pool of this library (linked statically, so that the test reaches its shared block),
+ * destroyed by the cleanup hook if an assertion fails. */
+static mp_pool_t *lock_pool;
+
+static void destroy_lock_pool(void) {
+  mp_pool_destroy(lock_pool);
+  lock_pool = NULL;
+}
+
+/* Takes the pool's error lock, as a worker recording a failure does, and stops there. */
+static int hold_and_stop(void *arg, size_t size) {
+  pthread_mutex_t *lock;
+  if (size != sizeof lock)
+    return 90;
+  memcpy(&lock, arg, sizeof lock);
+  if (pthread_mutex_lock(lock) != 0)
+    return 91;
+  raise(SIGSTOP);
+  return 0;
+}
+
+static int die_at_7(const void *arg, size_t size, void *result, size_t *result_size) {
+  if (*(const int *)arg == 7)
+    raise(SIGKILL);
+  return identity(arg, size, result, result_size);
+}
+
+/* The supervisor records a worker's loss with no wait on a lock a worker can hold: while a
+ * process of the pool's kind holds the error lock, stopped, a worker killed in a map fails
+ * the map with MP_EWORKERDIED at once, and one killed in an imap fails that item (before,
+ * the supervisor waited on the lock for ever: no result, no replacement). */
+START_TEST(test_loss_while_the_error_lock_is_held) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = 2;
+  o.context = mp_test_ctx(_i);
+  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
+  mp_test_set_hook(destroy_lock_pool);
+  pthread_mutex_t *lock = &mp__jobs_shared(lock_pool->jobs)->err_lock;
+  mp_process_t *holder = mp_test_start(_i, hold_and_stop, &lock, sizeof lock);
+  double until = mp_test_now() + 30;
+  int rc;
+  while ((rc = pthread_mutex_trylock(lock)) == 0 && mp_test_now() < until) {
+    pthread_mutex_unlock(lock); /* not taken yet */
+    mp_test_sleep(0.005);
+  }
+  T_INT_EQ(rc, EBUSY);
+  int in[10], out[10];
+  for (int k = 0; k < 10; k++)
+    in[k] = k;
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(
+      mp_pool_map_async(lock_pool, die_at_7, in, 10, sizeof(int), sizeof(int), 1, NULL, &ar));
+  /* Freed after the checks: its release takes the table's lock, which a supervisor waiting
+   * on the error lock holds. */
+  MP_ASSERT_ERR(mp_async_result_get(ar, out, sizeof out, NULL, 10), MP_EWORKERDIED);
+  T_ASSERT(strstr(mp_last_error(), "item 7: worker"), "message: %s", mp_last_error());
+  mp_async_result_free(ar);
+  T_INT_EQ(out[9], 9);
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap(lock_pool, die_at_7, in, 10, sizeof(int), sizeof(int), 1, &it));
+  for (int k = 0; k < 10; k++) {
+    int r = -1;
+    size_t index;
+    rc = mp_imap_next(it, &r, &index, 10);
+    if (k == 7)
+      MP_ASSERT_ERR(rc, MP_EWORKERDIED);
+    else
+      MP_ASSERT_OK(rc);
+    T_INT_EQ(index, (size_t)k);
+  }
+  mp_imap_free(it);
+  T_ASSERT(pthread_mutex_trylock(lock) == EBUSY, "the holder let go of the lock");
+  MP_ASSERT_OK(mp_process_kill(holder));
+  MP_ASSERT_OK(mp_process_join(holder, 10));
+  T_PROC_CLOSE(holder);
+  mp_test_set_hook(NULL);
+  destroy_lock_pool();
 }
 END_TEST
 
@@ -682,6 +867,10 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_spread_states_lost_and_aborted);
   tcase_add_test(tc, test_closed_batch_block_freed);
   tcase_add_test(tc, test_apply_stream_stays_batched);
+  tcase_add_test(tc, test_abort_racing_a_feed);
+  tcase_add_test(tc, test_abort_racing_an_apply);
+  tc = mp_test_tcase(s, "pool", 60);
+  tcase_add_loop_test(tc, test_loss_while_the_error_lock_is_held, 0, N_METHODS);
   return s;
 }
 
