@@ -1114,4 +1114,7 @@ MP__CHILD_TEXT static void after_fork_in_child(void) {
 __attribute__((constructor(102))) static void install_handlers(void) {
   pthread_atfork(NULL, NULL, after_fork_in_child);
   mp__on_exit(semaphores_at_exit, MP__EXIT_FIRST);
+  /* Read once here, so that its page is mapped before any fork: the child handler reads
+   * self_id in every forked child, a fault on a page this process never touched. */
+  (void)*(volatile const char *)&self_id;
 }

@@ -23,9 +23,6 @@ import sys
 
 SECTION = ".text.hot.mp_child"
 
-# Handlers in files whose owners have not marked them yet: each is a fault in every child.
-NOT_YET = {"pool_jobs": {"forget_kept"}}
-
 ATFORK = re.compile(r"pthread_atfork\(\s*[^,()]+,\s*[^,()]+,\s*(\w+)\s*\)")
 ON_EXIT = re.compile(r"mp__on_exit\(\s*(\w+)\s*,")
 
@@ -83,7 +80,7 @@ def main():
         with open(path, encoding="utf-8") as f:
             text = f.read()
         names = set(ATFORK.findall(text)) | set(ON_EXIT.findall(text))
-        names -= {"NULL"} | NOT_YET.get(stem, set())
+        names -= {"NULL"}
         if not names:
             continue
         where = sections(obj)
