@@ -125,7 +125,7 @@ int mp_process_create(mp_process_t **out, mp_context_t *ctx, mp_target_t target,
 }
 
 /* In a child of any fork(): a lock another thread held at the fork is free. */
-static void after_fork_in_child(void) {
+MP__CHILD_TEXT static void after_fork_in_child(void) {
   mp__reset_lock(&context_lock);
 }
 

@@ -33,33 +33,44 @@
 
 /* ------------------------------ the client ------------------------------ */
 
-static pthread_mutex_t server_lock = PTHREAD_MUTEX_INITIALIZER;
-static pid_t server_owner; /* the process the server serves: a forked child needs its own */
-static pid_t server_pid;
-static int server_pidfd = -1; /* to signal it even if the program reaped it (SIG_IGN) */
-static int server_ctl = -1;
+/* One struct within one cache line: a child of any fork() of a program with a server
+ * forgets it (the atfork handler), and each page it writes there is a fault at every fork. */
+static struct __attribute__((aligned(64))) {
+  pthread_mutex_t lock;
+  pid_t owner; /* the process the server serves: a forked child needs its own */
+  pid_t pid;
+  int pidfd; /* to signal it even if the program reaped it (SIG_IGN) */
+  int ctl;
+} server = {.lock = PTHREAD_MUTEX_INITIALIZER, .pidfd = -1, .ctl = -1};
 
-static void forget_server(void) {
-  if (server_ctl >= 0)
-    close(server_ctl);
-  if (server_pidfd >= 0)
-    close(server_pidfd);
-  server_ctl = server_pidfd = -1;
-  server_pid = 0;
-  server_owner = 0;
+_Static_assert(sizeof server <= 64, "the client's state stays in one page");
+
+/* Child text, with inline closes: libc's close would be one more code page to fault in.
+ * One store each: merged into one vector store, they loaded their constant from .rodata,
+ * another page to fault in. */
+#define FORGET(field, value) __atomic_store_n(&server.field, value, __ATOMIC_RELAXED)
+MP__CHILD_TEXT static void forget_server(void) {
+  if (server.ctl >= 0)
+    mp__raw_syscall(SYS_close, server.ctl, 0, 0, 0);
+  if (server.pidfd >= 0)
+    mp__raw_syscall(SYS_close, server.pidfd, 0, 0, 0);
+  FORGET(ctl, -1);
+  FORGET(pidfd, -1);
+  FORGET(pid, 0);
+  FORGET(owner, 0);
 }
 
 /* Stops the server (if any) and reaps it; the lock is held. It has no work left that
  * matters (its children have been joined or opted out), so SIGKILL: nothing, not even a
  * stopped server, can make the program's exit wait. */
 static void stop_server(void) {
-  if (server_owner != getpid()) {
+  if (server.owner != getpid()) {
     forget_server();
     return;
   }
-  pid_t pid = server_pid;
-  if (server_pidfd >= 0)
-    mp__pidfd_send_signal(server_pidfd, SIGKILL);
+  pid_t pid = server.pid;
+  if (server.pidfd >= 0)
+    mp__pidfd_send_signal(server.pidfd, SIGKILL);
   else if (pid > 0)
     kill(pid, SIGKILL);
   forget_server();
@@ -73,8 +84,8 @@ static int start_server(void) {
     return mp__syserror("socketpair for the fork server");
   /* Published before the spawn, so that a fork() in another thread meanwhile closes its
    * copy (the atfork handler): a copy would keep the server from seeing us go. */
-  server_ctl = sv[0];
-  server_owner = getpid();
+  server.ctl = sv[0];
+  server.owner = getpid();
   pid_t pid;
   int rc = mp__spawn_image("forkserver", sv[1], -1, &pid);
   close(sv[1]);
@@ -82,8 +93,8 @@ static int start_server(void) {
     forget_server();
     return rc;
   }
-  server_pid = pid;
-  server_pidfd = mp__have_pidfd() ? mp__pidfd_open(pid) : -1;
+  server.pid = pid;
+  server.pidfd = mp__have_pidfd() ? mp__pidfd_open(pid) : -1;
   return 0;
 }
 
@@ -92,38 +103,38 @@ static int start_server(void) {
 
 int mp__forkserver_request(int sock, pid_t self) {
   static const char fork_request = FORK_REQUEST;
-  pthread_mutex_lock(&server_lock);
+  pthread_mutex_lock(&server.lock);
   int rc = 0;
   for (int attempt = 0; attempt < 2; attempt++) {
-    if (server_owner != self) {
+    if (server.owner != self) {
       forget_server();
       rc = start_server();
       if (rc < 0)
         break;
     }
-    rc = mp__send_record(server_ctl, &fork_request, 1, sock);
+    rc = mp__send_record(server.ctl, &fork_request, 1, sock);
     if (rc == 0)
       break;
     /* The server died (killed by someone): reap it and start another, once. */
     stop_server();
     rc = mp__error(MP_ESPAWN, "the fork server is gone: %s", mp_strerror(rc));
   }
-  pthread_mutex_unlock(&server_lock);
+  pthread_mutex_unlock(&server.lock);
   return rc;
 }
 
 /* At the process's end, after its children were joined (they may be the server's). */
 MP__CHILD_TEXT static void stop_at_exit(void) {
-  if (!server_owner)
+  if (!server.owner)
     return; /* never started: skip the lock, which a forked child would have to copy */
-  pthread_mutex_lock(&server_lock);
+  pthread_mutex_lock(&server.lock);
   stop_server();
-  pthread_mutex_unlock(&server_lock);
+  pthread_mutex_unlock(&server.lock);
 }
 
 MP__CHILD_TEXT static void after_fork_in_child(void) {
-  mp__reset_lock(&server_lock);
-  if (server_owner || server_ctl >= 0) /* also a fork in the middle of start_server() */
+  mp__reset_lock(&server.lock);
+  if (server.owner || server.ctl >= 0) /* also a fork in the middle of start_server() */
     forget_server(); /* the child's own server starts when it first needs one */
 }
 

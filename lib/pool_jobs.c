@@ -1190,7 +1190,7 @@ static uint64_t kept_size[KEPT];        /* their sizes (a block's word is a work
 
 /* Only what is set is written: a child of a process that never kept a block does not copy
  * this page. */
-static void forget_kept(void) {
+MP__CHILD_TEXT static void forget_kept(void) {
   mp__reset_lock(&kept_lock);
   for (size_t i = 0; i < KEPT; i++)
     if (atomic_load_explicit(&kept[i], memory_order_relaxed))

@@ -985,7 +985,8 @@ int mp__process_pass_fd(mp_process_t *proc, uint64_t key) {
 }
 
 mp_process_t *mp_current_process(void) {
-  me.current.pid = getpid();
+  /* Atomic: any thread may ask, and each writes its answer (the same one). */
+  __atomic_store_n(&me.current.pid, getpid(), __ATOMIC_RELAXED);
   return &me.current;
 }
 

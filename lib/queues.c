@@ -801,8 +801,11 @@ static int make_bell(mp_queue_t *q, bell_t **out) {
   return 0;
 }
 
-static void after_fork_child(void) {
-  me_holder = 0; /* the child's thread has another id and start time */
+MP__CHILD_TEXT static void after_fork_child(void) {
+  /* The child's thread has another id and start time. Written only if set: the write
+   * would copy the thread's TLS page in every forked child. */
+  if (me_holder)
+    me_holder = 0;
   /* Always: fileno_of() holds the lock while the list is still empty. */
   mp__reset_lock(&local.lock);
   mp__reset_lock(&mine.lock);

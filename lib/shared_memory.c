@@ -323,7 +323,7 @@ static int tell_tracker(uint32_t op, const mp_shared_memory_t *shm, int fd, bool
   return rc;
 }
 
-static void after_fork_in_child(void) {
+MP__CHILD_TEXT static void after_fork_in_child(void) {
   mp__reset_lock(&tracker.lock);
   if (tracker.child) /* written only if set: no page copied in every forked child */
     tracker.child = 0;

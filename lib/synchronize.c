@@ -561,8 +561,9 @@ int mp_semaphore_close(mp_semaphore_t *sem) {
   return release(sem, SEMAPHORE_MAGIC, "mp_semaphore_close");
 }
 
-/* A normal end: permits this process took and kept are consumed, so its slots go. */
-static void semaphores_at_exit(void) {
+/* A normal end: permits this process took and kept are consumed, so its slots go. Child
+ * text (MP__CHILD_TEXT): every child libmp starts runs it at its end. */
+MP__CHILD_TEXT static void semaphores_at_exit(void) {
   /* The common case, with no /proc read: a process that holds none. */
   if (__atomic_load_n(&held.n, __ATOMIC_RELAXED) == 0)
     return;
@@ -1096,7 +1097,7 @@ int mp_barrier_close(mp_barrier_t *b) {
 /* ============================== the process ============================== */
 
 /* A forked child is another process, its thread another thread. */
-static void after_fork_in_child(void) {
+MP__CHILD_TEXT static void after_fork_in_child(void) {
   /* Each write only if needed: a first write to a page in a child is a copy-on-write fault
    * (the thread's TLS page, the page of held), at every fork of the program. */
   if (thread_token)
@@ -1113,4 +1114,7 @@ static void after_fork_in_child(void) {
 __attribute__((constructor(102))) static void install_handlers(void) {
   pthread_atfork(NULL, NULL, after_fork_in_child);
   mp__on_exit(semaphores_at_exit, MP__EXIT_FIRST);
+  /* Read once here, so that its page is mapped before any fork: the child handler reads
+   * self_id in every forked child, a fault on a page this process never touched. */
+  (void)*(volatile const char *)&self_id;
 }

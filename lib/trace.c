@@ -671,8 +671,9 @@ int mp_trace_merge(const char *path) {
 
 /* ============================ the fork handler, start, end ============================ */
 
-/* A forked child records into a file of its own, opened at its first event. */
-static void after_fork_in_child(void) {
+/* A forked child records into a file of its own, opened at its first event. Child text
+ * (MP__CHILD_TEXT), as every fork-child handler: every child of the program runs it. */
+MP__CHILD_TEXT static void after_fork_in_child(void) {
   if (!MP__TRACING())
     return; /* untouched: not even its page is copied (method() tells a server's child) */
   pthread_mutex_init(&T.lock, NULL);
