@@ -339,16 +339,20 @@ static void write_error(mp__task_error_t *e, bool iterator, uint64_t item, int c
   }
 }
 
+/* How long a worker waits for the error lock: a holder keeps it for one short write, so one
+ * still there after this is stopped or hostile, and the failure is written without it. */
+#define ERR_LOCK_WAIT_NS 1000000000
+
 /* A worker's failure, under the pool's error lock: the workers failing chunks of one map at
- * once write its one record. */
+ * once write its one record. Written even when the lock cannot be had (a torn message is
+ * still bounded), so that a failure is never reported as a success, nor waits for ever. */
 static void record_error(mp__pool_shared_t *sh, mp__job_t *job, uint32_t chunk, uint64_t item,
                          int code, const char *msg) {
   /* A holder that died could only leave a half-written message: still a message. */
-  int rc = mp__mutex_lock(&sh->err_lock, INT64_MAX);
-  if (rc < 0 && rc != MP_EOWNERDEAD)
-    return;
+  int rc = mp__mutex_lock(&sh->err_lock, mp__now_ns() + ERR_LOCK_WAIT_NS);
   write_error(error_at(job, chunk), job->head.flags & MP__JOB_ITERATOR, item, code, msg);
-  mp__mutex_unlock(&sh->err_lock);
+  if (rc == 0 || rc == MP_EOWNERDEAD)
+    mp__mutex_unlock(&sh->err_lock);
 }
 
 /* ------------------------------ waking up ------------------------------ */

@@ -792,10 +792,17 @@ static int die_at_7(const void *arg, size_t size, void *result, size_t *result_s
   return identity(arg, size, result, result_size);
 }
 
+static int fail_at_3(const void *arg, size_t size, void *result, size_t *result_size) {
+  if (*(const int *)arg == 3)
+    return mp_task_fail("three fails");
+  return identity(arg, size, result, result_size);
+}
+
 /* The supervisor records a worker's loss with no wait on a lock a worker can hold: while a
  * process of the pool's kind holds the error lock, stopped, a worker killed in a map fails
  * the map with MP_EWORKERDIED at once, and one killed in an imap fails that item (before,
- * the supervisor waited on the lock for ever: no result, no replacement). */
+ * the supervisor waited on the lock for ever: no result, no replacement); a task's failure
+ * fails its map after the workers' bounded wait for the lock. */
 START_TEST(test_loss_while_the_error_lock_is_held) {
   mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
   o.processes = 2;
@@ -836,6 +843,11 @@ START_TEST(test_loss_while_the_error_lock_is_held) {
     T_INT_EQ(index, (size_t)k);
   }
   mp_imap_free(it);
+  /* A worker's own failure waits a bounded time for the lock, then is written without it
+   * (before, the worker waited for ever, and the map with it). */
+  MP_ASSERT_ERR(mp_pool_map(lock_pool, fail_at_3, in, 10, sizeof(int), out, sizeof(int), 1),
+                MP_ETASK);
+  T_ASSERT(strstr(mp_last_error(), "three fails"), "message: %s", mp_last_error());
   T_ASSERT(pthread_mutex_trylock(lock) == EBUSY, "the holder let go of the lock");
   MP_ASSERT_OK(mp_process_kill(holder));
   MP_ASSERT_OK(mp_process_join(holder, 10));
