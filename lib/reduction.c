@@ -374,18 +374,29 @@ static shared_fd_t *find_fd(uint64_t key) {
 int mp__fd_adopt(uint64_t key, int fd) {
   pthread_mutex_lock(&fds.lock);
   int rc = 0;
+  /* Every step leaves a table a child forked in between can use (a fork by another thread
+   * does not wait for this lock unless a close is pending): the grown copy is whole before
+   * it is published and the old one freed after (realloc could free it first), and an
+   * entry is whole before the count takes it in. */
   if (fds.count == fds.capacity) {
     size_t capacity = fds.capacity ? fds.capacity * 2 : 16;
-    shared_fd_t *grown = realloc(fds.entries, capacity * sizeof *grown);
+    shared_fd_t *grown = malloc(capacity * sizeof *grown), *old = fds.entries;
     if (grown) {
+      if (fds.count)
+        memcpy(grown, old, fds.count * sizeof *grown);
       fds.entries = grown;
       fds.capacity = capacity;
+      atomic_thread_fence(memory_order_release); /* the fork is another thread's */
+      free(old);
     } else {
       rc = mp__error(MP_ENOMEM, "registering a shared fd");
     }
   }
-  if (rc == 0)
-    fds.entries[fds.count++] = (shared_fd_t){key, fd};
+  if (rc == 0) {
+    fds.entries[fds.count] = (shared_fd_t){key, fd};
+    atomic_thread_fence(memory_order_release);
+    fds.count++;
+  }
   pthread_mutex_unlock(&fds.lock);
   return rc;
 }
