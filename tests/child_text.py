@@ -21,28 +21,13 @@ import shutil
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from layering import objects  # noqa: E402 (the same objects the layering test reads)
+
 SECTION = ".text.hot.mp_child"
 
 ATFORK = re.compile(r"pthread_atfork\(\s*[^,()]+,\s*[^,()]+,\s*(\w+)\s*\)")
 ON_EXIT = re.compile(r"mp__on_exit\(\s*(\w+)\s*,")
-
-
-def objects(build):
-    """{file stem: object path} of lib/*.c, from the shared library's objects or the static's."""
-    libdir = os.path.join(build, "lib")
-    subs = sorted(os.listdir(libdir)) if os.path.isdir(libdir) else []
-    for sub in [s for s in subs if re.fullmatch(r"libmp\.so[.0-9]*\.p", s)] + ["libmp.a.p"]:
-        d = os.path.join(libdir, sub)
-        if not os.path.isdir(d):
-            continue
-        found = {}
-        for name in sorted(os.listdir(d)):
-            m = re.fullmatch(r"(?:lib_)?(.+)\.c\.o", name)
-            if m:
-                found[m.group(1)] = os.path.join(d, name)
-        if found:
-            return found
-    return {}
 
 
 def sections(obj):
