@@ -229,13 +229,16 @@ static int child_holds(void *arg, size_t size) {
 }
 
 /* Another thread forks (a plain fork() of a child_holds, or a start of proc) when the
- * unshare's hook wakes it. */
+ * unshare's hook wakes it, and lives until the child is joined: a child started by a thread
+ * dies when that thread ends where the death signal cannot be had (valgrind keeps
+ * SIGRTMAX). */
 static struct {
-  sem_t go, forked;
+  sem_t go, forked, release;
   hold_job_t job;
   mp_process_t *proc;
   pid_t pid;
   int rc;
+  pthread_t thread;
 } forker;
 
 static void *forker_main(void *arg) {
@@ -249,7 +252,10 @@ static void *forker_main(void *arg) {
     if (forker.pid == 0)
       _exit(child_holds(&forker.job, sizeof forker.job));
   }
-  sem_post(&forker.forked);
+  sem_post(&forker.forked); /* the hook's, if it still waits */
+  sem_post(&forker.forked); /* join_forker's */
+  while (sem_wait(&forker.release) < 0 && errno == EINTR) {
+  }
   return NULL;
 }
 
@@ -268,9 +274,10 @@ static void fork_inside_unshare(void) {
 
 /* Arms the hook and the forker: a start of the fork method, or a plain fork(); the caller
  * then unshares. */
-static pthread_t arm_forker(bool start) {
+static void arm_forker(bool start) {
   T_INT_EQ(sem_init(&forker.go, 0, 0), 0);
   T_INT_EQ(sem_init(&forker.forked, 0, 0), 0);
+  T_INT_EQ(sem_init(&forker.release, 0, 0), 0);
   T_INT_EQ(pipe2(forker.job.hold, O_CLOEXEC), 0);
   forker.proc = NULL;
   if (start)
@@ -278,15 +285,14 @@ static pthread_t arm_forker(bool start) {
                NULL);
   forker.pid = -1;
   forker.rc = 0;
-  pthread_t thread;
-  T_INT_EQ(pthread_create(&thread, NULL, forker_main, NULL), 0);
+  T_INT_EQ(pthread_create(&forker.thread, NULL, forker_main, NULL), 0);
   mp__fd_unshare_hook = fork_inside_unshare;
-  return thread;
 }
 
-/* Joins the forker: its child runs. */
-static void join_forker(pthread_t thread) {
-  T_INT_EQ(pthread_join(thread, NULL), 0);
+/* Waits for the forker's fork: its child runs. */
+static void join_forker(void) {
+  while (sem_wait(&forker.forked) < 0 && errno == EINTR) {
+  }
   if (forker.pid > 0)
     mp_test_track_pid(forker.pid);
   T_ASSERT(forker.proc || forker.pid > 0, "fork: %s", strerror(errno));
@@ -307,8 +313,11 @@ static void release_forker(int rc) {
       if (mp_test_pids[i] == forker.pid)
         mp_test_pids[i] = 0; /* reaped */
   }
+  sem_post(&forker.release);
+  T_INT_EQ(pthread_join(forker.thread, NULL), 0);
   sem_destroy(&forker.go);
   sem_destroy(&forker.forked);
+  sem_destroy(&forker.release);
   T_ASSERT(rc == MP_EEOF, "the reader saw no end of file while the forked child lived: %s",
            mp_err_name(rc));
 }
@@ -339,9 +348,9 @@ START_TEST(test_plain_fork_inside_unshare_close_pending) {
   T_INT_EQ(pthread_create(&receiving, NULL, thread_receives, &receiver), 0);
   mp_test_sleep(0.2 * mp_test_slowdown()); /* in its read */
   MP_ASSERT_OK(mp_conn_close(x));          /* pending: the receive is in it */
-  pthread_t thread = arm_forker(false);
+  arm_forker(false);
   MP_ASSERT_OK(mp_conn_close(y0)); /* the fork lands in its first unshare */
-  join_forker(thread);
+  join_forker();
   MP_ASSERT_OK(mp_conn_send(peer, "wake", 4));
   T_INT_EQ(pthread_join(receiving, NULL), 0);
   MP_ASSERT_OK(receiver.rc);
@@ -360,9 +369,9 @@ END_TEST
 START_TEST(test_fork_start_inside_unshare) {
   mp_conn_t *r, *w;
   MP_ASSERT_OK(mp_pipe(false, &r, &w));
-  pthread_t thread = arm_forker(true);
+  arm_forker(true);
   MP_ASSERT_OK(mp_conn_close(w));
-  join_forker(thread);
+  join_forker();
   char buf[8];
   size_t len;
   release_forker(mp_conn_recv(r, buf, sizeof buf, &len, 2 * mp_test_slowdown()));
