@@ -226,6 +226,7 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   atomic_store_explicit(&r->waker, &t->sh->wakers[MP__POOL_SLOTS], memory_order_relaxed);
   atomic_init(&r->refs, 1);
   atomic_init(&r->abort_code, 0);
+  atomic_init(&r->abandoned, false);
   r->fed = 0;
   memset(r->owner, 0, sizeof r->owner);
   for (uint64_t i = 0; i < n_errs; i++)
@@ -602,13 +603,25 @@ static void unpin(mp__pool_shared_t *sh, uint32_t pinner) {
   atomic_store_explicit(&sh->workers[pinner].pin, 0, memory_order_release);
 }
 
-/* No worker (nor the supervisor) has the job pinned, and its slot let go of it: its block
- * is the pool's process's alone. By the record's seq and the table's count of workers: a
- * wild pin or slot state keeps a block (a leak) or frees one that a worker still writes
- * (its own job's loss), never one that the pool's process still reads. */
+/* A chunk that an abort took from the worker running it, which that worker has not let go
+ * of yet. */
+static bool holds_abandoned(const mp__jobrec_t *r) {
+  for (uint32_t i = 0; i < r->head.window; i++)
+    if (MP__CHUNK_STATUS(atomic_load(rec_state(r, i))) == MP__CHUNK_ABANDONED)
+      return true;
+  return false;
+}
+
+/* No worker (nor the supervisor) has the job pinned or runs a chunk of it, and its slot let
+ * go of it: its block is the pool's process's alone. By the record's seq and the table's
+ * count of workers: a wild pin, slot or chunk state keeps a block (a leak) or frees one that
+ * a worker still writes (its own job's loss), never one that the pool's process still
+ * reads. */
 static bool unused(const mp__jobs_t *t, const mp__jobrec_t *r) {
   uint64_t seq = mp__jobrec_seq(r);
   if (seq && slot_state(t->sh, seq) == (seq << 1 | 1))
+    return false;
+  if (atomic_load(&r->abandoned) && holds_abandoned(r))
     return false;
   for (uint32_t i = 0; seq && i <= t->n_workers; i++)
     if (atomic_load(&t->sh->workers[i].pin) == seq + 1)
@@ -901,6 +914,16 @@ static uint32_t close_limit(const mp__jobrec_t *job, uint32_t *fed) {
   return old & MP__LIMIT_CLOSED ? 0 : job->head.n_chunks - *fed;
 }
 
+/* Lets go of chunk if an abort took it from worker w while w ran it: the last that w touches
+ * of the job's block, which was kept for it until then. True if it did. */
+static bool let_go(_Atomic uint64_t *state, uint32_t chunk, uint32_t w) {
+  uint64_t v = atomic_load(state);
+  return MP__CHUNK_OF(v) == chunk && MP__CHUNK_OWNER(v) == w + 1 &&
+         MP__CHUNK_STATUS(v) == MP__CHUNK_ABANDONED &&
+         atomic_compare_exchange_strong(
+             state, &v, MP__CHUNK_STATE(chunk, MP__CHUNK_ATTEMPTS(v), w + 1, MP__CHUNK_FAILED));
+}
+
 /*
  * A worker counts its chunk in its own counter, with bit 0 set while it is between the two:
  * a worker killed there leaves the bit set, and the supervisor then knows from the chunk's
@@ -931,11 +954,20 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
   /* Not ours: aborted, or given up for lost, and counted by whoever did that. */
   atomic_store_explicit(mine, (count + ours) << 1, memory_order_release);
   atomic_store_explicit(&sh->workers[w].run_seq, 0, memory_order_relaxed);
+  if (!ours) {
+    if (next)
+      next->job = NULL;
+    bool released = let_go(state, chunk, w);
+    unpin(sh, w);
+    if (released)
+      mp__pool_notify(notify_fd); /* the block may be the pool's process's to free now */
+    return false;
+  }
   /* The job is still pinned: its next chunk is claimed without a look at the job list, as
    * long as no older job is incomplete (the oldest queued chunk goes first). */
   uint32_t c;
   bool again =
-      next && ours && atomic_load(&sh->oldest) == mp__job_seq(job) && claim_in(job, w, &c, false);
+      next && atomic_load(&sh->oldest) == mp__job_seq(job) && claim_in(job, w, &c, false);
   if (next)
     next->job = NULL;
   if (again)
@@ -952,17 +984,17 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
   bool map = !(job->head.flags & (MP__JOB_ITERATOR | MP__JOB_WAKE_EACH)),
        undrawn = map && again;
   if (!undrawn) {
-    atomic_store(mine, (count + ours) << 1);
+    atomic_store(mine, (count + 1) << 1);
     undrawn = map && atomic_load(&job->hint) < job->head.n_chunks;
   }
   mp__job_waker_t *waker = NULL;
-  bool notify = ours && !undrawn && settle(sh, job, &waker);
+  bool notify = !undrawn && settle(sh, job, &waker);
   unpin(sh, w);
   if (waker)
     wake(waker);
   if (notify)
     mp__pool_notify(notify_fd);
-  return ours;
+  return true;
 }
 
 static void repair_count(mp__jobrec_t *job, uint32_t w, uint32_t chunk) {
@@ -971,8 +1003,10 @@ static void repair_count(mp__jobrec_t *job, uint32_t w, uint32_t chunk) {
   if (!(v & 1))
     return;
   uint64_t st = atomic_load(rec_state(job, chunk));
+  /* Not one an abort took from it: that counted it. */
   bool became_final = MP__CHUNK_OF(st) == chunk && MP__CHUNK_OWNER(st) == w + 1 &&
-                      MP__CHUNK_STATUS(st) != MP__CHUNK_RUNNING;
+                      MP__CHUNK_STATUS(st) != MP__CHUNK_RUNNING &&
+                      MP__CHUNK_STATUS(st) != MP__CHUNK_ABANDONED;
   atomic_store(theirs, ((v >> 1) + became_final) << 1);
 }
 
@@ -1025,8 +1059,13 @@ static void job_abort(mp__jobs_t *t, mp__jobrec_t *job, int code) {
       uint32_t status = MP__CHUNK_STATUS(v);
       if (MP__CHUNK_OF(v) >= fed || (status != MP__CHUNK_QUEUED && status != MP__CHUNK_RUNNING))
         break;
-      uint64_t failed = MP__CHUNK_STATE(MP__CHUNK_OF(v), MP__CHUNK_ATTEMPTS(v),
-                                        MP__CHUNK_OWNER(v), MP__CHUNK_FAILED);
+      /* A running chunk's worker still uses the block: it is kept for it (unused). */
+      bool running = status == MP__CHUNK_RUNNING;
+      if (running)
+        atomic_store(&job->abandoned, true);
+      uint64_t failed =
+          MP__CHUNK_STATE(MP__CHUNK_OF(v), MP__CHUNK_ATTEMPTS(v), MP__CHUNK_OWNER(v),
+                          running ? MP__CHUNK_ABANDONED : MP__CHUNK_FAILED);
       if (atomic_compare_exchange_strong(state, &v, failed)) {
         aborted++;
         break;
@@ -1735,8 +1774,20 @@ void mp__jobs_worker_started(mp__jobs_t *t, uint32_t w, int pid) {
   atomic_store(&t->sh->workers[w].pid, pid);
 }
 
+/* The chunks an abort took from worker w, which died before it let go of them. */
+static void let_go_for(mp__jobs_t *t, uint32_t w) {
+  pthread_mutex_lock(&t->lock);
+  for (mp__jobrec_t *r = t->jobs; r; r = r->next)
+    for (uint32_t i = 0; atomic_load(&r->abandoned) && i < r->head.window; i++) {
+      _Atomic uint64_t *state = rec_state(r, i);
+      let_go(state, MP__CHUNK_OF(atomic_load(state)), w);
+    }
+  pthread_mutex_unlock(&t->lock);
+}
+
 void mp__jobs_worker_gone(mp__jobs_t *t, uint32_t w) {
   mp__worker_rec_t *rec = &t->sh->workers[w];
+  let_go_for(t, w);
   atomic_store(&rec->pin, 0);
   atomic_store(&rec->run_seq, 0);
   if (atomic_exchange(&rec->idle_ticket, 0)) /* died idle: not to be woken again */
@@ -1924,9 +1975,13 @@ const char *mp__job_result(const mp__jobrec_t *job, uint64_t i) {
   return (const char *)rec_output(job, c) + (i % job->head.chunksize) * job->head.result_size;
 }
 
-static bool chunk_finished(uint64_t v) {
+static bool chunk_failed(uint64_t v) {
   uint32_t status = MP__CHUNK_STATUS(v);
-  return status == MP__CHUNK_DONE || status == MP__CHUNK_FAILED;
+  return status == MP__CHUNK_FAILED || status == MP__CHUNK_ABANDONED;
+}
+
+static bool chunk_finished(uint64_t v) {
+  return MP__CHUNK_STATUS(v) == MP__CHUNK_DONE || chunk_failed(v);
 }
 
 bool mp__job_chunk_finished(const mp__jobrec_t *job, uint32_t chunk) {
@@ -1935,7 +1990,7 @@ bool mp__job_chunk_finished(const mp__jobrec_t *job, uint32_t chunk) {
 
 /* A failed chunk with no failure recorded was failed by an abort. */
 int mp__job_chunk_aborted(const mp__jobrec_t *job, uint32_t chunk) {
-  if (MP__CHUNK_STATUS(atomic_load(rec_state(job, chunk))) != MP__CHUNK_FAILED ||
+  if (!chunk_failed(atomic_load(rec_state(job, chunk))) ||
       rec_error(job, chunk)->item != UINT64_MAX)
     return 0;
   int code = atomic_load(&job->abort_code);
@@ -1946,7 +2001,7 @@ int mp__job_take_chunk(const mp__jobrec_t *job, uint32_t chunk, void *result, si
                        size_t *len) {
   if (len)
     *len = 0;
-  if (MP__CHUNK_STATUS(atomic_load(rec_state(job, chunk))) == MP__CHUNK_FAILED)
+  if (chunk_failed(atomic_load(rec_state(job, chunk))))
     return mp__error(task_code(rec_error(job, chunk)), "%.*s", MSG_OF(rec_error(job, chunk)));
   const char *out = rec_output(job, chunk);
   uint64_t need;
@@ -1983,7 +2038,7 @@ int mp__job_item(const mp__jobrec_t *job, uint32_t chunk, uint64_t i, void *resu
                  uint64_t *failed_item) {
   uint64_t v = atomic_load(rec_state(job, chunk));
   const mp__task_error_t *e = rec_error(job, chunk);
-  if (MP__CHUNK_STATUS(v) == MP__CHUNK_FAILED && (e->item == UINT64_MAX || i >= e->item)) {
+  if (chunk_failed(v) && (e->item == UINT64_MAX || i >= e->item)) {
     /* No item recorded: the chunk was aborted with the job. */
     int abort_code = atomic_load(&job->abort_code);
     *failed_item = e->item == UINT64_MAX ? i : e->item;

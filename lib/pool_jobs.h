@@ -56,6 +56,9 @@ enum {
   MP__CHUNK_RUNNING,
   MP__CHUNK_DONE,
   MP__CHUNK_FAILED,
+  /* Failed by an abort while its owner ran it, and counted: the owner still reads and
+   * writes the job's block, which is kept until it lets go (to FAILED). */
+  MP__CHUNK_ABANDONED,
 };
 #define MP__CHUNK_STATE(chunk, attempts, owner, status)                                     \
   ((uint64_t)(chunk) << 32 | (uint64_t)(attempts) << 24 | (uint64_t)(owner) << 4 | (status))
@@ -177,6 +180,7 @@ struct mp__jobrec_s {
   _Atomic int32_t abort_code; /* MP_ETERMINATED once the pool was terminated */
   uint32_t fed;   /* an iterator's chunks fed: the ones it may deliver (its owner's thread) */
   bool orphaned;  /* released while its slot or a worker still had it: reclaim frees it */
+  _Atomic bool abandoned; /* an abort left chunks ABANDONED: look for them before a free */
   /* A map's (or a lone apply's) failures that the pool's process recorded (its chunks lost
    * with their workers), out of the workers' reach and off their error lock: the lowest
    * item's, or none (item UINT64_MAX). */

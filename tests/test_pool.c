@@ -514,6 +514,59 @@ START_TEST(test_imap_bounded) {
 }
 END_TEST
 
+/* An item of test_free_while_running: a negative x marks a slow task, which says it runs
+ * by a byte appended to a file named after pid. */
+typedef struct {
+  int pid, x;
+} marked_t;
+
+static int square_marked(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)size;
+  (void)result_size;
+  const marked_t *m = arg;
+  int x = m->x; /* read first: a reused block's input would be another job's */
+  if (x < 0) {
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/libmp-running-%d", m->pid);
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || write(fd, "x", 1) != 1)
+      return mp_task_fail("cannot append to %s", path);
+    close(fd);
+    nap(0.4);
+  }
+  *(int *)result = x * x;
+  return 0;
+}
+
+/* An iterator freed while its chunks run: the next job of its shape must not get its block
+ * while those tasks can still write their results there (they did, over the next job's). */
+START_TEST(test_free_while_running) {
+  char path[64];
+  snprintf(path, sizeof path, "/tmp/libmp-running-%d", (int)getpid());
+  unlink(path);
+  mp_pool_t *pool = make_pool(_i, 3, NULL);
+  const marked_t slow[2] = {{getpid(), -1}, {getpid(), -2}},
+                 fast[2] = {{getpid(), 5}, {getpid(), 6}};
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap(pool, square_marked, slow, 2, sizeof *slow, sizeof(int), 1, &it));
+  struct stat st;
+  for (int tries = 0; tries < 1000 && (stat(path, &st) != 0 || st.st_size < 2); tries++)
+    nap(0.01);
+  unlink(path);
+  T_ASSERT(st.st_size == 2, "%lld of the 2 slow tasks ran", (long long)st.st_size);
+  mp_imap_free(it);
+  MP_ASSERT_OK(mp_pool_imap(pool, square_marked, fast, 2, sizeof *fast, sizeof(int), 1, &it));
+  nap(0.6); /* the freed tasks end meanwhile, the third worker ran the new ones */
+  for (int k = 0; k < 2; k++) {
+    int r = 0;
+    MP_ASSERT_OK(mp_imap_next(it, &r, NULL, 10));
+    T_INT_EQ(r, fast[k].x * fast[k].x);
+  }
+  mp_imap_free(it);
+  end_pool();
+}
+END_TEST
+
 /* ------------------------------- apply ------------------------------- */
 
 START_TEST(test_apply) {
@@ -2538,6 +2591,7 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_imap_unordered, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_imap_timeout_and_failure, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_imap_bounded, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_free_while_running, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "forms", 90);
   tcase_add_loop_test(tc, test_lazy_endless, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_lazy_finite_and_failing, 0, N_CONTEXTS);

@@ -326,6 +326,48 @@ START_TEST(test_orphan_block_reused_not_reclaimed) {
 }
 END_TEST
 
+/* A job aborted and released while worker w runs a chunk of it keeps its block until w
+ * lets go of that chunk, by its late completion or, dead, by the supervisor: before that,
+ * the next job of the same size would have w's results written over its own. */
+static void abort_while_running(uint32_t w, bool dies) {
+  int in[2] = {7, 8}, out = 0;
+  mp__jobrec_t *job = submit_map(0, in, 2, 1), *next;
+  mp__task_t a;
+  T_ASSERT(mp__pool_claim(mp__jobs_shared(table), w, &a), "worker %u claimed nothing", w);
+  mp__jobs_abort(table, job, MP_ETERMINATED);
+  T_ASSERT(mp__job_complete(job), "an aborted job is not complete");
+  mp__job_t *blk = job->blk;
+  mp__jobs_release(table, job);
+  mp__jobs_reclaim(table);
+  next = submit_more(in, 1, 1);
+  T_ASSERT(next->blk != blk, "the block of a chunk still running was given to the next job");
+  if (dies)
+    mp__jobs_worker_gone(table, w);
+  else
+    T_ASSERT(!complete(w, &a), "a completion after the abort was taken");
+  mp__jobs_reclaim(table);
+  mp__jobrec_t *third = submit_more(in, 2, 1);
+  T_ASSERT(third->blk == blk, "the block was not freed once the worker let go of it");
+  for (int k = 0; k < 3; k++) {
+    claim(0, &a);
+    T_ASSERT(complete(0, &a), "the completion was refused");
+  }
+  MP_ASSERT_OK(mp__job_take(next, false, &out, sizeof out, NULL));
+  T_INT_EQ(out, 7);
+  mp__jobs_release(table, third);
+  end_table(next);
+}
+
+START_TEST(test_abort_while_running) {
+  abort_while_running(1, false);
+}
+END_TEST
+
+START_TEST(test_abort_while_running_worker_dies) {
+  abort_while_running(1, true);
+}
+END_TEST
+
 /* Bits set in the warm record's entry e. */
 static uint64_t warm_pages(const mp__warm_t *warm, size_t e, uint64_t words) {
   uint64_t n = 0;
@@ -872,6 +914,8 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_no_claim_past_an_older_job);
   tcase_add_test(tc, test_pinned_job_block_reused);
   tcase_add_test(tc, test_orphan_block_reused_not_reclaimed);
+  tcase_add_test(tc, test_abort_while_running);
+  tcase_add_test(tc, test_abort_while_running_worker_dies);
   tcase_add_test(tc, test_block_kept_for_next_table);
   tcase_add_test(tc, test_output_pages_mapped_once);
   tcase_add_test(tc, test_applies_share_a_batch);
