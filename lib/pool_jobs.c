@@ -14,8 +14,9 @@
  * supervisor finds the chunk whose owner it was, with no window in which a claimed chunk is
  * recorded nowhere (the claim and the record are one compare-and-swap).
  *
- * A job block is freed only by the pool's process, once its last reference is gone and no
- * worker has it pinned: a worker pins a job's sequence number (in its record) before it reads
+ * A job block is freed only by the pool's process, once its last reference is gone, no
+ * worker runs a chunk that an abort took from it (ABANDONED) and no worker has it pinned:
+ * a worker pins a job's sequence number (in its record) before it reads
  * the slot, so a job that completes under a worker's eyes is not freed while the worker
  * still looks at it (the pin and the slot's state are each stored, then the other side's
  * read, sequentially consistent).
@@ -54,8 +55,8 @@
 /* The pool's side of the table, in the pool's process. */
 struct mp__jobs_s {
   mp__pool_shared_t *sh;
-  pthread_mutex_t submit_lock; /* publication in seq order */
-  pthread_mutex_t lock;        /* the job list, the spares, the function table */
+  pthread_mutex_t submit_lock; /* publication in seq order: taken before lock */
+  pthread_mutex_t lock;        /* the job list, the spares, the function table, aborts */
   pthread_mutex_t apply_lock;  /* the open batch: taken before submit_lock and lock */
   _Atomic(mp__jobrec_t *) batch; /* the open batch of applies, with a reference, or NULL */
   /* The open batch's header as appending reads it, here rather than in the block, whose
@@ -226,7 +227,6 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   atomic_store_explicit(&r->waker, &t->sh->wakers[MP__POOL_SLOTS], memory_order_relaxed);
   atomic_init(&r->refs, 1);
   atomic_init(&r->abort_code, 0);
-  atomic_init(&r->abandoned, false);
   r->fed = 0;
   memset(r->owner, 0, sizeof r->owner);
   for (uint64_t i = 0; i < n_errs; i++)
@@ -604,24 +604,28 @@ static void unpin(mp__pool_shared_t *sh, uint32_t pinner) {
 }
 
 /* A chunk that an abort took from the worker running it, which that worker has not let go
- * of yet. */
-static bool holds_abandoned(const mp__jobrec_t *r) {
+ * of yet. Once there is none, the job's flag is cleared: no later look scans its window
+ * (t->lock held, as aborts hold it, so no abort marks one meanwhile). */
+static bool holds_abandoned(mp__jobrec_t *r) {
+  if (!atomic_load(&r->abandoned))
+    return false;
   for (uint32_t i = 0; i < r->head.window; i++)
     if (MP__CHUNK_STATUS(atomic_load(rec_state(r, i))) == MP__CHUNK_ABANDONED)
       return true;
+  atomic_store(&r->abandoned, false);
   return false;
 }
 
 /* No worker (nor the supervisor) has the job pinned or runs a chunk of it, and its slot let
  * go of it: its block is the pool's process's alone. By the record's seq and the table's
  * count of workers: a wild pin, slot or chunk state keeps a block (a leak) or frees one that
- * a worker still writes (its own job's loss), never one that the pool's process still
- * reads. */
-static bool unused(const mp__jobs_t *t, const mp__jobrec_t *r) {
+ * a worker still writes (a job's results lost, which a wild worker could spoil anyway),
+ * never one that the pool's process still reads. */
+static bool unused(const mp__jobs_t *t, mp__jobrec_t *r) {
   uint64_t seq = mp__jobrec_seq(r);
   if (seq && slot_state(t->sh, seq) == (seq << 1 | 1))
     return false;
-  if (atomic_load(&r->abandoned) && holds_abandoned(r))
+  if (holds_abandoned(r))
     return false;
   for (uint32_t i = 0; seq && i <= t->n_workers; i++)
     if (atomic_load(&t->sh->workers[i].pin) == seq + 1)
@@ -1044,7 +1048,17 @@ bool mp__job_lose_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, uint64
   return false;
 }
 
-static void job_abort(mp__jobs_t *t, mp__jobrec_t *job, int code) {
+/* The owner of a chunk's state word may still run it: a worker of the table not gone (its
+ * chunks let go of, mp__jobs_worker_gone). */
+static bool owner_may_run(const mp__jobs_t *t, uint64_t v) {
+  uint32_t owner = MP__CHUNK_OWNER(v);
+  return owner >= 1 && owner <= t->n_workers &&
+         atomic_load(&t->sh->workers[owner - 1].state) != MP__WORKER_EMPTY;
+}
+
+/* With t->lock held, so that no look for abandoned chunks runs between the mark and the
+ * chunk's swap (holds_abandoned), and a worker gone is seen gone or let go of after. */
+static void abort_locked(mp__jobs_t *t, mp__jobrec_t *job, int code) {
   int32_t none = 0;
   if (!atomic_compare_exchange_strong(&job->abort_code, &none, code))
     return;
@@ -1060,7 +1074,7 @@ static void job_abort(mp__jobs_t *t, mp__jobrec_t *job, int code) {
       if (MP__CHUNK_OF(v) >= fed || (status != MP__CHUNK_QUEUED && status != MP__CHUNK_RUNNING))
         break;
       /* A running chunk's worker still uses the block: it is kept for it (unused). */
-      bool running = status == MP__CHUNK_RUNNING;
+      bool running = status == MP__CHUNK_RUNNING && owner_may_run(t, v);
       if (running)
         atomic_store(&job->abandoned, true);
       uint64_t failed =
@@ -1076,6 +1090,12 @@ static void job_abort(mp__jobs_t *t, mp__jobrec_t *job, int code) {
     count_by_parent(t, job, aborted);
   else
     wake(atomic_load_explicit(&job->waker, memory_order_relaxed));
+}
+
+static void job_abort(mp__jobs_t *t, mp__jobrec_t *job, int code) {
+  pthread_mutex_lock(&t->lock);
+  abort_locked(t, job, code);
+  pthread_mutex_unlock(&t->lock);
 }
 
 /* ------------------------------ the table ------------------------------ */
@@ -1324,7 +1344,10 @@ static mp__jobrec_t *take_record(mp__jobs_t *t, mp__job_t *blk, bool batch) {
     return NULL;
   }
   r->blk = blk;
-  r->orphaned = false; /* before it is linked: no reclaim frees it while it is made */
+  /* Before it is linked: no reclaim frees it while it is made, and no dead worker's let-go
+   * reads the header of its last job. */
+  r->orphaned = false;
+  atomic_store_explicit(&r->abandoned, false, memory_order_relaxed);
   atomic_store_explicit(&r->seq, 0, memory_order_relaxed);
   r->prev = NULL;
   r->next = t->jobs;
@@ -1424,7 +1447,7 @@ void mp__jobs_reclaim(mp__jobs_t *t) {
 }
 
 /* Whoever drops a job's last reference in the pool's process frees it if nothing uses it
- * (its slot, a worker's pin); else it is an orphan, freed by a later reclaim (the worker that
+ * (its slot, a worker's pin or abandoned chunk); else it is an orphan, freed by a later reclaim (the worker that
  * lets go of it last tells the supervisor). The owner's references are counted in the
  * record: the block's count only tells that worker. */
 void mp__jobs_release(mp__jobs_t *t, mp__jobrec_t *job) {
@@ -1724,7 +1747,7 @@ void mp__jobs_worker_lost(mp__jobs_t *t, uint32_t w, const char *why) {
 }
 
 static void abort_job(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
-  job_abort(t, job, *(const int *)arg);
+  abort_locked(t, job, *(const int *)arg);
 }
 
 void mp__jobs_abort_all(mp__jobs_t *t, int code) {
@@ -1774,7 +1797,7 @@ void mp__jobs_worker_started(mp__jobs_t *t, uint32_t w, int pid) {
   atomic_store(&t->sh->workers[w].pid, pid);
 }
 
-/* The chunks an abort took from worker w, which died before it let go of them. */
+/* The chunks an abort took from worker w, which ended before it let go of them. */
 static void let_go_for(mp__jobs_t *t, uint32_t w) {
   pthread_mutex_lock(&t->lock);
   for (mp__jobrec_t *r = t->jobs; r; r = r->next)
@@ -1787,12 +1810,14 @@ static void let_go_for(mp__jobs_t *t, uint32_t w) {
 
 void mp__jobs_worker_gone(mp__jobs_t *t, uint32_t w) {
   mp__worker_rec_t *rec = &t->sh->workers[w];
-  let_go_for(t, w);
   atomic_store(&rec->pin, 0);
   atomic_store(&rec->run_seq, 0);
   if (atomic_exchange(&rec->idle_ticket, 0)) /* died idle: not to be woken again */
     atomic_fetch_sub(&t->sh->idle, 1);
+  /* Then an abort fails its running chunks outright (a terminate after this end, whose
+   * worker_lost it skipped), or it marked them before: they are let go of here. */
   atomic_store(&rec->state, MP__WORKER_EMPTY);
+  let_go_for(t, w);
 }
 
 uint32_t mp__jobs_worker_state(const mp__jobs_t *t, uint32_t w) {
@@ -2060,7 +2085,11 @@ bool mp__jobs_feed(mp__jobs_t *t, mp__jobrec_t *job, const void *items) {
 }
 
 void mp__jobs_return_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, const void *items) {
-  atomic_store(rec_state(job, chunk), MP__CHUNK_STATE(chunk, 0, 0, MP__CHUNK_FREE));
+  _Atomic uint64_t *state = rec_state(job, chunk);
+  /* Its worker still has the block (and no chunk is fed after an abort). */
+  if (MP__CHUNK_STATUS(atomic_load(state)) == MP__CHUNK_ABANDONED)
+    return;
+  atomic_store(state, MP__CHUNK_STATE(chunk, 0, 0, MP__CHUNK_FREE));
   while (job_feed(t, job, items))
     ;
 }

@@ -24,7 +24,8 @@
  * - Results are read by the owner only once the job (or, for an iterator, the chunk) is
  *   complete; mp__job_take copies them out; the block stays the table's.
  * - mp__jobs_release drops the owner's reference; the block is freed (or kept as a spare)
- *   by the pool's process once no reference is left and no worker has it pinned.
+ *   by the pool's process once no reference is left, no worker has it pinned and none
+ *   still runs a chunk an abort took from it (MP__CHUNK_ABANDONED).
  * - The shared block and every job block are freed by mp__jobs_free, once every worker
  *   has ended.
  * Fields of the structs below are the table's. Every word of the shared blocks is a

@@ -514,8 +514,47 @@ START_TEST(test_imap_bounded) {
 }
 END_TEST
 
-/* An item of test_free_while_running: a negative x marks a slow task, which says it runs
- * by a byte appended to a file named after pid. */
+/* test_free_while_running's marks: files named after the test's pid and what they count,
+ * one byte a mark (a task's view of time, whatever process it runs in). */
+static void mark_path(char *path, size_t cap, int pid, const char *what) {
+  snprintf(path, cap, "/tmp/libmp-abandon-%d-%s", pid, what);
+}
+
+static bool add_mark(int pid, const char *what) {
+  char path[64];
+  mark_path(path, sizeof path, pid, what);
+  int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  bool ok = fd >= 0 && write(fd, "x", 1) == 1;
+  if (fd >= 0)
+    close(fd);
+  return ok;
+}
+
+static long marks(int pid, const char *what) {
+  char path[64];
+  struct stat st;
+  mark_path(path, sizeof path, pid, what);
+  return stat(path, &st) == 0 ? (long)st.st_size : 0;
+}
+
+/* Waits up to 10 s for n marks. */
+static bool wait_marks(int pid, const char *what, long n) {
+  for (int tries = 0; tries < 2000 && marks(pid, what) < n; tries++)
+    nap(0.005);
+  return marks(pid, what) >= n;
+}
+
+static void clear_marks(int pid) {
+  const char *const whats[] = {"slow", "go", "fast", "done"};
+  char path[64];
+  for (size_t k = 0; k < sizeof whats / sizeof *whats; k++) {
+    mark_path(path, sizeof path, pid, whats[k]);
+    unlink(path);
+  }
+}
+
+/* An item of test_free_while_running: a negative x marks a slow task, which says it runs,
+ * waits for the test's go, writes its result and says it did. */
 typedef struct {
   int pid, x;
 } marked_t;
@@ -524,45 +563,36 @@ static int square_marked(const void *arg, size_t size, void *result, size_t *res
   (void)size;
   (void)result_size;
   const marked_t *m = arg;
-  int x = m->x; /* read first: a reused block's input would be another job's */
-  if (x < 0) {
-    char path[64];
-    snprintf(path, sizeof path, "/tmp/libmp-running-%d", m->pid);
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0 || write(fd, "x", 1) != 1)
-      return mp_task_fail("cannot append to %s", path);
-    close(fd);
-    nap(0.4);
-  }
+  int pid = m->pid, x = m->x; /* read first: a reused block's input is another job's */
+  if (x < 0 && (!add_mark(pid, "slow") || !wait_marks(pid, "go", 1)))
+    return mp_task_fail("no go");
   *(int *)result = x * x;
-  return 0;
+  return add_mark(pid, x < 0 ? "done" : "fast") ? 0 : mp_task_fail("cannot mark");
 }
 
 /* An iterator freed while its chunks run: the next job of its shape must not get its block
  * while those tasks can still write their results there (they did, over the next job's). */
 START_TEST(test_free_while_running) {
-  char path[64];
-  snprintf(path, sizeof path, "/tmp/libmp-running-%d", (int)getpid());
-  unlink(path);
+  int pid = getpid();
+  clear_marks(pid);
   mp_pool_t *pool = make_pool(_i, 3, NULL);
-  const marked_t slow[2] = {{getpid(), -1}, {getpid(), -2}},
-                 fast[2] = {{getpid(), 5}, {getpid(), 6}};
+  const marked_t slow[2] = {{pid, -1}, {pid, -2}}, fast[2] = {{pid, 5}, {pid, 6}};
   mp_imap_t *it;
   MP_ASSERT_OK(mp_pool_imap(pool, square_marked, slow, 2, sizeof *slow, sizeof(int), 1, &it));
-  struct stat st;
-  for (int tries = 0; tries < 1000 && (stat(path, &st) != 0 || st.st_size < 2); tries++)
-    nap(0.01);
-  unlink(path);
-  T_ASSERT(st.st_size == 2, "%lld of the 2 slow tasks ran", (long long)st.st_size);
+  T_ASSERT(wait_marks(pid, "slow", 2), "%ld of the 2 slow tasks ran", marks(pid, "slow"));
   mp_imap_free(it);
   MP_ASSERT_OK(mp_pool_imap(pool, square_marked, fast, 2, sizeof *fast, sizeof(int), 1, &it));
-  nap(0.6); /* the freed tasks end meanwhile, the third worker ran the new ones */
+  /* The third worker runs the new tasks, then the freed ones write their results. */
+  T_ASSERT(wait_marks(pid, "fast", 2), "%ld of the 2 new tasks ran", marks(pid, "fast"));
+  T_ASSERT(add_mark(pid, "go"), "no go");
+  T_ASSERT(wait_marks(pid, "done", 2), "%ld of the 2 freed tasks ended", marks(pid, "done"));
   for (int k = 0; k < 2; k++) {
     int r = 0;
     MP_ASSERT_OK(mp_imap_next(it, &r, NULL, 10));
     T_INT_EQ(r, fast[k].x * fast[k].x);
   }
   mp_imap_free(it);
+  clear_marks(pid);
   end_pool();
 }
 END_TEST

@@ -333,6 +333,7 @@ static void abort_while_running(uint32_t w, bool dies) {
   int in[2] = {7, 8}, out = 0;
   mp__jobrec_t *job = submit_map(0, in, 2, 1), *next;
   mp__task_t a;
+  mp__jobs_worker_starting(table, w);
   T_ASSERT(mp__pool_claim(mp__jobs_shared(table), w, &a), "worker %u claimed nothing", w);
   mp__jobs_abort(table, job, MP_ETERMINATED);
   T_ASSERT(mp__job_complete(job), "an aborted job is not complete");
@@ -365,6 +366,91 @@ END_TEST
 
 START_TEST(test_abort_while_running_worker_dies) {
   abort_while_running(1, true);
+}
+END_TEST
+
+/* An aborted iterator's chunk, its error delivered, given back to the window by its owner
+ * while its worker still runs it: it stays the worker's (review, stop 17). */
+START_TEST(test_abandoned_chunk_given_back) {
+  int in[2] = {7, 8};
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
+  mp_test_set_hook(free_table);
+  mp__job_spec_t spec = {0, MP__JOB_ITERATOR, in, 2, sizeof(int), sizeof(int), 1, 2, 0, NULL};
+  MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
+  mp__jobrec_t *job;
+  MP_ASSERT_OK(mp__jobs_submit(table, &spec, &job));
+  while (mp__jobs_feed(table, job, in))
+    ;
+  mp__task_t a;
+  mp__jobs_worker_starting(table, 1);
+  T_ASSERT(mp__pool_claim(mp__jobs_shared(table), 1, &a), "nothing claimed");
+  mp__jobs_abort(table, job, MP_ETERMINATED);
+  T_INT_EQ(mp__job_finished_chunk(job, true, 0), 0);
+  mp__jobs_return_chunk(table, job, 0, in); /* as pool.c's take_chunk does */
+  mp__job_t *blk = job->blk;
+  mp__jobs_release(table, job);
+  mp__jobs_reclaim(table);
+  mp__jobrec_t *next = submit_more(in, 2, 1);
+  T_ASSERT(next->blk != blk, "the block of a chunk still running was given to the next job");
+  T_ASSERT(!complete(1, &a), "a completion after the abort was taken");
+  end_table(next);
+}
+END_TEST
+
+/* A worker gone before a terminate's abort (its end seen after the terminate flag, so its
+ * chunk was not lost): the abort fails that chunk outright, and the block is freed (review,
+ * stop 17: it was abandoned to a worker that would never let go). */
+START_TEST(test_abort_after_the_worker_is_gone) {
+  int in[2] = {7, 8};
+  mp__jobrec_t *job = submit_map(0, in, 2, 1);
+  mp__task_t a;
+  mp__jobs_worker_starting(table, 1);
+  T_ASSERT(mp__pool_claim(mp__jobs_shared(table), 1, &a), "nothing claimed");
+  mp__jobs_worker_gone(table, 1);
+  mp__jobs_abort_all(table, MP_ETERMINATED);
+  mp__job_t *blk = job->blk;
+  mp__jobs_release(table, job);
+  mp__jobs_reclaim(table);
+  mp__jobrec_t *next = submit_more(in, 2, 1);
+  T_ASSERT(next->blk == blk, "the block of a gone worker's chunk was not freed");
+  end_table(next);
+}
+END_TEST
+
+static _Atomic bool stop_ending;
+
+static void *end_worker_1(void *arg) {
+  (void)arg;
+  while (!atomic_load(&stop_ending))
+    mp__jobs_worker_gone(table, 1);
+  return NULL;
+}
+
+/* Workers end (their abandoned chunks let go of) while jobs are made, aborted and freed: a
+ * record taken for a new job must not be read by that let-go with its last job's header
+ * (ThreadSanitizer saw the race; review, stop 17). */
+START_TEST(test_worker_ends_while_jobs_are_made) {
+  int in[2] = {7, 8};
+  mp__jobrec_t *job = submit_map(0, in, 2, 1);
+  mp__jobs_release(table, job);
+  atomic_store(&stop_ending, false);
+  pthread_t ender;
+  T_INT_EQ(pthread_create(&ender, NULL, end_worker_1, NULL), 0);
+  for (int k = 0; k < 3000; k++) {
+    job = submit_more(in, 2, 1);
+    mp__task_t a;
+    mp__jobs_worker_starting(table, 1);
+    bool claimed = mp__pool_claim(mp__jobs_shared(table), 1, &a);
+    mp__jobs_abort(table, job, MP_ETERMINATED);
+    mp__jobs_release(table, job);
+    if (claimed)
+      complete(1, &a);
+    mp__jobs_reclaim(table);
+  }
+  atomic_store(&stop_ending, true);
+  pthread_join(ender, NULL);
+  mp_test_set_hook(NULL);
+  free_table();
 }
 END_TEST
 
@@ -916,6 +1002,9 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_orphan_block_reused_not_reclaimed);
   tcase_add_test(tc, test_abort_while_running);
   tcase_add_test(tc, test_abort_while_running_worker_dies);
+  tcase_add_test(tc, test_abandoned_chunk_given_back);
+  tcase_add_test(tc, test_abort_after_the_worker_is_gone);
+  tcase_add_test(tc, test_worker_ends_while_jobs_are_made);
   tcase_add_test(tc, test_block_kept_for_next_table);
   tcase_add_test(tc, test_output_pages_mapped_once);
   tcase_add_test(tc, test_applies_share_a_batch);
