@@ -2,7 +2,8 @@
  * Soak: pool maps, and queues with several producers and consumers, while random workers,
  * producers and consumers are SIGKILLed.
  *
- *   soak [--seconds S] [--method fork|spawn|forkserver] [--part all|pool|queues]
+ *   soak [--seconds S] [--method fork|spawn|forkserver] [--part all|pool|queues] [--seed N]
+ *        [--fail-start N]
  *
  * Each part runs S seconds. It counts, and fails on: a wrong map result (a result must be
  * right, or zero in a map that failed with MP_EWORKERDIED), a map that did not end (60 s), a
@@ -12,7 +13,11 @@
  * and the killer reads the flag of the consumer it killed); a child that failed or did not
  * end; and, at the end, a process, an fd or a /dev/shm entry of this run left behind.
  * What a put in progress at a producer's death did is free: its message may arrive once,
- * or not at all. Exit 0 if nothing failed, 1 if something did.
+ * or not at all. A start that fails is a failure, reported once: the queue part then stops
+ * killing and starting, ends the children that run, and counts nothing as missing if no
+ * consumer was left to empty the queue. --seed replays a run's random choices (not its timing);
+ * --fail-start N makes the queue part's Nth start fail (its argument NULL), to check that.
+ * Exit 0 if nothing failed, 1 if something did.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -173,6 +178,7 @@ static struct {
   const char *method;
   unsigned seed;
   int failures;
+  int starts, fail_start; /* the queue part's starts; the one made to fail, or 0 */
 } run;
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -374,7 +380,8 @@ static bool start_child(child_t *c, bool is_producer) {
   if (is_producer)
     c->role.inc = next_inc++;
   c->role.seed = next_random(&run.seed);
-  int rc = mp_process_create(&c->proc, run.ctx, play_role, &c->role, sizeof c->role, NULL);
+  const role_t *arg = ++run.starts == run.fail_start ? NULL : &c->role;
+  int rc = mp_process_create(&c->proc, run.ctx, play_role, arg, sizeof c->role, NULL);
   if (rc == 0 && (rc = mp_process_start(c->proc)) != 0)
     mp_process_close(c->proc);
   if (rc != 0) {
@@ -408,7 +415,10 @@ static bool end_child(child_t *c, bool killed) {
   return true;
 }
 
-static void verify(control_t *ctl, _Atomic unsigned char *seen, long kills_in_get) {
+/* drained: false if no consumer was left to take the queue's messages (a start failed,
+ * reported): what is still there is then not missing. */
+static void verify(control_t *ctl, _Atomic unsigned char *seen, long kills_in_get,
+                   bool drained) {
   long delivered = 0, missing = 0, duplicated = 0, unput = 0, unsure = 0;
   for (int inc = 0; inc < next_inc; inc++) {
     int done = atomic_load(&ctl->done[inc]), attempting = atomic_load(&ctl->attempting[inc]);
@@ -426,12 +436,12 @@ static void verify(control_t *ctl, _Atomic unsigned char *seen, long kills_in_ge
     }
   }
   long corrupt = atomic_load(&ctl->corrupt);
-  printf("soak [%s] queues: %d producers' runs, %ld messages delivered, %ld missing "
+  printf("soak [%s] queues: %d producers' runs, %ld messages delivered, %ld missing%s "
          "(%ld consumers killed in a get), %ld duplicated, %ld corrupt, %ld never put, "
          "%ld puts cut by a kill\n",
-         run.method, next_inc, delivered, missing, kills_in_get, duplicated, corrupt, unput,
-         unsure);
-  if (missing > kills_in_get)
+         run.method, next_inc, delivered, missing, drained ? "" : " (no consumer ran)",
+         kills_in_get, duplicated, corrupt, unput, unsure);
+  if (drained && missing > kills_in_get)
     fail("queues: %ld messages missing, only %ld consumers killed in a get", missing,
          kills_in_get);
   if (duplicated || corrupt || unput)
@@ -450,7 +460,7 @@ static void soak_queues(double seconds, const char *shm_name) {
   }
   control_t *ctl = mp_shared_memory_buf(shm);
   _Atomic unsigned char *seen = mp_array_ptr(seen_array);
-  child_t kids[PRODUCERS + CONSUMERS];
+  child_t kids[PRODUCERS + CONSUMERS] = {0}; /* proc NULL: not running */
   bool ok = true;
   for (int i = 0; i < PRODUCERS + CONSUMERS; i++) {
     kids[i].role =
@@ -481,9 +491,13 @@ static void soak_queues(double seconds, const char *shm_name) {
   for (int i = 0; i < PRODUCERS; i++)
     if (kids[i].proc)
       end_child(&kids[i], false);
-  for (double end = now() + JOIN_SECONDS; mp_queue_qsize(queue) > 0 && now() < end;)
+  /* Without a consumer (a start failed), nobody empties the queue: no wait for it. */
+  int consumers = 0;
+  for (int i = PRODUCERS; i < PRODUCERS + CONSUMERS; i++)
+    consumers += kids[i].proc != NULL;
+  for (double end = now() + JOIN_SECONDS; consumers && mp_queue_qsize(queue) > 0 && now() < end;)
     sleep_for(0.01);
-  if (mp_queue_qsize(queue) > 0)
+  if (consumers && mp_queue_qsize(queue) > 0)
     fail("queues: %d messages still in the queue after %g s", mp_queue_qsize(queue),
          JOIN_SECONDS);
   atomic_store(&ctl->stop_consumers, 1);
@@ -491,7 +505,7 @@ static void soak_queues(double seconds, const char *shm_name) {
     if (kids[i].proc)
       end_child(&kids[i], false);
   printf("soak [%s] queues: %ld children killed\n", run.method, kills);
-  verify(ctl, seen, kills_in_get);
+  verify(ctl, seen, kills_in_get, consumers > 0);
   mp_queue_free(queue);
   mp_array_close(seen_array);
   mp_shared_memory_unlink(shm);
@@ -563,7 +577,7 @@ static void check_leftovers(const pid_t *before, size_t n_before, int fds_before
 
 int main(int argc, char **argv) {
   double seconds = 3;
-  const char *part = "all";
+  const char *part = "all", *seed = NULL;
   run.method = "fork";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (strcmp(argv[i], "--seconds") == 0)
@@ -572,8 +586,13 @@ int main(int argc, char **argv) {
       run.method = argv[i + 1];
     else if (strcmp(argv[i], "--part") == 0)
       part = argv[i + 1];
+    else if (strcmp(argv[i], "--seed") == 0)
+      seed = argv[i + 1];
+    else if (strcmp(argv[i], "--fail-start") == 0)
+      run.fail_start = atoi(argv[i + 1]);
     else {
-      fprintf(stderr, "usage: soak [--seconds S] [--method M] [--part all|pool|queues]\n");
+      fprintf(stderr, "usage: soak [--seconds S] [--method M] [--part all|pool|queues] "
+                      "[--seed N] [--fail-start N]\n");
       return 2;
     }
   }
@@ -581,7 +600,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "soak: %s\n", mp_last_error());
     return 2;
   }
-  run.seed = (unsigned)getpid() ^ (unsigned)time(NULL);
+  run.seed = seed ? (unsigned)strtoul(seed, NULL, 10) : (unsigned)getpid() ^ (unsigned)time(NULL);
   printf("soak [%s]: %g s per part, seed %u\n", run.method, seconds, run.seed);
   fflush(stdout);
   char prefix[32], shm_name[48];
