@@ -222,9 +222,9 @@ MP_EXTERN const char *mp_process_name(const mp_process_t *proc);
  * process), MP_ECROSS (the target is not in a loaded
  * object), MP_ESPAWN (exec failed, or the child died before taking over: mp_last_error() has
  * the cause), MP_ERESOLVE (the child runs another build of the target's object), MP_ECLOSED
- * ("spawn", "forkserver": an end given with mp_process_pass_conn was closed since, while
- * another thread's call was in it; a retry fails so too), or a system error such as -EAGAIN
- * or -EMFILE. After a failure the process can be started again.
+ * ("spawn", "forkserver": an end given with mp_process_pass_conn was closed since, also
+ * while another thread's call was in it; a retry fails so too), or a system error such as
+ * -EAGAIN or -EMFILE. After a failure the process can be started again.
  * Python: Process.start().
  */
 MP_EXTERN int mp_process_start(mp_process_t *proc);

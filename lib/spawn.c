@@ -96,8 +96,22 @@ static int send_stream(int sock, struct iovec *iov, int n, int child) {
   return 0;
 }
 
+/* The fd of object i given to the child. Its key was this process's when it was given
+ * (mp__process_pass_fd looked), so a key gone since is an object closed since. */
+static int passed_fd(const mp_process_t *proc, size_t i) {
+  int fd = mp__fd_lookup(proc->passed[i]);
+  return fd == MP_ENOTPASSED ? mp__error(MP_ECLOSED, "an object given to the child "
+                                                     "(mp_process_pass_*) was closed since")
+                             : fd;
+}
+
 int mp__bootstrap_open(const mp_process_t *proc, mp__fnref_t *ref, int sv[2]) {
   int rc = mp__fnref_from_pointer((mp__fn_t)proc->target, ref);
+  /* Before any child is made for it (a close after this is found as the fds are sent). */
+  for (size_t i = 0; rc == 0 && i < proc->n_passed; i++) {
+    int fd = passed_fd(proc, i);
+    rc = fd < 0 ? fd : 0;
+  }
   if (rc < 0)
     return rc;
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
@@ -139,7 +153,7 @@ int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref, pid
   if (rc == 0 && head.has_arena)
     rc = mp__send_record(sock, &head.arena, sizeof head.arena, arena_fd);
   for (size_t i = 0; rc == 0 && i < proc->n_passed; i++) {
-    int fd = mp__fd_lookup(proc->passed[i]);
+    int fd = passed_fd(proc, i);
     rc = fd < 0 ? fd : mp__send_record(sock, &proc->passed[i], sizeof proc->passed[i], fd);
   }
   if (rc == -EPIPE || rc == -ECONNRESET) /* it refused early: its ERROR says why */

@@ -1301,6 +1301,40 @@ START_TEST(test_start_with_end_closed_under_call) {
 }
 END_TEST
 
+static int child_returns_0(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  return 0;
+}
+
+/* An end passed to a child, then closed (no call in it): a spawn or forkserver start
+ * refuses it with MP_ECLOSED, as Python's pickling of a closed Connection raises (it said
+ * MP_ENOTPASSED, "not passed to this process", after starting a child for nothing); a
+ * forked child runs. No child holds the end's fds: the peer sees end of file. */
+START_TEST(test_start_with_end_closed) {
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(true, &a, &b));
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(_i), child_returns_0, NULL, 0, NULL);
+  MP_ASSERT_OK(mp_process_pass_conn(p, b));
+  MP_ASSERT_OK(mp_conn_close(b));
+  if (_i == 0) {
+    MP_ASSERT_OK(mp_process_start(p));
+    T_INT_EQ(mp_test_join_code(p, 30 * mp_test_slowdown()), 0);
+  } else {
+    for (int attempt = 0; attempt < 2; attempt++) {
+      MP_ASSERT_ERR(mp_process_start(p), MP_ECLOSED);
+      T_ASSERT(strstr(mp_last_error(), "closed since"), "message: %s", mp_last_error());
+    }
+  }
+  T_PROC_CLOSE(p);
+  char buf[8];
+  size_t len;
+  MP_ASSERT_ERR(mp_conn_recv(a, buf, sizeof buf, &len, 5 * mp_test_slowdown()), MP_EEOF);
+  MP_ASSERT_OK(mp_conn_close(a));
+}
+END_TEST
+
 typedef struct {
   mp_conn_t *end;
   int rc;
@@ -1374,6 +1408,7 @@ static Suite *connection_suite(void) {
   tcase_add_test(tc, test_close_races_sends);
   tcase_add_test(tc, test_deferred_close_in_forked_child);
   tcase_add_loop_test(tc, test_start_with_end_closed_under_call, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_start_with_end_closed, 0, N_METHODS);
   tcase_add_test(tc, test_close_under_wait);
   return s;
 }
