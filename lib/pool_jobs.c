@@ -958,9 +958,9 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
   /* Not ours: aborted, or given up for lost, and counted by whoever did that. */
   atomic_store_explicit(mine, (count + ours) << 1, memory_order_release);
   atomic_store_explicit(&sh->workers[w].run_seq, 0, memory_order_relaxed);
+  if (next)
+    next->job = NULL;
   if (!ours) {
-    if (next)
-      next->job = NULL;
     bool released = let_go(state, chunk, w);
     unpin(sh, w);
     if (released)
@@ -972,8 +972,6 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
   uint32_t c;
   bool again =
       next && atomic_load(&sh->oldest) == mp__job_seq(job) && claim_in(job, w, &c, false);
-  if (next)
-    next->job = NULL;
   if (again)
     take_chunk(sh, w, job, c, next);
   /* A map of which this worker holds a chunk now is not complete: no need to read every
@@ -1447,9 +1445,9 @@ void mp__jobs_reclaim(mp__jobs_t *t) {
 }
 
 /* Whoever drops a job's last reference in the pool's process frees it if nothing uses it
- * (its slot, a worker's pin or abandoned chunk); else it is an orphan, freed by a later reclaim (the worker that
- * lets go of it last tells the supervisor). The owner's references are counted in the
- * record: the block's count only tells that worker. */
+ * (its slot, a worker's pin or abandoned chunk); else it is an orphan, freed by a later
+ * reclaim (the worker that lets go of it last tells the supervisor). The owner's references
+ * are counted in the record: the block's count only tells that worker. */
 void mp__jobs_release(mp__jobs_t *t, mp__jobrec_t *job) {
   if ((job->head.flags & MP__JOB_BATCH) && atomic_fetch_sub(&job->refs, 1) != 1)
     return;
