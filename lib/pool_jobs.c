@@ -394,7 +394,7 @@ static void wake_workers(mp__pool_shared_t *sh, uint32_t n_workers, int n) {
 }
 
 /*
- * Lost wake-ups: the worker announces itself (ticket, idle count) and then reads the work
+ * Lost wake-ups: the worker announces itself (idle count, ticket) and then reads the work
  * word; a submitter bumps the work word and then reads the idle count, all sequentially
  * consistent, so either the worker sees the new work or the submitter sees the worker. The
  * worker's own wake word, read before it announces itself, catches a wake-up that comes
@@ -416,8 +416,13 @@ void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen) {
   if (atomic_load(&sh->work) != seen)
     return;
   uint32_t wake = atomic_load(&rec->wake);
-  atomic_store(&rec->idle_ticket, atomic_fetch_add(&sh->idle_tickets, 1) + 1);
+  /* Counted before the ticket, uncounted after it: a worker that ends between the two
+   * (mp__jobs_worker_gone uncounts it if it has a ticket) leaves the count one too high,
+   * which costs a submitter a look at the tickets, never one too low, which would let a
+   * submitter skip a sleeping worker (review, stop 18). */
   atomic_fetch_add(&sh->idle, 1);
+  MP__RACE_POINT(MP__RACE_IDLE, NULL);
+  atomic_store(&rec->idle_ticket, atomic_fetch_add(&sh->idle_tickets, 1) + 1);
   if (atomic_load(&sh->work) == seen)
     mp__futex_wait(&rec->wake, wake, INT64_MAX);
   atomic_store(&rec->idle_ticket, 0);
@@ -1810,7 +1815,8 @@ void mp__jobs_worker_gone(mp__jobs_t *t, uint32_t w) {
   mp__worker_rec_t *rec = &t->sh->workers[w];
   atomic_store(&rec->pin, 0);
   atomic_store(&rec->run_seq, 0);
-  if (atomic_exchange(&rec->idle_ticket, 0)) /* died idle: not to be woken again */
+  /* Died idle: not to be woken again. A ticket is only held while counted (mp__pool_idle). */
+  if (atomic_exchange(&rec->idle_ticket, 0))
     atomic_fetch_sub(&t->sh->idle, 1);
   /* Then an abort fails its running chunks outright (a terminate after this end, whose
    * worker_lost it skipped), or it marked them before: they are let go of here. */

@@ -443,12 +443,14 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
 
 /* ----------------------- inside the table, for its unit test ----------------------- */
 
-/* Points of races that a unit test plays out in one thread: hook, when not NULL (a test
- * sets it; the library never does), runs there with the job's block. A load and a branch
- * not taken otherwise, and only where a job is looked at or fed, not per chunk of a run. */
+/* Points of races that a unit test plays out: hook, when not NULL (a test sets it; the
+ * library never does), runs there with the job's block. A load and a branch not taken
+ * otherwise, and only where a job is looked at or fed or a worker goes idle, not per chunk
+ * of a run. */
 enum {
   MP__RACE_QUEUED, /* a feed stored its chunk QUEUED, before its swap of the limit */
   MP__RACE_PINNED, /* a claim pinned a job, before it claims in it */
+  MP__RACE_IDLE,   /* an idle worker counted itself, before its ticket (job: NULL) */
 };
 extern void (*mp__pool_race_hook)(int point, mp__job_t *job);
 #define MP__RACE_POINT(point, job)                                                             \

@@ -8,6 +8,8 @@
 #include "mp_test.h"
 
 #include <pthread.h>
+#include <semaphore.h>
+#include <time.h>
 
 static int identity(const void *arg, size_t size, void *result, size_t *result_size) {
   (void)size;
@@ -451,6 +453,87 @@ START_TEST(test_worker_ends_while_jobs_are_made) {
   pthread_join(ender, NULL);
   mp_test_set_hook(NULL);
   free_table();
+}
+END_TEST
+
+/* ------------------- a worker that ends as it goes idle ------------------- */
+
+/* Worker 0 asleep, worker 1 stopped by the hook between its two announcements of going idle
+ * (the idle count and its ticket), as a worker killed there is. */
+static struct {
+  sem_t at_point, resume;
+  pthread_t sleeper, ender;
+  bool sleeper_started, ender_started, sleeper_joined;
+} idle_race;
+
+static void idle_hook(int point, mp__job_t *job) {
+  (void)job;
+  if (point != MP__RACE_IDLE || !pthread_equal(pthread_self(), idle_race.ender))
+    return;
+  sem_post(&idle_race.at_point);
+  while (sem_wait(&idle_race.resume) < 0)
+    ;
+}
+
+static void *go_idle(void *arg) {
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  mp__pool_idle(sh, (uint32_t)(uintptr_t)arg, atomic_load(&sh->work));
+  return NULL;
+}
+
+/* Lets both threads run on and end: the stopped one, and the sleeper if it was not woken. */
+static void end_idle_race(void) {
+  mp__pool_race_hook = NULL;
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  atomic_fetch_add(&sh->work, 1);
+  if (idle_race.ender_started) {
+    sem_post(&idle_race.resume);
+    pthread_join(idle_race.ender, NULL);
+  }
+  if (idle_race.sleeper_started && !idle_race.sleeper_joined) {
+    atomic_fetch_add(&sh->workers[0].wake, 1);
+    mp__futex_wake(&sh->workers[0].wake, 1);
+    pthread_join(idle_race.sleeper, NULL);
+  }
+  sem_destroy(&idle_race.at_point);
+  sem_destroy(&idle_race.resume);
+  free_table();
+}
+
+/* A worker that ends between counting itself idle and taking its ticket must not make the
+ * count too low: the supervisor's end of it uncounted it (it had a ticket), and the next job
+ * skipped the worker that slept (the count said none did). */
+START_TEST(test_worker_ends_going_idle) {
+  memset(&idle_race, 0, sizeof idle_race);
+  sem_init(&idle_race.at_point, 0, 0);
+  sem_init(&idle_race.resume, 0, 0);
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
+  mp_test_set_hook(end_idle_race);
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  T_INT_EQ(pthread_create(&idle_race.sleeper, NULL, go_idle, (void *)0), 0);
+  idle_race.sleeper_started = true;
+  double end = mp_test_now() + 10;
+  while (atomic_load(&sh->workers[0].idle_ticket) == 0 && mp_test_now() < end)
+    mp_test_sleep(0.001);
+  T_ASSERT(atomic_load(&sh->workers[0].idle_ticket) != 0, "worker 0 did not go idle");
+  mp__pool_race_hook = idle_hook;
+  T_INT_EQ(pthread_create(&idle_race.ender, NULL, go_idle, (void *)1), 0);
+  idle_race.ender_started = true;
+  struct timespec limit;
+  clock_gettime(CLOCK_REALTIME, &limit);
+  limit.tv_sec += 10;
+  T_INT_EQ(sem_timedwait(&idle_race.at_point, &limit), 0);
+  mp__jobs_worker_gone(table, 1); /* what the supervisor does once it sees worker 1 end */
+  int in[1] = {5};
+  mp__jobrec_t *job = submit_more(in, 1, 1);
+  clock_gettime(CLOCK_REALTIME, &limit);
+  limit.tv_sec += 2;
+  idle_race.sleeper_joined = pthread_timedjoin_np(idle_race.sleeper, NULL, &limit) == 0;
+  T_ASSERT(idle_race.sleeper_joined, "the sleeping worker 0 was not woken for the job (idle count %u)",
+           atomic_load(&sh->idle));
+  mp__jobs_release(table, job);
+  mp_test_set_hook(NULL);
+  end_idle_race();
 }
 END_TEST
 
@@ -1005,6 +1088,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_abandoned_chunk_given_back);
   tcase_add_test(tc, test_abort_after_the_worker_is_gone);
   tcase_add_test(tc, test_worker_ends_while_jobs_are_made);
+  tcase_add_test(tc, test_worker_ends_going_idle);
   tcase_add_test(tc, test_block_kept_for_next_table);
   tcase_add_test(tc, test_output_pages_mapped_once);
   tcase_add_test(tc, test_applies_share_a_batch);
