@@ -1728,25 +1728,48 @@ static void finish_counting(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
   settle_rec(t, job);
 }
 
+/*
+ * A map's chunk that a worker drew from the hint and ended before claiming (its
+ * compare-and-swap) is QUEUED below the hint, where no claim looks again, and names no
+ * owner, so no loss finds it: the map never completed (review, stop 18). It is queued again
+ * as a retry (the draw counts as an attempt), which claim_retried finds. A live worker that
+ * drew it and is about to claim it loses its compare-and-swap and draws on: none runs twice.
+ */
+static void requeue_drawn(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
+  (void)t;
+  uint32_t *requeued = arg;
+  if (job->head.flags & MP__JOB_ITERATOR)
+    return; /* claimed by a look at each chunk's state, never drawn */
+  /* The block's hint, which a worker may have written wild: bounded by the record's count. */
+  uint64_t drawn = atomic_load(&job->blk->hint);
+  for (uint64_t c = 0; c < drawn && c < job->head.n_chunks; c++) {
+    uint64_t never_claimed = MP__CHUNK_STATE(c, 0, 0, MP__CHUNK_QUEUED);
+    if (atomic_compare_exchange_strong(rec_state(job, (uint32_t)c), &never_claimed,
+                                       MP__CHUNK_STATE(c, 1, 0, MP__CHUNK_QUEUED))) {
+      atomic_fetch_add(&job->blk->retries_queued, 1);
+      (*requeued)++;
+    }
+  }
+}
+
 void mp__jobs_worker_lost(mp__jobs_t *t, uint32_t w, const char *why) {
-  mp__pool_shared_t *sh = t->sh;
-  mp__worker_rec_t *rec = &sh->workers[w];
+  mp__worker_rec_t *rec = &t->sh->workers[w];
   lost_t lost = {w,
                  why,
                  false,
                  atomic_load(&rec->run_seq),
                  atomic_load(&rec->run_item),
                  atomic_load(&rec->run_chunk)};
+  /* First: a count repaired after the chunk's loss would count a chunk the loss failed. */
   for_each_running_job(t, finish_counting, &lost);
   if (lost.run_seq)
     for_each_running_job(t, lose_recorded_chunk, &lost);
   if (!lost.found)
     for_each_running_job(t, find_lost_chunk, &lost);
-  /* A worker killed after it freed a job's slot but before it woke the waiter (the wake-up
-   * comes after it let go of the job), or in the middle of a wake-up, left that waiter
-   * asleep: every waiter looks again. */
-  for (size_t i = 0; i <= MP__POOL_SLOTS; i++)
-    wake_uncounted(&sh->wakers[i]);
+  uint32_t requeued = 0;
+  for_each_running_job(t, requeue_drawn, &requeued);
+  if (requeued)
+    wake_workers(t->sh, t->n_workers, (int)(requeued < t->n_workers ? requeued : t->n_workers));
 }
 
 static void abort_job(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
@@ -1811,8 +1834,35 @@ static void let_go_for(mp__jobs_t *t, uint32_t w) {
   pthread_mutex_unlock(&t->lock);
 }
 
+/* Whoever a worker that ended while it served may have owed a wake-up: it ended after it
+ * won a job's slot (which its waiter, a submission waiting for a slot and, in a closed pool,
+ * the idle workers, which exit once all is done, were to be woken for), or in the middle of
+ * a wake-up (a waiter's count or an idle worker's ticket taken). Every one looks again. */
+static void wake_all_sleepers(mp__jobs_t *t) {
+  mp__pool_shared_t *sh = t->sh;
+  for (size_t i = 0; i <= MP__POOL_SLOTS; i++)
+    wake_uncounted(&sh->wakers[i]);
+  atomic_fetch_add(&sh->slot_free, 1);
+  mp__futex_wake(&sh->slot_free, INT32_MAX);
+  if (!(atomic_load(&sh->flags) & (MP__POOL_CLOSED | MP__POOL_TERMINATED)))
+    return; /* an open pool's workers are woken by the submissions, not by a settle */
+  atomic_fetch_add(&sh->work, 1);
+  for (uint32_t i = 0; i < t->n_workers; i++) {
+    atomic_fetch_add(&sh->workers[i].wake, 1);
+    mp__futex_wake(&sh->workers[i].wake, 1);
+  }
+}
+
 void mp__jobs_worker_gone(mp__jobs_t *t, uint32_t w) {
   mp__worker_rec_t *rec = &t->sh->workers[w];
+  /* A worker that served may have ended half-way through a completion. Its count is repaired
+   * here too, for an end that worker_lost did not see (a terminate's kill: the abort counts
+   * no chunk already DONE); after a worker_lost, which repaired it first, this finds it done. */
+  bool served = atomic_load(&rec->state) == MP__WORKER_READY;
+  if (served) {
+    lost_t lost = {.w = w, .run_chunk = atomic_load(&rec->run_chunk)};
+    for_each_running_job(t, finish_counting, &lost);
+  }
   atomic_store(&rec->pin, 0);
   atomic_store(&rec->run_seq, 0);
   /* Died idle: not to be woken again. A ticket is only held while counted (mp__pool_idle). */
@@ -1822,6 +1872,8 @@ void mp__jobs_worker_gone(mp__jobs_t *t, uint32_t w) {
    * worker_lost it skipped), or it marked them before: they are let go of here. */
   atomic_store(&rec->state, MP__WORKER_EMPTY);
   let_go_for(t, w);
+  if (served)
+    wake_all_sleepers(t);
 }
 
 uint32_t mp__jobs_worker_state(const mp__jobs_t *t, uint32_t w) {

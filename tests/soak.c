@@ -5,6 +5,8 @@
  *   soak [--seconds S] [--method fork|spawn|forkserver] [--part all|pool|queues] [--seed N]
  *        [--fail-start N]
  *
+ * Every other map is of many one-item chunks of no work, so that a kill lands in the
+ * claiming and completing of chunks rather than in a task.
  * Each part runs S seconds. It counts, and fails on: a wrong map result (a result must be
  * right, or zero in a map that failed with MP_EWORKERDIED), a map that did not end (60 s), a
  * pool that ended itself; a corrupt message, a duplicated one, one that arrived without
@@ -43,6 +45,7 @@
 #define MAGIC 0x4b414f53u /* "SOAK" */
 #define WORKERS 3
 #define ITEMS 400
+#define QUICK_ITEMS 100000 /* a quick map's items, each a chunk of its own */
 #define PID_SLOTS 64
 #define JOIN_SECONDS 30.0
 
@@ -245,6 +248,7 @@ static bool listed(pid_t pid, const pid_t *list, size_t n) {
 typedef struct {
   long x;
   _Atomic int *pids; /* PID_SLOTS worker pids, in the arena */
+  bool quick;        /* no work: the task returns at once */
 } item_t;
 
 static int square_plus(const void *arg, size_t size, void *result, size_t *result_size) {
@@ -252,7 +256,7 @@ static int square_plus(const void *arg, size_t size, void *result, size_t *resul
   if (size != sizeof *item || *result_size != sizeof(long))
     return mp_task_fail("bad sizes");
   atomic_store(&item->pids[getpid() % PID_SLOTS], (int)getpid());
-  double end = now() + 0.0002; /* long enough for a kill to land inside tasks */
+  double end = item->quick ? 0 : now() + 0.0002; /* long enough for a kill to land inside tasks */
   while (now() < end) {
   }
   *(long *)result = item->x * item->x + 7;
@@ -287,8 +291,8 @@ static void soak_pool(double seconds, _Atomic int *pids) {
   opts.processes = WORKERS;
   opts.context = run.ctx;
   mp_pool_t *pool = NULL;
-  item_t items[ITEMS];
-  long results[ITEMS];
+  static item_t items[QUICK_ITEMS];
+  static long results[QUICK_ITEMS];
   long maps = 0, failed_maps = 0, kills = 0, starting_kills = 0, wrong = 0, pools = 0;
   bool hunt = false; /* for a process that was not there before the last kill */
   pid_t before[256];
@@ -302,11 +306,13 @@ static void soak_pool(double seconds, _Atomic int *pids) {
       }
       pools++;
     }
-    for (int i = 0; i < ITEMS; i++)
-      items[i] = (item_t){maps * ITEMS + i, pids};
+    bool quick = maps % 2 == 1;
+    int n = quick ? QUICK_ITEMS : ITEMS;
+    for (int i = 0; i < n; i++)
+      items[i] = (item_t){maps * QUICK_ITEMS + i, pids, quick};
     mp_async_result_t *ar;
-    int rc = mp_pool_map_async(pool, square_plus, items, ITEMS, sizeof items[0], sizeof(long),
-                               4, NULL, &ar);
+    int rc = mp_pool_map_async(pool, square_plus, items, (size_t)n, sizeof items[0],
+                               sizeof(long), quick ? 1 : 4, NULL, &ar);
     if (rc != 0) {
       fail("pool: map_async: %s (%s)", mp_strerror(rc), mp_last_error());
       break;
@@ -330,7 +336,7 @@ static void soak_pool(double seconds, _Atomic int *pids) {
         }
       }
     }
-    memset(results, 0xff, sizeof results);
+    memset(results, 0xff, (size_t)n * sizeof results[0]);
     rc = mp_async_result_get(ar, results, sizeof results, NULL, 0);
     maps++;
     if (rc == MP_ETIMEDOUT)
@@ -339,7 +345,7 @@ static void soak_pool(double seconds, _Atomic int *pids) {
       failed_maps++;
     else if (rc != 0)
       fail("pool: map %ld: %s (%s)", maps, mp_strerror(rc), mp_last_error());
-    for (int i = 0; i < ITEMS && (rc == 0 || rc == MP_EWORKERDIED); i++) {
+    for (int i = 0; i < n && (rc == 0 || rc == MP_EWORKERDIED); i++) {
       long want = items[i].x * items[i].x + 7;
       if (results[i] != want && !(rc == MP_EWORKERDIED && results[i] == 0))
         wrong++;
@@ -528,7 +534,7 @@ static void warm_up(const char *shm_name, _Atomic int *pids) {
   opts.context = run.ctx;
   mp_pool_t *pool;
   if (mp_pool_create(&pool, &opts) == 0) {
-    item_t item = {1, pids};
+    item_t item = {1, pids, false};
     long result;
     mp_pool_map(pool, square_plus, &item, 1, sizeof item, &result, sizeof result, 1);
     mp_pool_destroy(pool);

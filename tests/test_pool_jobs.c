@@ -1068,6 +1068,250 @@ START_TEST(test_loss_while_the_error_lock_is_held) {
 }
 END_TEST
 
+/* ------------------- a worker that ends between two of its writes ------------------- */
+
+/* Worker w started and ready, as its set_state makes it: an end of it then is a death. */
+static void start_serving(uint32_t w) {
+  mp__jobs_worker_starting(table, w);
+  atomic_store(&mp__jobs_shared(table)->workers[w].state, MP__WORKER_READY);
+}
+
+/* Worker w's done counter in job (pool_jobs.c: DONE_STRIDE 64 bytes apart). */
+static _Atomic uint64_t *worker_counter(mp__job_t *job, uint32_t w) {
+  return (_Atomic uint64_t *)((char *)job + job->head.done_off + (uint64_t)w * 64);
+}
+
+/* mp__pool_complete's writes for a DONE chunk, as worker w makes them, up to `upto`:
+ * 1: the chunk's CAS to DONE (count marked, not stored); 2: the slot's CAS won in settle_as
+ * (nothing after it: no advance_oldest, slot_free, wake_workers, unref, wake). */
+static void complete_upto(uint32_t w, mp__task_t *task, int upto) {
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  mp__job_t *job = task->job;
+  uint64_t seq = mp__job_seq(job);
+  _Atomic uint64_t *mine = worker_counter(job, w), *state = mp__job_state(job, task->chunk);
+  atomic_store(&sh->workers[w].pin, seq + 1);
+  uint64_t count = atomic_load(mine) >> 1;
+  atomic_store(mine, count << 1 | 1);
+  uint64_t v = atomic_load(state);
+  T_ASSERT(atomic_compare_exchange_strong(
+               state, &v,
+               MP__CHUNK_STATE(task->chunk, MP__CHUNK_ATTEMPTS(v), w + 1, MP__CHUNK_DONE)),
+           "the chunk was not ours");
+  if (upto == 1)
+    return;
+  atomic_store(mine, (count + 1) << 1);
+  atomic_store(&sh->workers[w].run_seq, 0);
+  uint64_t active = seq << 1 | 1;
+  T_ASSERT(atomic_compare_exchange_strong(&sh->slots[seq % MP__POOL_SLOTS].state, &active,
+                                          seq << 1),
+           "the slot was not won");
+}
+
+/* claim_in: a map's chunk drawn from the hint (fetch-and-add), the worker killed before its
+ * compare-and-swap on the chunk's state: the chunk stays QUEUED below the hint, which no
+ * claim looks at again, and the supervisor finds no chunk of the dead worker's. */
+START_TEST(test_ends_between_draw_and_claim) {
+  int in[2] = {1, 2};
+  mp__jobrec_t *job = submit_map(0, in, 2, 1);
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  start_serving(1);
+  atomic_store(&sh->workers[1].pin, mp__jobrec_seq(job) + 1); /* pin() */
+  atomic_fetch_add(&job->blk->hint, 1);                        /* the draw of chunk 0 */
+  mp__jobs_worker_lost(table, 1, "worker 2 was lost");         /* worker_ended */
+  mp__jobs_worker_gone(table, 1);
+  mp__jobs_reclaim(table);
+  mp__task_t a;
+  for (int k = 0; k < 3 && mp__pool_claim(sh, 0, &a); k++) {
+    a.call = (mp__fn_t)identity;
+    MP_ASSERT_OK(mp__run_task(&a, NULL));
+    complete(0, &a);
+  }
+  T_ASSERT(mp__job_complete(job),
+           "the map never completes: %llu of 2 chunks counted, chunk 0's state %#llx",
+           (unsigned long long)mp__job_counted(job),
+           (unsigned long long)atomic_load(mp__job_state(job->blk, 0)));
+  end_table(job);
+}
+END_TEST
+
+/* mp__pool_complete killed (by terminate's SIGKILL, or just before a terminate) between the
+ * chunk's CAS to DONE and the store of its count: the abort does not count a DONE chunk and
+ * worker_ended skips worker_lost (ended_by_terminate), whose repair_count would: the job
+ * is never complete, and its map or async result waits for ever (result_finished reads
+ * mp__job_complete only). */
+START_TEST(test_terminate_ends_between_done_and_count) {
+  int in[2] = {1, 2};
+  mp__jobrec_t *job = submit_map(0, in, 2, 1);
+  start_serving(1);
+  mp__task_t a;
+  claim(1, &a);
+  complete_upto(1, &a, 1);
+  /* mp__pool_do_terminate, then worker_ended with terminated(pool) */
+  mp__jobs_set_flag(table, MP__POOL_TERMINATED);
+  mp__jobs_abort_all(table, MP_ETERMINATED);
+  mp__jobs_worker_gone(table, 1);
+  mp__jobs_reclaim(table);
+  T_ASSERT(mp__job_complete(job), "the terminated map is never complete: %llu of 2 counted",
+           (unsigned long long)mp__job_counted(job));
+  end_table(job);
+}
+END_TEST
+
+static bool job_is_complete(const mp__jobrec_t *job, void *arg) {
+  (void)arg;
+  return mp__job_complete(job);
+}
+
+static double wait_took;
+
+static void *waiter_thread(void *arg) {
+  double t0 = mp_test_now();
+  mp__job_wait(arg, job_is_complete, NULL, false, mp__now_ns() + 3000000000ll);
+  wait_took = mp_test_now() - t0;
+  return NULL;
+}
+
+/* A waiter asleep on job's waker. */
+static pthread_t start_waiter(mp__jobrec_t *job) {
+  pthread_t th;
+  T_INT_EQ(pthread_create(&th, NULL, waiter_thread, job), 0);
+  mp__job_waker_t *waker = atomic_load(&job->waker);
+  double end = mp_test_now() + 5;
+  while (atomic_load(&waker->waiters) == 0 && mp_test_now() < end)
+    mp_test_sleep(0.001);
+  mp_test_sleep(0.05);
+  return th;
+}
+
+/* settle_as killed after it won the slot's CAS, before its wake-up, while the pool is being
+ * terminated: abort_all skips the job (its slot is inactive), worker_lost (whose
+ * wake_uncounted would wake the waiter) is skipped: the waiter sleeps to its deadline. */
+START_TEST(test_terminate_ends_after_slot_swap) {
+  int in[1] = {1};
+  mp__jobrec_t *job = submit_map(0, in, 1, 1);
+  start_serving(1);
+  pthread_t th = start_waiter(job);
+  mp__task_t a;
+  claim(1, &a);
+  complete_upto(1, &a, 2);
+  mp__jobs_set_flag(table, MP__POOL_TERMINATED);
+  mp__jobs_abort_all(table, MP_ETERMINATED);
+  mp__jobs_worker_gone(table, 1);
+  mp__jobs_reclaim(table);
+  pthread_join(th, NULL);
+  T_ASSERT(wait_took < 1, "the complete job's waiter slept %.2f s (to its deadline)",
+           wait_took);
+  end_table(job);
+}
+END_TEST
+
+/* The same kill without a terminate: worker_lost wakes the waiter (the control). */
+START_TEST(test_ends_after_slot_swap) {
+  int in[1] = {1};
+  mp__jobrec_t *job = submit_map(0, in, 1, 1);
+  start_serving(1);
+  pthread_t th = start_waiter(job);
+  mp__task_t a;
+  claim(1, &a);
+  complete_upto(1, &a, 2);
+  mp__jobs_worker_lost(table, 1, "worker 2 was lost");
+  mp__jobs_worker_gone(table, 1);
+  pthread_join(th, NULL);
+  T_ASSERT(wait_took < 1, "the waiter slept %.2f s", wait_took);
+  end_table(job);
+}
+END_TEST
+
+/* A closed pool's last job settled by a worker killed after the slot's CAS, before
+ * settle_as's wake_workers: the idle workers, which would now see the pool closed and done
+ * and exit, are never woken (worker_lost wakes job waiters only), and join waits for ever. */
+START_TEST(test_closed_pool_ends_after_slot_swap) {
+  int in[1] = {1};
+  mp__jobrec_t *job = submit_map(0, in, 1, 1);
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  start_serving(1);
+  mp__task_t a;
+  claim(1, &a);
+  mp__jobs_set_flag(table, MP__POOL_CLOSED);
+  pthread_t sleeper;
+  T_INT_EQ(pthread_create(&sleeper, NULL, go_idle, (void *)0), 0);
+  double end = mp_test_now() + 5;
+  while (atomic_load(&sh->workers[0].idle_ticket) == 0 && mp_test_now() < end)
+    mp_test_sleep(0.001);
+  complete_upto(1, &a, 2);
+  mp__jobs_worker_lost(table, 1, "worker 2 was lost");
+  mp__jobs_worker_gone(table, 1);
+  mp__jobs_reclaim(table);
+  /* The replacement (work_left: oldest was not advanced) claims nothing, advancing oldest,
+   * sees the pool closed and done, and exits, waking nobody. */
+  start_serving(1);
+  T_ASSERT(!mp__pool_claim(sh, 1, &a), "the replacement claimed a chunk");
+  struct timespec limit;
+  clock_gettime(CLOCK_REALTIME, &limit);
+  limit.tv_sec += 2;
+  bool woken = pthread_timedjoin_np(sleeper, NULL, &limit) == 0;
+  bool done = mp__pool_closed_and_done(sh);
+  if (!woken) {
+    atomic_fetch_add(&sh->work, 1);
+    atomic_fetch_add(&sh->workers[0].wake, 1);
+    mp__futex_wake(&sh->workers[0].wake, 1);
+    pthread_join(sleeper, NULL);
+  }
+  T_ASSERT(woken, "the idle worker was never woken (closed and done: %d): join hangs", done);
+  end_table(job);
+}
+END_TEST
+
+static void *submit_thread(void *arg) {
+  int in[1] = {1};
+  *(mp__jobrec_t **)arg = submit_more(in, 1, 1);
+  return NULL;
+}
+
+/* All MP__POOL_SLOTS slots taken, a submission waits for the oldest job's slot; that job's
+ * worker is killed after the slot's CAS, before settle_as bumps slot_free: nothing else
+ * bumps it (worker_lost does not), so the submission, holding the submit lock, waits until
+ * some other job completes: for ever if none is in flight. */
+START_TEST(test_slot_waiter_ends_after_slot_swap) {
+  int in[1] = {1};
+  mp__jobrec_t *first = submit_map(0, in, 1, 1), *others[MP__POOL_SLOTS - 1], *late = NULL;
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  start_serving(1);
+  mp__task_t a, b;
+  claim(1, &a);
+  for (int k = 0; k < MP__POOL_SLOTS - 1; k++) {
+    others[k] = submit_more(in, 1, 1);
+    claim(0, &b);
+    T_ASSERT(complete(0, &b), "refused");
+  }
+  pthread_t th;
+  T_INT_EQ(pthread_create(&th, NULL, submit_thread, &late), 0);
+  double end = mp_test_now() + 5;
+  while (atomic_load(&sh->slot_waiters) == 0 && mp_test_now() < end)
+    mp_test_sleep(0.001);
+  mp_test_sleep(0.05);
+  complete_upto(1, &a, 2);
+  mp__jobs_worker_lost(table, 1, "worker 2 was lost");
+  mp__jobs_worker_gone(table, 1);
+  mp__jobs_reclaim(table);
+  struct timespec limit;
+  clock_gettime(CLOCK_REALTIME, &limit);
+  limit.tv_sec += 2;
+  bool published = pthread_timedjoin_np(th, NULL, &limit) == 0;
+  if (!published) {
+    atomic_fetch_add(&sh->slot_free, 1);
+    mp__futex_wake(&sh->slot_free, INT32_MAX);
+    pthread_join(th, NULL);
+  }
+  T_ASSERT(published, "the submission waited on for a slot that is free");
+  for (int k = 0; k < MP__POOL_SLOTS - 1; k++)
+    mp__jobs_release(table, others[k]);
+  if (late)
+    mp__jobs_release(table, late);
+  end_table(first);
+}
+END_TEST
+
 static Suite *pool_jobs_suite(void) {
   Suite *s = suite_create("pool_jobs");
   TCase *tc = mp_test_tcase(s, "protocol", 30);
@@ -1098,6 +1342,13 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_apply_stream_stays_batched);
   tcase_add_test(tc, test_abort_racing_a_feed);
   tcase_add_test(tc, test_abort_racing_an_apply);
+  tc = mp_test_tcase(s, "ends", 30);
+  tcase_add_test(tc, test_ends_between_draw_and_claim);
+  tcase_add_test(tc, test_terminate_ends_between_done_and_count);
+  tcase_add_test(tc, test_terminate_ends_after_slot_swap);
+  tcase_add_test(tc, test_ends_after_slot_swap);
+  tcase_add_test(tc, test_closed_pool_ends_after_slot_swap);
+  tcase_add_test(tc, test_slot_waiter_ends_after_slot_swap);
   tc = mp_test_tcase(s, "pool", 60);
   tcase_add_loop_test(tc, test_loss_while_the_error_lock_is_held, 0, N_METHODS);
   return s;
