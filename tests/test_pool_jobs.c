@@ -481,6 +481,14 @@ static void *go_idle(void *arg) {
   return NULL;
 }
 
+/* Whether thread ended within seconds (joined if so). */
+static bool joined_within(pthread_t thread, int seconds) {
+  struct timespec limit;
+  clock_gettime(CLOCK_REALTIME, &limit);
+  limit.tv_sec += seconds;
+  return pthread_timedjoin_np(thread, NULL, &limit) == 0;
+}
+
 /* Lets both threads run on and end: the stopped one, and the sleeper if it was not woken. */
 static void end_idle_race(void) {
   mp__pool_race_hook = NULL;
@@ -526,9 +534,7 @@ START_TEST(test_worker_ends_going_idle) {
   mp__jobs_worker_gone(table, 1); /* what the supervisor does once it sees worker 1 end */
   int in[1] = {5};
   mp__jobrec_t *job = submit_more(in, 1, 1);
-  clock_gettime(CLOCK_REALTIME, &limit);
-  limit.tv_sec += 2;
-  idle_race.sleeper_joined = pthread_timedjoin_np(idle_race.sleeper, NULL, &limit) == 0;
+  idle_race.sleeper_joined = joined_within(idle_race.sleeper, 2);
   T_ASSERT(idle_race.sleeper_joined, "the sleeping worker 0 was not woken for the job (idle count %u)",
            atomic_load(&sh->idle));
   mp__jobs_release(table, job);
@@ -1076,6 +1082,22 @@ static void start_serving(uint32_t w) {
   atomic_store(&mp__jobs_shared(table)->workers[w].state, MP__WORKER_READY);
 }
 
+/* What the supervisor does once it sees worker w killed (worker_ended)... */
+static void end_by_death(uint32_t w) {
+  mp__jobs_worker_lost(table, w, "the worker was lost");
+  mp__jobs_worker_gone(table, w);
+  mp__jobs_reclaim(table);
+}
+
+/* ...and once it sees it killed by a terminate (mp__pool_do_terminate, then worker_ended,
+ * which skips worker_lost). */
+static void end_by_terminate(uint32_t w) {
+  mp__jobs_set_flag(table, MP__POOL_TERMINATED);
+  mp__jobs_abort_all(table, MP_ETERMINATED);
+  mp__jobs_worker_gone(table, w);
+  mp__jobs_reclaim(table);
+}
+
 /* Worker w's done counter in job (pool_jobs.c: DONE_STRIDE 64 bytes apart). */
 static _Atomic uint64_t *worker_counter(mp__job_t *job, uint32_t w) {
   return (_Atomic uint64_t *)((char *)job + job->head.done_off + (uint64_t)w * 64);
@@ -1108,8 +1130,9 @@ static void complete_upto(uint32_t w, mp__task_t *task, int upto) {
 }
 
 /* claim_in: a map's chunk drawn from the hint (fetch-and-add), the worker killed before its
- * compare-and-swap on the chunk's state: the chunk stays QUEUED below the hint, which no
- * claim looks at again, and the supervisor finds no chunk of the dead worker's. */
+ * compare-and-swap on the chunk's state: the chunk is QUEUED below the hint, which no claim
+ * looks at again, and names no owner. The loss must queue it again (before, the map never
+ * completed). */
 START_TEST(test_ends_between_draw_and_claim) {
   int in[2] = {1, 2};
   mp__jobrec_t *job = submit_map(0, in, 2, 1);
@@ -1117,9 +1140,7 @@ START_TEST(test_ends_between_draw_and_claim) {
   start_serving(1);
   atomic_store(&sh->workers[1].pin, mp__jobrec_seq(job) + 1); /* pin() */
   atomic_fetch_add(&job->blk->hint, 1);                        /* the draw of chunk 0 */
-  mp__jobs_worker_lost(table, 1, "worker 2 was lost");         /* worker_ended */
-  mp__jobs_worker_gone(table, 1);
-  mp__jobs_reclaim(table);
+  end_by_death(1);
   mp__task_t a;
   for (int k = 0; k < 3 && mp__pool_claim(sh, 0, &a); k++) {
     a.call = (mp__fn_t)identity;
@@ -1135,10 +1156,9 @@ START_TEST(test_ends_between_draw_and_claim) {
 END_TEST
 
 /* mp__pool_complete killed (by terminate's SIGKILL, or just before a terminate) between the
- * chunk's CAS to DONE and the store of its count: the abort does not count a DONE chunk and
- * worker_ended skips worker_lost (ended_by_terminate), whose repair_count would: the job
- * is never complete, and its map or async result waits for ever (result_finished reads
- * mp__job_complete only). */
+ * chunk's CAS to DONE and the store of its count: the abort does not count a DONE chunk, and
+ * worker_lost, whose repair of the count would, does not run after a terminate. The end
+ * must repair it (before, the job was never complete, and its waiter waited for ever). */
 START_TEST(test_terminate_ends_between_done_and_count) {
   int in[2] = {1, 2};
   mp__jobrec_t *job = submit_map(0, in, 2, 1);
@@ -1146,11 +1166,7 @@ START_TEST(test_terminate_ends_between_done_and_count) {
   mp__task_t a;
   claim(1, &a);
   complete_upto(1, &a, 1);
-  /* mp__pool_do_terminate, then worker_ended with terminated(pool) */
-  mp__jobs_set_flag(table, MP__POOL_TERMINATED);
-  mp__jobs_abort_all(table, MP_ETERMINATED);
-  mp__jobs_worker_gone(table, 1);
-  mp__jobs_reclaim(table);
+  end_by_terminate(1);
   T_ASSERT(mp__job_complete(job), "the terminated map is never complete: %llu of 2 counted",
            (unsigned long long)mp__job_counted(job));
   end_table(job);
@@ -1183,29 +1199,10 @@ static pthread_t start_waiter(mp__jobrec_t *job) {
   return th;
 }
 
-/* settle_as killed after it won the slot's CAS, before its wake-up, while the pool is being
- * terminated: abort_all skips the job (its slot is inactive), worker_lost (whose
- * wake_uncounted would wake the waiter) is skipped: the waiter sleeps to its deadline. */
-START_TEST(test_terminate_ends_after_slot_swap) {
-  int in[1] = {1};
-  mp__jobrec_t *job = submit_map(0, in, 1, 1);
-  start_serving(1);
-  pthread_t th = start_waiter(job);
-  mp__task_t a;
-  claim(1, &a);
-  complete_upto(1, &a, 2);
-  mp__jobs_set_flag(table, MP__POOL_TERMINATED);
-  mp__jobs_abort_all(table, MP_ETERMINATED);
-  mp__jobs_worker_gone(table, 1);
-  mp__jobs_reclaim(table);
-  pthread_join(th, NULL);
-  T_ASSERT(wait_took < 1, "the complete job's waiter slept %.2f s (to its deadline)",
-           wait_took);
-  end_table(job);
-}
-END_TEST
-
-/* The same kill without a terminate: worker_lost wakes the waiter (the control). */
+/* settle_as killed after it won the slot's CAS, before its wake-up: by a death (_i 0), or
+ * while the pool is being terminated (_i 1), when abort_all skips the job (its slot is
+ * inactive) and worker_lost does not run. The end must wake the waiter (before, after a
+ * terminate, it slept to its deadline). */
 START_TEST(test_ends_after_slot_swap) {
   int in[1] = {1};
   mp__jobrec_t *job = submit_map(0, in, 1, 1);
@@ -1214,17 +1211,20 @@ START_TEST(test_ends_after_slot_swap) {
   mp__task_t a;
   claim(1, &a);
   complete_upto(1, &a, 2);
-  mp__jobs_worker_lost(table, 1, "worker 2 was lost");
-  mp__jobs_worker_gone(table, 1);
+  if (_i)
+    end_by_terminate(1);
+  else
+    end_by_death(1);
   pthread_join(th, NULL);
-  T_ASSERT(wait_took < 1, "the waiter slept %.2f s", wait_took);
+  T_ASSERT(wait_took < 1, "the complete job's waiter slept %.2f s (to its deadline)",
+           wait_took);
   end_table(job);
 }
 END_TEST
 
 /* A closed pool's last job settled by a worker killed after the slot's CAS, before
  * settle_as's wake_workers: the idle workers, which would now see the pool closed and done
- * and exit, are never woken (worker_lost wakes job waiters only), and join waits for ever. */
+ * and exit, must be woken by the end (before, they slept on, and join waited for ever). */
 START_TEST(test_closed_pool_ends_after_slot_swap) {
   int in[1] = {1};
   mp__jobrec_t *job = submit_map(0, in, 1, 1);
@@ -1239,17 +1239,12 @@ START_TEST(test_closed_pool_ends_after_slot_swap) {
   while (atomic_load(&sh->workers[0].idle_ticket) == 0 && mp_test_now() < end)
     mp_test_sleep(0.001);
   complete_upto(1, &a, 2);
-  mp__jobs_worker_lost(table, 1, "worker 2 was lost");
-  mp__jobs_worker_gone(table, 1);
-  mp__jobs_reclaim(table);
+  end_by_death(1);
   /* The replacement (work_left: oldest was not advanced) claims nothing, advancing oldest,
    * sees the pool closed and done, and exits, waking nobody. */
   start_serving(1);
   T_ASSERT(!mp__pool_claim(sh, 1, &a), "the replacement claimed a chunk");
-  struct timespec limit;
-  clock_gettime(CLOCK_REALTIME, &limit);
-  limit.tv_sec += 2;
-  bool woken = pthread_timedjoin_np(sleeper, NULL, &limit) == 0;
+  bool woken = joined_within(sleeper, 2);
   bool done = mp__pool_closed_and_done(sh);
   if (!woken) {
     atomic_fetch_add(&sh->work, 1);
@@ -1269,9 +1264,9 @@ static void *submit_thread(void *arg) {
 }
 
 /* All MP__POOL_SLOTS slots taken, a submission waits for the oldest job's slot; that job's
- * worker is killed after the slot's CAS, before settle_as bumps slot_free: nothing else
- * bumps it (worker_lost does not), so the submission, holding the submit lock, waits until
- * some other job completes: for ever if none is in flight. */
+ * worker is killed after the slot's CAS, before settle_as bumps slot_free. The end must wake
+ * the submission (before, it waited, holding the submit lock, until some other job
+ * completed: for ever if none was in flight). */
 START_TEST(test_slot_waiter_ends_after_slot_swap) {
   int in[1] = {1};
   mp__jobrec_t *first = submit_map(0, in, 1, 1), *others[MP__POOL_SLOTS - 1], *late = NULL;
@@ -1291,13 +1286,8 @@ START_TEST(test_slot_waiter_ends_after_slot_swap) {
     mp_test_sleep(0.001);
   mp_test_sleep(0.05);
   complete_upto(1, &a, 2);
-  mp__jobs_worker_lost(table, 1, "worker 2 was lost");
-  mp__jobs_worker_gone(table, 1);
-  mp__jobs_reclaim(table);
-  struct timespec limit;
-  clock_gettime(CLOCK_REALTIME, &limit);
-  limit.tv_sec += 2;
-  bool published = pthread_timedjoin_np(th, NULL, &limit) == 0;
+  end_by_death(1);
+  bool published = joined_within(th, 2);
   if (!published) {
     atomic_fetch_add(&sh->slot_free, 1);
     mp__futex_wake(&sh->slot_free, INT32_MAX);
@@ -1345,8 +1335,7 @@ static Suite *pool_jobs_suite(void) {
   tc = mp_test_tcase(s, "ends", 30);
   tcase_add_test(tc, test_ends_between_draw_and_claim);
   tcase_add_test(tc, test_terminate_ends_between_done_and_count);
-  tcase_add_test(tc, test_terminate_ends_after_slot_swap);
-  tcase_add_test(tc, test_ends_after_slot_swap);
+  tcase_add_loop_test(tc, test_ends_after_slot_swap, 0, 2);
   tcase_add_test(tc, test_closed_pool_ends_after_slot_swap);
   tcase_add_test(tc, test_slot_waiter_ends_after_slot_swap);
   tc = mp_test_tcase(s, "pool", 60);
