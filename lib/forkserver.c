@@ -123,6 +123,21 @@ int mp__forkserver_request(int sock, pid_t self) {
   return rc;
 }
 
+/* How long a start that no child took over waits to see the server's end: its spares die of
+ * it (PR_SET_PDEATHSIG), which may end the start a moment before its pidfd tells, or,
+ * without one, before the last spare's death hangs up the control socket. A server that
+ * runs (only the spare died, killed) costs that start this wait. */
+#define GONE_WAIT_SECONDS 0.1
+
+void mp__forkserver_check(pid_t self) {
+  pthread_mutex_lock(&server.lock);
+  if (server.owner == self &&
+      mp__poll_fd(server.pidfd >= 0 ? server.pidfd : server.ctl,
+                  server.pidfd >= 0 ? POLLIN : POLLRDHUP, mp__deadline(GONE_WAIT_SECONDS)) != 0)
+    stop_server();
+  pthread_mutex_unlock(&server.lock);
+}
+
 /* At the process's end, after its children were joined (they may be the server's). */
 MP__CHILD_TEXT static void stop_at_exit(void) {
   if (!server.owner)

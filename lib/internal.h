@@ -597,6 +597,10 @@ int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref, pid
                        bool from_forkserver);
 int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver);
 
+/* What both return when a fork server's child ended before it took over, with nothing said
+ * (its sentence set): it never ran the target, so the caller may ask again. */
+#define MP__ENOTAKEOVER (-EPIPE)
+
 /* Sends the thread's last error as an ERROR record. */
 void mp__send_error(int sock, int code);
 
@@ -643,6 +647,10 @@ int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid);
  * pid, tells whether the server is its own), whose spare becomes the child that reads its
  * request from sock. */
 int mp__forkserver_request(int sock, pid_t self);
+
+/* After a start that no child took over: a server that is gone too is reaped, so that the
+ * next request starts another. */
+void mp__forkserver_check(pid_t self);
 
 /* ----------------------------- synchronize.c ---------------------------- */
 

@@ -13,26 +13,34 @@
 #define STATUS_WAIT_SECONDS 5.0
 
 static int forkserver_launch(mp_process_t *proc) {
-  mp__fnref_t ref;
-  int sv[2];
-  int rc = mp__bootstrap_open(proc, &ref, sv);
-  if (rc < 0)
-    return rc;
   pid_t self = getpid(); /* once per start: the server's owner, the request's parent */
-  rc = mp__forkserver_request(sv[1], self);
-  close(sv[1]);
-  if (rc == 0)
-    rc = mp__bootstrap_send(sv[0], proc, &ref, self, true);
-  if (rc == 0)
-    rc = mp__bootstrap_await(sv[0], proc, true);
-  if (rc < 0) {
+  for (int attempt = 0;; attempt++) {
+    mp__fnref_t ref;
+    int sv[2];
+    int rc = mp__bootstrap_open(proc, &ref, sv);
+    if (rc < 0)
+      return rc;
+    rc = mp__forkserver_request(sv[1], self);
+    close(sv[1]);
+    if (rc == 0)
+      rc = mp__bootstrap_send(sv[0], proc, &ref, self, true);
+    if (rc == 0)
+      rc = mp__bootstrap_await(sv[0], proc, true);
+    if (rc == 0) {
+      proc->status_fd = sv[0];
+      return 0;
+    }
     /* No READY: no child runs (it refused and exits, or never was), nothing to drop but
      * our socket; the server reaps whatever it forked. */
     close(sv[0]);
-    return rc;
+    if (rc != MP__ENOTAKEOVER)
+      return rc;
+    if (attempt > 0)
+      return MP_ESPAWN;
+    /* The spare that took the request died with it, never having run the target: killed,
+     * or dying of its server's death. Ask again, once, a new server if that one is gone. */
+    mp__forkserver_check(self);
   }
-  proc->status_fd = sv[0];
-  return 0;
 }
 
 /*

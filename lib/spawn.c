@@ -181,10 +181,10 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
     return mp__error((int)n, "waiting for the child: %s", mp_strerror((int)n));
   /* A child that exits with our request unread resets the connection: also an end. */
   if (n <= 0)
-    return mp__error(MP_ESPAWN, from_forkserver
-                                    ? "the fork server exited before the child took over"
-                                    : "the child exited before it took over: is the "
-                                      "executable a libmp program?");
+    return from_forkserver
+               ? mp__error(MP__ENOTAKEOVER, "the fork server's child ended before it took over")
+               : mp__error(MP_ESPAWN, "the child exited before it took over: is the executable "
+                                      "a libmp program?");
   if ((size_t)n < sizeof rec.head || (fd >= 0 && rec.head.type != MP__REC_READY)) {
     if (fd >= 0)
       close(fd);

@@ -186,6 +186,21 @@ static inline void mp_test_sleep(double seconds) {
   }
 }
 
+/* The state letter ('Z': a zombie) and the parent of process pid, from /proc; false if it
+ * has no entry. */
+static inline bool mp_test_proc_state(pid_t pid, char *state, int *ppid) {
+  char path[64], line[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return false;
+  size_t len = fread(line, 1, sizeof line - 1, f);
+  fclose(f);
+  line[len] = '\0';
+  const char *after = strrchr(line, ')');
+  return after && sscanf(after + 1, " %c %d", state, ppid) == 2;
+}
+
 /* The context of METHODS[i], asserting success. */
 static inline mp_context_t *mp_test_ctx(int i) {
   mp_context_t *ctx = NULL;

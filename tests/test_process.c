@@ -1027,6 +1027,65 @@ START_TEST(test_many_signalled_at_once) {
 }
 END_TEST
 
+/* The children of parent, as /proc tells (at most cap of them); their number. */
+static size_t children_of(pid_t parent, pid_t *out, size_t cap) {
+  size_t n = 0;
+  DIR *dir = opendir("/proc");
+  for (struct dirent *d; dir && (d = readdir(dir)) != NULL;) {
+    char state;
+    int ppid;
+    pid_t pid = (pid_t)atoi(d->d_name); /* 0 for a name that is no pid: no entry */
+    if (pid > 0 && mp_test_proc_state(pid, &state, &ppid) && ppid == parent && n < cap)
+      out[n++] = pid;
+  }
+  if (dir)
+    closedir(dir);
+  return n;
+}
+
+/* Killed by anyone, the fork server or its spares cost no start: the next one succeeds, and
+ * its child runs. A dead server is replaced, also while its spares are still dying of its
+ * death (waited for here until it is a zombie: its end is done, its spares signalled); a
+ * killed spare that has not died yet can still take a request (started at once here). With
+ * the old library 1 or 2 kills sufficed for a failed start (MP_ESPAWN). A joined child of
+ * the fork server was the server's, so the server is this process's one child; fork and
+ * spawn have none. (A start asking before the server's end is done may get a spare of it
+ * as its child, which then dies with it.) */
+#define KILLS 30
+
+START_TEST(test_forkserver_killed) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  bool forkserver = strcmp(METHODS[_i], "forkserver") == 0;
+  for (int round = 0; round <= KILLS; round++) {
+    mp_process_t *p;
+    T_PROC_NEW(&p, ctx, t_return7, NULL, 0, NULL);
+    int rc = mp_process_start(p);
+    if (rc != 0)
+      T_FAIL("%s: the start after %d kills: %s (%s)", METHODS[_i], round, mp_err_name(rc),
+             mp_last_error());
+    T_INT_EQ(mp_test_join_code(p, 10.0), 7);
+    T_PROC_CLOSE(p);
+    pid_t children[4], spares[8];
+    T_INT_EQ(children_of(getpid(), children, 4), forkserver);
+    if (!forkserver)
+      continue;
+    pid_t server = children[0];
+    if (round % 2) {
+      size_t n = children_of(server, spares, 8); /* and the child, if not reaped yet */
+      for (size_t k = 0; k < n; k++)
+        kill(spares[k], SIGKILL);
+      continue;
+    }
+    T_INT_EQ(kill(server, SIGKILL), 0);
+    char state = 0;
+    int ppid;
+    while (mp_test_proc_state(server, &state, &ppid) && state != 'Z')
+      mp_test_sleep(0.0001);
+    T_ASSERT(state == 'Z', "%s: the killed server %d is no zombie", METHODS[_i], (int)server);
+  }
+}
+END_TEST
+
 #define MANY 200
 
 START_TEST(test_many_processes) {
@@ -1843,6 +1902,7 @@ static Suite *process_suite(void) {
   tcase_add_loop_test(tc, test_cleared_environment, 0, N_METHODS);
   tcase_add_loop_test(tc, test_many_processes, 0, N_METHODS);
   tcase_add_loop_test(tc, test_many_signalled_at_once, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forkserver_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_child_outlives_starting_thread, 0, N_METHODS);
 
 #if FAULTS_COUNTED

@@ -812,16 +812,9 @@ END_TEST
 
 /* Whether process pid is a zombie: dead, not yet reaped. */
 static bool is_zombie(int pid) {
-  char path[48], buf[256];
-  snprintf(path, sizeof path, "/proc/%d/stat", pid);
-  FILE *f = fopen(path, "r");
-  if (!f)
-    return false;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = 0;
-  const char *p = strrchr(buf, ')');
-  return p && p[1] == ' ' && p[2] == 'Z';
+  char state;
+  int ppid;
+  return mp_test_proc_state(pid, &state, &ppid) && state == 'Z';
 }
 
 /* The lock a producer held when it was killed is taken over while it is still a zombie (its
