@@ -228,6 +228,7 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   atomic_init(&r->refs, 1);
   atomic_init(&r->abort_code, 0);
   r->fed = 0;
+  r->claimed_below = 0;
   memset(r->owner, 0, sizeof r->owner);
   for (uint64_t i = 0; i < n_errs; i++)
     rec_error(r, (uint32_t)i)->item = UINT64_MAX;
@@ -651,8 +652,9 @@ static bool claim_retried(mp__job_t *job, uint32_t w, uint32_t *chunk) {
   uint32_t limit = atomic_load(&job->limit) & ~MP__LIMIT_CLOSED;
   for (uint32_t i = 0; i < job->head.window; i++) {
     uint64_t v = atomic_load(mp__job_state(job, i));
-    if (MP__CHUNK_STATUS(v) == MP__CHUNK_QUEUED && MP__CHUNK_ATTEMPTS(v) > 0 &&
-        MP__CHUNK_OF(v) < limit && claim_at(job, MP__CHUNK_OF(v), w, v)) {
+    bool retry = MP__CHUNK_ATTEMPTS(v) > 0 || MP__CHUNK_OWNER(v) == MP__CHUNK_REDRAWN;
+    if (MP__CHUNK_STATUS(v) == MP__CHUNK_QUEUED && retry && MP__CHUNK_OF(v) < limit &&
+        claim_at(job, MP__CHUNK_OF(v), w, v)) {
       atomic_fetch_sub(&job->retries_queued, 1);
       *chunk = MP__CHUNK_OF(v);
       return true;
@@ -1732,8 +1734,11 @@ static void finish_counting(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
  * A map's chunk that a worker drew from the hint and ended before claiming (its
  * compare-and-swap) is QUEUED below the hint, where no claim looks again, and names no
  * owner, so no loss finds it: the map never completed (review, stop 18). It is queued again
- * as a retry (the draw counts as an attempt), which claim_retried finds. A live worker that
- * drew it and is about to claim it loses its compare-and-swap and draws on: none runs twice.
+ * as a retry (MP__CHUNK_REDRAWN: no attempt counted), which claim_retried finds. A live
+ * worker that drew it and is about to claim it loses its compare-and-swap and draws on: none
+ * runs twice. No chunk below the hint becomes never-claimed again, so each is looked at by
+ * one loss at most (claimed_below, under the table's lock): a plain load first, so that the
+ * look takes no line from the workers.
  */
 static void requeue_drawn(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
   (void)t;
@@ -1742,14 +1747,20 @@ static void requeue_drawn(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
     return; /* claimed by a look at each chunk's state, never drawn */
   /* The block's hint, which a worker may have written wild: bounded by the record's count. */
   uint64_t drawn = atomic_load(&job->blk->hint);
-  for (uint64_t c = 0; c < drawn && c < job->head.n_chunks; c++) {
+  if (drawn > job->head.n_chunks)
+    drawn = job->head.n_chunks;
+  for (uint64_t c = job->claimed_below; c < drawn; c++) {
+    _Atomic uint64_t *state = rec_state(job, (uint32_t)c);
     uint64_t never_claimed = MP__CHUNK_STATE(c, 0, 0, MP__CHUNK_QUEUED);
-    if (atomic_compare_exchange_strong(rec_state(job, (uint32_t)c), &never_claimed,
-                                       MP__CHUNK_STATE(c, 1, 0, MP__CHUNK_QUEUED))) {
+    if (atomic_load(state) == never_claimed &&
+        atomic_compare_exchange_strong(
+            state, &never_claimed, MP__CHUNK_STATE(c, 0, MP__CHUNK_REDRAWN, MP__CHUNK_QUEUED))) {
       atomic_fetch_add(&job->blk->retries_queued, 1);
       (*requeued)++;
     }
   }
+  if (drawn > job->claimed_below)
+    job->claimed_below = (uint32_t)drawn;
 }
 
 void mp__jobs_worker_lost(mp__jobs_t *t, uint32_t w, const char *why) {
@@ -1855,10 +1866,14 @@ static void wake_all_sleepers(mp__jobs_t *t) {
 
 void mp__jobs_worker_gone(mp__jobs_t *t, uint32_t w) {
   mp__worker_rec_t *rec = &t->sh->workers[w];
-  /* A worker that served may have ended half-way through a completion. Its count is repaired
-   * here too, for an end that worker_lost did not see (a terminate's kill: the abort counts
-   * no chunk already DONE); after a worker_lost, which repaired it first, this finds it done. */
-  bool served = atomic_load(&rec->state) == MP__WORKER_READY;
+  /* A worker that served (READY, or a wild word: any but the ends that owe nothing) may have
+   * ended half-way through a completion. Its count is repaired here too, for an end that
+   * worker_lost did not see (a terminate's kill: the abort counts no chunk already DONE);
+   * after a worker_lost, which repaired it first, this finds it done. */
+  uint32_t state = atomic_load(&rec->state);
+  bool served = state != MP__WORKER_EMPTY && state != MP__WORKER_STARTING &&
+                state != MP__WORKER_INIT_FAILED && state != MP__WORKER_RETIRED &&
+                state != MP__WORKER_DONE;
   if (served) {
     lost_t lost = {.w = w, .run_chunk = atomic_load(&rec->run_chunk)};
     for_each_running_job(t, finish_counting, &lost);

@@ -50,7 +50,9 @@
 #define MP__POOL_MAX_FNS 256     /* distinct task functions per pool */
 
 /* A chunk's state word: chunk number << 32 | attempts << 24 | owner (worker + 1) << 4 |
- * status. The owner field is the record of which worker runs the chunk. */
+ * status. The owner field is the record of which worker runs the chunk; a QUEUED chunk's is
+ * MP__CHUNK_REDRAWN when a worker drew it and ended before claiming it (requeue_drawn): a
+ * retry that no run was lost for, so no attempt is counted. */
 enum {
   MP__CHUNK_FREE = 0, /* iterator window slot not holding a fed chunk */
   MP__CHUNK_QUEUED,
@@ -67,6 +69,7 @@ enum {
 #define MP__CHUNK_ATTEMPTS(v) ((uint32_t)((v) >> 24) & 0xffu)
 #define MP__CHUNK_OWNER(v) ((uint32_t)((v) >> 4) & 0xfffffu)
 #define MP__CHUNK_STATUS(v) ((uint32_t)(v) & 0xfu)
+#define MP__CHUNK_REDRAWN 0xfffffu /* above every worker + 1 (MP__POOL_MAX_WORKERS) */
 
 typedef struct {
   uint64_t item; /* the failed item's index */
@@ -180,6 +183,7 @@ struct mp__jobrec_s {
   _Atomic uint32_t refs;
   _Atomic int32_t abort_code; /* MP_ETERMINATED once the pool was terminated */
   uint32_t fed;   /* an iterator's chunks fed: the ones it may deliver (its owner's thread) */
+  uint32_t claimed_below; /* a map's chunks below it were claimed, or requeued (requeue_drawn) */
   bool orphaned;  /* released while its slot or a worker still had it: reclaim frees it */
   _Atomic bool abandoned; /* an abort left chunks ABANDONED: look for them before a free */
   /* A map's (or a lone apply's) failures that the pool's process recorded (its chunks lost

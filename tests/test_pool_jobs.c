@@ -1155,6 +1155,35 @@ START_TEST(test_ends_between_draw_and_claim) {
 }
 END_TEST
 
+/* A chunk that a live worker drew, and had not claimed yet when another worker ended, is
+ * queued again by that end (it cannot tell whose draw it was): it keeps its retries, since no
+ * run of it was lost. Marked as an attempt (review, stop 18), it had none left with retries 1,
+ * and the first loss of a run of it failed the map. */
+START_TEST(test_redrawn_chunk_keeps_its_retries) {
+  int in[2] = {1, 2}, out[2];
+  mp__jobrec_t *job = submit_map(1, in, 2, 1);
+  start_serving(0);
+  start_serving(1);
+  atomic_fetch_add(&job->blk->hint, 1); /* worker 0 drew chunk 0 and claims it next */
+  end_by_death(1);
+  mp__task_t a;
+  claim(0, &a);
+  T_INT_EQ(a.chunk, 0);
+  end_by_death(0); /* its run of chunk 0 lost: retried once */
+  start_serving(0);
+  for (int k = 0; k < 3 && mp__pool_claim(mp__jobs_shared(table), 0, &a); k++) {
+    a.call = (mp__fn_t)identity;
+    MP_ASSERT_OK(mp__run_task(&a, NULL));
+    complete(0, &a);
+  }
+  T_ASSERT(mp__job_complete(job), "%llu of 2 chunks counted",
+           (unsigned long long)mp__job_counted(job));
+  MP_ASSERT_OK(mp__job_take(job, false, out, sizeof out, NULL));
+  T_INT_EQ(out[0], 1);
+  end_table(job);
+}
+END_TEST
+
 /* mp__pool_complete killed (by terminate's SIGKILL, or just before a terminate) between the
  * chunk's CAS to DONE and the store of its count: the abort does not count a DONE chunk, and
  * worker_lost, whose repair of the count would, does not run after a terminate. The end
@@ -1334,6 +1363,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_abort_racing_an_apply);
   tc = mp_test_tcase(s, "ends", 30);
   tcase_add_test(tc, test_ends_between_draw_and_claim);
+  tcase_add_test(tc, test_redrawn_chunk_keeps_its_retries);
   tcase_add_test(tc, test_terminate_ends_between_done_and_count);
   tcase_add_loop_test(tc, test_ends_after_slot_swap, 0, 2);
   tcase_add_test(tc, test_closed_pool_ends_after_slot_swap);
