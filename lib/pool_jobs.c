@@ -38,9 +38,6 @@
 #define SPARES 8
 #define SMALL_SPARES 64
 #define SMALL_SPARE ((uint64_t)1 << 16)
-/* Each worker's done counter on a cache line of its own: two workers completing chunks
- * side by side do not take the line from each other at every chunk. */
-#define DONE_STRIDE 64
 /* From this many bytes on, the pages a job or a chunk writes are mapped in advance. */
 #define PREFAULT_BYTES (64 * 1024)
 /* What a worker spins, looking for new work, before it sleeps (mp__pool_idle). */
@@ -170,7 +167,7 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
       __builtin_add_overflow(per_slot_out, MP__JOB_CANARY, &out_stride) ||
       !place(&at, n_states, sizeof(uint64_t), &states_off) ||
       !place(&at, n_errs, sizeof(mp__task_error_t), &errs_off) ||
-      !place(&at, (uint64_t)n_workers + 1, DONE_STRIDE, &done_off) ||
+      !place(&at, (uint64_t)n_workers + 1, MP__DONE_STRIDE, &done_off) ||
       !place(&at, window, per_slot_in, &input_off) ||
       !place(&at, window, out_stride, &output_off))
     return mp__error(MP_EINVAL,
@@ -814,7 +811,7 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
 /* The chunks counted as done: each worker's counter (written by that worker alone, and by
  * the supervisor once it has died), and the parent's. */
 static _Atomic uint64_t *counter_at(const void *counters, uint32_t w) {
-  return (_Atomic uint64_t *)((const char *)counters + (uint64_t)w * DONE_STRIDE);
+  return (_Atomic uint64_t *)((const char *)counters + (uint64_t)w * MP__DONE_STRIDE);
 }
 
 static _Atomic uint64_t *done_by(const mp__job_t *job, uint32_t w) {

@@ -69,7 +69,13 @@ enum {
 #define MP__CHUNK_ATTEMPTS(v) ((uint32_t)((v) >> 24) & 0xffu)
 #define MP__CHUNK_OWNER(v) ((uint32_t)((v) >> 4) & 0xfffffu)
 #define MP__CHUNK_STATUS(v) ((uint32_t)(v) & 0xfu)
-#define MP__CHUNK_REDRAWN 0xfffffu /* above every worker + 1 (MP__POOL_MAX_WORKERS) */
+#define MP__CHUNK_REDRAWN 0xfffffu /* above every worker + 1 */
+_Static_assert(MP__POOL_MAX_WORKERS < MP__CHUNK_REDRAWN, "no worker's owner field is REDRAWN");
+
+/* Bytes between a job's done counters: each worker's on a cache line of its own, so that two
+ * workers completing chunks side by side do not take the line from each other at every
+ * chunk. */
+#define MP__DONE_STRIDE 64
 
 typedef struct {
   uint64_t item; /* the failed item's index */
@@ -129,7 +135,7 @@ typedef struct {
   uint32_t spread;
   uint32_t n_counters; /* done counters: one per worker, then the parent's */
   uint64_t states_off, input_off, output_off, out_stride, errs_off, n_errs;
-  uint64_t done_off; /* chunks done or failed, counted per worker (mp__job_done) */
+  uint64_t done_off; /* chunks done or failed, a counter per worker, MP__DONE_STRIDE apart */
 } mp__job_head_t;
 
 /* A job: one map, apply or iterator, one block of the arena, as workers see it (the pool's

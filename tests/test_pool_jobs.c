@@ -535,7 +535,8 @@ START_TEST(test_worker_ends_going_idle) {
   int in[1] = {5};
   mp__jobrec_t *job = submit_more(in, 1, 1);
   idle_race.sleeper_joined = joined_within(idle_race.sleeper, 2);
-  T_ASSERT(idle_race.sleeper_joined, "the sleeping worker 0 was not woken for the job (idle count %u)",
+  T_ASSERT(idle_race.sleeper_joined,
+           "the sleeping worker 0 was not woken for the job (idle count %u)",
            atomic_load(&sh->idle));
   mp__jobs_release(table, job);
   mp_test_set_hook(NULL);
@@ -1098,9 +1099,9 @@ static void end_by_terminate(uint32_t w) {
   mp__jobs_reclaim(table);
 }
 
-/* Worker w's done counter in job (pool_jobs.c: DONE_STRIDE 64 bytes apart). */
+/* Worker w's done counter in job. */
 static _Atomic uint64_t *worker_counter(mp__job_t *job, uint32_t w) {
-  return (_Atomic uint64_t *)((char *)job + job->head.done_off + (uint64_t)w * 64);
+  return (_Atomic uint64_t *)((char *)job + job->head.done_off + (uint64_t)w * MP__DONE_STRIDE);
 }
 
 /* mp__pool_complete's writes for a DONE chunk, as worker w makes them, up to `upto`:
