@@ -446,9 +446,13 @@ static void wake(mp__job_waker_t *waker) {
   }
 }
 
-/* The waker of the job of seq (0: never published), in the pool's shared block. */
+/* The index of the waker of the job of seq (0: never published) in the pool's shared block. */
+static uint32_t waker_index(uint64_t seq) {
+  return seq ? (uint32_t)(seq % MP__POOL_SLOTS) : MP__POOL_SLOTS;
+}
+
 static mp__job_waker_t *waker_of(mp__pool_shared_t *sh, uint64_t seq) {
-  return &sh->wakers[seq ? seq % MP__POOL_SLOTS : MP__POOL_SLOTS];
+  return &sh->wakers[waker_index(seq)];
 }
 
 /* Wakes whoever sleeps on waker, counted or not: a worker killed inside wake(), between the
@@ -994,10 +998,18 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
     undrawn = map && atomic_load(&job->hint) < job->head.n_chunks;
   }
   mp__job_waker_t *waker = NULL;
-  bool notify = !undrawn && settle(sh, job, &waker);
+  bool notify = false;
+  _Atomic uint32_t *waking = &sh->workers[w].waking;
+  if (!undrawn) {
+    /* Read by the supervisor once this process has ended: relaxed, as the pin mark. */
+    atomic_store_explicit(waking, waker_index(mp__job_seq(job)) + 1, memory_order_relaxed);
+    notify = settle(sh, job, &waker);
+  }
   unpin(sh, w);
   if (waker)
     wake(waker);
+  if (!undrawn)
+    atomic_store_explicit(waking, 0, memory_order_relaxed);
   if (notify)
     mp__pool_notify(notify_fd);
   return true;
@@ -1842,14 +1854,18 @@ static void let_go_for(mp__jobs_t *t, uint32_t w) {
   pthread_mutex_unlock(&t->lock);
 }
 
-/* Whoever a worker that ended while it served may have owed a wake-up: it ended after it
+/* Whoever worker w, which ended while it served, may have owed a wake-up: it ended after it
  * won a job's slot (which its waiter, a submission waiting for a slot and, in a closed pool,
  * the idle workers, which exit once all is done, were to be woken for), or in the middle of
- * a wake-up (a waiter's count or an idle worker's ticket taken). Every one looks again. */
-static void wake_all_sleepers(mp__jobs_t *t) {
+ * a wake-up (a waiter's count or an idle worker's ticket taken). Every one looks again: of
+ * the job waiters, those on the waker its record names (waking), the only one it can have
+ * been settling; waking all of them cost a futex call each, 257 for every worker that a
+ * terminate or mp_pool_destroy killed, a seventh of a small pool's destroy here. */
+static void wake_all_sleepers(mp__jobs_t *t, uint32_t w) {
   mp__pool_shared_t *sh = t->sh;
-  for (size_t i = 0; i <= MP__POOL_SLOTS; i++)
-    wake_uncounted(&sh->wakers[i]);
+  uint32_t waking = atomic_load(&sh->workers[w].waking);
+  if (waking > 0 && waking <= MP__POOL_SLOTS + 1) /* a wild one names none */
+    wake_uncounted(&sh->wakers[waking - 1]);
   atomic_fetch_add(&sh->slot_free, 1);
   mp__futex_wake(&sh->slot_free, INT32_MAX);
   if (!(atomic_load(&sh->flags) & (MP__POOL_CLOSED | MP__POOL_TERMINATED)))
@@ -1885,7 +1901,8 @@ void mp__jobs_worker_gone(mp__jobs_t *t, uint32_t w) {
   atomic_store(&rec->state, MP__WORKER_EMPTY);
   let_go_for(t, w);
   if (served)
-    wake_all_sleepers(t);
+    wake_all_sleepers(t, w);
+  atomic_store(&rec->waking, 0);
 }
 
 uint32_t mp__jobs_worker_state(const mp__jobs_t *t, uint32_t w) {

@@ -228,6 +228,9 @@ typedef struct {
   _Atomic uint64_t run_item; /* the running task's index in its chunk */
   _Atomic uint64_t idle_ticket; /* when it went idle (0: busy): the latest is woken first */
   _Atomic uint32_t wake;        /* futex: its own, bumped to wake it */
+  /* The waker (index + 1) of the job it settles, from before the slot's swap to after its
+   * last wake-up: a sleeper there may be owed that wake-up if it ends meanwhile (0: none). */
+  _Atomic uint32_t waking;
   char error[MP__POOL_MSG];
 } mp__worker_rec_t;
 

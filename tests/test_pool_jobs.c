@@ -1106,7 +1106,8 @@ static _Atomic uint64_t *worker_counter(mp__job_t *job, uint32_t w) {
 
 /* mp__pool_complete's writes for a DONE chunk, as worker w makes them, up to `upto`:
  * 1: the chunk's CAS to DONE (count marked, not stored); 2: the slot's CAS won in settle_as
- * (nothing after it: no advance_oldest, slot_free, wake_workers, unref, wake). */
+ * (nothing after it: no advance_oldest, slot_free, wake_workers, unref, wake); 3: then, in
+ * the wake-up, the waiters' count taken (not the bump of the word, nor the futex call). */
 static void complete_upto(uint32_t w, mp__task_t *task, int upto) {
   mp__pool_shared_t *sh = mp__jobs_shared(table);
   mp__job_t *job = task->job;
@@ -1124,10 +1125,14 @@ static void complete_upto(uint32_t w, mp__task_t *task, int upto) {
     return;
   atomic_store(mine, (count + 1) << 1);
   atomic_store(&sh->workers[w].run_seq, 0);
+  atomic_store(&sh->workers[w].waking, seq % MP__POOL_SLOTS + 1);
   uint64_t active = seq << 1 | 1;
   T_ASSERT(atomic_compare_exchange_strong(&sh->slots[seq % MP__POOL_SLOTS].state, &active,
                                           seq << 1),
            "the slot was not won");
+  if (upto == 3)
+    T_ASSERT(atomic_exchange(&sh->wakers[seq % MP__POOL_SLOTS].waiters, 0) > 0,
+             "no waiter was counted");
 }
 
 /* claim_in: a map's chunk drawn from the hint (fetch-and-add), the worker killed before its
@@ -1229,10 +1234,12 @@ static pthread_t start_waiter(mp__jobrec_t *job) {
   return th;
 }
 
-/* settle_as killed after it won the slot's CAS, before its wake-up: by a death (_i 0), or
- * while the pool is being terminated (_i 1), when abort_all skips the job (its slot is
- * inactive) and worker_lost does not run. The end must wake the waiter (before, after a
- * terminate, it slept to its deadline). */
+/* settle_as killed after it won the slot's CAS, before its wake-up (_i 0, 1), or in the
+ * wake-up, once it took the waiters' count (_i 2, 3): by a death (_i even), or while the
+ * pool is being terminated (_i odd), when abort_all skips the job (its slot is inactive) and
+ * worker_lost does not run. The end must wake the waiter (before, after a terminate, it
+ * slept to its deadline; and it does so by the worker's record: no futex call on every
+ * other slot's waker). */
 START_TEST(test_ends_after_slot_swap) {
   int in[1] = {1};
   mp__jobrec_t *job = submit_map(0, in, 1, 1);
@@ -1240,14 +1247,18 @@ START_TEST(test_ends_after_slot_swap) {
   pthread_t th = start_waiter(job);
   mp__task_t a;
   claim(1, &a);
-  complete_upto(1, &a, 2);
-  if (_i)
+  complete_upto(1, &a, 2 + _i / 2);
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  _Atomic uint32_t *other = &sh->wakers[(mp__jobrec_seq(job) + 1) % MP__POOL_SLOTS].wake;
+  uint32_t other_before = atomic_load(other);
+  if (_i % 2)
     end_by_terminate(1);
   else
     end_by_death(1);
   pthread_join(th, NULL);
   T_ASSERT(wait_took < 1, "the complete job's waiter slept %.2f s (to its deadline)",
            wait_took);
+  T_INT_EQ(atomic_load(other), other_before); /* woken by name, not every slot's waiter */
   end_table(job);
 }
 END_TEST
@@ -1366,7 +1377,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_ends_between_draw_and_claim);
   tcase_add_test(tc, test_redrawn_chunk_keeps_its_retries);
   tcase_add_test(tc, test_terminate_ends_between_done_and_count);
-  tcase_add_loop_test(tc, test_ends_after_slot_swap, 0, 2);
+  tcase_add_loop_test(tc, test_ends_after_slot_swap, 0, 4);
   tcase_add_test(tc, test_closed_pool_ends_after_slot_swap);
   tcase_add_test(tc, test_slot_waiter_ends_after_slot_swap);
   tc = mp_test_tcase(s, "pool", 60);
