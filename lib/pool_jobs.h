@@ -228,8 +228,9 @@ typedef struct {
   _Atomic uint64_t run_item; /* the running task's index in its chunk */
   _Atomic uint64_t idle_ticket; /* when it went idle (0: busy): the latest is woken first */
   _Atomic uint32_t wake;        /* futex: its own, bumped to wake it */
-  /* The waker (index + 1) of the job it settles, from before the slot's swap to after its
-   * last wake-up: a sleeper there may be owed that wake-up if it ends meanwhile (0: none). */
+  /* The waker (index + 1) of the job it settles, from before settle() (the slot's swap, the
+   * wake-up of a batch's apply) to after its last wake-up: a sleeper there may be owed that
+   * wake-up if it ends meanwhile (0: none). */
   _Atomic uint32_t waking;
   char error[MP__POOL_MSG];
 } mp__worker_rec_t;
@@ -458,12 +459,14 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
 
 /* Points of races that a unit test plays out: hook, when not NULL (a test sets it; the
  * library never does), runs there with the job's block. A load and a branch not taken
- * otherwise, and only where a job is looked at or fed or a worker goes idle, not per chunk
- * of a run. */
+ * otherwise, and only where a job is looked at, fed or settled, a worker goes idle or a
+ * sleeper is woken, not per chunk of a run. */
 enum {
   MP__RACE_QUEUED, /* a feed stored its chunk QUEUED, before its swap of the limit */
   MP__RACE_PINNED, /* a claim pinned a job, before it claims in it */
   MP__RACE_IDLE,   /* an idle worker counted itself, before its ticket (job: NULL) */
+  MP__RACE_SETTLED, /* a settle won the job's slot, before it wakes anyone */
+  MP__RACE_WAKING,  /* a wake-up took the waiters' count, before its bump (job: NULL) */
 };
 extern void (*mp__pool_race_hook)(int point, mp__job_t *job);
 #define MP__RACE_POINT(point, job)                                                             \

@@ -1240,13 +1240,20 @@ static pthread_t start_waiter(mp__jobrec_t *job) {
  * worker_lost does not run. The end must wake the waiter (before, after a terminate, it
  * slept to its deadline; and it does so by the worker's record: no futex call on every
  * other slot's waker). */
-START_TEST(test_ends_after_slot_swap) {
-  int in[1] = {1};
+/* A map of one item, its waiter asleep, its chunk run by worker 1 (a, in): the job. */
+static mp__jobrec_t *one_item_run(pthread_t *waiter, mp__task_t *a, int *in) {
   mp__jobrec_t *job = submit_map(0, in, 1, 1);
   start_serving(1);
-  pthread_t th = start_waiter(job);
+  *waiter = start_waiter(job);
+  claim(1, a);
+  return job;
+}
+
+START_TEST(test_ends_after_slot_swap) {
+  int in[1] = {1};
+  pthread_t th;
   mp__task_t a;
-  claim(1, &a);
+  mp__jobrec_t *job = one_item_run(&th, &a, in);
   complete_upto(1, &a, 2 + _i / 2);
   mp__pool_shared_t *sh = mp__jobs_shared(table);
   _Atomic uint32_t *other = &sh->wakers[(mp__jobrec_seq(job) + 1) % MP__POOL_SLOTS].wake;
@@ -1258,7 +1265,47 @@ START_TEST(test_ends_after_slot_swap) {
   pthread_join(th, NULL);
   T_ASSERT(wait_took < 1, "the complete job's waiter slept %.2f s (to its deadline)",
            wait_took);
-  T_INT_EQ(atomic_load(other), other_before); /* woken by name, not every slot's waiter */
+  T_INT_EQ(atomic_load(other), other_before); /* woken by name: not the next slot's waiter */
+  end_table(job);
+}
+END_TEST
+
+/* mp__pool_complete itself names the waker of the job it settles in its record (waking)
+ * from before it wins the slot (MP__RACE_SETTLED) through its wake-up of the waiter
+ * (MP__RACE_WAKING, the waiters' count taken), and none once it returns: the name that an
+ * end at either point is woken by (test_ends_after_slot_swap plays those ends). */
+static struct {
+  uint32_t at_settled, at_waking;
+  int settled, waking;
+} named;
+
+static void naming_hook(int point, mp__job_t *job) {
+  (void)job;
+  uint32_t waking = atomic_load(&mp__jobs_shared(table)->workers[1].waking);
+  if (point == MP__RACE_SETTLED)
+    named.at_settled = waking, named.settled++;
+  else if (point == MP__RACE_WAKING)
+    named.at_waking = waking, named.waking++;
+}
+
+START_TEST(test_completion_names_its_waker) {
+  int in[1] = {1};
+  pthread_t th;
+  mp__task_t a;
+  mp__jobrec_t *job = one_item_run(&th, &a, in);
+  memset(&named, 0, sizeof named);
+  mp__pool_race_hook = naming_hook;
+  bool ours = complete(1, &a);
+  mp__pool_race_hook = NULL;
+  pthread_join(th, NULL);
+  T_ASSERT(ours, "the completion was not the worker's");
+  T_ASSERT(wait_took < 1, "the waiter slept %.2f s (to its deadline)", wait_took);
+  uint32_t want = (uint32_t)(mp__jobrec_seq(job) % MP__POOL_SLOTS) + 1;
+  T_INT_EQ(named.settled, 1);
+  T_INT_EQ(named.waking, 1);
+  T_INT_EQ(named.at_settled, want);
+  T_INT_EQ(named.at_waking, want);
+  T_INT_EQ(atomic_load(&mp__jobs_shared(table)->workers[1].waking), 0);
   end_table(job);
 }
 END_TEST
@@ -1378,6 +1425,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_redrawn_chunk_keeps_its_retries);
   tcase_add_test(tc, test_terminate_ends_between_done_and_count);
   tcase_add_loop_test(tc, test_ends_after_slot_swap, 0, 4);
+  tcase_add_test(tc, test_completion_names_its_waker);
   tcase_add_test(tc, test_closed_pool_ends_after_slot_swap);
   tcase_add_test(tc, test_slot_waiter_ends_after_slot_swap);
   tc = mp_test_tcase(s, "pool", 60);
