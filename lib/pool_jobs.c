@@ -649,27 +649,41 @@ static bool claim_at(mp__job_t *job, uint32_t chunk, uint32_t w, uint64_t expect
   return atomic_compare_exchange_strong(mp__job_state(job, chunk), &expected, running);
 }
 
-/* Chunks queued again after a death: rare, so a scan of the window. */
-static bool claim_retried(mp__job_t *job, uint32_t w, uint32_t *chunk) {
+/* Chunks queued again after a death: rare, so a scan of the window, made again by worker w
+ * until one finds none after the last requeue it saw. A chunk is queued again before it is
+ * counted (both sequentially consistent): a scan after the count's read sees it, unless
+ * another worker took it; one counted after that read moves the count again. */
+static bool claim_retried(mp__pool_shared_t *sh, mp__job_t *job, uint32_t w, uint32_t *chunk) {
+  mp__worker_rec_t *rec = &sh->workers[w];
+  uint32_t requeued = atomic_load(&job->requeued);
+  if (requeued == 0)
+    return false;
+  uint64_t seq = mp__job_seq(job) + 1;
+  if (atomic_load_explicit(&rec->retry_seq, memory_order_relaxed) == seq &&
+      atomic_load_explicit(&rec->retry_seen, memory_order_relaxed) == requeued)
+    return false;
+  MP__RACE_POINT(MP__RACE_RETRY_SCAN, job);
   uint32_t limit = atomic_load(&job->limit) & ~MP__LIMIT_CLOSED;
   for (uint32_t i = 0; i < job->head.window; i++) {
     uint64_t v = atomic_load(mp__job_state(job, i));
     bool retry = MP__CHUNK_ATTEMPTS(v) > 0 || MP__CHUNK_OWNER(v) == MP__CHUNK_REDRAWN;
     if (MP__CHUNK_STATUS(v) == MP__CHUNK_QUEUED && retry && MP__CHUNK_OF(v) < limit &&
         claim_at(job, MP__CHUNK_OF(v), w, v)) {
-      atomic_fetch_sub(&job->retries_queued, 1);
       *chunk = MP__CHUNK_OF(v);
       return true;
     }
   }
+  atomic_store_explicit(&rec->retry_seq, seq, memory_order_relaxed);
+  atomic_store_explicit(&rec->retry_seen, requeued, memory_order_relaxed);
   return false;
 }
 
 /* A chunk of job for worker w: a retried one first, else the next never claimed. look: read
  * the hint before a map's draw (a worker looking through the jobs); a worker that has just
  * completed one of the map's chunks draws at once, one read-modify-write of the line. */
-static bool claim_in(mp__job_t *job, uint32_t w, uint32_t *chunk, bool look) {
-  if (atomic_load(&job->retries_queued) > 0 && claim_retried(job, w, chunk))
+static bool claim_in(mp__pool_shared_t *sh, mp__job_t *job, uint32_t w, uint32_t *chunk,
+                     bool look) {
+  if (claim_retried(sh, job, w, chunk))
     return true;
   if (!(job->head.flags & MP__JOB_ITERATOR)) {
     /* A map's chunks are all queued from the start: each is drawn once, in order, by a
@@ -801,7 +815,7 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
       continue;
     }
     MP__RACE_POINT(MP__RACE_PINNED, j);
-    if (claim_in(j, w, &chunk, true)) {
+    if (claim_in(sh, j, w, &chunk, true)) {
       take_chunk(sh, w, j, chunk, task);
       unpin(sh, w); /* the running chunk keeps the job alive */
       return true;
@@ -982,7 +996,7 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
    * long as no older job is incomplete (the oldest queued chunk goes first). */
   uint32_t c;
   bool again =
-      next && atomic_load(&sh->oldest) == mp__job_seq(job) && claim_in(job, w, &c, false);
+      next && atomic_load(&sh->oldest) == mp__job_seq(job) && claim_in(sh, job, w, &c, false);
   if (again)
     take_chunk(sh, w, job, c, next);
   /* A map of which this worker holds a chunk now is not complete: no need to read every
@@ -1043,7 +1057,7 @@ bool mp__job_lose_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, uint64
   if (attempts < t->retries && attempts < 0xff) {
     if (atomic_compare_exchange_strong(
             state, &v, MP__CHUNK_STATE(chunk, attempts + 1, 0, MP__CHUNK_QUEUED))) {
-      atomic_fetch_add(&job->blk->retries_queued, 1);
+      atomic_fetch_add(&job->blk->requeued, 1);
       wake_workers(t->sh, t->n_workers, 1);
       return true;
     }
@@ -1769,7 +1783,7 @@ static void requeue_drawn(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
     if (atomic_load(state) == never_claimed &&
         atomic_compare_exchange_strong(
             state, &never_claimed, MP__CHUNK_STATE(c, 0, MP__CHUNK_REDRAWN, MP__CHUNK_QUEUED))) {
-      atomic_fetch_add(&job->blk->retries_queued, 1);
+      atomic_fetch_add(&job->blk->requeued, 1);
       (*requeued)++;
     }
   }
@@ -1899,6 +1913,7 @@ void mp__jobs_worker_gone(mp__jobs_t *t, uint32_t w) {
   }
   atomic_store(&rec->pin, 0);
   atomic_store(&rec->run_seq, 0);
+  atomic_store(&rec->retry_seq, 0); /* its replacement scans afresh */
   /* Died idle: not to be woken again. A ticket is only held while counted (mp__pool_idle). */
   if (atomic_exchange(&rec->idle_ticket, 0))
     atomic_fetch_sub(&t->sh->idle, 1);

@@ -166,7 +166,12 @@ typedef struct {
    * every claim reads, from the workers. MP__LIMIT_CLOSED once a close or an abort ended
    * the feeding (the low bits still count the chunks fed). */
   _Alignas(64) _Atomic uint32_t limit;
-  _Atomic uint32_t retries_queued; /* chunks queued again after their worker died */
+  /* Chunks queued again after their worker died, ever: counted by the pool's process alone.
+   * A worker scans for them when this moved since its last scan that found none (its
+   * record's retry_seq and retry_seen): no worker uncounts one, so none can die half-way
+   * through uncounting one, which left a count of pending retries too high for good, and
+   * every later claim of the job scanning its whole window. */
+  _Atomic uint32_t requeued;
 } mp__job_t;
 
 /* The pool's process's record of a job, in its own memory, out of every worker's reach: the
@@ -228,6 +233,10 @@ typedef struct {
   _Atomic uint64_t run_item; /* the running task's index in its chunk */
   _Atomic uint64_t idle_ticket; /* when it went idle (0: busy): the latest is woken first */
   _Atomic uint32_t wake;        /* futex: its own, bumped to wake it */
+  /* Its own, for claim_in: the job (seq + 1) whose chunks queued again it scanned for last,
+   * and the job's count of them before that scan, which found none. */
+  _Atomic uint64_t retry_seq;
+  _Atomic uint32_t retry_seen;
   /* The waker (index + 1) of the job it settles, from before settle() (the slot's swap, the
    * wake-up of a batch's apply) to after its last wake-up: a sleeper there may be owed that
    * wake-up if it ends meanwhile (0: none). */
@@ -467,6 +476,7 @@ enum {
   MP__RACE_IDLE,   /* an idle worker counted itself, before its ticket (job: NULL) */
   MP__RACE_SETTLED, /* a settle won the job's slot, before it wakes anyone */
   MP__RACE_WAKING,  /* a wake-up took the waiters' count, before its bump (job: NULL) */
+  MP__RACE_RETRY_SCAN, /* a claim scans the job for chunks queued again */
 };
 extern void (*mp__pool_race_hook)(int point, mp__job_t *job);
 #define MP__RACE_POINT(point, job)                                                             \

@@ -1104,6 +1104,59 @@ static _Atomic uint64_t *worker_counter(mp__job_t *job, uint32_t w) {
   return (_Atomic uint64_t *)((char *)job + job->head.done_off + (uint64_t)w * MP__DONE_STRIDE);
 }
 
+/* Worker w claims, runs and completes up to `most` chunks of job, a map of n (at most 4)
+ * identity items whose first is 1, which must then be complete; the race hook is cleared and
+ * the table ends. The chunks it claimed. */
+static int finish_as(uint32_t w, mp__jobrec_t *job, uint64_t n, int most) {
+  mp__task_t a;
+  int claims = 0;
+  for (; claims < most && mp__pool_claim(mp__jobs_shared(table), w, &a); claims++) {
+    a.call = (mp__fn_t)identity;
+    MP_ASSERT_OK(mp__run_task(&a, NULL));
+    complete(w, &a);
+  }
+  mp__pool_race_hook = NULL;
+  T_ASSERT(mp__job_complete(job), "%llu of %llu chunks counted",
+           (unsigned long long)mp__job_counted(job), (unsigned long long)n);
+  int out[4];
+  MP_ASSERT_OK(mp__job_take(job, false, out, n * sizeof out[0], NULL));
+  T_INT_EQ(out[0], 1);
+  end_table(job);
+  return claims;
+}
+
+static int retry_scans;
+
+static void count_retry_scans(int point, mp__job_t *job) {
+  (void)job;
+  retry_scans += point == MP__RACE_RETRY_SCAN;
+}
+
+/* A worker killed just after it claimed a chunk queued again (before, between that claim's
+ * compare-and-swap and its uncount of the job's pending retries, which then stayed too high
+ * for good: every later claim of the job scanned its whole window, quadratic in a long map).
+ * Now the count only grows and each worker scans until a scan finds none after the last
+ * requeue it saw: worker 0 scans twice (finding the retry, then finding none) for its 4
+ * claims, not at each. */
+START_TEST(test_killed_after_claiming_a_retry) {
+  int in[4] = {1, 2, 3, 4};
+  mp__jobrec_t *job = submit_map(2, in, 4, 1);
+  mp__task_t a;
+  start_serving(1);
+  claim(1, &a);
+  end_by_death(1); /* chunk 0 queued again */
+  start_serving(1);
+  claim(1, &a);
+  T_INT_EQ(a.chunk, 0);
+  end_by_death(1); /* killed right after its claim of the retry: queued again */
+  start_serving(0);
+  retry_scans = 0;
+  mp__pool_race_hook = count_retry_scans;
+  T_INT_EQ(finish_as(0, job, 4, 5), 4);
+  T_INT_EQ(retry_scans, 2);
+}
+END_TEST
+
 /* mp__pool_complete's writes for a DONE chunk, as worker w makes them, up to `upto`:
  * 1: the chunk's CAS to DONE (count marked, not stored); 2: the slot's CAS won in settle_as
  * (nothing after it: no advance_oldest, slot_free, wake_workers, unref, wake); 3: then, in
@@ -1166,7 +1219,7 @@ END_TEST
  * run of it was lost. Marked as an attempt (review, stop 18), it had none left with retries 1,
  * and the first loss of a run of it failed the map. */
 START_TEST(test_redrawn_chunk_keeps_its_retries) {
-  int in[2] = {1, 2}, out[2];
+  int in[2] = {1, 2};
   mp__jobrec_t *job = submit_map(1, in, 2, 1);
   start_serving(0);
   start_serving(1);
@@ -1177,16 +1230,7 @@ START_TEST(test_redrawn_chunk_keeps_its_retries) {
   T_INT_EQ(a.chunk, 0);
   end_by_death(0); /* its run of chunk 0 lost: retried once */
   start_serving(0);
-  for (int k = 0; k < 3 && mp__pool_claim(mp__jobs_shared(table), 0, &a); k++) {
-    a.call = (mp__fn_t)identity;
-    MP_ASSERT_OK(mp__run_task(&a, NULL));
-    complete(0, &a);
-  }
-  T_ASSERT(mp__job_complete(job), "%llu of 2 chunks counted",
-           (unsigned long long)mp__job_counted(job));
-  MP_ASSERT_OK(mp__job_take(job, false, out, sizeof out, NULL));
-  T_INT_EQ(out[0], 1);
-  end_table(job);
+  finish_as(0, job, 2, 3);
 }
 END_TEST
 
@@ -1426,6 +1470,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_terminate_ends_between_done_and_count);
   tcase_add_loop_test(tc, test_ends_after_slot_swap, 0, 4);
   tcase_add_test(tc, test_completion_names_its_waker);
+  tcase_add_test(tc, test_killed_after_claiming_a_retry);
   tcase_add_test(tc, test_closed_pool_ends_after_slot_swap);
   tcase_add_test(tc, test_slot_waiter_ends_after_slot_swap);
   tc = mp_test_tcase(s, "pool", 60);
