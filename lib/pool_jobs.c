@@ -643,6 +643,24 @@ static bool unused(const mp__jobs_t *t, mp__jobrec_t *r) {
 
 /* ------------------------------- claiming ------------------------------- */
 
+/* The chunks counted as done: each worker's counter (written by that worker alone, and by
+ * the supervisor once it has died), and the parent's. */
+static _Atomic uint64_t *counter_at(const void *counters, uint32_t w) {
+  return (_Atomic uint64_t *)((const char *)counters + (uint64_t)w * MP__DONE_STRIDE);
+}
+
+static _Atomic uint64_t *done_by(const mp__job_t *job, uint32_t w) {
+  return counter_at((const char *)job + job->head.done_off, w);
+}
+
+/* Worker w's count of job's requeues before its last scan of the job that found none: its
+ * own, next to its done counter (zeroed with it for each job). */
+static _Atomic uint32_t *retry_seen_by(const mp__job_t *job, uint32_t w) {
+  return (_Atomic uint32_t *)(done_by(job, w) + 1);
+}
+_Static_assert(MP__DONE_STRIDE >= sizeof(uint64_t) + sizeof(uint32_t),
+               "a worker's done counter and its retry_seen share its line");
+
 static bool claim_at(mp__job_t *job, uint32_t chunk, uint32_t w, uint64_t expected) {
   uint64_t running =
       MP__CHUNK_STATE(chunk, MP__CHUNK_ATTEMPTS(expected), w + 1, MP__CHUNK_RUNNING);
@@ -652,15 +670,14 @@ static bool claim_at(mp__job_t *job, uint32_t chunk, uint32_t w, uint64_t expect
 /* Chunks queued again after a death: rare, so a scan of the window, made again by worker w
  * until one finds none after the last requeue it saw. A chunk is queued again before it is
  * counted (both sequentially consistent): a scan after the count's read sees it, unless
- * another worker took it; one counted after that read moves the count again. */
-static bool claim_retried(mp__pool_shared_t *sh, mp__job_t *job, uint32_t w, uint32_t *chunk) {
-  mp__worker_rec_t *rec = &sh->workers[w];
+ * another worker took it; one counted after that read moves the count again. What a scan
+ * that found none saw holds for any worker: a replacement takes its predecessor's. */
+static bool claim_retried(mp__job_t *job, uint32_t w, uint32_t *chunk) {
   uint32_t requeued = atomic_load(&job->requeued);
-  if (requeued == 0)
+  if (requeued == 0) /* as seen is then: the claims of a job with no death look no further */
     return false;
-  uint64_t seq = mp__job_seq(job) + 1;
-  if (atomic_load_explicit(&rec->retry_seq, memory_order_relaxed) == seq &&
-      atomic_load_explicit(&rec->retry_seen, memory_order_relaxed) == requeued)
+  _Atomic uint32_t *seen = retry_seen_by(job, w);
+  if (requeued == atomic_load_explicit(seen, memory_order_relaxed))
     return false;
   MP__RACE_POINT(MP__RACE_RETRY_SCAN, job);
   uint32_t limit = atomic_load(&job->limit) & ~MP__LIMIT_CLOSED;
@@ -673,17 +690,15 @@ static bool claim_retried(mp__pool_shared_t *sh, mp__job_t *job, uint32_t w, uin
       return true;
     }
   }
-  atomic_store_explicit(&rec->retry_seq, seq, memory_order_relaxed);
-  atomic_store_explicit(&rec->retry_seen, requeued, memory_order_relaxed);
+  atomic_store_explicit(seen, requeued, memory_order_relaxed);
   return false;
 }
 
 /* A chunk of job for worker w: a retried one first, else the next never claimed. look: read
  * the hint before a map's draw (a worker looking through the jobs); a worker that has just
  * completed one of the map's chunks draws at once, one read-modify-write of the line. */
-static bool claim_in(mp__pool_shared_t *sh, mp__job_t *job, uint32_t w, uint32_t *chunk,
-                     bool look) {
-  if (claim_retried(sh, job, w, chunk))
+static bool claim_in(mp__job_t *job, uint32_t w, uint32_t *chunk, bool look) {
+  if (claim_retried(job, w, chunk))
     return true;
   if (!(job->head.flags & MP__JOB_ITERATOR)) {
     /* A map's chunks are all queued from the start: each is drawn once, in order, by a
@@ -815,7 +830,7 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
       continue;
     }
     MP__RACE_POINT(MP__RACE_PINNED, j);
-    if (claim_in(sh, j, w, &chunk, true)) {
+    if (claim_in(j, w, &chunk, true)) {
       take_chunk(sh, w, j, chunk, task);
       unpin(sh, w); /* the running chunk keeps the job alive */
       return true;
@@ -826,16 +841,6 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
 }
 
 /* ------------------------------ completing ------------------------------ */
-
-/* The chunks counted as done: each worker's counter (written by that worker alone, and by
- * the supervisor once it has died), and the parent's. */
-static _Atomic uint64_t *counter_at(const void *counters, uint32_t w) {
-  return (_Atomic uint64_t *)((const char *)counters + (uint64_t)w * MP__DONE_STRIDE);
-}
-
-static _Atomic uint64_t *done_by(const mp__job_t *job, uint32_t w) {
-  return counter_at((const char *)job + job->head.done_off, w);
-}
 
 static _Atomic uint64_t *rec_done_by(const mp__jobrec_t *r, uint32_t w) {
   return counter_at((const char *)r->blk + r->head.done_off, w);
@@ -996,7 +1001,7 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
    * long as no older job is incomplete (the oldest queued chunk goes first). */
   uint32_t c;
   bool again =
-      next && atomic_load(&sh->oldest) == mp__job_seq(job) && claim_in(sh, job, w, &c, false);
+      next && atomic_load(&sh->oldest) == mp__job_seq(job) && claim_in(job, w, &c, false);
   if (again)
     take_chunk(sh, w, job, c, next);
   /* A map of which this worker holds a chunk now is not complete: no need to read every
@@ -1913,7 +1918,6 @@ void mp__jobs_worker_gone(mp__jobs_t *t, uint32_t w) {
   }
   atomic_store(&rec->pin, 0);
   atomic_store(&rec->run_seq, 0);
-  atomic_store(&rec->retry_seq, 0); /* its replacement scans afresh */
   /* Died idle: not to be woken again. A ticket is only held while counted (mp__pool_idle). */
   if (atomic_exchange(&rec->idle_ticket, 0))
     atomic_fetch_sub(&t->sh->idle, 1);

@@ -74,7 +74,7 @@ _Static_assert(MP__POOL_MAX_WORKERS < MP__CHUNK_REDRAWN, "no worker's owner fiel
 
 /* Bytes between a job's done counters: each worker's on a cache line of its own, so that two
  * workers completing chunks side by side do not take the line from each other at every
- * chunk. */
+ * chunk. The worker's line also holds its retry_seen (claim_retried), after the counter. */
 #define MP__DONE_STRIDE 64
 
 typedef struct {
@@ -166,11 +166,12 @@ typedef struct {
    * every claim reads, from the workers. MP__LIMIT_CLOSED once a close or an abort ended
    * the feeding (the low bits still count the chunks fed). */
   _Alignas(64) _Atomic uint32_t limit;
-  /* Chunks queued again after their worker died, ever: counted by the pool's process alone.
-   * A worker scans for them when this moved since its last scan that found none (its
-   * record's retry_seq and retry_seen): no worker uncounts one, so none can die half-way
-   * through uncounting one, which left a count of pending retries too high for good, and
-   * every later claim of the job scanning its whole window. */
+  /* Chunks queued again (their worker died, or a dead worker may have drawn them), ever:
+   * counted by the pool's process alone. A worker scans the job for them when this moved
+   * since its last scan of the job that found none (its retry_seen, on its done counter's
+   * line). No worker uncounts one, so none can die half-way through uncounting one, which
+   * left a count of pending retries too high for good, and every later claim of the job
+   * scanning its whole window. */
   _Atomic uint32_t requeued;
 } mp__job_t;
 
@@ -233,10 +234,6 @@ typedef struct {
   _Atomic uint64_t run_item; /* the running task's index in its chunk */
   _Atomic uint64_t idle_ticket; /* when it went idle (0: busy): the latest is woken first */
   _Atomic uint32_t wake;        /* futex: its own, bumped to wake it */
-  /* Its own, for claim_in: the job (seq + 1) whose chunks queued again it scanned for last,
-   * and the job's count of them before that scan, which found none. */
-  _Atomic uint64_t retry_seq;
-  _Atomic uint32_t retry_seen;
   /* The waker (index + 1) of the job it settles, from before settle() (the slot's swap, the
    * wake-up of a batch's apply) to after its last wake-up: a sleeper there may be owed that
    * wake-up if it ends meanwhile (0: none). */

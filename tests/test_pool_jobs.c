@@ -1104,10 +1104,8 @@ static _Atomic uint64_t *worker_counter(mp__job_t *job, uint32_t w) {
   return (_Atomic uint64_t *)((char *)job + job->head.done_off + (uint64_t)w * MP__DONE_STRIDE);
 }
 
-/* Worker w claims, runs and completes up to `most` chunks of job, a map of n (at most 4)
- * identity items whose first is 1, which must then be complete; the race hook is cleared and
- * the table ends. The chunks it claimed. */
-static int finish_as(uint32_t w, mp__jobrec_t *job, uint64_t n, int most) {
+/* Worker w claims, runs and completes chunks, up to `most`: how many it claimed. */
+static int run_claims(uint32_t w, int most) {
   mp__task_t a;
   int claims = 0;
   for (; claims < most && mp__pool_claim(mp__jobs_shared(table), w, &a); claims++) {
@@ -1115,12 +1113,23 @@ static int finish_as(uint32_t w, mp__jobrec_t *job, uint64_t n, int most) {
     MP_ASSERT_OK(mp__run_task(&a, NULL));
     complete(w, &a);
   }
-  mp__pool_race_hook = NULL;
+  return claims;
+}
+
+/* job, a map of n (at most 64) identity items whose first is 1, is complete. */
+static void check_complete(mp__jobrec_t *job, uint64_t n) {
   T_ASSERT(mp__job_complete(job), "%llu of %llu chunks counted",
            (unsigned long long)mp__job_counted(job), (unsigned long long)n);
-  int out[4];
+  int out[64];
   MP_ASSERT_OK(mp__job_take(job, false, out, n * sizeof out[0], NULL));
   T_INT_EQ(out[0], 1);
+}
+
+/* Worker w runs up to `most` chunks of job (n items, as above), which must then be complete;
+ * the table ends. The chunks it claimed. */
+static int finish_as(uint32_t w, mp__jobrec_t *job, uint64_t n, int most) {
+  int claims = run_claims(w, most);
+  check_complete(job, n);
   end_table(job);
   return claims;
 }
@@ -1132,28 +1141,82 @@ static void count_retry_scans(int point, mp__job_t *job) {
   retry_scans += point == MP__RACE_RETRY_SCAN;
 }
 
-/* A worker killed just after it claimed a chunk queued again (before, between that claim's
- * compare-and-swap and its uncount of the job's pending retries, which then stayed too high
- * for good: every later claim of the job scanned its whole window, quadratic in a long map).
- * Now the count only grows and each worker scans until a scan finds none after the last
- * requeue it saw: worker 0 scans twice (finding the retry, then finding none) for its 4
- * claims, not at each. */
+/* 64 items from 1. */
+static void count_from_one(int *in) {
+  for (int i = 0; i < 64; i++)
+    in[i] = i + 1;
+}
+
+/* Worker 1 claimed chunk 0 of a 64-chunk map queued again (its compare-and-swap, played
+ * here: all the claim of a retry writes now) and was killed just after it. Before, that
+ * claim then uncounted the job's pending retries, a worker killed in between left the count
+ * too high for good, and every later claim of the job scanned its whole window: worker 0
+ * scanned at each of its 64 claims. Now a worker scans only when the job's count of requeues
+ * moved since its last scan of the job found none: once finding the retry, once finding
+ * none. */
 START_TEST(test_killed_after_claiming_a_retry) {
-  int in[4] = {1, 2, 3, 4};
-  mp__jobrec_t *job = submit_map(2, in, 4, 1);
+  int in[64];
+  count_from_one(in);
+  mp__jobrec_t *job = submit_map(2, in, 64, 1);
   mp__task_t a;
   start_serving(1);
   claim(1, &a);
-  end_by_death(1); /* chunk 0 queued again */
-  start_serving(1);
-  claim(1, &a);
   T_INT_EQ(a.chunk, 0);
-  end_by_death(1); /* killed right after its claim of the retry: queued again */
+  end_by_death(1); /* chunk 0 queued again, attempts 1 */
+  start_serving(1);
+  _Atomic uint64_t *state = mp__job_state(job->blk, 0);
+  uint64_t queued = atomic_load(state);
+  T_INT_EQ(MP__CHUNK_STATUS(queued), MP__CHUNK_QUEUED);
+  T_ASSERT(atomic_compare_exchange_strong(
+               state, &queued,
+               MP__CHUNK_STATE(0, MP__CHUNK_ATTEMPTS(queued), 2, MP__CHUNK_RUNNING)),
+           "the retry was taken");
+  end_by_death(1); /* killed after its claim's swap: queued again, attempts 2 */
   start_serving(0);
   retry_scans = 0;
   mp__pool_race_hook = count_retry_scans;
-  T_INT_EQ(finish_as(0, job, 4, 5), 4);
-  T_INT_EQ(retry_scans, 2);
+  T_INT_EQ(run_claims(0, 65), 64);
+  mp__pool_race_hook = NULL;
+  T_ASSERT(retry_scans <= 2, "worker 0 scanned for retries at %d of its 64 claims",
+           retry_scans);
+  check_complete(job, 64);
+  end_table(job);
+}
+END_TEST
+
+/* Two jobs with a chunk queued again each, the older one incomplete (its retry running), so
+ * that every claim looks at it before the newer: a worker's memory of its last scan is per
+ * job (a single one for the worker, as first written, made each claim scan both jobs, as
+ * the other's memory: the review's 2,000 scans for 1,000 claims). */
+START_TEST(test_retries_in_two_jobs) {
+  int in[64];
+  count_from_one(in);
+  mp__jobrec_t *older = submit_map(2, in, 2, 1), *newer = submit_more(in, 64, 1);
+  mp__task_t held, a;
+  start_serving(1);
+  claim(1, &held);
+  end_by_death(1); /* the older job's chunk 0 queued again */
+  start_serving(1);
+  claim(1, &held); /* that retry, held running */
+  T_ASSERT(held.job == older->blk && held.chunk == 0, "worker 1 claimed chunk %u",
+           held.chunk);
+  start_serving(0);
+  T_INT_EQ(run_claims(0, 1), 1); /* the older job's chunk 1 */
+  claim(0, &a);
+  T_ASSERT(a.job == newer->blk, "worker 0 did not claim the newer job");
+  end_by_death(0); /* the newer job's chunk 0 queued again */
+  start_serving(0);
+  retry_scans = 0;
+  mp__pool_race_hook = count_retry_scans;
+  T_INT_EQ(run_claims(0, 65), 64);
+  mp__pool_race_hook = NULL;
+  T_ASSERT(retry_scans <= 2, "worker 0 scanned for retries %d times in its 64 claims",
+           retry_scans);
+  complete(1, &held);
+  check_complete(newer, 64);
+  check_complete(older, 2);
+  mp__jobs_release(table, newer);
+  end_table(older);
 }
 END_TEST
 
@@ -1471,6 +1534,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_loop_test(tc, test_ends_after_slot_swap, 0, 4);
   tcase_add_test(tc, test_completion_names_its_waker);
   tcase_add_test(tc, test_killed_after_claiming_a_retry);
+  tcase_add_test(tc, test_retries_in_two_jobs);
   tcase_add_test(tc, test_closed_pool_ends_after_slot_swap);
   tcase_add_test(tc, test_slot_waiter_ends_after_slot_swap);
   tc = mp_test_tcase(s, "pool", 60);
