@@ -1141,6 +1141,17 @@ static void count_retry_scans(int point, mp__job_t *job) {
   retry_scans += point == MP__RACE_RETRY_SCAN;
 }
 
+/* Worker 0 claims and runs 64 chunks, scanning for retries twice at most: once finding the
+ * one queued again, once finding none. */
+static void scan_little_in_64_claims(void) {
+  retry_scans = 0;
+  mp__pool_race_hook = count_retry_scans;
+  T_INT_EQ(run_claims(0, 65), 64);
+  mp__pool_race_hook = NULL;
+  T_ASSERT(retry_scans <= 2, "worker 0 scanned for retries %d times in its 64 claims",
+           retry_scans);
+}
+
 /* 64 items from 1. */
 static void count_from_one(int *in) {
   for (int i = 0; i < 64; i++)
@@ -1173,12 +1184,7 @@ START_TEST(test_killed_after_claiming_a_retry) {
            "the retry was taken");
   end_by_death(1); /* killed after its claim's swap: queued again, attempts 2 */
   start_serving(0);
-  retry_scans = 0;
-  mp__pool_race_hook = count_retry_scans;
-  T_INT_EQ(run_claims(0, 65), 64);
-  mp__pool_race_hook = NULL;
-  T_ASSERT(retry_scans <= 2, "worker 0 scanned for retries at %d of its 64 claims",
-           retry_scans);
+  scan_little_in_64_claims();
   check_complete(job, 64);
   end_table(job);
 }
@@ -1206,12 +1212,7 @@ START_TEST(test_retries_in_two_jobs) {
   T_ASSERT(a.job == newer->blk, "worker 0 did not claim the newer job");
   end_by_death(0); /* the newer job's chunk 0 queued again */
   start_serving(0);
-  retry_scans = 0;
-  mp__pool_race_hook = count_retry_scans;
-  T_INT_EQ(run_claims(0, 65), 64);
-  mp__pool_race_hook = NULL;
-  T_ASSERT(retry_scans <= 2, "worker 0 scanned for retries %d times in its 64 claims",
-           retry_scans);
+  scan_little_in_64_claims();
   complete(1, &held);
   check_complete(newer, 64);
   check_complete(older, 2);
