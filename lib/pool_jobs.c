@@ -230,8 +230,10 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   for (uint64_t i = 0; i < n_errs; i++)
     rec_error(r, (uint32_t)i)->item = UINT64_MAX;
   r->lost.item = UINT64_MAX;
+  atomic_init(&r->limit, 0);
   if (!(flags & MP__JOB_ITERATOR)) {
     queue_all(r);
+    atomic_init(&r->limit, r->head.n_chunks);
     atomic_init(&job->limit, r->head.n_chunks);
   }
   atomic_init(&job->refs, 1);
@@ -549,16 +551,18 @@ static int job_publish(mp__jobs_t *t, mp__jobrec_t *r, uint64_t seq, int64_t dea
 /* Chunk next of a fed job (an iterator's, a batch's), its input written, is queued and a
  * worker woken if one is idle: false if the job was aborted or closed meanwhile, and then
  * the chunk was counted as such. */
-static bool queue_chunk(mp__jobs_t *t, mp__job_t *job, _Atomic uint64_t *state,
+static bool queue_chunk(mp__jobs_t *t, mp__jobrec_t *job, _Atomic uint64_t *state,
                         uint32_t next) {
-  /* Released by the limit's compare-and-swap, which a claimer reads first. A swap that fails
-   * (a close or an abort marked the limit first, counting this chunk as never fed) leaves
-   * the chunk QUEUED, past the marked limit, where no claim looks (claim_in). */
+  /* Released by the block limit's increment, which a claimer reads first. A swap of the
+   * record's limit that fails (a close or an abort marked it first, counting this chunk as
+   * never fed) leaves the chunk QUEUED, past the block's limit, where no claim looks
+   * (claim_in). An increment, not a store, keeps a close's mark there. */
   atomic_store_explicit(state, MP__CHUNK_STATE(next, 0, 0, MP__CHUNK_QUEUED),
                         memory_order_release);
-  MP__RACE_POINT(MP__RACE_QUEUED, job);
+  MP__RACE_POINT(MP__RACE_QUEUED, job->blk);
   if (!atomic_compare_exchange_strong(&job->limit, &next, next + 1))
     return false;
+  atomic_fetch_add(&job->blk->limit, 1);
   wake_workers(t->sh, t->n_workers, 1);
   return true;
 }
@@ -581,13 +585,8 @@ static bool job_feed(mp__jobs_t *t, mp__jobrec_t *job, const void *items) {
      * holds another job's results. */
     MP__SCANNED(rec_input(job, next), mp__job_items(job, next) * job->head.item_size);
   }
-  if (!queue_chunk(t, job->blk, state, next)) {
-    /* Not aborted, a limit that moved is a worker's wild write: fail the job rather than
-     * wait for a chunk nobody will run. */
-    if (!atomic_load(&job->abort_code))
-      job_abort(t, job, MP_ECORRUPT);
-    return false;
-  }
+  if (!queue_chunk(t, job, state, next))
+    return false; /* aborted (an iterator's limit closes no other way) */
   job->fed = next + 1;
   return true;
 }
@@ -919,8 +918,7 @@ static bool settle(mp__pool_shared_t *sh, mp__job_t *job, uint64_t seq,
 
 /* settle_as for the pool's process, by the job's record. */
 static void settle_rec(mp__jobs_t *t, mp__jobrec_t *r) {
-  bool last =
-      (!(r->head.flags & MP__JOB_BATCH) || atomic_load(&r->blk->limit) >= r->head.n_chunks) &&
+  bool last = (!(r->head.flags & MP__JOB_BATCH) || atomic_load(&r->limit) >= r->head.n_chunks) &&
       mp__job_complete(r);
   settle_as(t->sh, t->n_workers, r->blk, mp__jobrec_seq(r), r->head.flags, last, NULL);
 }
@@ -935,16 +933,16 @@ static void count_by_parent(mp__jobs_t *t, mp__jobrec_t *r, uint32_t chunks) {
  * No chunk of a fed job is fed after this (a close of a batch, an abort): its limit is
  * marked closed, keeping the count of chunks fed, which *fed gets. Returns the chunks never
  * fed, for the caller to count, if this call closed it (0 if a close or an abort did
- * first). A feed's swap then fails, and a chunk it had stored QUEUED stays past the chunks
- * fed, where no claim looks: set to n_chunks instead, the limit let a worker that had pinned
- * the job before an abort claim and count that chunk, which the abort had counted as never
- * fed (review, stop 16).
+ * first): the record's limit decides, which no worker can write. A feed's swap then fails,
+ * and a chunk it had stored QUEUED stays past the chunks fed, where no claim looks: set to
+ * n_chunks instead, the limit let a worker that had pinned the job before an abort claim
+ * and count that chunk, which the abort had counted as never fed (review, stop 16). The
+ * block's limit is marked too, for the workers (settle: a closed batch can be complete).
  */
-static uint32_t close_limit(const mp__jobrec_t *job, uint32_t *fed) {
-  uint32_t old = atomic_fetch_or(&job->blk->limit, MP__LIMIT_CLOSED);
+static uint32_t close_limit(mp__jobrec_t *job, uint32_t *fed) {
+  uint32_t old = atomic_fetch_or(&job->limit, MP__LIMIT_CLOSED);
+  atomic_fetch_or(&job->blk->limit, MP__LIMIT_CLOSED); /* the workers' copy */
   *fed = old & ~MP__LIMIT_CLOSED;
-  if (*fed > job->head.n_chunks)
-    *fed = job->head.n_chunks;
   return old & MP__LIMIT_CLOSED ? 0 : job->head.n_chunks - *fed;
 }
 
@@ -1101,7 +1099,7 @@ static void abort_locked(mp__jobs_t *t, mp__jobrec_t *job, int code) {
   if (!atomic_compare_exchange_strong(&job->abort_code, &none, code))
     return;
   /* No chunk is fed after this: the ones never fed count as aborted, unless a close counted
-   * them already (a wild limit only miscounts this job). */
+   * them already. */
   uint32_t fed;
   uint32_t aborted = close_limit(job, &fed);
   for (uint32_t i = 0; i < job->head.window; i++) {
@@ -1535,7 +1533,8 @@ static int publish(mp__jobs_t *t, mp__jobrec_t *job) {
  * once per batch. The table holds a reference on the open batch (t->batch), under
  * apply_lock; closing it counts the chunks never appended as done by the parent (as an
  * abort counts those never fed), so that it completes once its applies are done. Whichever
- * of a close and an abort marks the limit closed first counts those chunks (close_limit).
+ * of a close and an abort marks the record's limit closed first counts those chunks
+ * (close_limit).
  */
 
 /* The open batch takes s (apply_lock held); one that was aborted refuses it later. */
@@ -1608,7 +1607,7 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t *
     memcpy(in + MP__VARSIZE_HEAD, s->arg, len);
   MP__SCANNED(in, t->batch_room + MP__VARSIZE_HEAD); /* sent whole (see job_feed) */
   memset(mp__job_owner(job, c), 0, MP__JOB_OWNER_BYTES);
-  if (!queue_chunk(t, job->blk, rec_state(job, c), c)) { /* aborted: it counted c */
+  if (!queue_chunk(t, job, rec_state(job, c), c)) { /* aborted: it counted c */
     atomic_fetch_sub(&job->refs, 1); /* c's, which the close does not give up */
     close_batch(t);
     return mp__error(MP_ETERMINATED, "the pool was terminated");

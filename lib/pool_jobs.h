@@ -194,6 +194,11 @@ struct mp__jobrec_s {
   /* The owner's reference; a batch's: the table's and one for each apply it may take. */
   _Atomic uint32_t refs;
   _Atomic int32_t abort_code; /* MP_ETERMINATED once the pool was terminated */
+  /* The block's limit as this process made it, which decides a feed against a close or an
+   * abort (queue_chunk, close_limit): the block's, which the workers read, any worker can
+   * write, and a worker that marked it closed made a close count no never-fed chunk, so the
+   * job never completed and close+join waited (review, stop 17). */
+  _Atomic uint32_t limit;
   uint32_t fed;   /* an iterator's chunks fed: the ones it may deliver (its owner's thread) */
   uint32_t claimed_below; /* a map's chunks below it were claimed, or requeued (requeue_drawn) */
   bool orphaned;  /* released while its slot or a worker still had it: reclaim frees it */

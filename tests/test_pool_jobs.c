@@ -655,6 +655,39 @@ static int take_int(mp__jobrec_t *job, uint32_t chunk) {
   return r;
 }
 
+/* A worker marks an open batch's limit closed in the block (a wild write). The pool's process
+ * decides by its record's limit, out of the workers' reach: the next apply is still taken
+ * (before, its feed failed, MP_ETERMINATED), and the close counts the chunks never
+ * appended, so the batch completes (before, the close counted none, the batch never
+ * completed, and a closed pool's join waited for ever). */
+START_TEST(test_forged_limit_closed) {
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
+  mp_test_set_hook(free_table);
+  int x[3] = {1, 2, 3};
+  mp__jobrec_t *jobs[3];
+  uint32_t chunks[3];
+  jobs[0] = apply(&x[0], &chunks[0]);
+  run_one(0, jobs[0], 0);
+  jobs[1] = apply(&x[1], &chunks[1]);
+  T_ASSERT((jobs[1]->head.flags & MP__JOB_BATCH) && chunks[1] == 0,
+           "the second apply was not batched");
+  atomic_fetch_or(&jobs[1]->blk->limit, MP__LIMIT_CLOSED);
+  jobs[2] = apply(&x[2], &chunks[2]);
+  T_ASSERT(jobs[2] == jobs[1] && chunks[2] == 1, "the third apply was not appended");
+  run_one(0, jobs[1], 0);
+  run_one(1, jobs[1], 1);
+  T_INT_EQ(take_int(jobs[1], 1), 3);
+  mp__jobs_close_batch(table);
+  T_ASSERT(mp__job_complete(jobs[1]), "the closed batch is never complete: %llu of %u counted",
+           (unsigned long long)mp__job_counted(jobs[1]), jobs[1]->head.n_chunks);
+  T_ASSERT(!mp__jobs_work_left(table), "work is left");
+  for (int i = 0; i < 3; i++)
+    mp__jobs_release(table, jobs[i]);
+  mp_test_set_hook(NULL);
+  free_table();
+}
+END_TEST
+
 /* A lone apply is a job of its own; the applies after it, while it is in flight, are the
  * chunks of one batch, each finished, taken and released on its own; a full batch closes,
  * and the next apply opens another; a batch closed before it is full completes once its
@@ -1528,6 +1561,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_apply_stream_stays_batched);
   tcase_add_test(tc, test_abort_racing_a_feed);
   tcase_add_test(tc, test_abort_racing_an_apply);
+  tcase_add_test(tc, test_forged_limit_closed);
   tc = mp_test_tcase(s, "ends", 30);
   tcase_add_test(tc, test_ends_between_draw_and_claim);
   tcase_add_test(tc, test_redrawn_chunk_keeps_its_retries);
