@@ -655,22 +655,28 @@ static int take_int(mp__jobrec_t *job, uint32_t chunk) {
   return r;
 }
 
+/* A table whose first apply (x[0]) ran as a job of its own and whose second (x[1]) is the
+ * first chunk of a batch: jobs[0..1], chunks[0..1]. */
+static void batch_after_a_lone_apply(int *x, mp__jobrec_t **jobs, uint32_t *chunks) {
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
+  mp_test_set_hook(free_table);
+  jobs[0] = apply(&x[0], &chunks[0]);
+  run_one(0, jobs[0], 0);
+  jobs[1] = apply(&x[1], &chunks[1]); /* after an apply: the first chunk of a batch */
+  T_ASSERT((jobs[1]->head.flags & MP__JOB_BATCH) && chunks[1] == 0,
+           "the second apply was not batched");
+}
+
 /* A worker marks an open batch's limit closed in the block (a wild write). The pool's process
  * decides by its record's limit, out of the workers' reach: the next apply is still taken
  * (before, its feed failed, MP_ETERMINATED), and the close counts the chunks never
  * appended, so the batch completes (before, the close counted none, the batch never
  * completed, and a closed pool's join waited for ever). */
 START_TEST(test_forged_limit_closed) {
-  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
-  mp_test_set_hook(free_table);
   int x[3] = {1, 2, 3};
   mp__jobrec_t *jobs[3];
   uint32_t chunks[3];
-  jobs[0] = apply(&x[0], &chunks[0]);
-  run_one(0, jobs[0], 0);
-  jobs[1] = apply(&x[1], &chunks[1]);
-  T_ASSERT((jobs[1]->head.flags & MP__JOB_BATCH) && chunks[1] == 0,
-           "the second apply was not batched");
+  batch_after_a_lone_apply(x, jobs, chunks);
   atomic_fetch_or(&jobs[1]->blk->limit, MP__LIMIT_CLOSED);
   jobs[2] = apply(&x[2], &chunks[2]);
   T_ASSERT(jobs[2] == jobs[1] && chunks[2] == 1, "the third apply was not appended");
@@ -988,16 +994,10 @@ END_TEST
 
 /* The second apply of a batch loses its limit's swap to an abort. */
 START_TEST(test_abort_racing_an_apply) {
-  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
-  mp_test_set_hook(free_table);
   int x[3] = {1, 2, 3};
   mp__jobrec_t *jobs[2];
   uint32_t chunks[2];
-  jobs[0] = apply(&x[0], &chunks[0]);
-  run_one(0, jobs[0], 0);
-  jobs[1] = apply(&x[1], &chunks[1]); /* after an apply: the first chunk of a batch */
-  T_ASSERT((jobs[1]->head.flags & MP__JOB_BATCH) && chunks[1] == 0,
-           "the second apply was not batched");
+  batch_after_a_lone_apply(x, jobs, chunks);
   arm_race();
   mp__apply_spec_t spec = {jobs[1]->head.fn, false, &x[2], sizeof x[2], sizeof x[2]};
   mp__jobrec_t *job;
