@@ -562,7 +562,11 @@ static bool queue_chunk(mp__jobs_t *t, mp__jobrec_t *job, _Atomic uint64_t *stat
   MP__RACE_POINT(MP__RACE_QUEUED, job->blk);
   if (!atomic_compare_exchange_strong(&job->limit, &next, next + 1))
     return false;
-  atomic_fetch_add(&job->blk->limit, 1);
+  /* The block's count moved by anyone but the feeds is a worker's wild write: the chunk is
+   * fed (the record counts it), and the job fails rather than wait for chunks that no claim
+   * would look at. */
+  if ((atomic_fetch_add(&job->blk->limit, 1) & ~MP__LIMIT_CLOSED) != next)
+    job_abort(t, job, MP_ECORRUPT);
   wake_workers(t->sh, t->n_workers, 1);
   return true;
 }
@@ -1612,7 +1616,7 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t *
     close_batch(t);
     return mp__error(MP_ETERMINATED, "the pool was terminated");
   }
-  if (c + 1 == BATCH_APPLIES)
+  if (c + 1 == BATCH_APPLIES || atomic_load(&job->abort_code)) /* the next opens another */
     close_batch(t);
   *out = job;
   *chunk = c;

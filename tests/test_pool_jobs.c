@@ -694,6 +694,34 @@ START_TEST(test_forged_limit_closed) {
 }
 END_TEST
 
+/* A worker sets an open batch's block limit back to 0 (a wild write): the next apply's feed
+ * finds the count moved and fails the batch with MP_ECORRUPT, its own chunk included, rather
+ * than leave the chunks past the forged count to no claim (each apply's get waiting for
+ * ever); the apply after it opens another batch. */
+START_TEST(test_forged_limit_count) {
+  int x[4] = {1, 2, 3, 4};
+  mp__jobrec_t *jobs[4];
+  uint32_t chunks[4];
+  batch_after_a_lone_apply(x, jobs, chunks);
+  atomic_store(&jobs[1]->blk->limit, 0);
+  jobs[2] = apply(&x[2], &chunks[2]);
+  T_ASSERT(jobs[2] == jobs[1] && chunks[2] == 1, "the third apply was not appended");
+  T_INT_EQ(mp__job_chunk_aborted(jobs[2], 1), MP_ECORRUPT);
+  jobs[3] = apply(&x[3], &chunks[3]);
+  T_ASSERT(jobs[3] != jobs[1], "the failed batch took the fourth apply");
+  mp__jobs_close_batch(table);
+  run_one(0, jobs[3], chunks[3]);
+  T_INT_EQ(take_int(jobs[3], chunks[3]), 4);
+  T_ASSERT(mp__job_complete(jobs[1]), "the failed batch is never complete: %llu of %u counted",
+           (unsigned long long)mp__job_counted(jobs[1]), jobs[1]->head.n_chunks);
+  T_ASSERT(!mp__jobs_work_left(table), "work is left");
+  for (int i = 0; i < 4; i++)
+    mp__jobs_release(table, jobs[i]);
+  mp_test_set_hook(NULL);
+  free_table();
+}
+END_TEST
+
 /* A lone apply is a job of its own; the applies after it, while it is in flight, are the
  * chunks of one batch, each finished, taken and released on its own; a full batch closes,
  * and the next apply opens another; a batch closed before it is full completes once its
@@ -1562,6 +1590,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_abort_racing_a_feed);
   tcase_add_test(tc, test_abort_racing_an_apply);
   tcase_add_test(tc, test_forged_limit_closed);
+  tcase_add_test(tc, test_forged_limit_count);
   tc = mp_test_tcase(s, "ends", 30);
   tcase_add_test(tc, test_ends_between_draw_and_claim);
   tcase_add_test(tc, test_redrawn_chunk_keeps_its_retries);
