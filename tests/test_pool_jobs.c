@@ -667,6 +667,24 @@ static void batch_after_a_lone_apply(int *x, mp__jobrec_t **jobs, uint32_t *chun
            "the second apply was not batched");
 }
 
+/* The third apply (x[2]), which must be the batch's second chunk. */
+static void append_third(int *x, mp__jobrec_t **jobs, uint32_t *chunks) {
+  jobs[2] = apply(&x[2], &chunks[2]);
+  T_ASSERT(jobs[2] == jobs[1] && chunks[2] == 1, "the third apply was not appended");
+}
+
+/* The batch jobs[1] is complete and no work is left; the n applies' references go, and the
+ * table. */
+static void end_batch_test(mp__jobrec_t **jobs, int n) {
+  T_ASSERT(mp__job_complete(jobs[1]), "the batch is never complete: %llu of %u counted",
+           (unsigned long long)mp__job_counted(jobs[1]), jobs[1]->head.n_chunks);
+  T_ASSERT(!mp__jobs_work_left(table), "work is left");
+  for (int i = 0; i < n; i++)
+    mp__jobs_release(table, jobs[i]);
+  mp_test_set_hook(NULL);
+  free_table();
+}
+
 /* A worker marks an open batch's limit closed in the block (a wild write). The pool's process
  * decides by its record's limit, out of the workers' reach: the next apply is still taken
  * (before, its feed failed, MP_ETERMINATED), and the close counts the chunks never
@@ -678,19 +696,12 @@ START_TEST(test_forged_limit_closed) {
   uint32_t chunks[3];
   batch_after_a_lone_apply(x, jobs, chunks);
   atomic_fetch_or(&jobs[1]->blk->limit, MP__LIMIT_CLOSED);
-  jobs[2] = apply(&x[2], &chunks[2]);
-  T_ASSERT(jobs[2] == jobs[1] && chunks[2] == 1, "the third apply was not appended");
+  append_third(x, jobs, chunks);
   run_one(0, jobs[1], 0);
   run_one(1, jobs[1], 1);
   T_INT_EQ(take_int(jobs[1], 1), 3);
   mp__jobs_close_batch(table);
-  T_ASSERT(mp__job_complete(jobs[1]), "the closed batch is never complete: %llu of %u counted",
-           (unsigned long long)mp__job_counted(jobs[1]), jobs[1]->head.n_chunks);
-  T_ASSERT(!mp__jobs_work_left(table), "work is left");
-  for (int i = 0; i < 3; i++)
-    mp__jobs_release(table, jobs[i]);
-  mp_test_set_hook(NULL);
-  free_table();
+  end_batch_test(jobs, 3);
 }
 END_TEST
 
@@ -704,21 +715,14 @@ START_TEST(test_forged_limit_count) {
   uint32_t chunks[4];
   batch_after_a_lone_apply(x, jobs, chunks);
   atomic_store(&jobs[1]->blk->limit, 0);
-  jobs[2] = apply(&x[2], &chunks[2]);
-  T_ASSERT(jobs[2] == jobs[1] && chunks[2] == 1, "the third apply was not appended");
+  append_third(x, jobs, chunks);
   T_INT_EQ(mp__job_chunk_aborted(jobs[2], 1), MP_ECORRUPT);
   jobs[3] = apply(&x[3], &chunks[3]);
   T_ASSERT(jobs[3] != jobs[1], "the failed batch took the fourth apply");
   mp__jobs_close_batch(table);
   run_one(0, jobs[3], chunks[3]);
   T_INT_EQ(take_int(jobs[3], chunks[3]), 4);
-  T_ASSERT(mp__job_complete(jobs[1]), "the failed batch is never complete: %llu of %u counted",
-           (unsigned long long)mp__job_counted(jobs[1]), jobs[1]->head.n_chunks);
-  T_ASSERT(!mp__jobs_work_left(table), "work is left");
-  for (int i = 0; i < 4; i++)
-    mp__jobs_release(table, jobs[i]);
-  mp_test_set_hook(NULL);
-  free_table();
+  end_batch_test(jobs, 4);
 }
 END_TEST
 
