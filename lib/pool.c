@@ -578,9 +578,9 @@ int mp_async_result_get(mp_async_result_t *ar, void *result, size_t cap, size_t 
   if (rc < 0)
     return rc;
   if ((rc = result_aborted(ar)) < 0)
-    return mp__error(rc,
-                     "mp_async_result_get: the pool was terminated before the work was done%s",
-                     ar->pool->why_terminated);
+    return mp__error(rc, "mp_async_result_get: %s before the work was done%s",
+                     mp__job_abort_reason(rc),
+                     rc == MP_ETERMINATED ? ar->pool->why_terminated : "");
   if (!ar->is_apply && cap >= ar->job->head.n * ar->job->head.result_size)
     mp__jobs_prepare_results(result, ar->job->head.n * ar->job->head.result_size);
   rc = result_take(ar, result, cap, len);
@@ -689,7 +689,8 @@ int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *index, double timeout
       return rc;
     it->active = mp__job_finished_chunk(job, it->ordered, it->next_chunk);
     if (it->active < 0)
-      return mp__error(mp__job_aborted(job), "mp_imap_next: the pool was terminated");
+      return mp__error(mp__job_aborted(job), "mp_imap_next: %s",
+                       mp__job_abort_reason(mp__job_aborted(job)));
     it->item = 0;
   }
   uint32_t chunk = (uint32_t)it->active;

@@ -230,10 +230,9 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   for (uint64_t i = 0; i < n_errs; i++)
     rec_error(r, (uint32_t)i)->item = UINT64_MAX;
   r->lost.item = UINT64_MAX;
-  atomic_init(&r->limit, 0);
+  atomic_init(&r->limit, flags & MP__JOB_ITERATOR ? 0 : r->head.n_chunks);
   if (!(flags & MP__JOB_ITERATOR)) {
     queue_all(r);
-    atomic_init(&r->limit, r->head.n_chunks);
     atomic_init(&job->limit, r->head.n_chunks);
   }
   atomic_init(&job->refs, 1);
@@ -1971,6 +1970,12 @@ int mp__job_aborted(const mp__jobrec_t *job) {
   return atomic_load(&job->abort_code);
 }
 
+const char *mp__job_abort_reason(int code) {
+  return code == MP_ECORRUPT ? "a worker wrote into the job's shared memory what libmp never "
+                               "wrote there (its feed limit), so the job was failed"
+                             : "the pool was terminated";
+}
+
 void mp__job_wake_waiter(mp__jobrec_t *job) {
   wake(atomic_load_explicit(&job->waker, memory_order_relaxed));
 }
@@ -2180,9 +2185,11 @@ int mp__job_item(const mp__jobrec_t *job, uint32_t chunk, uint64_t i, void *resu
     /* No item recorded: the chunk was aborted with the job. */
     int abort_code = atomic_load(&job->abort_code);
     *failed_item = e->item == UINT64_MAX ? i : e->item;
+    if (!abort_code)
+      abort_code = MP_ETERMINATED;
     if (e->item == UINT64_MAX)
-      return mp__error(abort_code ? abort_code : MP_ETERMINATED, "item %llu: the pool was terminated",
-                       (unsigned long long)*failed_item);
+      return mp__error(abort_code, "item %llu: %s", (unsigned long long)*failed_item,
+                       mp__job_abort_reason(abort_code));
     return mp__error(task_code(e), "item %llu: %.*s", (unsigned long long)e->item, MSG_OF(e));
   }
   if (job->head.result_size)

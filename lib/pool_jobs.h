@@ -398,6 +398,8 @@ void mp__jobs_wake_status(mp__jobs_t *t);
 /* A job's outcome, once complete. */
 bool mp__job_complete(const mp__jobrec_t *job);
 int mp__job_aborted(const mp__jobrec_t *job); /* its abort code, or 0 */
+/* Why a job with abort code `code` failed, for the sentence of its error. */
+const char *mp__job_abort_reason(int code);
 /* Waits until done(job, arg) or the deadline: 0 or MP_ETIMEDOUT. It spins 20 us first;
  * then it sleeps. Signals do not end the wait, except that an interruptible one returns
  * MP_EINTR once SIGINT arrived after it began (the one rule of signals.c). */

@@ -717,6 +717,11 @@ START_TEST(test_forged_limit_count) {
   atomic_store(&jobs[1]->blk->limit, 0);
   append_third(x, jobs, chunks);
   T_INT_EQ(mp__job_chunk_aborted(jobs[2], 1), MP_ECORRUPT);
+  int r;
+  uint64_t failed;
+  T_INT_EQ(mp__job_item(jobs[2], 1, 1, &r, &failed), MP_ECORRUPT);
+  T_ASSERT(strstr(mp_last_error(), "shared memory") != NULL, "the error says: %s",
+           mp_last_error());
   jobs[3] = apply(&x[3], &chunks[3]);
   T_ASSERT(jobs[3] != jobs[1], "the failed batch took the fourth apply");
   mp__jobs_close_batch(table);
