@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 /* The running task's failure message (mp_task_fail), per thread: thread workers share a
- * process. The flag, written before every item, is in the static TLS block (initial-exec: one
+ * process. The flag, read after every item, is in the static TLS block (initial-exec: one
  * byte of the room every process keeps for the libraries it loads), where the default model
  * of a shared library costs a call to __tls_get_addr (about 20 instructions) per chunk. */
 static __thread char task_msg[MP__POOL_MSG];
@@ -74,6 +74,7 @@ __attribute__((always_inline)) static inline int run_items(mp__task_t *task,
   char *out = task->output;
   const char *in = task->input;
   size_t len = cap;
+  *has_msg = false;
   for (uint64_t i = 0; i < count; i++, out += room, in += item_size) {
     uint64_t size = item_size;
     if (head) {
@@ -82,7 +83,6 @@ __attribute__((always_inline)) static inline int run_items(mp__task_t *task,
         size = item_size - head;
     }
     len = cap;
-    *has_msg = false;
     /* The canary sits just past this task's room: in the next item's result, not written
      * yet, or in the slot's own canary after the last one (a variable-size slot's padding
      * holds it at once). */
@@ -91,8 +91,11 @@ __attribute__((always_inline)) static inline int run_items(mp__task_t *task,
     int rc = fn(in + head, size, out + head, &len);
     uint64_t after;
     memcpy(&after, out + head + cap, sizeof after);
-    if (after != canary || rc != 0)
-      return item_failed(task, i, rc, after != canary);
+    if (__builtin_expect(after != canary || rc != 0 || *has_msg, 0)) {
+      if (after != canary || rc != 0)
+        return item_failed(task, i, rc, after != canary);
+      *has_msg = false; /* mp_task_fail, and then 0: not the message of a later failure */
+    }
     if (head) {
       uint64_t kept = len < cap ? len : cap;
       memcpy(out, &kept, sizeof kept);

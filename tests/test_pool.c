@@ -337,8 +337,8 @@ static int note_then_fail(const void *arg, size_t size, void *result, size_t *re
 }
 
 /* A message a task left at an item that then succeeded is not a later item's, in the same
- * chunk: every item starts with none (the worker reads the flag's address once per chunk,
- * and clears the flag at every item). */
+ * chunk: every item starts with none (the worker clears the flag once per chunk, and again
+ * after an item that set it and succeeded). */
 START_TEST(test_stale_failure_message) {
   fill_items();
   mp_pool_t *pool = make_pool(_i, 2, NULL);
