@@ -38,8 +38,6 @@
 #define SPARES 8
 #define SMALL_SPARES 64
 #define SMALL_SPARE ((uint64_t)1 << 16)
-/* From this many bytes on, the pages a job or a chunk writes are mapped in advance. */
-#define PREFAULT_BYTES (64 * 1024)
 /* What a worker spins, looking for new work, before it sleeps (mp__pool_idle). */
 #define IDLE_SPIN_NS 20000
 /* Applies one batch holds; the argument room of its chunks at the least (applies of smaller
@@ -105,7 +103,7 @@ static long page_size(void) {
 }
 
 static void prefault(void *p, uint64_t len) {
-  if (len < PREFAULT_BYTES)
+  if (len < MP__PREFAULT_BYTES)
     return;
   uintptr_t size = (uintptr_t)page_size();
   uintptr_t from = (uintptr_t)p & ~(size - 1),
@@ -770,11 +768,9 @@ static void task_view(mp__job_t *job, uint32_t chunk, _Atomic uint64_t *running,
 /* Its pages are mapped in this process after the first chunks that wrote them: mapping them
  * again at every chunk (MADV_POPULATE_WRITE walks every page, present or not) cost as much
  * as the chunk's items on a map of ints. */
-void mp__pool_map_output(mp__warm_t *warm, const mp__task_t *task) {
+void mp__pool_map_large_output(mp__warm_t *warm, const mp__task_t *task) {
   uint64_t len = task->count * task->result_size; /* fits: job_create checked */
   const mp__job_t *job = task->job;
-  if (len < PREFAULT_BYTES)
-    return;
   uintptr_t page = (uintptr_t)page_size(), base = (uintptr_t)job / page;
   size_t e = 0;
   while (e < MP__WARM_BLOCKS &&
@@ -1460,7 +1456,7 @@ static mp__jobrec_t *take_spare(mp__jobs_t *t, uint64_t bytes, bool batch) {
     return r;
   }
   mp__job_t **best = best_spare(t, bytes);
-  if (!best && bytes >= PREFAULT_BYTES) {
+  if (!best && bytes >= MP__PREFAULT_BYTES) {
     reclaim(t);
     best = best_spare(t, bytes);
   }
@@ -2057,7 +2053,7 @@ void mp__jobs_prepare_results(void *result, uint64_t need) {
       at - warm.at <= warm.len - need)
     return;
   prefault(result, need);
-  if (need >= PREFAULT_BYTES) {
+  if (need >= MP__PREFAULT_BYTES) {
     warm.at = at;
     warm.len = need;
     warm.forks = now;
