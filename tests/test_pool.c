@@ -336,9 +336,27 @@ static int note_then_fail(const void *arg, size_t size, void *result, size_t *re
   return square(arg, size, result, result_size);
 }
 
-/* A message a task left at an item that then succeeded is not a later item's, in the same
- * chunk: every item starts with none (the worker clears the flag once per chunk, and again
- * after an item that set it and succeeded). */
+/* Fails item 1 with a message, item 2 without one. */
+static int fail_twice(const void *arg, size_t size, void *result, size_t *result_size) {
+  int x = *(const int *)arg;
+  if (x == 1)
+    return mp_task_fail("a note of item 1");
+  if (x == 2)
+    return 7;
+  return square(arg, size, result, result_size);
+}
+
+/* The failure is item 5's own: "the task returned 7", not the note item 3 left. */
+static void check_not_the_note(void) {
+  T_ASSERT(strstr(mp_last_error(), "item 5: the task returned 7") &&
+               !strstr(mp_last_error(), "note"),
+           "message: %s", mp_last_error());
+}
+
+/* A message a task left at an item that then succeeded is not a later item's: in the same
+ * chunk, in the worker's next chunk (one worker, chunks of 2: item 3 ends one, item 5 is in
+ * the next), and in the loop of items of any size. Every item starts with none: the worker
+ * clears the flag once per chunk, and again after an item that set it and succeeded. */
 START_TEST(test_stale_failure_message) {
   fill_items();
   mp_pool_t *pool = make_pool(_i, 2, NULL);
@@ -346,9 +364,33 @@ START_TEST(test_stale_failure_message) {
   MP_ASSERT_ERR(
       mp_pool_map(pool, note_then_fail, items, 10, sizeof(int), results, sizeof(int), 10),
       MP_ETASK);
-  T_ASSERT(strstr(mp_last_error(), "item 5: the task returned 7") &&
+  check_not_the_note();
+  mp_item_t in[10];
+  for (int k = 0; k < 10; k++)
+    in[k] = (mp_item_t){&items[k], sizeof(int)};
+  mp_item_t *out = NULL;
+  MP_ASSERT_ERR(mp_pool_map_items(pool, note_then_fail, in, 10, sizeof(int), 10, &out), MP_ETASK);
+  check_not_the_note();
+  free(out);
+  end_pool();
+  pool = make_pool(_i, 1, NULL);
+  MP_ASSERT_ERR(
+      mp_pool_map(pool, note_then_fail, items, 10, sizeof(int), results, sizeof(int), 2),
+      MP_ETASK);
+  check_not_the_note();
+  /* A chunk that failed with a message leaves the flag set: the next chunk's failure, in
+   * the same worker, is still its own. */
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap(pool, fail_twice, items, 4, sizeof(int), sizeof(int), 2, &it));
+  int r;
+  MP_ASSERT_OK(mp_imap_next(it, &r, NULL, 10));
+  MP_ASSERT_ERR(mp_imap_next(it, &r, NULL, 10), MP_ETASK);
+  T_ASSERT(strstr(mp_last_error(), "a note of item 1"), "message: %s", mp_last_error());
+  MP_ASSERT_ERR(mp_imap_next(it, &r, NULL, 10), MP_ETASK);
+  T_ASSERT(strstr(mp_last_error(), "item 2: the task returned 7") &&
                !strstr(mp_last_error(), "note"),
            "message: %s", mp_last_error());
+  mp_imap_free(it);
   end_pool();
 }
 END_TEST
