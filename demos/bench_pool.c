@@ -379,7 +379,10 @@ static void run_map_row(const bench_config_t *cfg, int n, size_t chunksize, int 
 }
 
 /* 10^6 ints at the default chunksize (125,000: 8 chunks) against the bare farm with the same
- * chunks: what libmp adds to a map whose work is small but not tiny. */
+ * chunks: what libmp adds to a map whose work is small but not tiny. libmp's workers call
+ * the task from the shared library, the farm's from this program: on some CPUs that crossing
+ * costs about 1 ns a call (docs/architecture.md, "A task called from a shared library"),
+ * which this ratio includes, as a program linked with the shared library pays it. */
 static void row_map(const bench_config_t *cfg, bench_result_t *result) {
   run_map_row(cfg, 1000000, 0, 3, cfg->rounds, result);
 }
