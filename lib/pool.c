@@ -628,15 +628,8 @@ int mp__pool_make_iterator(mp_pool_t *pool, spec_t *s, bool ordered, mp_imap_t *
     return mp__error(MP_ENOMEM, "%s: no memory", s->what);
   s->flags |= MP__JOB_ITERATOR | MP__JOB_WAKE_EACH;
   s->window = 4 * pool->n_workers;
-  /* Checked by the submission below, which fails first if it overflows. */
-  size_t slot = s->flags & MP__JOB_VARSIZE ? var_slot(s->result_size) : 0;
-  if (slot && !(it->scratch = malloc(slot))) {
-    free(it);
-    return mp__error(MP_ENOMEM, "%s: no memory", s->what);
-  }
   int rc = submit(pool, s, &it->job);
   if (rc < 0) {
-    free(it->scratch);
     free(it);
     return rc;
   }
@@ -678,8 +671,9 @@ static void take_chunk(mp_imap_t *it) {
     it->next_chunk++;
 }
 
-/* The next result as the job holds it (a variable-size one with its length first). */
-int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *index, double timeout) {
+/* The next result (a variable-size one's bytes, their count in *len). */
+int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index,
+                      double timeout) {
   mp__jobrec_t *job = it->job;
   if (it->active < 0) {
     if (it->taken == job->head.n_chunks)
@@ -697,7 +691,7 @@ int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *index, double timeout
   uint64_t i = (uint64_t)chunk * job->head.chunksize + it->item, failed;
   if (index)
     *index = i;
-  int rc = mp__job_item(job, chunk, i, result, &failed);
+  int rc = mp__job_item(job, chunk, i, result, len, &failed);
   if (rc < 0) {
     if (index)
       *index = failed;
@@ -715,15 +709,14 @@ int mp_imap_next(mp_imap_t *it, void *result, size_t *index, double timeout) {
                                 "mp_imap_next_item");
   if (!it || (!result && it->job->head.result_size))
     return mp__error(MP_EINVAL, "mp_imap_next: %s is NULL", it ? "result" : "it");
-  if (it->scratch)
+  if (it->job->head.flags & MP__JOB_VARSIZE)
     return mp__error(MP_EINVAL, "mp_imap_next: results of any size: use mp_imap_next_item");
-  return mp__pool_next_raw(it, result, index, timeout);
+  return mp__pool_next_raw(it, result, NULL, index, timeout);
 }
 
 void mp_imap_free(mp_imap_t *it) {
   if (!it)
     return;
-  free(it->scratch);
   if (it->lazy) {
     it->free_lazy(it->lazy);
     free(it);

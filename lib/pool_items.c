@@ -327,7 +327,8 @@ int mp_pool_imap_items_unordered(mp_pool_t *pool, mp_task_fn_t fn, const mp_item
 /* The next result of a plain iterator into result (cap bytes of room). */
 static int plain_next_item(mp_imap_t *it, void *result, size_t cap, size_t *len, size_t *index,
                            double timeout) {
-  size_t need = it->scratch ? it->job->head.result_cap : it->job->head.result_size;
+  bool varsize = it->job->head.flags & MP__JOB_VARSIZE;
+  size_t need = varsize ? it->job->head.result_cap : it->job->head.result_size;
   if (cap < need) { /* checked first: the result is not taken */
     if (len)
       *len = need;
@@ -336,22 +337,13 @@ static int plain_next_item(mp_imap_t *it, void *result, size_t cap, size_t *len,
                      "%zu",
                      need, cap);
   }
-  if (!it->scratch) {
-    if (len)
-      *len = need;
-    return mp__pool_next_raw(it, result, index, timeout);
-  }
-  int rc = mp__pool_next_raw(it, it->scratch, index, timeout);
-  if (rc < 0)
-    return rc;
-  /* The length is a worker's word: never more than the slot (and the caller's room). */
-  uint64_t l = slot_length(it->scratch);
-  if (l > need)
-    l = need;
-  memcpy(result, it->scratch + MP__VARSIZE_HEAD, l);
-  if (len)
-    *len = l;
-  return 0;
+  /* A variable-size result is copied from the job's slot straight into result, its
+   * length bounded there by the room the caller has (need). */
+  size_t got = need;
+  int rc = mp__pool_next_raw(it, result, &got, index, timeout);
+  if (len && (rc == 0 || !varsize))
+    *len = got;
+  return rc;
 }
 
 /* The next result of a lazy iterator: from the batch being delivered, then the next one. */

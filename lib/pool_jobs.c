@@ -2173,26 +2173,48 @@ int64_t mp__job_finished_chunk(const mp__jobrec_t *job, bool ordered, uint32_t n
   return -1;
 }
 
-int mp__job_item(const mp__jobrec_t *job, uint32_t chunk, uint64_t i, void *result,
-                 uint64_t *failed_item) {
+/* Item i's chunk failed at or before it: the failure (code, sentence, *failed_item), else 0. */
+static int item_failure(const mp__jobrec_t *job, uint32_t chunk, uint64_t i,
+                        uint64_t *failed_item) {
   uint64_t v = atomic_load(rec_state(job, chunk));
   const mp__task_error_t *e = rec_error(job, chunk);
-  if (chunk_failed(v) && (e->item == UINT64_MAX || i >= e->item)) {
-    /* No item recorded: the chunk was aborted with the job. */
-    int abort_code = atomic_load(&job->abort_code);
-    *failed_item = e->item == UINT64_MAX ? i : e->item;
-    if (!abort_code)
-      abort_code = MP_ETERMINATED;
-    if (e->item == UINT64_MAX)
-      return mp__error(abort_code, "item %llu: %s", (unsigned long long)*failed_item,
-                       mp__job_abort_reason(abort_code));
-    return mp__error(task_code(e), "item %llu: %.*s", (unsigned long long)e->item, MSG_OF(e));
+  if (!chunk_failed(v) || (e->item != UINT64_MAX && i < e->item))
+    return 0;
+  /* No item recorded: the chunk was aborted with the job. */
+  int abort_code = atomic_load(&job->abort_code);
+  *failed_item = e->item == UINT64_MAX ? i : e->item;
+  if (!abort_code)
+    abort_code = MP_ETERMINATED;
+  if (e->item == UINT64_MAX)
+    return mp__error(abort_code, "item %llu: %s", (unsigned long long)*failed_item,
+                     mp__job_abort_reason(abort_code));
+  return mp__error(task_code(e), "item %llu: %.*s", (unsigned long long)e->item, MSG_OF(e));
+}
+
+static const char *item_result(const mp__jobrec_t *job, uint32_t chunk, uint64_t i) {
+  return (const char *)rec_output(job, chunk) +
+         (i - (uint64_t)chunk * job->head.chunksize) * job->head.result_size;
+}
+
+int mp__job_item(const mp__jobrec_t *job, uint32_t chunk, uint64_t i, void *result,
+                 size_t *len, uint64_t *failed_item) {
+  int rc = item_failure(job, chunk, i, failed_item);
+  if (rc < 0)
+    return rc;
+  const char *slot = item_result(job, chunk, i);
+  if (!(job->head.flags & MP__JOB_VARSIZE)) {
+    if (job->head.result_size)
+      memcpy(result, slot, job->head.result_size);
+    return 0;
   }
-  if (job->head.result_size)
-    memcpy(result,
-           (char *)rec_output(job, chunk) +
-               (i - (uint64_t)chunk * job->head.chunksize) * job->head.result_size,
-           job->head.result_size);
+  /* The length is a worker's word: never more than the task's room. */
+  uint64_t l;
+  memcpy(&l, slot, sizeof l);
+  if (l > job->head.result_cap)
+    l = job->head.result_cap;
+  if (l)
+    memcpy(result, slot + MP__VARSIZE_HEAD, l);
+  *len = l;
   return 0;
 }
 

@@ -417,10 +417,12 @@ const char *mp__job_result(const mp__jobrec_t *job, uint64_t i);
 void mp__job_wake_waiter(mp__jobrec_t *job);
 /* Iterators: the chunk to deliver next (the ordered one, or any finished), or -1. */
 int64_t mp__job_finished_chunk(const mp__jobrec_t *job, bool ordered, uint32_t next);
-/* Item i (an index in the job) of a finished chunk: 0 and its result copied, or its
- * chunk's failure for items at or after the failed one (code, sentence, *failed_item). */
+/* Item i (an index in the job) of a finished chunk: 0 and its result copied (a
+ * variable-size job's: its bytes alone, at most result_cap of them, their count in *len),
+ * or its chunk's failure for items at or after the failed one (code, sentence,
+ * *failed_item). */
 int mp__job_item(const mp__jobrec_t *job, uint32_t chunk, uint64_t i, void *result,
-                 uint64_t *failed_item);
+                 size_t *len, uint64_t *failed_item);
 /* A delivered chunk's window slot is free: feed the next chunks from items. */
 void mp__jobs_return_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, const void *items);
 /* Feeds the next chunk of an iterator if its window slot is free (true if it did). */

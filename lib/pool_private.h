@@ -85,7 +85,6 @@ struct mp_imap_s {
   mp__jobrec_t *job; /* NULL for a lazy iterator, whose batches are iterators of their own */
   lazy_t *lazy;
   void (*free_lazy)(lazy_t *lz); /* pool_items.c's: mp_imap_free calls nothing there */
-  char *scratch; /* a variable-size result as the job holds it: its length, then its bytes */
   const char *items;
   bool ordered;
   uint32_t next_chunk; /* ordered: the chunk to deliver next */
@@ -160,6 +159,7 @@ int mp__pool_end_sync(mp_pool_t *pool, const char *what, int rc);
 int mp__pool_make_iterator(mp_pool_t *pool, spec_t *s, bool ordered, mp_imap_t **out);
 /* An iterator's next result as the job holds it (a variable-size one with its length
  * first); MP_EEOF after the last. */
-int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *index, double timeout);
+int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index,
+                      double timeout);
 
 #endif

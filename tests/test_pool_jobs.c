@@ -719,7 +719,7 @@ START_TEST(test_forged_limit_count) {
   T_INT_EQ(mp__job_chunk_aborted(jobs[2], 1), MP_ECORRUPT);
   int r;
   uint64_t failed;
-  T_INT_EQ(mp__job_item(jobs[2], 1, 1, &r, &failed), MP_ECORRUPT);
+  T_INT_EQ(mp__job_item(jobs[2], 1, 1, &r, NULL, &failed), MP_ECORRUPT);
   T_ASSERT(strstr(mp_last_error(), "shared memory") != NULL, "the error says: %s",
            mp_last_error());
   jobs[3] = apply(&x[3], &chunks[3]);
