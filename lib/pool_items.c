@@ -349,7 +349,7 @@ static int plain_next_item(mp_imap_t *it, void *result, size_t cap, size_t *len,
 /* A failure of item `at` of the input, which its batch's job named by its index there
  * ("item <i>: why"): the same failure, named by `at`. Apart from lazy_next, whose every
  * call paid for this buffer's frame. */
-__attribute__((noinline)) static int renamed_failure(int rc, uint64_t at) {
+__attribute__((noinline, cold)) static int renamed_failure(int rc, uint64_t at) {
   char msg[1024];
   snprintf(msg, sizeof msg, "%s", mp_last_error());
   const char *rest = strstr(msg, ": ");

@@ -418,9 +418,9 @@ void mp__job_wake_waiter(mp__jobrec_t *job);
 /* Iterators: the chunk to deliver next (the ordered one, or any finished), or -1. */
 int64_t mp__job_finished_chunk(const mp__jobrec_t *job, bool ordered, uint32_t next);
 /* Item i (an index in the job) of a finished chunk: 0 and its result copied (a
- * variable-size job's: its bytes alone, at most result_cap of them, their count in *len),
- * or its chunk's failure for items at or after the failed one (code, sentence,
- * *failed_item). */
+ * variable-size job's: its bytes alone, at most result_cap of them, so result needs that
+ * much room, and their count in *len, which must not be NULL then), or its chunk's failure
+ * for items at or after the failed one (code, sentence, *failed_item). */
 int mp__job_item(const mp__jobrec_t *job, uint32_t chunk, uint64_t i, void *result,
                  size_t *len, uint64_t *failed_item);
 /* A delivered chunk's window slot is free: feed the next chunks from items. */

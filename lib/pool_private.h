@@ -157,8 +157,8 @@ int mp__pool_make_result(mp_pool_t *pool, spec_t *s, const mp_async_callbacks_t 
 int mp__pool_end_sync(mp_pool_t *pool, const char *what, int rc);
 /* An iterator over s, in *out; the caller frees it (mp_imap_free). */
 int mp__pool_make_iterator(mp_pool_t *pool, spec_t *s, bool ordered, mp_imap_t **out);
-/* An iterator's next result as the job holds it (a variable-size one with its length
- * first); MP_EEOF after the last. */
+/* An iterator's next result (a variable-size one's bytes, their count in *len, which must
+ * then not be NULL, into result_cap bytes of room); MP_EEOF after the last. */
 int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index,
                       double timeout);
 
