@@ -682,9 +682,10 @@ int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index,
     if (rc < 0)
       return rc;
     it->active = mp__job_finished_chunk(job, it->ordered, it->next_chunk);
-    if (it->active < 0)
-      return mp__error(mp__job_aborted(job), "mp_imap_next: %s",
-                       mp__job_abort_reason(mp__job_aborted(job)));
+    if (it->active < 0) {
+      int aborted = mp__job_aborted(job);
+      return mp__error(aborted, "mp_imap_next: %s", mp__job_abort_reason(aborted));
+    }
     it->item = 0;
   }
   uint32_t chunk = (uint32_t)it->active;

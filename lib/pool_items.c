@@ -8,12 +8,6 @@
 
 #include <string.h>
 
-static uint64_t slot_length(const char *slot) {
-  uint64_t len;
-  memcpy(&len, slot, sizeof len);
-  return len;
-}
-
 /* Checks items and finds the longest one's size. */
 static int items_max(const char *what, const mp_item_t *items, size_t n, size_t *max) {
   if (!items && n)
@@ -47,8 +41,7 @@ static const char *chunk_results(const mp__jobrec_t *job, uint64_t first, uint64
 /* The length of the result in slot r as the task wrote it (0 for a failed chunk's), at most
  * result_max. */
 static size_t length_at(const char *r, size_t result_max) {
-  uint64_t len = r ? slot_length(r) : 0;
-  return len < result_max ? len : result_max; /* a length the task wrote over */
+  return r ? mp__var_length(r, result_max) : 0; /* a length the task wrote over is bounded */
 }
 
 static size_t round8(size_t len) {

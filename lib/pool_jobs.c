@@ -2107,11 +2107,17 @@ int mp__job_take(const mp__jobrec_t *job, bool is_apply, void *result, size_t ca
   return mp__error(task_code(e), "item %llu: %.*s", (unsigned long long)e->item, MSG_OF(e));
 }
 
+/* Item i's result slot in its chunk's window slot. */
+static const char *item_result(const mp__jobrec_t *job, uint32_t chunk, uint64_t i) {
+  return (const char *)rec_output(job, chunk) +
+         (i - (uint64_t)chunk * job->head.chunksize) * job->head.result_size;
+}
+
 const char *mp__job_result(const mp__jobrec_t *job, uint64_t i) {
   uint32_t c = (uint32_t)(i / job->head.chunksize);
   if (MP__CHUNK_STATUS(atomic_load(rec_state(job, c))) != MP__CHUNK_DONE)
     return NULL;
-  return (const char *)rec_output(job, c) + (i % job->head.chunksize) * job->head.result_size;
+  return item_result(job, c, i);
 }
 
 static bool chunk_failed(uint64_t v) {
@@ -2191,11 +2197,6 @@ static int item_failure(const mp__jobrec_t *job, uint32_t chunk, uint64_t i,
   return mp__error(task_code(e), "item %llu: %.*s", (unsigned long long)e->item, MSG_OF(e));
 }
 
-static const char *item_result(const mp__jobrec_t *job, uint32_t chunk, uint64_t i) {
-  return (const char *)rec_output(job, chunk) +
-         (i - (uint64_t)chunk * job->head.chunksize) * job->head.result_size;
-}
-
 int mp__job_item(const mp__jobrec_t *job, uint32_t chunk, uint64_t i, void *result,
                  size_t *len, uint64_t *failed_item) {
   int rc = item_failure(job, chunk, i, failed_item);
@@ -2207,11 +2208,7 @@ int mp__job_item(const mp__jobrec_t *job, uint32_t chunk, uint64_t i, void *resu
       memcpy(result, slot, job->head.result_size);
     return 0;
   }
-  /* The length is a worker's word: never more than the task's room. */
-  uint64_t l;
-  memcpy(&l, slot, sizeof l);
-  if (l > job->head.result_cap)
-    l = job->head.result_cap;
+  uint64_t l = mp__var_length(slot, job->head.result_cap);
   if (l)
     memcpy(result, slot + MP__VARSIZE_HEAD, l);
   *len = l;

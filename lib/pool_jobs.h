@@ -45,6 +45,8 @@
 #include "internal.h"
 #include "pool_launcher.h"
 
+#include <string.h>
+
 #define MP__POOL_SLOTS 256       /* jobs (maps, applies, iterators) in flight at once */
 #define MP__POOL_MAX_WORKERS 1024
 #define MP__POOL_MAX_FNS 256     /* distinct task functions per pool */
@@ -104,6 +106,14 @@ static inline size_t mp__var_slot(size_t max) {
   if (__builtin_add_overflow(max, MP__VARSIZE_HEAD + 7, &slot))
     return 0;
   return slot & ~(size_t)7;
+}
+
+/* The length a slot's head gives, at most max: the head is another process's word, so a
+ * wild one reads and copies no further than the slot's room. */
+static inline uint64_t mp__var_length(const void *slot, uint64_t max) {
+  uint64_t len;
+  memcpy(&len, slot, sizeof len);
+  return len < max ? len : max;
 }
 
 /* Where a job's waiter sleeps: in the pool's shared block rather than the job's, so that

@@ -77,11 +77,8 @@ __attribute__((always_inline)) static inline int run_items(mp__task_t *task,
   *has_msg = false;
   for (uint64_t i = 0; i < count; i++, out += room, in += item_size) {
     uint64_t size = item_size;
-    if (head) {
-      memcpy(&size, in, sizeof size);
-      if (size > item_size - head) /* a malformed head reads no further than its slot */
-        size = item_size - head;
-    }
+    if (head)
+      size = mp__var_length(in, item_size - head);
     len = cap;
     /* The canary sits just past this task's room: in the next item's result, not written
      * yet, or in the slot's own canary after the last one (a variable-size slot's padding
