@@ -671,7 +671,7 @@ static void take_chunk(mp_imap_t *it) {
     it->next_chunk++;
 }
 
-/* The next result (a variable-size one's bytes, their count in *len). */
+/* The next result (a variable-size one's bytes), its length in *len if not NULL. */
 int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index,
                       double timeout) {
   mp__jobrec_t *job = it->job;
@@ -686,20 +686,24 @@ int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index,
       int aborted = mp__job_aborted(job);
       return mp__error(aborted, "mp_imap_next: %s", mp__job_abort_reason(aborted));
     }
+    mp__job_view_chunk(job, (uint32_t)it->active, &it->view);
     it->item = 0;
   }
   uint32_t chunk = (uint32_t)it->active;
   uint64_t i = (uint64_t)chunk * job->head.chunksize + it->item, failed;
   if (index)
     *index = i;
-  int rc = mp__job_item(job, chunk, i, result, len, &failed);
-  if (rc < 0) {
+  int rc;
+  if (it->item >= it->view.fails_at && (rc = mp__job_item_failure(job, chunk, i, &failed)) < 0) {
     if (index)
       *index = failed;
     take_chunk(it); /* the rest of a failed chunk never ran */
     return rc;
   }
-  if (++it->item == mp__job_items(job, chunk))
+  uint64_t got = mp__chunk_item(&it->view, it->item, result);
+  if (len)
+    *len = got;
+  if (++it->item == it->view.items)
     take_chunk(it);
   return 0;
 }

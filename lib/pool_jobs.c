@@ -319,7 +319,7 @@ uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk) {
   return items_of(job->head.n, job->head.chunksize, chunk);
 }
 
-uint64_t mp__job_items(const mp__jobrec_t *job, uint32_t chunk) {
+static uint64_t rec_items(const mp__jobrec_t *job, uint32_t chunk) {
   return items_of(job->head.n, job->head.chunksize, chunk);
 }
 
@@ -580,12 +580,15 @@ static bool job_feed(mp__jobs_t *t, mp__jobrec_t *job, const void *items) {
   uint64_t first = (uint64_t)next * job->head.chunksize;
   if (job->head.item_size) {
     memcpy(rec_input(job, next), (const char *)items + first * job->head.item_size,
-           mp__job_items(job, next) * job->head.item_size);
+           rec_items(job, next) * job->head.item_size);
     /* Sent whole, a slot's unused tail and padding too: memcheck does not see worker
      * processes write, so bytes left undefined here would stay so when this block later
      * holds another job's results. */
-    MP__SCANNED(rec_input(job, next), mp__job_items(job, next) * job->head.item_size);
+    MP__SCANNED(rec_input(job, next), rec_items(job, next) * job->head.item_size);
   }
+  /* The window slot's failure record is an earlier chunk's: one that an abort then fails
+   * (recording nothing) would report that failure as its own. */
+  rec_error(job, next)->item = UINT64_MAX;
   if (!queue_chunk(t, job, state, next))
     return false; /* aborted (an iterator's limit closes no other way) */
   job->fed = next + 1;
@@ -1734,7 +1737,7 @@ static void lose_if_owned(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, uint
   if (MP__CHUNK_OF(v) != chunk || MP__CHUNK_STATUS(v) != MP__CHUNK_RUNNING ||
       MP__CHUNK_OWNER(v) != lost->w + 1)
     return;
-  if (offset >= mp__job_items(job, chunk))
+  if (offset >= rec_items(job, chunk))
     offset = 0;
   mp__job_lose_chunk(t, job, chunk, (uint64_t)chunk * job->head.chunksize + offset,
                      MP_EWORKERDIED, lost->msg);
@@ -2179,9 +2182,25 @@ int64_t mp__job_finished_chunk(const mp__jobrec_t *job, bool ordered, uint32_t n
   return -1;
 }
 
-/* Item i's chunk failed at or before it: the failure (code, sentence, *failed_item), else 0. */
-static int item_failure(const mp__jobrec_t *job, uint32_t chunk, uint64_t i,
-                        uint64_t *failed_item) {
+void mp__job_view_chunk(const mp__jobrec_t *job, uint32_t chunk, mp__chunk_view_t *view) {
+  uint64_t first = (uint64_t)chunk * job->head.chunksize, failed = rec_error(job, chunk)->item;
+  view->results = rec_output(job, chunk);
+  view->stride = job->head.result_size;
+  view->varsize = job->head.flags & MP__JOB_VARSIZE;
+  view->cap = job->head.result_cap;
+  view->items = rec_items(job, chunk);
+  /* As mp__job_item_failure decides: from the failed item on, from the first if none was
+   * recorded (an abort) or the record names an item before the chunk (a wild one). */
+  if (!chunk_failed(atomic_load(rec_state(job, chunk))))
+    view->fails_at = view->items;
+  else if (failed == UINT64_MAX || failed <= first)
+    view->fails_at = 0;
+  else
+    view->fails_at = failed - first < view->items ? failed - first : view->items;
+}
+
+int mp__job_item_failure(const mp__jobrec_t *job, uint32_t chunk, uint64_t i,
+                         uint64_t *failed_item) {
   uint64_t v = atomic_load(rec_state(job, chunk));
   const mp__task_error_t *e = rec_error(job, chunk);
   if (!chunk_failed(v) || (e->item != UINT64_MAX && i < e->item))
@@ -2195,24 +2214,6 @@ static int item_failure(const mp__jobrec_t *job, uint32_t chunk, uint64_t i,
     return mp__error(abort_code, "item %llu: %s", (unsigned long long)*failed_item,
                      mp__job_abort_reason(abort_code));
   return mp__error(task_code(e), "item %llu: %.*s", (unsigned long long)e->item, MSG_OF(e));
-}
-
-int mp__job_item(const mp__jobrec_t *job, uint32_t chunk, uint64_t i, void *result,
-                 size_t *len, uint64_t *failed_item) {
-  int rc = item_failure(job, chunk, i, failed_item);
-  if (rc < 0)
-    return rc;
-  const char *slot = item_result(job, chunk, i);
-  if (!(job->head.flags & MP__JOB_VARSIZE)) {
-    if (job->head.result_size)
-      memcpy(result, slot, job->head.result_size);
-    return 0;
-  }
-  uint64_t l = mp__var_length(slot, job->head.result_cap);
-  if (l)
-    memcpy(result, slot + MP__VARSIZE_HEAD, l);
-  *len = l;
-  return 0;
 }
 
 bool mp__jobs_feed(mp__jobs_t *t, mp__jobrec_t *job, const void *items) {

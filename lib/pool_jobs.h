@@ -427,20 +427,40 @@ const char *mp__job_result(const mp__jobrec_t *job, uint64_t i);
 void mp__job_wake_waiter(mp__jobrec_t *job);
 /* Iterators: the chunk to deliver next (the ordered one, or any finished), or -1. */
 int64_t mp__job_finished_chunk(const mp__jobrec_t *job, bool ordered, uint32_t next);
-/* Item i (an index in the job) of a finished chunk: 0 and its result copied (a
- * variable-size job's: its bytes alone, at most result_cap of them, so result needs that
- * much room, and their count in *len, which must not be NULL then), or its chunk's failure
- * for items at or after the failed one (code, sentence, *failed_item). */
-int mp__job_item(const mp__jobrec_t *job, uint32_t chunk, uint64_t i, void *result,
-                 size_t *len, uint64_t *failed_item);
+/* A finished chunk as an iterator delivers it, read once when it becomes the one delivered:
+ * its state stays failed or done until it is returned (mp__jobs_return_chunk), and items
+ * from fails_at on look at its failure record again (one written late, by a worker whose
+ * chunk an abort took, is still seen), so its items are taken with no look at either. */
+typedef struct {
+  const char *results; /* its first item's result slot */
+  uint64_t stride;     /* from one slot to the next (a fixed-size result's bytes) */
+  uint64_t cap;        /* a variable-size result's room */
+  uint64_t items;      /* its items */
+  uint64_t fails_at;   /* the first of them that fails (items: none) */
+  bool varsize;
+} mp__chunk_view_t;
+void mp__job_view_chunk(const mp__jobrec_t *job, uint32_t chunk, mp__chunk_view_t *view);
+/* Item i (an index in the job) of chunk, at or past the view's fails_at: its failure (code,
+ * sentence, *failed_item), or 0 if a worker rewrote the record since (the item is then
+ * delivered as any other). */
+int mp__job_item_failure(const mp__jobrec_t *job, uint32_t chunk, uint64_t i,
+                         uint64_t *failed_item);
+/* Item k of a viewed chunk, below its fails_at, copied into result (a variable-size
+ * result's bytes alone, at most cap of them: result needs that much room); its length. */
+static inline uint64_t mp__chunk_item(const mp__chunk_view_t *view, uint64_t k, void *result) {
+  const char *slot = view->results + k * view->stride;
+  uint64_t len = view->varsize ? mp__var_length(slot, view->cap) : view->stride;
+  if (len)
+    memcpy(result, view->varsize ? slot + MP__VARSIZE_HEAD : slot, len);
+  return len;
+}
 /* A delivered chunk's window slot is free: feed the next chunks from items. */
 void mp__jobs_return_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, const void *items);
 /* Feeds the next chunk of an iterator if its window slot is free (true if it did). */
 bool mp__jobs_feed(mp__jobs_t *t, mp__jobrec_t *job, const void *items);
 /* Fails every chunk of the job not done with code; the job then completes. */
 void mp__jobs_abort(mp__jobs_t *t, mp__jobrec_t *job, int code);
-/* The number of items of a chunk: by the record, and (for a worker) by the block. */
-uint64_t mp__job_items(const mp__jobrec_t *job, uint32_t chunk);
+/* The number of items of a chunk, by the block (a worker's). */
 uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk);
 
 /* Wakes the supervisor (an eventfd write); fd is this process's eventfd. */

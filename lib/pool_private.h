@@ -87,10 +87,11 @@ struct mp_imap_s {
   void (*free_lazy)(lazy_t *lz); /* pool_items.c's: mp_imap_free calls nothing there */
   const char *items;
   bool ordered;
-  uint32_t next_chunk; /* ordered: the chunk to deliver next */
-  int64_t active;      /* the chunk being delivered, or -1 */
-  uint64_t item;       /* its next item */
-  uint32_t taken;      /* chunks delivered whole */
+  uint32_t next_chunk;   /* ordered: the chunk to deliver next */
+  int64_t active;        /* the chunk being delivered, or -1 */
+  uint64_t item;         /* its next item */
+  mp__chunk_view_t view; /* the active chunk's */
+  uint32_t taken;        /* chunks delivered whole */
 };
 
 /* Use after destroy is undefined, but a destroyed pool's magic word is gone: abort there
@@ -157,8 +158,8 @@ int mp__pool_make_result(mp_pool_t *pool, spec_t *s, const mp_async_callbacks_t 
 int mp__pool_end_sync(mp_pool_t *pool, const char *what, int rc);
 /* An iterator over s, in *out; the caller frees it (mp_imap_free). */
 int mp__pool_make_iterator(mp_pool_t *pool, spec_t *s, bool ordered, mp_imap_t **out);
-/* An iterator's next result (a variable-size one's bytes, their count in *len, which must
- * then not be NULL, into result_cap bytes of room); MP_EEOF after the last. */
+/* An iterator's next result (a variable-size one's bytes, into result_cap bytes of room),
+ * its length in *len if not NULL; MP_EEOF after the last. */
 int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index,
                       double timeout);
 

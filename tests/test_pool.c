@@ -2243,6 +2243,48 @@ static int copy_then_scribble(const void *arg, size_t size, void *result, size_t
   return 0;
 }
 
+/* Fails item 5; naps from item 9 on, so that a terminate finds those chunks unfinished. */
+static int fail_5_nap_from_9(const void *arg, size_t size, void *result, size_t *result_size) {
+  int x = *(const int *)arg;
+  if (x == 5)
+    return mp_task_fail("five fails");
+  if (x >= 9)
+    nap(0.5);
+  return square(arg, size, result, result_size);
+}
+
+/* An iterator's window slots are reused: chunk 9 of one worker's window of 4 is fed into the
+ * slot where chunk 5 failed. Aborted by a terminate, chunk 9 fails with the terminate's
+ * code and its own index, not with the failure chunk 5 recorded in that slot. */
+START_TEST(test_abort_in_a_reused_slot) {
+  fill_items();
+  mp_pool_t *pool = make_pool(_i, 1, NULL);
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap(pool, fail_5_nap_from_9, items, 12, sizeof(int), sizeof(int), 1, &it));
+  for (int k = 0; k < 9; k++) {
+    int r = -1;
+    size_t index = SIZE_MAX;
+    int rc = mp_imap_next(it, &r, &index, 10);
+    T_INT_EQ(index, k);
+    if (k == 5) {
+      MP_ASSERT_ERR(rc, MP_ETASK);
+    } else {
+      MP_ASSERT_OK(rc);
+      T_INT_EQ(r, k * k);
+    }
+  }
+  MP_ASSERT_OK(mp_pool_terminate(pool));
+  int r;
+  size_t index = SIZE_MAX;
+  MP_ASSERT_ERR(mp_imap_next(it, &r, &index, 10), MP_ETERMINATED);
+  T_INT_EQ(index, 9);
+  T_ASSERT(strstr(mp_last_error(), "item 9") && !strstr(mp_last_error(), "five"),
+           "message: %s", mp_last_error());
+  mp_imap_free(it);
+  end_pool();
+}
+END_TEST
+
 /* A result's length is a word of shared memory, written by a worker: the parent copies no
  * more than the result's room, whatever it says. */
 START_TEST(test_wild_result_length) {
@@ -2336,6 +2378,37 @@ static int bad_source(void *user_data, void *buf, size_t cap, size_t *len) {
   *len = cap + 1;
   return *(const int *)user_data;
 }
+
+static int no_result(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)arg;
+  (void)size;
+  (void)result;
+  *result_size = 0;
+  return 0;
+}
+
+/* Results of any size with no room at all (result_max 0): each is 0 bytes, read into no
+ * buffer (the slot still holds a length word, which is not a result's byte). */
+START_TEST(test_results_of_no_room) {
+  fill_items();
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  mp_item_t in[6];
+  for (int k = 0; k < 6; k++)
+    in[k] = (mp_item_t){&items[k], sizeof(int)};
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap_items(pool, no_result, in, 6, 0, 2, &it));
+  for (size_t k = 0; k < 6; k++) {
+    size_t len = SIZE_MAX, index = SIZE_MAX;
+    MP_ASSERT_OK(mp_imap_next_item(it, NULL, 0, &len, &index, 10));
+    T_INT_EQ(len, 0);
+    T_INT_EQ(index, k);
+  }
+  size_t len;
+  MP_ASSERT_ERR(mp_imap_next_item(it, NULL, 0, &len, NULL, 10), MP_EEOF);
+  mp_imap_free(it);
+  end_pool();
+}
+END_TEST
 
 /* Bad input to the forms: NULL, overflowing and huge sizes, a source that lies. */
 START_TEST(test_forms_bad_input) {
@@ -2670,6 +2743,8 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_map_items_strings, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_failed_chunk, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_wild_result_length, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_abort_in_a_reused_slot, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_results_of_no_room, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_forms_bad_input, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "apply", 60);
   tcase_add_loop_test(tc, test_apply, 0, N_CONTEXTS);
