@@ -586,8 +586,8 @@ static bool job_feed(mp__jobs_t *t, mp__jobrec_t *job, const void *items) {
      * holds another job's results. */
     MP__SCANNED(rec_input(job, next), rec_items(job, next) * job->head.item_size);
   }
-  /* The window slot's failure record is an earlier chunk's: one that an abort then fails
-   * (recording nothing) would report that failure as its own. */
+  /* The slot may still hold the failure of an earlier chunk that used it: a chunk fed here
+   * and then failed by an abort (which records nothing) would report it as its own. */
   rec_error(job, next)->item = UINT64_MAX;
   if (!queue_chunk(t, job, state, next))
     return false; /* aborted (an iterator's limit closes no other way) */

@@ -430,10 +430,11 @@ int64_t mp__job_finished_chunk(const mp__jobrec_t *job, bool ordered, uint32_t n
 /* A finished chunk as an iterator delivers it, read once when it becomes the one delivered:
  * its state stays failed or done until it is returned (mp__jobs_return_chunk), and items
  * from fails_at on look at its failure record again (one written late, by a worker whose
- * chunk an abort took, is still seen), so its items are taken with no look at either. */
+ * chunk an abort took, is still seen), so items before fails_at are taken without reading
+ * either. */
 typedef struct {
   const char *results; /* its first item's result slot */
-  uint64_t stride;     /* from one slot to the next (a fixed-size result's bytes) */
+  uint64_t stride;     /* from one slot to the next (fixed-size: also the bytes copied) */
   uint64_t cap;        /* a variable-size result's room */
   uint64_t items;      /* its items */
   uint64_t fails_at;   /* the first of them that fails (items: none) */
@@ -445,7 +446,8 @@ void mp__job_view_chunk(const mp__jobrec_t *job, uint32_t chunk, mp__chunk_view_
  * delivered as any other). */
 int mp__job_item_failure(const mp__jobrec_t *job, uint32_t chunk, uint64_t i,
                          uint64_t *failed_item);
-/* Item k of a viewed chunk, below its fails_at, copied into result (a variable-size
+/* Item k of a viewed chunk, below its fails_at (or past it, once mp__job_item_failure found
+ * no failure), copied into result (a variable-size
  * result's bytes alone, at most cap of them: result needs that much room); its length. */
 static inline uint64_t mp__chunk_item(const mp__chunk_view_t *view, uint64_t k, void *result) {
   const char *slot = view->results + k * view->stride;

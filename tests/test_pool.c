@@ -2253,9 +2253,10 @@ static int fail_5_nap_from_9(const void *arg, size_t size, void *result, size_t 
   return square(arg, size, result, result_size);
 }
 
-/* An iterator's window slots are reused: chunk 9 of one worker's window of 4 is fed into the
- * slot where chunk 5 failed. Aborted by a terminate, chunk 9 fails with the terminate's
- * code and its own index, not with the failure chunk 5 recorded in that slot. */
+/* An iterator's window slots are reused: with one worker's window of 4 (4 x workers,
+ * pool.c), chunk 9 is fed into the slot where chunk 5 failed. Aborted by a terminate, chunk
+ * 9 fails with the terminate's code and its own index, not with the failure chunk 5
+ * recorded in that slot. */
 START_TEST(test_abort_in_a_reused_slot) {
   fill_items();
   mp_pool_t *pool = make_pool(_i, 1, NULL);
