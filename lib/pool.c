@@ -672,8 +672,7 @@ static void take_chunk(mp_imap_t *it) {
 }
 
 /* The next result (a variable-size one's bytes), its length in *len if not NULL. */
-int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index,
-                      double timeout) {
+int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index, double timeout) {
   mp__jobrec_t *job = it->job;
   if (it->active < 0) {
     if (it->taken == job->head.n_chunks)
@@ -694,7 +693,8 @@ int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index,
   if (index)
     *index = i;
   int rc;
-  if (it->item >= it->view.fails_at && (rc = mp__job_item_failure(job, chunk, i, &failed)) < 0) {
+  if (it->item >= it->view.fails_at &&
+      (rc = mp__job_item_failure(job, chunk, i, &failed)) < 0) {
     if (index)
       *index = failed;
     take_chunk(it); /* the rest of a failed chunk never ran */

@@ -447,8 +447,8 @@ void mp__job_view_chunk(const mp__jobrec_t *job, uint32_t chunk, mp__chunk_view_
 int mp__job_item_failure(const mp__jobrec_t *job, uint32_t chunk, uint64_t i,
                          uint64_t *failed_item);
 /* Item k of a viewed chunk, below its fails_at (or past it, once mp__job_item_failure found
- * no failure), copied into result (a variable-size
- * result's bytes alone, at most cap of them: result needs that much room); its length. */
+ * no failure), copied into result (a variable-size result's bytes alone, at most cap of
+ * them: result needs that much room); its length. */
 static inline uint64_t mp__chunk_item(const mp__chunk_view_t *view, uint64_t k, void *result) {
   const char *slot = view->results + k * view->stride;
   uint64_t len = view->varsize ? mp__var_length(slot, view->cap) : view->stride;

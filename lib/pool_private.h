@@ -160,7 +160,6 @@ int mp__pool_end_sync(mp_pool_t *pool, const char *what, int rc);
 int mp__pool_make_iterator(mp_pool_t *pool, spec_t *s, bool ordered, mp_imap_t **out);
 /* An iterator's next result (a variable-size one's bytes, into result_cap bytes of room),
  * its length in *len if not NULL; MP_EEOF after the last. */
-int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index,
-                      double timeout);
+int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index, double timeout);
 
 #endif

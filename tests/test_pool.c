@@ -369,7 +369,8 @@ START_TEST(test_stale_failure_message) {
   for (int k = 0; k < 10; k++)
     in[k] = (mp_item_t){&items[k], sizeof(int)};
   mp_item_t *out = NULL;
-  MP_ASSERT_ERR(mp_pool_map_items(pool, note_then_fail, in, 10, sizeof(int), 10, &out), MP_ETASK);
+  MP_ASSERT_ERR(mp_pool_map_items(pool, note_then_fail, in, 10, sizeof(int), 10, &out),
+                MP_ETASK);
   check_not_the_note();
   free(out);
   end_pool();
@@ -2261,7 +2262,8 @@ START_TEST(test_abort_in_a_reused_slot) {
   fill_items();
   mp_pool_t *pool = make_pool(_i, 1, NULL);
   mp_imap_t *it;
-  MP_ASSERT_OK(mp_pool_imap(pool, fail_5_nap_from_9, items, 12, sizeof(int), sizeof(int), 1, &it));
+  MP_ASSERT_OK(
+      mp_pool_imap(pool, fail_5_nap_from_9, items, 12, sizeof(int), sizeof(int), 1, &it));
   for (int k = 0; k < 9; k++) {
     int r = -1;
     size_t index = SIZE_MAX;
@@ -2279,8 +2281,8 @@ START_TEST(test_abort_in_a_reused_slot) {
   size_t index = SIZE_MAX;
   MP_ASSERT_ERR(mp_imap_next(it, &r, &index, 10), MP_ETERMINATED);
   T_INT_EQ(index, 9);
-  T_ASSERT(strstr(mp_last_error(), "item 9") && !strstr(mp_last_error(), "five"),
-           "message: %s", mp_last_error());
+  T_ASSERT(strstr(mp_last_error(), "item 9") && !strstr(mp_last_error(), "five"), "message: %s",
+           mp_last_error());
   mp_imap_free(it);
   end_pool();
 }
