@@ -356,7 +356,7 @@ static int check_submission(mp_pool_t *pool, const spec_t *s) {
   check_pool(pool, s->what);
   if (!pool || !s->fn)
     return mp__error(MP_EINVAL, "%s: %s is NULL", s->what, pool ? "the function" : "pool");
-  if (!s->items && s->n && s->item_size)
+  if (!s->items && !(s->flags & MP__JOB_OPEN) && s->n && s->item_size)
     return mp__error(MP_EINVAL, "%s: items is NULL but n is %zu", s->what, s->n);
   return 0;
 }
@@ -617,7 +617,33 @@ void mp_async_result_free(mp_async_result_t *ar) {
 
 /* ------------------------------ iterators ------------------------------ */
 
-int mp__pool_make_iterator(mp_pool_t *pool, spec_t *s, bool ordered, mp_imap_t **out) {
+int mp__pool_start_iterator(mp_imap_t *it, spec_t *s, const mp__feed_t *fill) {
+  s->flags |= MP__JOB_ITERATOR | MP__JOB_WAKE_EACH | (fill ? MP__JOB_OPEN : 0);
+  s->window = 4 * it->pool->n_workers;
+  int rc = submit(it->pool, s, &it->job);
+  if (rc < 0) {
+    it->job = NULL;
+    return rc;
+  }
+  it->feed = fill ? *fill : (mp__feed_t){s->items, NULL, NULL};
+  it->next_chunk = 0;
+  it->active = -1;
+  it->taken = 0;
+  while (mp__jobs_feed(it->pool->jobs, it->job, &it->feed))
+    ;
+  return 0;
+}
+
+void mp__pool_end_iterator(mp_imap_t *it) {
+  if (!it->job)
+    return;
+  if (!mp__job_complete(it->job))
+    mp__jobs_abort(it->pool->jobs, it->job, MP_ETERMINATED);
+  mp__jobs_release(it->pool->jobs, it->job);
+  it->job = NULL;
+}
+
+static int make_iterator(mp_pool_t *pool, spec_t *s, bool ordered, mp_imap_t **out) {
   if (!out)
     return mp__error(MP_EINVAL, "%s: it is NULL", s->what);
   check_pool(pool, s->what);
@@ -626,19 +652,13 @@ int mp__pool_make_iterator(mp_pool_t *pool, spec_t *s, bool ordered, mp_imap_t *
   mp_imap_t *it = calloc(1, sizeof *it);
   if (!it)
     return mp__error(MP_ENOMEM, "%s: no memory", s->what);
-  s->flags |= MP__JOB_ITERATOR | MP__JOB_WAKE_EACH;
-  s->window = 4 * pool->n_workers;
-  int rc = submit(pool, s, &it->job);
+  it->pool = pool;
+  it->ordered = ordered;
+  int rc = mp__pool_start_iterator(it, s, NULL);
   if (rc < 0) {
     free(it);
     return rc;
   }
-  it->pool = pool;
-  it->items = s->items;
-  it->ordered = ordered;
-  it->active = -1;
-  while (mp__jobs_feed(pool->jobs, it->job, it->items))
-    ;
   *out = it;
   return 0;
 }
@@ -646,14 +666,14 @@ int mp__pool_make_iterator(mp_pool_t *pool, spec_t *s, bool ordered, mp_imap_t *
 int mp_pool_imap(mp_pool_t *pool, mp_task_fn_t fn, const void *items, size_t n,
                  size_t item_size, size_t result_size, size_t chunksize, mp_imap_t **it) {
   spec_t s = {"mp_pool_imap", fn, items, n, item_size, result_size, chunksize, 0, 0};
-  return mp__pool_make_iterator(pool, &s, true, it);
+  return make_iterator(pool, &s, true, it);
 }
 
 int mp_pool_imap_unordered(mp_pool_t *pool, mp_task_fn_t fn, const void *items, size_t n,
                            size_t item_size, size_t result_size, size_t chunksize,
                            mp_imap_t **it) {
   spec_t s = {"mp_pool_imap_unordered", fn, items, n, item_size, result_size, chunksize, 0, 0};
-  return mp__pool_make_iterator(pool, &s, false, it);
+  return make_iterator(pool, &s, false, it);
 }
 
 static bool iterator_can_go_on(const mp__jobrec_t *job, void *arg) {
@@ -664,7 +684,7 @@ static bool iterator_can_go_on(const mp__jobrec_t *job, void *arg) {
 
 /* The active chunk is delivered: its window slot takes the next chunk. */
 static void take_chunk(mp_imap_t *it) {
-  mp__jobs_return_chunk(it->pool->jobs, it->job, (uint32_t)it->active, it->items);
+  mp__jobs_return_chunk(it->pool->jobs, it->job, (uint32_t)it->active, &it->feed);
   it->active = -1;
   it->taken++;
   if (it->ordered)
@@ -675,7 +695,7 @@ static void take_chunk(mp_imap_t *it) {
 int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index, double timeout) {
   mp__jobrec_t *job = it->job;
   if (it->active < 0) {
-    if (it->taken == job->head.n_chunks)
+    if (it->taken == mp__job_chunks(job))
       return MP_EEOF;
     int rc = wait_job(job, iterator_can_go_on, it, timeout, "mp_imap_next");
     if (rc < 0)
@@ -722,13 +742,8 @@ int mp_imap_next(mp_imap_t *it, void *result, size_t *index, double timeout) {
 void mp_imap_free(mp_imap_t *it) {
   if (!it)
     return;
-  if (it->lazy) {
-    it->free_lazy(it->lazy);
-    free(it);
-    return;
-  }
-  if (!mp__job_complete(it->job))
-    mp__jobs_abort(it->pool->jobs, it->job, MP_ETERMINATED);
-  mp__jobs_release(it->pool->jobs, it->job);
+  if (it->lazy)
+    free(it->lazy);
+  mp__pool_end_iterator(it);
   free(it);
 }

@@ -1,8 +1,8 @@
 /*
  * The Pool's item forms: map and imap over items of any size (mp_item_t), and the lazy
  * iterators, whose items come from a source called on the caller's side. Built on pool.c's
- * submissions and iterators (pool_private.h), which never call in here: mp_imap_free frees a
- * lazy iterator's batches through the iterator's free_lazy hook.
+ * submissions and iterators (pool_private.h), which call in here only through an open job's
+ * fill (a lazy iterator's source).
  */
 #include "pool_private.h"
 
@@ -130,44 +130,42 @@ int mp_pool_map_items(mp_pool_t *pool, mp_task_fn_t fn, const mp_item_t *items, 
 }
 
 /*
- * A lazy iterator takes its items from a source, a batch at a time, on the caller's side:
- * two batches of half the array form's window each are in flight, one being delivered and
- * the next running; when the first is delivered whole its iterator is freed and the source
- * fills a new batch behind the other. Each batch is an iterator over a job of its own.
+ * A lazy iterator takes its items from a source, on the caller's side: one iterator over an
+ * open job (MP__JOB_OPEN), whose window the source fills a chunk at a time, straight into
+ * the job's input slots, as the array form's window is fed from the array. The job's chunks
+ * are counted in 32 bits (job_create's limit): an input that outlasts them goes on in a next
+ * job, from the item where the last one stopped.
  */
 struct lazy_s {
   mp_item_source_t source;
   void *user_data;
-  spec_t spec; /* of each batch */
-  size_t item_max, batch;
-  struct {
-    mp_imap_t *it; /* NULL: no batch (the source has ended) */
-    char *buf;
-    uint64_t base; /* its first item's index */
-  } b[2];
-  unsigned cur;  /* the batch being delivered */
-  uint64_t fed;  /* items taken from the source */
-  int end;       /* 0 while the source has items; then MP_EEOF, or its error */
-  bool end_told; /* its error was returned */
+  spec_t spec; /* of each job */
+  size_t item_max;
+  uint64_t base; /* the first item of the iterator's job */
+  uint64_t fed;   /* items taken from the source */
+  int end;        /* 0 while the source has items; then MP_EEOF, or its error */
+  bool end_told;  /* its error was returned */
   /* mp_pool_imap_items: the source is this array. */
   const mp_item_t *items;
   size_t n_items, next_item;
 };
 
-static void free_lazy(lazy_t *lz) {
-  for (int j = 0; j < 2; j++) {
-    mp_imap_free(lz->b[j].it);
-    free(lz->b[j].buf);
-  }
-  free(lz);
+/* The most chunks of a lazy iterator's job (job_create takes up to UINT32_MAX / 2); the job
+ * tests lower it to see the input go on in a next job. */
+static uint32_t lazy_job_chunks = UINT32_MAX / 2;
+
+void mp__pool_set_lazy_job_chunks(uint32_t chunks) {
+  lazy_job_chunks = chunks ? chunks : UINT32_MAX / 2;
 }
 
-/* Fills batch j from the source and starts its iterator. */
-static int lazy_fill(mp_imap_t *it, unsigned j) {
-  lazy_t *lz = it->lazy;
-  size_t count = 0;
-  while (!lz->end && count < lz->batch) {
-    char *slot = lz->b[j].buf + count * lz->spec.item_size;
+/* The open job's fill: up to max items from the source, each in its slot after its length.
+ * The source's end or error ends the input, which the iterator reports after the items
+ * before it. */
+static uint64_t lazy_fill(void *arg, void *slots, uint64_t max) {
+  lazy_t *lz = arg;
+  uint64_t count = 0;
+  while (!lz->end && count < max) {
+    char *slot = (char *)slots + count * lz->spec.item_size;
     size_t len = 0;
     int rc = lz->source(lz->user_data, slot + MP__VARSIZE_HEAD, lz->item_max, &len);
     if (rc == 0 && len > lz->item_max)
@@ -185,16 +183,18 @@ static int lazy_fill(mp_imap_t *it, unsigned j) {
     memcpy(slot, &l, sizeof l);
     count++;
   }
-  lz->b[j].base = lz->fed;
   lz->fed += count;
-  if (count == 0)
-    return 0;
+  return count;
+}
+
+/* A lazy iterator's next job, from the item after the last one fed. */
+static int lazy_start(mp_imap_t *it) {
+  lazy_t *lz = it->lazy;
   spec_t s = lz->spec;
-  s.items = lz->b[j].buf;
-  s.n = count;
-  int rc = mp__pool_make_iterator(it->pool, &s, it->ordered, &lz->b[j].it);
+  lz->base = lz->fed;
+  int rc = mp__pool_start_iterator(it, &s, &(mp__feed_t){NULL, lazy_fill, lz});
   if (rc < 0 && !lz->end)
-    lz->end = MP_EEOF; /* those items are lost with the pool: nothing follows the error */
+    lz->end = MP_EEOF; /* the input is lost with the pool: nothing follows the error */
   return rc;
 }
 
@@ -233,32 +233,31 @@ static int make_lazy(mp_pool_t *pool, spec_t *s, lazy_input_t in, size_t item_ma
   int rc = mp__pool_check_open(pool, s->what);
   if (rc < 0)
     return rc;
-  size_t chunks = 2 * (size_t)pool->n_workers, batch, bytes;
   s->item_size = var_slot(item_max);
   s->result_size = result_max;
   s->chunksize = s->chunksize ? s->chunksize : 1; /* Python's default for imap */
   s->flags = MP__JOB_VARSIZE;
-  if (!s->item_size || !var_slot(result_max) ||
-      __builtin_mul_overflow(chunks, s->chunksize, &batch) ||
-      __builtin_mul_overflow(batch, s->item_size, &bytes))
+  /* As many items as a job can count, and as the submission's sizes can: n items of either
+   * slot's size must fit a size_t. */
+  size_t result_slot = var_slot(result_max),
+         slot = s->item_size > result_slot ? s->item_size : result_slot,
+         chunks = slot && result_slot ? SIZE_MAX / slot / s->chunksize : 0;
+  if (chunks > lazy_job_chunks)
+    chunks = lazy_job_chunks;
+  if (!chunks || !s->item_size)
     return mp__error(MP_EINVAL,
                      "%s: items of up to %zu bytes and results of up to %zu bytes, in chunks "
                      "of %zu, overflow",
                      s->what, item_max, result_max, s->chunksize);
+  s->n = chunks * s->chunksize;
   mp_imap_t *it = calloc(1, sizeof *it);
   lazy_t *lz = calloc(1, sizeof *lz);
-  if (it) {
-    it->lazy = lz;
-    it->free_lazy = free_lazy;
-  }
-  for (int j = 0; lz && j < 2; j++)
-    lz->b[j].buf = malloc(bytes);
-  if (!it || !lz || !lz->b[0].buf || !lz->b[1].buf) {
-    if (lz)
-      free_lazy(lz);
+  if (!it || !lz) {
+    free(lz);
     free(it);
-    return mp__error(MP_ENOMEM, "%s: no memory for two batches of %zu bytes", s->what, bytes);
+    return mp__error(MP_ENOMEM, "%s: no memory", s->what);
   }
+  it->lazy = lz;
   it->pool = pool;
   it->ordered = ordered;
   lz->source = in.source;
@@ -267,10 +266,7 @@ static int make_lazy(mp_pool_t *pool, spec_t *s, lazy_input_t in, size_t item_ma
   lz->n_items = in.n_items;
   lz->spec = *s;
   lz->item_max = item_max;
-  lz->batch = batch;
-  if ((rc = lazy_fill(it, 0)) == 0)
-    rc = lazy_fill(it, 1);
-  if (rc < 0) {
+  if ((rc = lazy_start(it)) < 0) {
     mp_imap_free(it);
     return rc;
   }
@@ -317,8 +313,9 @@ int mp_pool_imap_items_unordered(mp_pool_t *pool, mp_task_fn_t fn, const mp_item
   return imap_items(pool, &s, items, n, result_max, false, it);
 }
 
-/* The next result of a plain iterator into result (cap bytes of room). */
-static int plain_next_item(mp_imap_t *it, void *result, size_t cap, size_t *len, size_t *index,
+/* The next result of a plain iterator into result (cap bytes of room). Inline in both of
+ * its callers: a frame less per item. */
+__attribute__((always_inline)) static inline int plain_next_item(mp_imap_t *it, void *result, size_t cap, size_t *len, size_t *index,
                            double timeout) {
   bool varsize = it->job->head.flags & MP__JOB_VARSIZE;
   size_t need = varsize ? it->job->head.result_cap : it->job->head.result_size;
@@ -339,9 +336,9 @@ static int plain_next_item(mp_imap_t *it, void *result, size_t cap, size_t *len,
   return rc;
 }
 
-/* A failure of item `at` of the input, which its batch's job named by its index there
- * ("item <i>: why"): the same failure, named by `at`. Apart from lazy_next, whose every
- * call paid for this buffer's frame. */
+/* A failure of item `at` of the input, which a later job of it (the first one's chunks ran
+ * out) named by its index there ("item <i>: why"): the same failure, named by `at`. Apart
+ * from lazy_next, whose every call would pay for this buffer's frame. */
 __attribute__((noinline, cold)) static int renamed_failure(int rc, uint64_t at) {
   char msg[1024];
   snprintf(msg, sizeof msg, "%s", mp_last_error());
@@ -351,13 +348,13 @@ __attribute__((noinline, cold)) static int renamed_failure(int rc, uint64_t at) 
              : rc;
 }
 
-/* The next result of a lazy iterator: from the batch being delivered, then the next one. */
+/* The next result of a lazy iterator: from its job, then (its chunks ran out) the next one;
+ * then the source's error, if it failed. */
 static int lazy_next(mp_imap_t *it, void *result, size_t cap, size_t *len, size_t *index,
                      double timeout) {
   lazy_t *lz = it->lazy;
   for (;;) {
-    mp_imap_t *cur = lz->b[lz->cur].it;
-    if (!cur) { /* nothing left: the source ended before this batch */
+    if (!it->job) { /* delivered whole */
       if (lz->end == MP_EEOF || lz->end_told)
         return MP_EEOF;
       lz->end_told = true; /* its error at its place, as Python raises a generator's */
@@ -367,19 +364,16 @@ static int lazy_next(mp_imap_t *it, void *result, size_t cap, size_t *len, size_
                        (unsigned long long)lz->fed, mp_err_name(lz->end));
     }
     size_t i = 0;
-    int rc = plain_next_item(cur, result, cap, len, &i, timeout);
+    int rc = plain_next_item(it, result, cap, len, &i, timeout);
     if (rc != MP_EEOF) {
-      uint64_t at = lz->b[lz->cur].base + i;
+      uint64_t at = lz->base + i;
       bool failed = rc == MP_ETASK || rc == MP_EWORKERDIED;
       if (index && (rc == 0 || failed))
         *index = at;
-      return failed ? renamed_failure(rc, at) : rc;
+      return failed && lz->base ? renamed_failure(rc, at) : rc;
     }
-    mp_imap_free(cur);
-    lz->b[lz->cur].it = NULL;
-    rc = lazy_fill(it, lz->cur); /* behind the other batch */
-    lz->cur ^= 1;
-    if (rc < 0)
+    mp__pool_end_iterator(it);
+    if (!lz->end && (rc = lazy_start(it)) < 0) /* the job's chunks ran out, not the input */
       return rc;
   }
 }

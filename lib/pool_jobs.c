@@ -86,6 +86,7 @@ static mp__jobrec_t *take_spare(mp__jobs_t *t, uint64_t bytes, bool batch);
 static mp__jobrec_t *take_record(mp__jobs_t *t, mp__job_t *blk, bool batch);
 static void job_abort(mp__jobs_t *t, mp__jobrec_t *job, int code);
 static void keep_for_later(mp__job_t *job, uint64_t size);
+static void close_feeding(mp__jobs_t *t, mp__jobrec_t *job);
 static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk);
 static mp__task_error_t *rec_error(const mp__jobrec_t *r, uint32_t chunk);
 
@@ -223,6 +224,8 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   atomic_init(&r->refs, 1);
   atomic_init(&r->abort_code, 0);
   r->fed = 0;
+  atomic_init(&r->fed_items, 0);
+  r->input_ended = false;
   r->claimed_below = 0;
   memset(r->owner, 0, sizeof r->owner);
   for (uint64_t i = 0; i < n_errs; i++)
@@ -316,11 +319,18 @@ static inline uint64_t items_of(uint64_t n, uint64_t chunksize, uint32_t chunk) 
 }
 
 uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk) {
-  return items_of(job->head.n, job->head.chunksize, chunk);
+  uint64_t n = job->head.flags & MP__JOB_OPEN
+                   ? atomic_load_explicit(&((mp__job_t *)job)->fed_items, memory_order_relaxed)
+                   : job->head.n;
+  return items_of(n, job->head.chunksize, chunk);
 }
 
 static uint64_t rec_items(const mp__jobrec_t *job, uint32_t chunk) {
-  return items_of(job->head.n, job->head.chunksize, chunk);
+  uint64_t n = job->head.flags & MP__JOB_OPEN
+                   ? atomic_load_explicit(&((mp__jobrec_t *)job)->fed_items,
+                                          memory_order_relaxed)
+                   : job->head.n;
+  return items_of(n, job->head.chunksize, chunk);
 }
 
 static bool job_unref(mp__job_t *job) {
@@ -568,31 +578,60 @@ static bool queue_chunk(mp__jobs_t *t, mp__jobrec_t *job, _Atomic uint64_t *stat
   return true;
 }
 
+/* An open job's next chunk, from its source, into its window slot: its items (0: none, and
+ * the input ended). The count is the workers' to read, so it is stored before the chunk is
+ * queued. */
+static uint64_t fill_chunk(mp__jobrec_t *job, uint32_t next, const mp__feed_t *feed) {
+  uint64_t max = job->head.chunksize,
+           count = feed->fill(feed->arg, rec_input(job, next), max);
+  count = count < max ? count : max;
+  uint64_t fed_items = (uint64_t)next * max + count;
+  atomic_store_explicit(&job->fed_items, fed_items, memory_order_relaxed);
+  atomic_store_explicit(&job->blk->fed_items, fed_items, memory_order_relaxed);
+  return count;
+}
+
 /* Chunks are fed by the iterator's owner, one thread: its record counts them (the block's
- * limit, a worker's to write, only tells the workers). */
-static bool job_feed(mp__jobs_t *t, mp__jobrec_t *job, const void *items) {
+ * limit, a worker's to write, only tells the workers). An open job's feeding ends with its
+ * source, or with its chunks. */
+static bool job_feed(mp__jobs_t *t, mp__jobrec_t *job, const mp__feed_t *feed) {
   uint32_t next = job->fed;
-  if (next >= job->head.n_chunks || atomic_load(&job->abort_code))
+  bool open = job->head.flags & MP__JOB_OPEN;
+  if (job->input_ended || atomic_load(&job->abort_code))
     return false;
+  if (next >= job->head.n_chunks) {
+    if (open) {
+      job->input_ended = true;
+      close_feeding(t, job);
+    }
+    return false;
+  }
   _Atomic uint64_t *state = rec_state(job, next);
   if (next >= job->head.window && MP__CHUNK_STATUS(atomic_load(state)) != MP__CHUNK_FREE)
     return false; /* the chunk a window earlier has not been taken yet */
-  uint64_t first = (uint64_t)next * job->head.chunksize;
-  if (job->head.item_size) {
-    memcpy(rec_input(job, next), (const char *)items + first * job->head.item_size,
-           rec_items(job, next) * job->head.item_size);
-    /* Sent whole, a slot's unused tail and padding too: memcheck does not see worker
-     * processes write, so bytes left undefined here would stay so when this block later
-     * holds another job's results. */
-    MP__SCANNED(rec_input(job, next), rec_items(job, next) * job->head.item_size);
+  uint64_t first = (uint64_t)next * job->head.chunksize, count;
+  if (open) {
+    count = fill_chunk(job, next, feed);
+    job->input_ended = count < job->head.chunksize;
+  } else {
+    count = rec_items(job, next);
+    if (job->head.item_size)
+      memcpy(rec_input(job, next), (const char *)feed->items + first * job->head.item_size,
+             count * job->head.item_size);
   }
+  /* Sent whole, a slot's unused tail and padding too: memcheck does not see worker processes
+   * write, so bytes left undefined here would stay so when this block later holds another
+   * job's results. */
+  MP__SCANNED(rec_input(job, next), count * job->head.item_size);
   /* The slot may still hold the failure of an earlier chunk that used it: a chunk fed here
    * and then failed by an abort (which records nothing) would report it as its own. */
   rec_error(job, next)->item = UINT64_MAX;
-  if (!queue_chunk(t, job, state, next))
-    return false; /* aborted (an iterator's limit closes no other way) */
-  job->fed = next + 1;
-  return true;
+  bool queued = count > 0 && queue_chunk(t, job, state, next);
+  if (queued)
+    job->fed = next + 1;
+  if (open && job->input_ended)
+    close_feeding(t, job);
+  return queued && !job->input_ended;
 }
 
 /* ------------------------------- pinning ------------------------------- */
@@ -946,6 +985,14 @@ static uint32_t close_limit(mp__jobrec_t *job, uint32_t *fed) {
   atomic_fetch_or(&job->blk->limit, MP__LIMIT_CLOSED); /* the workers' copy */
   *fed = old & ~MP__LIMIT_CLOSED;
   return old & MP__LIMIT_CLOSED ? 0 : job->head.n_chunks - *fed;
+}
+
+/* No chunk of a fed job is fed after this (a batch's close, an open job's end of input):
+ * the chunks never fed are counted, unless an abort counted them first. */
+static void close_feeding(mp__jobs_t *t, mp__jobrec_t *job) {
+  uint32_t fed, never_fed = close_limit(job, &fed);
+  if (never_fed)
+    count_by_parent(t, job, never_fed);
 }
 
 /* Lets go of chunk if an abort took it from worker w while w ran it: the last that w touches
@@ -1554,9 +1601,7 @@ static void close_batch(mp__jobs_t *t) {
   atomic_store(&t->batch, NULL);
   /* The references of the applies it did not take (the table's is still held). */
   atomic_fetch_sub(&job->refs, BATCH_APPLIES - t->batch_next);
-  uint32_t fed, never_fed = close_limit(job, &fed);
-  if (never_fed)
-    count_by_parent(t, job, never_fed);
+  close_feeding(t, job);
   mp__jobs_release(t, job); /* the table's */
 }
 
@@ -2216,16 +2261,23 @@ int mp__job_item_failure(const mp__jobrec_t *job, uint32_t chunk, uint64_t i,
   return mp__error(task_code(e), "item %llu: %.*s", (unsigned long long)e->item, MSG_OF(e));
 }
 
-bool mp__jobs_feed(mp__jobs_t *t, mp__jobrec_t *job, const void *items) {
-  return job_feed(t, job, items);
+bool mp__jobs_feed(mp__jobs_t *t, mp__jobrec_t *job, const mp__feed_t *feed) {
+  return job_feed(t, job, feed);
 }
 
-void mp__jobs_return_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, const void *items) {
+uint32_t mp__job_chunks(const mp__jobrec_t *job) {
+  if (!(job->head.flags & MP__JOB_OPEN))
+    return job->head.n_chunks;
+  return job->input_ended ? job->fed : UINT32_MAX;
+}
+
+void mp__jobs_return_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk,
+                           const mp__feed_t *feed) {
   _Atomic uint64_t *state = rec_state(job, chunk);
   /* Its worker still has the block (and no chunk is fed after an abort). */
   if (MP__CHUNK_STATUS(atomic_load(state)) == MP__CHUNK_ABANDONED)
     return;
   atomic_store(state, MP__CHUNK_STATE(chunk, 0, 0, MP__CHUNK_FREE));
-  while (job_feed(t, job, items))
+  while (job_feed(t, job, feed))
     ;
 }

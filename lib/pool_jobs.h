@@ -96,6 +96,11 @@ enum {
    * input, result, status, error record and owner's record, and is appended while the job
    * runs; with MP__JOB_NOTIFY the supervisor is told at every chunk. */
   MP__JOB_BATCH = 16u,
+  /* An iterator whose items come from a source, a chunk at a time (mp__feed_t's fill): no
+   * count is known, so its chunks' items are those fed so far (fed_items: the last chunk
+   * may be short), and it is closed when the source ends or its chunks run out, the chunks
+   * never fed then counted by the parent (as a batch's close counts them). */
+  MP__JOB_OPEN = 32u,
 };
 #define MP__VARSIZE_HEAD sizeof(uint64_t)
 
@@ -183,6 +188,10 @@ typedef struct {
    * left a count of pending retries too high for good, and every later claim of the job
    * scanning its whole window. */
   _Atomic uint32_t requeued;
+  /* MP__JOB_OPEN: the items fed so far, which a worker's count of a chunk's items goes by
+   * (written before the chunk is queued; a wild one makes a chunk's count wrong, at most
+   * its chunksize). */
+  _Atomic uint64_t fed_items;
 } mp__job_t;
 
 /* The pool's process's record of a job, in its own memory, out of every worker's reach: the
@@ -210,6 +219,10 @@ struct mp__jobrec_s {
    * job never completed and close+join waited (review, stop 17). */
   _Atomic uint32_t limit;
   uint32_t fed;   /* an iterator's chunks fed: the ones it may deliver (its owner's thread) */
+  /* MP__JOB_OPEN: the items fed so far (read by the supervisor too: atomic), and whether the
+   * feeding ended (the source did, or the chunks ran out; its owner's thread). */
+  _Atomic uint64_t fed_items;
+  bool input_ended;
   uint32_t claimed_below; /* a map's chunks below it were claimed, or requeued (requeue_drawn) */
   bool orphaned;  /* released while its slot or a worker still had it: reclaim frees it */
   _Atomic bool abandoned; /* an abort left chunks ABANDONED: look for them before a free */
@@ -456,10 +469,22 @@ static inline uint64_t mp__chunk_item(const mp__chunk_view_t *view, uint64_t k, 
     memcpy(result, view->varsize ? slot + MP__VARSIZE_HEAD : slot, len);
   return len;
 }
-/* A delivered chunk's window slot is free: feed the next chunks from items. */
-void mp__jobs_return_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk, const void *items);
+/* Where an iterator's chunks come from: the caller's array (items), or for an MP__JOB_OPEN
+ * job fill, which writes up to max item slots (of the job's item size) at slot and returns
+ * how many it wrote: fewer than max ends the input. Called in the owner's thread. */
+typedef struct {
+  const void *items;
+  uint64_t (*fill)(void *arg, void *slot, uint64_t max);
+  void *arg;
+} mp__feed_t;
+/* A delivered chunk's window slot is free: feed the next chunks. */
+void mp__jobs_return_chunk(mp__jobs_t *t, mp__jobrec_t *job, uint32_t chunk,
+                           const mp__feed_t *feed);
 /* Feeds the next chunk of an iterator if its window slot is free (true if it did). */
-bool mp__jobs_feed(mp__jobs_t *t, mp__jobrec_t *job, const void *items);
+bool mp__jobs_feed(mp__jobs_t *t, mp__jobrec_t *job, const mp__feed_t *feed);
+/* An iterator's chunks: all of them, or an open job's fed ones once its input ended
+ * (UINT32_MAX before: more may come). */
+uint32_t mp__job_chunks(const mp__jobrec_t *job);
 /* Fails every chunk of the job not done with code; the job then completes. */
 void mp__jobs_abort(mp__jobs_t *t, mp__jobrec_t *job, int code);
 /* The number of items of a chunk, by the block (a worker's). */

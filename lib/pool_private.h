@@ -8,8 +8,8 @@
  *
  * and each of them -> the job table (pool_jobs.h); the supervisor -> the launcher
  * (pool_launcher.h). Calls up the chain go through hooks the upper file sets: the
- * supervisor runs callbacks through pool->run_callbacks, mp_imap_free frees a lazy
- * iterator's batches through it->free_lazy.
+ * supervisor runs callbacks through pool->run_callbacks, and a lazy iterator's job is fed
+ * by its source through the job's fill (mp__feed_t).
  */
 #ifndef MP_POOL_PRIVATE_H
 #define MP_POOL_PRIVATE_H
@@ -82,10 +82,9 @@ struct mp_async_result_s {
 
 struct mp_imap_s {
   mp_pool_t *pool;
-  mp__jobrec_t *job; /* NULL for a lazy iterator, whose batches are iterators of their own */
-  lazy_t *lazy;
-  void (*free_lazy)(lazy_t *lz); /* pool_items.c's: mp_imap_free calls nothing there */
-  const char *items;
+  mp__jobrec_t *job; /* NULL once a lazy iterator's input is delivered */
+  lazy_t *lazy;      /* a lazy iterator's source (pool_items.c's), freed with it */
+  mp__feed_t feed;
   bool ordered;
   uint32_t next_chunk;   /* ordered: the chunk to deliver next */
   int64_t active;        /* the chunk being delivered, or -1 */
@@ -156,8 +155,15 @@ int mp__pool_make_result(mp_pool_t *pool, spec_t *s, const mp_async_callbacks_t 
                          bool is_apply, mp_async_result_t **out);
 /* The end of a blocking call with outcome rc: Ctrl-C (MP_EINTR) terminates the pool. */
 int mp__pool_end_sync(mp_pool_t *pool, const char *what, int rc);
-/* An iterator over s, in *out; the caller frees it (mp_imap_free). */
-int mp__pool_make_iterator(mp_pool_t *pool, spec_t *s, bool ordered, mp_imap_t **out);
+/* Starts it (its pool and order set, no job) on a job over s: s's items, or with a fill (not
+ * NULL) what that writes, an open job (MP__JOB_OPEN) of at most s->n items. it->job stays
+ * NULL on failure. */
+int mp__pool_start_iterator(mp_imap_t *it, spec_t *s, const mp__feed_t *fill);
+/* Ends it's job, if any: aborted unless complete, and released (it->job NULL). */
+void mp__pool_end_iterator(mp_imap_t *it);
+/* pool_items.c, for the job table's tests: the most chunks of a lazy iterator's job (0: the
+ * default, UINT32_MAX / 2). */
+void mp__pool_set_lazy_job_chunks(uint32_t chunks);
 /* An iterator's next result (a variable-size one's bytes, into result_cap bytes of room),
  * its length in *len if not NULL; MP_EEOF after the last. */
 int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index, double timeout);

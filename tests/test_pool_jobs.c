@@ -381,14 +381,14 @@ START_TEST(test_abandoned_chunk_given_back) {
   MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
   mp__jobrec_t *job;
   MP_ASSERT_OK(mp__jobs_submit(table, &spec, &job));
-  while (mp__jobs_feed(table, job, in))
+  while (mp__jobs_feed(table, job, &(mp__feed_t){in, NULL, NULL}))
     ;
   mp__task_t a;
   mp__jobs_worker_starting(table, 1);
   T_ASSERT(mp__pool_claim(mp__jobs_shared(table), 1, &a), "nothing claimed");
   mp__jobs_abort(table, job, MP_ETERMINATED);
   T_INT_EQ(mp__job_finished_chunk(job, true, 0), 0);
-  mp__jobs_return_chunk(table, job, 0, in); /* as pool.c's take_chunk does */
+  mp__jobs_return_chunk(table, job, 0, &(mp__feed_t){in, NULL, NULL}); /* as pool.c's take_chunk does */
   mp__job_t *blk = job->blk;
   mp__jobs_release(table, job);
   mp__jobs_reclaim(table);
@@ -1021,7 +1021,7 @@ START_TEST(test_abort_racing_a_feed) {
   MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
   mp__jobrec_t *job;
   MP_ASSERT_OK(mp__jobs_submit(table, &spec, &job));
-  T_ASSERT(!mp__jobs_feed(table, job, in), "a chunk was fed after the abort");
+  T_ASSERT(!mp__jobs_feed(table, job, &(mp__feed_t){in, NULL, NULL}), "a chunk was fed after the abort");
   check_race(job);
   T_ASSERT(mp__job_complete(job), "the aborted iterator is not complete");
   T_ASSERT(!mp__jobs_work_left(table), "work is left");
@@ -1144,6 +1144,89 @@ START_TEST(test_loss_while_the_error_lock_is_held) {
   T_PROC_CLOSE(holder);
   mp_test_set_hook(NULL);
   destroy_lock_pool();
+}
+END_TEST
+
+/* A lazy iterator's input goes on in a next job once a job's chunks run out (2^31 of them,
+ * lowered here to 3): every item once, each failure named by its index in the input, the
+ * source's error after the last item. */
+typedef struct {
+  int next, limit;
+} ints_t;
+
+static int ints_source(void *user_data, void *buf, size_t cap, size_t *len) {
+  ints_t *src = user_data;
+  if (src->next == src->limit)
+    return MP_ECLOSED;
+  if (cap < sizeof(int))
+    return MP_EINVAL;
+  memcpy(buf, &src->next, sizeof(int));
+  src->next++;
+  *len = sizeof(int);
+  return 0;
+}
+
+static int square_but_8(const void *arg, size_t size, void *result, size_t *result_size) {
+  int x;
+  if (size != sizeof x)
+    return mp_task_fail("an item of %zu bytes", size);
+  memcpy(&x, arg, sizeof x);
+  if (x == 8)
+    return mp_task_fail("eight fails");
+  x *= x;
+  memcpy(result, &x, sizeof x);
+  *result_size = sizeof x;
+  return 0;
+}
+
+static void end_lazy_pool(void) {
+  mp__pool_set_lazy_job_chunks(0);
+  destroy_lock_pool();
+}
+
+START_TEST(test_lazy_input_over_jobs) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = 2;
+  o.context = mp_test_ctx(_i);
+  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
+  mp_test_set_hook(end_lazy_pool);
+  mp__pool_set_lazy_job_chunks(3); /* 6 items a job, in chunks of 2 */
+  for (int ordered = 1; ordered >= 0; ordered--) {
+    ints_t src = {0, 21};
+    mp_imap_t *it;
+    MP_ASSERT_OK(ordered ? mp_pool_imap_lazy(lock_pool, square_but_8, ints_source, &src,
+                                             sizeof(int), sizeof(int), 2, &it)
+                         : mp_pool_imap_lazy_unordered(lock_pool, square_but_8, ints_source,
+                                                       &src, sizeof(int), sizeof(int), 2, &it));
+    bool seen[21] = {false};
+    for (int k = 0; k < 20; k++) { /* 9 never runs: its chunk failed at 8 */
+      int r = -1;
+      size_t len = 0, index = SIZE_MAX;
+      int rc = mp_imap_next_item(it, &r, sizeof r, &len, &index, 10);
+      T_ASSERT(index < 21 && !seen[index], "index %zu (call %d)", index, k);
+      seen[index] = true;
+      if (ordered)
+        T_INT_EQ(index, k < 9 ? (size_t)k : (size_t)k + 1);
+      if (index == 8) {
+        MP_ASSERT_ERR(rc, MP_ETASK);
+        T_ASSERT(strstr(mp_last_error(), "item 8: eight fails"), "message: %s",
+                 mp_last_error());
+        continue;
+      }
+      MP_ASSERT_OK(rc);
+      T_INT_EQ(len, sizeof(int));
+      T_INT_EQ(r, (int)(index * index));
+    }
+    T_ASSERT(!seen[9], "item 9 ran after its chunk failed at 8");
+    int r;
+    size_t len, index = 0;
+    MP_ASSERT_ERR(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10), MP_ECLOSED);
+    T_INT_EQ(index, 21);
+    MP_ASSERT_ERR(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10), MP_EEOF);
+    mp_imap_free(it);
+  }
+  mp_test_set_hook(NULL);
+  end_lazy_pool();
 }
 END_TEST
 
@@ -1614,6 +1697,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_slot_waiter_ends_after_slot_swap);
   tc = mp_test_tcase(s, "pool", 60);
   tcase_add_loop_test(tc, test_loss_while_the_error_lock_is_held, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_lazy_input_over_jobs, 0, N_METHODS);
   return s;
 }
 
