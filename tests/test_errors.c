@@ -1,4 +1,5 @@
 /* Check suite of the errors layer: mp_strerror, mp_err_name, mp_last_error. */
+#include <limits.h>
 #include <pthread.h>
 
 #include "mp_test.h"
@@ -77,7 +78,7 @@ START_TEST(test_passed_through_errno) {
 END_TEST
 
 START_TEST(test_unknown_code) {
-  int unknown[] = {-123456, -4999, -4000, 123456, 1, 0, -2147483647};
+  int unknown[] = {-123456, -4999, -4000, 123456, 1, 0, -2147483647, INT_MIN};
   for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
     const char *text = mp_strerror(unknown[i]);
     const char *name = mp_err_name(unknown[i]);
