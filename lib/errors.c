@@ -1,6 +1,7 @@
 /* Error codes, their names, and the per-thread sentence that explains the last failure. */
 #include "internal.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -19,7 +20,7 @@ const char *mp_strerror(int code) {
   default:
     break;
   }
-  const char *text = code < 0 ? strerrordesc_np(-code) : NULL;
+  const char *text = code < 0 && code != INT_MIN ? strerrordesc_np(-code) : NULL;
   return text ? text : "unknown error";
 }
 
@@ -35,7 +36,7 @@ const char *mp_err_name(int code) {
   default:
     break;
   }
-  const char *name = code < 0 ? strerrorname_np(-code) : NULL;
+  const char *name = code < 0 && code != INT_MIN ? strerrorname_np(-code) : NULL;
   return name ? name : "UNKNOWN";
 }
 
