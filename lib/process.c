@@ -944,6 +944,10 @@ int mp_process_sentinel(const mp_process_t *proc) {
 }
 
 int mp_process_close(mp_process_t *proc) {
+  if (proc && proc->object_kind != MP__KIND_PROCESS) { /* cleared by a close: see below */
+    fprintf(stderr, "libmp: mp_process_close: process handle used after mp_process_close\n");
+    abort();
+  }
   if (!proc || proc->kind != MP__PROC_CHILD)
     return mp__error(MP_EINVAL, "mp_process_close: %s", proc ? "the current and the parent "
                                                                "process are never closed"
@@ -963,6 +967,7 @@ int mp_process_close(mp_process_t *proc) {
   if (proc->identity != slot->identity)
     free(proc->identity);
   free(proc->passed);
+  proc->object_kind = 0; /* a second close aborts, until the slot is taken again */
   slot_give_back(slot);
   return 0;
 }
