@@ -2175,6 +2175,41 @@ static void check_reversed(const mp_item_t *in, const mp_item_t *out, int n) {
   }
 }
 
+/* A chunksize above n (up to SIZE_MAX) is n for the forms of items of any size too, as
+ * docs/api.md says of every map and iterator (test_huge_chunksize: map and imap). */
+START_TEST(test_items_huge_chunksize) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  static const char text[] = "abcdefghij";
+  mp_item_t in[10];
+  for (int k = 0; k < 10; k++)
+    in[k] = (mp_item_t){text + k, 1};
+  size_t sizes[] = {11, (size_t)1 << 40, SIZE_MAX};
+  for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+    mp_item_t *out = NULL;
+    MP_ASSERT_OK(mp_pool_map_items(pool, reverse, in, 10, 1, sizes[s], &out));
+    for (int k = 0; k < 10; k++)
+      T_ASSERT(out[k].size == 1 && *(const char *)out[k].data == text[k], "result %d", k);
+    free(out);
+    for (int ordered = 0; ordered < 2; ordered++) {
+      mp_imap_t *it = NULL;
+      MP_ASSERT_OK(ordered ? mp_pool_imap_items(pool, reverse, in, 10, 1, sizes[s], &it)
+                           : mp_pool_imap_items_unordered(pool, reverse, in, 10, 1, sizes[s],
+                                                          &it));
+      char r;
+      size_t len, index;
+      int got = 0;
+      while (mp_imap_next_item(it, &r, 1, &len, &index, 10) == 0) {
+        T_ASSERT(len == 1 && r == text[index], "result %zu", index);
+        got++;
+      }
+      mp_imap_free(it);
+      T_INT_EQ(got, 10);
+    }
+  }
+  end_pool();
+}
+END_TEST
+
 /* A map of strings of random lengths: map_items, imap_items in order and not. */
 START_TEST(test_map_items_strings) {
   mp_pool_t *pool = make_pool(_i, 2, NULL);
@@ -2744,6 +2779,7 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_lazy_endless, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_lazy_finite_and_failing, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_map_items_strings, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_items_huge_chunksize, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_failed_chunk, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_wild_result_length, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_abort_in_a_reused_slot, 0, N_CONTEXTS);
