@@ -293,7 +293,7 @@ int mp_pool_imap_lazy_unordered(mp_pool_t *pool, mp_task_fn_t fn, mp_item_source
 static int imap_items(mp_pool_t *pool, spec_t *s, const mp_item_t *items, size_t n,
                       size_t result_max, bool ordered, mp_imap_t **it) {
   size_t max = 0; /* set by the check below (gcc -O3 cannot see it) */
-  if (s->chunksize > n) /* above n it is n, as for every form: the batches are sized by it */
+  if (s->chunksize > n) /* above n it is n, as for every form: the window is sized by it */
     s->chunksize = n;
   int rc = items_max(s->what, items, n, &max);
   if (rc == 0)
