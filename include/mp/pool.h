@@ -151,7 +151,8 @@ MP_EXTERN int mp_pool_processes(const mp_pool_t *pool);
  * a failed item ends its chunk (its later items are not run); map returns the first error,
  * and a failed chunk's results are zero, as Python's map raises and returns none; imap
  * loses less (see mp_imap_next).
- * Errors: MP_EINVAL (NULL, items NULL with n > 0, results NULL with n and result_size > 0),
+ * Errors: MP_EINVAL (NULL, items NULL with n and item_size > 0, results NULL with n and
+ * result_size > 0, more than 2^31 - 1 chunks),
  * MP_ECROSS, MP_ELIMIT (a 257th distinct task function in this pool), MP_ECLOSED (after
  * close), MP_ETERMINATED (also when no worker is ready and replacements keep failing to
  * start: mp_last_error() says why), MP_ETASK, MP_EWORKERDIED,
