@@ -111,6 +111,8 @@ static bool result_finished(const mp_async_result_t *ar) {
   return ar->batched ? mp__job_chunk_finished(ar->job, ar->chunk) : mp__job_complete(ar->job);
 }
 
+static void release_result(mp_async_result_t *ar);
+
 /* Callbacks of completed results, in the parent, one at a time. */
 static void run_callbacks(mp_pool_t *pool) {
   for (;;) {
@@ -133,7 +135,7 @@ static void run_callbacks(mp_pool_t *pool) {
       atomic_fetch_add(&pool->callback_errors, 1);
     atomic_store(&ar->callbacks_ran, true);
     mp__job_wake_waiter(ar->job);
-    mp_async_result_free(ar); /* the list's reference */
+    release_result(ar); /* the list's reference */
   }
 }
 
@@ -406,6 +408,7 @@ static mp_async_result_t *make_request(mp_pool_t *pool, mp__jobrec_t *job, uint3
                                        const mp_async_callbacks_t *callbacks, bool is_apply) {
   bool has_callbacks = with_callbacks(callbacks);
   mp_async_result_t *ar = mp__job_owner(job, chunk);
+  ar->magic = RESULT_MAGIC;
   ar->job = job;
   ar->pool = pool;
   ar->is_apply = is_apply;
@@ -570,6 +573,7 @@ static int wait_job(mp__jobrec_t *job, bool (*can_go_on)(const mp__jobrec_t *, v
 
 int mp_async_result_get(mp_async_result_t *ar, void *result, size_t cap, size_t *len,
                         double timeout) {
+  check_result(ar, "mp_async_result_get");
   if (!ar)
     return mp__error(MP_EINVAL, "mp_async_result_get: ar is NULL");
   if (!result && cap)
@@ -588,18 +592,21 @@ int mp_async_result_get(mp_async_result_t *ar, void *result, size_t cap, size_t 
 }
 
 int mp_async_result_wait(mp_async_result_t *ar, double timeout) {
+  check_result(ar, "mp_async_result_wait");
   if (!ar)
     return mp__error(MP_EINVAL, "mp_async_result_wait: ar is NULL");
   return wait_job(ar->job, result_ready, ar, timeout, "mp_async_result_wait");
 }
 
 int mp_async_result_ready(mp_async_result_t *ar) {
+  check_result(ar, "mp_async_result_ready");
   if (!ar)
     return mp__error(MP_EINVAL, "mp_async_result_ready: ar is NULL");
   return result_ready(ar->job, ar);
 }
 
 int mp_async_result_successful(mp_async_result_t *ar) {
+  check_result(ar, "mp_async_result_successful");
   if (!ar)
     return mp__error(MP_EINVAL, "mp_async_result_successful: ar is NULL");
   if (!result_ready(ar->job, ar))
@@ -607,12 +614,25 @@ int mp_async_result_successful(mp_async_result_t *ar) {
   return !result_aborted(ar) && result_take(ar, NULL, 0, NULL) == 0;
 }
 
-void mp_async_result_free(mp_async_result_t *ar) {
-  /* A count of 1 is the caller's reference alone (the callback list drops only its own):
-   * then no read-modify-write, a locked instruction per apply. */
-  if (!ar || (atomic_load(&ar->refs) != 1 && atomic_fetch_sub(&ar->refs, 1) != 1))
+/* Drops a reference to ar: the caller's, or the callback list's. */
+static void release_result(mp_async_result_t *ar) {
+  /* A count of 1 is the last reference (the callback list drops only its own): then no
+   * read-modify-write, a locked instruction per apply. */
+  if (atomic_load(&ar->refs) != 1 && atomic_fetch_sub(&ar->refs, 1) != 1)
     return;
+  ar->magic = 0;
   mp__jobs_release(ar->pool->jobs, ar->job); /* ar is in the job's record: the last use */
+}
+
+void mp_async_result_free(mp_async_result_t *ar) {
+  /* Its callbacks may still use it after the caller's free: a second free is told apart by
+   * the caller's flag. */
+  check_live(ar, ar && !ar->caller_freed ? ar->magic : 0, RESULT_MAGIC, "mp_async_result_free",
+             "async result", "mp_async_result_free");
+  if (!ar)
+    return;
+  ar->caller_freed = true;
+  release_result(ar);
 }
 
 /* ------------------------------ iterators ------------------------------ */
@@ -652,6 +672,7 @@ static int make_iterator(mp_pool_t *pool, spec_t *s, bool ordered, mp_imap_t **o
   mp_imap_t *it = calloc(1, sizeof *it);
   if (!it)
     return mp__error(MP_ENOMEM, "%s: no memory", s->what);
+  it->magic = IMAP_MAGIC;
   it->pool = pool;
   it->ordered = ordered;
   int rc = mp__pool_start_iterator(it, s, NULL);
@@ -729,6 +750,7 @@ int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index, d
 }
 
 int mp_imap_next(mp_imap_t *it, void *result, size_t *index, double timeout) {
+  check_iterator(it, "mp_imap_next");
   if (it && !it->job)
     return mp__error(MP_EINVAL, "mp_imap_next: an iterator of items of any size: use "
                                 "mp_imap_next_item");
@@ -740,8 +762,10 @@ int mp_imap_next(mp_imap_t *it, void *result, size_t *index, double timeout) {
 }
 
 void mp_imap_free(mp_imap_t *it) {
+  check_iterator(it, "mp_imap_free");
   if (!it)
     return;
+  it->magic = 0;
   if (it->lazy)
     free(it->lazy);
   mp__pool_end_iterator(it);

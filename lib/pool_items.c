@@ -257,6 +257,7 @@ static int make_lazy(mp_pool_t *pool, spec_t *s, lazy_input_t in, size_t item_ma
     free(it);
     return mp__error(MP_ENOMEM, "%s: no memory", s->what);
   }
+  it->magic = IMAP_MAGIC;
   it->lazy = lz;
   it->pool = pool;
   it->ordered = ordered;
@@ -382,6 +383,7 @@ static int lazy_next(mp_imap_t *it, void *result, size_t cap, size_t *len, size_
 
 int mp_imap_next_item(mp_imap_t *it, void *result, size_t cap, size_t *len, size_t *index,
                       double timeout) {
+  check_iterator(it, "mp_imap_next_item");
   if (!it || (!result && cap))
     return mp__error(MP_EINVAL, "mp_imap_next_item: %s is NULL", it ? "result" : "it");
   return it->lazy ? lazy_next(it, result, cap, len, index, timeout)

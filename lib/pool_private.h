@@ -20,8 +20,11 @@
 #include <stdlib.h>
 #include <uv.h>
 
-/* A live pool's first word; cleared when it is destroyed. */
-#define POOL_MAGIC 0x5b706d2d706f6f6cull /* "loop-mp[" */
+/* A live pool's first word; cleared when it is destroyed. An async result's and an
+ * iterator's, cleared when they are freed. */
+#define POOL_MAGIC 0x5b706d2d706f6f6cull   /* "loop-mp[" */
+#define RESULT_MAGIC 0x5b706d2d746c7372ull /* "rslt-mp[" */
+#define IMAP_MAGIC 0x5b706d2d70616d69ull   /* "imap-mp[" */
 
 enum { REQ_TERMINATE = 1, REQ_STOP = 2 };
 
@@ -68,6 +71,8 @@ struct mp_pool_s {
 /* In its job's record (mp__job_owner), in the pool's process's memory, which its job
  * reference keeps: no allocation, and no worker can write it. */
 struct mp_async_result_s {
+  uint64_t magic;    /* RESULT_MAGIC until its last reference is dropped */
+  bool caller_freed; /* the caller's reference was (the callback list may still hold one) */
   mp_pool_t *pool;
   mp__jobrec_t *job; /* with a reference, dropped when refs reaches 0 */
   mp_async_callbacks_t callbacks;
@@ -81,6 +86,7 @@ struct mp_async_result_s {
 };
 
 struct mp_imap_s {
+  uint64_t magic; /* IMAP_MAGIC until freed */
   mp_pool_t *pool;
   mp__jobrec_t *job; /* NULL once a lazy iterator's input is delivered */
   lazy_t *lazy;      /* a lazy iterator's source (pool_items.c's), freed with it */
@@ -93,14 +99,27 @@ struct mp_imap_s {
   uint32_t taken;        /* chunks delivered whole */
 };
 
-/* Use after destroy is undefined, but a destroyed pool's magic word is gone: abort there
- * rather than act on freed memory. */
-static inline void check_pool(const mp_pool_t *pool, const char *what) {
-  if (pool && pool->magic != POOL_MAGIC) {
-    fprintf(stderr, "libmp: %s: %p is not a live pool (used after mp_pool_destroy?)\n", what,
-            (const void *)pool);
+/* Use after destroy or free is undefined, but a handle's magic word is gone by then: abort
+ * there rather than act on freed memory, or release a job twice. */
+static inline void check_live(const void *handle, uint64_t magic, uint64_t live,
+                              const char *what, const char *noun, const char *ender) {
+  if (handle && magic != live) {
+    fprintf(stderr, "libmp: %s: %p is not a live %s (used after %s?)\n", what, handle, noun,
+            ender);
     abort();
   }
+}
+
+static inline void check_pool(const mp_pool_t *pool, const char *what) {
+  check_live(pool, pool ? pool->magic : 0, POOL_MAGIC, what, "pool", "mp_pool_destroy");
+}
+
+static inline void check_result(const mp_async_result_t *ar, const char *what) {
+  check_live(ar, ar ? ar->magic : 0, RESULT_MAGIC, what, "async result", "mp_async_result_free");
+}
+
+static inline void check_iterator(const mp_imap_t *it, const char *what) {
+  check_live(it, it ? it->magic : 0, IMAP_MAGIC, what, "iterator", "mp_imap_free");
 }
 
 static inline bool on_supervisor(const mp_pool_t *pool) {

@@ -2000,32 +2000,70 @@ static void expect_abort(void (*fn)(int), int i, const char *expect) {
   T_ASSERT(strstr(text, expect), "stderr: %s", text);
 }
 
-/* A pool created and destroyed, in a child of expect_abort. */
-static mp_pool_t *destroyed_pool(int i) {
+/* A pool created, and destroyed if destroy, in a child of expect_abort. */
+static mp_pool_t *destroyed_pool(int i, bool destroy) {
   mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
   o.processes = 1;
   mp_get_context(CONTEXTS[i], &o.context);
   mp_pool_t *pool;
   if (mp_pool_create(&pool, &o) < 0)
     _exit(2);
-  mp_pool_destroy(pool);
+  if (destroy)
+    mp_pool_destroy(pool);
   return pool;
 }
 
 static void destroy_twice(int i) {
-  mp_pool_destroy(destroyed_pool(i));
+  mp_pool_destroy(destroyed_pool(i, true));
 }
 
 static void map_after_destroy(int i) {
   int x = 1, r;
-  mp_pool_map(destroyed_pool(i), square, &x, 1, sizeof x, &r, sizeof r, 0);
+  mp_pool_map(destroyed_pool(i, true), square, &x, 1, sizeof x, &r, sizeof r, 0);
 }
 
-/* Destroying a pool twice, or using it after, aborts with the name of the call. (Under
- * AddressSanitizer the use after destroy is its report, which names the call too.) */
+/* An async result freed twice, or read after its free, with the pool alive; then an
+ * iterator. */
+static void free_result_twice(int i) {
+  mp_pool_t *pool = destroyed_pool(i, false);
+  mp_async_result_t *ar;
+  int x = 3;
+  if (mp_pool_apply_async(pool, square, &x, sizeof x, sizeof x, NULL, &ar) < 0 ||
+      mp_async_result_wait(ar, 10) < 0)
+    _exit(2);
+  mp_async_result_free(ar);
+  mp_async_result_free(ar);
+}
+
+static void get_after_free(int i) {
+  mp_pool_t *pool = destroyed_pool(i, false);
+  mp_async_result_t *ar;
+  int x = 3, r;
+  if (mp_pool_apply_async(pool, square, &x, sizeof x, sizeof x, NULL, &ar) < 0)
+    _exit(2);
+  mp_async_result_free(ar);
+  mp_async_result_get(ar, &r, sizeof r, NULL, 10);
+}
+
+static void free_iterator_twice(int i) {
+  mp_pool_t *pool = destroyed_pool(i, false);
+  mp_imap_t *it;
+  int x[4] = {1, 2, 3, 4};
+  if (mp_pool_imap(pool, square, x, 4, sizeof(int), sizeof(int), 1, &it) < 0)
+    _exit(2);
+  mp_imap_free(it);
+  mp_imap_free(it);
+}
+
+/* Destroying a pool twice, or using it after, aborts with the name of the call; so does
+ * freeing an async result or an iterator twice, or using it after (under
+ * AddressSanitizer a use of freed memory is its report, which names the call too). */
 START_TEST(test_destroyed_pool) {
   expect_abort(destroy_twice, _i, "mp_pool_destroy");
   expect_abort(map_after_destroy, _i, "mp_pool_map");
+  expect_abort(free_result_twice, _i, "mp_async_result_free");
+  expect_abort(get_after_free, _i, "mp_async_result_get");
+  expect_abort(free_iterator_twice, _i, "mp_imap_free");
 }
 END_TEST
 
