@@ -1232,6 +1232,93 @@ START_TEST(test_lazy_input_over_jobs) {
 }
 END_TEST
 
+/* review rev-lazy: a task's failure, delivered as its chunk's last item, keeps its message
+ * when the refill that take_chunk does right then makes the source fail (lazy_fill's
+ * mp__error ran inside mp__pool_next_raw, after mp__job_item_failure had set the message). */
+START_TEST(test_lazy_failure_message_survives_refill) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = 1; /* a window of 4 chunks: taking chunk 8 feeds chunk 12 */
+  MP_ASSERT_OK(mp_get_context(LAZY_CONTEXTS[_i], &o.context));
+  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
+  mp_test_set_hook(end_lazy_pool);
+  ints_t src = {0, 12}; /* the 13th call fails (MP_ECLOSED) */
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap_lazy(lock_pool, square_but_8, ints_source, &src, sizeof(int),
+                                 sizeof(int), 1, &it));
+  for (int k = 0; k < 12; k++) {
+    int r = -1;
+    size_t len = 0, index = SIZE_MAX;
+    int rc = mp_imap_next_item(it, &r, sizeof r, &len, &index, 10);
+    T_INT_EQ(index, (size_t)k);
+    if (k == 8) {
+      MP_ASSERT_ERR(rc, MP_ETASK);
+      T_ASSERT(strstr(mp_last_error(), "item 8: eight fails"), "item 8's message: %s",
+               mp_last_error());
+      continue;
+    }
+    MP_ASSERT_OK(rc);
+  }
+  int r;
+  size_t len, index = 0;
+  MP_ASSERT_ERR(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10), MP_ECLOSED);
+  T_INT_EQ(index, 12);
+  mp_imap_free(it);
+  mp_test_set_hook(NULL);
+  end_lazy_pool();
+}
+END_TEST
+
+/* review rev-lazy: api.md, "an iterator made before mp_pool_close keeps its input:
+ * mp_pool_join waits until it has been taken whole, or freed". A lazy input that outlasts
+ * its first job's chunks (2^31, lowered here by the knob) is cut at the next job, whose
+ * submission a closed pool refuses. */
+static int ints_eof_source(void *user_data, void *buf, size_t cap, size_t *len) {
+  ints_t *src = user_data;
+  if (src->next == src->limit)
+    return MP_EEOF;
+  if (cap < sizeof(int))
+    return MP_EINVAL;
+  memcpy(buf, &src->next, sizeof(int));
+  src->next++;
+  *len = sizeof(int);
+  return 0;
+}
+
+START_TEST(test_lazy_input_kept_after_close) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = 2;
+  MP_ASSERT_OK(mp_get_context(LAZY_CONTEXTS[_i], &o.context));
+  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
+  mp_test_set_hook(end_lazy_pool);
+  mp__pool_set_lazy_job_chunks(3); /* 6 items a job, in chunks of 2 */
+  ints_t src = {0, 20};
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap_lazy(lock_pool, square_but_8, ints_eof_source, &src, sizeof(int),
+                                 sizeof(int), 2, &it));
+  MP_ASSERT_OK(mp_pool_close(lock_pool));
+  for (int k = 0; k < 20; k++) {
+    if (k == 8 || k == 9)
+      continue;
+    int r = -1;
+    size_t len = 0, index = SIZE_MAX;
+    int rc;
+    do
+      rc = mp_imap_next_item(it, &r, sizeof r, &len, &index, 10);
+    while (rc == MP_ETASK); /* item 8 */
+    T_ASSERT(rc == 0, "item %d: %s (%s)", k, mp_err_name(rc), mp_last_error());
+    T_INT_EQ(index, (size_t)k);
+    T_INT_EQ(r, k * k);
+  }
+  int r;
+  size_t len, index = 0;
+  MP_ASSERT_ERR(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10), MP_EEOF);
+  mp_imap_free(it);
+  MP_ASSERT_OK(mp_pool_join(lock_pool, 10));
+  mp_test_set_hook(NULL);
+  end_lazy_pool();
+}
+END_TEST
+
 /* ------------------- a worker that ends between two of its writes ------------------- */
 
 /* Worker w started and ready, as its set_state makes it: an end of it then is a death. */
@@ -1700,6 +1787,8 @@ static Suite *pool_jobs_suite(void) {
   tc = mp_test_tcase(s, "pool", 60);
   tcase_add_loop_test(tc, test_loss_while_the_error_lock_is_held, 0, N_METHODS);
   tcase_add_loop_test(tc, test_lazy_input_over_jobs, 0, 4);
+  tcase_add_loop_test(tc, test_lazy_failure_message_survives_refill, 0, 4);
+  tcase_add_loop_test(tc, test_lazy_input_kept_after_close, 0, 4);
   return s;
 }
 
