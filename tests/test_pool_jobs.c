@@ -1319,6 +1319,113 @@ START_TEST(test_lazy_input_kept_after_close) {
 }
 END_TEST
 
+/* review rev-lazy: no call of a lazy source after an abort. The pool is terminated (from
+ * another thread, as a supervisor's abort would come) while the source fills a chunk of 10:
+ * lazy_fill goes on calling it for the rest of the chunk. */
+typedef struct {
+  int next, calls_after;
+  bool terminated;
+} term_src_t;
+
+static void *terminate_thread(void *arg) {
+  (void)arg;
+  mp_pool_terminate(lock_pool);
+  return NULL;
+}
+
+static int terminating_source(void *user_data, void *buf, size_t cap, size_t *len) {
+  term_src_t *src = user_data;
+  if (src->terminated)
+    src->calls_after++;
+  if (src->next == 25 && !src->terminated) { /* mid-chunk (the third, items 20-29) */
+    pthread_t th;
+    pthread_create(&th, NULL, terminate_thread, NULL);
+    pthread_join(th, NULL);
+    src->terminated = true;
+  }
+  (void)cap;
+  memcpy(buf, &src->next, sizeof(int));
+  src->next++;
+  *len = sizeof(int);
+  return 0;
+}
+
+START_TEST(test_lazy_source_not_called_after_abort) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = 1; /* a window of 4 chunks */
+  MP_ASSERT_OK(mp_get_context(LAZY_CONTEXTS[_i], &o.context));
+  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
+  mp_test_set_hook(end_lazy_pool);
+  term_src_t src = {0, 0, false};
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap_lazy(lock_pool, square_but_8, terminating_source, &src,
+                                 sizeof(int), sizeof(int), 10, &it));
+  T_ASSERT(src.terminated, "the source did not reach item 25 (%d)", src.next);
+  T_INT_EQ(src.calls_after, 0);
+  mp_imap_free(it);
+  mp_test_set_hook(NULL);
+  end_lazy_pool();
+}
+END_TEST
+
+/* review rev-lazy (sweep, expected to pass): source ends at once, at a chunk boundary, mid
+ * chunk, with an error at a boundary; over jobs (knob); close+join; free midway. */
+static int sweep_source(void *user_data, void *buf, size_t cap, size_t *len) {
+  ints_t *src = user_data;
+  if (src->next >= (src->limit & 0xffff))
+    return src->limit >> 16 ? -(src->limit >> 16) : MP_EEOF;
+  (void)cap;
+  memcpy(buf, &src->next, sizeof(int));
+  src->next++;
+  *len = sizeof(int);
+  return 0;
+}
+
+START_TEST(test_lazy_sweep) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = 2;
+  MP_ASSERT_OK(mp_get_context(LAZY_CONTEXTS[_i], &o.context));
+  const int ns[] = {0, 6, 12, 7, 5, 1, 13};
+  for (int knob = 0; knob < 2; knob++)
+    for (int close = 0; close < 2; close++)
+      for (int ordered = 0; ordered < 2; ordered++)
+        for (unsigned c = 0; c < sizeof ns / sizeof *ns; c++)
+          for (int fail = 0; fail < 2; fail++) {
+            MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
+            mp_test_set_hook(end_lazy_pool);
+            mp__pool_set_lazy_job_chunks(knob ? 3 : 0);
+            ints_t src = {0, ns[c] | (fail ? (-MP_ECLOSED) << 16 : 0)};
+            mp_imap_t *it;
+            MP_ASSERT_OK(ordered ? mp_pool_imap_lazy(lock_pool, square_but_8, sweep_source, &src,
+                                                     sizeof(int), sizeof(int), 2, &it)
+                                 : mp_pool_imap_lazy_unordered(lock_pool, square_but_8,
+                                                               sweep_source, &src, sizeof(int),
+                                                               sizeof(int), 2, &it));
+            if (close && !knob)
+              MP_ASSERT_OK(mp_pool_close(lock_pool));
+            int got = 0, r, rc;
+            size_t len, index;
+            while ((rc = mp_imap_next_item(it, &r, sizeof r, &len, &index, 10)) == 0 ||
+                   rc == MP_ETASK)
+              got++;
+            int expect = ns[c] > 9 ? ns[c] - 1 : ns[c]; /* 9 never runs */
+            T_ASSERT(got == expect, "n %d fail %d ordered %d knob %d close %d: %d results",
+                     ns[c], fail, ordered, knob, close, got);
+            MP_ASSERT_ERR(rc, fail ? MP_ECLOSED : MP_EEOF);
+            if (fail)
+              MP_ASSERT_ERR(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10), MP_EEOF);
+            T_INT_EQ(src.next, ns[c]);
+            mp_imap_free(it);
+            if (close) {
+              MP_ASSERT_OK(mp_pool_close(lock_pool));
+              MP_ASSERT_OK(mp_pool_join(lock_pool, 10));
+            }
+            mp_test_set_hook(NULL);
+            end_lazy_pool();
+          }
+}
+END_TEST
+
 /* ------------------- a worker that ends between two of its writes ------------------- */
 
 /* Worker w started and ready, as its set_state makes it: an end of it then is a death. */
@@ -1789,6 +1896,8 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_loop_test(tc, test_lazy_input_over_jobs, 0, 4);
   tcase_add_loop_test(tc, test_lazy_failure_message_survives_refill, 0, 4);
   tcase_add_loop_test(tc, test_lazy_input_kept_after_close, 0, 4);
+  tcase_add_loop_test(tc, test_lazy_source_not_called_after_abort, 0, 4);
+  tcase_add_loop_test(tc, test_lazy_sweep, 0, 4);
   return s;
 }
 
