@@ -1426,6 +1426,72 @@ START_TEST(test_lazy_sweep) {
 }
 END_TEST
 
+/* review rev-lazy (expected to pass): a worker dies in the last, short chunk of a lazy
+ * input, in a next job: failed and named by its index in the input (no retries), or run
+ * again (one retry); the iterator ends either way. */
+static const char die_marker[] = "/tmp/rev-lazy-die-marker"; /* spawned workers too */
+
+static int die_at_20(const void *arg, size_t size, void *result, size_t *result_size) {
+  int x;
+  memcpy(&x, arg, sizeof x);
+  (void)size;
+  if (x == 20) {
+    FILE *f = fopen(die_marker, "r");
+    if (!f) {
+      f = fopen(die_marker, "w");
+      if (f)
+        fclose(f);
+      _exit(3);
+    }
+    fclose(f);
+  }
+  x *= x;
+  memcpy(result, &x, sizeof x);
+  *result_size = sizeof x;
+  return 0;
+}
+
+START_TEST(test_lazy_death_in_short_chunk) {
+
+  for (unsigned retries = 0; retries < 2; retries++) {
+    unlink(die_marker);
+    mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+    o.processes = 2;
+    o.retries = retries;
+    o.context = mp_test_ctx(_i);
+    MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
+    mp_test_set_hook(end_lazy_pool);
+    mp__pool_set_lazy_job_chunks(3);
+    ints_t src = {0, 21};
+    mp_imap_t *it;
+    MP_ASSERT_OK(mp_pool_imap_lazy(lock_pool, die_at_20, ints_eof_source, &src, sizeof(int),
+                                   sizeof(int), 2, &it));
+    for (int k = 0; k < 21; k++) {
+      int r = -1;
+      size_t len = 0, index = SIZE_MAX;
+      int rc = mp_imap_next_item(it, &r, sizeof r, &len, &index, 10);
+      T_INT_EQ(index, (size_t)k);
+      if (k == 20 && !retries) {
+        MP_ASSERT_ERR(rc, MP_EWORKERDIED);
+        T_ASSERT(strstr(mp_last_error(), "item 20: worker"), "message %s", mp_last_error());
+        continue;
+      }
+      MP_ASSERT_OK(rc);
+      T_INT_EQ(r, k * k);
+    }
+    int r;
+    size_t len, index;
+    MP_ASSERT_ERR(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10), MP_EEOF);
+    mp_imap_free(it);
+    MP_ASSERT_OK(mp_pool_close(lock_pool));
+    MP_ASSERT_OK(mp_pool_join(lock_pool, 10));
+    mp_test_set_hook(NULL);
+    end_lazy_pool();
+  }
+  unlink(die_marker);
+}
+END_TEST
+
 /* ------------------- a worker that ends between two of its writes ------------------- */
 
 /* Worker w started and ready, as its set_state makes it: an end of it then is a death. */
@@ -1898,6 +1964,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_loop_test(tc, test_lazy_input_kept_after_close, 0, 4);
   tcase_add_loop_test(tc, test_lazy_source_not_called_after_abort, 0, 4);
   tcase_add_loop_test(tc, test_lazy_sweep, 0, 4);
+  tcase_add_loop_test(tc, test_lazy_death_in_short_chunk, 0, N_METHODS);
   return s;
 }
 
