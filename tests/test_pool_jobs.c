@@ -1012,6 +1012,58 @@ static void check_race(mp__jobrec_t *job) {
   T_INT_EQ(mp__job_aborted(job), MP_ETERMINATED);
 }
 
+/* review rev-lazy (expected to pass): an open job's chunk counts, with the block's fed_items
+ * written wild (as a worker could): the workers' counts go wrong, at most a chunksize; the
+ * parent's views and the job's completion go by the record. */
+static int six_left;
+
+static uint64_t six_ints(void *arg, void *slot, uint64_t max) {
+  (void)arg;
+  uint64_t k = 0;
+  for (; k < max && six_left > 0; k++, six_left--)
+    ((int *)slot)[k] = 100 + six_left;
+  return k;
+}
+
+START_TEST(test_open_job_wild_fed_items) {
+  MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
+  mp_test_set_hook(free_table);
+  mp__job_spec_t spec = {0, MP__JOB_ITERATOR | MP__JOB_OPEN, NULL, 12, sizeof(int),
+                         sizeof(int), 4, 2, 0, NULL};
+  MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
+  mp__jobrec_t *job;
+  MP_ASSERT_OK(mp__jobs_submit(table, &spec, &job));
+  six_left = 6;
+  mp__feed_t feed = {NULL, six_ints, NULL};
+  while (mp__jobs_feed(table, job, &feed))
+    ;
+  T_INT_EQ(mp__job_chunks(job), 2);
+  T_INT_EQ(mp__job_counted(job), 1); /* the chunk never fed */
+  mp__jobs_worker_starting(table, 0);
+  mp__task_t a, b;
+  atomic_store(&job->blk->fed_items, 0);
+  T_ASSERT(mp__pool_claim(mp__jobs_shared(table), 0, &a), "nothing claimed");
+  atomic_store(&job->blk->fed_items, UINT64_MAX);
+  T_ASSERT(mp__pool_claim(mp__jobs_shared(table), 0, &b), "nothing claimed");
+  T_ASSERT(a.count <= 4 && b.count <= 4, "counts %llu %llu", (unsigned long long)a.count,
+           (unsigned long long)b.count);
+  a.call = b.call = (mp__fn_t)identity;
+  MP_ASSERT_OK(mp__run_task(&a, NULL));
+  MP_ASSERT_OK(mp__run_task(&b, NULL));
+  complete(0, &a);
+  complete(0, &b);
+  T_ASSERT(mp__job_complete(job), "not complete");
+  mp__chunk_view_t v;
+  mp__job_view_chunk(job, 0, &v);
+  T_INT_EQ(v.items, 4);
+  mp__job_view_chunk(job, 1, &v);
+  T_INT_EQ(v.items, 2);
+  mp__jobs_release(table, job);
+  mp_test_set_hook(NULL);
+  free_table();
+}
+END_TEST
+
 /* An iterator's feed loses its limit's swap to an abort. */
 START_TEST(test_abort_racing_a_feed) {
   int in[4] = {1, 2, 3, 4};
@@ -1965,6 +2017,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_loop_test(tc, test_lazy_source_not_called_after_abort, 0, 4);
   tcase_add_loop_test(tc, test_lazy_sweep, 0, 4);
   tcase_add_loop_test(tc, test_lazy_death_in_short_chunk, 0, N_METHODS);
+  tcase_add_test(tc, test_open_job_wild_fed_items);
   return s;
 }
 
