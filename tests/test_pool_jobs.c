@@ -1422,9 +1422,11 @@ END_TEST
 
 /* review rev-lazy (sweep, expected to pass): source ends at once, at a chunk boundary, mid
  * chunk, with an error at a boundary; over jobs (knob); close+join; free midway. */
+static int sweep_ends; /* calls at or after the end */
+
 static int sweep_source(void *user_data, void *buf, size_t cap, size_t *len) {
   ints_t *src = user_data;
-  if (src->next >= (src->limit & 0xffff))
+  if (src->next >= (src->limit & 0xffff) && ++sweep_ends)
     return src->limit >> 16 ? -(src->limit >> 16) : MP_EEOF;
   (void)cap;
   memcpy(buf, &src->next, sizeof(int));
@@ -1447,6 +1449,7 @@ START_TEST(test_lazy_sweep) {
             mp_test_set_hook(end_lazy_pool);
             mp__pool_set_lazy_job_chunks(knob ? 3 : 0);
             ints_t src = {0, ns[c] | (fail ? (-MP_ECLOSED) << 16 : 0)};
+            sweep_ends = 0;
             mp_imap_t *it;
             MP_ASSERT_OK(ordered ? mp_pool_imap_lazy(lock_pool, square_but_8, sweep_source, &src,
                                                      sizeof(int), sizeof(int), 2, &it)
@@ -1468,6 +1471,7 @@ START_TEST(test_lazy_sweep) {
               MP_ASSERT_ERR(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10), MP_EEOF);
             T_INT_EQ(src.next, ns[c]);
             mp_imap_free(it);
+            T_INT_EQ(sweep_ends, 1);
             if (close) {
               MP_ASSERT_OK(mp_pool_close(lock_pool));
               MP_ASSERT_OK(mp_pool_join(lock_pool, 10));
@@ -1541,6 +1545,36 @@ START_TEST(test_lazy_death_in_short_chunk) {
     end_lazy_pool();
   }
   unlink(die_marker);
+}
+END_TEST
+
+/* review rev-lazy (expected to pass): chunksizes whose chunk is past any memory: an error,
+ * the source not called. */
+START_TEST(test_lazy_huge_chunksize) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = 2;
+  o.context = mp_test_ctx(0);
+  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
+  mp_test_set_hook(end_lazy_pool);
+  const size_t cs[] = {SIZE_MAX, SIZE_MAX / 16, SIZE_MAX / 17, SIZE_MAX / 64, (size_t)1 << 40,
+                       (size_t)1 << 31, (size_t)1 << 33};
+  for (unsigned k = 0; k < sizeof cs / sizeof *cs; k++) {
+    ints_t src = {0, 100};
+    mp_imap_t *it = (mp_imap_t *)1;
+    int rc = mp_pool_imap_lazy(lock_pool, square_but_8, ints_eof_source, &src, sizeof(int),
+                               sizeof(int), cs[k], &it);
+    if (rc == 0) {
+      int r;
+      size_t len, index;
+      int n = 0;
+      while (mp_imap_next_item(it, &r, sizeof r, &len, &index, 10) != MP_EEOF && n < 200)
+        n++;
+      mp_imap_free(it);
+    } else
+      T_ASSERT(it == NULL, "it not NULL");
+  }
+  mp_test_set_hook(NULL);
+  end_lazy_pool();
 }
 END_TEST
 
@@ -2018,6 +2052,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_loop_test(tc, test_lazy_sweep, 0, 4);
   tcase_add_loop_test(tc, test_lazy_death_in_short_chunk, 0, N_METHODS);
   tcase_add_test(tc, test_open_job_wild_fed_items);
+  tcase_add_test(tc, test_lazy_huge_chunksize);
   return s;
 }
 
