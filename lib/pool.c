@@ -712,6 +712,16 @@ static void take_chunk(mp_imap_t *it) {
     it->next_chunk++;
 }
 
+/* Item failure rc was delivered: the rest of its chunk never ran, and its slot is returned.
+ * The refill may call a lazy input's source, which may set this thread's error: the
+ * failure's sentence is kept (review, stop 22). */
+__attribute__((noinline, cold)) static int take_failed_chunk(mp_imap_t *it, int rc) {
+  char msg[1024];
+  snprintf(msg, sizeof msg, "%s", mp_last_error());
+  take_chunk(it);
+  return mp__error(rc, "%s", msg);
+}
+
 /* The next result (a variable-size one's bytes), its length in *len if not NULL. */
 int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index, double timeout) {
   mp__jobrec_t *job = it->job;
@@ -738,8 +748,7 @@ int mp__pool_next_raw(mp_imap_t *it, void *result, size_t *len, size_t *index, d
       (rc = mp__job_item_failure(job, chunk, i, &failed)) < 0) {
     if (index)
       *index = failed;
-    take_chunk(it); /* the rest of a failed chunk never ran */
-    return rc;
+    return take_failed_chunk(it, rc);
   }
   uint64_t got = mp__chunk_item(&it->view, it->item, result);
   if (len)

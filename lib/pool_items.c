@@ -160,11 +160,12 @@ void mp__pool_set_lazy_job_chunks(uint32_t chunks) {
 
 /* The open job's fill: up to max items from the source, each in its slot after its length.
  * The source's end or error ends the input, which the iterator reports after the items
- * before it. */
-static uint64_t lazy_fill(void *arg, void *slots, uint64_t max) {
+ * before it; an abort (a terminate, from another thread) ends the fill, so that the source
+ * is not called after it (the feed looked before the first item). */
+static uint64_t lazy_fill(void *arg, void *slots, uint64_t max, const mp__jobrec_t *job) {
   lazy_t *lz = arg;
   uint64_t count = 0;
-  while (!lz->end && count < max) {
+  while (!lz->end && count < max && (count == 0 || !mp__job_aborted(job))) {
     char *slot = (char *)slots + count * lz->spec.item_size;
     size_t len = 0;
     int rc = lz->source(lz->user_data, slot + MP__VARSIZE_HEAD, lz->item_max, &len);
@@ -376,8 +377,11 @@ static int lazy_next(mp_imap_t *it, void *result, size_t cap, size_t *len, size_
       return failed && lz->base ? renamed_failure(rc, at) : rc;
     }
     mp__pool_end_iterator(it);
-    if (!lz->end && (rc = lazy_start(it)) < 0) /* the job's chunks ran out, not the input */
+    if (!lz->end && (rc = lazy_start(it)) < 0) { /* the job's chunks ran out, not the input */
+      if (index)
+        *index = lz->fed; /* where the input stopped: a closed pool takes no next job */
       return rc;
+    }
   }
 }
 

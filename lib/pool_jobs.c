@@ -583,7 +583,7 @@ static bool queue_chunk(mp__jobs_t *t, mp__jobrec_t *job, _Atomic uint64_t *stat
  * queued. */
 static uint64_t fill_chunk(mp__jobrec_t *job, uint32_t next, const mp__feed_t *feed) {
   uint64_t max = job->head.chunksize,
-           count = feed->fill(feed->arg, rec_input(job, next), max);
+           count = feed->fill(feed->arg, rec_input(job, next), max, job);
   count = count < max ? count : max;
   uint64_t fed_items = (uint64_t)next * max + count;
   atomic_store_explicit(&job->fed_items, fed_items, memory_order_relaxed);

@@ -471,10 +471,11 @@ static inline uint64_t mp__chunk_item(const mp__chunk_view_t *view, uint64_t k, 
 }
 /* Where an iterator's chunks come from: the caller's array (items), or for an MP__JOB_OPEN
  * job fill, which writes up to max item slots (of the job's item size) at slot and returns
- * how many it wrote: fewer than max ends the input. Called in the owner's thread. */
+ * how many it wrote: fewer than max ends the input. Called in the owner's thread; job is
+ * for its look at an abort between two items (mp__job_aborted). */
 typedef struct {
   const void *items;
-  uint64_t (*fill)(void *arg, void *slot, uint64_t max);
+  uint64_t (*fill)(void *arg, void *slot, uint64_t max, const mp__jobrec_t *job);
   void *arg;
 } mp__feed_t;
 /* A delivered chunk's window slot is free: feed the next chunks. */
