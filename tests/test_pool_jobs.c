@@ -1244,13 +1244,20 @@ static void end_lazy_pool(void) {
 
 static const char *const LAZY_CONTEXTS[] = {"fork", "spawn", "forkserver", "thread"};
 
-START_TEST(test_lazy_input_over_jobs) {
+/* lock_pool: processes workers under LAZY_CONTEXTS[i], with retries, whose lazy jobs take
+ * job_chunks chunks each (0: the default); ended by the hook if a check fails. */
+static void open_lazy_pool(int i, int processes, unsigned retries, uint32_t job_chunks) {
   mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
-  o.processes = 2;
-  MP_ASSERT_OK(mp_get_context(LAZY_CONTEXTS[_i], &o.context));
+  o.processes = processes;
+  o.retries = retries;
+  MP_ASSERT_OK(mp_get_context(LAZY_CONTEXTS[i], &o.context));
   MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
   mp_test_set_hook(end_lazy_pool);
-  mp__pool_set_lazy_job_chunks(3); /* 6 items a job, in chunks of 2 */
+  mp__pool_set_lazy_job_chunks(job_chunks);
+}
+
+START_TEST(test_lazy_input_over_jobs) {
+  open_lazy_pool(_i, 2, 0, 3); /* 6 items a job, in chunks of 2 */
   for (int ordered = 1; ordered >= 0; ordered--) {
     ints_t src = {0, 21, MP_ECLOSED, 0};
     mp_imap_t *it;
@@ -1294,11 +1301,7 @@ END_TEST
  * made right then makes the source fail: lazy_fill's own error came after the failure's
  * (review, stop 22). */
 START_TEST(test_lazy_failure_message_survives_refill) {
-  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
-  o.processes = 1; /* a window of 4 chunks: taking chunk 8 feeds chunk 12 */
-  MP_ASSERT_OK(mp_get_context(LAZY_CONTEXTS[_i], &o.context));
-  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
-  mp_test_set_hook(end_lazy_pool);
+  open_lazy_pool(_i, 1, 0, 0); /* a window of 4 chunks: taking chunk 8 feeds chunk 12 */
   ints_t src = {0, 12, MP_ECLOSED, 0}; /* the 13th call fails */
   mp_imap_t *it;
   MP_ASSERT_OK(mp_pool_imap_lazy(lock_pool, square_but_8, ints_source, &src, sizeof(int),
@@ -1330,12 +1333,7 @@ END_TEST
  * lowered here to 3) is refused, MP_ECLOSED at the item where it would start, and the
  * workers then leave (api.md). */
 START_TEST(test_lazy_input_kept_after_close) {
-  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
-  o.processes = 2;
-  MP_ASSERT_OK(mp_get_context(LAZY_CONTEXTS[_i], &o.context));
-  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
-  mp_test_set_hook(end_lazy_pool);
-  mp__pool_set_lazy_job_chunks(3); /* 6 items a job, in chunks of 2 */
+  open_lazy_pool(_i, 2, 0, 3); /* 6 items a job, in chunks of 2 */
   ints_t src = {0, 20, 0, 0};
   mp_imap_t *it;
   MP_ASSERT_OK(mp_pool_imap_lazy(lock_pool, square_but_8, ints_source, &src, sizeof(int),
@@ -1394,11 +1392,7 @@ static int terminating_source(void *user_data, void *buf, size_t cap, size_t *le
 }
 
 START_TEST(test_lazy_source_not_called_after_abort) {
-  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
-  o.processes = 1; /* a window of 4 chunks */
-  MP_ASSERT_OK(mp_get_context(LAZY_CONTEXTS[_i], &o.context));
-  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
-  mp_test_set_hook(end_lazy_pool);
+  open_lazy_pool(_i, 1, 0, 0); /* a window of 4 chunks */
   term_src_t src = {0, 0, false};
   mp_imap_t *it;
   MP_ASSERT_OK(mp_pool_imap_lazy(lock_pool, square_but_8, terminating_source, &src,
@@ -1415,18 +1409,13 @@ END_TEST
  * in one job or over several, ordered or not, on an open or a closed pool: every item, the
  * end once, and the source not called after it. */
 START_TEST(test_lazy_sweep) {
-  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
-  o.processes = 2;
-  MP_ASSERT_OK(mp_get_context(LAZY_CONTEXTS[_i], &o.context));
   const int ns[] = {0, 6, 12, 7, 5, 1, 13};
   for (int knob = 0; knob < 2; knob++)
     for (int close = 0; close < 2; close++)
       for (int ordered = 0; ordered < 2; ordered++)
         for (unsigned c = 0; c < sizeof ns / sizeof *ns; c++)
           for (int fail = 0; fail < 2; fail++) {
-            MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
-            mp_test_set_hook(end_lazy_pool);
-            mp__pool_set_lazy_job_chunks(knob ? 3 : 0);
+            open_lazy_pool(_i, 2, 0, knob ? 3 : 0);
             ints_t src = {0, ns[c], fail ? MP_ECLOSED : 0, 0};
             mp_imap_t *it;
             MP_ASSERT_OK(ordered ? mp_pool_imap_lazy(lock_pool, square_but_8, ints_source, &src,
@@ -1488,13 +1477,7 @@ static int die_at_20(const void *arg, size_t size, void *result, size_t *result_
 START_TEST(test_lazy_death_in_short_chunk) {
   for (unsigned retries = 0; retries < 2; retries++) {
     unlink(die_marker);
-    mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
-    o.processes = 2;
-    o.retries = retries;
-    o.context = mp_test_ctx(_i);
-    MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
-    mp_test_set_hook(end_lazy_pool);
-    mp__pool_set_lazy_job_chunks(3);
+    open_lazy_pool(_i, 2, retries, 3);
     ints_t src = {0, 21, 0, 0};
     mp_imap_t *it;
     MP_ASSERT_OK(mp_pool_imap_lazy(lock_pool, die_at_20, ints_source, &src, sizeof(int),
@@ -1528,11 +1511,7 @@ END_TEST
 /* Chunksizes whose chunk is past any memory: an error, *it NULL and the source not called;
  * or, where the chunk fits, the items. */
 START_TEST(test_lazy_huge_chunksize) {
-  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
-  o.processes = 2;
-  o.context = mp_test_ctx(0);
-  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
-  mp_test_set_hook(end_lazy_pool);
+  open_lazy_pool(0, 2, 0, 0);
   const size_t cs[] = {SIZE_MAX, SIZE_MAX / 16, SIZE_MAX / 17, SIZE_MAX / 64, (size_t)1 << 40,
                        (size_t)1 << 31, (size_t)1 << 33};
   for (unsigned k = 0; k < sizeof cs / sizeof *cs; k++) {
