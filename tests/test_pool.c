@@ -2796,6 +2796,35 @@ START_TEST(test_forged_header_batch) {
 }
 END_TEST
 
+/* A map's first chunk rewrites the header while its other chunks are still queued (review,
+ * rev-trust). The worker that completes the forging chunk dies of the wild header, and so
+ * does every replacement that looks at the job to claim one of the queued chunks: it dies in
+ * its claim, running no chunk, so no loss fails anything, the job stays the oldest, and the
+ * next replacement dies the same way. The forged map must end (failed), and a map after it
+ * must run; before, the workers died in a loop and the map after waited for ever. */
+START_TEST(test_forged_header_queued_chunks) {
+  mp_pool_t *pool = make_pool(_i, 1, NULL);
+  forge_t f[3];
+  for (int k = 0; k < 3; k++) {
+    f[k] = forge_job(k == 0 ? FORGE_HEADER : 0, 3, sizeof(int), NULL);
+  }
+  int out[3] = {0};
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(mp_pool_map_async(pool, forge, f, 3, sizeof f[0], sizeof(int), 1, NULL, &ar));
+  int rc = mp_async_result_get(ar, out, sizeof out, NULL, 10);
+  mp_async_result_free(ar);
+  int xs[4] = {1, 2, 3, 4}, rs[4] = {0};
+  MP_ASSERT_OK(mp_pool_map_async(pool, square, xs, 4, sizeof(int), sizeof(int), 1, NULL, &ar));
+  int after = mp_async_result_get(ar, rs, sizeof rs, NULL, 10);
+  mp_async_result_free(ar);
+  T_ASSERT(rc == MP_EWORKERDIED || rc == MP_ECORRUPT, "the forged map: %s; the map after: %s",
+           mp_err_name(rc), mp_err_name(after));
+  MP_ASSERT_OK(after);
+  T_ASSERT(rs[0] == 1 && rs[3] == 16, "a map after the forged job");
+  end_pool();
+}
+END_TEST
+
 static Suite *pool_suite(void) {
   Suite *s = suite_create("pool");
   TCase *tc = mp_test_tcase(s, "map", 60);
@@ -2876,6 +2905,7 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_forged_header_imap, 0, N_PROCESS_CONTEXTS);
   tcase_add_loop_test(tc, test_forged_header_apply, 0, N_PROCESS_CONTEXTS);
   tcase_add_loop_test(tc, test_forged_header_batch, 0, N_PROCESS_CONTEXTS);
+  tcase_add_loop_test(tc, test_forged_header_queued_chunks, 0, N_PROCESS_CONTEXTS);
   return s;
 }
 
