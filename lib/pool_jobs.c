@@ -1842,6 +1842,19 @@ static void requeue_drawn(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
     job->claimed_below = (uint32_t)drawn;
 }
 
+/* A job whose block's header a worker rewrote: every worker that looks at it to claim a
+ * chunk reads the wild header and may die of it before it runs one (so no loss fails any),
+ * and the job, still the oldest, took every replacement with it, the jobs after it never
+ * claimed (test_forged_header_queued_chunks). Failed with MP_ECORRUPT: its slot frees, and
+ * no claim looks at it again. */
+static void fail_if_forged(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
+  (void)arg;
+  mp__job_head_t seen;
+  memcpy(&seen, (const void *)&job->blk->head, sizeof seen);
+  if (memcmp(&seen, &job->head, sizeof seen) != 0)
+    abort_locked(t, job, MP_ECORRUPT);
+}
+
 void mp__jobs_worker_lost(mp__jobs_t *t, uint32_t w, const char *why) {
   mp__worker_rec_t *rec = &t->sh->workers[w];
   lost_t lost = {w,
@@ -1860,6 +1873,7 @@ void mp__jobs_worker_lost(mp__jobs_t *t, uint32_t w, const char *why) {
   for_each_running_job(t, requeue_drawn, &requeued);
   if (requeued)
     wake_workers(t->sh, t->n_workers, (int)(requeued < t->n_workers ? requeued : t->n_workers));
+  for_each_running_job(t, fail_if_forged, NULL);
 }
 
 static void abort_job(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
