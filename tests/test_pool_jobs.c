@@ -1534,6 +1534,72 @@ START_TEST(test_lazy_huge_chunksize) {
   }
   mp_test_set_hook(NULL);
   end_lazy_pool();
+/* ------------------- the pool's shared words, written wild ------------------- */
+
+/* A task that writes its pool's shared block, as a wild write may: next_seq (arg: the
+ * block's address), far past every job published. */
+static int forge_next_seq(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)size;
+  (void)result_size;
+  mp__pool_shared_t *sh;
+  memcpy(&sh, arg, sizeof sh);
+  atomic_store(&sh->next_seq, (uint64_t)1 << 62);
+  *(int *)result = 1;
+  return 0;
+}
+
+static mp_pool_t *one_worker_pool(int i) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = 1;
+  o.context = mp_test_ctx(i);
+  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
+  mp_test_set_hook(destroy_lock_pool);
+  return lock_pool;
+}
+
+/* A map after a task that wrote next_seq wild (review, rev-trust). The worker, done with
+ * that task's job, looks for work from oldest to the wild next_seq: 2^62 sequence numbers,
+ * one pin and one look at a slot each, a loop that never ends, so the next map, whose
+ * publication sets next_seq right again, is never claimed. A wild next_seq may cost a job,
+ * not the pool: its scan is bounded by the slots (no more than MP__POOL_SLOTS jobs are in
+ * flight). */
+START_TEST(test_forged_next_seq) {
+  mp_pool_t *pool = one_worker_pool(_i);
+  mp__pool_shared_t *sh = mp__jobs_shared(pool->jobs);
+  int r = 0;
+  MP_ASSERT_OK(mp_pool_map(pool, forge_next_seq, &sh, 1, sizeof sh, &r, sizeof r, 1));
+  T_INT_EQ(r, 1);
+  mp_test_sleep(0.05);
+  int in[4] = {1, 2, 3, 4}, out[4] = {0};
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(mp_pool_map_async(pool, identity, in, 4, sizeof(int), sizeof(int), 1, NULL, &ar));
+  int rc = mp_async_result_get(ar, out, sizeof out, NULL, 10);
+  mp_async_result_free(ar);
+  MP_ASSERT_OK(rc);
+  T_INT_EQ(out[3], 4);
+  mp_test_set_hook(NULL);
+  destroy_lock_pool();
+}
+END_TEST
+
+/* oldest written far past every job (as a worker may: the parent writes it here, the same
+ * word): no claim looks at any job below it, and a claim only ever moves it up, so no job
+ * of the pool ever runs again (review, rev-trust). */
+START_TEST(test_forged_oldest) {
+  mp_pool_t *pool = one_worker_pool(_i);
+  mp__pool_shared_t *sh = mp__jobs_shared(pool->jobs);
+  int in[4] = {1, 2, 3, 4}, out[4] = {0};
+  MP_ASSERT_OK(mp_pool_map(pool, identity, in, 4, sizeof(int), out, sizeof(int), 1));
+  atomic_store(&sh->oldest, UINT64_MAX - 1);
+  memset(out, 0, sizeof out);
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(mp_pool_map_async(pool, identity, in, 4, sizeof(int), sizeof(int), 1, NULL, &ar));
+  int rc = mp_async_result_get(ar, out, sizeof out, NULL, 10);
+  mp_async_result_free(ar);
+  MP_ASSERT_OK(rc);
+  T_INT_EQ(out[3], 4);
+  mp_test_set_hook(NULL);
+  destroy_lock_pool();
 }
 END_TEST
 
@@ -2012,6 +2078,8 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_loop_test(tc, test_lazy_death_in_short_chunk, 0, N_METHODS);
   tcase_add_test(tc, test_open_job_wild_fed_items);
   tcase_add_test(tc, test_lazy_huge_chunksize);
+  tcase_add_loop_test(tc, test_forged_next_seq, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_oldest, 0, N_METHODS);
   return s;
 }
 
