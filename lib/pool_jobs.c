@@ -861,8 +861,18 @@ static void take_chunk(mp__pool_shared_t *sh, uint32_t w, mp__job_t *job, uint32
 }
 
 bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
-  uint64_t next = atomic_load(&sh->next_seq);
-  for (uint64_t seq = atomic_load(&sh->oldest); seq < next; seq++) {
+  uint64_t next = atomic_load(&sh->next_seq), oldest = atomic_load(&sh->oldest);
+  /* Both are any worker's to write. No job more than MP__POOL_SLOTS before next is in
+   * flight (a publication waits for its slot's last job to complete), so no scan starts
+   * further back: a wild next_seq made a scan of 2^62 jobs that never ended, and a wild
+   * oldest past next_seq one of none, for good (test_forged_next_seq, test_forged_oldest). */
+  if (oldest > next || next - oldest > MP__POOL_SLOTS) {
+    uint64_t from = next > MP__POOL_SLOTS ? next - MP__POOL_SLOTS : 0;
+    if (oldest > next)
+      atomic_compare_exchange_strong(&sh->oldest, &oldest, from);
+    oldest = from;
+  }
+  for (uint64_t seq = oldest; seq < next; seq++) {
     mp__job_t *j = pin(sh, w, seq);
     uint32_t chunk;
     if (!j) {
