@@ -65,6 +65,10 @@ struct mp__jobs_s {
   char *batch_input; /* chunk c's input at batch_input + c * (batch_room + its length) */
   uint64_t next_seq;
   uint32_t n_workers, retries; /* the shared block's, which a worker may rewrite */
+  /* MP__POOL_CLOSED and MP__POOL_TERMINATED as this process set them: the shared block's
+   * flags are the workers' copy, which a worker may clear (a closed pool's join then waited
+   * for ever: test_forged_flags_reopen), set back by mp__jobs_restore_flags. */
+  _Atomic uint32_t flags;
   /* The function table and the initializer as this process made them: the shared block's
    * copies are for the workers, which may rewrite them, so the look-ups, the bounds and the
    * frees here read only these. n_fns is read without the lock (find_function). */
@@ -1913,6 +1917,7 @@ bool mp__pool_closed_and_done(mp__pool_shared_t *sh) {
 }
 
 void mp__jobs_set_flag(mp__jobs_t *t, uint32_t flag) {
+  atomic_fetch_or(&t->flags, flag);
   atomic_fetch_or(&t->sh->flags, flag);
   if (flag & MP__POOL_CLOSED) {
     mp__jobs_close_batch(t); /* else its job never completes, and the workers never exit */
@@ -1921,7 +1926,15 @@ void mp__jobs_set_flag(mp__jobs_t *t, uint32_t flag) {
 }
 
 uint32_t mp__jobs_flags(const mp__jobs_t *t) {
-  return atomic_load(&t->sh->flags);
+  return atomic_load(&t->flags);
+}
+
+void mp__jobs_restore_flags(mp__jobs_t *t) {
+  uint32_t mine = atomic_load(&t->flags);
+  if ((atomic_load(&t->sh->flags) & mine) == mine)
+    return;
+  atomic_fetch_or(&t->sh->flags, mine);
+  wake_workers(t->sh, t->n_workers, INT32_MAX); /* those that slept through it may end now */
 }
 
 /* ------------------------------ worker records ------------------------------ */

@@ -217,6 +217,7 @@ static void on_timer(uv_timer_t *handle) {
   mp_pool_t *pool = handle->data;
   pool->run_callbacks(pool); /* in case a worker died before it could say a job was complete */
   mp__jobs_reclaim(pool->jobs);
+  mp__jobs_restore_flags(pool->jobs);
   if (!replacements_wanted(pool))
     return;
   for (uint32_t w = 0; w < pool->n_workers; w++)
