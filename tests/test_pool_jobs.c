@@ -1646,6 +1646,86 @@ START_TEST(test_forged_flags_reopen) {
 }
 END_TEST
 
+/* mp_pool_map_shared's description blocks (pool_shared.c's call_t), as laid out there: a
+ * call's block is in the arena, and between calls its next_free links the parent's free list
+ * of them, a word any worker can write. */
+typedef struct {
+  uint32_t kind;
+  char *base;
+  uint64_t offset, item_size, end, dev, ino;
+  char name[MP_SHARED_MEMORY_NAME_MAX + 1];
+} span_mirror_t;
+typedef struct {
+  _Atomic uint64_t id;
+  int32_t owner;
+  void *local_fn, *user;
+  uint64_t n, chunksize;
+  span_mirror_t in, out;
+  void *next_free;
+} call_mirror_t;
+
+#define CALL_MAGIC ((void *)(uintptr_t)0x6d702d63616c6c21ull)
+
+static int shared_nap(const void *in, void *out, size_t first, size_t count, void *user) {
+  (void)in, (void)out, (void)first, (void)count;
+  if (user == CALL_MAGIC)
+    return 0;
+  mp_test_sleep(0.5);
+  return 0;
+}
+
+static void *map_shared_slowly(void *arg) {
+  mp_pool_t *pool = arg;
+  intptr_t rc = mp_pool_map_shared(pool, shared_nap, NULL, NULL, 1, 1, NULL);
+  return (void *)rc;
+}
+
+/* The call block a finished mp_pool_map_shared gave back, found in the arena near the
+ * pool's shared block by the words it was given (user, n, chunksize). */
+static call_mirror_t *find_call(const void *near) {
+  const uint64_t *at = (const uint64_t *)((uintptr_t)near & ~(uintptr_t)7);
+  for (size_t d = 0; d < ((size_t)64 << 20) / 8; d++)
+    for (int side = -1; side <= 1; side += 2) {
+      const uint64_t *p = at + side * (ptrdiff_t)d;
+      if (mp__shared_contains(p) && mp__shared_contains(p + 2) &&
+          p[0] == (uint64_t)(uintptr_t)CALL_MAGIC && p[1] == 777 && p[2] == 7)
+        return (call_mirror_t *)((char *)p - offsetof(call_mirror_t, user));
+    }
+  return NULL;
+}
+
+/* A worker writes the free list's link of a given-back call block (here the test writes it,
+ * the same word): the next two calls at once take that block and then whatever the link
+ * names, and the parent writes a whole description block there (review, rev-trust): here a
+ * buffer of the caller's, which a wild link makes any address of the parent's. */
+START_TEST(test_forged_call_free_list) {
+  static char decoy[4096];
+  memset(decoy, 0, sizeof decoy);
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = 2;
+  o.context = mp_test_ctx(_i);
+  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
+  mp_test_set_hook(destroy_lock_pool);
+  MP_ASSERT_OK(mp_pool_map_shared(lock_pool, shared_nap, NULL, NULL, 777, 7, CALL_MAGIC));
+  call_mirror_t *c = find_call(mp__jobs_shared(lock_pool->jobs));
+  T_ASSERT(c != NULL, "the call block was not found");
+  c->next_free = decoy;
+  pthread_t th;
+  T_INT_EQ(pthread_create(&th, NULL, map_shared_slowly, lock_pool), 0);
+  mp_test_sleep(0.1); /* it took the block */
+  int rc = mp_pool_map_shared(lock_pool, shared_nap, NULL, NULL, 1, 1, CALL_MAGIC);
+  void *other;
+  pthread_join(th, &other);
+  size_t written = 0;
+  for (size_t b = 0; b < sizeof decoy; b++)
+    written += decoy[b] != 0;
+  T_ASSERT(written == 0, "the parent wrote %zu bytes of its own memory at the address a "
+           "worker left in the free list (the call: %s)", written, mp_err_name(rc));
+  mp_test_set_hook(NULL);
+  destroy_lock_pool();
+}
+END_TEST
+
 /* ------------------- a worker that ends between two of its writes ------------------- */
 
 /* Worker w started and ready, as its set_state makes it: an end of it then is a death. */
@@ -2124,6 +2204,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_loop_test(tc, test_forged_next_seq, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_oldest, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_flags_reopen, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_call_free_list, 0, N_METHODS);
   return s;
 }
 
