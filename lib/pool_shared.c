@@ -52,7 +52,6 @@ typedef struct call_s {
   void *user;
   uint64_t n, chunksize;
   span_t in, out;
-  struct call_s *next_free;
   mp__fnref_t ref; /* the function by identity, for worker processes */
 } call_t;
 
@@ -197,24 +196,36 @@ static int run_chunk(const void *arg, size_t size, void *result, size_t *result_
 
 /* ------------------------------ the caller's side ------------------------------ */
 
-/* Description blocks between calls. */
+/* Description blocks between calls, listed in this process's memory: a link in the block,
+ * which any worker can write, made a later call write its block where a wild link pointed
+ * (test_forged_call_free_list). */
+typedef struct free_call_s {
+  call_t *call;
+  struct free_call_s *next;
+} free_call_t;
 static pthread_mutex_t free_lock = PTHREAD_MUTEX_INITIALIZER;
-static call_t *free_calls;
+static free_call_t *free_calls;
 
 static call_t *call_take(void) {
   pthread_mutex_lock(&free_lock);
-  call_t *c = free_calls;
-  if (c)
-    free_calls = c->next_free;
+  free_call_t *f = free_calls;
+  if (f)
+    free_calls = f->next;
   pthread_mutex_unlock(&free_lock);
+  call_t *c = f ? f->call : NULL;
+  free(f);
   return c ? c : mp__shared_alloc(sizeof *c);
 }
 
 static void call_give_back(call_t *c) {
   atomic_store(&c->id, 0);
+  free_call_t *f = malloc(sizeof *f);
+  if (!f)
+    return; /* the block is kept from the arena, never reused: a worker may still read it */
+  f->call = c;
   pthread_mutex_lock(&free_lock);
-  c->next_free = free_calls;
-  free_calls = c;
+  f->next = free_calls;
+  free_calls = f;
   pthread_mutex_unlock(&free_lock);
 }
 
