@@ -266,14 +266,27 @@ void mp__shared_retain(void *payload) {
   atomic_fetch_add(&block_of(payload)->refs, 1);
 }
 
+static uint32_t class_of(uint64_t size) {
+  uint32_t cls = MIN_CLASS;
+  while (cls < MAX_CLASS && (1ull << cls) < size + BLOCK_HEAD)
+    cls++;
+  return cls;
+}
+
 bool mp__shared_release(void *payload) {
   block_t *block = block_of(payload);
   if (atomic_fetch_sub(&block->refs, 1) != 1)
     return false;
   arena_t *arena = heap.arena;
   uint64_t offset = (uint64_t)((char *)block - (char *)arena);
-  uint64_t block_size = 1ull << block->cls;
-  if (block->cls >= PUNCH_CLASS) {
+  /* The header is any process's to write (a task that writes before its block): a class
+   * that the arena cannot hold there leaks the block, where it was shifted and indexed by,
+   * and the pages of a block of that size punched (test_forged_heap_class). */
+  uint32_t cls = __atomic_load_n(&block->cls, __ATOMIC_RELAXED);
+  if (cls < MIN_CLASS || cls > MAX_CLASS || offset + (1ull << cls) > atomic_load(&arena->size))
+    return true;
+  uint64_t block_size = 1ull << cls;
+  if (cls >= PUNCH_CLASS) {
     /* Give the pages back, keeping the one that holds the header and the list link. */
     uint64_t from = (offset + BLOCK_HEAD + sizeof(uint64_t) + 4095) & ~4095ull;
     fallocate(heap.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)from,
@@ -283,10 +296,15 @@ bool mp__shared_release(void *payload) {
   int rc = mp__mutex_lock(&arena->lock, INT64_MAX);
   if (rc < 0 && rc != MP_EOWNERDEAD)
     return true; /* cannot happen without a deadline; the block would only be lost */
-  *(uint64_t *)((char *)payload) = arena->free_head[block->cls];
-  arena->free_head[block->cls] = offset;
+  *(uint64_t *)((char *)payload) = arena->free_head[cls];
+  arena->free_head[cls] = offset;
   mp__mutex_unlock(&arena->lock);
   return true;
+}
+
+bool mp__shared_release_sized(void *payload, uint64_t size) {
+  __atomic_store_n(&block_of(payload)->cls, class_of(size), __ATOMIC_RELAXED);
+  return mp__shared_release(payload);
 }
 
 bool mp__shared_is_block(const void *payload, uint64_t room) {

@@ -288,6 +288,9 @@ void *mp__shared_alloc_raw(size_t size);
 void mp__shared_retain(void *block);
 /* Drops one reference; true if that was the last and the block is now free. */
 bool mp__shared_release(void *block);
+/* The same for a block allocated with size bytes, its header's class set from size first:
+ * for blocks whose header another process may have written (a pool's job blocks). */
+bool mp__shared_release_sized(void *block, uint64_t size);
 /* True if p lies inside this process's arena mapping: a cheap check for handles. */
 bool mp__shared_contains(const void *p);
 /* True if payload is a live block's, of room bytes at least, wholly inside the arena: what

@@ -197,7 +197,7 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
         r->block_size = total;
       pthread_mutex_unlock(&t->lock);
       if (!r)
-        mp__shared_release(blk);
+        mp__shared_release_sized(blk, total);
     }
     if (!r)
       return mp__error_prefix(MP_ENOMEM, "no room for a job of %llu bytes",
@@ -1238,7 +1238,7 @@ void mp__jobs_free(mp__jobs_t *t) {
   mp__pool_shared_t *sh = t->sh;
   for (mp__jobrec_t *r = t->jobs, *next; r; r = next) {
     next = r->next;
-    mp__shared_release(r->blk);
+    mp__shared_release_sized(r->blk, r->block_size);
     free(r->owners);
     free(r);
   }
@@ -1251,7 +1251,7 @@ void mp__jobs_free(mp__jobs_t *t) {
     if (t->spares[i])
       keep_for_later(t->spares[i], t->spare_size[i]);
   for (size_t i = 0; i < t->n_small; i++)
-    mp__shared_release(t->small[i]);
+    mp__shared_release_sized(t->small[i], t->small_size[i]);
   for (uint32_t i = 0; i < atomic_load(&t->n_fns); i++)
     mp__shared_release(t->fn_refs[i]);
   if (t->init_ref)
@@ -1259,7 +1259,7 @@ void mp__jobs_free(mp__jobs_t *t) {
   if (t->initargs)
     mp__shared_release(t->initargs);
   pthread_mutex_destroy(&sh->err_lock);
-  mp__shared_release(sh);
+  mp__shared_release_sized(sh, sizeof *sh + ((size_t)t->n_workers + 1) * sizeof *sh->workers);
   pthread_mutex_destroy(&t->lock);
   pthread_mutex_destroy(&t->submit_lock);
   pthread_mutex_destroy(&t->apply_lock);
@@ -1366,7 +1366,7 @@ static void watch_forks(void) {
 static void keep_for_later(mp__job_t *job, uint64_t size) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   if (size > KEPT_MAX) {
-    mp__shared_release(job);
+    mp__shared_release_sized(job, size);
     return;
   }
   pthread_once(&once, watch_forks);
@@ -1383,7 +1383,7 @@ static void keep_for_later(mp__job_t *job, uint64_t size) {
   }
   pthread_mutex_unlock(&kept_lock);
   if (job)
-    mp__shared_release(job);
+    mp__shared_release_sized(job, size);
 }
 
 static mp__job_t *take_kept(uint64_t bytes, uint64_t *size) {
@@ -1418,12 +1418,14 @@ static void keep_or_release(mp__jobs_t *t, mp__job_t *job, uint64_t size) {
       at = i;
   if (!t->spares[at] || t->spare_size[at] < size) {
     mp__job_t *old = t->spares[at];
+    uint64_t old_size = t->spare_size[at];
     t->spares[at] = job;
     t->spare_size[at] = size;
     job = old;
+    size = old_size;
   }
   if (job)
-    mp__shared_release(job);
+    mp__shared_release_sized(job, size);
 }
 
 /* A record for blk, from the free list or new, linked in the job list (NULL: no memory).
