@@ -1726,6 +1726,37 @@ START_TEST(test_forged_call_free_list) {
 }
 END_TEST
 
+/* An iterator's slot in the pool's shared block names its block by a pointer, which a worker
+ * rewrites (here the test writes it, the same word) once the worker has run the chunks fed
+ * (review, rev-trust): each chunk fed after that is claimed by a scan of the slots, and the
+ * worker that follows the wild pointer dies in its claim, running no chunk, so no loss fails
+ * one; its replacement dies the same way, and the iterator waited for ever. */
+START_TEST(test_forged_slot_pointer) {
+  mp_pool_t *pool = one_worker_pool(_i);
+  mp__pool_shared_t *sh = mp__jobs_shared(pool->jobs);
+  int in[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap(pool, identity, in, 8, sizeof(int), sizeof(int), 1, &it));
+  uint64_t seq = mp__jobrec_seq(it->job);
+  for (double end = mp_test_now() + 10;
+       !mp__job_chunk_finished(it->job, 3) && mp_test_now() < end;)
+    mp_test_sleep(0.001);
+  mp_test_sleep(0.05); /* the worker, out of chunks, is asleep */
+  atomic_store(&sh->slots[seq % MP__POOL_SLOTS].job, (mp__job_t *)(uintptr_t)0x1000);
+  int got = 0, rc = 0;
+  for (int k = 0; k < 8 && rc == 0; k++) {
+    int r = -1;
+    rc = mp_imap_next(it, &r, NULL, 10);
+    got += rc == 0 && r == k;
+  }
+  mp_imap_free(it);
+  T_ASSERT(rc == 0 || rc == MP_ECORRUPT || rc == MP_EWORKERDIED, "after %d results: %s", got,
+           mp_err_name(rc));
+  mp_test_set_hook(NULL);
+  destroy_lock_pool();
+}
+END_TEST
+
 /* ------------------- a worker that ends between two of its writes ------------------- */
 
 /* Worker w started and ready, as its set_state makes it: an end of it then is a death. */
@@ -2205,6 +2236,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_loop_test(tc, test_forged_oldest, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_flags_reopen, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_call_free_list, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_slot_pointer, 0, N_METHODS);
   return s;
 }
 
