@@ -1865,6 +1865,13 @@ static void requeue_drawn(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
  * no claim looks at it again. */
 static void fail_if_forged(mp__jobs_t *t, mp__jobrec_t *job, void *arg) {
   (void)arg;
+  /* The same for the slot's pointer to the block, which every claim follows: set back (a
+   * swap from the wild value, which a publication of the slot's next job overwrites anyway),
+   * test_forged_slot_pointer. */
+  _Atomic(mp__job_t *) *slot = &t->sh->slots[mp__jobrec_seq(job) % MP__POOL_SLOTS].job;
+  mp__job_t *named = atomic_load(slot);
+  if (named != job->blk)
+    atomic_compare_exchange_strong(slot, &named, job->blk);
   mp__job_head_t seen;
   memcpy(&seen, (const void *)&job->blk->head, sizeof seen);
   if (memcmp(&seen, &job->head, sizeof seen) != 0)
