@@ -1757,6 +1757,46 @@ START_TEST(test_forged_slot_pointer) {
 }
 END_TEST
 
+/* A task that, once its pool is closed, counts a submission in flight in the shared block
+ * (arg: the block's address), as a wild write may. */
+static int forge_submitting(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)size;
+  (void)result_size;
+  mp__pool_shared_t *sh;
+  memcpy(&sh, arg, sizeof sh);
+  for (double end = mp_test_now() + 10;
+       !(atomic_load(&sh->flags) & MP__POOL_CLOSED) && mp_test_now() < end;)
+    mp_test_sleep(0.001);
+  atomic_fetch_add(&sh->submitting, 1);
+  *(int *)result = 1;
+  return 0;
+}
+
+/* The same join while a task leaves `submitting` counted (review, rev-trust): the workers and
+ * the supervisor take it for a submission still to come, and the join waits for ever. */
+START_TEST(test_forged_submitting) {
+  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
+  o.processes = 2;
+  o.context = mp_test_ctx(_i);
+  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
+  mp_test_set_hook(destroy_lock_pool);
+  mp__pool_shared_t *sh = mp__jobs_shared(lock_pool->jobs);
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(mp_pool_map_async(lock_pool, forge_submitting, &sh, 1, sizeof sh, sizeof(int), 1,
+                                 NULL, &ar));
+  mp_test_sleep(0.05);
+  MP_ASSERT_OK(mp_pool_close(lock_pool));
+  int rc = mp_pool_join(lock_pool, 10);
+  int r = 0;
+  MP_ASSERT_OK(mp_async_result_get(ar, &r, sizeof r, NULL, 10));
+  mp_async_result_free(ar);
+  T_INT_EQ(r, 1);
+  MP_ASSERT_OK(rc);
+  mp_test_set_hook(NULL);
+  destroy_lock_pool();
+}
+END_TEST
+
 /* ------------------- a worker that ends between two of its writes ------------------- */
 
 /* Worker w started and ready, as its set_state makes it: an end of it then is a death. */
@@ -2237,6 +2277,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_loop_test(tc, test_forged_flags_reopen, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_call_free_list, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_slot_pointer, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_submitting, 0, N_METHODS);
   return s;
 }
 
