@@ -1797,6 +1797,38 @@ START_TEST(test_forged_submitting) {
 }
 END_TEST
 
+static void *map_in_thread(void *arg) {
+  int in[4] = {1, 2, 3, 4}, out[4];
+  intptr_t rc = mp_pool_map(arg, identity, in, 4, sizeof(int), out, sizeof(int), 1);
+  return (void *)rc;
+}
+
+/* The state of the slot the next job is to take, written back to "in use by the job 256
+ * before it" (a worker may write it; the test does here), long after that job completed
+ * (review, rev-trust): the next submission waits for that slot to free, with no deadline and
+ * the submission lock held, and no worker ever frees it: every later submission of the
+ * pool blocks until a terminate. The parent knows that job complete (no record of it is in a
+ * slot): the slot is free. */
+START_TEST(test_forged_slot_state) {
+  mp_pool_t *pool = one_worker_pool(_i);
+  mp__pool_shared_t *sh = mp__jobs_shared(pool->jobs);
+  int in[4] = {1, 2, 3, 4}, out[4];
+  MP_ASSERT_OK(mp_pool_map(pool, identity, in, 4, sizeof(int), out, sizeof(int), 1));
+  uint64_t next = atomic_load(&sh->next_seq);
+  atomic_store(&sh->slots[next % MP__POOL_SLOTS].state, (next - MP__POOL_SLOTS) << 1 | 1);
+  pthread_t th;
+  T_INT_EQ(pthread_create(&th, NULL, map_in_thread, pool), 0);
+  bool done = joined_within(th, 10);
+  if (!done) { /* a terminate ends the wait */
+    mp_pool_terminate(pool);
+    pthread_join(th, NULL);
+  }
+  T_ASSERT(done, "a map still waits for a slot after 10 s");
+  mp_test_set_hook(NULL);
+  destroy_lock_pool();
+}
+END_TEST
+
 /* ------------------- a worker that ends between two of its writes ------------------- */
 
 /* Worker w started and ready, as its set_state makes it: an end of it then is a death. */
@@ -2278,6 +2310,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_loop_test(tc, test_forged_call_free_list, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_slot_pointer, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_submitting, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_slot_state, 0, N_METHODS);
   return s;
 }
 
