@@ -529,17 +529,38 @@ static bool slot_free_for(mp__pool_shared_t *sh, uint64_t seq) {
   return !(s & 1) && (s >> 1) + MP__POOL_SLOTS <= seq;
 }
 
+/* The slot's last job (seq - MP__POOL_SLOTS) is one of the table's records still: only then
+ * can the slot be in use. A state that says so of a job the table freed is a worker's wild
+ * write, which no worker would ever clear: every later submission waited for the slot for
+ * ever (test_forged_slot_state). */
+static bool slot_may_be_held(mp__jobs_t *t, uint64_t seq) {
+  bool held = false;
+  pthread_mutex_lock(&t->lock);
+  for (mp__jobrec_t *r = t->jobs; r && !held; r = r->next)
+    held = mp__jobrec_seq(r) + MP__POOL_SLOTS == seq;
+  pthread_mutex_unlock(&t->lock);
+  return held;
+}
+
+/* A wait for a slot looks at the table's records again this often (a wild state wakes no one). */
+#define SLOT_LOOK_NS 100000000
+
 static int job_publish(mp__jobs_t *t, mp__jobrec_t *r, uint64_t seq, int64_t deadline) {
   mp__pool_shared_t *sh = t->sh;
   mp__job_t *job = r->blk;
   for (;;) {
     uint32_t seen = atomic_load(&sh->slot_free);
-    if (slot_free_for(sh, seq))
+    if (slot_free_for(sh, seq) || !slot_may_be_held(t, seq))
       break;
     if (atomic_load(&sh->flags) & MP__POOL_TERMINATED)
       return mp__error(MP_ETERMINATED, "the pool was terminated");
     atomic_fetch_add(&sh->slot_waiters, 1);
-    int rc = slot_free_for(sh, seq) ? 0 : mp__futex_wait(&sh->slot_free, seen, deadline);
+    int64_t look = mp__now_ns() + SLOT_LOOK_NS;
+    int rc = slot_free_for(sh, seq) ? 0
+                                    : mp__futex_wait(&sh->slot_free, seen,
+                                                     look < deadline ? look : deadline);
+    if (rc == MP_ETIMEDOUT && look < deadline)
+      rc = 0;
     atomic_fetch_sub(&sh->slot_waiters, 1);
     if (rc == MP_ETIMEDOUT)
       return mp__error(MP_ETIMEDOUT, "%d jobs are in flight", MP__POOL_SLOTS);
