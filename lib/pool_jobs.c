@@ -69,6 +69,9 @@ struct mp__jobs_s {
    * flags are the workers' copy, which a worker may clear (a closed pool's join then waited
    * for ever: test_forged_flags_reopen), set back by mp__jobs_restore_flags. */
   _Atomic uint32_t flags;
+  /* Submissions between their look at the flags and their publication, as this process
+   * counts them: the shared block's count is the workers' copy (mp__jobs_restore_flags). */
+  _Atomic uint32_t submitting;
   /* The function table and the initializer as this process made them: the shared block's
    * copies are for the workers, which may rewrite them, so the look-ups, the bounds and the
    * frees here read only these. n_fns is read without the lock (find_function). */
@@ -1590,6 +1593,7 @@ void mp__jobs_release(mp__jobs_t *t, mp__jobrec_t *job) {
  * sequence numbers, all sequentially consistent); one that came before refuses it. */
 static int publish(mp__jobs_t *t, mp__jobrec_t *job) {
   mp__pool_shared_t *sh = t->sh;
+  atomic_fetch_add(&t->submitting, 1); /* before the shared count: mp__jobs_restore_flags */
   atomic_fetch_add(&sh->submitting, 1);
   int rc = 0;
   if (atomic_load(&sh->flags) & MP__POOL_CLOSED)
@@ -1602,6 +1606,7 @@ static int publish(mp__jobs_t *t, mp__jobrec_t *job) {
     pthread_mutex_unlock(&t->submit_lock);
   }
   atomic_fetch_sub(&sh->submitting, 1);
+  atomic_fetch_sub(&t->submitting, 1); /* after the shared count */
   if (atomic_load(&sh->flags) & MP__POOL_CLOSED)
     wake_workers(sh, t->n_workers, INT32_MAX); /* idle workers that waited for this may end now */
   if (rc < 0)
@@ -1937,7 +1942,7 @@ void mp__jobs_abort(mp__jobs_t *t, mp__jobrec_t *job, int code) {
 }
 
 bool mp__jobs_work_left(const mp__jobs_t *t) {
-  return atomic_load(&t->sh->submitting) > 0 ||
+  return atomic_load(&t->submitting) > 0 ||
          atomic_load(&t->sh->oldest) < atomic_load(&t->sh->next_seq);
 }
 
@@ -1961,10 +1966,20 @@ uint32_t mp__jobs_flags(const mp__jobs_t *t) {
 
 void mp__jobs_restore_flags(mp__jobs_t *t) {
   uint32_t mine = atomic_load(&t->flags);
-  if ((atomic_load(&t->sh->flags) & mine) == mine)
-    return;
-  atomic_fetch_or(&t->sh->flags, mine);
-  wake_workers(t->sh, t->n_workers, INT32_MAX); /* those that slept through it may end now */
+  bool wrong = (atomic_load(&t->sh->flags) & mine) != mine;
+  if (wrong)
+    atomic_fetch_or(&t->sh->flags, mine);
+  /* A closed pool's workers end once no submission is counted there: a count a worker left
+   * (test_forged_submitting) is set back to none if this process counts none. The shared
+   * count is read first and swapped from what was read: a submission counts itself here
+   * before there and uncounts itself there first, so one that runs meanwhile either shows
+   * in this process's count or changed the shared one (the swap fails). */
+  uint32_t shared = atomic_load(&t->sh->submitting);
+  if ((mine & MP__POOL_CLOSED) && shared && !atomic_load(&t->submitting) &&
+      atomic_compare_exchange_strong(&t->sh->submitting, &shared, 0))
+    wrong = true;
+  if (wrong)
+    wake_workers(t->sh, t->n_workers, INT32_MAX); /* those that slept through it may end now */
 }
 
 /* ------------------------------ worker records ------------------------------ */
