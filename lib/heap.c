@@ -204,6 +204,14 @@ static int grow(arena_t *arena, uint64_t need) {
   return 0;
 }
 
+/* The class of a block of size bytes (at most half the reserve, below 2^MAX_CLASS). */
+static uint32_t class_of(uint64_t size) {
+  uint32_t cls = MIN_CLASS;
+  while (cls < MAX_CLASS && (1ull << cls) < size + BLOCK_HEAD)
+    cls++;
+  return cls;
+}
+
 static void *allocate(size_t size, bool zeroed) {
   if (size == 0)
     return mp__error(MP_EINVAL, "a shared object of 0 bytes"), NULL;
@@ -214,9 +222,7 @@ static void *allocate(size_t size, bool zeroed) {
     return mp__error(MP_ENOMEM, "%zu bytes do not fit the shared arena (%llu reserved)", size,
                      (unsigned long long)arena->reserve),
            NULL;
-  uint32_t cls = MIN_CLASS;
-  while ((1ull << cls) < size + BLOCK_HEAD)
-    cls++;
+  uint32_t cls = class_of(size);
   uint64_t block_size = 1ull << cls;
 
   int rc = mp__mutex_lock(&arena->lock, INT64_MAX);
@@ -264,13 +270,6 @@ static block_t *block_of(void *payload) {
 
 void mp__shared_retain(void *payload) {
   atomic_fetch_add(&block_of(payload)->refs, 1);
-}
-
-static uint32_t class_of(uint64_t size) {
-  uint32_t cls = MIN_CLASS;
-  while (cls < MAX_CLASS && (1ull << cls) < size + BLOCK_HEAD)
-    cls++;
-  return cls;
 }
 
 bool mp__shared_release(void *payload) {
