@@ -1534,6 +1534,9 @@ START_TEST(test_lazy_huge_chunksize) {
   }
   mp_test_set_hook(NULL);
   end_lazy_pool();
+}
+END_TEST
+
 /* ------------------- the pool's shared words, written wild ------------------- */
 
 /* A task that writes its pool's shared block, as a wild write may: next_seq (arg: the
