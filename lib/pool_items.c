@@ -142,9 +142,9 @@ struct lazy_s {
   spec_t spec; /* of each job */
   size_t item_max;
   uint64_t base; /* the first item of the iterator's job */
-  uint64_t fed;   /* items taken from the source */
-  int end;        /* 0 while the source has items; then MP_EEOF, or its error */
-  bool end_told;  /* its error was returned */
+  uint64_t fed;  /* items taken from the source */
+  int end;       /* 0 while the source has items; then MP_EEOF, or its error */
+  bool end_told; /* its error was returned */
   /* mp_pool_imap_items: the source is this array. */
   const mp_item_t *items;
   size_t n_items, next_item;
@@ -319,8 +319,10 @@ int mp_pool_imap_items_unordered(mp_pool_t *pool, mp_task_fn_t fn, const mp_item
 
 /* The next result of a plain iterator into result (cap bytes of room). Inline in both of
  * its callers: a frame less per item. */
-__attribute__((always_inline)) static inline int plain_next_item(mp_imap_t *it, void *result, size_t cap, size_t *len, size_t *index,
-                           double timeout) {
+__attribute__((always_inline)) static inline int plain_next_item(mp_imap_t *it, void *result,
+                                                                 size_t cap, size_t *len,
+                                                                 size_t *index,
+                                                                 double timeout) {
   bool varsize = it->job->head.flags & MP__JOB_VARSIZE;
   size_t need = varsize ? it->job->head.result_cap : it->job->head.result_size;
   if (cap < need) { /* checked first: the result is not taken */

@@ -333,10 +333,10 @@ uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk) {
 }
 
 static uint64_t rec_items(const mp__jobrec_t *job, uint32_t chunk) {
-  uint64_t n = job->head.flags & MP__JOB_OPEN
-                   ? atomic_load_explicit(&((mp__jobrec_t *)job)->fed_items,
-                                          memory_order_relaxed)
-                   : job->head.n;
+  uint64_t n =
+      job->head.flags & MP__JOB_OPEN
+          ? atomic_load_explicit(&((mp__jobrec_t *)job)->fed_items, memory_order_relaxed)
+          : job->head.n;
   return items_of(n, job->head.chunksize, chunk);
 }
 
@@ -545,7 +545,8 @@ static bool slot_may_be_held(mp__jobs_t *t, uint64_t seq) {
   return held;
 }
 
-/* A wait for a slot looks at the table's records again this often (a wild state wakes no one). */
+/* A wait for a slot looks at the table's records again this often (a wild state wakes no one).
+ */
 #define SLOT_LOOK_NS 100000000
 
 static int job_publish(mp__jobs_t *t, mp__jobrec_t *r, uint64_t seq, int64_t deadline) {
@@ -559,9 +560,9 @@ static int job_publish(mp__jobs_t *t, mp__jobrec_t *r, uint64_t seq, int64_t dea
       return mp__error(MP_ETERMINATED, "the pool was terminated");
     atomic_fetch_add(&sh->slot_waiters, 1);
     int64_t look = mp__now_ns() + SLOT_LOOK_NS;
-    int rc = slot_free_for(sh, seq) ? 0
-                                    : mp__futex_wait(&sh->slot_free, seen,
-                                                     look < deadline ? look : deadline);
+    int rc = slot_free_for(sh, seq)
+                 ? 0
+                 : mp__futex_wait(&sh->slot_free, seen, look < deadline ? look : deadline);
     if (rc == MP_ETIMEDOUT && look < deadline)
       rc = 0;
     atomic_fetch_sub(&sh->slot_waiters, 1);

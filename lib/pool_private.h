@@ -115,7 +115,8 @@ static inline void check_pool(const mp_pool_t *pool, const char *what) {
 }
 
 static inline void check_result(const mp_async_result_t *ar, const char *what) {
-  check_live(ar, ar ? ar->magic : 0, RESULT_MAGIC, what, "async result", "mp_async_result_free");
+  check_live(ar, ar ? ar->magic : 0, RESULT_MAGIC, what, "async result",
+             "mp_async_result_free");
 }
 
 static inline void check_iterator(const mp_imap_t *it, const char *what) {

@@ -2230,9 +2230,9 @@ START_TEST(test_items_huge_chunksize) {
     free(out);
     for (int ordered = 0; ordered < 2; ordered++) {
       mp_imap_t *it = NULL;
-      MP_ASSERT_OK(ordered ? mp_pool_imap_items(pool, reverse, in, 10, 1, sizes[s], &it)
-                           : mp_pool_imap_items_unordered(pool, reverse, in, 10, 1, sizes[s],
-                                                          &it));
+      MP_ASSERT_OK(ordered
+                       ? mp_pool_imap_items(pool, reverse, in, 10, 1, sizes[s], &it)
+                       : mp_pool_imap_items_unordered(pool, reverse, in, 10, 1, sizes[s], &it));
       char r;
       size_t len, index;
       int got = 0;
@@ -2801,7 +2801,7 @@ START_TEST(test_forged_header_batch) {
 END_TEST
 
 /* A map's first chunk rewrites the header while its other chunks are still queued (review,
- * rev-trust). The worker that completes the forging chunk dies of the wild header, and so
+ * stop 22). The worker that completes the forging chunk dies of the wild header, and so
  * does every replacement that looks at the job to claim one of the queued chunks: it dies in
  * its claim, running no chunk, so no loss fails anything, the job stays the oldest, and the
  * next replacement dies the same way. The forged map must end (failed), and a map after it
@@ -2830,7 +2830,7 @@ START_TEST(test_forged_header_queued_chunks) {
 END_TEST
 
 /* A task writes the size class in the arena's header of its job's block, the word just
- * before the block (review, rev-trust): the pool's destruction releases the block and
+ * before the block (review, stop 22): the pool's destruction releases the block and
  * believes the class (mp__shared_release), punching the pages of a 1 TiB block from there:
  * an Array allocated after the block was zeroed (a class of 63 makes a shift of 63 and an
  * index past the arena's free lists, which UBSan reports). A wild class may leak the block,

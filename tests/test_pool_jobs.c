@@ -388,7 +388,8 @@ START_TEST(test_abandoned_chunk_given_back) {
   T_ASSERT(mp__pool_claim(mp__jobs_shared(table), 1, &a), "nothing claimed");
   mp__jobs_abort(table, job, MP_ETERMINATED);
   T_INT_EQ(mp__job_finished_chunk(job, true, 0), 0);
-  mp__jobs_return_chunk(table, job, 0, &(mp__feed_t){in, NULL, NULL}); /* as pool.c's take_chunk does */
+  mp__jobs_return_chunk(table, job, 0,
+                        &(mp__feed_t){in, NULL, NULL}); /* as pool.c's take_chunk does */
   mp__job_t *blk = job->blk;
   mp__jobs_release(table, job);
   mp__jobs_reclaim(table);
@@ -1029,8 +1030,8 @@ static uint64_t six_ints(void *arg, void *slot, uint64_t max, const mp__jobrec_t
 START_TEST(test_open_job_wild_fed_items) {
   MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
   mp_test_set_hook(free_table);
-  mp__job_spec_t spec = {0, MP__JOB_ITERATOR | MP__JOB_OPEN, NULL, 12, sizeof(int),
-                         sizeof(int), 4, 2, 0, NULL};
+  mp__job_spec_t spec = {
+      0, MP__JOB_ITERATOR | MP__JOB_OPEN, NULL, 12, sizeof(int), sizeof(int), 4, 2, 0, NULL};
   MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
   mp__jobrec_t *job;
   MP_ASSERT_OK(mp__jobs_submit(table, &spec, &job));
@@ -1074,7 +1075,8 @@ START_TEST(test_abort_racing_a_feed) {
   MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
   mp__jobrec_t *job;
   MP_ASSERT_OK(mp__jobs_submit(table, &spec, &job));
-  T_ASSERT(!mp__jobs_feed(table, job, &(mp__feed_t){in, NULL, NULL}), "a chunk was fed after the abort");
+  T_ASSERT(!mp__jobs_feed(table, job, &(mp__feed_t){in, NULL, NULL}),
+           "a chunk was fed after the abort");
   check_race(job);
   T_ASSERT(mp__job_complete(job), "the aborted iterator is not complete");
   T_ASSERT(!mp__jobs_work_left(table), "work is left");
@@ -1301,7 +1303,7 @@ END_TEST
  * made right then makes the source fail: lazy_fill's own error came after the failure's
  * (review, stop 22). */
 START_TEST(test_lazy_failure_message_survives_refill) {
-  open_lazy_pool(_i, 1, 0, 0); /* a window of 4 chunks: taking chunk 8 feeds chunk 12 */
+  open_lazy_pool(_i, 1, 0, 0);         /* a window of 4 chunks: taking chunk 8 feeds chunk 12 */
   ints_t src = {0, 12, MP_ECLOSED, 0}; /* the 13th call fails */
   mp_imap_t *it;
   MP_ASSERT_OK(mp_pool_imap_lazy(lock_pool, square_but_8, ints_source, &src, sizeof(int),
@@ -1395,8 +1397,8 @@ START_TEST(test_lazy_source_not_called_after_abort) {
   open_lazy_pool(_i, 1, 0, 0); /* a window of 4 chunks */
   term_src_t src = {0, 0, false};
   mp_imap_t *it;
-  MP_ASSERT_OK(mp_pool_imap_lazy(lock_pool, square_but_8, terminating_source, &src,
-                                 sizeof(int), sizeof(int), 10, &it));
+  MP_ASSERT_OK(mp_pool_imap_lazy(lock_pool, square_but_8, terminating_source, &src, sizeof(int),
+                                 sizeof(int), 10, &it));
   T_ASSERT(src.terminated, "the source did not reach item 25 (%d)", src.next);
   T_INT_EQ(src.calls_after, 0);
   mp_imap_free(it);
@@ -1512,8 +1514,8 @@ END_TEST
  * or, where the chunk fits, the items. */
 START_TEST(test_lazy_huge_chunksize) {
   open_lazy_pool(0, 2, 0, 0);
-  const size_t cs[] = {SIZE_MAX, SIZE_MAX / 16, SIZE_MAX / 17, SIZE_MAX / 64, (size_t)1 << 40,
-                       (size_t)1 << 31, (size_t)1 << 33};
+  const size_t cs[] = {SIZE_MAX,        SIZE_MAX / 16,   SIZE_MAX / 17,  SIZE_MAX / 64,
+                       (size_t)1 << 40, (size_t)1 << 31, (size_t)1 << 33};
   for (unsigned k = 0; k < sizeof cs / sizeof *cs; k++) {
     ints_t src = {0, 100, 0, 0};
     mp_imap_t *it = (mp_imap_t *)1;
@@ -1551,6 +1553,20 @@ static int forge_next_seq(const void *arg, size_t size, void *result, size_t *re
   return 0;
 }
 
+/* A map of 4 items on lock_pool is done within 10 s; then the pool is destroyed. */
+static void map_runs_then_destroy(void) {
+  int in[4] = {1, 2, 3, 4}, out[4] = {0};
+  mp_async_result_t *ar;
+  MP_ASSERT_OK(
+      mp_pool_map_async(lock_pool, identity, in, 4, sizeof(int), sizeof(int), 1, NULL, &ar));
+  int rc = mp_async_result_get(ar, out, sizeof out, NULL, 10);
+  mp_async_result_free(ar);
+  MP_ASSERT_OK(rc);
+  T_INT_EQ(out[3], 4);
+  mp_test_set_hook(NULL);
+  destroy_lock_pool();
+}
+
 static mp_pool_t *one_worker_pool(int i) {
   mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
   o.processes = 1;
@@ -1560,7 +1576,7 @@ static mp_pool_t *one_worker_pool(int i) {
   return lock_pool;
 }
 
-/* A map after a task that wrote next_seq wild (review, rev-trust). The worker, done with
+/* A map after a task that wrote next_seq wild (review, stop 22). The worker, done with
  * that task's job, looks for work from oldest to the wild next_seq: 2^62 sequence numbers,
  * one pin and one look at a slot each, a loop that never ends, so the next map, whose
  * publication sets next_seq right again, is never claimed. A wild next_seq may cost a job,
@@ -1573,49 +1589,39 @@ START_TEST(test_forged_next_seq) {
   MP_ASSERT_OK(mp_pool_map(pool, forge_next_seq, &sh, 1, sizeof sh, &r, sizeof r, 1));
   T_INT_EQ(r, 1);
   mp_test_sleep(0.05);
-  int in[4] = {1, 2, 3, 4}, out[4] = {0};
-  mp_async_result_t *ar;
-  MP_ASSERT_OK(mp_pool_map_async(pool, identity, in, 4, sizeof(int), sizeof(int), 1, NULL, &ar));
-  int rc = mp_async_result_get(ar, out, sizeof out, NULL, 10);
-  mp_async_result_free(ar);
-  MP_ASSERT_OK(rc);
-  T_INT_EQ(out[3], 4);
-  mp_test_set_hook(NULL);
-  destroy_lock_pool();
+  map_runs_then_destroy();
 }
 END_TEST
 
 /* oldest written far past every job (as a worker may: the parent writes it here, the same
  * word): no claim looks at any job below it, and a claim only ever moves it up, so no job
- * of the pool ever runs again (review, rev-trust). */
+ * of the pool ever runs again (review, stop 22). */
 START_TEST(test_forged_oldest) {
   mp_pool_t *pool = one_worker_pool(_i);
   mp__pool_shared_t *sh = mp__jobs_shared(pool->jobs);
   int in[4] = {1, 2, 3, 4}, out[4] = {0};
   MP_ASSERT_OK(mp_pool_map(pool, identity, in, 4, sizeof(int), out, sizeof(int), 1));
   atomic_store(&sh->oldest, UINT64_MAX - 1);
-  memset(out, 0, sizeof out);
-  mp_async_result_t *ar;
-  MP_ASSERT_OK(mp_pool_map_async(pool, identity, in, 4, sizeof(int), sizeof(int), 1, NULL, &ar));
-  int rc = mp_async_result_get(ar, out, sizeof out, NULL, 10);
-  mp_async_result_free(ar);
-  MP_ASSERT_OK(rc);
-  T_INT_EQ(out[3], 4);
-  mp_test_set_hook(NULL);
-  destroy_lock_pool();
+  map_runs_then_destroy();
 }
 END_TEST
+
+/* The shared block a forging task's argument names, once (10 s at most) its pool is closed. */
+static mp__pool_shared_t *closed_pool_block(const void *arg) {
+  mp__pool_shared_t *sh;
+  memcpy(&sh, arg, sizeof sh);
+  for (double end = mp_test_now() + 10;
+       !(atomic_load(&sh->flags) & MP__POOL_CLOSED) && mp_test_now() < end;)
+    mp_test_sleep(0.001);
+  return sh;
+}
 
 /* A task that, once its pool is closed, clears the closed bit of the shared flags (arg: the
  * block's address), as a wild write may. */
 static int forge_reopen(const void *arg, size_t size, void *result, size_t *result_size) {
   (void)size;
   (void)result_size;
-  mp__pool_shared_t *sh;
-  memcpy(&sh, arg, sizeof sh);
-  for (double end = mp_test_now() + 10;
-       !(atomic_load(&sh->flags) & MP__POOL_CLOSED) && mp_test_now() < end;)
-    mp_test_sleep(0.001);
+  mp__pool_shared_t *sh = closed_pool_block(arg);
   mp_test_sleep(0.05);
   atomic_fetch_and(&sh->flags, ~(uint32_t)MP__POOL_CLOSED);
   *(int *)result = 1;
@@ -1623,19 +1629,20 @@ static int forge_reopen(const void *arg, size_t size, void *result, size_t *resu
 }
 
 /* A closed pool's join, while a task clears the closed bit in the shared block (review,
- * rev-trust): the pool's process decides by that word (join, the supervisor's look for all
+ * stop 22): the pool's process decides by that word (join, the supervisor's look for all
  * ended, the replacements), and so do the workers, which then never end: the join waited for
  * ever, as test_forged_limit_closed's did. Python's join returns once the work is done. */
-START_TEST(test_forged_flags_reopen) {
+/* A pool of 2 workers under method i closed and joined while a task runs forge (its
+ * argument: the shared block's address): the join returns. */
+static void join_while_forged(int i, mp_task_fn_t forge) {
   mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
   o.processes = 2;
-  o.context = mp_test_ctx(_i);
+  o.context = mp_test_ctx(i);
   MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
   mp_test_set_hook(destroy_lock_pool);
   mp__pool_shared_t *sh = mp__jobs_shared(lock_pool->jobs);
   mp_async_result_t *ar;
-  MP_ASSERT_OK(mp_pool_map_async(lock_pool, forge_reopen, &sh, 1, sizeof sh, sizeof(int), 1,
-                                 NULL, &ar));
+  MP_ASSERT_OK(mp_pool_map_async(lock_pool, forge, &sh, 1, sizeof sh, sizeof(int), 1, NULL, &ar));
   mp_test_sleep(0.05);
   MP_ASSERT_OK(mp_pool_close(lock_pool));
   int rc = mp_pool_join(lock_pool, 10);
@@ -1646,6 +1653,10 @@ START_TEST(test_forged_flags_reopen) {
   MP_ASSERT_OK(rc);
   mp_test_set_hook(NULL);
   destroy_lock_pool();
+}
+
+START_TEST(test_forged_flags_reopen) {
+  join_while_forged(_i, forge_reopen);
 }
 END_TEST
 
@@ -1699,7 +1710,7 @@ static call_mirror_t *find_call(const void *near) {
 
 /* A worker writes the free list's link of a given-back call block (here the test writes it,
  * the same word): the next two calls at once take that block and then whatever the link
- * names, and the parent writes a whole description block there (review, rev-trust): here a
+ * names, and the parent writes a whole description block there (review, stop 22): here a
  * buffer of the caller's, which a wild link makes any address of the parent's. */
 START_TEST(test_forged_call_free_list) {
   static char decoy[4096];
@@ -1722,8 +1733,10 @@ START_TEST(test_forged_call_free_list) {
   size_t written = 0;
   for (size_t b = 0; b < sizeof decoy; b++)
     written += decoy[b] != 0;
-  T_ASSERT(written == 0, "the parent wrote %zu bytes of its own memory at the address a "
-           "worker left in the free list (the call: %s)", written, mp_err_name(rc));
+  T_ASSERT(written == 0,
+           "the parent wrote %zu bytes of its own memory at the address a "
+           "worker left in the free list (the call: %s)",
+           written, mp_err_name(rc));
   mp_test_set_hook(NULL);
   destroy_lock_pool();
 }
@@ -1731,7 +1744,7 @@ END_TEST
 
 /* An iterator's slot in the pool's shared block names its block by a pointer, which a worker
  * rewrites (here the test writes it, the same word) once the worker has run the chunks fed
- * (review, rev-trust): each chunk fed after that is claimed by a scan of the slots, and the
+ * (review, stop 22): each chunk fed after that is claimed by a scan of the slots, and the
  * worker that follows the wild pointer dies in its claim, running no chunk, so no loss fails
  * one; its replacement dies the same way, and the iterator waited for ever. */
 START_TEST(test_forged_slot_pointer) {
@@ -1765,38 +1778,15 @@ END_TEST
 static int forge_submitting(const void *arg, size_t size, void *result, size_t *result_size) {
   (void)size;
   (void)result_size;
-  mp__pool_shared_t *sh;
-  memcpy(&sh, arg, sizeof sh);
-  for (double end = mp_test_now() + 10;
-       !(atomic_load(&sh->flags) & MP__POOL_CLOSED) && mp_test_now() < end;)
-    mp_test_sleep(0.001);
-  atomic_fetch_add(&sh->submitting, 1);
+  atomic_fetch_add(&closed_pool_block(arg)->submitting, 1);
   *(int *)result = 1;
   return 0;
 }
 
-/* The same join while a task leaves `submitting` counted (review, rev-trust): the workers and
+/* The same join while a task leaves `submitting` counted (review, stop 22): the workers and
  * the supervisor take it for a submission still to come, and the join waits for ever. */
 START_TEST(test_forged_submitting) {
-  mp_pool_options_t o = MP_POOL_OPTIONS_INIT;
-  o.processes = 2;
-  o.context = mp_test_ctx(_i);
-  MP_ASSERT_OK(mp_pool_create(&lock_pool, &o));
-  mp_test_set_hook(destroy_lock_pool);
-  mp__pool_shared_t *sh = mp__jobs_shared(lock_pool->jobs);
-  mp_async_result_t *ar;
-  MP_ASSERT_OK(mp_pool_map_async(lock_pool, forge_submitting, &sh, 1, sizeof sh, sizeof(int), 1,
-                                 NULL, &ar));
-  mp_test_sleep(0.05);
-  MP_ASSERT_OK(mp_pool_close(lock_pool));
-  int rc = mp_pool_join(lock_pool, 10);
-  int r = 0;
-  MP_ASSERT_OK(mp_async_result_get(ar, &r, sizeof r, NULL, 10));
-  mp_async_result_free(ar);
-  T_INT_EQ(r, 1);
-  MP_ASSERT_OK(rc);
-  mp_test_set_hook(NULL);
-  destroy_lock_pool();
+  join_while_forged(_i, forge_submitting);
 }
 END_TEST
 
@@ -1808,7 +1798,7 @@ static void *map_in_thread(void *arg) {
 
 /* The state of the slot the next job is to take, written back to "in use by the job 256
  * before it" (a worker may write it; the test does here), long after that job completed
- * (review, rev-trust): the next submission waits for that slot to free, with no deadline and
+ * (review, stop 22): the next submission waits for that slot to free, with no deadline and
  * the submission lock held, and no worker ever frees it: every later submission of the
  * pool blocks until a terminate. The parent knows that job complete (no record of it is in a
  * slot): the slot is free. */
