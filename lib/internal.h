@@ -286,7 +286,8 @@ void *mp__shared_alloc(size_t size);
 /* The same, not zeroed: for buffers about to be overwritten whole. */
 void *mp__shared_alloc_raw(size_t size);
 void mp__shared_retain(void *block);
-/* Drops one reference; true if that was the last and the block is now free. */
+/* Drops one reference; true if that was the last (the block is then free, or leaked if its
+ * header's class is one the arena cannot hold there). */
 bool mp__shared_release(void *block);
 /* The same for a block allocated with size bytes, its header's class set from size first:
  * for blocks whose header another process may have written (a pool's job blocks). */

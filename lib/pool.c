@@ -637,15 +637,15 @@ void mp_async_result_free(mp_async_result_t *ar) {
 
 /* ------------------------------ iterators ------------------------------ */
 
-int mp__pool_start_iterator(mp_imap_t *it, spec_t *s, const mp__feed_t *fill) {
-  s->flags |= MP__JOB_ITERATOR | MP__JOB_WAKE_EACH | (fill ? MP__JOB_OPEN : 0);
+int mp__pool_start_iterator(mp_imap_t *it, spec_t *s, const mp__feed_t *feed) {
+  s->flags |= MP__JOB_ITERATOR | MP__JOB_WAKE_EACH | (feed ? MP__JOB_OPEN : 0);
   s->window = 4 * it->pool->n_workers;
   int rc = submit(it->pool, s, &it->job);
   if (rc < 0) {
     it->job = NULL;
     return rc;
   }
-  it->feed = fill ? *fill : (mp__feed_t){s->items, NULL, NULL};
+  it->feed = feed ? *feed : (mp__feed_t){s->items, NULL, NULL};
   it->next_chunk = 0;
   it->active = -1;
   it->taken = 0;
@@ -775,8 +775,7 @@ void mp_imap_free(mp_imap_t *it) {
   if (!it)
     return;
   it->magic = 0;
-  if (it->lazy)
-    free(it->lazy);
+  free(it->lazy);
   mp__pool_end_iterator(it);
   free(it);
 }

@@ -132,9 +132,9 @@ int mp_pool_map_items(mp_pool_t *pool, mp_task_fn_t fn, const mp_item_t *items, 
 /*
  * A lazy iterator takes its items from a source, on the caller's side: one iterator over an
  * open job (MP__JOB_OPEN), whose window the source fills a chunk at a time, straight into
- * the job's input slots, as the array form's window is fed from the array. The job's chunks
- * are counted in 32 bits (job_create's limit): an input that outlasts them goes on in a next
- * job, from the item where the last one stopped.
+ * the job's input slots, as the array form's window is fed from the array. A job has at
+ * most 2^31 - 1 chunks (UINT32_MAX / 2, job_create's limit): an input that outlasts them
+ * goes on in a next job, from the item where the last one stopped.
  */
 struct lazy_s {
   mp_item_source_t source;

@@ -325,19 +325,21 @@ static inline uint64_t items_of(uint64_t n, uint64_t chunksize, uint32_t chunk) 
   return n - first < chunksize ? n - first : chunksize;
 }
 
+/* The items of chunk of a job with header head: of its n, or an open job's fed so far. */
+static inline uint64_t head_items(const mp__job_head_t *head, const _Atomic uint64_t *fed_items,
+                                  uint32_t chunk) {
+  uint64_t n = head->flags & MP__JOB_OPEN
+                   ? atomic_load_explicit((_Atomic uint64_t *)fed_items, memory_order_relaxed)
+                   : head->n;
+  return items_of(n, head->chunksize, chunk);
+}
+
 uint64_t mp__job_chunk_items(const mp__job_t *job, uint32_t chunk) {
-  uint64_t n = job->head.flags & MP__JOB_OPEN
-                   ? atomic_load_explicit(&((mp__job_t *)job)->fed_items, memory_order_relaxed)
-                   : job->head.n;
-  return items_of(n, job->head.chunksize, chunk);
+  return head_items(&job->head, &job->fed_items, chunk);
 }
 
 static uint64_t rec_items(const mp__jobrec_t *job, uint32_t chunk) {
-  uint64_t n =
-      job->head.flags & MP__JOB_OPEN
-          ? atomic_load_explicit(&((mp__jobrec_t *)job)->fed_items, memory_order_relaxed)
-          : job->head.n;
-  return items_of(n, job->head.chunksize, chunk);
+  return head_items(&job->head, &job->fed_items, chunk);
 }
 
 static bool job_unref(mp__job_t *job) {
@@ -1224,10 +1226,15 @@ static void job_abort(mp__jobs_t *t, mp__jobrec_t *job, int code) {
 
 /* ------------------------------ the table ------------------------------ */
 
+/* The pool's shared block for n_workers: its records, and one for the supervisor's pins. */
+static size_t shared_block_size(uint32_t n_workers) {
+  return sizeof(mp__pool_shared_t) + ((size_t)n_workers + 1) * sizeof(mp__worker_rec_t);
+}
+
 int mp__jobs_create(mp__jobs_t **out, uint32_t n_workers, unsigned maxtasks, unsigned retries) {
   mp__jobs_t *t = calloc(1, sizeof *t);
   mp__pool_shared_t *sh =
-      mp__shared_alloc(sizeof *sh + ((size_t)n_workers + 1) * sizeof(mp__worker_rec_t));
+      mp__shared_alloc(shared_block_size(n_workers));
   if (!t || !sh) {
     free(t);
     if (sh)
@@ -1284,7 +1291,7 @@ void mp__jobs_free(mp__jobs_t *t) {
   if (t->initargs)
     mp__shared_release(t->initargs);
   pthread_mutex_destroy(&sh->err_lock);
-  mp__shared_release_sized(sh, sizeof *sh + ((size_t)t->n_workers + 1) * sizeof *sh->workers);
+  mp__shared_release_sized(sh, shared_block_size(t->n_workers));
   pthread_mutex_destroy(&t->lock);
   pthread_mutex_destroy(&t->submit_lock);
   pthread_mutex_destroy(&t->apply_lock);
@@ -1592,12 +1599,22 @@ void mp__jobs_release(mp__jobs_t *t, mp__jobrec_t *job) {
  * end the workers before it (the submission is counted from before its look at the flags
  * until it is published, and workers read that count after the flags and before the
  * sequence numbers, all sequentially consistent); one that came before refuses it. */
+/* The shared count of submissions less one, never below none: mp__jobs_restore_flags may
+ * have set it to none under a submission that it did not see. */
+static void uncount_submission(_Atomic uint32_t *count) {
+  uint32_t v = atomic_load(count);
+  while (v && !atomic_compare_exchange_weak(count, &v, v - 1))
+    ;
+}
+
 static int publish(mp__jobs_t *t, mp__jobrec_t *job) {
   mp__pool_shared_t *sh = t->sh;
   atomic_fetch_add(&t->submitting, 1); /* before the shared count: mp__jobs_restore_flags */
   atomic_fetch_add(&sh->submitting, 1);
   int rc = 0;
-  if (atomic_load(&sh->flags) & MP__POOL_CLOSED)
+  /* This process's flags, set before the shared ones (mp__jobs_set_flag), which a worker
+   * could clear. */
+  if (atomic_load(&t->flags) & MP__POOL_CLOSED)
     rc = mp__error(MP_ECLOSED, "the pool is closed");
   if (rc == 0) {
     pthread_mutex_lock(&t->submit_lock);
@@ -1606,9 +1623,9 @@ static int publish(mp__jobs_t *t, mp__jobrec_t *job) {
       t->next_seq++;
     pthread_mutex_unlock(&t->submit_lock);
   }
-  atomic_fetch_sub(&sh->submitting, 1);
+  uncount_submission(&sh->submitting);
   atomic_fetch_sub(&t->submitting, 1); /* after the shared count */
-  if (atomic_load(&sh->flags) & MP__POOL_CLOSED)
+  if (atomic_load(&t->flags) & MP__POOL_CLOSED)
     wake_workers(sh, t->n_workers, INT32_MAX); /* idle workers that waited for this may end now */
   if (rc < 0)
     mp__jobs_release(t, job);
@@ -1979,6 +1996,23 @@ void mp__jobs_restore_flags(mp__jobs_t *t) {
   if ((mine & MP__POOL_CLOSED) && shared && !atomic_load(&t->submitting) &&
       atomic_compare_exchange_strong(&t->sh->submitting, &shared, 0))
     wrong = true;
+  /* next_seq and oldest, by this process's count of publications (under the lock that
+   * publications hold, if no publication holds it now: a wait for a slot holds it, and this
+   * thread must not wait): a wild next_seq left work for ever, and a closed pool's join with
+   * it (test_forged_next_seq_at_close); an oldest out of the slots' reach is set to the
+   * oldest job that can be in flight, from which the claims move it on. */
+  if (pthread_mutex_trylock(&t->submit_lock) == 0) {
+    uint64_t next = t->next_seq, from = next - MP__POOL_SLOTS,
+             oldest = atomic_load(&t->sh->oldest);
+    if (atomic_load(&t->sh->next_seq) != next) {
+      atomic_store(&t->sh->next_seq, next);
+      wrong = true;
+    }
+    if ((oldest > next || oldest < from) &&
+        atomic_compare_exchange_strong(&t->sh->oldest, &oldest, from))
+      wrong = true;
+    pthread_mutex_unlock(&t->submit_lock);
+  }
   if (wrong)
     wake_workers(t->sh, t->n_workers, INT32_MAX); /* those that slept through it may end now */
 }

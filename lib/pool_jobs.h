@@ -401,9 +401,10 @@ bool mp__jobs_work_left(const mp__jobs_t *t);
  * for close), or read. */
 void mp__jobs_set_flag(mp__jobs_t *t, uint32_t flag);
 uint32_t mp__jobs_flags(const mp__jobs_t *t);
-/* Sets the flags this process set back in the shared block if a worker cleared them, and a
- * closed pool's count of submissions in flight if this process counts none, and then wakes
- * the workers (the supervisor's timer). */
+/* Sets back in the shared block what a worker may have written wild (the supervisor's
+ * timer): the flags this process set, a closed pool's count of submissions in flight if this
+ * process counts none, next_seq and an oldest out of reach; and wakes the workers if it set
+ * anything back. */
 void mp__jobs_restore_flags(mp__jobs_t *t);
 
 /* Worker records, written by the supervisor around a worker's life. */

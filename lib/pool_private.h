@@ -175,11 +175,11 @@ int mp__pool_make_result(mp_pool_t *pool, spec_t *s, const mp_async_callbacks_t 
                          bool is_apply, mp_async_result_t **out);
 /* The end of a blocking call with outcome rc: Ctrl-C (MP_EINTR) terminates the pool. */
 int mp__pool_end_sync(mp_pool_t *pool, const char *what, int rc);
-/* Starts it (its pool and order set, no job) on a job over s: s's items, or with a fill (not
- * NULL) what that writes, an open job (MP__JOB_OPEN) of at most s->n items. it->job stays
- * NULL on failure. */
-int mp__pool_start_iterator(mp_imap_t *it, spec_t *s, const mp__feed_t *fill);
-/* Ends it's job, if any: aborted unless complete, and released (it->job NULL). */
+/* Starts it (its pool and order set, no job) on a job over s: s's items, or with a feed
+ * (not NULL) what its fill writes, an open job (MP__JOB_OPEN) of at most s->n items. it->job
+ * stays NULL on failure. */
+int mp__pool_start_iterator(mp_imap_t *it, spec_t *s, const mp__feed_t *feed);
+/* Ends its job, if any: aborted unless complete, and released (it->job NULL). */
 void mp__pool_end_iterator(mp_imap_t *it);
 /* pool_items.c, for the job table's tests: the most chunks of a lazy iterator's job (0: the
  * default, UINT32_MAX / 2). */

@@ -1202,7 +1202,7 @@ START_TEST(test_loss_while_the_error_lock_is_held) {
 }
 END_TEST
 
-/* A lazy iterator's input goes on in a next job once a job's chunks run out (2^31 of them,
+/* A lazy iterator's input goes on in a next job once a job's chunks run out (2^31 - 1,
  * lowered here to 3): every item once, each failure named by its index in the input, the
  * source's error after the last item. */
 typedef struct {
@@ -1331,7 +1331,7 @@ START_TEST(test_lazy_failure_message_survives_refill) {
 }
 END_TEST
 
-/* A lazy input goes on after mp_pool_close within its job; a next job (past 2^31 chunks,
+/* A lazy input goes on after mp_pool_close within its job; a next job (past 2^31 - 1 chunks,
  * lowered here to 3) is refused, MP_ECLOSED at the item where it would start, and the
  * workers then leave (api.md). */
 START_TEST(test_lazy_input_kept_after_close) {
@@ -1515,15 +1515,19 @@ END_TEST
 START_TEST(test_lazy_huge_chunksize) {
   open_lazy_pool(0, 2, 0, 0);
   const size_t cs[] = {SIZE_MAX,        SIZE_MAX / 16,   SIZE_MAX / 17,  SIZE_MAX / 64,
-                       (size_t)1 << 40, (size_t)1 << 31, (size_t)1 << 33};
+                       (size_t)1 << 40, (size_t)1 << 31, (size_t)1 << 33, 1000};
   for (unsigned k = 0; k < sizeof cs / sizeof *cs; k++) {
     ints_t src = {0, 100, 0, 0};
     mp_imap_t *it = (mp_imap_t *)1;
     int rc = mp_pool_imap_lazy(lock_pool, square_but_8, ints_source, &src, sizeof(int),
                                sizeof(int), cs[k], &it);
-    if (rc == 0) { /* one chunk of the 100 items: it fails at item 8 */
+    if (rc == 0) { /* one chunk of the 100 items: items 0 to 7, then its failure at 8 */
       int r;
       size_t len, index;
+      for (int k = 0; k < 8; k++) {
+        MP_ASSERT_OK(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10));
+        T_INT_EQ(r, k * k);
+      }
       MP_ASSERT_ERR(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10), MP_ETASK);
       T_INT_EQ(index, 8);
       MP_ASSERT_ERR(mp_imap_next_item(it, &r, sizeof r, &len, &index, 10), MP_EEOF);
@@ -1660,9 +1664,10 @@ START_TEST(test_forged_flags_reopen) {
 }
 END_TEST
 
-/* mp_pool_map_shared's description blocks (pool_shared.c's call_t), as laid out there: a
- * call's block is in the arena, and between calls its next_free links the parent's free list
- * of them, a word any worker can write. */
+/* mp_pool_map_shared's description blocks (pool_shared.c's call_t), as they were laid out
+ * before stop 22: a call's block is in the arena, and between calls its next_free linked the
+ * parent's free list of them, a word any worker can write (the word now lies past call_t's
+ * fields, in its block's slack, and links nothing). */
 typedef struct {
   uint32_t kind;
   char *base;
@@ -1787,6 +1792,25 @@ static int forge_submitting(const void *arg, size_t size, void *result, size_t *
  * the supervisor take it for a submission still to come, and the join waits for ever. */
 START_TEST(test_forged_submitting) {
   join_while_forged(_i, forge_submitting);
+}
+END_TEST
+
+/* A task that, once its pool is closed, writes next_seq far past every job published (arg:
+ * the block's address), as a wild write may. */
+static int forge_next_seq_at_close(const void *arg, size_t size, void *result,
+                                   size_t *result_size) {
+  (void)size;
+  (void)result_size;
+  atomic_store(&closed_pool_block(arg)->next_seq, (uint64_t)1 << 62);
+  *(int *)result = 1;
+  return 0;
+}
+
+/* The same join while a task leaves next_seq wild (the final read of stop 22): the workers
+ * and the supervisor took the jobs up to it for work still to do, and the join waited for
+ * ever. */
+START_TEST(test_forged_next_seq_at_close) {
+  join_while_forged(_i, forge_next_seq_at_close);
 }
 END_TEST
 
@@ -2303,6 +2327,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_loop_test(tc, test_forged_call_free_list, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_slot_pointer, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_submitting, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_next_seq_at_close, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_slot_state, 0, N_METHODS);
   return s;
 }

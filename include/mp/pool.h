@@ -296,7 +296,7 @@ MP_EXTERN int mp_pool_map_items(mp_pool_t *pool, mp_task_fn_t fn, const mp_item_
  * Iterators over n items of any size (the caller's array of mp_item_t, kept valid and
  * unchanged, with the bytes it points at, until mp_imap_free()), each result of at most
  * result_max bytes, read with mp_imap_next_item(). The same bounded window as
- * mp_pool_imap's: items are copied a batch at a time as results are taken. chunksize 0 is
+ * mp_pool_imap's: items are copied a chunk at a time as results are taken. chunksize 0 is
  * 1. Errors: as mp_pool_map_items'. Python: Pool.imap(), Pool.imap_unordered().
  */
 MP_EXTERN int mp_pool_imap_items(mp_pool_t *pool, mp_task_fn_t fn, const mp_item_t *items,
@@ -320,12 +320,11 @@ typedef int (*mp_item_source_t)(void *user_data, void *buf, size_t cap, size_t *
  * Iterators over items taken from next_item(user_data, ...) as the results are consumed:
  * the input may be endless, or too large to hold (the lines of a file, a computed stream).
  * Items have at most item_max bytes, results at most result_max; chunksize 0 is 1. At most
- * the array form's window is in flight: two batches of two chunks per worker each, one
- * being delivered, the next running; the source fills a batch when the one before it has
- * been delivered whole (imap_unordered gives a batch's results in any order, batch after
- * batch). The consumer may stop at any time with mp_imap_free(): the source is not called
- * again and the batches in flight are dropped. user_data is the caller's, used until
- * mp_imap_free(). The first batches are filled during this call. Errors: MP_EINVAL (NULL
+ * the array form's window is in flight, four chunks per worker: the source fills a chunk
+ * each time one has been taken (imap_unordered gives the window's results in any order).
+ * The consumer may stop at any time with mp_imap_free(): the source is not called again and
+ * the chunks in flight are dropped. user_data is the caller's, used until mp_imap_free().
+ * The first window is filled during this call. Errors: MP_EINVAL (NULL
  * pool, fn, next_item or it; sizes that overflow), MP_ENOMEM, the submission errors of
  * mp_pool_imap. Python: Pool.imap(func, generator), Pool.imap_unordered(func, generator).
  */
