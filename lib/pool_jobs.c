@@ -1233,8 +1233,7 @@ static size_t shared_block_size(uint32_t n_workers) {
 
 int mp__jobs_create(mp__jobs_t **out, uint32_t n_workers, unsigned maxtasks, unsigned retries) {
   mp__jobs_t *t = calloc(1, sizeof *t);
-  mp__pool_shared_t *sh =
-      mp__shared_alloc(shared_block_size(n_workers));
+  mp__pool_shared_t *sh = mp__shared_alloc(shared_block_size(n_workers));
   if (!t || !sh) {
     free(t);
     if (sh)

@@ -1514,7 +1514,7 @@ END_TEST
  * or, where the chunk fits, the items. */
 START_TEST(test_lazy_huge_chunksize) {
   open_lazy_pool(0, 2, 0, 0);
-  const size_t cs[] = {SIZE_MAX,        SIZE_MAX / 16,   SIZE_MAX / 17,  SIZE_MAX / 64,
+  const size_t cs[] = {SIZE_MAX,        SIZE_MAX / 16,   SIZE_MAX / 17,   SIZE_MAX / 64,
                        (size_t)1 << 40, (size_t)1 << 31, (size_t)1 << 33, 1000};
   for (unsigned k = 0; k < sizeof cs / sizeof *cs; k++) {
     ints_t src = {0, 100, 0, 0};
@@ -1646,7 +1646,8 @@ static void join_while_forged(int i, mp_task_fn_t forge) {
   mp_test_set_hook(destroy_lock_pool);
   mp__pool_shared_t *sh = mp__jobs_shared(lock_pool->jobs);
   mp_async_result_t *ar;
-  MP_ASSERT_OK(mp_pool_map_async(lock_pool, forge, &sh, 1, sizeof sh, sizeof(int), 1, NULL, &ar));
+  MP_ASSERT_OK(
+      mp_pool_map_async(lock_pool, forge, &sh, 1, sizeof sh, sizeof(int), 1, NULL, &ar));
   mp_test_sleep(0.05);
   MP_ASSERT_OK(mp_pool_close(lock_pool));
   int rc = mp_pool_join(lock_pool, 10);
