@@ -80,6 +80,7 @@ struct mp__jobs_s {
   mp__fnref_t *fn_refs[MP__POOL_MAX_FNS];
   mp__fnref_t *init_ref;
   void *initargs;
+  size_t initargs_size;
   mp__jobrec_t *jobs;          /* the records of every job not freed */
   mp__jobrec_t *free_recs;     /* records for the next jobs (linked by next) */
   mp__job_t *spares[SPARES];   /* freed jobs' blocks, for the next jobs */
@@ -1283,12 +1284,13 @@ void mp__jobs_free(mp__jobs_t *t) {
       keep_for_later(t->spares[i], t->spare_size[i]);
   for (size_t i = 0; i < t->n_small; i++)
     mp__shared_release_sized(t->small[i], t->small_size[i]);
+  /* By their sizes, as the job blocks: their arena headers are any worker's to write. */
   for (uint32_t i = 0; i < atomic_load(&t->n_fns); i++)
-    mp__shared_release(t->fn_refs[i]);
+    mp__shared_release_sized(t->fn_refs[i], sizeof(mp__fnref_t));
   if (t->init_ref)
-    mp__shared_release(t->init_ref);
+    mp__shared_release_sized(t->init_ref, sizeof(mp__fnref_t));
   if (t->initargs)
-    mp__shared_release(t->initargs);
+    mp__shared_release_sized(t->initargs, t->initargs_size);
   pthread_mutex_destroy(&sh->err_lock);
   mp__shared_release_sized(sh, shared_block_size(t->n_workers));
   pthread_mutex_destroy(&t->lock);
@@ -1325,6 +1327,7 @@ int mp__jobs_set_initializer(mp__jobs_t *t, mp__fn_t fn, const void *args, size_
   sh->init_ref = t->init_ref;
   if (size && !(t->initargs = mp__shared_alloc(size)))
     return mp__error_prefix(MP_ENOMEM, "the initializer's %zu bytes of arguments", size);
+  t->initargs_size = size;
   sh->initargs = t->initargs;
   sh->init_local = fn;
   if (size)

@@ -1815,6 +1815,45 @@ START_TEST(test_forged_next_seq_at_close) {
 }
 END_TEST
 
+/* A task that writes the size class in the arena header of its pool's first function
+ * reference (arg: the shared block's address) to a 4 MiB block's (heap.c's header: a
+ * 64-byte space before the payload, the class its second word), as a wild write may. */
+static int forge_fnref_class(const void *arg, size_t size, void *result, size_t *result_size) {
+  (void)size;
+  (void)result_size;
+  mp__pool_shared_t *sh;
+  memcpy(&sh, arg, sizeof sh);
+  uint32_t cls = 22;
+  memcpy((char *)sh->fns[0] - 64 + sizeof(uint32_t), &cls, sizeof cls);
+  *(int *)result = 1;
+  return 0;
+}
+
+/* The pool's destruction released its function references by their headers' classes: a
+ * class written wild within the arena's reach put the 128-byte block on the 4 MiB list,
+ * and the next 4 MiB object was allocated over it and the blocks after it (review of stop
+ * 22's fixes: they were released by size for job blocks only). */
+START_TEST(test_forged_fnref_class) {
+  mp_array_t *room, *after;
+  mp_pool_t *pool = one_worker_pool(_i);
+  mp__pool_shared_t *sh = mp__jobs_shared(pool->jobs);
+  int r = 0;
+  MP_ASSERT_OK(mp_pool_map(pool, forge_fnref_class, &sh, 1, sizeof sh, &r, sizeof r, 1));
+  T_INT_EQ(r, 1);
+  void *ref = sh->fns[0];
+  /* The arena grows past the reference's block by more than 4 MiB: a class of 4 MiB there
+   * is within its reach. */
+  MP_ASSERT_OK(mp_raw_array_create(&room, 'b', 16 << 20, NULL));
+  mp_test_set_hook(NULL);
+  destroy_lock_pool();
+  MP_ASSERT_OK(mp_raw_array_create(&after, 'b', 3 << 20, NULL)); /* a 4 MiB block */
+  T_ASSERT((void *)after != ref, "a 3 MiB Array was allocated over a function reference's "
+                                 "128-byte block");
+  MP_ASSERT_OK(mp_array_close(after));
+  MP_ASSERT_OK(mp_array_close(room));
+}
+END_TEST
+
 static void *map_in_thread(void *arg) {
   int in[4] = {1, 2, 3, 4}, out[4];
   intptr_t rc = mp_pool_map(arg, identity, in, 4, sizeof(int), out, sizeof(int), 1);
@@ -2330,6 +2369,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_loop_test(tc, test_forged_submitting, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_next_seq_at_close, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_slot_state, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_fnref_class, 0, N_METHODS);
   return s;
 }
 
