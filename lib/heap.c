@@ -272,16 +272,16 @@ void mp__shared_retain(void *payload) {
   atomic_fetch_add(&block_of(payload)->refs, 1);
 }
 
-bool mp__shared_release(void *payload) {
+/* Drops a reference to payload's block, taken to be of class cls; the last one frees it. */
+static bool release_as(void *payload, uint32_t cls) {
   block_t *block = block_of(payload);
   if (atomic_fetch_sub(&block->refs, 1) != 1)
     return false;
   arena_t *arena = heap.arena;
   uint64_t offset = (uint64_t)((char *)block - (char *)arena);
-  /* The header is any process's to write (a task that writes before its block): a class
-   * that the arena cannot hold there leaks the block, where it was shifted and indexed by,
-   * and the pages of a block of that size punched (test_forged_heap_class). */
-  uint32_t cls = __atomic_load_n(&block->cls, __ATOMIC_RELAXED);
+  /* A class from the header is any process's to write (a task that writes before its
+   * block): one that the arena cannot hold there leaks the block, where it was shifted and
+   * indexed by, and the pages of a block of that size punched (test_forged_heap_class). */
   if (cls < MIN_CLASS || cls > MAX_CLASS || offset + (1ull << cls) > atomic_load(&arena->size))
     return true;
   uint64_t block_size = 1ull << cls;
@@ -301,9 +301,12 @@ bool mp__shared_release(void *payload) {
   return true;
 }
 
+bool mp__shared_release(void *payload) {
+  return release_as(payload, __atomic_load_n(&block_of(payload)->cls, __ATOMIC_RELAXED));
+}
+
 bool mp__shared_release_sized(void *payload, uint64_t size) {
-  __atomic_store_n(&block_of(payload)->cls, class_of(size), __ATOMIC_RELAXED);
-  return mp__shared_release(payload);
+  return release_as(payload, class_of(size));
 }
 
 bool mp__shared_is_block(const void *payload, uint64_t room) {

@@ -559,7 +559,7 @@ static int job_publish(mp__jobs_t *t, mp__jobrec_t *r, uint64_t seq, int64_t dea
     uint32_t seen = atomic_load(&sh->slot_free);
     if (slot_free_for(sh, seq) || !slot_may_be_held(t, seq))
       break;
-    if (atomic_load(&sh->flags) & MP__POOL_TERMINATED)
+    if (mp__jobs_flags(t) & MP__POOL_TERMINATED)
       return mp__error(MP_ETERMINATED, "the pool was terminated");
     atomic_fetch_add(&sh->slot_waiters, 1);
     int64_t look = mp__now_ns() + SLOT_LOOK_NS;
@@ -582,7 +582,7 @@ static int job_publish(mp__jobs_t *t, mp__jobrec_t *r, uint64_t seq, int64_t dea
   /* A terminate whose abort scanned the slots before this one was filled does not see this
    * job: it set the flag first, so the job is aborted here (both sides are sequentially
    * consistent: one of them sees the other). */
-  if (atomic_load(&sh->flags) & MP__POOL_TERMINATED)
+  if (mp__jobs_flags(t) & MP__POOL_TERMINATED)
     job_abort(t, r, MP_ETERMINATED);
   return 0;
 }
@@ -1597,10 +1597,6 @@ void mp__jobs_release(mp__jobs_t *t, mp__jobrec_t *job) {
   pthread_mutex_unlock(&t->lock);
 }
 
-/* Publishes job in seq order, waiting for its slot. A close that comes meanwhile does not
- * end the workers before it (the submission is counted from before its look at the flags
- * until it is published, and workers read that count after the flags and before the
- * sequence numbers, all sequentially consistent); one that came before refuses it. */
 /* The shared count of submissions less one, never below none: mp__jobs_restore_flags may
  * have set it to none under a submission that it did not see. */
 static void uncount_submission(_Atomic uint32_t *count) {
@@ -1609,6 +1605,10 @@ static void uncount_submission(_Atomic uint32_t *count) {
     ;
 }
 
+/* Publishes job in seq order, waiting for its slot. A close that comes meanwhile does not
+ * end the workers before it (the submission is counted from before its look at the flags
+ * until it is published, and workers read that count after the flags and before the
+ * sequence numbers, all sequentially consistent); one that came before refuses it. */
 static int publish(mp__jobs_t *t, mp__jobrec_t *job) {
   mp__pool_shared_t *sh = t->sh;
   atomic_fetch_add(&t->submitting, 1); /* before the shared count: mp__jobs_restore_flags */
@@ -1738,7 +1738,7 @@ int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t **out,
    * stream: a lone one is a job of its own rather than a batch of 64 chunks for one. */
   bool takes = open && batch_takes(t, s);
   bool stream = takes || (!open && atomic_load_explicit(&t->applying, memory_order_relaxed));
-  uint32_t flags = atomic_load(&t->sh->flags);
+  uint32_t flags = mp__jobs_flags(t);
   if (flags & MP__POOL_TERMINATED)
     rc = mp__error(MP_ETERMINATED, "the pool was terminated");
   else if (flags & MP__POOL_CLOSED)
@@ -1765,7 +1765,7 @@ int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t **out,
    * open batch before there was one (mp__jobs_close_batch does not take the lock when it
    * sees none): this apply is taken, and the batch closed for it. The flag is set before
    * that look, the batch stored before this one, both sequentially consistent. */
-  if (rc == 0 && (atomic_load(&t->sh->flags) & MP__POOL_CLOSED))
+  if (rc == 0 && (mp__jobs_flags(t) & MP__POOL_CLOSED))
     close_batch(t);
   pthread_mutex_unlock(&t->apply_lock);
   if (rc <= 0) {
@@ -2058,7 +2058,7 @@ static void wake_those_owed(mp__jobs_t *t, uint32_t w) {
     wake_uncounted(&sh->wakers[waking - 1]);
   atomic_fetch_add(&sh->slot_free, 1);
   mp__futex_wake(&sh->slot_free, INT32_MAX);
-  if (!(atomic_load(&sh->flags) & (MP__POOL_CLOSED | MP__POOL_TERMINATED)))
+  if (!(mp__jobs_flags(t) & (MP__POOL_CLOSED | MP__POOL_TERMINATED)))
     return; /* an open pool's workers are woken by the submissions, not by a settle */
   atomic_fetch_add(&sh->work, 1);
   for (uint32_t i = 0; i < t->n_workers; i++) {
