@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,16 @@ double bench_now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+bool bench_spin(int i, double spin_end) {
+  bench_relax();
+  if (i % 64 != 0)
+    return true;
+  if (bench_now_ns() >= spin_end)
+    return false;
+  sched_yield();
+  return true;
 }
 
 int bench_iterations(const bench_config_t *cfg, int default_iterations) {

@@ -62,6 +62,19 @@ __attribute__((noreturn)) void bench_die_sys(const char *call, int err);
 
 double bench_now_ns(void);
 
+/* One step of a spin-wait: tells the CPU (and a sibling hyperthread) that we are spinning. */
+static inline void bench_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+/* Step i (from 1) of a baseline's short spin before a sleep, ending at spin_end (ns): false
+ * once it is over. It spins as libmp's waiters do (lib/internal.h, mp__spin): the clock read
+ * and the CPU yielded every 64 steps, so that where the process waited for shares this CPU
+ * it runs during the spin, on both sides. */
+bool bench_spin(int i, double spin_end);
+
 /*
  * Runs `iterations` calls of each side per round (cfg->iterations if set, else
  * default_iterations), for cfg->rounds rounds, and stores each side's best per-op time in

@@ -103,12 +103,6 @@ static void futex_wake_n(_Atomic uint32_t *word, int n) {
   syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
 }
 
-static void relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
-
 /* ============================== the bare farm ============================== */
 
 /*
@@ -156,12 +150,25 @@ static int (*volatile task_fn)(const void *, size_t, void *, size_t *) = square;
  * is taken with no wake-up. */
 static void farm_idle_spin(farm_shared_t *sh, uint32_t seen) {
   double spin_end = bench_now_ns() + IDLE_SPIN_NS;
-  for (int i = 1; atomic_load(&sh->work) == seen && !atomic_load(&sh->stop); i++) {
-    relax();
-    if (i % 64 == 0 && bench_now_ns() >= spin_end)
-      return;
-    if (i % 64 == 0)
-      sched_yield();
+  for (int i = 1;
+       atomic_load(&sh->work) == seen && !atomic_load(&sh->stop) && bench_spin(i, spin_end);
+       i++)
+    ;
+}
+
+/* The parent's wait until *finished moves past seen: a spin as long as libmp's waiter's
+ * (mp__job_wait), yielding as it does, then sleeps counted in *waiting, which the last
+ * worker reads before it makes a futex call. */
+static void farm_wait_finished(_Atomic uint32_t *finished, _Atomic uint32_t *waiting,
+                               uint32_t seen) {
+  double spin_end = bench_now_ns() + SPIN_NS;
+  for (int i = 1; atomic_load(finished) == seen && bench_spin(i, spin_end); i++)
+    ;
+  while (atomic_load(finished) == seen) {
+    atomic_fetch_add(waiting, 1);
+    if (atomic_load(finished) == seen)
+      futex_wait_on(finished, seen);
+    atomic_fetch_sub(waiting, 1);
   }
 }
 
@@ -244,17 +251,7 @@ static void farm_map(farm_t *farm, const int *in, int *out) {
     for (uint32_t w = 0; w < WORKERS; w++)
       farm_wake(sh, w, false);
 
-  double spin_end = bench_now_ns() + SPIN_NS;
-  for (int i = 1; atomic_load(&sh->finished) == finished; i++) {
-    if (i % 64 != 0 || bench_now_ns() < spin_end) {
-      relax();
-      continue;
-    }
-    atomic_fetch_add(&sh->waiting, 1);
-    if (atomic_load(&sh->finished) == finished)
-      futex_wait_on(&sh->finished, finished);
-    atomic_fetch_sub(&sh->waiting, 1);
-  }
+  farm_wait_finished(&sh->finished, &sh->waiting, finished);
   memcpy(out, sh->items + n, n * sizeof(int));
 }
 
@@ -636,17 +633,7 @@ static void bare_map_inplace(void *state) {
   atomic_store(&ctl->next, 0);
   atomic_fetch_add(&ctl->work, 1);
   futex_wake_n(&ctl->work, WORKERS);
-  double spin_end = bench_now_ns() + SPIN_NS;
-  for (int i = 1; atomic_load(&ctl->finished) == finished; i++) {
-    if (i % 64 != 0 || bench_now_ns() < spin_end) {
-      relax();
-      continue;
-    }
-    atomic_fetch_add(&ctl->waiting, 1);
-    if (atomic_load(&ctl->finished) == finished)
-      futex_wait_on(&ctl->finished, finished);
-    atomic_fetch_sub(&ctl->waiting, 1);
-  }
+  farm_wait_finished(&ctl->finished, &ctl->waiting, finished);
 }
 
 static void libmp_map_shared(void *state) {

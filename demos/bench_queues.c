@@ -26,9 +26,10 @@
  * The baseline: the least a cross-process queue of fixed-size messages can do. One
  * producer, one consumer, slots of the message's size in memory both map, a head and a tail
  * on their own cache lines; the producer copies a message in, the consumer copies it out, as
- * libmp's put and get do, each on its own CPU. The consumer spins as long as libmp's does
- * before it sleeps on a futex (an idle consumer that spins for ever would take the CPU from the
- * other side's turn), and the producer wakes it only when it sleeps, once: the wake clears
+ * libmp's put and get do, each on its own CPU. The consumer spins as long as libmp's does,
+ * yielding the CPU as libmp's does (bench_spin), before it sleeps on a futex (an idle
+ * consumer that spins for ever would take the CPU from the other side's turn), and the
+ * producer wakes it only when it sleeps, once: the wake clears
  * the flag, as libmp's notify takes the sleeper off its count when the wake finds it gone
  * (a producer that made a futex call per message until the woken consumer ran would pay
  * a system call a message on a loaded machine, and flatter libmp).
@@ -48,12 +49,6 @@ static unsigned char *slot(bare_ring_t *r, uint64_t index) {
   return r->slots + (index % r->n_slots) * r->slot_size;
 }
 
-static void relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
-
 static void futex_wait(_Atomic uint32_t *word, uint32_t expected) {
   syscall(SYS_futex, word, FUTEX_WAIT, expected, NULL, NULL, 0);
 }
@@ -65,13 +60,12 @@ static void futex_wake(_Atomic uint32_t *word) {
 /* Consumer side: waits until the ring holds a message (or stop), spinning, then sleeping. */
 static bool bare_wait(bare_ring_t *r, uint64_t head) {
   double spin_end = bench_now_ns() + SPIN_NS;
+  for (int i = 1;
+       atomic_load(&r->tail) == head && !atomic_load(&r->stop) && bench_spin(i, spin_end); i++)
+    ;
   while (atomic_load(&r->tail) == head) {
     if (atomic_load(&r->stop))
       return false;
-    if (bench_now_ns() < spin_end) {
-      relax();
-      continue;
-    }
     uint32_t seen = atomic_load(&r->seq);
     atomic_store(&r->sleeping, 1);
     if (atomic_load(&r->tail) == head && !atomic_load(&r->stop))
@@ -84,7 +78,7 @@ static bool bare_wait(bare_ring_t *r, uint64_t head) {
 static void bare_put(bare_ring_t *r, const unsigned char *msg) {
   uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
   while (tail - atomic_load(&r->head) == r->n_slots)
-    relax();
+    bench_relax();
   memcpy(slot(r, tail), msg, r->slot_size);
   atomic_store(&r->tail, tail + 1);
   /* Read first: an exchange on every message would take the line from the spinning consumer. */

@@ -25,9 +25,8 @@
 
 #include <limits.h>
 #include <pthread.h>
-#include <sched.h>
-#include <stdlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -423,13 +422,8 @@ void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen) {
    * apply of a stream, the next map) is taken with no wake-up, and the submitter, seeing no
    * idle worker, makes no futex call. As short as the waiter's, for the same reason. */
   int64_t spin_end = mp__now_ns() + IDLE_SPIN_NS;
-  for (int i = 1; atomic_load(&sh->work) == seen; i++) {
-    mp__cpu_relax();
-    if (i % 64 == 0 && mp__now_ns() >= spin_end)
-      break;
-    if (i % 64 == 0)
-      sched_yield();
-  }
+  for (int i = 1; atomic_load(&sh->work) == seen && mp__spin(i, spin_end); i++)
+    ;
   if (atomic_load(&sh->work) != seen)
     return;
   uint32_t wake = atomic_load(&rec->wake);
@@ -491,11 +485,8 @@ int mp__job_wait(mp__jobrec_t *job, bool (*done)(const mp__jobrec_t *job, void *
   /* A short spin first: a task that takes microseconds is done before a sleep and its
    * wake-up would be (on an idle machine, waking a sleeping CPU costs tens of them). */
   int64_t spin_end = mp__now_ns() + 20000;
-  for (int i = 1; !done(job, arg); i++) {
-    if (i % 64 == 0 && mp__now_ns() >= spin_end)
-      break;
-    mp__cpu_relax();
-  }
+  for (int i = 1; !done(job, arg) && mp__spin(i, spin_end); i++)
+    ;
   if (done(job, arg))
     return 0;
   /* Only a wait that will sleep chains the counter in front of the program's handler (a

@@ -27,8 +27,8 @@
  * The get's commit is its last step: what follows it (the unlock, the wake of producers
  * waiting for room) only shortens others' waits, and a death there is repaired by the next
  * holder of the lock (MP_EOWNERDEAD) or by the sleepers' 50 ms slices. A spilled message's
- * block is kept or freed lazily, by the next get, for that reason: `retired` is believed only if
- * head reached `retired_head`, i.e. the get that noted it committed.
+ * block is kept or freed lazily, by the next get, for that reason: `retired` is believed only
+ * if head reached `retired_head`, i.e. the get that noted it committed.
  *
  * So a process killed inside either leaves the committed words as they were before its
  * call: the next process to take the lock is told (MP_EOWNERDEAD) and finds a consistent
@@ -41,11 +41,12 @@
  * copies, so the ring is FIFO and one producer's messages arrive in order.
  *
  * Waiting is on futexes, never on a condition variable: a consumer with nothing to take spins
- * for a few microseconds, then counts itself in get_waiters and sleeps on put_seq; a producer
- * that commits looks at get_waiters and makes the futex call only if someone sleeps. The same
- * for producers waiting for room (put_waiters, get_seq) and for joiners of a JoinableQueue
- * (join_waiters, join_seq). The counts and the committed words are accessed sequentially
- * consistent, so either the sleeper sees the commit or the committer sees the sleeper.
+ * for a few microseconds, yielding the CPU at each look at the clock (mp__spin), then counts
+ * itself in get_waiters and sleeps on put_seq; a producer that commits looks at get_waiters and
+ * makes the futex call only if someone sleeps. The same for producers waiting for room
+ * (put_waiters, get_seq) and for joiners of a JoinableQueue (join_waiters, join_seq). The
+ * counts and the committed words are accessed sequentially consistent, so either the sleeper
+ * sees the commit or the committer sees the sleeper.
  *
  * Readiness for poll() and mp_wait(): a queue's handle reaches processes that were started
  * before it existed, which hold none of its fds. So each process that wants to poll a queue
@@ -1068,8 +1069,7 @@ static int wait_until(mp_queue_t *q, ready_fn ready, size_t need, _Atomic uint32
   for (int i = 1;; i++) {
     if (ready(q, need))
       return 0;
-    mp__cpu_relax();
-    if (i % 64 == 0 && mp__now_ns() >= spin_end)
+    if (!mp__spin(i, spin_end))
       break;
   }
   if (!sigint->counter)
