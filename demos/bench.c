@@ -39,14 +39,25 @@ double bench_now_ns(void) {
   return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
-bool bench_spin(int i, double spin_end) {
+bool bench_spin(int i, double spin_end, bool yield) {
   bench_relax();
   if (i % 64 != 0)
     return true;
   if (bench_now_ns() >= spin_end)
     return false;
-  sched_yield();
+  if (yield)
+    sched_yield();
   return true;
+}
+
+bool bench_one_cpu(void) {
+  static int cpus; /* 0: not read yet */
+  if (cpus == 0) {
+    cpu_set_t set;
+    cpus = sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0 ? CPU_COUNT(&set)
+                                                                              : 2;
+  }
+  return cpus == 1;
 }
 
 int bench_iterations(const bench_config_t *cfg, int default_iterations) {

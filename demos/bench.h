@@ -71,9 +71,11 @@ static inline void bench_relax(void) {
 
 /* Step i (from 1) of a baseline's short spin before a sleep, ending at spin_end (ns): false
  * once it is over. It spins as libmp's waiters do (lib/internal.h, mp__spin): the clock read
- * and the CPU yielded every 64 steps, so that where the process waited for shares this CPU
- * it runs during the spin, on both sides. */
-bool bench_spin(int i, double spin_end);
+ * every 64 steps, and the CPU yielded then if yield, which a waiter asks for when the
+ * process may run on one CPU only (bench_one_cpu), an idle worker always. */
+bool bench_spin(int i, double spin_end, bool yield);
+/* Whether this process may run on one CPU only (its affinity, read once). */
+bool bench_one_cpu(void);
 
 /*
  * Runs `iterations` calls of each side per round (cfg->iterations if set, else

@@ -150,19 +150,20 @@ static int (*volatile task_fn)(const void *, size_t, void *, size_t *) = square;
  * is taken with no wake-up. */
 static void farm_idle_spin(farm_shared_t *sh, uint32_t seen) {
   double spin_end = bench_now_ns() + IDLE_SPIN_NS;
-  for (int i = 1;
-       atomic_load(&sh->work) == seen && !atomic_load(&sh->stop) && bench_spin(i, spin_end);
+  for (int i = 1; atomic_load(&sh->work) == seen && !atomic_load(&sh->stop) &&
+                  bench_spin(i, spin_end, true);
        i++)
     ;
 }
 
 /* The parent's wait until *finished moves past seen: a spin as long as libmp's waiter's
- * (mp__job_wait), yielding as it does, then sleeps counted in *waiting, which the last
+ * (mp__job_wait), yielding where it does, then sleeps counted in *waiting, which the last
  * worker reads before it makes a futex call. */
 static void farm_wait_finished(_Atomic uint32_t *finished, _Atomic uint32_t *waiting,
                                uint32_t seen) {
   double spin_end = bench_now_ns() + SPIN_NS;
-  for (int i = 1; atomic_load(finished) == seen && bench_spin(i, spin_end); i++)
+  for (int i = 1; atomic_load(finished) == seen && bench_spin(i, spin_end, bench_one_cpu());
+       i++)
     ;
   while (atomic_load(finished) == seen) {
     atomic_fetch_add(waiting, 1);

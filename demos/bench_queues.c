@@ -27,7 +27,7 @@
  * producer, one consumer, slots of the message's size in memory both map, a head and a tail
  * on their own cache lines; the producer copies a message in, the consumer copies it out, as
  * libmp's put and get do, each on its own CPU. The consumer spins as long as libmp's does,
- * yielding the CPU as libmp's does (bench_spin), before it sleeps on a futex (an idle
+ * yielding the CPU where libmp's does (bench_spin), before it sleeps on a futex (an idle
  * consumer that spins for ever would take the CPU from the other side's turn), and the
  * producer wakes it only when it sleeps, once: the wake clears
  * the flag, as libmp's notify takes the sleeper off its count when the wake finds it gone
@@ -60,8 +60,9 @@ static void futex_wake(_Atomic uint32_t *word) {
 /* Consumer side: waits until the ring holds a message (or stop), spinning, then sleeping. */
 static bool bare_wait(bare_ring_t *r, uint64_t head) {
   double spin_end = bench_now_ns() + SPIN_NS;
-  for (int i = 1;
-       atomic_load(&r->tail) == head && !atomic_load(&r->stop) && bench_spin(i, spin_end); i++)
+  for (int i = 1; atomic_load(&r->tail) == head && !atomic_load(&r->stop) &&
+                  bench_spin(i, spin_end, bench_one_cpu());
+       i++)
     ;
   while (atomic_load(&r->tail) == head) {
     if (atomic_load(&r->stop))

@@ -153,18 +153,25 @@ static inline void mp__cpu_relax(void) {
 #endif
 }
 
+/* Whether this process may run on one CPU only (its affinity, read at the first call: a child
+ * inherits it, and a program that changes it later keeps the first answer). */
+bool mp__one_cpu(void);
+
 /* Step i (from 1) of a short spin before a sleep, which ends at spin_end: false once it is
- * over. Every 64 steps it reads the clock and yields the CPU: where runnable processes
- * outnumber CPUs, the process waited for may be queued on this very CPU, and a spin that
- * never yields only delays it (on one CPU a queue's consumer took one message per 20 us
- * spin, then slept; a yield costs a system call where nothing else waits to run). */
-static inline bool mp__spin(int i, int64_t spin_end) {
+ * over. Every 64 steps it reads the clock and, if yield, yields the CPU. A waiter yields
+ * where the process it waits for must share its CPU (mp__one_cpu): there a spin that never
+ * yields only delays it (a queue's consumer took one message per 20 us spin, then slept).
+ * Where it may run elsewhere, a yield would hand the CPU to any other runnable task for its
+ * whole slice, and the answer would wait for that (an unrelated CPU hog made queue.small
+ * 2-4 times slower). */
+static inline bool mp__spin(int i, int64_t spin_end, bool yield) {
   mp__cpu_relax();
   if (i % 64 != 0)
     return true;
   if (mp__now_ns() >= spin_end)
     return false;
-  sched_yield();
+  if (yield)
+    sched_yield();
   return true;
 }
 

@@ -422,7 +422,7 @@ void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen) {
    * apply of a stream, the next map) is taken with no wake-up, and the submitter, seeing no
    * idle worker, makes no futex call. As short as the waiter's, for the same reason. */
   int64_t spin_end = mp__now_ns() + IDLE_SPIN_NS;
-  for (int i = 1; atomic_load(&sh->work) == seen && mp__spin(i, spin_end); i++)
+  for (int i = 1; atomic_load(&sh->work) == seen && mp__spin(i, spin_end, true); i++)
     ;
   if (atomic_load(&sh->work) != seen)
     return;
@@ -485,7 +485,7 @@ int mp__job_wait(mp__jobrec_t *job, bool (*done)(const mp__jobrec_t *job, void *
   /* A short spin first: a task that takes microseconds is done before a sleep and its
    * wake-up would be (on an idle machine, waking a sleeping CPU costs tens of them). */
   int64_t spin_end = mp__now_ns() + 20000;
-  for (int i = 1; !done(job, arg) && mp__spin(i, spin_end); i++)
+  for (int i = 1; !done(job, arg) && mp__spin(i, spin_end, mp__one_cpu()); i++)
     ;
   if (done(job, arg))
     return 0;

@@ -41,12 +41,12 @@
  * copies, so the ring is FIFO and one producer's messages arrive in order.
  *
  * Waiting is on futexes, never on a condition variable: a consumer with nothing to take spins
- * for a few microseconds, yielding the CPU at each look at the clock (mp__spin), then counts
- * itself in get_waiters and sleeps on put_seq; a producer that commits looks at get_waiters and
- * makes the futex call only if someone sleeps. The same for producers waiting for room
- * (put_waiters, get_seq) and for joiners of a JoinableQueue (join_waiters, join_seq). The
- * counts and the committed words are accessed sequentially consistent, so either the sleeper
- * sees the commit or the committer sees the sleeper.
+ * for a few microseconds, yielding the CPU at each look at the clock if it may run on one CPU
+ * only (mp__spin), then counts itself in get_waiters and sleeps on put_seq; a producer that
+ * commits looks at get_waiters and makes the futex call only if someone sleeps. The same for
+ * producers waiting for room (put_waiters, get_seq) and for joiners of a JoinableQueue
+ * (join_waiters, join_seq). The counts and the committed words are accessed sequentially
+ * consistent, so either the sleeper sees the commit or the committer sees the sleeper.
  *
  * Readiness for poll() and mp_wait(): a queue's handle reaches processes that were started
  * before it existed, which hold none of its fds. So each process that wants to poll a queue
@@ -1069,7 +1069,7 @@ static int wait_until(mp_queue_t *q, ready_fn ready, size_t need, _Atomic uint32
   for (int i = 1;; i++) {
     if (ready(q, need))
       return 0;
-    if (!mp__spin(i, spin_end))
+    if (!mp__spin(i, spin_end, mp__one_cpu()))
       break;
   }
   if (!sigint->counter)

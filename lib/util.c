@@ -3,13 +3,14 @@
 #include "internal.h"
 
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/futex.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -24,6 +25,18 @@ int64_t mp__now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+bool mp__one_cpu(void) {
+  static _Atomic int cpus; /* 0: not read yet */
+  int n = atomic_load_explicit(&cpus, memory_order_relaxed);
+  if (n == 0) {
+    cpu_set_t set;
+    /* More CPUs than a cpu_set_t holds (EINVAL): many. */
+    n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 2;
+    atomic_store_explicit(&cpus, n > 0 ? n : 2, memory_order_relaxed);
+  }
+  return n == 1;
 }
 
 int64_t mp__deadline(double timeout) {
