@@ -1031,6 +1031,31 @@ START_TEST(test_no_leftovers) {
 }
 END_TEST
 
+
+/* Review stop 23: a TRACK of the longest name (255 bytes) is a record of sizeof(record_t)
+ * bytes, one more than the tracker received (sizeof rec - 1): it was cut (MSG_TRUNC), the
+ * tracker hung up on the creator as on a malformed record and, that being its last
+ * connection, unlinked every segment of the running program and ended. */
+START_TEST(test_longest_name_keeps_others) {
+  mp_shared_memory_t *first = NULL, *longest = NULL;
+  char name[128], long_name[300];
+  seg_name(name, sizeof name, "keep", 0);
+  snprintf(long_name, sizeof long_name, "%s_long_%0*d", name,
+           (int)(255 - strlen(name) - 6), 0);
+  T_INT_EQ(strlen(long_name), 255);
+  MP_ASSERT_OK(mp_shared_memory_create(&first, name, PAGE, 0));
+  MP_ASSERT_OK(mp_shared_memory_create(&longest, long_name, PAGE, 0));
+  bool gone = await_segment(name, false, 1.0);
+  T_ASSERT(!gone, "/dev/shm/%s was unlinked while its creator runs, after a create of a "
+                  "255-byte name", name);
+  T_ASSERT(segment_exists(long_name), "the segment of the 255-byte name is gone");
+  mp_shared_memory_unlink(first);
+  mp_shared_memory_unlink(longest);
+  MP_ASSERT_OK(mp_shared_memory_close(first));
+  MP_ASSERT_OK(mp_shared_memory_close(longest));
+}
+END_TEST
+
 static Suite *shared_memory_suite(void) {
   Suite *s = suite_create("shared_memory");
   TCase *tc = mp_test_tcase(s, "basics", 20);
@@ -1047,6 +1072,7 @@ static Suite *shared_memory_suite(void) {
   tcase_add_test(tc, test_tracker_closes_passed_fds);
   tcase_add_test(tc, test_tracker_refuses_paths);
   tcase_add_test(tc, test_tracker_leaves_other_files);
+  tcase_add_test(tc, test_longest_name_keeps_others);
 
   tc = mp_test_tcase(s, "processes", 30);
   tcase_add_loop_test(tc, test_parent_creates_child_attaches, 0, N_METHODS);
