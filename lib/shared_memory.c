@@ -477,10 +477,10 @@ static bool serve(tracker_t *t, int sock) {
   for (;;) {
     record_t rec;
     int fd = -1;
-    ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, &fd, MSG_DONTWAIT);
-    bool good = n > (ssize_t)offsetof(record_t, text);
+    /* Whole: a record of the longest name, its NUL included, fills it. */
+    ssize_t n = mp__recv_record(sock, &rec, sizeof rec, &fd, MSG_DONTWAIT);
+    bool good = n > (ssize_t)offsetof(record_t, text) && ((char *)&rec)[n - 1] == '\0';
     if (good) {
-      ((char *)&rec)[n] = '\0';
       /* Any process of the user may connect, one that cannot reach /dev/shm too (chrooted,
        * sandboxed): a name is checked as the library checks it, so that no record makes the
        * tracker unlink outside /dev/shm. Its sender is no libmp process: hang up. */
