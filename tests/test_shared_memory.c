@@ -1056,6 +1056,129 @@ START_TEST(test_longest_name_keeps_others) {
 }
 END_TEST
 
+
+/* Review stop 23: the tracker's name is listed in /proc/net/unix for every user while it
+ * runs, key and all. A tracker started by a grandchild outlives only its libmp parent, so it
+ * ends while the program runs; another user who read its name binds it then, and every
+ * tracked create of the program fails from then on (-EPERM), which the key was to prevent
+ * (docs/architecture.md, "Endpoints": "cannot bind it first"). */
+static int squat_grandchild(void *arg, size_t size) {
+  (void)size;
+  const char *name = arg;
+  mp_shared_memory_t *shm;
+  if (mp_shared_memory_create(&shm, name, PAGE, 0) != 0)
+    return 20;
+  usleep(300 * 1000); /* its tracker runs meanwhile, listed in /proc/net/unix */
+  mp_shared_memory_unlink(shm);
+  return mp_shared_memory_close(shm) == 0 ? 0 : 21;
+}
+
+static int squat_child(void *arg, size_t size) {
+  mp_context_t *ctx;
+  mp_process_t *p;
+  int code = -1;
+  if (mp_get_context("spawn", &ctx) != 0 ||
+      mp_process_create(&p, ctx, squat_grandchild, arg, size, "grandchild") != 0 ||
+      mp_process_start(p) != 0 || mp_process_join(p, BOUND) != 0 ||
+      mp_process_exitcode(p, &code) != 0)
+    return 22;
+  mp_process_close(p);
+  return code;
+}
+
+/* "-<inode>-<address>-" of this process's arena, as the tracker's name holds them. */
+static void arena_mark(char *out, size_t cap) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  char line[512];
+  *out = '\0';
+  while (f && fgets(line, sizeof line, f)) {
+    unsigned long start, ino;
+    if (strstr(line, "libmp-arena") &&
+        sscanf(line, "%lx-%*x %*s %*s %*s %lu", &start, &ino) == 2) {
+      snprintf(out, cap, "-%lx-%lx-", ino, start);
+      break;
+    }
+  }
+  if (f)
+    fclose(f);
+}
+
+/* As another user: binds the tracker name of this program's arena (mark) once it is listed
+ * and free. */
+static __attribute__((noreturn)) void squat_listed_name(int report, const char *mark) {
+  if (setresgid(65534, 65534, 65534) < 0 || setresuid(65534, 65534, 65534) < 0)
+    _exit(2);
+  char seen[108] = "";
+  for (double end = mp_test_now() + 2 * BOUND; mp_test_now() < end; mp_test_sleep(0.002)) {
+    FILE *f = fopen("/proc/net/unix", "r");
+    char line[512];
+    while (!*seen && f && fgets(line, sizeof line, f)) {
+      char *at = strstr(line, "@libmp-shm-tracker-");
+      if (at && strstr(at, mark)) {
+        at[strcspn(at, "\n")] = '\0';
+        snprintf(seen, sizeof seen, "%s", at + 1);
+      }
+    }
+    if (f)
+      fclose(f);
+    if (!*seen)
+      continue;
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    size_t len = strlen(seen);
+    memcpy(addr.sun_path + 1, seen, len);
+    int l = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    if (bind(l, (struct sockaddr *)&addr, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len)) == 0 &&
+        listen(l, 8) == 0) {
+      char bound = 'b';
+      if (write(report, &bound, 1) != 1)
+        _exit(3);
+      pause();
+    }
+    close(l);
+  }
+  _exit(0);
+}
+
+START_TEST(test_tracker_name_not_squatted_after_end) {
+  if (geteuid() != 0)
+    return; /* becoming another user needs root */
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(false, &a, &b)); /* the arena, before the child: one for all */
+  char mark[64];
+  arena_mark(mark, sizeof mark);
+  T_ASSERT(*mark, "no arena in /proc/self/maps");
+  int report[2];
+  T_ASSERT(pipe(report) == 0, "pipe");
+  pid_t squatter = fork();
+  T_ASSERT(squatter >= 0, "fork");
+  if (squatter == 0)
+    squat_listed_name(report[1], mark);
+  mp_test_track_pid(squatter);
+  close(report[1]);
+  char name[128];
+  seg_name(name, sizeof name, "squat", 0);
+  mp_test_join_ok(mp_test_start(1, squat_child, name, strlen(name) + 1), 30);
+  struct pollfd p = {.fd = report[0], .events = POLLIN};
+  bool bound = poll(&p, 1, 2000) == 1;
+  seg_name(name, sizeof name, "squat_after", 0);
+  mp_shared_memory_t *shm = NULL;
+  int rc = mp_shared_memory_create(&shm, name, PAGE, 0);
+  char detail[512];
+  snprintf(detail, sizeof detail, "%s", mp_last_error());
+  if (rc == 0) {
+    mp_shared_memory_unlink(shm);
+    mp_shared_memory_close(shm);
+  }
+  kill(squatter, SIGKILL);
+  waitpid(squatter, NULL, 0);
+  close(report[0]);
+  mp_conn_close(a);
+  mp_conn_close(b);
+  T_ASSERT(rc == 0, "a tracked create failed (%d: %s)%s", rc, detail,
+           bound ? " after another user bound the name of the grandchild's ended tracker" : "");
+}
+END_TEST
+
 static Suite *shared_memory_suite(void) {
   Suite *s = suite_create("shared_memory");
   TCase *tc = mp_test_tcase(s, "basics", 20);
@@ -1087,6 +1210,7 @@ static Suite *shared_memory_suite(void) {
   tcase_add_loop_test(tc, test_killed_program_parent_first, 0, N_METHODS);
   tcase_add_loop_test(tc, test_killed_program_child_first, 0, N_METHODS);
   tcase_add_loop_test(tc, test_tracker_race, 0, N_METHODS);
+  tcase_add_test(tc, test_tracker_name_not_squatted_after_end);
 
   tc = mp_test_tcase(s, "leftovers", 20);
   tcase_add_test(tc, test_no_leftovers);
