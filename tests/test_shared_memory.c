@@ -974,8 +974,8 @@ START_TEST(test_foreign_segment_refused) {
   T_ASSERT(shm == NULL, "a handle from a refused attach");
   /* Our own, but open to the group: refused as well. */
   int fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
-  T_ASSERT(fd >= 0 && ftruncate(fd, PAGE) == 0 && fchmod(fd, 0660) == 0, "making %s: %s",
-           path, strerror(errno));
+  T_ASSERT(fd >= 0 && ftruncate(fd, PAGE) == 0 && fchmod(fd, 0660) == 0, "making %s: %s", path,
+           strerror(errno));
   close(fd);
   rc = mp_shared_memory_attach(&shm, name);
   unlink(path);
@@ -1031,7 +1031,6 @@ START_TEST(test_no_leftovers) {
 }
 END_TEST
 
-
 /* Review stop 23: a TRACK of the longest name (255 bytes) is a record of sizeof(record_t)
  * bytes, one more than the tracker received (sizeof rec - 1): it was cut (MSG_TRUNC), the
  * tracker hung up on the creator as on a malformed record and, that being its last
@@ -1040,14 +1039,15 @@ START_TEST(test_longest_name_keeps_others) {
   mp_shared_memory_t *first = NULL, *longest = NULL;
   char name[128], long_name[300];
   seg_name(name, sizeof name, "keep", 0);
-  snprintf(long_name, sizeof long_name, "%s_long_%0*d", name,
-           (int)(255 - strlen(name) - 6), 0);
+  snprintf(long_name, sizeof long_name, "%s_long_%0*d", name, (int)(255 - strlen(name) - 6), 0);
   T_INT_EQ(strlen(long_name), 255);
   MP_ASSERT_OK(mp_shared_memory_create(&first, name, PAGE, 0));
   MP_ASSERT_OK(mp_shared_memory_create(&longest, long_name, PAGE, 0));
   bool gone = await_segment(name, false, 1.0);
-  T_ASSERT(!gone, "/dev/shm/%s was unlinked while its creator runs, after a create of a "
-                  "255-byte name", name);
+  T_ASSERT(!gone,
+           "/dev/shm/%s was unlinked while its creator runs, after a create of a "
+           "255-byte name",
+           name);
   T_ASSERT(segment_exists(long_name), "the segment of the 255-byte name is gone");
   mp_shared_memory_unlink(first);
   mp_shared_memory_unlink(longest);
@@ -1055,7 +1055,6 @@ START_TEST(test_longest_name_keeps_others) {
   MP_ASSERT_OK(mp_shared_memory_close(longest));
 }
 END_TEST
-
 
 /* Review stop 23: the tracker's name is listed in /proc/net/unix for every user while it
  * runs, key and all. A tracker started by a grandchild outlives only its libmp parent, so it
@@ -1127,7 +1126,8 @@ static __attribute__((noreturn)) void squat_listed_name(int report, const char *
     size_t len = strlen(seen);
     memcpy(addr.sun_path + 1, seen, len);
     int l = socket(AF_UNIX, SOCK_SEQPACKET, 0);
-    if (bind(l, (struct sockaddr *)&addr, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len)) == 0 &&
+    if (bind(l, (struct sockaddr *)&addr,
+             (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len)) == 0 &&
         listen(l, 8) == 0) {
       char bound = 'b';
       if (write(report, &bound, 1) != 1)
