@@ -216,6 +216,7 @@ static int connect_tracker(const struct sockaddr_un *addr, socklen_t len) {
     close(sock);
     return rc;
   }
+  bound_sends(sock); /* as a tracker's starter does: a stopped tracker is MP_ETIMEDOUT */
   return sock;
 }
 
