@@ -203,8 +203,15 @@ static int connect_tracker(const struct sockaddr_un *addr, socklen_t len) {
   int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (sock < 0)
     return mp__syserror("socket for the segment tracker");
+  /* Before connect(), which waits as long for a listener whose backlog is full (one that
+   * never accepts: another user's at our name, or a stopped tracker). */
+  bound_sends(sock);
   int rc = connect(sock, (const struct sockaddr *)addr, len) < 0
-               ? mp__syserror("connecting to the segment tracker")
+               ? errno == EAGAIN ? mp__error(MP_ETIMEDOUT,
+                                             "the segment tracker accepts no "
+                                             "connection in %g s",
+                                             TRACKER_TIMEOUT_SECONDS)
+                                 : mp__syserror("connecting to the segment tracker")
                : 0;
   /* Anyone can bind an abstract name: a listener of another user is not our tracker, and
    * learns no segment name (SO_PEERCRED is the listener's, fixed when it called listen). */
@@ -216,7 +223,6 @@ static int connect_tracker(const struct sockaddr_un *addr, socklen_t len) {
     close(sock);
     return rc;
   }
-  bound_sends(sock); /* as a tracker's starter does: a stopped tracker is MP_ETIMEDOUT */
   return sock;
 }
 
