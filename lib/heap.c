@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -67,6 +68,7 @@ typedef struct {
   uint64_t reserve;
   _Atomic uint64_t size; /* bytes of the memfd; grows, never shrinks */
   _Atomic uint64_t unique;
+  _Atomic uint64_t nonce; /* see mp__shared_nonce; 0: not drawn yet */
   pthread_mutex_t lock;  /* guards bump and free_head */
   uint64_t bump;         /* offset of the first never-used byte */
   uint64_t free_head[MAX_CLASS + 1];
@@ -338,6 +340,20 @@ uint64_t mp__shared_unique(void) {
   if (!arena) /* no arena: unique within this process is the best there is */
     return ((uint64_t)getpid() << 32) | (uint64_t)mp__now_ns();
   return atomic_fetch_add(&arena->unique, 1) + 1;
+}
+
+uint64_t mp__shared_nonce(uint64_t stale) {
+  arena_t *arena = get_arena();
+  if (!arena)
+    return 0;
+  uint64_t seen = atomic_load(&arena->nonce), fresh = 0;
+  if (seen != 0 && seen != stale)
+    return seen;
+  while (fresh == 0)
+    if (getrandom(&fresh, sizeof fresh, 0) != (ssize_t)sizeof fresh)
+      return 0;
+  /* One draw per stale nonce: whoever loses the swap takes the winner's. */
+  return atomic_compare_exchange_strong(&arena->nonce, &seen, fresh) ? fresh : seen;
 }
 
 bool mp__heap_describe(mp__heap_map_t *map, int *fd) {

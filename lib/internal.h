@@ -323,6 +323,11 @@ bool mp__shared_contains(const void *p);
 bool mp__shared_is_block(const void *payload, uint64_t room);
 /* A program-wide unique number (never 0), for keys that name things across processes. */
 uint64_t mp__shared_unique(void);
+/* A program-wide random number, secret from other users until a name made of it is listed
+ * (an abstract socket's, in /proc/net/unix): drawn once, and drawn again by a process that
+ * finds the name made of stale (0: none) taken by another user, so that nobody can take
+ * the next name first. 0 if there is no arena or no randomness. */
+uint64_t mp__shared_nonce(uint64_t stale);
 
 /* For the start methods: what a child needs to map the arena (false if there is none). */
 typedef struct {
@@ -554,13 +559,6 @@ typedef void (*mp__take_over_t)(void);
       id;                                                                                      \
   static void id(void)
 
-/* The program's secret: random bits drawn at the start of its first process and handed
- * down to every child (forked: a copy; spawned and forkserver: in the request, before the
- * target runs). Names that only the program's processes may find are made of it (the
- * segment tracker's abstract socket), so another local user cannot bind them first. */
-#define MP__PROGRAM_KEY_SIZE 16
-const uint8_t *mp__program_key(void);
-
 /* 0 if the Unix socket sock's peer is the process pid (0: any) with this process's real and
  * effective uid and gid, else a negative code with a sentence. */
 int mp__check_peer(int sock, pid_t pid, const char *what);
@@ -588,7 +586,7 @@ enum {
 /* The head of the parent's request, sent first (up to target.path, of which only
  * target_path_len bytes follow). */
 #define MP__REQUEST_MAGIC 0x504d424cu /* "LBMP" */
-#define MP__REQUEST_VERSION 3u
+#define MP__REQUEST_VERSION 4u
 enum { MP__REQUEST_DIE_WITH_PARENT = 1u << 0 };
 typedef struct {
   uint32_t magic;
@@ -600,7 +598,6 @@ typedef struct {
   uint32_t identity_len;
   uint32_t parent_name_len;
   uint32_t target_path_len;
-  uint8_t program_key[MP__PROGRAM_KEY_SIZE]; /* see mp__program_key */
   uint32_t n_fds;       /* records that follow the stream, each with one fd: */
   uint32_t has_arena;   /* first the shared arena's memfd, if there is an arena, */
   mp__heap_map_t arena; /* to be mapped here; then the passed fds, each with its key */

@@ -13,8 +13,9 @@
  * (a fresh image: no other thread's state, none of the program's memory to copy on write)
  * with its own session (a signal to the program's process group does not reach it) and
  * SIGINT, SIGTERM and SIGHUP ignored. It listens on an abstract Unix socket whose name is
- * derived from the program's shared arena (its memfd's inode and address), which every
- * process of the program maps under every start method. So:
+ * derived from the program's shared arena (its memfd's inode and address, and a random
+ * nonce kept in it: ensure_tracker), which every process of the program maps under every
+ * start method. So:
  *  - a forked child inherits its parent's connection, and the tracker sees end of file on
  *    it only when every process holding a copy has ended;
  *  - a spawned or forkserver child connects on its own first create, finding the tracker
@@ -56,6 +57,8 @@
 #define TRACKER_ROLE "shm-tracker"
 /* How long a tracker may take to start or to accept, and a record to be taken. */
 #define TRACKER_TIMEOUT_SECONDS 30.0
+/* How long a connect() may wait for a listener to accept: a tracker accepts at once. */
+#define CONNECT_TIMEOUT_SECONDS 2.0
 #define CONNECT_ATTEMPTS 8
 #define GENERATED_ATTEMPTS 16
 
@@ -142,12 +145,12 @@ static struct {
   pid_t child;          /* the tracker, if this process spawned it: reaped if it dies */
 } tracker = {PTHREAD_MUTEX_INITIALIZER, -1, 0};
 
-/* The tracker's address, from the program's arena (made now if there is none) and its
- * secret key. Abstract (a leading NUL): nothing on disk, gone with the tracker. The arena
- * tells programs apart (a plain fork() of a program that then makes its own arena is
- * another program); the key, which no other user knows, keeps it from being bound first. */
-static int tracker_address(struct sockaddr_un *addr, socklen_t *len) {
-  (void)mp__shared_unique(); /* makes the arena */
+/* The tracker's address, from the program's arena (made now if there is none) and its nonce.
+ * Abstract (a leading NUL): nothing on disk, gone with the tracker. The arena tells programs
+ * apart (a plain fork() of a program that then makes its own arena is another program); the
+ * nonce, which no other user knows until a tracker listens there (/proc/net/unix lists
+ * every abstract name to everyone), keeps it from being bound first. */
+static int tracker_address(uint64_t nonce, struct sockaddr_un *addr, socklen_t *len) {
   mp__heap_map_t map;
   int fd;
   struct stat st;
@@ -155,16 +158,12 @@ static int tracker_address(struct sockaddr_un *addr, socklen_t *len) {
     return mp__error(MP_ENOMEM, "no shared arena to find the segment tracker by");
   if (fstat(fd, &st) < 0)
     return mp__syserror("fstat of the shared arena");
-  const uint8_t *key = mp__program_key();
-  char hex[2 * MP__PROGRAM_KEY_SIZE + 1];
-  for (size_t i = 0; i < MP__PROGRAM_KEY_SIZE; i++)
-    snprintf(hex + 2 * i, 3, "%02x", key[i]);
   memset(addr, 0, sizeof *addr);
   addr->sun_family = AF_UNIX;
   int n = snprintf(addr->sun_path + 1, sizeof addr->sun_path - 1,
-                   "libmp-shm-tracker-%u-%llx-%llx-%llx-%s", (unsigned)getuid(),
+                   "libmp-shm-tracker-%u-%llx-%llx-%llx-%016llx", (unsigned)getuid(),
                    (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
-                   (unsigned long long)map.base, hex);
+                   (unsigned long long)map.base, (unsigned long long)nonce);
   if (n < 0 || (size_t)n >= sizeof addr->sun_path - 1)
     return mp__error(MP_EINVAL, "the segment tracker's name does not fit a socket address");
   *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
@@ -191,28 +190,32 @@ static int await_reply(int sock) {
                                        : "the tracker failed");
 }
 
-/* A record is taken at once unless the tracker is stopped: then fail, do not hang. */
-static void bound_sends(int sock) {
-  struct timeval tv = {.tv_sec = (time_t)TRACKER_TIMEOUT_SECONDS};
+/* A record is taken at once unless the tracker is stopped: then fail, do not hang. The same
+ * bound, shorter, holds a connect() (seconds). */
+static void bound_sends(int sock, double seconds) {
+  struct timeval tv = {.tv_sec = (time_t)seconds};
   setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
-/* A connection to a running tracker: the socket, or -ECONNREFUSED (none runs) or
- * -ECONNRESET (it was ending). */
+/* A connection to a running tracker: the socket, or -ECONNREFUSED (none runs),
+ * -ECONNRESET (it was ending), -EPERM (another user listens there) or MP_ETIMEDOUT (the
+ * listener accepts or answers nothing). */
 static int connect_tracker(const struct sockaddr_un *addr, socklen_t len) {
   int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (sock < 0)
     return mp__syserror("socket for the segment tracker");
-  /* Before connect(), which waits as long for a listener whose backlog is full (one that
-   * never accepts: another user's at our name, or a stopped tracker). */
-  bound_sends(sock);
+  /* connect() waits for as long as the listener's backlog is full: a tracker accepts at
+   * once, so a listener that does not is another user's at our name, or a stopped tracker. */
+  bound_sends(sock, CONNECT_TIMEOUT_SECONDS);
   int rc = connect(sock, (const struct sockaddr *)addr, len) < 0
                ? errno == EAGAIN ? mp__error(MP_ETIMEDOUT,
                                              "the segment tracker accepts no "
                                              "connection in %g s",
-                                             TRACKER_TIMEOUT_SECONDS)
+                                             CONNECT_TIMEOUT_SECONDS)
                                  : mp__syserror("connecting to the segment tracker")
                : 0;
+  if (rc == 0)
+    bound_sends(sock, TRACKER_TIMEOUT_SECONDS);
   /* Anyone can bind an abstract name: a listener of another user is not our tracker, and
    * learns no segment name (SO_PEERCRED is the listener's, fixed when it called listen). */
   if (rc == 0)
@@ -253,7 +256,7 @@ static int start_tracker(const struct sockaddr_un *addr, socklen_t len) {
   if (rc == 0)
     rc = await_reply(sv[0]);
   if (rc == 0) {
-    bound_sends(sv[0]);
+    bound_sends(sv[0], TRACKER_TIMEOUT_SECONDS);
     tracker.child = pid;
     return sv[0];
   }
@@ -265,14 +268,23 @@ static int start_tracker(const struct sockaddr_un *addr, socklen_t len) {
 }
 
 /* Connects this process to its program's tracker, starting one if none runs; the lock is
- * held. */
+ * held. A listener of another user at the tracker's name (it read the name while a tracker
+ * listened there, and bound it once that tracker ended: one started by a child ends with its
+ * parent), or one that accepts or answers nothing (that user's with a full backlog, or a
+ * stopped tracker), makes the program's processes move to a name made of a new nonce, which
+ * no other user can know, and start a tracker there. */
 static int ensure_tracker(void) {
   if (tracker.sock >= 0)
     return 0;
-  struct sockaddr_un addr;
-  socklen_t len = 0;
-  int rc = tracker_address(&addr, &len);
+  uint64_t nonce = mp__shared_nonce(0);
+  int rc = nonce ? 0
+                 : mp__error(MP_ENOMEM, "no shared arena, or no randomness, for the "
+                                        "segment tracker's name");
   for (int attempt = 0; rc == 0 && attempt < CONNECT_ATTEMPTS; attempt++) {
+    struct sockaddr_un addr;
+    socklen_t len = 0;
+    if ((rc = tracker_address(nonce, &addr, &len)) < 0)
+      break;
     int sock = connect_tracker(&addr, len);
     if (sock == -ECONNREFUSED)
       sock = start_tracker(&addr, len);
@@ -280,12 +292,16 @@ static int ensure_tracker(void) {
       tracker.sock = sock;
       return 0;
     }
-    /* Lost the race to start one, or met one that was ending: look again. */
-    if (sock != -EADDRINUSE && sock != -ECONNRESET)
+    bool foreign = sock == -EPERM || sock == MP_ETIMEDOUT;
+    if (foreign && !(nonce = mp__shared_nonce(nonce)))
+      sock = mp__error(MP_ENOMEM, "no randomness for the segment tracker's name");
+    /* Lost the race to start one, met one that was ending, or moved away from a listener
+     * that is not the program's tracker (or no longer serves it): look again. */
+    if (sock != -EADDRINUSE && sock != -ECONNRESET && !foreign)
       rc = sock;
   }
   if (rc == 0)
-    rc = mp__error(-ECONNRESET, "every tracker met was ending");
+    rc = mp__error(-ECONNRESET, "every tracker met was ending, or was another user's");
   char detail[512];
   snprintf(detail, sizeof detail, "%s", mp_last_error());
   return mp__error(rc == MP_ETIMEDOUT || rc == -ECONNRESET || rc == -EPROTO ? MP_ESPAWN : rc,

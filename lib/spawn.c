@@ -22,15 +22,14 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/prctl.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -134,7 +133,6 @@ int mp__bootstrap_send(int sock, mp_process_t *proc, const mp__fnref_t *ref, pid
   head.parent_name_len = (uint32_t)strlen(parent_name);
   head.target_path_len = (uint32_t)strlen(ref->path);
   head.target = *ref;
-  memcpy(head.program_key, mp__program_key(), sizeof head.program_key);
   struct iovec iov[] = {
       {&head, REQUEST_HEAD_SENT},
       {head.target.path, head.target_path_len},
@@ -544,12 +542,6 @@ int mp__request_read(int sock, mp__request_t **out) {
   return 0;
 }
 
-static uint8_t program_key[MP__PROGRAM_KEY_SIZE];
-
-const uint8_t *mp__program_key(void) {
-  return program_key;
-}
-
 /* Writes one byte of p's page as it is: the page is then this process's own. One write
  * (an atomic add of 0), not a read then a write: on a page never touched, a read maps the
  * zero page first, and the write faults again. */
@@ -560,22 +552,20 @@ MP__CHILD_TEXT static void touch(void *p) {
 MP__CHILD_TEXT void mp__request_prepare(void) {
   /* The pages a small request writes: the head's (its start, and its end beside the small
    * space and the reader's head), the first of the reader's buffer (the kernel's copy of
-   * each record), and the key. */
+   * each record). */
   touch(&in.req.head);
   touch(&in.req.small_used);
   touch(in.req.small + sizeof in.req.small - 1);
   touch(&in.reader);
   touch(in.reader.buf);
-  touch(program_key);
   /* read_exact's memcpy, as libc's call: its code page. The size is not a constant, so that
    * the compiler cannot make it a move of its own. */
   static volatile size_t one = 1;
-  memcpy(in.reader.buf, program_key, one);
+  memcpy(in.reader.buf, in.req.small, one);
 }
 
 void mp__request_run(mp__request_t *req, int sock, bool exec_image, const mp__spare_t *spare,
                      int sentinel) {
-  memcpy(program_key, req->head.program_key, sizeof program_key);
   /* The spare's pidfd of the program is its parent's only if the request says so. */
   int parent_pidfd = spare ? spare->program_fd : -1;
   if (parent_pidfd >= 0 && (req->head.parent_pid != spare->program || parent_pidfd == 0)) {
@@ -725,10 +715,6 @@ __attribute__((constructor(101))) static void read_startup(void) {
         fcntl(sentinel, F_SETFD, FD_CLOEXEC);
     }
   }
-  /* A child's is replaced by its parent's (mp__request_run) before any use. Without
-   * entropy yet (early boot) getrandom blocks, once, until the kernel has it. */
-  while (getrandom(program_key, sizeof program_key, 0) < 0 && errno == EINTR)
-    ;
   mp__trace_startup(startup.role ? startup.role->name : NULL);
 }
 

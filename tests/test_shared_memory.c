@@ -1179,6 +1179,79 @@ START_TEST(test_tracker_name_not_squatted_after_end) {
 }
 END_TEST
 
+/* The pid of this process's tracker, found among its children by name. */
+static pid_t own_tracker(void) {
+  DIR *d = opendir("/proc");
+  struct dirent *e;
+  pid_t found = 0;
+  while (d && !found && (e = readdir(d))) {
+    char path[300], line[512];
+    snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    FILE *f = fopen(path, "r");
+    int pid, ppid;
+    if (f && fgets(line, sizeof line, f) && strstr(line, "(mp-shm-tracker)") &&
+        sscanf(strrchr(line, ')') + 2, "%*c %d", &ppid) == 1 && ppid == getpid() &&
+        sscanf(line, "%d", &pid) == 1)
+      found = pid;
+    if (f)
+      fclose(f);
+  }
+  if (d)
+    closedir(d);
+  return found;
+}
+
+/* Creates segments (each unlinked at once) until a create fails: 0 if it failed with
+ * MP_ETIMEDOUT. It says on its connection when its first create has connected it. */
+static int create_until_refused(void *arg, size_t size) {
+  (void)size;
+  mp_conn_t *told = *(mp_conn_t **)arg;
+  for (int i = 0; i < 1000000; i++) {
+    char name[64];
+    snprintf(name, sizeof name, "mp_t%d_stopped_%d", (int)getpid(), i);
+    mp_shared_memory_t *shm;
+    int rc = mp_shared_memory_create(&shm, name, PAGE, 0);
+    if (rc != 0)
+      return rc == MP_ETIMEDOUT ? 0 : 10;
+    mp_shared_memory_unlink(shm);
+    mp_shared_memory_close(shm);
+    if (i == 0 && mp_conn_send(told, "c", 1) != 0)
+      return 11;
+  }
+  return 12;
+}
+
+/* A process that connected to a running tracker, rather than starting it (a spawned
+ * child), gets MP_ETIMEDOUT from a create once the tracker is stopped and its socket full,
+ * as the tracker's starter does (api.md), not a wait for ever (review, stop 23). */
+START_TEST(test_stopped_tracker_bounds_a_connected_create) {
+  char name[128];
+  seg_name(name, sizeof name, "stopper", 0);
+  mp_shared_memory_t *shm;
+  MP_ASSERT_OK(mp_shared_memory_create(&shm, name, PAGE, 0)); /* this process starts it */
+  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+  pid_t tracker = own_tracker();
+  T_ASSERT(tracker > 0, "no tracker among this process's children");
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(false, &a, &b));
+  mp_process_t *p = mp_test_start(1, create_until_refused, &b, sizeof b);
+  char c;
+  size_t len;
+  MP_ASSERT_OK(mp_conn_recv(a, &c, 1, &len, 30));
+  T_ASSERT(kill(tracker, SIGSTOP) == 0, "SIGSTOP the tracker");
+  int code = 12345, rc = mp_process_join(p, 3 * 30.0 / 2);
+  if (rc == 0)
+    mp_process_exitcode(p, &code);
+  kill(tracker, SIGCONT);
+  MP_ASSERT_OK(rc);
+  T_INT_EQ(code, 0);
+  T_PROC_CLOSE(p);
+  mp_conn_close(a);
+  mp_conn_close(b);
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+}
+END_TEST
+
 static Suite *shared_memory_suite(void) {
   Suite *s = suite_create("shared_memory");
   TCase *tc = mp_test_tcase(s, "basics", 20);
@@ -1204,6 +1277,9 @@ static Suite *shared_memory_suite(void) {
   tcase_add_loop_test(tc, test_exists_and_missing_in_child, 0, N_METHODS);
   tcase_add_loop_test(tc, test_unlink_semantics, 0, N_METHODS);
   tcase_add_loop_test(tc, test_unrelated_program_attaches, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "stopped", 60);
+  tcase_add_test(tc, test_stopped_tracker_bounds_a_connected_create);
 
   tc = mp_test_tcase(s, "cleanup", 40);
   tcase_add_loop_test(tc, test_program_end_unlinks, 0, N_METHODS);
