@@ -1660,6 +1660,75 @@ START_TEST(test_corrupt_spilled_block) {
 }
 END_TEST
 
+/* ===================================================================================== */
+/* Review, stop 23: forged lock words.                                                   */
+
+/* A call in a thread of the test process, its result and how long it took. */
+typedef struct {
+  mp_queue_t *q;
+  bool put; /* else a get */
+  _Atomic int done;
+  int rc;
+  double took;
+} timed_call_t;
+
+static void *timed_call(void *arg) {
+  timed_call_t *c = arg;
+  char buf[64];
+  size_t len = 0;
+  double t0 = mp_test_now();
+  c->rc = c->put ? mp_queue_put(c->q, "x", 1, 0.2) : mp_queue_get(c->q, buf, sizeof buf, &len, 0.2);
+  c->took = mp_test_now() - t0;
+  atomic_store(&c->done, 1);
+  return NULL;
+}
+
+/* A process of the program writes a side's lock word (a word of the arena, as untrusted as
+ * head, tail and the ring's) naming a live process: the test process itself (a tid of 0 start
+ * time, which holder_died never compares). A put or a get with a timeout of 0.2 s must end by
+ * its timeout (MP_EFULL, MP_EEMPTY, or MP_ECORRUPT), never wait for ever. The words are
+ * found by the layout of queues.c: tail, the only word holding one message's position, and
+ * put_lock a cache line before it, get_lock a line after it. */
+START_TEST(test_forged_lock_word_timeout) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 1));
+  MP_ASSERT_OK(mp_queue_put(q, "12345678", 8, 1)); /* full: maxsize 1 */
+  uint64_t tail = (uint64_t)1 << 32 | 16;
+  unsigned char *at_tail = (unsigned char *)q + mp_test_find_bytes(q, 192, 8, &tail, 8);
+  const uint64_t forged = (uint64_t)getpid(), zero = 0;
+  int hung = 0;
+  for (int side = 0; side < 2; side++) {
+    bool put = side == 0;
+    unsigned char *lock = put ? at_tail - 64 : at_tail + 64;
+    T_ASSERT(memcmp(lock, &zero, 8) == 0, "the lock word is free");
+    if (!put) { /* empty, for the get to time out on */
+      char buf[16];
+      size_t len;
+      MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 1));
+    }
+    mp_test_forge(_i, lock, &forged, sizeof forged);
+    timed_call_t c = {.q = q, .put = put};
+    pthread_t t;
+    T_INT_EQ(pthread_create(&t, NULL, timed_call, &c), 0);
+    double end = mp_test_now() + 3;
+    while (!atomic_load(&c.done) && mp_test_now() < end)
+      mp_test_sleep(0.01);
+    bool ended = atomic_load(&c.done);
+    memcpy(lock, &zero, 8); /* let it go, so that the thread can be joined */
+    T_INT_EQ(pthread_join(t, NULL), 0);
+    if (!ended)
+      fprintf(stderr, "mp_queue_%s with a timeout of 0.2 s still waited after 3 s on a lock "
+              "word a process of the program forged (it ended %.1f s later, rc %d)\n",
+              put ? "put" : "get", c.took, c.rc);
+    hung += !ended;
+    T_ASSERT(c.rc == (put ? MP_EFULL : MP_EEMPTY) || c.rc == MP_ECORRUPT, "rc %d", c.rc);
+  }
+  T_ASSERT(hung == 0, "%d of put and get waited past their timeout on a forged lock word",
+           hung);
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
 static Suite *queues_suite(void) {
   Suite *s = suite_create("queues");
   TCase *tc = mp_test_tcase(s, "local", 20);
@@ -1687,6 +1756,7 @@ static Suite *queues_suite(void) {
   tcase_add_loop_test(tc, test_spilled_blocks_reused, 0, N_METHODS);
   tcase_add_loop_test(tc, test_corrupt_ring, 0, N_METHODS);
   tcase_add_loop_test(tc, test_corrupt_ring_word_put, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_lock_word_timeout, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "readiness", 30);
   tcase_add_loop_test(tc, test_fileno_in_parent, 0, N_METHODS);
