@@ -1729,6 +1729,65 @@ START_TEST(test_forged_lock_word_timeout) {
 }
 END_TEST
 
+/* A block's header (its magic, then its class, 64 bytes before the payload) is a word of the
+ * arena that any process of the program may write, as a task that writes before its block.
+ * The queue frees its blocks by that class: a class written wild within the arena's reach
+ * (4 MiB: the 16 MiB Array after them) put the block on the 4 MiB list, and the next 4 MiB
+ * object was allocated over it and the live blocks after it (review, stop 23; the pool's
+ * were fixed in 01ac5b8, test_forged_fnref_class). Here: a spilled message's block, released
+ * by the last free's walk, and the queue's own block. */
+static const uint32_t wild_class = 22;
+
+START_TEST(test_forged_spilled_block_class) {
+  mp_queue_t *q, *later;
+  mp_array_t *room, *after;
+  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
+  unsigned char *big = calloc(1, SPILLED_LEN);
+  T_ASSERT(big != NULL, "calloc");
+  MP_ASSERT_OK(mp_queue_put(q, big, SPILLED_LEN, 10));
+  free(big);
+  unsigned char *record = arena_find(SPILLED_LEN | (uint64_t)1 << 63, "", 0);
+  T_ASSERT(record != NULL, "the spilled record in the arena");
+  unsigned char *block;
+  memcpy(&block, record + 8, sizeof block);
+  MP_ASSERT_OK(mp_queue_create(&later, 0)); /* a live queue after the block */
+  MP_ASSERT_OK(mp_queue_put(later, "still here", 11, 1));
+  MP_ASSERT_OK(mp_raw_array_create(&room, 'b', 16 << 20, NULL));
+  mp_test_forge(_i, block - 64 + sizeof(uint32_t), &wild_class, sizeof wild_class);
+  MP_ASSERT_OK(mp_queue_free(q)); /* its walk releases the message's block */
+  MP_ASSERT_OK(mp_raw_array_create(&after, 'b', 3 << 20, NULL)); /* a 4 MiB block */
+  bool over = (unsigned char *)after <= block && block < (unsigned char *)after + (3 << 20);
+  int rc = mp_queue_put(later, "x", 1, 0);
+  T_ASSERT(!over, "a 3 MiB Array was allocated over a spilled message's 4 KiB block (and "
+                  "over the live queue after it: its put now says %d)", rc);
+  MP_ASSERT_OK(rc);
+  MP_ASSERT_OK(mp_array_close(after));
+  MP_ASSERT_OK(mp_array_close(room));
+  MP_ASSERT_OK(mp_queue_free(later));
+}
+END_TEST
+
+START_TEST(test_forged_queue_block_class) {
+  mp_queue_t *q, *later;
+  mp_array_t *room, *after;
+  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
+  MP_ASSERT_OK(mp_queue_create_sized(&later, 0, 4096));
+  MP_ASSERT_OK(mp_queue_put(later, "still here", 11, 1));
+  MP_ASSERT_OK(mp_raw_array_create(&room, 'b', 16 << 20, NULL));
+  mp_test_forge(_i, (char *)q - 64 + sizeof(uint32_t), &wild_class, sizeof wild_class);
+  MP_ASSERT_OK(mp_queue_free(q)); /* the last reference releases the queue's block */
+  MP_ASSERT_OK(mp_raw_array_create(&after, 'b', 3 << 20, NULL)); /* a 4 MiB block */
+  bool over = (void *)after == (void *)q;
+  int rc = mp_queue_put(later, "x", 1, 0);
+  T_ASSERT(!over, "a 3 MiB Array was allocated over a queue's block (and over the live queue "
+                  "after it: its put now says %d)", rc);
+  MP_ASSERT_OK(rc);
+  MP_ASSERT_OK(mp_array_close(after));
+  MP_ASSERT_OK(mp_array_close(room));
+  MP_ASSERT_OK(mp_queue_free(later));
+}
+END_TEST
+
 static Suite *queues_suite(void) {
   Suite *s = suite_create("queues");
   TCase *tc = mp_test_tcase(s, "local", 20);
@@ -1757,6 +1816,8 @@ static Suite *queues_suite(void) {
   tcase_add_loop_test(tc, test_corrupt_ring, 0, N_METHODS);
   tcase_add_loop_test(tc, test_corrupt_ring_word_put, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_lock_word_timeout, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_spilled_block_class, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_queue_block_class, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "readiness", 30);
   tcase_add_loop_test(tc, test_fileno_in_parent, 0, N_METHODS);
