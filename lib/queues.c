@@ -901,7 +901,7 @@ static int create(mp_queue_t **out, flavor_t flavor, size_t maxsize, size_t ring
   char *ring = q ? mp__shared_alloc_raw(cap) : NULL;
   if (!ring) {
     if (q)
-      mp__shared_release(q);
+      mp__shared_release_sized(q, sizeof *q);
     return MP_ENOMEM; /* the arena said why */
   }
   q->flavor = flavor;
@@ -1132,7 +1132,7 @@ static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need) {
     ring_move((ring_t){base, cap}, old, pos_bytes(head), used);
     atomic_store(&q->ring_word, ring_word(base, cap));
     q->pending_ring = NULL;
-    mp__shared_release(old.base);
+    mp__shared_release_sized(old.base, old.cap);
     *ring = (ring_t){base, cap};
   }
   qlock_unlock(&q->get_lock);
@@ -1171,7 +1171,7 @@ static int spill_block(mp_queue_t *q, size_t len, const char *fn, spill_t *out) 
       *out = spare;
       return 0;
     }
-    mp__shared_release(spare.block);
+    mp__shared_release_sized(spare.block, spare.room);
   }
   *out = (spill_t){mp__shared_alloc_raw(len), len};
   return out->block ? 0 : MP_ENOMEM; /* the arena said why */
@@ -1289,7 +1289,7 @@ __attribute__((noinline)) static void reclaim_block(mp_queue_t *q) {
     return;
   uint32_t kept = atomic_load_explicit(&q->spares_in, memory_order_relaxed);
   if (spill.room > SPARE_ROOM_MAX || kept - atomic_load(&q->spares_out) >= N_SPARES) {
-    mp__shared_release(spill.block);
+    mp__shared_release_sized(spill.block, spill.room);
     return;
   }
   q->spare[kept % N_SPARES].block = spill.block;
@@ -1606,20 +1606,20 @@ static uint32_t unref(mp_queue_t *q) {
   while (count_of(head, tail) != 0 &&
          read_record(r, head, tail, &header, &spill, "mp_queue_free") == 0) {
     if (header & SPILLED)
-      mp__shared_release(spill.block);
+      mp__shared_release_sized(spill.block, spill.room);
     head = pos_make(pos_msgs(head) + 1, pos_bytes(head) + record_size(header));
   }
   uint32_t out = atomic_load(&q->spares_out), in = atomic_load(&q->spares_in);
   for (; in - out <= N_SPARES && out != in; out++) {
     spill_t spare = {q->spare[out % N_SPARES].block, q->spare[out % N_SPARES].room};
     if (spill_sane(spare, 0))
-      mp__shared_release(spare.block);
+      mp__shared_release_sized(spare.block, spare.room);
   }
   if (ring_sane(r))
-    mp__shared_release(r.base);
+    mp__shared_release_sized(r.base, r.cap);
   q->kind = 0;
   atomic_store(&q->freed, FREED_MAGIC); /* a later use aborts until the block is reused */
-  mp__shared_release(q);
+  mp__shared_release_sized(q, sizeof *q);
   return 0;
 }
 
