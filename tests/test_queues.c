@@ -1788,6 +1788,83 @@ START_TEST(test_forged_queue_block_class) {
 }
 END_TEST
 
+/* A put that needs the ring to grow when the arena is full (review, stop 23): docs/api.md
+ * gives MP_ENOMEM for it (mp_simple_queue_put: "Waits only if 64 MiB of records are
+ * queued"), as a spilled message's put gives at once. A message kept whole instead waited:
+ * mp_queue_put for its whole timeout, then MP_EFULL ("the queue is full", of an unbounded
+ * queue holding 1 MiB), and mp_simple_queue_put for ever. */
+typedef struct {
+  mp_simple_queue_t *sq;
+  const void *msg;
+  size_t len;
+  _Atomic int done;
+  int rc;
+} simple_put_t;
+
+static void *simple_put(void *arg) {
+  simple_put_t *c = arg;
+  c->rc = mp_simple_queue_put(c->sq, c->msg, c->len);
+  atomic_store(&c->done, 1);
+  return NULL;
+}
+
+START_TEST(test_full_arena_put) {
+  mp_queue_t *q;
+  mp_simple_queue_t *sq;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  MP_ASSERT_OK(mp_simple_queue_create(&sq));
+  mp_array_t *arrays[64];
+  size_t n_arrays = 0;
+  /* Sparse: the arena's memfd grows by ftruncate, no page is touched. */
+  for (size_t size = (size_t)32 << 30; size >= (1u << 20) && n_arrays < 64; size /= 2)
+    while (n_arrays < 64 && mp_raw_array_create(&arrays[n_arrays], 'b', size - 4096, NULL) == 0)
+      n_arrays++;
+  size_t len = 100 << 10; /* kept whole: under an eighth of the first ring */
+  char *msg = calloc(1, len);
+  T_ASSERT(msg != NULL, "calloc");
+  int n = 0, rc;
+  double t0 = mp_test_now();
+  while ((rc = mp_queue_put(q, msg, len, 0.5)) == 0)
+    n++;
+  double took = mp_test_now() - t0;
+  char sentence[256];
+  snprintf(sentence, sizeof sentence, "%s", mp_last_error());
+
+  simple_put_t c = {.sq = sq, .msg = msg, .len = len};
+  pthread_t t;
+  int simple_puts = 0;
+  for (;;) {
+    atomic_store(&c.done, 0);
+    T_INT_EQ(pthread_create(&t, NULL, simple_put, &c), 0);
+    double end = mp_test_now() + 3;
+    while (!atomic_load(&c.done) && mp_test_now() < end)
+      mp_test_sleep(0.01);
+    if (!atomic_load(&c.done)) { /* let it go: a get makes room */
+      char *got = NULL;
+      size_t got_len;
+      MP_ASSERT_OK(mp_simple_queue_get_alloc(sq, (void **)&got, &got_len));
+      free(got);
+      T_INT_EQ(pthread_join(t, NULL), 0);
+      break;
+    }
+    T_INT_EQ(pthread_join(t, NULL), 0);
+    if (c.rc != 0)
+      break;
+    simple_puts++;
+  }
+  bool simple_hung = !atomic_load(&c.done) || c.rc == 0;
+  for (size_t i = 0; i < n_arrays; i++)
+    MP_ASSERT_OK(mp_array_close(arrays[i]));
+  free(msg);
+  MP_ASSERT_OK(mp_queue_free(q));
+  MP_ASSERT_OK(mp_simple_queue_free(sq));
+  T_ASSERT(rc == MP_ENOMEM && !simple_hung,
+           "on a full arena: mp_queue_put after %d messages of 100 KiB: rc %d after %.2f s "
+           "(\"%s\"), not MP_ENOMEM; mp_simple_queue_put %s after %d messages", n, rc, took,
+           sentence, simple_hung ? "still waited after 3 s" : "failed", simple_puts);
+}
+END_TEST
+
 static Suite *queues_suite(void) {
   Suite *s = suite_create("queues");
   TCase *tc = mp_test_tcase(s, "local", 20);
@@ -1804,6 +1881,7 @@ static Suite *queues_suite(void) {
   tcase_add_test(tc, test_bell_ignores_other_users);
   tcase_add_test(tc, test_corrupt_ring_word);
   tcase_add_test(tc, test_corrupt_spilled_block);
+  tcase_add_test(tc, test_full_arena_put);
 
   tc = mp_test_tcase(s, "processes", 60);
   tcase_add_loop_test(tc, test_order_per_producer, 0, N_METHODS);
