@@ -1127,7 +1127,11 @@ static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need) {
   while (used <= cap && cap - used < need && cap < q->ring_max)
     cap *= 2;
   char *base = cap != old.cap && cap - used >= need ? mp__shared_alloc_raw(cap) : NULL;
-  if (base) { /* else room was made meanwhile, or the arena is full: wait for room */
+  if (!base && cap != old.cap && cap - used >= need) { /* the arena is full: it said why */
+    qlock_unlock(&q->get_lock);
+    return MP_ENOMEM;
+  }
+  if (base) { /* else room was made meanwhile: wait for room */
     q->pending_ring = base;
     ring_move((ring_t){base, cap}, old, pos_bytes(head), used);
     atomic_store(&q->ring_word, ring_word(base, cap));
