@@ -1865,6 +1865,45 @@ START_TEST(test_full_arena_put) {
 }
 END_TEST
 
+/* A spare slot keeps the address of the block a producer took from it (review, stop 23):
+ * spares_in and spares_out, counters of the arena, written back by one (no address forged)
+ * made the next spilled put take that stale slot. Its block had been released (too small for
+ * a larger message) and handed to a new queue's handle: the put copied its message over that
+ * live queue, which then said "not a Queue". A slot taken should be emptied. */
+START_TEST(test_forged_spare_counter) {
+  mp_queue_t *q, *victim_q;
+  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096)); /* messages above 512 bytes spill */
+  enum { SMALL = 2100, LARGE = 5000 };                /* blocks of 4 KiB, of 8 KiB */
+  unsigned char *msg = malloc(LARGE), *got = malloc(LARGE);
+  T_ASSERT(msg && got, "malloc");
+  memset(msg, 0xab, LARGE);
+  size_t len;
+  for (int i = 0; i < 6; i++) { /* four spares wait, the producer takes the oldest */
+    MP_ASSERT_OK(mp_queue_put(q, msg, SMALL, 1));
+    MP_ASSERT_OK(mp_queue_get(q, got, LARGE, &len, 1));
+  }
+  const uint32_t counters[2] = {5, 1}; /* spares_in, spares_out */
+  unsigned char *at = (unsigned char *)q + mp_test_find_bytes(q, 512, 8, counters, 8);
+  /* The oldest spare (4 KiB) is too small: released, and the slot keeps its address. */
+  MP_ASSERT_OK(mp_queue_put(q, msg, LARGE, 1)); /* not taken: a get would refill the slot */
+  MP_ASSERT_OK(mp_queue_create_sized(&victim_q, 0, 4096)); /* a 4 KiB block: that one */
+  MP_ASSERT_OK(mp_queue_put(victim_q, "still here", 11, 1));
+  uint32_t now[2];
+  memcpy(now, at, sizeof now);
+  const uint32_t back = now[1] - 1;
+  mp_test_forge(_i, at + sizeof(uint32_t), &back, sizeof back);
+  int rc = mp_queue_put(q, msg, SMALL, 1);
+  int victim_rc = mp_queue_get(victim_q, got, LARGE, &len, 1);
+  T_ASSERT(victim_rc == 0 && len == 11 && memcmp(got, "still here", 11) == 0,
+           "a put into another queue (rc %d) wrote over a live queue's block through a stale "
+           "spare slot: its get says %d (\"%s\")", rc, victim_rc, mp_last_error());
+  free(msg);
+  free(got);
+  MP_ASSERT_OK(mp_queue_free(victim_q));
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
 static Suite *queues_suite(void) {
   Suite *s = suite_create("queues");
   TCase *tc = mp_test_tcase(s, "local", 20);
@@ -1896,6 +1935,7 @@ static Suite *queues_suite(void) {
   tcase_add_loop_test(tc, test_forged_lock_word_timeout, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_spilled_block_class, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_queue_block_class, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_spare_counter, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "readiness", 30);
   tcase_add_loop_test(tc, test_fileno_in_parent, 0, N_METHODS);
