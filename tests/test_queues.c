@@ -1904,6 +1904,42 @@ START_TEST(test_forged_spare_counter) {
 }
 END_TEST
 
+/* The same wait without any forged word: a consumer stuck inside its get (here in a fault
+ * handler, as a SIGSTOP or a debugger leaves it), alive and holding get_lock. Another
+ * process's get with a timeout of 0.2 s waits as long as it stays stuck (review, stop 23). */
+START_TEST(test_stuck_consumer_get_timeout) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  enum { SIZE = 20000 };
+  unsigned char *msg = calloc(1, SIZE);
+  T_ASSERT(msg != NULL, "calloc");
+  MP_ASSERT_OK(mp_queue_put(q, msg, SIZE, 0));
+  job_t job = {.q = q, .count = SIZE};
+  char *path = make_temp_file();
+  snprintf(job.path, sizeof job.path, "%s", path);
+  mp_process_t *stuck = start_job(_i, t_die_in_get, &job);
+  T_ASSERT(wait_file(path, 20), "the consumer never reached its copy");
+  timed_call_t c = {.q = q, .put = false};
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, timed_call, &c), 0);
+  double end = mp_test_now() + 3;
+  while (!atomic_load(&c.done) && mp_test_now() < end)
+    mp_test_sleep(0.01);
+  bool ended = atomic_load(&c.done);
+  MP_ASSERT_OK(mp_process_kill(stuck)); /* its lock is taken over: the get ends */
+  T_INT_EQ(mp_test_join_code(stuck, 10), -SIGKILL);
+  T_PROC_CLOSE(stuck);
+  T_INT_EQ(pthread_join(t, NULL), 0);
+  unlink(path);
+  free(path);
+  free(msg);
+  MP_ASSERT_OK(mp_queue_free(q));
+  T_ASSERT(ended, "mp_queue_get with a timeout of 0.2 s still waited after 3 s for a live "
+           "consumer stuck in its get (it ended %.1f s later, once that one was killed, rc %d)",
+           c.took, c.rc);
+}
+END_TEST
+
 static Suite *queues_suite(void) {
   Suite *s = suite_create("queues");
   TCase *tc = mp_test_tcase(s, "local", 20);
@@ -1949,6 +1985,7 @@ static Suite *queues_suite(void) {
   tcase_add_loop_test(tc, test_producer_killed_mid_put, 0, N_METHODS);
   tcase_add_loop_test(tc, test_producer_killed_not_reaped, 0, N_METHODS);
   tcase_add_loop_test(tc, test_consumer_killed_mid_get, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_stuck_consumer_get_timeout, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "flavors", 30);
   tcase_add_loop_test(tc, test_joinable, 0, N_METHODS);
