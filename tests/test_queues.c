@@ -1677,7 +1677,8 @@ static void *timed_call(void *arg) {
   char buf[64];
   size_t len = 0;
   double t0 = mp_test_now();
-  c->rc = c->put ? mp_queue_put(c->q, "x", 1, 0.2) : mp_queue_get(c->q, buf, sizeof buf, &len, 0.2);
+  c->rc =
+      c->put ? mp_queue_put(c->q, "x", 1, 0.2) : mp_queue_get(c->q, buf, sizeof buf, &len, 0.2);
   c->took = mp_test_now() - t0;
   atomic_store(&c->done, 1);
   return NULL;
@@ -1717,7 +1718,8 @@ START_TEST(test_forged_lock_word_timeout) {
     memcpy(lock, &zero, 8); /* let it go, so that the thread can be joined */
     T_INT_EQ(pthread_join(t, NULL), 0);
     if (!ended)
-      fprintf(stderr, "mp_queue_%s with a timeout of 0.2 s still waited after 3 s on a lock "
+      fprintf(stderr,
+              "mp_queue_%s with a timeout of 0.2 s still waited after 3 s on a lock "
               "word a process of the program forged (it ended %.1f s later, rc %d)\n",
               put ? "put" : "get", c.took, c.rc);
     hung += !ended;
@@ -1758,8 +1760,10 @@ START_TEST(test_forged_spilled_block_class) {
   MP_ASSERT_OK(mp_raw_array_create(&after, 'b', 3 << 20, NULL)); /* a 4 MiB block */
   bool over = (unsigned char *)after <= block && block < (unsigned char *)after + (3 << 20);
   int rc = mp_queue_put(later, "x", 1, 0);
-  T_ASSERT(!over, "a 3 MiB Array was allocated over a spilled message's 4 KiB block (and "
-                  "over the live queue after it: its put now says %d)", rc);
+  T_ASSERT(!over,
+           "a 3 MiB Array was allocated over a spilled message's 4 KiB block (and "
+           "over the live queue after it: its put now says %d)",
+           rc);
   MP_ASSERT_OK(rc);
   MP_ASSERT_OK(mp_array_close(after));
   MP_ASSERT_OK(mp_array_close(room));
@@ -1779,8 +1783,10 @@ START_TEST(test_forged_queue_block_class) {
   MP_ASSERT_OK(mp_raw_array_create(&after, 'b', 3 << 20, NULL)); /* a 4 MiB block */
   bool over = (void *)after == (void *)q;
   int rc = mp_queue_put(later, "x", 1, 0);
-  T_ASSERT(!over, "a 3 MiB Array was allocated over a queue's block (and over the live queue "
-                  "after it: its put now says %d)", rc);
+  T_ASSERT(!over,
+           "a 3 MiB Array was allocated over a queue's block (and over the live queue "
+           "after it: its put now says %d)",
+           rc);
   MP_ASSERT_OK(rc);
   MP_ASSERT_OK(mp_array_close(after));
   MP_ASSERT_OK(mp_array_close(room));
@@ -1860,8 +1866,9 @@ START_TEST(test_full_arena_put) {
   MP_ASSERT_OK(mp_simple_queue_free(sq));
   T_ASSERT(rc == MP_ENOMEM && !simple_hung,
            "on a full arena: mp_queue_put after %d messages of 100 KiB: rc %d after %.2f s "
-           "(\"%s\"), not MP_ENOMEM; mp_simple_queue_put %s after %d messages", n, rc, took,
-           sentence, simple_hung ? "still waited after 3 s" : "failed", simple_puts);
+           "(\"%s\"), not MP_ENOMEM; mp_simple_queue_put %s after %d messages",
+           n, rc, took, sentence, simple_hung ? "still waited after 3 s" : "failed",
+           simple_puts);
 }
 END_TEST
 
@@ -1873,7 +1880,7 @@ END_TEST
 START_TEST(test_forged_spare_counter) {
   mp_queue_t *q, *victim_q;
   MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096)); /* messages above 512 bytes spill */
-  enum { SMALL = 2100, LARGE = 5000 };                /* blocks of 4 KiB, of 8 KiB */
+  enum { SMALL = 2100, LARGE = 5000 };              /* blocks of 4 KiB, of 8 KiB */
   unsigned char *msg = malloc(LARGE), *got = malloc(LARGE);
   T_ASSERT(msg && got, "malloc");
   memset(msg, 0xab, LARGE);
@@ -1896,7 +1903,8 @@ START_TEST(test_forged_spare_counter) {
   int victim_rc = mp_queue_get(victim_q, got, LARGE, &len, 1);
   T_ASSERT(victim_rc == 0 && len == 11 && memcmp(got, "still here", 11) == 0,
            "a put into another queue (rc %d) wrote over a live queue's block through a stale "
-           "spare slot: its get says %d (\"%s\")", rc, victim_rc, mp_last_error());
+           "spare slot: its get says %d (\"%s\")",
+           rc, victim_rc, mp_last_error());
   free(msg);
   free(got);
   MP_ASSERT_OK(mp_queue_free(victim_q));
@@ -1934,7 +1942,8 @@ START_TEST(test_stuck_consumer_get_timeout) {
   free(path);
   free(msg);
   MP_ASSERT_OK(mp_queue_free(q));
-  T_ASSERT(ended, "mp_queue_get with a timeout of 0.2 s still waited after 3 s for a live "
+  T_ASSERT(ended,
+           "mp_queue_get with a timeout of 0.2 s still waited after 3 s for a live "
            "consumer stuck in its get (it ended %.1f s later, once that one was killed, rc %d)",
            c.took, c.rc);
 }
