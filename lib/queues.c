@@ -162,8 +162,28 @@ static _Atomic uint32_t *qlock_futex(qlock_t *l) {
   return (_Atomic uint32_t *)(void *)&l->word;
 }
 
-/* The contended path: spins, then sleeps in slices, taking over from a dead holder. */
-__attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me) {
+/* A put's or get's deadline is taken when it first has to wait (for a lock, for room, for a
+ * message), from its timeout, once: a call that needs no wait reads no clock. */
+#define DEADLINE_UNSET INT64_MIN
+
+typedef struct {
+  double timeout;
+  int64_t at; /* DEADLINE_UNSET until taken */
+} deadline_t;
+
+static int64_t deadline_of(deadline_t *d) {
+  if (d->at == DEADLINE_UNSET)
+    d->at = mp__deadline(d->timeout);
+  return d->at;
+}
+
+/* The contended path: spins, then sleeps in slices, taking over from a dead holder, until
+ * the call's deadline. A holder is given one slice at least, at whose end it is judged: so a
+ * call of timeout 0 still takes a dead holder's lock over, and one that finds the lock passed
+ * among live holders waits a slice for it, as for any copy in progress. MP_ETIMEDOUT once
+ * both have passed: a live holder (stopped by SIGSTOP or a debugger, or a word another
+ * process forged) holds nobody past their timeout. */
+__attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me, deadline_t *d) {
   uint64_t w = atomic_load(&l->word);
   for (int i = 0; i < QLOCK_SPIN; i++) {
     if (w == 0 && atomic_compare_exchange_weak(&l->word, &w, me))
@@ -172,7 +192,7 @@ __attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me) {
     w = atomic_load(&l->word);
   }
   uint64_t judged = 0; /* the holder word being timed, since when */
-  int64_t since = 0;
+  int64_t since = 0, give_up = DEADLINE_UNSET;
   for (;;) {
     /* Taken with the waiters bit set: others may sleep still (the woken one cannot know). */
     if (w == 0) {
@@ -186,18 +206,25 @@ __attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me) {
     /* A holder is judged once it held the lock for a whole slice, by the clock: a waiter
      * that signals keep waking early must judge it too. */
     int64_t t = mp__now_ns();
+    if (give_up == DEADLINE_UNSET) {
+      int64_t end = deadline_of(d);
+      give_up = end - t > QLOCK_SLICE_NS ? end : t + QLOCK_SLICE_NS;
+    }
     if (w != judged) {
       judged = w;
       since = t;
     }
-    if (t - since < QLOCK_SLICE_NS) {
-      (void)mp__futex_wait(qlock_futex(l), (uint32_t)w, since + QLOCK_SLICE_NS);
-    } else {
+    if (t - since >= QLOCK_SLICE_NS) {
       uint64_t held = w;
       if (holder_died(w) && atomic_compare_exchange_strong(&l->word, &held, me | QLOCK_WAITERS))
         return MP_EOWNERDEAD;
       since = t; /* alive: judged again a slice from now */
     }
+    if (t >= give_up)
+      return MP_ETIMEDOUT; /* the waiters bit stays: the holder's unlock wakes nobody, once */
+    int64_t slice_end = since + QLOCK_SLICE_NS;
+    (void)mp__futex_wait(qlock_futex(l), (uint32_t)w,
+                         slice_end < give_up ? slice_end : give_up);
     w = atomic_load(&l->word);
   }
 }
@@ -205,12 +232,13 @@ __attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me) {
 /* Inlined: on the path of every put and get, and small once the waits are out of line. */
 #define HOT static inline __attribute__((always_inline))
 
-/* 0, or MP_EOWNERDEAD: the lock is ours, and its holder died holding it (repair). */
-HOT int qlock_lock(qlock_t *l) {
+/* 0, or MP_EOWNERDEAD: the lock is ours, and its holder died holding it (repair); or
+ * MP_ETIMEDOUT: a live holder kept it past *d (qlock_wait). */
+HOT int qlock_lock(qlock_t *l, deadline_t *d) {
   uint64_t me = holder_word(), w = 0;
   if (atomic_compare_exchange_strong(&l->word, &w, me))
     return 0;
-  return qlock_wait(l, me);
+  return qlock_wait(l, me, d);
 }
 
 HOT void qlock_unlock(qlock_t *l) {
@@ -951,10 +979,10 @@ static void wake_everyone(mp_queue_t *q) {
   ring_bells(q);
 }
 
-/* Takes put_lock (0, or the lock's error); after a producer died holding it, frees its
+/* Takes put_lock (0, or MP_ETIMEDOUT past *d); after a producer died holding it, frees its
  * uncommitted block or ring. */
-static int lock_put(mp_queue_t *q) {
-  int rc = qlock_lock(&q->put_lock);
+static int lock_put(mp_queue_t *q, deadline_t *d) {
+  int rc = qlock_lock(&q->put_lock, d);
   if (rc != MP_EOWNERDEAD)
     return rc;
   /* Words of the arena too: one that names no block of it is dropped, not freed. */
@@ -968,10 +996,10 @@ static int lock_put(mp_queue_t *q) {
   return 0;
 }
 
-/* Takes get_lock (0, or the lock's error). A consumer that died holding it never moved head,
- * or moved it and died before waking producers: nothing to repair but the wake. */
-static int lock_get(mp_queue_t *q) {
-  int rc = qlock_lock(&q->get_lock);
+/* Takes get_lock (0, or MP_ETIMEDOUT past *d). A consumer that died holding it never moved
+ * head, or moved it and died before waking producers: nothing to repair but the wake. */
+static int lock_get(mp_queue_t *q, deadline_t *d) {
+  int rc = qlock_lock(&q->get_lock, d);
   if (rc != MP_EOWNERDEAD)
     return rc;
   wake_everyone(q);
@@ -1094,17 +1122,18 @@ static void notify(_Atomic uint32_t *seq, _Atomic uint32_t *waiters, int count) 
     leave(waiters);
 }
 
-/* A put's or get's deadline is taken when it first has to wait, from its timeout, once: a
- * call that needs no wait reads no clock. */
-#define DEADLINE_UNSET INT64_MIN
-
-static void take_deadline(double timeout, int64_t *deadline) {
-  if (*deadline == DEADLINE_UNSET)
-    *deadline = mp__deadline(timeout);
-}
-
 static bool passed(int64_t deadline) {
   return deadline != INT64_MAX && mp__now_ns() >= deadline;
+}
+
+/* A put or get that waited for a side's lock past its timeout: its holder is alive, and
+ * stopped (SIGSTOP, a debugger), slow (a copy of many megabytes), or a word another process
+ * forged. The call's timeout error, as Python's queue.Full and queue.Empty for its own lock
+ * waits. */
+__attribute__((noinline, cold)) static int lock_timed_out(int code, const char *side,
+                                                          const char *fn) {
+  return mp__error(code, "%s: a live process held the queue's %s lock past the timeout", fn,
+                   side);
 }
 
 /* ================================ put ================================ */
@@ -1115,10 +1144,11 @@ static bool passed(int64_t deadline) {
  * queue is bounded by maxsize, as in Python, not by its first ring. The caller holds
  * put_lock; get_lock keeps consumers out while the records move. The new ring is noted in
  * pending_ring first and installed by one store, so a producer dying here leaves either
- * ring whole (and at worst the old one unfreed).
+ * ring whole (and at worst the old one unfreed). 0 (grown, or room was made meanwhile),
+ * MP_ENOMEM (the arena is full: it said why), or MP_ETIMEDOUT (get_lock held past *d).
  */
-static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need) {
-  int rc = lock_get(q);
+static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need, deadline_t *d) {
+  int rc = lock_get(q, d);
   if (rc < 0)
     return rc;
   ring_t old = *ring; /* checked by put_ring: the word is not read again */
@@ -1126,12 +1156,10 @@ static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need) {
   uint32_t used = pos_bytes(tail) - pos_bytes(head), cap = old.cap;
   while (used <= cap && cap - used < need && cap < q->ring_max)
     cap *= 2;
-  char *base = cap != old.cap && cap - used >= need ? mp__shared_alloc_raw(cap) : NULL;
-  if (!base && cap != old.cap && cap - used >= need) { /* the arena is full: it said why */
-    qlock_unlock(&q->get_lock);
-    return MP_ENOMEM;
-  }
-  if (base) { /* else room was made meanwhile: wait for room */
+  /* Else room was made meanwhile, or the largest ring has too little: the put waits. */
+  bool larger = cap != old.cap && cap - used >= need;
+  char *base = larger ? mp__shared_alloc_raw(cap) : NULL;
+  if (base) {
     q->pending_ring = base;
     ring_move((ring_t){base, cap}, old, pos_bytes(head), used);
     atomic_store(&q->ring_word, ring_word(base, cap));
@@ -1140,7 +1168,7 @@ static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need) {
     *ring = (ring_t){base, cap};
   }
   qlock_unlock(&q->get_lock);
-  return 0;
+  return larger && !base ? MP_ENOMEM : 0;
 }
 
 /*
@@ -1216,11 +1244,11 @@ static int put(mp_queue_t *q, const void *data, size_t len, double timeout, cons
   uint32_t need = record_size(header);
   MP__TRACE_CLOCK(t0);
   mp__sigint_t sigint = {NULL, 0};
-  int64_t deadline = DEADLINE_UNSET;
+  deadline_t deadline = {timeout, DEADLINE_UNSET};
   for (;;) {
-    int rc = lock_put(q);
+    int rc = lock_put(q, &deadline);
     if (rc < 0)
-      return rc;
+      return lock_timed_out(MP_EFULL, "put", fn);
     if (atomic_load(&q->closed)) {
       qlock_unlock(&q->put_lock);
       return mp__error(MP_ECLOSED, "%s: the queue is closed", fn);
@@ -1229,13 +1257,16 @@ static int put(mp_queue_t *q, const void *data, size_t len, double timeout, cons
     ring_t r;
     rc = put_ring(q, header, &r, fn);
     int room = rc < 0 ? rc : room_locked(q, r, tail, need, fn);
-    if (room == 0 && !at_maxsize(q) && r.cap < q->ring_max)
-      room = grow_ring(q, &r, need) < 0 ? MP_ENOMEM /* the lock's error said why */
-                                        : room_locked(q, r, tail, need, fn);
+    if (room == 0 && !at_maxsize(q) && r.cap < q->ring_max) {
+      int grown = grow_ring(q, &r, need, &deadline);
+      room = grown < 0 ? grown : room_locked(q, r, tail, need, fn);
+    }
     rc = room < 0 ? room : 1;
     if (room > 0)
       rc = commit_put(q, r, tail, header, data, fn);
     qlock_unlock(&q->put_lock);
+    if (rc == MP_ETIMEDOUT)
+      return lock_timed_out(MP_EFULL, "get", fn);
     if (rc < 0)
       return rc;
     if (rc == 0) {
@@ -1249,8 +1280,10 @@ static int put(mp_queue_t *q, const void *data, size_t len, double timeout, cons
         ring_bells(q);
       return 0;
     }
-    take_deadline(timeout, &deadline);
-    int waited = passed(deadline) ? MP_ETIMEDOUT : wait_until(q, has_room, need, &q->get_seq, &q->put_waiters, deadline, &sigint);
+    int64_t end = deadline_of(&deadline);
+    int waited =
+        passed(end) ? MP_ETIMEDOUT
+                    : wait_until(q, has_room, need, &q->get_seq, &q->put_waiters, end, &sigint);
     if (waited == MP_EINTR && !has_room(q, need))
       return mp__error(MP_EINTR, "%s: interrupted by SIGINT", fn);
     if (waited == MP_ETIMEDOUT && !has_room(q, need))
@@ -1358,11 +1391,11 @@ static int get(mp_queue_t *q, const sink_t *out, double timeout, const char *fn)
     return mp__error(MP_EINVAL, "%s: NULL buffer or length", fn);
   MP__TRACE_CLOCK(t0);
   mp__sigint_t sigint = {NULL, 0};
-  int64_t deadline = DEADLINE_UNSET;
+  deadline_t deadline = {timeout, DEADLINE_UNSET};
   for (bool cleared = false;;) {
-    int rc = lock_get(q);
+    int rc = lock_get(q, &deadline);
     if (rc < 0)
-      return rc;
+      return lock_timed_out(MP_EEMPTY, "get", fn);
     rc = take(q, out, fn);
     qlock_unlock(&q->get_lock);
     if (rc == 0) {
@@ -1386,8 +1419,10 @@ static int get(mp_queue_t *q, const sink_t *out, double timeout, const char *fn)
       cleared = true;
       continue;
     }
-    take_deadline(timeout, &deadline);
-    int waited = passed(deadline) ? MP_ETIMEDOUT : wait_until(q, has_message, 0, &q->put_seq, &q->get_waiters, deadline, &sigint);
+    int64_t end = deadline_of(&deadline);
+    int waited =
+        passed(end) ? MP_ETIMEDOUT
+                    : wait_until(q, has_message, 0, &q->put_seq, &q->get_waiters, end, &sigint);
     if (waited == MP_EINTR && !has_message(q, 0))
       return mp__error(MP_EINTR, "%s: interrupted by SIGINT", fn);
     if (waited == MP_ETIMEDOUT && !has_message(q, 0))
@@ -1457,9 +1492,10 @@ int mp_queue_full(mp_queue_t *queue) {
 }
 
 static int close_queue(mp_queue_t *q) {
-  int rc = lock_put(q); /* the puts in progress commit first */
-  if (rc < 0)
-    return rc;
+  /* The puts in progress commit first: a live producer stopped inside its put holds close
+   * until it goes on or dies (docs/api.md). */
+  deadline_t forever = {MP_FOREVER, INT64_MAX};
+  (void)lock_put(q, &forever);
   atomic_store(&q->closed, 1);
   qlock_unlock(&q->put_lock);
   notify(&q->put_seq, &q->get_waiters, INT32_MAX);
@@ -1597,9 +1633,12 @@ static uint32_t unref(mp_queue_t *q) {
   uint32_t left = atomic_fetch_sub(&q->refs, 1) - 1;
   if (left != 0)
     return left;
-  /* The last reference: nobody else can touch it. Free the block of a producer that died
-   * in a put (the repair of lock_put), then those of the spilled messages left. */
-  if (lock_put(q) == 0)
+  /* The last reference: nobody else may touch it. Free the block of a producer that died
+   * in a put (the repair of lock_put), then those of the spilled messages left. A live
+   * holder uses a handle it holds no reference to: it is judged for one slice, not waited
+   * for (its block, if it spilled, is left to it). */
+  deadline_t now = {0, DEADLINE_UNSET};
+  if (lock_put(q, &now) == 0)
     qlock_unlock(&q->put_lock);
   reclaim(q);
   ring_t r = ring_of(q);
