@@ -1183,7 +1183,21 @@ static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need, deadline_t *d) 
  * most. A block changes hands by one store of spares_in or spares_out after its slot is
  * written or read: a process killed around it leaks the block at worst, never frees it
  * twice.
+ *
+ * A producer empties the slot it takes before its store of spares_out. The slot is its own
+ * until that store (a consumer fills slot spares_in only while fewer than N_SPARES wait, so
+ * never the one at spares_out), so emptying it races with nobody; emptying it after the
+ * store raced with the consumer refilling it. A slot left full named a block that was
+ * already a message's, or freed and handed to another object: spares_out written back by
+ * one (its word is any process's to write) made the next spilled put copy its message there,
+ * and the last free release it (test_forged_spare_counter). An empty slot is passed over: a
+ * producer killed between the two stores leaves one, and leaks the block it took.
  */
+
+static int new_block(size_t len, spill_t *out) {
+  *out = (spill_t){mp__shared_alloc_raw(len), len};
+  return out->block ? 0 : MP_ENOMEM; /* the arena said why */
+}
 
 /* A block for a spilled message of len bytes, and its room: the oldest spare once
  * SPARES_KEPT wait (given back if it is too small), else a new one. The caller holds
@@ -1192,8 +1206,11 @@ static int spill_block(mp_queue_t *q, size_t len, const char *fn, spill_t *out) 
   uint32_t taken = atomic_load_explicit(&q->spares_out, memory_order_relaxed);
   if (atomic_load(&q->spares_in) - taken >= SPARES_KEPT) {
     spill_t spare = {q->spare[taken % N_SPARES].block, q->spare[taken % N_SPARES].room};
+    q->spare[taken % N_SPARES].block = NULL;
     /* Ours from this store on (a wild slot is dropped, not freed: it is no block). */
     atomic_store(&q->spares_out, taken + 1);
+    if (!spare.block) /* emptied by a producer that died before this store */
+      return new_block(len, out);
     if (!spill_sane(spare, 0))
       return mp__error(MP_ECORRUPT,
                        "%s: the queue's shared memory is corrupt: a spare block of %llu bytes "
@@ -1205,8 +1222,7 @@ static int spill_block(mp_queue_t *q, size_t len, const char *fn, spill_t *out) 
     }
     mp__shared_release_sized(spare.block, spare.room);
   }
-  *out = (spill_t){mp__shared_alloc_raw(len), len};
-  return out->block ? 0 : MP_ENOMEM; /* the arena said why */
+  return new_block(len, out);
 }
 
 /* Writes the message at tail and commits it; the caller holds put_lock and has checked the
