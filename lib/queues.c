@@ -268,8 +268,10 @@ struct mp_queue_s {
    * the other side reads that word, and would otherwise pull the lock's line too. */
   LINE qlock_t put_lock;
   void *pending;         /* a spilled message's block, being filled at... */
-  uint64_t pending_tail; /* ...this tail: freed if a repair finds tail still there */
-  void *pending_ring;    /* a larger ring being filled: freed if it was not installed */
+  uint64_t pending_tail; /* ...this tail: freed if a repair finds tail still there, ... */
+  uint64_t pending_room; /* ...by this size, the block's room (not its header's class) */
+  uint64_t pending_ring; /* a larger ring being filled, as its ring word: freed if it was
+                            not installed */
   _Atomic uint64_t head_seen; /* head as producers read it last: never ahead of head */
 
   LINE _Atomic uint64_t tail;
@@ -985,13 +987,19 @@ static int lock_put(mp_queue_t *q, deadline_t *d) {
   int rc = qlock_lock(&q->put_lock, d);
   if (rc != MP_EOWNERDEAD)
     return rc;
-  /* Words of the arena too: one that names no block of it is dropped, not freed. */
-  if (mp__shared_is_block(q->pending, 1) && atomic_load(&q->tail) == q->pending_tail)
-    mp__shared_release(q->pending);
+  /* Words of the arena too: one that names no block of it is dropped, not freed; a block is
+   * freed by the size noted beside it, as every block of the queue (its header's class is
+   * any process's to write). */
+  spill_t pending = {q->pending, q->pending_room};
+  if (spill_sane(pending, 0) && atomic_load(&q->tail) == q->pending_tail)
+    mp__shared_release_sized(pending.block, pending.room);
   q->pending = NULL;
-  if (mp__shared_is_block(q->pending_ring, 1) && ring_of(q).base != q->pending_ring)
-    mp__shared_release(q->pending_ring);
-  q->pending_ring = NULL;
+  uint64_t word = q->pending_ring;
+  ring_t grown = ring_decode(word);
+  if (grown.cap >= RING_MIN && mp__shared_is_block(grown.base, grown.cap) &&
+      word != atomic_load(&q->ring_word))
+    mp__shared_release_sized(grown.base, grown.cap);
+  q->pending_ring = 0;
   wake_everyone(q);
   return 0;
 }
@@ -1160,10 +1168,11 @@ static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need, deadline_t *d) 
   bool larger = cap != old.cap && cap - used >= need;
   char *base = larger ? mp__shared_alloc_raw(cap) : NULL;
   if (base) {
-    q->pending_ring = base;
+    uint64_t word = ring_word(base, cap);
+    q->pending_ring = word;
     ring_move((ring_t){base, cap}, old, pos_bytes(head), used);
-    atomic_store(&q->ring_word, ring_word(base, cap));
-    q->pending_ring = NULL;
+    atomic_store(&q->ring_word, word);
+    q->pending_ring = 0;
     mp__shared_release_sized(old.base, old.cap);
     *ring = (ring_t){base, cap};
   }
@@ -1237,6 +1246,8 @@ static int commit_put(mp_queue_t *q, ring_t r, uint64_t tail, uint64_t header, c
     if (rc < 0)
       return rc;
     q->pending_tail = tail;
+    q->pending_room = spill.room;
+    atomic_signal_fence(memory_order_seq_cst); /* the block last: the repair believes it */
     q->pending = spill.block;
     memcpy(spill.block, data, len);
     ring_write(r, at + HEADER, &spill, sizeof spill);

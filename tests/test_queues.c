@@ -1912,6 +1912,48 @@ START_TEST(test_forged_spare_counter) {
 }
 END_TEST
 
+/* The owner-dead repair of put_lock frees the block of a producer killed in its spilled put
+ * (`pending`). It freed it by its header's class, which any process may write: a class
+ * written wild (16 MiB, over a block of 4 MiB) put the block on the 16 MiB list, and the
+ * next 12 MiB Array was allocated over it and what follows it. Now by the room the queue
+ * noted beside `pending`. The word is found by the layout of queues.c: put_lock a line
+ * before tail, then pending. */
+START_TEST(test_forged_pending_block_class) {
+  mp_queue_t *q;
+  mp_array_t *room, *after;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  job_t job = {.q = q, .count = 2u << 20}; /* spilled, into a 4 MiB block */
+  char *path = make_temp_file();
+  snprintf(job.path, sizeof job.path, "%s", path);
+  mp_process_t *victim = start_job(_i, t_die_in_put, &job);
+  T_ASSERT(wait_file(path, 20), "the producer never reached its copy");
+  MP_ASSERT_OK(mp_process_kill(victim));
+  T_INT_EQ(mp_test_join_code(victim, 10), -SIGKILL);
+  T_PROC_CLOSE(victim);
+  unlink(path);
+  free(path);
+  /* tail after "before", also in pending_tail, right after pending: tail is the later one. */
+  uint64_t tail = (uint64_t)1 << 32 | 16;
+  unsigned char *line = (unsigned char *)q + 96;
+  unsigned char *at_tail = line + mp_test_find_bytes(line, 96, 8, &tail, 8);
+  unsigned char *pending;
+  memcpy(&pending, at_tail - 64 + 8, sizeof pending);
+  T_ASSERT(pending != NULL, "the dead producer's block is noted");
+  MP_ASSERT_OK(mp_raw_array_create(&room, 'b', 32 << 20, NULL)); /* the arena's reach */
+  const uint32_t wild = 24;
+  mp_test_forge(_i, pending - 64 + sizeof(uint32_t), &wild, sizeof wild);
+  MP_ASSERT_OK(mp_queue_put(q, "after", 5, 5));                   /* repairs: frees the block */
+  MP_ASSERT_OK(mp_raw_array_create(&after, 'b', 12 << 20, NULL)); /* a 16 MiB block */
+  bool over =
+      (unsigned char *)after <= pending && pending < (unsigned char *)after + (12 << 20);
+  T_ASSERT(!over, "a 12 MiB Array was allocated over the 4 MiB block of a producer killed in "
+                  "its put, freed by a class written wild");
+  MP_ASSERT_OK(mp_array_close(after));
+  MP_ASSERT_OK(mp_array_close(room));
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
 /* The same wait without any forged word: a consumer stuck inside its get (here in a fault
  * handler, as a SIGSTOP or a debugger leaves it), alive and holding get_lock. Another
  * process's get with a timeout of 0.2 s waits as long as it stays stuck (review, stop 23). */
@@ -1995,6 +2037,7 @@ static Suite *queues_suite(void) {
   tcase_add_loop_test(tc, test_producer_killed_not_reaped, 0, N_METHODS);
   tcase_add_loop_test(tc, test_consumer_killed_mid_get, 0, N_METHODS);
   tcase_add_loop_test(tc, test_stuck_consumer_get_timeout, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_pending_block_class, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "flavors", 30);
   tcase_add_loop_test(tc, test_joinable, 0, N_METHODS);
