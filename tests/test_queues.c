@@ -1631,20 +1631,27 @@ START_TEST(test_corrupt_ring_word) {
 }
 END_TEST
 
+/* A queue of a 4 KiB ring that holds one spilled message: its record in the ring, and
+ * (*block) the block that holds the message. */
+static unsigned char *spilled_queue(mp_queue_t **q, unsigned char **block) {
+  MP_ASSERT_OK(mp_queue_create_sized(q, 0, 4096));
+  unsigned char *big = calloc(1, SPILLED_LEN);
+  T_ASSERT(big != NULL, "calloc");
+  MP_ASSERT_OK(mp_queue_put(*q, big, SPILLED_LEN, 10));
+  free(big);
+  unsigned char *record = arena_find(SPILLED_LEN | (uint64_t)1 << 63, "", 0);
+  T_ASSERT(record != NULL, "the spilled record in the arena");
+  memcpy(block, record + 8, sizeof *block);
+  return record;
+}
+
 /* A spilled record's block must be a block of the arena, not only lie inside it: a get
  * neither reads from another address nor frees it (the arena's allocator would take its
  * bytes for a block's header). */
 START_TEST(test_corrupt_spilled_block) {
   mp_queue_t *q;
-  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
-  unsigned char *big = calloc(1, SPILLED_LEN);
-  T_ASSERT(big != NULL, "calloc");
-  MP_ASSERT_OK(mp_queue_put(q, big, SPILLED_LEN, 10));
-  free(big);
-  unsigned char *record = arena_find(SPILLED_LEN | (uint64_t)1 << 63, "", 0);
-  T_ASSERT(record != NULL, "the spilled record in the arena");
   unsigned char *block;
-  memcpy(&block, record + 8, sizeof block);
+  unsigned char *record = spilled_queue(&q, &block);
   /* 64-byte aligned, inside the arena, room for the message: but inside the block. */
   unsigned char *inside = block + 1024;
   memcpy(record + 8, &inside, sizeof inside);
@@ -1743,15 +1750,8 @@ static const uint32_t wild_class = 22;
 START_TEST(test_forged_spilled_block_class) {
   mp_queue_t *q, *later;
   mp_array_t *room, *after;
-  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
-  unsigned char *big = calloc(1, SPILLED_LEN);
-  T_ASSERT(big != NULL, "calloc");
-  MP_ASSERT_OK(mp_queue_put(q, big, SPILLED_LEN, 10));
-  free(big);
-  unsigned char *record = arena_find(SPILLED_LEN | (uint64_t)1 << 63, "", 0);
-  T_ASSERT(record != NULL, "the spilled record in the arena");
   unsigned char *block;
-  memcpy(&block, record + 8, sizeof block);
+  (void)spilled_queue(&q, &block);
   MP_ASSERT_OK(mp_queue_create(&later, 0)); /* a live queue after the block */
   MP_ASSERT_OK(mp_queue_put(later, "still here", 11, 1));
   MP_ASSERT_OK(mp_raw_array_create(&room, 'b', 16 << 20, NULL));
