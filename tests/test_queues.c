@@ -776,20 +776,28 @@ static int t_die_in_put(void *arg, size_t size) {
   return 4; /* not reached: the copy faults */
 }
 
+/* A child of q (under start method `method`) running die_in (t_die_in_put, t_die_in_get)
+ * with count bytes, killed in its copy, holding the side's lock; reaped. */
+static void kill_in_copy(int method, mp_target_t die_in, mp_queue_t *q, uint32_t count) {
+  job_t job = {.q = q, .count = count};
+  char *path = make_temp_file();
+  snprintf(job.path, sizeof job.path, "%s", path);
+  mp_process_t *victim = start_job(method, die_in, &job);
+  T_ASSERT(wait_file(path, 20), "the child never reached its copy");
+  MP_ASSERT_OK(mp_process_kill(victim));
+  T_INT_EQ(mp_test_join_code(victim, 10), -SIGKILL);
+  T_PROC_CLOSE(victim);
+  unlink(path);
+  free(path);
+}
+
 START_TEST(test_producer_killed_mid_put) {
   /* Inline (a quarter of the ring's eighth) and spilled (2 MiB) messages. */
   const uint32_t sizes[] = {20000, 2u << 20};
   for (int k = 0; k < 2; k++) {
     mp_queue_t *q;
     MP_ASSERT_OK(mp_queue_create(&q, 0));
-    job_t job = {.q = q, .count = sizes[k]};
-    char *path = make_temp_file();
-    snprintf(job.path, sizeof job.path, "%s", path);
-    mp_process_t *victim = start_job(_i, t_die_in_put, &job);
-    T_ASSERT(wait_file(path, 20), "the producer never reached its copy");
-    MP_ASSERT_OK(mp_process_kill(victim));
-    T_INT_EQ(mp_test_join_code(victim, 10), -SIGKILL);
-    T_PROC_CLOSE(victim);
+    kill_in_copy(_i, t_die_in_put, q, sizes[k]);
     /* The lock it held is recovered, its half message dropped, the others carry on. */
     MP_ASSERT_OK(mp_queue_put(q, "after", 5, 5));
     mp_process_t *prod = start_job(_i, t_put_one, &(job_t){.q = q});
@@ -804,8 +812,6 @@ START_TEST(test_producer_killed_mid_put) {
     T_ASSERT(len == 10 && memcmp(buf, "from child", 10) == 0, "the third message");
     MP_ASSERT_ERR(mp_queue_get_nowait(q, buf, sizeof buf, &len), MP_EEMPTY);
     MP_ASSERT_OK(mp_queue_free(q));
-    unlink(path);
-    free(path);
   }
 }
 END_TEST
@@ -877,14 +883,7 @@ START_TEST(test_consumer_killed_mid_get) {
       msg[i] = (unsigned char)(i * 7);
     MP_ASSERT_OK(mp_queue_put(q, msg, sizes[k], 0));
     MP_ASSERT_OK(mp_queue_put(q, "second", 6, 0));
-    job_t job = {.q = q, .count = sizes[k]};
-    char *path = make_temp_file();
-    snprintf(job.path, sizeof job.path, "%s", path);
-    mp_process_t *victim = start_job(_i, t_die_in_get, &job);
-    T_ASSERT(wait_file(path, 20), "the consumer never reached its copy");
-    MP_ASSERT_OK(mp_process_kill(victim));
-    T_INT_EQ(mp_test_join_code(victim, 10), -SIGKILL);
-    T_PROC_CLOSE(victim);
+    kill_in_copy(_i, t_die_in_get, q, sizes[k]);
     /* It never returned the message: it is still first, whole. */
     size_t len;
     MP_ASSERT_OK(mp_queue_get(q, got, sizes[k], &len, 5));
@@ -894,8 +893,6 @@ START_TEST(test_consumer_killed_mid_get) {
     MP_ASSERT_OK(mp_queue_free(q));
     free(msg);
     free(got);
-    unlink(path);
-    free(path);
   }
 }
 END_TEST
@@ -1691,6 +1688,15 @@ static void *timed_call(void *arg) {
   return NULL;
 }
 
+/* Starts c in thread *t: whether it ended within 3 s (the caller joins *t). */
+static bool start_timed_call(timed_call_t *c, pthread_t *t) {
+  T_INT_EQ(pthread_create(t, NULL, timed_call, c), 0);
+  double end = mp_test_now() + 3;
+  while (!atomic_load(&c->done) && mp_test_now() < end)
+    mp_test_sleep(0.01);
+  return atomic_load(&c->done);
+}
+
 /* A process of the program writes a side's lock word (a word of the arena, as untrusted as
  * head, tail and the ring's) naming a live process: the test process itself (a tid of 0 start
  * time, which holder_died never compares). A put or a get with a timeout of 0.2 s must end by
@@ -1717,11 +1723,7 @@ START_TEST(test_forged_lock_word_timeout) {
     mp_test_forge(_i, lock, &forged, sizeof forged);
     timed_call_t c = {.q = q, .put = put};
     pthread_t t;
-    T_INT_EQ(pthread_create(&t, NULL, timed_call, &c), 0);
-    double end = mp_test_now() + 3;
-    while (!atomic_load(&c.done) && mp_test_now() < end)
-      mp_test_sleep(0.01);
-    bool ended = atomic_load(&c.done);
+    bool ended = start_timed_call(&c, &t);
     memcpy(lock, &zero, 8); /* let it go, so that the thread can be joined */
     T_INT_EQ(pthread_join(t, NULL), 0);
     if (!ended)
@@ -1747,50 +1749,43 @@ END_TEST
  * by the last free's walk, and the queue's own block. */
 static const uint32_t wild_class = 22;
 
-START_TEST(test_forged_spilled_block_class) {
-  mp_queue_t *q, *later;
+/* Writes wild_class into the header of block, a block of q (under start method `method`),
+ * frees q, and checks that the 4 MiB object allocated next is not laid over the block, nor
+ * over a live queue made after it. */
+static void free_with_wild_class(int method, mp_queue_t *q, unsigned char *block,
+                                 const char *what) {
+  mp_queue_t *later;
   mp_array_t *room, *after;
-  unsigned char *block;
-  (void)spilled_queue(&q, &block);
-  MP_ASSERT_OK(mp_queue_create(&later, 0)); /* a live queue after the block */
+  MP_ASSERT_OK(mp_queue_create_sized(&later, 0, 4096)); /* a live queue after the block */
   MP_ASSERT_OK(mp_queue_put(later, "still here", 11, 1));
   MP_ASSERT_OK(mp_raw_array_create(&room, 'b', 16 << 20, NULL));
-  mp_test_forge(_i, block - 64 + sizeof(uint32_t), &wild_class, sizeof wild_class);
-  MP_ASSERT_OK(mp_queue_free(q)); /* its walk releases the message's block */
+  mp_test_forge(method, block - 64 + sizeof(uint32_t), &wild_class, sizeof wild_class);
+  MP_ASSERT_OK(mp_queue_free(q)); /* the last reference releases the block */
   MP_ASSERT_OK(mp_raw_array_create(&after, 'b', 3 << 20, NULL)); /* a 4 MiB block */
   bool over = (unsigned char *)after <= block && block < (unsigned char *)after + (3 << 20);
   int rc = mp_queue_put(later, "x", 1, 0);
   T_ASSERT(!over,
-           "a 3 MiB Array was allocated over a spilled message's 4 KiB block (and "
-           "over the live queue after it: its put now says %d)",
-           rc);
+           "a 3 MiB Array was allocated over %s (and over the live queue after it: its put "
+           "now says %d)",
+           what, rc);
   MP_ASSERT_OK(rc);
   MP_ASSERT_OK(mp_array_close(after));
   MP_ASSERT_OK(mp_array_close(room));
   MP_ASSERT_OK(mp_queue_free(later));
 }
+
+START_TEST(test_forged_spilled_block_class) {
+  mp_queue_t *q;
+  unsigned char *block;
+  (void)spilled_queue(&q, &block);
+  free_with_wild_class(_i, q, block, "a spilled message's 4 KiB block");
+}
 END_TEST
 
 START_TEST(test_forged_queue_block_class) {
-  mp_queue_t *q, *later;
-  mp_array_t *room, *after;
+  mp_queue_t *q;
   MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
-  MP_ASSERT_OK(mp_queue_create_sized(&later, 0, 4096));
-  MP_ASSERT_OK(mp_queue_put(later, "still here", 11, 1));
-  MP_ASSERT_OK(mp_raw_array_create(&room, 'b', 16 << 20, NULL));
-  mp_test_forge(_i, (char *)q - 64 + sizeof(uint32_t), &wild_class, sizeof wild_class);
-  MP_ASSERT_OK(mp_queue_free(q)); /* the last reference releases the queue's block */
-  MP_ASSERT_OK(mp_raw_array_create(&after, 'b', 3 << 20, NULL)); /* a 4 MiB block */
-  bool over = (void *)after == (void *)q;
-  int rc = mp_queue_put(later, "x", 1, 0);
-  T_ASSERT(!over,
-           "a 3 MiB Array was allocated over a queue's block (and over the live queue "
-           "after it: its put now says %d)",
-           rc);
-  MP_ASSERT_OK(rc);
-  MP_ASSERT_OK(mp_array_close(after));
-  MP_ASSERT_OK(mp_array_close(room));
-  MP_ASSERT_OK(mp_queue_free(later));
+  free_with_wild_class(_i, q, (unsigned char *)q, "a queue's block");
 }
 END_TEST
 
@@ -1922,16 +1917,7 @@ START_TEST(test_forged_pending_block_class) {
   mp_queue_t *q;
   mp_array_t *room, *after;
   MP_ASSERT_OK(mp_queue_create(&q, 0));
-  job_t job = {.q = q, .count = 2u << 20}; /* spilled, into a 4 MiB block */
-  char *path = make_temp_file();
-  snprintf(job.path, sizeof job.path, "%s", path);
-  mp_process_t *victim = start_job(_i, t_die_in_put, &job);
-  T_ASSERT(wait_file(path, 20), "the producer never reached its copy");
-  MP_ASSERT_OK(mp_process_kill(victim));
-  T_INT_EQ(mp_test_join_code(victim, 10), -SIGKILL);
-  T_PROC_CLOSE(victim);
-  unlink(path);
-  free(path);
+  kill_in_copy(_i, t_die_in_put, q, 2u << 20); /* spilled, into a 4 MiB block */
   /* tail after "before", also in pending_tail, right after pending: tail is the later one. */
   uint64_t tail = (uint64_t)1 << 32 | 16;
   unsigned char *line = (unsigned char *)q + 96;
@@ -1971,11 +1957,7 @@ START_TEST(test_stuck_consumer_get_timeout) {
   T_ASSERT(wait_file(path, 20), "the consumer never reached its copy");
   timed_call_t c = {.q = q, .put = false};
   pthread_t t;
-  T_INT_EQ(pthread_create(&t, NULL, timed_call, &c), 0);
-  double end = mp_test_now() + 3;
-  while (!atomic_load(&c.done) && mp_test_now() < end)
-    mp_test_sleep(0.01);
-  bool ended = atomic_load(&c.done);
+  bool ended = start_timed_call(&c, &t);
   MP_ASSERT_OK(mp_process_kill(stuck)); /* its lock is taken over: the get ends */
   T_INT_EQ(mp_test_join_code(stuck, 10), -SIGKILL);
   T_PROC_CLOSE(stuck);
