@@ -1740,6 +1740,31 @@ START_TEST(test_forged_lock_word_timeout) {
 }
 END_TEST
 
+/* A put or get of timeout 0 that finds its side's lock held by a thread that is gone takes it
+ * over and goes on: every holder is given one slice, at whose end it is judged, before a
+ * call's timeout can end the wait (a live holder makes it MP_EFULL or MP_EEMPTY, above). */
+START_TEST(test_nowait_takes_over_dead_lock) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  MP_ASSERT_OK(mp_queue_put(q, "12345678", 8, 1));
+  uint64_t tail = (uint64_t)1 << 32 | 16;
+  unsigned char *at_tail = (unsigned char *)q + mp_test_find_bytes(q, 192, 8, &tail, 8);
+  pid_t gone = fork(); /* a thread id nobody holds any more */
+  if (gone == 0)
+    _exit(0);
+  T_ASSERT(gone > 0 && waitpid(gone, NULL, 0) == gone, "fork and reap");
+  const uint64_t forged = (uint64_t)gone;
+  mp_test_forge(_i, at_tail - 64, &forged, sizeof forged); /* put_lock */
+  MP_ASSERT_OK(mp_queue_put_nowait(q, "x", 1));
+  mp_test_forge(_i, at_tail + 64, &forged, sizeof forged); /* get_lock */
+  char buf[16];
+  size_t len;
+  MP_ASSERT_OK(mp_queue_get_nowait(q, buf, sizeof buf, &len));
+  T_ASSERT(len == 8 && memcmp(buf, "12345678", 8) == 0, "the first message");
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
 /* A block's header (its magic, then its class, 64 bytes before the payload) is a word of the
  * arena that any process of the program may write, as a task that writes before its block.
  * The queue frees its blocks by that class: a class written wild within the arena's reach
@@ -2002,6 +2027,7 @@ static Suite *queues_suite(void) {
   tcase_add_loop_test(tc, test_corrupt_ring, 0, N_METHODS);
   tcase_add_loop_test(tc, test_corrupt_ring_word_put, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_lock_word_timeout, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_nowait_takes_over_dead_lock, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_spilled_block_class, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_queue_block_class, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_spare_counter, 0, N_METHODS);
