@@ -1434,12 +1434,18 @@ static int get(mp_queue_t *q, const sink_t *out, double timeout, const char *fn)
       notify(&q->put_seq, &q->get_waiters, 1);
     if (rc < 0)
       return rc;
-    /* Empty. close() waits for the puts in progress before it sets closed: once it is set,
-     * one more look is final. */
+    /* Empty and closed: final once put_lock is seen free after closed was (a put that takes
+     * it later finds closed and refuses). Held, a put that found the queue open may still
+     * commit: waited for within the get's deadline, a dead one taken over. */
     if (atomic_load(&q->closed)) {
       if (count_of(atomic_load(&q->head), atomic_load(&q->tail)) != 0)
         continue;
-      return mp__error(MP_ECLOSED, "%s: the queue is closed and empty", fn);
+      if (atomic_load(&q->put_lock.word) == 0)
+        return mp__error(MP_ECLOSED, "%s: the queue is closed and empty", fn);
+      if (lock_put(q, &deadline) < 0)
+        return lock_timed_out(MP_EEMPTY, "put", fn);
+      qlock_unlock(&q->put_lock);
+      continue;
     }
     if (!cleared) {
       clear_bell(q);
@@ -1518,13 +1524,10 @@ int mp_queue_full(mp_queue_t *queue) {
   return rc < 0 ? rc : queue->maxsize != 0 && count(queue) >= queue->maxsize;
 }
 
+/* Waits for nothing: a put in progress, which found the queue open, may commit after this;
+ * the gets of the drained queue wait for it before they say closed (get). */
 static int close_queue(mp_queue_t *q) {
-  /* The puts in progress commit first: a live producer stopped inside its put holds close
-   * until it goes on or dies (docs/api.md). */
-  deadline_t forever = {MP_FOREVER, INT64_MAX};
-  (void)lock_put(q, &forever);
   atomic_store(&q->closed, 1);
-  qlock_unlock(&q->put_lock);
   notify(&q->put_seq, &q->get_waiters, INT32_MAX);
   notify(&q->get_seq, &q->put_waiters, INT32_MAX);
   ring_bells(q);

@@ -1670,7 +1670,8 @@ END_TEST
 /* A call in a thread of the test process, its result and how long it took. */
 typedef struct {
   mp_queue_t *q;
-  bool put; /* else a get */
+  bool put;   /* else a get... */
+  bool close; /* ...or, this set, a close */
   _Atomic int done;
   int rc;
   double took;
@@ -1681,8 +1682,9 @@ static void *timed_call(void *arg) {
   char buf[64];
   size_t len = 0;
   double t0 = mp_test_now();
-  c->rc =
-      c->put ? mp_queue_put(c->q, "x", 1, 0.2) : mp_queue_get(c->q, buf, sizeof buf, &len, 0.2);
+  c->rc = c->close ? mp_queue_close(c->q)
+          : c->put ? mp_queue_put(c->q, "x", 1, 0.2)
+                   : mp_queue_get(c->q, buf, sizeof buf, &len, 0.2);
   c->took = mp_test_now() - t0;
   atomic_store(&c->done, 1);
   return NULL;
@@ -1761,6 +1763,44 @@ START_TEST(test_nowait_takes_over_dead_lock) {
   size_t len;
   MP_ASSERT_OK(mp_queue_get_nowait(q, buf, sizeof buf, &len));
   T_ASSERT(len == 8 && memcmp(buf, "12345678", 8) == 0, "the first message");
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
+/* close waits for no put in progress: a live producer stopped inside its put (here in a
+ * fault handler, holding put_lock) held close for as long as it stayed stopped (review, stop
+ * 23). The gets of the drained queue wait for that put, within their timeout, and say closed
+ * once its producer is gone. */
+START_TEST(test_close_with_stuck_producer) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  job_t job = {.q = q, .count = 20000};
+  char *path = make_temp_file();
+  snprintf(job.path, sizeof job.path, "%s", path);
+  mp_process_t *stuck = start_job(_i, t_die_in_put, &job);
+  T_ASSERT(wait_file(path, 20), "the producer never reached its copy");
+  timed_call_t c = {.q = q, .close = true};
+  pthread_t t;
+  bool ended = start_timed_call(&c, &t);
+  char buf[16];
+  size_t len = 0;
+  bool first = ended && mp_queue_get(q, buf, sizeof buf, &len, 1) == 0 && len == 6 &&
+               memcmp(buf, "before", 6) == 0;
+  int waiting = ended ? mp_queue_get(q, buf, sizeof buf, &len, 0.2) : MP_EEMPTY;
+  MP_ASSERT_OK(mp_process_kill(stuck)); /* its lock is taken over: close ends */
+  T_INT_EQ(mp_test_join_code(stuck, 10), -SIGKILL);
+  T_PROC_CLOSE(stuck);
+  T_INT_EQ(pthread_join(t, NULL), 0);
+  unlink(path);
+  free(path);
+  T_ASSERT(ended,
+           "mp_queue_close still waited after 3 s for a live producer stuck in its put (it "
+           "ended %.1f s later, once that one was killed)",
+           c.took);
+  MP_ASSERT_OK(c.rc);
+  T_ASSERT(first, "the message put before the stuck one");
+  MP_ASSERT_ERR(waiting, MP_EEMPTY); /* not closed yet: a put is in progress */
+  MP_ASSERT_ERR(mp_queue_get(q, buf, sizeof buf, &len, 5), MP_ECLOSED);
   MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
@@ -2045,6 +2085,7 @@ static Suite *queues_suite(void) {
   tcase_add_loop_test(tc, test_producer_killed_not_reaped, 0, N_METHODS);
   tcase_add_loop_test(tc, test_consumer_killed_mid_get, 0, N_METHODS);
   tcase_add_loop_test(tc, test_stuck_consumer_get_timeout, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_close_with_stuck_producer, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_pending_block_class, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "flavors", 30);
