@@ -1936,39 +1936,50 @@ END_TEST
  * spares_in and spares_out, counters of the arena, written back by one (no address forged)
  * made the next spilled put take that stale slot. Its block had been released (too small for
  * a larger message) and handed to a new queue's handle: the put copied its message over that
- * live queue, which then said "not a Queue". A slot taken should be emptied. */
+ * live queue, which then said "not a Queue". The last free's walk of the spares released it
+ * the same way, and the next queue was made over it. A slot taken should be emptied. */
 START_TEST(test_forged_spare_counter) {
-  mp_queue_t *q, *victim_q;
-  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096)); /* messages above 512 bytes spill */
-  enum { SMALL = 2100, LARGE = 5000 };              /* blocks of 4 KiB, of 8 KiB */
+  enum { SMALL = 2100, LARGE = 5000 }; /* blocks of 4 KiB, of 8 KiB */
   unsigned char *msg = malloc(LARGE), *got = malloc(LARGE);
   T_ASSERT(msg && got, "malloc");
   memset(msg, 0xab, LARGE);
-  size_t len;
-  for (int i = 0; i < 6; i++) { /* four spares wait, the producer takes the oldest */
-    MP_ASSERT_OK(mp_queue_put(q, msg, SMALL, 1));
-    MP_ASSERT_OK(mp_queue_get(q, got, LARGE, &len, 1));
+  for (int then_free = 0; then_free < 2; then_free++) {
+    mp_queue_t *q, *victim_q, *next = NULL;
+    MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096)); /* messages above 512 bytes spill */
+    size_t len;
+    for (int i = 0; i < 6; i++) { /* four spares wait, the producer takes the oldest */
+      MP_ASSERT_OK(mp_queue_put(q, msg, SMALL, 1));
+      MP_ASSERT_OK(mp_queue_get(q, got, LARGE, &len, 1));
+    }
+    const uint32_t counters[2] = {5, 1}; /* spares_in, spares_out */
+    unsigned char *at = (unsigned char *)q + mp_test_find_bytes(q, 512, 8, counters, 8);
+    /* The oldest spare (4 KiB) is too small: released, and the slot keeps its address. */
+    MP_ASSERT_OK(mp_queue_put(q, msg, LARGE, 1)); /* not taken: a get would refill the slot */
+    MP_ASSERT_OK(mp_queue_create_sized(&victim_q, 0, 4096)); /* a 4 KiB block: that one */
+    MP_ASSERT_OK(mp_queue_put(victim_q, "still here", 11, 1));
+    uint32_t now[2];
+    memcpy(now, at, sizeof now);
+    const uint32_t back = now[1] - 1;
+    mp_test_forge(_i, at + sizeof(uint32_t), &back, sizeof back);
+    int rc = 0;
+    if (then_free) {
+      MP_ASSERT_OK(mp_queue_free(q));
+      MP_ASSERT_OK(mp_queue_create_sized(&next, 0, 4096)); /* a 4 KiB block again */
+    } else {
+      rc = mp_queue_put(q, msg, SMALL, 1);
+    }
+    int victim_rc = mp_queue_get(victim_q, got, LARGE, &len, 1);
+    T_ASSERT(victim_rc == 0 && len == 11 && memcmp(got, "still here", 11) == 0,
+             "%s (rc %d) through a stale spare slot: a live queue's get says %d (\"%s\")",
+             then_free ? "the last free of another queue released a live queue's block, and a "
+                         "new queue was made over it"
+                       : "a put into another queue wrote over a live queue's block",
+             rc, victim_rc, mp_last_error());
+    MP_ASSERT_OK(mp_queue_free(victim_q));
+    MP_ASSERT_OK(then_free ? mp_queue_free(next) : mp_queue_free(q));
   }
-  const uint32_t counters[2] = {5, 1}; /* spares_in, spares_out */
-  unsigned char *at = (unsigned char *)q + mp_test_find_bytes(q, 512, 8, counters, 8);
-  /* The oldest spare (4 KiB) is too small: released, and the slot keeps its address. */
-  MP_ASSERT_OK(mp_queue_put(q, msg, LARGE, 1)); /* not taken: a get would refill the slot */
-  MP_ASSERT_OK(mp_queue_create_sized(&victim_q, 0, 4096)); /* a 4 KiB block: that one */
-  MP_ASSERT_OK(mp_queue_put(victim_q, "still here", 11, 1));
-  uint32_t now[2];
-  memcpy(now, at, sizeof now);
-  const uint32_t back = now[1] - 1;
-  mp_test_forge(_i, at + sizeof(uint32_t), &back, sizeof back);
-  int rc = mp_queue_put(q, msg, SMALL, 1);
-  int victim_rc = mp_queue_get(victim_q, got, LARGE, &len, 1);
-  T_ASSERT(victim_rc == 0 && len == 11 && memcmp(got, "still here", 11) == 0,
-           "a put into another queue (rc %d) wrote over a live queue's block through a stale "
-           "spare slot: its get says %d (\"%s\")",
-           rc, victim_rc, mp_last_error());
   free(msg);
   free(got);
-  MP_ASSERT_OK(mp_queue_free(victim_q));
-  MP_ASSERT_OK(mp_queue_free(q));
 }
 END_TEST
 
