@@ -777,18 +777,27 @@ static int t_die_in_put(void *arg, size_t size) {
 }
 
 /* A child of q (under start method `method`) running die_in (t_die_in_put, t_die_in_get)
- * with count bytes, killed in its copy, holding the side's lock; reaped. */
-static void kill_in_copy(int method, mp_target_t die_in, mp_queue_t *q, uint32_t count) {
+ * with count bytes, once it is stuck in its copy (in its fault handler, alive), holding the
+ * side's lock. */
+static mp_process_t *stuck_in_copy(int method, mp_target_t die_in, mp_queue_t *q,
+                                   uint32_t count) {
   job_t job = {.q = q, .count = count};
   char *path = make_temp_file();
   snprintf(job.path, sizeof job.path, "%s", path);
-  mp_process_t *victim = start_job(method, die_in, &job);
-  T_ASSERT(wait_file(path, 20), "the child never reached its copy");
+  mp_process_t *child = start_job(method, die_in, &job);
+  bool stuck = wait_file(path, 20);
+  unlink(path);
+  free(path);
+  T_ASSERT(stuck, "the child never reached its copy");
+  return child;
+}
+
+/* The same, killed there and reaped. */
+static void kill_in_copy(int method, mp_target_t die_in, mp_queue_t *q, uint32_t count) {
+  mp_process_t *victim = stuck_in_copy(method, die_in, q, count);
   MP_ASSERT_OK(mp_process_kill(victim));
   T_INT_EQ(mp_test_join_code(victim, 10), -SIGKILL);
   T_PROC_CLOSE(victim);
-  unlink(path);
-  free(path);
 }
 
 START_TEST(test_producer_killed_mid_put) {
@@ -829,11 +838,7 @@ static bool is_zombie(int pid) {
 START_TEST(test_producer_killed_not_reaped) {
   mp_queue_t *q;
   MP_ASSERT_OK(mp_queue_create(&q, 0));
-  job_t job = {.q = q, .count = 20000};
-  char *path = make_temp_file();
-  snprintf(job.path, sizeof job.path, "%s", path);
-  mp_process_t *victim = start_job(_i, t_die_in_put, &job);
-  T_ASSERT(wait_file(path, 20), "the producer never reached its copy");
+  mp_process_t *victim = stuck_in_copy(_i, t_die_in_put, q, 20000);
   MP_ASSERT_OK(mp_process_kill(victim));
   bool ours = strcmp(METHODS[_i], "forkserver") != 0;
   double end = mp_test_now() + 10;
@@ -855,8 +860,6 @@ START_TEST(test_producer_killed_not_reaped) {
   MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 5));
   T_ASSERT(len == 5 && memcmp(buf, "after", 5) == 0, "the second message");
   MP_ASSERT_OK(mp_queue_free(q));
-  unlink(path);
-  free(path);
 }
 END_TEST
 
@@ -1699,6 +1702,15 @@ static bool start_timed_call(timed_call_t *c, pthread_t *t) {
   return atomic_load(&c->done);
 }
 
+/* A queue of maxsize that holds one message, "12345678": where its tail is (put_lock is a
+ * cache line before it, get_lock a line after it, by the layout of queues.c). */
+static unsigned char *queue_of_one(mp_queue_t **q, size_t maxsize) {
+  MP_ASSERT_OK(mp_queue_create(q, maxsize));
+  MP_ASSERT_OK(mp_queue_put(*q, "12345678", 8, 1));
+  uint64_t tail = (uint64_t)1 << 32 | 16;
+  return (unsigned char *)*q + mp_test_find_bytes(*q, 192, 8, &tail, 8);
+}
+
 /* A process of the program writes a side's lock word (a word of the arena, as untrusted as
  * head, tail and the ring's) naming a live process: the test process itself (a tid of 0 start
  * time, which holder_died never compares). A put or a get with a timeout of 0.2 s must end by
@@ -1707,10 +1719,7 @@ static bool start_timed_call(timed_call_t *c, pthread_t *t) {
  * put_lock a cache line before it, get_lock a line after it. */
 START_TEST(test_forged_lock_word_timeout) {
   mp_queue_t *q;
-  MP_ASSERT_OK(mp_queue_create(&q, 1));
-  MP_ASSERT_OK(mp_queue_put(q, "12345678", 8, 1)); /* full: maxsize 1 */
-  uint64_t tail = (uint64_t)1 << 32 | 16;
-  unsigned char *at_tail = (unsigned char *)q + mp_test_find_bytes(q, 192, 8, &tail, 8);
+  unsigned char *at_tail = queue_of_one(&q, 1); /* full: maxsize 1 */
   const uint64_t forged = (uint64_t)getpid(), zero = 0;
   int hung = 0;
   for (int side = 0; side < 2; side++) {
@@ -1747,10 +1756,7 @@ END_TEST
  * call's timeout can end the wait (a live holder makes it MP_EFULL or MP_EEMPTY, above). */
 START_TEST(test_nowait_takes_over_dead_lock) {
   mp_queue_t *q;
-  MP_ASSERT_OK(mp_queue_create(&q, 0));
-  MP_ASSERT_OK(mp_queue_put(q, "12345678", 8, 1));
-  uint64_t tail = (uint64_t)1 << 32 | 16;
-  unsigned char *at_tail = (unsigned char *)q + mp_test_find_bytes(q, 192, 8, &tail, 8);
+  unsigned char *at_tail = queue_of_one(&q, 0);
   pid_t gone = fork(); /* a thread id nobody holds any more */
   if (gone == 0)
     _exit(0);
@@ -1774,11 +1780,7 @@ END_TEST
 START_TEST(test_close_with_stuck_producer) {
   mp_queue_t *q;
   MP_ASSERT_OK(mp_queue_create(&q, 0));
-  job_t job = {.q = q, .count = 20000};
-  char *path = make_temp_file();
-  snprintf(job.path, sizeof job.path, "%s", path);
-  mp_process_t *stuck = start_job(_i, t_die_in_put, &job);
-  T_ASSERT(wait_file(path, 20), "the producer never reached its copy");
+  mp_process_t *stuck = stuck_in_copy(_i, t_die_in_put, q, 20000);
   timed_call_t c = {.q = q, .close = true};
   pthread_t t;
   bool ended = start_timed_call(&c, &t);
@@ -1791,8 +1793,6 @@ START_TEST(test_close_with_stuck_producer) {
   T_INT_EQ(mp_test_join_code(stuck, 10), -SIGKILL);
   T_PROC_CLOSE(stuck);
   T_INT_EQ(pthread_join(t, NULL), 0);
-  unlink(path);
-  free(path);
   T_ASSERT(ended,
            "mp_queue_close still waited after 3 s for a live producer stuck in its put (it "
            "ended %.1f s later, once that one was killed)",
@@ -2026,11 +2026,7 @@ START_TEST(test_stuck_consumer_get_timeout) {
   unsigned char *msg = calloc(1, SIZE);
   T_ASSERT(msg != NULL, "calloc");
   MP_ASSERT_OK(mp_queue_put(q, msg, SIZE, 0));
-  job_t job = {.q = q, .count = SIZE};
-  char *path = make_temp_file();
-  snprintf(job.path, sizeof job.path, "%s", path);
-  mp_process_t *stuck = start_job(_i, t_die_in_get, &job);
-  T_ASSERT(wait_file(path, 20), "the consumer never reached its copy");
+  mp_process_t *stuck = stuck_in_copy(_i, t_die_in_get, q, SIZE);
   timed_call_t c = {.q = q, .put = false};
   pthread_t t;
   bool ended = start_timed_call(&c, &t);
@@ -2038,8 +2034,6 @@ START_TEST(test_stuck_consumer_get_timeout) {
   T_INT_EQ(mp_test_join_code(stuck, 10), -SIGKILL);
   T_PROC_CLOSE(stuck);
   T_INT_EQ(pthread_join(t, NULL), 0);
-  unlink(path);
-  free(path);
   free(msg);
   MP_ASSERT_OK(mp_queue_free(q));
   T_ASSERT(ended,
