@@ -162,8 +162,28 @@ static _Atomic uint32_t *qlock_futex(qlock_t *l) {
   return (_Atomic uint32_t *)(void *)&l->word;
 }
 
-/* The contended path: spins, then sleeps in slices, taking over from a dead holder. */
-__attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me) {
+/* A put's or get's deadline is taken when it first has to wait (for a lock, for room, for a
+ * message), from its timeout, once: a call that needs no wait reads no clock. */
+#define DEADLINE_UNSET INT64_MIN
+
+typedef struct {
+  double timeout;
+  int64_t at; /* DEADLINE_UNSET until taken */
+} deadline_t;
+
+static int64_t deadline_of(deadline_t *d) {
+  if (d->at == DEADLINE_UNSET)
+    d->at = mp__deadline(d->timeout);
+  return d->at;
+}
+
+/* The contended path: spins, then sleeps in slices, taking over from a dead holder, until
+ * the call's deadline. A holder is given one slice at least, at whose end it is judged: so a
+ * call of timeout 0 still takes a dead holder's lock over, and one that finds the lock passed
+ * among live holders waits a slice for it, as for any copy in progress. MP_ETIMEDOUT once
+ * both have passed: a live holder (stopped by SIGSTOP or a debugger, or a word another
+ * process forged) holds nobody past their timeout. */
+__attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me, deadline_t *d) {
   uint64_t w = atomic_load(&l->word);
   for (int i = 0; i < QLOCK_SPIN; i++) {
     if (w == 0 && atomic_compare_exchange_weak(&l->word, &w, me))
@@ -172,7 +192,7 @@ __attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me) {
     w = atomic_load(&l->word);
   }
   uint64_t judged = 0; /* the holder word being timed, since when */
-  int64_t since = 0;
+  int64_t since = 0, give_up = DEADLINE_UNSET;
   for (;;) {
     /* Taken with the waiters bit set: others may sleep still (the woken one cannot know). */
     if (w == 0) {
@@ -186,18 +206,25 @@ __attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me) {
     /* A holder is judged once it held the lock for a whole slice, by the clock: a waiter
      * that signals keep waking early must judge it too. */
     int64_t t = mp__now_ns();
+    if (give_up == DEADLINE_UNSET) {
+      int64_t end = deadline_of(d);
+      give_up = end - t > QLOCK_SLICE_NS ? end : t + QLOCK_SLICE_NS;
+    }
     if (w != judged) {
       judged = w;
       since = t;
     }
-    if (t - since < QLOCK_SLICE_NS) {
-      (void)mp__futex_wait(qlock_futex(l), (uint32_t)w, since + QLOCK_SLICE_NS);
-    } else {
+    if (t - since >= QLOCK_SLICE_NS) {
       uint64_t held = w;
       if (holder_died(w) && atomic_compare_exchange_strong(&l->word, &held, me | QLOCK_WAITERS))
         return MP_EOWNERDEAD;
       since = t; /* alive: judged again a slice from now */
     }
+    if (t >= give_up)
+      return MP_ETIMEDOUT; /* the waiters bit stays: the holder's unlock wakes nobody, once */
+    int64_t slice_end = since + QLOCK_SLICE_NS;
+    (void)mp__futex_wait(qlock_futex(l), (uint32_t)w,
+                         slice_end < give_up ? slice_end : give_up);
     w = atomic_load(&l->word);
   }
 }
@@ -205,12 +232,13 @@ __attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me) {
 /* Inlined: on the path of every put and get, and small once the waits are out of line. */
 #define HOT static inline __attribute__((always_inline))
 
-/* 0, or MP_EOWNERDEAD: the lock is ours, and its holder died holding it (repair). */
-HOT int qlock_lock(qlock_t *l) {
+/* 0, or MP_EOWNERDEAD: the lock is ours, and its holder died holding it (repair); or
+ * MP_ETIMEDOUT: a live holder kept it past *d (qlock_wait). */
+HOT int qlock_lock(qlock_t *l, deadline_t *d) {
   uint64_t me = holder_word(), w = 0;
   if (atomic_compare_exchange_strong(&l->word, &w, me))
     return 0;
-  return qlock_wait(l, me);
+  return qlock_wait(l, me, d);
 }
 
 HOT void qlock_unlock(qlock_t *l) {
@@ -240,8 +268,10 @@ struct mp_queue_s {
    * the other side reads that word, and would otherwise pull the lock's line too. */
   LINE qlock_t put_lock;
   void *pending;         /* a spilled message's block, being filled at... */
-  uint64_t pending_tail; /* ...this tail: freed if a repair finds tail still there */
-  void *pending_ring;    /* a larger ring being filled: freed if it was not installed */
+  uint64_t pending_tail; /* ...this tail: freed if a repair finds tail still there, ... */
+  uint64_t pending_room; /* ...by this size, the block's room (not its header's class) */
+  uint64_t pending_ring; /* a larger ring being filled, as its ring word: freed if it was
+                            not installed */
   _Atomic uint64_t head_seen; /* head as producers read it last: never ahead of head */
 
   LINE _Atomic uint64_t tail;
@@ -901,7 +931,7 @@ static int create(mp_queue_t **out, flavor_t flavor, size_t maxsize, size_t ring
   char *ring = q ? mp__shared_alloc_raw(cap) : NULL;
   if (!ring) {
     if (q)
-      mp__shared_release(q);
+      mp__shared_release_sized(q, sizeof *q);
     return MP_ENOMEM; /* the arena said why */
   }
   q->flavor = flavor;
@@ -951,27 +981,33 @@ static void wake_everyone(mp_queue_t *q) {
   ring_bells(q);
 }
 
-/* Takes put_lock (0, or the lock's error); after a producer died holding it, frees its
+/* Takes put_lock (0, or MP_ETIMEDOUT past *d); after a producer died holding it, frees its
  * uncommitted block or ring. */
-static int lock_put(mp_queue_t *q) {
-  int rc = qlock_lock(&q->put_lock);
+static int lock_put(mp_queue_t *q, deadline_t *d) {
+  int rc = qlock_lock(&q->put_lock, d);
   if (rc != MP_EOWNERDEAD)
     return rc;
-  /* Words of the arena too: one that names no block of it is dropped, not freed. */
-  if (mp__shared_is_block(q->pending, 1) && atomic_load(&q->tail) == q->pending_tail)
-    mp__shared_release(q->pending);
+  /* Words of the arena too: one that names no block of it is dropped, not freed; a block is
+   * freed by the size noted beside it, as every block of the queue (its header's class is
+   * any process's to write). */
+  spill_t pending = {q->pending, q->pending_room};
+  if (spill_sane(pending, 0) && atomic_load(&q->tail) == q->pending_tail)
+    mp__shared_release_sized(pending.block, pending.room);
   q->pending = NULL;
-  if (mp__shared_is_block(q->pending_ring, 1) && ring_of(q).base != q->pending_ring)
-    mp__shared_release(q->pending_ring);
-  q->pending_ring = NULL;
+  uint64_t word = q->pending_ring;
+  ring_t grown = ring_decode(word);
+  if (grown.cap >= RING_MIN && mp__shared_is_block(grown.base, grown.cap) &&
+      word != atomic_load(&q->ring_word))
+    mp__shared_release_sized(grown.base, grown.cap);
+  q->pending_ring = 0;
   wake_everyone(q);
   return 0;
 }
 
-/* Takes get_lock (0, or the lock's error). A consumer that died holding it never moved head,
- * or moved it and died before waking producers: nothing to repair but the wake. */
-static int lock_get(mp_queue_t *q) {
-  int rc = qlock_lock(&q->get_lock);
+/* Takes get_lock (0, or MP_ETIMEDOUT past *d). A consumer that died holding it never moved
+ * head, or moved it and died before waking producers: nothing to repair but the wake. */
+static int lock_get(mp_queue_t *q, deadline_t *d) {
+  int rc = qlock_lock(&q->get_lock, d);
   if (rc != MP_EOWNERDEAD)
     return rc;
   wake_everyone(q);
@@ -1094,17 +1130,18 @@ static void notify(_Atomic uint32_t *seq, _Atomic uint32_t *waiters, int count) 
     leave(waiters);
 }
 
-/* A put's or get's deadline is taken when it first has to wait, from its timeout, once: a
- * call that needs no wait reads no clock. */
-#define DEADLINE_UNSET INT64_MIN
-
-static void take_deadline(double timeout, int64_t *deadline) {
-  if (*deadline == DEADLINE_UNSET)
-    *deadline = mp__deadline(timeout);
-}
-
 static bool passed(int64_t deadline) {
   return deadline != INT64_MAX && mp__now_ns() >= deadline;
+}
+
+/* A put or get that waited for a side's lock past its timeout: its holder is alive, and
+ * stopped (SIGSTOP, a debugger), slow (a copy of many megabytes), or a word another process
+ * forged. The call's timeout error, as Python's queue.Full and queue.Empty for its own lock
+ * waits. */
+__attribute__((noinline, cold)) static int lock_timed_out(int code, const char *side,
+                                                          const char *fn) {
+  return mp__error(code, "%s: a live process held the queue's %s lock past the timeout", fn,
+                   side);
 }
 
 /* ================================ put ================================ */
@@ -1115,10 +1152,11 @@ static bool passed(int64_t deadline) {
  * queue is bounded by maxsize, as in Python, not by its first ring. The caller holds
  * put_lock; get_lock keeps consumers out while the records move. The new ring is noted in
  * pending_ring first and installed by one store, so a producer dying here leaves either
- * ring whole (and at worst the old one unfreed).
+ * ring whole (and at worst the old one unfreed). 0 (grown, or room was made meanwhile),
+ * MP_ENOMEM (the arena is full: it said why), or MP_ETIMEDOUT (get_lock held past *d).
  */
-static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need) {
-  int rc = lock_get(q);
+static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need, deadline_t *d) {
+  int rc = lock_get(q, d);
   if (rc < 0)
     return rc;
   ring_t old = *ring; /* checked by put_ring: the word is not read again */
@@ -1126,17 +1164,20 @@ static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need) {
   uint32_t used = pos_bytes(tail) - pos_bytes(head), cap = old.cap;
   while (used <= cap && cap - used < need && cap < q->ring_max)
     cap *= 2;
-  char *base = cap != old.cap && cap - used >= need ? mp__shared_alloc_raw(cap) : NULL;
-  if (base) { /* else room was made meanwhile, or the arena is full: wait for room */
-    q->pending_ring = base;
+  /* Else room was made meanwhile, or the largest ring has too little: the put waits. */
+  bool larger = cap != old.cap && cap - used >= need;
+  char *base = larger ? mp__shared_alloc_raw(cap) : NULL;
+  if (base) {
+    uint64_t word = ring_word(base, cap);
+    q->pending_ring = word;
     ring_move((ring_t){base, cap}, old, pos_bytes(head), used);
-    atomic_store(&q->ring_word, ring_word(base, cap));
-    q->pending_ring = NULL;
-    mp__shared_release(old.base);
+    atomic_store(&q->ring_word, word);
+    q->pending_ring = 0;
+    mp__shared_release_sized(old.base, old.cap);
     *ring = (ring_t){base, cap};
   }
   qlock_unlock(&q->get_lock);
-  return 0;
+  return larger && !base ? MP_ENOMEM : 0;
 }
 
 /*
@@ -1151,7 +1192,21 @@ static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need) {
  * most. A block changes hands by one store of spares_in or spares_out after its slot is
  * written or read: a process killed around it leaks the block at worst, never frees it
  * twice.
+ *
+ * A producer empties the slot it takes before its store of spares_out. The slot is its own
+ * until that store (a consumer fills slot spares_in only while fewer than N_SPARES wait, so
+ * never the one at spares_out), so emptying it races with nobody; emptying it after the
+ * store raced with the consumer refilling it. A slot left full named a block that was
+ * already a message's, or freed and handed to another object: spares_out written back by
+ * one (its word is any process's to write) made the next spilled put copy its message there,
+ * and the last free release it (test_forged_spare_counter). An empty slot is passed over: a
+ * producer killed between the two stores leaves one, and leaks the block it took.
  */
+
+static int new_block(size_t len, spill_t *out) {
+  *out = (spill_t){mp__shared_alloc_raw(len), len};
+  return out->block ? 0 : MP_ENOMEM; /* the arena said why */
+}
 
 /* A block for a spilled message of len bytes, and its room: the oldest spare once
  * SPARES_KEPT wait (given back if it is too small), else a new one. The caller holds
@@ -1160,8 +1215,11 @@ static int spill_block(mp_queue_t *q, size_t len, const char *fn, spill_t *out) 
   uint32_t taken = atomic_load_explicit(&q->spares_out, memory_order_relaxed);
   if (atomic_load(&q->spares_in) - taken >= SPARES_KEPT) {
     spill_t spare = {q->spare[taken % N_SPARES].block, q->spare[taken % N_SPARES].room};
+    q->spare[taken % N_SPARES].block = NULL;
     /* Ours from this store on (a wild slot is dropped, not freed: it is no block). */
     atomic_store(&q->spares_out, taken + 1);
+    if (!spare.block) /* emptied by a producer that died before this store */
+      return new_block(len, out);
     if (!spill_sane(spare, 0))
       return mp__error(MP_ECORRUPT,
                        "%s: the queue's shared memory is corrupt: a spare block of %llu bytes "
@@ -1171,10 +1229,9 @@ static int spill_block(mp_queue_t *q, size_t len, const char *fn, spill_t *out) 
       *out = spare;
       return 0;
     }
-    mp__shared_release(spare.block);
+    mp__shared_release_sized(spare.block, spare.room);
   }
-  *out = (spill_t){mp__shared_alloc_raw(len), len};
-  return out->block ? 0 : MP_ENOMEM; /* the arena said why */
+  return new_block(len, out);
 }
 
 /* Writes the message at tail and commits it; the caller holds put_lock and has checked the
@@ -1189,6 +1246,8 @@ static int commit_put(mp_queue_t *q, ring_t r, uint64_t tail, uint64_t header, c
     if (rc < 0)
       return rc;
     q->pending_tail = tail;
+    q->pending_room = spill.room;
+    atomic_signal_fence(memory_order_seq_cst); /* the block last: the repair believes it */
     q->pending = spill.block;
     memcpy(spill.block, data, len);
     ring_write(r, at + HEADER, &spill, sizeof spill);
@@ -1212,11 +1271,11 @@ static int put(mp_queue_t *q, const void *data, size_t len, double timeout, cons
   uint32_t need = record_size(header);
   MP__TRACE_CLOCK(t0);
   mp__sigint_t sigint = {NULL, 0};
-  int64_t deadline = DEADLINE_UNSET;
+  deadline_t deadline = {timeout, DEADLINE_UNSET};
   for (;;) {
-    int rc = lock_put(q);
+    int rc = lock_put(q, &deadline);
     if (rc < 0)
-      return rc;
+      return lock_timed_out(MP_EFULL, "put", fn);
     if (atomic_load(&q->closed)) {
       qlock_unlock(&q->put_lock);
       return mp__error(MP_ECLOSED, "%s: the queue is closed", fn);
@@ -1225,13 +1284,16 @@ static int put(mp_queue_t *q, const void *data, size_t len, double timeout, cons
     ring_t r;
     rc = put_ring(q, header, &r, fn);
     int room = rc < 0 ? rc : room_locked(q, r, tail, need, fn);
-    if (room == 0 && !at_maxsize(q) && r.cap < q->ring_max)
-      room = grow_ring(q, &r, need) < 0 ? MP_ENOMEM /* the lock's error said why */
-                                        : room_locked(q, r, tail, need, fn);
+    if (room == 0 && !at_maxsize(q) && r.cap < q->ring_max) {
+      int grown = grow_ring(q, &r, need, &deadline);
+      room = grown < 0 ? grown : room_locked(q, r, tail, need, fn);
+    }
     rc = room < 0 ? room : 1;
     if (room > 0)
       rc = commit_put(q, r, tail, header, data, fn);
     qlock_unlock(&q->put_lock);
+    if (rc == MP_ETIMEDOUT)
+      return lock_timed_out(MP_EFULL, "get", fn);
     if (rc < 0)
       return rc;
     if (rc == 0) {
@@ -1245,8 +1307,10 @@ static int put(mp_queue_t *q, const void *data, size_t len, double timeout, cons
         ring_bells(q);
       return 0;
     }
-    take_deadline(timeout, &deadline);
-    int waited = passed(deadline) ? MP_ETIMEDOUT : wait_until(q, has_room, need, &q->get_seq, &q->put_waiters, deadline, &sigint);
+    int64_t end = deadline_of(&deadline);
+    int waited =
+        passed(end) ? MP_ETIMEDOUT
+                    : wait_until(q, has_room, need, &q->get_seq, &q->put_waiters, end, &sigint);
     if (waited == MP_EINTR && !has_room(q, need))
       return mp__error(MP_EINTR, "%s: interrupted by SIGINT", fn);
     if (waited == MP_ETIMEDOUT && !has_room(q, need))
@@ -1289,7 +1353,7 @@ __attribute__((noinline)) static void reclaim_block(mp_queue_t *q) {
     return;
   uint32_t kept = atomic_load_explicit(&q->spares_in, memory_order_relaxed);
   if (spill.room > SPARE_ROOM_MAX || kept - atomic_load(&q->spares_out) >= N_SPARES) {
-    mp__shared_release(spill.block);
+    mp__shared_release_sized(spill.block, spill.room);
     return;
   }
   q->spare[kept % N_SPARES].block = spill.block;
@@ -1354,11 +1418,11 @@ static int get(mp_queue_t *q, const sink_t *out, double timeout, const char *fn)
     return mp__error(MP_EINVAL, "%s: NULL buffer or length", fn);
   MP__TRACE_CLOCK(t0);
   mp__sigint_t sigint = {NULL, 0};
-  int64_t deadline = DEADLINE_UNSET;
+  deadline_t deadline = {timeout, DEADLINE_UNSET};
   for (bool cleared = false;;) {
-    int rc = lock_get(q);
+    int rc = lock_get(q, &deadline);
     if (rc < 0)
-      return rc;
+      return lock_timed_out(MP_EEMPTY, "get", fn);
     rc = take(q, out, fn);
     qlock_unlock(&q->get_lock);
     if (rc == 0) {
@@ -1370,20 +1434,28 @@ static int get(mp_queue_t *q, const sink_t *out, double timeout, const char *fn)
       notify(&q->put_seq, &q->get_waiters, 1);
     if (rc < 0)
       return rc;
-    /* Empty. close() waits for the puts in progress before it sets closed: once it is set,
-     * one more look is final. */
+    /* Empty and closed: final once put_lock is seen free after closed was (a put that takes
+     * it later finds closed and refuses). Held, a put that found the queue open may still
+     * commit: waited for within the get's deadline, a dead one taken over. */
     if (atomic_load(&q->closed)) {
       if (count_of(atomic_load(&q->head), atomic_load(&q->tail)) != 0)
         continue;
-      return mp__error(MP_ECLOSED, "%s: the queue is closed and empty", fn);
+      if (atomic_load(&q->put_lock.word) == 0)
+        return mp__error(MP_ECLOSED, "%s: the queue is closed and empty", fn);
+      if (lock_put(q, &deadline) < 0)
+        return lock_timed_out(MP_EEMPTY, "put", fn);
+      qlock_unlock(&q->put_lock);
+      continue;
     }
     if (!cleared) {
       clear_bell(q);
       cleared = true;
       continue;
     }
-    take_deadline(timeout, &deadline);
-    int waited = passed(deadline) ? MP_ETIMEDOUT : wait_until(q, has_message, 0, &q->put_seq, &q->get_waiters, deadline, &sigint);
+    int64_t end = deadline_of(&deadline);
+    int waited =
+        passed(end) ? MP_ETIMEDOUT
+                    : wait_until(q, has_message, 0, &q->put_seq, &q->get_waiters, end, &sigint);
     if (waited == MP_EINTR && !has_message(q, 0))
       return mp__error(MP_EINTR, "%s: interrupted by SIGINT", fn);
     if (waited == MP_ETIMEDOUT && !has_message(q, 0))
@@ -1452,12 +1524,10 @@ int mp_queue_full(mp_queue_t *queue) {
   return rc < 0 ? rc : queue->maxsize != 0 && count(queue) >= queue->maxsize;
 }
 
+/* Waits for nothing: a put in progress, which found the queue open, may commit after this;
+ * the gets of the drained queue wait for it before they say closed (get). */
 static int close_queue(mp_queue_t *q) {
-  int rc = lock_put(q); /* the puts in progress commit first */
-  if (rc < 0)
-    return rc;
   atomic_store(&q->closed, 1);
-  qlock_unlock(&q->put_lock);
   notify(&q->put_seq, &q->get_waiters, INT32_MAX);
   notify(&q->get_seq, &q->put_waiters, INT32_MAX);
   ring_bells(q);
@@ -1593,9 +1663,12 @@ static uint32_t unref(mp_queue_t *q) {
   uint32_t left = atomic_fetch_sub(&q->refs, 1) - 1;
   if (left != 0)
     return left;
-  /* The last reference: nobody else can touch it. Free the block of a producer that died
-   * in a put (the repair of lock_put), then those of the spilled messages left. */
-  if (lock_put(q) == 0)
+  /* The last reference: nobody else may touch it. Free the block of a producer that died
+   * in a put (the repair of lock_put), then those of the spilled messages left. A live
+   * holder uses a handle it holds no reference to: it is judged for one slice, not waited
+   * for (its block, if it spilled, is left to it). */
+  deadline_t now = {0, DEADLINE_UNSET};
+  if (lock_put(q, &now) == 0)
     qlock_unlock(&q->put_lock);
   reclaim(q);
   ring_t r = ring_of(q);
@@ -1606,20 +1679,20 @@ static uint32_t unref(mp_queue_t *q) {
   while (count_of(head, tail) != 0 &&
          read_record(r, head, tail, &header, &spill, "mp_queue_free") == 0) {
     if (header & SPILLED)
-      mp__shared_release(spill.block);
+      mp__shared_release_sized(spill.block, spill.room);
     head = pos_make(pos_msgs(head) + 1, pos_bytes(head) + record_size(header));
   }
   uint32_t out = atomic_load(&q->spares_out), in = atomic_load(&q->spares_in);
   for (; in - out <= N_SPARES && out != in; out++) {
     spill_t spare = {q->spare[out % N_SPARES].block, q->spare[out % N_SPARES].room};
     if (spill_sane(spare, 0))
-      mp__shared_release(spare.block);
+      mp__shared_release_sized(spare.block, spare.room);
   }
   if (ring_sane(r))
-    mp__shared_release(r.base);
+    mp__shared_release_sized(r.base, r.cap);
   q->kind = 0;
   atomic_store(&q->freed, FREED_MAGIC); /* a later use aborts until the block is reused */
-  mp__shared_release(q);
+  mp__shared_release_sized(q, sizeof *q);
   return 0;
 }
 

@@ -776,20 +776,37 @@ static int t_die_in_put(void *arg, size_t size) {
   return 4; /* not reached: the copy faults */
 }
 
+/* A child of q (under start method `method`) running die_in (t_die_in_put, t_die_in_get)
+ * with count bytes, once it is stuck in its copy (in its fault handler, alive), holding the
+ * side's lock. */
+static mp_process_t *stuck_in_copy(int method, mp_target_t die_in, mp_queue_t *q,
+                                   uint32_t count) {
+  job_t job = {.q = q, .count = count};
+  char *path = make_temp_file();
+  snprintf(job.path, sizeof job.path, "%s", path);
+  mp_process_t *child = start_job(method, die_in, &job);
+  bool stuck = wait_file(path, 20);
+  unlink(path);
+  free(path);
+  T_ASSERT(stuck, "the child never reached its copy");
+  return child;
+}
+
+/* The same, killed there and reaped. */
+static void kill_in_copy(int method, mp_target_t die_in, mp_queue_t *q, uint32_t count) {
+  mp_process_t *victim = stuck_in_copy(method, die_in, q, count);
+  MP_ASSERT_OK(mp_process_kill(victim));
+  T_INT_EQ(mp_test_join_code(victim, 10), -SIGKILL);
+  T_PROC_CLOSE(victim);
+}
+
 START_TEST(test_producer_killed_mid_put) {
   /* Inline (a quarter of the ring's eighth) and spilled (2 MiB) messages. */
   const uint32_t sizes[] = {20000, 2u << 20};
   for (int k = 0; k < 2; k++) {
     mp_queue_t *q;
     MP_ASSERT_OK(mp_queue_create(&q, 0));
-    job_t job = {.q = q, .count = sizes[k]};
-    char *path = make_temp_file();
-    snprintf(job.path, sizeof job.path, "%s", path);
-    mp_process_t *victim = start_job(_i, t_die_in_put, &job);
-    T_ASSERT(wait_file(path, 20), "the producer never reached its copy");
-    MP_ASSERT_OK(mp_process_kill(victim));
-    T_INT_EQ(mp_test_join_code(victim, 10), -SIGKILL);
-    T_PROC_CLOSE(victim);
+    kill_in_copy(_i, t_die_in_put, q, sizes[k]);
     /* The lock it held is recovered, its half message dropped, the others carry on. */
     MP_ASSERT_OK(mp_queue_put(q, "after", 5, 5));
     mp_process_t *prod = start_job(_i, t_put_one, &(job_t){.q = q});
@@ -804,8 +821,6 @@ START_TEST(test_producer_killed_mid_put) {
     T_ASSERT(len == 10 && memcmp(buf, "from child", 10) == 0, "the third message");
     MP_ASSERT_ERR(mp_queue_get_nowait(q, buf, sizeof buf, &len), MP_EEMPTY);
     MP_ASSERT_OK(mp_queue_free(q));
-    unlink(path);
-    free(path);
   }
 }
 END_TEST
@@ -823,11 +838,7 @@ static bool is_zombie(int pid) {
 START_TEST(test_producer_killed_not_reaped) {
   mp_queue_t *q;
   MP_ASSERT_OK(mp_queue_create(&q, 0));
-  job_t job = {.q = q, .count = 20000};
-  char *path = make_temp_file();
-  snprintf(job.path, sizeof job.path, "%s", path);
-  mp_process_t *victim = start_job(_i, t_die_in_put, &job);
-  T_ASSERT(wait_file(path, 20), "the producer never reached its copy");
+  mp_process_t *victim = stuck_in_copy(_i, t_die_in_put, q, 20000);
   MP_ASSERT_OK(mp_process_kill(victim));
   bool ours = strcmp(METHODS[_i], "forkserver") != 0;
   double end = mp_test_now() + 10;
@@ -849,8 +860,6 @@ START_TEST(test_producer_killed_not_reaped) {
   MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 5));
   T_ASSERT(len == 5 && memcmp(buf, "after", 5) == 0, "the second message");
   MP_ASSERT_OK(mp_queue_free(q));
-  unlink(path);
-  free(path);
 }
 END_TEST
 
@@ -877,14 +886,7 @@ START_TEST(test_consumer_killed_mid_get) {
       msg[i] = (unsigned char)(i * 7);
     MP_ASSERT_OK(mp_queue_put(q, msg, sizes[k], 0));
     MP_ASSERT_OK(mp_queue_put(q, "second", 6, 0));
-    job_t job = {.q = q, .count = sizes[k]};
-    char *path = make_temp_file();
-    snprintf(job.path, sizeof job.path, "%s", path);
-    mp_process_t *victim = start_job(_i, t_die_in_get, &job);
-    T_ASSERT(wait_file(path, 20), "the consumer never reached its copy");
-    MP_ASSERT_OK(mp_process_kill(victim));
-    T_INT_EQ(mp_test_join_code(victim, 10), -SIGKILL);
-    T_PROC_CLOSE(victim);
+    kill_in_copy(_i, t_die_in_get, q, sizes[k]);
     /* It never returned the message: it is still first, whole. */
     size_t len;
     MP_ASSERT_OK(mp_queue_get(q, got, sizes[k], &len, 5));
@@ -894,8 +896,6 @@ START_TEST(test_consumer_killed_mid_get) {
     MP_ASSERT_OK(mp_queue_free(q));
     free(msg);
     free(got);
-    unlink(path);
-    free(path);
   }
 }
 END_TEST
@@ -1631,20 +1631,27 @@ START_TEST(test_corrupt_ring_word) {
 }
 END_TEST
 
+/* A queue of a 4 KiB ring that holds one spilled message: its record in the ring, and
+ * (*block) the block that holds the message. */
+static unsigned char *spilled_queue(mp_queue_t **q, unsigned char **block) {
+  MP_ASSERT_OK(mp_queue_create_sized(q, 0, 4096));
+  unsigned char *big = calloc(1, SPILLED_LEN);
+  T_ASSERT(big != NULL, "calloc");
+  MP_ASSERT_OK(mp_queue_put(*q, big, SPILLED_LEN, 10));
+  free(big);
+  unsigned char *record = arena_find(SPILLED_LEN | (uint64_t)1 << 63, "", 0);
+  T_ASSERT(record != NULL, "the spilled record in the arena");
+  memcpy(block, record + 8, sizeof *block);
+  return record;
+}
+
 /* A spilled record's block must be a block of the arena, not only lie inside it: a get
  * neither reads from another address nor frees it (the arena's allocator would take its
  * bytes for a block's header). */
 START_TEST(test_corrupt_spilled_block) {
   mp_queue_t *q;
-  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
-  unsigned char *big = calloc(1, SPILLED_LEN);
-  T_ASSERT(big != NULL, "calloc");
-  MP_ASSERT_OK(mp_queue_put(q, big, SPILLED_LEN, 10));
-  free(big);
-  unsigned char *record = arena_find(SPILLED_LEN | (uint64_t)1 << 63, "", 0);
-  T_ASSERT(record != NULL, "the spilled record in the arena");
   unsigned char *block;
-  memcpy(&block, record + 8, sizeof block);
+  unsigned char *record = spilled_queue(&q, &block);
   /* 64-byte aligned, inside the arena, room for the message: but inside the block. */
   unsigned char *inside = block + 1024;
   memcpy(record + 8, &inside, sizeof inside);
@@ -1657,6 +1664,382 @@ START_TEST(test_corrupt_spilled_block) {
   MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 1));
   T_INT_EQ(len, SPILLED_LEN);
   MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
+/* ===================================================================================== */
+/* Review, stop 23: forged lock words.                                                   */
+
+/* A call in a thread of the test process, its result and how long it took. */
+typedef struct {
+  mp_queue_t *q;
+  bool put;   /* else a get... */
+  bool close; /* ...or, this set, a close */
+  _Atomic int done;
+  int rc;
+  double took;
+} timed_call_t;
+
+static void *timed_call(void *arg) {
+  timed_call_t *c = arg;
+  char buf[64];
+  size_t len = 0;
+  double t0 = mp_test_now();
+  c->rc = c->close ? mp_queue_close(c->q)
+          : c->put ? mp_queue_put(c->q, "x", 1, 0.2)
+                   : mp_queue_get(c->q, buf, sizeof buf, &len, 0.2);
+  c->took = mp_test_now() - t0;
+  atomic_store(&c->done, 1);
+  return NULL;
+}
+
+/* Starts c in thread *t: whether it ended within 3 s (the caller joins *t). */
+static bool start_timed_call(timed_call_t *c, pthread_t *t) {
+  T_INT_EQ(pthread_create(t, NULL, timed_call, c), 0);
+  double end = mp_test_now() + 3;
+  while (!atomic_load(&c->done) && mp_test_now() < end)
+    mp_test_sleep(0.01);
+  return atomic_load(&c->done);
+}
+
+/* A queue of maxsize that holds one message, "12345678": where its tail is (put_lock is a
+ * cache line before it, get_lock a line after it, by the layout of queues.c). */
+static unsigned char *queue_of_one(mp_queue_t **q, size_t maxsize) {
+  MP_ASSERT_OK(mp_queue_create(q, maxsize));
+  MP_ASSERT_OK(mp_queue_put(*q, "12345678", 8, 1));
+  uint64_t tail = (uint64_t)1 << 32 | 16;
+  return (unsigned char *)*q + mp_test_find_bytes(*q, 192, 8, &tail, 8);
+}
+
+/* A process of the program writes a side's lock word (a word of the arena, as untrusted as
+ * head, tail and the ring's) naming a live process: the test process itself (a tid of 0 start
+ * time, which holder_died never compares). A put or a get with a timeout of 0.2 s must end by
+ * its timeout (MP_EFULL, MP_EEMPTY, or MP_ECORRUPT), never wait for ever. The words are
+ * found by the layout of queues.c: tail, the only word holding one message's position, and
+ * put_lock a cache line before it, get_lock a line after it. */
+START_TEST(test_forged_lock_word_timeout) {
+  mp_queue_t *q;
+  unsigned char *at_tail = queue_of_one(&q, 1); /* full: maxsize 1 */
+  const uint64_t forged = (uint64_t)getpid(), zero = 0;
+  int hung = 0;
+  for (int side = 0; side < 2; side++) {
+    bool put = side == 0;
+    unsigned char *lock = put ? at_tail - 64 : at_tail + 64;
+    T_ASSERT(memcmp(lock, &zero, 8) == 0, "the lock word is free");
+    if (!put) { /* empty, for the get to time out on */
+      char buf[16];
+      size_t len;
+      MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 1));
+    }
+    mp_test_forge(_i, lock, &forged, sizeof forged);
+    timed_call_t c = {.q = q, .put = put};
+    pthread_t t;
+    bool ended = start_timed_call(&c, &t);
+    memcpy(lock, &zero, 8); /* let it go, so that the thread can be joined */
+    T_INT_EQ(pthread_join(t, NULL), 0);
+    if (!ended)
+      fprintf(stderr,
+              "mp_queue_%s with a timeout of 0.2 s still waited after 3 s on a lock "
+              "word a process of the program forged (it ended %.1f s later, rc %d)\n",
+              put ? "put" : "get", c.took, c.rc);
+    hung += !ended;
+    T_ASSERT(c.rc == (put ? MP_EFULL : MP_EEMPTY) || c.rc == MP_ECORRUPT, "rc %d", c.rc);
+  }
+  T_ASSERT(hung == 0, "%d of put and get waited past their timeout on a forged lock word",
+           hung);
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
+/* A put or get of timeout 0 that finds its side's lock held by a thread that is gone takes it
+ * over and goes on: every holder is given one slice, at whose end it is judged, before a
+ * call's timeout can end the wait (a live holder makes it MP_EFULL or MP_EEMPTY, above). */
+START_TEST(test_nowait_takes_over_dead_lock) {
+  mp_queue_t *q;
+  unsigned char *at_tail = queue_of_one(&q, 0);
+  pid_t gone = fork(); /* a thread id nobody holds any more */
+  if (gone == 0)
+    _exit(0);
+  T_ASSERT(gone > 0 && waitpid(gone, NULL, 0) == gone, "fork and reap");
+  const uint64_t forged = (uint64_t)gone;
+  mp_test_forge(_i, at_tail - 64, &forged, sizeof forged); /* put_lock */
+  MP_ASSERT_OK(mp_queue_put_nowait(q, "x", 1));
+  mp_test_forge(_i, at_tail + 64, &forged, sizeof forged); /* get_lock */
+  char buf[16];
+  size_t len;
+  MP_ASSERT_OK(mp_queue_get_nowait(q, buf, sizeof buf, &len));
+  T_ASSERT(len == 8 && memcmp(buf, "12345678", 8) == 0, "the first message");
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
+/* close waits for no put in progress: a live producer stopped inside its put (here in a
+ * fault handler, holding put_lock) held close for as long as it stayed stopped (review, stop
+ * 23). The gets of the drained queue wait for that put, within their timeout, and say closed
+ * once its producer is gone. */
+START_TEST(test_close_with_stuck_producer) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  mp_process_t *stuck = stuck_in_copy(_i, t_die_in_put, q, 20000);
+  timed_call_t c = {.q = q, .close = true};
+  pthread_t t;
+  bool ended = start_timed_call(&c, &t);
+  char buf[16];
+  size_t len = 0;
+  bool first = ended && mp_queue_get(q, buf, sizeof buf, &len, 1) == 0 && len == 6 &&
+               memcmp(buf, "before", 6) == 0;
+  int waiting = ended ? mp_queue_get(q, buf, sizeof buf, &len, 0.2) : MP_EEMPTY;
+  MP_ASSERT_OK(mp_process_kill(stuck)); /* its lock is taken over: close ends */
+  T_INT_EQ(mp_test_join_code(stuck, 10), -SIGKILL);
+  T_PROC_CLOSE(stuck);
+  T_INT_EQ(pthread_join(t, NULL), 0);
+  T_ASSERT(ended,
+           "mp_queue_close still waited after 3 s for a live producer stuck in its put (it "
+           "ended %.1f s later, once that one was killed)",
+           c.took);
+  MP_ASSERT_OK(c.rc);
+  T_ASSERT(first, "the message put before the stuck one");
+  MP_ASSERT_ERR(waiting, MP_EEMPTY); /* not closed yet: a put is in progress */
+  MP_ASSERT_ERR(mp_queue_get(q, buf, sizeof buf, &len, 5), MP_ECLOSED);
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
+/* A block's header (its magic, then its class, 64 bytes before the payload) is a word of the
+ * arena that any process of the program may write, as a task that writes before its block.
+ * The queue frees its blocks by that class: a class written wild within the arena's reach
+ * (4 MiB: the 16 MiB Array after them) put the block on the 4 MiB list, and the next 4 MiB
+ * object was allocated over it and the live blocks after it (review, stop 23; the pool's
+ * were fixed in 01ac5b8, test_forged_fnref_class). Here: a spilled message's block, released
+ * by the last free's walk, and the queue's own block. */
+static const uint32_t wild_class = 22;
+
+/* Writes wild_class into the header of block, a block of q (under start method `method`),
+ * frees q, and checks that the 4 MiB object allocated next is not laid over the block, nor
+ * over a live queue made after it. */
+static void free_with_wild_class(int method, mp_queue_t *q, unsigned char *block,
+                                 const char *what) {
+  mp_queue_t *later;
+  mp_array_t *room, *after;
+  MP_ASSERT_OK(mp_queue_create_sized(&later, 0, 4096)); /* a live queue after the block */
+  MP_ASSERT_OK(mp_queue_put(later, "still here", 11, 1));
+  MP_ASSERT_OK(mp_raw_array_create(&room, 'b', 16 << 20, NULL));
+  mp_test_forge(method, block - 64 + sizeof(uint32_t), &wild_class, sizeof wild_class);
+  MP_ASSERT_OK(mp_queue_free(q)); /* the last reference releases the block */
+  MP_ASSERT_OK(mp_raw_array_create(&after, 'b', 3 << 20, NULL)); /* a 4 MiB block */
+  bool over = (unsigned char *)after <= block && block < (unsigned char *)after + (3 << 20);
+  int rc = mp_queue_put(later, "x", 1, 0);
+  T_ASSERT(!over,
+           "a 3 MiB Array was allocated over %s (and over the live queue after it: its put "
+           "now says %d)",
+           what, rc);
+  MP_ASSERT_OK(rc);
+  MP_ASSERT_OK(mp_array_close(after));
+  MP_ASSERT_OK(mp_array_close(room));
+  MP_ASSERT_OK(mp_queue_free(later));
+}
+
+START_TEST(test_forged_spilled_block_class) {
+  mp_queue_t *q;
+  unsigned char *block;
+  (void)spilled_queue(&q, &block);
+  free_with_wild_class(_i, q, block, "a spilled message's 4 KiB block");
+}
+END_TEST
+
+START_TEST(test_forged_queue_block_class) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
+  free_with_wild_class(_i, q, (unsigned char *)q, "a queue's block");
+}
+END_TEST
+
+/* A put that needs the ring to grow when the arena is full (review, stop 23): docs/api.md
+ * gives MP_ENOMEM for it (mp_simple_queue_put: "Waits only if 64 MiB of records are
+ * queued"), as a spilled message's put gives at once. A message kept whole instead waited:
+ * mp_queue_put for its whole timeout, then MP_EFULL ("the queue is full", of an unbounded
+ * queue holding 1 MiB), and mp_simple_queue_put for ever. */
+typedef struct {
+  mp_simple_queue_t *sq;
+  const void *msg;
+  size_t len;
+  _Atomic int done;
+  int rc;
+} simple_put_t;
+
+static void *simple_put(void *arg) {
+  simple_put_t *c = arg;
+  c->rc = mp_simple_queue_put(c->sq, c->msg, c->len);
+  atomic_store(&c->done, 1);
+  return NULL;
+}
+
+START_TEST(test_full_arena_put) {
+  mp_queue_t *q;
+  mp_simple_queue_t *sq;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  MP_ASSERT_OK(mp_simple_queue_create(&sq));
+  mp_array_t *arrays[64];
+  size_t n_arrays = 0;
+  /* Sparse: the arena's memfd grows by ftruncate, no page is touched. */
+  for (size_t size = (size_t)32 << 30; size >= (1u << 20) && n_arrays < 64; size /= 2)
+    while (n_arrays < 64 && mp_raw_array_create(&arrays[n_arrays], 'b', size - 4096, NULL) == 0)
+      n_arrays++;
+  size_t len = 100 << 10; /* kept whole: under an eighth of the first ring */
+  char *msg = calloc(1, len);
+  T_ASSERT(msg != NULL, "calloc");
+  int n = 0, rc;
+  double t0 = mp_test_now();
+  while ((rc = mp_queue_put(q, msg, len, 0.5)) == 0)
+    n++;
+  double took = mp_test_now() - t0;
+  char sentence[256];
+  snprintf(sentence, sizeof sentence, "%s", mp_last_error());
+
+  simple_put_t c = {.sq = sq, .msg = msg, .len = len};
+  pthread_t t;
+  int simple_puts = 0;
+  for (;;) {
+    atomic_store(&c.done, 0);
+    T_INT_EQ(pthread_create(&t, NULL, simple_put, &c), 0);
+    double end = mp_test_now() + 3;
+    while (!atomic_load(&c.done) && mp_test_now() < end)
+      mp_test_sleep(0.01);
+    if (!atomic_load(&c.done)) { /* let it go: a get makes room */
+      char *got = NULL;
+      size_t got_len;
+      MP_ASSERT_OK(mp_simple_queue_get_alloc(sq, (void **)&got, &got_len));
+      free(got);
+      T_INT_EQ(pthread_join(t, NULL), 0);
+      break;
+    }
+    T_INT_EQ(pthread_join(t, NULL), 0);
+    if (c.rc != 0)
+      break;
+    simple_puts++;
+  }
+  bool simple_hung = !atomic_load(&c.done) || c.rc == 0;
+  for (size_t i = 0; i < n_arrays; i++)
+    MP_ASSERT_OK(mp_array_close(arrays[i]));
+  free(msg);
+  MP_ASSERT_OK(mp_queue_free(q));
+  MP_ASSERT_OK(mp_simple_queue_free(sq));
+  T_ASSERT(rc == MP_ENOMEM && !simple_hung,
+           "on a full arena: mp_queue_put after %d messages of 100 KiB: rc %d after %.2f s "
+           "(\"%s\"), not MP_ENOMEM; mp_simple_queue_put %s after %d messages",
+           n, rc, took, sentence, simple_hung ? "still waited after 3 s" : "failed",
+           simple_puts);
+}
+END_TEST
+
+/* A spare slot keeps the address of the block a producer took from it (review, stop 23):
+ * spares_in and spares_out, counters of the arena, written back by one (no address forged)
+ * made the next spilled put take that stale slot. Its block had been released (too small for
+ * a larger message) and handed to a new queue's handle: the put copied its message over that
+ * live queue, which then said "not a Queue". The last free's walk of the spares released it
+ * the same way, and the next queue was made over it. A slot taken should be emptied. */
+START_TEST(test_forged_spare_counter) {
+  enum { SMALL = 2100, LARGE = 5000 }; /* blocks of 4 KiB, of 8 KiB */
+  unsigned char *msg = malloc(LARGE), *got = malloc(LARGE);
+  T_ASSERT(msg && got, "malloc");
+  memset(msg, 0xab, LARGE);
+  for (int then_free = 0; then_free < 2; then_free++) {
+    mp_queue_t *q, *victim_q, *next = NULL;
+    MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096)); /* messages above 512 bytes spill */
+    size_t len;
+    for (int i = 0; i < 6; i++) { /* four spares wait, the producer takes the oldest */
+      MP_ASSERT_OK(mp_queue_put(q, msg, SMALL, 1));
+      MP_ASSERT_OK(mp_queue_get(q, got, LARGE, &len, 1));
+    }
+    const uint32_t counters[2] = {5, 1}; /* spares_in, spares_out */
+    unsigned char *at = (unsigned char *)q + mp_test_find_bytes(q, 512, 8, counters, 8);
+    /* The oldest spare (4 KiB) is too small: released, and the slot keeps its address. */
+    MP_ASSERT_OK(mp_queue_put(q, msg, LARGE, 1)); /* not taken: a get would refill the slot */
+    MP_ASSERT_OK(mp_queue_create_sized(&victim_q, 0, 4096)); /* a 4 KiB block: that one */
+    MP_ASSERT_OK(mp_queue_put(victim_q, "still here", 11, 1));
+    uint32_t now[2];
+    memcpy(now, at, sizeof now);
+    const uint32_t back = now[1] - 1;
+    mp_test_forge(_i, at + sizeof(uint32_t), &back, sizeof back);
+    int rc = 0;
+    if (then_free) {
+      MP_ASSERT_OK(mp_queue_free(q));
+      MP_ASSERT_OK(mp_queue_create_sized(&next, 0, 4096)); /* a 4 KiB block again */
+    } else {
+      rc = mp_queue_put(q, msg, SMALL, 1);
+    }
+    int victim_rc = mp_queue_get(victim_q, got, LARGE, &len, 1);
+    T_ASSERT(victim_rc == 0 && len == 11 && memcmp(got, "still here", 11) == 0,
+             "%s (rc %d) through a stale spare slot: a live queue's get says %d (\"%s\")",
+             then_free ? "the last free of another queue released a live queue's block, and a "
+                         "new queue was made over it"
+                       : "a put into another queue wrote over a live queue's block",
+             rc, victim_rc, mp_last_error());
+    MP_ASSERT_OK(mp_queue_free(victim_q));
+    MP_ASSERT_OK(then_free ? mp_queue_free(next) : mp_queue_free(q));
+  }
+  free(msg);
+  free(got);
+}
+END_TEST
+
+/* The owner-dead repair of put_lock frees the block of a producer killed in its spilled put
+ * (`pending`). It freed it by its header's class, which any process may write: a class
+ * written wild (16 MiB, over a block of 4 MiB) put the block on the 16 MiB list, and the
+ * next 12 MiB Array was allocated over it and what follows it. Now by the room the queue
+ * noted beside `pending`. The word is found by the layout of queues.c: put_lock a line
+ * before tail, then pending. */
+START_TEST(test_forged_pending_block_class) {
+  mp_queue_t *q;
+  mp_array_t *room, *after;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  kill_in_copy(_i, t_die_in_put, q, 2u << 20); /* spilled, into a 4 MiB block */
+  /* tail after "before", also in pending_tail, right after pending: tail is the later one. */
+  uint64_t tail = (uint64_t)1 << 32 | 16;
+  unsigned char *line = (unsigned char *)q + 96;
+  unsigned char *at_tail = line + mp_test_find_bytes(line, 96, 8, &tail, 8);
+  unsigned char *pending;
+  memcpy(&pending, at_tail - 64 + 8, sizeof pending);
+  T_ASSERT(pending != NULL, "the dead producer's block is noted");
+  MP_ASSERT_OK(mp_raw_array_create(&room, 'b', 32 << 20, NULL)); /* the arena's reach */
+  const uint32_t wild = 24;
+  mp_test_forge(_i, pending - 64 + sizeof(uint32_t), &wild, sizeof wild);
+  MP_ASSERT_OK(mp_queue_put(q, "after", 5, 5));                   /* repairs: frees the block */
+  MP_ASSERT_OK(mp_raw_array_create(&after, 'b', 12 << 20, NULL)); /* a 16 MiB block */
+  bool over =
+      (unsigned char *)after <= pending && pending < (unsigned char *)after + (12 << 20);
+  T_ASSERT(!over, "a 12 MiB Array was allocated over the 4 MiB block of a producer killed in "
+                  "its put, freed by a class written wild");
+  MP_ASSERT_OK(mp_array_close(after));
+  MP_ASSERT_OK(mp_array_close(room));
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
+/* The same wait without any forged word: a consumer stuck inside its get (here in a fault
+ * handler, as a SIGSTOP or a debugger leaves it), alive and holding get_lock. Another
+ * process's get with a timeout of 0.2 s waits as long as it stays stuck (review, stop 23). */
+START_TEST(test_stuck_consumer_get_timeout) {
+  mp_queue_t *q;
+  MP_ASSERT_OK(mp_queue_create(&q, 0));
+  enum { SIZE = 20000 };
+  unsigned char *msg = calloc(1, SIZE);
+  T_ASSERT(msg != NULL, "calloc");
+  MP_ASSERT_OK(mp_queue_put(q, msg, SIZE, 0));
+  mp_process_t *stuck = stuck_in_copy(_i, t_die_in_get, q, SIZE);
+  timed_call_t c = {.q = q, .put = false};
+  pthread_t t;
+  bool ended = start_timed_call(&c, &t);
+  MP_ASSERT_OK(mp_process_kill(stuck)); /* its lock is taken over: the get ends */
+  T_INT_EQ(mp_test_join_code(stuck, 10), -SIGKILL);
+  T_PROC_CLOSE(stuck);
+  T_INT_EQ(pthread_join(t, NULL), 0);
+  free(msg);
+  MP_ASSERT_OK(mp_queue_free(q));
+  T_ASSERT(ended,
+           "mp_queue_get with a timeout of 0.2 s still waited after 3 s for a live "
+           "consumer stuck in its get (it ended %.1f s later, once that one was killed, rc %d)",
+           c.took, c.rc);
 }
 END_TEST
 
@@ -1676,6 +2059,7 @@ static Suite *queues_suite(void) {
   tcase_add_test(tc, test_bell_ignores_other_users);
   tcase_add_test(tc, test_corrupt_ring_word);
   tcase_add_test(tc, test_corrupt_spilled_block);
+  tcase_add_test(tc, test_full_arena_put);
 
   tc = mp_test_tcase(s, "processes", 60);
   tcase_add_loop_test(tc, test_order_per_producer, 0, N_METHODS);
@@ -1687,6 +2071,11 @@ static Suite *queues_suite(void) {
   tcase_add_loop_test(tc, test_spilled_blocks_reused, 0, N_METHODS);
   tcase_add_loop_test(tc, test_corrupt_ring, 0, N_METHODS);
   tcase_add_loop_test(tc, test_corrupt_ring_word_put, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_lock_word_timeout, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_nowait_takes_over_dead_lock, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_spilled_block_class, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_queue_block_class, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_spare_counter, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "readiness", 30);
   tcase_add_loop_test(tc, test_fileno_in_parent, 0, N_METHODS);
@@ -1700,6 +2089,9 @@ static Suite *queues_suite(void) {
   tcase_add_loop_test(tc, test_producer_killed_mid_put, 0, N_METHODS);
   tcase_add_loop_test(tc, test_producer_killed_not_reaped, 0, N_METHODS);
   tcase_add_loop_test(tc, test_consumer_killed_mid_get, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_stuck_consumer_get_timeout, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_close_with_stuck_producer, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_pending_block_class, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "flavors", 30);
   tcase_add_loop_test(tc, test_joinable, 0, N_METHODS);

@@ -56,11 +56,12 @@ MP_EXTERN int mp_queue_create(mp_queue_t **queue, size_t maxsize);
 
 /*
  * The same with a ring of fixed size: ring_bytes, rounded up to a power of two, 4 KiB to
- * 64 MiB (0: mp_queue_create()'s growing ring). The ring's bytes then bound the queue as
- * well as maxsize does: a put waits while its message does not fit, also in a queue without
- * maxsize. A message larger than an eighth of the first ring takes 16 bytes of the ring and
- * a block of the arena for its bytes. Errors: as mp_queue_create(), and MP_EINVAL for a ring
- * above 64 MiB.
+ * 64 MiB (0: mp_queue_create()'s growing ring). The ring's bytes then bound the messages
+ * kept whole in it as well as maxsize does: a put waits while its message does not fit, also
+ * in a queue without maxsize. A message larger than an eighth of the ring takes 24 bytes of
+ * the ring and a block of the arena for its bytes, so maxsize is what bounds the memory of
+ * large messages, as the count of items bounds a Python Queue. Errors: as mp_queue_create(),
+ * and MP_EINVAL for a ring above 64 MiB.
  */
 MP_EXTERN int mp_queue_create_sized(mp_queue_t **queue, size_t maxsize, size_t ring_bytes);
 
@@ -69,11 +70,14 @@ MP_EXTERN int mp_queue_create_sized(mp_queue_t **queue, size_t maxsize, size_t r
  * timeout seconds (MP_FOREVER: as long as it takes; 0: not at all) for room. The caller keeps
  * data. Returns 0 once the message is in the queue. Errors: MP_EINVAL (NULL queue, NULL data
  * with len > 0, not a Queue), MP_EFULL (no room within the timeout: Python's queue.Full),
- * MP_ECLOSED (the queue was closed), MP_EMSGSIZE (len above 2^62), MP_ENOMEM (no arena block
- * for a large message), MP_ECORRUPT (the queue's ring word, in shared memory, names no ring
- * of the arena: nothing is written, and every later put says so too). The timeout bounds the wait for room; the copy of another
- * producer's message in progress is waited for (producers copy in turn), whatever the timeout.
- * Python: Queue.put(obj, block, timeout).
+ * MP_ECLOSED (the queue was closed), MP_EMSGSIZE (len above 2^62), MP_ENOMEM (the arena is
+ * full: no block for a large message, or for the larger ring the message needs; not waited
+ * out), MP_ECORRUPT (the queue's ring word, in shared memory, names no ring of the arena:
+ * nothing is written, and every later put says so too). The timeout bounds the wait for room
+ * and the wait for the producers' lock (producers copy in turn): a producer that stays
+ * inside its put past it (stopped, or a copy of many megabytes) makes this put MP_EFULL; a
+ * holder is given 10 ms at least, so that a put of timeout 0 takes over the lock of one that
+ * died. Python: Queue.put(obj, block, timeout).
  */
 MP_EXTERN int mp_queue_put(mp_queue_t *queue, const void *data, size_t len, double timeout);
 
@@ -83,7 +87,9 @@ MP_EXTERN int mp_queue_put_nowait(mp_queue_t *queue, const void *data, size_t le
 /*
  * Takes the oldest message, copying it into buf[0 .. cap) and its length into *len, waiting
  * at most timeout seconds for one. The caller owns buf. Errors: MP_EINVAL (NULL queue or
- * len, NULL buf with cap > 0), MP_EEMPTY (none within the timeout: Python's queue.Empty),
+ * len, NULL buf with cap > 0), MP_EEMPTY (none within the timeout: Python's queue.Empty; also
+ * when the consumers' lock, or on a closed queue a put in progress, stays held past it, as
+ * for puts above),
  * MP_ETOOSMALL (the message is longer than cap: *len is its length, and it stays first in the
  * queue), MP_ECLOSED (the queue was closed and every message has been taken: no message can
  * come any more, so a get never waits in vain), MP_ECORRUPT (the queue's shared memory holds
@@ -118,9 +124,10 @@ MP_EXTERN int mp_queue_empty(mp_queue_t *queue);
 MP_EXTERN int mp_queue_full(mp_queue_t *queue);
 
 /*
- * Closes the queue for puts, in every process: it waits for the puts in progress, then later
- * puts fail with MP_ECLOSED, and gets take the messages left, then fail with MP_ECLOSED
- * instead of waiting. Every put or get waiting on the queue wakes. Closing twice is harmless.
+ * Closes the queue for puts, in every process: later puts fail with MP_ECLOSED, and gets take
+ * the messages left, then fail with MP_ECLOSED instead of waiting. It waits for nothing: a
+ * put in progress may still commit its message (and return 0), and gets wait for it before
+ * they say MP_ECLOSED. Every put or get waiting on the queue wakes. Closing twice is harmless.
  * Python's close() only says that this process will put no more, which another process's
  * get cannot see (it waits for ever); this is Python 3.13's Queue.shutdown(immediate=False).
  * Errors: MP_EINVAL. Python: Queue.close().
