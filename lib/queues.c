@@ -1434,18 +1434,21 @@ static int get(mp_queue_t *q, const sink_t *out, double timeout, const char *fn)
       notify(&q->put_seq, &q->get_waiters, 1);
     if (rc < 0)
       return rc;
-    /* Empty and closed: final once put_lock is seen free after closed was (a put that takes
-     * it later finds closed and refuses). Held, a put that found the queue open may still
-     * commit: waited for within the get's deadline, a dead one taken over. */
+    /* Closed: final once put_lock is seen free after closed was (a put that takes it later
+     * finds closed and refuses), and then the queue empty. In that order: a put that found
+     * the queue open and committed between a look at the count and one at the lock would be
+     * lost. Held, a put that found the queue open may still commit: waited for within the
+     * get's deadline, a dead one taken over. */
     if (atomic_load(&q->closed)) {
+      if (atomic_load(&q->put_lock.word) != 0) {
+        if (lock_put(q, &deadline) < 0)
+          return lock_timed_out(MP_EEMPTY, "put", fn);
+        qlock_unlock(&q->put_lock);
+        continue;
+      }
       if (count_of(atomic_load(&q->head), atomic_load(&q->tail)) != 0)
         continue;
-      if (atomic_load(&q->put_lock.word) == 0)
-        return mp__error(MP_ECLOSED, "%s: the queue is closed and empty", fn);
-      if (lock_put(q, &deadline) < 0)
-        return lock_timed_out(MP_EEMPTY, "put", fn);
-      qlock_unlock(&q->put_lock);
-      continue;
+      return mp__error(MP_ECLOSED, "%s: the queue is closed and empty", fn);
     }
     if (!cleared) {
       clear_bell(q);
