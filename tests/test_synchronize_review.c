@@ -308,6 +308,75 @@ START_TEST(test_semaphore_wild_redo_slot) {
 }
 END_TEST
 
+
+/* A permit released for its acquirer by another process (allowed: "any thread or process may
+ * release") stays on the acquirer's record; when the acquirer is then killed, that record
+ * returns the permit a second time, although a third process holds it now: a
+ * BoundedSemaphore(1) then has two holders at once. */
+static int child_acquires_and_hangs(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  if (mp_semaphore_acquire(job->sem, 10) != 0)
+    return 2;
+  mp_event_set(job->ready);
+  for (;;)
+    pause();
+}
+
+START_TEST(test_bounded_semaphore_two_holders) {
+  job_t job = {0};
+  MP_ASSERT_OK(mp_bounded_semaphore_create(&job.sem, 1));
+  MP_ASSERT_OK(mp_event_create(&job.ready));
+  mp_process_t *a = mp_test_start(_i, child_acquires_and_hangs, &job, sizeof(job_t));
+  MP_ASSERT_OK(mp_event_wait(job.ready, 20));
+  MP_ASSERT_OK(mp_semaphore_release(job.sem)); /* handed back for it, as Python allows */
+  mp_event_clear(job.ready);
+  mp_process_t *c = mp_test_start(_i, child_acquires_and_hangs, &job, sizeof(job_t));
+  MP_ASSERT_OK(mp_event_wait(job.ready, 20)); /* c holds the only permit now */
+  T_INT_EQ(mp_semaphore_value(job.sem), 0);
+  MP_ASSERT_OK(mp_process_kill(a));
+  T_INT_EQ(mp_test_join_code(a, 20), -SIGKILL);
+  T_PROC_CLOSE(a);
+  int rc = mp_semaphore_acquire(job.sem, 0.5);
+  MP_ASSERT_OK(mp_process_kill(c));
+  T_INT_EQ(mp_test_join_code(c, 20), -SIGKILL);
+  T_PROC_CLOSE(c);
+  T_ASSERT(rc == MP_ETIMEDOUT, "BoundedSemaphore(1) held by a live process, acquired again: "
+           "%d (%s)", rc, rc < 0 ? mp_err_name(rc) : "");
+  mp_event_close(job.ready);
+  mp_semaphore_close(job.sem);
+}
+END_TEST
+
+/* ===================== Condition: wild generation ===================== */
+
+/* The generation word written wild (2^64-1): the next notify makes generation 0, which no
+ * waiter may take; every waiter then sleeps through every notify (for ever with
+ * MP_FOREVER), and nothing says MP_ECORRUPT, as a wild count of batches does. */
+START_TEST(test_condition_wild_gen) {
+  mp_condition_t *cond;
+  MP_ASSERT_OK(mp_condition_create(&cond, NULL));
+  /* gen is the 64-bit word after magic and seq: 1 after one notify with a waiter. */
+  uint64_t *gen = (uint64_t *)((char *)cond + 8);
+  T_INT_EQ(*gen, 0);
+  uint64_t wild = UINT64_MAX;
+  mp_test_forge(_i, gen, &wild, sizeof wild);
+  waiter_t w = {.cond = cond};
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, thread_waits, &w), 0);
+  while (!atomic_load(&w.waiting))
+    mp_test_sleep(0.01);
+  MP_ASSERT_OK(mp_condition_acquire(cond, 20));
+  int rc = mp_condition_notify(cond, 1);
+  MP_ASSERT_OK(mp_condition_release(cond));
+  T_INT_EQ(pthread_join(t, NULL), 0);
+  T_ASSERT(rc == MP_ECORRUPT || (w.rc == 0 && w.took < 2),
+           "notify returned %d, the waiter %d (%s) after %.2f s", rc, w.rc,
+           w.rc < 0 ? mp_err_name(w.rc) : "", w.took);
+  mp_condition_close(cond);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("synchronize_review");
   TCase *tc = mp_test_tcase(s, "review", 60);
@@ -316,6 +385,8 @@ static Suite *suite(void) {
   tcase_add_loop_test(tc, test_barrier_sleeper_outlived_64_rounds, 0, 2);
   tcase_add_loop_test(tc, test_semaphore_wild_scanned, 0, 4);
   tcase_add_loop_test(tc, test_semaphore_wild_redo_slot, 0, 2);
+  tcase_add_loop_test(tc, test_bounded_semaphore_two_holders, 0, 2);
+  tcase_add_loop_test(tc, test_condition_wild_gen, 0, 2);
   return s;
 }
 
