@@ -136,6 +136,36 @@ START_TEST(test_barrier_newcomer_timeout_breaks_full_round) {
 }
 END_TEST
 
+
+/* The same full round, reset while its action runs: Python's reset waits for the lock the
+ * action holds, then finds the round draining (state 1) and changes nothing; the round
+ * returns its indices. docs/api.md says "waiters of a full one (its action runs) get
+ * MP_EBROKEN, as Python's". */
+static void *thread_resets(void *arg) {
+  mp_test_sleep(0.2);
+  mp_barrier_reset(arg);
+  return NULL;
+}
+
+START_TEST(test_barrier_reset_during_action) {
+  mp_barrier_t *b;
+  MP_ASSERT_OK(mp_barrier_create(&b, 2, slow_action, NULL));
+  arrival_t first = {b, 20, 99}, last = {b, 20, 99};
+  pthread_t t1, t2, t3;
+  T_INT_EQ(pthread_create(&t1, NULL, thread_arrives, &first), 0);
+  while (mp_barrier_n_waiting(b) < 1)
+    mp_test_sleep(0.005);
+  T_INT_EQ(pthread_create(&t3, NULL, thread_resets, b), 0);
+  T_INT_EQ(pthread_create(&t2, NULL, thread_arrives, &last), 0); /* runs the action */
+  T_INT_EQ(pthread_join(t1, NULL), 0);
+  T_INT_EQ(pthread_join(t2, NULL), 0);
+  T_INT_EQ(pthread_join(t3, NULL), 0);
+  T_ASSERT(first.rc == 0 && last.rc == 1, "the full round, reset during its action, returned "
+           "%d and %d", first.rc, last.rc);
+  mp_barrier_close(b);
+}
+END_TEST
+
 static int child_waits_once(void *arg, size_t size) {
   (void)size;
   job_t *job = arg;
@@ -387,6 +417,7 @@ static Suite *suite(void) {
   tcase_add_loop_test(tc, test_semaphore_wild_redo_slot, 0, 2);
   tcase_add_loop_test(tc, test_bounded_semaphore_two_holders, 0, 2);
   tcase_add_loop_test(tc, test_condition_wild_gen, 0, 2);
+  tcase_add_test(tc, test_barrier_reset_during_action);
   return s;
 }
 
