@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <sched.h>
 #include <stddef.h>
 
 typedef struct {
@@ -407,6 +408,101 @@ START_TEST(test_condition_wild_gen) {
 }
 END_TEST
 
+
+/* ============================ Lock: woken waiter killed ============================ */
+
+typedef struct {
+  mp_lock_t *lock;
+  mp_event_t *ready;
+} lock_job_t;
+
+static void pin_to_cpu0(void) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(0, &set);
+  sched_setaffinity(0, sizeof set, &set);
+}
+
+/* Sleeps on the lock at SCHED_IDLE on CPU 0: once a hog runs there, it is woken but does
+ * not run before it is killed. */
+static int child_idle_waiter(void *arg, size_t size) {
+  (void)size;
+  lock_job_t *job = arg;
+  pin_to_cpu0();
+  struct sched_param sp = {0};
+  if (sched_setscheduler(0, SCHED_IDLE, &sp) != 0)
+    return 2;
+  mp_event_set(job->ready);
+  mp_lock_acquire(job->lock, 60);
+  return 3;
+}
+
+static int child_hog(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  pin_to_cpu0();
+  for (volatile unsigned long n = 0;; n++) {
+  }
+  return 0;
+}
+
+typedef struct {
+  mp_lock_t *lock;
+  _Atomic int started;
+  int rc;
+  double took;
+} lock_waiter_t;
+
+static void *thread_acquires(void *arg) {
+  lock_waiter_t *w = arg;
+  atomic_store(&w->started, 1);
+  double t0 = mp_test_now();
+  w->rc = mp_lock_acquire(w->lock, 5);
+  w->took = mp_test_now() - t0;
+  if (w->rc >= 0)
+    mp_lock_release(w->lock);
+  return NULL;
+}
+
+/*
+ * The release wakes the first sleeper (a process); it is SIGKILLed before it runs. The
+ * second sleeper, a live thread, must then get the free lock: glibc's own robust lock has
+ * the kernel wake another waiter when a woken one dies (list_op_pending, set while it
+ * waits), but mp__mutex_lock_sig sleeps on the futex itself with no pending op recorded,
+ * so the wake-up dies with the process and the live waiter sleeps to its deadline (for
+ * ever with MP_FOREVER) on a lock nobody holds.
+ */
+START_TEST(test_lock_woken_waiter_killed) {
+  lock_job_t job;
+  MP_ASSERT_OK(mp_lock_create(&job.lock));
+  MP_ASSERT_OK(mp_event_create(&job.ready));
+  MP_ASSERT_OK(mp_lock_acquire(job.lock, 0));
+  mp_process_t *x = mp_test_start(_i, child_idle_waiter, &job, sizeof job);
+  MP_ASSERT_OK(mp_event_wait(job.ready, 20));
+  mp_test_sleep(0.3); /* x sleeps on the mutex: first in line */
+  lock_waiter_t w = {.lock = job.lock};
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, thread_acquires, &w), 0);
+  while (!atomic_load(&w.started))
+    mp_test_sleep(0.01);
+  mp_test_sleep(0.3); /* the thread sleeps second */
+  mp_process_t *hog = mp_test_start(_i, child_hog, NULL, 0);
+  mp_test_sleep(0.3);
+  MP_ASSERT_OK(mp_lock_release(job.lock)); /* wakes x, which cannot run */
+  T_INT_EQ(kill(mp_process_pid(x), SIGKILL), 0);
+  T_INT_EQ(pthread_join(t, NULL), 0);
+  MP_ASSERT_OK(mp_process_kill(hog));
+  T_INT_EQ(mp_test_join_code(hog, 20), -SIGKILL);
+  T_PROC_CLOSE(hog);
+  T_INT_EQ(mp_test_join_code(x, 20), -SIGKILL);
+  T_PROC_CLOSE(x);
+  T_ASSERT(w.rc == 0 && w.took < 2, "a free lock: the live waiter returned %d (%s) after "
+           "%.2f s", w.rc, w.rc < 0 ? mp_err_name(w.rc) : "", w.took);
+  mp_event_close(job.ready);
+  mp_lock_close(job.lock);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("synchronize_review");
   TCase *tc = mp_test_tcase(s, "review", 60);
@@ -418,6 +514,7 @@ static Suite *suite(void) {
   tcase_add_loop_test(tc, test_bounded_semaphore_two_holders, 0, 2);
   tcase_add_loop_test(tc, test_condition_wild_gen, 0, 2);
   tcase_add_test(tc, test_barrier_reset_during_action);
+  tcase_add_loop_test(tc, test_lock_woken_waiter_killed, 0, 2);
   return s;
 }
 
