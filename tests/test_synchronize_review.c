@@ -503,6 +503,63 @@ START_TEST(test_lock_woken_waiter_killed) {
 }
 END_TEST
 
+
+/* ====================== wild pointers in the objects ====================== */
+
+static int count_action(void *arg) {
+  (void)arg;
+  return 0;
+}
+
+typedef struct {
+  mp_barrier_t *b;
+  mp_condition_t *cond;
+} wild_job_t;
+
+static int child_uses_barrier(void *arg, size_t size) {
+  (void)size;
+  wild_job_t *job = arg;
+  int rc = mp_barrier_wait(job->b, 5); /* one party: runs the action at once */
+  return rc < 0 ? 0 : 4;
+}
+
+static int child_uses_condition(void *arg, size_t size) {
+  (void)size;
+  wild_job_t *job = arg;
+  int rc = mp_condition_acquire(job->cond, 5);
+  return rc < 0 ? 0 : 4;
+}
+
+/*
+ * The Barrier's action reference and the Condition's lock are addresses kept in the
+ * object's shared memory and followed unchecked (the queues and the pool check such
+ * addresses with mp__shared_is_block and say MP_ECORRUPT): one wild word and the next
+ * wait or acquire in any process dies of SIGSEGV.
+ */
+START_TEST(test_wild_object_pointers) {
+  wild_job_t job;
+  MP_ASSERT_OK(mp_barrier_create(&job.b, 1, count_action, NULL));
+  MP_ASSERT_OK(mp_condition_create(&job.cond, NULL));
+  void **action = (void **)((char *)job.b + 24); /* magic, parties, word, ended_broken */
+  void **lock = (void **)((char *)job.cond + sizeof(uint32_t) * 2 + 8 + 4 * 3 + 4 +
+                          16 * 8); /* ... batch[8], then the lock */
+  T_ASSERT(*lock == mp_condition_lock(job.cond), "the condition's layout");
+  T_ASSERT(*action != NULL, "the barrier's layout");
+  void *wild = (void *)(uintptr_t)0x1000;
+  void *saved_action = *action, *saved_lock = *lock;
+  mp_test_forge(_i, action, &wild, sizeof wild);
+  mp_test_forge(_i, lock, &wild, sizeof wild);
+  int code_b = mp_test_join_code(mp_test_start(_i, child_uses_barrier, &job, sizeof job), 20);
+  int code_c = mp_test_join_code(mp_test_start(_i, child_uses_condition, &job, sizeof job), 20);
+  *action = saved_action;
+  *lock = saved_lock;
+  mp_barrier_close(job.b);
+  mp_condition_close(job.cond);
+  T_ASSERT(code_b == 0 && code_c == 0, "barrier wait: exit %d, condition acquire: exit %d "
+           "(-11: SIGSEGV)", code_b, code_c);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("synchronize_review");
   TCase *tc = mp_test_tcase(s, "review", 60);
@@ -515,6 +572,7 @@ static Suite *suite(void) {
   tcase_add_loop_test(tc, test_condition_wild_gen, 0, 2);
   tcase_add_test(tc, test_barrier_reset_during_action);
   tcase_add_loop_test(tc, test_lock_woken_waiter_killed, 0, 2);
+  tcase_add_loop_test(tc, test_wild_object_pointers, 0, 2);
   return s;
 }
 
