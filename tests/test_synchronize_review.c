@@ -5,9 +5,9 @@
 #include "mp_test.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
-#include <sched.h>
 #include <stddef.h>
 
 typedef struct {
@@ -137,7 +137,6 @@ START_TEST(test_barrier_newcomer_timeout_breaks_full_round) {
 }
 END_TEST
 
-
 /* The same full round, reset while its action runs: Python's reset waits for the lock the
  * action holds, then finds the round draining (state 1) and changes nothing; the round
  * returns its indices. docs/api.md says "waiters of a full one (its action runs) get
@@ -161,8 +160,10 @@ START_TEST(test_barrier_reset_during_action) {
   T_INT_EQ(pthread_join(t1, NULL), 0);
   T_INT_EQ(pthread_join(t2, NULL), 0);
   T_INT_EQ(pthread_join(t3, NULL), 0);
-  T_ASSERT(first.rc == 0 && last.rc == 1, "the full round, reset during its action, returned "
-           "%d and %d", first.rc, last.rc);
+  T_ASSERT(first.rc == 0 && last.rc == 1,
+           "the full round, reset during its action, returned "
+           "%d and %d",
+           first.rc, last.rc);
   mp_barrier_close(b);
 }
 END_TEST
@@ -286,7 +287,8 @@ START_TEST(test_semaphore_wild_scanned) {
     int rc = mp_semaphore_acquire(job.sem, 3);
     double took = mp_test_now() - t0;
     MP_ASSERT_ERR(rc, MP_EOWNERDEAD);
-    T_ASSERT(took < 1, "scanned = %s: the killed holder's permit came back only at the "
+    T_ASSERT(took < 1,
+             "scanned = %s: the killed holder's permit came back only at the "
              "deadline, after %.2f s (within 50 ms promised)",
              wild ? "INT64_MIN" : "INT64_MAX", took);
     mp_event_close(job.ready);
@@ -332,13 +334,14 @@ START_TEST(test_semaphore_wild_redo_slot) {
   int rc = mp_semaphore_acquire(sem, 1);
   long after = 0;
   MP_ASSERT_OK(mp_value_get_long(victim, &after));
-  T_ASSERT(after == 0, "acquire returned %d, and wrote 0x%lx into another object (slot %u "
-           "of 32 taken from shared memory)", rc, after, job.slot);
+  T_ASSERT(after == 0,
+           "acquire returned %d, and wrote 0x%lx into another object (slot %u "
+           "of 32 taken from shared memory)",
+           rc, after, job.slot);
   mp_value_close(victim);
   mp_semaphore_close(sem);
 }
 END_TEST
-
 
 /* A permit released for its acquirer by another process (allowed: "any thread or process may
  * release") stays on the acquirer's record; when the acquirer is then killed, that record
@@ -372,8 +375,10 @@ START_TEST(test_bounded_semaphore_two_holders) {
   MP_ASSERT_OK(mp_process_kill(c));
   T_INT_EQ(mp_test_join_code(c, 20), -SIGKILL);
   T_PROC_CLOSE(c);
-  T_ASSERT(rc == MP_ETIMEDOUT, "BoundedSemaphore(1) held by a live process, acquired again: "
-           "%d (%s)", rc, rc < 0 ? mp_err_name(rc) : "");
+  T_ASSERT(rc == MP_ETIMEDOUT,
+           "BoundedSemaphore(1) held by a live process, acquired again: "
+           "%d (%s)",
+           rc, rc < 0 ? mp_err_name(rc) : "");
   mp_event_close(job.ready);
   mp_semaphore_close(job.sem);
 }
@@ -407,7 +412,6 @@ START_TEST(test_condition_wild_gen) {
   mp_condition_close(cond);
 }
 END_TEST
-
 
 /* ============================ Lock: woken waiter killed ============================ */
 
@@ -496,13 +500,14 @@ START_TEST(test_lock_woken_waiter_killed) {
   T_PROC_CLOSE(hog);
   T_INT_EQ(mp_test_join_code(x, 20), -SIGKILL);
   T_PROC_CLOSE(x);
-  T_ASSERT(w.rc == 0 && w.took < 2, "a free lock: the live waiter returned %d (%s) after "
-           "%.2f s", w.rc, w.rc < 0 ? mp_err_name(w.rc) : "", w.took);
+  T_ASSERT(w.rc == 0 && w.took < 2,
+           "a free lock: the live waiter returned %d (%s) after "
+           "%.2f s",
+           w.rc, w.rc < 0 ? mp_err_name(w.rc) : "", w.took);
   mp_event_close(job.ready);
   mp_lock_close(job.lock);
 }
 END_TEST
-
 
 /* ====================== wild pointers in the objects ====================== */
 
@@ -555,8 +560,10 @@ START_TEST(test_wild_object_pointers) {
   *lock = saved_lock;
   mp_barrier_close(job.b);
   mp_condition_close(job.cond);
-  T_ASSERT(code_b == 0 && code_c == 0, "barrier wait: exit %d, condition acquire: exit %d "
-           "(-11: SIGSEGV)", code_b, code_c);
+  T_ASSERT(code_b == 0 && code_c == 0,
+           "barrier wait: exit %d, condition acquire: exit %d "
+           "(-11: SIGSEGV)",
+           code_b, code_c);
 }
 END_TEST
 
