@@ -40,7 +40,8 @@
 #define CONDITION_MAGIC 0x444e4f43u /* "COND" */
 #define BARRIER_MAGIC 0x52524142u   /* "BARR" */
 
-/* How often a blocked semaphore waiter looks for killed holders. */
+/* How often a blocked semaphore waiter looks for killed holders, and a condition's waiter
+ * for a token that a killed waiter was woken for. */
 #define SLICE_NS 50000000
 
 /* ============================ who is calling ============================ */
@@ -756,7 +757,7 @@ static int take_token(mp_condition_t *cond, uint64_t began) {
   for (uint32_t i = 0; i < batches; i++) {
     if (cond->batch[i].gen <= began)
       continue;
-    cond->tokens--;
+    __atomic_store_n(&cond->tokens, cond->tokens - 1, __ATOMIC_RELAXED); /* see token_left */
     if (--cond->batch[i].n == 0) {
       cond->batches = --batches;
       memmove(&cond->batch[i], &cond->batch[i + 1], (batches - i) * sizeof cond->batch[0]);
@@ -764,6 +765,14 @@ static int take_token(mp_condition_t *cond, uint64_t began) {
     return 1;
   }
   return 0;
+}
+
+/* Read without the lock at the end of a sleep's slice: true if a token this waiter may take
+ * may be left. A notify wakes as many as it made tokens; one of them killed before it took
+ * its token leaves the token to the others, who find it so. */
+static bool token_left(const mp_condition_t *cond, uint64_t began) {
+  return __atomic_load_n(&cond->tokens, __ATOMIC_RELAXED) > 0 &&
+         __atomic_load_n(&cond->gen, __ATOMIC_RELAXED) > began;
 }
 
 static int cond_wait(mp_condition_t *cond, int64_t deadline) {
@@ -782,10 +791,15 @@ static int cond_wait(mp_condition_t *cond, int64_t deadline) {
   for (;;) {
     uint32_t depth = lock_drop(cond->lock);
     int rc = 0;
-    bool interrupted = false;
-    while (atomic_load(&cond->seq) == seen && rc != MP_ETIMEDOUT && !interrupted) {
-      rc = mp__futex_wait_sig(&cond->seq, seen, until);
+    bool interrupted = false, look = false;
+    while (atomic_load(&cond->seq) == seen && rc != MP_ETIMEDOUT && !interrupted && !look) {
+      int64_t slice_end = mp__now_ns() + SLICE_NS;
+      rc = mp__futex_wait_sig(&cond->seq, seen, slice_end < until ? slice_end : until);
       interrupted = rc == MP_EINTR && mp__sigint_arrived(&sigint);
+      if (rc == MP_ETIMEDOUT && slice_end < until) {
+        rc = 0;
+        look = token_left(cond, began);
+      }
     }
     rc = lock_take(cond->lock, me, depth, INT64_MAX, false); /* held again, as in Python */
     if (rc == MP_EOWNERDEAD)
@@ -861,10 +875,12 @@ int mp_condition_notify(mp_condition_t *cond, int n) {
     batches--;
     memmove(&cond->batch[0], &cond->batch[1], batches * sizeof cond->batch[0]);
   }
-  cond->batch[batches].gen = ++cond->gen;
+  uint64_t gen = cond->gen + 1;
+  __atomic_store_n(&cond->gen, gen, __ATOMIC_RELAXED); /* gen and tokens: see token_left */
+  cond->batch[batches].gen = gen;
   cond->batch[batches++].n = k;
   cond->batches = batches;
-  cond->tokens += k;
+  __atomic_store_n(&cond->tokens, cond->tokens + k, __ATOMIC_RELAXED);
   atomic_fetch_add(&cond->seq, 1);
   /* k sleepers for a lone batch: all may take it. With older tokens left (in transit, or
    * of killed waiters), a waiter woken for this batch may take an older one and leave this
