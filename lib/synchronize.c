@@ -914,6 +914,13 @@ int mp_condition_close(mp_condition_t *cond) {
  * the arrivals, a sticky "broken" bit and how the previous generation ended. A waiter of
  * generation g that wakes to g+1 reads its outcome from the same word; one that slept
  * through more generations reads it from ended_broken, bit g % 64.
+ *
+ * A full round (arrivals = parties) belongs to its last arrival, which runs the action and
+ * alone ends it, as Python's Barrier holds its lock during the action: a timeout, a SIGINT, an
+ * abort or a reset then changes nothing of that round (a break sets the broken bit for the
+ * next generation, a reset clears it again), and a newcomer waits for the round to end before
+ * it arrives, its timeout not counting meanwhile. Only the runner's death ends the round
+ * otherwise: it records itself (runner_*), and the waiters look for it every SLICE_NS.
  */
 #define BAR_COUNT 0xffffffu
 #define BAR_BROKEN (1u << 24)
@@ -929,6 +936,9 @@ struct mp_barrier_s {
   _Atomic uint64_t ended_broken;
   mp__fnref_t *action; /* a block of its own, or NULL */
   void *arg;
+  _Atomic uint32_t runner_gen; /* 1 + the generation of the process recorded below */
+  _Atomic int32_t runner_pid;
+  _Atomic uint64_t runner_start;
 };
 
 static _Atomic uint32_t *gen_word(mp_barrier_t *b) {
@@ -954,11 +964,38 @@ static bool bar_end(mp_barrier_t *b, uint64_t w, uint32_t low) {
   return true;
 }
 
-/* Breaks the barrier (abort, a timeout, a failed action). */
+static bool bar_full(const mp_barrier_t *b, uint64_t w) {
+  return ((uint32_t)w & BAR_COUNT) >= b->parties;
+}
+
+/* Ends generation gen with the given low bits; false if another ended it first. */
+static bool bar_end_round(mp_barrier_t *b, uint32_t gen, uint32_t low) {
+  for (;;) {
+    uint64_t w = atomic_load(&b->word);
+    if (gen_of(w) != gen)
+      return false;
+    if (bar_end(b, w, low | ((uint32_t)w & BAR_BROKEN)))
+      return true;
+  }
+}
+
+/* Breaks the barrier (abort, a timeout, SIGINT): at once, or after a full round. */
 static void bar_break(mp_barrier_t *b) {
   uint64_t w = atomic_load(&b->word);
-  while (!((uint32_t)w & BAR_BROKEN) && !bar_end(b, w, BAR_BROKEN | BAR_ENDED_BROKEN))
+  while (!((uint32_t)w & BAR_BROKEN) &&
+         !(bar_full(b, w) ? atomic_compare_exchange_weak(&b->word, &w, w | BAR_BROKEN)
+                          : bar_end(b, w, BAR_BROKEN | BAR_ENDED_BROKEN)))
     w = atomic_load(&b->word);
+}
+
+/* True if the process that runs full generation gen's action provably ended. Unrecorded yet
+ * (it arrived, and records itself next) counts as alive. */
+static bool bar_runner_dead(mp_barrier_t *b, uint32_t gen) {
+  if (atomic_load_explicit(&b->runner_gen, memory_order_acquire) != gen + 1)
+    return false;
+  proc_id_t runner = {.pid = atomic_load(&b->runner_pid),
+                      .start = atomic_load(&b->runner_start)};
+  return !proc_alive(runner);
 }
 
 static int broken_error(void) {
@@ -995,28 +1032,34 @@ int mp_barrier_create(mp_barrier_t **out, int parties, mp_barrier_action_t actio
   return 0;
 }
 
-/* The last arrival: runs the action and releases the generation. */
-static int bar_release(mp_barrier_t *b, uint64_t w, int index) {
+/* The last arrival: runs the action and ends the generation, a full round only it ends. */
+static int bar_release(mp_barrier_t *b, uint32_t gen, int index) {
   MP__TRACE(waited, MP__TRK_BARRIER, b, 0, true); /* the last arrival: no wait */
+  proc_id_t me = self_process();
+  atomic_store(&b->runner_pid, me.pid);
+  atomic_store(&b->runner_start, me.start);
+  atomic_store_explicit(&b->runner_gen, gen + 1, memory_order_release);
   if (b->action) {
     mp__fn_t fn;
     int rc = mp__fnref_resolve(b->action, &fn);
     if (rc < 0) {
-      bar_break(b);
+      bar_end_round(b, gen, BAR_BROKEN | BAR_ENDED_BROKEN);
       return rc;
     }
     if (((mp_barrier_action_t)fn)(b->arg) != 0) {
-      bar_break(b);
+      bar_end_round(b, gen, BAR_BROKEN | BAR_ENDED_BROKEN);
       return mp__error(MP_EBROKEN, "mp_barrier_wait: the action failed; the barrier is broken");
     }
   }
-  return bar_end(b, w, 0) ? index : broken_error();
+  return bar_end_round(b, gen, 0) ? index : broken_error();
 }
 
 int mp_barrier_wait(mp_barrier_t *b, double timeout) {
   if (!valid(b, BARRIER_MAGIC))
     return invalid("mp_barrier_wait");
-  int64_t deadline = INT64_MIN; /* computed when first needed: the last arrival never is */
+  /* Computed at the first wait in a round that is not full: the last arrival never needs
+   * it, and a newcomer's wait for a full round's action does not count, as in Python. */
+  int64_t deadline = INT64_MIN;
   MP__TRACE_CLOCK(t0);
   uint64_t w = atomic_load(&b->word);
   int index = -1;
@@ -1030,21 +1073,29 @@ int mp_barrier_wait(mp_barrier_t *b, double timeout) {
         continue;
       index = (int)(low & BAR_COUNT);
       if ((uint32_t)index + 1 == b->parties)
-        return bar_release(b, next, index);
+        return bar_release(b, gen, index);
       w = next;
     }
-    /* Wait for this generation to end: ours, or (index < 0) the one whose action runs. */
+    /* Wait for this generation to end: ours, or (index < 0) the full one whose action runs. */
     mp__sigint_t sigint;
-    if (deadline == INT64_MIN) {
-      deadline = mp__deadline(timeout);
-      if (deadline == INT64_MAX)
-        deadline = INT64_MAX - 1; /* see signals.c */
-    }
     mp__sigint_begin(&sigint);
     while (gen_of(w = atomic_load(&b->word)) == gen) {
-      int rc = mp__futex_wait_sig(gen_word(b), gen, deadline);
+      bool full = bar_full(b, w);
+      if (!full && deadline == INT64_MIN) {
+        deadline = mp__deadline(timeout);
+        if (deadline == INT64_MAX)
+          deadline = INT64_MAX - 1; /* see signals.c */
+      }
+      int rc = mp__futex_wait_sig(gen_word(b), gen, full ? mp__now_ns() + SLICE_NS : deadline);
       bool interrupted = rc == MP_EINTR && mp__sigint_arrived(&sigint);
-      if ((rc == MP_ETIMEDOUT || interrupted) && gen_of(w = atomic_load(&b->word)) == gen) {
+      if (gen_of(w = atomic_load(&b->word)) != gen)
+        break;
+      if (bar_full(b, w) && !interrupted) {
+        if (bar_runner_dead(b, gen))
+          bar_end_round(b, gen, BAR_BROKEN | BAR_ENDED_BROKEN);
+        continue; /* a full round ends as its runner decides, whatever our deadline */
+      }
+      if (rc == MP_ETIMEDOUT || interrupted) {
         bar_break(b); /* as Python's Barrier does when a wait ends by an exception */
         MP__TRACE(waited, MP__TRK_BARRIER, b, t0, false);
         return interrupted ? mp__error(MP_EINTR, "mp_barrier_wait: interrupted by SIGINT; "
@@ -1074,11 +1125,18 @@ int mp_barrier_reset(mp_barrier_t *b) {
   if (!valid(b, BARRIER_MAGIC))
     return invalid("mp_barrier_reset");
   uint64_t w = atomic_load(&b->word);
-  /* Nothing to do for an empty, unbroken barrier; waiters of a full one (its action runs)
-   * get MP_EBROKEN, as Python's. */
-  while (((uint32_t)w & (BAR_BROKEN | BAR_COUNT)) != 0 && !bar_end(b, w, BAR_ENDED_BROKEN))
+  /* Nothing to do for an empty, unbroken barrier. A full round (its action runs) ends as it
+   * would, and a break waiting for its end is undone: Python's reset waits for the lock the
+   * action holds, and then finds the round draining. */
+  for (;;) {
+    uint32_t low = (uint32_t)w;
+    if (bar_full(b, w)
+            ? !(low & BAR_BROKEN) ||
+                  atomic_compare_exchange_weak(&b->word, &w, w & ~(uint64_t)BAR_BROKEN)
+            : (low & (BAR_BROKEN | BAR_COUNT)) == 0 || bar_end(b, w, BAR_ENDED_BROKEN))
+      return 0;
     w = atomic_load(&b->word);
-  return 0;
+  }
 }
 
 int mp_barrier_parties(const mp_barrier_t *b) {
