@@ -531,8 +531,12 @@ int mp_semaphore_release(mp_semaphore_t *sem) {
   }
   uint32_t slot = sem->bounded ? sem_slot(sem, self_process()) : HOLDER_SLOTS;
   proc_id_t h = slot < HOLDER_SLOTS ? sem->holders[slot] : (proc_id_t){0, 0, 0};
-  bool mine = h.count > 0; /* else released for another process: no slot changes */
-  if (mine) {
+  bool mine = h.count > 0;
+  /* Released for another process: off a holder's record (the holder's, when there is only
+   * one), else that record would return the permit again at its holder's death. */
+  for (uint32_t i = 0; sem->bounded && h.count == 0 && i < HOLDER_SLOTS; i++)
+    h = sem->holders[slot = i];
+  if (h.count > 0) {
     h.count--;
     sem_commit(sem, sem->value + 1, slot, h);
   } else {
