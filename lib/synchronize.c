@@ -360,9 +360,17 @@ static void set_value(mp_semaphore_t *sem, int32_t value) {
 static int sem_lock(mp_semaphore_t *sem) {
   int rc = mp__mutex_lock(&sem->mutex, INT64_MAX);
   if (rc == MP_EOWNERDEAD && atomic_load(&sem->redo.valid)) {
-    set_value(sem, sem->redo.value);
-    sem->holders[sem->redo.slot] = sem->redo.holder;
+    uint32_t slot = sem->redo.slot; /* read once: the bound checked is the bound used */
     atomic_store(&sem->redo.valid, 0);
+    if (slot >= HOLDER_SLOTS) { /* libmp never wrote it: the record is dropped */
+      mp__mutex_unlock(&sem->mutex);
+      return mp__error(MP_ECORRUPT,
+                       "the semaphore's shared memory is corrupt: its redo record names "
+                       "slot %u of %u (dropped)",
+                       slot, HOLDER_SLOTS);
+    }
+    set_value(sem, sem->redo.value);
+    sem->holders[slot] = sem->redo.holder;
   }
   return rc == MP_EOWNERDEAD ? 0 : rc;
 }
@@ -399,8 +407,11 @@ static uint32_t sem_slot(const mp_semaphore_t *sem, proc_id_t me) {
  */
 static bool sem_reclaim(mp_semaphore_t *sem, bool force) {
   int64_t now = mp__now_ns(), last = atomic_load(&sem->scanned);
-  if (!sem->bounded || (!force && (now - last < SLICE_NS ||
-                                   !atomic_compare_exchange_strong(&sem->scanned, &last, now))))
+  /* Unsigned, and a look "in the future" counts as none: a wild word neither overflows nor
+   * stops the looks. */
+  bool recent = last <= now && (uint64_t)now - (uint64_t)last < SLICE_NS;
+  if (!sem->bounded ||
+      (!force && (recent || !atomic_compare_exchange_strong(&sem->scanned, &last, now))))
     return false;
   proc_id_t seen[HOLDER_SLOTS];
   if (sem_lock(sem) < 0)
@@ -742,22 +753,35 @@ static int cond_check(mp_condition_t *cond, const char *fn) {
   return 0;
 }
 
-/* A batches word past TOKEN_GENS, which only a buggy process writing into the arena makes:
- * MP_ECORRUPT, the word left as it is, so that every later wait and notify says so too
- * rather than move or write past the array. */
-__attribute__((noinline, cold)) static int batches_error(uint32_t batches, const char *fn) {
+/* Words only a buggy process writing into the arena makes: a batches word past TOKEN_GENS,
+ * or a generation at its last value (the next notify's tokens would be older than every
+ * waiter, and taken by none). MP_ECORRUPT, the words left as they are, so that every later
+ * wait and notify says so too rather than move or write past the array, or sleep through
+ * every notify. */
+static bool cond_corrupt(uint32_t batches, uint64_t gen) {
+  return batches > TOKEN_GENS || gen == UINT64_MAX;
+}
+
+__attribute__((noinline, cold)) static int corrupt_error(uint32_t batches, uint64_t gen,
+                                                         const char *fn) {
+  if (batches > TOKEN_GENS)
+    return mp__error(MP_ECORRUPT,
+                     "%s: the condition's shared memory is corrupt: %u batches of tokens in "
+                     "an array of %u (left as they are)",
+                     fn, batches, TOKEN_GENS);
   return mp__error(MP_ECORRUPT,
-                   "%s: the condition's shared memory is corrupt: %u batches of tokens in an "
-                   "array of %u (left as they are)",
-                   fn, batches, TOKEN_GENS);
+                   "%s: the condition's shared memory is corrupt: generation %llu, the last "
+                   "one (left as it is)",
+                   fn, (unsigned long long)gen);
 }
 
 /* Takes the oldest token a waiter that began at generation began may take: 1, or 0 if none,
  * or MP_ECORRUPT. */
 static int take_token(mp_condition_t *cond, uint64_t began) {
   uint32_t batches = cond->batches; /* read once: the bound checked is the bound used */
-  if (batches > TOKEN_GENS)
-    return batches_error(batches, "mp_condition_wait");
+  uint64_t gen = cond->gen;
+  if (cond_corrupt(batches, gen))
+    return corrupt_error(batches, gen, "mp_condition_wait");
   for (uint32_t i = 0; i < batches; i++) {
     if (cond->batch[i].gen <= began)
       continue;
@@ -783,9 +807,10 @@ static int cond_wait(mp_condition_t *cond, int64_t deadline) {
   MP__TRACE_CLOCK(t0);
   /* A wait that begins on a corrupt condition says so at once: no notify would end it. */
   uint32_t batches = cond->batches;
-  if (batches > TOKEN_GENS)
-    return batches_error(batches, "mp_condition_wait");
-  uint64_t me = self_token(), began = cond->gen;
+  uint64_t began = cond->gen;
+  if (cond_corrupt(batches, began))
+    return corrupt_error(batches, began, "mp_condition_wait");
+  uint64_t me = self_token();
   uint32_t seen = atomic_load_explicit(&cond->seq, memory_order_relaxed);
   cond->waiting++;
   int dead = 0;
@@ -863,12 +888,13 @@ int mp_condition_notify(mp_condition_t *cond, int n) {
   if (rc < 0)
     return rc;
   uint32_t batches = cond->batches; /* read once, as in take_token() */
-  if (batches > TOKEN_GENS) {
+  uint64_t gen = cond->gen;
+  if (cond_corrupt(batches, gen)) {
     /* Every sleeper wakes to find the same, rather than sleep through notifies that never
      * come. */
     atomic_fetch_add(&cond->seq, 1);
     mp__futex_wake(&cond->seq, INT32_MAX);
-    return batches_error(batches, "mp_condition_notify");
+    return corrupt_error(batches, gen, "mp_condition_notify");
   }
   uint32_t free = cond->waiting - cond->tokens;
   uint32_t k = n < 0 ? 0 : (uint32_t)n < free ? (uint32_t)n : free;
@@ -879,8 +905,7 @@ int mp_condition_notify(mp_condition_t *cond, int n) {
     batches--;
     memmove(&cond->batch[0], &cond->batch[1], batches * sizeof cond->batch[0]);
   }
-  uint64_t gen = cond->gen + 1;
-  __atomic_store_n(&cond->gen, gen, __ATOMIC_RELAXED); /* gen and tokens: see token_left */
+  __atomic_store_n(&cond->gen, ++gen, __ATOMIC_RELAXED); /* gen and tokens: see token_left */
   cond->batch[batches].gen = gen;
   cond->batch[batches++].n = k;
   cond->batches = batches;
