@@ -727,30 +727,51 @@ int mp_condition_create(mp_condition_t **out, mp_lock_t *lock) {
   return 0;
 }
 
+/* The condition's lock, an address in shared memory: followed only if it is a Lock's block
+ * or a Value's own lock inside the Value's block, as libmp wrote it (else NULL). */
+static mp_lock_t *cond_lock(const mp_condition_t *cond) {
+  mp_lock_t *lock = cond->lock;
+  void *value = (void *)((uintptr_t)lock - MP__INNER_LOCK_AT);
+  bool placed = mp__shared_is_block(lock, sizeof *lock) ||
+                mp__shared_is_block(value, MP__INNER_LOCK_AT + sizeof *lock);
+  return placed && is_lock(lock) ? lock : NULL;
+}
+
+/* Checks the handle and its lock: 0 and *lock, or an error. */
+static int cond_open(const mp_condition_t *cond, mp_lock_t **lock, const char *fn) {
+  if (!valid(cond, CONDITION_MAGIC))
+    return invalid(fn);
+  if (!(*lock = cond_lock(cond)))
+    return mp__error(MP_ECORRUPT,
+                     "%s: the condition's shared memory is corrupt: its lock's address %p is "
+                     "not a lock (left as it is)",
+                     fn, (void *)cond->lock);
+  return 0;
+}
+
 mp_lock_t *mp_condition_lock(const mp_condition_t *cond) {
-  return valid(cond, CONDITION_MAGIC) ? cond->lock : NULL;
+  return valid(cond, CONDITION_MAGIC) ? cond_lock(cond) : NULL;
 }
 
 int mp_condition_acquire(mp_condition_t *cond, double timeout) {
-  if (!valid(cond, CONDITION_MAGIC))
-    return invalid("mp_condition_acquire");
-  return mp_lock_acquire(cond->lock, timeout);
+  mp_lock_t *lock;
+  int rc = cond_open(cond, &lock, "mp_condition_acquire");
+  return rc < 0 ? rc : mp_lock_acquire(lock, timeout);
 }
 
 int mp_condition_release(mp_condition_t *cond) {
-  if (!valid(cond, CONDITION_MAGIC))
-    return invalid("mp_condition_release");
-  return mp_lock_release(cond->lock);
+  mp_lock_t *lock;
+  int rc = cond_open(cond, &lock, "mp_condition_release");
+  return rc < 0 ? rc : mp_lock_release(lock);
 }
 
-/* Checks the handle and that the caller holds the lock. */
-static int cond_check(mp_condition_t *cond, const char *fn) {
-  if (!valid(cond, CONDITION_MAGIC))
-    return invalid(fn);
-  if (!held_by(cond->lock, self_token()))
+/* Checks the handle and its lock, and that the caller holds the lock. */
+static int cond_check(mp_condition_t *cond, mp_lock_t **lock, const char *fn) {
+  int rc = cond_open(cond, lock, fn);
+  if (rc == 0 && !held_by(*lock, self_token()))
     return mp__error(MP_ENOTHELD, "%s: the calling thread does not hold the condition's lock",
                      fn);
-  return 0;
+  return rc;
 }
 
 /* Words only a buggy process writing into the arena makes: a batches word past TOKEN_GENS,
@@ -803,7 +824,7 @@ static bool token_left(const mp_condition_t *cond, uint64_t began) {
          __atomic_load_n(&cond->gen, __ATOMIC_RELAXED) > began;
 }
 
-static int cond_wait(mp_condition_t *cond, int64_t deadline) {
+static int cond_wait(mp_condition_t *cond, mp_lock_t *lock, int64_t deadline) {
   MP__TRACE_CLOCK(t0);
   /* A wait that begins on a corrupt condition says so at once: no notify would end it. */
   uint32_t batches = cond->batches;
@@ -818,7 +839,7 @@ static int cond_wait(mp_condition_t *cond, int64_t deadline) {
   mp__sigint_begin(&sigint);
   int64_t until = deadline == INT64_MAX ? INT64_MAX - 1 : deadline; /* see signals.c */
   for (;;) {
-    uint32_t depth = lock_drop(cond->lock);
+    uint32_t depth = lock_drop(lock);
     int rc = 0;
     bool interrupted = false, look = false;
     while (atomic_load(&cond->seq) == seen && rc != MP_ETIMEDOUT && !interrupted && !look) {
@@ -830,7 +851,7 @@ static int cond_wait(mp_condition_t *cond, int64_t deadline) {
         look = token_left(cond, began);
       }
     }
-    rc = lock_take(cond->lock, me, depth, INT64_MAX, false); /* held again, as in Python */
+    rc = lock_take(lock, me, depth, INT64_MAX, false); /* held again, as in Python */
     if (rc == MP_EOWNERDEAD)
       dead = rc;
     else if (rc < 0)
@@ -857,13 +878,15 @@ static int cond_wait(mp_condition_t *cond, int64_t deadline) {
 }
 
 int mp_condition_wait(mp_condition_t *cond, double timeout) {
-  int rc = cond_check(cond, "mp_condition_wait");
-  return rc < 0 ? rc : cond_wait(cond, mp__deadline(timeout));
+  mp_lock_t *lock;
+  int rc = cond_check(cond, &lock, "mp_condition_wait");
+  return rc < 0 ? rc : cond_wait(cond, lock, mp__deadline(timeout));
 }
 
 int mp_condition_wait_for(mp_condition_t *cond, mp_predicate_t predicate, void *arg,
                           double timeout) {
-  int rc = cond_check(cond, "mp_condition_wait_for");
+  mp_lock_t *lock;
+  int rc = cond_check(cond, &lock, "mp_condition_wait_for");
   if (rc < 0)
     return rc;
   if (!predicate)
@@ -874,7 +897,7 @@ int mp_condition_wait_for(mp_condition_t *cond, mp_predicate_t predicate, void *
     if (mp__now_ns() >= deadline)
       return mp__error(MP_ETIMEDOUT,
                        "mp_condition_wait_for: timed out, the predicate is false");
-    rc = cond_wait(cond, deadline);
+    rc = cond_wait(cond, lock, deadline);
     if (rc == MP_EOWNERDEAD)
       dead = true;
     else if (rc < 0 && rc != MP_ETIMEDOUT)
@@ -884,7 +907,8 @@ int mp_condition_wait_for(mp_condition_t *cond, mp_predicate_t predicate, void *
 }
 
 int mp_condition_notify(mp_condition_t *cond, int n) {
-  int rc = cond_check(cond, "mp_condition_notify");
+  mp_lock_t *lock;
+  int rc = cond_check(cond, &lock, "mp_condition_notify");
   if (rc < 0)
     return rc;
   uint32_t batches = cond->batches; /* read once, as in take_token() */
@@ -929,8 +953,8 @@ int mp_condition_retain(mp_condition_t *cond) {
 int mp_condition_close(mp_condition_t *cond) {
   if (!valid(cond, CONDITION_MAGIC))
     return invalid("mp_condition_close");
-  mp_lock_t *lock = cond->lock;
-  if (mp__shared_release(cond))
+  mp_lock_t *lock = cond_lock(cond); /* a wild one is left alone */
+  if (mp__shared_release(cond) && lock)
     mp_lock_close(lock);
   return 0;
 }
@@ -1068,9 +1092,17 @@ static int bar_release(mp_barrier_t *b, uint32_t gen, int index) {
   atomic_store(&b->runner_pid, me.pid);
   atomic_store(&b->runner_start, me.start);
   atomic_store_explicit(&b->runner_gen, gen + 1, memory_order_release);
-  if (b->action) {
+  mp__fnref_t *action = b->action; /* read once: the address checked is the one used */
+  if (action && !mp__shared_is_block(action, sizeof *action)) {
+    bar_end_round(b, gen, BAR_BROKEN | BAR_ENDED_BROKEN);
+    return mp__error(MP_ECORRUPT,
+                     "mp_barrier_wait: the barrier's shared memory is corrupt: its action's "
+                     "address %p is not a block (left as it is); the barrier is broken",
+                     (void *)action);
+  }
+  if (action) {
     mp__fn_t fn;
-    int rc = mp__fnref_resolve(b->action, &fn);
+    int rc = mp__fnref_resolve(action, &fn);
     if (rc < 0) {
       bar_end_round(b, gen, BAR_BROKEN | BAR_ENDED_BROKEN);
       return rc;
@@ -1192,7 +1224,7 @@ int mp_barrier_close(mp_barrier_t *b) {
   if (!valid(b, BARRIER_MAGIC))
     return invalid("mp_barrier_close");
   mp__fnref_t *action = b->action;
-  if (mp__shared_release(b) && action)
+  if (mp__shared_release(b) && mp__shared_is_block(action, sizeof *action))
     mp__shared_release(action);
   return 0;
 }
