@@ -966,7 +966,10 @@ int mp_condition_close(mp_condition_t *cond) {
  * half (the futex word: every end of a round, break or reset bumps it) and in the low half
  * the arrivals, a sticky "broken" bit and how the previous generation ended. A waiter of
  * generation g that wakes to g+1 reads its outcome from the same word; one that slept
- * through more generations reads it from ended_broken, bit g % 64.
+ * through more generations reads it from broken_tag[g % 64], which holds g + 1 if g ended
+ * broken: a later generation that ends broken there tags itself, so a round that ended well
+ * is never read as broken (a broken one is read as ended well only if 64 rounds later
+ * another broke before its waiter woke).
  *
  * A full round (arrivals = parties) belongs to its last arrival, which runs the action and
  * alone ends it, as Python's Barrier holds its lock during the action: a timeout, a SIGINT, an
@@ -986,12 +989,12 @@ struct mp_barrier_s {
   uint32_t magic;
   uint32_t parties;
   _Atomic uint64_t word;
-  _Atomic uint64_t ended_broken;
   mp__fnref_t *action; /* a block of its own, or NULL */
   void *arg;
   _Atomic uint32_t runner_gen; /* 1 + the generation of the process recorded below */
   _Atomic int32_t runner_pid;
   _Atomic uint64_t runner_start;
+  _Atomic uint32_t broken_tag[64]; /* 1 + the last generation of each residue to end broken */
 };
 
 static _Atomic uint32_t *gen_word(mp_barrier_t *b) {
@@ -1008,11 +1011,8 @@ static bool bar_end(mp_barrier_t *b, uint64_t w, uint32_t low) {
   uint64_t next = ((uint64_t)(gen + 1) << 32) | low;
   if (!atomic_compare_exchange_strong(&b->word, &w, next))
     return false;
-  uint64_t bit = 1ull << (gen % 64);
   if (low & BAR_ENDED_BROKEN)
-    atomic_fetch_or(&b->ended_broken, bit);
-  else
-    atomic_fetch_and(&b->ended_broken, ~bit);
+    atomic_store(&b->broken_tag[gen % 64], gen + 1);
   mp__futex_wake(gen_word(b), INT32_MAX);
   return true;
 }
@@ -1168,9 +1168,8 @@ int mp_barrier_wait(mp_barrier_t *b, double timeout) {
     if (index < 0)
       continue; /* the action's round ended: now arrive */
     MP__TRACE(waited, MP__TRK_BARRIER, b, t0, true);
-    bool ended_broken = gen_of(w) == gen + 1
-                            ? ((uint32_t)w & BAR_ENDED_BROKEN) != 0
-                            : (atomic_load(&b->ended_broken) >> (gen % 64)) & 1;
+    bool ended_broken = gen_of(w) == gen + 1 ? ((uint32_t)w & BAR_ENDED_BROKEN) != 0
+                                             : atomic_load(&b->broken_tag[gen % 64]) == gen + 1;
     return ended_broken ? broken_error() : index;
   }
 }

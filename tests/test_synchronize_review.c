@@ -545,7 +545,7 @@ START_TEST(test_wild_object_pointers) {
   wild_job_t job;
   MP_ASSERT_OK(mp_barrier_create(&job.b, 1, count_action, NULL));
   MP_ASSERT_OK(mp_condition_create(&job.cond, NULL));
-  void **action = (void **)((char *)job.b + 24); /* magic, parties, word, ended_broken */
+  void **action = (void **)((char *)job.b + 16); /* magic, parties, word */
   void **lock = (void **)((char *)job.cond + sizeof(uint32_t) * 2 + 8 + 4 * 3 + 4 +
                           16 * 8); /* ... batch[8], then the lock */
   T_ASSERT(*lock == mp_condition_lock(job.cond), "the condition's layout");
