@@ -1147,7 +1147,11 @@ int mp_barrier_wait(mp_barrier_t *b, double timeout) {
         if (deadline == INT64_MAX)
           deadline = INT64_MAX - 1; /* see signals.c */
       }
-      int rc = mp__futex_wait_sig(gen_word(b), gen, full ? mp__now_ns() + SLICE_NS : deadline);
+      /* In slices: the arrival that fills a round wakes nobody, and its runner's death is
+       * looked for at each slice's end. */
+      int64_t slice_end = mp__now_ns() + SLICE_NS;
+      int64_t until = full || slice_end < deadline ? slice_end : deadline;
+      int rc = mp__futex_wait_sig(gen_word(b), gen, until);
       bool interrupted = rc == MP_EINTR && mp__sigint_arrived(&sigint);
       if (gen_of(w = atomic_load(&b->word)) != gen)
         break;
@@ -1156,7 +1160,7 @@ int mp_barrier_wait(mp_barrier_t *b, double timeout) {
           bar_end_round(b, gen, BAR_BROKEN | BAR_ENDED_BROKEN);
         continue; /* a full round ends as its runner decides, whatever our deadline */
       }
-      if (rc == MP_ETIMEDOUT || interrupted) {
+      if ((rc == MP_ETIMEDOUT && until == deadline) || interrupted) {
         bar_break(b); /* as Python's Barrier does when a wait ends by an exception */
         MP__TRACE(waited, MP__TRK_BARRIER, b, t0, false);
         return interrupted ? mp__error(MP_EINTR, "mp_barrier_wait: interrupted by SIGINT; "
