@@ -458,16 +458,6 @@ typedef struct {
   proc_id_t holders[32];
 } sem_layout_t;
 
-static int child_holds(void *arg, size_t size) {
-  (void)size;
-  job_t *job = arg;
-  if (mp_semaphore_acquire(job->sem, 10) != 0)
-    return 2;
-  mp_event_set(job->ready);
-  for (;;)
-    pause();
-}
-
 /*
  * One wild word, scanned (when holders were last looked for), makes a blocked acquirer
  * never look for a killed holder: it is taken for a look made in the future (INT64_MAX) or,
@@ -483,7 +473,7 @@ START_TEST(test_semaphore_wild_scanned) {
     MP_ASSERT_OK(mp_event_create(&job.ready));
     sem_layout_t *s = (sem_layout_t *)job.sem;
     T_INT_EQ(s->initial, 1);
-    mp_process_t *p = mp_test_start(_i, child_holds, &job, sizeof(job_t));
+    mp_process_t *p = mp_test_start(_i, child_holds_and_hangs, &job, sizeof(job_t));
     MP_ASSERT_OK(mp_event_wait(job.ready, 20));
     T_INT_EQ(s->holders[0].count, 1); /* the layout is lib/synchronize.c's */
     int64_t v = wild ? INT64_MIN : INT64_MAX;
@@ -555,25 +545,15 @@ END_TEST
  * release") stays on the acquirer's record; when the acquirer is then killed, that record
  * returns the permit a second time, although a third process holds it now: a
  * BoundedSemaphore(1) then has two holders at once. */
-static int child_acquires_and_hangs(void *arg, size_t size) {
-  (void)size;
-  job_t *job = arg;
-  if (mp_semaphore_acquire(job->sem, 10) != 0)
-    return 2;
-  mp_event_set(job->ready);
-  for (;;)
-    pause();
-}
-
 START_TEST(test_bounded_semaphore_two_holders) {
   job_t job = {0};
   MP_ASSERT_OK(mp_bounded_semaphore_create(&job.sem, 1));
   MP_ASSERT_OK(mp_event_create(&job.ready));
-  mp_process_t *a = mp_test_start(_i, child_acquires_and_hangs, &job, sizeof(job_t));
+  mp_process_t *a = mp_test_start(_i, child_holds_and_hangs, &job, sizeof(job_t));
   MP_ASSERT_OK(mp_event_wait(job.ready, 20));
   MP_ASSERT_OK(mp_semaphore_release(job.sem)); /* handed back for it, as Python allows */
   mp_event_clear(job.ready);
-  mp_process_t *c = mp_test_start(_i, child_acquires_and_hangs, &job, sizeof(job_t));
+  mp_process_t *c = mp_test_start(_i, child_holds_and_hangs, &job, sizeof(job_t));
   MP_ASSERT_OK(mp_event_wait(job.ready, 20)); /* c holds the only permit now */
   T_INT_EQ(mp_semaphore_value(job.sem), 0);
   MP_ASSERT_OK(mp_process_kill(a));
