@@ -1427,16 +1427,22 @@ START_TEST(test_barrier_newcomer_timeout_breaks_full_round) {
 }
 END_TEST
 
-/* The same full round, reset while its action runs: Python's reset waits for the lock the
- * action holds, then finds the round draining (state 1) and changes nothing; the round
- * returns its indices. docs/api.md says "waiters of a full one (its action runs) get
- * MP_EBROKEN, as Python's". */
 static void *thread_resets(void *arg) {
   mp_test_sleep(0.2);
   mp_barrier_reset(arg);
   return NULL;
 }
 
+static void *thread_aborts(void *arg) {
+  mp_test_sleep(0.2);
+  mp_barrier_abort(arg);
+  return NULL;
+}
+
+/* The same full round, reset (_i 0) or aborted (_i 1) while its action runs: the round
+ * returns its indices, as in Python, whose reset and abort wait for the lock the action
+ * holds (a reset then finds the round draining and changes nothing); the abort breaks the
+ * barrier once the round has ended (in Python, if the waiters take the lock first). */
 START_TEST(test_barrier_reset_during_action) {
   mp_barrier_t *b;
   MP_ASSERT_OK(mp_barrier_create(&b, 2, slow_action, NULL));
@@ -1445,15 +1451,22 @@ START_TEST(test_barrier_reset_during_action) {
   T_INT_EQ(pthread_create(&t1, NULL, thread_arrives, &first), 0);
   while (mp_barrier_n_waiting(b) < 1)
     mp_test_sleep(0.005);
-  T_INT_EQ(pthread_create(&t3, NULL, thread_resets, b), 0);
+  T_INT_EQ(pthread_create(&t3, NULL, _i ? thread_aborts : thread_resets, b), 0);
   T_INT_EQ(pthread_create(&t2, NULL, thread_arrives, &last), 0); /* runs the action */
   T_INT_EQ(pthread_join(t1, NULL), 0);
   T_INT_EQ(pthread_join(t2, NULL), 0);
   T_INT_EQ(pthread_join(t3, NULL), 0);
   T_ASSERT(first.rc == 0 && last.rc == 1,
-           "the full round, reset during its action, returned "
-           "%d and %d",
+           "the full round, %s during its action, returned %d and %d", _i ? "aborted" : "reset",
            first.rc, last.rc);
+  T_ASSERT(mp_barrier_broken(b) == (_i == 1), "broken after the round: %d",
+           mp_barrier_broken(b));
+  if (_i) {
+    MP_ASSERT_ERR(mp_barrier_wait(b, 1), MP_EBROKEN);
+    MP_ASSERT_OK(mp_barrier_reset(b));
+  }
+  MP_ASSERT_OK(mp_barrier_abort(b)); /* an empty round: broken at once */
+  MP_ASSERT_ERR(mp_barrier_wait(b, 1), MP_EBROKEN);
   mp_barrier_close(b);
 }
 END_TEST
@@ -1680,7 +1693,7 @@ static Suite *synchronize_suite(void) {
   tcase_add_loop_test(tc, test_barrier_party_killed, 0, N_METHODS);
   tcase_add_test(tc, test_barrier_misc);
   tcase_add_test(tc, test_barrier_newcomer_timeout_breaks_full_round);
-  tcase_add_test(tc, test_barrier_reset_during_action);
+  tcase_add_loop_test(tc, test_barrier_reset_during_action, 0, 2);
   tcase_add_loop_test(tc, test_barrier_sleeper_outlived_64_rounds, 0, N_METHODS);
   tc = mp_test_tcase(s, "bad input", 10);
   tcase_add_test(tc, test_null_handles);
