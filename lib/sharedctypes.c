@@ -42,14 +42,39 @@ static unsigned char *data_of(const ctypes_t *c) {
   return (unsigned char *)c + c->data_at;
 }
 
-static bool inner_lock(const ctypes_t *c) {
-  return c->lock && (char *)c->lock == (char *)c + MP__INNER_LOCK_AT;
-}
+/*
+ * A use reads the header once, into a view, and follows it only once checked: the header is
+ * written once at creation, but another process of the program may write the block wild.
+ * The elements must lie within the block, and the lock be NULL, the block's own, or a live
+ * Lock's block; else MP_ECORRUPT, the header left as it is.
+ */
+typedef struct {
+  ctypes_t h;          /* the header as read: what the accessors use */
+  unsigned char *data; /* the elements */
+  bool inner;          /* h.lock is the block's own */
+} view_t;
 
-/* mp_value_t and mp_array_t stay incomplete: both point at a ctypes_t. */
-static ctypes_t *of(const void *handle, uint32_t magic) {
+/* mp_value_t and mp_array_t stay incomplete: both point at a ctypes_t. 0, MP_EINVAL (not
+ * such a handle) or MP_ECORRUPT, without setting the error. */
+static int view_of(const void *handle, uint32_t magic, view_t *v) {
   const ctypes_t *c = handle;
-  return c && c->magic == magic ? (ctypes_t *)c : NULL;
+  if (!c || c->magic != magic)
+    return MP_EINVAL;
+  memcpy(&v->h, c, sizeof v->h);
+  const ctypes_t *h = &v->h;
+  v->data = (unsigned char *)c + h->data_at;
+  v->inner = h->lock && (char *)h->lock == (char *)c + MP__INNER_LOCK_AT;
+  bool typed = h->kind == SIGNED || h->kind == UNSIGNED || h->kind == FLOATING;
+  bool elem_ok = typed ? h->elem == 1 || h->elem == 2 || h->elem == 4 || h->elem == 8
+                       : h->kind == BYTES && h->elem > 0;
+  if (!elem_ok || (h->data_at != HEADER && h->data_at != INNER_DATA_AT) ||
+      h->length > (SIZE_MAX - h->data_at) / h->elem ||
+      !mp__shared_is_block(c, h->data_at + h->length * h->elem))
+    return MP_ECORRUPT;
+  /* A lock within reach: its own magic word is checked as it is taken. */
+  if (v->inner)
+    return h->data_at == INNER_DATA_AT ? 0 : MP_ECORRUPT;
+  return !h->lock || mp__shared_is_block(h->lock, MP__INNER_LOCK_SIZE) ? 0 : MP_ECORRUPT;
 }
 
 static const struct {
@@ -132,13 +157,17 @@ static int create(ctypes_t **out, uint32_t magic, int typecode, size_t length, c
   return 0;
 }
 
-/* The checked object, or NULL (with the error set). */
-static ctypes_t *checked(const void *obj, uint32_t magic, const char *fn) {
-  ctypes_t *c = of(obj, magic);
-  if (c)
-    return c;
-  mp__error(MP_EINVAL, "%s: the handle is NULL or closed", fn);
-  return NULL;
+/* The checked object's view: 0, or an error (set). */
+static int checked(const void *obj, uint32_t magic, view_t *v, const char *fn) {
+  int rc = view_of(obj, magic, v);
+  if (rc == MP_EINVAL)
+    return mp__error(rc, "%s: the handle is NULL or closed", fn);
+  if (rc == MP_ECORRUPT)
+    return mp__error(rc,
+                     "%s: the object's shared memory is corrupt: its header places the "
+                     "elements or the lock where libmp did not (left as it is)",
+                     fn);
+  return 0;
 }
 
 /* ---------------------------- the accessors ---------------------------- */
@@ -247,8 +276,9 @@ static void unlock_c(ctypes_t *c) {
     mp_lock_release(c->lock);
 }
 
-/* Element i of c, typed: the op's result goes to a->l_out or a->d_out. */
-static int access(ctypes_t *c, size_t i, access_t *a, const char *fn) {
+/* Element i of the view's object, typed: the op's result goes to a->l_out or a->d_out. */
+static int access(const view_t *v, size_t i, access_t *a, const char *fn) {
+  ctypes_t *c = (ctypes_t *)&v->h;
   bool wants_double = a->op >= GET_DOUBLE;
   if ((a->op == GET_LONG && !a->l_out && !a->u_out) || (a->op == GET_DOUBLE && !a->d_out))
     return mp__error(MP_EINVAL, "%s: out is NULL", fn);
@@ -259,7 +289,7 @@ static int access(ctypes_t *c, size_t i, access_t *a, const char *fn) {
   if (i >= c->length)
     return mp__error(MP_EINVAL, "%s: index %zu is past the end (%zu elements)", fn, i,
                      c->length);
-  unsigned char *p = data_of(c) + i * c->elem;
+  unsigned char *p = v->data + i * c->elem;
   int rc = lock_c(c);
   if (rc < 0 && rc != MP_EOWNERDEAD)
     return rc;
@@ -292,14 +322,15 @@ static int access(ctypes_t *c, size_t i, access_t *a, const char *fn) {
 }
 
 /* Copies elements [start, start+count) out (to_obj false) or in, under the lock. */
-static int copy(ctypes_t *c, size_t start, size_t count, void *buf, bool to_obj,
+static int copy(const view_t *v, size_t start, size_t count, void *buf, bool to_obj,
                 const char *fn) {
+  ctypes_t *c = (ctypes_t *)&v->h;
   if (!buf)
     return mp__error(MP_EINVAL, "%s: buf is NULL", fn);
   if (start > c->length || count > c->length - start)
-    return mp__error(MP_EINVAL, "%s: elements %zu..%zu are past the end (%zu elements)", fn,
-                     start, start + count, c->length);
-  unsigned char *p = data_of(c) + start * c->elem;
+    return mp__error(MP_EINVAL, "%s: %zu elements from %zu are past the end (%zu elements)", fn,
+                     count, start, c->length);
+  unsigned char *p = v->data + start * c->elem;
   int rc = lock_c(c);
   if (rc < 0 && rc != MP_EOWNERDEAD)
     return rc;
@@ -327,9 +358,14 @@ static int copy(ctypes_t *c, size_t start, size_t count, void *buf, bool to_obj,
   X(set_double, (double x), (.op = SET_DOUBLE, .d = x))                                        \
   X(add_double, (double delta, double *result), (.op = ADD_DOUBLE, .d = delta, .d_out = result))
 
-static int close_c(ctypes_t *c) {
-  mp_lock_t *lock = inner_lock(c) ? NULL : c->lock;
-  if (mp__shared_release(c) && lock)
+/* A corrupt header's lock is left alone; the block is released all the same. */
+static int close_c(void *handle, uint32_t magic, const char *fn) {
+  view_t v;
+  int rc = view_of(handle, magic, &v);
+  if (rc == MP_EINVAL)
+    return checked(handle, magic, &v, fn);
+  mp_lock_t *lock = rc < 0 || v.inner ? NULL : v.h.lock;
+  if (mp__shared_release(handle) && lock)
     mp_lock_close(lock);
   return 0;
 }
@@ -337,9 +373,10 @@ static int close_c(ctypes_t *c) {
 /* ================================ Value ================================ */
 
 #define VALUE(v, fn)                                                                           \
-  ctypes_t *c = checked((v), VALUE_MAGIC, (fn));                                               \
-  if (!c)                                                                                      \
-  return MP_EINVAL
+  view_t view;                                                                                 \
+  int checked_rc = checked((v), VALUE_MAGIC, &view, (fn));                                     \
+  if (checked_rc < 0)                                                                          \
+  return checked_rc
 
 int mp_value_create(mp_value_t **value, int typecode, const void *init, mp_lock_t *lock) {
   return create((ctypes_t **)value, VALUE_MAGIC, typecode, 1, init, lock, false,
@@ -352,13 +389,13 @@ int mp_raw_value_create(mp_value_t **value, int typecode, const void *init) {
 }
 
 mp_lock_t *mp_value_get_lock(const mp_value_t *value) {
-  ctypes_t *c = of(value, VALUE_MAGIC);
-  return c ? c->lock : NULL;
+  view_t v;
+  return view_of(value, VALUE_MAGIC, &v) == 0 ? v.h.lock : NULL;
 }
 
 static int value_access(mp_value_t *value, access_t a, const char *fn) {
   VALUE(value, fn);
-  return access(c, 0, &a, fn);
+  return access(&view, 0, &a, fn);
 }
 
 #define VALUE_ACCESSOR(name, params, fields)                                                   \
@@ -369,41 +406,41 @@ TYPED_ACCESSORS(VALUE_ACCESSOR)
 
 int mp_value_read(mp_value_t *value, void *buf) {
   VALUE(value, "mp_value_read");
-  return copy(c, 0, 1, buf, false, "mp_value_read");
+  return copy(&view, 0, 1, buf, false, "mp_value_read");
 }
 
 int mp_value_write(mp_value_t *value, const void *buf) {
   VALUE(value, "mp_value_write");
-  return copy(c, 0, 1, (void *)buf, true, "mp_value_write");
+  return copy(&view, 0, 1, (void *)buf, true, "mp_value_write");
 }
 
 void *mp_value_ptr(mp_value_t *value) {
-  ctypes_t *c = of(value, VALUE_MAGIC);
-  return c ? data_of(c) : NULL;
+  view_t v;
+  return view_of(value, VALUE_MAGIC, &v) == 0 ? v.data : NULL;
 }
 
 size_t mp_value_size(const mp_value_t *value) {
-  ctypes_t *c = of(value, VALUE_MAGIC);
-  return c ? c->elem : 0;
+  view_t v;
+  return view_of(value, VALUE_MAGIC, &v) == 0 ? v.h.elem : 0;
 }
 
 int mp_value_retain(mp_value_t *value) {
   VALUE(value, "mp_value_retain");
-  mp__shared_retain(c);
+  mp__shared_retain(value);
   return 0;
 }
 
 int mp_value_close(mp_value_t *value) {
-  VALUE(value, "mp_value_close");
-  return close_c(c);
+  return close_c(value, VALUE_MAGIC, "mp_value_close");
 }
 
 /* ================================ Array ================================ */
 
 #define ARRAY(a, fn)                                                                           \
-  ctypes_t *c = checked((a), ARRAY_MAGIC, (fn));                                               \
-  if (!c)                                                                                      \
-  return MP_EINVAL
+  view_t view;                                                                                 \
+  int checked_rc = checked((a), ARRAY_MAGIC, &view, (fn));                                     \
+  if (checked_rc < 0)                                                                          \
+  return checked_rc
 
 int mp_array_create(mp_array_t **array, int typecode, size_t length, const void *init,
                     mp_lock_t *lock) {
@@ -417,18 +454,18 @@ int mp_raw_array_create(mp_array_t **array, int typecode, size_t length, const v
 }
 
 mp_lock_t *mp_array_get_lock(const mp_array_t *array) {
-  ctypes_t *c = of(array, ARRAY_MAGIC);
-  return c ? c->lock : NULL;
+  view_t v;
+  return view_of(array, ARRAY_MAGIC, &v) == 0 ? v.h.lock : NULL;
 }
 
 size_t mp_array_length(const mp_array_t *array) {
-  ctypes_t *c = of(array, ARRAY_MAGIC);
-  return c ? c->length : 0;
+  view_t v;
+  return view_of(array, ARRAY_MAGIC, &v) == 0 ? v.h.length : 0;
 }
 
 static int array_access(mp_array_t *array, size_t i, access_t a, const char *fn) {
   ARRAY(array, fn);
-  return access(c, i, &a, fn);
+  return access(&view, i, &a, fn);
 }
 
 #define ARRAY_ACCESSOR(name, params, fields)                                                   \
@@ -439,31 +476,30 @@ TYPED_ACCESSORS(ARRAY_ACCESSOR)
 
 int mp_array_read(mp_array_t *array, size_t start, size_t count, void *buf) {
   ARRAY(array, "mp_array_read");
-  return copy(c, start, count, buf, false, "mp_array_read");
+  return copy(&view, start, count, buf, false, "mp_array_read");
 }
 
 int mp_array_write(mp_array_t *array, size_t start, size_t count, const void *buf) {
   ARRAY(array, "mp_array_write");
-  return copy(c, start, count, (void *)buf, true, "mp_array_write");
+  return copy(&view, start, count, (void *)buf, true, "mp_array_write");
 }
 
 void *mp_array_ptr(mp_array_t *array) {
-  ctypes_t *c = of(array, ARRAY_MAGIC);
-  return c ? data_of(c) : NULL;
+  view_t v;
+  return view_of(array, ARRAY_MAGIC, &v) == 0 ? v.data : NULL;
 }
 
 size_t mp_array_size(const mp_array_t *array) {
-  ctypes_t *c = of(array, ARRAY_MAGIC);
-  return c ? c->length * c->elem : 0;
+  view_t v;
+  return view_of(array, ARRAY_MAGIC, &v) == 0 ? v.h.length * v.h.elem : 0;
 }
 
 int mp_array_retain(mp_array_t *array) {
   ARRAY(array, "mp_array_retain");
-  mp__shared_retain(c);
+  mp__shared_retain(array);
   return 0;
 }
 
 int mp_array_close(mp_array_t *array) {
-  ARRAY(array, "mp_array_close");
-  return close_c(c);
+  return close_c(array, ARRAY_MAGIC, "mp_array_close");
 }

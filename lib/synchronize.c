@@ -40,7 +40,8 @@
 #define CONDITION_MAGIC 0x444e4f43u /* "COND" */
 #define BARRIER_MAGIC 0x52524142u   /* "BARR" */
 
-/* How often a blocked semaphore waiter looks for killed holders. */
+/* How often a blocked semaphore waiter looks for killed holders, and a condition's waiter
+ * for a token that a killed waiter was woken for. */
 #define SLICE_NS 50000000
 
 /* ============================ who is calling ============================ */
@@ -359,9 +360,17 @@ static void set_value(mp_semaphore_t *sem, int32_t value) {
 static int sem_lock(mp_semaphore_t *sem) {
   int rc = mp__mutex_lock(&sem->mutex, INT64_MAX);
   if (rc == MP_EOWNERDEAD && atomic_load(&sem->redo.valid)) {
-    set_value(sem, sem->redo.value);
-    sem->holders[sem->redo.slot] = sem->redo.holder;
+    uint32_t slot = sem->redo.slot; /* read once: the bound checked is the bound used */
     atomic_store(&sem->redo.valid, 0);
+    if (slot >= HOLDER_SLOTS) { /* libmp never wrote it: the record is dropped */
+      mp__mutex_unlock(&sem->mutex);
+      return mp__error(MP_ECORRUPT,
+                       "the semaphore's shared memory is corrupt: its redo record names "
+                       "slot %u of %u (dropped)",
+                       slot, HOLDER_SLOTS);
+    }
+    set_value(sem, sem->redo.value);
+    sem->holders[slot] = sem->redo.holder;
   }
   return rc == MP_EOWNERDEAD ? 0 : rc;
 }
@@ -398,8 +407,11 @@ static uint32_t sem_slot(const mp_semaphore_t *sem, proc_id_t me) {
  */
 static bool sem_reclaim(mp_semaphore_t *sem, bool force) {
   int64_t now = mp__now_ns(), last = atomic_load(&sem->scanned);
-  if (!sem->bounded || (!force && (now - last < SLICE_NS ||
-                                   !atomic_compare_exchange_strong(&sem->scanned, &last, now))))
+  /* Unsigned, and a look "in the future" counts as none: a wild word neither overflows nor
+   * stops the looks. */
+  bool recent = last <= now && (uint64_t)now - (uint64_t)last < SLICE_NS;
+  if (!sem->bounded ||
+      (!force && (recent || !atomic_compare_exchange_strong(&sem->scanned, &last, now))))
     return false;
   proc_id_t seen[HOLDER_SLOTS];
   if (sem_lock(sem) < 0)
@@ -530,8 +542,12 @@ int mp_semaphore_release(mp_semaphore_t *sem) {
   }
   uint32_t slot = sem->bounded ? sem_slot(sem, self_process()) : HOLDER_SLOTS;
   proc_id_t h = slot < HOLDER_SLOTS ? sem->holders[slot] : (proc_id_t){0, 0, 0};
-  bool mine = h.count > 0; /* else released for another process: no slot changes */
-  if (mine) {
+  bool mine = h.count > 0;
+  /* Released for another process: off a holder's record (the holder's, when there is only
+   * one), else that record would return the permit again at its holder's death. */
+  for (uint32_t i = 0; sem->bounded && h.count == 0 && i < HOLDER_SLOTS; i++)
+    h = sem->holders[slot = i];
+  if (h.count > 0) {
     h.count--;
     sem_commit(sem, sem->value + 1, slot, h);
   } else {
@@ -711,52 +727,86 @@ int mp_condition_create(mp_condition_t **out, mp_lock_t *lock) {
   return 0;
 }
 
-mp_lock_t *mp_condition_lock(const mp_condition_t *cond) {
-  return valid(cond, CONDITION_MAGIC) ? cond->lock : NULL;
+/* The condition's lock, an address in shared memory: followed only if it is a Lock's block
+ * or a Value's own lock inside the Value's block, as libmp wrote it (else NULL). */
+static mp_lock_t *cond_lock(const mp_condition_t *cond) {
+  mp_lock_t *lock = cond->lock;
+  void *value = (void *)((uintptr_t)lock - MP__INNER_LOCK_AT);
+  bool placed = mp__shared_is_block(lock, sizeof *lock) ||
+                mp__shared_is_block(value, MP__INNER_LOCK_AT + sizeof *lock);
+  return placed && is_lock(lock) ? lock : NULL;
 }
 
-int mp_condition_acquire(mp_condition_t *cond, double timeout) {
-  if (!valid(cond, CONDITION_MAGIC))
-    return invalid("mp_condition_acquire");
-  return mp_lock_acquire(cond->lock, timeout);
-}
-
-int mp_condition_release(mp_condition_t *cond) {
-  if (!valid(cond, CONDITION_MAGIC))
-    return invalid("mp_condition_release");
-  return mp_lock_release(cond->lock);
-}
-
-/* Checks the handle and that the caller holds the lock. */
-static int cond_check(mp_condition_t *cond, const char *fn) {
+/* Checks the handle and its lock: 0 and *lock, or an error. */
+static int cond_open(const mp_condition_t *cond, mp_lock_t **lock, const char *fn) {
   if (!valid(cond, CONDITION_MAGIC))
     return invalid(fn);
-  if (!held_by(cond->lock, self_token()))
-    return mp__error(MP_ENOTHELD, "%s: the calling thread does not hold the condition's lock",
-                     fn);
+  if (!(*lock = cond_lock(cond)))
+    return mp__error(MP_ECORRUPT,
+                     "%s: the condition's shared memory is corrupt: its lock's address %p is "
+                     "not a lock (left as it is)",
+                     fn, (void *)cond->lock);
   return 0;
 }
 
-/* A batches word past TOKEN_GENS, which only a buggy process writing into the arena makes:
- * MP_ECORRUPT, the word left as it is, so that every later wait and notify says so too
- * rather than move or write past the array. */
-__attribute__((noinline, cold)) static int batches_error(uint32_t batches, const char *fn) {
+mp_lock_t *mp_condition_lock(const mp_condition_t *cond) {
+  return valid(cond, CONDITION_MAGIC) ? cond_lock(cond) : NULL;
+}
+
+int mp_condition_acquire(mp_condition_t *cond, double timeout) {
+  mp_lock_t *lock;
+  int rc = cond_open(cond, &lock, "mp_condition_acquire");
+  return rc < 0 ? rc : mp_lock_acquire(lock, timeout);
+}
+
+int mp_condition_release(mp_condition_t *cond) {
+  mp_lock_t *lock;
+  int rc = cond_open(cond, &lock, "mp_condition_release");
+  return rc < 0 ? rc : mp_lock_release(lock);
+}
+
+/* Checks the handle and its lock, and that the caller holds the lock. */
+static int cond_check(mp_condition_t *cond, mp_lock_t **lock, const char *fn) {
+  int rc = cond_open(cond, lock, fn);
+  if (rc == 0 && !held_by(*lock, self_token()))
+    return mp__error(MP_ENOTHELD, "%s: the calling thread does not hold the condition's lock",
+                     fn);
+  return rc;
+}
+
+/* Words only a buggy process writing into the arena makes: a batches word past TOKEN_GENS,
+ * or a generation at its last value (the next notify's tokens would be older than every
+ * waiter, and taken by none). MP_ECORRUPT, the words left as they are, so that every later
+ * wait and notify says so too rather than move or write past the array, or sleep through
+ * every notify. */
+static bool cond_corrupt(uint32_t batches, uint64_t gen) {
+  return batches > TOKEN_GENS || gen == UINT64_MAX;
+}
+
+__attribute__((noinline, cold)) static int corrupt_error(uint32_t batches, uint64_t gen,
+                                                         const char *fn) {
+  if (batches > TOKEN_GENS)
+    return mp__error(MP_ECORRUPT,
+                     "%s: the condition's shared memory is corrupt: %u batches of tokens in "
+                     "an array of %u (left as they are)",
+                     fn, batches, TOKEN_GENS);
   return mp__error(MP_ECORRUPT,
-                   "%s: the condition's shared memory is corrupt: %u batches of tokens in an "
-                   "array of %u (left as they are)",
-                   fn, batches, TOKEN_GENS);
+                   "%s: the condition's shared memory is corrupt: generation %llu, the last "
+                   "one (left as it is)",
+                   fn, (unsigned long long)gen);
 }
 
 /* Takes the oldest token a waiter that began at generation began may take: 1, or 0 if none,
  * or MP_ECORRUPT. */
 static int take_token(mp_condition_t *cond, uint64_t began) {
   uint32_t batches = cond->batches; /* read once: the bound checked is the bound used */
-  if (batches > TOKEN_GENS)
-    return batches_error(batches, "mp_condition_wait");
+  uint64_t gen = cond->gen;
+  if (cond_corrupt(batches, gen))
+    return corrupt_error(batches, gen, "mp_condition_wait");
   for (uint32_t i = 0; i < batches; i++) {
     if (cond->batch[i].gen <= began)
       continue;
-    cond->tokens--;
+    __atomic_store_n(&cond->tokens, cond->tokens - 1, __ATOMIC_RELAXED); /* see token_left */
     if (--cond->batch[i].n == 0) {
       cond->batches = --batches;
       memmove(&cond->batch[i], &cond->batch[i + 1], (batches - i) * sizeof cond->batch[0]);
@@ -766,13 +816,22 @@ static int take_token(mp_condition_t *cond, uint64_t began) {
   return 0;
 }
 
-static int cond_wait(mp_condition_t *cond, int64_t deadline) {
+/* Read without the lock at the end of a sleep's slice: true if a token this waiter may take
+ * may be left. A notify wakes as many as it made tokens; one of them killed before it took
+ * its token leaves the token to the others, who find it so. */
+static bool token_left(const mp_condition_t *cond, uint64_t began) {
+  return __atomic_load_n(&cond->tokens, __ATOMIC_RELAXED) > 0 &&
+         __atomic_load_n(&cond->gen, __ATOMIC_RELAXED) > began;
+}
+
+static int cond_wait(mp_condition_t *cond, mp_lock_t *lock, int64_t deadline) {
   MP__TRACE_CLOCK(t0);
   /* A wait that begins on a corrupt condition says so at once: no notify would end it. */
   uint32_t batches = cond->batches;
-  if (batches > TOKEN_GENS)
-    return batches_error(batches, "mp_condition_wait");
-  uint64_t me = self_token(), began = cond->gen;
+  uint64_t began = cond->gen;
+  if (cond_corrupt(batches, began))
+    return corrupt_error(batches, began, "mp_condition_wait");
+  uint64_t me = self_token();
   uint32_t seen = atomic_load_explicit(&cond->seq, memory_order_relaxed);
   cond->waiting++;
   int dead = 0;
@@ -780,14 +839,19 @@ static int cond_wait(mp_condition_t *cond, int64_t deadline) {
   mp__sigint_begin(&sigint);
   int64_t until = deadline == INT64_MAX ? INT64_MAX - 1 : deadline; /* see signals.c */
   for (;;) {
-    uint32_t depth = lock_drop(cond->lock);
+    uint32_t depth = lock_drop(lock);
     int rc = 0;
-    bool interrupted = false;
-    while (atomic_load(&cond->seq) == seen && rc != MP_ETIMEDOUT && !interrupted) {
-      rc = mp__futex_wait_sig(&cond->seq, seen, until);
+    bool interrupted = false, look = false;
+    while (atomic_load(&cond->seq) == seen && rc != MP_ETIMEDOUT && !interrupted && !look) {
+      int64_t slice_end = mp__now_ns() + SLICE_NS;
+      rc = mp__futex_wait_sig(&cond->seq, seen, slice_end < until ? slice_end : until);
       interrupted = rc == MP_EINTR && mp__sigint_arrived(&sigint);
+      if (rc == MP_ETIMEDOUT && slice_end < until) {
+        rc = 0;
+        look = token_left(cond, began);
+      }
     }
-    rc = lock_take(cond->lock, me, depth, INT64_MAX, false); /* held again, as in Python */
+    rc = lock_take(lock, me, depth, INT64_MAX, false); /* held again, as in Python */
     if (rc == MP_EOWNERDEAD)
       dead = rc;
     else if (rc < 0)
@@ -814,13 +878,15 @@ static int cond_wait(mp_condition_t *cond, int64_t deadline) {
 }
 
 int mp_condition_wait(mp_condition_t *cond, double timeout) {
-  int rc = cond_check(cond, "mp_condition_wait");
-  return rc < 0 ? rc : cond_wait(cond, mp__deadline(timeout));
+  mp_lock_t *lock;
+  int rc = cond_check(cond, &lock, "mp_condition_wait");
+  return rc < 0 ? rc : cond_wait(cond, lock, mp__deadline(timeout));
 }
 
 int mp_condition_wait_for(mp_condition_t *cond, mp_predicate_t predicate, void *arg,
                           double timeout) {
-  int rc = cond_check(cond, "mp_condition_wait_for");
+  mp_lock_t *lock;
+  int rc = cond_check(cond, &lock, "mp_condition_wait_for");
   if (rc < 0)
     return rc;
   if (!predicate)
@@ -831,7 +897,7 @@ int mp_condition_wait_for(mp_condition_t *cond, mp_predicate_t predicate, void *
     if (mp__now_ns() >= deadline)
       return mp__error(MP_ETIMEDOUT,
                        "mp_condition_wait_for: timed out, the predicate is false");
-    rc = cond_wait(cond, deadline);
+    rc = cond_wait(cond, lock, deadline);
     if (rc == MP_EOWNERDEAD)
       dead = true;
     else if (rc < 0 && rc != MP_ETIMEDOUT)
@@ -841,16 +907,18 @@ int mp_condition_wait_for(mp_condition_t *cond, mp_predicate_t predicate, void *
 }
 
 int mp_condition_notify(mp_condition_t *cond, int n) {
-  int rc = cond_check(cond, "mp_condition_notify");
+  mp_lock_t *lock;
+  int rc = cond_check(cond, &lock, "mp_condition_notify");
   if (rc < 0)
     return rc;
   uint32_t batches = cond->batches; /* read once, as in take_token() */
-  if (batches > TOKEN_GENS) {
+  uint64_t gen = cond->gen;
+  if (cond_corrupt(batches, gen)) {
     /* Every sleeper wakes to find the same, rather than sleep through notifies that never
      * come. */
     atomic_fetch_add(&cond->seq, 1);
     mp__futex_wake(&cond->seq, INT32_MAX);
-    return batches_error(batches, "mp_condition_notify");
+    return corrupt_error(batches, gen, "mp_condition_notify");
   }
   uint32_t free = cond->waiting - cond->tokens;
   uint32_t k = n < 0 ? 0 : (uint32_t)n < free ? (uint32_t)n : free;
@@ -861,10 +929,11 @@ int mp_condition_notify(mp_condition_t *cond, int n) {
     batches--;
     memmove(&cond->batch[0], &cond->batch[1], batches * sizeof cond->batch[0]);
   }
-  cond->batch[batches].gen = ++cond->gen;
+  __atomic_store_n(&cond->gen, ++gen, __ATOMIC_RELAXED); /* gen and tokens: see token_left */
+  cond->batch[batches].gen = gen;
   cond->batch[batches++].n = k;
   cond->batches = batches;
-  cond->tokens += k;
+  __atomic_store_n(&cond->tokens, cond->tokens + k, __ATOMIC_RELAXED);
   atomic_fetch_add(&cond->seq, 1);
   /* k sleepers for a lone batch: all may take it. With older tokens left (in transit, or
    * of killed waiters), a waiter woken for this batch may take an older one and leave this
@@ -884,8 +953,8 @@ int mp_condition_retain(mp_condition_t *cond) {
 int mp_condition_close(mp_condition_t *cond) {
   if (!valid(cond, CONDITION_MAGIC))
     return invalid("mp_condition_close");
-  mp_lock_t *lock = cond->lock;
-  if (mp__shared_release(cond))
+  mp_lock_t *lock = cond_lock(cond); /* a wild one is left alone */
+  if (mp__shared_release(cond) && lock)
     mp_lock_close(lock);
   return 0;
 }
@@ -897,7 +966,17 @@ int mp_condition_close(mp_condition_t *cond) {
  * half (the futex word: every end of a round, break or reset bumps it) and in the low half
  * the arrivals, a sticky "broken" bit and how the previous generation ended. A waiter of
  * generation g that wakes to g+1 reads its outcome from the same word; one that slept
- * through more generations reads it from ended_broken, bit g % 64.
+ * through more generations reads it from broken_tag[g % 64], which holds g + 1 if g ended
+ * broken: a later generation that ends broken there tags itself, so a round that ended well
+ * is never read as broken (a broken one is read as ended well only if 64 rounds later
+ * another broke before its waiter woke).
+ *
+ * A full round (arrivals = parties) belongs to its last arrival, which runs the action and
+ * alone ends it, as Python's Barrier holds its lock during the action: a timeout, a SIGINT, an
+ * abort or a reset then changes nothing of that round (a break sets the broken bit for the
+ * next generation, a reset clears it again), and a newcomer waits for the round to end before
+ * it arrives, its timeout not counting meanwhile. Only the runner's death ends the round
+ * otherwise: it records itself (runner_*), and the waiters look for it every SLICE_NS.
  */
 #define BAR_COUNT 0xffffffu
 #define BAR_BROKEN (1u << 24)
@@ -910,9 +989,12 @@ struct mp_barrier_s {
   uint32_t magic;
   uint32_t parties;
   _Atomic uint64_t word;
-  _Atomic uint64_t ended_broken;
   mp__fnref_t *action; /* a block of its own, or NULL */
   void *arg;
+  _Atomic uint32_t runner_gen; /* 1 + the generation of the process recorded below */
+  _Atomic int32_t runner_pid;
+  _Atomic uint64_t runner_start;
+  _Atomic uint32_t broken_tag[64]; /* 1 + the last generation of each residue to end broken */
 };
 
 static _Atomic uint32_t *gen_word(mp_barrier_t *b) {
@@ -929,20 +1011,44 @@ static bool bar_end(mp_barrier_t *b, uint64_t w, uint32_t low) {
   uint64_t next = ((uint64_t)(gen + 1) << 32) | low;
   if (!atomic_compare_exchange_strong(&b->word, &w, next))
     return false;
-  uint64_t bit = 1ull << (gen % 64);
   if (low & BAR_ENDED_BROKEN)
-    atomic_fetch_or(&b->ended_broken, bit);
-  else
-    atomic_fetch_and(&b->ended_broken, ~bit);
+    atomic_store(&b->broken_tag[gen % 64], gen + 1);
   mp__futex_wake(gen_word(b), INT32_MAX);
   return true;
 }
 
-/* Breaks the barrier (abort, a timeout, a failed action). */
+static bool bar_full(const mp_barrier_t *b, uint64_t w) {
+  return ((uint32_t)w & BAR_COUNT) >= b->parties;
+}
+
+/* Ends generation gen with the given low bits; false if another ended it first. */
+static bool bar_end_round(mp_barrier_t *b, uint32_t gen, uint32_t low) {
+  for (;;) {
+    uint64_t w = atomic_load(&b->word);
+    if (gen_of(w) != gen)
+      return false;
+    if (bar_end(b, w, low | ((uint32_t)w & BAR_BROKEN)))
+      return true;
+  }
+}
+
+/* Breaks the barrier (abort, a timeout, SIGINT): at once, or after a full round. */
 static void bar_break(mp_barrier_t *b) {
   uint64_t w = atomic_load(&b->word);
-  while (!((uint32_t)w & BAR_BROKEN) && !bar_end(b, w, BAR_BROKEN | BAR_ENDED_BROKEN))
+  while (!((uint32_t)w & BAR_BROKEN) &&
+         !(bar_full(b, w) ? atomic_compare_exchange_weak(&b->word, &w, w | BAR_BROKEN)
+                          : bar_end(b, w, BAR_BROKEN | BAR_ENDED_BROKEN)))
     w = atomic_load(&b->word);
+}
+
+/* True if the process that runs full generation gen's action provably ended. Unrecorded yet
+ * (it arrived, and records itself next) counts as alive. */
+static bool bar_runner_dead(mp_barrier_t *b, uint32_t gen) {
+  if (atomic_load_explicit(&b->runner_gen, memory_order_acquire) != gen + 1)
+    return false;
+  proc_id_t runner = {.pid = atomic_load(&b->runner_pid),
+                      .start = atomic_load(&b->runner_start)};
+  return !proc_alive(runner);
 }
 
 static int broken_error(void) {
@@ -979,28 +1085,42 @@ int mp_barrier_create(mp_barrier_t **out, int parties, mp_barrier_action_t actio
   return 0;
 }
 
-/* The last arrival: runs the action and releases the generation. */
-static int bar_release(mp_barrier_t *b, uint64_t w, int index) {
+/* The last arrival: runs the action and ends the generation, a full round only it ends. */
+static int bar_release(mp_barrier_t *b, uint32_t gen, int index) {
   MP__TRACE(waited, MP__TRK_BARRIER, b, 0, true); /* the last arrival: no wait */
-  if (b->action) {
+  proc_id_t me = self_process();
+  atomic_store(&b->runner_pid, me.pid);
+  atomic_store(&b->runner_start, me.start);
+  atomic_store_explicit(&b->runner_gen, gen + 1, memory_order_release);
+  mp__fnref_t *action = b->action; /* read once: the address checked is the one used */
+  if (action && !mp__shared_is_block(action, sizeof *action)) {
+    bar_end_round(b, gen, BAR_BROKEN | BAR_ENDED_BROKEN);
+    return mp__error(MP_ECORRUPT,
+                     "mp_barrier_wait: the barrier's shared memory is corrupt: its action's "
+                     "address %p is not a block (left as it is); the barrier is broken",
+                     (void *)action);
+  }
+  if (action) {
     mp__fn_t fn;
-    int rc = mp__fnref_resolve(b->action, &fn);
+    int rc = mp__fnref_resolve(action, &fn);
     if (rc < 0) {
-      bar_break(b);
+      bar_end_round(b, gen, BAR_BROKEN | BAR_ENDED_BROKEN);
       return rc;
     }
     if (((mp_barrier_action_t)fn)(b->arg) != 0) {
-      bar_break(b);
+      bar_end_round(b, gen, BAR_BROKEN | BAR_ENDED_BROKEN);
       return mp__error(MP_EBROKEN, "mp_barrier_wait: the action failed; the barrier is broken");
     }
   }
-  return bar_end(b, w, 0) ? index : broken_error();
+  return bar_end_round(b, gen, 0) ? index : broken_error();
 }
 
 int mp_barrier_wait(mp_barrier_t *b, double timeout) {
   if (!valid(b, BARRIER_MAGIC))
     return invalid("mp_barrier_wait");
-  int64_t deadline = INT64_MIN; /* computed when first needed: the last arrival never is */
+  /* Computed at the first wait in a round that is not full: the last arrival never needs
+   * it, and a newcomer's wait for a full round's action does not count, as in Python. */
+  int64_t deadline = INT64_MIN;
   MP__TRACE_CLOCK(t0);
   uint64_t w = atomic_load(&b->word);
   int index = -1;
@@ -1014,21 +1134,33 @@ int mp_barrier_wait(mp_barrier_t *b, double timeout) {
         continue;
       index = (int)(low & BAR_COUNT);
       if ((uint32_t)index + 1 == b->parties)
-        return bar_release(b, next, index);
+        return bar_release(b, gen, index);
       w = next;
     }
-    /* Wait for this generation to end: ours, or (index < 0) the one whose action runs. */
+    /* Wait for this generation to end: ours, or (index < 0) the full one whose action runs. */
     mp__sigint_t sigint;
-    if (deadline == INT64_MIN) {
-      deadline = mp__deadline(timeout);
-      if (deadline == INT64_MAX)
-        deadline = INT64_MAX - 1; /* see signals.c */
-    }
     mp__sigint_begin(&sigint);
     while (gen_of(w = atomic_load(&b->word)) == gen) {
-      int rc = mp__futex_wait_sig(gen_word(b), gen, deadline);
+      bool full = bar_full(b, w);
+      if (!full && deadline == INT64_MIN) {
+        deadline = mp__deadline(timeout);
+        if (deadline == INT64_MAX)
+          deadline = INT64_MAX - 1; /* see signals.c */
+      }
+      /* In slices: the arrival that fills a round wakes nobody, and its runner's death is
+       * looked for at each slice's end. */
+      int64_t slice_end = mp__now_ns() + SLICE_NS;
+      int64_t until = full || slice_end < deadline ? slice_end : deadline;
+      int rc = mp__futex_wait_sig(gen_word(b), gen, until);
       bool interrupted = rc == MP_EINTR && mp__sigint_arrived(&sigint);
-      if ((rc == MP_ETIMEDOUT || interrupted) && gen_of(w = atomic_load(&b->word)) == gen) {
+      if (gen_of(w = atomic_load(&b->word)) != gen)
+        break;
+      if (bar_full(b, w) && !interrupted) {
+        if (bar_runner_dead(b, gen))
+          bar_end_round(b, gen, BAR_BROKEN | BAR_ENDED_BROKEN);
+        continue; /* a full round ends as its runner decides, whatever our deadline */
+      }
+      if ((rc == MP_ETIMEDOUT && until == deadline) || interrupted) {
         bar_break(b); /* as Python's Barrier does when a wait ends by an exception */
         MP__TRACE(waited, MP__TRK_BARRIER, b, t0, false);
         return interrupted ? mp__error(MP_EINTR, "mp_barrier_wait: interrupted by SIGINT; "
@@ -1040,9 +1172,8 @@ int mp_barrier_wait(mp_barrier_t *b, double timeout) {
     if (index < 0)
       continue; /* the action's round ended: now arrive */
     MP__TRACE(waited, MP__TRK_BARRIER, b, t0, true);
-    bool ended_broken = gen_of(w) == gen + 1
-                            ? ((uint32_t)w & BAR_ENDED_BROKEN) != 0
-                            : (atomic_load(&b->ended_broken) >> (gen % 64)) & 1;
+    bool ended_broken = gen_of(w) == gen + 1 ? ((uint32_t)w & BAR_ENDED_BROKEN) != 0
+                                             : atomic_load(&b->broken_tag[gen % 64]) == gen + 1;
     return ended_broken ? broken_error() : index;
   }
 }
@@ -1058,11 +1189,18 @@ int mp_barrier_reset(mp_barrier_t *b) {
   if (!valid(b, BARRIER_MAGIC))
     return invalid("mp_barrier_reset");
   uint64_t w = atomic_load(&b->word);
-  /* Nothing to do for an empty, unbroken barrier; waiters of a full one (its action runs)
-   * get MP_EBROKEN, as Python's. */
-  while (((uint32_t)w & (BAR_BROKEN | BAR_COUNT)) != 0 && !bar_end(b, w, BAR_ENDED_BROKEN))
+  /* Nothing to do for an empty, unbroken barrier. A full round (its action runs) ends as it
+   * would, and a break waiting for its end is undone: Python's reset waits for the lock the
+   * action holds, and then finds the round draining. */
+  for (;;) {
+    uint32_t low = (uint32_t)w;
+    if (bar_full(b, w)
+            ? !(low & BAR_BROKEN) ||
+                  atomic_compare_exchange_weak(&b->word, &w, w & ~(uint64_t)BAR_BROKEN)
+            : (low & (BAR_BROKEN | BAR_COUNT)) == 0 || bar_end(b, w, BAR_ENDED_BROKEN))
+      return 0;
     w = atomic_load(&b->word);
-  return 0;
+  }
 }
 
 int mp_barrier_parties(const mp_barrier_t *b) {
@@ -1089,7 +1227,7 @@ int mp_barrier_close(mp_barrier_t *b) {
   if (!valid(b, BARRIER_MAGIC))
     return invalid("mp_barrier_close");
   mp__fnref_t *action = b->action;
-  if (mp__shared_release(b) && action)
+  if (mp__shared_release(b) && mp__shared_is_block(action, sizeof *action))
     mp__shared_release(action);
   return 0;
 }

@@ -301,6 +301,28 @@ int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline) {
 
 /* The first sleep of an interruptible wait, before the SIGINT chain is checked. */
 #define FIRST_SLEEP_NS 1000000
+/* The longest sleep: a wake-up lost where the robust list cannot pass it on (below) costs a
+ * waiter this much at most. */
+#define LOST_WAKE_SLICE_NS 50000000
+
+#ifdef __GLIBC__
+/* The calling thread's robust-list head, which glibc registered with the kernel, or NULL
+ * (none, or a layout other than glibc's mutexes use). Read once per thread: a forked child's
+ * thread has its head at the same address. */
+static struct robust_list_head *robust_head(pthread_mutex_t *mutex) {
+  static __thread __attribute__((tls_model("initial-exec"))) uintptr_t cached; /* 1: none */
+  if (__builtin_expect(cached == 0, 0)) {
+    struct robust_list_head *head = NULL;
+    size_t len = 0;
+    bool usable = syscall(SYS_get_robust_list, 0, &head, &len) == 0 && head &&
+                  len == sizeof *head &&
+                  head->futex_offset ==
+                      (char *)&mutex->__data.__lock - (char *)&mutex->__data.__list.__next;
+    cached = usable ? (uintptr_t)head : 1;
+  }
+  return cached == 1 ? NULL : (struct robust_list_head *)cached;
+}
+#endif
 
 int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
 #ifdef __GLIBC__
@@ -312,8 +334,16 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
    * wakes one). A waiter that slept may share that flag with other sleepers: once it holds
    * the mutex it sets the flag again (glibc's trylock clears it), so that its unlock wakes
    * the next one, as glibc's lock does after a wait.
+   *
+   * An unlock wakes one sleeper. If that one is killed before it takes the mutex, the wake-up
+   * must pass to the next: the kernel does that at the thread's death when its robust list
+   * names the mutex as an operation under way (list_op_pending) and the mutex is free, as
+   * glibc's own wait has it. We name it there for each sleep. What that cannot cover (the
+   * death between the sleep and the next trylock, or a mutex taken meanwhile by a trylock,
+   * which clears FUTEX_WAITERS) costs the next sleeper LOST_WAKE_SLICE_NS at most.
    */
   _Atomic uint32_t *word = (_Atomic uint32_t *)(void *)&mutex->__data.__lock;
+  struct robust_list_head *head = NULL;
   /* SIGINTs are counted from the first failed try by a counter chained at an earlier wait
    * (one load). The chain itself is checked, a system call, only at a second sleep: a
    * holder that lets go within the first, short, sleep costs no more than glibc's wait. */
@@ -339,13 +369,18 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
       continue;
     /* A finite deadline: a futex wait with none is restarted after a handler (signals.c). */
     int64_t until = deadline == INT64_MAX ? INT64_MAX - 1 : deadline;
-    if (sleeps++ == 0) {
-      int64_t first_end = mp__now_ns() + FIRST_SLEEP_NS;
-      until = first_end < until ? first_end : until;
-    } else if (sleeps == 2) {
+    int64_t slice_end = mp__now_ns() + (sleeps == 0 ? FIRST_SLEEP_NS : LOST_WAKE_SLICE_NS);
+    until = slice_end < until ? slice_end : until;
+    if (sleeps++ == 0)
+      head = robust_head(mutex);
+    else if (sleeps == 2)
       (void)mp__sigint_watch();
-    }
+    if (head)
+      __atomic_store_n(&head->list_op_pending,
+                       (struct robust_list *)&mutex->__data.__list.__next, __ATOMIC_RELAXED);
     (void)mp__futex_wait_sig(word, v | FUTEX_WAITERS, until); /* the loop looks again */
+    if (head)
+      __atomic_store_n(&head->list_op_pending, NULL, __ATOMIC_RELAXED);
   }
 #else
   return mp__mutex_lock(mutex, deadline); /* another C library: not interruptible */

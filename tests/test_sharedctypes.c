@@ -451,6 +451,54 @@ START_TEST(test_value_lock_holder_killed) {
 }
 END_TEST
 
+/* lib/sharedctypes.c's header, to forge it as a buggy process of the program would. */
+typedef struct {
+  uint32_t magic, kind, elem;
+  int32_t typecode;
+  size_t length;
+  mp_lock_t *lock;
+  uint32_t data_at;
+} header_t;
+
+typedef struct {
+  mp_value_t *value;
+  mp_array_t *array;
+} wild_job_t;
+
+static int child_uses_wild(void *arg, size_t size) {
+  (void)size;
+  wild_job_t *job = arg;
+  long x = 0;
+  int rc_value = mp_value_set_long(job->value, 7);
+  int rc_array = mp_array_set_long(job->array, 1000000, 7);
+  int rc_read = mp_array_read(job->array, 0, 1000000, &x); /* would copy 8 MB into x */
+  return rc_value == MP_ECORRUPT && rc_array == MP_ECORRUPT && rc_read == MP_ECORRUPT &&
+                 mp_value_ptr(job->value) == NULL && mp_array_ptr(job->array) == NULL
+             ? 0
+             : 4;
+}
+
+/* A header's lock address or length written wild is refused (MP_ECORRUPT) rather than
+ * followed: SIGSEGV, or a write past the block into another object. */
+START_TEST(test_wild_header) {
+  wild_job_t job;
+  MP_ASSERT_OK(mp_value_create(&job.value, 'l', NULL, NULL));
+  MP_ASSERT_OK(mp_array_create(&job.array, 'l', 4, NULL, NULL));
+  header_t *v = (header_t *)job.value, *a = (header_t *)job.array;
+  T_ASSERT(v->lock == mp_value_get_lock(job.value) && a->length == 4, "the header's layout");
+  mp_lock_t *wild_lock = (mp_lock_t *)(uintptr_t)0x1000, *saved_lock = v->lock;
+  size_t wild_length = 1000001;
+  mp_test_forge(_i, &v->lock, &wild_lock, sizeof wild_lock);
+  mp_test_forge(_i, &a->length, &wild_length, sizeof wild_length);
+  int code = mp_test_join_code(mp_test_start(_i, child_uses_wild, &job, sizeof job), 20);
+  v->lock = saved_lock;
+  a->length = 4;
+  mp_value_close(job.value);
+  mp_array_close(job.array);
+  T_ASSERT(code == 0, "the child's calls on the wild headers: exit %d (-11: SIGSEGV)", code);
+}
+END_TEST
+
 static Suite *sharedctypes_suite(void) {
   Suite *s = suite_create("sharedctypes");
   TCase *tc = mp_test_tcase(s, "types", 20);
@@ -467,6 +515,7 @@ static Suite *sharedctypes_suite(void) {
   tcase_add_loop_test(tc, test_race_processes, 0, N_METHODS);
   tcase_add_test(tc, test_race_threads);
   tcase_add_loop_test(tc, test_value_lock_holder_killed, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_wild_header, 0, N_METHODS);
   return s;
 }
 
