@@ -2043,6 +2043,103 @@ START_TEST(test_stuck_consumer_get_timeout) {
 }
 END_TEST
 
+
+/* A consumer killed between the stores of `retired` and `retired_head` in its get of a
+ * spilled message (review of stop 23, rev-queue2). take() notes the block, then the head its
+ * get will commit: the next get believes the block only if head reached retired_head. The
+ * three are plain stores, and gcc -O2 emits `retired` first (one mov), then retired_head and
+ * retired_room together (one movaps): a death between them leaves the new block with the
+ * head of the previous spilled get, which is the head now, so the next get takes the block
+ * of the message still first as a spent one, keeps it as a spare (or frees it), takes that
+ * message again, and keeps the block a second time: two later spilled puts share it. The
+ * kill lands between the two stores deterministically: the child is single-stepped
+ * (ptrace) until `retired` changes. The words are found by the layout of queues.c: get_lock a
+ * line after tail, then retired, retired_head. */
+#include <sys/ptrace.h>
+#include <sys/wait.h>
+
+enum { RS_LEN = 1000, RS_KEEP = 6 }; /* spilled in a 4 KiB ring: one 1 KiB+ block class */
+
+static void rs_make(uint32_t seq, unsigned char *buf) {
+  for (size_t i = 0; i < RS_LEN; i++)
+    buf[i] = (unsigned char)(seq * 131u + i);
+  memcpy(buf, &seq, sizeof seq);
+}
+
+START_TEST(test_consumer_killed_between_retired_stores) {
+  mp_queue_t *probe, *q;
+  size_t off = (size_t)(queue_of_one(&probe, 0) - (unsigned char *)probe);
+  MP_ASSERT_OK(mp_queue_free(probe));
+  MP_ASSERT_OK(mp_queue_create_sized(&q, 0, 4096));
+  unsigned char *base = (unsigned char *)q;
+  void *volatile *retired = (void *volatile *)(base + off + 64 + 8);
+  volatile uint64_t *retired_head = (volatile uint64_t *)(base + off + 64 + 16);
+  unsigned char buf[RS_LEN], want[RS_LEN];
+  uint32_t put_seq = 0, get_seq = 0;
+  size_t len;
+  for (; put_seq < 2 + RS_KEEP; put_seq++) {
+    rs_make(put_seq, buf);
+    MP_ASSERT_OK(mp_queue_put(q, buf, RS_LEN, 1));
+  }
+  MP_ASSERT_OK(mp_queue_get(q, buf, sizeof buf, &len, 1)); /* message 0: retired, head 1 */
+  get_seq++;
+  void *before = *retired;
+  uint64_t head_before = *retired_head;
+  T_ASSERT(before != NULL, "the spilled get noted its block in retired");
+  pid_t child = fork();
+  if (child == 0) {
+    ptrace(PTRACE_TRACEME, 0, NULL, NULL);
+    raise(SIGSTOP);
+    unsigned char mine[RS_LEN];
+    size_t got;
+    mp_queue_get(q, mine, sizeof mine, &got, 5); /* message 1 */
+    _exit(0);
+  }
+  int status;
+  T_ASSERT(child > 0 && waitpid(child, &status, 0) == child && WIFSTOPPED(status), "fork");
+  bool window = false, killed = false;
+  for (long steps = 0; steps < 5000000; steps++) {
+    if (ptrace(PTRACE_SINGLESTEP, child, NULL, NULL) != 0 || waitpid(child, &status, 0) != child ||
+        !WIFSTOPPED(status))
+      break;
+    void *now = *retired;
+    if (now != NULL && now != before) { /* the child's take noted message 1's block */
+      window = *retired_head == head_before;
+      kill(child, SIGKILL);
+      killed = true;
+      break;
+    }
+  }
+  if (!killed)
+    kill(child, SIGKILL);
+  waitpid(child, &status, 0);
+  T_ASSERT(killed, "the child never noted a retired block");
+  /* Per docs/api.md (a get killed before it returned leaves its message first, whole): every
+   * message comes out once, in order, with its bytes, while puts reuse the spare blocks. */
+  int bad = 0;
+  uint32_t bad_seq = 0, bad_got = 0;
+  for (int round = 0; round < 24; round++) {
+    int rc = mp_queue_get(q, buf, sizeof buf, &len, 2);
+    rs_make(get_seq, want);
+    if (rc != 0 || len != RS_LEN || memcmp(buf, want, RS_LEN) != 0) {
+      if (!bad++) {
+        bad_seq = get_seq;
+        memcpy(&bad_got, buf, sizeof bad_got);
+      }
+    }
+    get_seq++;
+    rs_make(put_seq++, buf);
+    MP_ASSERT_OK(mp_queue_put(q, buf, RS_LEN, 1));
+  }
+  T_ASSERT(bad == 0,
+           "a consumer killed between its stores of retired and retired_head (%s): %d of 24 "
+           "gets returned a wrong message, the first where message %u was due (it held %u)",
+           window ? "retired set, retired_head still the previous get's" : "in order", bad,
+           bad_seq, bad_got);
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
 static Suite *queues_suite(void) {
   Suite *s = suite_create("queues");
   TCase *tc = mp_test_tcase(s, "local", 20);
@@ -2060,6 +2157,7 @@ static Suite *queues_suite(void) {
   tcase_add_test(tc, test_corrupt_ring_word);
   tcase_add_test(tc, test_corrupt_spilled_block);
   tcase_add_test(tc, test_full_arena_put);
+  tcase_add_test(tc, test_consumer_killed_between_retired_stores);
 
   tc = mp_test_tcase(s, "processes", 60);
   tcase_add_loop_test(tc, test_order_per_producer, 0, N_METHODS);
