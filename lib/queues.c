@@ -1401,6 +1401,7 @@ static int take(mp_queue_t *q, const sink_t *out, const char *fn) {
     memcpy(dst, spill.block, len);
     q->retired_head = next;
     q->retired_room = spill.room;
+    atomic_signal_fence(memory_order_seq_cst); /* the block last: the next get believes it */
     q->retired = spill.block;
   } else if (len) {
     ring_read(r, at + HEADER, dst, len);
