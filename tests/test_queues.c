@@ -2146,6 +2146,57 @@ START_TEST(test_consumer_killed_between_retired_stores) {
 }
 END_TEST
 
+/* A put of timeout 0 whose put_lock passes, within its slice, from a live holder to one that
+ * dies (review of stop 23, rev-queue2): docs/api.md says such a call "takes over the lock of
+ * one that died in it", and "a dead holder's lock is taken over within 10 ms, whatever the
+ * timeout". qlock_wait times each holder word from when it first sees it and gives up at
+ * the call's deadline (one slice after its first sleep), so the second holder is never
+ * judged: the put says MP_EFULL, "a live process held the queue's put lock past the
+ * timeout", of an empty queue whose lock holder is dead. Forged words, by the layout of
+ * queues.c (put_lock a line before tail). */
+typedef struct {
+  mp_queue_t *q;
+  _Atomic int started;
+  int rc;
+  char sentence[160];
+} nowait_put_t;
+
+static void *nowait_put(void *arg) {
+  nowait_put_t *c = arg;
+  atomic_store(&c->started, 1);
+  c->rc = mp_queue_put_nowait(c->q, "x", 1);
+  snprintf(c->sentence, sizeof c->sentence, "%s", mp_last_error());
+  return NULL;
+}
+
+START_TEST(test_nowait_holder_dies_during_wait) {
+  mp_queue_t *q;
+  unsigned char *at_tail = queue_of_one(&q, 0);
+  pid_t gone = fork();
+  if (gone == 0)
+    _exit(0);
+  T_ASSERT(gone > 0 && waitpid(gone, NULL, 0) == gone, "fork and reap");
+  _Atomic uint64_t *lock = (_Atomic uint64_t *)(void *)(at_tail - 64);
+  atomic_store(lock, (uint64_t)getpid()); /* a live holder (this process) */
+  nowait_put_t c = {.q = q};
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, nowait_put, &c), 0);
+  while (!atomic_load(&c.started))
+    mp_test_sleep(0.0005);
+  mp_test_sleep(0.004);
+  atomic_store(lock, (uint64_t)gone); /* it passed the lock on, to one that died in it */
+  T_INT_EQ(pthread_join(t, NULL), 0);
+  uint64_t left = atomic_load(lock);
+  if ((uint32_t)left == ((uint32_t)gone | 0x80000000u)) /* not taken over: free it */
+    atomic_store(lock, 0);
+  T_ASSERT(c.rc == 0,
+           "mp_queue_put_nowait on an empty queue whose put_lock holder died during its wait: "
+           "rc %d (\"%s\"), not taken over",
+           c.rc, c.sentence);
+  MP_ASSERT_OK(mp_queue_free(q));
+}
+END_TEST
+
 static Suite *queues_suite(void) {
   Suite *s = suite_create("queues");
   TCase *tc = mp_test_tcase(s, "local", 20);
@@ -2164,6 +2215,7 @@ static Suite *queues_suite(void) {
   tcase_add_test(tc, test_corrupt_spilled_block);
   tcase_add_test(tc, test_full_arena_put);
   tcase_add_test(tc, test_consumer_killed_between_retired_stores);
+  tcase_add_test(tc, test_nowait_holder_dies_during_wait);
 
   tc = mp_test_tcase(s, "processes", 60);
   tcase_add_loop_test(tc, test_order_per_producer, 0, N_METHODS);
