@@ -214,7 +214,7 @@ __attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me, deadlin
       judged = w;
       since = t;
     }
-    if (t - since >= QLOCK_SLICE_NS) {
+    if (t - since >= QLOCK_SLICE_NS || t >= give_up) { /* the last look judges any holder */
       uint64_t held = w;
       if (holder_died(w) && atomic_compare_exchange_strong(&l->word, &held, me | QLOCK_WAITERS))
         return MP_EOWNERDEAD;
