@@ -1252,6 +1252,58 @@ START_TEST(test_stopped_tracker_bounds_a_connected_create) {
 }
 END_TEST
 
+/* Review stop 23 (rev-tracker2): a tracker image that never answers its starter (here an
+ * executable that ignores LIBMP_CHILD and keeps fd 3 open, as a setuid-like image that runs
+ * main() does) fails the create after the tracker's 30 s, as before c5d3761: ensure_tracker
+ * took start_tracker's MP_ETIMEDOUT for a foreign listener and started a new tracker under a
+ * new nonce, CONNECT_ATTEMPTS (8) times, so the create waited 8 x 30 s and ran 8 images. */
+START_TEST(test_silent_tracker_image_fails_once) {
+  char script[64];
+  snprintf(script, sizeof script, "/tmp/mp_t%d_silent.sh", (int)getpid());
+  FILE *f = fopen(script, "w");
+  T_ASSERT(f != NULL, "fopen %s", script);
+  fprintf(f, "#!/bin/sh\nexec sleep 600\n");
+  fclose(f);
+  T_ASSERT(chmod(script, 0700) == 0, "chmod");
+  int report[2];
+  T_ASSERT(pipe(report) == 0, "pipe");
+  pid_t child = fork();
+  T_ASSERT(child >= 0, "fork");
+  if (child == 0) {
+    close(report[0]);
+    char name[128];
+    seg_name(name, sizeof name, "silent", 0);
+    mp_shared_memory_t *shm;
+    if (mp_set_executable(script) != 0)
+      _exit(1);
+    double start = mp_test_now();
+    int rc = mp_shared_memory_create(&shm, name, PAGE, 0);
+    double took = mp_test_now() - start;
+    if (rc == 0)
+      mp_shared_memory_unlink(shm);
+    if (write(report[1], &took, sizeof took) != sizeof took)
+      _exit(2);
+    _exit(rc == 0 ? 3 : 0);
+  }
+  mp_test_track_pid(child);
+  close(report[1]);
+  struct pollfd p = {.fd = report[0], .events = POLLIN};
+  double took = -1;
+  bool answered = poll(&p, 1, 45 * 1000) == 1 && read(report[0], &took, sizeof took) == sizeof took;
+  if (!answered)
+    kill(child, SIGKILL);
+  int status = 0;
+  waitpid(child, &status, 0);
+  close(report[0]);
+  unlink(script);
+  T_ASSERT(answered, "the create still waited after 45 s (a tracker image that never answers "
+                     "is retried under new nonces, 30 s each)");
+  T_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+           "the create did not fail (status %d)", status);
+  T_ASSERT(took < 40, "the create failed after %.1f s", took);
+}
+END_TEST
+
 static Suite *shared_memory_suite(void) {
   Suite *s = suite_create("shared_memory");
   TCase *tc = mp_test_tcase(s, "basics", 20);
@@ -1280,6 +1332,7 @@ static Suite *shared_memory_suite(void) {
 
   tc = mp_test_tcase(s, "stopped", 60);
   tcase_add_test(tc, test_stopped_tracker_bounds_a_connected_create);
+  tcase_add_test(tc, test_silent_tracker_image_fails_once);
 
   tc = mp_test_tcase(s, "cleanup", 40);
   tcase_add_loop_test(tc, test_program_end_unlinks, 0, N_METHODS);
