@@ -286,13 +286,15 @@ static int ensure_tracker(void) {
     if ((rc = tracker_address(nonce, &addr, &len)) < 0)
       break;
     int sock = connect_tracker(&addr, len);
+    /* Only a listener met at the name is left for a new one: a tracker this process
+     * started and that answers nothing fails the create (a retry would wait as long). */
+    bool foreign = sock == -EPERM || sock == MP_ETIMEDOUT;
     if (sock == -ECONNREFUSED)
       sock = start_tracker(&addr, len);
     if (sock >= 0) {
       tracker.sock = sock;
       return 0;
     }
-    bool foreign = sock == -EPERM || sock == MP_ETIMEDOUT;
     if (foreign && !(nonce = mp__shared_nonce(nonce)))
       sock = mp__error(MP_ENOMEM, "no randomness for the segment tracker's name");
     /* Lost the race to start one, met one that was ending, or moved away from a listener
