@@ -1289,7 +1289,8 @@ START_TEST(test_silent_tracker_image_fails_once) {
   close(report[1]);
   struct pollfd p = {.fd = report[0], .events = POLLIN};
   double took = -1;
-  bool answered = poll(&p, 1, 45 * 1000) == 1 && read(report[0], &took, sizeof took) == sizeof took;
+  bool answered =
+      poll(&p, 1, 45 * 1000) == 1 && read(report[0], &took, sizeof took) == sizeof took;
   if (!answered)
     kill(child, SIGKILL);
   int status = 0;
@@ -1298,8 +1299,8 @@ START_TEST(test_silent_tracker_image_fails_once) {
   unlink(script);
   T_ASSERT(answered, "the create still waited after 45 s (a tracker image that never answers "
                      "is retried under new nonces, 30 s each)");
-  T_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-           "the create did not fail (status %d)", status);
+  T_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the create did not fail (status %d)",
+           status);
   T_ASSERT(took < 40, "the create failed after %.1f s", took);
 }
 END_TEST
