@@ -578,6 +578,18 @@ START_TEST(test_secure_execution_ignores_variable) {
 }
 END_TEST
 
+/* Review stop 23 (rev-tracker2): a process whose effective uid is not its real one without
+ * being in secure-execution mode (a root daemon that set its euid with setresuid, as here)
+ * makes images that are in that mode (exec with real != effective uid): they ignore
+ * LIBMP_CHILD and run main(), for each start and for the segment tracker (on 1d4b672: "main
+ * ran" once per image, the tracker's 8 times). mp__spawn_image must refuse there too. */
+START_TEST(test_other_euid_starts_no_image) {
+  image_result_t starter;
+  run_image(&(image_spec_t){.fd3 = -1, .mode = "euid-starter"}, 40, &starter);
+  T_STR_EQ(starter.out, "spawn: MP_ESPAWN\nforkserver: MP_ESPAWN\nshared memory: MP_ESPAWN\n");
+}
+END_TEST
+
 /* ------------------------------ the tracker ------------------------------ */
 
 /* The tracker's address for this process's arena, as shared_memory.c makes it from the
@@ -744,6 +756,15 @@ int main(int argc, char **argv) {
     peer_main();
   if (argc > 1 && strcmp(argv[1], "starter") == 0)
     starter_main();
+  /* An image that euid_starter's libmp ran instead of a role: it says so and ends. */
+  if (getenv("MP_TEST_IMAGE_IS_PEER"))
+    peer_main();
+  if (argc > 1 && strcmp(argv[1], "euid-starter") == 0) {
+    setenv("MP_TEST_IMAGE_IS_PEER", "1", 1);
+    if (setresuid(0, NOBODY, 0) < 0)
+      _exit(122);
+    starter_main();
+  }
   ssize_t n = readlink("/proc/self/exe", self_exe, sizeof self_exe - 1);
   if (n <= 0)
     return 1;
@@ -768,6 +789,7 @@ int main(int argc, char **argv) {
     TCase *root = tcase_create("other users");
     tcase_set_timeout(root, 60);
     tcase_add_test(root, test_secure_execution_ignores_variable);
+    tcase_add_test(root, test_other_euid_starts_no_image);
     tcase_add_test(root, test_tracker_of_another_user_refused);
     tcase_add_test(root, test_tracker_name_with_full_backlog_left);
     tcase_add_test(root, test_tracker_name_not_guessable);
