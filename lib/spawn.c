@@ -265,8 +265,9 @@ int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid) {
   if (!known)
     return mp__error(MP_EINVAL, "no start-up role '%s' is linked into this program", role);
   /* A fresh image of a setuid, setgid or file-capability program is in secure-execution
-   * mode too, where it ignores LIBMP_CHILD (see "start-up" below) and would run main(). */
-  if (getauxval(AT_SECURE))
+   * mode too, where it ignores LIBMP_CHILD (see "start-up" below) and would run main(); so
+   * is any image of a process whose effective ids are not its real ones (setresuid). */
+  if (getauxval(AT_SECURE) || getuid() != geteuid() || getgid() != getegid())
     return mp__error(MP_ESPAWN,
                      "this process runs in secure-execution mode (setuid, setgid or file "
                      "capabilities): a fresh image of it takes no start-up request, so it "
