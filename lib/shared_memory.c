@@ -491,9 +491,15 @@ static void add_connection(tracker_t *t, int sock) {
   t->fds[t->nfds++] = (struct pollfd){.fd = sock, .events = POLLIN};
 }
 
+/* At most ACCEPT_BATCH per wake-up: another user who connects as fast as the tracker
+ * accepts must not keep it from the records of the connections it has. */
+#define ACCEPT_BATCH 16
+
 static void accept_pending(tracker_t *t) {
   int sock;
-  while ((sock = accept4(t->listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0)
+  for (int n = 0; n < ACCEPT_BATCH &&
+                  (sock = accept4(t->listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0;
+       n++)
     add_connection(t, sock);
 }
 
