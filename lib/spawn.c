@@ -270,8 +270,9 @@ int mp__spawn_image(const char *role, int sock, int sentinel, pid_t *pid) {
   if (getauxval(AT_SECURE) || getuid() != geteuid() || getgid() != getegid())
     return mp__error(MP_ESPAWN,
                      "this process runs in secure-execution mode (setuid, setgid or file "
-                     "capabilities): a fresh image of it takes no start-up request, so it "
-                     "cannot be a %s; the fork start method works",
+                     "capabilities), or with effective ids other than its real ones: a fresh "
+                     "image of it takes no start-up request, so it cannot be a %s; the fork "
+                     "start method works",
                      known->what);
   char exe[PATH_MAX];
   int rc = mp__executable(exe, sizeof exe);
