@@ -2043,7 +2043,6 @@ START_TEST(test_stuck_consumer_get_timeout) {
 }
 END_TEST
 
-
 /* A consumer killed between the stores of `retired` and `retired_head` in its get of a
  * spilled message (review of stop 23, rev-queue2). take() notes the block, then the head its
  * get will commit: the next get believes the block only if head reached retired_head. The
@@ -2105,8 +2104,8 @@ START_TEST(test_consumer_killed_between_retired_stores) {
   T_ASSERT(WIFSTOPPED(status), "the child stopped for its tracer");
   bool window = false, killed = false;
   for (long steps = 0; steps < 5000000; steps++) {
-    if (ptrace(PTRACE_SINGLESTEP, child, NULL, NULL) != 0 || waitpid(child, &status, 0) != child ||
-        !WIFSTOPPED(status))
+    if (ptrace(PTRACE_SINGLESTEP, child, NULL, NULL) != 0 ||
+        waitpid(child, &status, 0) != child || !WIFSTOPPED(status))
       break;
     void *now = *retired;
     if (now != NULL && now != before) { /* the child's take noted message 1's block */
