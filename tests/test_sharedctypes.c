@@ -499,9 +499,33 @@ START_TEST(test_wild_header) {
 }
 END_TEST
 
+/*
+ * A Value made with another Value's lock (Python: Value('l', 0, lock=v1.get_lock()); docs/
+ * api.md: get_lock's inner lock may be retained, a Value takes any live Lock or RLock): the
+ * header's lock is then the other Value's inner lock, MP__INNER_LOCK_AT into its block, not a
+ * block of its own, and view_of (sharedctypes.c) calls every such header corrupt.
+ */
+START_TEST(test_value_with_another_values_lock) {
+  mp_value_t *v1, *v2;
+  long zero = 0, got = -1;
+  MP_ASSERT_OK(mp_value_create(&v1, 'l', &zero, NULL));
+  mp_lock_t *lk = mp_value_get_lock(v1);
+  T_ASSERT(lk != NULL, "v1 has a lock");
+  MP_ASSERT_OK(mp_value_create(&v2, 'l', &zero, lk));
+  MP_ASSERT_OK(mp_value_add_long(v2, 5, NULL));
+  MP_ASSERT_OK(mp_value_get_long(v2, &got));
+  T_INT_EQ(got, 5);
+  T_ASSERT(mp_value_get_lock(v2) == lk, "v2's lock is v1's");
+  MP_ASSERT_OK(mp_value_close(v2));
+  MP_ASSERT_OK(mp_value_close(v1));
+}
+END_TEST
+
 static Suite *sharedctypes_suite(void) {
   Suite *s = suite_create("sharedctypes");
-  TCase *tc = mp_test_tcase(s, "types", 20);
+  TCase *tc = mp_test_tcase(s, "review sync2", 20);
+  tcase_add_test(tc, test_value_with_another_values_lock);
+  tc = mp_test_tcase(s, "types", 20);
   tcase_add_test(tc, test_integer_typecodes);
   tcase_add_test(tc, test_float_typecodes);
   tcase_add_test(tc, test_raw_elements);
