@@ -680,6 +680,10 @@ void mp__forkserver_check(pid_t self);
 
 /* 0 if lock is a live Lock or RLock, else MP_EINVAL (no message): for sharedctypes.c. */
 int mp__lock_check(const mp_lock_t *lock);
+/* Whether lock, an address read from shared memory, is where libmp places a lock: a Lock's
+ * block, or a Value's or Array's own lock inside that object's block (another object may be
+ * made with it, as Python's Value(lock=v.get_lock())). Its magic word is checked apart. */
+bool mp__lock_placed(const mp_lock_t *lock);
 
 /* A Value's or Array's own RLock lives inside its block, MP__INNER_LOCK_AT bytes in, so that
  * the lock and a small element share a cache line; its references are the block's (retaining

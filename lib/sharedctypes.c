@@ -74,7 +74,7 @@ static int view_of(const void *handle, uint32_t magic, view_t *v) {
   /* A lock within reach: its own magic word is checked as it is taken. */
   if (v->inner)
     return h->data_at == INNER_DATA_AT ? 0 : MP_ECORRUPT;
-  return !h->lock || mp__shared_is_block(h->lock, MP__INNER_LOCK_SIZE) ? 0 : MP_ECORRUPT;
+  return !h->lock || mp__lock_placed(h->lock) ? 0 : MP_ECORRUPT;
 }
 
 static const struct {

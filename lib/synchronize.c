@@ -287,6 +287,12 @@ int mp__lock_check(const mp_lock_t *lock) {
   return is_lock(lock) ? 0 : MP_EINVAL;
 }
 
+bool mp__lock_placed(const mp_lock_t *lock) {
+  void *value = (void *)((uintptr_t)lock - MP__INNER_LOCK_AT);
+  return mp__shared_is_block(lock, sizeof *lock) ||
+         mp__shared_is_block(value, MP__INNER_LOCK_AT + sizeof *lock);
+}
+
 /* ======================= Semaphore, BoundedSemaphore ======================= */
 
 #define HOLDER_SLOTS 32
@@ -727,14 +733,11 @@ int mp_condition_create(mp_condition_t **out, mp_lock_t *lock) {
   return 0;
 }
 
-/* The condition's lock, an address in shared memory: followed only if it is a Lock's block
- * or a Value's own lock inside the Value's block, as libmp wrote it (else NULL). */
+/* The condition's lock, an address in shared memory: followed only if it is placed as libmp
+ * places a lock (else NULL). */
 static mp_lock_t *cond_lock(const mp_condition_t *cond) {
   mp_lock_t *lock = cond->lock;
-  void *value = (void *)((uintptr_t)lock - MP__INNER_LOCK_AT);
-  bool placed = mp__shared_is_block(lock, sizeof *lock) ||
-                mp__shared_is_block(value, MP__INNER_LOCK_AT + sizeof *lock);
-  return placed && is_lock(lock) ? lock : NULL;
+  return mp__lock_placed(lock) && is_lock(lock) ? lock : NULL;
 }
 
 /* Checks the handle and its lock: 0 and *lock, or an error. */
