@@ -1582,6 +1582,67 @@ START_TEST(test_barrier_runner_killed) {
 }
 END_TEST
 
+/*
+ * The last arrival records itself as the round's runner (runner_*) only after its arrival
+ * filled the round; a full round ignores its waiters' deadlines and ends only by its runner
+ * or at the runner's recorded death. A runner killed between its arrival and its record
+ * (single-stepped with ptrace until the round is full) leaves the round full for ever: a
+ * waiter of timeout 1 s never returns (docs/api.md: a timeout bounds the wait; a killed
+ * party breaks the barrier).
+ */
+#include <sys/ptrace.h>
+#include <sys/wait.h>
+
+START_TEST(test_barrier_runner_killed_before_record) {
+  mp_barrier_t *b;
+  MP_ASSERT_OK(mp_barrier_create(&b, 2, NULL, NULL));
+  arrival_t first = {b, 1, 99};
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, thread_arrives, &first), 0);
+  while (mp_barrier_n_waiting(b) < 1)
+    mp_test_sleep(0.005);
+  pid_t child = fork();
+  if (child == 0) {
+    if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) != 0)
+      _exit(77);
+    raise(SIGSTOP);
+    mp_barrier_wait(b, 5);
+    _exit(0);
+  }
+  int status;
+  T_ASSERT(child > 0 && waitpid(child, &status, 0) == child, "fork");
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+    pthread_join(t, NULL);
+    mp_barrier_close(b);
+    return;
+  }
+  bool killed = false;
+  for (long steps = 0; steps < 5000000; steps++) {
+    if (ptrace(PTRACE_SINGLESTEP, child, NULL, NULL) != 0 || waitpid(child, &status, 0) != child ||
+        !WIFSTOPPED(status))
+      break;
+    if (mp_barrier_n_waiting(b) == 2) { /* the child's arrival filled the round */
+      kill(child, SIGKILL);
+      killed = true;
+      break;
+    }
+  }
+  if (!killed)
+    kill(child, SIGKILL);
+  waitpid(child, &status, 0);
+  T_ASSERT(killed, "the child never filled the round");
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 6;
+  int rc = pthread_timedjoin_np(t, NULL, &until);
+  T_ASSERT(rc == 0, "a waiter of timeout 1 s still waits 6 s after the last arrival was "
+                    "killed before it recorded itself as the runner (n_waiting %d)",
+           mp_barrier_n_waiting(b));
+  MP_ASSERT_ERR(first.rc, MP_EBROKEN);
+  mp_barrier_close(b);
+}
+END_TEST
+
 static int count_action(void *arg) {
   (void)arg;
   return 0;
@@ -1682,6 +1743,8 @@ static Suite *synchronize_suite(void) {
   tcase_add_loop_test(tc, test_lock_woken_waiter_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_bounded_semaphore_two_holders, 0, N_METHODS);
   tcase_add_loop_test(tc, test_barrier_runner_killed, 0, N_METHODS);
+  tc = mp_test_tcase(s, "review sync2", 30);
+  tcase_add_test(tc, test_barrier_runner_killed_before_record);
   tc = mp_test_tcase(s, "semaphore", 30);
   tcase_add_test(tc, test_semaphore_basics);
   tcase_add_test(tc, test_semaphore_threads);
