@@ -1643,6 +1643,48 @@ START_TEST(test_barrier_runner_killed_before_record) {
 }
 END_TEST
 
+/*
+ * A waiter that slept through more than one generation reads its round's outcome from
+ * broken_tag[gen % 64] == gen + 1, a uint32_t that starts at 0. For generation 2^32 - 1
+ * (reached after 2^32 rounds; set here in the word, magic and parties first) gen + 1 wraps
+ * to 0, the tag of a slot where nothing ever ended broken: a round that ended well is read
+ * as broken. The waiter is a child stopped (SIGSTOP) while two more rounds end.
+ */
+START_TEST(test_barrier_gen_wrap_outcome) {
+  mp_barrier_t *b;
+  MP_ASSERT_OK(mp_barrier_create(&b, 2, NULL, NULL));
+  _Atomic uint64_t *word = (_Atomic uint64_t *)((char *)b + 8);
+  atomic_store(word, (uint64_t)UINT32_MAX << 32);
+  pid_t child = fork();
+  if (child == 0) {
+    int rc = mp_barrier_wait(b, 30);
+    _exit(rc == 0 ? 0 : rc == MP_EBROKEN ? 3 : 4);
+  }
+  T_ASSERT(child > 0, "fork");
+  while (mp_barrier_n_waiting(b) < 1)
+    mp_test_sleep(0.005);
+  mp_test_sleep(0.05); /* asleep on the futex */
+  int status;
+  kill(child, SIGSTOP);
+  T_ASSERT(waitpid(child, &status, WUNTRACED) == child && WIFSTOPPED(status), "stopped");
+  T_INT_EQ(mp_barrier_wait(b, 5), 1); /* ends generation 2^32 - 1, well */
+  arrival_t other = {b, 5, 99};
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, thread_arrives, &other), 0);
+  while (mp_barrier_n_waiting(b) < 1)
+    mp_test_sleep(0.005);
+  T_INT_EQ(mp_barrier_wait(b, 5), 1); /* ends generation 0, well */
+  T_INT_EQ(pthread_join(t, NULL), 0);
+  T_INT_EQ(other.rc, 0);
+  kill(child, SIGCONT);
+  T_ASSERT(waitpid(child, &status, 0) == child && WIFEXITED(status), "the child exited");
+  T_ASSERT(WEXITSTATUS(status) == 0,
+           "the waiter of generation 2^32 - 1, which ended well, got %s",
+           WEXITSTATUS(status) == 3 ? "MP_EBROKEN" : "another error");
+  mp_barrier_close(b);
+}
+END_TEST
+
 static int count_action(void *arg) {
   (void)arg;
   return 0;
@@ -1745,6 +1787,7 @@ static Suite *synchronize_suite(void) {
   tcase_add_loop_test(tc, test_barrier_runner_killed, 0, N_METHODS);
   tc = mp_test_tcase(s, "review sync2", 30);
   tcase_add_test(tc, test_barrier_runner_killed_before_record);
+  tcase_add_test(tc, test_barrier_gen_wrap_outcome);
   tc = mp_test_tcase(s, "semaphore", 30);
   tcase_add_test(tc, test_semaphore_basics);
   tcase_add_test(tc, test_semaphore_threads);
