@@ -1685,6 +1685,75 @@ START_TEST(test_barrier_gen_wrap_outcome) {
 }
 END_TEST
 
+/*
+ * A waiter whose timeout passes looks at the word (not full) and then breaks the barrier
+ * with bar_break, which reloads it: if the last party arrived between the two, bar_break
+ * finds a full round and marks it to break at its end, and the timed-out waiter returns
+ * MP_EBROKEN while its own round, which counted its arrival, ends well for the others (the
+ * last arrival returns its index). Python serializes the two under the barrier's lock:
+ * either the round is released (the waiter, its timeout past, finds the state draining and
+ * returns its index) or the waiter breaks it first (the last arrival raises
+ * BrokenBarrierError). The waiter, a child, is stopped (ptrace) at the exit of the futex
+ * wait that timed out and single-stepped k instructions before the parent arrives, for
+ * each k.
+ */
+#include <sys/syscall.h>
+#include <sys/user.h>
+
+START_TEST(test_barrier_timeout_races_last_arrival) {
+  int odd = 0, odd_k = -1, ran = 0;
+  for (int k = 0; k < 400 && !odd; k++) {
+    mp_barrier_t *b;
+    MP_ASSERT_OK(mp_barrier_create(&b, 2, NULL, NULL));
+    pid_t child = fork();
+    if (child == 0) {
+      if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) != 0)
+        _exit(77);
+      raise(SIGSTOP);
+      int rc = mp_barrier_wait(b, 0.02);
+      _exit(rc == 0 ? 0 : rc == MP_EBROKEN ? 3 : 4);
+    }
+    int status;
+    T_ASSERT(child > 0 && waitpid(child, &status, 0) == child, "fork");
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+      mp_barrier_close(b);
+      return;
+    }
+    bool at = false;
+    for (int n = 0; n < 10000; n++) { /* to the exit of a futex call that timed out */
+      if (ptrace(PTRACE_SYSCALL, child, NULL, NULL) != 0 || waitpid(child, &status, 0) != child ||
+          !WIFSTOPPED(status))
+        break;
+      struct user_regs_struct regs;
+      ptrace(PTRACE_GETREGS, child, NULL, &regs);
+      if (regs.orig_rax == SYS_futex && (long)regs.rax == -ETIMEDOUT) {
+        at = true;
+        break;
+      }
+    }
+    bool alive = at;
+    for (int i = 0; alive && i < k; i++)
+      alive = ptrace(PTRACE_SINGLESTEP, child, NULL, NULL) == 0 &&
+              waitpid(child, &status, 0) == child && WIFSTOPPED(status);
+    int mine = alive ? mp_barrier_wait(b, 0) : -1000; /* the last arrival, or too late */
+    if (alive)
+      ptrace(PTRACE_DETACH, child, NULL, NULL);
+    waitpid(child, &status, 0);
+    if (alive && WIFEXITED(status)) {
+      ran++;
+      if (WEXITSTATUS(status) == 3 && mine == 1)
+        odd = 1, odd_k = k;
+    }
+    mp_barrier_close(b);
+  }
+  T_ASSERT(ran > 0, "no run");
+  T_ASSERT(!odd,
+           "the waiter that timed out returned MP_EBROKEN while the last arrival of its own "
+           "round returned its index 1 (k = %d steps past the futex's timeout)",
+           odd_k);
+}
+END_TEST
+
 static int count_action(void *arg) {
   (void)arg;
   return 0;
@@ -1788,6 +1857,7 @@ static Suite *synchronize_suite(void) {
   tc = mp_test_tcase(s, "review sync2", 30);
   tcase_add_test(tc, test_barrier_runner_killed_before_record);
   tcase_add_test(tc, test_barrier_gen_wrap_outcome);
+  tcase_add_test(tc, test_barrier_timeout_races_last_arrival);
   tc = mp_test_tcase(s, "semaphore", 30);
   tcase_add_test(tc, test_semaphore_basics);
   tcase_add_test(tc, test_semaphore_threads);
