@@ -1754,6 +1754,73 @@ START_TEST(test_barrier_timeout_races_last_arrival) {
 }
 END_TEST
 
+/*
+ * bar_end publishes a broken generation's end in the word (CAS) and only then tags it in
+ * broken_tag. A waiter that sleeps through more than one generation reads its outcome from
+ * the tag: if the process that broke the round is killed between the two stores (here an
+ * abort, single-stepped with ptrace until the barrier is broken) and a reset ends the next
+ * generation, the waiter of the aborted round returns its index, as if the round had been
+ * released (Python: an abort makes every waiter raise BrokenBarrierError). The waiter is a
+ * child stopped (SIGSTOP) meanwhile, as a descheduled process may be.
+ */
+START_TEST(test_barrier_breaker_killed_before_tag) {
+  mp_barrier_t *b;
+  MP_ASSERT_OK(mp_barrier_create(&b, 2, NULL, NULL));
+  pid_t w = fork();
+  if (w == 0) {
+    int rc = mp_barrier_wait(b, 30);
+    _exit(rc == 0 ? 0 : rc == MP_EBROKEN ? 3 : 4);
+  }
+  T_ASSERT(w > 0, "fork");
+  while (mp_barrier_n_waiting(b) < 1)
+    mp_test_sleep(0.005);
+  mp_test_sleep(0.05);
+  int status;
+  kill(w, SIGSTOP);
+  T_ASSERT(waitpid(w, &status, WUNTRACED) == w && WIFSTOPPED(status), "stopped");
+  pid_t e = fork();
+  if (e == 0) {
+    if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) != 0)
+      _exit(77);
+    raise(SIGSTOP);
+    mp_barrier_abort(b);
+    _exit(0);
+  }
+  T_ASSERT(e > 0 && waitpid(e, &status, 0) == e, "fork");
+  bool killed = false;
+  if (!(WIFEXITED(status) && WEXITSTATUS(status) == 77)) {
+    for (long steps = 0; steps < 5000000; steps++) {
+      if (ptrace(PTRACE_SINGLESTEP, e, NULL, NULL) != 0 || waitpid(e, &status, 0) != e ||
+          !WIFSTOPPED(status))
+        break;
+      if (mp_barrier_broken(b)) {
+        kill(e, SIGKILL);
+        killed = true;
+        break;
+      }
+    }
+    if (!killed)
+      kill(e, SIGKILL);
+    waitpid(e, &status, 0);
+  }
+  if (!killed) {
+    kill(w, SIGKILL);
+    waitpid(w, &status, 0);
+    mp_barrier_close(b);
+    T_ASSERT(WIFEXITED(status) || true, "no ptrace");
+    return;
+  }
+  MP_ASSERT_OK(mp_barrier_reset(b));
+  kill(w, SIGCONT);
+  T_ASSERT(waitpid(w, &status, 0) == w && WIFEXITED(status), "the waiter exited");
+  T_ASSERT(WEXITSTATUS(status) == 3,
+           "the waiter of an aborted round returned %s", WEXITSTATUS(status) == 0
+                                                             ? "its index (released)"
+                                                             : "another error");
+  mp_barrier_close(b);
+}
+END_TEST
+
 static int count_action(void *arg) {
   (void)arg;
   return 0;
@@ -1858,6 +1925,7 @@ static Suite *synchronize_suite(void) {
   tcase_add_test(tc, test_barrier_runner_killed_before_record);
   tcase_add_test(tc, test_barrier_gen_wrap_outcome);
   tcase_add_test(tc, test_barrier_timeout_races_last_arrival);
+  tcase_add_test(tc, test_barrier_breaker_killed_before_tag);
   tc = mp_test_tcase(s, "semaphore", 30);
   tcase_add_test(tc, test_semaphore_basics);
   tcase_add_test(tc, test_semaphore_threads);
