@@ -969,22 +969,27 @@ int mp_condition_close(mp_condition_t *cond) {
  * half (the futex word: every end of a round, break or reset bumps it) and in the low half
  * the arrivals, a sticky "broken" bit and how the previous generation ended. A waiter of
  * generation g that wakes to g+1 reads its outcome from the same word; one that slept
- * through more generations reads it from broken_tag[g % 64], which holds g + 1 if g ended
- * broken: a later generation that ends broken there tags itself, so a round that ended well
- * is never read as broken (a broken one is read as ended well only if 64 rounds later
- * another broke before its waiter woke).
+ * through more generations reads it from broken_tag[g % 64], which holds g if g ended broken
+ * (slot i starts at i + 1, no generation of it). Whoever ends g+1 writes that tag first, from
+ * the word it ends, so no word of a later generation is ever seen before the tag: a round
+ * that ended well is never read as broken (a broken one is read as ended well only if 64
+ * rounds later another broke before its waiter woke).
  *
- * A full round (arrivals = parties) belongs to its last arrival, which runs the action and
- * alone ends it, as Python's Barrier holds its lock during the action: a timeout, a SIGINT, an
- * abort or a reset then changes nothing of that round (a break sets the broken bit for the
- * next generation, a reset clears it again), and a newcomer waits for the round to end before
- * it arrives, its timeout not counting meanwhile. Only the runner's death ends the round
- * otherwise: it records itself (runner_*), and the waiters look for it every SLICE_NS.
+ * A full round belongs to its last arrival, which runs the action and alone ends it, as
+ * Python's Barrier holds its lock during the action: a timeout, a SIGINT, an abort or a reset
+ * then changes nothing of that round (a break sets the broken bit for the next generation, a
+ * reset clears it again), and a newcomer waits for the round to end before it arrives, its
+ * timeout not counting meanwhile. Only the runner's death ends the round otherwise: the
+ * arrival that fills the round puts its pid in the count's place (BAR_FULL), so that the
+ * round is never full with its runner unknown, and the waiters look for it every SLICE_NS.
+ * Its start time, written before, is in runner if runner names that pid.
  */
-#define BAR_COUNT 0xffffffu
+#define BAR_COUNT 0xffffffu /* the arrivals, or in a full round its runner's pid (< 2^22) */
 #define BAR_BROKEN (1u << 24)
 #define BAR_ENDED_BROKEN (1u << 25)
+#define BAR_FULL (1u << 26)
 #define BAR_MAX_PARTIES BAR_COUNT
+#define RUNNER_START_BITS 42 /* clock ticks: centuries at 100 Hz */
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the generation is the high half");
 
@@ -994,10 +999,8 @@ struct mp_barrier_s {
   _Atomic uint64_t word;
   mp__fnref_t *action; /* a block of its own, or NULL */
   void *arg;
-  _Atomic uint32_t runner_gen; /* 1 + the generation of the process recorded below */
-  _Atomic int32_t runner_pid;
-  _Atomic uint64_t runner_start;
-  _Atomic uint32_t broken_tag[64]; /* 1 + the last generation of each residue to end broken */
+  _Atomic uint64_t runner; /* pid << RUNNER_START_BITS | start of the last would-be runner */
+  _Atomic uint32_t broken_tag[64]; /* the last generation of each residue to end broken */
 };
 
 static _Atomic uint32_t *gen_word(mp_barrier_t *b) {
@@ -1008,20 +1011,22 @@ static uint32_t gen_of(uint64_t w) {
   return (uint32_t)(w >> 32);
 }
 
-/* Ends generation gen of the word w with the given low bits; false if w changed first. */
+/* Ends generation gen of the word w with the given low bits; false if w changed first. The
+ * previous generation's outcome is tagged before: a reader that sees the word after the
+ * next one finds it, whoever is killed where. */
 static bool bar_end(mp_barrier_t *b, uint64_t w, uint32_t low) {
   uint32_t gen = gen_of(w);
+  if ((uint32_t)w & BAR_ENDED_BROKEN)
+    atomic_store(&b->broken_tag[(gen - 1) % 64], gen - 1);
   uint64_t next = ((uint64_t)(gen + 1) << 32) | low;
   if (!atomic_compare_exchange_strong(&b->word, &w, next))
     return false;
-  if (low & BAR_ENDED_BROKEN)
-    atomic_store(&b->broken_tag[gen % 64], gen + 1);
   mp__futex_wake(gen_word(b), INT32_MAX);
   return true;
 }
 
-static bool bar_full(const mp_barrier_t *b, uint64_t w) {
-  return ((uint32_t)w & BAR_COUNT) >= b->parties;
+static bool bar_full(uint64_t w) {
+  return (uint32_t)w & BAR_FULL;
 }
 
 /* Ends generation gen with the given low bits; false if another ended it first. */
@@ -1035,22 +1040,21 @@ static bool bar_end_round(mp_barrier_t *b, uint32_t gen, uint32_t low) {
   }
 }
 
-/* Breaks the barrier (abort, a timeout, SIGINT): at once, or after a full round. */
+/* Breaks the barrier (abort, SIGINT): at once, or after a full round. */
 static void bar_break(mp_barrier_t *b) {
   uint64_t w = atomic_load(&b->word);
   while (!((uint32_t)w & BAR_BROKEN) &&
-         !(bar_full(b, w) ? atomic_compare_exchange_weak(&b->word, &w, w | BAR_BROKEN)
-                          : bar_end(b, w, BAR_BROKEN | BAR_ENDED_BROKEN)))
+         !(bar_full(w) ? atomic_compare_exchange_weak(&b->word, &w, w | BAR_BROKEN)
+                       : bar_end(b, w, BAR_BROKEN | BAR_ENDED_BROKEN)))
     w = atomic_load(&b->word);
 }
 
-/* True if the process that runs full generation gen's action provably ended. Unrecorded yet
- * (it arrived, and records itself next) counts as alive. */
-static bool bar_runner_dead(mp_barrier_t *b, uint32_t gen) {
-  if (atomic_load_explicit(&b->runner_gen, memory_order_acquire) != gen + 1)
-    return false;
-  proc_id_t runner = {.pid = atomic_load(&b->runner_pid),
-                      .start = atomic_load(&b->runner_start)};
+/* True if the process that runs the full round w's action provably ended. */
+static bool bar_runner_dead(mp_barrier_t *b, uint64_t w) {
+  proc_id_t runner = {.pid = (int32_t)((uint32_t)w & BAR_COUNT)};
+  uint64_t r = atomic_load(&b->runner);
+  if (r >> RUNNER_START_BITS == (uint64_t)runner.pid)
+    runner.start = r & ((UINT64_C(1) << RUNNER_START_BITS) - 1); /* else unknown: by pid */
   return !proc_alive(runner);
 }
 
@@ -1082,6 +1086,8 @@ int mp_barrier_create(mp_barrier_t **out, int parties, mp_barrier_action_t actio
     return rc;
   }
   b->parties = (uint32_t)parties;
+  for (uint32_t i = 0; i < 64; i++)
+    atomic_init(&b->broken_tag[i], i + 1); /* no generation of slot i */
   b->action = ref;
   b->arg = arg;
   *out = b;
@@ -1091,10 +1097,6 @@ int mp_barrier_create(mp_barrier_t **out, int parties, mp_barrier_action_t actio
 /* The last arrival: runs the action and ends the generation, a full round only it ends. */
 static int bar_release(mp_barrier_t *b, uint32_t gen, int index) {
   MP__TRACE(waited, MP__TRK_BARRIER, b, 0, true); /* the last arrival: no wait */
-  proc_id_t me = self_process();
-  atomic_store(&b->runner_pid, me.pid);
-  atomic_store(&b->runner_start, me.start);
-  atomic_store_explicit(&b->runner_gen, gen + 1, memory_order_release);
   mp__fnref_t *action = b->action; /* read once: the address checked is the one used */
   if (action && !mp__shared_is_block(action, sizeof *action)) {
     bar_end_round(b, gen, BAR_BROKEN | BAR_ENDED_BROKEN);
@@ -1131,12 +1133,19 @@ int mp_barrier_wait(mp_barrier_t *b, double timeout) {
     uint32_t low = (uint32_t)w, gen = gen_of(w);
     if (low & BAR_BROKEN)
       return broken_error();
-    if ((low & BAR_COUNT) < b->parties) {
+    if (!bar_full(w)) {
+      uint32_t arrived = low & BAR_COUNT;
       uint64_t next = w + 1;
+      if (arrived + 1 == b->parties) { /* fills the round: runs it, named in the word */
+        proc_id_t me = self_process();
+        uint64_t start = me.start >> RUNNER_START_BITS ? 0 : me.start;
+        atomic_store(&b->runner, (uint64_t)me.pid << RUNNER_START_BITS | start);
+        next = (w & ~(uint64_t)BAR_COUNT) | BAR_FULL | (uint32_t)me.pid;
+      }
       if (!atomic_compare_exchange_weak(&b->word, &w, next))
         continue;
-      index = (int)(low & BAR_COUNT);
-      if ((uint32_t)index + 1 == b->parties)
+      index = (int)arrived;
+      if (bar_full(next))
         return bar_release(b, gen, index);
       w = next;
     }
@@ -1144,7 +1153,7 @@ int mp_barrier_wait(mp_barrier_t *b, double timeout) {
     mp__sigint_t sigint;
     mp__sigint_begin(&sigint);
     while (gen_of(w = atomic_load(&b->word)) == gen) {
-      bool full = bar_full(b, w);
+      bool full = bar_full(w);
       if (!full && deadline == INT64_MIN) {
         deadline = mp__deadline(timeout);
         if (deadline == INT64_MAX)
@@ -1158,25 +1167,31 @@ int mp_barrier_wait(mp_barrier_t *b, double timeout) {
       bool interrupted = rc == MP_EINTR && mp__sigint_arrived(&sigint);
       if (gen_of(w = atomic_load(&b->word)) != gen)
         break;
-      if (bar_full(b, w) && !interrupted) {
-        if (bar_runner_dead(b, gen))
+      if (bar_full(w) && !interrupted) {
+        if (bar_runner_dead(b, w))
           bar_end_round(b, gen, BAR_BROKEN | BAR_ENDED_BROKEN);
         continue; /* a full round ends as its runner decides, whatever our deadline */
       }
-      if ((rc == MP_ETIMEDOUT && until == deadline) || interrupted) {
-        bar_break(b); /* as Python's Barrier does when a wait ends by an exception */
+      /* As Python's Barrier, a wait that ends by an exception breaks the barrier. A timeout
+       * breaks only the round it saw unfilled: one that the last party filled meanwhile
+       * counted this arrival, and ends as its runner decides. */
+      if (interrupted) {
+        bar_break(b);
         MP__TRACE(waited, MP__TRK_BARRIER, b, t0, false);
-        return interrupted ? mp__error(MP_EINTR, "mp_barrier_wait: interrupted by SIGINT; "
-                                                 "the barrier is broken")
-                           : mp__error(MP_EBROKEN,
-                                       "mp_barrier_wait: timed out; the barrier is broken");
+        return mp__error(MP_EINTR, "mp_barrier_wait: interrupted by SIGINT; the barrier is "
+                                   "broken");
+      }
+      if (rc == MP_ETIMEDOUT && until == deadline &&
+          bar_end(b, w, BAR_BROKEN | BAR_ENDED_BROKEN)) {
+        MP__TRACE(waited, MP__TRK_BARRIER, b, t0, false);
+        return mp__error(MP_EBROKEN, "mp_barrier_wait: timed out; the barrier is broken");
       }
     }
     if (index < 0)
       continue; /* the action's round ended: now arrive */
     MP__TRACE(waited, MP__TRK_BARRIER, b, t0, true);
     bool ended_broken = gen_of(w) == gen + 1 ? ((uint32_t)w & BAR_ENDED_BROKEN) != 0
-                                             : atomic_load(&b->broken_tag[gen % 64]) == gen + 1;
+                                             : atomic_load(&b->broken_tag[gen % 64]) == gen;
     return ended_broken ? broken_error() : index;
   }
 }
@@ -1197,10 +1212,9 @@ int mp_barrier_reset(mp_barrier_t *b) {
    * action holds, and then finds the round draining. */
   for (;;) {
     uint32_t low = (uint32_t)w;
-    if (bar_full(b, w)
-            ? !(low & BAR_BROKEN) ||
-                  atomic_compare_exchange_weak(&b->word, &w, w & ~(uint64_t)BAR_BROKEN)
-            : (low & (BAR_BROKEN | BAR_COUNT)) == 0 || bar_end(b, w, BAR_ENDED_BROKEN))
+    if (bar_full(w) ? !(low & BAR_BROKEN) ||
+                          atomic_compare_exchange_weak(&b->word, &w, w & ~(uint64_t)BAR_BROKEN)
+                    : (low & (BAR_BROKEN | BAR_COUNT)) == 0 || bar_end(b, w, BAR_ENDED_BROKEN))
       return 0;
     w = atomic_load(&b->word);
   }
@@ -1214,7 +1228,7 @@ int mp_barrier_n_waiting(const mp_barrier_t *b) {
   if (!valid(b, BARRIER_MAGIC))
     return invalid("mp_barrier_n_waiting");
   uint32_t low = (uint32_t)atomic_load(&((mp_barrier_t *)b)->word);
-  return low & BAR_BROKEN ? 0 : (int)(low & BAR_COUNT);
+  return low & BAR_BROKEN ? 0 : low & BAR_FULL ? (int)b->parties : (int)(low & BAR_COUNT);
 }
 
 bool mp_barrier_broken(const mp_barrier_t *b) {

@@ -11,7 +11,13 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <sys/ptrace.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#if defined(__x86_64__)
+#include <sys/user.h>
+#endif
+#include <sys/wait.h>
 
 /* What a child is told: the objects, and a number to work with. */
 typedef struct {
@@ -1582,6 +1588,233 @@ START_TEST(test_barrier_runner_killed) {
 }
 END_TEST
 
+/*
+ * Forks a child that runs call(b), single-stepped with ptrace, and kills it at the first
+ * instruction after which reached(b) holds. 1 if so, 0 if the child ended first, -1 if
+ * ptrace is refused (the test is then skipped).
+ */
+static int kill_traced_when(mp_barrier_t *b, void (*call)(mp_barrier_t *),
+                            bool (*reached)(const mp_barrier_t *)) {
+  pid_t child = fork();
+  if (child == 0) {
+    if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) != 0)
+      _exit(77);
+    raise(SIGSTOP);
+    call(b);
+    _exit(0);
+  }
+  int status;
+  T_ASSERT(child > 0 && waitpid(child, &status, 0) == child, "fork");
+  if (WIFEXITED(status))
+    return WEXITSTATUS(status) == 77 ? -1 : 0;
+  int killed = 0;
+  bool stopped = true;
+  for (long steps = 0; steps < 5000000 && stopped && !killed; steps++) {
+    stopped = ptrace(PTRACE_SINGLESTEP, child, NULL, NULL) == 0 &&
+              waitpid(child, &status, 0) == child && WIFSTOPPED(status);
+    killed = stopped && reached(b);
+  }
+  if (stopped) { /* else reaped */
+    kill(child, SIGKILL);
+    waitpid(child, &status, 0);
+  }
+  return killed;
+}
+
+static void arrive(mp_barrier_t *b) {
+  mp_barrier_wait(b, 5);
+}
+
+static bool round_full(const mp_barrier_t *b) {
+  return mp_barrier_n_waiting(b) == mp_barrier_parties(b);
+}
+
+/*
+ * A full round ignores its waiters' deadlines and ends only by its runner or at the runner's
+ * death. The last arrival, single-stepped with ptrace, is killed at the first instruction
+ * after which the round is full: a waiter of timeout 1 s still returns MP_EBROKEN (it hung
+ * for ever when the runner recorded itself only after its arrival; docs/api.md: a killed
+ * party breaks the barrier).
+ */
+START_TEST(test_barrier_runner_killed_before_record) {
+  mp_barrier_t *b;
+  MP_ASSERT_OK(mp_barrier_create(&b, 2, NULL, NULL));
+  arrival_t first = {b, 1, 99};
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, thread_arrives, &first), 0);
+  while (mp_barrier_n_waiting(b) < 1)
+    mp_test_sleep(0.005);
+  int killed = kill_traced_when(b, arrive, round_full);
+  if (killed < 0) { /* no ptrace: the waiter times out */
+    pthread_join(t, NULL);
+    mp_barrier_close(b);
+    return;
+  }
+  T_ASSERT(killed, "the child never filled the round");
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 6;
+  int rc = pthread_timedjoin_np(t, NULL, &until);
+  T_ASSERT(rc == 0,
+           "a waiter of timeout 1 s still waits 6 s after the last arrival was "
+           "killed as its arrival filled the round (n_waiting %d)",
+           mp_barrier_n_waiting(b));
+  MP_ASSERT_ERR(first.rc, MP_EBROKEN);
+  mp_barrier_close(b);
+}
+END_TEST
+
+/*
+ * A waiter that slept through more than one generation reads its round's outcome from
+ * broken_tag[gen % 64], a 32-bit tag: no initial or wrapped value may read as a broken
+ * generation where none broke. Generation 0, and 2^32 - 1 (reached after 2^32 rounds; set
+ * here in the word, after magic and parties; its gen + 1 wrapped to the initial 0 when tags
+ * held gen + 1), end well while their waiter, a child, is stopped (SIGSTOP) for two rounds.
+ */
+START_TEST(test_barrier_gen_wrap_outcome) {
+  mp_barrier_t *b;
+  MP_ASSERT_OK(mp_barrier_create(&b, 2, NULL, NULL));
+  _Atomic uint64_t *word = (_Atomic uint64_t *)((char *)b + 8);
+  atomic_store(word, (uint64_t)(_i ? UINT32_MAX : 0) << 32);
+  pid_t child = fork();
+  if (child == 0) {
+    int rc = mp_barrier_wait(b, 30);
+    _exit(rc == 0 ? 0 : rc == MP_EBROKEN ? 3 : 4);
+  }
+  T_ASSERT(child > 0, "fork");
+  while (mp_barrier_n_waiting(b) < 1)
+    mp_test_sleep(0.005);
+  mp_test_sleep(0.05); /* asleep on the futex */
+  int status;
+  kill(child, SIGSTOP);
+  T_ASSERT(waitpid(child, &status, WUNTRACED) == child && WIFSTOPPED(status), "stopped");
+  T_INT_EQ(mp_barrier_wait(b, 5), 1); /* ends the waiter's generation, well */
+  arrival_t other = {b, 5, 99};
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, thread_arrives, &other), 0);
+  while (mp_barrier_n_waiting(b) < 1)
+    mp_test_sleep(0.005);
+  T_INT_EQ(mp_barrier_wait(b, 5), 1); /* ends the next one, well */
+  T_INT_EQ(pthread_join(t, NULL), 0);
+  T_INT_EQ(other.rc, 0);
+  kill(child, SIGCONT);
+  T_ASSERT(waitpid(child, &status, 0) == child && WIFEXITED(status), "the child exited");
+  T_ASSERT(WEXITSTATUS(status) == 0, "the waiter of generation %u, which ended well, got %s",
+           _i ? UINT32_MAX : 0, WEXITSTATUS(status) == 3 ? "MP_EBROKEN" : "another error");
+  mp_barrier_close(b);
+}
+END_TEST
+
+/*
+ * A waiter's timeout passes just as the last party arrives. Python serializes the two under
+ * the barrier's lock: either the round is released (the waiter, its timeout past, finds the
+ * state draining and returns its index) or the waiter breaks it first (the last arrival
+ * raises BrokenBarrierError); never MP_EBROKEN for the waiter while its own round, which
+ * counted its arrival, ends well for the others (as when a timeout marked a round found full
+ * to break at its end). The waiter, a child, is stopped (ptrace) at the exit of the futex
+ * wait that timed out and single-stepped k instructions before the parent arrives, for
+ * each k.
+ */
+START_TEST(test_barrier_timeout_races_last_arrival) {
+#if defined(__x86_64__) /* the stopped syscall is read from x86-64 registers */
+  int odd = 0, odd_k = -1, ran = 0;
+  for (int k = 0; k < 400 && !odd; k++) {
+    mp_barrier_t *b;
+    MP_ASSERT_OK(mp_barrier_create(&b, 2, NULL, NULL));
+    pid_t child = fork();
+    if (child == 0) {
+      if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) != 0)
+        _exit(77);
+      raise(SIGSTOP);
+      int rc = mp_barrier_wait(b, 0.02);
+      _exit(rc == 0 ? 0 : rc == MP_EBROKEN ? 3 : 4);
+    }
+    int status;
+    T_ASSERT(child > 0 && waitpid(child, &status, 0) == child, "fork");
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+      mp_barrier_close(b);
+      return;
+    }
+    bool at = false;
+    for (int n = 0; n < 10000; n++) { /* to the exit of a futex call that timed out */
+      if (ptrace(PTRACE_SYSCALL, child, NULL, NULL) != 0 ||
+          waitpid(child, &status, 0) != child || !WIFSTOPPED(status))
+        break;
+      struct user_regs_struct regs;
+      ptrace(PTRACE_GETREGS, child, NULL, &regs);
+      if (regs.orig_rax == SYS_futex && (long)regs.rax == -ETIMEDOUT) {
+        at = true;
+        break;
+      }
+    }
+    bool alive = at;
+    for (int i = 0; alive && i < k; i++)
+      alive = ptrace(PTRACE_SINGLESTEP, child, NULL, NULL) == 0 &&
+              waitpid(child, &status, 0) == child && WIFSTOPPED(status);
+    int mine = alive ? mp_barrier_wait(b, 0) : -1000; /* the last arrival, or too late */
+    if (alive)
+      ptrace(PTRACE_DETACH, child, NULL, NULL);
+    waitpid(child, &status, 0);
+    if (alive && WIFEXITED(status)) {
+      ran++;
+      if (WEXITSTATUS(status) == 3 && mine == 1)
+        odd = 1, odd_k = k;
+    }
+    mp_barrier_close(b);
+  }
+  T_ASSERT(ran > 0, "no run");
+  T_ASSERT(!odd,
+           "the waiter that timed out returned MP_EBROKEN while the last arrival of its own "
+           "round returned its index 1 (k = %d steps past the futex's timeout)",
+           odd_k);
+#endif
+}
+END_TEST
+
+static void abort_barrier(mp_barrier_t *b) {
+  mp_barrier_abort(b);
+}
+
+/*
+ * A waiter that sleeps through more than one generation reads its outcome from broken_tag.
+ * The process that breaks a round (an abort, single-stepped with ptrace) is killed at the
+ * first instruction after which the barrier is broken, and a reset ends the next
+ * generation: the waiter of the aborted round, a child stopped (SIGSTOP) meanwhile as a
+ * descheduled process may be, still returns MP_EBROKEN (Python: an abort makes every waiter
+ * raise BrokenBarrierError; it returned its index when the tag was written after the word).
+ */
+START_TEST(test_barrier_breaker_killed_before_tag) {
+  mp_barrier_t *b;
+  MP_ASSERT_OK(mp_barrier_create(&b, 2, NULL, NULL));
+  pid_t w = fork();
+  if (w == 0) {
+    int rc = mp_barrier_wait(b, 30);
+    _exit(rc == 0 ? 0 : rc == MP_EBROKEN ? 3 : 4);
+  }
+  T_ASSERT(w > 0, "fork");
+  while (mp_barrier_n_waiting(b) < 1)
+    mp_test_sleep(0.005);
+  mp_test_sleep(0.05);
+  int status;
+  kill(w, SIGSTOP);
+  T_ASSERT(waitpid(w, &status, WUNTRACED) == w && WIFSTOPPED(status), "stopped");
+  int killed = kill_traced_when(b, abort_barrier, mp_barrier_broken);
+  if (killed <= 0) {
+    kill(w, SIGKILL);
+    waitpid(w, &status, 0);
+    mp_barrier_close(b);
+    T_ASSERT(killed < 0, "the abort never broke the barrier");
+    return; /* no ptrace */
+  }
+  MP_ASSERT_OK(mp_barrier_reset(b));
+  kill(w, SIGCONT);
+  T_ASSERT(waitpid(w, &status, 0) == w && WIFEXITED(status), "the waiter exited");
+  T_ASSERT(WEXITSTATUS(status) == 3, "the waiter of an aborted round returned %s",
+           WEXITSTATUS(status) == 0 ? "its index (released)" : "another error");
+  mp_barrier_close(b);
+}
+END_TEST
+
 static int count_action(void *arg) {
   (void)arg;
   return 0;
@@ -1710,6 +1943,10 @@ static Suite *synchronize_suite(void) {
   tcase_add_test(tc, test_barrier_newcomer_timeout_breaks_full_round);
   tcase_add_loop_test(tc, test_barrier_reset_during_action, 0, 2);
   tcase_add_loop_test(tc, test_barrier_sleeper_outlived_64_rounds, 0, N_METHODS);
+  tcase_add_test(tc, test_barrier_runner_killed_before_record);
+  tcase_add_loop_test(tc, test_barrier_gen_wrap_outcome, 0, 2);
+  tcase_add_test(tc, test_barrier_timeout_races_last_arrival);
+  tcase_add_test(tc, test_barrier_breaker_killed_before_tag);
   tc = mp_test_tcase(s, "bad input", 10);
   tcase_add_test(tc, test_null_handles);
   tcase_add_loop_test(tc, test_semaphore_wild_scanned, 0, 2 * N_METHODS);
