@@ -1140,8 +1140,7 @@ static __attribute__((noreturn)) void squat_listed_name(int report, const char *
 }
 
 START_TEST(test_tracker_name_not_squatted_after_end) {
-  if (geteuid() != 0)
-    return; /* becoming another user needs root */
+  T_ASSERT(geteuid() == 0, "this test becomes another user: run it as root");
   mp_conn_t *a, *b;
   MP_ASSERT_OK(mp_pipe(false, &a, &b)); /* the arena, before the child: one for all */
   char mark[64];
@@ -1176,6 +1175,7 @@ START_TEST(test_tracker_name_not_squatted_after_end) {
   mp_conn_close(b);
   T_ASSERT(rc == 0, "a tracked create failed (%d: %s)%s", rc, detail,
            bound ? " after another user bound the name of the grandchild's ended tracker" : "");
+  T_ASSERT(bound, "the other user never bound the ended tracker's name: the case was not made");
 }
 END_TEST
 
