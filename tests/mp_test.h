@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ptrace.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -67,6 +68,14 @@ static inline void mp_test_track_pid(pid_t pid) {
       mp_test_pids[i] = pid;
       return;
     }
+  }
+}
+
+/* A raw pid the test has reaped itself: nothing left to kill. */
+static inline void mp_test_untrack_pid(pid_t pid) {
+  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++) {
+    if (mp_test_pids[i] == pid)
+      mp_test_pids[i] = 0;
   }
 }
 
@@ -183,6 +192,70 @@ static inline double mp_test_slowdown(void) {
 static inline void mp_test_sleep(double seconds) {
   struct timespec ts = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* A child stopped at chosen instructions (ptrace), to kill it exactly there.              */
+
+/*
+ * Forks a child that stops for this process to trace it: 0 in the child, which goes on when
+ * the parent steps or detaches it; in the parent, the child's pid once it has stopped, tracked
+ * so that a failing test kills and reaps it. Where ptrace is refused (a seccomp profile) the
+ * test fails, saying so, rather than passing without its case.
+ */
+static inline pid_t mp_test_fork_traced(void) {
+  pid_t child = fork();
+  if (child == 0) {
+    if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) != 0)
+      _exit(77);
+    raise(SIGSTOP);
+    return 0;
+  }
+  T_ASSERT(child > 0, "fork: %s", strerror(errno));
+  mp_test_track_pid(child);
+  int status;
+  T_ASSERT(waitpid(child, &status, 0) == child, "waitpid: %s", strerror(errno));
+  T_ASSERT(!WIFEXITED(status) || WEXITSTATUS(status) != 77,
+           "ptrace is refused here (PTRACE_TRACEME): this test traces a child");
+  T_ASSERT(WIFSTOPPED(status), "the child did not stop for its tracer (status 0x%x)", status);
+  return child;
+}
+
+/* Runs one instruction of a stopped traced child: false if it did not stop after it (it
+ * ended, and is reaped). */
+static inline bool mp_test_step(pid_t child) {
+  int status;
+  if (ptrace(PTRACE_SINGLESTEP, child, NULL, NULL) != 0)
+    return false;
+  if (waitpid(child, &status, 0) != child)
+    return false;
+  if (WIFSTOPPED(status))
+    return true;
+  mp_test_untrack_pid(child);
+  return false;
+}
+
+/* Steps a traced child until reached(arg) holds after an instruction: true, the child stopped
+ * there; false if it ended first or ran 5,000,000 instructions without reaching it. */
+static inline bool mp_test_step_until(pid_t child, bool (*reached)(void *), void *arg) {
+  for (long steps = 0; steps < 5000000; steps++) {
+    if (!mp_test_step(child))
+      return false;
+    if (reached(arg))
+      return true;
+  }
+  return false;
+}
+
+/* Kills a traced child (stopped or not) and reaps it, unless it ended and was reaped. */
+static inline void mp_test_end_traced(pid_t child) {
+  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++) {
+    if (mp_test_pids[i] == child) {
+      (void)kill(child, SIGKILL);
+      (void)waitpid(child, NULL, 0);
+      mp_test_pids[i] = 0;
+    }
   }
 }
 

@@ -2054,15 +2054,24 @@ END_TEST
  * kill lands between the two stores deterministically: the child is single-stepped
  * (ptrace) until `retired` changes. The words are found by the layout of queues.c: get_lock a
  * line after tail, then retired, retired_head. */
-#include <sys/ptrace.h>
-#include <sys/wait.h>
-
 enum { RS_LEN = 1000, RS_KEEP = 6 }; /* spilled in a 4 KiB ring: one 1 KiB+ block class */
 
 static void rs_make(uint32_t seq, unsigned char *buf) {
   for (size_t i = 0; i < RS_LEN; i++)
     buf[i] = (unsigned char)(seq * 131u + i);
   memcpy(buf, &seq, sizeof seq);
+}
+
+typedef struct {
+  void *volatile *retired;
+  void *before;
+} retired_watch_t;
+
+/* The child's take noted another block in retired. */
+static bool retired_moved(void *arg) {
+  const retired_watch_t *watch = arg;
+  void *now = *watch->retired;
+  return now != NULL && now != watch->before;
 }
 
 START_TEST(test_consumer_killed_between_retired_stores) {
@@ -2085,38 +2094,19 @@ START_TEST(test_consumer_killed_between_retired_stores) {
   void *before = *retired;
   uint64_t head_before = *retired_head;
   T_ASSERT(before != NULL, "the spilled get noted its block in retired");
-  pid_t child = fork();
+  pid_t child = mp_test_fork_traced();
   if (child == 0) {
-    if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) != 0)
-      _exit(77); /* no ptrace here (a seccomp profile): the test fails, saying so */
-    raise(SIGSTOP);
     unsigned char mine[RS_LEN];
     size_t got;
     mp_queue_get(q, mine, sizeof mine, &got, 5); /* message 1 */
     _exit(0);
   }
-  mp_test_track_pid(child); /* killed and reaped if the test fails while it is stopped */
-  int status;
-  T_ASSERT(child > 0 && waitpid(child, &status, 0) == child, "fork");
-  T_ASSERT(!WIFEXITED(status) || WEXITSTATUS(status) != 77,
-           "ptrace is refused here (PTRACE_TRACEME): this test single-steps a child");
-  T_ASSERT(WIFSTOPPED(status), "the child stopped for its tracer");
-  bool window = false, killed = false;
-  for (long steps = 0; steps < 5000000; steps++) {
-    if (ptrace(PTRACE_SINGLESTEP, child, NULL, NULL) != 0 ||
-        waitpid(child, &status, 0) != child || !WIFSTOPPED(status))
-      break;
-    void *now = *retired;
-    if (now != NULL && now != before) { /* the child's take noted message 1's block */
-      window = *retired_head == head_before;
-      kill(child, SIGKILL);
-      killed = true;
-      break;
-    }
-  }
-  if (!killed)
-    kill(child, SIGKILL);
-  waitpid(child, &status, 0);
+  retired_watch_t watch = {retired, before};
+  bool killed = mp_test_step_until(child, retired_moved, &watch);
+  /* Stopped where the child's take noted message 1's block: the window is open if the head
+   * is not written yet. */
+  bool window = killed && *retired_head == head_before;
+  mp_test_end_traced(child);
   T_ASSERT(killed, "the child never noted a retired block");
   /* Per docs/api.md (a get killed before it returned leaves its message first, whole): every
    * message comes out once, in order, with its bytes, while puts reuse the spare blocks. */

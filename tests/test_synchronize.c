@@ -1595,6 +1595,16 @@ START_TEST(test_barrier_runner_killed) {
 }
 END_TEST
 
+typedef struct {
+  const mp_barrier_t *b;
+  bool (*reached)(const mp_barrier_t *);
+} barrier_goal_t;
+
+static bool barrier_goal_met(void *arg) {
+  const barrier_goal_t *goal = arg;
+  return goal->reached(goal->b);
+}
+
 /*
  * Forks a child that runs call(b), single-stepped with ptrace, and kills it at the first
  * instruction after which reached(b) holds. 1 if so, 0 if the child ended first; the test
@@ -1602,32 +1612,14 @@ END_TEST
  */
 static int kill_traced_when(mp_barrier_t *b, void (*call)(mp_barrier_t *),
                             bool (*reached)(const mp_barrier_t *)) {
-  pid_t child = fork();
+  pid_t child = mp_test_fork_traced();
   if (child == 0) {
-    if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) != 0)
-      _exit(77);
-    raise(SIGSTOP);
     call(b);
     _exit(0);
   }
-  mp_test_track_pid(child); /* killed and reaped if the test fails while it is stopped */
-  int status;
-  T_ASSERT(child > 0 && waitpid(child, &status, 0) == child, "fork");
-  T_ASSERT(!WIFEXITED(status) || WEXITSTATUS(status) != 77,
-           "ptrace is refused here (PTRACE_TRACEME): this test single-steps a child");
-  if (WIFEXITED(status))
-    return 0;
-  int killed = 0;
-  bool stopped = true;
-  for (long steps = 0; steps < 5000000 && stopped && !killed; steps++) {
-    stopped = ptrace(PTRACE_SINGLESTEP, child, NULL, NULL) == 0 &&
-              waitpid(child, &status, 0) == child && WIFSTOPPED(status);
-    killed = stopped && reached(b);
-  }
-  if (stopped) { /* else reaped */
-    kill(child, SIGKILL);
-    waitpid(child, &status, 0);
-  }
+  barrier_goal_t goal = {b, reached};
+  int killed = mp_test_step_until(child, barrier_goal_met, &goal);
+  mp_test_end_traced(child);
   return killed;
 }
 
@@ -1728,19 +1720,12 @@ START_TEST(test_barrier_timeout_races_last_arrival) {
   for (int k = 0; k < 400 && !odd; k++) {
     mp_barrier_t *b;
     MP_ASSERT_OK(mp_barrier_create(&b, 2, NULL, NULL));
-    pid_t child = fork();
+    pid_t child = mp_test_fork_traced();
     if (child == 0) {
-      if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) != 0)
-        _exit(77);
-      raise(SIGSTOP);
       int rc = mp_barrier_wait(b, 0.02);
       _exit(rc == 0 ? 0 : rc == MP_EBROKEN ? 3 : 4);
     }
-    mp_test_track_pid(child);
     int status;
-    T_ASSERT(child > 0 && waitpid(child, &status, 0) == child, "fork");
-    T_ASSERT(!WIFEXITED(status) || WEXITSTATUS(status) != 77,
-             "ptrace is refused here (PTRACE_TRACEME): this test traces a child");
     bool at = false;
     for (int n = 0; n < 10000; n++) { /* to the exit of a futex call that timed out */
       if (ptrace(PTRACE_SYSCALL, child, NULL, NULL) != 0 ||
@@ -1755,15 +1740,15 @@ START_TEST(test_barrier_timeout_races_last_arrival) {
     }
     bool alive = at;
     for (int i = 0; alive && i < k; i++)
-      alive = ptrace(PTRACE_SINGLESTEP, child, NULL, NULL) == 0 &&
-              waitpid(child, &status, 0) == child && WIFSTOPPED(status);
+      alive = mp_test_step(child);
     int mine = alive ? mp_barrier_wait(b, 0) : -1000; /* the last arrival, or too late */
-    if (alive)
-      ptrace(PTRACE_DETACH, child, NULL, NULL);
+    bool ended = alive && ptrace(PTRACE_DETACH, child, NULL, NULL) == 0 &&
+                 waitpid(child, &status, 0) == child;
+    if (ended)
+      mp_test_untrack_pid(child);
     else
-      kill(child, SIGKILL); /* it may still be in a ptrace stop */
-    waitpid(child, &status, 0);
-    if (alive && WIFEXITED(status)) {
+      mp_test_end_traced(child); /* it may still be in a ptrace stop */
+    if (ended && WIFEXITED(status)) {
       ran++;
       if (WEXITSTATUS(status) == 3 && mine == 1)
         odd = 1, odd_k = k;
