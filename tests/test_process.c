@@ -1487,6 +1487,78 @@ START_TEST(test_parent_gone_before_first_look) {
 }
 END_TEST
 
+/* G: says it is ready, then joins its parent, which ends right after without being reaped
+ * (the test holds off), and says how the join went. */
+static int t_join_zombie_parent(void *arg, size_t size) {
+  struct life_arg a;
+  if (size != sizeof a) return 60;
+  memcpy(&a, arg, sizeof a);
+  mp_process_t *parent = mp_parent_process();
+  if (parent == NULL) return 61;
+  append_text(a.path, "GREADY\n");
+  double t0 = mp_test_now();
+  int rc = mp_process_join(parent, 3.0);
+  int alive = mp_process_is_alive(parent);
+  char line[96];
+  snprintf(line, sizeof line, "GJOIN %d %d %.1f\n", rc, alive, mp_test_now() - t0);
+  append_text(a.path, line);
+  return 0;
+}
+
+/* P: starts G (which does not die with it), waits until G is ready, and ends at once
+ * (_exit: a return would join G first). */
+static int life_ends_unreaped(void *arg, size_t size) {
+  struct life_arg a;
+  if (size != sizeof a) return 20;
+  memcpy(&a, arg, sizeof a);
+  if (start_grandchild(&a, t_join_zombie_parent, false, false, "G") != 0) return 21;
+  if (!wait_for_line(a.path, "GREADY", 10.0)) return 22;
+  mp_test_sleep(0.2); /* G is in its join */
+  _exit(0);
+}
+
+/*
+ * review: a parent that has ended is joined, and is not alive, as soon as it ends, whether
+ * or not its own parent has reaped it yet. Without pidfds (LIBMP_NO_PIDFD=1, old kernels,
+ * valgrind) the child looks at its parent with kill(pid, 0), which succeeds on a zombie:
+ * the join runs to its deadline (MP_ETIMEDOUT) and is_alive says 1. (A pid reused after the
+ * reap would make the same look say "alive" for ever.)
+ */
+START_TEST(test_review_join_parent_ended_unreaped) {
+  struct life_arg a;
+  char *path;
+  life_setup(&a, _i, &path);
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(_i), life_ends_unreaped, &a, sizeof a, "P");
+  MP_ASSERT_OK(mp_process_start(p));
+  /* P is not joined (nor reaped) until G has answered. */
+  double end = mp_test_now() + 15.0;
+  char text[4096] = "";
+  while (!strstr(text, "GJOIN") && mp_test_now() < end) {
+    mp_test_sleep(0.02);
+    read_text(path, text, sizeof text);
+  }
+  pid_t g = file_pid(path, "G");
+  int status = 0;
+  int code = mp_test_join_code(p, 10.0);
+  if (g > 0) (void)reap_pid(g, &status, 5.0);
+  T_PROC_CLOSE(p);
+  unlink(path);
+  free(path);
+  reap_leftover_zombies();
+  T_INT_EQ(code, 0);
+  int rc = 1, alive = -1;
+  double took = -1;
+  const char *line = strstr(text, "GJOIN");
+  T_ASSERT(line && sscanf(line, "GJOIN %d %d %lf", &rc, &alive, &took) == 3,
+           "%s: G never answered: %s", METHODS[_i], text);
+  T_ASSERT(rc == 0 && alive == 0,
+           "%s%s: G's join of its ended (unreaped) parent returned %s after %.1f s, "
+           "is_alive %d", METHODS[_i], getenv("LIBMP_NO_PIDFD") ? " (no pidfd)" : "",
+           mp_err_name(rc), took, alive);
+}
+END_TEST
+
 /* ===================================================================================== */
 /* set_executable: a failed exec, a non-libmp program, another libmp build.               */
 
@@ -1938,6 +2010,7 @@ static Suite *process_suite(void) {
   tcase_add_loop_test(tc, test_killed_parent_takes_children, 0, N_METHODS);
   tcase_add_loop_test(tc, test_no_die_with_parent, 0, N_METHODS);
   tcase_add_loop_test(tc, test_parent_gone_before_first_look, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_review_join_parent_ended_unreaped, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "executable", 20);
   tcase_add_loop_test(tc, test_exec_nonexistent, 0, N_METHODS);
