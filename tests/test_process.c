@@ -1770,6 +1770,49 @@ START_TEST(test_state_errors) {
 }
 END_TEST
 
+/*
+ * review: a process object is its parent's; a copy of it in a process forked from the
+ * parent (the program's own fork(), or a fork-method child that finds a sibling's handle in
+ * a global or its argument) cannot watch the sibling, which is not its child (Python
+ * asserts "can only join a child process", "can only test a child process"). The copy must
+ * not say the running sibling has ended: is_alive 1 or MP_ENOTCHILD, and a join that does
+ * not return 0. The copy's waitpid() fails with ECHILD, which is taken for "reaped
+ * elsewhere": is_alive says 0 and join returns 0 at once while the sibling runs.
+ */
+START_TEST(test_review_forked_copy_sees_sibling_running) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, t_pause, NULL, 0, "sibling");
+  MP_ASSERT_OK(mp_process_start(p));
+  int out[2];
+  T_ASSERT(pipe(out) == 0, "pipe");
+  pid_t c = fork();
+  T_ASSERT(c >= 0, "fork");
+  if (c == 0) {
+    int got[2] = {mp_process_is_alive(p), mp_process_join(p, 0.2)};
+    if (write(out[1], got, sizeof got) != (ssize_t)sizeof got) _exit(2);
+    _exit(0);
+  }
+  mp_test_track_pid(c);
+  close(out[1]);
+  int got[2] = {-100, -100};
+  ssize_t n = read(out[0], got, sizeof got);
+  close(out[0]);
+  int status;
+  waitpid(c, &status, 0);
+  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
+    if (mp_test_pids[i] == c) mp_test_pids[i] = 0;
+  T_INT_EQ(mp_process_is_alive(p), 1); /* it runs */
+  MP_ASSERT_OK(mp_process_kill(p));
+  MP_ASSERT_OK(mp_process_join(p, 10.0));
+  T_PROC_CLOSE(p);
+  T_ASSERT(n == (ssize_t)sizeof got, "the forked copy did not answer");
+  T_ASSERT((got[0] == 1 || got[0] == MP_ENOTCHILD) && got[1] != 0,
+           "%s: in a forked copy, is_alive of the running sibling is %d and join(0.2) "
+           "returns %s", METHODS[_i], got[0], mp_err_name(got[1]));
+}
+END_TEST
+
 /* Closing a process object twice (here with an argument of its own, which close frees) is a
  * freed handle used again: it aborts with a line naming mp_process_close, and never frees
  * the argument a second time (a double free: glibc's abort or ASan's report, with no word
@@ -2024,6 +2067,7 @@ static Suite *process_suite(void) {
   tc = mp_test_tcase(s, "bad-input", 20);
   tcase_add_test(tc, test_null_arguments);
   tcase_add_loop_test(tc, test_state_errors, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_review_forked_copy_sees_sibling_running, 0, N_METHODS);
   tcase_add_test(tc, test_current_process_errors);
   tcase_add_loop_test(tc, test_close_twice, 0, N_METHODS);
   tcase_add_loop_test(tc, test_heap_target_refused, 0, N_METHODS);
