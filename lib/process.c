@@ -691,6 +691,22 @@ static int check_started(const mp_process_t *proc, const char *what) {
   return rc;
 }
 
+/*
+ * Only the process that started a child can wait for it. A process forked from it since (the
+ * program's own fork(), or a fork-method child that finds the handle in a global or its
+ * argument) holds a copy of the object, whose waitpid() fails with ECHILD: that says nothing
+ * of the child's end. Python asserts "can only join a child process" there. An object not
+ * started is the copy's own to start or close.
+ */
+static int check_owner(const mp_process_t *proc, const char *what) {
+  if (state_of(proc) == MP__CREATED || proc->owner == getpid())
+    return 0;
+  return mp__error(MP_ENOTCHILD,
+                   "%s: '%s' is a child of process %d, not of this one: this is a copy "
+                   "of its object, forked since it started",
+                   what, proc->name, (int)proc->owner);
+}
+
 int mp_process_set_daemon(mp_process_t *proc, bool daemon) {
   int rc = check_not_started(proc, "mp_process_set_daemon");
   if (rc == 0)
@@ -808,6 +824,7 @@ int mp_process_start(mp_process_t *proc) {
     rc = pass_handles_in_arg(proc);
   if (rc < 0)
     return rc;
+  proc->owner = getpid();
   rc = proc->ops->launch(proc);
   if (rc < 0)
     return start_failed(proc, rc);
@@ -844,6 +861,8 @@ int mp_process_join(mp_process_t *proc, double timeout) {
     return ready ? 0 : mp__error(MP_ETIMEDOUT, "mp_process_join: the parent still runs");
   }
   int rc = check_started(proc, "mp_process_join");
+  if (rc == 0)
+    rc = check_owner(proc, "mp_process_join");
   if (rc < 0)
     return rc;
   mp__sigint_t sigint;
@@ -872,11 +891,14 @@ int mp_process_is_alive(mp_process_t *proc) {
   case MP__PROC_CHILD:
     break;
   }
-  return child_running(proc);
+  int rc = check_owner(proc, "mp_process_is_alive");
+  return rc < 0 ? rc : child_running(proc);
 }
 
 int mp_process_exitcode(mp_process_t *proc, int *exitcode) {
   int rc = check_started(proc, "mp_process_exitcode");
+  if (rc == 0)
+    rc = check_owner(proc, "mp_process_exitcode");
   if (rc == 0 && !exitcode)
     rc = mp__error(MP_EINVAL, "mp_process_exitcode: exitcode is NULL");
   if (rc < 0)
@@ -895,7 +917,12 @@ static int send_signal(mp_process_t *proc, int sig, const char *what) {
   int rc = check_started(proc, what);
   if (rc < 0)
     return rc;
-  pthread_mutex_lock(&proc->reap_lock);
+  /* The lock keeps our own reap from freeing the pid between the look and the signal. A copy
+   * of the object forked since (check_owner) may signal, as Python's may: it reaps nothing,
+   * and its copy of the lock may have been taken by another thread at the fork. */
+  bool own = proc->owner == getpid();
+  if (own)
+    pthread_mutex_lock(&proc->reap_lock);
   /* Without a pidfd (or without pidfd_send_signal, as under valgrind), the pid, unless
    * the sentinel says the child has ended: a forkserver child is reaped by the server, so
    * its pid may be anyone's by then. */
@@ -908,7 +935,8 @@ static int send_signal(mp_process_t *proc, int sig, const char *what) {
     sent = kill(proc->pid, sig);
   if (sent < 0 && errno != ESRCH) /* ESRCH: it has ended, and is not reaped yet */
     rc = mp__syserror("%s: signalling '%s'", what, proc->name);
-  pthread_mutex_unlock(&proc->reap_lock);
+  if (own)
+    pthread_mutex_unlock(&proc->reap_lock);
   return rc;
 }
 
@@ -952,6 +980,9 @@ int mp_process_close(mp_process_t *proc) {
     return mp__error(MP_EINVAL, "mp_process_close: %s", proc ? "the current and the parent "
                                                                "process are never closed"
                                                              : "proc is NULL");
+  int rc = check_owner(proc, "mp_process_close");
+  if (rc < 0)
+    return rc;
   if (child_running(proc))
     return mp__error(MP_EALIVE, "mp_process_close: '%s' still runs", proc->name);
   /* Out of the registry first: mp_active_children() may look at it until then. */

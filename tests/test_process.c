@@ -1491,10 +1491,12 @@ END_TEST
  * (the test holds off), and says how the join went. */
 static int t_join_zombie_parent(void *arg, size_t size) {
   struct life_arg a;
-  if (size != sizeof a) return 60;
+  if (size != sizeof a)
+    return 60;
   memcpy(&a, arg, sizeof a);
   mp_process_t *parent = mp_parent_process();
-  if (parent == NULL) return 61;
+  if (parent == NULL)
+    return 61;
   append_text(a.path, "GREADY\n");
   double t0 = mp_test_now();
   int rc = mp_process_join(parent, 3.0);
@@ -1509,10 +1511,13 @@ static int t_join_zombie_parent(void *arg, size_t size) {
  * (_exit: a return would join G first). */
 static int life_ends_unreaped(void *arg, size_t size) {
   struct life_arg a;
-  if (size != sizeof a) return 20;
+  if (size != sizeof a)
+    return 20;
   memcpy(&a, arg, sizeof a);
-  if (start_grandchild(&a, t_join_zombie_parent, false, false, "G") != 0) return 21;
-  if (!wait_for_line(a.path, "GREADY", 10.0)) return 22;
+  if (start_grandchild(&a, t_join_zombie_parent, false, false, "G") != 0)
+    return 21;
+  if (!wait_for_line(a.path, "GREADY", 10.0))
+    return 22;
   mp_test_sleep(0.2); /* G is in its join */
   _exit(0);
 }
@@ -1541,7 +1546,8 @@ START_TEST(test_review_join_parent_ended_unreaped) {
   pid_t g = file_pid(path, "G");
   int status = 0;
   int code = mp_test_join_code(p, 10.0);
-  if (g > 0) (void)reap_pid(g, &status, 5.0);
+  if (g > 0)
+    (void)reap_pid(g, &status, 5.0);
   T_PROC_CLOSE(p);
   unlink(path);
   free(path);
@@ -1554,8 +1560,9 @@ START_TEST(test_review_join_parent_ended_unreaped) {
            "%s: G never answered: %s", METHODS[_i], text);
   T_ASSERT(rc == 0 && alive == 0,
            "%s%s: G's join of its ended (unreaped) parent returned %s after %.1f s, "
-           "is_alive %d", METHODS[_i], getenv("LIBMP_NO_PIDFD") ? " (no pidfd)" : "",
-           mp_err_name(rc), took, alive);
+           "is_alive %d",
+           METHODS[_i], getenv("LIBMP_NO_PIDFD") ? " (no pidfd)" : "", mp_err_name(rc), took,
+           alive);
 }
 END_TEST
 
@@ -1771,15 +1778,15 @@ START_TEST(test_state_errors) {
 END_TEST
 
 /*
- * review: a process object is its parent's; a copy of it in a process forked from the
- * parent (the program's own fork(), or a fork-method child that finds a sibling's handle in
- * a global or its argument) cannot watch the sibling, which is not its child (Python
- * asserts "can only join a child process", "can only test a child process"). The copy must
- * not say the running sibling has ended: is_alive 1 or MP_ENOTCHILD, and a join that does
- * not return 0. The copy's waitpid() fails with ECHILD, which is taken for "reaped
- * elsewhere": is_alive says 0 and join returns 0 at once while the sibling runs.
+ * A process object is its starter's; a copy of it in a process forked from the starter (the
+ * program's own fork(), or a fork-method child that finds a sibling's handle in a global or
+ * its argument) cannot wait for the sibling, which is not its child (Python asserts "can
+ * only join a child process", "can only test a child process"). The copy's waitpid() would
+ * fail with ECHILD, which once read as "reaped elsewhere": is_alive said 0 and join
+ * returned 0 at once while the sibling ran. Now join, is_alive, exitcode and close say
+ * MP_ENOTCHILD there, and terminate signals the sibling, as Python's does from anywhere.
  */
-START_TEST(test_review_forked_copy_sees_sibling_running) {
+START_TEST(test_forked_copy_cannot_wait_for_sibling) {
   mp_context_t *ctx = mp_test_ctx(_i);
   mp_process_t *p;
   T_PROC_NEW(&p, ctx, t_pause, NULL, 0, "sibling");
@@ -1789,27 +1796,40 @@ START_TEST(test_review_forked_copy_sees_sibling_running) {
   pid_t c = fork();
   T_ASSERT(c >= 0, "fork");
   if (c == 0) {
-    int got[2] = {mp_process_is_alive(p), mp_process_join(p, 0.2)};
-    if (write(out[1], got, sizeof got) != (ssize_t)sizeof got) _exit(2);
+    int code, got[5];
+    got[0] = mp_process_is_alive(p);
+    got[1] = mp_process_join(p, 0.2);
+    got[2] = mp_process_exitcode(p, &code);
+    got[3] = mp_process_close(p);
+    got[4] = mp_process_terminate(p); /* last: the sibling ends */
+    if (write(out[1], got, sizeof got) != (ssize_t)sizeof got)
+      _exit(2);
     _exit(0);
   }
   mp_test_track_pid(c);
   close(out[1]);
-  int got[2] = {-100, -100};
+  int got[5] = {-100, -100, -100, -100, -100};
   ssize_t n = read(out[0], got, sizeof got);
   close(out[0]);
   int status;
   waitpid(c, &status, 0);
-  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
-    if (mp_test_pids[i] == c) mp_test_pids[i] = 0;
-  T_INT_EQ(mp_process_is_alive(p), 1); /* it runs */
-  MP_ASSERT_OK(mp_process_kill(p));
+  mp_test_untrack_pid(c);
+  int joined = mp_process_join(p, 10.0), code = 0;
+  if (joined == 0)
+    MP_ASSERT_OK(mp_process_exitcode(p, &code));
+  else /* the copy's terminate did not reach it */
+    MP_ASSERT_OK(mp_process_kill(p));
   MP_ASSERT_OK(mp_process_join(p, 10.0));
   T_PROC_CLOSE(p);
   T_ASSERT(n == (ssize_t)sizeof got, "the forked copy did not answer");
-  T_ASSERT((got[0] == 1 || got[0] == MP_ENOTCHILD) && got[1] != 0,
-           "%s: in a forked copy, is_alive of the running sibling is %d and join(0.2) "
-           "returns %s", METHODS[_i], got[0], mp_err_name(got[1]));
+  T_ASSERT(got[0] == MP_ENOTCHILD && got[1] == MP_ENOTCHILD && got[2] == MP_ENOTCHILD &&
+               got[3] == MP_ENOTCHILD,
+           "%s: in a forked copy, is_alive of the running sibling is %d, join(0.2) returns %s, "
+           "exitcode %s and close %s",
+           METHODS[_i], got[0], mp_err_name(got[1]), mp_err_name(got[2]), mp_err_name(got[3]));
+  T_ASSERT(got[4] == 0 && joined == 0 && code == -SIGTERM,
+           "%s: the copy's terminate returned %s, and the sibling's join %s, exit code %d",
+           METHODS[_i], mp_err_name(got[4]), mp_err_name(joined), code);
 }
 END_TEST
 
@@ -2067,7 +2087,7 @@ static Suite *process_suite(void) {
   tc = mp_test_tcase(s, "bad-input", 20);
   tcase_add_test(tc, test_null_arguments);
   tcase_add_loop_test(tc, test_state_errors, 0, N_METHODS);
-  tcase_add_loop_test(tc, test_review_forked_copy_sees_sibling_running, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forked_copy_cannot_wait_for_sibling, 0, N_METHODS);
   tcase_add_test(tc, test_current_process_errors);
   tcase_add_loop_test(tc, test_close_twice, 0, N_METHODS);
   tcase_add_loop_test(tc, test_heap_target_refused, 0, N_METHODS);
