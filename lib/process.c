@@ -836,9 +836,10 @@ int mp_process_start(mp_process_t *proc) {
 
 /*
  * Where there are no pidfds (old kernels, valgrind) nothing can be told when an unrelated
- * process ends: only there, look at the parent at growing intervals (1 ms to 50 ms).
+ * process ends: only there, look at the parent at growing intervals (1 ms to 50 ms). A
+ * SIGINT ends the nap (nanosleep is never restarted) and the wait.
  */
-static int wait_parent_without_pidfd(int64_t deadline) {
+static int wait_parent_without_pidfd(int64_t deadline, const mp__sigint_t *sigint) {
   for (int64_t pause_ns = 1000000;; pause_ns = pause_ns < 50000000 ? 2 * pause_ns : pause_ns) {
     if (kill(me.parent.pid, 0) < 0 && errno == ESRCH)
       return 1;
@@ -848,26 +849,31 @@ static int wait_parent_without_pidfd(int64_t deadline) {
     int64_t nap = left < pause_ns ? left : pause_ns;
     struct timespec ts = {.tv_sec = nap / 1000000000, .tv_nsec = nap % 1000000000};
     nanosleep(&ts, NULL);
+    if (mp__sigint_arrived(sigint))
+      return MP_EINTR;
   }
 }
 
+/* Waits for the parent process to end, until deadline: 1 ended, 0 still running, or -errno. */
+static int wait_parent(int64_t deadline, const mp__sigint_t *sigint) {
+  int fd = parent_pidfd();
+  return fd >= 0 ? mp__poll_fd_sig(fd, POLLIN, deadline, sigint)
+                 : wait_parent_without_pidfd(deadline, sigint);
+}
+
 int mp_process_join(mp_process_t *proc, double timeout) {
-  if (proc == &me.parent) {
-    int fd = parent_pidfd();
-    int ready = fd >= 0 ? mp__poll_fd(fd, POLLIN, mp__deadline(timeout))
-                        : wait_parent_without_pidfd(mp__deadline(timeout));
-    if (ready < 0)
-      return mp__error(ready, "mp_process_join: %s", mp_strerror(ready));
-    return ready ? 0 : mp__error(MP_ETIMEDOUT, "mp_process_join: the parent still runs");
-  }
-  int rc = check_started(proc, "mp_process_join");
-  if (rc == 0)
+  int rc = 0;
+  if (proc != &me.parent && (rc = check_started(proc, "mp_process_join")) == 0)
     rc = check_owner(proc, "mp_process_join");
   if (rc < 0)
     return rc;
   mp__sigint_t sigint;
   mp__sigint_begin(&sigint);
-  rc = wait_child(proc, mp__deadline(timeout), &sigint);
+  int64_t deadline = mp__deadline(timeout);
+  if (proc == &me.parent)
+    rc = wait_parent(deadline, &sigint);
+  else
+    rc = wait_child(proc, deadline, &sigint);
   if (rc == MP_EINTR)
     return mp__error(rc, "mp_process_join: interrupted by SIGINT");
   if (rc < 0)
