@@ -43,6 +43,7 @@ static struct {
   mp_process_t current;
   mp_process_t parent;
   bool has_parent;
+  bool parent_forked_us; /* the parent is our parent for the kernel (fork, spawn) */
   pid_t watched_parent; /* the process whose death kills us, see die_with() */
   int own_sentinel;     /* without pidfds: the socket end that closes when we end */
   int report_sock;      /* forkserver child: where EXITED goes */
@@ -410,6 +411,8 @@ MP__CHILD_TEXT static void after_fork_in_child(void) {
     mp__raw_syscall(SYS_close, me.report_sock, 0, 0, 0);
     me.report_sock = -1;
   }
+  if (me.parent_forked_us) /* our parent process object is our parent's parent now */
+    me.parent_forked_us = false;
   mp__reset_lock(&me.registry_lock);
   mp__reset_lock(&me.executable_lock);
   mp__fd_after_fork();
@@ -546,6 +549,7 @@ MP__CHILD_TEXT void mp__child_init(const mp__child_info_t *info) {
   else
     me.parent.pidfd = pidfds ? mp__pidfd_open(info->parent_pid) : -1;
   me.has_parent = true;
+  me.parent_forked_us = info->real_parent == info->parent_pid;
   me.own_sentinel = info->sentinel;
   me.report_sock = info->report_sock;
   if (info->die_with_parent)
@@ -835,13 +839,36 @@ int mp_process_start(mp_process_t *proc) {
 }
 
 /*
+ * Without a pidfd: whether the parent process has ended. kill(pid, 0) cannot tell, as it
+ * succeeds on a zombie, and on whoever has the pid after the reap. A parent that forked or
+ * spawned us has ended once it is not our parent: the kernel reparents us as it exits,
+ * before it is reaped, to a process already running (a subreaper, init) under another pid.
+ * Another parent (a fork server's or a pool zygote's child's, or the one a program's fork()
+ * inherited) is looked at by pid: gone, a zombie, or a process started after us, so not
+ * the one that started us (a start in the same clock tick as ours counts as alive, as does
+ * a /proc that cannot be read).
+ */
+static bool parent_ended_without_pidfd(void) {
+  if (me.parent_forked_us)
+    return getppid() != me.parent.pid;
+  if (kill(me.parent.pid, 0) < 0 && errno == ESRCH)
+    return true;
+  char state, own_state;
+  uint64_t start, own_start;
+  if (mp__proc_stat(me.parent.pid, &state, &start) < 0)
+    return false;
+  return state == 'Z' || state == 'X' ||
+         (mp__proc_stat(getpid(), &own_state, &own_start) == 0 && start > own_start);
+}
+
+/*
  * Where there are no pidfds (old kernels, valgrind) nothing can be told when an unrelated
  * process ends: only there, look at the parent at growing intervals (1 ms to 50 ms). A
  * SIGINT ends the nap (nanosleep is never restarted) and the wait.
  */
 static int wait_parent_without_pidfd(int64_t deadline, const mp__sigint_t *sigint) {
   for (int64_t pause_ns = 1000000;; pause_ns = pause_ns < 50000000 ? 2 * pause_ns : pause_ns) {
-    if (kill(me.parent.pid, 0) < 0 && errno == ESRCH)
+    if (parent_ended_without_pidfd())
       return 1;
     int64_t left = deadline - mp__now_ns();
     if (left <= 0)
@@ -892,7 +919,7 @@ int mp_process_is_alive(mp_process_t *proc) {
     return 1;
   case MP__PROC_PARENT: {
     int fd = parent_pidfd();
-    return fd >= 0 ? mp__poll_fd(fd, POLLIN, 0) == 0 : kill(me.parent.pid, 0) == 0;
+    return fd >= 0 ? mp__poll_fd(fd, POLLIN, 0) == 0 : !parent_ended_without_pidfd();
   }
   case MP__PROC_CHILD:
     break;

@@ -292,6 +292,7 @@ static int t_identity(void *arg, size_t size) {
 struct life_arg {
   int method;
   char path[200];
+  bool from_fork; /* test_forked_copy_joins_parent_ended_unreaped */
 };
 
 static char g_life_path[200];
@@ -1488,7 +1489,8 @@ START_TEST(test_parent_gone_before_first_look) {
 END_TEST
 
 /* G: says it is ready, then joins its parent, which ends right after without being reaped
- * (the test holds off), and says how the join went. */
+ * (the test holds off), and says how the join went. With from_fork, a process G forks (the
+ * program's own fork(), whose parent process object is a copy of G's) does so instead. */
 static int t_join_zombie_parent(void *arg, size_t size) {
   struct life_arg a;
   if (size != sizeof a)
@@ -1497,13 +1499,24 @@ static int t_join_zombie_parent(void *arg, size_t size) {
   mp_process_t *parent = mp_parent_process();
   if (parent == NULL)
     return 61;
+  pid_t f = a.from_fork ? fork() : 0;
+  if (f > 0) {
+    int status;
+    return waitpid(f, &status, 0) == f && WIFEXITED(status) ? WEXITSTATUS(status) : 62;
+  }
+  if (f < 0)
+    return 63;
+  int alive_before = mp_process_is_alive(parent); /* P waits for GREADY */
   append_text(a.path, "GREADY\n");
   double t0 = mp_test_now();
   int rc = mp_process_join(parent, 3.0);
   int alive = mp_process_is_alive(parent);
   char line[96];
-  snprintf(line, sizeof line, "GJOIN %d %d %.1f\n", rc, alive, mp_test_now() - t0);
+  snprintf(line, sizeof line, "GJOIN %d %d %.1f %d\n", rc, alive, mp_test_now() - t0,
+           alive_before);
   append_text(a.path, line);
+  if (a.from_fork)
+    _exit(0);
   return 0;
 }
 
@@ -1523,18 +1536,19 @@ static int life_ends_unreaped(void *arg, size_t size) {
 }
 
 /*
- * review: a parent that has ended is joined, and is not alive, as soon as it ends, whether
- * or not its own parent has reaped it yet. Without pidfds (LIBMP_NO_PIDFD=1, old kernels,
- * valgrind) the child looks at its parent with kill(pid, 0), which succeeds on a zombie:
- * the join runs to its deadline (MP_ETIMEDOUT) and is_alive says 1. (A pid reused after the
- * reap would make the same look say "alive" for ever.)
+ * A parent that has ended is joined, and is not alive, as soon as it ends, whether or not
+ * its own parent has reaped it yet. Without pidfds (LIBMP_NO_PIDFD=1, old kernels, valgrind)
+ * the child looked at its parent with kill(pid, 0), which succeeds on a zombie: the join ran
+ * to its deadline (MP_ETIMEDOUT) and is_alive said 1 (and a pid reused after the reap would
+ * have looked alive for ever). Under forkserver P is the server's child, reaped at once.
  */
-START_TEST(test_review_join_parent_ended_unreaped) {
+static void check_join_parent_ended_unreaped(int method, bool from_fork) {
   struct life_arg a;
   char *path;
-  life_setup(&a, _i, &path);
+  life_setup(&a, method, &path);
+  a.from_fork = from_fork;
   mp_process_t *p;
-  T_PROC_NEW(&p, mp_test_ctx(_i), life_ends_unreaped, &a, sizeof a, "P");
+  T_PROC_NEW(&p, mp_test_ctx(method), life_ends_unreaped, &a, sizeof a, "P");
   MP_ASSERT_OK(mp_process_start(p));
   /* P is not joined (nor reaped) until G has answered. */
   double end = mp_test_now() + 15.0;
@@ -1553,16 +1567,28 @@ START_TEST(test_review_join_parent_ended_unreaped) {
   free(path);
   reap_leftover_zombies();
   T_INT_EQ(code, 0);
-  int rc = 1, alive = -1;
+  int rc = 1, alive = -1, alive_before = -1;
   double took = -1;
   const char *line = strstr(text, "GJOIN");
-  T_ASSERT(line && sscanf(line, "GJOIN %d %d %lf", &rc, &alive, &took) == 3,
-           "%s: G never answered: %s", METHODS[_i], text);
-  T_ASSERT(rc == 0 && alive == 0,
-           "%s%s: G's join of its ended (unreaped) parent returned %s after %.1f s, "
-           "is_alive %d",
-           METHODS[_i], getenv("LIBMP_NO_PIDFD") ? " (no pidfd)" : "", mp_err_name(rc), took,
-           alive);
+  T_ASSERT(line && sscanf(line, "GJOIN %d %d %lf %d", &rc, &alive, &took, &alive_before) == 4,
+           "%s: G never answered: %s", METHODS[method], text);
+  T_ASSERT(rc == 0 && alive == 0 && alive_before == 1,
+           "%s%s: %s join of its ended (unreaped) parent returned %s after %.1f s, is_alive "
+           "%d (%d while it ran)",
+           METHODS[method], getenv("LIBMP_NO_PIDFD") ? " (no pidfd)" : "",
+           from_fork ? "a fork() of G, its" : "G's", mp_err_name(rc), took, alive,
+           alive_before);
+}
+
+START_TEST(test_join_parent_ended_unreaped) {
+  check_join_parent_ended_unreaped(_i, false);
+}
+END_TEST
+
+/* The same from a process G forked itself: its parent process object is G's parent, not its
+ * parent for the kernel, so it looks by pid (/proc: a zombie). */
+START_TEST(test_forked_copy_joins_parent_ended_unreaped) {
+  check_join_parent_ended_unreaped(_i, true);
 }
 END_TEST
 
@@ -2073,7 +2099,8 @@ static Suite *process_suite(void) {
   tcase_add_loop_test(tc, test_killed_parent_takes_children, 0, N_METHODS);
   tcase_add_loop_test(tc, test_no_die_with_parent, 0, N_METHODS);
   tcase_add_loop_test(tc, test_parent_gone_before_first_look, 0, N_METHODS);
-  tcase_add_loop_test(tc, test_review_join_parent_ended_unreaped, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_join_parent_ended_unreaped, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forked_copy_joins_parent_ended_unreaped, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "executable", 20);
   tcase_add_loop_test(tc, test_exec_nonexistent, 0, N_METHODS);
