@@ -232,26 +232,30 @@ MP_EXTERN int mp_process_start(mp_process_t *proc);
 /*
  * Waits for the child to end, at most timeout seconds, and reaps it. Waiting uses a process
  * file descriptor: no polling loop. Errors: MP_EINVAL, MP_ENOTSTARTED, MP_ETIMEDOUT (still
- * running), MP_ENOTCHILD (the current process). Joining the parent process
+ * running), MP_ENOTCHILD (the current process, or a copy of the object in a process forked
+ * since the start, whose sibling the child is). Joining the parent process
  * (mp_parent_process()) waits for it to exit. Python: Process.join(timeout).
  */
 MP_EXTERN int mp_process_join(mp_process_t *proc, double timeout);
 
 /* 1 while the process runs, 0 before start or after it ended, or a negative error
- * (MP_EINVAL). Python: Process.is_alive(). */
+ * (MP_EINVAL; MP_ENOTCHILD in a copy forked since the start, as for mp_process_join).
+ * Python: Process.is_alive(). */
 MP_EXTERN int mp_process_is_alive(mp_process_t *proc);
 
 /*
  * The exit code once the child has ended: the target's return value or the status passed
  * to exit(), or minus the signal number that killed it (-9 for SIGKILL), as Python reports.
  * Errors: MP_EINVAL, MP_ENOTSTARTED, MP_EALIVE (still running: Python's None),
- * MP_ENOTCHILD (the current or the parent process), -ECHILD (it ended, but the program's
+ * MP_ENOTCHILD (the current or the parent process, or a copy forked since the start, as
+ * for mp_process_join), -ECHILD (it ended, but the program's
  * own waitpid(-1) or an ignored SIGCHLD took its status). Python: Process.exitcode.
  */
 MP_EXTERN int mp_process_exitcode(mp_process_t *proc, int *exitcode);
 
 /* Sends SIGTERM / SIGKILL; a child that has already ended is left alone (returns 0).
- * Errors: MP_EINVAL, MP_ENOTSTARTED, MP_ENOTCHILD. Python: terminate(), kill(). */
+ * Errors: MP_EINVAL, MP_ENOTSTARTED, MP_ENOTCHILD. A copy of the object forked since the
+ * start may signal the child, as in Python. Python: terminate(), kill(). */
 MP_EXTERN int mp_process_terminate(mp_process_t *proc);
 MP_EXTERN int mp_process_kill(mp_process_t *proc);
 
@@ -272,7 +276,8 @@ MP_EXTERN int mp_process_sentinel(const mp_process_t *proc);
  * that is never joined, closed or listed by mp_active_children() stays a zombie, and its
  * object keeps two fds at most, until then or the program's exit. Errors: MP_EINVAL (NULL, or the
  * current or parent process, which are never freed) and MP_EALIVE (still running: join,
- * terminate or kill it first; the object stays valid). Python: Process.close().
+ * terminate or kill it first; the object stays valid), MP_ENOTCHILD (a copy forked since the
+ * start, as for mp_process_join). Python: Process.close().
  */
 MP_EXTERN int mp_process_close(mp_process_t *proc);
 

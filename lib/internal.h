@@ -374,6 +374,7 @@ struct mp_process_s {
   bool daemon;
   bool die_with_parent;
   pid_t pid;
+  pid_t owner;   /* the process that started it, the only one that can wait for it */
   int pidfd;     /* signals; for fork and spawn children also the exit sentinel */
   int status_fd; /* forkserver: the child's socket, where its exit status arrives; without
                     pidfds: the sentinel socket; else -1 */

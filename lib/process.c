@@ -43,6 +43,7 @@ static struct {
   mp_process_t current;
   mp_process_t parent;
   bool has_parent;
+  bool parent_forked_us; /* the parent is our parent for the kernel (fork, spawn) */
   pid_t watched_parent; /* the process whose death kills us, see die_with() */
   int own_sentinel;     /* without pidfds: the socket end that closes when we end */
   int report_sock;      /* forkserver child: where EXITED goes */
@@ -410,6 +411,8 @@ MP__CHILD_TEXT static void after_fork_in_child(void) {
     mp__raw_syscall(SYS_close, me.report_sock, 0, 0, 0);
     me.report_sock = -1;
   }
+  if (me.parent_forked_us) /* our parent process object is our parent's parent now */
+    me.parent_forked_us = false;
   mp__reset_lock(&me.registry_lock);
   mp__reset_lock(&me.executable_lock);
   mp__fd_after_fork();
@@ -546,6 +549,7 @@ MP__CHILD_TEXT void mp__child_init(const mp__child_info_t *info) {
   else
     me.parent.pidfd = pidfds ? mp__pidfd_open(info->parent_pid) : -1;
   me.has_parent = true;
+  me.parent_forked_us = info->real_parent == info->parent_pid;
   me.own_sentinel = info->sentinel;
   me.report_sock = info->report_sock;
   if (info->die_with_parent)
@@ -691,6 +695,22 @@ static int check_started(const mp_process_t *proc, const char *what) {
   return rc;
 }
 
+/*
+ * Only the process that started a child can wait for it. A process forked from it since (the
+ * program's own fork(), or a fork-method child that finds the handle in a global or its
+ * argument) holds a copy of the object, whose waitpid() fails with ECHILD: that says nothing
+ * of the child's end. Python asserts "can only join a child process" there. An object not
+ * started is the copy's own to start or close.
+ */
+static int check_owner(const mp_process_t *proc, const char *what) {
+  if (state_of(proc) == MP__CREATED || proc->owner == getpid())
+    return 0;
+  return mp__error(MP_ENOTCHILD,
+                   "%s: '%s' is a child of process %d, not of this one: this is a copy "
+                   "of its object, forked since it started",
+                   what, proc->name, (int)proc->owner);
+}
+
 int mp_process_set_daemon(mp_process_t *proc, bool daemon) {
   int rc = check_not_started(proc, "mp_process_set_daemon");
   if (rc == 0)
@@ -808,6 +828,7 @@ int mp_process_start(mp_process_t *proc) {
     rc = pass_handles_in_arg(proc);
   if (rc < 0)
     return rc;
+  proc->owner = getpid();
   rc = proc->ops->launch(proc);
   if (rc < 0)
     return start_failed(proc, rc);
@@ -818,12 +839,36 @@ int mp_process_start(mp_process_t *proc) {
 }
 
 /*
- * Where there are no pidfds (old kernels, valgrind) nothing can be told when an unrelated
- * process ends: only there, look at the parent at growing intervals (1 ms to 50 ms).
+ * Without a pidfd: whether the parent process has ended. kill(pid, 0) cannot tell, as it
+ * succeeds on a zombie, and on whoever has the pid after the reap. A parent that forked or
+ * spawned us has ended once it is not our parent: the kernel reparents us as it exits,
+ * before it is reaped, to a process already running (a subreaper, init) under another pid.
+ * Another parent (a fork server's or a pool zygote's child's, or the one a program's fork()
+ * inherited) is looked at by pid: gone, a zombie, or a process started after us, so not
+ * the one that started us (a start in the same clock tick as ours counts as alive, as does
+ * a /proc that cannot be read).
  */
-static int wait_parent_without_pidfd(int64_t deadline) {
+static bool parent_ended_without_pidfd(void) {
+  if (me.parent_forked_us)
+    return getppid() != me.parent.pid;
+  if (kill(me.parent.pid, 0) < 0 && errno == ESRCH)
+    return true;
+  char state, own_state;
+  uint64_t start, own_start;
+  if (mp__proc_stat(me.parent.pid, &state, &start) < 0)
+    return false;
+  return state == 'Z' || state == 'X' ||
+         (mp__proc_stat(getpid(), &own_state, &own_start) == 0 && start > own_start);
+}
+
+/*
+ * Where there are no pidfds (old kernels, valgrind) nothing can be told when an unrelated
+ * process ends: only there, look at the parent at growing intervals (1 ms to 50 ms). A
+ * SIGINT ends the nap (nanosleep is never restarted) and the wait.
+ */
+static int wait_parent_without_pidfd(int64_t deadline, const mp__sigint_t *sigint) {
   for (int64_t pause_ns = 1000000;; pause_ns = pause_ns < 50000000 ? 2 * pause_ns : pause_ns) {
-    if (kill(me.parent.pid, 0) < 0 && errno == ESRCH)
+    if (parent_ended_without_pidfd())
       return 1;
     int64_t left = deadline - mp__now_ns();
     if (left <= 0)
@@ -831,24 +876,31 @@ static int wait_parent_without_pidfd(int64_t deadline) {
     int64_t nap = left < pause_ns ? left : pause_ns;
     struct timespec ts = {.tv_sec = nap / 1000000000, .tv_nsec = nap % 1000000000};
     nanosleep(&ts, NULL);
+    if (mp__sigint_arrived(sigint))
+      return MP_EINTR;
   }
 }
 
+/* Waits for the parent process to end, until deadline: 1 ended, 0 still running, or -errno. */
+static int wait_parent(int64_t deadline, const mp__sigint_t *sigint) {
+  int fd = parent_pidfd();
+  return fd >= 0 ? mp__poll_fd_sig(fd, POLLIN, deadline, sigint)
+                 : wait_parent_without_pidfd(deadline, sigint);
+}
+
 int mp_process_join(mp_process_t *proc, double timeout) {
-  if (proc == &me.parent) {
-    int fd = parent_pidfd();
-    int ready = fd >= 0 ? mp__poll_fd(fd, POLLIN, mp__deadline(timeout))
-                        : wait_parent_without_pidfd(mp__deadline(timeout));
-    if (ready < 0)
-      return mp__error(ready, "mp_process_join: %s", mp_strerror(ready));
-    return ready ? 0 : mp__error(MP_ETIMEDOUT, "mp_process_join: the parent still runs");
-  }
-  int rc = check_started(proc, "mp_process_join");
+  int rc = 0;
+  if (proc != &me.parent && (rc = check_started(proc, "mp_process_join")) == 0)
+    rc = check_owner(proc, "mp_process_join");
   if (rc < 0)
     return rc;
   mp__sigint_t sigint;
   mp__sigint_begin(&sigint);
-  rc = wait_child(proc, mp__deadline(timeout), &sigint);
+  int64_t deadline = mp__deadline(timeout);
+  if (proc == &me.parent)
+    rc = wait_parent(deadline, &sigint);
+  else
+    rc = wait_child(proc, deadline, &sigint);
   if (rc == MP_EINTR)
     return mp__error(rc, "mp_process_join: interrupted by SIGINT");
   if (rc < 0)
@@ -867,16 +919,19 @@ int mp_process_is_alive(mp_process_t *proc) {
     return 1;
   case MP__PROC_PARENT: {
     int fd = parent_pidfd();
-    return fd >= 0 ? mp__poll_fd(fd, POLLIN, 0) == 0 : kill(me.parent.pid, 0) == 0;
+    return fd >= 0 ? mp__poll_fd(fd, POLLIN, 0) == 0 : !parent_ended_without_pidfd();
   }
   case MP__PROC_CHILD:
     break;
   }
-  return child_running(proc);
+  int rc = check_owner(proc, "mp_process_is_alive");
+  return rc < 0 ? rc : child_running(proc);
 }
 
 int mp_process_exitcode(mp_process_t *proc, int *exitcode) {
   int rc = check_started(proc, "mp_process_exitcode");
+  if (rc == 0)
+    rc = check_owner(proc, "mp_process_exitcode");
   if (rc == 0 && !exitcode)
     rc = mp__error(MP_EINVAL, "mp_process_exitcode: exitcode is NULL");
   if (rc < 0)
@@ -895,7 +950,12 @@ static int send_signal(mp_process_t *proc, int sig, const char *what) {
   int rc = check_started(proc, what);
   if (rc < 0)
     return rc;
-  pthread_mutex_lock(&proc->reap_lock);
+  /* The lock keeps our own reap from freeing the pid between the look and the signal. A copy
+   * of the object forked since (check_owner) may signal, as Python's may: it reaps nothing,
+   * and its copy of the lock may have been taken by another thread at the fork. */
+  bool own = proc->owner == getpid();
+  if (own)
+    pthread_mutex_lock(&proc->reap_lock);
   /* Without a pidfd (or without pidfd_send_signal, as under valgrind), the pid, unless
    * the sentinel says the child has ended: a forkserver child is reaped by the server, so
    * its pid may be anyone's by then. */
@@ -908,7 +968,8 @@ static int send_signal(mp_process_t *proc, int sig, const char *what) {
     sent = kill(proc->pid, sig);
   if (sent < 0 && errno != ESRCH) /* ESRCH: it has ended, and is not reaped yet */
     rc = mp__syserror("%s: signalling '%s'", what, proc->name);
-  pthread_mutex_unlock(&proc->reap_lock);
+  if (own)
+    pthread_mutex_unlock(&proc->reap_lock);
   return rc;
 }
 
@@ -952,6 +1013,9 @@ int mp_process_close(mp_process_t *proc) {
     return mp__error(MP_EINVAL, "mp_process_close: %s", proc ? "the current and the parent "
                                                                "process are never closed"
                                                              : "proc is NULL");
+  int rc = check_owner(proc, "mp_process_close");
+  if (rc < 0)
+    return rc;
   if (child_running(proc))
     return mp__error(MP_EALIVE, "mp_process_close: '%s' still runs", proc->name);
   /* Out of the registry first: mp_active_children() may look at it until then. */

@@ -292,6 +292,7 @@ static int t_identity(void *arg, size_t size) {
 struct life_arg {
   int method;
   char path[200];
+  bool from_fork; /* test_forked_copy_joins_parent_ended_unreaped */
 };
 
 static char g_life_path[200];
@@ -1487,6 +1488,110 @@ START_TEST(test_parent_gone_before_first_look) {
 }
 END_TEST
 
+/* G: says it is ready, then joins its parent, which ends right after without being reaped
+ * (the test holds off), and says how the join went. With from_fork, a process G forks (the
+ * program's own fork(), whose parent process object is a copy of G's) does so instead. */
+static int t_join_zombie_parent(void *arg, size_t size) {
+  struct life_arg a;
+  if (size != sizeof a)
+    return 60;
+  memcpy(&a, arg, sizeof a);
+  mp_process_t *parent = mp_parent_process();
+  if (parent == NULL)
+    return 61;
+  pid_t f = a.from_fork ? fork() : 0;
+  if (f > 0) {
+    int status;
+    return waitpid(f, &status, 0) == f && WIFEXITED(status) ? WEXITSTATUS(status) : 62;
+  }
+  if (f < 0)
+    return 63;
+  int alive_before = mp_process_is_alive(parent); /* P waits for GREADY */
+  append_text(a.path, "GREADY\n");
+  double t0 = mp_test_now();
+  int rc = mp_process_join(parent, 3.0);
+  int alive = mp_process_is_alive(parent);
+  char line[96];
+  snprintf(line, sizeof line, "GJOIN %d %d %.1f %d\n", rc, alive, mp_test_now() - t0,
+           alive_before);
+  append_text(a.path, line);
+  if (a.from_fork)
+    _exit(0);
+  return 0;
+}
+
+/* P: starts G (which does not die with it), waits until G is ready, and ends at once
+ * (_exit: a return would join G first). */
+static int life_ends_unreaped(void *arg, size_t size) {
+  struct life_arg a;
+  if (size != sizeof a)
+    return 20;
+  memcpy(&a, arg, sizeof a);
+  if (start_grandchild(&a, t_join_zombie_parent, false, false, "G") != 0)
+    return 21;
+  if (!wait_for_line(a.path, "GREADY", 10.0))
+    return 22;
+  mp_test_sleep(0.2); /* G is in its join */
+  _exit(0);
+}
+
+/*
+ * A parent that has ended is joined, and is not alive, as soon as it ends, whether or not
+ * its own parent has reaped it yet. Without pidfds (LIBMP_NO_PIDFD=1, old kernels, valgrind)
+ * the child looked at its parent with kill(pid, 0), which succeeds on a zombie: the join ran
+ * to its deadline (MP_ETIMEDOUT) and is_alive said 1 (and a pid reused after the reap would
+ * have looked alive for ever). Under forkserver P is the server's child, reaped at once.
+ */
+static void check_join_parent_ended_unreaped(int method, bool from_fork) {
+  struct life_arg a;
+  char *path;
+  life_setup(&a, method, &path);
+  a.from_fork = from_fork;
+  mp_process_t *p;
+  T_PROC_NEW(&p, mp_test_ctx(method), life_ends_unreaped, &a, sizeof a, "P");
+  MP_ASSERT_OK(mp_process_start(p));
+  /* P is not joined (nor reaped) until G has answered. */
+  double end = mp_test_now() + 15.0;
+  char text[4096] = "";
+  while (!strstr(text, "GJOIN") && mp_test_now() < end) {
+    mp_test_sleep(0.02);
+    read_text(path, text, sizeof text);
+  }
+  pid_t g = file_pid(path, "G");
+  int status = 0;
+  int code = mp_test_join_code(p, 10.0);
+  if (g > 0)
+    (void)reap_pid(g, &status, 5.0);
+  T_PROC_CLOSE(p);
+  unlink(path);
+  free(path);
+  reap_leftover_zombies();
+  T_INT_EQ(code, 0);
+  int rc = 1, alive = -1, alive_before = -1;
+  double took = -1;
+  const char *line = strstr(text, "GJOIN");
+  T_ASSERT(line && sscanf(line, "GJOIN %d %d %lf %d", &rc, &alive, &took, &alive_before) == 4,
+           "%s: G never answered: %s", METHODS[method], text);
+  T_ASSERT(rc == 0 && alive == 0 && alive_before == 1,
+           "%s%s: %s join of its ended (unreaped) parent returned %s after %.1f s, is_alive "
+           "%d (%d while it ran)",
+           METHODS[method], getenv("LIBMP_NO_PIDFD") ? " (no pidfd)" : "",
+           from_fork ? "a fork() of G, its" : "G's", mp_err_name(rc), took, alive,
+           alive_before);
+}
+
+START_TEST(test_join_parent_ended_unreaped) {
+  check_join_parent_ended_unreaped(_i, false);
+}
+END_TEST
+
+/* The same from a process G forked itself: its parent process object is G's parent, not its
+ * parent for the kernel, so it looks by pid (/proc: a zombie). */
+START_TEST(test_forked_copy_joins_parent_ended_unreaped) {
+  check_join_parent_ended_unreaped(_i, true);
+}
+END_TEST
+
 /* ===================================================================================== */
 /* set_executable: a failed exec, a non-libmp program, another libmp build.               */
 
@@ -1695,6 +1800,62 @@ START_TEST(test_state_errors) {
   MP_ASSERT_OK(mp_process_join(p, 10.0));
   MP_ASSERT_ERR(mp_process_start(p), MP_ESTARTED);
   T_PROC_CLOSE(p);
+}
+END_TEST
+
+/*
+ * A process object is its starter's; a copy of it in a process forked from the starter (the
+ * program's own fork(), or a fork-method child that finds a sibling's handle in a global or
+ * its argument) cannot wait for the sibling, which is not its child (Python asserts "can
+ * only join a child process", "can only test a child process"). The copy's waitpid() would
+ * fail with ECHILD, which once read as "reaped elsewhere": is_alive said 0 and join
+ * returned 0 at once while the sibling ran. Now join, is_alive, exitcode and close say
+ * MP_ENOTCHILD there, and terminate signals the sibling, as Python's does from anywhere.
+ */
+START_TEST(test_forked_copy_cannot_wait_for_sibling) {
+  mp_context_t *ctx = mp_test_ctx(_i);
+  mp_process_t *p;
+  T_PROC_NEW(&p, ctx, t_pause, NULL, 0, "sibling");
+  MP_ASSERT_OK(mp_process_start(p));
+  int out[2];
+  T_ASSERT(pipe(out) == 0, "pipe");
+  pid_t c = fork();
+  T_ASSERT(c >= 0, "fork");
+  if (c == 0) {
+    int code, got[5];
+    got[0] = mp_process_is_alive(p);
+    got[1] = mp_process_join(p, 0.2);
+    got[2] = mp_process_exitcode(p, &code);
+    got[3] = mp_process_close(p);
+    got[4] = mp_process_terminate(p); /* last: the sibling ends */
+    if (write(out[1], got, sizeof got) != (ssize_t)sizeof got)
+      _exit(2);
+    _exit(0);
+  }
+  mp_test_track_pid(c);
+  close(out[1]);
+  int got[5] = {-100, -100, -100, -100, -100};
+  ssize_t n = read(out[0], got, sizeof got);
+  close(out[0]);
+  int status;
+  waitpid(c, &status, 0);
+  mp_test_untrack_pid(c);
+  int joined = mp_process_join(p, 10.0), code = 0;
+  if (joined == 0)
+    MP_ASSERT_OK(mp_process_exitcode(p, &code));
+  else /* the copy's terminate did not reach it */
+    MP_ASSERT_OK(mp_process_kill(p));
+  MP_ASSERT_OK(mp_process_join(p, 10.0));
+  T_PROC_CLOSE(p);
+  T_ASSERT(n == (ssize_t)sizeof got, "the forked copy did not answer");
+  T_ASSERT(got[0] == MP_ENOTCHILD && got[1] == MP_ENOTCHILD && got[2] == MP_ENOTCHILD &&
+               got[3] == MP_ENOTCHILD,
+           "%s: in a forked copy, is_alive of the running sibling is %d, join(0.2) returns %s, "
+           "exitcode %s and close %s",
+           METHODS[_i], got[0], mp_err_name(got[1]), mp_err_name(got[2]), mp_err_name(got[3]));
+  T_ASSERT(got[4] == 0 && joined == 0 && code == -SIGTERM,
+           "%s: the copy's terminate returned %s, and the sibling's join %s, exit code %d",
+           METHODS[_i], mp_err_name(got[4]), mp_err_name(joined), code);
 }
 END_TEST
 
@@ -1938,6 +2099,8 @@ static Suite *process_suite(void) {
   tcase_add_loop_test(tc, test_killed_parent_takes_children, 0, N_METHODS);
   tcase_add_loop_test(tc, test_no_die_with_parent, 0, N_METHODS);
   tcase_add_loop_test(tc, test_parent_gone_before_first_look, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_join_parent_ended_unreaped, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forked_copy_joins_parent_ended_unreaped, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "executable", 20);
   tcase_add_loop_test(tc, test_exec_nonexistent, 0, N_METHODS);
@@ -1951,6 +2114,7 @@ static Suite *process_suite(void) {
   tc = mp_test_tcase(s, "bad-input", 20);
   tcase_add_test(tc, test_null_arguments);
   tcase_add_loop_test(tc, test_state_errors, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forked_copy_cannot_wait_for_sibling, 0, N_METHODS);
   tcase_add_test(tc, test_current_process_errors);
   tcase_add_loop_test(tc, test_close_twice, 0, N_METHODS);
   tcase_add_loop_test(tc, test_heap_target_refused, 0, N_METHODS);

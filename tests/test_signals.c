@@ -412,6 +412,46 @@ START_TEST(test_lock_waiters_after_interrupt) {
 }
 END_TEST
 
+/*
+ * mp_process_join follows the Ctrl-C rule (docs/api.md, "The calls that follow the rule")
+ * when it joins the parent process too: a child that joins its parent (which lives on) with
+ * its own SIGINT handler gets MP_EINTR when SIGINT comes. The parent's join used to poll
+ * without the SIGINT counter (and, without pidfds, to sleep in nanosleep), so it waited to
+ * its deadline and returned MP_ETIMEDOUT.
+ */
+typedef struct {
+  mp_event_t *ready;
+} parent_job_t;
+
+static int join_parent(void *arg, size_t size) {
+  (void)size;
+  const parent_job_t *job = arg;
+  catch_sigint(on_sigint, 0);
+  mp_process_t *parent = mp_parent_process();
+  if (!parent)
+    return 2;
+  mp_event_set(job->ready);
+  int rc = mp_process_join(parent, 3);
+  if (rc == MP_EINTR && strstr(mp_last_error(), "interrupted by SIGINT"))
+    return 0;
+  return rc == MP_ETIMEDOUT ? 3 : 4;
+}
+
+START_TEST(test_join_parent_gives_eintr) {
+  parent_job_t job;
+  MP_ASSERT_OK(mp_event_create(&job.ready));
+  mp_process_t *proc = mp_test_start(_i, join_parent, &job, sizeof job);
+  MP_ASSERT_OK(mp_event_wait(job.ready, 30));
+  int code = interrupt(proc);
+  T_ASSERT(code == 0,
+           "join of the parent under %s with a SIGINT handler: exit code %d (3: MP_ETIMEDOUT "
+           "after 3 s of SIGINTs, not MP_EINTR)",
+           METHODS[_i], code);
+  T_PROC_CLOSE(proc);
+  MP_ASSERT_OK(mp_event_close(job.ready));
+}
+END_TEST
+
 static Suite *signals_suite(void) {
   Suite *s = suite_create("signals");
   TCase *tc = mp_test_tcase(s, "ctrl-c", 120);
@@ -420,6 +460,7 @@ static Suite *signals_suite(void) {
   tcase_add_loop_test(tc, test_default_kills, 0, N_METHODS);
   tcase_add_loop_test(tc, test_recv_finishes_message, 0, N_METHODS);
   tcase_add_loop_test(tc, test_lock_waiters_after_interrupt, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_join_parent_gives_eintr, 0, N_METHODS);
   return s;
 }
 
