@@ -485,6 +485,123 @@ START_TEST(test_short_reply_refused) {
   destroy_test_pool();
 }
 END_TEST
+
+/* Takes every reply of rank's left in rank 0's queue (at most 0.5 s of looking), so that a
+ * test's leftovers do not answer the next test's chunks; how many there were. */
+static int drain_replies(int rank, int tag) {
+  int drained = 0;
+  double end = mp_test_now() + 0.5;
+  while (mp_test_now() < end) {
+    int flag = 0;
+    MPI_Status st;
+    pthread_mutex_lock(&mp__mpi_lock);
+    MPI_Iprobe(rank, tag, MPI_COMM_WORLD, &flag, &st);
+    if (flag) {
+      int len = 0;
+      MPI_Get_count(&st, MPI_BYTE, &len);
+      char *buf = malloc(len > 0 ? (size_t)len : 1);
+      MPI_Recv(buf, len, MPI_BYTE, rank, tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+      free(buf);
+      drained++;
+    }
+    pthread_mutex_unlock(&mp__mpi_lock);
+    if (!flag)
+      mp_test_sleep(0.01);
+  }
+  return drained;
+}
+
+/* Runs on rank 1: for item 5, sends rank 0 a reply of one head and no results before its
+ * real one (as forge_short_reply does); every item squared. */
+static int short_reply_at_5(const void *arg, size_t size, void *result, size_t *result_size) {
+  long x;
+  memcpy(&x, arg, sizeof x);
+  if (x == 5) {
+    mp__mpi_reply_head_t r = {0, 0, 0, sizeof(result_t)};
+    MPI_Send(&r, sizeof r, MPI_BYTE, 0, MP__MPI_TAG_REPLY, MPI_COMM_WORLD);
+  }
+  return square(arg, size, result, result_size);
+}
+
+/* review: after one malformed reply, "the other chunks go on" (docs/api.md): each later
+ * item's result must be its own. The rank's real reply to the refused chunk is still
+ * queued, and rank 0 takes it for the next chunk's, and so on: every later item gets the
+ * previous item's result, silently (replies carry nothing of the chunk they answer). */
+START_TEST(test_review_reply_after_malformed_is_own) {
+  mp_pool_t *pool = make_pool(1, NULL);
+  enum { N = 12 };
+  long items[N];
+  for (int i = 0; i < N; i++)
+    items[i] = i;
+  mp_imap_t *it;
+  MP_ASSERT_OK(mp_pool_imap(pool, short_reply_at_5, items, N, sizeof(long), sizeof(result_t),
+                            1, &it));
+  int codes[N];
+  long got[N];
+  for (int k = 0; k < N; k++) {
+    result_t r = {0};
+    size_t index = SIZE_MAX;
+    codes[k] = mp_imap_next(it, &r, &index, 30);
+    got[k] = r.square;
+  }
+  mp_imap_free(it);
+  int left = drain_replies(1, MP__MPI_TAG_REPLY);
+  destroy_test_pool();
+  T_INT_EQ(codes[5], MP_EWORKERDIED);
+  for (int k = 6; k < N; k++)
+    T_ASSERT(codes[k] == 0 && got[k] == (long)k * k,
+             "item %d after the malformed reply: %s, square %ld, not %d (%d replies left "
+             "over)", k, mp_err_name(codes[k]), got[k], k * k, left);
+}
+END_TEST
+
+/* Runs on rank 1: sends rank 0 a message of the program's own (tag 3, 8 bytes) on
+ * MPI_COMM_WORLD, as a program that uses MPI between its ranks would (docs/api.md: "MPI
+ * itself is the shared state"), then squares its item. */
+static int send_own_note(const void *arg, size_t size, void *result, size_t *result_size) {
+  long note = 12345;
+  MPI_Send(&note, sizeof note, MPI_BYTE, 0, 3, MPI_COMM_WORLD);
+  return square(arg, size, result, result_size);
+}
+
+/* review: the program's own MPI messages and the pool's are told apart: a task that sends
+ * rank 0 a note of the program's (tag 3) still gets its result, and rank 0's program
+ * receives the note. The pool speaks on MPI_COMM_WORLD with tags 1-4, so its worker takes
+ * the note for the chunk's reply. */
+START_TEST(test_review_program_message_not_a_reply) {
+  mp_pool_t *pool = make_pool(1, NULL);
+  long x = 6;
+  result_t r = {0};
+  int rc = mp_pool_apply(pool, send_own_note, &x, sizeof x, &r, sizeof r, NULL);
+  char why[512];
+  snprintf(why, sizeof why, "%s", mp_last_error());
+  /* The program receives its note from rank 1. */
+  long note = 0;
+  int flag = 0, len = -1;
+  MPI_Status st;
+  for (double end = mp_test_now() + 2; !flag && mp_test_now() < end;) {
+    pthread_mutex_lock(&mp__mpi_lock);
+    MPI_Iprobe(1, 3, MPI_COMM_WORLD, &flag, &st);
+    if (flag) {
+      MPI_Get_count(&st, MPI_BYTE, &len);
+      char *buf = malloc(len > 0 ? (size_t)len : 1);
+      MPI_Recv(buf, len, MPI_BYTE, 1, 3, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+      if (len == sizeof note)
+        memcpy(&note, buf, sizeof note);
+      free(buf);
+    }
+    pthread_mutex_unlock(&mp__mpi_lock);
+    if (!flag)
+      mp_test_sleep(0.01);
+  }
+  drain_replies(1, 3);
+  destroy_test_pool();
+  T_ASSERT(rc == 0, "the task's apply failed: %s", why);
+  T_INT_EQ(r.square, 36);
+  T_ASSERT(note == 12345, "the program's note was not received (the message of tag 3 from "
+           "rank 1 had %d bytes)", len);
+}
+END_TEST
 #endif
 
 static int slow_square(const void *arg, size_t size, void *result, size_t *result_size) {
@@ -572,6 +689,67 @@ START_TEST(test_descendant_takes_no_rank) {
 }
 END_TEST
 
+/* `test_mpi plain`: a program that uses no MPI; it says its main ran. */
+static int plain_main(void) {
+  printf("plain: main ran\n");
+  fflush(stdout);
+  return 0;
+}
+
+/* Runs `test_mpi plain` with env added to this process's environment, in a process group of
+ * its own: its exit code, or -1 if it still ran after timeout seconds (then killed, with
+ * its group, and reaped). */
+static int run_plain_with(char *const extra[], double timeout) {
+  extern char **environ;
+  size_t n = 0, k = 0;
+  while (environ[n])
+    n++;
+  while (extra[k])
+    k++;
+  char **env = calloc(n + k + 1, sizeof *env);
+  ck_assert_ptr_nonnull(env);
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++)
+    if (strncmp(environ[i], "OMPI_", 5) && strncmp(environ[i], "PMIX_", 5) &&
+        strncmp(environ[i], "LIBMP_MPI_RANK_TAKEN=", 21))
+      env[m++] = environ[i];
+  for (size_t i = 0; i < k; i++)
+    env[m++] = extra[i];
+  char *argv[] = {"test_mpi", "plain", NULL};
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attr, 0);
+  pid_t pid, r;
+  int rc = posix_spawn(&pid, "/proc/self/exe", NULL, &attr, argv, env);
+  posix_spawnattr_destroy(&attr);
+  free(env);
+  if (rc != 0)
+    return -2;
+  int status = 0;
+  double end = mp_test_now() + timeout;
+  while ((r = waitpid(pid, &status, WNOHANG)) == 0 && mp_test_now() < end)
+    mp_test_sleep(0.01);
+  if (r == 0) {
+    kill(-pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* review: Open MPI's variables in a process that mpirun did not start (left in a shell, set
+ * by hand, inherited from a non-libmp rank) must not take a plain program over: its main
+ * runs. OMPI_COMM_WORLD_RANK=1 makes it a worker rank: MPI_Init makes it a singleton (rank
+ * 0 of 1), and it waits for ever for messages from "rank 0", itself; main never runs. */
+START_TEST(test_review_forged_rank_env_runs_main) {
+  char *rank1[] = {"OMPI_COMM_WORLD_RANK=1", "OMPI_COMM_WORLD_SIZE=2", NULL};
+  int code = run_plain_with(rank1, 10);
+  T_ASSERT(code == 0, "a plain program with OMPI_COMM_WORLD_RANK=1 forged: exit code %d "
+           "(-1: still running after 10 s, main never ran)", code);
+}
+END_TEST
+
 START_TEST(test_refused_without_mpirun) {
   mp_context_t *ctx;
   MP_ASSERT_ERR(mp_get_context("mpi", &ctx), MP_EMETHOD);
@@ -639,10 +817,13 @@ static Suite *mpi_suite(void) {
     tcase_add_test(tc, test_terminate);
 #ifdef MP_TEST_MPI
     tcase_add_test(tc, test_short_reply_refused);
+    tcase_add_test(tc, test_review_reply_after_malformed_is_own);
+    tcase_add_test(tc, test_review_program_message_not_a_reply);
 #endif
     tcase_add_test(tc, test_descendant_takes_no_rank);
   } else {
     tcase_add_test(tc, test_refused_without_mpirun);
+    tcase_add_test(tc, test_review_forged_rank_env_runs_main);
   }
 #ifdef MP_TEST_MPI
   tcase_add_test(tc, test_reply_checked);
@@ -659,6 +840,8 @@ int main(int argc, char **argv) {
     return map_on_another_build();
   if (argc > 1 && strcmp(argv[1], "descendant") == 0)
     return descendant_of_a_rank();
+  if (argc > 1 && strcmp(argv[1], "plain") == 0)
+    return plain_main();
   SRunner *sr = srunner_create(mpi_suite());
   srunner_set_fork_status(sr, CK_NOFORK); /* MPI starts once per process */
   srunner_run_all(sr, CK_NORMAL);
