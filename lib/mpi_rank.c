@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 pthread_mutex_t mp__mpi_lock = PTHREAD_MUTEX_INITIALIZER;
+MPI_Comm mp__mpi_comm = MPI_COMM_NULL;
 
 #define RANK_MARK "LIBMP_MPI_RANK_TAKEN"
 
@@ -92,7 +93,11 @@ static int start_mpi(void) {
     return mp__error(MP_ESPAWN, "this MPI library gives no MPI_THREAD_SERIALIZED: the pool's "
                                 "threads on rank 0 need it");
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
-  return 0;
+  /* Collective: every rank starts MPI here, rank 0 at its first use or its exit. */
+  rc = MPI_Comm_dup(MPI_COMM_WORLD, &mp__mpi_comm);
+  if (rc == MPI_SUCCESS)
+    rc = MPI_Comm_set_errhandler(mp__mpi_comm, MPI_ERRORS_RETURN);
+  return rc == MPI_SUCCESS ? 0 : mpi_error(MP_ESPAWN, rc, "MPI_Comm_dup");
 }
 
 int mp__mpi_start(int *size) {
@@ -121,7 +126,8 @@ static void end_job(void) {
   pthread_mutex_lock(&mp__mpi_lock);
   if (!ended && (started || start_mpi() == 0)) {
     for (int r = 1; r < world_size; r++)
-      MPI_Send(NULL, 0, MPI_BYTE, r, MP__MPI_TAG_STOP, MPI_COMM_WORLD);
+      MPI_Send(NULL, 0, MPI_BYTE, r, MP__MPI_TAG_STOP, mp__mpi_comm);
+    MPI_Comm_free(&mp__mpi_comm);
     MPI_Finalize();
   }
   ended = true;
@@ -241,37 +247,49 @@ static size_t run_message(rank_state_t *st, int tag, size_t len, int rank, size_
   return start;
 }
 
+/* A worker rank that cannot go on (rank 0 would wait for ever for its reply) ends the job,
+ * saying what failed and MPI's error err (MPI_SUCCESS: none). */
+static MP__NORETURN void rank_fails(int err, const char *what) {
+  if (err != MPI_SUCCESS)
+    what = (mpi_error(MP_EWORKERDIED, err, what), mp_last_error());
+  fprintf(stderr, "libmp: rank %d: %s\n", env_rank, what);
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  abort(); /* MPI_Abort returned */
+}
+
 static MP__NORETURN void serve(void) {
   pthread_mutex_lock(&mp__mpi_lock);
-  if (start_mpi() < 0) {
-    fprintf(stderr, "libmp: rank %d: %s\n", env_rank, mp_last_error());
-    MPI_Abort(MPI_COMM_WORLD, 1);
-  }
-  int rank;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (start_mpi() < 0)
+    rank_fails(MPI_SUCCESS, mp_last_error());
   rank_state_t st = {0};
   for (;;) {
     MPI_Status status;
-    int flag = 0;
+    int flag = 0, len = 0, rc;
     for (unsigned polls = 0;
-         MPI_Iprobe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &status) == MPI_SUCCESS && !flag;
+         (rc = MPI_Iprobe(0, MPI_ANY_TAG, mp__mpi_comm, &flag, &status)) == MPI_SUCCESS &&
+         !flag;
          back_off(&polls))
       ;
-    int len = 0;
-    MPI_Get_count(&status, MPI_BYTE, &len);
-    if (len < 0 || !mp__mpi_grow(&st.in, &st.in_cap, (size_t)len + 1)) {
-      fprintf(stderr, "libmp: rank %d: no memory for a message of %d bytes\n", rank, len);
-      MPI_Abort(MPI_COMM_WORLD, 1);
-    }
-    MPI_Recv(st.in, len, MPI_BYTE, 0, status.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    if (rc == MPI_SUCCESS)
+      rc = MPI_Get_count(&status, MPI_BYTE, &len);
+    if (rc != MPI_SUCCESS)
+      rank_fails(rc, "waiting for a task");
+    if (len < 0 || !mp__mpi_grow(&st.in, &st.in_cap, (size_t)len + 1))
+      rank_fails(MPI_SUCCESS, "no memory for a task's message");
+    rc = MPI_Recv(st.in, len, MPI_BYTE, 0, status.MPI_TAG, mp__mpi_comm, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS)
+      rank_fails(rc, "taking a task");
     if (status.MPI_TAG == MP__MPI_TAG_STOP)
       break;
-    size_t end, start = run_message(&st, status.MPI_TAG, (size_t)len, rank, &end);
-    MPI_Send(st.out + start, (int)(end - start), MPI_BYTE, 0, MP__MPI_TAG_REPLY,
-             MPI_COMM_WORLD);
+    size_t end, start = run_message(&st, status.MPI_TAG, (size_t)len, env_rank, &end);
+    rc = MPI_Send(st.out + start, (int)(end - start), MPI_BYTE, 0, MP__MPI_TAG_REPLY,
+                  mp__mpi_comm);
+    if (rc != MPI_SUCCESS)
+      rank_fails(rc, "sending a reply");
   }
   free(st.in);
   free(st.out);
+  MPI_Comm_free(&mp__mpi_comm);
   MPI_Finalize();
   exit(0);
 }

@@ -122,9 +122,9 @@ static int post(link_t *k, int tag, mp__fn_t fn, mp__mpi_task_head_t *head, cons
     memcpy(f->msg + at, payload, len);
   pthread_mutex_lock(&mp__mpi_lock);
   rc = MPI_Irecv(f->reply, (int)(reply_room + results_len), MPI_BYTE, k->rank,
-                 MP__MPI_TAG_REPLY, MPI_COMM_WORLD, &f->reqs[0]);
+                 MP__MPI_TAG_REPLY, mp__mpi_comm, &f->reqs[0]);
   if (rc == MPI_SUCCESS && (rc = MPI_Isend(f->msg, (int)(at + len), MPI_BYTE, k->rank, tag,
-                                           MPI_COMM_WORLD, &f->reqs[1])) != MPI_SUCCESS) {
+                                           mp__mpi_comm, &f->reqs[1])) != MPI_SUCCESS) {
     MPI_Cancel(&f->reqs[0]);
     MPI_Request_free(&f->reqs[0]);
   }

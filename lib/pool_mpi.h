@@ -5,8 +5,10 @@
  * and waits for one reply (mpi4py.futures' static mode). Functions cross by identity
  * (reduction.c), so every rank runs the same executable; each rank checks the build-id.
  *
- * MPI is used from several threads of rank 0 one call at a time (MPI_THREAD_SERIALIZED,
- * behind mp__mpi_lock). Waits test and sleep, with a sleep that grows, because Open MPI's
+ * The pool speaks on a communicator of its own, mp__mpi_comm, so that the program's own
+ * messages on MPI_COMM_WORLD (any tag) never mix with its tasks and replies. MPI is used
+ * from several threads of rank 0 one call at a time (MPI_THREAD_SERIALIZED, behind
+ * mp__mpi_lock). Waits test and sleep, with a sleep that grows, because Open MPI's
  * blocking calls busy-poll a core.
  */
 #ifndef MP_POOL_MPI_H
@@ -95,6 +97,10 @@ int mp__mpi_reply_check(const char *reply, size_t len, uint64_t first, uint64_t 
 
 /* Serialises MPI calls between rank 0's threads. */
 extern pthread_mutex_t mp__mpi_lock;
+
+/* The pool's messages' communicator: MPI_COMM_WORLD duplicated by every rank as MPI starts,
+ * with MPI_ERRORS_RETURN (a failed call is an error code, not the job's end). */
+extern MPI_Comm mp__mpi_comm;
 
 /* Completes the n requests, testing under mp__mpi_lock and sleeping between tests with a
  * delay that grows from none to a millisecond; their statuses in statuses[n] (NULL: not

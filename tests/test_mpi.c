@@ -118,7 +118,7 @@ static int next_is_queued(const void *arg, size_t size, void *result, size_t *re
   /* A probe may take a few turns of MPI's progress to see what came; the next chunk never
    * comes while this one runs if rank 0 sends it only on this one's reply. */
   for (int i = 0; i < 1000 && !flag; i++)
-    MPI_Iprobe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE);
+    MPI_Iprobe(0, MPI_ANY_TAG, mp__mpi_comm, &flag, MPI_STATUS_IGNORE);
   memcpy(result, &flag, sizeof flag);
   return 0;
 }
@@ -461,7 +461,7 @@ END_TEST
 /* Runs on rank 1: sends rank 0 a reply of one head and no results before its real one. */
 static int forge_short_reply(const void *arg, size_t size, void *result, size_t *result_size) {
   mp__mpi_reply_head_t r = {0, 0, 0, sizeof(result_t)};
-  MPI_Send(&r, sizeof r, MPI_BYTE, 0, MP__MPI_TAG_REPLY, MPI_COMM_WORLD);
+  MPI_Send(&r, sizeof r, MPI_BYTE, 0, MP__MPI_TAG_REPLY, mp__mpi_comm);
   return square(arg, size, result, result_size);
 }
 
@@ -477,8 +477,7 @@ START_TEST(test_short_reply_refused) {
    * answered by it. */
   char real[4096];
   pthread_mutex_lock(&mp__mpi_lock);
-  MPI_Recv(real, sizeof real, MPI_BYTE, 1, MP__MPI_TAG_REPLY, MPI_COMM_WORLD,
-           MPI_STATUS_IGNORE);
+  MPI_Recv(real, sizeof real, MPI_BYTE, 1, MP__MPI_TAG_REPLY, mp__mpi_comm, MPI_STATUS_IGNORE);
   pthread_mutex_unlock(&mp__mpi_lock);
   MP_ASSERT_OK(mp_pool_apply(pool, square, &x, sizeof x, &r, sizeof r, NULL));
   T_INT_EQ(r.square, 36);
@@ -486,21 +485,22 @@ START_TEST(test_short_reply_refused) {
 }
 END_TEST
 
-/* Takes every reply of rank's left in rank 0's queue (at most 0.5 s of looking), so that a
- * test's leftovers do not answer the next test's chunks; how many there were. */
-static int drain_replies(int rank, int tag) {
+/* Takes every message of rank's with this tag on comm left in rank 0's queue (at most 0.5 s
+ * of looking), so that a test's leftovers do not answer the next test's chunks; how many
+ * there were. */
+static int drain_replies(int rank, int tag, MPI_Comm comm) {
   int drained = 0;
   double end = mp_test_now() + 0.5;
   while (mp_test_now() < end) {
     int flag = 0;
     MPI_Status st;
     pthread_mutex_lock(&mp__mpi_lock);
-    MPI_Iprobe(rank, tag, MPI_COMM_WORLD, &flag, &st);
+    MPI_Iprobe(rank, tag, comm, &flag, &st);
     if (flag) {
       int len = 0;
       MPI_Get_count(&st, MPI_BYTE, &len);
       char *buf = malloc(len > 0 ? (size_t)len : 1);
-      MPI_Recv(buf, len, MPI_BYTE, rank, tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+      MPI_Recv(buf, len, MPI_BYTE, rank, tag, comm, MPI_STATUS_IGNORE);
       free(buf);
       drained++;
     }
@@ -518,7 +518,7 @@ static int short_reply_at_5(const void *arg, size_t size, void *result, size_t *
   memcpy(&x, arg, sizeof x);
   if (x == 5) {
     mp__mpi_reply_head_t r = {0, 0, 0, sizeof(result_t)};
-    MPI_Send(&r, sizeof r, MPI_BYTE, 0, MP__MPI_TAG_REPLY, MPI_COMM_WORLD);
+    MPI_Send(&r, sizeof r, MPI_BYTE, 0, MP__MPI_TAG_REPLY, mp__mpi_comm);
   }
   return square(arg, size, result, result_size);
 }
@@ -534,8 +534,8 @@ START_TEST(test_review_reply_after_malformed_is_own) {
   for (int i = 0; i < N; i++)
     items[i] = i;
   mp_imap_t *it;
-  MP_ASSERT_OK(mp_pool_imap(pool, short_reply_at_5, items, N, sizeof(long), sizeof(result_t),
-                            1, &it));
+  MP_ASSERT_OK(
+      mp_pool_imap(pool, short_reply_at_5, items, N, sizeof(long), sizeof(result_t), 1, &it));
   int codes[N];
   long got[N];
   for (int k = 0; k < N; k++) {
@@ -545,13 +545,14 @@ START_TEST(test_review_reply_after_malformed_is_own) {
     got[k] = r.square;
   }
   mp_imap_free(it);
-  int left = drain_replies(1, MP__MPI_TAG_REPLY);
+  int left = drain_replies(1, MP__MPI_TAG_REPLY, mp__mpi_comm);
   destroy_test_pool();
   T_INT_EQ(codes[5], MP_EWORKERDIED);
   for (int k = 6; k < N; k++)
     T_ASSERT(codes[k] == 0 && got[k] == (long)k * k,
              "item %d after the malformed reply: %s, square %ld, not %d (%d replies left "
-             "over)", k, mp_err_name(codes[k]), got[k], k * k, left);
+             "over)",
+             k, mp_err_name(codes[k]), got[k], k * k, left);
 }
 END_TEST
 
@@ -564,11 +565,11 @@ static int send_own_note(const void *arg, size_t size, void *result, size_t *res
   return square(arg, size, result, result_size);
 }
 
-/* review: the program's own MPI messages and the pool's are told apart: a task that sends
- * rank 0 a note of the program's (tag 3) still gets its result, and rank 0's program
- * receives the note. The pool speaks on MPI_COMM_WORLD with tags 1-4, so its worker takes
- * the note for the chunk's reply. */
-START_TEST(test_review_program_message_not_a_reply) {
+/* The program's own MPI messages and the pool's are told apart: a task that sends rank 0 a
+ * note of the program's on MPI_COMM_WORLD (with the tag of the pool's replies) still gets
+ * its result, and rank 0's program receives the note. When the pool spoke on
+ * MPI_COMM_WORLD, its worker took the note for the chunk's reply. */
+START_TEST(test_program_message_not_a_reply) {
   mp_pool_t *pool = make_pool(1, NULL);
   long x = 6;
   result_t r = {0};
@@ -594,12 +595,14 @@ START_TEST(test_review_program_message_not_a_reply) {
     if (!flag)
       mp_test_sleep(0.01);
   }
-  drain_replies(1, 3);
+  drain_replies(1, 3, MPI_COMM_WORLD);
   destroy_test_pool();
   T_ASSERT(rc == 0, "the task's apply failed: %s", why);
   T_INT_EQ(r.square, 36);
-  T_ASSERT(note == 12345, "the program's note was not received (the message of tag 3 from "
-           "rank 1 had %d bytes)", len);
+  T_ASSERT(note == 12345,
+           "the program's note was not received (the message of tag 3 from "
+           "rank 1 had %d bytes)",
+           len);
 }
 END_TEST
 #endif
@@ -745,8 +748,10 @@ static int run_plain_with(char *const extra[], double timeout) {
 START_TEST(test_review_forged_rank_env_runs_main) {
   char *rank1[] = {"OMPI_COMM_WORLD_RANK=1", "OMPI_COMM_WORLD_SIZE=2", NULL};
   int code = run_plain_with(rank1, 10);
-  T_ASSERT(code == 0, "a plain program with OMPI_COMM_WORLD_RANK=1 forged: exit code %d "
-           "(-1: still running after 10 s, main never ran)", code);
+  T_ASSERT(code == 0,
+           "a plain program with OMPI_COMM_WORLD_RANK=1 forged: exit code %d "
+           "(-1: still running after 10 s, main never ran)",
+           code);
 }
 END_TEST
 
@@ -818,7 +823,7 @@ static Suite *mpi_suite(void) {
 #ifdef MP_TEST_MPI
     tcase_add_test(tc, test_short_reply_refused);
     tcase_add_test(tc, test_review_reply_after_malformed_is_own);
-    tcase_add_test(tc, test_review_program_message_not_a_reply);
+    tcase_add_test(tc, test_program_message_not_a_reply);
 #endif
     tcase_add_test(tc, test_descendant_takes_no_rank);
   } else {
