@@ -67,13 +67,25 @@ static void back_off(unsigned *polls) {
   nanosleep(&ts, NULL);
 }
 
-int mp__mpi_wait(int n, MPI_Request *reqs, MPI_Status *statuses) {
+/* What a wait tests: MPI_Testall's requests, or MPI_Improbe's source and tag. */
+typedef struct {
+  int n, source, tag;
+  MPI_Request *reqs;
+  MPI_Status *statuses;
+  MPI_Message message;
+} wait_t;
+
+/* Tests w under mp__mpi_lock (a probe if w->reqs is NULL) until it is done, waiting a
+ * little longer each time. */
+static int wait_for(wait_t *w) {
   for (unsigned polls = 0;; back_off(&polls)) {
     int done = 0, rc = MPI_ERR_OTHER;
     pthread_mutex_lock(&mp__mpi_lock);
     bool over = ended;
-    if (!over)
-      rc = MPI_Testall(n, reqs, &done, statuses ? statuses : MPI_STATUSES_IGNORE);
+    if (!over && w->reqs)
+      rc = MPI_Testall(w->n, w->reqs, &done, w->statuses ? w->statuses : MPI_STATUSES_IGNORE);
+    else if (!over)
+      rc = MPI_Improbe(w->source, w->tag, mp__mpi_comm, &done, &w->message, w->statuses);
     pthread_mutex_unlock(&mp__mpi_lock);
     if (rc != MPI_SUCCESS)
       return over ? mp__error(MP_ECLOSED, "MPI has ended: the program is exiting")
@@ -81,6 +93,32 @@ int mp__mpi_wait(int n, MPI_Request *reqs, MPI_Status *statuses) {
     if (done)
       return 0;
   }
+}
+
+int mp__mpi_wait(int n, MPI_Request *reqs, MPI_Status *statuses) {
+  wait_t w = {.n = n, .reqs = reqs, .statuses = statuses};
+  return wait_for(&w);
+}
+
+int mp__mpi_recv(int source, int tag, char **buf, size_t *cap, size_t *len) {
+  MPI_Status status;
+  wait_t w = {.source = source, .tag = tag, .statuses = &status};
+  int count = 0, rc = wait_for(&w);
+  if (rc < 0)
+    return rc;
+  MPI_Get_count(&status, MPI_BYTE, &count);
+  *len = (size_t)count;
+  /* Whole: Open MPI 4.1 writes a cut message past the buffer (a large one, single-copy). */
+  if (!mp__mpi_grow(buf, cap, *len))
+    return mp__error(MP_ENOMEM, "no memory for a message of %zu bytes from rank %d", *len,
+                     source);
+  MPI_Request req;
+  pthread_mutex_lock(&mp__mpi_lock);
+  rc = MPI_Imrecv(*buf, count, MPI_BYTE, &w.message, &req);
+  pthread_mutex_unlock(&mp__mpi_lock);
+  if (rc != MPI_SUCCESS)
+    return mpi_error(MP_EWORKERDIED, rc, "receiving an MPI message");
+  return mp__mpi_wait(1, &req, NULL);
 }
 
 /* Starts MPI in this rank; under mp__mpi_lock on rank 0. */
@@ -237,6 +275,7 @@ static size_t run_message(rank_state_t *st, int tag, size_t len, int rank, size_
     memcpy(msg, t.msg, sizeof msg);
   }
   r.code = rc;
+  r.seq = h.seq;
   r.msg_len = rc ? (uint32_t)strnlen(msg, sizeof msg - 1) + 1 : 0;
   if (!st->out && !mp__mpi_grow(&st->out, &st->out_cap, room))
     abort(); /* not even a reply's head: rank 0 would wait for ever */

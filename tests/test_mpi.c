@@ -328,12 +328,12 @@ END_TEST
 #ifdef MP_TEST_MPI
 /* ----------------------- what crosses between ranks, forged ----------------------- */
 
-enum { OUT_LEN = 3 * sizeof(result_t) };
+enum { OUT_LEN = 3 * sizeof(result_t), SEQ = 7 };
 
 /* A reply as a rank sends it: the head, msg (NULL: none), then results bytes of results. */
 static size_t forge_reply(char *buf, int32_t code, const char *msg, uint64_t failed,
                           size_t results) {
-  mp__mpi_reply_head_t r = {code, msg ? (uint32_t)strlen(msg) + 1 : 0, failed, 8};
+  mp__mpi_reply_head_t r = {code, msg ? (uint32_t)strlen(msg) + 1 : 0, failed, 8, SEQ};
   memset(buf, 0x5a, MP__MPI_ROOM(sizeof r + MP__POOL_MSG) + OUT_LEN);
   memcpy(buf, &r, sizeof r);
   if (msg)
@@ -348,18 +348,18 @@ START_TEST(test_reply_checked) {
   size_t at, results;
   /* Whole: a success, a failure with its results, a refusal without them. */
   size_t len = forge_reply(buf, 0, NULL, 0, OUT_LEN);
-  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, 10, 3, OUT_LEN, 2, &r, &at, &results));
+  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, SEQ, 10, 3, OUT_LEN, 2, &r, &at, &results));
   T_INT_EQ(at, MP__MPI_ROOM(sizeof r));
   T_INT_EQ(results, OUT_LEN);
   len = forge_reply(buf, MP_ETASK, "it failed", 11, OUT_LEN);
-  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, 10, 3, OUT_LEN, 2, &r, &at, &results));
+  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, SEQ, 10, 3, OUT_LEN, 2, &r, &at, &results));
   T_INT_EQ(r.failed_item, 11);
   T_INT_EQ(results, OUT_LEN);
   len = forge_reply(buf, MP_ERESOLVE, "another build", 10, 0);
-  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, 10, 3, OUT_LEN, 2, &r, &at, &results));
+  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, SEQ, 10, 3, OUT_LEN, 2, &r, &at, &results));
   T_INT_EQ(results, 0);
   len = forge_reply(buf, 1, "an initializer's", 0, 0);
-  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, 0, 0, 0, 2, &r, &at, &results));
+  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, SEQ, 0, 0, 0, 2, &r, &at, &results));
 
   /* Malformed: each is refused with a sentence naming the rank. */
   struct {
@@ -385,10 +385,23 @@ START_TEST(test_reply_checked) {
           (size_t)bad[i].change;
     if (bad[i].msg_len)
       memcpy(buf + offsetof(mp__mpi_reply_head_t, msg_len), &bad[i].msg_len, sizeof(uint32_t));
-    MP_ASSERT_ERR(mp__mpi_reply_check(buf, len, 10, 3, OUT_LEN, 2, &r, &at, &results),
+    MP_ASSERT_ERR(mp__mpi_reply_check(buf, len, SEQ, 10, 3, OUT_LEN, 2, &r, &at, &results),
                   MP_EWORKERDIED);
     T_ASSERT(strstr(mp_last_error(), "rank 2 sent a malformed reply"), "case %zu: %s", i,
              mp_last_error());
+  }
+
+  /* The answer to another message: refused if it is to come, was never sent (0) or was
+   * unreadable; dropped (1) if it was sent before, whatever its shape. */
+  static const struct {
+    uint64_t seq;
+    int rc;
+  } answers[] = {{SEQ + 1, MP_EWORKERDIED}, {0, MP_EWORKERDIED}, {SEQ - 1, 1}, {1, 1}};
+  for (size_t i = 0; i < sizeof answers / sizeof answers[0]; i++) {
+    len = forge_reply(buf, 0, NULL, 0, i % 2 ? 0 : OUT_LEN);
+    memcpy(buf + offsetof(mp__mpi_reply_head_t, seq), &answers[i].seq, sizeof(uint64_t));
+    T_INT_EQ(mp__mpi_reply_check(buf, len, SEQ, 10, 3, OUT_LEN, 2, &r, &at, &results),
+             answers[i].rc);
   }
 }
 END_TEST
@@ -458,14 +471,25 @@ START_TEST(test_task_checked) {
 }
 END_TEST
 
-/* Runs on rank 1: sends rank 0 a reply of one head and no results before its real one. */
+/* Runs on rank 1: sends rank 0 a reply of one head and no results (the answer to a message
+ * it could not read, 0) before its real one. */
 static int forge_short_reply(const void *arg, size_t size, void *result, size_t *result_size) {
-  mp__mpi_reply_head_t r = {0, 0, 0, sizeof(result_t)};
+  mp__mpi_reply_head_t r = {0, 0, 0, sizeof(result_t), 0};
   MPI_Send(&r, sizeof r, MPI_BYTE, 0, MP__MPI_TAG_REPLY, mp__mpi_comm);
   return square(arg, size, result, result_size);
 }
 
-/* A reply shorter than its results fails its chunk with a sentence; the pool goes on. */
+/* Runs on rank 1: sends rank 0 a reply of 64 KiB of zeros, longer than any to its chunk,
+ * before its real one. */
+static int forge_long_reply(const void *arg, size_t size, void *result, size_t *result_size) {
+  static char junk[65536];
+  MPI_Send(junk, sizeof junk, MPI_BYTE, 0, MP__MPI_TAG_REPLY, mp__mpi_comm);
+  return square(arg, size, result, result_size);
+}
+
+/* A reply shorter than its results, or longer than any, fails its chunk with a sentence
+ * (the long one used to end the job: MPI_ERR_TRUNCATE); the rank's real reply that follows
+ * is dropped, and the next chunk gets its own. */
 START_TEST(test_short_reply_refused) {
   mp_pool_t *pool = make_pool(1, NULL);
   long x = 6;
@@ -473,14 +497,13 @@ START_TEST(test_short_reply_refused) {
   MP_ASSERT_ERR(mp_pool_apply(pool, forge_short_reply, &x, sizeof x, &r, sizeof r, NULL),
                 MP_EWORKERDIED);
   T_ASSERT(strstr(mp_last_error(), "rank 1 sent a malformed reply"), "%s", mp_last_error());
-  /* The rank's real reply is left over: taken here, so that the next chunk is not
-   * answered by it. */
-  char real[4096];
-  pthread_mutex_lock(&mp__mpi_lock);
-  MPI_Recv(real, sizeof real, MPI_BYTE, 1, MP__MPI_TAG_REPLY, mp__mpi_comm, MPI_STATUS_IGNORE);
-  pthread_mutex_unlock(&mp__mpi_lock);
+  MP_ASSERT_ERR(mp_pool_apply(pool, forge_long_reply, &x, sizeof x, &r, sizeof r, NULL),
+                MP_EWORKERDIED);
+  T_ASSERT(strstr(mp_last_error(), "rank 1 sent a malformed reply of 65536 bytes"), "%s",
+           mp_last_error());
+  x = 7;
   MP_ASSERT_OK(mp_pool_apply(pool, square, &x, sizeof x, &r, sizeof r, NULL));
-  T_INT_EQ(r.square, 36);
+  T_INT_EQ(r.square, 49);
   destroy_test_pool();
 }
 END_TEST
@@ -517,17 +540,17 @@ static int short_reply_at_5(const void *arg, size_t size, void *result, size_t *
   long x;
   memcpy(&x, arg, sizeof x);
   if (x == 5) {
-    mp__mpi_reply_head_t r = {0, 0, 0, sizeof(result_t)};
+    mp__mpi_reply_head_t r = {0, 0, 0, sizeof(result_t), 0};
     MPI_Send(&r, sizeof r, MPI_BYTE, 0, MP__MPI_TAG_REPLY, mp__mpi_comm);
   }
   return square(arg, size, result, result_size);
 }
 
-/* review: after one malformed reply, "the other chunks go on" (docs/api.md): each later
- * item's result must be its own. The rank's real reply to the refused chunk is still
- * queued, and rank 0 takes it for the next chunk's, and so on: every later item gets the
- * previous item's result, silently (replies carry nothing of the chunk they answer). */
-START_TEST(test_review_reply_after_malformed_is_own) {
+/* After one malformed reply, "the other chunks go on" (docs/api.md): each later item's
+ * result is its own. The rank's real reply to the refused chunk comes after it: when
+ * replies carried nothing of the message they answer, rank 0 took it for the next chunk's,
+ * and so on, and every later item got the previous item's result, silently. */
+START_TEST(test_reply_after_malformed_is_own) {
   mp_pool_t *pool = make_pool(1, NULL);
   enum { N = 12 };
   long items[N];
@@ -822,7 +845,7 @@ static Suite *mpi_suite(void) {
     tcase_add_test(tc, test_terminate);
 #ifdef MP_TEST_MPI
     tcase_add_test(tc, test_short_reply_refused);
-    tcase_add_test(tc, test_review_reply_after_malformed_is_own);
+    tcase_add_test(tc, test_reply_after_malformed_is_own);
     tcase_add_test(tc, test_program_message_not_a_reply);
 #endif
     tcase_add_test(tc, test_descendant_takes_no_rank);
