@@ -6,8 +6,11 @@
  * stops the other ranks and ends MPI (starting it first if the program never used it, as
  * MPI_Init is collective and the other ranks wait in it).
  *
- * The environment is not trusted: a set-user-ID (AT_SECURE) process never takes a role, and
- * Open MPI's variables must parse as a rank below the size. Only the process mpirun started
+ * The environment is not trusted: a set-user-ID (AT_SECURE) process never takes a role,
+ * Open MPI's variables must parse as a rank below the size, with the PMIx identity mpirun
+ * gives each rank (PMIX_RANK the same rank, a PMIX_NAMESPACE), and once MPI starts, its
+ * rank and size must be the environment's, or the process is no rank after all: MPI ends,
+ * a worker rank runs main, rank 0 is refused the context. Only the process mpirun started
  * takes its rank: every descendant inherits the variables (a rank's system("./tool"), a
  * fork and exec), and a libmp program among them would otherwise act as that rank (as rank
  * 0, end the job at its exit, stopping the real rank 0's workers). Open MPI names no process
@@ -33,6 +36,7 @@ MPI_Comm mp__mpi_comm = MPI_COMM_NULL;
 #define RANK_MARK "LIBMP_MPI_RANK_TAKEN"
 
 static int env_rank = -1; /* from Open MPI's environment; -1: not a rank */
+static int env_size;
 static bool descendant;   /* Open MPI's variables are an ancestor rank's */
 static pid_t rank0_pid;
 static bool started, ended; /* under mp__mpi_lock */
@@ -130,7 +134,21 @@ static int start_mpi(void) {
   if (provided < MPI_THREAD_SERIALIZED)
     return mp__error(MP_ESPAWN, "this MPI library gives no MPI_THREAD_SERIALIZED: the pool's "
                                 "threads on rank 0 need it");
+  int rank = -1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+  /* Not the rank the environment names (PMIx's variables forged too: MPI_Init made a
+   * singleton, rank 0 of 1, which would wait for "rank 0", itself, for ever): no rank. */
+  if (rank != env_rank || world_size != env_size) {
+    MPI_Finalize();
+    ended = true;
+    rc = mp__error(MP_EMETHOD,
+                   "the \"mpi\" context: the environment names rank %d of %d of an Open MPI "
+                   "job, but MPI made this process rank %d of %d (mpirun did not start it)",
+                   env_rank, env_size, rank, world_size);
+    env_rank = -1;
+    return rc;
+  }
   /* Collective: every rank starts MPI here, rank 0 at its first use or its exit. */
   rc = MPI_Comm_dup(MPI_COMM_WORLD, &mp__mpi_comm);
   if (rc == MPI_SUCCESS)
@@ -296,14 +314,21 @@ static MP__NORETURN void rank_fails(int err, const char *what) {
   abort(); /* MPI_Abort returned */
 }
 
-static MP__NORETURN void serve(void) {
+/* Serves rank 0 until its STOP, then exits; returns, with MPI ended, only if this process
+ * is no rank of the job after all (start_mpi). */
+static void serve(void) {
   pthread_mutex_lock(&mp__mpi_lock);
-  if (start_mpi() < 0)
+  int rc = start_mpi();
+  if (rc < 0 && env_rank < 0) { /* no rank after all */
+    pthread_mutex_unlock(&mp__mpi_lock);
+    return;
+  }
+  if (rc < 0)
     rank_fails(MPI_SUCCESS, mp_last_error());
   rank_state_t st = {0};
   for (;;) {
     MPI_Status status;
-    int flag = 0, len = 0, rc;
+    int flag = 0, len = 0;
     for (unsigned polls = 0;
          (rc = MPI_Iprobe(0, MPI_ANY_TAG, mp__mpi_comm, &flag, &status)) == MPI_SUCCESS &&
          !flag;
@@ -339,13 +364,16 @@ MP__TAKE_OVER(mpi_rank_take_over) {
   if (getauxval(AT_SECURE))
     return; /* a set-user-ID program: its environment is not its user's to trust */
   int rank = env_int("OMPI_COMM_WORLD_RANK"), size = env_int("OMPI_COMM_WORLD_SIZE");
-  if (rank < 0 || size < 1 || rank >= size)
-    return;
   const char *ns = getenv("PMIX_NAMESPACE");
+  /* mpirun gives each rank its PMIx identity too: without it (Open MPI's variables left in a
+   * shell or set by hand), MPI_Init would make the process a singleton, and rank 0's exit
+   * would start MPI and an orted for nothing. */
+  if (rank < 0 || size < 1 || rank >= size || env_int("PMIX_RANK") != rank || !ns || !*ns)
+    return;
   char job[208], mine[256], state;
   uint64_t start = 0; /* 0 without /proc: then the pid alone tells */
   (void)mp__proc_stat(getpid(), &state, &start);
-  snprintf(job, sizeof job, "%.200s ", ns ? ns : "");
+  snprintf(job, sizeof job, "%.200s ", ns);
   snprintf(mine, sizeof mine, "%s%d %llu", job, (int)getpid(), (unsigned long long)start);
   const char *mark = getenv(RANK_MARK);
   if (mark && strncmp(mark, job, strlen(job)) == 0 && strcmp(mark, mine) != 0) {
@@ -357,8 +385,11 @@ MP__TAKE_OVER(mpi_rank_take_over) {
    * main instead would leave the job waiting for it. */
   (void)setenv(RANK_MARK, mine, 1);
   env_rank = rank;
-  if (rank > 0)
+  env_size = size;
+  if (rank > 0) {
     serve();
+    return;
+  }
   rank0_pid = getpid();
   atexit(end_job);
 }

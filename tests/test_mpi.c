@@ -764,17 +764,25 @@ static int run_plain_with(char *const extra[], double timeout) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-/* review: Open MPI's variables in a process that mpirun did not start (left in a shell, set
- * by hand, inherited from a non-libmp rank) must not take a plain program over: its main
- * runs. OMPI_COMM_WORLD_RANK=1 makes it a worker rank: MPI_Init makes it a singleton (rank
- * 0 of 1), and it waits for ever for messages from "rank 0", itself; main never runs. */
-START_TEST(test_review_forged_rank_env_runs_main) {
+/* Open MPI's variables in a process that mpirun did not start (left in a shell, set by
+ * hand, inherited from a non-libmp rank) do not take a plain program over: its main runs.
+ * OMPI_COMM_WORLD_RANK=1 made it a worker rank: MPI_Init made it a singleton (rank 0 of 1),
+ * and it waited for ever for messages from "rank 0", itself. Without PMIx's identity it
+ * takes no role; with it forged too, MPI's own rank and size are not the environment's. */
+START_TEST(test_forged_rank_env_runs_main) {
   char *rank1[] = {"OMPI_COMM_WORLD_RANK=1", "OMPI_COMM_WORLD_SIZE=2", NULL};
   int code = run_plain_with(rank1, 10);
   T_ASSERT(code == 0,
            "a plain program with OMPI_COMM_WORLD_RANK=1 forged: exit code %d "
            "(-1: still running after 10 s, main never ran)",
            code);
+  char *pmix1[] = {"OMPI_COMM_WORLD_RANK=1", "OMPI_COMM_WORLD_SIZE=2", "PMIX_RANK=1",
+                   "PMIX_NAMESPACE=forged", NULL};
+  code = run_plain_with(pmix1, 10);
+  T_ASSERT(code == 0, "with PMIX_RANK=1 and PMIX_NAMESPACE forged too: exit code %d", code);
+  char *rank0[] = {"OMPI_COMM_WORLD_RANK=0", "OMPI_COMM_WORLD_SIZE=2", NULL};
+  code = run_plain_with(rank0, 10);
+  T_ASSERT(code == 0, "with OMPI_COMM_WORLD_RANK=0 forged: exit code %d", code);
 }
 END_TEST
 
@@ -851,7 +859,7 @@ static Suite *mpi_suite(void) {
     tcase_add_test(tc, test_descendant_takes_no_rank);
   } else {
     tcase_add_test(tc, test_refused_without_mpirun);
-    tcase_add_test(tc, test_review_forged_rank_env_runs_main);
+    tcase_add_test(tc, test_forged_rank_env_runs_main);
   }
 #ifdef MP_TEST_MPI
   tcase_add_test(tc, test_reply_checked);
