@@ -6,8 +6,11 @@
  * stops the other ranks and ends MPI (starting it first if the program never used it, as
  * MPI_Init is collective and the other ranks wait in it).
  *
- * The environment is not trusted: a set-user-ID (AT_SECURE) process never takes a role, and
- * Open MPI's variables must parse as a rank below the size. Only the process mpirun started
+ * The environment is not trusted: a set-user-ID (AT_SECURE) process never takes a role,
+ * Open MPI's variables must parse as a rank below the size, with the PMIx identity mpirun
+ * gives each rank (PMIX_RANK the same rank, a PMIX_NAMESPACE), and once MPI starts, its
+ * rank and size must be the environment's, or the process is no rank after all: MPI ends,
+ * a worker rank runs main, rank 0 is refused the context. Only the process mpirun started
  * takes its rank: every descendant inherits the variables (a rank's system("./tool"), a
  * fork and exec), and a libmp program among them would otherwise act as that rank (as rank
  * 0, end the job at its exit, stopping the real rank 0's workers). Open MPI names no process
@@ -28,10 +31,12 @@
 #include <unistd.h>
 
 pthread_mutex_t mp__mpi_lock = PTHREAD_MUTEX_INITIALIZER;
+MPI_Comm mp__mpi_comm = MPI_COMM_NULL;
 
 #define RANK_MARK "LIBMP_MPI_RANK_TAKEN"
 
 static int env_rank = -1; /* from Open MPI's environment; -1: not a rank */
+static int env_size;
 static bool descendant;   /* Open MPI's variables are an ancestor rank's */
 static pid_t rank0_pid;
 static bool started, ended; /* under mp__mpi_lock */
@@ -66,13 +71,25 @@ static void back_off(unsigned *polls) {
   nanosleep(&ts, NULL);
 }
 
-int mp__mpi_wait(int n, MPI_Request *reqs, MPI_Status *statuses) {
+/* What a wait tests: MPI_Testall's requests, or MPI_Improbe's source and tag. */
+typedef struct {
+  int n, source, tag;
+  MPI_Request *reqs;
+  MPI_Status *statuses;
+  MPI_Message message;
+} wait_t;
+
+/* Tests w under mp__mpi_lock (a probe if w->reqs is NULL) until it is done, waiting a
+ * little longer each time. */
+static int wait_for(wait_t *w) {
   for (unsigned polls = 0;; back_off(&polls)) {
     int done = 0, rc = MPI_ERR_OTHER;
     pthread_mutex_lock(&mp__mpi_lock);
     bool over = ended;
-    if (!over)
-      rc = MPI_Testall(n, reqs, &done, statuses ? statuses : MPI_STATUSES_IGNORE);
+    if (!over && w->reqs)
+      rc = MPI_Testall(w->n, w->reqs, &done, w->statuses ? w->statuses : MPI_STATUSES_IGNORE);
+    else if (!over)
+      rc = MPI_Improbe(w->source, w->tag, mp__mpi_comm, &done, &w->message, w->statuses);
     pthread_mutex_unlock(&mp__mpi_lock);
     if (rc != MPI_SUCCESS)
       return over ? mp__error(MP_ECLOSED, "MPI has ended: the program is exiting")
@@ -80,6 +97,32 @@ int mp__mpi_wait(int n, MPI_Request *reqs, MPI_Status *statuses) {
     if (done)
       return 0;
   }
+}
+
+int mp__mpi_wait(int n, MPI_Request *reqs, MPI_Status *statuses) {
+  wait_t w = {.n = n, .reqs = reqs, .statuses = statuses};
+  return wait_for(&w);
+}
+
+int mp__mpi_recv(int source, int tag, char **buf, size_t *cap, size_t *len) {
+  MPI_Status status;
+  wait_t w = {.source = source, .tag = tag, .statuses = &status};
+  int count = 0, rc = wait_for(&w);
+  if (rc < 0)
+    return rc;
+  MPI_Get_count(&status, MPI_BYTE, &count);
+  *len = (size_t)count;
+  /* Whole: Open MPI 4.1 writes a cut message past the buffer (a large one, single-copy). */
+  if (!mp__mpi_grow(buf, cap, *len))
+    return mp__error(MP_ENOMEM, "no memory for a message of %zu bytes from rank %d", *len,
+                     source);
+  MPI_Request req;
+  pthread_mutex_lock(&mp__mpi_lock);
+  rc = MPI_Imrecv(*buf, count, MPI_BYTE, &w.message, &req);
+  pthread_mutex_unlock(&mp__mpi_lock);
+  if (rc != MPI_SUCCESS)
+    return mpi_error(MP_EWORKERDIED, rc, "receiving an MPI message");
+  return mp__mpi_wait(1, &req, NULL);
 }
 
 /* Starts MPI in this rank; under mp__mpi_lock on rank 0. */
@@ -91,8 +134,26 @@ static int start_mpi(void) {
   if (provided < MPI_THREAD_SERIALIZED)
     return mp__error(MP_ESPAWN, "this MPI library gives no MPI_THREAD_SERIALIZED: the pool's "
                                 "threads on rank 0 need it");
+  int rank = -1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
-  return 0;
+  /* Not the rank the environment names (PMIx's variables forged too: MPI_Init made a
+   * singleton, rank 0 of 1, which would wait for "rank 0", itself, for ever): no rank. */
+  if (rank != env_rank || world_size != env_size) {
+    MPI_Finalize();
+    ended = true;
+    rc = mp__error(MP_EMETHOD,
+                   "the \"mpi\" context: the environment names rank %d of %d of an Open MPI "
+                   "job, but MPI made this process rank %d of %d (mpirun did not start it)",
+                   env_rank, env_size, rank, world_size);
+    env_rank = -1;
+    return rc;
+  }
+  /* Collective: every rank starts MPI here, rank 0 at its first use or its exit. */
+  rc = MPI_Comm_dup(MPI_COMM_WORLD, &mp__mpi_comm);
+  if (rc == MPI_SUCCESS)
+    rc = MPI_Comm_set_errhandler(mp__mpi_comm, MPI_ERRORS_RETURN);
+  return rc == MPI_SUCCESS ? 0 : mpi_error(MP_ESPAWN, rc, "MPI_Comm_dup");
 }
 
 int mp__mpi_start(int *size) {
@@ -121,7 +182,8 @@ static void end_job(void) {
   pthread_mutex_lock(&mp__mpi_lock);
   if (!ended && (started || start_mpi() == 0)) {
     for (int r = 1; r < world_size; r++)
-      MPI_Send(NULL, 0, MPI_BYTE, r, MP__MPI_TAG_STOP, MPI_COMM_WORLD);
+      MPI_Send(NULL, 0, MPI_BYTE, r, MP__MPI_TAG_STOP, mp__mpi_comm);
+    MPI_Comm_free(&mp__mpi_comm);
     MPI_Finalize();
   }
   ended = true;
@@ -231,6 +293,7 @@ static size_t run_message(rank_state_t *st, int tag, size_t len, int rank, size_
     memcpy(msg, t.msg, sizeof msg);
   }
   r.code = rc;
+  r.seq = h.seq;
   r.msg_len = rc ? (uint32_t)strnlen(msg, sizeof msg - 1) + 1 : 0;
   if (!st->out && !mp__mpi_grow(&st->out, &st->out_cap, room))
     abort(); /* not even a reply's head: rank 0 would wait for ever */
@@ -241,37 +304,56 @@ static size_t run_message(rank_state_t *st, int tag, size_t len, int rank, size_
   return start;
 }
 
-static MP__NORETURN void serve(void) {
+/* A worker rank that cannot go on (rank 0 would wait for ever for its reply) ends the job,
+ * saying what failed and MPI's error err (MPI_SUCCESS: none). */
+static MP__NORETURN void rank_fails(int err, const char *what) {
+  if (err != MPI_SUCCESS)
+    what = (mpi_error(MP_EWORKERDIED, err, what), mp_last_error());
+  fprintf(stderr, "libmp: rank %d: %s\n", env_rank, what);
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  abort(); /* MPI_Abort returned */
+}
+
+/* Serves rank 0 until its STOP, then exits; returns, with MPI ended, only if this process
+ * is no rank of the job after all (start_mpi). */
+static void serve(void) {
   pthread_mutex_lock(&mp__mpi_lock);
-  if (start_mpi() < 0) {
-    fprintf(stderr, "libmp: rank %d: %s\n", env_rank, mp_last_error());
-    MPI_Abort(MPI_COMM_WORLD, 1);
+  int rc = start_mpi();
+  if (rc < 0 && env_rank < 0) { /* no rank after all */
+    pthread_mutex_unlock(&mp__mpi_lock);
+    return;
   }
-  int rank;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rc < 0)
+    rank_fails(MPI_SUCCESS, mp_last_error());
   rank_state_t st = {0};
   for (;;) {
     MPI_Status status;
-    int flag = 0;
+    int flag = 0, len = 0;
     for (unsigned polls = 0;
-         MPI_Iprobe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &status) == MPI_SUCCESS && !flag;
+         (rc = MPI_Iprobe(0, MPI_ANY_TAG, mp__mpi_comm, &flag, &status)) == MPI_SUCCESS &&
+         !flag;
          back_off(&polls))
       ;
-    int len = 0;
-    MPI_Get_count(&status, MPI_BYTE, &len);
-    if (len < 0 || !mp__mpi_grow(&st.in, &st.in_cap, (size_t)len + 1)) {
-      fprintf(stderr, "libmp: rank %d: no memory for a message of %d bytes\n", rank, len);
-      MPI_Abort(MPI_COMM_WORLD, 1);
-    }
-    MPI_Recv(st.in, len, MPI_BYTE, 0, status.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    if (rc == MPI_SUCCESS)
+      rc = MPI_Get_count(&status, MPI_BYTE, &len);
+    if (rc != MPI_SUCCESS)
+      rank_fails(rc, "waiting for a task");
+    if (len < 0 || !mp__mpi_grow(&st.in, &st.in_cap, (size_t)len + 1))
+      rank_fails(MPI_SUCCESS, "no memory for a task's message");
+    rc = MPI_Recv(st.in, len, MPI_BYTE, 0, status.MPI_TAG, mp__mpi_comm, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS)
+      rank_fails(rc, "taking a task");
     if (status.MPI_TAG == MP__MPI_TAG_STOP)
       break;
-    size_t end, start = run_message(&st, status.MPI_TAG, (size_t)len, rank, &end);
-    MPI_Send(st.out + start, (int)(end - start), MPI_BYTE, 0, MP__MPI_TAG_REPLY,
-             MPI_COMM_WORLD);
+    size_t end, start = run_message(&st, status.MPI_TAG, (size_t)len, env_rank, &end);
+    rc = MPI_Send(st.out + start, (int)(end - start), MPI_BYTE, 0, MP__MPI_TAG_REPLY,
+                  mp__mpi_comm);
+    if (rc != MPI_SUCCESS)
+      rank_fails(rc, "sending a reply");
   }
   free(st.in);
   free(st.out);
+  MPI_Comm_free(&mp__mpi_comm);
   MPI_Finalize();
   exit(0);
 }
@@ -282,13 +364,16 @@ MP__TAKE_OVER(mpi_rank_take_over) {
   if (getauxval(AT_SECURE))
     return; /* a set-user-ID program: its environment is not its user's to trust */
   int rank = env_int("OMPI_COMM_WORLD_RANK"), size = env_int("OMPI_COMM_WORLD_SIZE");
-  if (rank < 0 || size < 1 || rank >= size)
-    return;
   const char *ns = getenv("PMIX_NAMESPACE");
+  /* mpirun gives each rank its PMIx identity too: without it (Open MPI's variables left in a
+   * shell or set by hand), MPI_Init would make the process a singleton, and rank 0's exit
+   * would start MPI and an orted for nothing. */
+  if (rank < 0 || size < 1 || rank >= size || env_int("PMIX_RANK") != rank || !ns || !*ns)
+    return;
   char job[208], mine[256], state;
   uint64_t start = 0; /* 0 without /proc: then the pid alone tells */
   (void)mp__proc_stat(getpid(), &state, &start);
-  snprintf(job, sizeof job, "%.200s ", ns ? ns : "");
+  snprintf(job, sizeof job, "%.200s ", ns);
   snprintf(mine, sizeof mine, "%s%d %llu", job, (int)getpid(), (unsigned long long)start);
   const char *mark = getenv(RANK_MARK);
   if (mark && strncmp(mark, job, strlen(job)) == 0 && strcmp(mark, mine) != 0) {
@@ -300,8 +385,11 @@ MP__TAKE_OVER(mpi_rank_take_over) {
    * main instead would leave the job waiting for it. */
   (void)setenv(RANK_MARK, mine, 1);
   env_rank = rank;
-  if (rank > 0)
+  env_size = size;
+  if (rank > 0) {
     serve();
+    return;
+  }
   rank0_pid = getpid();
   atexit(end_job);
 }

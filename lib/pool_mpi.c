@@ -48,9 +48,10 @@ typedef struct {
   mp__task_t task;
   size_t out_len; /* the task's results' bytes */
   int64_t t0;     /* for the trace */
+  uint64_t seq;   /* the message's number, which its reply echoes */
   char *msg, *reply;
   size_t msg_cap, reply_cap;
-  MPI_Request reqs[2]; /* the reply's receive, the message's send */
+  MPI_Request send;
 } flight_t;
 
 typedef struct {
@@ -92,9 +93,14 @@ static int function_ref(link_t *k, mp__fn_t fn) {
   return 0;
 }
 
-/* Sends a message (the head, fn's path, the payload) to the link's rank and posts the
- * receive of its reply, with room for results_len bytes of results, in the flight after the
- * n in flight; it is then in flight. */
+/* Every message's number, from 1, in every pool: a reply names the message it answers, so
+ * that the rank's own reply to a message whose first reply was refused (a malformed one
+ * came before it) is told from the next message's, in this pool or a later one. */
+static _Atomic uint64_t messages_sent;
+
+/* Sends a message (the head, fn's path, the payload) to the link's rank, with room for its
+ * reply with results_len bytes of results, in the flight after the n in flight; it is then
+ * in flight. */
 static int post(link_t *k, int tag, mp__fn_t fn, mp__mpi_task_head_t *head, const char *payload,
                 size_t len, size_t results_len) {
   flight_t *f = &k->flights[(k->head + k->n) % DEPTH];
@@ -116,18 +122,13 @@ static int post(link_t *k, int tag, mp__fn_t fn, mp__mpi_task_head_t *head, cons
   head->build_id_len = k->ref.build_id_len;
   head->path_len = (uint32_t)path_len;
   memcpy(head->build_id, k->ref.build_id, sizeof head->build_id);
+  head->seq = f->seq = atomic_fetch_add(&messages_sent, 1) + 1;
   memcpy(f->msg, head, sizeof *head);
   memcpy(f->msg + sizeof *head, k->ref.path, path_len);
   if (len)
     memcpy(f->msg + at, payload, len);
   pthread_mutex_lock(&mp__mpi_lock);
-  rc = MPI_Irecv(f->reply, (int)(reply_room + results_len), MPI_BYTE, k->rank,
-                 MP__MPI_TAG_REPLY, MPI_COMM_WORLD, &f->reqs[0]);
-  if (rc == MPI_SUCCESS && (rc = MPI_Isend(f->msg, (int)(at + len), MPI_BYTE, k->rank, tag,
-                                           MPI_COMM_WORLD, &f->reqs[1])) != MPI_SUCCESS) {
-    MPI_Cancel(&f->reqs[0]);
-    MPI_Request_free(&f->reqs[0]);
-  }
+  rc = MPI_Isend(f->msg, (int)(at + len), MPI_BYTE, k->rank, tag, mp__mpi_comm, &f->send);
   pthread_mutex_unlock(&mp__mpi_lock);
   if (rc != MPI_SUCCESS)
     return mp__error(MP_EWORKERDIED, "sending a task to rank %d failed (MPI error %d)", k->rank,
@@ -136,18 +137,22 @@ static int post(link_t *k, int tag, mp__fn_t fn, mp__mpi_task_head_t *head, cons
   return 0;
 }
 
-int mp__mpi_reply_check(const char *reply, size_t len, uint64_t first, uint64_t count,
-                        size_t out_len, int rank, mp__mpi_reply_head_t *r, size_t *at,
-                        size_t *results_len) {
+int mp__mpi_reply_check(const char *reply, size_t len, uint64_t seq, uint64_t first,
+                        uint64_t count, size_t out_len, int rank, mp__mpi_reply_head_t *r,
+                        size_t *at, size_t *results_len) {
   const char *bad = NULL;
   if (len < sizeof *r) {
     bad = "shorter than a reply's head";
   } else {
     memcpy(r, reply, sizeof *r);
+    if (r->seq != 0 && r->seq < seq)
+      return 1;
     *at = MP__MPI_ROOM(sizeof *r + (r->msg_len <= MP__POOL_MSG ? r->msg_len : 0));
     /* The whole results, or none when the rank refused the message before running it. */
     *results_len = len == *at && r->code != 0 ? 0 : out_len;
-    if (r->msg_len > MP__POOL_MSG)
+    if (r->seq != seq)
+      bad = "the answer to another message";
+    else if (r->msg_len > MP__POOL_MSG)
       bad = "a failure's message longer than a message can be";
     else if ((r->code == 0) != (r->msg_len == 0))
       bad = r->code ? "a failure without its message" : "a success with a failure's message";
@@ -167,23 +172,21 @@ int mp__mpi_reply_check(const char *reply, size_t len, uint64_t first, uint64_t 
 
 /* Waits for the oldest flight's reply, which is then out of flight, to a chunk of count items
  * from first with out_len bytes of results: 0 with its head in *r, its message in msg
- * (MP__POOL_MSG bytes), its results and their length in *results and *results_len. */
+ * (MP__POOL_MSG bytes), its results and their length in *results and *results_len. Replies
+ * to earlier messages are dropped on the way. */
 static int take_reply(link_t *k, uint64_t first, uint64_t count, size_t out_len,
                       mp__mpi_reply_head_t *r, char *msg, const char **results,
                       size_t *results_len) {
   flight_t *f = &k->flights[k->head];
   k->head = (k->head + 1) % DEPTH;
   k->n--;
-  MPI_Status statuses[2];
-  int len = -1, rc = mp__mpi_wait(2, f->reqs, statuses);
-  if (rc < 0)
-    return rc;
-  size_t at = 0; /* set by the check when it passes */
-  /* A reply longer than its room ended the job already (MPI_ERR_TRUNCATE is fatal). */
-  if (MPI_Get_count(&statuses[0], MPI_BYTE, &len) != MPI_SUCCESS || len < 0)
-    len = 0;
-  rc = mp__mpi_reply_check(f->reply, (size_t)len, first, count, out_len, k->rank, r, &at,
-                           results_len);
+  size_t len, at = 0; /* at: set by the check when it passes */
+  int rc = mp__mpi_wait(1, &f->send, NULL);
+  while (rc == 0 &&
+         (rc = mp__mpi_recv(k->rank, MP__MPI_TAG_REPLY, &f->reply, &f->reply_cap, &len)) == 0 &&
+         (rc = mp__mpi_reply_check(f->reply, len, f->seq, first, count, out_len, k->rank, r,
+                                   &at, results_len)) == 1)
+    rc = 0; /* the answer to an earlier message: dropped */
   if (rc < 0)
     return rc;
   memcpy(msg, f->reply + sizeof *r, r->msg_len);

@@ -5,8 +5,10 @@
  * and waits for one reply (mpi4py.futures' static mode). Functions cross by identity
  * (reduction.c), so every rank runs the same executable; each rank checks the build-id.
  *
- * MPI is used from several threads of rank 0 one call at a time (MPI_THREAD_SERIALIZED,
- * behind mp__mpi_lock). Waits test and sleep, with a sleep that grows, because Open MPI's
+ * The pool speaks on a communicator of its own, mp__mpi_comm, so that the program's own
+ * messages on MPI_COMM_WORLD (any tag) never mix with its tasks and replies. MPI is used
+ * from several threads of rank 0 one call at a time (MPI_THREAD_SERIALIZED, behind
+ * mp__mpi_lock). Waits test and sleep, with a sleep that grows, because Open MPI's
  * blocking calls busy-poll a core.
  */
 #ifndef MP_POOL_MPI_H
@@ -39,6 +41,7 @@ typedef struct {
   uint64_t first;
   uint64_t count;
   uint32_t varsize;
+  uint64_t seq; /* the message's number (from 1), which its reply echoes */
 } mp__mpi_task_head_t;
 
 /* A reply: this head, a failure's message (msg_len bytes with its NUL, 0 on success), then
@@ -48,6 +51,7 @@ typedef struct {
   uint32_t msg_len;
   uint64_t failed_item;
   uint64_t result_len;
+  uint64_t seq; /* the task head's: the message it answers (0: one it could not read) */
 } mp__mpi_reply_head_t;
 
 /* Where the bytes after a head start: 64-byte aligned, as a task's items may need. */
@@ -82,24 +86,36 @@ static inline bool mp__mpi_grow(char **buf, size_t *cap, size_t need) {
 int mp__mpi_task_check(const char *msg, size_t len, int tag, mp__mpi_task_head_t *h, size_t *at,
                        size_t *in_len, size_t *out_len);
 
-/* Rank 0: checks a reply of len bytes from rank to a message of count items from first
+/* Rank 0: checks a reply of len bytes from rank to message seq, of count items from first
  * whose results take out_len bytes (0, 0, 0 for an initializer). 0 with its head in *r,
  * where its results start in *at and their bytes in *results_len: out_len, or 0 for a
- * failure the rank found before running anything. MP_EWORKERDIED with a sentence naming
- * the rank if the rank cannot have sent it: shorter than a head, a message longer than
- * MP__POOL_MSG or present on success, a failed item outside the chunk, a length other
- * than the head's and the results' together. */
-int mp__mpi_reply_check(const char *reply, size_t len, uint64_t first, uint64_t count,
-                        size_t out_len, int rank, mp__mpi_reply_head_t *r, size_t *at,
-                        size_t *results_len);
+ * failure the rank found before running anything. 1 if it answers an earlier message,
+ * already done (the rank's own reply to a message whose first reply was malformed comes
+ * after it): the caller drops it. MP_EWORKERDIED with a sentence naming the rank if the
+ * rank cannot have sent it: shorter than a head, the answer to another message (0: one the
+ * rank could not read; one not sent, or yet to come), a message longer than MP__POOL_MSG
+ * or present on success, a failed item outside the chunk, a length other than the head's
+ * and the results' together. */
+int mp__mpi_reply_check(const char *reply, size_t len, uint64_t seq, uint64_t first,
+                        uint64_t count, size_t out_len, int rank, mp__mpi_reply_head_t *r,
+                        size_t *at, size_t *results_len);
 
 /* Serialises MPI calls between rank 0's threads. */
 extern pthread_mutex_t mp__mpi_lock;
+
+/* The pool's messages' communicator: MPI_COMM_WORLD duplicated by every rank as MPI starts,
+ * with MPI_ERRORS_RETURN (a failed call is an error code, not the job's end). */
+extern MPI_Comm mp__mpi_comm;
 
 /* Completes the n requests, testing under mp__mpi_lock and sleeping between tests with a
  * delay that grows from none to a millisecond; their statuses in statuses[n] (NULL: not
  * kept). Errors with a sentence. */
 int mp__mpi_wait(int n, MPI_Request *reqs, MPI_Status *statuses);
+
+/* Waits as mp__mpi_wait does for the next message from source with tag on mp__mpi_comm and
+ * takes it whole into *buf, grown as mp__mpi_grow does: 0 with its length in *len. Errors
+ * with a sentence. */
+int mp__mpi_recv(int source, int tag, char **buf, size_t *cap, size_t *len);
 
 /* Rank 0: starts MPI on first use; the job's number of ranks in *size. Errors with a
  * sentence: not under mpirun (MP_EMETHOD), MPI failed to start (MP_ESPAWN). */

@@ -118,7 +118,7 @@ static int next_is_queued(const void *arg, size_t size, void *result, size_t *re
   /* A probe may take a few turns of MPI's progress to see what came; the next chunk never
    * comes while this one runs if rank 0 sends it only on this one's reply. */
   for (int i = 0; i < 1000 && !flag; i++)
-    MPI_Iprobe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE);
+    MPI_Iprobe(0, MPI_ANY_TAG, mp__mpi_comm, &flag, MPI_STATUS_IGNORE);
   memcpy(result, &flag, sizeof flag);
   return 0;
 }
@@ -328,12 +328,12 @@ END_TEST
 #ifdef MP_TEST_MPI
 /* ----------------------- what crosses between ranks, forged ----------------------- */
 
-enum { OUT_LEN = 3 * sizeof(result_t) };
+enum { OUT_LEN = 3 * sizeof(result_t), SEQ = 7 };
 
 /* A reply as a rank sends it: the head, msg (NULL: none), then results bytes of results. */
 static size_t forge_reply(char *buf, int32_t code, const char *msg, uint64_t failed,
                           size_t results) {
-  mp__mpi_reply_head_t r = {code, msg ? (uint32_t)strlen(msg) + 1 : 0, failed, 8};
+  mp__mpi_reply_head_t r = {code, msg ? (uint32_t)strlen(msg) + 1 : 0, failed, 8, SEQ};
   memset(buf, 0x5a, MP__MPI_ROOM(sizeof r + MP__POOL_MSG) + OUT_LEN);
   memcpy(buf, &r, sizeof r);
   if (msg)
@@ -348,18 +348,18 @@ START_TEST(test_reply_checked) {
   size_t at, results;
   /* Whole: a success, a failure with its results, a refusal without them. */
   size_t len = forge_reply(buf, 0, NULL, 0, OUT_LEN);
-  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, 10, 3, OUT_LEN, 2, &r, &at, &results));
+  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, SEQ, 10, 3, OUT_LEN, 2, &r, &at, &results));
   T_INT_EQ(at, MP__MPI_ROOM(sizeof r));
   T_INT_EQ(results, OUT_LEN);
   len = forge_reply(buf, MP_ETASK, "it failed", 11, OUT_LEN);
-  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, 10, 3, OUT_LEN, 2, &r, &at, &results));
+  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, SEQ, 10, 3, OUT_LEN, 2, &r, &at, &results));
   T_INT_EQ(r.failed_item, 11);
   T_INT_EQ(results, OUT_LEN);
   len = forge_reply(buf, MP_ERESOLVE, "another build", 10, 0);
-  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, 10, 3, OUT_LEN, 2, &r, &at, &results));
+  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, SEQ, 10, 3, OUT_LEN, 2, &r, &at, &results));
   T_INT_EQ(results, 0);
   len = forge_reply(buf, 1, "an initializer's", 0, 0);
-  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, 0, 0, 0, 2, &r, &at, &results));
+  MP_ASSERT_OK(mp__mpi_reply_check(buf, len, SEQ, 0, 0, 0, 2, &r, &at, &results));
 
   /* Malformed: each is refused with a sentence naming the rank. */
   struct {
@@ -385,10 +385,23 @@ START_TEST(test_reply_checked) {
           (size_t)bad[i].change;
     if (bad[i].msg_len)
       memcpy(buf + offsetof(mp__mpi_reply_head_t, msg_len), &bad[i].msg_len, sizeof(uint32_t));
-    MP_ASSERT_ERR(mp__mpi_reply_check(buf, len, 10, 3, OUT_LEN, 2, &r, &at, &results),
+    MP_ASSERT_ERR(mp__mpi_reply_check(buf, len, SEQ, 10, 3, OUT_LEN, 2, &r, &at, &results),
                   MP_EWORKERDIED);
     T_ASSERT(strstr(mp_last_error(), "rank 2 sent a malformed reply"), "case %zu: %s", i,
              mp_last_error());
+  }
+
+  /* The answer to another message: refused if it is to come, was never sent (0) or was
+   * unreadable; dropped (1) if it was sent before, whatever its shape. */
+  static const struct {
+    uint64_t seq;
+    int rc;
+  } answers[] = {{SEQ + 1, MP_EWORKERDIED}, {0, MP_EWORKERDIED}, {SEQ - 1, 1}, {1, 1}};
+  for (size_t i = 0; i < sizeof answers / sizeof answers[0]; i++) {
+    len = forge_reply(buf, 0, NULL, 0, i % 2 ? 0 : OUT_LEN);
+    memcpy(buf + offsetof(mp__mpi_reply_head_t, seq), &answers[i].seq, sizeof(uint64_t));
+    T_INT_EQ(mp__mpi_reply_check(buf, len, SEQ, 10, 3, OUT_LEN, 2, &r, &at, &results),
+             answers[i].rc);
   }
 }
 END_TEST
@@ -458,14 +471,25 @@ START_TEST(test_task_checked) {
 }
 END_TEST
 
-/* Runs on rank 1: sends rank 0 a reply of one head and no results before its real one. */
+/* Runs on rank 1: sends rank 0 a reply of one head and no results (the answer to a message
+ * it could not read, 0) before its real one. */
 static int forge_short_reply(const void *arg, size_t size, void *result, size_t *result_size) {
-  mp__mpi_reply_head_t r = {0, 0, 0, sizeof(result_t)};
-  MPI_Send(&r, sizeof r, MPI_BYTE, 0, MP__MPI_TAG_REPLY, MPI_COMM_WORLD);
+  mp__mpi_reply_head_t r = {0, 0, 0, sizeof(result_t), 0};
+  MPI_Send(&r, sizeof r, MPI_BYTE, 0, MP__MPI_TAG_REPLY, mp__mpi_comm);
   return square(arg, size, result, result_size);
 }
 
-/* A reply shorter than its results fails its chunk with a sentence; the pool goes on. */
+/* Runs on rank 1: sends rank 0 a reply of 64 KiB of zeros, longer than any to its chunk,
+ * before its real one. */
+static int forge_long_reply(const void *arg, size_t size, void *result, size_t *result_size) {
+  static char junk[65536];
+  MPI_Send(junk, sizeof junk, MPI_BYTE, 0, MP__MPI_TAG_REPLY, mp__mpi_comm);
+  return square(arg, size, result, result_size);
+}
+
+/* A reply shorter than its results, or longer than any, fails its chunk with a sentence
+ * (the long one used to end the job: MPI_ERR_TRUNCATE); the rank's real reply that follows
+ * is dropped, and the next chunk gets its own. */
 START_TEST(test_short_reply_refused) {
   mp_pool_t *pool = make_pool(1, NULL);
   long x = 6;
@@ -473,16 +497,135 @@ START_TEST(test_short_reply_refused) {
   MP_ASSERT_ERR(mp_pool_apply(pool, forge_short_reply, &x, sizeof x, &r, sizeof r, NULL),
                 MP_EWORKERDIED);
   T_ASSERT(strstr(mp_last_error(), "rank 1 sent a malformed reply"), "%s", mp_last_error());
-  /* The rank's real reply is left over: taken here, so that the next chunk is not
-   * answered by it. */
-  char real[4096];
-  pthread_mutex_lock(&mp__mpi_lock);
-  MPI_Recv(real, sizeof real, MPI_BYTE, 1, MP__MPI_TAG_REPLY, MPI_COMM_WORLD,
-           MPI_STATUS_IGNORE);
-  pthread_mutex_unlock(&mp__mpi_lock);
+  MP_ASSERT_ERR(mp_pool_apply(pool, forge_long_reply, &x, sizeof x, &r, sizeof r, NULL),
+                MP_EWORKERDIED);
+  T_ASSERT(strstr(mp_last_error(), "rank 1 sent a malformed reply of 65536 bytes"), "%s",
+           mp_last_error());
+  x = 7;
   MP_ASSERT_OK(mp_pool_apply(pool, square, &x, sizeof x, &r, sizeof r, NULL));
-  T_INT_EQ(r.square, 36);
+  T_INT_EQ(r.square, 49);
   destroy_test_pool();
+}
+END_TEST
+
+/* Takes every message of rank's with this tag on comm left in rank 0's queue (at most 0.5 s
+ * of looking), so that a test's leftovers do not answer the next test's chunks; how many
+ * there were. */
+static int drain_replies(int rank, int tag, MPI_Comm comm) {
+  int drained = 0;
+  double end = mp_test_now() + 0.5;
+  while (mp_test_now() < end) {
+    int flag = 0;
+    MPI_Status st;
+    pthread_mutex_lock(&mp__mpi_lock);
+    MPI_Iprobe(rank, tag, comm, &flag, &st);
+    if (flag) {
+      int len = 0;
+      MPI_Get_count(&st, MPI_BYTE, &len);
+      char *buf = malloc(len > 0 ? (size_t)len : 1);
+      MPI_Recv(buf, len, MPI_BYTE, rank, tag, comm, MPI_STATUS_IGNORE);
+      free(buf);
+      drained++;
+    }
+    pthread_mutex_unlock(&mp__mpi_lock);
+    if (!flag)
+      mp_test_sleep(0.01);
+  }
+  return drained;
+}
+
+/* Runs on rank 1: for item 5, sends rank 0 a reply of one head and no results before its
+ * real one (as forge_short_reply does); every item squared. */
+static int short_reply_at_5(const void *arg, size_t size, void *result, size_t *result_size) {
+  long x;
+  memcpy(&x, arg, sizeof x);
+  if (x == 5) {
+    mp__mpi_reply_head_t r = {0, 0, 0, sizeof(result_t), 0};
+    MPI_Send(&r, sizeof r, MPI_BYTE, 0, MP__MPI_TAG_REPLY, mp__mpi_comm);
+  }
+  return square(arg, size, result, result_size);
+}
+
+/* After one malformed reply, "the other chunks go on" (docs/api.md): each later item's
+ * result is its own. The rank's real reply to the refused chunk comes after it: when
+ * replies carried nothing of the message they answer, rank 0 took it for the next chunk's,
+ * and so on, and every later item got the previous item's result, silently. */
+START_TEST(test_reply_after_malformed_is_own) {
+  mp_pool_t *pool = make_pool(1, NULL);
+  enum { N = 12 };
+  long items[N];
+  for (int i = 0; i < N; i++)
+    items[i] = i;
+  mp_imap_t *it;
+  MP_ASSERT_OK(
+      mp_pool_imap(pool, short_reply_at_5, items, N, sizeof(long), sizeof(result_t), 1, &it));
+  int codes[N];
+  long got[N];
+  for (int k = 0; k < N; k++) {
+    result_t r = {0};
+    size_t index = SIZE_MAX;
+    codes[k] = mp_imap_next(it, &r, &index, 30);
+    got[k] = r.square;
+  }
+  mp_imap_free(it);
+  int left = drain_replies(1, MP__MPI_TAG_REPLY, mp__mpi_comm);
+  destroy_test_pool();
+  T_INT_EQ(codes[5], MP_EWORKERDIED);
+  for (int k = 6; k < N; k++)
+    T_ASSERT(codes[k] == 0 && got[k] == (long)k * k,
+             "item %d after the malformed reply: %s, square %ld, not %d (%d replies left "
+             "over)",
+             k, mp_err_name(codes[k]), got[k], k * k, left);
+}
+END_TEST
+
+/* Runs on rank 1: sends rank 0 a message of the program's own (tag 3, 8 bytes) on
+ * MPI_COMM_WORLD, as a program that uses MPI between its ranks would (docs/api.md: "MPI
+ * itself is the shared state"), then squares its item. */
+static int send_own_note(const void *arg, size_t size, void *result, size_t *result_size) {
+  long note = 12345;
+  MPI_Send(&note, sizeof note, MPI_BYTE, 0, 3, MPI_COMM_WORLD);
+  return square(arg, size, result, result_size);
+}
+
+/* The program's own MPI messages and the pool's are told apart: a task that sends rank 0 a
+ * note of the program's on MPI_COMM_WORLD (with the tag of the pool's replies) still gets
+ * its result, and rank 0's program receives the note. When the pool spoke on
+ * MPI_COMM_WORLD, its worker took the note for the chunk's reply. */
+START_TEST(test_program_message_not_a_reply) {
+  mp_pool_t *pool = make_pool(1, NULL);
+  long x = 6;
+  result_t r = {0};
+  int rc = mp_pool_apply(pool, send_own_note, &x, sizeof x, &r, sizeof r, NULL);
+  char why[512];
+  snprintf(why, sizeof why, "%s", mp_last_error());
+  /* The program receives its note from rank 1. */
+  long note = 0;
+  int flag = 0, len = -1;
+  MPI_Status st;
+  for (double end = mp_test_now() + 2; !flag && mp_test_now() < end;) {
+    pthread_mutex_lock(&mp__mpi_lock);
+    MPI_Iprobe(1, 3, MPI_COMM_WORLD, &flag, &st);
+    if (flag) {
+      MPI_Get_count(&st, MPI_BYTE, &len);
+      char *buf = malloc(len > 0 ? (size_t)len : 1);
+      MPI_Recv(buf, len, MPI_BYTE, 1, 3, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+      if (len == sizeof note)
+        memcpy(&note, buf, sizeof note);
+      free(buf);
+    }
+    pthread_mutex_unlock(&mp__mpi_lock);
+    if (!flag)
+      mp_test_sleep(0.01);
+  }
+  drain_replies(1, 3, MPI_COMM_WORLD);
+  destroy_test_pool();
+  T_ASSERT(rc == 0, "the task's apply failed: %s", why);
+  T_INT_EQ(r.square, 36);
+  T_ASSERT(note == 12345,
+           "the program's note was not received (the message of tag 3 from "
+           "rank 1 had %d bytes)",
+           len);
 }
 END_TEST
 #endif
@@ -572,6 +715,77 @@ START_TEST(test_descendant_takes_no_rank) {
 }
 END_TEST
 
+/* `test_mpi plain`: a program that uses no MPI; it says its main ran. */
+static int plain_main(void) {
+  printf("plain: main ran\n");
+  fflush(stdout);
+  return 0;
+}
+
+/* Runs `test_mpi plain` with env added to this process's environment, in a process group of
+ * its own: its exit code, or -1 if it still ran after timeout seconds (then killed, with
+ * its group, and reaped). */
+static int run_plain_with(char *const extra[], double timeout) {
+  extern char **environ;
+  size_t n = 0, k = 0;
+  while (environ[n])
+    n++;
+  while (extra[k])
+    k++;
+  char **env = calloc(n + k + 1, sizeof *env);
+  ck_assert_ptr_nonnull(env);
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++)
+    if (strncmp(environ[i], "OMPI_", 5) && strncmp(environ[i], "PMIX_", 5) &&
+        strncmp(environ[i], "LIBMP_MPI_RANK_TAKEN=", 21))
+      env[m++] = environ[i];
+  for (size_t i = 0; i < k; i++)
+    env[m++] = extra[i];
+  char *argv[] = {"test_mpi", "plain", NULL};
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attr, 0);
+  pid_t pid, r;
+  int rc = posix_spawn(&pid, "/proc/self/exe", NULL, &attr, argv, env);
+  posix_spawnattr_destroy(&attr);
+  free(env);
+  if (rc != 0)
+    return -2;
+  int status = 0;
+  double end = mp_test_now() + timeout;
+  while ((r = waitpid(pid, &status, WNOHANG)) == 0 && mp_test_now() < end)
+    mp_test_sleep(0.01);
+  if (r == 0) {
+    kill(-pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Open MPI's variables in a process that mpirun did not start (left in a shell, set by
+ * hand, inherited from a non-libmp rank) do not take a plain program over: its main runs.
+ * OMPI_COMM_WORLD_RANK=1 made it a worker rank: MPI_Init made it a singleton (rank 0 of 1),
+ * and it waited for ever for messages from "rank 0", itself. Without PMIx's identity it
+ * takes no role; with it forged too, MPI's own rank and size are not the environment's. */
+START_TEST(test_forged_rank_env_runs_main) {
+  char *rank1[] = {"OMPI_COMM_WORLD_RANK=1", "OMPI_COMM_WORLD_SIZE=2", NULL};
+  int code = run_plain_with(rank1, 10);
+  T_ASSERT(code == 0,
+           "a plain program with OMPI_COMM_WORLD_RANK=1 forged: exit code %d "
+           "(-1: still running after 10 s, main never ran)",
+           code);
+  char *pmix1[] = {"OMPI_COMM_WORLD_RANK=1", "OMPI_COMM_WORLD_SIZE=2", "PMIX_RANK=1",
+                   "PMIX_NAMESPACE=forged", NULL};
+  code = run_plain_with(pmix1, 10);
+  T_ASSERT(code == 0, "with PMIX_RANK=1 and PMIX_NAMESPACE forged too: exit code %d", code);
+  char *rank0[] = {"OMPI_COMM_WORLD_RANK=0", "OMPI_COMM_WORLD_SIZE=2", NULL};
+  code = run_plain_with(rank0, 10);
+  T_ASSERT(code == 0, "with OMPI_COMM_WORLD_RANK=0 forged: exit code %d", code);
+}
+END_TEST
+
 START_TEST(test_refused_without_mpirun) {
   mp_context_t *ctx;
   MP_ASSERT_ERR(mp_get_context("mpi", &ctx), MP_EMETHOD);
@@ -639,10 +853,13 @@ static Suite *mpi_suite(void) {
     tcase_add_test(tc, test_terminate);
 #ifdef MP_TEST_MPI
     tcase_add_test(tc, test_short_reply_refused);
+    tcase_add_test(tc, test_reply_after_malformed_is_own);
+    tcase_add_test(tc, test_program_message_not_a_reply);
 #endif
     tcase_add_test(tc, test_descendant_takes_no_rank);
   } else {
     tcase_add_test(tc, test_refused_without_mpirun);
+    tcase_add_test(tc, test_forged_rank_env_runs_main);
   }
 #ifdef MP_TEST_MPI
   tcase_add_test(tc, test_reply_checked);
@@ -659,6 +876,8 @@ int main(int argc, char **argv) {
     return map_on_another_build();
   if (argc > 1 && strcmp(argv[1], "descendant") == 0)
     return descendant_of_a_rank();
+  if (argc > 1 && strcmp(argv[1], "plain") == 0)
+    return plain_main();
   SRunner *sr = srunner_create(mpi_suite());
   srunner_set_fork_status(sr, CK_NOFORK); /* MPI starts once per process */
   srunner_run_all(sr, CK_NORMAL);

@@ -2,7 +2,8 @@
  * What crosses between MPI ranks (pool_mpi.c, mpi_rank.c): a task message as a rank reads
  * it, and a reply as rank 0 reads it, each with the length MPI received. The input's first
  * byte picks the side and the tag, the next 8 the chunk's first item (and, for a reply, the
- * next 8 its count and results' bytes); the rest is the message, copied to a buffer of its
+ * next 8 its count and results' bytes, the next 8 the number of the message it should
+ * answer); the rest is the message, copied to a buffer of its
  * own size so that any read past it is a sanitizer report. Whatever a check accepts is then
  * read as its caller reads it.
  */
@@ -25,21 +26,22 @@ static uint64_t word(const uint8_t *data, size_t size, size_t at) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  if (size < 17 || size > WIRE_MAX)
+  if (size < 25 || size > WIRE_MAX)
     return -1;
   unsigned pick = data[0];
-  uint64_t first = word(data, size, 1), shape = word(data, size, 9);
-  size_t len = size - 17;
+  uint64_t first = word(data, size, 1), shape = word(data, size, 9), seq = word(data, size, 17);
+  size_t len = size - 25;
   char *msg = malloc(len ? len : 1);
   if (!msg)
     return 0;
-  memcpy(msg, data + 17, len);
+  memcpy(msg, data + 25, len);
   if (pick & 1) {
     /* A reply to a chunk of up to 255 items with up to 64 KiB of results. */
     uint64_t count = shape & 0xff;
     size_t out_len = (size_t)(shape >> 8 & 0xffff), at, results_len;
     mp__mpi_reply_head_t r;
-    if (mp__mpi_reply_check(msg, len, first, count, out_len, 1, &r, &at, &results_len) == 0) {
+    if (mp__mpi_reply_check(msg, len, seq, first, count, out_len, 1, &r, &at, &results_len) ==
+        0) {
       char text[MP__POOL_MSG], *out = malloc(results_len ? results_len : 1);
       memcpy(text, msg + sizeof r, r.msg_len);
       text[r.msg_len ? r.msg_len - 1 : 0] = '\0';
