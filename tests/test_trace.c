@@ -820,6 +820,52 @@ START_TEST(test_output_path_safe) {
 }
 END_TEST
 
+/* ------------------------------ review: rev-trace ------------------------------ */
+
+#define SEM_HOLDS 40000
+
+typedef struct {
+  mp_semaphore_t *sem;
+  mp_event_t *done;
+} sem_arg_t;
+
+/* Takes the semaphore SEM_HOLDS times and keeps them (a consumer: another process gives). */
+static int sem_taker(void *arg, size_t size) {
+  (void)size;
+  sem_arg_t *a = arg;
+  for (int i = 0; i < SEM_HOLDS; i++)
+    if (mp_semaphore_acquire(a->sem, 30) < 0)
+      return 2;
+  return 0;
+}
+
+/* A Semaphore taken in one process and given in another (producer and consumer, as Python
+ * programs use one): 40 000 acquires in a child, then 40 000 releases in the parent, 80 000
+ * events in all. The merge pairs each release with a hold by scanning every open hold
+ * (release(): two linear scans, then a memmove), and a release of another process matches
+ * none, so it scans all 40 000 each time: 3.2e9 comparisons, seconds for a trace that a
+ * linear merge writes in tens of milliseconds. At a program's exit this runs in the exit
+ * destructor: a longer program (10^6 items) takes hours to exit. */
+START_TEST(test_merge_cross_process_releases_linear) {
+  char path[128];
+  trace_path(path, sizeof path, "semxp", _i);
+  sem_arg_t a = {0};
+  MP_ASSERT_OK(mp_semaphore_create(&a.sem, SEM_HOLDS));
+  MP_ASSERT_OK(mp_trace_start(path));
+  mp_process_t *p = mp_test_start(_i, sem_taker, &a, sizeof a);
+  mp_test_join_ok(p, 60);
+  for (int i = 0; i < SEM_HOLDS; i++)
+    MP_ASSERT_OK(mp_semaphore_release(a.sem));
+  double t0 = mp_test_now();
+  MP_ASSERT_OK(mp_trace_stop());
+  double took = mp_test_now() - t0;
+  unlink(path);
+  mp_semaphore_close(a.sem);
+  T_ASSERT(took < 1.0 * mp_test_slowdown(),
+           "merging %d events took %.2f s (quadratic in the open holds)", 2 * SEM_HOLDS, took);
+}
+END_TEST
+
 static Suite *trace_suite(void) {
   Suite *s = suite_create("trace");
   tcase_add_test(mp_test_tcase(s, "methods", 60), test_three_methods);
@@ -836,6 +882,8 @@ static Suite *trace_suite(void) {
   tcase_add_loop_test(mp_test_tcase(s, "environ", 60), test_stop_keeps_environ, 0, N_METHODS);
   tcase_add_test(mp_test_tcase(s, "merge only own dir", 30), test_merge_only_own_dir);
   tcase_add_test(mp_test_tcase(s, "output path", 30), test_output_path_safe);
+  tcase_add_loop_test(mp_test_tcase(s, "review merge linear", 120),
+                      test_merge_cross_process_releases_linear, 0, N_METHODS);
   return s;
 }
 
