@@ -8,6 +8,7 @@
 #include "mp_test.h"
 
 #include <jansson.h>
+#include <pthread.h>
 #include <spawn.h>
 #include <stdatomic.h>
 #include <sys/stat.h>
@@ -866,6 +867,64 @@ START_TEST(test_merge_cross_process_releases_linear) {
 }
 END_TEST
 
+/* A thread that names an object over and over while tracing is off, as a program names the
+ * objects it makes. With 255 names remembered, each call scans them all under names.lock. */
+typedef struct {
+  char *base;
+  _Atomic int stop;
+} namer_t;
+
+static void *namer_thread(void *arg) {
+  namer_t *n = arg;
+  while (!atomic_load(&n->stop))
+    mp_set_name(n->base + 254 * 8, "busy name");
+  return NULL;
+}
+
+static int name_in_child(void *arg, size_t size) {
+  (void)size;
+  char *base = *(char **)arg;
+  return mp_set_name(base + 300 * 8, "child's name") == 0 ? 0 : 1;
+}
+
+/* A forked child of a threaded program (the fork method, while tracing is off) names an
+ * object, as "a name set while tracing is off is remembered by this process and its forked
+ * children" invites. The fork handler re-initializes names.lock only while tracing is on
+ * (after_fork_in_child returns at once otherwise), so a child forked while the parent's
+ * other thread was inside mp_set_name() inherits names.lock locked, by a thread it does not
+ * have: its mp_set_name() blocks forever. */
+START_TEST(test_forked_child_names_while_parent_thread_names) {
+  mp_value_t *block;
+  MP_ASSERT_OK(mp_raw_value_create(&block, MP_TYPE_BYTES(4096), NULL));
+  namer_t n = {.base = mp_value_ptr(block)};
+  for (int i = 0; i < 255; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "object %d", i);
+    MP_ASSERT_OK(mp_set_name(n.base + i * 8, name));
+  }
+  pthread_t th;
+  T_INT_EQ(pthread_create(&th, NULL, namer_thread, &n), 0);
+  int stuck = 0;
+  for (int round = 0; round < 10 && !stuck; round++) {
+    mp_process_t *p = mp_test_start(0, name_in_child, &n.base, sizeof n.base);
+    int rc = mp_process_join(p, 3);
+    if (rc == MP_ETIMEDOUT || mp_process_is_alive(p) == 1) {
+      stuck = round + 1;
+      mp_process_kill(p);
+      mp_process_join(p, 10);
+    } else {
+      T_INT_EQ(mp_test_join_code(p, 1), 0);
+    }
+    T_PROC_CLOSE(p);
+  }
+  atomic_store(&n.stop, 1);
+  pthread_join(th, NULL);
+  mp_value_close(block);
+  T_ASSERT(!stuck, "fork %d: the child's mp_set_name() blocked for 3 s (names.lock inherited "
+                   "locked from the parent's naming thread)", stuck);
+}
+END_TEST
+
 static Suite *trace_suite(void) {
   Suite *s = suite_create("trace");
   tcase_add_test(mp_test_tcase(s, "methods", 60), test_three_methods);
@@ -884,6 +943,8 @@ static Suite *trace_suite(void) {
   tcase_add_test(mp_test_tcase(s, "output path", 30), test_output_path_safe);
   tcase_add_loop_test(mp_test_tcase(s, "review merge linear", 120),
                       test_merge_cross_process_releases_linear, 0, N_METHODS);
+  tcase_add_test(mp_test_tcase(s, "review forked child names", 60),
+                 test_forked_child_names_while_parent_thread_names);
   return s;
 }
 
