@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <spawn.h>
 #include <stdatomic.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #define ROUNDS 40
@@ -925,6 +926,49 @@ START_TEST(test_forked_child_names_while_parent_thread_names) {
 }
 END_TEST
 
+/* mp_trace_start() when this process's own event files cannot be opened (here: one
+ * descriptor left, so the log opens and the ring does not, EMFILE; a full /dev/shm or
+ * RLIMIT_FSIZE does the same). open_slow() turns recording off and says nothing, and
+ * mp_trace_start() returns 0: the caller is told the trace runs while nothing is recorded,
+ * mp_trace_stop() then says "not tracing", the placeholder stays unfinished, the directory
+ * stays in /dev/shm, and LIBMP_TRACE_DIR still names it to every spawned child. The header
+ * promises "the system error of creating the directory or the file". */
+START_TEST(test_start_reports_unopenable_files) {
+  char path[128], dir[4096];
+  trace_path(path, sizeof path, "emfile", 0);
+  struct rlimit lim;
+  T_INT_EQ(getrlimit(RLIMIT_NOFILE, &lim), 0);
+  if (lim.rlim_cur > 4096) { /* this test's own process (Check forks one per test) */
+    lim.rlim_cur = 4096;
+    T_INT_EQ(setrlimit(RLIMIT_NOFILE, &lim), 0);
+  }
+  int fds[4096], n = 0;
+  for (int fd; n < 4096 && (fd = dup(0)) >= 0;)
+    fds[n++] = fd;
+  T_ASSERT(n > 1 && errno == EMFILE, "filled the descriptor table (%d)", n);
+  close(fds[--n]); /* one left: the placeholder's, then the log's */
+  int rc = mp_trace_start(path);
+  bool on = mp_trace_enabled();
+  while (n > 0)
+    close(fds[--n]);
+  char err[256];
+  snprintf(err, sizeof err, "%s", mp_last_error());
+  int stop = on || rc == 0 ? mp_trace_stop() : 0;
+  bool left = false;
+  if (rc == 0 && !on) {
+    events_dir(path, dir, sizeof dir);
+    struct stat st;
+    left = stat(dir, &st) == 0;
+    rmdir(dir);
+  }
+  unlink(path);
+  T_ASSERT(rc < 0 || on,
+           "mp_trace_start returned %d (%s) but nothing is recorded: mp_trace_enabled() is "
+           "false, mp_trace_stop() returned %s, the directory %s",
+           rc, rc < 0 ? err : "success", mp_err_name(stop), left ? "was left" : "is gone");
+}
+END_TEST
+
 static Suite *trace_suite(void) {
   Suite *s = suite_create("trace");
   tcase_add_test(mp_test_tcase(s, "methods", 60), test_three_methods);
@@ -945,6 +989,8 @@ static Suite *trace_suite(void) {
                       test_merge_cross_process_releases_linear, 0, N_METHODS);
   tcase_add_test(mp_test_tcase(s, "review forked child names", 60),
                  test_forked_child_names_while_parent_thread_names);
+  tcase_add_test(mp_test_tcase(s, "review start unopenable", 30),
+                 test_start_reports_unopenable_files);
   return s;
 }
 
