@@ -969,6 +969,35 @@ START_TEST(test_start_reports_unopenable_files) {
 }
 END_TEST
 
+/* The trace's path is a hard link to another file of the caller's (in a shared folder, a
+ * hostile user makes one where fs.protected_hardlinks is 0, as it is on systems that do not
+ * turn it on: a link needs no access to the file). write_placeholder() refuses a symbolic
+ * link and another user's file, but not a regular file with more than one link: it
+ * truncates the linked file and writes the placeholder into it, so a setuid or any other
+ * caller that traces into /tmp destroys a file of its own that the link names. */
+START_TEST(test_start_refuses_hard_link) {
+  char path[128], victim[128];
+  trace_path(path, sizeof path, "hardlink", 0);
+  trace_path(victim, sizeof victim, "hardlink-victim", 0);
+  write_text(victim, "precious\n");
+  T_INT_EQ(link(victim, path), 0);
+  int rc = mp_trace_start(path);
+  if (rc == 0)
+    mp_trace_stop();
+  char text[64] = "";
+  FILE *f = fopen(victim, "r");
+  T_ASSERT(f != NULL, "open %s", victim);
+  if (!fgets(text, sizeof text, f))
+    text[0] = 0;
+  fclose(f);
+  unlink(path);
+  unlink(victim);
+  T_ASSERT(strcmp(text, "precious\n") == 0,
+           "mp_trace_start on a hard link returned %d and overwrote the linked file: it "
+           "begins '%.40s'", rc, text);
+}
+END_TEST
+
 static Suite *trace_suite(void) {
   Suite *s = suite_create("trace");
   tcase_add_test(mp_test_tcase(s, "methods", 60), test_three_methods);
@@ -991,6 +1020,7 @@ static Suite *trace_suite(void) {
                  test_forked_child_names_while_parent_thread_names);
   tcase_add_test(mp_test_tcase(s, "review start unopenable", 30),
                  test_start_reports_unopenable_files);
+  tcase_add_test(mp_test_tcase(s, "review hard link", 30), test_start_refuses_hard_link);
   return s;
 }
 
