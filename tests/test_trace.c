@@ -8,6 +8,7 @@
 #include "mp_test.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <pthread.h>
 #include <spawn.h>
 #include <stdatomic.h>
@@ -998,6 +999,98 @@ START_TEST(test_start_refuses_hard_link) {
 }
 END_TEST
 
+/* The per-process files as trace.c writes them (an internal format: lib/trace.c). */
+typedef struct {
+  uint16_t type, kind;
+  uint32_t tid;
+  int64_t ts;
+  uint64_t obj;
+  int64_t v[5];
+} review_rec_t;
+#define REVIEW_MAGIC INT64_C(0x31525452504d424c)
+#define REVIEW_RING_RECS 8192
+enum { RV_HEADER = 1, RV_REAPED = 15, RV_MARK = 19 };
+
+/* Writes dir/<pid>.0.bin (a header, then recs) and dir/<pid>.0.ring (a header whose
+ * dropped word is `dropped`, its slots empty). */
+static void review_write_process(const char *dir, int pid, const review_rec_t *recs, int n,
+                                 int64_t dropped) {
+  char name[4200];
+  review_rec_t head = {.type = RV_HEADER, .tid = (uint32_t)pid, .ts = 1, .obj = (uint64_t)pid,
+                       .v = {1, 0, REVIEW_MAGIC, 0, 0}};
+  snprintf(name, sizeof name, "%s/%d.0.bin", dir, pid);
+  FILE *f = fopen(name, "w");
+  T_ASSERT(f != NULL, "fopen %s", name);
+  fwrite(&head, sizeof head, 1, f);
+  fwrite(recs, sizeof *recs, (size_t)n, f);
+  T_INT_EQ(fclose(f), 0);
+  snprintf(name, sizeof name, "%s/%d.0.ring", dir, pid);
+  f = fopen(name, "w");
+  T_ASSERT(f != NULL, "fopen %s", name);
+  int64_t ring_head[8] = {REVIEW_MAGIC, 0, 0, dropped, 0, 0, 0, 0};
+  fwrite(ring_head, sizeof ring_head, 1, f);
+  T_INT_EQ(ftruncate(fileno(f), (off_t)(REVIEW_RING_RECS + 1) * 64), 0);
+  T_INT_EQ(fclose(f), 0);
+}
+
+/* A repair (mp_trace_merge) of the files of a crashed program whose processes scribbled on
+ * their mapped rings and logs before they died: timestamps at both ends of int64, a ring
+ * header's dropped count of INT64_MAX in two processes, a reaped child's exit code of
+ * INT_MIN. The merge does signed arithmetic on them unchecked: emit()'s ts - m->t0,
+ * add_file()'s m->dropped += dropped, one_event()'s -code. Each overflows (undefined: the
+ * CI's UBSan build, halt_on_error=1, aborts the repair); here they wrap into a trace that
+ * says a negative time, a negative number of dropped events and a negative signal. A
+ * corrupt file should be refused (MP_ECORRUPT) or its words clamped. */
+START_TEST(test_repair_wild_words_no_overflow) {
+  char path[128], dir[64] = "/dev/shm/libmp-trace-XXXXXX";
+  trace_path(path, sizeof path, "wild", 0);
+  T_ASSERT(mkdtemp(dir) != NULL, "mkdtemp");
+  review_rec_t a[2] = {
+      {.type = RV_MARK, .tid = 1001, .ts = INT64_MIN + 1},
+      {.type = RV_REAPED, .tid = 1001, .ts = 5, .obj = 1002, .v = {INT_MIN, 0}},
+  };
+  memcpy(&a[0].v[1], "early", 6);
+  review_rec_t b[1] = {{.type = RV_MARK, .tid = 1002, .ts = INT64_MAX}};
+  memcpy(&b[0].v[1], "late", 5);
+  review_write_process(dir, 1001, a, 2, INT64_MAX);
+  review_write_process(dir, 1002, b, 1, INT64_MAX);
+  write_placeholder_naming(path, dir);
+  int rc = mp_trace_merge(path);
+  char problems[512] = "";
+  if (rc == 0) {
+    json_t *root = load_trace(path), *e;
+    size_t i;
+    json_array_foreach(json_object_get(root, "traceEvents"), i, e) {
+      json_t *ts = json_object_get(e, "ts");
+      if (ts && json_number_value(ts) < 0)
+        snprintf(problems + strlen(problems), sizeof problems - strlen(problems),
+                 "'%s' at ts %.3f; ", str_of(e, "name"), json_number_value(ts));
+      if (strstr(str_of(e, "name"), "signal -"))
+        snprintf(problems + strlen(problems), sizeof problems - strlen(problems), "'%s'; ",
+                 str_of(e, "name"));
+    }
+    json_int_t dropped =
+        json_integer_value(json_object_get(json_object_get(root, "otherData"), "dropped"));
+    if (dropped < 0)
+      snprintf(problems + strlen(problems), sizeof problems - strlen(problems),
+               "dropped %lld; ", (long long)dropped);
+    json_decref(root);
+  }
+  char name[4200];
+  for (int pid = 1001; pid <= 1002; pid++) {
+    snprintf(name, sizeof name, "%s/%d.0.bin", dir, pid);
+    unlink(name);
+    snprintf(name, sizeof name, "%s/%d.0.ring", dir, pid);
+    unlink(name);
+  }
+  rmdir(dir);
+  unlink(path);
+  T_ASSERT(rc == MP_ECORRUPT || (rc == 0 && !problems[0]),
+           "mp_trace_merge returned %d (%s); the trace it wrote has %s", rc, mp_err_name(rc),
+           problems);
+}
+END_TEST
+
 static Suite *trace_suite(void) {
   Suite *s = suite_create("trace");
   tcase_add_test(mp_test_tcase(s, "methods", 60), test_three_methods);
@@ -1021,6 +1114,7 @@ static Suite *trace_suite(void) {
   tcase_add_test(mp_test_tcase(s, "review start unopenable", 30),
                  test_start_reports_unopenable_files);
   tcase_add_test(mp_test_tcase(s, "review hard link", 30), test_start_refuses_hard_link);
+  tcase_add_test(mp_test_tcase(s, "review wild words", 30), test_repair_wild_words_no_overflow);
   return s;
 }
 
