@@ -1091,6 +1091,69 @@ START_TEST(test_repair_wild_words_no_overflow) {
 }
 END_TEST
 
+typedef struct {
+  const char *path;
+  _Atomic int armed, started;
+  int rc;
+} restarter_t;
+
+/* Waits for the trace to stop, then starts the next one at once. */
+static void *restart_thread(void *arg) {
+  restarter_t *r = arg;
+  atomic_store(&r->armed, 1);
+  while (!atomic_load(&r->started))
+    ;
+  while (mp_trace_enabled())
+    ;
+  r->rc = mp_trace_start(r->path);
+  return NULL;
+}
+
+/* One thread stops a trace while another starts the next one as soon as recording is off
+ * (a program tracing its phases from two threads; "tracing is already on" is the only
+ * refusal). mp_trace_stop() hands merge_dir() T.path and T.dir, the globals themselves,
+ * after it has let go of T.lock: the new start's memcpy rewrites them while the merge
+ * runs, so the first trace's events are written to the second trace's file (later
+ * replaced by it), rmdir is tried on the second trace's live directory, and the first
+ * trace's file stays the placeholder. mp_trace_stop() still returns 0. */
+START_TEST(test_stop_then_start_from_another_thread) {
+  char first[128], second[128];
+  trace_path(first, sizeof first, "phase1", 0);
+  trace_path(second, sizeof second, "phase2", 0);
+  restarter_t r = {.path = second};
+  pthread_t th;
+  T_INT_EQ(pthread_create(&th, NULL, restart_thread, &r), 0);
+  while (!atomic_load(&r.armed))
+    ;
+  MP_ASSERT_OK(mp_trace_start(first));
+  char first_dir[4096];
+  events_dir(first, first_dir, sizeof first_dir);
+  atomic_store(&r.started, 1);
+  for (int i = 0; i < 20000; i++) /* a merge of some milliseconds */
+    MP_ASSERT_OK(mp_trace_mark("phase one"));
+  int rc = mp_trace_stop();
+  pthread_join(th, NULL);
+  if (r.rc == 0) {
+    MP_ASSERT_OK(mp_trace_mark("phase two"));
+    MP_ASSERT_OK(mp_trace_stop());
+  }
+  json_t *root = load_trace(first);
+  int one = count(root, "i", "phase one", false, 0);
+  json_t *other = json_object_get(root, "otherData");
+  bool placeholder = json_object_get(other, "libmp_incomplete") != NULL;
+  json_decref(root);
+  unlink(first);
+  unlink(second);
+  bool left = rmdir(first_dir) == 0; /* emptied by the merge, not removed */
+  T_INT_EQ(rc, 0);
+  T_INT_EQ(r.rc, 0);
+  T_ASSERT(one == 20000 && !placeholder,
+           "the first trace (stopped with 0) has %d of its 20000 marks%s%s", one,
+           placeholder ? ": it is still the placeholder" : "",
+           left ? ", and its directory was left" : "");
+}
+END_TEST
+
 static Suite *trace_suite(void) {
   Suite *s = suite_create("trace");
   tcase_add_test(mp_test_tcase(s, "methods", 60), test_three_methods);
@@ -1115,6 +1178,8 @@ static Suite *trace_suite(void) {
                  test_start_reports_unopenable_files);
   tcase_add_test(mp_test_tcase(s, "review hard link", 30), test_start_refuses_hard_link);
   tcase_add_test(mp_test_tcase(s, "review wild words", 30), test_repair_wild_words_no_overflow);
+  tcase_add_test(mp_test_tcase(s, "review stop and start", 30),
+                 test_stop_then_start_from_another_thread);
   return s;
 }
 
