@@ -1154,6 +1154,43 @@ START_TEST(test_stop_then_start_from_another_thread) {
 }
 END_TEST
 
+#define MANY_PIDS 60000
+
+/* A log that names 60 000 processes: its REC_START records (what a program that started
+ * 60 000 short-lived children over its life records too, one per child; or words a dying
+ * process scribbled on its ring). write_trace() ranks each process's lane by counting, for
+ * each, the processes that appeared before it: n_procs^2 = 3.6e9 steps, seconds, where the
+ * rest of the merge is linear (a sort). At 10^6 children the repair, or the program's exit,
+ * runs for hours. */
+START_TEST(test_repair_many_processes_linear) {
+  char path[128], dir[64] = "/dev/shm/libmp-trace-XXXXXX";
+  trace_path(path, sizeof path, "pids", 0);
+  T_ASSERT(mkdtemp(dir) != NULL, "mkdtemp");
+  review_rec_t *recs = calloc(MANY_PIDS, sizeof *recs);
+  T_ASSERT(recs != NULL, "calloc");
+  for (int i = 0; i < MANY_PIDS; i++)
+    recs[i] = (review_rec_t){.type = 13 /* REC_START */, .tid = 1001, .ts = 10 + i,
+                             .obj = (uint64_t)(100000 + i), .v = {1}};
+  review_write_process(dir, 1001, recs, MANY_PIDS, 0);
+  free(recs);
+  write_placeholder_naming(path, dir);
+  double t0 = mp_test_now();
+  int rc = mp_trace_merge(path);
+  double took = mp_test_now() - t0;
+  char name[4200];
+  snprintf(name, sizeof name, "%s/1001.0.bin", dir);
+  unlink(name);
+  snprintf(name, sizeof name, "%s/1001.0.ring", dir);
+  unlink(name);
+  rmdir(dir);
+  unlink(path);
+  MP_ASSERT_OK(rc);
+  T_ASSERT(took < 1.0 * mp_test_slowdown(),
+           "merging %d records of %d processes took %.2f s (lane ranks: quadratic)",
+           MANY_PIDS, MANY_PIDS + 1, took);
+}
+END_TEST
+
 static Suite *trace_suite(void) {
   Suite *s = suite_create("trace");
   tcase_add_test(mp_test_tcase(s, "methods", 60), test_three_methods);
@@ -1180,6 +1217,8 @@ static Suite *trace_suite(void) {
   tcase_add_test(mp_test_tcase(s, "review wild words", 30), test_repair_wild_words_no_overflow);
   tcase_add_test(mp_test_tcase(s, "review stop and start", 30),
                  test_stop_then_start_from_another_thread);
+  tcase_add_test(mp_test_tcase(s, "review many processes", 60),
+                 test_repair_many_processes_linear);
   return s;
 }
 
