@@ -1154,6 +1154,47 @@ START_TEST(test_stop_then_start_from_another_thread) {
 }
 END_TEST
 
+/* After one failed open (as above), a later mp_trace_start() with descriptors to spare
+ * records nothing of this process's own: T.failed, set by open_slow(), is cleared only by
+ * forget_file(), which only mp_trace_stop() (refused: "not tracing") or a fork reaches. The
+ * second start returns 0, mp_trace_enabled() is true, and every event of the process is
+ * dropped (slot() finds no ring and open_slow() does not try again): its trace has no
+ * mark, no lane of its own. */
+START_TEST(test_start_after_failed_open_records) {
+  char path[128], dir[4096];
+  trace_path(path, sizeof path, "emfile2", 0);
+  struct rlimit lim;
+  T_INT_EQ(getrlimit(RLIMIT_NOFILE, &lim), 0);
+  if (lim.rlim_cur > 4096) {
+    lim.rlim_cur = 4096;
+    T_INT_EQ(setrlimit(RLIMIT_NOFILE, &lim), 0);
+  }
+  int fds[4096], n = 0;
+  for (int fd; n < 4096 && (fd = dup(0)) >= 0;)
+    fds[n++] = fd;
+  T_ASSERT(n > 1 && errno == EMFILE, "filled the descriptor table (%d)", n);
+  close(fds[--n]);
+  int first = mp_trace_start(path);
+  while (n > 0)
+    close(fds[--n]);
+  if (first == 0 && !mp_trace_enabled()) { /* the failure above: its directory is left */
+    events_dir(path, dir, sizeof dir);
+    rmdir(dir);
+  }
+  MP_ASSERT_OK(mp_trace_start(path));
+  bool on = mp_trace_enabled();
+  MP_ASSERT_OK(mp_trace_mark("second start"));
+  MP_ASSERT_OK(mp_trace_stop());
+  json_t *root = load_trace(path);
+  int marks = count(root, "i", "second start", false, getpid());
+  json_decref(root);
+  unlink(path);
+  T_ASSERT(marks == 1, "a trace started once the descriptors were back (enabled: %s) has %d "
+                       "of this process's 1 mark",
+           on ? "yes" : "no", marks);
+}
+END_TEST
+
 #define MANY_PIDS 60000
 
 /* A log that names 60 000 processes: its REC_START records (what a program that started
@@ -1213,6 +1254,8 @@ static Suite *trace_suite(void) {
                  test_forked_child_names_while_parent_thread_names);
   tcase_add_test(mp_test_tcase(s, "review start unopenable", 30),
                  test_start_reports_unopenable_files);
+  tcase_add_test(mp_test_tcase(s, "review start after failed open", 30),
+                 test_start_after_failed_open_records);
   tcase_add_test(mp_test_tcase(s, "review hard link", 30), test_start_refuses_hard_link);
   tcase_add_test(mp_test_tcase(s, "review wild words", 30), test_repair_wild_words_no_overflow);
   tcase_add_test(mp_test_tcase(s, "review stop and start", 30),
