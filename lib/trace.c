@@ -576,11 +576,9 @@ static int absolute_path(const char *what, const char *path, char abs[PATH_MAX])
   return 0;
 }
 
-int mp_trace_start(const char *path) {
-  if (!path || !*path)
-    return mp__error(MP_EINVAL, "mp_trace_start: path is NULL or empty");
-  if (MP__TRACING())
-    return mp__error(MP_EINVAL, "mp_trace_start: this process traces already");
+/* Under T.lock, while this process does not trace: makes the trace's directory and the
+ * placeholder at path, names the directory in LIBMP_TRACE_DIR, then turns recording on. */
+static int begin(const char *path) {
   char abs[PATH_MAX];
   int rc = absolute_path("mp_trace_start", path, abs);
   if (rc < 0)
@@ -603,33 +601,60 @@ int mp_trace_start(const char *path) {
    * that is safe). */
   if (setenv(ENV_DIR, dir, 1) < 0)
     return mp__syserror("mp_trace_start: setenv");
-  pthread_mutex_lock(&T.lock);
   memcpy(T.dir, dir, sizeof T.dir);
   memcpy(T.path, abs, sizeof T.path);
   T.top = true;
-  pthread_mutex_unlock(&T.lock);
   atomic_store(&mp__trace_on, 1);
-  mp__trace_process_child(process_name()); /* opens the file */
+  return 0;
+}
+
+int mp_trace_start(const char *path) {
+  if (!path || !*path)
+    return mp__error(MP_EINVAL, "mp_trace_start: path is NULL or empty");
+  /* Under T.lock, as mp_trace_stop(): another thread may stop a trace while this one starts
+   * the next, and each checks whether this process traces, then changes that, T's names and
+   * LIBMP_TRACE_DIR. */
+  pthread_mutex_lock(&T.lock);
+  int rc = MP__TRACING() ? mp__error(MP_EINVAL, "mp_trace_start: this process traces already")
+                         : begin(path);
+  pthread_mutex_unlock(&T.lock);
+  if (rc == 0)
+    mp__trace_process_child(process_name()); /* opens the file */
+  return rc;
+}
+
+/* Stops recording, if this process started the trace, and copies out the names its merge
+ * reads: once T.lock is let go, a start in another thread rewrites T's. The check and the
+ * clearing of mp__trace_on are one step under T.lock, so of two stops at once (a thread's
+ * and the exit destructor's) one merges and the other is told the trace was stopped. */
+static int end_recording(char path[PATH_MAX], char dir[PATH_MAX]) {
+  pthread_mutex_lock(&T.lock);
+  bool on = MP__TRACING(), top = T.top;
+  if (on && top) {
+    atomic_store(&mp__trace_on, 0);
+    /* Emptied, not removed: another thread's spawn may be copying environ (spawn.c's
+     * child_environ), and unsetenv() shifts the entries under it (one lost or copied twice,
+     * a NULL copied early). Replacing the value of a variable that exists is one pointer
+     * store in place (glibc keeps the old string), safe to a concurrent reader; the exit
+     * destructor stops the trace this way while the program's threads still run. Under
+     * T.lock, so that it cannot empty the variable a next start has just set. */
+    setenv(ENV_DIR, "", 1);
+    forget_file(false);
+    T.top = false;
+    memcpy(path, T.path, PATH_MAX);
+    memcpy(dir, T.dir, PATH_MAX);
+  }
+  pthread_mutex_unlock(&T.lock);
+  if (!on || !top)
+    return mp__error(MP_EINVAL, "mp_trace_stop: %s",
+                     !on ? "not tracing" : "only the process that started the trace stops it");
   return 0;
 }
 
 int mp_trace_stop(void) {
-  if (!T.top || !MP__TRACING())
-    return mp__error(MP_EINVAL, "mp_trace_stop: %s",
-                     T.top ? "not tracing"
-                           : "only the process that started the trace stops it");
-  atomic_store(&mp__trace_on, 0);
-  /* Emptied, not removed: another thread's spawn may be copying environ (spawn.c's
-   * child_environ), and unsetenv() shifts the entries under it (one lost or copied twice,
-   * a NULL copied early). Replacing the value of a variable that exists is one pointer store
-   * in place (glibc keeps the old string), safe to a concurrent reader; the exit destructor
-   * stops the trace this way while the program's threads still run. */
-  setenv(ENV_DIR, "", 1);
-  pthread_mutex_lock(&T.lock);
-  forget_file(false);
-  T.top = false;
-  pthread_mutex_unlock(&T.lock);
-  return merge_dir(T.path, T.dir);
+  char path[PATH_MAX], dir[PATH_MAX];
+  int rc = end_recording(path, dir);
+  return rc < 0 ? rc : merge_dir(path, dir);
 }
 
 /* The directory an unfinished trace file names (write_placeholder()), unescaped. */
@@ -714,8 +739,9 @@ __attribute__((destructor)) static void trace_fini(void) {
   if (!T.top || !MP__TRACING())
     return;
   event_str(REC_EXIT, 1, 0, 0, NULL); /* its exit code is not known here */
-  if (mp_trace_stop() < 0)
-    fprintf(stderr, "libmp: writing the trace %s: %s\n", T.path, mp_last_error());
+  char path[PATH_MAX], dir[PATH_MAX];
+  if (end_recording(path, dir) == 0 && merge_dir(path, dir) < 0) /* else a thread stopped it */
+    fprintf(stderr, "libmp: writing the trace %s: %s\n", path, mp_last_error());
 }
 
 /* ================================ the merge ================================ */

@@ -48,14 +48,16 @@
  * environ: call it before other threads start spawn or forkserver children or read the
  * environment (getenv() included), or use MP_TRACE, which starts before main. Later calls,
  * and mp_trace_stop() (which empties the variable, a child ignores it empty), only replace
- * its value in place, safe while other threads read environ.
+ * its value in place, safe while other threads read environ. A start and a stop may run in
+ * two threads at once: a trace stopped while the next one starts is written to its own file.
  */
 MP_EXTERN int mp_trace_start(const char *path);
 
 /*
  * Stops recording in this process and writes the trace file from every process's events so
  * far (a child still running keeps recording into a file nobody reads). Only the process
- * that started the trace (mp_trace_start() or MP_TRACE) can stop it.
+ * that started the trace (mp_trace_start() or MP_TRACE) can stop it, once: of two stops at
+ * once (two threads, or a thread and the exit), one writes the file and the other fails.
  * Errors: MP_EINVAL (not tracing, or tracing for a parent: only it writes the file), or the
  * error of mp_trace_merge().
  */
