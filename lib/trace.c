@@ -699,10 +699,15 @@ int mp_trace_merge(const char *path) {
 /* A forked child records into a file of its own, opened at its first event. Child text
  * (MP__CHILD_TEXT), as every fork-child handler: every child of the program runs it. */
 MP__CHILD_TEXT static void after_fork_in_child(void) {
-  if (!MP__TRACING())
+  /* Tracing or not, another thread of the parent may have been naming an object, or
+   * starting or stopping a trace, at the fork: the child has no such thread, and its copy of
+   * the lock would stay held for ever (a name half copied is the worst left). Written only
+   * when held, so that a bare fork copies neither page. */
+  mp__reset_lock(&T.lock);
+  mp__reset_lock(&names.lock);
+  /* A file without recording: forked in the middle of a stop; the parent's, forgotten. */
+  if (!MP__TRACING() && !atomic_load_explicit(&T.head, memory_order_relaxed))
     return; /* untouched: not even its page is copied (method() tells a server's child) */
-  pthread_mutex_init(&T.lock, NULL);
-  pthread_mutex_init(&names.lock, NULL);
   forget_file(true);
   T.top = false;
   T.method = T.method == M_SERVER ? M_FORKSERVER : M_FORK;
@@ -713,6 +718,11 @@ MP__CHILD_TEXT static void after_fork_in_child(void) {
  * once it was checked (NULL: none, the program's own main runs): see "start-up" there. */
 void mp__trace_startup(const char *role) {
   pthread_atfork(NULL, NULL, after_fork_in_child);
+  /* Read once here, so that their pages are mapped before any fork: the child handler reads
+   * them in every forked child, a fault on a page this process never touched. */
+  (void)*(volatile const char *)&T.lock;
+  (void)*(volatile const char *)&T.head;
+  (void)*(volatile const char *)&names.lock;
   if (role)
     T.method = strcmp(role, "spawn") == 0        ? M_SPAWN
                : strcmp(role, "forkserver") == 0 ? M_SERVER

@@ -891,10 +891,9 @@ static int name_in_child(void *arg, size_t size) {
 
 /* A forked child of a threaded program (the fork method, while tracing is off) names an
  * object, as "a name set while tracing is off is remembered by this process and its forked
- * children" invites. The fork handler re-initializes names.lock only while tracing is on
- * (after_fork_in_child returns at once otherwise), so a child forked while the parent's
- * other thread was inside mp_set_name() inherits names.lock locked, by a thread it does not
- * have: its mp_set_name() blocks forever. */
+ * children" invites, while the parent's other thread names objects at every fork: the
+ * child's mp_set_name() returns (the fork handler once freed names.lock only while
+ * tracing, so a child forked mid-name blocked on it for ever). */
 START_TEST(test_forked_child_names_while_parent_thread_names) {
   mp_value_t *block;
   MP_ASSERT_OK(mp_raw_value_create(&block, MP_TYPE_BYTES(4096), NULL));
@@ -922,8 +921,10 @@ START_TEST(test_forked_child_names_while_parent_thread_names) {
   atomic_store(&n.stop, 1);
   pthread_join(th, NULL);
   mp_value_close(block);
-  T_ASSERT(!stuck, "fork %d: the child's mp_set_name() blocked for 3 s (names.lock inherited "
-                   "locked from the parent's naming thread)", stuck);
+  T_ASSERT(!stuck,
+           "fork %d: the child's mp_set_name() blocked for 3 s (names.lock inherited "
+           "locked from the parent's naming thread)",
+           stuck);
 }
 END_TEST
 
@@ -1249,7 +1250,7 @@ static Suite *trace_suite(void) {
   tcase_add_test(mp_test_tcase(s, "output path", 30), test_output_path_safe);
   tcase_add_loop_test(mp_test_tcase(s, "review merge linear", 120),
                       test_merge_cross_process_releases_linear, 0, N_METHODS);
-  tcase_add_test(mp_test_tcase(s, "review forked child names", 60),
+  tcase_add_test(mp_test_tcase(s, "forked child names", 60),
                  test_forked_child_names_while_parent_thread_names);
   tcase_add_test(mp_test_tcase(s, "review start unopenable", 30),
                  test_start_reports_unopenable_files);
