@@ -127,11 +127,10 @@ static struct {
   ring_head_t *retired;      /* a stopped trace's, still mapped: see forget_file() */
   int log_fd;
   int method;
-  bool top;    /* this process started the trace and writes the file */
-  bool failed; /* no file could be opened: recording stays off */
+  bool top; /* this process started the trace and writes the file */
   char dir[PATH_MAX];
   char path[PATH_MAX]; /* the top's trace file */
-} T = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, -1, M_MAIN, false, false, "", ""};
+} T = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, -1, M_MAIN, false, "", ""};
 
 /* The current process's name, from process.c (above this file): see mp__trace_name_source. */
 static const char *(*name_source)(void);
@@ -255,23 +254,27 @@ static int open_files(void) {
 static rec_t *slot(int64_t ts);
 static void event_str(int type, int kind, uint64_t obj, int64_t n, const char *s);
 
-/* The first event of this process: its files, then its name and the names it knows. */
+/* The first events of a file: this process's name and method, and the names it knows. */
+static void announce(void) {
+  event_str(REC_PROCESS, 0, 0, method(), process_name());
+  pthread_mutex_lock(&names.lock);
+  for (size_t i = 0; i < names.n; i++)
+    event_str(REC_NAME, 0, names.e[i].obj, 0, names.e[i].name);
+  pthread_mutex_unlock(&names.lock);
+}
+
+/* The first event of a child (the top opens its files in mp_trace_start()): its files, then
+ * announce(). Recording is checked again under T.lock: an event begun before a stop may
+ * get here after it, and must not open files in the stopped trace's directory. */
 static ring_head_t *open_slow(void) {
   pthread_mutex_lock(&T.lock);
-  bool opened = !T.head && !T.failed && open_files() == 0;
-  if (!T.head && !T.failed) {
-    T.failed = true; /* say nothing: a library does not print; the trace shows the gap */
+  bool opening = !T.head && MP__TRACING(), opened = opening && open_files() == 0;
+  if (opening && !opened) /* say nothing: a library does not print; the trace shows the gap */
     atomic_store(&mp__trace_on, 0);
-  }
   ring_head_t *h = T.head;
   pthread_mutex_unlock(&T.lock);
-  if (opened) {
-    event_str(REC_PROCESS, 0, 0, method(), process_name());
-    pthread_mutex_lock(&names.lock);
-    for (size_t i = 0; i < names.n; i++)
-      event_str(REC_NAME, 0, names.e[i].obj, 0, names.e[i].name);
-    pthread_mutex_unlock(&names.lock);
-  }
+  if (opened)
+    announce();
   return h;
 }
 
@@ -494,7 +497,6 @@ static void forget_file(bool in_child) {
   if (T.log_fd >= 0)
     close(T.log_fd);
   T.log_fd = -1;
-  T.failed = false;
 }
 
 /* A file a traced process makes in the directory: <pid>.<n>.bin or <pid>.<n>.ring. */
@@ -576,8 +578,19 @@ static int absolute_path(const char *what, const char *path, char abs[PATH_MAX])
   return 0;
 }
 
-/* Under T.lock, while this process does not trace: makes the trace's directory and the
- * placeholder at path, names the directory in LIBMP_TRACE_DIR, then turns recording on. */
+/* Undoes a start whose files were opened: they and the directory go. */
+static void discard(const char *dir) {
+  forget_file(false);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd >= 0) {
+    remove_dir(fd, dir);
+    close(fd);
+  }
+}
+
+/* Under T.lock, while this process does not trace: makes the trace's directory, this
+ * process's files in it, LIBMP_TRACE_DIR and the placeholder at path, then turns recording
+ * on; on an error, what it made is undone (path is touched only by a failed write of it). */
 static int begin(const char *path) {
   char abs[PATH_MAX];
   int rc = absolute_path("mp_trace_start", path, abs);
@@ -590,18 +603,31 @@ static int begin(const char *path) {
     if ((size_t)snprintf(dir, sizeof dir, "%s.XXXXXX", abs) >= sizeof dir || !mkdtemp(dir))
       return mp__syserror("mp_trace_start: making a directory %s", dir);
   }
-  rc = write_placeholder(abs, dir);
+  /* Opened here rather than at the first event, so that a failure (EMFILE, a full /dev/shm,
+   * RLIMIT_FSIZE) is this call's error, not a trace that records none of this process's
+   * events while mp_trace_enabled() says it does. */
+  memcpy(T.dir, dir, sizeof T.dir);
+  rc = open_files();
   if (rc < 0) {
     rmdir(dir);
+    return mp__error(rc, "mp_trace_start: creating this process's event files in %s: %s", dir,
+                     strerror(-rc));
+  }
+  /* In place if a trace was stopped before; else it adds a variable (the header says when
+   * that is safe). */
+  if (setenv(ENV_DIR, dir, 1) < 0) {
+    rc = mp__syserror("mp_trace_start: setenv");
+    discard(dir);
+    return rc;
+  }
+  rc = write_placeholder(abs, dir);
+  if (rc < 0) {
+    setenv(ENV_DIR, "", 1); /* it exists now: emptied in place, as mp_trace_stop() does */
+    discard(dir);
     return mp__error(rc, "mp_trace_start: writing %s: %s", abs,
                      rc == MP_EINVAL ? "a symbolic link, or not the caller's regular file"
                                      : strerror(-rc));
   }
-  /* In place if a trace was stopped before; else it adds a variable (the header says when
-   * that is safe). */
-  if (setenv(ENV_DIR, dir, 1) < 0)
-    return mp__syserror("mp_trace_start: setenv");
-  memcpy(T.dir, dir, sizeof T.dir);
   memcpy(T.path, abs, sizeof T.path);
   T.top = true;
   atomic_store(&mp__trace_on, 1);
@@ -619,7 +645,7 @@ int mp_trace_start(const char *path) {
                          : begin(path);
   pthread_mutex_unlock(&T.lock);
   if (rc == 0)
-    mp__trace_process_child(process_name()); /* opens the file */
+    announce();
   return rc;
 }
 
@@ -705,7 +731,7 @@ MP__CHILD_TEXT static void after_fork_in_child(void) {
    * when held, so that a bare fork copies neither page. */
   mp__reset_lock(&T.lock);
   mp__reset_lock(&names.lock);
-  /* A file without recording: forked in the middle of a stop; the parent's, forgotten. */
+  /* Files without recording: forked in the middle of a start or a stop; the parent's. */
   if (!MP__TRACING() && !atomic_load_explicit(&T.head, memory_order_relaxed))
     return; /* untouched: not even its page is copied (method() tells a server's child) */
   forget_file(true);

@@ -928,27 +928,33 @@ START_TEST(test_forked_child_names_while_parent_thread_names) {
 }
 END_TEST
 
-/* mp_trace_start() when this process's own event files cannot be opened (here: one
- * descriptor left, so the log opens and the ring does not, EMFILE; a full /dev/shm or
- * RLIMIT_FSIZE does the same). open_slow() turns recording off and says nothing, and
- * mp_trace_start() returns 0: the caller is told the trace runs while nothing is recorded,
- * mp_trace_stop() then says "not tracing", the placeholder stays unfinished, the directory
- * stays in /dev/shm, and LIBMP_TRACE_DIR still names it to every spawned child. The header
- * promises "the system error of creating the directory or the file". */
-START_TEST(test_start_reports_unopenable_files) {
-  char path[128], dir[4096];
-  trace_path(path, sizeof path, "emfile", 0);
+/* Takes every free descriptor of this process but one (its limit lowered to 4096 first: the
+ * test's own process, Check forks one per test) into fds: how many. */
+static int fill_descriptors(int fds[4096]) {
   struct rlimit lim;
   T_INT_EQ(getrlimit(RLIMIT_NOFILE, &lim), 0);
-  if (lim.rlim_cur > 4096) { /* this test's own process (Check forks one per test) */
+  if (lim.rlim_cur > 4096) {
     lim.rlim_cur = 4096;
     T_INT_EQ(setrlimit(RLIMIT_NOFILE, &lim), 0);
   }
-  int fds[4096], n = 0;
+  int n = 0;
   for (int fd; n < 4096 && (fd = dup(0)) >= 0;)
     fds[n++] = fd;
   T_ASSERT(n > 1 && errno == EMFILE, "filled the descriptor table (%d)", n);
-  close(fds[--n]); /* one left: the placeholder's, then the log's */
+  close(fds[--n]);
+  return n;
+}
+
+/* mp_trace_start() when this process's own event files cannot be opened (here: one
+ * descriptor left, so the log opens and the ring does not, EMFILE; a full /dev/shm or
+ * RLIMIT_FSIZE does the same) returns that error, writes nothing at the path and leaves
+ * recording off. It once returned 0 with recording turned off at the first event: the
+ * caller was told the trace ran while nothing was recorded, mp_trace_stop() said "not
+ * tracing", and the placeholder and the directory stayed. */
+START_TEST(test_start_reports_unopenable_files) {
+  char path[128], dir[4096];
+  trace_path(path, sizeof path, "emfile", 0);
+  int fds[4096], n = fill_descriptors(fds); /* one left: the log's */
   int rc = mp_trace_start(path);
   bool on = mp_trace_enabled();
   while (n > 0)
@@ -956,7 +962,7 @@ START_TEST(test_start_reports_unopenable_files) {
   char err[256];
   snprintf(err, sizeof err, "%s", mp_last_error());
   int stop = on || rc == 0 ? mp_trace_stop() : 0;
-  bool left = false;
+  bool left = false, written = access(path, F_OK) == 0;
   if (rc == 0 && !on) {
     events_dir(path, dir, sizeof dir);
     struct stat st;
@@ -968,6 +974,9 @@ START_TEST(test_start_reports_unopenable_files) {
            "mp_trace_start returned %d (%s) but nothing is recorded: mp_trace_enabled() is "
            "false, mp_trace_stop() returned %s, the directory %s",
            rc, rc < 0 ? err : "success", mp_err_name(stop), left ? "was left" : "is gone");
+  T_ASSERT(rc == 0 || (rc == -EMFILE && !on && !written),
+           "mp_trace_start failed with %s (%s), recording %s, %s written", mp_err_name(rc), err,
+           on ? "on" : "off", written ? "the path" : "nothing");
 }
 END_TEST
 
@@ -1155,25 +1164,13 @@ START_TEST(test_stop_then_start_from_another_thread) {
 END_TEST
 
 /* After one failed open (as above), a later mp_trace_start() with descriptors to spare
- * records nothing of this process's own: T.failed, set by open_slow(), is cleared only by
- * forget_file(), which only mp_trace_stop() (refused: "not tracing") or a fork reaches. The
- * second start returns 0, mp_trace_enabled() is true, and every event of the process is
- * dropped (slot() finds no ring and open_slow() does not try again): its trace has no
- * mark, no lane of its own. */
+ * records this process's own events. A flag set by the failed open once stayed set until a
+ * stop (refused: "not tracing") or a fork, and every later trace of the process, enabled,
+ * dropped all of its own events. */
 START_TEST(test_start_after_failed_open_records) {
   char path[128], dir[4096];
   trace_path(path, sizeof path, "emfile2", 0);
-  struct rlimit lim;
-  T_INT_EQ(getrlimit(RLIMIT_NOFILE, &lim), 0);
-  if (lim.rlim_cur > 4096) {
-    lim.rlim_cur = 4096;
-    T_INT_EQ(setrlimit(RLIMIT_NOFILE, &lim), 0);
-  }
-  int fds[4096], n = 0;
-  for (int fd; n < 4096 && (fd = dup(0)) >= 0;)
-    fds[n++] = fd;
-  T_ASSERT(n > 1 && errno == EMFILE, "filled the descriptor table (%d)", n);
-  close(fds[--n]);
+  int fds[4096], n = fill_descriptors(fds);
   int first = mp_trace_start(path);
   while (n > 0)
     close(fds[--n]);
@@ -1189,8 +1186,9 @@ START_TEST(test_start_after_failed_open_records) {
   int marks = count(root, "i", "second start", false, getpid());
   json_decref(root);
   unlink(path);
-  T_ASSERT(marks == 1, "a trace started once the descriptors were back (enabled: %s) has %d "
-                       "of this process's 1 mark",
+  T_ASSERT(marks == 1,
+           "a trace started once the descriptors were back (enabled: %s) has %d "
+           "of this process's 1 mark",
            on ? "yes" : "no", marks);
 }
 END_TEST
@@ -1252,9 +1250,9 @@ static Suite *trace_suite(void) {
                       test_merge_cross_process_releases_linear, 0, N_METHODS);
   tcase_add_test(mp_test_tcase(s, "forked child names", 60),
                  test_forked_child_names_while_parent_thread_names);
-  tcase_add_test(mp_test_tcase(s, "review start unopenable", 30),
+  tcase_add_test(mp_test_tcase(s, "start unopenable files", 30),
                  test_start_reports_unopenable_files);
-  tcase_add_test(mp_test_tcase(s, "review start after failed open", 30),
+  tcase_add_test(mp_test_tcase(s, "start after failed open", 30),
                  test_start_after_failed_open_records);
   tcase_add_test(mp_test_tcase(s, "review hard link", 30), test_start_refuses_hard_link);
   tcase_add_test(mp_test_tcase(s, "review wild words", 30), test_repair_wild_words_no_overflow);

@@ -42,7 +42,8 @@
  * An existing FILE is overwritten if it is a regular file of the caller's (effective uid).
  * Errors: MP_EINVAL (path NULL, empty or too long, tracing is already on in this process, or
  * path is a symbolic link or not a regular file of the caller's), or the system error of
- * creating the directory or the file.
+ * creating the directory, this process's event files in it (EMFILE, ENOSPC, EFBIG) or the
+ * file; after an error recording is off, and the directory and LIBMP_TRACE_DIR are undone.
  * Thread safety: it names the directory to children in the environment variable
  * LIBMP_TRACE_DIR (setenv()). The first call of a process adds that variable, which may move
  * environ: call it before other threads start spawn or forkserver children or read the
