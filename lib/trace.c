@@ -536,8 +536,10 @@ static int merge_dir(const char *path, const char *dir);
 
 /* The text a trace file holds until the merge writes it: valid JSON that says why it is
  * empty, and where the events are. An existing trace is overwritten, as a program's output
- * file is, but only a regular file of the caller's: never a symbolic link's target (one in a
- * shared folder could point at any file the caller may write), nor another user's file. */
+ * file is, but only a regular file of the caller's with no other name: never a symbolic
+ * link's target, nor a hard link's (in a shared folder either could name any file the
+ * caller may write: a hard link needs no access to its file where fs.protected_hardlinks
+ * is 0), nor another user's file. */
 static int write_placeholder(const char *path, const char *dir) {
   char esc[3 * PATH_MAX];
   json_escape(esc, sizeof esc, dir);
@@ -546,10 +548,13 @@ static int write_placeholder(const char *path, const char *dir) {
     return errno == ELOOP ? MP_EINVAL : -errno; /* ELOOP: a symbolic link */
   struct stat st;
   FILE *f = NULL;
-  int err = fstat(fd, &st) < 0                               ? -errno
-            : !S_ISREG(st.st_mode) || st.st_uid != geteuid() ? MP_EINVAL
-            : ftruncate(fd, 0) < 0 || !(f = fdopen(fd, "w")) ? -errno
-                                                             : 0;
+  int err = 0;
+  if (fstat(fd, &st) < 0)
+    err = -errno;
+  else if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || st.st_nlink > 1)
+    err = MP_EINVAL;
+  else if (ftruncate(fd, 0) < 0 || !(f = fdopen(fd, "w")))
+    err = -errno;
   if (err) {
     close(fd);
     return err;
@@ -625,8 +630,9 @@ static int begin(const char *path) {
     setenv(ENV_DIR, "", 1); /* it exists now: emptied in place, as mp_trace_stop() does */
     discard(dir);
     return mp__error(rc, "mp_trace_start: writing %s: %s", abs,
-                     rc == MP_EINVAL ? "a symbolic link, or not the caller's regular file"
-                                     : strerror(-rc));
+                     rc == MP_EINVAL
+                         ? "a symbolic or hard link, or not the caller's regular file"
+                         : strerror(-rc));
   }
   memcpy(T.path, abs, sizeof T.path);
   T.top = true;

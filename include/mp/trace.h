@@ -39,11 +39,13 @@
  * is no /dev/shm). This process writes path when it calls mp_trace_stop() or exits
  * normally; children it starts from now on record too (a fork server only if it was
  * started after this call).
- * An existing FILE is overwritten if it is a regular file of the caller's (effective uid).
+ * An existing FILE is overwritten if it is a regular file of the caller's (effective uid)
+ * with no other name (a hard link in a shared folder could name any file of the caller's).
  * Errors: MP_EINVAL (path NULL, empty or too long, tracing is already on in this process, or
- * path is a symbolic link or not a regular file of the caller's), or the system error of
- * creating the directory, this process's event files in it (EMFILE, ENOSPC, EFBIG) or the
- * file; after an error recording is off, and the directory and LIBMP_TRACE_DIR are undone.
+ * path is a symbolic link, a hard link or not a regular file of the caller's), or the
+ * system error of creating the directory, this process's event files in it (EMFILE,
+ * ENOSPC, EFBIG) or the file; after an error recording is off, and the directory and
+ * LIBMP_TRACE_DIR are undone.
  * Thread safety: it names the directory to children in the environment variable
  * LIBMP_TRACE_DIR (setenv()). The first call of a process adds that variable, which may move
  * environ: call it before other threads start spawn or forkserver children or read the
