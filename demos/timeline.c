@@ -14,6 +14,7 @@
  */
 #include <mp.h>
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,12 @@ static bool number_field(const char *line, const char *key, double *out) {
   return p && sscanf(p + strlen(key), "%lf", out) == 1;
 }
 
+/* A whole number of the file: 0 if it is none a long holds (converting one would be
+ * undefined). */
+static long whole(double v) {
+  return v > -1e18 && v < 1e18 ? (long)v : 0;
+}
+
 static track_t *track(long pid, long tid) {
   for (size_t i = 0; i < n_tracks; i++)
     if (tracks[i].pid == pid && tracks[i].tid == tid)
@@ -143,11 +150,15 @@ static void read_trace(const char *path) {
     string_field(line, "\"ph\":\"", e.ph, sizeof e.ph);
     string_field(line, "\"object\":\"", e.object, sizeof e.object);
     string_field(line, "\"error\":\"", e.error, sizeof e.error);
-    e.pid = number_field(line, "\"pid\":", &v) ? (long)v : 0;
-    e.tid = number_field(line, "\"tid\":", &v) ? (long)v : 0;
+    e.pid = number_field(line, "\"pid\":", &v) ? whole(v) : 0;
+    e.tid = number_field(line, "\"tid\":", &v) ? whole(v) : 0;
     e.has_ts = number_field(line, "\"ts\":", &e.ts);
     if (!number_field(line, "\"dur\":", &e.dur))
       e.dur = 0;
+    /* libmp writes neither; a file edited or damaged may, and would put a mark outside its
+     * lane. */
+    if ((e.has_ts && !isfinite(e.ts)) || !isfinite(e.dur) || e.dur < 0)
+      continue;
     e.timed_out = strstr(line, "\"timed_out\":true") || e.error[0];
     if (e.ph[0] == 'M') {
       char value[128] = "";
@@ -157,7 +168,7 @@ static void read_trace(const char *path) {
       else if (strcmp(e.name, "thread_name") == 0)
         snprintf(track(e.pid, e.tid)->label, sizeof tracks[0].label, "%s", value);
       else if (number_field(line, "\"sort_index\":", &v))
-        track(e.pid, -1)->sort = (long)v;
+        track(e.pid, -1)->sort = whole(v);
       continue;
     }
     events = grow_or_die(events, n_events, sizeof *events);
@@ -220,6 +231,13 @@ static char mark(const event_t *e) {
   if (strcmp(e->name, "exit") == 0 || strncmp(e->name, "ended", 5) == 0)
     return ']';
   return '.';
+}
+
+/* The column of time t, within the lane however far t lies (a span of 1e308 us makes a
+ * column infinite, and t - t0 over it not a number). */
+static int column(double t, double t0, double per_col, int width) {
+  double x = (t - t0) / per_col;
+  return x >= 0 ? (int)MIN(x, width - 1) : 0;
 }
 
 static void account(const event_t *e) {
@@ -296,7 +314,7 @@ int main(int argc, char **argv) {
       if (pass == 0)
         account(e);
       track_t *t = track(e->pid, e->tid);
-      int a = (int)((e->ts - t0) / per_col), b = (int)((e->ts + e->dur - t0) / per_col);
+      int a = column(e->ts, t0, per_col, width), b = column(e->ts + e->dur, t0, per_col, width);
       char c = mark(e);
       for (int x = pass == 0 ? a : b; x <= b && x < width; x++)
         t->row[x] = pass == 0 ? c : e->ph[0] == 'X' ? '!' : c;

@@ -127,11 +127,10 @@ static struct {
   ring_head_t *retired;      /* a stopped trace's, still mapped: see forget_file() */
   int log_fd;
   int method;
-  bool top;    /* this process started the trace and writes the file */
-  bool failed; /* no file could be opened: recording stays off */
+  bool top; /* this process started the trace and writes the file */
   char dir[PATH_MAX];
   char path[PATH_MAX]; /* the top's trace file */
-} T = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, -1, M_MAIN, false, false, "", ""};
+} T = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, -1, M_MAIN, false, "", ""};
 
 /* The current process's name, from process.c (above this file): see mp__trace_name_source. */
 static const char *(*name_source)(void);
@@ -255,23 +254,27 @@ static int open_files(void) {
 static rec_t *slot(int64_t ts);
 static void event_str(int type, int kind, uint64_t obj, int64_t n, const char *s);
 
-/* The first event of this process: its files, then its name and the names it knows. */
+/* The first events of a file: this process's name and method, and the names it knows. */
+static void announce(void) {
+  event_str(REC_PROCESS, 0, 0, method(), process_name());
+  pthread_mutex_lock(&names.lock);
+  for (size_t i = 0; i < names.n; i++)
+    event_str(REC_NAME, 0, names.e[i].obj, 0, names.e[i].name);
+  pthread_mutex_unlock(&names.lock);
+}
+
+/* The first event of a child (the top opens its files in mp_trace_start()): its files, then
+ * announce(). Recording is checked again under T.lock: an event begun before a stop may
+ * get here after it, and must not open files in the stopped trace's directory. */
 static ring_head_t *open_slow(void) {
   pthread_mutex_lock(&T.lock);
-  bool opened = !T.head && !T.failed && open_files() == 0;
-  if (!T.head && !T.failed) {
-    T.failed = true; /* say nothing: a library does not print; the trace shows the gap */
+  bool opening = !T.head && MP__TRACING(), opened = opening && open_files() == 0;
+  if (opening && !opened) /* say nothing: a library does not print; the trace shows the gap */
     atomic_store(&mp__trace_on, 0);
-  }
   ring_head_t *h = T.head;
   pthread_mutex_unlock(&T.lock);
-  if (opened) {
-    event_str(REC_PROCESS, 0, 0, method(), process_name());
-    pthread_mutex_lock(&names.lock);
-    for (size_t i = 0; i < names.n; i++)
-      event_str(REC_NAME, 0, names.e[i].obj, 0, names.e[i].name);
-    pthread_mutex_unlock(&names.lock);
-  }
+  if (opened)
+    announce();
   return h;
 }
 
@@ -494,7 +497,6 @@ static void forget_file(bool in_child) {
   if (T.log_fd >= 0)
     close(T.log_fd);
   T.log_fd = -1;
-  T.failed = false;
 }
 
 /* A file a traced process makes in the directory: <pid>.<n>.bin or <pid>.<n>.ring. */
@@ -534,8 +536,10 @@ static int merge_dir(const char *path, const char *dir);
 
 /* The text a trace file holds until the merge writes it: valid JSON that says why it is
  * empty, and where the events are. An existing trace is overwritten, as a program's output
- * file is, but only a regular file of the caller's: never a symbolic link's target (one in a
- * shared folder could point at any file the caller may write), nor another user's file. */
+ * file is, but only a regular file of the caller's with no other name: never a symbolic
+ * link's target, nor a hard link's (in a shared folder either could name any file the
+ * caller may write: a hard link needs no access to its file where fs.protected_hardlinks
+ * is 0), nor another user's file. */
 static int write_placeholder(const char *path, const char *dir) {
   char esc[3 * PATH_MAX];
   json_escape(esc, sizeof esc, dir);
@@ -544,10 +548,13 @@ static int write_placeholder(const char *path, const char *dir) {
     return errno == ELOOP ? MP_EINVAL : -errno; /* ELOOP: a symbolic link */
   struct stat st;
   FILE *f = NULL;
-  int err = fstat(fd, &st) < 0                               ? -errno
-            : !S_ISREG(st.st_mode) || st.st_uid != geteuid() ? MP_EINVAL
-            : ftruncate(fd, 0) < 0 || !(f = fdopen(fd, "w")) ? -errno
-                                                             : 0;
+  int err = 0;
+  if (fstat(fd, &st) < 0)
+    err = -errno;
+  else if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || st.st_nlink > 1)
+    err = MP_EINVAL;
+  else if (ftruncate(fd, 0) < 0 || !(f = fdopen(fd, "w")))
+    err = -errno;
   if (err) {
     close(fd);
     return err;
@@ -576,11 +583,20 @@ static int absolute_path(const char *what, const char *path, char abs[PATH_MAX])
   return 0;
 }
 
-int mp_trace_start(const char *path) {
-  if (!path || !*path)
-    return mp__error(MP_EINVAL, "mp_trace_start: path is NULL or empty");
-  if (MP__TRACING())
-    return mp__error(MP_EINVAL, "mp_trace_start: this process traces already");
+/* Undoes a start whose files were opened: they and the directory go. */
+static void discard(const char *dir) {
+  forget_file(false);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd >= 0) {
+    remove_dir(fd, dir);
+    close(fd);
+  }
+}
+
+/* Under T.lock, while this process does not trace: makes the trace's directory, this
+ * process's files in it, LIBMP_TRACE_DIR and the placeholder at path, then turns recording
+ * on; on an error, what it made is undone (path is touched only by a failed write of it). */
+static int begin(const char *path) {
   char abs[PATH_MAX];
   int rc = absolute_path("mp_trace_start", path, abs);
   if (rc < 0)
@@ -592,44 +608,85 @@ int mp_trace_start(const char *path) {
     if ((size_t)snprintf(dir, sizeof dir, "%s.XXXXXX", abs) >= sizeof dir || !mkdtemp(dir))
       return mp__syserror("mp_trace_start: making a directory %s", dir);
   }
-  rc = write_placeholder(abs, dir);
+  /* Opened here rather than at the first event, so that a failure (EMFILE, a full /dev/shm,
+   * RLIMIT_FSIZE) is this call's error, not a trace that records none of this process's
+   * events while mp_trace_enabled() says it does. */
+  memcpy(T.dir, dir, sizeof T.dir);
+  rc = open_files();
   if (rc < 0) {
     rmdir(dir);
-    return mp__error(rc, "mp_trace_start: writing %s: %s", abs,
-                     rc == MP_EINVAL ? "a symbolic link, or not the caller's regular file"
-                                     : strerror(-rc));
+    return mp__error(rc, "mp_trace_start: creating this process's event files in %s: %s", dir,
+                     strerror(-rc));
   }
   /* In place if a trace was stopped before; else it adds a variable (the header says when
    * that is safe). */
-  if (setenv(ENV_DIR, dir, 1) < 0)
-    return mp__syserror("mp_trace_start: setenv");
-  pthread_mutex_lock(&T.lock);
-  memcpy(T.dir, dir, sizeof T.dir);
+  if (setenv(ENV_DIR, dir, 1) < 0) {
+    rc = mp__syserror("mp_trace_start: setenv");
+    discard(dir);
+    return rc;
+  }
+  rc = write_placeholder(abs, dir);
+  if (rc < 0) {
+    setenv(ENV_DIR, "", 1); /* it exists now: emptied in place, as mp_trace_stop() does */
+    discard(dir);
+    return mp__error(rc, "mp_trace_start: writing %s: %s", abs,
+                     rc == MP_EINVAL
+                         ? "a symbolic or hard link, or not the caller's regular file"
+                         : strerror(-rc));
+  }
   memcpy(T.path, abs, sizeof T.path);
   T.top = true;
-  pthread_mutex_unlock(&T.lock);
   atomic_store(&mp__trace_on, 1);
-  mp__trace_process_child(process_name()); /* opens the file */
+  return 0;
+}
+
+int mp_trace_start(const char *path) {
+  if (!path || !*path)
+    return mp__error(MP_EINVAL, "mp_trace_start: path is NULL or empty");
+  /* Under T.lock, as mp_trace_stop(): another thread may stop a trace while this one starts
+   * the next, and each checks whether this process traces, then changes that, T's names and
+   * LIBMP_TRACE_DIR. */
+  pthread_mutex_lock(&T.lock);
+  int rc = MP__TRACING() ? mp__error(MP_EINVAL, "mp_trace_start: this process traces already")
+                         : begin(path);
+  pthread_mutex_unlock(&T.lock);
+  if (rc == 0)
+    announce();
+  return rc;
+}
+
+/* Stops recording, if this process started the trace, and copies out the names its merge
+ * reads: once T.lock is let go, a start in another thread rewrites T's. The check and the
+ * clearing of mp__trace_on are one step under T.lock, so of two stops at once (a thread's
+ * and the exit destructor's) one merges and the other is told the trace was stopped. */
+static int end_recording(char path[PATH_MAX], char dir[PATH_MAX]) {
+  pthread_mutex_lock(&T.lock);
+  bool on = MP__TRACING(), top = T.top;
+  if (on && top) {
+    atomic_store(&mp__trace_on, 0);
+    /* Emptied, not removed: another thread's spawn may be copying environ (spawn.c's
+     * child_environ), and unsetenv() shifts the entries under it (one lost or copied twice,
+     * a NULL copied early). Replacing the value of a variable that exists is one pointer
+     * store in place (glibc keeps the old string), safe to a concurrent reader; the exit
+     * destructor stops the trace this way while the program's threads still run. Under
+     * T.lock, so that it cannot empty the variable a next start has just set. */
+    setenv(ENV_DIR, "", 1);
+    forget_file(false);
+    T.top = false;
+    memcpy(path, T.path, PATH_MAX);
+    memcpy(dir, T.dir, PATH_MAX);
+  }
+  pthread_mutex_unlock(&T.lock);
+  if (!on || !top)
+    return mp__error(MP_EINVAL, "mp_trace_stop: %s",
+                     !on ? "not tracing" : "only the process that started the trace stops it");
   return 0;
 }
 
 int mp_trace_stop(void) {
-  if (!T.top || !MP__TRACING())
-    return mp__error(MP_EINVAL, "mp_trace_stop: %s",
-                     T.top ? "not tracing"
-                           : "only the process that started the trace stops it");
-  atomic_store(&mp__trace_on, 0);
-  /* Emptied, not removed: another thread's spawn may be copying environ (spawn.c's
-   * child_environ), and unsetenv() shifts the entries under it (one lost or copied twice,
-   * a NULL copied early). Replacing the value of a variable that exists is one pointer store
-   * in place (glibc keeps the old string), safe to a concurrent reader; the exit destructor
-   * stops the trace this way while the program's threads still run. */
-  setenv(ENV_DIR, "", 1);
-  pthread_mutex_lock(&T.lock);
-  forget_file(false);
-  T.top = false;
-  pthread_mutex_unlock(&T.lock);
-  return merge_dir(T.path, T.dir);
+  char path[PATH_MAX], dir[PATH_MAX];
+  int rc = end_recording(path, dir);
+  return rc < 0 ? rc : merge_dir(path, dir);
 }
 
 /* The directory an unfinished trace file names (write_placeholder()), unescaped. */
@@ -674,10 +731,15 @@ int mp_trace_merge(const char *path) {
 /* A forked child records into a file of its own, opened at its first event. Child text
  * (MP__CHILD_TEXT), as every fork-child handler: every child of the program runs it. */
 MP__CHILD_TEXT static void after_fork_in_child(void) {
-  if (!MP__TRACING())
+  /* Tracing or not, another thread of the parent may have been naming an object, or
+   * starting or stopping a trace, at the fork: the child has no such thread, and its copy of
+   * the lock would stay held for ever (a name half copied is the worst left). Written only
+   * when held, so that a bare fork copies neither page. */
+  mp__reset_lock(&T.lock);
+  mp__reset_lock(&names.lock);
+  /* Files without recording: forked in the middle of a start or a stop; the parent's. */
+  if (!MP__TRACING() && !atomic_load_explicit(&T.head, memory_order_relaxed))
     return; /* untouched: not even its page is copied (method() tells a server's child) */
-  pthread_mutex_init(&T.lock, NULL);
-  pthread_mutex_init(&names.lock, NULL);
   forget_file(true);
   T.top = false;
   T.method = T.method == M_SERVER ? M_FORKSERVER : M_FORK;
@@ -688,6 +750,11 @@ MP__CHILD_TEXT static void after_fork_in_child(void) {
  * once it was checked (NULL: none, the program's own main runs): see "start-up" there. */
 void mp__trace_startup(const char *role) {
   pthread_atfork(NULL, NULL, after_fork_in_child);
+  /* Read once here, so that their pages are mapped before any fork: the child handler reads
+   * them in every forked child, a fault on a page this process never touched. */
+  (void)*(volatile const char *)&T.lock;
+  (void)*(volatile const char *)&T.head;
+  (void)*(volatile const char *)&names.lock;
   if (role)
     T.method = strcmp(role, "spawn") == 0        ? M_SPAWN
                : strcmp(role, "forkserver") == 0 ? M_SERVER
@@ -714,8 +781,9 @@ __attribute__((destructor)) static void trace_fini(void) {
   if (!T.top || !MP__TRACING())
     return;
   event_str(REC_EXIT, 1, 0, 0, NULL); /* its exit code is not known here */
-  if (mp_trace_stop() < 0)
-    fprintf(stderr, "libmp: writing the trace %s: %s\n", T.path, mp_last_error());
+  char path[PATH_MAX], dir[PATH_MAX];
+  if (end_recording(path, dir) == 0 && merge_dir(path, dir) < 0) /* else a thread stopped it */
+    fprintf(stderr, "libmp: writing the trace %s: %s\n", path, mp_last_error());
 }
 
 /* ================================ the merge ================================ */

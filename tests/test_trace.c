@@ -8,8 +8,11 @@
 #include "mp_test.h"
 
 #include <jansson.h>
+#include <limits.h>
+#include <pthread.h>
 #include <spawn.h>
 #include <stdatomic.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #define ROUNDS 40
@@ -820,6 +823,414 @@ START_TEST(test_output_path_safe) {
 }
 END_TEST
 
+/* ------------------------------ review: rev-trace ------------------------------ */
+
+#define SEM_HOLDS 40000
+
+typedef struct {
+  mp_semaphore_t *sem;
+  mp_event_t *done;
+} sem_arg_t;
+
+/* Takes the semaphore SEM_HOLDS times and keeps them (a consumer: another process gives). */
+static int sem_taker(void *arg, size_t size) {
+  (void)size;
+  sem_arg_t *a = arg;
+  for (int i = 0; i < SEM_HOLDS; i++)
+    if (mp_semaphore_acquire(a->sem, 30) < 0)
+      return 2;
+  return 0;
+}
+
+/* A Semaphore taken in one process and given in another (producer and consumer, as Python
+ * programs use one): 40 000 acquires in a child, then 40 000 releases in the parent, 80 000
+ * events in all. The merge pairs each release with a hold by scanning every open hold
+ * (release(): two linear scans, then a memmove), and a release of another process matches
+ * none, so it scans all 40 000 each time: 3.2e9 comparisons, seconds for a trace that a
+ * linear merge writes in tens of milliseconds. At a program's exit this runs in the exit
+ * destructor: a longer program (10^6 items) takes hours to exit. */
+START_TEST(test_merge_cross_process_releases_linear) {
+  char path[128];
+  trace_path(path, sizeof path, "semxp", _i);
+  sem_arg_t a = {0};
+  MP_ASSERT_OK(mp_semaphore_create(&a.sem, SEM_HOLDS));
+  MP_ASSERT_OK(mp_trace_start(path));
+  mp_process_t *p = mp_test_start(_i, sem_taker, &a, sizeof a);
+  mp_test_join_ok(p, 60);
+  for (int i = 0; i < SEM_HOLDS; i++)
+    MP_ASSERT_OK(mp_semaphore_release(a.sem));
+  double t0 = mp_test_now();
+  MP_ASSERT_OK(mp_trace_stop());
+  double took = mp_test_now() - t0;
+  unlink(path);
+  mp_semaphore_close(a.sem);
+  T_ASSERT(took < 1.0 * mp_test_slowdown(),
+           "merging %d events took %.2f s (quadratic in the open holds)", 2 * SEM_HOLDS, took);
+}
+END_TEST
+
+/* A thread that names an object over and over while tracing is off, as a program names the
+ * objects it makes. With 255 names remembered, each call scans them all under names.lock. */
+typedef struct {
+  char *base;
+  _Atomic int stop;
+} namer_t;
+
+static void *namer_thread(void *arg) {
+  namer_t *n = arg;
+  while (!atomic_load(&n->stop))
+    mp_set_name(n->base + 254 * 8, "busy name");
+  return NULL;
+}
+
+static int name_in_child(void *arg, size_t size) {
+  (void)size;
+  char *base = *(char **)arg;
+  return mp_set_name(base + 300 * 8, "child's name") == 0 ? 0 : 1;
+}
+
+/* A forked child of a threaded program (the fork method, while tracing is off) names an
+ * object, as "a name set while tracing is off is remembered by this process and its forked
+ * children" invites, while the parent's other thread names objects at every fork: the
+ * child's mp_set_name() returns (the fork handler once freed names.lock only while
+ * tracing, so a child forked mid-name blocked on it for ever). */
+START_TEST(test_forked_child_names_while_parent_thread_names) {
+  mp_value_t *block;
+  MP_ASSERT_OK(mp_raw_value_create(&block, MP_TYPE_BYTES(4096), NULL));
+  namer_t n = {.base = mp_value_ptr(block)};
+  for (int i = 0; i < 255; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "object %d", i);
+    MP_ASSERT_OK(mp_set_name(n.base + i * 8, name));
+  }
+  pthread_t th;
+  T_INT_EQ(pthread_create(&th, NULL, namer_thread, &n), 0);
+  int stuck = 0;
+  for (int round = 0; round < 10 && !stuck; round++) {
+    mp_process_t *p = mp_test_start(0, name_in_child, &n.base, sizeof n.base);
+    int rc = mp_process_join(p, 3);
+    if (rc == MP_ETIMEDOUT || mp_process_is_alive(p) == 1) {
+      stuck = round + 1;
+      mp_process_kill(p);
+      mp_process_join(p, 10);
+    } else {
+      T_INT_EQ(mp_test_join_code(p, 1), 0);
+    }
+    T_PROC_CLOSE(p);
+  }
+  atomic_store(&n.stop, 1);
+  pthread_join(th, NULL);
+  mp_value_close(block);
+  T_ASSERT(!stuck,
+           "fork %d: the child's mp_set_name() blocked for 3 s (names.lock inherited "
+           "locked from the parent's naming thread)",
+           stuck);
+}
+END_TEST
+
+/* Takes every free descriptor of this process but one (its limit lowered to 4096 first: the
+ * test's own process, Check forks one per test) into fds: how many. */
+static int fill_descriptors(int fds[4096]) {
+  struct rlimit lim;
+  T_INT_EQ(getrlimit(RLIMIT_NOFILE, &lim), 0);
+  if (lim.rlim_cur > 4096) {
+    lim.rlim_cur = 4096;
+    T_INT_EQ(setrlimit(RLIMIT_NOFILE, &lim), 0);
+  }
+  int n = 0;
+  for (int fd; n < 4096 && (fd = dup(0)) >= 0;)
+    fds[n++] = fd;
+  T_ASSERT(n > 1 && errno == EMFILE, "filled the descriptor table (%d)", n);
+  close(fds[--n]);
+  return n;
+}
+
+/* mp_trace_start() when this process's own event files cannot be opened (here: one
+ * descriptor left, so the log opens and the ring does not, EMFILE; a full /dev/shm or
+ * RLIMIT_FSIZE does the same) returns that error, writes nothing at the path and leaves
+ * recording off. It once returned 0 with recording turned off at the first event: the
+ * caller was told the trace ran while nothing was recorded, mp_trace_stop() said "not
+ * tracing", and the placeholder and the directory stayed. */
+START_TEST(test_start_reports_unopenable_files) {
+  char path[128], dir[4096];
+  trace_path(path, sizeof path, "emfile", 0);
+  int fds[4096], n = fill_descriptors(fds); /* one left: the log's */
+  int rc = mp_trace_start(path);
+  bool on = mp_trace_enabled();
+  while (n > 0)
+    close(fds[--n]);
+  char err[256];
+  snprintf(err, sizeof err, "%s", mp_last_error());
+  int stop = on || rc == 0 ? mp_trace_stop() : 0;
+  bool left = false, written = access(path, F_OK) == 0;
+  if (rc == 0 && !on) {
+    events_dir(path, dir, sizeof dir);
+    struct stat st;
+    left = stat(dir, &st) == 0;
+    rmdir(dir);
+  }
+  unlink(path);
+  T_ASSERT(rc < 0 || on,
+           "mp_trace_start returned %d (%s) but nothing is recorded: mp_trace_enabled() is "
+           "false, mp_trace_stop() returned %s, the directory %s",
+           rc, rc < 0 ? err : "success", mp_err_name(stop), left ? "was left" : "is gone");
+  T_ASSERT(rc == 0 || (rc == -EMFILE && !on && !written),
+           "mp_trace_start failed with %s (%s), recording %s, %s written", mp_err_name(rc), err,
+           on ? "on" : "off", written ? "the path" : "nothing");
+}
+END_TEST
+
+/* The trace's path is a hard link to another file of the caller's (in a shared folder, a
+ * hostile user makes one where fs.protected_hardlinks is 0, as it is on systems that do not
+ * turn it on: a link needs no access to the file): mp_trace_start() refuses it, MP_EINVAL,
+ * as it refuses a symbolic link, and the linked file keeps its text (it was truncated and
+ * given the placeholder). */
+START_TEST(test_start_refuses_hard_link) {
+  char path[128], victim[128];
+  trace_path(path, sizeof path, "hardlink", 0);
+  trace_path(victim, sizeof victim, "hardlink-victim", 0);
+  write_text(victim, "precious\n");
+  T_INT_EQ(link(victim, path), 0);
+  int rc = mp_trace_start(path);
+  if (rc == 0)
+    mp_trace_stop();
+  char text[64] = "";
+  FILE *f = fopen(victim, "r");
+  T_ASSERT(f != NULL, "open %s", victim);
+  if (!fgets(text, sizeof text, f))
+    text[0] = 0;
+  fclose(f);
+  unlink(path);
+  unlink(victim);
+  T_ASSERT(strcmp(text, "precious\n") == 0,
+           "mp_trace_start on a hard link returned %d and overwrote the linked file: it "
+           "begins '%.40s'",
+           rc, text);
+  MP_ASSERT_ERR(rc, MP_EINVAL);
+}
+END_TEST
+
+/* The per-process files as trace.c writes them (an internal format: lib/trace.c). */
+typedef struct {
+  uint16_t type, kind;
+  uint32_t tid;
+  int64_t ts;
+  uint64_t obj;
+  int64_t v[5];
+} review_rec_t;
+#define REVIEW_MAGIC INT64_C(0x31525452504d424c)
+#define REVIEW_RING_RECS 8192
+enum { RV_HEADER = 1, RV_REAPED = 15, RV_MARK = 19 };
+
+/* Writes dir/<pid>.0.bin (a header, then recs) and dir/<pid>.0.ring (a header whose
+ * dropped word is `dropped`, its slots empty). */
+static void review_write_process(const char *dir, int pid, const review_rec_t *recs, int n,
+                                 int64_t dropped) {
+  char name[4200];
+  review_rec_t head = {.type = RV_HEADER, .tid = (uint32_t)pid, .ts = 1, .obj = (uint64_t)pid,
+                       .v = {1, 0, REVIEW_MAGIC, 0, 0}};
+  snprintf(name, sizeof name, "%s/%d.0.bin", dir, pid);
+  FILE *f = fopen(name, "w");
+  T_ASSERT(f != NULL, "fopen %s", name);
+  fwrite(&head, sizeof head, 1, f);
+  fwrite(recs, sizeof *recs, (size_t)n, f);
+  T_INT_EQ(fclose(f), 0);
+  snprintf(name, sizeof name, "%s/%d.0.ring", dir, pid);
+  f = fopen(name, "w");
+  T_ASSERT(f != NULL, "fopen %s", name);
+  int64_t ring_head[8] = {REVIEW_MAGIC, 0, 0, dropped, 0, 0, 0, 0};
+  fwrite(ring_head, sizeof ring_head, 1, f);
+  T_INT_EQ(ftruncate(fileno(f), (off_t)(REVIEW_RING_RECS + 1) * 64), 0);
+  T_INT_EQ(fclose(f), 0);
+}
+
+/* A repair (mp_trace_merge) of the files of a crashed program whose processes scribbled on
+ * their mapped rings and logs before they died: timestamps at both ends of int64, a ring
+ * header's dropped count of INT64_MAX in two processes, a reaped child's exit code of
+ * INT_MIN. The merge does signed arithmetic on them unchecked: emit()'s ts - m->t0,
+ * add_file()'s m->dropped += dropped, one_event()'s -code. Each overflows (undefined: the
+ * CI's UBSan build, halt_on_error=1, aborts the repair); here they wrap into a trace that
+ * says a negative time, a negative number of dropped events and a negative signal. A
+ * corrupt file should be refused (MP_ECORRUPT) or its words clamped. */
+START_TEST(test_repair_wild_words_no_overflow) {
+  char path[128], dir[64] = "/dev/shm/libmp-trace-XXXXXX";
+  trace_path(path, sizeof path, "wild", 0);
+  T_ASSERT(mkdtemp(dir) != NULL, "mkdtemp");
+  review_rec_t a[2] = {
+      {.type = RV_MARK, .tid = 1001, .ts = INT64_MIN + 1},
+      {.type = RV_REAPED, .tid = 1001, .ts = 5, .obj = 1002, .v = {INT_MIN, 0}},
+  };
+  memcpy(&a[0].v[1], "early", 6);
+  review_rec_t b[1] = {{.type = RV_MARK, .tid = 1002, .ts = INT64_MAX}};
+  memcpy(&b[0].v[1], "late", 5);
+  review_write_process(dir, 1001, a, 2, INT64_MAX);
+  review_write_process(dir, 1002, b, 1, INT64_MAX);
+  write_placeholder_naming(path, dir);
+  int rc = mp_trace_merge(path);
+  char problems[512] = "";
+  if (rc == 0) {
+    json_t *root = load_trace(path), *e;
+    size_t i;
+    json_array_foreach(json_object_get(root, "traceEvents"), i, e) {
+      json_t *ts = json_object_get(e, "ts");
+      if (ts && json_number_value(ts) < 0)
+        snprintf(problems + strlen(problems), sizeof problems - strlen(problems),
+                 "'%s' at ts %.3f; ", str_of(e, "name"), json_number_value(ts));
+      if (strstr(str_of(e, "name"), "signal -"))
+        snprintf(problems + strlen(problems), sizeof problems - strlen(problems), "'%s'; ",
+                 str_of(e, "name"));
+    }
+    json_int_t dropped =
+        json_integer_value(json_object_get(json_object_get(root, "otherData"), "dropped"));
+    if (dropped < 0)
+      snprintf(problems + strlen(problems), sizeof problems - strlen(problems),
+               "dropped %lld; ", (long long)dropped);
+    json_decref(root);
+  }
+  char name[4200];
+  for (int pid = 1001; pid <= 1002; pid++) {
+    snprintf(name, sizeof name, "%s/%d.0.bin", dir, pid);
+    unlink(name);
+    snprintf(name, sizeof name, "%s/%d.0.ring", dir, pid);
+    unlink(name);
+  }
+  rmdir(dir);
+  unlink(path);
+  T_ASSERT(rc == MP_ECORRUPT || (rc == 0 && !problems[0]),
+           "mp_trace_merge returned %d (%s); the trace it wrote has %s", rc, mp_err_name(rc),
+           problems);
+}
+END_TEST
+
+typedef struct {
+  const char *path;
+  _Atomic int armed, started;
+  int rc;
+} restarter_t;
+
+/* Waits for the trace to stop, then starts the next one at once. */
+static void *restart_thread(void *arg) {
+  restarter_t *r = arg;
+  atomic_store(&r->armed, 1);
+  while (!atomic_load(&r->started))
+    ;
+  while (mp_trace_enabled())
+    ;
+  r->rc = mp_trace_start(r->path);
+  return NULL;
+}
+
+/* One thread stops a trace while another starts the next one as soon as recording is off
+ * (a program tracing its phases from two threads; "tracing is already on" is the only
+ * refusal): the stop merges the first trace into its own file and removes its directory,
+ * though the start rewrites the trace's path and directory while that merge runs (the
+ * merge once read them from the globals, and wrote the first trace's events into the
+ * second's file, leaving the first a placeholder). */
+START_TEST(test_stop_then_start_from_another_thread) {
+  char first[128], second[128];
+  trace_path(first, sizeof first, "phase1", 0);
+  trace_path(second, sizeof second, "phase2", 0);
+  restarter_t r = {.path = second};
+  pthread_t th;
+  T_INT_EQ(pthread_create(&th, NULL, restart_thread, &r), 0);
+  while (!atomic_load(&r.armed))
+    ;
+  MP_ASSERT_OK(mp_trace_start(first));
+  char first_dir[4096];
+  events_dir(first, first_dir, sizeof first_dir);
+  atomic_store(&r.started, 1);
+  for (int i = 0; i < 20000; i++) /* a merge of some milliseconds */
+    MP_ASSERT_OK(mp_trace_mark("phase one"));
+  int rc = mp_trace_stop();
+  pthread_join(th, NULL);
+  if (r.rc == 0) {
+    MP_ASSERT_OK(mp_trace_mark("phase two"));
+    MP_ASSERT_OK(mp_trace_stop());
+  }
+  json_t *root = load_trace(first);
+  int one = count(root, "i", "phase one", false, 0);
+  json_t *other = json_object_get(root, "otherData");
+  bool placeholder = json_object_get(other, "libmp_incomplete") != NULL;
+  json_decref(root);
+  unlink(first);
+  unlink(second);
+  bool left = rmdir(first_dir) == 0; /* emptied by the merge, not removed */
+  T_INT_EQ(rc, 0);
+  T_INT_EQ(r.rc, 0);
+  T_ASSERT(one == 20000 && !placeholder,
+           "the first trace (stopped with 0) has %d of its 20000 marks%s%s", one,
+           placeholder ? ": it is still the placeholder" : "",
+           left ? ", and its directory was left" : "");
+}
+END_TEST
+
+/* After one failed open (as above), a later mp_trace_start() with descriptors to spare
+ * records this process's own events. A flag set by the failed open once stayed set until a
+ * stop (refused: "not tracing") or a fork, and every later trace of the process, enabled,
+ * dropped all of its own events. */
+START_TEST(test_start_after_failed_open_records) {
+  char path[128], dir[4096];
+  trace_path(path, sizeof path, "emfile2", 0);
+  int fds[4096], n = fill_descriptors(fds);
+  int first = mp_trace_start(path);
+  while (n > 0)
+    close(fds[--n]);
+  if (first == 0 && !mp_trace_enabled()) { /* the failure above: its directory is left */
+    events_dir(path, dir, sizeof dir);
+    rmdir(dir);
+  }
+  MP_ASSERT_OK(mp_trace_start(path));
+  bool on = mp_trace_enabled();
+  MP_ASSERT_OK(mp_trace_mark("second start"));
+  MP_ASSERT_OK(mp_trace_stop());
+  json_t *root = load_trace(path);
+  int marks = count(root, "i", "second start", false, getpid());
+  json_decref(root);
+  unlink(path);
+  T_ASSERT(marks == 1,
+           "a trace started once the descriptors were back (enabled: %s) has %d "
+           "of this process's 1 mark",
+           on ? "yes" : "no", marks);
+}
+END_TEST
+
+#define MANY_PIDS 60000
+
+/* A log that names 60 000 processes: its REC_START records (what a program that started
+ * 60 000 short-lived children over its life records too, one per child; or words a dying
+ * process scribbled on its ring). write_trace() ranks each process's lane by counting, for
+ * each, the processes that appeared before it: n_procs^2 = 3.6e9 steps, seconds, where the
+ * rest of the merge is linear (a sort). At 10^6 children the repair, or the program's exit,
+ * runs for hours. */
+START_TEST(test_repair_many_processes_linear) {
+  char path[128], dir[64] = "/dev/shm/libmp-trace-XXXXXX";
+  trace_path(path, sizeof path, "pids", 0);
+  T_ASSERT(mkdtemp(dir) != NULL, "mkdtemp");
+  review_rec_t *recs = calloc(MANY_PIDS, sizeof *recs);
+  T_ASSERT(recs != NULL, "calloc");
+  for (int i = 0; i < MANY_PIDS; i++)
+    recs[i] = (review_rec_t){.type = 13 /* REC_START */, .tid = 1001, .ts = 10 + i,
+                             .obj = (uint64_t)(100000 + i), .v = {1}};
+  review_write_process(dir, 1001, recs, MANY_PIDS, 0);
+  free(recs);
+  write_placeholder_naming(path, dir);
+  double t0 = mp_test_now();
+  int rc = mp_trace_merge(path);
+  double took = mp_test_now() - t0;
+  char name[4200];
+  snprintf(name, sizeof name, "%s/1001.0.bin", dir);
+  unlink(name);
+  snprintf(name, sizeof name, "%s/1001.0.ring", dir);
+  unlink(name);
+  rmdir(dir);
+  unlink(path);
+  MP_ASSERT_OK(rc);
+  T_ASSERT(took < 1.0 * mp_test_slowdown(),
+           "merging %d records of %d processes took %.2f s (lane ranks: quadratic)",
+           MANY_PIDS, MANY_PIDS + 1, took);
+}
+END_TEST
+
 static Suite *trace_suite(void) {
   Suite *s = suite_create("trace");
   tcase_add_test(mp_test_tcase(s, "methods", 60), test_three_methods);
@@ -836,6 +1247,20 @@ static Suite *trace_suite(void) {
   tcase_add_loop_test(mp_test_tcase(s, "environ", 60), test_stop_keeps_environ, 0, N_METHODS);
   tcase_add_test(mp_test_tcase(s, "merge only own dir", 30), test_merge_only_own_dir);
   tcase_add_test(mp_test_tcase(s, "output path", 30), test_output_path_safe);
+  tcase_add_loop_test(mp_test_tcase(s, "review merge linear", 120),
+                      test_merge_cross_process_releases_linear, 0, N_METHODS);
+  tcase_add_test(mp_test_tcase(s, "forked child names", 60),
+                 test_forked_child_names_while_parent_thread_names);
+  tcase_add_test(mp_test_tcase(s, "start unopenable files", 30),
+                 test_start_reports_unopenable_files);
+  tcase_add_test(mp_test_tcase(s, "start after failed open", 30),
+                 test_start_after_failed_open_records);
+  tcase_add_test(mp_test_tcase(s, "hard link", 30), test_start_refuses_hard_link);
+  tcase_add_test(mp_test_tcase(s, "review wild words", 30), test_repair_wild_words_no_overflow);
+  tcase_add_test(mp_test_tcase(s, "stop and start", 30),
+                 test_stop_then_start_from_another_thread);
+  tcase_add_test(mp_test_tcase(s, "review many processes", 60),
+                 test_repair_many_processes_linear);
   return s;
 }
 

@@ -39,23 +39,28 @@
  * is no /dev/shm). This process writes path when it calls mp_trace_stop() or exits
  * normally; children it starts from now on record too (a fork server only if it was
  * started after this call).
- * An existing FILE is overwritten if it is a regular file of the caller's (effective uid).
+ * An existing FILE is overwritten if it is a regular file of the caller's (effective uid)
+ * with no other name (a hard link in a shared folder could name any file of the caller's).
  * Errors: MP_EINVAL (path NULL, empty or too long, tracing is already on in this process, or
- * path is a symbolic link or not a regular file of the caller's), or the system error of
- * creating the directory or the file.
+ * path is a symbolic link, a hard link or not a regular file of the caller's), or the
+ * system error of creating the directory, this process's event files in it (EMFILE,
+ * ENOSPC, EFBIG) or the file; after an error recording is off, and the directory and
+ * LIBMP_TRACE_DIR are undone.
  * Thread safety: it names the directory to children in the environment variable
  * LIBMP_TRACE_DIR (setenv()). The first call of a process adds that variable, which may move
  * environ: call it before other threads start spawn or forkserver children or read the
  * environment (getenv() included), or use MP_TRACE, which starts before main. Later calls,
  * and mp_trace_stop() (which empties the variable, a child ignores it empty), only replace
- * its value in place, safe while other threads read environ.
+ * its value in place, safe while other threads read environ. A start and a stop may run in
+ * two threads at once: a trace stopped while the next one starts is written to its own file.
  */
 MP_EXTERN int mp_trace_start(const char *path);
 
 /*
  * Stops recording in this process and writes the trace file from every process's events so
  * far (a child still running keeps recording into a file nobody reads). Only the process
- * that started the trace (mp_trace_start() or MP_TRACE) can stop it.
+ * that started the trace (mp_trace_start() or MP_TRACE) can stop it, once: of two stops at
+ * once (two threads, or a thread and the exit), one writes the file and the other fails.
  * Errors: MP_EINVAL (not tracing, or tracing for a parent: only it writes the file), or the
  * error of mp_trace_merge().
  */
