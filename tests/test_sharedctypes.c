@@ -309,6 +309,41 @@ START_TEST(test_given_lock) {
 }
 END_TEST
 
+/* Many Values and Arrays (of sizes that scatter their addresses) made with two locks, closed
+ * out of order: each close that frees an object drops its own lock's reference once
+ * (sharedctypes.c keeps the locks it gave in a table, by address). */
+START_TEST(test_many_objects_given_two_locks) {
+  enum { N = 1500 };
+  static void *obj[N];
+  mp_lock_t *lock[2];
+  for (int k = 0; k < 2; k++)
+    MP_ASSERT_OK(mp_lock_create(&lock[k]));
+  for (int i = 0; i < N; i++)
+    MP_ASSERT_OK(i % 3 ? mp_value_create((mp_value_t **)&obj[i], 'l', NULL, lock[i % 2])
+                       : mp_array_create((mp_array_t **)&obj[i], 'l', (size_t)(i * 37 % 300),
+                                         NULL, lock[i % 2]));
+  for (int k = 0; k < 2; k++)
+    MP_ASSERT_OK(mp_lock_close(lock[k])); /* the objects hold the only references */
+  for (int k = 0; k < 2; k++) {
+    for (int j = 0; j < N; j++) {
+      int i = (j * 7) % N; /* 7 is prime to N: every i once */
+      if (i % 2 == k)
+        MP_ASSERT_OK(i % 3 ? mp_value_close(obj[i]) : mp_array_close(obj[i]));
+    }
+    if (k == 0) {
+      MP_ASSERT_OK(mp_lock_acquire(lock[1], 0)); /* the odd ones keep theirs */
+      MP_ASSERT_OK(mp_lock_release(lock[1]));
+    }
+    mp_lock_t *next;
+    MP_ASSERT_OK(mp_lock_create(&next));
+    T_ASSERT(next == lock[k],
+             "the last object given lock %d closed, the next lock is %p, not the freed %p", k,
+             (void *)next, (void *)lock[k]);
+    MP_ASSERT_OK(mp_lock_close(next));
+  }
+}
+END_TEST
+
 /* ============================ across processes ============================ */
 
 static int child_fills_array(void *arg, size_t size) {
@@ -529,32 +564,47 @@ START_TEST(test_value_with_another_values_lock) {
 END_TEST
 
 /*
- * Review rev-heap: a Value's lock word redirected to another live Lock. view_of accepts any
- * lock that is a live block (mp__lock_placed), so the close of the Value drops a reference
- * to the other Lock, which the parent still holds and uses: its block is freed and the next
- * Lock is made in it (two open Locks at one address), while the Value's own Lock leaks.
+ * A Value's lock word written by another process to point at another live Lock, which a
+ * last close once followed: it dropped that Lock's only reference, and the next
+ * mp_lock_create took the block the parent still used. The close that frees the Value drops
+ * the reference to the lock it was given, in the process that made it (no leak there); a
+ * last close in a child drops none.
  */
-START_TEST(test_redirected_lock_freed_by_close) {
-  mp_lock_t *given, *other;
-  MP_ASSERT_OK(mp_lock_create(&given));
+static int child_closes_value(void *arg, size_t size) {
+  (void)size;
+  return mp_value_close(*(mp_value_t **)arg) == 0 ? 0 : 2;
+}
+
+START_TEST(test_close_ignores_a_redirected_lock) {
+  mp_lock_t *other;
   MP_ASSERT_OK(mp_lock_create(&other)); /* the parent's, one reference */
-  mp_value_t *v;
-  MP_ASSERT_OK(mp_value_create(&v, 'l', NULL, given));
-  MP_ASSERT_OK(mp_lock_close(given)); /* the Value holds the only reference now */
-  header_t *h = (header_t *)v;
-  T_ASSERT(h->lock == given, "the header's layout");
-  mp_test_forge(_i, &h->lock, &other, sizeof other);
-  int rc = mp_value_close(v);
-  mp_lock_t *next;
-  MP_ASSERT_OK(mp_lock_create(&next));
-  T_ASSERT(next != other,
-           "a child wrote a Value's lock word to the parent's other Lock: mp_value_close "
-           "returned %s and freed that Lock, whose block the next mp_lock_create took (%p)",
-           mp_err_name(rc), (void *)next);
-  MP_ASSERT_OK(mp_lock_acquire(other, 0));
-  MP_ASSERT_OK(mp_lock_release(other));
-  mp_lock_close(next);
-  mp_lock_close(other);
+  for (int in_child = 0; in_child < 2; in_child++) {
+    mp_lock_t *given;
+    MP_ASSERT_OK(mp_lock_create(&given));
+    mp_value_t *v;
+    MP_ASSERT_OK(mp_value_create(&v, 'l', NULL, given));
+    MP_ASSERT_OK(mp_lock_close(given)); /* the Value holds the only reference now */
+    header_t *h = (header_t *)v;
+    T_ASSERT(h->lock == given, "the header's layout");
+    mp_test_forge(_i, &h->lock, &other, sizeof other);
+    if (in_child)
+      mp_test_join_ok(mp_test_start(_i, child_closes_value, &v, sizeof v), 30);
+    else
+      MP_ASSERT_OK(mp_value_close(v));
+    mp_lock_t *next;
+    MP_ASSERT_OK(mp_lock_create(&next));
+    T_ASSERT(next != other,
+             "a Value's lock word written to the parent's other Lock: the last close (%s) "
+             "dropped that Lock's only reference, and the next mp_lock_create took its block",
+             in_child ? "in a child" : "in the parent");
+    T_ASSERT(in_child || next == given,
+             "the close in the process that made the Value left its lock %p (next %p)",
+             (void *)given, (void *)next);
+    MP_ASSERT_OK(mp_lock_acquire(other, 0));
+    MP_ASSERT_OK(mp_lock_release(other));
+    MP_ASSERT_OK(mp_lock_close(next));
+  }
+  MP_ASSERT_OK(mp_lock_close(other));
 }
 END_TEST
 
@@ -620,13 +670,14 @@ static Suite *sharedctypes_suite(void) {
   tcase_add_test(tc, test_array_empty_and_double_add);
   tcase_add_test(tc, test_given_lock);
   tcase_add_test(tc, test_value_with_another_values_lock);
+  tcase_add_test(tc, test_many_objects_given_two_locks);
   tc = mp_test_tcase(s, "processes", 60);
   tcase_add_loop_test(tc, test_shared_with_child, 0, N_METHODS);
   tcase_add_loop_test(tc, test_race_processes, 0, N_METHODS);
   tcase_add_test(tc, test_race_threads);
   tcase_add_loop_test(tc, test_value_lock_holder_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_header, 0, N_METHODS);
-  tcase_add_loop_test(tc, test_redirected_lock_freed_by_close, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_close_ignores_a_redirected_lock, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_inner_lock_owner, 0, N_METHODS);
   return s;
 }
