@@ -1306,11 +1306,10 @@ START_TEST(test_silent_tracker_image_fails_once) {
 END_TEST
 
 /*
- * Review rev-heap: mp_shared_memory_unlink removes whatever the name is now. Another program
- * of the user unlinked the segment (shm_unlink) and made its own under the same name, as
- * Python's SharedMemory(create=True) does: libmp's unlink through the old handle then removes
- * that program's segment, where the tracker, at the program's end, leaves a name that is no
- * longer its segment alone (still_linked).
+ * Another program of the user unlinked the segment (shm_unlink) and made its own under the
+ * same name, as Python's SharedMemory(create=True) does: an unlink through the old handle
+ * says MP_ENOENT and leaves that program's segment, as the tracker leaves a name that is no
+ * longer its segment (still_linked). It used to remove whatever the name was.
  */
 START_TEST(test_unlink_leaves_a_reused_name) {
   char name[128], path[512];
@@ -1327,9 +1326,11 @@ START_TEST(test_unlink_leaves_a_reused_name) {
   bool theirs_left = segment_exists(name);
   unlink(path);
   MP_ASSERT_OK(mp_shared_memory_close(shm));
-  T_ASSERT(theirs_left, "mp_shared_memory_unlink (%s: %s) removed another program's segment "
+  T_ASSERT(theirs_left,
+           "mp_shared_memory_unlink (%s: %s) removed another program's segment "
            "made under the name after this one was unlinked",
            mp_err_name(rc), rc < 0 ? mp_last_error() : "no error");
+  T_INT_EQ(rc, MP_ENOENT);
 }
 END_TEST
 

@@ -84,8 +84,12 @@ MP_EXTERN const char *mp_shared_memory_name(const mp_shared_memory_t *shm);
 
 /*
  * Removes the name: no process can attach any more, and the memory is freed once the last
- * process has closed it; mappings stay valid. The handle stays open (close it after).
- * Errors: MP_EINVAL (NULL), MP_ENOENT (already unlinked, by anyone), or -errno.
+ * process has closed it; mappings stay valid. The handle stays open (close it after). Only
+ * this segment's name is removed: a name that another program unlinked and used for a
+ * segment of its own is left alone (a segment made under it between this call's look-up and
+ * its unlink would still be removed: no system call unlinks a name only if it is a given
+ * file). Errors: MP_EINVAL (NULL), MP_ENOENT (already unlinked, by anyone, or the name is
+ * another segment's since), or -errno.
  * Python: shm.unlink().
  */
 MP_EXTERN int mp_shared_memory_unlink(mp_shared_memory_t *shm);
