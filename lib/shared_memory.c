@@ -684,7 +684,11 @@ static int make_segment(mp_shared_memory_t *shm, int *fd_out) {
     return mp__syserror("mp_shared_memory_create: a nameless file in " SHM_DIR);
   struct stat st;
   int rc = 0;
-  if (ftruncate(fd, (off_t)shm->size) < 0)
+  /* open() took the umask's bits away: a segment its own user cannot open read-write
+   * (0400 under umask 0277) could not be attached. */
+  if (fchmod(fd, 0600) < 0)
+    rc = mp__syserror("mp_shared_memory_create: making '%s' mode 0600", shm->name);
+  else if (ftruncate(fd, (off_t)shm->size) < 0)
     rc =
         mp__syserror("mp_shared_memory_create: sizing '%s' to %zu bytes", shm->name, shm->size);
   else if (fstat(fd, &st) < 0)

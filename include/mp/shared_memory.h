@@ -39,12 +39,12 @@ enum {
 };
 
 /*
- * Creates a segment of size bytes (zero-filled) and maps it. The file is mode 0600 (never
- * more, whatever the umask): only this user (and root) can attach. name NULL picks a new unique
- * name ("mp_" and 16 hex digits), as Python does for name=None; a given name may start with
- * one '/'. The segment appears under its name only once it has its full size, so a process
- * that attaches never sees it empty. flags: 0 or MP_SHARED_MEMORY_KEEP. The handle is the
- * caller's, freed by mp_shared_memory_close(). The program's first create without KEEP
+ * Creates a segment of size bytes (zero-filled) and maps it. The file is mode 0600, whatever
+ * the umask: only this user (and root) can attach, and this user always can. name NULL picks
+ * a new unique name ("mp_" and 16 hex digits), as Python does for name=None; a given name may
+ * start with one '/'. The segment appears under its name only once it has its full size, so
+ * a process that attaches never sees it empty. flags: 0 or MP_SHARED_MEMORY_KEEP. The handle
+ * is the caller's, freed by mp_shared_memory_close(). The program's first create without KEEP
  * starts its tracker (a spawn of the executable, once).
  * Errors: MP_EINVAL (shm NULL, size 0 or too large, a name that is empty, "." or "..",
  * holds another '/' or is longer than MP_SHARED_MEMORY_NAME_MAX, unknown flags), MP_EEXIST
