@@ -131,6 +131,15 @@ static void path_of(const char *name, char *path, size_t cap) {
   snprintf(path, cap, SHM_DIR "/%s", name);
 }
 
+/* Whether name, relative to dir, is still the file (dev, ino): 0, MP_ENOENT (no longer: gone,
+ * or another file under the name since), or -errno of the look-up. */
+static int still_linked(int dir, const char *name, uint64_t dev, uint64_t ino) {
+  struct stat st;
+  if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+    return errno == ENOENT ? MP_ENOENT : -errno;
+  return (uint64_t)st.st_dev == dev && (uint64_t)st.st_ino == ino ? 0 : MP_ENOENT;
+}
+
 /* ----------------------------- the tracker ------------------------------- */
 
 static MP__NORETURN void tracker_main(int first);
@@ -394,19 +403,12 @@ static void *grow(void *array, size_t *cap, size_t size) {
   return grown;
 }
 
-/* Whether the name is still the segment that was registered. */
-static bool still_linked(const tracker_t *t, const entry_t *e) {
-  struct stat st;
-  return fstatat(t->dir, e->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-         (uint64_t)st.st_dev == e->dev && (uint64_t)st.st_ino == e->ino;
-}
-
 /* Drops the entries whose segment was unlinked (unlinking sends no record), each time the
  * table has doubled since the last look: a constant cost per create, in the tracker. */
 static void prune(tracker_t *t) {
   size_t kept = 0;
   for (size_t i = 0; i < t->count; i++) {
-    if (still_linked(t, &t->entries[i]))
+    if (still_linked(t->dir, t->entries[i].name, t->entries[i].dev, t->entries[i].ino) == 0)
       t->entries[kept++] = t->entries[i];
     else
       free(t->entries[i].name);
@@ -463,7 +465,7 @@ static void forget(tracker_t *t, const record_t *rec) {
  * has reused since is left alone. */
 static void unlink_leftovers(const tracker_t *t) {
   for (size_t i = 0; i < t->count; i++)
-    if (still_linked(t, &t->entries[i]))
+    if (still_linked(t->dir, t->entries[i].name, t->entries[i].dev, t->entries[i].ino) == 0)
       unlinkat(t->dir, t->entries[i].name, 0);
 }
 
@@ -682,7 +684,11 @@ static int make_segment(mp_shared_memory_t *shm, int *fd_out) {
     return mp__syserror("mp_shared_memory_create: a nameless file in " SHM_DIR);
   struct stat st;
   int rc = 0;
-  if (ftruncate(fd, (off_t)shm->size) < 0)
+  /* open() took the umask's bits away: a segment its own user cannot open read-write
+   * (0400 under umask 0277) could not be attached. */
+  if (fchmod(fd, 0600) < 0)
+    rc = mp__syserror("mp_shared_memory_create: making '%s' mode 0600", shm->name);
+  else if (ftruncate(fd, (off_t)shm->size) < 0)
     rc =
         mp__syserror("mp_shared_memory_create: sizing '%s' to %zu bytes", shm->name, shm->size);
   else if (fstat(fd, &st) < 0)
@@ -863,12 +869,19 @@ int mp_shared_memory_unlink(mp_shared_memory_t *shm) {
     return rc;
   char path[sizeof SHM_DIR + MP_SHARED_MEMORY_NAME_MAX + 1];
   path_of(shm->name, path, sizeof path);
-  if (unlink(path) < 0)
-    return errno == ENOENT ? mp__error(MP_ENOENT,
-                                       "mp_shared_memory_unlink: '%s' is already "
-                                       "unlinked",
-                                       shm->name)
-                           : mp__syserror("mp_shared_memory_unlink: '%s'", path);
+  /* Only this segment: another program may have unlinked it and made its own under the name
+   * (as the tracker checks before it unlinks). The name may still change between the look
+   * and the unlink: no system call unlinks a name only if it is a given inode. */
+  rc = still_linked(AT_FDCWD, path, shm->dev, shm->ino);
+  if (rc == 0 && unlink(path) < 0)
+    rc = errno == ENOENT ? MP_ENOENT : -errno;
+  if (rc == MP_ENOENT)
+    return mp__error(MP_ENOENT,
+                     "mp_shared_memory_unlink: '%s' is already unlinked (or names another "
+                     "segment since: left alone)",
+                     shm->name);
+  if (rc < 0)
+    return mp__error(rc, "mp_shared_memory_unlink: '%s': %s", path, mp_strerror(rc));
   /* Nothing to tell the tracker: it drops names that are no longer its segments as it
    * goes (prune()), and unlinks only those that still are. */
   MP__TRACE(shm, MP__TRK_SHM_UNLINK, shm->name, shm->size);

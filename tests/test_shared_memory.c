@@ -908,6 +908,25 @@ END_TEST
 /* ===================================================================================== */
 /* Modes and misuse.                                                                     */
 
+/* The wait status of a forked child that becomes nobody (uid and gid 65534; exit 91 if it
+ * cannot) and exits with fn(arg). The suite runs as root. */
+static int as_nobody(int (*fn)(const char *), const char *arg) {
+  T_ASSERT(geteuid() == 0, "this test becomes another user: run it as root");
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork");
+  if (pid == 0)
+    _exit(setgid(65534) == 0 && setuid(65534) == 0 ? fn(arg) : 91);
+  mp_test_track_pid(pid);
+  int status = 0;
+  T_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid");
+  mp_test_untrack_pid(pid);
+  return status;
+}
+
+static int cannot_open(const char *path) {
+  return open(path, O_RDONLY) < 0 && errno == EACCES ? 0 : 1;
+}
+
 /* Whatever the umask, a segment is its owner's only (0600): another user can neither read
  * it nor write it. The suite runs as root and tries as nobody. */
 START_TEST(test_segments_are_0600) {
@@ -925,16 +944,7 @@ START_TEST(test_segments_are_0600) {
     T_ASSERT(stat(path, &st) == 0, "stat %s: %s", path, strerror(errno));
     T_ASSERT((st.st_mode & 07777) == 0600, "%s has mode %04o", path, st.st_mode & 07777);
     T_ASSERT(st.st_uid == geteuid(), "%s belongs to uid %d", path, (int)st.st_uid);
-    T_ASSERT(geteuid() == 0, "this test becomes another user: run it as root");
-    pid_t pid = fork();
-    T_ASSERT(pid >= 0, "fork");
-    if (pid == 0) {
-      if (setgid(65534) != 0 || setuid(65534) != 0)
-        _exit(91);
-      _exit(open(path, O_RDONLY) < 0 && errno == EACCES ? 0 : 1);
-    }
-    int status = 0;
-    T_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid");
+    int status = as_nobody(cannot_open, path);
     T_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "nobody opened %s (status %#x)",
              path, status);
   }
@@ -945,24 +955,19 @@ START_TEST(test_segments_are_0600) {
 }
 END_TEST
 
+static int make_open_file(const char *path) {
+  umask(0);
+  int fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0666);
+  return fd >= 0 && ftruncate(fd, PAGE) == 0 ? 0 : 1;
+}
+
 /* A segment made by another user, or open to group or others, under a name this program
  * expects is refused: its maker could read or change all that is written into it. */
 START_TEST(test_foreign_segment_refused) {
-  T_ASSERT(geteuid() == 0, "this test becomes another user: run it as root");
   char name[128], path[512];
   seg_name(name, sizeof name, "foreign", 0);
   snprintf(path, sizeof path, "/dev/shm/%s", name);
-  pid_t pid = fork();
-  T_ASSERT(pid >= 0, "fork");
-  if (pid == 0) {
-    if (setgid(65534) != 0 || setuid(65534) != 0)
-      _exit(91);
-    umask(0);
-    int fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0666);
-    _exit(fd >= 0 && ftruncate(fd, PAGE) == 0 ? 0 : 1);
-  }
-  int status = 0;
-  T_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid");
+  int status = as_nobody(make_open_file, path);
   T_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "nobody made %s (status %#x)", path,
            status);
   mp_shared_memory_t *shm = NULL;
@@ -1305,6 +1310,80 @@ START_TEST(test_silent_tracker_image_fails_once) {
 }
 END_TEST
 
+/*
+ * Another program of the user unlinked the segment (shm_unlink) and made its own under the
+ * same name, as Python's SharedMemory(create=True) does: an unlink through the old handle
+ * says MP_ENOENT and leaves that program's segment, as the tracker leaves a name that is no
+ * longer its segment (still_linked). It used to remove whatever the name was.
+ */
+START_TEST(test_unlink_leaves_a_reused_name) {
+  char name[128], path[512];
+  seg_name(name, sizeof name, "reused", 0);
+  snprintf(path, sizeof path, "/dev/shm/%s", name);
+  mp_shared_memory_t *shm;
+  MP_ASSERT_OK(mp_shared_memory_create(&shm, name, PAGE, 0));
+  T_ASSERT(unlink(path) == 0, "the other program's shm_unlink: %s", strerror(errno));
+  int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  T_ASSERT(fd >= 0, "the other program's shm_open: %s", strerror(errno));
+  T_ASSERT(ftruncate(fd, PAGE) == 0, "ftruncate");
+  close(fd);
+  int rc = mp_shared_memory_unlink(shm);
+  bool theirs_left = segment_exists(name);
+  unlink(path);
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+  T_ASSERT(theirs_left,
+           "mp_shared_memory_unlink (%s: %s) removed another program's segment "
+           "made under the name after this one was unlinked",
+           mp_err_name(rc), rc < 0 ? mp_last_error() : "no error");
+  T_INT_EQ(rc, MP_ENOENT);
+}
+END_TEST
+
+/* As nobody under umask 0277: attaches the segment it makes under name (0), or 93 for
+ * EACCES. */
+static int attach_own_under_umask(const char *name) {
+  umask(0277);
+  mp_shared_memory_t *mine, *again;
+  if (mp_shared_memory_create(&mine, name, PAGE, MP_SHARED_MEMORY_KEEP) != 0)
+    return 92;
+  int attach = mp_shared_memory_attach(&again, name);
+  mp_shared_memory_unlink(mine);
+  return attach == 0 ? 0 : attach == -EACCES ? 93 : 94;
+}
+
+/*
+ * A segment is mode 0600 whatever the umask (test_segments_are_0600 tries umask 0): the
+ * nameless file's mode at open, which the umask narrows, is set again. Under umask 0277 it
+ * was 0400, and a process of the same (non-root) user could not attach it (O_RDWR: EACCES).
+ * Root passes over modes, so the mode itself is checked too.
+ */
+START_TEST(test_segment_is_0600_under_strict_umask) {
+  char name[128], path[512];
+  seg_name(name, sizeof name, "umask", 0);
+  snprintf(path, sizeof path, "/dev/shm/%s", name);
+  mode_t old = umask(0277);
+  mp_shared_memory_t *shm;
+  int rc = mp_shared_memory_create(&shm, name, PAGE, 0);
+  umask(old);
+  MP_ASSERT_OK(rc);
+  struct stat st;
+  int got = stat(path, &st);
+  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+  T_ASSERT(got == 0, "stat %s", path);
+  /* The same as nobody, the segment kept (no tracker): its own attach failed. */
+  int status = as_nobody(attach_own_under_umask, name);
+  T_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+           "as nobody under umask 0277, attaching the segment just made: exit %d (93: EACCES) "
+           "[mode as root: %04o]",
+           WIFEXITED(status) ? WEXITSTATUS(status) : -1, (unsigned)(st.st_mode & 07777));
+  T_ASSERT((st.st_mode & 07777) == 0600,
+           "a segment made under umask 0277 has mode %04o, not 0600: its user's other "
+           "processes cannot open it read-write to attach",
+           (unsigned)(st.st_mode & 07777));
+}
+END_TEST
+
 static Suite *shared_memory_suite(void) {
   Suite *s = suite_create("shared_memory");
   TCase *tc = mp_test_tcase(s, "basics", 20);
@@ -1322,6 +1401,8 @@ static Suite *shared_memory_suite(void) {
   tcase_add_test(tc, test_tracker_refuses_paths);
   tcase_add_test(tc, test_tracker_leaves_other_files);
   tcase_add_test(tc, test_longest_name_keeps_others);
+  tcase_add_test(tc, test_unlink_leaves_a_reused_name);
+  tcase_add_test(tc, test_segment_is_0600_under_strict_umask);
 
   tc = mp_test_tcase(s, "processes", 30);
   tcase_add_loop_test(tc, test_parent_creates_child_attaches, 0, N_METHODS);

@@ -309,6 +309,41 @@ START_TEST(test_given_lock) {
 }
 END_TEST
 
+/* Many Values and Arrays (of sizes that scatter their addresses) made with two locks, closed
+ * out of order: each close that frees an object drops its own lock's reference once
+ * (sharedctypes.c keeps the locks it gave in a table, by address). */
+START_TEST(test_many_objects_given_two_locks) {
+  enum { N = 1500 };
+  static void *obj[N];
+  mp_lock_t *lock[2];
+  for (int k = 0; k < 2; k++)
+    MP_ASSERT_OK(mp_lock_create(&lock[k]));
+  for (int i = 0; i < N; i++)
+    MP_ASSERT_OK(i % 3 ? mp_value_create((mp_value_t **)&obj[i], 'l', NULL, lock[i % 2])
+                       : mp_array_create((mp_array_t **)&obj[i], 'l', (size_t)(i * 37 % 300),
+                                         NULL, lock[i % 2]));
+  for (int k = 0; k < 2; k++)
+    MP_ASSERT_OK(mp_lock_close(lock[k])); /* the objects hold the only references */
+  for (int k = 0; k < 2; k++) {
+    for (int j = 0; j < N; j++) {
+      int i = (j * 7) % N; /* 7 is prime to N: every i once */
+      if (i % 2 == k)
+        MP_ASSERT_OK(i % 3 ? mp_value_close(obj[i]) : mp_array_close(obj[i]));
+    }
+    if (k == 0) {
+      MP_ASSERT_OK(mp_lock_acquire(lock[1], 0)); /* the odd ones keep theirs */
+      MP_ASSERT_OK(mp_lock_release(lock[1]));
+    }
+    mp_lock_t *next;
+    MP_ASSERT_OK(mp_lock_create(&next));
+    T_ASSERT(next == lock[k],
+             "the last object given lock %d closed, the next lock is %p, not the freed %p", k,
+             (void *)next, (void *)lock[k]);
+    MP_ASSERT_OK(mp_lock_close(next));
+  }
+}
+END_TEST
+
 /* ============================ across processes ============================ */
 
 static int child_fills_array(void *arg, size_t size) {
@@ -528,6 +563,101 @@ START_TEST(test_value_with_another_values_lock) {
 }
 END_TEST
 
+/*
+ * A Value's lock word written by another process to point at another live Lock, which a
+ * last close once followed: it dropped that Lock's only reference, and the next
+ * mp_lock_create took the block the parent still used. The close that frees the Value drops
+ * the reference to the lock it was given, in the process that made it (no leak there); a
+ * last close in a child drops none.
+ */
+static int child_closes_value(void *arg, size_t size) {
+  (void)size;
+  return mp_value_close(*(mp_value_t **)arg) == 0 ? 0 : 2;
+}
+
+START_TEST(test_close_ignores_a_redirected_lock) {
+  mp_lock_t *other;
+  MP_ASSERT_OK(mp_lock_create(&other)); /* the parent's, one reference */
+  for (int in_child = 0; in_child < 2; in_child++) {
+    mp_lock_t *given;
+    MP_ASSERT_OK(mp_lock_create(&given));
+    mp_value_t *v;
+    MP_ASSERT_OK(mp_value_create(&v, 'l', NULL, given));
+    MP_ASSERT_OK(mp_lock_close(given)); /* the Value holds the only reference now */
+    header_t *h = (header_t *)v;
+    T_ASSERT(h->lock == given, "the header's layout");
+    mp_test_forge(_i, &h->lock, &other, sizeof other);
+    if (in_child)
+      mp_test_join_ok(mp_test_start(_i, child_closes_value, &v, sizeof v), 30);
+    else
+      MP_ASSERT_OK(mp_value_close(v));
+    mp_lock_t *next;
+    MP_ASSERT_OK(mp_lock_create(&next));
+    T_ASSERT(next != other,
+             "a Value's lock word written to the parent's other Lock: the last close (%s) "
+             "dropped that Lock's only reference, and the next mp_lock_create took its block",
+             in_child ? "in a child" : "in the parent");
+    T_ASSERT(in_child || next == given,
+             "the close in the process that made the Value left its lock %p (next %p)",
+             (void *)given, (void *)next);
+    MP_ASSERT_OK(mp_lock_acquire(other, 0));
+    MP_ASSERT_OK(mp_lock_release(other));
+    MP_ASSERT_OK(mp_lock_close(next));
+  }
+  MP_ASSERT_OK(mp_lock_close(other));
+}
+END_TEST
+
+/*
+ * Review rev-heap: the mutex of a Value's own RLock sits in the Value's block, and its owner
+ * word is any process's to write. Written to a thread id that no thread has (above any
+ * pid_max: no robust-list death will ever release it), the parent's next accessor waits for
+ * ever (MP_FOREVER), where view_of's checks promise MP_ECORRUPT for a wild Value and the
+ * rules that a wild word never hangs the parent. (The allocator's lock does the same:
+ * test_heap's test_wild_arena_lock_word.)
+ */
+static mp_value_t *rev_value;
+static int rev_set(void) {
+  int rc = mp_value_set_long(rev_value, 1);
+  return rc == 0 ? 0 : rc == MP_ECORRUPT ? 1 : 2;
+}
+
+START_TEST(test_wild_inner_lock_owner) {
+  MP_ASSERT_OK(mp_value_create(&rev_value, 'l', NULL, NULL));
+  char *lock = (char *)mp_value_get_lock(rev_value);
+  int kind = 128 | 16; /* glibc: PTHREAD_MUTEX_PSHARED_BIT | PTHREAD_MUTEX_ROBUST_NORMAL_NP */
+  size_t at = mp_test_find_bytes(lock, 56, 4, &kind, sizeof kind);
+  T_ASSERT(at == 16 + 16, "the mutex's kind word at %zu of the lock (glibc's layout)", at);
+  uint32_t wild_owner = 0x3ffffff0u;
+  mp_test_forge(_i, lock + at - 16, &wild_owner, sizeof wild_owner);
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork");
+  if (pid == 0) {
+    alarm(0);
+    _exit(rev_set());
+  }
+  mp_test_track_pid(pid);
+  int status = 0;
+  double until = mp_test_now() + 5 * mp_test_slowdown();
+  pid_t got;
+  while ((got = waitpid(pid, &status, WNOHANG)) == 0 && mp_test_now() < until)
+    mp_test_sleep(0.01);
+  if (got == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
+    if (mp_test_pids[i] == pid)
+      mp_test_pids[i] = 0;
+  memset(lock + at - 16, 0, 4);
+  mp_value_close(rev_value);
+  T_ASSERT(got != 0 && WIFEXITED(status),
+           "mp_value_set_long, the owner word of the Value's lock written by a child: %s %d",
+           got == 0 ? "hung for 5 s," : WIFSIGNALED(status) ? "killed by signal" : "exit",
+           got == 0 ? 0 : WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+}
+END_TEST
+
 static Suite *sharedctypes_suite(void) {
   Suite *s = suite_create("sharedctypes");
   TCase *tc = mp_test_tcase(s, "types", 20);
@@ -540,12 +670,15 @@ static Suite *sharedctypes_suite(void) {
   tcase_add_test(tc, test_array_empty_and_double_add);
   tcase_add_test(tc, test_given_lock);
   tcase_add_test(tc, test_value_with_another_values_lock);
+  tcase_add_test(tc, test_many_objects_given_two_locks);
   tc = mp_test_tcase(s, "processes", 60);
   tcase_add_loop_test(tc, test_shared_with_child, 0, N_METHODS);
   tcase_add_loop_test(tc, test_race_processes, 0, N_METHODS);
   tcase_add_test(tc, test_race_threads);
   tcase_add_loop_test(tc, test_value_lock_holder_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_header, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_close_ignores_a_redirected_lock, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_wild_inner_lock_owner, 0, N_METHODS);
   return s;
 }
 

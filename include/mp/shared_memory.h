@@ -39,12 +39,12 @@ enum {
 };
 
 /*
- * Creates a segment of size bytes (zero-filled) and maps it. The file is mode 0600 (never
- * more, whatever the umask): only this user (and root) can attach. name NULL picks a new unique
- * name ("mp_" and 16 hex digits), as Python does for name=None; a given name may start with
- * one '/'. The segment appears under its name only once it has its full size, so a process
- * that attaches never sees it empty. flags: 0 or MP_SHARED_MEMORY_KEEP. The handle is the
- * caller's, freed by mp_shared_memory_close(). The program's first create without KEEP
+ * Creates a segment of size bytes (zero-filled) and maps it. The file is mode 0600, whatever
+ * the umask: only this user (and root) can attach, and this user always can. name NULL picks
+ * a new unique name ("mp_" and 16 hex digits), as Python does for name=None; a given name may
+ * start with one '/'. The segment appears under its name only once it has its full size, so
+ * a process that attaches never sees it empty. flags: 0 or MP_SHARED_MEMORY_KEEP. The handle
+ * is the caller's, freed by mp_shared_memory_close(). The program's first create without KEEP
  * starts its tracker (a spawn of the executable, once).
  * Errors: MP_EINVAL (shm NULL, size 0 or too large, a name that is empty, "." or "..",
  * holds another '/' or is longer than MP_SHARED_MEMORY_NAME_MAX, unknown flags), MP_EEXIST
@@ -84,8 +84,12 @@ MP_EXTERN const char *mp_shared_memory_name(const mp_shared_memory_t *shm);
 
 /*
  * Removes the name: no process can attach any more, and the memory is freed once the last
- * process has closed it; mappings stay valid. The handle stays open (close it after).
- * Errors: MP_EINVAL (NULL), MP_ENOENT (already unlinked, by anyone), or -errno.
+ * process has closed it; mappings stay valid. The handle stays open (close it after). Only
+ * this segment's name is removed: a name that another program unlinked and used for a
+ * segment of its own is left alone (a segment made under it between this call's look-up and
+ * its unlink would still be removed: no system call unlinks a name only if it is a given
+ * file). Errors: MP_EINVAL (NULL), MP_ENOENT (already unlinked, by anyone, or the name is
+ * another segment's since), or -errno.
  * Python: shm.unlink().
  */
 MP_EXTERN int mp_shared_memory_unlink(mp_shared_memory_t *shm);

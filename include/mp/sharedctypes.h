@@ -15,6 +15,11 @@
  * (the data is as it left it: every accessor changes it with plain stores under the lock, so
  * only a caller's own multi-step update can be half done). Values and arrays are reference
  * counted as the objects of <mp/synchronize.h>: retain adds a reference, close drops one.
+ * A lock in a block of its own (a caller's, or the own RLock of MP_TYPE_BYTES elements) is
+ * released by the close that frees the object in the process that made it (or a thread of
+ * it); a last close in another process, a forked child included, leaves that lock allocated
+ * until the program ends, since the lock's address in shared memory, which any process of
+ * the program can write, is never trusted to release anything.
  */
 #ifndef MP_SHAREDCTYPES_H
 #define MP_SHAREDCTYPES_H
