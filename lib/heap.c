@@ -172,6 +172,27 @@ static int create_arena(void) {
   return 0;
 }
 
+/*
+ * A fork while another thread makes the arena: the child inherits create_lock held by a
+ * thread it does not have, and its first allocation would wait for ever. The child handler
+ * frees it (mp__reset_lock writes only a lock that differs from a fresh one, so a fork copies
+ * no page for it: a prepare handler that took the lock, in a program without an arena yet,
+ * cost every fork two page faults, process.fork's row). The child then has the arena if the
+ * other thread had published it, else it makes one of its own at its first allocation
+ * (what was half made, a memfd and its mapping, stays unused in the child).
+ */
+MP__CHILD_TEXT static void after_fork_in_child(void) {
+  mp__reset_lock(&heap.create_lock);
+}
+
+/* Prioritized: a spawned child's take-over (spawn.c) never returns to later constructors. */
+__attribute__((constructor(102))) static void heap_init(void) {
+  pthread_atfork(NULL, NULL, after_fork_in_child);
+  /* Read once here, so that its page is mapped before any fork: the handler reads it in
+   * every forked child (as queues.c does for its lock). */
+  (void)*(volatile const char *)&heap.create_lock;
+}
+
 static arena_t *get_arena(void) {
   arena_t *arena = __atomic_load_n(&heap.arena, __ATOMIC_ACQUIRE);
   if (arena)

@@ -694,11 +694,12 @@ START_TEST(test_queue_timeouts_honoured_behind_arena_lock) {
 END_TEST
 
 /*
- * Review rev-heap: heap.create_lock, the process-local mutex held while the first allocation
- * makes the arena, has no fork handler. A program whose thread makes the arena while another
- * thread forks (a plain fork(), which libmp supports) gives a child that inherits the mutex
- * locked and no arena: the child's first allocation waits for ever. Each trial is a fresh
- * process without an arena (a fork of the test process, made before any allocation here).
+ * A child forked (a plain fork(), which libmp supports) while another thread makes the arena
+ * allocates: the fork waits for the arena, which the child shares. heap.create_lock, the
+ * process-local mutex held while the first allocation makes the arena, had no fork handler
+ * (review rev-heap): the child inherited it locked and no arena, and its first allocation
+ * waited for ever. Each trial is a fresh process without an arena (a fork of the test
+ * process, made before any allocation here).
  */
 static _Atomic int rev_go;
 static void *rev_thread_alloc(void *arg) {
@@ -729,7 +730,7 @@ static int rev_fork_during_creation(int spin) {
   return WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM ? 7 : 0;
 }
 
-START_TEST(test_fork_while_arena_is_made) {
+START_TEST(test_child_forked_while_arena_is_made_allocates) {
   mp__heap_map_t map;
   int fd;
   T_ASSERT(!mp__heap_describe(&map, &fd), "the test process has an arena already");
@@ -751,8 +752,10 @@ START_TEST(test_fork_while_arena_is_made) {
     T_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) != 9, "a trial failed to run: %#x", st);
     hung = WEXITSTATUS(st) == 7;
   }
-  T_ASSERT(!hung, "trial %d: a child forked while another thread made the arena hung on its "
-           "first allocation for 2 s (heap.create_lock inherited locked)", trials);
+  T_ASSERT(!hung,
+           "trial %d: a child forked while another thread made the arena hung on its "
+           "first allocation for 2 s (heap.create_lock inherited locked)",
+           trials);
 }
 END_TEST
 
@@ -776,8 +779,8 @@ static Suite *heap_suite(void) {
   tcase_add_loop_test(tc, test_arena_lock_of_no_thread_taken_over, 0, N_METHODS);
   tcase_add_loop_test(tc, test_arena_lock_reads_no_mutex_kind, 0, N_METHODS);
   tcase_add_loop_test(tc, test_queue_timeouts_honoured_behind_arena_lock, 0, N_METHODS);
-  tc = mp_test_tcase(s, "review_fork", 40);
-  tcase_add_test(tc, test_fork_while_arena_is_made);
+  tc = mp_test_tcase(s, "fork", 40);
+  tcase_add_test(tc, test_child_forked_while_arena_is_made_allocates);
   tc = mp_test_tcase(s, "fds", 20);
   tcase_add_loop_test(tc, test_fd_passed_by_key, 0, N_METHODS);
   tcase_add_test(tc, test_plain_fork_inside_unshare_close_pending);
