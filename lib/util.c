@@ -278,6 +278,7 @@ static int mutex_outcome(pthread_mutex_t *mutex, int rc) {
   return rc ? mp__error(-rc, "locking a process-shared mutex: %s", strerror(rc)) : 0;
 }
 
+#ifndef __GLIBC__
 int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline) {
   int rc;
   if (deadline == INT64_MAX) {
@@ -299,13 +300,16 @@ int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline) {
   return mutex_outcome(mutex, rc);
 }
 
-/* The first sleep of an interruptible wait, before the SIGINT chain is checked. */
+int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
+  return mp__mutex_lock(mutex, deadline); /* another C library: not interruptible */
+}
+#else
+/* The first sleep of a wait, before the SIGINT chain is checked. */
 #define FIRST_SLEEP_NS 1000000
 /* The longest sleep: a wake-up lost where the robust list cannot pass it on (below) costs a
  * waiter this much at most. */
 #define LOST_WAKE_SLICE_NS 50000000
 
-#ifdef __GLIBC__
 /* The calling thread's robust-list head, which glibc registered with the kernel, or NULL
  * (none, or a layout other than glibc's mutexes use). Read once per thread: a forked child's
  * thread has its head at the same address. */
@@ -322,10 +326,18 @@ static struct robust_list_head *robust_head(pthread_mutex_t *mutex) {
   }
   return cached == 1 ? NULL : (struct robust_list_head *)cached;
 }
-#endif
 
-int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
-#ifdef __GLIBC__
+/* Whether the mutex's word, the same after a whole sleep, names a thread that has ended. The
+ * kernel marks a robust mutex whose holder ended (FUTEX_OWNER_DIED, the id cleared) before
+ * that thread's id is freed, so such a word was written by another process (the owner's, or
+ * its robust list's links): taking the mutex over could let a second holder in beside a live
+ * one whose word was overwritten, so the wait is refused instead. */
+static bool owner_vanished(_Atomic uint32_t *word, uint32_t seen) {
+  return mp__thread_ended((pid_t)(seen & FUTEX_TID_MASK), 0) && atomic_load(word) == seen;
+}
+
+/* The wait of mp__mutex_lock and mp__mutex_lock_sig (interruptible). */
+static int mutex_wait(pthread_mutex_t *mutex, int64_t deadline, bool interruptible) {
   /*
    * glibc's wait for a robust mutex restarts after every signal handler, so the wait is
    * ours: pthread_mutex_trylock takes it (glibc keeps the robust list), and in between we
@@ -341,6 +353,10 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
    * glibc's own wait has it. We name it there for each sleep. What that cannot cover (the
    * death between the sleep and the next trylock, or a mutex taken meanwhile by a trylock,
    * which clears FUTEX_WAITERS) costs the next sleeper LOST_WAKE_SLICE_NS at most.
+   *
+   * A holder named for a whole sleep is judged (owner_vanished): a word that names a thread
+   * that has ended, which the kernel never leaves, is MP_ECORRUPT rather than a wait for
+   * ever (the kernel wakes a robust waiter only at a real holder's death).
    */
   _Atomic uint32_t *word = (_Atomic uint32_t *)(void *)&mutex->__data.__lock;
   struct robust_list_head *head = NULL;
@@ -356,9 +372,9 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
         atomic_fetch_or(word, FUTEX_WAITERS);
       return mutex_outcome(mutex, rc);
     }
-    if (tries++ == 0)
+    if (interruptible && tries++ == 0)
       base = mp__sigint_count();
-    else if (mp__sigint_count() != base)
+    else if (interruptible && mp__sigint_count() != base)
       return MP_EINTR;
     if (deadline != INT64_MAX && mp__now_ns() >= deadline)
       return MP_ETIMEDOUT;
@@ -373,19 +389,31 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
     until = slice_end < until ? slice_end : until;
     if (sleeps++ == 0)
       head = robust_head(mutex);
-    else if (sleeps == 2)
+    else if (sleeps == 2 && interruptible)
       (void)mp__sigint_watch();
     if (head)
       __atomic_store_n(&head->list_op_pending,
                        (struct robust_list *)&mutex->__data.__list.__next, __ATOMIC_RELAXED);
-    (void)mp__futex_wait_sig(word, v | FUTEX_WAITERS, until); /* the loop looks again */
+    int slept = mp__futex_wait_sig(word, v | FUTEX_WAITERS, until); /* the loop looks again */
     if (head)
       __atomic_store_n(&head->list_op_pending, NULL, __ATOMIC_RELAXED);
+    if (slept == MP_ETIMEDOUT && until == slice_end && sleeps > 1 &&
+        owner_vanished(word, v | FUTEX_WAITERS))
+      return mp__error(MP_ECORRUPT,
+                       "the mutex's owner word names thread %u, which has ended: another "
+                       "process wrote it",
+                       (unsigned)(v & FUTEX_TID_MASK));
   }
-#else
-  return mp__mutex_lock(mutex, deadline); /* another C library: not interruptible */
-#endif
 }
+
+int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline) {
+  return mutex_wait(mutex, deadline, false);
+}
+
+int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
+  return mutex_wait(mutex, deadline, true);
+}
+#endif
 
 void mp__mutex_unlock(pthread_mutex_t *mutex) {
   pthread_mutex_unlock(mutex);

@@ -428,36 +428,9 @@ static int rev_alloc(void) {
   return inside ? 1 : 2;
 }
 
-/* fn()'s result in a plain fork of the test process, at most `seconds`: -SIG if a signal
- * killed it, -1000 if it did not end in time (killed then). */
-static int run_in_fork(int (*fn)(void), double seconds) {
-  pid_t pid = fork();
-  T_ASSERT(pid >= 0, "fork: %s", strerror(errno));
-  if (pid == 0) {
-    alarm(0);
-    _exit(fn());
-  }
-  mp_test_track_pid(pid);
-  int status = 0;
-  double until = mp_test_now() + seconds * mp_test_slowdown();
-  pid_t got;
-  while ((got = waitpid(pid, &status, WNOHANG)) == 0 && mp_test_now() < until)
-    mp_test_sleep(0.01);
-  if (got == 0) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-  }
-  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
-    if (mp_test_pids[i] == pid)
-      mp_test_pids[i] = 0; /* reaped */
-  if (got == 0)
-    return -1000;
-  return WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
-}
-
 static int alloc_in_fork(size_t size, double seconds) {
   rev_alloc_size = size;
-  return run_in_fork(rev_alloc, seconds);
+  return mp_test_run_in_fork(rev_alloc, seconds);
 }
 
 static const char *outcome(int code) {
@@ -648,7 +621,7 @@ START_TEST(test_queue_timeouts_honoured_behind_arena_lock) {
   uint32_t wild = 0x3ffffff0u;
   mp_test_forge(_i, base + REV_OFF_LOCK, &wild, sizeof wild);
   double start = mp_test_now();
-  int code = run_in_fork(rev_put_big, 8);
+  int code = mp_test_run_in_fork(rev_put_big, 8);
   *(uint32_t *)(base + REV_OFF_LOCK) = 0;
   T_ASSERT(code == 0,
            "mp_queue_put of a 1 MiB message with a 1 s timeout, the arena's lock "
@@ -661,7 +634,7 @@ START_TEST(test_queue_timeouts_honoured_behind_arena_lock) {
   uint64_t live = mp__wlock_me_slow();
   mp_test_forge(_i, base + REV_OFF_LOCK, &live, sizeof live);
   start = mp_test_now();
-  code = run_in_fork(rev_put_big, 8);
+  code = mp_test_run_in_fork(rev_put_big, 8);
   double took = mp_test_now() - start;
   *(uint64_t *)(base + REV_OFF_LOCK) = 0;
   T_ASSERT(code == 3 && took < 4 * mp_test_slowdown(),
@@ -678,7 +651,7 @@ START_TEST(test_queue_timeouts_honoured_behind_arena_lock) {
   MP_ASSERT_OK(mp_queue_get(rev_queue, rev_big, sizeof rev_big, &len, 5)); /* 3 MiB, retired */
   mp_test_forge(_i, base + REV_OFF_LOCK, &live, sizeof live);
   start = mp_test_now();
-  code = run_in_fork(rev_get, 8);
+  code = mp_test_run_in_fork(rev_get, 8);
   took = mp_test_now() - start;
   *(uint64_t *)(base + REV_OFF_LOCK) = 0;
   T_ASSERT(code == 3 && took < 4 * mp_test_slowdown(),
@@ -746,9 +719,7 @@ START_TEST(test_child_forked_while_arena_is_made_allocates) {
     mp_test_track_pid(fresh);
     int st = 0;
     T_ASSERT(waitpid(fresh, &st, 0) == fresh, "waitpid");
-    for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
-      if (mp_test_pids[i] == fresh)
-        mp_test_pids[i] = 0;
+    mp_test_untrack_pid(fresh);
     T_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) != 9, "a trial failed to run: %#x", st);
     hung = WEXITSTATUS(st) == 7;
   }
