@@ -17,8 +17,9 @@
  *
  * Blocks are powers of two from 128 bytes, each a 64-byte header (class, reference count)
  * then the payload; freed blocks go on their class's free list and large ones give their
- * pages back (fallocate PUNCH_HOLE). The allocator's lock is a robust mutex: a process
- * that dies while allocating can at worst leak the block it was taking. The memfd has no
+ * pages back (fallocate PUNCH_HOLE). The allocator's lock is a word lock (mp__wlock_t): a
+ * process that dies while allocating can at worst leak the block it was taking, and a wild
+ * word makes a call wait no longer than its deadline. The memfd has no
  * name in any filesystem, so nothing of the arena outlives the program's last process.
  */
 #include "internal.h"
@@ -69,7 +70,7 @@ typedef struct {
   _Atomic uint64_t size; /* bytes of the memfd; grows, never shrinks */
   _Atomic uint64_t unique;
   _Atomic uint64_t nonce; /* see mp__shared_nonce; 0: not drawn yet */
-  pthread_mutex_t lock;  /* guards bump and free_head */
+  mp__wlock_t lock;       /* guards bump and free_head */
   uint64_t bump;         /* offset of the first never-used byte */
   uint64_t free_head[MAX_CLASS + 1];
 } arena_t;
@@ -165,16 +166,31 @@ static int create_arena(void) {
   arena->reserve = reserve;
   arena->size = initial;
   arena->bump = HEADER_SPACE;
-  rc = mp__mutex_init(&arena->lock);
-  if (rc < 0) {
-    munmap(base, reserve);
-    close(fd);
-    return rc;
-  }
   heap.fd = fd;
   /* Published last: mp__shared_contains() reads it without the lock. */
   __atomic_store_n(&heap.arena, arena, __ATOMIC_RELEASE);
   return 0;
+}
+
+/*
+ * A fork while another thread makes the arena: the child inherits create_lock held by a
+ * thread it does not have, and its first allocation would wait for ever. The child handler
+ * frees it (mp__reset_lock writes only a lock that differs from a fresh one, so a fork copies
+ * no page for it: a prepare handler that took the lock, in a program without an arena yet,
+ * cost every fork two page faults, process.fork's row). The child then has the arena if the
+ * other thread had published it, else it makes one of its own at its first allocation
+ * (what was half made, a memfd and its mapping, stays unused in the child).
+ */
+MP__CHILD_TEXT static void after_fork_in_child(void) {
+  mp__reset_lock(&heap.create_lock);
+}
+
+/* Prioritized: a spawned child's take-over (spawn.c) never returns to later constructors. */
+__attribute__((constructor(102))) static void heap_init(void) {
+  pthread_atfork(NULL, NULL, after_fork_in_child);
+  /* Read once here, so that its page is mapped before any fork: the handler reads it in
+   * every forked child (as queues.c does for its lock). */
+  (void)*(volatile const char *)&heap.create_lock;
 }
 
 static arena_t *get_arena(void) {
@@ -214,7 +230,21 @@ static uint32_t class_of(uint64_t size) {
   return cls;
 }
 
-static void *allocate(size_t size, bool zeroed) {
+/* Takes the arena's lock by *d: 0, MP_EOWNERDEAD (its holder died: the lists are still well
+ * formed, every update under the lock being a single store once the block is taken, so the
+ * worst left behind is one lost block), or MP_ETIMEDOUT, said. */
+static int lock_arena(arena_t *arena, mp__deadline_t *d) {
+  int rc = mp__wlock_lock(&arena->lock, d);
+  if (rc == MP_ETIMEDOUT)
+    rc = mp__error(rc,
+                   "the shared arena's lock was held past the deadline by a live thread "
+                   "(%u): stopped, or its word written by another process",
+                   (unsigned)(atomic_load(&arena->lock.word) & MP__WLOCK_TID));
+  return rc;
+}
+
+/* *late: set when the arena's lock was not had by *d. */
+static void *allocate(size_t size, bool zeroed, mp__deadline_t *d, bool *late) {
   if (size == 0)
     return mp__error(MP_EINVAL, "a shared object of 0 bytes"), NULL;
   arena_t *arena = get_arena();
@@ -227,11 +257,9 @@ static void *allocate(size_t size, bool zeroed) {
   uint32_t cls = class_of(size);
   uint64_t block_size = 1ull << cls;
 
-  int rc = mp__mutex_lock(&arena->lock, INT64_MAX);
-  if (rc < 0 && rc != MP_EOWNERDEAD)
+  int rc = lock_arena(arena, d);
+  if ((*late = rc == MP_ETIMEDOUT))
     return NULL;
-  /* After an owner's death the lists are still well formed: every update below is a
-   * single store once the block is taken, so the worst left behind is one lost block. */
   uint64_t offset = arena->free_head[cls];
   bool reused = offset != 0;
   if (reused) {
@@ -243,7 +271,7 @@ static void *allocate(size_t size, bool zeroed) {
     offset = arena->bump;
     arena->bump += block_size;
   }
-  mp__mutex_unlock(&arena->lock);
+  mp__wlock_unlock(&arena->lock);
   if (rc < 0 && rc != MP_EOWNERDEAD)
     return NULL;
 
@@ -259,11 +287,19 @@ static void *allocate(size_t size, bool zeroed) {
 }
 
 void *mp__shared_alloc(size_t size) {
-  return allocate(size, true);
+  bool late;
+  return allocate(size, true, MP__NO_DEADLINE, &late);
 }
 
 void *mp__shared_alloc_raw(size_t size) {
-  return allocate(size, false);
+  bool late;
+  return allocate(size, false, MP__NO_DEADLINE, &late);
+}
+
+int mp__shared_alloc_by(void **out, size_t size, mp__deadline_t *d) {
+  bool late = false;
+  *out = allocate(size, false, d, &late);
+  return *out ? 0 : late ? MP_ETIMEDOUT : MP_ENOMEM;
 }
 
 static block_t *block_of(void *payload) {
@@ -275,7 +311,7 @@ void mp__shared_retain(void *payload) {
 }
 
 /* Drops a reference to payload's block, taken to be of class cls; the last one frees it. */
-static bool release_as(void *payload, uint32_t cls) {
+static bool release_as(void *payload, uint32_t cls, mp__deadline_t *d) {
   block_t *block = block_of(payload);
   if (atomic_fetch_sub(&block->refs, 1) != 1)
     return false;
@@ -294,21 +330,25 @@ static bool release_as(void *payload, uint32_t cls) {
               (off_t)(offset + block_size - from));
   }
   block->magic = BLOCK_FREE;
-  int rc = mp__mutex_lock(&arena->lock, INT64_MAX);
-  if (rc < 0 && rc != MP_EOWNERDEAD)
-    return true; /* cannot happen without a deadline; the block would only be lost */
+  if (lock_arena(arena, d) == MP_ETIMEDOUT)
+    return true; /* the block is lost rather than the caller's deadline */
   *(uint64_t *)((char *)payload) = arena->free_head[cls];
   arena->free_head[cls] = offset;
-  mp__mutex_unlock(&arena->lock);
+  mp__wlock_unlock(&arena->lock);
   return true;
 }
 
 bool mp__shared_release(void *payload) {
-  return release_as(payload, __atomic_load_n(&block_of(payload)->cls, __ATOMIC_RELAXED));
+  return release_as(payload, __atomic_load_n(&block_of(payload)->cls, __ATOMIC_RELAXED),
+                    MP__NO_DEADLINE);
 }
 
 bool mp__shared_release_sized(void *payload, uint64_t size) {
-  return release_as(payload, class_of(size));
+  return release_as(payload, class_of(size), MP__NO_DEADLINE);
+}
+
+bool mp__shared_release_sized_by(void *payload, uint64_t size, mp__deadline_t *d) {
+  return release_as(payload, class_of(size), d);
 }
 
 bool mp__shared_is_block(const void *payload, uint64_t room) {

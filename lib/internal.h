@@ -186,6 +186,62 @@ int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline);
 int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline);
 void mp__mutex_unlock(pthread_mutex_t *mutex);
 
+/* A call's deadline, taken when it first has to wait (for a lock, for room, for a message),
+ * from its timeout, once: a call that needs no wait reads no clock. */
+#define MP__DEADLINE_UNSET INT64_MIN
+typedef struct {
+  double timeout;
+  int64_t at; /* MP__DEADLINE_UNSET until taken */
+} mp__deadline_t;
+
+/* A deadline that never comes, for a call that waits as long as it takes. */
+#define MP__NO_DEADLINE (&(mp__deadline_t){MP_FOREVER, MP__DEADLINE_UNSET})
+
+static inline int64_t mp__deadline_of(mp__deadline_t *d) {
+  if (d->at == MP__DEADLINE_UNSET)
+    d->at = mp__deadline(d->timeout);
+  return d->at;
+}
+
+/*
+ * A lock of one word in shared memory, libmp's own (the queues' side locks, the arena's
+ * lock): every value of the word is judged, where glibc's robust mutex follows several words
+ * another process may write (its kind, its list links: util.c). The word names its holder,
+ * the thread's id (low half, the futex) and the thread's start time (high half); a waiter
+ * that finds the same holder for a whole slice asks /proc whether that thread still runs,
+ * and takes the lock over from a holder that ended (MP_EOWNERDEAD). MP_ETIMEDOUT past the
+ * deadline: a live holder (stopped, or a word another process forged) holds nobody longer.
+ */
+typedef struct {
+  _Atomic uint64_t word; /* 0: free; else start << 32 | [MP__WLOCK_WAITERS] | tid */
+} mp__wlock_t;
+#define MP__WLOCK_WAITERS 0x80000000u /* in the low half: someone sleeps on the futex */
+#define MP__WLOCK_TID 0x3fffffffu
+
+/* The calling thread's word as a holder: read once per thread, forgotten in a fork child.
+ * initial-exec: a plain load, not a call of __tls_get_addr on every lock. */
+extern _Thread_local uint64_t mp__wlock_me __attribute__((tls_model("initial-exec")));
+uint64_t mp__wlock_me_slow(void);
+/* The contended path of mp__wlock_lock (util.c). */
+int mp__wlock_wait(mp__wlock_t *l, uint64_t me, mp__deadline_t *d);
+/* Whether the thread tid, started at start (0: unknown), has ended. */
+bool mp__thread_ended(pid_t tid, uint32_t start);
+
+/* 0, or MP_EOWNERDEAD: the lock is the caller's, and its holder died holding it (repair); or
+ * MP_ETIMEDOUT: a live holder kept it past *d. Inlined: on the path of every put and get. */
+static inline __attribute__((always_inline)) int mp__wlock_lock(mp__wlock_t *l,
+                                                                mp__deadline_t *d) {
+  uint64_t me = mp__wlock_me ? mp__wlock_me : mp__wlock_me_slow(), w = 0;
+  if (atomic_compare_exchange_strong(&l->word, &w, me))
+    return 0;
+  return mp__wlock_wait(l, me, d);
+}
+
+static inline __attribute__((always_inline)) void mp__wlock_unlock(mp__wlock_t *l) {
+  if (atomic_exchange(&l->word, 0) & MP__WLOCK_WAITERS)
+    mp__futex_wake((_Atomic uint32_t *)(void *)&l->word, 1);
+}
+
 /* Objects that mp_wait() (connection.c) waits on: a connection end, a queue, a process.
  * Each such handle begins with a uint32_t kind word (MP__KIND_*); the layer that owns a kind
  * registers its operations, from a constructor, so mp_wait() needs no upward dependency.
@@ -308,6 +364,11 @@ void mp__fd_after_fork(void);
 void *mp__shared_alloc(size_t size);
 /* The same, not zeroed: for buffers about to be overwritten whole. */
 void *mp__shared_alloc_raw(size_t size);
+/* The same, waiting for the arena's lock no later than *d (a queue's put): 0 and the block
+ * in *out; NULL and MP_ETIMEDOUT (a live process held the lock: said), or MP_ENOMEM (any
+ * other failure, said). Without a deadline, the lock is waited for as long as a live holder
+ * keeps it (a holder that ended is taken over after a slice). */
+int mp__shared_alloc_by(void **out, size_t size, mp__deadline_t *d);
 void mp__shared_retain(void *block);
 /* Drops one reference; true if that was the last (the block is then free, or leaked if its
  * header's class is one the arena cannot hold there). */
@@ -315,6 +376,9 @@ bool mp__shared_release(void *block);
 /* The same for a block allocated with size bytes, its header's class set from size first:
  * for blocks whose header another process may have written (a pool's job blocks). */
 bool mp__shared_release_sized(void *block, uint64_t size);
+/* The same, waiting for the arena's lock no later than *d (a queue's put or get): past it,
+ * the block is lost. */
+bool mp__shared_release_sized_by(void *block, uint64_t size, mp__deadline_t *d);
 /* True if p lies inside this process's arena mapping: a cheap check for handles. */
 bool mp__shared_contains(const void *p);
 /* True if payload is a live block's, of room bytes at least, wholly inside the arena: what

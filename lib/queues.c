@@ -101,150 +101,12 @@
 
 /* ================================ the side locks ================================ */
 
-/*
- * Each side's lock (put_lock, get_lock) is a futex word of our own, not a robust pthread
- * mutex: glibc's robust mutex costs about 150 instructions a lock and unlock (it links
- * itself into the thread's robust list and out again); this one costs a compare-and-swap
- * and an exchange. It keeps the robust mutex's guarantee another way: the word names its
- * holder, the thread's id (low half, the futex) and the thread's start time (high half, in
- * clock ticks since boot, from /proc), so a waiter that finds the same holder for a whole
- * slice asks /proc whether that thread still runs. Gone, a zombie, or another thread with
- * its id (ids are reused: pid_max may be 32768) means its holder died: the waiter takes the
- * lock over with one compare-and-swap (so only one does) and is told MP_EOWNERDEAD, as the
- * robust mutex would tell it. The holder's death costs the others a slice (QLOCK_SLICE_NS)
- * at most, instead of the kernel's immediate wake: they are rare, a put or a get is fast.
- * Without /proc (a rare chroot), kill(tid, 0) judges, and a zombie counts as alive until
- * it is reaped.
- */
-#define QLOCK_WAITERS 0x80000000u /* in the low half: someone sleeps on the futex */
-#define QLOCK_TID 0x3fffffffu
-#define QLOCK_SPIN 200
-#define QLOCK_SLICE_NS 10000000 /* 10 ms */
-
-typedef struct {
-  _Atomic uint64_t word; /* 0: free; else start << 32 | [QLOCK_WAITERS] | tid */
-} qlock_t;
-
-/* This thread's word as a holder: read once per thread, forgotten in a fork child.
- * initial-exec: a plain load, not a call of __tls_get_addr on every lock. */
-static _Thread_local uint64_t me_holder __attribute__((tls_model("initial-exec")));
-
-__attribute__((noinline, cold)) static uint64_t holder_word_slow(void) {
-  pid_t tid = (pid_t)syscall(SYS_gettid);
-  char state;
-  uint64_t start = 0;
-  if (mp__proc_stat(tid, &state, &start) < 0)
-    start = 0; /* no /proc: the liveness check falls back to kill() */
-  me_holder = (uint64_t)(uint32_t)start << 32 | ((uint32_t)tid & QLOCK_TID);
-  return me_holder;
-}
-
-static inline uint64_t holder_word(void) {
-  return me_holder ? me_holder : holder_word_slow();
-}
-
-/* Whether the holder that word names has died. */
-static bool holder_died(uint64_t word) {
-  pid_t tid = (pid_t)(word & QLOCK_TID);
-  char state;
-  uint64_t start;
-  int rc = mp__proc_stat(tid, &state, &start);
-  if (rc == 0)
-    return state == 'Z' || state == 'X' ||
-           ((word >> 32) != 0 && (uint32_t)start != (uint32_t)(word >> 32));
-  if (rc == -ENOENT && access("/proc/self/stat", F_OK) == 0)
-    return true;
-  return kill(tid, 0) < 0 && errno == ESRCH;
-}
-
-static _Atomic uint32_t *qlock_futex(qlock_t *l) {
-  /* The low half of the word, where the futex waits (little-endian). */
-  return (_Atomic uint32_t *)(void *)&l->word;
-}
-
-/* A put's or get's deadline is taken when it first has to wait (for a lock, for room, for a
- * message), from its timeout, once: a call that needs no wait reads no clock. */
-#define DEADLINE_UNSET INT64_MIN
-
-typedef struct {
-  double timeout;
-  int64_t at; /* DEADLINE_UNSET until taken */
-} deadline_t;
-
-static int64_t deadline_of(deadline_t *d) {
-  if (d->at == DEADLINE_UNSET)
-    d->at = mp__deadline(d->timeout);
-  return d->at;
-}
-
-/* The contended path: spins, then sleeps in slices, taking over from a dead holder, until
- * the call's deadline. A holder is given one slice at least, at whose end it is judged: so a
- * call of timeout 0 still takes a dead holder's lock over, and one that finds the lock passed
- * among live holders waits a slice for it, as for any copy in progress. MP_ETIMEDOUT once
- * both have passed: a live holder (stopped by SIGSTOP or a debugger, or a word another
- * process forged) holds nobody past their timeout. */
-__attribute__((noinline)) static int qlock_wait(qlock_t *l, uint64_t me, deadline_t *d) {
-  uint64_t w = atomic_load(&l->word);
-  for (int i = 0; i < QLOCK_SPIN; i++) {
-    if (w == 0 && atomic_compare_exchange_weak(&l->word, &w, me))
-      return 0;
-    mp__cpu_relax();
-    w = atomic_load(&l->word);
-  }
-  uint64_t judged = 0; /* the holder word being timed, since when */
-  int64_t since = 0, give_up = DEADLINE_UNSET;
-  for (;;) {
-    /* Taken with the waiters bit set: others may sleep still (the woken one cannot know). */
-    if (w == 0) {
-      if (atomic_compare_exchange_weak(&l->word, &w, me | QLOCK_WAITERS))
-        return 0;
-      continue;
-    }
-    if (!(w & QLOCK_WAITERS) && !atomic_compare_exchange_weak(&l->word, &w, w | QLOCK_WAITERS))
-      continue;
-    w |= QLOCK_WAITERS;
-    /* A holder is judged once it held the lock for a whole slice, by the clock: a waiter
-     * that signals keep waking early must judge it too. */
-    int64_t t = mp__now_ns();
-    if (give_up == DEADLINE_UNSET) {
-      int64_t end = deadline_of(d);
-      give_up = end - t > QLOCK_SLICE_NS ? end : t + QLOCK_SLICE_NS;
-    }
-    if (w != judged) {
-      judged = w;
-      since = t;
-    }
-    if (t - since >= QLOCK_SLICE_NS || t >= give_up) { /* the last look judges any holder */
-      uint64_t held = w;
-      if (holder_died(w) && atomic_compare_exchange_strong(&l->word, &held, me | QLOCK_WAITERS))
-        return MP_EOWNERDEAD;
-      since = t; /* alive: judged again a slice from now */
-    }
-    if (t >= give_up)
-      return MP_ETIMEDOUT; /* the waiters bit stays: the holder's unlock wakes nobody, once */
-    int64_t slice_end = since + QLOCK_SLICE_NS;
-    (void)mp__futex_wait(qlock_futex(l), (uint32_t)w,
-                         slice_end < give_up ? slice_end : give_up);
-    w = atomic_load(&l->word);
-  }
-}
+/* Each side's lock (put_lock, get_lock) is a word lock (mp__wlock_t, internal.h): a waiter
+ * judges a holder that keeps it for a slice, takes a dead one's over (MP_EOWNERDEAD), and
+ * gives up at its call's deadline. */
 
 /* Inlined: on the path of every put and get, and small once the waits are out of line. */
 #define HOT static inline __attribute__((always_inline))
-
-/* 0, or MP_EOWNERDEAD: the lock is ours, and its holder died holding it (repair); or
- * MP_ETIMEDOUT: a live holder kept it past *d (qlock_wait). */
-HOT int qlock_lock(qlock_t *l, deadline_t *d) {
-  uint64_t me = holder_word(), w = 0;
-  if (atomic_compare_exchange_strong(&l->word, &w, me))
-    return 0;
-  return qlock_wait(l, me, d);
-}
-
-HOT void qlock_unlock(qlock_t *l) {
-  if (atomic_exchange(&l->word, 0) & QLOCK_WAITERS)
-    mp__futex_wake(qlock_futex(l), 1);
-}
 
 typedef enum { FLAVOR_QUEUE = 1, FLAVOR_JOINABLE, FLAVOR_SIMPLE } flavor_t;
 
@@ -266,7 +128,7 @@ struct mp_queue_s {
 
   /* Each side's lock and private state on a line of its own, apart from the word it commits:
    * the other side reads that word, and would otherwise pull the lock's line too. */
-  LINE qlock_t put_lock;
+  LINE mp__wlock_t put_lock;
   void *pending;         /* a spilled message's block, being filled at... */
   uint64_t pending_tail; /* ...this tail: freed if a repair finds tail still there, ... */
   uint64_t pending_room; /* ...by this size, the block's room (not its header's class) */
@@ -277,7 +139,7 @@ struct mp_queue_s {
   LINE _Atomic uint64_t tail;
   _Atomic uint32_t closed;
 
-  LINE qlock_t get_lock;
+  LINE mp__wlock_t get_lock;
   void *retired;         /* the block of the spilled message taken last, freed... */
   uint64_t retired_head; /* ...by the next get if head reached this (its get committed) */
   uint64_t retired_room; /* ...or kept as a spare: its room */
@@ -833,10 +695,6 @@ static int make_bell(mp_queue_t *q, bell_t **out) {
 }
 
 MP__CHILD_TEXT static void after_fork_child(void) {
-  /* The child's thread has another id and start time. Written only if set: the write
-   * would copy the thread's TLS page in every forked child. */
-  if (me_holder)
-    me_holder = 0;
   /* Always: fileno_of() holds the lock while the list is still empty. */
   mp__reset_lock(&local.lock);
   mp__reset_lock(&mine.lock);
@@ -983,8 +841,8 @@ static void wake_everyone(mp_queue_t *q) {
 
 /* Takes put_lock (0, or MP_ETIMEDOUT past *d); after a producer died holding it, frees its
  * uncommitted block or ring. */
-static int lock_put(mp_queue_t *q, deadline_t *d) {
-  int rc = qlock_lock(&q->put_lock, d);
+static int lock_put(mp_queue_t *q, mp__deadline_t *d) {
+  int rc = mp__wlock_lock(&q->put_lock, d);
   if (rc != MP_EOWNERDEAD)
     return rc;
   /* Words of the arena too: one that names no block of it is dropped, not freed; a block is
@@ -992,13 +850,13 @@ static int lock_put(mp_queue_t *q, deadline_t *d) {
    * any process's to write). */
   spill_t pending = {q->pending, q->pending_room};
   if (spill_sane(pending, 0) && atomic_load(&q->tail) == q->pending_tail)
-    mp__shared_release_sized(pending.block, pending.room);
+    mp__shared_release_sized_by(pending.block, pending.room, d);
   q->pending = NULL;
   uint64_t word = q->pending_ring;
   ring_t grown = ring_decode(word);
   if (grown.cap >= RING_MIN && mp__shared_is_block(grown.base, grown.cap) &&
       word != atomic_load(&q->ring_word))
-    mp__shared_release_sized(grown.base, grown.cap);
+    mp__shared_release_sized_by(grown.base, grown.cap, d);
   q->pending_ring = 0;
   wake_everyone(q);
   return 0;
@@ -1006,8 +864,8 @@ static int lock_put(mp_queue_t *q, deadline_t *d) {
 
 /* Takes get_lock (0, or MP_ETIMEDOUT past *d). A consumer that died holding it never moved
  * head, or moved it and died before waking producers: nothing to repair but the wake. */
-static int lock_get(mp_queue_t *q, deadline_t *d) {
-  int rc = qlock_lock(&q->get_lock, d);
+static int lock_get(mp_queue_t *q, mp__deadline_t *d) {
+  int rc = mp__wlock_lock(&q->get_lock, d);
   if (rc != MP_EOWNERDEAD)
     return rc;
   wake_everyone(q);
@@ -1153,9 +1011,13 @@ __attribute__((noinline, cold)) static int lock_timed_out(int code, const char *
  * put_lock; get_lock keeps consumers out while the records move. The new ring is noted in
  * pending_ring first and installed by one store, so a producer dying here leaves either
  * ring whole (and at worst the old one unfreed). 0 (grown, or room was made meanwhile),
- * MP_ENOMEM (the arena is full: it said why), or MP_ETIMEDOUT (get_lock held past *d).
+ * MP_ENOMEM (the arena is full: it said why), MP_EFULL (the arena's lock held past *d: said)
+ * or MP_ETIMEDOUT (get_lock held past *d).
  */
-static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need, deadline_t *d) {
+static int put_block(size_t len, mp__deadline_t *d, const char *fn, void **out);
+
+static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need, mp__deadline_t *d,
+                     const char *fn) {
   int rc = lock_get(q, d);
   if (rc < 0)
     return rc;
@@ -1166,18 +1028,19 @@ static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need, deadline_t *d) 
     cap *= 2;
   /* Else room was made meanwhile, or the largest ring has too little: the put waits. */
   bool larger = cap != old.cap && cap - used >= need;
-  char *base = larger ? mp__shared_alloc_raw(cap) : NULL;
+  void *base = NULL;
+  int made = larger ? put_block(cap, d, fn, &base) : 0;
   if (base) {
     uint64_t word = ring_word(base, cap);
     q->pending_ring = word;
     ring_move((ring_t){base, cap}, old, pos_bytes(head), used);
     atomic_store(&q->ring_word, word);
     q->pending_ring = 0;
-    mp__shared_release_sized(old.base, old.cap);
+    mp__shared_release_sized_by(old.base, old.cap, d);
     *ring = (ring_t){base, cap};
   }
-  qlock_unlock(&q->get_lock);
-  return larger && !base ? MP_ENOMEM : 0;
+  mp__wlock_unlock(&q->get_lock);
+  return made;
 }
 
 /*
@@ -1203,15 +1066,23 @@ static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need, deadline_t *d) 
  * producer killed between the two stores leaves one, and leaks the block it took.
  */
 
-static int new_block(size_t len, spill_t *out) {
-  *out = (spill_t){mp__shared_alloc_raw(len), len};
-  return out->block ? 0 : MP_ENOMEM; /* the arena said why */
+/* A raw block of len bytes for a put, the arena's lock waited for until the put's deadline:
+ * 0, MP_ENOMEM (the arena said why) or MP_EFULL (a live process held the arena's lock). */
+static int put_block(size_t len, mp__deadline_t *d, const char *fn, void **out) {
+  int rc = mp__shared_alloc_by(out, len, d);
+  return rc == MP_ETIMEDOUT ? mp__error_prefix(MP_EFULL, "%s", fn) : rc;
+}
+
+static int new_block(size_t len, mp__deadline_t *d, const char *fn, spill_t *out) {
+  *out = (spill_t){NULL, len};
+  return put_block(len, d, fn, &out->block);
 }
 
 /* A block for a spilled message of len bytes, and its room: the oldest spare once
  * SPARES_KEPT wait (given back if it is too small), else a new one. The caller holds
  * put_lock. */
-static int spill_block(mp_queue_t *q, size_t len, const char *fn, spill_t *out) {
+static int spill_block(mp_queue_t *q, size_t len, mp__deadline_t *d, const char *fn,
+                       spill_t *out) {
   uint32_t taken = atomic_load_explicit(&q->spares_out, memory_order_relaxed);
   if (atomic_load(&q->spares_in) - taken >= SPARES_KEPT) {
     spill_t spare = {q->spare[taken % N_SPARES].block, q->spare[taken % N_SPARES].room};
@@ -1219,7 +1090,7 @@ static int spill_block(mp_queue_t *q, size_t len, const char *fn, spill_t *out) 
     /* Ours from this store on (a wild slot is dropped, not freed: it is no block). */
     atomic_store(&q->spares_out, taken + 1);
     if (!spare.block) /* emptied by a producer that died before this store */
-      return new_block(len, out);
+      return new_block(len, d, fn, out);
     if (!spill_sane(spare, 0))
       return mp__error(MP_ECORRUPT,
                        "%s: the queue's shared memory is corrupt: a spare block of %llu bytes "
@@ -1229,20 +1100,20 @@ static int spill_block(mp_queue_t *q, size_t len, const char *fn, spill_t *out) 
       *out = spare;
       return 0;
     }
-    mp__shared_release_sized(spare.block, spare.room);
+    mp__shared_release_sized_by(spare.block, spare.room, d);
   }
-  return new_block(len, out);
+  return new_block(len, d, fn, out);
 }
 
 /* Writes the message at tail and commits it; the caller holds put_lock and has checked the
  * room. */
 static int commit_put(mp_queue_t *q, ring_t r, uint64_t tail, uint64_t header, const void *data,
-                      const char *fn) {
+                      mp__deadline_t *d, const char *fn) {
   uint32_t at = pos_bytes(tail);
   size_t len = header_len(header);
   if (header & SPILLED) {
     spill_t spill;
-    int rc = spill_block(q, len, fn, &spill);
+    int rc = spill_block(q, len, d, fn, &spill);
     if (rc < 0)
       return rc;
     q->pending_tail = tail;
@@ -1271,13 +1142,13 @@ static int put(mp_queue_t *q, const void *data, size_t len, double timeout, cons
   uint32_t need = record_size(header);
   MP__TRACE_CLOCK(t0);
   mp__sigint_t sigint = {NULL, 0};
-  deadline_t deadline = {timeout, DEADLINE_UNSET};
+  mp__deadline_t deadline = {timeout, MP__DEADLINE_UNSET};
   for (;;) {
     int rc = lock_put(q, &deadline);
     if (rc < 0)
       return lock_timed_out(MP_EFULL, "put", fn);
     if (atomic_load(&q->closed)) {
-      qlock_unlock(&q->put_lock);
+      mp__wlock_unlock(&q->put_lock);
       return mp__error(MP_ECLOSED, "%s: the queue is closed", fn);
     }
     uint64_t tail = atomic_load(&q->tail);
@@ -1285,13 +1156,13 @@ static int put(mp_queue_t *q, const void *data, size_t len, double timeout, cons
     rc = put_ring(q, header, &r, fn);
     int room = rc < 0 ? rc : room_locked(q, r, tail, need, fn);
     if (room == 0 && !at_maxsize(q) && r.cap < q->ring_max) {
-      int grown = grow_ring(q, &r, need, &deadline);
+      int grown = grow_ring(q, &r, need, &deadline, fn);
       room = grown < 0 ? grown : room_locked(q, r, tail, need, fn);
     }
     rc = room < 0 ? room : 1;
     if (room > 0)
-      rc = commit_put(q, r, tail, header, data, fn);
-    qlock_unlock(&q->put_lock);
+      rc = commit_put(q, r, tail, header, data, &deadline, fn);
+    mp__wlock_unlock(&q->put_lock);
     if (rc == MP_ETIMEDOUT)
       return lock_timed_out(MP_EFULL, "get", fn);
     if (rc < 0)
@@ -1307,7 +1178,7 @@ static int put(mp_queue_t *q, const void *data, size_t len, double timeout, cons
         ring_bells(q);
       return 0;
     }
-    int64_t end = deadline_of(&deadline);
+    int64_t end = mp__deadline_of(&deadline);
     int waited =
         passed(end) ? MP_ETIMEDOUT
                     : wait_until(q, has_room, need, &q->get_seq, &q->put_waiters, end, &sigint);
@@ -1345,7 +1216,7 @@ typedef struct {
 /* Keeps the block of the spilled message the last get took as a spare, or frees it, if that
  * get committed; the caller holds get_lock (or the last reference). Cleared before: a death
  * in between leaks the block rather than freeing it twice. */
-__attribute__((noinline)) static void reclaim_block(mp_queue_t *q) {
+__attribute__((noinline)) static void reclaim_block(mp_queue_t *q, mp__deadline_t *d) {
   spill_t spill = {q->retired, q->retired_room};
   bool committed = atomic_load(&q->head) == q->retired_head;
   q->retired = NULL;
@@ -1353,7 +1224,7 @@ __attribute__((noinline)) static void reclaim_block(mp_queue_t *q) {
     return;
   uint32_t kept = atomic_load_explicit(&q->spares_in, memory_order_relaxed);
   if (spill.room > SPARE_ROOM_MAX || kept - atomic_load(&q->spares_out) >= N_SPARES) {
-    mp__shared_release_sized(spill.block, spill.room);
+    mp__shared_release_sized_by(spill.block, spill.room, d);
     return;
   }
   q->spare[kept % N_SPARES].block = spill.block;
@@ -1361,14 +1232,14 @@ __attribute__((noinline)) static void reclaim_block(mp_queue_t *q) {
   atomic_store(&q->spares_in, kept + 1); /* the producers' from this store on */
 }
 
-HOT void reclaim(mp_queue_t *q) {
+HOT void reclaim(mp_queue_t *q, mp__deadline_t *d) {
   if (q->retired)
-    reclaim_block(q);
+    reclaim_block(q, d);
 }
 
 /* Takes the message at head, if there is one; the caller holds get_lock. 1: none. */
-static int take(mp_queue_t *q, const sink_t *out, const char *fn) {
-  reclaim(q);
+static int take(mp_queue_t *q, const sink_t *out, mp__deadline_t *d, const char *fn) {
+  reclaim(q, d);
   /* tail_seen first, as head_seen in a put: tail is the producers' line. */
   uint64_t head = atomic_load(&q->head);
   uint64_t tail = atomic_load_explicit(&q->tail_seen, memory_order_relaxed);
@@ -1419,13 +1290,13 @@ static int get(mp_queue_t *q, const sink_t *out, double timeout, const char *fn)
     return mp__error(MP_EINVAL, "%s: NULL buffer or length", fn);
   MP__TRACE_CLOCK(t0);
   mp__sigint_t sigint = {NULL, 0};
-  deadline_t deadline = {timeout, DEADLINE_UNSET};
+  mp__deadline_t deadline = {timeout, MP__DEADLINE_UNSET};
   for (bool cleared = false;;) {
     int rc = lock_get(q, &deadline);
     if (rc < 0)
       return lock_timed_out(MP_EEMPTY, "get", fn);
-    rc = take(q, out, fn);
-    qlock_unlock(&q->get_lock);
+    rc = take(q, out, &deadline, fn);
+    mp__wlock_unlock(&q->get_lock);
     if (rc == 0) {
       MP__TRACE(queue_get, q, *out->len, t0);
       notify(&q->get_seq, &q->put_waiters, INT32_MAX);
@@ -1444,7 +1315,7 @@ static int get(mp_queue_t *q, const sink_t *out, double timeout, const char *fn)
       if (atomic_load(&q->put_lock.word) != 0) {
         if (lock_put(q, &deadline) < 0)
           return lock_timed_out(MP_EEMPTY, "put", fn);
-        qlock_unlock(&q->put_lock);
+        mp__wlock_unlock(&q->put_lock);
         continue;
       }
       if (count_of(atomic_load(&q->head), atomic_load(&q->tail)) != 0)
@@ -1456,7 +1327,7 @@ static int get(mp_queue_t *q, const sink_t *out, double timeout, const char *fn)
       cleared = true;
       continue;
     }
-    int64_t end = deadline_of(&deadline);
+    int64_t end = mp__deadline_of(&deadline);
     int waited =
         passed(end) ? MP_ETIMEDOUT
                     : wait_until(q, has_message, 0, &q->put_seq, &q->get_waiters, end, &sigint);
@@ -1671,10 +1542,10 @@ static uint32_t unref(mp_queue_t *q) {
    * in a put (the repair of lock_put), then those of the spilled messages left. A live
    * holder uses a handle it holds no reference to: it is judged for one slice, not waited
    * for (its block, if it spilled, is left to it). */
-  deadline_t now = {0, DEADLINE_UNSET};
+  mp__deadline_t now = {0, MP__DEADLINE_UNSET};
   if (lock_put(q, &now) == 0)
-    qlock_unlock(&q->put_lock);
-  reclaim(q);
+    mp__wlock_unlock(&q->put_lock);
+  reclaim(q, MP__NO_DEADLINE);
   ring_t r = ring_of(q);
   uint64_t head = atomic_load(&q->head), tail = atomic_load(&q->tail);
   uint64_t header = 0;

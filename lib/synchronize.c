@@ -7,7 +7,8 @@
  *
  * What a death does to each (docs/architecture.md tells the whole story):
  *  - Lock, RLock: a robust process-shared mutex. The kernel releases it when its holder
- *    thread ends, and the next acquirer gets MP_EOWNERDEAD at once.
+ *    thread ends, and the next acquirer gets MP_EOWNERDEAD at once. A holder word naming a
+ *    thread that ended, which the kernel never leaves, is MP_ECORRUPT after a 50 ms sleep.
  *  - Semaphore: an acquired permit is consumed (an item counter's item is taken): a death
  *    changes nothing.
  *  - BoundedSemaphore (lock-like: permits are held and given back): each process's
@@ -222,7 +223,7 @@ static int lock_take(mp_lock_t *lock, uint64_t me, uint32_t depth, int64_t deadl
   if (rc == MP_EINTR)
     return mp__error(rc, "acquiring a lock: interrupted by SIGINT");
   if (rc < 0 && rc != MP_EOWNERDEAD)
-    return rc;
+    return mp__error_prefix(rc, "acquiring a lock"); /* MP_ECORRUPT: a wild owner word */
   atomic_store_explicit(&lock->owner, me, memory_order_relaxed);
   lock->depth = depth;
   return rc;
@@ -858,7 +859,7 @@ static int cond_wait(mp_condition_t *cond, mp_lock_t *lock, int64_t deadline) {
     if (rc == MP_EOWNERDEAD)
       dead = rc;
     else if (rc < 0)
-      return rc; /* cannot happen without a deadline; the counts stay as they were */
+      return rc; /* MP_ECORRUPT (a wild owner word): not held; the counts stay as they were */
     seen = atomic_load_explicit(&cond->seq, memory_order_relaxed);
     int taken = take_token(cond, began);
     if (taken < 0) { /* the lock held again, as for any error here */

@@ -278,6 +278,7 @@ static int mutex_outcome(pthread_mutex_t *mutex, int rc) {
   return rc ? mp__error(-rc, "locking a process-shared mutex: %s", strerror(rc)) : 0;
 }
 
+#ifndef __GLIBC__
 int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline) {
   int rc;
   if (deadline == INT64_MAX) {
@@ -299,13 +300,16 @@ int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline) {
   return mutex_outcome(mutex, rc);
 }
 
-/* The first sleep of an interruptible wait, before the SIGINT chain is checked. */
+int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
+  return mp__mutex_lock(mutex, deadline); /* another C library: not interruptible */
+}
+#else
+/* The first sleep of a wait, before the SIGINT chain is checked. */
 #define FIRST_SLEEP_NS 1000000
 /* The longest sleep: a wake-up lost where the robust list cannot pass it on (below) costs a
  * waiter this much at most. */
 #define LOST_WAKE_SLICE_NS 50000000
 
-#ifdef __GLIBC__
 /* The calling thread's robust-list head, which glibc registered with the kernel, or NULL
  * (none, or a layout other than glibc's mutexes use). Read once per thread: a forked child's
  * thread has its head at the same address. */
@@ -322,10 +326,18 @@ static struct robust_list_head *robust_head(pthread_mutex_t *mutex) {
   }
   return cached == 1 ? NULL : (struct robust_list_head *)cached;
 }
-#endif
 
-int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
-#ifdef __GLIBC__
+/* Whether the mutex's word, the same after a whole sleep, names a thread that has ended. The
+ * kernel marks a robust mutex whose holder ended (FUTEX_OWNER_DIED, the id cleared) before
+ * that thread's id is freed, so such a word was written by another process (the owner's, or
+ * its robust list's links): taking the mutex over could let a second holder in beside a live
+ * one whose word was overwritten, so the wait is refused instead. */
+static bool owner_vanished(_Atomic uint32_t *word, uint32_t seen) {
+  return mp__thread_ended((pid_t)(seen & FUTEX_TID_MASK), 0) && atomic_load(word) == seen;
+}
+
+/* The wait of mp__mutex_lock and mp__mutex_lock_sig (interruptible). */
+static int mutex_wait(pthread_mutex_t *mutex, int64_t deadline, bool interruptible) {
   /*
    * glibc's wait for a robust mutex restarts after every signal handler, so the wait is
    * ours: pthread_mutex_trylock takes it (glibc keeps the robust list), and in between we
@@ -341,6 +353,10 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
    * glibc's own wait has it. We name it there for each sleep. What that cannot cover (the
    * death between the sleep and the next trylock, or a mutex taken meanwhile by a trylock,
    * which clears FUTEX_WAITERS) costs the next sleeper LOST_WAKE_SLICE_NS at most.
+   *
+   * A holder named for a whole sleep is judged (owner_vanished): a word that names a thread
+   * that has ended, which the kernel never leaves, is MP_ECORRUPT rather than a wait for
+   * ever (the kernel wakes a robust waiter only at a real holder's death).
    */
   _Atomic uint32_t *word = (_Atomic uint32_t *)(void *)&mutex->__data.__lock;
   struct robust_list_head *head = NULL;
@@ -356,9 +372,9 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
         atomic_fetch_or(word, FUTEX_WAITERS);
       return mutex_outcome(mutex, rc);
     }
-    if (tries++ == 0)
+    if (interruptible && tries++ == 0)
       base = mp__sigint_count();
-    else if (mp__sigint_count() != base)
+    else if (interruptible && mp__sigint_count() != base)
       return MP_EINTR;
     if (deadline != INT64_MAX && mp__now_ns() >= deadline)
       return MP_ETIMEDOUT;
@@ -373,22 +389,139 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
     until = slice_end < until ? slice_end : until;
     if (sleeps++ == 0)
       head = robust_head(mutex);
-    else if (sleeps == 2)
+    else if (sleeps == 2 && interruptible)
       (void)mp__sigint_watch();
     if (head)
       __atomic_store_n(&head->list_op_pending,
                        (struct robust_list *)&mutex->__data.__list.__next, __ATOMIC_RELAXED);
-    (void)mp__futex_wait_sig(word, v | FUTEX_WAITERS, until); /* the loop looks again */
+    int slept = mp__futex_wait_sig(word, v | FUTEX_WAITERS, until); /* the loop looks again */
     if (head)
       __atomic_store_n(&head->list_op_pending, NULL, __ATOMIC_RELAXED);
+    if (slept == MP_ETIMEDOUT && until == slice_end && sleeps > 1 &&
+        owner_vanished(word, v | FUTEX_WAITERS))
+      return mp__error(MP_ECORRUPT,
+                       "the mutex's owner word names thread %u, which has ended: another "
+                       "process wrote it",
+                       (unsigned)(v & FUTEX_TID_MASK));
   }
-#else
-  return mp__mutex_lock(mutex, deadline); /* another C library: not interruptible */
-#endif
 }
+
+int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline) {
+  return mutex_wait(mutex, deadline, false);
+}
+
+int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
+  return mutex_wait(mutex, deadline, true);
+}
+#endif
 
 void mp__mutex_unlock(pthread_mutex_t *mutex) {
   pthread_mutex_unlock(mutex);
+}
+
+/*
+ * The word lock (internal.h). Not a robust pthread mutex: glibc's costs about 150
+ * instructions a lock and unlock (it links itself into the thread's robust list and out
+ * again), this one a compare-and-swap and an exchange; and glibc reads its kind word from
+ * shared memory (a wild one aborts the caller in glibc's own assertion) and, at the unlock,
+ * writes through its list links (wild ones write anywhere in the caller). It keeps the robust
+ * mutex's guarantee another way: a waiter that finds the same holder word for a whole slice
+ * asks /proc whether that thread still runs. Gone, a zombie, or another thread with its id
+ * (ids are reused: pid_max may be 32768) means its holder died: the waiter takes the lock
+ * over with one compare-and-swap (so only one does) and is told MP_EOWNERDEAD, as the robust
+ * mutex would tell it. A holder's death costs the others a slice (WLOCK_SLICE_NS) at most,
+ * instead of the kernel's immediate wake: they are rare, and a holder is quick.
+ * Without /proc (a rare chroot), kill(tid, 0) judges, and a zombie counts as alive until it
+ * is reaped.
+ */
+#define WLOCK_SPIN 200
+#define WLOCK_SLICE_NS 10000000 /* 10 ms */
+
+_Thread_local uint64_t mp__wlock_me __attribute__((tls_model("initial-exec")));
+
+__attribute__((noinline, cold)) uint64_t mp__wlock_me_slow(void) {
+  pid_t tid = (pid_t)syscall(SYS_gettid);
+  char state;
+  uint64_t start = 0;
+  if (mp__proc_stat(tid, &state, &start) < 0)
+    start = 0; /* no /proc: the liveness check falls back to kill() */
+  mp__wlock_me = (uint64_t)(uint32_t)start << 32 | ((uint32_t)tid & MP__WLOCK_TID);
+  return mp__wlock_me;
+}
+
+bool mp__thread_ended(pid_t tid, uint32_t start) {
+  char state;
+  uint64_t now;
+  int rc = mp__proc_stat(tid, &state, &now);
+  if (rc == 0)
+    return state == 'Z' || state == 'X' || (start != 0 && (uint32_t)now != start);
+  if (rc == -ENOENT && access("/proc/self/stat", F_OK) == 0)
+    return true;
+  return kill(tid, 0) < 0 && errno == ESRCH;
+}
+
+/* Spins, then sleeps in slices, taking over from a dead holder, until the call's deadline. A
+ * holder is given one slice at least, at whose end it is judged: so a call of timeout 0 still
+ * takes a dead holder's lock over, and one that finds the lock passed among live holders
+ * waits a slice for it, as for any copy in progress. MP_ETIMEDOUT once both have passed. */
+__attribute__((noinline)) int mp__wlock_wait(mp__wlock_t *l, uint64_t me, mp__deadline_t *d) {
+  _Atomic uint32_t *futex = (_Atomic uint32_t *)(void *)&l->word; /* the low half */
+  uint64_t w = atomic_load(&l->word);
+  for (int i = 0; i < WLOCK_SPIN; i++) {
+    if (w == 0 && atomic_compare_exchange_weak(&l->word, &w, me))
+      return 0;
+    mp__cpu_relax();
+    w = atomic_load(&l->word);
+  }
+  uint64_t judged = 0; /* the holder word being timed, since when */
+  int64_t since = 0, give_up = MP__DEADLINE_UNSET;
+  for (;;) {
+    /* Taken with the waiters bit set: others may sleep still (the woken one cannot know). */
+    if (w == 0) {
+      if (atomic_compare_exchange_weak(&l->word, &w, me | MP__WLOCK_WAITERS))
+        return 0;
+      continue;
+    }
+    if (!(w & MP__WLOCK_WAITERS) &&
+        !atomic_compare_exchange_weak(&l->word, &w, w | MP__WLOCK_WAITERS))
+      continue;
+    w |= MP__WLOCK_WAITERS;
+    /* A holder is judged once it held the lock for a whole slice, by the clock: a waiter
+     * that signals keep waking early must judge it too. */
+    int64_t t = mp__now_ns();
+    if (give_up == MP__DEADLINE_UNSET) {
+      int64_t end = mp__deadline_of(d);
+      give_up = end - t > WLOCK_SLICE_NS ? end : t + WLOCK_SLICE_NS;
+    }
+    if (w != judged) {
+      judged = w;
+      since = t;
+    }
+    if (t - since >= WLOCK_SLICE_NS || t >= give_up) { /* the last look judges any holder */
+      uint64_t held = w;
+      if (mp__thread_ended((pid_t)(w & MP__WLOCK_TID), (uint32_t)(w >> 32)) &&
+          atomic_compare_exchange_strong(&l->word, &held, me | MP__WLOCK_WAITERS))
+        return MP_EOWNERDEAD;
+      since = t; /* alive: judged again a slice from now */
+    }
+    if (t >= give_up)
+      return MP_ETIMEDOUT; /* the waiters bit stays: the holder's unlock wakes nobody, once */
+    int64_t slice_end = since + WLOCK_SLICE_NS;
+    (void)mp__futex_wait(futex, (uint32_t)w, slice_end < give_up ? slice_end : give_up);
+    w = atomic_load(&l->word);
+  }
+}
+
+/* A forked child's thread has another id and start time. Written only if set: the write
+ * would copy the thread's TLS page in every forked child. */
+MP__CHILD_TEXT static void forget_wlock_me(void) {
+  if (mp__wlock_me)
+    mp__wlock_me = 0;
+}
+
+/* Prioritized: a spawned child's take-over (spawn.c) never returns to later constructors. */
+__attribute__((constructor(102))) static void util_init(void) {
+  pthread_atfork(NULL, NULL, forget_wlock_me);
 }
 
 #define WAITABLE_KINDS 8

@@ -195,6 +195,32 @@ static inline void mp_test_sleep(double seconds) {
   }
 }
 
+/* fn()'s result in a plain fork of the test process, which shares its arena, at most
+ * `seconds` (scaled by the slowdown): -SIG if a signal killed it, -1000 if it did not end in
+ * time (killed then). */
+static inline int mp_test_run_in_fork(int (*fn)(void), double seconds) {
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork: %s", strerror(errno));
+  if (pid == 0) {
+    alarm(0);
+    _exit(fn());
+  }
+  mp_test_track_pid(pid);
+  int status = 0;
+  double until = mp_test_now() + seconds * mp_test_slowdown();
+  pid_t got;
+  while ((got = waitpid(pid, &status, WNOHANG)) == 0 && mp_test_now() < until)
+    mp_test_sleep(0.01);
+  if (got == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  mp_test_untrack_pid(pid); /* reaped */
+  if (got == 0)
+    return -1000;
+  return WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+}
+
 /* ------------------------------------------------------------------------------------- */
 /* A child stopped at chosen instructions (ptrace), to kill it exactly there.              */
 

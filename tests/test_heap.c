@@ -382,12 +382,12 @@ END_TEST
 /* ============ review rev-heap: wild words in the arena's header and blocks ============ */
 
 /* lib/heap.c's arena_t, as a buggy or hostile process of the program would write it: magic,
- * reserve, size, unique, nonce (8 bytes each), the allocator's robust mutex, bump, then the
+ * reserve, size, unique, nonce (8 bytes each), the allocator's word lock, bump, then the
  * free lists by class. arena_base() checks the layout before a test relies on it. */
 #define REV_OFF_RESERVE 8
 #define REV_OFF_SIZE 16
 #define REV_OFF_LOCK 40
-#define REV_OFF_BUMP (REV_OFF_LOCK + sizeof(pthread_mutex_t))
+#define REV_OFF_BUMP (REV_OFF_LOCK + 8)
 #define REV_OFF_FREE(cls) (REV_OFF_BUMP + 8 + 8 * (size_t)(cls))
 
 static uint64_t *rev_word(char *base, size_t off) {
@@ -428,36 +428,9 @@ static int rev_alloc(void) {
   return inside ? 1 : 2;
 }
 
-/* fn()'s result in a plain fork of the test process, at most `seconds`: -SIG if a signal
- * killed it, -1000 if it did not end in time (killed then). */
-static int run_in_fork(int (*fn)(void), double seconds) {
-  pid_t pid = fork();
-  T_ASSERT(pid >= 0, "fork: %s", strerror(errno));
-  if (pid == 0) {
-    alarm(0);
-    _exit(fn());
-  }
-  mp_test_track_pid(pid);
-  int status = 0;
-  double until = mp_test_now() + seconds * mp_test_slowdown();
-  pid_t got;
-  while ((got = waitpid(pid, &status, WNOHANG)) == 0 && mp_test_now() < until)
-    mp_test_sleep(0.01);
-  if (got == 0) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-  }
-  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
-    if (mp_test_pids[i] == pid)
-      mp_test_pids[i] = 0; /* reaped */
-  if (got == 0)
-    return -1000;
-  return WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
-}
-
 static int alloc_in_fork(size_t size, double seconds) {
   rev_alloc_size = size;
-  return run_in_fork(rev_alloc, seconds);
+  return mp_test_run_in_fork(rev_alloc, seconds);
 }
 
 static const char *outcome(int code) {
@@ -587,10 +560,10 @@ START_TEST(test_wild_arena_reserve) {
 }
 END_TEST
 
-/* The allocator's robust mutex with a wild owner word (a thread id no thread has): glibc
- * waits on the futex for ever (the kernel wakes a robust waiter only when a real owner
- * dies), so every allocation and release of the program hangs, with no deadline. */
-START_TEST(test_wild_arena_lock_word) {
+/* The allocator's lock with a wild owner word (a thread id no thread has): taken over after a
+ * slice. As a glibc robust mutex, it was waited on for ever (the kernel wakes a robust waiter
+ * only when a real owner dies): every allocation and release of the program hung. */
+START_TEST(test_arena_lock_of_no_thread_taken_over) {
   char *base = arena_base();
   uint32_t wild = 0x3ffffff0u; /* a tid above any pid_max */
   mp_test_forge(_i, base + REV_OFF_LOCK, &wild, sizeof wild);
@@ -602,60 +575,104 @@ START_TEST(test_wild_arena_lock_word) {
 }
 END_TEST
 
-/* The arena lock's kind word is read from shared memory by glibc too: written to a robust
- * priority-inheritance kind with a wild owner, pthread_mutex_lock meets ESRCH from the
- * kernel and glibc's assertion that a robust PI mutex never sees it aborts the allocating
- * process (the parent, if it allocates next). */
-START_TEST(test_wild_arena_lock_kind) {
+/* No word of the arena is read as a mutex's kind: where glibc's robust mutex kept its kind
+ * (16 bytes into the lock), a robust priority-inheritance kind with a wild owner made
+ * pthread_mutex_lock meet ESRCH from the kernel, and glibc's assertion that a robust PI mutex
+ * never sees it aborted the allocating process (the parent, if it allocated next). */
+START_TEST(test_arena_lock_reads_no_mutex_kind) {
   char *base = arena_base();
-  pthread_mutex_t *lock = (pthread_mutex_t *)(base + REV_OFF_LOCK);
-  int kind = lock->__data.__kind;
-  T_ASSERT(kind & 16, "the arena's lock is robust (kind %#x)", kind);
-  int wild_kind = kind | 32; /* PTHREAD_MUTEX_PRIO_INHERIT_NP */
-  uint32_t wild_owner = 0x3ffffff0u;
-  mp_test_forge(_i, &lock->__data.__kind, &wild_kind, sizeof wild_kind);
-  mp_test_forge(_i, &lock->__data.__lock, &wild_owner, sizeof wild_owner);
+  int kind_at = REV_OFF_LOCK + 16, kind, wild_kind = 128 | 32 | 16; /* pshared, PI, robust */
+  uint32_t owner, wild_owner = 0x3ffffff0u;
+  memcpy(&kind, base + kind_at, sizeof kind);
+  memcpy(&owner, base + REV_OFF_LOCK, sizeof owner);
+  mp_test_forge(_i, base + kind_at, &wild_kind, sizeof wild_kind);
+  mp_test_forge(_i, base + REV_OFF_LOCK, &wild_owner, sizeof wild_owner);
   int code = alloc_in_fork(100, 5);
-  lock->__data.__kind = kind;
-  lock->__data.__lock = 0;
+  memcpy(base + kind_at, &kind, sizeof kind);
+  memcpy(base + REV_OFF_LOCK, &owner, sizeof owner);
   T_ASSERT(code == 0 || code == 1,
-           "after a child wrote the arena lock's owner and kind words, an allocation was %s",
+           "after a child wrote a robust PI mutex's kind and a wild owner at the arena's lock, "
+           "an allocation was %s",
            outcome(code));
 }
 END_TEST
 
-/* The arena's lock is taken with no deadline: a queue's put with a timeout that spills its
- * message (an allocation) waits for ever behind a lock word that a stopped process holds or
- * a wild write made, where README's Security promises that such a lock "holds a queue's put
- * or get no longer than its timeout". */
+/* A queue's put with a timeout that spills its message (an allocation) waits for the arena's
+ * lock no longer than its timeout, as README's Security promises for a lock a live process
+ * holds (stopped, or a forged word): MP_EFULL; a get that frees the block of the message
+ * taken before it, MP_EEMPTY. A word that names no thread is taken over. The lock was taken
+ * with no deadline: the put waited for ever. */
 static mp_queue_t *rev_queue;
+static char rev_big[3 << 20]; /* more than the 2 MiB a queue keeps as a spare */
 static int rev_put_big(void) {
-  static char big[1 << 20];
-  int rc = mp_queue_put(rev_queue, big, sizeof big, 1.0);
-  return rc == 0 ? 0 : rc == MP_ETIMEDOUT ? 3 : 4;
+  int rc = mp_queue_put(rev_queue, rev_big, 1 << 20, 1.0);
+  return rc == 0 ? 0 : rc == MP_EFULL ? 3 : 4;
 }
 
-START_TEST(test_queue_put_timeout_behind_arena_lock) {
+static int rev_get(void) {
+  size_t len = 0;
+  int rc = mp_queue_get(rev_queue, rev_big, sizeof rev_big, &len, 1.0);
+  return rc == 0 ? 0 : rc == MP_EEMPTY ? 3 : 4;
+}
+
+START_TEST(test_queue_timeouts_honoured_behind_arena_lock) {
   char *base = arena_base();
   MP_ASSERT_OK(mp_queue_create(&rev_queue, 0));
   uint32_t wild = 0x3ffffff0u;
   mp_test_forge(_i, base + REV_OFF_LOCK, &wild, sizeof wild);
   double start = mp_test_now();
-  int code = run_in_fork(rev_put_big, 8);
+  int code = mp_test_run_in_fork(rev_put_big, 8);
   *(uint32_t *)(base + REV_OFF_LOCK) = 0;
-  T_ASSERT(code >= 0, "mp_queue_put of a 1 MiB message with a 1 s timeout, the arena's lock "
-           "held by a wild owner word: %s after %.1f s",
-           code == -1000 ? "still waiting" : "killed", mp_test_now() - start);
+  T_ASSERT(code == 0,
+           "mp_queue_put of a 1 MiB message with a 1 s timeout, the arena's lock "
+           "held by a word naming no thread: %s after %.1f s",
+           code == -1000 ? "still waiting"
+           : code < 0    ? "killed"
+                         : "failed",
+           mp_test_now() - start);
+  /* This thread, alive, named as the holder: the put's timeout ends the wait. */
+  uint64_t live = mp__wlock_me_slow();
+  mp_test_forge(_i, base + REV_OFF_LOCK, &live, sizeof live);
+  start = mp_test_now();
+  code = mp_test_run_in_fork(rev_put_big, 8);
+  double took = mp_test_now() - start;
+  *(uint64_t *)(base + REV_OFF_LOCK) = 0;
+  T_ASSERT(code == 3 && took < 4 * mp_test_slowdown(),
+           "mp_queue_put of a 1 MiB message with a 1 s timeout, the arena's lock held by a "
+           "live thread: %s after %.1f s, not MP_EFULL",
+           code == -1000 ? "still waiting"
+           : code < 0    ? "killed"
+           : code == 0   ? "put"
+                         : "failed",
+           took);
+  size_t len = 0;
+  MP_ASSERT_OK(mp_queue_get(rev_queue, rev_big, sizeof rev_big, &len, 5)); /* the 1 MiB */
+  MP_ASSERT_OK(mp_queue_put(rev_queue, rev_big, sizeof rev_big, 5));
+  MP_ASSERT_OK(mp_queue_get(rev_queue, rev_big, sizeof rev_big, &len, 5)); /* 3 MiB, retired */
+  mp_test_forge(_i, base + REV_OFF_LOCK, &live, sizeof live);
+  start = mp_test_now();
+  code = mp_test_run_in_fork(rev_get, 8);
+  took = mp_test_now() - start;
+  *(uint64_t *)(base + REV_OFF_LOCK) = 0;
+  T_ASSERT(code == 3 && took < 4 * mp_test_slowdown(),
+           "mp_queue_get with a 1 s timeout, which frees the 3 MiB block of the message taken "
+           "before it, the arena's lock held by a live thread: %s after %.1f s, not MP_EEMPTY",
+           code == -1000 ? "still waiting"
+           : code < 0    ? "killed"
+           : code == 0   ? "got"
+                         : "failed",
+           took);
   mp_queue_free(rev_queue);
 }
 END_TEST
 
 /*
- * Review rev-heap: heap.create_lock, the process-local mutex held while the first allocation
- * makes the arena, has no fork handler. A program whose thread makes the arena while another
- * thread forks (a plain fork(), which libmp supports) gives a child that inherits the mutex
- * locked and no arena: the child's first allocation waits for ever. Each trial is a fresh
- * process without an arena (a fork of the test process, made before any allocation here).
+ * A child forked (a plain fork(), which libmp supports) while another thread makes the arena
+ * allocates: the fork waits for the arena, which the child shares. heap.create_lock, the
+ * process-local mutex held while the first allocation makes the arena, had no fork handler
+ * (review rev-heap): the child inherited it locked and no arena, and its first allocation
+ * waited for ever. Each trial is a fresh process without an arena (a fork of the test
+ * process, made before any allocation here).
  */
 static _Atomic int rev_go;
 static void *rev_thread_alloc(void *arg) {
@@ -686,7 +703,7 @@ static int rev_fork_during_creation(int spin) {
   return WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM ? 7 : 0;
 }
 
-START_TEST(test_fork_while_arena_is_made) {
+START_TEST(test_child_forked_while_arena_is_made_allocates) {
   mp__heap_map_t map;
   int fd;
   T_ASSERT(!mp__heap_describe(&map, &fd), "the test process has an arena already");
@@ -702,14 +719,14 @@ START_TEST(test_fork_while_arena_is_made) {
     mp_test_track_pid(fresh);
     int st = 0;
     T_ASSERT(waitpid(fresh, &st, 0) == fresh, "waitpid");
-    for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
-      if (mp_test_pids[i] == fresh)
-        mp_test_pids[i] = 0;
+    mp_test_untrack_pid(fresh);
     T_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) != 9, "a trial failed to run: %#x", st);
     hung = WEXITSTATUS(st) == 7;
   }
-  T_ASSERT(!hung, "trial %d: a child forked while another thread made the arena hung on its "
-           "first allocation for 2 s (heap.create_lock inherited locked)", trials);
+  T_ASSERT(!hung,
+           "trial %d: a child forked while another thread made the arena hung on its "
+           "first allocation for 2 s (heap.create_lock inherited locked)",
+           trials);
 }
 END_TEST
 
@@ -728,12 +745,13 @@ static Suite *heap_suite(void) {
   tcase_add_loop_test(tc, test_wild_free_head, 0, N_METHODS);
   tcase_add_loop_test(tc, test_free_head_names_live_block, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_class_frees_neighbour, 0, N_METHODS);
-  tcase_add_loop_test(tc, test_wild_arena_lock_word, 0, N_METHODS);
-  tcase_add_loop_test(tc, test_wild_arena_lock_kind, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_arena_reserve, 0, N_METHODS);
-  tcase_add_loop_test(tc, test_queue_put_timeout_behind_arena_lock, 0, N_METHODS);
-  tc = mp_test_tcase(s, "review_fork", 40);
-  tcase_add_test(tc, test_fork_while_arena_is_made);
+  tc = mp_test_tcase(s, "arena_lock", 40);
+  tcase_add_loop_test(tc, test_arena_lock_of_no_thread_taken_over, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_arena_lock_reads_no_mutex_kind, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_queue_timeouts_honoured_behind_arena_lock, 0, N_METHODS);
+  tc = mp_test_tcase(s, "fork", 40);
+  tcase_add_test(tc, test_child_forked_while_arena_is_made_allocates);
   tc = mp_test_tcase(s, "fds", 20);
   tcase_add_loop_test(tc, test_fd_passed_by_key, 0, N_METHODS);
   tcase_add_test(tc, test_plain_fork_inside_unshare_close_pending);
