@@ -746,7 +746,7 @@ static size_t map_hash(uint64_t a, uint64_t b, uint64_t c) {
   return (size_t)(h ^ (h >> 29));
 }
 
-static const int64_t *map_find(const map_t *m, uint64_t a, uint64_t b, uint64_t c) {
+static int64_t *map_find(const map_t *m, uint64_t a, uint64_t b, uint64_t c) {
   if (!m->cap)
     return NULL;
   for (size_t j = map_hash(a, b, c) & (m->cap - 1); m->e[j].used; j = (j + 1) & (m->cap - 1))
@@ -813,12 +813,19 @@ typedef struct {
   int64_t first, last, dropped;
 } proc_t;
 
+/* An acquire, on two stacks of open holds: its thread's of the object (below[BY_THREAD])
+ * and its process's (below[BY_PROCESS]); below[k] is the index of the hold under it, -1
+ * for none. */
+enum { BY_THREAD, BY_PROCESS };
+
 typedef struct {
   uint64_t obj;
   int pid;
   uint32_t tid;
   int kind;
   int64_t ts;
+  int64_t below[2];
+  bool open; /* not released yet */
 } hold_t;
 
 typedef struct {
@@ -835,8 +842,9 @@ typedef struct {
   int counts[MP__TRK_KINDS];
   map_t lanes; /* (pid, address, tid) -> the lane of its holds */
   int64_t n_lanes;
-  hold_t *holds; /* acquired, not yet released */
+  hold_t *holds; /* every acquire, in order */
   size_t n_holds, cap_holds;
+  map_t tops; /* (pid, address, tid or ANY_THREAD) -> the index in holds of a stack's top */
   int64_t dropped;
   bool oom;
 } merge_t;
@@ -990,26 +998,58 @@ static void lane_hold(merge_t *m, const hold_t *h, int64_t end, const char *what
   emit(m, "X", "lock.hold", label, h->pid, *lane, h->ts, end - h->ts, args);
 }
 
+#define ANY_THREAD UINT64_MAX /* a key of tops past every tid: the process's stack */
+
+/* Opens a hold for an acquire, on top of its thread's and its process's stacks. */
+static void acquire(merge_t *m, const rec_t *r, int pid) {
+  if (!grow((void **)&m->holds, &m->cap_holds, m->n_holds, sizeof *m->holds)) {
+    m->oom = true;
+    return;
+  }
+  int64_t i = (int64_t)m->n_holds++;
+  hold_t *h = &m->holds[i];
+  *h = (hold_t){r->obj, pid, r->tid, r->kind, r->ts, {-1, -1}, true};
+  for (int k = BY_THREAD; k <= BY_PROCESS; k++) {
+    bool fresh;
+    int64_t *top = map_at(&m->tops, (uint64_t)pid, r->obj, k == BY_THREAD ? r->tid : ANY_THREAD,
+                          -1, &fresh);
+    if (!top) {
+      m->oom = true;
+      return;
+    }
+    h->below[k] = *top;
+    *top = i;
+  }
+}
+
+/* The latest open hold on stack k of the key, or -1. A hold released through the other
+ * stack is still on this one: it is popped here, once, so that every release costs O(1)
+ * amortized (a scan of the open holds made a producer/consumer trace quadratic). */
+static int64_t open_top(merge_t *m, int k, int pid, uint64_t obj, uint64_t tid) {
+  int64_t *top = map_find(&m->tops, (uint64_t)pid, obj, tid);
+  if (!top)
+    return -1;
+  while (*top >= 0 && !m->holds[*top].open)
+    *top = m->holds[*top].below[k];
+  return *top;
+}
+
 /* A release by (pid, tid): closes that thread's latest hold of obj, else the process's
- * (a Semaphore may be released by another thread), else it is an instant event. */
+ * (a Semaphore may be released by another thread), else it is an instant event (one
+ * released by another process). */
 static void release(merge_t *m, const rec_t *r, int pid) {
-  size_t found = m->n_holds;
-  for (size_t j = m->n_holds; j-- > 0 && found == m->n_holds;)
-    if (m->holds[j].obj == r->obj && m->holds[j].pid == pid && m->holds[j].tid == r->tid)
-      found = j;
-  for (size_t j = m->n_holds; j-- > 0 && found == m->n_holds;)
-    if (m->holds[j].obj == r->obj && m->holds[j].pid == pid)
-      found = j;
-  if (found == m->n_holds) {
+  int64_t found = open_top(m, BY_THREAD, pid, r->obj, r->tid);
+  if (found < 0)
+    found = open_top(m, BY_PROCESS, pid, r->obj, ANY_THREAD);
+  if (found < 0) {
     char name[96], label[128];
     object_name(m, r->obj, r->kind, name, sizeof name);
     snprintf(label, sizeof label, "release %s", name);
     emit(m, "i", "lock", label, pid, r->tid, r->ts, -1, NULL);
     return;
   }
+  m->holds[found].open = false;
   lane_hold(m, &m->holds[found], r->ts, "held", false);
-  memmove(&m->holds[found], &m->holds[found + 1], (m->n_holds - found - 1) * sizeof *m->holds);
-  m->n_holds--;
 }
 
 /* A complete event from t0 (0 if the call began before tracing did) to the record. */
@@ -1042,10 +1082,7 @@ static void one_event(merge_t *m, const rec_t *r, int pid) {
     }
     if (r->u.v[0] > 0 && r->u.v[0] <= r->ts)
       span(m, r, pid, "wait", "lock.wait", r->u.v[1] ? ",\"owner_died\":true" : "");
-    if (grow((void **)&m->holds, &m->cap_holds, m->n_holds, sizeof *m->holds))
-      m->holds[m->n_holds++] = (hold_t){r->obj, pid, r->tid, r->kind, r->ts};
-    else
-      m->oom = true;
+    acquire(m, r, pid);
     break;
   case REC_RELEASED:
     release(m, r, pid);
@@ -1249,6 +1286,8 @@ static void write_trace(merge_t *m) {
     one_event(m, m->items[i].r, m->items[i].pid);
   /* Holds never released: their process ended (or was killed) holding them. */
   for (size_t j = 0; j < m->n_holds; j++) {
+    if (!m->holds[j].open)
+      continue;
     const proc_t *p = proc_of(m, m->holds[j].pid);
     lane_hold(m, &m->holds[j], p ? p->last : m->holds[j].ts, "held", true);
   }
@@ -1371,6 +1410,7 @@ static int merge_dir(const char *path, const char *dir) {
   free(m.items);
   free(m.procs);
   free(m.holds);
+  free(m.tops.e);
   free(m.by_pid.e);
   free(m.names.e);
   free(m.numbers.e);

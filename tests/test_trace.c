@@ -825,11 +825,10 @@ END_TEST
 
 /* ------------------------------ review: rev-trace ------------------------------ */
 
-#define SEM_HOLDS 40000
+#define SEM_HOLDS 100000
 
 typedef struct {
   mp_semaphore_t *sem;
-  mp_event_t *done;
 } sem_arg_t;
 
 /* Takes the semaphore SEM_HOLDS times and keeps them (a consumer: another process gives). */
@@ -843,12 +842,13 @@ static int sem_taker(void *arg, size_t size) {
 }
 
 /* A Semaphore taken in one process and given in another (producer and consumer, as Python
- * programs use one): 40 000 acquires in a child, then 40 000 releases in the parent, 80 000
- * events in all. The merge pairs each release with a hold by scanning every open hold
- * (release(): two linear scans, then a memmove), and a release of another process matches
- * none, so it scans all 40 000 each time: 3.2e9 comparisons, seconds for a trace that a
- * linear merge writes in tens of milliseconds. At a program's exit this runs in the exit
- * destructor: a longer program (10^6 items) takes hours to exit. */
+ * programs use one): 100 000 acquires in a child, then 100 000 releases in the parent,
+ * 200 000 events in all. A merge that paired each release by scanning every open hold
+ * scanned all 100 000 for each release of another process, which matches none: 2e10
+ * comparisons, over 25 s (96 s at load 10; 40 000 took 4 s), where the linear merge takes
+ * 0.4 to 1.2 s on a loaded 2-core machine, reading and writing included. The bound sits
+ * between, several times from each. At a program's exit this runs in the exit destructor:
+ * at 10^6 items the quadratic one took hours. */
 START_TEST(test_merge_cross_process_releases_linear) {
   char path[128];
   trace_path(path, sizeof path, "semxp", _i);
@@ -864,7 +864,7 @@ START_TEST(test_merge_cross_process_releases_linear) {
   double took = mp_test_now() - t0;
   unlink(path);
   mp_semaphore_close(a.sem);
-  T_ASSERT(took < 1.0 * mp_test_slowdown(),
+  T_ASSERT(took < 5.0 * mp_test_slowdown(),
            "merging %d events took %.2f s (quadratic in the open holds)", 2 * SEM_HOLDS, took);
 }
 END_TEST
@@ -1248,7 +1248,7 @@ static Suite *trace_suite(void) {
   tcase_add_loop_test(mp_test_tcase(s, "environ", 60), test_stop_keeps_environ, 0, N_METHODS);
   tcase_add_test(mp_test_tcase(s, "merge only own dir", 30), test_merge_only_own_dir);
   tcase_add_test(mp_test_tcase(s, "output path", 30), test_output_path_safe);
-  tcase_add_loop_test(mp_test_tcase(s, "review merge linear", 120),
+  tcase_add_loop_test(mp_test_tcase(s, "merge cross-process releases", 120),
                       test_merge_cross_process_releases_linear, 0, N_METHODS);
   tcase_add_test(mp_test_tcase(s, "review forked child names", 60),
                  test_forked_child_names_while_parent_thread_names);
