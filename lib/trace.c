@@ -811,6 +811,7 @@ typedef struct {
   int method, start_method; /* its own view; its parent's (-1 if none was recorded) */
   char name[STR_MAX], start_name[STR_MAX];
   int64_t first, last, dropped;
+  size_t rank; /* its lane's place: the processes in order of their first event */
 } proc_t;
 
 /* An acquire, on two stacks of open holds: its thread's of the object (below[BY_THREAD])
@@ -858,7 +859,7 @@ static proc_t *proc_of(merge_t *m, int pid) {
     return NULL;
   }
   if (fresh)
-    m->procs[m->n_procs++] = (proc_t){pid, M_MAIN, -1, "", "", INT64_MAX, INT64_MIN, 0};
+    m->procs[m->n_procs++] = (proc_t){pid, M_MAIN, -1, "", "", INT64_MAX, INT64_MIN, 0, 0};
   return &m->procs[*at];
 }
 
@@ -1266,20 +1267,41 @@ static rec_t *read_process(int dir_fd, const char *log, size_t *n, int64_t *drop
   return recs;
 }
 
+static int by_first(const void *a, const void *b) {
+  const proc_t *x = *(const proc_t *const *)a, *y = *(const proc_t *const *)b;
+  if (x->first != y->first)
+    return x->first < y->first ? -1 : 1;
+  return x < y ? -1 : x > y; /* a tie in order of appearance: the same lanes every time */
+}
+
+/* Ranks the processes' lanes by one sort (counting, for each, those before it was
+ * quadratic: a log naming 60 000 processes took 11 s). */
+static void rank_processes(merge_t *m) {
+  proc_t **order = m->n_procs ? calloc(m->n_procs, sizeof *order) : NULL;
+  if (!order) {
+    m->oom |= m->n_procs > 0;
+    return;
+  }
+  for (size_t i = 0; i < m->n_procs; i++)
+    order[i] = &m->procs[i];
+  qsort(order, m->n_procs, sizeof *order, by_first);
+  for (size_t i = 0; i < m->n_procs; i++)
+    order[i]->rank = i;
+  free(order);
+}
+
 static void write_trace(merge_t *m) {
   if (m->n_items) /* items is NULL when there are none */
     qsort(m->items, m->n_items, sizeof *m->items, by_time);
   m->t0 = m->n_items ? m->items[0].r->ts : 0;
   learn(m);
+  rank_processes(m);
   fputs("{\"traceEvents\":[\n", m->f);
   char label[96];
   for (size_t i = 0; i < m->n_procs; i++) {
     const proc_t *p = &m->procs[i];
-    size_t rank = 0; /* lanes in the order the processes appeared */
-    for (size_t j = 0; j < m->n_procs; j++)
-      rank += m->procs[j].first < p->first || (m->procs[j].first == p->first && j < i);
     metadata(m, "process_name", p->pid, 0, "name", process_label(p, label, sizeof label));
-    snprintf(label, sizeof label, "\"sort_index\":%zu", rank);
+    snprintf(label, sizeof label, "\"sort_index\":%zu", p->rank);
     emit(m, "M", "__metadata", "process_sort_index", p->pid, 0, INT64_MIN, -1, label);
   }
   for (size_t i = 0; i < m->n_items; i++)

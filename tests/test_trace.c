@@ -1195,14 +1195,15 @@ START_TEST(test_start_after_failed_open_records) {
 }
 END_TEST
 
-#define MANY_PIDS 60000
+#define MANY_PIDS 100000
 
-/* A log that names 60 000 processes: its REC_START records (what a program that started
- * 60 000 short-lived children over its life records too, one per child; or words a dying
- * process scribbled on its ring). write_trace() ranks each process's lane by counting, for
- * each, the processes that appeared before it: n_procs^2 = 3.6e9 steps, seconds, where the
- * rest of the merge is linear (a sort). At 10^6 children the repair, or the program's exit,
- * runs for hours. */
+/* A log that names 100 000 processes: its REC_START records (what a program that started
+ * 100 000 short-lived children over its life records too, one per child; or words a dying
+ * process scribbled on its ring). A merge that ranked each process's lane by counting the
+ * processes that appeared before it took n_procs^2 = 10^10 steps: over 30 s (148 s at
+ * load 10; 60 000 took 11 to 20 s), where ranking by one sort makes the merge about 1 s at
+ * load 12. The bound sits between, several times from each. At 10^6 children the repair,
+ * or the program's exit, ran for hours. */
 START_TEST(test_repair_many_processes_linear) {
   char path[128], dir[64] = "/dev/shm/libmp-trace-XXXXXX";
   trace_path(path, sizeof path, "pids", 0);
@@ -1210,8 +1211,11 @@ START_TEST(test_repair_many_processes_linear) {
   review_rec_t *recs = calloc(MANY_PIDS, sizeof *recs);
   T_ASSERT(recs != NULL, "calloc");
   for (int i = 0; i < MANY_PIDS; i++)
-    recs[i] = (review_rec_t){.type = 13 /* REC_START */, .tid = 1001, .ts = 10 + i,
-                             .obj = (uint64_t)(100000 + i), .v = {1}};
+    recs[i] = (review_rec_t){.type = 13 /* REC_START */,
+                             .tid = 1001,
+                             .ts = 10 + i,
+                             .obj = (uint64_t)(100000 + i),
+                             .v = {1}};
   review_write_process(dir, 1001, recs, MANY_PIDS, 0);
   free(recs);
   write_placeholder_naming(path, dir);
@@ -1226,9 +1230,9 @@ START_TEST(test_repair_many_processes_linear) {
   rmdir(dir);
   unlink(path);
   MP_ASSERT_OK(rc);
-  T_ASSERT(took < 1.0 * mp_test_slowdown(),
-           "merging %d records of %d processes took %.2f s (lane ranks: quadratic)",
-           MANY_PIDS, MANY_PIDS + 1, took);
+  T_ASSERT(took < 6.0 * mp_test_slowdown(),
+           "merging %d records of %d processes took %.2f s (lane ranks: quadratic)", MANY_PIDS,
+           MANY_PIDS + 1, took);
 }
 END_TEST
 
@@ -1260,8 +1264,7 @@ static Suite *trace_suite(void) {
   tcase_add_test(mp_test_tcase(s, "review wild words", 30), test_repair_wild_words_no_overflow);
   tcase_add_test(mp_test_tcase(s, "review stop and start", 30),
                  test_stop_then_start_from_another_thread);
-  tcase_add_test(mp_test_tcase(s, "review many processes", 60),
-                 test_repair_many_processes_linear);
+  tcase_add_test(mp_test_tcase(s, "many processes", 120), test_repair_many_processes_linear);
   return s;
 }
 
