@@ -810,7 +810,7 @@ typedef struct {
   int pid;
   int method, start_method; /* its own view; its parent's (-1 if none was recorded) */
   char name[STR_MAX], start_name[STR_MAX];
-  int64_t first, last, dropped;
+  int64_t first, last;
   size_t rank; /* its lane's place: the processes in order of their first event */
 } proc_t;
 
@@ -847,6 +847,7 @@ typedef struct {
   size_t n_holds, cap_holds;
   map_t tops; /* (pid, address, tid or ANY_THREAD) -> the index in holds of a stack's top */
   int64_t dropped;
+  int64_t corrupt; /* records and ring counts left out: see wild() */
   bool oom;
 } merge_t;
 
@@ -859,7 +860,7 @@ static proc_t *proc_of(merge_t *m, int pid) {
     return NULL;
   }
   if (fresh)
-    m->procs[m->n_procs++] = (proc_t){pid, M_MAIN, -1, "", "", INT64_MAX, INT64_MIN, 0, 0};
+    m->procs[m->n_procs++] = (proc_t){pid, M_MAIN, -1, "", "", INT64_MAX, INT64_MIN, 0};
   return &m->procs[*at];
 }
 
@@ -1194,7 +1195,24 @@ static int by_time(const void *a, const void *b) {
   return x->r < y->r ? -1 : x->r > y->r; /* a file's records in their order */
 }
 
-/* Adds the records of one process's file (its whole contents in recs) to the merge. */
+/* Past any CLOCK_MONOTONIC reading (146 years of uptime); the difference of two timestamps
+ * in [0, TS_LIMIT) fits in int64. */
+#define TS_LIMIT (INT64_C(1) << 62)
+
+/* Whether a record holds a word no process writes. The files come from processes that may
+ * have been killed while writing or scribbled on their mapped ring: a timestamp outside
+ * [0, TS_LIMIT) would overflow ts - t0 and a hold's end - start, and a reaped child's exit
+ * code outside -127..255 (minus a signal, or a status) is none, INT_MIN overflowing -code.
+ * Such a record is left out and counted; the rest of the trace is written. */
+static bool wild(const rec_t *r) {
+  if (r->ts < 0 || r->ts >= TS_LIMIT)
+    return true;
+  return atomic_load_explicit(&r->type, memory_order_relaxed) == REC_REAPED &&
+         (r->u.v[0] < -127 || r->u.v[0] > 255);
+}
+
+/* Adds the records of one process's file (its whole contents in recs) to the merge;
+ * dropped is its ring's count, -1 if wild (read_process). */
 static void add_file(merge_t *m, const rec_t *recs, size_t n, int64_t dropped) {
   if (n == 0 || atomic_load_explicit(&recs[0].type, memory_order_relaxed) != REC_HEADER ||
       recs[0].u.v[2] != MAGIC)
@@ -1204,11 +1222,17 @@ static void add_file(merge_t *m, const rec_t *recs, size_t n, int64_t dropped) {
   if (!p)
     return;
   p->method = recs[0].u.v[1] >= 0 && recs[0].u.v[1] < M_COUNT ? (int)recs[0].u.v[1] : M_MAIN;
-  p->dropped += dropped;
-  m->dropped += dropped;
+  if (dropped < 0)
+    m->corrupt++;
+  else /* capped: many processes' counts */
+    m->dropped = dropped > INT64_MAX - m->dropped ? INT64_MAX : m->dropped + dropped;
   for (size_t i = 1; i < n; i++) {
     if (!atomic_load_explicit(&recs[i].type, memory_order_relaxed))
       continue;
+    if (wild(&recs[i])) {
+      m->corrupt++;
+      continue;
+    }
     if (!grow((void **)&m->items, &m->cap_items, m->n_items, sizeof *m->items)) {
       m->oom = true;
       return;
@@ -1243,7 +1267,8 @@ static rec_t *read_file(int dir_fd, const char *name, size_t extra, size_t *n) {
 }
 
 /* A process's events: its log (<pid>.<n>.bin, named by log), then those of its ring that the
- * log does not hold yet, in order; *dropped from the ring's header. NULL if none. */
+ * log does not hold yet, in order; *dropped from the ring's header, -1 if it is a count the
+ * process cannot have written. NULL if none. */
 static rec_t *read_process(int dir_fd, const char *log, size_t *n, int64_t *dropped) {
   char ring_name[NAME_MAX + 1];
   size_t len = strlen(log) - strlen(".bin"), n_ring;
@@ -1254,7 +1279,8 @@ static rec_t *read_process(int dir_fd, const char *log, size_t *n, int64_t *drop
   if (ring && n_ring == RING_RECS + 1 && ((ring_head_t *)ring)->magic == MAGIC) {
     const ring_head_t *h = (const ring_head_t *)ring;
     uint64_t next = atomic_load(&h->next), logged = *n - 1; /* the log's header is no event */
-    *dropped = atomic_load(&h->dropped);
+    int64_t lost = atomic_load(&h->dropped);
+    *dropped = lost >= 0 && (uint64_t)lost <= next ? lost : -1; /* it counts events taken */
     /* The ring holds the last RING_RECS events at most; a block the process appended just
      * before it died is in the log and is not taken twice. */
     for (uint64_t i = logged + RING_RECS < next ? next - RING_RECS : logged; i < next; i++) {
@@ -1315,8 +1341,8 @@ static void write_trace(merge_t *m) {
   }
   fprintf(m->f,
           "\n],\n\"displayTimeUnit\":\"ms\",\n\"otherData\":{\"libmp_trace\":1,"
-          "\"processes\":%zu,\"records\":%zu,\"dropped\":%lld}}\n",
-          m->n_procs, m->n_items, (long long)m->dropped);
+          "\"processes\":%zu,\"records\":%zu,\"dropped\":%lld,\"corrupt\":%lld}}\n",
+          m->n_procs, m->n_items, (long long)m->dropped, (long long)m->corrupt);
 }
 
 /* Whether name is what mkdtemp() made of prefix + "XXXXXX". */
