@@ -814,7 +814,7 @@ static size_t map_hash(uint64_t a, uint64_t b, uint64_t c) {
   return (size_t)(h ^ (h >> 29));
 }
 
-static const int64_t *map_find(const map_t *m, uint64_t a, uint64_t b, uint64_t c) {
+static int64_t *map_find(const map_t *m, uint64_t a, uint64_t b, uint64_t c) {
   if (!m->cap)
     return NULL;
   for (size_t j = map_hash(a, b, c) & (m->cap - 1); m->e[j].used; j = (j + 1) & (m->cap - 1))
@@ -878,8 +878,14 @@ typedef struct {
   int pid;
   int method, start_method; /* its own view; its parent's (-1 if none was recorded) */
   char name[STR_MAX], start_name[STR_MAX];
-  int64_t first, last, dropped;
+  int64_t first, last;
+  size_t rank; /* its lane's place: the processes in order of their first event */
 } proc_t;
+
+/* An acquire, on two stacks of open holds: its thread's of the object (below[BY_THREAD])
+ * and its process's (below[BY_PROCESS]); below[k] is the index of the hold under it, -1
+ * for none. */
+enum { BY_THREAD, BY_PROCESS };
 
 typedef struct {
   uint64_t obj;
@@ -887,6 +893,8 @@ typedef struct {
   uint32_t tid;
   int kind;
   int64_t ts;
+  int64_t below[2];
+  bool open; /* not released yet */
 } hold_t;
 
 typedef struct {
@@ -903,9 +911,11 @@ typedef struct {
   int counts[MP__TRK_KINDS];
   map_t lanes; /* (pid, address, tid) -> the lane of its holds */
   int64_t n_lanes;
-  hold_t *holds; /* acquired, not yet released */
+  hold_t *holds; /* every acquire, in order */
   size_t n_holds, cap_holds;
+  map_t tops; /* (pid, address, tid or ANY_THREAD) -> the index in holds of a stack's top */
   int64_t dropped;
+  int64_t corrupt; /* records and ring counts left out: see wild() */
   bool oom;
 } merge_t;
 
@@ -1058,26 +1068,58 @@ static void lane_hold(merge_t *m, const hold_t *h, int64_t end, const char *what
   emit(m, "X", "lock.hold", label, h->pid, *lane, h->ts, end - h->ts, args);
 }
 
+#define ANY_THREAD UINT64_MAX /* a key of tops past every tid: the process's stack */
+
+/* Opens a hold for an acquire, on top of its thread's and its process's stacks. */
+static void acquire(merge_t *m, const rec_t *r, int pid) {
+  if (!grow((void **)&m->holds, &m->cap_holds, m->n_holds, sizeof *m->holds)) {
+    m->oom = true;
+    return;
+  }
+  int64_t i = (int64_t)m->n_holds++;
+  hold_t *h = &m->holds[i];
+  *h = (hold_t){r->obj, pid, r->tid, r->kind, r->ts, {-1, -1}, true};
+  for (int k = BY_THREAD; k <= BY_PROCESS; k++) {
+    bool fresh;
+    int64_t *top = map_at(&m->tops, (uint64_t)pid, r->obj, k == BY_THREAD ? r->tid : ANY_THREAD,
+                          -1, &fresh);
+    if (!top) {
+      m->oom = true;
+      return;
+    }
+    h->below[k] = *top;
+    *top = i;
+  }
+}
+
+/* The latest open hold on stack k of the key, or -1. A hold released through the other
+ * stack is still on this one: it is popped here, once, so that every release costs O(1)
+ * amortized (a scan of the open holds made a producer/consumer trace quadratic). */
+static int64_t open_top(merge_t *m, int k, int pid, uint64_t obj, uint64_t tid) {
+  int64_t *top = map_find(&m->tops, (uint64_t)pid, obj, tid);
+  if (!top)
+    return -1;
+  while (*top >= 0 && !m->holds[*top].open)
+    *top = m->holds[*top].below[k];
+  return *top;
+}
+
 /* A release by (pid, tid): closes that thread's latest hold of obj, else the process's
- * (a Semaphore may be released by another thread), else it is an instant event. */
+ * (a Semaphore may be released by another thread), else it is an instant event (one
+ * released by another process). */
 static void release(merge_t *m, const rec_t *r, int pid) {
-  size_t found = m->n_holds;
-  for (size_t j = m->n_holds; j-- > 0 && found == m->n_holds;)
-    if (m->holds[j].obj == r->obj && m->holds[j].pid == pid && m->holds[j].tid == r->tid)
-      found = j;
-  for (size_t j = m->n_holds; j-- > 0 && found == m->n_holds;)
-    if (m->holds[j].obj == r->obj && m->holds[j].pid == pid)
-      found = j;
-  if (found == m->n_holds) {
+  int64_t found = open_top(m, BY_THREAD, pid, r->obj, r->tid);
+  if (found < 0)
+    found = open_top(m, BY_PROCESS, pid, r->obj, ANY_THREAD);
+  if (found < 0) {
     char name[96], label[128];
     object_name(m, r->obj, r->kind, name, sizeof name);
     snprintf(label, sizeof label, "release %s", name);
     emit(m, "i", "lock", label, pid, r->tid, r->ts, -1, NULL);
     return;
   }
+  m->holds[found].open = false;
   lane_hold(m, &m->holds[found], r->ts, "held", false);
-  memmove(&m->holds[found], &m->holds[found + 1], (m->n_holds - found - 1) * sizeof *m->holds);
-  m->n_holds--;
 }
 
 /* A complete event from t0 (0 if the call began before tracing did) to the record. */
@@ -1110,10 +1152,7 @@ static void one_event(merge_t *m, const rec_t *r, int pid) {
     }
     if (r->u.v[0] > 0 && r->u.v[0] <= r->ts)
       span(m, r, pid, "wait", "lock.wait", r->u.v[1] ? ",\"owner_died\":true" : "");
-    if (grow((void **)&m->holds, &m->cap_holds, m->n_holds, sizeof *m->holds))
-      m->holds[m->n_holds++] = (hold_t){r->obj, pid, r->tid, r->kind, r->ts};
-    else
-      m->oom = true;
+    acquire(m, r, pid);
     break;
   case REC_RELEASED:
     release(m, r, pid);
@@ -1224,7 +1263,24 @@ static int by_time(const void *a, const void *b) {
   return x->r < y->r ? -1 : x->r > y->r; /* a file's records in their order */
 }
 
-/* Adds the records of one process's file (its whole contents in recs) to the merge. */
+/* Past any CLOCK_MONOTONIC reading (146 years of uptime); the difference of two timestamps
+ * in [0, TS_LIMIT) fits in int64. */
+#define TS_LIMIT (INT64_C(1) << 62)
+
+/* Whether a record holds a word no process writes. The files come from processes that may
+ * have been killed while writing or scribbled on their mapped ring: a timestamp outside
+ * [0, TS_LIMIT) would overflow ts - t0 and a hold's end - start, and a reaped child's exit
+ * code outside -127..255 (minus a signal, or a status) is none, INT_MIN overflowing -code.
+ * Such a record is left out and counted; the rest of the trace is written. */
+static bool wild(const rec_t *r) {
+  if (r->ts < 0 || r->ts >= TS_LIMIT)
+    return true;
+  return atomic_load_explicit(&r->type, memory_order_relaxed) == REC_REAPED &&
+         (r->u.v[0] < -127 || r->u.v[0] > 255);
+}
+
+/* Adds the records of one process's file (its whole contents in recs) to the merge;
+ * dropped is its ring's count, -1 if wild (read_process). */
 static void add_file(merge_t *m, const rec_t *recs, size_t n, int64_t dropped) {
   if (n == 0 || atomic_load_explicit(&recs[0].type, memory_order_relaxed) != REC_HEADER ||
       recs[0].u.v[2] != MAGIC)
@@ -1234,11 +1290,17 @@ static void add_file(merge_t *m, const rec_t *recs, size_t n, int64_t dropped) {
   if (!p)
     return;
   p->method = recs[0].u.v[1] >= 0 && recs[0].u.v[1] < M_COUNT ? (int)recs[0].u.v[1] : M_MAIN;
-  p->dropped += dropped;
-  m->dropped += dropped;
+  if (dropped < 0)
+    m->corrupt++;
+  else /* capped: many processes' counts */
+    m->dropped = dropped > INT64_MAX - m->dropped ? INT64_MAX : m->dropped + dropped;
   for (size_t i = 1; i < n; i++) {
     if (!atomic_load_explicit(&recs[i].type, memory_order_relaxed))
       continue;
+    if (wild(&recs[i])) {
+      m->corrupt++;
+      continue;
+    }
     if (!grow((void **)&m->items, &m->cap_items, m->n_items, sizeof *m->items)) {
       m->oom = true;
       return;
@@ -1273,7 +1335,8 @@ static rec_t *read_file(int dir_fd, const char *name, size_t extra, size_t *n) {
 }
 
 /* A process's events: its log (<pid>.<n>.bin, named by log), then those of its ring that the
- * log does not hold yet, in order; *dropped from the ring's header. NULL if none. */
+ * log does not hold yet, in order; *dropped from the ring's header, -1 if it is a count the
+ * process cannot have written. NULL if none. */
 static rec_t *read_process(int dir_fd, const char *log, size_t *n, int64_t *dropped) {
   char ring_name[NAME_MAX + 1];
   size_t len = strlen(log) - strlen(".bin"), n_ring;
@@ -1284,7 +1347,8 @@ static rec_t *read_process(int dir_fd, const char *log, size_t *n, int64_t *drop
   if (ring && n_ring == RING_RECS + 1 && ((ring_head_t *)ring)->magic == MAGIC) {
     const ring_head_t *h = (const ring_head_t *)ring;
     uint64_t next = atomic_load(&h->next), logged = *n - 1; /* the log's header is no event */
-    *dropped = atomic_load(&h->dropped);
+    int64_t lost = atomic_load(&h->dropped);
+    *dropped = lost >= 0 && (uint64_t)lost <= next ? lost : -1; /* it counts events taken */
     /* The ring holds the last RING_RECS events at most; a block the process appended just
      * before it died is in the log and is not taken twice. */
     for (uint64_t i = logged + RING_RECS < next ? next - RING_RECS : logged; i < next; i++) {
@@ -1297,33 +1361,56 @@ static rec_t *read_process(int dir_fd, const char *log, size_t *n, int64_t *drop
   return recs;
 }
 
+static int by_first(const void *a, const void *b) {
+  const proc_t *x = *(const proc_t *const *)a, *y = *(const proc_t *const *)b;
+  if (x->first != y->first)
+    return x->first < y->first ? -1 : 1;
+  return x < y ? -1 : x > y; /* a tie in order of appearance: the same lanes every time */
+}
+
+/* Ranks the processes' lanes by one sort (counting, for each, those before it was
+ * quadratic: a log naming 60 000 processes took 11 s). */
+static void rank_processes(merge_t *m) {
+  proc_t **order = m->n_procs ? calloc(m->n_procs, sizeof *order) : NULL;
+  if (!order) {
+    m->oom |= m->n_procs > 0;
+    return;
+  }
+  for (size_t i = 0; i < m->n_procs; i++)
+    order[i] = &m->procs[i];
+  qsort(order, m->n_procs, sizeof *order, by_first);
+  for (size_t i = 0; i < m->n_procs; i++)
+    order[i]->rank = i;
+  free(order);
+}
+
 static void write_trace(merge_t *m) {
   if (m->n_items) /* items is NULL when there are none */
     qsort(m->items, m->n_items, sizeof *m->items, by_time);
   m->t0 = m->n_items ? m->items[0].r->ts : 0;
   learn(m);
+  rank_processes(m);
   fputs("{\"traceEvents\":[\n", m->f);
   char label[96];
   for (size_t i = 0; i < m->n_procs; i++) {
     const proc_t *p = &m->procs[i];
-    size_t rank = 0; /* lanes in the order the processes appeared */
-    for (size_t j = 0; j < m->n_procs; j++)
-      rank += m->procs[j].first < p->first || (m->procs[j].first == p->first && j < i);
     metadata(m, "process_name", p->pid, 0, "name", process_label(p, label, sizeof label));
-    snprintf(label, sizeof label, "\"sort_index\":%zu", rank);
+    snprintf(label, sizeof label, "\"sort_index\":%zu", p->rank);
     emit(m, "M", "__metadata", "process_sort_index", p->pid, 0, INT64_MIN, -1, label);
   }
   for (size_t i = 0; i < m->n_items; i++)
     one_event(m, m->items[i].r, m->items[i].pid);
   /* Holds never released: their process ended (or was killed) holding them. */
   for (size_t j = 0; j < m->n_holds; j++) {
+    if (!m->holds[j].open)
+      continue;
     const proc_t *p = proc_of(m, m->holds[j].pid);
     lane_hold(m, &m->holds[j], p ? p->last : m->holds[j].ts, "held", true);
   }
   fprintf(m->f,
           "\n],\n\"displayTimeUnit\":\"ms\",\n\"otherData\":{\"libmp_trace\":1,"
-          "\"processes\":%zu,\"records\":%zu,\"dropped\":%lld}}\n",
-          m->n_procs, m->n_items, (long long)m->dropped);
+          "\"processes\":%zu,\"records\":%zu,\"dropped\":%lld,\"corrupt\":%lld}}\n",
+          m->n_procs, m->n_items, (long long)m->dropped, (long long)m->corrupt);
 }
 
 /* Whether name is what mkdtemp() made of prefix + "XXXXXX". */
@@ -1439,6 +1526,7 @@ static int merge_dir(const char *path, const char *dir) {
   free(m.items);
   free(m.procs);
   free(m.holds);
+  free(m.tops.e);
   free(m.by_pid.e);
   free(m.names.e);
   free(m.numbers.e);

@@ -823,13 +823,12 @@ START_TEST(test_output_path_safe) {
 }
 END_TEST
 
-/* ------------------------------ review: rev-trace ------------------------------ */
+/* ------------------------------ the reviewed cases: races, wild files, long traces ------------------------------ */
 
-#define SEM_HOLDS 40000
+#define SEM_HOLDS 100000
 
 typedef struct {
   mp_semaphore_t *sem;
-  mp_event_t *done;
 } sem_arg_t;
 
 /* Takes the semaphore SEM_HOLDS times and keeps them (a consumer: another process gives). */
@@ -843,12 +842,13 @@ static int sem_taker(void *arg, size_t size) {
 }
 
 /* A Semaphore taken in one process and given in another (producer and consumer, as Python
- * programs use one): 40 000 acquires in a child, then 40 000 releases in the parent, 80 000
- * events in all. The merge pairs each release with a hold by scanning every open hold
- * (release(): two linear scans, then a memmove), and a release of another process matches
- * none, so it scans all 40 000 each time: 3.2e9 comparisons, seconds for a trace that a
- * linear merge writes in tens of milliseconds. At a program's exit this runs in the exit
- * destructor: a longer program (10^6 items) takes hours to exit. */
+ * programs use one): 100 000 acquires in a child, then 100 000 releases in the parent,
+ * 200 000 events in all. A merge that paired each release by scanning every open hold
+ * scanned all 100 000 for each release of another process, which matches none: 2e10
+ * comparisons, over 25 s (96 s at load 10; 40 000 took 4 s), where the linear merge takes
+ * 0.4 to 1.2 s on a loaded 2-core machine, reading and writing included. The bound sits
+ * between, several times from each. At a program's exit this runs in the exit destructor:
+ * at 10^6 items the quadratic one took hours. */
 START_TEST(test_merge_cross_process_releases_linear) {
   char path[128];
   trace_path(path, sizeof path, "semxp", _i);
@@ -864,7 +864,7 @@ START_TEST(test_merge_cross_process_releases_linear) {
   double took = mp_test_now() - t0;
   unlink(path);
   mp_semaphore_close(a.sem);
-  T_ASSERT(took < 1.0 * mp_test_slowdown(),
+  T_ASSERT(took < 5.0 * mp_test_slowdown(),
            "merging %d events took %.2f s (quadratic in the open holds)", 2 * SEM_HOLDS, took);
 }
 END_TEST
@@ -1017,18 +1017,21 @@ typedef struct {
   int64_t ts;
   uint64_t obj;
   int64_t v[5];
-} review_rec_t;
-#define REVIEW_MAGIC INT64_C(0x31525452504d424c)
-#define REVIEW_RING_RECS 8192
+} file_rec_t;
+#define FILE_MAGIC INT64_C(0x31525452504d424c)
+#define FILE_RING_RECS 8192
 enum { RV_HEADER = 1, RV_REAPED = 15, RV_MARK = 19 };
 
 /* Writes dir/<pid>.0.bin (a header, then recs) and dir/<pid>.0.ring (a header whose
  * dropped word is `dropped`, its slots empty). */
-static void review_write_process(const char *dir, int pid, const review_rec_t *recs, int n,
-                                 int64_t dropped) {
+static void write_process_files(const char *dir, int pid, const file_rec_t *recs, int n,
+                                int64_t dropped) {
   char name[4200];
-  review_rec_t head = {.type = RV_HEADER, .tid = (uint32_t)pid, .ts = 1, .obj = (uint64_t)pid,
-                       .v = {1, 0, REVIEW_MAGIC, 0, 0}};
+  file_rec_t head = {.type = RV_HEADER,
+                     .tid = (uint32_t)pid,
+                     .ts = 1,
+                     .obj = (uint64_t)pid,
+                     .v = {1, 0, FILE_MAGIC, 0, 0}};
   snprintf(name, sizeof name, "%s/%d.0.bin", dir, pid);
   FILE *f = fopen(name, "w");
   T_ASSERT(f != NULL, "fopen %s", name);
@@ -1038,36 +1041,39 @@ static void review_write_process(const char *dir, int pid, const review_rec_t *r
   snprintf(name, sizeof name, "%s/%d.0.ring", dir, pid);
   f = fopen(name, "w");
   T_ASSERT(f != NULL, "fopen %s", name);
-  int64_t ring_head[8] = {REVIEW_MAGIC, 0, 0, dropped, 0, 0, 0, 0};
+  int64_t ring_head[8] = {FILE_MAGIC, 0, 0, dropped, 0, 0, 0, 0};
   fwrite(ring_head, sizeof ring_head, 1, f);
-  T_INT_EQ(ftruncate(fileno(f), (off_t)(REVIEW_RING_RECS + 1) * 64), 0);
+  T_INT_EQ(ftruncate(fileno(f), (off_t)(FILE_RING_RECS + 1) * 64), 0);
   T_INT_EQ(fclose(f), 0);
 }
 
 /* A repair (mp_trace_merge) of the files of a crashed program whose processes scribbled on
  * their mapped rings and logs before they died: timestamps at both ends of int64, a ring
  * header's dropped count of INT64_MAX in two processes, a reaped child's exit code of
- * INT_MIN. The merge does signed arithmetic on them unchecked: emit()'s ts - m->t0,
- * add_file()'s m->dropped += dropped, one_event()'s -code. Each overflows (undefined: the
- * CI's UBSan build, halt_on_error=1, aborts the repair); here they wrap into a trace that
- * says a negative time, a negative number of dropped events and a negative signal. A
- * corrupt file should be refused (MP_ECORRUPT) or its words clamped. */
+ * INT_MIN, beside one good record. Unchecked, the merge's signed arithmetic on them
+ * (ts - t0, the sum of the dropped counts, -code) overflowed (undefined: the CI's UBSan
+ * build, halt_on_error=1, aborted the repair) and wrapped into a trace that said a negative
+ * time, a negative number of dropped events and a negative signal. The five wild words are
+ * left out and counted in otherData's "corrupt"; the good record is written. */
 START_TEST(test_repair_wild_words_no_overflow) {
   char path[128], dir[64] = "/dev/shm/libmp-trace-XXXXXX";
   trace_path(path, sizeof path, "wild", 0);
   T_ASSERT(mkdtemp(dir) != NULL, "mkdtemp");
-  review_rec_t a[2] = {
+  file_rec_t a[3] = {
       {.type = RV_MARK, .tid = 1001, .ts = INT64_MIN + 1},
       {.type = RV_REAPED, .tid = 1001, .ts = 5, .obj = 1002, .v = {INT_MIN, 0}},
+      {.type = RV_MARK, .tid = 1001, .ts = 7},
   };
   memcpy(&a[0].v[1], "early", 6);
-  review_rec_t b[1] = {{.type = RV_MARK, .tid = 1002, .ts = INT64_MAX}};
+  memcpy(&a[2].v[1], "kept", 5);
+  file_rec_t b[1] = {{.type = RV_MARK, .tid = 1002, .ts = INT64_MAX}};
   memcpy(&b[0].v[1], "late", 5);
-  review_write_process(dir, 1001, a, 2, INT64_MAX);
-  review_write_process(dir, 1002, b, 1, INT64_MAX);
+  write_process_files(dir, 1001, a, 3, INT64_MAX);
+  write_process_files(dir, 1002, b, 1, INT64_MAX);
   write_placeholder_naming(path, dir);
   int rc = mp_trace_merge(path);
   char problems[512] = "";
+  int kept = 0;
   if (rc == 0) {
     json_t *root = load_trace(path), *e;
     size_t i;
@@ -1079,12 +1085,15 @@ START_TEST(test_repair_wild_words_no_overflow) {
       if (strstr(str_of(e, "name"), "signal -"))
         snprintf(problems + strlen(problems), sizeof problems - strlen(problems), "'%s'; ",
                  str_of(e, "name"));
+      kept += strcmp(str_of(e, "name"), "kept") == 0;
     }
-    json_int_t dropped =
-        json_integer_value(json_object_get(json_object_get(root, "otherData"), "dropped"));
-    if (dropped < 0)
+    json_t *other = json_object_get(root, "otherData");
+    json_int_t dropped = json_integer_value(json_object_get(other, "dropped"));
+    json_int_t corrupt = json_integer_value(json_object_get(other, "corrupt"));
+    if (dropped != 0 || corrupt != 5 || kept != 1)
       snprintf(problems + strlen(problems), sizeof problems - strlen(problems),
-               "dropped %lld; ", (long long)dropped);
+               "dropped %lld, corrupt %lld (5 wild words), 'kept' %d times; ",
+               (long long)dropped, (long long)corrupt, kept);
     json_decref(root);
   }
   char name[4200];
@@ -1096,7 +1105,7 @@ START_TEST(test_repair_wild_words_no_overflow) {
   }
   rmdir(dir);
   unlink(path);
-  T_ASSERT(rc == MP_ECORRUPT || (rc == 0 && !problems[0]),
+  T_ASSERT(rc == 0 && !problems[0],
            "mp_trace_merge returned %d (%s); the trace it wrote has %s", rc, mp_err_name(rc),
            problems);
 }
@@ -1194,24 +1203,28 @@ START_TEST(test_start_after_failed_open_records) {
 }
 END_TEST
 
-#define MANY_PIDS 60000
+#define MANY_PIDS 100000
 
-/* A log that names 60 000 processes: its REC_START records (what a program that started
- * 60 000 short-lived children over its life records too, one per child; or words a dying
- * process scribbled on its ring). write_trace() ranks each process's lane by counting, for
- * each, the processes that appeared before it: n_procs^2 = 3.6e9 steps, seconds, where the
- * rest of the merge is linear (a sort). At 10^6 children the repair, or the program's exit,
- * runs for hours. */
+/* A log that names 100 000 processes: its REC_START records (what a program that started
+ * 100 000 short-lived children over its life records too, one per child; or words a dying
+ * process scribbled on its ring). A merge that ranked each process's lane by counting the
+ * processes that appeared before it took n_procs^2 = 10^10 steps: over 30 s (148 s at
+ * load 10; 60 000 took 11 to 20 s), where ranking by one sort makes the merge about 1 s at
+ * load 12. The bound sits between, several times from each. At 10^6 children the repair,
+ * or the program's exit, ran for hours. */
 START_TEST(test_repair_many_processes_linear) {
   char path[128], dir[64] = "/dev/shm/libmp-trace-XXXXXX";
   trace_path(path, sizeof path, "pids", 0);
   T_ASSERT(mkdtemp(dir) != NULL, "mkdtemp");
-  review_rec_t *recs = calloc(MANY_PIDS, sizeof *recs);
+  file_rec_t *recs = calloc(MANY_PIDS, sizeof *recs);
   T_ASSERT(recs != NULL, "calloc");
   for (int i = 0; i < MANY_PIDS; i++)
-    recs[i] = (review_rec_t){.type = 13 /* REC_START */, .tid = 1001, .ts = 10 + i,
-                             .obj = (uint64_t)(100000 + i), .v = {1}};
-  review_write_process(dir, 1001, recs, MANY_PIDS, 0);
+    recs[i] = (file_rec_t){.type = 13 /* REC_START */,
+                           .tid = 1001,
+                           .ts = 10 + i,
+                           .obj = (uint64_t)(100000 + i),
+                           .v = {1}};
+  write_process_files(dir, 1001, recs, MANY_PIDS, 0);
   free(recs);
   write_placeholder_naming(path, dir);
   double t0 = mp_test_now();
@@ -1225,9 +1238,9 @@ START_TEST(test_repair_many_processes_linear) {
   rmdir(dir);
   unlink(path);
   MP_ASSERT_OK(rc);
-  T_ASSERT(took < 1.0 * mp_test_slowdown(),
-           "merging %d records of %d processes took %.2f s (lane ranks: quadratic)",
-           MANY_PIDS, MANY_PIDS + 1, took);
+  T_ASSERT(took < 6.0 * mp_test_slowdown(),
+           "merging %d records of %d processes took %.2f s (lane ranks: quadratic)", MANY_PIDS,
+           MANY_PIDS + 1, took);
 }
 END_TEST
 
@@ -1247,7 +1260,7 @@ static Suite *trace_suite(void) {
   tcase_add_loop_test(mp_test_tcase(s, "environ", 60), test_stop_keeps_environ, 0, N_METHODS);
   tcase_add_test(mp_test_tcase(s, "merge only own dir", 30), test_merge_only_own_dir);
   tcase_add_test(mp_test_tcase(s, "output path", 30), test_output_path_safe);
-  tcase_add_loop_test(mp_test_tcase(s, "review merge linear", 120),
+  tcase_add_loop_test(mp_test_tcase(s, "merge cross-process releases", 120),
                       test_merge_cross_process_releases_linear, 0, N_METHODS);
   tcase_add_test(mp_test_tcase(s, "forked child names", 60),
                  test_forked_child_names_while_parent_thread_names);
@@ -1256,11 +1269,10 @@ static Suite *trace_suite(void) {
   tcase_add_test(mp_test_tcase(s, "start after failed open", 30),
                  test_start_after_failed_open_records);
   tcase_add_test(mp_test_tcase(s, "hard link", 30), test_start_refuses_hard_link);
-  tcase_add_test(mp_test_tcase(s, "review wild words", 30), test_repair_wild_words_no_overflow);
+  tcase_add_test(mp_test_tcase(s, "wild words", 30), test_repair_wild_words_no_overflow);
   tcase_add_test(mp_test_tcase(s, "stop and start", 30),
                  test_stop_then_start_from_another_thread);
-  tcase_add_test(mp_test_tcase(s, "review many processes", 60),
-                 test_repair_many_processes_linear);
+  tcase_add_test(mp_test_tcase(s, "many processes", 120), test_repair_many_processes_linear);
   return s;
 }
 

@@ -74,6 +74,11 @@ MP_EXTERN int mp_trace_stop(void);
  * The directory must be one libmp makes for path (/dev/shm/libmp-trace-XXXXXX or
  * path.XXXXXX), not a symbolic link, owned by the caller's effective uid, of mode 0700; only
  * its <pid>.<n>.bin and .ring files are removed, and it only if nothing else is left.
+ * The files are read as untrusted (their processes may have been killed mid-write or have
+ * scribbled on them): a record holding a word no process writes (a timestamp outside
+ * [0, 2^62) ns, an exit code that is neither a status nor minus a signal) and a ring's
+ * impossible count of dropped events are left out, counted in the trace's otherData
+ * "corrupt", and the rest is written.
  * Errors: MP_EINVAL (path NULL or too long; the directory named is not one of those),
  * MP_ENOENT (no such file, the file is not an unfinished trace, or its directory is gone),
  * MP_ENOMEM, or a system error reading the directory or writing the file.
