@@ -823,7 +823,7 @@ START_TEST(test_output_path_safe) {
 }
 END_TEST
 
-/* ------------------------------ the reviewed cases: races, wild files, long traces ------------------------------ */
+/* ------------------------- races, wild files, long traces ------------------------- */
 
 #define SEM_HOLDS 100000
 
