@@ -379,6 +379,219 @@ START_TEST(test_fork_start_inside_unshare) {
 }
 END_TEST
 
+/* ============ review rev-heap: wild words in the arena's header and blocks ============ */
+
+/* lib/heap.c's arena_t, as a buggy or hostile process of the program would write it: magic,
+ * reserve, size, unique, nonce (8 bytes each), the allocator's robust mutex, bump, then the
+ * free lists by class. arena_base() checks the layout before a test relies on it. */
+#define REV_OFF_RESERVE 8
+#define REV_OFF_SIZE 16
+#define REV_OFF_LOCK 40
+#define REV_OFF_BUMP (REV_OFF_LOCK + sizeof(pthread_mutex_t))
+#define REV_OFF_FREE(cls) (REV_OFF_BUMP + 8 + 8 * (size_t)(cls))
+
+static uint64_t *rev_word(char *base, size_t off) {
+  return (uint64_t *)(base + off);
+}
+
+/* The arena's base, made now if need be, its layout checked: a fresh block of 3000 bytes
+ * (class 12, never used before in this test process) moves bump to its end. */
+static char *arena_base(void) {
+  char *probe = mp__shared_alloc(3000);
+  T_ASSERT(probe != NULL, "alloc: %s", mp_last_error());
+  mp__heap_map_t map;
+  int fd;
+  T_ASSERT(mp__heap_describe(&map, &fd), "no arena");
+  char *base = (char *)(uintptr_t)map.base;
+  T_ASSERT(*rev_word(base, 0) == 0x414e5241504d424cull, "the arena's magic");
+  T_ASSERT(*rev_word(base, REV_OFF_RESERVE) == map.reserve, "the arena's reserve word");
+  T_ASSERT(*rev_word(base, REV_OFF_BUMP) == (uint64_t)(probe - 64 - base) + 4096,
+           "the arena's bump word: %llu, the probe block at %llu",
+           (unsigned long long)*rev_word(base, REV_OFF_BUMP),
+           (unsigned long long)(probe - 64 - base));
+  return base;
+}
+
+/* What an allocation of `size` bytes did in a plain fork of the test process (which maps the
+ * same arena): exit 0, NULL with an error; 1, a block inside the arena's file; 2, a block
+ * outside it; -SIG, killed by a signal; -1000, no answer in `seconds` (killed then). */
+static size_t rev_alloc_size;
+static int alloc_in_fork(size_t size, double seconds) {
+  rev_alloc_size = size;
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork: %s", strerror(errno));
+  if (pid == 0) {
+    alarm(0);
+    char *p = mp__shared_alloc(rev_alloc_size);
+    if (!p)
+      _exit(0);
+    bool inside = mp__shared_contains(p) && mp__shared_contains(p + rev_alloc_size - 1);
+    if (inside) {
+      p[0] = 1;
+      p[rev_alloc_size - 1] = 1;
+    }
+    _exit(inside ? 1 : 2);
+  }
+  mp_test_track_pid(pid);
+  int status = 0;
+  double until = mp_test_now() + seconds * mp_test_slowdown();
+  pid_t got;
+  while ((got = waitpid(pid, &status, WNOHANG)) == 0 && mp_test_now() < until)
+    mp_test_sleep(0.01);
+  if (got == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
+    if (mp_test_pids[i] == pid)
+      mp_test_pids[i] = 0; /* reaped */
+  if (got == 0)
+    return -1000;
+  return WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+static const char *outcome(int code) {
+  static char text[64];
+  if (code == -1000)
+    return "no answer (hung)";
+  if (code < 0)
+    snprintf(text, sizeof text, "killed by signal %d (%s)", -code, strsignal(-code));
+  else
+    snprintf(text, sizeof text, "%s", code == 0   ? "refused"
+                                      : code == 1 ? "a block inside the arena"
+                                                  : "a block outside the arena");
+  return text;
+}
+
+/* A process of the program writes the arena's size word larger (any value up to the reserve
+ * passes mp__heap_attach): grow() then believes the file already long enough, and the next
+ * block past the real end of the memfd is written: SIGBUS in the allocating parent. */
+START_TEST(test_wild_arena_size) {
+  char *base = arena_base();
+  uint64_t real = *rev_word(base, REV_OFF_SIZE), reserve = *rev_word(base, REV_OFF_RESERVE);
+  T_ASSERT(*rev_word(base, REV_OFF_BUMP) + (8u << 20) > real, "the file is already large");
+  mp_test_forge(_i, rev_word(base, REV_OFF_SIZE), &reserve, sizeof reserve);
+  int code = alloc_in_fork(4u << 20, 10);
+  *rev_word(base, REV_OFF_SIZE) = real;
+  T_ASSERT(code >= 0, "after a child wrote the arena's size word (%llu -> %llu), a 4 MiB "
+           "allocation was %s",
+           (unsigned long long)real, (unsigned long long)reserve, outcome(code));
+}
+END_TEST
+
+/* bump written near 2^64: `bump + block_size > reserve` wraps and passes, so the block is
+ * placed at base + bump, that is just below the arena: a write outside it (SIGSEGV). */
+START_TEST(test_wild_arena_bump) {
+  char *base = arena_base();
+  uint64_t real = *rev_word(base, REV_OFF_BUMP), wild = 0 - 128ull;
+  mp_test_forge(_i, rev_word(base, REV_OFF_BUMP), &wild, sizeof wild);
+  int code = alloc_in_fork(20000, 10); /* class 15: no free block of it yet */
+  *rev_word(base, REV_OFF_BUMP) = real;
+  T_ASSERT(code == 0 || code == 1,
+           "after a child wrote the arena's bump word to 2^64 - 128, an allocation was %s",
+           outcome(code));
+}
+END_TEST
+
+/* A free list's head written past the reserve is followed unchecked: the allocation reads
+ * the link of a "block" outside the arena (SIGSEGV) and would hand it out. */
+START_TEST(test_wild_free_head) {
+  char *base = arena_base();
+  uint64_t wild = 1ull << 44; /* 16 TiB: past any reserve */
+  mp_test_forge(_i, rev_word(base, REV_OFF_FREE(15)), &wild, sizeof wild);
+  int code = alloc_in_fork(20000, 10);
+  *rev_word(base, REV_OFF_FREE(15)) = 0;
+  T_ASSERT(code == 0 || code == 1,
+           "after a child wrote the class-15 free list's head to 16 TiB, an allocation was %s",
+           outcome(code));
+}
+END_TEST
+
+/* A free list's head written to the offset of a live block: the next allocation of that class
+ * hands the live block out again and zeroes it (the allocator checks neither that a listed
+ * block is free, BLOCK_FREE, nor anything else of it). */
+START_TEST(test_free_head_names_live_block) {
+  char *base = arena_base();
+  char *live = mp__shared_alloc(20000);
+  T_ASSERT(live != NULL, "alloc: %s", mp_last_error());
+  memset(live, 0x5a, 20000);
+  uint64_t offset = (uint64_t)(live - 64 - base);
+  mp_test_forge(_i, rev_word(base, REV_OFF_FREE(15)), &offset, sizeof offset);
+  char *again = mp__shared_alloc(20000);
+  size_t lost = 0;
+  for (size_t k = 0; k < 20000; k++)
+    lost += live[k] != 0x5a;
+  T_ASSERT(again != live && lost == 0,
+           "a free list's head written to a live block: the allocation gave %s (%p, the live "
+           "block at %p) and %zu of its 20000 bytes were overwritten",
+           again == live ? "the live block" : "another", (void *)again, (void *)live, lost);
+}
+END_TEST
+
+/* A block's class word written larger, within the file (what mp__shared_release bounds it
+ * by): the release puts the small block on the larger class's free list, and the next block
+ * of that class spans the small block's live neighbour, which the allocation zeroes. */
+START_TEST(test_forged_class_frees_neighbour) {
+  (void)arena_base();
+  char *a = mp__shared_alloc(6000), *b = mp__shared_alloc(6000); /* class 13: 8 KiB */
+  T_ASSERT(a && b && b == a + 8192, "two adjacent fresh 8 KiB blocks: %p %p", (void *)a,
+           (void *)b);
+  memset(b, 0x5a, 6000);
+  uint32_t wild_cls = 14;
+  T_INT_EQ(*(uint32_t *)(a - 64 + 4), 13);
+  mp_test_forge(_i, a - 64 + 4, &wild_cls, sizeof wild_cls);
+  mp__shared_release(a);
+  char *c = mp__shared_alloc(16000); /* class 14 */
+  size_t lost = 0;
+  for (size_t k = 0; k < 6000; k++)
+    lost += b[k] != 0x5a;
+  T_ASSERT(c != a && lost == 0,
+           "a block whose class a child wrote 13 -> 14 was released as a 16 KiB block: the "
+           "next 16 KiB allocation %s it, and %zu of its live neighbour's 6000 bytes were "
+           "overwritten",
+           c == a ? "reused" : "did not reuse", lost);
+}
+END_TEST
+
+/* The arena's reserve word written larger: allocate() and grow() bound blocks by the word
+ * rather than by what this process mapped, so a block larger than half the real reserve is
+ * given whose block ends past the mapping, bump moves past it, and the next allocation is
+ * placed there (SIGSEGV). */
+START_TEST(test_wild_arena_reserve) {
+  char *base = arena_base();
+  uint64_t real = *rev_word(base, REV_OFF_RESERVE), wild = 1ull << 46;
+  if (real != 64ull << 30)
+    return; /* valgrind's small reserve: the case is made for the default one */
+  mp_test_forge(_i, rev_word(base, REV_OFF_RESERVE), &wild, sizeof wild);
+  int code = alloc_in_fork((size_t)(real / 2 + 4096), 20);
+  char first[64];
+  snprintf(first, sizeof first, "%s", outcome(code));
+  int next = alloc_in_fork(20000, 10); /* placed at bump, now past the mapping */
+  uint64_t bump = *rev_word(base, REV_OFF_BUMP);
+  *rev_word(base, REV_OFF_RESERVE) = real;
+  T_ASSERT(code == 0 && next >= 0,
+           "after a child wrote the arena's reserve word (64 GiB -> 64 TiB), a block of half "
+           "the real reserve and more was %s, not refused (bump is now %llu GiB, past the "
+           "64 GiB mapped), and the next 20000-byte allocation was %s",
+           first, (unsigned long long)(bump >> 30), outcome(next));
+}
+END_TEST
+
+/* The allocator's robust mutex with a wild owner word (a thread id no thread has): glibc
+ * waits on the futex for ever (the kernel wakes a robust waiter only when a real owner
+ * dies), so every allocation and release of the program hangs, with no deadline. */
+START_TEST(test_wild_arena_lock_word) {
+  char *base = arena_base();
+  uint32_t wild = 0x3ffffff0u; /* a tid above any pid_max */
+  mp_test_forge(_i, base + REV_OFF_LOCK, &wild, sizeof wild);
+  int code = alloc_in_fork(100, 5);
+  *(uint32_t *)(base + REV_OFF_LOCK) = 0;
+  T_ASSERT(code == 0 || code == 1,
+           "after a child wrote the arena lock's owner word, an allocation was %s",
+           outcome(code));
+}
+END_TEST
+
 static Suite *heap_suite(void) {
   Suite *s = suite_create("heap");
   TCase *tc = mp_test_tcase(s, "arena", 20);
@@ -388,6 +601,14 @@ static Suite *heap_suite(void) {
   tcase_add_test(tc, test_reference_counts_and_reuse);
   tcase_add_test(tc, test_bad_sizes);
   tcase_add_loop_test(tc, test_unique_across_processes, 0, N_METHODS);
+  tc = mp_test_tcase(s, "review_wild_words", 40);
+  tcase_add_loop_test(tc, test_wild_arena_size, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_wild_arena_bump, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_wild_free_head, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_free_head_names_live_block, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_forged_class_frees_neighbour, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_wild_arena_lock_word, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_wild_arena_reserve, 0, N_METHODS);
   tc = mp_test_tcase(s, "fds", 20);
   tcase_add_loop_test(tc, test_fd_passed_by_key, 0, N_METHODS);
   tcase_add_test(tc, test_plain_fork_inside_unshare_close_pending);
