@@ -528,6 +528,36 @@ START_TEST(test_value_with_another_values_lock) {
 }
 END_TEST
 
+/*
+ * Review rev-heap: a Value's lock word redirected to another live Lock. view_of accepts any
+ * lock that is a live block (mp__lock_placed), so the close of the Value drops a reference
+ * to the other Lock, which the parent still holds and uses: its block is freed and the next
+ * Lock is made in it (two open Locks at one address), while the Value's own Lock leaks.
+ */
+START_TEST(test_redirected_lock_freed_by_close) {
+  mp_lock_t *given, *other;
+  MP_ASSERT_OK(mp_lock_create(&given));
+  MP_ASSERT_OK(mp_lock_create(&other)); /* the parent's, one reference */
+  mp_value_t *v;
+  MP_ASSERT_OK(mp_value_create(&v, 'l', NULL, given));
+  MP_ASSERT_OK(mp_lock_close(given)); /* the Value holds the only reference now */
+  header_t *h = (header_t *)v;
+  T_ASSERT(h->lock == given, "the header's layout");
+  mp_test_forge(_i, &h->lock, &other, sizeof other);
+  int rc = mp_value_close(v);
+  mp_lock_t *next;
+  MP_ASSERT_OK(mp_lock_create(&next));
+  T_ASSERT(next != other,
+           "a child wrote a Value's lock word to the parent's other Lock: mp_value_close "
+           "returned %s and freed that Lock, whose block the next mp_lock_create took (%p)",
+           mp_err_name(rc), (void *)next);
+  MP_ASSERT_OK(mp_lock_acquire(other, 0));
+  MP_ASSERT_OK(mp_lock_release(other));
+  mp_lock_close(next);
+  mp_lock_close(other);
+}
+END_TEST
+
 static Suite *sharedctypes_suite(void) {
   Suite *s = suite_create("sharedctypes");
   TCase *tc = mp_test_tcase(s, "types", 20);
@@ -546,6 +576,7 @@ static Suite *sharedctypes_suite(void) {
   tcase_add_test(tc, test_race_threads);
   tcase_add_loop_test(tc, test_value_lock_holder_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_header, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_redirected_lock_freed_by_close, 0, N_METHODS);
   return s;
 }
 
