@@ -1305,6 +1305,34 @@ START_TEST(test_silent_tracker_image_fails_once) {
 }
 END_TEST
 
+/*
+ * Review rev-heap: mp_shared_memory_unlink removes whatever the name is now. Another program
+ * of the user unlinked the segment (shm_unlink) and made its own under the same name, as
+ * Python's SharedMemory(create=True) does: libmp's unlink through the old handle then removes
+ * that program's segment, where the tracker, at the program's end, leaves a name that is no
+ * longer its segment alone (still_linked).
+ */
+START_TEST(test_unlink_leaves_a_reused_name) {
+  char name[128], path[512];
+  seg_name(name, sizeof name, "reused", 0);
+  snprintf(path, sizeof path, "/dev/shm/%s", name);
+  mp_shared_memory_t *shm;
+  MP_ASSERT_OK(mp_shared_memory_create(&shm, name, PAGE, 0));
+  T_ASSERT(unlink(path) == 0, "the other program's shm_unlink: %s", strerror(errno));
+  int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  T_ASSERT(fd >= 0, "the other program's shm_open: %s", strerror(errno));
+  T_ASSERT(ftruncate(fd, PAGE) == 0, "ftruncate");
+  close(fd);
+  int rc = mp_shared_memory_unlink(shm);
+  bool theirs_left = segment_exists(name);
+  unlink(path);
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+  T_ASSERT(theirs_left, "mp_shared_memory_unlink (%s: %s) removed another program's segment "
+           "made under the name after this one was unlinked",
+           mp_err_name(rc), rc < 0 ? mp_last_error() : "no error");
+}
+END_TEST
+
 static Suite *shared_memory_suite(void) {
   Suite *s = suite_create("shared_memory");
   TCase *tc = mp_test_tcase(s, "basics", 20);
@@ -1322,6 +1350,7 @@ static Suite *shared_memory_suite(void) {
   tcase_add_test(tc, test_tracker_refuses_paths);
   tcase_add_test(tc, test_tracker_leaves_other_files);
   tcase_add_test(tc, test_longest_name_keeps_others);
+  tcase_add_test(tc, test_unlink_leaves_a_reused_name);
 
   tc = mp_test_tcase(s, "processes", 30);
   tcase_add_loop_test(tc, test_parent_creates_child_attaches, 0, N_METHODS);
