@@ -416,21 +416,26 @@ static char *arena_base(void) {
  * same arena): exit 0, NULL with an error; 1, a block inside the arena's file; 2, a block
  * outside it; -SIG, killed by a signal; -1000, no answer in `seconds` (killed then). */
 static size_t rev_alloc_size;
-static int alloc_in_fork(size_t size, double seconds) {
-  rev_alloc_size = size;
+static int rev_alloc(void) {
+  char *p = mp__shared_alloc(rev_alloc_size);
+  if (!p)
+    return 0;
+  bool inside = mp__shared_contains(p) && mp__shared_contains(p + rev_alloc_size - 1);
+  if (inside) {
+    p[0] = 1;
+    p[rev_alloc_size - 1] = 1;
+  }
+  return inside ? 1 : 2;
+}
+
+/* fn()'s result in a plain fork of the test process, at most `seconds`: -SIG if a signal
+ * killed it, -1000 if it did not end in time (killed then). */
+static int run_in_fork(int (*fn)(void), double seconds) {
   pid_t pid = fork();
   T_ASSERT(pid >= 0, "fork: %s", strerror(errno));
   if (pid == 0) {
     alarm(0);
-    char *p = mp__shared_alloc(rev_alloc_size);
-    if (!p)
-      _exit(0);
-    bool inside = mp__shared_contains(p) && mp__shared_contains(p + rev_alloc_size - 1);
-    if (inside) {
-      p[0] = 1;
-      p[rev_alloc_size - 1] = 1;
-    }
-    _exit(inside ? 1 : 2);
+    _exit(fn());
   }
   mp_test_track_pid(pid);
   int status = 0;
@@ -448,6 +453,11 @@ static int alloc_in_fork(size_t size, double seconds) {
   if (got == 0)
     return -1000;
   return WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+static int alloc_in_fork(size_t size, double seconds) {
+  rev_alloc_size = size;
+  return run_in_fork(rev_alloc, seconds);
 }
 
 static const char *outcome(int code) {
@@ -592,6 +602,54 @@ START_TEST(test_wild_arena_lock_word) {
 }
 END_TEST
 
+/* The arena lock's kind word is read from shared memory by glibc too: written to a robust
+ * priority-inheritance kind with a wild owner, pthread_mutex_lock meets ESRCH from the
+ * kernel and glibc's assertion that a robust PI mutex never sees it aborts the allocating
+ * process (the parent, if it allocates next). */
+START_TEST(test_wild_arena_lock_kind) {
+  char *base = arena_base();
+  pthread_mutex_t *lock = (pthread_mutex_t *)(base + REV_OFF_LOCK);
+  int kind = lock->__data.__kind;
+  T_ASSERT(kind & 16, "the arena's lock is robust (kind %#x)", kind);
+  int wild_kind = kind | 32; /* PTHREAD_MUTEX_PRIO_INHERIT_NP */
+  uint32_t wild_owner = 0x3ffffff0u;
+  mp_test_forge(_i, &lock->__data.__kind, &wild_kind, sizeof wild_kind);
+  mp_test_forge(_i, &lock->__data.__lock, &wild_owner, sizeof wild_owner);
+  int code = alloc_in_fork(100, 5);
+  lock->__data.__kind = kind;
+  lock->__data.__lock = 0;
+  T_ASSERT(code == 0 || code == 1,
+           "after a child wrote the arena lock's owner and kind words, an allocation was %s",
+           outcome(code));
+}
+END_TEST
+
+/* The arena's lock is taken with no deadline: a queue's put with a timeout that spills its
+ * message (an allocation) waits for ever behind a lock word that a stopped process holds or
+ * a wild write made, where README's Security promises that such a lock "holds a queue's put
+ * or get no longer than its timeout". */
+static mp_queue_t *rev_queue;
+static int rev_put_big(void) {
+  static char big[1 << 20];
+  int rc = mp_queue_put(rev_queue, big, sizeof big, 1.0);
+  return rc == 0 ? 0 : rc == MP_ETIMEDOUT ? 3 : 4;
+}
+
+START_TEST(test_queue_put_timeout_behind_arena_lock) {
+  char *base = arena_base();
+  MP_ASSERT_OK(mp_queue_create(&rev_queue, 0));
+  uint32_t wild = 0x3ffffff0u;
+  mp_test_forge(_i, base + REV_OFF_LOCK, &wild, sizeof wild);
+  double start = mp_test_now();
+  int code = run_in_fork(rev_put_big, 8);
+  *(uint32_t *)(base + REV_OFF_LOCK) = 0;
+  T_ASSERT(code >= 0, "mp_queue_put of a 1 MiB message with a 1 s timeout, the arena's lock "
+           "held by a wild owner word: %s after %.1f s",
+           code == -1000 ? "still waiting" : "killed", mp_test_now() - start);
+  mp_queue_free(rev_queue);
+}
+END_TEST
+
 static Suite *heap_suite(void) {
   Suite *s = suite_create("heap");
   TCase *tc = mp_test_tcase(s, "arena", 20);
@@ -608,7 +666,9 @@ static Suite *heap_suite(void) {
   tcase_add_loop_test(tc, test_free_head_names_live_block, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_class_frees_neighbour, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_arena_lock_word, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_wild_arena_lock_kind, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_arena_reserve, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_queue_put_timeout_behind_arena_lock, 0, N_METHODS);
   tc = mp_test_tcase(s, "fds", 20);
   tcase_add_loop_test(tc, test_fd_passed_by_key, 0, N_METHODS);
   tcase_add_test(tc, test_plain_fork_inside_unshare_close_pending);
