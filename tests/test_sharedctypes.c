@@ -558,6 +558,56 @@ START_TEST(test_redirected_lock_freed_by_close) {
 }
 END_TEST
 
+/*
+ * Review rev-heap: the mutex of a Value's own RLock sits in the Value's block, and its owner
+ * word is any process's to write. Written to a thread id that no thread has (above any
+ * pid_max: no robust-list death will ever release it), the parent's next accessor waits for
+ * ever (MP_FOREVER), where view_of's checks promise MP_ECORRUPT for a wild Value and the
+ * rules that a wild word never hangs the parent. (The allocator's lock does the same:
+ * test_heap's test_wild_arena_lock_word.)
+ */
+static mp_value_t *rev_value;
+static int rev_set(void) {
+  int rc = mp_value_set_long(rev_value, 1);
+  return rc == 0 ? 0 : rc == MP_ECORRUPT ? 1 : 2;
+}
+
+START_TEST(test_wild_inner_lock_owner) {
+  MP_ASSERT_OK(mp_value_create(&rev_value, 'l', NULL, NULL));
+  char *lock = (char *)mp_value_get_lock(rev_value);
+  int kind = 128 | 16; /* glibc: PTHREAD_MUTEX_PSHARED_BIT | PTHREAD_MUTEX_ROBUST_NORMAL_NP */
+  size_t at = mp_test_find_bytes(lock, 56, 4, &kind, sizeof kind);
+  T_ASSERT(at == 16 + 16, "the mutex's kind word at %zu of the lock (glibc's layout)", at);
+  uint32_t wild_owner = 0x3ffffff0u;
+  mp_test_forge(_i, lock + at - 16, &wild_owner, sizeof wild_owner);
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork");
+  if (pid == 0) {
+    alarm(0);
+    _exit(rev_set());
+  }
+  mp_test_track_pid(pid);
+  int status = 0;
+  double until = mp_test_now() + 5 * mp_test_slowdown();
+  pid_t got;
+  while ((got = waitpid(pid, &status, WNOHANG)) == 0 && mp_test_now() < until)
+    mp_test_sleep(0.01);
+  if (got == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
+    if (mp_test_pids[i] == pid)
+      mp_test_pids[i] = 0;
+  memset(lock + at - 16, 0, 4);
+  mp_value_close(rev_value);
+  T_ASSERT(got != 0 && WIFEXITED(status),
+           "mp_value_set_long, the owner word of the Value's lock written by a child: %s %d",
+           got == 0 ? "hung for 5 s," : WIFSIGNALED(status) ? "killed by signal" : "exit",
+           got == 0 ? 0 : WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+}
+END_TEST
+
 static Suite *sharedctypes_suite(void) {
   Suite *s = suite_create("sharedctypes");
   TCase *tc = mp_test_tcase(s, "types", 20);
@@ -577,6 +627,7 @@ static Suite *sharedctypes_suite(void) {
   tcase_add_loop_test(tc, test_value_lock_holder_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_header, 0, N_METHODS);
   tcase_add_loop_test(tc, test_redirected_lock_freed_by_close, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_wild_inner_lock_owner, 0, N_METHODS);
   return s;
 }
 
