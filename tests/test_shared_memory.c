@@ -1333,6 +1333,59 @@ START_TEST(test_unlink_leaves_a_reused_name) {
 }
 END_TEST
 
+/*
+ * Review rev-heap: "whatever the umask, a segment is its owner's only (0600)" (test_segments_
+ * are_0600 tries umask 0 only). The nameless file is opened with mode 0600, which the umask
+ * narrows and nothing restores: under umask 0277 the segment is 0400, and a process of the
+ * same (non-root) user cannot attach it (O_RDWR: EACCES). Root passes over modes, so the
+ * mode itself is what is checked here.
+ */
+START_TEST(test_segment_mode_under_strict_umask) {
+  char name[128], path[512];
+  seg_name(name, sizeof name, "umask", 0);
+  snprintf(path, sizeof path, "/dev/shm/%s", name);
+  mode_t old = umask(0277);
+  mp_shared_memory_t *shm;
+  int rc = mp_shared_memory_create(&shm, name, PAGE, 0);
+  umask(old);
+  MP_ASSERT_OK(rc);
+  struct stat st;
+  int got = stat(path, &st);
+  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+  T_ASSERT(got == 0, "stat %s", path);
+  /* The same as nobody, the segment kept (no tracker): its own attach fails. */
+  T_ASSERT(geteuid() == 0, "this test becomes another user: run it as root");
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork");
+  if (pid == 0) {
+    if (setgid(65534) != 0 || setuid(65534) != 0)
+      _exit(91);
+    umask(0277);
+    mp_shared_memory_t *mine, *again;
+    if (mp_shared_memory_create(&mine, name, PAGE, MP_SHARED_MEMORY_KEEP) != 0)
+      _exit(92);
+    int attach = mp_shared_memory_attach(&again, name);
+    mp_shared_memory_unlink(mine);
+    _exit(attach == 0 ? 0 : attach == -EACCES ? 93 : 94);
+  }
+  mp_test_track_pid(pid);
+  int status = 0;
+  T_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid");
+  for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
+    if (mp_test_pids[i] == pid)
+      mp_test_pids[i] = 0;
+  T_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+           "as nobody under umask 0277, attaching the segment just made: exit %d (93: EACCES) "
+           "[mode as root: %04o]",
+           WIFEXITED(status) ? WEXITSTATUS(status) : -1, (unsigned)(st.st_mode & 07777));
+  T_ASSERT((st.st_mode & 07777) == 0600,
+           "a segment made under umask 0277 has mode %04o, not 0600: its user's other "
+           "processes cannot open it read-write to attach",
+           (unsigned)(st.st_mode & 07777));
+}
+END_TEST
+
 static Suite *shared_memory_suite(void) {
   Suite *s = suite_create("shared_memory");
   TCase *tc = mp_test_tcase(s, "basics", 20);
@@ -1351,6 +1404,7 @@ static Suite *shared_memory_suite(void) {
   tcase_add_test(tc, test_tracker_leaves_other_files);
   tcase_add_test(tc, test_longest_name_keeps_others);
   tcase_add_test(tc, test_unlink_leaves_a_reused_name);
+  tcase_add_test(tc, test_segment_mode_under_strict_umask);
 
   tc = mp_test_tcase(s, "processes", 30);
   tcase_add_loop_test(tc, test_parent_creates_child_attaches, 0, N_METHODS);
