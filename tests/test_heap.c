@@ -650,6 +650,69 @@ START_TEST(test_queue_put_timeout_behind_arena_lock) {
 }
 END_TEST
 
+/*
+ * Review rev-heap: heap.create_lock, the process-local mutex held while the first allocation
+ * makes the arena, has no fork handler. A program whose thread makes the arena while another
+ * thread forks (a plain fork(), which libmp supports) gives a child that inherits the mutex
+ * locked and no arena: the child's first allocation waits for ever. Each trial is a fresh
+ * process without an arena (a fork of the test process, made before any allocation here).
+ */
+static _Atomic int rev_go;
+static void *rev_thread_alloc(void *arg) {
+  (void)arg;
+  rev_go = 1;
+  mp__shared_alloc(100);
+  return NULL;
+}
+
+static int rev_fork_during_creation(int spin) {
+  pthread_t th;
+  rev_go = 0;
+  if (pthread_create(&th, NULL, rev_thread_alloc, NULL) != 0)
+    return 9;
+  while (!rev_go)
+    ;
+  for (volatile int k = 0; k < spin; k++)
+    ;
+  pid_t c = fork();
+  if (c == 0) {
+    alarm(2);
+    _exit(mp__shared_alloc(100) ? 0 : 1);
+  }
+  pthread_join(th, NULL);
+  int st = 0;
+  if (c < 0 || waitpid(c, &st, 0) != c)
+    return 9;
+  return WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM ? 7 : 0;
+}
+
+START_TEST(test_fork_while_arena_is_made) {
+  mp__heap_map_t map;
+  int fd;
+  T_ASSERT(!mp__heap_describe(&map, &fd), "the test process has an arena already");
+  int hung = 0, trials = 0;
+  double until = mp_test_now() + 15;
+  for (; trials < 600 && !hung && mp_test_now() < until; trials++) {
+    pid_t fresh = fork();
+    T_ASSERT(fresh >= 0, "fork");
+    if (fresh == 0) {
+      alarm(0);
+      _exit(rev_fork_during_creation((trials % 50) * 20));
+    }
+    mp_test_track_pid(fresh);
+    int st = 0;
+    T_ASSERT(waitpid(fresh, &st, 0) == fresh, "waitpid");
+    for (size_t i = 0; i < sizeof mp_test_pids / sizeof mp_test_pids[0]; i++)
+      if (mp_test_pids[i] == fresh)
+        mp_test_pids[i] = 0;
+    T_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) != 9, "a trial failed to run: %#x", st);
+    hung = WEXITSTATUS(st) == 7;
+  }
+  T_ASSERT(!hung, "trial %d: a child forked while another thread made the arena hung on its "
+           "first allocation for 2 s (heap.create_lock inherited locked)", trials);
+}
+END_TEST
+
 static Suite *heap_suite(void) {
   Suite *s = suite_create("heap");
   TCase *tc = mp_test_tcase(s, "arena", 20);
@@ -669,6 +732,8 @@ static Suite *heap_suite(void) {
   tcase_add_loop_test(tc, test_wild_arena_lock_kind, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_arena_reserve, 0, N_METHODS);
   tcase_add_loop_test(tc, test_queue_put_timeout_behind_arena_lock, 0, N_METHODS);
+  tc = mp_test_tcase(s, "review_fork", 40);
+  tcase_add_test(tc, test_fork_while_arena_is_made);
   tc = mp_test_tcase(s, "fds", 20);
   tcase_add_loop_test(tc, test_fd_passed_by_key, 0, N_METHODS);
   tcase_add_test(tc, test_plain_fork_inside_unshare_close_pending);
