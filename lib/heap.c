@@ -83,12 +83,15 @@ typedef struct {
 _Static_assert(sizeof(arena_t) <= HEADER_SPACE, "the arena header fits its page");
 _Static_assert(sizeof(block_t) <= BLOCK_HEAD, "the block header fits its space");
 
-/* This process's view: inherited as is by a forked child. */
+/* This process's view: inherited as is by a forked child. Every word of the arena's header is
+ * any process's to write, so what bounds a block is kept here: the reserve this process
+ * mapped. */
 static struct {
   pthread_mutex_t create_lock;
   arena_t *arena;
   int fd;
-} heap = {PTHREAD_MUTEX_INITIALIZER, NULL, -1};
+  uint64_t reserve;
+} heap = {PTHREAD_MUTEX_INITIALIZER, NULL, -1, 0};
 
 static int map_at(int fd, uint64_t base, uint64_t reserve, int fixed, void **out) {
   void *p = mmap((void *)(uintptr_t)base, reserve, PROT_READ | PROT_WRITE,
@@ -172,6 +175,7 @@ static int create_arena(void) {
     return rc;
   }
   heap.fd = fd;
+  heap.reserve = reserve;
   /* Published last: mp__shared_contains() reads it without the lock. */
   __atomic_store_n(&heap.arena, arena, __ATOMIC_RELEASE);
   return 0;
@@ -198,8 +202,8 @@ static int grow(arena_t *arena, uint64_t need) {
     return 0;
   uint64_t target = size * 2 > need ? size * 2 : need;
   target = (target + GROW_GRANULE - 1) / GROW_GRANULE * GROW_GRANULE;
-  if (target > arena->reserve)
-    target = arena->reserve;
+  if (target > heap.reserve)
+    target = heap.reserve;
   if (ftruncate(heap.fd, (off_t)target) < 0)
     return mp__syserror("growing the shared arena to %llu bytes", (unsigned long long)target);
   atomic_store(&arena->size, target);
@@ -220,9 +224,9 @@ static void *allocate(size_t size, bool zeroed) {
   arena_t *arena = get_arena();
   if (!arena)
     return NULL;
-  if (size > arena->reserve / 2)
+  if (size > heap.reserve / 2)
     return mp__error(MP_ENOMEM, "%zu bytes do not fit the shared arena (%llu reserved)", size,
-                     (unsigned long long)arena->reserve),
+                     (unsigned long long)heap.reserve),
            NULL;
   uint32_t cls = class_of(size);
   uint64_t block_size = 1ull << cls;
@@ -236,9 +240,9 @@ static void *allocate(size_t size, bool zeroed) {
   bool reused = offset != 0;
   if (reused) {
     arena->free_head[cls] = *(uint64_t *)((char *)block_at(arena, offset) + BLOCK_HEAD);
-  } else if (arena->bump + block_size > arena->reserve) {
+  } else if (arena->bump + block_size > heap.reserve) {
     rc = mp__error(MP_ENOMEM, "the shared arena is full (%llu bytes reserved)",
-                   (unsigned long long)arena->reserve);
+                   (unsigned long long)heap.reserve);
   } else if ((rc = grow(arena, arena->bump + block_size)) == 0) {
     offset = arena->bump;
     arena->bump += block_size;
@@ -361,7 +365,7 @@ bool mp__heap_describe(mp__heap_map_t *map, int *fd) {
   if (!arena)
     return false;
   map->base = (uint64_t)(uintptr_t)arena;
-  map->reserve = arena->reserve;
+  map->reserve = heap.reserve;
   *fd = heap.fd;
   return true;
 }
@@ -406,6 +410,7 @@ int mp__heap_attach(int fd, const mp__heap_map_t *map) {
   }
   fcntl(fd, F_SETFD, FD_CLOEXEC);
   heap.fd = fd;
+  heap.reserve = map->reserve;
   __atomic_store_n(&heap.arena, (arena_t *)base, __ATOMIC_RELEASE);
   return 0;
 }

@@ -722,7 +722,7 @@ static Suite *heap_suite(void) {
   tcase_add_test(tc, test_reference_counts_and_reuse);
   tcase_add_test(tc, test_bad_sizes);
   tcase_add_loop_test(tc, test_unique_across_processes, 0, N_METHODS);
-  tc = mp_test_tcase(s, "review_wild_words", 40);
+  tc = mp_test_tcase(s, "wild_words", 40);
   tcase_add_loop_test(tc, test_wild_arena_size, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_arena_bump, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_free_head, 0, N_METHODS);
