@@ -85,13 +85,15 @@ _Static_assert(sizeof(block_t) <= BLOCK_HEAD, "the block header fits its space")
 
 /* This process's view: inherited as is by a forked child. Every word of the arena's header is
  * any process's to write, so what bounds a block is kept here: the reserve this process
- * mapped. */
+ * mapped, and the bytes of the file it has seen exist (raised, never lowered, by an fstat
+ * when the arena's size word says another process grew the file). */
 static struct {
   pthread_mutex_t create_lock;
   arena_t *arena;
   int fd;
   uint64_t reserve;
-} heap = {PTHREAD_MUTEX_INITIALIZER, NULL, -1, 0};
+  _Atomic uint64_t mapped;
+} heap = {PTHREAD_MUTEX_INITIALIZER, NULL, -1, 0, 0};
 
 static int map_at(int fd, uint64_t base, uint64_t reserve, int fixed, void **out) {
   void *p = mmap((void *)(uintptr_t)base, reserve, PROT_READ | PROT_WRITE,
@@ -176,6 +178,7 @@ static int create_arena(void) {
   }
   heap.fd = fd;
   heap.reserve = reserve;
+  atomic_store(&heap.mapped, initial);
   /* Published last: mp__shared_contains() reads it without the lock. */
   __atomic_store_n(&heap.arena, arena, __ATOMIC_RELEASE);
   return 0;
@@ -195,9 +198,34 @@ static block_t *block_at(arena_t *arena, uint64_t offset) {
   return (block_t *)((char *)arena + offset);
 }
 
-/* Makes the file at least `need` bytes long, doubling so that growth is rare. */
+/* The file's size now (0 if fstat fails), which heap.mapped is raised to. */
+static uint64_t file_size(void) {
+  struct stat st;
+  if (fstat(heap.fd, &st) < 0)
+    return 0;
+  uint64_t size = (uint64_t)st.st_size, known = atomic_load(&heap.mapped);
+  while (known < size && !atomic_compare_exchange_weak(&heap.mapped, &known, size))
+    ;
+  return size;
+}
+
+/* Whether the first `end` bytes of the arena are mapped and in its file. The size word only
+ * says when to look (an fstat): believed, a block past the file's end would be touched
+ * (SIGBUS), or one past the mapping (SIGSEGV). */
+static bool file_holds(const arena_t *arena, uint64_t end) {
+  return end <= atomic_load(&heap.mapped) ||
+         (end <= heap.reserve && end <= atomic_load(&arena->size) && end <= file_size());
+}
+
+/* Makes the file at least `need` bytes long (at most the reserve), doubling so that growth
+ * is rare. Under the arena's lock: the fstat sees every other grower's ftruncate, so the
+ * file never shrinks, whatever the size word says. */
 static int grow(arena_t *arena, uint64_t need) {
-  uint64_t size = atomic_load(&arena->size);
+  if (need <= atomic_load(&heap.mapped))
+    return 0;
+  uint64_t size = file_size();
+  if (size == 0)
+    return mp__syserror("examining the shared arena's file");
   if (need <= size)
     return 0;
   uint64_t target = size * 2 > need ? size * 2 : need;
@@ -206,6 +234,7 @@ static int grow(arena_t *arena, uint64_t need) {
     target = heap.reserve;
   if (ftruncate(heap.fd, (off_t)target) < 0)
     return mp__syserror("growing the shared arena to %llu bytes", (unsigned long long)target);
+  atomic_store(&heap.mapped, target);
   atomic_store(&arena->size, target);
   return 0;
 }
@@ -288,7 +317,7 @@ static bool release_as(void *payload, uint32_t cls) {
   /* A class from the header is any process's to write (a task that writes before its
    * block): one that the arena cannot hold there leaks the block, where it was shifted and
    * indexed by, and the pages of a block of that size punched (test_forged_heap_class). */
-  if (cls < MIN_CLASS || cls > MAX_CLASS || offset + (1ull << cls) > atomic_load(&arena->size))
+  if (cls < MIN_CLASS || cls > MAX_CLASS || !file_holds(arena, offset + (1ull << cls)))
     return true;
   uint64_t block_size = 1ull << cls;
   if (cls >= PUNCH_CLASS) {
@@ -319,7 +348,7 @@ bool mp__shared_is_block(const void *payload, uint64_t room) {
   arena_t *arena = __atomic_load_n(&heap.arena, __ATOMIC_ACQUIRE);
   uintptr_t at = (uintptr_t)payload, base = (uintptr_t)arena;
   if (!arena || at < base + HEADER_SPACE + BLOCK_HEAD || (at - base) % 64 != 0 ||
-      at - base >= atomic_load(&arena->size))
+      !file_holds(arena, at - base))
     return false;
   /* Each word of the header is read once: another process may be writing it. */
   block_t *block = block_of((void *)at);
@@ -327,16 +356,15 @@ bool mp__shared_is_block(const void *payload, uint64_t room) {
            cls = __atomic_load_n(&block->cls, __ATOMIC_RELAXED);
   uint64_t offset = at - base - BLOCK_HEAD;
   return magic == BLOCK_LIVE && cls >= MIN_CLASS && cls <= MAX_CLASS &&
-         (1ull << cls) - BLOCK_HEAD >= room &&
-         offset + (1ull << cls) <= atomic_load(&arena->size);
+         (1ull << cls) - BLOCK_HEAD >= room && file_holds(arena, offset + (1ull << cls));
 }
 
 bool mp__shared_contains(const void *p) {
   arena_t *arena = __atomic_load_n(&heap.arena, __ATOMIC_ACQUIRE);
   if (!arena || !p)
     return false;
-  const char *lo = (const char *)arena + HEADER_SPACE;
-  return (const char *)p >= lo && (const char *)p < (const char *)arena + atomic_load(&arena->size);
+  uintptr_t at = (uintptr_t)p, base = (uintptr_t)arena;
+  return at >= base + HEADER_SPACE && file_holds(arena, at - base + 1);
 }
 
 uint64_t mp__shared_unique(void) {
@@ -402,8 +430,7 @@ int mp__heap_attach(int fd, const mp__heap_map_t *map) {
                      (unsigned long long)map->base, strerror(-rc));
   }
   const arena_t *arena = base;
-  if (arena->magic != ARENA_MAGIC || arena->reserve != map->reserve ||
-      atomic_load(&arena->size) > map->reserve) {
+  if (arena->magic != ARENA_MAGIC || arena->reserve != map->reserve) {
     munmap(base, map->reserve);
     close(fd);
     return mp__error(MP_ESPAWN, "the child refused the shared arena: its header is not one");
@@ -411,6 +438,7 @@ int mp__heap_attach(int fd, const mp__heap_map_t *map) {
   fcntl(fd, F_SETFD, FD_CLOEXEC);
   heap.fd = fd;
   heap.reserve = map->reserve;
+  atomic_store(&heap.mapped, (uint64_t)st.st_size);
   __atomic_store_n(&heap.arena, (arena_t *)base, __ATOMIC_RELEASE);
   return 0;
 }
