@@ -24,6 +24,8 @@
 #include "internal.h"
 
 #include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -247,6 +249,23 @@ static uint32_t class_of(uint64_t size) {
   return cls;
 }
 
+/* MP_ECORRUPT, saying which word of the arena's header was found wild. */
+__attribute__((noinline, cold, format(printf, 1, 2))) static int corrupt(const char *fmt, ...) {
+  char what[160];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  return mp__error(MP_ECORRUPT, "allocating in the shared arena: its header is corrupt: %s",
+                   what);
+}
+
+/* Blocks are placed from the header's page up, each a multiple of the smallest class in
+ * size: bump, past the last, lies in the file (and so in this process's mapping). */
+static bool bump_fits(const arena_t *arena, uint64_t bump) {
+  return bump >= HEADER_SPACE && bump % (1ull << MIN_CLASS) == 0 && file_holds(arena, bump);
+}
+
 static void *allocate(size_t size, bool zeroed) {
   if (size == 0)
     return mp__error(MP_EINVAL, "a shared object of 0 bytes"), NULL;
@@ -265,16 +284,18 @@ static void *allocate(size_t size, bool zeroed) {
     return NULL;
   /* After an owner's death the lists are still well formed: every update below is a
    * single store once the block is taken, so the worst left behind is one lost block. */
-  uint64_t offset = arena->free_head[cls];
+  uint64_t bump = arena->bump, offset = arena->free_head[cls];
   bool reused = offset != 0;
-  if (reused) {
+  if (!bump_fits(arena, bump)) {
+    rc = corrupt("its bump word is %llu", (unsigned long long)bump);
+  } else if (reused) {
     arena->free_head[cls] = *(uint64_t *)((char *)block_at(arena, offset) + BLOCK_HEAD);
-  } else if (arena->bump + block_size > heap.reserve) {
+  } else if (block_size > heap.reserve - bump) {
     rc = mp__error(MP_ENOMEM, "the shared arena is full (%llu bytes reserved)",
                    (unsigned long long)heap.reserve);
-  } else if ((rc = grow(arena, arena->bump + block_size)) == 0) {
-    offset = arena->bump;
-    arena->bump += block_size;
+  } else if ((rc = grow(arena, bump + block_size)) == 0) {
+    offset = bump;
+    arena->bump = bump + block_size;
   }
   mp__mutex_unlock(&arena->lock);
   if (rc < 0 && rc != MP_EOWNERDEAD)
