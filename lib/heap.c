@@ -266,6 +266,16 @@ static bool bump_fits(const arena_t *arena, uint64_t bump) {
   return bump >= HEADER_SPACE && bump % (1ull << MIN_CLASS) == 0 && file_holds(arena, bump);
 }
 
+/* A free list's entry names a block below bump, released as a block of its class. */
+static bool free_block_fits(arena_t *arena, uint64_t offset, uint32_t cls, uint64_t bump) {
+  if (offset < HEADER_SPACE || offset % (1ull << MIN_CLASS) != 0 || offset > bump ||
+      bump - offset < (1ull << cls))
+    return false;
+  const block_t *block = block_at(arena, offset);
+  return __atomic_load_n(&block->magic, __ATOMIC_RELAXED) == BLOCK_FREE &&
+         __atomic_load_n(&block->cls, __ATOMIC_RELAXED) == cls;
+}
+
 static void *allocate(size_t size, bool zeroed) {
   if (size == 0)
     return mp__error(MP_EINVAL, "a shared object of 0 bytes"), NULL;
@@ -289,7 +299,14 @@ static void *allocate(size_t size, bool zeroed) {
   if (!bump_fits(arena, bump)) {
     rc = corrupt("its bump word is %llu", (unsigned long long)bump);
   } else if (reused) {
-    arena->free_head[cls] = *(uint64_t *)((char *)block_at(arena, offset) + BLOCK_HEAD);
+    if (!free_block_fits(arena, offset, cls, bump)) {
+      arena->free_head[cls] = 0; /* its blocks leak: none can be told from a live one */
+      rc = corrupt("its list of free %llu-byte blocks starts at %llu, no free block of that "
+                   "class (the list is dropped)",
+                   (unsigned long long)block_size, (unsigned long long)offset);
+    } else {
+      arena->free_head[cls] = *(uint64_t *)((char *)block_at(arena, offset) + BLOCK_HEAD);
+    }
   } else if (block_size > heap.reserve - bump) {
     rc = mp__error(MP_ENOMEM, "the shared arena is full (%llu bytes reserved)",
                    (unsigned long long)heap.reserve);
