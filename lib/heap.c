@@ -345,26 +345,35 @@ void mp__shared_retain(void *payload) {
   atomic_fetch_add(&block_of(payload)->refs, 1);
 }
 
-/* Drops a reference to payload's block, taken to be of class cls; the last one frees it. */
+/* Drops a reference to payload's block, of class cls by its owner's size; the last one frees
+ * it. The header is any process's to write (a task that writes before its block): a class
+ * other than cls would put the block on another class's list, whose next block would span
+ * its live neighbours, and punch their pages (test_forged_class_frees_neighbour); a block
+ * not live is on a list already, and would be handed out twice. Either is refused, the block
+ * left out of use. */
 static bool release_as(void *payload, uint32_t cls) {
   block_t *block = block_of(payload);
   if (atomic_fetch_sub(&block->refs, 1) != 1)
     return false;
   arena_t *arena = heap.arena;
-  uint64_t offset = (uint64_t)((char *)block - (char *)arena);
-  /* A class from the header is any process's to write (a task that writes before its
-   * block): one that the arena cannot hold there leaks the block, where it was shifted and
-   * indexed by, and the pages of a block of that size punched (test_forged_heap_class). */
-  if (cls < MIN_CLASS || cls > MAX_CLASS || !file_holds(arena, offset + (1ull << cls)))
+  uint64_t offset = (uint64_t)((char *)block - (char *)arena), block_size = 1ull << cls;
+  uint32_t header_cls = __atomic_load_n(&block->cls, __ATOMIC_RELAXED), magic = BLOCK_LIVE;
+  if (header_cls != cls || !file_holds(arena, offset + block_size) ||
+      !__atomic_compare_exchange_n(&block->magic, &magic, BLOCK_FREE, false, __ATOMIC_RELAXED,
+                                   __ATOMIC_RELAXED)) {
+    mp__error(MP_ECORRUPT,
+              "releasing a shared block of %llu bytes at %p: its header (class %u, magic "
+              "%#x) is not a live block of class %u; the block is left out of use",
+              (unsigned long long)block_size, payload, header_cls,
+              __atomic_load_n(&block->magic, __ATOMIC_RELAXED), cls);
     return true;
-  uint64_t block_size = 1ull << cls;
+  }
   if (cls >= PUNCH_CLASS) {
     /* Give the pages back, keeping the one that holds the header and the list link. */
     uint64_t from = (offset + BLOCK_HEAD + sizeof(uint64_t) + 4095) & ~4095ull;
     fallocate(heap.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)from,
               (off_t)(offset + block_size - from));
   }
-  block->magic = BLOCK_FREE;
   int rc = mp__mutex_lock(&arena->lock, INT64_MAX);
   if (rc < 0 && rc != MP_EOWNERDEAD)
     return true; /* cannot happen without a deadline; the block would only be lost */
@@ -372,10 +381,6 @@ static bool release_as(void *payload, uint32_t cls) {
   arena->free_head[cls] = offset;
   mp__mutex_unlock(&arena->lock);
   return true;
-}
-
-bool mp__shared_release(void *payload) {
-  return release_as(payload, __atomic_load_n(&block_of(payload)->cls, __ATOMIC_RELAXED));
 }
 
 bool mp__shared_release_sized(void *payload, uint64_t size) {
