@@ -82,6 +82,11 @@ static void *pipe_of(mp_conn_t *conn) {
   return conn - conn->index;
 }
 
+/* Drops a reference to a pipe's block: by its size, never by its header's class. */
+static void release_pipe(void *block) {
+  mp__shared_release_sized(block, sizeof(pipe_block_t));
+}
+
 /* ------------------------------ checks ------------------------------ */
 
 /* This process's fd for key (0: none), or -1. */
@@ -236,7 +241,7 @@ static void retire_fds(const mp_conn_t *conn) {
 /* Children's references are their process objects', dropped when they are reaped. */
 static void release_here(mp_conn_t *conn) {
   if (conn->creator == getpid())
-    mp__shared_release(pipe_of(conn));
+    release_pipe(pipe_of(conn));
 }
 
 /* Closes an end whose entry says closed with no call left: outside the lock (close() may
@@ -399,7 +404,7 @@ int mp_pipe(bool duplex, mp_conn_t **a, mp_conn_t **b) {
   if (rc < 0) {
     close_fds(&block->ends[0]);
     close_fds(&block->ends[1]);
-    mp__shared_release(block);
+    release_pipe(block);
     return rc;
   }
   mp__shared_retain(block); /* a reference for each end */
@@ -805,7 +810,7 @@ static int pass_conn(void *obj, mp_process_t *proc) {
     return mp__error(MP_EINVAL, "mp_process_pass_conn: %p is not a connection end", obj);
   if (!open_here(conn))
     return closed_error("mp_process_pass_conn");
-  int rc = mp__process_hold(proc, pipe_of(conn));
+  int rc = mp__process_hold_ref(proc, pipe_of(conn), mp__shared_retain, release_pipe);
   if (rc == 0 && conn->rkey)
     rc = mp__process_pass_fd(proc, conn->rkey);
   if (rc == 0 && conn->wkey)

@@ -25,6 +25,8 @@
 #include "internal.h"
 
 #include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -84,12 +86,17 @@ typedef struct {
 _Static_assert(sizeof(arena_t) <= HEADER_SPACE, "the arena header fits its page");
 _Static_assert(sizeof(block_t) <= BLOCK_HEAD, "the block header fits its space");
 
-/* This process's view: inherited as is by a forked child. */
+/* This process's view: inherited as is by a forked child. Every word of the arena's header is
+ * any process's to write, so what bounds a block is kept here: the reserve this process
+ * mapped, and the bytes of the file it has seen exist (raised, never lowered, by an fstat
+ * when the arena's size word says another process grew the file). */
 static struct {
   pthread_mutex_t create_lock;
   arena_t *arena;
   int fd;
-} heap = {PTHREAD_MUTEX_INITIALIZER, NULL, -1};
+  uint64_t reserve;
+  _Atomic uint64_t mapped;
+} heap = {PTHREAD_MUTEX_INITIALIZER, NULL, -1, 0, 0};
 
 static int map_at(int fd, uint64_t base, uint64_t reserve, int fixed, void **out) {
   void *p = mmap((void *)(uintptr_t)base, reserve, PROT_READ | PROT_WRITE,
@@ -167,6 +174,8 @@ static int create_arena(void) {
   arena->size = initial;
   arena->bump = HEADER_SPACE;
   heap.fd = fd;
+  heap.reserve = reserve;
+  atomic_store(&heap.mapped, initial);
   /* Published last: mp__shared_contains() reads it without the lock. */
   __atomic_store_n(&heap.arena, arena, __ATOMIC_RELEASE);
   return 0;
@@ -207,17 +216,43 @@ static block_t *block_at(arena_t *arena, uint64_t offset) {
   return (block_t *)((char *)arena + offset);
 }
 
-/* Makes the file at least `need` bytes long, doubling so that growth is rare. */
+/* The file's size now (0 if fstat fails), which heap.mapped is raised to. */
+static uint64_t file_size(void) {
+  struct stat st;
+  if (fstat(heap.fd, &st) < 0)
+    return 0;
+  uint64_t size = (uint64_t)st.st_size, known = atomic_load(&heap.mapped);
+  while (known < size && !atomic_compare_exchange_weak(&heap.mapped, &known, size))
+    ;
+  return size;
+}
+
+/* Whether the first `end` bytes of the arena are mapped and in its file. The size word only
+ * says when to look (an fstat): believed, a block past the file's end would be touched
+ * (SIGBUS), or one past the mapping (SIGSEGV). */
+static bool file_holds(const arena_t *arena, uint64_t end) {
+  return end <= atomic_load(&heap.mapped) ||
+         (end <= heap.reserve && end <= atomic_load(&arena->size) && end <= file_size());
+}
+
+/* Makes the file at least `need` bytes long (at most the reserve), doubling so that growth
+ * is rare. Under the arena's lock: the fstat sees every other grower's ftruncate, so the
+ * file never shrinks, whatever the size word says. */
 static int grow(arena_t *arena, uint64_t need) {
-  uint64_t size = atomic_load(&arena->size);
+  if (need <= atomic_load(&heap.mapped))
+    return 0;
+  uint64_t size = file_size();
+  if (size == 0)
+    return mp__syserror("examining the shared arena's file");
   if (need <= size)
     return 0;
   uint64_t target = size * 2 > need ? size * 2 : need;
   target = (target + GROW_GRANULE - 1) / GROW_GRANULE * GROW_GRANULE;
-  if (target > arena->reserve)
-    target = arena->reserve;
+  if (target > heap.reserve)
+    target = heap.reserve;
   if (ftruncate(heap.fd, (off_t)target) < 0)
     return mp__syserror("growing the shared arena to %llu bytes", (unsigned long long)target);
+  atomic_store(&heap.mapped, target);
   atomic_store(&arena->size, target);
   return 0;
 }
@@ -243,37 +278,74 @@ static int lock_arena(arena_t *arena, mp__deadline_t *d) {
   return rc;
 }
 
-/* *late: set when the arena's lock was not had by *d. */
-static void *allocate(size_t size, bool zeroed, mp__deadline_t *d, bool *late) {
+/* MP_ECORRUPT, saying which word of the arena's header was found wild. */
+__attribute__((noinline, cold, format(printf, 1, 2))) static int corrupt(const char *fmt, ...) {
+  char what[160];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  return mp__error(MP_ECORRUPT, "allocating in the shared arena: its header is corrupt: %s",
+                   what);
+}
+
+/* Blocks are placed from the header's page up, each a multiple of the smallest class in
+ * size: bump, past the last, lies in the file (and so in this process's mapping). */
+static bool bump_fits(const arena_t *arena, uint64_t bump) {
+  return bump >= HEADER_SPACE && bump % (1ull << MIN_CLASS) == 0 && file_holds(arena, bump);
+}
+
+/* A free list's entry names a block below bump, released as a block of its class. */
+static bool free_block_fits(arena_t *arena, uint64_t offset, uint32_t cls, uint64_t bump) {
+  if (offset < HEADER_SPACE || offset % (1ull << MIN_CLASS) != 0 || offset > bump ||
+      bump - offset < (1ull << cls))
+    return false;
+  const block_t *block = block_at(arena, offset);
+  return __atomic_load_n(&block->magic, __ATOMIC_RELAXED) == BLOCK_FREE &&
+         __atomic_load_n(&block->cls, __ATOMIC_RELAXED) == cls;
+}
+
+/* A block of size bytes in *out (NULL on failure), or the error: MP_EINVAL, MP_ENOMEM,
+ * MP_ECORRUPT (a wild word of the arena's header), MP_ETIMEDOUT (its lock not had by *d). */
+static int allocate(void **out, size_t size, bool zeroed, mp__deadline_t *d) {
+  *out = NULL;
   if (size == 0)
-    return mp__error(MP_EINVAL, "a shared object of 0 bytes"), NULL;
+    return mp__error(MP_EINVAL, "a shared object of 0 bytes");
   arena_t *arena = get_arena();
   if (!arena)
-    return NULL;
-  if (size > arena->reserve / 2)
+    return MP_ENOMEM; /* said by its creation */
+  if (size > heap.reserve / 2)
     return mp__error(MP_ENOMEM, "%zu bytes do not fit the shared arena (%llu reserved)", size,
-                     (unsigned long long)arena->reserve),
-           NULL;
+                     (unsigned long long)heap.reserve);
   uint32_t cls = class_of(size);
   uint64_t block_size = 1ull << cls;
 
   int rc = lock_arena(arena, d);
-  if ((*late = rc == MP_ETIMEDOUT))
-    return NULL;
-  uint64_t offset = arena->free_head[cls];
+  if (rc == MP_ETIMEDOUT)
+    return rc;
+  uint64_t bump = arena->bump, offset = arena->free_head[cls];
   bool reused = offset != 0;
-  if (reused) {
-    arena->free_head[cls] = *(uint64_t *)((char *)block_at(arena, offset) + BLOCK_HEAD);
-  } else if (arena->bump + block_size > arena->reserve) {
+  if (!bump_fits(arena, bump)) {
+    rc = corrupt("its bump word is %llu", (unsigned long long)bump);
+  } else if (reused) {
+    if (!free_block_fits(arena, offset, cls, bump)) {
+      arena->free_head[cls] = 0; /* its blocks leak: none can be told from a live one */
+      rc = corrupt("its list of free %llu-byte blocks starts at %llu, no free block of that "
+                   "class (the list is dropped)",
+                   (unsigned long long)block_size, (unsigned long long)offset);
+    } else {
+      arena->free_head[cls] = *(uint64_t *)((char *)block_at(arena, offset) + BLOCK_HEAD);
+    }
+  } else if (block_size > heap.reserve - bump) {
     rc = mp__error(MP_ENOMEM, "the shared arena is full (%llu bytes reserved)",
-                   (unsigned long long)arena->reserve);
-  } else if ((rc = grow(arena, arena->bump + block_size)) == 0) {
-    offset = arena->bump;
-    arena->bump += block_size;
+                   (unsigned long long)heap.reserve);
+  } else if ((rc = grow(arena, bump + block_size)) == 0) {
+    offset = bump;
+    arena->bump = bump + block_size;
   }
   mp__wlock_unlock(&arena->lock);
   if (rc < 0 && rc != MP_EOWNERDEAD)
-    return NULL;
+    return rc;
 
   block_t *block = block_at(arena, offset);
   char *payload = (char *)block + BLOCK_HEAD;
@@ -283,23 +355,24 @@ static void *allocate(size_t size, bool zeroed, mp__deadline_t *d, bool *late) {
   block->cls = cls;
   atomic_store(&block->refs, 1);
   block->magic = BLOCK_LIVE;
-  return payload;
+  *out = payload;
+  return 0;
 }
 
 void *mp__shared_alloc(size_t size) {
-  bool late;
-  return allocate(size, true, MP__NO_DEADLINE, &late);
+  void *payload;
+  (void)allocate(&payload, size, true, MP__NO_DEADLINE);
+  return payload;
 }
 
 void *mp__shared_alloc_raw(size_t size) {
-  bool late;
-  return allocate(size, false, MP__NO_DEADLINE, &late);
+  void *payload;
+  (void)allocate(&payload, size, false, MP__NO_DEADLINE);
+  return payload;
 }
 
 int mp__shared_alloc_by(void **out, size_t size, mp__deadline_t *d) {
-  bool late = false;
-  *out = allocate(size, false, d, &late);
-  return *out ? 0 : late ? MP_ETIMEDOUT : MP_ENOMEM;
+  return allocate(out, size, false, d);
 }
 
 static block_t *block_of(void *payload) {
@@ -310,37 +383,41 @@ void mp__shared_retain(void *payload) {
   atomic_fetch_add(&block_of(payload)->refs, 1);
 }
 
-/* Drops a reference to payload's block, taken to be of class cls; the last one frees it. */
+/* Drops a reference to payload's block, of class cls by its owner's size; the last one frees
+ * it. The header is any process's to write (a task that writes before its block): a class
+ * other than cls would put the block on another class's list, whose next block would span
+ * its live neighbours, and punch their pages (test_forged_class_frees_neighbour); a block
+ * not live is on a list already, and would be handed out twice. Either is refused, the block
+ * left out of use. */
 static bool release_as(void *payload, uint32_t cls, mp__deadline_t *d) {
   block_t *block = block_of(payload);
   if (atomic_fetch_sub(&block->refs, 1) != 1)
     return false;
   arena_t *arena = heap.arena;
-  uint64_t offset = (uint64_t)((char *)block - (char *)arena);
-  /* A class from the header is any process's to write (a task that writes before its
-   * block): one that the arena cannot hold there leaks the block, where it was shifted and
-   * indexed by, and the pages of a block of that size punched (test_forged_heap_class). */
-  if (cls < MIN_CLASS || cls > MAX_CLASS || offset + (1ull << cls) > atomic_load(&arena->size))
+  uint64_t offset = (uint64_t)((char *)block - (char *)arena), block_size = 1ull << cls;
+  uint32_t header_cls = __atomic_load_n(&block->cls, __ATOMIC_RELAXED), magic = BLOCK_LIVE;
+  if (header_cls != cls || !file_holds(arena, offset + block_size) ||
+      !__atomic_compare_exchange_n(&block->magic, &magic, BLOCK_FREE, false, __ATOMIC_RELAXED,
+                                   __ATOMIC_RELAXED)) {
+    mp__error(MP_ECORRUPT,
+              "releasing a shared block of %llu bytes at %p: its header (class %u, magic "
+              "%#x) is not a live block of class %u; the block is left out of use",
+              (unsigned long long)block_size, payload, header_cls,
+              __atomic_load_n(&block->magic, __ATOMIC_RELAXED), cls);
     return true;
-  uint64_t block_size = 1ull << cls;
+  }
   if (cls >= PUNCH_CLASS) {
     /* Give the pages back, keeping the one that holds the header and the list link. */
     uint64_t from = (offset + BLOCK_HEAD + sizeof(uint64_t) + 4095) & ~4095ull;
     fallocate(heap.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)from,
               (off_t)(offset + block_size - from));
   }
-  block->magic = BLOCK_FREE;
   if (lock_arena(arena, d) == MP_ETIMEDOUT)
     return true; /* the block is lost rather than the caller's deadline */
   *(uint64_t *)((char *)payload) = arena->free_head[cls];
   arena->free_head[cls] = offset;
   mp__wlock_unlock(&arena->lock);
   return true;
-}
-
-bool mp__shared_release(void *payload) {
-  return release_as(payload, __atomic_load_n(&block_of(payload)->cls, __ATOMIC_RELAXED),
-                    MP__NO_DEADLINE);
 }
 
 bool mp__shared_release_sized(void *payload, uint64_t size) {
@@ -355,7 +432,7 @@ bool mp__shared_is_block(const void *payload, uint64_t room) {
   arena_t *arena = __atomic_load_n(&heap.arena, __ATOMIC_ACQUIRE);
   uintptr_t at = (uintptr_t)payload, base = (uintptr_t)arena;
   if (!arena || at < base + HEADER_SPACE + BLOCK_HEAD || (at - base) % 64 != 0 ||
-      at - base >= atomic_load(&arena->size))
+      !file_holds(arena, at - base))
     return false;
   /* Each word of the header is read once: another process may be writing it. */
   block_t *block = block_of((void *)at);
@@ -363,16 +440,15 @@ bool mp__shared_is_block(const void *payload, uint64_t room) {
            cls = __atomic_load_n(&block->cls, __ATOMIC_RELAXED);
   uint64_t offset = at - base - BLOCK_HEAD;
   return magic == BLOCK_LIVE && cls >= MIN_CLASS && cls <= MAX_CLASS &&
-         (1ull << cls) - BLOCK_HEAD >= room &&
-         offset + (1ull << cls) <= atomic_load(&arena->size);
+         (1ull << cls) - BLOCK_HEAD >= room && file_holds(arena, offset + (1ull << cls));
 }
 
 bool mp__shared_contains(const void *p) {
   arena_t *arena = __atomic_load_n(&heap.arena, __ATOMIC_ACQUIRE);
   if (!arena || !p)
     return false;
-  const char *lo = (const char *)arena + HEADER_SPACE;
-  return (const char *)p >= lo && (const char *)p < (const char *)arena + atomic_load(&arena->size);
+  uintptr_t at = (uintptr_t)p, base = (uintptr_t)arena;
+  return at >= base + HEADER_SPACE && file_holds(arena, at - base + 1);
 }
 
 uint64_t mp__shared_unique(void) {
@@ -401,7 +477,7 @@ bool mp__heap_describe(mp__heap_map_t *map, int *fd) {
   if (!arena)
     return false;
   map->base = (uint64_t)(uintptr_t)arena;
-  map->reserve = arena->reserve;
+  map->reserve = heap.reserve;
   *fd = heap.fd;
   return true;
 }
@@ -438,14 +514,15 @@ int mp__heap_attach(int fd, const mp__heap_map_t *map) {
                      (unsigned long long)map->base, strerror(-rc));
   }
   const arena_t *arena = base;
-  if (arena->magic != ARENA_MAGIC || arena->reserve != map->reserve ||
-      atomic_load(&arena->size) > map->reserve) {
+  if (arena->magic != ARENA_MAGIC || arena->reserve != map->reserve) {
     munmap(base, map->reserve);
     close(fd);
     return mp__error(MP_ESPAWN, "the child refused the shared arena: its header is not one");
   }
   fcntl(fd, F_SETFD, FD_CLOEXEC);
   heap.fd = fd;
+  heap.reserve = map->reserve;
+  atomic_store(&heap.mapped, (uint64_t)st.st_size);
   __atomic_store_n(&heap.arena, (arena_t *)base, __ATOMIC_RELEASE);
   return 0;
 }

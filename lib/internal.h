@@ -360,21 +360,21 @@ void mp__fd_after_fork(void);
  * Blocks are zeroed, 64-byte aligned and reference counted: allocating gives one reference,
  * the last release frees the block. Allocation and release are safe from any thread of any
  * process of the program. */
-/* NULL on failure, with mp_last_error() set (size 0 or too large, arena exhausted). */
+/* NULL on failure, with mp_last_error() set (size 0 or too large, arena exhausted; the
+ * arena's header found corrupt, MP_ECORRUPT). */
 void *mp__shared_alloc(size_t size);
 /* The same, not zeroed: for buffers about to be overwritten whole. */
 void *mp__shared_alloc_raw(size_t size);
 /* The same, waiting for the arena's lock no later than *d (a queue's put): 0 and the block
- * in *out; NULL and MP_ETIMEDOUT (a live process held the lock: said), or MP_ENOMEM (any
- * other failure, said). Without a deadline, the lock is waited for as long as a live holder
+ * in *out; NULL and MP_ETIMEDOUT (a live process held the lock: said), MP_ECORRUPT (a wild
+ * word of the arena's header, said) or MP_ENOMEM (any other failure, said). Without a deadline, the lock is waited for as long as a live holder
  * keeps it (a holder that ended is taken over after a slice). */
 int mp__shared_alloc_by(void **out, size_t size, mp__deadline_t *d);
 void mp__shared_retain(void *block);
-/* Drops one reference; true if that was the last (the block is then free, or leaked if its
- * header's class is one the arena cannot hold there). */
-bool mp__shared_release(void *block);
-/* The same for a block allocated with size bytes, its header's class set from size first:
- * for blocks whose header another process may have written (a pool's job blocks). */
+/* Drops one reference to a block allocated with size bytes; true if that was the last: the
+ * block is then free, or left out of use with MP_ECORRUPT set if its header (any process's
+ * to write) is not a live block of that size. The size is the caller's, never the header's:
+ * a block's class written wild would free its live neighbours with it. */
 bool mp__shared_release_sized(void *block, uint64_t size);
 /* The same, waiting for the arena's lock no later than *d (a queue's put or get): past it,
  * the block is lost. */
@@ -462,11 +462,9 @@ struct mp_process_s {
  * start ignores its errors but MP_ENOMEM. */
 typedef int (*mp__pass_fn)(void *obj, mp_process_t *proc);
 void mp__passable_register(uint32_t kind, mp__pass_fn pass);
-/* Keeps block (a live shared block) alive for proc's child: one reference from now until
- * the child is reaped, or the process object closed unstarted. MP_ESTARTED after start. */
-int mp__process_hold(mp_process_t *proc, void *block);
-/* The same for an object counted by its own references: retain(obj) now (once per proc,
- * however often obj is passed), release(obj) at the reap. */
+/* Keeps obj alive for proc's child: retain(obj) now (once per proc, however often obj is
+ * passed), release(obj) when the child is reaped, or the process object closed unstarted.
+ * MP_ESTARTED after start. */
 int mp__process_hold_ref(mp_process_t *proc, void *obj, void (*retain)(void *obj),
                          void (*release)(void *obj));
 
@@ -756,6 +754,9 @@ bool mp__lock_placed(const mp_lock_t *lock);
 #define MP__INNER_LOCK_AT 64
 #define MP__INNER_LOCK_SIZE 56
 int mp__lock_init_inner(mp_lock_t *lock);
+/* How closing a Value's own lock releases the Value's block (by its size, which only
+ * sharedctypes.c reads): set by sharedctypes.c as it is loaded. */
+void mp__lock_inner_release_set(bool (*release)(void *block));
 
 /* --------------------------------- pool ---------------------------------- */
 

@@ -1229,13 +1229,13 @@ int mp__jobs_create(mp__jobs_t **out, uint32_t n_workers, unsigned maxtasks, uns
   if (!t || !sh) {
     free(t);
     if (sh)
-      mp__shared_release(sh);
+      mp__shared_release_sized(sh, shared_block_size(n_workers));
     return mp__error(MP_ENOMEM, "no memory for the job table of %u workers", n_workers);
   }
   int rc = mp__mutex_init(&sh->err_lock);
   if (rc < 0) {
     free(t);
-    mp__shared_release(sh);
+    mp__shared_release_sized(sh, shared_block_size(n_workers));
     return rc;
   }
   pthread_mutex_init(&t->lock, NULL);

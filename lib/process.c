@@ -789,10 +789,6 @@ static int pass_handles_in_arg(mp_process_t *proc) {
   return 0;
 }
 
-static void release_block(void *block) {
-  mp__shared_release(block);
-}
-
 int mp__process_hold_ref(mp_process_t *proc, void *obj, void (*retain)(void *obj),
                          void (*release)(void *obj)) {
   int rc = check_not_started(proc, "passing a shared object to a child");
@@ -808,10 +804,6 @@ int mp__process_hold_ref(mp_process_t *proc, void *obj, void (*retain)(void *obj
   grown[proc->n_held++] = (mp__held_t){obj, release};
   proc->held = grown;
   return 0;
-}
-
-int mp__process_hold(mp_process_t *proc, void *block) {
-  return mp__process_hold_ref(proc, block, mp__shared_retain, release_block);
 }
 
 /* A failed launch's error, named after its start method. Not inlined: its buffer would

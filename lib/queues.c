@@ -1067,7 +1067,8 @@ static int grow_ring(mp_queue_t *q, ring_t *ring, uint32_t need, mp__deadline_t 
  */
 
 /* A raw block of len bytes for a put, the arena's lock waited for until the put's deadline:
- * 0, MP_ENOMEM (the arena said why) or MP_EFULL (a live process held the arena's lock). */
+ * 0, MP_ENOMEM or MP_ECORRUPT (the arena said why) or MP_EFULL (a live process held the
+ * arena's lock). */
 static int put_block(size_t len, mp__deadline_t *d, const char *fn, void **out) {
   int rc = mp__shared_alloc_by(out, len, d);
   return rc == MP_ETIMEDOUT ? mp__error_prefix(MP_EFULL, "%s", fn) : rc;

@@ -268,7 +268,7 @@ static int create(ctypes_t **out, uint32_t magic, int typecode, size_t length, c
       mp_lock_close(lock);
   }
   if (rc < 0) {
-    mp__shared_release(c);
+    mp__shared_release_sized(c, data_at + length * elem);
     return rc;
   }
   c->magic = magic;
@@ -485,15 +485,29 @@ static int copy(const view_t *v, size_t start, size_t count, void *buf, bool to_
   X(set_double, (double x), (.op = SET_DOUBLE, .d = x))                                        \
   X(add_double, (double delta, double *result), (.op = ADD_DOUBLE, .d = delta, .d_out = result))
 
+/* Drops a reference to a Value's or Array's block by the size its header gives, checked by
+ * view_of against the block: no process has another record of it (a child is given only
+ * the handle). A header that does not fit leaves the block out of use. */
+static bool release_block(void *block) {
+  uint32_t magic = ((const ctypes_t *)block)->magic;
+  view_t v;
+  return (magic == VALUE_MAGIC || magic == ARRAY_MAGIC) && view_of(block, magic, &v) == 0 &&
+         mp__shared_release_sized(block, v.h.data_at + v.h.length * v.h.elem);
+}
+
+/* Prioritized: a spawned child's take-over (spawn.c) never returns to later constructors. */
+__attribute__((constructor(102))) static void register_release(void) {
+  mp__lock_inner_release_set(release_block);
+}
+
 /* The header's lock word is not followed: the close that frees the block drops the
- * reference this process gave it, if any (given_t), and a corrupt header's block is
- * released all the same. */
+ * reference this process gave it, if any (given_t). */
 static int close_c(void *handle, uint32_t magic, const char *fn) {
   view_t v;
   if (view_of(handle, magic, &v) == MP_EINVAL)
     return checked(handle, magic, &v, fn);
   pthread_mutex_lock(&given.lock);
-  mp_lock_t *lock = mp__shared_release(handle) ? given_take(handle) : NULL;
+  mp_lock_t *lock = release_block(handle) ? given_take(handle) : NULL;
   pthread_mutex_unlock(&given.lock);
   if (lock)
     mp_lock_close(lock);

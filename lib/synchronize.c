@@ -140,7 +140,7 @@ static int new_object(void *out, size_t size, uint32_t magic, size_t mutex_at) {
   int rc =
       mutex_at == NO_MUTEX ? 0 : mp__mutex_init((pthread_mutex_t *)((char *)obj + mutex_at));
   if (rc < 0) {
-    mp__shared_release(obj);
+    mp__shared_release_sized(obj, size);
     return rc;
   }
   *obj = magic;
@@ -155,10 +155,10 @@ static int retain(void *obj, uint32_t magic, const char *fn) {
   return 0;
 }
 
-static int release(void *obj, uint32_t magic, const char *fn) {
+static int release(void *obj, size_t size, uint32_t magic, const char *fn) {
   if (!valid(obj, magic))
     return invalid(fn);
-  mp__shared_release(obj);
+  mp__shared_release_sized(obj, size);
   return 0;
 }
 
@@ -183,6 +183,20 @@ static bool is_lock(const mp_lock_t *lock) {
 /* The block whose references are the lock's: a Value's for its own lock. */
 static void *lock_block(mp_lock_t *lock) {
   return lock->magic == INNER_MAGIC ? (char *)lock - MP__INNER_LOCK_AT : (void *)lock;
+}
+
+/* How a Value's or Array's block is released: by its size, which only sharedctypes.c (a
+ * layer above) can read. NULL while no such object can exist (it is not linked in). */
+static bool (*inner_release)(void *block);
+
+void mp__lock_inner_release_set(bool (*release)(void *block)) {
+  inner_release = release;
+}
+
+static bool lock_release(mp_lock_t *lock) {
+  if (lock->magic != INNER_MAGIC)
+    return mp__shared_release_sized(lock, sizeof *lock);
+  return inner_release && inner_release(lock_block(lock));
 }
 
 static int lock_new(mp_lock_t **out, uint32_t magic, const char *fn) {
@@ -280,7 +294,7 @@ int mp_lock_retain(mp_lock_t *lock) {
 int mp_lock_close(mp_lock_t *lock) {
   if (!is_lock(lock))
     return invalid("mp_lock_close");
-  mp__shared_release(lock_block(lock));
+  lock_release(lock);
   return 0;
 }
 
@@ -351,7 +365,7 @@ static void held_remove(mp_semaphore_t *sem) {
     if (held.sems[i] == sem) {
       held.sems[i] = held.sems[held.n - 1];
       __atomic_store_n(&held.n, held.n - 1, __ATOMIC_RELAXED);
-      mp__shared_release(sem);
+      mp__shared_release_sized(sem, sizeof *sem);
       break;
     }
   }
@@ -581,7 +595,7 @@ int mp_semaphore_retain(mp_semaphore_t *sem) {
 }
 
 int mp_semaphore_close(mp_semaphore_t *sem) {
-  return release(sem, SEMAPHORE_MAGIC, "mp_semaphore_close");
+  return release(sem, sizeof *sem, SEMAPHORE_MAGIC, "mp_semaphore_close");
 }
 
 /* A normal end: permits this process took and kept are consumed, so its slots go. Child
@@ -600,7 +614,7 @@ MP__CHILD_TEXT static void semaphores_at_exit(void) {
         sem_commit(sem, sem->value, slot, (proc_id_t){0, 0, 0});
       mp__mutex_unlock(&sem->mutex);
     }
-    mp__shared_release(sem);
+    mp__shared_release_sized(sem, sizeof *sem);
   }
   __atomic_store_n(&held.n, 0, __ATOMIC_RELAXED);
   pthread_mutex_unlock(&held.lock);
@@ -685,7 +699,7 @@ int mp_event_retain(mp_event_t *event) {
 }
 
 int mp_event_close(mp_event_t *event) {
-  return release(event, EVENT_MAGIC, "mp_event_close");
+  return release(event, sizeof *event, EVENT_MAGIC, "mp_event_close");
 }
 
 /* ================================ Condition ================================ */
@@ -958,7 +972,7 @@ int mp_condition_close(mp_condition_t *cond) {
   if (!valid(cond, CONDITION_MAGIC))
     return invalid("mp_condition_close");
   mp_lock_t *lock = cond_lock(cond); /* a wild one is left alone */
-  if (mp__shared_release(cond) && lock)
+  if (mp__shared_release_sized(cond, sizeof *cond) && lock)
     mp_lock_close(lock);
   return 0;
 }
@@ -1083,7 +1097,7 @@ int mp_barrier_create(mp_barrier_t **out, int parties, mp_barrier_action_t actio
   int rc = new_object(&b, sizeof *b, BARRIER_MAGIC, NO_MUTEX);
   if (rc < 0) {
     if (ref)
-      mp__shared_release(ref);
+      mp__shared_release_sized(ref, sizeof *ref);
     return rc;
   }
   b->parties = (uint32_t)parties;
@@ -1245,8 +1259,8 @@ int mp_barrier_close(mp_barrier_t *b) {
   if (!valid(b, BARRIER_MAGIC))
     return invalid("mp_barrier_close");
   mp__fnref_t *action = b->action;
-  if (mp__shared_release(b) && mp__shared_is_block(action, sizeof *action))
-    mp__shared_release(action);
+  if (mp__shared_release_sized(b, sizeof *b) && mp__shared_is_block(action, sizeof *action))
+    mp__shared_release_sized(action, sizeof *action);
   return 0;
 }
 

@@ -50,7 +50,8 @@ START_TEST(test_block_shared_with_child) {
   T_ASSERT(job.block[0] == 0xfeed, "the child's write is not seen: %llx",
            (unsigned long long)job.block[0]);
   T_PROC_CLOSE(p);
-  T_ASSERT(mp__shared_release(job.block), "the only reference did not free the block");
+  T_ASSERT(mp__shared_release_sized(job.block, job.words * sizeof(uint64_t)),
+           "the only reference did not free the block");
 }
 END_TEST
 
@@ -81,13 +82,13 @@ START_TEST(test_growth_by_child_seen_by_parent) {
   T_ASSERT(big[0] == 0xb16 && big[job.grow_bytes / sizeof *big - 1] == 0xb16,
            "the child's block does not hold what it wrote");
   /* A block of the child's is ours to free, and the memory comes back zeroed. */
-  T_ASSERT(mp__shared_release(big), "releasing the child's block");
+  T_ASSERT(mp__shared_release_sized(big, job.grow_bytes), "releasing the child's block");
   uint64_t *again = mp__shared_alloc(job.grow_bytes);
   T_ASSERT(again == big, "the freed block was not reused (%p, %p)", (void *)again, (void *)big);
   T_ASSERT(again[0] == 0 && again[job.grow_bytes / sizeof *again - 1] == 0,
            "a reused block is not zeroed");
-  mp__shared_release(again);
-  mp__shared_release(job.block);
+  mp__shared_release_sized(again, job.grow_bytes);
+  mp__shared_release_sized(job.block, 64);
 }
 END_TEST
 
@@ -108,7 +109,7 @@ START_TEST(test_arena_placement) {
     T_ASSERT(map.base >= 0x550000000000ull && map.base + map.reserve <= 0x555000000000ull,
              "the arena [%#llx, %#llx) is outside the range every sanitizer allows",
              (unsigned long long)map.base, (unsigned long long)(map.base + map.reserve));
-  mp__shared_release(block);
+  mp__shared_release_sized(block, 64);
 }
 END_TEST
 
@@ -117,8 +118,8 @@ START_TEST(test_reference_counts_and_reuse) {
   T_ASSERT(a != NULL, "alloc: %s", mp_last_error());
   memset(a, 'x', 100);
   mp__shared_retain(a);
-  T_ASSERT(!mp__shared_release(a), "the first of two releases freed the block");
-  T_ASSERT(mp__shared_release(a), "the last release did not free the block");
+  T_ASSERT(!mp__shared_release_sized(a, 100), "the first of two releases freed the block");
+  T_ASSERT(mp__shared_release_sized(a, 100), "the last release did not free the block");
   char *b = mp__shared_alloc(90); /* the same size class */
   T_ASSERT(b == a, "the freed block was not reused");
   for (int i = 0; i < 90; i++)
@@ -127,8 +128,8 @@ START_TEST(test_reference_counts_and_reuse) {
   T_ASSERT(raw != NULL && mp__shared_contains(raw), "raw alloc: %s", mp_last_error());
   T_ASSERT(!mp__shared_contains(&raw), "a stack address is in the arena");
   T_ASSERT(!mp__shared_contains(NULL), "NULL is in the arena");
-  mp__shared_release(raw);
-  mp__shared_release(b);
+  mp__shared_release_sized(raw, 5000);
+  mp__shared_release_sized(b, 90);
 }
 END_TEST
 
@@ -159,7 +160,7 @@ START_TEST(test_unique_across_processes) {
   uint64_t after = mp__shared_unique();
   T_ASSERT(before != 0 && before < *seen && *seen < after, "%llu %llu %llu",
            (unsigned long long)before, (unsigned long long)*seen, (unsigned long long)after);
-  mp__shared_release(seen);
+  mp__shared_release_sized(seen, sizeof *seen);
 }
 END_TEST
 
@@ -379,7 +380,7 @@ START_TEST(test_fork_start_inside_unshare) {
 }
 END_TEST
 
-/* ============ review rev-heap: wild words in the arena's header and blocks ============ */
+/* ================ wild words in the arena's header and blocks ================ */
 
 /* lib/heap.c's arena_t, as a buggy or hostile process of the program would write it: magic,
  * reserve, size, unique, nonce (8 bytes each), the allocator's word lock, bump, then the
@@ -511,19 +512,23 @@ START_TEST(test_free_head_names_live_block) {
 }
 END_TEST
 
-/* A block's class word written larger, within the file (what mp__shared_release bounds it
- * by): the release puts the small block on the larger class's free list, and the next block
- * of that class spans the small block's live neighbour, which the allocation zeroes. */
+/* A block's class word written larger, within the file: a release that believed it (an
+ * Array's close did) put the small block on the larger class's free list, and the next block
+ * of that class spanned the small block's live neighbour, which the allocation zeroed. The
+ * release is by the Array's size now, and refuses the class. */
 START_TEST(test_forged_class_frees_neighbour) {
   (void)arena_base();
-  char *a = mp__shared_alloc(6000), *b = mp__shared_alloc(6000); /* class 13: 8 KiB */
-  T_ASSERT(a && b && b == a + 8192, "two adjacent fresh 8 KiB blocks: %p %p", (void *)a,
-           (void *)b);
+  mp_array_t *array;
+  MP_ASSERT_OK(mp_raw_array_create(&array, 'B', 6000, NULL)); /* class 13: 8 KiB */
+  char *a = (char *)array, *b = mp__shared_alloc(6000);
+  T_ASSERT(b == a + 8192, "two adjacent fresh 8 KiB blocks: %p %p", (void *)a, (void *)b);
   memset(b, 0x5a, 6000);
   uint32_t wild_cls = 14;
   T_INT_EQ(*(uint32_t *)(a - 64 + 4), 13);
   mp_test_forge(_i, a - 64 + 4, &wild_cls, sizeof wild_cls);
-  mp__shared_release(a);
+  MP_ASSERT_OK(mp_array_close(array));
+  char said[256];
+  snprintf(said, sizeof said, "%s", mp_last_error());
   char *c = mp__shared_alloc(16000); /* class 14 */
   size_t lost = 0;
   for (size_t k = 0; k < 6000; k++)
@@ -533,6 +538,27 @@ START_TEST(test_forged_class_frees_neighbour) {
            "next 16 KiB allocation %s it, and %zu of its live neighbour's 6000 bytes were "
            "overwritten",
            c == a ? "reused" : "did not reuse", lost);
+  T_ASSERT(strstr(said, "is not a live block of class 13") != NULL, "the close said: %s", said);
+}
+END_TEST
+
+/* A freed block's reference count written back to 1 (or a release by a process that holds no
+ * reference): a release that listed the block again would hand it to two allocations. */
+START_TEST(test_release_of_free_block) {
+  (void)arena_base();
+  char *a = mp__shared_alloc(20000); /* class 15 */
+  T_ASSERT(a && mp__shared_release_sized(a, 20000), "the only reference freed the block");
+  uint32_t one = 1;
+  mp_test_forge(_i, a - 64 + 8, &one, sizeof one);
+  T_ASSERT(mp__shared_release_sized(a, 20000), "the forged last reference");
+  char said[256];
+  snprintf(said, sizeof said, "%s", mp_last_error());
+  char *x = mp__shared_alloc(20000), *y = mp__shared_alloc(20000);
+  T_ASSERT(x && y && x != y,
+           "after a free block's second release, two allocations gave %p and %p (the same "
+           "block twice, or a refusal: the free list held it twice)",
+           (void *)x, (void *)y);
+  T_ASSERT(strstr(said, "is not a live block") != NULL, "the release said: %s", said);
 }
 END_TEST
 
@@ -670,7 +696,7 @@ END_TEST
  * A child forked (a plain fork(), which libmp supports) while another thread makes the arena
  * allocates: the fork waits for the arena, which the child shares. heap.create_lock, the
  * process-local mutex held while the first allocation makes the arena, had no fork handler
- * (review rev-heap): the child inherited it locked and no arena, and its first allocation
+ * (review, stop 24): the child inherited it locked and no arena, and its first allocation
  * waited for ever. Each trial is a fresh process without an arena (a fork of the test
  * process, made before any allocation here).
  */
@@ -739,11 +765,12 @@ static Suite *heap_suite(void) {
   tcase_add_test(tc, test_reference_counts_and_reuse);
   tcase_add_test(tc, test_bad_sizes);
   tcase_add_loop_test(tc, test_unique_across_processes, 0, N_METHODS);
-  tc = mp_test_tcase(s, "review_wild_words", 40);
+  tc = mp_test_tcase(s, "wild_words", 40);
   tcase_add_loop_test(tc, test_wild_arena_size, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_arena_bump, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_free_head, 0, N_METHODS);
   tcase_add_loop_test(tc, test_free_head_names_live_block, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_release_of_free_block, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_class_frees_neighbour, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_arena_reserve, 0, N_METHODS);
   tc = mp_test_tcase(s, "arena_lock", 40);
