@@ -367,8 +367,9 @@ void *mp__shared_alloc(size_t size);
 void *mp__shared_alloc_raw(size_t size);
 /* The same, waiting for the arena's lock no later than *d (a queue's put): 0 and the block
  * in *out; NULL and MP_ETIMEDOUT (a live process held the lock: said), MP_ECORRUPT (a wild
- * word of the arena's header, said) or MP_ENOMEM (any other failure, said). Without a deadline, the lock is waited for as long as a live holder
- * keeps it (a holder that ended is taken over after a slice). */
+ * word of the arena's header, said) or MP_ENOMEM (any other failure, said). Without a deadline,
+ * the lock is waited for as long as a live holder keeps it (a holder that ended is taken over
+ * after a slice). */
 int mp__shared_alloc_by(void **out, size_t size, mp__deadline_t *d);
 void mp__shared_retain(void *block);
 /* Drops one reference to a block allocated with size bytes; true if that was the last: the

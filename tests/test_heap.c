@@ -441,9 +441,10 @@ static const char *outcome(int code) {
   if (code < 0)
     snprintf(text, sizeof text, "killed by signal %d (%s)", -code, strsignal(-code));
   else
-    snprintf(text, sizeof text, "%s", code == 0   ? "refused"
-                                      : code == 1 ? "a block inside the arena"
-                                                  : "a block outside the arena");
+    snprintf(text, sizeof text, "%s",
+             code == 0   ? "refused"
+             : code == 1 ? "a block inside the arena"
+                         : "a block outside the arena");
   return text;
 }
 
@@ -457,7 +458,8 @@ START_TEST(test_wild_arena_size) {
   mp_test_forge(_i, rev_word(base, REV_OFF_SIZE), &reserve, sizeof reserve);
   int code = alloc_in_fork(4u << 20, 10);
   *rev_word(base, REV_OFF_SIZE) = real;
-  T_ASSERT(code >= 0, "after a child wrote the arena's size word (%llu -> %llu), a 4 MiB "
+  T_ASSERT(code >= 0,
+           "after a child wrote the arena's size word (%llu -> %llu), a 4 MiB "
            "allocation was %s",
            (unsigned long long)real, (unsigned long long)reserve, outcome(code));
 }
