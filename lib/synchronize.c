@@ -1012,11 +1012,21 @@ struct mp_barrier_s {
   uint32_t magic;
   uint32_t parties;
   _Atomic uint64_t word;
-  mp__fnref_t *action; /* a block of its own, or NULL */
+  /* sizeof(mp__fnref_t) when the action follows in the same block, else 0. Inline, not a
+   * block of its own: an address in shared memory, written wild, made the last close release
+   * whatever live block of that size it named. */
+  uint64_t action_size;
   void *arg;
   _Atomic uint64_t runner; /* pid << RUNNER_START_BITS | start of the last would-be runner */
   _Atomic uint32_t broken_tag[64]; /* the last generation of each residue to end broken */
+  mp__fnref_t action[];
 };
+
+/* The barrier's block: its size by its action word, which any process can write (a size
+ * that is not the block's own is refused by the release, and by bar_release's check). */
+static uint64_t barrier_size(uint64_t action_size) {
+  return sizeof(mp_barrier_t) + (action_size ? sizeof(mp__fnref_t) : 0);
+}
 
 static _Atomic uint32_t *gen_word(mp_barrier_t *b) {
   return (_Atomic uint32_t *)((char *)&b->word + 4);
@@ -1083,27 +1093,23 @@ int mp_barrier_create(mp_barrier_t **out, int parties, mp_barrier_action_t actio
                      out ? "mp_barrier_create: %d parties (1 .. 2^24-1)"
                          : "mp_barrier_create: barrier is NULL",
                      parties);
-  mp__fnref_t *ref = NULL;
+  mp__fnref_t ref;
+  uint64_t action_size = action ? sizeof ref : 0;
   if (action) {
-    mp__fnref_t found;
-    int rc = mp__fnref_from_pointer((mp__fn_t)action, &found);
+    int rc = mp__fnref_from_pointer((mp__fn_t)action, &ref);
     if (rc < 0)
       return rc;
-    if (!(ref = mp__shared_alloc(sizeof *ref)))
-      return MP_ENOMEM;
-    *ref = found;
   }
   mp_barrier_t *b;
-  int rc = new_object(&b, sizeof *b, BARRIER_MAGIC, NO_MUTEX);
-  if (rc < 0) {
-    if (ref)
-      mp__shared_release_sized(ref, sizeof *ref);
+  int rc = new_object(&b, barrier_size(action_size), BARRIER_MAGIC, NO_MUTEX);
+  if (rc < 0)
     return rc;
-  }
   b->parties = (uint32_t)parties;
   for (uint32_t i = 0; i < 64; i++)
     atomic_init(&b->broken_tag[i], i + 1); /* no generation of slot i */
-  b->action = ref;
+  if (action)
+    b->action[0] = ref;
+  b->action_size = action_size;
   b->arg = arg;
   *out = b;
   return 0;
@@ -1112,17 +1118,18 @@ int mp_barrier_create(mp_barrier_t **out, int parties, mp_barrier_action_t actio
 /* The last arrival: runs the action and ends the generation, a full round only it ends. */
 static int bar_release(mp_barrier_t *b, uint32_t gen, int index) {
   MP__TRACE(waited, MP__TRK_BARRIER, b, 0, true); /* the last arrival: no wait */
-  mp__fnref_t *action = b->action; /* read once: the address checked is the one used */
-  if (action && !mp__shared_is_block(action, sizeof *action)) {
+  uint64_t action_size = b->action_size; /* read once: the size checked is the one used */
+  if (action_size && (action_size != sizeof(mp__fnref_t) ||
+                      !mp__shared_is_block(b, barrier_size(action_size)))) {
     bar_end_round(b, gen, BAR_BROKEN | BAR_ENDED_BROKEN);
     return mp__error(MP_ECORRUPT,
                      "mp_barrier_wait: the barrier's shared memory is corrupt: its action's "
-                     "address %p is not a block (left as it is); the barrier is broken",
-                     (void *)action);
+                     "size %llu is not its block's (left as it is); the barrier is broken",
+                     (unsigned long long)action_size);
   }
-  if (action) {
+  if (action_size) {
     mp__fn_t fn;
-    int rc = mp__fnref_resolve(action, &fn);
+    int rc = mp__fnref_resolve(b->action, &fn);
     if (rc < 0) {
       bar_end_round(b, gen, BAR_BROKEN | BAR_ENDED_BROKEN);
       return rc;
@@ -1258,9 +1265,7 @@ int mp_barrier_retain(mp_barrier_t *b) {
 int mp_barrier_close(mp_barrier_t *b) {
   if (!valid(b, BARRIER_MAGIC))
     return invalid("mp_barrier_close");
-  mp__fnref_t *action = b->action;
-  if (mp__shared_release_sized(b, sizeof *b) && mp__shared_is_block(action, sizeof *action))
-    mp__shared_release_sized(action, sizeof *action);
+  mp__shared_release_sized(b, barrier_size(b->action_size));
   return 0;
 }
 

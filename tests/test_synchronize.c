@@ -1828,10 +1828,10 @@ static int child_uses_condition(void *arg, size_t size) {
 }
 
 /*
- * The Barrier's action reference and the Condition's lock are addresses kept in the
- * object's shared memory and followed unchecked (the queues and the pool check such
- * addresses with mp__shared_is_block and say MP_ECORRUPT): one wild word and the next
- * wait or acquire in any process dies of SIGSEGV.
+ * The Barrier's action word and the Condition's lock are kept in the object's shared memory:
+ * followed unchecked (an address each, then), one wild word made the next wait or acquire in
+ * any process die of SIGSEGV. Now the lock is checked (mp__lock_placed) and the action's
+ * size must be its block's: MP_ECORRUPT.
  */
 START_TEST(test_wild_object_pointers) {
   wild_job_t job;
@@ -1856,6 +1856,31 @@ START_TEST(test_wild_object_pointers) {
            "barrier wait: exit %d, condition acquire: exit %d "
            "(-11: SIGSEGV)",
            code_b, code_c);
+}
+END_TEST
+
+/*
+ * A Barrier's last close releases its own block, whatever its words say. Its action was a
+ * block of its own, named by an address in the barrier's shared memory: written wild to
+ * name another live block of that size (an Array's, here), it made the close release that
+ * block, and the next object of that size was made in it while the Array was in use. The
+ * action now lies in the barrier's own block.
+ */
+START_TEST(test_barrier_close_frees_only_its_block) {
+  mp_barrier_t *b;
+  mp_array_t *live, *next;
+  MP_ASSERT_OK(mp_barrier_create(&b, 1, count_action, NULL));
+  MP_ASSERT_OK(
+      mp_raw_array_create(&live, 'B', 5000, NULL)); /* an 8 KiB block, as the action's was */
+  mp_test_forge(_i, (char *)b + 16, &live, sizeof live); /* magic, parties, word, then it */
+  MP_ASSERT_OK(mp_barrier_close(b));
+  MP_ASSERT_OK(mp_raw_array_create(&next, 'B', 5000, NULL));
+  bool shared = next == live;
+  MP_ASSERT_OK(mp_array_close(next));
+  T_ASSERT(!shared,
+           "a Barrier's close, its action word written to name a live Array's block, released "
+           "that block: the next Array of its size was made in it");
+  MP_ASSERT_OK(mp_array_close(live));
 }
 END_TEST
 
@@ -1942,6 +1967,7 @@ static Suite *synchronize_suite(void) {
   tcase_add_loop_test(tc, test_semaphore_wild_scanned, 0, 2 * N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_wild_redo_slot, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_object_pointers, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_barrier_close_frees_only_its_block, 0, N_METHODS);
   return s;
 }
 
