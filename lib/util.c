@@ -252,7 +252,8 @@ int mp__futex_wake(_Atomic uint32_t *word, int count) {
   return rc < 0 ? 0 : (int)rc;
 }
 
-int mp__mutex_init(pthread_mutex_t *mutex) {
+/* A robust, process-shared mutex: 0 or pthread's error number. */
+static int mutex_init(pthread_mutex_t *mutex) {
   pthread_mutexattr_t attr;
   int rc = pthread_mutexattr_init(&attr);
   if (rc == 0)
@@ -262,8 +263,55 @@ int mp__mutex_init(pthread_mutex_t *mutex) {
   if (rc == 0)
     rc = pthread_mutex_init(mutex, &attr);
   pthread_mutexattr_destroy(&attr);
+  return rc;
+}
+
+int mp__mutex_init(pthread_mutex_t *mutex) {
+  int rc = mutex_init(mutex);
   return rc ? mp__error(-rc, "initializing a process-shared mutex: %s", strerror(rc)) : 0;
 }
+
+#ifdef __GLIBC__
+/* The kind word mutex_init makes glibc write (robust, process-shared), read once per process
+ * from a mutex in its own memory: 0 until then (a robust kind is never 0). */
+static _Atomic int own_kind;
+
+__attribute__((noinline, cold)) static int own_kind_read(void) {
+  pthread_mutex_t mine;
+  int kind = mutex_init(&mine) == 0 ? mine.__data.__kind : 0;
+  atomic_store_explicit(&own_kind, kind, memory_order_relaxed);
+  return kind;
+}
+
+static int kind_of(pthread_mutex_t *mutex) {
+  return atomic_load_explicit((_Atomic int *)(void *)&mutex->__data.__kind,
+                              memory_order_relaxed);
+}
+
+/* kind_checked's other outcomes: the process's first check, or a wild kind. */
+__attribute__((noinline, cold)) static int kind_refused(pthread_mutex_t *mutex,
+                                                        const char *doing) {
+  int kind = kind_of(mutex), own = atomic_load_explicit(&own_kind, memory_order_relaxed);
+  if (kind == (own ? own : own_kind_read()))
+    return 0;
+  return mp__error(MP_ECORRUPT,
+                   "%s a process-shared mutex: its kind word is %#x, not the %#x libmp wrote: "
+                   "another process wrote it",
+                   doing, (unsigned)kind, (unsigned)atomic_load(&own_kind));
+}
+
+/* glibc reads the mutex's kind word from shared memory at every lock and unlock and obeys
+ * it: a wild kind aborts the caller in glibc's own assertions (priority-protected, or
+ * priority-inheriting with a dead owner's bit), fails (EINVAL) or makes the mutex another
+ * type (a recursive one lets its holder in again). So it is checked first: 0, or
+ * MP_ECORRUPT and a sentence, the word left as it is. Two loads and a compare. */
+static inline int kind_checked(pthread_mutex_t *mutex, const char *doing) {
+  if (__builtin_expect(kind_of(mutex) == atomic_load_explicit(&own_kind, memory_order_relaxed),
+                       1))
+    return 0;
+  return kind_refused(mutex, doing);
+}
+#endif
 
 /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT or an error, from pthread_mutex_*lock's result. */
 static int mutex_outcome(pthread_mutex_t *mutex, int rc) {
@@ -366,7 +414,10 @@ static int mutex_wait(pthread_mutex_t *mutex, int64_t deadline, bool interruptib
   uint32_t base = 0;
   unsigned tries = 0, sleeps = 0;
   for (;;) {
-    int rc = pthread_mutex_trylock(mutex);
+    int rc = kind_checked(mutex, "locking");
+    if (rc < 0)
+      return rc;
+    rc = pthread_mutex_trylock(mutex);
     if (rc != EBUSY) {
       if (sleeps && (rc == 0 || rc == EOWNERDEAD))
         atomic_fetch_or(word, FUTEX_WAITERS);
@@ -415,8 +466,14 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
 }
 #endif
 
-void mp__mutex_unlock(pthread_mutex_t *mutex) {
+int mp__mutex_unlock(pthread_mutex_t *mutex) {
+#ifdef __GLIBC__
+  int rc = kind_checked(mutex, "unlocking");
+  if (rc < 0)
+    return rc;
+#endif
   pthread_mutex_unlock(mutex);
+  return 0;
 }
 
 /*
