@@ -177,14 +177,17 @@ static inline bool mp__spin(int i, int64_t spin_end, bool yield) {
 
 /* A process-shared robust mutex for short critical sections in shared memory. Locking
  * returns 0, MP_EOWNERDEAD (locked, and made consistent again: its previous owner died in
- * the critical section, so the caller repairs what it guards) or MP_ETIMEDOUT. Never hold
+ * the critical section, so the caller repairs what it guards), MP_ETIMEDOUT or MP_ECORRUPT
+ * (its kind word or owner word written by another process: util.c). Never hold
  * one across a wait for another process: wait on a futex instead (glibc bug 21422). */
 int mp__mutex_init(pthread_mutex_t *mutex);
 int mp__mutex_lock(pthread_mutex_t *mutex, int64_t deadline);
 /* The same, and MP_EINTR (nothing taken) when SIGINT arrives during the wait (signals.c's
  * rule): for the locks a program waits on, Lock and RLock, a connection end's. */
 int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline);
-void mp__mutex_unlock(pthread_mutex_t *mutex);
+/* 0, or MP_ECORRUPT (the mutex's kind word is not the one mp__mutex_init wrote: still held,
+ * as a lock refuses such a mutex too; glibc obeys that word). */
+int mp__mutex_unlock(pthread_mutex_t *mutex);
 
 /* A call's deadline, taken when it first has to wait (for a lock, for room, for a message),
  * from its timeout, once: a call that needs no wait reads no clock. */

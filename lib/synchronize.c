@@ -276,7 +276,12 @@ int mp_lock_release(mp_lock_t *lock) {
     return 0;
   MP__TRACE(released, MP__TRK_LOCK + (lock->magic != LOCK_MAGIC), lock);
   atomic_store_explicit(&lock->owner, 0, memory_order_relaxed);
-  mp__mutex_unlock(&lock->mutex);
+  int rc = mp__mutex_unlock(&lock->mutex);
+  if (rc < 0) { /* still held: still the caller's */
+    atomic_store_explicit(&lock->owner, self_token(), memory_order_relaxed);
+    lock->depth = 1;
+    return mp__error_prefix(rc, "mp_lock_release");
+  }
   return 0;
 }
 

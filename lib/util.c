@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -252,7 +253,8 @@ int mp__futex_wake(_Atomic uint32_t *word, int count) {
   return rc < 0 ? 0 : (int)rc;
 }
 
-int mp__mutex_init(pthread_mutex_t *mutex) {
+/* A robust, process-shared mutex: 0 or pthread's error number. */
+static int mutex_init(pthread_mutex_t *mutex) {
   pthread_mutexattr_t attr;
   int rc = pthread_mutexattr_init(&attr);
   if (rc == 0)
@@ -262,8 +264,55 @@ int mp__mutex_init(pthread_mutex_t *mutex) {
   if (rc == 0)
     rc = pthread_mutex_init(mutex, &attr);
   pthread_mutexattr_destroy(&attr);
+  return rc;
+}
+
+int mp__mutex_init(pthread_mutex_t *mutex) {
+  int rc = mutex_init(mutex);
   return rc ? mp__error(-rc, "initializing a process-shared mutex: %s", strerror(rc)) : 0;
 }
+
+#ifdef __GLIBC__
+/* The kind word mutex_init makes glibc write (robust, process-shared), read once per process
+ * from a mutex in its own memory: 0 until then (a robust kind is never 0). */
+static _Atomic int own_kind;
+
+__attribute__((noinline, cold)) static int own_kind_read(void) {
+  pthread_mutex_t mine;
+  int kind = mutex_init(&mine) == 0 ? mine.__data.__kind : 0;
+  atomic_store_explicit(&own_kind, kind, memory_order_relaxed);
+  return kind;
+}
+
+static int kind_of(pthread_mutex_t *mutex) {
+  return atomic_load_explicit((_Atomic int *)(void *)&mutex->__data.__kind,
+                              memory_order_relaxed);
+}
+
+/* kind_checked's other outcomes: the process's first check, or a wild kind. */
+__attribute__((noinline, cold)) static int kind_refused(pthread_mutex_t *mutex,
+                                                        const char *doing) {
+  int kind = kind_of(mutex), own = atomic_load_explicit(&own_kind, memory_order_relaxed);
+  if (kind == (own ? own : own_kind_read()))
+    return 0;
+  return mp__error(MP_ECORRUPT,
+                   "%s a process-shared mutex: its kind word is %#x, not the %#x libmp wrote: "
+                   "another process wrote it",
+                   doing, (unsigned)kind, (unsigned)atomic_load(&own_kind));
+}
+
+/* glibc reads the mutex's kind word from shared memory at every lock and unlock and obeys
+ * it: a wild kind aborts the caller in glibc's own assertions (priority-protected, or
+ * priority-inheriting with a dead owner's bit), fails (EINVAL) or makes the mutex another
+ * type (a recursive one lets its holder in again). So it is checked first: 0, or
+ * MP_ECORRUPT and a sentence, the word left as it is. Two loads and a compare. */
+static inline int kind_checked(pthread_mutex_t *mutex, const char *doing) {
+  if (__builtin_expect(kind_of(mutex) == atomic_load_explicit(&own_kind, memory_order_relaxed),
+                       1))
+    return 0;
+  return kind_refused(mutex, doing);
+}
+#endif
 
 /* 0, MP_EOWNERDEAD, MP_ETIMEDOUT or an error, from pthread_mutex_*lock's result. */
 static int mutex_outcome(pthread_mutex_t *mutex, int rc) {
@@ -313,7 +362,7 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
 /* The calling thread's robust-list head, which glibc registered with the kernel, or NULL
  * (none, or a layout other than glibc's mutexes use). Read once per thread: a forked child's
  * thread has its head at the same address. */
-static struct robust_list_head *robust_head(pthread_mutex_t *mutex) {
+static inline struct robust_list_head *robust_head(pthread_mutex_t *mutex) {
   static __thread __attribute__((tls_model("initial-exec"))) uintptr_t cached; /* 1: none */
   if (__builtin_expect(cached == 0, 0)) {
     struct robust_list_head *head = NULL;
@@ -334,6 +383,93 @@ static struct robust_list_head *robust_head(pthread_mutex_t *mutex) {
  * one whose word was overwritten, so the wait is refused instead. */
 static bool owner_vanished(_Atomic uint32_t *word, uint32_t seen) {
   return mp__thread_ended((pid_t)(seen & FUTEX_TID_MASK), 0) && atomic_load(word) == seen;
+}
+
+/* Mutexes this thread took through mutex_wait and holds: nodes of its robust list known to
+ * be mapped, whose words links_checked reads directly. Past HELD_KNOWN, it asks the kernel. */
+#define HELD_KNOWN 8
+static __thread __attribute__((tls_model("initial-exec"))) struct {
+  unsigned n;
+  pthread_mutex_t *mutex[HELD_KNOWN];
+} held;
+
+/* A forked child's thread holds none of them (entries would only mark mapped memory, but
+ * they would fill the set). Written only if set, as forget_wlock_me. */
+MP__CHILD_TEXT static void forget_held(void) {
+  if (held.n)
+    held.n = 0;
+}
+
+/* The word `at` bytes from a node of this thread's robust list (the head, or a mutex's
+ * __list.__next): 0 and *word, or -1 where the node is not mapped. A node the thread does
+ * not know (a link another process wrote, or a robust mutex taken outside libmp) is read by
+ * process_vm_readv, which fails on a wild address rather than faulting. */
+static int node_word(uintptr_t node, uintptr_t head, ptrdiff_t at, uintptr_t *word) {
+  bool known = node == head;
+  for (unsigned i = 0; i < held.n && !known; i++)
+    known = node == (uintptr_t)&held.mutex[i]->__data.__list.__next;
+  if (known) {
+    *word = __atomic_load_n((uintptr_t *)(node + at), __ATOMIC_RELAXED);
+    return 0;
+  }
+  struct iovec mine = {word, sizeof *word}, theirs = {(void *)(node + at), sizeof *word};
+  return process_vm_readv(getpid(), &mine, 1, &theirs, 1, 0) == (ssize_t)sizeof *word ? 0 : -1;
+}
+
+/* Takes the mutex out of the thread's record (the last one taken, mostly). */
+static inline void held_forget(pthread_mutex_t *mutex) {
+  unsigned n = held.n;
+  if (__builtin_expect(n && held.mutex[n - 1] == mutex, 1)) {
+    held.n = n - 1;
+    return;
+  }
+  for (unsigned i = n; i-- > 0;)
+    if (held.mutex[i] == mutex) {
+      held.mutex[i] = held.mutex[--held.n];
+      return;
+    }
+}
+
+/* links_checked where the mutex is not the only one held, or its links are wild. */
+__attribute__((noinline)) static int links_checked_slow(pthread_mutex_t *mutex, uintptr_t h,
+                                                        uintptr_t prev, uintptr_t next) {
+  uintptr_t me = (uintptr_t)&mutex->__data.__list.__next, to_me = 0, back_to_me = 0;
+  if (node_word(prev & ~(uintptr_t)1, h, 0, &to_me) == 0 && to_me == me &&
+      node_word(next & ~(uintptr_t)1, h, -(ptrdiff_t)sizeof(void *), &back_to_me) == 0 &&
+      back_to_me == me)
+    return 0;
+  return mp__error(MP_ECORRUPT,
+                   "unlocking a process-shared mutex: its robust-list links (%#lx, %#lx) are "
+                   "not this thread's list's: another process wrote them",
+                   (unsigned long)prev, (unsigned long)next);
+}
+
+/*
+ * glibc's unlock takes the mutex out of the thread's robust list through its links, which
+ * lie in shared memory (DEQUEUE_MUTEX): *(next - 8) = prev and *prev = next. Links another
+ * process wrote while it was held made the release write those two words anywhere in the
+ * caller. So both must be the list's: the list is circular through the thread's head (its
+ * `list` word names the first node, the word before it, glibc's robust_prev, the last), and
+ * a neighbour's link back names this mutex: *prev == me and *(next - 8) == me. The writes then
+ * land only on words that name this mutex. The only mutex held, the common case, costs two
+ * loads of the thread's own memory. 0, or MP_ECORRUPT and a sentence (the links left as
+ * they are).
+ */
+static inline int links_checked(pthread_mutex_t *mutex) {
+  struct robust_list_head *head = robust_head(mutex);
+  if (!head)
+    return 0; /* a layout other than glibc's: nothing to check against */
+  uintptr_t h = (uintptr_t)head, me = (uintptr_t)&mutex->__data.__list.__next;
+  uintptr_t prev = (uintptr_t)__atomic_load_n(&mutex->__data.__list.__prev, __ATOMIC_RELAXED),
+            next = (uintptr_t)__atomic_load_n(&mutex->__data.__list.__next, __ATOMIC_RELAXED);
+  int rc = 0;
+  if (!__builtin_expect(prev == h && next == h && (uintptr_t)head->list.next == me &&
+                            ((uintptr_t *)head)[-1] == me,
+                        1))
+    rc = links_checked_slow(mutex, h, prev, next);
+  if (rc == 0)
+    held_forget(mutex);
+  return rc;
 }
 
 /* The wait of mp__mutex_lock and mp__mutex_lock_sig (interruptible). */
@@ -366,10 +502,18 @@ static int mutex_wait(pthread_mutex_t *mutex, int64_t deadline, bool interruptib
   uint32_t base = 0;
   unsigned tries = 0, sleeps = 0;
   for (;;) {
-    int rc = pthread_mutex_trylock(mutex);
+    int rc = kind_checked(mutex, "locking");
+    if (rc < 0)
+      return rc;
+    rc = pthread_mutex_trylock(mutex);
     if (rc != EBUSY) {
       if (sleeps && (rc == 0 || rc == EOWNERDEAD))
         atomic_fetch_or(word, FUTEX_WAITERS);
+      unsigned n = held.n;
+      if ((rc == 0 || rc == EOWNERDEAD) && n < HELD_KNOWN) {
+        held.mutex[n] = mutex;
+        held.n = n + 1;
+      }
       return mutex_outcome(mutex, rc);
     }
     if (interruptible && tries++ == 0)
@@ -415,8 +559,16 @@ int mp__mutex_lock_sig(pthread_mutex_t *mutex, int64_t deadline) {
 }
 #endif
 
-void mp__mutex_unlock(pthread_mutex_t *mutex) {
+int mp__mutex_unlock(pthread_mutex_t *mutex) {
+#ifdef __GLIBC__
+  int rc = kind_checked(mutex, "unlocking");
+  if (rc == 0)
+    rc = links_checked(mutex);
+  if (rc < 0)
+    return rc;
+#endif
   pthread_mutex_unlock(mutex);
+  return 0;
 }
 
 /*
@@ -522,6 +674,9 @@ MP__CHILD_TEXT static void forget_wlock_me(void) {
 /* Prioritized: a spawned child's take-over (spawn.c) never returns to later constructors. */
 __attribute__((constructor(102))) static void util_init(void) {
   pthread_atfork(NULL, NULL, forget_wlock_me);
+#ifdef __GLIBC__
+  pthread_atfork(NULL, NULL, forget_held);
+#endif
 }
 
 #define WAITABLE_KINDS 8

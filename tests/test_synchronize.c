@@ -1886,6 +1886,183 @@ END_TEST
 
 /* ================================ bad input ================================ */
 
+/* The words of a Lock's mutex, at the offsets glibc's pthread_mutex_t has them. */
+static uint32_t *lock_word(mp_lock_t *lock, size_t at) {
+  return (uint32_t *)(void *)((char *)lock + 16 + at); /* magic, depth, owner, then it */
+}
+
+/* glibc's kind bits (its pthreadP.h) and the kernel's owner-died bit. */
+enum { KIND_RECURSIVE = 1, KIND_PI = 32, KIND_PRIO_PROTECT = 64, KIND_PSHARED = 128 };
+#define OWNER_DIED 0x40000000u
+
+/* The kind word mp__mutex_init writes: robust and process-shared. */
+static int own_mutex_kind(void) {
+  pthread_mutexattr_t attr;
+  pthread_mutex_t m;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  pthread_mutex_init(&m, &attr);
+  pthread_mutexattr_destroy(&attr);
+  return m.__data.__kind;
+}
+
+/* 0 if told MP_ECORRUPT; 5 if a Lock let its holder in twice. */
+static int child_acquires_wild_kind(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  int rc = mp_lock_acquire(job->lock, 2);
+  if (rc == MP_ECORRUPT)
+    return 0;
+  if (rc < 0)
+    return 4;
+  return mp_lock_acquire(job->lock, 0.2) == 0 ? 5 : 6;
+}
+
+/*
+ * glibc reads a robust mutex's kind word from shared memory at every lock and obeys it. A
+ * child writes it wild: priority-protected (glibc's assertion aborts the acquirer),
+ * priority-inheriting and not robust with the owner-died bit in the owner word (the same,
+ * in trylock), or recursive (a Lock lets its holder in again). Now MP_ECORRUPT.
+ */
+START_TEST(test_lock_wild_mutex_kind) {
+  int wild = _i / N_METHODS;
+  _i %= N_METHODS;
+  job_t job = {0};
+  MP_ASSERT_OK(wild == 1 ? mp_rlock_create(&job.lock) : mp_lock_create(&job.lock));
+  uint32_t *kind = lock_word(job.lock, offsetof(pthread_mutex_t, __data.__kind));
+  uint32_t *owner = lock_word(job.lock, offsetof(pthread_mutex_t, __data.__lock));
+  T_INT_EQ((int)*kind, own_mutex_kind()); /* the layout is lib/synchronize.c's */
+  uint32_t wild_kinds[] = {KIND_PRIO_PROTECT | KIND_PSHARED, KIND_PI | KIND_PSHARED,
+                           *kind | KIND_RECURSIVE};
+  uint32_t saved_kind = *kind, dead_owner = OWNER_DIED;
+  mp_test_forge(_i, kind, &wild_kinds[wild], sizeof *kind);
+  if (wild == 1)
+    mp_test_forge(_i, owner, &dead_owner, sizeof dead_owner);
+  int code =
+      mp_test_join_code(mp_test_start(_i, child_acquires_wild_kind, &job, sizeof job), 20);
+  *kind = saved_kind;
+  *owner = 0;
+  mp_lock_close(job.lock);
+  T_ASSERT(code == 0, "kind word %#x written: the acquire %s", wild_kinds[wild],
+           code == -SIGABRT ? "aborted (SIGABRT)"
+           : code == 5      ? "let the Lock's holder in twice"
+                            : "failed otherwise");
+}
+END_TEST
+
+/* Holds the lock until told, then releases it: 0 if told MP_ECORRUPT and still owns it. */
+static int child_releases_on_go(void *arg, size_t size) {
+  (void)size;
+  job_t *job = arg;
+  if (mp_lock_acquire(job->lock, 10) != 0)
+    return 2;
+  mp_event_set(job->ready);
+  if (mp_event_wait(job->go, 20) != 0)
+    return 3;
+  int rc = mp_lock_release(job->lock);
+  return rc == MP_ECORRUPT && mp_lock_is_owned(job->lock) ? 0 : rc == 0 ? 4 : 5;
+}
+
+/* A child of METHODS[method] takes the lock; `at` is forged (size bytes) while it holds it;
+ * then it releases it: its exit code (child_releases_on_go's). */
+static int release_after_forge(int method, job_t *job, void *at, const void *bytes,
+                               size_t size) {
+  MP_ASSERT_OK(mp_event_create(&job->ready));
+  MP_ASSERT_OK(mp_event_create(&job->go));
+  mp_process_t *p = mp_test_start(method, child_releases_on_go, job, sizeof *job);
+  MP_ASSERT_OK(mp_event_wait(job->ready, 20));
+  mp_test_forge(method, at, bytes, size);
+  MP_ASSERT_OK(mp_event_set(job->go));
+  int code = mp_test_join_code(p, 20);
+  T_PROC_CLOSE(p);
+  mp_event_close(job->ready);
+  mp_event_close(job->go);
+  return code;
+}
+
+/* The same at the release: the kind word of a held Lock, written priority-protected by
+ * another process, made glibc's unlock abort the holder. Now MP_ECORRUPT, still held; its
+ * holder's death hands it on as any other's. */
+START_TEST(test_lock_release_wild_mutex_kind) {
+  job_t job = {0};
+  MP_ASSERT_OK(mp_lock_create(&job.lock));
+  uint32_t *kind = lock_word(job.lock, offsetof(pthread_mutex_t, __data.__kind));
+  uint32_t saved_kind = *kind, wild = KIND_PRIO_PROTECT | KIND_PSHARED;
+  int code = release_after_forge(_i, &job, kind, &wild, sizeof wild);
+  *kind = saved_kind;
+  int rc = mp_lock_acquire(job.lock, 5);
+  if (rc >= 0 || rc == MP_EOWNERDEAD)
+    mp_lock_release(job.lock);
+  mp_lock_close(job.lock);
+  T_ASSERT(code == 0, "kind word %#x written while held: the release %s", wild,
+           code == -SIGABRT ? "aborted (SIGABRT)"
+           : code == 4      ? "said 0"
+                            : "failed otherwise");
+  MP_ASSERT_ERR(rc, MP_EOWNERDEAD);
+}
+END_TEST
+
+/*
+ * While a thread holds a robust mutex, glibc links it into the thread's robust list, and
+ * the unlock writes through its links: *(next - 8) = prev, *prev = next. A child writes the
+ * links of a held Lock: to words of another Lock, the release wrote them and said 0; to
+ * 0x1000, it died of SIGSEGV. Now MP_ECORRUPT, still held, nothing written.
+ */
+START_TEST(test_lock_release_wild_links) {
+  int wild = _i / N_METHODS;
+  _i %= N_METHODS;
+  job_t job = {0};
+  mp_lock_t *victim;
+  MP_ASSERT_OK(mp_lock_create(&job.lock));
+  MP_ASSERT_OK(mp_lock_create(&victim));
+  void **links = (void **)(void *)lock_word(job.lock, offsetof(pthread_mutex_t, __data.__list));
+  uint64_t *v = (uint64_t *)(void *)victim, saved[5];
+  memcpy(saved, v, sizeof saved);
+  void *forged[2] = {wild ? (void *)0x1000 : (void *)&v[0],
+                     wild ? (void *)0x2008 : (void *)&v[4]};
+  int code = release_after_forge(_i, &job, links, forged, sizeof forged);
+  bool written = memcmp(saved, v, sizeof saved) != 0;
+  memcpy(v, saved, sizeof saved);
+  mp_lock_close(victim);
+  mp_lock_close(job.lock);
+  T_ASSERT(code == 0 && !written, "links written to %p, %p while held: the release %s%s",
+           forged[0], forged[1],
+           code == -SIGSEGV ? "died of SIGSEGV"
+           : code == 4      ? "said 0"
+                            : "failed otherwise",
+           written ? ", and wrote another Lock's words" : "");
+}
+END_TEST
+
+/* Released in any order, with more held than the thread's record keeps (8) and with a
+ * robust mutex of the program's own among them: every link check passes. */
+START_TEST(test_lock_release_any_order) {
+  enum { N = 11 };
+  mp_lock_t *locks[N];
+  pthread_mutex_t own;
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  pthread_mutex_init(&own, &attr);
+  pthread_mutexattr_destroy(&attr);
+  for (int i = 0; i < N; i++) {
+    MP_ASSERT_OK(i % 2 ? mp_rlock_create(&locks[i]) : mp_lock_create(&locks[i]));
+    MP_ASSERT_OK(mp_lock_acquire(locks[i], 1));
+    if (i == N / 2)
+      T_INT_EQ(pthread_mutex_lock(&own), 0);
+  }
+  for (int i = 0; i < N; i++) { /* 0, 3, 6, 9, 1, 4, ...: neither first nor last held */
+    int k = (i * 3) % N;
+    MP_ASSERT_OK(mp_lock_release(locks[k]));
+    if (i == N / 2)
+      T_INT_EQ(pthread_mutex_unlock(&own), 0);
+  }
+  for (int i = 0; i < N; i++)
+    mp_lock_close(locks[i]);
+}
+END_TEST
+
 START_TEST(test_null_handles) {
   MP_ASSERT_ERR(mp_lock_create(NULL), MP_EINVAL);
   MP_ASSERT_ERR(mp_rlock_create(NULL), MP_EINVAL);
@@ -1968,6 +2145,10 @@ static Suite *synchronize_suite(void) {
   tcase_add_loop_test(tc, test_semaphore_wild_redo_slot, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_object_pointers, 0, N_METHODS);
   tcase_add_loop_test(tc, test_barrier_close_frees_only_its_block, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_lock_wild_mutex_kind, 0, 3 * N_METHODS);
+  tcase_add_loop_test(tc, test_lock_release_wild_mutex_kind, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_lock_release_wild_links, 0, 2 * N_METHODS);
+  tcase_add_test(tc, test_lock_release_any_order);
   return s;
 }
 
