@@ -932,12 +932,11 @@ static void *rev_racer(void *arg) {
   return NULL;
 }
 
-/* Review rev2-mem: a free block's link written to the block itself (a cycle). free_block_fits
- * takes BLOCK_FREE for "on the list", but a block popped by one allocation stays BLOCK_FREE
- * until that allocation has zeroed it, outside the lock: a second allocation then finds the
- * same block at the list's head, still "free", and hands it out again. Two threads allocate
- * at once, up to 20 rounds. */
-START_TEST(test_free_list_cycle_hands_block_out_twice) {
+/* A free block's link written to the block itself (a cycle): the block, popped by one
+ * allocation, is marked taken under the lock, so a second allocation racing the first's
+ * zeroing finds no free block at the list's head (MP_ECORRUPT, the list dropped) instead of
+ * the same block handed out again. Two threads allocate at once, up to 20 rounds. */
+START_TEST(test_free_list_cycle_hands_block_out_once) {
   char *base = arena_base();
   int doubled = -1;
   void *same = NULL;
@@ -1034,7 +1033,7 @@ static Suite *heap_suite(void) {
   tcase_add_loop_test(tc, test_wild_arena_bump, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_free_head, 0, N_METHODS);
   tcase_add_loop_test(tc, test_free_head_names_live_block, 0, N_METHODS);
-  tcase_add_loop_test(tc, test_free_list_cycle_hands_block_out_twice, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_free_list_cycle_hands_block_out_once, 0, N_METHODS);
   tcase_add_loop_test(tc, test_release_of_free_block, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_class_frees_neighbour, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_arena_reserve, 0, N_METHODS);
