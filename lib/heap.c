@@ -370,16 +370,8 @@ static int allocate(void **out, size_t size, bool zeroed, mp__deadline_t *d) {
   return 0;
 }
 
-void *mp__shared_alloc(size_t size) {
-  void *payload;
-  (void)allocate(&payload, size, true, MP__NO_DEADLINE);
-  return payload;
-}
-
-void *mp__shared_alloc_raw(size_t size) {
-  void *payload;
-  (void)allocate(&payload, size, false, MP__NO_DEADLINE);
-  return payload;
+int mp__shared_alloc(void **out, size_t size) {
+  return allocate(out, size, true, MP__NO_DEADLINE);
 }
 
 int mp__shared_alloc_by(void **out, size_t size, mp__deadline_t *d) {

@@ -26,6 +26,13 @@ typedef struct {
   size_t grow_bytes;
 } heap_job_t;
 
+/* A zeroed block of size bytes, or NULL with mp_last_error() set. */
+static void *shared_alloc(size_t size) {
+  void *block;
+  (void)mp__shared_alloc(&block, size);
+  return block;
+}
+
 /* Checks the parent's pattern, then answers through the same block. */
 static int child_reads_and_writes(void *arg, size_t size) {
   heap_job_t *job = arg;
@@ -41,7 +48,7 @@ static int child_reads_and_writes(void *arg, size_t size) {
 START_TEST(test_block_shared_with_child) {
   mp_context_t *ctx = mp_test_ctx(_i);
   heap_job_t job = {.words = 100000}; /* 800 KB: most of the first megabyte */
-  job.block = mp__shared_alloc(job.words * sizeof(uint64_t));
+  job.block = shared_alloc(job.words * sizeof(uint64_t));
   T_ASSERT(job.block != NULL, "alloc: %s", mp_last_error());
   T_ASSERT(((uintptr_t)job.block & 63) == 0, "block %p is not 64-byte aligned", (void *)job.block);
   for (size_t i = 1; i < job.words; i++)
@@ -62,7 +69,7 @@ END_TEST
 static int child_grows_arena(void *arg, size_t size) {
   (void)size;
   heap_job_t *job = arg;
-  uint64_t *big = mp__shared_alloc(job->grow_bytes);
+  uint64_t *big = shared_alloc(job->grow_bytes);
   if (!big)
     return 2;
   big[job->grow_bytes / sizeof *big - 1] = 0xb16;
@@ -73,7 +80,7 @@ static int child_grows_arena(void *arg, size_t size) {
 
 START_TEST(test_growth_by_child_seen_by_parent) {
   mp_context_t *ctx = mp_test_ctx(_i);
-  heap_job_t job = {.block = mp__shared_alloc(64), .grow_bytes = 24u << 20};
+  heap_job_t job = {.block = shared_alloc(64), .grow_bytes = 24u << 20};
   T_ASSERT(job.block != NULL, "alloc: %s", mp_last_error());
   mp_process_t *p;
   T_PROC_NEW(&p, ctx, child_grows_arena, &job, sizeof job, NULL);
@@ -86,7 +93,7 @@ START_TEST(test_growth_by_child_seen_by_parent) {
            "the child's block does not hold what it wrote");
   /* A block of the child's is ours to free, and the memory comes back zeroed. */
   T_ASSERT(mp__shared_release_sized(big, job.grow_bytes), "releasing the child's block");
-  uint64_t *again = mp__shared_alloc(job.grow_bytes);
+  uint64_t *again = shared_alloc(job.grow_bytes);
   T_ASSERT(again == big, "the freed block was not reused (%p, %p)", (void *)again, (void *)big);
   T_ASSERT(again[0] == 0 && again[job.grow_bytes / sizeof *again - 1] == 0,
            "a reused block is not zeroed");
@@ -100,7 +107,7 @@ END_TEST
  * process whose arena lay elsewhere. Under valgrind, which refuses such addresses, it lies
  * where the kernel puts it, with valgrind's reserve. */
 START_TEST(test_arena_placement) {
-  void *block = mp__shared_alloc(64);
+  void *block = shared_alloc(64);
   T_ASSERT(block != NULL, "alloc: %s", mp_last_error());
   mp__heap_map_t map;
   int fd;
@@ -117,18 +124,19 @@ START_TEST(test_arena_placement) {
 END_TEST
 
 START_TEST(test_reference_counts_and_reuse) {
-  char *a = mp__shared_alloc(100);
+  char *a = shared_alloc(100);
   T_ASSERT(a != NULL, "alloc: %s", mp_last_error());
   memset(a, 'x', 100);
   mp__shared_retain(a);
   T_ASSERT(!mp__shared_release_sized(a, 100), "the first of two releases freed the block");
   T_ASSERT(mp__shared_release_sized(a, 100), "the last release did not free the block");
-  char *b = mp__shared_alloc(90); /* the same size class */
+  char *b = shared_alloc(90); /* the same size class */
   T_ASSERT(b == a, "the freed block was not reused");
   for (int i = 0; i < 90; i++)
     T_ASSERT(b[i] == 0, "byte %d of a reused block is %d", i, b[i]);
-  char *raw = mp__shared_alloc_raw(5000);
-  T_ASSERT(raw != NULL && mp__shared_contains(raw), "raw alloc: %s", mp_last_error());
+  void *raw;
+  T_INT_EQ(mp__shared_alloc_by(&raw, 5000, MP__NO_DEADLINE), 0);
+  T_ASSERT(mp__shared_contains(raw), "raw alloc: %s", mp_last_error());
   T_ASSERT(!mp__shared_contains(&raw), "a stack address is in the arena");
   T_ASSERT(!mp__shared_contains(NULL), "NULL is in the arena");
   mp__shared_release_sized(raw, 5000);
@@ -137,9 +145,12 @@ START_TEST(test_reference_counts_and_reuse) {
 END_TEST
 
 START_TEST(test_bad_sizes) {
-  T_ASSERT(mp__shared_alloc(0) == NULL, "a 0-byte block was given");
+  void *block;
+  T_INT_EQ(mp__shared_alloc(&block, 0), MP_EINVAL);
+  T_ASSERT(block == NULL, "a 0-byte block was given");
   T_STR_EQ(mp_last_error(), "a shared object of 0 bytes");
-  T_ASSERT(mp__shared_alloc(SIZE_MAX / 2) == NULL, "an impossible block was given");
+  T_INT_EQ(mp__shared_alloc(&block, SIZE_MAX / 2), MP_ENOMEM);
+  T_ASSERT(block == NULL, "an impossible block was given");
   T_ASSERT(strstr(mp_last_error(), "do not fit") != NULL, "%s", mp_last_error());
 }
 END_TEST
@@ -153,7 +164,7 @@ static int child_takes_unique(void *arg, size_t size) {
 
 START_TEST(test_unique_across_processes) {
   mp_context_t *ctx = mp_test_ctx(_i);
-  uint64_t *seen = mp__shared_alloc(sizeof *seen);
+  uint64_t *seen = shared_alloc(sizeof *seen);
   uint64_t before = mp__shared_unique();
   mp_process_t *p;
   T_PROC_NEW(&p, ctx, child_takes_unique, &seen, sizeof seen, NULL);
@@ -401,7 +412,7 @@ static uint64_t *rev_word(char *base, size_t off) {
 /* The arena's base, made now if need be, its layout checked: a fresh block of 3000 bytes
  * (class 12, never used before in this test process) moves bump to its end. */
 static char *arena_base(void) {
-  char *probe = mp__shared_alloc(3000);
+  char *probe = shared_alloc(3000);
   T_ASSERT(probe != NULL, "alloc: %s", mp_last_error());
   mp__heap_map_t map;
   int fd;
@@ -421,7 +432,7 @@ static char *arena_base(void) {
  * outside it; -SIG, killed by a signal; -1000, no answer in `seconds` (killed then). */
 static size_t rev_alloc_size;
 static int rev_alloc(void) {
-  char *p = mp__shared_alloc(rev_alloc_size);
+  char *p = shared_alloc(rev_alloc_size);
   if (!p)
     return 0;
   bool inside = mp__shared_contains(p) && mp__shared_contains(p + rev_alloc_size - 1);
@@ -501,12 +512,12 @@ END_TEST
  * block is free, BLOCK_FREE, nor anything else of it). */
 START_TEST(test_free_head_names_live_block) {
   char *base = arena_base();
-  char *live = mp__shared_alloc(20000);
+  char *live = shared_alloc(20000);
   T_ASSERT(live != NULL, "alloc: %s", mp_last_error());
   memset(live, 0x5a, 20000);
   uint64_t offset = (uint64_t)(live - 64 - base);
   mp_test_forge(_i, rev_word(base, REV_OFF_FREE(15)), &offset, sizeof offset);
-  char *again = mp__shared_alloc(20000);
+  char *again = shared_alloc(20000);
   size_t lost = 0;
   for (size_t k = 0; k < 20000; k++)
     lost += live[k] != 0x5a;
@@ -525,7 +536,7 @@ START_TEST(test_forged_class_frees_neighbour) {
   (void)arena_base();
   mp_array_t *array;
   MP_ASSERT_OK(mp_raw_array_create(&array, 'B', 6000, NULL)); /* class 13: 8 KiB */
-  char *a = (char *)array, *b = mp__shared_alloc(6000);
+  char *a = (char *)array, *b = shared_alloc(6000);
   T_ASSERT(b == a + 8192, "two adjacent fresh 8 KiB blocks: %p %p", (void *)a, (void *)b);
   memset(b, 0x5a, 6000);
   uint32_t wild_cls = 14;
@@ -534,7 +545,7 @@ START_TEST(test_forged_class_frees_neighbour) {
   MP_ASSERT_OK(mp_array_close(array));
   char said[256];
   snprintf(said, sizeof said, "%s", mp_last_error());
-  char *c = mp__shared_alloc(16000); /* class 14 */
+  char *c = shared_alloc(16000); /* class 14 */
   size_t lost = 0;
   for (size_t k = 0; k < 6000; k++)
     lost += b[k] != 0x5a;
@@ -551,14 +562,14 @@ END_TEST
  * reference): a release that listed the block again would hand it to two allocations. */
 START_TEST(test_release_of_free_block) {
   (void)arena_base();
-  char *a = mp__shared_alloc(20000); /* class 15 */
+  char *a = shared_alloc(20000); /* class 15 */
   T_ASSERT(a && mp__shared_release_sized(a, 20000), "the only reference freed the block");
   uint32_t one = 1;
   mp_test_forge(_i, a - 64 + 8, &one, sizeof one);
   T_ASSERT(mp__shared_release_sized(a, 20000), "the forged last reference");
   char said[256];
   snprintf(said, sizeof said, "%s", mp_last_error());
-  char *x = mp__shared_alloc(20000), *y = mp__shared_alloc(20000);
+  char *x = shared_alloc(20000), *y = shared_alloc(20000);
   T_ASSERT(x && y && x != y,
            "after a free block's second release, two allocations gave %p and %p (the same "
            "block twice, or a refusal: the free list held it twice)",
@@ -709,7 +720,7 @@ static _Atomic int rev_go;
 static void *rev_thread_alloc(void *arg) {
   (void)arg;
   rev_go = 1;
-  mp__shared_alloc(100);
+  shared_alloc(100);
   return NULL;
 }
 
@@ -725,7 +736,7 @@ static int rev_fork_during_creation(int spin) {
   pid_t c = fork();
   if (c == 0) {
     alarm(2);
-    _exit(mp__shared_alloc(100) ? 0 : 1);
+    _exit(shared_alloc(100) ? 0 : 1);
   }
   pthread_join(th, NULL);
   int st = 0;
@@ -865,10 +876,10 @@ START_TEST(test_arena_lock_holder_in_pid_namespace_not_taken_over) {
 }
 END_TEST
 
-/* Review rev2-mem: docs/api.md's MP_ECORRUPT row promises it for "the shared arena's header
- * or free lists: then any call that allocates a shared object, such as a create". 28dfbd5
- * passed the allocator's code through for puts only: a create, behind mp__shared_alloc,
- * still returns MP_ENOMEM for the wild bump word (its sentence says "corrupt"). */
+/* docs/api.md's MP_ECORRUPT row promises it for "the shared arena's header or free lists:
+ * then any call that allocates a shared object, such as a create": a create returns the
+ * allocator's code, where it returned MP_ENOMEM for any failure (the sentence said
+ * "corrupt"). */
 START_TEST(test_create_says_corrupt_arena) {
   char *base = arena_base();
   uint64_t real = *rev_word(base, REV_OFF_BUMP), wild = 0 - 128ull;
@@ -928,7 +939,7 @@ static pthread_barrier_t rev_bar;
 static void *rev_racer(void *arg) {
   int k = (int)(intptr_t)arg;
   pthread_barrier_wait(&rev_bar);
-  rev_pair[k] = mp__shared_alloc(REV_RACE_SIZE);
+  rev_pair[k] = shared_alloc(REV_RACE_SIZE);
   return NULL;
 }
 
@@ -941,7 +952,7 @@ START_TEST(test_free_list_cycle_hands_block_out_once) {
   int doubled = -1;
   void *same = NULL;
   for (int round = 0; round < 20 && doubled < 0; round++) {
-    char *a = mp__shared_alloc(REV_RACE_SIZE);
+    char *a = shared_alloc(REV_RACE_SIZE);
     T_ASSERT(a != NULL, "alloc: %s", mp_last_error());
     uint64_t off = (uint64_t)(a - 64 - base);
     T_ASSERT(mp__shared_release_sized(a, REV_RACE_SIZE), "the last reference");
