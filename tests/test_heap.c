@@ -8,10 +8,10 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
-#include <sys/mount.h>
 #include <pthread.h>
+#include <sched.h>
 #include <semaphore.h>
+#include <sys/mount.h>
 #if __has_include(<valgrind/valgrind.h>)
 #include <valgrind/valgrind.h>
 #else
