@@ -389,14 +389,15 @@ int mp_pipe(bool duplex, mp_conn_t **a, mp_conn_t **b) {
   /* Each end's (read fd, write fd). Python's Pipe(False) gives (reader, writer). */
   int fds[2][2] = {{duplex ? backward[0] : forward[0], duplex ? forward[1] : -1},
                    {duplex ? forward[0] : -1, duplex ? backward[1] : forward[1]}};
-  pipe_block_t *block = mp__shared_alloc(sizeof *block);
-  if (!block) {
+  void *mem;
+  int rc = mp__shared_alloc(&mem, sizeof(pipe_block_t));
+  if (rc < 0) {
     for (int i = 0; i < 4; i++)
       if (fds[i / 2][i % 2] >= 0)
         close(fds[i / 2][i % 2]);
-    return mp__error_prefix(MP_ENOMEM, "mp_pipe");
+    return mp__error_prefix(rc, "mp_pipe");
   }
-  int rc = 0;
+  pipe_block_t *block = mem;
   for (uint32_t i = 0; i < 2; i++) {
     int end_rc = init_end(&block->ends[i], i, fds[i][0], fds[i][1]);
     rc = rc < 0 ? rc : end_rc;

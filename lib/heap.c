@@ -40,7 +40,10 @@
 
 #define ARENA_MAGIC 0x414e5241504d424cull /* "LBMPARNA" */
 #define BLOCK_LIVE 0x4b4c424du            /* "MBLK" */
-#define BLOCK_FREE 0x45455246u            /* "FREE" */
+#define BLOCK_FREE 0x45455246u            /* "FREE": on its class's free list */
+/* "TAKN": on no list and not live, one thread's: popped and not yet handed out, or released
+ * and not yet pushed. Set and cleared so that a block is BLOCK_FREE only while on a list. */
+#define BLOCK_TAKEN 0x4e4b4154u
 
 #define RESERVE_DEFAULT (64ull << 30)
 #define RESERVE_MIN (1ull << 30)
@@ -266,8 +269,9 @@ static uint32_t class_of(uint64_t size) {
 }
 
 /* Takes the arena's lock by *d: 0, MP_EOWNERDEAD (its holder died: the lists are still well
- * formed, every update under the lock being a single store once the block is taken, so the
- * worst left behind is one lost block), or MP_ETIMEDOUT, said. */
+ * formed, each list changed by the single store of its head, the block's state set on the
+ * side that leaves it on no list, so the worst left behind is one lost block), or MP_ETIMEDOUT,
+ * said. */
 static int lock_arena(arena_t *arena, mp__deadline_t *d) {
   int rc = mp__wlock_lock(&arena->lock, d);
   if (rc == MP_ETIMEDOUT)
@@ -295,7 +299,9 @@ static bool bump_fits(const arena_t *arena, uint64_t bump) {
   return bump >= HEADER_SPACE && bump % (1ull << MIN_CLASS) == 0 && file_holds(arena, bump);
 }
 
-/* A free list's entry names a block below bump, released as a block of its class. */
+/* A free list's entry names a block below bump, on a list of its class: BLOCK_FREE, never
+ * one popped by another allocation (BLOCK_TAKEN under the lock), so that a wild link, to the
+ * block itself or to one taken already, cannot hand a block out twice. */
 static bool free_block_fits(arena_t *arena, uint64_t offset, uint32_t cls, uint64_t bump) {
   if (offset < HEADER_SPACE || offset % (1ull << MIN_CLASS) != 0 || offset > bump ||
       bump - offset < (1ull << cls))
@@ -334,7 +340,12 @@ static int allocate(void **out, size_t size, bool zeroed, mp__deadline_t *d) {
                    "class (the list is dropped)",
                    (unsigned long long)block_size, (unsigned long long)offset);
     } else {
-      arena->free_head[cls] = *(uint64_t *)((char *)block_at(arena, offset) + BLOCK_HEAD);
+      /* The head first: killed between the two stores, the block is lost, FREE on no list
+       * (a wild link may hand it out: it is no one's); the other way round the list would
+       * start at a block not FREE, and be dropped. */
+      block_t *popped = block_at(arena, offset);
+      arena->free_head[cls] = *(uint64_t *)((char *)popped + BLOCK_HEAD);
+      __atomic_store_n(&popped->magic, BLOCK_TAKEN, __ATOMIC_RELAXED);
     }
   } else if (block_size > heap.reserve - bump) {
     rc = mp__error(MP_ENOMEM, "the shared arena is full (%llu bytes reserved)",
@@ -354,21 +365,13 @@ static int allocate(void **out, size_t size, bool zeroed, mp__deadline_t *d) {
     memset(payload, 0, size);
   block->cls = cls;
   atomic_store(&block->refs, 1);
-  block->magic = BLOCK_LIVE;
+  __atomic_store_n(&block->magic, BLOCK_LIVE, __ATOMIC_RELEASE);
   *out = payload;
   return 0;
 }
 
-void *mp__shared_alloc(size_t size) {
-  void *payload;
-  (void)allocate(&payload, size, true, MP__NO_DEADLINE);
-  return payload;
-}
-
-void *mp__shared_alloc_raw(size_t size) {
-  void *payload;
-  (void)allocate(&payload, size, false, MP__NO_DEADLINE);
-  return payload;
+int mp__shared_alloc(void **out, size_t size) {
+  return allocate(out, size, true, MP__NO_DEADLINE);
 }
 
 int mp__shared_alloc_by(void **out, size_t size, mp__deadline_t *d) {
@@ -388,7 +391,9 @@ void mp__shared_retain(void *payload) {
  * other than cls would put the block on another class's list, whose next block would span
  * its live neighbours, and punch their pages (test_forged_class_frees_neighbour); a block
  * not live is on a list already, and would be handed out twice. Either is refused, the block
- * left out of use. */
+ * left out of use. The block is TAKEN (the CAS from LIVE: one release wins) until it is
+ * pushed, and FREE only under the lock, as it goes on the list: a wild link naming it before
+ * then finds no free block. Killed on the way, the block is lost, never on a list twice. */
 static bool release_as(void *payload, uint32_t cls, mp__deadline_t *d) {
   block_t *block = block_of(payload);
   if (atomic_fetch_sub(&block->refs, 1) != 1)
@@ -397,7 +402,7 @@ static bool release_as(void *payload, uint32_t cls, mp__deadline_t *d) {
   uint64_t offset = (uint64_t)((char *)block - (char *)arena), block_size = 1ull << cls;
   uint32_t header_cls = __atomic_load_n(&block->cls, __ATOMIC_RELAXED), magic = BLOCK_LIVE;
   if (header_cls != cls || !file_holds(arena, offset + block_size) ||
-      !__atomic_compare_exchange_n(&block->magic, &magic, BLOCK_FREE, false, __ATOMIC_RELAXED,
+      !__atomic_compare_exchange_n(&block->magic, &magic, BLOCK_TAKEN, false, __ATOMIC_RELAXED,
                                    __ATOMIC_RELAXED)) {
     mp__error(MP_ECORRUPT,
               "releasing a shared block of %llu bytes at %p: its header (class %u, magic "
@@ -415,6 +420,8 @@ static bool release_as(void *payload, uint32_t cls, mp__deadline_t *d) {
   if (lock_arena(arena, d) == MP_ETIMEDOUT)
     return true; /* the block is lost rather than the caller's deadline */
   *(uint64_t *)((char *)payload) = arena->free_head[cls];
+  /* FREE before the head: killed between the two, the block is lost, not a list's head */
+  __atomic_store_n(&block->magic, BLOCK_FREE, __ATOMIC_RELAXED);
   arena->free_head[cls] = offset;
   mp__wlock_unlock(&arena->lock);
   return true;

@@ -363,16 +363,14 @@ void mp__fd_after_fork(void);
  * Blocks are zeroed, 64-byte aligned and reference counted: allocating gives one reference,
  * the last release frees the block. Allocation and release are safe from any thread of any
  * process of the program. */
-/* NULL on failure, with mp_last_error() set (size 0 or too large, arena exhausted; the
- * arena's header found corrupt, MP_ECORRUPT). */
-void *mp__shared_alloc(size_t size);
-/* The same, not zeroed: for buffers about to be overwritten whole. */
-void *mp__shared_alloc_raw(size_t size);
-/* The same, waiting for the arena's lock no later than *d (a queue's put): 0 and the block
- * in *out; NULL and MP_ETIMEDOUT (a live process held the lock: said), MP_ECORRUPT (a wild
- * word of the arena's header, said) or MP_ENOMEM (any other failure, said). Without a deadline,
- * the lock is waited for as long as a live holder keeps it (a holder that ended is taken over
- * after a slice). */
+/* A zeroed block of size bytes: 0 and the block in *out; NULL in *out and the error, said:
+ * MP_EINVAL (size 0), MP_ECORRUPT (a wild word of the arena's header) or MP_ENOMEM (too
+ * large, arena exhausted, or no arena). A create returns that code as it is. */
+int mp__shared_alloc(void **out, size_t size);
+/* The same, not zeroed (for buffers about to be overwritten whole), waiting for the arena's
+ * lock no later than *d (a queue's put), or as long as a live holder keeps it with
+ * MP__NO_DEADLINE (a holder that ended is taken over after a slice): MP_ETIMEDOUT too (a live
+ * process held the lock: said). */
 int mp__shared_alloc_by(void **out, size_t size, mp__deadline_t *d);
 void mp__shared_retain(void *block);
 /* Drops one reference to a block allocated with size bytes; true if that was the last: the

@@ -191,20 +191,21 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   mp__jobrec_t *r = take_spare(t, total, batch);
   bool fresh = !r;
   if (fresh) {
-    mp__job_t *blk = mp__shared_alloc_raw(total);
-    if (blk) { /* the submitter writes its input, then reads its output */
-      prefault(blk, total);
-      pthread_mutex_lock(&t->lock);
-      r = take_record(t, blk, batch);
-      if (r)
-        r->block_size = total;
-      pthread_mutex_unlock(&t->lock);
-      if (!r)
-        mp__shared_release_sized(blk, total);
-    }
-    if (!r)
+    void *blk;
+    int rc = mp__shared_alloc_by(&blk, total, MP__NO_DEADLINE);
+    if (rc < 0)
+      return mp__error_prefix(rc, "a job of %llu bytes", (unsigned long long)total);
+    prefault(blk, total); /* the submitter writes its input, then reads its output */
+    pthread_mutex_lock(&t->lock);
+    r = take_record(t, blk, batch);
+    if (r)
+      r->block_size = total;
+    pthread_mutex_unlock(&t->lock);
+    if (!r) {
+      mp__shared_release_sized(blk, total);
       return mp__error_prefix(MP_ENOMEM, "no room for a job of %llu bytes",
                               (unsigned long long)total);
+    }
   }
   mp__job_t *job = r->blk;
   static _Atomic uint64_t block_ids;
@@ -1225,14 +1226,16 @@ static size_t shared_block_size(uint32_t n_workers) {
 
 int mp__jobs_create(mp__jobs_t **out, uint32_t n_workers, unsigned maxtasks, unsigned retries) {
   mp__jobs_t *t = calloc(1, sizeof *t);
-  mp__pool_shared_t *sh = mp__shared_alloc(shared_block_size(n_workers));
-  if (!t || !sh) {
-    free(t);
-    if (sh)
-      mp__shared_release_sized(sh, shared_block_size(n_workers));
+  if (!t)
     return mp__error(MP_ENOMEM, "no memory for the job table of %u workers", n_workers);
+  void *block;
+  int rc = mp__shared_alloc(&block, shared_block_size(n_workers));
+  if (rc < 0) {
+    free(t);
+    return mp__error_prefix(rc, "the job table of %u workers", n_workers);
   }
-  int rc = mp__mutex_init(&sh->err_lock);
+  mp__pool_shared_t *sh = block;
+  rc = mp__mutex_init(&sh->err_lock);
   if (rc < 0) {
     free(t);
     mp__shared_release_sized(sh, shared_block_size(n_workers));
@@ -1304,8 +1307,10 @@ static int share_fnref(mp__fn_t fn, mp__fnref_t **out) {
   int rc = mp__fnref_from_pointer(fn, &ref);
   if (rc < 0)
     return rc;
-  if (!(*out = mp__shared_alloc(sizeof ref)))
-    return mp__error_prefix(MP_ENOMEM, "a function reference");
+  void *block;
+  if ((rc = mp__shared_alloc(&block, sizeof ref)) < 0)
+    return mp__error_prefix(rc, "a function reference");
+  *out = block;
   memcpy(*out, &ref, sizeof ref);
   return 0;
 }
@@ -1316,8 +1321,10 @@ int mp__jobs_set_initializer(mp__jobs_t *t, mp__fn_t fn, const void *args, size_
   if (rc < 0)
     return rc;
   sh->init_ref = t->init_ref;
-  if (size && !(t->initargs = mp__shared_alloc(size)))
-    return mp__error_prefix(MP_ENOMEM, "the initializer's %zu bytes of arguments", size);
+  void *block = NULL;
+  if (size && (rc = mp__shared_alloc(&block, size)) < 0)
+    return mp__error_prefix(rc, "the initializer's %zu bytes of arguments", size);
+  t->initargs = block;
   t->initargs_size = size;
   sh->initargs = t->initargs;
   sh->init_local = fn;

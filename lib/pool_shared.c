@@ -206,15 +206,21 @@ typedef struct free_call_s {
 static pthread_mutex_t free_lock = PTHREAD_MUTEX_INITIALIZER;
 static free_call_t *free_calls;
 
-static call_t *call_take(void) {
+/* A call's block in *out: one given back, else a new one (0 or the arena's error, said). */
+static int call_take(call_t **out) {
   pthread_mutex_lock(&free_lock);
   free_call_t *f = free_calls;
   if (f)
     free_calls = f->next;
   pthread_mutex_unlock(&free_lock);
-  call_t *c = f ? f->call : NULL;
+  *out = f ? f->call : NULL;
   free(f);
-  return c ? c : mp__shared_alloc(sizeof *c);
+  if (*out)
+    return 0;
+  void *block;
+  int rc = mp__shared_alloc(&block, sizeof(call_t));
+  *out = block;
+  return rc;
 }
 
 static void call_give_back(call_t *c) {
@@ -299,10 +305,12 @@ int mp_pool_map_shared(mp_pool_t *pool, mp_shared_task_fn_t fn, const mp_shared_
     return mp__error(MP_EINVAL, "%s: %zu chunks of %zu items overflow", what, n_chunks,
                      chunksize);
   chunk_desc_t *descs = malloc(bytes ? bytes : 1);
-  call_t *c = descs ? call_take() : NULL;
-  if (!c) {
-    free(descs);
+  if (!descs)
     return mp__error(MP_ENOMEM, "%s: no memory for %zu chunk descriptors", what, n_chunks);
+  call_t *c;
+  if ((rc = call_take(&c)) < 0) {
+    free(descs);
+    return mp__error_prefix(rc, "%s", what);
   }
   if ((rc = mp__fnref_from_pointer((mp__fn_t)fn, &c->ref)) < 0) {
     call_give_back(c);

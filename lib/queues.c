@@ -785,13 +785,13 @@ static int create(mp_queue_t **out, flavor_t flavor, size_t maxsize, size_t ring
   uint32_t cap = RING_MIN;
   while (cap < ring_bytes)
     cap *= 2;
-  mp_queue_t *q = mp__shared_alloc(sizeof *q);
-  char *ring = q ? mp__shared_alloc_raw(cap) : NULL;
-  if (!ring) {
-    if (q)
-      mp__shared_release_sized(q, sizeof *q);
-    return MP_ENOMEM; /* the arena said why */
-  }
+  void *head, *ring;
+  int rc = mp__shared_alloc(&head, sizeof(mp_queue_t));
+  if (rc == 0 && (rc = mp__shared_alloc_by(&ring, cap, MP__NO_DEADLINE)) < 0)
+    mp__shared_release_sized(head, sizeof(mp_queue_t));
+  if (rc < 0)
+    return rc; /* the arena said why */
+  mp_queue_t *q = head;
   q->flavor = flavor;
   q->ring_max = grows ? RING_MAX : cap;
   q->inline_max = cap / 8;

@@ -256,9 +256,10 @@ static int create(ctypes_t **out, uint32_t magic, int typecode, size_t length, c
   uint32_t data_at = inner ? INNER_DATA_AT : HEADER;
   if (length > (SIZE_MAX - data_at) / elem)
     return mp__error(MP_ENOMEM, "%s: %zu elements of %u bytes overflow", fn, length, elem);
-  ctypes_t *c = mp__shared_alloc(data_at + length * elem);
-  if (!c)
-    return MP_ENOMEM;
+  void *block;
+  if ((rc = mp__shared_alloc(&block, data_at + length * elem)) < 0)
+    return rc; /* said by the arena */
+  ctypes_t *c = block;
   if (inner) {
     lock = (mp_lock_t *)((char *)c + MP__INNER_LOCK_AT);
     rc = mp__lock_init_inner(lock);

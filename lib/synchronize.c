@@ -134,11 +134,12 @@ static int invalid(const char *fn) {
 
 /* A new zeroed object with its magic, and its robust mutex at mutex_at (or NO_MUTEX). */
 static int new_object(void *out, size_t size, uint32_t magic, size_t mutex_at) {
-  uint32_t *obj = mp__shared_alloc(size);
-  if (!obj)
-    return MP_ENOMEM;
-  int rc =
-      mutex_at == NO_MUTEX ? 0 : mp__mutex_init((pthread_mutex_t *)((char *)obj + mutex_at));
+  void *block;
+  int rc = mp__shared_alloc(&block, size);
+  if (rc < 0)
+    return rc; /* said by the arena */
+  uint32_t *obj = block;
+  rc = mutex_at == NO_MUTEX ? 0 : mp__mutex_init((pthread_mutex_t *)((char *)obj + mutex_at));
   if (rc < 0) {
     mp__shared_release_sized(obj, size);
     return rc;

@@ -7,8 +7,11 @@
 #include "mp_test.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <semaphore.h>
+#include <sys/mount.h>
 #if __has_include(<valgrind/valgrind.h>)
 #include <valgrind/valgrind.h>
 #else
@@ -22,6 +25,13 @@ typedef struct {
   uint64_t key;
   size_t grow_bytes;
 } heap_job_t;
+
+/* A zeroed block of size bytes, or NULL with mp_last_error() set. */
+static void *shared_alloc(size_t size) {
+  void *block;
+  (void)mp__shared_alloc(&block, size);
+  return block;
+}
 
 /* Checks the parent's pattern, then answers through the same block. */
 static int child_reads_and_writes(void *arg, size_t size) {
@@ -38,7 +48,7 @@ static int child_reads_and_writes(void *arg, size_t size) {
 START_TEST(test_block_shared_with_child) {
   mp_context_t *ctx = mp_test_ctx(_i);
   heap_job_t job = {.words = 100000}; /* 800 KB: most of the first megabyte */
-  job.block = mp__shared_alloc(job.words * sizeof(uint64_t));
+  job.block = shared_alloc(job.words * sizeof(uint64_t));
   T_ASSERT(job.block != NULL, "alloc: %s", mp_last_error());
   T_ASSERT(((uintptr_t)job.block & 63) == 0, "block %p is not 64-byte aligned", (void *)job.block);
   for (size_t i = 1; i < job.words; i++)
@@ -59,7 +69,7 @@ END_TEST
 static int child_grows_arena(void *arg, size_t size) {
   (void)size;
   heap_job_t *job = arg;
-  uint64_t *big = mp__shared_alloc(job->grow_bytes);
+  uint64_t *big = shared_alloc(job->grow_bytes);
   if (!big)
     return 2;
   big[job->grow_bytes / sizeof *big - 1] = 0xb16;
@@ -70,7 +80,7 @@ static int child_grows_arena(void *arg, size_t size) {
 
 START_TEST(test_growth_by_child_seen_by_parent) {
   mp_context_t *ctx = mp_test_ctx(_i);
-  heap_job_t job = {.block = mp__shared_alloc(64), .grow_bytes = 24u << 20};
+  heap_job_t job = {.block = shared_alloc(64), .grow_bytes = 24u << 20};
   T_ASSERT(job.block != NULL, "alloc: %s", mp_last_error());
   mp_process_t *p;
   T_PROC_NEW(&p, ctx, child_grows_arena, &job, sizeof job, NULL);
@@ -83,7 +93,7 @@ START_TEST(test_growth_by_child_seen_by_parent) {
            "the child's block does not hold what it wrote");
   /* A block of the child's is ours to free, and the memory comes back zeroed. */
   T_ASSERT(mp__shared_release_sized(big, job.grow_bytes), "releasing the child's block");
-  uint64_t *again = mp__shared_alloc(job.grow_bytes);
+  uint64_t *again = shared_alloc(job.grow_bytes);
   T_ASSERT(again == big, "the freed block was not reused (%p, %p)", (void *)again, (void *)big);
   T_ASSERT(again[0] == 0 && again[job.grow_bytes / sizeof *again - 1] == 0,
            "a reused block is not zeroed");
@@ -97,7 +107,7 @@ END_TEST
  * process whose arena lay elsewhere. Under valgrind, which refuses such addresses, it lies
  * where the kernel puts it, with valgrind's reserve. */
 START_TEST(test_arena_placement) {
-  void *block = mp__shared_alloc(64);
+  void *block = shared_alloc(64);
   T_ASSERT(block != NULL, "alloc: %s", mp_last_error());
   mp__heap_map_t map;
   int fd;
@@ -114,18 +124,19 @@ START_TEST(test_arena_placement) {
 END_TEST
 
 START_TEST(test_reference_counts_and_reuse) {
-  char *a = mp__shared_alloc(100);
+  char *a = shared_alloc(100);
   T_ASSERT(a != NULL, "alloc: %s", mp_last_error());
   memset(a, 'x', 100);
   mp__shared_retain(a);
   T_ASSERT(!mp__shared_release_sized(a, 100), "the first of two releases freed the block");
   T_ASSERT(mp__shared_release_sized(a, 100), "the last release did not free the block");
-  char *b = mp__shared_alloc(90); /* the same size class */
+  char *b = shared_alloc(90); /* the same size class */
   T_ASSERT(b == a, "the freed block was not reused");
   for (int i = 0; i < 90; i++)
     T_ASSERT(b[i] == 0, "byte %d of a reused block is %d", i, b[i]);
-  char *raw = mp__shared_alloc_raw(5000);
-  T_ASSERT(raw != NULL && mp__shared_contains(raw), "raw alloc: %s", mp_last_error());
+  void *raw;
+  T_INT_EQ(mp__shared_alloc_by(&raw, 5000, MP__NO_DEADLINE), 0);
+  T_ASSERT(mp__shared_contains(raw), "raw alloc: %s", mp_last_error());
   T_ASSERT(!mp__shared_contains(&raw), "a stack address is in the arena");
   T_ASSERT(!mp__shared_contains(NULL), "NULL is in the arena");
   mp__shared_release_sized(raw, 5000);
@@ -134,9 +145,12 @@ START_TEST(test_reference_counts_and_reuse) {
 END_TEST
 
 START_TEST(test_bad_sizes) {
-  T_ASSERT(mp__shared_alloc(0) == NULL, "a 0-byte block was given");
+  void *block;
+  T_INT_EQ(mp__shared_alloc(&block, 0), MP_EINVAL);
+  T_ASSERT(block == NULL, "a 0-byte block was given");
   T_STR_EQ(mp_last_error(), "a shared object of 0 bytes");
-  T_ASSERT(mp__shared_alloc(SIZE_MAX / 2) == NULL, "an impossible block was given");
+  T_INT_EQ(mp__shared_alloc(&block, SIZE_MAX / 2), MP_ENOMEM);
+  T_ASSERT(block == NULL, "an impossible block was given");
   T_ASSERT(strstr(mp_last_error(), "do not fit") != NULL, "%s", mp_last_error());
 }
 END_TEST
@@ -150,7 +164,7 @@ static int child_takes_unique(void *arg, size_t size) {
 
 START_TEST(test_unique_across_processes) {
   mp_context_t *ctx = mp_test_ctx(_i);
-  uint64_t *seen = mp__shared_alloc(sizeof *seen);
+  uint64_t *seen = shared_alloc(sizeof *seen);
   uint64_t before = mp__shared_unique();
   mp_process_t *p;
   T_PROC_NEW(&p, ctx, child_takes_unique, &seen, sizeof seen, NULL);
@@ -398,7 +412,7 @@ static uint64_t *rev_word(char *base, size_t off) {
 /* The arena's base, made now if need be, its layout checked: a fresh block of 3000 bytes
  * (class 12, never used before in this test process) moves bump to its end. */
 static char *arena_base(void) {
-  char *probe = mp__shared_alloc(3000);
+  char *probe = shared_alloc(3000);
   T_ASSERT(probe != NULL, "alloc: %s", mp_last_error());
   mp__heap_map_t map;
   int fd;
@@ -418,7 +432,7 @@ static char *arena_base(void) {
  * outside it; -SIG, killed by a signal; -1000, no answer in `seconds` (killed then). */
 static size_t rev_alloc_size;
 static int rev_alloc(void) {
-  char *p = mp__shared_alloc(rev_alloc_size);
+  char *p = shared_alloc(rev_alloc_size);
   if (!p)
     return 0;
   bool inside = mp__shared_contains(p) && mp__shared_contains(p + rev_alloc_size - 1);
@@ -498,12 +512,12 @@ END_TEST
  * block is free, BLOCK_FREE, nor anything else of it). */
 START_TEST(test_free_head_names_live_block) {
   char *base = arena_base();
-  char *live = mp__shared_alloc(20000);
+  char *live = shared_alloc(20000);
   T_ASSERT(live != NULL, "alloc: %s", mp_last_error());
   memset(live, 0x5a, 20000);
   uint64_t offset = (uint64_t)(live - 64 - base);
   mp_test_forge(_i, rev_word(base, REV_OFF_FREE(15)), &offset, sizeof offset);
-  char *again = mp__shared_alloc(20000);
+  char *again = shared_alloc(20000);
   size_t lost = 0;
   for (size_t k = 0; k < 20000; k++)
     lost += live[k] != 0x5a;
@@ -522,7 +536,7 @@ START_TEST(test_forged_class_frees_neighbour) {
   (void)arena_base();
   mp_array_t *array;
   MP_ASSERT_OK(mp_raw_array_create(&array, 'B', 6000, NULL)); /* class 13: 8 KiB */
-  char *a = (char *)array, *b = mp__shared_alloc(6000);
+  char *a = (char *)array, *b = shared_alloc(6000);
   T_ASSERT(b == a + 8192, "two adjacent fresh 8 KiB blocks: %p %p", (void *)a, (void *)b);
   memset(b, 0x5a, 6000);
   uint32_t wild_cls = 14;
@@ -531,7 +545,7 @@ START_TEST(test_forged_class_frees_neighbour) {
   MP_ASSERT_OK(mp_array_close(array));
   char said[256];
   snprintf(said, sizeof said, "%s", mp_last_error());
-  char *c = mp__shared_alloc(16000); /* class 14 */
+  char *c = shared_alloc(16000); /* class 14 */
   size_t lost = 0;
   for (size_t k = 0; k < 6000; k++)
     lost += b[k] != 0x5a;
@@ -548,14 +562,14 @@ END_TEST
  * reference): a release that listed the block again would hand it to two allocations. */
 START_TEST(test_release_of_free_block) {
   (void)arena_base();
-  char *a = mp__shared_alloc(20000); /* class 15 */
+  char *a = shared_alloc(20000); /* class 15 */
   T_ASSERT(a && mp__shared_release_sized(a, 20000), "the only reference freed the block");
   uint32_t one = 1;
   mp_test_forge(_i, a - 64 + 8, &one, sizeof one);
   T_ASSERT(mp__shared_release_sized(a, 20000), "the forged last reference");
   char said[256];
   snprintf(said, sizeof said, "%s", mp_last_error());
-  char *x = mp__shared_alloc(20000), *y = mp__shared_alloc(20000);
+  char *x = shared_alloc(20000), *y = shared_alloc(20000);
   T_ASSERT(x && y && x != y,
            "after a free block's second release, two allocations gave %p and %p (the same "
            "block twice, or a refusal: the free list held it twice)",
@@ -706,7 +720,7 @@ static _Atomic int rev_go;
 static void *rev_thread_alloc(void *arg) {
   (void)arg;
   rev_go = 1;
-  mp__shared_alloc(100);
+  shared_alloc(100);
   return NULL;
 }
 
@@ -722,7 +736,7 @@ static int rev_fork_during_creation(int spin) {
   pid_t c = fork();
   if (c == 0) {
     alarm(2);
-    _exit(mp__shared_alloc(100) ? 0 : 1);
+    _exit(shared_alloc(100) ? 0 : 1);
   }
   pthread_join(th, NULL);
   int st = 0;
@@ -758,6 +772,264 @@ START_TEST(test_child_forked_while_arena_is_made_allocates) {
 }
 END_TEST
 
+/*
+ * Review rev2-mem: a holder in another pid namespace. A plain fork C enters a new pid
+ * namespace (unshare, as a sandboxing worker may) and forks its init G; G forks holders until
+ * one's pid there names no process in this namespace's /proc; that one runs ns_hold() and
+ * sleeps. ns_start writes G's pid here (for the kill) and the holder's pid in its namespace;
+ * false if unshare is refused (it needs CAP_SYS_ADMIN).
+ */
+static void (*ns_hold)(void);
+static pid_t ns_c = -1, ns_g = -1;
+
+static void ns_kill(void) {
+  if (ns_g > 0)
+    kill(ns_g, SIGKILL); /* the namespace's init: every process in it dies with it */
+  if (ns_c > 0) {
+    waitpid(ns_c, NULL, 0);
+    mp_test_untrack_pid(ns_c);
+  }
+  ns_g = ns_c = -1;
+}
+
+static bool ns_start(pid_t *holder_ns_pid) {
+  int p[2];
+  T_INT_EQ(pipe2(p, O_CLOEXEC), 0);
+  ns_c = fork();
+  T_ASSERT(ns_c >= 0, "fork: %s", strerror(errno));
+  if (ns_c == 0) {
+    close(p[0]);
+    int32_t g = -1;
+    if (unshare(CLONE_NEWPID) == 0)
+      g = fork();
+    if (g != 0) {
+      (void)!write(p[1], &g, sizeof g);
+      if (g > 0)
+        waitpid(g, NULL, 0);
+      _exit(0);
+    }
+    for (int i = 0; i < 20000; i++) { /* G: the namespace's init */
+      pid_t h = fork();
+      if (h == 0) {
+        char path[32];
+        snprintf(path, sizeof path, "/proc/%d", (int)getpid());
+        if (access(path, F_OK) == 0)
+          _exit(3); /* its pid names a process out there: the next one */
+        ns_hold();
+        int32_t me = getpid();
+        (void)!write(p[1], &me, sizeof me);
+        for (;;)
+          pause();
+      }
+      if (h < 0)
+        _exit(4);
+      waitpid(h, NULL, 0);
+    }
+    _exit(5);
+  }
+  mp_test_track_pid(ns_c);
+  mp_test_set_hook(ns_kill);
+  close(p[1]);
+  int32_t g = -1, h = -1;
+  T_INT_EQ(read(p[0], &g, sizeof g), (ssize_t)sizeof g);
+  if (g < 0) {
+    close(p[0]);
+    ns_kill();
+    return false;
+  }
+  ns_g = g;
+  struct pollfd pfd = {p[0], POLLIN, 0};
+  T_ASSERT(poll(&pfd, 1, 10000) == 1, "no holder in the namespace within 10 s");
+  T_INT_EQ(read(p[0], &h, sizeof h), (ssize_t)sizeof h);
+  close(p[0]);
+  *holder_ns_pid = h;
+  return true;
+}
+
+static char *ns_arena;
+static void ns_hold_arena(void) {
+  (void)mp__wlock_lock((mp__wlock_t *)(void *)(ns_arena + REV_OFF_LOCK), MP__NO_DEADLINE);
+}
+
+/* Review rev2-mem: a live holder of the arena's lock in another pid namespace is judged by
+ * its thread id in this one's /proc, where that id names no thread: the waiter takes the lock
+ * over after a slice (MP_EOWNERDEAD, said nowhere) while the holder still runs inside it. */
+START_TEST(test_arena_lock_holder_in_pid_namespace_not_taken_over) {
+  ns_arena = arena_base();
+  ns_hold = ns_hold_arena;
+  pid_t h;
+  if (!ns_start(&h))
+    return; /* no CAP_SYS_ADMIN: no pid namespace to make */
+  uint64_t held = atomic_load((_Atomic uint64_t *)(void *)(ns_arena + REV_OFF_LOCK));
+  void *block = NULL;
+  mp__deadline_t d = {0.5, MP__DEADLINE_UNSET};
+  int rc = mp__shared_alloc_by(&block, 100, &d);
+  ns_kill();
+  *rev_word(ns_arena, REV_OFF_LOCK) = 0;
+  if (block)
+    mp__shared_release_sized(block, 100);
+  T_ASSERT(rc == MP_ETIMEDOUT,
+           "a live thread (pid %d in its pid namespace, word %#llx) held the arena's lock; "
+           "an allocation with a 0.5 s deadline returned %s: the lock was taken over beside "
+           "its live holder",
+           (int)h, (unsigned long long)held, rc == 0 ? "a block" : mp_err_name(rc));
+}
+END_TEST
+
+/* docs/api.md's MP_ECORRUPT row promises it for "the shared arena's header or free lists:
+ * then any call that allocates a shared object, such as a create": a create returns the
+ * allocator's code, where it returned MP_ENOMEM for any failure (the sentence said
+ * "corrupt"). */
+START_TEST(test_create_says_corrupt_arena) {
+  char *base = arena_base();
+  uint64_t real = *rev_word(base, REV_OFF_BUMP), wild = 0 - 128ull;
+  mp_test_forge(_i, rev_word(base, REV_OFF_BUMP), &wild, sizeof wild);
+  mp_lock_t *lock = NULL;
+  int rc_lock = mp_lock_create(&lock);
+  mp_value_t *v = NULL;
+  int rc_value = mp_value_create(&v, 'i', NULL, NULL);
+  mp_event_t *ev = NULL;
+  int rc_event = mp_event_create(&ev);
+  *rev_word(base, REV_OFF_BUMP) = real;
+  T_ASSERT(rc_lock == MP_ECORRUPT && rc_value == MP_ECORRUPT && rc_event == MP_ECORRUPT,
+           "after a child wrote the arena's bump word wild: mp_lock_create %s, "
+           "mp_value_create %s, mp_event_create %s (MP_ECORRUPT promised)",
+           mp_err_name(rc_lock), mp_err_name(rc_value), mp_err_name(rc_event));
+}
+END_TEST
+
+/* In a plain fork: /proc remounted hidepid=2 in a mount namespace of its own (as a hardened
+ * host mounts it), the uid dropped to nobody (a worker that gives up its privileges), then an
+ * allocation with a 0.5 s deadline while the test process's thread holds the arena's lock:
+ * 0 timed out, 1 got a block (the lock taken over), 2 another error, 10+ the set-up failed. */
+static int rev_alloc_hidden_holder(void) {
+  if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+    return 10;
+  if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2") < 0)
+    return 11;
+  if (setgid(65534) < 0 || setuid(65534) < 0)
+    return 12;
+  void *block = NULL;
+  mp__deadline_t d = {0.5, MP__DEADLINE_UNSET};
+  int rc = mp__shared_alloc_by(&block, 100, &d);
+  return rc == MP_ETIMEDOUT ? 0 : rc == 0 ? 1 : 2;
+}
+
+/* Review rev2-mem: a live holder whose /proc entry the waiter may not see (hidepid, another
+ * uid) is judged ended, by ENOENT, and its lock taken over beside it. */
+START_TEST(test_arena_lock_holder_hidden_by_hidepid_not_taken_over) {
+  char *base = arena_base();
+  if (geteuid() != 0)
+    return; /* a mount namespace and another uid need root */
+  mp__wlock_t *lock = (mp__wlock_t *)(void *)(base + REV_OFF_LOCK);
+  T_INT_EQ(mp__wlock_lock(lock, MP__NO_DEADLINE), 0); /* this live thread holds it */
+  int code = mp_test_run_in_fork(rev_alloc_hidden_holder, 10);
+  mp__wlock_unlock(lock);
+  T_ASSERT(code != 1,
+           "this live thread held the arena's lock; a child that dropped to uid 65534 under "
+           "a /proc mounted hidepid=2 allocated with a 0.5 s deadline and got a block: the "
+           "lock was taken over beside its live holder");
+  T_ASSERT(code == 0, "the child's outcome: %d", code);
+}
+END_TEST
+
+#define REV_RACE_SIZE ((4u << 20) - 64) /* class 22: a 4 MiB block, zeroed at each hand-out */
+static char *rev_pair[2];
+static pthread_barrier_t rev_bar;
+static void *rev_racer(void *arg) {
+  int k = (int)(intptr_t)arg;
+  pthread_barrier_wait(&rev_bar);
+  rev_pair[k] = shared_alloc(REV_RACE_SIZE);
+  return NULL;
+}
+
+/* A free block's link written to the block itself (a cycle): the block, popped by one
+ * allocation, is marked taken under the lock, so a second allocation racing the first's
+ * zeroing finds no free block at the list's head (MP_ECORRUPT, the list dropped) instead of
+ * the same block handed out again. Two threads allocate at once, up to 20 rounds. */
+START_TEST(test_free_list_cycle_hands_block_out_once) {
+  char *base = arena_base();
+  int doubled = -1;
+  void *same = NULL;
+  for (int round = 0; round < 20 && doubled < 0; round++) {
+    char *a = shared_alloc(REV_RACE_SIZE);
+    T_ASSERT(a != NULL, "alloc: %s", mp_last_error());
+    uint64_t off = (uint64_t)(a - 64 - base);
+    T_ASSERT(mp__shared_release_sized(a, REV_RACE_SIZE), "the last reference");
+    T_ASSERT(*rev_word(base, REV_OFF_FREE(22)) == off, "the block heads its free list");
+    mp_test_forge(_i, a, &off, sizeof off); /* its link names itself */
+    T_INT_EQ(pthread_barrier_init(&rev_bar, NULL, 2), 0);
+    pthread_t t[2];
+    for (int k = 0; k < 2; k++)
+      T_INT_EQ(pthread_create(&t[k], NULL, rev_racer, (void *)(intptr_t)k), 0);
+    for (int k = 0; k < 2; k++)
+      pthread_join(t[k], NULL);
+    pthread_barrier_destroy(&rev_bar);
+    *rev_word(base, REV_OFF_FREE(22)) = 0;
+    if (rev_pair[0] && rev_pair[0] == rev_pair[1]) {
+      doubled = round;
+      same = rev_pair[0];
+    }
+    for (int k = 0; k < 2; k++)
+      if (rev_pair[k] && (k == 0 || rev_pair[1] != rev_pair[0]))
+        mp__shared_release_sized(rev_pair[k], REV_RACE_SIZE);
+    *rev_word(base, REV_OFF_FREE(22)) = 0; /* the released blocks leak: a fresh one next */
+  }
+  T_ASSERT(doubled < 0,
+           "a child wrote a free 4 MiB block's link to the block itself; in round %d two "
+           "threads' allocations were both given that block (%p), still in use by the first",
+           doubled, same);
+}
+END_TEST
+
+/* In a plain fork C: a new pid namespace, /proc left as it was (unshare -p -f without
+ * --mount-proc). Its init G forks H (pid 2 there; /proc/2 is this namespace's pid 2), which
+ * takes the arena's lock and exits holding it; G then allocates with a 1 s deadline: 0 the
+ * dead holder's lock taken over, 1 timed out, 2 another error, 20+ the set-up failed. */
+static int rev_ns_dead_holder(void) {
+  if (unshare(CLONE_NEWPID) < 0)
+    return 20;
+  pid_t g = fork();
+  if (g < 0)
+    return 21;
+  if (g == 0) {
+    pid_t h = fork();
+    if (h == 0) {
+      (void)mp__wlock_lock((mp__wlock_t *)(void *)(ns_arena + REV_OFF_LOCK), MP__NO_DEADLINE);
+      _exit(0); /* ends holding it */
+    }
+    int st;
+    if (h != 2 || waitpid(h, &st, 0) != h || access("/proc/2/stat", F_OK) != 0)
+      _exit(22);
+    void *block = NULL;
+    mp__deadline_t d = {1.0, MP__DEADLINE_UNSET};
+    int rc = mp__shared_alloc_by(&block, 100, &d);
+    _exit(rc == 0 ? 0 : rc == MP_ETIMEDOUT ? 1 : 2);
+  }
+  int st = 0;
+  if (waitpid(g, &st, 0) != g || !WIFEXITED(st))
+    return 23;
+  return WEXITSTATUS(st);
+}
+
+/* Review rev2-mem: where /proc is not the pid namespace's (a program run under unshare -p -f
+ * without a /proc of its own), a holder's id names another process there, whose start time
+ * the holder recorded as its own: a dead holder is judged alive for ever, and every allocation
+ * without a deadline (every create) hangs after its death. */
+START_TEST(test_arena_lock_dead_holder_under_foreign_proc_taken_over) {
+  ns_arena = arena_base();
+  if (geteuid() != 0)
+    return; /* a pid namespace needs CAP_SYS_ADMIN */
+  int code = mp_test_run_in_fork(rev_ns_dead_holder, 10);
+  *rev_word(ns_arena, REV_OFF_LOCK) = 0;
+  T_ASSERT(code != 1,
+           "in a pid namespace whose /proc is the outer one, a thread ended holding the "
+           "arena's lock; an allocation with a 1 s deadline timed out: the dead holder was "
+           "judged alive (without a deadline it waits for ever)");
+  T_ASSERT(code == 0, "the namespace's outcome: %d", code);
+}
+END_TEST
+
 static Suite *heap_suite(void) {
   Suite *s = suite_create("heap");
   TCase *tc = mp_test_tcase(s, "arena", 20);
@@ -772,6 +1044,7 @@ static Suite *heap_suite(void) {
   tcase_add_loop_test(tc, test_wild_arena_bump, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_free_head, 0, N_METHODS);
   tcase_add_loop_test(tc, test_free_head_names_live_block, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_free_list_cycle_hands_block_out_once, 0, N_METHODS);
   tcase_add_loop_test(tc, test_release_of_free_block, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_class_frees_neighbour, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_arena_reserve, 0, N_METHODS);
@@ -779,6 +1052,10 @@ static Suite *heap_suite(void) {
   tcase_add_loop_test(tc, test_arena_lock_of_no_thread_taken_over, 0, N_METHODS);
   tcase_add_loop_test(tc, test_arena_lock_reads_no_mutex_kind, 0, N_METHODS);
   tcase_add_loop_test(tc, test_queue_timeouts_honoured_behind_arena_lock, 0, N_METHODS);
+  tcase_add_test(tc, test_arena_lock_holder_in_pid_namespace_not_taken_over);
+  tcase_add_loop_test(tc, test_create_says_corrupt_arena, 0, N_METHODS);
+  tcase_add_test(tc, test_arena_lock_holder_hidden_by_hidepid_not_taken_over);
+  tcase_add_test(tc, test_arena_lock_dead_holder_under_foreign_proc_taken_over);
   tc = mp_test_tcase(s, "fork", 40);
   tcase_add_test(tc, test_child_forked_while_arena_is_made_allocates);
   tc = mp_test_tcase(s, "fds", 20);

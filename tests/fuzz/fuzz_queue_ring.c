@@ -73,8 +73,10 @@ static int set_up(void) {
   static const size_t sizes[N_BLOCKS] = {600, 5000, 40000};
   char *end = NULL;
   for (int i = 0; i < N_BLOCKS; i++) {
-    if (!(g.blocks[i] = mp__shared_alloc_raw(sizes[i])))
+    void *block;
+    if (mp__shared_alloc_by(&block, sizes[i], MP__NO_DEADLINE) < 0)
       return -1;
+    g.blocks[i] = block;
     if (g.blocks[i] + sizes[i] > end)
       end = g.blocks[i] + sizes[i];
   }
