@@ -6,6 +6,8 @@
  */
 #include "mp_test.h"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -1908,6 +1910,170 @@ START_TEST(test_null_handles) {
 }
 END_TEST
 
+/*
+ * Review rev2-mem: a holder in another pid namespace. A plain fork C enters a new pid
+ * namespace (unshare, as a sandboxing worker may) and forks its init G; G forks holders until
+ * one's pid there names no process in this namespace's /proc; that one runs ns_hold() and
+ * sleeps. ns_start writes G's pid here (for the kill) and the holder's pid in its namespace;
+ * false if unshare is refused (it needs CAP_SYS_ADMIN).
+ */
+static void (*ns_hold)(void);
+static pid_t ns_c = -1, ns_g = -1;
+
+static void ns_kill(void) {
+  if (ns_g > 0)
+    kill(ns_g, SIGKILL); /* the namespace's init: every process in it dies with it */
+  if (ns_c > 0) {
+    waitpid(ns_c, NULL, 0);
+    mp_test_untrack_pid(ns_c);
+  }
+  ns_g = ns_c = -1;
+}
+
+static bool ns_start(pid_t *holder_ns_pid) {
+  int p[2];
+  T_INT_EQ(pipe2(p, O_CLOEXEC), 0);
+  ns_c = fork();
+  T_ASSERT(ns_c >= 0, "fork: %s", strerror(errno));
+  if (ns_c == 0) {
+    close(p[0]);
+    int32_t g = -1;
+    if (unshare(CLONE_NEWPID) == 0)
+      g = fork();
+    if (g != 0) {
+      (void)!write(p[1], &g, sizeof g);
+      if (g > 0)
+        waitpid(g, NULL, 0);
+      _exit(0);
+    }
+    for (int i = 0; i < 20000; i++) { /* G: the namespace's init */
+      pid_t h = fork();
+      if (h == 0) {
+        char path[32];
+        snprintf(path, sizeof path, "/proc/%d", (int)getpid());
+        if (access(path, F_OK) == 0)
+          _exit(3); /* its pid names a process out there: the next one */
+        ns_hold();
+        int32_t me = getpid();
+        (void)!write(p[1], &me, sizeof me);
+        for (;;)
+          pause();
+      }
+      if (h < 0)
+        _exit(4);
+      waitpid(h, NULL, 0);
+    }
+    _exit(5);
+  }
+  mp_test_track_pid(ns_c);
+  mp_test_set_hook(ns_kill);
+  close(p[1]);
+  int32_t g = -1, h = -1;
+  T_INT_EQ(read(p[0], &g, sizeof g), (ssize_t)sizeof g);
+  if (g < 0) {
+    close(p[0]);
+    ns_kill();
+    return false;
+  }
+  ns_g = g;
+  struct pollfd pfd = {p[0], POLLIN, 0};
+  T_ASSERT(poll(&pfd, 1, 10000) == 1, "no holder in the namespace within 10 s");
+  T_INT_EQ(read(p[0], &h, sizeof h), (ssize_t)sizeof h);
+  close(p[0]);
+  *holder_ns_pid = h;
+  return true;
+}
+
+static mp_lock_t *ns_lock;
+static void ns_hold_lock(void) {
+  (void)mp_lock_acquire(ns_lock, -1);
+}
+
+/* Review rev2-mem: a Lock held by a live thread of another pid namespace. Its owner word is
+ * the holder's id there (glibc's, as the kernel's robust futexes want); the waiter looks it
+ * up in its own /proc, finds no such thread, and says MP_ECORRUPT ("another process wrote
+ * it") after 51 ms, where a live holder must make it wait to its timeout. */
+START_TEST(test_lock_holder_in_pid_namespace_not_corrupt) {
+  MP_ASSERT_OK(mp_lock_create(&ns_lock));
+  ns_hold = ns_hold_lock;
+  pid_t h;
+  if (!ns_start(&h)) {
+    mp_lock_close(ns_lock);
+    return; /* no CAP_SYS_ADMIN: no pid namespace to make */
+  }
+  int rc = mp_lock_acquire(ns_lock, 1.0);
+  char said[256];
+  snprintf(said, sizeof said, "%s", mp_last_error());
+  ns_kill();
+  if (rc == 0 || rc == MP_EOWNERDEAD)
+    mp_lock_release(ns_lock);
+  T_ASSERT(rc == MP_ETIMEDOUT,
+           "a live thread (pid %d in its pid namespace) held a Lock; mp_lock_acquire(1.0) "
+           "returned %s: %s",
+           (int)h, mp_err_name(rc), said);
+  mp_lock_close(ns_lock);
+}
+END_TEST
+
+/* Review rev2-mem: a Condition's lock word redirected to another live Lock (the fix of
+ * f80a1a2 covers Values and Arrays only). mp_condition_close follows the header's word and
+ * drops a reference the Condition never took: the other Lock, still the parent's, is freed
+ * and the next Lock made in its block; the Condition's own Lock leaks. */
+START_TEST(test_condition_redirected_lock_freed_by_close) {
+  mp_lock_t *given, *other;
+  MP_ASSERT_OK(mp_lock_create(&given));
+  MP_ASSERT_OK(mp_lock_create(&other)); /* the parent's, one reference */
+  mp_condition_t *cond;
+  MP_ASSERT_OK(mp_condition_create(&cond, given));
+  MP_ASSERT_OK(mp_lock_close(given)); /* the Condition holds the only reference now */
+  size_t at = mp_test_find_bytes(cond, 256, 8, &given, sizeof given);
+  mp_test_forge(_i, (char *)cond + at, &other, sizeof other);
+  int rc = mp_condition_close(cond);
+  mp_lock_t *next;
+  MP_ASSERT_OK(mp_lock_create(&next));
+  T_ASSERT(next != other,
+           "a child wrote a Condition's lock word to the parent's other Lock: "
+           "mp_condition_close returned %s and freed that Lock, whose block the next "
+           "mp_lock_create took (%p)",
+           mp_err_name(rc), (void *)next);
+  mp_lock_close(next);
+  mp_lock_close(other);
+}
+END_TEST
+
+static int ns_action(void *arg) {
+  (void)arg;
+  return 0;
+}
+
+/* Review rev2-mem: a Barrier's action word redirected to another Barrier's action block.
+ * mp_barrier_close releases whatever live block of that class the word names: the other
+ * Barrier's action is freed while that Barrier lives, and the next Barrier's action is made
+ * in its block (the first Barrier's own action leaks). */
+START_TEST(test_barrier_redirected_action_freed_by_close) {
+  mp_barrier_t *b1, *b2, *b3;
+  MP_ASSERT_OK(mp_barrier_create(&b1, 1, ns_action, NULL));
+  MP_ASSERT_OK(mp_barrier_create(&b2, 1, ns_action, NULL));
+  const size_t at = 16; /* magic, parties, word: then the action's block */
+  void *a1, *a2;
+  memcpy(&a1, (char *)b1 + at, sizeof a1);
+  memcpy(&a2, (char *)b2 + at, sizeof a2);
+  T_ASSERT(a1 && a2 && a1 != a2, "the barrier's layout: actions %p %p", a1, a2);
+  mp_test_forge(_i, (char *)b1 + at, &a2, sizeof a2);
+  int rc = mp_barrier_close(b1);
+  MP_ASSERT_OK(mp_barrier_create(&b3, 1, ns_action, NULL));
+  void *a3;
+  memcpy(&a3, (char *)b3 + at, sizeof a3);
+  mp_barrier_close(b3);
+  mp_barrier_close(b2);
+  T_ASSERT(a3 != a2,
+           "a child wrote a Barrier's action word to another live Barrier's action: "
+           "mp_barrier_close returned %s and freed it, and the next Barrier's action took "
+           "its block (%p)",
+           mp_err_name(rc), a3);
+}
+END_TEST
+
 static Suite *synchronize_suite(void) {
   Suite *s = suite_create("synchronize");
   TCase *tc = mp_test_tcase(s, "lock", 30);
@@ -1919,6 +2085,9 @@ static Suite *synchronize_suite(void) {
   tc = mp_test_tcase(s, "owner death", 30);
   tcase_add_loop_test(tc, test_lock_holder_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_lock_waiter_told_of_death, 0, N_METHODS);
+  tcase_add_test(tc, test_lock_holder_in_pid_namespace_not_corrupt);
+  tcase_add_loop_test(tc, test_condition_redirected_lock_freed_by_close, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_barrier_redirected_action_freed_by_close, 0, N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_holder_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_consumed_by_exit, 0, N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_item_taken_by_killed, 0, N_METHODS);
