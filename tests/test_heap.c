@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
+#include <sys/mount.h>
 #include <pthread.h>
 #include <semaphore.h>
 #if __has_include(<valgrind/valgrind.h>)
@@ -886,6 +887,41 @@ START_TEST(test_create_says_corrupt_arena) {
 }
 END_TEST
 
+/* In a plain fork: /proc remounted hidepid=2 in a mount namespace of its own (as a hardened
+ * host mounts it), the uid dropped to nobody (a worker that gives up its privileges), then an
+ * allocation with a 0.5 s deadline while the test process's thread holds the arena's lock:
+ * 0 timed out, 1 got a block (the lock taken over), 2 another error, 10+ the set-up failed. */
+static int rev_alloc_hidden_holder(void) {
+  if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+    return 10;
+  if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2") < 0)
+    return 11;
+  if (setgid(65534) < 0 || setuid(65534) < 0)
+    return 12;
+  void *block = NULL;
+  mp__deadline_t d = {0.5, MP__DEADLINE_UNSET};
+  int rc = mp__shared_alloc_by(&block, 100, &d);
+  return rc == MP_ETIMEDOUT ? 0 : rc == 0 ? 1 : 2;
+}
+
+/* Review rev2-mem: a live holder whose /proc entry the waiter may not see (hidepid, another
+ * uid) is judged ended, by ENOENT, and its lock taken over beside it. */
+START_TEST(test_arena_lock_holder_hidden_by_hidepid_not_taken_over) {
+  char *base = arena_base();
+  if (geteuid() != 0)
+    return; /* a mount namespace and another uid need root */
+  mp__wlock_t *lock = (mp__wlock_t *)(void *)(base + REV_OFF_LOCK);
+  T_INT_EQ(mp__wlock_lock(lock, MP__NO_DEADLINE), 0); /* this live thread holds it */
+  int code = mp_test_run_in_fork(rev_alloc_hidden_holder, 10);
+  mp__wlock_unlock(lock);
+  T_ASSERT(code != 1,
+           "this live thread held the arena's lock; a child that dropped to uid 65534 under "
+           "a /proc mounted hidepid=2 allocated with a 0.5 s deadline and got a block: the "
+           "lock was taken over beside its live holder");
+  T_ASSERT(code == 0, "the child's outcome: %d", code);
+}
+END_TEST
+
 static Suite *heap_suite(void) {
   Suite *s = suite_create("heap");
   TCase *tc = mp_test_tcase(s, "arena", 20);
@@ -909,6 +945,7 @@ static Suite *heap_suite(void) {
   tcase_add_loop_test(tc, test_queue_timeouts_honoured_behind_arena_lock, 0, N_METHODS);
   tcase_add_test(tc, test_arena_lock_holder_in_pid_namespace_not_taken_over);
   tcase_add_loop_test(tc, test_create_says_corrupt_arena, 0, N_METHODS);
+  tcase_add_test(tc, test_arena_lock_holder_hidden_by_hidepid_not_taken_over);
   tc = mp_test_tcase(s, "fork", 40);
   tcase_add_test(tc, test_child_forked_while_arena_is_made_allocates);
   tc = mp_test_tcase(s, "fds", 20);
