@@ -760,6 +760,14 @@ int mp__lock_init_inner(mp_lock_t *lock);
  * sharedctypes.c reads): set by sharedctypes.c as it is loaded. */
 void mp__lock_inner_release_set(bool (*release)(void *block));
 
+/* The lock whose reference an object of block (a Condition, a Value, an Array) took at its
+ * creation, kept by the process that made it rather than read from the object's lock word,
+ * which any process can write (given_t in synchronize.c). mp__given_add records it: 0 or
+ * MP_ENOMEM (set). mp__given_release releases block by release() and, if that freed it,
+ * drops the reference recorded here, if any: in another process the lock is left allocated. */
+int mp__given_add(const void *block, mp_lock_t *lock, const char *fn);
+void mp__given_release(void *block, bool (*release)(void *block));
+
 /* --------------------------------- pool ---------------------------------- */
 
 /* The Pool's own headers: pool_jobs.h (the job table: pool_jobs.c, pool.c, pool_worker.c)

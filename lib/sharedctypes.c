@@ -6,7 +6,6 @@
  */
 #include "internal.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #define VALUE_MAGIC 0x554c4156u /* "VALU" */
@@ -115,130 +114,6 @@ static int lookup(int typecode, kind_t *kind, uint32_t *size, const char *fn) {
                    typecode, typecode > 32 && typecode < 127 ? typecode : '?');
 }
 
-/* ------------------------- the locks this process gave ------------------------- */
-
-/*
- * A Value's or Array's separate lock (a caller's, or an MP_TYPE_BYTES typecode's own RLock)
- * holds a reference that the object took at creation, to be dropped when the object is
- * freed. The header's lock word cannot say which lock that is: any process of the program
- * may write it, and pointed at another live Lock, or at another Value's own lock (which a
- * Value may legitimately use), it would make the last close drop a reference the object
- * never took, and free a lock or a Value still in use. So the process that took the
- * reference keeps it here, by block, and drops it when a close of its own frees the block.
- * Elsewhere (a spawned child; a forked child, whose handler below forgets its parent's
- * entries) a last close leaves the reference: the lock leaks until the program ends.
- * An entry whose block another process freed stays until a close here frees whatever is
- * made there next, or a create here takes the block again: the reference is still the old
- * object's, which nobody else drops, so it is dropped then.
- */
-typedef struct {
-  const void *block; /* NULL: a free slot */
-  mp_lock_t *lock;
-} given_t;
-
-typedef struct {
-  size_t cap; /* a power of two: slots, by linear probing from slot_of */
-  size_t n;
-  given_t slot[];
-} given_table_t;
-
-/* The table is one pointer, stored once its copy is filled: a child forked while another
- * thread grows it finds a whole table to clear. The lock is held around a close's release
- * too, so that no create here takes the block between its free and the entry's removal
- * (and drops the lock a second time, as the leftover of an object freed elsewhere). */
-static struct {
-  pthread_mutex_t lock;
-  given_table_t *_Atomic table;
-} given = {PTHREAD_MUTEX_INITIALIZER, NULL};
-
-static size_t slot_of(const void *block, size_t cap) {
-  return (size_t)(((uintptr_t)block >> 6) * 0x9e3779b97f4a7c15ull >> 32) & (cap - 1);
-}
-
-/* The slot of block, or of the free slot where it would go. */
-static size_t find_slot(const given_table_t *t, const void *block) {
-  size_t i = slot_of(block, t->cap);
-  while (t->slot[i].block && t->slot[i].block != block)
-    i = (i + 1) & (t->cap - 1);
-  return i;
-}
-
-/* Room for one more entry, at most 3/4 full; false out of memory. Under given.lock. */
-static bool given_room(void) {
-  given_table_t *t = atomic_load_explicit(&given.table, memory_order_relaxed);
-  if (t && 4 * (t->n + 1) <= 3 * t->cap)
-    return true;
-  size_t cap = t ? 2 * t->cap : 64;
-  given_table_t *grown = calloc(1, sizeof *grown + cap * sizeof grown->slot[0]);
-  if (!grown)
-    return false;
-  grown->cap = cap;
-  for (size_t i = 0; t && i < t->cap; i++)
-    if (t->slot[i].block)
-      grown->slot[find_slot(grown, t->slot[i].block)] = t->slot[i];
-  grown->n = t ? t->n : 0;
-  atomic_store_explicit(&given.table, grown, memory_order_release);
-  free(t);
-  return true;
-}
-
-/* Records that block's object holds a reference to lock: 0 or MP_ENOMEM (set). An entry
- * left at the block by an object freed elsewhere is replaced, and its reference dropped. */
-static int given_add(const void *block, mp_lock_t *lock, const char *fn) {
-  pthread_mutex_lock(&given.lock);
-  mp_lock_t *old = NULL;
-  bool room = given_room();
-  if (room) {
-    given_table_t *t = atomic_load_explicit(&given.table, memory_order_relaxed);
-    given_t *e = &t->slot[find_slot(t, block)];
-    if (e->block)
-      old = e->lock;
-    else
-      t->n++;
-    *e = (given_t){block, lock};
-  }
-  pthread_mutex_unlock(&given.lock);
-  if (old)
-    mp_lock_close(old);
-  return room ? 0 : mp__error(MP_ENOMEM, "%s: no memory to remember the lock", fn);
-}
-
-/* Removes block's entry: the lock it held a reference to, or NULL. Under given.lock. */
-static mp_lock_t *given_take(const void *block) {
-  given_table_t *t = atomic_load_explicit(&given.table, memory_order_relaxed);
-  if (!t || t->n == 0)
-    return NULL;
-  size_t mask = t->cap - 1, i = find_slot(t, block);
-  if (!t->slot[i].block)
-    return NULL;
-  mp_lock_t *lock = t->slot[i].lock;
-  /* Backward shift: each later entry of the run that may sit at i moves there. */
-  for (size_t j = (i + 1) & mask; t->slot[j].block; j = (j + 1) & mask) {
-    size_t home = slot_of(t->slot[j].block, t->cap);
-    if (((j - home) & mask) >= ((j - i) & mask)) {
-      t->slot[i] = t->slot[j];
-      i = j;
-    }
-  }
-  t->slot[i] = (given_t){NULL, NULL};
-  t->n--;
-  return lock;
-}
-
-/* In a forked child: the references are the parent's, to be dropped there. */
-MP__CHILD_TEXT static void forget_given(void) {
-  mp__reset_lock(&given.lock);
-  given_table_t *t = atomic_load_explicit(&given.table, memory_order_relaxed);
-  if (t && t->n) {
-    memset(t->slot, 0, t->cap * sizeof t->slot[0]);
-    t->n = 0;
-  }
-}
-
-__attribute__((constructor(102))) static void install_handler(void) {
-  pthread_atfork(NULL, NULL, forget_given);
-}
-
 static int create(ctypes_t **out, uint32_t magic, int typecode, size_t length, const void *init,
                   mp_lock_t *lock, bool raw, const char *fn) {
   if (!out)
@@ -265,7 +140,7 @@ static int create(ctypes_t **out, uint32_t magic, int typecode, size_t length, c
     rc = mp__lock_init_inner(lock);
   } else if (!raw) {
     rc = lock ? mp_lock_retain(lock) : mp_rlock_create(&lock);
-    if (rc == 0 && (rc = given_add(c, lock, fn)) < 0)
+    if (rc == 0 && (rc = mp__given_add(c, lock, fn)) < 0)
       mp_lock_close(lock);
   }
   if (rc < 0) {
@@ -502,16 +377,12 @@ __attribute__((constructor(102))) static void register_release(void) {
 }
 
 /* The header's lock word is not followed: the close that frees the block drops the
- * reference this process gave it, if any (given_t). */
+ * reference this process gave it, if any (mp__given_release). */
 static int close_c(void *handle, uint32_t magic, const char *fn) {
   view_t v;
   if (view_of(handle, magic, &v) == MP_EINVAL)
     return checked(handle, magic, &v, fn);
-  pthread_mutex_lock(&given.lock);
-  mp_lock_t *lock = release_block(handle) ? given_take(handle) : NULL;
-  pthread_mutex_unlock(&given.lock);
-  if (lock)
-    mp_lock_close(lock);
+  mp__given_release(handle, release_block);
   return 0;
 }
 

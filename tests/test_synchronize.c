@@ -1234,6 +1234,56 @@ START_TEST(test_condition_wild_gen) {
 }
 END_TEST
 
+/* A child writes a Condition's lock word to name another live Lock of the parent (cases
+ * 0..N_METHODS-1: a Condition over a caller's Lock; then one with its own RLock). The last
+ * close drops only the reference the Condition took, kept by the process that made it, not
+ * read from the word: the other Lock stays the parent's. In the maker the Condition's lock
+ * is freed (the next lock of its kind is made in its block); a last close in a child leaves
+ * it. Followed, the word made the close free the other Lock while in use (review rev2-mem). */
+static int child_closes_condition(void *arg, size_t size) {
+  (void)size;
+  return mp_condition_close(*(mp_condition_t **)arg) == 0 ? 0 : 2;
+}
+
+START_TEST(test_condition_close_drops_only_its_lock) {
+  int method = _i % N_METHODS;
+  bool own = _i >= N_METHODS;
+  mp_lock_t *other;
+  MP_ASSERT_OK(mp_lock_create(&other)); /* the parent's, one reference */
+  for (int in_child = 0; in_child < 2; in_child++) {
+    mp_lock_t *mine = NULL;
+    mp_condition_t *cond;
+    if (!own)
+      MP_ASSERT_OK(mp_lock_create(&mine));
+    MP_ASSERT_OK(mp_condition_create(&cond, mine));
+    if (own)
+      mine = mp_condition_lock(cond);
+    else
+      MP_ASSERT_OK(mp_lock_close(mine)); /* the Condition holds the only reference now */
+    size_t at = mp_test_find_bytes(cond, 256, 8, &mine, sizeof mine);
+    mp_test_forge(method, (char *)cond + at, &other, sizeof other);
+    if (in_child)
+      mp_test_join_ok(mp_test_start(method, child_closes_condition, &cond, sizeof cond), 30);
+    else
+      MP_ASSERT_OK(mp_condition_close(cond));
+    mp_lock_t *next;
+    MP_ASSERT_OK(own ? mp_rlock_create(&next) : mp_lock_create(&next));
+    MP_ASSERT_OK(mp_lock_close(next));
+    T_ASSERT(next != other,
+             "a child wrote a Condition's lock word to the parent's other Lock: the last "
+             "close (%s) dropped that Lock's only reference, and the next lock made took "
+             "its block (%p)",
+             in_child ? "in a child" : "in the parent", (void *)next);
+    T_ASSERT(in_child || next == mine,
+             "the close in the process that made the Condition left its %s %p (next %p)",
+             own ? "own RLock" : "caller's Lock", (void *)mine, (void *)next);
+    MP_ASSERT_OK(mp_lock_acquire(other, 0));
+    MP_ASSERT_OK(mp_lock_release(other));
+  }
+  MP_ASSERT_OK(mp_lock_close(other));
+}
+END_TEST
+
 /* ================================ Barrier ================================ */
 
 /* The action counts rounds in the shared word it is given. */
@@ -2192,65 +2242,6 @@ START_TEST(test_lock_holder_in_pid_namespace_not_corrupt) {
 }
 END_TEST
 
-/* Review rev2-mem: a Condition's lock word redirected to another live Lock (the fix of
- * f80a1a2 covers Values and Arrays only). mp_condition_close follows the header's word and
- * drops a reference the Condition never took: the other Lock, still the parent's, is freed
- * and the next Lock made in its block; the Condition's own Lock leaks. */
-START_TEST(test_condition_redirected_lock_freed_by_close) {
-  mp_lock_t *given, *other;
-  MP_ASSERT_OK(mp_lock_create(&given));
-  MP_ASSERT_OK(mp_lock_create(&other)); /* the parent's, one reference */
-  mp_condition_t *cond;
-  MP_ASSERT_OK(mp_condition_create(&cond, given));
-  MP_ASSERT_OK(mp_lock_close(given)); /* the Condition holds the only reference now */
-  size_t at = mp_test_find_bytes(cond, 256, 8, &given, sizeof given);
-  mp_test_forge(_i, (char *)cond + at, &other, sizeof other);
-  int rc = mp_condition_close(cond);
-  mp_lock_t *next;
-  MP_ASSERT_OK(mp_lock_create(&next));
-  T_ASSERT(next != other,
-           "a child wrote a Condition's lock word to the parent's other Lock: "
-           "mp_condition_close returned %s and freed that Lock, whose block the next "
-           "mp_lock_create took (%p)",
-           mp_err_name(rc), (void *)next);
-  mp_lock_close(next);
-  mp_lock_close(other);
-}
-END_TEST
-
-static int ns_action(void *arg) {
-  (void)arg;
-  return 0;
-}
-
-/* Review rev2-mem: a Barrier's action word redirected to another Barrier's action block.
- * mp_barrier_close releases whatever live block of that class the word names: the other
- * Barrier's action is freed while that Barrier lives, and the next Barrier's action is made
- * in its block (the first Barrier's own action leaks). */
-START_TEST(test_barrier_redirected_action_freed_by_close) {
-  mp_barrier_t *b1, *b2, *b3;
-  MP_ASSERT_OK(mp_barrier_create(&b1, 1, ns_action, NULL));
-  MP_ASSERT_OK(mp_barrier_create(&b2, 1, ns_action, NULL));
-  const size_t at = 16; /* magic, parties, word: then the action's block */
-  void *a1, *a2;
-  memcpy(&a1, (char *)b1 + at, sizeof a1);
-  memcpy(&a2, (char *)b2 + at, sizeof a2);
-  T_ASSERT(a1 && a2 && a1 != a2, "the barrier's layout: actions %p %p", a1, a2);
-  mp_test_forge(_i, (char *)b1 + at, &a2, sizeof a2);
-  int rc = mp_barrier_close(b1);
-  MP_ASSERT_OK(mp_barrier_create(&b3, 1, ns_action, NULL));
-  void *a3;
-  memcpy(&a3, (char *)b3 + at, sizeof a3);
-  mp_barrier_close(b3);
-  mp_barrier_close(b2);
-  T_ASSERT(a3 != a2,
-           "a child wrote a Barrier's action word to another live Barrier's action: "
-           "mp_barrier_close returned %s and freed it, and the next Barrier's action took "
-           "its block (%p)",
-           mp_err_name(rc), a3);
-}
-END_TEST
-
 static Suite *synchronize_suite(void) {
   Suite *s = suite_create("synchronize");
   TCase *tc = mp_test_tcase(s, "lock", 30);
@@ -2263,8 +2254,6 @@ static Suite *synchronize_suite(void) {
   tcase_add_loop_test(tc, test_lock_holder_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_lock_waiter_told_of_death, 0, N_METHODS);
   tcase_add_test(tc, test_lock_holder_in_pid_namespace_not_corrupt);
-  tcase_add_loop_test(tc, test_condition_redirected_lock_freed_by_close, 0, N_METHODS);
-  tcase_add_loop_test(tc, test_barrier_redirected_action_freed_by_close, 0, N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_holder_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_consumed_by_exit, 0, N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_item_taken_by_killed, 0, N_METHODS);
@@ -2294,6 +2283,7 @@ static Suite *synchronize_suite(void) {
   tcase_add_test(tc, test_condition_threads);
   tcase_add_loop_test(tc, test_condition_corrupt_batches, 0, N_METHODS);
   tcase_add_loop_test(tc, test_condition_wild_gen, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_condition_close_drops_only_its_lock, 0, 2 * N_METHODS);
   tc = mp_test_tcase(s, "barrier", 30);
   tcase_add_loop_test(tc, test_barrier_rounds, 0, N_METHODS);
   tcase_add_loop_test(tc, test_barrier_abort_reset_timeout, 0, N_METHODS);

@@ -140,6 +140,9 @@ typedef struct mp_condition_s mp_condition_t;
  * A Condition over lock (a Lock or an RLock, which it retains), or over a new RLock of its
  * own when lock is NULL, as in Python. Errors: MP_EINVAL (NULL out, a closed lock),
  * MP_ENOMEM. Python: multiprocessing.Condition(lock=None).
+ * The close that frees the Condition drops that reference in the process that made it; a
+ * last close in another process (a forked child too) leaves the lock allocated until the
+ * program ends: the lock's address in shared memory is not trusted to release anything.
  */
 MP_EXTERN int mp_condition_create(mp_condition_t **cond, mp_lock_t *lock);
 
