@@ -922,6 +922,56 @@ START_TEST(test_arena_lock_holder_hidden_by_hidepid_not_taken_over) {
 }
 END_TEST
 
+#define REV_RACE_SIZE ((4u << 20) - 64) /* class 22: a 4 MiB block, zeroed at each hand-out */
+static char *rev_pair[2];
+static pthread_barrier_t rev_bar;
+static void *rev_racer(void *arg) {
+  int k = (int)(intptr_t)arg;
+  pthread_barrier_wait(&rev_bar);
+  rev_pair[k] = mp__shared_alloc(REV_RACE_SIZE);
+  return NULL;
+}
+
+/* Review rev2-mem: a free block's link written to the block itself (a cycle). free_block_fits
+ * takes BLOCK_FREE for "on the list", but a block popped by one allocation stays BLOCK_FREE
+ * until that allocation has zeroed it, outside the lock: a second allocation then finds the
+ * same block at the list's head, still "free", and hands it out again. Two threads allocate
+ * at once, up to 20 rounds. */
+START_TEST(test_free_list_cycle_hands_block_out_twice) {
+  char *base = arena_base();
+  int doubled = -1;
+  void *same = NULL;
+  for (int round = 0; round < 20 && doubled < 0; round++) {
+    char *a = mp__shared_alloc(REV_RACE_SIZE);
+    T_ASSERT(a != NULL, "alloc: %s", mp_last_error());
+    uint64_t off = (uint64_t)(a - 64 - base);
+    T_ASSERT(mp__shared_release_sized(a, REV_RACE_SIZE), "the last reference");
+    T_ASSERT(*rev_word(base, REV_OFF_FREE(22)) == off, "the block heads its free list");
+    mp_test_forge(_i, a, &off, sizeof off); /* its link names itself */
+    T_INT_EQ(pthread_barrier_init(&rev_bar, NULL, 2), 0);
+    pthread_t t[2];
+    for (int k = 0; k < 2; k++)
+      T_INT_EQ(pthread_create(&t[k], NULL, rev_racer, (void *)(intptr_t)k), 0);
+    for (int k = 0; k < 2; k++)
+      pthread_join(t[k], NULL);
+    pthread_barrier_destroy(&rev_bar);
+    *rev_word(base, REV_OFF_FREE(22)) = 0;
+    if (rev_pair[0] && rev_pair[0] == rev_pair[1]) {
+      doubled = round;
+      same = rev_pair[0];
+    }
+    for (int k = 0; k < 2; k++)
+      if (rev_pair[k] && (k == 0 || rev_pair[1] != rev_pair[0]))
+        mp__shared_release_sized(rev_pair[k], REV_RACE_SIZE);
+    *rev_word(base, REV_OFF_FREE(22)) = 0; /* the released blocks leak: a fresh one next */
+  }
+  T_ASSERT(doubled < 0,
+           "a child wrote a free 4 MiB block's link to the block itself; in round %d two "
+           "threads' allocations were both given that block (%p), still in use by the first",
+           doubled, same);
+}
+END_TEST
+
 static Suite *heap_suite(void) {
   Suite *s = suite_create("heap");
   TCase *tc = mp_test_tcase(s, "arena", 20);
@@ -936,6 +986,7 @@ static Suite *heap_suite(void) {
   tcase_add_loop_test(tc, test_wild_arena_bump, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_free_head, 0, N_METHODS);
   tcase_add_loop_test(tc, test_free_head_names_live_block, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_free_list_cycle_hands_block_out_twice, 0, N_METHODS);
   tcase_add_loop_test(tc, test_release_of_free_block, 0, N_METHODS);
   tcase_add_loop_test(tc, test_forged_class_frees_neighbour, 0, N_METHODS);
   tcase_add_loop_test(tc, test_wild_arena_reserve, 0, N_METHODS);
