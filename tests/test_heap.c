@@ -972,6 +972,54 @@ START_TEST(test_free_list_cycle_hands_block_out_twice) {
 }
 END_TEST
 
+/* In a plain fork C: a new pid namespace, /proc left as it was (unshare -p -f without
+ * --mount-proc). Its init G forks H (pid 2 there; /proc/2 is this namespace's pid 2), which
+ * takes the arena's lock and exits holding it; G then allocates with a 1 s deadline: 0 the
+ * dead holder's lock taken over, 1 timed out, 2 another error, 20+ the set-up failed. */
+static int rev_ns_dead_holder(void) {
+  if (unshare(CLONE_NEWPID) < 0)
+    return 20;
+  pid_t g = fork();
+  if (g < 0)
+    return 21;
+  if (g == 0) {
+    pid_t h = fork();
+    if (h == 0) {
+      (void)mp__wlock_lock((mp__wlock_t *)(void *)(ns_arena + REV_OFF_LOCK), MP__NO_DEADLINE);
+      _exit(0); /* ends holding it */
+    }
+    int st;
+    if (h != 2 || waitpid(h, &st, 0) != h || access("/proc/2/stat", F_OK) != 0)
+      _exit(22);
+    void *block = NULL;
+    mp__deadline_t d = {1.0, MP__DEADLINE_UNSET};
+    int rc = mp__shared_alloc_by(&block, 100, &d);
+    _exit(rc == 0 ? 0 : rc == MP_ETIMEDOUT ? 1 : 2);
+  }
+  int st = 0;
+  if (waitpid(g, &st, 0) != g || !WIFEXITED(st))
+    return 23;
+  return WEXITSTATUS(st);
+}
+
+/* Review rev2-mem: where /proc is not the pid namespace's (a program run under unshare -p -f
+ * without a /proc of its own), a holder's id names another process there, whose start time
+ * the holder recorded as its own: a dead holder is judged alive for ever, and every allocation
+ * without a deadline (every create) hangs after its death. */
+START_TEST(test_arena_lock_dead_holder_under_foreign_proc_taken_over) {
+  ns_arena = arena_base();
+  if (geteuid() != 0)
+    return; /* a pid namespace needs CAP_SYS_ADMIN */
+  int code = mp_test_run_in_fork(rev_ns_dead_holder, 10);
+  *rev_word(ns_arena, REV_OFF_LOCK) = 0;
+  T_ASSERT(code != 1,
+           "in a pid namespace whose /proc is the outer one, a thread ended holding the "
+           "arena's lock; an allocation with a 1 s deadline timed out: the dead holder was "
+           "judged alive (without a deadline it waits for ever)");
+  T_ASSERT(code == 0, "the namespace's outcome: %d", code);
+}
+END_TEST
+
 static Suite *heap_suite(void) {
   Suite *s = suite_create("heap");
   TCase *tc = mp_test_tcase(s, "arena", 20);
@@ -997,6 +1045,7 @@ static Suite *heap_suite(void) {
   tcase_add_test(tc, test_arena_lock_holder_in_pid_namespace_not_taken_over);
   tcase_add_loop_test(tc, test_create_says_corrupt_arena, 0, N_METHODS);
   tcase_add_test(tc, test_arena_lock_holder_hidden_by_hidepid_not_taken_over);
+  tcase_add_test(tc, test_arena_lock_dead_holder_under_foreign_proc_taken_over);
   tc = mp_test_tcase(s, "fork", 40);
   tcase_add_test(tc, test_child_forked_while_arena_is_made_allocates);
   tc = mp_test_tcase(s, "fds", 20);
