@@ -840,9 +840,9 @@ static void ns_hold_arena(void) {
   (void)mp__wlock_lock((mp__wlock_t *)(void *)(ns_arena + REV_OFF_LOCK), MP__NO_DEADLINE);
 }
 
-/* Review rev2-mem: a live holder of the arena's lock in another pid namespace is judged by
- * its thread id in this one's /proc, where that id names no thread: the waiter takes the lock
- * over after a slice (MP_EOWNERDEAD, said nowhere) while the holder still runs inside it. */
+/* A live holder of the arena's lock in another pid namespace, whose id names no thread in
+ * this one's /proc, is waited for to the deadline (MP_ETIMEDOUT). It was judged by that id
+ * here and its lock taken over after a slice while it still ran (review rev2-mem). */
 START_TEST(test_arena_lock_holder_in_pid_namespace_not_taken_over) {
   ns_arena = arena_base();
   ns_hold = ns_hold_arena;
@@ -904,8 +904,9 @@ static int rev_alloc_hidden_holder(void) {
   return rc == MP_ETIMEDOUT ? 0 : rc == 0 ? 1 : 2;
 }
 
-/* Review rev2-mem: a live holder whose /proc entry the waiter may not see (hidepid, another
- * uid) is judged ended, by ENOENT, and its lock taken over beside it. */
+/* A live holder whose /proc entry the waiter may not see (hidepid, another uid) is waited
+ * for to the deadline. It was judged ended, by ENOENT, and its lock taken over beside it
+ * (review rev2-mem). */
 START_TEST(test_arena_lock_holder_hidden_by_hidepid_not_taken_over) {
   char *base = arena_base();
   if (geteuid() != 0)

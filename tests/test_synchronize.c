@@ -1989,10 +1989,10 @@ static void ns_hold_lock(void) {
   (void)mp_lock_acquire(ns_lock, -1);
 }
 
-/* Review rev2-mem: a Lock held by a live thread of another pid namespace. Its owner word is
- * the holder's id there (glibc's, as the kernel's robust futexes want); the waiter looks it
- * up in its own /proc, finds no such thread, and says MP_ECORRUPT ("another process wrote
- * it") after 51 ms, where a live holder must make it wait to its timeout. */
+/* A Lock held by a live thread of another pid namespace makes a waiter wait to its timeout.
+ * Its owner word is the holder's id there (glibc's, as the kernel's robust futexes want); the
+ * waiter looked it up in its own /proc, found no such thread, and said MP_ECORRUPT ("another
+ * process wrote it") after 51 ms (review rev2-mem). */
 START_TEST(test_lock_holder_in_pid_namespace_not_corrupt) {
   MP_ASSERT_OK(mp_lock_create(&ns_lock));
   ns_hold = ns_hold_lock;
