@@ -441,10 +441,12 @@ void mp__mutex_unlock(pthread_mutex_t *mutex) {
  * own: a worker may enter another namespace (unshare, a sandbox), where its id names no
  * thread, or another one, here. So the word carries a tag of the holder's namespace (its
  * inode, 21 bits) and the waiter judges only a holder of its own; another's is alive to it,
- * and it waits to its deadline. Where /proc has no entry for the id, the waiter asks
- * kill(tid, 0): /proc may hide the holder (hidepid, another uid: no entry, but kill says
- * EPERM, not ESRCH) or be absent (a chroot). kill counts a zombie as alive until it is
- * reaped.
+ * and it waits to its deadline. Within one namespace, /proc answers only where it is that
+ * namespace's (/proc/self is the caller's pid): under a /proc of the parent namespace
+ * (unshare -p without a /proc of its own) the id names another process there, so the holder
+ * records no start time and the waiter asks kill(tid, 0), as it does when /proc hides the
+ * holder (hidepid, another uid: no entry, but kill says EPERM, not ESRCH) or is absent (a
+ * chroot). kill counts a zombie as alive until it is reaped.
  */
 #define WLOCK_SPIN 200
 #define WLOCK_SLICE_NS 10000000 /* 10 ms */
@@ -463,9 +465,14 @@ static uint64_t wlock_tag(uint64_t w) {
   return (w >> 32) << TAG_LOW_BITS | (w >> 22 & ((1u << TAG_LOW_BITS) - 1));
 }
 
-/* The caller's pid namespace as a tag (0: /proc cannot say). */
-static uint32_t pidns_tag(void) {
+/* The caller's pid namespace as a tag (0: /proc cannot say), and in *own whether /proc is
+ * that namespace's: /proc/self names the caller by its pid. */
+static uint32_t pidns_tag(bool *own) {
   struct stat st;
+  char link[16];
+  ssize_t n = readlink("/proc/self", link, sizeof link - 1);
+  link[n > 0 ? n : 0] = 0;
+  *own = n > 0 && strtol(link, NULL, 10) == (long)getpid();
   if (stat("/proc/self/ns/pid", &st) < 0)
     return 0;
   return (uint32_t)(st.st_ino % TAG_NS_MOD) + 1;
@@ -475,9 +482,10 @@ _Thread_local uint64_t mp__wlock_me __attribute__((tls_model("initial-exec")));
 
 __attribute__((noinline, cold)) uint64_t mp__wlock_me_slow(void) {
   pid_t tid = (pid_t)syscall(SYS_gettid);
-  uint64_t ns = pidns_tag(), start = 0;
+  bool own;
+  uint64_t ns = pidns_tag(&own), start = 0;
   char state;
-  if (mp__proc_stat(tid, &state, &start) < 0)
+  if (!own || mp__proc_stat(tid, &state, &start) < 0)
     start = 0; /* unknown: the judgement asks kill() */
   mp__wlock_me = wlock_word((uint32_t)tid & MP__WLOCK_TID,
                             ns << TAG_START_BITS | (start & TAG_START_MASK));
@@ -493,11 +501,13 @@ static bool holder_ended(uint64_t w) {
   uint32_t ns = (uint32_t)(tag >> TAG_START_BITS), start = (uint32_t)tag & TAG_START_MASK;
   if (tid == 0)
     return true; /* no thread has id 0 (and kill would ask the process group) */
-  if (ns != 0 && ns != pidns_tag())
+  bool own;
+  uint32_t mine = pidns_tag(&own);
+  if (ns != 0 && ns != mine)
     return false;
   char state;
   uint64_t now;
-  if (mp__proc_stat(tid, &state, &now) == 0)
+  if (own && mp__proc_stat(tid, &state, &now) == 0)
     return state == 'Z' || state == 'X' || (start != 0 && (now & TAG_START_MASK) != start);
   return kill(tid, 0) < 0 && errno == ESRCH;
 }

@@ -8,10 +8,10 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
-#include <sys/mount.h>
 #include <pthread.h>
+#include <sched.h>
 #include <semaphore.h>
+#include <sys/mount.h>
 #if __has_include(<valgrind/valgrind.h>)
 #include <valgrind/valgrind.h>
 #else
@@ -1003,10 +1003,10 @@ static int rev_ns_dead_holder(void) {
   return WEXITSTATUS(st);
 }
 
-/* Review rev2-mem: where /proc is not the pid namespace's (a program run under unshare -p -f
- * without a /proc of its own), a holder's id names another process there, whose start time
- * the holder recorded as its own: a dead holder is judged alive for ever, and every allocation
- * without a deadline (every create) hangs after its death. */
+/* Where /proc is not the pid namespace's (a program run under unshare -p -f without a /proc
+ * of its own), a holder that ended is taken over. Its id names another process in that /proc,
+ * whose start time the holder recorded as its own: it was judged alive for ever, and every
+ * allocation without a deadline (every create) hung after its death (review rev2-mem). */
 START_TEST(test_arena_lock_dead_holder_under_foreign_proc_taken_over) {
   ns_arena = arena_base();
   if (geteuid() != 0)
