@@ -228,6 +228,10 @@ extern _Thread_local uint64_t mp__wlock_me __attribute__((tls_model("initial-exe
 uint64_t mp__wlock_me_slow(void);
 /* The contended path of mp__wlock_lock (util.c). */
 int mp__wlock_wait(mp__wlock_t *l, uint64_t me, mp__deadline_t *d);
+/* The caller's pid namespace as a tag of 21 bits, 1 to 0x1fffff (0: /proc cannot say); in
+ * *own, whether /proc is that namespace's (/proc/self names the caller by its pid), so that
+ * /proc/<id> means the process of that id in it. A process's id means it only there. */
+uint32_t mp__pidns_tag(bool *own);
 
 /* 0, or MP_EOWNERDEAD: the lock is the caller's, and its holder died holding it (repair); or
  * MP_ETIMEDOUT: a live holder kept it past *d. Inlined: on the path of every put and get. */

@@ -465,9 +465,7 @@ static uint64_t wlock_tag(uint64_t w) {
   return (w >> 32) << TAG_LOW_BITS | (w >> 22 & ((1u << TAG_LOW_BITS) - 1));
 }
 
-/* The caller's pid namespace as a tag (0: /proc cannot say), and in *own whether /proc is
- * that namespace's: /proc/self names the caller by its pid. */
-static uint32_t pidns_tag(bool *own) {
+uint32_t mp__pidns_tag(bool *own) {
   struct stat st;
   char link[16];
   ssize_t n = readlink("/proc/self", link, sizeof link - 1);
@@ -483,7 +481,7 @@ _Thread_local uint64_t mp__wlock_me __attribute__((tls_model("initial-exec")));
 __attribute__((noinline, cold)) uint64_t mp__wlock_me_slow(void) {
   pid_t tid = (pid_t)syscall(SYS_gettid);
   bool own;
-  uint64_t ns = pidns_tag(&own), start = 0;
+  uint64_t ns = mp__pidns_tag(&own), start = 0;
   char state;
   if (!own || mp__proc_stat(tid, &state, &start) < 0)
     start = 0; /* unknown: the judgement asks kill() */
@@ -502,7 +500,7 @@ static bool holder_ended(uint64_t w) {
   if (tid == 0)
     return true; /* no thread has id 0 (and kill would ask the process group) */
   bool own;
-  uint32_t mine = pidns_tag(&own);
+  uint32_t mine = mp__pidns_tag(&own);
   if (ns != 0 && ns != mine)
     return false;
   char state;

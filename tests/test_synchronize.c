@@ -2015,6 +2015,32 @@ START_TEST(test_lock_holder_in_pid_namespace_not_corrupt) {
 }
 END_TEST
 
+static mp_semaphore_t *ns_sem;
+static void ns_hold_permit(void) {
+  (void)mp_semaphore_acquire(ns_sem, -1);
+}
+
+/* A BoundedSemaphore's permit held by a live process of another pid namespace is not
+ * returned: its holder slot names it by its pid there, which names no process here, and an
+ * acquirer judged it killed (ESRCH) and took its permit beside it (MP_EOWNERDEAD). */
+START_TEST(test_bounded_semaphore_holder_in_pid_namespace_kept) {
+  MP_ASSERT_OK(mp_bounded_semaphore_create(&ns_sem, 1));
+  ns_hold = ns_hold_permit;
+  pid_t h;
+  if (!ns_start(&h)) {
+    mp_semaphore_close(ns_sem);
+    return; /* no CAP_SYS_ADMIN: no pid namespace to make */
+  }
+  int rc = mp_semaphore_acquire(ns_sem, 0.5);
+  ns_kill();
+  T_ASSERT(rc == MP_ETIMEDOUT,
+           "a live process (pid %d in its pid namespace) held a BoundedSemaphore's only "
+           "permit; mp_semaphore_acquire(0.5) returned %s: its permit was taken beside it",
+           (int)h, mp_err_name(rc));
+  mp_semaphore_close(ns_sem);
+}
+END_TEST
+
 /* Review rev2-mem: a Condition's lock word redirected to another live Lock (the fix of
  * f80a1a2 covers Values and Arrays only). mp_condition_close follows the header's word and
  * drops a reference the Condition never took: the other Lock, still the parent's, is freed
@@ -2086,6 +2112,7 @@ static Suite *synchronize_suite(void) {
   tcase_add_loop_test(tc, test_lock_holder_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_lock_waiter_told_of_death, 0, N_METHODS);
   tcase_add_test(tc, test_lock_holder_in_pid_namespace_not_corrupt);
+  tcase_add_test(tc, test_bounded_semaphore_holder_in_pid_namespace_kept);
   tcase_add_loop_test(tc, test_condition_redirected_lock_freed_by_close, 0, N_METHODS);
   tcase_add_loop_test(tc, test_barrier_redirected_action_freed_by_close, 0, N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_holder_killed, 0, N_METHODS);
