@@ -209,17 +209,21 @@ static inline int64_t mp__deadline_of(mp__deadline_t *d) {
 /*
  * A lock of one word in shared memory, libmp's own (the queues' side locks, the arena's
  * lock): every value of the word is judged, where glibc's robust mutex follows several words
- * another process may write (its kind, its list links: util.c). The word names its holder,
- * the thread's id (low half, the futex) and the thread's start time (high half); a waiter
- * that finds the same holder for a whole slice asks /proc whether that thread still runs,
- * and takes the lock over from a holder that ended (MP_EOWNERDEAD). MP_ETIMEDOUT past the
- * deadline: a live holder (stopped, or a word another process forged) holds nobody longer.
+ * another process may write (its kind, its list links: util.c). The word names its holder:
+ * the thread's id (low 22 bits; the low half is the futex) and a tag of the holder's pid
+ * namespace and start time (util.c). A waiter that finds the same holder for a whole slice
+ * asks whether that thread still runs, when the id means the same thread to it (the same
+ * pid namespace), and takes the lock over from a holder that ended (MP_EOWNERDEAD).
+ * MP_ETIMEDOUT past the deadline: a live holder (stopped, in another pid namespace, or a
+ * word another process forged) holds nobody longer.
  */
 typedef struct {
-  _Atomic uint64_t word; /* 0: free; else start << 32 | [MP__WLOCK_WAITERS] | tid */
+  _Atomic uint64_t word; /* 0: free; else tag bits 9.. << 32 | [WAITERS] | tag bits 0..8 << 22
+                            | tid */
 } mp__wlock_t;
 #define MP__WLOCK_WAITERS 0x80000000u /* in the low half: someone sleeps on the futex */
-#define MP__WLOCK_TID 0x3fffffffu
+#define MP__TID_MAX 0x3fffffu         /* PID_MAX_LIMIT - 1: no pid namespace has a larger id */
+#define MP__WLOCK_TID MP__TID_MAX
 
 /* The calling thread's word as a holder: read once per thread, forgotten in a fork child.
  * initial-exec: a plain load, not a call of __tls_get_addr on every lock. */
@@ -227,8 +231,10 @@ extern _Thread_local uint64_t mp__wlock_me __attribute__((tls_model("initial-exe
 uint64_t mp__wlock_me_slow(void);
 /* The contended path of mp__wlock_lock (util.c). */
 int mp__wlock_wait(mp__wlock_t *l, uint64_t me, mp__deadline_t *d);
-/* Whether the thread tid, started at start (0: unknown), has ended. */
-bool mp__thread_ended(pid_t tid, uint32_t start);
+/* The caller's pid namespace as a tag of 21 bits, 1 to 0x1fffff (0: /proc cannot say); in
+ * *own, whether /proc is that namespace's (/proc/self names the caller by its pid), so that
+ * /proc/<id> means the process of that id in it. A process's id means it only there. */
+uint32_t mp__pidns_tag(bool *own);
 
 /* 0, or MP_EOWNERDEAD: the lock is the caller's, and its holder died holding it (repair); or
  * MP_ETIMEDOUT: a live holder kept it past *d. Inlined: on the path of every put and get. */

@@ -61,12 +61,16 @@ static uint64_t self_token(void) {
   return token;
 }
 
-/* A process is named by (pid, start time): a pid alone is reused. */
+/* A process is named by (pid, start time): a pid alone is reused. The pid is its own pid
+ * namespace's, so its start word's top bits name that namespace (mp__pidns_tag). */
 typedef struct {
   int32_t pid;
   uint32_t count; /* for a semaphore slot: permits acquired and not released (saturates) */
-  uint64_t start; /* clock ticks after boot, /proc/<pid>/stat field 22; 0 if unknown */
+  uint64_t start; /* namespace << START_NS_SHIFT | clock ticks after boot, /proc/<pid>/stat
+                     field 22; each 0 if unknown */
 } proc_id_t;
+#define START_NS_SHIFT 43 /* ticks: millennia at 100 Hz; the namespace's 21 bits above */
+#define START_TICKS(start) ((start) & ((UINT64_C(1) << START_NS_SHIFT) - 1))
 
 /* Reads pid's start time: 0, -errno of the open or read, or -ESRCH for a zombie. */
 static int proc_start(int32_t pid, uint64_t *start) {
@@ -79,12 +83,21 @@ static int proc_start(int32_t pid, uint64_t *start) {
  * False only when the process h provably ended: no such pid, a zombie, a pid now held by a
  * process that started at another time, or (when /proc worked as h was recorded and the pid
  * can be signalled) no /proc entry. Anything else (out of fds, no /proc, hidepid, EPERM)
- * counts as alive: a wrong "dead" would hand its permits to a second holder.
+ * counts as alive: a wrong "dead" would hand its permits to a second holder. So does a
+ * process of another pid namespace than the caller's (its pid means another process here,
+ * or none); and where /proc is not the caller's namespace's, kill alone judges.
  */
 static bool proc_alive(proc_id_t h) {
+  bool own = true;
+  uint32_t ns = (uint32_t)(h.start >> START_NS_SHIFT);
+  if (ns != 0 && ns != mp__pidns_tag(&own))
+    return true;
+  h.start = START_TICKS(h.start);
   int killed = kill(h.pid, 0) == 0 ? 0 : errno;
   if (killed == ESRCH)
     return false;
+  if (ns != 0 && !own)
+    return true;
   uint64_t start = 0;
   int rc = proc_start(h.pid, &start);
   if (rc == -ESRCH || (rc == -ENOENT && h.start != 0 && killed == 0))
@@ -107,7 +120,11 @@ static proc_id_t self_process(void) {
     pthread_mutex_lock(&self_id.lock);
     if (atomic_load_explicit(&self_id.pid, memory_order_relaxed) == 0) {
       uint64_t start = 0;
-      proc_start(getpid(), &start); /* left 0 (unknown) if /proc cannot tell */
+      bool own;
+      uint64_t ns = mp__pidns_tag(&own);
+      if (own)                        /* else /proc/<pid> is another process */
+        proc_start(getpid(), &start); /* left 0 (unknown) if /proc cannot tell */
+      start = ns << START_NS_SHIFT | START_TICKS(start);
       atomic_store_explicit(&self_id.start, start, memory_order_relaxed);
       atomic_store_explicit(&self_id.pid, getpid(), memory_order_release);
     }
@@ -1302,7 +1319,7 @@ int mp_barrier_wait(mp_barrier_t *b, double timeout) {
       uint64_t next = w + 1;
       if (arrived + 1 == b->parties) { /* fills the round: runs it, named in the word */
         proc_id_t me = self_process();
-        uint64_t start = me.start >> RUNNER_START_BITS ? 0 : me.start;
+        uint64_t start = START_TICKS(me.start) >> RUNNER_START_BITS ? 0 : START_TICKS(me.start);
         atomic_store(&b->runner, (uint64_t)me.pid << RUNNER_START_BITS | start);
         next = (w & ~(uint64_t)BAR_COUNT) | BAR_FULL | (uint32_t)me.pid;
       }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -376,13 +377,17 @@ static inline struct robust_list_head *robust_head(pthread_mutex_t *mutex) {
   return cached == 1 ? NULL : (struct robust_list_head *)cached;
 }
 
-/* Whether the mutex's word, the same after a whole sleep, names a thread that has ended. The
- * kernel marks a robust mutex whose holder ended (FUTEX_OWNER_DIED, the id cleared) before
- * that thread's id is freed, so such a word was written by another process (the owner's, or
- * its robust list's links): taking the mutex over could let a second holder in beside a live
- * one whose word was overwritten, so the wait is refused instead. */
+/* Whether the mutex's word, the same after a whole sleep, names an id no thread can have (past
+ * the kernel's limit on ids). The kernel marks a robust mutex whose holder ended
+ * (FUTEX_OWNER_DIED, the id cleared) before that thread's id is freed, so such a word was
+ * written by another process (the owner's, or its robust list's links): taking the mutex
+ * over could let a second holder in beside a live one whose word was overwritten, so the
+ * wait is refused instead. An id that this process's /proc or kill() does not find is no
+ * proof: it is the holder's id in its own pid namespace (a worker that entered another one
+ * holds it there), and the word records no namespace, so such a holder is waited for, to
+ * the caller's deadline. */
 static bool owner_vanished(_Atomic uint32_t *word, uint32_t seen) {
-  return mp__thread_ended((pid_t)(seen & FUTEX_TID_MASK), 0) && atomic_load(word) == seen;
+  return (seen & FUTEX_TID_MASK) > MP__TID_MAX && atomic_load(word) == seen;
 }
 
 /* Mutexes this thread took through mutex_wait and holds: nodes of its robust list known to
@@ -490,8 +495,8 @@ static int mutex_wait(pthread_mutex_t *mutex, int64_t deadline, bool interruptib
    * death between the sleep and the next trylock, or a mutex taken meanwhile by a trylock,
    * which clears FUTEX_WAITERS) costs the next sleeper LOST_WAKE_SLICE_NS at most.
    *
-   * A holder named for a whole sleep is judged (owner_vanished): a word that names a thread
-   * that has ended, which the kernel never leaves, is MP_ECORRUPT rather than a wait for
+   * A holder named for a whole sleep is judged (owner_vanished): a word that names an id no
+   * thread can have, which the kernel never leaves, is MP_ECORRUPT rather than a wait for
    * ever (the kernel wakes a robust waiter only at a real holder's death).
    */
   _Atomic uint32_t *word = (_Atomic uint32_t *)(void *)&mutex->__data.__lock;
@@ -544,8 +549,8 @@ static int mutex_wait(pthread_mutex_t *mutex, int64_t deadline, bool interruptib
     if (slept == MP_ETIMEDOUT && until == slice_end && sleeps > 1 &&
         owner_vanished(word, v | FUTEX_WAITERS))
       return mp__error(MP_ECORRUPT,
-                       "the mutex's owner word names thread %u, which has ended: another "
-                       "process wrote it",
+                       "the mutex's owner word names thread %u, an id no thread can have: "
+                       "another process wrote it",
                        (unsigned)(v & FUTEX_TID_MASK));
   }
 }
@@ -578,37 +583,82 @@ int mp__mutex_unlock(pthread_mutex_t *mutex) {
  * shared memory (a wild one aborts the caller in glibc's own assertion) and, at the unlock,
  * writes through its list links (wild ones write anywhere in the caller). It keeps the robust
  * mutex's guarantee another way: a waiter that finds the same holder word for a whole slice
- * asks /proc whether that thread still runs. Gone, a zombie, or another thread with its id
- * (ids are reused: pid_max may be 32768) means its holder died: the waiter takes the lock
- * over with one compare-and-swap (so only one does) and is told MP_EOWNERDEAD, as the robust
+ * asks whether that thread still runs. Gone, a zombie, or another thread with its id (ids
+ * are reused: pid_max may be 32768) means its holder died: the waiter takes the lock over
+ * with one compare-and-swap (so only one does) and is told MP_EOWNERDEAD, as the robust
  * mutex would tell it. A holder's death costs the others a slice (WLOCK_SLICE_NS) at most,
  * instead of the kernel's immediate wake: they are rare, and a holder is quick.
- * Without /proc (a rare chroot), kill(tid, 0) judges, and a zombie counts as alive until it
- * is reaped.
+ *
+ * The id is the holder's in its own pid namespace, and a waiter can look it up only in its
+ * own: a worker may enter another namespace (unshare, a sandbox), where its id names no
+ * thread, or another one, here. So the word carries a tag of the holder's namespace (its
+ * inode, 21 bits) and the waiter judges only a holder of its own; another's is alive to it,
+ * and it waits to its deadline. Within one namespace, /proc answers only where it is that
+ * namespace's (/proc/self is the caller's pid): under a /proc of the parent namespace
+ * (unshare -p without a /proc of its own) the id names another process there, so the holder
+ * records no start time and the waiter asks kill(tid, 0), as it does when /proc hides the
+ * holder (hidepid, another uid: no entry, but kill says EPERM, not ESRCH) or is absent (a
+ * chroot). kill counts a zombie as alive until it is reaped.
  */
 #define WLOCK_SPIN 200
 #define WLOCK_SLICE_NS 10000000 /* 10 ms */
+/* The tag: the namespace's bits above the start time's, 41 bits: the 9 bits of the low half
+ * between the id and the waiters bit, and the high half. */
+#define TAG_START_BITS 20
+#define TAG_START_MASK ((1u << TAG_START_BITS) - 1)
+#define TAG_NS_MOD 0x1fffffu /* the 21 bits of a namespace's tag: 1 to this */
+#define TAG_LOW_BITS 9
+
+static uint64_t wlock_word(uint32_t tid, uint64_t tag) {
+  return (tag >> TAG_LOW_BITS) << 32 | (tag & ((1u << TAG_LOW_BITS) - 1)) << 22 | tid;
+}
+
+static uint64_t wlock_tag(uint64_t w) {
+  return (w >> 32) << TAG_LOW_BITS | (w >> 22 & ((1u << TAG_LOW_BITS) - 1));
+}
+
+uint32_t mp__pidns_tag(bool *own) {
+  struct stat st;
+  char link[16];
+  ssize_t n = readlink("/proc/self", link, sizeof link - 1);
+  link[n > 0 ? n : 0] = 0;
+  *own = n > 0 && strtol(link, NULL, 10) == (long)getpid();
+  if (stat("/proc/self/ns/pid", &st) < 0)
+    return 0;
+  return (uint32_t)(st.st_ino % TAG_NS_MOD) + 1;
+}
 
 _Thread_local uint64_t mp__wlock_me __attribute__((tls_model("initial-exec")));
 
 __attribute__((noinline, cold)) uint64_t mp__wlock_me_slow(void) {
   pid_t tid = (pid_t)syscall(SYS_gettid);
+  bool own;
+  uint64_t ns = mp__pidns_tag(&own), start = 0;
   char state;
-  uint64_t start = 0;
-  if (mp__proc_stat(tid, &state, &start) < 0)
-    start = 0; /* no /proc: the liveness check falls back to kill() */
-  mp__wlock_me = (uint64_t)(uint32_t)start << 32 | ((uint32_t)tid & MP__WLOCK_TID);
+  if (!own || mp__proc_stat(tid, &state, &start) < 0)
+    start = 0; /* unknown: the judgement asks kill() */
+  mp__wlock_me = wlock_word((uint32_t)tid & MP__WLOCK_TID,
+                            ns << TAG_START_BITS | (start & TAG_START_MASK));
   return mp__wlock_me;
 }
 
-bool mp__thread_ended(pid_t tid, uint32_t start) {
+/* Whether the holder the word w names has ended, for certain: a holder this process cannot
+ * judge (another pid namespace's) is alive. A tag of no namespace (a holder without /proc, or
+ * a word another process wrote) is judged as this one's. */
+static bool holder_ended(uint64_t w) {
+  pid_t tid = (pid_t)(w & MP__WLOCK_TID);
+  uint64_t tag = wlock_tag(w);
+  uint32_t ns = (uint32_t)(tag >> TAG_START_BITS), start = (uint32_t)tag & TAG_START_MASK;
+  if (tid == 0)
+    return true; /* no thread has id 0 (and kill would ask the process group) */
+  bool own;
+  uint32_t mine = mp__pidns_tag(&own);
+  if (ns != 0 && ns != mine)
+    return false;
   char state;
   uint64_t now;
-  int rc = mp__proc_stat(tid, &state, &now);
-  if (rc == 0)
-    return state == 'Z' || state == 'X' || (start != 0 && (uint32_t)now != start);
-  if (rc == -ENOENT && access("/proc/self/stat", F_OK) == 0)
-    return true;
+  if (own && mp__proc_stat(tid, &state, &now) == 0)
+    return state == 'Z' || state == 'X' || (start != 0 && (now & TAG_START_MASK) != start);
   return kill(tid, 0) < 0 && errno == ESRCH;
 }
 
@@ -651,7 +701,7 @@ __attribute__((noinline)) int mp__wlock_wait(mp__wlock_t *l, uint64_t me, mp__de
     }
     if (t - since >= WLOCK_SLICE_NS || t >= give_up) { /* the last look judges any holder */
       uint64_t held = w;
-      if (mp__thread_ended((pid_t)(w & MP__WLOCK_TID), (uint32_t)(w >> 32)) &&
+      if (holder_ended(w) &&
           atomic_compare_exchange_strong(&l->word, &held, me | MP__WLOCK_WAITERS))
         return MP_EOWNERDEAD;
       since = t; /* alive: judged again a slice from now */

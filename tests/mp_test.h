@@ -15,6 +15,9 @@
 
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -437,6 +440,85 @@ static inline void mp_test_setup(void) {
   signal(SIGTERM, SIG_DFL);
   signal(SIGINT, SIG_DFL);
   signal(SIGALRM, SIG_DFL);
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* A holder in another pid namespace.                                                      */
+
+/* A plain fork C enters a new pid namespace (unshare, as a sandboxing worker may) and forks
+ * its init G; G forks holders until one's pid there names no process in this namespace's
+ * /proc; that one runs hold() and sleeps. */
+static struct {
+  pid_t c, g;
+  void (*hold)(void);
+} mp_test_ns MP_TEST_UNUSED = {-1, -1, NULL};
+
+/* Kills the namespace (its init: every process in it dies with it) and reaps C. */
+static inline void mp_test_ns_kill(void) {
+  if (mp_test_ns.g > 0)
+    kill(mp_test_ns.g, SIGKILL);
+  if (mp_test_ns.c > 0) {
+    waitpid(mp_test_ns.c, NULL, 0);
+    mp_test_untrack_pid(mp_test_ns.c);
+  }
+  mp_test_ns.g = mp_test_ns.c = -1;
+}
+
+/* Starts the holder, writes its pid in its namespace; false if unshare is refused (it needs
+ * CAP_SYS_ADMIN). mp_test_ns_kill ends it (a failing test's cleanup does too). */
+static inline bool mp_test_ns_start(void (*hold)(void), pid_t *holder_ns_pid) {
+  int p[2];
+  T_INT_EQ(pipe2(p, O_CLOEXEC), 0);
+  mp_test_ns.hold = hold;
+  mp_test_ns.c = fork();
+  T_ASSERT(mp_test_ns.c >= 0, "fork: %s", strerror(errno));
+  if (mp_test_ns.c == 0) {
+    close(p[0]);
+    int32_t g = -1;
+    if (unshare(CLONE_NEWPID) == 0)
+      g = fork();
+    if (g != 0) {
+      (void)!write(p[1], &g, sizeof g);
+      if (g > 0)
+        waitpid(g, NULL, 0);
+      _exit(0);
+    }
+    for (int i = 0; i < 20000; i++) { /* G: the namespace's init */
+      pid_t h = fork();
+      if (h == 0) {
+        char path[32];
+        snprintf(path, sizeof path, "/proc/%d", (int)getpid());
+        if (access(path, F_OK) == 0)
+          _exit(3); /* its pid names a process out there: the next one */
+        mp_test_ns.hold();
+        int32_t me = getpid();
+        (void)!write(p[1], &me, sizeof me);
+        for (;;)
+          pause();
+      }
+      if (h < 0)
+        _exit(4);
+      waitpid(h, NULL, 0);
+    }
+    _exit(5);
+  }
+  mp_test_track_pid(mp_test_ns.c);
+  mp_test_set_hook(mp_test_ns_kill);
+  close(p[1]);
+  int32_t g = -1, h = -1;
+  T_INT_EQ(read(p[0], &g, sizeof g), (ssize_t)sizeof g);
+  if (g < 0) {
+    close(p[0]);
+    mp_test_ns_kill();
+    return false;
+  }
+  mp_test_ns.g = g;
+  struct pollfd pfd = {p[0], POLLIN, 0};
+  T_ASSERT(poll(&pfd, 1, 10000) == 1, "no holder in the namespace within 10 s");
+  T_INT_EQ(read(p[0], &h, sizeof h), (ssize_t)sizeof h);
+  close(p[0]);
+  *holder_ns_pid = h;
+  return true;
 }
 
 /* A test case with the setup above and a per-test timeout (seconds), added to s. */

@@ -772,99 +772,24 @@ START_TEST(test_child_forked_while_arena_is_made_allocates) {
 }
 END_TEST
 
-/*
- * Review rev2-mem: a holder in another pid namespace. A plain fork C enters a new pid
- * namespace (unshare, as a sandboxing worker may) and forks its init G; G forks holders until
- * one's pid there names no process in this namespace's /proc; that one runs ns_hold() and
- * sleeps. ns_start writes G's pid here (for the kill) and the holder's pid in its namespace;
- * false if unshare is refused (it needs CAP_SYS_ADMIN).
- */
-static void (*ns_hold)(void);
-static pid_t ns_c = -1, ns_g = -1;
-
-static void ns_kill(void) {
-  if (ns_g > 0)
-    kill(ns_g, SIGKILL); /* the namespace's init: every process in it dies with it */
-  if (ns_c > 0) {
-    waitpid(ns_c, NULL, 0);
-    mp_test_untrack_pid(ns_c);
-  }
-  ns_g = ns_c = -1;
-}
-
-static bool ns_start(pid_t *holder_ns_pid) {
-  int p[2];
-  T_INT_EQ(pipe2(p, O_CLOEXEC), 0);
-  ns_c = fork();
-  T_ASSERT(ns_c >= 0, "fork: %s", strerror(errno));
-  if (ns_c == 0) {
-    close(p[0]);
-    int32_t g = -1;
-    if (unshare(CLONE_NEWPID) == 0)
-      g = fork();
-    if (g != 0) {
-      (void)!write(p[1], &g, sizeof g);
-      if (g > 0)
-        waitpid(g, NULL, 0);
-      _exit(0);
-    }
-    for (int i = 0; i < 20000; i++) { /* G: the namespace's init */
-      pid_t h = fork();
-      if (h == 0) {
-        char path[32];
-        snprintf(path, sizeof path, "/proc/%d", (int)getpid());
-        if (access(path, F_OK) == 0)
-          _exit(3); /* its pid names a process out there: the next one */
-        ns_hold();
-        int32_t me = getpid();
-        (void)!write(p[1], &me, sizeof me);
-        for (;;)
-          pause();
-      }
-      if (h < 0)
-        _exit(4);
-      waitpid(h, NULL, 0);
-    }
-    _exit(5);
-  }
-  mp_test_track_pid(ns_c);
-  mp_test_set_hook(ns_kill);
-  close(p[1]);
-  int32_t g = -1, h = -1;
-  T_INT_EQ(read(p[0], &g, sizeof g), (ssize_t)sizeof g);
-  if (g < 0) {
-    close(p[0]);
-    ns_kill();
-    return false;
-  }
-  ns_g = g;
-  struct pollfd pfd = {p[0], POLLIN, 0};
-  T_ASSERT(poll(&pfd, 1, 10000) == 1, "no holder in the namespace within 10 s");
-  T_INT_EQ(read(p[0], &h, sizeof h), (ssize_t)sizeof h);
-  close(p[0]);
-  *holder_ns_pid = h;
-  return true;
-}
-
 static char *ns_arena;
 static void ns_hold_arena(void) {
   (void)mp__wlock_lock((mp__wlock_t *)(void *)(ns_arena + REV_OFF_LOCK), MP__NO_DEADLINE);
 }
 
-/* Review rev2-mem: a live holder of the arena's lock in another pid namespace is judged by
- * its thread id in this one's /proc, where that id names no thread: the waiter takes the lock
- * over after a slice (MP_EOWNERDEAD, said nowhere) while the holder still runs inside it. */
+/* A live holder of the arena's lock in another pid namespace, whose id names no thread in
+ * this one's /proc, is waited for to the deadline (MP_ETIMEDOUT). It was judged by that id
+ * here and its lock taken over after a slice while it still ran (review rev2-mem). */
 START_TEST(test_arena_lock_holder_in_pid_namespace_not_taken_over) {
   ns_arena = arena_base();
-  ns_hold = ns_hold_arena;
   pid_t h;
-  if (!ns_start(&h))
+  if (!mp_test_ns_start(ns_hold_arena, &h))
     return; /* no CAP_SYS_ADMIN: no pid namespace to make */
   uint64_t held = atomic_load((_Atomic uint64_t *)(void *)(ns_arena + REV_OFF_LOCK));
   void *block = NULL;
   mp__deadline_t d = {0.5, MP__DEADLINE_UNSET};
   int rc = mp__shared_alloc_by(&block, 100, &d);
-  ns_kill();
+  mp_test_ns_kill();
   *rev_word(ns_arena, REV_OFF_LOCK) = 0;
   if (block)
     mp__shared_release_sized(block, 100);
@@ -915,8 +840,9 @@ static int rev_alloc_hidden_holder(void) {
   return rc == MP_ETIMEDOUT ? 0 : rc == 0 ? 1 : 2;
 }
 
-/* Review rev2-mem: a live holder whose /proc entry the waiter may not see (hidepid, another
- * uid) is judged ended, by ENOENT, and its lock taken over beside it. */
+/* A live holder whose /proc entry the waiter may not see (hidepid, another uid) is waited
+ * for to the deadline. It was judged ended, by ENOENT, and its lock taken over beside it
+ * (review rev2-mem). */
 START_TEST(test_arena_lock_holder_hidden_by_hidepid_not_taken_over) {
   char *base = arena_base();
   if (geteuid() != 0)
@@ -1012,10 +938,10 @@ static int rev_ns_dead_holder(void) {
   return WEXITSTATUS(st);
 }
 
-/* Review rev2-mem: where /proc is not the pid namespace's (a program run under unshare -p -f
- * without a /proc of its own), a holder's id names another process there, whose start time
- * the holder recorded as its own: a dead holder is judged alive for ever, and every allocation
- * without a deadline (every create) hangs after its death. */
+/* Where /proc is not the pid namespace's (a program run under unshare -p -f without a /proc
+ * of its own), a holder that ended is taken over. Its id names another process in that /proc,
+ * whose start time the holder recorded as its own: it was judged alive for ever, and every
+ * allocation without a deadline (every create) hung after its death (review rev2-mem). */
 START_TEST(test_arena_lock_dead_holder_under_foreign_proc_taken_over) {
   ns_arena = arena_base();
   if (geteuid() != 0)

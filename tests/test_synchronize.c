@@ -2137,101 +2137,26 @@ START_TEST(test_null_handles) {
 }
 END_TEST
 
-/*
- * Review rev2-mem: a holder in another pid namespace. A plain fork C enters a new pid
- * namespace (unshare, as a sandboxing worker may) and forks its init G; G forks holders until
- * one's pid there names no process in this namespace's /proc; that one runs ns_hold() and
- * sleeps. ns_start writes G's pid here (for the kill) and the holder's pid in its namespace;
- * false if unshare is refused (it needs CAP_SYS_ADMIN).
- */
-static void (*ns_hold)(void);
-static pid_t ns_c = -1, ns_g = -1;
-
-static void ns_kill(void) {
-  if (ns_g > 0)
-    kill(ns_g, SIGKILL); /* the namespace's init: every process in it dies with it */
-  if (ns_c > 0) {
-    waitpid(ns_c, NULL, 0);
-    mp_test_untrack_pid(ns_c);
-  }
-  ns_g = ns_c = -1;
-}
-
-static bool ns_start(pid_t *holder_ns_pid) {
-  int p[2];
-  T_INT_EQ(pipe2(p, O_CLOEXEC), 0);
-  ns_c = fork();
-  T_ASSERT(ns_c >= 0, "fork: %s", strerror(errno));
-  if (ns_c == 0) {
-    close(p[0]);
-    int32_t g = -1;
-    if (unshare(CLONE_NEWPID) == 0)
-      g = fork();
-    if (g != 0) {
-      (void)!write(p[1], &g, sizeof g);
-      if (g > 0)
-        waitpid(g, NULL, 0);
-      _exit(0);
-    }
-    for (int i = 0; i < 20000; i++) { /* G: the namespace's init */
-      pid_t h = fork();
-      if (h == 0) {
-        char path[32];
-        snprintf(path, sizeof path, "/proc/%d", (int)getpid());
-        if (access(path, F_OK) == 0)
-          _exit(3); /* its pid names a process out there: the next one */
-        ns_hold();
-        int32_t me = getpid();
-        (void)!write(p[1], &me, sizeof me);
-        for (;;)
-          pause();
-      }
-      if (h < 0)
-        _exit(4);
-      waitpid(h, NULL, 0);
-    }
-    _exit(5);
-  }
-  mp_test_track_pid(ns_c);
-  mp_test_set_hook(ns_kill);
-  close(p[1]);
-  int32_t g = -1, h = -1;
-  T_INT_EQ(read(p[0], &g, sizeof g), (ssize_t)sizeof g);
-  if (g < 0) {
-    close(p[0]);
-    ns_kill();
-    return false;
-  }
-  ns_g = g;
-  struct pollfd pfd = {p[0], POLLIN, 0};
-  T_ASSERT(poll(&pfd, 1, 10000) == 1, "no holder in the namespace within 10 s");
-  T_INT_EQ(read(p[0], &h, sizeof h), (ssize_t)sizeof h);
-  close(p[0]);
-  *holder_ns_pid = h;
-  return true;
-}
-
 static mp_lock_t *ns_lock;
 static void ns_hold_lock(void) {
   (void)mp_lock_acquire(ns_lock, -1);
 }
 
-/* Review rev2-mem: a Lock held by a live thread of another pid namespace. Its owner word is
- * the holder's id there (glibc's, as the kernel's robust futexes want); the waiter looks it
- * up in its own /proc, finds no such thread, and says MP_ECORRUPT ("another process wrote
- * it") after 51 ms, where a live holder must make it wait to its timeout. */
+/* A Lock held by a live thread of another pid namespace makes a waiter wait to its timeout.
+ * Its owner word is the holder's id there (glibc's, as the kernel's robust futexes want); the
+ * waiter looked it up in its own /proc, found no such thread, and said MP_ECORRUPT ("another
+ * process wrote it") after 51 ms (review rev2-mem). */
 START_TEST(test_lock_holder_in_pid_namespace_not_corrupt) {
   MP_ASSERT_OK(mp_lock_create(&ns_lock));
-  ns_hold = ns_hold_lock;
   pid_t h;
-  if (!ns_start(&h)) {
+  if (!mp_test_ns_start(ns_hold_lock, &h)) {
     mp_lock_close(ns_lock);
     return; /* no CAP_SYS_ADMIN: no pid namespace to make */
   }
   int rc = mp_lock_acquire(ns_lock, 1.0);
   char said[256];
   snprintf(said, sizeof said, "%s", mp_last_error());
-  ns_kill();
+  mp_test_ns_kill();
   if (rc == 0 || rc == MP_EOWNERDEAD)
     mp_lock_release(ns_lock);
   T_ASSERT(rc == MP_ETIMEDOUT,
@@ -2239,6 +2164,31 @@ START_TEST(test_lock_holder_in_pid_namespace_not_corrupt) {
            "returned %s: %s",
            (int)h, mp_err_name(rc), said);
   mp_lock_close(ns_lock);
+}
+END_TEST
+
+static mp_semaphore_t *ns_sem;
+static void ns_hold_permit(void) {
+  (void)mp_semaphore_acquire(ns_sem, -1);
+}
+
+/* A BoundedSemaphore's permit held by a live process of another pid namespace is not
+ * returned: its holder slot names it by its pid there, which names no process here, and an
+ * acquirer judged it killed (ESRCH) and took its permit beside it (MP_EOWNERDEAD). */
+START_TEST(test_bounded_semaphore_holder_in_pid_namespace_kept) {
+  MP_ASSERT_OK(mp_bounded_semaphore_create(&ns_sem, 1));
+  pid_t h;
+  if (!mp_test_ns_start(ns_hold_permit, &h)) {
+    mp_semaphore_close(ns_sem);
+    return; /* no CAP_SYS_ADMIN: no pid namespace to make */
+  }
+  int rc = mp_semaphore_acquire(ns_sem, 0.5);
+  mp_test_ns_kill();
+  T_ASSERT(rc == MP_ETIMEDOUT,
+           "a live process (pid %d in its pid namespace) held a BoundedSemaphore's only "
+           "permit; mp_semaphore_acquire(0.5) returned %s: its permit was taken beside it",
+           (int)h, mp_err_name(rc));
+  mp_semaphore_close(ns_sem);
 }
 END_TEST
 
@@ -2254,6 +2204,7 @@ static Suite *synchronize_suite(void) {
   tcase_add_loop_test(tc, test_lock_holder_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_lock_waiter_told_of_death, 0, N_METHODS);
   tcase_add_test(tc, test_lock_holder_in_pid_namespace_not_corrupt);
+  tcase_add_test(tc, test_bounded_semaphore_holder_in_pid_namespace_kept);
   tcase_add_loop_test(tc, test_semaphore_holder_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_consumed_by_exit, 0, N_METHODS);
   tcase_add_loop_test(tc, test_semaphore_item_taken_by_killed, 0, N_METHODS);
