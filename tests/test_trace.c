@@ -1244,6 +1244,70 @@ START_TEST(test_repair_many_processes_linear) {
 }
 END_TEST
 
+
+/* ------------------------- review rev2-proc: the exit and a stop ------------------------- */
+
+static char exit_race_path[128];
+
+static void *stop_thread(void *arg) {
+  (void)arg;
+  mp_trace_stop();
+  return NULL;
+}
+
+/* In a plain fork: a trace of some events; a thread stops it, and main returns from the
+ * program (exit) as soon as recording is off, while that thread's merge runs. */
+static int exit_while_thread_stops(void) {
+  if (mp_trace_start(exit_race_path) < 0)
+    return 2;
+  for (int i = 0; i < 200000; i++) /* a merge of a good part of a second */
+    if (mp_trace_mark("before exit") < 0)
+      return 3;
+  pthread_t th;
+  if (pthread_create(&th, NULL, stop_thread, NULL) != 0)
+    return 4;
+  while (mp_trace_enabled())
+    ;
+  exit(0); /* the exit destructor's stop is told the trace was stopped: it returns */
+}
+
+/*
+ * docs/api.md and trace.h: "of two stops at once (two threads, or a thread and the exit),
+ * one writes the file and the other fails". When the thread's stop takes the trace first,
+ * trace_fini() (the exit's stop) fails in end_recording() and returns at once, and exit()
+ * ends the process under the thread's merge_dir(): the file stays the placeholder, its
+ * directory and the merge's temporary file are left. Nobody writes the trace.
+ */
+START_TEST(test_exit_while_thread_stops_writes_trace) {
+  trace_path(exit_race_path, sizeof exit_race_path, "exit-race", 0);
+  int code = mp_test_run_in_fork(exit_while_thread_stops, 20.0);
+  T_INT_EQ(code, 0);
+  json_error_t err;
+  json_t *root = json_load_file(exit_race_path, 0, &err);
+  bool placeholder = false;
+  int marks = -1;
+  char dir[4096] = "";
+  if (root) {
+    json_t *other = json_object_get(root, "otherData");
+    placeholder = json_object_get(other, "libmp_incomplete") != NULL;
+    marks = count(root, "i", "before exit", false, 0);
+    json_decref(root);
+  }
+  if (placeholder) { /* clean up what the killed merge left */
+    events_dir(exit_race_path, dir, sizeof dir);
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'.*.tmp", dir, exit_race_path);
+    T_INT_EQ(system(cmd), 0);
+  }
+  unlink(exit_race_path);
+  T_ASSERT(root && !placeholder && marks == 200000,
+           "the program exited while a thread stopped its trace: the file %s (%d of 200000 "
+           "marks)%s",
+           root ? "parses" : "does not parse", marks,
+           placeholder ? ", it is still the placeholder: nobody wrote the trace" : "");
+}
+END_TEST
+
 static Suite *trace_suite(void) {
   Suite *s = suite_create("trace");
   tcase_add_test(mp_test_tcase(s, "methods", 60), test_three_methods);
@@ -1273,6 +1337,8 @@ static Suite *trace_suite(void) {
   tcase_add_test(mp_test_tcase(s, "stop and start", 30),
                  test_stop_then_start_from_another_thread);
   tcase_add_test(mp_test_tcase(s, "many processes", 120), test_repair_many_processes_linear);
+  tcase_add_test(mp_test_tcase(s, "review exit and stop", 60),
+                 test_exit_while_thread_stops_writes_trace);
   return s;
 }
 
