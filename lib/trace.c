@@ -33,12 +33,14 @@
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ================================ records ================================ */
@@ -124,13 +126,31 @@ _Atomic int mp__trace_on;
 static struct {
   pthread_mutex_t lock;      /* opening the files, appending to the log */
   ring_head_t *_Atomic head; /* the mapped ring file, or NULL before the first event */
+  _Atomic int merging;       /* stops whose merge runs: the exit waits for them */
   ring_head_t *retired;      /* a stopped trace's, still mapped: see forget_file() */
   int log_fd;
   int method;
   bool top; /* this process started the trace and writes the file */
   char dir[PATH_MAX];
   char path[PATH_MAX]; /* the top's trace file */
-} T = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, -1, M_MAIN, false, "", ""};
+} T = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, NULL, -1, M_MAIN, false, "", ""};
+
+/* The merges of stops this thread won and runs: a signal handler that exits in the middle
+ * of one cannot wait for it (wait_for_merges). Volatile, as what a handler reads: else the
+ * compiler may drop the count around a merge that never reads it. */
+static __thread volatile sig_atomic_t tls_merging;
+
+/* Steps any merge of this process has taken (a file read, a comparison of the sort, a
+ * record learnt or written, a file removed): the exit waits for a thread's merge as long as
+ * this moves. A relaxed load and store, no atomic add: the sort's comparison takes one, and
+ * two merges at once losing a step still move it. */
+static _Atomic uint64_t merge_steps;
+
+static void step(void) {
+  atomic_store_explicit(&merge_steps,
+                        atomic_load_explicit(&merge_steps, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
+}
 
 /* The current process's name, from process.c (above this file): see mp__trace_name_source. */
 static const char *(*name_source)(void);
@@ -524,9 +544,11 @@ static void remove_dir(int dir_fd, const char *dir) {
   }
   rewinddir(d); /* the merge read it through a descriptor that shares the offset */
   struct dirent *e;
-  while ((e = readdir(d)))
+  while ((e = readdir(d))) {
+    step();
     if (is_process_file(e->d_name))
       unlinkat(dir_fd, e->d_name, 0);
+  }
   closedir(d);
   rmdir(dir); /* fails, harmlessly, if something else is there */
 }
@@ -658,11 +680,16 @@ int mp_trace_start(const char *path) {
 /* Stops recording, if this process started the trace, and copies out the names its merge
  * reads: once T.lock is let go, a start in another thread rewrites T's. The check and the
  * clearing of mp__trace_on are one step under T.lock, so of two stops at once (a thread's
- * and the exit destructor's) one merges and the other is told the trace was stopped. */
+ * and the exit destructor's) one merges and the other is told the trace was stopped. The
+ * winner counts its merge in T.merging in the same step (merge_stopped() uncounts it): an
+ * exit told the trace was stopped then finds the merge to wait for. And in tls_merging
+ * first: from here on the merge is this thread's, which an exit on it must not wait for. */
 static int end_recording(char path[PATH_MAX], char dir[PATH_MAX]) {
   pthread_mutex_lock(&T.lock);
   bool on = MP__TRACING(), top = T.top;
   if (on && top) {
+    tls_merging++;
+    atomic_fetch_add(&T.merging, 1);
     atomic_store(&mp__trace_on, 0);
     /* Emptied, not removed: another thread's spawn may be copying environ (spawn.c's
      * child_environ), and unsetenv() shifts the entries under it (one lost or copied twice,
@@ -683,10 +710,18 @@ static int end_recording(char path[PATH_MAX], char dir[PATH_MAX]) {
   return 0;
 }
 
+/* The merge of a trace end_recording() stopped, counted until it is done. */
+static int merge_stopped(const char *path, const char *dir) {
+  int rc = merge_dir(path, dir);
+  tls_merging--;
+  atomic_fetch_sub(&T.merging, 1);
+  return rc;
+}
+
 int mp_trace_stop(void) {
   char path[PATH_MAX], dir[PATH_MAX];
   int rc = end_recording(path, dir);
-  return rc < 0 ? rc : merge_dir(path, dir);
+  return rc < 0 ? rc : merge_stopped(path, dir);
 }
 
 /* The directory an unfinished trace file names (write_placeholder()), unescaped. */
@@ -737,6 +772,10 @@ MP__CHILD_TEXT static void after_fork_in_child(void) {
    * when held, so that a bare fork copies neither page. */
   mp__reset_lock(&T.lock);
   mp__reset_lock(&names.lock);
+  /* A stop's merge that another thread of the parent runs goes on there, not here: this
+   * child's exit must not wait for it. Written only when set, as the locks. */
+  if (atomic_load_explicit(&T.merging, memory_order_relaxed))
+    atomic_store_explicit(&T.merging, 0, memory_order_relaxed);
   /* Files without recording: forked in the middle of a start or a stop; the parent's. */
   if (!MP__TRACING() && !atomic_load_explicit(&T.head, memory_order_relaxed))
     return; /* untouched: not even its page is copied (method() tells a server's child) */
@@ -754,6 +793,7 @@ void mp__trace_startup(const char *role) {
    * them in every forked child, a fault on a page this process never touched. */
   (void)*(volatile const char *)&T.lock;
   (void)*(volatile const char *)&T.head;
+  (void)*(volatile const char *)&T.merging;
   (void)*(volatile const char *)&names.lock;
   if (role)
     T.method = strcmp(role, "spawn") == 0        ? M_SPAWN
@@ -775,15 +815,48 @@ void mp__trace_startup(const char *role) {
     fprintf(stderr, "libmp: MP_TRACE=%s: %s\n", path, mp_last_error());
 }
 
+/* How long the exit waits for a thread's merge that takes no step (merge_steps). */
+#define MERGE_STALL_NS INT64_C(2000000000)
+
+/* At the exit, the merges of stops other threads run (T.merging, less those on this thread's
+ * stack: a signal handler that exits in the middle of one, which can never end). exit()
+ * would end them half done: the trace a placeholder, its directory and the merge's .tmp file
+ * left. It waits while they take steps, and gives up after MERGE_STALL_NS without one (a
+ * merge blocked in a read or a write for ever, a thread that cannot run), saying so. It
+ * holds no lock and polls, so that a signal handler that exits again, or a signal that ends
+ * the process, finds nothing taken; a forked child's copy of the count is cleared
+ * (after_fork_in_child). */
+static void wait_for_merges(void) {
+  uint64_t seen = atomic_load(&merge_steps);
+  int64_t since = mp__now_ns();
+  while (atomic_load(&T.merging) > tls_merging) {
+    uint64_t steps = atomic_load_explicit(&merge_steps, memory_order_relaxed);
+    int64_t now = mp__now_ns();
+    if (steps != seen) {
+      seen = steps;
+      since = now;
+    } else if (now - since >= MERGE_STALL_NS) {
+      fprintf(stderr,
+              "libmp: exiting while another thread writes a trace that took no step "
+              "for %d s: it stays unfinished (demos/timeline --repair FILE)\n",
+              (int)(MERGE_STALL_NS / 1000000000));
+      return;
+    }
+    nanosleep(&(struct timespec){0, 1000000}, NULL);
+  }
+}
+
 /* The top's end: after every atexit handler (process.c's joins the children and stops the
- * fork server), since the loader runs destructors last. */
+ * fork server), since the loader runs destructors last. Then the merges of stops other
+ * threads began. */
 __attribute__((destructor)) static void trace_fini(void) {
-  if (!T.top || !MP__TRACING())
-    return;
-  event_str(REC_EXIT, 1, 0, 0, NULL); /* its exit code is not known here */
-  char path[PATH_MAX], dir[PATH_MAX];
-  if (end_recording(path, dir) == 0 && merge_dir(path, dir) < 0) /* else a thread stopped it */
-    fprintf(stderr, "libmp: writing the trace %s: %s\n", path, mp_last_error());
+  if (T.top && MP__TRACING()) {
+    event_str(REC_EXIT, 1, 0, 0, NULL); /* its exit code is not known here */
+    char path[PATH_MAX], dir[PATH_MAX];
+    if (end_recording(path, dir) == 0 && merge_stopped(path, dir) < 0) /* else a thread's */
+      fprintf(stderr, "libmp: writing the trace %s: %s\n", path, mp_last_error());
+  }
+  wait_for_merges();
 }
 
 /* ================================ the merge ================================ */
@@ -959,6 +1032,7 @@ static void rec_text(const rec_t *r, char *out, size_t cap) {
 static void emit(merge_t *m, const char *ph, const char *cat, const char *name, int pid,
                  int64_t tid, int64_t ts, int64_t dur, const char *args) {
   char esc[512];
+  step();
   json_escape(esc, sizeof esc, name);
   fprintf(m->f, "%s{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"%s\",\"pid\":%d,\"tid\":%lld",
           m->events++ ? ",\n" : "", esc, cat, ph, pid, (long long)tid);
@@ -1012,6 +1086,7 @@ static const char *process_label(const proc_t *p, char *out, size_t cap) {
 static void learn(merge_t *m) {
   for (size_t i = 0; i < m->n_items && !m->oom; i++) {
     const rec_t *r = m->items[i].r;
+    step();
     proc_t *p = proc_of(m, m->items[i].pid);
     if (!p)
       return;
@@ -1258,6 +1333,7 @@ static void one_event(merge_t *m, const rec_t *r, int pid) {
 
 static int by_time(const void *a, const void *b) {
   const item_t *x = a, *y = b;
+  step();
   if (x->r->ts != y->r->ts)
     return x->r->ts < y->r->ts ? -1 : 1;
   return x->r < y->r ? -1 : x->r > y->r; /* a file's records in their order */
@@ -1480,6 +1556,7 @@ static int merge_dir(const char *path, const char *dir) {
     if (len < 5 || strcmp(e->d_name + len - 4, ".bin") != 0)
       continue;
     int64_t dropped;
+    step();
     rec_t *recs = read_process(dirfd(d), e->d_name, &n, &dropped);
     if (!recs)
       continue;

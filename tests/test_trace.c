@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <spawn.h>
 #include <stdatomic.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 
@@ -1244,6 +1245,203 @@ START_TEST(test_repair_many_processes_linear) {
 }
 END_TEST
 
+/* -------------------------------- the exit and a stop -------------------------------- */
+
+static char exit_race_path[128];
+
+static void *stop_thread(void *arg) {
+  (void)arg;
+  mp_trace_stop();
+  return NULL;
+}
+
+/* In a plain fork: a trace of some events; a thread stops it, and main returns from the
+ * program (exit) as soon as recording is off, while that thread's merge runs. */
+static int exit_while_thread_stops(void) {
+  if (mp_trace_start(exit_race_path) < 0)
+    return 2;
+  for (int i = 0; i < 200000; i++) /* a merge of a good part of a second */
+    if (mp_trace_mark("before exit") < 0)
+      return 3;
+  pthread_t th;
+  if (pthread_create(&th, NULL, stop_thread, NULL) != 0)
+    return 4;
+  while (mp_trace_enabled())
+    ;
+  exit(0); /* the exit destructor's stop is told the trace was stopped: it returns */
+}
+
+/*
+ * docs/api.md and trace.h: "of two stops at once (two threads, or a thread and the exit),
+ * one writes the file and the other fails". When the thread's stop takes the trace first,
+ * trace_fini() (the exit's stop) fails in end_recording() and returns at once, and exit()
+ * ends the process under the thread's merge_dir(): the file stays the placeholder, its
+ * directory and the merge's temporary file are left. Nobody writes the trace.
+ */
+START_TEST(test_exit_while_thread_stops_writes_trace) {
+  trace_path(exit_race_path, sizeof exit_race_path, "exit-race", 0);
+  int code = mp_test_run_in_fork(exit_while_thread_stops, 20.0);
+  T_INT_EQ(code, 0);
+  json_error_t err;
+  json_t *root = json_load_file(exit_race_path, 0, &err);
+  bool placeholder = false;
+  int marks = -1;
+  char dir[4096] = "";
+  if (root) {
+    json_t *other = json_object_get(root, "otherData");
+    placeholder = json_object_get(other, "libmp_incomplete") != NULL;
+    marks = count(root, "i", "before exit", false, 0);
+    json_decref(root);
+  }
+  if (placeholder) { /* clean up what the killed merge left */
+    events_dir(exit_race_path, dir, sizeof dir);
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'.*.tmp", dir, exit_race_path);
+    T_INT_EQ(system(cmd), 0);
+  }
+  unlink(exit_race_path);
+  T_ASSERT(root && !placeholder && marks == 200000,
+           "the program exited while a thread stopped its trace: the file %s (%d of 200000 "
+           "marks)%s",
+           root ? "parses" : "does not parse", marks,
+           placeholder ? ", it is still the placeholder: nobody wrote the trace" : "");
+}
+END_TEST
+
+/* In a plain fork: a trace whose stop, in a thread, never ends: its merge opens a FIFO the
+ * test put among the events' files, which no one writes. Returns once the stop has begun
+ * (recording is off: the merge is counted), 0; or the step that failed. */
+static pthread_t stuck_thread;
+
+static int stop_stuck(void) {
+  if (mp_trace_start(exit_race_path) < 0)
+    return 2;
+  char fifo[PATH_MAX];
+  snprintf(fifo, sizeof fifo, "%s/1.0.bin", getenv("LIBMP_TRACE_DIR"));
+  if (mkfifo(fifo, 0600) < 0)
+    return 3;
+  if (pthread_create(&stuck_thread, NULL, stop_thread, NULL) != 0)
+    return 4;
+  while (mp_trace_enabled())
+    ;
+  return 0;
+}
+
+/* The file is the placeholder the stuck merge left: its directory, FIFO included, goes. */
+static void remove_stuck(void) {
+  char dir[4096], cmd[4200];
+  events_dir(exit_race_path, dir, sizeof dir);
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  T_INT_EQ(system(cmd), 0);
+  unlink(exit_race_path);
+}
+
+static int exit_during_stuck_stop(void) {
+  int rc = stop_stuck();
+  if (rc == 0)
+    exit(0); /* waits 2 s for a step of the merge, then gives up */
+  return rc;
+}
+
+/* A merge that never ends does not hang the exit: it waits 2 s without a step, no more. */
+START_TEST(test_exit_gives_up_stuck_merge) {
+  trace_path(exit_race_path, sizeof exit_race_path, "exit-stuck", 0);
+  double t0 = mp_test_now();
+  int code = mp_test_run_in_fork(exit_during_stuck_stop, 20.0);
+  double took = mp_test_now() - t0;
+  remove_stuck();
+  T_INT_EQ(code, 0);
+  T_ASSERT(took >= 1.9 && took < 2.0 + 3.0 * mp_test_slowdown(),
+           "the exit waited %.2f s for a merge that took no step: 2 s is the bound", took);
+}
+END_TEST
+
+/* LeakSanitizer's hook: a child forked during the merge holds the merge's memory with no
+ * thread of its own pointing to it, which its exit would call a leak (and abort). */
+#if defined(__SANITIZE_ADDRESS__)
+#define LEAK_CHECKED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LEAK_CHECKED 1
+#endif
+#endif
+#ifdef LEAK_CHECKED
+static volatile int leaks_unchecked;
+
+int __lsan_is_turned_off(void);
+int __lsan_is_turned_off(void) {
+  return leaks_unchecked;
+}
+#define UNCHECK_LEAKS() (leaks_unchecked = 1)
+#else
+#define UNCHECK_LEAKS() ((void)0)
+#endif
+
+static int fork_during_stuck_stop(void) {
+  int rc = stop_stuck();
+  if (rc != 0)
+    return rc;
+  double t0 = mp_test_now();
+  pid_t pid = fork();
+  if (pid == 0) {
+    UNCHECK_LEAKS();
+    exit(0); /* the parent's merge is not this child's to wait for */
+  }
+  int status;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+    return 5;
+  _exit(mp_test_now() - t0 < 1.5 ? 0 : 6); /* (the wait: 2 s); not exit(): the merge is stuck */
+}
+
+/* A child forked while a thread of its parent merges a trace exits at once: its copy of the
+ * count of merges is cleared by the fork handler. */
+START_TEST(test_fork_during_merge_child_exits_at_once) {
+  trace_path(exit_race_path, sizeof exit_race_path, "fork-stuck", 0);
+  int code = mp_test_run_in_fork(fork_during_stuck_stop, 20.0);
+  remove_stuck();
+  T_ASSERT(code == 0,
+           "the child forked during its parent's merge: %d (6: its exit waited for "
+           "a merge it does not run)",
+           code);
+}
+END_TEST
+
+/* When the merging thread was told to exit: the time that the exit took, from the parent. */
+static double *signalled_at;
+
+static void exit_now(int sig) {
+  (void)sig;
+  exit(0);
+}
+
+static int exit_in_stuck_thread(void) {
+  signal(SIGUSR1, exit_now);
+  int rc = stop_stuck();
+  if (rc != 0)
+    return rc;
+  *signalled_at = mp_test_now();
+  pthread_kill(stuck_thread, SIGUSR1);
+  for (;;)
+    pause();
+}
+
+/* A thread that exits in the middle of its own stop's merge (a signal handler's exit())
+ * does not wait for that merge, which cannot go on: the exit ends at once. */
+START_TEST(test_exit_in_merging_thread_no_wait) {
+  trace_path(exit_race_path, sizeof exit_race_path, "exit-own", 0);
+  signalled_at = mmap(NULL, sizeof *signalled_at, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  T_ASSERT(signalled_at != MAP_FAILED, "mmap: %s", strerror(errno));
+  int code = mp_test_run_in_fork(exit_in_stuck_thread, 20.0);
+  double took = mp_test_now() - *signalled_at;
+  munmap(signalled_at, sizeof *signalled_at);
+  remove_stuck();
+  T_INT_EQ(code, 0);
+  T_ASSERT(took < 1.5, /* the wait would be 2 s */
+           "the exit in the merging thread waited %.2f s for its own merge", took);
+}
+END_TEST
+
 static Suite *trace_suite(void) {
   Suite *s = suite_create("trace");
   tcase_add_test(mp_test_tcase(s, "methods", 60), test_three_methods);
@@ -1273,6 +1471,13 @@ static Suite *trace_suite(void) {
   tcase_add_test(mp_test_tcase(s, "stop and start", 30),
                  test_stop_then_start_from_another_thread);
   tcase_add_test(mp_test_tcase(s, "many processes", 120), test_repair_many_processes_linear);
+  tcase_add_test(mp_test_tcase(s, "exit and stop", 60),
+                 test_exit_while_thread_stops_writes_trace);
+  tcase_add_test(mp_test_tcase(s, "exit and stuck stop", 60), test_exit_gives_up_stuck_merge);
+  tcase_add_test(mp_test_tcase(s, "fork during a stop", 60),
+                 test_fork_during_merge_child_exits_at_once);
+  tcase_add_test(mp_test_tcase(s, "exit in the merging thread", 60),
+                 test_exit_in_merging_thread_no_wait);
   return s;
 }
 

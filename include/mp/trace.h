@@ -61,6 +61,11 @@ MP_EXTERN int mp_trace_start(const char *path);
  * far (a child still running keeps recording into a file nobody reads). Only the process
  * that started the trace (mp_trace_start() or MP_TRACE) can stop it, once: of two stops at
  * once (two threads, or a thread and the exit), one writes the file and the other fails.
+ * The process's normal exit waits for a stop that another thread is still writing, as long
+ * as that merge makes progress: it gives up after 2 s in which the merge read, sorted and
+ * wrote nothing (blocked in a read or a write), says so on stderr, and the file then stays
+ * the placeholder (mp_trace_merge() repairs it). A child forked meanwhile never waits for
+ * its parent's merge; nor does an exit from the merging thread itself (a signal handler's).
  * Errors: MP_EINVAL (not tracing, or tracing for a parent: only it writes the file), or the
  * error of mp_trace_merge().
  */
