@@ -590,8 +590,6 @@ END_TEST
 START_TEST(test_wild_arena_reserve) {
   char *base = arena_base();
   uint64_t real = *rev_word(base, REV_OFF_RESERVE), wild = 1ull << 46;
-  if (real != 64ull << 30)
-    return; /* valgrind's small reserve: the case is made for the default one */
   mp_test_forge(_i, rev_word(base, REV_OFF_RESERVE), &wild, sizeof wild);
   int code = alloc_in_fork((size_t)(real / 2 + 4096), 20);
   char first[64];
@@ -600,10 +598,11 @@ START_TEST(test_wild_arena_reserve) {
   uint64_t bump = *rev_word(base, REV_OFF_BUMP);
   *rev_word(base, REV_OFF_RESERVE) = real;
   T_ASSERT(code == 0 && next >= 0,
-           "after a child wrote the arena's reserve word (64 GiB -> 64 TiB), a block of half "
-           "the real reserve and more was %s, not refused (bump is now %llu GiB, past the "
-           "64 GiB mapped), and the next 20000-byte allocation was %s",
-           first, (unsigned long long)(bump >> 30), outcome(next));
+           "after a child wrote the arena's reserve word (%llu MiB -> 64 TiB), a block of "
+           "half the real reserve and more was %s, not refused (bump is now %llu MiB, past "
+           "the mapping), and the next 20000-byte allocation was %s",
+           (unsigned long long)(real >> 20), first, (unsigned long long)(bump >> 20),
+           outcome(next));
 }
 END_TEST
 
@@ -790,8 +789,7 @@ static void ns_hold_arena(void) {
 START_TEST(test_arena_lock_holder_in_pid_namespace_not_taken_over) {
   ns_arena = arena_base();
   pid_t h;
-  if (!mp_test_ns_start(ns_hold_arena, &h))
-    return; /* no CAP_SYS_ADMIN: no pid namespace to make */
+  T_ASSERT(mp_test_ns_start(ns_hold_arena, &h), "no pid namespace could be made: run it as root");
   uint64_t held = atomic_load((_Atomic uint64_t *)(void *)(ns_arena + REV_OFF_LOCK));
   void *block = NULL;
   mp__deadline_t d = {0.5, MP__DEADLINE_UNSET};
@@ -853,8 +851,7 @@ static int rev_alloc_hidden_holder(void) {
  * (review rev2-mem). */
 START_TEST(test_arena_lock_holder_hidden_by_hidepid_not_taken_over) {
   char *base = arena_base();
-  if (geteuid() != 0)
-    return; /* a mount namespace and another uid need root */
+  T_ASSERT(geteuid() == 0, "this test mounts /proc and becomes another user: run it as root");
   mp__wlock_t *lock = (mp__wlock_t *)(void *)(base + REV_OFF_LOCK);
   T_INT_EQ(mp__wlock_lock(lock, MP__NO_DEADLINE), 0); /* this live thread holds it */
   int code = mp_test_run_in_fork(rev_alloc_hidden_holder, 10);
@@ -957,8 +954,7 @@ static int rev_ns_dead_holder(void) {
  * allocation without a deadline (every create) hung after its death (review rev2-mem). */
 START_TEST(test_arena_lock_dead_holder_under_foreign_proc_taken_over) {
   ns_arena = arena_base();
-  if (geteuid() != 0)
-    return; /* a pid namespace needs CAP_SYS_ADMIN */
+  T_ASSERT(geteuid() == 0, "this test makes a pid namespace: run it as root");
   int code = mp_test_run_in_fork(rev_ns_dead_holder, 10);
   *rev_word(ns_arena, REV_OFF_LOCK) = 0;
   T_ASSERT(code != 1,
