@@ -789,7 +789,8 @@ static void ns_hold_arena(void) {
 START_TEST(test_arena_lock_holder_in_pid_namespace_not_taken_over) {
   ns_arena = arena_base();
   pid_t h;
-  T_ASSERT(mp_test_ns_start(ns_hold_arena, &h), "no pid namespace could be made: run it as root");
+  T_ASSERT(mp_test_ns_start(ns_hold_arena, &h),
+           "no pid namespace could be made: run it as root");
   uint64_t held = atomic_load((_Atomic uint64_t *)(void *)(ns_arena + REV_OFF_LOCK));
   void *block = NULL;
   mp__deadline_t d = {0.5, MP__DEADLINE_UNSET};
