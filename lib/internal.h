@@ -49,6 +49,8 @@ int mp__poll_fd(int fd, short events, int64_t deadline);
  * end of file) and the fd or -1; -EMSGSIZE for a record or fds cut off. Every other fd the
  * peer sent (all of them with fd NULL or on an error) is closed: *fd is -1 on any error. */
 int mp__send_record(int sock, const void *buf, size_t len, int fd);
+/* The same, waiting for room until deadline (mp__deadline's clock): MP_ETIMEDOUT then. */
+int mp__send_record_by(int sock, const void *buf, size_t len, int fd, int64_t deadline);
 ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd, int flags);
 
 /*

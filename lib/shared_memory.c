@@ -199,13 +199,6 @@ static int await_reply(int sock) {
                                        : "the tracker failed");
 }
 
-/* A record is taken at once unless the tracker is stopped: then fail, do not hang. The same
- * bound, shorter, holds a connect() (seconds). */
-static void bound_sends(int sock, double seconds) {
-  struct timeval tv = {.tv_sec = (time_t)seconds};
-  setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
-
 /* A connection to a running tracker: the socket, or -ECONNREFUSED (none runs),
  * -ECONNRESET (it was ending), -EPERM (another user listens there) or MP_ETIMEDOUT (the
  * listener accepts or answers nothing). */
@@ -215,7 +208,8 @@ static int connect_tracker(const struct sockaddr_un *addr, socklen_t len) {
     return mp__syserror("socket for the segment tracker");
   /* connect() waits for as long as the listener's backlog is full: a tracker accepts at
    * once, so a listener that does not is another user's at our name, or a stopped tracker. */
-  bound_sends(sock, CONNECT_TIMEOUT_SECONDS);
+  struct timeval bound = {.tv_sec = (time_t)CONNECT_TIMEOUT_SECONDS};
+  setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &bound, sizeof bound);
   int rc = connect(sock, (const struct sockaddr *)addr, len) < 0
                ? errno == EAGAIN ? mp__error(MP_ETIMEDOUT,
                                              "the segment tracker accepts no "
@@ -223,8 +217,6 @@ static int connect_tracker(const struct sockaddr_un *addr, socklen_t len) {
                                              CONNECT_TIMEOUT_SECONDS)
                                  : mp__syserror("connecting to the segment tracker")
                : 0;
-  if (rc == 0)
-    bound_sends(sock, TRACKER_TIMEOUT_SECONDS);
   /* Anyone can bind an abstract name: a listener of another user is not our tracker, and
    * learns no segment name (SO_PEERCRED is the listener's, fixed when it called listen). */
   if (rc == 0)
@@ -265,7 +257,6 @@ static int start_tracker(const struct sockaddr_un *addr, socklen_t len) {
   if (rc == 0)
     rc = await_reply(sv[0]);
   if (rc == 0) {
-    bound_sends(sv[0], TRACKER_TIMEOUT_SECONDS);
     tracker.child = pid;
     return sv[0];
   }
@@ -337,7 +328,9 @@ static int tell_tracker(uint32_t op, const mp_shared_memory_t *shm, int fd, bool
   for (int attempt = 0; attempt < 2 && (start || tracker.sock >= 0); attempt++) {
     if ((rc = ensure_tracker()) < 0)
       break; /* its message says why */
-    rc = mp__send_record(tracker.sock, &rec, offsetof(record_t, text) + name_len + 1, fd);
+    /* A record is taken at once unless the tracker is stopped: then fail, do not hang. */
+    rc = mp__send_record_by(tracker.sock, &rec, offsetof(record_t, text) + name_len + 1, fd,
+                            mp__deadline(TRACKER_TIMEOUT_SECONDS));
     bool gone = rc == -EPIPE || rc == -ECONNRESET || rc == -ENOTCONN || rc == -ECONNREFUSED;
     if (gone)
       drop_tracker(); /* it was killed: start another, once */
@@ -345,8 +338,9 @@ static int tell_tracker(uint32_t op, const mp_shared_memory_t *shm, int fd, bool
       rc = 0; /* and nothing tracks what it held any more */
       break;
     }
-    if (rc == -EAGAIN || rc == -EWOULDBLOCK)
-      rc = mp__error(MP_ETIMEDOUT, "the segment tracker takes no records (stopped?)");
+    if (rc == MP_ETIMEDOUT)
+      rc = mp__error(MP_ETIMEDOUT, "the segment tracker takes no records in %g s (stopped?)",
+                     TRACKER_TIMEOUT_SECONDS);
     else if (rc < 0 && (!gone || attempt == 1))
       rc = mp__error(rc, "telling the segment tracker about '%s': %s", shm->name,
                      mp_strerror(rc));

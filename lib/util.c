@@ -81,6 +81,10 @@ int mp__poll_fd_sig(int fd, short events, int64_t deadline, const mp__sigint_t *
 }
 
 int mp__send_record(int sock, const void *buf, size_t len, int fd) {
+  return mp__send_record_by(sock, buf, len, fd, INT64_MAX);
+}
+
+int mp__send_record_by(int sock, const void *buf, size_t len, int fd, int64_t deadline) {
   struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
   union {
     char space[CMSG_SPACE(sizeof(int))];
@@ -101,11 +105,20 @@ int mp__send_record(int sock, const void *buf, size_t len, int fd) {
     cmsg->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
   }
-  ssize_t n;
-  do
-    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
-  while (n < 0 && errno == EINTR);
-  return n < 0 ? -errno : 0;
+  /* With a deadline, never a blocking send: a signal ends a send that SO_SNDTIMEO bounds
+   * (EINTR, even under SA_RESTART), and sending again would start the whole bound anew. */
+  int flags = MSG_NOSIGNAL | (deadline == INT64_MAX ? 0 : MSG_DONTWAIT);
+  for (;;) {
+    if (sendmsg(sock, &msg, flags) >= 0)
+      return 0;
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN || deadline == INT64_MAX)
+      return -errno;
+    int ready = mp__poll_fd(sock, POLLOUT, deadline);
+    if (ready <= 0)
+      return ready < 0 ? ready : MP_ETIMEDOUT;
+  }
 }
 
 /* Closes every fd that the control messages hold but the caller does not take (all of them

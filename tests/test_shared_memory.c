@@ -18,6 +18,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 
 #include "mp_test.h"
@@ -1206,30 +1207,72 @@ static pid_t own_tracker(void) {
   return found;
 }
 
-/* Creates segments (each unlinked at once) until a create fails: 0 if it failed with
- * MP_ETIMEDOUT. It says on its connection when its first create has connected it. */
+#define TRACKER_BOUND 30.0 /* lib/shared_memory.c's TRACKER_TIMEOUT_SECONDS */
+
+/* What a child that creates until refused says: how its last create ended, and how long
+ * that create took. */
+typedef struct {
+  int rc;
+  int creates;
+  double took;
+} refusal_t;
+
+typedef struct {
+  mp_conn_t *told;
+  bool ticking; /* a 2 ms interval timer interrupts every system call of the child */
+} refused_job_t;
+
+static void tick(int sig) {
+  (void)sig;
+}
+
+/* Creates segments (each unlinked at once) until a create fails or, never refused, for
+ * longer than the parent waits; it says on its connection when its first create has
+ * connected it ('c'), then how the last one ended (a refusal_t). */
 static int create_until_refused(void *arg, size_t size) {
   (void)size;
-  mp_conn_t *told = *(mp_conn_t **)arg;
-  for (int i = 0; i < 1000000; i++) {
+  const refused_job_t *job = arg;
+  if (job->ticking) {
+    struct sigaction sa = {.sa_handler = tick, .sa_flags = SA_RESTART};
+    struct itimerval every = {{0, 2000}, {0, 2000}};
+    if (sigaction(SIGALRM, &sa, NULL) != 0 || setitimer(ITIMER_REAL, &every, NULL) != 0)
+      return 13;
+  }
+  refusal_t said = {0};
+  double end = mp_test_now() + TRACKER_BOUND + 10 * mp_test_slowdown();
+  for (int i = 0; said.rc == 0 && mp_test_now() < end; i++) {
     char name[64];
     snprintf(name, sizeof name, "mp_t%d_stopped_%d", (int)getpid(), i);
     mp_shared_memory_t *shm;
-    int rc = mp_shared_memory_create(&shm, name, PAGE, 0);
-    if (rc != 0)
-      return rc == MP_ETIMEDOUT ? 0 : 10;
+    double start = mp_test_now();
+    said.rc = mp_shared_memory_create(&shm, name, PAGE, 0);
+    said.took = mp_test_now() - start;
+    said.creates = i;
+    if (said.rc != 0)
+      break;
     mp_shared_memory_unlink(shm);
     mp_shared_memory_close(shm);
-    if (i == 0 && mp_conn_send(told, "c", 1) != 0)
+    if (i == 0 && mp_conn_send(job->told, "c", 1) != 0)
       return 11;
   }
-  return 12;
+  return mp_conn_send(job->told, &said, sizeof said) == 0 ? 0 : 12;
+}
+
+/* Whether the tracker stopped within a second ('T'); its state letter in *state. */
+static bool tracker_stopped(pid_t tracker, char *state) {
+  int ppid;
+  for (double end = mp_test_now() + 1; mp_test_now() < end; mp_test_sleep(0.001))
+    if (!mp_test_proc_state(tracker, state, &ppid) || *state == 'T' || *state == 'Z')
+      break;
+  return *state == 'T';
 }
 
 /* A process that connected to a running tracker, rather than starting it (a spawned
- * child), gets MP_ETIMEDOUT from a create once the tracker is stopped and its socket full,
- * as the tracker's starter does (api.md), not a wait for ever (review, stop 23). */
-START_TEST(test_stopped_tracker_bounds_a_connected_create) {
+ * child), gets MP_ETIMEDOUT from a create within the tracker's bound once the tracker is
+ * stopped and its socket full, as the tracker's starter does (api.md), not a wait for ever
+ * (review, stop 23); ticking, with a timer's signal interrupting that wait every 2 ms, which
+ * made each send wait the whole bound anew (SO_SNDTIMEO): for ever. */
+static void stopped_tracker_bounds_create(bool ticking) {
   char name[128];
   seg_name(name, sizeof name, "stopper", 0);
   mp_shared_memory_t *shm;
@@ -1239,21 +1282,37 @@ START_TEST(test_stopped_tracker_bounds_a_connected_create) {
   T_ASSERT(tracker > 0, "no tracker among this process's children");
   mp_conn_t *a, *b;
   MP_ASSERT_OK(mp_pipe(false, &a, &b));
-  mp_process_t *p = mp_test_start(1, create_until_refused, &b, sizeof b);
+  refused_job_t job = {b, ticking};
+  mp_process_t *p = mp_test_start(1, create_until_refused, &job, sizeof job);
   char c;
   size_t len;
-  MP_ASSERT_OK(mp_conn_recv(a, &c, 1, &len, 30));
+  MP_ASSERT_OK(mp_conn_recv(a, &c, 1, &len, 30 * mp_test_slowdown()));
   T_ASSERT(kill(tracker, SIGSTOP) == 0, "SIGSTOP the tracker");
-  int code = 12345, rc = mp_process_join(p, 3 * 30.0 / 2);
-  if (rc == 0)
-    mp_process_exitcode(p, &code);
+  char state = '?';
+  bool stopped = tracker_stopped(tracker, &state);
+  refusal_t said = {0};
+  int rc = mp_conn_recv(a, &said, sizeof said, &len, TRACKER_BOUND + 20 * mp_test_slowdown());
   kill(tracker, SIGCONT);
+  T_ASSERT(stopped, "the tracker is in state '%c', not stopped", state);
   MP_ASSERT_OK(rc);
-  T_INT_EQ(code, 0);
+  T_ASSERT(said.rc == MP_ETIMEDOUT, "after %d creates, the last one gave %d (%s) in %.1f s",
+           said.creates, said.rc, mp_strerror(said.rc), said.took);
+  T_ASSERT(said.took < TRACKER_BOUND + 5 * mp_test_slowdown(),
+           "the refused create took %.1f s (the bound is %g s)", said.took, TRACKER_BOUND);
+  T_INT_EQ(mp_test_join_code(p, 10 * mp_test_slowdown()), 0);
   T_PROC_CLOSE(p);
   mp_conn_close(a);
   mp_conn_close(b);
   MP_ASSERT_OK(mp_shared_memory_close(shm));
+}
+
+START_TEST(test_stopped_tracker_bounds_a_connected_create) {
+  stopped_tracker_bounds_create(false);
+}
+END_TEST
+
+START_TEST(test_stopped_tracker_bounds_a_signalled_create) {
+  stopped_tracker_bounds_create(true);
 }
 END_TEST
 
@@ -1412,8 +1471,9 @@ static Suite *shared_memory_suite(void) {
   tcase_add_loop_test(tc, test_unlink_semantics, 0, N_METHODS);
   tcase_add_loop_test(tc, test_unrelated_program_attaches, 0, N_METHODS);
 
-  tc = mp_test_tcase(s, "stopped", 60);
+  tc = mp_test_tcase(s, "stopped", 90);
   tcase_add_test(tc, test_stopped_tracker_bounds_a_connected_create);
+  tcase_add_test(tc, test_stopped_tracker_bounds_a_signalled_create);
   tcase_add_test(tc, test_silent_tracker_image_fails_once);
 
   tc = mp_test_tcase(s, "cleanup", 40);
