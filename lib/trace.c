@@ -727,12 +727,21 @@ int mp_trace_stop(void) {
 /* The directory an unfinished trace file names (write_placeholder()), unescaped. */
 static int placeholder_dir(const char *path, char *dir, size_t cap) {
   char text[4 * PATH_MAX];
-  FILE *f = fopen(path, "re");
-  if (!f)
+  /* O_NONBLOCK: a FIFO at the path (another user's, in a shared folder) would hold the open
+   * for ever; anything but a file is no trace. */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  struct stat st;
+  if (fd < 0)
     return errno == ENOENT ? mp__error(MP_ENOENT, "mp_trace_merge: no file %s", path)
                            : mp__syserror("mp_trace_merge: opening %s", path);
-  size_t len = fread(text, 1, sizeof text - 1, f);
-  fclose(f);
+  if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return mp__error(MP_ENOENT, "mp_trace_merge: %s is not a file", path);
+  }
+  size_t len = 0;
+  for (ssize_t k; len < sizeof text - 1 && (k = read(fd, text + len, sizeof text - 1 - len)) > 0;)
+    len += (size_t)k;
+  close(fd);
   text[len] = 0;
   const char *p = strstr(text, "\"libmp_dir\":\"");
   if (!p)
@@ -1389,7 +1398,8 @@ static void add_file(merge_t *m, const rec_t *recs, size_t n, int64_t dropped) {
  * if it cannot be read. */
 static rec_t *read_file(int dir_fd, const char *name, size_t extra, size_t *n) {
   *n = 0;
-  int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  /* O_NONBLOCK: a FIFO planted under a process file's name would hold the open for ever. */
+  int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   struct stat st;
   if (fd < 0)
     return NULL;
