@@ -1295,6 +1295,7 @@ static void stopped_tracker_bounds_create(bool ticking) {
   kill(tracker, SIGCONT);
   T_ASSERT(stopped, "the tracker is in state '%c', not stopped", state);
   MP_ASSERT_OK(rc);
+  T_ASSERT(len == sizeof said, "the child said %zu bytes", len);
   T_ASSERT(said.rc == MP_ETIMEDOUT, "after %d creates, the last one gave %d (%s) in %.1f s",
            said.creates, said.rc, mp_strerror(said.rc), said.took);
   T_ASSERT(said.took < TRACKER_BOUND + 5 * mp_test_slowdown(),

@@ -1312,14 +1312,25 @@ START_TEST(test_exit_while_thread_stops_writes_trace) {
 }
 END_TEST
 
-/* Makes every openat of the calling thread wait for an answer that never comes (a seccomp
- * listener that nobody reads), as an open on a hung file system waits: a merge on this
- * thread takes no step after its first open. A signal interrupts the wait; the process's
- * end kills the thread. Where the kernel refuses (no seccomp), false. */
+/* The low word of a system call's third argument, as seccomp's filter loads it. */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define ARG2_LOW offsetof(struct seccomp_data, args[2])
+#else
+#define ARG2_LOW (offsetof(struct seccomp_data, args[2]) + 4)
+#endif
+
+/* Makes every openat of a directory by the calling thread wait for an answer that never
+ * comes (a seccomp listener that nobody reads), as an open on a hung file system waits: a
+ * merge on this thread takes no step after its first open, of the events' directory. Only
+ * directories: an exit on this thread (a handler's) opens files of its own. A signal
+ * interrupts the wait; the process's end kills the thread. Where the kernel refuses (no
+ * seccomp, or a listener already above this process), false. */
 static bool hold_my_opens(void) {
   struct sock_filter filter[] = {
       BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_openat, 0, 1),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_openat, 0, 3),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG2_LOW),
+      BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, O_DIRECTORY, 0, 1),
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
   };
