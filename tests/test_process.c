@@ -2051,6 +2051,92 @@ START_TEST(test_cpu_count_cgroup_v2_quota) {
 }
 END_TEST
 
+/* ===================================================================================== */
+/* review rev-fs                                                                         */
+
+#include <linux/capability.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+
+/* Puts `count` copies of fd 0 in flight (sent, never received) on a new socket pair, or as
+ * many as the limit takes. */
+static void rev_fs_fds_in_flight(int hold[2], int count) {
+  T_ASSERT(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, hold) == 0, "socketpair");
+  while (count > 0) {
+    int n = count < 200 ? count : 200, fds[200];
+    for (int k = 0; k < n; k++)
+      fds[k] = 0;
+    union {
+      char space[CMSG_SPACE(200 * sizeof(int))];
+      struct cmsghdr align;
+    } control;
+    memset(&control, 0, sizeof control);
+    char byte = 'x';
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+                         .msg_controllen = CMSG_SPACE(n * sizeof(int))};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(n * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+    if (sendmsg(hold[0], &msg, 0) < 0) {
+      /* The limit reached already (other processes of the user hold fds in flight): the
+       * request's send is past it too. */
+      T_ASSERT(errno == ETOOMANYREFS, "putting fds in flight: %s", strerror(errno));
+      return;
+    }
+    count -= n;
+  }
+}
+
+/* One request that the control socket refuses for a reason of its own (here ETOOMANYREFS:
+ * more fds of this user in flight than its RLIMIT_NOFILE, which any other process of the
+ * user can cause; ENOBUFS and ENOMEM are others) is taken for the server's death:
+ * mp__forkserver_request SIGKILLs the live server, and with it every running forkserver
+ * child that dies with its parent, the default. */
+START_TEST(test_refused_request_kills_no_running_child) {
+  mp_context_t *ctx;
+  MP_ASSERT_OK(mp_get_context("forkserver", &ctx));
+  mp_process_t *running, *next;
+  T_PROC_NEW(&running, ctx, t_pause, NULL, 0, NULL);
+  MP_ASSERT_OK(mp_process_start(running));
+  /* As an ordinary process: no CAP_SYS_RESOURCE or CAP_SYS_ADMIN lifts the limit. */
+  struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
+  struct __user_cap_data_struct data[2];
+  T_ASSERT(syscall(SYS_capget, &hdr, data) == 0, "capget: %s", strerror(errno));
+  data[0].effective = data[1].effective = 0;
+  T_ASSERT(syscall(SYS_capset, &hdr, data) == 0, "capset: %s", strerror(errno));
+  struct rlimit old, lim;
+  T_ASSERT(getrlimit(RLIMIT_NOFILE, &old) == 0, "getrlimit");
+  lim = old;
+  lim.rlim_cur = 256;
+  T_ASSERT(setrlimit(RLIMIT_NOFILE, &lim) == 0, "setrlimit: %s", strerror(errno));
+  int hold[2];
+  rev_fs_fds_in_flight(hold, 400);
+  T_PROC_NEW(&next, ctx, t_return7, NULL, 0, NULL);
+  int rc = mp_process_start(next);
+  char error[512];
+  snprintf(error, sizeof error, "%s", mp_last_error());
+  close(hold[0]);
+  close(hold[1]);
+  setrlimit(RLIMIT_NOFILE, &old);
+  mp_test_sleep(0.5 * mp_test_slowdown()); /* a child dying with its server is dead by now */
+  bool alive = mp_process_is_alive(running);
+  if (rc == 0)
+    mp_test_join_code(next, 10.0);
+  MP_ASSERT_OK(mp_process_kill(running));
+  int code = mp_test_join_code(running, 10.0);
+  T_PROC_CLOSE(next);
+  T_PROC_CLOSE(running);
+  T_ASSERT(alive,
+           "a running forkserver child died (exit code %d) because another start's request "
+           "could not be sent (%s: %s)",
+           code, mp_err_name(rc), error);
+}
+END_TEST
+
 static Suite *process_suite(void) {
   Suite *s = suite_create("process");
   TCase *tc;
@@ -2119,6 +2205,9 @@ static Suite *process_suite(void) {
   tcase_add_loop_test(tc, test_close_twice, 0, N_METHODS);
   tcase_add_loop_test(tc, test_heap_target_refused, 0, N_METHODS);
   tcase_add_loop_test(tc, test_stack_target_refused, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "review rev-fs", 30);
+  tcase_add_test(tc, test_refused_request_kills_no_running_child);
 
   tc = mp_test_tcase(s, "cpu", 10);
   tcase_add_test(tc, test_cpu_count_affinity);
