@@ -2137,6 +2137,58 @@ START_TEST(test_refused_request_kills_no_running_child) {
 }
 END_TEST
 
+/* The fork server holds one fd per running child (its socket, for STATUS). Where it cannot
+ * receive one more (its RLIMIT_NOFILE, the program's when it was started, which the program
+ * may raise since), spare_taken() drops the spare's "taken" record whose fd was cut off: the
+ * spare stays a spare in the server's list and no new one is forked for it, so once two such
+ * starts have happened every later start waits, in its read of READY, for ever (until one of
+ * those children ends), rather than failing. */
+#define REV_FS_STARTS 90
+static int rev_fs_progress[2] = {-1, -1};
+
+static int rev_fs_start_past_server_fds(void) {
+  mp_context_t *ctx;
+  if (mp_get_context("forkserver", &ctx) < 0)
+    return 2;
+  struct rlimit old, lim;
+  if (getrlimit(RLIMIT_NOFILE, &old) < 0)
+    return 3;
+  lim = old;
+  lim.rlim_cur = 64;
+  static mp_process_t *procs[REV_FS_STARTS];
+  /* The server starts with the lower limit; the program raises its own again. */
+  if (setrlimit(RLIMIT_NOFILE, &lim) < 0 ||
+      mp_process_create(&procs[0], ctx, t_pause, NULL, 0, NULL) < 0 ||
+      mp_process_start(procs[0]) < 0 || setrlimit(RLIMIT_NOFILE, &old) < 0)
+    return 4;
+  for (int k = 1; k < REV_FS_STARTS; k++) {
+    if (mp_process_create(&procs[k], ctx, t_pause, NULL, 0, NULL) < 0)
+      return 5;
+    int rc = mp_process_start(procs[k]);
+    if (rc < 0)
+      return 0; /* an error is an answer */
+    if (write(rev_fs_progress[1], &k, sizeof k) != sizeof k)
+      return 6;
+  }
+  return 0;
+}
+
+START_TEST(test_start_past_server_fd_limit_returns) {
+  T_ASSERT(pipe2(rev_fs_progress, O_CLOEXEC | O_NONBLOCK) == 0, "pipe");
+  int rc = mp_test_run_in_fork(rev_fs_start_past_server_fds, 30.0);
+  close(rev_fs_progress[1]);
+  int k, started = 0;
+  while (read(rev_fs_progress[0], &k, sizeof k) == sizeof k)
+    started = k;
+  close(rev_fs_progress[0]);
+  T_ASSERT(rc != -1000,
+           "forkserver start %d of %d did not return in 30 s (the server's RLIMIT_NOFILE "
+           "64: its spares' \"taken\" records lost)",
+           started + 1, REV_FS_STARTS);
+  T_INT_EQ(rc, 0);
+}
+END_TEST
+
 static Suite *process_suite(void) {
   Suite *s = suite_create("process");
   TCase *tc;
@@ -2206,8 +2258,9 @@ static Suite *process_suite(void) {
   tcase_add_loop_test(tc, test_heap_target_refused, 0, N_METHODS);
   tcase_add_loop_test(tc, test_stack_target_refused, 0, N_METHODS);
 
-  tc = mp_test_tcase(s, "review rev-fs", 30);
+  tc = mp_test_tcase(s, "review rev-fs", 60);
   tcase_add_test(tc, test_refused_request_kills_no_running_child);
+  tcase_add_test(tc, test_start_past_server_fd_limit_returns);
 
   tc = mp_test_tcase(s, "cpu", 10);
   tcase_add_test(tc, test_cpu_count_affinity);
