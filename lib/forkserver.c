@@ -101,6 +101,13 @@ static int start_server(void) {
 /* The one record the program sends on the control socket, with the child's socket. */
 #define FORK_REQUEST 'F'
 
+/* Whether the server has ended, waiting until deadline: its pidfd readable or, without one,
+ * the control socket's hang-up (once its last spare has gone too); the lock is held. */
+static bool server_ended(int64_t deadline) {
+  return mp__poll_fd(server.pidfd >= 0 ? server.pidfd : server.ctl,
+                     server.pidfd >= 0 ? POLLIN : POLLRDHUP, deadline) != 0;
+}
+
 int mp__forkserver_request(int sock, pid_t self) {
   static const char fork_request = FORK_REQUEST;
   pthread_mutex_lock(&server.lock);
@@ -115,6 +122,14 @@ int mp__forkserver_request(int sock, pid_t self) {
     rc = mp__send_record(server.ctl, &fork_request, 1, sock);
     if (rc == 0)
       break;
+    /* Other refusals (ETOOMANYREFS: this user's fds in flight past our fd limit, which any
+     * process of the user can cause; ENOBUFS, ENOMEM) come from a live server: stopping it
+     * would kill its running children too. */
+    if (rc != -EPIPE && rc != -ECONNRESET && !server_ended(mp__now_ns())) {
+      rc = mp__error(rc, "the request could not be sent to the fork server: %s",
+                     mp_strerror(rc));
+      break;
+    }
     /* The server died (killed by someone): reap it and start another, once. */
     stop_server();
     rc = mp__error(MP_ESPAWN, "the fork server is gone: %s", mp_strerror(rc));
@@ -131,9 +146,7 @@ int mp__forkserver_request(int sock, pid_t self) {
 
 void mp__forkserver_check(pid_t self) {
   pthread_mutex_lock(&server.lock);
-  if (server.owner == self &&
-      mp__poll_fd(server.pidfd >= 0 ? server.pidfd : server.ctl,
-                  server.pidfd >= 0 ? POLLIN : POLLRDHUP, mp__deadline(GONE_WAIT_SECONDS)) != 0)
+  if (server.owner == self && server_ended(mp__deadline(GONE_WAIT_SECONDS)))
     stop_server();
   pthread_mutex_unlock(&server.lock);
 }
