@@ -2074,7 +2074,9 @@ static void rev_fs_fds_in_flight(int hold[2], int count) {
     memset(&control, 0, sizeof control);
     char byte = 'x';
     struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+    struct msghdr msg = {.msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = control.space,
                          .msg_controllen = CMSG_SPACE(n * sizeof(int))};
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
     c->cmsg_level = SOL_SOCKET;
@@ -2189,6 +2191,101 @@ START_TEST(test_start_past_server_fd_limit_returns) {
 }
 END_TEST
 
+/* The fork server's own fd limit reached (lowered from outside, after its start-up, which
+ * raises it to the hard limit): a start is refused with -EMFILE and returns, every running
+ * child stays the server's (a SIGTERM is reported as such), and a child's end makes room for
+ * the next start. With the limit under even the slots the server holds free, a start still
+ * fails and the server lives on with its children: such a request, its socket cut off, ended
+ * a server without spares as if the program had gone (refuse_without_spare). */
+#define FS_LIMIT_MAX 80
+static int fs_limit_report[2] = {-1, -1};
+
+static int fs_limit_fail(const char *fmt, ...) {
+  char text[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int len = vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  ssize_t sent =
+      write(fs_limit_report[1], text, len < (int)sizeof text ? len : (int)sizeof text - 1);
+  (void)sent; /* unsent, the test still fails: "exit 1" */
+  return 1;
+}
+
+/* Sets the fork server's soft fd limit to files. */
+static bool fs_limit_set(pid_t server, rlim_t files) {
+  struct rlimit lim;
+  if (prlimit(server, RLIMIT_NOFILE, NULL, &lim) < 0)
+    return false;
+  lim.rlim_cur = files;
+  return prlimit(server, RLIMIT_NOFILE, &lim, NULL) == 0;
+}
+
+static int fs_limit_server_fds(void) {
+  static mp_process_t *procs[FS_LIMIT_MAX];
+  mp_context_t *ctx;
+  int n = 0, rc = 0, server;
+  char state;
+  if (mp_get_context("forkserver", &ctx) < 0 ||
+      mp_process_create(&procs[n], ctx, t_pause, NULL, 0, NULL) < 0 ||
+      mp_process_start(procs[n]) < 0)
+    return fs_limit_fail("the first start failed: %s", mp_last_error());
+  n++;
+  if (!mp_test_proc_state(mp_process_pid(procs[0]), &state, &server)) /* its parent */
+    return fs_limit_fail("no /proc entry of the first child");
+  if (!fs_limit_set(server, 32))
+    return fs_limit_fail("prlimit of the server: %s", strerror(errno));
+  while (n < FS_LIMIT_MAX - 1) {
+    if (mp_process_create(&procs[n], ctx, t_pause, NULL, 0, NULL) < 0)
+      return fs_limit_fail("create: %s", mp_last_error());
+    if ((rc = mp_process_start(procs[n])) < 0)
+      break;
+    n++;
+  }
+  if (rc != -EMFILE || n < 4)
+    return fs_limit_fail("after %d starts, a start at the server's fd limit gave %s (%s), "
+                         "not EMFILE",
+                         n, mp_err_name(rc), mp_last_error());
+  /* Under every fd the server holds (4: poll's fds), after it took every spare's report:
+   * a request's socket is cut off. */
+  if (!fs_limit_set(server, 4))
+    return fs_limit_fail("prlimit of the server: %s", strerror(errno));
+  rc = mp_process_start(procs[n]);
+  mp_test_sleep(0.5 * mp_test_slowdown()); /* a child dying with its server is dead by now */
+  for (int k = 0; k < n; k++)
+    if (mp_process_is_alive(procs[k]) != 1)
+      return fs_limit_fail("running child %d died after a start whose request the server "
+                           "could not receive (%s: %s)",
+                           k, mp_err_name(rc), mp_last_error());
+  if (rc == 0)
+    return fs_limit_fail("a start succeeded with the server's fd limit 4");
+  /* The limit back: the children are still the server's, and one's end makes room. */
+  if (!fs_limit_set(server, 32))
+    return fs_limit_fail("prlimit of the server: %s", strerror(errno));
+  int code = 0;
+  if (mp_process_terminate(procs[1]) < 0 || mp_process_join(procs[1], 10.0) < 0 ||
+      mp_process_exitcode(procs[1], &code) < 0 || code != -SIGTERM)
+    return fs_limit_fail("a child terminated at the limit ended with %d, not -SIGTERM: the "
+                         "server lost its socket (%s)",
+                         code, mp_last_error());
+  if (mp_process_start(procs[n]) < 0)
+    return fs_limit_fail("once a child ended, a start failed: %s", mp_last_error());
+  return 0; /* _exit: the server's end (hang-up) ends its children */
+}
+
+START_TEST(test_server_fd_limit_refuses_start) {
+  T_ASSERT(pipe2(fs_limit_report, O_CLOEXEC | O_NONBLOCK) == 0, "pipe");
+  int rc = mp_test_run_in_fork(fs_limit_server_fds, 30.0);
+  close(fs_limit_report[1]);
+  char text[512] = "";
+  ssize_t len = read(fs_limit_report[0], text, sizeof text - 1);
+  text[len > 0 ? len : 0] = '\0';
+  close(fs_limit_report[0]);
+  T_ASSERT(rc != -1000, "a forkserver start at the server's fd limit did not return in 30 s");
+  T_ASSERT(rc == 0, "%s (exit %d)", text, rc);
+}
+END_TEST
+
 static Suite *process_suite(void) {
   Suite *s = suite_create("process");
   TCase *tc;
@@ -2261,6 +2358,7 @@ static Suite *process_suite(void) {
   tc = mp_test_tcase(s, "review rev-fs", 60);
   tcase_add_test(tc, test_refused_request_kills_no_running_child);
   tcase_add_test(tc, test_start_past_server_fd_limit_returns);
+  tcase_add_test(tc, test_server_fd_limit_refuses_start);
 
   tc = mp_test_tcase(s, "cpu", 10);
   tcase_add_test(tc, test_cpu_count_affinity);
