@@ -18,12 +18,14 @@
  */
 #include "internal.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -101,6 +103,13 @@ static int start_server(void) {
 /* The one record the program sends on the control socket, with the child's socket. */
 #define FORK_REQUEST 'F'
 
+/* Whether the server has ended, waiting until deadline: its pidfd readable or, without one,
+ * the control socket's hang-up (once its last spare has gone too); the lock is held. */
+static bool server_ended(int64_t deadline) {
+  return mp__poll_fd(server.pidfd >= 0 ? server.pidfd : server.ctl,
+                     server.pidfd >= 0 ? POLLIN : POLLRDHUP, deadline) != 0;
+}
+
 int mp__forkserver_request(int sock, pid_t self) {
   static const char fork_request = FORK_REQUEST;
   pthread_mutex_lock(&server.lock);
@@ -115,6 +124,14 @@ int mp__forkserver_request(int sock, pid_t self) {
     rc = mp__send_record(server.ctl, &fork_request, 1, sock);
     if (rc == 0)
       break;
+    /* Other refusals (ETOOMANYREFS: this user's fds in flight past our fd limit, which any
+     * process of the user can cause; ENOBUFS, ENOMEM) come from a live server: stopping it
+     * would kill its running children too. */
+    if (rc != -EPIPE && rc != -ECONNRESET && !server_ended(mp__now_ns())) {
+      rc = mp__error(rc, "the request could not be sent to the fork server: %s",
+                     mp_strerror(rc));
+      break;
+    }
     /* The server died (killed by someone): reap it and start another, once. */
     stop_server();
     rc = mp__error(MP_ESPAWN, "the fork server is gone: %s", mp_strerror(rc));
@@ -131,9 +148,7 @@ int mp__forkserver_request(int sock, pid_t self) {
 
 void mp__forkserver_check(pid_t self) {
   pthread_mutex_lock(&server.lock);
-  if (server.owner == self &&
-      mp__poll_fd(server.pidfd >= 0 ? server.pidfd : server.ctl,
-                  server.pidfd >= 0 ? POLLIN : POLLRDHUP, mp__deadline(GONE_WAIT_SECONDS)) != 0)
+  if (server.owner == self && server_ended(mp__deadline(GONE_WAIT_SECONDS)))
     stop_server();
   pthread_mutex_unlock(&server.lock);
 }
@@ -167,8 +182,13 @@ __attribute__((constructor(102))) static void install_hooks(void) {
  * what makes a forkserver start about as cheap as a bare fork(). The spare tells the server
  * it was taken (its pid and the request's socket, for the exit status) and the server forks
  * a replacement while the taken one runs; with two, back-to-back starts never wait for that
- * fork. Without any spare (fork failing), the server takes requests itself and answers
- * each with the error.
+ * fork. Without any spare (fork failing, or no fd left for another child's socket), the
+ * server takes requests itself and answers each with the error.
+ *
+ * The server holds one fd per running child (its socket, for STATUS). A socket that arrives
+ * past the fd limit is cut off, so the server holds a free fd slot (a copy of its signalfd)
+ * for each spare and one for a request it refuses, and frees one just before each receive:
+ * a spare is forked only with its slot held, and at the limit starts are refused instead.
  *
  * The server is single-threaded and all its children are its own, so it learns of their
  * end from SIGCHLD through a signalfd, which needs no pidfd support (valgrind has none).
@@ -191,7 +211,13 @@ typedef struct {
   int sigfd;    /* SIGCHLD */
   int taken[2]; /* spare to server: "I took a request" */
   pid_t spares[SPARES]; /* 0: an empty place */
-  int fork_errno;       /* why the last spare could not be forked */
+  int fork_errno;       /* why the last spare could not be forked (EMFILE: no slot to hold) */
+  int held[SPARES + 1]; /* the free fd slots held: one per spare, one for a refusal */
+  int held_count;
+  /* The fd limit the program gave us, the children's (the kernel's struct rlimit64), if
+   * ours was raised. */
+  uint64_t child_files[2];
+  bool files_raised;
   uid_t uid;            /* ours, for the requests' peers (mp__peer_ids) */
   gid_t gid;
   served_child_t *children; /* `few` until more are served at once */
@@ -208,6 +234,10 @@ MP__CHILD_TEXT static void reset_child_state(const server_t *s) {
   mp__raw_syscall(SYS_close, s->taken[0], 0, 0, 0);
   for (size_t i = 0; i < s->count; i++)
     mp__raw_syscall(SYS_close, s->children[i].sock, 0, 0, 0);
+  for (int i = 0; i < s->held_count; i++)
+    mp__raw_syscall(SYS_close, s->held[i], 0, 0, 0);
+  if (s->files_raised)
+    mp__raw_syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, (long)s->child_files, 0);
   mp__kernel_sigset_t none = {{0}};
   mp__raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, (long)&none, 0, sizeof none);
 #if defined(__x86_64__) || defined(__aarch64__)
@@ -288,23 +318,48 @@ static pid_t *find_spare(server_t *s, pid_t pid) {
   return NULL;
 }
 
-/* Forks spares into the empty places; false if there is still none at all. */
+/* Holds one more free fd slot; false at the fd limit. */
+static bool hold_slot(server_t *s) {
+  int fd = fcntl(s->sigfd, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0)
+    return false;
+  s->held[s->held_count++] = fd;
+  return true;
+}
+
+/* Frees a held slot, if any, for the fd the next receive brings. */
+static void release_slot(server_t *s) {
+  if (s->held_count > 0)
+    close(s->held[--s->held_count]);
+}
+
+/* Holds again the slots that receives freed but did not use (one per spare, one for a
+ * refusal), then forks spares into the empty places, each with one more; false if there
+ * is still no spare at all. */
 static bool fork_spares(server_t *s) {
+  int live = 0;
+  for (int i = 0; i < SPARES; i++)
+    live += s->spares[i] != 0;
+  while (s->held_count < live + 1 && hold_slot(s))
+    ;
   pid_t *place;
   while ((place = find_spare(s, 0)) != NULL) {
+    if (!hold_slot(s)) { /* for the socket its "taken" record brings */
+      s->fork_errno = EMFILE;
+      break;
+    }
     pid_t pid = fork();
     if (pid == 0)
       run_spare(s);
     if (pid < 0) {
       s->fork_errno = errno;
+      release_slot(s);
       break;
     }
     *place = pid;
+    live++;
   }
-  for (int i = 0; i < SPARES; i++)
-    if (s->spares[i])
-      return true;
-  return false;
+  return live > 0;
 }
 
 static bool track_child(server_t *s, pid_t pid, int sock) {
@@ -323,39 +378,54 @@ static bool track_child(server_t *s, pid_t pid, int sock) {
   return true;
 }
 
-/* Without a spare: take the request and refuse it, since forking does not work now. */
+/* Without a spare: take the request and refuse it, since no child can be made now. */
 static void refuse_without_spare(server_t *s) {
   char request;
   int sock = -1;
+  release_slot(s); /* held again by fork_spares */
   ssize_t n = mp__recv_record(s->ctl, &request, 1, &sock, MSG_DONTWAIT);
-  if (n == 0 || (n < 0 && n != -EAGAIN && n != -EINTR))
+  /* -EMSGSIZE: not a request, or its socket cut off (the fd limit lowered under the held
+   * slot): the kernel closed that socket, so its start sees its child's end. */
+  if (n == 0 || (n < 0 && n != -EAGAIN && n != -EINTR && n != -EMSGSIZE))
     _exit(0); /* the program has gone */
-  if (sock < 0)
-    return;
-  mp__send_error(sock, mp__error(MP_ESPAWN, "the fork server cannot fork: %s",
-                                 mp_strerror(-s->fork_errno)));
-  close(sock);
+  if (sock >= 0) {
+    mp__send_error(sock, s->fork_errno == EMFILE
+                             ? mp__error(-EMFILE, "the fork server has no fd left for "
+                                                  "another child (one per running child)")
+                             : mp__error(MP_ESPAWN, "the fork server cannot fork: %s",
+                                         mp_strerror(-s->fork_errno)));
+    /* Closed with the request unread, the socket would reset the start's, which then reads
+     * ECONNRESET before our ERROR: refuse what is still to come, drop what came, close. */
+    shutdown(sock, SHUT_RD);
+    while (recv(sock, &request, 1, MSG_DONTWAIT | MSG_TRUNC) > 0)
+      ;
+    close(sock);
+  }
 }
 
 /* Handles one "taken" message, if any: true if there was one. */
 static bool spare_taken(server_t *s) {
-  mp__reply_t taken;
+  mp__reply_t taken = {0};
   int sock = -1;
+  release_slot(s); /* a spare's goes to its socket; another is held again by fork_spares */
   ssize_t n = mp__recv_record(s->taken[0], &taken, sizeof taken, &sock, MSG_DONTWAIT);
-  if (n != (ssize_t)sizeof taken || sock < 0) {
+  /* -EMSGSIZE with the record read: its socket was cut off (the fd limit lowered under the
+   * held slot). Only spares write here, each record whole, so the pid is still its own. */
+  pid_t *spare = (n == (ssize_t)sizeof taken || n == -EMSGSIZE) && taken.value > 0
+                     ? find_spare(s, taken.value)
+                     : NULL;
+  if (!spare) {
     if (sock >= 0)
-      close(sock);
-    return n > 0;
-  }
-  pid_t *spare = find_spare(s, taken.value);
-  if (!spare || taken.value <= 0) {
-    close(sock); /* only a spare can say so, and of itself */
-    return true;
+      close(sock); /* only a spare can say so, and of itself */
+    return n > 0 || n == -EMSGSIZE;
   }
   *spare = 0;
-  if (!track_child(s, taken.value, sock)) {
-    kill(taken.value, SIGKILL); /* untracked, it would never be reported: stop it now */
-    close(sock);
+  if (sock < 0 || !track_child(s, taken.value, sock)) {
+    /* Untracked, it would never be reported (a killed child would pass for SIGKILLed, one
+     * of a dead server): stop it now, its start fails or its child ends killed. */
+    kill(taken.value, SIGKILL);
+    if (sock >= 0)
+      close(sock);
   }
   return true;
 }
@@ -382,8 +452,10 @@ static void reap_served(server_t *s) {
     }
     if (!child) {
       pid_t *spare = find_spare(s, pid); /* killed while idle */
-      if (spare)
+      if (spare) {
         *spare = 0;
+        release_slot(s); /* its slot */
+      }
       continue;
     }
     /* Inline: after a child that said EXITED the parent has often closed its end, and
@@ -412,6 +484,15 @@ MP__ROLE(forkserver, "forkserver", "fork server", false) {
   s.children = s.few;
   s.cap = sizeof s.few / sizeof s.few[0];
   mp__peer_ids(&s.uid, &s.gid);
+  /* Ours bounds how many children we serve at once: the hard limit, not the program's soft
+   * one when it started us (which it may raise later); the children keep the program's. */
+  struct rlimit files;
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    s.child_files[0] = files.rlim_cur;
+    s.child_files[1] = files.rlim_max;
+    files.rlim_cur = files.rlim_max;
+    s.files_raised = setrlimit(RLIMIT_NOFILE, &files) == 0;
+  }
   s.sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
   if (s.sigfd < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, s.taken) < 0)
     _exit(1);

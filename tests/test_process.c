@@ -2051,6 +2051,241 @@ START_TEST(test_cpu_count_cgroup_v2_quota) {
 }
 END_TEST
 
+/* ===================================================================================== */
+/* review rev-fs                                                                         */
+
+#include <linux/capability.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+
+/* Puts `count` copies of fd 0 in flight (sent, never received) on a new socket pair, or as
+ * many as the limit takes. */
+static void rev_fs_fds_in_flight(int hold[2], int count) {
+  T_ASSERT(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, hold) == 0, "socketpair");
+  while (count > 0) {
+    int n = count < 200 ? count : 200, fds[200];
+    for (int k = 0; k < n; k++)
+      fds[k] = 0;
+    union {
+      char space[CMSG_SPACE(200 * sizeof(int))];
+      struct cmsghdr align;
+    } control;
+    memset(&control, 0, sizeof control);
+    char byte = 'x';
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    struct msghdr msg = {.msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = control.space,
+                         .msg_controllen = CMSG_SPACE(n * sizeof(int))};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(n * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+    if (sendmsg(hold[0], &msg, 0) < 0) {
+      /* The limit reached already (other processes of the user hold fds in flight): the
+       * request's send is past it too. */
+      T_ASSERT(errno == ETOOMANYREFS, "putting fds in flight: %s", strerror(errno));
+      return;
+    }
+    count -= n;
+  }
+}
+
+/* One request that the control socket refuses for a reason of its own (here ETOOMANYREFS:
+ * more fds of this user in flight than its RLIMIT_NOFILE, which any other process of the
+ * user can cause; ENOBUFS and ENOMEM are others) is taken for the server's death:
+ * mp__forkserver_request SIGKILLs the live server, and with it every running forkserver
+ * child that dies with its parent, the default. */
+START_TEST(test_refused_request_kills_no_running_child) {
+  mp_context_t *ctx;
+  MP_ASSERT_OK(mp_get_context("forkserver", &ctx));
+  mp_process_t *running, *next;
+  T_PROC_NEW(&running, ctx, t_pause, NULL, 0, NULL);
+  MP_ASSERT_OK(mp_process_start(running));
+  /* As an ordinary process: no CAP_SYS_RESOURCE or CAP_SYS_ADMIN lifts the limit. */
+  struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
+  struct __user_cap_data_struct data[2];
+  T_ASSERT(syscall(SYS_capget, &hdr, data) == 0, "capget: %s", strerror(errno));
+  data[0].effective = data[1].effective = 0;
+  T_ASSERT(syscall(SYS_capset, &hdr, data) == 0, "capset: %s", strerror(errno));
+  struct rlimit old, lim;
+  T_ASSERT(getrlimit(RLIMIT_NOFILE, &old) == 0, "getrlimit");
+  lim = old;
+  lim.rlim_cur = 256;
+  T_ASSERT(setrlimit(RLIMIT_NOFILE, &lim) == 0, "setrlimit: %s", strerror(errno));
+  int hold[2];
+  rev_fs_fds_in_flight(hold, 400);
+  T_PROC_NEW(&next, ctx, t_return7, NULL, 0, NULL);
+  int rc = mp_process_start(next);
+  char error[512];
+  snprintf(error, sizeof error, "%s", mp_last_error());
+  close(hold[0]);
+  close(hold[1]);
+  setrlimit(RLIMIT_NOFILE, &old);
+  mp_test_sleep(0.5 * mp_test_slowdown()); /* a child dying with its server is dead by now */
+  bool alive = mp_process_is_alive(running);
+  if (rc == 0)
+    mp_test_join_code(next, 10.0);
+  MP_ASSERT_OK(mp_process_kill(running));
+  int code = mp_test_join_code(running, 10.0);
+  T_PROC_CLOSE(next);
+  T_PROC_CLOSE(running);
+  T_ASSERT(alive,
+           "a running forkserver child died (exit code %d) because another start's request "
+           "could not be sent (%s: %s)",
+           code, mp_err_name(rc), error);
+}
+END_TEST
+
+/* The fork server holds one fd per running child (its socket, for STATUS). Where it cannot
+ * receive one more (its RLIMIT_NOFILE, the program's when it was started, which the program
+ * may raise since), spare_taken() drops the spare's "taken" record whose fd was cut off: the
+ * spare stays a spare in the server's list and no new one is forked for it, so once two such
+ * starts have happened every later start waits, in its read of READY, for ever (until one of
+ * those children ends), rather than failing. */
+#define REV_FS_STARTS 90
+static int rev_fs_progress[2] = {-1, -1};
+
+static int rev_fs_start_past_server_fds(void) {
+  mp_context_t *ctx;
+  if (mp_get_context("forkserver", &ctx) < 0)
+    return 2;
+  struct rlimit old, lim;
+  if (getrlimit(RLIMIT_NOFILE, &old) < 0)
+    return 3;
+  lim = old;
+  lim.rlim_cur = 64;
+  static mp_process_t *procs[REV_FS_STARTS];
+  /* The server starts with the lower limit; the program raises its own again. */
+  if (setrlimit(RLIMIT_NOFILE, &lim) < 0 ||
+      mp_process_create(&procs[0], ctx, t_pause, NULL, 0, NULL) < 0 ||
+      mp_process_start(procs[0]) < 0 || setrlimit(RLIMIT_NOFILE, &old) < 0)
+    return 4;
+  for (int k = 1; k < REV_FS_STARTS; k++) {
+    if (mp_process_create(&procs[k], ctx, t_pause, NULL, 0, NULL) < 0)
+      return 5;
+    int rc = mp_process_start(procs[k]);
+    if (rc < 0)
+      return 0; /* an error is an answer */
+    if (write(rev_fs_progress[1], &k, sizeof k) != sizeof k)
+      return 6;
+  }
+  return 0;
+}
+
+START_TEST(test_start_past_server_fd_limit_returns) {
+  T_ASSERT(pipe2(rev_fs_progress, O_CLOEXEC | O_NONBLOCK) == 0, "pipe");
+  int rc = mp_test_run_in_fork(rev_fs_start_past_server_fds, 30.0);
+  close(rev_fs_progress[1]);
+  int k, started = 0;
+  while (read(rev_fs_progress[0], &k, sizeof k) == sizeof k)
+    started = k;
+  close(rev_fs_progress[0]);
+  T_ASSERT(rc != -1000,
+           "forkserver start %d of %d did not return in 30 s (the server's RLIMIT_NOFILE "
+           "64: its spares' \"taken\" records lost)",
+           started + 1, REV_FS_STARTS);
+  T_INT_EQ(rc, 0);
+}
+END_TEST
+
+/* The fork server's own fd limit reached (lowered from outside, after its start-up, which
+ * raises it to the hard limit): a start is refused with -EMFILE and returns, every running
+ * child stays the server's (a SIGTERM is reported as such), and a child's end makes room for
+ * the next start. With the limit under even the slots the server holds free, a start still
+ * fails and the server lives on with its children: such a request, its socket cut off, ended
+ * a server without spares as if the program had gone (refuse_without_spare). */
+#define FS_LIMIT_MAX 80
+static int fs_limit_report[2] = {-1, -1};
+
+static int fs_limit_fail(const char *fmt, ...) {
+  char text[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int len = vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  ssize_t sent =
+      write(fs_limit_report[1], text, len < (int)sizeof text ? len : (int)sizeof text - 1);
+  (void)sent; /* unsent, the test still fails: "exit 1" */
+  return 1;
+}
+
+/* Sets the fork server's soft fd limit to files. */
+static bool fs_limit_set(pid_t server, rlim_t files) {
+  struct rlimit lim;
+  if (prlimit(server, RLIMIT_NOFILE, NULL, &lim) < 0)
+    return false;
+  lim.rlim_cur = files;
+  return prlimit(server, RLIMIT_NOFILE, &lim, NULL) == 0;
+}
+
+static int fs_limit_server_fds(void) {
+  static mp_process_t *procs[FS_LIMIT_MAX];
+  mp_context_t *ctx;
+  int n = 0, rc = 0, server;
+  char state;
+  if (mp_get_context("forkserver", &ctx) < 0 ||
+      mp_process_create(&procs[n], ctx, t_pause, NULL, 0, NULL) < 0 ||
+      mp_process_start(procs[n]) < 0)
+    return fs_limit_fail("the first start failed: %s", mp_last_error());
+  n++;
+  if (!mp_test_proc_state(mp_process_pid(procs[0]), &state, &server)) /* its parent */
+    return fs_limit_fail("no /proc entry of the first child");
+  if (!fs_limit_set(server, 32))
+    return fs_limit_fail("prlimit of the server: %s", strerror(errno));
+  while (n < FS_LIMIT_MAX - 1) {
+    if (mp_process_create(&procs[n], ctx, t_pause, NULL, 0, NULL) < 0)
+      return fs_limit_fail("create: %s", mp_last_error());
+    if ((rc = mp_process_start(procs[n])) < 0)
+      break;
+    n++;
+  }
+  if (rc != -EMFILE || n < 4)
+    return fs_limit_fail("after %d starts, a start at the server's fd limit gave %s (%s), "
+                         "not EMFILE",
+                         n, mp_err_name(rc), mp_last_error());
+  /* Under every fd the server holds (4: poll's fds), after it took every spare's report:
+   * a request's socket is cut off. */
+  if (!fs_limit_set(server, 4))
+    return fs_limit_fail("prlimit of the server: %s", strerror(errno));
+  rc = mp_process_start(procs[n]);
+  mp_test_sleep(0.5 * mp_test_slowdown()); /* a child dying with its server is dead by now */
+  for (int k = 0; k < n; k++)
+    if (mp_process_is_alive(procs[k]) != 1)
+      return fs_limit_fail("running child %d died after a start whose request the server "
+                           "could not receive (%s: %s)",
+                           k, mp_err_name(rc), mp_last_error());
+  if (rc == 0)
+    return fs_limit_fail("a start succeeded with the server's fd limit 4");
+  /* The limit back: the children are still the server's, and one's end makes room. */
+  if (!fs_limit_set(server, 32))
+    return fs_limit_fail("prlimit of the server: %s", strerror(errno));
+  int code = 0;
+  if (mp_process_terminate(procs[1]) < 0 || mp_process_join(procs[1], 10.0) < 0 ||
+      mp_process_exitcode(procs[1], &code) < 0 || code != -SIGTERM)
+    return fs_limit_fail("a child terminated at the limit ended with %d, not -SIGTERM: the "
+                         "server lost its socket (%s)",
+                         code, mp_last_error());
+  if (mp_process_start(procs[n]) < 0)
+    return fs_limit_fail("once a child ended, a start failed: %s", mp_last_error());
+  return 0; /* _exit: the server's end (hang-up) ends its children */
+}
+
+START_TEST(test_server_fd_limit_refuses_start) {
+  T_ASSERT(pipe2(fs_limit_report, O_CLOEXEC | O_NONBLOCK) == 0, "pipe");
+  int rc = mp_test_run_in_fork(fs_limit_server_fds, 30.0);
+  close(fs_limit_report[1]);
+  char text[512] = "";
+  ssize_t len = read(fs_limit_report[0], text, sizeof text - 1);
+  text[len > 0 ? len : 0] = '\0';
+  close(fs_limit_report[0]);
+  T_ASSERT(rc != -1000, "a forkserver start at the server's fd limit did not return in 30 s");
+  T_ASSERT(rc == 0, "%s (exit %d)", text, rc);
+}
+END_TEST
+
 static Suite *process_suite(void) {
   Suite *s = suite_create("process");
   TCase *tc;
@@ -2119,6 +2354,11 @@ static Suite *process_suite(void) {
   tcase_add_loop_test(tc, test_close_twice, 0, N_METHODS);
   tcase_add_loop_test(tc, test_heap_target_refused, 0, N_METHODS);
   tcase_add_loop_test(tc, test_stack_target_refused, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "review rev-fs", 60);
+  tcase_add_test(tc, test_refused_request_kills_no_running_child);
+  tcase_add_test(tc, test_start_past_server_fd_limit_returns);
+  tcase_add_test(tc, test_server_fd_limit_refuses_start);
 
   tc = mp_test_tcase(s, "cpu", 10);
   tcase_add_test(tc, test_cpu_count_affinity);
