@@ -2051,6 +2051,221 @@ START_TEST(test_cpu_count_cgroup_v2_quota) {
 }
 END_TEST
 
+/* ===================================================================================== */
+/* review rev-fs                                                                         */
+
+#include <linux/capability.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+
+/* Puts `count` copies of fd 0 in flight (sent, never received) on a new socket pair, or as
+ * many as the limit takes. */
+static void rev_fs_fds_in_flight(int hold[2], int count) {
+  T_ASSERT(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, hold) == 0, "socketpair");
+  while (count > 0) {
+    int n = count < 200 ? count : 200, fds[200];
+    for (int k = 0; k < n; k++)
+      fds[k] = 0;
+    union {
+      char space[CMSG_SPACE(200 * sizeof(int))];
+      struct cmsghdr align;
+    } control;
+    memset(&control, 0, sizeof control);
+    char byte = 'x';
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+                         .msg_controllen = CMSG_SPACE(n * sizeof(int))};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(n * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+    if (sendmsg(hold[0], &msg, 0) < 0) {
+      /* The limit reached already (other processes of the user hold fds in flight): the
+       * request's send is past it too. */
+      T_ASSERT(errno == ETOOMANYREFS, "putting fds in flight: %s", strerror(errno));
+      return;
+    }
+    count -= n;
+  }
+}
+
+/* One request that the control socket refuses for a reason of its own (here ETOOMANYREFS:
+ * more fds of this user in flight than its RLIMIT_NOFILE, which any other process of the
+ * user can cause; ENOBUFS and ENOMEM are others) is taken for the server's death:
+ * mp__forkserver_request SIGKILLs the live server, and with it every running forkserver
+ * child that dies with its parent, the default. */
+START_TEST(test_refused_request_kills_no_running_child) {
+  mp_context_t *ctx;
+  MP_ASSERT_OK(mp_get_context("forkserver", &ctx));
+  mp_process_t *running, *next;
+  T_PROC_NEW(&running, ctx, t_pause, NULL, 0, NULL);
+  MP_ASSERT_OK(mp_process_start(running));
+  /* As an ordinary process: no CAP_SYS_RESOURCE or CAP_SYS_ADMIN lifts the limit. */
+  struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
+  struct __user_cap_data_struct data[2];
+  T_ASSERT(syscall(SYS_capget, &hdr, data) == 0, "capget: %s", strerror(errno));
+  data[0].effective = data[1].effective = 0;
+  T_ASSERT(syscall(SYS_capset, &hdr, data) == 0, "capset: %s", strerror(errno));
+  struct rlimit old, lim;
+  T_ASSERT(getrlimit(RLIMIT_NOFILE, &old) == 0, "getrlimit");
+  lim = old;
+  lim.rlim_cur = 256;
+  T_ASSERT(setrlimit(RLIMIT_NOFILE, &lim) == 0, "setrlimit: %s", strerror(errno));
+  int hold[2];
+  rev_fs_fds_in_flight(hold, 400);
+  T_PROC_NEW(&next, ctx, t_return7, NULL, 0, NULL);
+  int rc = mp_process_start(next);
+  char error[512];
+  snprintf(error, sizeof error, "%s", mp_last_error());
+  close(hold[0]);
+  close(hold[1]);
+  setrlimit(RLIMIT_NOFILE, &old);
+  mp_test_sleep(0.5 * mp_test_slowdown()); /* a child dying with its server is dead by now */
+  bool alive = mp_process_is_alive(running);
+  if (rc == 0)
+    mp_test_join_code(next, 10.0);
+  MP_ASSERT_OK(mp_process_kill(running));
+  int code = mp_test_join_code(running, 10.0);
+  T_PROC_CLOSE(next);
+  T_PROC_CLOSE(running);
+  T_ASSERT(alive,
+           "a running forkserver child died (exit code %d) because another start's request "
+           "could not be sent (%s: %s)",
+           code, mp_err_name(rc), error);
+}
+END_TEST
+
+/* The fork server holds one fd per running child (its socket, for STATUS). Where it cannot
+ * receive one more (its RLIMIT_NOFILE, the program's when it was started, which the program
+ * may raise since), spare_taken() drops the spare's "taken" record whose fd was cut off: the
+ * spare stays a spare in the server's list and no new one is forked for it, so once two such
+ * starts have happened every later start waits, in its read of READY, for ever (until one of
+ * those children ends), rather than failing. */
+#define REV_FS_STARTS 90
+static int rev_fs_progress[2] = {-1, -1};
+
+static int rev_fs_start_past_server_fds(void) {
+  mp_context_t *ctx;
+  if (mp_get_context("forkserver", &ctx) < 0)
+    return 2;
+  struct rlimit old, lim;
+  if (getrlimit(RLIMIT_NOFILE, &old) < 0)
+    return 3;
+  lim = old;
+  lim.rlim_cur = 64;
+  static mp_process_t *procs[REV_FS_STARTS];
+  /* The server starts with the lower limit; the program raises its own again. */
+  if (setrlimit(RLIMIT_NOFILE, &lim) < 0 ||
+      mp_process_create(&procs[0], ctx, t_pause, NULL, 0, NULL) < 0 ||
+      mp_process_start(procs[0]) < 0 || setrlimit(RLIMIT_NOFILE, &old) < 0)
+    return 4;
+  for (int k = 1; k < REV_FS_STARTS; k++) {
+    if (mp_process_create(&procs[k], ctx, t_pause, NULL, 0, NULL) < 0)
+      return 5;
+    int rc = mp_process_start(procs[k]);
+    if (rc < 0)
+      return 0; /* an error is an answer */
+    if (write(rev_fs_progress[1], &k, sizeof k) != sizeof k)
+      return 6;
+  }
+  return 0;
+}
+
+START_TEST(test_start_past_server_fd_limit_returns) {
+  T_ASSERT(pipe2(rev_fs_progress, O_CLOEXEC | O_NONBLOCK) == 0, "pipe");
+  int rc = mp_test_run_in_fork(rev_fs_start_past_server_fds, 30.0);
+  close(rev_fs_progress[1]);
+  int k, started = 0;
+  while (read(rev_fs_progress[0], &k, sizeof k) == sizeof k)
+    started = k;
+  close(rev_fs_progress[0]);
+  T_ASSERT(rc != -1000,
+           "forkserver start %d of %d did not return in 30 s (the server's RLIMIT_NOFILE "
+           "64: its spares' \"taken\" records lost)",
+           started + 1, REV_FS_STARTS);
+  T_INT_EQ(rc, 0);
+}
+END_TEST
+
+/* A start whose READY arrives but whose pidfd cannot be taken in (no fd left in the program
+ * at that moment: another thread took the last ones, or the limit was lowered) fails with
+ * MP_EMSGSIZE (mp__recv_record refuses the cut-off record), while the child has taken
+ * over and runs the target: started, unwatched, unjoinable, and not stopped. The window is
+ * made wide with a large argument; a thread lowers RLIMIT_NOFILE once the start's socket
+ * pair exists. */
+static int t_mark_and_return(void *arg, size_t size) {
+  (void)size;
+  int fd = open((const char *)arg, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd >= 0)
+    close(fd);
+  return 0;
+}
+
+static struct {
+  int watched; /* the fd number the start's socket pair takes first */
+  struct rlimit low;
+  _Atomic int lowered;
+} rev_fs_limit;
+
+static void *rev_fs_lower_limit(void *unused) {
+  (void)unused;
+  for (double until = mp_test_now() + 10; mp_test_now() < until;)
+    if (fcntl(rev_fs_limit.watched, F_GETFD) >= 0) {
+      setrlimit(RLIMIT_NOFILE, &rev_fs_limit.low);
+      rev_fs_limit.lowered = 1;
+      break;
+    }
+  return NULL;
+}
+
+#define REV_FS_ARG (64u << 20)
+
+START_TEST(test_failed_ready_leaves_no_child_running) {
+  mp_context_t *ctx;
+  MP_ASSERT_OK(mp_get_context("forkserver", &ctx));
+  mp_process_t *first, *p;
+  T_PROC_NEW(&first, ctx, t_return7, NULL, 0, NULL); /* the server runs before the case */
+  MP_ASSERT_OK(mp_process_start(first));
+  T_INT_EQ(mp_test_join_code(first, 10.0), 7);
+  char *arg = calloc(1, REV_FS_ARG);
+  T_ASSERT(arg != NULL, "calloc");
+  char *marker = arg;
+  snprintf(marker, 128, "/tmp/libmp-rev-fs-ran-%d", (int)getpid());
+  unlink(marker);
+  T_PROC_NEW(&p, ctx, t_mark_and_return, arg, REV_FS_ARG, NULL);
+  struct rlimit old;
+  T_ASSERT(getrlimit(RLIMIT_NOFILE, &old) == 0, "getrlimit");
+  rev_fs_limit.low = old;
+  rev_fs_limit.watched = dup(0);
+  T_ASSERT(rev_fs_limit.watched >= 0, "dup");
+  close(rev_fs_limit.watched);
+  /* Every fd below the socket pair's is taken: none is left for the pidfd, while the fds the
+   * start sends (the arena's) still go. */
+  rev_fs_limit.low.rlim_cur = (rlim_t)rev_fs_limit.watched;
+  pthread_t thread;
+  T_ASSERT(pthread_create(&thread, NULL, rev_fs_lower_limit, NULL) == 0, "pthread_create");
+  int rc = mp_process_start(p);
+  char error[512];
+  snprintf(error, sizeof error, "%s", mp_last_error());
+  pthread_join(thread, NULL);
+  setrlimit(RLIMIT_NOFILE, &old);
+  T_ASSERT(rev_fs_limit.lowered, "the start's socket pair was never seen");
+  T_ASSERT(rc < 0, "the start succeeded although no fd was left for its pidfd: the case "
+                   "was not made");
+  bool ran = false;
+  for (double until = mp_test_now() + 3 * mp_test_slowdown(); !ran && mp_test_now() < until;
+       mp_test_sleep(0.01))
+    ran = access(marker, F_OK) == 0;
+  unlink(marker);
+  T_PROC_CLOSE(p);
+  free(arg);
+  T_ASSERT(!ran, "mp_process_start failed (%s: %s), yet its child took over and ran the target",
+           mp_err_name(rc), error);
+}
+END_TEST
+
 static Suite *process_suite(void) {
   Suite *s = suite_create("process");
   TCase *tc;
@@ -2119,6 +2334,11 @@ static Suite *process_suite(void) {
   tcase_add_loop_test(tc, test_close_twice, 0, N_METHODS);
   tcase_add_loop_test(tc, test_heap_target_refused, 0, N_METHODS);
   tcase_add_loop_test(tc, test_stack_target_refused, 0, N_METHODS);
+
+  tc = mp_test_tcase(s, "review rev-fs", 60);
+  tcase_add_test(tc, test_refused_request_kills_no_running_child);
+  tcase_add_test(tc, test_start_past_server_fd_limit_returns);
+  tcase_add_test(tc, test_failed_ready_leaves_no_child_running);
 
   tc = mp_test_tcase(s, "cpu", 10);
   tcase_add_test(tc, test_cpu_count_affinity);
