@@ -2266,6 +2266,65 @@ START_TEST(test_failed_ready_leaves_no_child_running) {
 }
 END_TEST
 
+/* The READY a forkserver child sends is not checked (mp__request_run): where it cannot go
+ * (here ETOOMANYREFS, its pidfd attached while the user has more fds in flight than the
+ * child's RLIMIT_NOFILE and the child has no CAP_SYS_RESOURCE), the child runs the target
+ * anyway, and the program's start reads nothing but the child's end: with a target that
+ * does not return, mp_process_start() waits for ever. The server here runs without
+ * capabilities (SECBIT_NOROOT) and with a limit of 256; the program puts fds in flight
+ * while the child reads a large argument, after the spare told the server it took it. */
+#include <linux/securebits.h>
+
+static int rev_fs_hold[2] = {-1, -1};
+
+static void *rev_fs_flood_in_flight(void *unused) {
+  (void)unused;
+  for (double until = mp_test_now() + 10; mp_test_now() < until;)
+    if (fcntl(rev_fs_limit.watched, F_GETFD) >= 0) {
+      mp_test_sleep(0.002);
+      rev_fs_fds_in_flight(rev_fs_hold, 1000);
+      rev_fs_limit.lowered = 1;
+      break;
+    }
+  return NULL;
+}
+
+static int rev_fs_start_with_unsent_ready(void) {
+  mp_context_t *ctx;
+  mp_process_t *first, *p;
+  struct rlimit old, low;
+  if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED) < 0 ||
+      getrlimit(RLIMIT_NOFILE, &old) < 0 || mp_get_context("forkserver", &ctx) < 0)
+    return 2;
+  low = old;
+  low.rlim_cur = 256;
+  if (setrlimit(RLIMIT_NOFILE, &low) < 0 ||
+      mp_process_create(&first, ctx, t_return7, NULL, 0, NULL) < 0 ||
+      mp_process_start(first) < 0 || setrlimit(RLIMIT_NOFILE, &old) < 0 ||
+      mp_process_join(first, 10.0) < 0)
+    return 3;
+  char *arg = calloc(1, REV_FS_ARG);
+  if (!arg || mp_process_create(&p, ctx, t_pause, arg, REV_FS_ARG, NULL) < 0)
+    return 4;
+  rev_fs_limit.watched = dup(0);
+  close(rev_fs_limit.watched);
+  pthread_t thread;
+  if (pthread_create(&thread, NULL, rev_fs_flood_in_flight, NULL) != 0)
+    return 5;
+  int rc = mp_process_start(p);
+  pthread_join(thread, NULL);
+  return rc == 0 ? 6 : 0; /* 6: READY went, the case was not made */
+}
+
+START_TEST(test_unsent_ready_start_returns) {
+  int rc = mp_test_run_in_fork(rev_fs_start_with_unsent_ready, 15.0);
+  T_ASSERT(rc != 6, "the child's READY was sent: the case was not made");
+  T_ASSERT(rc != -1000, "mp_process_start() did not return in 15 s: the forkserver child "
+                        "could not send READY (ETOOMANYREFS) and ran its target anyway");
+  T_INT_EQ(rc, 0);
+}
+END_TEST
+
 static Suite *process_suite(void) {
   Suite *s = suite_create("process");
   TCase *tc;
@@ -2339,6 +2398,7 @@ static Suite *process_suite(void) {
   tcase_add_test(tc, test_refused_request_kills_no_running_child);
   tcase_add_test(tc, test_start_past_server_fd_limit_returns);
   tcase_add_test(tc, test_failed_ready_leaves_no_child_running);
+  tcase_add_test(tc, test_unsent_ready_start_returns);
 
   tc = mp_test_tcase(s, "cpu", 10);
   tcase_add_test(tc, test_cpu_count_affinity);
