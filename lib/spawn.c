@@ -365,14 +365,16 @@ static int read_exact(stream_reader_t *r, void *dst, size_t size) {
 }
 
 /* size bytes from the stream (and `extra` zero bytes after them) in a new buffer that grows
- * as they arrive: a request that claims more than it sends costs only what it sent. */
+ * as they arrive: a request that claims more than it sends costs only what it sent. Its
+ * capacity is either below size or size + extra, so that the zero bytes fit once the bytes
+ * are in (a name of 2^k x 64 KiB had its NUL written one byte past an exact fit). */
 static int read_alloc(stream_reader_t *r, mp__request_t *req, uint64_t size, size_t extra,
                       char **out) {
   *out = NULL;
   if (size > SIZE_MAX - extra)
     return mp__error(MP_ENOMEM, "the child cannot hold %llu request bytes",
                      (unsigned long long)size);
-  size_t total = (size_t)size + extra, cap = total < MP__RECORD_MAX ? total : MP__RECORD_MAX;
+  size_t total = (size_t)size + extra, cap = size <= MP__RECORD_MAX ? total : MP__RECORD_MAX;
   size_t room = sizeof req->small - req->small_used;
   if (total <= room) { /* all of it, in the request's own space */
     char *buf = req->small + req->small_used;
@@ -389,7 +391,8 @@ static int read_alloc(stream_reader_t *r, mp__request_t *req, uint64_t size, siz
   char *buf = malloc(cap ? cap : 1);
   for (size_t got = 0; buf && got < size;) {
     if (got == cap) {
-      size_t grown = cap > total / 2 ? total : 2 * cap;
+      /* Here cap < size: doubled while that stays below size, else all of it at once. */
+      size_t grown = size - cap <= cap ? total : 2 * cap;
       char *bigger = realloc(buf, grown);
       if (!bigger) {
         free(buf);
