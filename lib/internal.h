@@ -52,6 +52,10 @@ int mp__send_record(int sock, const void *buf, size_t len, int fd);
 /* The same, waiting for room until deadline (mp__deadline's clock): MP_ETIMEDOUT then. */
 int mp__send_record_by(int sock, const void *buf, size_t len, int fd, int64_t deadline);
 ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd, int flags);
+/* The same, but a whole record whose fds were cut off (MSG_CTRUNC: no fd number was free
+ * here) is returned as received, without its fds and with *cut true, for a caller that can
+ * do without them; *cut is false otherwise. */
+ssize_t mp__recv_record_cut(int sock, void *buf, size_t cap, int *fd, int flags, bool *cut);
 
 /*
  * What a forked child runs before its target, and the atfork handlers every child of the

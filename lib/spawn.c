@@ -171,8 +171,10 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
   if (rc < 0 && rc != -EPIPE)
     return mp__error(rc, "waiting for the child: %s", mp_strerror(rc));
   int fd = -1;
+  bool cut;
   /* A READY sent just before the child ended is already queued: read before judging. */
-  ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, &fd, child >= 0 ? MSG_DONTWAIT : 0);
+  ssize_t n = mp__recv_record_cut(sock, &rec, sizeof rec - 1, &fd,
+                                  child >= 0 ? MSG_DONTWAIT : 0, &cut);
   if (n == -EAGAIN)
     n = 0; /* the child ended with nothing said */
   if (n < 0 && n != -ECONNRESET)
@@ -183,7 +185,7 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
                ? mp__error(MP__ENOTAKEOVER, "the fork server's child ended before it took over")
                : mp__error(MP_ESPAWN, "the child exited before it took over: is the executable "
                                       "a libmp program?");
-  if ((size_t)n < sizeof rec.head || (fd >= 0 && rec.head.type != MP__REC_READY)) {
+  if ((size_t)n < sizeof rec.head || ((fd >= 0 || cut) && rec.head.type != MP__REC_READY)) {
     if (fd >= 0)
       close(fd);
     return mp__error(MP_ESPAWN, "the child sent a malformed record");
@@ -199,7 +201,10 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
     }
     if (from_forkserver) {
       proc->pid = rec.head.value;
-      proc->pidfd = fd; /* -1 where there are no pidfds: then signals go by pid */
+      /* -1 where there are no pidfds, or where the pidfd was cut off (no fd number was free
+       * here as it came): then the child, which runs its target by now, is watched through
+       * its socket and signalled by pid, as without pidfds, not disowned by a failed start. */
+      proc->pidfd = fd;
     } else if (fd >= 0) {
       close(fd); /* a child passes no fd: one sent anyway is not kept */
     }

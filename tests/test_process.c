@@ -2190,11 +2190,14 @@ START_TEST(test_start_past_server_fd_limit_returns) {
 END_TEST
 
 /* A start whose READY arrives but whose pidfd cannot be taken in (no fd left in the program
- * at that moment: another thread took the last ones, or the limit was lowered) fails with
- * MP_EMSGSIZE (mp__recv_record refuses the cut-off record), while the child has taken
- * over and runs the target: started, unwatched, unjoinable, and not stopped. The window is
+ * at that moment: another thread took the last ones, or the limit was lowered) failed with
+ * MP_EMSGSIZE (mp__recv_record refused the cut-off record), while the child had taken
+ * over and ran the target: started, unwatched, unjoinable, and not stopped. The window is
  * made wide with a large argument; a thread lowers RLIMIT_NOFILE once the start's socket
- * pair exists. */
+ * pair exists. The child, which runs its target once READY is sent, is now kept: the start
+ * succeeds, the child is watched as without pidfds (its sentinel is its socket, no pidfd)
+ * and joins with its exit code. Under LIBMP_NO_PIDFD=1 READY carries no pidfd to cut off:
+ * there the same start and join under the lowered limit are checked. */
 static int t_mark_and_return(void *arg, size_t size) {
   (void)size;
   int fd = open((const char *)arg, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
@@ -2252,8 +2255,11 @@ START_TEST(test_failed_ready_leaves_no_child_running) {
   pthread_join(thread, NULL);
   setrlimit(RLIMIT_NOFILE, &old);
   T_ASSERT(rev_fs_limit.lowered, "the start's socket pair was never seen");
-  T_ASSERT(rc < 0, "the start succeeded although no fd was left for its pidfd: the case "
-                   "was not made");
+  int sentinel = rc == 0 ? mp_process_sentinel(p) : -1;
+  bool pidfd_cut = sentinel >= 0 && pid_of_pidfd(sentinel) == 0;
+  int joined = rc == 0 ? mp_process_join(p, 10.0 * mp_test_slowdown()) : 0, code = -1;
+  if (rc == 0 && joined == 0)
+    mp_process_exitcode(p, &code);
   bool ran = false;
   for (double until = mp_test_now() + 3 * mp_test_slowdown(); !ran && mp_test_now() < until;
        mp_test_sleep(0.01))
@@ -2261,8 +2267,16 @@ START_TEST(test_failed_ready_leaves_no_child_running) {
   unlink(marker);
   T_PROC_CLOSE(p);
   free(arg);
-  T_ASSERT(!ran, "mp_process_start failed (%s: %s), yet its child took over and ran the target",
+  T_ASSERT(rc == 0 || !ran,
+           "mp_process_start failed (%s: %s), yet its child took over and ran the target",
            mp_err_name(rc), error);
+  T_ASSERT(rc == 0, "mp_process_start failed (%s: %s) with no fd left for its pidfd",
+           mp_err_name(rc), error);
+  T_ASSERT(pidfd_cut || getenv("LIBMP_NO_PIDFD"),
+           "the start's pidfd was received (sentinel %d): the case was not made", sentinel);
+  T_ASSERT(joined == 0 && code == 0 && ran,
+           "the child started with its pidfd cut off: join %s, exit code %d, target %s",
+           mp_err_name(joined), code, ran ? "ran" : "never ran");
 }
 END_TEST
 
