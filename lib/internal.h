@@ -704,6 +704,9 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver);
 
 /* Sends the thread's last error as an ERROR record. */
 void mp__send_error(int sock, int code);
+/* A child that cannot become what its request asks: sends its error (unless -EPIPE: the
+ * parent is gone) and _exit(1)s before any target runs, so that the start fails with it. */
+MP__NORETURN void mp__request_refuse(int sock, int code);
 
 /* The child's side, in a spawned image or in the fork server before it forks: reads the
  * whole request from sock and resolves its target (-EPIPE: the parent has gone; other
@@ -730,9 +733,9 @@ typedef struct {
 void mp__request_prepare(void);
 
 /* Becomes the child the request describes, answers READY on sock, runs the target and
- * exits. spare is what a fork server's spare prepared (the server is its real parent), or
- * NULL when the requesting parent made this image; sentinel is the end kept for the parent
- * where there are no pidfds, or -1. */
+ * exits (refuses, as above, where READY cannot be sent). spare is what a fork server's
+ * spare prepared (the server is its real parent), or NULL when the requesting parent made
+ * this image; sentinel is the end kept for the parent where there are no pidfds, or -1. */
 MP__NORETURN void mp__request_run(mp__request_t *req, int sock, bool exec_image,
                                   const mp__spare_t *spare, int sentinel);
 

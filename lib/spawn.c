@@ -436,6 +436,11 @@ void mp__send_error(int sock, int code) {
   mp__send_record(sock, &rec, sizeof rec.head + len, -1);
 }
 
+void mp__request_refuse(int sock, int code) {
+  if (code != -EPIPE)
+    mp__send_error(sock, code);
+  _exit(1);
+}
 
 /* Whether p was allocated (read_alloc), not placed in the request's own space. */
 static bool allocated(const mp__request_t *req, const char *p) {
@@ -603,10 +608,19 @@ void mp__request_run(mp__request_t *req, int sock, bool exec_image, const mp__sp
   /* A spawned child's parent has its pidfd; a fork server's child sends its own (its
    * spare opened it), so that its parent, which is not its parent for the kernel, can
    * watch and signal it. The child sends READY itself, so that READY always comes before
-   * its EXITED. */
+   * its EXITED. One that cannot go (ETOOMANYREFS: the user has too many fds in flight for
+   * the pidfd to go along) would leave the start waiting for an answer while the target
+   * runs, for ever with one that never returns: the child refuses instead, target unrun. */
   int pidfd = spare ? spare->self_pidfd : -1;
   mp__reply_t ready = {MP__REC_READY, spare ? spare->self : getpid()};
-  mp__send_record(sock, &ready, sizeof ready, pidfd);
+  int rc = mp__send_record(sock, &ready, sizeof ready, pidfd);
+  if (rc < 0) {
+    const char *why = rc == -ETOOMANYREFS ? " (this user's processes hold more fds in flight "
+                                            "on Unix sockets than the child's RLIMIT_NOFILE)"
+                                          : "";
+    mp__request_refuse(
+        sock, mp__error(rc, "the child could not send READY: %s%s", mp_strerror(rc), why));
+  }
   if (pidfd >= 0)
     mp__raw_syscall(SYS_close, pidfd, 0, 0, 0); /* not libc's: a page less for the child */
   for (int i = 0; spare && i < 2; i++) /* before the target: no program of ours holds them */
@@ -623,12 +637,8 @@ MP__ROLE(spawned, "spawn", "spawned child", true) {
   int sock = fd, sentinel = sentinel_fd;
   mp__request_t *req;
   int rc = mp__request_read(sock, &req);
-  if (rc == -EPIPE)
-    _exit(1); /* the parent is gone: nobody to answer */
-  if (rc < 0) {
-    mp__send_error(sock, rc);
-    _exit(1);
-  }
+  if (rc < 0)
+    mp__request_refuse(sock, rc);
   mp__request_run(req, sock, true, NULL, sentinel);
 }
 
