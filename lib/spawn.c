@@ -173,8 +173,8 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
   int fd = -1;
   bool cut;
   /* A READY sent just before the child ended is already queued: read before judging. */
-  ssize_t n = mp__recv_record_cut(sock, &rec, sizeof rec - 1, &fd,
-                                  child >= 0 ? MSG_DONTWAIT : 0, &cut);
+  ssize_t n =
+      mp__recv_record_cut(sock, &rec, sizeof rec - 1, &fd, child >= 0 ? MSG_DONTWAIT : 0, &cut);
   if (n == -EAGAIN)
     n = 0; /* the child ended with nothing said */
   if (n < 0 && n != -ECONNRESET)
