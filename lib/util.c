@@ -176,8 +176,8 @@ ssize_t mp__recv_record_cut(int sock, void *buf, size_t cap, int *fd, int flags,
   bool fds_cut = msg.msg_flags & MSG_CTRUNC;
   bool refused = (msg.msg_flags & MSG_TRUNC) || (fds_cut && !cut);
   take_fds(&msg, refused || fds_cut ? NULL : fd);
-  if (cut && !refused)
-    *cut = fds_cut;
+  if (cut)
+    *cut = fds_cut && !refused;
   return refused ? -EMSGSIZE : n;
 }
 
