@@ -52,6 +52,10 @@ int mp__send_record(int sock, const void *buf, size_t len, int fd);
 /* The same, waiting for room until deadline (mp__deadline's clock): MP_ETIMEDOUT then. */
 int mp__send_record_by(int sock, const void *buf, size_t len, int fd, int64_t deadline);
 ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd, int flags);
+/* The same, but a whole record whose fds were cut off (MSG_CTRUNC: no fd number was free
+ * here) is returned as received, without its fds and with *cut true, for a caller that can
+ * do without them; *cut is false otherwise. */
+ssize_t mp__recv_record_cut(int sock, void *buf, size_t cap, int *fd, int flags, bool *cut);
 
 /*
  * What a forked child runs before its target, and the atfork handlers every child of the
@@ -700,6 +704,9 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver);
 
 /* Sends the thread's last error as an ERROR record. */
 void mp__send_error(int sock, int code);
+/* A child that cannot become what its request asks: sends its error (unless -EPIPE: the
+ * parent is gone) and _exit(1)s before any target runs, so that the start fails with it. */
+MP__NORETURN void mp__request_refuse(int sock, int code);
 
 /* The child's side, in a spawned image or in the fork server before it forks: reads the
  * whole request from sock and resolves its target (-EPIPE: the parent has gone; other
@@ -726,9 +733,9 @@ typedef struct {
 void mp__request_prepare(void);
 
 /* Becomes the child the request describes, answers READY on sock, runs the target and
- * exits. spare is what a fork server's spare prepared (the server is its real parent), or
- * NULL when the requesting parent made this image; sentinel is the end kept for the parent
- * where there are no pidfds, or -1. */
+ * exits (refuses, as above, where READY cannot be sent). spare is what a fork server's
+ * spare prepared (the server is its real parent), or NULL when the requesting parent made
+ * this image; sentinel is the end kept for the parent where there are no pidfds, or -1. */
 MP__NORETURN void mp__request_run(mp__request_t *req, int sock, bool exec_image,
                                   const mp__spare_t *spare, int sentinel);
 

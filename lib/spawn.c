@@ -171,8 +171,10 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
   if (rc < 0 && rc != -EPIPE)
     return mp__error(rc, "waiting for the child: %s", mp_strerror(rc));
   int fd = -1;
+  bool cut;
   /* A READY sent just before the child ended is already queued: read before judging. */
-  ssize_t n = mp__recv_record(sock, &rec, sizeof rec - 1, &fd, child >= 0 ? MSG_DONTWAIT : 0);
+  ssize_t n =
+      mp__recv_record_cut(sock, &rec, sizeof rec - 1, &fd, child >= 0 ? MSG_DONTWAIT : 0, &cut);
   if (n == -EAGAIN)
     n = 0; /* the child ended with nothing said */
   if (n < 0 && n != -ECONNRESET)
@@ -183,7 +185,7 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
                ? mp__error(MP__ENOTAKEOVER, "the fork server's child ended before it took over")
                : mp__error(MP_ESPAWN, "the child exited before it took over: is the executable "
                                       "a libmp program?");
-  if ((size_t)n < sizeof rec.head || (fd >= 0 && rec.head.type != MP__REC_READY)) {
+  if ((size_t)n < sizeof rec.head || ((fd >= 0 || cut) && rec.head.type != MP__REC_READY)) {
     if (fd >= 0)
       close(fd);
     return mp__error(MP_ESPAWN, "the child sent a malformed record");
@@ -199,7 +201,10 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver) {
     }
     if (from_forkserver) {
       proc->pid = rec.head.value;
-      proc->pidfd = fd; /* -1 where there are no pidfds: then signals go by pid */
+      /* -1 where there are no pidfds, or where the pidfd was cut off (no fd number was free
+       * here as it came): then the child, which runs its target by now, is watched through
+       * its socket and signalled by pid, as without pidfds, not disowned by a failed start. */
+      proc->pidfd = fd;
     } else if (fd >= 0) {
       close(fd); /* a child passes no fd: one sent anyway is not kept */
     }
@@ -365,14 +370,16 @@ static int read_exact(stream_reader_t *r, void *dst, size_t size) {
 }
 
 /* size bytes from the stream (and `extra` zero bytes after them) in a new buffer that grows
- * as they arrive: a request that claims more than it sends costs only what it sent. */
+ * as they arrive: a request that claims more than it sends costs only what it sent. Its
+ * capacity is either below size or size + extra, so that the zero bytes fit once the bytes
+ * are in (a name of 2^k x 64 KiB had its NUL written one byte past an exact fit). */
 static int read_alloc(stream_reader_t *r, mp__request_t *req, uint64_t size, size_t extra,
                       char **out) {
   *out = NULL;
   if (size > SIZE_MAX - extra)
     return mp__error(MP_ENOMEM, "the child cannot hold %llu request bytes",
                      (unsigned long long)size);
-  size_t total = (size_t)size + extra, cap = total < MP__RECORD_MAX ? total : MP__RECORD_MAX;
+  size_t total = (size_t)size + extra, cap = size <= MP__RECORD_MAX ? total : MP__RECORD_MAX;
   size_t room = sizeof req->small - req->small_used;
   if (total <= room) { /* all of it, in the request's own space */
     char *buf = req->small + req->small_used;
@@ -389,7 +396,8 @@ static int read_alloc(stream_reader_t *r, mp__request_t *req, uint64_t size, siz
   char *buf = malloc(cap ? cap : 1);
   for (size_t got = 0; buf && got < size;) {
     if (got == cap) {
-      size_t grown = cap > total / 2 ? total : 2 * cap;
+      /* Here cap < size: doubled while that stays below size, else all of it at once. */
+      size_t grown = size - cap <= cap ? total : 2 * cap;
       char *bigger = realloc(buf, grown);
       if (!bigger) {
         free(buf);
@@ -428,6 +436,11 @@ void mp__send_error(int sock, int code) {
   mp__send_record(sock, &rec, sizeof rec.head + len, -1);
 }
 
+void mp__request_refuse(int sock, int code) {
+  if (code != -EPIPE)
+    mp__send_error(sock, code);
+  _exit(1);
+}
 
 /* Whether p was allocated (read_alloc), not placed in the request's own space. */
 static bool allocated(const mp__request_t *req, const char *p) {
@@ -595,10 +608,19 @@ void mp__request_run(mp__request_t *req, int sock, bool exec_image, const mp__sp
   /* A spawned child's parent has its pidfd; a fork server's child sends its own (its
    * spare opened it), so that its parent, which is not its parent for the kernel, can
    * watch and signal it. The child sends READY itself, so that READY always comes before
-   * its EXITED. */
+   * its EXITED. One that cannot go (ETOOMANYREFS: the user has too many fds in flight for
+   * the pidfd to go along) would leave the start waiting for an answer while the target
+   * runs, for ever with one that never returns: the child refuses instead, target unrun. */
   int pidfd = spare ? spare->self_pidfd : -1;
   mp__reply_t ready = {MP__REC_READY, spare ? spare->self : getpid()};
-  mp__send_record(sock, &ready, sizeof ready, pidfd);
+  int rc = mp__send_record(sock, &ready, sizeof ready, pidfd);
+  if (rc < 0) {
+    const char *why = rc == -ETOOMANYREFS ? " (this user's processes hold more fds in flight "
+                                            "on Unix sockets than the child's RLIMIT_NOFILE)"
+                                          : "";
+    mp__request_refuse(
+        sock, mp__error(rc, "the child could not send READY: %s%s", mp_strerror(rc), why));
+  }
   if (pidfd >= 0)
     mp__raw_syscall(SYS_close, pidfd, 0, 0, 0); /* not libc's: a page less for the child */
   for (int i = 0; spare && i < 2; i++) /* before the target: no program of ours holds them */
@@ -615,12 +637,8 @@ MP__ROLE(spawned, "spawn", "spawned child", true) {
   int sock = fd, sentinel = sentinel_fd;
   mp__request_t *req;
   int rc = mp__request_read(sock, &req);
-  if (rc == -EPIPE)
-    _exit(1); /* the parent is gone: nobody to answer */
-  if (rc < 0) {
-    mp__send_error(sock, rc);
-    _exit(1);
-  }
+  if (rc < 0)
+    mp__request_refuse(sock, rc);
   mp__request_run(req, sock, true, NULL, sentinel);
 }
 

@@ -148,6 +148,10 @@ static void take_fds(struct msghdr *msg, int *keep) {
 }
 
 ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd, int flags) {
+  return mp__recv_record_cut(sock, buf, cap, fd, flags, NULL);
+}
+
+ssize_t mp__recv_record_cut(int sock, void *buf, size_t cap, int *fd, int flags, bool *cut) {
   struct iovec iov = {.iov_base = buf, .iov_len = cap};
   union {
     char space[CMSG_SPACE(sizeof(int))];
@@ -159,15 +163,21 @@ ssize_t mp__recv_record(int sock, void *buf, size_t cap, int *fd, int flags) {
                        .msg_controllen = sizeof control.space};
   if (fd)
     *fd = -1;
+  if (cut)
+    *cut = false;
   ssize_t n;
   do
     n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | flags);
   while (n < 0 && errno == EINTR);
   if (n < 0)
     return -errno;
-  /* A truncated record (or fds cut off) is refused whole: nothing it carried stays open. */
-  bool refused = msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC);
-  take_fds(&msg, refused ? NULL : fd);
+  /* A truncated record (or fds cut off, unless the caller takes it so) is refused whole:
+   * nothing it carried stays open. */
+  bool fds_cut = msg.msg_flags & MSG_CTRUNC;
+  bool refused = (msg.msg_flags & MSG_TRUNC) || (fds_cut && !cut);
+  take_fds(&msg, refused || fds_cut ? NULL : fd);
+  if (cut)
+    *cut = fds_cut && !refused;
   return refused ? -EMSGSIZE : n;
 }
 

@@ -2286,6 +2286,169 @@ START_TEST(test_server_fd_limit_refuses_start) {
 }
 END_TEST
 
+/* A start whose READY arrives but whose pidfd cannot be taken in (no fd left in the program
+ * at that moment: another thread took the last ones, or the limit was lowered) failed with
+ * MP_EMSGSIZE (mp__recv_record refused the cut-off record), while the child had taken
+ * over and ran the target: started, unwatched, unjoinable, and not stopped. The window is
+ * made wide with a large argument; a thread lowers RLIMIT_NOFILE once the start's socket
+ * pair exists. The child, which runs its target once READY is sent, is now kept: the start
+ * succeeds, the child is watched as without pidfds (its sentinel is its socket, no pidfd)
+ * and joins with its exit code. Under LIBMP_NO_PIDFD=1 READY carries no pidfd to cut off:
+ * there the same start and join under the lowered limit are checked. */
+static int t_mark_and_return(void *arg, size_t size) {
+  (void)size;
+  int fd = open((const char *)arg, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd >= 0)
+    close(fd);
+  return 0;
+}
+
+static struct {
+  int watched; /* the fd number the start's socket pair takes first */
+  struct rlimit low;
+  _Atomic int lowered;
+} rev_fs_limit;
+
+static void *rev_fs_lower_limit(void *unused) {
+  (void)unused;
+  for (double until = mp_test_now() + 10; mp_test_now() < until;)
+    if (fcntl(rev_fs_limit.watched, F_GETFD) >= 0) {
+      setrlimit(RLIMIT_NOFILE, &rev_fs_limit.low);
+      rev_fs_limit.lowered = 1;
+      break;
+    }
+  return NULL;
+}
+
+#define REV_FS_ARG (64u << 20)
+
+START_TEST(test_failed_ready_leaves_no_child_running) {
+  mp_context_t *ctx;
+  MP_ASSERT_OK(mp_get_context("forkserver", &ctx));
+  mp_process_t *first, *p;
+  T_PROC_NEW(&first, ctx, t_return7, NULL, 0, NULL); /* the server runs before the case */
+  MP_ASSERT_OK(mp_process_start(first));
+  T_INT_EQ(mp_test_join_code(first, 10.0), 7);
+  char *arg = calloc(1, REV_FS_ARG);
+  T_ASSERT(arg != NULL, "calloc");
+  char *marker = arg;
+  snprintf(marker, 128, "/tmp/libmp-rev-fs-ran-%d", (int)getpid());
+  unlink(marker);
+  T_PROC_NEW(&p, ctx, t_mark_and_return, arg, REV_FS_ARG, NULL);
+  struct rlimit old;
+  T_ASSERT(getrlimit(RLIMIT_NOFILE, &old) == 0, "getrlimit");
+  rev_fs_limit.low = old;
+  rev_fs_limit.watched = dup(0);
+  T_ASSERT(rev_fs_limit.watched >= 0, "dup");
+  close(rev_fs_limit.watched);
+  /* Every fd below the socket pair's is taken: none is left for the pidfd, while the fds the
+   * start sends (the arena's) still go. */
+  rev_fs_limit.low.rlim_cur = (rlim_t)rev_fs_limit.watched;
+  pthread_t thread;
+  T_ASSERT(pthread_create(&thread, NULL, rev_fs_lower_limit, NULL) == 0, "pthread_create");
+  int rc = mp_process_start(p);
+  char error[512];
+  snprintf(error, sizeof error, "%s", mp_last_error());
+  pthread_join(thread, NULL);
+  setrlimit(RLIMIT_NOFILE, &old);
+  T_ASSERT(rev_fs_limit.lowered, "the start's socket pair was never seen");
+  int sentinel = rc == 0 ? mp_process_sentinel(p) : -1;
+  bool pidfd_cut = sentinel >= 0 && pid_of_pidfd(sentinel) == 0;
+  int joined = rc == 0 ? mp_process_join(p, 10.0 * mp_test_slowdown()) : 0, code = -1;
+  if (rc == 0 && joined == 0)
+    mp_process_exitcode(p, &code);
+  bool ran = false;
+  for (double until = mp_test_now() + 3 * mp_test_slowdown(); !ran && mp_test_now() < until;
+       mp_test_sleep(0.01))
+    ran = access(marker, F_OK) == 0;
+  unlink(marker);
+  T_PROC_CLOSE(p);
+  free(arg);
+  T_ASSERT(rc == 0 || !ran,
+           "mp_process_start failed (%s: %s), yet its child took over and ran the target",
+           mp_err_name(rc), error);
+  T_ASSERT(rc == 0, "mp_process_start failed (%s: %s) with no fd left for its pidfd",
+           mp_err_name(rc), error);
+  T_ASSERT(pidfd_cut || getenv("LIBMP_NO_PIDFD"),
+           "the start's pidfd was received (sentinel %d): the case was not made", sentinel);
+  T_ASSERT(joined == 0 && code == 0 && ran,
+           "the child started with its pidfd cut off: join %s, exit code %d, target %s",
+           mp_err_name(joined), code, ran ? "ran" : "never ran");
+}
+END_TEST
+
+/* The READY a forkserver child sends was not checked (mp__request_run): where it cannot go
+ * (here ETOOMANYREFS, its pidfd attached while the user has more fds in flight than the
+ * child's RLIMIT_NOFILE and the child has no CAP_SYS_RESOURCE), the child ran the target
+ * anyway, and the program's start read nothing but the child's end: with a target that
+ * does not return, mp_process_start() waited for ever. Now the child answers ERROR and
+ * exits before its target: the start fails with -ETOOMANYREFS. The server here runs without
+ * capabilities (SECBIT_NOROOT) and with a limit of 256; the program puts fds in flight
+ * while the child reads a large argument, after the spare told the server it took it. */
+#include <linux/securebits.h>
+
+static int rev_fs_hold[2] = {-1, -1};
+
+static void *rev_fs_flood_in_flight(void *unused) {
+  (void)unused;
+  for (double until = mp_test_now() + 10; mp_test_now() < until;)
+    if (fcntl(rev_fs_limit.watched, F_GETFD) >= 0) {
+      mp_test_sleep(0.002);
+      rev_fs_fds_in_flight(rev_fs_hold, 1000);
+      rev_fs_limit.lowered = 1;
+      break;
+    }
+  return NULL;
+}
+
+static int rev_fs_start_with_unsent_ready(void) {
+  mp_context_t *ctx;
+  mp_process_t *first, *p;
+  struct rlimit old, low;
+  if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED) < 0 ||
+      getrlimit(RLIMIT_NOFILE, &old) < 0 || mp_get_context("forkserver", &ctx) < 0)
+    return 2;
+  low = old;
+  low.rlim_cur = 256;
+  if (setrlimit(RLIMIT_NOFILE, &low) < 0 ||
+      mp_process_create(&first, ctx, t_return7, NULL, 0, NULL) < 0 ||
+      mp_process_start(first) < 0 || setrlimit(RLIMIT_NOFILE, &old) < 0 ||
+      mp_process_join(first, 10.0) < 0)
+    return 3;
+  char *arg = calloc(1, REV_FS_ARG);
+  if (!arg || mp_process_create(&p, ctx, t_pause, arg, REV_FS_ARG, NULL) < 0)
+    return 4;
+  rev_fs_limit.watched = dup(0);
+  close(rev_fs_limit.watched);
+  pthread_t thread;
+  if (pthread_create(&thread, NULL, rev_fs_flood_in_flight, NULL) != 0)
+    return 5;
+  int rc = mp_process_start(p);
+  pthread_join(thread, NULL);
+  /* Without pidfds (LIBMP_NO_PIDFD=1) READY carries no fd, and the flood does not stop it:
+   * there the start succeeds (its child dies with the server as this process _exits). */
+  bool pidfds = getenv("LIBMP_NO_PIDFD") == NULL;
+  if (rc == 0)
+    return pidfds ? 6 : 0; /* 6: READY went, the case was not made */
+  /* The child's refusal, target unrun, not a failure of the program's own sends. */
+  if (!pidfds || rc != -ETOOMANYREFS || !strstr(mp_last_error(), "could not send READY")) {
+    fprintf(stderr, "the start failed otherwise: %s: %s\n", mp_err_name(rc), mp_last_error());
+    return 7;
+  }
+  return 0;
+}
+
+START_TEST(test_unsent_ready_start_returns) {
+  int rc = mp_test_run_in_fork(rev_fs_start_with_unsent_ready, 15.0);
+  T_ASSERT(rc != 6, "the child's READY was sent: the case was not made");
+  T_ASSERT(rc != 7, "the start failed, but not with the child's ETOOMANYREFS on READY (or "
+                    "failed without pidfds, where READY carries no fd)");
+  T_ASSERT(rc != -1000, "mp_process_start() did not return in 15 s: the forkserver child "
+                        "could not send READY (ETOOMANYREFS) and ran its target anyway");
+  T_INT_EQ(rc, 0);
+}
+END_TEST
+
 static Suite *process_suite(void) {
   Suite *s = suite_create("process");
   TCase *tc;
@@ -2359,6 +2522,8 @@ static Suite *process_suite(void) {
   tcase_add_test(tc, test_refused_request_kills_no_running_child);
   tcase_add_test(tc, test_start_past_server_fd_limit_returns);
   tcase_add_test(tc, test_server_fd_limit_refuses_start);
+  tcase_add_test(tc, test_failed_ready_leaves_no_child_running);
+  tcase_add_test(tc, test_unsent_ready_start_returns);
 
   tc = mp_test_tcase(s, "cpu", 10);
   tcase_add_test(tc, test_cpu_count_affinity);

@@ -714,6 +714,90 @@ START_TEST(test_tracker_name_not_guessable) {
 }
 END_TEST
 
+/* ------------------------- review rev-fs ------------------------- */
+
+/* Under AddressSanitizer its redzones see the write, and glibc's malloc debug library may
+ * not be preloaded (ASan's runtime must come first): the child runs with ASan alone. */
+#if defined(__SANITIZE_ADDRESS__)
+#define MALLOC_CHECKED_BY_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MALLOC_CHECKED_BY_ASAN 1
+#endif
+#endif
+#ifndef MALLOC_CHECKED_BY_ASAN
+#define MALLOC_CHECKED_BY_ASAN 0
+#endif
+
+/* Renames the current process: the received name is freed, and malloc's checks look at it. */
+static int rename_and_return7(void *arg, size_t size) {
+  (void)arg;
+  (void)size;
+  return mp_process_set_name(mp_current_process(), "renamed") == 0 ? 7 : 9;
+}
+
+/* A request whose name is exactly 2 x MP__RECORD_MAX bytes, a name any program may give
+ * (mp_process_set_name has no bound): read_alloc grew its buffer to exactly the name's
+ * length and wrote the terminating NUL one byte past it. The child runs with glibc's
+ * malloc checks (a guard byte right after each block), which see that write when the
+ * target's rename frees the name. The loop tries 1, 2 and 4 records' worth: one record's
+ * first buffer was an exact fit too, four's is past malloc's mmap threshold. */
+START_TEST(test_request_name_of_two_records_in_bounds) {
+  mp__request_head_t head;
+  valid_head(&head, (mp__fn_t)rename_and_return7);
+  const size_t name_len = (size_t)MP__RECORD_MAX << _i;
+  head.name_len = (uint32_t)name_len;
+  size_t len = MP__REQUEST_HEAD_SENT + head.target_path_len + name_len + 4;
+  char *stream = malloc(len);
+  T_ASSERT(stream != NULL, "malloc");
+  size_t at = 0;
+  memcpy(stream, &head, MP__REQUEST_HEAD_SENT);
+  at += MP__REQUEST_HEAD_SENT;
+  memcpy(stream + at, head.target.path, head.target_path_len);
+  at += head.target_path_len;
+  memset(stream + at, 'n', name_len + 4); /* the name, identity "nn", parent's name "nn" */
+  int sv[2];
+  T_ASSERT(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+  pid_t pid = fork();
+  T_ASSERT(pid >= 0, "fork");
+  if (pid == 0) {
+    dup2(sv[1], 3);
+    setenv(MP__CHILD_ENV, "spawn 3 -1", 1);
+    if (!MALLOC_CHECKED_BY_ASAN) {
+      setenv("LD_PRELOAD", "libc_malloc_debug.so.0", 1);
+      setenv("MALLOC_CHECK_", "3", 1);
+    }
+    execl(self_exe, self_exe, "peer", (char *)NULL);
+    _exit(121);
+  }
+  mp_test_track_pid(pid);
+  close(sv[1]);
+  bool sent = true;
+  for (size_t off = 0; sent && off < len; off += MP__RECORD_MAX) {
+    size_t n = len - off < MP__RECORD_MAX ? len - off : MP__RECORD_MAX;
+    sent = send(sv[0], stream + off, n, MSG_NOSIGNAL) == (ssize_t)n;
+  }
+  free(stream);
+  mp__reply_t rec = {0, 0};
+  struct pollfd p = {.fd = sv[0], .events = POLLIN};
+  if (poll(&p, 1, (int)(10000 * mp_test_slowdown())) > 0 &&
+      recv(sv[0], &rec, sizeof rec, 0) != (ssize_t)sizeof rec)
+    rec.type = 0;
+  close(sv[0]);
+  int status = -1;
+  for (double deadline = mp_test_now() + 10 * mp_test_slowdown(); mp_test_now() < deadline;
+       mp_test_sleep(0.01))
+    if (waitpid(pid, &status, WNOHANG) == pid)
+      break;
+  T_ASSERT(sent, "sending the request: %s", strerror(errno));
+  T_ASSERT(rec.type == MP__REC_READY, "no READY: record %u", rec.type);
+  T_ASSERT(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 7,
+           "the child with a %zu-byte name: wait status %#x, expected exit 7 (a signal: "
+           "malloc found its heap corrupted)",
+           name_len, (unsigned)status);
+}
+END_TEST
+
 static MP__NORETURN void peer_main(void) {
   const char *value = getenv(MP__CHILD_ENV);
   printf("main ran: AT_SECURE=%lu %s=%s\n", getauxval(AT_SECURE), MP__CHILD_ENV,
@@ -784,6 +868,10 @@ int main(int argc, char **argv) {
   tcase_add_test(tc, test_forged_replies_refused);
   tcase_add_test(tc, test_bad_arena_refused);
   suite_add_tcase(s, tc);
+  TCase *rev = tcase_create("review rev-fs");
+  tcase_set_timeout(rev, 60);
+  tcase_add_loop_test(rev, test_request_name_of_two_records_in_bounds, 0, 3);
+  suite_add_tcase(s, rev);
   /* Making a setuid copy owned by another user, and becoming another user, need root. */
   if (geteuid() == 0) {
     TCase *root = tcase_create("other users");
