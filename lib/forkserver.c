@@ -254,12 +254,6 @@ MP__CHILD_TEXT static void reset_child_state(const server_t *s) {
 #endif
 }
 
-static MP__NORETURN void refuse_request(int sock, int rc) {
-  if (rc != -EPIPE) /* -EPIPE: the parent has gone, nobody to answer */
-    mp__send_error(sock, rc);
-  _exit(1);
-}
-
 /* The spare: waits for a request, reports that it took it, becomes the child. */
 MP__CHILD_TEXT static MP__NORETURN void run_spare(const server_t *s) {
   reset_child_state(s);
@@ -296,8 +290,15 @@ MP__CHILD_TEXT static MP__NORETURN void run_spare(const server_t *s) {
     _exit(127);
   }
   mp__reply_t taken = {MP__REC_READY, self};
-  if (mp__send_record(s->taken[1], &taken, sizeof taken, sock) < 0)
-    _exit(1); /* the server has gone: the parent reads end of file */
+  int sent = mp__send_record(s->taken[1], &taken, sizeof taken, sock);
+  if (sent == -EPIPE || sent == -ECONNRESET)
+    _exit(1); /* the server has gone: the parent reads end of file, and asks a new one */
+  /* The report cannot carry the socket (ETOOMANYREFS: this user's fds in flight past our
+   * limit; ENOBUFS): the server does not know this child, which must not run. */
+  if (sent < 0)
+    mp__request_refuse(sock, mp__error(sent, "the fork server's child could not report its "
+                                             "start to the server: %s",
+                                       mp_strerror(sent)));
   /* The control socket and "taken" are closed after READY, which the start waits for. */
   spare.server_fds[0] = s->ctl;
   spare.server_fds[1] = s->taken[1];
@@ -306,7 +307,7 @@ MP__CHILD_TEXT static MP__NORETURN void run_spare(const server_t *s) {
   mp__request_t *req;
   int rc = mp__request_read(sock, &req);
   if (rc < 0)
-    refuse_request(sock, rc);
+    mp__request_refuse(sock, rc);
   mp__request_run(req, sock, false, &spare, -1);
 }
 

@@ -1595,12 +1595,16 @@ END_TEST
 /* ===================================================================================== */
 /* set_executable: a failed exec, a non-libmp program, another libmp build.               */
 
-static void exec_case(int i, const char *exe, int expected_rc, bool retry,
-                      const char *must_mention) {
+/* exec_case with an argument of arg_size zero bytes (t_return7 ignores it). */
+static void exec_case_sized(int i, const char *exe, int expected_rc, bool retry,
+                            const char *must_mention, size_t arg_size) {
   mp_context_t *ctx = mp_test_ctx(i);
   MP_ASSERT_OK(mp_set_executable(exe));
   mp_process_t *p;
-  T_PROC_NEW(&p, ctx, t_return7, NULL, 0, NULL);
+  void *arg = arg_size ? calloc(1, arg_size) : NULL;
+  T_ASSERT(arg || !arg_size, "calloc");
+  T_PROC_NEW(&p, ctx, t_return7, arg, arg_size, NULL);
+  free(arg);
   int rc = mp_process_start(p);
   if (IS_FORK(i)) {
     /* fork runs no program: the executable does not matter. */
@@ -1628,6 +1632,11 @@ static void exec_case(int i, const char *exe, int expected_rc, bool retry,
   MP_ASSERT_OK(mp_set_executable(NULL));
 }
 
+static void exec_case(int i, const char *exe, int expected_rc, bool retry,
+                      const char *must_mention) {
+  exec_case_sized(i, exe, expected_rc, retry, must_mention, 0);
+}
+
 START_TEST(test_exec_nonexistent) {
   exec_case(_i, "/nonexistent", MP_ESPAWN, true, "/nonexistent");
   if (strcmp(METHODS[_i], "forkserver") == 0) {
@@ -1651,6 +1660,15 @@ START_TEST(test_exec_other_build) {
   T_ASSERT(access(OTHER_BUILD_PATH, X_OK) == 0, "%s is missing", OTHER_BUILD_PATH);
   /* A fork server started from the other build keeps running it: no retry there. */
   exec_case(_i, OTHER_BUILD_PATH, MP_ERESOLVE, strcmp(METHODS[_i], "spawn") == 0, NULL);
+}
+END_TEST
+
+/* The same with an argument of 16 MiB: the child refuses the target while most of the
+ * request is still to come (its close resets the connection under the program's send): the
+ * start still says why, from the child's ERROR. */
+START_TEST(test_exec_other_build_big_argument) {
+  exec_case_sized(_i, OTHER_BUILD_PATH, MP_ERESOLVE, strcmp(METHODS[_i], "spawn") == 0, NULL,
+                  16u << 20);
 }
 END_TEST
 
@@ -2054,10 +2072,21 @@ END_TEST
 /* ===================================================================================== */
 /* review rev-fs                                                                         */
 
-#include <linux/capability.h>
+#include <grp.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/uio.h>
+
+/* Makes this process a user of its own (a uid made of its pid, which no other test uses):
+ * the kernel counts fds in flight per user, and bounds a sender without CAP_SYS_RESOURCE by
+ * its RLIMIT_NOFILE, so the fds that another suite running meanwhile sends as root (or a
+ * test as nobody) must not count here, nor ours there. A user other than root has no
+ * capabilities: the bound holds for every process of the test. */
+static bool rev_fs_become_own_user(void) {
+  uid_t id = 100000 + (uid_t)getpid();
+  return setgroups(0, NULL) == 0 && setresgid(id, id, id) == 0 && setresuid(id, id, id) == 0;
+}
 
 /* Puts `count` copies of fd 0 in flight (sent, never received) on a new socket pair, or as
  * many as the limit takes. */
@@ -2099,17 +2128,13 @@ static void rev_fs_fds_in_flight(int hold[2], int count) {
  * mp__forkserver_request SIGKILLs the live server, and with it every running forkserver
  * child that dies with its parent, the default. */
 START_TEST(test_refused_request_kills_no_running_child) {
+  T_ASSERT(rev_fs_become_own_user(), "cannot become a user of its own: %s (run it as root)",
+           strerror(errno));
   mp_context_t *ctx;
   MP_ASSERT_OK(mp_get_context("forkserver", &ctx));
   mp_process_t *running, *next;
   T_PROC_NEW(&running, ctx, t_pause, NULL, 0, NULL);
   MP_ASSERT_OK(mp_process_start(running));
-  /* As an ordinary process: no CAP_SYS_RESOURCE or CAP_SYS_ADMIN lifts the limit. */
-  struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
-  struct __user_cap_data_struct data[2];
-  T_ASSERT(syscall(SYS_capget, &hdr, data) == 0, "capget: %s", strerror(errno));
-  data[0].effective = data[1].effective = 0;
-  T_ASSERT(syscall(SYS_capset, &hdr, data) == 0, "capset: %s", strerror(errno));
   struct rlimit old, lim;
   T_ASSERT(getrlimit(RLIMIT_NOFILE, &old) == 0, "getrlimit");
   lim = old;
@@ -2136,6 +2161,9 @@ START_TEST(test_refused_request_kills_no_running_child) {
            "a running forkserver child died (exit code %d) because another start's request "
            "could not be sent (%s: %s)",
            code, mp_err_name(rc), error);
+  T_ASSERT(rc == -ETOOMANYREFS && strstr(error, "could not be sent to the fork server"),
+           "the request was not refused for the fds in flight, the case was not made: %s (%s)",
+           mp_err_name(rc), error);
 }
 END_TEST
 
@@ -2382,39 +2410,59 @@ END_TEST
  * child's RLIMIT_NOFILE and the child has no CAP_SYS_RESOURCE), the child ran the target
  * anyway, and the program's start read nothing but the child's end: with a target that
  * does not return, mp_process_start() waited for ever. Now the child answers ERROR and
- * exits before its target: the start fails with -ETOOMANYREFS. The server here runs without
- * capabilities (SECBIT_NOROOT) and with a limit of 256; the program puts fds in flight
- * while the child reads a large argument, after the spare told the server it took it. */
-#include <linux/securebits.h>
+ * exits before its target: the start fails with -ETOOMANYREFS. The program runs as a user
+ * of its own (no capabilities, its fds in flight its own), the server with a limit of 256;
+ * the program puts fds in flight while the child reads a large argument, after the spare
+ * told the server it took it. */
 
 static int rev_fs_hold[2] = {-1, -1};
 
+/* Puts fds in flight once the child reads the request: the program's end of the start's
+ * socket then holds fewer bytes unread than it did. The spare reported that it took the
+ * request (its socket in flight) before it reads it, and READY, with the pidfd, comes after
+ * the argument: only READY meets the flood. */
 static void *rev_fs_flood_in_flight(void *unused) {
   (void)unused;
-  for (double until = mp_test_now() + 10; mp_test_now() < until;)
-    if (fcntl(rev_fs_limit.watched, F_GETFD) >= 0) {
-      mp_test_sleep(0.002);
+  int most = 0;
+  for (double until = mp_test_now() + 10 * mp_test_slowdown(); mp_test_now() < until;) {
+    int unread = 0;
+    if (ioctl(rev_fs_limit.watched, SIOCOUTQ, &unread) == 0 && unread > 0 && unread < most) {
       rev_fs_fds_in_flight(rev_fs_hold, 1000);
       rev_fs_limit.lowered = 1;
       break;
     }
+    most = unread > most ? unread : most;
+    mp_test_sleep(0.00002);
+  }
   return NULL;
+}
+
+/* As a user of its own, starts the fork server with RLIMIT_NOFILE 256, which its spares and
+ * children keep; this process's own limit is then its hard one, so that fds in flight past
+ * 256 refuse only the children's sends: 0, 2 (no user, no context) or 3 (no start). */
+static int rev_fs_server_at_256(mp_context_t **ctx) {
+  mp_process_t *first;
+  struct rlimit old, low;
+  if (!rev_fs_become_own_user() || getrlimit(RLIMIT_NOFILE, &old) < 0 ||
+      mp_get_context("forkserver", ctx) < 0)
+    return 2;
+  low = old;
+  low.rlim_cur = 256;
+  old.rlim_cur = old.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &low) < 0 ||
+      mp_process_create(&first, *ctx, t_return7, NULL, 0, NULL) < 0 ||
+      mp_process_start(first) < 0 || setrlimit(RLIMIT_NOFILE, &old) < 0 ||
+      mp_process_join(first, 10.0) < 0)
+    return 3;
+  return 0;
 }
 
 static int rev_fs_start_with_unsent_ready(void) {
   mp_context_t *ctx;
-  mp_process_t *first, *p;
-  struct rlimit old, low;
-  if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED) < 0 ||
-      getrlimit(RLIMIT_NOFILE, &old) < 0 || mp_get_context("forkserver", &ctx) < 0)
-    return 2;
-  low = old;
-  low.rlim_cur = 256;
-  if (setrlimit(RLIMIT_NOFILE, &low) < 0 ||
-      mp_process_create(&first, ctx, t_return7, NULL, 0, NULL) < 0 ||
-      mp_process_start(first) < 0 || setrlimit(RLIMIT_NOFILE, &old) < 0 ||
-      mp_process_join(first, 10.0) < 0)
-    return 3;
+  mp_process_t *p;
+  int setup = rev_fs_server_at_256(&ctx);
+  if (setup != 0)
+    return setup;
   char *arg = calloc(1, REV_FS_ARG);
   if (!arg || mp_process_create(&p, ctx, t_pause, arg, REV_FS_ARG, NULL) < 0)
     return 4;
@@ -2440,11 +2488,51 @@ static int rev_fs_start_with_unsent_ready(void) {
 
 START_TEST(test_unsent_ready_start_returns) {
   int rc = mp_test_run_in_fork(rev_fs_start_with_unsent_ready, 15.0);
+  T_ASSERT(rc != 2, "cannot become a user of its own (run it as root), or no forkserver");
   T_ASSERT(rc != 6, "the child's READY was sent: the case was not made");
   T_ASSERT(rc != 7, "the start failed, but not with the child's ETOOMANYREFS on READY (or "
                     "failed without pidfds, where READY carries no fd)");
   T_ASSERT(rc != -1000, "mp_process_start() did not return in 15 s: the forkserver child "
                         "could not send READY (ETOOMANYREFS) and ran its target anyway");
+  T_INT_EQ(rc, 0);
+}
+END_TEST
+
+/* A spare whose report that it took a request cannot carry the request's socket (here
+ * ETOOMANYREFS: the user's fds in flight past the spare's RLIMIT_NOFILE) exited as if the
+ * server had gone: the start read its child's end, asked once more, and said the child
+ * "ended before it took over". Now the spare answers ERROR, so the start fails with
+ * -ETOOMANYREFS and says why, and the server serves the next start. */
+static int rev_fs_start_with_unreported_take(void) {
+  mp_context_t *ctx;
+  mp_process_t *p;
+  int setup = rev_fs_server_at_256(&ctx);
+  if (setup != 0)
+    return setup;
+  if (mp_process_create(&p, ctx, t_return7, NULL, 0, NULL) < 0)
+    return 4;
+  int hold[2];
+  rev_fs_fds_in_flight(hold, 1000);
+  int rc = mp_process_start(p);
+  close(hold[0]);
+  close(hold[1]);
+  if (rc != -ETOOMANYREFS || !strstr(mp_last_error(), "could not report its start")) {
+    fprintf(stderr, "the start gave %s: %s\n", mp_err_name(rc), mp_last_error());
+    return 6;
+  }
+  int code = 0;
+  if (mp_process_start(p) < 0 || mp_process_join(p, 10.0) < 0 ||
+      mp_process_exitcode(p, &code) < 0)
+    return 7;
+  return code == 7 ? 0 : 8;
+}
+
+START_TEST(test_unreported_take_fails_start) {
+  int rc = mp_test_run_in_fork(rev_fs_start_with_unreported_take, 15.0);
+  T_ASSERT(rc != 2, "cannot become a user of its own (run it as root), or no forkserver");
+  T_ASSERT(rc != 6, "the start whose spare could not report it did not fail with "
+                    "ETOOMANYREFS and its reason (stderr says what it gave)");
+  T_ASSERT(rc != 7 && rc != 8, "the next start after the refused one failed (%d)", rc);
   T_INT_EQ(rc, 0);
 }
 END_TEST
@@ -2504,6 +2592,7 @@ static Suite *process_suite(void) {
   tcase_add_loop_test(tc, test_exec_nonexistent, 0, N_METHODS);
   tcase_add_loop_test(tc, test_exec_not_libmp, 0, N_METHODS);
   tcase_add_loop_test(tc, test_exec_other_build, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_exec_other_build_big_argument, 0, N_METHODS);
 
   tc = mp_test_tcase(s, "module", 20);
   tcase_add_loop_test(tc, test_module_target, 0, N_METHODS);
@@ -2524,6 +2613,7 @@ static Suite *process_suite(void) {
   tcase_add_test(tc, test_server_fd_limit_refuses_start);
   tcase_add_test(tc, test_failed_ready_leaves_no_child_running);
   tcase_add_test(tc, test_unsent_ready_start_returns);
+  tcase_add_test(tc, test_unreported_take_fails_start);
 
   tc = mp_test_tcase(s, "cpu", 10);
   tcase_add_test(tc, test_cpu_count_affinity);
