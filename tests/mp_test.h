@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ptrace.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -286,6 +287,33 @@ static inline void mp_test_end_traced(pid_t child) {
       mp_test_pids[i] = 0;
     }
   }
+}
+
+/* Sends len bytes of buf with n fds (at most MP_TEST_FDS_MAX) in one record; false and
+ * errno on failure. */
+#define MP_TEST_FDS_MAX 200
+static inline bool mp_test_send_fds(int sock, const void *buf, size_t len, const int *fds,
+                                    size_t n) {
+  union {
+    char space[CMSG_SPACE(MP_TEST_FDS_MAX * sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  if (n > MP_TEST_FDS_MAX) {
+    errno = EINVAL;
+    return false;
+  }
+  memset(&control, 0, sizeof control);
+  struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+  struct msghdr msg = {.msg_iov = &iov,
+                       .msg_iovlen = 1,
+                       .msg_control = control.space,
+                       .msg_controllen = CMSG_SPACE(n * sizeof(int))};
+  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(n * sizeof(int));
+  memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+  return sendmsg(sock, &msg, MSG_NOSIGNAL) == (ssize_t)len;
 }
 
 /* The state letter ('Z': a zombie) and the parent of process pid, from /proc; false if it

@@ -2093,26 +2093,10 @@ static bool rev_fs_become_own_user(void) {
 static void rev_fs_fds_in_flight(int hold[2], int count) {
   T_ASSERT(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, hold) == 0, "socketpair");
   while (count > 0) {
-    int n = count < 200 ? count : 200, fds[200];
+    int n = count < MP_TEST_FDS_MAX ? count : MP_TEST_FDS_MAX, fds[MP_TEST_FDS_MAX];
     for (int k = 0; k < n; k++)
       fds[k] = 0;
-    union {
-      char space[CMSG_SPACE(200 * sizeof(int))];
-      struct cmsghdr align;
-    } control;
-    memset(&control, 0, sizeof control);
-    char byte = 'x';
-    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-    struct msghdr msg = {.msg_iov = &iov,
-                         .msg_iovlen = 1,
-                         .msg_control = control.space,
-                         .msg_controllen = CMSG_SPACE(n * sizeof(int))};
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(n * sizeof(int));
-    memcpy(CMSG_DATA(c), fds, n * sizeof(int));
-    if (sendmsg(hold[0], &msg, 0) < 0) {
+    if (!mp_test_send_fds(hold[0], "x", 1, fds, (size_t)n)) {
       /* The limit reached already (other processes of the user hold fds in flight): the
        * request's send is past it too. */
       T_ASSERT(errno == ETOOMANYREFS, "putting fds in flight: %s", strerror(errno));

@@ -681,26 +681,6 @@ static int connect_to_tracker(pid_t pid) {
   return sock;
 }
 
-/* Sends len bytes of rec with the n fds. */
-static bool send_with_fds(int sock, const void *rec, size_t len, const int *fds, size_t n) {
-  union {
-    char space[CMSG_SPACE(4 * sizeof(int))];
-    struct cmsghdr align;
-  } control;
-  memset(&control, 0, sizeof control);
-  struct iovec iov = {.iov_base = (void *)rec, .iov_len = len};
-  struct msghdr msg = {.msg_iov = &iov,
-                       .msg_iovlen = 1,
-                       .msg_control = control.space,
-                       .msg_controllen = CMSG_SPACE(n * sizeof(int))};
-  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(n * sizeof(int));
-  memcpy(CMSG_DATA(c), fds, n * sizeof(int));
-  return sendmsg(sock, &msg, MSG_NOSIGNAL) == (ssize_t)len;
-}
-
 /* Fds passed to the tracker, which takes none, are all closed: two in a record (both fit
  * the room for one), three (cut off), and with a record too long. Each record carries the
  * write end of a pipe, so the read end sees end of file only once the tracker holds no
@@ -725,9 +705,9 @@ START_TEST(test_tracker_closes_passed_fds) {
   int sock = connect_to_tracker(tracker), other = connect_to_tracker(tracker);
   T_ASSERT(sock >= 0 && other >= 0, "cannot reach the tracker %d", (int)tracker);
   for (int i = 0; i < 100; i++)
-    T_ASSERT(send_with_fds(sock, &rec, len, two, 2), "sendmsg: %s", strerror(errno));
-  T_ASSERT(send_with_fds(sock, &rec, len, three, 3), "sendmsg: %s", strerror(errno));
-  T_ASSERT(send_with_fds(other, oversized, sizeof oversized, two, 2), "sendmsg: %s",
+    T_ASSERT(mp_test_send_fds(sock, &rec, len, two, 2), "sendmsg: %s", strerror(errno));
+  T_ASSERT(mp_test_send_fds(sock, &rec, len, three, 3), "sendmsg: %s", strerror(errno));
+  T_ASSERT(mp_test_send_fds(other, oversized, sizeof oversized, two, 2), "sendmsg: %s",
            strerror(errno));
   close(pipefd[1]);
   struct pollfd pfd = {.fd = pipefd[0], .events = POLLIN};
@@ -780,7 +760,7 @@ static int forge_track(int report, const char *victim, const char *sent, const c
   forged_t rec = {.op = FORGED_TRACK, .dev = (uint64_t)st.st_dev, .ino = (uint64_t)st.st_ino};
   snprintf(rec.text, sizeof rec.text, "%s", sent);
   size_t len = offsetof(forged_t, text) + strlen(rec.text) + 1;
-  if (send(sock, &rec, len, MSG_NOSIGNAL) < 0 || !send_with_fds(other, &rec, len, &fd, 1))
+  if (send(sock, &rec, len, MSG_NOSIGNAL) < 0 || !mp_test_send_fds(other, &rec, len, &fd, 1))
     return 63;
   close(fd);
   close(sock);
