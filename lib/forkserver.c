@@ -389,19 +389,12 @@ static void refuse_without_spare(server_t *s) {
    * slot): the kernel closed that socket, so its start sees its child's end. */
   if (n == 0 || (n < 0 && n != -EAGAIN && n != -EINTR && n != -EMSGSIZE))
     _exit(0); /* the program has gone */
-  if (sock >= 0) {
-    mp__send_error(sock, s->fork_errno == EMFILE
-                             ? mp__error(-EMFILE, "the fork server has no fd left for "
-                                                  "another child (one per running child)")
-                             : mp__error(MP_ESPAWN, "the fork server cannot fork: %s",
-                                         mp_strerror(-s->fork_errno)));
-    /* Closed with the request unread, the socket would reset the start's, which then reads
-     * ECONNRESET before our ERROR: refuse what is still to come, drop what came, close. */
-    shutdown(sock, SHUT_RD);
-    while (recv(sock, &request, 1, MSG_DONTWAIT | MSG_TRUNC) > 0)
-      ;
-    close(sock);
-  }
+  if (sock >= 0)
+    mp__refuse_start(sock, s->fork_errno == EMFILE
+                               ? mp__error(-EMFILE, "the fork server has no fd left for "
+                                                    "another child (one per running child)")
+                               : mp__error(MP_ESPAWN, "the fork server cannot fork: %s",
+                                           mp_strerror(-s->fork_errno)));
 }
 
 /* Handles one "taken" message, if any: true if there was one. */

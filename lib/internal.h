@@ -704,8 +704,12 @@ int mp__bootstrap_await(int sock, mp_process_t *proc, bool from_forkserver);
 
 /* Sends the thread's last error as an ERROR record. */
 void mp__send_error(int sock, int code);
-/* A child that cannot become what its request asks: sends its error (unless -EPIPE: the
- * parent is gone) and _exit(1)s before any target runs, so that the start fails with it. */
+/* Refuses a start on sock for good: its ERROR (unless -EPIPE: the parent is gone), then the
+ * close, after what the start sent is read and dropped, so that the close does not reset
+ * the start's end, which would read the reset before the ERROR. */
+void mp__refuse_start(int sock, int code);
+/* A child that cannot become what its request asks: refuses the start (mp__refuse_start)
+ * and _exit(1)s before any target runs, so that the start fails with its error. */
 MP__NORETURN void mp__request_refuse(int sock, int code);
 
 /* The child's side, in a spawned image or in the fork server before it forks: reads the

@@ -436,9 +436,18 @@ void mp__send_error(int sock, int code) {
   mp__send_record(sock, &rec, sizeof rec.head + len, -1);
 }
 
-void mp__request_refuse(int sock, int code) {
+void mp__refuse_start(int sock, int code) {
   if (code != -EPIPE)
     mp__send_error(sock, code);
+  char byte;
+  shutdown(sock, SHUT_RD); /* what is still to come fails at its sender (EPIPE) */
+  while (recv(sock, &byte, 1, MSG_DONTWAIT | MSG_TRUNC) > 0)
+    ;
+  close(sock);
+}
+
+void mp__request_refuse(int sock, int code) {
+  mp__refuse_start(sock, code);
   _exit(1);
 }
 
