@@ -224,9 +224,10 @@ MP_EXTERN const char *mp_process_name(const mp_process_t *proc);
  * the cause), MP_ERESOLVE (the child runs another build of the target's object), MP_ECLOSED
  * ("spawn", "forkserver": an end given with mp_process_pass_conn was closed since, also
  * while another thread's call was in it; a retry fails so too), or a system error such as
- * -EAGAIN, -EMFILE or -ETOOMANYREFS (the child could not send READY with its pidfd: this
- * user's processes hold too many fds in flight). After a failure the process can be
- * started again.
+ * -EAGAIN, -EMFILE ("forkserver": also the server's own fd limit, one fd per running child)
+ * or -ETOOMANYREFS ("forkserver": the request, the server's spare's report or the child's
+ * READY could not carry its fd, as this user's processes hold too many fds in flight;
+ * -ENOBUFS or -ENOMEM likewise). After a failure the process can be started again.
  * Python: Process.start().
  */
 MP_EXTERN int mp_process_start(mp_process_t *proc);

@@ -321,6 +321,8 @@ static pid_t *find_spare(server_t *s, pid_t pid) {
 
 /* Holds one more free fd slot; false at the fd limit. */
 static bool hold_slot(server_t *s) {
+  if (s->held_count == SPARES + 1) /* one per spare and one for a refusal: never more */
+    return false;
   int fd = fcntl(s->sigfd, F_DUPFD_CLOEXEC, 0);
   if (fd < 0)
     return false;
@@ -479,7 +481,8 @@ MP__ROLE(forkserver, "forkserver", "fork server", false) {
   s.cap = sizeof s.few / sizeof s.few[0];
   mp__peer_ids(&s.uid, &s.gid);
   /* Ours bounds how many children we serve at once: the hard limit, not the program's soft
-   * one when it started us (which it may raise later); the children keep the program's. */
+   * one when it started us (which it may raise later); the children keep that one, the
+   * program's limit as it was when it started us. */
   struct rlimit files;
   if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
     s.child_files[0] = files.rlim_cur;
