@@ -404,12 +404,11 @@ static bool spare_taken(server_t *s) {
   mp__reply_t taken = {0};
   int sock = -1;
   release_slot(s); /* a spare's goes to its socket; another is held again by fork_spares */
-  ssize_t n = mp__recv_record(s->taken[0], &taken, sizeof taken, &sock, MSG_DONTWAIT);
-  /* -EMSGSIZE with the record read: its socket was cut off (the fd limit lowered under the
-   * held slot). Only spares write here, each record whole, so the pid is still its own. */
-  pid_t *spare = (n == (ssize_t)sizeof taken || n == -EMSGSIZE) && taken.value > 0
-                     ? find_spare(s, taken.value)
-                     : NULL;
+  bool cut; /* the record whole, its socket cut off (the fd limit lowered under the slot) */
+  ssize_t n =
+      mp__recv_record_cut(s->taken[0], &taken, sizeof taken, &sock, MSG_DONTWAIT, &cut);
+  pid_t *spare =
+      n == (ssize_t)sizeof taken && taken.value > 0 ? find_spare(s, taken.value) : NULL;
   if (!spare) {
     if (sock >= 0)
       close(sock); /* only a spare can say so, and of itself */
