@@ -706,6 +706,73 @@ START_TEST(test_forged_limit_closed) {
 }
 END_TEST
 
+/* Nothing is claimable: worker w's claim finds no chunk. */
+static void claim_none(uint32_t w, const char *why) {
+  mp__task_t task;
+  T_ASSERT(!mp__pool_claim(mp__jobs_shared(table), w, &task), "chunk %u was claimed: %s",
+           task.chunk, why);
+}
+
+/* With holding on, applies that follow another in a stream are held back: no claim finds
+ * them until a worker out of work takes them (mp__pool_take_held) or the caller's wait
+ * shows them (mp__jobs_flush). Before, with no holding, each was claimable at once. */
+START_TEST(test_held_applies_shown) {
+  int x[5] = {1, 2, 3, 4, 5};
+  mp__jobrec_t *jobs[5];
+  uint32_t chunks[5];
+  batch_after_a_lone_apply(x, jobs, chunks);
+  mp__jobs_set_hold(table, 8);
+  append_third(x, jobs, chunks);
+  jobs[3] = apply(&x[3], &chunks[3]);
+  run_one(0, jobs[1], 0);
+  claim_none(0, "held back");
+  T_ASSERT(mp__pool_take_held(mp__jobs_shared(table), 1), "no held chunk was taken");
+  T_ASSERT(!mp__pool_take_held(mp__jobs_shared(table), 1), "a second take found more");
+  run_one(1, jobs[1], 1);
+  run_one(1, jobs[1], 2);
+  jobs[4] = apply(&x[4], &chunks[4]);
+  claim_none(0, "held back");
+  mp__jobs_flush(table);
+  run_one(0, jobs[1], 3);
+  for (uint32_t c = 0; c < 4; c++)
+    T_INT_EQ(take_int(jobs[1], c), x[c + 1]);
+  mp__jobs_close_batch(table);
+  end_batch_test(jobs, 5);
+}
+END_TEST
+
+/* A held chunk is shown by the close of its batch (its count of chunks appended, closed,
+ * is never raised by a worker), and a forged appended count shows no chunk past the
+ * batch's: the worker's rise stops at its chunks, and a claim finds only the fed one. */
+START_TEST(test_held_applies_closed) {
+  int x[3] = {1, 2, 3};
+  mp__jobrec_t *jobs[3];
+  uint32_t chunks[3];
+  batch_after_a_lone_apply(x, jobs, chunks);
+  mp__jobs_set_hold(table, 8);
+  append_third(x, jobs, chunks);
+  run_one(0, jobs[1], 0);
+  claim_none(0, "held back");
+  mp__jobs_close_batch(table);
+  run_one(0, jobs[1], 1);
+  T_INT_EQ(take_int(jobs[1], 1), 3);
+  end_batch_test(jobs, 3);
+
+  batch_after_a_lone_apply(x, jobs, chunks);
+  mp__jobs_set_hold(table, 8);
+  append_third(x, jobs, chunks);
+  run_one(0, jobs[1], 0);
+  atomic_store(&jobs[1]->blk->appended, UINT32_MAX);
+  T_ASSERT(mp__pool_take_held(mp__jobs_shared(table), 0), "the held chunk was not taken");
+  T_INT_EQ(atomic_load(&jobs[1]->blk->limit) & ~MP__LIMIT_CLOSED, jobs[1]->head.n_chunks);
+  run_one(0, jobs[1], 1);
+  claim_none(1, "past the chunks fed");
+  T_INT_EQ(take_int(jobs[1], 1), 3);
+  mp__jobs_close_batch(table);
+  end_batch_test(jobs, 3);
+}
+END_TEST
+
 /* A worker sets an open batch's block limit back to 0 (a wild write): the next apply's feed
  * finds the count moved and fails the batch with MP_ECORRUPT, its own chunk included, rather
  * than leave the chunks past the forged count to no claim (each apply's get waiting for
@@ -2342,6 +2409,8 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_abort_racing_an_apply);
   tcase_add_test(tc, test_forged_limit_closed);
   tcase_add_test(tc, test_forged_limit_count);
+  tcase_add_test(tc, test_held_applies_shown);
+  tcase_add_test(tc, test_held_applies_closed);
   tc = mp_test_tcase(s, "ends", 30);
   tcase_add_test(tc, test_ends_between_draw_and_claim);
   tcase_add_test(tc, test_redrawn_chunk_keeps_its_retries);
