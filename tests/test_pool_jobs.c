@@ -773,6 +773,73 @@ START_TEST(test_held_applies_closed) {
 }
 END_TEST
 
+/* Worker w going idle (mp__pool_idle) in a thread of its own, with the work count it read
+ * before its last claim, as serve reads it. */
+typedef struct {
+  uint32_t w, seen;
+} going_idle_t;
+
+static void *idle_from(void *arg) {
+  const going_idle_t *g = arg;
+  mp__pool_idle(mp__jobs_shared(table), g->w, g->seen);
+  return NULL;
+}
+
+/* Whether worker w, going idle with the work count seen, looks for work again within 2 s
+ * rather than sleep (one that slept is woken, and joined, before this returns). */
+static bool idle_returns(uint32_t w, uint32_t seen) {
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  going_idle_t g = {w, seen};
+  pthread_t th;
+  T_INT_EQ(pthread_create(&th, NULL, idle_from, &g), 0);
+  bool returned = joined_within(th, 2);
+  if (!returned) {
+    atomic_fetch_add(&sh->work, 1);
+    atomic_fetch_add(&sh->workers[w].wake, 1);
+    mp__futex_wake(&sh->workers[w].wake, 1);
+    pthread_join(th, NULL);
+  }
+  return returned;
+}
+
+/* Two applies held back while both workers run. Worker 1 runs out of work first and finds
+ * nothing (both are held); worker 0, whose spin ends first, takes both and runs the first
+ * (a slow apply). Worker 1's spin ends next: the second is claimable now, and worker 1 must
+ * look again (or be woken) rather than sleep. On 887aa4f the take moved no work count and
+ * woke no one: worker 1 slept with the second apply claimable, which waited for worker 0 to
+ * finish the first (held applies ran one after another on one worker while the others
+ * slept, and applies that wait on each other never ended unless the caller waited on one
+ * or closed the pool). */
+START_TEST(test_held_applies_taken_leave_none_asleep) {
+  int x[4] = {1, 2, 3, 4};
+  mp__jobrec_t *jobs[4];
+  uint32_t chunks[4];
+  batch_after_a_lone_apply(x, jobs, chunks);
+  mp__jobs_set_hold(table, 8);
+  append_third(x, jobs, chunks);
+  jobs[3] = apply(&x[3], &chunks[3]);
+  T_ASSERT(jobs[3] == jobs[1] && chunks[3] == 2, "the fourth apply was not appended");
+  run_one(0, jobs[1], 0);
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  uint32_t seen = atomic_load(&sh->work); /* worker 1's, before its claim */
+  claim_none(1, "held back");
+  T_ASSERT(mp__pool_take_held(sh, 0), "worker 0 took no held chunk");
+  mp__task_t a;
+  claim(0, &a);
+  T_INT_EQ(a.chunk, 1);
+  T_ASSERT(idle_returns(1, seen),
+           "worker 1 went to sleep with chunk 2 claimable (worker 0 took it with chunk 1, "
+           "which it still runs)");
+  run_one(1, jobs[1], 2);
+  T_ASSERT(complete(0, &a), "the completion was refused");
+  for (uint32_t c = 0; c < 3; c++)
+    T_INT_EQ(take_int(jobs[1], c), x[c + 1]);
+  mp__jobs_close_batch(table);
+  end_batch_test(jobs, 4);
+}
+END_TEST
+
+
 /* A worker sets an open batch's block limit back to 0 (a wild write): the next apply's feed
  * finds the count moved and fails the batch with MP_ECORRUPT, its own chunk included, rather
  * than leave the chunks past the forged count to no claim (each apply's get waiting for
@@ -2411,6 +2478,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_forged_limit_count);
   tcase_add_test(tc, test_held_applies_shown);
   tcase_add_test(tc, test_held_applies_closed);
+  tcase_add_test(tc, test_held_applies_taken_leave_none_asleep);
   tc = mp_test_tcase(s, "ends", 30);
   tcase_add_test(tc, test_ends_between_draw_and_claim);
   tcase_add_test(tc, test_redrawn_chunk_keeps_its_retries);
