@@ -839,6 +839,68 @@ START_TEST(test_held_applies_taken_leave_none_asleep) {
 }
 END_TEST
 
+/* An iterator submitted before a stream of applies, whose consumer takes each result and
+ * feeds the next chunk while the worker that ran out of work spins (a lazy imap consumed
+ * in a loop): the second apply, held back, must still run before the iterator ends. On
+ * 887aa4f a worker took held applies only after a whole spin with no new work, which each
+ * feed cut short: the apply ran only once the iterator's N chunks had all run (never,
+ * behind an endless iterator), where before it ran at the worker's first look that found
+ * the iterator's window empty. */
+START_TEST(test_held_apply_behind_a_fed_iterator) {
+  enum { N = 6 };
+  int in[N] = {10, 11, 12, 13, 14, 15}, x[2] = {1, 2};
+  MP_ASSERT_OK(mp__jobs_create(&table, 1, 0, 0));
+  mp_test_set_hook(free_table);
+  mp__jobs_set_hold(table, 8);
+  mp__job_spec_t spec = {0, MP__JOB_ITERATOR, in, N, sizeof(int), sizeof(int), 1, 1, 0, NULL};
+  MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
+  mp__jobrec_t *it, *applies[2];
+  uint32_t chunks[2];
+  MP_ASSERT_OK(mp__jobs_submit(table, &spec, &it));
+  mp__feed_t feed = {in, NULL, NULL};
+  while (mp__jobs_feed(table, it, &feed))
+    ;
+  applies[0] = apply(&x[0], &chunks[0]); /* work in flight: the first of a batch */
+  applies[1] = apply(&x[1], &chunks[1]); /* held back: no worker is idle */
+  T_ASSERT((applies[0]->head.flags & MP__JOB_BATCH) && applies[1] == applies[0] &&
+               chunks[1] == 1,
+           "the applies were not batched");
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  int its_run = 0, pending = -1; /* the iterator's chunk run and not taken back yet */
+  bool held_ran = false;
+  for (int round = 0; round < 4 * N && !held_ran; round++) {
+    uint32_t seen = atomic_load(&sh->work);
+    mp__task_t t;
+    if (mp__pool_claim(sh, 0, &t)) {
+      t.call = (mp__fn_t)identity;
+      MP_ASSERT_OK(mp__run_task(&t, NULL));
+      T_ASSERT(complete(0, &t), "the completion was refused");
+      if (t.job == it->blk)
+        its_run++, pending = (int)t.chunk;
+      held_ran = t.job == applies[1]->blk && t.chunk == 1;
+      continue;
+    }
+    /* Out of work: its consumer takes the result meanwhile and feeds the next chunk. */
+    if (pending >= 0)
+      mp__jobs_return_chunk(table, it, (uint32_t)pending, &feed);
+    pending = -1;
+    T_ASSERT(idle_returns(0, seen), "the worker slept with work left");
+  }
+  T_ASSERT(held_ran, "the held apply never ran");
+  T_ASSERT(its_run < N,
+           "the held apply ran only after all %d chunks of the iterator fed before and "
+           "after it (the worker ran out of work after each)",
+           its_run);
+  mp__jobs_abort(table, it, MP_ETERMINATED);
+  mp__jobs_close_batch(table);
+  mp__jobs_release(table, it);
+  mp__jobs_release(table, applies[0]);
+  mp__jobs_release(table, applies[1]);
+  mp_test_set_hook(NULL);
+  free_table();
+}
+END_TEST
+
 
 /* A worker sets an open batch's block limit back to 0 (a wild write): the next apply's feed
  * finds the count moved and fails the batch with MP_ECORRUPT, its own chunk included, rather
@@ -2479,6 +2541,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_held_applies_shown);
   tcase_add_test(tc, test_held_applies_closed);
   tcase_add_test(tc, test_held_applies_taken_leave_none_asleep);
+  tcase_add_test(tc, test_held_apply_behind_a_fed_iterator);
   tc = mp_test_tcase(s, "ends", 30);
   tcase_add_test(tc, test_ends_between_draw_and_claim);
   tcase_add_test(tc, test_redrawn_chunk_keeps_its_retries);
