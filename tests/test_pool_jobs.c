@@ -901,6 +901,31 @@ START_TEST(test_held_apply_behind_a_fed_iterator) {
 }
 END_TEST
 
+/* A worker marks the open batch's block limit closed (a wild write, as in
+ * test_forged_limit_closed) and the next apply is held back: the pool's process decides by
+ * its record, whose batch is open, so a worker that runs out of work still takes it. On
+ * 887aa4f the take refused the forged bit: the held apply reached no worker until the
+ * caller's next wait, the eighth append or the close (a caller waiting on its callback
+ * alone waited for ever), where before the forged bit cost nothing. */
+START_TEST(test_forged_limit_closed_held) {
+  int x[3] = {1, 2, 3};
+  mp__jobrec_t *jobs[3];
+  uint32_t chunks[3];
+  batch_after_a_lone_apply(x, jobs, chunks);
+  mp__jobs_set_hold(table, 8);
+  atomic_fetch_or(&jobs[1]->blk->limit, MP__LIMIT_CLOSED);
+  append_third(x, jobs, chunks);
+  run_one(0, jobs[1], 0);
+  claim_none(1, "held back");
+  T_ASSERT(mp__pool_take_held(mp__jobs_shared(table), 1),
+           "the held apply was not taken: a worker's write of the limit's closed bit hid it "
+           "from every worker");
+  run_one(1, jobs[1], 1);
+  T_INT_EQ(take_int(jobs[1], 1), 3);
+  mp__jobs_close_batch(table);
+  end_batch_test(jobs, 3);
+}
+END_TEST
 
 /* A worker sets an open batch's block limit back to 0 (a wild write): the next apply's feed
  * finds the count moved and fails the batch with MP_ECORRUPT, its own chunk included, rather
@@ -2542,6 +2567,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_held_applies_closed);
   tcase_add_test(tc, test_held_applies_taken_leave_none_asleep);
   tcase_add_test(tc, test_held_apply_behind_a_fed_iterator);
+  tcase_add_test(tc, test_forged_limit_closed_held);
   tc = mp_test_tcase(s, "ends", 30);
   tcase_add_test(tc, test_ends_between_draw_and_claim);
   tcase_add_test(tc, test_redrawn_chunk_keeps_its_retries);
