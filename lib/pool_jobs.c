@@ -97,6 +97,7 @@ struct mp__jobs_s {
 static mp__jobrec_t *take_spare(mp__jobs_t *t, uint64_t bytes, bool batch);
 static mp__jobrec_t *take_record(mp__jobs_t *t, mp__job_t *blk, bool batch);
 static void job_abort(mp__jobs_t *t, mp__jobrec_t *job, int code);
+static void show_held_if_free(mp__jobs_t *t);
 static void keep_for_later(mp__job_t *job, uint64_t size);
 static void close_feeding(mp__jobs_t *t, mp__jobrec_t *job);
 static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk);
@@ -680,6 +681,10 @@ static bool job_feed(mp__jobs_t *t, mp__jobrec_t *job, const mp__feed_t *feed) {
   bool queued = count > 0 && queue_chunk(t, job, state, next);
   if (queued)
     job->fed = next + 1;
+  /* A chunk fed within a worker's spin ends it before the worker looks for held applies,
+   * which an iterator fed all along would then hide for ever: its feeds show them. */
+  if (queued)
+    show_held_if_free(t);
   if (open && job->input_ended)
     close_feeding(t, job);
   return queued && !job->input_ended;
@@ -941,33 +946,40 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
   return false;
 }
 
-/* Raises a batch's limit to the chunks appended, unless it is closed (the pool's process
- * shows the held chunks before it closes a batch, and an abort failed them). The count is
- * bounded by the job's chunks, a wild one by nothing more: it can only show chunks that
- * a wild write could queue anyway. */
-static bool take_held_in(mp__job_t *job) {
+/* Raises a batch's limit to the chunks appended, keeping a close's mark: the pool's process
+ * shows the held chunks before it closes a batch, an abort failed every chunk fed, and no
+ * count appended passes the chunks fed, so a closed limit raised here shows no chunk to
+ * run, and a worker's wild mark hides none. The count is bounded by the job's chunks, a
+ * wild one by nothing more: it can only show chunks that a wild write could queue anyway.
+ * Returns the chunks it showed. */
+static uint32_t take_held_in(mp__job_t *job) {
   uint32_t appended = atomic_load(&job->appended), limit = atomic_load(&job->limit);
   if (appended > job->head.n_chunks)
     appended = job->head.n_chunks;
-  while (!(limit & MP__LIMIT_CLOSED) && limit < appended)
-    if (atomic_compare_exchange_weak(&job->limit, &limit, appended))
-      return true;
-  return false;
+  while ((limit & ~MP__LIMIT_CLOSED) < appended)
+    if (atomic_compare_exchange_weak(&job->limit, &limit,
+                                     (limit & MP__LIMIT_CLOSED) | appended))
+      return appended - (limit & ~MP__LIMIT_CLOSED);
+  return 0;
 }
 
+/* A worker that shows more than one chunk wakes the others for the rest, as the pool's
+ * process would have: left asleep, they left held slow applies to run one after another. */
 bool mp__pool_take_held(mp__pool_shared_t *sh, uint32_t w) {
   uint64_t next = atomic_load(&sh->next_seq), oldest = atomic_load(&sh->oldest);
-  bool took = false;
+  uint32_t took = 0;
   /* The bounds of mp__pool_claim: no scan of a wild range. */
   if (oldest > next || next - oldest > MP__POOL_SLOTS)
     oldest = next > MP__POOL_SLOTS ? next - MP__POOL_SLOTS : 0;
   for (uint64_t seq = oldest; seq < next; seq++) {
     mp__job_t *j = pin(sh, w, seq);
-    if (j && (j->head.flags & MP__JOB_BATCH) && take_held_in(j))
-      took = true;
+    if (j && (j->head.flags & MP__JOB_BATCH))
+      took += take_held_in(j);
   }
   unpin(sh, w);
-  return took;
+  if (took > 1)
+    wake_workers(sh, sh->n_workers, (int)(took - 1));
+  return took > 0;
 }
 
 /* ------------------------------ completing ------------------------------ */
@@ -1726,13 +1738,17 @@ void mp__jobs_set_hold(mp__jobs_t *t, unsigned hold) {
 /* Without waiting for apply_lock: a callback's get runs on the supervisor's thread, which
  * an apply waiting for a slot (its lock held) may be waiting for. The workers take what a
  * flush that found the lock taken leaves held (mp__pool_take_held). */
-void mp__jobs_flush(mp__jobs_t *t) {
-  atomic_store_explicit(&t->streaming, false, memory_order_relaxed);
+static void show_held_if_free(mp__jobs_t *t) {
   if (!atomic_load_explicit(&t->holding, memory_order_relaxed) ||
       pthread_mutex_trylock(&t->apply_lock) != 0)
     return;
   show_held(t);
   pthread_mutex_unlock(&t->apply_lock);
+}
+
+void mp__jobs_flush(mp__jobs_t *t) {
+  atomic_store_explicit(&t->streaming, false, memory_order_relaxed);
+  show_held_if_free(t);
 }
 
 /* Whether chunk c of the open batch, fed, is held back (apply_lock held): while the caller
