@@ -62,6 +62,11 @@ struct mp__jobs_s {
   _Atomic bool applying;
   uint64_t batch_room, batch_result_max;
   char *batch_input; /* chunk c's input at batch_input + c * (batch_room + its length) */
+  /* The open batch's chunks that its block's limit shows (the rest are held back), the most
+   * that may be held (mp__jobs_set_hold), whether some are, and whether the caller appended
+   * since its last wait (both read by a wait without apply_lock: relaxed). */
+  uint32_t batch_shown, hold;
+  _Atomic bool holding, streaming;
   uint64_t next_seq;
   uint32_t n_workers, retries; /* the shared block's, which a worker may rewrite */
   /* MP__POOL_CLOSED and MP__POOL_TERMINATED as this process set them: the shared block's
@@ -92,6 +97,7 @@ struct mp__jobs_s {
 static mp__jobrec_t *take_spare(mp__jobs_t *t, uint64_t bytes, bool batch);
 static mp__jobrec_t *take_record(mp__jobs_t *t, mp__job_t *blk, bool batch);
 static void job_abort(mp__jobs_t *t, mp__jobrec_t *job, int code);
+static void show_held_if_free(mp__jobs_t *t);
 static void keep_for_later(mp__job_t *job, uint64_t size);
 static void close_feeding(mp__jobs_t *t, mp__jobrec_t *job);
 static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk);
@@ -435,7 +441,7 @@ void mp__pool_idle(mp__pool_shared_t *sh, uint32_t w, uint32_t seen) {
   atomic_fetch_add(&sh->idle, 1);
   MP__RACE_POINT(MP__RACE_IDLE, NULL);
   atomic_store(&rec->idle_ticket, atomic_fetch_add(&sh->idle_tickets, 1) + 1);
-  if (atomic_load(&sh->work) == seen)
+  if (atomic_load(&sh->work) == seen && !mp__pool_take_held(sh, w))
     mp__futex_wait(&rec->wake, wake, INT64_MAX);
   atomic_store(&rec->idle_ticket, 0);
   atomic_fetch_sub(&sh->idle, 1);
@@ -579,26 +585,48 @@ static int job_publish(mp__jobs_t *t, mp__jobrec_t *r, uint64_t seq, int64_t dea
   return 0;
 }
 
-/* Chunk next of a fed job (an iterator's, a batch's), its input written, is queued and a
- * worker woken if one is idle: false if the job was aborted or closed meanwhile, and then
- * the chunk was counted as such. */
-static bool queue_chunk(mp__jobs_t *t, mp__jobrec_t *job, _Atomic uint64_t *state,
-                        uint32_t next) {
-  /* Released by the block limit's increment, which a claimer reads first. A swap of the
-   * record's limit that fails (a close or an abort marked it first, counting this chunk as
-   * never fed) leaves the chunk QUEUED, past the block's limit, where no claim looks
-   * (claim_in). An increment, not a store, keeps a close's mark there. */
+/* Chunk next of a fed job (an iterator's, a batch's), its input written, is queued and
+ * counted as fed: false if the job was aborted or closed meanwhile, and then the chunk was
+ * counted as such. No worker claims it before show_chunks. */
+static bool feed_chunk(mp__jobrec_t *job, _Atomic uint64_t *state, uint32_t next) {
+  /* Released by the block limit's rise, which a claimer reads first. A swap of the record's
+   * limit that fails (a close or an abort marked it first, counting this chunk as never
+   * fed) leaves the chunk QUEUED, past the block's limit, where no claim looks (claim_in). */
   atomic_store_explicit(state, MP__CHUNK_STATE(next, 0, 0, MP__CHUNK_QUEUED),
                         memory_order_release);
   MP__RACE_POINT(MP__RACE_QUEUED, job->blk);
-  if (!atomic_compare_exchange_strong(&job->limit, &next, next + 1))
+  return atomic_compare_exchange_strong(&job->limit, &next, next + 1);
+}
+
+/*
+ * The block's limit raised from shown to fed, the chunks fed before it (the record counts
+ * them), and as many idle workers woken. The rise keeps a close's mark. Only this process
+ * and the workers' mp__pool_take_held (up to the appended count, at most fed) raise it: a
+ * count below shown or above fed is a worker's wild write, and the job fails rather than
+ * leave chunks that no claim would look at.
+ */
+static void show_chunks(mp__jobs_t *t, mp__jobrec_t *job, uint32_t shown, uint32_t fed) {
+  _Atomic uint32_t *limit = &job->blk->limit;
+  /* Expected as this process left it: one locked instruction, no read of the line first. */
+  uint32_t v = shown;
+  while (!atomic_compare_exchange_weak(limit, &v, (v & MP__LIMIT_CLOSED) | fed)) {
+    uint32_t count = v & ~MP__LIMIT_CLOSED;
+    if (count < shown || count > fed) {
+      job_abort(t, job, MP_ECORRUPT);
+      break;
+    }
+    if (count == fed)
+      break;
+  }
+  wake_workers(t->sh, t->n_workers, (int)(fed - shown));
+}
+
+/* feed_chunk, then shown to the workers at once. */
+static bool queue_chunk(mp__jobs_t *t, mp__jobrec_t *job, _Atomic uint64_t *state,
+                        uint32_t next) {
+  if (!feed_chunk(job, state, next))
     return false;
-  /* The block's count moved by anyone but the feeds is a worker's wild write: the chunk is
-   * fed (the record counts it), and the job fails rather than wait for chunks that no claim
-   * would look at. */
-  if ((atomic_fetch_add(&job->blk->limit, 1) & ~MP__LIMIT_CLOSED) != next)
-    job_abort(t, job, MP_ECORRUPT);
-  wake_workers(t->sh, t->n_workers, 1);
+  show_chunks(t, job, next, next + 1);
   return true;
 }
 
@@ -653,6 +681,10 @@ static bool job_feed(mp__jobs_t *t, mp__jobrec_t *job, const mp__feed_t *feed) {
   bool queued = count > 0 && queue_chunk(t, job, state, next);
   if (queued)
     job->fed = next + 1;
+  /* A chunk fed within a worker's spin ends it before the worker looks for held applies,
+   * which an iterator fed all along would then hide for ever: its feeds show them. */
+  if (queued)
+    show_held_if_free(t);
   if (open && job->input_ended)
     close_feeding(t, job);
   return queued && !job->input_ended;
@@ -912,6 +944,42 @@ bool mp__pool_claim(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task) {
   }
   unpin(sh, w);
   return false;
+}
+
+/* Raises a batch's limit to the chunks appended, keeping a close's mark: the pool's process
+ * shows the held chunks before it closes a batch, an abort failed every chunk fed, and no
+ * count appended passes the chunks fed, so a closed limit raised here shows no chunk to
+ * run, and a worker's wild mark hides none. The count is bounded by the job's chunks, a
+ * wild one by nothing more: it can only show chunks that a wild write could queue anyway.
+ * Returns the chunks it showed. */
+static uint32_t take_held_in(mp__job_t *job) {
+  uint32_t appended = atomic_load(&job->appended), limit = atomic_load(&job->limit);
+  if (appended > job->head.n_chunks)
+    appended = job->head.n_chunks;
+  while ((limit & ~MP__LIMIT_CLOSED) < appended)
+    if (atomic_compare_exchange_weak(&job->limit, &limit,
+                                     (limit & MP__LIMIT_CLOSED) | appended))
+      return appended - (limit & ~MP__LIMIT_CLOSED);
+  return 0;
+}
+
+/* A worker that shows more than one chunk wakes the others for the rest, as the pool's
+ * process would have: left asleep, they left held slow applies to run one after another. */
+bool mp__pool_take_held(mp__pool_shared_t *sh, uint32_t w) {
+  uint64_t next = atomic_load(&sh->next_seq), oldest = atomic_load(&sh->oldest);
+  uint32_t took = 0;
+  /* The bounds of mp__pool_claim: no scan of a wild range. */
+  if (oldest > next || next - oldest > MP__POOL_SLOTS)
+    oldest = next > MP__POOL_SLOTS ? next - MP__POOL_SLOTS : 0;
+  for (uint64_t seq = oldest; seq < next; seq++) {
+    mp__job_t *j = pin(sh, w, seq);
+    if (j && (j->head.flags & MP__JOB_BATCH))
+      took += take_held_in(j);
+  }
+  unpin(sh, w);
+  if (took > 1)
+    wake_workers(sh, sh->n_workers, (int)(took - 1));
+  return took > 0;
 }
 
 /* ------------------------------ completing ------------------------------ */
@@ -1653,11 +1721,56 @@ static bool batch_takes(const mp__jobs_t *t, const mp__apply_spec_t *s) {
          t->batch_next < BATCH_APPLIES;
 }
 
-/* Closes the open batch (apply_lock held). */
+/* Shows the workers the open batch's chunks held back (apply_lock held). */
+static void show_held(mp__jobs_t *t) {
+  mp__jobrec_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
+  if (job && t->batch_shown < t->batch_next)
+    show_chunks(t, job, t->batch_shown, t->batch_next);
+  if (job)
+    t->batch_shown = t->batch_next;
+  atomic_store_explicit(&t->holding, false, memory_order_relaxed);
+}
+
+void mp__jobs_set_hold(mp__jobs_t *t, unsigned hold) {
+  t->hold = hold;
+}
+
+/* Without waiting for apply_lock: a callback's get runs on the supervisor's thread, which
+ * an apply waiting for a slot (its lock held) may be waiting for. The workers take what a
+ * flush that found the lock taken leaves held (mp__pool_take_held). */
+static void show_held_if_free(mp__jobs_t *t) {
+  if (!atomic_load_explicit(&t->holding, memory_order_relaxed) ||
+      pthread_mutex_trylock(&t->apply_lock) != 0)
+    return;
+  show_held(t);
+  pthread_mutex_unlock(&t->apply_lock);
+}
+
+void mp__jobs_flush(mp__jobs_t *t) {
+  atomic_store_explicit(&t->streaming, false, memory_order_relaxed);
+  show_held_if_free(t);
+}
+
+/* Whether chunk c of the open batch, fed, is held back (apply_lock held): while the caller
+ * streams, fewer than hold are, and no worker sleeps. The count appended is stored before
+ * the look at the idle workers, and a worker counts itself idle before it reads that count
+ * (mp__pool_take_held), all sequentially consistent: either this append sees the worker
+ * and shows the chunks, or the worker sees them. */
+static bool hold_back(mp__jobs_t *t, mp__jobrec_t *job, uint32_t c) {
+  if (c + 1 - t->batch_shown >= t->hold ||
+      !atomic_load_explicit(&t->streaming, memory_order_relaxed))
+    return false;
+  atomic_store(&job->blk->appended, c + 1);
+  return atomic_load(&t->sh->idle) == 0;
+}
+
+/* Closes the open batch (apply_lock held), its held chunks shown first: a worker never
+ * raises a closed limit. */
 static void close_batch(mp__jobs_t *t) {
   mp__jobrec_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
   if (!job)
     return;
+  show_held(t);
   atomic_store(&t->batch, NULL);
   /* The references of the applies it did not take (the table's is still held). */
   atomic_fetch_sub(&job->refs, BATCH_APPLIES - t->batch_next);
@@ -1694,6 +1807,7 @@ static int open_batch(mp__jobs_t *t, const mp__apply_spec_t *s) {
   atomic_store_explicit(&job->refs, 1 + BATCH_APPLIES, memory_order_relaxed);
   t->batch_fn = s->fn;
   t->batch_next = 0;
+  t->batch_shown = 0;
   t->batch_notify = s->notify;
   t->batch_room = item_slot - MP__VARSIZE_HEAD;
   t->batch_result_max = s->result_max;
@@ -1714,11 +1828,20 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t *
     memcpy(in + MP__VARSIZE_HEAD, s->arg, len);
   MP__SCANNED(in, t->batch_room + MP__VARSIZE_HEAD); /* sent whole (see job_feed) */
   memset(mp__job_owner(job, c), 0, MP__JOB_OWNER_BYTES);
-  if (!queue_chunk(t, job, rec_state(job, c), c)) { /* aborted: it counted c */
+  if (!feed_chunk(job, rec_state(job, c), c)) { /* aborted: it counted c */
     atomic_fetch_sub(&job->refs, 1); /* c's, which the close does not give up */
+    t->batch_shown = t->batch_next;  /* the abort failed the held ones: none to show */
     close_batch(t);
     return mp__error(MP_ETERMINATED, "the pool was terminated");
   }
+  if (hold_back(t, job, c)) {
+    atomic_store_explicit(&t->holding, true, memory_order_relaxed);
+  } else {
+    show_chunks(t, job, t->batch_shown, c + 1);
+    t->batch_shown = c + 1;
+    atomic_store_explicit(&t->holding, false, memory_order_relaxed);
+  }
+  atomic_store_explicit(&t->streaming, true, memory_order_relaxed);
   if (c + 1 == BATCH_APPLIES || atomic_load(&job->abort_code)) /* the next opens another */
     close_batch(t);
   *out = job;

@@ -192,6 +192,11 @@ typedef struct {
    * (written before the chunk is queued; a wild one makes a chunk's count wrong, at most
    * its chunksize). */
   _Atomic uint64_t fed_items;
+  /* MP__JOB_BATCH: the chunks appended so far, when the pool's process holds the last ones
+   * back from limit while its caller streams applies (mp__jobs_set_hold); a worker about to
+   * sleep raises limit to it (mp__pool_take_held). On a line of its own: written at every
+   * held append, read by a worker only when it has run out of work. */
+  _Alignas(64) _Atomic uint32_t appended;
 } mp__job_t;
 
 /* The pool's process's record of a job, in its own memory, out of every worker's reach: the
@@ -375,6 +380,20 @@ int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *spec, mp__jobrec_t **j
                    uint32_t *chunk);
 /* Closes the open batch, if any: it takes no more applies. */
 void mp__jobs_close_batch(mp__jobs_t *t);
+/*
+ * Applies appended while the caller streams them (it appended since its last wait) may be
+ * held back, up to hold of them, and shown to the workers together: each shown alone moved
+ * the lines every claim reads from the workers, which took them back at once. A held apply
+ * is shown by the next wait on any result (mp__jobs_flush), a close of its batch, the
+ * hold-th append, or a worker that runs out of work (mp__pool_take_held); at once if a
+ * worker sleeps. hold 0 or 1 (a new table's): none is held.
+ */
+void mp__jobs_set_hold(mp__jobs_t *t, unsigned hold);
+/* Shows the workers the applies held back, before a wait on a result. */
+void mp__jobs_flush(mp__jobs_t *t);
+/* Worker w, about to sleep: shows itself the chunks held back in the batches in flight.
+ * True if it raised a limit, so that a claim finds work. */
+bool mp__pool_take_held(mp__pool_shared_t *sh, uint32_t w);
 /* Where the owner of chunk keeps its record (MP__JOB_OWNER_BYTES, zeroed when the chunk was
  * appended; job->owner for a job of its own): in the job's record, out of the workers'
  * reach. */

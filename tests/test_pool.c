@@ -700,6 +700,99 @@ START_TEST(test_apply_async_timeouts) {
 }
 END_TEST
 
+/* ----------------------------- held applies ----------------------------- */
+
+/* Applies that follow others in a stream may be held back and shown to the workers together
+ * (lib/pool.c, APPLIES_HELD). HELD_QUICK quick ones follow two that keep both workers busy
+ * for HELD_BUSY_MS, so that no worker sleeps when they are appended: they are held. */
+enum { HELD_QUICK = 5, HELD_BUSY_MS = 200 };
+
+static _Atomic int held_callbacks;
+
+static int count_callback(mp_async_result_t *ar, void *user) {
+  (void)ar;
+  (void)user;
+  held_callbacks++;
+  return 0;
+}
+
+/* Both workers busy, then HELD_QUICK squares of 0.. with callbacks (or none). */
+static void stream_behind_busy_workers(mp_pool_t *pool, mp_async_result_t **busy,
+                                       mp_async_result_t **quick, int *x,
+                                       const mp_async_callbacks_t *callbacks) {
+  static const int ms = HELD_BUSY_MS;
+  for (int k = 0; k < 2; k++)
+    MP_ASSERT_OK(mp_pool_apply_async(pool, sleep_arg_ms, &ms, sizeof ms, 0, NULL, &busy[k]));
+  for (int k = 0; k < HELD_QUICK; k++) {
+    x[k] = k;
+    MP_ASSERT_OK(mp_pool_apply_async(pool, square, &x[k], sizeof x[k], sizeof(int), callbacks,
+                                     &quick[k]));
+  }
+}
+
+/* The end of a held-applies test: each quick apply's square checked (if squared), every
+ * result freed, the pool destroyed. */
+static void end_held(mp_async_result_t **busy, mp_async_result_t **quick, bool squared) {
+  for (int k = 0; k < HELD_QUICK && squared; k++) {
+    int r = -1;
+    MP_ASSERT_OK(mp_async_result_get(quick[k], &r, sizeof r, NULL, 0));
+    T_INT_EQ(r, k * k);
+  }
+  for (int k = 0; k < 2; k++)
+    mp_async_result_free(busy[k]);
+  for (int k = 0; k < HELD_QUICK; k++)
+    mp_async_result_free(quick[k]);
+  end_pool();
+}
+
+/* Held applies run with no wait and no look at a result: a worker that runs out of work
+ * takes them (each callback counts one). Before, with nothing to take them, they stayed
+ * held for ever. */
+START_TEST(test_held_applies_run_unwaited) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  mp_async_result_t *busy[2], *quick[HELD_QUICK];
+  int x[HELD_QUICK];
+  mp_async_callbacks_t counting = {count_callback, count_callback, NULL};
+  held_callbacks = 0;
+  stream_behind_busy_workers(pool, busy, quick, x, &counting);
+  double until = mp_test_now() + 20 * mp_test_slowdown();
+  while (held_callbacks < HELD_QUICK && mp_test_now() < until)
+    nap(0.001);
+  T_INT_EQ(held_callbacks, HELD_QUICK);
+  end_held(busy, quick, true);
+}
+END_TEST
+
+/* A close shows the held applies before it closes their batch, which no worker raises once
+ * closed: join returns and each has its result (before: join waited out its timeout). */
+START_TEST(test_close_runs_held_applies) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  mp_async_result_t *busy[2], *quick[HELD_QUICK];
+  int x[HELD_QUICK];
+  stream_behind_busy_workers(pool, busy, quick, x, NULL);
+  MP_ASSERT_OK(mp_pool_close(pool));
+  MP_ASSERT_OK(mp_pool_join(pool, 20));
+  end_held(busy, quick, true);
+}
+END_TEST
+
+/* A terminate fails the held applies with the rest: each get returns, with its result or
+ * MP_ETERMINATED. */
+START_TEST(test_terminate_fails_held_applies) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  mp_async_result_t *busy[2], *quick[HELD_QUICK];
+  int x[HELD_QUICK];
+  stream_behind_busy_workers(pool, busy, quick, x, NULL);
+  MP_ASSERT_OK(mp_pool_terminate(pool));
+  for (int k = 0; k < HELD_QUICK; k++) {
+    int r = -1, rc = mp_async_result_get(quick[k], &r, sizeof r, NULL, 10);
+    T_ASSERT(rc == MP_ETERMINATED || (rc == 0 && r == k * k), "apply %d: %d (%s), result %d", k,
+             rc, mp_last_error(), r);
+  }
+  end_held(busy, quick, false);
+}
+END_TEST
+
 /* ------------------------------- callbacks ------------------------------- */
 
 static _Atomic int callbacks_run, error_callbacks_run, callback_sum;
@@ -2886,6 +2979,10 @@ static Suite *pool_suite(void) {
   tcase_add_loop_test(tc, test_apply, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_apply_async_timeouts, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_callbacks, 0, N_CONTEXTS);
+  tc = mp_test_tcase(s, "held", 60);
+  tcase_add_loop_test(tc, test_held_applies_run_unwaited, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_close_runs_held_applies, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_terminate_fails_held_applies, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "in_flight", 90);
   tcase_add_loop_test(tc, test_applies_in_flight, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_applies_in_flight_worker_dies, 0, N_PROCESS_CONTEXTS);

@@ -706,6 +706,227 @@ START_TEST(test_forged_limit_closed) {
 }
 END_TEST
 
+/* Nothing is claimable: worker w's claim finds no chunk. */
+static void claim_none(uint32_t w, const char *why) {
+  mp__task_t task;
+  T_ASSERT(!mp__pool_claim(mp__jobs_shared(table), w, &task), "chunk %u was claimed: %s",
+           task.chunk, why);
+}
+
+/* With holding on, applies that follow another in a stream are held back: no claim finds
+ * them until a worker out of work takes them (mp__pool_take_held) or the caller's wait
+ * shows them (mp__jobs_flush). Before, with no holding, each was claimable at once. */
+START_TEST(test_held_applies_shown) {
+  int x[5] = {1, 2, 3, 4, 5};
+  mp__jobrec_t *jobs[5];
+  uint32_t chunks[5];
+  batch_after_a_lone_apply(x, jobs, chunks);
+  mp__jobs_set_hold(table, 8);
+  append_third(x, jobs, chunks);
+  jobs[3] = apply(&x[3], &chunks[3]);
+  run_one(0, jobs[1], 0);
+  claim_none(0, "held back");
+  T_ASSERT(mp__pool_take_held(mp__jobs_shared(table), 1), "no held chunk was taken");
+  T_ASSERT(!mp__pool_take_held(mp__jobs_shared(table), 1), "a second take found more");
+  run_one(1, jobs[1], 1);
+  run_one(1, jobs[1], 2);
+  jobs[4] = apply(&x[4], &chunks[4]);
+  claim_none(0, "held back");
+  mp__jobs_flush(table);
+  run_one(0, jobs[1], 3);
+  for (uint32_t c = 0; c < 4; c++)
+    T_INT_EQ(take_int(jobs[1], c), x[c + 1]);
+  mp__jobs_close_batch(table);
+  end_batch_test(jobs, 5);
+}
+END_TEST
+
+/* A held chunk is shown by the close of its batch (its count of chunks appended, closed,
+ * is never raised by a worker), and a forged appended count shows no chunk past the
+ * batch's: the worker's rise stops at its chunks, and a claim finds only the fed one. */
+START_TEST(test_held_applies_closed) {
+  int x[3] = {1, 2, 3};
+  mp__jobrec_t *jobs[3];
+  uint32_t chunks[3];
+  batch_after_a_lone_apply(x, jobs, chunks);
+  mp__jobs_set_hold(table, 8);
+  append_third(x, jobs, chunks);
+  run_one(0, jobs[1], 0);
+  claim_none(0, "held back");
+  mp__jobs_close_batch(table);
+  run_one(0, jobs[1], 1);
+  T_INT_EQ(take_int(jobs[1], 1), 3);
+  end_batch_test(jobs, 3);
+
+  batch_after_a_lone_apply(x, jobs, chunks);
+  mp__jobs_set_hold(table, 8);
+  append_third(x, jobs, chunks);
+  run_one(0, jobs[1], 0);
+  atomic_store(&jobs[1]->blk->appended, UINT32_MAX);
+  T_ASSERT(mp__pool_take_held(mp__jobs_shared(table), 0), "the held chunk was not taken");
+  T_INT_EQ(atomic_load(&jobs[1]->blk->limit) & ~MP__LIMIT_CLOSED, jobs[1]->head.n_chunks);
+  run_one(0, jobs[1], 1);
+  claim_none(1, "past the chunks fed");
+  T_INT_EQ(take_int(jobs[1], 1), 3);
+  mp__jobs_close_batch(table);
+  end_batch_test(jobs, 3);
+}
+END_TEST
+
+/* Worker w going idle (mp__pool_idle) in a thread of its own, with the work count it read
+ * before its last claim, as serve reads it. */
+typedef struct {
+  uint32_t w, seen;
+} going_idle_t;
+
+static void *idle_from(void *arg) {
+  const going_idle_t *g = arg;
+  mp__pool_idle(mp__jobs_shared(table), g->w, g->seen);
+  return NULL;
+}
+
+/* Whether worker w, going idle with the work count seen, looks for work again within 2 s
+ * rather than sleep (one that slept is woken, and joined, before this returns). */
+static bool idle_returns(uint32_t w, uint32_t seen) {
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  going_idle_t g = {w, seen};
+  pthread_t th;
+  T_INT_EQ(pthread_create(&th, NULL, idle_from, &g), 0);
+  bool returned = joined_within(th, 2);
+  if (!returned) {
+    atomic_fetch_add(&sh->work, 1);
+    atomic_fetch_add(&sh->workers[w].wake, 1);
+    mp__futex_wake(&sh->workers[w].wake, 1);
+    pthread_join(th, NULL);
+  }
+  return returned;
+}
+
+/* Two applies held back while both workers run. Worker 1 runs out of work first and finds
+ * nothing (both are held); worker 0, whose spin ends first, takes both and runs the first
+ * (a slow apply). Worker 1's spin ends next: the second is claimable now, and worker 1 must
+ * look again (or be woken) rather than sleep. On 887aa4f the take moved no work count and
+ * woke no one: worker 1 slept with the second apply claimable, which waited for worker 0 to
+ * finish the first (held applies ran one after another on one worker while the others
+ * slept, and applies that wait on each other never ended unless the caller waited on one
+ * or closed the pool). */
+START_TEST(test_held_applies_taken_leave_none_asleep) {
+  int x[4] = {1, 2, 3, 4};
+  mp__jobrec_t *jobs[4];
+  uint32_t chunks[4];
+  batch_after_a_lone_apply(x, jobs, chunks);
+  mp__jobs_set_hold(table, 8);
+  append_third(x, jobs, chunks);
+  jobs[3] = apply(&x[3], &chunks[3]);
+  T_ASSERT(jobs[3] == jobs[1] && chunks[3] == 2, "the fourth apply was not appended");
+  run_one(0, jobs[1], 0);
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  uint32_t seen = atomic_load(&sh->work); /* worker 1's, before its claim */
+  claim_none(1, "held back");
+  T_ASSERT(mp__pool_take_held(sh, 0), "worker 0 took no held chunk");
+  mp__task_t a;
+  claim(0, &a);
+  T_INT_EQ(a.chunk, 1);
+  T_ASSERT(idle_returns(1, seen),
+           "worker 1 went to sleep with chunk 2 claimable (worker 0 took it with chunk 1, "
+           "which it still runs)");
+  run_one(1, jobs[1], 2);
+  T_ASSERT(complete(0, &a), "the completion was refused");
+  for (uint32_t c = 0; c < 3; c++)
+    T_INT_EQ(take_int(jobs[1], c), x[c + 1]);
+  mp__jobs_close_batch(table);
+  end_batch_test(jobs, 4);
+}
+END_TEST
+
+/* An iterator submitted before a stream of applies, whose consumer takes each result and
+ * feeds the next chunk while the worker that ran out of work spins (a lazy imap consumed
+ * in a loop): the second apply, held back, must still run before the iterator ends. On
+ * 887aa4f a worker took held applies only after a whole spin with no new work, which each
+ * feed cut short: the apply ran only once the iterator's N chunks had all run (never,
+ * behind an endless iterator), where before it ran at the worker's first look that found
+ * the iterator's window empty. */
+START_TEST(test_held_apply_behind_a_fed_iterator) {
+  enum { N = 6 };
+  int in[N] = {10, 11, 12, 13, 14, 15}, x[2] = {1, 2};
+  MP_ASSERT_OK(mp__jobs_create(&table, 1, 0, 0));
+  mp_test_set_hook(free_table);
+  mp__jobs_set_hold(table, 8);
+  mp__job_spec_t spec = {0, MP__JOB_ITERATOR, in, N, sizeof(int), sizeof(int), 1, 1, 0, NULL};
+  MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &spec.fn));
+  mp__jobrec_t *it, *applies[2];
+  uint32_t chunks[2];
+  MP_ASSERT_OK(mp__jobs_submit(table, &spec, &it));
+  mp__feed_t feed = {in, NULL, NULL};
+  while (mp__jobs_feed(table, it, &feed))
+    ;
+  applies[0] = apply(&x[0], &chunks[0]); /* work in flight: the first of a batch */
+  applies[1] = apply(&x[1], &chunks[1]); /* held back: no worker is idle */
+  T_ASSERT((applies[0]->head.flags & MP__JOB_BATCH) && applies[1] == applies[0] &&
+               chunks[1] == 1,
+           "the applies were not batched");
+  mp__pool_shared_t *sh = mp__jobs_shared(table);
+  int its_run = 0, pending = -1; /* the iterator's chunk run and not taken back yet */
+  bool held_ran = false;
+  for (int round = 0; round < 4 * N && !held_ran; round++) {
+    uint32_t seen = atomic_load(&sh->work);
+    mp__task_t t;
+    if (mp__pool_claim(sh, 0, &t)) {
+      t.call = (mp__fn_t)identity;
+      MP_ASSERT_OK(mp__run_task(&t, NULL));
+      T_ASSERT(complete(0, &t), "the completion was refused");
+      if (t.job == it->blk)
+        its_run++, pending = (int)t.chunk;
+      held_ran = t.job == applies[1]->blk && t.chunk == 1;
+      continue;
+    }
+    /* Out of work: its consumer takes the result meanwhile and feeds the next chunk. */
+    if (pending >= 0)
+      mp__jobs_return_chunk(table, it, (uint32_t)pending, &feed);
+    pending = -1;
+    T_ASSERT(idle_returns(0, seen), "the worker slept with work left");
+  }
+  T_ASSERT(held_ran, "the held apply never ran");
+  T_ASSERT(its_run < N,
+           "the held apply ran only after all %d chunks of the iterator fed before and "
+           "after it (the worker ran out of work after each)",
+           its_run);
+  mp__jobs_abort(table, it, MP_ETERMINATED);
+  mp__jobs_close_batch(table);
+  mp__jobs_release(table, it);
+  mp__jobs_release(table, applies[0]);
+  mp__jobs_release(table, applies[1]);
+  mp_test_set_hook(NULL);
+  free_table();
+}
+END_TEST
+
+/* A worker marks the open batch's block limit closed (a wild write, as in
+ * test_forged_limit_closed) and the next apply is held back: the pool's process decides by
+ * its record, whose batch is open, so a worker that runs out of work still takes it. On
+ * 887aa4f the take refused the forged bit: the held apply reached no worker until the
+ * caller's next wait, the eighth append or the close (a caller waiting on its callback
+ * alone waited for ever), where before the forged bit cost nothing. */
+START_TEST(test_forged_limit_closed_held) {
+  int x[3] = {1, 2, 3};
+  mp__jobrec_t *jobs[3];
+  uint32_t chunks[3];
+  batch_after_a_lone_apply(x, jobs, chunks);
+  mp__jobs_set_hold(table, 8);
+  atomic_fetch_or(&jobs[1]->blk->limit, MP__LIMIT_CLOSED);
+  append_third(x, jobs, chunks);
+  run_one(0, jobs[1], 0);
+  claim_none(1, "held back");
+  T_ASSERT(mp__pool_take_held(mp__jobs_shared(table), 1),
+           "the held apply was not taken: a worker's write of the limit's closed bit hid it "
+           "from every worker");
+  run_one(1, jobs[1], 1);
+  T_INT_EQ(take_int(jobs[1], 1), 3);
+  mp__jobs_close_batch(table);
+  end_batch_test(jobs, 3);
+}
+END_TEST
+
 /* A worker sets an open batch's block limit back to 0 (a wild write): the next apply's feed
  * finds the count moved and fails the batch with MP_ECORRUPT, its own chunk included, rather
  * than leave the chunks past the forged count to no claim (each apply's get waiting for
@@ -2342,6 +2563,11 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_abort_racing_an_apply);
   tcase_add_test(tc, test_forged_limit_closed);
   tcase_add_test(tc, test_forged_limit_count);
+  tcase_add_test(tc, test_held_applies_shown);
+  tcase_add_test(tc, test_held_applies_closed);
+  tcase_add_test(tc, test_held_applies_taken_leave_none_asleep);
+  tcase_add_test(tc, test_held_apply_behind_a_fed_iterator);
+  tcase_add_test(tc, test_forged_limit_closed_held);
   tc = mp_test_tcase(s, "ends", 30);
   tcase_add_test(tc, test_ends_between_draw_and_claim);
   tcase_add_test(tc, test_redrawn_chunk_keeps_its_retries);

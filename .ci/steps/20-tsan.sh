@@ -17,7 +17,7 @@ apt-get install -y -qq libtsan2 >/dev/null
 export TSAN_OPTIONS=halt_on_error=1:handle_segv=0 CK_TIMEOUT_MULTIPLIER=4
 meson test -C build-tsan --print-errorlogs --timeout-multiplier 4 \
   heap sharedctypes synchronize process connection shared_memory pool_jobs pool_shared
-for tcase in map imap forms apply in_flight forged workers input; do
+for tcase in map imap forms apply held in_flight forged workers input; do
   CK_RUN_CASE=$tcase meson test -C build-tsan --print-errorlogs --timeout-multiplier 4 \
     --logbase "tsan-pool-$tcase" pool
 done

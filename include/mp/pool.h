@@ -222,8 +222,11 @@ MP_EXTERN int mp_pool_apply(mp_pool_t *pool, mp_task_fn_t fn, const void *arg, s
                             void *result, size_t result_cap, size_t *result_len);
 
 /* As mp_pool_apply without waiting; arg is copied before the call returns; the task has
- * result_max bytes of room. Python: Pool.apply_async(func, args, callback=, error_callback=).
- */
+ * result_max bytes of room. One made while the caller streams applies (it made one since its
+ * last get, wait or ready) may be held back, up to 8, and handed to the workers together: it
+ * starts at the caller's next get, wait or ready, at the eighth, at close, or once a worker
+ * runs out of work (within about 20 us). Python: Pool.apply_async(func, args, callback=,
+ * error_callback=). */
 MP_EXTERN int mp_pool_apply_async(mp_pool_t *pool, mp_task_fn_t fn, const void *arg,
                                   size_t size, size_t result_max,
                                   const mp_async_callbacks_t *callbacks,
