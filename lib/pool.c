@@ -18,7 +18,8 @@
 /* How long terminate waits for the workers' ends before it gives up on them. */
 #define TERMINATE_WAIT_NS 5000000000ll
 /* Applies a stream may hold back and show the workers together (mp__jobs_set_hold): 64 in
- * flight went from 0.32 to 0.17 us a task (pool.apply_pipelined, docs/architecture.md). */
+ * flight went from 0.32-0.35 to 0.17-0.18 us a task (pool.apply_pipelined; 4 or 16 held did
+ * worse, docs/architecture.md). */
 #define APPLIES_HELD 8
 
 /* ------------------------------ the pool ------------------------------ */

@@ -48,7 +48,7 @@
 /* A batch's state words lie on 2^BATCH_SPREAD lines, two chunks a line (a map's window of
  * 64 takes 8 lines): the caller appends chunk c while the workers complete the held group
  * before it (lib/pool.c, APPLIES_HELD), whose chunk c - 8 shared c's line on 8 lines.
- * pool.apply_pipelined 0.169-0.180 -> 0.155-0.159 us/task (docs/architecture.md). */
+ * pool.apply_pipelined 0.169-0.180 -> 0.155-0.161 us/task (docs/architecture.md). */
 #define BATCH_SPREAD 5
 _Static_assert((8u << BATCH_SPREAD) >= BATCH_APPLIES, "a batch's state words fit its lines");
 
@@ -1770,8 +1770,8 @@ static bool hold_back(mp__jobs_t *t, mp__jobrec_t *job, uint32_t c) {
   return atomic_load(&t->sh->idle) == 0;
 }
 
-/* Closes the open batch (apply_lock held), its held chunks shown first: a worker never
- * raises a closed limit. */
+/* Closes the open batch (apply_lock held), its held chunks shown first: at once, where the
+ * workers' take would wait for one of them to run out of work. */
 static void close_batch(mp__jobs_t *t) {
   mp__jobrec_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
   if (!job)

@@ -763,8 +763,10 @@ START_TEST(test_held_applies_run_unwaited) {
 }
 END_TEST
 
-/* A close shows the held applies before it closes their batch, which no worker raises once
- * closed: join returns and each has its result (before: join waited out its timeout). */
+/* A close with applies held: join returns and each has its result. The close shows them
+ * (test_held_applies_closed), and so would the workers' take once they run out of work;
+ * on 887aa4f, whose take did not raise a closed limit, a close without its show left join
+ * waiting out its timeout. */
 START_TEST(test_close_runs_held_applies) {
   mp_pool_t *pool = make_pool(_i, 2, NULL);
   mp_async_result_t *busy[2], *quick[HELD_QUICK];

@@ -741,9 +741,9 @@ START_TEST(test_held_applies_shown) {
 }
 END_TEST
 
-/* A held chunk is shown by the close of its batch (its count of chunks appended, closed,
- * is never raised by a worker), and a forged appended count shows no chunk past the
- * batch's: the worker's rise stops at its chunks, and a claim finds only the fed one. */
+/* A held chunk is shown by the close of its batch at once, with no worker's take, and a
+ * forged appended count shows no chunk past the batch's: the worker's rise stops at its
+ * chunks, and a claim finds only the fed one. */
 START_TEST(test_held_applies_closed) {
   int x[3] = {1, 2, 3};
   mp__jobrec_t *jobs[3];
