@@ -1564,9 +1564,9 @@ static Suite *shared_memory_suite(void) {
   tc = mp_test_tcase(s, "stopped", 90);
   tcase_add_test(tc, test_stopped_tracker_bounds_a_connected_create);
   tcase_add_test(tc, test_stopped_tracker_bounds_a_signalled_create);
+  tcase_add_test(tc, test_silent_tracker_image_fails_once);
   tc = mp_test_tcase(s, "backlog", 60);
   tcase_add_test(tc, test_stopped_tracker_bounds_a_signalled_connect);
-  tcase_add_test(tc, test_silent_tracker_image_fails_once);
 
   tc = mp_test_tcase(s, "cleanup", 40);
   tcase_add_loop_test(tc, test_program_end_unlinks, 0, N_METHODS);
