@@ -202,21 +202,37 @@ static int await_reply(int sock) {
 /* A connection to a running tracker: the socket, or -ECONNREFUSED (none runs),
  * -ECONNRESET (it was ending), -EPERM (another user listens there) or MP_ETIMEDOUT (the
  * listener accepts or answers nothing). */
+/* connect() waits for as long as the listener's backlog is full: a tracker accepts at once,
+ * so a listener that does not is another user's at our name, or a stopped tracker. The wait
+ * is bounded by SO_SNDTIMEO, so a signal ends it with EINTR even under SA_RESTART
+ * (signal(7)): it is made again for what is left of the one bound, where a timer's signal
+ * made the create fail at once. */
+static int connect_within(int sock, const struct sockaddr_un *addr, socklen_t len,
+                          int64_t deadline) {
+  for (;;) {
+    int64_t left = deadline - mp__now_ns();
+    if (left <= 0)
+      break;
+    /* At least 1 us: a zero SO_SNDTIMEO is no bound at all. */
+    struct timeval bound = {.tv_sec = (time_t)(left / 1000000000),
+                            .tv_usec = (suseconds_t)(left % 1000000000 / 1000)};
+    if (bound.tv_sec == 0 && bound.tv_usec == 0)
+      bound.tv_usec = 1;
+    setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &bound, sizeof bound);
+    if (connect(sock, (const struct sockaddr *)addr, len) == 0)
+      return 0;
+    if (errno != EINTR && errno != EAGAIN)
+      return mp__syserror("connecting to the segment tracker");
+  }
+  return mp__error(MP_ETIMEDOUT, "the segment tracker accepts no connection in %g s",
+                   CONNECT_TIMEOUT_SECONDS);
+}
+
 static int connect_tracker(const struct sockaddr_un *addr, socklen_t len) {
   int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (sock < 0)
     return mp__syserror("socket for the segment tracker");
-  /* connect() waits for as long as the listener's backlog is full: a tracker accepts at
-   * once, so a listener that does not is another user's at our name, or a stopped tracker. */
-  struct timeval bound = {.tv_sec = (time_t)CONNECT_TIMEOUT_SECONDS};
-  setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &bound, sizeof bound);
-  int rc = connect(sock, (const struct sockaddr *)addr, len) < 0
-               ? errno == EAGAIN ? mp__error(MP_ETIMEDOUT,
-                                             "the segment tracker accepts no "
-                                             "connection in %g s",
-                                             CONNECT_TIMEOUT_SECONDS)
-                                 : mp__syserror("connecting to the segment tracker")
-               : 0;
+  int rc = connect_within(sock, addr, len, mp__deadline(CONNECT_TIMEOUT_SECONDS));
   /* Anyone can bind an abstract name: a listener of another user is not our tracker, and
    * learns no segment name (SO_PEERCRED is the listener's, fixed when it called listen). */
   if (rc == 0)

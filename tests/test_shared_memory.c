@@ -16,6 +16,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -637,9 +638,9 @@ typedef struct {
 } forged_t;
 enum { FORGED_TRACK = 2, FORGED_FORGET = 3 };
 
-/* A connection to the listener of the tracker `pid` (found by its sockets' inodes in
- * /proc/net/unix, as any process of the user can), past its greeting; -1 if none. */
-static int connect_to_tracker(pid_t pid) {
+/* The address the tracker `pid` listens at (found by its sockets' inodes in
+ * /proc/net/unix, as any process of the user can); false if none. */
+static bool tracker_address(pid_t pid, struct sockaddr_un *addr, socklen_t *len) {
   char dir_path[64], line[512], name[256] = "";
   snprintf(dir_path, sizeof dir_path, "/proc/%d/fd", (int)pid);
   FILE *unix_table = fopen("/proc/net/unix", "re");
@@ -665,14 +666,22 @@ static int connect_to_tracker(pid_t pid) {
   if (unix_table)
     fclose(unix_table);
   if (!name[0])
+    return false;
+  *addr = (struct sockaddr_un){.sun_family = AF_UNIX};
+  memcpy(addr->sun_path + 1, name, strlen(name));
+  *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+  return true;
+}
+
+/* A connection to the listener of the tracker `pid`, past its greeting; -1 if none. */
+static int connect_to_tracker(pid_t pid) {
+  struct sockaddr_un addr;
+  socklen_t len;
+  if (!tracker_address(pid, &addr, &len))
     return -1;
-  struct sockaddr_un addr = {.sun_family = AF_UNIX};
-  memcpy(addr.sun_path + 1, name, strlen(name));
   int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   char greeting = 0;
-  if (sock < 0 ||
-      connect(sock, (struct sockaddr *)&addr,
-              (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name))) < 0 ||
+  if (sock < 0 || connect(sock, (struct sockaddr *)&addr, len) < 0 ||
       recv(sock, &greeting, 1, 0) != 1) {
     if (sock >= 0)
       close(sock);
@@ -1297,6 +1306,106 @@ START_TEST(test_stopped_tracker_bounds_a_signalled_create) {
 }
 END_TEST
 
+/* A child's first create, so its first connection to the tracker, while a 2 ms timer's
+ * signal interrupts every system call; says how the create ended and how long it took. */
+static int connect_while_ticking(void *arg, size_t size) {
+  (void)size;
+  const refused_job_t *job = arg;
+  struct sigaction sa = {.sa_handler = tick, .sa_flags = SA_RESTART};
+  struct itimerval every = {{0, 2000}, {0, 2000}}, off = {{0, 0}, {0, 0}};
+  if (sigaction(SIGALRM, &sa, NULL) != 0 || setitimer(ITIMER_REAL, &every, NULL) != 0)
+    return 13;
+  char name[64];
+  snprintf(name, sizeof name, "mp_t%d_backlog", (int)getpid());
+  mp_shared_memory_t *shm;
+  refusal_t said = {0};
+  double start = mp_test_now();
+  said.rc = mp_shared_memory_create(&shm, name, PAGE, 0);
+  said.took = mp_test_now() - start;
+  setitimer(ITIMER_REAL, &off, NULL);
+  if (said.rc == 0) {
+    mp_shared_memory_unlink(shm);
+    mp_shared_memory_close(shm);
+  }
+  return mp_conn_send(job->told, &said, sizeof said) == 0 ? 0 : 12;
+}
+
+/* Nonblocking connections to addr until its listener's backlog refuses one (true) or up to
+ * most (false: the case is not made); their count in *n. */
+static bool fill_backlog(const struct sockaddr_un *addr, socklen_t len, int *socks, int most,
+                         int *n) {
+  for (*n = 0; *n < most; (*n)++) {
+    int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (s < 0)
+      return false;
+    if (connect(s, (const struct sockaddr *)addr, len) < 0) {
+      bool full = errno == EAGAIN;
+      close(s);
+      return full;
+    }
+    socks[*n] = s;
+  }
+  return false;
+}
+
+/* A stopped tracker whose backlog is full makes a first connection wait its bound (2 s),
+ * after which the create moves to a tracker of its own; a timer's signal every 2 ms in that
+ * wait ended the connect with EINTR (SO_SNDTIMEO: even under SA_RESTART), and the create
+ * failed at once: "connecting to the segment tracker: Interrupted system call". */
+START_TEST(test_stopped_tracker_bounds_a_signalled_connect) {
+  enum { MOST = 10000 };
+  char name[128];
+  seg_name(name, sizeof name, "backlog", 0);
+  mp_shared_memory_t *shm;
+  MP_ASSERT_OK(mp_shared_memory_create(&shm, name, PAGE, 0)); /* this process starts it */
+  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
+  pid_t tracker = own_tracker();
+  T_ASSERT(tracker > 0, "no tracker among this process's children");
+  struct sockaddr_un addr;
+  socklen_t len;
+  T_ASSERT(tracker_address(tracker, &addr, &len), "the tracker's address was not found");
+  struct rlimit was, room;
+  T_INT_EQ(getrlimit(RLIMIT_NOFILE, &was), 0);
+  room = was;
+  room.rlim_cur = room.rlim_max;
+  T_INT_EQ(setrlimit(RLIMIT_NOFILE, &room), 0);
+  int *socks = malloc(MOST * sizeof *socks), n = 0;
+  T_ASSERT(socks != NULL, "no memory");
+  T_ASSERT(kill(tracker, SIGSTOP) == 0, "SIGSTOP the tracker");
+  char state = '?';
+  bool stopped = tracker_stopped(tracker, &state);
+  bool full = stopped && fill_backlog(&addr, len, socks, MOST, &n);
+  mp_conn_t *a, *b;
+  MP_ASSERT_OK(mp_pipe(false, &a, &b));
+  refused_job_t job = {b, true};
+  refusal_t said = {0};
+  size_t got = 0;
+  int rc = MP_EINVAL;
+  mp_process_t *p = NULL;
+  if (full) {
+    p = mp_test_start(1, connect_while_ticking, &job, sizeof job);
+    rc = mp_conn_recv(a, &said, sizeof said, &got, 30 * mp_test_slowdown());
+  }
+  kill(tracker, SIGCONT);
+  for (int i = 0; i < n; i++)
+    close(socks[i]);
+  free(socks);
+  setrlimit(RLIMIT_NOFILE, &was);
+  T_ASSERT(stopped, "the tracker is in state '%c', not stopped", state);
+  T_ASSERT(full, "the backlog took %d connections and was not full: the case was not made", n);
+  MP_ASSERT_OK(rc);
+  T_ASSERT(got == sizeof said, "the child said %zu bytes", got);
+  T_ASSERT(said.rc == 0, "the create gave %d (%s) after %.2f s", said.rc, mp_strerror(said.rc),
+           said.took);
+  T_ASSERT(said.took > 1.5, "the create took %.2f s: its connect did not wait", said.took);
+  T_INT_EQ(mp_test_join_code(p, 10 * mp_test_slowdown()), 0);
+  T_PROC_CLOSE(p);
+  mp_conn_close(a);
+  mp_conn_close(b);
+  MP_ASSERT_OK(mp_shared_memory_close(shm));
+}
+END_TEST
+
 /* Review stop 23 (rev-tracker2): a tracker image that never answers its starter (here an
  * executable that ignores LIBMP_CHILD and keeps fd 3 open, as a setuid-like image that runs
  * main() does) fails the create after the tracker's 30 s, as before c5d3761: ensure_tracker
@@ -1456,6 +1565,8 @@ static Suite *shared_memory_suite(void) {
   tcase_add_test(tc, test_stopped_tracker_bounds_a_connected_create);
   tcase_add_test(tc, test_stopped_tracker_bounds_a_signalled_create);
   tcase_add_test(tc, test_silent_tracker_image_fails_once);
+  tc = mp_test_tcase(s, "backlog", 60);
+  tcase_add_test(tc, test_stopped_tracker_bounds_a_signalled_connect);
 
   tc = mp_test_tcase(s, "cleanup", 40);
   tcase_add_loop_test(tc, test_program_end_unlinks, 0, N_METHODS);
