@@ -1256,19 +1256,26 @@ static bool tracker_stopped(pid_t tracker, char *state) {
   return *state == 'T';
 }
 
+/* A segment created, so that this process starts the tracker, and unlinked: the tracker's
+ * pid. */
+static pid_t start_own_tracker(const char *what, mp_shared_memory_t **shm) {
+  char name[128];
+  seg_name(name, sizeof name, what, 0);
+  MP_ASSERT_OK(mp_shared_memory_create(shm, name, PAGE, 0));
+  MP_ASSERT_OK(mp_shared_memory_unlink(*shm));
+  pid_t tracker = own_tracker();
+  T_ASSERT(tracker > 0, "no tracker among this process's children");
+  return tracker;
+}
+
 /* A process that connected to a running tracker, rather than starting it (a spawned
  * child), gets MP_ETIMEDOUT from a create within the tracker's bound once the tracker is
  * stopped and its socket full, as the tracker's starter does (api.md), not a wait for ever
  * (review, stop 23); ticking, with a timer's signal interrupting that wait every 2 ms, which
  * made each send wait the whole bound anew (SO_SNDTIMEO): for ever. */
 static void stopped_tracker_bounds_create(bool ticking) {
-  char name[128];
-  seg_name(name, sizeof name, "stopper", 0);
   mp_shared_memory_t *shm;
-  MP_ASSERT_OK(mp_shared_memory_create(&shm, name, PAGE, 0)); /* this process starts it */
-  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
-  pid_t tracker = own_tracker();
-  T_ASSERT(tracker > 0, "no tracker among this process's children");
+  pid_t tracker = start_own_tracker("stopper", &shm);
   mp_conn_t *a, *b;
   MP_ASSERT_OK(mp_pipe(false, &a, &b));
   refused_job_t job = {b, ticking};
@@ -1354,13 +1361,8 @@ static bool fill_backlog(const struct sockaddr_un *addr, socklen_t len, int *soc
  * failed at once: "connecting to the segment tracker: Interrupted system call". */
 START_TEST(test_stopped_tracker_bounds_a_signalled_connect) {
   enum { MOST = 10000 };
-  char name[128];
-  seg_name(name, sizeof name, "backlog", 0);
   mp_shared_memory_t *shm;
-  MP_ASSERT_OK(mp_shared_memory_create(&shm, name, PAGE, 0)); /* this process starts it */
-  MP_ASSERT_OK(mp_shared_memory_unlink(shm));
-  pid_t tracker = own_tracker();
-  T_ASSERT(tracker > 0, "no tracker among this process's children");
+  pid_t tracker = start_own_tracker("backlog", &shm);
   struct sockaddr_un addr;
   socklen_t len;
   T_ASSERT(tracker_address(tracker, &addr, &len), "the tracker's address was not found");
