@@ -1730,10 +1730,10 @@ static bool batch_takes(const mp__jobs_t *t, const mp__apply_spec_t *s) {
 /* Shows the workers the open batch's chunks held back (apply_lock held). */
 static void show_held(mp__jobs_t *t) {
   mp__jobrec_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
-  if (job && t->batch_shown < t->batch_next)
+  if (job && t->batch_shown < t->batch_next) {
     show_chunks(t, job, t->batch_shown, t->batch_next);
-  if (job)
     t->batch_shown = t->batch_next;
+  }
   atomic_store_explicit(&t->holding, false, memory_order_relaxed);
 }
 
@@ -1840,13 +1840,10 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t *
     close_batch(t);
     return mp__error(MP_ETERMINATED, "the pool was terminated");
   }
-  if (hold_back(t, job, c)) {
+  if (hold_back(t, job, c))
     atomic_store_explicit(&t->holding, true, memory_order_relaxed);
-  } else {
-    show_chunks(t, job, t->batch_shown, c + 1);
-    t->batch_shown = c + 1;
-    atomic_store_explicit(&t->holding, false, memory_order_relaxed);
-  }
+  else
+    show_held(t); /* c with them */
   atomic_store_explicit(&t->streaming, true, memory_order_relaxed);
   if (c + 1 == BATCH_APPLIES || atomic_load(&job->abort_code)) /* the next opens another */
     close_batch(t);

@@ -199,9 +199,6 @@ static int await_reply(int sock) {
                                        : "the tracker failed");
 }
 
-/* A connection to a running tracker: the socket, or -ECONNREFUSED (none runs),
- * -ECONNRESET (it was ending), -EPERM (another user listens there) or MP_ETIMEDOUT (the
- * listener accepts or answers nothing). */
 /* connect() waits for as long as the listener's backlog is full: a tracker accepts at once,
  * so a listener that does not is another user's at our name, or a stopped tracker. The wait
  * is bounded by SO_SNDTIMEO, so a signal ends it with EINTR even under SA_RESTART
@@ -228,6 +225,9 @@ static int connect_within(int sock, const struct sockaddr_un *addr, socklen_t le
                    CONNECT_TIMEOUT_SECONDS);
 }
 
+/* A connection to a running tracker: the socket, or -ECONNREFUSED (none runs),
+ * -ECONNRESET (it was ending), -EPERM (another user listens there) or MP_ETIMEDOUT (the
+ * listener accepts or answers nothing). */
 static int connect_tracker(const struct sockaddr_un *addr, socklen_t len) {
   int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (sock < 0)

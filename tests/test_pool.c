@@ -716,32 +716,40 @@ static int count_callback(mp_async_result_t *ar, void *user) {
   return 0;
 }
 
-/* Both workers busy, then HELD_QUICK squares of 0.. with callbacks (or none). */
-static void stream_behind_busy_workers(mp_pool_t *pool, mp_async_result_t **busy,
-                                       mp_async_result_t **quick, int *x,
-                                       const mp_async_callbacks_t *callbacks) {
+/* A held-applies test's pool and results: two busy applies, then the quick ones of x. */
+typedef struct {
+  mp_pool_t *pool;
+  mp_async_result_t *busy[2], *quick[HELD_QUICK];
+  int x[HELD_QUICK];
+} held_t;
+
+/* A pool of 2 (context i) with both workers busy, then HELD_QUICK squares of 0.. with
+ * callbacks (or none). */
+static void stream_behind_busy_workers(int i, held_t *h, const mp_async_callbacks_t *callbacks) {
   static const int ms = HELD_BUSY_MS;
+  h->pool = make_pool(i, 2, NULL);
   for (int k = 0; k < 2; k++)
-    MP_ASSERT_OK(mp_pool_apply_async(pool, sleep_arg_ms, &ms, sizeof ms, 0, NULL, &busy[k]));
+    MP_ASSERT_OK(
+        mp_pool_apply_async(h->pool, sleep_arg_ms, &ms, sizeof ms, 0, NULL, &h->busy[k]));
   for (int k = 0; k < HELD_QUICK; k++) {
-    x[k] = k;
-    MP_ASSERT_OK(mp_pool_apply_async(pool, square, &x[k], sizeof x[k], sizeof(int), callbacks,
-                                     &quick[k]));
+    h->x[k] = k;
+    MP_ASSERT_OK(mp_pool_apply_async(h->pool, square, &h->x[k], sizeof h->x[k], sizeof(int),
+                                     callbacks, &h->quick[k]));
   }
 }
 
 /* The end of a held-applies test: each quick apply's square checked (if squared), every
  * result freed, the pool destroyed. */
-static void end_held(mp_async_result_t **busy, mp_async_result_t **quick, bool squared) {
+static void end_held(held_t *h, bool squared) {
   for (int k = 0; k < HELD_QUICK && squared; k++) {
     int r = -1;
-    MP_ASSERT_OK(mp_async_result_get(quick[k], &r, sizeof r, NULL, 0));
+    MP_ASSERT_OK(mp_async_result_get(h->quick[k], &r, sizeof r, NULL, 0));
     T_INT_EQ(r, k * k);
   }
   for (int k = 0; k < 2; k++)
-    mp_async_result_free(busy[k]);
+    mp_async_result_free(h->busy[k]);
   for (int k = 0; k < HELD_QUICK; k++)
-    mp_async_result_free(quick[k]);
+    mp_async_result_free(h->quick[k]);
   end_pool();
 }
 
@@ -749,17 +757,15 @@ static void end_held(mp_async_result_t **busy, mp_async_result_t **quick, bool s
  * takes them (each callback counts one). Before, with nothing to take them, they stayed
  * held for ever. */
 START_TEST(test_held_applies_run_unwaited) {
-  mp_pool_t *pool = make_pool(_i, 2, NULL);
-  mp_async_result_t *busy[2], *quick[HELD_QUICK];
-  int x[HELD_QUICK];
+  held_t h;
   mp_async_callbacks_t counting = {count_callback, count_callback, NULL};
   held_callbacks = 0;
-  stream_behind_busy_workers(pool, busy, quick, x, &counting);
+  stream_behind_busy_workers(_i, &h, &counting);
   double until = mp_test_now() + 20 * mp_test_slowdown();
   while (held_callbacks < HELD_QUICK && mp_test_now() < until)
     nap(0.001);
   T_INT_EQ(held_callbacks, HELD_QUICK);
-  end_held(busy, quick, true);
+  end_held(&h, true);
 }
 END_TEST
 
@@ -768,30 +774,26 @@ END_TEST
  * on 887aa4f, whose take did not raise a closed limit, a close without its show left join
  * waiting out its timeout. */
 START_TEST(test_close_runs_held_applies) {
-  mp_pool_t *pool = make_pool(_i, 2, NULL);
-  mp_async_result_t *busy[2], *quick[HELD_QUICK];
-  int x[HELD_QUICK];
-  stream_behind_busy_workers(pool, busy, quick, x, NULL);
-  MP_ASSERT_OK(mp_pool_close(pool));
-  MP_ASSERT_OK(mp_pool_join(pool, 20));
-  end_held(busy, quick, true);
+  held_t h;
+  stream_behind_busy_workers(_i, &h, NULL);
+  MP_ASSERT_OK(mp_pool_close(h.pool));
+  MP_ASSERT_OK(mp_pool_join(h.pool, 20));
+  end_held(&h, true);
 }
 END_TEST
 
 /* A terminate fails the held applies with the rest: each get returns, with its result or
  * MP_ETERMINATED. */
 START_TEST(test_terminate_fails_held_applies) {
-  mp_pool_t *pool = make_pool(_i, 2, NULL);
-  mp_async_result_t *busy[2], *quick[HELD_QUICK];
-  int x[HELD_QUICK];
-  stream_behind_busy_workers(pool, busy, quick, x, NULL);
-  MP_ASSERT_OK(mp_pool_terminate(pool));
+  held_t h;
+  stream_behind_busy_workers(_i, &h, NULL);
+  MP_ASSERT_OK(mp_pool_terminate(h.pool));
   for (int k = 0; k < HELD_QUICK; k++) {
-    int r = -1, rc = mp_async_result_get(quick[k], &r, sizeof r, NULL, 10);
+    int r = -1, rc = mp_async_result_get(h.quick[k], &r, sizeof r, NULL, 10);
     T_ASSERT(rc == MP_ETERMINATED || (rc == 0 && r == k * k), "apply %d: %d (%s), result %d", k,
              rc, mp_last_error(), r);
   }
-  end_held(busy, quick, false);
+  end_held(&h, false);
 }
 END_TEST
 
