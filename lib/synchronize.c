@@ -491,8 +491,16 @@ static struct {
   size_t n, cap;
 } held = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0};
 
+/* Listed once however often it is taken again: a release by another process empties this
+ * process's slot without a word to it, and the next acquire finds the slot empty again. */
 static void held_add(mp_semaphore_t *sem) {
   pthread_mutex_lock(&held.lock);
+  for (size_t i = 0; i < held.n; i++) {
+    if (held.sems[i] == sem) {
+      pthread_mutex_unlock(&held.lock);
+      return;
+    }
+  }
   if (held.n == held.cap) {
     size_t cap = held.cap ? held.cap * 2 : 8;
     mp_semaphore_t **grown = realloc(held.sems, cap * sizeof *grown);

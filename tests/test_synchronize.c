@@ -602,6 +602,44 @@ START_TEST(test_bounded_semaphore_two_holders) {
 }
 END_TEST
 
+/* The child releases the permit n times, each once the parent has it again. */
+static int child_releases_n(void *arg, size_t size) {
+  (void)size;
+  const job_t *job = arg;
+  double give_up = mp_test_now() + 20;
+  for (int released = 0; released < job->n;) {
+    int rc = mp_semaphore_release(job->sem);
+    if (rc == 0)
+      released++;
+    else if (rc != MP_ETOOMANY || mp_test_now() > give_up)
+      return 2;
+    else
+      sched_yield();
+  }
+  return 0;
+}
+
+/* A producer and a consumer: one process acquires, another releases for it. Each acquire
+ * after such a release listed the semaphore again among the acquirer's held ones, with a
+ * reference each, so the semaphore outlived its last close (and the list grew by one entry
+ * an acquire). */
+START_TEST(test_bounded_semaphore_released_by_another_freed_at_close) {
+  job_t job = {.n = 100};
+  MP_ASSERT_OK(mp_bounded_semaphore_create(&job.sem, 1));
+  MP_ASSERT_OK(mp_semaphore_acquire(job.sem, 0));
+  mp_process_t *releaser = mp_test_start(_i, child_releases_n, &job, sizeof job);
+  int rc = 0;
+  for (int i = 0; i < job.n && rc == 0; i++)
+    rc = mp_semaphore_acquire(job.sem, 20);
+  mp_test_join_ok(releaser, 20);
+  MP_ASSERT_OK(rc);
+  MP_ASSERT_OK(mp_semaphore_release(job.sem));
+  MP_ASSERT_OK(mp_semaphore_close(job.sem));
+  rc = mp_semaphore_value(job.sem);
+  T_ASSERT(rc == MP_EINVAL, "after its last close the semaphore is still there (value %d)", rc);
+}
+END_TEST
+
 /* ================================ Semaphore ================================ */
 
 START_TEST(test_semaphore_basics) {
@@ -2213,6 +2251,8 @@ static Suite *synchronize_suite(void) {
   tcase_add_loop_test(tc, test_condition_woken_waiter_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_lock_woken_waiter_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_bounded_semaphore_two_holders, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_bounded_semaphore_released_by_another_freed_at_close, 0,
+                      N_METHODS);
   tcase_add_loop_test(tc, test_barrier_runner_killed, 0, N_METHODS);
   tc = mp_test_tcase(s, "semaphore", 30);
   tcase_add_test(tc, test_semaphore_basics);
