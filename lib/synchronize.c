@@ -888,6 +888,10 @@ struct mp_condition_s {
     uint32_t n;
   } batch[TOKEN_GENS];
   mp_lock_t *lock;
+  /* The newest batch's generation, 0 when there is none: what token_left reads without the
+   * lock (batches are kept oldest first, so a waiter may take a token of some batch only if
+   * it may take one of the newest). */
+  uint64_t newest;
 };
 
 int mp_condition_create(mp_condition_t **out, mp_lock_t *lock) {
@@ -987,10 +991,12 @@ static int take_token(mp_condition_t *cond, uint64_t began) {
   for (uint32_t i = 0; i < batches; i++) {
     if (cond->batch[i].gen <= began)
       continue;
-    __atomic_store_n(&cond->tokens, cond->tokens - 1, __ATOMIC_RELAXED); /* see token_left */
+    cond->tokens--;
     if (--cond->batch[i].n == 0) {
       cond->batches = --batches;
       memmove(&cond->batch[i], &cond->batch[i + 1], (batches - i) * sizeof cond->batch[0]);
+      __atomic_store_n(&cond->newest, batches ? cond->batch[batches - 1].gen : 0,
+                       __ATOMIC_RELAXED);
     }
     return 1;
   }
@@ -999,10 +1005,10 @@ static int take_token(mp_condition_t *cond, uint64_t began) {
 
 /* Read without the lock at the end of a sleep's slice: true if a token this waiter may take
  * may be left. A notify wakes as many as it made tokens; one of them killed before it took
- * its token leaves the token to the others, who find it so. */
+ * its token leaves the token to the others, who find it so. A token only older waiters may
+ * take (a killed one's, that no live waiter took) is not this waiter's: it sleeps on. */
 static bool token_left(const mp_condition_t *cond, uint64_t began) {
-  return __atomic_load_n(&cond->tokens, __ATOMIC_RELAXED) > 0 &&
-         __atomic_load_n(&cond->gen, __ATOMIC_RELAXED) > began;
+  return __atomic_load_n(&cond->newest, __ATOMIC_RELAXED) > began;
 }
 
 static int cond_wait(mp_condition_t *cond, mp_lock_t *lock, int64_t deadline) {
@@ -1110,11 +1116,12 @@ int mp_condition_notify(mp_condition_t *cond, int n) {
     batches--;
     memmove(&cond->batch[0], &cond->batch[1], batches * sizeof cond->batch[0]);
   }
-  __atomic_store_n(&cond->gen, ++gen, __ATOMIC_RELAXED); /* gen and tokens: see token_left */
+  cond->gen = ++gen;
   cond->batch[batches].gen = gen;
   cond->batch[batches++].n = k;
   cond->batches = batches;
-  __atomic_store_n(&cond->tokens, cond->tokens + k, __ATOMIC_RELAXED);
+  cond->tokens += k;
+  __atomic_store_n(&cond->newest, gen, __ATOMIC_RELAXED); /* see token_left */
   atomic_fetch_add(&cond->seq, 1);
   /* k sleepers for a lone batch: all may take it. With older tokens left (in transit, or
    * of killed waiters), a waiter woken for this batch may take an older one and leave this
