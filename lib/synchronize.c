@@ -484,7 +484,12 @@ struct mp_semaphore_s {
 };
 
 /* The semaphores this process holds permits of, each with a reference: at a normal exit
- * the process gives up its slots (what it took is consumed, not lost). */
+ * the process gives up its slots (what it took is consumed, not lost). An entry is added and
+ * removed under the semaphore's mutex, with the change of the slot that calls for it, so
+ * that two threads handing a permit between them leave the list as the slot is. A release
+ * by another process empties the slot without a word to this one: the entry stays until a
+ * release or a close here finds the slot empty, or the process ends. Lock order: a
+ * semaphore's mutex, then held.lock. */
 static struct {
   pthread_mutex_t lock;
   mp_semaphore_t **sems;
@@ -492,7 +497,7 @@ static struct {
 } held = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0};
 
 /* Listed once however often it is taken again: a release by another process empties this
- * process's slot without a word to it, and the next acquire finds the slot empty again. */
+ * process's slot, and the next acquire finds the slot empty again. Under sem's mutex. */
 static void held_add(mp_semaphore_t *sem) {
   pthread_mutex_lock(&held.lock);
   for (size_t i = 0; i < held.n; i++) {
@@ -517,17 +522,20 @@ static void held_add(mp_semaphore_t *sem) {
   pthread_mutex_unlock(&held.lock);
 }
 
-static void held_remove(mp_semaphore_t *sem) {
+/* Takes sem off the list: true if it was there, and its reference is then the caller's to
+ * drop, once it has unlocked sem's mutex (under which this runs). */
+static bool held_unlist(mp_semaphore_t *sem) {
   pthread_mutex_lock(&held.lock);
-  for (size_t i = 0; i < held.n; i++) {
+  bool listed = false;
+  for (size_t i = 0; i < held.n && !listed; i++) {
     if (held.sems[i] == sem) {
       held.sems[i] = held.sems[held.n - 1];
       __atomic_store_n(&held.n, held.n - 1, __ATOMIC_RELAXED);
-      mp__shared_release_sized(sem, sizeof *sem);
-      break;
+      listed = true;
     }
   }
   pthread_mutex_unlock(&held.lock);
+  return listed;
 }
 
 /* Written under the mutex but read without it (mp_semaphore_value): an atomic store, so
@@ -673,9 +681,9 @@ int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout) {
       bool dead = sem->reclaimed > 0;
       if (dead)
         sem->reclaimed--;
-      mp__mutex_unlock(&sem->mutex);
       if (first)
         held_add(sem);
+      mp__mutex_unlock(&sem->mutex);
       MP__TRACE(acquired, MP__TRK_SEMAPHORE + sem->bounded, sem, t0, 0);
       return dead ? mp__error(MP_EOWNERDEAD, "mp_semaphore_acquire: the permit was held by "
                                              "a process that was killed")
@@ -735,9 +743,10 @@ int mp_semaphore_release(mp_semaphore_t *sem) {
   atomic_fetch_add(&sem->seq, 1);
   if (atomic_load(&sem->sleepers) > 0)
     mp__futex_wake(&sem->seq, 1);
+  bool unlisted = mine && h.count == 0 && held_unlist(sem);
   mp__mutex_unlock(&sem->mutex);
-  if (mine && h.count == 0)
-    held_remove(sem);
+  if (unlisted)
+    mp__shared_release_sized(sem, sizeof *sem);
   MP__TRACE(released, MP__TRK_SEMAPHORE + sem->bounded, sem);
   return 0;
 }
@@ -752,7 +761,19 @@ int mp_semaphore_retain(mp_semaphore_t *sem) {
   return retain(sem, SEMAPHORE_MAGIC, "mp_semaphore_retain");
 }
 
+/* A producer and a consumer end with the consumer's release, which empties the producer's
+ * slot: the producer's close drops its entry then, or the semaphore would outlive its last
+ * close for as long as the producer runs. */
 int mp_semaphore_close(mp_semaphore_t *sem) {
+  if (!valid(sem, SEMAPHORE_MAGIC))
+    return invalid("mp_semaphore_close");
+  if (sem->bounded && sem_lock(sem) == 0) {
+    uint32_t slot = sem_slot(sem, self_process());
+    bool unlisted = (slot == HOLDER_SLOTS || sem->holders[slot].count == 0) && held_unlist(sem);
+    mp__mutex_unlock(&sem->mutex);
+    if (unlisted)
+      mp__shared_release_sized(sem, sizeof *sem);
+  }
   return release(sem, sizeof *sem, SEMAPHORE_MAGIC, "mp_semaphore_close");
 }
 
@@ -763,9 +784,16 @@ MP__CHILD_TEXT static void semaphores_at_exit(void) {
   if (__atomic_load_n(&held.n, __ATOMIC_RELAXED) == 0)
     return;
   proc_id_t me = self_process();
+  /* Taken out of the list first: a semaphore's mutex is not locked under held.lock. */
   pthread_mutex_lock(&held.lock);
-  for (size_t i = 0; i < held.n; i++) {
-    mp_semaphore_t *sem = held.sems[i];
+  mp_semaphore_t **sems = held.sems;
+  size_t n = held.n;
+  held.sems = NULL;
+  held.cap = 0;
+  __atomic_store_n(&held.n, 0, __ATOMIC_RELAXED);
+  pthread_mutex_unlock(&held.lock);
+  for (size_t i = 0; i < n; i++) {
+    mp_semaphore_t *sem = sems[i];
     if (sem_lock(sem) == 0) {
       uint32_t slot = sem_slot(sem, me);
       if (slot < HOLDER_SLOTS && sem->holders[slot].pid == me.pid)
@@ -774,8 +802,7 @@ MP__CHILD_TEXT static void semaphores_at_exit(void) {
     }
     mp__shared_release_sized(sem, sizeof *sem);
   }
-  __atomic_store_n(&held.n, 0, __ATOMIC_RELAXED);
-  pthread_mutex_unlock(&held.lock);
+  free(sems);
 }
 
 /* ================================ Event ================================ */
@@ -888,10 +915,6 @@ struct mp_condition_s {
     uint32_t n;
   } batch[TOKEN_GENS];
   mp_lock_t *lock;
-  /* The newest batch's generation, 0 when there is none: what token_left reads without the
-   * lock (batches are kept oldest first, so a waiter may take a token of some batch only if
-   * it may take one of the newest). */
-  uint64_t newest;
 };
 
 int mp_condition_create(mp_condition_t **out, mp_lock_t *lock) {
@@ -995,20 +1018,10 @@ static int take_token(mp_condition_t *cond, uint64_t began) {
     if (--cond->batch[i].n == 0) {
       cond->batches = --batches;
       memmove(&cond->batch[i], &cond->batch[i + 1], (batches - i) * sizeof cond->batch[0]);
-      __atomic_store_n(&cond->newest, batches ? cond->batch[batches - 1].gen : 0,
-                       __ATOMIC_RELAXED);
     }
     return 1;
   }
   return 0;
-}
-
-/* Read without the lock at the end of a sleep's slice: true if a token this waiter may take
- * may be left. A notify wakes as many as it made tokens; one of them killed before it took
- * its token leaves the token to the others, who find it so. A token only older waiters may
- * take (a killed one's, that no live waiter took) is not this waiter's: it sleeps on. */
-static bool token_left(const mp_condition_t *cond, uint64_t began) {
-  return __atomic_load_n(&cond->newest, __ATOMIC_RELAXED) > began;
 }
 
 static int cond_wait(mp_condition_t *cond, mp_lock_t *lock, int64_t deadline) {
@@ -1025,18 +1038,21 @@ static int cond_wait(mp_condition_t *cond, mp_lock_t *lock, int64_t deadline) {
   mp__sigint_t sigint;
   mp__sigint_begin(&sigint);
   int64_t until = deadline == INT64_MAX ? INT64_MAX - 1 : deadline; /* see signals.c */
+  /* A notify wakes as many as it made tokens; one of them killed before it took its token
+   * leaves it to the others. They were not woken, but the notify moved seq, which each
+   * sleeper looks at every slice: it then looks for a token under the lock. After such a
+   * look there is none it may take until the next notify, which moves seq again: a token
+   * only older waiters may take (a killed one's) does not make this one look. */
   for (;;) {
     uint32_t depth = lock_drop(lock);
     int rc = 0;
-    bool interrupted = false, look = false;
-    while (atomic_load(&cond->seq) == seen && rc != MP_ETIMEDOUT && !interrupted && !look) {
+    bool interrupted = false;
+    while (atomic_load(&cond->seq) == seen && rc != MP_ETIMEDOUT && !interrupted) {
       int64_t slice_end = mp__now_ns() + SLICE_NS;
       rc = mp__futex_wait_sig(&cond->seq, seen, slice_end < until ? slice_end : until);
       interrupted = rc == MP_EINTR && mp__sigint_arrived(&sigint);
-      if (rc == MP_ETIMEDOUT && slice_end < until) {
+      if (rc == MP_ETIMEDOUT && slice_end < until)
         rc = 0;
-        look = token_left(cond, began);
-      }
     }
     rc = lock_take(lock, me, depth, INT64_MAX, false); /* held again, as in Python */
     if (rc == MP_EOWNERDEAD)
@@ -1121,7 +1137,6 @@ int mp_condition_notify(mp_condition_t *cond, int n) {
   cond->batch[batches++].n = k;
   cond->batches = batches;
   cond->tokens += k;
-  __atomic_store_n(&cond->newest, gen, __ATOMIC_RELAXED); /* see token_left */
   atomic_fetch_add(&cond->seq, 1);
   /* k sleepers for a lone batch: all may take it. With older tokens left (in transit, or
    * of killed waiters), a waiter woken for this batch may take an older one and leave this
