@@ -484,12 +484,12 @@ struct mp_semaphore_s {
 };
 
 /* The semaphores this process holds permits of, each with a reference: at a normal exit
- * the process gives up its slots (what it took is consumed, not lost). An entry is added and
- * removed under the semaphore's mutex, with the change of the slot that calls for it, so
- * that two threads handing a permit between them leave the list as the slot is. A release
- * by another process empties the slot without a word to this one: the entry stays until a
- * release or a close here finds the slot empty, or the process ends. Lock order: a
- * semaphore's mutex, then held.lock. */
+ * the process gives up its slots (what it took is consumed, not lost), and the reference
+ * keeps the semaphore there until then. An entry is added and removed under the semaphore's
+ * mutex, with the change of the slot that calls for it, so that two threads handing a permit
+ * between them leave the list as the slot is. A release by another process empties the slot
+ * without a word to this one: the entry stays until a release or a close here finds the slot
+ * empty, or the process ends (api.md). Lock order: a semaphore's mutex, then held.lock. */
 static struct {
   pthread_mutex_t lock;
   mp_semaphore_t **sems;
@@ -507,14 +507,19 @@ static void held_add(mp_semaphore_t *sem) {
     }
   }
   if (held.n == held.cap) {
+    /* Copied, then stored, then the old one freed: a child forked meanwhile by another
+     * thread keeps an array that is whole and not freed (realloc frees it before the store). */
     size_t cap = held.cap ? held.cap * 2 : 8;
-    mp_semaphore_t **grown = realloc(held.sems, cap * sizeof *grown);
+    mp_semaphore_t **grown = malloc(cap * sizeof *grown), **old = held.sems;
     if (!grown) { /* the slot is then cleared only by the process's death */
       pthread_mutex_unlock(&held.lock);
       return;
     }
-    held.sems = grown;
+    if (held.n)
+      memcpy(grown, old, held.n * sizeof *grown);
+    __atomic_store_n(&held.sems, grown, __ATOMIC_RELEASE);
     held.cap = cap;
+    free(old);
   }
   mp__shared_retain(sem);
   held.sems[held.n] = sem;
