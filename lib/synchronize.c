@@ -484,24 +484,42 @@ struct mp_semaphore_s {
 };
 
 /* The semaphores this process holds permits of, each with a reference: at a normal exit
- * the process gives up its slots (what it took is consumed, not lost). */
+ * the process gives up its slots (what it took is consumed, not lost), and the reference
+ * keeps the semaphore there until then. An entry is added and removed under the semaphore's
+ * mutex, with the change of the slot that calls for it, so that two threads handing a permit
+ * between them leave the list as the slot is. A release by another process empties the slot
+ * without a word to this one: the entry stays until a release or a close here finds the slot
+ * empty, or the process ends (api.md). Lock order: a semaphore's mutex, then held.lock. */
 static struct {
   pthread_mutex_t lock;
   mp_semaphore_t **sems;
   size_t n, cap;
 } held = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0};
 
+/* Listed once however often it is taken again: a release by another process empties this
+ * process's slot, and the next acquire finds the slot empty again. Under sem's mutex. */
 static void held_add(mp_semaphore_t *sem) {
   pthread_mutex_lock(&held.lock);
+  for (size_t i = 0; i < held.n; i++) {
+    if (held.sems[i] == sem) {
+      pthread_mutex_unlock(&held.lock);
+      return;
+    }
+  }
   if (held.n == held.cap) {
+    /* Copied, then stored, then the old one freed: a child forked meanwhile by another
+     * thread keeps an array that is whole and not freed (realloc frees it before the store). */
     size_t cap = held.cap ? held.cap * 2 : 8;
-    mp_semaphore_t **grown = realloc(held.sems, cap * sizeof *grown);
+    mp_semaphore_t **grown = malloc(cap * sizeof *grown), **old = held.sems;
     if (!grown) { /* the slot is then cleared only by the process's death */
       pthread_mutex_unlock(&held.lock);
       return;
     }
-    held.sems = grown;
+    if (held.n)
+      memcpy(grown, old, held.n * sizeof *grown);
+    __atomic_store_n(&held.sems, grown, __ATOMIC_RELEASE);
     held.cap = cap;
+    free(old);
   }
   mp__shared_retain(sem);
   held.sems[held.n] = sem;
@@ -509,17 +527,20 @@ static void held_add(mp_semaphore_t *sem) {
   pthread_mutex_unlock(&held.lock);
 }
 
-static void held_remove(mp_semaphore_t *sem) {
+/* Takes sem off the list: true if it was there, and its reference is then the caller's to
+ * drop, once it has unlocked sem's mutex (under which this runs). */
+static bool held_unlist(mp_semaphore_t *sem) {
   pthread_mutex_lock(&held.lock);
-  for (size_t i = 0; i < held.n; i++) {
+  bool listed = false;
+  for (size_t i = 0; i < held.n && !listed; i++) {
     if (held.sems[i] == sem) {
       held.sems[i] = held.sems[held.n - 1];
       __atomic_store_n(&held.n, held.n - 1, __ATOMIC_RELAXED);
-      mp__shared_release_sized(sem, sizeof *sem);
-      break;
+      listed = true;
     }
   }
   pthread_mutex_unlock(&held.lock);
+  return listed;
 }
 
 /* Written under the mutex but read without it (mp_semaphore_value): an atomic store, so
@@ -665,9 +686,9 @@ int mp_semaphore_acquire(mp_semaphore_t *sem, double timeout) {
       bool dead = sem->reclaimed > 0;
       if (dead)
         sem->reclaimed--;
-      mp__mutex_unlock(&sem->mutex);
       if (first)
         held_add(sem);
+      mp__mutex_unlock(&sem->mutex);
       MP__TRACE(acquired, MP__TRK_SEMAPHORE + sem->bounded, sem, t0, 0);
       return dead ? mp__error(MP_EOWNERDEAD, "mp_semaphore_acquire: the permit was held by "
                                              "a process that was killed")
@@ -727,9 +748,10 @@ int mp_semaphore_release(mp_semaphore_t *sem) {
   atomic_fetch_add(&sem->seq, 1);
   if (atomic_load(&sem->sleepers) > 0)
     mp__futex_wake(&sem->seq, 1);
+  bool unlisted = mine && h.count == 0 && held_unlist(sem);
   mp__mutex_unlock(&sem->mutex);
-  if (mine && h.count == 0)
-    held_remove(sem);
+  if (unlisted)
+    mp__shared_release_sized(sem, sizeof *sem);
   MP__TRACE(released, MP__TRK_SEMAPHORE + sem->bounded, sem);
   return 0;
 }
@@ -744,7 +766,19 @@ int mp_semaphore_retain(mp_semaphore_t *sem) {
   return retain(sem, SEMAPHORE_MAGIC, "mp_semaphore_retain");
 }
 
+/* A producer and a consumer end with the consumer's release, which empties the producer's
+ * slot: the producer's close drops its entry then, or the semaphore would outlive its last
+ * close for as long as the producer runs. */
 int mp_semaphore_close(mp_semaphore_t *sem) {
+  if (!valid(sem, SEMAPHORE_MAGIC))
+    return invalid("mp_semaphore_close");
+  if (sem->bounded && sem_lock(sem) == 0) {
+    uint32_t slot = sem_slot(sem, self_process());
+    bool unlisted = (slot == HOLDER_SLOTS || sem->holders[slot].count == 0) && held_unlist(sem);
+    mp__mutex_unlock(&sem->mutex);
+    if (unlisted)
+      mp__shared_release_sized(sem, sizeof *sem);
+  }
   return release(sem, sizeof *sem, SEMAPHORE_MAGIC, "mp_semaphore_close");
 }
 
@@ -755,9 +789,16 @@ MP__CHILD_TEXT static void semaphores_at_exit(void) {
   if (__atomic_load_n(&held.n, __ATOMIC_RELAXED) == 0)
     return;
   proc_id_t me = self_process();
+  /* Taken out of the list first: a semaphore's mutex is not locked under held.lock. */
   pthread_mutex_lock(&held.lock);
-  for (size_t i = 0; i < held.n; i++) {
-    mp_semaphore_t *sem = held.sems[i];
+  mp_semaphore_t **sems = held.sems;
+  size_t n = held.n;
+  held.sems = NULL;
+  held.cap = 0;
+  __atomic_store_n(&held.n, 0, __ATOMIC_RELAXED);
+  pthread_mutex_unlock(&held.lock);
+  for (size_t i = 0; i < n; i++) {
+    mp_semaphore_t *sem = sems[i];
     if (sem_lock(sem) == 0) {
       uint32_t slot = sem_slot(sem, me);
       if (slot < HOLDER_SLOTS && sem->holders[slot].pid == me.pid)
@@ -766,8 +807,7 @@ MP__CHILD_TEXT static void semaphores_at_exit(void) {
     }
     mp__shared_release_sized(sem, sizeof *sem);
   }
-  __atomic_store_n(&held.n, 0, __ATOMIC_RELAXED);
-  pthread_mutex_unlock(&held.lock);
+  free(sems);
 }
 
 /* ================================ Event ================================ */
@@ -979,7 +1019,7 @@ static int take_token(mp_condition_t *cond, uint64_t began) {
   for (uint32_t i = 0; i < batches; i++) {
     if (cond->batch[i].gen <= began)
       continue;
-    __atomic_store_n(&cond->tokens, cond->tokens - 1, __ATOMIC_RELAXED); /* see token_left */
+    cond->tokens--;
     if (--cond->batch[i].n == 0) {
       cond->batches = --batches;
       memmove(&cond->batch[i], &cond->batch[i + 1], (batches - i) * sizeof cond->batch[0]);
@@ -987,14 +1027,6 @@ static int take_token(mp_condition_t *cond, uint64_t began) {
     return 1;
   }
   return 0;
-}
-
-/* Read without the lock at the end of a sleep's slice: true if a token this waiter may take
- * may be left. A notify wakes as many as it made tokens; one of them killed before it took
- * its token leaves the token to the others, who find it so. */
-static bool token_left(const mp_condition_t *cond, uint64_t began) {
-  return __atomic_load_n(&cond->tokens, __ATOMIC_RELAXED) > 0 &&
-         __atomic_load_n(&cond->gen, __ATOMIC_RELAXED) > began;
 }
 
 static int cond_wait(mp_condition_t *cond, mp_lock_t *lock, int64_t deadline) {
@@ -1011,18 +1043,21 @@ static int cond_wait(mp_condition_t *cond, mp_lock_t *lock, int64_t deadline) {
   mp__sigint_t sigint;
   mp__sigint_begin(&sigint);
   int64_t until = deadline == INT64_MAX ? INT64_MAX - 1 : deadline; /* see signals.c */
+  /* A notify wakes as many as it made tokens; one of them killed before it took its token
+   * leaves it to the others. They were not woken, but the notify moved seq, which each
+   * sleeper looks at every slice: it then looks for a token under the lock. After such a
+   * look there is none it may take until the next notify, which moves seq again: a token
+   * only older waiters may take (a killed one's) does not make this one look. */
   for (;;) {
     uint32_t depth = lock_drop(lock);
     int rc = 0;
-    bool interrupted = false, look = false;
-    while (atomic_load(&cond->seq) == seen && rc != MP_ETIMEDOUT && !interrupted && !look) {
+    bool interrupted = false;
+    while (atomic_load(&cond->seq) == seen && rc != MP_ETIMEDOUT && !interrupted) {
       int64_t slice_end = mp__now_ns() + SLICE_NS;
       rc = mp__futex_wait_sig(&cond->seq, seen, slice_end < until ? slice_end : until);
       interrupted = rc == MP_EINTR && mp__sigint_arrived(&sigint);
-      if (rc == MP_ETIMEDOUT && slice_end < until) {
+      if (rc == MP_ETIMEDOUT && slice_end < until)
         rc = 0;
-        look = token_left(cond, began);
-      }
     }
     rc = lock_take(lock, me, depth, INT64_MAX, false); /* held again, as in Python */
     if (rc == MP_EOWNERDEAD)
@@ -1102,11 +1137,11 @@ int mp_condition_notify(mp_condition_t *cond, int n) {
     batches--;
     memmove(&cond->batch[0], &cond->batch[1], batches * sizeof cond->batch[0]);
   }
-  __atomic_store_n(&cond->gen, ++gen, __ATOMIC_RELAXED); /* gen and tokens: see token_left */
+  cond->gen = ++gen;
   cond->batch[batches].gen = gen;
   cond->batch[batches++].n = k;
   cond->batches = batches;
-  __atomic_store_n(&cond->tokens, cond->tokens + k, __ATOMIC_RELAXED);
+  cond->tokens += k;
   atomic_fetch_add(&cond->seq, 1);
   /* k sleepers for a lone batch: all may take it. With older tokens left (in transit, or
    * of killed waiters), a waiter woken for this batch may take an older one and leave this

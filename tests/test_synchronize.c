@@ -602,6 +602,111 @@ START_TEST(test_bounded_semaphore_two_holders) {
 }
 END_TEST
 
+/* The child releases the permit n times, each once the parent has it again. */
+static int child_releases_n(void *arg, size_t size) {
+  (void)size;
+  const job_t *job = arg;
+  double give_up = mp_test_now() + 20;
+  for (int released = 0; released < job->n;) {
+    int rc = mp_semaphore_release(job->sem);
+    if (rc == 0)
+      released++;
+    else if (rc != MP_ETOOMANY || mp_test_now() > give_up)
+      return 2;
+    else
+      sched_yield();
+  }
+  return 0;
+}
+
+/* A producer and a consumer: one process acquires, another releases for it. Each acquire
+ * after such a release listed the semaphore again among the acquirer's held ones, with a
+ * reference each, so the semaphore outlived its last close (and the list grew by one entry
+ * an acquire). */
+START_TEST(test_bounded_semaphore_released_by_another_freed_at_close) {
+  job_t job = {.n = 100};
+  MP_ASSERT_OK(mp_bounded_semaphore_create(&job.sem, 1));
+  MP_ASSERT_OK(mp_semaphore_acquire(job.sem, 0));
+  mp_process_t *releaser = mp_test_start(_i, child_releases_n, &job, sizeof job);
+  int rc = 0;
+  for (int i = 0; i < job.n && rc == 0; i++)
+    rc = mp_semaphore_acquire(job.sem, 20);
+  mp_test_join_ok(releaser, 20);
+  MP_ASSERT_OK(rc);
+  MP_ASSERT_OK(mp_semaphore_release(job.sem));
+  MP_ASSERT_OK(mp_semaphore_close(job.sem));
+  rc = mp_semaphore_value(job.sem);
+  T_ASSERT(rc == MP_EINVAL, "after its last close the semaphore is still there (value %d)", rc);
+}
+END_TEST
+
+/* The natural end of a producer and a consumer: the other process makes the last release.
+ * The acquirer's held list keeps its entry (and reference), since no release of its own
+ * empties its slot, so the semaphore still outlives its last close. */
+START_TEST(test_bounded_semaphore_last_released_by_another_freed_at_close) {
+  job_t job = {.n = 1};
+  MP_ASSERT_OK(mp_bounded_semaphore_create(&job.sem, 1));
+  MP_ASSERT_OK(mp_semaphore_acquire(job.sem, 0));
+  mp_test_join_ok(mp_test_start(_i, child_releases_n, &job, sizeof job), 20);
+  T_INT_EQ(mp_semaphore_value(job.sem), 1);
+  MP_ASSERT_OK(mp_semaphore_close(job.sem));
+  int rc = mp_semaphore_value(job.sem);
+  T_ASSERT(rc == MP_EINVAL, "after its last close the semaphore is still there (value %d)", rc);
+}
+END_TEST
+
+static void *thread_takes_handed_permit(void *arg) {
+  return (void *)(intptr_t)mp_semaphore_acquire(arg, 20);
+}
+
+/* On one CPU, the main thread (at SCHED_IDLE) releases the only permit while a second thread
+ * sleeps in an acquire. The release's wake-ups (the sequence word's, then the mutex's) run
+ * the thread at once: it takes the permit (the process's slot 0 -> 1, `first`) between the
+ * release's unlock and its held_remove, so its held_add finds the entry still listed and
+ * adds none, and the release then removes that entry. The child ends normally holding the
+ * permit, with no entry to clear its slot at exit. */
+static int child_hands_permit_to_thread(void *arg, size_t size) {
+  (void)size;
+  const job_t *job = arg;
+  if (!pin_to_first_cpu())
+    return 2;
+  if (mp_semaphore_acquire(job->sem, 20) != 0)
+    return 3;
+  pthread_t t;
+  if (pthread_create(&t, NULL, thread_takes_handed_permit, job->sem) != 0)
+    return 4;
+  struct sched_param sp = {0};
+  if (sched_setscheduler(0, SCHED_IDLE, &sp) != 0) /* this thread only */
+    return 5;
+  mp_test_sleep(0.2); /* the thread sleeps in its acquire */
+  if (mp_semaphore_release(job->sem) != 0)
+    return 6;
+  void *rc;
+  if (pthread_join(t, &rc) != 0 || (intptr_t)rc != 0)
+    return 7;
+  return 0;
+}
+
+/* A normal exit keeps what the process took (api.md): its slot goes, and nobody is handed
+ * the permit back as a killed holder's. held_add's skip of a listed semaphore runs outside
+ * the semaphore's mutex, so it can skip for an entry that a release of another thread is
+ * about to remove. */
+START_TEST(test_bounded_semaphore_handed_between_threads_kept_at_exit) {
+  job_t job = {0};
+  MP_ASSERT_OK(mp_bounded_semaphore_create(&job.sem, 1));
+  mp_test_join_ok(mp_test_start(_i, child_hands_permit_to_thread, &job, sizeof job), 20);
+  T_INT_EQ(mp_semaphore_value(job.sem), 0);
+  int rc = mp_semaphore_acquire(job.sem, 0);
+  if (rc == 0 || rc == MP_EOWNERDEAD)
+    mp_semaphore_release(job.sem);
+  mp_semaphore_close(job.sem);
+  T_ASSERT(rc == MP_ETIMEDOUT,
+           "the permit a child kept at its normal exit came back as a killed holder's: "
+           "acquire returned %d (%s)",
+           rc, rc < 0 ? mp_err_name(rc) : "");
+}
+END_TEST
+
 /* ================================ Semaphore ================================ */
 
 START_TEST(test_semaphore_basics) {
@@ -2213,6 +2318,12 @@ static Suite *synchronize_suite(void) {
   tcase_add_loop_test(tc, test_condition_woken_waiter_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_lock_woken_waiter_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_bounded_semaphore_two_holders, 0, N_METHODS);
+  tcase_add_loop_test(tc, test_bounded_semaphore_released_by_another_freed_at_close, 0,
+                      N_METHODS);
+  tcase_add_loop_test(tc, test_bounded_semaphore_last_released_by_another_freed_at_close, 0,
+                      N_METHODS);
+  tcase_add_loop_test(tc, test_bounded_semaphore_handed_between_threads_kept_at_exit, 0,
+                      N_METHODS);
   tcase_add_loop_test(tc, test_barrier_runner_killed, 0, N_METHODS);
   tc = mp_test_tcase(s, "semaphore", 30);
   tcase_add_test(tc, test_semaphore_basics);
