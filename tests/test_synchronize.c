@@ -1312,12 +1312,24 @@ START_TEST(test_condition_woken_waiter_killed) {
 }
 END_TEST
 
-/* A Condition's count of tokens: the 32-bit word after magic, seq, gen (64-bit) and waiting. */
-#define COND_TOKENS_AT 20
+/* A Condition's count of waiters and of tokens: the two 32-bit words after magic, seq and
+ * gen (64-bit), tokens the second. */
+#define COND_WAITING_AT 16
 
-static bool tokens_made(void *cond) {
-  return __atomic_load_n((const uint32_t *)((const char *)cond + COND_TOKENS_AT),
-                         __ATOMIC_RELAXED) != 0;
+typedef struct {
+  pid_t child;
+  const mp_condition_t *cond;
+} traced_cond_t;
+
+/* Read in the traced child (PTRACE_PEEKDATA), the same shared page: a read here would race,
+ * for TSan, with the waiter's later take of the token, which it cannot see follow the kill. */
+static bool tokens_made(void *arg) {
+  const traced_cond_t *tc = arg;
+  errno = 0;
+  long word = ptrace(PTRACE_PEEKDATA, tc->child, (const char *)tc->cond + COND_WAITING_AT, NULL);
+  uint32_t waiting_tokens[2];
+  memcpy(waiting_tokens, &word, sizeof waiting_tokens);
+  return errno == 0 && waiting_tokens[1] != 0;
 }
 
 /*
@@ -1342,7 +1354,8 @@ START_TEST(test_condition_notifier_killed_after_its_tokens) {
       mp_condition_notify(w.cond, 1);
     _exit(0);
   }
-  bool killed = mp_test_step_until(child, tokens_made, w.cond);
+  traced_cond_t tc = {child, w.cond};
+  bool killed = mp_test_step_until(child, tokens_made, &tc);
   mp_test_end_traced(child);
   double killed_at = mp_test_now();
   T_INT_EQ(pthread_join(t, NULL), 0);
