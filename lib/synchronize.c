@@ -1132,6 +1132,10 @@ int mp_condition_notify(mp_condition_t *cond, int n) {
   uint32_t k = n < 0 ? 0 : (uint32_t)n < free ? (uint32_t)n : free;
   if (k == 0)
     return 0;
+  /* seq moves first: a notifier killed after it wrote tokens has moved it, so sleepers look
+   * (and take the lock from the dead holder) at the end of their slice. Killed before it
+   * wrote them, the notify did not happen, and a look finds nothing. */
+  atomic_fetch_add(&cond->seq, 1);
   if (batches == TOKEN_GENS) {
     cond->batch[1].n += cond->batch[0].n;
     batches--;
@@ -1142,7 +1146,6 @@ int mp_condition_notify(mp_condition_t *cond, int n) {
   cond->batch[batches++].n = k;
   cond->batches = batches;
   cond->tokens += k;
-  atomic_fetch_add(&cond->seq, 1);
   /* k sleepers for a lone batch: all may take it. With older tokens left (in transit, or
    * of killed waiters), a waiter woken for this batch may take an older one and leave this
    * one to a sleeper: all wake, and each takes what it may. */

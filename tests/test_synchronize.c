@@ -1312,6 +1312,65 @@ START_TEST(test_condition_woken_waiter_killed) {
 }
 END_TEST
 
+/* A Condition's count of waiters and of tokens: the two 32-bit words after magic, seq and
+ * gen (64-bit), tokens the second. */
+#define COND_WAITING_AT 16
+
+typedef struct {
+  pid_t child;
+  const mp_condition_t *cond;
+} traced_cond_t;
+
+/* Read in the traced child (PTRACE_PEEKDATA), the same shared page: a read here would race,
+ * for TSan, with the waiter's later take of the token, which it cannot see follow the kill. */
+static bool tokens_made(void *arg) {
+  const traced_cond_t *tc = arg;
+  errno = 0;
+  long word = ptrace(PTRACE_PEEKDATA, tc->child, (const char *)tc->cond + COND_WAITING_AT, NULL);
+  uint32_t waiting_tokens[2];
+  memcpy(waiting_tokens, &word, sizeof waiting_tokens);
+  return errno == 0 && waiting_tokens[1] != 0;
+}
+
+/*
+ * A notifier killed inside notify, after it wrote its tokens: the next holder of the lock
+ * gets it with MP_EOWNERDEAD, and the notify stands for the thread that was waiting. That
+ * thread slept on to its deadline (for ever with MP_FOREVER) when the notify moved the futex
+ * word only after its tokens: a sleeper looks only when that word moved.
+ */
+START_TEST(test_condition_notifier_killed_after_its_tokens) {
+  timed_waiter_t w = {0};
+  MP_ASSERT_OK(mp_condition_create(&w.cond, NULL));
+  pthread_t t;
+  T_INT_EQ(pthread_create(&t, NULL, thread_waits_timed, &w), 0);
+  while (!atomic_load(&w.waiting))
+    mp_test_sleep(0.01);
+  double began = mp_test_now();
+  MP_ASSERT_OK(mp_condition_acquire(w.cond, 20)); /* free once the thread waits */
+  MP_ASSERT_OK(mp_condition_release(w.cond));
+  pid_t child = mp_test_fork_traced();
+  if (child == 0) {
+    if (mp_condition_acquire(w.cond, 5) == 0)
+      mp_condition_notify(w.cond, 1);
+    _exit(0);
+  }
+  traced_cond_t tc = {child, w.cond};
+  bool killed = mp_test_step_until(child, tokens_made, &tc);
+  mp_test_end_traced(child);
+  double killed_at = mp_test_now();
+  T_INT_EQ(pthread_join(t, NULL), 0);
+  mp_condition_close(w.cond);
+  T_ASSERT(killed, "the notifier ended before it made its tokens");
+  T_ASSERT(w.rc == MP_EOWNERDEAD, "the waiter's wait returned %d (%s), not MP_EOWNERDEAD", w.rc,
+           w.rc < 0 ? mp_err_name(w.rc) : "notified");
+  double late = began + w.took - killed_at;
+  T_ASSERT(late < 1.0 * mp_test_slowdown(),
+           "the waiter took the dead notifier's notify %.2f s after its death (its deadline: "
+           "%.2f s after its wait began)",
+           late, w.took);
+}
+END_TEST
+
 /* The generation word written wild (2^64-1): the next notify makes generation 0, which no
  * waiter may take; every waiter then sleeps through every notify (for ever with
  * MP_FOREVER), and nothing says MP_ECORRUPT, as a wild count of batches does. */
@@ -2316,6 +2375,7 @@ static Suite *synchronize_suite(void) {
   tcase_add_loop_test(tc, test_semaphore_holder_alive_without_fds, 0, N_METHODS);
   tcase_add_loop_test(tc, test_condition_waiter_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_condition_woken_waiter_killed, 0, N_METHODS);
+  tcase_add_test(tc, test_condition_notifier_killed_after_its_tokens);
   tcase_add_loop_test(tc, test_lock_woken_waiter_killed, 0, N_METHODS);
   tcase_add_loop_test(tc, test_bounded_semaphore_two_holders, 0, N_METHODS);
   tcase_add_loop_test(tc, test_bounded_semaphore_released_by_another_freed_at_close, 0,
