@@ -488,23 +488,30 @@ struct mp_semaphore_s {
  * keeps the semaphore there until then. An entry is added and removed under the semaphore's
  * mutex, with the change of the slot that calls for it, so that two threads handing a permit
  * between them leave the list as the slot is. A release by another process empties the slot
- * without a word to this one: the entry stays until a release or a close here finds the slot
- * empty, or the process ends (api.md). Lock order: a semaphore's mutex, then held.lock. */
+ * without a word to this one: the entry stays until a release here empties the slot, a close
+ * here finds it empty, or the process ends (api.md). Lock order: a semaphore's mutex, then
+ * held.lock. */
 static struct {
   pthread_mutex_t lock;
   mp_semaphore_t **sems;
   size_t n, cap;
 } held = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0};
 
+/* sem's place on the list, or held.n if it is not there. Under held.lock. */
+static size_t held_find(const mp_semaphore_t *sem) {
+  size_t i = 0;
+  while (i < held.n && held.sems[i] != sem)
+    i++;
+  return i;
+}
+
 /* Listed once however often it is taken again: a release by another process empties this
  * process's slot, and the next acquire finds the slot empty again. Under sem's mutex. */
 static void held_add(mp_semaphore_t *sem) {
   pthread_mutex_lock(&held.lock);
-  for (size_t i = 0; i < held.n; i++) {
-    if (held.sems[i] == sem) {
-      pthread_mutex_unlock(&held.lock);
-      return;
-    }
+  if (held_find(sem) < held.n) {
+    pthread_mutex_unlock(&held.lock);
+    return;
   }
   if (held.n == held.cap) {
     /* Copied, then stored, then the old one freed: a child forked meanwhile by another
@@ -527,17 +534,23 @@ static void held_add(mp_semaphore_t *sem) {
   pthread_mutex_unlock(&held.lock);
 }
 
+/* Whether sem is on the list (it may leave it meanwhile: a look, not a decision). */
+static bool held_lists(const mp_semaphore_t *sem) {
+  pthread_mutex_lock(&held.lock);
+  bool listed = held_find(sem) < held.n;
+  pthread_mutex_unlock(&held.lock);
+  return listed;
+}
+
 /* Takes sem off the list: true if it was there, and its reference is then the caller's to
  * drop, once it has unlocked sem's mutex (under which this runs). */
 static bool held_unlist(mp_semaphore_t *sem) {
   pthread_mutex_lock(&held.lock);
-  bool listed = false;
-  for (size_t i = 0; i < held.n && !listed; i++) {
-    if (held.sems[i] == sem) {
-      held.sems[i] = held.sems[held.n - 1];
-      __atomic_store_n(&held.n, held.n - 1, __ATOMIC_RELAXED);
-      listed = true;
-    }
+  size_t i = held_find(sem);
+  bool listed = i < held.n;
+  if (listed) {
+    held.sems[i] = held.sems[held.n - 1];
+    __atomic_store_n(&held.n, held.n - 1, __ATOMIC_RELAXED);
   }
   pthread_mutex_unlock(&held.lock);
   return listed;
@@ -768,11 +781,11 @@ int mp_semaphore_retain(mp_semaphore_t *sem) {
 
 /* A producer and a consumer end with the consumer's release, which empties the producer's
  * slot: the producer's close drops its entry then, or the semaphore would outlive its last
- * close for as long as the producer runs. */
+ * close for as long as the producer runs. Only a process that lists it takes its mutex. */
 int mp_semaphore_close(mp_semaphore_t *sem) {
   if (!valid(sem, SEMAPHORE_MAGIC))
     return invalid("mp_semaphore_close");
-  if (sem->bounded && sem_lock(sem) == 0) {
+  if (sem->bounded && held_lists(sem) && sem_lock(sem) == 0) {
     uint32_t slot = sem_slot(sem, self_process());
     bool unlisted = (slot == HOLDER_SLOTS || sem->holders[slot].count == 0) && held_unlist(sem);
     mp__mutex_unlock(&sem->mutex);
