@@ -159,6 +159,18 @@ static inline void mp__cpu_relax(void) {
 #endif
 }
 
+/* Asks for p's cache line, to be written soon: its transfer from the CPU that wrote it last
+ * overlaps what this one does meanwhile. PREFETCHW runs as a no-op on x86-64 CPUs that lack
+ * it (every one since the first has decoded it); __builtin_prefetch would make it a read
+ * prefetch there, whose shared copy the store must then take again. */
+static inline void mp__prefetch_for_write(const void *p) {
+#if defined(__x86_64__)
+  __asm__("prefetchw %0" ::"m"(*(const char *)p));
+#else
+  __builtin_prefetch(p, 1);
+#endif
+}
+
 /* Whether this process may run on one CPU only (its affinity, read at the first call: a child
  * inherits it, and a program that changes it later keeps the first answer). */
 bool mp__one_cpu(void);

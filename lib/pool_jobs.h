@@ -394,8 +394,8 @@ void mp__jobs_flush(mp__jobs_t *t);
 /* Worker w, about to sleep: shows itself the chunks held back in the batches in flight.
  * True if it raised a limit, so that a claim finds work. */
 bool mp__pool_take_held(mp__pool_shared_t *sh, uint32_t w);
-/* Where the owner of chunk keeps its record (MP__JOB_OWNER_BYTES, zeroed when the chunk was
- * appended; job->owner for a job of its own): in the job's record, out of the workers'
+/* Where the owner of chunk keeps its record (MP__JOB_OWNER_BYTES, which the owner writes
+ * whole; job->owner for a job of its own): in the job's record, out of the workers'
  * reach. */
 void *mp__job_owner(mp__jobrec_t *job, uint32_t chunk);
 /* A batch's chunk is done or failed. */
