@@ -236,7 +236,7 @@ struct mp__jobrec_s {
    * item's, or none (item UINT64_MAX). */
   mp__task_error_t lost;
   void *owners;   /* a batch's owner records (BATCH_APPLIES of them), kept with the record */
-  /* A job of its own's owner record (pool.c's async result), zeroed when it is created. */
+  /* A job of its own's owner record (pool.c's async result, which writes it whole). */
   _Alignas(64) uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
 };
 
