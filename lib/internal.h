@@ -159,6 +159,39 @@ static inline void mp__cpu_relax(void) {
 #endif
 }
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+
+/* Whether the CPU says it has PREFETCHW (CPUID 0x80000001: ECX bit 8, or 3DNow!), asked once
+ * per object that calls it. Intel documents it only from Broadwell on. */
+static inline bool mp__has_prefetchw(void) {
+  static _Atomic int known; /* 0: not asked yet, 1: it has it, 2: it does not */
+  int k = atomic_load_explicit(&known, memory_order_relaxed);
+  if (!k) {
+    unsigned a, b, c, d;
+    bool asked = __get_cpuid(0x80000001u, &a, &b, &c, &d);
+    k = asked && ((c & bit_PRFCHW) || (d & bit_3DNOW)) ? 1 : 2;
+    atomic_store_explicit(&known, k, memory_order_relaxed);
+  }
+  return k == 1;
+}
+#endif
+
+/* Asks for p's cache line, to be written soon, so that its transfer from the CPU that wrote
+ * it last overlaps what this one does meanwhile. Not where the CPU lacks PREFETCHW: a read
+ * prefetch (what __builtin_prefetch(p, 1) compiles to on x86-64 without -mprfchw) takes a
+ * shared copy, which the store must then take again, and measured slower than none. */
+static inline void mp__prefetch_for_write(const void *p) {
+#if defined(__x86_64__)
+  if (mp__has_prefetchw())
+    __asm__ volatile("prefetchw %0" ::"m"(*(const char *)p));
+#elif defined(__aarch64__)
+  __builtin_prefetch(p, 1); /* PRFM PSTL1KEEP: a prefetch for a store */
+#else
+  (void)p;
+#endif
+}
+
 /* Whether this process may run on one CPU only (its affinity, read at the first call: a child
  * inherits it, and a program that changes it later keeps the first answer). */
 bool mp__one_cpu(void);

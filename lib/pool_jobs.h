@@ -236,7 +236,7 @@ struct mp__jobrec_s {
    * item's, or none (item UINT64_MAX). */
   mp__task_error_t lost;
   void *owners;   /* a batch's owner records (BATCH_APPLIES of them), kept with the record */
-  /* A job of its own's owner record (pool.c's async result), zeroed when it is created. */
+  /* A job of its own's owner record (pool.c's async result, which writes it whole). */
   _Alignas(64) uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
 };
 
@@ -394,8 +394,8 @@ void mp__jobs_flush(mp__jobs_t *t);
 /* Worker w, about to sleep: shows itself the chunks held back in the batches in flight.
  * True if it raised a limit, so that a claim finds work. */
 bool mp__pool_take_held(mp__pool_shared_t *sh, uint32_t w);
-/* Where the owner of chunk keeps its record (MP__JOB_OWNER_BYTES, zeroed when the chunk was
- * appended; job->owner for a job of its own): in the job's record, out of the workers'
+/* Where the owner of chunk keeps its record (MP__JOB_OWNER_BYTES, which the owner writes
+ * whole; job->owner for a job of its own): in the job's record, out of the workers'
  * reach. */
 void *mp__job_owner(mp__jobrec_t *job, uint32_t chunk);
 /* A batch's chunk is done or failed. */
