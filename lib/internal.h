@@ -163,7 +163,7 @@ static inline void mp__cpu_relax(void) {
 #include <cpuid.h>
 
 /* Whether the CPU says it has PREFETCHW (CPUID 0x80000001: ECX bit 8, or 3DNow!), asked once
- * per object that calls it. Intel documents it only from Broadwell on. */
+ * in each source file that calls it. Intel documents it only from Broadwell on. */
 static inline bool mp__has_prefetchw(void) {
   static _Atomic int known; /* 0: not asked yet, 1: it has it, 2: it does not */
   int k = atomic_load_explicit(&known, memory_order_relaxed);
