@@ -161,10 +161,15 @@ static inline void mp__cpu_relax(void) {
 
 #if defined(__x86_64__)
 #include <cpuid.h>
+#endif
 
-/* Whether the CPU says it has PREFETCHW (CPUID 0x80000001: ECX bit 8, or 3DNow!), asked once
- * in each source file that calls it. Intel documents it only from Broadwell on. */
-static inline bool mp__has_prefetchw(void) {
+/* Whether mp__prefetch_for_write asks for anything here. On x86-64, whether the CPU says it
+ * has PREFETCHW (CPUID 0x80000001: ECX bit 8, or 3DNow!), asked once in each source file
+ * that calls it: Intel documents it only from Broadwell on, and a read prefetch instead
+ * (what __builtin_prefetch(p, 1) compiles to there without -mprfchw) takes a shared copy,
+ * which the store must then take again, and measured slower than none. */
+static inline bool mp__can_prefetch_for_write(void) {
+#if defined(__x86_64__)
   static _Atomic int known; /* 0: not asked yet, 1: it has it, 2: it does not */
   int k = atomic_load_explicit(&known, memory_order_relaxed);
   if (!k) {
@@ -174,17 +179,18 @@ static inline bool mp__has_prefetchw(void) {
     atomic_store_explicit(&known, k, memory_order_relaxed);
   }
   return k == 1;
-}
+#elif defined(__aarch64__)
+  return true;
+#else
+  return false;
 #endif
+}
 
 /* Asks for p's cache line, to be written soon, so that its transfer from the CPU that wrote
- * it last overlaps what this one does meanwhile. Not where the CPU lacks PREFETCHW: a read
- * prefetch (what __builtin_prefetch(p, 1) compiles to on x86-64 without -mprfchw) takes a
- * shared copy, which the store must then take again, and measured slower than none. */
+ * it last overlaps what this one does meanwhile. Only where mp__can_prefetch_for_write(). */
 static inline void mp__prefetch_for_write(const void *p) {
 #if defined(__x86_64__)
-  if (mp__has_prefetchw())
-    __asm__ volatile("prefetchw %0" ::"m"(*(const char *)p));
+  __asm__ volatile("prefetchw %0" ::"m"(*(const char *)p));
 #elif defined(__aarch64__)
   __builtin_prefetch(p, 1); /* PRFM PSTL1KEEP: a prefetch for a store */
 #else

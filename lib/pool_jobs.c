@@ -1832,6 +1832,8 @@ static char *batch_slot(const mp__jobs_t *t, uint32_t c) {
  * instruction after the append's writes waited for it (docs/architecture.md, "An append
  * asks for the next append's lines"). Only the next: 2 or 4 ahead measured no better. */
 static void prefetch_next(mp__jobs_t *t, mp__jobrec_t *job, uint32_t c) {
+  if (!mp__can_prefetch_for_write())
+    return; /* one look, and no addresses worked out for nothing */
   mp__prefetch_for_write(batch_slot(t, c));
   mp__prefetch_for_write(rec_state(job, c));
 }
