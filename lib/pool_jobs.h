@@ -135,7 +135,8 @@ typedef struct {
 /* Applies one batch holds (MP__JOB_BATCH): its opening and closing (a block, a slot, a
  * publication; the close's counts) are paid once for them all. 64 went to 128 in stop 29:
  * pool.apply_pipelined 0.134-0.143 -> 0.129-0.141 us/task, medians 0.140 -> 0.1325
- * (docs/architecture.md, "A batch holds 128 applies"). */
+ * (docs/architecture.md, "A batch holds 128 applies"). tests/test_pool.c's forged blocks
+ * copy it (BATCH_APPLIES): that suite sees only the public header. */
 #define MP__BATCH_APPLIES 128
 
 /* A fed job's limit once no chunk is fed any more: above every count of chunks (at most
