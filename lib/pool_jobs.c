@@ -39,18 +39,18 @@
 #define SMALL_SPARE ((uint64_t)1 << 16)
 /* What a worker spins, looking for new work, before it sleeps (mp__pool_idle). */
 #define IDLE_SPIN_NS 20000
-/* Applies one batch holds; the argument room of its chunks at the least (applies of smaller
- * arguments share a batch); and the largest argument or result room a batch takes (larger
- * applies are jobs of their own: their copies cost more than a job does). */
-#define BATCH_APPLIES 64
+/* A batch's argument room at the least (smaller arguments share a batch), and the largest
+ * argument or result room a batch takes (larger applies are jobs of their own: their copies
+ * cost more than a job does). */
 #define BATCH_ARG_MIN 56
 #define BATCH_MAX_BYTES 1024
-/* A batch's state words lie on 2^BATCH_SPREAD lines, two chunks a line (a map's window of
+/* A batch's state words lie on 2^BATCH_SPREAD lines, four chunks a line (a map's window of
  * 64 takes 8 lines): the caller appends chunk c while the workers complete the held group
  * before it (lib/pool.c, APPLIES_HELD), whose chunk c - 8 shared c's line on 8 lines.
  * pool.apply_pipelined 0.169-0.180 -> 0.155-0.161 us/task (docs/architecture.md). */
 #define BATCH_SPREAD 5
-_Static_assert((8u << BATCH_SPREAD) >= BATCH_APPLIES, "a batch's state words fit its lines");
+_Static_assert((8u << BATCH_SPREAD) >= MP__BATCH_APPLIES,
+               "a batch's state words fit its lines");
 
 /* The pool's side of the table, in the pool's process. */
 struct mp__jobs_s {
@@ -1544,7 +1544,8 @@ static mp__jobrec_t *take_record(mp__jobs_t *t, mp__job_t *blk, bool batch) {
     r->owners = NULL;
   else
     return NULL;
-  if (batch && !r->owners && !(r->owners = malloc((size_t)BATCH_APPLIES * MP__JOB_OWNER_BYTES))) {
+  if (batch && !r->owners &&
+      !(r->owners = malloc((size_t)MP__BATCH_APPLIES * MP__JOB_OWNER_BYTES))) {
     r->next = t->free_recs;
     t->free_recs = r;
     return NULL;
@@ -1708,7 +1709,7 @@ static int publish(mp__jobs_t *t, mp__jobrec_t *job) {
 /* ------------------------------ applies ------------------------------ */
 
 /*
- * Applies in flight share a batch: one job of BATCH_APPLIES chunks of one item each, fed as
+ * Applies in flight share a batch: one job of MP__BATCH_APPLIES chunks of one item each, fed as
  * an iterator's window is (limit counts the chunks appended), each chunk with its own input,
  * result, status, error record and owner's record. Appending costs a copy, a state word and
  * the wake-up check of any fed chunk; the job block, its slot and its publication are paid
@@ -1723,7 +1724,7 @@ static int publish(mp__jobs_t *t, mp__jobrec_t *job) {
 static bool batch_takes(const mp__jobs_t *t, const mp__apply_spec_t *s) {
   return t->batch_fn == s->fn && t->batch_result_max == s->result_max &&
          t->batch_notify == s->notify && s->size <= t->batch_room &&
-         t->batch_next < BATCH_APPLIES;
+         t->batch_next < MP__BATCH_APPLIES;
 }
 
 /* Shows the workers the open batch's chunks held back (apply_lock held). */
@@ -1778,7 +1779,7 @@ static void close_batch(mp__jobs_t *t) {
   show_held(t);
   atomic_store(&t->batch, NULL);
   /* The references of the applies it did not take (the table's is still held). */
-  atomic_fetch_sub(&job->refs, BATCH_APPLIES - t->batch_next);
+  atomic_fetch_sub(&job->refs, MP__BATCH_APPLIES - t->batch_next);
   close_feeding(t, job);
   mp__jobs_release(t, job); /* the table's */
 }
@@ -1799,8 +1800,8 @@ static int open_batch(mp__jobs_t *t, const mp__apply_spec_t *s) {
   uint32_t flags = MP__JOB_BATCH | MP__JOB_ITERATOR | MP__JOB_WAKE_EACH | MP__JOB_VARSIZE |
                    (s->notify ? MP__JOB_NOTIFY : 0);
   mp__jobrec_t *job;
-  int rc = job_create(t, s->fn, flags, BATCH_APPLIES, item_slot, result_slot, 1, s->result_max,
-                      BATCH_APPLIES, &job);
+  int rc = job_create(t, s->fn, flags, MP__BATCH_APPLIES, item_slot, result_slot, 1,
+                      s->result_max, MP__BATCH_APPLIES, &job);
   if (rc < 0)
     return rc;
   /* job->refs: the table's, until the batch closes */
@@ -1809,7 +1810,7 @@ static int open_batch(mp__jobs_t *t, const mp__apply_spec_t *s) {
   /* And one for each apply it may take, given up at the close for those it did not take:
    * an append then makes no read-modify-write of its own (a locked one waits for the
    * stores before it to leave, the input's among them, which a worker may be reading). */
-  atomic_store_explicit(&job->refs, 1 + BATCH_APPLIES, memory_order_relaxed);
+  atomic_store_explicit(&job->refs, 1 + MP__BATCH_APPLIES, memory_order_relaxed);
   t->batch_fn = s->fn;
   t->batch_next = 0;
   t->batch_shown = 0;
@@ -1860,7 +1861,7 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t *
   else
     show_held(t); /* c with them */
   atomic_store_explicit(&t->streaming, true, memory_order_relaxed);
-  if (c + 1 == BATCH_APPLIES || atomic_load(&job->abort_code)) /* the next opens another */
+  if (c + 1 == MP__BATCH_APPLIES || atomic_load(&job->abort_code)) /* the next opens another */
     close_batch(t);
   else
     prefetch_next(t, job, c + 1);
@@ -1876,7 +1877,7 @@ int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t **out,
   pthread_mutex_lock(&t->apply_lock);
   mp__jobrec_t *open = atomic_load_explicit(&t->batch, memory_order_relaxed);
   /* Applies that cannot share the open batch (another function, size or notify) are no
-   * stream: a lone one is a job of its own rather than a batch of 64 chunks for one. */
+   * stream: a lone one is a job of its own rather than a whole batch for one. */
   bool takes = open && batch_takes(t, s);
   bool stream = takes || (!open && atomic_load_explicit(&t->applying, memory_order_relaxed));
   uint32_t flags = mp__jobs_flags(t);
@@ -1926,7 +1927,7 @@ int mp__jobs_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t **out,
 void *mp__job_owner(mp__jobrec_t *job, uint32_t chunk) {
   if (!(job->head.flags & MP__JOB_BATCH))
     return job->owner;
-  return (char *)job->owners + (uint64_t)(chunk % BATCH_APPLIES) * MP__JOB_OWNER_BYTES;
+  return (char *)job->owners + (uint64_t)(chunk % MP__BATCH_APPLIES) * MP__JOB_OWNER_BYTES;
 }
 
 int mp__jobs_submit(mp__jobs_t *t, const mp__job_spec_t *s, mp__jobrec_t **out) {

@@ -132,6 +132,13 @@ typedef struct {
 
 #define MP__JOB_OWNER_BYTES 96
 
+/* Applies one batch holds (MP__JOB_BATCH): its opening and closing (a block, a slot, a
+ * publication; the close's counts) are paid once for them all. 64 went to 128 in stop 29:
+ * pool.apply_pipelined 0.134-0.143 -> 0.129-0.141 us/task, medians 0.140 -> 0.1325
+ * (docs/architecture.md, "A batch holds 128 applies"). tests/test_pool.c's forged blocks
+ * copy it (BATCH_APPLIES): that suite sees only the public header. */
+#define MP__BATCH_APPLIES 128
+
 /* A fed job's limit once no chunk is fed any more: above every count of chunks (at most
  * UINT32_MAX / 2, job_create), so a feed's compare-and-swap fails and a count stays. */
 #define MP__LIMIT_CLOSED 0x80000000u
@@ -235,7 +242,7 @@ struct mp__jobrec_s {
    * with their workers), out of the workers' reach and off their error lock: the lowest
    * item's, or none (item UINT64_MAX). */
   mp__task_error_t lost;
-  void *owners;   /* a batch's owner records (BATCH_APPLIES of them), kept with the record */
+  void *owners; /* a batch's owner records (MP__BATCH_APPLIES of them), kept with the record */
   /* A job of its own's owner record (pool.c's async result, which writes it whole). */
   _Alignas(64) uint64_t owner[MP__JOB_OWNER_BYTES / sizeof(uint64_t)];
 };

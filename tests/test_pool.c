@@ -2658,6 +2658,11 @@ END_TEST
  * chunksize, in that order); the block starts on the 64-byte line that holds them. */
 enum { FORGE_CALLBACKS = 1, FORGE_LINKS, FORGE_HEADER, FORGE_HEAP_CLASS };
 
+/* A batch's applies (lib/pool_jobs.h, MP__BATCH_APPLIES), and how far back from its
+ * argument a task looks for its header: a batch's arguments follow its error records, 528
+ * bytes for each apply, some 70 KiB. */
+enum { BATCH_APPLIES = 128, FORGE_REACH_WORDS = 16384 };
+
 typedef struct {
   /* The header's words, in the other order: an earlier item of a map holds them too. */
   uint64_t chunksize, result_size, item_size, n;
@@ -2703,7 +2708,7 @@ static int forge(const void *arg, size_t size, void *result, size_t *result_size
   /* Words the pool's process writes too, whose races are the point: relaxed atomics, so
    * that ThreadSanitizer sees no data race in a thread worker. */
   uint64_t *at = (uint64_t *)((uintptr_t)arg & ~(uintptr_t)7), *hdr = NULL;
-  for (size_t back = 4; back < 8192 && !hdr; back++)
+  for (size_t back = 4; back < FORGE_REACH_WORDS && !hdr; back++)
     if (WORD(at - back) == f.n && WORD(at + 1 - back) == f.item_size &&
         WORD(at + 2 - back) == f.result_size && WORD(at + 3 - back) == f.chunksize)
       hdr = at - back;
@@ -2765,7 +2770,7 @@ START_TEST(test_forged_callbacks) {
     forge_t f = form == 2 ? forge_job(FORGE_CALLBACKS, 1, sizeof(int), go)
                           : forge_job(FORGE_CALLBACKS, 1, 100, go);
     if (form == 1) {
-      f.n = 64; /* a batch's: 64 applies, of slots with their length first */
+      f.n = BATCH_APPLIES; /* a batch's, of slots with their length first */
       f.item_size = var_slot_of(sizeof f);
       f.result_size = var_slot_of(100);
     }
@@ -2847,7 +2852,7 @@ static void forged_header(int ctx, int form) {
     mp_imap_free(it);
   } else {
     if (form == 3) {
-      /* An apply after an apply opens a batch: 64 slots with their length first. The
+      /* An apply after an apply opens a batch: slots with their length first. The
        * batch's first apply forges nothing. */
       int r = -2;
       forge_t looks = f;
@@ -2856,7 +2861,7 @@ static void forged_header(int ctx, int form) {
       MP_ASSERT_OK(mp_pool_apply(pool, forge, &looks, sizeof looks, buf, sizeof buf, NULL));
       memcpy(&r, buf, sizeof r);
       T_ASSERT(r == 0, "the lone apply did not find its header");
-      f.n = looks.n = 64;
+      f.n = looks.n = BATCH_APPLIES;
       f.item_size = looks.item_size = var_slot_of(sizeof f);
       f.result_size = looks.result_size = var_slot_of(100);
       MP_ASSERT_OK(mp_pool_apply_async(pool, forge, &looks, sizeof looks, 100, NULL, &first));

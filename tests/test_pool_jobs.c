@@ -960,45 +960,46 @@ END_TEST
  * and the next apply opens another; a batch closed before it is full completes once its
  * applies are done. */
 START_TEST(test_applies_share_a_batch) {
+  enum { FULL = MP__BATCH_APPLIES, NEXT = FULL + 1 }; /* applies 1..FULL fill a batch */
   MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
   mp_test_set_hook(free_table);
-  static int x[200];
-  static mp__jobrec_t *jobs[200];
-  uint32_t chunks[200];
-  for (int k = 0; k < 200; k++)
+  static int x[NEXT + 1];
+  static mp__jobrec_t *jobs[NEXT + 1];
+  uint32_t chunks[NEXT + 1];
+  for (int k = 0; k <= NEXT; k++)
     x[k] = 1000 + k;
   jobs[0] = apply(&x[0], &chunks[0]);
   T_ASSERT(!(jobs[0]->head.flags & MP__JOB_BATCH) && chunks[0] == 0,
            "the lone apply was batched");
-  for (int k = 1; k < 66; k++)
+  for (int k = 1; k <= NEXT; k++)
     jobs[k] = apply(&x[k], &chunks[k]);
-  for (int k = 1; k < 65; k++)
+  for (int k = 1; k <= FULL; k++)
     T_ASSERT(jobs[k] == jobs[1] && chunks[k] == (uint32_t)(k - 1),
              "apply %d: chunk %u of %p, not %d of the batch %p", k, chunks[k], (void *)jobs[k],
              k - 1, (void *)jobs[1]);
   T_ASSERT((jobs[1]->head.flags & MP__JOB_BATCH), "the applies in flight were not batched");
-  T_ASSERT(jobs[65] != jobs[1] && chunks[65] == 0, "the full batch took a 65th apply");
+  T_ASSERT(jobs[NEXT] != jobs[1] && chunks[NEXT] == 0, "the full batch took apply %d", NEXT);
   run_one(0, jobs[0], 0);
   T_ASSERT(mp__job_complete(jobs[0]), "the lone apply is not complete");
   run_one(1, jobs[1], 0);
   T_ASSERT(mp__job_chunk_finished(jobs[1], 0) && !mp__job_chunk_finished(jobs[1], 1),
            "chunks finish one by one");
   T_INT_EQ(take_int(jobs[1], 0), 1001);
-  for (int k = 2; k < 65; k++)
+  for (int k = 2; k <= FULL; k++)
     run_one(k % 2, jobs[k], chunks[k]);
   T_ASSERT(mp__job_complete(jobs[1]), "the full batch is not complete");
   /* In any order. */
-  for (int k = 64; k >= 1; k--)
+  for (int k = FULL; k >= 1; k--)
     T_INT_EQ(take_int(jobs[k], chunks[k]), 1000 + k);
   /* The open batch, closed with one apply queued, completes once it is done. */
-  T_ASSERT(!mp__job_complete(jobs[65]), "the open batch is complete");
+  T_ASSERT(!mp__job_complete(jobs[NEXT]), "the open batch is complete");
   mp__jobs_close_batch(table);
-  T_ASSERT(!mp__job_complete(jobs[65]), "the closed batch completed before its apply");
-  run_one(0, jobs[65], 0);
-  T_ASSERT(mp__job_complete(jobs[65]), "the closed batch is not complete");
-  T_INT_EQ(take_int(jobs[65], 0), 1065);
+  T_ASSERT(!mp__job_complete(jobs[NEXT]), "the closed batch completed before its apply");
+  run_one(0, jobs[NEXT], 0);
+  T_ASSERT(mp__job_complete(jobs[NEXT]), "the closed batch is not complete");
+  T_INT_EQ(take_int(jobs[NEXT], 0), 1000 + NEXT);
   T_ASSERT(!mp__jobs_work_left(table), "work is left");
-  for (int k = 0; k < 66; k++)
+  for (int k = 0; k <= NEXT; k++)
     mp__jobs_release(table, jobs[k]);
   mp_test_set_hook(NULL);
   free_table();
@@ -1133,29 +1134,32 @@ END_TEST
 START_TEST(test_apply_stream_stays_batched) {
   MP_ASSERT_OK(mp__jobs_create(&table, 2, 0, 0));
   mp_test_set_hook(free_table);
-  static int x[67];
-  static mp__jobrec_t *jobs[67];
-  uint32_t chunks[67];
-  for (int k = 0; k < 67; k++)
+  enum { FULL = MP__BATCH_APPLIES, NEXT = FULL + 1 }; /* applies 1..FULL fill a batch */
+  static int x[NEXT + 2];
+  static mp__jobrec_t *jobs[NEXT + 2];
+  uint32_t chunks[NEXT + 2];
+  for (int k = 0; k < NEXT + 2; k++)
     x[k] = 2000 + k;
   jobs[0] = apply(&x[0], &chunks[0]);
   T_ASSERT(!(jobs[0]->head.flags & MP__JOB_BATCH), "the first apply was batched");
   run_one(0, jobs[0], 0);
   T_ASSERT(!mp__jobs_work_left(table), "work is left");
-  for (int k = 1; k < 65; k++) {
+  for (int k = 1; k <= FULL; k++) {
     jobs[k] = apply(&x[k], &chunks[k]);
     run_one(k % 2, jobs[k], chunks[k]);
   }
-  T_ASSERT((jobs[1]->head.flags & MP__JOB_BATCH) && jobs[64] == jobs[1] && chunks[64] == 63,
+  T_ASSERT((jobs[1]->head.flags & MP__JOB_BATCH) && jobs[FULL] == jobs[1] &&
+               chunks[FULL] == FULL - 1,
            "the applies after the first one were not one batch");
   T_ASSERT(mp__job_complete(jobs[1]) && !mp__jobs_work_left(table), "the batch is not done");
-  jobs[65] = apply(&x[65], &chunks[65]);
-  T_ASSERT((jobs[65]->head.flags & MP__JOB_BATCH) && jobs[65] != jobs[1] && chunks[65] == 0,
+  jobs[NEXT] = apply(&x[NEXT], &chunks[NEXT]);
+  T_ASSERT((jobs[NEXT]->head.flags & MP__JOB_BATCH) && jobs[NEXT] != jobs[1] &&
+               chunks[NEXT] == 0,
            "the apply after a full batch was not the first of a new batch");
-  run_one(0, jobs[65], 0);
-  T_INT_EQ(take_int(jobs[65], 0), 2065);
+  run_one(0, jobs[NEXT], 0);
+  T_INT_EQ(take_int(jobs[NEXT], 0), 2000 + NEXT);
   /* An apply the open batch cannot take (another result size), with nothing in flight, is
-   * alone: no batch of 64 chunks for one. */
+   * alone: no whole batch for one. */
   mp__apply_spec_t other = {0, false, &x[0], sizeof x[0], 2 * sizeof x[0]};
   MP_ASSERT_OK(mp__jobs_function(table, (mp__fn_t)identity, &other.fn));
   mp__jobrec_t *alone;
@@ -1171,11 +1175,11 @@ START_TEST(test_apply_stream_stays_batched) {
   mp__jobrec_t *mapped;
   MP_ASSERT_OK(mp__jobs_submit(table, &map, &mapped));
   run_one(1, mapped, 0);
-  jobs[66] = apply(&x[66], &chunks[66]);
-  T_ASSERT(!(jobs[66]->head.flags & MP__JOB_BATCH), "the apply after a map was batched");
-  run_one(0, jobs[66], 0);
+  jobs[NEXT + 1] = apply(&x[NEXT + 1], &chunks[NEXT + 1]);
+  T_ASSERT(!(jobs[NEXT + 1]->head.flags & MP__JOB_BATCH), "the apply after a map was batched");
+  run_one(0, jobs[NEXT + 1], 0);
   mp__jobs_release(table, mapped);
-  for (int k = 0; k < 67; k++)
+  for (int k = 0; k < NEXT + 2; k++)
     mp__jobs_release(table, jobs[k]);
   mp_test_set_hook(NULL);
   free_table();
