@@ -32,8 +32,9 @@
 #include <unistd.h>
 
 /* Freed job blocks kept for the next jobs, the largest SPARES; and blocks below SMALL_SPARE
- * bytes on a stack of their own, enough for a stream of applies in flight (a stream of
- * same-size jobs takes the top one). */
+ * bytes on a stack of their own, enough for lone applies in flight (a stream of same-size
+ * jobs takes the top one). A batch's block (79 KiB at the least) is one of the SPARES, the
+ * smallest that fits going to the next batch. */
 #define SPARES 8
 #define SMALL_SPARES 64
 #define SMALL_SPARE ((uint64_t)1 << 16)
