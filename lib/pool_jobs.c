@@ -45,13 +45,24 @@
  * cost more than a job does). */
 #define BATCH_ARG_MIN 56
 #define BATCH_MAX_BYTES 1024
-/* A batch's state words lie on 2^BATCH_SPREAD lines, four chunks a line (a map's window of
- * 64 takes 8 lines): the caller appends chunk c while the workers complete the held group
- * before it (lib/pool.c, APPLIES_HELD), whose chunk c - 8 shared c's line on 8 lines.
- * pool.apply_pipelined 0.169-0.180 -> 0.155-0.161 us/task (docs/architecture.md). */
-#define BATCH_SPREAD 5
-_Static_assert((8u << BATCH_SPREAD) >= MP__BATCH_APPLIES,
-               "a batch's state words fit its lines");
+/*
+ * A batch chunk's state word starts a line of its own, its cell: the state word, then the
+ * argument when it fits (its length word, then CELL_ROOM bytes), then a copy of the result
+ * when it fits (the same). A claim then reads its argument in the line it has just taken,
+ * and a get reads the result in the line whose state word it has just seen change, one line
+ * each way where three moved (pool.apply 0.83-0.94 -> 0.63-0.74 us/op; docs/architecture.md,
+ * "A batch chunk's cell"). The task still writes its result into the output region, whose
+ * canaries an overrun meets; the worker copies it into the cell after the canary's check.
+ * Larger arguments and results keep their region slots, which the cell's length words point
+ * to by being past CELL_ROOM. Spread 7 lays the 128 state words 8 words (a line) apart.
+ */
+#define BATCH_SPREAD 7
+#define CELL_ROOM 16
+#define CELL_INPUT 8 /* the argument's length word, then its bytes */
+#define CELL_RESULT (CELL_INPUT + MP__VARSIZE_HEAD + CELL_ROOM)
+_Static_assert((1u << BATCH_SPREAD) >= MP__BATCH_APPLIES,
+               "each of a batch's state words starts a line of its own");
+_Static_assert(CELL_RESULT + MP__VARSIZE_HEAD + CELL_ROOM <= 64, "a cell fits its line");
 
 /* The pool's side of the table, in the pool's process. */
 struct mp__jobs_s {
@@ -275,6 +286,11 @@ static inline _Atomic uint64_t *state_in(const void *states, uint64_t window, ui
   if (spread)
     slot = (slot & ((1ull << spread) - 1)) * 8 + (slot >> spread);
   return (_Atomic uint64_t *)states + slot;
+}
+
+/* A batch chunk's cell: its state word's line. */
+static char *cell_of(_Atomic uint64_t *state) {
+  return (char *)state;
 }
 
 _Atomic uint64_t *mp__job_state(const mp__job_t *job, uint32_t chunk) {
@@ -859,6 +875,15 @@ static void task_view(mp__job_t *job, uint32_t chunk, _Atomic uint64_t *running,
   task->fn = job->head.fn;
   task->input = job_input(job, chunk);
   task->item_size = job->head.item_size;
+  if (job->head.flags & MP__JOB_BATCH) {
+    const char *cell = cell_of(mp__job_state(job, chunk));
+    /* Written before the state word's release, which the claim read. A wild one only
+     * picks which slot, each read no further than its own room. */
+    if (mp__var_length(cell + CELL_INPUT, UINT64_MAX) <= CELL_ROOM) {
+      task->input = cell + CELL_INPUT;
+      task->item_size = MP__VARSIZE_HEAD + CELL_ROOM;
+    }
+  }
   task->output = job_output(job, chunk);
   task->result_size = job->head.result_size;
   task->varsize = job->head.flags & MP__JOB_VARSIZE;
@@ -1113,6 +1138,17 @@ static bool let_go(_Atomic uint64_t *state, uint32_t chunk, uint32_t w) {
              state, &v, MP__CHUNK_STATE(chunk, MP__CHUNK_ATTEMPTS(v), w + 1, MP__CHUNK_FAILED));
 }
 
+/* A batch chunk's result, copied into its cell before the state word says DONE: its length
+ * word (run_items wrote it, at most the room), then its bytes when they fit. */
+static void copy_to_cell(mp__job_t *job, uint32_t chunk, _Atomic uint64_t *state) {
+  const char *out = job_output(job, chunk);
+  char *copy = cell_of(state) + CELL_RESULT;
+  uint64_t len = mp__var_length(out, UINT64_MAX);
+  memcpy(copy, &len, sizeof len);
+  if (len <= CELL_ROOM)
+    memcpy(copy + MP__VARSIZE_HEAD, out + MP__VARSIZE_HEAD, len);
+}
+
 /*
  * A worker counts its chunk in its own counter, with bit 0 set while it is between the two:
  * a worker killed there leaves the bit set, and the supervisor then knows from the chunk's
@@ -1131,6 +1167,8 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
     record_error(sh, job, chunk, task->failed_item, task->code, task->msg);
   if (running && job->head.n == 1)
     atomic_store(&job->result_len, task->result_len);
+  if (running && status == MP__CHUNK_DONE && (job->head.flags & MP__JOB_BATCH))
+    copy_to_cell(job, chunk, state);
   /* Pinned for settling after the last reference. Relaxed, as is the mark: whoever frees
    * the block has first seen this chunk counted (the store of the count below, or a
    * completion that read it), and the supervisor reads the mark only once this process has
@@ -1828,16 +1866,15 @@ static char *batch_slot(const mp__jobs_t *t, uint32_t c) {
   return t->batch_input + c * (t->batch_room + MP__VARSIZE_HEAD);
 }
 
-/* The lines the next append writes (its input's first and its state word), still in the
- * cache of the worker that ran the same slot's chunk in the batch this block held before:
- * their transfer overlaps the caller's return and its next call, where the first locked
- * instruction after the append's writes waited for it (docs/architecture.md, "An append
- * asks for the next append's lines"). Only the next: 2 or 4 ahead measured no better. */
-static void prefetch_next(mp__jobs_t *t, mp__jobrec_t *job, uint32_t c) {
-  if (!mp__can_prefetch_for_write())
-    return; /* one look, and no addresses worked out for nothing */
-  mp__prefetch_for_write(batch_slot(t, c));
-  mp__prefetch_for_write(rec_state(job, c));
+/* The line the next append writes (its cell: its state word, and its argument when that
+ * fits), still in the cache of the worker that ran the same slot's chunk in the batch this
+ * block held before: its transfer overlaps the caller's return and its next call, where the
+ * first locked instruction after the append's writes waited for it (docs/architecture.md,
+ * "An append asks for the next append's lines"). Only the next: 2 or 4 ahead measured no
+ * better. */
+static void prefetch_next(mp__jobrec_t *job, uint32_t c) {
+  if (mp__can_prefetch_for_write()) /* one look, and no address worked out for nothing */
+    mp__prefetch_for_write(rec_state(job, c));
 }
 
 /* Appends s to the open batch (apply_lock held), closed once full. */
@@ -1845,13 +1882,19 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t *
                         uint32_t *chunk) {
   mp__jobrec_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
   uint32_t c = t->batch_next++;
-  char *in = batch_slot(t, c);
-  uint64_t len = s->size;
+  _Atomic uint64_t *state = rec_state(job, c);
+  char *in = cell_of(state) + CELL_INPUT;
+  uint64_t len = s->size, room = CELL_ROOM;
+  if (len > CELL_ROOM) { /* the cell's length word, past its room, sends the worker on */
+    memcpy(in, &len, sizeof len);
+    in = batch_slot(t, c);
+    room = t->batch_room;
+  }
   memcpy(in, &len, sizeof len);
   if (len)
     memcpy(in + MP__VARSIZE_HEAD, s->arg, len);
-  MP__SCANNED(in, t->batch_room + MP__VARSIZE_HEAD); /* sent whole (see job_feed) */
-  if (!feed_chunk(job, rec_state(job, c), c)) { /* aborted: it counted c */
+  MP__SCANNED(in, room + MP__VARSIZE_HEAD); /* sent whole (see job_feed) */
+  if (!feed_chunk(job, state, c)) {         /* aborted: it counted c */
     atomic_fetch_sub(&job->refs, 1); /* c's, which the close does not give up */
     t->batch_shown = t->batch_next;  /* the abort failed the held ones: none to show */
     close_batch(t);
@@ -1865,7 +1908,7 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t *
   if (c + 1 == MP__BATCH_APPLIES || atomic_load(&job->abort_code)) /* the next opens another */
     close_batch(t);
   else
-    prefetch_next(t, job, c + 1);
+    prefetch_next(job, c + 1);
   *out = job;
   *chunk = c;
   return 0;
@@ -2458,7 +2501,10 @@ int mp__job_take_chunk(const mp__jobrec_t *job, uint32_t chunk, void *result, si
     *len = 0;
   if (chunk_failed(atomic_load(rec_state(job, chunk))))
     return mp__error(task_code(rec_error(job, chunk)), "%.*s", MSG_OF(rec_error(job, chunk)));
-  const char *out = rec_output(job, chunk);
+  /* The copy in the cell when the result fits it, else the output region's slot. */
+  const char *out = cell_of(rec_state(job, chunk)) + CELL_RESULT;
+  if (mp__var_length(out, UINT64_MAX) > CELL_ROOM)
+    out = rec_output(job, chunk);
   uint64_t need;
   memcpy(&need, out, sizeof need);
   if (need > job->head.result_cap) /* whatever a wild task left there */
