@@ -686,33 +686,36 @@ END_TEST
 
 /* Applies in flight share batches whatever their sizes: arguments and results that fit a
  * chunk's cell (16 bytes) and those that do not (up to 56 and 48 here), mixed in one
- * stream, each given back whole; a buffer too small for either is told so. */
+ * stream, each given back whole; a buffer too small for either is told so. Twice: the
+ * second round's batches reuse the first's blocks. */
 START_TEST(test_apply_sizes_in_a_batch) {
   mp_pool_t *pool = make_pool(_i, 2, NULL);
   enum { N = 300, RESULT_MAX = 48 };
   static const size_t arg_sizes[] = {0, 1, 16, 17, 56};
   static const unsigned char wants[] = {0, 1, 8, 16, 17, 33, 48};
   static mp_async_result_t *ars[N];
-  unsigned char args[N][56];
-  for (int k = 0; k < N; k++) {
-    for (size_t i = 0; i < sizeof args[k]; i++)
-      args[k][i] = (unsigned char)(k + i);
-    args[k][0] = wants[k % 7];
-    MP_ASSERT_OK(mp_pool_apply_async(pool, sized_echo, args[k], arg_sizes[k % 5], RESULT_MAX,
-                                     NULL, &ars[k]));
-  }
-  for (int k = 0; k < N; k++) {
-    unsigned char r[RESULT_MAX], small[8];
-    size_t size = arg_sizes[k % 5], want = size ? wants[k % 7] : 0, len = 99;
-    if (want > sizeof small) {
-      MP_ASSERT_ERR(mp_async_result_get(ars[k], small, sizeof small, &len, 10), MP_ETOOSMALL);
-      T_INT_EQ(len, want);
+  static unsigned char args[N][56];
+  for (int round = 0; round < 2; round++) {
+    for (int k = 0; k < N; k++) {
+      for (size_t i = 0; i < sizeof args[k]; i++)
+        args[k][i] = (unsigned char)(k + i + round);
+      args[k][0] = wants[(k + round) % 7];
+      MP_ASSERT_OK(mp_pool_apply_async(pool, sized_echo, args[k], arg_sizes[k % 5], RESULT_MAX,
+                                       NULL, &ars[k]));
     }
-    MP_ASSERT_OK(mp_async_result_get(ars[k], r, sizeof r, &len, 10));
-    T_INT_EQ(len, want);
-    for (size_t i = 0; i < want; i++)
-      T_ASSERT(r[i] == (unsigned char)(args[k][i % size] + i), "apply %d, byte %zu", k, i);
-    mp_async_result_free(ars[k]);
+    for (int k = 0; k < N; k++) {
+      unsigned char r[RESULT_MAX], small[8];
+      size_t size = arg_sizes[k % 5], want = size ? args[k][0] : 0, len = 99;
+      if (want > sizeof small) {
+        MP_ASSERT_ERR(mp_async_result_get(ars[k], small, sizeof small, &len, 10), MP_ETOOSMALL);
+        T_INT_EQ(len, want);
+      }
+      MP_ASSERT_OK(mp_async_result_get(ars[k], r, sizeof r, &len, 10));
+      T_INT_EQ(len, want);
+      for (size_t i = 0; i < want; i++)
+        T_ASSERT(r[i] == (unsigned char)(args[k][i % size] + i), "apply %d, byte %zu", k, i);
+      mp_async_result_free(ars[k]);
+    }
   }
   end_pool();
 }
@@ -2706,8 +2709,9 @@ END_TEST
 enum { FORGE_CALLBACKS = 1, FORGE_LINKS, FORGE_HEADER, FORGE_HEAP_CLASS };
 
 /* A batch's applies (lib/pool_jobs.h, MP__BATCH_APPLIES), and how far back from its
- * argument a task looks for its header: a batch's arguments follow its error records, 528
- * bytes for each apply, some 70 KiB. */
+ * argument a task looks for its header: a batch's arguments (those past a cell's 16 bytes,
+ * as a forge_t is; smaller ones are copied out of the cells) follow its cells, 8 KiB, and
+ * its error records, 528 bytes for each apply, some 70 KiB. */
 enum { BATCH_APPLIES = 128, FORGE_REACH_WORDS = 16384 };
 
 typedef struct {
