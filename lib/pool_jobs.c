@@ -33,7 +33,7 @@
 
 /* Freed job blocks kept for the next jobs, the largest SPARES; and blocks below SMALL_SPARE
  * bytes on a stack of their own, enough for lone applies in flight (a stream of same-size
- * jobs takes the top one). A batch's block (79 KiB at the least) is one of the SPARES, the
+ * jobs takes the top one). A batch's block (85 KiB at the least) is one of the SPARES, the
  * smallest that fits going to the next batch. */
 #define SPARES 8
 #define SMALL_SPARES 64
@@ -45,13 +45,27 @@
  * cost more than a job does). */
 #define BATCH_ARG_MIN 56
 #define BATCH_MAX_BYTES 1024
-/* A batch's state words lie on 2^BATCH_SPREAD lines, four chunks a line (a map's window of
- * 64 takes 8 lines): the caller appends chunk c while the workers complete the held group
- * before it (lib/pool.c, APPLIES_HELD), whose chunk c - 8 shared c's line on 8 lines.
- * pool.apply_pipelined 0.169-0.180 -> 0.155-0.161 us/task (docs/architecture.md). */
-#define BATCH_SPREAD 5
-_Static_assert((8u << BATCH_SPREAD) >= MP__BATCH_APPLIES,
-               "a batch's state words fit its lines");
+/*
+ * A batch chunk's state word starts a line of its own, its cell: the state word, then the
+ * argument when it fits (its length word, then CELL_ROOM bytes), then a copy of the result
+ * when it fits (the same). A claim then reads its argument in the line it has just taken,
+ * and a get reads the result in the line whose state word it has just seen change, one line
+ * each way where three moved (pool.apply, medians 0.91 -> 0.69 us/op; docs/architecture.md,
+ * "A batch chunk's cell"). The task still writes its result into the output region, whose
+ * canaries an overrun meets; the worker copies it into the cell after the canary's check.
+ * Larger arguments and results keep their region slots, which the cell's length words point
+ * to by being past CELL_ROOM. Spread 7 lays the 128 state words 8 words (a line) apart.
+ */
+#define BATCH_SPREAD 7
+#define CELL_ROOM 16
+#define CELL_WORDS ((MP__VARSIZE_HEAD + CELL_ROOM) / sizeof(uint64_t)) /* length, bytes */
+#define CELL_INPUT 8                                             /* the argument's words */
+#define CELL_RESULT (CELL_INPUT + CELL_WORDS * sizeof(uint64_t)) /* the result copy's */
+_Static_assert((1u << BATCH_SPREAD) >= MP__BATCH_APPLIES,
+               "each of a batch's state words starts a line of its own");
+_Static_assert(CELL_RESULT + CELL_WORDS * sizeof(uint64_t) <= 64, "a cell fits its line");
+_Static_assert(CELL_WORDS * sizeof(uint64_t) <= MP__TASK_ARG_COPY,
+               "a cell's argument fits a task's copy");
 
 /* The pool's side of the table, in the pool's process. */
 struct mp__jobs_s {
@@ -227,7 +241,8 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   uint64_t block_id = fresh ? atomic_fetch_add(&block_ids, 1) + 1 : job->block_id;
   /* The error records are left out (a batch's or an iterator's are tens of KiB): only their
    * item is read before a failure writes them whole, and it is set below. A map's state
-   * words are all written below: only an iterator's (FREE) are zeroed. */
+   * words are all written below: only an iterator's (FREE) are zeroed, and a batch's cells
+   * with them (no length word of an earlier batch is read). */
   memset(job, 0, flags & MP__JOB_ITERATOR ? errs_off : states_off);
   memset((char *)job + done_off, 0, input_off - done_off);
   uint32_t chunks = (uint32_t)n_chunks; /* at most UINT32_MAX / 2: checked above */
@@ -275,6 +290,23 @@ static inline _Atomic uint64_t *state_in(const void *states, uint64_t window, ui
   if (spread)
     slot = (slot & ((1ull << spread) - 1)) * 8 + (slot >> spread);
   return (_Atomic uint64_t *)states + slot;
+}
+
+/* A batch chunk's cell: its state word's line. */
+static char *cell_of(_Atomic uint64_t *state) {
+  return (char *)state;
+}
+
+/* A cell's words are written and read whole, as atomics: a task may read its block as it
+ * likes (test_forged_*), and a plain copy made by another thread would race with it. */
+static void cell_store(char *cell, size_t at, const uint64_t *words, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    atomic_store_explicit((_Atomic uint64_t *)(cell + at) + i, words[i], memory_order_relaxed);
+}
+
+static void cell_load(char *cell, size_t at, uint64_t *words) {
+  for (size_t i = 0; i < CELL_WORDS; i++)
+    words[i] = atomic_load_explicit((_Atomic uint64_t *)(cell + at) + i, memory_order_relaxed);
 }
 
 _Atomic uint64_t *mp__job_state(const mp__job_t *job, uint32_t chunk) {
@@ -859,6 +891,17 @@ static void task_view(mp__job_t *job, uint32_t chunk, _Atomic uint64_t *running,
   task->fn = job->head.fn;
   task->input = job_input(job, chunk);
   task->item_size = job->head.item_size;
+  if (job->head.flags & MP__JOB_BATCH) {
+    /* Written before the state word's release, which the claim read. A wild length only
+     * picks which slot, each read no further than its own room. */
+    uint64_t words[CELL_WORDS];
+    cell_load(cell_of(mp__job_state(job, chunk)), CELL_INPUT, words);
+    if (words[0] <= CELL_ROOM) {
+      memcpy(task->arg_copy, words, sizeof words);
+      task->input = task->arg_copy;
+      task->item_size = sizeof words;
+    }
+  }
   task->output = job_output(job, chunk);
   task->result_size = job->head.result_size;
   task->varsize = job->head.flags & MP__JOB_VARSIZE;
@@ -1113,6 +1156,17 @@ static bool let_go(_Atomic uint64_t *state, uint32_t chunk, uint32_t w) {
              state, &v, MP__CHUNK_STATE(chunk, MP__CHUNK_ATTEMPTS(v), w + 1, MP__CHUNK_FAILED));
 }
 
+/* A batch chunk's result, copied into its cell before the state word says DONE: its length
+ * word (at most the task's room, whoever wrote it: a rank's reply, a wild task), then its
+ * bytes when they fit; a length past CELL_ROOM alone sends the parent to the output slot. */
+static void copy_to_cell(const mp__task_t *task, _Atomic uint64_t *state) {
+  uint64_t len = mp__var_length(task->output, task->result_cap), words[CELL_WORDS] = {len};
+  bool fits = len <= CELL_ROOM;
+  if (fits && len)
+    memcpy(words + 1, task->output + MP__VARSIZE_HEAD, len);
+  cell_store(cell_of(state), CELL_RESULT, words, fits ? CELL_WORDS : 1);
+}
+
 /*
  * A worker counts its chunk in its own counter, with bit 0 set while it is between the two:
  * a worker killed there leaves the bit set, and the supervisor then knows from the chunk's
@@ -1131,6 +1185,8 @@ bool mp__pool_complete(mp__pool_shared_t *sh, uint32_t w, mp__task_t *task, uint
     record_error(sh, job, chunk, task->failed_item, task->code, task->msg);
   if (running && job->head.n == 1)
     atomic_store(&job->result_len, task->result_len);
+  if (running && status == MP__CHUNK_DONE && (job->head.flags & MP__JOB_BATCH))
+    copy_to_cell(task, state);
   /* Pinned for settling after the last reference. Relaxed, as is the mark: whoever frees
    * the block has first seen this chunk counted (the store of the count below, or a
    * completion that read it), and the supervisor reads the mark only once this process has
@@ -1828,16 +1884,15 @@ static char *batch_slot(const mp__jobs_t *t, uint32_t c) {
   return t->batch_input + c * (t->batch_room + MP__VARSIZE_HEAD);
 }
 
-/* The lines the next append writes (its input's first and its state word), still in the
- * cache of the worker that ran the same slot's chunk in the batch this block held before:
- * their transfer overlaps the caller's return and its next call, where the first locked
- * instruction after the append's writes waited for it (docs/architecture.md, "An append
- * asks for the next append's lines"). Only the next: 2 or 4 ahead measured no better. */
-static void prefetch_next(mp__jobs_t *t, mp__jobrec_t *job, uint32_t c) {
-  if (!mp__can_prefetch_for_write())
-    return; /* one look, and no addresses worked out for nothing */
-  mp__prefetch_for_write(batch_slot(t, c));
-  mp__prefetch_for_write(rec_state(job, c));
+/* The line the next append writes (its cell: its state word, and its argument when that
+ * fits), still in the cache of the worker that ran the same slot's chunk in the batch this
+ * block held before: its transfer overlaps the caller's return and its next call, where the
+ * first locked instruction after the append's writes waited for it (docs/architecture.md,
+ * "An append asks for the next append's lines"). Only the next: 2 or 4 ahead measured no
+ * better. */
+static void prefetch_next(mp__jobrec_t *job, uint32_t c) {
+  if (mp__can_prefetch_for_write()) /* one look, and no address worked out for nothing */
+    mp__prefetch_for_write(rec_state(job, c));
 }
 
 /* Appends s to the open batch (apply_lock held), closed once full. */
@@ -1845,13 +1900,20 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t *
                         uint32_t *chunk) {
   mp__jobrec_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
   uint32_t c = t->batch_next++;
-  char *in = batch_slot(t, c);
-  uint64_t len = s->size;
-  memcpy(in, &len, sizeof len);
-  if (len)
+  _Atomic uint64_t *state = rec_state(job, c);
+  uint64_t len = s->size, words[CELL_WORDS] = {len};
+  if (len <= CELL_ROOM) {
+    if (len)
+      memcpy(words + 1, s->arg, len);
+    cell_store(cell_of(state), CELL_INPUT, words, CELL_WORDS);
+  } else { /* the cell's length word, past its room, sends the worker to the input slot */
+    cell_store(cell_of(state), CELL_INPUT, words, 1);
+    char *in = batch_slot(t, c);
+    memcpy(in, &len, sizeof len);
     memcpy(in + MP__VARSIZE_HEAD, s->arg, len);
-  MP__SCANNED(in, t->batch_room + MP__VARSIZE_HEAD); /* sent whole (see job_feed) */
-  if (!feed_chunk(job, rec_state(job, c), c)) { /* aborted: it counted c */
+    MP__SCANNED(in, t->batch_room + MP__VARSIZE_HEAD); /* sent whole (see job_feed) */
+  }
+  if (!feed_chunk(job, state, c)) {  /* aborted: it counted c */
     atomic_fetch_sub(&job->refs, 1); /* c's, which the close does not give up */
     t->batch_shown = t->batch_next;  /* the abort failed the held ones: none to show */
     close_batch(t);
@@ -1865,7 +1927,7 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t *
   if (c + 1 == MP__BATCH_APPLIES || atomic_load(&job->abort_code)) /* the next opens another */
     close_batch(t);
   else
-    prefetch_next(t, job, c + 1);
+    prefetch_next(job, c + 1);
   *out = job;
   *chunk = c;
   return 0;
@@ -2458,7 +2520,13 @@ int mp__job_take_chunk(const mp__jobrec_t *job, uint32_t chunk, void *result, si
     *len = 0;
   if (chunk_failed(atomic_load(rec_state(job, chunk))))
     return mp__error(task_code(rec_error(job, chunk)), "%.*s", MSG_OF(rec_error(job, chunk)));
-  const char *out = rec_output(job, chunk);
+  /* The copy in the cell when the result fits it, else the output region's slot; each
+   * length word read once, and bounded by its own slot's room. */
+  uint64_t words[CELL_WORDS];
+  cell_load(cell_of(rec_state(job, chunk)), CELL_RESULT, words);
+  const char *out = (const char *)words;
+  if (words[0] > CELL_ROOM)
+    out = rec_output(job, chunk);
   uint64_t need;
   memcpy(&need, out, sizeof need);
   if (need > job->head.result_cap) /* whatever a wild task left there */

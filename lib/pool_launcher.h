@@ -18,6 +18,7 @@
 
 #include <uv.h>
 
+#define MP__TASK_ARG_COPY 24 /* mp__task_t.arg_copy */
 #define MP__POOL_MSG 512 /* a task's failure message, a worker's reason */
 
 /* The job table's shared block (pool_jobs.h): opaque to launchers. */
@@ -43,6 +44,9 @@ typedef struct {
   uint64_t first;       /* the chunk's first item's index in its job */
   uint64_t count;
   _Atomic uint64_t *running; /* where the running item's offset is recorded */
+  /* A batch chunk's argument, copied out of its cell (pool_jobs.c): the task's pointer
+   * then leads to no line of the batch's protocol. Its length word, then its bytes. */
+  _Alignas(8) char arg_copy[MP__TASK_ARG_COPY];
   /* Set by the run step. */
   uint64_t result_len; /* the last item's result length (an apply's) */
   uint64_t failed_item;

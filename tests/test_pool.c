@@ -118,6 +118,19 @@ static int repeat_x(const void *arg, size_t size, void *result, size_t *result_s
   return 0;
 }
 
+/* A result of as many bytes as the argument's first byte asks for (none for an empty
+ * argument), each the argument's byte at i (cyclically) plus i. */
+static int sized_echo(const void *arg, size_t size, void *result, size_t *result_size) {
+  const unsigned char *a = arg;
+  size_t want = size ? a[0] : 0;
+  if (want > *result_size)
+    return mp_task_fail("%zu bytes do not fit %zu", want, *result_size);
+  for (size_t i = 0; i < want; i++)
+    ((unsigned char *)result)[i] = (unsigned char)(a[i % size] + i);
+  *result_size = want;
+  return 0;
+}
+
 static int kill_self_every_1000(const void *arg, size_t size, void *result,
                                 size_t *result_size) {
   if (*(const int *)arg % 1000 == 7)
@@ -667,6 +680,43 @@ START_TEST(test_apply) {
   x = 13;
   MP_ASSERT_ERR(mp_pool_apply(pool, fail_on_13, &x, sizeof x, &r, sizeof r, NULL), MP_ETASK);
   T_STR_EQ(mp_last_error(), "thirteen is unlucky (13)");
+  end_pool();
+}
+END_TEST
+
+/* Applies in flight share batches whatever their sizes: arguments and results that fit a
+ * chunk's cell (16 bytes) and those that do not (up to 56 and 48 here), mixed in one
+ * stream, each given back whole; a buffer too small for either is told so. Twice: the
+ * second round's batches reuse the first's blocks. */
+START_TEST(test_apply_sizes_in_a_batch) {
+  mp_pool_t *pool = make_pool(_i, 2, NULL);
+  enum { N = 300, RESULT_MAX = 48 };
+  static const size_t arg_sizes[] = {0, 1, 16, 17, 56};
+  static const unsigned char wants[] = {0, 1, 8, 16, 17, 33, 48};
+  static mp_async_result_t *ars[N];
+  static unsigned char args[N][56];
+  for (int round = 0; round < 2; round++) {
+    for (int k = 0; k < N; k++) {
+      for (size_t i = 0; i < sizeof args[k]; i++)
+        args[k][i] = (unsigned char)(k + i + round);
+      args[k][0] = wants[(k + round) % 7];
+      MP_ASSERT_OK(mp_pool_apply_async(pool, sized_echo, args[k], arg_sizes[k % 5], RESULT_MAX,
+                                       NULL, &ars[k]));
+    }
+    for (int k = 0; k < N; k++) {
+      unsigned char r[RESULT_MAX], small[8];
+      size_t size = arg_sizes[k % 5], want = size ? args[k][0] : 0, len = 99;
+      if (want > sizeof small) {
+        MP_ASSERT_ERR(mp_async_result_get(ars[k], small, sizeof small, &len, 10), MP_ETOOSMALL);
+        T_INT_EQ(len, want);
+      }
+      MP_ASSERT_OK(mp_async_result_get(ars[k], r, sizeof r, &len, 10));
+      T_INT_EQ(len, want);
+      for (size_t i = 0; i < want; i++)
+        T_ASSERT(r[i] == (unsigned char)(args[k][i % size] + i), "apply %d, byte %zu", k, i);
+      mp_async_result_free(ars[k]);
+    }
+  }
   end_pool();
 }
 END_TEST
@@ -2659,8 +2709,9 @@ END_TEST
 enum { FORGE_CALLBACKS = 1, FORGE_LINKS, FORGE_HEADER, FORGE_HEAP_CLASS };
 
 /* A batch's applies (lib/pool_jobs.h, MP__BATCH_APPLIES), and how far back from its
- * argument a task looks for its header: a batch's arguments follow its error records, 528
- * bytes for each apply, some 70 KiB. */
+ * argument a task looks for its header: a batch's arguments (those past a cell's 16 bytes,
+ * as a forge_t is; smaller ones are copied out of the cells) follow its cells, 8 KiB, and
+ * its error records, 528 bytes for each apply, some 70 KiB. */
 enum { BATCH_APPLIES = 128, FORGE_REACH_WORDS = 16384 };
 
 typedef struct {
@@ -2987,6 +3038,7 @@ static Suite *pool_suite(void) {
   tc = mp_test_tcase(s, "apply", 60);
   tcase_add_loop_test(tc, test_apply, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_apply_async_timeouts, 0, N_CONTEXTS);
+  tcase_add_loop_test(tc, test_apply_sizes_in_a_batch, 0, N_CONTEXTS);
   tcase_add_loop_test(tc, test_callbacks, 0, N_CONTEXTS);
   tc = mp_test_tcase(s, "held", 60);
   tcase_add_loop_test(tc, test_held_applies_run_unwaited, 0, N_CONTEXTS);
