@@ -298,10 +298,17 @@ static char *cell_of(_Atomic uint64_t *state) {
 }
 
 /* A cell's words are written and read whole, as atomics: a task may read its block as it
- * likes (test_forged_*), and a plain copy made by another thread would race with it. */
-static void cell_store(char *cell, size_t at, const uint64_t *words, size_t n) {
-  for (size_t i = 0; i < n; i++)
+ * likes (test_forged_*), and a plain copy made by another thread would race with it. Puts
+ * len at `at`, and its bytes after it when they fit CELL_ROOM: true; else the length alone,
+ * which sends the reader to the region slot. */
+static bool cell_put(char *cell, size_t at, uint64_t len, const void *bytes) {
+  uint64_t words[CELL_WORDS] = {len};
+  bool fits = len <= CELL_ROOM;
+  if (fits && len)
+    memcpy(words + 1, bytes, len);
+  for (size_t i = 0; i < (fits ? CELL_WORDS : 1); i++)
     atomic_store_explicit((_Atomic uint64_t *)(cell + at) + i, words[i], memory_order_relaxed);
+  return fits;
 }
 
 static void cell_load(char *cell, size_t at, uint64_t *words) {
@@ -1156,15 +1163,11 @@ static bool let_go(_Atomic uint64_t *state, uint32_t chunk, uint32_t w) {
              state, &v, MP__CHUNK_STATE(chunk, MP__CHUNK_ATTEMPTS(v), w + 1, MP__CHUNK_FAILED));
 }
 
-/* A batch chunk's result, copied into its cell before the state word says DONE: its length
- * word (at most the task's room, whoever wrote it: a rank's reply, a wild task), then its
- * bytes when they fit; a length past CELL_ROOM alone sends the parent to the output slot. */
+/* A batch chunk's result, copied into its cell before the state word says DONE, its length
+ * at most the task's room, whoever wrote it (a rank's reply, a wild task). */
 static void copy_to_cell(const mp__task_t *task, _Atomic uint64_t *state) {
-  uint64_t len = mp__var_length(task->output, task->result_cap), words[CELL_WORDS] = {len};
-  bool fits = len <= CELL_ROOM;
-  if (fits && len)
-    memcpy(words + 1, task->output + MP__VARSIZE_HEAD, len);
-  cell_store(cell_of(state), CELL_RESULT, words, fits ? CELL_WORDS : 1);
+  (void)cell_put(cell_of(state), CELL_RESULT, mp__var_length(task->output, task->result_cap),
+                 task->output + MP__VARSIZE_HEAD);
 }
 
 /*
@@ -1901,13 +1904,8 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t *
   mp__jobrec_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
   uint32_t c = t->batch_next++;
   _Atomic uint64_t *state = rec_state(job, c);
-  uint64_t len = s->size, words[CELL_WORDS] = {len};
-  if (len <= CELL_ROOM) {
-    if (len)
-      memcpy(words + 1, s->arg, len);
-    cell_store(cell_of(state), CELL_INPUT, words, CELL_WORDS);
-  } else { /* the cell's length word, past its room, sends the worker to the input slot */
-    cell_store(cell_of(state), CELL_INPUT, words, 1);
+  uint64_t len = s->size;
+  if (!cell_put(cell_of(state), CELL_INPUT, len, s->arg)) {
     char *in = batch_slot(t, c);
     memcpy(in, &len, sizeof len);
     memcpy(in + MP__VARSIZE_HEAD, s->arg, len);
