@@ -931,6 +931,34 @@ END_TEST
  * finds the count moved and fails the batch with MP_ECORRUPT, its own chunk included, rather
  * than leave the chunks past the forged count to no claim (each apply's get waiting for
  * ever); the apply after it opens another batch. */
+/* A batch chunk's cell (its state word's line) holds a copy of a small result after a length
+ * word that a worker's task could write: a length past the cell's room sends the parent to
+ * the chunk's own result slot, and one within it is read no further than the cell. */
+START_TEST(test_forged_cell_lengths) {
+  static int x[3] = {7, 8, 9};
+  mp__jobrec_t *jobs[3];
+  uint32_t chunks[3];
+  batch_after_a_lone_apply(x, jobs, chunks);
+  append_third(x, jobs, chunks);
+  run_one(0, jobs[1], chunks[1]);
+  run_one(1, jobs[2], chunks[2]);
+  /* Every word of the cells after their state words. */
+  _Atomic uint64_t *cells[2] = {mp__job_state(jobs[1]->blk, chunks[1]),
+                                mp__job_state(jobs[2]->blk, chunks[2])};
+  for (int w = 1; w < 8; w++) {
+    atomic_store(&cells[0][w], UINT64_MAX);
+    atomic_store(&cells[1][w], 3);
+  }
+  T_INT_EQ(take_int(jobs[1], chunks[1]), 8); /* from its result slot, which the task wrote */
+  char r[sizeof(int)];
+  size_t len = 0;
+  MP_ASSERT_OK(mp__job_take_chunk(jobs[2], chunks[2], r, sizeof r, &len));
+  T_INT_EQ(len, 3);
+  mp__jobs_close_batch(table);
+  end_batch_test(jobs, 3);
+}
+END_TEST
+
 START_TEST(test_forged_limit_count) {
   int x[4] = {1, 2, 3, 4};
   mp__jobrec_t *jobs[4];
@@ -2567,6 +2595,7 @@ static Suite *pool_jobs_suite(void) {
   tcase_add_test(tc, test_abort_racing_an_apply);
   tcase_add_test(tc, test_forged_limit_closed);
   tcase_add_test(tc, test_forged_limit_count);
+  tcase_add_test(tc, test_forged_cell_lengths);
   tcase_add_test(tc, test_held_applies_shown);
   tcase_add_test(tc, test_held_applies_closed);
   tcase_add_test(tc, test_held_applies_taken_leave_none_asleep);
