@@ -593,7 +593,14 @@ int mp_async_result_get(mp_async_result_t *ar, void *result, size_t cap, size_t 
   if (!result && cap)
     return mp__error(MP_EINVAL, "mp_async_result_get: result is NULL with a capacity");
   end_stream(ar);
-  int rc = wait_job(ar->job, result_ready, ar, timeout, "mp_async_result_get");
+  /* An apply a worker finished before it was asked for (in a stream, most of them): no
+   * wait, no look at failures or aborts, one look at its state word. */
+  int rc = ar->batched && !ar->has_callbacks
+               ? mp__job_take_done_chunk(ar->job, ar->chunk, result, cap, len)
+               : 1;
+  if (rc <= 0)
+    return rc == MP_ETOOSMALL ? mp__error_prefix(rc, "mp_async_result_get") : rc;
+  rc = wait_job(ar->job, result_ready, ar, timeout, "mp_async_result_get");
   if (rc < 0)
     return rc;
   if ((rc = result_aborted(ar)) < 0)

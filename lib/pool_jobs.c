@@ -61,8 +61,10 @@
 #define CELL_WORDS ((MP__VARSIZE_HEAD + CELL_ROOM) / sizeof(uint64_t)) /* length, bytes */
 #define CELL_INPUT 8                                             /* the argument's words */
 #define CELL_RESULT (CELL_INPUT + CELL_WORDS * sizeof(uint64_t)) /* the result copy's */
-_Static_assert((1u << BATCH_SPREAD) >= MP__BATCH_APPLIES,
-               "each of a batch's state words starts a line of its own");
+_Static_assert(
+    (1u << BATCH_SPREAD) == MP__BATCH_APPLIES,
+    "each of a batch's state words starts a line of its own, in order (batch_state)");
+_Static_assert(CELL_ROOM <= 16, "copy_small moves a cell's bytes");
 _Static_assert(CELL_RESULT + CELL_WORDS * sizeof(uint64_t) <= 64, "a cell fits its line");
 _Static_assert(CELL_WORDS * sizeof(uint64_t) <= MP__TASK_ARG_COPY,
                "a cell's argument fits a task's copy");
@@ -123,6 +125,7 @@ static void keep_for_later(mp__job_t *job, uint64_t size);
 static void close_feeding(mp__jobs_t *t, mp__jobrec_t *job);
 static mp__task_error_t *error_at(const mp__job_t *job, uint32_t chunk);
 static mp__task_error_t *rec_error(const mp__jobrec_t *r, uint32_t chunk);
+static _Atomic uint64_t *rec_state(const mp__jobrec_t *r, uint32_t chunk);
 
 /* ------------------------------- the job ------------------------------- */
 
@@ -241,9 +244,11 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   uint64_t block_id = fresh ? atomic_fetch_add(&block_ids, 1) + 1 : job->block_id;
   /* The error records are left out (a batch's or an iterator's are tens of KiB): only their
    * item is read before a failure writes them whole, and it is set below. A map's state
-   * words are all written below: only an iterator's (FREE) are zeroed, and a batch's cells
-   * with them (no length word of an earlier batch is read). */
-  memset(job, 0, flags & MP__JOB_ITERATOR ? errs_off : states_off);
+   * words are all written below, and a batch's (FREE): only an iterator's are zeroed here. A
+   * batch's cells are not (8 KiB, as many instructions as 60 applies): a length word is read
+   * only after the state word that the same process stored after it, and is bounded by its
+   * own slot's room whatever it holds. */
+  memset(job, 0, flags & MP__JOB_ITERATOR && !batch ? errs_off : states_off);
   memset((char *)job + done_off, 0, input_off - done_off);
   uint32_t chunks = (uint32_t)n_chunks; /* at most UINT32_MAX / 2: checked above */
   mp__job_head_t head = {
@@ -267,6 +272,9 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
     rec_error(r, (uint32_t)i)->item = UINT64_MAX;
   r->lost.item = UINT64_MAX;
   atomic_init(&r->limit, flags & MP__JOB_ITERATOR ? 0 : r->head.n_chunks);
+  if (batch)
+    for (uint32_t c = 0; c < window; c++)
+      atomic_init(rec_state(r, c), MP__CHUNK_STATE(0, 0, 0, MP__CHUNK_FREE));
   if (!(flags & MP__JOB_ITERATOR)) {
     queue_all(r);
     atomic_init(&job->limit, r->head.n_chunks);
@@ -292,9 +300,35 @@ static inline _Atomic uint64_t *state_in(const void *states, uint64_t window, ui
   return (_Atomic uint64_t *)states + slot;
 }
 
+/* Chunk c's state word in a batch (c < MP__BATCH_APPLIES): rec_state's, its arithmetic
+ * done for the batch's layout (one line a chunk, in order), which costs an apply four times
+ * the arithmetic of rec_state's general one otherwise. */
+static _Atomic uint64_t *batch_state(const mp__jobrec_t *r, uint32_t c) {
+  return (_Atomic uint64_t *)((char *)r->blk + r->head.states_off) + (uint64_t)c * 8;
+}
+
 /* A batch chunk's cell: its state word's line. */
 static char *cell_of(_Atomic uint64_t *state) {
   return (char *)state;
+}
+
+/* memcpy of at most CELL_ROOM bytes, inline: the library's memcpy, called for the 4 bytes of
+ * an int, was a tenth of an append's instructions. Two moves of 8, 4 or 1 bytes, which may
+ * overlap, cover any length up to twice theirs. */
+static inline void copy_small(void *dst, const void *src, size_t len) {
+  char *d = dst;
+  const char *s = src;
+  if (len >= 8) {
+    memcpy(d, s, 8);
+    memcpy(d + len - 8, s + len - 8, 8);
+  } else if (len >= 4) {
+    memcpy(d, s, 4);
+    memcpy(d + len - 4, s + len - 4, 4);
+  } else if (len) {
+    d[0] = s[0];
+    d[len / 2] = s[len / 2];
+    d[len - 1] = s[len - 1];
+  }
 }
 
 /* A cell's words are written and read whole, as atomics: a task may read its block as it
@@ -302,16 +336,21 @@ static char *cell_of(_Atomic uint64_t *state) {
  * len at `at`, and its bytes after it when they fit CELL_ROOM: true; else the length alone,
  * which sends the reader to the region slot. */
 static bool cell_put(char *cell, size_t at, uint64_t len, const void *bytes) {
-  uint64_t words[CELL_WORDS] = {len};
-  bool fits = len <= CELL_ROOM;
-  if (fits && len)
-    memcpy(words + 1, bytes, len);
-  for (size_t i = 0; i < (fits ? CELL_WORDS : 1); i++)
-    atomic_store_explicit((_Atomic uint64_t *)(cell + at) + i, words[i], memory_order_relaxed);
-  return fits;
+  _Atomic uint64_t *to = (_Atomic uint64_t *)(cell + at);
+  atomic_store_explicit(to, len, memory_order_relaxed);
+  if (len > CELL_ROOM)
+    return false;
+  uint64_t words[CELL_WORDS - 1] = {0};
+  copy_small(words, bytes, len);
+  /* Unrolled (a loop's count and jumps were as many instructions as the stores). */
+#pragma GCC unroll 4
+  for (size_t i = 0; i < CELL_WORDS - 1; i++)
+    atomic_store_explicit(to + 1 + i, words[i], memory_order_relaxed);
+  return true;
 }
 
 static void cell_load(char *cell, size_t at, uint64_t *words) {
+#pragma GCC unroll 4
   for (size_t i = 0; i < CELL_WORDS; i++)
     words[i] = atomic_load_explicit((_Atomic uint64_t *)(cell + at) + i, memory_order_relaxed);
 }
@@ -1895,7 +1934,7 @@ static char *batch_slot(const mp__jobs_t *t, uint32_t c) {
  * better. */
 static void prefetch_next(mp__jobrec_t *job, uint32_t c) {
   if (mp__can_prefetch_for_write()) /* one look, and no address worked out for nothing */
-    mp__prefetch_for_write(rec_state(job, c));
+    mp__prefetch_for_write(batch_state(job, c));
 }
 
 /* Appends s to the open batch (apply_lock held), closed once full. */
@@ -1903,7 +1942,7 @@ static int append_apply(mp__jobs_t *t, const mp__apply_spec_t *s, mp__jobrec_t *
                         uint32_t *chunk) {
   mp__jobrec_t *job = atomic_load_explicit(&t->batch, memory_order_relaxed);
   uint32_t c = t->batch_next++;
-  _Atomic uint64_t *state = rec_state(job, c);
+  _Atomic uint64_t *state = batch_state(job, c);
   uint64_t len = s->size;
   if (!cell_put(cell_of(state), CELL_INPUT, len, s->arg)) {
     char *in = batch_slot(t, c);
@@ -2512,16 +2551,13 @@ int mp__job_chunk_aborted(const mp__jobrec_t *job, uint32_t chunk) {
   return code ? code : MP_ETERMINATED;
 }
 
-int mp__job_take_chunk(const mp__jobrec_t *job, uint32_t chunk, void *result, size_t cap,
-                       size_t *len) {
-  if (len)
-    *len = 0;
-  if (chunk_failed(atomic_load(rec_state(job, chunk))))
-    return mp__error(task_code(rec_error(job, chunk)), "%.*s", MSG_OF(rec_error(job, chunk)));
+/* The result of done chunk, whose state word is at state. */
+static int take_result(const mp__jobrec_t *job, uint32_t chunk, _Atomic uint64_t *state,
+                       void *result, size_t cap, size_t *len) {
   /* The copy in the cell when the result fits it, else the output region's slot; each
    * length word read once, and bounded by its own slot's room. */
   uint64_t words[CELL_WORDS];
-  cell_load(cell_of(rec_state(job, chunk)), CELL_RESULT, words);
+  cell_load(cell_of(state), CELL_RESULT, words);
   const char *out = (const char *)words;
   if (words[0] > CELL_ROOM)
     out = rec_output(job, chunk);
@@ -2534,9 +2570,35 @@ int mp__job_take_chunk(const mp__jobrec_t *job, uint32_t chunk, void *result, si
   if (result && cap < need)
     return mp__error(MP_ETOOSMALL, "the result has %llu bytes, the buffer %zu",
                      (unsigned long long)need, cap);
-  if (result && need)
+  if (result && need <= CELL_ROOM)
+    copy_small(result, out + MP__VARSIZE_HEAD, need);
+  else if (result)
     memcpy(result, out + MP__VARSIZE_HEAD, need);
   return 0;
+}
+
+int mp__job_take_chunk(const mp__jobrec_t *job, uint32_t chunk, void *result, size_t cap,
+                       size_t *len) {
+  if (len)
+    *len = 0;
+  _Atomic uint64_t *state = rec_state(job, chunk);
+  if (chunk_failed(atomic_load(state)))
+    return mp__error(task_code(rec_error(job, chunk)), "%.*s", MSG_OF(rec_error(job, chunk)));
+  return take_result(job, chunk, state, result, cap, len);
+}
+
+int mp__job_take_done_chunk(const mp__jobrec_t *job, uint32_t chunk, void *result, size_t cap,
+                            size_t *len) {
+  _Atomic uint64_t *state = batch_state(job, chunk);
+  if (MP__CHUNK_STATUS(atomic_load(state)) != MP__CHUNK_DONE)
+    return 1;
+  /* Results are mostly asked for in order: the next cell, written by a worker, moves to this
+   * CPU during this copy and the caller's return, instead of during the next get. */
+  if (chunk + 1 < MP__BATCH_APPLIES)
+    __builtin_prefetch(batch_state(job, chunk + 1));
+  if (len)
+    *len = 0;
+  return take_result(job, chunk, state, result, cap, len);
 }
 
 int64_t mp__job_finished_chunk(const mp__jobrec_t *job, bool ordered, uint32_t next) {

@@ -413,6 +413,10 @@ int mp__job_chunk_aborted(const mp__jobrec_t *job, uint32_t chunk);
  * MP_ETOOSMALL (nothing copied). */
 int mp__job_take_chunk(const mp__jobrec_t *job, uint32_t chunk, void *result, size_t cap,
                        size_t *len);
+/* mp__job_take_chunk for a chunk already done, with one look at its state word (no wait,
+ * no look at failures): 1, nothing taken, if it is not done (failed included). */
+int mp__job_take_done_chunk(const mp__jobrec_t *job, uint32_t chunk, void *result, size_t cap,
+                            size_t *len);
 /* Frees the blocks of jobs nobody refers to and no worker has pinned. */
 void mp__jobs_reclaim(mp__jobs_t *t);
 /* Worker w ended outside the protocol: the chunk it ran (its record says which, else the

@@ -425,6 +425,61 @@ static inline size_t mp_test_find_bytes(const void *obj, size_t span, size_t ste
   return found;
 }
 
+/* A result of as many bytes as the argument's first byte asks for (none for an empty
+ * argument), each the argument's byte at i (cyclically) plus i. */
+MP_TEST_UNUSED static int mp_test_sized_echo(const void *arg, size_t size, void *result,
+                                             size_t *result_size) {
+  const unsigned char *a = arg;
+  size_t want = size ? a[0] : 0;
+  if (want > *result_size)
+    return mp_task_fail("%zu bytes do not fit %zu", want, *result_size);
+  for (size_t i = 0; i < want; i++)
+    ((unsigned char *)result)[i] = (unsigned char)(a[i % size] + i);
+  *result_size = want;
+  return 0;
+}
+
+#define MP_TEST_APPLIES_MAX 300
+
+/* n applies of mp_test_sized_echo in flight on pool, then each result got and every byte
+ * checked. Their sizes, mixed in one stream: arguments of every length a batch's cell holds
+ * (0 to 16 bytes, which its copies handle in four ways) and past it (17, 56), results of 0 to
+ * 17, 33 and 48 bytes. A result longer than 8 bytes is first asked into 8 (MP_ETOOSMALL, its
+ * length told, the result kept). seed varies the bytes and pairs the sizes differently. */
+static inline void mp_test_apply_sizes(mp_pool_t *pool, int n, int seed) {
+  enum { RESULT_MAX = 48, ARG_SIZES = 19, WANTS = 20 };
+  static mp_async_result_t *ars[MP_TEST_APPLIES_MAX];
+  static unsigned char args[MP_TEST_APPLIES_MAX][56];
+  size_t arg_sizes[ARG_SIZES];
+  unsigned char wants[WANTS];
+  T_ASSERT(n <= MP_TEST_APPLIES_MAX, "%d applies, at most %d", n, MP_TEST_APPLIES_MAX);
+  for (int i = 0; i < WANTS; i++) {
+    if (i < ARG_SIZES)
+      arg_sizes[i] = i < 18 ? (size_t)i : 56;
+    wants[i] = (unsigned char)(i < 18 ? i : i == 18 ? 33 : 48);
+  }
+  for (int k = 0; k < n; k++) {
+    for (size_t i = 0; i < sizeof args[k]; i++)
+      args[k][i] = (unsigned char)(k + i + seed);
+    args[k][0] = wants[(k + seed) % WANTS];
+    MP_ASSERT_OK(mp_pool_apply_async(pool, mp_test_sized_echo, args[k],
+                                     arg_sizes[k % ARG_SIZES], RESULT_MAX, NULL, &ars[k]));
+  }
+  for (int k = 0; k < n; k++) {
+    unsigned char r[RESULT_MAX], small[8];
+    size_t size = arg_sizes[k % ARG_SIZES], want = size ? args[k][0] : 0, len = 99;
+    if (want > sizeof small) {
+      MP_ASSERT_ERR(mp_async_result_get(ars[k], small, sizeof small, &len, 30), MP_ETOOSMALL);
+      T_INT_EQ(len, want);
+    }
+    MP_ASSERT_OK(mp_async_result_get(ars[k], r, sizeof r, &len, 30));
+    T_INT_EQ(len, want);
+    for (size_t i = 0; i < want; i++)
+      T_ASSERT(r[i] == (unsigned char)(args[k][i % size] + i), "apply %d, byte %zu", k, i);
+    mp_async_result_free(ars[k]);
+  }
+}
+
 /* Runs misuse() in a forked child whose stderr is a pipe, and asserts that the child died of
  * SIGABRT after writing a line that contains want. */
 static inline void mp_test_expect_abort(void (*misuse)(void), const char *want) {

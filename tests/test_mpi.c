@@ -837,6 +837,16 @@ static int map_on_another_build(void) {
   return refused ? 0 : 1;
 }
 
+/* Applies in flight of every size a batch's cell holds and of sizes past it, mixed in one
+ * stream, cross the ranks whole (mp_test_apply_sizes): the launcher sends a task's argument
+ * from its cell or its slot, and its reply fills either. */
+START_TEST(test_apply_sizes_in_flight) {
+  mp_pool_t *pool = make_pool(2, NULL);
+  mp_test_apply_sizes(pool, 120, 0);
+  destroy_test_pool();
+}
+END_TEST
+
 static Suite *mpi_suite(void) {
   Suite *s = suite_create("mpi");
   TCase *tc = tcase_create("mpi");
@@ -847,6 +857,7 @@ static Suite *mpi_suite(void) {
     tcase_add_test(tc, test_chunks_in_flight);
 #endif
     tcase_add_test(tc, test_apply_and_callbacks);
+    tcase_add_test(tc, test_apply_sizes_in_flight);
     tcase_add_test(tc, test_imap);
     tcase_add_test(tc, test_initializer_runs_on_the_ranks);
     tcase_add_test(tc, test_failures_and_refusals);

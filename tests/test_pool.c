@@ -118,19 +118,6 @@ static int repeat_x(const void *arg, size_t size, void *result, size_t *result_s
   return 0;
 }
 
-/* A result of as many bytes as the argument's first byte asks for (none for an empty
- * argument), each the argument's byte at i (cyclically) plus i. */
-static int sized_echo(const void *arg, size_t size, void *result, size_t *result_size) {
-  const unsigned char *a = arg;
-  size_t want = size ? a[0] : 0;
-  if (want > *result_size)
-    return mp_task_fail("%zu bytes do not fit %zu", want, *result_size);
-  for (size_t i = 0; i < want; i++)
-    ((unsigned char *)result)[i] = (unsigned char)(a[i % size] + i);
-  *result_size = want;
-  return 0;
-}
-
 static int kill_self_every_1000(const void *arg, size_t size, void *result,
                                 size_t *result_size) {
   if (*(const int *)arg % 1000 == 7)
@@ -685,38 +672,13 @@ START_TEST(test_apply) {
 END_TEST
 
 /* Applies in flight share batches whatever their sizes: arguments and results that fit a
- * chunk's cell (16 bytes) and those that do not (up to 56 and 48 here), mixed in one
- * stream, each given back whole; a buffer too small for either is told so. Twice: the
- * second round's batches reuse the first's blocks. */
+ * chunk's cell (16 bytes) and those that do not, mixed in one stream, each given back whole;
+ * a buffer too small for either is told so (mp_test_apply_sizes). Twice: the second round's
+ * batches reuse the first's blocks. */
 START_TEST(test_apply_sizes_in_a_batch) {
   mp_pool_t *pool = make_pool(_i, 2, NULL);
-  enum { N = 300, RESULT_MAX = 48 };
-  static const size_t arg_sizes[] = {0, 1, 16, 17, 56};
-  static const unsigned char wants[] = {0, 1, 8, 16, 17, 33, 48};
-  static mp_async_result_t *ars[N];
-  static unsigned char args[N][56];
-  for (int round = 0; round < 2; round++) {
-    for (int k = 0; k < N; k++) {
-      for (size_t i = 0; i < sizeof args[k]; i++)
-        args[k][i] = (unsigned char)(k + i + round);
-      args[k][0] = wants[(k + round) % 7];
-      MP_ASSERT_OK(mp_pool_apply_async(pool, sized_echo, args[k], arg_sizes[k % 5], RESULT_MAX,
-                                       NULL, &ars[k]));
-    }
-    for (int k = 0; k < N; k++) {
-      unsigned char r[RESULT_MAX], small[8];
-      size_t size = arg_sizes[k % 5], want = size ? args[k][0] : 0, len = 99;
-      if (want > sizeof small) {
-        MP_ASSERT_ERR(mp_async_result_get(ars[k], small, sizeof small, &len, 10), MP_ETOOSMALL);
-        T_INT_EQ(len, want);
-      }
-      MP_ASSERT_OK(mp_async_result_get(ars[k], r, sizeof r, &len, 10));
-      T_INT_EQ(len, want);
-      for (size_t i = 0; i < want; i++)
-        T_ASSERT(r[i] == (unsigned char)(args[k][i % size] + i), "apply %d, byte %zu", k, i);
-      mp_async_result_free(ars[k]);
-    }
-  }
+  for (int round = 0; round < 2; round++)
+    mp_test_apply_sizes(pool, MP_TEST_APPLIES_MAX, round);
   end_pool();
 }
 END_TEST
