@@ -245,9 +245,9 @@ static int job_create(mp__jobs_t *t, uint32_t fn, uint32_t flags, uint64_t n,
   /* The error records are left out (a batch's or an iterator's are tens of KiB): only their
    * item is read before a failure writes them whole, and it is set below. A map's state
    * words are all written below, and a batch's (FREE): only an iterator's are zeroed here. A
-   * batch's cells are not (8 KiB, as many instructions as 60 applies): a length word is read
-   * only after the state word that the same process stored after it, and is bounded by its
-   * own slot's room whatever it holds. */
+   * batch's cells are not (8 KiB, 68 instructions an apply): a length word is used only after
+   * the state word that the same process stored after it, and is bounded by its own slot's
+   * room whatever it holds. */
   memset(job, 0, flags & MP__JOB_ITERATOR && !batch ? errs_off : states_off);
   memset((char *)job + done_off, 0, input_off - done_off);
   uint32_t chunks = (uint32_t)n_chunks; /* at most UINT32_MAX / 2: checked above */
@@ -300,9 +300,9 @@ static inline _Atomic uint64_t *state_in(const void *states, uint64_t window, ui
   return (_Atomic uint64_t *)states + slot;
 }
 
-/* Chunk c's state word in a batch (c < MP__BATCH_APPLIES): rec_state's, its arithmetic
- * done for the batch's layout (one line a chunk, in order), which costs an apply four times
- * the arithmetic of rec_state's general one otherwise. */
+/* Chunk c's state word in a batch (c < MP__BATCH_APPLIES): what rec_state finds, by the
+ * batch's own layout (one line a chunk, in order). An apply looks it up four times, and
+ * rec_state's general arithmetic took about 20 instructions each. */
 static _Atomic uint64_t *batch_state(const mp__jobrec_t *r, uint32_t c) {
   return (_Atomic uint64_t *)((char *)r->blk + r->head.states_off) + (uint64_t)c * 8;
 }
