@@ -313,8 +313,8 @@ static char *cell_of(_Atomic uint64_t *state) {
 }
 
 /* memcpy of at most CELL_ROOM bytes, inline: the library's memcpy, called for the 4 bytes of
- * an int, was a tenth of an append's instructions. Two moves of 8, 4 or 1 bytes, which may
- * overlap, cover any length up to twice theirs. */
+ * an int, was a tenth of an append's instructions. Two moves of 8 or 4 bytes, which may
+ * overlap, cover any length up to twice theirs; three of one byte, any length up to 3. */
 static inline void copy_small(void *dst, const void *src, size_t len) {
   char *d = dst;
   const char *s = src;
@@ -2551,7 +2551,8 @@ int mp__job_chunk_aborted(const mp__jobrec_t *job, uint32_t chunk) {
   return code ? code : MP_ETERMINATED;
 }
 
-/* The result of done chunk, whose state word is at state. */
+/* The result of done chunk, whose state word is at state; *len (if len) its length, also
+ * when the buffer is too small. */
 static int take_result(const mp__jobrec_t *job, uint32_t chunk, _Atomic uint64_t *state,
                        void *result, size_t cap, size_t *len) {
   /* The copy in the cell when the result fits it, else the output region's slot; each
@@ -2596,8 +2597,6 @@ int mp__job_take_done_chunk(const mp__jobrec_t *job, uint32_t chunk, void *resul
    * CPU during this copy and the caller's return, instead of during the next get. */
   if (chunk + 1 < MP__BATCH_APPLIES)
     __builtin_prefetch(batch_state(job, chunk + 1));
-  if (len)
-    *len = 0;
   return take_result(job, chunk, state, result, cap, len);
 }
 
