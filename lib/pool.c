@@ -585,6 +585,21 @@ static void end_stream(const mp_async_result_t *ar) {
     mp__jobs_flush(ar->pool->jobs);
 }
 
+/* The result once ready: waited for, an abort told, then taken. */
+static int wait_and_take(mp_async_result_t *ar, void *result, size_t cap, size_t *len,
+                         double timeout) {
+  int rc = wait_job(ar->job, result_ready, ar, timeout, "mp_async_result_get");
+  if (rc < 0)
+    return rc;
+  if ((rc = result_aborted(ar)) < 0)
+    return mp__error(rc, "mp_async_result_get: %s before the work was done%s",
+                     mp__job_abort_reason(rc),
+                     rc == MP_ETERMINATED ? ar->pool->why_terminated : "");
+  if (!ar->is_apply && cap >= ar->job->head.n * ar->job->head.result_size)
+    mp__jobs_prepare_results(result, ar->job->head.n * ar->job->head.result_size);
+  return result_take(ar, result, cap, len);
+}
+
 int mp_async_result_get(mp_async_result_t *ar, void *result, size_t cap, size_t *len,
                         double timeout) {
   check_result(ar, "mp_async_result_get");
@@ -598,18 +613,8 @@ int mp_async_result_get(mp_async_result_t *ar, void *result, size_t cap, size_t 
   int rc = ar->batched && !ar->has_callbacks
                ? mp__job_take_done_chunk(ar->job, ar->chunk, result, cap, len)
                : 1;
-  if (rc <= 0)
-    return rc == MP_ETOOSMALL ? mp__error_prefix(rc, "mp_async_result_get") : rc;
-  rc = wait_job(ar->job, result_ready, ar, timeout, "mp_async_result_get");
-  if (rc < 0)
-    return rc;
-  if ((rc = result_aborted(ar)) < 0)
-    return mp__error(rc, "mp_async_result_get: %s before the work was done%s",
-                     mp__job_abort_reason(rc),
-                     rc == MP_ETERMINATED ? ar->pool->why_terminated : "");
-  if (!ar->is_apply && cap >= ar->job->head.n * ar->job->head.result_size)
-    mp__jobs_prepare_results(result, ar->job->head.n * ar->job->head.result_size);
-  rc = result_take(ar, result, cap, len);
+  if (rc == 1)
+    rc = wait_and_take(ar, result, cap, len, timeout);
   return rc == MP_ETOOSMALL ? mp__error_prefix(rc, "mp_async_result_get") : rc;
 }
 

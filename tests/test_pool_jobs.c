@@ -927,13 +927,10 @@ START_TEST(test_forged_limit_closed_held) {
 }
 END_TEST
 
-/* A worker sets an open batch's block limit back to 0 (a wild write): the next apply's feed
- * finds the count moved and fails the batch with MP_ECORRUPT, its own chunk included, rather
- * than leave the chunks past the forged count to no claim (each apply's get waiting for
- * ever); the apply after it opens another batch. */
 /* A batch chunk's cell (its state word's line) holds a copy of a small result after a length
  * word that a worker's task could write: a length past the cell's room sends the parent to
- * the chunk's own result slot, and one within it is read no further than the cell. */
+ * the chunk's own result slot, and one within it is read no further than the cell; so for
+ * a get that finds the chunk done (mp__job_take_done_chunk) as for one that waited. */
 START_TEST(test_forged_cell_lengths) {
   static int x[3] = {7, 8, 9};
   mp__jobrec_t *jobs[3];
@@ -954,11 +951,23 @@ START_TEST(test_forged_cell_lengths) {
   size_t len = 0;
   MP_ASSERT_OK(mp__job_take_chunk(jobs[2], chunks[2], r, sizeof r, &len));
   T_INT_EQ(len, 3);
+  int slot = -1;
+  len = 0;
+  T_INT_EQ(mp__job_take_done_chunk(jobs[1], chunks[1], &slot, sizeof slot, &len), 0);
+  T_INT_EQ(slot, 8);
+  T_INT_EQ(len, sizeof slot);
+  len = 0;
+  T_INT_EQ(mp__job_take_done_chunk(jobs[2], chunks[2], r, sizeof r, &len), 0);
+  T_INT_EQ(len, 3);
   mp__jobs_close_batch(table);
   end_batch_test(jobs, 3);
 }
 END_TEST
 
+/* A worker sets an open batch's block limit back to 0 (a wild write): the next apply's feed
+ * finds the count moved and fails the batch with MP_ECORRUPT, its own chunk included, rather
+ * than leave the chunks past the forged count to no claim (each apply's get waiting for
+ * ever); the apply after it opens another batch. */
 START_TEST(test_forged_limit_count) {
   int x[4] = {1, 2, 3, 4};
   mp__jobrec_t *jobs[4];
